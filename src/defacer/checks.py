@@ -1,0 +1,92 @@
+"""Validation of an input volume at the boundary, with messages that say what to do."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from defacer.errors import InputImageError
+from defacer.volume import Volume
+
+#: Accepted voxel sizes in mm; outside this range the affine is considered absurd.
+MIN_VOXEL_MM = 0.05
+MAX_VOXEL_MM = 20.0
+#: Smallest grid accepted along any axis (a head needs some extent in all three).
+MIN_AXIS_VOXELS = 8
+
+
+def validate_volume(volume: Volume, *, source: str, strict: bool = True) -> Volume:
+    """Check that ``volume`` is a usable 3D head volume; squeeze trailing singleton axes.
+
+    Parameters
+    ----------
+    volume : Volume
+        As read from ``source``.
+    source : str
+        Shown in messages.
+    strict : bool
+        Also refuse NaN/inf voxels and absurd voxel sizes (otherwise only impossible input is refused).
+
+    Returns
+    -------
+    Volume
+        The same volume, with shape ``(I, J, K)``.
+
+    Raises
+    ------
+    InputImageError
+        For 2D, 4D, empty, NaN/inf or geometrically absurd input.
+    """
+    raw = volume.raw
+    shape = raw.shape
+    while raw.ndim > 3 and raw.shape[-1] == 1:
+        raw = raw[..., 0]
+    if raw.ndim == 2 or (raw.ndim == 3 and 1 in raw.shape):
+        raise InputImageError(
+            f"'{source}' is a 2D image (shape {shape}); defacer needs a 3D head volume. "
+            "For a DICOM series pass the folder holding all slices, not one file."
+        )
+    if raw.ndim > 3:
+        raise InputImageError(
+            f"'{source}' is {raw.ndim}D (shape {shape}); defacer needs one 3D volume. Extract the volume to deface "
+            "first (for example `fslroi in out 0 1` or nibabel's `image.slicer[..., 0]`), deface it, and apply its "
+            "mask to the other volumes."
+        )
+    if raw.ndim != 3:
+        raise InputImageError(f"'{source}' has shape {shape}; expected a 3D volume.")
+    if raw.size == 0 or min(raw.shape) < 1:
+        raise InputImageError(f"'{source}' holds no voxels (shape {shape}).")
+    if sorted(raw.shape)[1] < MIN_AXIS_VOXELS:
+        raise InputImageError(
+            f"'{source}' has shape {shape}: too small to be a head volume (at least {MIN_AXIS_VOXELS} voxels along "
+            "two axes are needed)."
+        )
+    affine = np.asarray(volume.affine, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+        raise InputImageError(f"'{source}' has a non-finite or malformed affine:\n{affine}\nFix the header's geometry.")
+    det = float(np.linalg.det(affine[:3, :3]))
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    if abs(det) < 1e-9:
+        raise InputImageError(
+            f"'{source}' has a singular affine (determinant {det:.3g}): its voxel axes do not span 3D space. "
+            "Fix the header's qform/sform or space directions."
+        )
+    if strict and (zooms.min() < MIN_VOXEL_MM or zooms.max() > MAX_VOXEL_MM):
+        raise InputImageError(
+            f"'{source}' has voxel sizes {np.round(zooms, 4).tolist()} mm; expected between {MIN_VOXEL_MM} and "
+            f"{MAX_VOXEL_MM} mm. The header's geometry is probably wrong (e.g. units in m or µm); fix it first."
+        )
+    if np.issubdtype(raw.dtype, np.floating):
+        finite = np.isfinite(raw)
+        if strict and not finite.all():
+            bad = int(raw.size - np.count_nonzero(finite))
+            raise InputImageError(
+                f"'{source}' has {bad} NaN or infinite voxel(s). defacer cannot estimate skin and air intensities "
+                "from them; replace them first (e.g. numpy.nan_to_num) and keep a note of it."
+            )
+    if not np.issubdtype(raw.dtype, np.number):
+        raise InputImageError(f"'{source}' stores {raw.dtype} voxels; expected numbers (RGB images are not supported).")
+    if raw is not volume.raw:
+        extra = dict(volume.extra)
+        extra.setdefault("raw_shape", tuple(volume.raw.shape))
+        return Volume(raw, affine, volume.slope, volume.inter, volume.format, volume.header, extra)
+    return volume

@@ -1,0 +1,107 @@
+"""Entry point of the ``defacer`` command: ``main(argv) -> int``.
+
+Each subcommand lives in its own module ``defacer.cli.<name>`` exposing
+``add_parser(subparsers)`` and ``run(args) -> int``; heavy imports happen inside ``run`` so
+``defacer --help`` stays fast.  Only this module turns a :class:`~defacer.errors.DefacerError`
+into a message on stderr and an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from defacer._version import __version__
+from defacer.errors import DefacerError
+
+#: Subcommand modules in the order ``--help`` lists them.  A module that is not part of
+#: this installation (e.g. an optional component not yet present) is skipped.
+COMMAND_MODULES: tuple[str, ...] = (
+    "deface",
+    "demo",
+    "anonymize",
+    "batch",
+    "verify",
+    "evaluate",
+    "train",
+    "serve",
+)
+
+#: Exit codes.
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _load_command_modules() -> list[object]:
+    modules = []
+    for name in COMMAND_MODULES:
+        try:
+            modules.append(importlib.import_module(f"defacer.cli.{name}"))
+        except ModuleNotFoundError as err:
+            if err.name != f"defacer.cli.{name}":
+                raise
+    return modules
+
+
+def get_parser() -> argparse.ArgumentParser:
+    """Build the argument parser with every available subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="defacer",
+        description=(
+            "De-identify head MRI and CT: find the eyes, nose and ears with a 3D attention U-Net, distort exactly "
+            "those (never the brain), and de-identify DICOM headers (PS3.15 Annex E)."
+        ),
+        epilog="Run 'defacer COMMAND --help' for a command's options. Example: defacer deface T1w.nii.gz T1w_defaced.nii.gz",
+    )
+    parser.add_argument("--version", action="version", version=f"defacer {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks of unexpected errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in _load_command_modules():
+        module.add_parser(subparsers)  # type: ignore[attr-defined]
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
+    parser = get_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits on --help / usage errors
+        return int(exc.code or 0)
+    if not args.command:
+        parser.print_help()
+        return EXIT_USAGE
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except DefacerError as err:
+        print(f"defacer {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"defacer {args.command}: interrupted; no partial output was left behind.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except MemoryError:
+        print(f"defacer {args.command}: error: out of memory. Close other programs or use a machine with more memory.",
+              file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as err:  # last resort: never a bare traceback for users
+        if args.debug:
+            raise
+        print(
+            f"defacer {args.command}: unexpected error: {type(err).__name__}: {err}\n"
+            "This is a bug in defacer, not in your data. Rerun with --debug to see the traceback and report it.",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""A detector that returns a label map supplied by the user (``--labels FILE``)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from defacer._typing import Affine, LabelMap, PathLike
+from defacer.errors import LabelMapError
+from defacer.labels import NUM_CLASSES
+from defacer.volume import Volume, canonical_reorientation
+
+
+class LabelFileDetector:
+    """Serve a label map read from a file on the same voxel grid as the scan.
+
+    Parameters
+    ----------
+    path : path-like
+        NIfTI, NRRD or MGZ label map (0 background, 1 eyes, 2 nose, 3 ears).
+    """
+
+    def __init__(self, path: PathLike) -> None:
+        from defacer.io import load_volume
+
+        self.path = Path(path)
+        try:
+            self.volume: Volume = load_volume(self.path, strict=False)
+        except Exception as err:
+            raise LabelMapError(f"Could not read the label map '{path}': {err}") from err
+        values = self.volume.values(np.float64)
+        if not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
+            raise LabelMapError(f"The label map '{path}' holds non-integer values; expected integers 0-{NUM_CLASSES - 1}.")
+        if values.min() < 0 or values.max() >= NUM_CLASSES:
+            raise LabelMapError(
+                f"The label map '{path}' holds values from {values.min():g} to {values.max():g}; expected "
+                f"0 (background), 1 (eyes), 2 (nose), 3 (ears)."
+            )
+        self.labels = values.astype(np.uint8)
+        self.name = f"label file {self.path.name}"
+        self.weights_sha256 = None
+        self.sha256 = hashlib.sha256(self.path.read_bytes()).hexdigest() if self.path.is_file() else None
+
+    def predict(self, image_ras: np.ndarray, ras_affine: Affine) -> LabelMap:
+        """Return the file's labels reoriented to RAS+, after checking the grids agree.
+
+        Raises
+        ------
+        LabelMapError
+            If the label map's shape or affine differ from the scan's.
+        """
+        reorientation = canonical_reorientation(self.volume.affine, self.volume.shape)
+        labels_ras = reorientation.to_ras(self.labels)
+        if labels_ras.shape != image_ras.shape:
+            raise LabelMapError(
+                f"The label map '{self.path}' has shape {self.volume.shape} and the scan another grid "
+                f"(RAS shape {image_ras.shape} vs {labels_ras.shape}); the label map must be on the scan's own grid."
+            )
+        if not np.allclose(reorientation.ras_affine, ras_affine, atol=1e-3):
+            raise LabelMapError(
+                f"The label map '{self.path}' is on a different voxel grid from the scan (affines differ by up to "
+                f"{np.abs(reorientation.ras_affine - ras_affine).max():.3g} mm). Resample it onto the scan first."
+            )
+        return labels_ras

@@ -1,0 +1,71 @@
+"""Exceptions raised by defacer.
+
+Every error a user can cause derives from :class:`DefacerError` and from the matching
+builtin, and its message says what was expected, what was found and what to do.
+Only :mod:`defacer.cli` turns these into an exit code and a message on stderr.
+"""
+
+from __future__ import annotations
+
+
+class DefacerError(Exception):
+    """Base class of every error defacer raises on purpose."""
+
+    default_message = "defacer could not complete the request."
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.default_message)
+
+
+class InputImageError(DefacerError, ValueError):
+    """The input scan is missing, unreadable, or not a usable 3D head volume."""
+
+    default_message = "The input image could not be used. Check that it is a 3D head scan in a supported format."
+
+
+class OutputError(DefacerError, OSError):
+    """The output cannot be written (exists without ``--force``, same as input, folder not writable)."""
+
+    default_message = "The output could not be written."
+
+
+class LabelMapError(DefacerError, ValueError):
+    """A user-supplied label map does not match the scan or the label convention."""
+
+    default_message = "The label map does not match the scan (see defacer.labels for the convention)."
+
+
+class DetectorError(DefacerError, RuntimeError):
+    """No detector is available, or the detector failed on this scan."""
+
+    default_message = "No facial-feature detector is available: pass --labels FILE or install the shipped weights."
+
+
+class WeightsError(DetectorError):
+    """Model weights are missing, corrupt, or do not match their recorded sha256."""
+
+    default_message = "The model weights are missing or do not match their recorded sha256."
+
+
+class DicomSeriesError(DefacerError, ValueError):
+    """A DICOM folder holds no usable series, or a series cannot be assembled into a volume."""
+
+    default_message = "No usable DICOM series was found."
+
+
+class VerificationError(DefacerError, RuntimeError):
+    """Rendering or face checking failed."""
+
+    default_message = "Verification could not be completed."
+
+
+class MissingExtraError(DefacerError, ImportError):
+    """An optional dependency group is not installed."""
+
+    def __init__(self, extra: str, module: str) -> None:
+        super().__init__(
+            f"This feature needs the optional package '{module}', which is not installed. "
+            f"Install it with: pip install 'defacer[{extra}]'"
+        )
+        self.extra = extra
+        self.module = module

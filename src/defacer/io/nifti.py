@@ -1,0 +1,87 @@
+"""NIfTI-1/2 (.nii, .nii.gz) and MGH/MGZ reading and header-preserving writing via nibabel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from nibabel.openers import Opener
+from nibabel.volumeutils import array_to_file
+
+from defacer.errors import InputImageError
+from defacer.volume import Volume
+
+
+def read_nifti_like(path: Path, fmt: str) -> Volume:
+    """Read a NIfTI or MGH/MGZ file into a :class:`Volume` with its stored values and header.
+
+    Parameters
+    ----------
+    path : Path
+        File to read.
+    fmt : {"nifti", "mgh"}
+        Expected format (decides which nibabel class reads it).
+    """
+    try:
+        image: Any = nib.MGHImage.from_filename(str(path)) if fmt == "mgh" else nib.load(str(path))
+    except Exception as err:  # nibabel raises many types for bad files
+        raise InputImageError(
+            f"Could not read '{path}' as {fmt.upper()}: {err}. The file may be truncated, corrupt or of "
+            "another format; check it opens in a viewer, or re-export it."
+        ) from err
+    if fmt == "nifti" and not isinstance(image, nib.Nifti1Image | nib.Nifti2Image | nib.Nifti1Pair):
+        raise InputImageError(
+            f"'{path}' was read as {type(image).__name__}, not NIfTI. Rename it with the extension of its real "
+            "format (.nii, .nii.gz, .nrrd, .nhdr, .mgz, .mgh)."
+        )
+    try:
+        raw = np.asarray(image.dataobj.get_unscaled())
+    except Exception as err:
+        raise InputImageError(
+            f"Could not read the voxel data of '{path}': {err}. The file is probably truncated or corrupt; "
+            "re-export or re-download it."
+        ) from err
+    slope = float(getattr(image.dataobj, "slope", 1.0))
+    inter = float(getattr(image.dataobj, "inter", 0.0))
+    if not np.isfinite(slope) or slope == 0:
+        slope = 1.0
+    if not np.isfinite(inter):
+        inter = 0.0
+    header = image.header.copy()
+    return Volume(
+        raw=raw,
+        affine=np.asarray(image.affine, dtype=np.float64),
+        slope=slope,
+        inter=inter,
+        format=fmt,
+        header=header,
+        extra={"image_class": type(image).__name__, "raw_shape": tuple(raw.shape)},
+    )
+
+
+def write_nifti(volume: Volume, path: Path) -> None:
+    """Write ``volume`` as NIfTI with the input's header bytes and stored dtype unchanged.
+
+    The header (including extensions, qform/sform, scl_slope/scl_inter, descriptions) is
+    written exactly as read and the stored values follow at ``vox_offset``, so every voxel
+    not deliberately changed is bit-identical to the input.
+    """
+    header = volume.header.copy()
+    raw = volume.raw.reshape(volume.extra.get("raw_shape", volume.raw.shape))
+    if header.get_data_shape() != raw.shape:
+        header.set_data_shape(raw.shape)
+    if str(path).endswith((".hdr", ".img")):
+        raise InputImageError("NIfTI pairs (.hdr/.img) are not supported for output; use .nii or .nii.gz.")
+    with Opener(str(path), "wb") as fileobj:
+        header.write_to(fileobj)
+        offset = int(header.get_data_offset())
+        array_to_file(raw, fileobj, header.get_data_dtype(), offset=offset, intercept=0.0, divslope=1.0, order="F")
+
+
+def write_mgh(volume: Volume, path: Path) -> None:
+    """Write ``volume`` as MGH/MGZ keeping the input header (voxel sizes, direction cosines, footer)."""
+    raw = volume.raw.reshape(volume.extra.get("raw_shape", volume.raw.shape))
+    image = nib.MGHImage(raw, volume.affine, volume.header.copy())
+    nib.save(image, str(path))

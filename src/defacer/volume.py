@@ -1,0 +1,144 @@
+"""The in-memory scan: stored voxel values, their scaling and their place in the world.
+
+A :class:`Volume` never touches disk (see :mod:`defacer.io`) and never plots.  The helpers
+here move arrays between a file's own axis order and the canonical RAS+ frame by exact
+axis permutations and flips, so the way back is lossless.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import nibabel.orientations as nio
+import numpy as np
+import numpy.typing as npt
+
+from defacer._typing import Affine
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A 3D scan as stored in its file.
+
+    Parameters
+    ----------
+    raw : ndarray, shape (I, J, K)
+        Stored voxel values in the file's own axis order and data type (before scaling).
+    affine : ndarray, shape (4, 4)
+        Maps voxel indices ``(i, j, k, 1)`` to RAS+ world coordinates in mm.
+    slope, inter : float
+        Physical value = ``raw * slope + inter`` (NIfTI scl_slope/scl_inter, DICOM
+        RescaleSlope/RescaleIntercept).  ``1.0`` and ``0.0`` when the file has no scaling.
+    format : str
+        ``"nifti"``, ``"nrrd"``, ``"mgh"`` or ``"dicom"``: how :func:`defacer.io.save_volume`
+        writes it back.
+    header : Any
+        The format's own header object, carried unchanged to the output.
+    extra : dict
+        Format-specific details the writer needs (for example the DICOM instances).
+    """
+
+    raw: npt.NDArray[Any]
+    affine: Affine
+    slope: float = 1.0
+    inter: float = 0.0
+    format: str = "nifti"
+    header: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Array shape ``(I, J, K)`` in the file's axis order."""
+        i, j, k = self.raw.shape
+        return int(i), int(j), int(k)
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size along the file's axes in mm (column norms of the affine)."""
+        sx, sy, sz = np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
+        return float(sx), float(sy), float(sz)
+
+    @property
+    def axcodes(self) -> str:
+        """Nearest orientation code of the voxel axes, e.g. ``"RAS"``, ``"LPS"`` or ``"ASL"``."""
+        return "".join(nio.aff2axcodes(self.affine))
+
+    def values(self, dtype: npt.DTypeLike = np.float32) -> npt.NDArray[np.floating]:
+        """Physical intensities ``raw * slope + inter`` as a new float array, shape (I, J, K)."""
+        out = self.raw.astype(dtype, copy=True)
+        if self.slope != 1.0:
+            out *= dtype_cast(self.slope, dtype)
+        if self.inter != 0.0:
+            out += dtype_cast(self.inter, dtype)
+        return out
+
+    def with_raw(self, raw: npt.NDArray[Any]) -> Volume:
+        """Return a copy of this volume with other stored values (same grid, dtype, header)."""
+        if raw.shape != self.raw.shape or raw.dtype != self.raw.dtype:
+            message = (
+                f"Replacement voxels must keep shape {self.raw.shape} and dtype {self.raw.dtype}, "
+                f"got {raw.shape} and {raw.dtype}."
+            )
+            raise ValueError(message)
+        return Volume(raw, self.affine, self.slope, self.inter, self.format, self.header, dict(self.extra))
+
+
+def dtype_cast(value: float, dtype: npt.DTypeLike) -> Any:
+    """Cast a Python scalar to ``dtype`` (keeps float32 arithmetic in float32)."""
+    return np.asarray(value, dtype=dtype)[()]
+
+
+@dataclass(frozen=True)
+class Reorientation:
+    """An exact mapping between a file's voxel axes and the canonical RAS+ axes.
+
+    Built by :func:`canonical_reorientation`; :meth:`to_ras` and :meth:`from_ras` are exact
+    inverses (axis permutations and flips only, never interpolation).
+    """
+
+    ornt: npt.NDArray[np.float64]
+    shape: tuple[int, int, int]
+    ras_affine: Affine
+
+    def to_ras(self, array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """Reorder an array on the file's grid, shape ``shape``, into RAS+ axis order."""
+        return np.ascontiguousarray(nio.apply_orientation(array, self.ornt))
+
+    def from_ras(self, array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """Reorder an array in RAS+ axis order back onto the file's grid."""
+        inverse = nio.ornt_inverse(self.ornt)
+        out = np.ascontiguousarray(nio.apply_orientation(array, inverse))
+        if out.shape[:3] != self.shape:
+            message = f"Array of shape {array.shape} does not map back onto the grid {self.shape}."
+            raise ValueError(message)
+        return out
+
+    @property
+    def ras_spacing(self) -> tuple[float, float, float]:
+        """Voxel size along the R, A and S axes of the reoriented array, in mm."""
+        sx, sy, sz = np.sqrt((self.ras_affine[:3, :3] ** 2).sum(axis=0))
+        return float(sx), float(sy), float(sz)
+
+
+def canonical_reorientation(affine: Affine, shape: tuple[int, int, int]) -> Reorientation:
+    """Find the axis permutation and flips that bring a grid closest to RAS+.
+
+    Oblique grids are mapped to their nearest canonical axes; no resampling happens.
+
+    Parameters
+    ----------
+    affine : ndarray, shape (4, 4)
+        Voxel-to-RAS+ affine of the grid.
+    shape : tuple of 3 int
+        Grid shape ``(I, J, K)``.
+
+    Returns
+    -------
+    Reorientation
+        With the RAS+ affine of the reordered grid.
+    """
+    ornt = nio.io_orientation(affine)
+    transform = nio.inv_ornt_aff(ornt, shape)
+    ras_affine = np.asarray(affine @ transform, dtype=np.float64)
+    return Reorientation(ornt=ornt, shape=tuple(int(s) for s in shape), ras_affine=ras_affine)  # type: ignore[arg-type]

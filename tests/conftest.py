@@ -1,0 +1,18 @@
+"""Shared fixtures: the real-data folder (skipped when absent) and synthetic phantoms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+#: ``../shared/data`` beside the repository: real head scans, never copied into the repo.
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Path of the shared real-data folder; skips the test when it is not there."""
+    if not (SHARED_DATA / "heads").is_dir():
+        pytest.skip(f"real head scans not available at {SHARED_DATA} (they exist in CI and on developer machines)")
+    return SHARED_DATA
