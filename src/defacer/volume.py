@@ -107,7 +107,7 @@ class Reorientation:
 
     def from_ras(self, array: npt.NDArray[Any]) -> npt.NDArray[Any]:
         """Reorder an array in RAS+ axis order back onto the file's grid."""
-        inverse = nio.ornt_inverse(self.ornt)
+        inverse = nio.ornt_transform(np.array([[0, 1], [1, 1], [2, 1]], dtype=float), self.ornt)
         out = np.ascontiguousarray(nio.apply_orientation(array, inverse))
         if out.shape[:3] != self.shape:
             message = f"Array of shape {array.shape} does not map back onto the grid {self.shape}."

@@ -44,7 +44,9 @@ def _load_command_modules() -> list[object]:
             modules.append(importlib.import_module(f"defacer.cli.{name}"))
         except ModuleNotFoundError as err:
             if err.name != f"defacer.cli.{name}":
-                raise
+                logging.getLogger(__name__).warning("command '%s' unavailable: %s", name, err)
+        except Exception as err:  # one broken optional command must not break the others
+            logging.getLogger(__name__).warning("command '%s' unavailable: %s", name, err)
     return modules
 
 

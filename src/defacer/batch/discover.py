@@ -1,0 +1,339 @@
+"""Find the scans to deface in a dataset folder.
+
+Three kinds of input folder are recognised:
+
+``bids``
+    A BIDS dataset (``dataset_description.json`` or ``sub-*`` folders at the top).  Every
+    image in an ``anat/`` folder is a scan to deface (T1w, T2w, FLAIR, PDw, T2starw, angio,
+    quantitative maps...), except masks and segmentations; so is every image whose suffix is
+    ``CT`` and every image in a ``ct/`` folder.  ``sourcedata/``, ``derivatives/`` and
+    ``code/`` are not searched for scans, and never copied (``sourcedata`` usually holds the
+    original DICOMs, with faces).
+``files``
+    Any other folder: every NIfTI, NRRD or MGH/MGZ file below it, and every folder that
+    directly holds DICOM files (one series per folder).
+A single DICOM series folder is a ``files`` dataset with one scan whose relative path is ``.``.
+
+Filters (``--include``/``--exclude``) are either ``KEY=VALUE`` on BIDS entities (``sub=01``,
+``suffix=T1w``, ``datatype=anat``, ``acq=mprage``; the value may hold ``*`` and ``?``), or a
+glob matched against the scan's path relative to the input folder and against its name
+(``sub-01/*``, ``*_T2w.nii.gz``).  A scan is kept if it matches any include (or there are
+none) and no exclude.  Excluded scans are neither defaced nor copied.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from defacer._typing import PathLike
+from defacer.errors import InputImageError
+
+#: Image file endings that defacer reads (longest first, so ``.nii.gz`` wins over ``.gz``).
+IMAGE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mgz", ".mgh")
+
+#: BIDS suffixes in ``anat/`` that hold no face (masks, segmentations): never defaced.
+NON_FACE_SUFFIXES: frozenset[str] = frozenset({"defacemask", "mask", "dseg", "probseg", "label", "roi"})
+
+#: Top-level BIDS folders that are neither searched for scans nor copied.
+BIDS_SKIPPED_FOLDERS: frozenset[str] = frozenset({"sourcedata", "derivatives", "code"})
+
+_ENTITY = re.compile(r"^([a-zA-Z0-9]+)-([a-zA-Z0-9]+)$")
+
+
+@dataclass(frozen=True)
+class Scan:
+    """One scan to deface.
+
+    Attributes
+    ----------
+    path : Path
+        Absolute path of the image file, or of the DICOM series folder.
+    relpath : PurePosixPath
+        Path relative to the input folder (``"."`` for a lone series folder); this is the
+        scan's identity in the manifest and the place of its output in the output folder.
+    kind : str
+        ``"file"`` or ``"dicom"``.
+    entities : dict
+        BIDS entities parsed from the name (``sub``, ``ses``, ``acq``...), plus ``suffix``
+        and ``datatype`` (the parent folder's name); empty keys are absent.
+    sidecar : Path or None
+        The scan's own JSON sidecar (``<stem>.json`` beside it), if there is one.
+    companions : tuple of Path
+        Other input files that belong to the scan (the detached data file of a ``.nhdr``):
+        they are replaced by the scan's output, never copied.
+    """
+
+    path: Path
+    relpath: PurePosixPath
+    kind: str
+    entities: dict[str, str] = field(default_factory=dict)
+    sidecar: Path | None = None
+    companions: tuple[Path, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """The scan's identity: its relative path with forward slashes."""
+        return str(self.relpath)
+
+    @property
+    def stem(self) -> str:
+        """File name without its image ending (``sub-01_T1w`` for ``sub-01_T1w.nii.gz``)."""
+        return image_stem(self.relpath.name)
+
+    @property
+    def extension(self) -> str:
+        """The image ending (``".nii.gz"``), or ``""`` for a DICOM folder."""
+        return self.relpath.name[len(self.stem):] if self.kind == "file" else ""
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """What :func:`discover` found.
+
+    Attributes
+    ----------
+    root : Path
+        The input folder (absolute).
+    layout : str
+        ``"bids"`` or ``"files"``.
+    scans : list of Scan
+        The scans to deface, sorted by relative path.
+    others : list of PurePosixPath
+        Files to carry over unchanged (relative to ``root``): everything that is not a
+        scan, a scan's sidecar or companion, an excluded scan, or under a skipped folder.
+    excluded : list of PurePosixPath
+        Scans the filters removed (neither defaced nor copied).
+    """
+
+    root: Path
+    layout: str
+    scans: list[Scan]
+    others: list[PurePosixPath]
+    excluded: list[PurePosixPath]
+
+
+def image_stem(name: str) -> str:
+    """Strip an image ending from a file name (``a.nii.gz`` -> ``a``); other names are kept."""
+    lower = name.lower()
+    for suffix in IMAGE_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def is_image_file(path: Path) -> bool:
+    """Whether the name ends in an image ending defacer reads."""
+    return path.name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def is_dicom_file(path: Path) -> bool:
+    """Whether a file is DICOM: ``DICM`` at byte 128 (Part 10), or a ``.dcm`` name."""
+    if path.name.lower().endswith(".dcm"):
+        return True
+    try:
+        with path.open("rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def parse_bids_name(relpath: PurePosixPath) -> dict[str, str]:
+    """Parse BIDS entities, ``suffix`` and ``datatype`` from a path.
+
+    ``sub-01/ses-1/anat/sub-01_ses-1_acq-mp_T1w.nii.gz`` gives ``{"sub": "01", "ses": "1",
+    "acq": "mp", "suffix": "T1w", "datatype": "anat"}``.  Parts that are not ``key-value``
+    are ignored, so any name parses.
+    """
+    entities: dict[str, str] = {}
+    parts = image_stem(relpath.name).split("_")
+    for part in parts[:-1]:
+        match = _ENTITY.match(part)
+        if match:
+            entities[match.group(1)] = match.group(2)
+    if parts and not _ENTITY.match(parts[-1]):
+        entities["suffix"] = parts[-1]
+    if len(relpath.parts) > 1:
+        entities["datatype"] = relpath.parts[-2]
+    return entities
+
+
+def nhdr_data_files(path: Path) -> list[Path]:
+    """Data files named by a detached NRRD header (``data file:`` field), relative to it."""
+    names: list[Path] = []
+    try:
+        with path.open("r", encoding="latin-1") as handle:
+            for line in handle:
+                line = line.rstrip("\r\n")
+                if not line:
+                    break
+                key, _, value = line.partition(":")
+                if key.strip().lower() in ("data file", "datafile"):
+                    value = value.strip()
+                    if value and not value.upper().startswith("LIST") and "%" not in value:
+                        names.append(path.parent / value)
+    except OSError:
+        return []
+    return names
+
+
+def matches(scan_relpath: PurePosixPath, entities: dict[str, str], pattern: str) -> bool:
+    """Whether a scan matches one ``--include``/``--exclude`` pattern (see module docstring)."""
+    if "=" in pattern:
+        key, _, value = pattern.partition("=")
+        key = key.strip()
+        if key not in entities:
+            return False
+        return fnmatch.fnmatchcase(entities[key], value.strip())
+    text = str(scan_relpath)
+    return fnmatch.fnmatchcase(text, pattern) or fnmatch.fnmatchcase(scan_relpath.name, pattern)
+
+
+def check_patterns(patterns: Iterable[str]) -> list[str]:
+    """Validate filter patterns; return them stripped.
+
+    Raises
+    ------
+    ValueError
+        For an empty pattern or ``KEY=VALUE`` with an empty key.
+    """
+    checked = []
+    for pattern in patterns:
+        text = pattern.strip()
+        if not text or text.startswith("="):
+            raise ValueError(
+                f"Invalid filter {pattern!r}: expected KEY=VALUE on a BIDS entity (e.g. suffix=T1w, sub=01) "
+                "or a glob on the path (e.g. 'sub-0*/anat/*_T1w.nii.gz')."
+            )
+        checked.append(text)
+    return checked
+
+
+def _selected(scan: Scan, include: Sequence[str], exclude: Sequence[str]) -> bool:
+    if include and not any(matches(scan.relpath, scan.entities, p) for p in include):
+        return False
+    return not any(matches(scan.relpath, scan.entities, p) for p in exclude)
+
+
+def detect_layout(root: Path) -> str:
+    """``"bids"`` if ``root`` has ``dataset_description.json`` or ``sub-*`` folders, else ``"files"``."""
+    if (root / "dataset_description.json").is_file():
+        return "bids"
+    if any(child.is_dir() and child.name.startswith("sub-") for child in root.iterdir()):
+        return "bids"
+    return "files"
+
+
+def _walk(root: Path, skip_top: frozenset[str]) -> Iterable[tuple[Path, list[str], list[str]]]:
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if here == root:
+            dirnames[:] = [d for d in dirnames if d not in skip_top]
+        yield here, dirnames, sorted(f for f in filenames if not f.startswith("."))
+
+
+def _is_bids_scan(relpath: PurePosixPath, entities: dict[str, str]) -> bool:
+    if not relpath.parts or not relpath.parts[0].startswith("sub-"):
+        return False
+    suffix = entities.get("suffix", "")
+    if suffix.lower() == "ct" or entities.get("datatype") == "ct":
+        return True
+    return entities.get("datatype") == "anat" and suffix not in NON_FACE_SUFFIXES
+
+
+def discover(
+    root: PathLike,
+    *,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    layout: str | None = None,
+) -> Discovery:
+    """Find the scans to deface and the files to carry over in ``root``.
+
+    Parameters
+    ----------
+    root : path-like
+        A BIDS dataset, a folder of image files and/or DICOM series folders, or one
+        DICOM series folder.
+    include, exclude : sequence of str
+        Filter patterns (see the module docstring).
+    layout : {"bids", "files"}, optional
+        Force the kind of input instead of detecting it.
+
+    Returns
+    -------
+    Discovery
+
+    Raises
+    ------
+    InputImageError
+        If ``root`` is not a folder.
+    ValueError
+        For a malformed filter pattern.
+    """
+    base = Path(root).resolve()
+    if not base.is_dir():
+        raise InputImageError(
+            f"The batch input '{root}' is not a folder. Give a BIDS dataset, a folder of NIfTI/NRRD/MGZ files "
+            "or a folder of DICOM series (for one file use 'defacer deface')."
+        )
+    include = check_patterns(include)
+    exclude = check_patterns(exclude)
+    kind = layout or detect_layout(base)
+    if kind not in ("bids", "files"):
+        raise ValueError(f"Unknown input layout {kind!r}: expected 'bids' or 'files'.")
+    skip_top = BIDS_SKIPPED_FOLDERS if kind == "bids" else frozenset()
+
+    candidates: list[Scan] = []
+    files: list[PurePosixPath] = []
+    for here, _dirnames, filenames in _walk(base, skip_top):
+        rel_here = PurePosixPath(here.relative_to(base).as_posix())
+        dicoms = [name for name in filenames if not is_image_file(here / name) and is_dicom_file(here / name)]
+        if dicoms and kind == "files":
+            candidates.append(Scan(path=here, relpath=rel_here, kind="dicom", entities={}))
+            files.extend(rel_here / name for name in filenames if name not in dicoms)
+            continue
+        for name in filenames:
+            rel = rel_here / name
+            files.append(rel)
+            if not is_image_file(here / name):
+                continue
+            entities = parse_bids_name(rel)
+            if kind == "bids" and not _is_bids_scan(rel, entities):
+                continue
+            sidecar = here / f"{image_stem(name)}.json"
+            companions = tuple(nhdr_data_files(here / name)) if name.lower().endswith(".nhdr") else ()
+            candidates.append(
+                Scan(
+                    path=here / name,
+                    relpath=rel,
+                    kind="file",
+                    entities=entities,
+                    sidecar=sidecar if sidecar.is_file() else None,
+                    companions=companions,
+                )
+            )
+
+    scans = [scan for scan in candidates if _selected(scan, include, exclude)]
+    excluded = [scan.relpath for scan in candidates if not _selected(scan, include, exclude)]
+    claimed: set[PurePosixPath] = set()
+    for scan in candidates:
+        if scan.kind == "dicom":
+            continue
+        claimed.add(scan.relpath)
+        if scan.sidecar is not None:
+            claimed.add(PurePosixPath(scan.sidecar.relative_to(base).as_posix()))
+        for companion in scan.companions:
+            try:
+                claimed.add(PurePosixPath(companion.resolve().relative_to(base).as_posix()))
+            except ValueError:
+                continue
+    others = [rel for rel in files if rel not in claimed]
+    scans.sort(key=lambda s: s.key)
+    return Discovery(root=base, layout=kind, scans=scans, others=sorted(others), excluded=sorted(excluded))

@@ -1,0 +1,302 @@
+"""The defacing pipeline: reorient to RAS, detect, analyse the head, distort, map back.
+
+Guarantee that the brain is never touched
+-----------------------------------------
+Every edit is applied only outside the *protected region*: the voxels lying deeper than
+``protect_depth_mm`` (default 10 mm) below the sealed head surface, measured after the nose
+box is cut away (so the depth behind the nose counts from the face).  Scalp plus skull are
+thicker than that over the whole brain, so no brain voxel can change whatever the detector
+says.  Depth is computed on a ~2 mm grid; a voxel is protected when its coarse-grid depth is
+above ``protect_depth_mm - h`` (``h`` = half the coarse voxel diagonal), and as the distance map
+is 1-Lipschitz this protects every voxel whose true depth exceeds ``protect_depth_mm``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from defacer._typing import LabelMap, PathLike
+from defacer.detect import Detector
+from defacer.distort import Edit, distort_ears, distort_eyes, distort_nose, nose_box
+from defacer.errors import DetectorError, InputImageError
+from defacer.head import analyse_head, depth_below_surface
+from defacer.labels import FEATURES, Label
+from defacer.provenance import environment, sha256_of, sidecar_path, write_provenance
+from defacer.volume import Volume, canonical_reorientation
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DefaceOptions:
+    """What to distort and how.
+
+    Attributes
+    ----------
+    features : tuple of str
+        Any of ``"eyes"``, ``"nose"``, ``"ears"``.
+    seed : int
+        Seed of the ear noise (the output is reproducible for a given seed).
+    protect_depth_mm : float
+        Voxels deeper than this below the head surface are never changed (see module doc).
+    eye_band_mm : float
+        Half-thickness of the skin band laid over each eye, in mm.
+    eye_box_scale : float
+        Scale of each eye's bounding box within which the band is laid.
+    nose_scale : float
+        Enlargement of the nose's bounding box per axis.
+    """
+
+    features: tuple[str, ...] = FEATURES
+    seed: int = 0
+    protect_depth_mm: float = 10.0
+    eye_band_mm: float = 2.0
+    eye_box_scale: float = 1.5
+    nose_scale: float = 2.0
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.features if f not in FEATURES]
+        if unknown:
+            raise ValueError(f"Unknown features {unknown}; expected some of {FEATURES}.")
+        if self.protect_depth_mm < 0 or self.eye_band_mm <= 0 or self.nose_scale < 1:
+            raise ValueError("protect_depth_mm must be >= 0, eye_band_mm > 0 and nose_scale >= 1.")
+
+
+@dataclass
+class DefaceResult:
+    """Outcome of :func:`deface`.
+
+    Attributes
+    ----------
+    volume : Volume
+        The defaced scan: same grid, dtype, scaling and header as the input.
+    labels : ndarray, uint8, shape of the input grid
+        Detected feature labels (:mod:`defacer.labels`).
+    edit_mask : ndarray, uint8, shape of the input grid
+        Feature label of every voxel whose stored value changed, 0 elsewhere.
+    protected : ndarray, bool, shape of the input grid
+        The protected region (never written).
+    provenance : dict
+        Parameters, estimates, counts and timings (JSON-serialisable).
+    """
+
+    volume: Volume
+    labels: LabelMap
+    edit_mask: LabelMap
+    protected: npt.NDArray[np.bool_]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def load_detector(labels_path: PathLike | None = None, weights_path: PathLike | None = None) -> Detector:
+    """The detector to use: a label file when given, else the shipped (or given) ONNX weights.
+
+    Raises
+    ------
+    DetectorError
+        When no label file is given and no model weights are available.
+    """
+    if labels_path is not None:
+        from defacer.detect.label_file import LabelFileDetector
+
+        return LabelFileDetector(labels_path)
+    try:
+        from defacer.detect import model
+    except ImportError as err:
+        raise DetectorError(
+            "No facial-feature model is available in this installation, and no label map was given. "
+            "Pass --labels FILE (0 background, 1 eyes, 2 nose, 3 ears, on the scan's grid)."
+        ) from err
+    if weights_path is not None:
+        return model.OnnxDetector(weights_path)
+    return model.load_default_detector()
+
+
+def quantize(values: npt.NDArray[np.floating], like: Volume) -> npt.NDArray[Any]:
+    """Convert physical values to the stored representation of ``like`` (inverse scaling, rounding, clipping)."""
+    stored = (np.asarray(values, dtype=np.float64) - like.inter) / like.slope
+    dtype = like.raw.dtype
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(stored), info.min, info.max).astype(dtype)
+    return stored.astype(dtype)
+
+
+def deface(volume: Volume, detector: Detector, options: DefaceOptions = DefaceOptions()) -> DefaceResult:
+    """Distort the eyes, nose and ears of ``volume`` and nothing else.
+
+    Parameters
+    ----------
+    volume : Volume
+        The scan, in any axis order.
+    detector : Detector
+        Gives the feature label map in RAS.
+    options : DefaceOptions
+
+    Returns
+    -------
+    DefaceResult
+    """
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    reorientation = canonical_reorientation(volume.affine, volume.shape)
+    image = reorientation.to_ras(volume.values(np.float32))
+    spacing = reorientation.ras_spacing
+    timings["reorient_s"] = time.perf_counter() - start
+
+    t = time.perf_counter()
+    labels_ras = np.asarray(detector.predict(image, reorientation.ras_affine), dtype=np.uint8)
+    if labels_ras.shape != image.shape:
+        raise DetectorError(f"The detector returned labels of shape {labels_ras.shape} for an image of shape {image.shape}.")
+    timings["detect_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    head = analyse_head(image, spacing)
+    found = {name: int(np.count_nonzero(labels_ras == label)) for name, label in
+             (("eyes", Label.EYES), ("nose", Label.NOSE), ("ears", Label.EARS))}
+    nose = nose_box(labels_ras == Label.NOSE, image.shape, options.nose_scale) if "nose" in options.features else None
+    depth = depth_below_surface(head, spacing, [nose] if nose is not None else [])
+    coarse_step = np.asarray(spacing) * np.asarray(head.strides)
+    slack = 0.5 * float(np.linalg.norm(coarse_step))
+    rng = np.random.default_rng(options.seed)
+    edits: list[Edit] = []
+    if "eyes" in options.features:
+        edits += distort_eyes(image, labels_ras == Label.EYES, head, spacing,
+                              band_mm=options.eye_band_mm, box_scale=options.eye_box_scale)
+    if nose is not None:
+        edits.append(distort_nose(image, nose, head))
+    if "ears" in options.features:
+        edits += distort_ears(image, labels_ras == Label.EARS, head, spacing, rng)
+
+    out = image.copy()
+    written = np.zeros(image.shape, dtype=np.uint8)
+    for edit in edits:
+        protected_local = head.upsample(depth, edit.box) > options.protect_depth_mm - slack
+        write = edit.mask & ~protected_local
+        region = out[edit.box]
+        region[write] = edit.values[write]
+        written[edit.box][write] = int(Label[edit.feature.upper()])
+        edit.params["voxels_written"] = int(write.sum())
+        edit.params["voxels_protected"] = int((edit.mask & protected_local).sum())
+    timings["distort_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    written_native = reorientation.from_ras(written)
+    changed_at = written_native > 0
+    new_values = reorientation.from_ras(out)[changed_at]
+    raw = volume.raw.copy()
+    raw[changed_at] = quantize(new_values, volume)
+    changed = np.zeros(volume.shape, dtype=bool)
+    changed[changed_at] = raw[changed_at] != volume.raw[changed_at]
+    edit_mask = np.where(changed, written_native, 0).astype(np.uint8)
+    labels_native = reorientation.from_ras(labels_ras)
+    protected_native = _protected_full(depth, head, reorientation, options.protect_depth_mm - slack)
+    timings["map_back_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - start
+
+    provenance: dict[str, Any] = {
+        "defacer": environment(),
+        "detector": {"name": detector.name, "weights_sha256": detector.weights_sha256},
+        "options": asdict(options),
+        "input_geometry": {"shape": list(volume.shape), "axcodes": volume.axcodes,
+                           "spacing_mm": [round(s, 5) for s in volume.spacing], "format": volume.format},
+        "head": {"threshold": head.threshold, "background": head.background,
+                 "air_sample_size": int(head.air_sample.size)},
+        "features_found_voxels": found,
+        "edits": [{"feature": e.feature, **e.params} for e in edits],
+        "voxels_changed": {name: int(np.count_nonzero(edit_mask == Label[name.upper()])) for name in FEATURES},
+        "protection": {"depth_mm": options.protect_depth_mm, "coarse_slack_mm": round(slack, 3),
+                       "protected_voxels": int(protected_native.sum()),
+                       "changed_inside_protected": int(np.count_nonzero(edit_mask[protected_native]))},
+        "timings": {k: round(v, 4) for k, v in timings.items()},
+    }
+    missing = [name for name in options.features if found[name] == 0]
+    if missing:
+        provenance["warnings"] = [f"no {name} detected: nothing distorted for it" for name in missing]
+        for name in missing:
+            log.warning("No %s detected in this scan; it was left as it is.", name)
+    return DefaceResult(volume.with_raw(raw), labels_native, edit_mask, protected_native, provenance)
+
+
+def _protected_full(depth: npt.NDArray[np.float32], head: Any, reorientation: Any, limit: float) -> npt.NDArray[np.bool_]:
+    shape_ras = tuple(int(n) for n in reorientation.to_ras(np.zeros(reorientation.shape, dtype=bool)).shape)
+    full_box = tuple(slice(0, n) for n in shape_ras)
+    return reorientation.from_ras(head.upsample(depth, full_box) > limit)
+
+
+def deface_file(
+    input_path: PathLike,
+    output_path: PathLike,
+    *,
+    options: DefaceOptions = DefaceOptions(),
+    detector: Detector | None = None,
+    labels_path: PathLike | None = None,
+    weights_path: PathLike | None = None,
+    force: bool = False,
+    mask_path: PathLike | None = None,
+    sidecar: bool = True,
+) -> dict[str, Any]:
+    """Deface one NIfTI/NRRD/MGZ file into ``output_path`` (same format) and write its sidecar.
+
+    Parameters
+    ----------
+    input_path, output_path : path-like
+        Input scan and output file (refused if it exists, unless ``force``).
+    options : DefaceOptions
+    detector : Detector, optional
+        Reused across calls in batch mode; otherwise made by :func:`load_detector`.
+    labels_path, weights_path : path-like, optional
+        A label map on the scan's grid, or other model weights.
+    force : bool
+        Overwrite existing outputs.
+    mask_path : path-like, optional
+        Also write the detected label map there.
+    sidecar : bool
+        Write the provenance sidecar ``<output stem>.defacer.json``.
+
+    Returns
+    -------
+    dict
+        The provenance record (also in the sidecar).
+    """
+    from defacer.io import check_output_path, format_of, load_volume, save_label_map, save_volume
+
+    start = time.perf_counter()
+    source = Path(input_path)
+    target = Path(output_path)
+    if format_of(source) != "dicom" and format_of(target) != format_of(source):
+        raise InputImageError(
+            f"The output '{target.name}' has another format than the input '{source.name}'. defacer writes the "
+            "input's format: use the same kind of extension."
+        )
+    for path in [target] + ([Path(mask_path)] if mask_path else []) + ([sidecar_path(target)] if sidecar else []):
+        check_output_path(path, force=force, inputs=[source])
+    t = time.perf_counter()
+    volume = load_volume(source)
+    load_s = time.perf_counter() - t
+    if detector is None:
+        detector = load_detector(labels_path, weights_path)
+    result = deface(volume, detector, options)
+    t = time.perf_counter()
+    written = save_volume(result.volume, target, force=force, inputs=(source,))
+    if mask_path is not None:
+        save_label_map(result.labels, volume, mask_path, force=force)
+    save_s = time.perf_counter() - t
+    provenance = result.provenance
+    provenance["input"] = {"path": str(source), "sha256": sha256_of(source)}
+    provenance["output"] = {"path": str(target), "sha256": sha256_of(target), "files": [str(p) for p in written]}
+    if mask_path is not None:
+        provenance["mask"] = {"path": str(mask_path)}
+    if labels_path is not None:
+        provenance["detector"]["labels_sha256"] = sha256_of(labels_path)
+    provenance["timings"].update({"load_s": round(load_s, 4), "save_s": round(save_s, 4),
+                                  "wall_s": round(time.perf_counter() - start, 4)})
+    if sidecar:
+        write_provenance(provenance, sidecar_path(target))
+    return provenance

@@ -1,0 +1,80 @@
+"""The JSON provenance sidecar written beside every defaced output."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+from defacer._typing import PathLike
+from defacer.io.atomic import atomic_outputs
+
+#: Ending of the sidecar file name: ``scan.nii.gz`` -> ``scan.defacer.json``.
+SIDECAR_SUFFIX = ".defacer.json"
+_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mgz", ".mgh", ".dcm")
+
+
+def sidecar_path(output: PathLike) -> Path:
+    """Path of the provenance sidecar for an output file or DICOM output folder."""
+    p = Path(output)
+    name = p.name
+    for suffix in _IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return p.with_name(name + SIDECAR_SUFFIX)
+
+
+def sha256_of(path: PathLike) -> str:
+    """sha256 of a file, or of the sorted (relative name, file sha256) list of a folder."""
+    p = Path(path)
+    digest = hashlib.sha256()
+    if p.is_dir():
+        for child in sorted(q for q in p.rglob("*") if q.is_file()):
+            digest.update(str(child.relative_to(p)).encode())
+            digest.update(bytes.fromhex(sha256_of(child)))
+        return digest.hexdigest()
+    with p.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def environment() -> dict[str, str]:
+    """Software versions worth recording."""
+    import nibabel
+    import numpy
+    import scipy
+
+    from defacer._version import __version__
+
+    return {
+        "defacer": __version__,
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "nibabel": nibabel.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def write_provenance(provenance: dict[str, Any], path: PathLike, *, force: bool = True) -> Path:
+    """Write ``provenance`` as indented JSON to ``path`` atomically."""
+    target = Path(path)
+    with atomic_outputs([target]) as (temp,):
+        temp.write_text(json.dumps(provenance, indent=2, sort_keys=False, default=_jsonable) + "\n")
+    return target
+
+
+def _jsonable(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

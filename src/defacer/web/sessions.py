@@ -1,0 +1,223 @@
+"""Private work areas, one per upload: a folder only this process can read, and the session's state.
+
+Every browser upload starts a new :class:`Session` with a random id (the only thing the
+client ever names); its folder is removed when the user finishes, when it has been idle
+for the configured time, or when the server shuts down.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from defacer.errors import DefacerError
+
+log = logging.getLogger(__name__)
+
+#: Shape of a session id (``secrets.token_urlsafe(24)``); anything else is refused before lookup.
+SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{32}$")
+
+
+class SessionNotFound(DefacerError, KeyError):
+    """No open work area has this id (never existed, finished, or expired)."""
+
+    default_message = (
+        "This scan's work area no longer exists (it was finished, expired after being idle, or the server "
+        "restarted). Upload the scan again."
+    )
+
+    def __str__(self) -> str:  # KeyError would add quotes
+        return str(self.args[0]) if self.args else self.default_message
+
+
+class TooManySessions(DefacerError, RuntimeError):
+    """The server already holds its maximum number of work areas."""
+
+
+class SessionBusy(DefacerError, RuntimeError):
+    """The session is in the middle of a job."""
+
+
+@dataclass
+class StoredFile:
+    """One uploaded file: where the server put it and what the user called it."""
+
+    path: Path
+    kind: str
+    display_name: str
+    size: int
+
+
+@dataclass
+class Job:
+    """Progress of the long-running defacing job of a session."""
+
+    state: str = "idle"  # idle | queued | running | done | failed
+    stage: str = ""
+    progress: float = 0.0
+    error: str | None = None
+    result: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "stage": self.stage, "progress": round(self.progress, 3),
+                "error": self.error, "result": self.result}
+
+
+@dataclass
+class Session:
+    """One user's scan and everything made from it.
+
+    Attributes
+    ----------
+    id : str
+        Random, URL-safe; the only handle the client has.
+    folder : Path
+        Private (mode 0700) work area; every path below it is chosen by the server.
+    scan_files, label_files : list of StoredFile
+        Uploaded scan file(s) and optional label map.
+    state : dict
+        Results of the steps (loaded volume, labels, outputs), owned by :mod:`defacer.web.workflow`.
+    """
+
+    id: str
+    folder: Path
+    created: float = field(default_factory=time.monotonic)
+    touched: float = field(default_factory=time.monotonic)
+    scan_files: list[StoredFile] = field(default_factory=list)
+    label_files: list[StoredFile] = field(default_factory=list)
+    uploaded_bytes: int = 0
+    job: Job = field(default_factory=Job)
+    state: dict[str, Any] = field(default_factory=dict)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    closed: bool = False
+
+    def touch(self) -> None:
+        self.touched = time.monotonic()
+
+    def path(self, *parts: str) -> Path:
+        """A server-chosen path inside the work area (``parts`` are constants, never client text)."""
+        target = self.folder.joinpath(*parts)
+        if self.folder.resolve() not in target.resolve().parents and target.resolve() != self.folder.resolve():
+            raise ValueError("internal error: a work-area path left its folder")
+        return target
+
+    def hide_paths(self, message: str) -> str:
+        """Replace server paths in an error message by the names the user knows."""
+        for stored in self.scan_files + self.label_files:
+            message = message.replace(str(stored.path), stored.display_name or "the uploaded file")
+        for folder in (self.folder.resolve(), self.folder):
+            message = message.replace(str(folder / "dicom"), "the uploaded DICOM series")
+            message = message.replace(str(folder) + "/", "").replace(str(folder), "the work area")
+        return message
+
+
+class SessionStore:
+    """All open work areas of one server, under one private root folder.
+
+    Parameters
+    ----------
+    root : Path or None
+        Parent folder; ``None`` makes a private one in the system temporary folder (removed
+        by :meth:`close_all`).
+    max_sessions : int
+        Most sessions open at once.
+    ttl_s : float
+        Idle time after which :meth:`sweep` removes a session that is not running a job.
+    """
+
+    def __init__(self, root: Path | None, *, max_sessions: int, ttl_s: float) -> None:
+        self._own_root = root is None
+        if root is None:
+            self.root = Path(tempfile.mkdtemp(prefix="defacer-web-"))
+        else:
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.root = Path(tempfile.mkdtemp(prefix="defacer-web-", dir=root))
+        self.max_sessions = max_sessions
+        self.ttl_s = ttl_s
+        self._sessions: dict[str, Session] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def create(self) -> Session:
+        """Open a new work area.
+
+        Raises
+        ------
+        TooManySessions
+            When ``max_sessions`` are open; the message says to finish or wait.
+        """
+        self.sweep()
+        with self._lock:
+            if len(self._sessions) >= self.max_sessions:
+                raise TooManySessions(
+                    f"The server is already working on {len(self._sessions)} scans, its limit. Finish one of them "
+                    "(or wait until idle ones expire) and try again."
+                )
+            session_id = secrets.token_urlsafe(24)
+            folder = self.root / secrets.token_hex(16)
+            folder.mkdir(mode=0o700)
+            session = Session(id=session_id, folder=folder)
+            self._sessions[session_id] = session
+        log.info("work area %s… opened (%d open)", session_id[:6], len(self._sessions))
+        return session
+
+    def get(self, session_id: str) -> Session:
+        """Return the open session ``session_id``; :class:`SessionNotFound` otherwise."""
+        if not SESSION_ID_PATTERN.match(session_id or ""):
+            raise SessionNotFound()
+        with self._lock:
+            session = self._sessions.get(session_id)
+        if session is None or session.closed:
+            raise SessionNotFound()
+        session.touch()
+        return session
+
+    def close(self, session_id: str) -> bool:
+        """Remove a session and its folder; ``False`` if it was not open."""
+        if not SESSION_ID_PATTERN.match(session_id or ""):
+            return False
+        with self._lock:
+            session = self._sessions.pop(session_id, None)
+        if session is None:
+            return False
+        self._remove(session)
+        return True
+
+    def _remove(self, session: Session) -> None:
+        session.closed = True
+        with session.lock:
+            session.state.clear()
+            shutil.rmtree(session.folder, ignore_errors=True)
+        log.info("work area %s… removed", session.id[:6])
+
+    def sweep(self) -> int:
+        """Remove idle sessions that are not running a job; return how many."""
+        now = time.monotonic()
+        with self._lock:
+            expired = [s for s in self._sessions.values()
+                       if now - s.touched > self.ttl_s and s.job.state not in ("queued", "running")]
+            for session in expired:
+                self._sessions.pop(session.id, None)
+        for session in expired:
+            self._remove(session)
+        return len(expired)
+
+    def close_all(self) -> None:
+        """Remove every session and the root folder (on shutdown)."""
+        with self._lock:
+            sessions = list(self._sessions.values())
+            self._sessions.clear()
+        for session in sessions:
+            session.closed = True
+            shutil.rmtree(session.folder, ignore_errors=True)
+        shutil.rmtree(self.root, ignore_errors=True)

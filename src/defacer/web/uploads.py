@@ -1,0 +1,201 @@
+"""Checking uploaded bytes before anything parses them, and unpacking zipped DICOM series safely.
+
+The client's file name is never used as a path: it only hints at the type (``.mgz`` versus
+``.nii.gz``) and is shown back to the same user.  Stored files get names chosen here.
+"""
+
+from __future__ import annotations
+
+import shutil
+import stat
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from defacer.errors import InputImageError
+
+#: Stored name (server side) of each kind of single-file scan.
+STORED_NAMES: dict[str, str] = {
+    "nifti-gz": "input.nii.gz",
+    "nifti": "input.nii",
+    "nrrd": "input.nrrd",
+    "mgz": "input.mgz",
+    "mgh": "input.mgh",
+    "zip": "upload.zip",
+}
+
+#: Bytes needed to recognise every supported type (DICOM's "DICM" sits at 128..132).
+SNIFF_BYTES = 352
+
+ACCEPTED_TEXT = "a NIfTI (.nii, .nii.gz), NRRD (.nrrd), MGH/MGZ file, a .zip of a DICOM series, or DICOM files"
+
+
+class UploadTooLarge(InputImageError):
+    """The upload exceeds the server's limit."""
+
+
+class UnsupportedUpload(InputImageError):
+    """The uploaded bytes are not of a supported type."""
+
+
+def human_bytes(n: float) -> str:
+    """Format a byte count for people: ``1.5 MB``."""
+    for unit in ("bytes", "kB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"  # pragma: no cover
+
+
+def _gunzip_head(head: bytes) -> bytes:
+    try:
+        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, 400)
+    except zlib.error:
+        return b""
+
+
+def _is_nifti_header(head: bytes) -> bool:
+    if len(head) < 4:
+        return False
+    return int.from_bytes(head[:4], "little") in (348, 540) or int.from_bytes(head[:4], "big") in (348, 540)
+
+
+def _is_mgh_header(head: bytes) -> bool:
+    return len(head) >= 4 and int.from_bytes(head[:4], "big") == 1
+
+
+def sniff(head: bytes, display_name: str = "") -> str:
+    """Name the type of an upload from its first bytes.
+
+    Parameters
+    ----------
+    head : bytes
+        The first :data:`SNIFF_BYTES` bytes of the upload (fewer if the file is shorter).
+    display_name : str
+        The name the user's browser gave; used only to tell ``.mgz`` from ``.nii.gz`` when
+        the compressed start is ambiguous.
+
+    Returns
+    -------
+    str
+        One of ``"nifti"``, ``"nifti-gz"``, ``"nrrd"``, ``"mgh"``, ``"mgz"``, ``"zip"``, ``"dicom"``.
+
+    Raises
+    ------
+    UnsupportedUpload
+        For empty files and anything else, saying what was found.
+    """
+    name = display_name.lower()
+    if not head:
+        raise UnsupportedUpload("The uploaded file is empty (0 bytes). Choose the scan file again.")
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head.startswith(b"NRRD"):
+        return "nrrd"
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicom"
+    if head[:2] == b"\x1f\x8b":
+        inner = _gunzip_head(head)
+        if _is_nifti_header(inner) and not name.endswith((".mgz", ".mgh.gz")):
+            return "nifti-gz"
+        if _is_mgh_header(inner):
+            return "mgz"
+        if _is_nifti_header(inner):
+            return "nifti-gz"
+        raise UnsupportedUpload(
+            "The uploaded file is gzip-compressed but holds neither a NIfTI nor an MGH header. "
+            f"Expected {ACCEPTED_TEXT}."
+        )
+    if _is_nifti_header(head) and (len(head) < 348 or head[344:347] in (b"n+1", b"n+2", b"ni1", b"ni2")):
+        return "nifti"
+    if _is_mgh_header(head) and name.endswith(".mgh"):
+        return "mgh"
+    if name.endswith(".dcm") and head[:2] in (b"\x08\x00", b"\x02\x00"):
+        return "dicom"  # DICOM without the 128-byte preamble
+    if name.endswith(".nhdr"):
+        raise UnsupportedUpload(
+            "Detached NRRD headers (.nhdr) need their data file too; convert the scan to a single .nrrd "
+            "(e.g. in 3D Slicer) and upload that."
+        )
+    shown = head[:8].hex(" ")
+    raise UnsupportedUpload(
+        f"This file is not a supported scan: its first bytes are {shown}. Expected {ACCEPTED_TEXT}. "
+        "If it is a scan in another format, convert it first (e.g. with dcm2niix or 3D Slicer)."
+    )
+
+
+@dataclass
+class ZipReport:
+    """What :func:`extract_zip` kept and skipped."""
+
+    files: int
+    skipped: int
+    total_bytes: int
+
+
+def _is_symlink(info: zipfile.ZipInfo) -> bool:
+    return stat.S_ISLNK(info.external_attr >> 16)
+
+
+def extract_zip(archive: Path, into: Path, *, max_bytes: int, max_files: int) -> ZipReport:
+    """Unpack the regular files of a zip into ``into`` under numbered names.
+
+    Member names are never used as paths (no zip-slip); symbolic links, folders, hidden
+    files and macOS resource forks are skipped; the unpacked size is counted while
+    writing, so a zip bomb stops at ``max_bytes``.
+
+    Parameters
+    ----------
+    archive : Path
+        The uploaded zip (server-side name).
+    into : Path
+        Empty folder that receives ``00001.dcm``, ``00002.dcm``, ...
+    max_bytes, max_files : int
+        Limits on the unpacked content.
+
+    Raises
+    ------
+    UnsupportedUpload
+        For a damaged zip or one without files.
+    UploadTooLarge
+        When the unpacked content exceeds a limit.
+    """
+    into.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        handle = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise UnsupportedUpload(f"The zip file is damaged ({err}). Create it again and upload it.") from err
+    written = kept = skipped = 0
+    with handle:
+        members = handle.infolist()
+        if len(members) > max_files * 2:
+            raise UploadTooLarge(f"The zip holds {len(members)} entries; the limit is {max_files} files.")
+        for info in members:
+            base = info.filename.replace("\\", "/").rstrip("/").split("/")[-1]
+            if info.is_dir() or _is_symlink(info) or not base or base.startswith(".") or "__MACOSX" in info.filename:
+                skipped += 1
+                continue
+            kept += 1
+            if kept > max_files:
+                raise UploadTooLarge(f"The zip holds more than {max_files} files, the limit of this server.")
+            target = into / f"{kept:05d}.dcm"
+            try:
+                with handle.open(info) as source, target.open("wb") as sink:
+                    while block := source.read(1 << 20):
+                        written += len(block)
+                        if written > max_bytes:
+                            raise UploadTooLarge(
+                                f"The zip unpacks to more than {human_bytes(max_bytes)}, the upload limit of this "
+                                "server. Upload a single series, or restart the server with a larger --max-upload-mb."
+                            )
+                        sink.write(block)
+            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as err:
+                raise UnsupportedUpload(
+                    f"The zip file could not be unpacked ({type(err).__name__}: {err}). It may be damaged or "
+                    "encrypted: create it again without a password."
+                ) from err
+    if kept == 0:
+        shutil.rmtree(into, ignore_errors=True)
+        raise UnsupportedUpload("The zip holds no files. Zip the folder of the DICOM series and upload it again.")
+    return ZipReport(files=kept, skipped=skipped, total_bytes=written)
