@@ -1,0 +1,368 @@
+"""The ASGI application of the local web interface: routes, safety checks and job handling.
+
+Build it with :func:`create_app`; ``defacer serve`` runs it on uvicorn.  The HTTP API
+(all JSON unless noted; errors are ``{"error": message}`` with a 4xx/5xx status):
+
+====================================================  ==============================================
+``GET  /api/config``                                   limits, features, what is installed
+``POST /api/sessions``                                 open a private work area -> ``{"session": id}``
+``PUT  /api/sessions/{id}/files/{scan|labels}``        raw file body; header ``X-File-Name`` (a hint)
+``POST /api/sessions/{id}/load``                       read the upload -> scan description
+``POST /api/sessions/{id}/detect``                     find eyes/nose/ears -> counts (overlay in view)
+``POST /api/sessions/{id}/deface``                     ``{"features": [...], "seed": 0}`` -> job
+``GET  /api/sessions/{id}/job``                        job state, stage, progress, result
+``POST /api/sessions/{id}/verify``                     rerun verification -> verdict
+``GET  /api/sessions/{id}/view/{name}``                NIfTI copies for the viewer
+``GET  /api/sessions/{id}/download/{kind}``            scan | mask | labels | report | provenance
+``DELETE /api/sessions/{id}`` (or ``POST .../close``)  remove the work area now
+====================================================  ==============================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from defacer._version import __version__
+from defacer.detect import Detector
+from defacer.errors import DefacerError, InputImageError
+from defacer.labels import FEATURES
+from defacer.web import workflow
+from defacer.web.sessions import Job, Session, SessionBusy, SessionNotFound, SessionStore, TooManySessions
+from defacer.web.settings import WebSettings
+from defacer.web.uploads import UnsupportedUpload, UploadTooLarge
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+TOKEN_COOKIE = "defacer_token"
+TOKEN_HEADER = "x-defacer-token"
+
+#: Files the viewer may fetch, by URL name -> server file below ``view/``.
+VIEW_FILES = ("scan.nii.gz", "labels.nii.gz", "defaced.nii.gz", "mask.nii.gz")
+DOWNLOAD_KINDS = ("scan", "mask", "labels", "report", "provenance")
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; connect-src 'self' data: blob:; worker-src 'self' blob:; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)
+
+_STATUS: list[tuple[type[BaseException], int]] = [
+    (SessionNotFound, 404),
+    (UploadTooLarge, 413),
+    (UnsupportedUpload, 415),
+    (SessionBusy, 409),
+    (TooManySessions, 503),
+]
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers={"Cache-Control": "no-store"})
+
+
+def _status_of(err: BaseException) -> int:
+    for kind, status in _STATUS:
+        if isinstance(err, kind):
+            return status
+    return 422
+
+
+def _host_name(host_header: str) -> str:
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[: host.find("]") + 1] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+class _Detectors:
+    """Builds the default detector once, on first use (loading model weights takes a while)."""
+
+    def __init__(self, factory: Callable[[], Detector]) -> None:
+        self._factory = factory
+        self._detector: Detector | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Detector:
+        with self._lock:
+            if self._detector is None:
+                self._detector = self._factory()
+            return self._detector
+
+
+def _default_detector() -> Detector:
+    from defacer.pipeline import load_detector
+
+    return load_detector()
+
+
+def create_app(settings: WebSettings | None = None, *, detector_factory: Callable[[], Detector] | None = None) -> FastAPI:
+    """Build the web application.
+
+    Parameters
+    ----------
+    settings : WebSettings, optional
+        Limits, work folder, token and accepted host names (defaults: loopback only, 1 GB).
+    detector_factory : callable, optional
+        Makes the detector used when the user uploads no label map; default
+        :func:`defacer.pipeline.load_detector` (the shipped model).
+
+    Returns
+    -------
+    FastAPI
+        Its work areas are removed when the application shuts down (ASGI lifespan).
+    """
+    settings = settings or WebSettings()
+    store = SessionStore(settings.work_dir, max_sessions=settings.max_sessions, ttl_s=settings.session_ttl_s)
+    executor = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="defacer-job")
+    detectors = _Detectors(detector_factory or _default_detector)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async def sweeper() -> None:
+            while True:
+                await asyncio.sleep(min(60.0, max(1.0, settings.session_ttl_s / 4)))
+                store.sweep()
+
+        task = asyncio.create_task(sweeper())
+        try:
+            yield
+        finally:
+            task.cancel()
+            executor.shutdown(wait=False, cancel_futures=True)
+            store.close_all()
+            log.info("all work areas removed")
+
+    app = FastAPI(title="defacer", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.state.settings = settings
+    app.state.store = store
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Callable[[Request], Any]) -> Response:
+        host = _host_name(request.headers.get("host", ""))
+        if settings.allowed_hosts is not None and host not in settings.allowed_hosts:
+            return _error(403, "This server only answers requests addressed to its own loopback address.")
+        origin = request.headers.get("origin")
+        if request.method not in ("GET", "HEAD", "OPTIONS") and origin and origin != "null":
+            if urlsplit(origin).netloc.lower() != request.headers.get("host", "").lower():
+                return _error(403, "Requests from other web sites are refused.")
+        if settings.token and request.url.path.startswith("/api/"):
+            given = request.headers.get(TOKEN_HEADER) or request.cookies.get(TOKEN_COOKIE) or ""
+            if not hmac.compare_digest(given.encode(), settings.token.encode()):
+                return _error(401, "This server needs its access token: open the address that 'defacer serve' "
+                                   "printed (it ends with ?token=...).")
+        try:
+            response: Response = await call_next(request)
+        except Exception as err:  # noqa: BLE001 - one request's failure never takes the server down
+            log.error("unexpected %s while answering %s %s", type(err).__name__, request.method,
+                      request.scope.get("route").path if request.scope.get("route") else "?")
+            response = _error(500, f"Unexpected error ({type(err).__name__}). The server is still running; "
+                                   "start over, and report this if it happens again.")
+        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        if request.url.path.startswith("/api/"):
+            response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @app.exception_handler(DefacerError)
+    async def on_defacer_error(request: Request, err: DefacerError) -> JSONResponse:
+        session: Session | None = getattr(request.state, "session", None)
+        message = session.hide_paths(str(err)) if session else str(err)
+        return _error(_status_of(err), message)
+
+    @app.exception_handler(ValueError)
+    async def on_value_error(request: Request, err: ValueError) -> JSONResponse:
+        session: Session | None = getattr(request.state, "session", None)
+        message = session.hide_paths(str(err)) if session else str(err)
+        return _error(422, message)
+
+    def lookup(request: Request, session_id: str) -> Session:
+        session = store.get(session_id)
+        request.state.session = session
+        return session
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index(request: Request, token: str | None = None) -> Response:
+        if settings.token:
+            if token is not None:
+                if not hmac.compare_digest(token.encode(), settings.token.encode()):
+                    return HTMLResponse("<p>Wrong access token. Open the address that 'defacer serve' printed.</p>",
+                                        status_code=401)
+                response = RedirectResponse("/", status_code=303)
+                response.set_cookie(TOKEN_COOKIE, settings.token, httponly=True, samesite="strict")
+                return response
+            cookie = request.cookies.get(TOKEN_COOKIE) or ""
+            if not hmac.compare_digest(cookie.encode(), settings.token.encode()):
+                return HTMLResponse("<p>This server needs its access token: open the address that "
+                                    "'defacer serve' printed (it ends with ?token=...).</p>", status_code=401)
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html",
+                            headers={"Cache-Control": "no-store"})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/api/config")
+    async def config() -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "features": list(FEATURES),
+            "max_upload_bytes": settings.max_upload_bytes,
+            "max_files": settings.max_files,
+            "verify": _verify_status(),
+        }
+
+    @app.post("/api/sessions", status_code=201)
+    async def open_session() -> dict[str, str]:
+        session = store.create()
+        return {"session": session.id}
+
+    @app.put("/api/sessions/{session_id}/files/{role}", status_code=201)
+    async def upload(request: Request, session_id: str, role: str) -> dict[str, Any]:
+        session = lookup(request, session_id)
+        if role not in ("scan", "labels"):
+            raise SessionNotFound("Unknown upload role: use 'scan' or 'labels'.")
+        length = request.headers.get("content-length")
+        announced = int(length) if length and length.isdigit() else None
+        workflow.check_announced_size(session, announced, settings)
+        display = request.headers.get("x-file-name", "")
+        with contextlib.suppress(UnicodeError):
+            display = bytes(display, "latin-1").decode("utf-8")
+        from urllib.parse import unquote
+
+        stored = await workflow.receive_upload(session, role, unquote(display), request.stream(), settings)
+        return {"kind": stored.kind, "size": stored.size, "name": stored.display_name,
+                "uploaded_bytes": session.uploaded_bytes}
+
+    @app.post("/api/sessions/{session_id}/load")
+    async def load(request: Request, session_id: str) -> dict[str, Any]:
+        session = lookup(request, session_id)
+        info = await run_in_threadpool(workflow.load_scan, session, settings)
+        return {**info, "view": f"/api/sessions/{session.id}/view/scan.nii.gz"}
+
+    @app.post("/api/sessions/{session_id}/detect")
+    async def detect(request: Request, session_id: str) -> dict[str, Any]:
+        session = lookup(request, session_id)
+        detection = await run_in_threadpool(workflow.detect, session, detectors)
+        return {**detection, "overlay": f"/api/sessions/{session.id}/view/labels.nii.gz"}
+
+    @app.post("/api/sessions/{session_id}/deface", status_code=202)
+    async def deface(request: Request, session_id: str) -> dict[str, Any]:
+        session = lookup(request, session_id)
+        try:
+            body = await request.json()
+        except ValueError:
+            body = {}
+        if not isinstance(body, dict):
+            body = {}
+        features = body.get("features", list(FEATURES))
+        if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+            raise ValueError(f"'features' must be a list of names from {list(FEATURES)}.")
+        unknown = [f for f in features if f not in FEATURES]
+        if unknown or not features:
+            raise ValueError(f"Choose at least one feature to distort among {', '.join(FEATURES)}"
+                             + (f"; unknown: {unknown}" if unknown else "") + ".")
+        seed = body.get("seed", 0)
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+            raise ValueError("'seed' must be an integer between 0 and 4294967295.")
+        if "labels_ras" not in session.state:
+            raise InputImageError("Detect the features before defacing (load, then detect).")
+        with session.lock:
+            if session.job.state in ("queued", "running"):
+                raise SessionBusy("This scan is already being defaced; wait for it to finish.")
+            session.job = new_job = Job(state="queued", stage="Waiting for a free worker")
+        chosen = tuple(f for f in FEATURES if f in features)
+        executor.submit(_run_job, session, new_job, chosen, seed)
+        return new_job.as_dict()
+
+    @app.get("/api/sessions/{session_id}/job")
+    async def job(request: Request, session_id: str) -> dict[str, Any]:
+        session = lookup(request, session_id)
+        return session.job.as_dict()
+
+    @app.post("/api/sessions/{session_id}/verify")
+    async def verify(request: Request, session_id: str) -> dict[str, Any]:
+        session = lookup(request, session_id)
+        if session.job.state in ("queued", "running"):
+            raise SessionBusy("Wait until defacing has finished.")
+        return await run_in_threadpool(workflow.verify_session, session)
+
+    @app.get("/api/sessions/{session_id}/view/{name}")
+    async def view(request: Request, session_id: str, name: str) -> Response:
+        session = lookup(request, session_id)
+        if name not in VIEW_FILES:
+            raise SessionNotFound("No such view file.")
+        path = session.path("view", name)
+        if not path.is_file():
+            raise SessionNotFound("This view is not ready yet (load, detect or deface first).")
+        return FileResponse(path, media_type="application/octet-stream")
+
+    @app.get("/api/sessions/{session_id}/download/{kind}")
+    async def download(request: Request, session_id: str, kind: str) -> Response:
+        session = lookup(request, session_id)
+        if kind not in DOWNLOAD_KINDS:
+            raise SessionNotFound(f"Unknown download '{kind[:40]}': choose one of {', '.join(DOWNLOAD_KINDS)}.")
+        downloads = session.state.get("downloads")
+        if not downloads or kind not in downloads:
+            raise SessionNotFound("Nothing to download yet: deface the scan first.")
+        path, filename = downloads[kind]
+        media = "application/json" if filename.endswith(".json") else "application/octet-stream"
+        return FileResponse(path, media_type=media, filename=filename)
+
+    @app.delete("/api/sessions/{session_id}")
+    async def close(session_id: str) -> dict[str, bool]:
+        return {"removed": store.close(session_id)}
+
+    @app.post("/api/sessions/{session_id}/close")
+    async def close_beacon(session_id: str) -> dict[str, bool]:
+        return {"removed": store.close(session_id)}
+
+    return app
+
+
+def _run_job(session: Session, job: Job, features: tuple[str, ...], seed: int) -> None:
+    """Body of a defacing job on a worker thread; records the outcome in ``job`` and never raises."""
+    if session.closed:
+        return
+
+    def progress(stage: str, fraction: float) -> None:
+        job.stage, job.progress = stage, fraction
+
+    job.state, job.stage, job.progress = "running", "Starting", 0.02
+    try:
+        result = workflow.deface_session(session, features, seed, progress)
+    except DefacerError as err:
+        job.state, job.error = "failed", session.hide_paths(str(err))
+    except MemoryError:
+        job.state, job.error = "failed", "The server ran out of memory on this scan. Close other programs and retry."
+    except Exception as err:  # noqa: BLE001 - a job's failure must not take the server down
+        log.error("defacing job of work area %s… failed with %s", session.id[:6], type(err).__name__)
+        job.state = "failed"
+        job.error = (f"Unexpected error while defacing ({type(err).__name__}). This is a bug in defacer, not in "
+                     "your scan; please report it.")
+    else:
+        job.result, job.state, job.stage, job.progress = result, "done", "Done", 1.0
+    log.info("defacing job of work area %s… %s", session.id[:6], job.state)
+
+
+def _verify_status() -> dict[str, Any]:
+    try:
+        from defacer.verify import verify_pair  # noqa: F401
+    except ImportError as err:
+        return {"available": False, "reason": str(err) if "defacer[" in str(err) else
+                "The verification module is not installed (pip install 'defacer[verify]')."}
+    return {"available": True, "reason": None}

@@ -1,0 +1,466 @@
+"""The steps a session goes through: receive, load, detect, deface, verify.
+
+Plain functions on a :class:`~defacer.web.sessions.Session`; they know nothing about HTTP.
+They call only the library's public API (:mod:`defacer.io`, :mod:`defacer.pipeline`,
+:mod:`defacer.verify`), and every path they touch is chosen here, inside the session's
+private folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import zipfile
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from defacer.detect import Detector
+from defacer.errors import DefacerError, DicomSeriesError, InputImageError
+from defacer.labels import FEATURE_LABELS, FEATURES
+from defacer.volume import Volume, canonical_reorientation
+from defacer.web.sessions import Session, SessionBusy, StoredFile
+from defacer.web.settings import WebSettings
+from defacer.web.uploads import (
+    SNIFF_BYTES,
+    STORED_NAMES,
+    UnsupportedUpload,
+    UploadTooLarge,
+    extract_zip,
+    human_bytes,
+    sniff,
+)
+
+log = logging.getLogger(__name__)
+
+#: Kinds of upload that are one whole scan (or label map) in one file.
+SINGLE_FILE_KINDS = ("nifti", "nifti-gz", "nrrd", "mgh", "mgz")
+
+#: File endings of each volume format, for download names.
+FORMAT_SUFFIX = {"nifti-gz": ".nii.gz", "nifti": ".nii", "nrrd": ".nrrd", "mgz": ".mgz", "mgh": ".mgh"}
+
+ProgressCallback = Callable[[str, float], None]
+
+
+def _limit_message(total: int, limit: int) -> str:
+    return (
+        f"The upload is larger than the limit of this server ({human_bytes(total)} received or announced, limit "
+        f"{human_bytes(limit)}). Upload a single series, or restart the server with a larger --max-upload-mb."
+    )
+
+
+def check_announced_size(session: Session, announced: int | None, settings: WebSettings) -> None:
+    """Refuse an upload whose ``Content-Length`` already breaks the limit, before reading it."""
+    if announced is not None and session.uploaded_bytes + announced > settings.max_upload_bytes:
+        raise UploadTooLarge(_limit_message(session.uploaded_bytes + announced, settings.max_upload_bytes))
+
+
+def _target_for(session: Session, role: str, kind: str, settings: WebSettings) -> Path:
+    if session.job.state in ("queued", "running") or "volume" in session.state:
+        raise SessionBusy("This scan is already loaded; upload files into a new work area (start over) instead.")
+    if role == "labels":
+        if kind not in SINGLE_FILE_KINDS:
+            raise UnsupportedUpload("A label map must be one NIfTI, NRRD or MGZ file on the scan's grid.")
+        if session.label_files:
+            raise UnsupportedUpload("A label map was already uploaded for this scan; start over to change it.")
+        return session.path("labels" + FORMAT_SUFFIX[kind])
+    kinds = {f.kind for f in session.scan_files}
+    if kind in SINGLE_FILE_KINDS or kind == "zip":
+        if session.scan_files:
+            raise UnsupportedUpload(
+                "Upload one scan at a time: a single NIfTI/NRRD/MGZ file, one .zip of a DICOM series, or the "
+                "DICOM files of one series. Start over and choose only the files of one scan."
+            )
+        return session.path(STORED_NAMES[kind])
+    if kinds - {"dicom"}:
+        raise UnsupportedUpload("DICOM files cannot be mixed with other files. Start over and choose one series.")
+    if len(session.scan_files) >= settings.max_files:
+        raise UploadTooLarge(f"A series may have at most {settings.max_files} files on this server.")
+    folder = session.path("dicom")
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return folder / f"{len(session.scan_files) + 1:05d}.dcm"
+
+
+async def receive_upload(
+    session: Session,
+    role: str,
+    display_name: str,
+    chunks: AsyncIterator[bytes],
+    settings: WebSettings,
+) -> StoredFile:
+    """Stream one uploaded file into the work area, checking its type from the first bytes.
+
+    Parameters
+    ----------
+    session : Session
+    role : {"scan", "labels"}
+        A scan file (or one of a DICOM series) or a label map.
+    display_name : str
+        The browser's name for the file: a type hint and a label, never a path.
+    chunks : async iterator of bytes
+        The request body.
+    settings : WebSettings
+        Upload limits.
+
+    Returns
+    -------
+    StoredFile
+
+    Raises
+    ------
+    UnsupportedUpload, UploadTooLarge, SessionBusy
+        Nothing is left on disk when these are raised.
+    """
+    head = b""
+    target: Path | None = None
+    handle = None
+    size = 0
+    kind = ""
+    try:
+        async for chunk in chunks:
+            if not chunk:
+                continue
+            size += len(chunk)
+            if session.uploaded_bytes + size > settings.max_upload_bytes:
+                raise UploadTooLarge(_limit_message(session.uploaded_bytes + size, settings.max_upload_bytes))
+            if handle is None:
+                head += chunk
+                if len(head) < SNIFF_BYTES:
+                    continue
+                kind = sniff(head, display_name)
+                target = _target_for(session, role, kind, settings)
+                handle = target.open("xb")
+                handle.write(head)
+            else:
+                handle.write(chunk)
+        if handle is None:  # short file: sniff what there is
+            kind = sniff(head, display_name)
+            target = _target_for(session, role, kind, settings)
+            handle = target.open("xb")
+            handle.write(head)
+        handle.close()
+    except BaseException:
+        if handle is not None:
+            handle.close()
+        if target is not None:
+            target.unlink(missing_ok=True)
+        raise
+    assert target is not None
+    stored = StoredFile(path=target, kind=kind, display_name=_display(display_name), size=size)
+    session.uploaded_bytes += size
+    (session.label_files if role == "labels" else session.scan_files).append(stored)
+    return stored
+
+
+def _display(name: str) -> str:
+    """A harmless label for the user's file name (no folders, no control characters, bounded)."""
+    base = re.split(r"[\\/]", name or "")[-1]
+    base = "".join(ch for ch in base if ch.isprintable())[:120]
+    return base or "uploaded file"
+
+
+def download_stem(display_name: str) -> str:
+    """File-name stem for downloads, derived from the user's own file name."""
+    stem = display_name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mgz", ".mgh", ".zip", ".dcm"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._")[:80]
+    return stem or "scan"
+
+
+def _scan_source(session: Session, settings: WebSettings) -> tuple[Path, str]:
+    files = session.scan_files
+    if not files:
+        raise InputImageError("No scan was uploaded. Choose a scan file (or a DICOM series) first.")
+    kinds = {f.kind for f in files}
+    if kinds == {"zip"}:
+        folder = session.path("dicom")
+        if not folder.exists():
+            extract_zip(files[0].path, folder, max_bytes=settings.max_upload_bytes, max_files=settings.max_files)
+        return folder, "dicom"
+    if kinds == {"dicom"}:
+        return session.path("dicom"), "dicom"
+    return files[0].path, files[0].kind
+
+
+def write_view_copy(volume: Volume, path: Path) -> None:
+    """Write a NIfTI copy of ``volume`` (stored values plus scaling, own affine) for the page's viewer."""
+    import nibabel as nib
+
+    raw = volume.raw
+    if raw.dtype == np.bool_ or raw.dtype.kind not in "iuf":
+        raw = volume.values(np.float32)
+    image = nib.Nifti1Image(np.asarray(raw), volume.affine)
+    if raw is volume.raw and (volume.slope != 1.0 or volume.inter != 0.0):
+        image.header.set_slope_inter(volume.slope, volume.inter)
+    image.header.set_xyzt_units("mm")
+    image.set_qform(volume.affine, code=1)
+    image.set_sform(volume.affine, code=1)
+    tmp = path.with_name(".tmp-" + path.name)
+    nib.save(image, str(tmp))
+    tmp.replace(path)
+
+
+def load_scan(session: Session, settings: WebSettings) -> dict[str, Any]:
+    """Read the uploaded scan (and label map), write the viewer copy, and describe the scan.
+
+    Returns
+    -------
+    dict
+        ``format``, ``shape``, ``spacing_mm``, ``axcodes``, ``files``, ``name``,
+        ``labels_uploaded``.
+    """
+    from defacer.io import load_volume
+
+    with session.lock:
+        if "volume" in session.state:
+            return session.state["info"]
+        source, kind = _scan_source(session, settings)
+        if kind == "dicom":
+            try:
+                import defacer.io.dicom_series  # noqa: F401
+            except ModuleNotFoundError as err:
+                raise DicomSeriesError(
+                    "DICOM series cannot be read by this installation of defacer (its DICOM module is missing). "
+                    "Convert the series to NIfTI (e.g. with dcm2niix) and upload that."
+                ) from err
+        volume = load_volume(source)
+        label_detector = None
+        if session.label_files:
+            from defacer.detect.label_file import LabelFileDetector
+
+            label_detector = LabelFileDetector(session.label_files[0].path)
+        view = session.path("view")
+        view.mkdir(mode=0o700, exist_ok=True)
+        write_view_copy(volume, view / "scan.nii.gz")
+        first = session.scan_files[0]
+        name = first.display_name if len(session.scan_files) == 1 else f"{len(session.scan_files)} DICOM files"
+        info = {
+            "name": name,
+            "format": volume.format,
+            "upload_kind": kind,
+            "shape": list(volume.shape),
+            "spacing_mm": [round(s, 4) for s in volume.spacing],
+            "axcodes": volume.axcodes,
+            "files": len(session.scan_files),
+            "labels_uploaded": label_detector is not None,
+        }
+        session.state.update(volume=volume, kind=kind, info=info, label_detector=label_detector)
+        log.info("work area %s…: scan loaded (%s, %d file(s))", session.id[:6], volume.format, len(session.scan_files))
+        return info
+
+
+class FixedLabels:
+    """A detector that returns labels found earlier, so defacing reuses the shown overlay exactly."""
+
+    def __init__(self, labels_ras: np.ndarray, name: str, weights_sha256: str | None) -> None:
+        self.labels_ras = labels_ras
+        self.name = name
+        self.weights_sha256 = weights_sha256
+
+    def predict(self, image_ras: np.ndarray, ras_affine: np.ndarray) -> np.ndarray:
+        if image_ras.shape != self.labels_ras.shape:
+            raise DefacerError("internal error: stored labels do not fit the scan")
+        return self.labels_ras
+
+
+def _feature_summary(labels: np.ndarray, volume: Volume) -> dict[str, dict[str, Any]]:
+    from scipy import ndimage
+
+    voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+    summary = {}
+    for name in FEATURES:
+        mask = labels == FEATURE_LABELS[name]
+        count = int(np.count_nonzero(mask))
+        components = int(ndimage.label(mask)[1]) if count else 0
+        summary[name] = {"voxels": count, "components": components, "volume_ml": round(count * voxel_ml, 2)}
+    return summary
+
+
+def detect(session: Session, default_detector: Callable[[], Detector]) -> dict[str, Any]:
+    """Find the eyes, nose and ears (uploaded label map, else the default detector) and write the overlay.
+
+    Returns
+    -------
+    dict
+        ``detector``, ``features`` (voxels, components, volume_ml per feature), ``warnings``.
+    """
+    from defacer.io import save_label_map
+
+    with session.lock:
+        if "volume" not in session.state:
+            raise InputImageError("Load the scan before detecting its features.")
+        if "detection" in session.state:
+            return session.state["detection"]
+        volume: Volume = session.state["volume"]
+        detector = session.state.get("label_detector") or default_detector()
+        reorientation = canonical_reorientation(volume.affine, volume.shape)
+        image = reorientation.to_ras(volume.values(np.float32))
+        labels_ras = np.asarray(detector.predict(image, reorientation.ras_affine), dtype=np.uint8)
+        labels = reorientation.from_ras(labels_ras)
+        save_label_map(labels, volume, session.path("view", "labels.nii.gz"), force=True)
+        features = _feature_summary(labels, volume)
+        warnings = [f"No {name} found: nothing will be distorted for them." for name, f in features.items()
+                    if f["voxels"] == 0]
+        detection = {"detector": detector.name, "features": features, "warnings": warnings}
+        session.state.update(labels_ras=labels_ras, labels=labels, detection=detection,
+                             detector_id=(detector.name, detector.weights_sha256))
+        return detection
+
+
+def _zip_folder(folder: Path, archive: Path) -> None:
+    tmp = archive.with_name(".tmp-" + archive.name)
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as handle:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            handle.write(path, arcname=str(path.relative_to(folder)))
+    tmp.replace(archive)
+
+
+def deface_session(
+    session: Session,
+    features: tuple[str, ...],
+    seed: int,
+    progress: ProgressCallback,
+) -> dict[str, Any]:
+    """Deface the loaded scan with the detected labels, write the downloads and verify.
+
+    Parameters
+    ----------
+    session : Session
+        Loaded and detected.
+    features : tuple of str
+        Features to distort (subset of :data:`defacer.labels.FEATURES`).
+    seed : int
+        Seed of the random distortions (recorded in the provenance).
+    progress : callable
+        ``progress(stage_text, fraction)``.
+
+    Returns
+    -------
+    dict
+        ``voxels_changed``, ``warnings``, ``downloads`` (kind -> file name) and ``verification``.
+    """
+    from defacer.io import save_label_map, save_volume
+    from defacer.pipeline import DefaceOptions, deface
+    from defacer.provenance import sha256_of
+
+    with session.lock:
+        if "labels_ras" not in session.state:
+            raise InputImageError("Detect the features before defacing.")
+        volume: Volume = session.state["volume"]
+        name, sha = session.state["detector_id"]
+        progress("Distorting the selected features", 0.1)
+        result = deface(volume, FixedLabels(session.state["labels_ras"], name, sha),
+                        DefaceOptions(features=features, seed=seed))
+        progress("Writing the defaced scan", 0.55)
+        out = session.path("out")
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(mode=0o700)
+        kind = session.state["kind"]
+        stem = download_stem(session.scan_files[0].display_name if kind != "dicom" or
+                             session.scan_files[0].kind == "zip" else "dicom_series")
+        downloads: dict[str, tuple[Path, str]] = {}
+        if kind == "dicom":
+            folder = out / "defaced_dicom"
+            save_volume(result.volume, folder)
+            archive = out / "defaced_dicom.zip"
+            _zip_folder(folder, archive)
+            downloads["scan"] = (archive, f"{stem}_defaced_dicom.zip")
+            mask_suffix = ".nii.gz"
+        else:
+            suffix = FORMAT_SUFFIX[kind]
+            target = out / ("defaced" + suffix)
+            save_volume(result.volume, target)
+            downloads["scan"] = (target, f"{stem}_defaced{suffix}")
+            mask_suffix = suffix
+        mask = out / ("mask" + mask_suffix)
+        save_label_map(result.edit_mask, volume, mask)
+        downloads["mask"] = (mask, f"{stem}_defaced_mask{mask_suffix}")
+        labels_file = out / ("labels" + mask_suffix)
+        save_label_map(result.labels, volume, labels_file)
+        downloads["labels"] = (labels_file, f"{stem}_labels{mask_suffix}")
+        write_view_copy(result.volume, session.path("view", "defaced.nii.gz"))
+        save_label_map(result.edit_mask, volume, session.path("view", "mask.nii.gz"), force=True)
+
+        provenance = dict(result.provenance)
+        provenance["input"] = {"name": session.state["info"]["name"],
+                               "sha256": [sha256_of(f.path) for f in session.scan_files][:1] or None}
+        provenance["output"] = {"sha256": sha256_of(downloads["scan"][0])}
+        provenance["interface"] = "defacer serve (web)"
+        provenance_file = out / "provenance.json"
+        provenance_file.write_text(json.dumps(provenance, indent=2, default=_jsonable))
+        downloads["provenance"] = (provenance_file, f"{stem}_defaced.defacer.json")
+        downloads["report"] = (provenance_file, f"{stem}_defaced.defacer.json")
+        session.state.update(defaced=result.volume, edit_mask=result.edit_mask, provenance=provenance,
+                             downloads=downloads)
+        progress("Verifying the result", 0.7)
+        verification = verify_session(session)
+        return {
+            "voxels_changed": provenance.get("voxels_changed", {}),
+            "features": list(features),
+            "warnings": list(provenance.get("warnings", [])),
+            "downloads": {k: v[1] for k, v in session.state["downloads"].items()},
+            "verification": verification,
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return value.name
+    return str(value)
+
+
+def verify_session(session: Session) -> dict[str, Any]:
+    """Run the verification (renders and face checks) on the defaced scan, when installed.
+
+    Returns
+    -------
+    dict
+        ``available`` false with ``reason`` when the ``verify`` extra is missing; else
+        ``passed`` (bool or None when verification itself failed), ``summary`` and ``error``.
+    """
+    with session.lock:
+        if "defaced" not in session.state:
+            raise InputImageError("Deface the scan before verifying it.")
+        try:
+            from defacer.verify import verify_pair
+        except ImportError as err:
+            reason = str(err) if "defacer[" in str(err) else (
+                "The verification module is not installed in this copy of defacer "
+                "(pip install 'defacer[verify]')."
+            )
+            outcome: dict[str, Any] = {"available": False, "reason": reason}
+            session.state["verification"] = outcome
+            return outcome
+        folder = session.path("verify")
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(mode=0o700)
+        try:
+            result = verify_pair(session.state["volume"], session.state["defaced"], folder,
+                                 labels=session.state.get("labels"), provenance=session.state.get("provenance"))
+        except ImportError as err:
+            outcome = {"available": False, "reason": str(err)}
+        except DefacerError as err:
+            outcome = {"available": True, "passed": None, "error": session.hide_paths(str(err))}
+        else:
+            summary = json.loads(json.dumps(getattr(result, "summary", {}) or {}, default=_jsonable))
+            outcome = {"available": True, "passed": bool(result.passed), "summary": summary, "error": None}
+            report = getattr(result, "report_path", None)
+            stem = session.state["downloads"]["scan"][1].split("_defaced")[0]
+            if report is not None and Path(report).is_file():
+                suffix = "".join(Path(report).suffixes[-1:]) or ".txt"
+                session.state["downloads"]["report"] = (Path(report), f"{stem}_verification{suffix}")
+        session.state["verification"] = outcome
+        return outcome
