@@ -1,0 +1,161 @@
+"""Run scan tasks: serially, on a local process pool, or on a Dask distributed cluster.
+
+Every engine calls the same :func:`defacer.batch.task.process_scan` and hands each
+:class:`~defacer.batch.manifest.ScanRecord` to ``on_result`` in the main process as soon as
+it arrives (the runner writes it to the manifest there).  Outputs do not depend on the
+engine: each task carries its own seed.
+
+A worker that dies (killed, out of memory) never stops the batch: the scans it may have
+been running are tried once more in a fresh worker, then recorded as failed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+
+from defacer.batch.manifest import ScanRecord
+from defacer.batch.task import ScanTask, failed_record, init_worker, process_scan
+from defacer.errors import DefacerError, MissingExtraError
+
+log = logging.getLogger(__name__)
+
+OnResult = Callable[[ScanRecord], None]
+
+#: How many times a scan is tried when its worker dies under it.
+MAX_ATTEMPTS = 2
+
+WORKER_DIED = (
+    "The worker process died while defacing this scan (killed, or out of memory). It was tried {n} times; "
+    "rerun the batch to try again, or run this scan alone with 'defacer deface' to see what happens."
+)
+
+
+def run_serial(tasks: Sequence[ScanTask], on_result: OnResult) -> None:
+    """Run the tasks one after another in this process."""
+    for task in tasks:
+        on_result(process_scan(task))
+
+
+def run_processes(tasks: Sequence[ScanTask], on_result: OnResult, *, jobs: int, threads: int) -> None:
+    """Run the tasks on ``jobs`` local worker processes (spawned; detector loaded once each).
+
+    At most ``jobs`` tasks are in flight, so when a worker dies the scans it may have held
+    are known: they are retried once in a fresh pool, then recorded as failed.
+    """
+    queue: deque[ScanTask] = deque(tasks)
+    context = multiprocessing.get_context("spawn")
+    while queue:
+        in_flight: dict[Future[ScanRecord], ScanTask] = {}
+        broken = False
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=init_worker, initargs=(threads,))
+        try:
+            while (queue or in_flight) and not broken:
+                while queue and len(in_flight) < jobs:
+                    task = queue.popleft()
+                    in_flight[pool.submit(process_scan, task)] = task
+                finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    task = in_flight.pop(future)
+                    try:
+                        on_result(future.result())
+                    except BrokenProcessPool:
+                        broken = True
+                        _retry_or_fail(task, queue, on_result)
+            if broken:
+                for task in in_flight.values():
+                    _retry_or_fail(task, queue, on_result)
+                log.warning("a worker process died; starting a fresh pool for the remaining %d scans", len(queue))
+        except BaseException:
+            for future in in_flight:
+                future.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=not broken, cancel_futures=True)
+
+
+def _retry_or_fail(task: ScanTask, queue: deque[ScanTask], on_result: OnResult) -> None:
+    if task.attempts < MAX_ATTEMPTS:
+        queue.appendleft(dataclasses.replace(task, attempts=task.attempts + 1))
+    else:
+        on_result(failed_record(task, WORKER_DIED.format(n=task.attempts), "WorkerDied"))
+
+
+def _import_distributed() -> object:
+    try:
+        import distributed
+    except ImportError as err:
+        raise MissingExtraError("batch", "distributed") from err
+    return distributed
+
+
+def run_dask(
+    tasks: Sequence[ScanTask], on_result: OnResult, *, scheduler: str, jobs: int, threads: int
+) -> None:
+    """Run the tasks on a Dask distributed cluster.
+
+    Parameters
+    ----------
+    scheduler : str
+        ``"local"`` starts a :class:`distributed.LocalCluster` of ``jobs`` single-threaded
+        worker processes on this machine; anything else is a scheduler address
+        (``tcp://host:8786``) or a scheduler file (``*.json``) of a running cluster whose
+        workers have defacer installed and can read IN and write OUT at the same paths.
+
+    Raises
+    ------
+    DefacerError
+        If the scheduler cannot be reached.
+    """
+    distributed = _import_distributed()
+    cluster = None
+    try:
+        if scheduler == "local":
+            cluster = distributed.LocalCluster(  # type: ignore[attr-defined]
+                n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None,
+                silence_logs=logging.ERROR,
+            )
+            client = distributed.Client(cluster)  # type: ignore[attr-defined]
+        elif scheduler.endswith(".json"):
+            client = distributed.Client(scheduler_file=scheduler, timeout="30s")  # type: ignore[attr-defined]
+        else:
+            client = distributed.Client(scheduler, timeout="30s")  # type: ignore[attr-defined]
+    except (OSError, TimeoutError) as err:
+        if cluster is not None:
+            cluster.close()
+        raise DefacerError(
+            f"Could not connect to the Dask scheduler '{scheduler}': {err}. Check the address (tcp://HOST:8786) "
+            "and that 'dask scheduler' is running, or use --scheduler local."
+        ) from err
+    try:
+        _submit_all(client, distributed, tasks, on_result)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _submit_all(client: object, distributed: object, tasks: Sequence[ScanTask], on_result: OnResult) -> None:
+    futures = {}
+    for task in tasks:
+        future = client.submit(process_scan, task, pure=False, retries=MAX_ATTEMPTS - 1)  # type: ignore[attr-defined]
+        futures[future] = task
+    try:
+        for future in distributed.as_completed(list(futures)):  # type: ignore[attr-defined]
+            task = futures[future]
+            try:
+                record = future.result()
+            except KeyboardInterrupt:
+                raise
+            except Exception as err:  # noqa: BLE001 - KilledWorker, lost connection...
+                record = failed_record(task, f"{WORKER_DIED.format(n=MAX_ATTEMPTS)} ({type(err).__name__}: {err})",
+                                       "WorkerDied")
+            on_result(record)
+    except BaseException:
+        client.cancel(list(futures))  # type: ignore[attr-defined]
+        raise

@@ -1,0 +1,338 @@
+"""Where a batch writes: outputs mirroring the input, sidecars, dataset description, copies.
+
+Two output layouts:
+
+``mirror`` (default)
+    OUT has IN's layout and names: ``OUT/sub-01/anat/sub-01_T1w.nii.gz`` is the defaced
+    ``IN/sub-01/anat/sub-01_T1w.nii.gz``.  A BIDS input gives a BIDS dataset: its
+    ``dataset_description.json`` gains a ``GeneratedBy`` entry for defacer, every scan's JSON
+    sidecar is carried over with ``Defaced: true`` and a ``DefacedBy`` record (a sidecar is
+    created if the scan had none), and non-image files are copied, hard-linked or
+    symlinked as the user chooses.
+``derivatives``
+    OUT is a BIDS derivatives dataset (``DatasetType: derivative``, ``SourceDatasets``):
+    ``OUT/sub-01/anat/sub-01_desc-defaced_T1w.nii.gz`` with a sidecar naming its
+    ``Sources``.  Nothing else is copied.
+
+Batch bookkeeping (manifest, summary, verify reports, lock) lives in ``OUT/.defacer/``,
+which BIDS tools ignore.  It holds renders of original faces when ``--verify`` is on: do
+not publish it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from defacer._version import __version__
+from defacer.batch.discover import Discovery, Scan
+from defacer.errors import OutputError
+
+#: Name of the bookkeeping folder inside OUT.
+STATE_FOLDER = ".defacer"
+#: Choices for non-image files.
+OTHERS_MODES: tuple[str, ...] = ("copy", "hardlink", "symlink", "skip")
+#: Output layouts.
+LAYOUTS: tuple[str, ...] = ("mirror", "derivatives")
+#: Prefix of atomic-write temporary folders (see :mod:`defacer.io.atomic`).
+TEMP_PREFIX = ".defacer-tmp-"
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    """Maps scans of an input dataset to paths in the output folder.
+
+    Parameters
+    ----------
+    in_root, out_root : Path
+        Absolute input and output folders.
+    layout : {"mirror", "derivatives"}
+    bids : bool
+        Whether the input is a BIDS dataset.
+    """
+
+    in_root: Path
+    out_root: Path
+    layout: str = "mirror"
+    bids: bool = False
+
+    @property
+    def state_dir(self) -> Path:
+        """``OUT/.defacer``: manifest, summary, verify reports."""
+        return self.out_root / STATE_FOLDER
+
+    @property
+    def manifest_path(self) -> Path:
+        """The batch manifest (JSON Lines)."""
+        return self.state_dir / "manifest.jsonl"
+
+    def output_relpath(self, scan: Scan) -> PurePosixPath:
+        """The scan's output path relative to OUT (a lone series folder keeps its folder name)."""
+        if str(scan.relpath) == ".":
+            return PurePosixPath(self.in_root.name)
+        if self.layout == "derivatives" and scan.kind == "file":
+            return scan.relpath.parent / f"{desc_defaced_name(scan.stem)}{scan.extension}"
+        return scan.relpath
+
+    def output_path(self, scan: Scan) -> Path:
+        """Absolute output path of the scan (a folder for a DICOM series)."""
+        return self.out_root / self.output_relpath(scan)
+
+    def sidecar_path(self, scan: Scan) -> Path | None:
+        """Where the scan's BIDS-style JSON sidecar is written, or ``None`` when it gets none.
+
+        BIDS datasets always get one (carried over or new); other inputs only when the scan
+        had one.
+        """
+        if scan.kind != "file":
+            return None
+        if not self.bids and scan.sidecar is None:
+            return None
+        out = self.output_path(scan)
+        return out.parent / f"{desc_defaced_name(scan.stem) if self.layout == 'derivatives' else scan.stem}.json"
+
+    def verify_dir(self, scan: Scan) -> Path:
+        """Folder for the scan's verification report."""
+        safe = scan.key.replace("/", "__") if scan.key != "." else "series"
+        return self.state_dir / "verify" / safe
+
+
+def desc_defaced_name(stem: str) -> str:
+    """Insert ``desc-defaced`` before the BIDS suffix: ``sub-01_T1w`` -> ``sub-01_desc-defaced_T1w``.
+
+    An existing ``desc-X`` becomes ``desc-Xdefaced``; a name without ``_`` gets ``_desc-defaced``.
+    """
+    parts = stem.split("_")
+    for index, part in enumerate(parts[:-1]):
+        if part.startswith("desc-"):
+            parts[index] = f"{part}defaced"
+            return "_".join(parts)
+    if len(parts) == 1:
+        return f"{stem}_desc-defaced"
+    return "_".join([*parts[:-1], "desc-defaced", parts[-1]])
+
+
+def check_folders(in_root: Path, out_root: Path) -> None:
+    """Refuse an output folder that is the input, inside it, or contains it.
+
+    Raises
+    ------
+    OutputError
+    """
+    src, dst = in_root.resolve(), out_root.resolve()
+    if src == dst or src in dst.parents or dst in src.parents:
+        raise OutputError(
+            f"The output folder '{out_root}' overlaps the input '{in_root}'. defacer never writes into its input: "
+            "choose an output folder outside the input dataset (for example next to it)."
+        )
+
+
+def prepare_output(layout: OutputLayout, *, force: bool) -> bool:
+    """Create OUT (or accept it for resuming) and clear stale temporary files.
+
+    OUT may be new, empty, or a previous batch's output (it has ``.defacer/manifest.jsonl``):
+    the batch then resumes.  Any other non-empty folder is refused unless ``force``.
+
+    Returns
+    -------
+    bool
+        True if a previous batch's manifest was found (resume).
+
+    Raises
+    ------
+    OutputError
+    """
+    check_folders(layout.in_root, layout.out_root)
+    out = layout.out_root
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"The output '{out}' exists and is not a folder. Choose a folder name for the batch output.")
+    resuming = layout.manifest_path.is_file()
+    if out.is_dir() and not resuming and any(out.iterdir()) and not force:
+        raise OutputError(
+            f"The output folder '{out}' is not empty and holds no defacer batch manifest. Choose an empty or new "
+            "folder, or pass --force to write into it anyway."
+        )
+    try:
+        layout.state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"Cannot create the output folder '{out}': {err.strerror}. Choose a writable place.") from err
+    remove_stale_temporaries(out)
+    return resuming
+
+
+def remove_stale_temporaries(out_root: Path) -> list[Path]:
+    """Delete ``.defacer-tmp-*`` files and folders a killed run left under OUT; return what was removed."""
+    removed = []
+    for dirpath, dirnames, filenames in os.walk(out_root):
+        for name in filenames:
+            if name.startswith(TEMP_PREFIX):
+                path = Path(dirpath) / name
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        for name in list(dirnames):
+            if name.startswith(TEMP_PREFIX):
+                path = Path(dirpath) / name
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+                dirnames.remove(name)
+    return removed
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON (indented, sorted as given, trailing newline) through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, ensure_ascii=False)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def generated_by(description: str = "Facial features (eyes, nose, ears) distorted by defacer") -> dict[str, Any]:
+    """The BIDS ``GeneratedBy`` entry describing this defacer."""
+    return {"Name": "defacer", "Version": __version__, "Description": description}
+
+
+def dataset_description(layout: OutputLayout, source: dict[str, Any] | None) -> dict[str, Any]:
+    """Build OUT's ``dataset_description.json`` from IN's (``None`` when IN has none).
+
+    Mirror: IN's description with defacer prepended to ``GeneratedBy``.  Derivatives: a
+    derivative description naming IN in ``SourceDatasets``.
+    """
+    source = dict(source or {})
+    name = source.get("Name", layout.in_root.name)
+    if layout.layout == "derivatives":
+        return {
+            "Name": f"{name} (defaced)",
+            "BIDSVersion": source.get("BIDSVersion", "1.10.0"),
+            "DatasetType": "derivative",
+            "GeneratedBy": [generated_by()],
+            "SourceDatasets": [{"URL": layout.in_root.as_uri()}],
+        }
+    described = dict(source)
+    described.setdefault("Name", name)
+    described.setdefault("BIDSVersion", "1.10.0")
+    previous = [g for g in described.get("GeneratedBy", []) if isinstance(g, dict) and g.get("Name") != "defacer"]
+    described["GeneratedBy"] = [generated_by(), *previous]
+    return described
+
+
+def write_dataset_files(layout: OutputLayout) -> None:
+    """Write ``dataset_description.json`` and ``.bidsignore`` into a BIDS output.
+
+    ``.bidsignore`` gains ``*.defacer.json`` (the per-scan provenance files are not BIDS).
+    """
+    if not layout.bids:
+        return
+    source_path = layout.in_root / "dataset_description.json"
+    source = None
+    if source_path.is_file():
+        try:
+            source = json.loads(source_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            source = None
+    write_json_atomic(layout.out_root / "dataset_description.json", dataset_description(layout, source))
+    ignore = layout.out_root / ".bidsignore"
+    lines = ignore.read_text(encoding="utf-8").splitlines() if ignore.is_file() else []
+    if not lines and (layout.in_root / ".bidsignore").is_file():
+        lines = (layout.in_root / ".bidsignore").read_text(encoding="utf-8").splitlines()
+    if "*.defacer.json" not in lines:
+        lines.append("*.defacer.json")
+        ignore.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def defaced_sidecar(scan: Scan, layout: OutputLayout, features: Iterable[str], seed: int) -> dict[str, Any]:
+    """The scan's JSON sidecar carried over from IN (if any) and marked defaced.
+
+    Adds ``Defaced: true`` and ``DefacedBy`` (tool, version, features, per-scan seed); in the
+    derivatives layout also ``Sources``.
+    """
+    data: dict[str, Any] = {}
+    if scan.sidecar is not None:
+        try:
+            loaded = json.loads(scan.sidecar.read_text(encoding="utf-8"))
+            data = dict(loaded) if isinstance(loaded, dict) else {}
+        except (OSError, ValueError):
+            data = {}
+    data["Defaced"] = True
+    data["DefacedBy"] = {
+        "Name": "defacer",
+        "Version": __version__,
+        "Features": list(features),
+        "Seed": seed,
+        "Method": "the listed features distorted inside their detected regions; the brain is never changed",
+    }
+    if layout.layout == "derivatives":
+        data["Sources"] = [f"bids:raw:{scan.key}"]
+    return data
+
+
+def carry_over(layout: OutputLayout, relpaths: Iterable[PurePosixPath], mode: str) -> tuple[int, int]:
+    """Copy, hard-link or symlink non-image files from IN to the same place in OUT.
+
+    A file already in OUT with the same size (copy, hardlink) or pointing at the same
+    source (symlink) is left alone, so resuming is cheap.  Copies are atomic.
+
+    Returns
+    -------
+    (done, kept) : tuple of int
+        Files written now, and files already present.
+    """
+    if mode not in OTHERS_MODES:
+        raise ValueError(f"Unknown mode for non-image files {mode!r}: expected one of {', '.join(OTHERS_MODES)}.")
+    done = kept = 0
+    if mode == "skip":
+        return done, kept
+    for rel in relpaths:
+        source = layout.in_root / rel
+        target = layout.out_root / rel
+        if rel.name in ("dataset_description.json", ".bidsignore") and len(rel.parts) == 1 and layout.bids:
+            continue
+        if _already_there(source, target, mode):
+            kept += 1
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_symlink() or target.exists():
+            target.unlink()
+        if mode == "symlink":
+            os.symlink(source, target)
+        elif mode == "hardlink":
+            try:
+                os.link(source, target)
+            except OSError:  # other file system: fall back to a copy
+                _copy_atomic(source, target)
+        else:
+            _copy_atomic(source, target)
+        done += 1
+    return done, kept
+
+
+def _already_there(source: Path, target: Path, mode: str) -> bool:
+    if mode == "symlink":
+        return target.is_symlink() and Path(os.readlink(target)) == source
+    if target.is_symlink() or not target.is_file():
+        return False
+    return target.stat().st_size == source.stat().st_size
+
+
+def _copy_atomic(source: Path, target: Path) -> None:
+    fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=target.parent)
+    os.close(fd)
+    try:
+        shutil.copy2(source, temp)
+        os.replace(temp, target)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,307 @@
+"""The batch manifest: one record per scan, crash-safe, and the basis for resuming.
+
+The manifest is a JSON Lines file (``OUT/.defacer/manifest.jsonl``).  The first line is a
+header; every later line is a :class:`ScanRecord`.  Only the main batch process writes it, by
+appending one line per finished scan and calling ``fsync``, so a killed run loses at most the
+scans that were in flight; a half-written last line is ignored when reading.  When several
+records share a key, the last one wins.  :meth:`Manifest.compact` rewrites the file with one
+record per scan through a temporary file and a rename.
+
+A scan is skipped on a rerun only if its last record says ``done``, the options that shape
+the output are the same, the input is unchanged (size and modification time, or else its
+sha256) and every recorded output file still exists with its recorded sha256.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from defacer.errors import OutputError
+
+#: Format version of the manifest file.
+MANIFEST_VERSION = 1
+#: Record statuses.
+DONE, FAILED, SKIPPED = "done", "failed", "skipped"
+
+_CHUNK = 1 << 20
+
+
+@dataclass
+class FileStamp:
+    """Identity of one file: path relative to its root, size, modification time, sha256."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str
+
+
+@dataclass
+class ScanRecord:
+    """What happened to one scan.
+
+    Attributes
+    ----------
+    key : str
+        The scan's path relative to the input folder.
+    status : str
+        ``"done"``, ``"failed"`` or ``"skipped"`` (already done by an earlier run; never
+        written to the manifest, only reported).
+    inputs, outputs : list of FileStamp
+        Input files (one image, or each file of a DICOM series) relative to IN, and every
+        output file (image, sidecars) relative to OUT.
+    input_sha256 : str
+        sha256 over the input (for a series: over the sorted names and digests of its files).
+    fingerprint : str
+        Digest of the options that shape the output (see :func:`options_fingerprint`).
+    seed : int
+        The scan's own random seed.
+    error, error_type : str or None
+        Why the scan failed, for ``failed``.
+    timings : dict
+        Seconds per stage (``hash``, ``deface``, ``verify``, ``total``).
+    started, finished : str
+        UTC timestamps (ISO 8601).
+    worker : str
+        Host and process id that ran the scan.
+    provenance : dict
+        The pipeline's provenance record.
+    verify : dict or None
+        Verification outcome and report path, when ``--verify`` is on.
+    attempts : int
+        How many runs tried the scan.
+    """
+
+    key: str
+    status: str
+    inputs: list[FileStamp] = field(default_factory=list)
+    outputs: list[FileStamp] = field(default_factory=list)
+    input_sha256: str = ""
+    fingerprint: str = ""
+    seed: int = 0
+    error: str | None = None
+    error_type: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    started: str = ""
+    finished: str = ""
+    worker: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)
+    verify: dict[str, Any] | None = None
+    attempts: int = 1
+
+    def to_json(self) -> str:
+        """One JSON line (no newline)."""
+        return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True, default=str)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ScanRecord:
+        """Rebuild a record from :meth:`to_json` output (unknown keys are dropped)."""
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known["inputs"] = [FileStamp(**s) for s in known.get("inputs", [])]
+        known["outputs"] = [FileStamp(**s) for s in known.get("outputs", [])]
+        return cls(**known)
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        if handle.tell() == 0:
+            return False
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) == b"\n"
+
+
+@contextlib.contextmanager
+def batch_lock(state_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on a batch output so two runs never write it at once.
+
+    The lock is an ``flock`` on ``state_dir/lock``; the system releases it when the process
+    ends, so a killed run never leaves a stale lock.
+
+    Raises
+    ------
+    OutputError
+        If another batch holds the lock.
+    """
+    import fcntl
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with (state_dir / "lock").open("a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            raise OutputError(
+                f"Another defacer batch is writing to '{state_dir.parent}' right now. Wait for it to finish, "
+                "or choose another output folder."
+            ) from err
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def stamp(path: Path, root: Path, sha256: str | None = None) -> FileStamp:
+    """Stamp a file (size, mtime, sha256), naming it relative to ``root``."""
+    info = path.stat()
+    return FileStamp(
+        path=path.relative_to(root).as_posix(),
+        size=info.st_size,
+        mtime_ns=info.st_mtime_ns,
+        sha256=sha256 or sha256_file(path),
+    )
+
+
+def combined_sha256(stamps: list[FileStamp]) -> str:
+    """One digest for several files: sha256 over ``name:sha256`` lines in name order."""
+    if len(stamps) == 1:
+        return stamps[0].sha256
+    digest = hashlib.sha256()
+    for item in sorted(stamps, key=lambda s: s.path):
+        digest.update(f"{item.path}:{item.sha256}\n".encode())
+    return digest.hexdigest()
+
+
+def options_fingerprint(options: dict[str, Any]) -> str:
+    """Short digest of the options that shape a scan's output (features, seed, detector...)."""
+    text = json.dumps(options, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def file_unchanged(item: FileStamp, root: Path, *, rehash: bool = False) -> bool:
+    """Whether a stamped file still has its stamped content.
+
+    Same size and modification time count as unchanged unless ``rehash``; otherwise the
+    sha256 decides (a file touched but not changed is still unchanged).
+    """
+    path = root / item.path
+    try:
+        info = path.stat()
+    except OSError:
+        return False
+    if info.st_size != item.size:
+        return False
+    if not rehash and info.st_mtime_ns == item.mtime_ns:
+        return True
+    return sha256_file(path) == item.sha256
+
+
+def is_up_to_date(
+    record: ScanRecord | None,
+    *,
+    fingerprint: str,
+    in_root: Path,
+    out_root: Path,
+    input_files: list[Path],
+    rehash: bool = False,
+) -> bool:
+    """Whether a scan can be skipped: done before, same options, same input, outputs intact."""
+    if record is None or record.status != DONE or record.fingerprint != fingerprint:
+        return False
+    recorded = {item.path for item in record.inputs}
+    current = {p.relative_to(in_root).as_posix() for p in input_files}
+    if recorded != current:
+        return False
+    if not all(file_unchanged(item, in_root, rehash=rehash) for item in record.inputs):
+        return False
+    return bool(record.outputs) and all(file_unchanged(item, out_root, rehash=rehash) for item in record.outputs)
+
+
+class Manifest:
+    """Append-only record of a batch, read back for resuming.
+
+    Parameters
+    ----------
+    path : Path
+        ``OUT/.defacer/manifest.jsonl``; created with a header line if absent.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.records: dict[str, ScanRecord] = {}
+        self.damaged_lines = 0
+        if path.is_file():
+            self._read()
+            if self.damaged_lines or not _ends_with_newline(path):
+                self.compact()  # so the next append starts on a fresh line
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._write_all([])
+
+    def _read(self) -> None:
+        with self.path.open("r", encoding="utf-8") as handle:
+            for number, line in enumerate(handle):
+                text = line.strip()
+                if not text:
+                    continue
+                try:
+                    data = json.loads(text)
+                except ValueError:
+                    self.damaged_lines += 1  # a line cut short by a killed run
+                    continue
+                if number == 0 and "defacer_manifest" in data:
+                    if data["defacer_manifest"] > MANIFEST_VERSION:
+                        raise OutputError(
+                            f"The batch manifest '{self.path}' was written by a newer defacer (format "
+                            f"{data['defacer_manifest']}, this one reads {MANIFEST_VERSION}). Upgrade defacer."
+                        )
+                    continue
+                try:
+                    record = ScanRecord.from_dict(data)
+                except (TypeError, KeyError):
+                    self.damaged_lines += 1
+                    continue
+                self.records[record.key] = record
+
+    def get(self, key: str) -> ScanRecord | None:
+        """The last record of a scan, or ``None``."""
+        return self.records.get(key)
+
+    def __iter__(self) -> Iterator[ScanRecord]:
+        return iter(self.records.values())
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def append(self, record: ScanRecord) -> None:
+        """Add a record durably (one line, flushed and fsynced)."""
+        self.records[record.key] = record
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(record.to_json() + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def compact(self) -> None:
+        """Rewrite the file with the last record of each scan, atomically."""
+        self._write_all(sorted(self.records.values(), key=lambda r: r.key))
+
+    def _write_all(self, records: list[ScanRecord]) -> None:
+        header = json.dumps({"defacer_manifest": MANIFEST_VERSION})
+        fd, temp = tempfile.mkstemp(prefix=".defacer-tmp-", suffix=".jsonl", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(header + "\n")
+                for record in records:
+                    handle.write(record.to_json() + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, self.path)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise

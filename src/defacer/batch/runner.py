@@ -1,0 +1,312 @@
+"""Deface a whole dataset: :func:`run_batch` composes discovery, layout, manifest and engines.
+
+Steps: find the scans in IN; check and prepare OUT (refusing to write into IN); lock OUT;
+carry over non-image files and write ``dataset_description.json``; skip the scans the
+manifest says are done and intact; run the rest on the chosen engine, recording each result
+in the manifest as it arrives; write the summary (terminal table, HTML, compacted manifest).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from defacer._typing import PathLike
+from defacer._version import __version__
+from defacer.batch import engines
+from defacer.batch.discover import Discovery, Scan, discover, image_stem
+from defacer.batch.layout import (LAYOUTS, OTHERS_MODES, OutputLayout, carry_over, defaced_sidecar,
+                                  prepare_output, write_dataset_files)
+from defacer.batch.manifest import SKIPPED, Manifest, ScanRecord, batch_lock, is_up_to_date, options_fingerprint
+from defacer.batch.summary import Counts, Progress, count, print_table, write_html
+from defacer.batch.task import DefaceFile, ScanTask, input_files, scan_seed
+from defacer.errors import DefacerError, InputImageError
+from defacer.labels import FEATURES
+
+log = logging.getLogger(__name__)
+
+#: Endings tried for a scan's label map in ``--labels-dir``, in order.
+LABEL_ENDINGS: tuple[str, ...] = (".labels.nii.gz", ".labels.nii", ".labels.nrrd", ".labels.mgz")
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """Everything that defines a batch run.
+
+    Parameters
+    ----------
+    in_root, out_root : path-like
+        Input dataset and output folder (never the same, never nested).
+    include, exclude : sequence of str
+        Scan filters (see :mod:`defacer.batch.discover`).
+    features : tuple of str
+        Features to distort (default all of :data:`defacer.labels.FEATURES`).
+    seed : int
+        Batch seed; each scan's seed derives from it and the scan's relative path.
+    jobs : int
+        Worker processes (1 = serial in this process, unless ``scheduler`` is set).
+    scheduler : str or None
+        ``"local"`` or a Dask scheduler address / scheduler file; ``None`` for no Dask.
+    layout : {"mirror", "derivatives"}
+        Output layout (see :mod:`defacer.batch.layout`).
+    others : {"copy", "hardlink", "symlink", "skip"} or None
+        What to do with non-image files; ``None``: copy for mirror, skip for derivatives.
+    labels_dir : path-like or None
+        Folder of label maps mirroring IN (``<stem>.labels.nii.gz``) used instead of the detector.
+    weights_path : path-like or None
+        Detector weights (default: the shipped ones).
+    verify : bool
+        Run verification on every defaced scan and link the reports from the HTML summary.
+    force : bool
+        Allow a non-empty OUT that holds no batch manifest.
+    redo : bool
+        Deface every selected scan again even if the manifest says it is done.
+    rehash : bool
+        Check done scans by full sha256 instead of size and modification time.
+    quiet : bool
+        No progress bar and no summary table.
+    options : dict
+        Further ``DefaceOptions`` fields passed to the pipeline.
+    """
+
+    in_root: PathLike
+    out_root: PathLike
+    include: Sequence[str] = ()
+    exclude: Sequence[str] = ()
+    features: tuple[str, ...] = FEATURES
+    seed: int = 0
+    jobs: int = 1
+    scheduler: str | None = None
+    layout: str = "mirror"
+    others: str | None = None
+    labels_dir: PathLike | None = None
+    weights_path: PathLike | None = None
+    verify: bool = False
+    force: bool = False
+    redo: bool = False
+    rehash: bool = False
+    quiet: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BatchSummary:
+    """The outcome of :func:`run_batch`.
+
+    Attributes
+    ----------
+    records : list of ScanRecord
+        One per selected scan (skipped ones with status ``"skipped"``).
+    counts : Counts
+        Tally by status.
+    wall_s : float
+        Seconds from start to end.
+    manifest_path, html_path : Path
+        Where the manifest and the HTML summary are.
+    engine : str
+        ``"serial"``, ``"processes"`` or ``"dask"``.
+    """
+
+    records: list[ScanRecord]
+    counts: Counts
+    wall_s: float
+    manifest_path: Path
+    html_path: Path
+    engine: str
+
+    @property
+    def exit_code(self) -> int:
+        """0 when no scan failed, 1 otherwise."""
+        return 1 if self.counts.failed else 0
+
+
+def check_config(config: BatchConfig) -> None:
+    """Validate option values with messages that say what is allowed.
+
+    Raises
+    ------
+    ValueError
+    """
+    if config.jobs < 1:
+        raise ValueError(f"--jobs must be 1 or more, not {config.jobs}.")
+    if config.layout not in LAYOUTS:
+        raise ValueError(f"Unknown output layout {config.layout!r}: expected one of {', '.join(LAYOUTS)}.")
+    if config.others is not None and config.others not in OTHERS_MODES:
+        raise ValueError(f"Unknown --others {config.others!r}: expected one of {', '.join(OTHERS_MODES)}.")
+    unknown = [f for f in config.features if f not in FEATURES]
+    if unknown or not config.features:
+        raise ValueError(f"Unknown features {unknown}: expected some of {', '.join(FEATURES)}.")
+    if config.labels_dir is not None and not Path(config.labels_dir).is_dir():
+        raise InputImageError(f"--labels-dir '{config.labels_dir}' is not a folder. Give the folder of label maps.")
+
+
+def labels_for(scan: Scan, labels_dir: Path | None) -> Path | None:
+    """The label map of a scan in ``labels_dir`` (same relative folder, ``<stem>.labels.nii.gz``...)."""
+    if labels_dir is None or scan.kind != "file":
+        return None
+    folder = labels_dir / scan.relpath.parent
+    for ending in LABEL_ENDINGS:
+        candidate = folder / f"{image_stem(scan.relpath.name)}{ending}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _fingerprint(config: BatchConfig, scan: Scan, labels: Path | None, detector_id: str) -> str:
+    from defacer.batch.manifest import sha256_file
+
+    return options_fingerprint({
+        "version": __version__,
+        "features": list(config.features),
+        "seed": config.seed,
+        "layout": config.layout,
+        "labels_sha256": sha256_file(labels) if labels is not None else None,
+        "detector": None if labels is not None else detector_id,
+        "verify": config.verify,
+        "options": config.options,
+    })
+
+
+def _detector_id(config: BatchConfig) -> str:
+    if config.weights_path is not None:
+        from defacer.batch.manifest import sha256_file
+
+        path = Path(config.weights_path)
+        return sha256_file(path) if path.is_file() else str(path)
+    return "shipped"
+
+
+def _threads_per_worker(jobs: int) -> int:
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def plan(
+    config: BatchConfig, discovery: Discovery, layout: OutputLayout, manifest: Manifest,
+    deface: DefaceFile | None = None,
+) -> tuple[list[ScanTask], list[ScanRecord]]:
+    """Split the scans into tasks to run and records of scans already done.
+
+    Returns
+    -------
+    (tasks, skipped) : tuple of lists
+    """
+    labels_dir = Path(config.labels_dir).resolve() if config.labels_dir is not None else None
+    detector_id = _detector_id(config)
+    jobs = config.jobs
+    threads = _threads_per_worker(jobs)
+    tasks: list[ScanTask] = []
+    skipped: list[ScanRecord] = []
+    for scan in discovery.scans:
+        labels = labels_for(scan, labels_dir)
+        fingerprint = _fingerprint(config, scan, labels, detector_id)
+        previous = manifest.get(scan.key)
+        if not config.redo and is_up_to_date(previous, fingerprint=fingerprint, in_root=layout.in_root,
+                                              out_root=layout.out_root, input_files=input_files(scan),
+                                              rehash=config.rehash):
+            assert previous is not None  # noqa: S101 - is_up_to_date checked it
+            skipped.append(ScanRecord(**{**previous.__dict__, "status": SKIPPED}))
+            continue
+        seed = scan_seed(config.seed, scan.key)
+        sidecar = layout.sidecar_path(scan)
+        tasks.append(ScanTask(
+            scan=scan, output=layout.output_path(scan), in_root=layout.in_root, out_root=layout.out_root,
+            seed=seed, fingerprint=fingerprint,
+            options={**config.options, "features": tuple(config.features)},
+            sidecar=sidecar,
+            sidecar_data=defaced_sidecar(scan, layout, config.features, seed) if sidecar is not None else None,
+            labels_path=labels, weights_path=Path(config.weights_path) if config.weights_path else None,
+            threads=threads, verify_dir=layout.verify_dir(scan) if config.verify else None,
+            deface=deface,
+        ))
+    return tasks, skipped
+
+
+def engine_name(config: BatchConfig) -> str:
+    """Which engine a config runs on."""
+    if config.scheduler:
+        return "dask"
+    return "processes" if config.jobs > 1 else "serial"
+
+
+def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: TextIO | None = None) -> BatchSummary:
+    """Deface every selected scan of a dataset; resumable, parallel, never stopped by one bad scan.
+
+    Parameters
+    ----------
+    config : BatchConfig
+    deface : callable, optional
+        Stand-in for ``defacer.pipeline.deface_file`` with the same signature (module-level,
+        so worker processes can import it).  Default: the pipeline.
+    stream : file, optional
+        Where progress and the summary go (default stderr).
+
+    Returns
+    -------
+    BatchSummary
+        Also written to ``OUT/.defacer/summary.html``; the manifest is compacted.
+
+    Raises
+    ------
+    OutputError
+        If OUT overlaps IN, is a non-empty folder of something else, or is locked by
+        another batch.
+    InputImageError
+        If IN is not a folder.
+    KeyboardInterrupt
+        On Ctrl-C, after the finished scans are recorded and in-flight work is cancelled.
+    """
+    start = time.perf_counter()
+    check_config(config)
+    discovery = discover(config.in_root, include=config.include, exclude=config.exclude)
+    if config.layout == "derivatives" and discovery.layout != "bids":
+        raise DefacerError(
+            f"--derivatives needs a BIDS dataset, but '{config.in_root}' is not one (no dataset_description.json "
+            "or sub-* folders). Drop --derivatives to mirror the folder instead."
+        )
+    layout = OutputLayout(in_root=discovery.root, out_root=Path(config.out_root).resolve(), layout=config.layout,
+                          bids=discovery.layout == "bids")
+    resuming = prepare_output(layout, force=config.force)
+    with batch_lock(layout.state_dir):
+        manifest = Manifest(layout.manifest_path)
+        others = config.others or ("copy" if config.layout == "mirror" else "skip")
+        carry_over(layout, discovery.others, others)
+        write_dataset_files(layout)
+        tasks, skipped = plan(config, discovery, layout, manifest, deface)
+        if resuming:
+            log.info("resuming: %d scans already done, %d to do", len(skipped), len(tasks))
+        if discovery.excluded:
+            log.info("%d scans excluded by filters (not defaced, not copied)", len(discovery.excluded))
+        records: list[ScanRecord] = list(skipped)
+        progress = Progress(len(tasks), quiet=config.quiet, stream=stream)
+
+        def on_result(record: ScanRecord) -> None:
+            manifest.append(record)
+            records.append(record)
+            progress.advance(record)
+
+        engine = engine_name(config)
+        try:
+            with progress:
+                if engine == "dask":
+                    engines.run_dask(tasks, on_result, scheduler=str(config.scheduler), jobs=config.jobs,
+                                     threads=_threads_per_worker(config.jobs))
+                elif engine == "processes":
+                    engines.run_processes(tasks, on_result, jobs=config.jobs,
+                                          threads=_threads_per_worker(config.jobs))
+                else:
+                    engines.run_serial(tasks, on_result)
+        finally:
+            manifest.compact()
+            wall_s = time.perf_counter() - start
+            html_path = write_html(records, layout.state_dir / "summary.html", out_root=layout.out_root,
+                                   title=f"defacer batch: {discovery.root.name}", wall_s=wall_s)
+    summary = BatchSummary(records=sorted(records, key=lambda r: r.key), counts=count(records), wall_s=wall_s,
+                           manifest_path=layout.manifest_path, html_path=html_path, engine=engine)
+    if not config.quiet:
+        print_table(summary.records, wall_s=wall_s, stream=stream, html_path=html_path)
+    return summary

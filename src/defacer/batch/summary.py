@@ -1,0 +1,192 @@
+"""Report a batch: progress bar, final table in the terminal, HTML summary with verify links.
+
+rich is used when installed (``defacer[batch]``); without it the progress is a plain line
+per scan on stderr and the table is plain text.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import sys
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TextIO
+
+from defacer._version import __version__
+from defacer.batch.manifest import DONE, FAILED, SKIPPED, ScanRecord
+
+
+@dataclass(frozen=True)
+class Counts:
+    """How many scans ended in each state."""
+
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+
+    @property
+    def total(self) -> int:
+        """All scans."""
+        return self.done + self.skipped + self.failed
+
+
+def count(records: Sequence[ScanRecord]) -> Counts:
+    """Tally records by status."""
+    return Counts(
+        done=sum(r.status == DONE for r in records),
+        skipped=sum(r.status == SKIPPED for r in records),
+        failed=sum(r.status == FAILED for r in records),
+    )
+
+
+class Progress(AbstractContextManager["Progress"]):
+    """A progress bar with counts, rate and ETA (rich), or nothing when ``quiet``.
+
+    Parameters
+    ----------
+    total : int
+        Scans to process in this run (skipped scans excluded).
+    quiet : bool
+        Show nothing.
+    stream : file, optional
+        Where to draw (default stderr).
+    """
+
+    def __init__(self, total: int, *, quiet: bool = False, stream: TextIO | None = None) -> None:
+        self.total = total
+        self.quiet = quiet
+        self.stream = stream or sys.stderr
+        self.failed = 0
+        self._done = 0
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> Progress:
+        if self.quiet or self.total == 0:
+            return self
+        try:
+            from rich.console import Console
+            from rich.progress import (BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+            from rich.progress import Progress as RichProgress
+        except ImportError:
+            return self
+        self._bar = RichProgress(
+            TextColumn("[bold]defacing"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TextColumn("[red]{task.fields[failed]}"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=Console(file=self.stream), transient=False,
+        )
+        self._bar.__enter__()
+        self._task = self._bar.add_task("defacing", total=self.total, rate="", failed="")
+        return self
+
+    def advance(self, record: ScanRecord) -> None:
+        """Count one finished scan."""
+        self._done += 1
+        if record.status == FAILED:
+            self.failed += 1
+        if self.quiet:
+            return
+        if self._bar is None:
+            state = "FAILED " + (record.error or "") if record.status == FAILED else record.status
+            print(f"[{self._done}/{self.total}] {record.key}: {state}", file=self.stream)
+            return
+        elapsed = self._bar.tasks[0].elapsed or 0.0
+        rate = f"{60.0 * self._done / elapsed:.1f} scans/min" if elapsed > 0 else ""
+        failed = f"{self.failed} failed" if self.failed else ""
+        self._bar.update(self._task, advance=1, rate=rate, failed=failed)
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(exc_type, exc, tb)
+
+
+def print_table(records: Sequence[ScanRecord], *, wall_s: float, stream: TextIO | None = None,
+                html_path: Path | None = None) -> None:
+    """Print the final summary: counts, throughput and every failed scan with its error."""
+    stream = stream or sys.stderr
+    counts = count(records)
+    ran = counts.done + counts.failed
+    rate = 60.0 * ran / wall_s if wall_s > 0 and ran else 0.0
+    failed = [r for r in records if r.status == FAILED]
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        print(f"done {counts.done}, already done {counts.skipped}, failed {counts.failed} "
+              f"of {counts.total} scans; {rate:.1f} scans/min", file=stream)
+        for record in failed:
+            print(f"  FAILED {record.key}: {record.error}", file=stream)
+        if html_path is not None:
+            print(f"summary: {html_path}", file=stream)
+        return
+    console = Console(file=stream)
+    table = Table(title="defacer batch")
+    for column in ("defaced", "already done", "failed", "total", "scans/min", "time"):
+        table.add_column(column, justify="right")
+    table.add_row(str(counts.done), str(counts.skipped), f"[red]{counts.failed}" if counts.failed else "0",
+                  str(counts.total), f"{rate:.1f}", f"{wall_s:.1f} s")
+    console.print(table)
+    if failed:
+        errors = Table(title="failed scans", show_lines=False)
+        errors.add_column("scan")
+        errors.add_column("error")
+        for record in failed:
+            errors.add_row(record.key, record.error or "")
+        console.print(errors)
+    if html_path is not None:
+        console.print(f"summary: {html_path}")
+
+
+def _link(target: str | None, base: Path, text: str) -> str:
+    if not target:
+        return ""
+    rel = os.path.relpath(target, base)
+    return f'<a href="{html.escape(rel)}">{html.escape(text)}</a>'
+
+
+def write_html(records: Sequence[ScanRecord], path: Path, *, out_root: Path, title: str, wall_s: float) -> Path:
+    """Write an HTML page listing every scan: status, time, error, output and verify report links."""
+    counts = count(records)
+    rows = []
+    for record in sorted(records, key=lambda r: (r.status != FAILED, r.key)):
+        output = record.outputs[0].path if record.outputs else ""
+        verify = record.verify or {}
+        report = verify.get("report_path") or verify.get("report_dir")
+        passed = verify.get("passed")
+        verdict = "" if passed is None else ("pass" if passed else "FAIL")
+        rows.append(
+            f'<tr class="{html.escape(record.status)}"><td>{html.escape(record.key)}</td>'
+            f"<td>{html.escape(record.status)}</td>"
+            f"<td>{record.timings.get('total', 0.0):.1f}</td>"
+            f"<td>{_link(str(out_root / output) if output else None, path.parent, output)}</td>"
+            f"<td>{_link(report, path.parent, 'report')} {verdict}</td>"
+            f"<td>{html.escape(record.error or '')}</td></tr>"
+        )
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}tr.failed{{background:#fdd}}
+tr.skipped{{color:#666}}</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p>defacer {html.escape(__version__)}: {counts.done} defaced, {counts.skipped} already done,
+<strong>{counts.failed} failed</strong>, {counts.total} scans, {wall_s:.1f} s.</p>
+<p>This folder may hold renders of the original faces (verify reports): do not publish it.</p>
+<table><tr><th>scan</th><th>status</th><th>seconds</th><th>output</th><th>verify</th><th>error</th></tr>
+{chr(10).join(rows)}
+</table></body></html>
+"""
+    from defacer.batch.layout import TEMP_PREFIX
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.parent / f"{TEMP_PREFIX}{path.name}"
+    temp.write_text(page, encoding="utf-8")
+    os.replace(temp, path)
+    return path

@@ -1,0 +1,238 @@
+"""The work on one scan, as it runs inside a worker (or the main process when serial).
+
+:func:`process_scan` takes a picklable :class:`ScanTask` and returns a
+:class:`~defacer.batch.manifest.ScanRecord`; it never raises for a bad scan (the error goes into
+the record) so one broken file never stops a batch.  The detector is loaded once per worker
+process and kept in :data:`_DETECTORS`.
+
+Every scan gets its own seed from the batch seed and its relative path
+(:func:`scan_seed`), so the same scan gives the same bytes whichever engine, worker or order
+ran it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import os
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from defacer.batch.discover import Scan, image_stem, nhdr_data_files
+from defacer.batch.layout import write_json_atomic
+from defacer.batch.manifest import DONE, FAILED, FileStamp, ScanRecord, combined_sha256, stamp
+from defacer.errors import DefacerError
+
+#: Signature of the per-scan defacing function (``defacer.pipeline.deface_file``).
+DefaceFile = Callable[..., dict[str, Any]]
+
+#: Detectors loaded in this process, by (weights path, threads).  One per worker process.
+_DETECTORS: dict[tuple[str, int], Any] = {}
+
+
+@dataclass(frozen=True)
+class ScanTask:
+    """Everything a worker needs to deface one scan (picklable).
+
+    Attributes
+    ----------
+    scan : Scan
+        The input scan.
+    output : Path
+        Where the defaced image (or DICOM series folder) goes.
+    in_root, out_root : Path
+        Input and output folders (manifest paths are relative to them).
+    seed : int
+        The scan's own seed (see :func:`scan_seed`).
+    fingerprint : str
+        Digest of the output-shaping options, stored in the record.
+    options : dict
+        Keyword arguments for ``defacer.pipeline.DefaceOptions`` (``seed`` is replaced).
+    sidecar : Path or None
+        Where to write the scan's JSON sidecar, and ``sidecar_data`` its content.
+    labels_path : Path or None
+        A label map for this scan (from ``--labels-dir``); otherwise the worker's detector.
+    weights_path : Path or None
+        Detector weights (``None``: the shipped ones).
+    threads : int
+        Threads the detector may use in this worker.
+    verify_dir : Path or None
+        Run verification and write its report here.
+    attempts : int
+        How many times this scan has been tried, this one included.
+    deface : callable or None
+        Stand-in for ``defacer.pipeline.deface_file`` (tests, benchmarks); must be a
+        module-level function so it pickles.
+    """
+
+    scan: Scan
+    output: Path
+    in_root: Path
+    out_root: Path
+    seed: int
+    fingerprint: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+    sidecar: Path | None = None
+    sidecar_data: dict[str, Any] | None = None
+    labels_path: Path | None = None
+    weights_path: Path | None = None
+    threads: int = 1
+    verify_dir: Path | None = None
+    attempts: int = 1
+    deface: DefaceFile | None = None
+
+
+def scan_seed(batch_seed: int, key: str) -> int:
+    """The seed of one scan: the first 4 bytes of sha256(``"<batch_seed>:<key>"``), as an int."""
+    digest = hashlib.sha256(f"{batch_seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def input_files(scan: Scan) -> list[Path]:
+    """The files a scan reads: the image (plus a ``.nhdr``'s data file) or every file of a series."""
+    if scan.kind == "dicom":
+        return sorted(p for p in scan.path.iterdir() if p.is_file() and not p.name.startswith("."))
+    return [scan.path, *[c for c in scan.companions if c.is_file()]]
+
+
+def output_files(task: ScanTask) -> list[Path]:
+    """Every file the scan wrote: image (and detached data), sidecars, provenance."""
+    out = task.output
+    if task.scan.kind == "dicom":
+        files = sorted(p for p in out.iterdir() if p.is_file() and not p.name.startswith(".")) if out.is_dir() else []
+        provenance = out.parent / f"{out.name}.defacer.json"
+        return files + ([provenance] if provenance.is_file() else [])
+    files = [out]
+    if out.name.lower().endswith(".nhdr"):
+        files += [p for p in nhdr_data_files(out) if p.is_file()]
+    provenance = out.parent / f"{image_stem(out.name)}.defacer.json"
+    if provenance.is_file():
+        files.append(provenance)
+    if task.sidecar is not None and task.sidecar.is_file():
+        files.append(task.sidecar)
+    return files
+
+
+def init_worker(threads: int) -> None:
+    """Process-pool initializer: cap the math libraries' threads in this worker."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except ImportError:
+        pass
+
+
+def worker_detector(weights_path: Path | None, threads: int) -> Any:
+    """The detector of this worker process, loaded on first use and then reused."""
+    cache_key = (str(weights_path or ""), threads)
+    if cache_key not in _DETECTORS:
+        from defacer.pipeline import load_detector
+
+        kwargs: dict[str, Any] = {"weights_path": weights_path}
+        if "threads" in inspect.signature(load_detector).parameters:
+            kwargs["threads"] = threads
+        _DETECTORS[cache_key] = load_detector(**kwargs)
+    return _DETECTORS[cache_key]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _deface_options(task: ScanTask) -> Any:
+    from defacer.pipeline import DefaceOptions
+
+    known = {f.name for f in dataclasses.fields(DefaceOptions)}
+    kwargs = {k: v for k, v in task.options.items() if k in known}
+    kwargs["seed"] = task.seed
+    return DefaceOptions(**kwargs)
+
+
+def _deface(task: ScanTask) -> dict[str, Any]:
+    if task.deface is not None:
+        return task.deface(
+            task.scan.path, task.output, options={**task.options, "seed": task.seed},
+            labels_path=task.labels_path, force=True,
+        )
+    from defacer.pipeline import deface_file
+
+    detector = None if task.labels_path is not None else worker_detector(task.weights_path, task.threads)
+    return deface_file(
+        task.scan.path, task.output, options=_deface_options(task), detector=detector,
+        labels_path=task.labels_path, force=True,
+    )
+
+
+def _verify(task: ScanTask, provenance: dict[str, Any]) -> dict[str, Any]:
+    assert task.verify_dir is not None  # noqa: S101 - guarded by the caller
+    from defacer.verify import verify_pair
+
+    result = verify_pair(task.scan.path, task.output, task.verify_dir, labels=task.labels_path, provenance=provenance)
+    outcome: dict[str, Any] = {"report_dir": str(task.verify_dir)}
+    for name in ("passed", "report_path", "summary"):
+        value = getattr(result, name, None)
+        if value is not None:
+            outcome[name] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    return outcome
+
+
+def process_scan(task: ScanTask) -> ScanRecord:
+    """Deface one scan and return its record; errors are recorded, not raised.
+
+    ``KeyboardInterrupt`` still propagates (Ctrl-C stops the batch).  Outputs are written
+    atomically by the pipeline, so a failed or interrupted scan leaves no partial output.
+    """
+    record = ScanRecord(
+        key=task.scan.key, status=FAILED, seed=task.seed, fingerprint=task.fingerprint,
+        started=_now(), worker=f"{socket.gethostname()}:{os.getpid()}", attempts=task.attempts,
+    )
+    start = time.perf_counter()
+    try:
+        record.inputs = [stamp(p, task.in_root) for p in input_files(task.scan)]
+        record.input_sha256 = combined_sha256(record.inputs)
+        record.timings["hash"] = time.perf_counter() - start
+        t0 = time.perf_counter()
+        provenance = _deface(task)
+        record.provenance = dict(provenance or {})
+        record.timings["deface"] = time.perf_counter() - t0
+        if task.sidecar is not None and task.sidecar_data is not None:
+            write_json_atomic(task.sidecar, task.sidecar_data)
+        if task.verify_dir is not None:
+            t0 = time.perf_counter()
+            record.verify = _verify(task, record.provenance)
+            record.timings["verify"] = time.perf_counter() - t0
+        record.outputs = [stamp(p, task.out_root) for p in output_files(task)]
+        record.status = DONE
+    except DefacerError as err:
+        record.error, record.error_type = str(err), type(err).__name__
+    except (Exception, MemoryError) as err:  # one bad scan must never stop the batch
+        record.error_type = type(err).__name__
+        frames = traceback.extract_tb(err.__traceback__)
+        where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+        record.error = f"{type(err).__name__}: {err}{where}"
+    record.timings["total"] = time.perf_counter() - start
+    record.finished = _now()
+    return record
+
+
+def failed_record(task: ScanTask, message: str, error_type: str) -> ScanRecord:
+    """A record for a scan whose worker never returned (killed, lost)."""
+    return ScanRecord(
+        key=task.scan.key, status=FAILED, seed=task.seed, fingerprint=task.fingerprint,
+        error=message, error_type=error_type, started="", finished=_now(), attempts=task.attempts,
+    )
+
+
+def stamps_digest(stamps: list[FileStamp]) -> str:
+    """sha256 over output stamps (used to compare the bytes of two runs)."""
+    return combined_sha256(stamps) if stamps else ""
