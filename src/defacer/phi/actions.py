@@ -1,0 +1,103 @@
+"""What each Table E.1-1 action does to one value, by value representation (VR).
+
+These are pure functions of values; :mod:`defacer.phi.scrub` decides which one applies to
+which element.  Compound codes ("X unless Z/D is needed for IOD conformance") are resolved
+by :func:`resolve_compound` without IOD knowledge, always in the direction that removes
+the value: the element is dropped (X) or kept empty/dummy, never kept with its value.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable
+
+#: Dummy values for ``D`` by VR (non-zero length, valid for the VR).
+DUMMY_BY_VR: dict[str, object] = {
+    "AE": "ANONYMOUS", "AS": "000Y", "CS": "ANONYMOUS", "DA": "19000101", "DS": "0", "DT": "19000101000000.000000",
+    "IS": "0", "LO": "ANONYMOUS", "LT": "ANONYMOUS", "PN": "ANONYMOUS", "SH": "ANONYMOUS", "ST": "ANONYMOUS",
+    "TM": "000000.00", "UC": "ANONYMOUS", "UR": "ANONYMOUS", "UT": "ANONYMOUS",
+    "FL": 0.0, "FD": 0.0, "SL": 0, "SS": 0, "UL": 0, "US": 0, "SV": 0, "UV": 0,
+    "OB": b"\x00\x00", "OD": b"\x00" * 8, "OF": b"\x00" * 4, "OL": b"\x00" * 4, "OV": b"\x00" * 8,
+    "OW": b"\x00\x00", "UN": b"\x00\x00",
+}
+#: VRs whose values are free or coded text that "clean" (C) rewrites.
+TEXT_VRS = frozenset({"LO", "LT", "SH", "ST", "UT", "UC", "PN", "CS"})
+#: Patterns masked by the C action in text: dates, long digit runs (IDs, phone numbers), e-mail addresses.
+_GENERIC_PHI = re.compile(
+    r"(\b\d{4}[-./]?\d{2}[-./]?\d{2}\b|\b\d{1,2}[-./]\d{1,2}[-./]\d{2,4}\b|\d{5,}|[\w.+-]+@[\w-]+\.[\w.]+)"
+)
+
+
+def resolve_compound(code: str, vr: str, keyword: str) -> str:
+    """Reduce a compound action code to one of ``D, Z, X, K, C, U`` (or ``R`` for "recurse").
+
+    ``R`` keeps a sequence and applies the table to its items, which is how ``X/Z/U*``
+    keeps references (their UIDs replaced consistently) and how ``D``/``K``/``C`` treat
+    sequences.
+
+    Rules: ``Z/D`` gives Z (D for PatientID, which gets a keyed pseudonym); ``X/Z`` gives
+    Z (the attribute may be Type 2); ``X/D`` and ``X/Z/D`` give D or Z for plain values
+    and X for sequences; ``X/Z/U*`` recurses into a sequence and gives U otherwise.
+    """
+    is_sequence = vr == "SQ"
+    if code == "Z/D":
+        return "D" if keyword == "PatientID" else "Z"
+    if code == "X/Z":
+        return "Z"
+    if code == "X/D":
+        return "X" if is_sequence else "D"
+    if code == "X/Z/D":
+        return "X" if is_sequence else "Z"
+    if code == "X/Z/U*":
+        return "R" if is_sequence else "U"
+    if is_sequence and code in {"D", "K", "C"}:
+        return "R"
+    return code
+
+
+def empty_value(vr: str) -> object:
+    """Zero-length value for ``Z`` (an empty sequence for SQ)."""
+    if vr == "SQ":
+        return []
+    return None
+
+
+def dummy_value(vr: str) -> object:
+    """A non-zero-length dummy value consistent with ``vr`` for ``D``."""
+    return DUMMY_BY_VR.get(vr, "ANONYMOUS")
+
+
+def shift_date_text(value: str, days: int, vr: str) -> str:
+    """Move a DA or DT value ``days`` days into the past; unparseable values become empty.
+
+    Ranges (``A-B``) are shifted at both ends; the time part of a DT is kept.
+    """
+    if "-" in value and vr == "DA":
+        return "-".join(shift_date_text(part, days, vr) if part else "" for part in value.split("-"))
+    text = value.strip()
+    if len(text) < 8 or not text[:8].isdigit():
+        return ""
+    try:
+        day = dt.date(int(text[:4]), int(text[4:6]), int(text[6:8]))
+    except ValueError:
+        return ""
+    shifted = day - dt.timedelta(days=days)
+    return shifted.strftime("%Y%m%d") + (text[8:] if vr == "DT" else "")
+
+
+def clean_text(value: str, identifying: Iterable[str]) -> str:
+    """Clean free text for ``C``: mask known identifying values and generic PHI patterns.
+
+    Parameters
+    ----------
+    value : str
+        The text (a description or comment).
+    identifying : iterable of str
+        Values from the same dataset known to identify (name parts, IDs, birth date,
+        institution, staff names); each occurrence is replaced by ``*``.
+    """
+    out = value
+    for token in sorted({t for t in identifying if len(t) >= 2}, key=len, reverse=True):
+        out = re.sub(re.escape(token), "*", out, flags=re.IGNORECASE)
+    return _GENERIC_PHI.sub("*", out)

@@ -1,0 +1,346 @@
+"""Apply PS3.15 Annex E to a pydicom dataset: the rules, the options and the bookkeeping.
+
+:class:`Scrubber` walks every element, nested sequences included, applies the action the
+table and options give it (:mod:`defacer.phi.rules`, :mod:`defacer.phi.options`), removes
+private attributes, rebuilds the file meta group and records PatientIdentityRemoved,
+DeidentificationMethod(CodeSequence), LongitudinalTemporalInformationModified and, for
+defaced pixels, RecognizableVisualFeatures.
+
+Beyond the standard, as a safety net: a person-name (PN) attribute the table does not list
+is emptied, and an instance-UID attribute it does not list is replaced like ``U``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.datadict import DicomDictionary, keyword_for_tag
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+
+from defacer.errors import DicomSeriesError
+from defacer.phi import actions
+from defacer.phi.options import DeidOptions
+from defacer.phi.pseudonym import Pseudonymizer
+from defacer.phi.rules import Rule, find_rule
+
+logger = logging.getLogger(__name__)
+
+#: ImplementationClassUID written into the rebuilt file meta group (defacer's own, fixed).
+IMPLEMENTATION_CLASS_UID = "2.25.187930442152476211420519612093815634962"
+IMPLEMENTATION_VERSION_NAME = "DEFACER_0_1"
+#: SOP classes that usually carry burned-in text: secondary captures and encapsulated documents.
+BURNED_IN_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image",
+    "1.2.840.10008.5.1.4.1.1.7.1": "Multi-frame Single Bit Secondary Capture Image",
+    "1.2.840.10008.5.1.4.1.1.7.2": "Multi-frame Grayscale Byte Secondary Capture Image",
+    "1.2.840.10008.5.1.4.1.1.7.3": "Multi-frame Grayscale Word Secondary Capture Image",
+    "1.2.840.10008.5.1.4.1.1.7.4": "Multi-frame True Color Secondary Capture Image",
+    "1.2.840.10008.5.1.4.1.1.104.1": "Encapsulated PDF",
+    "1.2.840.10008.5.1.4.1.1.77.1.1.1": "Video Endoscopic Image",
+}
+#: Private attributes kept by the Retain Safe Private option: (private creator, group, element byte).
+#: A subset of PS3.15 Table E.3.10-1 (diffusion and scaling parameters without identity).
+SAFE_PRIVATE: frozenset[tuple[str, int, int]] = frozenset({
+    ("SIEMENS MR HEADER", 0x0019, 0x0C),  # B_value
+    ("SIEMENS MR HEADER", 0x0019, 0x0D),  # DiffusionDirectionality
+    ("SIEMENS MR HEADER", 0x0019, 0x0E),  # DiffusionGradientDirection
+    ("SIEMENS MR HEADER", 0x0019, 0x27),  # B_matrix
+    ("SIEMENS MR HEADER", 0x0019, 0x28),  # BandwidthPerPixelPhaseEncode
+    ("GEMS_PARM_01", 0x0043, 0x39),  # Slop_int_6... (b value)
+    ("GEMS_ACQU_01", 0x0019, 0xBB),  # User data 25
+    ("GEMS_ACQU_01", 0x0019, 0xBC),  # User data 26
+    ("GEMS_ACQU_01", 0x0019, 0xBD),  # User data 27
+    ("Philips MR Imaging DD 001", 0x2001, 0x03),  # Diffusion B-Factor
+    ("Philips MR Imaging DD 001", 0x2005, 0xB0),  # Diffusion direction RL
+})
+#: Values gathered from a dataset before cleaning, used by the C action on free text.
+_IDENTIFYING_KEYWORDS = (
+    "PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName",
+    "PatientBirthDate", "AccessionNumber", "InstitutionName", "InstitutionAddress", "ReferringPhysicianName",
+    "PerformingPhysicianName", "OperatorsName", "NameOfPhysiciansReadingStudy", "PhysiciansOfRecord",
+    "RequestingPhysician", "PatientAddress", "PatientTelephoneNumbers", "StationName", "DeviceSerialNumber",
+    "StudyID", "InstitutionalDepartmentName", "MilitaryRank", "MedicalRecordLocator", "PatientInsurancePlanCodeSequence",
+)
+_TAG_PATIENT_NAME = 0x00100010
+_TAG_PATIENT_ID = 0x00100020
+_VR_BY_TAG: dict[int, str] = {tag: entry[0] for tag, entry in DicomDictionary.items()}
+_INSTANCE_UID_SUFFIXES = ("InstanceUID", "FrameOfReferenceUID")
+
+
+@dataclass
+class _Context:
+    """Per-dataset state: the patient's date offset and the values that identify them."""
+
+    date_offset: int
+    identifying: list[str]
+    pseudo_id: str
+
+
+@dataclass
+class Mapping:
+    """Original → new identifiers produced in a run (written only when the user asks)."""
+
+    uids: dict[str, str] = field(default_factory=dict)
+    patients: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"patients": self.patients, "uids": self.uids}
+
+
+class BurnedInAnnotationError(DicomSeriesError):
+    """An instance may show identifying text in its pixels and the user did not opt in."""
+
+
+class Scrubber:
+    """De-identify datasets with one key and one set of options.
+
+    Parameters
+    ----------
+    options : DeidOptions
+        The profile options.
+    pseudonymizer : Pseudonymizer
+        Keyed source of new UIDs, IDs and date offsets; share one across all files of a run
+        (or reuse the same key across runs) to keep them consistent.
+    record_mapping : bool
+        Keep original → new identifiers in :attr:`mapping`.
+    """
+
+    def __init__(self, options: DeidOptions, pseudonymizer: Pseudonymizer, *, record_mapping: bool = False) -> None:
+        self.options = options
+        self.pseudonymizer = pseudonymizer
+        self.record_mapping = record_mapping
+        self.mapping = Mapping()
+
+    # ------------------------------------------------------------------ public
+    def check_burned_in(self, ds: Dataset, source: str = "") -> None:
+        """Refuse instances that may carry burned-in text unless ``allow_burned_in``.
+
+        Raises
+        ------
+        BurnedInAnnotationError
+            With the reason and the opt-in flag.
+        """
+        if self.options.allow_burned_in:
+            return
+        reason = burned_in_reason(ds)
+        if reason:
+            where = f"'{source}' " if source else ""
+            message = (
+                f"The instance {where}{reason}, so its pixels may show names or dates that header "
+                "de-identification cannot remove. defacer refuses it. Remove it from the input, or pass "
+                "--allow-burned-in to process it anyway (its pixels are NOT cleaned)."
+            )
+            raise BurnedInAnnotationError(message)
+
+    def scrub(self, ds: Dataset, source: str = "") -> Dataset:
+        """De-identify ``ds`` in place and return it.
+
+        The caller owns ``ds`` (typically freshly read from a file that is not modified).
+
+        Parameters
+        ----------
+        ds : pydicom.Dataset
+            A whole instance, with or without ``file_meta``.
+        source : str
+            Where it came from, for messages.
+        """
+        self.check_burned_in(ds, source)
+        context = self._context(ds)
+        transfer_syntax = None
+        if hasattr(ds, "file_meta") and "TransferSyntaxUID" in ds.file_meta:
+            transfer_syntax = ds.file_meta.TransferSyntaxUID
+        self._clean(ds, context, top=True)
+        self._mark(ds)
+        self._rebuild_meta(ds, transfer_syntax)
+        return ds
+
+    # ----------------------------------------------------------------- helpers
+    def _context(self, ds: Dataset) -> _Context:
+        patient = str(ds.get("PatientID", "") or "") or f"{ds.get('PatientName', '')}|{ds.get('PatientBirthDate', '')}"
+        pseudo_id = self.pseudonymizer.identifier(patient)
+        offset = self.pseudonymizer.date_offset_days(patient)
+        identifying: list[str] = []
+        for keyword in _IDENTIFYING_KEYWORDS:
+            value = ds.get(keyword)
+            if value is None or isinstance(value, Sequence):
+                continue
+            values = value if isinstance(value, MultiValue | list) else [value]
+            for item in values:
+                text = str(item)
+                identifying.append(text)
+                identifying.extend(part for part in text.replace("^", " ").split() if len(part) >= 3)
+        if self.record_mapping:
+            entry = self.mapping.patients.setdefault(patient, {})
+            entry.update({"PatientID": pseudo_id, "PatientName_original": str(ds.get("PatientName", "")),
+                          "date_offset_days": -offset if self.options.retain_long_modified_dates else None})
+        return _Context(offset, identifying, pseudo_id)
+
+    def _new_uid(self, original: str) -> str:
+        new = self.pseudonymizer.uid(original)
+        if self.record_mapping:
+            self.mapping.uids[original.strip().rstrip("\x00")] = new
+        return new
+
+    def _clean(self, ds: Dataset, context: _Context, *, top: bool) -> None:
+        for tag in list(ds.keys()):
+            tag_int = int(tag)
+            group = tag_int >> 16
+            if group & 1:
+                self._private(ds, tag_int)
+                continue
+            if group == 0x0002 or (tag_int & 0xFFFF) == 0 and group != 0:
+                if group != 0x0002:
+                    del ds[tag]  # group lengths are retired and would be wrong afterwards
+                continue
+            rule = find_rule(tag_int)
+            if rule is None:
+                self._unlisted(ds, tag_int, context)
+                continue
+            self._apply(ds, tag_int, rule, context)
+
+    def _private(self, ds: Dataset, tag_int: int) -> None:
+        if self.options.retain_safe_private and (tag_int & 0xFFFF) >= 0x1000:
+            block = (tag_int & 0xFF00) >> 8
+            creator_tag = (tag_int & 0xFFFF0000) | block
+            creator = ds.get(creator_tag)
+            if creator is not None and (str(creator.value), tag_int >> 16, tag_int & 0xFF) in SAFE_PRIVATE:
+                return
+        if self.options.retain_safe_private and (tag_int & 0xFFFF) < 0x100 and (tag_int & 0xFFFF) >= 0x10:
+            return  # creators are removed at the end if no element of their block survived
+        del ds[tag_int]
+
+    def _unlisted(self, ds: Dataset, tag_int: int, context: _Context) -> None:
+        vr = _VR_BY_TAG.get(tag_int) or ds[tag_int].VR
+        if vr == "SQ":
+            self._recurse(ds[tag_int].value, context)
+        elif vr == "PN":
+            ds[tag_int].value = None
+        elif vr == "UI":
+            keyword = keyword_for_tag(tag_int)
+            if keyword.endswith(_INSTANCE_UID_SUFFIXES) and not self.options.retain_uids:
+                self._set_uid(ds, tag_int)
+
+    def _recurse(self, sequence: Any, context: _Context) -> None:
+        for item in sequence or ():
+            self._clean(item, context, top=False)
+            self._drop_orphan_creators(item)
+
+    def _set_uid(self, ds: Dataset, tag_int: int) -> None:
+        element = ds[tag_int]
+        value = element.value
+        if not value:
+            return
+        if isinstance(value, MultiValue | list):
+            element.value = [self._new_uid(str(v)) for v in value]
+        else:
+            element.value = self._new_uid(str(value))
+
+    def _apply(self, ds: Dataset, tag_int: int, rule: Rule, context: _Context) -> None:
+        element = ds[tag_int]
+        vr = element.VR
+        code = actions.resolve_compound(self.options.action_for(rule), vr, element.keyword)
+        if code == "X":
+            del ds[tag_int]
+        elif code == "Z":
+            if tag_int == _TAG_PATIENT_NAME:
+                element.value = context.pseudo_id  # a dummy that keeps studies of one patient together
+            else:
+                element.value = actions.empty_value(vr)
+        elif code == "D":
+            if tag_int == _TAG_PATIENT_ID:
+                element.value = context.pseudo_id
+            elif vr == "UI":
+                self._set_uid(ds, tag_int)
+            else:
+                element.value = actions.dummy_value(vr)
+        elif code == "U":
+            self._set_uid(ds, tag_int)
+        elif code == "R":
+            self._recurse(element.value, context)
+        elif code == "C":
+            self._clean_value(element, vr, context)
+        # "K": keep as is
+
+    def _clean_value(self, element: Any, vr: str, context: _Context) -> None:
+        if element.value in (None, "", b""):
+            return
+        if vr in ("DA", "DT"):
+            if self.options.retain_long_modified_dates:
+                values = element.value if isinstance(element.value, MultiValue | list) else [element.value]
+                shifted = [actions.shift_date_text(str(v), context.date_offset, vr) for v in values]
+                element.value = shifted if len(shifted) > 1 else shifted[0]
+        elif vr in actions.TEXT_VRS:
+            values = element.value if isinstance(element.value, MultiValue | list) else [element.value]
+            cleaned = [actions.clean_text(str(v), context.identifying) for v in values]
+            element.value = cleaned if len(cleaned) > 1 else cleaned[0]
+        elif vr in ("OB", "OW", "UN", "OF", "OD", "OL", "OV"):
+            element.value = actions.dummy_value(vr)
+
+    @staticmethod
+    def _drop_orphan_creators(ds: Dataset) -> None:
+        for tag in [t for t in ds.keys() if t.group & 1 and 0x10 <= t.element < 0x100]:
+            block = tag.element
+            if not any(t.group == tag.group and (t.element >> 8) == block for t in ds.keys()):
+                del ds[tag]
+
+    def _mark(self, ds: Dataset) -> None:
+        self._drop_orphan_creators(ds)
+        options = self.options
+        ds.PatientIdentityRemoved = "YES"
+        ds.DeidentificationMethod = options.method_text()
+        items = []
+        for value, meaning in options.method_codes():
+            item = Dataset()
+            item.CodeValue = value
+            item.CodingSchemeDesignator = "DCM"
+            item.CodeMeaning = meaning
+            items.append(item)
+        ds.DeidentificationMethodCodeSequence = items
+        ds.LongitudinalTemporalInformationModified = options.dates_modified
+        if options.clean_recognizable_visual_features:
+            ds.RecognizableVisualFeatures = "NO"
+
+    @staticmethod
+    def _rebuild_meta(ds: Dataset, transfer_syntax: str | None) -> None:
+        meta = FileMetaDataset()
+        if "SOPClassUID" in ds:
+            meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        if "SOPInstanceUID" in ds:
+            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        if transfer_syntax:
+            meta.TransferSyntaxUID = transfer_syntax
+        meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+        meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+        ds.file_meta = meta
+
+
+def burned_in_reason(ds: Dataset) -> str:
+    """Why ``ds`` may carry burned-in text, or ``""`` when nothing suggests it."""
+    if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
+        return "has BurnedInAnnotation (0028,0301) = YES"
+    sop_class = str(ds.get("SOPClassUID", ""))
+    if sop_class in BURNED_IN_SOP_CLASSES:
+        return f"is a {BURNED_IN_SOP_CLASSES[sop_class]} (SOP class {sop_class}), a kind that usually has text in its pixels"
+    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    if any(v in {"SCREEN SAVE", "SCREENSHOT", "SCREEN_SHOT"} for v in image_type):
+        return "is a screen capture (ImageType contains SCREEN SAVE)"
+    return ""
+
+
+def iter_phi_free_text(ds: Dataset) -> Iterator[str]:
+    """Every text value left in ``ds`` and its sequences (for leak checks in tests and benchmarks)."""
+    for element in ds.iterall():
+        if element.VR in ("SQ", "OB", "OW", "UN", "OF", "OD", "OL", "OV"):
+            continue
+        value = element.value
+        if value is None:
+            continue
+        values = value if isinstance(value, MultiValue | list) else [value]
+        for item in values:
+            yield str(item)
