@@ -19,7 +19,7 @@ from skimage.filters import threshold_otsu, threshold_triangle
 from defacer._typing import Mask
 
 #: Target grid step of the coarse analysis grid, in mm.
-COARSE_STEP_MM = 2.0
+COARSE_STEP_MM = 3.0
 #: Radius used to seal nostrils and ear canals before measuring depth, in mm.
 SEAL_RADIUS_MM = 6.0
 #: Largest air sample kept for noise drawing.

@@ -6,7 +6,7 @@ Every edit is applied only outside the *protected region*: the voxels lying deep
 ``protect_depth_mm`` (default 10 mm) below the sealed head surface, measured after the nose
 box is cut away (so the depth behind the nose counts from the face).  Scalp plus skull are
 thicker than that over the whole brain, so no brain voxel can change whatever the detector
-says.  Depth is computed on a ~2 mm grid; a voxel is protected when its coarse-grid depth is
+says.  Depth is computed on a ~3 mm grid; a voxel is protected when its coarse-grid depth is
 above ``protect_depth_mm - h`` (``h`` = half the coarse voxel diagonal), and as the distance map
 is 1-Lipschitz this protects every voxel whose true depth exceeds ``protect_depth_mm``.
 """

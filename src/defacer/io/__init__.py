@@ -202,16 +202,19 @@ def save_label_map(labels: np.ndarray, like: Volume, path: PathLike, *, force: b
     import nibabel as nib
 
     p = Path(path)
-    check_output_path(p, force=force)
     data = np.asarray(labels, dtype=np.uint8)
     fmt = format_of(p) if not p.is_dir() else "nifti"
-    with atomic_outputs([p]) as temps:
+    detached = fmt == "nrrd" and p.name.lower().endswith(".nhdr")
+    targets = [p, p.parent / (p.name[: -len(".nhdr")] + ".raw.gz")] if detached else [p]
+    for target in targets:
+        check_output_path(target, force=force)
+    with atomic_outputs(targets) as temps:
         if fmt == "nrrd":
             import nrrd
 
             header = {"space": "right-anterior-superior", "space directions": like.affine[:3, :3].T,
                       "space origin": like.affine[:3, 3], "encoding": "gzip", "kinds": ["domain"] * 3}
-            nrrd.write(str(temps[0]), data, header, index_order="F")
+            nrrd.write(str(temps[0]), data, header, index_order="F", detached_header=detached)
         elif fmt == "mgh":
             nib.save(nib.MGHImage(data, like.affine), str(temps[0]))
         else:
@@ -219,4 +222,4 @@ def save_label_map(labels: np.ndarray, like: Volume, path: PathLike, *, force: b
             image.header.set_xyzt_units("mm")
             image.header["descrip"] = b"defacer labels 1=eyes 2=nose 3=ears"
             nib.save(image, str(temps[0]))
-    return [p]
+    return targets

@@ -49,7 +49,7 @@ def read_nifti_like(path: Path, fmt: str) -> Volume:
         slope = 1.0
     if not np.isfinite(inter):
         inter = 0.0
-    header = image.header.copy()
+    header = _original_header(path, image) if fmt == "nifti" else image.header.copy()
     return Volume(
         raw=raw,
         affine=np.asarray(image.affine, dtype=np.float64),
@@ -59,6 +59,12 @@ def read_nifti_like(path: Path, fmt: str) -> Volume:
         header=header,
         extra={"image_class": type(image).__name__, "raw_shape": tuple(raw.shape)},
     )
+
+
+def _original_header(path: Path, image: Any) -> Any:
+    """The header exactly as stored (nibabel's in-memory header has scl_slope/inter moved to the proxy)."""
+    with Opener(str(path), "rb") as fileobj:
+        return type(image.header).from_fileobj(fileobj)
 
 
 def write_nifti(volume: Volume, path: Path) -> None:
