@@ -1,0 +1,108 @@
+"""Finding scans in BIDS datasets, image folders and DICOM folders; include/exclude filters."""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from defacer.batch.discover import discover, image_stem, matches, parse_bids_name
+from defacer.errors import InputImageError
+
+
+def _touch(path: Path, content: bytes = b"x") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return path
+
+
+def _fake_dicom(path: Path) -> Path:
+    return _touch(path, b"\0" * 128 + b"DICM" + b"\0" * 16)
+
+
+def test_parses_bids_entities_suffix_and_datatype() -> None:
+    entities = parse_bids_name(PurePosixPath("sub-01/ses-2/anat/sub-01_ses-2_acq-mp2_run-1_T1w.nii.gz"))
+    assert entities == {"sub": "01", "ses": "2", "acq": "mp2", "run": "1", "suffix": "T1w", "datatype": "anat"}
+
+
+def test_image_stem_strips_only_image_endings() -> None:
+    assert image_stem("a.nii.gz") == "a"
+    assert image_stem("b.nhdr") == "b"
+    assert image_stem("notes.txt") == "notes.txt"
+
+
+def test_finds_every_anat_image_and_ct_but_not_masks_func_or_sourcedata(tmp_path: Path) -> None:
+    ds = tmp_path / "ds"
+    _touch(ds / "dataset_description.json", b"{}")
+    for rel in ["sub-01/anat/sub-01_T1w.nii.gz", "sub-01/anat/sub-01_FLAIR.nii", "sub-01/anat/sub-01_defacemask.nii.gz",
+                "sub-01/func/sub-01_task-rest_bold.nii.gz", "sub-02/ses-1/anat/sub-02_ses-1_PDw.nii.gz",
+                "sub-02/ses-1/ct/sub-02_ses-1_ct.nii.gz", "sourcedata/sub-01/anat/sub-01_T1w.nii.gz",
+                "derivatives/x/sub-01/anat/sub-01_T1w.nii.gz"]:
+        _touch(ds / rel)
+    _touch(ds / "sub-01/anat/sub-01_T1w.json", b"{}")
+    found = discover(ds)
+    assert found.layout == "bids"
+    assert [s.key for s in found.scans] == [
+        "sub-01/anat/sub-01_FLAIR.nii", "sub-01/anat/sub-01_T1w.nii.gz",
+        "sub-02/ses-1/anat/sub-02_ses-1_PDw.nii.gz", "sub-02/ses-1/ct/sub-02_ses-1_ct.nii.gz",
+    ]
+    t1 = found.scans[1]
+    assert t1.sidecar == ds / "sub-01/anat/sub-01_T1w.json"
+    others = {str(p) for p in found.others}
+    assert "sub-01/func/sub-01_task-rest_bold.nii.gz" in others
+    assert "sub-01/anat/sub-01_defacemask.nii.gz" in others
+    assert "sub-01/anat/sub-01_T1w.json" not in others, "a scan's sidecar is rewritten, not copied"
+    assert not any(o.startswith(("sourcedata", "derivatives")) for o in others), "sourcedata may hold faces"
+
+
+def test_entity_and_glob_filters_select_scans(tmp_path: Path) -> None:
+    ds = tmp_path / "ds"
+    for rel in ["sub-01/anat/sub-01_T1w.nii.gz", "sub-01/anat/sub-01_T2w.nii.gz", "sub-02/anat/sub-02_T1w.nii.gz"]:
+        _touch(ds / rel)
+    keys = lambda **kw: [s.key for s in discover(ds, **kw).scans]  # noqa: E731
+    assert keys(include=["suffix=T1w"]) == ["sub-01/anat/sub-01_T1w.nii.gz", "sub-02/anat/sub-02_T1w.nii.gz"]
+    assert keys(exclude=["sub=02"]) == ["sub-01/anat/sub-01_T1w.nii.gz", "sub-01/anat/sub-01_T2w.nii.gz"]
+    assert keys(include=["sub-01/*"], exclude=["*_T2w.nii.gz"]) == ["sub-01/anat/sub-01_T1w.nii.gz"]
+    assert keys(include=["sub=0*", "suffix=T2w"]) == keys()  # includes are OR-ed
+    found = discover(ds, exclude=["suffix=T2w"])
+    assert found.excluded == [PurePosixPath("sub-01/anat/sub-01_T2w.nii.gz")]
+    assert PurePosixPath("sub-01/anat/sub-01_T2w.nii.gz") not in found.others, "excluded scans are never copied"
+
+
+def test_entity_filter_never_matches_a_missing_entity() -> None:
+    assert not matches(PurePosixPath("a.nii.gz"), {}, "ses=1")
+    assert matches(PurePosixPath("x/a.nii.gz"), {}, "a.nii.gz")
+
+
+def test_rejects_an_empty_filter(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="Invalid filter"):
+        discover(tmp_path, include=["=T1w"])
+
+
+def test_folder_of_images_and_dicom_series(tmp_path: Path) -> None:
+    root = tmp_path / "export"
+    _touch(root / "a.nii.gz")
+    _touch(root / "nested" / "b.mgz")
+    _touch(root / "c.nhdr", b"NRRD0004\ntype: short\ndata file: c.raw.gz\n\n")
+    _touch(root / "c.raw.gz")
+    _touch(root / "notes.txt")
+    for i in range(3):
+        _fake_dicom(root / "patient1" / "series2" / f"IM{i:04d}")
+    found = discover(root)
+    assert found.layout == "files"
+    assert [(s.key, s.kind) for s in found.scans] == [
+        ("a.nii.gz", "file"), ("c.nhdr", "file"), ("nested/b.mgz", "file"), ("patient1/series2", "dicom"),
+    ]
+    assert [str(p) for p in found.others] == ["notes.txt"], "a .nhdr's data file is part of the scan, never copied"
+
+
+def test_a_lone_dicom_series_folder_is_one_scan(tmp_path: Path) -> None:
+    for i in range(2):
+        _fake_dicom(tmp_path / "series" / f"{i}.dcm")
+    found = discover(tmp_path / "series")
+    assert [(s.key, s.kind) for s in found.scans] == [(".", "dicom")]
+
+
+def test_input_must_be_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(InputImageError, match="not a folder"):
+        discover(tmp_path / "missing")

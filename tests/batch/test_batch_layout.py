@@ -1,0 +1,104 @@
+"""Output paths, dataset description, marked sidecars, carried-over files, refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from defacer.batch.discover import Scan
+from defacer.batch.layout import (OutputLayout, carry_over, check_folders, dataset_description, defaced_sidecar,
+                                  desc_defaced_name, prepare_output, remove_stale_temporaries)
+from defacer.errors import OutputError
+
+
+def _scan(root: Path, rel: str, sidecar: Path | None = None) -> Scan:
+    return Scan(path=root / rel, relpath=PurePosixPath(rel), kind="file", sidecar=sidecar)
+
+
+def test_desc_defaced_goes_right_before_the_suffix() -> None:
+    assert desc_defaced_name("sub-01_ses-1_T1w") == "sub-01_ses-1_desc-defaced_T1w"
+    assert desc_defaced_name("sub-01_desc-mp_T1w") == "sub-01_desc-mpdefaced_T1w"
+    assert desc_defaced_name("head") == "head_desc-defaced"
+
+
+def test_mirror_keeps_names_and_derivatives_add_desc(tmp_path: Path) -> None:
+    scan = _scan(tmp_path / "in", "sub-01/anat/sub-01_T1w.nii.gz")
+    mirror = OutputLayout(tmp_path / "in", tmp_path / "out", "mirror", bids=True)
+    deriv = OutputLayout(tmp_path / "in", tmp_path / "out", "derivatives", bids=True)
+    assert mirror.output_path(scan) == tmp_path / "out/sub-01/anat/sub-01_T1w.nii.gz"
+    assert mirror.sidecar_path(scan) == tmp_path / "out/sub-01/anat/sub-01_T1w.json"
+    assert deriv.output_path(scan) == tmp_path / "out/sub-01/anat/sub-01_desc-defaced_T1w.nii.gz"
+    assert deriv.sidecar_path(scan) == tmp_path / "out/sub-01/anat/sub-01_desc-defaced_T1w.json"
+
+
+def test_non_bids_scans_without_sidecar_get_none(tmp_path: Path) -> None:
+    layout = OutputLayout(tmp_path / "in", tmp_path / "out", "mirror", bids=False)
+    assert layout.sidecar_path(_scan(tmp_path / "in", "a.nii.gz")) is None
+
+
+def test_dataset_description_gains_generated_by_or_becomes_a_derivative(tmp_path: Path) -> None:
+    source = {"Name": "study", "BIDSVersion": "1.9.0", "GeneratedBy": [{"Name": "dcm2niix"}]}
+    mirror = dataset_description(OutputLayout(tmp_path, tmp_path / "o", "mirror", True), source)
+    assert mirror["Name"] == "study" and mirror["BIDSVersion"] == "1.9.0"
+    assert [g["Name"] for g in mirror["GeneratedBy"]] == ["defacer", "dcm2niix"]
+    deriv = dataset_description(OutputLayout(tmp_path, tmp_path / "o", "derivatives", True), source)
+    assert deriv["DatasetType"] == "derivative"
+    assert deriv["SourceDatasets"][0]["URL"].startswith("file://")
+
+
+def test_sidecar_is_carried_over_and_marked_defaced(tmp_path: Path) -> None:
+    sidecar = tmp_path / "in" / "sub-01_T1w.json"
+    sidecar.parent.mkdir()
+    sidecar.write_text(json.dumps({"RepetitionTime": 2.3}))
+    scan = _scan(tmp_path / "in", "sub-01_T1w.nii.gz", sidecar)
+    data = defaced_sidecar(scan, OutputLayout(tmp_path / "in", tmp_path / "o", "derivatives", True), ["eyes"], 7)
+    assert data["RepetitionTime"] == 2.3
+    assert data["Defaced"] is True
+    assert data["DefacedBy"]["Features"] == ["eyes"] and data["DefacedBy"]["Seed"] == 7
+    assert data["Sources"] == ["bids:raw:sub-01_T1w.nii.gz"]
+
+
+@pytest.mark.parametrize("mode", ["copy", "hardlink", "symlink"])
+def test_non_image_files_are_copied_or_linked_and_kept_on_rerun(tmp_path: Path, mode: str) -> None:
+    (tmp_path / "in" / "sub-01").mkdir(parents=True)
+    (tmp_path / "in" / "sub-01" / "events.tsv").write_text("onset\n1\n")
+    layout = OutputLayout(tmp_path / "in", tmp_path / "out", "mirror", True)
+    rel = [PurePosixPath("sub-01/events.tsv")]
+    assert carry_over(layout, rel, mode) == (1, 0)
+    target = tmp_path / "out" / "sub-01" / "events.tsv"
+    assert target.read_text() == "onset\n1\n"
+    assert target.is_symlink() == (mode == "symlink")
+    if mode == "hardlink":
+        assert os.path.samefile(target, tmp_path / "in" / "sub-01" / "events.tsv")
+    assert carry_over(layout, rel, mode) == (0, 1)
+
+
+def test_output_inside_or_around_the_input_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(OutputError, match="overlaps the input"):
+        check_folders(tmp_path / "ds", tmp_path / "ds" / "derivatives" / "defaced")
+    with pytest.raises(OutputError, match="overlaps the input"):
+        check_folders(tmp_path / "ds", tmp_path)
+    with pytest.raises(OutputError, match="overlaps the input"):
+        check_folders(tmp_path / "ds", tmp_path / "ds")
+
+
+def test_non_empty_output_without_manifest_needs_force(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "something").write_text("x")
+    layout = OutputLayout(tmp_path / "in", tmp_path / "out")
+    with pytest.raises(OutputError, match="not empty"):
+        prepare_output(layout, force=False)
+    assert prepare_output(layout, force=True) is False
+
+
+def test_stale_temporaries_of_a_killed_run_are_removed(tmp_path: Path) -> None:
+    (tmp_path / "a" / ".defacer-tmp-123").mkdir(parents=True)
+    (tmp_path / "a" / ".defacer-tmp-123" / "x.nii.gz").write_bytes(b"half")
+    (tmp_path / "a" / ".defacer-tmp-9.json").write_text("{")
+    (tmp_path / "a" / "keep.nii.gz").write_bytes(b"whole")
+    removed = remove_stale_temporaries(tmp_path)
+    assert len(removed) == 2
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["keep.nii.gz"]

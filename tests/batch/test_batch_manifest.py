@@ -1,0 +1,105 @@
+"""The manifest: durable appends, tolerance of a cut-short line, compaction, up-to-date checks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from defacer.batch.manifest import (DONE, FAILED, Manifest, ScanRecord, batch_lock, is_up_to_date, sha256_file,
+                                    stamp)
+from defacer.errors import OutputError
+
+
+def _done_record(tmp_path: Path) -> tuple[ScanRecord, Path, Path]:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
+    src = tmp_path / "in" / "a.nii.gz"
+    dst = tmp_path / "out" / "a.nii.gz"
+    src.write_bytes(b"input")
+    dst.write_bytes(b"output")
+    record = ScanRecord(key="a.nii.gz", status=DONE, inputs=[stamp(src, tmp_path / "in")],
+                        outputs=[stamp(dst, tmp_path / "out")], fingerprint="f")
+    return record, src, dst
+
+
+def _up_to_date(record: ScanRecord, tmp_path: Path, src: Path, **kw: object) -> bool:
+    return is_up_to_date(record, fingerprint=kw.pop("fingerprint", "f"), in_root=tmp_path / "in",  # type: ignore[arg-type]
+                         out_root=tmp_path / "out", input_files=[src], **kw)  # type: ignore[arg-type]
+
+
+def test_records_survive_reopening_and_the_last_one_wins(tmp_path: Path) -> None:
+    manifest = Manifest(tmp_path / "m.jsonl")
+    manifest.append(ScanRecord(key="a", status=FAILED, error="boom"))
+    manifest.append(ScanRecord(key="b", status=DONE))
+    manifest.append(ScanRecord(key="a", status=DONE, timings={"total": 1.5}))
+    again = Manifest(tmp_path / "m.jsonl")
+    assert len(again) == 2
+    record = again.get("a")
+    assert record is not None and record.status == DONE and record.timings == {"total": 1.5}
+
+
+def test_a_line_cut_short_by_a_kill_is_ignored_and_later_appends_stay_readable(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    manifest = Manifest(path)
+    manifest.append(ScanRecord(key="a", status=DONE))
+    with path.open("a") as handle:
+        handle.write('{"key": "b", "status": "do')  # killed mid-write
+    reopened = Manifest(path)
+    assert reopened.damaged_lines == 1 and [r.key for r in reopened] == ["a"]
+    reopened.append(ScanRecord(key="c", status=DONE))
+    assert sorted(r.key for r in Manifest(path)) == ["a", "c"]
+
+
+def test_compaction_keeps_one_line_per_scan(tmp_path: Path) -> None:
+    manifest = Manifest(tmp_path / "m.jsonl")
+    for status in (FAILED, FAILED, DONE):
+        manifest.append(ScanRecord(key="a", status=status))
+    manifest.compact()
+    lines = (tmp_path / "m.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and "defacer_manifest" in lines[0]
+
+
+def test_done_scan_with_intact_input_and_output_is_up_to_date(tmp_path: Path) -> None:
+    record, src, _ = _done_record(tmp_path)
+    assert _up_to_date(record, tmp_path, src)
+    assert _up_to_date(record, tmp_path, src, rehash=True)
+
+
+def test_changed_input_changed_options_or_damaged_output_are_redone(tmp_path: Path) -> None:
+    record, src, dst = _done_record(tmp_path)
+    assert not _up_to_date(record, tmp_path, src, fingerprint="other")
+    dst.write_bytes(b"outpuX")  # same size, new content and mtime
+    assert not _up_to_date(record, tmp_path, src)
+    dst.write_bytes(b"output")
+    assert _up_to_date(record, tmp_path, src)
+    src.write_bytes(b"changed input")
+    assert not _up_to_date(record, tmp_path, src)
+
+
+def test_touched_but_unchanged_file_is_still_up_to_date(tmp_path: Path) -> None:
+    record, src, _ = _done_record(tmp_path)
+    os.utime(src, ns=(1, 1))
+    assert _up_to_date(record, tmp_path, src)
+
+
+def test_failed_scans_are_never_up_to_date(tmp_path: Path) -> None:
+    record, src, _ = _done_record(tmp_path)
+    record.status = FAILED
+    assert not _up_to_date(record, tmp_path, src)
+
+
+def test_second_batch_on_the_same_output_is_refused(tmp_path: Path) -> None:
+    with batch_lock(tmp_path), pytest.raises(OutputError, match="Another defacer batch"):
+        with batch_lock(tmp_path):
+            pass
+    with batch_lock(tmp_path):  # released after the first
+        pass
+
+
+def test_sha256_matches_hashlib(tmp_path: Path) -> None:
+    import hashlib
+
+    (tmp_path / "f").write_bytes(b"abc" * 1000)
+    assert sha256_file(tmp_path / "f") == hashlib.sha256(b"abc" * 1000).hexdigest()

@@ -1,0 +1,131 @@
+"""Whole batches of phantoms: layout, sidecars, manifest, resume, a corrupt scan, engines agree byte for byte."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from defacer.batch.manifest import DONE, FAILED, Manifest
+from defacer.batch.runner import BatchConfig, run_batch
+from defacer.cli.main import main
+
+
+def _images(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*.nii.gz"))}
+
+
+def test_serial_batch_mirrors_a_bids_dataset(serial_reference: Path, bids_template: tuple[Path, Path, list[str]]
+                                             ) -> None:
+    ds, _, relpaths = bids_template
+    out = serial_reference
+    assert sorted(_images(out)) == sorted(relpaths)
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert description["Name"] == "phantoms" and description["GeneratedBy"][0]["Name"] == "defacer"
+    assert (out / "participants.tsv").read_text() == (ds / "participants.tsv").read_text()
+    assert (out / "sub-01/func/sub-01_task-rest_events.tsv").is_file(), "non-image files are copied"
+    assert "*.defacer.json" in (out / ".bidsignore").read_text()
+    for rel in relpaths:
+        sidecar = json.loads((out / rel.replace(".nii.gz", ".json")).read_text())
+        assert sidecar["RepetitionTime"] == 2.3 and sidecar["Defaced"] is True
+        assert (out / rel.replace(".nii.gz", ".defacer.json")).is_file()
+        before = nib.load(ds / rel)
+        after = nib.load(out / rel)
+        np.testing.assert_array_equal(before.affine, after.affine)
+        changed = np.asarray(before.dataobj) != np.asarray(after.dataobj)
+        assert 0 < changed.sum() < 0.05 * changed.size, "the face changed, and only the face"
+    assert not list(out.rglob(".defacer-tmp-*"))
+
+
+def test_manifest_records_hashes_status_timings_and_provenance(serial_reference: Path) -> None:
+    records = list(Manifest(serial_reference / ".defacer" / "manifest.jsonl"))
+    assert len(records) == 6 and all(r.status == DONE for r in records)
+    record = records[0]
+    assert len(record.input_sha256) == 64
+    assert {Path(o.path).name for o in record.outputs} >= {Path(record.key).name}
+    assert record.timings["total"] > 0 and record.provenance["detector"]["labels_sha256"]
+    assert (serial_reference / ".defacer" / "summary.html").read_text().count("<tr class=\"done\">") == 6
+
+
+def test_rerun_skips_done_scans_and_redoes_changed_ones(tmp_path: Path, bids: tuple[Path, Path, list[str]]) -> None:
+    ds, labels, relpaths = bids
+    config = BatchConfig(in_root=ds, out_root=tmp_path / "out", labels_dir=labels, quiet=True)
+    first = run_batch(config)
+    assert first.counts.done == 6
+    second = run_batch(config)
+    assert (second.counts.done, second.counts.skipped) == (0, 6)
+    (tmp_path / "out" / relpaths[0]).write_bytes(b"damaged")
+    image = nib.load(ds / relpaths[1])
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj) + 1, image.affine, image.header), ds / relpaths[1])
+    third = run_batch(config)
+    assert (third.counts.done, third.counts.skipped) == (2, 4)
+    assert nib.load(tmp_path / "out" / relpaths[0]).shape == image.shape
+
+
+def test_a_corrupt_scan_is_recorded_and_never_stops_the_batch(tmp_path: Path, bids: tuple[Path, Path, list[str]]
+                                                              ) -> None:
+    ds, labels, relpaths = bids
+    (ds / relpaths[2]).write_bytes((ds / relpaths[2]).read_bytes()[:500])  # truncated download
+    summary = run_batch(BatchConfig(in_root=ds, out_root=tmp_path / "out", labels_dir=labels, quiet=True))
+    assert (summary.counts.done, summary.counts.failed, summary.exit_code) == (5, 1, 1)
+    failed = [r for r in summary.records if r.status == FAILED]
+    assert failed[0].key == relpaths[2] and failed[0].error_type == "InputImageError"
+    assert "truncated" in (failed[0].error or "") or "damaged" in (failed[0].error or "")
+    assert not (tmp_path / "out" / relpaths[2]).exists(), "no output for a failed scan"
+    assert relpaths[2] in (tmp_path / "out" / ".defacer" / "summary.html").read_text()
+
+
+def test_two_worker_processes_give_the_serial_bytes(tmp_path: Path, serial_reference: Path,
+                                                    bids_template: tuple[Path, Path, list[str]]) -> None:
+    ds, labels, _ = bids_template
+    summary = run_batch(BatchConfig(in_root=ds, out_root=tmp_path / "out", labels_dir=labels, jobs=2, quiet=True))
+    assert summary.engine == "processes" and summary.counts.done == 6
+    assert _images(tmp_path / "out") == _images(serial_reference)
+
+
+def test_dask_local_cluster_gives_the_serial_bytes(tmp_path: Path, serial_reference: Path,
+                                                   bids_template: tuple[Path, Path, list[str]]) -> None:
+    pytest.importorskip("distributed")
+    ds, labels, _ = bids_template
+    summary = run_batch(BatchConfig(in_root=ds, out_root=tmp_path / "out", labels_dir=labels, jobs=2,
+                                    scheduler="local", quiet=True))
+    assert summary.engine == "dask" and summary.counts.done == 6
+    assert _images(tmp_path / "out") == _images(serial_reference)
+    sidecars = sorted((tmp_path / "out").rglob("sub-*_*w.json"))
+    assert [p.read_bytes() for p in sidecars] == [
+        (serial_reference / p.relative_to(tmp_path / "out")).read_bytes() for p in sidecars]
+
+
+def test_derivatives_layout_and_filters_from_the_command_line(tmp_path: Path,
+                                                              bids_template: tuple[Path, Path, list[str]]) -> None:
+    ds, labels, _ = bids_template
+    out = tmp_path / "deriv"
+    code = main(["batch", str(ds), str(out), "--derivatives", "--labels-dir", str(labels), "--include", "suffix=T1w",
+                 "--exclude", "sub=02", "--quiet"])
+    assert code == 0
+    assert sorted(_images(out)) == ["sub-01/anat/sub-01_desc-defaced_T1w.nii.gz",
+                                    "sub-03/ses-1/anat/sub-03_ses-1_desc-defaced_T1w.nii.gz"]
+    assert json.loads((out / "dataset_description.json").read_text())["DatasetType"] == "derivative"
+    sidecar = json.loads((out / "sub-01/anat/sub-01_desc-defaced_T1w.json").read_text())
+    assert sidecar["Sources"] == ["bids:raw:sub-01/anat/sub-01_T1w.nii.gz"]
+    assert not (out / "participants.tsv").exists(), "derivatives carry only derived files"
+
+
+def test_command_line_reports_failures_with_exit_code_1(tmp_path: Path, bids: tuple[Path, Path, list[str]],
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    ds, labels, relpaths = bids
+    (ds / relpaths[0]).write_bytes(b"")
+    code = main(["batch", str(ds), str(tmp_path / "out"), "--labels-dir", str(labels)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "failed" in err and relpaths[0] in err
+
+
+def test_command_line_refuses_to_write_into_the_input(bids: tuple[Path, Path, list[str]],
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    ds, _, _ = bids
+    assert main(["batch", str(ds), str(ds / "derivatives" / "defaced")]) == 1
+    assert "overlaps the input" in capsys.readouterr().err
