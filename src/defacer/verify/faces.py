@@ -1,0 +1,303 @@
+"""Offline face detectors run on renders, each with a stated threshold.
+
+Every model here ships inside a registry package, so nothing is downloaded at run time:
+
+=====================  ==============================================  ==========  =========
+name                   model (package)                                 threshold   counted
+=====================  ==============================================  ==========  =========
+``blazeface_short``    MediaPipe BlazeFace short-range (mediapipe)     0.75        yes
+``blazeface_full``     MediaPipe BlazeFace full-range (mediapipe)      0.50        yes
+``facemesh``           MediaPipe Face Mesh, 468 landmarks (mediapipe)  found       yes
+``dlib_cnn``           dlib MMOD CNN (dlib-bin + face-recognition-     0.0         yes
+                       models)
+=====================  ==============================================  ==========  =========
+
+Thresholds and why:
+
+* ``blazeface_full`` 0.50 and ``facemesh`` (landmarks found, with its inner detector at 0.5) use
+  MediaPipe's own default operating point.
+* ``dlib_cnn`` 0.0 is the MMOD detector's own decision boundary (the confidence is the margin
+  of the detection score; dlib reports nothing below 0).
+* ``blazeface_short`` 0.75 rather than MediaPipe's 0.5: the short-range model fires at 0.55-0.73
+  on renders of heads whose face was removed (two dark orbit remnants on an oval suffice), while
+  intact face renders score 0.75-0.92 (measured; see ``docs/verification.md``).  Its raw score is
+  always reported, so a reader can apply 0.5 instead.
+
+Haar cascades and HOG are not offered: they fire on any head-shaped blob and prove nothing.
+
+All detectors take an (H, W, 3) uint8 RGB image and return a :class:`DetectorResult`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from defacer.errors import MissingExtraError, VerificationError
+
+logger = logging.getLogger(__name__)
+
+Box = tuple[int, int, int, int]
+"""A face box in pixels: (left, top, right, bottom), right/bottom exclusive."""
+
+
+@dataclass(frozen=True)
+class DetectorResult:
+    """What one detector said about one image.
+
+    Attributes
+    ----------
+    detector : str
+        Detector name (see the module table).
+    threshold : float
+        Score at or above which a face counts as detected.
+    score : float or None
+        Best score among the faces the model returned (None: it returned none).  For
+        ``facemesh`` it is 1.0 when landmarks were found.
+    box : tuple of 4 int or None
+        Box of the best face, (left, top, right, bottom) in pixels.
+    detected : bool
+        ``score >= threshold``.
+    counted : bool
+        Whether this detector takes part in the pass/fail verdict.
+    seconds : float
+        Time spent in the model.
+    extra : dict
+        Detector-specific details (e.g. the number of landmarks).
+    """
+
+    detector: str
+    threshold: float
+    score: float | None
+    box: Box | None
+    detected: bool
+    counted: bool = True
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary."""
+        return {
+            "detector": self.detector,
+            "threshold": self.threshold,
+            "score": None if self.score is None else round(float(self.score), 4),
+            "box": None if self.box is None else [int(v) for v in self.box],
+            "detected": bool(self.detected),
+            "counted": bool(self.counted),
+            "seconds": round(float(self.seconds), 4),
+            **self.extra,
+        }
+
+
+#: Stated thresholds (see the module docstring for the reasons).
+THRESHOLDS: dict[str, float] = {
+    "blazeface_short": 0.75,
+    "blazeface_full": 0.50,
+    "facemesh": 0.5,
+    "dlib_cnn": 0.0,
+}
+
+
+def _check_image(image: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
+    """Return a contiguous (H, W, 3) uint8 RGB array or raise."""
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+        message = f"Face detectors expect an (H, W, 3) uint8 RGB image, found shape {arr.shape} and dtype {arr.dtype}."
+        raise VerificationError(message)
+    return np.ascontiguousarray(arr)
+
+
+def _import_mediapipe() -> Any:
+    """Import mediapipe quietly, or raise MissingExtraError."""
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    try:
+        import mediapipe as mp  # noqa: PLC0415
+    except ImportError as err:
+        raise MissingExtraError("verify", "mediapipe") from err
+    if not hasattr(mp, "solutions"):
+        message = (
+            f"mediapipe {getattr(mp, '__version__', '?')} has no bundled face models (mediapipe.solutions). "
+            "Install mediapipe==0.10.21, whose wheel carries them."
+        )
+        raise VerificationError(message)
+    return mp
+
+
+def _import_dlib() -> Any:
+    """Import dlib, or raise MissingExtraError."""
+    try:
+        import dlib  # noqa: PLC0415
+    except ImportError as err:
+        raise MissingExtraError("verify", "dlib-bin") from err
+    return dlib
+
+
+def dlib_model_path(name: str) -> Path:
+    """Path of a model file shipped by the ``face-recognition-models`` package.
+
+    The package is located without importing it (its ``__init__`` needs ``pkg_resources``,
+    which recent setuptools no longer provide).
+    """
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingExtraError("verify", "face-recognition-models")
+    path = Path(next(iter(spec.submodule_search_locations))) / "models" / name
+    if not path.is_file():
+        raise VerificationError(f"Model file {name} is missing from face-recognition-models at {path}; reinstall it.")
+    return path
+
+
+def _box_from_relative(rel: Any, width: int, height: int) -> Box:
+    left = int(round(rel.xmin * width))
+    top = int(round(rel.ymin * height))
+    right = int(round((rel.xmin + rel.width) * width))
+    bottom = int(round((rel.ymin + rel.height) * height))
+    return (max(left, 0), max(top, 0), min(right, width), min(bottom, height))
+
+
+@lru_cache(maxsize=2)
+def _blazeface(model_selection: int) -> Any:
+    mp = _import_mediapipe()
+    # A low model threshold so that the score of weak faces is still reported.
+    return mp.solutions.face_detection.FaceDetection(model_selection=model_selection, min_detection_confidence=0.05)
+
+
+def _run_blazeface(image: npt.NDArray[Any], name: str, model_selection: int) -> DetectorResult:
+    rgb = _check_image(image)
+    model = _blazeface(model_selection)
+    start = time.perf_counter()
+    result = model.process(rgb)
+    seconds = time.perf_counter() - start
+    best_score, best_box = None, None
+    for det in result.detections or []:
+        score = float(det.score[0]) if det.score else 0.0
+        if best_score is None or score > best_score:
+            best_score = score
+            best_box = _box_from_relative(det.location_data.relative_bounding_box, rgb.shape[1], rgb.shape[0])
+    threshold = THRESHOLDS[name]
+    detected = best_score is not None and best_score >= threshold
+    return DetectorResult(name, threshold, best_score, best_box, detected, seconds=seconds)
+
+
+def blazeface_short(image: npt.NDArray[Any]) -> DetectorResult:
+    """MediaPipe BlazeFace short-range (faces within ~2 m, i.e. filling much of the picture)."""
+    return _run_blazeface(image, "blazeface_short", 0)
+
+
+def blazeface_full(image: npt.NDArray[Any]) -> DetectorResult:
+    """MediaPipe BlazeFace full-range (sparse) model."""
+    return _run_blazeface(image, "blazeface_full", 1)
+
+
+@lru_cache(maxsize=1)
+def _facemesh() -> Any:
+    mp = _import_mediapipe()
+    return mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1,
+                                           min_detection_confidence=THRESHOLDS["facemesh"])
+
+
+def facemesh(image: npt.NDArray[Any]) -> DetectorResult:
+    """MediaPipe Face Mesh: does it find the 468 face landmarks?"""
+    rgb = _check_image(image)
+    start = time.perf_counter()
+    result = _facemesh().process(rgb)
+    seconds = time.perf_counter() - start
+    faces = result.multi_face_landmarks or []
+    box: Box | None = None
+    count = 0
+    if faces:
+        pts = faces[0].landmark
+        count = len(pts)
+        xs = [p.x * rgb.shape[1] for p in pts]
+        ys = [p.y * rgb.shape[0] for p in pts]
+        box = (int(min(xs)), int(min(ys)), int(max(xs)) + 1, int(max(ys)) + 1)
+    found = count > 0
+    return DetectorResult("facemesh", THRESHOLDS["facemesh"], 1.0 if found else None, box, found, seconds=seconds,
+                          extra={"landmarks": count})
+
+
+@lru_cache(maxsize=1)
+def _dlib_cnn() -> Any:
+    dlib = _import_dlib()
+    return dlib.cnn_face_detection_model_v1(str(dlib_model_path("mmod_human_face_detector.dat")))
+
+
+def dlib_cnn(image: npt.NDArray[Any]) -> DetectorResult:
+    """dlib's MMOD CNN face detector (no upsampling: render faces are > 80 pixels wide)."""
+    rgb = _check_image(image)
+    model = _dlib_cnn()
+    start = time.perf_counter()
+    dets = model(rgb, 0)
+    seconds = time.perf_counter() - start
+    best_score, best_box = None, None
+    for det in dets:
+        if best_score is None or det.confidence > best_score:
+            best_score = float(det.confidence)
+            r = det.rect
+            best_box = (max(r.left(), 0), max(r.top(), 0), min(r.right() + 1, rgb.shape[1]),
+                        min(r.bottom() + 1, rgb.shape[0]))
+    threshold = THRESHOLDS["dlib_cnn"]
+    detected = best_score is not None and best_score >= threshold
+    return DetectorResult("dlib_cnn", threshold, best_score, best_box, detected, seconds=seconds)
+
+
+#: All counted detectors, by name.
+DETECTORS: dict[str, Callable[[npt.NDArray[Any]], DetectorResult]] = {
+    "blazeface_short": blazeface_short,
+    "blazeface_full": blazeface_full,
+    "facemesh": facemesh,
+    "dlib_cnn": dlib_cnn,
+}
+
+#: Detectors cheap enough to run on every view; the others run on the front view only.
+FAST_DETECTORS: tuple[str, ...] = ("blazeface_short", "blazeface_full", "facemesh")
+
+
+def detect_all(image: npt.NDArray[Any], names: tuple[str, ...] | None = None) -> dict[str, DetectorResult]:
+    """Run several detectors on one image.
+
+    Parameters
+    ----------
+    image : ndarray, uint8, shape (H, W, 3) or (H, W)
+        RGB or grey picture.
+    names : tuple of str, optional
+        Detector names (default: all of :data:`DETECTORS`).
+
+    Returns
+    -------
+    dict of str to DetectorResult
+    """
+    chosen = names if names is not None else tuple(DETECTORS)
+    unknown = [n for n in chosen if n not in DETECTORS]
+    if unknown:
+        raise VerificationError(f"Unknown face detector(s) {unknown}; expected names from {sorted(DETECTORS)}.")
+    return {name: DETECTORS[name](image) for name in chosen}
+
+
+def available() -> dict[str, bool]:
+    """Which detector back-ends can be imported here (mediapipe, dlib)."""
+    status = {}
+    for name, probe in (("mediapipe", _import_mediapipe), ("dlib", _import_dlib)):
+        try:
+            probe()
+            status[name] = True
+        except (MissingExtraError, VerificationError):
+            status[name] = False
+    try:
+        dlib_model_path("mmod_human_face_detector.dat")
+        status["face_recognition_models"] = True
+    except (MissingExtraError, VerificationError):
+        status["face_recognition_models"] = False
+    return status

@@ -1,0 +1,239 @@
+"""Self-contained HTML reports and JSON summaries.
+
+The HTML embeds every picture as a ``data:image/png;base64`` URI and uses no script, font or
+style sheet from elsewhere, so it can be mailed, archived, or opened offline.  Writes are atomic.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from defacer.io.atomic import atomic_outputs, check_output_path
+from defacer.verify.render import Rendering, png_bytes
+from defacer.verify.slices import COLOURS, feature_slices, label_regions
+from defacer.volume import Volume
+
+REPORT_NAME = "verify_report.html"
+SUMMARY_NAME = "verify_summary.json"
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1200px}
+h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
+.verdict{display:inline-block;padding:6px 16px;border-radius:6px;font-weight:700;font-size:1.3em;color:#fff}
+.PASS{background:#1a7f37}.FAIL{background:#cf222e}.warn{background:#fff8c5;padding:8px;border-radius:4px}
+table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f4f4f4}td.l,th.l{text-align:left}.hit{color:#cf222e;font-weight:700}.ok{color:#1a7f37}
+.pair{display:inline-block;margin:4px 10px 10px 0;vertical-align:top;text-align:center;font-size:.85em}
+.pair img{display:block;border:1px solid #999;background:#000}.rule{font-size:.9em;color:#444}
+pre{background:#f6f8fa;padding:8px;overflow:auto;font-size:.8em;max-height:400px}
+"""
+
+
+def data_uri(image: npt.NDArray[Any]) -> str:
+    """PNG data URI of a uint8 grey or RGB array."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
+
+
+def _img(image: npt.NDArray[Any], caption: str, width: int | None = None) -> str:
+    w = f' width="{width}"' if width else ""
+    return f'<img src="{data_uri(image)}" alt="{html.escape(caption)}"{w}>'
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "&ndash;"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+    return html.escape(str(value))
+
+
+def _detector_table(summary: dict[str, Any]) -> str:
+    thresholds = summary["thresholds"]
+    names = list(thresholds)
+    head = "".join(f"<th colspan=2>{html.escape(n)} (&ge; {thresholds[n]:g})</th>" for n in names)
+    sub = "".join("<th>before</th><th>after</th>" for _ in names)
+    rows = []
+    for view, both in summary["detectors"].items():
+        cells = []
+        for n in names:
+            for when in ("before", "after"):
+                r = both[when].get(n)
+                if r is None:
+                    cells.append("<td>not run</td>")
+                    continue
+                cls = "hit" if r["detected"] else ""
+                cells.append(f'<td class="{cls}">{_fmt(r["score"])}</td>')
+        rows.append(f'<tr><td class="l">{html.escape(view)}</td>{"".join(cells)}</tr>')
+    return (f'<table><tr><th class="l" rowspan=2>view</th>{head}</tr><tr>{sub}</tr>{"".join(rows)}</table>'
+            '<p class="rule">Scores are the best face each model returned ("&ndash;": none). '
+            'Red: at or above the stated threshold (a face is detected). Face Mesh shows 1 when its 468 '
+            'landmarks were found. dlib CNN runs on the front view only.</p>')
+
+
+def _voxel_table(voxels: dict[str, Any]) -> str:
+    rows = [f'<tr><td class="l">whole scan</td><td>&ndash;</td><td>{voxels["total"]}</td>'
+            f'<td>{voxels["fraction_of_scan"] * 100:.3f}%</td></tr>']
+    for name, v in voxels.get("features", {}).items():
+        labelled = v.get("labelled")
+        frac = f'{v["changed_fraction"] * 100:.1f}%' if labelled else "&ndash;"
+        rows.append(f'<tr><td class="l">{html.escape(name)}</td><td>{_fmt(labelled)}</td>'
+                    f'<td>{v["changed"]}</td><td>{frac}</td></tr>')
+    brain = voxels["brain"]
+    kind = "brain mask" if brain["kind"] == "mask" else "brain proxy (estimated)"
+    cls = "ok" if brain["changed"] == 0 else "hit"
+    rows.append(f'<tr><td class="l">{kind}</td><td>{brain["voxels"]}</td><td class="{cls}">{brain["changed"]}</td>'
+                f'<td>{brain["changed_fraction"] * 100:.3f}%</td></tr>')
+    return ('<table><tr><th class="l">region</th><th>voxels</th><th>changed</th><th>changed %</th></tr>'
+            + "".join(rows) + "</table>")
+
+
+def _render_pairs(before: dict[str, Rendering], after: dict[str, Rendering]) -> str:
+    parts = []
+    for name, r in before.items():
+        parts.append(f'<div class="pair">{_img(r.image, f"{name} before")}{html.escape(name)}: before</div>'
+                     f'<div class="pair">{_img(after[name].image, f"{name} after")}{html.escape(name)}: after</div>')
+    return "".join(parts)
+
+
+def _slices_html(original: Volume, defaced: Volume, labels: npt.NDArray[Any] | None,
+                 changed: npt.NDArray[np.bool_]) -> str:
+    regions = label_regions(labels, changed)
+    if not regions:
+        return "<p>No voxel changed and no feature is labelled: nothing to show.</p>"
+    parts = []
+    for s in feature_slices(original, defaced, regions):
+        colour = "rgb(%d,%d,%d)" % COLOURS.get(s.feature, (255, 0, 255))
+        cap = f"{s.feature}, {s.plane} at {s.position_mm:.1f} mm"
+        parts.append(f'<div class="pair">{_img(s.before, cap + " before")}<span style="color:{colour}">&#9632;</span> '
+                     f'{html.escape(cap)}: before</div><div class="pair">{_img(s.after, cap + " after")}after</div><br>')
+    note = ("Outlines: the labelled features." if labels is not None
+            else "No label map was given: the outline shows the voxels that changed.")
+    return "".join(parts) + f'<p class="rule">{note}</p>'
+
+
+def render_html(summary: dict[str, Any], before: dict[str, Rendering], after: dict[str, Rendering],
+                original: Volume, defaced: Volume, labels: npt.NDArray[Any] | None, changed: npt.NDArray[np.bool_],
+                provenance: dict[str, Any] | None, title: str | None) -> str:
+    """The report's HTML text."""
+    verdict = summary["verdict"]
+    heading = html.escape(title or "defacer verification report")
+    warn = ""
+    if not summary["conclusive"]:
+        warn = ('<p class="warn">No counted detector found a face in the <b>original</b> renders, so the absence '
+                'of a face after defacing proves little for this scan. Look at the pictures.</p>')
+    ident = summary["identity"]
+    prov = json.dumps(provenance, indent=2, default=str) if provenance else "(no provenance given)"
+    timings = summary.get("timings", {})
+    return f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{heading}</title>
+<style>{_CSS}</style></head><body>
+<h1>{heading}</h1>
+<p><span class="verdict {verdict}">{verdict}</span></p>{warn}
+<p class="rule"><b>Rule.</b> {html.escape(summary["rule"])}</p>
+<p>Face found before: {html.escape(", ".join(summary["face_found_before"]) or "none")}<br>
+Face found after: {html.escape(", ".join(summary["face_found_after"]) or "none")}<br>
+Brain region untouched: {"yes" if summary["brain_untouched"] else "<b>no</b>"}</p>
+<h2>3D renders (before | after)</h2>
+<p class="rule">Orthographic ray-cast of the skin surface in world (RAS) space at iso-level
+{summary["render"]["iso_level"]:g}, the same for both; {summary["render"]["step_mm"]:.2f} mm per ray.</p>
+{_render_pairs(before, after)}
+<h2>Face detectors</h2>{_detector_table(summary)}
+<h2>Identity</h2>
+<p>dlib embedding distance between the original and defaced front renders (on the original's face box,
+from {html.escape(ident["box_source"])}): <b>{ident["distance"]:.3f}</b>.
+<span class="rule">{html.escape(ident["note"])}</span></p>
+<h2>Changed voxels</h2>{_voxel_table(summary["voxels"])}
+<h2>Slices through each distorted feature (before | after)</h2>{_slices_html(original, defaced, labels, changed)}
+<h2>Scan</h2><pre>{html.escape(json.dumps(summary["scan"]))}</pre>
+<h2>Provenance</h2><pre>{html.escape(prov)}</pre>
+<h2>Timings</h2><pre>{html.escape(json.dumps(timings))}</pre>
+</body></html>
+"""
+
+
+def write_report(out_dir: Path, summary: dict[str, Any], before: dict[str, Rendering], after: dict[str, Rendering],
+                 original: Volume, defaced: Volume, labels: npt.NDArray[Any] | None, changed: npt.NDArray[np.bool_],
+                 *, provenance: dict[str, Any] | None = None, title: str | None = None, force: bool = True,
+                 timings: dict[str, float] | None = None) -> tuple[Path, Path]:
+    """Write ``verify_report.html`` and ``verify_summary.json`` into ``out_dir`` atomically.
+
+    Returns
+    -------
+    report_path, summary_path : Path
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report_path = check_output_path(out_dir / REPORT_NAME, force=force)
+    summary_path = check_output_path(out_dir / SUMMARY_NAME, force=force)
+    summary = dict(summary)
+    if timings:
+        summary["timings"] = {k: round(v, 3) for k, v in timings.items()}
+    text = render_html(summary, before, after, original, defaced, labels, changed, provenance, title)
+    with atomic_outputs([report_path, summary_path]) as (tmp_report, tmp_summary):
+        tmp_report.write_text(text, encoding="utf-8")
+        tmp_summary.write_text(json.dumps(summary, indent=2, default=_jsonable) + "\n", encoding="utf-8")
+    return report_path, summary_path
+
+
+def write_summary(path: Path, summary: dict[str, Any]) -> Path:
+    """(Re)write a JSON summary atomically."""
+    with atomic_outputs([path]) as (tmp,):
+        tmp.write_text(json.dumps(summary, indent=2, default=_jsonable) + "\n", encoding="utf-8")
+    return path
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def evaluation_html(result: dict[str, Any], thumbs: dict[str, tuple[npt.NDArray[Any], npt.NDArray[Any]]]) -> str:
+    """Summary HTML of ``defacer evaluate``: one row per scan, overall figures, small front renders.
+
+    Parameters
+    ----------
+    result : dict
+        The evaluation JSON (see :mod:`defacer.verify.evaluate`).
+    thumbs : dict of str to (before, after) uint8 arrays
+        Front renders per scan (may be empty, e.g. ``--no-pictures``).
+    """
+    rows = []
+    for s in result["scans"]:
+        if "error" in s:
+            rows.append(f'<tr><td class="l">{html.escape(s["name"])}</td><td class="l" colspan=9>'
+                        f'{html.escape(s["error"])}</td></tr>')
+            continue
+        dice = s.get("dice") or {}
+        dice_txt = ", ".join(f"{k} {v:.2f}" for k, v in dice.items() if v is not None) or "&ndash;"
+        pics = ""
+        if s["name"] in thumbs:
+            b, a = thumbs[s["name"]]
+            pics = _img(b, "before", 96) + _img(a, "after", 96)
+        cls = "ok" if s["passed"] else "hit"
+        rows.append(
+            f'<tr><td class="l">{html.escape(s["name"])}</td><td class="l">{html.escape(", ".join(s["features_found"]))}</td>'
+            f'<td class="l">{dice_txt}</td><td class="l">{html.escape(", ".join(s["face_found_before"]) or "none")}</td>'
+            f'<td class="l">{html.escape(", ".join(s["face_found_after"]) or "none")}</td>'
+            f'<td>{_fmt(s["identity_distance"])}</td><td class="{cls}">{s["verdict"]}</td>'
+            f'<td>{s["seconds"]:.1f}</td><td>{s["peak_rss_mb"]:.0f}</td><td>{pics}</td></tr>')
+    overall = result["overall"]
+    return f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>defacer evaluation</title>
+<style>{_CSS}</style></head><body><h1>defacer evaluation</h1>
+<pre>{html.escape(json.dumps(overall, indent=2, default=str))}</pre>
+<p class="rule"><b>Rule per scan.</b> {html.escape(result["rule"])}</p>
+<table><tr><th class="l">scan</th><th class="l">features found</th><th class="l">Dice</th>
+<th class="l">face before</th><th class="l">face after</th><th>identity distance</th><th>verdict</th>
+<th>seconds</th><th>peak RSS MB</th><th>front before / after</th></tr>{"".join(rows)}</table>
+</body></html>
+"""
