@@ -1,0 +1,708 @@
+"""DICOM series in and out: group and sort instances into a :class:`~defacer.volume.Volume`,
+and write defaced pixels back instance by instance.
+
+Volume convention for DICOM
+---------------------------
+``raw`` has shape ``(Columns, Rows, NumSlices)``: ``i`` runs along a row (PixelData x),
+``j`` down the rows, ``k`` over slices sorted ascending by ImagePositionPatient projected on
+the slice normal (row cosine x column cosine of ImageOrientationPatient), never by file name
+or InstanceNumber.  ``affine`` maps ``(i, j, k)`` to RAS+ mm:
+
+* column 0 = row cosine x PixelSpacing[1], column 1 = column cosine x PixelSpacing[0];
+* column 2 = (position of the last slice - position of the first) / (K - 1);
+* translation = position of the first slice; then LPS is turned into RAS (x and y negated).
+
+Column 2 from the first and last positions keeps gantry-tilted CT exact (the slice stack is
+sheared: the affine is not orthogonal) and averages uneven spacing (a warning is logged and
+the real positions are kept in ``extra["slice_positions_lps"]``).  ``slope``/``inter`` are
+RescaleSlope/RescaleIntercept; when they differ between slices the volume holds float32
+physical values instead (``extra["per_slice_scaling"]``) and the writer re-quantises each
+slice with its own scaling.
+
+Writing never modifies an input: every input instance is read again, its pixels replaced
+(same bits and signedness, clipped), optionally de-identified, and written into a new folder
+that appears atomically.  Compressed input is written as Explicit VR Little Endian.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from defacer._typing import PathLike
+from defacer.errors import DicomSeriesError, OutputError
+from defacer.io.atomic import atomic_outputs, check_output_path
+from defacer.volume import Volume
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from defacer.phi.scrub import Scrubber
+
+logger = logging.getLogger(__name__)
+
+#: LPS (DICOM patient coordinates) to RAS+.
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: Relative deviation of slice gaps from their mean above which spacing counts as uneven.
+UNEVEN_TOLERANCE = 0.01
+#: Angle (degrees) between the slice vector and the normal above which the stack is reported as tilted.
+TILT_TOLERANCE_DEG = 0.5
+#: A gap this many times the median gap suggests missing slices.
+MISSING_SLICE_FACTOR = 1.5
+#: Transfer syntaxes written back unchanged (native, little endian).
+NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+
+
+@dataclass(frozen=True)
+class FrameRef:
+    """One 2D slice of a series: a single-frame file, or one frame of a multi-frame file."""
+
+    path: Path
+    frame: int | None
+    position: tuple[float, float, float]
+    slope: float
+    inter: float
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """One stack of slices found in a folder (a series, or one geometry of a series).
+
+    Attributes
+    ----------
+    key : str
+        SeriesInstanceUID, with ``#2``, ``#3``... appended for further stacks of one series.
+        Pass it (or ``series_number``, or the 1-based position in :func:`find_series`'s list)
+        as ``series=`` / ``--series``.
+    """
+
+    key: str
+    series_uid: str
+    series_number: str
+    modality: str
+    description: str
+    rows: int
+    columns: int
+    orientation: tuple[float, ...]
+    files: tuple[Path, ...]
+    frames: tuple[FrameRef, ...]
+    has_pixels: bool
+
+    def label(self, index: int) -> str:
+        """One line for listings: ``[index] number description (modality, n files, rows x cols) key``."""
+        what = f"{self.modality or '?'}, {len(self.files)} file(s), {len(self.frames)} slice(s)"
+        if self.has_pixels:
+            what += f", {self.columns}x{self.rows}"
+        else:
+            what += ", no pixel data"
+        return f"[{index}] series {self.series_number or '?'} '{self.description}' ({what}) {self.key}"
+
+
+@dataclass(frozen=True)
+class Scan:
+    """Result of scanning a folder: the stacks found and the files that were skipped."""
+
+    series: tuple[SeriesInfo, ...]
+    skipped: tuple[tuple[Path, str], ...]
+
+
+# ---------------------------------------------------------------------------------- scanning
+def _input_files(path: PathLike | Sequence[PathLike]) -> list[Path]:
+    if isinstance(path, str | os.PathLike):
+        p = Path(path)
+        if not p.exists():
+            raise DicomSeriesError(f"No such file or folder: '{p}'. Check the path.")
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".defacer-tmp"))
+            if not files:
+                raise DicomSeriesError(f"The folder '{p}' is empty: expected DICOM files (one per slice or multi-frame).")
+            return files
+        return [p]
+    files = [Path(f) for f in path]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise DicomSeriesError(f"These DICOM files do not exist: {', '.join(missing[:5])}. Check the paths.")
+    return sorted(files)
+
+
+def _read_header(path: Path) -> Dataset:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(path, defer_size=512)
+    except InvalidDicomError:
+        raise
+    except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError, NotImplementedError) as err:
+        raise InvalidDicomError(f"damaged or truncated DICOM file ({type(err).__name__}: {err})") from err
+
+
+def _floats(value: Any, count: int, what: str, path: Path) -> tuple[float, ...]:
+    try:
+        numbers = tuple(float(v) for v in value)
+    except (TypeError, ValueError) as err:
+        raise DicomSeriesError(f"'{path}' has an unreadable {what} ({value!r}); expected {count} numbers.") from err
+    if len(numbers) != count:
+        raise DicomSeriesError(f"'{path}' has {what} with {len(numbers)} values; expected {count}.")
+    return numbers
+
+
+def _frame_refs(ds: Dataset, path: Path) -> tuple[list[FrameRef], tuple[float, ...] | None]:
+    """Slices held by one instance, with positions (LPS) and scaling, and the orientation."""
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if "PerFrameFunctionalGroupsSequence" in ds:
+        return _enhanced_frame_refs(ds, path, n_frames)
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    inter = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
+        return [FrameRef(path, None, (0.0, 0.0, 0.0), slope, inter)], None
+    position = _floats(ds.ImagePositionPatient, 3, "ImagePositionPatient", path)
+    orientation = _floats(ds.ImageOrientationPatient, 6, "ImageOrientationPatient", path)
+    if n_frames > 1:
+        # Classic multi-frame (e.g. NM, old MR): frames along the normal at SpacingBetweenSlices.
+        spacing = float(ds.get("SpacingBetweenSlices", ds.get("SliceThickness", 1.0)) or 1.0)
+        normal = np.cross(orientation[:3], orientation[3:])
+        return [FrameRef(path, f, tuple(np.asarray(position) + f * spacing * normal), slope, inter)  # type: ignore[arg-type]
+                for f in range(n_frames)], orientation
+    return [FrameRef(path, None, position, slope, inter)], orientation
+
+
+def _enhanced_frame_refs(ds: Dataset, path: Path, n_frames: int) -> tuple[list[FrameRef], tuple[float, ...] | None]:
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    shared_item = shared[0] if shared else None
+
+    def group(item: Any, name: str) -> Any:
+        for source in (item, shared_item):
+            if source is not None and name in source and source[name].value:
+                return source[name].value[0]
+        return None
+
+    refs = []
+    orientation = None
+    for f, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        plane = group(item, "PlanePositionSequence")
+        orient = group(item, "PlaneOrientationSequence")
+        transform = group(item, "PixelValueTransformationSequence")
+        if plane is None or orient is None:
+            raise DicomSeriesError(
+                f"'{path}' is an enhanced multi-frame instance whose frame {f + 1} has no PlanePositionSequence or "
+                "PlaneOrientationSequence, so its geometry is unknown. Export the series as classic single-frame images."
+            )
+        this_orientation = _floats(orient.ImageOrientationPatient, 6, "ImageOrientationPatient", path)
+        if orientation is not None and not np.allclose(orientation, this_orientation, atol=1e-4):
+            raise DicomSeriesError(
+                f"'{path}' is a multi-frame instance whose frames have different orientations (e.g. a localizer). "
+                "defacer needs one 3D stack; export the stack you want as its own series."
+            )
+        orientation = this_orientation
+        slope = float(transform.get("RescaleSlope", 1.0)) if transform is not None else float(ds.get("RescaleSlope", 1.0) or 1.0)
+        inter = float(transform.get("RescaleIntercept", 0.0)) if transform is not None else float(ds.get("RescaleIntercept", 0.0) or 0.0)
+        refs.append(FrameRef(path, f, _floats(plane.ImagePositionPatient, 3, "ImagePositionPatient", path), slope, inter))
+    if len(refs) != n_frames:
+        raise DicomSeriesError(f"'{path}' declares {n_frames} frames but describes {len(refs)}; the file is inconsistent.")
+    return refs, orientation
+
+
+def scan(path: PathLike | Sequence[PathLike]) -> Scan:
+    """Read the headers of every file under ``path`` and group them into stacks.
+
+    Non-DICOM and damaged files are skipped and listed in :attr:`Scan.skipped` (nothing is
+    deleted or changed).
+
+    Raises
+    ------
+    DicomSeriesError
+        If ``path`` does not exist, or no file is DICOM.
+    """
+    from pydicom.errors import InvalidDicomError
+
+    files = _input_files(path)
+    skipped: list[tuple[Path, str]] = []
+    groups: dict[tuple[Any, ...], list[tuple[Path, Dataset, list[FrameRef]]]] = defaultdict(list)
+    for file in files:
+        try:
+            ds = _read_header(file)
+        except InvalidDicomError as err:
+            skipped.append((file, str(err).split("\n")[0] or "not a DICOM file"))
+            continue
+        if "SOPClassUID" not in ds and "SeriesInstanceUID" not in ds:
+            skipped.append((file, "no SOP Class or Series Instance UID (a DICOMDIR or not an instance)"))
+            continue
+        has_pixels = "PixelData" in ds or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
+        try:
+            refs, orientation = _frame_refs(ds, file) if has_pixels else ([], None)
+        except DicomSeriesError as err:
+            skipped.append((file, str(err)))
+            continue
+        rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        key = (
+            str(ds.get("SeriesInstanceUID", "")),
+            has_pixels,
+            tuple(np.round(orientation, 3)) if orientation else None,
+            rows,
+            columns,
+        )
+        groups[key].append((file, ds, refs))
+    if not groups:
+        reasons = "; ".join(f"{p.name}: {why}" for p, why in skipped[:5])
+        raise DicomSeriesError(f"No DICOM instance found in '{path}' ({len(skipped)} file(s) skipped: {reasons}).")
+    series = []
+    count_by_uid: dict[str, int] = defaultdict(int)
+    for (uid, has_pixels, orientation, rows, columns), members in sorted(
+        groups.items(), key=lambda kv: (str(kv[1][0][1].get("SeriesNumber", "")).zfill(6), kv[0][0], -len(kv[1]))
+    ):
+        count_by_uid[uid] += 1
+        first = members[0][1]
+        key = uid if count_by_uid[uid] == 1 else f"{uid}#{count_by_uid[uid]}"
+        series.append(SeriesInfo(
+            key=key,
+            series_uid=uid,
+            series_number=str(first.get("SeriesNumber", "") or ""),
+            modality=str(first.get("Modality", "") or ""),
+            description=str(first.get("SeriesDescription", "") or ""),
+            rows=rows,
+            columns=columns,
+            orientation=tuple(orientation) if orientation else (),
+            files=tuple(m[0] for m in members),
+            frames=tuple(r for m in members for r in m[2]),
+            has_pixels=has_pixels,
+        ))
+    for file, why in skipped:
+        logger.warning("skipped '%s': %s", file, why)
+    return Scan(tuple(series), tuple(skipped))
+
+
+def find_series(path: PathLike | Sequence[PathLike]) -> list[SeriesInfo]:
+    """List the stacks of slices (series, or geometries within a series) under ``path``.
+
+    Parameters
+    ----------
+    path : path-like or sequence of path-like
+        A folder (searched recursively) or a list of files.
+
+    Returns
+    -------
+    list of SeriesInfo
+        Ordered by SeriesNumber.
+    """
+    return list(scan(path).series)
+
+
+def select_series(found: Sequence[SeriesInfo], series: str | None, source: str) -> SeriesInfo:
+    """Pick one image stack by key, SeriesInstanceUID, SeriesNumber or 1-based index.
+
+    Raises
+    ------
+    DicomSeriesError
+        If none or several match, listing the stacks and how to choose.
+    """
+    images = [s for s in found if s.has_pixels]
+    listing = "\n  ".join(s.label(i + 1) for i, s in enumerate(found))
+    if not images:
+        raise DicomSeriesError(f"'{source}' holds no image series (no instance has pixel data):\n  {listing}")
+    if series is None:
+        if len(images) == 1:
+            return images[0]
+        raise DicomSeriesError(
+            f"'{source}' holds {len(images)} image stacks; choose one with --series (a number in brackets, the "
+            f"series number, or the UID), or split the folder:\n  {listing}"
+        )
+    matches = [s for s in images if series in (s.key, s.series_uid)]
+    if not matches:
+        matches = [s for s in images if s.series_number == series]
+    if not matches and series.isdigit() and 1 <= int(series) <= len(found) and found[int(series) - 1].has_pixels:
+        matches = [found[int(series) - 1]]
+    if len(matches) != 1:
+        found_text = "no" if not matches else f"{len(matches)}"
+        raise DicomSeriesError(f"--series {series!r} matches {found_text} image stack(s) in '{source}'. Stacks:\n  {listing}")
+    return matches[0]
+
+
+# ---------------------------------------------------------------------------------- reading
+def _decode(path: Path) -> tuple[Dataset, npt.NDArray[Any]]:
+    """Read one instance with pixels; frames first: shape (F, Rows, Columns)."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path)
+        pixels = ds.pixel_array
+    except (EOFError, OSError) as err:
+        raise DicomSeriesError(f"'{path}' is truncated or unreadable ({err}). Re-export the series.") from err
+    except (ValueError, AttributeError, KeyError) as err:
+        raise DicomSeriesError(
+            f"The pixel data of '{path}' cannot be decoded: {err}. The file may be truncated or missing pixel data."
+        ) from err
+    except (NotImplementedError, RuntimeError) as err:
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "?")
+        raise DicomSeriesError(
+            f"'{path}' uses transfer syntax {syntax!s} ({getattr(syntax, 'name', '')}) that this installation cannot "
+            "decode. Install the JPEG decoders: pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg "
+            f"(details: {err})"
+        ) from err
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        raise DicomSeriesError(f"'{path}' is a colour image (SamplesPerPixel {ds.SamplesPerPixel}); defacer needs grey MR/CT.")
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if n_frames == 1 and pixels.ndim == 2:
+        pixels = pixels[None]
+    return ds, pixels
+
+
+def _check_spacing(projections: npt.NDArray[np.float64], source: str) -> list[str]:
+    warnings: list[str] = []
+    gaps = np.diff(projections)
+    if gaps.size == 0:
+        return warnings
+    if np.any(gaps < 1e-3):
+        dup = int(np.argmin(gaps))
+        raise DicomSeriesError(
+            f"'{source}' has two slices at the same position ({projections[dup]:.3f} mm along the slice normal): "
+            "the series holds several volumes (echoes, time points, repeats). Split it into one folder per volume."
+        )
+    mean = (projections[-1] - projections[0]) / gaps.size
+    median = float(np.median(gaps))
+    if np.max(np.abs(gaps - mean)) > UNEVEN_TOLERANCE * mean:
+        text = (f"uneven slice spacing in '{source}': gaps from {gaps.min():.3f} to {gaps.max():.3f} mm; the affine "
+                f"uses the mean spacing {mean:.3f} mm from the first to the last slice (positions in between are "
+                "approximate, pixels are never resampled)")
+        if gaps.max() > MISSING_SLICE_FACTOR * median:
+            text += f"; gaps above {MISSING_SLICE_FACTOR} x the median {median:.3f} mm suggest missing slices"
+        warnings.append(text)
+        logger.warning(text)
+    return warnings
+
+
+def read_dicom_volume(path: PathLike | Sequence[PathLike], series: str | None = None) -> Volume:
+    """Read one DICOM image series as a :class:`Volume` (format ``"dicom"``).
+
+    Parameters
+    ----------
+    path : path-like or sequence of path-like
+        A folder (searched recursively; non-DICOM files are skipped with a warning), one
+        file of a multi-frame instance, or a list of files.
+    series : str, optional
+        Which stack when there are several: its key/SeriesInstanceUID, SeriesNumber, or the
+        1-based index shown in the error message.
+
+    Returns
+    -------
+    Volume
+        ``raw`` shape (Columns, Rows, Slices), stored values (or float32 physical values when
+        the scaling differs between slices); ``affine`` voxel -> RAS+ mm; ``header`` the first
+        slice's dataset without pixels; ``extra`` with ``frames`` (:class:`FrameRef` per
+        slice, in k order), ``slice_positions_lps`` (K, 3), ``per_slice_scaling``,
+        ``series_key``, ``source_root``, ``warnings``, ``gantry_tilt_deg``, ``skipped``.
+
+    Raises
+    ------
+    DicomSeriesError
+        No image series, several without ``series``, inconsistent geometry, duplicate
+        positions, undecodable or truncated pixel data.
+    """
+    source = str(path) if isinstance(path, str | os.PathLike) else f"{len(path)} files"
+    found = scan(path)
+    info = select_series(found.series, series, source)
+    frames = list(info.frames)
+    if not info.orientation:
+        raise DicomSeriesError(
+            f"Series {info.key} in '{source}' has no ImageOrientationPatient/ImagePositionPatient, so its slices "
+            "cannot be placed in space. defacer needs cross-sectional images (MR, CT)."
+        )
+    row_cos = np.asarray(info.orientation[:3], dtype=np.float64)
+    col_cos = np.asarray(info.orientation[3:], dtype=np.float64)
+    normal = np.cross(row_cos, col_cos)
+    positions = np.asarray([f.position for f in frames], dtype=np.float64)
+    order = np.argsort(positions @ normal, kind="stable")
+    frames = [frames[i] for i in order]
+    positions = positions[order]
+    warnings = _check_spacing(positions @ normal, source)
+
+    by_file: dict[Path, list[tuple[int, FrameRef]]] = defaultdict(list)
+    for k, ref in enumerate(frames):
+        by_file[ref.path].append((k, ref))
+    raw: npt.NDArray[Any] | None = None
+    header = None
+    spacing_yx = None
+    for file, members in by_file.items():
+        ds, pixels = _decode(file)
+        if header is None:
+            header = ds
+            spacing_yx = _floats(_pixel_spacing(ds), 2, "PixelSpacing", file)
+            raw = np.empty((info.columns, info.rows, len(frames)), dtype=pixels.dtype)
+        elif pixels.dtype != raw.dtype:  # type: ignore[union-attr]
+            raise DicomSeriesError(
+                f"'{file}' stores {pixels.dtype} pixels but other slices store {raw.dtype}; "  # type: ignore[union-attr]
+                "the series mixes pixel formats."
+            )
+        if pixels.shape[1:] != (info.rows, info.columns):
+            raise DicomSeriesError(f"'{file}' has {pixels.shape[1:]} pixels; the series has {(info.rows, info.columns)}.")
+        for k, ref in members:
+            raw[:, :, k] = pixels[ref.frame or 0].T  # type: ignore[index]
+    assert raw is not None and header is not None and spacing_yx is not None
+
+    scalings = [(f.slope, f.inter) for f in frames]
+    per_slice = len(set(scalings)) > 1
+    slope, inter = scalings[0]
+    if per_slice:
+        physical = raw.astype(np.float32)
+        for k, (s, i) in enumerate(scalings):
+            physical[:, :, k] = physical[:, :, k] * np.float32(s) + np.float32(i)
+        raw, slope, inter = physical, 1.0, 0.0
+
+    lps = np.eye(4)
+    lps[:3, 0] = row_cos * spacing_yx[1]
+    lps[:3, 1] = col_cos * spacing_yx[0]
+    if len(frames) > 1:
+        lps[:3, 2] = (positions[-1] - positions[0]) / (len(frames) - 1)
+    else:
+        lps[:3, 2] = normal * float(header.get("SliceThickness", 1.0) or 1.0)
+    lps[:3, 3] = positions[0]
+    affine = LPS_TO_RAS @ lps
+    slice_dir = lps[:3, 2] / np.linalg.norm(lps[:3, 2])
+    tilt = float(np.degrees(np.arccos(np.clip(abs(slice_dir @ normal), 0.0, 1.0))))
+    if tilt > TILT_TOLERANCE_DEG:
+        logger.info("'%s': slices are sheared by %.2f degrees (gantry tilt); the affine keeps the shear, "
+                    "pixels are not resampled", source, tilt)
+    if "PixelData" in header:
+        del header["PixelData"]
+    root = Path(path) if isinstance(path, str | os.PathLike) else Path(os.path.commonpath([str(p) for p in path]))
+    extra = {
+        "frames": tuple(frames),
+        "slice_positions_lps": positions,
+        "per_slice_scaling": tuple(scalings) if per_slice else None,
+        "series_key": info.key,
+        "source_root": root if root.is_dir() else root.parent,
+        "warnings": tuple(warnings),
+        "gantry_tilt_deg": tilt,
+        "skipped": found.skipped,
+    }
+    return Volume(raw, affine, float(slope), float(inter), "dicom", header, extra)
+
+
+def _pixel_spacing(ds: Dataset) -> Any:
+    if "PixelSpacing" in ds:
+        return ds.PixelSpacing
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if shared and "PixelMeasuresSequence" in shared[0]:
+        return shared[0].PixelMeasuresSequence[0].PixelSpacing
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame and "PixelMeasuresSequence" in per_frame[0]:
+        return per_frame[0].PixelMeasuresSequence[0].PixelSpacing
+    if "ImagerPixelSpacing" in ds:
+        return ds.ImagerPixelSpacing
+    raise DicomSeriesError("The series has no PixelSpacing, so voxel sizes are unknown.")
+
+
+# ---------------------------------------------------------------------------------- writing
+def _stored_range(ds: Dataset) -> tuple[int, int]:
+    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
+    if int(ds.get("PixelRepresentation", 0)) == 1:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
+def _stored_slice(volume: Volume, k: int, ref: FrameRef, dtype: np.dtype[Any], ds: Dataset) -> npt.NDArray[Any]:
+    """Stored values of slice ``k`` as (Rows, Columns), clipped to the instance's bit range."""
+    values = volume.raw[:, :, k].T
+    per_slice = volume.extra.get("per_slice_scaling")
+    if per_slice is not None:
+        values = np.rint((values.astype(np.float64) - ref.inter) / (ref.slope or 1.0))
+    elif not np.issubdtype(values.dtype, np.integer) and np.issubdtype(dtype, np.integer):
+        values = np.rint(values)
+    if np.issubdtype(dtype, np.integer):
+        low, high = _stored_range(ds)
+        values = np.clip(values, low, high)
+    return np.ascontiguousarray(values.astype(dtype))
+
+
+def _replace_pixels(ds: Dataset, frames: npt.NDArray[Any], n_frames: int) -> None:
+    """Put new native pixels into ``ds``; compressed or big-endian input becomes Explicit VR Little Endian."""
+    from pydicom.uid import UID
+
+    data = frames if n_frames > 1 else frames[0]
+    bits_allocated = int(ds.BitsAllocated)
+    if bits_allocated == 1:
+        raise DicomSeriesError("Single-bit pixel data cannot be defaced (it is not an MR or CT image).")
+    syntax = str(ds.file_meta.TransferSyntaxUID) if "TransferSyntaxUID" in ds.get("file_meta", {}) else ""
+    if syntax not in NATIVE_LITTLE_ENDIAN:
+        ds.file_meta.TransferSyntaxUID = UID(EXPLICIT_VR_LITTLE_ENDIAN)
+        for name in ("LossyImageCompression",):
+            pass  # kept: the history of earlier lossy compression stays true
+    little = data.astype(data.dtype.newbyteorder("<"), copy=False)
+    ds.PixelData = little.tobytes()
+    ds["PixelData"].VR = "OB" if bits_allocated <= 8 else "OW"
+    ds["PixelData"].is_undefined_length = False
+    for keyword in ("SmallestImagePixelValue", "LargestImagePixelValue"):
+        if keyword in ds:
+            value = int(data.min() if keyword.startswith("Smallest") else data.max())
+            ds[keyword].value = value
+
+
+def _check_output_folder(out_dir: Path, volume_root: Path | None, sources: Iterable[Path], force: bool) -> None:
+    check_output_path(out_dir, force=force)
+    target = out_dir.resolve()
+    if volume_root is not None:
+        root = volume_root.resolve()
+        if target == root or root.is_relative_to(target) or target.is_relative_to(root):
+            raise OutputError(
+                f"The output folder '{out_dir}' overlaps the input folder '{volume_root}'. defacer never writes into "
+                "or over its input: choose a folder outside it."
+            )
+    for source in sources:
+        if source.resolve().is_relative_to(target):
+            raise OutputError(f"The output folder '{out_dir}' contains the input file '{source}'. Choose another folder.")
+
+
+def _output_names(paths: Sequence[Path], root: Path | None, deidentified: bool) -> list[Path]:
+    """Relative output names: ``IM00001.dcm``... when de-identified (file names can hold PHI), else the input's."""
+    if deidentified or root is None:
+        return [Path(f"IM{n + 1:05d}.dcm") for n in range(len(paths))]
+    names = []
+    for p in paths:
+        try:
+            names.append(p.resolve().relative_to(root.resolve()))
+        except ValueError:
+            names.append(Path(p.name))
+    if len(set(names)) != len(names):
+        return [Path(f"IM{n + 1:05d}.dcm") for n in range(len(paths))]
+    return names
+
+
+def write_dicom_volume(volume: Volume, out_dir: PathLike, *, force: bool = False, deid: Scrubber | None = None) -> list[Path]:
+    """Write ``volume`` as a DICOM series: every input instance with its pixels replaced.
+
+    Parameters
+    ----------
+    volume : Volume
+        Read by :func:`read_dicom_volume` (same grid; typically ``with_raw`` of the defaced
+        stored values).
+    out_dir : path-like
+        New folder for the series; it must not exist (unless ``force``) and must not
+        overlap the input folder.
+    force : bool
+        Replace an existing output folder.
+    deid : Scrubber, optional
+        De-identify each instance's header (PS3.15 Annex E) on the way out.  Without it all
+        attributes other than the pixels are left untouched.
+
+    Returns
+    -------
+    list of Path
+        The files written, in slice order of their first frame.
+
+    Raises
+    ------
+    OutputError
+        Output exists without ``force`` or overlaps the input.
+    DicomSeriesError
+        The volume is not a DICOM volume read by defacer, or an input file changed.
+    """
+    import pydicom
+
+    frames: tuple[FrameRef, ...] | None = volume.extra.get("frames")
+    if volume.format != "dicom" or not frames:
+        raise DicomSeriesError(
+            "Only volumes read from a DICOM series can be written as DICOM (they carry the instances to copy). "
+            "Save this volume as NIfTI or NRRD instead."
+        )
+    if volume.raw.shape[2] != len(frames):
+        raise DicomSeriesError(f"The volume has {volume.raw.shape[2]} slices but its series has {len(frames)}.")
+    out = Path(out_dir)
+    root = volume.extra.get("source_root")
+    by_file: dict[Path, list[tuple[int, FrameRef]]] = defaultdict(list)
+    for k, ref in enumerate(frames):
+        by_file[ref.path].append((k, ref))
+    files = list(by_file)
+    _check_output_folder(out, root, files, force)
+    names = _output_names(files, root, deid is not None)
+    written = []
+    with atomic_outputs([out]) as temps:
+        folder = temps[0]
+        folder.mkdir()
+        for file, name in zip(files, names, strict=True):
+            try:
+                ds = pydicom.dcmread(file)
+                original = ds.pixel_array
+            except (OSError, EOFError, ValueError) as err:
+                raise DicomSeriesError(f"Cannot read '{file}' again to write its defaced copy ({err}).") from err
+            n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+            stack = original[None] if n_frames == 1 and original.ndim == 2 else original.copy()
+            for k, ref in by_file[file]:
+                stack[ref.frame or 0] = _stored_slice(volume, k, ref, stack.dtype, ds)
+            _replace_pixels(ds, stack, n_frames)
+            if deid is not None:
+                deid.scrub(ds, source=str(file))
+            target = folder / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            ds.save_as(target, enforce_file_format=True)
+            written.append(out / name)
+    return written
+
+
+def anonymize_files(
+    in_path: PathLike | Sequence[PathLike], out_dir: PathLike, deid: Scrubber, *, force: bool = False
+) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """De-identify the headers of every DICOM file under ``in_path`` (pixels untouched).
+
+    Output layout: ``out_dir/S001/IM00001.dcm``..., one folder per SeriesInstanceUID in order
+    of first appearance (sorted input paths), files in input order: names carry no PHI and
+    are the same on every run.  Non-DICOM files are not copied and are returned as skipped.
+
+    Returns
+    -------
+    written, skipped : list of Path, list of (Path, reason)
+
+    Raises
+    ------
+    OutputError
+        Output exists without ``force`` or overlaps the input.
+    DicomSeriesError
+        No DICOM file found; an instance with burned-in text without opt-in (nothing is written).
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    files = _input_files(in_path)
+    out = Path(out_dir)
+    root = Path(in_path) if isinstance(in_path, str | os.PathLike) and Path(in_path).is_dir() else None
+    _check_output_folder(out, root, files, force)
+    skipped: list[tuple[Path, str]] = []
+    written: list[Path] = []
+    series_index: dict[str, int] = {}
+    counts: dict[int, int] = defaultdict(int)
+    with atomic_outputs([out]) as temps:
+        folder = temps[0]
+        folder.mkdir()
+        for file in files:
+            try:
+                ds = pydicom.dcmread(file)
+            except InvalidDicomError:
+                skipped.append((file, "not a DICOM file"))
+                continue
+            except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+                skipped.append((file, f"damaged or truncated DICOM file ({type(err).__name__})"))
+                continue
+            if "SOPClassUID" not in ds and "SeriesInstanceUID" not in ds:
+                skipped.append((file, "not a DICOM instance (e.g. DICOMDIR)"))
+                continue
+            uid = str(ds.get("SeriesInstanceUID", ""))
+            index = series_index.setdefault(uid, len(series_index) + 1)
+            counts[index] += 1
+            deid.scrub(ds, source=str(file))
+            name = Path(f"S{index:03d}") / f"IM{counts[index]:05d}.dcm"
+            (folder / name).parent.mkdir(exist_ok=True)
+            ds.save_as(folder / name, enforce_file_format=True)
+            written.append(out / name)
+        if not written:
+            raise DicomSeriesError(f"No DICOM instance found in '{in_path}'; {len(skipped)} file(s) skipped.")
+    for file, why in skipped:
+        logger.warning("skipped '%s': %s", file, why)
+    return written, skipped
