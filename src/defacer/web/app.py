@@ -61,6 +61,9 @@ CONTENT_SECURITY_POLICY = (
     "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
 )
 
+#: The verification report is static HTML with embedded pictures: nothing else may load or run.
+REPORT_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; frame-ancestors 'none'"
+
 _STATUS: list[tuple[type[BaseException], int]] = [
     (SessionNotFound, 404),
     (UploadTooLarge, 413),
@@ -322,6 +325,15 @@ def create_app(settings: WebSettings | None = None, *, detector_factory: Callabl
         path, filename = downloads[kind]
         media = "application/json" if filename.endswith(".json") else "application/octet-stream"
         return FileResponse(path, media_type=media, filename=filename)
+
+    @app.get("/api/sessions/{session_id}/report")
+    async def report(request: Request, session_id: str) -> Response:
+        session = lookup(request, session_id)
+        downloads = session.state.get("downloads") or {}
+        if "report" not in downloads or downloads["report"][0].suffix != ".html":
+            raise SessionNotFound("No verification report yet: deface the scan with the verify extra installed.")
+        return FileResponse(downloads["report"][0], media_type="text/html",
+                            headers={"Content-Security-Policy": REPORT_CSP, "Cache-Control": "no-store"})
 
     @app.delete("/api/sessions/{session_id}")
     async def close(session_id: str) -> dict[str, bool]:

@@ -38,7 +38,7 @@ class WebSettings:
         Defacing jobs run at once (CPU-bound; the rest wait in a queue).
     """
 
-    max_upload_bytes: int = 1024 * 1024 * 1024
+    max_upload_bytes: int = 1_000_000_000
     max_files: int = 5000
     max_sessions: int = 16
     session_ttl_s: float = 3600.0

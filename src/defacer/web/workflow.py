@@ -368,8 +368,10 @@ def deface_session(
                              session.scan_files[0].kind == "zip" else "dicom_series")
         downloads: dict[str, tuple[Path, str]] = {}
         if kind == "dicom":
+            from defacer.io.dicom_series import write_dicom_volume
+
             folder = out / "defaced_dicom"
-            save_volume(result.volume, folder)
+            write_dicom_volume(result.volume, folder, deid=_dicom_scrubber())
             archive = out / "defaced_dicom.zip"
             _zip_folder(folder, archive)
             downloads["scan"] = (archive, f"{stem}_defaced_dicom.zip")
@@ -399,7 +401,7 @@ def deface_session(
         downloads["provenance"] = (provenance_file, f"{stem}_defaced.defacer.json")
         downloads["report"] = (provenance_file, f"{stem}_defaced.defacer.json")
         session.state.update(defaced=result.volume, edit_mask=result.edit_mask, provenance=provenance,
-                             downloads=downloads)
+                             downloads=downloads, stem=stem)
         progress("Verifying the result", 0.7)
         verification = verify_session(session)
         return {
@@ -409,6 +411,17 @@ def deface_session(
             "downloads": {k: v[1] for k, v in session.state["downloads"].items()},
             "verification": verification,
         }
+
+
+def _dicom_scrubber() -> Any:
+    """A PS3.15 Basic Profile scrubber with a fresh random key (pseudonyms are not linkable across uploads)."""
+    import secrets
+
+    from defacer.phi.options import DeidOptions
+    from defacer.phi.pseudonym import Pseudonymizer
+    from defacer.phi.scrub import Scrubber
+
+    return Scrubber(DeidOptions(clean_recognizable_visual_features=True), Pseudonymizer(secrets.token_bytes(32)))
 
 
 def _jsonable(value: Any) -> Any:
@@ -456,11 +469,12 @@ def verify_session(session: Session) -> dict[str, Any]:
             outcome = {"available": True, "passed": None, "error": session.hide_paths(str(err))}
         else:
             summary = json.loads(json.dumps(getattr(result, "summary", {}) or {}, default=_jsonable))
-            outcome = {"available": True, "passed": bool(result.passed), "summary": summary, "error": None}
+            outcome = {"available": True, "passed": bool(result.passed), "summary": summary, "error": None,
+                       "report": False}
             report = getattr(result, "report_path", None)
-            stem = session.state["downloads"]["scan"][1].split("_defaced")[0]
-            if report is not None and Path(report).is_file():
-                suffix = "".join(Path(report).suffixes[-1:]) or ".txt"
-                session.state["downloads"]["report"] = (Path(report), f"{stem}_verification{suffix}")
+            stem = session.state["stem"]
+            if report is not None and Path(report).is_file() and Path(report).suffix == ".html":
+                session.state["downloads"]["report"] = (Path(report), f"{stem}_verification.html")
+                outcome["report"] = True
         session.state["verification"] = outcome
         return outcome

@@ -1,0 +1,140 @@
+"""``defacer serve``: run the local web interface (extra ``web``).
+
+Binds to 127.0.0.1 on a free port unless told otherwise, and prints the address to open.
+Any other ``--host`` makes the server reachable from other machines: a warning is printed
+and every API request then needs an access token (generated unless ``--token`` is given),
+which the printed address carries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import secrets
+import socket
+import sys
+from pathlib import Path
+
+from defacer.errors import DefacerError, MissingExtraError
+
+DEFAULT_HOST = "127.0.0.1"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+    """Register ``serve`` and its options."""
+    parser = subparsers.add_parser(
+        "serve",
+        help="open the local web interface (upload, review, deface, verify, download)",
+        description=(
+            "Run the local web interface and print its address. By default it listens only on this computer "
+            "(127.0.0.1) on a free port; uploaded scans stay in a private temporary folder that is deleted when "
+            "you finish, after an hour idle, or when the server stops (Ctrl+C)."
+        ),
+        epilog="Example: defacer serve --port 8765   (then open http://127.0.0.1:8765/)",
+    )
+    parser.add_argument("--host", default=DEFAULT_HOST,
+                        help="address to listen on (default 127.0.0.1; any other address needs a token and warns)")
+    parser.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    parser.add_argument("--token", default=None,
+                        help="access token required from browsers (default: generated when --host is not loopback)")
+    parser.add_argument("--max-upload-mb", type=float, default=1000.0,
+                        help="largest upload per scan in megabytes of 10^6 bytes (default 1000, i.e. 1 GB)")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="folder for the private work areas (default: the system temporary folder)")
+    parser.add_argument("--idle-minutes", type=float, default=60.0,
+                        help="delete a work area untouched for this long (default 60)")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this computer only (127.0.0.0/8, ::1 or localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Open a listening TCP socket on ``host``:``port`` (port 0 picks a free one).
+
+    Raises
+    ------
+    DefacerError
+        If the address cannot be used (port taken, unknown host), saying what to do.
+    """
+    if not 0 <= port <= 65535:
+        raise DefacerError(f"--port must be between 0 and 65535, not {port}.")
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise DefacerError(f"Cannot listen on host '{host}': {err.strerror}. Use an IP address such as 127.0.0.1.") from err
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as err:
+        sock.close()
+        raise DefacerError(
+            f"Cannot listen on {host}:{port}: {err.strerror}. Choose another --port, or leave it out to use a free one."
+        ) from err
+    sock.listen(64)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start the server and block until Ctrl+C; returns 0 after a clean shutdown."""
+    try:
+        import uvicorn
+
+        from defacer.web.app import create_app
+    except ModuleNotFoundError as err:
+        raise MissingExtraError("web", err.name or "fastapi") from err
+    from defacer.web.settings import LOOPBACK_HOSTS, WebSettings
+
+    loopback = is_loopback(args.host)
+    token = args.token
+    if not loopback:
+        token = token or secrets.token_urlsafe(24)
+        print(
+            f"WARNING: listening on {args.host}, so other computers can reach this server. Scans and results travel "
+            "unencrypted over the network; use this only on a network you trust. Every browser needs the "
+            "access token in the address below.",
+            file=sys.stderr,
+        )
+    if args.max_upload_mb <= 0:
+        raise DefacerError("--max-upload-mb must be positive.")
+    try:
+        settings = WebSettings(
+            max_upload_bytes=int(args.max_upload_mb * 1_000_000),
+            session_ttl_s=max(60.0, args.idle_minutes * 60.0),
+            work_dir=args.work_dir,
+            token=token,
+            allowed_hosts=LOOPBACK_HOSTS if loopback else None,
+        )
+    except ValueError as err:
+        raise DefacerError(str(err)) from err
+    sock = bind_socket(args.host, args.port)
+    port = sock.getsockname()[1]
+    shown_host = f"[{args.host.strip('[]')}]" if ":" in args.host else args.host
+    address = f"http://{shown_host}:{port}/"
+    if token:
+        address += f"?token={token}"
+    app = create_app(settings)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", server_header=False)
+    server = uvicorn.Server(config)
+    print(f"defacer is serving on {address}", flush=True)
+    print("Open that address in a browser on this computer. Press Ctrl+C to stop; uploaded files are then deleted.",
+          flush=True)
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass  # uvicorn has already shut down gracefully (work areas removed) before re-raising Ctrl+C
+    finally:
+        sock.close()
+    print("defacer serve stopped; all uploaded files and results were deleted.", flush=True)
+    return 0
