@@ -706,3 +706,28 @@ def anonymize_files(
     for file, why in skipped:
         logger.warning("skipped '%s': %s", file, why)
     return written, skipped
+
+
+def write_deid_mapping(mapping: dict[str, Any], path: PathLike, *, out_dir: PathLike, force: bool = False) -> Path:
+    """Write the original → new identifier map as JSON, never inside the output folder.
+
+    The map re-identifies the data: keep it apart from the de-identified output.
+
+    Raises
+    ------
+    OutputError
+        If ``path`` lies inside ``out_dir``, or exists without ``force``.
+    """
+    import json
+
+    target = Path(path)
+    if target.resolve().is_relative_to(Path(out_dir).resolve()):
+        raise OutputError(
+            f"The mapping file '{target}' would be inside the de-identified output '{out_dir}', where it would "
+            "re-identify the data. Write it somewhere else (it is only written where you ask)."
+        )
+    check_output_path(target, force=force)
+    with atomic_outputs([target]) as (temp,):
+        temp.write_text(json.dumps(mapping, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.chmod(temp, 0o600)
+    return target
