@@ -97,7 +97,7 @@ def analyse_head(image: npt.NDArray[np.floating], spacing: tuple[float, float, f
     spacing : tuple of 3 float
         Voxel size along R, A, S in mm.
     """
-    strides = tuple(max(1, int(round(COARSE_STEP_MM / s))) for s in spacing)
+    strides = tuple(max(1, int(COARSE_STEP_MM // s)) for s in spacing)
     coarse = image[:: strides[0], :: strides[1], :: strides[2]]
     coarse_spacing = tuple(s * st for s, st in zip(spacing, strides, strict=True))
     threshold = estimate_threshold(coarse)
@@ -133,20 +133,31 @@ def analyse_head(image: npt.NDArray[np.floating], spacing: tuple[float, float, f
     )
 
 
-def depth_below_surface(head: HeadModel, spacing: tuple[float, float, float], cut_boxes: list[tuple[slice, ...]]) -> npt.NDArray[np.float32]:
-    """Depth (mm) of each coarse voxel below the sealed head surface, with ``cut_boxes`` counted as outside.
+#: Radius of the ball that rolls off thin protrusions (nose, auricles) before depth is measured, in mm.
+OPENING_RADIUS_MM = 15.0
+
+
+def depth_below_surface(head: HeadModel, spacing: tuple[float, float, float]) -> npt.NDArray[np.float32]:
+    """Depth (mm) of each coarse voxel below the surface of the head with its protrusions rolled off.
+
+    The sealed head is opened with a ball of radius :data:`OPENING_RADIUS_MM` (the nose and
+    the auricles, narrower than the ball, disappear; the cranium, wider, keeps its shape) and
+    the distance of every voxel inside it to the outside is measured.  This depends only on the
+    image, never on the detector, so it can bound what any distortion may touch.
 
     Parameters
     ----------
     head : HeadModel
     spacing : tuple of 3 float
         Full-grid voxel size along R, A, S in mm.
-    cut_boxes : list of tuple of slice
-        Full-grid boxes removed from the head before measuring (the nose box), so depth is
-        measured from the face behind a feature that is cut away.
+
+    Returns
+    -------
+    ndarray, float32, coarse grid
     """
-    sealed = head.sealed_coarse.copy()
-    for box in cut_boxes:
-        sealed[head.coarse_index(box)] = False  # type: ignore[index]
     coarse_spacing = tuple(s * st for s, st in zip(spacing, head.strides, strict=True))
-    return ndimage.distance_transform_edt(sealed, sampling=coarse_spacing).astype(np.float32)
+    inside = ndimage.distance_transform_edt(head.sealed_coarse, sampling=coarse_spacing)
+    core = inside > OPENING_RADIUS_MM
+    opened = ndimage.distance_transform_edt(~core, sampling=coarse_spacing) <= OPENING_RADIUS_MM
+    opened &= head.sealed_coarse
+    return ndimage.distance_transform_edt(opened, sampling=coarse_spacing).astype(np.float32)

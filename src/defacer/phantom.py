@@ -105,6 +105,8 @@ def make_phantom(
     brain_axes = tuple(a - SCALP_MM - SKULL_MM for a in HEAD_AXES)
     # The brain sits in the upper-back part of the skull; the face and orbits lie in front of and below it.
     brain = _ellipsoid(x, y, z, (0, -8, 18), (brain_axes[0], brain_axes[1] - 10, brain_axes[2] - 22)) < 1
+    # Scalp and skull together are at least ~12 mm thick everywhere over the brain, as in adults.
+    brain &= _ellipsoid(x, y, z, (0, 0, 0), tuple(a - SCALP_MM - SKULL_MM - 2.0 for a in HEAD_AXES)) < 1
     ventricles = _ellipsoid(x, y, z, (0, -5, 25), (12, 30, 14)) < 1
     skull = (_ellipsoid(x, y, z, (0, 0, 0), inner_axes) < 1) & ~brain
     eye_r = 12.0
@@ -117,7 +119,9 @@ def make_phantom(
     nose = (_ellipsoid(x, y, z, (0, 84, -38), (13, 24, 26)) < 1) & (y > 60)
     ears = np.zeros(shape, dtype=bool)
     for side in (-1, 1):
-        ears |= (_ellipsoid(x, y, z, (side * 78.0, -4, -4), (5.0, 14.0, 28.0)) < 1)
+        # A thin auricle standing off the head, joined to it around the ear canal.
+        ears |= _ellipsoid(x, y, z, (side * 82.0, -6, -4), (3.5, 14.0, 27.0)) < 1
+        ears |= _ellipsoid(x, y, z, (side * 77.0, -2, -6), (6.0, 6.0, 7.0)) < 1
     inside_head = head < 1
     ears &= ~inside_head
     tissue = inside_head | nose | ears

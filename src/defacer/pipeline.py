@@ -3,12 +3,14 @@
 Guarantee that the brain is never touched
 -----------------------------------------
 Every edit is applied only outside the *protected region*: the voxels lying deeper than
-``protect_depth_mm`` (default 10 mm) below the sealed head surface, measured after the nose
-box is cut away (so the depth behind the nose counts from the face).  Scalp plus skull are
-thicker than that over the whole brain, so no brain voxel can change whatever the detector
-says.  Depth is computed on a ~3 mm grid; a voxel is protected when its coarse-grid depth is
-above ``protect_depth_mm - h`` (``h`` = half the coarse voxel diagonal), and as the distance map
-is 1-Lipschitz this protects every voxel whose true depth exceeds ``protect_depth_mm``.
+``protect_depth_mm`` (default 10 mm) below the head surface, where the surface is that of the
+sealed head after a morphological opening with a 15 mm ball (which rolls off the nose and the
+auricles but not the cranium).  The region is computed from the image alone, never from the
+detector, so a wrong detection cannot reach the brain; scalp plus skull are thicker than
+10 mm over the brain of an adult.  Depth is computed on a ~3 mm grid; a voxel is protected
+when its coarse-grid depth is above ``protect_depth_mm - h`` (``h`` = half the coarse voxel
+diagonal), and as the distance map is 1-Lipschitz this protects every voxel whose true depth
+exceeds ``protect_depth_mm``.
 """
 
 from __future__ import annotations
@@ -161,7 +163,7 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DefaceOp
     found = {name: int(np.count_nonzero(labels_ras == label)) for name, label in
              (("eyes", Label.EYES), ("nose", Label.NOSE), ("ears", Label.EARS))}
     nose = nose_box(labels_ras == Label.NOSE, image.shape, options.nose_scale) if "nose" in options.features else None
-    depth = depth_below_surface(head, spacing, [nose] if nose is not None else [])
+    depth = depth_below_surface(head, spacing)
     coarse_step = np.asarray(spacing) * np.asarray(head.strides)
     slack = 0.5 * float(np.linalg.norm(coarse_step))
     rng = np.random.default_rng(options.seed)

@@ -1,0 +1,127 @@
+"""Each distortion does what the mission says, reproducibly, and never touches the brain."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from defacer.distort import grow_box, nose_box
+from defacer.labels import Label
+from defacer.phantom import make_phantom
+from defacer.pipeline import DefaceOptions, deface
+
+
+class TruthDetector:
+    """Returns a fixed RAS label map (the phantom is made in RAS, so no reordering is needed)."""
+
+    name = "truth"
+    weights_sha256 = None
+
+    def __init__(self, labels: np.ndarray) -> None:
+        self.labels = labels
+
+    def predict(self, image_ras: np.ndarray, ras_affine: np.ndarray) -> np.ndarray:
+        return self.labels
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return make_phantom(2.0, seed=3)
+
+
+def test_only_selected_features_change(phantom):
+    result = deface(phantom.volume, TruthDetector(phantom.labels), DefaceOptions(features=("nose",)))
+    changed = result.edit_mask
+    assert (changed == Label.NOSE).any()
+    assert not np.isin(changed, [Label.EYES, Label.EARS]).any()
+
+
+def test_nose_box_is_the_doubled_bounding_box_clipped_behind_the_nose(phantom):
+    nose = phantom.labels == Label.NOSE
+    box = nose_box(nose, nose.shape, 2.0)
+    idx = np.nonzero(nose)
+    for axis in (0, 2):
+        extent = idx[axis].max() + 1 - idx[axis].min()
+        assert box[axis].stop - box[axis].start == pytest.approx(2 * extent, abs=2)
+    assert box[1].start == idx[1].min(), "the box must not grow behind the nose"
+
+
+def test_nose_box_is_set_to_the_scans_background(phantom):
+    result = deface(phantom.volume, TruthDetector(phantom.labels), DefaceOptions(features=("nose",)))
+    values = result.volume.values()[result.edit_mask == Label.NOSE]
+    background = result.provenance["head"]["background"]
+    assert np.all(np.abs(values - background) <= 0.5)
+    assert np.abs(background) < 50, "MR air is near zero"
+
+
+def test_ct_background_is_air_in_hounsfield_units():
+    ct = make_phantom(3.0, contrast="CT")
+    result = deface(ct.volume, TruthDetector(ct.labels), DefaceOptions(features=("nose",)))
+    assert result.provenance["head"]["background"] < -900
+    assert not (result.volume.raw != ct.volume.raw)[ct.brain].any()
+
+
+def test_ears_become_noise_from_the_scans_own_air(phantom):
+    result = deface(phantom.volume, TruthDetector(phantom.labels), DefaceOptions(features=("ears",)))
+    ears = result.edit_mask == Label.EARS
+    assert ears.sum() > 0.8 * (phantom.labels == Label.EARS).sum()
+    new = result.volume.values()[ears]
+    assert new.max() <= result.provenance["head"]["threshold"], "air noise stays below the tissue threshold"
+    assert new.mean() < 0.2 * 650, "the phantom's auricle is 650; air is near 0"
+    assert new.std() > 0, "noise, not a constant"
+
+
+def test_eyes_are_covered_by_a_skin_like_band(phantom):
+    result = deface(phantom.volume, TruthDetector(phantom.labels), DefaceOptions(features=("eyes",)))
+    edits = [e for e in result.provenance["edits"] if e["feature"] == "eyes"]
+    assert len(edits) == 2
+    skin = phantom.volume.values()[phantom.labels == 0]
+    for edit in edits:
+        assert 600 < edit["skin_value"] < 900, "the phantom's scalp is 780"
+    changed = result.edit_mask == Label.EYES
+    new = result.volume.values()[changed]
+    assert np.allclose(new, np.round(new.mean()), atol=1)
+    assert skin.size
+
+
+def test_same_seed_gives_identical_output_and_other_seed_other_noise(phantom):
+    detector = TruthDetector(phantom.labels)
+    a = deface(phantom.volume, detector, DefaceOptions(seed=7)).volume.raw
+    b = deface(phantom.volume, detector, DefaceOptions(seed=7)).volume.raw
+    c = deface(phantom.volume, detector, DefaceOptions(seed=8)).volume.raw
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("contrast", ["T1", "T2", "PD", "FLAIR", "CT"])
+@pytest.mark.parametrize("axcodes", ["RAS", "LPS", "PIR"])
+def test_brain_never_changes_even_when_the_detector_labels_the_brain(contrast, axcodes):
+    phantom = make_phantom(3.0, contrast=contrast, axcodes=axcodes)
+    from defacer.volume import canonical_reorientation
+
+    reorientation = canonical_reorientation(phantom.volume.affine, phantom.volume.shape)
+    labels = reorientation.to_ras(phantom.labels).copy()
+    brain = reorientation.to_ras(phantom.brain)
+    # A detector gone wrong: the whole brain labelled as ears and a nose inside the head.
+    labels[brain] = Label.EARS
+    box = grow_box(tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(brain)), brain.shape, 0.3)
+    labels[box] = Label.NOSE
+    result = deface(phantom.volume, TruthDetector(labels))
+    assert not (result.volume.raw != phantom.volume.raw)[phantom.brain].any()
+    assert result.provenance["protection"]["changed_inside_protected"] == 0
+    assert not (result.edit_mask.astype(bool) & result.protected).any()
+
+
+def test_no_features_detected_leaves_the_scan_bit_identical(phantom):
+    result = deface(phantom.volume, TruthDetector(np.zeros_like(phantom.labels)))
+    np.testing.assert_array_equal(result.volume.raw, phantom.volume.raw)
+    assert len(result.provenance["warnings"]) == 3
+
+
+def test_provenance_records_what_was_sampled(phantom):
+    result = deface(phantom.volume, TruthDetector(phantom.labels), DefaceOptions(seed=5))
+    record = result.provenance
+    assert record["options"]["seed"] == 5
+    assert {e["feature"] for e in record["edits"]} == {"eyes", "nose", "ears"}
+    assert record["detector"]["name"] == "truth"
+    assert all(v > 0 for v in record["voxels_changed"].values())
