@@ -228,6 +228,7 @@ def scan(path: PathLike | Sequence[PathLike]) -> Scan:
     files = _input_files(path)
     skipped: list[tuple[Path, str]] = []
     groups: dict[tuple[Any, ...], list[tuple[Path, Dataset, list[FrameRef]]]] = defaultdict(list)
+    orientations: dict[tuple[Any, ...], tuple[float, ...]] = {}
     for file in files:
         try:
             ds = _read_header(file)
@@ -252,14 +253,18 @@ def scan(path: PathLike | Sequence[PathLike]) -> Scan:
             columns,
         )
         groups[key].append((file, ds, refs))
+        if orientation:
+            orientations.setdefault(key, orientation)
     if not groups:
         reasons = "; ".join(f"{p.name}: {why}" for p, why in skipped[:5])
         raise DicomSeriesError(f"No DICOM instance found in '{path}' ({len(skipped)} file(s) skipped: {reasons}).")
     series = []
     count_by_uid: dict[str, int] = defaultdict(int)
-    for (uid, has_pixels, orientation, rows, columns), members in sorted(
+    for group_key, members in sorted(
         groups.items(), key=lambda kv: (str(kv[1][0][1].get("SeriesNumber", "")).zfill(6), kv[0][0], -len(kv[1]))
     ):
+        uid, has_pixels, _, rows, columns = group_key
+        orientation = orientations.get(group_key)
         count_by_uid[uid] += 1
         first = members[0][1]
         key = uid if count_by_uid[uid] == 1 else f"{uid}#{count_by_uid[uid]}"

@@ -1,0 +1,169 @@
+"""Reading DICOM series: grouping, ordering by position, geometry, scaling, bad input."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import numpy as np
+import pydicom
+import pytest
+from dicom_factory import expected_affine, write_enhanced, write_series
+from pydicom.uid import RLELossless
+
+from defacer.errors import DicomSeriesError
+from defacer.io import load_volume
+from defacer.io.dicom_series import find_series, read_dicom_volume
+
+
+def ramp(shape=(12, 10, 6), dtype=np.uint16) -> np.ndarray:
+    return np.arange(np.prod(shape), dtype=np.int64).reshape(shape).astype(dtype)
+
+
+def test_slices_are_ordered_by_position_not_by_file_name_or_instance_number(tmp_path):
+    raw = ramp()
+    write_series(tmp_path / "s", raw, shuffle_names=True)
+    volume = read_dicom_volume(tmp_path / "s")
+    assert volume.format == "dicom"
+    assert volume.raw.shape == (12, 10, 6)
+    assert np.array_equal(volume.raw, raw)
+
+
+def test_affine_maps_voxels_to_ras_from_orientation_spacing_and_positions(tmp_path):
+    row_cos, col_cos = (0.0, 1.0, 0.0), (0.0, 0.0, -1.0)  # sagittal
+    spacing, origin = (0.8, 0.9), (12.0, -100.0, 80.0)
+    step = np.cross(row_cos, col_cos) * 1.5
+    write_series(tmp_path / "sag", ramp(), row_cos=row_cos, col_cos=col_cos, spacing=spacing, origin=origin, step=step)
+    volume = load_volume(tmp_path / "sag")
+    assert np.allclose(volume.affine, expected_affine(row_cos, col_cos, spacing, origin, step), atol=1e-5)
+    assert volume.axcodes == "PIR"
+    assert np.allclose(volume.spacing, (0.9, 0.8, 1.5), atol=1e-5)
+
+
+def test_gantry_tilt_keeps_the_real_shear_of_the_slice_stack(tmp_path):
+    tilt = np.radians(20)
+    col_cos = (0.0, np.cos(tilt), -np.sin(tilt))
+    step = np.array([0.0, 0.0, 3.0])  # the table moves along z, the slices are tilted
+    write_series(tmp_path / "ct", ramp(dtype=np.int16), col_cos=col_cos, step=step)
+    volume = read_dicom_volume(tmp_path / "ct")
+    assert np.allclose(volume.affine, expected_affine((1, 0, 0), col_cos, (1.0, 1.0), (-10, -20, -30), step), atol=1e-5)
+    assert volume.extra["gantry_tilt_deg"] == pytest.approx(20.0, abs=0.01)
+
+
+def test_uneven_spacing_spans_first_to_last_slice_and_warns(tmp_path, caplog):
+    z = [0.0, 2.0, 4.0, 6.0, 10.0, 14.0]
+    write_series(tmp_path / "u", ramp(), positions=[(0.0, 0.0, v) for v in z])
+    with caplog.at_level(logging.WARNING):
+        volume = read_dicom_volume(tmp_path / "u")
+    assert volume.affine[2, 2] == pytest.approx(14.0 / 5)
+    assert "uneven slice spacing" in caplog.text and "missing slices" in caplog.text
+    assert np.allclose(volume.extra["slice_positions_lps"][:, 2], z)
+
+
+def test_duplicate_positions_are_refused_as_several_volumes(tmp_path):
+    write_series(tmp_path / "d", ramp(), positions=[(0.0, 0.0, v) for v in [0, 2, 2, 4, 6, 8]])
+    with pytest.raises(DicomSeriesError, match="same position"):
+        read_dicom_volume(tmp_path / "d")
+
+
+def test_rescale_slope_and_intercept_are_applied(tmp_path):
+    raw = ramp(dtype=np.int16)
+    write_series(tmp_path / "ct", raw, scaling=[(1.0, -1024.0)] * 6)
+    volume = read_dicom_volume(tmp_path / "ct")
+    assert (volume.slope, volume.inter) == (1.0, -1024.0)
+    assert np.array_equal(volume.values(), raw.astype(np.float32) - 1024)
+
+
+def test_per_slice_scaling_gives_physical_float_values(tmp_path):
+    raw = ramp()
+    scaling = [(1.0 + k / 10, float(k)) for k in range(6)]
+    write_series(tmp_path / "p", raw, scaling=scaling)
+    volume = read_dicom_volume(tmp_path / "p")
+    assert volume.raw.dtype == np.float32 and volume.slope == 1.0 and volume.inter == 0.0
+    expected = np.stack([raw[:, :, k] * s + i for k, (s, i) in enumerate(scaling)], axis=2)
+    assert np.allclose(volume.values(), expected, rtol=1e-6)
+
+
+def test_enhanced_multiframe_is_read_with_per_frame_positions(tmp_path):
+    raw = ramp()
+    write_enhanced(tmp_path / "mf" / "one.dcm", raw, spacing=(0.5, 0.7), origin=(1.0, 2.0, 3.0), step=2.5)
+    volume = read_dicom_volume(tmp_path / "mf")
+    assert np.array_equal(volume.raw, raw)
+    assert np.allclose(volume.affine[:3, 2], (0, 0, 2.5)) and np.allclose(volume.affine[:3, 3], (-1, -2, 3))
+    assert np.allclose(volume.spacing, (0.7, 0.5, 2.5))
+
+
+def test_compressed_transfer_syntax_is_decoded(tmp_path):
+    raw = ramp()
+    paths = write_series(tmp_path / "rle", raw)
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.compress(RLELossless)
+        ds.save_as(path)
+    assert pydicom.dcmread(paths[0]).file_meta.TransferSyntaxUID == RLELossless
+    assert np.array_equal(read_dicom_volume(tmp_path / "rle").raw, raw)
+
+
+def test_several_series_are_listed_with_a_series_hint_and_selectable(tmp_path):
+    write_series(tmp_path / "mix" / "a", ramp(), series_number=3)
+    write_series(tmp_path / "mix" / "b", ramp() * 2, series_number=5)
+    found = find_series(tmp_path / "mix")
+    assert [s.series_number for s in found] == ["3", "5"]
+    with pytest.raises(DicomSeriesError, match="--series") as err:
+        read_dicom_volume(tmp_path / "mix")
+    assert "series 3" in str(err.value) and "series 5" in str(err.value)
+    assert np.array_equal(read_dicom_volume(tmp_path / "mix", series="5").raw, ramp() * 2)
+    assert np.array_equal(read_dicom_volume(tmp_path / "mix", series=found[0].series_uid).raw, ramp())
+    with pytest.raises(DicomSeriesError, match="matches no"):
+        read_dicom_volume(tmp_path / "mix", series="9")
+
+
+def test_two_orientations_in_one_series_become_two_stacks(tmp_path):
+    uid = pydicom.uid.generate_uid()
+    write_series(tmp_path / "loc" / "ax", ramp(), series_uid=uid)
+    write_series(tmp_path / "loc" / "sag", ramp((12, 10, 3)), series_uid=uid, row_cos=(0, 1, 0), col_cos=(0, 0, -1))
+    keys = [s.key for s in find_series(tmp_path / "loc")]
+    assert keys == [uid, f"{uid}#2"] or keys == [uid, uid + "#2"]
+    assert read_dicom_volume(tmp_path / "loc", series=f"{uid}#2").raw.shape == (12, 10, 3)
+
+
+def test_non_dicom_files_are_skipped_with_a_warning_and_left_alone(tmp_path, caplog):
+    write_series(tmp_path / "s", ramp())
+    notes = tmp_path / "s" / "notes.txt"
+    notes.write_text("not dicom")
+    with caplog.at_level(logging.WARNING):
+        volume = read_dicom_volume(tmp_path / "s")
+    assert volume.raw.shape == (12, 10, 6)
+    assert "notes.txt" in caplog.text
+    assert notes.read_text() == "not dicom"
+
+
+def test_truncated_file_gives_a_clear_error_naming_it(tmp_path):
+    paths = write_series(tmp_path / "t", ramp((64, 64, 6)))
+    data = paths[2].read_bytes()
+    paths[2].write_bytes(data[: len(data) - 3000])
+    with pytest.raises(DicomSeriesError, match=paths[2].name):
+        read_dicom_volume(tmp_path / "t")
+
+
+def test_instances_without_pixel_data_are_not_an_image_series(tmp_path):
+    paths = write_series(tmp_path / "n", ramp())
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        del ds.PixelData
+        ds.save_as(path)
+    with pytest.raises(DicomSeriesError, match="no image series"):
+        read_dicom_volume(tmp_path / "n")
+
+
+def test_a_folder_without_dicom_files_says_so(tmp_path):
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "a.txt").write_text("x")
+    with pytest.raises(DicomSeriesError, match="No DICOM instance"):
+        read_dicom_volume(tmp_path / "e")
+
+
+def test_a_list_of_files_is_read_like_a_folder(tmp_path):
+    paths = write_series(tmp_path / "f", ramp())
+    shutil.copy(paths[0], tmp_path / "elsewhere.dcm")
+    assert np.array_equal(read_dicom_volume(paths).raw, ramp())
