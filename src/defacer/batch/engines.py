@@ -56,9 +56,15 @@ def run_processes(tasks: Sequence[ScanTask], on_result: OnResult, *, jobs: int, 
         pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=init_worker, initargs=(threads,))
         try:
             while (queue or in_flight) and not broken:
-                while queue and len(in_flight) < jobs:
+                while queue and len(in_flight) < jobs and not broken:
                     task = queue.popleft()
-                    in_flight[pool.submit(process_scan, task)] = task
+                    try:
+                        in_flight[pool.submit(process_scan, task)] = task
+                    except BrokenProcessPool:  # a worker died between scans: this one never started
+                        queue.appendleft(task)
+                        broken = True
+                if not in_flight:
+                    continue
                 finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                 for future in finished:
                     task = in_flight.pop(future)
@@ -113,13 +119,15 @@ def run_dask(
         If the scheduler cannot be reached.
     """
     distributed = _import_distributed()
+    # distributed logs every connection at INFO; show that only when the user asked for -v.
+    logging.getLogger("distributed").setLevel(logging.getLogger().getEffectiveLevel())
     cluster = None
     try:
         if scheduler == "local":
             cluster = distributed.LocalCluster(  # type: ignore[attr-defined]
-                n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None,
-                silence_logs=logging.ERROR,
+                n_workers=jobs, threads_per_worker=1, processes=True, silence_logs=logging.WARNING,
             )
+            log.info("Dask LocalCluster with %d workers; dashboard at %s", jobs, cluster.dashboard_link)
             client = distributed.Client(cluster)  # type: ignore[attr-defined]
         elif scheduler.endswith(".json"):
             client = distributed.Client(scheduler_file=scheduler, timeout="30s")  # type: ignore[attr-defined]

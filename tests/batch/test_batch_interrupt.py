@@ -1,0 +1,122 @@
+"""Interrupted batches: a killed worker, a killed run, Ctrl-C; nothing lost, nothing half-written."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from defacer.batch.manifest import DONE, Manifest
+from defacer.batch.runner import BatchConfig, run_batch
+
+CLI = "import sys; from defacer.cli.main import main; sys.exit(main(sys.argv[1:]))"
+
+
+def _start(ds: Path, out: Path, labels: Path, *extra: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", CLI, "batch", str(ds), str(out), "--labels-dir", str(labels),
+                             "--quiet", *extra], start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+def _done_count(out: Path) -> int:
+    path = out / ".defacer" / "manifest.jsonl"
+    if not path.is_file():
+        return 0
+    return sum(1 for line in path.read_text().splitlines() if '"status": "done"' in line)
+
+
+def _wait_for(condition: object, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        if proc.poll() is not None:
+            pytest.fail(f"the batch ended (rc {proc.returncode}) before it could be interrupted: "
+                        f"{proc.stderr.read().decode() if proc.stderr else ''}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("timed out waiting for the batch")
+        time.sleep(0.01)
+
+
+def _worker_processes(proc: subprocess.Popen[bytes]) -> list[psutil.Process]:
+    workers = []
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        try:
+            command = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        if "spawn_main" in command and "resource_tracker" not in command:
+            workers.append(child)
+    return workers
+
+
+def _assert_outputs_whole(out: Path, reference: Path) -> int:
+    """Every image under OUT is byte-identical to the reference; returns how many there are."""
+    images = sorted(out.rglob("sub-*.nii.gz"))
+    for image in images:
+        if ".defacer-tmp-" in str(image):
+            continue
+        expected = reference / image.relative_to(out)
+        assert image.read_bytes() == expected.read_bytes(), f"{image} is not a whole output"
+    return len([i for i in images if ".defacer-tmp-" not in str(i)])
+
+
+def _resume_and_check(ds: Path, out: Path, labels: Path, reference: Path) -> None:
+    summary = run_batch(BatchConfig(in_root=ds, out_root=out, labels_dir=labels, quiet=True))
+    assert summary.counts.failed == 0 and summary.counts.total == 6
+    assert summary.counts.skipped >= 1, "scans finished before the interruption are not redone"
+    assert _assert_outputs_whole(out, reference) == 6
+    assert not list(out.rglob(".defacer-tmp-*")), "no temporary files are left after the resumed run"
+    assert all(r.status == DONE for r in Manifest(out / ".defacer" / "manifest.jsonl"))
+
+
+def test_killing_a_worker_mid_batch_loses_no_scan(tmp_path: Path, serial_reference: Path,
+                                                  bids_template: tuple[Path, Path, list[str]]) -> None:
+    ds, labels, _ = bids_template
+    out = tmp_path / "out"
+    proc = _start(ds, out, labels, "--jobs", "2")
+    _wait_for(lambda: _done_count(out) >= 1 and _worker_processes(proc), proc)
+    victim = _worker_processes(proc)[0]
+    victim.send_signal(signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 0, stderr.decode()
+    records = list(Manifest(out / ".defacer" / "manifest.jsonl"))
+    assert len(records) == 6 and all(r.status == DONE for r in records)
+    assert any(r.attempts == 2 for r in records), "the scans in flight were retried in a fresh worker"
+    assert _assert_outputs_whole(out, serial_reference) == 6
+
+
+def test_a_killed_run_leaves_only_whole_outputs_and_resumes(tmp_path: Path, serial_reference: Path,
+                                                            bids_template: tuple[Path, Path, list[str]]) -> None:
+    ds, labels, _ = bids_template
+    out = tmp_path / "out"
+    proc = _start(ds, out, labels)
+    _wait_for(lambda: _done_count(out) >= 2, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert _done_count(out) < 6, "the run was killed before the end"
+    _assert_outputs_whole(out, serial_reference)
+    _resume_and_check(ds, out, labels, serial_reference)
+
+
+def test_ctrl_c_stops_cleanly_and_the_rerun_finishes(tmp_path: Path, serial_reference: Path,
+                                                     bids_template: tuple[Path, Path, list[str]]) -> None:
+    ds, labels, _ = bids_template
+    out = tmp_path / "out"
+    proc = _start(ds, out, labels, "--jobs", "2")
+    _wait_for(lambda: _done_count(out) >= 1, proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the batch finished before Ctrl-C arrived")
+    assert proc.returncode == 130, stderr.decode()
+    assert "interrupted" in stderr.decode()
+    assert "Traceback" not in stderr.decode()
+    _assert_outputs_whole(out, serial_reference)
+    assert not list(out.rglob(".defacer-tmp-*")), "Ctrl-C removes in-flight temporaries"
+    _resume_and_check(ds, out, labels, serial_reference)
