@@ -1,0 +1,65 @@
+"""Keyed pseudonyms: deterministic per key, different across keys, valid DICOM values."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from defacer.errors import DefacerError
+from defacer.phi.pseudonym import DATE_SHIFT_RANGE, Pseudonymizer, load_key
+
+KEY = b"0123456789abcdef0123456789abcdef"
+
+
+def test_same_key_and_uid_give_the_same_new_uid_in_separate_instances():
+    assert Pseudonymizer(KEY).uid("1.2.3.4") == Pseudonymizer(bytes(KEY)).uid("1.2.3.4")
+
+
+def test_different_keys_or_uids_give_different_new_uids():
+    p = Pseudonymizer(KEY)
+    assert p.uid("1.2.3.4") != p.uid("1.2.3.5")
+    assert p.uid("1.2.3.4") != Pseudonymizer(KEY[::-1]).uid("1.2.3.4")
+
+
+def test_new_uids_are_valid_dicom_uids():
+    uid = Pseudonymizer(KEY).uid("1.2.840.113619.2.55.3.604688119.969.1268071029.320")
+    assert len(uid) <= 64
+    assert re.fullmatch(r"2\.25\.(0|[1-9][0-9]*)", uid)
+
+
+def test_padding_of_the_original_uid_does_not_change_the_result():
+    p = Pseudonymizer(KEY)
+    assert p.uid("1.2.3\x00") == p.uid("1.2.3")
+
+
+def test_date_offsets_are_per_patient_and_in_range():
+    p = Pseudonymizer(KEY)
+    offsets = {p.date_offset_days(f"patient{i}") for i in range(50)}
+    assert len(offsets) > 40
+    assert all(DATE_SHIFT_RANGE[0] <= o <= DATE_SHIFT_RANGE[1] for o in offsets)
+    assert p.date_offset_days("patient1") == Pseudonymizer(KEY).date_offset_days("patient1")
+
+
+def test_identifiers_are_short_and_upper_case():
+    value = Pseudonymizer(KEY).identifier("MRN123")
+    assert re.fullmatch(r"DF[A-Z2-7]{12}", value)
+
+
+def test_short_keys_are_refused_with_advice(tmp_path):
+    with pytest.raises(ValueError, match="at least 16"):
+        Pseudonymizer(b"short")
+    with pytest.raises(DefacerError, match="at least 16"):
+        load_key("short")
+    (tmp_path / "k").write_text("tiny\n")
+    with pytest.raises(DefacerError, match="secrets.token_hex"):
+        load_key(key_file=tmp_path / "k")
+    with pytest.raises(DefacerError, match="not both"):
+        load_key("x" * 20, tmp_path / "k")
+
+
+def test_key_file_is_read_and_a_missing_key_is_random(tmp_path):
+    (tmp_path / "k").write_text("a" * 40 + "\n")
+    assert load_key(key_file=tmp_path / "k") == (b"a" * 40, False)
+    key, is_random = load_key()
+    assert is_random and len(key) == 32

@@ -1,0 +1,235 @@
+"""Header de-identification on a corpus with planted PHI: nothing may survive."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pydicom
+import pytest
+from phi_corpus import PATIENTS, build_corpus, leaks
+from pydicom.dataset import Dataset
+
+from defacer.errors import DicomSeriesError, OutputError
+from defacer.io.dicom_series import anonymize_files, write_deid_mapping
+from defacer.phi import DeidOptions, Pseudonymizer, Scrubber
+from defacer.phi.scrub import BurnedInAnnotationError
+
+KEY = b"corpus-test-key-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return build_corpus(tmp_path_factory.mktemp("planted") / "in")
+
+
+def anonymize(corpus, out, options=DeidOptions(), key=KEY, **kwargs):
+    scrubber = Scrubber(options, Pseudonymizer(key), **kwargs)
+    written, skipped = anonymize_files(corpus.folder, out, scrubber)
+    return scrubber, written, skipped
+
+
+def test_the_corpus_really_holds_the_planted_phi(corpus):
+    found = set()
+    for path in corpus.files:
+        found |= leaks(path.read_bytes(), corpus)
+    assert found >= corpus.phi
+    assert len(corpus.files) == 18 and len(corpus.phi) > 50
+
+
+def test_no_planted_phi_survives_the_basic_profile(corpus, tmp_path):
+    _, written, skipped = anonymize(corpus, tmp_path / "out")
+    assert len(written) == len(corpus.files) and not skipped
+    surviving = {value for path in written for value in leaks(path.read_bytes(), corpus)}
+    assert surviving == set()
+
+
+def test_output_file_and_folder_names_carry_no_phi(corpus, tmp_path):
+    _, written, _ = anonymize(corpus, tmp_path / "out")
+    names = " ".join(str(p.relative_to(tmp_path / "out")) for p in written)
+    assert "Zorbaxian" not in names and "Pellwright" not in names
+    assert sorted({p.parent.name for p in written}) == ["S001", "S002", "S003", "S004", "S005", "S006"]
+
+
+def test_no_planted_phi_survives_with_retained_dates_and_cleaned_descriptors(corpus, tmp_path):
+    options = DeidOptions(retain_long_modified_dates=True, clean_descriptors=True)
+    _, written, _ = anonymize(corpus, tmp_path / "out", options)
+    surviving = {value for path in written for value in leaks(path.read_bytes(), corpus)}
+    assert surviving == set()
+    ds = pydicom.dcmread(written[0])
+    assert ds.StudyDescription == "Head MRI for * *"
+    assert ds.LongitudinalTemporalInformationModified == "MODIFIED"
+
+
+def test_uids_are_remapped_identically_across_runs_and_scrubber_instances(corpus, tmp_path):
+    _, first, _ = anonymize(corpus, tmp_path / "a")
+    _, second, _ = anonymize(corpus, tmp_path / "b")
+    for a, b in zip(first, second, strict=True):
+        assert a.read_bytes() == b.read_bytes()
+
+
+def test_another_key_gives_other_uids(corpus, tmp_path):
+    _, first, _ = anonymize(corpus, tmp_path / "a")
+    _, other, _ = anonymize(corpus, tmp_path / "b", key=b"another-secret-key-0123456789")
+    assert pydicom.dcmread(first[0]).StudyInstanceUID != pydicom.dcmread(other[0]).StudyInstanceUID
+
+
+def test_references_inside_sequences_point_at_the_new_uids(corpus, tmp_path):
+    scrubber, written, _ = anonymize(corpus, tmp_path / "out", record_mapping=True)
+    by_source = dict(zip(sorted(corpus.files), written, strict=True))
+    for referencing, referenced in corpus.references:
+        ds = pydicom.dcmread(by_source[referencing])
+        target = pydicom.dcmread(by_source[referenced])
+        assert ds.ReferencedImageSequence[0].ReferencedSOPInstanceUID == target.SOPInstanceUID
+        assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == target.SOPInstanceUID
+        assert ds.StudyInstanceUID == target.StudyInstanceUID
+    assert scrubber.mapping.uids[str(pydicom.dcmread(sorted(corpus.files)[0]).SOPInstanceUID)] == str(
+        pydicom.dcmread(written[0]).SOPInstanceUID)
+
+
+def test_study_and_patient_structure_is_kept(corpus, tmp_path):
+    _, written, _ = anonymize(corpus, tmp_path / "out")
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in written]
+    assert len({h.PatientID for h in headers}) == len(PATIENTS)
+    assert len({h.StudyInstanceUID for h in headers}) == 3
+    assert len({h.SeriesInstanceUID for h in headers}) == 6
+    assert len({h.SOPInstanceUID for h in headers}) == len(written)
+
+
+def test_bookkeeping_attributes_and_file_meta_are_rebuilt(corpus, tmp_path):
+    _, written, _ = anonymize(corpus, tmp_path / "out")
+    ds = pydicom.dcmread(written[0])
+    assert ds.PatientIdentityRemoved == "YES"
+    assert "PS3.15" in ds.DeidentificationMethod
+    assert [item.CodeValue for item in ds.DeidentificationMethodCodeSequence] == ["113100"]
+    assert ds.DeidentificationMethodCodeSequence[0].CodingSchemeDesignator == "DCM"
+    assert ds.LongitudinalTemporalInformationModified == "REMOVED"
+    assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    assert "SourceApplicationEntityTitle" not in ds.file_meta
+    assert "PrivateInformation" not in ds.file_meta
+    assert not any(element.tag.is_private for element in ds.iterall())
+
+
+def test_pixels_are_untouched_by_header_anonymisation(corpus, tmp_path):
+    _, written, _ = anonymize(corpus, tmp_path / "out")
+    for source, target in zip(sorted(corpus.files), written, strict=True):
+        assert pydicom.dcmread(source).PixelData == pydicom.dcmread(target).PixelData
+
+
+def test_inputs_are_never_modified(corpus, tmp_path):
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in corpus.files}
+    anonymize(corpus, tmp_path / "out")
+    assert before == {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in corpus.files}
+
+
+def test_retain_options_keep_what_they_name(corpus, tmp_path):
+    options = DeidOptions(retain_uids=True, retain_patient_characteristics=True, retain_long_full_dates=True,
+                          retain_device_identity=True)
+    _, written, _ = anonymize(corpus, tmp_path / "out", options)
+    original = pydicom.dcmread(sorted(corpus.files)[0])
+    ds = pydicom.dcmread(written[0])
+    assert ds.SOPInstanceUID == original.SOPInstanceUID
+    assert ds.StudyDate == original.StudyDate
+    assert ds.PatientSex == "M" and ds.PatientAge == "045Y"
+    assert ds.DeviceSerialNumber == original.DeviceSerialNumber
+    assert ds.PatientName != original.PatientName
+    assert [i.CodeValue for i in ds.DeidentificationMethodCodeSequence] == ["113100", "113110", "113109", "113108", "113106"]
+    assert ds.LongitudinalTemporalInformationModified == "UNMODIFIED"
+
+
+def test_shifted_dates_move_by_one_offset_per_patient(corpus, tmp_path):
+    _, written, _ = anonymize(corpus, tmp_path / "out", DeidOptions(retain_long_modified_dates=True))
+    import datetime as dt
+
+    def day(text):
+        return dt.date(int(text[:4]), int(text[4:6]), int(text[6:8]))
+
+    shifts = {}
+    for source, target in zip(sorted(corpus.files), written, strict=True):
+        a, b = pydicom.dcmread(source), pydicom.dcmread(target)
+        shift = (day(a.StudyDate) - day(b.StudyDate)).days
+        assert shift == (day(a.PatientBirthDate) - day(b.PatientBirthDate)).days if "PatientBirthDate" in b and \
+            b.PatientBirthDate else True
+        shifts.setdefault(str(a.PatientID), set()).add(shift)
+    assert all(len(s) == 1 for s in shifts.values())
+    assert all(next(iter(s)) >= 365 for s in shifts.values())
+
+
+def test_safe_private_option_keeps_only_listed_private_attributes(tmp_path):
+    ds = Dataset()
+    ds.PatientName = "Someone^Else"
+    block = ds.private_block(0x0019, "SIEMENS MR HEADER", create=True)
+    block.add_new(0x0C, "IS", "1000")
+    block.add_new(0x0F, "LO", "Someone identifying")
+    acme = ds.private_block(0x0029, "ACME PRIVATE", create=True)
+    acme.add_new(0x10, "LO", "Someone")
+    Scrubber(DeidOptions(retain_safe_private=True), Pseudonymizer(KEY)).scrub(ds)
+    kept = {(e.tag.group, e.tag.element) for e in ds if e.tag.is_private}
+    assert kept == {(0x0019, 0x0010), (0x0019, 0x100C)}
+
+
+def test_burned_in_annotation_is_refused_unless_allowed(tmp_path):
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    with pytest.raises(BurnedInAnnotationError, match="--allow-burned-in"):
+        Scrubber(DeidOptions(), Pseudonymizer(KEY)).scrub(ds)
+    ds2 = Dataset()
+    ds2.BurnedInAnnotation = "YES"
+    with pytest.raises(DicomSeriesError, match="BurnedInAnnotation"):
+        Scrubber(DeidOptions(), Pseudonymizer(KEY)).scrub(ds2)
+    Scrubber(DeidOptions(allow_burned_in=True), Pseudonymizer(KEY)).scrub(ds2)
+    assert ds2.PatientIdentityRemoved == "YES"
+
+
+def test_a_refused_instance_leaves_no_partial_output(corpus, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for path in corpus.files[:3]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    ds = pydicom.dcmread(corpus.files[0])
+    ds.BurnedInAnnotation = "YES"
+    ds.save_as(folder / "zz_burned.dcm")
+    with pytest.raises(BurnedInAnnotationError):
+        anonymize_files(folder, tmp_path / "out", Scrubber(DeidOptions(), Pseudonymizer(KEY)))
+    assert not (tmp_path / "out").exists()
+    assert not list(tmp_path.glob(".defacer-tmp*"))
+
+
+def test_defaced_marking_sets_recognizable_visual_features_no(corpus):
+    ds = pydicom.dcmread(corpus.files[0])
+    Scrubber(DeidOptions(clean_recognizable_visual_features=True), Pseudonymizer(KEY)).scrub(ds)
+    assert ds.RecognizableVisualFeatures == "NO"
+    assert "113102" in [i.CodeValue for i in ds.DeidentificationMethodCodeSequence]
+
+
+def test_mapping_file_is_written_only_outside_the_output(corpus, tmp_path):
+    scrubber, _, _ = anonymize(corpus, tmp_path / "out", record_mapping=True)
+    with pytest.raises(OutputError, match="re-identify"):
+        write_deid_mapping(scrubber.mapping.as_dict(), tmp_path / "out" / "map.json", out_dir=tmp_path / "out")
+    path = write_deid_mapping(scrubber.mapping.as_dict(), tmp_path / "private" / "map.json", out_dir=tmp_path / "out")
+    data = json.loads(path.read_text())
+    assert PATIENTS[0]["id"] in data["patients"]
+    assert len(data["uids"]) >= 18
+    with pytest.raises(OutputError, match="exists"):
+        write_deid_mapping(scrubber.mapping.as_dict(), path, out_dir=tmp_path / "out")
+
+
+def test_non_dicom_files_are_skipped_not_copied(corpus, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / corpus.files[0].name).write_bytes(corpus.files[0].read_bytes())
+    (folder / "README.txt").write_text("Zorbaxian's scans")
+    written, skipped = anonymize_files(folder, tmp_path / "out", Scrubber(DeidOptions(), Pseudonymizer(KEY)))
+    assert len(written) == 1 and [p.name for p, _ in skipped] == ["README.txt"]
+    assert not list((tmp_path / "out").rglob("*.txt"))
+
+
+def test_existing_output_is_refused_without_force_and_input_overlap_always(corpus, tmp_path):
+    (tmp_path / "out").mkdir()
+    scrubber = Scrubber(DeidOptions(), Pseudonymizer(KEY))
+    with pytest.raises(OutputError, match="--force"):
+        anonymize_files(corpus.folder, tmp_path / "out", scrubber)
+    with pytest.raises(OutputError, match="overlaps"):
+        anonymize_files(corpus.folder, corpus.folder / "sub", scrubber, force=True)
+    with pytest.raises(OutputError, match="overlaps"):
+        anonymize_files(corpus.folder, corpus.folder.parent, scrubber, force=True)
