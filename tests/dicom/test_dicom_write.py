@@ -1,0 +1,150 @@
+"""Writing DICOM series back: new pixels in every instance, nothing else changed, inputs safe."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pydicom
+import pytest
+from dicom_factory import write_enhanced, write_series
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless
+
+from defacer.errors import DicomSeriesError, OutputError
+from defacer.io import load_volume, save_volume
+from defacer.io.dicom_series import read_dicom_volume, write_dicom_volume
+from defacer.phi import DeidOptions, Pseudonymizer, Scrubber
+
+
+def ramp(shape=(12, 10, 6), dtype=np.uint16):
+    return (np.arange(np.prod(shape)).reshape(shape) % 2000).astype(dtype)
+
+
+def digest(paths):
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+
+
+def test_round_trip_keeps_modified_pixels_exactly_and_geometry(tmp_path):
+    paths = write_series(tmp_path / "in", ramp(), row_cos=(0, 1, 0), col_cos=(0, 0, -1))
+    before = digest(paths)
+    volume = read_dicom_volume(tmp_path / "in")
+    raw = volume.raw.copy()
+    raw[:4, :4, :] = 0
+    written = write_dicom_volume(volume.with_raw(raw), tmp_path / "out")
+    assert len(written) == 6 and all(p.exists() for p in written)
+    again = read_dicom_volume(tmp_path / "out")
+    assert np.array_equal(again.raw, raw)
+    assert np.allclose(again.affine, volume.affine)
+    assert digest(paths) == before
+
+
+def test_without_deidentification_every_other_attribute_is_untouched(tmp_path):
+    paths = write_series(tmp_path / "in", ramp(), shuffle_names=False)
+    volume = read_dicom_volume(tmp_path / "in")
+    write_dicom_volume(volume.with_raw(volume.raw[::-1].copy()), tmp_path / "out")
+    for path in paths:
+        a = pydicom.dcmread(path)
+        b = pydicom.dcmread(tmp_path / "out" / path.name)
+        assert a.PixelData != b.PixelData
+        del a.PixelData, b.PixelData
+        assert a == b
+        assert a.file_meta.MediaStorageSOPInstanceUID == b.file_meta.MediaStorageSOPInstanceUID
+
+
+def test_save_volume_dispatches_a_dicom_volume_to_the_series_writer(tmp_path):
+    write_series(tmp_path / "in", ramp())
+    volume = load_volume(tmp_path / "in")
+    save_volume(volume, tmp_path / "out")
+    assert np.array_equal(load_volume(tmp_path / "out").raw, volume.raw)
+    with pytest.raises(OutputError, match="--force"):
+        save_volume(volume, tmp_path / "out")
+    save_volume(volume, tmp_path / "out", force=True)
+
+
+def test_values_beyond_the_stored_bits_are_clipped(tmp_path):
+    write_series(tmp_path / "in", ramp(dtype=np.int16), extra={"BitsStored": 12, "HighBit": 11})
+    volume = read_dicom_volume(tmp_path / "in")
+    raw = volume.raw.copy()
+    raw[0, 0, 0], raw[1, 0, 0] = 5000, -5000
+    write_dicom_volume(volume.with_raw(raw), tmp_path / "out")
+    again = read_dicom_volume(tmp_path / "out").raw
+    assert again[0, 0, 0] == 2047 and again[1, 0, 0] == -2048
+
+
+def test_per_slice_scaling_is_requantised_with_each_slice_scaling(tmp_path):
+    scaling = [(0.5 + k / 4, float(10 * k)) for k in range(6)]
+    write_series(tmp_path / "in", ramp(), scaling=scaling)
+    volume = read_dicom_volume(tmp_path / "in")
+    physical = volume.raw.copy()
+    physical[:3] = 10.0 * np.arange(6, dtype=np.float32)  # each slice's intercept: stored value 0
+    write_dicom_volume(volume.with_raw(physical), tmp_path / "out")
+    again = read_dicom_volume(tmp_path / "out")
+    assert np.allclose(again.values(), physical, atol=max(s for s, _ in scaling) / 2 + 1e-4)
+    for path in (tmp_path / "out").iterdir():
+        assert pydicom.dcmread(path).pixel_array[:, :3].max() == 0
+
+
+def test_compressed_input_is_written_as_explicit_vr_little_endian(tmp_path):
+    paths = write_series(tmp_path / "in", ramp())
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.compress(RLELossless)
+        ds.save_as(path)
+    volume = read_dicom_volume(tmp_path / "in")
+    raw = volume.raw.copy()
+    raw[5:, 5:, 2] = 7
+    written = write_dicom_volume(volume.with_raw(raw), tmp_path / "out")
+    assert {str(pydicom.dcmread(p).file_meta.TransferSyntaxUID) for p in written} == {ExplicitVRLittleEndian}
+    assert np.array_equal(read_dicom_volume(tmp_path / "out").raw, raw)
+
+
+def test_enhanced_multiframe_is_written_back_in_one_file(tmp_path):
+    write_enhanced(tmp_path / "in" / "mf.dcm", ramp())
+    volume = read_dicom_volume(tmp_path / "in")
+    raw = volume.raw.copy()
+    raw[:, :, 0] = 1
+    written = write_dicom_volume(volume.with_raw(raw), tmp_path / "out")
+    assert len(written) == 1
+    assert np.array_equal(read_dicom_volume(tmp_path / "out").raw, raw)
+
+
+def test_deidentified_output_has_new_uids_and_the_visual_features_marking(tmp_path):
+    write_series(tmp_path / "in", ramp())
+    volume = read_dicom_volume(tmp_path / "in")
+    scrubber = Scrubber(DeidOptions(clean_recognizable_visual_features=True), Pseudonymizer(b"k" * 32))
+    written = write_dicom_volume(volume, tmp_path / "out", deid=scrubber)
+    assert [p.name for p in written] == [f"IM{n:05d}.dcm" for n in range(1, 7)]
+    ds = pydicom.dcmread(written[0])
+    original = volume.header
+    assert ds.RecognizableVisualFeatures == "NO" and ds.PatientIdentityRemoved == "YES"
+    assert ds.SeriesInstanceUID != original.SeriesInstanceUID
+    assert "Synthetic" not in str(ds.PatientName)
+    assert np.array_equal(read_dicom_volume(tmp_path / "out").raw, volume.raw)
+
+
+def test_output_overlapping_the_input_is_refused_even_with_force(tmp_path):
+    write_series(tmp_path / "in", ramp())
+    volume = read_dicom_volume(tmp_path / "in")
+    for target in (tmp_path / "in", tmp_path / "in" / "sub", tmp_path):
+        with pytest.raises(OutputError, match="overlaps"):
+            write_dicom_volume(volume, target, force=True)
+    assert len(list((tmp_path / "in").iterdir())) == 6
+
+
+def test_a_failure_while_writing_leaves_no_output(tmp_path):
+    paths = write_series(tmp_path / "in", ramp())
+    volume = read_dicom_volume(tmp_path / "in")
+    ds = pydicom.dcmread(paths[3])
+    ds.BurnedInAnnotation = "YES"
+    ds.save_as(paths[3])
+    with pytest.raises(DicomSeriesError, match="BurnedInAnnotation"):
+        write_dicom_volume(volume, tmp_path / "out", deid=Scrubber(DeidOptions(), Pseudonymizer(b"k" * 32)))
+    assert not (tmp_path / "out").exists()
+    assert not list(tmp_path.glob(".defacer-tmp*"))
+
+
+def test_volumes_not_read_from_dicom_are_refused(tmp_path):
+    from defacer.volume import Volume
+
+    with pytest.raises(DicomSeriesError, match="NIfTI"):
+        write_dicom_volume(Volume(np.zeros((4, 4, 4)), np.eye(4)), tmp_path / "out")
