@@ -1,39 +1,33 @@
-"""Fixtures of the web-interface tests: phantom files, an in-process client, a real server, a browser."""
+"""Fixtures of the web-interface tests: phantom files, a real server, a browser."""
 
 from __future__ import annotations
 
 import gzip
-import os
-import re
-import subprocess
-import sys
-import time
+import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
+import nrrd as pynrrd
+import numpy as np
 import pytest
 
 pytest.importorskip("fastapi", reason="the web extra is not installed (pip install 'defacer[web]')")
 pytest.importorskip("httpx", reason="httpx is needed by the web API tests")
 
-REPO = Path(__file__).resolve().parents[2]
-#: Screenshots of the browser tests (synthetic phantom only; build/ is git-ignored).
-ARTEFACTS = REPO / "build" / "web-artefacts"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
+from web_helpers import (  # noqa: E402
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    PhantomFiles,
+    Server,
+    start_server,
+    stop_server,
+    write_dicom_phantom,
+)
 
 
-@dataclass(frozen=True)
-class PhantomFiles:
-    """Files written from the synthetic 2 mm head phantom."""
-
-    scan: Path
-    labels: Path
-    nrrd: Path
-    garbage: Path
-    truncated: Path
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "real_verification: run the real (slow) verification instead of a stand-in")
+    config.addinivalue_line("markers", "browser: drives headless Chromium against a real server")
 
 
 @pytest.fixture(scope="session")
@@ -47,59 +41,26 @@ def phantom_files(tmp_path_factory: pytest.TempPathFactory) -> PhantomFiles:
     save_volume(phantom.volume, scan)
     labels = folder / "phantom_labels.nii.gz"
     save_label_map(phantom.labels, phantom.volume, labels)
-    nrrd_phantom = make_phantom(2.0, axcodes="LPS", contrast="T2")
-    from defacer.volume import Volume
-
+    nrrd_head = make_phantom(2.0, axcodes="LPS", contrast="T2")
+    nrrd_phantom = nrrd_head.volume
     nrrd = folder / "phantom_T2w.nrrd"
-    save_volume(Volume(nrrd_phantom.volume.raw, nrrd_phantom.volume.affine, format="nrrd",
-                       header={"space": "left-posterior-superior"}), nrrd)
+    to_lps = np.diag([-1.0, -1.0, 1.0])
+    header = {"space": "left-posterior-superior", "space directions": (to_lps @ nrrd_phantom.affine[:3, :3]).T,
+              "space origin": to_lps @ nrrd_phantom.affine[:3, 3], "encoding": "gzip", "kinds": ["domain"] * 3}
+    pynrrd.write(str(nrrd), nrrd_phantom.raw, header, index_order="F")
+    nrrd_labels = folder / "phantom_T2w_labels.nrrd"
+    save_label_map(nrrd_head.labels, nrrd_phantom, nrrd_labels)
     garbage = folder / "broken.nii.gz"
     garbage.write_bytes(b"this is not a scan at all, just some text pretending to be one\n" * 20)
     truncated = folder / "truncated.nii.gz"
     raw = gzip.decompress(scan.read_bytes())
     truncated.write_bytes(gzip.compress(raw[: len(raw) // 3]))
-    return PhantomFiles(scan, labels, nrrd, garbage, truncated)
-
-
-@dataclass
-class Server:
-    """A ``defacer serve`` process on 127.0.0.1."""
-
-    url: str
-    work_dir: Path
-    process: subprocess.Popen[str]
-
-
-def start_server(work_dir: Path, *extra: str) -> Server:
-    """Run ``defacer serve`` in a subprocess and wait for the address it prints."""
-    command = [sys.executable, "-c", "import sys; from defacer.cli.main import main; sys.exit(main(sys.argv[1:]))",
-               "serve", "--work-dir", str(work_dir), *extra]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    assert process.stdout is not None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line and process.poll() is not None:
-            raise RuntimeError(f"defacer serve exited early: {process.stderr.read() if process.stderr else ''}")
-        match = re.search(r"serving on (http://\S+)", line)
-        if match:
-            return Server(match.group(1), work_dir, process)
-    process.kill()
-    raise RuntimeError("defacer serve did not print its address within 60 s")
-
-
-def stop_server(server: Server) -> str:
-    """Stop with Ctrl+C (SIGINT) as a user would; return stderr."""
-    import signal
-
-    server.process.send_signal(signal.SIGINT)
-    try:
-        _, err = server.process.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        _, err = server.process.communicate()
-    return err or ""
+    dicom_files = write_dicom_phantom(folder / "dicom", phantom.volume)
+    dicom_zip = folder / "phantom_dicom.zip"
+    with zipfile.ZipFile(dicom_zip, "w") as handle:
+        for path in dicom_files:
+            handle.write(path, arcname=f"series/{path.name}")
+    return PhantomFiles(scan, labels, nrrd, nrrd_labels, garbage, truncated, dicom_zip, dicom_files)
 
 
 @pytest.fixture(scope="module")

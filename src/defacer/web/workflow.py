@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from defacer.detect import Detector
-from defacer.errors import DefacerError, DicomSeriesError, InputImageError
+from defacer.errors import DefacerError, DetectorError, DicomSeriesError, InputImageError
 from defacer.labels import FEATURE_LABELS, FEATURES
 from defacer.volume import Volume, canonical_reorientation
 from defacer.web.sessions import Session, SessionBusy, StoredFile
@@ -236,6 +236,7 @@ def load_scan(session: Session, settings: WebSettings) -> dict[str, Any]:
             from defacer.detect.label_file import LabelFileDetector
 
             label_detector = LabelFileDetector(session.label_files[0].path)
+            label_detector.name = f"label file {session.label_files[0].display_name}"
         view = session.path("view")
         view.mkdir(mode=0o700, exist_ok=True)
         write_view_copy(volume, view / "scan.nii.gz")
@@ -299,7 +300,15 @@ def detect(session: Session, default_detector: Callable[[], Detector]) -> dict[s
         if "detection" in session.state:
             return session.state["detection"]
         volume: Volume = session.state["volume"]
-        detector = session.state.get("label_detector") or default_detector()
+        detector = session.state.get("label_detector")
+        if detector is None:
+            try:
+                detector = default_detector()
+            except DetectorError as err:
+                raise DetectorError(
+                    f"{err} On this page: start over and add a label map (0 background, 1 eyes, 2 nose, 3 ears, on "
+                    "the scan's grid) with the scan."
+                ) from err
         reorientation = canonical_reorientation(volume.affine, volume.shape)
         image = reorientation.to_ras(volume.values(np.float32))
         labels_ras = np.asarray(detector.predict(image, reorientation.ras_affine), dtype=np.uint8)

@@ -1,0 +1,120 @@
+"""Helpers of the web-interface tests: phantom files, a synthetic DICOM series, a real ``defacer serve`` process."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+#: Screenshots of the browser tests (synthetic phantom only; build/ is git-ignored).
+ARTEFACTS = REPO / "build" / "web-artefacts"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+
+
+@dataclass(frozen=True)
+class PhantomFiles:
+    """Files written from the synthetic 2 mm head phantom."""
+
+    scan: Path
+    labels: Path
+    nrrd: Path
+    nrrd_labels: Path
+    garbage: Path
+    truncated: Path
+    dicom_zip: Path
+    dicom_files: list[Path]
+
+
+#: Planted in the synthetic DICOM series so tests can check it never reaches logs or downloads.
+PLANTED_NAME = "Doe^Jane"
+
+
+def write_dicom_phantom(folder: Path, volume: object) -> list[Path]:
+    """Write an RAS phantom volume as an axial DICOM series (one file per slice) with planted PHI."""
+    import numpy as np
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    data = np.asarray(volume.raw)  # type: ignore[attr-defined]
+    affine = np.asarray(volume.affine, dtype=float)  # type: ignore[attr-defined]
+    nx, ny, nz = data.shape
+    dx, dy, dz = (float(np.linalg.norm(affine[:3, c])) for c in range(3))
+    folder.mkdir(parents=True, exist_ok=True)
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    paths = []
+    for k in range(nz):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = MRImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        path = folder / f"slice{k:04d}.dcm"
+        ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate = PLANTED_NAME, "MRN-0042", "19700101"
+        ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "MR", 1, k + 1
+        ds.StudyDate = ds.SeriesDate = "20240102"
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]  # rows towards L, columns towards P
+        ras = affine @ np.array([nx - 1, ny - 1, k, 1.0])
+        ds.ImagePositionPatient = [float(-ras[0]), float(-ras[1]), float(ras[2])]
+        ds.PixelSpacing = [dy, dx]
+        ds.SliceThickness = dz
+        ds.Rows, ds.Columns = ny, nx
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        pixels = np.ascontiguousarray(data[::-1, ::-1, k].T.astype(np.int16))
+        ds.PixelData = pixels.tobytes()
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+@dataclass
+class Server:
+    """A ``defacer serve`` process on 127.0.0.1."""
+
+    url: str
+    work_dir: Path
+    process: subprocess.Popen[str]
+
+
+def start_server(work_dir: Path, *extra: str) -> Server:
+    """Run ``defacer serve`` in a subprocess and wait for the address it prints."""
+    command = [sys.executable, "-c", "import sys; from defacer.cli.main import main; sys.exit(main(sys.argv[1:]))",
+               "serve", "--work-dir", str(work_dir), *extra]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert process.stdout is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line and process.poll() is not None:
+            raise RuntimeError(f"defacer serve exited early: {process.stderr.read() if process.stderr else ''}")
+        match = re.search(r"serving on (http://\S+)", line)
+        if match:
+            return Server(match.group(1), work_dir, process)
+    process.kill()
+    raise RuntimeError("defacer serve did not print its address within 60 s")
+
+
+def stop_server(server: Server) -> str:
+    """Stop with Ctrl+C (SIGINT) as a user would; return stderr."""
+    import signal
+
+    server.process.send_signal(signal.SIGINT)
+    try:
+        _, err = server.process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        _, err = server.process.communicate()
+    return err or ""
+
+
