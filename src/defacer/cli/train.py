@@ -1,0 +1,84 @@
+"""``defacer train``: train the facial-feature detector and export it to ONNX (extra ``train``).
+
+Example (the shipped model)::
+
+    defacer train --data ../shared/data --labels-dir reference_labels --out build/train/main \\
+        --export src/defacer/models/detector.onnx --time-limit 2700
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from defacer.errors import InputImageError, MissingExtraError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register the ``train`` subcommand."""
+    parser = subparsers.add_parser(
+        "train", help="train the eye/nose/ear detector (needs defacer[train])",
+        description="Train the attention U-Net on labelled heads (+ synthetic phantoms) and export ONNX weights.",
+    )
+    parser.add_argument("--data", type=Path, required=True, help="folder the label provenance's 'source' paths are relative to")
+    parser.add_argument("--labels-dir", type=Path, required=True,
+                        help="folder with <scan>.labels.nii.gz and provenance.json (see reference_labels/README.md)")
+    parser.add_argument("--out", type=Path, required=True, help="checkpoint folder")
+    parser.add_argument("--export", type=Path, default=None, help="write the best model as ONNX (+ .json card) here")
+    parser.add_argument("--holdout", nargs="*", default=[], help="scan names never trained on (validation set)")
+    parser.add_argument("--exclude", nargs="*", default=[], help="scan names not used at all")
+    parser.add_argument("--validate-on-train", action="store_true",
+                        help="also score the (unaugmented) training scans each epoch; use when no scan can be spared "
+                             "for validation (held-out numbers then come from benchmarks/evaluate_detector.py folds)")
+    parser.add_argument("--phantoms", type=int, default=8, help="synthetic phantoms added to training (default 8)")
+    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--samples-per-epoch", type=int, default=48)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--patience", type=int, default=5)
+    parser.add_argument("--channels", type=str, default="8,16,32,64", help="channels per level, finest first")
+    parser.add_argument("--time-limit", type=float, default=0.0, help="stop after this many seconds (0: none)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train, then optionally export; prints one JSON line per epoch."""
+    try:
+        import torch  # noqa: F401
+        import torchio  # noqa: F401
+    except ImportError as err:
+        raise MissingExtraError("train", err.name or "torch") from err
+    from defacer.train.data import load_real_samples, make_phantom_samples
+    from defacer.train.export import export_onnx
+    from defacer.train.loop import TrainConfig, train
+    from defacer.train.unet import UNetConfig
+
+    provenance = args.labels_dir / "provenance.json"
+    if not provenance.is_file():
+        message = f"Expected {provenance} (written by scripts/make_reference_labels.py), found nothing."
+        raise InputImageError(message)
+    records = json.loads(provenance.read_text())
+    scans = {name: rec["source"] for name, rec in records.items() if name not in args.exclude}
+    samples = load_real_samples(args.data, args.labels_dir, scans)
+    train_samples = [s for s in samples if s.name not in args.holdout]
+    val_samples = [s for s in samples if s.name in args.holdout]
+    if args.validate_on_train:
+        val_samples += [s for s in train_samples]
+    if args.phantoms:
+        phantoms = make_phantom_samples(args.phantoms + 2, seed=args.seed)
+        train_samples += phantoms[:-2]
+        val_samples += phantoms[-2:]
+    channels = tuple(int(c) for c in args.channels.split(","))
+    config = TrainConfig(epochs=args.epochs, samples_per_epoch=args.samples_per_epoch, batch_size=args.batch_size,
+                         learning_rate=args.lr, patience=args.patience, time_limit_s=args.time_limit,
+                         seed=args.seed, threads=args.threads, unet=UNetConfig(channels=channels).to_dict())
+    print(json.dumps({"train": [s.name for s in train_samples], "validate": [s.name for s in val_samples]}), flush=True)
+    best = train(train_samples, val_samples, args.out, config)
+    if args.export is not None:
+        card = export_onnx(best, args.export, {"trained_on": [s.name for s in train_samples],
+                                               "validated_on": [s.name for s in val_samples]})
+        print(json.dumps({"exported": str(args.export), "sha256": card["sha256"]}), flush=True)
+    return 0

@@ -1,0 +1,149 @@
+"""The trained attention U-Net, run by onnxruntime (no PyTorch needed to deface).
+
+Weights ship inside the package (``defacer/models/detector.onnx``) with a JSON card
+(``detector.json``: box geometry, training config, sha256).  :class:`OnnxDetector` checks the
+sha256 before loading, so a corrupt or swapped file fails loudly instead of detecting badly.
+
+Inference: RAS image -> :func:`defacer.detect.preprocess.to_box` -> network (softmax
+probabilities on the box) -> :func:`defacer.detect.postprocess.find_components` ->
+:func:`defacer.detect.preprocess.box_to_grid` (probabilities interpolated back onto the input
+grid inside each kept component's region).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from defacer._typing import Affine, LabelMap, PathLike
+from defacer.detect.postprocess import find_components
+from defacer.detect.preprocess import box_to_grid, to_box
+from defacer.errors import InputImageError, WeightsError
+from defacer.labels import FEATURE_LABELS
+
+WEIGHTS_NAME = "detector.onnx"
+CARD_NAME = "detector.json"
+
+
+def default_weights_path() -> Path:
+    """Path of the shipped ONNX weights inside the installed package."""
+    return Path(__file__).resolve().parents[1] / "models" / WEIGHTS_NAME
+
+
+def sha256_of(path: PathLike) -> str:
+    """Hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_card(weights: Path) -> dict[str, Any]:
+    card_path = weights.with_suffix(".json")
+    if not card_path.is_file():
+        return {}
+    try:
+        return dict(json.loads(card_path.read_text()))
+    except (OSError, ValueError) as err:
+        message = f"The model card {card_path} is not valid JSON ({err}). Reinstall defacer or pass --weights with its card."
+        raise WeightsError(message) from err
+
+
+class OnnxDetector:
+    """Facial-feature detector backed by an ONNX attention U-Net.
+
+    Parameters
+    ----------
+    weights_path : path-like, optional
+        An ``.onnx`` file exported by ``defacer train``; default: the shipped weights.  When a
+        ``.json`` card with the same stem sits beside it and records a ``sha256``, the file must match.
+
+    Attributes
+    ----------
+    name : str
+        ``"attention-unet-onnx:<file name>"``.
+    weights_sha256 : str
+        sha256 of the weights file.
+    """
+
+    def __init__(self, weights_path: PathLike | None = None) -> None:
+        path = Path(weights_path) if weights_path is not None else default_weights_path()
+        if not path.is_file():
+            message = (
+                f"Model weights not found: expected an ONNX file at {path}, found nothing. "
+                "Reinstall defacer (the weights ship in defacer/models/), pass --weights FILE, or pass --labels FILE."
+            )
+            raise WeightsError(message)
+        self.weights_path = path
+        self.weights_sha256 = sha256_of(path)
+        self.card = _read_card(path)
+        expected = self.card.get("sha256")
+        if expected and expected != self.weights_sha256:
+            message = (
+                f"Model weights {path} are corrupt or were replaced: sha256 expected {expected}, "
+                f"found {self.weights_sha256}. Reinstall defacer or re-export the weights with 'defacer train'."
+            )
+            raise WeightsError(message)
+        box = self.card.get("box", {})
+        self.box_shape = tuple(int(v) for v in box.get("shape", (64, 64, 64)))
+        self.box_spacing = float(box.get("spacing_mm", 4.0))
+        self.name = f"attention-unet-onnx:{path.name}"
+        try:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = 0
+            options.log_severity_level = 3
+            self._session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own exception types for bad graphs
+            message = f"Model weights {path} could not be loaded by onnxruntime ({err}). Reinstall defacer or pass --weights FILE."
+            raise WeightsError(message) from err
+        self._input = self._session.get_inputs()[0].name
+
+    def probabilities(self, box_image: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Run the network on a box image, shape ``box_shape``; returns (C, *box_shape) probabilities."""
+        batch = np.ascontiguousarray(box_image[None, None], dtype=np.float32)
+        (probs,) = self._session.run(None, {self._input: batch})
+        return np.asarray(probs[0], np.float32)
+
+    def predict(self, image_ras: npt.NDArray[np.floating], ras_affine: Affine) -> LabelMap:
+        """Label eyes (1), nose (2) and ears (3).
+
+        Parameters
+        ----------
+        image_ras : ndarray, shape (X, Y, Z), float32
+            Physical intensities in RAS axis order, any voxel size and field of view.
+        ras_affine : ndarray, shape (4, 4)
+            Voxel -> RAS+ mm affine of ``image_ras``.
+
+        Returns
+        -------
+        ndarray, shape (X, Y, Z), uint8
+        """
+        image = np.asarray(image_ras)
+        if image.ndim != 3 or min(image.shape) < 2:
+            message = f"The detector needs a 3D image with at least 2 voxels per axis, found shape {image.shape}."
+            raise InputImageError(message)
+        box_image, box = to_box(image, np.asarray(ras_affine, float), self.box_shape, self.box_spacing)
+        probs = self.probabilities(box_image)
+        coarse = probs.argmax(axis=0)
+        components = find_components(coarse, box.affine)
+        regions = [(int(FEATURE_LABELS[c.feature]), c.mask) for c in components]
+        return box_to_grid(probs, box, image.shape, np.asarray(ras_affine, float), regions)
+
+
+def load_default_detector() -> OnnxDetector:
+    """The detector with the weights shipped in the package.
+
+    Raises
+    ------
+    WeightsError
+        When the shipped weights are missing or corrupt.
+    """
+    return OnnxDetector(None)

@@ -1,0 +1,197 @@
+"""The detector's view of a head: a fixed RAS box at fixed spacing, and the way back.
+
+:func:`to_box` turns any RAS-ordered image (any voxel size, field of view, obliquity) into the
+network input: a ``BOX_SHAPE`` grid at ``BOX_SPACING`` mm, axis-aligned in RAS+ world space,
+placed on the head (centre in R and A, top of the head near the top in S), with intensities
+robustly scaled to about [0, 1].  :func:`box_to_grid` maps class probabilities from that box
+back onto the input grid exactly through the two affines (trilinear interpolation, only inside
+the given regions, so a 1 mm 256^3 head costs little).
+
+Pure array functions; no IO.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage as ndi
+
+from defacer._typing import Affine
+
+#: Network input grid size (voxels along R, A, S).
+BOX_SHAPE: tuple[int, int, int] = (64, 64, 64)
+#: Network input voxel size in mm.
+BOX_SPACING: float = 4.0
+#: Distance from the top of the head to the box centre along S, in mm.
+TOP_TO_CENTRE_MM: float = 120.0
+#: Percentiles that map to 0 and 1 in :func:`normalise`.
+NORMALISE_PERCENTILES: tuple[float, float] = (0.5, 99.5)
+
+
+@dataclass(frozen=True)
+class Box:
+    """Where the network input lies in the world.
+
+    Attributes
+    ----------
+    shape : tuple of 3 int
+        Box grid shape (R, A, S).
+    affine : ndarray, shape (4, 4)
+        Box voxel -> RAS+ mm (diagonal: ``spacing`` on the diagonal, axis-aligned).
+    """
+
+    shape: tuple[int, int, int]
+    affine: Affine
+
+
+def normalise(image: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
+    """Scale intensities so the 0.5th percentile is 0 and the 99.5th is 1, clipped to [0, 1.5].
+
+    Parameters
+    ----------
+    image : ndarray, any shape
+        Physical intensities (MR arbitrary units or CT Hounsfield units).
+
+    Returns
+    -------
+    ndarray, same shape, float32
+    """
+    lo, hi = np.percentile(image, NORMALISE_PERCENTILES)
+    if not np.isfinite(hi - lo) or hi - lo <= 0:
+        return np.zeros(image.shape, np.float32)
+    out = (np.asarray(image, np.float32) - np.float32(lo)) / np.float32(hi - lo)
+    return np.clip(out, 0.0, 1.5).astype(np.float32, copy=False)
+
+
+def _block_reduce(image: npt.NDArray[np.floating], affine: Affine, target: float) -> tuple[npt.NDArray[np.float32], Affine]:
+    """Average non-overlapping blocks so no axis is finer than about half of ``target`` mm."""
+    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    factors = [max(1, int(np.floor(target / (2.0 * s)))) for s in spacing]
+    if all(f == 1 for f in factors):
+        return np.asarray(image, np.float32), affine
+    shape = [(n // f) * f for n, f in zip(image.shape, factors)]
+    cropped = np.asarray(image[: shape[0], : shape[1], : shape[2]], np.float32)
+    reduced = cropped.reshape(shape[0] // factors[0], factors[0], shape[1] // factors[1], factors[1],
+                              shape[2] // factors[2], factors[2]).mean(axis=(1, 3, 5))
+    scale = np.diag([*factors, 1]).astype(float)
+    shift = np.eye(4)
+    shift[:3, 3] = [(f - 1) / 2.0 for f in factors]
+    return reduced.astype(np.float32), affine @ shift @ scale
+
+
+def place_box(image: npt.NDArray[np.floating], affine: Affine, shape: tuple[int, int, int] = BOX_SHAPE,
+              spacing: float = BOX_SPACING) -> Box:
+    """Choose the box: centred on the head in R and A, top of the head ``TOP_TO_CENTRE_MM`` above centre.
+
+    Parameters
+    ----------
+    image : ndarray, shape (X, Y, Z)
+        Image in RAS axis order (any spacing).
+    affine : ndarray, shape (4, 4)
+        Its voxel -> RAS+ affine.
+    """
+    scaled = normalise(image)
+    head = ndi.binary_opening(scaled > 0.12, iterations=1)
+    if not head.any():
+        head = np.ones(image.shape, bool)
+    labels, n = ndi.label(head)
+    if n > 1:
+        sizes = ndi.sum(head, labels, range(1, n + 1))
+        head = labels == (int(np.argmax(sizes)) + 1)
+    idx = np.argwhere(head)
+    corners = np.array([[a, b, c] for a in (idx[:, 0].min(), idx[:, 0].max()) for b in (idx[:, 1].min(), idx[:, 1].max())
+                        for c in (idx[:, 2].min(), idx[:, 2].max())], float)
+    world = corners @ affine[:3, :3].T + affine[:3, 3]
+    lo, hi = world.min(axis=0), world.max(axis=0)
+    centre = (lo + hi) / 2.0
+    centre[2] = max(centre[2], hi[2] - TOP_TO_CENTRE_MM)
+    box_affine = np.diag([spacing, spacing, spacing, 1.0])
+    box_affine[:3, 3] = centre - spacing * (np.asarray(shape, float) / 2.0 - 0.5)
+    return Box(shape=tuple(int(s) for s in shape), affine=box_affine)  # type: ignore[arg-type]
+
+
+def resample_to(image: npt.NDArray[np.floating], affine: Affine, shape: tuple[int, int, int], target_affine: Affine,
+                order: int = 1, cval: float = 0.0) -> npt.NDArray[np.float32]:
+    """Resample ``image`` (voxel->world ``affine``) onto the grid ``shape``/``target_affine``."""
+    matrix = np.linalg.inv(affine) @ target_affine
+    return ndi.affine_transform(np.asarray(image, np.float32), matrix[:3, :3], offset=matrix[:3, 3],
+                                output_shape=shape, order=order, cval=cval, mode="constant")
+
+
+def to_box(image_ras: npt.NDArray[np.floating], ras_affine: Affine, shape: tuple[int, int, int] = BOX_SHAPE,
+           spacing: float = BOX_SPACING) -> tuple[npt.NDArray[np.float32], Box]:
+    """Make the network input from a RAS image.
+
+    Parameters
+    ----------
+    image_ras : ndarray, shape (X, Y, Z)
+        Physical intensities in RAS axis order, any voxel size.
+    ras_affine : ndarray, shape (4, 4)
+        Voxel -> RAS+ mm affine of ``image_ras`` (may be oblique).
+
+    Returns
+    -------
+    box_image : ndarray, shape ``shape``, float32
+        Intensities scaled by :func:`normalise` of the image (outside the scanned field: 0).
+    box : Box
+        Its place in the world.
+    """
+    reduced, reduced_affine = _block_reduce(image_ras, np.asarray(ras_affine, float), spacing)
+    box = place_box(reduced, reduced_affine, shape, spacing)
+    scaled = normalise(reduced)
+    return resample_to(scaled, reduced_affine, box.shape, box.affine, order=1, cval=0.0), box
+
+
+def labels_to_box(labels: npt.NDArray[np.integer], affine: Affine, box: Box) -> npt.NDArray[np.uint8]:
+    """Nearest-neighbour resampling of a label map onto the box (training targets)."""
+    return resample_to(labels.astype(np.float32), affine, box.shape, box.affine, order=0).astype(np.uint8)
+
+
+def box_to_grid(probabilities: npt.NDArray[np.floating], box: Box, shape: tuple[int, int, int], affine: Affine,
+                regions: list[tuple[int, npt.NDArray[np.bool_]]]) -> npt.NDArray[np.uint8]:
+    """Map class probabilities from the box onto an image grid as a label map.
+
+    Parameters
+    ----------
+    probabilities : ndarray, shape (C, *box.shape)
+        Class probabilities on the box (class 0 is background).
+    box : Box
+        The box the probabilities live on.
+    shape : tuple of 3 int
+        Target grid shape (the RAS image the box was made from).
+    affine : ndarray, shape (4, 4)
+        Target grid voxel -> RAS+ affine.
+    regions : list of (int, ndarray of bool, shape box.shape)
+        ``(label, component)`` pairs on the box: each is interpolated only inside its bounding box
+        (grown by two box voxels), and only voxels whose most probable class is ``label`` get it.
+
+    Returns
+    -------
+    ndarray, shape ``shape``, uint8
+    """
+    out = np.zeros(shape, np.uint8)
+    to_box_index = np.linalg.inv(box.affine) @ affine
+    from_box = np.linalg.inv(affine) @ box.affine
+    for label, component in regions:
+        idx = np.argwhere(component)
+        lo = np.maximum(idx.min(axis=0) - 2, 0)
+        hi = np.minimum(idx.max(axis=0) + 2, np.asarray(box.shape) - 1)
+        corners = np.array([[a, b, c, 1.0] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
+        grid_corners = (from_box @ corners.T).T[:, :3]
+        g_lo = np.maximum(np.floor(grid_corners.min(axis=0)).astype(int), 0)
+        g_hi = np.minimum(np.ceil(grid_corners.max(axis=0)).astype(int) + 1, np.asarray(shape))
+        if np.any(g_hi <= g_lo):
+            continue
+        ii, jj, kk = np.meshgrid(*(np.arange(a, b) for a, b in zip(g_lo, g_hi)), indexing="ij")
+        points = np.stack([ii, jj, kk], axis=0).reshape(3, -1).astype(float)
+        box_points = to_box_index[:3, :3] @ points + to_box_index[:3, 3:4]
+        allowed = ndi.binary_dilation(component, iterations=1)
+        probs = np.stack([ndi.map_coordinates(np.asarray(p, np.float32), box_points, order=1, mode="nearest")
+                          for p in probabilities])
+        inside = ndi.map_coordinates(allowed.astype(np.float32), box_points, order=1, mode="constant") > 0.25
+        winner = (probs.argmax(axis=0) == label) & inside
+        sub = out[g_lo[0]:g_hi[0], g_lo[1]:g_hi[1], g_lo[2]:g_hi[2]]
+        sub[winner.reshape(sub.shape)] = label
+    return out

@@ -1,0 +1,59 @@
+"""Post-processing keeps at most two eyes, one nose and two ears, each plausible."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from defacer.detect.postprocess import find_components
+
+AFFINE = np.diag([4.0, 4.0, 4.0, 1.0])
+
+
+def _ball(labels: np.ndarray, centre: tuple[int, int, int], radius: float, value: int) -> None:
+    x, y, z = np.ogrid[: labels.shape[0], : labels.shape[1], : labels.shape[2]]
+    labels[(x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2 <= radius**2] = value
+
+
+def _head() -> np.ndarray:
+    labels = np.zeros((64, 64, 64), np.uint8)
+    _ball(labels, (24, 50, 32), 3, 1)
+    _ball(labels, (40, 50, 32), 3, 1)
+    _ball(labels, (32, 56, 26), 3.5, 2)
+    _ball(labels, (12, 30, 28), 2, 3)
+    _ball(labels, (52, 30, 28), 2, 3)
+    return labels
+
+
+def test_a_plausible_head_keeps_all_five_components() -> None:
+    comps = find_components(_head(), AFFINE)
+    assert [c.feature for c in comps] == ["eyes", "eyes", "nose", "ears", "ears"]
+
+
+def test_extra_small_blobs_and_a_third_eye_are_dropped() -> None:
+    labels = _head()
+    _ball(labels, (32, 40, 50), 1, 1)  # a tiny third "eye"
+    _ball(labels, (10, 10, 10), 1, 2)  # a stray "nose" voxel cluster
+    comps = find_components(labels, AFFINE)
+    assert sum(c.feature == "eyes" for c in comps) == 2
+    assert sum(c.feature == "nose" for c in comps) == 1
+
+
+def test_an_ear_in_front_of_the_eyes_is_not_an_ear() -> None:
+    labels = _head()
+    labels[labels == 3] = 0
+    _ball(labels, (12, 60, 28), 2, 3)
+    comps = find_components(labels, AFFINE)
+    assert not any(c.feature == "ears" for c in comps)
+
+
+def test_eyes_too_close_together_keep_only_the_larger() -> None:
+    labels = np.zeros((64, 64, 64), np.uint8)
+    _ball(labels, (30, 50, 32), 3, 1)
+    _ball(labels, (37, 50, 32), 2.5, 1)
+    labels[33:35] = 0
+    comps = find_components(labels, AFFINE)
+    assert len([c for c in comps if c.feature == "eyes"]) == 1
+
+
+def test_empty_map_gives_no_components() -> None:
+    assert find_components(np.zeros((16, 16, 16), np.uint8), AFFINE) == []
