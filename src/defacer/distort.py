@@ -125,16 +125,13 @@ def distort_eyes(
     """
     edits = []
     margin = _mm_to_voxels(band_mm + fill_radius_mm + 2.0, spacing)
-    ball = _ball(fill_radius_mm, spacing)
     for index, component in enumerate(components(eyes, 2)):
         box = grow_box(component, image.shape, box_scale, margin)
         local = np.asarray(image[box], dtype=np.float32)
         tissue = local > head.threshold
         deep = head.upsample(head.sealed_coarse, box)
         head_local = tissue | ndimage.binary_erosion(deep, iterations=2)
-        closed = ndimage.binary_closing(np.pad(head_local, ball.shape[0]), structure=ball)
-        p = ball.shape[0]
-        closed = closed[p:-p, p:-p, p:-p] | head_local
+        closed = _close(head_local, fill_radius_mm, spacing)
         inside = ndimage.distance_transform_edt(closed, sampling=spacing)
         outside = ndimage.distance_transform_edt(~closed, sampling=spacing)
         band = (closed & (inside <= band_mm)) | (~closed & (outside <= band_mm)) | (closed & ~head_local)
@@ -146,6 +143,15 @@ def distort_eyes(
                                              "band_mm": band_mm, "fill_radius_mm": fill_radius_mm})
         )
     return edits
+
+
+def _close(mask: Mask, radius_mm: float, spacing: tuple[float, float, float]) -> Mask:
+    """Morphological closing with a ball of ``radius_mm`` via two distance maps (fast for large radii)."""
+    pad = max(_mm_to_voxels(radius_mm, spacing)) + 1
+    padded = np.pad(mask, pad)
+    dilated = ndimage.distance_transform_edt(~padded, sampling=spacing) <= radius_mm
+    closed = ndimage.distance_transform_edt(dilated, sampling=spacing) > radius_mm
+    return closed[pad:-pad, pad:-pad, pad:-pad] | mask
 
 
 def nose_box(nose: Mask, shape: tuple[int, int, int], scale: float = 2.0) -> Box | None:

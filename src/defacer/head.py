@@ -58,9 +58,17 @@ class HeadModel:
 
     def upsample(self, coarse: npt.NDArray, box: tuple[slice, slice, slice]) -> npt.NDArray:
         """Nearest-neighbour values of a coarse-grid array on the full-grid voxels of ``box``."""
-        idx = [np.arange(s.start, s.stop) // st for s, st in zip(box, self.strides, strict=True)]
-        idx = [np.minimum(i, n - 1) for i, n in zip(idx, coarse.shape, strict=True)]
-        return coarse[np.ix_(*idx)]
+        cbox = self.coarse_index(box)
+        block = coarse[cbox]
+        for axis, st in enumerate(self.strides):
+            if st > 1:
+                block = np.repeat(block, st, axis=axis)
+        offset = tuple(s.start - c.start * st for s, c, st in zip(box, cbox, self.strides, strict=True))
+        out = block[tuple(slice(o, o + (s.stop - s.start)) for o, s in zip(offset, box, strict=True))]
+        if out.shape != tuple(s.stop - s.start for s in box):  # box reaches past the last coarse sample
+            pad = [(0, (s.stop - s.start) - n) for s, n in zip(box, out.shape, strict=True)]
+            out = np.pad(out, pad, mode="edge")
+        return out
 
 
 def estimate_threshold(sample: npt.NDArray[np.floating]) -> float:

@@ -84,7 +84,7 @@ class DefaceResult:
     edit_mask : ndarray, uint8, shape of the input grid
         Feature label of every voxel whose stored value changed, 0 elsewhere.
     protected : ndarray, bool, shape of the input grid
-        The protected region (never written).
+        The protected region (never written); a property computed on demand.
     provenance : dict
         Parameters, estimates, counts and timings (JSON-serialisable).
     """
@@ -92,8 +92,18 @@ class DefaceResult:
     volume: Volume
     labels: LabelMap
     edit_mask: LabelMap
-    protected: npt.NDArray[np.bool_]
     provenance: dict[str, Any] = field(default_factory=dict)
+    _protection: tuple[Any, ...] | None = field(default=None, repr=False)
+
+    @property
+    def protected(self) -> npt.NDArray[np.bool_]:
+        """The protected region on the input grid (computed on demand: a full-size mask)."""
+        if self._protection is None:
+            return np.zeros(self.volume.shape, dtype=bool)
+        depth, head, reorientation, limit = self._protection
+        shape_ras = reorientation.to_ras(np.zeros(reorientation.shape, dtype=bool)).shape
+        full_box = tuple(slice(0, int(n)) for n in shape_ras)
+        return reorientation.from_ras(head.upsample(depth, full_box) > limit)
 
 
 def load_detector(labels_path: PathLike | None = None, weights_path: PathLike | None = None) -> Detector:
@@ -198,7 +208,10 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DefaceOp
     changed[changed_at] = raw[changed_at] != volume.raw[changed_at]
     edit_mask = np.where(changed, written_native, 0).astype(np.uint8)
     labels_native = reorientation.from_ras(labels_ras)
-    protected_native = _protected_full(depth, head, reorientation, options.protect_depth_mm - slack)
+    # Independent check of the guarantee: look up the depth of every voxel that actually changed.
+    changed_ras = np.nonzero(reorientation.to_ras(edit_mask))
+    coarse_idx = tuple(np.minimum(i // st, n - 1) for i, st, n in zip(changed_ras, head.strides, depth.shape, strict=True))
+    changed_inside_protected = int(np.count_nonzero(depth[coarse_idx] > options.protect_depth_mm - slack))
     timings["map_back_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - start
 
@@ -214,8 +227,9 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DefaceOp
         "edits": [{"feature": e.feature, **e.params} for e in edits],
         "voxels_changed": {name: int(np.count_nonzero(edit_mask == Label[name.upper()])) for name in FEATURES},
         "protection": {"depth_mm": options.protect_depth_mm, "coarse_slack_mm": round(slack, 3),
-                       "protected_voxels": int(protected_native.sum()),
-                       "changed_inside_protected": int(np.count_nonzero(edit_mask[protected_native]))},
+                       "protected_voxels_approx": int(np.count_nonzero(depth > options.protect_depth_mm - slack))
+                       * int(np.prod(head.strides)),
+                       "changed_inside_protected": changed_inside_protected},
         "timings": {k: round(v, 4) for k, v in timings.items()},
     }
     missing = [name for name in options.features if found[name] == 0]
@@ -223,13 +237,8 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DefaceOp
         provenance["warnings"] = [f"no {name} detected: nothing distorted for it" for name in missing]
         for name in missing:
             log.warning("No %s detected in this scan; it was left as it is.", name)
-    return DefaceResult(volume.with_raw(raw), labels_native, edit_mask, protected_native, provenance)
-
-
-def _protected_full(depth: npt.NDArray[np.float32], head: Any, reorientation: Any, limit: float) -> npt.NDArray[np.bool_]:
-    shape_ras = tuple(int(n) for n in reorientation.to_ras(np.zeros(reorientation.shape, dtype=bool)).shape)
-    full_box = tuple(slice(0, n) for n in shape_ras)
-    return reorientation.from_ras(head.upsample(depth, full_box) > limit)
+    return DefaceResult(volume.with_raw(raw), labels_native, edit_mask, provenance,
+                        _protection=(depth, head, reorientation, options.protect_depth_mm - slack))
 
 
 def deface_file(

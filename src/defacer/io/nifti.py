@@ -80,10 +80,21 @@ def write_nifti(volume: Volume, path: Path) -> None:
         header.set_data_shape(raw.shape)
     if str(path).endswith((".hdr", ".img")):
         raise InputImageError("NIfTI pairs (.hdr/.img) are not supported for output; use .nii or .nii.gz.")
-    with Opener(str(path), "wb") as fileobj:
+    with _open_for_writing(path) as fileobj:
         header.write_to(fileobj)
         offset = int(header.get_data_offset())
         array_to_file(raw, fileobj, header.get_data_dtype(), offset=offset, intercept=0.0, divslope=1.0, order="F")
+
+
+def _open_for_writing(path: Path) -> Any:
+    """A binary writer for ``path``: gzip via ISA-L (about 5x faster than zlib) when installed."""
+    if str(path).endswith(".gz"):
+        try:
+            from isal import igzip
+        except ImportError:
+            return Opener(str(path), "wb")
+        return igzip.open(str(path), "wb", compresslevel=1)
+    return Opener(str(path), "wb")
 
 
 def write_mgh(volume: Volume, path: Path) -> None:
