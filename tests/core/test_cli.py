@@ -1,0 +1,75 @@
+"""The command line: help, version, demo, and errors as messages."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from defacer.cli.main import main
+from defacer.io import load_volume
+
+
+def test_help_lists_the_commands(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("deface", "demo"):
+        assert command in out
+
+
+def test_version_is_printed(capsys):
+    assert main(["--version"]) == 0
+    assert "defacer" in capsys.readouterr().out
+
+
+def test_no_command_prints_help_and_fails(capsys):
+    assert main([]) == 2
+    assert "usage" in capsys.readouterr().out
+
+
+def test_deface_help_explains_the_options(capsys):
+    assert main(["deface", "--help"]) == 0
+    out = capsys.readouterr().out
+    for option in ("--features", "--seed", "--labels", "--save-mask", "--force", "--verify"):
+        assert option in out
+
+
+def test_demo_writes_a_defaced_phantom_and_says_where(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--voxel-size", "3", "--use-true-labels"]) == 0
+    printed = capsys.readouterr().out
+    defaced = out / "phantom_T1w_defaced.nii.gz"
+    assert str(defaced) in printed
+    before, after = load_volume(out / "phantom_T1w.nii.gz"), load_volume(defaced)
+    assert (before.raw != after.raw).any()
+    sidecar = json.loads((out / "phantom_T1w_defaced.defacer.json").read_text())
+    assert sidecar["protection"]["changed_inside_protected"] == 0
+    assert "brain voxels changed: 0" in printed
+
+
+def test_unexpected_errors_are_reported_without_a_traceback(monkeypatch, tmp_path, capsys):
+    import defacer.pipeline
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(defacer.pipeline, "deface_file", broken)
+    assert main(["deface", str(tmp_path / "a.nii.gz"), str(tmp_path / "b.nii.gz")]) == 1
+    err = capsys.readouterr().err
+    assert "simulated bug" in err and "--debug" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("features", ["eyes", "nose", "ears", "eyes,ears"])
+def test_features_option_selects_what_changes(tmp_path, features):
+    from defacer.phantom import make_phantom, save_phantom
+
+    phantom = make_phantom(3.0)
+    scan, labels = tmp_path / "h.nii.gz", tmp_path / "l.nii.gz"
+    save_phantom(phantom, scan, labels)
+    out, mask = tmp_path / "o.nii.gz", tmp_path / "m.nii.gz"
+    assert main(["deface", str(scan), str(out), "--labels", str(labels), "--features", features]) == 0
+    sidecar = json.loads((tmp_path / "o.defacer.json").read_text())
+    for name, count in sidecar["voxels_changed"].items():
+        assert (count > 0) == (name in features.split(","))
+    assert np.array_equal(load_volume(scan).raw.shape, load_volume(out).raw.shape)
