@@ -10,6 +10,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 #: Screenshots of the browser tests (synthetic phantom only; build/ is git-ignored).
@@ -118,3 +122,63 @@ def stop_server(server: Server) -> str:
     return err or ""
 
 
+
+
+def decode_png(data: bytes) -> "np.ndarray":
+    """Decode an 8-bit RGB or RGBA PNG (as Chromium writes screenshots) into an (H, W, 3) uint8 array."""
+    import struct
+    import zlib
+
+    import numpy as np
+
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, chunks, header = 8, [], b""
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            header = body
+        elif kind == b"IDAT":
+            chunks.append(body)
+        pos += 12 + length
+    width, height, depth, colour = struct.unpack(">IIBB", header[:10])
+    assert depth == 8 and colour in (2, 6), f"unsupported PNG (depth {depth}, colour type {colour})"
+    channels = 3 if colour == 2 else 4
+    raw = np.frombuffer(zlib.decompress(b"".join(chunks)), dtype=np.uint8).reshape(height, 1 + width * channels)
+    out = np.zeros((height, width * channels), dtype=np.int32)
+    previous = np.zeros(width * channels, dtype=np.int32)
+    for row in range(height):
+        kind, line = raw[row, 0], raw[row, 1:].astype(np.int32)
+        current = np.zeros_like(line)
+        if kind == 0:
+            current = line
+        elif kind == 2:
+            current = (line + previous) & 255
+        else:  # Sub, Average, Paeth depend on the left neighbour: decode pixel by pixel
+            for x in range(line.size):
+                left = current[x - channels] if x >= channels else 0
+                up = previous[x]
+                upper_left = previous[x - channels] if x >= channels else 0
+                if kind == 1:
+                    predictor = left
+                elif kind == 3:
+                    predictor = (left + up) // 2
+                else:
+                    p = left + up - upper_left
+                    pa, pb, pc = abs(p - left), abs(p - up), abs(p - upper_left)
+                    predictor = left if pa <= pb and pa <= pc else (up if pb <= pc else upper_left)
+                current[x] = (line[x] + predictor) & 255
+        out[row] = current
+        previous = current
+    return out.reshape(height, width, channels)[:, :, :3].astype(np.uint8)
+
+
+def feature_pixels(image: "np.ndarray") -> dict[str, int]:
+    """Count screen pixels dominated by each overlay colour (red eyes, green nose, blue ears)."""
+    rgb = image.astype(int)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    return {
+        "eyes": int(((r > g + 60) & (r > b + 60)).sum()),
+        "nose": int(((g > r + 60) & (g > b + 40)).sum()),
+        "ears": int(((b > r + 60) & (b > g + 30)).sum()),
+    }

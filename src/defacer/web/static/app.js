@@ -7,6 +7,8 @@ const FEATURE_LABELS = { eyes: 1, nose: 2, ears: 3 };
 const $ = (id) => document.getElementById(id);
 
 const state = { config: null, session: null, features: [], busy: false, viewers: {} };
+// Exposed read-only for automated browser tests and debugging in the console.
+window.defacerViewers = state.viewers;
 
 // ---------- messages ----------
 function showError(message) {
@@ -117,6 +119,7 @@ async function makeViewer(canvasId) {
   });
   await nv.attachToCanvas($(canvasId));
   nv.setSliceType(SLICE_TYPE.MULTIPLANAR);
+  nv.setRenderAzimuthElevation(160, 15); // the 3D view looks at the face, slightly from the right
   nv.onError = () => showError("The viewer could not display this scan; the defacing itself still works.");
   state.viewers[canvasId] = nv;
   const box = $(canvasId).parentElement;
@@ -364,7 +367,10 @@ async function showResult(result) {
   if (first) first.focus();
 }
 
-function yesNo(value) { return value === true ? "yes" : value === false ? "no" : "unknown"; }
+function yesNo(value) {
+  if (Array.isArray(value)) return value.length ? `yes (${value.join(", ")})` : "no";
+  return value === true ? "yes" : value === false ? "no" : "unknown";
+}
 
 function showVerification(v) {
   const verdict = $("verdict");

@@ -1,0 +1,156 @@
+"""The page in a real browser (headless Chromium via Playwright) against a real ``defacer serve``.
+
+Screenshots of each step (synthetic phantom only) are written to ``build/web-artefacts/``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from web_helpers import ARTEFACTS, PhantomFiles, Server, decode_png, feature_pixels
+
+pytestmark = pytest.mark.browser
+
+TIMEOUT_MS = 90_000
+
+
+@pytest.fixture
+def page(browser: Any, server: Server) -> Any:
+    from playwright.sync_api import expect
+
+    context = browser.new_context(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(server.url)
+    expect(page.locator("body")).to_have_attribute("data-ready", "true", timeout=TIMEOUT_MS)
+    yield page
+    context.close()
+    assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+def shot(page: Any, name: str) -> None:
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTEFACTS / name), full_page=True)
+
+
+def canvas_colours(page: Any, canvas: str) -> dict[str, int]:
+    page.wait_for_timeout(400)  # let WebGL finish drawing
+    return feature_pixels(decode_png(page.locator(canvas).screenshot()))
+
+
+def work_files(server: Server) -> list[Path]:
+    return [p for p in server.work_dir.rglob("*") if p.is_file()]
+
+
+def test_phantom_goes_from_upload_to_checked_download_using_the_keyboard(page: Any, server: Server,
+                                                                         phantom_files: PhantomFiles,
+                                                                         tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    from defacer.io import load_volume
+
+    assert page.locator("#limit").inner_text().endswith("GB")
+    shot(page, "01-start.png")
+    page.set_input_files("#scan-input", str(phantom_files.scan))
+    page.set_input_files("#labels-input", str(phantom_files.labels))
+    expect(page.locator("#chosen")).to_contain_text("phantom_T1w.nii.gz")
+    page.locator("#upload-button").focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#upload-stage")).to_contain_text("Ready", timeout=TIMEOUT_MS)
+    expect(page.locator("#scan-info")).to_contain_text("100 × 120 × 120 voxels")
+    expect(page.locator("#feature-rows")).to_contain_text("2 regions")
+    colours = canvas_colours(page, "#view-before")
+    assert all(count > 30 for count in colours.values()), f"overlay colours on the viewer: {colours}"
+    shot(page, "02-overlay.png")
+
+    # keyboard: the slices move with the arrow keys once the viewer has focus
+    page.locator(".canvas-box").first.focus()
+    page.keyboard.press("ArrowUp")
+    expect(page.locator("#viewer-status")).to_contain_text("Crosshair at voxel")
+
+    # toggling a feature hides it from the overlay
+    page.locator("#feature-nose").uncheck()
+    assert canvas_colours(page, "#view-before")["nose"] < colours["nose"] // 10
+    shot(page, "03-nose-off.png")
+    page.locator("#feature-nose").check()
+
+    page.locator("#deface-button").focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#step-result")).to_be_visible(timeout=TIMEOUT_MS)
+    expect(page.locator("#verdict")).not_to_be_empty(timeout=TIMEOUT_MS)
+    verdict = page.locator("#verdict").inner_text()
+    assert verdict.startswith(("PASSED", "FAILED", "Verification unavailable", "Verification could not"))
+    expect(page.locator("#changed")).to_contain_text("Voxels changed: eyes")
+    expect(page.locator("#download-scan")).to_be_focused()
+    page.wait_for_timeout(600)
+    shot(page, "04-defaced.png")
+
+    with page.expect_download() as scan_info:
+        page.keyboard.press("Enter")
+    scan = scan_info.value
+    assert scan.suggested_filename == "phantom_T1w_defaced.nii.gz"
+    with page.expect_download() as mask_info:
+        page.locator("#download-mask").click()
+    scan.save_as(tmp_path / scan.suggested_filename)
+    mask_info.value.save_as(tmp_path / "mask.nii.gz")
+    original = load_volume(phantom_files.scan)
+    defaced = load_volume(tmp_path / "phantom_T1w_defaced.nii.gz")
+    edits = load_volume(tmp_path / "mask.nii.gz", strict=False).raw
+    assert defaced.shape == original.shape and defaced.raw.dtype == original.raw.dtype
+    assert np.allclose(defaced.affine, original.affine)
+    changed = defaced.raw != original.raw
+    assert changed.sum() > 1000 and not (changed & (edits == 0)).any()
+    labels = load_volume(phantom_files.labels, strict=False).raw
+    assert (changed & (labels > 0)).sum() > 0
+
+    assert work_files(server)
+    page.locator("#finish-button").click()
+    expect(page.locator("#chosen")).to_contain_text("deleted from the server")
+    assert work_files(server) == []
+    shot(page, "05-finished.png")
+
+
+def test_corrupt_upload_shows_the_problem_in_words(page: Any, server: Server, phantom_files: PhantomFiles) -> None:
+    from playwright.sync_api import expect
+
+    page.set_input_files("#scan-input", str(phantom_files.garbage))
+    page.locator("#upload-button").click()
+    expect(page.locator("#error")).to_be_visible(timeout=TIMEOUT_MS)
+    expect(page.locator("#error-text")).to_contain_text("not a supported scan")
+    shot(page, "06-corrupt-upload.png")
+
+    page.set_input_files("#scan-input", str(phantom_files.truncated))
+    page.locator("#upload-button").click()
+    expect(page.locator("#error-text")).to_contain_text("truncated.nii.gz", timeout=TIMEOUT_MS)
+    assert "/tmp" not in page.locator("#error-text").inner_text()
+    expect(page.locator("#step-review")).to_be_hidden()
+    shot(page, "07-truncated-upload.png")
+    assert work_files(server) == []
+
+
+def test_dicom_series_files_are_defaced_and_downloaded_as_a_zip(page: Any, phantom_files: PhantomFiles,
+                                                               tmp_path: Path) -> None:
+    import zipfile
+
+    from playwright.sync_api import expect
+
+    page.set_input_files("#scan-input", [str(p) for p in phantom_files.dicom_files])
+    page.set_input_files("#labels-input", str(phantom_files.labels))
+    expect(page.locator("#chosen")).to_contain_text(f"{len(phantom_files.dicom_files)} files")
+    page.locator("#upload-button").click()
+    expect(page.locator("#upload-stage")).to_contain_text("Ready", timeout=TIMEOUT_MS)
+    expect(page.locator("#scan-info")).to_contain_text("DICOM")
+    page.locator("#deface-button").click()
+    expect(page.locator("#download-scan")).to_be_visible(timeout=TIMEOUT_MS)
+    with page.expect_download() as info:
+        page.locator("#download-scan").click()
+    assert info.value.suggested_filename.endswith("_defaced_dicom.zip")
+    info.value.save_as(tmp_path / "out.zip")
+    with zipfile.ZipFile(tmp_path / "out.zip") as archive:
+        assert len([n for n in archive.namelist() if not n.endswith("/")]) == len(phantom_files.dicom_files)
+    shot(page, "08-dicom-defaced.png")
