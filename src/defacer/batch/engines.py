@@ -78,11 +78,23 @@ def run_processes(tasks: Sequence[ScanTask], on_result: OnResult, *, jobs: int, 
                     _retry_or_fail(task, queue, on_result)
                 log.warning("a worker process died; starting a fresh pool for the remaining %d scans", len(queue))
         except BaseException:
+            # Ctrl-C (workers ignore SIGINT) or an error here: stop the workers now.  Their
+            # half-written temporaries are removed by the runner; final names are untouched.
             for future in in_flight:
                 future.cancel()
-            pool.shutdown(wait=True, cancel_futures=True)
+            _terminate_workers(pool)
+            pool.shutdown(wait=False, cancel_futures=True)
             raise
         pool.shutdown(wait=not broken, cancel_futures=True)
+
+
+def _terminate_workers(pool: ProcessPoolExecutor) -> None:
+    processes = getattr(pool, "_processes", None) or {}
+    for process in list(processes.values()):
+        if process.is_alive():
+            process.terminate()
+    for process in list(processes.values()):
+        process.join(timeout=10)
 
 
 def _retry_or_fail(task: ScanTask, queue: deque[ScanTask], on_result: OnResult) -> None:

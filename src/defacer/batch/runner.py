@@ -21,7 +21,7 @@ from defacer._version import __version__
 from defacer.batch import engines
 from defacer.batch.discover import Discovery, Scan, discover, image_stem
 from defacer.batch.layout import (LAYOUTS, OTHERS_MODES, OutputLayout, carry_over, defaced_sidecar,
-                                  prepare_output, write_dataset_files)
+                                  prepare_output, remove_stale_temporaries, write_dataset_files)
 from defacer.batch.manifest import SKIPPED, Manifest, ScanRecord, batch_lock, is_up_to_date, options_fingerprint
 from defacer.batch.summary import Counts, Progress, count, print_table, write_html
 from defacer.batch.task import DefaceFile, ScanTask, input_files, scan_seed
@@ -301,6 +301,7 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
                 else:
                     engines.run_serial(tasks, on_result)
         finally:
+            remove_stale_temporaries(layout.out_root)  # from workers stopped mid-scan
             manifest.compact()
             wall_s = time.perf_counter() - start
             html_path = write_html(records, layout.state_dir / "summary.html", out_root=layout.out_root,

@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import inspect
 import os
+import signal
 import socket
 import time
 import traceback
@@ -121,7 +122,8 @@ def output_files(task: ScanTask) -> list[Path]:
 
 
 def init_worker(threads: int) -> None:
-    """Process-pool initializer: cap the math libraries' threads in this worker."""
+    """Process-pool initializer: ignore Ctrl-C (the main process handles it) and cap threads."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[name] = str(threads)
     try:
