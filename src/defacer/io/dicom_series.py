@@ -652,6 +652,30 @@ def write_dicom_volume(volume: Volume, out_dir: PathLike, *, force: bool = False
     return written
 
 
+def write_instance(ds: Dataset, path: Path) -> None:
+    """Write one instance as a DICOM Part 10 file (preamble, file meta from ``ds.file_meta``, data set).
+
+    Little-endian transfer syntaxes take a direct path (elements never decoded are copied as
+    read, no deep copy of the meta group); deflated and big-endian ones go through pydicom's
+    ``dcmwrite``.  ``path`` must not exist.
+    """
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if syntax is None or not syntax.is_transfer_syntax or syntax.is_deflated or not syntax.is_little_endian:
+        ds.save_as(path, enforce_file_format=True, overwrite=False)
+        return
+    buffer = DicomBytesIO()
+    buffer.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buffer, ds.file_meta, enforce_standard=True)
+    buffer.is_little_endian = True
+    buffer.is_implicit_VR = syntax.is_implicit_VR
+    write_dataset(buffer, ds)
+    with path.open("xb") as handle:
+        handle.write(buffer.getvalue())
+
+
 def anonymize_files(
     in_path: PathLike | Sequence[PathLike], out_dir: PathLike, deid: Scrubber, *, force: bool = False
 ) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -704,7 +728,7 @@ def anonymize_files(
             deid.scrub(ds, source=str(file))
             name = Path(f"S{index:03d}") / f"IM{counts[index]:05d}.dcm"
             (folder / name).parent.mkdir(exist_ok=True)
-            ds.save_as(folder / name, enforce_file_format=True)
+            write_instance(ds, folder / name)
             written.append(out / name)
         if not written:
             raise DicomSeriesError(f"No DICOM instance found in '{in_path}'; {len(skipped)} file(s) skipped.")

@@ -17,7 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydicom.datadict import DicomDictionary, keyword_for_tag
+from pydicom.datadict import DicomDictionary
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
@@ -26,7 +27,7 @@ from defacer.errors import DicomSeriesError
 from defacer.phi import actions
 from defacer.phi.options import DeidOptions
 from defacer.phi.pseudonym import Pseudonymizer
-from defacer.phi.rules import Rule, find_rule
+from defacer.phi.rules import Rule, find_rule, rule_index
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,11 @@ _TAG_PATIENT_NAME = 0x00100010
 _TAG_PATIENT_ID = 0x00100020
 _VR_BY_TAG: dict[int, str] = {tag: entry[0] for tag, entry in DicomDictionary.items()}
 _INSTANCE_UID_SUFFIXES = ("InstanceUID", "FrameOfReferenceUID")
+#: UI attributes not in the table whose keyword names an instance or frame of reference: replaced like U.
+_UNLISTED_INSTANCE_UIDS = frozenset(
+    tag for tag, entry in DicomDictionary.items()
+    if entry[0] == "UI" and entry[4].endswith(_INSTANCE_UID_SUFFIXES) and find_rule(tag) is None
+)
 
 
 @dataclass
@@ -116,6 +122,8 @@ class Scrubber:
         self.pseudonymizer = pseudonymizer
         self.record_mapping = record_mapping
         self.mapping = Mapping()
+        self._code_cache: dict[tuple[int, str], str] = {}
+        self._uid_cache: dict[str, str] = {}
 
     # ------------------------------------------------------------------ public
     def check_burned_in(self, ds: Dataset, source: str = "") -> None:
@@ -166,43 +174,68 @@ class Scrubber:
         pseudo_id = self.pseudonymizer.identifier(patient)
         offset = self.pseudonymizer.date_offset_days(patient)
         identifying: list[str] = []
-        for keyword in _IDENTIFYING_KEYWORDS:
-            value = ds.get(keyword)
-            if value is None or isinstance(value, Sequence):
-                continue
-            values = value if isinstance(value, MultiValue | list) else [value]
-            for item in values:
-                text = str(item)
-                identifying.append(text)
-                identifying.extend(part for part in text.replace("^", " ").split() if len(part) >= 3)
+        if self._cleans_text:
+            for keyword in _IDENTIFYING_KEYWORDS:
+                value = ds.get(keyword)
+                if value is None or isinstance(value, Sequence):
+                    continue
+                values = value if isinstance(value, MultiValue | list) else [value]
+                for item in values:
+                    text = str(item)
+                    identifying.append(text)
+                    identifying.extend(part for part in text.replace("^", " ").split() if len(part) >= 3)
         if self.record_mapping:
             entry = self.mapping.patients.setdefault(patient, {})
             entry.update({"PatientID": pseudo_id, "PatientName_original": str(ds.get("PatientName", "")),
                           "date_offset_days": -offset if self.options.retain_long_modified_dates else None})
         return _Context(offset, identifying, pseudo_id)
 
+    @property
+    def _cleans_text(self) -> bool:
+        o = self.options
+        return o.clean_descriptors or o.clean_structured_content or o.clean_graphics or o.retain_patient_characteristics
+
     def _new_uid(self, original: str) -> str:
-        new = self.pseudonymizer.uid(original)
+        key = original.strip().rstrip("\x00")
+        new = self._uid_cache.get(key)
+        if new is None:
+            new = self._uid_cache[key] = self.pseudonymizer.uid(key)
         if self.record_mapping:
-            self.mapping.uids[original.strip().rstrip("\x00")] = new
+            self.mapping.uids[key] = new
         return new
 
+    def _code_for(self, tag_int: int, rule: Rule, vr: str) -> str:
+        """The resolved action for ``rule`` with these options and this VR (cached)."""
+        key = (tag_int, vr)
+        code = self._code_cache.get(key)
+        if code is None:
+            keyword = "PatientID" if tag_int == _TAG_PATIENT_ID else ""
+            code = self._code_cache[key] = actions.resolve_compound(self.options.action_for(rule), vr, keyword)
+        return code
+
     def _clean(self, ds: Dataset, context: _Context, *, top: bool) -> None:
+        exact, _ = rule_index()
         for tag in list(ds.keys()):
             tag_int = int(tag)
             group = tag_int >> 16
             if group & 1:
                 self._private(ds, tag_int)
                 continue
-            if group == 0x0002 or (tag_int & 0xFFFF) == 0 and group != 0:
+            if group == 0x0002 or ((tag_int & 0xFFFF) == 0 and group != 0):
                 if group != 0x0002:
                     del ds[tag]  # group lengths are retired and would be wrong afterwards
                 continue
-            rule = find_rule(tag_int)
+            rule = exact.get(tag_int)
+            if rule is None and 0x5000 <= group <= 0x60FF:
+                rule = find_rule(tag_int)
+            raw_vr = ds.get_item(tag).VR  # no value conversion
+            vr = raw_vr if raw_vr and len(raw_vr) == 2 else _VR_BY_TAG.get(tag_int, "")
+            if len(vr) != 2:
+                vr = ds[tag].VR
             if rule is None:
-                self._unlisted(ds, tag_int, context)
-                continue
-            self._apply(ds, tag_int, rule, context)
+                self._unlisted(ds, tag_int, vr, context)
+            else:
+                self._apply(ds, tag_int, rule, vr, context)
 
     def _private(self, ds: Dataset, tag_int: int) -> None:
         if self.options.retain_safe_private and (tag_int & 0xFFFF) >= 0x1000:
@@ -211,20 +244,17 @@ class Scrubber:
             creator = ds.get(creator_tag)
             if creator is not None and (str(creator.value), tag_int >> 16, tag_int & 0xFF) in SAFE_PRIVATE:
                 return
-        if self.options.retain_safe_private and (tag_int & 0xFFFF) < 0x100 and (tag_int & 0xFFFF) >= 0x10:
+        if self.options.retain_safe_private and 0x10 <= (tag_int & 0xFFFF) < 0x100:
             return  # creators are removed at the end if no element of their block survived
         del ds[tag_int]
 
-    def _unlisted(self, ds: Dataset, tag_int: int, context: _Context) -> None:
-        vr = _VR_BY_TAG.get(tag_int) or ds[tag_int].VR
+    def _unlisted(self, ds: Dataset, tag_int: int, vr: str, context: _Context) -> None:
         if vr == "SQ":
             self._recurse(ds[tag_int].value, context)
         elif vr == "PN":
-            ds[tag_int].value = None
-        elif vr == "UI":
-            keyword = keyword_for_tag(tag_int)
-            if keyword.endswith(_INSTANCE_UID_SUFFIXES) and not self.options.retain_uids:
-                self._set_uid(ds, tag_int)
+            ds[tag_int] = DataElement(tag_int, "PN", None)
+        elif vr == "UI" and tag_int in _UNLISTED_INSTANCE_UIDS and not self.options.retain_uids:
+            self._set_uid(ds, tag_int)
 
     def _recurse(self, sequence: Any, context: _Context) -> None:
         for item in sequence or ():
@@ -241,30 +271,28 @@ class Scrubber:
         else:
             element.value = self._new_uid(str(value))
 
-    def _apply(self, ds: Dataset, tag_int: int, rule: Rule, context: _Context) -> None:
-        element = ds[tag_int]
-        vr = element.VR
-        code = actions.resolve_compound(self.options.action_for(rule), vr, element.keyword)
+    def _apply(self, ds: Dataset, tag_int: int, rule: Rule, vr: str, context: _Context) -> None:
+        code = self._code_for(tag_int, rule, vr)
         if code == "X":
             del ds[tag_int]
         elif code == "Z":
-            if tag_int == _TAG_PATIENT_NAME:
-                element.value = context.pseudo_id  # a dummy that keeps studies of one patient together
-            else:
-                element.value = actions.empty_value(vr)
+            value = context.pseudo_id if tag_int == _TAG_PATIENT_NAME else actions.empty_value(vr)
+            ds[tag_int] = DataElement(tag_int, vr, value)
         elif code == "D":
             if tag_int == _TAG_PATIENT_ID:
-                element.value = context.pseudo_id
+                ds[tag_int] = DataElement(tag_int, vr, context.pseudo_id)
             elif vr == "UI":
                 self._set_uid(ds, tag_int)
+            elif vr == "SQ":
+                self._recurse(ds[tag_int].value, context)
             else:
-                element.value = actions.dummy_value(vr)
+                ds[tag_int] = DataElement(tag_int, vr, actions.dummy_value(vr))
         elif code == "U":
             self._set_uid(ds, tag_int)
         elif code == "R":
-            self._recurse(element.value, context)
+            self._recurse(ds[tag_int].value, context)
         elif code == "C":
-            self._clean_value(element, vr, context)
+            self._clean_value(ds[tag_int], vr, context)
         # "K": keep as is
 
     def _clean_value(self, element: Any, vr: str, context: _Context) -> None:
