@@ -138,3 +138,18 @@ def test_command_line_refuses_to_write_into_the_input(bids: tuple[Path, Path, li
     ds, _, _ = bids
     assert main(["batch", str(ds), str(ds / "derivatives" / "defaced")]) == 1
     assert "overlaps the input" in capsys.readouterr().err
+
+
+def test_verify_links_each_report_from_the_html_summary(tmp_path: Path,
+                                                        bids_template: tuple[Path, Path, list[str]]) -> None:
+    pytest.importorskip("defacer.verify")
+    ds, labels, relpaths = bids_template
+    summary = run_batch(BatchConfig(in_root=ds, out_root=tmp_path / "out", labels_dir=labels, verify=True,
+                                    include=[relpaths[0]], quiet=True))
+    assert summary.counts.done == 1
+    record = summary.records[0]
+    assert record.verify is not None and record.verify["passed"] is True
+    report = Path(record.verify["report_path"])
+    assert report.is_file() and report.is_relative_to(tmp_path / "out" / ".defacer")
+    page = summary.html_path.read_text()
+    assert "verify/sub-01__anat__sub-01_T1w/verify_report.html" in page

@@ -99,7 +99,8 @@ class OutputLayout:
 
     def verify_dir(self, scan: Scan) -> Path:
         """Folder for the scan's verification report."""
-        safe = scan.key.replace("/", "__") if scan.key != "." else "series"
+        key = str(scan.relpath.parent / scan.stem) if scan.kind == "file" else scan.key
+        safe = key.replace("/", "__") if key != "." else self.in_root.name
         return self.state_dir / "verify" / safe
 
 

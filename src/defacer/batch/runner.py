@@ -121,8 +121,8 @@ class BatchSummary:
 
     @property
     def exit_code(self) -> int:
-        """0 when no scan failed, 1 otherwise."""
-        return 1 if self.counts.failed else 0
+        """0 when every scan was defaced (and passed verification, when on), 1 otherwise."""
+        return 1 if self.counts.failed or self.counts.verify_failed else 0
 
 
 def check_config(config: BatchConfig) -> None:

@@ -27,6 +27,7 @@ class Counts:
     done: int = 0
     skipped: int = 0
     failed: int = 0
+    verify_failed: int = 0
 
     @property
     def total(self) -> int:
@@ -40,6 +41,8 @@ def count(records: Sequence[ScanRecord]) -> Counts:
         done=sum(r.status == DONE for r in records),
         skipped=sum(r.status == SKIPPED for r in records),
         failed=sum(r.status == FAILED for r in records),
+        verify_failed=sum(r.status != FAILED and r.verify is not None and r.verify.get("passed") is False
+                          for r in records),
     )
 
 
@@ -120,7 +123,8 @@ def print_table(records: Sequence[ScanRecord], *, wall_s: float, stream: TextIO 
         from rich.console import Console
         from rich.table import Table
     except ImportError:
-        print(f"done {counts.done}, already done {counts.skipped}, failed {counts.failed} "
+        print(f"done {counts.done}, already done {counts.skipped}, failed {counts.failed}, "
+              f"verify failed {counts.verify_failed} "
               f"of {counts.total} scans; {rate:.1f} scans/min", file=stream)
         for record in failed:
             print(f"  FAILED {record.key}: {record.error}", file=stream)
@@ -129,10 +133,15 @@ def print_table(records: Sequence[ScanRecord], *, wall_s: float, stream: TextIO 
         return
     console = Console(file=stream)
     table = Table(title="defacer batch")
-    for column in ("defaced", "already done", "failed", "total", "scans/min", "time"):
+    columns = ["defaced", "already done", "failed", "total", "scans/min", "time"]
+    values = [str(counts.done), str(counts.skipped), f"[red]{counts.failed}" if counts.failed else "0",
+              str(counts.total), f"{rate:.1f}", f"{wall_s:.1f} s"]
+    if any(r.verify is not None for r in records):
+        columns.insert(3, "verify failed")
+        values.insert(3, f"[red]{counts.verify_failed}" if counts.verify_failed else "0")
+    for column in columns:
         table.add_column(column, justify="right")
-    table.add_row(str(counts.done), str(counts.skipped), f"[red]{counts.failed}" if counts.failed else "0",
-                  str(counts.total), f"{rate:.1f}", f"{wall_s:.1f} s")
+    table.add_row(*values)
     console.print(table)
     if failed:
         errors = Table(title="failed scans", show_lines=False)
@@ -177,7 +186,8 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}tr.failed{{backgro
 tr.skipped{{color:#666}}</style></head><body>
 <h1>{html.escape(title)}</h1>
 <p>defacer {html.escape(__version__)}: {counts.done} defaced, {counts.skipped} already done,
-<strong>{counts.failed} failed</strong>, {counts.total} scans, {wall_s:.1f} s.</p>
+<strong>{counts.failed} failed</strong>, {counts.verify_failed} failed verification, {counts.total} scans,
+{wall_s:.1f} s.</p>
 <p>This folder may hold renders of the original faces (verify reports): do not publish it.</p>
 <table><tr><th>scan</th><th>status</th><th>seconds</th><th>output</th><th>verify</th><th>error</th></tr>
 {chr(10).join(rows)}

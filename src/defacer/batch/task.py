@@ -28,7 +28,7 @@ from typing import Any
 
 from defacer.batch.discover import Scan, image_stem, nhdr_data_files
 from defacer.batch.layout import write_json_atomic
-from defacer.batch.manifest import DONE, FAILED, FileStamp, ScanRecord, combined_sha256, stamp
+from defacer.batch.manifest import DONE, FAILED, ScanRecord, combined_sha256, stamp
 from defacer.errors import DefacerError
 
 #: Signature of the per-scan defacing function (``defacer.pipeline.deface_file``).
@@ -160,32 +160,43 @@ def _deface_options(task: ScanTask) -> Any:
     return DefaceOptions(**kwargs)
 
 
+def _mask_path(task: ScanTask) -> Path | None:
+    """Where the detected label map goes for verification (same format as the scan), or ``None``."""
+    if task.verify_dir is None or task.scan.kind != "file":
+        return None
+    return task.verify_dir / f"labels{task.scan.extension}"
+
+
 def _deface(task: ScanTask) -> dict[str, Any]:
+    mask_path = _mask_path(task)
+    if mask_path is not None:
+        mask_path.parent.mkdir(parents=True, exist_ok=True)
     if task.deface is not None:
         return task.deface(
             task.scan.path, task.output, options={**task.options, "seed": task.seed},
-            labels_path=task.labels_path, force=True,
+            labels_path=task.labels_path, force=True, mask_path=mask_path,
         )
     from defacer.pipeline import deface_file
 
     detector = None if task.labels_path is not None else worker_detector(task.weights_path, task.threads)
     return deface_file(
         task.scan.path, task.output, options=_deface_options(task), detector=detector,
-        labels_path=task.labels_path, force=True,
+        labels_path=task.labels_path, force=True, mask_path=mask_path,
     )
 
 
 def _verify(task: ScanTask, provenance: dict[str, Any]) -> dict[str, Any]:
-    assert task.verify_dir is not None  # noqa: S101 - guarded by the caller
+    """Run :func:`defacer.verify.verify_pair` on the scan and its output; a short outcome for the manifest."""
+    from defacer.io import load_volume
     from defacer.verify import verify_pair
 
-    result = verify_pair(task.scan.path, task.output, task.verify_dir, labels=task.labels_path, provenance=provenance)
-    outcome: dict[str, Any] = {"report_dir": str(task.verify_dir)}
-    for name in ("passed", "report_path", "summary"):
-        value = getattr(result, name, None)
-        if value is not None:
-            outcome[name] = value if isinstance(value, (bool, int, float, str)) else str(value)
-    return outcome
+    verify_dir = task.verify_dir if task.verify_dir is not None else task.out_root
+    mask_path = _mask_path(task)
+    labels = load_volume(mask_path, strict=False) if mask_path is not None and mask_path.is_file() else None
+    result = verify_pair(load_volume(task.scan.path), load_volume(task.output), verify_dir, labels=labels,
+                         provenance=provenance, title=f"defacer verify: {task.scan.key}")
+    return {"passed": bool(result.passed), "report_path": str(result.report_path),
+            "summary_path": str(result.summary_path)}
 
 
 def process_scan(task: ScanTask) -> ScanRecord:
@@ -235,6 +246,3 @@ def failed_record(task: ScanTask, message: str, error_type: str) -> ScanRecord:
     )
 
 
-def stamps_digest(stamps: list[FileStamp]) -> str:
-    """sha256 over output stamps (used to compare the bytes of two runs)."""
-    return combined_sha256(stamps) if stamps else ""
