@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import zipfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import nrrd as pynrrd
 import numpy as np

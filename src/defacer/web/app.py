@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -171,8 +171,9 @@ def create_app(settings: WebSettings | None = None, *, detector_factory: Callabl
         try:
             response: Response = await call_next(request)
         except Exception as err:  # noqa: BLE001 - one request's failure never takes the server down
+            route = request.scope.get("route")
             log.error("unexpected %s while answering %s %s", type(err).__name__, request.method,
-                      request.scope.get("route").path if request.scope.get("route") else "?")
+                      getattr(route, "path", "?"))
             response = _error(500, f"Unexpected error ({type(err).__name__}). The server is still running; "
                                    "start over, and report this if it happens again.")
         response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
@@ -245,8 +246,6 @@ def create_app(settings: WebSettings | None = None, *, detector_factory: Callabl
         display = request.headers.get("x-file-name", "")
         with contextlib.suppress(UnicodeError):
             display = bytes(display, "latin-1").decode("utf-8")
-        from urllib.parse import unquote
-
         stored = await workflow.receive_upload(session, role, unquote(display), request.stream(), settings)
         return {"kind": stored.kind, "size": stored.size, "name": stored.display_name,
                 "uploaded_bytes": session.uploaded_bytes}
