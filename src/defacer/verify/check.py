@@ -2,11 +2,11 @@
 
 Verdict rule (:data:`VERDICT_RULE`, also printed in every report):
 
-* **PASS** when no counted face detector (:mod:`defacer.verify.faces`, at its stated threshold)
-  finds a face in any rendered view of the defaced head, **and** the brain region is untouched:
-  0 voxels changed inside the brain mask when one is given, or at most 0.1% of the brain proxy
-  (head interior deeper than 20 mm below the skin and farther than 15 mm from every labelled
-  feature) when it is estimated.
+* **PASS** when no counted face detector (:mod:`defacer.verify.faces`, at its stated threshold
+  and in the views where it counts) finds a face in the defaced head's renders, **and** the brain
+  region is untouched: 0 voxels changed inside the brain mask when one is given, or at most 0.1%
+  of the brain proxy (head interior deeper than 20 mm below the skin and farther than 15 mm from
+  every labelled feature) when it is estimated.
 * The face part is **conclusive** only when at least one counted detector found a face in the
   original's renders; the summary says so (``conclusive``), and the report warns otherwise.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +32,12 @@ from defacer.volume import Volume
 logger = logging.getLogger(__name__)
 
 VERDICT_RULE = (
-    "PASS when no counted face detector (BlazeFace short-range >= 0.75, BlazeFace full-range >= 0.50, "
-    "Face Mesh landmarks found, dlib CNN >= 0.0) finds a face in any rendered view of the defaced head, "
+    "PASS when no counted face detector finds a face in the renders of the defaced head: Face Mesh landmarks in "
+    "any view, dlib CNN >= 0.0 on the front view, BlazeFace short-range >= 0.75 on the front view (BlazeFace "
+    "full-range and oblique BlazeFace scores are reported, not counted: they fire on face-removed heads too), "
     "and the brain region is untouched (0 changed voxels inside a given brain mask, or at most 0.1% of the "
     "estimated brain proxy: head interior > 20 mm below the skin and > 15 mm from every labelled feature). "
-    "The face check is conclusive only when the original's renders were detected as a face."
+    "The face check is conclusive only when a counted detector found a face in the original's renders."
 )
 
 #: Depth below the skin (mm) and distance from any feature (mm) of the brain proxy.
@@ -106,7 +107,8 @@ def detect_renders(renders: dict[str, Rendering]) -> dict[str, dict[str, faces.D
     out: dict[str, dict[str, faces.DetectorResult]] = {}
     for name, rendering in renders.items():
         chosen = tuple(faces.DETECTORS) if name == "front" else faces.FAST_DETECTORS
-        out[name] = faces.detect_all(rendering.rgb(), chosen)
+        results = faces.detect_all(rendering.rgb(), chosen)
+        out[name] = {d: replace(r, counted=faces.is_counted(d, name)) for d, r in results.items()}
     return out
 
 

@@ -2,26 +2,29 @@
 
 Every model here ships inside a registry package, so nothing is downloaded at run time:
 
-=====================  ==============================================  ==========  =========
-name                   model (package)                                 threshold   counted
-=====================  ==============================================  ==========  =========
-``blazeface_short``    MediaPipe BlazeFace short-range (mediapipe)     0.75        yes
-``blazeface_full``     MediaPipe BlazeFace full-range (mediapipe)      0.50        yes
-``facemesh``           MediaPipe Face Mesh, 468 landmarks (mediapipe)  found       yes
-``dlib_cnn``           dlib MMOD CNN (dlib-bin + face-recognition-     0.0         yes
-                       models)
-=====================  ==============================================  ==========  =========
+=====================  ==============================================  ==========  ==================
+name                   model (package)                                 threshold   counted in verdict
+=====================  ==============================================  ==========  ==================
+``facemesh``           MediaPipe Face Mesh, 468 landmarks (mediapipe)  found       every view
+``dlib_cnn``           dlib MMOD CNN (dlib-bin + face-recognition-     0.0         front view (only
+                       models)                                                     view it runs on)
+``blazeface_short``    MediaPipe BlazeFace short-range (mediapipe)     0.75        front view only
+``blazeface_full``     MediaPipe BlazeFace full-range (mediapipe)      0.50        never (reported)
+=====================  ==============================================  ==========  ==================
 
-Thresholds and why:
+Thresholds and why (calibration on renders of 10 real heads, intact and with the face cut
+off 45 mm and 70 mm deep; numbers in ``docs/verification.md``):
 
-* ``blazeface_full`` 0.50 and ``facemesh`` (landmarks found, with its inner detector at 0.5) use
-  MediaPipe's own default operating point.
-* ``dlib_cnn`` 0.0 is the MMOD detector's own decision boundary (the confidence is the margin
-  of the detection score; dlib reports nothing below 0).
-* ``blazeface_short`` 0.75 rather than MediaPipe's 0.5: the short-range model fires at 0.55-0.73
-  on renders of heads whose face was removed (two dark orbit remnants on an oval suffice), while
-  intact face renders score 0.75-0.92 (measured; see ``docs/verification.md``).  Its raw score is
-  always reported, so a reader can apply 0.5 instead.
+* ``facemesh``: landmarks found, with its inner detector at MediaPipe's default 0.5.  It found
+  the face on every intact head whose face is in the field of view and on no face-removed head.
+* ``dlib_cnn`` 0.0: the MMOD detector's own decision boundary (the confidence is the margin of
+  the detection score; dlib reports nothing below 0).  Intact: 0.50-1.00; face removed: never.
+* ``blazeface_short`` 0.75 on the front view, instead of MediaPipe's 0.5: face-removed heads
+  still score up to 0.71 from the front (two dark orbit remnants on an oval suffice) and up to
+  0.80 from 45 degrees, while intact fronts score 0.84-0.89 when the face is clear.  Oblique
+  scores are therefore reported but not counted.
+* ``blazeface_full`` 0.5 (MediaPipe's default) is reported but never counted: on renders it
+  scores 0.60-0.69 on intact and face-removed heads alike, so it cannot tell them apart.
 
 Haar cascades and HOG are not offered: they fire on any head-shaped blob and prove nothing.
 
@@ -253,7 +256,22 @@ def dlib_cnn(image: npt.NDArray[Any]) -> DetectorResult:
     return DetectorResult("dlib_cnn", threshold, best_score, best_box, detected, seconds=seconds)
 
 
-#: All counted detectors, by name.
+#: Views in which each detector's detections count toward the verdict (None: every view).
+COUNTED_VIEWS: dict[str, tuple[str, ...] | None] = {
+    "blazeface_short": ("front",),
+    "blazeface_full": (),
+    "facemesh": None,
+    "dlib_cnn": None,
+}
+
+
+def is_counted(detector: str, view: str) -> bool:
+    """Whether ``detector``'s detections in ``view`` count toward the verdict."""
+    views = COUNTED_VIEWS.get(detector, ())
+    return views is None or view in views
+
+
+#: All detectors, by name.
 DETECTORS: dict[str, Callable[[npt.NDArray[Any]], DetectorResult]] = {
     "blazeface_short": blazeface_short,
     "blazeface_full": blazeface_full,

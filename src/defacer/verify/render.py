@@ -6,7 +6,7 @@ head stored as RAS, LPS or ASL renders the same picture.  No display, OpenGL or 
 1. :func:`prepare_scene` resamples the scan (trilinear, through its full affine, so oblique and
    anisotropic grids are handled) onto an isotropic grid aligned with the RAS axes around the
    head, smooths it (Gaussian, ``smooth_mm``), picks the skin iso-level (:func:`auto_iso_level`)
-   and keeps only the largest connected body above it, which removes background noise and
+   and keeps only the large connected bodies above it, which removes background noise and
    ghosting specks.
 2. :func:`render_view` rotates that grid to the view (yaw about S, then pitch about the rotated
    R axis), casts one orthographic ray per pixel toward the back of the head, finds the first
@@ -31,7 +31,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from defacer.errors import VerificationError
-from defacer.volume import Volume
+from defacer.volume import Volume, canonical_reorientation
 
 
 @dataclass(frozen=True)
@@ -167,6 +167,10 @@ def _head_box_world(volume: Volume, values: npt.NDArray[np.float32], iso: float)
     return world.min(axis=0), world.max(axis=0)
 
 
+#: Bodies above the iso-level smaller than this fraction of the largest are dropped as noise.
+MIN_BODY_FRACTION = 0.02
+
+
 def prepare_scene(
     volume: Volume,
     *,
@@ -195,25 +199,33 @@ def prepare_scene(
     -------
     Scene
     """
-    values = volume.values()
-    if values.ndim != 3:
-        raise VerificationError(f"Expected a 3D volume to render, found shape {values.shape}.")
+    if volume.raw.ndim != 3:
+        raise VerificationError(f"Expected a 3D volume to render, found shape {volume.raw.shape}.")
+    # Exact axis permutation/flips to RAS first, so that every subsample below (and so the iso-level
+    # and the framing) is the same whatever the file's axis order.  For non-oblique grids the
+    # resampling matrix is then diagonal, which scipy handles with its much faster zoom path.
+    reo = canonical_reorientation(volume.affine, volume.shape)
+    values = reo.to_ras(volume.values())
+    ras_volume = Volume(values, reo.ras_affine)
     if like is not None:
         iso_level, centre, step = like.iso, like.centre, like.step_mm
     else:
         sample = values[::3, ::3, ::3]
         iso_level = float(iso) if iso is not None else auto_iso_level(sample)
-        lo, hi = _head_box_world(volume, values, iso_level)
+        lo, hi = _head_box_world(ras_volume, values, iso_level)
         centre = (lo + hi) / 2.0
         # The cube must hold the head from every view: its largest extent, plus a margin.
         step = float(np.max(hi - lo)) * 1.08 / size
+    air = float(np.percentile(values[::4, ::4, ::4], 1))
+    background = min(air, iso_level - 1.0)
     # Output voxel (i, j, k) of the cube -> world point centre + step * ((i, j, k) - (size - 1) / 2).
-    to_voxel = np.linalg.inv(volume.affine)
+    to_voxel = np.linalg.inv(reo.ras_affine)
     matrix = to_voxel[:3, :3] * step
     half = (size - 1) / 2.0
     offset = to_voxel[:3, :3] @ (np.asarray(centre) - step * half) + to_voxel[:3, 3]
-    air = float(np.percentile(values[::4, ::4, ::4], 1))
-    background = min(air, iso_level - 1.0)
+    off_diagonal = matrix - np.diag(np.diag(matrix))
+    if np.abs(off_diagonal).max() <= 1e-9 * np.abs(matrix).max():
+        matrix = np.diag(matrix)
     grid = ndimage.affine_transform(values, matrix, offset=offset, output_shape=(size,) * 3, order=1,
                                     mode="constant", cval=background, prefilter=False).astype(np.float32)
     if smooth_mm > 0:
@@ -225,9 +237,12 @@ def prepare_scene(
             f"No surface above the iso-level {iso_level:g} after resampling. Check the scan's affine and values."
         )
     if count > 1:
+        # Keep every large body (the scalp and the brain may be separate shells where the skull is
+        # dark); drop small specks of noise, ghosting or fiducials.
         sizes = np.bincount(labelled.ravel())
         sizes[0] = 0
-        body = labelled == int(np.argmax(sizes))
+        big = np.flatnonzero(sizes >= MIN_BODY_FRACTION * sizes.max())
+        body = np.isin(labelled, big)
     keep = ndimage.binary_dilation(body, iterations=2)
     grid[~keep] = background
     return Scene(grid=grid, centre=np.asarray(centre, dtype=np.float64), step_mm=step, iso=iso_level,
@@ -255,6 +270,29 @@ def _camera_axes(view: View) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return rot_pitch @ right, rot_pitch @ up, rot_pitch @ forward
 
 
+#: Fraction of the cube's depth that rays traverse (the visible surface is in the near half).
+DEPTH_FRACTION = 0.65
+
+
+def _view_grid(scene: Scene, basis: npt.NDArray[np.float64], depth_n: int) -> npt.NDArray[np.float32]:
+    """Resample the scene cube into view order (row, col, depth), ``depth_n`` samples deep."""
+    n = scene.grid.shape[0]
+    half = (n - 1) / 2.0
+    rounded = np.rint(basis)
+    if np.allclose(basis, rounded, atol=1e-9):
+        # A signed axis permutation (e.g. the front view): exact, no interpolation.
+        out = scene.grid
+        axes = [int(np.flatnonzero(rounded[:, c])[0]) for c in range(3)]
+        out = np.transpose(out, axes)
+        for c in range(3):
+            if rounded[axes[c], c] < 0:
+                out = np.flip(out, axis=c)
+        return np.ascontiguousarray(out[:, :, :depth_n])
+    offset = half - basis @ np.full(3, half)
+    return ndimage.affine_transform(scene.grid, basis, offset=offset, output_shape=(n, n, depth_n), order=1,
+                                    mode="constant", cval=scene.background, prefilter=False)
+
+
 def render_view(scene: Scene, view: View, *, upsample: int = 2) -> Rendering:
     """Render one orthographic view of a scene.
 
@@ -277,15 +315,13 @@ def render_view(scene: Scene, view: View, *, upsample: int = 2) -> Rendering:
     # View voxel (row, col, depth) -> world direction: rows go down (-up), cols right, depth forward.
     basis = np.stack([-up, right, forward], axis=1)  # world = centre + step * basis @ (idx - half)
     # World -> scene cube voxel is (world - centre) / step + half; compose both (rotation about the centre).
-    half = (n - 1) / 2.0
-    matrix = basis
-    offset = half - basis @ np.full(3, half)
-    view_grid = ndimage.affine_transform(scene.grid, matrix, offset=offset, output_shape=(n, n, n), order=1,
-                                         mode="constant", cval=scene.background, prefilter=False)
+    # Rays stop a little beyond the centre: the surface facing the camera lies in the near half.
+    depth_n = min(n, int(np.ceil(n * DEPTH_FRACTION)))
+    view_grid = _view_grid(scene, basis, depth_n)
     inside = view_grid > scene.iso
     hit = inside.any(axis=2)
     first = np.argmax(inside, axis=2)
-    before = np.clip(first - 1, 0, n - 1)
+    before = np.clip(first - 1, 0, depth_n - 1)
     rows, cols = np.indices(first.shape)
     v0 = view_grid[rows, cols, before]
     v1 = view_grid[rows, cols, first]
@@ -294,14 +330,15 @@ def render_view(scene: Scene, view: View, *, upsample: int = 2) -> Rendering:
     t = np.clip(np.nan_to_num(t, nan=0.0), 0.0, 1.0)
     depth = (before + t) * scene.step_mm
     depth = np.where(first > 0, depth, first * scene.step_mm).astype(np.float32)
-    return _shade(depth, hit, scene.step_mm, view, upsample)
+    return _shade(depth, hit, scene.step_mm, view, upsample, depth_n * scene.step_mm)
 
 
 def _shade(depth: npt.NDArray[np.float32], hit: npt.NDArray[np.bool_], step_mm: float, view: View,
-           upsample: int) -> Rendering:
+           upsample: int, depth_range_mm: float) -> Rendering:
     """Shade a depth map (mm, larger = farther) into a grey picture."""
-    far = float(depth[hit].max()) if hit.any() else 0.0
-    filled = np.where(hit, depth, far + 5 * step_mm).astype(np.float32)
+    # Background and depth cue use the fixed ray length, never the picture's own content, so an
+    # unchanged part of a defaced head is shaded exactly as in the original.
+    filled = np.where(hit, depth, depth_range_mm).astype(np.float32)
     if upsample > 1:
         filled = ndimage.zoom(filled, upsample, order=1, mode="nearest", grid_mode=True)
         hit = ndimage.zoom(hit.astype(np.float32), upsample, order=1, mode="nearest", grid_mode=True) > 0.5
@@ -316,8 +353,7 @@ def _shade(depth: npt.NDArray[np.float32], hit: npt.NDArray[np.bool_], step_mm: 
     halfway = light + np.array([0.0, 0.0, -1.0])
     halfway /= np.linalg.norm(halfway)
     specular = np.clip(normal @ halfway, 0.0, 1.0) ** 24
-    near = float(filled[hit].min()) if hit.any() else 0.0
-    cue = 1.0 - 0.35 * np.clip((filled - near) / 150.0, 0.0, 1.0)
+    cue = 1.0 - 0.45 * np.clip(filled / depth_range_mm, 0.0, 1.0)
     shade = (0.12 + 0.78 * lambert + 0.18 * specular) * cue
     image = np.where(hit, np.clip(shade * 255.0, 1.0, 255.0), 0.0).astype(np.uint8)
     depth_out = np.where(hit, filled, np.nan).astype(np.float32)

@@ -29,7 +29,7 @@ h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #
 .verdict{display:inline-block;padding:6px 16px;border-radius:6px;font-weight:700;font-size:1.3em;color:#fff}
 .PASS{background:#1a7f37}.FAIL{background:#cf222e}.warn{background:#fff8c5;padding:8px;border-radius:4px}
 table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
-th{background:#f4f4f4}td.l,th.l{text-align:left}.hit{color:#cf222e;font-weight:700}.ok{color:#1a7f37}
+th{background:#f4f4f4}td.l,th.l{text-align:left}.hit{color:#cf222e;font-weight:700}.weak{color:#9a6700;font-style:italic}.ok{color:#1a7f37}
 .pair{display:inline-block;margin:4px 10px 10px 0;vertical-align:top;text-align:center;font-size:.85em}
 .pair img{display:block;border:1px solid #999;background:#000}.rule{font-size:.9em;color:#444}
 pre{background:#f6f8fa;padding:8px;overflow:auto;font-size:.8em;max-height:400px}
@@ -68,13 +68,14 @@ def _detector_table(summary: dict[str, Any]) -> str:
                 if r is None:
                     cells.append("<td>not run</td>")
                     continue
-                cls = "hit" if r["detected"] else ""
+                cls = ("hit" if r["counted"] else "weak") if r["detected"] else ""
                 cells.append(f'<td class="{cls}">{_fmt(r["score"])}</td>')
         rows.append(f'<tr><td class="l">{html.escape(view)}</td>{"".join(cells)}</tr>')
     return (f'<table><tr><th class="l" rowspan=2>view</th>{head}</tr><tr>{sub}</tr>{"".join(rows)}</table>'
             '<p class="rule">Scores are the best face each model returned ("&ndash;": none). '
-            'Red: at or above the stated threshold (a face is detected). Face Mesh shows 1 when its 468 '
-            'landmarks were found. dlib CNN runs on the front view only.</p>')
+            'Red: at or above the stated threshold in a view where the detector counts (a face is detected). '
+            'Amber italics: above the threshold in a view where it is reported but not counted. Face Mesh shows 1 '
+            'when its 468 landmarks were found. dlib CNN runs on the front view only.</p>')
 
 
 def _voxel_table(voxels: dict[str, Any]) -> str:

@@ -100,9 +100,10 @@ def feature_slices(
         An axial and a sagittal slice per feature (the eyes and ears: through one of the pair).
     """
     reo = canonical_reorientation(original.affine, original.shape)
-    before = reo.to_ras(original.values())
-    after = reo.to_ras(defaced.values())
-    lo, hi = np.percentile(before[::2, ::2, ::2], [0.5, 99.5])
+    # Stored values, reordered exactly; physical scaling is applied per slice (cheap).
+    before = reo.to_ras(original.raw)
+    after = reo.to_ras(defaced.raw)
+    lo, hi = np.percentile(before[::3, ::3, ::3].astype(np.float32) * original.slope + original.inter, [0.5, 99.5])
     spacing = reo.ras_spacing
     out: list[FeatureSlices] = []
     for name, mask_file in regions.items():
@@ -125,8 +126,9 @@ def feature_slices(
             aspect = (spacing[aspect_axes[1]], spacing[aspect_axes[0]])
             edge = _orient_plane(_outline(mask[sel]), plane)
             pics = []
-            for volume_values in (before, after):
-                grey = _orient_plane(_to_uint8(volume_values[sel], lo, hi), plane)
+            for stored, vol in ((before, original), (after, defaced)):
+                physical = stored[sel].astype(np.float32) * vol.slope + vol.inter
+                grey = _orient_plane(_to_uint8(physical, lo, hi), plane)
                 rgb = np.repeat(grey[:, :, None], 3, axis=2)
                 rgb[edge] = COLOURS.get(name, (255, 0, 255))
                 pics.append(_resize(rgb, aspect, height))

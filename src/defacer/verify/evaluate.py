@@ -1,0 +1,310 @@
+"""Evaluate defacing over a folder of scans: detection, Dice, face checks, re-identification, cost.
+
+For every scan in the folder (NIfTI, NRRD, MGZ files and DICOM series folders, not recursing
+further), :func:`evaluate_folder` defaces it in memory with :func:`defacer.pipeline.deface`,
+verifies it with :func:`defacer.verify.verify_pair` (report in ``OUT/<name>/``), and records:
+
+* the features found, and their Dice against ``reference_labels/<name>.labels.nii.gz`` when present;
+* every detector's scores before and after, the verdict, and the identity distance;
+* seconds and the process's peak resident memory.
+
+Overall it reports the **re-identification rank-1 rate** of the defaced front renders against a
+gallery made of the original front renders of all scans (chance = 1 / number of scans), and as
+the baseline that gives it meaning, the same rate for the originals rendered from another angle
+(:data:`~defacer.verify.render.BASELINE_VIEW`) against the same gallery.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from defacer.errors import DefacerError, VerificationError
+from defacer.io import SUFFIX_FORMATS
+from defacer.labels import FEATURE_LABELS
+from defacer.verify import faces, identity
+from defacer.verify.check import VERDICT_RULE, face_box, verify_pair
+from defacer.verify.render import BASELINE_VIEW, render_volume
+
+logger = logging.getLogger(__name__)
+
+RESULT_JSON = "evaluation.json"
+RESULT_HTML = "evaluation.html"
+
+
+@dataclass(frozen=True)
+class Scan:
+    """One scan found in the folder: its name (file name without extension) and path."""
+
+    name: str
+    path: Path
+
+
+def scan_name(path: Path) -> str:
+    """A scan's name: the file name without its image extension (a DICOM folder keeps its name)."""
+    lower = path.name.lower()
+    for suffix in SUFFIX_FORMATS:
+        if lower.endswith(suffix):
+            return path.name[: -len(suffix)]
+    return path.name
+
+
+def find_scans(folder: Path) -> list[Scan]:
+    """Scans directly inside ``folder``: image files and folders holding DICOM files, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DefacerError(f"'{folder}' is not a folder. Pass a folder holding head scans (files or DICOM folders).")
+    scans = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_file() and any(entry.name.lower().endswith(s) for s in SUFFIX_FORMATS):
+            if entry.name.lower().endswith(".labels.nii.gz"):
+                continue
+            scans.append(Scan(scan_name(entry), entry))
+        elif entry.is_dir() and any(p.is_file() and not p.name.startswith(".") for p in entry.iterdir()):
+            scans.append(Scan(entry.name, entry))
+    if not scans:
+        raise DefacerError(f"No scan found in '{folder}': expected .nii/.nii.gz/.nrrd/.nhdr/.mgz files or DICOM folders.")
+    return scans
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _baseline_embedding(volume: Any) -> npt.NDArray[np.float64]:
+    """Embedding of the original rendered from the baseline angle, on that render's own face box."""
+    _, renders = render_volume(volume, (BASELINE_VIEW,))
+    r = renders[BASELINE_VIEW.name]
+    results = faces.detect_all(r.rgb(), ("dlib_cnn", "facemesh", "blazeface_full", "blazeface_short"))
+    box, _ = face_box(results, r.image)
+    return identity.embed(r.rgb(), box)
+
+
+def evaluate_scan(scan: Scan, out_dir: Path, detector_for: Callable[[Scan], Any], options: Any,
+                  reference_dir: Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Deface and verify one scan.
+
+    Returns
+    -------
+    record : dict
+        The JSON-ready per-scan record.
+    extras : dict
+        Embeddings (``original``, ``defaced``, ``baseline``) and front thumbnails.
+    """
+    from defacer.detect.metrics import dice_per_feature
+    from defacer.io import load_volume
+    from defacer.pipeline import deface
+
+    start = time.perf_counter()
+    volume = load_volume(scan.path)
+    t_load = time.perf_counter() - start
+    result = deface(volume, detector_for(scan), options)
+    t_deface = time.perf_counter() - start - t_load
+    found = [name for name, value in FEATURE_LABELS.items() if np.any(result.labels == int(value))]
+    dice = None
+    reference = reference_dir / f"{scan.name}.labels.nii.gz" if reference_dir else None
+    if reference is not None and reference.is_file():
+        ref = load_volume(reference, strict=False).raw.astype(np.uint8)
+        if ref.shape == result.labels.shape:
+            dice = dice_per_feature(result.labels, ref)
+        else:
+            logger.warning("reference labels %s have shape %s, scan %s: skipped", reference, ref.shape, volume.shape)
+    t0 = time.perf_counter()
+    verified = verify_pair(volume, result.volume, out_dir / scan.name, labels=result.labels,
+                           provenance=result.provenance, title=f"defacer evaluate: {scan.name}")
+    t_verify = time.perf_counter() - t0
+    baseline = _baseline_embedding(volume)
+    s = verified.summary
+    front = s["detectors"].get("front", {})
+    record = {
+        "name": scan.name,
+        "path": str(scan.path),
+        "features_found": found,
+        "dice": dice,
+        "reference": str(reference) if dice is not None else None,
+        "verdict": s["verdict"],
+        "passed": s["passed"],
+        "conclusive": s["conclusive"],
+        "face_found_before": s["face_found_before"],
+        "face_found_after": s["face_found_after"],
+        "front_scores": {n: {"before": front.get("before", {}).get(n, {}).get("score"),
+                             "after": front.get("after", {}).get(n, {}).get("score")} for n in faces.DETECTORS},
+        "identity_distance": s["identity"]["distance"],
+        "brain_changed": s["voxels"]["brain"]["changed"],
+        "voxels_changed": s["voxels"]["total"],
+        "report": str(verified.report_path),
+        "seconds": round(time.perf_counter() - start, 2),
+        "seconds_load": round(t_load, 2),
+        "seconds_deface": round(t_deface, 2),
+        "seconds_verify": round(t_verify, 2),
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+    }
+    extras = {
+        "original": verified.embeddings["original"],
+        "defaced": verified.embeddings["defaced"],
+        "baseline": baseline,
+        "thumbs": (verified.renders["original"]["front"].image, verified.renders["defaced"]["front"].image),
+    }
+    return record, extras
+
+
+def _overall(records: list[dict[str, Any]], embeddings: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    ok = [r for r in records if "error" not in r]
+    gallery = {n: e["original"] for n, e in embeddings.items()}
+    reid = identity.rank1_rate({n: e["defaced"] for n, e in embeddings.items()}, gallery)
+    base = identity.rank1_rate({n: e["baseline"] for n, e in embeddings.items()}, gallery)
+    dice: dict[str, list[float]] = {f: [] for f in FEATURE_LABELS}
+    for r in ok:
+        for f, v in (r.get("dice") or {}).items():
+            if v is not None:
+                dice[f].append(float(v))
+    conclusive = [r for r in ok if r["conclusive"]]
+    return {
+        "scans": len(records),
+        "errors": len(records) - len(ok),
+        "passed": sum(1 for r in ok if r["passed"]),
+        "face_detected_before": len(conclusive),
+        "face_detected_after": sum(1 for r in ok if r["face_found_after"]),
+        "face_detected_after_among_detected_before": sum(1 for r in conclusive if r["face_found_after"]),
+        "reid_rank1_defaced": reid["rate"],
+        "reid_rank1_baseline_other_angle": base["rate"],
+        "reid_chance": reid["chance"],
+        "reid_matches_defaced": reid["matches"],
+        "reid_matches_baseline": base["matches"],
+        "mean_dice": {f: (float(np.mean(v)) if v else None) for f, v in dice.items()},
+        "dice_scans": {f: len(v) for f, v in dice.items()},
+        "mean_identity_distance": float(np.mean([r["identity_distance"] for r in ok])) if ok else None,
+        "seconds_mean": float(np.mean([r["seconds"] for r in ok])) if ok else None,
+        "seconds_verify_mean": float(np.mean([r["seconds_verify"] for r in ok])) if ok else None,
+        "peak_rss_mb": max((r["peak_rss_mb"] for r in ok), default=None),
+    }
+
+
+def evaluate_folder(
+    folder: Path,
+    out_dir: Path,
+    *,
+    labels_dir: Path | None = None,
+    reference_dir: Path | None = None,
+    options: Any = None,
+    detector: Any = None,
+    echo: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Deface, verify and score every scan in ``folder``.
+
+    Parameters
+    ----------
+    folder : Path
+        Folder of scans (files and DICOM folders directly inside it).
+    out_dir : Path
+        Where the per-scan reports, ``evaluation.json`` and ``evaluation.html`` go.
+    labels_dir : Path, optional
+        Use ``<labels_dir>/<name>.labels.nii.gz`` as each scan's detector (a label file) instead
+        of the default detector.
+    reference_dir : Path, optional
+        Folder of reference label maps ``<name>.labels.nii.gz`` for Dice.
+    options : DefaceOptions, optional
+        Defacing options (default :class:`defacer.pipeline.DefaceOptions()`).
+    detector : Detector, optional
+        Detector for every scan (default: the shipped model, unless ``labels_dir``).
+    echo : callable, optional
+        Called with one line of progress per scan.
+
+    Returns
+    -------
+    dict
+        ``{"rule", "scans": [per-scan records], "overall": {...}}``; also written as JSON.
+    """
+    from defacer.pipeline import DefaceOptions, load_detector
+    from defacer.verify.report import evaluation_html
+
+    scans = find_scans(folder)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    opts = options or DefaceOptions()
+    shared_detector = detector
+    if shared_detector is None and labels_dir is None:
+        shared_detector = load_detector()
+
+    def detector_for(scan: Scan) -> Any:
+        if labels_dir is not None:
+            path = Path(labels_dir) / f"{scan.name}.labels.nii.gz"
+            if not path.is_file():
+                raise DefacerError(f"No label map for '{scan.name}' in '{labels_dir}' (expected {path.name}).")
+            return load_detector(labels_path=path)
+        return shared_detector
+
+    records: list[dict[str, Any]] = []
+    embeddings: dict[str, dict[str, Any]] = {}
+    thumbs: dict[str, tuple[Any, Any]] = {}
+    for scan in scans:
+        try:
+            record, extras = evaluate_scan(scan, out_dir, detector_for, opts, reference_dir)
+        except (DefacerError, VerificationError) as err:
+            record = {"name": scan.name, "path": str(scan.path), "error": str(err)}
+            extras = None
+        records.append(record)
+        if extras is not None:
+            embeddings[scan.name] = extras
+            thumbs[scan.name] = extras["thumbs"]
+        if echo is not None:
+            echo(format_row(record))
+    result = {"rule": VERDICT_RULE, "scans": records, "overall": _overall(records, embeddings)}
+    from defacer.verify.report import write_summary
+
+    write_summary(out_dir / RESULT_JSON, result)
+    from defacer.io.atomic import atomic_outputs
+
+    with atomic_outputs([out_dir / RESULT_HTML]) as (tmp,):
+        tmp.write_text(evaluation_html(result, thumbs), encoding="utf-8")
+    return result
+
+
+TABLE_HEADER = (f"{'scan':28s} {'features':16s} {'dice e/n/a':16s} {'face before':>11s} {'face after':>10s} "
+                f"{'id dist':>7s} {'verdict':>7s} {'sec':>6s} {'RSS MB':>7s}")
+
+
+def format_row(r: dict[str, Any]) -> str:
+    """One line of the evaluation table."""
+    if "error" in r:
+        return f"{r['name'][:28]:28s} error: {r['error']}"
+    dice = r.get("dice") or {}
+    dtxt = "/".join("-" if dice.get(f) is None else f"{dice[f]:.2f}" for f in FEATURE_LABELS) if dice else "-"
+    feats = ",".join(f[:4] for f in r["features_found"]) or "-"
+    return (f"{r['name'][:28]:28s} {feats:16s} {dtxt:16s} {len(r['face_found_before']):>11d} "
+            f"{len(r['face_found_after']):>10d} {r['identity_distance']:>7.3f} {r['verdict']:>7s} "
+            f"{r['seconds']:>6.1f} {r['peak_rss_mb']:>7.0f}")
+
+
+def format_overall(overall: dict[str, Any]) -> str:
+    """The closing lines of the evaluation table."""
+    def pct(v: Any) -> str:
+        return "-" if v is None else f"{100 * v:.0f}%"
+
+    dice = ", ".join(f"{f} {v:.2f}" for f, v in overall["mean_dice"].items() if v is not None) or "-"
+    return (
+        f"scans {overall['scans']} (errors {overall['errors']}), passed {overall['passed']}; "
+        f"face detected before {overall['face_detected_before']}, after {overall['face_detected_after']} "
+        f"(among those detected before: {overall['face_detected_after_among_detected_before']})\n"
+        f"re-identification rank-1: defaced {pct(overall['reid_rank1_defaced'])}, "
+        f"original from another angle {pct(overall['reid_rank1_baseline_other_angle'])}, "
+        f"chance {pct(overall['reid_chance'])}\n"
+        f"mean Dice: {dice}; mean seconds per scan {overall['seconds_mean'] or 0:.1f} "
+        f"(verify {overall['seconds_verify_mean'] or 0:.1f}); peak RSS {overall['peak_rss_mb'] or 0:.0f} MB"
+    )
+
+
+def dumps(result: dict[str, Any]) -> str:
+    """The evaluation as JSON text."""
+    return json.dumps(result, indent=2, default=str)
