@@ -124,11 +124,22 @@ def stop_server(server: Server) -> str:
 
 
 def decode_png(data: bytes) -> "np.ndarray":
-    """Decode an 8-bit RGB or RGBA PNG (as Chromium writes screenshots) into an (H, W, 3) uint8 array."""
+    """Decode an 8-bit RGB or RGBA PNG (as Chromium writes screenshots) into an (H, W, 3) uint8 array.
+
+    Uses Pillow when installed (the ``verify`` extra), else a small pure-numpy decoder.
+    """
+    import io
     import struct
     import zlib
 
     import numpy as np
+
+    try:
+        from PIL import Image
+    except ImportError:
+        pass
+    else:
+        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
     assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
     pos, chunks, header = 8, [], b""
