@@ -101,3 +101,20 @@ def test_original_identifiers_of_a_real_header_are_gone(shared_data, tmp_path):
         value = str(source.get(keyword, "") or "")
         if len(value) >= 6:
             assert value.encode() not in data, keyword
+
+
+def test_real_series_anonymized_headers_only_stay_valid_for_dcmtk_and_dcm2niix(shared_data, tmp_path):
+    from defacer.io.dicom_series import anonymize_files
+
+    folder = shared_data / "heads" / "decubitus-HFS_T1w_dicom"
+    written, skipped = anonymize_files(folder, tmp_path / "anon", Scrubber(DeidOptions(), Pseudonymizer(b"k" * 32)))
+    assert len(written) == len(list(folder.iterdir())) and not skipped
+    assert np.array_equal(read_dicom_volume(tmp_path / "anon").raw, read_dicom_volume(folder).raw)
+    converted = dcm2niix(tmp_path / "anon", tmp_path / "conv")
+    assert np.array_equal(np.asarray(converted.dataobj), np.asarray(dcm2niix(folder, tmp_path / "ref").dataobj))
+    if shutil.which("dcmdump") is None:
+        pytest.skip("DCMTK is not installed (apt-get install dcmtk)")
+    result = subprocess.run(["dcmdump", "-q", "+r", "+sd", str(tmp_path / "anon")], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0
+    assert not [line for line in (result.stdout + result.stderr).splitlines() if line.startswith(("E:", "F:"))]
