@@ -16,11 +16,17 @@ def _have(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-#: Skip marker for tests that need the ``verify`` extra's models.
-needs_detectors = pytest.mark.skipif(
-    not (_have("mediapipe") and _have("dlib") and _have("face_recognition_models")),
-    reason="needs defacer[verify]: mediapipe==0.10.21, dlib-bin, face-recognition-models",
-)
+@pytest.fixture(scope="session")
+def detectors() -> None:
+    """Skip the test when the ``verify`` extra's face models are not installed."""
+    if not (_have("mediapipe") and _have("dlib") and _have("face_recognition_models")):
+        pytest.skip("needs defacer[verify]: mediapipe==0.10.21, dlib-bin, face-recognition-models")
+
+
+@pytest.fixture(scope="session")
+def face_remover():
+    """(:func:`remove_face`, :func:`removed_region_labels`): a clearly defaced copy of a real head."""
+    return remove_face, removed_region_labels
 
 
 def remove_face(volume: Volume, behind_mm: float = 70.0, below_mm: float = 50.0, above_mm: float = 55.0) -> Volume:
@@ -39,6 +45,11 @@ def remove_face(volume: Volume, behind_mm: float = 70.0, below_mm: float = 50.0,
     air = np.percentile(ras[::4, ::4, ::4], 1)
     ras[:, y0:, z0:z1] = np.asarray(air).astype(ras.dtype)
     return volume.with_raw(reo.from_ras(ras))
+
+
+def removed_region_labels(original: Volume, defaced: Volume) -> np.ndarray:
+    """Label map marking the changed voxels as "nose" (the edit region a defacer would report)."""
+    return ((original.raw != defaced.raw) * 2).astype(np.uint8)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,84 @@
+"""Face detector wrappers on a photograph shipped with scikit-image and on renders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage import data
+
+from defacer.errors import VerificationError
+from defacer.verify import faces, identity
+from defacer.verify.render import View, render_volume
+
+pytestmark = pytest.mark.usefixtures("detectors")
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    return np.ascontiguousarray(data.astronaut())
+
+
+def test_every_detector_finds_the_astronauts_face_at_its_threshold(astronaut) -> None:
+    results = faces.detect_all(astronaut)
+    assert set(results) == set(faces.DETECTORS)
+    for name, r in results.items():
+        assert r.detected, f"{name} missed the face (score {r.score})"
+        assert r.score is not None and r.score >= r.threshold
+        left, top, right, bottom = r.box
+        # Eileen Collins' face is around x 170-260, y 70-170 in the 512 x 512 picture.
+        assert left < 215 < right and top < 120 < bottom, (name, r.box)
+    assert results["facemesh"].extra["landmarks"] == 468
+
+
+def test_no_detector_fires_on_an_empty_picture() -> None:
+    blank = np.zeros((256, 256, 3), dtype=np.uint8)
+    for name, r in faces.detect_all(blank).items():
+        assert not r.detected and r.score is None, name
+
+
+def test_no_counted_detector_finds_a_face_on_the_phantom(phantom) -> None:
+    # The phantom has eyes, a nose and ears but no mouth or facial relief: not a face.
+    _, renders = render_volume(phantom.volume, (View("front"),))
+    results = faces.detect_all(renders["front"].rgb())
+    assert not results["dlib_cnn"].detected
+    assert not results["facemesh"].detected
+
+
+def test_detectors_reject_pictures_that_are_not_uint8_rgb() -> None:
+    with pytest.raises(VerificationError, match="uint8 RGB"):
+        faces.blazeface_short(np.zeros((64, 64, 3), dtype=np.float32))
+    with pytest.raises(VerificationError, match="Unknown face detector"):
+        faces.detect_all(np.zeros((64, 64, 3), dtype=np.uint8), ("haar",))
+
+
+def test_grey_pictures_are_accepted_as_rgb(astronaut) -> None:
+    grey = astronaut.mean(axis=2).astype(np.uint8)
+    assert faces.dlib_cnn(grey).detected
+
+
+def test_only_calibrated_views_count() -> None:
+    assert faces.is_counted("facemesh", "left45")
+    assert faces.is_counted("blazeface_short", "front")
+    assert not faces.is_counted("blazeface_short", "left45")
+    assert not faces.is_counted("blazeface_full", "front")
+
+
+def test_identity_embedding_is_stable_and_tells_people_apart(astronaut) -> None:
+    box = faces.dlib_cnn(astronaut).box
+    a = identity.embed(astronaut, box)
+    assert a.shape == (128,)
+    assert identity.distance(a, identity.embed(astronaut, box)) < 1e-6
+    # The same face mirrored stays the same person; the camera man's face does not exist here, so compare with a
+    # render, which is far from a photograph.
+    mirrored = np.ascontiguousarray(astronaut[:, ::-1])
+    mbox = faces.dlib_cnn(mirrored).box
+    assert identity.distance(a, identity.embed(mirrored, mbox)) < 0.5
+
+
+def test_rank1_rate_counts_probes_whose_nearest_gallery_face_is_their_own() -> None:
+    gallery = {"a": np.array([0.0, 0.0]), "b": np.array([1.0, 0.0]), "c": np.array([0.0, 1.0])}
+    probes = {"a": np.array([0.1, 0.0]), "b": np.array([0.1, 0.1]), "c": np.array([0.0, 0.8])}
+    result = identity.rank1_rate(probes, gallery)
+    assert result["rate"] == pytest.approx(2 / 3)
+    assert result["chance"] == pytest.approx(1 / 3)
+    assert result["matches"]["b"] == "a" and result["ranks"]["b"] == 2
