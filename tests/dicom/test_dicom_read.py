@@ -167,3 +167,40 @@ def test_a_list_of_files_is_read_like_a_folder(tmp_path):
     paths = write_series(tmp_path / "f", ramp())
     shutil.copy(paths[0], tmp_path / "elsewhere.dcm")
     assert np.array_equal(read_dicom_volume(paths).raw, ramp())
+
+
+def test_files_without_preamble_are_read_and_written_back(tmp_path):
+    raw = ramp()
+    paths = write_series(tmp_path / "old", raw)
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        del ds.file_meta
+        ds.preamble = None
+        ds.save_as(path, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    assert not paths[0].read_bytes()[128:132] == b"DICM"
+    volume = read_dicom_volume(tmp_path / "old")
+    assert np.array_equal(volume.raw, raw)
+    from defacer.io.dicom_series import write_dicom_volume
+
+    written = write_dicom_volume(volume.with_raw(raw[::-1].copy()), tmp_path / "out")
+    assert pydicom.dcmread(written[0]).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
+    assert np.array_equal(read_dicom_volume(tmp_path / "out").raw, raw[::-1])
+
+
+def test_jpeg_2000_series_are_decoded_when_the_decoders_are_installed(tmp_path):
+    pytest.importorskip("openjpeg", reason="pylibjpeg-openjpeg is not installed")
+    from pydicom.uid import JPEG2000Lossless
+
+    raw = ramp((64, 64, 4)) % 500
+    paths = write_series(tmp_path / "j2k", raw)
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.compress(JPEG2000Lossless)
+        ds.save_as(path)
+    volume = read_dicom_volume(tmp_path / "j2k")
+    assert np.array_equal(volume.raw, raw)
+    from defacer.io.dicom_series import write_dicom_volume
+
+    written = write_dicom_volume(volume.with_raw(raw + 1), tmp_path / "out")
+    assert pydicom.dcmread(written[0]).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert np.array_equal(read_dicom_volume(tmp_path / "out").raw, raw + 1)

@@ -16,7 +16,22 @@ from defacer.io.dicom_series import read_dicom_volume, write_dicom_volume
 from defacer.phi import DeidOptions, Pseudonymizer, Scrubber
 
 pytestmark = pytest.mark.realdata
-SERIES = ["fnndsc-3yo_T1w_dicom", "decubitus-HFS_T1w_dicom", "ge-headct_tilted_dicom"]
+SERIES = ["fnndsc-3yo_T1w_dicom", "decubitus-HFS_T1w_dicom", "ge-headct_tilted_dicom", "studyforrest-defaced"]
+_EXTRACTED: dict[str, object] = {}
+
+
+def series_folder(shared_data, name, tmp_path_factory):
+    """The folder of a real series; the already-defaced studyforrest series (implicit VR) is unpacked into tmp."""
+    if name != "studyforrest-defaced":
+        return shared_data / "heads" / name
+    if name not in _EXTRACTED:
+        import tarfile
+
+        target = tmp_path_factory.mktemp("studyforrest")
+        with tarfile.open(shared_data / "negative" / "studyforrest-defaced_T1w_dicom.tgz") as archive:
+            archive.extractall(target, filter="data")
+        _EXTRACTED[name] = target
+    return _EXTRACTED[name]
 #: dcm2niix stores an orthonormalised qform/sform; corners agree to this many mm on untilted series.
 CORNER_TOLERANCE_MM = 0.01
 
@@ -41,8 +56,8 @@ def corner_distance(a, b):
 
 
 @pytest.mark.parametrize("name", SERIES)
-def test_real_series_geometry_matches_dcm2niix(shared_data, tmp_path, name):
-    folder = shared_data / "heads" / name
+def test_real_series_geometry_matches_dcm2niix(shared_data, tmp_path, tmp_path_factory, name):
+    folder = series_folder(shared_data, name, tmp_path_factory)
     volume = read_dicom_volume(folder)
     ours, theirs = canonical(volume), dcm2niix(folder, tmp_path)
     assert ours.shape == theirs.shape
@@ -61,15 +76,15 @@ def test_real_series_geometry_matches_dcm2niix(shared_data, tmp_path, name):
 
 
 @pytest.mark.parametrize("name", SERIES)
-def test_real_series_round_trip_reads_back_identically_everywhere(shared_data, tmp_path, name):
-    folder = shared_data / "heads" / name
+def test_real_series_round_trip_reads_back_identically_everywhere(shared_data, tmp_path, tmp_path_factory, name):
+    folder = series_folder(shared_data, name, tmp_path_factory)
     volume = read_dicom_volume(folder)
     raw = volume.raw.copy()
     raw[: raw.shape[0] // 4, : raw.shape[1] // 4, :] = raw.min()  # a stand-in for defaced voxels
     scrubber = Scrubber(DeidOptions(clean_recognizable_visual_features=True), Pseudonymizer(b"real-data-key-0123456789"))
     out = tmp_path / "out"
     written = write_dicom_volume(volume.with_raw(raw), out, deid=scrubber)
-    assert len(written) == len(list(folder.iterdir()))
+    assert len(written) == len([p for p in folder.rglob("*") if p.is_file()])
 
     again = read_dicom_volume(out)
     assert np.array_equal(again.raw, raw) and np.allclose(again.affine, volume.affine)

@@ -134,12 +134,47 @@ def _input_files(path: PathLike | Sequence[PathLike]) -> list[Path]:
     return sorted(files)
 
 
-def _read_header(path: Path) -> Dataset:
+def _looks_like_raw_dicom(path: Path) -> bool:
+    """True when a file without the Part 10 preamble starts like a DICOM data set (old exports)."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(8)
+    except OSError:
+        return False
+    return len(head) == 8 and int.from_bytes(head[:2], "little") in (0x0002, 0x0008)
+
+
+def dcmread_any(path: Path, **kwargs: Any) -> Dataset:
+    """``pydicom.dcmread``, also accepting files without the 128-byte preamble and "DICM" marker.
+
+    Such files get a TransferSyntaxUID in ``file_meta`` matching how they were encoded.
+
+    Raises
+    ------
+    pydicom.errors.InvalidDicomError
+        If the file is not DICOM at all.
+    """
     import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    try:
+        return pydicom.dcmread(path, **kwargs)
+    except InvalidDicomError:
+        if not _looks_like_raw_dicom(path):
+            raise
+    ds = pydicom.dcmread(path, force=True, **kwargs)
+    if "TransferSyntaxUID" not in ds.file_meta:
+        implicit, _ = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    return ds
+
+
+def _read_header(path: Path) -> Dataset:
     from pydicom.errors import InvalidDicomError
 
     try:
-        return pydicom.dcmread(path, defer_size=512)
+        return dcmread_any(path, defer_size=512)
     except InvalidDicomError:
         raise
     except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError, NotImplementedError) as err:
@@ -335,10 +370,8 @@ def select_series(found: Sequence[SeriesInfo], series: str | None, source: str) 
 # ---------------------------------------------------------------------------------- reading
 def _decode(path: Path) -> tuple[Dataset, npt.NDArray[Any]]:
     """Read one instance with pixels; frames first: shape (F, Rows, Columns)."""
-    import pydicom
-
     try:
-        ds = pydicom.dcmread(path)
+        ds = dcmread_any(path)
         pixels = ds.pixel_array
     except (EOFError, OSError) as err:
         raise DicomSeriesError(f"'{path}' is truncated or unreadable ({err}). Re-export the series.") from err
@@ -610,8 +643,6 @@ def write_dicom_volume(volume: Volume, out_dir: PathLike, *, force: bool = False
     DicomSeriesError
         The volume is not a DICOM volume read by defacer, or an input file changed.
     """
-    import pydicom
-
     frames: tuple[FrameRef, ...] | None = volume.extra.get("frames")
     if volume.format != "dicom" or not frames:
         raise DicomSeriesError(
@@ -634,7 +665,7 @@ def write_dicom_volume(volume: Volume, out_dir: PathLike, *, force: bool = False
         folder.mkdir()
         for file, name in zip(files, names, strict=True):
             try:
-                ds = pydicom.dcmread(file)
+                ds = dcmread_any(file)
                 original = ds.pixel_array
             except (OSError, EOFError, ValueError) as err:
                 raise DicomSeriesError(f"Cannot read '{file}' again to write its defaced copy ({err}).") from err
@@ -696,7 +727,6 @@ def anonymize_files(
     DicomSeriesError
         No DICOM file found; an instance with burned-in text without opt-in (nothing is written).
     """
-    import pydicom
     from pydicom.errors import InvalidDicomError
 
     files = _input_files(in_path)
@@ -712,7 +742,7 @@ def anonymize_files(
         folder.mkdir()
         for file in files:
             try:
-                ds = pydicom.dcmread(file)
+                ds = dcmread_any(file)
             except InvalidDicomError:
                 skipped.append((file, "not a DICOM file"))
                 continue
