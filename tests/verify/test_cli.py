@@ -1,0 +1,90 @@
+"""`defacer verify` and `defacer evaluate` from the command line, on phantoms."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from defacer.cli.main import main
+from defacer.phantom import make_phantom, save_phantom
+from defacer.verify.evaluate import evaluate_folder, find_scans
+
+pytestmark = pytest.mark.usefixtures("detectors")
+
+
+def _save(volume, path) -> None:
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(volume.raw, volume.affine), str(path))
+
+
+def test_verify_command_writes_the_report_and_exits_0_on_pass(phantom, defaced_phantom, tmp_path, capsys) -> None:
+    _save(phantom.volume, tmp_path / "head.nii.gz")
+    _save(defaced_phantom, tmp_path / "head_defaced.nii.gz")
+    (tmp_path / "head_defaced.defacer.json").write_text(json.dumps({"seed": 3}))
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(phantom.labels, phantom.volume.affine), str(tmp_path / "labels.nii.gz"))
+    code = main(["verify", str(tmp_path / "head.nii.gz"), str(tmp_path / "head_defaced.nii.gz"),
+                 "--labels", str(tmp_path / "labels.nii.gz")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert out.startswith("PASS")
+    assert "inconclusive" in out  # the phantom is not a face to the detectors
+    report = tmp_path / "head_defaced_verify" / "verify_report.html"
+    assert report.is_file() and "&quot;seed&quot;: 3" in report.read_text()
+
+
+def test_verify_command_exits_3_when_the_brain_changed(phantom, tmp_path, capsys) -> None:
+    raw = phantom.volume.raw.copy()
+    raw[phantom.brain] = 0
+    _save(phantom.volume, tmp_path / "a.nii.gz")
+    _save(phantom.volume.with_raw(raw), tmp_path / "b.nii.gz")
+    code = main(["verify", str(tmp_path / "a.nii.gz"), str(tmp_path / "b.nii.gz"), "--out", str(tmp_path / "r")])
+    assert code == 3
+    assert capsys.readouterr().out.startswith("FAIL")
+    assert json.loads((tmp_path / "r" / "verify_summary.json").read_text())["verdict"] == "FAIL"
+
+
+def test_verify_command_reports_a_missing_file_without_a_traceback(tmp_path, capsys) -> None:
+    code = main(["verify", str(tmp_path / "nope.nii.gz"), str(tmp_path / "nope2.nii.gz")])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err and "nope.nii.gz" in err
+
+
+def test_evaluate_scores_every_scan_and_reports_reidentification(tmp_path, capsys) -> None:
+    scans, labels = tmp_path / "scans", tmp_path / "labels"
+    scans.mkdir()
+    labels.mkdir()
+    for name, contrast, shift in (("a", "T1", (0, 0, 0)), ("b", "T2", (4, -3, 2))):
+        p = make_phantom(3.0, contrast=contrast, shift_mm=shift)
+        save_phantom(p, scans / f"{name}.nii.gz", labels / f"{name}.labels.nii.gz")
+    (scans / "notes.txt").write_text("not a scan")
+    assert [s.name for s in find_scans(scans)] == ["a", "b"]
+    code = main(["evaluate", str(scans), "--labels-dir", str(labels), "--reference-dir", str(labels),
+                 "--out", str(tmp_path / "eval")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "re-identification rank-1" in out
+    result = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert [s["name"] for s in result["scans"]] == ["a", "b"]
+    for s in result["scans"]:
+        assert s["features_found"] == ["eyes", "nose", "ears"]
+        assert s["dice"] == {"eyes": 1.0, "nose": 1.0, "ears": 1.0}
+        assert s["seconds"] > 0 and s["peak_rss_mb"] > 0
+        assert (tmp_path / "eval" / s["name"] / "verify_report.html").is_file()
+    overall = result["overall"]
+    assert overall["reid_chance"] == 0.5
+    assert overall["reid_rank1_defaced"] is not None and overall["reid_rank1_baseline_other_angle"] is not None
+    assert (tmp_path / "eval" / "evaluation.html").read_text().count("data:image/png;base64,") == 4
+
+
+def test_evaluate_records_a_missing_label_map_as_that_scans_error(tmp_path) -> None:
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    save_phantom(make_phantom(3.0), scans / "a.nii.gz")
+    result = evaluate_folder(scans, tmp_path / "eval", labels_dir=tmp_path)
+    assert "No label map" in result["scans"][0]["error"]
+    assert result["overall"]["errors"] == 1
+    assert (tmp_path / "eval" / "evaluation.json").is_file()
