@@ -139,11 +139,13 @@ def test_dicom_series_files_are_defaced_and_downloaded_as_a_zip(page: Any, phant
 
     from playwright.sync_api import expect
 
-    page.set_input_files("#scan-input", [str(p) for p in phantom_files.dicom_files])
+    chosen = [str(p) for p in phantom_files.dicom_files] + [str(phantom_files.garbage)]  # a stray non-DICOM file
+    page.set_input_files("#scan-input", chosen)
     page.set_input_files("#labels-input", str(phantom_files.labels))
-    expect(page.locator("#chosen")).to_contain_text(f"{len(phantom_files.dicom_files)} files")
+    expect(page.locator("#chosen")).to_contain_text(f"{len(chosen)} files")
     page.locator("#upload-button").click()
     expect(page.locator("#upload-stage")).to_contain_text("Ready", timeout=TIMEOUT_MS)
+    expect(page.locator("#chosen")).to_contain_text("Skipped 1 file(s) that are not DICOM: broken.nii.gz")
     expect(page.locator("#scan-info")).to_contain_text("DICOM")
     page.locator("#deface-button").click()
     expect(page.locator("#download-scan")).to_be_visible(timeout=TIMEOUT_MS)

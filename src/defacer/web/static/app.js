@@ -53,7 +53,11 @@ function putFile(session, role, file, onProgress) {
       let body = null;
       try { body = JSON.parse(xhr.responseText); } catch (err) { body = null; }
       if (xhr.status >= 200 && xhr.status < 300) resolve(body);
-      else reject(new Error(body && body.error ? body.error : `Upload of ${file.name} failed (${xhr.status}).`));
+      else {
+        const error = new Error(body && body.error ? body.error : `Upload of ${file.name} failed (${xhr.status}).`);
+        error.status = xhr.status;
+        reject(error);
+      }
     };
     xhr.onerror = () => reject(new Error(`Upload of ${file.name} failed: the server closed the connection ` +
       "(the file may be larger than the upload limit)."));
@@ -89,7 +93,32 @@ const dropzone = $("dropzone");
   e.preventDefault(); dropzone.classList.add("over");
 }));
 ["dragleave", "drop"].forEach((type) => dropzone.addEventListener(type, () => dropzone.classList.remove("over")));
-dropzone.addEventListener("drop", (e) => { e.preventDefault(); chooseScans(e.dataTransfer.files); });
+// A dropped folder (a DICOM series) is walked to collect its files.
+function readEntry(entry) {
+  if (entry.isFile) return new Promise((resolve) => entry.file((file) => resolve([file]), () => resolve([])));
+  if (!entry.isDirectory) return Promise.resolve([]);
+  const reader = entry.createReader();
+  const readBatch = () => new Promise((resolve) => reader.readEntries(resolve, () => resolve([])));
+  return (async () => {
+    const files = [];
+    for (let batch = await readBatch(); batch.length; batch = await readBatch()) {
+      for (const child of batch) files.push(...await readEntry(child));
+    }
+    return files;
+  })();
+}
+dropzone.addEventListener("drop", async (e) => {
+  e.preventDefault();
+  const entries = Array.from(e.dataTransfer.items || []).map((item) => item.webkitGetAsEntry && item.webkitGetAsEntry())
+    .filter(Boolean);
+  if (entries.some((entry) => entry.isDirectory)) {
+    const files = [];
+    for (const entry of entries) files.push(...await readEntry(entry));
+    chooseScans(files);
+  } else {
+    chooseScans(e.dataTransfer.files);
+  }
+});
 // Never let a file dropped elsewhere replace the page.
 window.addEventListener("dragover", (e) => e.preventDefault());
 window.addEventListener("drop", (e) => e.preventDefault());
@@ -237,11 +266,25 @@ async function uploadAndDetect() {
     await closeSession();
     state.session = (await api("/api/sessions", { method: "POST" })).session;
     let done = 0;
+    let stored = 0;
+    const skipped = [];
     const all = files.map((f) => ["scan", f]).concat(chosen.labels ? [["labels", chosen.labels]] : []);
     for (const [role, file] of all) {
-      await putFile(state.session, role, file, (loaded) =>
-        progress(...row, (done + loaded) / total * 0.8, `Uploading… ${humanBytes(done + loaded)} of ${humanBytes(total)}`));
+      try {
+        await putFile(state.session, role, file, (loaded) =>
+          progress(...row, (done + loaded) / total * 0.8, `Uploading… ${humanBytes(done + loaded)} of ${humanBytes(total)}`));
+        if (role === "scan") stored += 1;
+      } catch (err) {
+        // In a folder of DICOM files, skip the odd file that is not DICOM (DICOMDIR, notes); fail otherwise.
+        if (!(role === "scan" && files.length > 1 && err.status === 415)) throw err;
+        skipped.push(file.name);
+      }
       done += file.size;
+    }
+    if (!stored) throw new Error("None of the chosen files is a supported scan or DICOM file.");
+    if (skipped.length) {
+      $("chosen").textContent = `Skipped ${skipped.length} file(s) that are not DICOM: ${skipped.slice(0, 5).join(", ")}` +
+        (skipped.length > 5 ? ", …" : "") + ".";
     }
     progress(...row, 0.85, "Reading the scan…");
     const info = await api(`/api/sessions/${state.session}/load`, { method: "POST" });
