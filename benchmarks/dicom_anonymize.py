@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "phi"))
-from phi_corpus import build_corpus, leaks  # noqa: E402
+from phi_corpus import build_corpus, leaks
 
 RUNNERS = {
     "dicom-anonymizer 2.1.0": """
@@ -83,7 +83,7 @@ def run_other(python: Path, body: str, corpus_dir: Path, out: Path) -> dict[str,
     rest = "\n".join(line for line in lines if not line.startswith(("import ", "from ")))
     code = TEMPLATE.format(imports=imports, body=rest)
     result = subprocess.run([str(python), "-c", code, str(corpus_dir), str(out)], capture_output=True, text=True,
-                            timeout=3600)
+                            timeout=3600, check=False)
     if result.returncode != 0:
         return {"error": result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed"}
     return json.loads(result.stdout.strip().splitlines()[-1])

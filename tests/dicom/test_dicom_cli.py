@@ -18,7 +18,7 @@ from defacer.phi.describe import describe_actions
 from defacer.phi.options import DeidOptions
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "phi"))
-from phi_corpus import build_corpus, leaks  # noqa: E402
+from phi_corpus import build_corpus, leaks
 
 KEY = "cli-test-key-0123456789"
 
@@ -66,7 +66,7 @@ def test_deface_dicom_without_deidentification_keeps_headers(phantom_series, tmp
     code = main(["deface", str(phantom_series / "in"), str(out), "--labels", str(phantom_series / "labels.nii.gz"),
                  "--no-deidentify"])
     assert code == 0
-    source = sorted((phantom_series / "in").iterdir())[0]
+    source = min((phantom_series / "in").iterdir())
     a, b = pydicom.dcmread(source), pydicom.dcmread(out / source.name)
     assert a.PatientName == b.PatientName and a.SOPInstanceUID == b.SOPInstanceUID
 

@@ -177,7 +177,7 @@ def test_files_without_preamble_are_read_and_written_back(tmp_path):
         del ds.file_meta
         ds.preamble = None
         ds.save_as(path, implicit_vr=True, little_endian=True, enforce_file_format=False)
-    assert not paths[0].read_bytes()[128:132] == b"DICM"
+    assert paths[0].read_bytes()[128:132] != b"DICM"
     volume = read_dicom_volume(tmp_path / "old")
     assert np.array_equal(volume.raw, raw)
     from defacer.io.dicom_series import write_dicom_volume

@@ -23,8 +23,8 @@ def corpus(tmp_path_factory):
     return build_corpus(tmp_path_factory.mktemp("planted") / "in")
 
 
-def anonymize(corpus, out, options=DeidOptions(), key=KEY, **kwargs):
-    scrubber = Scrubber(options, Pseudonymizer(key), **kwargs)
+def anonymize(corpus, out, options=None, key=KEY, **kwargs):
+    scrubber = Scrubber(options or DeidOptions(), Pseudonymizer(key), **kwargs)
     written, skipped = anonymize_files(corpus.folder, out, scrubber)
     return scrubber, written, skipped
 
@@ -83,7 +83,7 @@ def test_references_inside_sequences_point_at_the_new_uids(corpus, tmp_path):
         assert ds.ReferencedImageSequence[0].ReferencedSOPInstanceUID == target.SOPInstanceUID
         assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == target.SOPInstanceUID
         assert ds.StudyInstanceUID == target.StudyInstanceUID
-    assert scrubber.mapping.uids[str(pydicom.dcmread(sorted(corpus.files)[0]).SOPInstanceUID)] == str(
+    assert scrubber.mapping.uids[str(pydicom.dcmread(min(corpus.files)).SOPInstanceUID)] == str(
         pydicom.dcmread(written[0]).SOPInstanceUID)
 
 
@@ -126,7 +126,7 @@ def test_retain_options_keep_what_they_name(corpus, tmp_path):
     options = DeidOptions(retain_uids=True, retain_patient_characteristics=True, retain_long_full_dates=True,
                           retain_device_identity=True)
     _, written, _ = anonymize(corpus, tmp_path / "out", options)
-    original = pydicom.dcmread(sorted(corpus.files)[0])
+    original = pydicom.dcmread(min(corpus.files))
     ds = pydicom.dcmread(written[0])
     assert ds.SOPInstanceUID == original.SOPInstanceUID
     assert ds.StudyDate == original.StudyDate

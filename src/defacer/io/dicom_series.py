@@ -68,7 +68,7 @@ class FrameRef:
 
     path: Path
     frame: int | None
-    position: tuple[float, float, float]
+    position: tuple[float, ...]
     slope: float
     inter: float
 
@@ -302,9 +302,9 @@ def scan(path: PathLike | Sequence[PathLike]) -> Scan:
         orientation = orientations.get(group_key)
         count_by_uid[uid] += 1
         first = members[0][1]
-        key = uid if count_by_uid[uid] == 1 else f"{uid}#{count_by_uid[uid]}"
+        stack_key = uid if count_by_uid[uid] == 1 else f"{uid}#{count_by_uid[uid]}"
         series.append(SeriesInfo(
-            key=key,
+            key=stack_key,
             series_uid=uid,
             series_number=str(first.get("SeriesNumber", "") or ""),
             modality=str(first.get("Modality", "") or ""),

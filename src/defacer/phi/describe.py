@@ -38,8 +38,8 @@ def describe_actions(options: DeidOptions) -> list[str]:
     """Every line ``--what-if`` prints: the general steps, then one line per table row."""
     chosen = ", ".join(options.chosen) or "none"
     lines = [
-        f"De-identification: DICOM PS3.15 {EDITION} Annex E Basic Application Level Confidentiality Profile; "
-        f"options: {chosen}.",
+        (f"De-identification: DICOM PS3.15 {EDITION} Annex E Basic Application Level Confidentiality Profile; "
+         f"options: {chosen}."),
         "Private attributes (odd groups): "
         + ("kept only where listed as safe, others removed" if options.retain_safe_private else "all removed") + ".",
         "Person names (PN) the table does not list: emptied. Instance/frame-of-reference UIDs it does not list: "

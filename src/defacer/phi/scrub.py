@@ -22,6 +22,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.uid import UID
 
 from defacer.errors import DicomSeriesError
 from defacer.phi import actions
@@ -312,9 +313,9 @@ class Scrubber:
 
     @staticmethod
     def _drop_orphan_creators(ds: Dataset) -> None:
-        for tag in [t for t in ds.keys() if t.group & 1 and 0x10 <= t.element < 0x100]:
+        for tag in [t for t in ds.keys() if t.group & 1 and 0x10 <= t.element < 0x100]:  # noqa: SIM118
             block = tag.element
-            if not any(t.group == tag.group and (t.element >> 8) == block for t in ds.keys()):
+            if not any(t.group == tag.group and (t.element >> 8) == block for t in ds.keys()):  # noqa: SIM118
                 del ds[tag]
 
     def _mark(self, ds: Dataset) -> None:
@@ -342,8 +343,8 @@ class Scrubber:
         if "SOPInstanceUID" in ds:
             meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         if transfer_syntax:
-            meta.TransferSyntaxUID = transfer_syntax
-        meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+            meta.TransferSyntaxUID = UID(transfer_syntax)
+        meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
         meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
         ds.file_meta = meta
 
