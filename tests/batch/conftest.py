@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from defacer.phantom import make_phantom, save_phantom
+from batch_fixtures import write_bids_phantoms
 
 #: (subject, session or None, BIDS suffix, phantom contrast) of the standard test dataset.
 SCANS = [
@@ -19,32 +18,6 @@ SCANS = [
     ("03", "1", "T1w", "T1"),
     ("03", "1", "PDw", "PD"),
 ]
-
-
-def write_bids_phantoms(root: Path, labels: Path, scans: list[tuple[str, str | None, str, str]],
-                        voxel_size: float = 3.0) -> list[str]:
-    """Write a BIDS dataset of phantoms under ``root`` and their label maps under ``labels``.
-
-    Returns the relative paths of the scans.
-    """
-    root.mkdir(parents=True)
-    (root / "dataset_description.json").write_text(json.dumps({"Name": "phantoms", "BIDSVersion": "1.9.0"}))
-    (root / "participants.tsv").write_text("participant_id\n" + "".join(f"sub-{s}\n" for s in
-                                                                      sorted({s[0] for s in scans})))
-    (root / "README").write_text("synthetic phantoms\n")
-    relpaths = []
-    for index, (sub, ses, suffix, contrast) in enumerate(scans):
-        folder = Path(f"sub-{sub}") / (f"ses-{ses}" if ses else "") / "anat"
-        stem = f"sub-{sub}" + (f"_ses-{ses}" if ses else "") + f"_{suffix}"
-        (root / folder).mkdir(parents=True, exist_ok=True)
-        (labels / folder).mkdir(parents=True, exist_ok=True)
-        phantom = make_phantom(voxel_size, contrast=contrast, seed=index, axcodes="RAS" if index % 2 else "LPS")
-        save_phantom(phantom, root / folder / f"{stem}.nii.gz", labels / folder / f"{stem}.labels.nii.gz")
-        (root / folder / f"{stem}.json").write_text(json.dumps({"RepetitionTime": 2.3, "EchoTime": 0.003}))
-        relpaths.append((folder / f"{stem}.nii.gz").as_posix())
-    (root / "sub-01" / "func").mkdir()
-    (root / "sub-01" / "func" / "sub-01_task-rest_events.tsv").write_text("onset\tduration\n0\t1\n")
-    return relpaths
 
 
 @pytest.fixture(scope="session")

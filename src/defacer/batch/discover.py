@@ -24,6 +24,7 @@ none) and no exclude.  Excluded scans are neither defaced nor copied.
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -41,6 +42,8 @@ NON_FACE_SUFFIXES: frozenset[str] = frozenset({"defacemask", "mask", "dseg", "pr
 
 #: Top-level BIDS folders that are neither searched for scans nor copied.
 BIDS_SKIPPED_FOLDERS: frozenset[str] = frozenset({"sourcedata", "derivatives", "code"})
+
+log = logging.getLogger(__name__)
 
 _ENTITY = re.compile(r"^([a-zA-Z0-9]+)-([a-zA-Z0-9]+)$")
 
@@ -292,12 +295,17 @@ def discover(
 
     candidates: list[Scan] = []
     files: list[PurePosixPath] = []
-    for here, _dirnames, filenames in _walk(base, skip_top):
+    for here, dirnames, filenames in _walk(base, skip_top):
         rel_here = PurePosixPath(here.relative_to(base).as_posix())
         dicoms = [name for name in filenames if not is_image_file(here / name) and is_dicom_file(here / name)]
         if dicoms and kind == "files":
+            # The series folder is rewritten as a whole: other files in it are not carried over,
+            # and its subfolders are not searched (their outputs would sit inside this output).
             candidates.append(Scan(path=here, relpath=rel_here, kind="dicom", entities={}))
-            files.extend(rel_here / name for name in filenames if name not in dicoms)
+            if dirnames:
+                log.warning("'%s' holds DICOM files and subfolders; the subfolders are not searched (put each "
+                            "series in its own leaf folder)", here)
+                dirnames[:] = []
             continue
         for name in filenames:
             rel = rel_here / name

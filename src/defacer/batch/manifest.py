@@ -67,7 +67,8 @@ class ScanRecord:
     error, error_type : str or None
         Why the scan failed, for ``failed``.
     timings : dict
-        Seconds per stage (``hash``, ``deface``, ``verify``, ``total``).
+        Seconds per stage (``hash``, ``deface``, ``verify``, ``total``) and ``cpu``, the CPU
+        seconds the worker process spent on the scan (all its threads).
     started, finished : str
         UTC timestamps (ISO 8601).
     worker : str

@@ -8,8 +8,10 @@ in the manifest as it arrives; write the summary (terminal table, HTML, compacte
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -72,6 +74,12 @@ class BatchConfig:
         No progress bar and no summary table.
     options : dict
         Further ``DefaceOptions`` fields passed to the pipeline.
+    deid_key : bytes or None
+        Secret key for DICOM header de-identification (at least 16 bytes).  ``None``: a random
+        key for this run (pseudonyms consistent within the run; DICOM series are then redone
+        on every run so they stay consistent with each other).
+    deidentify : bool
+        De-identify DICOM headers (PS3.15 Annex E Basic Profile); False keeps them as they are.
     """
 
     in_root: PathLike
@@ -92,6 +100,8 @@ class BatchConfig:
     rehash: bool = False
     quiet: bool = False
     options: dict[str, Any] = field(default_factory=dict)
+    deid_key: bytes | None = None
+    deidentify: bool = True
 
 
 @dataclass
@@ -146,18 +156,25 @@ def check_config(config: BatchConfig) -> None:
 
 
 def labels_for(scan: Scan, labels_dir: Path | None) -> Path | None:
-    """The label map of a scan in ``labels_dir`` (same relative folder, ``<stem>.labels.nii.gz``...)."""
-    if labels_dir is None or scan.kind != "file":
+    """The label map of a scan in ``labels_dir``, or ``None``.
+
+    Same relative folder and ``<stem>.labels.nii.gz`` (or ``.labels.nii``, ``.labels.nrrd``,
+    ``.labels.mgz``); for a DICOM series folder ``<folder name>.labels.nii.gz`` beside where the
+    folder would be.
+    """
+    if labels_dir is None or str(scan.relpath) == ".":
         return None
     folder = labels_dir / scan.relpath.parent
+    stem = image_stem(scan.relpath.name) if scan.kind == "file" else scan.relpath.name
     for ending in LABEL_ENDINGS:
-        candidate = folder / f"{image_stem(scan.relpath.name)}{ending}"
+        candidate = folder / f"{stem}{ending}"
         if candidate.is_file():
             return candidate
     return None
 
 
-def _fingerprint(config: BatchConfig, scan: Scan, labels: Path | None, detector_id: str) -> str:
+def _fingerprint(config: BatchConfig, scan: Scan, labels: Path | None, detector_id: str,
+                 deid_key: bytes | None) -> str:
     from defacer.batch.manifest import sha256_file
 
     return options_fingerprint({
@@ -169,6 +186,7 @@ def _fingerprint(config: BatchConfig, scan: Scan, labels: Path | None, detector_
         "detector": None if labels is not None else detector_id,
         "verify": config.verify,
         "options": config.options,
+        "deid_key_sha256": hashlib.sha256(deid_key).hexdigest() if scan.kind == "dicom" and deid_key else None,
     })
 
 
@@ -199,11 +217,18 @@ def plan(
     detector_id = _detector_id(config)
     jobs = config.jobs
     threads = _threads_per_worker(jobs)
+    deid_key = None
+    if config.deidentify and any(scan.kind == "dicom" for scan in discovery.scans):
+        deid_key = config.deid_key
+        if deid_key is None:
+            deid_key = secrets.token_bytes(32)
+            log.warning("No --key/--key-file: DICOM headers are de-identified with a random key, so pseudonyms are "
+                        "consistent within this run only and every DICOM series is redone on the next run.")
     tasks: list[ScanTask] = []
     skipped: list[ScanRecord] = []
     for scan in discovery.scans:
         labels = labels_for(scan, labels_dir)
-        fingerprint = _fingerprint(config, scan, labels, detector_id)
+        fingerprint = _fingerprint(config, scan, labels, detector_id, deid_key)
         previous = manifest.get(scan.key)
         if not config.redo and is_up_to_date(previous, fingerprint=fingerprint, in_root=layout.in_root,
                                               out_root=layout.out_root, input_files=input_files(scan),
@@ -221,7 +246,7 @@ def plan(
             sidecar_data=defaced_sidecar(scan, layout, config.features, seed) if sidecar is not None else None,
             labels_path=labels, weights_path=Path(config.weights_path) if config.weights_path else None,
             threads=threads, verify_dir=layout.verify_dir(scan) if config.verify else None,
-            deface=deface,
+            deface=deface, deid_key=deid_key if scan.kind == "dicom" else None,
         ))
     return tasks, skipped
 

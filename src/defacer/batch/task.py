@@ -71,6 +71,10 @@ class ScanTask:
     deface : callable or None
         Stand-in for ``defacer.pipeline.deface_file`` (tests, benchmarks); must be a
         module-level function so it pickles.
+    deid_key : bytes or None
+        For DICOM series: the secret key of the header de-identification (PS3.15 Annex E
+        Basic Profile), the same in every worker so pseudonyms agree across the batch;
+        ``None`` leaves headers untouched.
     """
 
     scan: Scan
@@ -88,6 +92,7 @@ class ScanTask:
     verify_dir: Path | None = None
     attempts: int = 1
     deface: DefaceFile | None = None
+    deid_key: bytes | None = None
 
 
 def scan_seed(batch_seed: int, key: str) -> int:
@@ -107,7 +112,7 @@ def output_files(task: ScanTask) -> list[Path]:
     """Every file the scan wrote: image (and detached data), sidecars, provenance."""
     out = task.output
     if task.scan.kind == "dicom":
-        files = sorted(p for p in out.iterdir() if p.is_file() and not p.name.startswith(".")) if out.is_dir() else []
+        files = sorted(p for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")) if out.is_dir() else []
         provenance = out.parent / f"{out.name}.defacer.json"
         return files + ([provenance] if provenance.is_file() else [])
     files = [out]
@@ -178,11 +183,49 @@ def _deface(task: ScanTask) -> dict[str, Any]:
         )
     from defacer.pipeline import deface_file
 
+    if task.scan.kind == "dicom":
+        from defacer.pipeline import load_detector
+
+        detector = (load_detector(labels_path=task.labels_path) if task.labels_path is not None
+                    else worker_detector(task.weights_path, task.threads))
+        return _deface_dicom(task, detector)
     detector = None if task.labels_path is not None else worker_detector(task.weights_path, task.threads)
     return deface_file(
         task.scan.path, task.output, options=_deface_options(task), detector=detector,
         labels_path=task.labels_path, force=True, mask_path=mask_path,
     )
+
+
+def _deface_dicom(task: ScanTask, detector: Any) -> dict[str, Any]:
+    """Deface a DICOM series folder into a new series folder, de-identifying headers when a key is set."""
+    from defacer.checks import validate_volume
+    from defacer.io.dicom_series import read_dicom_volume, write_dicom_volume
+    from defacer.pipeline import deface
+    from defacer.provenance import sha256_of, sidecar_path, write_provenance
+
+    scrubber = None
+    if task.deid_key is not None:
+        from defacer.phi.options import DeidOptions
+        from defacer.phi.pseudonym import Pseudonymizer
+        from defacer.phi.scrub import Scrubber
+
+        scrubber = Scrubber(DeidOptions(clean_recognizable_visual_features=True), Pseudonymizer(task.deid_key))
+    source, target = task.scan.path, task.output
+    volume = validate_volume(read_dicom_volume(source), source=str(source))
+    if scrubber is not None:
+        scrubber.check_burned_in(volume.header, str(source))
+    result = deface(volume, detector, _deface_options(task))
+    written = write_dicom_volume(result.volume, target, force=True, deid=scrubber)
+    provenance = result.provenance
+    provenance["input"] = {"path": str(source), "sha256": sha256_of(source), "format": "dicom",
+                           "files": len({ref.path for ref in volume.extra["frames"]})}
+    provenance["output"] = {"path": str(target), "sha256": sha256_of(target), "files": len(written)}
+    provenance["dicom"] = {"deidentified": scrubber is not None,
+                           "geometry_warnings": list(volume.extra.get("warnings", ()))}
+    if scrubber is not None:
+        provenance["dicom"]["method_codes"] = [code for code, _ in scrubber.options.method_codes()]
+    write_provenance(provenance, sidecar_path(target))
+    return provenance
 
 
 def _verify(task: ScanTask, provenance: dict[str, Any]) -> dict[str, Any]:
@@ -209,7 +252,7 @@ def process_scan(task: ScanTask) -> ScanRecord:
         key=task.scan.key, status=FAILED, seed=task.seed, fingerprint=task.fingerprint,
         started=_now(), worker=f"{socket.gethostname()}:{os.getpid()}", attempts=task.attempts,
     )
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     try:
         record.inputs = [stamp(p, task.in_root) for p in input_files(task.scan)]
         record.input_sha256 = combined_sha256(record.inputs)
@@ -234,6 +277,7 @@ def process_scan(task: ScanTask) -> ScanRecord:
         where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
         record.error = f"{type(err).__name__}: {err}{where}"
     record.timings["total"] = time.perf_counter() - start
+    record.timings["cpu"] = time.process_time() - cpu_start
     record.finished = _now()
     return record
 

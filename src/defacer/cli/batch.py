@@ -51,6 +51,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--labels-dir", metavar="DIR",
                         help="label maps mirroring IN (<stem>.labels.nii.gz) used instead of the detector")
     parser.add_argument("--weights", metavar="FILE", help="detector weights (default: the shipped model)")
+    dicom = parser.add_argument_group("DICOM series (headers de-identified, PS3.15 Annex E Basic Profile)")
+    dicom.add_argument("--no-deidentify", action="store_true", help="deface pixels only; keep DICOM headers as they are")
+    dicom.add_argument("--key", metavar="TEXT", help="secret for the keyed pseudonyms (prefer --key-file)")
+    dicom.add_argument("--key-file", metavar="FILE",
+                       help="file holding the secret key (>= 16 bytes); the same key gives the same pseudonyms on every "
+                            "run, which a resumed batch needs")
     parser.add_argument("--verify", action="store_true", help="verify each defaced scan; link reports in the summary")
     parser.add_argument("--redo", action="store_true", help="deface every scan again, even those recorded as done")
     parser.add_argument("--rehash", action="store_true",
@@ -67,6 +73,11 @@ def run(args: argparse.Namespace) -> int:
     from defacer.errors import DefacerError
     from defacer.labels import parse_features
 
+    deid_key = None
+    if not args.no_deidentify and (args.key is not None or args.key_file is not None):
+        from defacer.phi.pseudonym import load_key
+
+        deid_key, _ = load_key(args.key, args.key_file)
     try:
         features = parse_features(args.features)
     except ValueError as err:
@@ -76,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         features=features, seed=args.seed, jobs=args.jobs, scheduler=args.scheduler,
         layout="derivatives" if args.derivatives else "mirror", others=args.others,
         labels_dir=args.labels_dir, weights_path=args.weights, verify=args.verify, force=args.force,
-        redo=args.redo, rehash=args.rehash, quiet=args.quiet,
+        redo=args.redo, rehash=args.rehash, quiet=args.quiet, deid_key=deid_key, deidentify=not args.no_deidentify,
     )
     try:
         summary = run_batch(config)
