@@ -49,6 +49,10 @@ def phantom_files(tmp_path_factory: pytest.TempPathFactory) -> PhantomFiles:
     pynrrd.write(str(nrrd), nrrd_phantom.raw, header, index_order="F")
     nrrd_labels = folder / "phantom_T2w_labels.nrrd"
     save_label_map(nrrd_head.labels, nrrd_phantom, nrrd_labels)
+    import nibabel as nib
+
+    mgz = folder / "phantom_T1w.mgz"
+    nib.save(nib.MGHImage(np.asarray(phantom.volume.raw), phantom.volume.affine), str(mgz))
     garbage = folder / "broken.nii.gz"
     garbage.write_bytes(b"this is not a scan at all, just some text pretending to be one\n" * 20)
     truncated = folder / "truncated.nii.gz"
@@ -59,7 +63,7 @@ def phantom_files(tmp_path_factory: pytest.TempPathFactory) -> PhantomFiles:
     with zipfile.ZipFile(dicom_zip, "w") as handle:
         for path in dicom_files:
             handle.write(path, arcname=f"series/{path.name}")
-    return PhantomFiles(scan, labels, nrrd, nrrd_labels, garbage, truncated, dicom_zip, dicom_files)
+    return PhantomFiles(scan, labels, nrrd, nrrd_labels, mgz, garbage, truncated, dicom_zip, dicom_files)
 
 
 @pytest.fixture(scope="module")

@@ -175,6 +175,21 @@ def test_nrrd_upload_downloads_as_nrrd(client: TestClient, phantom_files: Phanto
     assert load_volume(tmp_path / "out.nrrd").format == "nrrd"
 
 
+def test_mgz_upload_downloads_as_mgz(client: TestClient, phantom_files: PhantomFiles, tmp_path: Path) -> None:
+    from defacer.io import load_volume
+
+    session = upload_and_detect(client, phantom_files, scan=phantom_files.mgz)
+    assert client.post(f"/api/sessions/{session}/load").json()["format"] == "mgh"
+    job = run_job(client, session)
+    assert job["state"] == "done", job
+    scan = client.get(f"/api/sessions/{session}/download/scan")
+    assert scan.headers["content-disposition"].endswith('phantom_T1w_defaced.mgz"')
+    (tmp_path / "out.mgz").write_bytes(scan.content)
+    out = load_volume(tmp_path / "out.mgz")
+    assert out.format == "mgh" and out.shape == (100, 120, 120)
+    assert (out.raw != load_volume(phantom_files.mgz).raw).any()
+
+
 def test_without_a_label_map_the_default_detector_answers_or_says_why(client: TestClient,
                                                                      phantom_files: PhantomFiles) -> None:
     session = open_session(client)

@@ -30,6 +30,7 @@ class PhantomFiles:
     labels: Path
     nrrd: Path
     nrrd_labels: Path
+    mgz: Path
     garbage: Path
     truncated: Path
     dicom_zip: Path

@@ -91,7 +91,12 @@ def sniff(head: bytes, display_name: str = "") -> str:
         raise UnsupportedUpload("The uploaded file is empty (0 bytes). Choose the scan file again.")
     if head.startswith(b"PK\x03\x04"):
         return "zip"
-    if head.startswith(b"NRRD"):
+    if head.startswith(b"NRRD") or name.endswith(".nhdr"):
+        if name.endswith(".nhdr") or b"\ndata file:" in head or b"\ndatafile:" in head:
+            raise UnsupportedUpload(
+                "Detached NRRD headers (.nhdr, or a header naming a 'data file') need their data file too; save the "
+                "scan as a single .nrrd (e.g. in 3D Slicer) and upload that."
+            )
         return "nrrd"
     if len(head) >= 132 and head[128:132] == b"DICM":
         return "dicom"
@@ -113,11 +118,6 @@ def sniff(head: bytes, display_name: str = "") -> str:
         return "mgh"
     if name.endswith(".dcm") and head[:2] in (b"\x08\x00", b"\x02\x00"):
         return "dicom"  # DICOM without the 128-byte preamble
-    if name.endswith(".nhdr"):
-        raise UnsupportedUpload(
-            "Detached NRRD headers (.nhdr) need their data file too; convert the scan to a single .nrrd "
-            "(e.g. in 3D Slicer) and upload that."
-        )
     shown = head[:8].hex(" ")
     raise UnsupportedUpload(
         f"This file is not a supported scan: its first bytes are {shown}. Expected {ACCEPTED_TEXT}. "
