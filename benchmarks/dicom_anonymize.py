@@ -66,13 +66,13 @@ print(json.dumps({{"seconds": time.perf_counter() - start, "files": len(files)}}
 """
 
 
-def run_defacer(corpus_dir: Path, out: Path) -> dict[str, float]:
+def run_defacer(corpus_dir: Path, out: Path, jobs: int = 1) -> dict[str, float]:
     from defacer.io.dicom_series import anonymize_files
     from defacer.phi import DeidOptions, Pseudonymizer, Scrubber
 
     scrubber = Scrubber(DeidOptions(), Pseudonymizer(b"benchmark-key-0123456789abcdef"))
     start = time.perf_counter()
-    written, _ = anonymize_files(corpus_dir, out, scrubber)
+    written, _ = anonymize_files(corpus_dir, out, scrubber, jobs=jobs)
     return {"seconds": time.perf_counter() - start, "files": len(written)}
 
 
@@ -103,6 +103,8 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=167, help="files per series (6 series); 167 gives 1,002 files")
     parser.add_argument("--python", type=Path, default=ROOT / "build" / "bench-venv" / "bin" / "python",
                         help="interpreter with dicom-anonymizer, dicognito and deid installed")
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="also time defacer with this many worker processes (1: skip; others are single-process)")
     parser.add_argument("--repeat", type=int, default=2, help="runs per tool; the fastest is reported")
     parser.add_argument("--workdir", type=Path, default=ROOT / "build",
                         help="where the corpus and outputs are written (a fast local disk; removed afterwards)")
@@ -116,13 +118,15 @@ def main() -> None:
         for attempt in range(args.repeat):  # best of N, tools interleaved so that load spikes hit all of them
             last = attempt == args.repeat - 1
             runs = {"defacer": lambda out: run_defacer(corpus.folder, out)}
+            if args.jobs > 1:
+                runs[f"defacer --jobs {args.jobs}"] = lambda out: run_defacer(corpus.folder, out, args.jobs)
             for name, body in RUNNERS.items():
                 if not args.python.exists():
                     results[name] = {"error": f"{args.python} not found (see this script's docstring)"}
                     continue
                 runs[name] = lambda out, body=body: run_other(args.python, body, corpus.folder, out)
             for name, run in runs.items():
-                out = work / ("defacer" if name == "defacer" else name.split()[0])
+                out = work / name.replace(" ", "_")
                 shutil.rmtree(out, ignore_errors=True)
                 result = run(out)
                 best = results.get(name)
@@ -133,7 +137,7 @@ def main() -> None:
         for name, result in results.items():
             if "error" in result:
                 continue
-            out = work / ("defacer" if name == "defacer" else name.split()[0])
+            out = work / name.replace(" ", "_")
             phi_left, uids_left, which = count_leaks(out, corpus)
             result.update({"ms_per_file": 1000 * result["seconds"] / max(result["files"], 1),
                            "files_per_s": result["files"] / result["seconds"],

@@ -233,3 +233,15 @@ def test_existing_output_is_refused_without_force_and_input_overlap_always(corpu
         anonymize_files(corpus.folder, corpus.folder / "sub", scrubber, force=True)
     with pytest.raises(OutputError, match="overlaps"):
         anonymize_files(corpus.folder, corpus.folder.parent, scrubber, force=True)
+
+
+def test_parallel_workers_give_byte_identical_output_and_the_same_mapping(corpus, tmp_path):
+    serial = Scrubber(DeidOptions(), Pseudonymizer(KEY), record_mapping=True)
+    parallel = Scrubber(DeidOptions(), Pseudonymizer(KEY), record_mapping=True)
+    first, _ = anonymize_files(corpus.folder, tmp_path / "serial", serial)
+    second, _ = anonymize_files(corpus.folder, tmp_path / "parallel", parallel, jobs=2)
+    assert [p.relative_to(tmp_path / "serial") for p in first] == [p.relative_to(tmp_path / "parallel") for p in second]
+    for a, b in zip(first, second, strict=True):
+        assert a.read_bytes() == b.read_bytes()
+    assert serial.mapping.as_dict() == parallel.mapping.as_dict()
+    assert not list((tmp_path / "parallel").rglob(".work"))

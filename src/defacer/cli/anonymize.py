@@ -25,6 +25,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     parser.add_argument("input", type=Path, help="a DICOM file or a folder (searched recursively)")
     parser.add_argument("output", type=Path, help="new output folder")
     parser.add_argument("--force", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="worker processes (default 1); the output is identical for any N")
     from defacer.cli.deface_dicom import add_deid_arguments
 
     add_deid_arguments(parser)
@@ -39,7 +41,11 @@ def run(args: argparse.Namespace) -> int:
     if args.what_if:
         print_what_if(scrubber.options)
         return 0
-    written, skipped = anonymize_files(args.input, args.output, scrubber, force=args.force)
+    if args.jobs < 1:
+        from defacer.errors import DefacerError
+
+        raise DefacerError(f"--jobs must be at least 1, not {args.jobs}.")
+    written, skipped = anonymize_files(args.input, args.output, scrubber, force=args.force, jobs=args.jobs)
     if args.mapping_file:
         write_deid_mapping(scrubber.mapping.as_dict(), args.mapping_file, out_dir=args.output, force=args.force)
     print(f"De-identified {len(written)} DICOM file(s) from {args.input} into {args.output}.")

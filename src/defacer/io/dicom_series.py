@@ -707,14 +707,54 @@ def write_instance(ds: Dataset, path: Path) -> None:
         handle.write(buffer.getvalue())
 
 
+def _anonymize_chunk(
+    files: Sequence[Path], first: int, folder: Path, deid: Scrubber
+) -> tuple[list[tuple[int, str | None, str]], dict[str, Any] | None]:
+    """De-identify ``files`` into ``folder/<index>.dcm``; per file ``(index, SeriesInstanceUID or None, why skipped)``."""
+    from pydicom.errors import InvalidDicomError
+
+    results: list[tuple[int, str | None, str]] = []
+    for index, file in enumerate(files, start=first):
+        try:
+            ds = dcmread_any(file)
+        except InvalidDicomError:
+            results.append((index, None, "not a DICOM file"))
+            continue
+        except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            results.append((index, None, f"damaged or truncated DICOM file ({type(err).__name__})"))
+            continue
+        if "SOPClassUID" not in ds and "SeriesInstanceUID" not in ds:
+            results.append((index, None, "not a DICOM instance (e.g. DICOMDIR)"))
+            continue
+        uid = str(ds.get("SeriesInstanceUID", ""))
+        deid.scrub(ds, source=str(file))
+        write_instance(ds, folder / f"{index:07d}.dcm")
+        results.append((index, uid, ""))
+    return results, (deid.mapping.as_dict() if deid.record_mapping else None)
+
+
 def anonymize_files(
-    in_path: PathLike | Sequence[PathLike], out_dir: PathLike, deid: Scrubber, *, force: bool = False
+    in_path: PathLike | Sequence[PathLike], out_dir: PathLike, deid: Scrubber, *, force: bool = False, jobs: int = 1
 ) -> tuple[list[Path], list[tuple[Path, str]]]:
     """De-identify the headers of every DICOM file under ``in_path`` (pixels untouched).
 
     Output layout: ``out_dir/S001/IM00001.dcm``..., one folder per SeriesInstanceUID in order
     of first appearance (sorted input paths), files in input order: names carry no PHI and
-    are the same on every run.  Non-DICOM files are not copied and are returned as skipped.
+    are the same on every run, whatever ``jobs``.  Non-DICOM files are not copied and are
+    returned as skipped.
+
+    Parameters
+    ----------
+    in_path : path-like or sequence of path-like
+        A folder (searched recursively), a file, or a list of files.
+    out_dir : path-like
+        New output folder (appears atomically).
+    deid : Scrubber
+        The de-identification to apply; its mapping is filled when it records one.
+    force : bool
+        Replace an existing output folder.
+    jobs : int
+        Worker processes (1: in this process).  Output is identical for any value.
 
     Returns
     -------
@@ -727,44 +767,57 @@ def anonymize_files(
     DicomSeriesError
         No DICOM file found; an instance with burned-in text without opt-in (nothing is written).
     """
-    from pydicom.errors import InvalidDicomError
-
     files = _input_files(in_path)
     out = Path(out_dir)
     root = Path(in_path) if isinstance(in_path, str | os.PathLike) and Path(in_path).is_dir() else None
     _check_output_folder(out, root, files, force)
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, not {jobs}.")
     skipped: list[tuple[Path, str]] = []
     written: list[Path] = []
-    series_index: dict[str, int] = {}
-    counts: dict[int, int] = defaultdict(int)
     with atomic_outputs([out]) as temps:
         folder = temps[0]
-        folder.mkdir()
-        for file in files:
-            try:
-                ds = dcmread_any(file)
-            except InvalidDicomError:
-                skipped.append((file, "not a DICOM file"))
+        work = folder / ".work"
+        work.mkdir(parents=True)
+        if jobs == 1 or len(files) < 2 * jobs:
+            outcomes, _ = _anonymize_chunk(files, 0, work, deid)
+        else:
+            outcomes = _anonymize_parallel(files, work, deid, jobs)
+        series_index: dict[str, int] = {}
+        counts: dict[int, int] = defaultdict(int)
+        for index, uid, why in sorted(outcomes):
+            if uid is None:
+                skipped.append((files[index], why))
                 continue
-            except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-                skipped.append((file, f"damaged or truncated DICOM file ({type(err).__name__})"))
-                continue
-            if "SOPClassUID" not in ds and "SeriesInstanceUID" not in ds:
-                skipped.append((file, "not a DICOM instance (e.g. DICOMDIR)"))
-                continue
-            uid = str(ds.get("SeriesInstanceUID", ""))
-            index = series_index.setdefault(uid, len(series_index) + 1)
-            counts[index] += 1
-            deid.scrub(ds, source=str(file))
-            name = Path(f"S{index:03d}") / f"IM{counts[index]:05d}.dcm"
+            number = series_index.setdefault(uid, len(series_index) + 1)
+            counts[number] += 1
+            name = Path(f"S{number:03d}") / f"IM{counts[number]:05d}.dcm"
             (folder / name).parent.mkdir(exist_ok=True)
-            write_instance(ds, folder / name)
+            os.replace(work / f"{index:07d}.dcm", folder / name)
             written.append(out / name)
+        work.rmdir()
         if not written:
             raise DicomSeriesError(f"No DICOM instance found in '{in_path}'; {len(skipped)} file(s) skipped.")
     for file, why in skipped:
         logger.warning("skipped '%s': %s", file, why)
     return written, skipped
+
+
+def _anonymize_parallel(files: list[Path], work: Path, deid: Scrubber, jobs: int) -> list[tuple[int, str | None, str]]:
+    from concurrent.futures import ProcessPoolExecutor
+
+    size = max(16, -(-len(files) // (jobs * 4)))
+    outcomes: list[tuple[int, str | None, str]] = []
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(_anonymize_chunk, files[i:i + size], i, work, deid) for i in range(0, len(files), size)]
+        for future in futures:
+            results, mapping = future.result()
+            outcomes.extend(results)
+            if mapping is not None:
+                deid.mapping.uids.update(mapping["uids"])
+                for patient, entry in mapping["patients"].items():
+                    deid.mapping.patients.setdefault(patient, {}).update(entry)
+    return outcomes
 
 
 def write_deid_mapping(mapping: dict[str, Any], path: PathLike, *, out_dir: PathLike, force: bool = False) -> Path:
