@@ -146,8 +146,10 @@ def test_nifti_phantom_goes_from_upload_to_verified_download(client: TestClient,
     assert defaced.raw.dtype == original.raw.dtype and np.allclose(defaced.affine, original.affine)
     changed = defaced.raw != original.raw
     assert changed.any() and not (changed & (edits == 0)).any()
-    assert provenance["detector"]["name"] == "label file phantom_labels.nii.gz"
-    assert str(work_root(client)) not in str(provenance)
+    assert provenance["detector"]["name"] == "label map uploaded with the scan"
+    assert len(provenance["detector"]["labels_sha256"]) == 64
+    assert provenance["input"]["files"] == 1 and len(provenance["input"]["sha256"]) == 64
+    assert str(work_root(client)) not in str(provenance) and "phantom_T1w" not in str(provenance)
 
 
 def test_only_the_chosen_features_are_distorted(client: TestClient, phantom_files: PhantomFiles) -> None:

@@ -236,7 +236,7 @@ def load_scan(session: Session, settings: WebSettings) -> dict[str, Any]:
             from defacer.detect.label_file import LabelFileDetector
 
             label_detector = LabelFileDetector(session.label_files[0].path)
-            label_detector.name = f"label file {session.label_files[0].display_name}"
+            label_detector.name = "label map uploaded with the scan"  # no user file name: it goes into provenance
         view = session.path("view")
         view.mkdir(mode=0o700, exist_ok=True)
         write_view_copy(volume, view / "scan.nii.gz")
@@ -317,10 +317,24 @@ def detect(session: Session, default_detector: Callable[[], Detector]) -> dict[s
         features = _feature_summary(labels, volume)
         warnings = [f"No {name} found: nothing will be distorted for them." for name, f in features.items()
                     if f["voxels"] == 0]
-        detection = {"detector": detector.name, "features": features, "warnings": warnings}
+        shown = (f"the uploaded label map {session.label_files[0].display_name}" if session.label_files
+                 else detector.name)
+        detection = {"detector": shown, "features": features, "warnings": warnings}
         session.state.update(labels_ras=labels_ras, labels=labels, detection=detection,
                              detector_id=(detector.name, detector.weights_sha256))
         return detection
+
+
+def _inputs_sha256(session: Session, sha256_of: Callable[[Path], str]) -> str:
+    """sha256 of the uploaded scan file, or of the upload-ordered list of file digests of a series."""
+    if len(session.scan_files) == 1:
+        return sha256_of(session.scan_files[0].path)
+    import hashlib
+
+    digest = hashlib.sha256()
+    for stored in session.scan_files:
+        digest.update(bytes.fromhex(sha256_of(stored.path)))
+    return digest.hexdigest()
 
 
 def _zip_folder(folder: Path, archive: Path) -> None:
@@ -401,10 +415,13 @@ def deface_session(
         save_label_map(result.edit_mask, volume, session.path("view", "mask.nii.gz"), force=True)
 
         provenance = dict(result.provenance)
-        provenance["input"] = {"name": session.state["info"]["name"],
-                               "sha256": [sha256_of(f.path) for f in session.scan_files][:1] or None}
+        # No file names here: the sidecar travels with the defaced scan, and names can identify people.
+        provenance["input"] = {"files": len(session.scan_files), "sha256": _inputs_sha256(session, sha256_of)}
         provenance["output"] = {"sha256": sha256_of(downloads["scan"][0])}
         provenance["interface"] = "defacer serve (web)"
+        label_detector = session.state.get("label_detector")
+        if label_detector is not None:
+            provenance["detector"] = {**provenance.get("detector", {}), "labels_sha256": label_detector.sha256}
         provenance_file = out / "provenance.json"
         provenance_file.write_text(json.dumps(provenance, indent=2, default=_jsonable))
         downloads["provenance"] = (provenance_file, f"{stem}_defaced.defacer.json")
