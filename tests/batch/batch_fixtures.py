@@ -7,6 +7,7 @@ from pathlib import Path
 
 from defacer.phantom import make_phantom, save_phantom
 
+
 def write_bids_phantoms(root: Path, labels: Path, scans: list[tuple[str, str | None, str, str]],
                         voxel_size: float = 3.0) -> list[str]:
     """Write a BIDS dataset of phantoms under ``root`` and their label maps under ``labels``.

@@ -6,7 +6,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from batch_fixtures import write_bids_phantoms
 
 #: (subject, session or None, BIDS suffix, phantom contrast) of the standard test dataset.

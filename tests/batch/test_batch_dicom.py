@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-
 from batch_fixtures import write_dicom_phantom
 
 from defacer.batch.runner import BatchConfig, run_batch
@@ -88,3 +87,12 @@ def test_no_deidentify_keeps_headers_from_the_command_line(tmp_path: Path, dicom
     assert code == 0
     after = _series(tmp_path / "out" / "pat2" / "t1")
     assert {str(d.PatientName) for d in after} == {"Doe^pat2"}
+
+
+def test_a_lone_series_folder_is_written_under_its_own_name(tmp_path: Path, dicom_export: tuple[Path, Path]) -> None:
+    source, labels = dicom_export
+    summary = run_batch(BatchConfig(in_root=source / "pat2" / "t1", out_root=tmp_path / "out", deid_key=KEY,
+                                    labels_dir=labels / "pat2", quiet=True))
+    assert summary.counts.done == 1, summary.records[0].error
+    assert len(_series(tmp_path / "out" / "t1")) == len(_series(source / "pat2" / "t1"))
+    assert (tmp_path / "out" / "t1.defacer.json").is_file()

@@ -59,7 +59,7 @@ def test_entity_and_glob_filters_select_scans(tmp_path: Path) -> None:
     ds = tmp_path / "ds"
     for rel in ["sub-01/anat/sub-01_T1w.nii.gz", "sub-01/anat/sub-01_T2w.nii.gz", "sub-02/anat/sub-02_T1w.nii.gz"]:
         _touch(ds / rel)
-    keys = lambda **kw: [s.key for s in discover(ds, **kw).scans]  # noqa: E731
+    keys = lambda **kw: [s.key for s in discover(ds, **kw).scans]
     assert keys(include=["suffix=T1w"]) == ["sub-01/anat/sub-01_T1w.nii.gz", "sub-02/anat/sub-02_T1w.nii.gz"]
     assert keys(exclude=["sub=02"]) == ["sub-01/anat/sub-01_T1w.nii.gz", "sub-01/anat/sub-01_T2w.nii.gz"]
     assert keys(include=["sub-01/*"], exclude=["*_T2w.nii.gz"]) == ["sub-01/anat/sub-01_T1w.nii.gz"]

@@ -15,6 +15,7 @@ import pytest
 from defacer.batch.manifest import DONE, Manifest
 from defacer.batch.runner import BatchConfig, run_batch
 
+
 def without_gzip_mtime(data: bytes) -> bytes:
     """The bytes of a file with a gzip header's MTIME field (bytes 4-7) zeroed.
 

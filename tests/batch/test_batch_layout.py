@@ -9,8 +9,16 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from defacer.batch.discover import Scan
-from defacer.batch.layout import (OutputLayout, carry_over, check_folders, dataset_description, defaced_sidecar,
-                                  desc_defaced_name, prepare_output, remove_stale_temporaries)
+from defacer.batch.layout import (
+    OutputLayout,
+    carry_over,
+    check_folders,
+    dataset_description,
+    defaced_sidecar,
+    desc_defaced_name,
+    prepare_output,
+    remove_stale_temporaries,
+)
 from defacer.errors import OutputError
 
 

@@ -7,8 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from defacer.batch.manifest import (DONE, FAILED, Manifest, ScanRecord, batch_lock, is_up_to_date, sha256_file,
-                                    stamp)
+from defacer.batch.manifest import (
+    DONE,
+    FAILED,
+    Manifest,
+    ScanRecord,
+    batch_lock,
+    is_up_to_date,
+    sha256_file,
+    stamp,
+)
 from defacer.errors import OutputError
 
 
@@ -91,9 +99,8 @@ def test_failed_scans_are_never_up_to_date(tmp_path: Path) -> None:
 
 
 def test_second_batch_on_the_same_output_is_refused(tmp_path: Path) -> None:
-    with batch_lock(tmp_path), pytest.raises(OutputError, match="Another defacer batch"):
-        with batch_lock(tmp_path):
-            pass
+    with batch_lock(tmp_path), pytest.raises(OutputError, match="Another defacer batch"), batch_lock(tmp_path):
+        pass
     with batch_lock(tmp_path):  # released after the first
         pass
 

@@ -22,6 +22,7 @@ not publish it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -31,8 +32,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from defacer._version import __version__
-from defacer.batch.discover import Discovery, Scan
+from defacer.batch.discover import Scan
 from defacer.errors import OutputError
+
+log = logging.getLogger(__name__)
 
 #: Name of the bookkeeping folder inside OUT.
 STATE_FOLDER = ".defacer"
@@ -301,23 +304,31 @@ def carry_over(layout: OutputLayout, relpaths: Iterable[PurePosixPath], mode: st
         target = layout.out_root / rel
         if rel.name in ("dataset_description.json", ".bidsignore") and len(rel.parts) == 1 and layout.bids:
             continue
-        if _already_there(source, target, mode):
-            kept += 1
+        try:
+            if _already_there(source, target, mode):
+                kept += 1
+                continue
+            _carry_one(source, target, mode)
+        except OSError as err:  # e.g. a broken symlink (a DataLad file not fetched): warn, go on
+            log.warning("could not %s '%s' to the output: %s", mode, source, err.strerror or err)
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.is_symlink() or target.exists():
-            target.unlink()
-        if mode == "symlink":
-            os.symlink(source, target)
-        elif mode == "hardlink":
-            try:
-                os.link(source, target)
-            except OSError:  # other file system: fall back to a copy
-                _copy_atomic(source, target)
-        else:
-            _copy_atomic(source, target)
         done += 1
     return done, kept
+
+
+def _carry_one(source: Path, target: Path, mode: str) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_symlink() or target.exists():
+        target.unlink()
+    if mode == "symlink":
+        os.symlink(source, target)
+    elif mode == "hardlink":
+        try:
+            os.link(source, target)
+        except OSError:  # other file system: fall back to a copy
+            _copy_atomic(source, target)
+    else:
+        _copy_atomic(source, target)
 
 
 def _already_there(source: Path, target: Path, mode: str) -> bool:

@@ -22,9 +22,24 @@ from defacer._typing import PathLike
 from defacer._version import __version__
 from defacer.batch import engines
 from defacer.batch.discover import Discovery, Scan, discover, image_stem
-from defacer.batch.layout import (LAYOUTS, OTHERS_MODES, OutputLayout, carry_over, defaced_sidecar,
-                                  prepare_output, remove_stale_temporaries, write_dataset_files)
-from defacer.batch.manifest import SKIPPED, Manifest, ScanRecord, batch_lock, is_up_to_date, options_fingerprint
+from defacer.batch.layout import (
+    LAYOUTS,
+    OTHERS_MODES,
+    OutputLayout,
+    carry_over,
+    defaced_sidecar,
+    prepare_output,
+    remove_stale_temporaries,
+    write_dataset_files,
+)
+from defacer.batch.manifest import (
+    SKIPPED,
+    Manifest,
+    ScanRecord,
+    batch_lock,
+    is_up_to_date,
+    options_fingerprint,
+)
 from defacer.batch.summary import Counts, Progress, count, print_table, write_html
 from defacer.batch.task import DefaceFile, ScanTask, input_files, scan_seed
 from defacer.errors import DefacerError, InputImageError
@@ -160,12 +175,12 @@ def labels_for(scan: Scan, labels_dir: Path | None) -> Path | None:
 
     Same relative folder and ``<stem>.labels.nii.gz`` (or ``.labels.nii``, ``.labels.nrrd``,
     ``.labels.mgz``); for a DICOM series folder ``<folder name>.labels.nii.gz`` beside where the
-    folder would be.
+    folder would be (for a lone series given as IN: ``<labels_dir>/<folder name>.labels.nii.gz``).
     """
-    if labels_dir is None or str(scan.relpath) == ".":
+    if labels_dir is None:
         return None
     folder = labels_dir / scan.relpath.parent
-    stem = image_stem(scan.relpath.name) if scan.kind == "file" else scan.relpath.name
+    stem = image_stem(scan.relpath.name) if scan.kind == "file" else scan.path.name
     for ending in LABEL_ENDINGS:
         candidate = folder / f"{stem}{ending}"
         if candidate.is_file():
@@ -233,7 +248,7 @@ def plan(
         if not config.redo and is_up_to_date(previous, fingerprint=fingerprint, in_root=layout.in_root,
                                               out_root=layout.out_root, input_files=input_files(scan),
                                               rehash=config.rehash):
-            assert previous is not None  # noqa: S101 - is_up_to_date checked it
+            assert previous is not None
             skipped.append(ScanRecord(**{**previous.__dict__, "status": SKIPPED}))
             continue
         seed = scan_seed(config.seed, scan.key)

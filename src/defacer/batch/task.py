@@ -271,7 +271,7 @@ def process_scan(task: ScanTask) -> ScanRecord:
         record.status = DONE
     except DefacerError as err:
         record.error, record.error_type = str(err), type(err).__name__
-    except (Exception, MemoryError) as err:  # one bad scan must never stop the batch
+    except (Exception, MemoryError) as err:  # noqa: BLE001 - one bad scan must never stop the batch
         record.error_type = type(err).__name__
         frames = traceback.extract_tb(err.__traceback__)
         where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
