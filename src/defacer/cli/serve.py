@@ -43,6 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="folder for the private work areas (default: the system temporary folder)")
     parser.add_argument("--idle-minutes", type=float, default=60.0,
                         help="delete a work area untouched for this long (default 60)")
+    parser.add_argument("--open", action="store_true", help="also open the page in the default web browser")
     parser.set_defaults(func=run)
     return parser
 
@@ -130,6 +131,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"defacer is serving on {address}", flush=True)
     print("Open that address in a browser on this computer. Press Ctrl+C to stop; uploaded files are then deleted.",
           flush=True)
+    if args.open:
+        import threading
+        import webbrowser
+
+        threading.Timer(1.0, webbrowser.open, args=(address,)).start()
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:

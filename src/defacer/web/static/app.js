@@ -291,14 +291,16 @@ async function uploadAndDetect() {
     $("scan-info").textContent = `${info.name}: ${info.format.toUpperCase()}, ${info.shape.join(" × ")} voxels of ` +
       `${info.spacing_mm.join(" × ")} mm, orientation ${info.axcodes}.`;
     $("step-review").hidden = false;
+    progress(...row, 0.9, "Finding the eyes, nose and ears…");
+    const detecting = api(`/api/sessions/${state.session}/detect`, { method: "POST" });  // runs while the viewer loads
+    detecting.catch(() => {});  // handled below
     try {
       await showScan(info.view);
     } catch (err) {
       $("viewer-status").textContent = "The viewer cannot show this scan in this browser (it needs WebGL2). " +
         "Defacing and downloads still work.";
     }
-    progress(...row, 0.92, "Finding the eyes, nose and ears…");
-    const detection = await api(`/api/sessions/${state.session}/detect`, { method: "POST" });
+    const detection = await detecting;
     showDetection(detection);
     if (state.viewers["view-before"] && state.viewers["view-before"].volumes.length) {
       await addOverlay(state.viewers["view-before"], detection.overlay, "labels.nii.gz");
