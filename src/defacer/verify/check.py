@@ -257,7 +257,7 @@ def verify_pair(
     timings: dict[str, float] = {}
     start = time.perf_counter()
     scene, renders_before = render_volume(original, views)
-    _, renders_after = render_volume(defaced, views, like=scene)
+    _, renders_after = render_volume(defaced, views, like=scene, reference=renders_before)
     timings["render_s"] = time.perf_counter() - start
 
     t0 = time.perf_counter()

@@ -16,15 +16,16 @@ Thresholds and why (calibration on renders of 10 real heads, intact and with the
 off 45 mm and 70 mm deep; numbers in ``docs/verification.md``):
 
 * ``facemesh``: landmarks found, with its inner detector at MediaPipe's default 0.5.  It found
-  the face on every intact head whose face is in the field of view and on no face-removed head.
+  the face on 5 of the 10 intact heads and on none of the 20 face-removed ones.
 * ``dlib_cnn`` 0.0: the MMOD detector's own decision boundary (the confidence is the margin of
-  the detection score; dlib reports nothing below 0).  Intact: 0.50-1.00; face removed: never.
+  the detection score; dlib reports nothing below 0).  Intact: 0.27-1.03 on 4 of 10 heads;
+  face removed: never.
 * ``blazeface_short`` 0.75 on the front view, instead of MediaPipe's 0.5: face-removed heads
-  still score up to 0.71 from the front (two dark orbit remnants on an oval suffice) and up to
-  0.80 from 45 degrees, while intact fronts score 0.84-0.89 when the face is clear.  Oblique
+  still score up to 0.70 from the front (two dark orbit remnants on an oval suffice) and up to
+  0.81 from 45 degrees, while intact fronts score 0.81-0.89 when the face is clear.  Oblique
   scores are therefore reported but not counted.
 * ``blazeface_full`` 0.5 (MediaPipe's default) is reported but never counted: on renders it
-  scores 0.60-0.69 on intact and face-removed heads alike, so it cannot tell them apart.
+  scores 0.67-0.77 on intact and 0.60-0.74 on face-removed heads, so it cannot tell them apart.
 
 Haar cascades and HOG are not offered: they fire on any head-shaped blob and prove nothing.
 

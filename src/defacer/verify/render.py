@@ -104,11 +104,14 @@ class Rendering:
         Shaded grey picture (0 = no surface).
     depth_mm : ndarray, float32, shape (H, W)
         Distance from the image plane to the surface in mm, NaN where no ray hit.
+    near_mm : float
+        Depth at which the depth cue starts (the nearest surface of the original's view).
     """
 
     view: View
     image: npt.NDArray[np.uint8]
     depth_mm: npt.NDArray[np.float32]
+    near_mm: float = 0.0
 
     def rgb(self) -> npt.NDArray[np.uint8]:
         """The picture as an (H, W, 3) RGB array, as face detectors expect."""
@@ -293,7 +296,7 @@ def _view_grid(scene: Scene, basis: npt.NDArray[np.float64], depth_n: int) -> np
                                     mode="constant", cval=scene.background, prefilter=False)
 
 
-def render_view(scene: Scene, view: View, *, upsample: int = 2) -> Rendering:
+def render_view(scene: Scene, view: View, *, upsample: int = 2, near_mm: float | None = None) -> Rendering:
     """Render one orthographic view of a scene.
 
     Parameters
@@ -305,6 +308,9 @@ def render_view(scene: Scene, view: View, *, upsample: int = 2) -> Rendering:
     upsample : int
         The depth map is interpolated by this factor before shading, so the picture is
         ``upsample * N`` pixels square.
+    near_mm : float, optional
+        Where the depth cue starts; default the nearest surface point of this view.  Pass the
+        original's value when rendering its defaced copy so unchanged parts shade identically.
 
     Returns
     -------
@@ -330,14 +336,16 @@ def render_view(scene: Scene, view: View, *, upsample: int = 2) -> Rendering:
     t = np.clip(np.nan_to_num(t, nan=0.0), 0.0, 1.0)
     depth = (before + t) * scene.step_mm
     depth = np.where(first > 0, depth, first * scene.step_mm).astype(np.float32)
-    return _shade(depth, hit, scene.step_mm, view, upsample, depth_n * scene.step_mm)
+    if near_mm is None:
+        near_mm = float(depth[hit].min()) if hit.any() else 0.0
+    return _shade(depth, hit, scene.step_mm, view, upsample, depth_n * scene.step_mm, near_mm)
 
 
 def _shade(depth: npt.NDArray[np.float32], hit: npt.NDArray[np.bool_], step_mm: float, view: View,
-           upsample: int, depth_range_mm: float) -> Rendering:
+           upsample: int, depth_range_mm: float, near_mm: float) -> Rendering:
     """Shade a depth map (mm, larger = farther) into a grey picture."""
-    # Background and depth cue use the fixed ray length, never the picture's own content, so an
-    # unchanged part of a defaced head is shaded exactly as in the original.
+    # The background depth is the fixed ray length and the cue starts at ``near_mm`` (the original's),
+    # so an unchanged part of a defaced head is shaded exactly as in the original.
     filled = np.where(hit, depth, depth_range_mm).astype(np.float32)
     if upsample > 1:
         filled = ndimage.zoom(filled, upsample, order=1, mode="nearest", grid_mode=True)
@@ -353,11 +361,11 @@ def _shade(depth: npt.NDArray[np.float32], hit: npt.NDArray[np.bool_], step_mm: 
     halfway = light + np.array([0.0, 0.0, -1.0])
     halfway /= np.linalg.norm(halfway)
     specular = np.clip(normal @ halfway, 0.0, 1.0) ** 24
-    cue = 1.0 - 0.45 * np.clip(filled / depth_range_mm, 0.0, 1.0)
+    cue = 1.0 - 0.35 * np.clip((filled - near_mm) / 150.0, 0.0, 1.0)
     shade = (0.12 + 0.78 * lambert + 0.18 * specular) * cue
     image = np.where(hit, np.clip(shade * 255.0, 1.0, 255.0), 0.0).astype(np.uint8)
     depth_out = np.where(hit, filled, np.nan).astype(np.float32)
-    return Rendering(view=view, image=image, depth_mm=depth_out)
+    return Rendering(view=view, image=image, depth_mm=depth_out, near_mm=near_mm)
 
 
 def render_volume(
@@ -368,6 +376,7 @@ def render_volume(
     size: int = 128,
     upsample: int = 2,
     iso: float | None = None,
+    reference: dict[str, Rendering] | None = None,
 ) -> tuple[Scene, dict[str, Rendering]]:
     """Render a head from several views.
 
@@ -383,6 +392,9 @@ def render_volume(
         Cube edge in voxels and depth-map upsampling: pictures are ``size * upsample`` square.
     iso : float, optional
         Skin iso-level; default automatic (ignored when ``like`` is given).
+    reference : dict of str to Rendering, optional
+        The original's renderings, whose depth-cue start is reused view by view (with ``like``,
+        this makes unchanged regions of a defaced copy shade exactly as in the original).
 
     Returns
     -------
@@ -391,7 +403,9 @@ def render_volume(
         Keyed by view name, in the order of ``views``.
     """
     scene = prepare_scene(volume, size=size, iso=iso, like=like)
-    return scene, {view.name: render_view(scene, view, upsample=upsample) for view in views}
+    near = {name: r.near_mm for name, r in (reference or {}).items()}
+    return scene, {view.name: render_view(scene, view, upsample=upsample, near_mm=near.get(view.name))
+                   for view in views}
 
 
 def png_bytes(image: npt.NDArray[Any]) -> bytes:
