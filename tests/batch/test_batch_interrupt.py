@@ -115,11 +115,13 @@ def test_a_killed_run_leaves_only_whole_outputs_and_resumes(tmp_path: Path, seri
     _resume_and_check(ds, out, labels, serial_reference)
 
 
-def test_ctrl_c_stops_cleanly_and_the_rerun_finishes(tmp_path: Path, serial_reference: Path,
+@pytest.mark.parametrize("engine", [["--jobs", "2"], ["--jobs", "2", "--scheduler", "local"]],
+                         ids=["processes", "dask"])
+def test_ctrl_c_stops_cleanly_and_the_rerun_finishes(tmp_path: Path, serial_reference: Path, engine: list[str],
                                                      bids_template: tuple[Path, Path, list[str]]) -> None:
     ds, labels, _ = bids_template
     out = tmp_path / "out"
-    proc = _start(ds, out, labels, "--jobs", "2")
+    proc = _start(ds, out, labels, *engine)
     _wait_for(lambda: _done_count(out) >= 1, proc)
     os.killpg(proc.pid, signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import multiprocessing
+import signal
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -131,14 +132,22 @@ def run_dask(
         If the scheduler cannot be reached.
     """
     distributed = _import_distributed()
-    # distributed logs every connection at INFO; show that only when the user asked for -v.
-    logging.getLogger("distributed").setLevel(logging.getLogger().getEffectiveLevel())
+    # distributed logs every connection at INFO and routine shutdown steps at WARNING: show
+    # them only with -v.
+    root_level = logging.getLogger().getEffectiveLevel()
+    logging.getLogger("distributed").setLevel(root_level if root_level < logging.WARNING else logging.ERROR)
     cluster = None
     try:
         if scheduler == "local":
-            cluster = distributed.LocalCluster(  # type: ignore[attr-defined]
-                n_workers=jobs, threads_per_worker=1, processes=True, silence_logs=logging.WARNING,
-            )
+            # Worker processes inherit an ignored SIGINT, so Ctrl-C reaches only this process,
+            # which cancels the tasks and closes the cluster (no tracebacks from every worker).
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                cluster = distributed.LocalCluster(  # type: ignore[attr-defined]
+                    n_workers=jobs, threads_per_worker=1, processes=True, silence_logs=logging.ERROR,
+                )
+            finally:
+                signal.signal(signal.SIGINT, previous)
             log.info("Dask LocalCluster with %d workers; dashboard at %s", jobs, cluster.dashboard_link)
             client = distributed.Client(cluster)  # type: ignore[attr-defined]
         elif scheduler.endswith(".json"):
