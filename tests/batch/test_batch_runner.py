@@ -153,3 +153,14 @@ def test_verify_links_each_report_from_the_html_summary(tmp_path: Path,
     assert report.is_file() and report.is_relative_to(tmp_path / "out" / ".defacer")
     page = summary.html_path.read_text()
     assert "verify/sub-01__anat__sub-01_T1w/verify_report.html" in page
+
+
+def test_a_folder_without_scans_or_with_everything_excluded_is_an_error(
+        tmp_path: Path, bids_template: tuple[Path, Path, list[str]], capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    assert main(["batch", str(tmp_path / "empty"), str(tmp_path / "out1")]) == 1
+    assert "No scans found" in capsys.readouterr().err
+    ds, _, _ = bids_template
+    assert main(["batch", str(ds), str(tmp_path / "out2"), "--include", "suffix=T3w"]) == 1
+    assert "excluded all 6 scans" in capsys.readouterr().err
+    assert not (tmp_path / "out1").exists() and not (tmp_path / "out2").exists(), "nothing is written"

@@ -308,6 +308,17 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
             f"--derivatives needs a BIDS dataset, but '{config.in_root}' is not one (no dataset_description.json "
             "or sub-* folders). Drop --derivatives to mirror the folder instead."
         )
+    if not discovery.scans:
+        if discovery.excluded:
+            raise DefacerError(
+                f"The filters excluded all {len(discovery.excluded)} scans of '{config.in_root}' "
+                f"(--include {list(config.include)}, --exclude {list(config.exclude)}). Check the patterns: "
+                "KEY=VALUE on BIDS entities (suffix=T1w) or globs on the path relative to IN ('sub-01/*')."
+            )
+        raise InputImageError(
+            f"No scans found in '{config.in_root}' (as a {discovery.layout} folder). Expected a BIDS dataset with "
+            "images in sub-*/anat/, or NIfTI/NRRD/MGZ files, or folders of DICOM files."
+        )
     layout = OutputLayout(in_root=discovery.root, out_root=Path(config.out_root).resolve(), layout=config.layout,
                           bids=discovery.layout == "bids")
     resuming = prepare_output(layout, force=config.force)
