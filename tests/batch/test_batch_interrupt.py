@@ -9,11 +9,12 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from defacer.batch.manifest import DONE, Manifest
 from defacer.batch.runner import BatchConfig, run_batch
+
+psutil = pytest.importorskip("psutil")  # installed with defacer[batch] (distributed)
 
 
 def without_gzip_mtime(data: bytes) -> bytes:
