@@ -175,7 +175,11 @@ def _box_from_relative(rel: Any, width: int, height: int) -> Box:
 def _blazeface(model_selection: int) -> Any:
     mp = _import_mediapipe()
     # A low model threshold so that the score of weak faces is still reported.
-    return mp.solutions.face_detection.FaceDetection(model_selection=model_selection, min_detection_confidence=0.05)
+    try:
+        return mp.solutions.face_detection.FaceDetection(model_selection=model_selection,
+                                                         min_detection_confidence=0.05)
+    except (AttributeError, TypeError) as err:
+        raise _protobuf_hint(err) from err
 
 
 def _run_blazeface(image: npt.NDArray[Any], name: str, model_selection: int) -> DetectorResult:
@@ -205,11 +209,25 @@ def blazeface_full(image: npt.NDArray[Any]) -> DetectorResult:
     return _run_blazeface(image, "blazeface_full", 1)
 
 
+def _protobuf_hint(err: Exception) -> VerificationError:
+    try:
+        from google.protobuf import __version__ as found
+    except ImportError:  # pragma: no cover
+        found = "unknown"
+    return VerificationError(
+        f"mediapipe could not build its face graph ({type(err).__name__}: {err}). mediapipe 0.10.21 works with "
+        f"protobuf 4.25-6.x; found protobuf {found}. Install 'protobuf>=6.31.1,<7' (or <5)."
+    )
+
+
 @lru_cache(maxsize=1)
 def _facemesh() -> Any:
     mp = _import_mediapipe()
-    return mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1,
-                                           min_detection_confidence=THRESHOLDS["facemesh"])
+    try:
+        return mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1,
+                                               min_detection_confidence=THRESHOLDS["facemesh"])
+    except (AttributeError, TypeError) as err:
+        raise _protobuf_hint(err) from err
 
 
 def facemesh(image: npt.NDArray[Any]) -> DetectorResult:
