@@ -204,3 +204,20 @@ def test_jpeg_2000_series_are_decoded_when_the_decoders_are_installed(tmp_path):
     written = write_dicom_volume(volume.with_raw(raw + 1), tmp_path / "out")
     assert pydicom.dcmread(written[0]).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
     assert np.array_equal(read_dicom_volume(tmp_path / "out").raw, raw + 1)
+
+
+def test_a_file_truncated_inside_its_header_stops_the_read_with_its_name(tmp_path):
+    paths = write_series(tmp_path / "t", ramp())
+    paths[1].write_bytes(paths[1].read_bytes()[:300])
+    with pytest.raises(DicomSeriesError, match="cannot be read") as err:
+        read_dicom_volume(tmp_path / "t")
+    assert paths[1].name in str(err.value)
+
+
+def test_a_slice_truncated_before_its_pixels_is_not_silently_dropped(tmp_path):
+    paths = write_series(tmp_path / "t", ramp((64, 64, 6)))
+    data = paths[4].read_bytes()
+    paths[4].write_bytes(data[: data.index(b"\xe0\x7f\x10\x00")])  # cut right before PixelData
+    with pytest.raises(DicomSeriesError, match="cannot be read") as err:
+        read_dicom_volume(tmp_path / "t")
+    assert paths[4].name in str(err.value)

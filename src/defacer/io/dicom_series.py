@@ -114,6 +114,11 @@ class Scan:
     series: tuple[SeriesInfo, ...]
     skipped: tuple[tuple[Path, str], ...]
 
+    @property
+    def damaged(self) -> tuple[tuple[Path, str], ...]:
+        """Skipped files that are DICOM but unreadable (truncated, corrupt, broken geometry)."""
+        return tuple(item for item in self.skipped if item[1].startswith("damaged"))
+
 
 # ---------------------------------------------------------------------------------- scanning
 def _input_files(path: PathLike | Sequence[PathLike]) -> list[Path]:
@@ -268,16 +273,21 @@ def scan(path: PathLike | Sequence[PathLike]) -> Scan:
         try:
             ds = _read_header(file)
         except InvalidDicomError as err:
-            skipped.append((file, str(err).split("\n")[0] or "not a DICOM file"))
+            text = str(err)
+            skipped.append((file, text if text.startswith("damaged") else "not a DICOM file"))
             continue
         if "SOPClassUID" not in ds and "SeriesInstanceUID" not in ds:
-            skipped.append((file, "no SOP Class or Series Instance UID (a DICOMDIR or not an instance)"))
+            meta = getattr(ds, "file_meta", None)
+            if meta is not None and "MediaStorageSOPClassUID" in meta and "DirectoryRecordSequence" not in ds:
+                skipped.append((file, "damaged or truncated DICOM file (its data set ends before its identifiers)"))
+            else:
+                skipped.append((file, "no SOP Class or Series Instance UID (a DICOMDIR or not an instance)"))
             continue
         has_pixels = "PixelData" in ds or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
         try:
             refs, orientation = _frame_refs(ds, file) if has_pixels else ([], None)
         except DicomSeriesError as err:
-            skipped.append((file, str(err)))
+            skipped.append((file, f"damaged geometry: {err}"))
             continue
         rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
         key = (
@@ -290,6 +300,11 @@ def scan(path: PathLike | Sequence[PathLike]) -> Scan:
         groups[key].append((file, ds, refs))
         if orientation:
             orientations.setdefault(key, orientation)
+    image_series = {key[0] for key in groups if key[1]}
+    for key in [k for k in groups if not k[1] and k[0] in image_series]:
+        for member in groups.pop(key):
+            skipped.append((member[0], "damaged or truncated DICOM file (an instance of an image series without "
+                                       "pixel data)"))
     if not groups:
         reasons = "; ".join(f"{p.name}: {why}" for p, why in skipped[:5])
         raise DicomSeriesError(f"No DICOM instance found in '{path}' ({len(skipped)} file(s) skipped: {reasons}).")
@@ -447,6 +462,12 @@ def read_dicom_volume(path: PathLike | Sequence[PathLike], series: str | None = 
     """
     source = str(path) if isinstance(path, str | os.PathLike) else f"{len(path)} files"
     found = scan(path)
+    if found.damaged:
+        listing = "\n  ".join(f"{p}: {why}" for p, why in found.damaged[:10])
+        raise DicomSeriesError(
+            f"{len(found.damaged)} DICOM file(s) in '{source}' cannot be read, so the series would be incomplete:\n"
+            f"  {listing}\nRe-export or remove them (nothing was written)."
+        )
     info = select_series(found.series, series, source)
     frames = list(info.frames)
     if not info.orientation:
