@@ -59,6 +59,7 @@ def test_deface_dicom_distorts_pixels_and_deidentifies_headers(phantom_series, t
     sidecar = json.loads((tmp_path / "defaced.defacer.json").read_text())
     assert sidecar["dicom"]["deidentified"] is True and "series" not in sidecar["dicom"]
     assert "Quexworth" not in json.dumps(sidecar)
+    assert str(phantom_series) not in json.dumps(sidecar)
 
 
 def test_deface_dicom_without_deidentification_keeps_headers(phantom_series, tmp_path):
@@ -111,3 +112,18 @@ def test_docs_show_the_what_if_header_of_the_basic_profile():
     docs = (Path(__file__).resolve().parents[2] / "docs" / "dicom.md").read_text()
     for line in describe_actions(DeidOptions())[:8]:
         assert line in docs
+
+
+def test_anonymize_flags_reach_the_profile_options(tmp_path, capsys):
+    corpus = build_corpus(tmp_path / "in", slices=1)
+    out = tmp_path / "anon"
+    assert main(["anonymize", str(corpus.folder), str(out), "--key", KEY, "--retain-uids", "--retain-shifted-dates",
+                 "--retain-patient-characteristics", "--jobs", "2"]) == 0
+    source = pydicom.dcmread(min(corpus.files))
+    ds = pydicom.dcmread(sorted(out.rglob("*.dcm"))[0])
+    assert ds.StudyInstanceUID == source.StudyInstanceUID
+    assert ds.PatientSex == source.PatientSex
+    assert ds.StudyDate and ds.StudyDate != source.StudyDate
+    assert [i.CodeValue for i in ds.DeidentificationMethodCodeSequence] == ["113100", "113110", "113108", "113107"]
+    assert main(["anonymize", str(corpus.folder), str(tmp_path / "x"), "--retain-full-dates",
+                 "--retain-shifted-dates"]) == 2

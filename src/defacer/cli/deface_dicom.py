@@ -146,12 +146,14 @@ def run_dicom(args: argparse.Namespace, options: Any, detector: Any) -> int:
     if args.save_mask:
         save_label_map(result.labels, volume, args.save_mask, force=args.force)
     provenance = result.provenance
-    provenance["input"] = {"path": str(source), "sha256": sha256_of(source), "format": "dicom",
+    # With de-identification the sidecar must not name the input: folder names often hold patient names.
+    shown = "<input>" if scrubber is not None else str(source)
+    provenance["input"] = {"path": shown, "sha256": sha256_of(source), "format": "dicom",
                            "files": len({ref.path for ref in volume.extra["frames"]}),
                            "skipped_files": len(volume.extra.get("skipped", ()))}
     provenance["output"] = {"path": str(target), "sha256": sha256_of(target), "files": len(written)}
     provenance["dicom"] = {
-        "geometry_warnings": list(volume.extra.get("warnings", ())),
+        "geometry_warnings": [w.replace(str(source), shown) for w in volume.extra.get("warnings", ())],
         "gantry_tilt_deg": round(float(volume.extra.get("gantry_tilt_deg", 0.0)), 3),
         "per_slice_scaling": volume.extra.get("per_slice_scaling") is not None,
         "deidentified": scrubber is not None,
