@@ -120,7 +120,7 @@ def test_anonymize_flags_reach_the_profile_options(tmp_path, capsys):
     assert main(["anonymize", str(corpus.folder), str(out), "--key", KEY, "--retain-uids", "--retain-shifted-dates",
                  "--retain-patient-characteristics", "--jobs", "2"]) == 0
     source = pydicom.dcmread(min(corpus.files))
-    ds = pydicom.dcmread(sorted(out.rglob("*.dcm"))[0])
+    ds = pydicom.dcmread(min(out.rglob("*.dcm")))
     assert ds.StudyInstanceUID == source.StudyInstanceUID
     assert ds.PatientSex == source.PatientSex
     assert ds.StudyDate and ds.StudyDate != source.StudyDate
