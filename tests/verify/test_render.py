@@ -66,7 +66,7 @@ def test_same_head_in_another_axis_order_renders_the_same(axcodes: str) -> None:
 
 
 def test_renders_are_grey_pictures_of_the_requested_size(phantom) -> None:
-    scene, renders = render_volume(phantom.volume, size=96, upsample=2)
+    _scene, renders = render_volume(phantom.volume, size=96, upsample=2)
     assert set(renders) == {v.name for v in DEFAULT_VIEWS}
     for r in renders.values():
         assert r.image.shape == (192, 192) and r.image.dtype == np.uint8
@@ -75,7 +75,7 @@ def test_renders_are_grey_pictures_of_the_requested_size(phantom) -> None:
 
 
 def test_iso_level_falls_between_air_and_tissue_for_mr_and_ct() -> None:
-    for contrast, (air_max, tissue_min) in {"T1": (0.0, 0.0), "CT": (-1000.0, -100.0)}.items():
+    for contrast in {"T1": (0.0, 0.0), "CT": (-1000.0, -100.0)}:
         p = make_phantom(3.0, contrast=contrast)
         values = p.volume.values()
         iso = auto_iso_level(values)

@@ -162,7 +162,7 @@ def brain_proxy_changes(scene: Scene, volume: Volume, changed_idx: npt.NDArray[n
         proxy &= far
     proxy_voxels_cube = int(proxy.sum())
     voxel_mm3 = float(abs(np.linalg.det(volume.affine[:3, :3])))
-    proxy_voxels = int(round(proxy_voxels_cube * step**3 / max(voxel_mm3, 1e-9)))
+    proxy_voxels = round(proxy_voxels_cube * step**3 / max(voxel_mm3, 1e-9))
     inside = 0
     if len(changed_idx):
         ci = cube_index(changed_idx)
@@ -178,7 +178,7 @@ def voxel_changes(original: Volume, defaced: Volume, labels: npt.NDArray[Any] | 
     changed = original.raw != defaced.raw
     changed_idx = np.argwhere(changed)
     voxel_mm3 = float(abs(np.linalg.det(original.affine[:3, :3])))
-    stats: dict[str, Any] = {"total": int(len(changed_idx)), "voxel_mm3": round(voxel_mm3, 4),
+    stats: dict[str, Any] = {"total": len(changed_idx), "voxel_mm3": round(voxel_mm3, 4),
                              "fraction_of_scan": len(changed_idx) / changed.size}
     if labels is not None:
         per: dict[str, Any] = {}

@@ -127,7 +127,7 @@ def _import_mediapipe() -> Any:
     """Import mediapipe quietly, or raise MissingExtraError."""
     os.environ.setdefault("GLOG_minloglevel", "2")
     try:
-        import mediapipe as mp  # noqa: PLC0415
+        import mediapipe as mp
     except ImportError as err:
         raise MissingExtraError("verify", "mediapipe") from err
     if not hasattr(mp, "solutions"):
@@ -142,7 +142,7 @@ def _import_mediapipe() -> Any:
 def _import_dlib() -> Any:
     """Import dlib, or raise MissingExtraError."""
     try:
-        import dlib  # noqa: PLC0415
+        import dlib
     except ImportError as err:
         raise MissingExtraError("verify", "dlib-bin") from err
     return dlib
@@ -164,10 +164,10 @@ def dlib_model_path(name: str) -> Path:
 
 
 def _box_from_relative(rel: Any, width: int, height: int) -> Box:
-    left = int(round(rel.xmin * width))
-    top = int(round(rel.ymin * height))
-    right = int(round((rel.xmin + rel.width) * width))
-    bottom = int(round((rel.ymin + rel.height) * height))
+    left = round(rel.xmin * width)
+    top = round(rel.ymin * height)
+    right = round((rel.xmin + rel.width) * width)
+    bottom = round((rel.ymin + rel.height) * height)
     return (max(left, 0), max(top, 0), min(right, width), min(bottom, height))
 
 

@@ -79,8 +79,8 @@ def _detector_table(summary: dict[str, Any]) -> str:
 
 
 def _voxel_table(voxels: dict[str, Any]) -> str:
-    rows = [f'<tr><td class="l">whole scan</td><td>&ndash;</td><td>{voxels["total"]}</td>'
-            f'<td>{voxels["fraction_of_scan"] * 100:.3f}%</td></tr>']
+    rows = [(f'<tr><td class="l">whole scan</td><td>&ndash;</td><td>{voxels["total"]}</td>'
+            f'<td>{voxels["fraction_of_scan"] * 100:.3f}%</td></tr>')]
     for name, v in voxels.get("features", {}).items():
         labelled = v.get("labelled")
         frac = f'{v["changed_fraction"] * 100:.1f}%' if labelled else "&ndash;"
@@ -110,7 +110,8 @@ def _slices_html(original: Volume, defaced: Volume, labels: npt.NDArray[Any] | N
         return "<p>No voxel changed and no feature is labelled: nothing to show.</p>"
     parts = []
     for s in feature_slices(original, defaced, regions):
-        colour = "rgb(%d,%d,%d)" % COLOURS.get(s.feature, (255, 0, 255))
+        r, g, b = COLOURS.get(s.feature, (255, 0, 255))
+        colour = f"rgb({r},{g},{b})"
         cap = f"{s.feature}, {s.plane} at {s.position_mm:.1f} mm"
         parts.append(f'<div class="pair">{_img(s.before, cap + " before")}<span style="color:{colour}">&#9632;</span> '
                      f'{html.escape(cap)}: before</div><div class="pair">{_img(s.after, cap + " after")}after</div><br>')

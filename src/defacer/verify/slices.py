@@ -70,7 +70,7 @@ def _resize(image: npt.NDArray[np.uint8], aspect: tuple[float, float], height: i
     """Resample (nearest) to square mm and to ``height`` rows; aspect = (row mm, col mm)."""
     rows, cols = image.shape[:2]
     h_mm, w_mm = rows * aspect[0], cols * aspect[1]
-    width = max(int(round(height * w_mm / max(h_mm, 1e-6))), 1)
+    width = max(round(height * w_mm / max(h_mm, 1e-6)), 1)
     ri = np.clip((np.arange(height) + 0.5) * rows / height, 0, rows - 1).astype(int)
     ci = np.clip((np.arange(width) + 0.5) * cols / width, 0, cols - 1).astype(int)
     return image[ri][:, ci]
