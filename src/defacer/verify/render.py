@@ -325,7 +325,7 @@ def render_view(scene: Scene, view: View, *, upsample: int = 2, near_mm: float |
     depth_n = min(n, int(np.ceil(n * DEPTH_FRACTION)))
     view_grid = _view_grid(scene, basis, depth_n)
     inside = view_grid > scene.iso
-    hit = inside.any(axis=2)
+    hit = np.asarray(inside.any(axis=2), dtype=bool)
     first = np.argmax(inside, axis=2)
     before = np.clip(first - 1, 0, depth_n - 1)
     rows, cols = np.indices(first.shape)

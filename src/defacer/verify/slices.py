@@ -118,7 +118,7 @@ def feature_slices(
             mask = labelled == int(np.argmax(sizes))
         centre = np.round(ndimage.center_of_mass(mask)).astype(int)
         for plane, axis in (("axial", 2), ("sagittal", 0)):
-            index = [slice(None)] * 3
+            index: list[slice | int] = [slice(None)] * 3
             index[axis] = int(centre[axis])
             sel = tuple(index)
             aspect_axes = [a for a in range(3) if a != axis]
