@@ -245,3 +245,37 @@ def test_parallel_workers_give_byte_identical_output_and_the_same_mapping(corpus
         assert a.read_bytes() == b.read_bytes()
     assert serial.mapping.as_dict() == parallel.mapping.as_dict()
     assert not list((tmp_path / "parallel").rglob(".work"))
+
+
+def test_attributes_stored_with_unknown_vr_are_handled_by_their_dictionary_vr(tmp_path):
+    import struct
+
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    item = Dataset()
+    item.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    item.ReferencedSOPInstanceUID = "1.2.826.0.1.3680043.10.99.5"
+    item.PatientName = "Hidden^Inside"
+    inner = Dataset()
+    inner.ReferencedImageSequence = [item]
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, True
+    write_dataset(buffer, inner)
+    sequence_value = buffer.getvalue()[8:]  # the items, implicit VR, as a UN value holds them
+
+    def un_element(group, element, value):
+        return struct.pack("<HH", group, element) + b"UN\x00\x00" + struct.pack("<I", len(value)) + value
+
+    ds = Dataset()
+    ds.PatientName = "Visible^Outside"
+    ds.save_as(tmp_path / "un.dcm", implicit_vr=False, little_endian=True)
+    with (tmp_path / "un.dcm").open("ab") as handle:
+        handle.write(un_element(0x0008, 0x1140, sequence_value) + un_element(0x0010, 0x1000, b"OTHERID123"))
+    ds = pydicom.dcmread(tmp_path / "un.dcm", force=True)
+    assert ds.get_item(0x00081140).VR == "UN"
+    Scrubber(DeidOptions(), Pseudonymizer(KEY)).scrub(ds)
+    assert "OtherPatientIDs" not in ds
+    sequence = ds.ReferencedImageSequence
+    assert sequence[0].ReferencedSOPInstanceUID.startswith("2.25.")
+    assert "Hidden" not in str(sequence[0].get("PatientName", ""))

@@ -230,9 +230,9 @@ class Scrubber:
             if rule is None and 0x5000 <= group <= 0x60FF:
                 rule = find_rule(tag_int)
             raw_vr = ds.get_item(tag).VR  # no value conversion
-            vr = raw_vr if raw_vr and len(raw_vr) == 2 else _VR_BY_TAG.get(tag_int, "")
+            vr = raw_vr if raw_vr and len(raw_vr) == 2 and raw_vr != "UN" else _VR_BY_TAG.get(tag_int, "")
             if len(vr) != 2:
-                vr = ds[tag].VR
+                vr = ds[tag].VR  # ambiguous VR (e.g. "US or SS"): pydicom resolves it from the data set
             if rule is None:
                 self._unlisted(ds, tag_int, vr, context)
             else:
