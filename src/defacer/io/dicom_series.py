@@ -592,9 +592,11 @@ def _replace_pixels(ds: Dataset, frames: npt.NDArray[Any], n_frames: int) -> Non
         raise DicomSeriesError("Single-bit pixel data cannot be defaced (it is not an MR or CT image).")
     syntax = str(ds.file_meta.TransferSyntaxUID) if "TransferSyntaxUID" in ds.get("file_meta", {}) else ""
     if syntax not in NATIVE_LITTLE_ENDIAN:
+        # LossyImageCompression is kept: the history of an earlier lossy compression stays true.
         ds.file_meta.TransferSyntaxUID = UID(EXPLICIT_VR_LITTLE_ENDIAN)
-        for name in ("LossyImageCompression",):
-            pass  # kept: the history of earlier lossy compression stays true
+        for tag in (0x7FE00001, 0x7FE00002):  # (Extended) offset tables only exist for encapsulated data
+            if tag in ds:
+                del ds[tag]
     little = data.astype(data.dtype.newbyteorder("<"), copy=False)
     ds.PixelData = little.tobytes()
     ds["PixelData"].VR = "OB" if bits_allocated <= 8 else "OW"
