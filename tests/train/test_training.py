@@ -87,3 +87,9 @@ def test_tiny_training_run_writes_checkpoints_with_config_and_exports_onnx(phant
     probs = detector.probabilities(phantoms[0].image)
     assert probs.shape == (4, 64, 64, 64)
     assert np.allclose(probs.sum(axis=0), 1.0, atol=1e-4)
+    # an ensemble of two copies of the same network gives the same probabilities
+    from defacer.train.export import export_ensemble
+
+    export_ensemble([best, best], tmp_path / "e.onnx")
+    ensemble = OnnxDetector(tmp_path / "e.onnx").probabilities(phantoms[0].image)
+    assert np.abs(ensemble - probs).max() < 1e-4

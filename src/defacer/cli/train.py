@@ -21,6 +21,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         "train", help="train the eye/nose/ear detector (needs defacer[train])",
         description="Train the attention U-Net on labelled heads (+ synthetic phantoms) and export ONNX weights.",
     )
+    parser.add_argument("--ensemble", type=Path, nargs="+", default=None, metavar="CHECKPOINT",
+                        help="do not train: export the mean of these checkpoints to --export (the shipped model)")
     parser.add_argument("--data", type=Path, required=True, help="folder the label provenance's 'source' paths are relative to")
     parser.add_argument("--labels-dir", type=Path, required=True,
                         help="folder with <scan>.labels.nii.gz and provenance.json (see reference_labels/README.md)")
@@ -52,10 +54,21 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as err:
         raise MissingExtraError("train", err.name or "torch") from err
     from defacer.train.data import load_real_samples, make_phantom_samples
-    from defacer.train.export import export_onnx
+    from defacer.train.export import export_ensemble, export_onnx
     from defacer.train.loop import TrainConfig, train
     from defacer.train.unet import UNetConfig
 
+    if args.ensemble:
+        if args.export is None:
+            raise InputImageError("--ensemble needs --export PATH.onnx to write the combined model to.")
+        trained_on: list[str] = []
+        for checkpoint in args.ensemble:
+            card_path = checkpoint.parent / "detector.json"
+            if card_path.is_file():
+                trained_on += json.loads(card_path.read_text()).get("trained_on", [])
+        card = export_ensemble(list(args.ensemble), args.export, {"trained_on": sorted(set(trained_on))})
+        print(json.dumps({"exported": str(args.export), "sha256": card["sha256"]}), flush=True)
+        return 0
     provenance = args.labels_dir / "provenance.json"
     if not provenance.is_file():
         message = f"Expected {provenance} (written by scripts/make_reference_labels.py), found nothing."

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from defacer.detect.preprocess import BOX_SHAPE, BOX_SPACING, NORMALISE_PERCENTILES, TOP_TO_CENTRE_MM
 from defacer.train.loop import load_checkpoint
@@ -16,21 +17,67 @@ from defacer.train.unet import SoftmaxUNet
 OPSET = 17
 
 
+class MeanOfModels(nn.Module):
+    """Average of the class probabilities of several networks (an ensemble in one graph)."""
+
+    def __init__(self, members: list[SoftmaxUNet]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean probabilities, shape (N, C, X, Y, Z)."""
+        total = self.members[0](x)
+        for member in self.members[1:]:
+            total = total + member(x)
+        return total / len(self.members)
+
+
+def _write(model: nn.Module, out_path: Path) -> None:
+    dummy = torch.zeros((1, 1, *BOX_SHAPE), dtype=torch.float32)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_suffix(".onnx.tmp")
+    with torch.no_grad():
+        torch.onnx.export(model.eval(), (dummy,), str(tmp), input_names=["image"], output_names=["probabilities"],
+                          opset_version=OPSET, dynamo=False)
+    tmp.replace(out_path)
+
+
+def _box_card() -> dict[str, Any]:
+    return {"shape": list(BOX_SHAPE), "spacing_mm": BOX_SPACING, "top_to_centre_mm": TOP_TO_CENTRE_MM,
+            "normalise_percentiles": list(NORMALISE_PERCENTILES)}
+
+
+def export_ensemble(checkpoints: list[Path], out_path: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Export the mean of several checkpoints' probabilities as one ONNX graph (+ card).
+
+    Used for the shipped model: the two cross-validation fold models, each trained on half of
+    the subjects, averaged.  The card lists each member's training config and history.
+    """
+    _write(MeanOfModels([SoftmaxUNet(load_checkpoint(c)) for c in checkpoints]), out_path)
+    members = []
+    for c in checkpoints:
+        state = torch.load(c, map_location="cpu", weights_only=False)
+        members.append({"checkpoint": str(c), "unet": state["unet"], "train": state["train"], "best_epoch": state["epoch"],
+                        "val_dice": state["val_dice"], "history": state["history"]})
+    card: dict[str, Any] = {
+        "format": "onnx", "opset": OPSET, "file": out_path.name,
+        "sha256": hashlib.sha256(out_path.read_bytes()).hexdigest(), "size_bytes": out_path.stat().st_size,
+        "box": _box_card(), "classes": ["background", "eyes", "nose", "ears"], "ensemble": "mean of probabilities",
+        "members": members,
+    }
+    if extra:
+        card.update(extra)
+    out_path.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
+    return card
+
+
 def export_onnx(checkpoint: Path, out_path: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``out_path`` (.onnx) and ``out_path.with_suffix('.json')``; returns the card.
 
     The graph takes ``image`` (1, 1, 64, 64, 64) float32 (the box from
     :func:`defacer.detect.preprocess.to_box`) and returns ``probabilities`` (1, 4, 64, 64, 64).
     """
-    net = load_checkpoint(checkpoint)
-    model = SoftmaxUNet(net).eval()
-    dummy = torch.zeros((1, 1, *BOX_SHAPE), dtype=torch.float32)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_suffix(".onnx.tmp")
-    with torch.no_grad():
-        torch.onnx.export(model, (dummy,), str(tmp), input_names=["image"], output_names=["probabilities"],
-                          opset_version=OPSET, dynamo=False)
-    tmp.replace(out_path)
+    _write(SoftmaxUNet(load_checkpoint(checkpoint)), out_path)
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     card: dict[str, Any] = {
         "format": "onnx",
@@ -38,8 +85,7 @@ def export_onnx(checkpoint: Path, out_path: Path, extra: dict[str, Any] | None =
         "file": out_path.name,
         "sha256": hashlib.sha256(out_path.read_bytes()).hexdigest(),
         "size_bytes": out_path.stat().st_size,
-        "box": {"shape": list(BOX_SHAPE), "spacing_mm": BOX_SPACING, "top_to_centre_mm": TOP_TO_CENTRE_MM,
-                "normalise_percentiles": list(NORMALISE_PERCENTILES)},
+        "box": _box_card(),
         "classes": ["background", "eyes", "nose", "ears"],
         "unet": state["unet"],
         "train": state["train"],

@@ -1,0 +1,79 @@
+"""The ONNX detector: clear errors for missing or corrupt weights; features found once weights ship."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from defacer.detect import Detector
+from defacer.detect.model import OnnxDetector, default_weights_path, load_default_detector
+from defacer.errors import WeightsError
+from defacer.phantom import make_phantom
+from defacer.volume import canonical_reorientation
+
+SHIPPED = default_weights_path()
+needs_weights = pytest.mark.skipif(not SHIPPED.is_file(), reason="shipped weights not built yet")
+
+
+def test_missing_weights_raise_weights_error_saying_what_to_do(tmp_path) -> None:
+    with pytest.raises(WeightsError, match="not found.*--labels"):
+        OnnxDetector(tmp_path / "nothing.onnx")
+
+
+def test_weights_not_matching_their_card_are_rejected(tmp_path) -> None:
+    weights = tmp_path / "m.onnx"
+    weights.write_bytes(b"not a model")
+    (tmp_path / "m.json").write_text(json.dumps({"sha256": "0" * 64}))
+    with pytest.raises(WeightsError, match="sha256 expected"):
+        OnnxDetector(weights)
+
+
+def test_unreadable_weights_raise_weights_error(tmp_path) -> None:
+    weights = tmp_path / "m.onnx"
+    weights.write_bytes(b"not a model")
+    with pytest.raises(WeightsError, match="could not be loaded"):
+        OnnxDetector(weights)
+
+
+def test_default_weights_live_inside_the_package() -> None:
+    assert SHIPPED.parent.name == "models"
+    assert SHIPPED.parent.parent.name == "defacer"
+
+
+@needs_weights
+def test_shipped_weights_match_the_sha256_in_their_card() -> None:
+    card = json.loads(SHIPPED.with_suffix(".json").read_text())
+    detector = load_default_detector()
+    assert detector.weights_sha256 == card["sha256"]
+    assert isinstance(detector, Detector)
+    assert SHIPPED.stat().st_size < 20e6
+
+
+@needs_weights
+def test_corrupted_copy_of_the_shipped_weights_is_refused(tmp_path) -> None:
+    copy = tmp_path / SHIPPED.name
+    shutil.copy(SHIPPED, copy)
+    shutil.copy(SHIPPED.with_suffix(".json"), copy.with_suffix(".json"))
+    data = bytearray(copy.read_bytes())
+    data[-10] ^= 0xFF
+    copy.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="corrupt"):
+        OnnxDetector(copy)
+
+
+@needs_weights
+@pytest.mark.parametrize("axcodes,voxel", [("RAS", 1.5), ("LPS", 2.0)])
+def test_shipped_detector_finds_every_phantom_feature_near_the_truth(axcodes, voxel) -> None:
+    ph = make_phantom(voxel, axcodes=axcodes, seed=7)
+    reo = canonical_reorientation(ph.volume.affine, ph.volume.shape)
+    predicted = reo.from_ras(load_default_detector().predict(reo.to_ras(ph.volume.values()), reo.ras_affine))
+    assert predicted.shape == ph.labels.shape and predicted.dtype == np.uint8
+    for value in (1, 2, 3):
+        truth = ph.labels == value
+        found = predicted == value
+        assert found.any(), f"label {value} not found"
+        overlap = 2 * np.logical_and(truth, found).sum() / (truth.sum() + found.sum())
+        assert overlap > 0.3, f"label {value}: Dice {overlap:.2f}"
