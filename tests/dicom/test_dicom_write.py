@@ -148,3 +148,18 @@ def test_volumes_not_read_from_dicom_are_refused(tmp_path):
 
     with pytest.raises(DicomSeriesError, match="NIfTI"):
         write_dicom_volume(Volume(np.zeros((4, 4, 4)), np.eye(4)), tmp_path / "out")
+
+
+def test_enhanced_multiframe_with_per_frame_scaling_round_trips(tmp_path):
+    scaling = [(1.0 + k / 2, float(-5 * k)) for k in range(6)]
+    write_enhanced(tmp_path / "in" / "mf.dcm", ramp(), scaling=scaling)
+    volume = read_dicom_volume(tmp_path / "in")
+    assert volume.extra["per_slice_scaling"] is not None
+    expected = np.stack([ramp()[:, :, k] * s + i for k, (s, i) in enumerate(scaling)], axis=2)
+    assert np.allclose(volume.values(), expected)
+    physical = volume.raw.copy()
+    physical[:2] = -5.0 * np.arange(6)  # stored 0 in every frame
+    write_dicom_volume(volume.with_raw(physical), tmp_path / "out")
+    again = read_dicom_volume(tmp_path / "out")
+    assert np.allclose(again.values(), physical)
+    assert pydicom.dcmread(tmp_path / "out" / "mf.dcm").pixel_array[:, :, :2].max() == 0
