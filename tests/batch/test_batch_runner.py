@@ -155,3 +155,24 @@ def test_a_folder_without_scans_or_with_everything_excluded_is_an_error(
     assert main(["batch", str(ds), str(tmp_path / "out2"), "--include", "suffix=T3w"]) == 1
     assert "excluded all 6 scans" in capsys.readouterr().err
     assert not (tmp_path / "out1").exists() and not (tmp_path / "out2").exists(), "nothing is written"
+
+
+def _copy_or_crash(input_path: Path, output_path: Path, **_: object) -> dict[str, object]:
+    """Stand-in for deface_file: copies the scan, but crashes like a bug on T2w scans."""
+    if "T2w" in Path(input_path).name:
+        raise ZeroDivisionError("division by zero")
+    Path(output_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(output_path).write_bytes(Path(input_path).read_bytes())
+    return {"stand_in": True}
+
+
+def test_an_unexpected_error_in_one_scan_is_recorded_with_where_it_happened(
+        tmp_path: Path, bids_template: tuple[Path, Path, list[str]]) -> None:
+    ds, _, _ = bids_template
+    summary = run_batch(BatchConfig(in_root=ds, out_root=tmp_path / "out", quiet=True), deface=_copy_or_crash)
+    assert (summary.counts.done, summary.counts.failed) == (5, 1)
+    failed = next(r for r in summary.records if r.status == FAILED)
+    assert failed.error_type == "ZeroDivisionError"
+    assert "test_batch_runner.py" in (failed.error or ""), "the error names the file and line"
+    done = next(r for r in summary.records if r.status == DONE)
+    assert done.provenance == {"stand_in": True}
