@@ -199,7 +199,6 @@ def _fingerprint(config: BatchConfig, scan: Scan, labels: Path | None, detector_
         "layout": config.layout,
         "labels_sha256": sha256_file(labels) if labels is not None else None,
         "detector": None if labels is not None else detector_id,
-        "verify": config.verify,
         "options": config.options,
         "deid_key_sha256": hashlib.sha256(deid_key).hexdigest() if scan.kind == "dicom" and deid_key else None,
     })
@@ -245,9 +244,10 @@ def plan(
         labels = labels_for(scan, labels_dir)
         fingerprint = _fingerprint(config, scan, labels, detector_id, deid_key)
         previous = manifest.get(scan.key)
-        if not config.redo and is_up_to_date(previous, fingerprint=fingerprint, in_root=layout.in_root,
-                                              out_root=layout.out_root, input_files=input_files(scan),
-                                              rehash=config.rehash):
+        verified = not config.verify or (previous is not None and previous.verify is not None)
+        if not config.redo and verified and is_up_to_date(
+                previous, fingerprint=fingerprint, in_root=layout.in_root, out_root=layout.out_root,
+                input_files=input_files(scan), rehash=config.rehash):
             assert previous is not None
             skipped.append(ScanRecord(**{**previous.__dict__, "status": SKIPPED}))
             continue
