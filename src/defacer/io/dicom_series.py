@@ -303,8 +303,8 @@ def scan(path: PathLike | Sequence[PathLike]) -> Scan:
     image_series = {key[0] for key in groups if key[1]}
     for key in [k for k in groups if not k[1] and k[0] in image_series]:
         for member in groups.pop(key):
-            skipped.append((member[0], "damaged or truncated DICOM file (an instance of an image series without "
-                                       "pixel data)"))
+            why = "damaged or truncated DICOM file (an instance of an image series without pixel data)"
+            skipped.append((member[0], why))
     if not groups:
         reasons = "; ".join(f"{p.name}: {why}" for p, why in skipped[:5])
         raise DicomSeriesError(f"No DICOM instance found in '{path}' ({len(skipped)} file(s) skipped: {reasons}).")
