@@ -92,11 +92,12 @@ def run(args: argparse.Namespace) -> int:
     for warning in provenance.get("warnings", []):
         print(f"  warning: {warning}")
     if args.verify:
-        _verify(args.input, args.output, provenance)
+        verify_outputs(args.input, args.output, provenance)
     return 0
 
 
-def _verify(original_path: Path, defaced_path: Path, provenance: dict) -> None:
+def verify_outputs(original_path: Path, defaced_path: Path, provenance: dict) -> None:
+    """Run the offline verification on a defaced output and print the verdict (needs defacer[verify])."""
     from defacer.io import load_volume
     from defacer.provenance import sidecar_path
 

@@ -179,7 +179,7 @@ def run_dicom(args: argparse.Namespace, options: Any, detector: Any) -> int:
     for warning in [*provenance.get("warnings", []), *provenance["dicom"]["geometry_warnings"]]:
         print(f"  warning: {warning}")
     if getattr(args, "verify", False):
-        from defacer.cli.deface import _verify
+        from defacer.cli.deface import verify_outputs
 
-        _verify(source, target, provenance)
+        verify_outputs(source, target, provenance)
     return 0
