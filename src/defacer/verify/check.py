@@ -32,12 +32,13 @@ from defacer.volume import Volume
 logger = logging.getLogger(__name__)
 
 VERDICT_RULE = (
-    "PASS when no counted face detector finds a face in the renders of the defaced head: Face Mesh landmarks in "
-    "any view, dlib CNN >= 0.0 on the front view, BlazeFace short-range >= 0.75 on the front view (BlazeFace "
-    "full-range and oblique BlazeFace scores are reported, not counted: they fire on face-removed heads too), "
-    "and the brain region is untouched (0 changed voxels inside a given brain mask, or at most 0.1% of the "
-    "estimated brain proxy: head interior > 20 mm below the skin and > 15 mm from every labelled feature). "
-    "The face check is conclusive only when a counted detector found a face in the original's renders."
+    "PASS when no counted face detector finds a face in the renders of the defaced head: Face Mesh landmarks "
+    "(presence >= 0.7) in any view, dlib CNN >= 0.0 on the front view, BlazeFace short-range >= 0.75 on the "
+    "front view (BlazeFace full-range and oblique BlazeFace scores are reported, not counted: they fire on "
+    "face-removed heads too), and the brain region is untouched (0 changed voxels inside a given brain mask, or "
+    "at most 0.1% of the estimated brain proxy: head interior > 20 mm below the skin and > 15 mm from every "
+    "labelled feature). The face check is conclusive only when a counted detector found a face in the "
+    "original's renders."
 )
 
 #: Depth below the skin (mm) and distance from any feature (mm) of the brain proxy.

@@ -75,7 +75,7 @@ def _detector_table(summary: dict[str, Any]) -> str:
             '<p class="rule">Scores are the best face each model returned ("&ndash;": none). '
             'Red: at or above the stated threshold in a view where the detector counts (a face is detected). '
             'Amber italics: above the threshold in a view where it is reported but not counted. Face Mesh shows 1 '
-            'when its 468 landmarks were found. dlib CNN runs on the front view only.</p>')
+            'when its 468 landmarks were found with presence at or above its threshold. dlib CNN runs on the front view only.</p>')
 
 
 def _voxel_table(voxels: dict[str, Any]) -> str:
