@@ -397,6 +397,32 @@ def test_failing_job_is_reported_and_the_server_keeps_working(client: TestClient
     assert run_job(client, session)["state"] == "done"
 
 
+def test_closing_during_a_running_job_answers_at_once_and_removes_the_files_after(
+        client: TestClient, phantom_files: PhantomFiles) -> None:
+    import defacer.pipeline
+
+    session = upload_and_detect(client, phantom_files)
+    folder = client.app.state.store.get(session).folder  # type: ignore[attr-defined]
+    real = defacer.pipeline.deface
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(1.5)
+        return real(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(defacer.pipeline, "deface", slow)
+        assert client.post(f"/api/sessions/{session}/deface", json={}).status_code == 202
+        time.sleep(0.3)
+        started = time.monotonic()
+        assert client.delete(f"/api/sessions/{session}").json() == {"removed": True}
+        assert time.monotonic() - started < 1.0  # did not wait for the job
+        assert client.get("/api/config").status_code == 200
+        deadline = time.monotonic() + 60
+        while folder.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert not folder.exists()
+
+
 def test_each_upload_gets_its_own_work_area(client: TestClient, phantom_files: PhantomFiles) -> None:
     first = upload_and_detect(client, phantom_files)
     second = upload_and_detect(client, phantom_files, scan=phantom_files.dicom_zip)

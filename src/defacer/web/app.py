@@ -253,13 +253,13 @@ def create_app(settings: WebSettings | None = None, *, detector_factory: Callabl
     @app.post("/api/sessions/{session_id}/load")
     async def load(request: Request, session_id: str) -> dict[str, Any]:
         session = lookup(request, session_id)
-        info = await run_in_threadpool(workflow.load_scan, session, settings)
+        info = await run_in_threadpool(_step, workflow.load_scan, session, settings)
         return {**info, "view": f"/api/sessions/{session.id}/view/scan.nii.gz"}
 
     @app.post("/api/sessions/{session_id}/detect")
     async def detect(request: Request, session_id: str) -> dict[str, Any]:
         session = lookup(request, session_id)
-        detection = await run_in_threadpool(workflow.detect, session, detectors)
+        detection = await run_in_threadpool(_step, workflow.detect, session, detectors)
         return {**detection, "overlay": f"/api/sessions/{session.id}/view/labels.nii.gz"}
 
     @app.post("/api/sessions/{session_id}/deface", status_code=202)
@@ -283,7 +283,7 @@ def create_app(settings: WebSettings | None = None, *, detector_factory: Callabl
             raise ValueError("'seed' must be an integer between 0 and 4294967295.")
         if "labels_ras" not in session.state:
             raise InputImageError("Detect the features before defacing (load, then detect).")
-        with session.lock:
+        with session.job_lock:  # never the step lock: this runs on the event loop and must not wait
             if session.job.state in ("queued", "running"):
                 raise SessionBusy("This scan is already being defaced; wait for it to finish.")
             session.job = new_job = Job(state="queued", stage="Waiting for a free worker")
@@ -301,7 +301,7 @@ def create_app(settings: WebSettings | None = None, *, detector_factory: Callabl
         session = lookup(request, session_id)
         if session.job.state in ("queued", "running"):
             raise SessionBusy("Wait until defacing has finished.")
-        return await run_in_threadpool(workflow.verify_session, session)
+        return await run_in_threadpool(_step, workflow.verify_session, session)
 
     @app.get("/api/sessions/{session_id}/view/{name}")
     async def view(request: Request, session_id: str, name: str) -> Response:
@@ -336,13 +336,21 @@ def create_app(settings: WebSettings | None = None, *, detector_factory: Callabl
 
     @app.delete("/api/sessions/{session_id}")
     async def close(session_id: str) -> dict[str, bool]:
-        return {"removed": store.close(session_id)}
+        return {"removed": await run_in_threadpool(store.close, session_id)}
 
     @app.post("/api/sessions/{session_id}/close")
     async def close_beacon(session_id: str) -> dict[str, bool]:
-        return {"removed": store.close(session_id)}
+        return {"removed": await run_in_threadpool(store.close, session_id)}
 
     return app
+
+
+def _step(function: Callable[..., Any], session: Session, *args: Any) -> Any:
+    """Run one workflow step on a worker thread; a session closed meanwhile is removed when it ends."""
+    try:
+        return function(session, *args)
+    finally:
+        SessionStore.release_if_closed(session)
 
 
 def _run_job(session: Session, job: Job, features: tuple[str, ...], seed: int) -> None:
@@ -367,6 +375,8 @@ def _run_job(session: Session, job: Job, features: tuple[str, ...], seed: int) -
                      "your scan; please report it.")
     else:
         job.result, job.state, job.stage, job.progress = result, "done", "Done", 1.0
+    finally:
+        SessionStore.release_if_closed(session)
     log.info("defacing job of work area %s… %s", session.id[:6], job.state)
 
 

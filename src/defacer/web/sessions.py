@@ -97,6 +97,7 @@ class Session:
     job: Job = field(default_factory=Job)
     state: dict[str, Any] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
+    job_lock: threading.Lock = field(default_factory=threading.Lock)
     closed: bool = False
 
     def touch(self) -> None:
@@ -195,10 +196,23 @@ class SessionStore:
 
     def _remove(self, session: Session) -> None:
         session.closed = True
-        with session.lock:
-            session.state.clear()
-            shutil.rmtree(session.folder, ignore_errors=True)
-        log.info("work area %s… removed", session.id[:6])
+        if session.lock.acquire(blocking=False):
+            try:
+                session.state.clear()
+                shutil.rmtree(session.folder, ignore_errors=True)
+            finally:
+                session.lock.release()
+            log.info("work area %s… removed", session.id[:6])
+        else:  # a step is running on a worker thread: it removes the folder when it ends (see release_if_closed)
+            log.info("work area %s… closed; removed when its running step ends", session.id[:6])
+
+    @staticmethod
+    def release_if_closed(session: Session) -> None:
+        """Remove a closed session's folder after a step that was running when it was closed."""
+        if session.closed:
+            with session.lock:
+                session.state.clear()
+                shutil.rmtree(session.folder, ignore_errors=True)
 
     def sweep(self) -> int:
         """Remove idle sessions that are not running a job; return how many."""
@@ -218,6 +232,6 @@ class SessionStore:
             sessions = list(self._sessions.values())
             self._sessions.clear()
         for session in sessions:
-            session.closed = True
+            session.closed = True  # a step still running removes its own folder when it ends
             shutil.rmtree(session.folder, ignore_errors=True)
         shutil.rmtree(self.root, ignore_errors=True)
