@@ -21,6 +21,11 @@ def detectors() -> None:
     """Skip the test when the ``verify`` extra's face models are not installed."""
     if not (_have("mediapipe") and _have("dlib") and _have("face_recognition_models")):
         pytest.skip("needs defacer[verify]: mediapipe==0.10.21, dlib-bin, face-recognition-models")
+    from defacer.verify.faces import available
+
+    status = available()
+    if not all(status.values()):
+        pytest.skip(f"face detector back-ends not usable here: {status} (see docs/verification.md, section 7)")
 
 
 @pytest.fixture(scope="session")

@@ -82,3 +82,13 @@ def test_rank1_rate_counts_probes_whose_nearest_gallery_face_is_their_own() -> N
     assert result["rate"] == pytest.approx(2 / 3)
     assert result["chance"] == pytest.approx(1 / 3)
     assert result["matches"]["b"] == "a" and result["ranks"]["b"] == 2
+
+
+def test_a_missing_extra_is_reported_with_the_install_command(monkeypatch) -> None:
+    import sys
+
+    from defacer.errors import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "mediapipe", None)  # makes `import mediapipe` raise ImportError
+    with pytest.raises(MissingExtraError, match=r"pip install 'defacer\[verify\]'"):
+        faces._import_mediapipe()

@@ -135,7 +135,13 @@ def _import_mediapipe() -> Any:
     try:
         import mediapipe as mp
     except ImportError as err:
-        raise MissingExtraError("verify", "mediapipe") from err
+        if getattr(err, "name", None) in (None, "mediapipe"):
+            raise MissingExtraError("verify", "mediapipe") from err
+        message = (
+            f"mediapipe is installed but cannot be imported: {err}. It needs opencv (opencv-python-headless<5 "
+            "works without a display), matplotlib and attrs."
+        )
+        raise VerificationError(message) from err
     if not hasattr(mp, "solutions"):
         message = (
             f"mediapipe {getattr(mp, '__version__', '?')} has no bundled face models (mediapipe.solutions). "
@@ -335,13 +341,14 @@ def detect_all(image: npt.NDArray[Any], names: tuple[str, ...] | None = None) ->
 
 
 def available() -> dict[str, bool]:
-    """Which detector back-ends can be imported here (mediapipe, dlib)."""
+    """Which detector back-ends work here: mediapipe (its face graphs can be built), dlib, the dlib models."""
     status = {}
-    for name, probe in (("mediapipe", _import_mediapipe), ("dlib", _import_dlib)):
+    for name, probe in (("mediapipe", lambda: (_blazeface(0), _facemesh())), ("dlib", _import_dlib)):
         try:
             probe()
             status[name] = True
-        except (MissingExtraError, VerificationError):
+        except (MissingExtraError, VerificationError, ImportError, OSError) as err:
+            logger.info("face detector back-end %s unavailable: %s", name, err)
             status[name] = False
     try:
         dlib_model_path("mmod_human_face_detector.dat")
