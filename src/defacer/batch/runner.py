@@ -205,12 +205,18 @@ def _fingerprint(config: BatchConfig, scan: Scan, labels: Path | None, detector_
 
 
 def _detector_id(config: BatchConfig) -> str:
-    if config.weights_path is not None:
-        from defacer.batch.manifest import sha256_file
+    """sha256 of the detector weights in use (the shipped ones by default), for the fingerprint."""
+    from defacer.batch.manifest import sha256_file
 
+    if config.weights_path is not None:
         path = Path(config.weights_path)
-        return sha256_file(path) if path.is_file() else str(path)
-    return "shipped"
+    else:
+        try:
+            from defacer.detect.model import default_weights_path
+        except ImportError:
+            return "none"
+        path = default_weights_path()
+    return sha256_file(path) if path.is_file() else f"missing:{path.name}"
 
 
 def _threads_per_worker(jobs: int) -> int:
