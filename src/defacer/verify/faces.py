@@ -40,6 +40,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +54,9 @@ import numpy.typing as npt
 from defacer.errors import MissingExtraError, VerificationError
 
 logger = logging.getLogger(__name__)
+
+#: The cached models are not safe to call from several threads at once (the web UI may try).
+_MODEL_LOCK = threading.RLock()
 
 Box = tuple[int, int, int, int]
 """A face box in pixels: (left, top, right, bottom), right/bottom exclusive."""
@@ -196,9 +200,10 @@ def _blazeface(model_selection: int) -> Any:
 
 def _run_blazeface(image: npt.NDArray[Any], name: str, model_selection: int) -> DetectorResult:
     rgb = _check_image(image)
-    model = _blazeface(model_selection)
-    start = time.perf_counter()
-    result = model.process(rgb)
+    with _MODEL_LOCK:
+        model = _blazeface(model_selection)
+        start = time.perf_counter()
+        result = model.process(rgb)
     seconds = time.perf_counter() - start
     best_score, best_box = None, None
     for det in result.detections or []:
@@ -250,8 +255,10 @@ def facemesh(image: npt.NDArray[Any]) -> DetectorResult:
     it only applies the threshold).
     """
     rgb = _check_image(image)
-    start = time.perf_counter()
-    result = _facemesh().process(rgb)
+    with _MODEL_LOCK:
+        model = _facemesh()
+        start = time.perf_counter()
+        result = model.process(rgb)
     seconds = time.perf_counter() - start
     faces = result.multi_face_landmarks or []
     box: Box | None = None
@@ -276,9 +283,10 @@ def _dlib_cnn() -> Any:
 def dlib_cnn(image: npt.NDArray[Any]) -> DetectorResult:
     """dlib's MMOD CNN face detector (no upsampling: render faces are > 80 pixels wide)."""
     rgb = _check_image(image)
-    model = _dlib_cnn()
-    start = time.perf_counter()
-    dets = model(rgb, 0)
+    with _MODEL_LOCK:
+        model = _dlib_cnn()
+        start = time.perf_counter()
+        dets = model(rgb, 0)
     seconds = time.perf_counter() - start
     best_score, best_box = None, None
     for det in dets:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from defacer.verify.faces import Box, _check_image, _import_dlib, dlib_model_path
+from defacer.verify.faces import _MODEL_LOCK, Box, _check_image, _import_dlib, dlib_model_path
 
 
 @lru_cache(maxsize=1)
@@ -47,11 +47,12 @@ def embed(image: npt.NDArray[Any], box: Box) -> npt.NDArray[np.float64]:
     """
     dlib = _import_dlib()
     rgb = _check_image(image)
-    predictor, encoder = _models()
     left, top, right, bottom = (int(v) for v in box)
     rect = dlib.rectangle(left, top, max(right - 1, left + 1), max(bottom - 1, top + 1))
-    shape = predictor(rgb, rect)
-    return np.asarray(encoder.compute_face_descriptor(rgb, shape), dtype=np.float64)
+    with _MODEL_LOCK:
+        predictor, encoder = _models()
+        shape = predictor(rgb, rect)
+        return np.asarray(encoder.compute_face_descriptor(rgb, shape), dtype=np.float64)
 
 
 def distance(a: npt.NDArray[np.floating], b: npt.NDArray[np.floating]) -> float:
