@@ -98,15 +98,17 @@ def distort_eyes(
     *,
     band_mm: float = 2.0,
     box_scale: float = 1.5,
-    fill_radius_mm: float = 4.0,
+    smooth_mm: float = 8.0,
 ) -> list[Edit]:
-    """Cover each eye with skin: the skin surface ± ``band_mm`` over the eye set to a skin-like value.
+    """Cover each eye with skin: a band of ± ``band_mm`` around a smoothed skin surface set to a skin value.
 
-    Within each eye's bounding box (scaled by ``box_scale``), the head surface is first
-    smoothed by a morphological closing of radius ``fill_radius_mm`` (filling the eye socket
-    and the lid folds), then every voxel within ``band_mm`` of that surface, inside or
-    outside, and every voxel of the filled concavities gets the median intensity of this
-    scan's own superficial tissue in the box.
+    Within each eye's bounding box (scaled by ``box_scale``), the face surface is read as a
+    height map along the anterior (A) axis, smoothed with a Gaussian of ``smooth_mm`` (which
+    erases the lids, the lid folds and the eye socket) and blended back into the original
+    surface towards the box edges.  Every voxel within ``band_mm`` of the smoothed surface, and
+    every voxel between it and the original surface, gets the median intensity of this scan's
+    own superficial tissue in the box; tissue that stood out beyond the band (a protruding lid
+    or brow) is set to the scan's air value.  The eye itself, behind the band, is untouched.
 
     Parameters
     ----------
@@ -117,6 +119,12 @@ def distort_eyes(
     head : HeadModel
     spacing : tuple of 3 float
         Voxel size along R, A, S in mm.
+    band_mm : float
+        Half-thickness of the skin band in mm.
+    box_scale : float
+        Scale of each eye's bounding box.
+    smooth_mm : float
+        Standard deviation of the surface smoothing in mm.
 
     Returns
     -------
@@ -124,34 +132,61 @@ def distort_eyes(
         One per eye found (at most two).
     """
     edits = []
-    margin = _mm_to_voxels(band_mm + fill_radius_mm + 2.0, spacing)
+    margin = _mm_to_voxels(band_mm + 4.0, spacing)
     for index, component in enumerate(components(eyes, 2)):
         box = grow_box(component, image.shape, box_scale, margin)
+        # Reach forward to the edge of the image along A, so the whole face surface is in the box.
+        box = (box[0], slice(box[1].start, image.shape[1]), box[2])
         local = np.asarray(image[box], dtype=np.float32)
-        tissue = local > head.threshold
-        deep = head.upsample(head.sealed_coarse, box)
-        head_local = tissue | ndimage.binary_erosion(deep, iterations=2)
-        closed = _close(head_local, fill_radius_mm, spacing)
-        inside = ndimage.distance_transform_edt(closed, sampling=spacing)
-        outside = ndimage.distance_transform_edt(~closed, sampling=spacing)
-        band = (closed & (inside <= band_mm)) | (~closed & (outside <= band_mm)) | (closed & ~head_local)
-        skin_voxels = local[tissue & (ndimage.distance_transform_edt(head_local, sampling=spacing) <= 3.0)]
-        skin = float(np.median(skin_voxels)) if skin_voxels.size else float(np.percentile(local[tissue], 50) if tissue.any() else head.threshold)
-        values = np.full(local.shape, skin, dtype=np.float32)
+        tissue = ndimage.binary_opening(local > head.threshold)  # drop isolated noise voxels in the air
+        height, present = _surface_height(tissue)
+        if not present.any():
+            continue
+        smoothed = _smooth_height(height, present, (smooth_mm / spacing[0], smooth_mm / spacing[2]))
+        taper = _edge_taper(height.shape)
+        target = np.where(present, taper * smoothed + (1 - taper) * height, np.nan)
+        y = np.arange(local.shape[1], dtype=np.float32)[None, :, None] * spacing[1]
+        surface = target[:, None, :] * spacing[1]
+        original = height[:, None, :] * spacing[1]
+        valid = ~np.isnan(surface)
+        in_band = valid & (np.abs(y - surface) <= band_mm)
+        filled = valid & (y <= surface) & (y > original)
+        removed = valid & (y > surface + band_mm) & tissue
+        skin_voxels = local[tissue & valid & (y >= original - 3.0) & (y <= original)]
+        skin = float(np.median(skin_voxels)) if skin_voxels.size else float(np.median(local[tissue]))
+        mask = in_band | filled | removed
+        values = np.where(removed, np.float32(head.background), np.float32(skin)).astype(np.float32)
         edits.append(
-            Edit("eyes", box, band, values, {"component": index, "skin_value": skin, "box": _box_list(box),
-                                             "band_mm": band_mm, "fill_radius_mm": fill_radius_mm})
+            Edit("eyes", box, mask, values, {"component": index, "skin_value": skin, "box": _box_list(box),
+                                             "band_mm": band_mm, "smooth_mm": smooth_mm,
+                                             "max_surface_shift_mm": float(np.nanmax(np.abs(target - height)))
+                                             * spacing[1]})
         )
     return edits
 
 
-def _close(mask: Mask, radius_mm: float, spacing: tuple[float, float, float]) -> Mask:
-    """Morphological closing with a ball of ``radius_mm`` via two distance maps (fast for large radii)."""
-    pad = max(_mm_to_voxels(radius_mm, spacing)) + 1
-    padded = np.pad(mask, pad)
-    dilated = ndimage.distance_transform_edt(~padded, sampling=spacing) <= radius_mm
-    closed = ndimage.distance_transform_edt(dilated, sampling=spacing) > radius_mm
-    return closed[pad:-pad, pad:-pad, pad:-pad] | mask
+def _surface_height(tissue: Mask) -> tuple[npt.NDArray[np.float32], Mask]:
+    """Index along axis 1 (A) of the most anterior tissue voxel of each (R, S) column, and where one exists."""
+    present = tissue.any(axis=1)
+    n = tissue.shape[1]
+    last = n - 1 - np.argmax(tissue[:, ::-1, :], axis=1)
+    return np.where(present, last, 0).astype(np.float32), present
+
+
+def _smooth_height(height: npt.NDArray[np.float32], present: Mask, sigma: tuple[float, float]) -> npt.NDArray[np.float32]:
+    """Gaussian smoothing of a height map over the columns where it is defined (normalised convolution)."""
+    weight = ndimage.gaussian_filter(present.astype(np.float32), sigma, mode="nearest")
+    total = ndimage.gaussian_filter(np.where(present, height, 0).astype(np.float32), sigma, mode="nearest")
+    return np.where(weight > 1e-3, total / np.maximum(weight, 1e-3), height).astype(np.float32)
+
+
+def _edge_taper(shape: tuple[int, ...], fraction: float = 0.2) -> npt.NDArray[np.float32]:
+    """Weights of 1 in the middle of a 2D box falling smoothly to 0 at its edges (cosine over ``fraction``)."""
+    ramps = []
+    for n in shape:
+        t = np.minimum(np.arange(n) + 0.5, n - 0.5 - np.arange(n)) / max(fraction * n, 1.0)
+        ramps.append(np.where(t >= 1, 1.0, 0.5 - 0.5 * np.cos(np.pi * np.clip(t, 0, 1))))
+    return np.outer(ramps[0], ramps[1]).astype(np.float32)
 
 
 def nose_box(nose: Mask, shape: tuple[int, int, int], scale: float = 2.0) -> Box | None:

@@ -81,9 +81,14 @@ def run(args: argparse.Namespace) -> int:
         deface_dicom = importlib.import_module("defacer.cli.deface_dicom")
         detector = load_detector(args.labels, args.weights)
         return deface_dicom.run_dicom(args, options, detector)
+    mask_path = args.save_mask
+    if args.verify and mask_path is None:
+        # The report needs the detected labels (per-feature counts, outlines); keep them with the report.
+        mask_path = verify_dir(args.output) / "detected_labels.nii.gz"
+        mask_path.parent.mkdir(parents=True, exist_ok=True)
     provenance = deface_file(
         args.input, args.output, options=options, labels_path=args.labels, weights_path=args.weights,
-        force=args.force, mask_path=args.save_mask,
+        force=args.force, mask_path=mask_path,
     )
     changed = provenance["voxels_changed"]
     print(f"Defaced {args.input} -> {args.output}")
@@ -92,14 +97,21 @@ def run(args: argparse.Namespace) -> int:
     for warning in provenance.get("warnings", []):
         print(f"  warning: {warning}")
     if args.verify:
-        verify_outputs(args.input, args.output, provenance)
+        verify_outputs(args.input, args.output, provenance, labels_path=mask_path)
     return 0
 
 
-def verify_outputs(original_path: Path, defaced_path: Path, provenance: dict) -> None:
+def verify_dir(defaced_path: Path) -> Path:
+    """Folder of the verification report for a defaced output: ``<stem>_verify`` beside it."""
+    from defacer.provenance import sidecar_path
+
+    sidecar = sidecar_path(defaced_path)
+    return sidecar.with_name(sidecar.name.replace(".defacer.json", "_verify"))
+
+
+def verify_outputs(original_path: Path, defaced_path: Path, provenance: dict, labels_path: Path | None = None) -> None:
     """Run the offline verification on a defaced output and print the verdict (needs defacer[verify])."""
     from defacer.io import load_volume
-    from defacer.provenance import sidecar_path
 
     try:
         from defacer.verify import verify_pair
@@ -107,7 +119,8 @@ def verify_outputs(original_path: Path, defaced_path: Path, provenance: dict) ->
         from defacer.errors import MissingExtraError
 
         raise MissingExtraError("verify", getattr(err, "name", None) or "defacer.verify") from err
-    out_dir = sidecar_path(defaced_path).with_name(sidecar_path(defaced_path).name.replace(".defacer.json", "_verify"))
-    result = verify_pair(load_volume(original_path), load_volume(defaced_path), out_dir, provenance=provenance)
+    labels = load_volume(labels_path, strict=False).raw if labels_path is not None and Path(labels_path).exists() else None
+    result = verify_pair(load_volume(original_path), load_volume(defaced_path), verify_dir(defaced_path),
+                         labels=labels, provenance=provenance)
     verdict = "PASS" if result.passed else "FAIL"
     print(f"  verification: {verdict}; report {result.report_path}")
