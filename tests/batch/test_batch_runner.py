@@ -176,3 +176,19 @@ def test_an_unexpected_error_in_one_scan_is_recorded_with_where_it_happened(
     assert "test_batch_runner.py" in (failed.error or ""), "the error names the file and line"
     done = next(r for r in summary.records if r.status == DONE)
     assert done.provenance == {"stand_in": True}
+
+
+def test_dry_run_lists_the_plan_and_writes_nothing(tmp_path: Path, bids: tuple[Path, Path, list[str]],
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    ds, labels, relpaths = bids
+    out = tmp_path / "out"
+    assert main(["batch", str(ds), str(out), "--labels-dir", str(labels), "--exclude", "sub=02", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "4 to deface, 0 already done, 2 excluded; nothing written." in printed
+    assert f"deface   {relpaths[0]} -> {out / relpaths[0]}" in printed
+    assert not out.exists()
+    run_batch(BatchConfig(in_root=ds, out_root=out, labels_dir=labels, include=[relpaths[0]], quiet=True))
+    before = (out / ".defacer" / "manifest.jsonl").read_bytes()
+    assert main(["batch", str(ds), str(out), "--labels-dir", str(labels), "-n"]) == 0
+    assert "5 to deface, 1 already done, 0 excluded" in capsys.readouterr().out
+    assert (out / ".defacer" / "manifest.jsonl").read_bytes() == before

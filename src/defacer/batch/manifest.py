@@ -231,16 +231,20 @@ class Manifest:
     ----------
     path : Path
         ``OUT/.defacer/manifest.jsonl``; created with a header line if absent.
+    read_only : bool
+        Only read (a missing file is an empty manifest); never create, repair or append.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
         self.records: dict[str, ScanRecord] = {}
         self.damaged_lines = 0
         if path.is_file():
             self._read()
-            if self.damaged_lines or not _ends_with_newline(path):
+            if not read_only and (self.damaged_lines or not _ends_with_newline(path)):
                 self.compact()  # so the next append starts on a fresh line
+        elif read_only:
+            return
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._write_all([])

@@ -27,6 +27,7 @@ from defacer.batch.layout import (
     OTHERS_MODES,
     OutputLayout,
     carry_over,
+    check_folders,
     defaced_sidecar,
     prepare_output,
     remove_stale_temporaries,
@@ -279,6 +280,47 @@ def engine_name(config: BatchConfig) -> str:
     return "processes" if config.jobs > 1 else "serial"
 
 
+def _discover(config: BatchConfig) -> tuple[Discovery, OutputLayout]:
+    """Check the config, find the scans, and build the output layout (writes nothing)."""
+    check_config(config)
+    discovery = discover(config.in_root, include=config.include, exclude=config.exclude)
+    if config.layout == "derivatives" and discovery.layout != "bids":
+        raise DefacerError(
+            f"--derivatives needs a BIDS dataset, but '{config.in_root}' is not one (no dataset_description.json "
+            "or sub-* folders). Drop --derivatives to mirror the folder instead."
+        )
+    if not discovery.scans:
+        if discovery.excluded:
+            raise DefacerError(
+                f"The filters excluded all {len(discovery.excluded)} scans of '{config.in_root}' "
+                f"(--include {list(config.include)}, --exclude {list(config.exclude)}). Check the patterns: "
+                "KEY=VALUE on BIDS entities (suffix=T1w) or globs on the path relative to IN ('sub-01/*')."
+            )
+        raise InputImageError(
+            f"No scans found in '{config.in_root}' (as a {discovery.layout} folder). Expected a BIDS dataset with "
+            "images in sub-*/anat/, or NIfTI/NRRD/MGZ files, or folders of DICOM files."
+        )
+    layout = OutputLayout(in_root=discovery.root, out_root=Path(config.out_root).resolve(), layout=config.layout,
+                          bids=discovery.layout == "bids")
+    check_folders(layout.in_root, layout.out_root)
+    return discovery, layout
+
+
+def describe_plan(config: BatchConfig) -> list[tuple[str, str, Path | None]]:
+    """What a run would do, without writing anything: ``(action, scan key, output path)`` rows.
+
+    Actions are ``"deface"``, ``"skip"`` (done by an earlier run and intact) and
+    ``"exclude"`` (removed by the filters; neither defaced nor copied).
+    """
+    discovery, layout = _discover(config)
+    manifest = Manifest(layout.manifest_path, read_only=True)
+    tasks, skipped = plan(config, discovery, layout, manifest)
+    rows: list[tuple[str, str, Path | None]] = [("deface", t.scan.key, t.output) for t in tasks]
+    rows += [("skip", r.key, None) for r in skipped]
+    rows += [("exclude", str(rel), None) for rel in discovery.excluded]
+    return sorted(rows, key=lambda row: row[1])
+
+
 def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: TextIO | None = None) -> BatchSummary:
     """Deface every selected scan of a dataset; resumable, parallel, never stopped by one bad scan.
 
@@ -307,26 +349,7 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
         On Ctrl-C, after the finished scans are recorded and in-flight work is cancelled.
     """
     start = time.perf_counter()
-    check_config(config)
-    discovery = discover(config.in_root, include=config.include, exclude=config.exclude)
-    if config.layout == "derivatives" and discovery.layout != "bids":
-        raise DefacerError(
-            f"--derivatives needs a BIDS dataset, but '{config.in_root}' is not one (no dataset_description.json "
-            "or sub-* folders). Drop --derivatives to mirror the folder instead."
-        )
-    if not discovery.scans:
-        if discovery.excluded:
-            raise DefacerError(
-                f"The filters excluded all {len(discovery.excluded)} scans of '{config.in_root}' "
-                f"(--include {list(config.include)}, --exclude {list(config.exclude)}). Check the patterns: "
-                "KEY=VALUE on BIDS entities (suffix=T1w) or globs on the path relative to IN ('sub-01/*')."
-            )
-        raise InputImageError(
-            f"No scans found in '{config.in_root}' (as a {discovery.layout} folder). Expected a BIDS dataset with "
-            "images in sub-*/anat/, or NIfTI/NRRD/MGZ files, or folders of DICOM files."
-        )
-    layout = OutputLayout(in_root=discovery.root, out_root=Path(config.out_root).resolve(), layout=config.layout,
-                          bids=discovery.layout == "bids")
+    discovery, layout = _discover(config)
     resuming = prepare_output(layout, force=config.force)
     with batch_lock(layout.state_dir):
         manifest = Manifest(layout.manifest_path)

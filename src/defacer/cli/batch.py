@@ -62,6 +62,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--rehash", action="store_true",
                         help="check done scans by sha256 instead of size and modification time")
     parser.add_argument("--force", action="store_true", help="write into a non-empty OUT that is not a batch output")
+    parser.add_argument("-n", "--dry-run", action="store_true",
+                        help="list what would be defaced, skipped and excluded, and write nothing")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary table")
     parser.set_defaults(func=run)
     return parser
@@ -90,9 +92,24 @@ def run(args: argparse.Namespace) -> int:
         redo=args.redo, rehash=args.rehash, quiet=args.quiet, deid_key=deid_key, deidentify=not args.no_deidentify,
     )
     try:
+        if args.dry_run:
+            return _print_plan(config)
         summary = run_batch(config)
     except ValueError as err:
         if isinstance(err, DefacerError):
             raise
         raise DefacerError(str(err)) from err
     return summary.exit_code
+
+
+def _print_plan(config: Any) -> int:
+    from collections import Counter
+
+    from defacer.batch.runner import describe_plan
+
+    rows = describe_plan(config)
+    for action, key, output in rows:
+        print(f"{action:8} {key}" + (f" -> {output}" if output is not None else ""))
+    counts = Counter(action for action, _, _ in rows)
+    print(f"{counts['deface']} to deface, {counts['skip']} already done, {counts['exclude']} excluded; nothing written.")
+    return 0
