@@ -42,6 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     parser.add_argument("--channels", type=str, default="8,16,32,64", help="channels per level, finest first")
     parser.add_argument("--time-limit", type=float, default=0.0, help="stop after this many seconds (0: none)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--resume", type=Path, default=None, help="start from the weights of this checkpoint")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=run)
 
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
                          learning_rate=args.lr, patience=args.patience, time_limit_s=args.time_limit,
                          seed=args.seed, threads=args.threads, unet=UNetConfig(channels=channels).to_dict())
     print(json.dumps({"train": [s.name for s in train_samples], "validate": [s.name for s in val_samples]}), flush=True)
-    best = train(train_samples, val_samples, args.out, config)
+    best = train(train_samples, val_samples, args.out, config, resume=args.resume)
     if args.export is not None:
         card = export_onnx(best, args.export, {"trained_on": [s.name for s in train_samples],
                                                "validated_on": [s.name for s in val_samples]})

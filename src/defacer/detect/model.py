@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from defacer._typing import Affine, LabelMap, PathLike
-from defacer.detect.postprocess import find_components
+from defacer.detect.postprocess import find_components, restrict_to_tissue
 from defacer.detect.preprocess import box_to_grid, to_box
 from defacer.errors import InputImageError, WeightsError
 from defacer.labels import FEATURE_LABELS
@@ -106,11 +106,19 @@ class OnnxDetector:
             raise WeightsError(message) from err
         self._input = self._session.get_inputs()[0].name
 
-    def probabilities(self, box_image: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """Run the network on a box image, shape ``box_shape``; returns (C, *box_shape) probabilities."""
+    def probabilities(self, box_image: npt.NDArray[np.float32], mirror: bool = False) -> npt.NDArray[np.float32]:
+        """Run the network on a box image, shape ``box_shape``; returns (C, *box_shape) probabilities.
+
+        With ``mirror``, also runs the left-right mirrored box and averages (test-time
+        augmentation: a face is nearly symmetric, and both eyes/ears share one label).
+        """
         batch = np.ascontiguousarray(box_image[None, None], dtype=np.float32)
         (probs,) = self._session.run(None, {self._input: batch})
-        return np.asarray(probs[0], np.float32)
+        out = np.asarray(probs[0], np.float32)
+        if mirror:
+            (flipped,) = self._session.run(None, {self._input: np.ascontiguousarray(batch[:, :, ::-1])})
+            out = 0.5 * (out + np.asarray(flipped[0, :, ::-1], np.float32))
+        return out
 
     def predict(self, image_ras: npt.NDArray[np.floating], ras_affine: Affine) -> LabelMap:
         """Label eyes (1), nose (2) and ears (3).
@@ -131,11 +139,12 @@ class OnnxDetector:
             message = f"The detector needs a 3D image with at least 2 voxels per axis, found shape {image.shape}."
             raise InputImageError(message)
         box_image, box = to_box(image, np.asarray(ras_affine, float), self.box_shape, self.box_spacing)
-        probs = self.probabilities(box_image)
+        probs = self.probabilities(box_image, mirror=True)
         coarse = probs.argmax(axis=0)
         components = find_components(coarse, box.affine)
         regions = [(int(FEATURE_LABELS[c.feature]), c.mask) for c in components]
-        return box_to_grid(probs, box, image.shape, np.asarray(ras_affine, float), regions)
+        labels = box_to_grid(probs, box, image.shape, np.asarray(ras_affine, float), regions)
+        return restrict_to_tissue(labels, image)
 
 
 def load_default_detector() -> OnnxDetector:

@@ -88,3 +88,42 @@ def find_components(labels: npt.NDArray[np.integer], affine: Affine) -> list[Com
         if len(eyes) == 2:
             kept["nose"] = [c for c in kept["nose"] if abs(c.centre_mm[0] - eye_mid[0]) <= 30.0]
     return kept["eyes"] + kept["nose"] + kept["ears"]
+
+
+#: Normalised intensity (0.5th..99.5th percentile -> 0..1) below which a voxel counts as air.
+AIR_LEVEL = 0.1
+
+
+def restrict_to_tissue(labels: npt.NDArray[np.uint8], image: npt.NDArray[np.floating],
+                       values: tuple[int, ...] = (2, 3), air_level: float = AIR_LEVEL) -> npt.NDArray[np.uint8]:
+    """Remove air voxels from the nose and ear labels at the scan's own resolution.
+
+    The network sees 4 mm voxels, so an upsampled auricle or nose also covers the air around it;
+    the reference labels (and the distortion) concern tissue only.  Voxels of ``values`` whose
+    intensity, scaled like the network input, is below ``air_level`` (and not within one voxel of
+    tissue) are set to background.  Eyes are left alone (a dark vitreous body is not air).
+
+    Parameters
+    ----------
+    labels : ndarray, shape (X, Y, Z), uint8
+        Label map on the image grid; a new array is returned.
+    image : ndarray, shape (X, Y, Z)
+        Physical intensities on the same grid.
+    """
+    out = labels.copy()
+    sample = np.asarray(image[::2, ::2, ::2], np.float32)
+    lo, hi = np.percentile(sample, (0.5, 99.5))
+    if not hi > lo:
+        return out
+    threshold = lo + air_level * (hi - lo)
+    for value in values:
+        where = out == value
+        if not where.any():
+            continue
+        idx = np.argwhere(where)
+        lo_i, hi_i = idx.min(axis=0), idx.max(axis=0) + 1
+        box = tuple(slice(a, b) for a, b in zip(lo_i, hi_i))
+        tissue = ndi.binary_dilation(ndi.uniform_filter(np.asarray(image[box], np.float32), 3) > threshold)
+        sub = out[box]
+        sub[(sub == value) & ~tissue] = 0
+    return out

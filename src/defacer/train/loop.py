@@ -114,7 +114,7 @@ def evaluate_box(net: AttentionUNet3D, samples: list[BoxSample], device: torch.d
 
 
 def train(train_samples: list[BoxSample], val_samples: list[BoxSample], out_dir: Path,
-          config: TrainConfig = TrainConfig()) -> Path:
+          config: TrainConfig = TrainConfig(), resume: Path | None = None) -> Path:
     """Train a detector; returns the path of the best checkpoint.
 
     Parameters
@@ -124,6 +124,8 @@ def train(train_samples: list[BoxSample], val_samples: list[BoxSample], out_dir:
     out_dir : Path
         Checkpoints and ``history.json`` go here.
     config : TrainConfig
+    resume : Path, optional
+        Start from the weights of this checkpoint (same architecture); its history is kept.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
@@ -132,12 +134,17 @@ def train(train_samples: list[BoxSample], val_samples: list[BoxSample], out_dir:
     if device.type == "cpu":
         torch.set_num_threads(config.threads)
     net = AttentionUNet3D(UNetConfig.from_dict(config.unet)).to(device)
+    previous: list[dict] = []
+    if resume is not None:
+        state = torch.load(resume, map_location="cpu", weights_only=False)
+        net.load_state_dict(state["model"])
+        previous = [dict(h, resumed_from=str(resume)) for h in state.get("history", [])]
     weights = [config.real_weight if s.group != "phantom" else 1.0 for s in train_samples]
     dataset = AugmentedDataset(train_samples, config.samples_per_epoch,
                                training_transform(config.transpose_probability), weights)
     loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, num_workers=0)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
-    history: list[dict] = []
+    history: list[dict] = list(previous)
     best, best_epoch, start = -1.0, -1, time.monotonic()
     best_path = out_dir / "best.pt"
     for epoch in range(config.epochs):
@@ -151,7 +158,7 @@ def train(train_samples: list[BoxSample], val_samples: list[BoxSample], out_dir:
             optimizer.step()
             losses.append(float(loss.detach()))
         val = evaluate_box(net, val_samples, device) if val_samples else 1.0 - float(np.mean(losses))
-        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_dice": val,
+        history.append({"epoch": len(history), "samples": config.samples_per_epoch, "loss": float(np.mean(losses)), "val_dice": val,
                         "elapsed_s": round(time.monotonic() - start, 1)})
         logger.info("epoch %d loss %.4f val_dice %.4f", epoch, history[-1]["loss"], val)
         print(json.dumps(history[-1]), flush=True)
