@@ -57,3 +57,18 @@ def test_eyes_too_close_together_keep_only_the_larger() -> None:
 
 def test_empty_map_gives_no_components() -> None:
     assert find_components(np.zeros((16, 16, 16), np.uint8), AFFINE) == []
+
+
+def test_nose_and_ear_labels_lose_their_air_voxels_but_eyes_keep_theirs() -> None:
+    from defacer.detect.postprocess import restrict_to_tissue
+
+    image = np.zeros((40, 40, 40), np.float32)
+    image[:, :20] = 100.0  # tissue in the back half, air in front
+    labels = np.zeros(image.shape, np.uint8)
+    labels[5:10, 10:30, 5:10] = 3  # ear straddling tissue and air
+    labels[20:25, 10:30, 20:25] = 1  # eye straddling tissue and air
+    out = restrict_to_tissue(labels, image)
+    assert (out[5:10, 10:19, 5:10] == 3).all()
+    assert not (out[5:10, 23:30, 5:10] == 3).any()
+    assert np.array_equal(out == 1, labels == 1)
+    assert (labels[5:10, 25, 5:10] == 3).all(), "input not modified"
