@@ -192,3 +192,13 @@ def test_dry_run_lists_the_plan_and_writes_nothing(tmp_path: Path, bids: tuple[P
     assert main(["batch", str(ds), str(out), "--labels-dir", str(labels), "-n"]) == 0
     assert "5 to deface, 1 already done, 0 excluded" in capsys.readouterr().out
     assert (out / ".defacer" / "manifest.jsonl").read_bytes() == before
+
+
+def test_a_broken_symlink_scan_says_to_fetch_it(tmp_path: Path, bids: tuple[Path, Path, list[str]]) -> None:
+    ds, labels, relpaths = bids
+    (ds / relpaths[3]).unlink()
+    (ds / relpaths[3]).symlink_to(tmp_path / "annex" / "missing-object")
+    summary = run_batch(BatchConfig(in_root=ds, out_root=tmp_path / "out", labels_dir=labels, quiet=True))
+    failed = [r for r in summary.records if r.status == FAILED]
+    assert [r.key for r in failed] == [relpaths[3]]
+    assert "datalad get" in (failed[0].error or "")

@@ -29,7 +29,7 @@ from typing import Any
 from defacer.batch.discover import Scan, image_stem, nhdr_data_files
 from defacer.batch.layout import write_json_atomic
 from defacer.batch.manifest import DONE, FAILED, ScanRecord, combined_sha256, stamp
-from defacer.errors import DefacerError
+from defacer.errors import DefacerError, InputImageError
 
 #: Signature of the per-scan defacing function (``defacer.pipeline.deface_file``).
 DefaceFile = Callable[..., dict[str, Any]]
@@ -254,6 +254,11 @@ def process_scan(task: ScanTask) -> ScanRecord:
     )
     start, cpu_start = time.perf_counter(), time.process_time()
     try:
+        if task.scan.path.is_symlink() and not task.scan.path.exists():
+            raise InputImageError(
+                f"'{task.scan.path}' is a broken symbolic link (in a DataLad dataset: a file whose content was "
+                "not fetched). Run 'datalad get' on it, or exclude it with --exclude."
+            )
         record.inputs = [stamp(p, task.in_root) for p in input_files(task.scan)]
         record.input_sha256 = combined_sha256(record.inputs)
         record.timings["hash"] = time.perf_counter() - start
