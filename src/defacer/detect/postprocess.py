@@ -111,7 +111,7 @@ def restrict_to_tissue(labels: npt.NDArray[np.uint8], image: npt.NDArray[np.floa
         Physical intensities on the same grid.
     """
     out = labels.copy()
-    sample = np.asarray(image[::2, ::2, ::2], np.float32)
+    sample = np.asarray(image[::3, ::3, ::3], np.float32)
     lo, hi = np.percentile(sample, (0.5, 99.5))
     if not hi > lo:
         return out

@@ -165,7 +165,8 @@ def box_to_grid(probabilities: npt.NDArray[np.floating], box: Box, shape: tuple[
         Target grid voxel -> RAS+ affine.
     regions : list of (int, ndarray of bool, shape box.shape)
         ``(label, component)`` pairs on the box: each is interpolated only inside its bounding box
-        (grown by two box voxels), and only voxels whose most probable class is ``label`` get it.
+        (grown by two box voxels), and only voxels where ``label`` is more probable than every
+        other class (the margin is interpolated trilinearly) get it.
 
     Returns
     -------
@@ -188,10 +189,11 @@ def box_to_grid(probabilities: npt.NDArray[np.floating], box: Box, shape: tuple[
         points = np.stack([ii, jj, kk], axis=0).reshape(3, -1).astype(float)
         box_points = to_box_index[:3, :3] @ points + to_box_index[:3, 3:4]
         allowed = ndi.binary_dilation(component, iterations=1)
-        probs = np.stack([ndi.map_coordinates(np.asarray(p, np.float32), box_points, order=1, mode="nearest")
-                          for p in probabilities])
-        inside = ndi.map_coordinates(allowed.astype(np.float32), box_points, order=1, mode="constant") > 0.25
-        winner = (probs.argmax(axis=0) == label) & inside
+        # margin of this label over the best other class: one interpolation instead of C
+        others = np.delete(np.asarray(probabilities, np.float32), label, axis=0).max(axis=0)
+        margin = np.asarray(probabilities[label], np.float32) - others
+        winner = ndi.map_coordinates(margin, box_points, order=1, mode="nearest") > 0
+        winner &= ndi.map_coordinates(allowed.astype(np.float32), box_points, order=1, mode="constant") > 0.25
         sub = out[g_lo[0]:g_hi[0], g_lo[1]:g_hi[1], g_lo[2]:g_hi[2]]
         sub[winner.reshape(sub.shape)] = label
     return out
