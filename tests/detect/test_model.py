@@ -77,3 +77,17 @@ def test_shipped_detector_finds_every_phantom_feature_near_the_truth(axcodes, vo
         assert found.any(), f"label {value} not found"
         overlap = 2 * np.logical_and(truth, found).sum() / (truth.sum() + found.sum())
         assert overlap > 0.3, f"label {value}: Dice {overlap:.2f}"
+
+
+@needs_weights
+@pytest.mark.realdata
+def test_shipped_detector_finds_eyes_and_nose_in_a_real_t1_it_may_have_seen(shared_data) -> None:
+    from defacer.io import load_volume
+
+    volume = load_volume(shared_data / "heads" / "slicer-mrhead_2mm.nhdr")
+    reo = canonical_reorientation(volume.affine, volume.shape)
+    labels = load_default_detector().predict(reo.to_ras(volume.values()), reo.ras_affine)
+    from scipy import ndimage
+
+    assert ndimage.label(labels == 1)[1] == 2, "two eyes"
+    assert ndimage.label(labels == 2)[1] == 1, "one nose"
