@@ -64,11 +64,12 @@ def write_provenance(provenance: dict[str, Any], path: PathLike, *, force: bool 
     """Write ``provenance`` as indented JSON to ``path`` atomically."""
     target = Path(path)
     with atomic_outputs([target]) as (temp,):
-        temp.write_text(json.dumps(provenance, indent=2, sort_keys=False, default=_jsonable) + "\n")
+        temp.write_text(json.dumps(provenance, indent=2, sort_keys=False, default=to_jsonable) + "\n")
     return target
 
 
-def _jsonable(value: Any) -> Any:
+def to_jsonable(value: Any) -> Any:
+    """JSON form of numpy scalars and arrays and of paths (``json.dumps(..., default=to_jsonable)``)."""
     import numpy as np
 
     if isinstance(value, np.generic):
@@ -77,4 +78,4 @@ def _jsonable(value: Any) -> Any:
         return value.tolist()
     if isinstance(value, Path):
         return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+    return str(value)

@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from defacer.io.atomic import atomic_outputs, check_output_path
+from defacer.provenance import to_jsonable
 from defacer.verify.render import Rendering, png_bytes
 from defacer.verify.slices import COLOURS, feature_slices, label_regions
 from defacer.volume import Volume
@@ -179,24 +180,17 @@ def write_report(out_dir: Path, summary: dict[str, Any], before: dict[str, Rende
     text = render_html(summary, before, after, original, defaced, labels, changed, provenance, title)
     with atomic_outputs([report_path, summary_path]) as (tmp_report, tmp_summary):
         tmp_report.write_text(text, encoding="utf-8")
-        tmp_summary.write_text(json.dumps(summary, indent=2, default=_jsonable) + "\n", encoding="utf-8")
+        tmp_summary.write_text(json.dumps(summary, indent=2, default=to_jsonable) + "\n", encoding="utf-8")
     return report_path, summary_path
 
 
 def write_summary(path: Path, summary: dict[str, Any]) -> Path:
     """(Re)write a JSON summary atomically."""
     with atomic_outputs([path]) as (tmp,):
-        tmp.write_text(json.dumps(summary, indent=2, default=_jsonable) + "\n", encoding="utf-8")
+        tmp.write_text(json.dumps(summary, indent=2, default=to_jsonable) + "\n", encoding="utf-8")
     return path
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
     return str(value)
 
 
