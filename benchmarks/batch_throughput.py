@@ -49,12 +49,12 @@ def build_dataset(root: Path, scans: int, voxel_size: float) -> tuple[Path, Path
     return ds, labels
 
 
-def detector_available() -> bool:
-    """Whether the shipped detector loads."""
+def detector_available(weights: Path | None = None) -> bool:
+    """Whether the detector (shipped, or ``weights``) loads."""
     try:
         from defacer.pipeline import load_detector
 
-        load_detector()
+        load_detector(weights_path=weights)
     except Exception:  # noqa: BLE001 - any failure means: use label files
         return False
     return True
@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engines", nargs="+", default=["processes"], choices=("processes", "dask"),
                         help="engines for jobs > 1 (jobs = 1 always runs serially)")
     parser.add_argument("--labels", action="store_true", help="use label files even if the detector is installed")
+    parser.add_argument("--weights", type=Path, default=None, help="detector weights to use (default: the shipped)")
     parser.add_argument("--scratch", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=Path("build/benchmarks/batch_throughput.json"))
     args = parser.parse_args(argv)
@@ -77,13 +78,15 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         ds, labels = build_dataset(scratch, args.scans, args.voxel_size)
         print(f"built {args.scans} phantom heads at {args.voxel_size} mm in {time.perf_counter() - t:.1f} s")
-        use_detector = not args.labels and detector_available()
-        print(f"detector: {'shipped ONNX model' if use_detector else 'label files (--labels-dir)'}")
+        use_detector = not args.labels and detector_available(args.weights)
+        detector = f"ONNX model {args.weights or '(shipped)'}" if use_detector else "label files (--labels-dir)"
+        print(f"detector: {detector}")
         results = []
         for jobs in args.jobs:
             for engine in (["serial"] if jobs == 1 else args.engines):
                 out = scratch / f"out-{engine}-{jobs}"
                 config = BatchConfig(in_root=ds, out_root=out, labels_dir=None if use_detector else labels, jobs=jobs,
+                                     weights_path=args.weights if use_detector else None,
                                      scheduler="local" if engine == "dask" else None, quiet=True)
                 summary = run_batch(config)
                 if summary.counts.failed:
@@ -122,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                   "heads/min (the ceiling when nothing else runs on this machine)")
         report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                               "python": platform.python_version()},
-                  "voxel_size_mm": args.voxel_size, "detector": "onnx" if use_detector else "label files",
+                  "voxel_size_mm": args.voxel_size, "detector": detector,
                   "results": results}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")

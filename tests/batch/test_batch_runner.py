@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import nibabel as nib
@@ -158,9 +159,11 @@ def test_a_folder_without_scans_or_with_everything_excluded_is_an_error(
 
 
 def _copy_or_crash(input_path: Path, output_path: Path, **_: object) -> dict[str, object]:
-    """Stand-in for deface_file: copies the scan, but crashes like a bug on T2w scans."""
+    """Stand-in for deface_file: copies the scan, but crashes like a bug on T2w scans, warns on FLAIR."""
     if "T2w" in Path(input_path).name:
         raise ZeroDivisionError("division by zero")
+    if "FLAIR" in Path(input_path).name:
+        logging.getLogger("defacer.pipeline").warning("No ears detected in this scan; it was left as it is.")
     Path(output_path).parent.mkdir(parents=True, exist_ok=True)
     Path(output_path).write_bytes(Path(input_path).read_bytes())
     return {"stand_in": True}
@@ -176,6 +179,9 @@ def test_an_unexpected_error_in_one_scan_is_recorded_with_where_it_happened(
     assert "test_batch_runner.py" in (failed.error or ""), "the error names the file and line"
     done = next(r for r in summary.records if r.status == DONE)
     assert done.provenance == {"stand_in": True}
+    flair = next(r for r in summary.records if "FLAIR" in r.key)
+    assert flair.warnings == ["No ears detected in this scan; it was left as it is."], "warnings go to the record"
+    assert "No ears detected" in summary.html_path.read_text()
 
 
 def test_dry_run_lists_the_plan_and_writes_nothing(tmp_path: Path, bids: tuple[Path, Path, list[str]],

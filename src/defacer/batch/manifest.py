@@ -78,7 +78,9 @@ class ScanRecord:
     verify : dict or None
         Verification outcome and report path, when ``--verify`` is on.
     attempts : int
-        How many runs tried the scan.
+        How many times the scan was tried in its run (a dead worker's scans are retried).
+    warnings : list of str
+        Warnings logged while defacing it (for example "no ears detected").
     """
 
     key: str
@@ -97,6 +99,7 @@ class ScanRecord:
     provenance: dict[str, Any] = field(default_factory=dict)
     verify: dict[str, Any] | None = None
     attempts: int = 1
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
         """One JSON line (no newline)."""

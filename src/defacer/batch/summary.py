@@ -155,6 +155,9 @@ def print_table(records: Sequence[ScanRecord], *, wall_s: float, stream: TextIO 
         for record in failed:
             errors.add_row(record.key, record.error or "")
         console.print(errors)
+    warned = sum(1 for r in records if r.warnings and r.status != FAILED)
+    if warned:
+        console.print(f"{warned} scans have warnings (for example a feature not found): see the summary.")
     if html_path is not None:
         console.print(f"summary: {html_path}")
 
@@ -182,7 +185,7 @@ def write_html(records: Sequence[ScanRecord], path: Path, *, out_root: Path, tit
             f"<td>{record.timings.get('total', 0.0):.1f}</td>"
             f"<td>{_link(str(out_root / output) if output else None, path.parent, output)}</td>"
             f"<td>{_link(report, path.parent, 'report')} {verdict}</td>"
-            f"<td>{html.escape(record.error or '')}</td></tr>"
+            f"<td>{html.escape('; '.join(m for m in (record.error, *record.warnings) if m))}</td></tr>"
         )
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -194,7 +197,7 @@ tr.skipped{{color:#666}}</style></head><body>
 <strong>{counts.failed} failed</strong>, {counts.verify_failed} failed verification, {counts.total} scans,
 {wall_s:.1f} s.</p>
 <p>This folder may hold renders of the original faces (verify reports): do not publish it.</p>
-<table><tr><th>scan</th><th>status</th><th>seconds</th><th>output</th><th>verify</th><th>error</th></tr>
+<table><tr><th>scan</th><th>status</th><th>seconds</th><th>output</th><th>verify</th><th>error or warnings</th></tr>
 {chr(10).join(rows)}
 </table></body></html>
 """

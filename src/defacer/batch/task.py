@@ -12,15 +12,17 @@ ran it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import inspect
+import logging
 import os
 import signal
 import socket
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -242,6 +244,31 @@ def _verify(task: ScanTask, provenance: dict[str, Any]) -> dict[str, Any]:
             "summary_path": str(result.summary_path)}
 
 
+class _Collect(logging.Handler):
+    """Keeps the warnings logged while one scan runs (they go into its record, not the terminal)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _collect_warnings() -> Iterator[list[str]]:
+    logger = logging.getLogger("defacer")
+    handler = _Collect()
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield handler.messages
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
 def process_scan(task: ScanTask) -> ScanRecord:
     """Deface one scan and return its record; errors are recorded, not raised.
 
@@ -253,6 +280,18 @@ def process_scan(task: ScanTask) -> ScanRecord:
         started=_now(), worker=f"{socket.gethostname()}:{os.getpid()}", attempts=task.attempts,
     )
     start, cpu_start = time.perf_counter(), time.process_time()
+    with _collect_warnings() as warnings:
+        _run(task, record)
+    record.warnings = list(dict.fromkeys(warnings))
+    record.timings["total"] = time.perf_counter() - start
+    record.timings["cpu"] = time.process_time() - cpu_start
+    record.finished = _now()
+    return record
+
+
+def _run(task: ScanTask, record: ScanRecord) -> None:
+    """Fill ``record`` with the outcome of defacing the scan (status, files, provenance or error)."""
+    start = time.perf_counter()
     try:
         if task.scan.path.is_symlink() and not task.scan.path.exists():
             raise InputImageError(
@@ -281,10 +320,6 @@ def process_scan(task: ScanTask) -> ScanRecord:
         frames = traceback.extract_tb(err.__traceback__)
         where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
         record.error = f"{type(err).__name__}: {err}{where}"
-    record.timings["total"] = time.perf_counter() - start
-    record.timings["cpu"] = time.process_time() - cpu_start
-    record.finished = _now()
-    return record
 
 
 def failed_record(task: ScanTask, message: str, error_type: str) -> ScanRecord:
