@@ -74,20 +74,26 @@ class HeadModel:
 def estimate_threshold(sample: npt.NDArray[np.floating]) -> float:
     """Air/tissue threshold of a head volume from a sample of its voxels.
 
-    The triangle method suits the typical head histogram (a tall air peak and a long tissue
-    tail); when it gives an implausible split the Otsu threshold is used instead.
+    The larger of two estimates: the triangle threshold (the foot of the tall air peak of a
+    head histogram) and the robust-range rule of FSL's BET, ``p2 + 0.1 (p98 - p2)``, which
+    stays above the ghosting and noise that often fill the air in front of the face.  When
+    that gives an implausible split, the Otsu threshold is used instead.
     """
     values = np.asarray(sample, dtype=np.float64).ravel()
     lo, hi = np.percentile(values, [0.5, 99.5])
     if hi <= lo:
         return float(lo)
     clipped = np.clip(values, lo, hi)
+    p2, p98 = np.percentile(values, [2, 98])
+    robust = float(p2 + 0.1 * (p98 - p2))
     candidates = []
     for method in (threshold_triangle, threshold_otsu):
         try:
             candidates.append(float(method(clipped, nbins=256)))
         except ValueError:
             continue
+    if candidates:
+        candidates[0] = max(candidates[0], robust)
     for t in candidates:
         fraction = float(np.mean(clipped > t))
         if 0.03 < fraction < 0.85:
@@ -142,7 +148,7 @@ def analyse_head(image: npt.NDArray[np.floating], spacing: tuple[float, float, f
 
 
 #: Radius of the ball that rolls off thin protrusions (nose, auricles) before depth is measured, in mm.
-OPENING_RADIUS_MM = 15.0
+OPENING_RADIUS_MM = 25.0
 
 
 def depth_below_surface(head: HeadModel, spacing: tuple[float, float, float]) -> npt.NDArray[np.float32]:

@@ -4,7 +4,7 @@ Guarantee that the brain is never touched
 -----------------------------------------
 Every edit is applied only outside the *protected region*: the voxels lying deeper than
 ``protect_depth_mm`` (default 10 mm) below the head surface, where the surface is that of the
-sealed head after a morphological opening with a 15 mm ball (which rolls off the nose and the
+sealed head after a morphological opening with a 25 mm ball (which rolls off the nose and the
 auricles but not the cranium).  The region is computed from the image alone, never from the
 detector, so a wrong detection cannot reach the brain; scalp plus skull are thicker than
 10 mm over the brain of an adult.  Depth is computed on a ~3 mm grid; a voxel is protected
