@@ -189,18 +189,18 @@ def _edge_taper(shape: tuple[int, ...], fraction: float = 0.2) -> npt.NDArray[np
     return np.outer(ramps[0], ramps[1]).astype(np.float32)
 
 
-def nose_box(nose: Mask, shape: tuple[int, int, int], scale: float = 2.0) -> Box | None:
-    """The nose's bounding box enlarged ``scale`` times per axis, never extending behind the nose.
+def nose_box(nose: Mask, shape: tuple[int, int, int], scale: float = 2.0, posterior_limit: int = 0) -> Box | None:
+    """The nose's bounding box enlarged ``scale`` times per axis about its centre.
 
-    The posterior side (lower end of the A axis) is clipped to the nose label's own
-    posterior bound, so the box grows sideways, up, down and forwards but not into the head.
+    The box is clipped to the image and to the head's anterior side: its posterior end (low
+    end of the A axis) never goes behind ``posterior_limit`` (the head's centre along A).  The
+    protected region (see :mod:`defacer.pipeline`) still bounds what may change inside it.
     """
     found = components(nose, 1)
     if not found:
         return None
-    bbox = found[0]
-    grown = grow_box(bbox, shape, scale)
-    return (grown[0], slice(max(grown[1].start, bbox[1].start), grown[1].stop), grown[2])
+    grown = grow_box(found[0], shape, scale)
+    return (grown[0], slice(max(grown[1].start, posterior_limit), grown[1].stop), grown[2])
 
 
 def distort_nose(image: npt.NDArray[np.floating], box: Box, head: HeadModel) -> Edit:

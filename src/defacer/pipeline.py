@@ -172,7 +172,10 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DefaceOp
     head = analyse_head(image, spacing)
     found = {name: int(np.count_nonzero(labels_ras == label)) for name, label in
              (("eyes", Label.EYES), ("nose", Label.NOSE), ("ears", Label.EARS))}
-    nose = nose_box(labels_ras == Label.NOSE, image.shape, options.nose_scale) if "nose" in options.features else None
+    nose = None
+    if "nose" in options.features:
+        head_centre_a = int(np.argwhere(head.sealed_coarse.any(axis=(0, 2))).mean() * head.strides[1])
+        nose = nose_box(labels_ras == Label.NOSE, image.shape, options.nose_scale, posterior_limit=head_centre_a)
     depth = depth_below_surface(head, spacing)
     coarse_step = np.asarray(spacing) * np.asarray(head.strides)
     slack = 0.5 * float(np.linalg.norm(coarse_step))

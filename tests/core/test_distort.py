@@ -36,14 +36,18 @@ def test_only_selected_features_change(phantom):
     assert not np.isin(changed, [Label.EYES, Label.EARS]).any()
 
 
-def test_nose_box_is_the_doubled_bounding_box_clipped_behind_the_nose(phantom):
+def test_nose_box_is_the_doubled_bounding_box_clipped_to_the_front_of_the_head(phantom):
     nose = phantom.labels == Label.NOSE
-    box = nose_box(nose, nose.shape, 2.0)
     idx = np.nonzero(nose)
-    for axis in (0, 2):
+    box = nose_box(nose, nose.shape, 2.0)
+    for axis in (0, 1, 2):
         extent = idx[axis].max() + 1 - idx[axis].min()
-        assert box[axis].stop - box[axis].start == pytest.approx(2 * extent, abs=2)
-    assert box[1].start == idx[1].min(), "the box must not grow behind the nose"
+        stop = min(nose.shape[axis], idx[axis].max() + 1 + extent // 2 + 1)
+        expected = min(2 * extent, stop - max(0, idx[axis].min() - extent // 2))
+        assert box[axis].stop - box[axis].start == pytest.approx(expected, abs=2)
+    limit = nose.shape[1] // 2 + 5
+    clipped = nose_box(nose, nose.shape, 6.0, posterior_limit=limit)
+    assert clipped[1].start == limit, "the box never reaches behind the head's centre"
 
 
 def test_nose_box_is_set_to_the_scans_background(phantom):
