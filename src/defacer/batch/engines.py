@@ -11,12 +11,14 @@ been running are tried once more in a fresh worker, then recorded as failed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import multiprocessing
+import os
 import signal
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
@@ -37,10 +39,35 @@ WORKER_DIED = (
 )
 
 
+#: Environment that makes the math libraries single-threaded in worker processes.  Every
+#: engine runs scans with one BLAS/OpenMP thread per worker (as Dask's nannies do by
+#: default): multi-threaded BLAS may sum in another order and change a few voxels, and
+#: outputs must not depend on the engine.
+SINGLE_THREADED_ENV: dict[str, str] = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+@contextlib.contextmanager
+def _worker_environment() -> Iterator[None]:
+    """Set :data:`SINGLE_THREADED_ENV` while worker processes are spawned (they inherit it)."""
+    saved = {name: os.environ.get(name) for name in SINGLE_THREADED_ENV}
+    os.environ.update(SINGLE_THREADED_ENV)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def run_serial(tasks: Sequence[ScanTask], on_result: OnResult) -> None:
-    """Run the tasks one after another in this process."""
-    for task in tasks:
-        on_result(process_scan(task))
+    """Run the tasks one after another in one worker process.
+
+    A separate process (rather than this one) gives the same single-threaded math as the
+    other engines, so the same bytes, and a crash in one scan cannot end the batch.
+    """
+    run_processes(tasks, on_result, jobs=1, threads=1)
 
 
 def run_processes(tasks: Sequence[ScanTask], on_result: OnResult, *, jobs: int, threads: int) -> None:
@@ -49,7 +76,11 @@ def run_processes(tasks: Sequence[ScanTask], on_result: OnResult, *, jobs: int, 
     At most ``jobs`` tasks are in flight, so when a worker dies the scans it may have held
     are known: they are retried once in a fresh pool, then recorded as failed.
     """
-    queue: deque[ScanTask] = deque(tasks)
+    with _worker_environment():
+        _run_pools(deque(tasks), on_result, jobs=jobs, threads=threads)
+
+
+def _run_pools(queue: deque[ScanTask], on_result: OnResult, *, jobs: int, threads: int) -> None:
     context = multiprocessing.get_context("spawn")
     while queue:
         in_flight: dict[Future[ScanRecord], ScanTask] = {}

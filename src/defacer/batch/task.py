@@ -129,16 +129,13 @@ def output_files(task: ScanTask) -> list[Path]:
 
 
 def init_worker(threads: int) -> None:
-    """Process-pool initializer: ignore Ctrl-C (the main process handles it) and cap threads."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[name] = str(threads)
-    try:
-        import torch
+    """Process-pool initializer: ignore Ctrl-C (the main process handles it).
 
-        torch.set_num_threads(threads)
-    except ImportError:
-        pass
+    The math libraries' thread counts come from the environment the worker was spawned
+    with (see :data:`defacer.batch.engines.SINGLE_THREADED_ENV`); ``threads`` is what the
+    detector may use.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def worker_detector(weights_path: Path | None, threads: int) -> Any:
