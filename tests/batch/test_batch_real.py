@@ -54,3 +54,9 @@ def test_a_batch_of_the_real_heads_defaces_every_one_with_two_workers(shared_dat
     rerun = run_batch(BatchConfig(in_root=shared_data / "heads", out_root=out, jobs=2,
                                   deid_key=b"real-heads-test-key-0123456789", quiet=True))
     assert rerun.counts.skipped == 9
+    small = ["anon0006_T1w_ASL.nii.gz", "slicer-mrhead_2mm.nhdr"]
+    serial = run_batch(BatchConfig(in_root=shared_data / "heads", out_root=tmp_path / "serial", include=small,
+                                   quiet=True))
+    assert serial.counts.done == 2
+    for name in [*small, "slicer-mrhead_2mm.raw.gz"]:
+        assert (tmp_path / "serial" / name).read_bytes() == (out / name).read_bytes(), f"{name}: engines differ"
