@@ -106,17 +106,20 @@ def main(argv: list[str] | None = None) -> int:
                                 "scans_per_min_after_startup": round(steady, 1),
                                 "median_scan_s": round(per_scan[len(per_scan) // 2], 2) if per_scan else None,
                                 "median_scan_cpu_s": round(cpu_median, 2),
+                                "cores_used": round(sum(cpu) / summary.wall_s, 2) if summary.wall_s else 0.0,
                                 "load_average_1min": round(os.getloadavg()[0], 2)})
                 print(f"{engine:>9} jobs={jobs}: {summary.counts.done} scans in {summary.wall_s:.1f} s = "
                       f"{rate:.1f} scans/min ({steady:.1f} after worker start-up; median per scan: {results[-1]['median_scan_s']} s wall, "
-                      f"{cpu_median:.2f} s CPU; load average {os.getloadavg()[0]:.1f})")
+                      f"{cpu_median:.2f} s CPU; {results[-1]['cores_used']} cores busy on average; "
+                      f"load average {os.getloadavg()[0]:.1f})")
                 shutil.rmtree(out, ignore_errors=True)
         base = next((r["scans_per_min"] for r in results if r["jobs"] == 1), None)
         if base:
             print("scaling (speed-up over 1 worker):")
             for r in results:
                 r["speedup"] = round(r["scans_per_min"] / base, 2)
-                print(f"  {r['engine']:>9} jobs={r['jobs']}: x{r['speedup']} (ideal x{r['jobs']})")
+                print(f"  {r['engine']:>9} jobs={r['jobs']}: x{r['speedup']} (ideal x{r['jobs']}; CPU per head "
+                      f"{r['median_scan_cpu_s']} s, so x{r['jobs'] * min(c['median_scan_cpu_s'] for c in results) / max(r['median_scan_cpu_s'], 1e-9):.2f} on idle cores)")
         cpu_all = [r["median_scan_cpu_s"] for r in results if r["median_scan_cpu_s"]]
         if cpu_all:
             cpu_s = min(cpu_all)
