@@ -208,3 +208,16 @@ def test_a_broken_symlink_scan_says_to_fetch_it(tmp_path: Path, bids: tuple[Path
     failed = [r for r in summary.records if r.status == FAILED]
     assert [r.key for r in failed] == [relpaths[3]]
     assert "datalad get" in (failed[0].error or "")
+
+
+def test_an_existing_dask_cluster_is_used_by_its_address(tmp_path: Path, serial_reference: Path,
+                                                         bids_template: tuple[Path, Path, list[str]]) -> None:
+    distributed = pytest.importorskip("distributed")
+    ds, labels, _ = bids_template
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                  silence_logs=logging.ERROR) as cluster:
+        summary = run_batch(BatchConfig(in_root=ds, out_root=tmp_path / "out", labels_dir=labels,
+                                        scheduler=cluster.scheduler_address, include=["sub=01"], quiet=True))
+    assert summary.engine == "dask" and summary.counts.done == 2
+    for rel, data in _images(tmp_path / "out").items():
+        assert data == (serial_reference / rel).read_bytes()
