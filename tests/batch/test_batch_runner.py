@@ -53,9 +53,11 @@ def test_manifest_records_hashes_status_timings_and_provenance(serial_reference:
 
 def test_rerun_skips_done_scans_and_redoes_changed_ones(tmp_path: Path, bids: tuple[Path, Path, list[str]]) -> None:
     ds, labels, relpaths = bids
+    before = {p: p.read_bytes() for p in ds.rglob("*") if p.is_file()}
     config = BatchConfig(in_root=ds, out_root=tmp_path / "out", labels_dir=labels, quiet=True)
     first = run_batch(config)
     assert first.counts.done == 6
+    assert {p: p.read_bytes() for p in ds.rglob("*") if p.is_file()} == before, "IN is never modified"
     second = run_batch(config)
     assert (second.counts.done, second.counts.skipped) == (0, 6)
     (tmp_path / "out" / relpaths[0]).write_bytes(b"damaged")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -135,9 +136,13 @@ def batch_lock(state_dir: Path) -> Iterator[None]:
     OutputError
         If another batch holds the lock.
     """
-    import fcntl
-
     state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX (Windows): run without the lock
+        logging.getLogger(__name__).warning("no file locking on this system: do not run two batches on one OUT")
+        yield
+        return
     with (state_dir / "lock").open("a+") as handle:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
