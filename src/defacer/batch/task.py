@@ -197,10 +197,7 @@ def _deface(task: ScanTask) -> dict[str, Any]:
 
 def _deface_dicom(task: ScanTask, detector: Any) -> dict[str, Any]:
     """Deface a DICOM series folder into a new series folder, de-identifying headers when a key is set."""
-    from defacer.checks import validate_volume
-    from defacer.io.dicom_series import read_dicom_volume, write_dicom_volume
-    from defacer.pipeline import deface
-    from defacer.provenance import sha256_of, sidecar_path, write_provenance
+    from defacer.dicom_pipeline import deface_dicom_series
 
     scrubber = None
     if task.deid_key is not None:
@@ -209,21 +206,8 @@ def _deface_dicom(task: ScanTask, detector: Any) -> dict[str, Any]:
         from defacer.phi.scrub import Scrubber
 
         scrubber = Scrubber(DeidOptions(clean_recognizable_visual_features=True), Pseudonymizer(task.deid_key))
-    source, target = task.scan.path, task.output
-    volume = validate_volume(read_dicom_volume(source), source=str(source))
-    if scrubber is not None:
-        scrubber.check_burned_in(volume.header, str(source))
-    result = deface(volume, detector, _deface_options(task))
-    written = write_dicom_volume(result.volume, target, force=True, deid=scrubber)
-    provenance = result.provenance
-    provenance["input"] = {"path": str(source), "sha256": sha256_of(source), "format": "dicom",
-                           "files": len({ref.path for ref in volume.extra["frames"]})}
-    provenance["output"] = {"path": str(target), "sha256": sha256_of(target), "files": len(written)}
-    provenance["dicom"] = {"deidentified": scrubber is not None,
-                           "geometry_warnings": list(volume.extra.get("warnings", ()))}
-    if scrubber is not None:
-        provenance["dicom"]["method_codes"] = [code for code, _ in scrubber.options.method_codes()]
-    write_provenance(provenance, sidecar_path(target))
+    provenance, _ = deface_dicom_series(task.scan.path, task.output, options=_deface_options(task),
+                                        detector=detector, scrubber=scrubber, force=True)
     return provenance
 
 

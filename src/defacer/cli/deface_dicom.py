@@ -116,13 +116,8 @@ def run_dicom(args: argparse.Namespace, options: Any, detector: Any) -> int:
     int
         0 on success (errors are raised as :class:`~defacer.errors.DefacerError`).
     """
-    from defacer.checks import validate_volume
-    from defacer.io import save_label_map
-    from defacer.io.atomic import check_output_path
-    from defacer.io.dicom_series import read_dicom_volume, write_deid_mapping, write_dicom_volume
-    from defacer.phi.rules import EDITION
-    from defacer.pipeline import deface
-    from defacer.provenance import sha256_of, sidecar_path, write_provenance
+    from defacer.dicom_pipeline import deface_dicom_series
+    from defacer.io.dicom_series import write_deid_mapping
 
     scrubber = None
     is_random = False
@@ -135,41 +130,11 @@ def run_dicom(args: argparse.Namespace, options: Any, detector: Any) -> int:
             print_what_if(scrubber.options)
         return 0
     source, target = Path(args.input), Path(args.output)
-    sidecar = sidecar_path(target)
-    for path in [target, sidecar] + ([Path(args.save_mask)] if args.save_mask else []):
-        check_output_path(path, force=args.force, inputs=[source])
-    volume = validate_volume(read_dicom_volume(source, series=args.series), source=str(source))
-    if scrubber is not None:
-        scrubber.check_burned_in(volume.header, str(source))
-    result = deface(volume, detector, options)
-    written = write_dicom_volume(result.volume, target, force=args.force, deid=scrubber)
-    if args.save_mask:
-        save_label_map(result.labels, volume, args.save_mask, force=args.force)
-    provenance = result.provenance
-    # With de-identification the sidecar must not name the input: folder names often hold patient names.
-    shown = "<input>" if scrubber is not None else str(source)
-    provenance["input"] = {"path": shown, "sha256": sha256_of(source), "format": "dicom",
-                           "files": len({ref.path for ref in volume.extra["frames"]}),
-                           "skipped_files": len(volume.extra.get("skipped", ()))}
-    provenance["output"] = {"path": str(target), "sha256": sha256_of(target), "files": len(written)}
-    provenance["dicom"] = {
-        "geometry_warnings": [w.replace(str(source), shown) for w in volume.extra.get("warnings", ())],
-        "gantry_tilt_deg": round(float(volume.extra.get("gantry_tilt_deg", 0.0)), 3),
-        "per_slice_scaling": volume.extra.get("per_slice_scaling") is not None,
-        "deidentified": scrubber is not None,
-    }
-    if scrubber is not None:
-        provenance["dicom"].update({
-            "profile": f"DICOM PS3.15 {EDITION} Annex E Basic Application Level Confidentiality Profile",
-            "options": list(scrubber.options.chosen),
-            "method_codes": [code for code, _ in scrubber.options.method_codes()],
-            "key": "random (this run only)" if is_random else "user-supplied (not recorded)",
-        })
-    else:
-        provenance["dicom"]["series"] = volume.extra.get("series_key")
-    if args.save_mask:
-        provenance["mask"] = {"path": str(args.save_mask)}
-    write_provenance(provenance, sidecar)
+    provenance, written = deface_dicom_series(
+        source, target, options=options, detector=detector, scrubber=scrubber, series=args.series,
+        force=args.force, mask_path=args.save_mask,
+        key_note="random (this run only)" if is_random else None,
+    )
     if scrubber is not None and args.mapping_file:
         write_deid_mapping(scrubber.mapping.as_dict(), args.mapping_file, out_dir=target, force=args.force)
     changed = provenance["voxels_changed"]
