@@ -96,48 +96,12 @@ EAR_OPENING_MM = 6.0
 # loading
 
 
-def load_dicom_folder(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Minimal DICOM series reader following the project's convention.
-
-    Raw shape (Columns, Rows, NumSlices); slices sorted ascending along the slice normal
-    (row cosine x column cosine); affine from IOP/IPP/PixelSpacing, converted LPS -> RAS.
-    """
-    import pydicom
-
-    datasets = [pydicom.dcmread(str(p)) for p in sorted(folder.iterdir()) if p.is_file()]
-    iop = np.asarray(datasets[0].ImageOrientationPatient, dtype=float)
-    row, col = iop[:3], iop[3:]
-    normal = np.cross(row, col)
-    datasets.sort(key=lambda d: float(np.dot(normal, np.asarray(d.ImagePositionPatient, float))))
-    slices = []
-    for d in datasets:
-        arr = d.pixel_array.astype(np.float32)
-        arr = arr * float(d.get("RescaleSlope", 1) or 1) + float(d.get("RescaleIntercept", 0) or 0)
-        slices.append(arr.T)  # (Columns, Rows)
-    data = np.stack(slices, axis=-1)
-    dr, dc = (float(v) for v in datasets[0].PixelSpacing)  # row spacing, column spacing
-    first = np.asarray(datasets[0].ImagePositionPatient, float)
-    last = np.asarray(datasets[-1].ImagePositionPatient, float)
-    step = (last - first) / max(len(datasets) - 1, 1)
-    lps = np.eye(4)
-    lps[:3, 0] = row * dc
-    lps[:3, 1] = col * dr
-    lps[:3, 2] = step
-    lps[:3, 3] = first
-    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
-    return data, affine
-
-
 def load_scan(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Return (physical values float32 in file axis order, voxel->RAS affine)."""
-    if path.is_dir():
-        try:
-            from defacer.io import load_volume
+    """Return (physical values float32 in file axis order, voxel->RAS affine).
 
-            vol = load_volume(path)
-            return vol.values(), np.asarray(vol.affine, float)
-        except Exception:  # dicom_series not available yet: use the minimal reader
-            return load_dicom_folder(path)
+    Uses :func:`defacer.io.load_volume` for every format, so the label maps land exactly on the
+    grid the rest of defacer sees (DICOM: Columns x Rows x slices sorted along the slice normal).
+    """
     from defacer.io import load_volume
 
     vol = load_volume(path)
@@ -199,7 +163,7 @@ def head_mask(img: np.ndarray, is_ct: bool) -> np.ndarray:
 
 
 def register_template(img: np.ndarray, mask: np.ndarray, waff: np.ndarray, tmpl: np.ndarray,
-                      tmask: np.ndarray, taff: np.ndarray) -> "object":
+                      tmask: np.ndarray, taff: np.ndarray) -> object:
     """Affine registration of the template (moving) onto the scan (fixed); returns a SimpleITK transform.
 
     Both images are given to SimpleITK in the RAS+ frame (consistent for both, so the transform
@@ -207,7 +171,7 @@ def register_template(img: np.ndarray, mask: np.ndarray, waff: np.ndarray, tmpl:
     """
     import SimpleITK as sitk
 
-    def to_sitk(a: np.ndarray, aff: np.ndarray) -> "sitk.Image":
+    def to_sitk(a: np.ndarray, aff: np.ndarray) -> sitk.Image:
         im = sitk.GetImageFromArray(np.ascontiguousarray(a.transpose(2, 1, 0)).astype(np.float32))
         im.SetSpacing([float(aff[0, 0]), float(aff[1, 1]), float(aff[2, 2])])
         im.SetOrigin([float(v) for v in aff[:3, 3]])
@@ -466,7 +430,7 @@ def write_montage(name: str, img: np.ndarray, labels: np.ndarray, waff: np.ndarr
         else:
             c = np.round(ndi.center_of_mass(m)).astype(int)
             if value in (1, 3):  # show one component (the first) so the slice cuts it
-                lab, n = ndi.label(m)
+                lab, _ = ndi.label(m)
                 c = np.round(ndi.center_of_mass(lab == 1)).astype(int)
         for col in range(3):
             ax = axes[row, col]

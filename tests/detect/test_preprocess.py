@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from defacer.detect.preprocess import BOX_SHAPE, BOX_SPACING, Box, box_to_grid, labels_to_box, normalise, to_box
+from defacer.detect.preprocess import (
+    BOX_SHAPE,
+    BOX_SPACING,
+    Box,
+    box_to_grid,
+    labels_to_box,
+    normalise,
+    to_box,
+)
 from defacer.phantom import make_phantom
 from defacer.volume import canonical_reorientation
 

@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchio")
 
-from defacer.train.data import (  # noqa: E402
+from defacer.train.data import (
     AugmentedDataset,
     RandomAxisTranspose,
     RandomFieldCrop,
@@ -18,8 +18,8 @@ from defacer.train.data import (  # noqa: E402
     to_subject,
     training_transform,
 )
-from defacer.train.loop import TrainConfig, dice_loss, total_loss, train  # noqa: E402
-from defacer.train.unet import UNetConfig  # noqa: E402
+from defacer.train.loop import TrainConfig, dice_loss, total_loss, train
+from defacer.train.unet import UNetConfig
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchio")
 
-from defacer.train.unet import AttentionGate, AttentionUNet3D, SoftmaxUNet, UNetConfig  # noqa: E402
+from defacer.train.unet import AttentionGate, AttentionUNet3D, SoftmaxUNet, UNetConfig
 
 SMALL = UNetConfig(channels=(4, 8, 16))
 

@@ -1,0 +1,1 @@
+"""Training the facial-feature detector (extra ``train``: PyTorch, TorchIO, ONNX)."""
