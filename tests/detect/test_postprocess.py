@@ -72,3 +72,17 @@ def test_nose_and_ear_labels_lose_their_air_voxels_but_eyes_keep_theirs() -> Non
     assert not (out[5:10, 23:30, 5:10] == 3).any()
     assert np.array_equal(out == 1, labels == 1)
     assert (labels[5:10, 25, 5:10] == 3).all(), "input not modified"
+
+
+def test_crumbs_beyond_the_allowed_number_of_pieces_are_dropped() -> None:
+    from defacer.detect.postprocess import keep_largest_pieces
+
+    labels = np.zeros((30, 30, 30), np.uint8)
+    labels[2:10, 2:10, 2:10] = 2  # the nose
+    labels[20:22, 20:22, 20:22] = 2  # a crumb
+    labels[2:6, 20:24, 2:6] = 1
+    labels[10:14, 20:24, 2:6] = 1  # two eyes stay
+    out = keep_largest_pieces(labels)
+    assert (out == 2).sum() == 8**3
+    assert (out == 1).sum() == 2 * 4**3
+    assert (labels == 2).sum() == 8**3 + 8, "input not modified"

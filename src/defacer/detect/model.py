@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from defacer._typing import Affine, LabelMap, PathLike
-from defacer.detect.postprocess import find_components, restrict_to_tissue
+from defacer.detect.postprocess import find_components, keep_largest_pieces, restrict_to_tissue
 from defacer.detect.preprocess import box_to_grid, to_box
 from defacer.errors import InputImageError, WeightsError
 from defacer.labels import FEATURE_LABELS
@@ -144,7 +144,7 @@ class OnnxDetector:
         components = find_components(coarse, box.affine)
         regions = [(int(FEATURE_LABELS[c.feature]), c.mask) for c in components]
         labels = box_to_grid(probs, box, image.shape, np.asarray(ras_affine, float), regions)
-        return restrict_to_tissue(labels, image)
+        return keep_largest_pieces(restrict_to_tissue(labels, image))
 
 
 def load_default_detector() -> OnnxDetector:

@@ -127,3 +127,27 @@ def restrict_to_tissue(labels: npt.NDArray[np.uint8], image: npt.NDArray[np.floa
         sub = out[box]
         sub[(sub == value) & ~tissue] = 0
     return out
+
+
+def keep_largest_pieces(labels: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """At the scan's resolution, keep at most ``MAX_COMPONENTS`` pieces per feature (the largest).
+
+    Interpolation and :func:`restrict_to_tissue` can split a coarse component into a main part and
+    crumbs; the crumbs are dropped so the distortion sees one nose, at most two eyes and ears.
+    Returns a new array.
+    """
+    out = labels.copy()
+    for feature, value in FEATURE_LABELS.items():
+        where = out == int(value)
+        if not where.any():
+            continue
+        idx = np.argwhere(where)
+        box = tuple(slice(a, b + 1) for a, b in zip(idx.min(axis=0), idx.max(axis=0)))
+        pieces, count = ndi.label(where[box])
+        if count <= MAX_COMPONENTS[feature]:
+            continue
+        sizes = np.bincount(pieces.ravel())[1:]
+        keep = 1 + np.argsort(sizes)[::-1][: MAX_COMPONENTS[feature]]
+        sub = out[box]
+        sub[(pieces > 0) & ~np.isin(pieces, keep)] = 0
+    return out
