@@ -38,7 +38,7 @@ def centroids_mm(labels: LabelMap, affine: Affine, value: int, max_components: i
     mask = labels == value
     if not mask.any():
         return []
-    components, count = ndimage.label(mask)
+    components, _ = ndimage.label(mask)
     sizes = np.bincount(components.ravel())[1:]
     order = np.argsort(sizes)[::-1][:max_components]
     centres = ndimage.center_of_mass(mask, components, [int(i) + 1 for i in order])
