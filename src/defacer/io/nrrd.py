@@ -81,10 +81,22 @@ def write_nrrd(volume: Volume, path: Path) -> list[Path]:
     detached = path.suffix.lower() == ".nhdr"
     raw = volume.raw.reshape(volume.extra.get("raw_shape", volume.raw.shape))
     nrrd.write(str(path), raw, header, detached_header=detached, index_order="F")
+    _drop_timestamp(path)
     written = [path]
     if detached:
         written.extend(p for p in path.parent.iterdir() if p.name.startswith(path.stem + ".") and p != path)
     return written
+
+
+def _drop_timestamp(path: Path) -> None:
+    """Remove pynrrd's "# on <date>" header comment, so the same volume always gives the same bytes."""
+    data = path.read_bytes()
+    end = data.find(b"\n\n")
+    head = data if end < 0 else data[: end + 1]
+    lines = [line for line in head.split(b"\n") if not line.startswith(b"# on ")]
+    cleaned = b"\n".join(lines)
+    if cleaned != head:
+        path.write_bytes(cleaned + (b"" if end < 0 else data[end + 1 :]))
 
 
 def detached_data_name(path: Path, header: dict[str, Any]) -> str:
