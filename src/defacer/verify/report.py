@@ -191,9 +191,6 @@ def write_summary(path: Path, summary: dict[str, Any]) -> Path:
     return path
 
 
-    return str(value)
-
-
 def evaluation_html(result: dict[str, Any], thumbs: dict[str, tuple[npt.NDArray[Any], npt.NDArray[Any]]]) -> str:
     """Summary HTML of ``defacer evaluate``: one row per scan, overall figures, small front renders.
 
