@@ -144,7 +144,6 @@ def make_phantom(
             image = np.hypot(image + rng.normal(0, scale, shape), rng.normal(0, scale, shape)).astype(np.float32)
 
     labels = np.zeros(shape, dtype=np.uint8)
-    labels[eye_labels & (tissue | (_dilated_near(eye_labels)))] = Label.EYES
     labels[eye_labels] = Label.EYES
     nose_label = (_ellipsoid(x, y, z, (0, 84, -38), (16, 27, 29)) < 1) & (y > 66)
     labels[nose_label] = Label.NOSE
@@ -167,10 +166,6 @@ def make_phantom(
     header.set_slope_inter(1.0, 0.0)
     volume = Volume(raw=raw, affine=affine, format="nifti", header=header, extra={"raw_shape": raw.shape})
     return Phantom(volume=volume, labels=labels_out, brain=brain_out)
-
-
-def _dilated_near(mask: Mask) -> Mask:
-    return mask
 
 
 def _reorient(image: npt.NDArray, brain: Mask, labels: LabelMap, affine_ras: npt.NDArray[np.float64],
