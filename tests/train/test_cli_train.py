@@ -7,7 +7,7 @@ import pytest
 from defacer.cli.main import main
 
 pytest.importorskip("torch")
-pytest.importorskip("torchio")
+pytest.importorskip("monai")
 
 
 def test_train_help_lists_the_main_options(capsys) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("torchio")
+pytest.importorskip("monai")
 
 from defacer.train.unet import AttentionGate, AttentionUNet3D, SoftmaxUNet, UNetConfig
 

@@ -23,9 +23,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     parser.add_argument("--ensemble", type=Path, nargs="+", default=None, metavar="CHECKPOINT",
                         help="do not train: export the mean of these checkpoints to --export (the shipped model)")
-    parser.add_argument("--data", type=Path, required=True, help="folder the label provenance's 'source' paths are relative to")
-    parser.add_argument("--labels-dir", type=Path, required=True,
+    parser.add_argument("--data", type=Path, default=None, help="folder the label provenance's 'source' paths are relative to")
+    parser.add_argument("--labels-dir", type=Path, default=None,
                         help="folder with <scan>.labels.nii.gz and provenance.json (see reference_labels/README.md)")
+    parser.add_argument("--cache", type=Path, default=None, metavar="FILE.npz",
+                        help="the real heads already on the network's box: read from FILE when it exists (then --data "
+                             "and --labels-dir are not needed), else made from --data/--labels-dir and written there. "
+                             "It holds cut-down scans: keep it out of the repository")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint folder")
     parser.add_argument("--export", type=Path, default=None, help="write the best model as ONNX (+ .json card) here")
     parser.add_argument("--holdout", nargs="*", default=[], help="scan names never trained on (validation set)")
@@ -50,11 +54,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 def run(args: argparse.Namespace) -> int:
     """Train, then optionally export; prints one JSON line per epoch."""
     try:
+        import monai  # noqa: F401
         import torch  # noqa: F401
-        import torchio  # noqa: F401
     except ImportError as err:
         raise MissingExtraError("train", err.name or "torch") from err
-    from defacer.train.data import load_real_samples, make_phantom_samples
+    from defacer.train.data import make_phantom_samples
     from defacer.train.export import export_ensemble, export_onnx
     from defacer.train.loop import TrainConfig, train
     from defacer.train.unet import UNetConfig
@@ -70,13 +74,8 @@ def run(args: argparse.Namespace) -> int:
         card = export_ensemble(list(args.ensemble), args.export, {"trained_on": sorted(set(trained_on))})
         print(json.dumps({"exported": str(args.export), "sha256": card["sha256"]}), flush=True)
         return 0
-    provenance = args.labels_dir / "provenance.json"
-    if not provenance.is_file():
-        message = f"Expected {provenance} (written by scripts/make_reference_labels.py), found nothing."
-        raise InputImageError(message)
-    records = json.loads(provenance.read_text())
-    scans = {name: rec["source"] for name, rec in records.items() if name not in args.exclude}
-    samples = load_real_samples(args.data, args.labels_dir, scans)
+    samples = _real_samples(args)
+    samples = [s for s in samples if s.name not in args.exclude]
     train_samples = [s for s in samples if s.name not in args.holdout]
     val_samples = [s for s in samples if s.name in args.holdout]
     if args.validate_on_train:
@@ -96,3 +95,25 @@ def run(args: argparse.Namespace) -> int:
                                                "validated_on": [s.name for s in val_samples]})
         print(json.dumps({"exported": str(args.export), "sha256": card["sha256"]}), flush=True)
     return 0
+
+
+def _real_samples(args: argparse.Namespace) -> list:
+    """The labelled real heads on the box, from ``--cache`` or from ``--data``/``--labels-dir``."""
+    from defacer.train.data import load_real_samples, load_samples, save_samples
+
+    if args.cache is not None and args.cache.is_file():
+        return load_samples(args.cache)
+    if args.data is None or args.labels_dir is None:
+        message = ("Expected --data DIR and --labels-dir DIR (or an existing --cache FILE.npz), "
+                   f"found data={args.data}, labels-dir={args.labels_dir}, cache={args.cache}. Pass both folders.")
+        raise InputImageError(message)
+    provenance = args.labels_dir / "provenance.json"
+    if not provenance.is_file():
+        message = f"Expected {provenance} (written by scripts/make_reference_labels.py), found nothing."
+        raise InputImageError(message)
+    records = json.loads(provenance.read_text())
+    scans = {name: rec["source"] for name, rec in records.items()}
+    samples = load_real_samples(args.data, args.labels_dir, scans)
+    if args.cache is not None:
+        save_samples(samples, args.cache)
+    return samples

@@ -1,37 +1,47 @@
-"""Training data: labelled heads as TorchIO subjects on the detector's box, plus augmentation.
+"""Training data: labelled heads on the detector's box, and their augmentation (MONAI).
 
 Every sample (a real head with its reference label map, or a synthetic phantom) is first put on
-the network's box exactly as at inference (:func:`defacer.detect.preprocess.to_box`), so the
-augmentations act on small 64^3 tensors and training stays cheap on a CPU.
+the network's box exactly as at inference (:func:`defacer.detect.preprocess.to_box`); the
+augmentations then act on the box tensors, on the GPU when one is present, so a training draw
+costs milliseconds there and stays affordable on a CPU.
 
-Augmentation (TorchIO; the paper's recipe plus what makes the detector robust on unseen scans):
+Augmentation (MONAI dictionary transforms; the paper's recipe plus what makes the detector robust
+on unseen scans):
 
-* paper: Gaussian noise, rotation +-15 degrees per axis, shift up to 10 % of the field of view,
-  scale 0.90-1.10 (``RandomAffine``); flips (``RandomFlip``; left/right needs no label swap because
-  both eyes share one label and both ears another) and random axis transposes
-  (:class:`RandomAxisTranspose`, a small custom transform: TorchIO has none).  Shear 0-0.20:
-  TorchIO's ``RandomAffine`` has no shear term, so a smooth ``RandomElasticDeformation``
-  (up to 12 mm) stands in for it, as a documented substitute;
-* beyond the paper: contrast randomisation (``RandomGamma``, intensity inversion for T2/CT-like
-  contrast, :class:`RandomContrastCurve` remapping intensities through a random monotone or
-  non-monotone curve), ``RandomBiasField``, ``RandomBlur``, ``RandomAnisotropy`` (thick slices),
-  :class:`RandomFieldCrop` (a cut field of view: image and labels beyond the cut are emptied, so a
-  feature outside the field is absent, not guessed), and phantoms in T1, T2, PD, FLAIR and CT
-  contrast in several orientations and voxel sizes.
+* paper: Gaussian noise (``RandGaussianNoised``); rotation +-15 degrees per axis, shear up to
+  0.20, shift up to 10 % of the field of view and scale 0.90-1.10 in one ``RandAffined``; random
+  flips (``RandFlipd``; left/right needs no label swap because both eyes share one label and both
+  ears another) and random axis transposes (:class:`RandAxisTransposed`: MONAI has none);
+* beyond the paper: contrast randomisation (``RandAdjustContrastd`` gamma, intensity inversion
+  for T2/CT-like contrast, :class:`RandContrastCurved` remapping intensities through a random
+  monotone or non-monotone curve), ``RandBiasFieldd``, ``RandGaussianSmoothd``, thick slices
+  (:class:`RandThickSlicesd`), a cut field of view (:class:`RandFieldCropd`: image and labels
+  beyond the cut are emptied, so a feature outside the field is absent, not guessed), and
+  phantoms in T1, T2, PD, FLAIR and CT contrast in several orientations and voxel sizes.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import torch
-import torchio as tio
+import torch.nn.functional as F
+from monai import transforms as mt
+from monai.transforms import MapTransform, RandomizableTransform
 
-from defacer.detect.preprocess import BOX_SHAPE, BOX_SPACING, labels_to_box, normalise, to_box
+from defacer.detect.preprocess import BOX_SHAPE, BOX_SPACING, NORMALISE_PERCENTILES, labels_to_box, to_box
 from defacer.volume import canonical_reorientation
+
+logger = logging.getLogger(__name__)
+
+#: Keys of a training draw: ``image`` (1, X, Y, Z) float32 and ``label`` (1, X, Y, Z) float32 class ids.
+KEYS: tuple[str, str] = ("image", "label")
 
 
 @dataclass
@@ -44,8 +54,9 @@ class BoxSample:
         Scan or phantom name.
     group : str
         Subject identifier: samples of one group are always held out together.
-    image : ndarray, shape (64, 64, 64), float32
-    labels : ndarray, shape (64, 64, 64), uint8
+    image : ndarray, shape (X, Y, Z) (the box shape), float32
+        Normalised intensities (:func:`defacer.detect.preprocess.normalise`), RAS axis order.
+    labels : ndarray, shape (X, Y, Z), uint8
     affine : ndarray, shape (4, 4)
         Box voxel -> RAS+ mm.
     """
@@ -68,7 +79,8 @@ def sample_from_arrays(name: str, group: str, image: npt.NDArray, labels: npt.ND
     return BoxSample(name, group, box_image, box_labels, box.affine)
 
 
-def load_real_samples(data_dir: Path, labels_dir: Path, scans: dict[str, str]) -> list[BoxSample]:
+def load_real_samples(data_dir: Path, labels_dir: Path, scans: dict[str, str],
+                      shape: tuple[int, int, int] = BOX_SHAPE, spacing: float = BOX_SPACING) -> list[BoxSample]:
     """Load each real scan and its reference label map onto the box.
 
     Parameters
@@ -79,6 +91,8 @@ def load_real_samples(data_dir: Path, labels_dir: Path, scans: dict[str, str]) -
         Folder with ``<name>.labels.nii.gz`` on each scan's grid.
     scans : dict
         Scan name -> path relative to ``data_dir``.
+    shape, spacing
+        The box (voxels, mm).
     """
     import nibabel as nib
 
@@ -94,7 +108,7 @@ def load_real_samples(data_dir: Path, labels_dir: Path, scans: dict[str, str]) -
         if labels.shape != volume.shape:
             message = f"Label map {label_path} has shape {labels.shape}, but the scan {rel} has {volume.shape}."
             raise ValueError(message)
-        samples.append(sample_from_arrays(name, name, volume.values(), labels, volume.affine))
+        samples.append(sample_from_arrays(name, name, volume.values(), labels, volume.affine, shape, spacing))
     return samples
 
 
@@ -106,7 +120,8 @@ PHANTOM_VARIANTS: tuple[tuple[str, str, float | tuple[float, float, float]], ...
 )
 
 
-def make_phantom_samples(count: int = len(PHANTOM_VARIANTS), seed: int = 0) -> list[BoxSample]:
+def make_phantom_samples(count: int = len(PHANTOM_VARIANTS), seed: int = 0, shape: tuple[int, int, int] = BOX_SHAPE,
+                         spacing: float = BOX_SPACING) -> list[BoxSample]:
     """Synthetic heads from :func:`defacer.phantom.make_phantom` on the box (group ``"phantom"``)."""
     from defacer.phantom import make_phantom
 
@@ -118,28 +133,57 @@ def make_phantom_samples(count: int = len(PHANTOM_VARIANTS), seed: int = 0) -> l
         ph = make_phantom(voxel, axcodes=axcodes, contrast=contrast, noise=float(rng.uniform(0.01, 0.05)),
                           seed=int(rng.integers(1 << 30)), shift_mm=shift)  # type: ignore[arg-type]
         samples.append(sample_from_arrays(f"phantom{i}-{contrast}-{axcodes}", "phantom", ph.volume.values(),
-                                          ph.labels, ph.volume.affine))
+                                          ph.labels, ph.volume.affine, shape, spacing))
     return samples
 
 
-def to_subject(sample: BoxSample) -> tio.Subject:
-    """A TorchIO subject with ``image`` (ScalarImage) and ``label`` (LabelMap) on the box."""
-    image = tio.ScalarImage(tensor=torch.from_numpy(sample.image[None].copy()), affine=sample.affine)
-    label = tio.LabelMap(tensor=torch.from_numpy(sample.labels[None].astype(np.int64)), affine=sample.affine)
-    return tio.Subject(image=image, label=label, name=sample.name)
+def save_samples(samples: list[BoxSample], path: Path) -> None:
+    """Write box samples to one compressed ``.npz`` (a training cache; it holds cut-down scans, keep it private).
+
+    Images are stored as float16 (the box intensities lie in [0, 1.5]).
+    """
+    arrays: dict[str, np.ndarray] = {}
+    for i, s in enumerate(samples):
+        arrays[f"image{i}"] = s.image.astype(np.float16)
+        arrays[f"labels{i}"] = s.labels
+        arrays[f"affine{i}"] = s.affine
+    meta = [{"name": s.name, "group": s.group} for s in samples]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, meta=np.array(json.dumps(meta)), **arrays)
+    tmp.replace(path)
 
 
-class RandomAxisTranspose(tio.transforms.augmentation.RandomTransform, tio.SpatialTransform):
-    """Swap two spatial axes of every image of a subject (same permutation for image and labels)."""
-
-    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
-        perm = [0, *(1 + np.random.permutation(3)).tolist()]
-        for image in subject.get_images(intensity_only=False):
-            image.set_data(image.data.permute(*perm).contiguous())
-        return subject
+def load_samples(path: Path) -> list[BoxSample]:
+    """Read box samples written by :func:`save_samples`."""
+    with np.load(path) as data:
+        meta = json.loads(str(data["meta"]))
+        return [BoxSample(m["name"], m["group"], data[f"image{i}"].astype(np.float32), data[f"labels{i}"],
+                          data[f"affine{i}"]) for i, m in enumerate(meta)]
 
 
-class RandomFieldCrop(tio.transforms.augmentation.RandomTransform, tio.SpatialTransform):
+class RandAxisTransposed(RandomizableTransform, MapTransform):
+    """Swap the spatial axes of image and labels by one random permutation (MONAI has no such transform)."""
+
+    def __init__(self, keys: tuple[str, ...] = KEYS, prob: float = 0.1) -> None:
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob)
+        self._perm = [0, 1, 2, 3]
+
+    def randomize(self, data: object = None) -> None:
+        super().randomize(None)
+        self._perm = [0, *(1 + self.R.permutation(3)).tolist()]
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        self.randomize()
+        if self._do_transform:
+            for key in self.key_iterator(d):
+                d[key] = torch.as_tensor(d[key]).permute(*self._perm).contiguous()
+        return d
+
+
+class RandFieldCropd(RandomizableTransform, MapTransform):
     """Empty one side of the box (image to 0, labels to background) to mimic a cut field of view.
 
     Parameters
@@ -148,97 +192,217 @@ class RandomFieldCrop(tio.transforms.augmentation.RandomTransform, tio.SpatialTr
         Largest fraction of the box removed along the chosen axis.
     """
 
-    def __init__(self, max_fraction: float = 0.35, **kwargs: object) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, keys: tuple[str, ...] = KEYS, prob: float = 0.25, max_fraction: float = 0.35) -> None:
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob)
         self.max_fraction = max_fraction
+        self._axis, self._side, self._fraction = 0, 0, 0.0
 
-    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
-        axis = int(np.random.randint(3))
-        side = int(np.random.randint(2))
-        size = subject.spatial_shape[axis]
-        cut = int(np.random.uniform(0.05, self.max_fraction) * size)
-        for image in subject.get_images(intensity_only=False):
-            data = image.data.clone()
-            index = [slice(None)] * 4
-            index[axis + 1] = slice(0, cut) if side == 0 else slice(size - cut, size)
-            data[tuple(index)] = 0
-            image.set_data(data)
-        return subject
+    def randomize(self, data: object = None) -> None:
+        super().randomize(None)
+        self._axis = int(self.R.randint(3))
+        self._side = int(self.R.randint(2))
+        self._fraction = float(self.R.uniform(0.05, self.max_fraction))
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        self.randomize()
+        if not self._do_transform:
+            return d
+        for key in self.key_iterator(d):
+            tensor = torch.as_tensor(d[key]).clone()
+            size = tensor.shape[self._axis + 1]
+            cut = int(self._fraction * size)
+            index: list[slice] = [slice(None)] * 4
+            index[self._axis + 1] = slice(0, cut) if self._side == 0 else slice(size - cut, size)
+            tensor[tuple(index)] = 0
+            d[key] = tensor
+        return d
 
 
-class RandomContrastCurve(tio.transforms.augmentation.RandomTransform, tio.IntensityTransform):
-    """Remap intensities through a random piecewise-linear curve (5 knots), sometimes non-monotone.
+class RandThickSlicesd(RandomizableTransform, MapTransform):
+    """Mimic a thick-slice acquisition: average along one random axis by 1.2-2.5x, then interpolate back.
+
+    Applied to the image only; the labels keep their full resolution (the target stays the anatomy).
+    """
+
+    def __init__(self, keys: tuple[str, ...] = ("image",), prob: float = 0.2, factors: tuple[float, float] = (1.2, 2.5)) -> None:
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob)
+        self.factors = factors
+        self._axis, self._factor = 0, 1.0
+
+    def randomize(self, data: object = None) -> None:
+        super().randomize(None)
+        self._axis = int(self.R.randint(3))
+        self._factor = float(self.R.uniform(*self.factors))
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        self.randomize()
+        if not self._do_transform:
+            return d
+        for key in self.key_iterator(d):
+            tensor = torch.as_tensor(d[key]).float()
+            shape = list(tensor.shape[1:])
+            small = list(shape)
+            small[self._axis] = max(2, round(shape[self._axis] / self._factor))
+            low = F.interpolate(tensor[None], size=small, mode="area")
+            d[key] = F.interpolate(low, size=shape, mode="trilinear", align_corners=False)[0]
+        return d
+
+
+class RandContrastCurved(RandomizableTransform, MapTransform):
+    """Remap intensities through a random piecewise-linear curve (6 knots), half the time non-monotone.
 
     Mimics other MR contrasts and CT windows: tissues keep their boundaries but change order.
     Background (0) stays 0 so the air stays dark.
     """
 
-    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
-        knots_x = np.linspace(0.0, 1.5, 6)
-        knots_y = np.concatenate([[0.0], np.random.uniform(0.05, 1.2, size=5)])
-        if np.random.rand() < 0.5:
+    def __init__(self, keys: tuple[str, ...] = ("image",), prob: float = 0.3) -> None:
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob)
+        self._knots_y = np.zeros(6)
+
+    def randomize(self, data: object = None) -> None:
+        super().randomize(None)
+        knots_y = np.concatenate([[0.0], self.R.uniform(0.05, 1.2, size=5)])
+        if self.R.rand() < 0.5:
             knots_y[1:] = np.sort(knots_y[1:])
-        for image in self.get_images(subject):
-            data = image.data.numpy()
-            mapped = np.interp(data, knots_x, knots_y).astype(np.float32)
-            image.set_data(torch.from_numpy(mapped))
-        return subject
+        self._knots_y = knots_y
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        self.randomize()
+        if not self._do_transform:
+            return d
+        for key in self.key_iterator(d):
+            tensor = torch.as_tensor(d[key]).float()
+            step = 1.5 / 5
+            knots = torch.as_tensor(self._knots_y, dtype=tensor.dtype, device=tensor.device)
+            position = (tensor.clamp(0.0, 1.5) / step).clamp(max=4.999999)
+            lower = position.floor().long()
+            weight = position - lower
+            d[key] = knots[lower] * (1 - weight) + knots[lower + 1] * weight
+        return d
 
 
-def _invert(tensor: torch.Tensor) -> torch.Tensor:
-    """Intensity inversion inside the head (air stays 0): T1-like <-> T2-like ordering."""
-    head = tensor > 0.08
-    out = tensor.clone()
-    out[head] = (1.3 - tensor[head]).clamp(min=0.05)
-    return out
+class RandInvertHeadd(RandomizableTransform, MapTransform):
+    """Invert intensities inside the head (air stays 0): T1-like <-> T2/CT-like tissue order."""
+
+    def __init__(self, keys: tuple[str, ...] = ("image",), prob: float = 0.2) -> None:
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        for key in self.key_iterator(d):
+            tensor = torch.as_tensor(d[key]).float()
+            d[key] = torch.where(tensor > 0.08, (1.3 - tensor).clamp(min=0.05), tensor)
+        return d
 
 
-def _renormalise(tensor: torch.Tensor) -> torch.Tensor:
-    """Apply the inference normalisation again after intensity changes."""
-    return torch.from_numpy(normalise(tensor.numpy()))
+class Renormalised(MapTransform):
+    """Apply the inference normalisation again (percentiles 0.5/99.5 -> 0/1, clipped to [0, 1.5])."""
+
+    def __init__(self, keys: tuple[str, ...] = ("image",)) -> None:
+        super().__init__(keys)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            tensor = torch.as_tensor(d[key]).float()
+            q = torch.tensor([p / 100.0 for p in NORMALISE_PERCENTILES], device=tensor.device)
+            lo, hi = torch.quantile(tensor.reshape(-1), q)
+            if not torch.isfinite(hi - lo) or float(hi - lo) <= 0:
+                d[key] = torch.zeros_like(tensor)
+            else:
+                d[key] = ((tensor - lo) / (hi - lo)).clamp(0.0, 1.5)
+        return d
 
 
-def training_transform(transpose_probability: float = 0.1) -> tio.Compose:
-    """The augmentation pipeline used by ``defacer train``."""
-    fov_mm = BOX_SHAPE[0] * BOX_SPACING
-    return tio.Compose([
-        tio.RandomFlip(axes=(0,), flip_probability=0.5),
-        tio.RandomFlip(axes=(1, 2), flip_probability=0.05),
-        RandomAxisTranspose(p=transpose_probability),
-        tio.RandomAffine(scales=(0.9, 1.1), degrees=15, translation=0.10 * fov_mm, isotropic=False,
-                         image_interpolation="linear", default_pad_value=0, p=0.9),
-        tio.RandomElasticDeformation(num_control_points=5, max_displacement=12.0, p=0.3),
-        RandomFieldCrop(p=0.25),
-        tio.RandomAnisotropy(axes=(0, 1, 2), downsampling=(1.2, 2.5), p=0.2),
-        tio.RandomBiasField(coefficients=0.4, p=0.4),
-        tio.Lambda(_invert, types_to_apply=[tio.INTENSITY], p=0.2),
-        RandomContrastCurve(p=0.3),
-        tio.RandomGamma(log_gamma=(-0.4, 0.4), p=0.5),
-        tio.RandomBlur(std=(0.0, 0.8), p=0.2),
-        tio.RandomNoise(std=(0.0, 0.06), p=0.5),
-        tio.Lambda(_renormalise, types_to_apply=[tio.INTENSITY]),
-    ])
+def training_transform(transpose_probability: float = 0.1, device: torch.device | None = None,
+                       shape: tuple[int, int, int] = BOX_SHAPE) -> mt.Compose:
+    """The augmentation pipeline used by ``defacer train`` (MONAI; runs on ``device``).
+
+    Input and output: ``{"image": (1, X, Y, Z) float, "label": (1, X, Y, Z) float class ids}``.
+    """
+    shift_voxels = tuple(0.10 * n for n in shape)
+    return mt.Compose([
+        mt.RandFlipd(KEYS, prob=0.5, spatial_axis=0),
+        mt.RandFlipd(KEYS, prob=0.05, spatial_axis=1),
+        mt.RandFlipd(KEYS, prob=0.05, spatial_axis=2),
+        RandAxisTransposed(KEYS, prob=transpose_probability),
+        mt.RandAffined(KEYS, prob=0.9, rotate_range=(np.deg2rad(15.0),) * 3, shear_range=(0.2,) * 6,
+                       translate_range=shift_voxels, scale_range=(0.1,) * 3, mode=("bilinear", "nearest"),
+                       padding_mode="zeros", device=device),
+        RandFieldCropd(KEYS, prob=0.25),
+        RandThickSlicesd(("image",), prob=0.2),
+        mt.RandBiasFieldd("image", prob=0.4, coeff_range=(0.0, 0.3)),
+        RandInvertHeadd(("image",), prob=0.2),
+        RandContrastCurved(("image",), prob=0.3),
+        mt.RandAdjustContrastd("image", prob=0.5, gamma=(0.67, 1.5)),
+        mt.RandGaussianSmoothd("image", prob=0.2, sigma_x=(0.0, 0.8), sigma_y=(0.0, 0.8), sigma_z=(0.0, 0.8)),
+        mt.RandGaussianNoised("image", prob=0.5, std=0.06),
+        Renormalised(("image",)),
+    ], lazy=False)
 
 
-class AugmentedDataset(torch.utils.data.Dataset):
-    """``length`` augmented draws from the given samples (uniformly, each draw re-augmented).
+class AugmentedBatches:
+    """Draw augmented batches from samples (weighted), on ``device``.
 
-    Returns ``(image (1, X, Y, Z) float32, labels (X, Y, Z) int64)`` tensors.
+    Parameters
+    ----------
+    samples : list of BoxSample
+    transform : MONAI transform or None
+        Applied to each draw (``{"image", "label"}``, each (1, X, Y, Z)).
+    weights : list of float, optional
+        Relative sampling weight per sample.
+    device : torch.device
+    seed : int
     """
 
-    def __init__(self, samples: list[BoxSample], length: int, transform: tio.Transform | None,
-                 weights: list[float] | None = None) -> None:
-        self.subjects = [to_subject(s) for s in samples]
-        self.length = length
+    def __init__(self, samples: list[BoxSample], transform: mt.Compose | None, weights: list[float] | None = None,
+                 device: torch.device | None = None, seed: int = 0, cpu_transform: mt.Compose | None = None) -> None:
+        self.device = device or torch.device("cpu")
+        self.cpu_transform = cpu_transform
+        self.seed = seed
+        self.images = [torch.from_numpy(np.ascontiguousarray(s.image[None])).float().to(self.device) for s in samples]
+        self.labels = [torch.from_numpy(np.ascontiguousarray(s.labels[None])).float().to(self.device) for s in samples]
         self.transform = transform
+        if transform is not None:
+            transform.set_random_state(seed=seed)
         p = np.asarray(weights if weights is not None else [1.0] * len(samples), float)
         self.p = p / p.sum()
+        self.rng = np.random.default_rng(seed)
 
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        subject = self.subjects[int(np.random.choice(len(self.subjects), p=self.p))]
+    def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One augmented draw: image (1, X, Y, Z) float32, labels (X, Y, Z) int64, on ``device``."""
+        i = int(self.rng.choice(len(self.images), p=self.p))
+        item = {"image": self.images[i], "label": self.labels[i]}
         if self.transform is not None:
-            subject = self.transform(subject)
-        return subject["image"].data.float(), subject["label"].data[0].long()
+            try:
+                item = self.transform(item)
+            except (RuntimeError, TypeError, ValueError) as err:
+                if self.cpu_transform is None or self.device.type == "cpu":
+                    raise
+                # a transform that cannot run on this accelerator: augment on the CPU from now on
+                logger.warning("augmentation on %s failed (%s); augmenting on the CPU instead", self.device, err)
+                self.transform = self.cpu_transform
+                self.transform.set_random_state(seed=self.seed)
+                self.cpu_transform = None
+                item = self.transform({"image": self.images[i].cpu(), "label": self.labels[i].cpu()})
+        image, labels = item["image"], item["label"]
+        if hasattr(image, "as_tensor"):  # MONAI MetaTensor -> plain tensor
+            image = image.as_tensor()
+        if hasattr(labels, "as_tensor"):
+            labels = labels.as_tensor()
+        return image.float().to(self.device), labels.round().long().to(self.device)[0]
+
+    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``size`` draws stacked: image (N, 1, X, Y, Z), labels (N, X, Y, Z)."""
+        draws = [self.draw() for _ in range(size)]
+        return torch.stack([d[0] for d in draws]), torch.stack([d[1] for d in draws])

@@ -32,8 +32,8 @@ class MeanOfModels(nn.Module):
         return total / len(self.members)
 
 
-def _write(model: nn.Module, out_path: Path) -> None:
-    dummy = torch.zeros((1, 1, *BOX_SHAPE), dtype=torch.float32)
+def _write(model: nn.Module, out_path: Path, box: dict[str, Any]) -> None:
+    dummy = torch.zeros((1, 1, *box["shape"]), dtype=torch.float32)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_suffix(".onnx.tmp")
     with torch.no_grad():
@@ -42,9 +42,11 @@ def _write(model: nn.Module, out_path: Path) -> None:
     tmp.replace(out_path)
 
 
-def _box_card() -> dict[str, Any]:
-    return {"shape": list(BOX_SHAPE), "spacing_mm": BOX_SPACING, "top_to_centre_mm": TOP_TO_CENTRE_MM,
-            "normalise_percentiles": list(NORMALISE_PERCENTILES)}
+def _box_card(state: dict[str, Any]) -> dict[str, Any]:
+    """The box a checkpoint was trained on (older checkpoints: the package's default box)."""
+    box = state.get("box", {})
+    return {"shape": [int(n) for n in box.get("shape", BOX_SHAPE)], "spacing_mm": float(box.get("spacing_mm", BOX_SPACING)),
+            "top_to_centre_mm": TOP_TO_CENTRE_MM, "normalise_percentiles": list(NORMALISE_PERCENTILES)}
 
 
 def export_ensemble(checkpoints: list[Path], out_path: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -53,16 +55,19 @@ def export_ensemble(checkpoints: list[Path], out_path: Path, extra: dict[str, An
     Used for the shipped model: the two cross-validation fold models, each trained on half of
     the subjects, averaged.  The card lists each member's training config and history.
     """
-    _write(MeanOfModels([SoftmaxUNet(load_checkpoint(c)) for c in checkpoints]), out_path)
+    states = [torch.load(c, map_location="cpu", weights_only=False) for c in checkpoints]
+    boxes = [_box_card(state) for state in states]
+    if any(b != boxes[0] for b in boxes):
+        raise ValueError(f"Ensemble members were trained on different boxes: {boxes}")
+    _write(MeanOfModels([SoftmaxUNet(load_checkpoint(c)) for c in checkpoints]), out_path, boxes[0])
     members = []
-    for c in checkpoints:
-        state = torch.load(c, map_location="cpu", weights_only=False)
+    for c, state in zip(checkpoints, states):
         members.append({"checkpoint": str(c), "unet": state["unet"], "train": state["train"], "best_epoch": state["epoch"],
                         "val_dice": state["val_dice"], "history": state["history"]})
     card: dict[str, Any] = {
         "format": "onnx", "opset": OPSET, "file": out_path.name,
         "sha256": hashlib.sha256(out_path.read_bytes()).hexdigest(), "size_bytes": out_path.stat().st_size,
-        "box": _box_card(), "classes": ["background", "eyes", "nose", "ears"], "ensemble": "mean of probabilities",
+        "box": boxes[0], "classes": ["background", "eyes", "nose", "ears"], "ensemble": "mean of probabilities",
         "members": members,
     }
     if extra:
@@ -74,18 +79,19 @@ def export_ensemble(checkpoints: list[Path], out_path: Path, extra: dict[str, An
 def export_onnx(checkpoint: Path, out_path: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``out_path`` (.onnx) and ``out_path.with_suffix('.json')``; returns the card.
 
-    The graph takes ``image`` (1, 1, 64, 64, 64) float32 (the box from
-    :func:`defacer.detect.preprocess.to_box`) and returns ``probabilities`` (1, 4, 64, 64, 64).
+    The graph takes ``image`` (1, 1, X, Y, Z) float32 (the box from
+    :func:`defacer.detect.preprocess.to_box`, shape recorded in the card's ``box``) and returns
+    ``probabilities`` (1, 4, X, Y, Z).
     """
-    _write(SoftmaxUNet(load_checkpoint(checkpoint)), out_path)
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    _write(SoftmaxUNet(load_checkpoint(checkpoint)), out_path, _box_card(state))
     card: dict[str, Any] = {
         "format": "onnx",
         "opset": OPSET,
         "file": out_path.name,
         "sha256": hashlib.sha256(out_path.read_bytes()).hexdigest(),
         "size_bytes": out_path.stat().st_size,
-        "box": _box_card(),
+        "box": _box_card(state),
         "classes": ["background", "eyes", "nose", "ears"],
         "unet": state["unet"],
         "train": state["train"],

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from defacer.labels import NUM_CLASSES
-from defacer.train.data import AugmentedDataset, BoxSample, training_transform
+from defacer.train.data import AugmentedBatches, BoxSample, training_transform
 from defacer.train.unet import AttentionUNet3D, UNetConfig
 
 logger = logging.getLogger(__name__)
@@ -140,30 +140,40 @@ def train(train_samples: list[BoxSample], val_samples: list[BoxSample], out_dir:
         net.load_state_dict(state["model"])
         previous = [dict(h, resumed_from=str(resume)) for h in state.get("history", [])]
     weights = [config.real_weight if s.group != "phantom" else 1.0 for s in train_samples]
-    dataset = AugmentedDataset(train_samples, config.samples_per_epoch,
-                               training_transform(config.transpose_probability), weights)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, num_workers=0)
+    shape = tuple(int(n) for n in train_samples[0].image.shape)
+    box = {"shape": list(shape), "spacing_mm": float(np.sqrt((train_samples[0].affine[:3, :3] ** 2).sum(axis=0))[0])}
+    batches = AugmentedBatches(train_samples, training_transform(config.transpose_probability, device, shape),  # type: ignore[arg-type]
+                               weights, device=device, seed=config.seed,
+                               cpu_transform=training_transform(config.transpose_probability, None, shape))  # type: ignore[arg-type]
     optimizer = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
+    # halve the learning rate after 2 epochs without a better validation Dice (early stopping waits 5)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=2)
     history: list[dict] = list(previous)
     best, best_epoch, start = -1.0, -1, time.monotonic()
     best_path = out_dir / "best.pt"
+    steps = max(1, config.samples_per_epoch // config.batch_size)
     for epoch in range(config.epochs):
         net.train()
         losses = []
-        for image, target in loader:
-            image, target = image.to(device), target.to(device)
+        for _ in range(steps):
+            if config.time_limit_s and time.monotonic() - start > config.time_limit_s and losses:
+                break  # the time limit also ends an epoch early; it is then validated and saved as usual
+            image, target = batches.batch(config.batch_size)
             optimizer.zero_grad()
-            loss = total_loss(net(image), target, config.ce_weight)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits = net(image)
+            loss = total_loss(logits.float(), target, config.ce_weight)
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
         val = evaluate_box(net, val_samples, device) if val_samples else 1.0 - float(np.mean(losses))
+        scheduler.step(val)
         history.append({"epoch": len(history), "samples": config.samples_per_epoch, "loss": float(np.mean(losses)), "val_dice": val,
-                        "elapsed_s": round(time.monotonic() - start, 1)})
+                        "lr": optimizer.param_groups[0]["lr"], "elapsed_s": round(time.monotonic() - start, 1)})
         logger.info("epoch %d loss %.4f val_dice %.4f", epoch, history[-1]["loss"], val)
         print(json.dumps(history[-1]), flush=True)
         state = {"model": net.state_dict(), "unet": config.unet, "train": asdict(config), "history": history,
-                 "epoch": epoch, "val_dice": val}
+                 "epoch": epoch, "val_dice": val, "box": box}
         torch.save(state, out_dir / "last.pt")
         if val > best:
             best, best_epoch = val, epoch
