@@ -30,7 +30,7 @@ pids=()
 for name in main fold1 fold2 fold3 fold4 fold5; do
   seed=$((seed + 1))
   # shellcheck disable=SC2086
-  OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1 timeout $((SECONDS_LIMIT + 240)) "$PY" -m defacer train "${COMMON[@]}" \
+  OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1 timeout $((SECONDS_LIMIT + 100)) "$PY" -m defacer train "${COMMON[@]}" \
       --seed $seed --out "$OUT/$name" --exclude ${FOLDS[$name]} >"$OUT/$name.log" 2>&1 &
   pids+=($!)
 done
