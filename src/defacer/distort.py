@@ -58,7 +58,7 @@ def components(mask: Mask, max_count: int, min_fraction: float = 0.05) -> list[B
         slice(int(np.argmax(axis_any)), len(axis_any) - int(np.argmax(axis_any[::-1])))
         for axis_any in (mask.any(axis=(1, 2)), mask.any(axis=(0, 2)), mask.any(axis=(0, 1)))
     )
-    labels, count = ndimage.label(mask[crop])
+    labels, _count = ndimage.label(mask[crop])
     sizes = np.bincount(labels.ravel())[1:]
     order = np.argsort(sizes)[::-1]
     keep = [int(i) for i in order[:max_count] if sizes[i] >= min_fraction * sizes[order[0]]]
@@ -96,16 +96,20 @@ def distort_eyes(
     head: HeadModel,
     spacing: tuple[float, float, float],
     *,
-    band_mm: float = 2.0,
-    box_scale: float = 1.5,
+    band_mm: float = 6.0,
+    box_scale: float = 3.0,
     smooth_mm: float = 8.0,
 ) -> list[Edit]:
     """Cover each eye with skin: a band of ± ``band_mm`` around a smoothed skin surface set to a skin value.
 
-    Within each eye's bounding box (scaled by ``box_scale``), the face surface is read as a
-    height map along the anterior (A) axis, smoothed with a Gaussian of ``smooth_mm`` (which
-    erases the lids, the lid folds and the eye socket) and blended back into the original
-    surface towards the box edges.  Every voxel within ``band_mm`` of the smoothed surface, and
+    Within each eye's bounding box scaled by ``box_scale`` (3 by default: the eye label is the
+    globe, about a third of the width and height of the orbit opening with the brow above it and
+    the lids and upper cheek below it, so the scaled box spans the whole orbital region), the face
+    surface is read as a height map along the anterior (A) axis, smoothed with a Gaussian of
+    ``smooth_mm`` (which erases the lids, the lid folds, the brow ridge and the eye socket) and
+    blended back into the original surface towards the box edges.  The band is thick (± 6 mm by
+    default) so that the relief of the socket, which a thin band leaves readable as a dark
+    eye-shaped hollow under render shading, is filled.  Every voxel within ``band_mm`` of the smoothed surface, and
     every voxel between it and the original surface, gets the median intensity of this scan's
     own superficial tissue in the box; tissue that stood out beyond the band (a protruding lid
     or brow) is set to the scan's air value.  The eye itself, behind the band, is untouched.
@@ -120,9 +124,10 @@ def distort_eyes(
     spacing : tuple of 3 float
         Voxel size along R, A, S in mm.
     band_mm : float
-        Half-thickness of the skin band in mm.
+        Half-thickness of the skin band in mm (6 by default; 2 left eye sockets readable to face
+        detectors on real heads).
     box_scale : float
-        Scale of each eye's bounding box.
+        Scale of each eye's bounding box (3 by default; 1.5 left the brow and orbital rim).
     smooth_mm : float
         Standard deviation of the surface smoothing in mm.
 

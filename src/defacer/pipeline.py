@@ -59,8 +59,8 @@ class DefaceOptions:
     features: tuple[str, ...] = FEATURES
     seed: int = 0
     protect_depth_mm: float = 10.0
-    eye_band_mm: float = 2.0
-    eye_box_scale: float = 1.5
+    eye_band_mm: float = 6.0
+    eye_box_scale: float = 3.0
     nose_scale: float = 2.0
 
     def __post_init__(self) -> None:

@@ -90,6 +90,22 @@ def test_eyes_are_covered_by_a_smooth_skin_band(phantom):
     assert np.mean(np.abs(new - skin) < 10) > 0.5
 
 
+def test_eye_cover_spans_the_orbit_and_brow_with_a_thick_band(phantom):
+    """Each eye's box is scaled x3 about the globe (orbit, brow, lids) and the band is +/- 6 mm thick."""
+    result = deface(phantom.volume, TruthDetector(phantom.labels), DefaceOptions(features=("eyes",)))
+    edits = [e for e in result.provenance["edits"] if e["feature"] == "eyes"]
+    assert {e["band_mm"] for e in edits} == {6.0}
+    eyes = phantom.labels == Label.EYES
+    from defacer.distort import components
+
+    for edit, component in zip(edits, components(eyes, 2), strict=True):
+        for axis in (0, 2):  # R and S: at least three times the globe, unless the image edge clips it
+            extent = component[axis].stop - component[axis].start
+            box = edit["box"][axis]
+            clipped = box[0] == 0 or box[1] == eyes.shape[axis]
+            assert clipped or box[1] - box[0] >= 3 * extent
+
+
 def test_eye_band_hides_the_shape_of_the_eye_region():
     """After defacing, the face surface over the eyes is smooth: its height map varies far less."""
     from defacer.distort import _surface_height

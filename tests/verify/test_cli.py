@@ -77,6 +77,8 @@ def test_evaluate_scores_every_scan_and_reports_reidentification(tmp_path, capsy
     overall = result["overall"]
     assert overall["reid_chance"] == 0.5
     assert overall["reid_rank1_defaced"] is not None and overall["reid_rank1_baseline_other_angle"] is not None
+    assert 0 <= overall["reid_p_value_defaced"] <= 1 and overall["reid_n"] == 2
+    assert "binomial" in overall["reid_test"] and "chance" in overall["reid_verdict"]
     assert (tmp_path / "eval" / "evaluation.html").read_text().count("data:image/png;base64,") == 4
 
 

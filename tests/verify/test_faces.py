@@ -84,6 +84,25 @@ def test_rank1_rate_counts_probes_whose_nearest_gallery_face_is_their_own() -> N
     assert result["matches"]["b"] == "a" and result["ranks"]["b"] == 2
 
 
+def test_reid_p_value_is_the_one_sided_binomial_tail_and_names_hubs() -> None:
+    # 9 subjects, chance 1/9: P(X >= 2) = 1 - (8/9)^9 - 9 (1/9) (8/9)^8.
+    expected = 1 - (8 / 9) ** 9 - 9 * (1 / 9) * (8 / 9) ** 8
+    assert identity.binomial_p_value(2, 9, 1 / 9) == pytest.approx(expected)
+    assert identity.binomial_p_value(0, 9, 1 / 9) == pytest.approx(1.0)
+    assert identity.binomial_p_value(5, 9, 1 / 9) < 0.01
+    names = [f"s{i}" for i in range(9)]
+    matches = {n: "s8" for n in names[:6]} | {"s6": "s6", "s7": "s7", "s8": "s8"}
+    stats = identity.reid_statistics({"matches": matches, "chance": 1 / 9})
+    assert stats["hits"] == 3 and stats["n"] == 9
+    assert stats["p_value"] == pytest.approx(identity.binomial_p_value(3, 9, 1 / 9), abs=1e-4)
+    assert not stats["significant"], "3/9 at chance 1/9 is p = 0.069, not below 0.05"
+    assert stats["hubs"] == {"s8": 7}
+    from defacer.verify.evaluate import reid_verdict
+
+    text = reid_verdict(stats)
+    assert "not significantly above chance" in text and "hub: s8" in text
+
+
 def test_a_missing_extra_is_reported_with_the_install_command(monkeypatch) -> None:
     import sys
 

@@ -170,6 +170,8 @@ def _overall(records: list[dict[str, Any]], embeddings: dict[str, dict[str, Any]
             if v is not None:
                 dice[f].append(float(v))
     conclusive = [r for r in ok if r["conclusive"]]
+    reid_stats = identity.reid_statistics(reid)
+    base_stats = identity.reid_statistics(base)
     return {
         "scans": len(records),
         "errors": len(records) - len(ok),
@@ -180,6 +182,18 @@ def _overall(records: list[dict[str, Any]], embeddings: dict[str, dict[str, Any]
         "reid_rank1_defaced": reid["rate"],
         "reid_rank1_baseline_other_angle": base["rate"],
         "reid_chance": reid["chance"],
+        "reid_hits_defaced": reid_stats["hits"],
+        "reid_hits_baseline_other_angle": base_stats["hits"],
+        "reid_n": reid_stats["n"],
+        "reid_p_value_defaced": reid_stats["p_value"],
+        "reid_p_value_baseline_other_angle": base_stats["p_value"],
+        "reid_test": "one-sided binomial test of 'rank-1 better than chance' (H0: each probe's nearest gallery "
+                     f"entry is its own with probability 1/gallery size), alpha {reid_stats['alpha']}",
+        "reid_defaced_above_chance": reid_stats["significant"],
+        "reid_baseline_above_chance": base_stats["significant"],
+        "reid_hubs_defaced": reid_stats["hubs"],
+        "reid_hubs_baseline": base_stats["hubs"],
+        "reid_verdict": reid_verdict(reid_stats),
         "reid_matches_defaced": reid["matches"],
         "reid_matches_baseline": base["matches"],
         "mean_dice": {f: (float(np.mean(v)) if v else None) for f, v in dice.items()},
@@ -189,6 +203,23 @@ def _overall(records: list[dict[str, Any]], embeddings: dict[str, dict[str, Any]
         "seconds_verify_mean": float(np.mean([r["seconds_verify"] for r in ok])) if ok else None,
         "peak_rss_mb": max((r["peak_rss_mb"] for r in ok), default=None),
     }
+
+
+def reid_verdict(stats: dict[str, Any]) -> str:
+    """One sentence: is re-identification of the defaced renders significantly above chance, and any hub."""
+    if not stats["n"] or stats["p_value"] is None:
+        return "re-identification not measured (no embeddings)"
+    rate = stats["hits"] / stats["n"]
+    head = (f"defaced re-identification rank-1 {stats['hits']}/{stats['n']} ({100 * rate:.0f}%, chance "
+            f"{100 * stats['chance']:.0f}%, one-sided binomial p = {stats['p_value']:.3f}): ")
+    head += ("significantly above chance" if stats["significant"]
+             else f"not significantly above chance at alpha {stats['alpha']}")
+    if stats["n"] < 20:
+        head += f" (only {stats['n']} subjects: the test has little power, so this is weak evidence either way)"
+    if stats["hubs"]:
+        hubs = ", ".join(f"{name} ({count}/{stats['n']} probes)" for name, count in stats["hubs"].items())
+        head += f"; hub: {hubs} is the nearest match of many defaced renders, so hits on it are not evidence"
+    return head
 
 
 def evaluate_folder(
@@ -300,6 +331,7 @@ def format_overall(overall: dict[str, Any]) -> str:
         f"re-identification rank-1: defaced {pct(overall['reid_rank1_defaced'])}, "
         f"original from another angle {pct(overall['reid_rank1_baseline_other_angle'])}, "
         f"chance {pct(overall['reid_chance'])}\n"
+        f"{overall.get('reid_verdict', '')}\n"
         f"mean Dice: {dice}; mean seconds per scan {overall['seconds_mean'] or 0:.1f} "
         f"(verify {overall['seconds_verify_mean'] or 0:.1f}); peak RSS {overall['peak_rss_mb'] or 0:.0f} MB"
     )

@@ -115,6 +115,48 @@ def rank1_rate(probes: Mapping[str, npt.NDArray[np.floating]], gallery: Mapping[
     return {"rate": hits / n if n else None, "chance": 1.0 / len(names), "n": n, "matches": matches, "ranks": ranks}
 
 
+def binomial_p_value(hits: int, n: int, chance: float) -> float | None:
+    """One-sided binomial p-value of getting ``hits`` or more right out of ``n`` at ``chance``.
+
+    The probability, if every probe were matched to a gallery entry at random, of a rank-1 rate
+    at least as high as the one measured: small (below 0.05) means better than chance.
+    """
+    if n <= 0 or chance is None:
+        return None
+    from math import comb
+
+    p = sum(comb(n, k) * chance**k * (1 - chance) ** (n - k) for k in range(max(hits, 0), n + 1))
+    return float(min(1.0, p))
+
+
+#: A gallery entry that is the nearest match of at least this share of the probes (and of two or more)
+#: is reported as a "hub": its matches say more about it than about the probes.
+HUB_SHARE = 1 / 3
+
+
+def reid_statistics(result: Mapping[str, Any], alpha: float = 0.05) -> dict[str, Any]:
+    """What a :func:`rank1_rate` result means: hits, one-sided binomial p-value, significance, hubs.
+
+    Returns
+    -------
+    dict
+        ``hits``, ``n``, ``chance``, ``p_value`` (of "better than chance", one-sided binomial),
+        ``alpha``, ``significant`` (``p_value < alpha``), and ``hubs``: gallery entries chosen as the
+        nearest match by at least :data:`HUB_SHARE` of the probes (and by two or more), with how many.
+    """
+    matches = dict(result.get("matches") or {})
+    n = len(matches)
+    hits = sum(1 for s, m in matches.items() if s == m)
+    chance = result.get("chance")
+    p = binomial_p_value(hits, n, chance) if chance is not None else None
+    counts: dict[str, int] = {}
+    for m in matches.values():
+        counts[m] = counts.get(m, 0) + 1
+    hubs = {name: c for name, c in sorted(counts.items(), key=lambda kv: -kv[1]) if c >= 2 and c >= HUB_SHARE * n}
+    return {"hits": hits, "n": n, "chance": chance, "p_value": None if p is None else round(p, 4), "alpha": alpha,
+            "significant": bool(p is not None and p < alpha), "hubs": hubs}
+
+
 def pairwise_distances(embeddings: Sequence[npt.NDArray[np.floating]]) -> npt.NDArray[np.float64]:
     """(N, N) matrix of Euclidean distances between embeddings."""
     m = np.stack([np.asarray(e, dtype=np.float64) for e in embeddings])

@@ -223,6 +223,7 @@ def evaluation_html(result: dict[str, Any], thumbs: dict[str, tuple[npt.NDArray[
     overall = result["overall"]
     return f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>defacer evaluation</title>
 <style>{_CSS}</style></head><body><h1>defacer evaluation</h1>
+<p class="rule"><b>Re-identification.</b> {html.escape(str(overall.get("reid_verdict", "not measured")))}</p>
 <pre>{html.escape(json.dumps(overall, indent=2, default=str))}</pre>
 <p class="rule"><b>Rule per scan.</b> {html.escape(result["rule"])}</p>
 <table><tr><th class="l">scan</th><th class="l">features found</th><th class="l">Dice</th>
