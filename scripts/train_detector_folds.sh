@@ -8,7 +8,7 @@
 # (the heads never leave the machine; the cache is a cut-down copy: keep it out of the repository).
 # Each fold holds out two subjects (mixed contrasts); "main" trains on all ten and becomes the shipped
 # model.  Uses the GPU when one is present (all six processes share it), else the CPU (slow: give
-# SECONDS accordingly).  Held-out scores: benchmarks/evaluate_detector.py on the fold models.
+# SECONDS accordingly).  With RESUME_FROM=DIR set, each run starts from DIR/<name>/best.pt.  Held-out scores: benchmarks/evaluate_detector.py on the fold models.
 set -u
 CACHE=$1
 OUT=$2
@@ -31,7 +31,8 @@ for name in main fold1 fold2 fold3 fold4 fold5; do
   seed=$((seed + 1))
   # shellcheck disable=SC2086
   OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1 timeout $((SECONDS_LIMIT + 100)) "$PY" -m defacer train "${COMMON[@]}" \
-      --seed $seed --out "$OUT/$name" --exclude ${FOLDS[$name]} >"$OUT/$name.log" 2>&1 &
+      --seed $seed --out "$OUT/$name" --exclude ${FOLDS[$name]} \
+      ${RESUME_FROM:+--resume "$RESUME_FROM/$name/best.pt"} >"$OUT/$name.log" 2>&1 &
   pids+=($!)
 done
 status=0

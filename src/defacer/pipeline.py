@@ -67,8 +67,10 @@ class DefaceOptions:
         unknown = [f for f in self.features if f not in FEATURES]
         if unknown:
             raise ValueError(f"Unknown features {unknown}; expected some of {FEATURES}.")
-        if self.protect_depth_mm < 0 or self.eye_band_mm <= 0 or self.nose_scale < 1:
-            raise ValueError("protect_depth_mm must be >= 0, eye_band_mm > 0 and nose_scale >= 1.")
+        if self.protect_depth_mm < 0 or self.eye_band_mm <= 0 or self.nose_scale < 1 or self.eye_box_scale < 1:
+            message = (f"Expected protect depth >= 0 mm, eye band > 0 mm, eye box scale >= 1 and nose scale >= 1; found "
+                       f"{self.protect_depth_mm}, {self.eye_band_mm}, {self.eye_box_scale} and {self.nose_scale}.")
+            raise ValueError(message)
 
 
 @dataclass

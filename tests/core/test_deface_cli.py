@@ -67,9 +67,36 @@ def test_features_option_selects_what_changes(tmp_path, features):
     phantom = make_phantom(3.0)
     scan, labels = tmp_path / "h.nii.gz", tmp_path / "l.nii.gz"
     save_phantom(phantom, scan, labels)
-    out, mask = tmp_path / "o.nii.gz", tmp_path / "m.nii.gz"
+    out = tmp_path / "o.nii.gz"
     assert main(["deface", str(scan), str(out), "--labels", str(labels), "--features", features]) == 0
     sidecar = json.loads((tmp_path / "o.defacer.json").read_text())
     for name, count in sidecar["voxels_changed"].items():
         assert (count > 0) == (name in features.split(","))
     assert np.array_equal(load_volume(scan).raw.shape, load_volume(out).raw.shape)
+
+
+def test_eye_band_options_reach_the_distortion_and_the_sidecar(tmp_path):
+    from defacer.phantom import make_phantom, save_phantom
+
+    phantom = make_phantom(2.0)
+    scan, labels = tmp_path / "h.nii.gz", tmp_path / "l.nii.gz"
+    save_phantom(phantom, scan, labels)
+    changed = {}
+    for name, extra in {"default": [], "paper": ["--eye-band", "2", "--eye-box-scale", "1.5"]}.items():
+        out = tmp_path / f"{name}.nii.gz"
+        assert main(["deface", str(scan), str(out), "--labels", str(labels), "--features", "eyes", *extra]) == 0
+        sidecar = json.loads((tmp_path / f"{name}.defacer.json").read_text())
+        changed[name] = sidecar["voxels_changed"]["eyes"]
+        if name == "paper":
+            assert sidecar["options"]["eye_band_mm"] == 2.0 and sidecar["options"]["eye_box_scale"] == 1.5
+    assert 0 < changed["paper"] < changed["default"]
+
+
+def test_a_bad_eye_band_is_a_clear_error(tmp_path, capsys):
+    from defacer.phantom import make_phantom, save_phantom
+
+    scan, labels = tmp_path / "h.nii.gz", tmp_path / "l.nii.gz"
+    save_phantom(make_phantom(4.0), scan, labels)
+    assert main(["deface", str(scan), str(tmp_path / "o.nii.gz"), "--labels", str(labels), "--eye-band", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "eye band > 0 mm" in err and "Traceback" not in err

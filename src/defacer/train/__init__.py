@@ -1,1 +1,1 @@
-"""Training the facial-feature detector (extra ``train``: PyTorch, TorchIO, ONNX)."""
+"""Training the facial-feature detector (extra ``train``: PyTorch, MONAI, ONNX)."""
