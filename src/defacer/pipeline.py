@@ -108,8 +108,11 @@ class DefaceResult:
         return reorientation.from_ras(head.upsample(depth, full_box) > limit)
 
 
-def load_detector(labels_path: PathLike | None = None, weights_path: PathLike | None = None) -> Detector:
+def load_detector(labels_path: PathLike | None = None, weights_path: PathLike | None = None, threads: int = 0) -> Detector:
     """The detector to use: a label file when given, else the shipped (or given) ONNX weights.
+
+    ``threads`` caps onnxruntime's threads for the network (0: onnxruntime's default, all cores);
+    batch workers pass their share of the machine.
 
     Raises
     ------
@@ -127,9 +130,7 @@ def load_detector(labels_path: PathLike | None = None, weights_path: PathLike | 
             "No facial-feature model is available in this installation, and no label map was given. "
             "Pass --labels FILE (0 background, 1 eyes, 2 nose, 3 ears, on the scan's grid)."
         ) from err
-    if weights_path is not None:
-        return model.OnnxDetector(weights_path)
-    return model.load_default_detector()
+    return model.OnnxDetector(weights_path, threads=threads)
 
 
 def quantize(values: npt.NDArray[np.floating], like: Volume) -> npt.NDArray[Any]:

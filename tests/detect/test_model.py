@@ -91,3 +91,13 @@ def test_shipped_detector_finds_eyes_and_nose_in_a_real_t1_it_may_have_seen(shar
 
     assert ndimage.label(labels == 1)[1] == 2, "two eyes"
     assert ndimage.label(labels == 2)[1] == 1, "one nose"
+
+
+@needs_weights
+def test_a_thread_cap_gives_the_same_probabilities() -> None:
+    from defacer.pipeline import load_detector
+
+    capped = load_detector(threads=1)
+    default = OnnxDetector()
+    box = np.random.default_rng(0).random(default.box_shape, dtype=np.float32)
+    assert np.allclose(capped.probabilities(box), default.probabilities(box), atol=1e-5)

@@ -63,6 +63,8 @@ class OnnxDetector:
     weights_path : path-like, optional
         An ``.onnx`` file exported by ``defacer train``; default: the shipped weights.  When a
         ``.json`` card with the same stem sits beside it and records a ``sha256``, the file must match.
+    threads : int, optional
+        Threads onnxruntime may use for the network (0, the default: onnxruntime decides, all cores).
 
     Attributes
     ----------
@@ -72,7 +74,7 @@ class OnnxDetector:
         sha256 of the weights file.
     """
 
-    def __init__(self, weights_path: PathLike | None = None) -> None:
+    def __init__(self, weights_path: PathLike | None = None, threads: int = 0) -> None:
         path = Path(weights_path) if weights_path is not None else default_weights_path()
         if not path.is_file():
             message = (
@@ -98,7 +100,7 @@ class OnnxDetector:
             import onnxruntime as ort
 
             options = ort.SessionOptions()
-            options.intra_op_num_threads = 0
+            options.intra_op_num_threads = max(0, int(threads))
             options.log_severity_level = 3
             self._session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own exception types for bad graphs
