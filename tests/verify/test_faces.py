@@ -111,3 +111,11 @@ def test_a_missing_extra_is_reported_with_the_install_command(monkeypatch) -> No
     monkeypatch.setitem(sys.modules, "mediapipe", None)  # makes `import mediapipe` raise ImportError
     with pytest.raises(MissingExtraError, match=r"pip install 'defacer\[verify\]'"):
         faces._import_mediapipe()
+
+
+def test_face_mesh_prints_no_protobuf_error(astronaut, capfd) -> None:
+    # mediapipe 0.10.21's bindings call a protobuf API removed in protobuf 5; defacer restores it
+    result = faces.facemesh(astronaut)
+    assert result.detected and result.extra["landmarks"] == 468
+    captured = capfd.readouterr()
+    assert "GetPrototype" not in captured.err + captured.out

@@ -133,9 +133,26 @@ def _check_image(image: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
     return np.ascontiguousarray(arr)
 
 
+def _protobuf_compat() -> None:
+    """Give protobuf >= 5 back the ``MessageFactory.GetPrototype`` that mediapipe 0.10.21's bindings call.
+
+    Without it every Face Mesh call prints "AttributeError: 'MessageFactory' object has no
+    attribute 'GetPrototype'" (the bindings catch it, so results are unaffected, but users see an
+    error).  protobuf's own replacement, ``message_factory.GetMessageClass``, does the same job.
+    """
+    try:
+        from google.protobuf import message_factory
+    except ImportError:
+        return
+    factory = message_factory.MessageFactory
+    if not hasattr(factory, "GetPrototype") and hasattr(message_factory, "GetMessageClass"):
+        factory.GetPrototype = lambda self, descriptor: message_factory.GetMessageClass(descriptor)  # type: ignore[attr-defined]
+
+
 def _import_mediapipe() -> Any:
     """Import mediapipe quietly, or raise MissingExtraError."""
     os.environ.setdefault("GLOG_minloglevel", "2")
+    _protobuf_compat()
     try:
         import mediapipe as mp
     except ImportError as err:
