@@ -28,3 +28,28 @@ def test_ensemble_needs_an_export_path(tmp_path, capsys) -> None:
                  str(tmp_path), "--out", str(tmp_path / "o")])
     assert code != 0
     assert "--export" in capsys.readouterr().err
+
+
+def test_train_from_a_box_cache_exports_a_model_on_the_cached_box(tmp_path, capsys) -> None:
+    import json
+
+    from defacer.detect.model import OnnxDetector
+    from defacer.train.data import make_phantom_samples, save_samples
+
+    cache = tmp_path / "boxes.npz"
+    save_samples(make_phantom_samples(2, seed=3, shape=(32, 32, 32), spacing=8.0), cache)
+    out = tmp_path / "model.onnx"
+    code = main(["train", "--cache", str(cache), "--phantoms", "0", "--validate-on-train", "--epochs", "1",
+                 "--samples-per-epoch", "2", "--batch-size", "1", "--channels", "4,8,16", "--out", str(tmp_path / "run"),
+                 "--export", str(out)])
+    assert code == 0, capsys.readouterr().err
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["box"]["shape"] == [32, 32, 32] and card["box"]["spacing_mm"] == 8.0
+    assert OnnxDetector(out).box_shape == (32, 32, 32)
+
+
+def test_train_without_data_or_cache_says_what_is_missing(tmp_path, capsys) -> None:
+    code = main(["train", "--out", str(tmp_path / "o")])
+    assert code != 0
+    err = capsys.readouterr().err
+    assert "--data" in err and "--cache" in err
