@@ -1,9 +1,10 @@
 """``defacer train``: train the facial-feature detector and export it to ONNX (extra ``train``).
 
-Example (the shipped model)::
+Example (one run; the shipped model and its cross-validation folds come from
+``scripts/train_detector_folds.sh``, see docs/model-card.md)::
 
-    defacer train --data ../shared/data --labels-dir reference_labels --out build/train/main \\
-        --export src/defacer/models/detector.onnx --time-limit 2700
+    defacer train --data ../shared/data --labels-dir reference_labels --cache build/boxes96.npz \
+        --validate-on-train --out build/train/main --export build/train/main/detector.onnx --time-limit 3600
 """
 
 from __future__ import annotations
