@@ -162,28 +162,49 @@ def load_samples(path: Path) -> list[BoxSample]:
                           data[f"affine{i}"]) for i, m in enumerate(meta)]
 
 
-class RandAxisTransposed(RandomizableTransform, MapTransform):
-    """Swap the spatial axes of image and labels by one random permutation (MONAI has no such transform)."""
+class _RandomKeyTransform(RandomizableTransform, MapTransform):
+    """A MONAI random dictionary transform: one draw per call (:meth:`_draw`), applied to every key (:meth:`_apply`)."""
 
-    def __init__(self, keys: tuple[str, ...] = KEYS, prob: float = 0.1) -> None:
+    def __init__(self, keys: tuple[str, ...], prob: float) -> None:
         MapTransform.__init__(self, keys)
         RandomizableTransform.__init__(self, prob)
-        self._perm = [0, 1, 2, 3]
 
     def randomize(self, data: object = None) -> None:
         super().randomize(None)
-        self._perm = [0, *(1 + self.R.permutation(3)).tolist()]
+        if self._do_transform:
+            self._draw()
+
+    def _draw(self) -> None:
+        """Draw this call's random parameters from ``self.R``."""
+
+    def _apply(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Transform one (1, X, Y, Z) tensor with the drawn parameters."""
+        raise NotImplementedError
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
         self.randomize()
         if self._do_transform:
             for key in self.key_iterator(d):
-                d[key] = torch.as_tensor(d[key]).permute(*self._perm).contiguous()
+                d[key] = self._apply(torch.as_tensor(d[key]))
         return d
 
 
-class RandFieldCropd(RandomizableTransform, MapTransform):
+class RandAxisTransposed(_RandomKeyTransform):
+    """Swap the spatial axes of image and labels by one random permutation (MONAI has no such transform)."""
+
+    def __init__(self, keys: tuple[str, ...] = KEYS, prob: float = 0.1) -> None:
+        super().__init__(keys, prob)
+        self._perm = [0, 1, 2, 3]
+
+    def _draw(self) -> None:
+        self._perm = [0, *(1 + self.R.permutation(3)).tolist()]
+
+    def _apply(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.permute(*self._perm).contiguous()
+
+
+class RandFieldCropd(_RandomKeyTransform):
     """Empty one side of the box (image to 0, labels to background) to mimic a cut field of view.
 
     Parameters
@@ -193,66 +214,50 @@ class RandFieldCropd(RandomizableTransform, MapTransform):
     """
 
     def __init__(self, keys: tuple[str, ...] = KEYS, prob: float = 0.25, max_fraction: float = 0.35) -> None:
-        MapTransform.__init__(self, keys)
-        RandomizableTransform.__init__(self, prob)
+        super().__init__(keys, prob)
         self.max_fraction = max_fraction
         self._axis, self._side, self._fraction = 0, 0, 0.0
 
-    def randomize(self, data: object = None) -> None:
-        super().randomize(None)
+    def _draw(self) -> None:
         self._axis = int(self.R.randint(3))
         self._side = int(self.R.randint(2))
         self._fraction = float(self.R.uniform(0.05, self.max_fraction))
 
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        d = dict(data)
-        self.randomize()
-        if not self._do_transform:
-            return d
-        for key in self.key_iterator(d):
-            tensor = torch.as_tensor(d[key]).clone()
-            size = tensor.shape[self._axis + 1]
-            cut = int(self._fraction * size)
-            index: list[slice] = [slice(None)] * 4
-            index[self._axis + 1] = slice(0, cut) if self._side == 0 else slice(size - cut, size)
-            tensor[tuple(index)] = 0
-            d[key] = tensor
-        return d
+    def _apply(self, tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.clone()
+        size = out.shape[self._axis + 1]
+        cut = int(self._fraction * size)
+        index: list[slice] = [slice(None)] * 4
+        index[self._axis + 1] = slice(0, cut) if self._side == 0 else slice(size - cut, size)
+        out[tuple(index)] = 0
+        return out
 
 
-class RandThickSlicesd(RandomizableTransform, MapTransform):
+class RandThickSlicesd(_RandomKeyTransform):
     """Mimic a thick-slice acquisition: average along one random axis by 1.2-2.5x, then interpolate back.
 
     Applied to the image only; the labels keep their full resolution (the target stays the anatomy).
     """
 
     def __init__(self, keys: tuple[str, ...] = ("image",), prob: float = 0.2, factors: tuple[float, float] = (1.2, 2.5)) -> None:
-        MapTransform.__init__(self, keys)
-        RandomizableTransform.__init__(self, prob)
+        super().__init__(keys, prob)
         self.factors = factors
         self._axis, self._factor = 0, 1.0
 
-    def randomize(self, data: object = None) -> None:
-        super().randomize(None)
+    def _draw(self) -> None:
         self._axis = int(self.R.randint(3))
         self._factor = float(self.R.uniform(*self.factors))
 
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        d = dict(data)
-        self.randomize()
-        if not self._do_transform:
-            return d
-        for key in self.key_iterator(d):
-            tensor = torch.as_tensor(d[key]).float()
-            shape = list(tensor.shape[1:])
-            small = list(shape)
-            small[self._axis] = max(2, round(shape[self._axis] / self._factor))
-            low = F.interpolate(tensor[None], size=small, mode="area")
-            d[key] = F.interpolate(low, size=shape, mode="trilinear", align_corners=False)[0]
-        return d
+    def _apply(self, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.float()
+        shape = list(tensor.shape[1:])
+        small = list(shape)
+        small[self._axis] = max(2, round(shape[self._axis] / self._factor))
+        low = F.interpolate(tensor[None], size=small, mode="area")
+        return F.interpolate(low, size=shape, mode="trilinear", align_corners=False)[0]
 
 
-class RandContrastCurved(RandomizableTransform, MapTransform):
+class RandContrastCurved(_RandomKeyTransform):
     """Remap intensities through a random piecewise-linear curve (6 knots), half the time non-monotone.
 
     Mimics other MR contrasts and CT windows: tissues keep their boundaries but change order.
@@ -260,49 +265,33 @@ class RandContrastCurved(RandomizableTransform, MapTransform):
     """
 
     def __init__(self, keys: tuple[str, ...] = ("image",), prob: float = 0.3) -> None:
-        MapTransform.__init__(self, keys)
-        RandomizableTransform.__init__(self, prob)
+        super().__init__(keys, prob)
         self._knots_y = np.zeros(6)
 
-    def randomize(self, data: object = None) -> None:
-        super().randomize(None)
+    def _draw(self) -> None:
         knots_y = np.concatenate([[0.0], self.R.uniform(0.05, 1.2, size=5)])
         if self.R.rand() < 0.5:
             knots_y[1:] = np.sort(knots_y[1:])
         self._knots_y = knots_y
 
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        d = dict(data)
-        self.randomize()
-        if not self._do_transform:
-            return d
-        for key in self.key_iterator(d):
-            tensor = torch.as_tensor(d[key]).float()
-            step = 1.5 / 5
-            knots = torch.as_tensor(self._knots_y, dtype=tensor.dtype, device=tensor.device)
-            position = (tensor.clamp(0.0, 1.5) / step).clamp(max=4.999999)
-            lower = position.floor().long()
-            weight = position - lower
-            d[key] = knots[lower] * (1 - weight) + knots[lower + 1] * weight
-        return d
+    def _apply(self, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.float()
+        knots = torch.as_tensor(self._knots_y, dtype=tensor.dtype, device=tensor.device)
+        position = (tensor.clamp(0.0, 1.5) / (1.5 / 5)).clamp(max=4.999999)
+        lower = position.floor().long()
+        weight = position - lower
+        return knots[lower] * (1 - weight) + knots[lower + 1] * weight
 
 
-class RandInvertHeadd(RandomizableTransform, MapTransform):
+class RandInvertHeadd(_RandomKeyTransform):
     """Invert intensities inside the head (air stays 0): T1-like <-> T2/CT-like tissue order."""
 
     def __init__(self, keys: tuple[str, ...] = ("image",), prob: float = 0.2) -> None:
-        MapTransform.__init__(self, keys)
-        RandomizableTransform.__init__(self, prob)
+        super().__init__(keys, prob)
 
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        d = dict(data)
-        self.randomize(None)
-        if not self._do_transform:
-            return d
-        for key in self.key_iterator(d):
-            tensor = torch.as_tensor(d[key]).float()
-            d[key] = torch.where(tensor > 0.08, (1.3 - tensor).clamp(min=0.05), tensor)
-        return d
+    def _apply(self, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.float()
+        return torch.where(tensor > 0.08, (1.3 - tensor).clamp(min=0.05), tensor)
 
 
 class Renormalised(MapTransform):
