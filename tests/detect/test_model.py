@@ -101,3 +101,27 @@ def test_a_thread_cap_gives_the_same_probabilities() -> None:
     default = OnnxDetector()
     box = np.random.default_rng(0).random(default.box_shape, dtype=np.float32)
     assert np.allclose(capped.probabilities(box), default.probabilities(box), atol=1e-5)
+
+
+@needs_weights
+@pytest.mark.realdata
+def test_shipped_detector_finds_no_nose_on_an_already_defaced_head(shared_data, tmp_path) -> None:
+    # negative case: pydeface removed this 7T head's face; the globes remain, the nose is gone (the
+    # auricles are mostly outside its 192 mm field of view, so ears are not asserted either way)
+    import tarfile
+
+    from scipy import ndimage
+
+    from defacer.io import load_volume
+
+    archive_path = shared_data / "negative" / "studyforrest-defaced_T1w_dicom.tgz"
+    if not archive_path.is_file():
+        pytest.skip(f"{archive_path} is missing")
+    with tarfile.open(archive_path) as archive:
+        archive.extractall(tmp_path, filter="data")
+    folder = next(p.parent for p in tmp_path.rglob("*") if p.is_file())
+    volume = load_volume(folder)
+    reo = canonical_reorientation(volume.affine, volume.shape)
+    labels = load_default_detector().predict(reo.to_ras(volume.values()), reo.ras_affine)
+    assert not (labels == 2).any(), "no nose on a face that was removed"
+    assert ndimage.label(labels == 1)[1] <= 2
