@@ -223,7 +223,9 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DefaceOp
 
     provenance: dict[str, Any] = {
         "defacer": environment(),
-        "detector": {"name": detector.name, "weights_sha256": detector.weights_sha256},
+        "detector": {"name": detector.name, "weights_sha256": detector.weights_sha256,
+                     **({"class_weights": [float(w) for w in detector.class_weights]}
+                        if getattr(detector, "class_weights", None) is not None else {})},
         "options": asdict(options),
         "input_geometry": {"shape": list(volume.shape), "axcodes": volume.axcodes,
                            "spacing_mm": [round(s, 5) for s in volume.spacing], "format": volume.format},

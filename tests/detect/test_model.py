@@ -125,3 +125,21 @@ def test_shipped_detector_finds_no_nose_on_an_already_defaced_head(shared_data, 
     labels = load_default_detector().predict(reo.to_ras(volume.values()), reo.ras_affine)
     assert not (labels == 2).any(), "no nose on a face that was removed"
     assert ndimage.label(labels == 1)[1] <= 2
+
+
+@needs_weights
+def test_class_weights_from_the_card_widen_the_ears(tmp_path) -> None:
+    card = json.loads(SHIPPED.with_suffix(".json").read_text())
+    counts = {}
+    for weight in (1.0, 3.0):
+        folder = tmp_path / f"w{weight}"
+        folder.mkdir()
+        shutil.copy(SHIPPED, folder / SHIPPED.name)
+        (folder / "detector.json").write_text(json.dumps({**card, "class_weights": [1.0, 1.0, 1.0, weight]}))
+        detector = OnnxDetector(folder / SHIPPED.name)
+        assert detector.class_weights.tolist() == [1.0, 1.0, 1.0, weight]
+        ph = make_phantom(2.0)
+        reo = canonical_reorientation(ph.volume.affine, ph.volume.shape)
+        labels = detector.predict(reo.to_ras(ph.volume.values()), reo.ras_affine)
+        counts[weight] = int((labels == 3).sum())
+    assert counts[3.0] > counts[1.0] > 0

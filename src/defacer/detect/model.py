@@ -72,6 +72,9 @@ class OnnxDetector:
         ``"attention-unet-onnx:<file name>"``.
     weights_sha256 : str
         sha256 of the weights file.
+    class_weights : ndarray, shape (4,)
+        Factors on the class probabilities (background, eyes, nose, ears) before every decision,
+        from the card's ``class_weights`` (default all 1).
     """
 
     def __init__(self, weights_path: PathLike | None = None, threads: int = 0) -> None:
@@ -95,6 +98,8 @@ class OnnxDetector:
         box = self.card.get("box", {})
         self.box_shape = tuple(int(v) for v in box.get("shape", (64, 64, 64)))
         self.box_spacing = float(box.get("spacing_mm", 4.0))
+        weights = self.card.get("class_weights", [1.0, 1.0, 1.0, 1.0])
+        self.class_weights = np.asarray(weights, np.float32)
         self.name = f"attention-unet-onnx:{path.name}"
         try:
             import onnxruntime as ort
@@ -141,7 +146,9 @@ class OnnxDetector:
             message = f"The detector needs a 3D image with at least 2 voxels per axis, found shape {image.shape}."
             raise InputImageError(message)
         box_image, box = to_box(image, np.asarray(ras_affine, float), self.box_shape, self.box_spacing)
-        probs = self.probabilities(box_image, mirror=True)
+        # class weights (from the card) rescale the probabilities before every decision: a weight
+        # above 1 lets a thin, under-segmented class (the ears) win more of its border voxels
+        probs = self.probabilities(box_image, mirror=True) * self.class_weights[:, None, None, None]
         coarse = probs.argmax(axis=0)
         components = find_components(coarse, box.affine)
         regions = [(int(FEATURE_LABELS[c.feature]), c.mask) for c in components]
