@@ -21,9 +21,16 @@ CLI = "import sys; from defacer.cli.main import main; sys.exit(main(sys.argv[1:]
 
 
 def _start(ds: Path, out: Path, labels: Path, *extra: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-c", CLI, "batch", str(ds), str(out), "--labels-dir", str(labels),
-                             "--quiet", *extra], start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    # A shell starts background commands (``cmd &``) with SIGINT ignored, and an ignored signal is
+    # inherited across exec: the batch would then never see Ctrl-C.  A handled signal is reset to
+    # the default at exec, so the child gets Ctrl-C as on a terminal, however this run was started.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen([sys.executable, "-c", CLI, "batch", str(ds), str(out), "--labels-dir", str(labels),
+                                 "--quiet", *extra], start_new_session=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _done_count(out: Path) -> int:
