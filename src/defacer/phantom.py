@@ -95,7 +95,7 @@ def make_phantom(
     if contrast not in CONTRASTS:
         raise ValueError(f"Unknown contrast {contrast!r}; expected one of {sorted(CONTRASTS)}.")
     spacing = np.broadcast_to(np.asarray(voxel_size, dtype=float), (3,))
-    shape = tuple(int(round(f / s)) for f, s in zip(fov_mm, spacing, strict=True))
+    shape = tuple(int(round(f / s)) for f, s in zip(fov_mm, spacing, strict=True))  # noqa: RUF046 - numpy < 2 rounds to float
     coords = [(np.arange(n) - (n - 1) / 2.0) * s - o for n, s, o in zip(shape, spacing, shift_mm, strict=True)]
     x, y, z = np.meshgrid(*coords, indexing="ij", sparse=True)
     tone = CONTRASTS[contrast]

@@ -9,9 +9,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from feature_box import allowed_region
 
 from defacer.cli.main import main
-from feature_box import allowed_region
 from defacer.io import load_volume
 from defacer.volume import canonical_reorientation
 

@@ -9,9 +9,9 @@ import nibabel as nib
 import nrrd
 import numpy as np
 import pytest
+from feature_box import allowed_region
 
 from defacer.cli.main import main
-from feature_box import allowed_region
 from defacer.io import load_volume, save_volume
 from defacer.phantom import make_phantom, save_phantom
 

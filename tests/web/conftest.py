@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the web extra is not installed (pip install 'defacer[web]')")
 pytest.importorskip("httpx", reason="httpx is needed by the web API tests")
 
-from web_helpers import (  # noqa: E402
+from web_helpers import (
     CHROMIUM,
     CHROMIUM_ARGS,
     PhantomFiles,

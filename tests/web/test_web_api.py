@@ -13,11 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from web_helpers import PLANTED_NAME, PhantomFiles
 
 from defacer.web.app import create_app
 from defacer.web.settings import WebSettings
-
-from web_helpers import PLANTED_NAME, PhantomFiles
 
 BASE = "http://127.0.0.1"
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from web_helpers import ARTEFACTS, PhantomFiles, Server, decode_png, feature_pixels
 
 pytestmark = pytest.mark.browser

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from web_helpers import PhantomFiles, start_server, stop_server
 
 from defacer.cli.main import main
 from defacer.cli.serve import is_loopback
-from web_helpers import PhantomFiles, start_server, stop_server
 
 
 @pytest.mark.parametrize(("host", "expected"), [

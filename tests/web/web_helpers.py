@@ -124,7 +124,7 @@ def stop_server(server: Server) -> str:
 
 
 
-def decode_png(data: bytes) -> "np.ndarray":
+def decode_png(data: bytes) -> np.ndarray:
     """Decode an 8-bit RGB or RGBA PNG (as Chromium writes screenshots) into an (H, W, 3) uint8 array.
 
     Uses Pillow when installed (the ``verify`` extra), else a small pure-numpy decoder.
@@ -184,7 +184,7 @@ def decode_png(data: bytes) -> "np.ndarray":
     return out.reshape(height, width, channels)[:, :, :3].astype(np.uint8)
 
 
-def feature_pixels(image: "np.ndarray") -> dict[str, int]:
+def feature_pixels(image: np.ndarray) -> dict[str, int]:
     """Count screen pixels dominated by each overlay colour (red eyes, green nose, blue ears)."""
     rgb = image.astype(int)
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]

@@ -45,7 +45,7 @@ def _load_command_modules() -> list[object]:
         except ModuleNotFoundError as err:
             if err.name != f"defacer.cli.{name}":
                 logging.getLogger(__name__).warning("command '%s' unavailable: %s", name, err)
-        except Exception as err:  # one broken optional command must not break the others
+        except Exception as err:  # noqa: BLE001 - one broken optional command must not break the others
             logging.getLogger(__name__).warning("command '%s' unavailable: %s", name, err)
     return modules
 

@@ -160,9 +160,9 @@ def create_app(settings: WebSettings | None = None, *, detector_factory: Callabl
         if settings.allowed_hosts is not None and host not in settings.allowed_hosts:
             return _error(403, "This server only answers requests addressed to its own loopback address.")
         origin = request.headers.get("origin")
-        if request.method not in ("GET", "HEAD", "OPTIONS") and origin and origin != "null":
-            if urlsplit(origin).netloc.lower() != request.headers.get("host", "").lower():
-                return _error(403, "Requests from other web sites are refused.")
+        if (request.method not in ("GET", "HEAD", "OPTIONS") and origin and origin != "null"
+                and urlsplit(origin).netloc.lower() != request.headers.get("host", "").lower()):
+            return _error(403, "Requests from other web sites are refused.")
         if settings.token and request.url.path.startswith("/api/"):
             given = request.headers.get(TOKEN_HEADER) or request.cookies.get(TOKEN_COOKIE) or ""
             if not hmac.compare_digest(given.encode(), settings.token.encode()):
