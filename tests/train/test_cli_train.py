@@ -46,6 +46,7 @@ def test_train_from_a_box_cache_exports_a_model_on_the_cached_box(tmp_path, caps
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["box"]["shape"] == [32, 32, 32] and card["box"]["spacing_mm"] == 8.0
     assert OnnxDetector(out).box_shape == (32, 32, 32)
+    assert card["class_weights"] == [1.0, 1.0, 1.0, 3.0]
 
 
 def test_train_without_data_or_cache_says_what_is_missing(tmp_path, capsys) -> None:
@@ -53,3 +54,9 @@ def test_train_without_data_or_cache_says_what_is_missing(tmp_path, capsys) -> N
     assert code != 0
     err = capsys.readouterr().err
     assert "--data" in err and "--cache" in err
+
+
+def test_bad_class_weights_are_refused_before_training(tmp_path, capsys) -> None:
+    code = main(["train", "--out", str(tmp_path / "o"), "--class-weights", "1,1,3"])
+    assert code != 0
+    assert "four positive numbers" in capsys.readouterr().err

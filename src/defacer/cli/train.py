@@ -49,6 +49,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", type=Path, default=None, help="start from the weights of this checkpoint")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--class-weights", default="1,1,1,3", metavar="B,E,N,A",
+                        help="factors on the background, eyes, nose and ears probabilities written into the exported "
+                             "card (default 1,1,1,3: the ears, thin and under-segmented, get 3; see docs/model-card.md)")
     parser.set_defaults(func=run)
 
 
@@ -64,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from defacer.train.loop import TrainConfig, train
     from defacer.train.unet import UNetConfig
 
+    class_weights = _class_weights(args.class_weights)  # checked before any training starts
     if args.ensemble:
         if args.export is None:
             raise InputImageError("--ensemble needs --export PATH.onnx to write the combined model to.")
@@ -72,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
             card_path = checkpoint.parent / "detector.json"
             if card_path.is_file():
                 trained_on += json.loads(card_path.read_text()).get("trained_on", [])
-        card = export_ensemble(list(args.ensemble), args.export, {"trained_on": sorted(set(trained_on))})
+        card = export_ensemble(list(args.ensemble), args.export,
+                               {"trained_on": sorted(set(trained_on)), "class_weights": class_weights})
         print(json.dumps({"exported": str(args.export), "sha256": card["sha256"]}), flush=True)
         return 0
     samples = _real_samples(args)
@@ -93,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     best = train(train_samples, val_samples, args.out, config, resume=args.resume)
     if args.export is not None:
         card = export_onnx(best, args.export, {"trained_on": [s.name for s in train_samples],
-                                               "validated_on": [s.name for s in val_samples]})
+                                               "validated_on": [s.name for s in val_samples],
+                                               "class_weights": class_weights})
         print(json.dumps({"exported": str(args.export), "sha256": card["sha256"]}), flush=True)
     return 0
 
@@ -118,3 +124,15 @@ def _real_samples(args: argparse.Namespace) -> list:
     if args.cache is not None:
         save_samples(samples, args.cache)
     return samples
+
+
+def _class_weights(text: str) -> list[float]:
+    """Parse ``--class-weights``: four positive numbers."""
+    try:
+        weights = [float(v) for v in text.split(",")]
+    except ValueError:
+        weights = []
+    if len(weights) != 4 or not all(w > 0 for w in weights):
+        message = f"--class-weights expects four positive numbers (background,eyes,nose,ears), found {text!r}."
+        raise InputImageError(message)
+    return weights
