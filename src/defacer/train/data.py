@@ -23,7 +23,6 @@ on unseen scans):
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +36,6 @@ from monai.transforms import MapTransform, RandomizableTransform
 
 from defacer.detect.preprocess import BOX_SHAPE, BOX_SPACING, NORMALISE_PERCENTILES, labels_to_box, to_box
 from defacer.volume import canonical_reorientation
-
-logger = logging.getLogger(__name__)
 
 #: Keys of a training draw: ``image`` (1, X, Y, Z) float32 and ``label`` (1, X, Y, Z) float32 class ids.
 KEYS: tuple[str, str] = ("image", "label")
@@ -355,10 +352,8 @@ class AugmentedBatches:
     """
 
     def __init__(self, samples: list[BoxSample], transform: mt.Compose | None, weights: list[float] | None = None,
-                 device: torch.device | None = None, seed: int = 0, cpu_transform: mt.Compose | None = None) -> None:
+                 device: torch.device | None = None, seed: int = 0) -> None:
         self.device = device or torch.device("cpu")
-        self.cpu_transform = cpu_transform
-        self.seed = seed
         self.images = [torch.from_numpy(np.ascontiguousarray(s.image[None])).float().to(self.device) for s in samples]
         self.labels = [torch.from_numpy(np.ascontiguousarray(s.labels[None])).float().to(self.device) for s in samples]
         self.transform = transform
@@ -373,17 +368,7 @@ class AugmentedBatches:
         i = int(self.rng.choice(len(self.images), p=self.p))
         item = {"image": self.images[i], "label": self.labels[i]}
         if self.transform is not None:
-            try:
-                item = self.transform(item)
-            except (RuntimeError, TypeError, ValueError) as err:
-                if self.cpu_transform is None or self.device.type == "cpu":
-                    raise
-                # a transform that cannot run on this accelerator: augment on the CPU from now on
-                logger.warning("augmentation on %s failed (%s); augmenting on the CPU instead", self.device, err)
-                self.transform = self.cpu_transform
-                self.transform.set_random_state(seed=self.seed)
-                self.cpu_transform = None
-                item = self.transform({"image": self.images[i].cpu(), "label": self.labels[i].cpu()})
+            item = self.transform(item)
         image, labels = item["image"], item["label"]
         if hasattr(image, "as_tensor"):  # MONAI MetaTensor -> plain tensor
             image = image.as_tensor()

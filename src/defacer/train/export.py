@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from defacer.detect.preprocess import BOX_SHAPE, BOX_SPACING, NORMALISE_PERCENTILES, TOP_TO_CENTRE_MM
-from defacer.train.loop import load_checkpoint
+from defacer.train.loop import network_from_state
 from defacer.train.unet import SoftmaxUNet
 
 OPSET = 17
@@ -59,7 +59,7 @@ def export_ensemble(checkpoints: list[Path], out_path: Path, extra: dict[str, An
     boxes = [_box_card(state) for state in states]
     if any(b != boxes[0] for b in boxes):
         raise ValueError(f"Ensemble members were trained on different boxes: {boxes}")
-    _write(MeanOfModels([SoftmaxUNet(load_checkpoint(c)) for c in checkpoints]), out_path, boxes[0])
+    _write(MeanOfModels([SoftmaxUNet(network_from_state(state)) for state in states]), out_path, boxes[0])
     members = []
     for c, state in zip(checkpoints, states):
         members.append({"checkpoint": str(c), "unet": state["unet"], "train": state["train"], "best_epoch": state["epoch"],
@@ -84,7 +84,7 @@ def export_onnx(checkpoint: Path, out_path: Path, extra: dict[str, Any] | None =
     ``probabilities`` (1, 4, X, Y, Z).
     """
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    _write(SoftmaxUNet(load_checkpoint(checkpoint)), out_path, _box_card(state))
+    _write(SoftmaxUNet(network_from_state(state)), out_path, _box_card(state))
     card: dict[str, Any] = {
         "format": "onnx",
         "opset": OPSET,

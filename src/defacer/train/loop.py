@@ -143,8 +143,7 @@ def train(train_samples: list[BoxSample], val_samples: list[BoxSample], out_dir:
     shape = tuple(int(n) for n in train_samples[0].image.shape)
     box = {"shape": list(shape), "spacing_mm": float(np.sqrt((train_samples[0].affine[:3, :3] ** 2).sum(axis=0))[0])}
     batches = AugmentedBatches(train_samples, training_transform(config.transpose_probability, device, shape),  # type: ignore[arg-type]
-                               weights, device=device, seed=config.seed,
-                               cpu_transform=training_transform(config.transpose_probability, None, shape))  # type: ignore[arg-type]
+                               weights, device=device, seed=config.seed)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
     # halve the learning rate after 2 epochs without a better validation Dice (early stopping waits 5)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=2)
@@ -190,7 +189,11 @@ def train(train_samples: list[BoxSample], val_samples: list[BoxSample], out_dir:
 
 def load_checkpoint(path: Path) -> AttentionUNet3D:
     """Rebuild the network of a checkpoint written by :func:`train` (CPU, eval mode)."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    return network_from_state(torch.load(path, map_location="cpu", weights_only=False))
+
+
+def network_from_state(state: dict) -> AttentionUNet3D:
+    """The network of an already loaded checkpoint dictionary (CPU, eval mode)."""
     net = AttentionUNet3D(UNetConfig.from_dict(state["unet"]))
     net.load_state_dict(state["model"])
     net.eval()
