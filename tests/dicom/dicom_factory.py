@@ -151,3 +151,40 @@ def expected_affine(row_cos, col_cos, spacing, origin, step) -> np.ndarray:
     lps[:3, 2] = step
     lps[:3, 3] = origin
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+
+
+def rewrite_raw(path: Path, *, preamble: bytes | None = None, command_set: bool = False,
+                meta_in_body: bool = False, drop_meta: tuple[str, ...] = ()) -> None:
+    """Rewrite ``path`` byte by byte the way other software writes odd files (pydicom refuses to).
+
+    ``preamble``: 128 bytes put before "DICM"; ``command_set``: Command Set elements (group
+    0000) at the start of the data set and in a sequence item; ``meta_in_body``: a File Meta
+    element (0002,0016) inside the data set body; ``drop_meta``: File Meta keywords left out.
+    """
+    import pydicom
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+
+    ds = pydicom.dcmread(path)
+    if command_set:
+        ds.add_new(0x00000002, "UI", ds.SOPClassUID)  # AffectedSOPClassUID
+        ds.add_new(0x00000100, "US", 1)  # CommandField
+        ds.add_new(0x00000110, "US", 7)  # MessageID
+        ds.add_new(0x00001000, "UI", ds.SOPInstanceUID)  # AffectedSOPInstanceUID
+        item = Dataset()
+        item.add_new(0x00000100, "US", 1)
+        item.CodeValue = "1"
+        ds.add_new(0x00081140, "SQ", [item])  # ReferencedImageSequence
+    if meta_in_body:
+        ds.add_new(0x00020016, "AE", "SENDER_AE")
+    meta = FileMetaDataset()
+    for element in ds.file_meta:
+        if element.keyword not in drop_meta and element.tag.element != 0:
+            meta.add(element)
+    buffer = DicomBytesIO()
+    buffer.write((preamble if preamble is not None else b"\x00" * 128) + b"DICM")
+    write_file_meta_info(buffer, meta, enforce_standard=False)
+    buffer.is_little_endian = True
+    buffer.is_implicit_VR = False
+    write_dataset(buffer, ds)
+    path.write_bytes(buffer.getvalue())

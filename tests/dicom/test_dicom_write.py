@@ -80,7 +80,7 @@ def test_per_slice_scaling_is_requantised_with_each_slice_scaling(tmp_path):
     write_dicom_volume(volume.with_raw(physical), tmp_path / "out")
     again = read_dicom_volume(tmp_path / "out")
     assert np.allclose(again.values(), physical, atol=max(s for s, _ in scaling) / 2 + 1e-4)
-    for path in (tmp_path / "out").iterdir():
+    for path in (tmp_path / "out").glob("*.dcm"):
         assert pydicom.dcmread(path).pixel_array[:, :3].max() == 0
 
 
@@ -163,3 +163,85 @@ def test_enhanced_multiframe_with_per_frame_scaling_round_trips(tmp_path):
     again = read_dicom_volume(tmp_path / "out")
     assert np.allclose(again.values(), physical)
     assert pydicom.dcmread(tmp_path / "out" / "mf.dcm").pixel_array[:, :, :2].max() == 0
+
+
+#: A PE ("MZ") header in the preamble: a DICOM/executable polyglot (CVE-2019-11687).
+HOSTILE_PREAMBLE = b"MZ\x90\x00" + b"PatientName=Smith^John".ljust(124, b"\x00")
+
+
+def _preamble_series(tmp_path):
+    from dicom_factory import rewrite_raw
+
+    paths = write_series(tmp_path / "in", ramp())
+    for path in paths:
+        rewrite_raw(path, preamble=HOSTILE_PREAMBLE)
+    assert all(p.read_bytes()[:128] == HOSTILE_PREAMBLE for p in paths)
+    return paths
+
+
+@pytest.mark.parametrize("deidentify", [False, True], ids=["pixels-only", "deidentified"])
+def test_written_series_never_carry_the_input_preamble(tmp_path, deidentify):
+    paths = _preamble_series(tmp_path)
+    before = digest(paths)
+    volume = read_dicom_volume(tmp_path / "in")
+    deid = Scrubber(DeidOptions(clean_recognizable_visual_features=True), Pseudonymizer(b"k" * 32)) if deidentify else None
+    written = write_dicom_volume(volume.with_raw(volume.raw[::-1].copy()), tmp_path / "out", deid=deid)
+    for path in written:
+        data = path.read_bytes()
+        assert data[:132] == b"\x00" * 128 + b"DICM"
+        assert b"Smith" not in data
+    assert digest(paths) == before
+
+
+def test_anonymized_files_never_carry_the_input_preamble(tmp_path):
+    from defacer.io.dicom_series import anonymize_files
+
+    paths = _preamble_series(tmp_path)
+    before = digest(paths)
+    written, _ = anonymize_files(tmp_path / "in", tmp_path / "out", Scrubber(DeidOptions(), Pseudonymizer(b"k" * 32)))
+    assert written and all(p.read_bytes()[:132] == b"\x00" * 128 + b"DICM" for p in written)
+    assert digest(paths) == before
+
+
+def _odd_series(tmp_path):
+    """A series as other software writes it: Command Set elements, a meta element in the body, no
+    MediaStorageSOPInstanceUID in the file meta."""
+    from dicom_factory import rewrite_raw
+
+    paths = write_series(tmp_path / "in", ramp())
+    for path in paths:
+        rewrite_raw(path, command_set=True, meta_in_body=True, drop_meta=("MediaStorageSOPInstanceUID",))
+    assert 0x00000100 in pydicom.dcmread(paths[0])
+    return paths
+
+
+def _stored_tags(path):
+    ds = pydicom.dcmread(path)
+    return [el.tag for el in ds.iterall()], ds
+
+
+@pytest.mark.parametrize("deidentify", [False, True], ids=["pixels-only", "deidentified"])
+def test_command_set_and_misplaced_meta_elements_are_stripped_when_defacing(tmp_path, deidentify):
+    paths = _odd_series(tmp_path)
+    before = digest(paths)
+    volume = read_dicom_volume(tmp_path / "in")
+    deid = Scrubber(DeidOptions(clean_recognizable_visual_features=True), Pseudonymizer(b"k" * 32)) if deidentify else None
+    written = write_dicom_volume(volume.with_raw(volume.raw[::-1].copy()), tmp_path / "out", deid=deid)
+    for path in written:
+        tags, ds = _stored_tags(path)
+        assert not [t for t in tags if t.group in (0x0000, 0x0002)]
+        assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    assert np.array_equal(read_dicom_volume(tmp_path / "out").raw, volume.raw[::-1])
+    assert digest(paths) == before
+
+
+def test_command_set_elements_are_stripped_when_anonymizing(tmp_path):
+    from defacer.io.dicom_series import anonymize_files
+
+    _odd_series(tmp_path)
+    written, skipped = anonymize_files(tmp_path / "in", tmp_path / "out", Scrubber(DeidOptions(), Pseudonymizer(b"k" * 32)))
+    assert len(written) == 6 and not skipped
+    for path in written:
+        tags, ds = _stored_tags(path)
+        assert not [t for t in tags if t.group in (0x0000, 0x0002)]
+        assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID

@@ -701,33 +701,110 @@ def write_dicom_volume(volume: Volume, out_dir: PathLike, *, force: bool = False
                 deid.scrub(ds, source=str(file))
             target = folder / name
             target.parent.mkdir(parents=True, exist_ok=True)
-            ds.save_as(target, enforce_file_format=True)
+            write_instance(ds, target, source=file)
             written.append(out / name)
     return written
 
 
-def write_instance(ds: Dataset, path: Path) -> None:
-    """Write one instance as a DICOM Part 10 file (preamble, file meta from ``ds.file_meta``, data set).
+def prepare_for_storage(ds: Dataset, source: PathLike | None = None) -> Dataset:
+    """Remove from ``ds`` what a stored DICOM file may not hold, in place, and return it.
 
+    Files written by other software carry such things, and pydicom refuses some of them at
+    write time (or writes them, which makes a non-conformant file):
+
+    * Command Set elements (group 0000, a network message's header) at any depth;
+    * File Meta elements (group 0002) inside the data set body or a sequence item;
+    * group length elements (gggg,0000), retired and wrong once a value changed;
+    * a file meta group holding other groups, or lacking MediaStorageSOPClassUID,
+      MediaStorageSOPInstanceUID or TransferSyntaxUID (filled from the data set);
+    * the 128-byte preamble (zeroed: it can hold anything, e.g. an executable header).
+
+    Raises
+    ------
+    DicomSeriesError
+        If the instance has no SOPClassUID/SOPInstanceUID to describe it in the file meta.
+    """
+    from pydicom.datadict import DicomDictionary
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import UID
+
+    def strip(dataset: Dataset) -> None:
+        for tag in list(dataset.keys()):
+            if tag.group in (0x0000, 0x0002) or (tag.element == 0 and not tag.group & 1):
+                del dataset[tag]
+                continue
+            vr = dataset.get_item(tag).VR or DicomDictionary.get(int(tag), ("",))[0]  # implicit VR: raw VR is None
+            if vr == "SQ":
+                for item in dataset[tag].value or ():
+                    strip(item)
+
+    strip(ds)
+    where = f"'{source}'" if source is not None else "The instance"
+    old_meta = getattr(ds, "file_meta", None) or FileMetaDataset()
+    meta = FileMetaDataset()
+    for element in old_meta:
+        if element.tag.group == 0x0002 and element.tag.element != 0:
+            meta.add(element)
+    for meta_keyword, keyword in (("MediaStorageSOPClassUID", "SOPClassUID"),
+                                  ("MediaStorageSOPInstanceUID", "SOPInstanceUID")):
+        value = str(ds.get(keyword, "") or "").strip()
+        if value:
+            setattr(meta, meta_keyword, UID(value))
+        elif not str(meta.get(meta_keyword, "") or "").strip():
+            raise DicomSeriesError(
+                f"{where} has no {keyword}, so it cannot be stored as a DICOM file. It is not an image instance; "
+                "remove it from the input."
+            )
+    if not str(meta.get("TransferSyntaxUID", "") or "").strip():
+        implicit, little = ds.original_encoding
+        meta.TransferSyntaxUID = UID(
+            "1.2.840.10008.1.2" if implicit else ("1.2.840.10008.1.2.1" if little is not False else "1.2.840.10008.1.2.2")
+        )
+    ds.file_meta = meta
+    ds.preamble = b"\x00" * 128
+    return ds
+
+
+def write_instance(ds: Dataset, path: Path, *, source: PathLike | None = None) -> None:
+    """Write one instance as a DICOM Part 10 file (zeroed preamble, file meta, data set).
+
+    The single place defacer writes DICOM files: :func:`prepare_for_storage` runs first, so
+    every file gets a zeroed preamble and holds no command or misplaced meta elements.
     Little-endian transfer syntaxes take a direct path (elements never decoded are copied as
     read, no deep copy of the meta group); deflated and big-endian ones go through pydicom's
     ``dcmwrite``.  ``path`` must not exist.
+
+    Raises
+    ------
+    DicomSeriesError
+        If the instance cannot be stored (see :func:`prepare_for_storage`) or encoded.
     """
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_dataset, write_file_meta_info
 
-    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    if syntax is None or not syntax.is_transfer_syntax or syntax.is_deflated or not syntax.is_little_endian:
-        ds.save_as(path, enforce_file_format=True, overwrite=False)
-        return
+    prepare_for_storage(ds, source)
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    where = f"'{source}'" if source is not None else "an instance"
     buffer = DicomBytesIO()
-    buffer.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(buffer, ds.file_meta, enforce_standard=True)
-    buffer.is_little_endian = True
-    buffer.is_implicit_VR = syntax.is_implicit_VR
-    write_dataset(buffer, ds)
+    try:
+        if syntax is None or not syntax.is_transfer_syntax or syntax.is_deflated or not syntax.is_little_endian:
+            ds.save_as(buffer, enforce_file_format=True)
+        else:
+            buffer.write(b"\x00" * 128 + b"DICM")
+            write_file_meta_info(buffer, ds.file_meta, enforce_standard=True)
+            buffer.is_little_endian = True
+            buffer.is_implicit_VR = syntax.is_implicit_VR
+            write_dataset(buffer, ds)
+    except (ValueError, TypeError, AttributeError, KeyError, OverflowError, NotImplementedError) as err:
+        raise DicomSeriesError(
+            f"The copy of {where} cannot be encoded as DICOM ({type(err).__name__}: {err}). "
+            "The file holds a value its own encoding cannot represent; nothing was written."
+        ) from err
+    data = buffer.getvalue()
+    if data[:128] != b"\x00" * 128:  # never copy a preamble, whatever pydicom does
+        data = b"\x00" * 128 + data[128:]
     with path.open("xb") as handle:
-        handle.write(buffer.getvalue())
+        handle.write(data)
 
 
 def _anonymize_chunk(
@@ -751,7 +828,7 @@ def _anonymize_chunk(
             continue
         uid = str(ds.get("SeriesInstanceUID", ""))
         deid.scrub(ds, source=str(file))
-        write_instance(ds, folder / f"{index:07d}.dcm")
+        write_instance(ds, folder / f"{index:07d}.dcm", source=file)
         results.append((index, uid, ""))
     return results, (deid.mapping.as_dict() if deid.record_mapping else None)
 
