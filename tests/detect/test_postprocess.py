@@ -86,3 +86,52 @@ def test_crumbs_beyond_the_allowed_number_of_pieces_are_dropped() -> None:
     assert (out == 2).sum() == 8**3
     assert (out == 1).sum() == 2 * 4**3
     assert (labels == 2).sum() == 8**3 + 8, "input not modified"
+
+
+def test_a_small_second_ear_is_kept_beside_a_large_one() -> None:
+    labels = _head()
+    labels[labels == 3] = 0
+    _ball(labels, (12, 30, 28), 4, 3)  # well-segmented right ear, ~16 cm^3
+    _ball(labels, (52, 30, 28), 1.5, 3)  # under-segmented left ear, < a fifth of the right one
+    comps = find_components(labels, AFFINE)
+    ears = [c for c in comps if c.feature == "ears"]
+    assert len(ears) == 2
+    assert {bool(c.centre_mm[0] < 128) for c in ears} == {True, False}
+
+
+def test_two_ear_pieces_on_one_side_keep_one_and_the_other_side_stays() -> None:
+    labels = _head()
+    _ball(labels, (10, 22, 28), 2, 3)  # a second piece on the right side
+    comps = find_components(labels, AFFINE)
+    ears = [c for c in comps if c.feature == "ears"]
+    assert len(ears) == 2
+    assert sorted(round(float(c.centre_mm[0])) for c in ears)[1] > 128, "the left ear survives"
+
+
+def test_a_large_false_eye_does_not_break_the_real_pair() -> None:
+    labels = _head()
+    _ball(labels, (32, 10, 50), 4, 1)  # a big "eye" at the back of the head
+    comps = find_components(labels, AFFINE)
+    eyes = [c for c in comps if c.feature == "eyes"]
+    assert len(eyes) == 2
+    assert all(c.centre_mm[1] > 150 for c in eyes)
+    assert sum(c.feature == "ears" for c in comps) == 2
+
+
+def test_a_single_misplaced_eye_cannot_veto_the_ears() -> None:
+    labels = _head()
+    labels[labels == 1] = 0
+    _ball(labels, (32, 12, 28), 3, 1)  # one "eye", behind the ears
+    comps = find_components(labels, AFFINE)
+    assert sum(c.feature == "ears" for c in comps) == 2
+
+
+def test_a_nose_far_below_the_only_eye_is_not_a_nose() -> None:
+    # the already-defaced studyforrest head: one eye-like blob, a "nose" 90 mm below it
+    labels = _head()
+    labels[labels == 2] = 0
+    labels[:, :, 30:] = np.where(labels[:, :, 30:] == 1, 0, labels[:, :, 30:])
+    _ball(labels, (24, 50, 32), 3, 1)
+    _ball(labels, (30, 48, 6), 3.5, 2)  # 104 mm below the eye
+    comps = find_components(labels, AFFINE)
+    assert not any(c.feature == "nose" for c in comps)

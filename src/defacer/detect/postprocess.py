@@ -3,12 +3,11 @@
 Runs on the box grid (``BOX_SPACING`` mm, RAS axis order), where a component is cheap to
 measure.  Rules, in mm so they hold at any box spacing:
 
-* a component smaller than ``MIN_VOLUME_MM3`` for its feature, or than a fifth of the largest
-  component of the same feature, is noise;
-* only the ``MAX_COMPONENTS`` largest remain (2 eyes, 1 nose, 2 ears);
-* when two eyes remain their centres must be 35-90 mm apart, else only the larger stays;
-* ears must lie behind the eyes (when eyes were found): an "ear" in front of the eye centres
-  is dropped, as is a "nose" more than 30 mm left or right of the midpoint of the eyes.
+* a component smaller than ``MIN_VOLUME_MM3`` for its feature (or, for eyes and nose, than a
+  fifth of the largest component of the same feature) is noise;
+* eyes: the largest pair 35-90 mm apart; nose: the largest near the eyes' midline; ears: the
+  largest behind the eyes on each side of the head (see :func:`find_components`);
+* no rule for one feature can remove every candidate of another.
 """
 
 from __future__ import annotations
@@ -24,6 +23,9 @@ from defacer.labels import FEATURE_LABELS, MAX_COMPONENTS
 
 #: Smallest plausible volume per feature, in mm^3 (eye sphere ~ 9000, nose ~ 15000, auricle ~ 3000).
 MIN_VOLUME_MM3: dict[str, float] = {"eyes": 1000.0, "nose": 1500.0, "ears": 250.0}
+
+#: Largest distance between a nose centre and an eye centre, in mm (adults: about 40-60 mm).
+NOSE_EYE_MAX_MM = 75.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,19 @@ class Component:
 def find_components(labels: npt.NDArray[np.integer], affine: Affine) -> list[Component]:
     """Keep the plausible components of a coarse label map.
 
+    Each feature is decided on its own candidates (every component above its minimum volume), so a
+    wrong component of one feature never removes a right one of another:
+
+    * eyes: the largest pair whose centres are 35-90 mm apart (and within 25 mm of each other
+      front-back and up-down) wins; without such a pair, the largest single eye stays;
+    * nose: the largest candidate within ``NOSE_EYE_MAX_MM`` of every kept eye and, with a valid
+      pair of eyes, within 30 mm of their midline (a "nose" beside or far below the face is a
+      false detection, e.g. on a defaced head);
+    * ears: candidates in front of the eyes' centres are dropped (only when two eyes make a valid
+      pair, so a misplaced single "eye" cannot veto an ear); the rest are split into the left
+      and right half of the head (by the eyes' midline, else the label map's centre) and the
+      largest on each side stays, so both ears are kept whenever both were detected.
+
     Parameters
     ----------
     labels : ndarray, shape (X, Y, Z), integer
@@ -62,32 +77,61 @@ def find_components(labels: npt.NDArray[np.integer], affine: Affine) -> list[Com
         Eyes first, then nose, then ears; each feature at most ``MAX_COMPONENTS`` times.
     """
     voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
-    kept: dict[str, list[Component]] = {}
+    candidates: dict[str, list[Component]] = {}
     for feature, value in FEATURE_LABELS.items():
-        lab, n = ndi.label(labels == int(value))
-        if n == 0:
-            kept[feature] = []
-            continue
-        sizes = np.asarray(ndi.sum(np.ones_like(lab), lab, range(1, n + 1)), float) * voxel_mm3
-        order = np.argsort(sizes)[::-1]
-        floor = max(MIN_VOLUME_MM3[feature], 0.2 * sizes[order[0]])
-        comps = []
-        for i in order[: MAX_COMPONENTS[feature]]:
-            if sizes[i] < floor:
-                break
-            mask = lab == (i + 1)
-            centre = affine[:3, :3] @ np.asarray(ndi.center_of_mass(mask)) + affine[:3, 3]
-            comps.append(Component(feature, mask, centre, float(sizes[i])))
-        kept[feature] = comps
-    eyes = kept["eyes"]
-    if len(eyes) == 2 and not 35.0 <= float(np.linalg.norm(eyes[0].centre_mm - eyes[1].centre_mm)) <= 90.0:
-        kept["eyes"] = eyes = eyes[:1]
-    if eyes:
-        eye_mid = np.mean([e.centre_mm for e in eyes], axis=0)
-        kept["ears"] = [e for e in kept["ears"] if e.centre_mm[1] < eye_mid[1]]
-        if len(eyes) == 2:
-            kept["nose"] = [c for c in kept["nose"] if abs(c.centre_mm[0] - eye_mid[0]) <= 30.0]
-    return kept["eyes"] + kept["nose"] + kept["ears"]
+        candidates[feature] = _candidates(feature, labels == int(value), affine, voxel_mm3)
+    eyes = _choose_eyes(candidates["eyes"])
+    eye_pair = len(eyes) == 2
+    eye_mid = np.mean([e.centre_mm for e in eyes], axis=0) if eyes else None
+    # the nose sits within NOSE_EYE_MAX_MM of every eye, and near the eyes' midline when both are known
+    noses = [c for c in candidates["nose"]
+             if all(np.linalg.norm(c.centre_mm - e.centre_mm) <= NOSE_EYE_MAX_MM for e in eyes)]
+    if eye_pair and eye_mid is not None:
+        noses = [c for c in noses if abs(c.centre_mm[0] - eye_mid[0]) <= 30.0]
+    nose = noses[:1]
+    ears = candidates["ears"]
+    if eye_pair and eye_mid is not None:
+        ears = [e for e in ears if e.centre_mm[1] < eye_mid[1]]
+    midline_x = float(eye_mid[0]) if eye_mid is not None else float(
+        (affine[:3, :3] @ ((np.asarray(labels.shape, float) - 1) / 2) + affine[:3, 3])[0])
+    right = [e for e in ears if e.centre_mm[0] < midline_x][:1]
+    left = [e for e in ears if e.centre_mm[0] >= midline_x][:1]
+    return eyes + nose + right + left
+
+
+def _candidates(feature: str, where: npt.NDArray[np.bool_], affine: Affine, voxel_mm3: float) -> list[Component]:
+    """Components of one feature above its minimum volume, largest first."""
+    lab, n = ndi.label(where)
+    if n == 0:
+        return []
+    sizes = np.asarray(ndi.sum(np.ones_like(lab), lab, range(1, n + 1)), float) * voxel_mm3
+    out = []
+    for i in np.argsort(sizes)[::-1]:
+        if sizes[i] < MIN_VOLUME_MM3[feature]:
+            break
+        if feature != "ears" and sizes[i] < 0.2 * sizes.max():
+            break  # crumbs of an eye or nose; ears are judged per side instead
+        mask = lab == (i + 1)
+        centre = affine[:3, :3] @ np.asarray(ndi.center_of_mass(mask)) + affine[:3, 3]
+        out.append(Component(feature, mask, centre, float(sizes[i])))
+    return out
+
+
+def _choose_eyes(candidates: list[Component]) -> list[Component]:
+    """The largest plausible pair of eyes among the candidates, else the largest single one."""
+    best: tuple[float, list[Component]] | None = None
+    for a in range(len(candidates)):
+        for b in range(a + 1, len(candidates)):
+            ca, cb = candidates[a].centre_mm, candidates[b].centre_mm
+            apart = float(np.linalg.norm(ca - cb))
+            if not 35.0 <= apart <= 90.0 or abs(ca[1] - cb[1]) > 25.0 or abs(ca[2] - cb[2]) > 25.0:
+                continue
+            total = candidates[a].volume_mm3 + candidates[b].volume_mm3
+            if best is None or total > best[0]:
+                best = (total, [candidates[a], candidates[b]])
+    if best is not None:
+        return best[1]
+    return candidates[:1]
 
 
 #: Normalised intensity (0.5th..99.5th percentile -> 0..1) below which a voxel counts as air.
