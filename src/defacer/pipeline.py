@@ -284,7 +284,8 @@ def deface_file(
     dict
         The provenance record (also in the sidecar).
     """
-    from defacer.io import check_output_path, format_of, load_volume, save_label_map, save_volume
+    from defacer.io import format_of, load_volume, save_label_map, save_volume
+    from defacer.io.output_guard import check_not_input, check_outputs, detached_data_candidates
 
     start = time.perf_counter()
     source = Path(input_path)
@@ -294,8 +295,9 @@ def deface_file(
             f"The output '{target.name}' has another format than the input '{source.name}'. defacer writes the "
             "input's format: use the same kind of extension."
         )
-    for path in [target] + ([Path(mask_path)] if mask_path else []) + ([sidecar_path(target)] if sidecar else []):
-        check_output_path(path, force=force, inputs=[source])
+    inputs = [source, labels_path, weights_path]
+    check_outputs([target, mask_path, sidecar_path(target) if sidecar else None], inputs=inputs, force=force)
+    check_not_input(detached_data_candidates(target) + detached_data_candidates(mask_path), inputs)
     t = time.perf_counter()
     volume = load_volume(source)
     load_s = time.perf_counter() - t
@@ -303,7 +305,7 @@ def deface_file(
         detector = load_detector(labels_path, weights_path)
     result = deface(volume, detector, options)
     t = time.perf_counter()
-    written = save_volume(result.volume, target, force=force, inputs=(source,))
+    written = save_volume(result.volume, target, force=force, inputs=tuple(p for p in inputs if p is not None))
     if mask_path is not None:
         save_label_map(result.labels, volume, mask_path, force=force)
     save_s = time.perf_counter() - t

@@ -45,6 +45,10 @@ def run(args: argparse.Namespace) -> int:
         from defacer.errors import DefacerError
 
         raise DefacerError(f"--jobs must be at least 1, not {args.jobs}.")
+    from defacer.io.output_guard import check_apart, check_outputs
+
+    check_outputs([args.output, args.mapping_file], inputs=[args.input, args.key_file], force=args.force)
+    check_apart(args.mapping_file, args.output, "mapping file")
     written, skipped = anonymize_files(args.input, args.output, scrubber, force=args.force, jobs=args.jobs)
     if args.mapping_file:
         write_deid_mapping(scrubber.mapping.as_dict(), args.mapping_file, out_dir=args.output, force=args.force)

@@ -87,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
     from defacer.pipeline import deface_file, load_detector
 
     options = options_from_args(args)
+    if not getattr(args, "what_if", False):
+        check_planned_outputs(args)
     if args.input.exists() and format_of(args.input) == "dicom":
         deface_dicom = importlib.import_module("defacer.cli.deface_dicom")
         detector = load_detector(args.labels, args.weights)
@@ -95,7 +97,6 @@ def run(args: argparse.Namespace) -> int:
     if args.verify and mask_path is None:
         # The report needs the detected labels (per-feature counts, outlines); keep them with the report.
         mask_path = verify_dir(args.output) / "detected_labels.nii.gz"
-        mask_path.parent.mkdir(parents=True, exist_ok=True)
     provenance = deface_file(
         args.input, args.output, options=options, labels_path=args.labels, weights_path=args.weights,
         force=args.force, mask_path=mask_path,
@@ -109,6 +110,35 @@ def run(args: argparse.Namespace) -> int:
     if args.verify:
         verify_outputs(args.input, args.output, provenance, labels_path=mask_path)
     return 0
+
+
+def check_planned_outputs(args: argparse.Namespace) -> None:
+    """Check every path this run will write against every input, before anything is written.
+
+    The output (and a ``.nhdr``'s data file), its sidecar, ``--save-mask``, the verification
+    report and ``--mapping-file``: none may be or touch an input (the scan's own files, the
+    label map, the weights), none may exist without ``--force``, an existing folder is replaced
+    only when defacer wrote it, and the mapping file never goes inside the output.
+
+    Raises
+    ------
+    defacer.errors.OutputError
+    """
+    from defacer.io.output_guard import check_apart, check_not_input, check_outputs, detached_data_candidates
+    from defacer.provenance import sidecar_path
+
+    inputs = [args.input, args.labels, args.weights, getattr(args, "key_file", None)]
+    mapping = getattr(args, "mapping_file", None) if not getattr(args, "no_deidentify", False) else None
+    planned: list[Path | None] = [args.output, sidecar_path(args.output), args.save_mask, mapping]
+    report = verify_dir(args.output)
+    if args.verify:
+        planned += [report / "verify_report.html", report / "verify_summary.json"]
+        if args.save_mask is None:
+            planned.append(report / "detected_labels.nii.gz")
+    check_outputs(planned, inputs=inputs, force=args.force)
+    check_not_input([report, *detached_data_candidates(args.output), *detached_data_candidates(args.save_mask)],
+                    inputs)
+    check_apart(mapping, args.output, "mapping file")
 
 
 def verify_dir(defaced_path: Path) -> Path:

@@ -15,10 +15,21 @@ from pathlib import Path
 
 from defacer._typing import PathLike
 from defacer.errors import OutputError
+from defacer.io.output_guard import (
+    check_not_input,
+    check_replaceable,
+    owner_record,
+    remove_owned_folder,
+    write_owner_record,
+)
 
 
 def check_output_path(path: PathLike, *, force: bool, inputs: Sequence[PathLike] = ()) -> Path:
-    """Check that ``path`` may be written: not an input, not existing unless ``force``, folder writable.
+    """Check that ``path`` may be written: touches no input, not existing unless ``force``, folder writable.
+
+    ``inputs`` are expanded into every file they are made of (a ``.nhdr`` and its data file,
+    every file of a DICOM folder; see :mod:`defacer.io.output_guard`).  With ``force`` an
+    existing file may be replaced, an existing folder only when defacer wrote it.
 
     Raises
     ------
@@ -26,21 +37,8 @@ def check_output_path(path: PathLike, *, force: bool, inputs: Sequence[PathLike]
         With the reason and what to do.
     """
     target = Path(path)
-    for source in inputs:
-        if Path(source).exists() and target.exists() and os.path.samefile(source, target):
-            raise OutputError(
-                f"The output '{target}' is the input file itself. defacer never modifies its input: "
-                "choose another output name."
-            )
-        if Path(source).resolve() == target.resolve():
-            raise OutputError(
-                f"The output '{target}' is the input file itself. defacer never modifies its input: "
-                "choose another output name."
-            )
-    if target.exists() and not force:
-        raise OutputError(f"The output '{target}' already exists. Pass --force to overwrite it, or choose another name.")
-    if target.exists() and target.is_dir() and not force:
-        raise OutputError(f"The output '{target}' is an existing folder. Pass --force or choose another name.")
+    check_not_input([target], inputs)
+    check_replaceable(target, force=force)
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.exists():
         try:
@@ -58,7 +56,9 @@ def atomic_outputs(targets: Sequence[PathLike]) -> Iterator[list[Path]]:
 
     The temporary files live in a hidden folder in the first target's folder (same file
     system, so the final rename is atomic per file).  On any exception nothing under the
-    final names changes and the temporary folder is removed.
+    final names changes and the temporary folder is removed.  A target written as a folder
+    gets an ownership record beside it (:func:`~defacer.io.output_guard.owner_record`); an existing folder
+    under a target's name is replaced only when defacer wrote it, and removed file by file.
 
     Parameters
     ----------
@@ -76,12 +76,18 @@ def atomic_outputs(targets: Sequence[PathLike]) -> Iterator[list[Path]]:
     temps = [tmpdir / f.name for f in finals]
     try:
         yield temps
-        for temp, final in zip(temps, finals, strict=True):
+        for number, (temp, final) in enumerate(zip(temps, finals, strict=True)):
             if not temp.exists():
                 continue
-            if final.is_dir():
-                shutil.rmtree(final)
+            if final.is_dir() and not final.is_symlink():
+                remove_owned_folder(final)
+            elif temp.is_dir() and (final.is_file() or final.is_symlink()):
+                final.unlink()
             final.parent.mkdir(parents=True, exist_ok=True)
+            if temp.is_dir() and not temp.is_symlink():
+                record = tmpdir / f".owner-{number}"
+                write_owner_record(temp, record)
+                os.replace(record, owner_record(final))
             os.replace(temp, final)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)

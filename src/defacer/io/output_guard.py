@@ -1,0 +1,342 @@
+"""Where defacer may write: every output is checked against every input, and ``--force`` only
+replaces what defacer itself wrote.
+
+Two rules, applied before anything is written (``--force`` or not):
+
+1. **No output touches an input.**  :func:`input_files` expands each input into every file it
+   is made of (a detached NRRD header and the data file(s) it names, every file of a DICOM
+   folder), resolved through symbolic links; an output may not be one of them (also not through
+   a hard link), may not lie inside an input folder, and may not contain an input.
+2. **``--force`` replaces files and defacer's own folders, never a user's folder.**  Beside
+   every folder defacer writes lies an ownership record, ``.<name>.defacer-output.json``
+   (:func:`owner_record`), listing the files it wrote there and their sizes.  An existing
+   output folder is replaced only when it is empty or when every entry in it is listed in that
+   record; anything else in the way is refused with its name.
+   The old folder is then removed file by file (:func:`remove_owned_folder`), never with a
+   recursive delete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from defacer._typing import PathLike
+from defacer.errors import OutputError
+
+#: Ending of the ownership record written beside every folder defacer writes (see :func:`owner_record`).
+OWNER_SUFFIX = ".defacer-output.json"
+#: Most offending names quoted in a refusal.
+_NAMES_SHOWN = 5
+#: At most this many files expanded from a NRRD data-file pattern.
+_MAX_PATTERN_FILES = 100_000
+
+
+def nrrd_data_files(header_path: Path) -> list[Path]:
+    """Every data file a NRRD header names (``data file:`` single name, ``LIST`` or a pattern).
+
+    Over-inclusion is harmless here (the list only protects files from being written), so
+    absolute paths and ``..`` are kept as written; an unreadable header names nothing.
+    """
+    try:
+        with header_path.open("rb") as handle:
+            raw = handle.read(1 << 20)
+    except OSError:
+        return []
+    text = raw.decode("latin-1")
+    lines = text.split("\n")
+    found: list[Path] = []
+    for i, line in enumerate(lines):
+        line = line.rstrip("\r")
+        if not line:
+            break
+        if line.startswith("#") or ":=" in line:
+            continue
+        key, sep, value = line.partition(":")
+        if not sep or key.strip().lower() not in ("data file", "datafile"):
+            continue
+        value = value.strip()
+        if value.upper().startswith("LIST"):
+            found.extend(header_path.parent / name.rstrip("\r") for name in lines[i + 1:] if name.rstrip("\r"))
+            break
+        parts = value.split()
+        if "%" in value and len(parts) >= 4:
+            try:
+                first, last, step = int(parts[1]), int(parts[2]), int(parts[3])
+            except ValueError:
+                continue
+            if step == 0:
+                continue
+            numbers = range(first, last + (1 if step > 0 else -1), step)
+            for number in list(numbers)[:_MAX_PATTERN_FILES]:
+                try:
+                    found.append(header_path.parent / (parts[0] % number))
+                except (TypeError, ValueError):
+                    break
+        elif value:
+            found.append(header_path.parent / value)
+    return found
+
+
+def input_files(path: PathLike) -> list[Path]:
+    """The files an input is made of, resolved: the file itself, a ``.nhdr``'s data files, or
+    every file under a folder (a DICOM series), recursively."""
+    p = Path(path)
+    if p.is_dir():
+        return [q.resolve() for q in p.rglob("*") if q.is_file()]
+    files = [p.resolve()]
+    if p.name.lower().endswith(".nhdr"):
+        files += [q.resolve() for q in nrrd_data_files(p)]
+    return files
+
+
+@dataclass
+class InputSet:
+    """Every input of a run, resolved: files, folders and (device, inode) of existing files."""
+
+    files: set[Path] = field(default_factory=set)
+    folders: list[Path] = field(default_factory=list)
+    inodes: set[tuple[int, int]] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, inputs: Iterable[PathLike | None]) -> InputSet:
+        """Collect ``inputs`` (files or folders; ``None`` entries are ignored)."""
+        result = cls()
+        for item in inputs:
+            if item is None:
+                continue
+            p = Path(item)
+            if p.is_dir():
+                result.folders.append(p.resolve())
+            for file in input_files(p):
+                result.files.add(file)
+                try:
+                    st = file.stat()
+                except OSError:
+                    continue
+                result.inodes.add((st.st_dev, st.st_ino))
+        return result
+
+    def conflict(self, output: PathLike) -> str | None:
+        """Why writing ``output`` would touch an input, or ``None`` when it would not."""
+        out = Path(output)
+        resolved = out.resolve()
+        if resolved in self.files:
+            return f"it is the input file '{resolved}'"
+        for folder in self.folders:
+            if resolved == folder or resolved.is_relative_to(folder):
+                return f"it lies inside the input folder '{folder}'"
+            if folder.is_relative_to(resolved):
+                return f"it contains the input folder '{folder}'"
+        for file in self.files:
+            if file.is_relative_to(resolved):
+                return f"it contains the input file '{file}'"
+        if out.is_file():
+            st = out.stat()
+            if (st.st_dev, st.st_ino) in self.inodes:
+                return "it is the same file as an input (a hard link)"
+        return None
+
+
+def check_not_input(outputs: Iterable[PathLike], inputs: InputSet | Iterable[PathLike | None]) -> None:
+    """Refuse when any output is, contains, or lies inside an input.
+
+    Raises
+    ------
+    OutputError
+        Naming the output and the input it would touch.
+    """
+    found = inputs if isinstance(inputs, InputSet) else InputSet.of(inputs)
+    for output in outputs:
+        why = found.conflict(output)
+        if why is not None:
+            raise OutputError(
+                f"Refusing to write '{output}': {why}. defacer never writes over, into or around its input: "
+                "choose an output outside the input's files and folders."
+            )
+
+
+def owner_record(folder: PathLike) -> Path:
+    """Path of the ownership record of an output folder: ``.<name>.defacer-output.json`` beside it.
+
+    It lives beside the folder, not in it, so that the folder holds only the data (a DICOM
+    reader that opens every file of a series folder never meets it).
+    """
+    p = Path(folder)
+    return p.with_name(f".{p.name}{OWNER_SUFFIX}")
+
+
+def owned_files(folder: Path) -> dict[str, int] | None:
+    """Relative names (POSIX) and sizes listed in ``folder``'s ownership record, or ``None``."""
+    record = owner_record(folder)
+    if not record.is_file() or record.is_symlink():
+        return None
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"))
+        files = data["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if data.get("written_by") != "defacer" or not isinstance(files, dict):
+        return None
+    return {str(name): size for name, size in files.items() if isinstance(size, int)}
+
+
+def foreign_entries(folder: Path) -> list[str]:
+    """Entries of an existing folder that defacer did not write (relative POSIX names, sorted).
+
+    A file is defacer's when the folder's ownership record lists its name with its size.
+    Every entry is foreign when the folder has no record.  Symbolic links are always foreign
+    (defacer never writes one, and they are never followed); so is an empty sub-folder that
+    holds no listed file.
+    """
+    owned = owned_files(folder) or {}
+    owned_dirs = {p.as_posix() for name in owned for p in Path(name).parents}
+    foreign = []
+    for root, dirs, names in os.walk(folder):
+        base = Path(root).relative_to(folder)
+        for name in names:
+            rel = (base / name).as_posix()
+            full = Path(root) / name
+            if rel not in owned or full.is_symlink() or not full.is_file() or full.stat().st_size != owned[rel]:
+                foreign.append(rel)
+        for name in list(dirs):
+            rel = (base / name).as_posix()
+            full = Path(root) / name
+            if full.is_symlink():
+                foreign.append(rel)
+                dirs.remove(name)
+            elif rel not in owned_dirs and not any(full.iterdir()):
+                foreign.append(rel + "/")
+    return sorted(foreign)
+
+
+def check_replaceable(path: PathLike, *, force: bool) -> None:
+    """Refuse an existing output unless ``force``; with ``force``, refuse a folder defacer did not write.
+
+    Raises
+    ------
+    OutputError
+        Naming what is in the way and what to do.
+    """
+    target = Path(path)
+    if not target.exists() and not target.is_symlink():
+        return
+    if not force:
+        raise OutputError(f"The output '{target}' already exists. Pass --force to overwrite it, or choose another name.")
+    if target.is_dir() and not target.is_symlink():
+        foreign = foreign_entries(target)
+        if foreign:
+            shown = ", ".join(f"'{target / name}'" for name in foreign[:_NAMES_SHOWN])
+            more = f" and {len(foreign) - _NAMES_SHOWN} more" if len(foreign) > _NAMES_SHOWN else ""
+            raise OutputError(
+                f"The output folder '{target}' holds files defacer did not write: {shown}{more}. --force only "
+                "replaces defacer's own earlier output; move those files away or choose another output folder."
+            )
+
+
+def check_outputs(outputs: Sequence[PathLike | None], *, inputs: Iterable[PathLike | None] = (),
+                  force: bool = False) -> list[Path]:
+    """Check every output of a run before anything is written.
+
+    Each output must be distinct from the others, must not touch an input
+    (:func:`check_not_input`) and must not exist unless ``force`` (and then be a file or
+    defacer's own folder, :func:`check_replaceable`).
+
+    Parameters
+    ----------
+    outputs : sequence of path-like or None
+        Files and folders the run will write (``None`` entries are ignored).
+    inputs : iterable of path-like or None
+        Input files and folders.
+    force : bool
+        Whether existing outputs may be replaced.
+
+    Returns
+    -------
+    list of Path
+        The outputs checked.
+
+    Raises
+    ------
+    OutputError
+        For the first output that may not be written.
+    """
+    paths = [Path(p) for p in outputs if p is not None]
+    seen: dict[Path, Path] = {}
+    for p in paths:
+        resolved = p.resolve()
+        if resolved in seen:
+            raise OutputError(f"Two outputs of this run are the same file: '{seen[resolved]}' and '{p}'. "
+                              "Give each output its own name.")
+        seen[resolved] = p
+    check_not_input(paths, InputSet.of(inputs))
+    for p in paths:
+        check_replaceable(p, force=force)
+    return paths
+
+
+def detached_data_candidates(path: PathLike | None) -> list[Path]:
+    """Names a ``.nhdr`` output's data file may get (``NAME.raw``, ``.raw.gz``, ``.raw.bz2``, ``.txt``)."""
+    if path is None or not Path(path).name.lower().endswith(".nhdr"):
+        return []
+    p = Path(path)
+    stem = p.name[: -len(".nhdr")]
+    return [p.with_name(stem + suffix) for suffix in (".raw", ".raw.gz", ".raw.bz2", ".txt")]
+
+
+def check_apart(path: PathLike | None, folder: PathLike, what: str) -> None:
+    """Refuse ``path`` inside (or equal to) the output ``folder``: e.g. a re-identifying mapping file.
+
+    Raises
+    ------
+    OutputError
+    """
+    if path is None:
+        return
+    target, out = Path(path).resolve(), Path(folder).resolve()
+    if target == out or target.is_relative_to(out) or out.is_relative_to(target):
+        raise OutputError(
+            f"The {what} '{path}' would be inside the de-identified output '{folder}', where it would "
+            "re-identify the data. Write it somewhere else (it is only written where you ask)."
+        )
+
+
+def write_owner_record(folder: Path, record: Path) -> None:
+    """Write to ``record`` the ownership record of ``folder``: every file under it and its size."""
+    files = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            full = Path(root) / name
+            files[full.relative_to(folder).as_posix()] = full.stat().st_size
+    record.write_text(json.dumps({"written_by": "defacer", "files": dict(sorted(files.items()))}, indent=1) + "\n",
+                      encoding="utf-8")
+
+
+def remove_owned_folder(folder: Path) -> None:
+    """Remove a folder defacer wrote: its listed files, then its (then empty) sub-folders, then its record.
+
+    Never a recursive delete: a file that appeared since the check stops the removal.
+
+    Raises
+    ------
+    OutputError
+        If the folder holds anything defacer did not write (checked again here, just before).
+    """
+    foreign = foreign_entries(folder)
+    if foreign:
+        raise OutputError(
+            f"The output folder '{folder}' holds files defacer did not write (e.g. '{folder / foreign[0]}'); "
+            "nothing was replaced. Move them away or choose another output folder."
+        )
+    for name in owned_files(folder) or {}:
+        (folder / name).unlink(missing_ok=True)
+    for root, _, _ in sorted(os.walk(folder), key=lambda entry: -len(Path(entry[0]).parts)):
+        try:
+            os.rmdir(root)
+        except OSError as err:
+            raise OutputError(f"Could not replace the output folder '{folder}': '{root}' is not empty "
+                              f"({err.strerror}). Nothing else was removed.") from err
+    owner_record(folder).unlink(missing_ok=True)

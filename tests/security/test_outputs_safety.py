@@ -1,0 +1,220 @@
+"""What defacer may write: never an input, never a user's folder, nothing before every check passed.
+
+Each test here is a regression test of a defect in issue 11 (the number in its docstring) and
+fails on the code before the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from defacer.cli.main import main
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "batch"))
+from batch_fixtures import write_dicom_phantom
+
+KEY = "outputs-safety-test-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory) -> tuple[Path, Path]:
+    """A 3 mm phantom head as a DICOM series folder and its label map (NIfTI); read only."""
+    root = tmp_path_factory.mktemp("series")
+    write_dicom_phantom(root / "in", root / "labels.nii.gz", patient="Quexworth^Ambrose")
+    return root / "in", root / "labels.nii.gz"
+
+
+@pytest.fixture(scope="module")
+def phantom_files(tmp_path_factory) -> tuple[Path, Path]:
+    """A 3 mm phantom head as NIfTI and its label map."""
+    from defacer.phantom import make_phantom, save_phantom
+
+    root = tmp_path_factory.mktemp("nifti")
+    save_phantom(make_phantom(3.0), root / "head.nii.gz", root / "labels.nii.gz")
+    return root / "head.nii.gz", root / "labels.nii.gz"
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` and its bytes."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def deface_series(series: tuple[Path, Path], out: Path, *extra: str) -> int:
+    return main(["deface", str(series[0]), str(out), "--labels", str(series[1]), "--key", KEY, *extra])
+
+
+# --- 2: --force never deletes a user's folder -------------------------------------------------------------------
+
+
+def user_folder(out: Path) -> Path:
+    (out / "thesis").mkdir(parents=True)
+    chapter = out / "thesis" / "chapter1.tex"
+    chapter.write_text("\\chapter{Years of work}\n")
+    return chapter
+
+
+def test_force_refuses_to_replace_a_folder_defacer_did_not_write_deface(series, tmp_path, capsys):
+    """2: ``deface SERIES OUT --force`` removed OUT with everything in it."""
+    out = tmp_path / "out"
+    chapter = user_folder(out)
+    assert deface_series(series, out, "--force") == 1
+    err = capsys.readouterr().err
+    assert "chapter1.tex" in err and "did not write" in err
+    assert chapter.read_text() == "\\chapter{Years of work}\n"
+    assert sorted(p.name for p in out.rglob("*")) == ["chapter1.tex", "thesis"]
+
+
+def test_force_refuses_to_replace_a_folder_defacer_did_not_write_anonymize(series, tmp_path, capsys):
+    """2: ``anonymize IN OUT --force`` removed OUT with everything in it."""
+    out = tmp_path / "out"
+    chapter = user_folder(out)
+    assert main(["anonymize", str(series[0]), str(out), "--key", KEY, "--force"]) == 1
+    assert "chapter1.tex" in capsys.readouterr().err
+    assert chapter.exists()
+
+
+def test_force_replaces_defacers_own_earlier_output(series, tmp_path):
+    out = tmp_path / "out"
+    assert deface_series(series, out) == 0
+    first = snapshot(out)
+    assert (tmp_path / ".out.defacer-output.json").is_file()
+    assert not any(name.startswith(".") for name in first), "the folder holds only the series"
+    assert deface_series(series, out, "--force") == 0
+    assert snapshot(out).keys() == first.keys()
+    assert main(["anonymize", str(series[0]), str(tmp_path / "anon"), "--key", KEY]) == 0
+    assert main(["anonymize", str(series[0]), str(tmp_path / "anon"), "--key", KEY, "--force"]) == 0
+
+
+def test_force_refuses_a_user_file_added_to_defacers_output(series, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert deface_series(series, out) == 0
+    notes = out / "notes.txt"
+    notes.write_text("mine")
+    (out / "empty_user_folder").mkdir()
+    assert deface_series(series, out, "--force") == 1
+    err = capsys.readouterr().err
+    assert "notes.txt" in err and "empty_user_folder" in err
+    assert notes.read_text() == "mine" and (out / "empty_user_folder").is_dir()
+    # A file defacer wrote but someone changed since (another size) is not replaced either.
+    notes.unlink()
+    (out / "empty_user_folder").rmdir()
+    victim = min(out.iterdir())
+    victim.write_bytes(victim.read_bytes() + b"edited")
+    assert deface_series(series, out, "--force") == 1
+    assert victim.name in capsys.readouterr().err
+
+
+def test_a_forged_ownership_record_does_not_cover_unlisted_files(tmp_path):
+    from defacer.errors import OutputError
+    from defacer.io.output_guard import check_replaceable, owner_record, remove_owned_folder
+
+    out = tmp_path / "out"
+    user_folder(out)
+    owner_record(out).write_text(json.dumps({"written_by": "defacer", "files": {"IM00001.dcm": 10}}))
+    with pytest.raises(OutputError, match="chapter1.tex"):
+        check_replaceable(out, force=True)
+    with pytest.raises(OutputError, match="chapter1.tex"):
+        remove_owned_folder(out)
+    assert (out / "thesis" / "chapter1.tex").exists()
+
+
+def test_a_symlink_inside_an_owned_folder_is_never_followed(tmp_path):
+    from defacer.errors import OutputError
+    from defacer.io.output_guard import check_replaceable, owner_record
+
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("keep")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "link").symlink_to(precious)
+    owner_record(out).write_text(json.dumps({"written_by": "defacer", "files": {"link/keep.txt": 4}}))
+    with pytest.raises(OutputError, match="link"):
+        check_replaceable(out, force=True)
+    assert (precious / "keep.txt").read_text() == "keep"
+
+
+# --- 3: no output is ever an input --------------------------------------------------------------------------------
+
+
+def test_a_detached_nrrd_output_never_overwrites_the_inputs_data_file(phantom_files, tmp_path, capsys):
+    """3: ``deface head.nhdr MRHeadResampled.nhdr --force`` overwrote the input's MRHeadResampled.raw.gz."""
+    import nrrd
+
+    from defacer.io import load_volume
+
+    volume = load_volume(phantom_files[0])
+    work = tmp_path / "work"
+    work.mkdir()
+    nrrd.write(str(work / "MRHeadResampled.raw.gz"), np.asarray(volume.raw), {"encoding": "gzip"})
+    data = work / "MRHeadResampled.raw.gz"
+    # A detached header named differently from its data file (as 3D Slicer writes them).
+    header = work / "head.nhdr"
+    nrrd.write(str(header), np.asarray(volume.raw), {
+        "space": "right-anterior-superior", "space directions": volume.affine[:3, :3].T,
+        "space origin": volume.affine[:3, 3], "encoding": "gzip", "kinds": ["domain"] * 3,
+    }, detached_header=True)
+    (work / "head.raw.gz").rename(data)
+    header.write_text(header.read_text().replace("data file: head.raw.gz", "data file: MRHeadResampled.raw.gz"))
+    before = snapshot(work)
+    labels = tmp_path / "labels.nii.gz"
+    labels.write_bytes(phantom_files[1].read_bytes())
+    code = main(["deface", str(header), str(work / "MRHeadResampled.nhdr"), "--labels", str(labels), "--force"])
+    assert code == 1
+    assert "MRHeadResampled.raw.gz" in capsys.readouterr().err
+    assert snapshot(work) == before
+
+
+def test_a_mapping_file_on_an_input_dicom_is_refused_before_anything_is_written(series, tmp_path, capsys):
+    """3: ``anonymize IN OUT --mapping-file IN/0000.dcm --force`` replaced an input DICOM with JSON."""
+    source = tmp_path / "in"
+    source.mkdir()
+    for p in series[0].iterdir():
+        (source / p.name).write_bytes(p.read_bytes())
+    victim = min(source.iterdir())
+    before = snapshot(source)
+    out = tmp_path / "out"
+    assert main(["anonymize", str(source), str(out), "--key", KEY, "--mapping-file", str(victim), "--force"]) == 1
+    assert victim.name in capsys.readouterr().err
+    assert snapshot(source) == before and not out.exists()
+    code = main(["deface", str(source), str(out), "--labels", str(series[1]), "--key", KEY,
+                 "--mapping-file", str(victim), "--force"])
+    assert code == 1 and snapshot(source) == before and not out.exists()
+
+
+@pytest.mark.parametrize("which", ["save-mask", "sidecar-of-output"])
+def test_no_secondary_output_may_be_the_input(phantom_files, tmp_path, which, capsys):
+    source = tmp_path / "head.nii.gz"
+    source.write_bytes(phantom_files[0].read_bytes())
+    before = source.read_bytes()
+    if which == "save-mask":
+        args = [str(source), str(tmp_path / "out.nii.gz"), "--save-mask", str(source)]
+    else:
+        # The sidecar of out.nii.gz is out.defacer.json: make that name the input (a hard link to the scan).
+        (tmp_path / "out.defacer.json").hardlink_to(source)
+        args = [str(source), str(tmp_path / "out.nii.gz")]
+    assert main(["deface", *args, "--labels", str(phantom_files[1]), "--force"]) == 1
+    assert "Refusing" in capsys.readouterr().err
+    assert source.read_bytes() == before and not (tmp_path / "out.nii.gz").exists()
+
+
+def test_a_save_mask_equal_to_the_output_is_refused(phantom_files, tmp_path, capsys):
+    out = tmp_path / "out.nii.gz"
+    code = main(["deface", str(phantom_files[0]), str(out), "--labels", str(phantom_files[1]), "--save-mask", str(out)])
+    assert code == 1 and "same file" in capsys.readouterr().err and not out.exists()
+
+
+def test_an_output_inside_a_dicom_input_folder_is_refused(series, tmp_path):
+    source = tmp_path / "in"
+    source.mkdir()
+    for p in series[0].iterdir():
+        (source / p.name).write_bytes(p.read_bytes())
+    before = snapshot(source)
+    assert deface_series((source, series[1]), source / "defaced") == 1
+    assert deface_series((source, series[1]), tmp_path / "out", "--save-mask", str(source / "m.nii.gz")) == 1
+    assert snapshot(source) == before
