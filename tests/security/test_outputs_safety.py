@@ -218,3 +218,30 @@ def test_an_output_inside_a_dicom_input_folder_is_refused(series, tmp_path):
     assert deface_series((source, series[1]), source / "defaced") == 1
     assert deface_series((source, series[1]), tmp_path / "out", "--save-mask", str(source / "m.nii.gz")) == 1
     assert snapshot(source) == before
+
+
+# --- 10: everything is checked before anything is written -------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["deface", "anonymize"])
+@pytest.mark.parametrize("case", ["inside-output", "exists"])
+def test_a_bad_mapping_file_leaves_no_output_behind(series, tmp_path, command, case, capsys):
+    """10: ``--mapping-file`` inside the output, or an existing one, exited 1 but left the whole output folder."""
+    out = tmp_path / "out"
+    mapping = out / "map.json" if case == "inside-output" else tmp_path / "map.json"
+    if case == "exists":
+        mapping.write_text("{}")
+    args = [command, str(series[0]), str(out), "--key", KEY, "--mapping-file", str(mapping)]
+    if command == "deface":
+        args += ["--labels", str(series[1])]
+    assert main(args) == 1
+    assert "map.json" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "out.defacer.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["map.json"] if case == "exists" else [])
+
+
+def test_deface_verify_creates_nothing_when_the_output_is_refused(phantom_files, tmp_path):
+    out = tmp_path / "out.nii.gz"
+    out.write_bytes(b"user data")
+    assert main(["deface", str(phantom_files[0]), str(out), "--labels", str(phantom_files[1]), "--verify"]) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.nii.gz"] and out.read_bytes() == b"user data"
