@@ -245,3 +245,65 @@ def test_deface_verify_creates_nothing_when_the_output_is_refused(phantom_files,
     out.write_bytes(b"user data")
     assert main(["deface", str(phantom_files[0]), str(out), "--labels", str(phantom_files[1]), "--verify"]) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.nii.gz"] and out.read_bytes() == b"user data"
+
+
+# --- 12: temporaries of a killed run are swept on the next run ---------------------------------------------------
+
+
+def test_the_temporary_folder_of_a_killed_run_is_removed_by_the_next_run(phantom_files, tmp_path):
+    """12: after SIGKILL, ``.defacer-tmp-*`` stayed in the output folder forever."""
+    import os
+    import subprocess
+    import time
+
+    out_dir = tmp_path / "outputs"
+    out_dir.mkdir()
+    killed = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from defacer.io.atomic import atomic_outputs\n"
+        "with atomic_outputs([Path(sys.argv[1]) / 'scan.nii.gz']) as (temp,):\n"
+        "    temp.write_bytes(b'half written')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", killed, str(out_dir)], check=False)
+    assert result.returncode == -9
+    leftovers = [p for p in out_dir.iterdir() if p.name.startswith(".defacer-tmp-")]
+    assert len(leftovers) == 1
+    # Not defacer's, or not stale: kept.
+    user_dir = out_dir / ".defacer-tmp-mine"  # not a name defacer makes
+    user_dir.mkdir()
+    recent_legacy = out_dir / ".defacer-tmp-abcd1234"  # an older defacer's name, but fresh: may be in use
+    recent_legacy.mkdir()
+    old_legacy = out_dir / ".defacer-tmp-zyxw9876"
+    (old_legacy / "x").mkdir(parents=True)
+    two_hours_ago = time.time() - 7200
+    os.utime(old_legacy, (two_hours_ago, two_hours_ago))
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("keep")
+    link = out_dir / ".defacer-tmp-link1234"
+    link.symlink_to(precious)
+
+    code = main(["deface", str(phantom_files[0]), str(out_dir / "defaced.nii.gz"), "--labels", str(phantom_files[1])])
+    assert code == 0
+    names = {p.name for p in out_dir.iterdir()}
+    assert leftovers[0].name not in names and old_legacy.name not in names
+    assert {user_dir.name, recent_legacy.name, link.name} <= names
+    assert (precious / "keep.txt").read_text() == "keep"
+
+
+def test_a_running_writers_temporary_folder_is_never_swept(tmp_path):
+    import os
+
+    from defacer.io.atomic import atomic_outputs, sweep_stale_temporaries
+
+    with atomic_outputs([tmp_path / "a.json"]) as (temp,):
+        temp.write_text("{}")
+        assert sweep_stale_temporaries(tmp_path) == []
+        assert temp.exists()
+        other = temp.parent.with_name(temp.parent.name.replace(f"-{os.getpid()}-", f"-{os.getppid()}-"))
+        other.mkdir()
+        assert sweep_stale_temporaries(tmp_path) == [] and other.exists()
+        other.rmdir()
+    assert (tmp_path / "a.json").read_text() == "{}"

@@ -1,15 +1,21 @@
 """Atomic output: write into a private temporary folder beside the target, then rename.
 
 An interrupted run leaves either the complete old state or the complete new files, never a
-half-written output under the final name.
+half-written output under the final name.  A run killed outright (SIGKILL, power loss) leaves
+its temporary folder ``.defacer-tmp-*``; the next write into that folder removes it
+(:func:`sweep_stale_temporaries`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -50,6 +56,64 @@ def check_output_path(path: PathLike, *, force: bool, inputs: Sequence[PathLike]
     return target
 
 
+#: Prefix of every temporary folder: ``.defacer-tmp-<host hash>-<pid>-<8 random characters>``.
+TEMP_PREFIX = ".defacer-tmp-"
+#: A temporary folder of a process on another machine, or of an older defacer that did not
+#: record its process, is removed once it has not changed for this long.
+STALE_AFTER_S = 30 * 60
+#: A temporary folder whose process still seems alive (its pid may have been reused) is removed after this long.
+ABANDONED_AFTER_S = 24 * 3600
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+_TEMP_NAME = re.compile(r"^\.defacer-tmp-(?:(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-)?[A-Za-z0-9_]{8}$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True
+
+
+def sweep_stale_temporaries(folder: PathLike) -> list[Path]:
+    """Remove the temporary folders a killed defacer left in ``folder`` (not below); return them.
+
+    Only defacer's own are touched: folders (not links) owned by this user, named exactly as
+    :func:`atomic_outputs` names them, and stale: made on this machine by a process that is no
+    longer running, or unchanged for :data:`STALE_AFTER_S` (another machine, or an older
+    defacer that did not record its process; :data:`ABANDONED_AFTER_S` when the recorded
+    process seems alive).  A folder in use by a running defacer is never removed.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        if match is None or not entry.is_dir(follow_symlinks=False):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if st.st_uid != os.getuid():
+            continue
+        age = now - st.st_mtime
+        pid = match.group("pid")
+        if match.group("host") == _HOST and pid is not None:
+            stale = int(pid) != os.getpid() and (not _pid_alive(int(pid)) or age > ABANDONED_AFTER_S)
+        else:
+            stale = age > STALE_AFTER_S
+        if stale:
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(Path(entry.path))
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_outputs(targets: Sequence[PathLike]) -> Iterator[list[Path]]:
     """Yield temporary paths for ``targets``; rename them onto the targets when the block succeeds.
@@ -69,8 +133,9 @@ def atomic_outputs(targets: Sequence[PathLike]) -> Iterator[list[Path]]:
     finals = [Path(t) for t in targets]
     folder = finals[0].parent
     folder.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temporaries(folder)
     try:
-        tmpdir = Path(tempfile.mkdtemp(prefix=".defacer-tmp-", dir=folder))
+        tmpdir = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{_HOST}-{os.getpid()}-", dir=folder))
     except OSError as err:
         raise OutputError(f"Cannot write in the output folder '{folder}': {err.strerror}.") from err
     temps = [tmpdir / f.name for f in finals]
