@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from defacer.labels import FEATURES, parse_features
 
 log = logging.getLogger(__name__)
+
+#: Exit status of ``deface --verify`` when the verification fails (the same as ``defacer verify``).
+EXIT_VERIFY_FAILED = 3
 
 if TYPE_CHECKING:
     from defacer.pipeline import DefaceOptions
@@ -30,10 +34,10 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protect-depth", type=float, default=10.0, metavar="MM",
                         help="never change voxels deeper than this below the head surface (default 10 mm)")
     parser.add_argument("--eye-band", type=float, default=6.0, metavar="MM",
-                        help="half-thickness of the skin band laid over each eye (default 6 mm; the paper used "
-                             "+-2 voxels, which left eye sockets readable to face detectors on real heads)")
-    parser.add_argument("--eye-box-scale", type=float, default=3.0, metavar="X",
-                        help="the band covers each eye's bounding box scaled by X (default 3: the whole orbit)")
+                        help="thickness of the skin layer under each eye cover (default 6 mm)")
+    parser.add_argument("--eye-box-scale", type=float, default=2.0, metavar="X",
+                        help="each eye cover is an ellipse X times the detected eye's size, with a soft edge "
+                             "(default 2: from the brow to the upper cheek, nasal bridge to outer eye corner)")
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
 
 
@@ -58,7 +62,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     parser.add_argument("--save-mask", metavar="FILE", type=Path, help="also write the detected label map here")
     parser.add_argument("--verify", action="store_true",
                         help="render the face before and after and check it with offline face detectors "
-                             "(needs defacer[verify]); the report goes beside the output")
+                             "(needs defacer[verify]); the report goes beside the output; exit status 3 when the "
+                             "verification fails (as 'defacer verify')")
     try:
         deface_dicom = importlib.import_module("defacer.cli.deface_dicom")
     except ModuleNotFoundError:
@@ -77,7 +82,7 @@ def options_from_args(args: argparse.Namespace) -> DefaceOptions:
     try:
         features = parse_features(args.features)
         return DefaceOptions(features=features, seed=args.seed, protect_depth_mm=args.protect_depth,
-                             eye_band_mm=getattr(args, "eye_band", 6.0), eye_box_scale=getattr(args, "eye_box_scale", 3.0))
+                             eye_band_mm=getattr(args, "eye_band", 6.0), eye_box_scale=getattr(args, "eye_box_scale", 2.0))
     except ValueError as err:
         raise DefacerError(str(err)) from err
 
@@ -107,8 +112,8 @@ def run(args: argparse.Namespace) -> int:
           f"; inside the protected region: {provenance['protection']['changed_inside_protected']}")
     for warning in provenance.get("warnings", []):
         print(f"  warning: {warning}")
-    if args.verify:
-        verify_outputs(args.input, args.output, provenance, labels_path=mask_path)
+    if args.verify and not verify_outputs(args.input, args.output, provenance, labels_path=mask_path):
+        return EXIT_VERIFY_FAILED
     return 0
 
 
@@ -149,8 +154,12 @@ def verify_dir(defaced_path: Path) -> Path:
     return sidecar.with_name(sidecar.name.replace(".defacer.json", "_verify"))
 
 
-def verify_outputs(original_path: Path, defaced_path: Path, provenance: dict, labels_path: Path | None = None) -> None:
-    """Run the offline verification on a defaced output and print the verdict (needs defacer[verify])."""
+def verify_outputs(original_path: Path, defaced_path: Path, provenance: dict, labels_path: Path | None = None) -> bool:
+    """Run the offline verification on a defaced output, print the verdict and return whether it passed.
+
+    Needs defacer[verify].  ``deface --verify`` then exits with :data:`EXIT_VERIFY_FAILED`
+    (3, as ``defacer verify``) when it did not pass.
+    """
     from defacer.io import load_volume
 
     try:
@@ -164,3 +173,7 @@ def verify_outputs(original_path: Path, defaced_path: Path, provenance: dict, la
                          labels=labels, provenance=provenance)
     verdict = "PASS" if result.passed else "FAIL"
     print(f"  verification: {verdict}; report {result.report_path}")
+    if not result.passed:
+        print(f"defacer deface: verification FAILED for {defaced_path} (exit status {EXIT_VERIFY_FAILED}); "
+              f"see {result.report_path}", file=sys.stderr)
+    return bool(result.passed)
