@@ -279,3 +279,108 @@ def test_attributes_stored_with_unknown_vr_are_handled_by_their_dictionary_vr(tm
     sequence = ds.ReferencedImageSequence
     assert sequence[0].ReferencedSOPInstanceUID.startswith("2.25.")
     assert "Hidden" not in str(sequence[0].get("PatientName", ""))
+
+
+# ----------------------------------------------------------------- free text under the clean options
+def _instance(folder, number, study, **values):
+    """One small MR instance of ``study`` with the given attributes (keyword or (tag, VR) -> value)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.99.{study}.{number}"
+    ds.StudyInstanceUID = f"1.2.826.0.1.3680043.99.{study}"
+    ds.SeriesInstanceUID = f"1.2.826.0.1.3680043.99.{study}.0"
+    ds.Modality = "MR"
+    for key, value in values.items():
+        if isinstance(value, tuple):
+            tag, vr, text = value
+            ds.add_new(tag, vr, text)
+        else:
+            setattr(ds, key, value)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{study}_{number}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _texts(out):
+    return {str(value) for path in out.rglob("*.dcm") for value in _all_text(pydicom.dcmread(path))}
+
+
+def _all_text(ds):
+    from defacer.phi.scrub import iter_phi_free_text
+
+    return list(iter_phi_free_text(ds))
+
+
+CLEAN = DeidOptions(clean_descriptors=True, clean_graphics=True, clean_structured_content=True)
+
+
+def test_clean_descriptors_masks_every_name_component_id_and_institution_in_free_text(tmp_path):
+    person = Dataset()
+    person.PersonName = "Okonkwo^Adaeze"  # a name only inside a sequence
+    request = Dataset()
+    request.RequestedProcedureID = "RQ-77"
+    _instance(
+        tmp_path / "in", 1, 5,
+        PatientName="Li^Wu", PatientID="P-4411", InstitutionName="Saint Elsewhere Clinic",
+        AccessionNumber="ACC9Q",
+        ContentSequence=[person], RequestAttributesSequence=[request],
+        SeriesDescription="Scan for Mr Li (wu) at SAINT ELSEWHERE CLINIC",
+        StudyDescription="acc9q / p-4411 follow-up of li",
+        ImageComments="Reviewed with Adaeze OKONKWO for RQ-77; Lithium level normal",
+    )
+    anonymize_files(tmp_path / "in", tmp_path / "out", Scrubber(CLEAN, Pseudonymizer(KEY)))
+    ds = pydicom.dcmread(next((tmp_path / "out").rglob("*.dcm")))
+    text = " ".join(str(ds.get(k, "")) for k in ("SeriesDescription", "StudyDescription", "ImageComments")).lower()
+    for planted in ("li ", "(wu)", "elsewhere", "acc9q", "p-4411", "adaeze", "okonkwo", "rq-77"):
+        assert planted not in text, (planted, text)
+    assert "scan for mr" in text and "lithium" in text  # the rest of the text is kept (descriptors option)
+
+
+def test_free_text_is_cleaned_of_names_that_only_another_file_of_the_study_holds(tmp_path):
+    _instance(tmp_path / "in", 1, 6, PatientName="Rasmussen^Ingrid", ReferringPhysicianName="Haddad^Omar")
+    _instance(tmp_path / "in", 2, 6, PatientName="", ImageComments="sent by dr haddad for INGRID rasmussen")
+    anonymize_files(tmp_path / "in", tmp_path / "out", Scrubber(CLEAN, Pseudonymizer(KEY)))
+    text = " ".join(_texts(tmp_path / "out")).lower()
+    assert "sent by dr" in text
+    assert not {"haddad", "ingrid", "rasmussen", "omar"} & set(text.replace("*", " ").split())
+
+
+def test_clean_graphics_cleans_overlay_comments_description_and_label(tmp_path):
+    _instance(
+        tmp_path / "in", 1, 7, PatientName="Li^Wu",
+        overlay_comments=(0x60024000, "LT", "Marked by Wu Li"),
+        overlay_description=(0x60020022, "LO", "for Li"),
+        overlay_label=(0x60021500, "LO", "Li Wu lesion"),
+        overlay_rows=(0x60020010, "US", 8),
+    )
+    anonymize_files(tmp_path / "in", tmp_path / "graphics", Scrubber(CLEAN, Pseudonymizer(KEY)))
+    ds = pydicom.dcmread(next((tmp_path / "graphics").rglob("*.dcm")))
+    for tag in (0x60024000, 0x60020022, 0x60021500):
+        assert tag in ds and not {"li", "wu"} & set(str(ds[tag].value).lower().split()), ds[tag]
+    anonymize_files(tmp_path / "in", tmp_path / "basic", Scrubber(DeidOptions(), Pseudonymizer(KEY)))
+    ds = pydicom.dcmread(next((tmp_path / "basic").rglob("*.dcm")))
+    assert not {0x60024000, 0x60020022, 0x60021500} & set(ds.keys())  # removed without the option
+
+
+def test_defaced_series_free_text_is_cleaned_too(tmp_path):
+    import numpy as np
+
+    from defacer.io.dicom_series import read_dicom_volume, write_dicom_volume
+
+    for k in range(3):
+        _instance(
+            tmp_path / "in", k, 8, PatientName="Li^Wu", SeriesDescription="T1 for Mr LI",
+            Rows=4, Columns=4, SamplesPerPixel=1, PhotometricInterpretation="MONOCHROME2", BitsAllocated=16,
+            BitsStored=16, HighBit=15, PixelRepresentation=0, PixelSpacing=[1, 1],
+            ImageOrientationPatient=[1, 0, 0, 0, 1, 0], ImagePositionPatient=[0, 0, 2 * k],
+            PixelData=np.zeros((4, 4), np.uint16).tobytes(),
+        )
+    volume = read_dicom_volume(tmp_path / "in")
+    written = write_dicom_volume(volume, tmp_path / "out", deid=Scrubber(CLEAN, Pseudonymizer(KEY)))
+    assert all(str(pydicom.dcmread(p).SeriesDescription) == "T1 for Mr *" for p in written)

@@ -608,7 +608,6 @@ def _replace_pixels(ds: Dataset, frames: npt.NDArray[Any], n_frames: int) -> Non
 
 
 def _check_output_folder(out_dir: Path, volume_root: Path | None, sources: Iterable[Path], force: bool) -> None:
-    check_output_path(out_dir, force=force)
     target = out_dir.resolve()
     if volume_root is not None:
         root = volume_root.resolve()
@@ -620,6 +619,7 @@ def _check_output_folder(out_dir: Path, volume_root: Path | None, sources: Itera
     for source in sources:
         if source.resolve().is_relative_to(target):
             raise OutputError(f"The output folder '{out_dir}' contains the input file '{source}'. Choose another folder.")
+    check_output_path(out_dir, force=force)
 
 
 def _output_names(paths: Sequence[Path], root: Path | None, deidentified: bool) -> list[Path]:
@@ -682,6 +682,8 @@ def write_dicom_volume(volume: Volume, out_dir: PathLike, *, force: bool = False
     files = list(by_file)
     _check_output_folder(out, root, files, force)
     names = _output_names(files, root, deid is not None)
+    if deid is not None and deid.cleans_text:
+        _collect_identifying(files, deid)
     written = []
     with atomic_outputs([out]) as temps:
         folder = temps[0]
@@ -704,6 +706,17 @@ def write_dicom_volume(volume: Volume, out_dir: PathLike, *, force: bool = False
             write_instance(ds, target, source=file)
             written.append(out / name)
     return written
+
+
+def _collect_identifying(files: Iterable[Path], deid: Scrubber) -> None:
+    """Let ``deid`` see the identifying values of every file first (free text is cleaned of a study's values)."""
+    from pydicom.errors import InvalidDicomError
+
+    for file in files:
+        try:
+            deid.collect_identifying(dcmread_any(file, stop_before_pixels=True))
+        except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # unreadable: it is skipped (or refused) when it is written
 
 
 def prepare_for_storage(ds: Dataset, source: PathLike | None = None) -> Dataset:
@@ -879,6 +892,8 @@ def anonymize_files(
         folder = temps[0]
         work = folder / ".work"
         work.mkdir(parents=True)
+        if deid.cleans_text:
+            _collect_identifying(files, deid)
         if jobs == 1 or len(files) < 2 * jobs:
             outcomes, _ = _anonymize_chunk(files, 0, work, deid)
         else:

@@ -94,10 +94,14 @@ def clean_text(value: str, identifying: Iterable[str]) -> str:
     value : str
         The text (a description or comment).
     identifying : iterable of str
-        Values from the same dataset known to identify (name parts, IDs, birth date,
-        institution, staff names); each occurrence is replaced by ``*``.
+        Values known to identify (names and their parts, IDs, birth date, institution, staff
+        names), case-insensitively replaced by ``*``: anywhere from 4 characters, shorter
+        ones only as whole words.
     """
     out = value
     for token in sorted({t for t in identifying if len(t) >= 2}, key=len, reverse=True):
-        out = re.sub(re.escape(token), "*", out, flags=re.IGNORECASE)
+        pattern = re.escape(token)
+        if len(token) < 4:  # a short name part ("Li") only as a word of its own, not inside other words
+            pattern = rf"(?<![^\W_]){pattern}(?![^\W_])"
+        out = re.sub(pattern, "*", out, flags=re.IGNORECASE)
     return _GENERIC_PHI.sub("*", out)

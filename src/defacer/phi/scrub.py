@@ -13,6 +13,7 @@ is emptied, and an instance-UID attribute it does not list is replaced like ``U`
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,6 @@ from pydicom.datadict import DicomDictionary
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
-from pydicom.sequence import Sequence
 from pydicom.uid import UID
 
 from defacer.errors import DicomSeriesError
@@ -79,6 +79,53 @@ _UNLISTED_INSTANCE_UIDS = frozenset(
 )
 
 
+#: Free-text VRs: overlay attributes of these VRs the table does not list follow Overlay Comments.
+_FREE_TEXT_VRS = frozenset({"LO", "LT", "SH", "ST", "UT", "UC"})
+#: String VRs whose values may be identifiers.
+_ID_VRS = frozenset({"LO", "SH", "LT", "ST", "UT", "UC", "AE"})
+#: Keywords of identifier attributes (PatientID, StudyID, AccessionNumber, DeviceSerialNumber...).
+_ID_KEYWORD = re.compile(r"(ID|IDs|Number|Numbers|Locator|Institution\w*|Address|Department\w*|StationName)$")
+#: Separators between name components (PN component and group separators, spaces, punctuation).
+_NAME_SPLIT = re.compile(r"[\^=\s,.;:()\[\]/\\]+")
+
+
+def identifying_values(ds: Dataset) -> set[str]:
+    """Values of ``ds`` that identify someone, for masking in free text (nested sequences included).
+
+    Every person name (VR PN) whole and by component (family, given, middle... separately,
+    from 2 characters), every value of an ID, number, institution, department, address or
+    station attribute, and the attributes of :data:`_IDENTIFYING_KEYWORDS` whole and by word
+    (from 3 characters).
+    """
+    values: set[str] = set()
+
+    def add(text: str, *, split: bool, shortest: int) -> None:
+        text = text.strip().strip("\x00").strip()
+        if len(text) >= 2:
+            values.add(text)
+        if split:
+            values.update(part for part in _NAME_SPLIT.split(text) if len(part) >= shortest)
+
+    listed = set(_IDENTIFYING_KEYWORDS)
+    for element in ds.iterall():
+        vr = element.VR
+        if vr in ("SQ", "OB", "OW", "UN", "OF", "OD", "OL", "OV") or element.value is None:
+            continue
+        raw = element.value
+        items = raw if isinstance(raw, MultiValue | list) else [raw]
+        keyword = element.keyword
+        if vr == "PN":
+            for item in items:
+                add(str(item), split=True, shortest=2)
+        elif keyword in listed:
+            for item in items:
+                add(str(item), split=True, shortest=3)
+        elif vr in _ID_VRS and keyword and _ID_KEYWORD.search(keyword):
+            for item in items:
+                add(str(item), split=False, shortest=2)
+    return values
+
+
 @dataclass
 class _Context:
     """Per-dataset state: the patient's date offset and the values that identify them."""
@@ -125,6 +172,7 @@ class Scrubber:
         self.mapping = Mapping()
         self._code_cache: dict[tuple[int, str], str] = {}
         self._uid_cache: dict[str, str] = {}
+        self._study_values: dict[str, set[str]] = {}
 
     # ------------------------------------------------------------------ public
     def check_burned_in(self, ds: Dataset, source: str = "") -> None:
@@ -175,21 +223,30 @@ class Scrubber:
         pseudo_id = self.pseudonymizer.identifier(patient)
         offset = self.pseudonymizer.date_offset_days(patient)
         identifying: list[str] = []
-        if self._cleans_text:
-            for keyword in _IDENTIFYING_KEYWORDS:
-                value = ds.get(keyword)
-                if value is None or isinstance(value, Sequence):
-                    continue
-                values = value if isinstance(value, MultiValue | list) else [value]
-                for item in values:
-                    text = str(item)
-                    identifying.append(text)
-                    identifying.extend(part for part in text.replace("^", " ").split() if len(part) >= 3)
+        if self.cleans_text:
+            identifying = sorted(self.collect_identifying(ds))
         if self.record_mapping:
             entry = self.mapping.patients.setdefault(patient, {})
             entry.update({"PatientID": pseudo_id, "PatientName_original": str(ds.get("PatientName", "")),
                           "date_offset_days": -offset if self.options.retain_long_modified_dates else None})
         return _Context(offset, identifying, pseudo_id)
+
+    def collect_identifying(self, ds: Dataset) -> set[str]:
+        """Remember the identifying values of ``ds`` under its study and return all of that study's.
+
+        Call it for every instance of a run before scrubbing any (the writers do when a
+        cleaning option is on), so that free text in one file is also cleaned of the names
+        and IDs that appear only in another file of the same study (StudyInstanceUID).
+        """
+        study = str(ds.get("StudyInstanceUID", "") or "").strip()
+        values = self._study_values.setdefault(study, set()) if study else set()
+        values |= identifying_values(ds)
+        return set(values)
+
+    @property
+    def cleans_text(self) -> bool:
+        """True when an option in force keeps some free text, cleaned (so identifying values are collected)."""
+        return self._cleans_text
 
     @property
     def _cleans_text(self) -> bool:
@@ -233,6 +290,8 @@ class Scrubber:
             vr = raw_vr if raw_vr and len(raw_vr) == 2 and raw_vr != "UN" else _VR_BY_TAG.get(tag_int, "")
             if len(vr) != 2:
                 vr = ds[tag].VR  # ambiguous VR (e.g. "US or SS"): pydicom resolves it from the data set
+            if rule is None and 0x6000 <= group <= 0x60FF and not group & 1 and vr in _FREE_TEXT_VRS:
+                rule = find_rule((group << 16) | 0x4000)  # Overlay Description/Label: treated as Overlay Comments
             if rule is None:
                 self._unlisted(ds, tag_int, vr, context)
             else:
