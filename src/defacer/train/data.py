@@ -349,10 +349,21 @@ class AugmentedBatches:
         Relative sampling weight per sample.
     device : torch.device
     seed : int
+    patch : int
+        Edge of the cube cut from each augmented draw (0: the whole box).
+    foreground_probability : float
+        Chance that a patch is centred on a feature voxel rather than anywhere.
+    class_weights : tuple of float
+        Relative chance of the eyes, nose and ears as that feature (classes absent from the draw
+        are skipped).
     """
 
     def __init__(self, samples: list[BoxSample], transform: mt.Compose | None, weights: list[float] | None = None,
-                 device: torch.device | None = None, seed: int = 0) -> None:
+                 device: torch.device | None = None, seed: int = 0, patch: int = 0,
+                 foreground_probability: float = 0.7, class_weights: tuple[float, ...] = (1.0, 1.0, 2.0)) -> None:
+        self.patch = int(patch)
+        self.foreground_probability = float(foreground_probability)
+        self.class_weights = tuple(float(w) for w in class_weights)
         self.device = device or torch.device("cpu")
         self.images = [torch.from_numpy(np.ascontiguousarray(s.image[None])).float().to(self.device) for s in samples]
         self.labels = [torch.from_numpy(np.ascontiguousarray(s.labels[None])).float().to(self.device) for s in samples]
@@ -374,7 +385,28 @@ class AugmentedBatches:
             image = image.as_tensor()
         if hasattr(labels, "as_tensor"):
             labels = labels.as_tensor()
-        return image.float().to(self.device), labels.round().long().to(self.device)[0]
+        image, target = image.float().to(self.device), labels.round().long().to(self.device)[0]
+        if self.patch:
+            image, target = self._cut_patch(image, target)
+        return image, target
+
+    def _cut_patch(self, image: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A ``patch``^3 cube of an augmented draw: image (1, P, P, P), labels (P, P, P)."""
+        shape = np.asarray(target.shape)
+        size = np.minimum(self.patch, shape)
+        centre = None
+        if self.rng.random() < self.foreground_probability:
+            present = [c for c in (1, 2, 3) if bool((target == c).any())]
+            if present:
+                w = np.asarray([self.class_weights[c - 1] for c in present], float)
+                cls = present[int(self.rng.choice(len(present), p=w / w.sum()))]
+                where = torch.nonzero(target == cls)
+                centre = where[int(self.rng.integers(len(where)))].cpu().numpy()
+        if centre is None:
+            centre = self.rng.integers(0, shape)
+        lo = np.clip(centre - size // 2, 0, shape - size)
+        box = tuple(slice(int(a), int(a + n)) for a, n in zip(lo, size))
+        return image[(slice(None), *box)], target[box]
 
     def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``size`` draws stacked: image (N, 1, X, Y, Z), labels (N, X, Y, Z)."""

@@ -50,6 +50,15 @@ class TrainConfig:
     seed : int
     threads : int
         ``torch.set_num_threads`` on CPU.
+    patch : int
+        Train on cubes of this many voxels cut from each augmented box (0: the whole box).  The
+        network is fully convolutional, so it still runs on the whole box; a 64^3 patch costs a
+        third of a 96^3 box, which is what makes CPU training affordable.
+    foreground_probability : float
+        With ``patch``, the chance that a patch is centred on a voxel of a feature (drawn per
+        class with ``patch_class_weights``) rather than anywhere in the box.
+    patch_class_weights : tuple of float
+        Relative chance of centring a foreground patch on the eyes, nose and ears.
     """
 
     epochs: int = 60
@@ -63,6 +72,9 @@ class TrainConfig:
     time_limit_s: float = 0.0
     seed: int = 0
     threads: int = 2
+    patch: int = 0
+    foreground_probability: float = 0.7
+    patch_class_weights: tuple[float, float, float] = (1.0, 1.0, 2.0)
     unet: dict = field(default_factory=lambda: UNetConfig().to_dict())
 
 
@@ -125,7 +137,9 @@ def train(train_samples: list[BoxSample], val_samples: list[BoxSample], out_dir:
         Checkpoints and ``history.json`` go here.
     config : TrainConfig
     resume : Path, optional
-        Start from the weights of this checkpoint (same architecture); its history is kept.
+        Start from the weights of this checkpoint (same architecture); its history is kept.  An
+        exported ``.onnx`` detector (e.g. the shipped one) works too: its weights are loaded by
+        :func:`defacer.train.warm_start.load_onnx_weights`.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
@@ -135,7 +149,12 @@ def train(train_samples: list[BoxSample], val_samples: list[BoxSample], out_dir:
         torch.set_num_threads(config.threads)
     net = AttentionUNet3D(UNetConfig.from_dict(config.unet)).to(device)
     previous: list[dict] = []
-    if resume is not None:
+    if resume is not None and resume.suffix == ".onnx":
+        from defacer.train.warm_start import load_onnx_weights
+
+        load_onnx_weights(net, resume)
+        previous = [{"resumed_from": str(resume)}]
+    elif resume is not None:
         state = torch.load(resume, map_location="cpu", weights_only=False)
         net.load_state_dict(state["model"])
         previous = [dict(h, resumed_from=str(resume)) for h in state.get("history", [])]
@@ -143,7 +162,9 @@ def train(train_samples: list[BoxSample], val_samples: list[BoxSample], out_dir:
     shape = tuple(int(n) for n in train_samples[0].image.shape)
     box = {"shape": list(shape), "spacing_mm": float(np.sqrt((train_samples[0].affine[:3, :3] ** 2).sum(axis=0))[0])}
     batches = AugmentedBatches(train_samples, training_transform(config.transpose_probability, device, shape),  # type: ignore[arg-type]
-                               weights, device=device, seed=config.seed)
+                               weights, device=device, seed=config.seed, patch=config.patch,
+                               foreground_probability=config.foreground_probability,
+                               class_weights=config.patch_class_weights)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
     # halve the learning rate after 2 epochs without a better validation Dice (early stopping waits 5)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=2)

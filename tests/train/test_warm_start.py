@@ -1,0 +1,61 @@
+"""Warm start from an exported ONNX detector, and patch training for the CPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("monai")
+pytest.importorskip("onnx")
+
+from defacer.errors import WeightsError  # noqa: E402
+from defacer.train.data import AugmentedBatches, make_phantom_samples  # noqa: E402
+from defacer.train.unet import AttentionUNet3D, UNetConfig  # noqa: E402
+from defacer.train.warm_start import load_onnx_weights  # noqa: E402
+
+
+def _shipped() -> tuple:
+    from defacer.detect.model import OnnxDetector, default_weights_path
+
+    path = default_weights_path()
+    if not path.is_file():
+        pytest.skip("no shipped weights")
+    return path, OnnxDetector(path)
+
+
+def test_a_network_loaded_from_the_shipped_onnx_computes_what_the_onnx_computes() -> None:
+    path, detector = _shipped()
+    net = AttentionUNet3D(UNetConfig.from_dict(detector.card["unet"]))
+    load_onnx_weights(net, path)
+    net.eval()
+    box = np.random.default_rng(1).random(detector.box_shape, dtype=np.float32)
+    with torch.no_grad():
+        ours = torch.softmax(net(torch.from_numpy(box[None, None])), 1)[0].numpy()
+    assert np.allclose(ours, detector.probabilities(box), atol=1e-4)
+
+
+def test_warm_start_refuses_a_network_of_another_shape() -> None:
+    path, _ = _shipped()
+    net = AttentionUNet3D(UNetConfig(channels=(4, 8, 16)))
+    with pytest.raises(WeightsError, match="--channels"):
+        load_onnx_weights(net, path)
+
+
+def test_patches_have_the_asked_size_and_are_mostly_centred_on_features() -> None:
+    samples = make_phantom_samples(1, seed=2, shape=(48, 48, 48), spacing=5.0)
+    batches = AugmentedBatches(samples, None, device=torch.device("cpu"), seed=0, patch=16, foreground_probability=1.0)
+    for _ in range(6):
+        image, labels = batches.draw()
+        assert tuple(image.shape) == (1, 16, 16, 16) and tuple(labels.shape) == (16, 16, 16)
+        assert bool((labels > 0).any()), "a foreground patch holds a feature"
+    whole = AugmentedBatches(samples, None, device=torch.device("cpu"), seed=0)
+    assert tuple(whole.draw()[1].shape) == (48, 48, 48)
+
+
+def test_patch_size_must_suit_the_network(tmp_path, capsys) -> None:
+    from defacer.cli.main import main
+
+    code = main(["train", "--out", str(tmp_path / "o"), "--patch", "60"])
+    assert code != 0
+    assert "multiple of 8" in capsys.readouterr().err
