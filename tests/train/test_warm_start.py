@@ -9,10 +9,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("monai")
 pytest.importorskip("onnx")
 
-from defacer.errors import WeightsError  # noqa: E402
-from defacer.train.data import AugmentedBatches, make_phantom_samples  # noqa: E402
-from defacer.train.unet import AttentionUNet3D, UNetConfig  # noqa: E402
-from defacer.train.warm_start import load_onnx_weights  # noqa: E402
+from defacer.errors import WeightsError
+from defacer.train.data import AugmentedBatches, make_phantom_samples
+from defacer.train.unet import AttentionUNet3D, UNetConfig
+from defacer.train.warm_start import load_onnx_weights
 
 
 def _shipped() -> tuple:
