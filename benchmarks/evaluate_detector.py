@@ -6,8 +6,10 @@ fold; each model's card (``<weights>.json``) lists ``trained_on``, and a scan is
 first model that did not train on it (a scan no model left out is reported as not scored).
 
 Reports, per scan and feature: Dice at the scan's own resolution, centroid error in mm
-(``inf`` when a component is missing or extra), and whether each feature present in the
-reference was found.  ``--consistency`` also runs one model on the same scan reoriented (LPS
+(``inf`` when a component is missing or extra), and found / missed / extra components (found: a
+voxel of the right label within 6 mm of the reference component's centroid; extra: a predicted
+component near no reference centroid); a per-head Markdown table for the model card; summaries
+over all heads and MR and CT apart.  ``--consistency`` also runs one model on the same scan reoriented (LPS
 and a transposed axis order), resampled to 2 mm and cropped (15 % off the back and the top),
 and compares those predictions with the prediction on the original scan.
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -29,7 +32,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
-from defacer.detect.metrics import centroid_errors_mm, dice_per_feature
+from defacer.detect.metrics import centroid_errors_mm, dice_per_feature, feature_matches
 from defacer.detect.model import OnnxDetector
 from defacer.io import load_volume
 from defacer.labels import FEATURES
@@ -75,23 +78,66 @@ def held_out(weights: list[Path], data: Path, labels_dir: Path) -> list[dict]:
         centroid = centroid_errors_mm(predicted, reference, volume.affine)
         found = {f: (None if not (reference == v).any() else bool((predicted == v).any()))
                  for f, v in zip(FEATURES, (1, 2, 3))}
-        rows.append({"scan": name, "scored": True, "model": detector.weights_path.parent.name, "dice": dice,
-                     "centroid_mm": centroid, "found": found, "seconds": round(seconds, 2)})
-        print(f"{name:28s} " + " ".join(f"{f}: dice {_fmt(dice[f])} c {_fmt(centroid[f])}" for f in FEATURES), flush=True)
+        matches = feature_matches(predicted, reference, volume.affine)
+        rows.append({"scan": name, "scored": True, "modality": modality(name), "model": _model_name(detector),
+                     "dice": dice, "centroid_mm": centroid, "found": found, "matches": matches,
+                     "seconds": round(seconds, 2)})
+        print(f"{name:28s} " + " ".join(
+            f"{f}: dice {_fmt(dice[f])} {matches[f]['found']}/{matches[f]['in_view']}+{matches[f]['extra']}"
+            for f in FEATURES), flush=True)
     return rows
 
 
+def modality(name: str) -> str:
+    """``"CT"`` for the CT scans (a ``CT`` or ``headct`` part in their names), else ``"MR"``."""
+    return "CT" if any(part in ("ct", "headct") for part in re.split(r"[-_]", name.lower())) else "MR"
+
+
+def _model_name(detector: OnnxDetector) -> str:
+    path = detector.weights_path
+    return path.parent.name if path.name == "detector.onnx" else path.stem
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Per-head table (Dice; found/in view, +extra; median centroid error) for the model card."""
+    lines = ["| scan | modality | model | eyes Dice | nose Dice | ears Dice | eyes found | nose found | ears found "
+             "| centroid mm (eyes/nose/ears) |", "|---" * 10 + "|"]
+    for r in sorted((r for r in rows if r.get("scored")), key=lambda r: (r["modality"], r["scan"])):
+        m = r["matches"]
+        cells = [f"{m[f]['found']}/{m[f]['in_view']}" + (f" +{m[f]['extra']}" if m[f]["extra"] else "") for f in FEATURES]
+        cent = "/".join(f"{np.mean(m[f]['centroid_mm']):.1f}" if m[f]["centroid_mm"] else "-" for f in FEATURES)
+        lines.append(f"| {r['scan']} | {r['modality']} | {r['model']} | "
+                     + " | ".join(_fmt(r["dice"][f]) for f in FEATURES) + " | " + " | ".join(cells) + f" | {cent} |")
+    return "\n".join(lines)
+
+
 def summarise(rows: list[dict]) -> dict:
-    """Mean Dice and median centroid error per feature over scored scans where the feature is in the reference."""
+    """Per feature over scored scans, all together and MR and CT apart (see :func:`_summary`)."""
+    scored = [r for r in rows if r.get("scored")]
+    out = _summary(scored)
+    for kind in ("MR", "CT"):
+        out[kind] = _summary([r for r in scored if r.get("modality") == kind])
+    return out
+
+
+def _summary(rows: list[dict]) -> dict:
+    """Mean Dice, median centroid error and found / missed / extra counts per feature."""
     summary: dict = {}
     for f in FEATURES:
         dices = [r["dice"][f] for r in rows if r.get("scored") and r["found"][f] is not None]
         cents = [r["centroid_mm"][f] for r in rows if r.get("scored") and r["found"][f] is not None]
         found = [r["found"][f] for r in rows if r.get("scored") and r["found"][f] is not None]
         finite = [c for c in cents if c is not None and not math.isinf(c)]
+        in_view = sum(int(r["matches"][f]["in_view"]) for r in rows if "matches" in r)
+        found_6mm = sum(int(r["matches"][f]["found"]) for r in rows if "matches" in r)
+        extra = sum(int(r["matches"][f]["extra"]) for r in rows if "matches" in r)
+        errors = [e for r in rows if "matches" in r for e in r["matches"][f]["centroid_mm"]]
         summary[f] = {"n": len(dices), "mean_dice": float(np.mean(dices)) if dices else None,
                       "median_centroid_mm": float(np.median(finite)) if finite else None,
-                      "count_matched": len(finite), "found": int(sum(found))}
+                      "count_matched": len(finite), "found": int(sum(found)),
+                      "components_in_view": in_view, "components_found_6mm": found_6mm,
+                      "components_missed": in_view - found_6mm, "components_extra": extra,
+                      "median_centroid_error_found_mm": float(np.median(errors)) if errors else None}
     means = [summary[f]["mean_dice"] for f in FEATURES if summary[f]["mean_dice"] is not None]
     summary["mean_dice_over_features"] = float(np.mean(means)) if means else None
     return summary
@@ -182,6 +228,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = held_out(args.weights, args.data, args.labels_dir)
     summary = summarise(rows)
+    print(markdown_table(rows))
     print(json.dumps(summary, indent=1))
     result = {"held_out": rows, "summary": summary}
     if args.consistency is not None:
