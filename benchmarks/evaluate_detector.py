@@ -100,8 +100,9 @@ def _model_name(detector: OnnxDetector) -> str:
 
 def markdown_table(rows: list[dict]) -> str:
     """Per-head table (Dice; found/in view, +extra; median centroid error) for the model card."""
-    lines = ["| scan | modality | model | eyes Dice | nose Dice | ears Dice | eyes found | nose found | ears found "
-             "| centroid mm (eyes/nose/ears) |", "|---" * 10 + "|"]
+    header = ("| scan | modality | model | eyes Dice | nose Dice | ears Dice | eyes found | nose found | ears found "
+              "| centroid mm (eyes/nose/ears) |")
+    lines = [header, "|---" * 10 + "|"]
     for r in sorted((r for r in rows if r.get("scored")), key=lambda r: (r["modality"], r["scan"])):
         m = r["matches"]
         cells = [f"{m[f]['found']}/{m[f]['in_view']}" + (f" +{m[f]['extra']}" if m[f]["extra"] else "") for f in FEATURES]
