@@ -12,6 +12,40 @@ MIN_VOXEL_MM = 0.05
 MAX_VOXEL_MM = 20.0
 #: Smallest grid accepted along any axis (a head needs some extent in all three).
 MIN_AXIS_VOXELS = 8
+#: Largest volume read by default (512^3 voxels: 0.25 mm over a whole head; defacing it needs about
+#: 16 bytes of working memory per voxel, 2.1 GB).  Checked against the header before any voxel is read.
+DEFAULT_MAX_VOXELS = 512**3
+#: Working memory defacing needs per voxel, in bytes (float copies, label maps), for messages.
+BYTES_PER_VOXEL = 16
+
+
+def check_voxel_count(shape: tuple[int, ...], source: object, max_voxels: int | None) -> None:
+    """Refuse a declared shape with more than ``max_voxels`` voxels, before anything is allocated.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Shape declared by the file's header (every axis, 4D included).
+    source : path or str
+        Shown in the message.
+    max_voxels : int or None
+        The limit; ``None`` means no limit.
+
+    Raises
+    ------
+    InputImageError
+        Naming the declared size, the limit, the memory it stands for and how to raise it.
+    """
+    count = 1
+    for n in shape:
+        count *= max(int(n), 0)
+    if max_voxels is not None and count > max_voxels:
+        raise InputImageError(
+            f"'{source}' declares {' x '.join(str(int(n)) for n in shape)} = {count:,} voxels, more than the limit of "
+            f"{max_voxels:,} voxels (defacing needs about {BYTES_PER_VOXEL} bytes of memory per voxel, "
+            f"{count * BYTES_PER_VOXEL / 1e9:.1f} GB here). If the scan is genuine and the machine has the memory, "
+            "raise the limit (max_voxels= in defacer.io.load_volume, or --max-voxels where the command offers it)."
+        )
 
 
 def validate_volume(volume: Volume, *, source: str, strict: bool = True) -> Volume:

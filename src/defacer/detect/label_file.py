@@ -20,14 +20,16 @@ class LabelFileDetector:
     ----------
     path : path-like
         NIfTI, NRRD or MGZ label map (0 background, 1 eyes, 2 nose, 3 ears).
+    data_files : {"beside", "none", "anywhere"}
+        Which detached NRRD data files may be read (see :func:`defacer.io.load_volume`).
     """
 
-    def __init__(self, path: PathLike) -> None:
+    def __init__(self, path: PathLike, *, data_files: str = "beside") -> None:
         from defacer.io import load_volume
 
         self.path = Path(path)
         try:
-            self.volume: Volume = load_volume(self.path, strict=False)
+            self.volume: Volume = load_volume(self.path, strict=False, data_files=data_files)
         except Exception as err:
             raise LabelMapError(f"Could not read the label map '{path}': {err}") from err
         values = self.volume.values(np.float64)

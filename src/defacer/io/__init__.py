@@ -8,12 +8,13 @@ DICOM series live in :mod:`defacer.io.dicom_series`.
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from defacer._typing import PathLike
-from defacer.checks import validate_volume
+from defacer.checks import DEFAULT_MAX_VOXELS, validate_volume
 from defacer.errors import InputImageError, OutputError
 from defacer.io.atomic import atomic_outputs, check_output_path
 from defacer.volume import Volume
@@ -74,7 +75,7 @@ def _sniff(path: Path, fmt: str) -> None:
             try:
                 with gzip.open(path, "rb") as handle:
                     head = handle.read(352)
-            except (OSError, EOFError) as err:
+            except (OSError, EOFError, zlib.error) as err:
                 raise InputImageError(
                     f"'{path}' is a damaged gzip file ({err}). It is probably truncated: re-export or re-download it."
                 ) from err
@@ -90,7 +91,13 @@ def _sniff(path: Path, fmt: str) -> None:
             )
 
 
-def load_volume(path: PathLike, *, strict: bool = True) -> Volume:
+def load_volume(
+    path: PathLike,
+    *,
+    strict: bool = True,
+    max_voxels: int | None = DEFAULT_MAX_VOXELS,
+    data_files: str = "beside",
+) -> Volume:
     """Read a NIfTI, NRRD, MGH/MGZ file or a DICOM series folder as a validated 3D volume.
 
     Parameters
@@ -100,6 +107,15 @@ def load_volume(path: PathLike, *, strict: bool = True) -> Volume:
     strict : bool
         Raise on suspicious geometry or values (NaN, absurd voxel sizes).  Always raised
         for problems that make defacing impossible (2D, 4D, empty).
+    max_voxels : int or None
+        Refuse a NIfTI/NRRD/MGH file whose header declares more voxels than this, before
+        reading any voxel (default :data:`defacer.checks.DEFAULT_MAX_VOXELS`, 512^3);
+        ``None`` removes the limit.
+    data_files : {"beside", "none", "anywhere"}
+        Which detached NRRD data files may be read: by default only a plain file name in the
+        header's own folder (never an absolute path or ``..``), so reading a scan reads only
+        the scan's own files; ``"none"`` refuses detached data (web uploads); ``"anywhere"``
+        trusts the header.
 
     Returns
     -------
@@ -109,8 +125,11 @@ def load_volume(path: PathLike, *, strict: bool = True) -> Volume:
     Raises
     ------
     InputImageError
-        For a missing, empty, truncated, corrupt, 2D or 4D file, with what to do.
+        For a missing, empty, truncated, corrupt, 2D, 4D or too large file, or a refused
+        data file, with what to do.
     """
+    if max_voxels is not None and max_voxels < 1:
+        raise ValueError(f"max_voxels must be positive or None, not {max_voxels}")
     p = Path(path)
     if not p.exists():
         raise InputImageError(f"No such file or folder: '{p}'. Check the path.")
@@ -126,11 +145,11 @@ def load_volume(path: PathLike, *, strict: bool = True) -> Volume:
         if fmt == "nrrd":
             from defacer.io.nrrd import read_nrrd
 
-            volume = read_nrrd(p)
+            volume = read_nrrd(p, data_files=data_files, max_voxels=max_voxels)
         else:
             from defacer.io.nifti import read_nifti_like
 
-            volume = read_nifti_like(p, fmt)
+            volume = read_nifti_like(p, fmt, max_voxels=max_voxels)
     return validate_volume(volume, source=str(p), strict=strict)
 
 

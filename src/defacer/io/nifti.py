@@ -12,11 +12,12 @@ import numpy as np
 from nibabel.openers import Opener
 from nibabel.volumeutils import array_to_file
 
+from defacer.checks import check_voxel_count
 from defacer.errors import InputImageError
 from defacer.volume import Volume
 
 
-def read_nifti_like(path: Path, fmt: str) -> Volume:
+def read_nifti_like(path: Path, fmt: str, *, max_voxels: int | None = None) -> Volume:
     """Read a NIfTI or MGH/MGZ file into a :class:`Volume` with its stored values and header.
 
     Parameters
@@ -25,6 +26,8 @@ def read_nifti_like(path: Path, fmt: str) -> Volume:
         File to read.
     fmt : {"nifti", "mgh"}
         Expected format (decides which nibabel class reads it).
+    max_voxels : int, optional
+        Refuse a header declaring more voxels than this before reading any voxel.
     """
     try:
         image: Any = nib.MGHImage.from_filename(str(path)) if fmt == "mgh" else nib.load(str(path))
@@ -38,6 +41,7 @@ def read_nifti_like(path: Path, fmt: str) -> Volume:
             f"'{path}' was read as {type(image).__name__}, not NIfTI. Rename it with the extension of its real "
             "format (.nii, .nii.gz, .nrrd, .nhdr, .mgz, .mgh)."
         )
+    check_voxel_count(tuple(image.shape), path, max_voxels)
     try:
         raw = np.asarray(image.dataobj.get_unscaled())
     except Exception as err:
