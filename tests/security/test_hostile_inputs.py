@@ -27,7 +27,7 @@ from hostile_files import Case, all_cases, base_array, gzip_bomb, mgh_bytes, nif
 
 from defacer.cli.main import main
 from defacer.errors import DefacerError, InputImageError
-from defacer.io import load_volume
+from defacer.io import load_volume, save_volume
 
 #: Most memory (bytes, as seen by tracemalloc) one hostile file may make the reader allocate.
 MEMORY_BOUND = 32_000_000
@@ -208,6 +208,36 @@ def test_nrrd_data_file_field_is_found_whatever_its_spelling(secret: Path, tmp_p
                                       data=b""))
         with pytest.raises(InputImageError):
             load_volume(header)
+
+
+# ----------------------------------------------------------------------------- defect 14: pixdim
+@pytest.mark.parametrize("pixdim", [0.0, -2.0])
+def test_zero_or_negative_pixdim_warns_that_geometry_is_invented_and_keeps_the_header(
+        tmp_path: Path, pixdim: float, caplog: pytest.LogCaptureFixture) -> None:
+    """Defect 14: pixdim 0/negative without sform: a warning, recorded on the volume; output header unchanged."""
+    source = tmp_path / "odd.nii"
+    source.write_bytes(nifti_bytes({"pixdim[2]": pixdim, "qform_code": 0, "sform_code": 0}))
+    volume = load_volume(source)
+    warnings = volume.extra["warnings"]
+    assert len(warnings) == 1 and "invented" in warnings[0] and "pixdim" in warnings[0]
+    assert "invented" in caplog.text
+    out = tmp_path / "out.nii"
+    save_volume(volume, out)
+    assert out.read_bytes()[:352] == source.read_bytes()[:352], "the header was not written back byte for byte"
+
+
+def test_zero_pixdim_with_a_valid_sform_says_the_sform_was_used(tmp_path: Path) -> None:
+    source = tmp_path / "odd.nii"
+    source.write_bytes(nifti_bytes({"pixdim[1]": 0.0}))
+    volume = load_volume(source)
+    assert "sform" in volume.extra["warnings"][0] and "invented" not in volume.extra["warnings"][0]
+    assert volume.spacing == (2.0, 2.0, 2.0)
+
+
+def test_clean_header_gives_no_warning(tmp_path: Path) -> None:
+    source = tmp_path / "fine.nii"
+    source.write_bytes(nifti_bytes())
+    assert load_volume(source).extra["warnings"] == []
 
 
 # ----------------------------------------------------------------------------- the command line

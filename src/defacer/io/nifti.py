@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from nibabel.volumeutils import array_to_file
 from defacer.checks import check_voxel_count
 from defacer.errors import InputImageError
 from defacer.volume import Volume
+
+log = logging.getLogger(__name__)
 
 
 def read_nifti_like(path: Path, fmt: str, *, max_voxels: int | None = None) -> Volume:
@@ -56,6 +59,9 @@ def read_nifti_like(path: Path, fmt: str, *, max_voxels: int | None = None) -> V
     if not np.isfinite(inter):
         inter = 0.0
     header = _original_header(path, image) if fmt == "nifti" else image.header.copy()
+    warnings = header_warnings(header, path) if fmt == "nifti" else []
+    for warning in warnings:
+        log.warning("%s", warning)
     return Volume(
         raw=raw,
         affine=np.asarray(image.affine, dtype=np.float64),
@@ -63,14 +69,53 @@ def read_nifti_like(path: Path, fmt: str, *, max_voxels: int | None = None) -> V
         inter=inter,
         format=fmt,
         header=header,
-        extra={"image_class": type(image).__name__, "raw_shape": tuple(raw.shape)},
+        extra={"image_class": type(image).__name__, "raw_shape": tuple(raw.shape), "warnings": warnings},
     )
 
 
 def _original_header(path: Path, image: Any) -> Any:
-    """The header exactly as stored (nibabel's in-memory header has scl_slope/inter moved to the proxy)."""
+    """The header exactly as stored, unrepaired (nibabel's loaded header is repaired and its scaling moved)."""
     with Opener(str(path), "rb") as fileobj:
-        return type(image.header).from_fileobj(fileobj)
+        return type(image.header).from_fileobj(fileobj, check=False)
+
+
+def header_warnings(header: Any, path: Path) -> list[str]:
+    """What nibabel had to repair in a NIfTI header to read it, in words (the header itself stays as stored).
+
+    A zero or negative voxel size (``pixdim[1..3]``) is read as 1 mm or its absolute value:
+    when the geometry comes from those sizes (no sform), it is invented, and the warning says so.
+
+    Returns
+    -------
+    list of str
+        One sentence per repair; empty for a clean header.
+    """
+    from nibabel.batteryrunners import BatteryRunner
+
+    fixed, reports = BatteryRunner(type(header)._get_checks()).check_fix(header.copy())
+    warnings = []
+    for report in reports:
+        if report.problem_level < 30:
+            continue
+        if "pixdim" in report.problem_msg and "qfac" not in report.problem_msg:
+            stored = [float(v) for v in header["pixdim"][1:4]]
+            used = [float(v) for v in fixed["pixdim"][1:4]]
+            if int(fixed["sform_code"]) == 0:
+                consequence = (f"defacer used {used} mm instead, so the geometry of this scan (voxel size, where the "
+                               "face is searched) is invented, not measured. Check the result, and fix the header "
+                               "(e.g. with fslhd/nibabel) if you know the real voxel size")
+            else:
+                consequence = "the geometry was taken from the header's sform, which is valid"
+            warnings.append(
+                f"'{path.name}': the NIfTI header gives voxel sizes pixdim[1..3] = {stored} (zero or negative); "
+                f"{consequence}. The output header keeps the stored values byte for byte."
+            )
+        else:
+            warnings.append(
+                f"'{path.name}': NIfTI header problem: {report.problem_msg}; read as if {report.fix_msg or 'repaired'}. "
+                "The output header keeps the stored values byte for byte."
+            )
+    return warnings
 
 
 def write_nifti(volume: Volume, path: Path) -> None:
