@@ -17,6 +17,7 @@ from scipy import ndimage
 from skimage.filters import threshold_otsu, threshold_triangle
 
 from defacer._typing import Mask
+from defacer.errors import InputImageError
 
 #: Target grid step of the coarse analysis grid, in mm.
 COARSE_STEP_MM = 3.0
@@ -129,6 +130,13 @@ def analyse_head(image: npt.NDArray[np.floating], spacing: tuple[float, float, f
     pad = (padded.shape[0] - tissue.shape[0]) // 2
     closed = closed[pad:-pad, pad:-pad, pad:-pad] | tissue
     sealed = ndimage.binary_fill_holes(closed)
+    if not sealed.any():
+        raise InputImageError(
+            f"No head found in this scan: no voxel is brighter than the air (all voxels are {float(coarse.min()):g}"
+            + ("" if float(coarse.max()) == float(coarse.min()) else f" to {float(coarse.max()):g}")
+            + "). An empty or constant volume has no face to deface; check that the right file was given and "
+            "that it was exported with its image data."
+        )
     # Air: outside the sealed head by more than a few mm, below the threshold.
     outside_depth = ndimage.distance_transform_edt(~sealed, sampling=coarse_spacing)
     air = coarse[(outside_depth > 4.0) & (coarse <= threshold)]

@@ -294,3 +294,17 @@ def test_cli_in_a_real_process_prints_no_traceback(tmp_path: Path, secret: Path)
     assert "plain file name" in result.stderr and "Traceback" not in result.stderr
     assert "SECRET" not in result.stdout + result.stderr
     assert snapshot(tmp_path) == before
+
+
+# ----------------------------------------------------------------------------- defect 6: empty volumes
+@pytest.mark.parametrize("value", [0, 7])
+def test_constant_volume_is_a_clear_error_not_a_crash(tmp_path: Path, value: int, labels_file: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Defect 6: an all-zero (or constant) volume says there is no head, instead of 'cannot convert float NaN'."""
+    source = tmp_path / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(np.full(base_array().shape, value, np.int16), np.diag([2.0, 2.0, 2.0, 1.0])),
+             str(source))
+    code, err = cli(["deface", str(source), str(tmp_path / "out.nii.gz"), "--labels", str(labels_file)], capsys)
+    assert code == 1
+    assert "No head found" in err and "NaN" not in err and "bug in defacer" not in err
+    assert not (tmp_path / "out.nii.gz").exists()
