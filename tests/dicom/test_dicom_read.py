@@ -221,3 +221,35 @@ def test_a_slice_truncated_before_its_pixels_is_not_silently_dropped(tmp_path):
     with pytest.raises(DicomSeriesError, match="cannot be read") as err:
         read_dicom_volume(tmp_path / "t")
     assert paths[4].name in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["file999.dcm", "IM0007", "slice_12.ima"])
+def test_a_random_bytes_file_in_a_series_refuses_it_like_a_truncated_one(tmp_path, name):
+    write_series(tmp_path / "r", ramp())
+    junk = tmp_path / "r" / name
+    junk.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    before = junk.read_bytes()
+    with pytest.raises(DicomSeriesError, match="cannot be read") as err:
+        read_dicom_volume(tmp_path / "r")
+    assert name in str(err.value) and "nothing was written" in str(err.value)
+    assert junk.read_bytes() == before
+
+
+@pytest.mark.parametrize("damage", ["random", "truncated", "truncated-pixels"])
+def test_anonymize_refuses_a_folder_with_an_unreadable_instance_and_writes_nothing(tmp_path, damage):
+    from defacer.io.dicom_series import anonymize_files
+    from defacer.phi import DeidOptions, Pseudonymizer, Scrubber
+
+    paths = write_series(tmp_path / "in", ramp((64, 64, 4)))
+    if damage == "random":
+        bad = tmp_path / "in" / "IM0099"
+        bad.write_bytes(np.random.default_rng(1).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    else:
+        bad = paths[2]
+        data = bad.read_bytes()
+        bad.write_bytes(data[:300] if damage == "truncated" else data[:-3000])
+    with pytest.raises(DicomSeriesError, match="cannot be read as DICOM") as err:
+        anonymize_files(tmp_path / "in", tmp_path / "out", Scrubber(DeidOptions(), Pseudonymizer(b"k" * 32)))
+    assert bad.name in str(err.value)
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]

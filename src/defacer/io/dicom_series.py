@@ -139,6 +139,35 @@ def _input_files(path: PathLike | Sequence[PathLike]) -> list[Path]:
     return sorted(files)
 
 
+#: Extensions of files that are clearly not image slices (notes, reports, exports, pictures):
+#: when one of these is not DICOM it is skipped with a warning instead of refusing the series.
+NON_IMAGE_EXTENSIONS = frozenset({
+    ".txt", ".md", ".rst", ".json", ".xml", ".html", ".htm", ".pdf", ".csv", ".tsv", ".log", ".ini", ".cfg",
+    ".yaml", ".yml", ".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".nii", ".gz", ".nrrd", ".nhdr",
+    ".mgz", ".mgh", ".zip", ".db", ".doc", ".docx", ".rtf", ".bval", ".bvec", ".sha256", ".md5",
+})
+#: Names of files that are clearly not slices.
+NON_IMAGE_NAMES = frozenset({"readme", "license", "licence", "thumbs.db", "desktop.ini", "manifest", "checksums"})
+#: Reason given to an unreadable file that may be a slice; it starts with "damaged" (see :attr:`Scan.damaged`).
+UNREADABLE_SLICE = (
+    "damaged or not DICOM: it cannot be read as DICOM (random or damaged bytes) and its name does not mark it as "
+    "a non-image file, so it may be a missing slice"
+)
+
+
+def unreadable_reason(path: Path) -> str:
+    """Why a file that pydicom cannot read as DICOM is left out.
+
+    Hidden files and files whose name or extension marks a document or picture (``notes.txt``,
+    ``README``, ``.DS_Store``) are "not a DICOM file" (skipped with a warning); anything else
+    may be a damaged slice and gets :data:`UNREADABLE_SLICE`, which refuses the series.
+    """
+    name = path.name.lower()
+    if name.startswith(".") or name in NON_IMAGE_NAMES or path.suffix.lower() in NON_IMAGE_EXTENSIONS:
+        return "not a DICOM file"
+    return UNREADABLE_SLICE
+
+
 def _looks_like_raw_dicom(path: Path) -> bool:
     """True when a file without the Part 10 preamble starts like a DICOM data set (old exports)."""
     try:
@@ -255,8 +284,9 @@ def _enhanced_frame_refs(ds: Dataset, path: Path, n_frames: int) -> tuple[list[F
 def scan(path: PathLike | Sequence[PathLike]) -> Scan:
     """Read the headers of every file under ``path`` and group them into stacks.
 
-    Non-DICOM and damaged files are skipped and listed in :attr:`Scan.skipped` (nothing is
-    deleted or changed).
+    Files that cannot be used are listed in :attr:`Scan.skipped` (nothing is deleted or
+    changed); those that may be damaged slices (see :func:`unreadable_reason`) are also in
+    :attr:`Scan.damaged`, which :func:`read_dicom_volume` refuses.
 
     Raises
     ------
@@ -274,7 +304,7 @@ def scan(path: PathLike | Sequence[PathLike]) -> Scan:
             ds = _read_header(file)
         except InvalidDicomError as err:
             text = str(err)
-            skipped.append((file, text if text.startswith("damaged") else "not a DICOM file"))
+            skipped.append((file, text if text.startswith("damaged") else unreadable_reason(file)))
             continue
         if "SOPClassUID" not in ds and "SeriesInstanceUID" not in ds:
             meta = getattr(ds, "file_meta", None)
@@ -820,6 +850,32 @@ def write_instance(ds: Dataset, path: Path, *, source: PathLike | None = None) -
         handle.write(data)
 
 
+def pixel_data_problem(ds: Dataset) -> str:
+    """What is wrong with the native (uncompressed) pixel data of ``ds``, or ``""``.
+
+    pydicom reads a file cut inside its pixel data without complaint; the value is then
+    shorter than Rows x Columns x Frames x SamplesPerPixel x BitsAllocated / 8.
+    Encapsulated (compressed) pixel data is not checked here (decoding checks it).
+    """
+    if "PixelData" not in ds:
+        return ""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None and syntax.is_transfer_syntax and syntax.is_encapsulated:
+        return ""
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = int(ds.BitsAllocated)
+    except (AttributeError, TypeError, ValueError) as err:
+        return f"pixel data without a usable Rows/Columns/BitsAllocated: {err}"
+    expected = -(-rows * columns * frames * samples * bits // 8)
+    found = len(ds.PixelData or b"")
+    if found < expected:
+        return f"pixel data holds {found} bytes where Rows, Columns and BitsAllocated need {expected}"
+    return ""
+
+
 def _anonymize_chunk(
     files: Sequence[Path], first: int, folder: Path, deid: Scrubber
 ) -> tuple[list[tuple[int, str | None, str]], dict[str, Any] | None]:
@@ -831,13 +887,21 @@ def _anonymize_chunk(
         try:
             ds = dcmread_any(file)
         except InvalidDicomError:
-            results.append((index, None, "not a DICOM file"))
+            results.append((index, None, unreadable_reason(file)))
             continue
         except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             results.append((index, None, f"damaged or truncated DICOM file ({type(err).__name__})"))
             continue
         if "SOPClassUID" not in ds and "SeriesInstanceUID" not in ds:
-            results.append((index, None, "not a DICOM instance (e.g. DICOMDIR)"))
+            meta = getattr(ds, "file_meta", None)
+            if meta is not None and "MediaStorageSOPClassUID" in meta and "DirectoryRecordSequence" not in ds:
+                results.append((index, None, "damaged or truncated DICOM file (its data set ends before its identifiers)"))
+            else:
+                results.append((index, None, "not a DICOM instance (e.g. DICOMDIR)"))
+            continue
+        problem = pixel_data_problem(ds)
+        if problem:
+            results.append((index, None, f"damaged or truncated DICOM file ({problem})"))
             continue
         uid = str(ds.get("SeriesInstanceUID", ""))
         deid.scrub(ds, source=str(file))
@@ -853,8 +917,9 @@ def anonymize_files(
 
     Output layout: ``out_dir/S001/IM00001.dcm``..., one folder per SeriesInstanceUID in order
     of first appearance (sorted input paths), files in input order: names carry no PHI and
-    are the same on every run, whatever ``jobs``.  Non-DICOM files are not copied and are
-    returned as skipped.
+    are the same on every run, whatever ``jobs``.  Documents, pictures and DICOMDIRs are not
+    copied and are returned as skipped; a file that may be a damaged instance refuses the
+    whole input (nothing is written).
 
     Parameters
     ----------
@@ -878,7 +943,8 @@ def anonymize_files(
     OutputError
         Output exists without ``force`` or overlaps the input.
     DicomSeriesError
-        No DICOM file found; an instance with burned-in text without opt-in (nothing is written).
+        No DICOM file found; a file that may be a damaged instance (random bytes, truncated);
+        an instance with burned-in text without opt-in (nothing is written).
     """
     files = _input_files(in_path)
     out = Path(out_dir)
@@ -898,6 +964,13 @@ def anonymize_files(
             outcomes, _ = _anonymize_chunk(files, 0, work, deid)
         else:
             outcomes = _anonymize_parallel(files, work, deid, jobs)
+        damaged = [(files[index], why) for index, uid, why in sorted(outcomes) if uid is None and why.startswith("damaged")]
+        if damaged:
+            listing = "\n  ".join(f"{p}: {why}" for p, why in damaged[:10])
+            raise DicomSeriesError(
+                f"{len(damaged)} file(s) in '{in_path}' cannot be read as DICOM, so a series would be written with "
+                f"missing instances:\n  {listing}\nRe-export them, or move them out of the input (nothing was written)."
+            )
         series_index: dict[str, int] = {}
         counts: dict[int, int] = defaultdict(int)
         for index, uid, why in sorted(outcomes):
