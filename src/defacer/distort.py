@@ -4,10 +4,20 @@ Each function returns :class:`Edit` objects (a box, the voxels to write inside i
 values) plus what it estimated or sampled, so a run can be recorded and replayed.  None of them
 writes into the image: :func:`defacer.pipeline.deface` applies the edits, never inside the
 protected region.
+
+The detector *locates* each feature; the image *delimits* what is changed:
+
+* eyes: a skin cover over the periorbital region (an ellipse sized from the detected eye, with a
+  soft edge), whose surface spans the socket from the brow to the upper cheek;
+* nose: the detected nose's bounding box x2 set to air, except the eye cover and what lies
+  behind it (the globes never show through);
+* ears: each auricle, as far as it stands out from the head (what a morphological opening of
+  the head removes near the detected ear), replaced by noise drawn from the scan's own air.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +26,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from defacer._typing import Mask
-from defacer.head import HeadModel
+from defacer.head import HeadModel, depth_below_surface
 
 Box = tuple[slice, slice, slice]
 
@@ -37,6 +47,8 @@ class Edit:
         New physical values (only read where ``mask``).
     params : dict
         What was estimated or sampled (JSON-serialisable).
+    shield : ndarray, bool, box shape, optional
+        Voxels that no other edit may write (the eye cover and everything behind it).
     """
 
     feature: str
@@ -44,6 +56,7 @@ class Edit:
     mask: Mask
     values: npt.NDArray[np.float32]
     params: dict[str, Any] = field(default_factory=dict)
+    shield: Mask | None = field(default=None, repr=False)
 
 
 def components(mask: Mask, max_count: int, min_fraction: float = 0.05) -> list[Box]:
@@ -83,11 +96,33 @@ def _mm_to_voxels(mm: float, spacing: tuple[float, float, float]) -> tuple[int, 
     return tuple(int(np.ceil(mm / s)) for s in spacing)  # type: ignore[return-value]
 
 
-def _ball(radius_mm: float, spacing: tuple[float, float, float]) -> Mask:
-    r = _mm_to_voxels(radius_mm, spacing)
-    grids = np.ogrid[tuple(slice(-k, k + 1) for k in r)]
-    dist2 = sum((g * s) ** 2 for g, s in zip(grids, spacing, strict=True))
-    return np.asarray(dist2 <= radius_mm**2)
+def _smoothstep(t: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
+    """0 for t <= 0, 1 for t >= 1, a raised cosine in between (continuous slope at both ends)."""
+    return (0.5 - 0.5 * np.cos(np.pi * np.clip(t, 0.0, 1.0))).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------ eyes
+
+
+def eye_region(eyes: Mask, component: Box, spacing: tuple[float, float, float], scale: float
+               ) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Centre (R, S voxel index) and semi-axes (R, S, mm) of the cover ellipse of one detected eye.
+
+    The ellipse is inscribed in the eye's bounding box scaled ``scale`` times in R and S about
+    the eye's centroid: with the default 2 and an eye label of the globe and lids (about 26 mm),
+    it spans about 52 mm, from the nasal bridge to the outer corner of the eye and from the brow
+    to the upper cheek.
+    """
+    idx = np.nonzero(eyes[component])
+    centre = (component[0].start + float(idx[0].mean()), component[2].start + float(idx[2].mean()))
+    semi = tuple(scale * (component[axis].stop - component[axis].start) * spacing[axis] / 2.0 for axis in (0, 2))
+    return centre, semi  # type: ignore[return-value]
+
+
+#: Tissue standing up to this far in front of the eye cover is cut to it; beyond twice this the cover fades out (mm).
+CUT_MM = 6.0
+#: Distance over which the face's slope is read at the edge of the eye cover (mm).
+SLOPE_MM = 4.0
 
 
 def distort_eyes(
@@ -97,22 +132,27 @@ def distort_eyes(
     spacing: tuple[float, float, float],
     *,
     band_mm: float = 6.0,
-    box_scale: float = 3.0,
-    smooth_mm: float = 8.0,
+    box_scale: float = 2.0,
+    feather_mm: float = 10.0,
 ) -> list[Edit]:
-    """Cover each eye with skin: a band of ± ``band_mm`` around a smoothed skin surface set to a skin value.
+    """Cover each eye with skin, confined to the periorbital region and blended into the face.
 
-    Within each eye's bounding box scaled by ``box_scale`` (3 by default: the eye label is the
-    globe, about a third of the width and height of the orbit opening with the brow above it and
-    the lids and upper cheek below it, so the scaled box spans the whole orbital region), the face
-    surface is read as a height map along the anterior (A) axis, smoothed with a Gaussian of
-    ``smooth_mm`` (which erases the lids, the lid folds, the brow ridge and the eye socket) and
-    blended back into the original surface towards the box edges.  The band is thick (± 6 mm by
-    default) so that the relief of the socket, which a thin band leaves readable as a dark
-    eye-shaped hollow under render shading, is filled.  Every voxel within ``band_mm`` of the smoothed surface, and
-    every voxel between it and the original surface, gets the median intensity of this scan's
-    own superficial tissue in the box; tissue that stood out beyond the band (a protruding lid
-    or brow) is set to the scan's air value.  The eye itself, behind the band, is untouched.
+    For each detected eye (at most two), the cover region is an ellipse in the coronal (R, S)
+    plane centred on the eye, its semi-axes ``box_scale`` times the eye's half-extent
+    (:func:`eye_region`).  The face surface is read as a height map along the anterior (A)
+    axis.  Inside the ellipse a cover surface spans the socket: in every R column it runs
+    straight from the surface just above the ellipse (the brow) to the surface just below it
+    (the upper cheek), then is smoothed along R; the lids, their folds and the hollow of the
+    socket are under or in front of it.  The new surface is the cover blended with the original
+    by a weight that is 1 inside the ellipse shrunk by ``feather_mm`` and falls smoothly (raised
+    cosine) to 0 at the ellipse, so the cover meets the face with neither edge nor step.
+
+    Voxels between the new surface and ``band_mm`` x weight behind it become skin (the median of
+    this scan's superficial tissue in the region), tissue in front of it becomes air
+    (``head.background``), and the voxel the surface crosses gets the partial value of its
+    filled fraction, so the surface is smooth below the voxel size.  The eye itself, behind the
+    skin layer, is untouched; the cover and everything behind it form the edit's ``shield``, which
+    the nose removal leaves alone.
 
     Parameters
     ----------
@@ -124,12 +164,11 @@ def distort_eyes(
     spacing : tuple of 3 float
         Voxel size along R, A, S in mm.
     band_mm : float
-        Half-thickness of the skin band in mm (6 by default; 2 left eye sockets readable to face
-        detectors on real heads).
+        Thickness of the skin layer laid under the new surface (at full weight), in mm.
     box_scale : float
-        Scale of each eye's bounding box (3 by default; 1.5 left the brow and orbital rim).
-    smooth_mm : float
-        Standard deviation of the surface smoothing in mm.
+        Size of the cover ellipse: its semi-axes are this many times the eye's half-extent.
+    feather_mm : float
+        Width of the soft edge over which the cover blends into the face, in mm.
 
     Returns
     -------
@@ -137,35 +176,63 @@ def distort_eyes(
         One per eye found (at most two).
     """
     edits = []
-    margin = _mm_to_voxels(band_mm + 4.0, spacing)
     for index, component in enumerate(components(eyes, 2)):
-        box = grow_box(component, image.shape, box_scale, margin)
-        # Reach forward to the edge of the image along A, so the whole face surface is in the box.
-        box = (box[0], slice(box[1].start, image.shape[1]), box[2])
+        (c_r, c_s), (a_r, a_s) = eye_region(eyes, component, spacing, box_scale)
+        if min(a_r, a_s) <= 0:
+            continue
+        back = _mm_to_voxels(band_mm + 20.0, spacing)[1]
+        # Beyond the ellipse: room to read the surface's slope at its edge and to smooth along R.
+        margin = _mm_to_voxels(SLOPE_MM + 2.0, spacing)
+        box = (
+            slice(max(0, int(np.floor(c_r - a_r / spacing[0])) - margin[0]),
+                  min(image.shape[0], int(np.ceil(c_r + a_r / spacing[0])) + 1 + margin[0])),
+            slice(max(0, component[1].start - back), image.shape[1]),
+            slice(max(0, int(np.floor(c_s - a_s / spacing[2])) - margin[2]),
+                  min(image.shape[2], int(np.ceil(c_s + a_s / spacing[2])) + 1 + margin[2])),
+        )
         local = np.asarray(image[box], dtype=np.float32)
         tissue = ndimage.binary_opening(local > head.threshold)  # drop isolated noise voxels in the air
         height, present = _surface_height(tissue)
         if not present.any():
             continue
-        smoothed = _smooth_height(height, present, (smooth_mm / spacing[0], smooth_mm / spacing[2]))
-        taper = _edge_taper(height.shape)
-        target = np.where(present, taper * smoothed + (1 - taper) * height, np.nan)
-        y = np.arange(local.shape[1], dtype=np.float32)[None, :, None] * spacing[1]
-        surface = target[:, None, :] * spacing[1]
-        original = height[:, None, :] * spacing[1]
-        valid = ~np.isnan(surface)
-        in_band = valid & (np.abs(y - surface) <= band_mm)
-        filled = valid & (y <= surface) & (y > original)
-        removed = valid & (y > surface + band_mm) & tissue
-        skin_voxels = local[tissue & valid & (y >= original - 3.0) & (y <= original)]
+        surface = height + 0.5  # the front face of the most anterior tissue voxel, in A voxel units
+        r = ((np.arange(local.shape[0]) + box[0].start - c_r) * spacing[0] / a_r)[:, None]
+        s = ((np.arange(local.shape[2]) + box[2].start - c_s) * spacing[2] / a_s)[None, :]
+        rho = np.sqrt(r**2 + s**2)
+        soft = min(0.9, feather_mm / min(a_r, a_s))
+        weight = np.where(present, _smoothstep((1.0 - rho) / soft), 0.0).astype(np.float32)
+        cover = _span_socket(surface, present, rho < 1.0, spacing)
+        # Where the face stands far in front of the cover (the side of the nose), the cover fades out:
+        # lids and brow up to CUT_MM in front of it go, a nose never.
+        cut_mm = (surface - cover) * spacing[1]
+        weight *= _smoothstep((2.0 * CUT_MM - cut_mm) / CUT_MM)
+        target = weight * cover + (1.0 - weight) * surface
+        active = weight > 0.02
+        y = np.arange(local.shape[1], dtype=np.float32)[None, :, None]
+        new_surface = target[:, None, :]
+        filled = np.clip(new_surface + 0.5 - y, 0.0, 1.0)  # fraction of each voxel behind the new surface
+        band = (band_mm / spacing[1]) * weight[:, None, :]
+        on = active[:, None, :]
+        # Air-side cut: anything brighter than half-way from air to the tissue threshold goes.
+        bright = local > head.background + 0.5 * (head.threshold - head.background)
+        # The skin layer: from band x weight behind the new surface (or from the old surface when the
+        # cover stands in front of it) up to the voxel the new surface crosses.
+        lower = np.minimum(new_surface - band, surface[:, None, :]) - 0.5
+        layer = on & (filled > 0) & (y > lower)
+        removed = on & (filled < 1) & bright
+        superficial = on & tissue & (y >= surface[:, None, :] - 0.5 - 3.0 / spacing[1]) & (y < surface[:, None, :])
+        skin_voxels = local[superficial]
         skin = float(np.median(skin_voxels)) if skin_voxels.size else float(np.median(local[tissue]))
-        mask = in_band | filled | removed
-        values = np.where(removed, np.float32(head.background), np.float32(skin)).astype(np.float32)
+        mask = layer | removed
+        values = (head.background + filled * (skin - head.background)).astype(np.float32)
+        shield = on & (filled > 0)
+        shift = np.abs(target - surface)[active]
         edits.append(
-            Edit("eyes", box, mask, values, {"component": index, "skin_value": skin, "box": _box_list(box),
-                                             "band_mm": band_mm, "smooth_mm": smooth_mm,
-                                             "max_surface_shift_mm": float(np.nanmax(np.abs(target - height)))
-                                             * spacing[1]})
+            Edit("eyes", box, mask, values,
+                 {"component": index, "skin_value": skin, "box": _box_list(box), "band_mm": band_mm,
+                  "centre_rs_voxel": [round(c_r, 2), round(c_s, 2)], "semi_axes_rs_mm": [round(a_r, 2), round(a_s, 2)],
+                  "feather_mm": feather_mm, "max_surface_shift_mm": float(shift.max() * spacing[1]) if shift.size else 0.0},
+                 shield=shield)
         )
     return edits
 
@@ -185,13 +252,44 @@ def _smooth_height(height: npt.NDArray[np.float32], present: Mask, sigma: tuple[
     return np.where(weight > 1e-3, total / np.maximum(weight, 1e-3), height).astype(np.float32)
 
 
-def _edge_taper(shape: tuple[int, ...], fraction: float = 0.2) -> npt.NDArray[np.float32]:
-    """Weights of 1 in the middle of a 2D box falling smoothly to 0 at its edges (cosine over ``fraction``)."""
-    ramps = []
-    for n in shape:
-        t = np.minimum(np.arange(n) + 0.5, n - 0.5 - np.arange(n)) / max(fraction * n, 1.0)
-        ramps.append(np.where(t >= 1, 1.0, 0.5 - 0.5 * np.cos(np.pi * np.clip(t, 0, 1))))
-    return np.outer(ramps[0], ramps[1]).astype(np.float32)
+def _span_socket(surface: npt.NDArray[np.float32], present: Mask, inside: Mask,
+                 spacing: tuple[float, float, float], slope_mm: float = SLOPE_MM) -> npt.NDArray[np.float32]:
+    """A surface spanning the region ``inside`` along S from its lower to its upper edge, smoothed along R.
+
+    In every R column (axis 0) the height is the cubic (Hermite) curve that leaves the (lightly
+    smoothed) surface just below the region and meets it just above with the surface's own
+    slopes there (measured over ``slope_mm``), so a convex face stays convex and any hollow
+    between the brow and the cheek is bridged.  The curve never bulges more than a quarter of
+    its span beyond the straight line.  Outside the region the surface is returned as it is.
+    """
+    smooth = _smooth_height(surface, present, (1.5 / spacing[0], 1.5 / spacing[2]))
+    n_s = surface.shape[1]
+    rows = np.arange(n_s)
+    has = inside.any(axis=1)
+    first = np.where(has, np.argmax(inside, axis=1), 0)
+    last = np.where(has, n_s - 1 - np.argmax(inside[:, ::-1], axis=1), 0)
+    lo = np.clip(first - 1, 0, n_s - 1)
+    hi = np.clip(last + 1, 0, n_s - 1)
+    k = max(1, int(round(slope_mm / spacing[2])))  # noqa: RUF046 - numpy < 2 rounds to float
+    columns = np.arange(surface.shape[0])
+    v0, v1 = smooth[columns, lo], smooth[columns, hi]
+    below = np.clip(lo - k, 0, n_s - 1)
+    above = np.clip(hi + k, 0, n_s - 1)
+    m0 = (v0 - smooth[columns, below]) / np.maximum(lo - below, 1)  # A voxels per S voxel, leaving the lower edge
+    m1 = (smooth[columns, above] - v1) / np.maximum(above - hi, 1)  # arriving at the upper edge
+    span = np.maximum(hi - lo, 1).astype(np.float32)
+    t = np.clip((rows[None, :] - lo[:, None]) / span[:, None], 0.0, 1.0)
+    h00, h10, h01, h11 = 2 * t**3 - 3 * t**2 + 1, t**3 - 2 * t**2 + t, -2 * t**3 + 3 * t**2, t**3 - t**2
+    line = v0[:, None] + t * (v1 - v0)[:, None]
+    curve = h00 * v0[:, None] + h10 * (span * m0)[:, None] + h01 * v1[:, None] + h11 * (span * m1)[:, None]
+    bulge = 0.25 * span[:, None] * spacing[2] / spacing[1]
+    spanned = np.clip(curve, line - bulge, line + bulge)
+    spanned = np.where(inside, spanned, smooth)
+    spanned = ndimage.gaussian_filter1d(spanned, 3.0 / spacing[0], axis=0, mode="nearest")
+    return np.where(inside, spanned, surface).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------ nose
 
 
 def nose_box(nose: Mask, shape: tuple[int, int, int], scale: float = 2.0, posterior_limit: int = 0) -> Box | None:
@@ -208,12 +306,139 @@ def nose_box(nose: Mask, shape: tuple[int, int, int], scale: float = 2.0, poster
     return (grown[0], slice(max(grown[1].start, posterior_limit), grown[1].stop), grown[2])
 
 
-def distort_nose(image: npt.NDArray[np.floating], box: Box, head: HeadModel) -> Edit:
-    """Set the nose box to this scan's air value (``head.background``)."""
+def distort_nose(image: npt.NDArray[np.floating], box: Box, head: HeadModel, *, keep: Sequence[Edit] = ()) -> Edit:
+    """Set the nose box to this scan's air value (``head.background``), except what ``keep`` shields.
+
+    Parameters
+    ----------
+    image : ndarray
+        RAS image (only its shape matters).
+    box : tuple of 3 slice
+        The nose box (:func:`nose_box`).
+    head : HeadModel
+    keep : sequence of Edit
+        Edits whose ``shield`` the nose removal must leave alone (the eye covers: the cover and
+        the eye behind it, so the removal never opens a window onto the globes).
+    """
     shape = tuple(s.stop - s.start for s in box)
     mask = np.ones(shape, dtype=bool)
+    for edit in keep:
+        if edit.shield is None:
+            continue
+        overlap = tuple(slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(box, edit.box, strict=True))
+        if any(s.stop <= s.start for s in overlap):
+            continue
+        mine = tuple(slice(o.start - b.start, o.stop - b.start) for o, b in zip(overlap, box, strict=True))
+        theirs = tuple(slice(o.start - b.start, o.stop - b.start) for o, b in zip(overlap, edit.box, strict=True))
+        mask[mine] &= ~edit.shield[theirs]
     values = np.full(shape, head.background, dtype=np.float32)
-    return Edit("nose", box, mask, values, {"background_value": head.background, "box": _box_list(box)})
+    return Edit("nose", box, mask, values, {"background_value": head.background, "box": _box_list(box),
+                                            "voxels_left_to_eye_cover": int(mask.size - mask.sum())})
+
+
+# ------------------------------------------------------------------------------------------ ears
+
+#: How far from the detected ear's centroid the auricle is looked for, in mm.
+EAR_RADIUS_MM = 40.0
+#: Radius of the ball whose opening of the head delimits the auricle, in mm (thinner parts stand out).
+EAR_OPENING_MM = 6.0
+#: Grid step on which the auricle is delimited, in mm.
+EAR_GRID_MM = 2.0
+#: The auricle is looked for only lateral of the detected centroid minus this margin, in mm.
+EAR_LATERAL_MM = 15.0
+#: Smallest part of an auricle kept, in mm^3 (also at least 15% of the largest part).
+EAR_MIN_PART_MM3 = 60.0
+
+
+def _block_any(mask: Mask, step: tuple[int, int, int]) -> Mask:
+    """Max-pooling of a boolean array over blocks of ``step`` voxels (the last block may be partial)."""
+    pad = [(0, (-n) % st) for n, st in zip(mask.shape, step, strict=True)]
+    padded = np.pad(mask, pad)
+    shape = []
+    for n, st in zip(padded.shape, step, strict=True):
+        shape += [n // st, st]
+    return np.asarray(padded.reshape(shape).any(axis=(1, 3, 5)))
+
+
+def _block_repeat(coarse: Mask, step: tuple[int, int, int], shape: tuple[int, ...]) -> Mask:
+    """Nearest-neighbour upsampling of a block grid back to ``shape`` (inverse of :func:`_block_any`)."""
+    out = coarse
+    for axis, st in enumerate(step):
+        if st > 1:
+            out = np.repeat(out, st, axis=axis)
+    return np.asarray(out[: shape[0], : shape[1], : shape[2]])
+
+
+def auricle_mask(image: npt.NDArray[np.floating], ears: Mask, component: Box, head: HeadModel,
+                 spacing: tuple[float, float, float], depth: npt.NDArray[np.float32], head_centre_r: float,
+                 *, radius_mm: float = EAR_RADIUS_MM, opening_mm: float = EAR_OPENING_MM,
+                 grow_mm: float = 2.0) -> tuple[Box, Mask, dict[str, Any]]:
+    """The whole auricle near one detected ear, delimited from the image.
+
+    The detection gives the ear's centroid; the auricle is the tissue that a morphological opening
+    of the head (ball of ``opening_mm``) removes within ``radius_mm`` of it, on its lateral side,
+    in parts that touch the head or the detection (a head holder or a streak floating in the air is
+    not an ear).  The head here is the tissue above threshold plus the inside of the head with its
+    protrusions rolled off (:func:`defacer.head.depth_below_surface` deeper than 4 mm), so the
+    opening sees a solid head whose smooth scalp it keeps.  The detection itself is added where it
+    lies outside the head's core, and the result grows by ``grow_mm`` into the air and the outer
+    ``grow_mm`` of the head (the auricle's root and partial-volume rim), never deeper.
+
+    Returns
+    -------
+    box : tuple of 3 slice
+    mask : ndarray, bool, box shape
+    params : dict
+    """
+    idx = np.nonzero(ears[component])
+    centroid = [s.start + float(i.mean()) for s, i in zip(component, idx, strict=True)]
+    reach = [int(np.ceil(radius_mm / sp)) + 2 for sp in spacing]
+    box = tuple(slice(max(0, int(c) - r), min(n, int(c) + r + 1))
+                for c, r, n in zip(centroid, reach, image.shape, strict=True))
+    step = tuple(max(1, int(round(EAR_GRID_MM / sp))) for sp in spacing)  # noqa: RUF046 - numpy < 2 rounds to float
+    coarse_spacing = tuple(sp * st for sp, st in zip(spacing, step, strict=True))
+    local = np.asarray(image[box])
+    tissue = local > head.threshold
+    interior = head.upsample(depth, box) > 4.0  # type: ignore[arg-type]
+    solid = tissue | interior
+    solid_c = _block_any(solid, step)
+    eroded = ndimage.distance_transform_edt(solid_c, sampling=coarse_spacing) > opening_mm
+    opened = ndimage.distance_transform_edt(~eroded, sampling=coarse_spacing) <= opening_mm + 0.5 * max(coarse_spacing)
+    opened &= solid_c
+    removed = solid_c & ~opened & _block_any(tissue, step)
+    # Coarse-grid coordinates (mm) relative to the centroid, for the radius and the lateral side.
+    grids = np.ogrid[tuple(slice(0, n) for n in removed.shape)]
+    offsets = [(g * st + b.start + (st - 1) / 2.0 - c) * sp
+               for g, st, b, c, sp in zip(grids, step, box, centroid, spacing, strict=True)]
+    near = (offsets[0] ** 2 + offsets[1] ** 2 + offsets[2] ** 2) <= radius_mm**2
+    side = 1.0 if centroid[0] >= head_centre_r else -1.0
+    lateral = side * offsets[0] >= -EAR_LATERAL_MM
+    candidates = removed & near & lateral
+    detected_c = _block_any(ears[box], step)
+    labels, count = ndimage.label(candidates, structure=np.ones((3, 3, 3), dtype=bool))
+    kept = np.zeros_like(candidates)
+    parts = 0
+    if count:
+        anchors = ndimage.binary_dilation(opened, iterations=1) | ndimage.binary_dilation(detected_c, iterations=1)
+        touching = np.unique(labels[anchors & candidates])
+        touching = touching[touching > 0]
+        if touching.size:
+            sizes = np.bincount(labels.ravel(), minlength=count + 1)
+            voxel_mm3 = float(np.prod(coarse_spacing))
+            floor = max(EAR_MIN_PART_MM3 / voxel_mm3, 0.15 * float(sizes[touching].max()))
+            keep = touching[sizes[touching] >= floor]
+            kept = np.isin(labels, keep)
+            parts = int(keep.size)
+    grow = max(1, int(round(grow_mm / min(coarse_spacing))))  # noqa: RUF046
+    core = ndimage.binary_erosion(opened, iterations=grow, border_value=1)
+    # The detection itself counts where it stands out of the head with its protrusions rolled off.
+    standing_out = detected_c & ~_block_any(interior, step)
+    grown = (ndimage.binary_dilation(kept | standing_out, iterations=grow) & ~core) | standing_out
+    mask = _block_repeat(grown, step, local.shape)  # type: ignore[arg-type]
+    params = {"centroid_voxel": [round(c, 2) for c in centroid], "radius_mm": radius_mm, "opening_mm": opening_mm,
+              "grid_mm": [round(c, 3) for c in coarse_spacing], "auricle_parts": parts,
+              "auricle_voxels_from_image": int(_block_repeat(kept, step, local.shape).sum())}  # type: ignore[arg-type]
+    return box, mask, params  # type: ignore[return-value]
 
 
 def distort_ears(
@@ -223,20 +448,32 @@ def distort_ears(
     spacing: tuple[float, float, float],
     rng: np.random.Generator,
     *,
-    dilate_mm: float = 1.0,
+    radius_mm: float = EAR_RADIUS_MM,
+    opening_mm: float = EAR_OPENING_MM,
+    depth: npt.NDArray[np.float32] | None = None,
 ) -> list[Edit]:
-    """Replace each auricle (dilated by ``dilate_mm``) by noise drawn from this scan's own air voxels."""
+    """Replace each whole auricle (:func:`auricle_mask`) by noise drawn from this scan's own air voxels.
+
+    The detector locates each ear (its two largest components); the image delimits the auricle,
+    so a detection that covers only the concha still removes the helix and the lobule.  ``depth``
+    is :func:`defacer.head.depth_below_surface` (computed, or taken from the head's cache, when
+    not given).
+    """
+    found = components(ears, 2)
+    if not found:
+        return []
+    if depth is None:
+        depth = depth_below_surface(head, spacing)
+    head_centre_r = float(np.argwhere(head.sealed_coarse.any(axis=(1, 2))).mean() * head.strides[0])
     edits = []
-    margin = _mm_to_voxels(dilate_mm + 1.0, spacing)
-    ball = _ball(dilate_mm, spacing)
-    for index, component in enumerate(components(ears, 2)):
-        box = grow_box(component, image.shape, 1.0, margin)
-        mask = ndimage.binary_dilation(ears[box], structure=ball)
+    for index, component in enumerate(found):
+        box, mask, params = auricle_mask(image, ears, component, head, spacing, depth, head_centre_r,
+                                         radius_mm=radius_mm, opening_mm=opening_mm)
         values = np.zeros(mask.shape, dtype=np.float32)
         values[mask] = rng.choice(head.air_sample, size=int(mask.sum()), replace=True)
         edits.append(Edit("ears", box, mask, values, {"component": index, "box": _box_list(box),
-                                                      "air_median": head.background, "dilate_mm": dilate_mm,
-                                                      "voxels": int(mask.sum())}))
+                                                      "air_median": head.background, "voxels": int(mask.sum()),
+                                                      **params}))
     return edits
 
 

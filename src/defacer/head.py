@@ -9,7 +9,8 @@ under a second.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -20,7 +21,7 @@ from defacer._typing import Mask
 from defacer.errors import InputImageError
 
 #: Target grid step of the coarse analysis grid, in mm.
-COARSE_STEP_MM = 3.0
+COARSE_STEP_MM = 4.0
 #: Radius used to seal nostrils and ear canals before measuring depth, in mm.
 SEAL_RADIUS_MM = 6.0
 #: Largest air sample kept for noise drawing.
@@ -43,6 +44,8 @@ class HeadModel:
         Step of the coarse grid along each RAS axis, in voxels.
     sealed_coarse : ndarray, bool, coarse grid
         Head with holes filled and openings (nostrils, ear canals) sealed.
+    cache : dict
+        Results derived from this head (e.g. :func:`depth_below_surface`), computed once.
     """
 
     threshold: float
@@ -50,6 +53,7 @@ class HeadModel:
     air_sample: npt.NDArray[np.float32]
     strides: tuple[int, int, int]
     sealed_coarse: Mask
+    cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def coarse_index(self, box: tuple[slice, slice, slice]) -> tuple[slice, slice, slice]:
         """Slices of the coarse grid covering a box of the full grid."""
@@ -57,19 +61,21 @@ class HeadModel:
             slice(s.start // st, -(-s.stop // st)) for s, st in zip(box, self.strides, strict=True)
         )
 
+    def nearest_coarse(self, indices: tuple[npt.NDArray[np.intp], ...]) -> tuple[npt.NDArray[np.intp], ...]:
+        """Index of the nearest coarse-grid sample of each full-grid voxel, per axis.
+
+        The coarse grid samples every ``stride``-th voxel, so the nearest sample is at most half a
+        coarse step away along each axis (half the coarse voxel diagonal in all): the bound the
+        protection's slack relies on.  Voxels past the last sample take the last one.
+        """
+        shape = self.sealed_coarse.shape
+        return tuple(np.minimum((np.asarray(i) + st // 2) // st, n - 1)
+                     for i, st, n in zip(indices, self.strides, shape, strict=True))
+
     def upsample(self, coarse: npt.NDArray, box: tuple[slice, slice, slice]) -> npt.NDArray:
-        """Nearest-neighbour values of a coarse-grid array on the full-grid voxels of ``box``."""
-        cbox = self.coarse_index(box)
-        block = coarse[cbox]
-        for axis, st in enumerate(self.strides):
-            if st > 1:
-                block = np.repeat(block, st, axis=axis)
-        offset = tuple(s.start - c.start * st for s, c, st in zip(box, cbox, self.strides, strict=True))
-        out = block[tuple(slice(o, o + (s.stop - s.start)) for o, s in zip(offset, box, strict=True))]
-        if out.shape != tuple(s.stop - s.start for s in box):  # box reaches past the last coarse sample
-            pad = [(0, (s.stop - s.start) - n) for s, n in zip(box, out.shape, strict=True)]
-            out = np.pad(out, pad, mode="edge")
-        return out
+        """Values of a coarse-grid array at the nearest sample of every full-grid voxel of ``box``."""
+        axes = self.nearest_coarse(tuple(np.arange(s.start, s.stop) for s in box))
+        return coarse[np.ix_(*axes)]
 
 
 def estimate_threshold(sample: npt.NDArray[np.floating]) -> float:
@@ -137,9 +143,10 @@ def analyse_head(image: npt.NDArray[np.floating], spacing: tuple[float, float, f
             + "). An empty or constant volume has no face to deface; check that the right file was given and "
             "that it was exported with its image data."
         )
-    # Air: outside the sealed head by more than a few mm, below the threshold.
-    outside_depth = ndimage.distance_transform_edt(~sealed, sampling=coarse_spacing)
-    air = coarse[(outside_depth > 4.0) & (coarse <= threshold)]
+    # Air: outside the sealed head by more than a few mm (at least one coarse voxel), below the threshold.
+    margin = ndimage.binary_dilation(sealed, structure=np.ones((3, 3, 3), dtype=bool),
+                                     iterations=max(1, int(np.ceil(4.0 / min(coarse_spacing)))))
+    air = coarse[~margin & (coarse <= threshold)]
     if air.size < 100:
         air = coarse[coarse <= threshold]
     if air.size == 0:
@@ -176,10 +183,17 @@ def depth_below_surface(head: HeadModel, spacing: tuple[float, float, float]) ->
     Returns
     -------
     ndarray, float32, coarse grid
+        Read-only; computed once per head and spacing (kept in ``head.cache``).
     """
+    key = ("depth", tuple(float(s) for s in spacing))
+    if key in head.cache:
+        return head.cache[key]
     coarse_spacing = tuple(s * st for s, st in zip(spacing, head.strides, strict=True))
     inside = ndimage.distance_transform_edt(head.sealed_coarse, sampling=coarse_spacing)
     core = inside > OPENING_RADIUS_MM
     opened = ndimage.distance_transform_edt(~core, sampling=coarse_spacing) <= OPENING_RADIUS_MM
     opened &= head.sealed_coarse
-    return ndimage.distance_transform_edt(opened, sampling=coarse_spacing).astype(np.float32)
+    depth = ndimage.distance_transform_edt(opened, sampling=coarse_spacing).astype(np.float32)
+    depth.flags.writeable = False  # shared through the cache
+    head.cache[key] = depth
+    return depth

@@ -7,7 +7,7 @@ Every edit is applied only outside the *protected region*: the voxels lying deep
 sealed head after a morphological opening with a 25 mm ball (which rolls off the nose and the
 auricles but not the cranium).  The region is computed from the image alone, never from the
 detector, so a wrong detection cannot reach the brain; scalp plus skull are thicker than
-10 mm over the brain of an adult.  Depth is computed on a ~3 mm grid; a voxel is protected
+10 mm over the brain of an adult.  Depth is computed on a ~4 mm grid; a voxel is protected
 when its coarse-grid depth is above ``protect_depth_mm - h`` (``h`` = half the coarse voxel
 diagonal), and as the distance map is 1-Lipschitz this protects every voxel whose true depth
 exceeds ``protect_depth_mm``.
@@ -49,9 +49,9 @@ class DefaceOptions:
     protect_depth_mm : float
         Voxels deeper than this below the head surface are never changed (see module doc).
     eye_band_mm : float
-        Half-thickness of the skin band laid over each eye, in mm.
+        Thickness of the skin layer under each eye cover, in mm.
     eye_box_scale : float
-        Scale of each eye's bounding box within which the band is laid.
+        Size of each eye cover: an ellipse whose semi-axes are this many times the eye's half-extent.
     nose_scale : float
         Enlargement of the nose's bounding box per axis.
     """
@@ -60,7 +60,7 @@ class DefaceOptions:
     seed: int = 0
     protect_depth_mm: float = 10.0
     eye_band_mm: float = 6.0
-    eye_box_scale: float = 3.0
+    eye_box_scale: float = 2.0
     nose_scale: float = 2.0
 
     def __post_init__(self) -> None:
@@ -188,9 +188,9 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DefaceOp
         edits += distort_eyes(image, labels_ras == Label.EYES, head, spacing,
                               band_mm=options.eye_band_mm, box_scale=options.eye_box_scale)
     if nose is not None:
-        edits.append(distort_nose(image, nose, head))
+        edits.append(distort_nose(image, nose, head, keep=edits))  # never under the eye cover
     if "ears" in options.features:
-        edits += distort_ears(image, labels_ras == Label.EARS, head, spacing, rng)
+        edits += distort_ears(image, labels_ras == Label.EARS, head, spacing, rng, depth=depth)
 
     out = image.copy()
     written = np.zeros(image.shape, dtype=np.uint8)
@@ -216,7 +216,7 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DefaceOp
     labels_native = reorientation.from_ras(labels_ras)
     # Independent check of the guarantee: look up the depth of every voxel that actually changed.
     changed_ras = np.nonzero(reorientation.to_ras(edit_mask))
-    coarse_idx = tuple(np.minimum(i // st, n - 1) for i, st, n in zip(changed_ras, head.strides, depth.shape, strict=True))
+    coarse_idx = head.nearest_coarse(changed_ras)
     changed_inside_protected = int(np.count_nonzero(depth[coarse_idx] > options.protect_depth_mm - slack))
     timings["map_back_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - start
