@@ -155,6 +155,13 @@ UNREADABLE_SLICE = (
 )
 
 
+#: Reason given to a file whose meta group describes an instance but whose data set lacks its identifiers.
+INCOMPLETE_INSTANCE = (
+    "damaged, truncated or incomplete DICOM file (its file meta names an instance but its data set has no SOP Class "
+    "or Series Instance UID)"
+)
+
+
 def unreadable_reason(path: Path) -> str:
     """Why a file that pydicom cannot read as DICOM is left out.
 
@@ -175,7 +182,8 @@ def _looks_like_raw_dicom(path: Path) -> bool:
             head = handle.read(8)
     except OSError:
         return False
-    return len(head) == 8 and int.from_bytes(head[:2], "little") in (0x0002, 0x0008)
+    return len(head) == 8 and (int.from_bytes(head[:2], "little") in (0x0002, 0x0008)
+                               or int.from_bytes(head[:2], "big") == 0x0008)  # big endian (retired syntax)
 
 
 def dcmread_any(path: Path, **kwargs: Any) -> Dataset:
@@ -190,7 +198,7 @@ def dcmread_any(path: Path, **kwargs: Any) -> Dataset:
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
     try:
         return pydicom.dcmread(path, **kwargs)
@@ -199,8 +207,11 @@ def dcmread_any(path: Path, **kwargs: Any) -> Dataset:
             raise
     ds = pydicom.dcmread(path, force=True, **kwargs)
     if "TransferSyntaxUID" not in ds.file_meta:
-        implicit, _ = ds.original_encoding
-        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+        implicit, little = ds.original_encoding
+        if little is False:
+            ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+        else:
+            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
     return ds
 
 
@@ -309,17 +320,21 @@ def scan(path: PathLike | Sequence[PathLike]) -> Scan:
         if "SOPClassUID" not in ds and "SeriesInstanceUID" not in ds:
             meta = getattr(ds, "file_meta", None)
             if meta is not None and "MediaStorageSOPClassUID" in meta and "DirectoryRecordSequence" not in ds:
-                skipped.append((file, "damaged or truncated DICOM file (its data set ends before its identifiers)"))
+                skipped.append((file, INCOMPLETE_INSTANCE))
             else:
                 skipped.append((file, "no SOP Class or Series Instance UID (a DICOMDIR or not an instance)"))
             continue
         has_pixels = "PixelData" in ds or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
         try:
             refs, orientation = _frame_refs(ds, file) if has_pixels else ([], None)
+            rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
         except DicomSeriesError as err:
             skipped.append((file, f"damaged geometry: {err}"))
             continue
-        rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        except (ValueError, TypeError, AttributeError, KeyError, OverflowError) as err:
+            # a value its VR cannot hold (NumberOfFrames '1A', Rows as text...): pydicom raises on access
+            skipped.append((file, f"damaged header: an image attribute has an unreadable value ({err})"))
+            continue
         key = (
             str(ds.get("SeriesInstanceUID", "")),
             has_pixels,
@@ -895,7 +910,7 @@ def _anonymize_chunk(
         if "SOPClassUID" not in ds and "SeriesInstanceUID" not in ds:
             meta = getattr(ds, "file_meta", None)
             if meta is not None and "MediaStorageSOPClassUID" in meta and "DirectoryRecordSequence" not in ds:
-                results.append((index, None, "damaged or truncated DICOM file (its data set ends before its identifiers)"))
+                results.append((index, None, INCOMPLETE_INSTANCE))
             else:
                 results.append((index, None, "not a DICOM instance (e.g. DICOMDIR)"))
             continue
