@@ -70,6 +70,8 @@ _IDENTIFYING_KEYWORDS = (
 )
 _TAG_PATIENT_NAME = 0x00100010
 _TAG_PATIENT_ID = 0x00100020
+_TAG_TEXT_VALUE = 0x0040A160
+_TAG_CONTENT_SEQUENCE = 0x0040A730
 _VR_BY_TAG: dict[int, str] = {tag: entry[0] for tag, entry in DicomDictionary.items()}
 _INSTANCE_UID_SUFFIXES = ("InstanceUID", "FrameOfReferenceUID")
 #: UI attributes not in the table whose keyword names an instance or frame of reference: replaced like U.
@@ -292,6 +294,8 @@ class Scrubber:
                 vr = ds[tag].VR  # ambiguous VR (e.g. "US or SS"): pydicom resolves it from the data set
             if rule is None and 0x6000 <= group <= 0x60FF and not group & 1 and vr in _FREE_TEXT_VRS:
                 rule = find_rule((group << 16) | 0x4000)  # Overlay Description/Label: treated as Overlay Comments
+            elif rule is None and tag_int == _TAG_TEXT_VALUE:
+                rule = exact.get(_TAG_CONTENT_SEQUENCE)  # SR free text: as its Content Sequence (dummy, or cleaned)
             if rule is None:
                 self._unlisted(ds, tag_int, vr, context)
             else:
