@@ -11,7 +11,7 @@ from typing import Any
 
 from defacer._typing import PathLike
 from defacer.detect import Detector
-from defacer.pipeline import DefaceOptions, deface
+from defacer.pipeline import DefaceOptions, check_features_found, deface
 
 
 def deface_dicom_series(
@@ -25,6 +25,7 @@ def deface_dicom_series(
     force: bool = False,
     mask_path: PathLike | None = None,
     key_note: str | None = None,
+    allow_missing: bool = False,
 ) -> tuple[dict[str, Any], list[Path]]:
     """Deface a DICOM series folder and write it as a new series folder with its provenance sidecar.
 
@@ -46,6 +47,9 @@ def deface_dicom_series(
         Also write the detected label map (NIfTI) there.
     key_note : str, optional
         How the de-identification key was chosen, for the record (never the key itself).
+    allow_missing : bool
+        Write the series even when a requested feature was not distorted (otherwise
+        :class:`~defacer.errors.FeaturesNotFoundError` and nothing is written).
 
     Returns
     -------
@@ -69,6 +73,7 @@ def deface_dicom_series(
     if scrubber is not None:
         scrubber.check_burned_in(volume.header, str(source))
     result = deface(volume, detector, options)
+    check_features_found(result.provenance, source.name, allow_missing=allow_missing)
     written = write_dicom_volume(result.volume, target, force=force, deid=scrubber)
     if mask_path is not None:
         save_label_map(result.labels, volume, mask_path, force=force)

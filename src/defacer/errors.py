@@ -35,6 +35,38 @@ class LabelMapError(DefacerError, ValueError):
     default_message = "The label map does not match the scan (see defacer.labels for the convention)."
 
 
+class FeaturesNotFoundError(DefacerError):
+    """Some requested feature (eyes, nose, ears) was not found or not distorted: nothing was written.
+
+    An unchanged or partly defaced copy could pass for a defaced scan, so by default nothing is
+    written; ``--allow-missing`` (``allow_missing=True``) writes it anyway and the sidecar lists
+    what was found.  The command line exits with status 4.
+
+    Attributes
+    ----------
+    missing : list of str
+        The requested features not found or not distorted.
+    found : list of str
+        The requested features found and distorted.
+    provenance : dict
+        The provenance record of the run (``features`` says what was found per feature).
+    """
+
+    default_message = "Not every requested facial feature was found; nothing was written."
+
+    def __init__(self, message: str | None = None, *, missing: list[str] | None = None,
+                 found: list[str] | None = None, provenance: dict | None = None) -> None:
+        super().__init__(message)
+        self.missing = list(missing or [])
+        self.found = list(found or [])
+        self.provenance = dict(provenance or {})
+
+    @property
+    def nothing_found(self) -> bool:
+        """True when no requested feature at all was found."""
+        return not self.found
+
+
 class DetectorError(DefacerError, RuntimeError):
     """No detector is available, or the detector failed on this scan."""
 

@@ -27,7 +27,7 @@ import numpy.typing as npt
 from defacer._typing import LabelMap, PathLike
 from defacer.detect import Detector
 from defacer.distort import Edit, distort_ears, distort_eyes, distort_nose, nose_box
-from defacer.errors import DetectorError, InputImageError
+from defacer.errors import DetectorError, FeaturesNotFoundError, InputImageError
 from defacer.head import analyse_head, depth_below_surface
 from defacer.labels import FEATURES, Label
 from defacer.provenance import environment, sha256_of, sidecar_path, write_provenance
@@ -240,13 +240,66 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DefaceOp
                        "changed_inside_protected": changed_inside_protected},
         "timings": {k: round(v, 4) for k, v in timings.items()},
     }
-    missing = [name for name in options.features if found[name] == 0]
+    provenance["features"] = feature_report(options.features, found, provenance["voxels_changed"])
+    missing = missing_features(provenance)
     if missing:
-        provenance["warnings"] = [f"no {name} detected: nothing distorted for it" for name in missing]
+        provenance["warnings"] = [f"no {name} {provenance['features'][name]['status']}: nothing distorted for it"
+                                  for name in missing]
         for name in missing:
-            log.warning("No %s detected in this scan; it was left as it is.", name)
+            log.warning("No %s %s in this scan; it was left as it is.", name, provenance["features"][name]["status"])
     return DefaceResult(volume.with_raw(raw), labels_native, edit_mask, provenance,
                         _protection=(depth, head, reorientation, options.protect_depth_mm - slack))
+
+
+def feature_report(requested: tuple[str, ...], found: dict[str, int], changed: dict[str, int]) -> dict[str, Any]:
+    """Per feature: requested or not, voxels found by the detector, voxels changed, and a status.
+
+    The status is ``"distorted"``, ``"not found"`` (the detector found no voxel),
+    ``"found but not changed"`` (every voxel of it was protected or already at its new value)
+    or ``"not requested"``.
+    """
+    report: dict[str, Any] = {}
+    for name in FEATURES:
+        if name not in requested:
+            status = "not requested"
+        elif found.get(name, 0) == 0:
+            status = "not found"
+        elif changed.get(name, 0) == 0:
+            status = "found but not changed"
+        else:
+            status = "distorted"
+        report[name] = {"requested": name in requested, "found_voxels": int(found.get(name, 0)),
+                        "changed_voxels": int(changed.get(name, 0)), "status": status}
+    return report
+
+
+def missing_features(provenance: dict[str, Any]) -> list[str]:
+    """The requested features a run did not distort (from its provenance's ``features``)."""
+    return [name for name, entry in provenance.get("features", {}).items()
+            if entry["requested"] and entry["status"] != "distorted"]
+
+
+def check_features_found(provenance: dict[str, Any], source_name: str, *, allow_missing: bool) -> None:
+    """Refuse to write a scan in which a requested feature was not distorted, unless ``allow_missing``.
+
+    Raises
+    ------
+    FeaturesNotFoundError
+        Naming what was found and what was not.
+    """
+    missing = missing_features(provenance)
+    if not missing or allow_missing:
+        return
+    features = provenance["features"]
+    done = [name for name, entry in features.items() if entry["status"] == "distorted"]
+    what = "; ".join(f"{name}: {features[name]['status']}" for name in features if features[name]["requested"])
+    lead = "No requested facial feature was" if not done else f"Not every requested feature was ({', '.join(missing)} not)"
+    raise FeaturesNotFoundError(
+        f"{lead} distorted in '{source_name}' ({what}). Nothing was written: an unchanged or partly defaced copy "
+        "could pass for a defaced scan. Check that it is a head scan that shows the face, pass --labels with a "
+        "corrected label map, or pass --allow-missing to write it anyway (the sidecar lists what was found).",
+        missing=missing, found=done, provenance=provenance,
+    )
 
 
 def deface_file(
@@ -260,6 +313,7 @@ def deface_file(
     force: bool = False,
     mask_path: PathLike | None = None,
     sidecar: bool = True,
+    allow_missing: bool = False,
 ) -> dict[str, Any]:
     """Deface one NIfTI/NRRD/MGZ file into ``output_path`` (same format) and write its sidecar.
 
@@ -278,11 +332,19 @@ def deface_file(
         Also write the detected label map there.
     sidecar : bool
         Write the provenance sidecar ``<output stem>.defacer.json``.
+    allow_missing : bool
+        Write the output even when a requested feature was not found or not distorted
+        (see :func:`check_features_found`); the sidecar's ``features`` says which.
 
     Returns
     -------
     dict
         The provenance record (also in the sidecar).
+
+    Raises
+    ------
+    FeaturesNotFoundError
+        A requested feature was not distorted and ``allow_missing`` is off: nothing is written.
     """
     from defacer.io import format_of, load_volume, save_label_map, save_volume
     from defacer.io.output_guard import check_not_input, check_outputs, detached_data_candidates
@@ -304,6 +366,7 @@ def deface_file(
     if detector is None:
         detector = load_detector(labels_path, weights_path)
     result = deface(volume, detector, options)
+    check_features_found(result.provenance, source.name, allow_missing=allow_missing)
     t = time.perf_counter()
     written = save_volume(result.volume, target, force=force, inputs=tuple(p for p in inputs if p is not None))
     if mask_path is not None:

@@ -121,3 +121,72 @@ def test_deface_verify_exits_like_defacer_verify(tmp_path, monkeypatch, capsys, 
     assert code == expected
     captured = capsys.readouterr()
     assert ("FAIL" in captured.out and "verification FAILED" in captured.err) is (not passed)
+
+
+def _write_nifti(path, data, voxel=3.0):
+    import nibabel as nib
+
+    image = nib.Nifti1Image(data, np.diag([voxel, voxel, voxel, 1.0]))
+    image.header.set_xyzt_units("mm")
+    nib.save(image, str(path))
+    return path
+
+
+def _faceless_scans(tmp_path):
+    """Noise and a sphere: nothing a detector may call a face."""
+    rng = np.random.default_rng(0)
+    noise = _write_nifti(tmp_path / "noise.nii.gz", rng.integers(0, 1000, (64, 64, 64)).astype(np.int16))
+    grid = np.indices((64, 64, 64)) - 32
+    sphere = ((grid**2).sum(axis=0) < 25**2).astype(np.int16) * 800
+    return {"noise": noise, "sphere": _write_nifti(tmp_path / "sphere.nii.gz", sphere)}
+
+
+@pytest.mark.parametrize("kind", ["noise", "sphere"])
+def test_nothing_found_exits_4_and_writes_nothing(tmp_path, capsys, kind):
+    """Issue 11, defect 7: noise or a sphere exited 0 with an unchanged copy that passes for a defaced scan."""
+    from defacer.detect.model import default_weights_path
+
+    if not default_weights_path().is_file():
+        pytest.skip("shipped weights not built")
+    scan = _faceless_scans(tmp_path)[kind]
+    out = tmp_path / "out.nii.gz"
+    assert main(["deface", str(scan), str(out)]) == 4
+    err = capsys.readouterr().err
+    assert "Nothing was written" in err and "--allow-missing" in err
+    assert not out.exists() and not (tmp_path / "out.defacer.json").exists()
+    # Accepted explicitly: written, exit 0, and the sidecar says what was not found.
+    assert main(["deface", str(scan), str(out), "--allow-missing"]) == 0
+    sidecar = json.loads((tmp_path / "out.defacer.json").read_text())
+    assert {name: entry["requested"] for name, entry in sidecar["features"].items()} == dict.fromkeys(
+        ("eyes", "nose", "ears"), True)
+    assert all(entry["status"] != "distorted" for entry in sidecar["features"].values())
+
+
+def test_fewer_features_than_requested_exits_4_naming_the_missing_ones(tmp_path, capsys):
+    from defacer.phantom import make_phantom, save_phantom
+
+    save_phantom(make_phantom(3.0), tmp_path / "h.nii.gz", tmp_path / "l.nii.gz")
+    import nibabel as nib
+
+    labels = nib.load(str(tmp_path / "l.nii.gz"))
+    only_eyes = np.where(np.asarray(labels.dataobj) == 1, 1, 0).astype(np.uint8)
+    nib.save(nib.Nifti1Image(only_eyes, labels.affine), str(tmp_path / "eyes.nii.gz"))
+    out = tmp_path / "o.nii.gz"
+    args = ["deface", str(tmp_path / "h.nii.gz"), str(out), "--labels", str(tmp_path / "eyes.nii.gz")]
+    assert main(args) == 4
+    err = capsys.readouterr().err
+    assert "nose: not found" in err and "ears: not found" in err and "eyes: distorted" in err
+    assert not out.exists()
+    assert main([*args, "--features", "eyes"]) == 0
+    sidecar = json.loads((tmp_path / "o.defacer.json").read_text())
+    assert sidecar["features"]["eyes"]["status"] == "distorted"
+    assert sidecar["features"]["nose"] == {"requested": False, "found_voxels": 0, "changed_voxels": 0,
+                                           "status": "not requested"}
+
+
+def test_deface_help_documents_the_exit_statuses(capsys):
+    assert main(["deface", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "Exit status" in out and "--allow-missing" in out
+    for code in ("0", "1", "3", "4"):
+        assert f"\n  {code}  " in out

@@ -31,6 +31,9 @@ from defacer.errors import OutputError
 MANIFEST_VERSION = 1
 #: Record statuses.
 DONE, FAILED, SKIPPED = "done", "failed", "skipped"
+#: No requested feature / not every requested feature was found or distorted: nothing was
+#: written for the scan (unless ``--allow-missing``, which makes it ``done``).
+NOTHING_FOUND, INCOMPLETE = "nothing-found", "incomplete"
 
 _CHUNK = 1 << 20
 
@@ -54,8 +57,10 @@ class ScanRecord:
     key : str
         The scan's path relative to the input folder.
     status : str
-        ``"done"``, ``"failed"`` or ``"skipped"`` (already done by an earlier run; never
-        written to the manifest, only reported).
+        ``"done"``, ``"failed"``, ``"nothing-found"`` (no requested feature was found: nothing
+        written), ``"incomplete"`` (some requested feature was not found: nothing written) or
+        ``"skipped"`` (already done by an earlier run; never written to the manifest, only
+        reported).
     inputs, outputs : list of FileStamp
         Input files (one image, or each file of a DICOM series) relative to IN, and every
         output file (image, sidecars) relative to OUT.

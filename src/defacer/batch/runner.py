@@ -48,6 +48,10 @@ from defacer.labels import FEATURES
 
 log = logging.getLogger(__name__)
 
+#: Exit status of a batch in which no scan failed but some had a requested feature not found
+#: (the same as ``defacer deface``'s).
+EXIT_FEATURES_MISSING = 4
+
 #: Endings tried for a scan's label map in ``--labels-dir``, in order.
 LABEL_ENDINGS: tuple[str, ...] = (".labels.nii.gz", ".labels.nii", ".labels.nrrd", ".labels.mgz")
 
@@ -96,6 +100,9 @@ class BatchConfig:
         on every run so they stay consistent with each other).
     deidentify : bool
         De-identify DICOM headers (PS3.15 Annex E Basic Profile); False keeps them as they are.
+    allow_missing : bool
+        Write scans in which a requested feature was not found (otherwise they are recorded as
+        ``nothing-found`` or ``incomplete`` and nothing is written for them).
     """
 
     in_root: PathLike
@@ -118,6 +125,7 @@ class BatchConfig:
     options: dict[str, Any] = field(default_factory=dict)
     deid_key: bytes | None = None
     deidentify: bool = True
+    allow_missing: bool = False
 
 
 @dataclass
@@ -147,8 +155,11 @@ class BatchSummary:
 
     @property
     def exit_code(self) -> int:
-        """0 when every scan was defaced (and passed verification, when on), 1 otherwise."""
-        return 1 if self.counts.failed or self.counts.verify_failed else 0
+        """0 when every scan was defaced (and passed verification, when on); 1 when some failed
+        (or failed verification); else 4 when in some a requested feature was not found."""
+        if self.counts.failed or self.counts.verify_failed:
+            return 1
+        return EXIT_FEATURES_MISSING if self.counts.nothing_found or self.counts.incomplete else 0
 
 
 def check_config(config: BatchConfig) -> None:
@@ -269,6 +280,7 @@ def plan(
             labels_path=labels, weights_path=Path(config.weights_path) if config.weights_path else None,
             threads=threads, verify_dir=layout.verify_dir(scan) if config.verify else None,
             deface=deface, deid_key=deid_key if scan.kind == "dicom" else None,
+            allow_missing=config.allow_missing,
         ))
     return tasks, skipped
 

@@ -17,7 +17,10 @@ from types import TracebackType
 from typing import Any, Self, TextIO
 
 from defacer._version import __version__
-from defacer.batch.manifest import DONE, FAILED, SKIPPED, ScanRecord
+from defacer.batch.manifest import DONE, FAILED, INCOMPLETE, NOTHING_FOUND, SKIPPED, ScanRecord
+
+#: Statuses of scans for which nothing was written because a requested feature was not found.
+NOT_DEFACED = (NOTHING_FOUND, INCOMPLETE)
 
 
 @dataclass(frozen=True)
@@ -28,11 +31,13 @@ class Counts:
     skipped: int = 0
     failed: int = 0
     verify_failed: int = 0
+    nothing_found: int = 0
+    incomplete: int = 0
 
     @property
     def total(self) -> int:
         """All scans."""
-        return self.done + self.skipped + self.failed
+        return self.done + self.skipped + self.failed + self.nothing_found + self.incomplete
 
 
 def count(records: Sequence[ScanRecord]) -> Counts:
@@ -41,7 +46,9 @@ def count(records: Sequence[ScanRecord]) -> Counts:
         done=sum(r.status == DONE for r in records),
         skipped=sum(r.status == SKIPPED for r in records),
         failed=sum(r.status == FAILED for r in records),
-        verify_failed=sum(r.status != FAILED and r.verify is not None and r.verify.get("passed") is False
+        nothing_found=sum(r.status == NOTHING_FOUND for r in records),
+        incomplete=sum(r.status == INCOMPLETE for r in records),
+        verify_failed=sum(r.status not in (FAILED, *NOT_DEFACED) and r.verify is not None and r.verify.get("passed") is False
                           for r in records),
     )
 
@@ -102,6 +109,8 @@ class Progress(AbstractContextManager["Progress"]):
             return
         if self._bar is None:
             state = "FAILED " + (record.error or "") if record.status == FAILED else record.status
+            if record.status in NOT_DEFACED:
+                state = f"{record.status.upper()} (nothing written) {record.error or ''}"
             print(f"[{self._done}/{self.total}] {record.key}: {state}", file=self.stream)
             return
         elapsed = self._bar.tasks[0].elapsed or 0.0
@@ -121,18 +130,22 @@ def print_table(records: Sequence[ScanRecord], *, wall_s: float, stream: TextIO 
     """Print the final summary: counts, throughput and every failed scan with its error."""
     stream = stream or sys.stderr
     counts = count(records)
-    ran = counts.done + counts.failed
+    ran = counts.done + counts.failed + counts.nothing_found + counts.incomplete
     rate = 60.0 * ran / wall_s if wall_s > 0 and ran else 0.0
     failed = [r for r in records if r.status == FAILED]
+    not_defaced = [r for r in records if r.status in NOT_DEFACED]
     try:
         from rich.console import Console
         from rich.table import Table
     except ImportError:
         print(f"done {counts.done}, already done {counts.skipped}, failed {counts.failed}, "
+              f"nothing found {counts.nothing_found}, incomplete {counts.incomplete}, "
               f"verify failed {counts.verify_failed} "
               f"of {counts.total} scans; {rate:.1f} scans/min", file=stream)
         for record in failed:
             print(f"  FAILED {record.key}: {record.error}", file=stream)
+        for record in not_defaced:
+            print(f"  {record.status.upper()} (nothing written) {record.key}: {_features_line(record)}", file=stream)
         if html_path is not None:
             print(f"summary: {html_path}", file=stream)
         return
@@ -141,6 +154,11 @@ def print_table(records: Sequence[ScanRecord], *, wall_s: float, stream: TextIO 
     columns = ["defaced", "already done", "failed", "total", "scans/min", "time"]
     values = [str(counts.done), str(counts.skipped), f"[red]{counts.failed}" if counts.failed else "0",
               str(counts.total), f"{rate:.1f}", f"{wall_s:.1f} s"]
+    if not_defaced:
+        columns.insert(3, "nothing found")
+        values.insert(3, f"[yellow]{counts.nothing_found}" if counts.nothing_found else "0")
+        columns.insert(4, "incomplete")
+        values.insert(4, f"[yellow]{counts.incomplete}" if counts.incomplete else "0")
     if any(r.verify is not None for r in records):
         columns.insert(3, "verify failed")
         values.insert(3, f"[red]{counts.verify_failed}" if counts.verify_failed else "0")
@@ -155,11 +173,27 @@ def print_table(records: Sequence[ScanRecord], *, wall_s: float, stream: TextIO 
         for record in failed:
             errors.add_row(record.key, record.error or "")
         console.print(errors)
-    warned = sum(1 for r in records if r.warnings and r.status != FAILED)
+    if not_defaced:
+        missing = Table(title="not defaced: a requested feature was not found (nothing written; --allow-missing "
+                              "writes them)", show_lines=False)
+        missing.add_column("scan")
+        missing.add_column("status")
+        missing.add_column("features")
+        for record in not_defaced:
+            missing.add_row(record.key, record.status, _features_line(record))
+        console.print(missing)
+    warned = sum(1 for r in records if r.warnings and r.status == DONE)
     if warned:
         console.print(f"{warned} scans have warnings (for example a feature not found): see the summary.")
     if html_path is not None:
         console.print(f"summary: {html_path}")
+
+
+def _features_line(record: ScanRecord) -> str:
+    """``eyes: distorted, nose: not found, ...`` from a record's provenance (its requested features)."""
+    features = record.provenance.get("features", {}) if record.provenance else {}
+    return ", ".join(f"{name}: {entry.get('status', '?')}" for name, entry in features.items()
+                     if entry.get("requested", True))
 
 
 def _link(target: str | None, base: Path, text: str) -> str:
@@ -173,7 +207,7 @@ def write_html(records: Sequence[ScanRecord], path: Path, *, out_root: Path, tit
     """Write an HTML page listing every scan: status, time, error, output and verify report links."""
     counts = count(records)
     rows = []
-    for record in sorted(records, key=lambda r: (r.status != FAILED, r.key)):
+    for record in sorted(records, key=lambda r: (r.status != FAILED, r.status not in NOT_DEFACED, r.key)):
         output = record.outputs[0].path if record.outputs else ""
         verify = record.verify or {}
         report = verify.get("report_path") or verify.get("report_dir")
@@ -185,16 +219,19 @@ def write_html(records: Sequence[ScanRecord], path: Path, *, out_root: Path, tit
             f"<td>{record.timings.get('total', 0.0):.1f}</td>"
             f"<td>{_link(str(out_root / output) if output else None, path.parent, output)}</td>"
             f"<td>{_link(report, path.parent, 'report')} {verdict}</td>"
-            f"<td>{html.escape('; '.join(m for m in (record.error, *record.warnings) if m))}</td></tr>"
+            f"<td>{html.escape('; '.join(m for m in (_features_line(record) if record.status in NOT_DEFACED else None, record.error, *record.warnings) if m))}</td></tr>"
         )
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}tr.failed{{background:#fdd}}
+tr.nothing-found,tr.incomplete{{background:#ffd}}
 tr.skipped{{color:#666}}</style></head><body>
 <h1>{html.escape(title)}</h1>
 <p>defacer {html.escape(__version__)}: {counts.done} defaced, {counts.skipped} already done,
-<strong>{counts.failed} failed</strong>, {counts.verify_failed} failed verification, {counts.total} scans,
+<strong>{counts.failed} failed</strong>, {counts.verify_failed} failed verification,
+<strong>{counts.nothing_found} nothing found, {counts.incomplete} incomplete</strong> (a requested feature not found:
+nothing written for them), {counts.total} scans,
 {wall_s:.1f} s.</p>
 <p>This folder may hold renders of the original faces (verify reports): do not publish it.</p>
 <table><tr><th>scan</th><th>status</th><th>seconds</th><th>output</th><th>verify</th><th>error or warnings</th></tr>

@@ -30,8 +30,8 @@ from typing import Any
 
 from defacer.batch.discover import Scan, image_stem, nhdr_data_files
 from defacer.batch.layout import write_json_atomic
-from defacer.batch.manifest import DONE, FAILED, ScanRecord, combined_sha256, stamp
-from defacer.errors import DefacerError, InputImageError
+from defacer.batch.manifest import DONE, FAILED, INCOMPLETE, NOTHING_FOUND, ScanRecord, combined_sha256, stamp
+from defacer.errors import DefacerError, FeaturesNotFoundError, InputImageError
 
 #: Signature of the per-scan defacing function (``defacer.pipeline.deface_file``).
 DefaceFile = Callable[..., dict[str, Any]]
@@ -77,6 +77,9 @@ class ScanTask:
         For DICOM series: the secret key of the header de-identification (PS3.15 Annex E
         Basic Profile), the same in every worker so pseudonyms agree across the batch;
         ``None`` leaves headers untouched.
+    allow_missing : bool
+        Write the scan even when a requested feature is not found (otherwise it is recorded
+        as ``nothing-found`` or ``incomplete`` and nothing is written for it).
     """
 
     scan: Scan
@@ -95,6 +98,7 @@ class ScanTask:
     attempts: int = 1
     deface: DefaceFile | None = None
     deid_key: bytes | None = None
+    allow_missing: bool = False
 
 
 def scan_seed(batch_seed: int, key: str) -> int:
@@ -191,7 +195,7 @@ def _deface(task: ScanTask) -> dict[str, Any]:
     detector = None if task.labels_path is not None else worker_detector(task.weights_path, task.threads)
     return deface_file(
         task.scan.path, task.output, options=_deface_options(task), detector=detector,
-        labels_path=task.labels_path, force=True, mask_path=mask_path,
+        labels_path=task.labels_path, force=True, mask_path=mask_path, allow_missing=task.allow_missing,
     )
 
 
@@ -207,7 +211,8 @@ def _deface_dicom(task: ScanTask, detector: Any) -> dict[str, Any]:
 
         scrubber = Scrubber(DeidOptions(clean_recognizable_visual_features=True), Pseudonymizer(task.deid_key))
     provenance, _ = deface_dicom_series(task.scan.path, task.output, options=_deface_options(task),
-                                        detector=detector, scrubber=scrubber, force=True)
+                                        detector=detector, scrubber=scrubber, force=True,
+                                        allow_missing=task.allow_missing)
     return provenance
 
 
@@ -294,6 +299,10 @@ def _run(task: ScanTask, record: ScanRecord) -> None:
             record.timings["verify"] = time.perf_counter() - t0
         record.outputs = [stamp(p, task.out_root) for p in output_files(task)]
         record.status = DONE
+    except FeaturesNotFoundError as err:
+        record.status = NOTHING_FOUND if err.nothing_found else INCOMPLETE
+        record.error, record.error_type = str(err), type(err).__name__
+        record.provenance = {"features": err.provenance.get("features", {})}
     except DefacerError as err:
         record.error, record.error_type = str(err), type(err).__name__
     except (Exception, MemoryError) as err:  # noqa: BLE001 - one bad scan must never stop the batch

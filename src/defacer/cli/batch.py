@@ -15,7 +15,9 @@ examples:
 
 A rerun with the same IN and OUT resumes: scans recorded as done and unchanged are skipped,
 failed or changed ones are redone. The manifest and an HTML summary are in OUT/.defacer/.
-Exit code 0 when every scan was defaced, 1 when some failed (see the summary).
+Exit code 0 when every scan was defaced, 1 when some failed (see the summary), else 4 when
+in some scans a requested feature was not found: those are recorded as "nothing-found" or
+"incomplete" and nothing is written for them (--allow-missing writes them anyway).
 """
 
 
@@ -58,6 +60,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                        help="file holding the secret key (>= 16 bytes); the same key gives the same pseudonyms on every "
                             "run, which a resumed batch needs")
     parser.add_argument("--verify", action="store_true", help="verify each defaced scan; link reports in the summary")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="write scans in which a requested feature is not found (by default they are recorded "
+                             "as nothing-found/incomplete, nothing is written for them, and the exit code is 4)")
     parser.add_argument("--redo", action="store_true", help="deface every scan again, even those recorded as done")
     parser.add_argument("--rehash", action="store_true",
                         help="check done scans by sha256 instead of size and modification time")
@@ -70,7 +75,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the batch; 0 when every scan was defaced, 1 when some failed."""
+    """Run the batch; 0 when every scan was defaced, 1 when some failed, 4 when some had a feature not found."""
     from defacer.batch.runner import BatchConfig, run_batch
     from defacer.errors import DefacerError
     from defacer.labels import parse_features
@@ -90,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         layout="derivatives" if args.derivatives else "mirror", others=args.others,
         labels_dir=args.labels_dir, weights_path=args.weights, verify=args.verify, force=args.force,
         redo=args.redo, rehash=args.rehash, quiet=args.quiet, deid_key=deid_key, deidentify=not args.no_deidentify,
+        allow_missing=args.allow_missing,
     )
     try:
         if args.dry_run:

@@ -38,7 +38,11 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eye-box-scale", type=float, default=2.0, metavar="X",
                         help="each eye cover is an ellipse X times the detected eye's size, with a soft edge "
                              "(default 2: from the brow to the upper cheek, nasal bridge to outer eye corner)")
-    parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    parser.add_argument("--force", action="store_true",
+                        help="replace existing outputs (files, or folders defacer itself wrote; never anything else)")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="write the output even when a requested feature is not found (by default nothing is "
+                             "written and the exit status is 4: an unchanged copy could pass for a defaced scan)")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -53,7 +57,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         ),
         epilog="Examples:\n  defacer deface sub-01_T1w.nii.gz sub-01_T1w_defaced.nii.gz\n"
                "  defacer deface head.nrrd head_defaced.nrrd --features eyes,nose --save-mask mask.nrrd\n"
-               "  defacer deface dicom_in/ dicom_out/",
+               "  defacer deface dicom_in/ dicom_out/\n\n"
+               "Exit status:\n  0  defaced (and verified, with --verify)\n"
+               "  1  error (bad input, output refused, ...); nothing written\n  2  usage error\n"
+               "  3  --verify: the verification failed (the output is written)\n"
+               "  4  a requested feature (eyes, nose, ears) was not found or not distorted; nothing written\n"
+               "     (--allow-missing writes it anyway and exits 0)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("input", type=Path, help="scan to deface: .nii, .nii.gz, .nrrd, .nhdr, .mgz, .mgh, or a DICOM folder")
@@ -104,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         mask_path = verify_dir(args.output) / "detected_labels.nii.gz"
     provenance = deface_file(
         args.input, args.output, options=options, labels_path=args.labels, weights_path=args.weights,
-        force=args.force, mask_path=mask_path,
+        force=args.force, mask_path=mask_path, allow_missing=args.allow_missing,
     )
     changed = provenance["voxels_changed"]
     print(f"Defaced {args.input} -> {args.output}")

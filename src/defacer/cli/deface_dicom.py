@@ -134,6 +134,7 @@ def run_dicom(args: argparse.Namespace, options: Any, detector: Any) -> int:
         source, target, options=options, detector=detector, scrubber=scrubber, series=args.series,
         force=args.force, mask_path=args.save_mask,
         key_note="random (this run only)" if is_random else None,
+        allow_missing=getattr(args, "allow_missing", False),
     )
     if scrubber is not None and args.mapping_file:
         write_deid_mapping(scrubber.mapping.as_dict(), args.mapping_file, out_dir=target, force=args.force)

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from defacer._version import __version__
-from defacer.errors import DefacerError
+from defacer.errors import DefacerError, FeaturesNotFoundError
 
 #: Subcommand modules in the order ``--help`` lists them.  A module that is not part of
 #: this installation (e.g. an optional component not yet present) is skipped.
@@ -34,6 +34,10 @@ COMMAND_MODULES: tuple[str, ...] = (
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+#: ``deface --verify`` / ``verify``: the verification failed.
+EXIT_VERIFY_FAILED = 3
+#: ``deface`` / ``batch``: a requested facial feature was not found or not distorted (nothing written).
+EXIT_FEATURES_MISSING = 4
 EXIT_INTERRUPTED = 130
 
 
@@ -83,6 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args))
+    except FeaturesNotFoundError as err:
+        print(f"defacer {args.command}: {err}", file=sys.stderr)
+        return EXIT_FEATURES_MISSING
     except DefacerError as err:
         print(f"defacer {args.command}: error: {err}", file=sys.stderr)
         return EXIT_ERROR
