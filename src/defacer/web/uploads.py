@@ -125,6 +125,36 @@ def sniff(head: bytes, display_name: str = "") -> str:
     )
 
 
+def check_nrrd_upload(path: Path) -> None:
+    """Refuse a stored NRRD upload whose header, read to its end, names a separate data file.
+
+    :func:`sniff` sees only the first bytes; a header can push its ``data file:`` line past
+    them with comment lines.  The reader refuses such files too (``data_files="none"``);
+    this check answers at upload time, in words.
+
+    Raises
+    ------
+    UnsupportedUpload
+        For a detached header, or a header too long or damaged to be read.
+    """
+    from defacer.io.nrrd import data_file_field, parse_header, read_header_lines
+
+    try:
+        with path.open("rb") as handle:
+            lines, _ = read_header_lines(handle, path)
+        header = parse_header(lines, path)
+    except InputImageError as err:
+        raise UnsupportedUpload(
+            f"The NRRD header could not be read ({str(err).replace(str(path), 'the upload')}) Save the scan as a "
+            "single .nrrd (e.g. in 3D Slicer) and upload that."
+        ) from err
+    if data_file_field(header) is not None:
+        raise UnsupportedUpload(
+            "Detached NRRD headers (.nhdr, or a header naming a 'data file') need their data file too; save the "
+            "scan as a single .nrrd (e.g. in 3D Slicer) and upload that."
+        )
+
+
 @dataclass
 class ZipReport:
     """What :func:`extract_zip` kept and skipped."""

@@ -30,6 +30,7 @@ from defacer.web.uploads import (
     STORED_NAMES,
     UnsupportedUpload,
     UploadTooLarge,
+    check_nrrd_upload,
     extract_zip,
     human_bytes,
     sniff,
@@ -143,6 +144,8 @@ async def receive_upload(
             handle = target.open("xb")
             handle.write(head)
         handle.close()
+        if kind == "nrrd":
+            check_nrrd_upload(target)  # the whole header, not only the first chunk
     except BaseException:
         if handle is not None:
             handle.close()
@@ -230,12 +233,13 @@ def load_scan(session: Session, settings: WebSettings) -> dict[str, Any]:
                     "DICOM series cannot be read by this installation of defacer (its DICOM module is missing). "
                     "Convert the series to NIfTI (e.g. with dcm2niix) and upload that."
                 ) from err
-        volume = load_volume(source)
+        # Only the uploaded files themselves may be read: a NRRD naming any other data file is refused.
+        volume = load_volume(source, data_files="none")
         label_detector = None
         if session.label_files:
             from defacer.detect.label_file import LabelFileDetector
 
-            label_detector = LabelFileDetector(session.label_files[0].path)
+            label_detector = LabelFileDetector(session.label_files[0].path, data_files="none")
             label_detector.name = "label map uploaded with the scan"  # no user file name: it goes into provenance
         view = session.path("view")
         view.mkdir(mode=0o700, exist_ok=True)
