@@ -157,12 +157,14 @@ def create_app(settings: WebSettings | None = None, *, detector_factory: Callabl
     @app.middleware("http")
     async def guard(request: Request, call_next: Callable[[Request], Any]) -> Response:
         host = _host_name(request.headers.get("host", ""))
-        if settings.allowed_hosts is not None and host not in settings.allowed_hosts:
+        if not settings.accepts_host(host):
             return _error(403, "This server only answers requests addressed to its own loopback address.")
         origin = request.headers.get("origin")
-        if (request.method not in ("GET", "HEAD", "OPTIONS") and origin and origin != "null"
-                and urlsplit(origin).netloc.lower() != request.headers.get("host", "").lower()):
-            return _error(403, "Requests from other web sites are refused.")
+        # A sandboxed frame or a file:// page sends "Origin: null": it is not this page, so it is refused too.
+        if (request.method not in ("GET", "HEAD", "OPTIONS") and origin is not None
+                and (origin.strip().lower() == "null"
+                     or urlsplit(origin).netloc.lower() != request.headers.get("host", "").lower())):
+            return _error(403, "Requests from other web sites (or from pages without an origin) are refused.")
         if settings.token and request.url.path.startswith("/api/"):
             given = request.headers.get(TOKEN_HEADER) or request.cookies.get(TOKEN_COOKIE) or ""
             if not hmac.compare_digest(given.encode(), settings.token.encode()):

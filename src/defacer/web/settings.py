@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
-#: Host names a browser uses for a server bound to the loopback interface.
+#: Host names a browser uses for a server bound to the loopback interface.  Any other IP
+#: literal of the loopback range (127.0.0.0/8, ``[::1]``) is accepted too: see :meth:`WebSettings.accepts_host`.
 LOOPBACK_HOSTS: tuple[str, ...] = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def is_loopback_literal(host: str) -> bool:
+    """Whether ``host`` (a Host header name without port) is an IP address of the loopback range.
+
+    An IP literal cannot be re-pointed by DNS, so accepting it opens no DNS-rebinding hole.
+    """
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -52,3 +65,13 @@ class WebSettings:
             raise ValueError("max_upload_bytes, max_files, max_sessions and workers must be positive.")
         if self.token is not None and len(self.token) < 16:
             raise ValueError("The access token must have at least 16 characters; use secrets.token_urlsafe().")
+
+    def accepts_host(self, host: str) -> bool:
+        """Whether a request addressed to ``host`` (Host header without port, lower case) is answered.
+
+        With ``allowed_hosts`` set (a loopback server), the listed names and every loopback IP
+        literal are accepted, so ``--host 127.0.0.2`` answers its own address.
+        """
+        if self.allowed_hosts is None:
+            return True
+        return host in self.allowed_hosts or is_loopback_literal(host)
