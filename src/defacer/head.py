@@ -108,6 +108,26 @@ def estimate_threshold(sample: npt.NDArray[np.floating]) -> float:
     return candidates[-1] if candidates else float((lo + hi) / 2)
 
 
+#: A constant below this (HU) filling a share of a CT volume is the scanner's outside-the-field padding, not air.
+PADDING_BELOW = -1100.0
+#: Smallest share of the voxels the padding value must fill to be treated as such.
+PADDING_SHARE = 0.02
+
+
+def outside_field_value(sample: npt.NDArray[np.floating]) -> float | None:
+    """The constant a CT scanner writes outside its circular field of view, if the sample has one.
+
+    It is the sample's minimum when that is far below air (< :data:`PADDING_BELOW`, e.g. -1500,
+    -2000 or -3024 HU) and fills at least :data:`PADDING_SHARE` of the voxels.  Left in, its peak
+    drags the air/tissue threshold down between itself and the real air.
+    """
+    lowest = float(np.min(sample))
+    if lowest >= PADDING_BELOW:
+        return None
+    share = float(np.count_nonzero(sample == lowest)) / max(sample.size, 1)
+    return lowest if share >= PADDING_SHARE else None
+
+
 def analyse_head(image: npt.NDArray[np.floating], spacing: tuple[float, float, float]) -> HeadModel:
     """Estimate the threshold, air distribution and sealed head of a RAS image.
 
@@ -121,7 +141,9 @@ def analyse_head(image: npt.NDArray[np.floating], spacing: tuple[float, float, f
     strides = tuple(max(1, int(COARSE_STEP_MM // s)) for s in spacing)
     coarse = image[:: strides[0], :: strides[1], :: strides[2]]
     coarse_spacing = tuple(s * st for s, st in zip(spacing, strides, strict=True))
-    threshold = estimate_threshold(coarse)
+    padding = outside_field_value(coarse)
+    in_field = coarse != padding if padding is not None else np.ones(coarse.shape, dtype=bool)
+    threshold = estimate_threshold(coarse[in_field])
     tissue = coarse > threshold
     labels, count = ndimage.label(tissue)
     if count > 1:
@@ -146,9 +168,9 @@ def analyse_head(image: npt.NDArray[np.floating], spacing: tuple[float, float, f
     # Air: outside the sealed head by more than a few mm (at least one coarse voxel), below the threshold.
     margin = ndimage.binary_dilation(sealed, structure=np.ones((3, 3, 3), dtype=bool),
                                      iterations=max(1, int(np.ceil(4.0 / min(coarse_spacing)))))
-    air = coarse[~margin & (coarse <= threshold)]
+    air = coarse[~margin & (coarse <= threshold) & in_field]
     if air.size < 100:
-        air = coarse[coarse <= threshold]
+        air = coarse[(coarse <= threshold) & in_field]
     if air.size == 0:
         air = np.array([float(np.min(coarse))])
     if air.size > MAX_AIR_SAMPLE:

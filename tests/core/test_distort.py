@@ -265,3 +265,21 @@ def test_whole_auricle_goes_when_the_detection_covers_only_its_core(phantom):
     assert not (result.volume.raw != phantom.volume.raw)[phantom.brain].any()
     # The old distortion changed only the detected core (dilated 1 mm).
     assert changed.sum() > 3 * (core == Label.EARS).sum()
+
+
+def test_ct_padding_outside_the_field_is_not_taken_for_air():
+    """A CT whose circular field of view is padded with -2000 (a quarter of the voxels): the air/tissue
+    threshold still falls between air and tissue, the air value is the real air, and the auricles go."""
+    ct = make_phantom(3.0, contrast="CT", fov_mm=(240.0, 240.0, 240.0))
+    raw = ct.volume.raw.copy()
+    n = raw.shape[0]
+    r2 = ((np.arange(n) - (n - 1) / 2.0)[:, None] ** 2 + (np.arange(raw.shape[1]) - (raw.shape[1] - 1) / 2.0)[None, :] ** 2)
+    outside = np.broadcast_to((r2 > (0.45 * n) ** 2)[:, :, None], raw.shape)
+    assert outside.mean() > 0.2
+    padded = ct.volume.with_raw(np.where(outside, np.int16(-2000), raw))
+    result = deface(padded, TruthDetector(ct.labels), DefaceOptions(features=("ears",)))
+    head = result.provenance["head"]
+    assert -950 < head["threshold"] < 0
+    assert -1100 < head["background"] < -900
+    ears = ct.labels == Label.EARS
+    assert (result.edit_mask[ears] == Label.EARS).mean() >= 0.9

