@@ -25,7 +25,7 @@ import contextlib
 import hmac
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -64,8 +64,53 @@ CONTENT_SECURITY_POLICY = (
 #: The verification report is static HTML with embedded pictures: nothing else may load or run.
 REPORT_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; frame-ancestors 'none'"
 
+class ServerBusy(DefacerError, RuntimeError):
+    """Every worker is busy and the waiting line is full."""
+
+
+class HeavyStepGate:
+    """A small bounded queue for the steps that hold a scan in memory and use the CPU.
+
+    At most ``running`` steps run at once (load, detect, verify requests and defacing jobs
+    together); at most ``waiting`` requests wait for a turn, and one more is refused with
+    :class:`ServerBusy` at once instead of queueing without bound.  Defacing jobs, already
+    queued in their own executor, always wait for a turn.
+    """
+
+    def __init__(self, running: int, waiting: int) -> None:
+        self._slots = threading.BoundedSemaphore(running)
+        self._lock = threading.Lock()
+        self._admitted = 0
+        self._limit = running + waiting
+        self.running = 0
+        self.peak = 0
+
+    @contextlib.contextmanager
+    def turn(self, *, refuse_when_full: bool = True) -> Iterator[None]:
+        """Hold a worker slot for the duration of the block (waiting for one if needed)."""
+        with self._lock:
+            if refuse_when_full and self._admitted >= self._limit:
+                raise ServerBusy("The server is busy with other scans and its waiting line is full. Try again in a "
+                                 "minute.")
+            self._admitted += 1
+        try:
+            with self._slots:
+                with self._lock:
+                    self.running += 1
+                    self.peak = max(self.peak, self.running)
+                try:
+                    yield
+                finally:
+                    with self._lock:
+                        self.running -= 1
+        finally:
+            with self._lock:
+                self._admitted -= 1
+
+
 _STATUS: list[tuple[type[BaseException], int]] = [
     (SessionNotFound, 404),
+    (ServerBusy, 503),
     (UploadTooLarge, 413),
     (UnsupportedUpload, 415),
     (SessionBusy, 409),
@@ -132,6 +177,7 @@ def create_app(settings: WebSettings | None = None, *, detector_factory: Callabl
     store = SessionStore(settings.work_dir, max_sessions=settings.max_sessions, ttl_s=settings.session_ttl_s)
     executor = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="defacer-job")
     detectors = _Detectors(detector_factory or _default_detector)
+    gate = HeavyStepGate(settings.workers, settings.max_waiting)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -153,6 +199,7 @@ def create_app(settings: WebSettings | None = None, *, detector_factory: Callabl
                   openapi_url=None)
     app.state.settings = settings
     app.state.store = store
+    app.state.gate = gate
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Callable[[Request], Any]) -> Response:
@@ -255,13 +302,13 @@ def create_app(settings: WebSettings | None = None, *, detector_factory: Callabl
     @app.post("/api/sessions/{session_id}/load")
     async def load(request: Request, session_id: str) -> dict[str, Any]:
         session = lookup(request, session_id)
-        info = await run_in_threadpool(_step, workflow.load_scan, session, settings)
+        info = await run_in_threadpool(_step, gate, workflow.load_scan, session, settings)
         return {**info, "view": f"/api/sessions/{session.id}/view/scan.nii.gz"}
 
     @app.post("/api/sessions/{session_id}/detect")
     async def detect(request: Request, session_id: str) -> dict[str, Any]:
         session = lookup(request, session_id)
-        detection = await run_in_threadpool(_step, workflow.detect, session, detectors)
+        detection = await run_in_threadpool(_step, gate, workflow.detect, session, detectors)
         return {**detection, "overlay": f"/api/sessions/{session.id}/view/labels.nii.gz"}
 
     @app.post("/api/sessions/{session_id}/deface", status_code=202)
@@ -290,7 +337,7 @@ def create_app(settings: WebSettings | None = None, *, detector_factory: Callabl
                 raise SessionBusy("This scan is already being defaced; wait for it to finish.")
             session.job = new_job = Job(state="queued", stage="Waiting for a free worker")
         chosen = tuple(f for f in FEATURES if f in features)
-        executor.submit(_run_job, session, new_job, chosen, seed)
+        executor.submit(_run_job, gate, session, new_job, chosen, seed)
         return new_job.as_dict()
 
     @app.get("/api/sessions/{session_id}/job")
@@ -303,7 +350,7 @@ def create_app(settings: WebSettings | None = None, *, detector_factory: Callabl
         session = lookup(request, session_id)
         if session.job.state in ("queued", "running"):
             raise SessionBusy("Wait until defacing has finished.")
-        return await run_in_threadpool(_step, workflow.verify_session, session)
+        return await run_in_threadpool(_step, gate, workflow.verify_session, session)
 
     @app.get("/api/sessions/{session_id}/view/{name}")
     async def view(request: Request, session_id: str, name: str) -> Response:
@@ -347,16 +394,27 @@ def create_app(settings: WebSettings | None = None, *, detector_factory: Callabl
     return app
 
 
-def _step(function: Callable[..., Any], session: Session, *args: Any) -> Any:
-    """Run one workflow step on a worker thread; a session closed meanwhile is removed when it ends."""
+def _step(gate: HeavyStepGate, function: Callable[..., Any], session: Session, *args: Any) -> Any:
+    """Run one workflow step on a worker thread when the gate gives it a turn.
+
+    A session closed meanwhile is removed when the step ends.
+    """
     try:
-        return function(session, *args)
+        with gate.turn():
+            if session.closed:
+                raise SessionNotFound()
+            return function(session, *args)
     finally:
         SessionStore.release_if_closed(session)
 
 
-def _run_job(session: Session, job: Job, features: tuple[str, ...], seed: int) -> None:
-    """Body of a defacing job on a worker thread; records the outcome in ``job`` and never raises."""
+def _run_job(gate: HeavyStepGate, session: Session, job: Job, features: tuple[str, ...], seed: int) -> None:
+    """Body of a defacing job on a worker thread (waits for a turn); records the outcome in ``job``, never raises."""
+    with gate.turn(refuse_when_full=False):
+        _run_job_now(session, job, features, seed)
+
+
+def _run_job_now(session: Session, job: Job, features: tuple[str, ...], seed: int) -> None:
     if session.closed:
         return
 

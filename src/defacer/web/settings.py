@@ -48,7 +48,11 @@ class WebSettings:
         Accepted ``Host`` header names (port ignored), which stops DNS-rebinding pages from
         reaching a loopback server.  ``None`` accepts any host.
     workers : int
-        Defacing jobs run at once (CPU-bound; the rest wait in a queue).
+        Heavy steps (load, detect, deface, verify) run at once (CPU- and memory-bound; the
+        rest wait in a queue).
+    max_waiting : int
+        Most load/detect/verify requests waiting for a free worker; one more is answered
+        "busy, try again" (HTTP 503) instead of holding more scans in memory.
     """
 
     max_upload_bytes: int = 1_000_000_000
@@ -59,10 +63,13 @@ class WebSettings:
     token: str | None = None
     allowed_hosts: tuple[str, ...] | None = LOOPBACK_HOSTS
     workers: int = 1
+    max_waiting: int = 4
 
     def __post_init__(self) -> None:
         if self.max_upload_bytes <= 0 or self.max_files <= 0 or self.max_sessions <= 0 or self.workers <= 0:
             raise ValueError("max_upload_bytes, max_files, max_sessions and workers must be positive.")
+        if self.max_waiting < 0:
+            raise ValueError("max_waiting must be zero or positive.")
         if self.token is not None and len(self.token) < 16:
             raise ValueError("The access token must have at least 16 characters; use secrets.token_urlsafe().")
 
