@@ -8,9 +8,11 @@ for the configured time, or when the server shuts down.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import secrets
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -24,6 +26,16 @@ log = logging.getLogger(__name__)
 
 #: Shape of a session id (``secrets.token_urlsafe(24)``); anything else is refused before lookup.
 SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{32}$")
+
+#: Name prefix of a server's root work folder (a running server holds a lock on that folder).
+ROOT_PREFIX = "defacer-web-"
+#: A folder younger than this is never swept: its server may be starting and not hold its lock yet.
+STARTING_GRACE_S = 60.0
+
+try:  # POSIX: an advisory lock that the kernel releases when its holder dies, even by SIGKILL
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no sweeping of other servers' leftovers
+    fcntl = None  # type: ignore[assignment]
 
 
 class SessionNotFound(DefacerError, KeyError):
@@ -136,11 +148,11 @@ class SessionStore:
 
     def __init__(self, root: Path | None, *, max_sessions: int, ttl_s: float) -> None:
         self._own_root = root is None
-        if root is None:
-            self.root = Path(tempfile.mkdtemp(prefix="defacer-web-"))
-        else:
-            root.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self.root = Path(tempfile.mkdtemp(prefix="defacer-web-", dir=root))
+        parent = Path(tempfile.gettempdir()) if root is None else root
+        parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.removed_stale = sweep_stale_roots(parent)
+        self.root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX, dir=parent))
+        self._lock_fd = _hold_lock(self.root)
         self.max_sessions = max_sessions
         self.ttl_s = ttl_s
         self._sessions: dict[str, Session] = {}
@@ -235,3 +247,68 @@ class SessionStore:
             session.closed = True  # a step still running removes its own folder when it ends
             shutil.rmtree(session.folder, ignore_errors=True)
         shutil.rmtree(self.root, ignore_errors=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def _hold_lock(folder: Path) -> int | None:
+    """Hold an exclusive lock on ``folder`` for the life of this process (POSIX only); return its descriptor.
+
+    The kernel drops the lock when the process dies, however it dies, so a folder whose lock can
+    be taken belongs to no running server.
+    """
+    if fcntl is None:
+        return None
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def sweep_stale_roots(parent: Path) -> list[Path]:
+    """Remove work folders left in ``parent`` by defacer servers that were killed (SIGKILL, power loss).
+
+    Only folders that are recognisably a defacer server's own are touched: a real folder (not
+    a link) named ``defacer-web-*``, owned by this user, older than :data:`STARTING_GRACE_S`,
+    that no live process holds locked.  A running server holds the lock on its folder, so its
+    folder is never removed.
+
+    Returns
+    -------
+    list of Path
+        The folders removed.
+    """
+    if fcntl is None:
+        return []
+    removed = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.name.startswith(ROOT_PREFIX):
+            continue
+        try:
+            info = entry.lstat()
+        except OSError:
+            continue
+        if (not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid()
+                or time.time() - info.st_mtime < STARTING_GRACE_S):
+            continue
+        try:
+            fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue  # a running server holds it
+        try:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+        finally:
+            os.close(fd)
+    if removed:
+        log.info("removed %d work folder(s) left by a defacer server that was stopped abruptly", len(removed))
+    return removed
