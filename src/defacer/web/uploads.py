@@ -216,8 +216,9 @@ def extract_zip(archive: Path, into: Path, *, max_bytes: int, max_files: int) ->
                         written += len(block)
                         if written > max_bytes:
                             raise UploadTooLarge(
-                                f"The zip unpacks to more than {human_bytes(max_bytes)}, the upload limit of this "
-                                "server. Upload a single series, or restart the server with a larger --max-upload-mb."
+                                f"The zip unpacks to more than {max_bytes:,} bytes ({human_bytes(max_bytes)}), the "
+                                "upload limit of this server. Upload a single series, or restart the server with a "
+                                "larger --max-upload-mb."
                             )
                         sink.write(block)
             except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as err:

@@ -48,9 +48,11 @@ ProgressCallback = Callable[[str, float], None]
 
 
 def _limit_message(total: int, limit: int) -> str:
+    """Say by how much an upload breaks the limit, in exact bytes (rounded sizes can read as equal)."""
     return (
-        f"The upload is larger than the limit of this server ({human_bytes(total)} received or announced, limit "
-        f"{human_bytes(limit)}). Upload a single series, or restart the server with a larger --max-upload-mb."
+        f"The upload is larger than the limit of this server: {total:,} bytes ({human_bytes(total)}) received or "
+        f"announced, {total - limit:,} bytes more than the limit of {limit:,} bytes ({human_bytes(limit)}). Upload a "
+        "single series, or restart the server with a larger --max-upload-mb."
     )
 
 
@@ -255,10 +257,16 @@ def load_scan(session: Session, settings: WebSettings) -> dict[str, Any]:
             "axcodes": volume.axcodes,
             "files": len(session.scan_files),
             "labels_uploaded": label_detector is not None,
+            "warnings": input_warnings(volume),
         }
         session.state.update(volume=volume, kind=kind, info=info, label_detector=label_detector)
         log.info("work area %s…: scan loaded (%s, %d file(s))", session.id[:6], volume.format, len(session.scan_files))
         return info
+
+
+def input_warnings(volume: Volume) -> list[str]:
+    """What the reader had to assume about the scan (e.g. an invalid voxel size), without server file names."""
+    return [re.sub(r"^'[^']*': ", "", str(w)) for w in volume.extra.get("warnings", [])]
 
 
 class FixedLabels:
@@ -319,8 +327,8 @@ def detect(session: Session, default_detector: Callable[[], Detector]) -> dict[s
         labels = reorientation.from_ras(labels_ras)
         save_label_map(labels, volume, session.path("view", "labels.nii.gz"), force=True)
         features = _feature_summary(labels, volume)
-        warnings = [f"No {name} found: nothing will be distorted for them." for name, f in features.items()
-                    if f["voxels"] == 0]
+        warnings = input_warnings(volume) + [f"No {name} found: nothing will be distorted for them."
+                                             for name, f in features.items() if f["voxels"] == 0]
         shown = (f"the uploaded label map {session.label_files[0].display_name}" if session.label_files
                  else detector.name)
         detection = {"detector": shown, "features": features, "warnings": warnings}
@@ -423,6 +431,8 @@ def deface_session(
         provenance["input"] = {"files": len(session.scan_files), "sha256": _inputs_sha256(session, sha256_of)}
         provenance["output"] = {"sha256": sha256_of(downloads["scan"][0])}
         provenance["interface"] = "defacer serve (web)"
+        if session.state["info"].get("warnings"):
+            provenance["warnings"] = session.state["info"]["warnings"] + list(provenance.get("warnings", []))
         label_detector = session.state.get("label_detector")
         if label_detector is not None:
             provenance["detector"] = {**provenance.get("detector", {}), "labels_sha256": label_detector.sha256}
