@@ -102,7 +102,7 @@ def test_absurd_affine_is_refused(tmp_path, capsys, affine):
 def test_output_equal_to_input_is_refused_and_input_untouched(scan, capsys):
     before = scan[0].read_bytes()
     code, err = run(["deface", str(scan[0]), str(scan[0]), "--labels", str(scan[1]), "--force"], capsys)
-    assert code == 1 and "input file itself" in err
+    assert code == 1 and "never writes over" in err
     assert scan[0].read_bytes() == before
 
 
