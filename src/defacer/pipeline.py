@@ -247,6 +247,9 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DefaceOp
                                   for name in missing]
         for name in missing:
             log.warning("No %s %s in this scan; it was left as it is.", name, provenance["features"][name]["status"])
+    read_warnings = [str(w) for w in volume.extra.get("warnings", [])]
+    if read_warnings:  # what the reader had to assume, e.g. an invalid voxel size (geometry invented)
+        provenance["warnings"] = read_warnings + provenance.get("warnings", [])
     return DefaceResult(volume.with_raw(raw), labels_native, edit_mask, provenance,
                         _protection=(depth, head, reorientation, options.protect_depth_mm - slack))
 

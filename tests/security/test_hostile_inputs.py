@@ -226,6 +226,22 @@ def test_zero_or_negative_pixdim_warns_that_geometry_is_invented_and_keeps_the_h
     assert out.read_bytes()[:352] == source.read_bytes()[:352], "the header was not written back byte for byte"
 
 
+def test_invented_geometry_is_recorded_in_the_provenance(tmp_path: Path) -> None:
+    """Defect 14: the warning travels into the provenance (the sidecar), without the file's name."""
+    from defacer.pipeline import deface
+
+    class NothingFound:
+        name, weights_sha256 = "finds nothing", None
+
+        def predict(self, image_ras: np.ndarray, ras_affine: np.ndarray) -> np.ndarray:
+            return np.zeros(image_ras.shape, np.uint8)
+
+    source = tmp_path / "sub-07_odd.nii"
+    source.write_bytes(nifti_bytes({"pixdim[3]": 0.0, "qform_code": 0, "sform_code": 0}))
+    warnings = deface(load_volume(source), NothingFound()).provenance["warnings"]
+    assert any("invented" in w for w in warnings) and not any("sub-07" in w for w in warnings)
+
+
 def test_zero_pixdim_with_a_valid_sform_says_the_sform_was_used(tmp_path: Path) -> None:
     source = tmp_path / "odd.nii"
     source.write_bytes(nifti_bytes({"pixdim[1]": 0.0}))

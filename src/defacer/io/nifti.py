@@ -61,7 +61,7 @@ def read_nifti_like(path: Path, fmt: str, *, max_voxels: int | None = None) -> V
     header = _original_header(path, image) if fmt == "nifti" else image.header.copy()
     warnings = header_warnings(header, path) if fmt == "nifti" else []
     for warning in warnings:
-        log.warning("%s", warning)
+        log.warning("'%s': %s", path.name, warning)
     return Volume(
         raw=raw,
         affine=np.asarray(image.affine, dtype=np.float64),
@@ -88,7 +88,7 @@ def header_warnings(header: Any, path: Path) -> list[str]:
     Returns
     -------
     list of str
-        One sentence per repair; empty for a clean header.
+        One sentence per repair (no file name: they go into sidecars); empty for a clean header.
     """
     from nibabel.batteryrunners import BatteryRunner
 
@@ -107,12 +107,12 @@ def header_warnings(header: Any, path: Path) -> list[str]:
             else:
                 consequence = "the geometry was taken from the header's sform, which is valid"
             warnings.append(
-                f"'{path.name}': the NIfTI header gives voxel sizes pixdim[1..3] = {stored} (zero or negative); "
+                f"the NIfTI header gives voxel sizes pixdim[1..3] = {stored} (zero or negative); "
                 f"{consequence}. The output header keeps the stored values byte for byte."
             )
         else:
             warnings.append(
-                f"'{path.name}': NIfTI header problem: {report.problem_msg}; read as if {report.fix_msg or 'repaired'}. "
+                f"NIfTI header problem: {report.problem_msg}; read as if {report.fix_msg or 'repaired'}. "
                 "The output header keeps the stored values byte for byte."
             )
     return warnings

@@ -265,8 +265,8 @@ def load_scan(session: Session, settings: WebSettings) -> dict[str, Any]:
 
 
 def input_warnings(volume: Volume) -> list[str]:
-    """What the reader had to assume about the scan (e.g. an invalid voxel size), without server file names."""
-    return [re.sub(r"^'[^']*': ", "", str(w)) for w in volume.extra.get("warnings", [])]
+    """What the reader had to assume about the scan (e.g. an invalid voxel size; also in the provenance)."""
+    return [str(w) for w in volume.extra.get("warnings", [])]
 
 
 class FixedLabels:
@@ -431,8 +431,6 @@ def deface_session(
         provenance["input"] = {"files": len(session.scan_files), "sha256": _inputs_sha256(session, sha256_of)}
         provenance["output"] = {"sha256": sha256_of(downloads["scan"][0])}
         provenance["interface"] = "defacer serve (web)"
-        if session.state["info"].get("warnings"):
-            provenance["warnings"] = session.state["info"]["warnings"] + list(provenance.get("warnings", []))
         label_detector = session.state.get("label_detector")
         if label_detector is not None:
             provenance["detector"] = {**provenance.get("detector", {}), "labels_sha256": label_detector.sha256}
