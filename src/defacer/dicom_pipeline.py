@@ -79,13 +79,14 @@ def deface_dicom_series(
         save_label_map(result.labels, volume, mask_path, force=force)
     provenance = result.provenance
     # With de-identification the sidecar must not name the input: folder names often hold patient names.
-    shown = "<input>" if scrubber is not None else str(source)
+    shown = "<input>" if scrubber is not None else source.name
     provenance["input"] = {"path": shown, "sha256": sha256_of(source), "format": "dicom",
                            "files": len({ref.path for ref in volume.extra["frames"]}),
                            "skipped_files": len(volume.extra.get("skipped", ()))}
-    provenance["output"] = {"path": str(target), "sha256": sha256_of(target), "files": len(written)}
+    provenance["output"] = {"path": target.name, "sha256": sha256_of(target), "files": len(written)}
     provenance["dicom"] = {
-        "geometry_warnings": [w.replace(str(source), shown) for w in volume.extra.get("warnings", ())],
+        "geometry_warnings": [w.replace(str(source), shown).replace(str(source.resolve()), shown)
+                              for w in volume.extra.get("warnings", ())],
         "gantry_tilt_deg": round(float(volume.extra.get("gantry_tilt_deg", 0.0)), 3),
         "per_slice_scaling": volume.extra.get("per_slice_scaling") is not None,
         "deidentified": scrubber is not None,
@@ -100,6 +101,6 @@ def deface_dicom_series(
     else:
         provenance["dicom"]["series"] = volume.extra.get("series_key")
     if mask_path is not None:
-        provenance["mask"] = {"path": str(mask_path)}
+        provenance["mask"] = {"path": Path(mask_path).name}
     write_provenance(provenance, sidecar)
     return provenance, written

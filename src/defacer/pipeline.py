@@ -317,8 +317,16 @@ def deface_file(
     mask_path: PathLike | None = None,
     sidecar: bool = True,
     allow_missing: bool = False,
+    deidentify: bool = True,
+    deid_key: bytes | None = None,
 ) -> dict[str, Any]:
-    """Deface one NIfTI/NRRD/MGZ file into ``output_path`` (same format) and write its sidecar.
+    """Deface one scan into ``output_path`` (same format) and write its sidecar.
+
+    NIfTI, NRRD and MGH/MGZ files are written with their header unchanged.  A DICOM series
+    (a folder or ``.dcm`` file) goes through :func:`defacer.dicom_pipeline.deface_dicom_series`
+    and, as on the command line, its headers are de-identified (DICOM PS3.15 Annex E Basic
+    Profile, keyed pseudonyms) unless ``deidentify=False``.  The sidecar names the input and
+    output by their base names only (never the folders they are in).
 
     Parameters
     ----------
@@ -338,6 +346,12 @@ def deface_file(
     allow_missing : bool
         Write the output even when a requested feature was not found or not distorted
         (see :func:`check_features_found`); the sidecar's ``features`` says which.
+    deidentify : bool
+        DICOM only: de-identify every header (the default); ``False`` keeps them as they are
+        (identifying: PatientName, IDs, dates...).
+    deid_key : bytes, optional
+        DICOM only: secret key of the keyed pseudonyms (at least 16 bytes); by default a random
+        key, so pseudonyms are consistent within this call only.
 
     Returns
     -------
@@ -355,7 +369,11 @@ def deface_file(
     start = time.perf_counter()
     source = Path(input_path)
     target = Path(output_path)
-    if format_of(source) != "dicom" and format_of(target) != format_of(source):
+    if source.exists() and format_of(source) == "dicom":
+        return _deface_dicom_file(source, target, options=options, detector=detector, labels_path=labels_path,
+                                  weights_path=weights_path, force=force, mask_path=mask_path,
+                                  allow_missing=allow_missing, deidentify=deidentify, deid_key=deid_key)
+    if format_of(target) != format_of(source):
         raise InputImageError(
             f"The output '{target.name}' has another format than the input '{source.name}'. defacer writes the "
             "input's format: use the same kind of extension."
@@ -376,14 +394,45 @@ def deface_file(
         save_label_map(result.labels, volume, mask_path, force=force)
     save_s = time.perf_counter() - t
     provenance = result.provenance
-    provenance["input"] = {"path": str(source), "sha256": sha256_of(source)}
-    provenance["output"] = {"path": str(target), "sha256": sha256_of(target), "files": [str(p) for p in written]}
+    # Base names only: the folders of a user's files can name the patient or the study.
+    provenance["input"] = {"path": source.name, "sha256": sha256_of(source)}
+    provenance["output"] = {"path": target.name, "sha256": sha256_of(target), "files": [p.name for p in written]}
     if mask_path is not None:
-        provenance["mask"] = {"path": str(mask_path)}
+        provenance["mask"] = {"path": Path(mask_path).name}
     if labels_path is not None:
         provenance["detector"]["labels_sha256"] = sha256_of(labels_path)
     provenance["timings"].update({"load_s": round(load_s, 4), "save_s": round(save_s, 4),
                                   "wall_s": round(time.perf_counter() - start, 4)})
     if sidecar:
         write_provenance(provenance, sidecar_path(target))
+    return provenance
+
+
+def _deface_dicom_file(source: Path, target: Path, *, options: DefaceOptions, detector: Detector | None,
+                       labels_path: PathLike | None, weights_path: PathLike | None, force: bool,
+                       mask_path: PathLike | None, allow_missing: bool, deidentify: bool,
+                       deid_key: bytes | None) -> dict[str, Any]:
+    """:func:`deface_file` for a DICOM series: de-identified headers unless ``deidentify`` is False."""
+    from defacer.dicom_pipeline import deface_dicom_series
+    from defacer.io.output_guard import check_outputs
+
+    check_outputs([target, sidecar_path(target), mask_path], inputs=[source, labels_path, weights_path], force=force)
+    scrubber = None
+    key_note = None
+    if deidentify:
+        from defacer.phi.options import DeidOptions
+        from defacer.phi.pseudonym import Pseudonymizer, load_key
+        from defacer.phi.scrub import Scrubber
+
+        if deid_key is None:
+            deid_key, _ = load_key(None, None)
+            key_note = "random (this run only)"
+        scrubber = Scrubber(DeidOptions(clean_recognizable_visual_features=True), Pseudonymizer(deid_key))
+    if detector is None:
+        detector = load_detector(labels_path, weights_path)
+    provenance, _ = deface_dicom_series(source, target, options=options, detector=detector, scrubber=scrubber,
+                                        force=force, mask_path=mask_path, key_note=key_note,
+                                        allow_missing=allow_missing)
+    if labels_path is not None:
+        provenance["detector"]["labels_sha256"] = sha256_of(labels_path)
     return provenance

@@ -54,7 +54,9 @@ def test_dataset_description_gains_generated_by_or_becomes_a_derivative(tmp_path
     assert [g["Name"] for g in mirror["GeneratedBy"]] == ["defacer", "dcm2niix"]
     deriv = dataset_description(OutputLayout(tmp_path, tmp_path / "o", "derivatives", True), source)
     assert deriv["DatasetType"] == "derivative"
-    assert deriv["SourceDatasets"][0]["URL"].startswith("file://")
+    # Issue 11, defect 5: a relative reference to IN, never its absolute path.
+    assert deriv["SourceDatasets"][0]["URL"] == ".."
+    assert str(tmp_path) not in json.dumps(deriv)
 
 
 def test_sidecar_is_carried_over_and_marked_defaced(tmp_path: Path) -> None:

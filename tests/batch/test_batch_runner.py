@@ -143,7 +143,8 @@ def test_verify_links_each_report_from_the_html_summary(tmp_path: Path,
     assert summary.counts.done == 1
     record = summary.records[0]
     assert record.verify is not None and record.verify["passed"] is True
-    report = Path(record.verify["report_path"])
+    report = tmp_path / "out" / record.verify["report_path"]
+    assert not Path(record.verify["report_path"]).is_absolute(), "recorded relative to OUT"
     assert report.is_file() and report.is_relative_to(tmp_path / "out" / ".defacer")
     page = summary.html_path.read_text()
     assert "verify/sub-01__anat__sub-01_T1w/verify_report.html" in page

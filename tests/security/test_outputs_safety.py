@@ -307,3 +307,59 @@ def test_a_running_writers_temporary_folder_is_never_swept(tmp_path):
         assert sweep_stale_temporaries(tmp_path) == [] and other.exists()
         other.rmdir()
     assert (tmp_path / "a.json").read_text() == "{}"
+
+
+# --- 5: the library has the command line's privacy defaults; no sidecar records where the user's files are -------
+
+
+def test_the_library_deidentifies_a_dicom_series_by_default(series, tmp_path):
+    """5: ``deface_file(dicom_folder, out)`` wrote the series with PatientName kept and the input path recorded."""
+    import pydicom
+
+    from defacer.pipeline import deface_file
+
+    provenance = deface_file(series[0], tmp_path / "out", labels_path=series[1])
+    files = sorted((tmp_path / "out").iterdir())
+    assert files and all(b"Quexworth" not in f.read_bytes() for f in files)
+    assert pydicom.dcmread(files[0]).PatientIdentityRemoved == "YES"
+    sidecar = (tmp_path / "out.defacer.json").read_text()
+    assert provenance["dicom"]["deidentified"] is True
+    for private in ("Quexworth", str(series[0].parent), str(tmp_path)):
+        assert private not in sidecar
+    # Asked for explicitly: headers kept.
+    deface_file(series[0], tmp_path / "kept", labels_path=series[1], deidentify=False)
+    assert str(pydicom.dcmread(min((tmp_path / "kept").iterdir())).PatientName) == "Quexworth^Ambrose"
+    assert str(series[0].parent) not in (tmp_path / "kept.defacer.json").read_text()
+
+
+def test_file_sidecars_record_base_names_only(phantom_files, tmp_path):
+    from defacer.pipeline import deface_file
+
+    private = tmp_path / "Quexworth_Ambrose_1970"
+    private.mkdir()
+    source = private / "head.nii.gz"
+    source.write_bytes(phantom_files[0].read_bytes())
+    deface_file(source, tmp_path / "out" / "defaced.nii.gz", labels_path=phantom_files[1],
+                mask_path=tmp_path / "masks" / "m.nii.gz")
+    sidecar = json.loads((tmp_path / "out" / "defaced.defacer.json").read_text())
+    assert "Quexworth" not in json.dumps(sidecar) and str(tmp_path) not in json.dumps(sidecar)
+    assert sidecar["input"]["path"] == "head.nii.gz" and sidecar["output"]["path"] == "defaced.nii.gz"
+    assert sidecar["mask"]["path"] == "m.nii.gz"
+
+
+def test_batch_manifests_and_sidecars_record_no_absolute_path(phantom_files, tmp_path):
+    from defacer.batch.runner import BatchConfig, run_batch
+
+    ds = tmp_path / "Quexworth_Ambrose_study"
+    (ds / "labels").mkdir(parents=True)
+    (ds / "scans").mkdir()
+    (ds / "scans" / "head.nii.gz").write_bytes(phantom_files[0].read_bytes())
+    (ds / "labels" / "scans").mkdir()
+    (ds / "labels" / "scans" / "head.labels.nii.gz").write_bytes(phantom_files[1].read_bytes())
+    (ds / "scans" / "broken.nii.gz").write_bytes(b"\x1f\x8b" + b"not really gzip")
+    out = tmp_path / "out"
+    summary = run_batch(BatchConfig(in_root=ds / "scans", out_root=out, labels_dir=ds / "labels", quiet=True))
+    assert sorted(r.status for r in summary.records) == ["done", "failed"]
+    for path in [out / ".defacer" / "manifest.jsonl", *out.rglob("*.json")]:
+        text = path.read_text()
+        assert "Quexworth" not in text and str(tmp_path) not in text, path

@@ -223,7 +223,9 @@ def dataset_description(layout: OutputLayout, source: dict[str, Any] | None) -> 
             "BIDSVersion": source.get("BIDSVersion", "1.10.0"),
             "DatasetType": "derivative",
             "GeneratedBy": [generated_by()],
-            "SourceDatasets": [{"URL": layout.in_root.as_uri()}],
+            # A relative reference, not the absolute path (the folders above IN can name people).
+            "SourceDatasets": [{"URL": Path(os.path.relpath(layout.in_root.resolve(),
+                                                           layout.out_root.resolve())).as_posix()}],
         }
     described = dict(source)
     described.setdefault("Name", name)

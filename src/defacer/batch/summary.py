@@ -211,6 +211,8 @@ def write_html(records: Sequence[ScanRecord], path: Path, *, out_root: Path, tit
         output = record.outputs[0].path if record.outputs else ""
         verify = record.verify or {}
         report = verify.get("report_path") or verify.get("report_dir")
+        if report and not Path(report).is_absolute():
+            report = str(out_root / report)  # recorded relative to OUT
         passed = verify.get("passed")
         verdict = "" if passed is None else ("pass" if passed else "FAIL")
         rows.append(

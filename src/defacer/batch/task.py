@@ -226,8 +226,10 @@ def _verify(task: ScanTask, provenance: dict[str, Any]) -> dict[str, Any]:
     labels = load_volume(mask_path, strict=False) if mask_path is not None and mask_path.is_file() else None
     result = verify_pair(load_volume(task.scan.path), load_volume(task.output), verify_dir, labels=labels,
                          provenance=provenance, title=f"defacer verify: {task.scan.key}")
-    return {"passed": bool(result.passed), "report_path": str(result.report_path),
-            "summary_path": str(result.summary_path)}
+    # Relative to OUT: the manifest never records where the user's files are.
+    return {"passed": bool(result.passed),
+            "report_path": Path(result.report_path).resolve().relative_to(task.out_root.resolve()).as_posix(),
+            "summary_path": Path(result.summary_path).resolve().relative_to(task.out_root.resolve()).as_posix()}
 
 
 class _Collect(logging.Handler):
@@ -268,11 +270,23 @@ def process_scan(task: ScanTask) -> ScanRecord:
     start, cpu_start = time.perf_counter(), time.process_time()
     with _collect_warnings() as warnings:
         _run(task, record)
-    record.warnings = list(dict.fromkeys(warnings))
+    record.warnings = [_without_roots(w, task) for w in dict.fromkeys(warnings)]
+    if record.error:
+        record.error = _without_roots(record.error, task)
     record.timings["total"] = time.perf_counter() - start
     record.timings["cpu"] = time.process_time() - cpu_start
     record.finished = _now()
     return record
+
+
+def _without_roots(message: str, task: ScanTask) -> str:
+    """``message`` with IN and OUT's absolute paths written ``IN``/``OUT``: the manifest never records where
+    the user's files are (the folders above them can name the patient or the study)."""
+    for root, name in ((task.in_root, "IN"), (task.out_root, "OUT")):
+        for form in {str(root.resolve()), str(root)}:
+            if form not in (".", "/"):
+                message = message.replace(form, name)
+    return message
 
 
 def _run(task: ScanTask, record: ScanRecord) -> None:
