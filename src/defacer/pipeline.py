@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from defacer._typing import LabelMap, PathLike
+from defacer.checks import DEFAULT_MAX_VOXELS
 from defacer.detect import Detector
 from defacer.distort import Edit, distort_ears, distort_eyes, distort_nose, nose_box
 from defacer.errors import DetectorError, FeaturesNotFoundError, InputImageError
@@ -319,6 +320,7 @@ def deface_file(
     allow_missing: bool = False,
     deidentify: bool = True,
     deid_key: bytes | None = None,
+    max_voxels: int | None = DEFAULT_MAX_VOXELS,
 ) -> dict[str, Any]:
     """Deface one scan into ``output_path`` (same format) and write its sidecar.
 
@@ -352,6 +354,9 @@ def deface_file(
     deid_key : bytes, optional
         DICOM only: secret key of the keyed pseudonyms (at least 16 bytes); by default a random
         key, so pseudonyms are consistent within this call only.
+    max_voxels : int or None
+        Refuse a NIfTI/NRRD/MGH scan whose header declares more voxels than this, before
+        reading it (see :func:`defacer.io.load_volume`); ``None``: no limit.
 
     Returns
     -------
@@ -382,7 +387,7 @@ def deface_file(
     check_outputs([target, mask_path, sidecar_path(target) if sidecar else None], inputs=inputs, force=force)
     check_not_input(detached_data_candidates(target) + detached_data_candidates(mask_path), inputs)
     t = time.perf_counter()
-    volume = load_volume(source)
+    volume = load_volume(source, max_voxels=max_voxels)
     load_s = time.perf_counter() - t
     if detector is None:
         detector = load_detector(labels_path, weights_path)

@@ -363,3 +363,28 @@ def test_batch_manifests_and_sidecars_record_no_absolute_path(phantom_files, tmp
     for path in [out / ".defacer" / "manifest.jsonl", *out.rglob("*.json")]:
         text = path.read_text()
         assert "Quexworth" not in text and str(tmp_path) not in text, path
+
+
+# --- --max-voxels: the loader's size limit, raised or lifted from the command line --------------------------------
+
+
+def test_max_voxels_refuses_a_large_scan_and_raising_it_lets_it_through(phantom_files, tmp_path, capsys):
+    from defacer.io import load_volume
+
+    voxels = int(np.prod(load_volume(phantom_files[0]).shape))
+    out = tmp_path / "out.nii.gz"
+    base = ["deface", str(phantom_files[0]), str(out), "--labels", str(phantom_files[1])]
+    assert main([*base, "--max-voxels", str(voxels - 1)]) == 1
+    assert "--max-voxels" in capsys.readouterr().err and not out.exists()
+    assert main([*base, "--max-voxels", str(voxels)]) == 0
+    assert main([*base, "--max-voxels", "0", "--force"]) == 0
+    assert main([*base, "--max-voxels", "lots"]) == 2
+
+
+def test_batch_max_voxels_records_a_too_large_scan_as_failed(phantom_files, tmp_path):
+    from defacer.batch.runner import BatchConfig, run_batch
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "head.nii.gz").write_bytes(phantom_files[0].read_bytes())
+    summary = run_batch(BatchConfig(in_root=tmp_path / "in", out_root=tmp_path / "out", quiet=True, max_voxels=1000))
+    assert [r.status for r in summary.records] == ["failed"] and "voxels" in summary.records[0].error

@@ -43,6 +43,7 @@ from defacer.batch.manifest import (
 )
 from defacer.batch.summary import Counts, Progress, count, print_table, write_html
 from defacer.batch.task import DefaceFile, ScanTask, input_files, scan_seed
+from defacer.checks import DEFAULT_MAX_VOXELS
 from defacer.errors import DefacerError, InputImageError
 from defacer.labels import FEATURES
 
@@ -103,6 +104,9 @@ class BatchConfig:
     allow_missing : bool
         Write scans in which a requested feature was not found (otherwise they are recorded as
         ``nothing-found`` or ``incomplete`` and nothing is written for them).
+    max_voxels : int or None
+        Refuse (record as failed) NIfTI/NRRD/MGH scans declaring more voxels than this
+        (default :data:`defacer.checks.DEFAULT_MAX_VOXELS`); ``None``: no limit.
     """
 
     in_root: PathLike
@@ -126,6 +130,7 @@ class BatchConfig:
     deid_key: bytes | None = None
     deidentify: bool = True
     allow_missing: bool = False
+    max_voxels: int | None = DEFAULT_MAX_VOXELS
 
 
 @dataclass
@@ -280,7 +285,7 @@ def plan(
             labels_path=labels, weights_path=Path(config.weights_path) if config.weights_path else None,
             threads=threads, verify_dir=layout.verify_dir(scan) if config.verify else None,
             deface=deface, deid_key=deid_key if scan.kind == "dicom" else None,
-            allow_missing=config.allow_missing,
+            allow_missing=config.allow_missing, max_voxels=config.max_voxels,
         ))
     return tasks, skipped
 

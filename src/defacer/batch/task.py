@@ -80,6 +80,8 @@ class ScanTask:
     allow_missing : bool
         Write the scan even when a requested feature is not found (otherwise it is recorded
         as ``nothing-found`` or ``incomplete`` and nothing is written for it).
+    max_voxels : int or None
+        The loader's voxel limit (:func:`defacer.io.load_volume`); ``None``: no limit.
     """
 
     scan: Scan
@@ -99,6 +101,7 @@ class ScanTask:
     deface: DefaceFile | None = None
     deid_key: bytes | None = None
     allow_missing: bool = False
+    max_voxels: int | None = 512**3  # defacer.checks.DEFAULT_MAX_VOXELS
 
 
 def scan_seed(batch_seed: int, key: str) -> int:
@@ -196,6 +199,7 @@ def _deface(task: ScanTask) -> dict[str, Any]:
     return deface_file(
         task.scan.path, task.output, options=_deface_options(task), detector=detector,
         labels_path=task.labels_path, force=True, mask_path=mask_path, allow_missing=task.allow_missing,
+        max_voxels=task.max_voxels,
     )
 
 
@@ -224,7 +228,8 @@ def _verify(task: ScanTask, provenance: dict[str, Any]) -> dict[str, Any]:
     verify_dir = task.verify_dir if task.verify_dir is not None else task.out_root
     mask_path = _mask_path(task)
     labels = load_volume(mask_path, strict=False) if mask_path is not None and mask_path.is_file() else None
-    result = verify_pair(load_volume(task.scan.path), load_volume(task.output), verify_dir, labels=labels,
+    result = verify_pair(load_volume(task.scan.path, max_voxels=task.max_voxels),
+                         load_volume(task.output, max_voxels=task.max_voxels), verify_dir, labels=labels,
                          provenance=provenance, title=f"defacer verify: {task.scan.key}")
     # Relative to OUT: the manifest never records where the user's files are.
     return {"passed": bool(result.passed),

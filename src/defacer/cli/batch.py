@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from defacer.cli.deface import max_voxels_from_args, parse_voxel_limit
+
 EPILOG = """\
 examples:
   defacer batch ds000001 ds000001-defaced --jobs 2
@@ -60,6 +62,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                        help="file holding the secret key (>= 16 bytes); the same key gives the same pseudonyms on every "
                             "run, which a resumed batch needs")
     parser.add_argument("--verify", action="store_true", help="verify each defaced scan; link reports in the summary")
+    parser.add_argument("--max-voxels", type=parse_voxel_limit, default=None, metavar="N",
+                        help="record as failed NIfTI/NRRD/MGZ scans declaring more voxels than N, before reading "
+                             "them (default 512^3 = 134217728; 0: no limit)")
     parser.add_argument("--allow-missing", action="store_true",
                         help="write scans in which a requested feature is not found (by default they are recorded "
                              "as nothing-found/incomplete, nothing is written for them, and the exit code is 4)")
@@ -95,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         layout="derivatives" if args.derivatives else "mirror", others=args.others,
         labels_dir=args.labels_dir, weights_path=args.weights, verify=args.verify, force=args.force,
         redo=args.redo, rehash=args.rehash, quiet=args.quiet, deid_key=deid_key, deidentify=not args.no_deidentify,
-        allow_missing=args.allow_missing,
+        allow_missing=args.allow_missing, max_voxels=max_voxels_from_args(args),
     )
     try:
         if args.dry_run:

@@ -20,6 +20,28 @@ if TYPE_CHECKING:
     from defacer.pipeline import DefaceOptions
 
 
+def parse_voxel_limit(text: str) -> int:
+    """``--max-voxels``: a positive integer, or 0 for no limit (``1e9`` and ``512**3`` forms too)."""
+    try:
+        value = int(float(text)) if "**" not in text else int(text.split("**")[0]) ** int(text.split("**")[1])
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a number of voxels such as 134217728, 1e9 or 512**3, "
+                                         f"not '{text}'") from err
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of voxels (0: no limit), not {value}")
+    return value
+
+
+def max_voxels_from_args(args: argparse.Namespace) -> int | None:
+    """The loader's voxel limit for these arguments (``None``: no limit)."""
+    from defacer.checks import DEFAULT_MAX_VOXELS
+
+    value = getattr(args, "max_voxels", None)
+    if value is None:
+        return DEFAULT_MAX_VOXELS
+    return None if value == 0 else value
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by every command that defaces (deface, batch, demo)."""
     parser.add_argument(
@@ -40,6 +62,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default 2: from the brow to the upper cheek, nasal bridge to outer eye corner)")
     parser.add_argument("--force", action="store_true",
                         help="replace existing outputs (files, or folders defacer itself wrote; never anything else)")
+    parser.add_argument("--max-voxels", type=parse_voxel_limit, default=None, metavar="N",
+                        help="refuse NIfTI/NRRD/MGZ scans declaring more voxels than N, before reading them "
+                             "(default 512^3 = 134217728, about 2.1 GB of working memory; 0: no limit)")
     parser.add_argument("--allow-missing", action="store_true",
                         help="write the output even when a requested feature is not found (by default nothing is "
                              "written and the exit status is 4: an unchanged copy could pass for a defaced scan)")
@@ -114,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
     provenance = deface_file(
         args.input, args.output, options=options, labels_path=args.labels, weights_path=args.weights,
         force=args.force, mask_path=mask_path, allow_missing=args.allow_missing,
+        max_voxels=max_voxels_from_args(args),
     )
     changed = provenance["voxels_changed"]
     print(f"Defaced {args.input} -> {args.output}")
@@ -121,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
           f"; inside the protected region: {provenance['protection']['changed_inside_protected']}")
     for warning in provenance.get("warnings", []):
         print(f"  warning: {warning}")
-    if args.verify and not verify_outputs(args.input, args.output, provenance, labels_path=mask_path):
+    if args.verify and not verify_outputs(args.input, args.output, provenance, labels_path=mask_path,
+                                          max_voxels=max_voxels_from_args(args)):
         return EXIT_VERIFY_FAILED
     return 0
 
@@ -163,11 +190,13 @@ def verify_dir(defaced_path: Path) -> Path:
     return sidecar.with_name(sidecar.name.replace(".defacer.json", "_verify"))
 
 
-def verify_outputs(original_path: Path, defaced_path: Path, provenance: dict, labels_path: Path | None = None) -> bool:
+def verify_outputs(original_path: Path, defaced_path: Path, provenance: dict, labels_path: Path | None = None,
+                   max_voxels: int | None = 512**3) -> bool:
     """Run the offline verification on a defaced output, print the verdict and return whether it passed.
 
     Needs defacer[verify].  ``deface --verify`` then exits with :data:`EXIT_VERIFY_FAILED`
-    (3, as ``defacer verify``) when it did not pass.
+    (3, as ``defacer verify``) when it did not pass.  ``max_voxels`` is the loader's limit
+    (:func:`defacer.io.load_volume`; ``None``: no limit).
     """
     from defacer.io import load_volume
 
@@ -177,8 +206,11 @@ def verify_outputs(original_path: Path, defaced_path: Path, provenance: dict, la
         from defacer.errors import MissingExtraError
 
         raise MissingExtraError("verify", getattr(err, "name", None) or "defacer.verify") from err
-    labels = load_volume(labels_path, strict=False).raw if labels_path is not None and Path(labels_path).exists() else None
-    result = verify_pair(load_volume(original_path), load_volume(defaced_path), verify_dir(defaced_path),
+    limit = {"max_voxels": max_voxels}  # default: defacer.checks.DEFAULT_MAX_VOXELS; None: no limit
+    labels = (load_volume(labels_path, strict=False, **limit).raw
+              if labels_path is not None and Path(labels_path).exists() else None)
+    result = verify_pair(load_volume(original_path, **limit), load_volume(defaced_path, **limit),
+                         verify_dir(defaced_path),
                          labels=labels, provenance=provenance)
     verdict = "PASS" if result.passed else "FAIL"
     print(f"  verification: {verdict}; report {result.report_path}")
