@@ -102,25 +102,28 @@ def test_a_bad_eye_band_is_a_clear_error(tmp_path, capsys):
     assert "eye band > 0 mm" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("passed, expected", [(True, 0), (False, 3)])
-def test_deface_verify_exits_like_defacer_verify(tmp_path, monkeypatch, capsys, passed, expected):
-    """Issue 11, defect 8: ``deface --verify`` exited 0 when the verification failed (``defacer verify``: 3)."""
+@pytest.mark.parametrize("verdict, expected", [("PASS", 0), ("FAIL", 3), ("INCONCLUSIVE", 5)])
+def test_deface_verify_exits_like_defacer_verify(tmp_path, monkeypatch, capsys, verdict, expected):
+    """Issue 11, defect 8: ``deface --verify`` exited 0 when the verification failed (``defacer verify``: 3);
+    issue 13: an inconclusive check (no face in the original) has its own status, 5."""
     from types import SimpleNamespace
 
     import defacer.verify
     from defacer.phantom import make_phantom, save_phantom
 
-    def verdict(original, defaced, out_dir, **kwargs):
+    def fake(original, defaced, out_dir, **kwargs):
         out_dir.mkdir(parents=True, exist_ok=True)
-        return SimpleNamespace(passed=passed, report_path=out_dir / "verify_report.html")
+        return SimpleNamespace(passed=verdict == "PASS", verdict=verdict, renders={},
+                               report_path=out_dir / "verify_report.html")
 
-    monkeypatch.setattr(defacer.verify, "verify_pair", verdict)
+    monkeypatch.setattr(defacer.verify, "verify_pair", fake)
     save_phantom(make_phantom(3.0), tmp_path / "h.nii.gz", tmp_path / "l.nii.gz")
     code = main(["deface", str(tmp_path / "h.nii.gz"), str(tmp_path / "o.nii.gz"), "--labels",
                  str(tmp_path / "l.nii.gz"), "--verify"])
     assert code == expected
     captured = capsys.readouterr()
-    assert ("FAIL" in captured.out and "verification FAILED" in captured.err) is (not passed)
+    assert f"verification: {verdict}" in captured.out
+    assert (f"verification {verdict}" in captured.err) is (verdict != "PASS")
 
 
 def _write_nifti(path, data, voxel=3.0):

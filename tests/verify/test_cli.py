@@ -19,7 +19,8 @@ def _save(volume, path) -> None:
     nib.save(nib.Nifti1Image(volume.raw, volume.affine), str(path))
 
 
-def test_verify_command_writes_the_report_and_exits_0_on_pass(phantom, defaced_phantom, tmp_path, capsys) -> None:
+def test_verify_command_writes_the_report_and_exits_5_when_inconclusive(phantom, defaced_phantom, tmp_path,
+                                                                         capsys) -> None:
     _save(phantom.volume, tmp_path / "head.nii.gz")
     _save(defaced_phantom, tmp_path / "head_defaced.nii.gz")
     (tmp_path / "head_defaced.defacer.json").write_text(json.dumps({"seed": 3}))
@@ -29,11 +30,15 @@ def test_verify_command_writes_the_report_and_exits_0_on_pass(phantom, defaced_p
     code = main(["verify", str(tmp_path / "head.nii.gz"), str(tmp_path / "head_defaced.nii.gz"),
                  "--labels", str(tmp_path / "labels.nii.gz")])
     out = capsys.readouterr().out
-    assert code == 0, out
-    assert out.startswith("PASS")
-    assert "inconclusive" in out  # the phantom is not a face to the detectors
-    report = tmp_path / "head_defaced_verify" / "verify_report.html"
-    assert report.is_file() and "&quot;seed&quot;: 3" in report.read_text()
+    # The phantom is not a face to the detectors: nothing could be tested (issue 13: not a green PASS).
+    assert code == 5, out
+    assert out.startswith("INCONCLUSIVE")
+    report = tmp_path / "head_defaced-qc" / "verify_report.html"
+    text = report.read_text()
+    assert report.is_file() and "&quot;seed&quot;: 3" in text
+    assert 'class="verdict INCONCLUSIVE"' in text and 'class="verdict PASS"' not in text
+    assert "ORIGINAL faces" in out and str(tmp_path / "head_defaced-qc") in out
+    assert (tmp_path / "head_defaced-qc" / "before_after.png").is_file()
 
 
 def test_verify_command_exits_3_when_the_brain_changed(phantom, tmp_path, capsys) -> None:

@@ -15,6 +15,9 @@ log = logging.getLogger(__name__)
 
 #: Exit status of ``deface --verify`` when the verification fails (the same as ``defacer verify``).
 EXIT_VERIFY_FAILED = 3
+#: Exit status of ``deface --verify`` when the verification is inconclusive: no face was found in the
+#: original's renders, so nothing could be tested (the same as ``defacer verify``).
+EXIT_VERIFY_INCONCLUSIVE = 5
 
 if TYPE_CHECKING:
     from defacer.pipeline import DefaceOptions
@@ -86,6 +89,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
                "Exit status:\n  0  defaced (and verified, with --verify)\n"
                "  1  error (bad input, output refused, ...); nothing written\n  2  usage error\n"
                "  3  --verify: the verification failed (the output is written)\n"
+               "  5  --verify: inconclusive, no face found in the original to test (the output is written)\n"
                "  4  a requested feature (eyes, nose, ears) was not found or not distorted; nothing written\n"
                "     (--allow-missing writes it anyway and exits 0)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -96,8 +100,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     parser.add_argument("--save-mask", metavar="FILE", type=Path, help="also write the detected label map here")
     parser.add_argument("--verify", action="store_true",
                         help="render the face before and after and check it with offline face detectors "
-                             "(needs defacer[verify]); the report goes beside the output; exit status 3 when the "
-                             "verification fails (as 'defacer verify')")
+                             "(needs defacer[verify]); the report and pictures go to OUT-stem-qc/ beside the output "
+                             "(they show the original face: never share that folder); exit status 3 when the "
+                             "verification fails, 5 when it is inconclusive (as 'defacer verify')")
+    parser.add_argument("--qc-after-only", action="store_true",
+                        help="with --verify: put no picture of the original face in the QC folder, only pictures "
+                             "after defacing")
     try:
         deface_dicom = importlib.import_module("defacer.cli.deface_dicom")
     except ModuleNotFoundError:
@@ -135,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     mask_path = args.save_mask
     if args.verify and mask_path is None:
         # The report needs the detected labels (per-feature counts, outlines); keep them with the report.
-        mask_path = verify_dir(args.output) / "detected_labels.nii.gz"
+        mask_path = verify_dir(args.output) / DETECTED_LABELS_NAME
     provenance = deface_file(
         args.input, args.output, options=options, labels_path=args.labels, weights_path=args.weights,
         force=args.force, mask_path=mask_path, allow_missing=args.allow_missing,
@@ -147,9 +155,9 @@ def run(args: argparse.Namespace) -> int:
           f"; inside the protected region: {provenance['protection']['changed_inside_protected']}")
     for warning in provenance.get("warnings", []):
         print(f"  warning: {warning}")
-    if args.verify and not verify_outputs(args.input, args.output, provenance, labels_path=mask_path,
-                                          max_voxels=max_voxels_from_args(args)):
-        return EXIT_VERIFY_FAILED
+    if args.verify:
+        return verify_outputs(args.input, args.output, provenance, labels_path=mask_path,
+                              max_voxels=max_voxels_from_args(args), after_only=getattr(args, "qc_after_only", False))
     return 0
 
 
@@ -173,29 +181,42 @@ def check_planned_outputs(args: argparse.Namespace) -> None:
     planned: list[Path | None] = [args.output, sidecar_path(args.output), args.save_mask, mapping]
     report = verify_dir(args.output)
     if args.verify:
-        planned += [report / "verify_report.html", report / "verify_summary.json"]
+        planned += [report / name for name in QC_FILES]
         if args.save_mask is None:
-            planned.append(report / "detected_labels.nii.gz")
+            planned.append(report / DETECTED_LABELS_NAME)
     check_outputs(planned, inputs=inputs, force=args.force)
     check_not_input([report, *detached_data_candidates(args.output), *detached_data_candidates(args.save_mask)],
                     inputs)
     check_apart(mapping, args.output, "mapping file")
 
 
+#: The label map ``--verify`` keeps for the report when ``--save-mask`` is not given.
+DETECTED_LABELS_NAME = "detected_labels.nii.gz"
+#: What ``--verify`` writes into the QC folder (besides the label map).
+QC_FILES: tuple[str, ...] = ("verify_report.html", "verify_summary.json", "README.txt", "before_after.png",
+                             "after.png", "front_before.png", "front_after.png", "left45_before.png",
+                             "left45_after.png")
+
+
 def verify_dir(defaced_path: Path) -> Path:
-    """Folder of the verification report for a defaced output: ``<stem>_verify`` beside it."""
-    from defacer.provenance import sidecar_path
+    """The QC folder of a defaced output: ``<stem>-qc`` beside it (never inside an output folder).
+
+    It holds the verification report and pictures, which show the original face.
+    """
+    from defacer.provenance import SIDECAR_SUFFIX, sidecar_path
 
     sidecar = sidecar_path(defaced_path)
-    return sidecar.with_name(sidecar.name.replace(".defacer.json", "_verify"))
+    return sidecar.with_name(sidecar.name[: -len(SIDECAR_SUFFIX)] + "-qc")
 
 
 def verify_outputs(original_path: Path, defaced_path: Path, provenance: dict, labels_path: Path | None = None,
-                   max_voxels: int | None = 512**3) -> bool:
-    """Run the offline verification on a defaced output, print the verdict and return whether it passed.
+                   max_voxels: int | None = 512**3, after_only: bool = False) -> int:
+    """Run the offline verification on a defaced output, print the verdict; return the exit status.
 
-    Needs defacer[verify].  ``deface --verify`` then exits with :data:`EXIT_VERIFY_FAILED`
-    (3, as ``defacer verify``) when it did not pass.  ``max_voxels`` is the loader's limit
+    Needs defacer[verify].  The report, a README and small pictures go to :func:`verify_dir`
+    (with ``after_only``, no picture of the original).  Returns 0 on PASS,
+    :data:`EXIT_VERIFY_FAILED` (3) on FAIL, :data:`EXIT_VERIFY_INCONCLUSIVE` (5) when no face
+    was found in the original, as ``defacer verify``.  ``max_voxels`` is the loader's limit
     (:func:`defacer.io.load_volume`; ``None``: no limit).
     """
     from defacer.io import load_volume
@@ -209,12 +230,23 @@ def verify_outputs(original_path: Path, defaced_path: Path, provenance: dict, la
     limit = {"max_voxels": max_voxels}  # default: defacer.checks.DEFAULT_MAX_VOXELS; None: no limit
     labels = (load_volume(labels_path, strict=False, **limit).raw
               if labels_path is not None and Path(labels_path).exists() else None)
-    result = verify_pair(load_volume(original_path, **limit), load_volume(defaced_path, **limit),
-                         verify_dir(defaced_path),
-                         labels=labels, provenance=provenance)
-    verdict = "PASS" if result.passed else "FAIL"
-    print(f"  verification: {verdict}; report {result.report_path}")
-    if not result.passed:
-        print(f"defacer deface: verification FAILED for {defaced_path} (exit status {EXIT_VERIFY_FAILED}); "
+    from defacer.verify import qc
+    from defacer.verify.verdict import EXIT_STATUS, FAIL, INCONCLUSIVE, MEANING
+
+    qc_dir = verify_dir(defaced_path)
+    qc.write_readme(qc_dir, after_only)
+    result = verify_pair(load_volume(original_path, **limit), load_volume(defaced_path, **limit), qc_dir,
+                         labels=labels, provenance=provenance, title=f"defacer verify: {Path(defaced_path).name}",
+                         after_only=after_only)
+    pictures = qc.write_pictures(result.renders, qc_dir, after_only)
+    verdict = result.verdict
+    print(f"  verification: {verdict}. {MEANING[verdict]}")
+    print(f"  report: {result.report_path}")
+    if "overview" in pictures:
+        print(f"  picture: {qc_dir / pictures['overview']}")
+    print("  " + qc.notice(qc_dir, after_only))
+    status = EXIT_STATUS[verdict]
+    if verdict in (FAIL, INCONCLUSIVE):
+        print(f"defacer deface: verification {verdict} for {defaced_path} (exit status {status}); "
               f"see {result.report_path}", file=sys.stderr)
-    return bool(result.passed)
+    return status

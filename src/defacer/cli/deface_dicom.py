@@ -145,8 +145,7 @@ def run_dicom(args: argparse.Namespace, options: Any, detector: Any) -> int:
     for warning in [*provenance.get("warnings", []), *provenance["dicom"]["geometry_warnings"]]:
         print(f"  warning: {warning}")
     if getattr(args, "verify", False):
-        from defacer.cli.deface import EXIT_VERIFY_FAILED, verify_outputs
+        from defacer.cli.deface import verify_outputs
 
-        if not verify_outputs(source, target, provenance):
-            return EXIT_VERIFY_FAILED
+        return verify_outputs(source, target, provenance, after_only=getattr(args, "qc_after_only", False))
     return 0

@@ -38,6 +38,9 @@ EXIT_USAGE = 2
 EXIT_VERIFY_FAILED = 3
 #: ``deface`` / ``batch``: a requested facial feature was not found or not distorted (nothing written).
 EXIT_FEATURES_MISSING = 4
+#: ``deface --verify`` / ``verify`` / ``batch --verify``: inconclusive, no face was found in the original's
+#: renders, so nothing could be tested (see :mod:`defacer.verify.verdict`).
+EXIT_VERIFY_INCONCLUSIVE = 5
 EXIT_INTERRUPTED = 130
 
 

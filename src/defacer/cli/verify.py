@@ -17,16 +17,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
             "Render the skin surface of the original and the defaced scan from several angles, run offline face "
             "detectors (MediaPipe BlazeFace short/full range, Face Mesh landmarks, dlib CNN) and a dlib identity "
             "embedding on the renders, count changed voxels per feature and in the brain region, and write "
-            "verify_report.html (self-contained) and verify_summary.json. Exit code 0 on PASS, 3 on FAIL. "
-            "Needs defacer[verify]."
+            "verify_report.html (self-contained), verify_summary.json and small pictures into a QC folder "
+            "(default: DEFACED-stem-qc beside DEFACED). The report shows the original face: keep that folder out of "
+            "shared data, or use --qc-after-only. Needs defacer[verify]."
         ),
-        epilog="Example:\n  defacer verify sub-01_T1w.nii.gz sub-01_T1w_defaced.nii.gz --out reports/sub-01",
+        epilog="Example:\n  defacer verify sub-01_T1w.nii.gz sub-01_T1w_defaced.nii.gz --out reports/sub-01\n\n"
+               "Exit status:\n  0  PASS: a face was found in the original's renders, none after; brain untouched\n"
+               "  1  error (bad input, ...)\n  2  usage error\n"
+               "  3  FAIL: a face was found after defacing, or the brain region changed\n"
+               "  5  INCONCLUSIVE: no face was found in the original either, so nothing could be tested",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("original", type=Path, help="the scan before defacing (file or DICOM folder)")
     parser.add_argument("defaced", type=Path, help="the defaced scan, on the same grid")
     parser.add_argument("--out", type=Path, default=None, metavar="DIR",
-                        help="folder for the report (default: DEFACED's name + '_verify' beside it)")
+                        help="folder for the report and pictures (default: DEFACED's name + '-qc' beside it)")
+    parser.add_argument("--qc-after-only", action="store_true",
+                        help="put no picture of the original face in the report, only pictures after defacing")
     parser.add_argument("--labels", type=Path, default=None, metavar="FILE",
                         help="feature label map on the scan's grid, for per-feature counts and outlines")
     parser.add_argument("--provenance", type=Path, default=None, metavar="FILE",
@@ -49,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     original = load_volume(args.original)
     defaced = load_volume(args.defaced)
     labels = load_volume(args.labels) if args.labels else None
-    out = args.out or args.defaced.parent / f"{_stem(args.defaced)}_verify"
+    out = args.out or args.defaced.parent / f"{_stem(args.defaced)}-qc"
     prov_path = args.provenance or args.defaced.parent / f"{_stem(args.defaced)}.defacer.json"
     provenance = None
     if args.provenance or prov_path.is_file():
@@ -58,13 +65,21 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as err:
             raise DefacerError(f"Could not read the provenance file '{prov_path}': {err}. Pass another with "
                                "--provenance or none.") from err
+    from defacer.verify import qc
+    from defacer.verify.verdict import EXIT_STATUS, MEANING
+
+    after_only = bool(getattr(args, "qc_after_only", False))
+    qc.write_readme(out, after_only)
     result = verify_pair(original, defaced, out, labels=labels, provenance=provenance,
-                         title=f"defacer verify: {args.defaced.name}")
+                         title=f"defacer verify: {args.defaced.name}", after_only=after_only)
+    pictures = qc.write_pictures(result.renders, out, after_only)
     s = result.summary
     print(f"{s['verdict']}: face before: {', '.join(s['face_found_before']) or 'none'}; "
           f"face after: {', '.join(s['face_found_after']) or 'none'}; identity distance {s['identity']['distance']:.3f}; "
           f"brain changed voxels {s['voxels']['brain']['changed']}")
-    if not s["conclusive"]:
-        print("note: no detector found a face in the original renders; the face check is inconclusive for this scan.")
+    print(MEANING[result.verdict])
     print(f"report: {result.report_path}\nsummary: {result.summary_path}")
-    return 0 if result.passed else 3
+    if "overview" in pictures:
+        print(f"picture: {out / pictures['overview']}")
+    print(qc.notice(out, after_only))
+    return EXIT_STATUS[result.verdict]

@@ -2,13 +2,17 @@
 
 Verdict rule (:data:`VERDICT_RULE`, also printed in every report):
 
+Three verdicts (:mod:`defacer.verify.verdict`): **FAIL** when a face is found after defacing or
+the brain region changed; otherwise **INCONCLUSIVE** when no face was found in the original
+either (nothing could be tested); otherwise **PASS**.
+
 * **PASS** when no counted face detector (:mod:`defacer.verify.faces`, at its stated threshold
   and in the views where it counts) finds a face in the defaced head's renders, **and** the brain
   region is untouched: 0 voxels changed inside the brain mask when one is given, or at most 0.1%
   of the brain proxy (head interior deeper than 20 mm below the skin and farther than 15 mm from
   every labelled feature) when it is estimated.
 * The face part is **conclusive** only when at least one counted detector found a face in the
-  original's renders; the summary says so (``conclusive``), and the report warns otherwise.
+  original's renders (``conclusive`` in the summary); without it the verdict is INCONCLUSIVE.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from scipy import ndimage
 
 from defacer.errors import VerificationError
 from defacer.labels import FEATURE_LABELS
-from defacer.verify import faces, identity
+from defacer.verify import faces, identity, verdict
 from defacer.verify.render import DEFAULT_VIEWS, Rendering, Scene, View, render_volume
 from defacer.volume import Volume
 
@@ -37,8 +41,9 @@ VERDICT_RULE = (
     "front view (BlazeFace full-range and oblique BlazeFace scores are reported, not counted: they fire on "
     "face-removed heads too), and the brain region is untouched (0 changed voxels inside a given brain mask, or "
     "at most 0.1% of the estimated brain proxy: head interior > 20 mm below the skin and > 15 mm from every "
-    "labelled feature). The face check is conclusive only when a counted detector found a face in the "
-    "original's renders."
+    "labelled feature). FAIL when a face is found after defacing or the brain region changed. INCONCLUSIVE "
+    "when neither fails but no counted detector found a face in the original's renders either: nothing could "
+    "be tested."
 )
 
 #: Depth below the skin (mm) and distance from any feature (mm) of the brain proxy.
@@ -55,7 +60,7 @@ class VerifyResult:
     Attributes
     ----------
     passed : bool
-        The verdict (see :data:`VERDICT_RULE`).
+        Whether the verdict is PASS (see :data:`VERDICT_RULE`).
     summary : dict
         JSON-ready summary (also written to ``summary_path``).
     report_path, summary_path : Path
@@ -72,6 +77,11 @@ class VerifyResult:
     summary_path: Path
     renders: dict[str, dict[str, Rendering]] = field(default_factory=dict, repr=False)
     embeddings: dict[str, npt.NDArray[np.float64]] = field(default_factory=dict, repr=False)
+
+    @property
+    def verdict(self) -> str:
+        """``"PASS"``, ``"FAIL"`` or ``"INCONCLUSIVE"`` (:mod:`defacer.verify.verdict`)."""
+        return str(self.summary["verdict"])
 
 
 def _check_same_grid(original: Volume, defaced: Volume) -> None:
@@ -215,6 +225,7 @@ def verify_pair(
     views: tuple[View, ...] = DEFAULT_VIEWS,
     title: str | None = None,
     force: bool = True,
+    after_only: bool = False,
 ) -> VerifyResult:
     """Render both heads, look for faces, compare identities and changed voxels; write a report.
 
@@ -237,6 +248,8 @@ def verify_pair(
         Heading of the report (default: a generic title).
     force : bool
         Overwrite an existing report in ``out_dir`` (default True: verification is re-runnable).
+    after_only : bool
+        Put no picture of the original in the report (renders and slices after defacing only).
 
     Returns
     -------
@@ -285,10 +298,12 @@ def verify_pair(
     found_after = _any_detected(det_after)
     brain = changes["brain"]
     brain_ok = brain["changed"] == 0 if brain["kind"] == "mask" else brain["changed_fraction"] <= PROXY_TOLERANCE
-    passed = not found_after and brain_ok
+    outcome = verdict.decide(bool(found_before), bool(found_after), brain_ok)
+    passed = outcome == verdict.PASS
     summary: dict[str, Any] = {
         "passed": passed,
-        "verdict": "PASS" if passed else "FAIL",
+        "verdict": outcome,
+        "verdict_meaning": verdict.MEANING[outcome],
         "conclusive": bool(found_before),
         "rule": VERDICT_RULE,
         "face_found_before": found_before,
@@ -312,7 +327,7 @@ def verify_pair(
     t0 = time.perf_counter()
     report_path, summary_path = report.write_report(
         out_dir, summary, renders_before, renders_after, original, defaced, label_arr, changed,
-        provenance=provenance, title=title, force=force, timings=timings,
+        provenance=provenance, title=title, force=force, timings=timings, after_only=after_only,
     )
     timings["report_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - start

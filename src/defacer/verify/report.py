@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 from defacer.io.atomic import atomic_outputs, check_output_path
 from defacer.provenance import to_jsonable
+from defacer.verify import verdict as verdicts
 from defacer.verify.render import Rendering, png_bytes
 from defacer.verify.slices import COLOURS, feature_slices, label_regions
 from defacer.volume import Volume
@@ -28,13 +29,14 @@ _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1200px}
 h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
 .verdict{display:inline-block;padding:6px 16px;border-radius:6px;font-weight:700;font-size:1.3em;color:#fff}
-.PASS{background:#1a7f37}.FAIL{background:#cf222e}.warn{background:#fff8c5;padding:8px;border-radius:4px}
+.warn{background:#fff8c5;padding:8px;border-radius:4px}
+details{margin:8px 0}summary{cursor:pointer;color:#0550ae}
 table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f4f4f4}td.l,th.l{text-align:left}.hit{color:#cf222e;font-weight:700}.weak{color:#9a6700;font-style:italic}.ok{color:#1a7f37}
 .pair{display:inline-block;margin:4px 10px 10px 0;vertical-align:top;text-align:center;font-size:.85em}
 .pair img{display:block;border:1px solid #999;background:#000}.rule{font-size:.9em;color:#444}
 pre{background:#f6f8fa;padding:8px;overflow:auto;font-size:.8em;max-height:400px}
-"""
+""" + verdicts.css() + "\n"
 
 
 def data_uri(image: npt.NDArray[Any]) -> str:
@@ -96,16 +98,17 @@ def _voxel_table(voxels: dict[str, Any]) -> str:
             + "".join(rows) + "</table>")
 
 
-def _render_pairs(before: dict[str, Rendering], after: dict[str, Rendering]) -> str:
+def _render_pairs(before: dict[str, Rendering], after: dict[str, Rendering], after_only: bool = False) -> str:
     parts = []
-    for name, r in before.items():
-        parts.append(f'<div class="pair">{_img(r.image, f"{name} before")}{html.escape(name)}: before</div>'
-                     f'<div class="pair">{_img(after[name].image, f"{name} after")}{html.escape(name)}: after</div>')
+    for name, r in after.items():
+        if not after_only:
+            parts.append(f'<div class="pair">{_img(before[name].image, f"{name} before")}{html.escape(name)}: before</div>')
+        parts.append(f'<div class="pair">{_img(r.image, f"{name} after")}{html.escape(name)}: after</div>')
     return "".join(parts)
 
 
 def _slices_html(original: Volume, defaced: Volume, labels: npt.NDArray[Any] | None,
-                 changed: npt.NDArray[np.bool_]) -> str:
+                 changed: npt.NDArray[np.bool_], after_only: bool = False) -> str:
     regions = label_regions(labels, changed)
     if not regions:
         return "<p>No voxel changed and no feature is labelled: nothing to show.</p>"
@@ -114,7 +117,11 @@ def _slices_html(original: Volume, defaced: Volume, labels: npt.NDArray[Any] | N
         r, g, b = COLOURS.get(s.feature, (255, 0, 255))
         colour = f"rgb({r},{g},{b})"
         cap = f"{s.feature}, {s.plane} at {s.position_mm:.1f} mm"
-        parts.append(f'<div class="pair">{_img(s.before, cap + " before")}<span style="color:{colour}">&#9632;</span> '
+        swatch = f'<span style="color:{colour}">&#9632;</span> '
+        if after_only:
+            parts.append(f'<div class="pair">{_img(s.after, cap + " after")}{swatch}{html.escape(cap)}: after</div><br>')
+            continue
+        parts.append(f'<div class="pair">{_img(s.before, cap + " before")}{swatch}'
                      f'{html.escape(cap)}: before</div><div class="pair">{_img(s.after, cap + " after")}after</div><br>')
     note = ("Outlines: the labelled features." if labels is not None
             else "No label map was given: the outline shows the voxels that changed.")
@@ -123,39 +130,46 @@ def _slices_html(original: Volume, defaced: Volume, labels: npt.NDArray[Any] | N
 
 def render_html(summary: dict[str, Any], before: dict[str, Rendering], after: dict[str, Rendering],
                 original: Volume, defaced: Volume, labels: npt.NDArray[Any] | None, changed: npt.NDArray[np.bool_],
-                provenance: dict[str, Any] | None, title: str | None) -> str:
-    """The report's HTML text."""
+                provenance: dict[str, Any] | None, title: str | None, after_only: bool = False) -> str:
+    """The report's HTML text (``after_only``: no picture of the original, only after defacing)."""
     verdict = summary["verdict"]
     heading = html.escape(title or "defacer verification report")
-    warn = ""
-    if not summary["conclusive"]:
-        warn = ('<p class="warn">No counted detector found a face in the <b>original</b> renders, so the absence '
-                'of a face after defacing proves little for this scan. Look at the pictures.</p>')
+    meaning = summary.get("verdict_meaning") or verdicts.MEANING.get(verdict, "")
+    if after_only:
+        faces_note = ('<p class="rule">Pictures of the original were left out (after-defacing pictures only): '
+                      'this report shows no face of the original.</p>')
+    else:
+        faces_note = ('<p class="warn">This report shows renders and slices of the <b>original</b> face: keep it '
+                      'out of any data you share.</p>')
     ident = summary["identity"]
     prov = json.dumps(provenance, indent=2, default=str) if provenance else "(no provenance given)"
     timings = summary.get("timings", {})
+    pairs_title = "3D renders after defacing" if after_only else "3D renders (before | after)"
+    slices_title = ("Slices through each distorted feature, after defacing" if after_only
+                    else "Slices through each distorted feature (before | after)")
     return f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{heading}</title>
 <style>{_CSS}</style></head><body>
 <h1>{heading}</h1>
-<p><span class="verdict {verdict}">{verdict}</span></p>{warn}
-<p class="rule"><b>Rule.</b> {html.escape(summary["rule"])}</p>
+<p><span class="verdict {html.escape(verdict)}">{html.escape(verdict)}</span> {html.escape(meaning)}</p>{faces_note}
 <p>Face found before: {html.escape(", ".join(summary["face_found_before"]) or "none")}<br>
 Face found after: {html.escape(", ".join(summary["face_found_after"]) or "none")}<br>
 Brain region untouched: {"yes" if summary["brain_untouched"] else "<b>no</b>"}</p>
-<h2>3D renders (before | after)</h2>
+<details><summary>How the verdict is decided</summary><p class="rule">{html.escape(summary["rule"])}</p></details>
+<h2>{pairs_title}</h2>
 <p class="rule">Orthographic ray-cast of the skin surface in world (RAS) space at iso-level
 {summary["render"]["iso_level"]:g}, the same for both; {summary["render"]["step_mm"]:.2f} mm per ray.</p>
-{_render_pairs(before, after)}
+{_render_pairs(before, after, after_only)}
 <h2>Face detectors</h2>{_detector_table(summary)}
 <h2>Identity</h2>
 <p>dlib embedding distance between the original and defaced front renders (on the original's face box,
 from {html.escape(ident["box_source"])}): <b>{ident["distance"]:.3f}</b>.
 <span class="rule">{html.escape(ident["note"])}</span></p>
 <h2>Changed voxels</h2>{_voxel_table(summary["voxels"])}
-<h2>Slices through each distorted feature (before | after)</h2>{_slices_html(original, defaced, labels, changed)}
-<h2>Scan</h2><pre>{html.escape(json.dumps(summary["scan"]))}</pre>
-<h2>Provenance</h2><pre>{html.escape(prov)}</pre>
-<h2>Timings</h2><pre>{html.escape(json.dumps(timings))}</pre>
+<h2>{slices_title}</h2>{_slices_html(original, defaced, labels, changed, after_only)}
+<h2>Technical details</h2>
+<details><summary>Scan</summary><pre>{html.escape(json.dumps(summary["scan"]))}</pre></details>
+<details><summary>Provenance</summary><pre>{html.escape(prov)}</pre></details>
+<details><summary>Timings</summary><pre>{html.escape(json.dumps(timings))}</pre></details>
 </body></html>
 """
 
@@ -163,8 +177,11 @@ from {html.escape(ident["box_source"])}): <b>{ident["distance"]:.3f}</b>.
 def write_report(out_dir: Path, summary: dict[str, Any], before: dict[str, Rendering], after: dict[str, Rendering],
                  original: Volume, defaced: Volume, labels: npt.NDArray[Any] | None, changed: npt.NDArray[np.bool_],
                  *, provenance: dict[str, Any] | None = None, title: str | None = None, force: bool = True,
-                 timings: dict[str, float] | None = None) -> tuple[Path, Path]:
+                 timings: dict[str, float] | None = None, after_only: bool = False) -> tuple[Path, Path]:
     """Write ``verify_report.html`` and ``verify_summary.json`` into ``out_dir`` atomically.
+
+    With ``after_only`` the report holds no picture of the original (renders and slices after
+    defacing only).
 
     Returns
     -------
@@ -177,7 +194,7 @@ def write_report(out_dir: Path, summary: dict[str, Any], before: dict[str, Rende
     summary = dict(summary)
     if timings:
         summary["timings"] = {k: round(v, 3) for k, v in timings.items()}
-    text = render_html(summary, before, after, original, defaced, labels, changed, provenance, title)
+    text = render_html(summary, before, after, original, defaced, labels, changed, provenance, title, after_only)
     with atomic_outputs([report_path, summary_path]) as (tmp_report, tmp_summary):
         tmp_report.write_text(text, encoding="utf-8")
         tmp_summary.write_text(json.dumps(summary, indent=2, default=to_jsonable) + "\n", encoding="utf-8")
@@ -213,7 +230,7 @@ def evaluation_html(result: dict[str, Any], thumbs: dict[str, tuple[npt.NDArray[
         if s["name"] in thumbs:
             b, a = thumbs[s["name"]]
             pics = _img(b, "before", 96) + _img(a, "after", 96)
-        cls = "ok" if s["passed"] else "hit"
+        cls = {verdicts.PASS: "ok", verdicts.FAIL: "hit"}.get(s["verdict"], "weak")
         rows.append(
             f'<tr><td class="l">{html.escape(s["name"])}</td><td class="l">{html.escape(", ".join(s["features_found"]))}</td>'
             f'<td class="l">{dice_txt}</td><td class="l">{html.escape(", ".join(s["face_found_before"]) or "none")}</td>'

@@ -1,0 +1,244 @@
+"""Where verification and QC pictures go, and the batch QC gallery.
+
+Nothing derived from the original's face (renders, reports, thumbnails, the detected label
+map) is written inside an output folder or into the defaced file's own name: it goes to a
+sibling QC folder whose name says what it is:
+
+* ``defacer deface IN sub-01_T1w_defaced.nii.gz --verify``: ``sub-01_T1w_defaced-qc/``;
+* ``defacer deface dicom/ dicom_out/ --verify``: ``dicom_out-qc/``;
+* ``defacer batch IN OUT --verify``: ``OUT-qc/`` with one folder per scan and ``index.html``.
+
+Each QC folder gets a ``README.txt`` saying whether it holds pictures of the original faces.
+With "after only" (``--qc-after-only``) no picture of the original is written at all.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from defacer.io.atomic import atomic_outputs
+from defacer.provenance import SIDECAR_SUFFIX, sidecar_path
+from defacer.verify import verdict as verdicts
+
+#: Suffix of every QC folder.
+QC_SUFFIX = "-qc"
+README_NAME = "README.txt"
+GALLERY_NAME = "index.html"
+#: Views shown as thumbnails: the front and one oblique.
+THUMB_VIEWS: tuple[str, ...] = ("front", "left45")
+#: Thumbnail edge in pixels.
+THUMB_SIZE = 160
+#: Rows per page of the gallery (each page is a separate section; images load lazily).
+PAGE_ROWS = 100
+
+
+def qc_dir_for(output: Path) -> Path:
+    """The QC folder of one defaced output: ``<output stem>-qc`` beside it.
+
+    ``sub-01_T1w_defaced.nii.gz`` gives ``sub-01_T1w_defaced-qc``; a DICOM folder ``out/``
+    gives ``out-qc``.
+    """
+    sidecar = sidecar_path(Path(output))
+    return sidecar.with_name(sidecar.name[: -len(SIDECAR_SUFFIX)] + QC_SUFFIX)
+
+
+def batch_qc_dir(out_root: Path) -> Path:
+    """The QC folder of a batch: ``OUT-qc`` beside ``OUT``."""
+    out_root = Path(os.path.abspath(out_root))
+    return out_root.with_name(out_root.name + QC_SUFFIX)
+
+
+def notice(qc_dir: Path, after_only: bool) -> str:
+    """The console line saying where the QC pictures are and whether they show faces."""
+    if after_only:
+        return f"QC pictures (after defacing only, no original face): {qc_dir}"
+    return (f"QC pictures and reports: {qc_dir}\n  This folder holds pictures of the ORIGINAL faces: keep it out "
+            "of any data you share (--qc-after-only writes after-defacing pictures only).")
+
+
+def write_readme(qc_dir: Path, after_only: bool) -> Path:
+    """Write ``README.txt`` into the QC folder, saying what it holds."""
+    qc_dir.mkdir(parents=True, exist_ok=True)
+    if after_only:
+        text = ("defacer quality-control folder.\n\nIt holds verification reports and pictures of the scans AFTER "
+                "defacing only (--qc-after-only): no picture of an original face.\n")
+    else:
+        text = ("defacer quality-control folder.\n\nWARNING: it holds renders and slices of the ORIGINAL faces "
+                "(before defacing) next to the defaced ones. Keep it out of any data you share; delete it once the "
+                "results are reviewed. Use --qc-after-only to write after-defacing pictures only.\n")
+    path = qc_dir / README_NAME
+    with atomic_outputs([path]) as (tmp,):
+        tmp.write_text(text, encoding="utf-8")
+    return path
+
+
+def thumbnail(image: npt.NDArray[Any], size: int = THUMB_SIZE) -> npt.NDArray[np.uint8]:
+    """A picture shrunk (never enlarged) to at most ``size`` pixels on its longer edge."""
+    from PIL import Image
+
+    picture = Image.fromarray(np.ascontiguousarray(image))
+    picture.thumbnail((size, size))
+    return np.asarray(picture, dtype=np.uint8)
+
+
+def _save_png(image: npt.NDArray[Any], path: Path) -> Path:
+    from defacer.verify.render import png_bytes
+
+    with atomic_outputs([path]) as (tmp,):
+        tmp.write_bytes(png_bytes(image))
+    return path
+
+
+def write_pictures(renders: dict[str, dict[str, Any]], qc_dir: Path, after_only: bool) -> dict[str, str]:
+    """Thumbnails of the front and oblique views and one before/after picture.
+
+    Parameters
+    ----------
+    renders : dict
+        ``{"original": {view: Rendering}, "defaced": {...}}`` (:attr:`VerifyResult.renders`).
+    qc_dir : Path
+        The scan's QC folder.
+    after_only : bool
+        Write pictures after defacing only.
+
+    Returns
+    -------
+    dict
+        ``{"front_after": name, "left45_after": name, ..., "overview": name}``: file names in ``qc_dir``.
+    """
+    qc_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, str] = {}
+    whens = ("defaced",) if after_only else ("original", "defaced")
+    rows = []
+    for when in whens:
+        label = "after" if when == "defaced" else "before"
+        row = []
+        for view in THUMB_VIEWS:
+            rendering = renders.get(when, {}).get(view)
+            if rendering is None:
+                continue
+            small = thumbnail(rendering.image)
+            name = f"{view}_{label}.png"
+            _save_png(small, qc_dir / name)
+            written[f"{view}_{label}"] = name
+            row.append(small)
+        if row:
+            height = max(p.shape[0] for p in row)
+            rows.append(np.hstack([np.pad(p, ((0, height - p.shape[0]), (0, 2))) for p in row]))
+    if rows:
+        width = max(r.shape[1] for r in rows)
+        overview = np.vstack([np.pad(r, ((0, 2), (0, width - r.shape[1]))) for r in rows])
+        name = "after.png" if after_only else "before_after.png"
+        _save_png(overview, qc_dir / name)
+        written["overview"] = name
+    return written
+
+
+@dataclass
+class GalleryRow:
+    """One scan of the QC gallery.
+
+    Attributes
+    ----------
+    name : str
+        Subject / file name shown as the row's title.
+    verdict : str or None
+        ``PASS``, ``FAIL``, ``INCONCLUSIVE``, or None when the scan was not verified.
+    folder : str or None
+        The scan's QC folder relative to the gallery.
+    pictures : dict
+        As returned by :func:`write_pictures` (file names inside ``folder``).
+    features : list of str
+        Features found in the scan.
+    report : str or None
+        The full report, relative to the gallery.
+    status : str
+        The batch status (``done``, ``failed``, ...).
+    note : str
+        An error or warning to show.
+    """
+
+    name: str
+    verdict: str | None = None
+    folder: str | None = None
+    pictures: dict[str, str] = field(default_factory=dict)
+    features: list[str] = field(default_factory=list)
+    report: str | None = None
+    status: str = ""
+    note: str = ""
+
+
+_GALLERY_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:20px;color:#222}
+table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:middle;text-align:left}
+th{background:#f4f4f4;position:sticky;top:0}img{display:block;background:#000}.pics{display:flex;gap:4px}
+.verdict{display:inline-block;padding:3px 10px;border-radius:4px;font-weight:700}
+.NONE{background:#ddd;color:#222}.warn{background:#fff8c5;padding:8px;border-radius:4px}
+nav a{margin-right:8px}.small{font-size:.85em;color:#555}
+"""
+
+
+def _row_html(row: GalleryRow) -> str:
+    pics = []
+    for key in ("front_before", "left45_before", "front_after", "left45_after"):
+        name = row.pictures.get(key)
+        if name and row.folder:
+            src = html.escape(f"{row.folder}/{name}", quote=True)
+            pics.append(f'<figure style="margin:0"><img src="{src}" alt="{html.escape(key)}" loading="lazy" '
+                        f'width="{THUMB_SIZE}"><figcaption class="small">{html.escape(key.replace("_", ", "))}'
+                        "</figcaption></figure>")
+    verdict = row.verdict or "NONE"
+    badge = html.escape(row.verdict or "not verified")
+    link = (f'<a href="{html.escape(row.report, quote=True)}">full report</a>' if row.report else "")
+    return (f'<tr class="row-{html.escape(verdict)}"><td><b>{html.escape(row.name)}</b><br>'
+            f'<span class="small">{html.escape(row.status)}</span></td>'
+            f'<td><div class="pics">{"".join(pics) or "&ndash;"}</div></td>'
+            f'<td><span class="verdict {html.escape(verdict)}">{badge}</span></td>'
+            f'<td>{html.escape(", ".join(row.features) or "none")}</td><td>{link}</td>'
+            f'<td class="small">{html.escape(row.note)}</td></tr>')
+
+
+def gallery_html(rows: Sequence[GalleryRow], title: str, after_only: bool) -> str:
+    """The gallery page: verdict counts, then the scans (failing first) in pages of :data:`PAGE_ROWS`."""
+    order = {verdicts.FAIL: 0, verdicts.INCONCLUSIVE: 1, None: 2, verdicts.PASS: 3}
+    ordered = sorted(rows, key=lambda r: (order.get(r.verdict, 2), r.name))
+    counts = {v: sum(1 for r in rows if r.verdict == v) for v in verdicts.VERDICTS}
+    tally = ", ".join(f'<span class="verdict {v}">{counts[v]} {v}</span>' for v in verdicts.VERDICTS)
+    pages = [ordered[i:i + PAGE_ROWS] for i in range(0, len(ordered), PAGE_ROWS)] or [[]]
+    nav = ""
+    if len(pages) > 1:
+        nav = "<nav>Pages: " + "".join(f'<a href="#page-{n + 1}">{n + 1}</a>' for n in range(len(pages))) + "</nav>"
+    head = ('<tr><th>scan</th><th>pictures</th><th>verdict</th><th>features found</th><th>report</th>'
+            '<th>notes</th></tr>')
+    sections = "".join(
+        f'<section id="page-{n + 1}"><h2>Scans {n * PAGE_ROWS + 1}&ndash;{n * PAGE_ROWS + len(page)}</h2>'
+        f'<table>{head}{"".join(_row_html(r) for r in page)}</table></section>'
+        for n, page in enumerate(pages))
+    warning = ("" if after_only else '<p class="warn">This folder holds pictures of the <b>original</b> faces: keep '
+               "it out of any data you share.</p>")
+    legend = " ".join(f'<span class="verdict {v}">{v}</span> {html.escape(verdicts.MEANING[v])}<br>'
+                      for v in verdicts.VERDICTS)
+    return f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>{_GALLERY_CSS}{verdicts.css()}</style></head><body>
+<h1>{html.escape(title)}</h1>{warning}
+<p>{len(rows)} scans: {tally}</p><p class="small">{legend}</p>{nav}{sections}
+</body></html>
+"""
+
+
+def write_gallery(qc_root: Path, rows: Sequence[GalleryRow], *, title: str = "defacer QC gallery",
+                  after_only: bool = False) -> Path:
+    """Write ``index.html`` into the batch QC folder (atomically); pictures are files beside it."""
+    qc_root.mkdir(parents=True, exist_ok=True)
+    path = qc_root / GALLERY_NAME
+    with atomic_outputs([path]) as (tmp,):
+        tmp.write_text(gallery_html(rows, title, after_only), encoding="utf-8")
+    return path

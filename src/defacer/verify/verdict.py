@@ -1,0 +1,66 @@
+"""The three verification verdicts, their colours, wording and exit statuses, in one place.
+
+Every place that shows a verdict (the report, ``defacer verify``, ``deface --verify``, the
+batch summary and QC gallery, the web page, the JSON summary) takes it from here:
+
+==================  ===========  ======  ==============================================================
+verdict             colour       exit    meaning
+==================  ===========  ======  ==============================================================
+``PASS``            green        0       a face was found in the original, none after defacing, and
+                                         the brain region is untouched
+``FAIL``            red          3       a face was found after defacing, or the brain region changed
+``INCONCLUSIVE``    amber        5       no face was found in the original either (and nothing failed):
+                                         there was nothing to test, look at the pictures
+==================  ===========  ======  ==============================================================
+"""
+
+from __future__ import annotations
+
+PASS = "PASS"
+FAIL = "FAIL"
+INCONCLUSIVE = "INCONCLUSIVE"
+#: Every verdict, best first.
+VERDICTS: tuple[str, ...] = (PASS, FAIL, INCONCLUSIVE)
+
+#: Exit status of ``defacer verify`` and ``defacer deface --verify`` per verdict (also in
+#: :mod:`defacer.cli.main`: ``EXIT_VERIFY_FAILED``, ``EXIT_VERIFY_INCONCLUSIVE``).
+EXIT_STATUS: dict[str, int] = {PASS: 0, FAIL: 3, INCONCLUSIVE: 5}
+
+#: Background colour of each verdict's badge (white text on it), the same in every page.
+COLOURS: dict[str, str] = {PASS: "#1a7f37", FAIL: "#cf222e", INCONCLUSIVE: "#9a6700"}
+
+#: One plain sentence per verdict.
+MEANING: dict[str, str] = {
+    PASS: "A face was found in the original's renders and none after defacing; the brain region is untouched.",
+    FAIL: "A face was still found after defacing, or the brain region changed. Do not share this scan.",
+    INCONCLUSIVE: ("No face was found in the original's renders either, so the check had nothing to test. "
+                   "Look at the pictures before sharing this scan."),
+}
+
+
+def decide(face_before: bool, face_after: bool, brain_untouched: bool) -> str:
+    """The verdict from the three findings.
+
+    Parameters
+    ----------
+    face_before, face_after : bool
+        Whether a counted detector found a face in the original's / the defaced head's renders.
+    brain_untouched : bool
+        Whether the brain region is within its tolerance.
+
+    Returns
+    -------
+    str
+        :data:`FAIL` when a face is found after or the brain changed, else :data:`INCONCLUSIVE`
+        when no face was found before, else :data:`PASS`.
+    """
+    if face_after or not brain_untouched:
+        return FAIL
+    if not face_before:
+        return INCONCLUSIVE
+    return PASS
+
+
+def css() -> str:
+    """CSS classes ``.PASS``, ``.FAIL`` and ``.INCONCLUSIVE`` (badge colours) for HTML pages."""
+    return "".join(f".{v}{{background:{c};color:#fff}}" for v, c in COLOURS.items())

@@ -1,0 +1,132 @@
+"""Issue 13: no face leaves with the output; three verdicts everywhere; QC pictures and gallery."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from defacer.cli import main as cli_main
+from defacer.cli.main import main
+from defacer.phantom import make_phantom, save_phantom
+from defacer.verify import qc
+from defacer.verify.verdict import EXIT_STATUS, FAIL, INCONCLUSIVE, PASS, decide
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _face_artefacts(root: Path) -> list[Path]:
+    """Files under ``root`` that hold a picture or a report: PNG/JPEG/HTML, or an embedded picture."""
+    found = []
+    for path in root.rglob("*"):
+        if not path.is_file():
+            continue
+        head = path.read_bytes()
+        if (path.suffix.lower() in (".png", ".jpg", ".jpeg", ".html", ".htm") or head.startswith(PNG)
+                or b"data:image" in head or b"\xff\xd8\xff" == head[:3]):
+            found.append(path)
+    return found
+
+
+def test_the_verdict_is_fail_inconclusive_or_pass_in_that_order() -> None:
+    assert decide(face_before=True, face_after=False, brain_untouched=True) == PASS
+    assert decide(face_before=False, face_after=False, brain_untouched=True) == INCONCLUSIVE
+    assert decide(face_before=True, face_after=True, brain_untouched=True) == FAIL
+    assert decide(face_before=False, face_after=False, brain_untouched=False) == FAIL
+    assert decide(face_before=False, face_after=True, brain_untouched=True) == FAIL
+
+
+def test_each_verdict_has_its_own_documented_exit_status() -> None:
+    assert EXIT_STATUS == {PASS: cli_main.EXIT_OK, FAIL: cli_main.EXIT_VERIFY_FAILED,
+                           INCONCLUSIVE: cli_main.EXIT_VERIFY_INCONCLUSIVE}
+    assert len(set(EXIT_STATUS.values())) == 3
+    taken = {cli_main.EXIT_ERROR, cli_main.EXIT_USAGE, cli_main.EXIT_FEATURES_MISSING, cli_main.EXIT_INTERRUPTED}
+    assert not taken & set(EXIT_STATUS.values())
+
+
+def test_the_qc_folder_is_a_sibling_named_from_the_output(tmp_path) -> None:
+    from defacer.cli.deface import verify_dir
+
+    assert qc.qc_dir_for(tmp_path / "sub-01_T1w_defaced.nii.gz") == tmp_path / "sub-01_T1w_defaced-qc"
+    assert qc.qc_dir_for(tmp_path / "dicom_out") == tmp_path / "dicom_out-qc"
+    assert verify_dir(tmp_path / "a.nrrd") == qc.qc_dir_for(tmp_path / "a.nrrd") == tmp_path / "a-qc"
+    assert qc.batch_qc_dir(tmp_path / "OUT") == tmp_path / "OUT-qc"
+
+
+@pytest.fixture
+def phantom_pair(tmp_path):
+    scan, labels = tmp_path / "in" / "head.nii.gz", tmp_path / "in" / "labels.nii.gz"
+    scan.parent.mkdir()
+    save_phantom(make_phantom(3.0), scan, labels)
+    return scan, labels
+
+
+@pytest.mark.usefixtures("detectors")
+def test_deface_verify_writes_no_face_into_the_output_folder(phantom_pair, tmp_path, capsys) -> None:
+    scan, labels = phantom_pair
+    out_dir = tmp_path / "shared"
+    out_dir.mkdir()
+    out = out_dir / "head_defaced.nii.gz"
+    code = main(["deface", str(scan), str(out), "--labels", str(labels), "--verify"])
+    captured = capsys.readouterr()
+    # The phantom has no face the detectors know: nothing could be tested.
+    assert code == 5, captured
+    assert "verification: INCONCLUSIVE" in captured.out
+    qc_dir = out_dir / "head_defaced-qc"
+    assert sorted(p.name for p in out_dir.iterdir()) == ["head_defaced-qc", "head_defaced.defacer.json",
+                                                          "head_defaced.nii.gz"]
+    # Every picture and report is in the QC folder, which says it holds faces; none elsewhere.
+    assert all(p.is_relative_to(qc_dir) for p in _face_artefacts(tmp_path)), _face_artefacts(tmp_path)
+    assert {"verify_report.html", "README.txt", "before_after.png", "front_before.png"} <= {
+        p.name for p in qc_dir.iterdir()}
+    assert "ORIGINAL" in (qc_dir / "README.txt").read_text()
+    assert f"picture: {qc_dir / 'before_after.png'}" in captured.out
+    assert str(qc_dir) in captured.out and "ORIGINAL faces" in captured.out
+    assert (qc_dir / "before_after.png").read_bytes().startswith(PNG)
+    summary = json.loads((qc_dir / "verify_summary.json").read_text())
+    assert summary["verdict"] == "INCONCLUSIVE" and summary["passed"] is False
+
+
+@pytest.mark.usefixtures("detectors")
+def test_qc_after_only_writes_no_picture_of_the_original(phantom_pair, tmp_path, capsys) -> None:
+    scan, labels = phantom_pair
+    out = tmp_path / "o.nii.gz"
+    main(["deface", str(scan), str(out), "--labels", str(labels), "--verify", "--qc-after-only"])
+    captured = capsys.readouterr()
+    qc_dir = tmp_path / "o-qc"
+    names = {p.name for p in qc_dir.iterdir()}
+    assert not [n for n in names if "before" in n], names
+    assert {"after.png", "front_after.png", "left45_after.png"} <= names
+    report = (qc_dir / "verify_report.html").read_text()
+    alts = re.findall(r'<img src="data:image/png;base64,[^"]*" alt="([^"]*)"', report)
+    assert alts and all("before" not in a for a in alts), alts
+    assert "after defacing only" in captured.out and "ORIGINAL" not in (qc_dir / "README.txt").read_text()
+
+
+def test_a_passing_verification_is_green_and_exits_0(phantom_pair, tmp_path, monkeypatch, capsys) -> None:
+    """A face found before and none after: PASS (detectors faked: the phantom has no face they know)."""
+    pytest.importorskip("PIL")
+    import numpy as np
+
+    from defacer.verify import check, identity
+    from defacer.verify.faces import DetectorResult
+
+    calls = []
+
+    def fake(renders):
+        calls.append(1)
+        face = len(calls) == 1  # the original's renders come first
+        return {view: {"stub": DetectorResult("stub", 0.5, 1.0 if face else None, None, face)} for view in renders}
+
+    monkeypatch.setattr(check, "detect_renders", fake)
+    monkeypatch.setattr(identity, "embed", lambda image, box: np.zeros(128))
+    defaced = tmp_path / "d.nii.gz"
+    save_phantom(make_phantom(3.0), defaced)
+    scan, _ = phantom_pair
+    code = main(["verify", str(scan), str(defaced), "--out", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    assert code == 0 and out.startswith("PASS"), out
+    assert 'class="verdict PASS"' in (tmp_path / "r" / "verify_report.html").read_text()
+    assert json.loads((tmp_path / "r" / "verify_summary.json").read_text())["verdict"] == "PASS"
