@@ -244,10 +244,11 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DefaceOp
     provenance["features"] = feature_report(options.features, found, provenance["voxels_changed"])
     missing = missing_features(provenance)
     if missing:
-        provenance["warnings"] = [f"no {name} {provenance['features'][name]['status']}: nothing distorted for it"
+        provenance["warnings"] = [f"{name} {provenance['features'][name]['status']}: nothing distorted for it"
                                   for name in missing]
         for name in missing:
-            log.warning("No %s %s in this scan; it was left as it is.", name, provenance["features"][name]["status"])
+            log.warning("%s %s in this scan; nothing distorted for it.", name.capitalize(),
+                        provenance["features"][name]["status"])
     read_warnings = [str(w) for w in volume.extra.get("warnings", [])]
     if read_warnings:  # what the reader had to assume, e.g. an invalid voxel size (geometry invented)
         provenance["warnings"] = read_warnings + provenance.get("warnings", [])
@@ -297,9 +298,9 @@ def check_features_found(provenance: dict[str, Any], source_name: str, *, allow_
     features = provenance["features"]
     done = [name for name, entry in features.items() if entry["status"] == "distorted"]
     what = "; ".join(f"{name}: {features[name]['status']}" for name in features if features[name]["requested"])
-    lead = "No requested facial feature was" if not done else f"Not every requested feature was ({', '.join(missing)} not)"
+    lead = "No requested facial feature was distorted" if not done else "Not every requested facial feature was distorted"
     raise FeaturesNotFoundError(
-        f"{lead} distorted in '{source_name}' ({what}). Nothing was written: an unchanged or partly defaced copy "
+        f"{lead} in '{source_name}' ({what}). Nothing was written: an unchanged or partly defaced copy "
         "could pass for a defaced scan. Check that it is a head scan that shows the face, pass --labels with a "
         "corrected label map, or pass --allow-missing to write it anyway (the sidecar lists what was found).",
         missing=missing, found=done, provenance=provenance,
