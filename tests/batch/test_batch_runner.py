@@ -142,12 +142,17 @@ def test_verify_links_each_report_from_the_html_summary(tmp_path: Path,
                                     include=[relpaths[0]], quiet=True))
     assert summary.counts.done == 1
     record = summary.records[0]
-    assert record.verify is not None and record.verify["passed"] is True
-    report = tmp_path / "out" / record.verify["report_path"]
-    assert not Path(record.verify["report_path"]).is_absolute(), "recorded relative to OUT"
-    assert report.is_file() and report.is_relative_to(tmp_path / "out" / ".defacer")
+    # Phantoms have no face the detectors know: inconclusive, not a pass (issue 13), exit status 5.
+    assert record.verify is not None and record.verify["verdict"] == "INCONCLUSIVE"
+    assert record.verify["passed"] is False and summary.counts.verify_inconclusive == 1
+    assert summary.counts.verify_failed == 0 and summary.exit_code == 5
+    qc = tmp_path / "out-qc"
+    report = qc / record.verify["report_path"]
+    assert not Path(record.verify["report_path"]).is_absolute(), "recorded relative to the QC folder"
+    assert report.is_file()
     page = summary.html_path.read_text()
-    assert "verify/sub-01__anat__sub-01_T1w/verify_report.html" in page
+    assert "../../out-qc/sub-01__anat__sub-01_T1w/verify_report.html" in page
+    assert 'class="INCONCLUSIVE"' in page
 
 
 def test_a_folder_without_scans_or_with_everything_excluded_is_an_error(
@@ -224,3 +229,51 @@ def test_an_existing_dask_cluster_is_used_by_its_address(tmp_path: Path, serial_
     assert summary.engine == "dask" and summary.counts.done == 2
     for rel, data in _images(tmp_path / "out").items():
         assert data == (serial_reference / rel).read_bytes()
+
+
+def _pictures_and_reports(root: Path) -> list[Path]:
+    """Files under ``root`` holding a picture or a verification report."""
+    return [p for p in root.rglob("*") if p.is_file() and (
+        p.suffix == ".png" or p.name.startswith("verify_") or b"data:image" in p.read_bytes()
+        or p.read_bytes().startswith(b"\x89PNG"))]
+
+
+def test_batch_verify_keeps_every_face_out_of_the_output_and_builds_a_gallery(
+        tmp_path: Path, bids_template: tuple[Path, Path, list[str]], capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 13: ``batch --verify`` wrote renders of the original faces into OUT/.defacer/verify/."""
+    pytest.importorskip("mediapipe")
+    ds, labels, relpaths = bids_template
+    out = tmp_path / "out"
+    code = main(["batch", str(ds), str(out), "--labels-dir", str(labels), "--verify", "--include", relpaths[0],
+                 "--include", relpaths[1]])
+    err = capsys.readouterr().err
+    assert code == 5, err
+    assert _pictures_and_reports(out) == []
+    qc = tmp_path / "out-qc"
+    assert "ORIGINAL faces" in err and str(qc) in err and "QC gallery" in err
+    assert "ORIGINAL" in (qc / "README.txt").read_text()
+    gallery = (qc / "index.html").read_text()
+    for rel in relpaths[:2]:
+        assert Path(rel).name.split(".")[0] in gallery
+    assert gallery.count('loading="lazy"') == 2 * 4  # front and oblique, before and after, per scan
+    assert gallery.count('class="verdict INCONCLUSIVE"') >= 2 and "full report" in gallery
+    assert "https://" not in gallery and "http://" not in gallery  # opens offline
+    for src in __import__("re").findall(r'src="([^"]+)"', gallery):
+        assert (qc / src).is_file(), src
+    from defacer.verify.verdict import COLOURS
+    assert all(c in gallery for c in COLOURS.values())
+    assert all(c in (out / ".defacer" / "summary.html").read_text() for c in COLOURS.values())
+
+
+def test_batch_qc_after_only_writes_no_picture_of_an_original(
+        tmp_path: Path, bids_template: tuple[Path, Path, list[str]]) -> None:
+    pytest.importorskip("mediapipe")
+    ds, labels, relpaths = bids_template
+    summary = run_batch(BatchConfig(in_root=ds, out_root=tmp_path / "out", labels_dir=labels, verify=True,
+                                    qc_after_only=True, include=[relpaths[0]], quiet=True))
+    qc = tmp_path / "out-qc"
+    names = [p.name for p in qc.rglob("*.png")]
+    assert names and not [n for n in names if "before" in n], names
+    assert "before" not in summary.records[0].verify["pictures"].__repr__()
+    assert "ORIGINAL" not in (qc / "README.txt").read_text()
+    assert "_before" not in (qc / "index.html").read_text()

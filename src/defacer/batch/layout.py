@@ -14,9 +14,9 @@ Two output layouts:
     ``OUT/sub-01/anat/sub-01_desc-defaced_T1w.nii.gz`` with a sidecar naming its
     ``Sources``.  Nothing else is copied.
 
-Batch bookkeeping (manifest, summary, verify reports, lock) lives in ``OUT/.defacer/``,
-which BIDS tools ignore.  It holds renders of original faces when ``--verify`` is on: do
-not publish it.
+Batch bookkeeping (manifest, summary, lock) lives in ``OUT/.defacer/``, which BIDS tools
+ignore.  Verification reports, pictures and the QC gallery (``--verify``) go to the sibling
+folder ``OUT-qc/``, never inside OUT: they show the original faces, and OUT is what people share.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: Name of the bookkeeping folder inside OUT.
 STATE_FOLDER = ".defacer"
+#: Suffix of the QC folder beside OUT (as :data:`defacer.verify.qc.QC_SUFFIX`).
+QC_SUFFIX = "-qc"
 #: Choices for non-image files.
 OTHERS_MODES: tuple[str, ...] = ("copy", "hardlink", "symlink", "skip")
 #: Output layouts.
@@ -67,8 +69,13 @@ class OutputLayout:
 
     @property
     def state_dir(self) -> Path:
-        """``OUT/.defacer``: manifest, summary, verify reports."""
+        """``OUT/.defacer``: manifest, summary, lock."""
         return self.out_root / STATE_FOLDER
+
+    @property
+    def qc_dir(self) -> Path:
+        """``OUT-qc`` beside OUT: verification reports, pictures and the QC gallery (never inside OUT)."""
+        return self.out_root.with_name(self.out_root.name + QC_SUFFIX)
 
     @property
     def manifest_path(self) -> Path:
@@ -101,10 +108,10 @@ class OutputLayout:
         return out.parent / f"{desc_defaced_name(scan.stem) if self.layout == 'derivatives' else scan.stem}.json"
 
     def verify_dir(self, scan: Scan) -> Path:
-        """Folder for the scan's verification report."""
+        """Folder for the scan's verification report and pictures, in :attr:`qc_dir` (outside OUT)."""
         key = str(scan.relpath.parent / scan.stem) if scan.kind == "file" else scan.key
         safe = key.replace("/", "__") if key != "." else self.in_root.name
-        return self.state_dir / "verify" / safe
+        return self.qc_dir / safe
 
 
 def desc_defaced_name(stem: str) -> str:

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import secrets
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ from defacer.batch.manifest import (
     is_up_to_date,
     options_fingerprint,
 )
-from defacer.batch.summary import Counts, Progress, count, print_table, write_html
+from defacer.batch.summary import Counts, Progress, count, print_table, verdict_of, write_html
 from defacer.batch.task import DefaceFile, ScanTask, input_files, scan_seed
 from defacer.checks import DEFAULT_MAX_VOXELS
 from defacer.errors import DefacerError, InputImageError
@@ -52,6 +53,9 @@ log = logging.getLogger(__name__)
 #: Exit status of a batch in which no scan failed but some had a requested feature not found
 #: (the same as ``defacer deface``'s).
 EXIT_FEATURES_MISSING = 4
+#: Exit status of a batch in which nothing failed but some verification was inconclusive (no face found in
+#: the original to test; the same as ``defacer verify``'s).
+EXIT_VERIFY_INCONCLUSIVE = 5
 
 #: Endings tried for a scan's label map in ``--labels-dir``, in order.
 LABEL_ENDINGS: tuple[str, ...] = (".labels.nii.gz", ".labels.nii", ".labels.nrrd", ".labels.mgz")
@@ -84,7 +88,10 @@ class BatchConfig:
     weights_path : path-like or None
         Detector weights (default: the shipped ones).
     verify : bool
-        Run verification on every defaced scan and link the reports from the HTML summary.
+        Run verification on every defaced scan; reports, pictures and the QC gallery go to
+        ``OUT-qc`` beside OUT (never inside it), linked from the HTML summary.
+    qc_after_only : bool
+        With ``verify``: write no picture of the original faces, only after defacing.
     force : bool
         Allow a non-empty OUT that holds no batch manifest.
     redo : bool
@@ -122,6 +129,7 @@ class BatchConfig:
     labels_dir: PathLike | None = None
     weights_path: PathLike | None = None
     verify: bool = False
+    qc_after_only: bool = False
     force: bool = False
     redo: bool = False
     rehash: bool = False
@@ -161,10 +169,13 @@ class BatchSummary:
     @property
     def exit_code(self) -> int:
         """0 when every scan was defaced (and passed verification, when on); 1 when some failed
-        (or failed verification); else 4 when in some a requested feature was not found."""
+        (or failed verification); else 4 when in some a requested feature was not found; else 5
+        when some verification was inconclusive (no face found in the original to test)."""
         if self.counts.failed or self.counts.verify_failed:
             return 1
-        return EXIT_FEATURES_MISSING if self.counts.nothing_found or self.counts.incomplete else 0
+        if self.counts.nothing_found or self.counts.incomplete:
+            return EXIT_FEATURES_MISSING
+        return EXIT_VERIFY_INCONCLUSIVE if self.counts.verify_inconclusive else 0
 
 
 def check_config(config: BatchConfig) -> None:
@@ -284,6 +295,7 @@ def plan(
             sidecar_data=defaced_sidecar(scan, layout, config.features, seed) if sidecar is not None else None,
             labels_path=labels, weights_path=Path(config.weights_path) if config.weights_path else None,
             threads=threads, verify_dir=layout.verify_dir(scan) if config.verify else None,
+            qc_root=layout.qc_dir if config.verify else None, qc_after_only=config.qc_after_only,
             deface=deface, deid_key=deid_key if scan.kind == "dicom" else None,
             allow_missing=config.allow_missing, max_voxels=config.max_voxels,
         ))
@@ -321,6 +333,23 @@ def _discover(config: BatchConfig) -> tuple[Discovery, OutputLayout]:
                           bids=discovery.layout == "bids")
     check_folders(layout.in_root, layout.out_root)
     return discovery, layout
+
+
+def write_qc_gallery(records: Sequence[ScanRecord], qc_root: Path, *, title: str, after_only: bool) -> Path:
+    """Write ``OUT-qc/index.html``: one row per scan with its pictures, verdict, features and report link."""
+    from defacer.verify.qc import GalleryRow, write_gallery
+
+    rows = []
+    for record in records:
+        verify = record.verify or {}
+        verdict = verdict_of(record)
+        features = (record.provenance or {}).get("features", {})
+        found = [name for name, entry in features.items() if entry.get("found_voxels", 0) > 0]
+        rows.append(GalleryRow(name=record.key, verdict=verdict, folder=verify.get("folder"),
+                               pictures=dict(verify.get("pictures") or {}), features=found,
+                               report=verify.get("report_path"), status=record.status,
+                               note=record.error or "; ".join(record.warnings)))
+    return write_gallery(qc_root, rows, title=title, after_only=after_only)
 
 
 def describe_plan(config: BatchConfig) -> list[tuple[str, str, Path | None]]:
@@ -368,6 +397,13 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
     start = time.perf_counter()
     discovery, layout = _discover(config)
     resuming = prepare_output(layout, force=config.force)
+    if config.verify:
+        check_folders(layout.in_root, layout.qc_dir)
+        from defacer.verify.qc import notice, write_readme
+
+        write_readme(layout.qc_dir, config.qc_after_only)
+        if not config.quiet:
+            print(notice(layout.qc_dir, config.qc_after_only), file=stream or sys.stderr)
     with batch_lock(layout.state_dir):
         manifest = Manifest(layout.manifest_path)
         others = config.others or ("copy" if config.layout == "mirror" else "skip")
@@ -402,9 +438,15 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
             manifest.compact()
             wall_s = time.perf_counter() - start
             html_path = write_html(records, layout.state_dir / "summary.html", out_root=layout.out_root,
-                                   title=f"defacer batch: {discovery.root.name}", wall_s=wall_s)
+                                   title=f"defacer batch: {discovery.root.name}", wall_s=wall_s,
+                                   qc_root=layout.qc_dir)
+            if config.verify:
+                write_qc_gallery(records, layout.qc_dir, title=f"defacer QC: {discovery.root.name}",
+                                 after_only=config.qc_after_only)
     summary = BatchSummary(records=sorted(records, key=lambda r: r.key), counts=count(records), wall_s=wall_s,
                            manifest_path=layout.manifest_path, html_path=html_path, engine=engine)
     if not config.quiet:
         print_table(summary.records, wall_s=wall_s, stream=stream, html_path=html_path)
+        if config.verify:
+            print(f"QC gallery: {layout.qc_dir / 'index.html'}", file=stream or sys.stderr)
     return summary

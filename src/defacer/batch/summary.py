@@ -33,6 +33,7 @@ class Counts:
     verify_failed: int = 0
     nothing_found: int = 0
     incomplete: int = 0
+    verify_inconclusive: int = 0
 
     @property
     def total(self) -> int:
@@ -48,9 +49,24 @@ def count(records: Sequence[ScanRecord]) -> Counts:
         failed=sum(r.status == FAILED for r in records),
         nothing_found=sum(r.status == NOTHING_FOUND for r in records),
         incomplete=sum(r.status == INCOMPLETE for r in records),
-        verify_failed=sum(r.status not in (FAILED, *NOT_DEFACED) and r.verify is not None and r.verify.get("passed") is False
-                          for r in records),
+        verify_failed=sum(r.status not in (FAILED, *NOT_DEFACED) and verdict_of(r) == "FAIL" for r in records),
+        verify_inconclusive=sum(r.status not in (FAILED, *NOT_DEFACED) and verdict_of(r) == "INCONCLUSIVE"
+                                for r in records),
     )
+
+
+def verdict_of(record: ScanRecord) -> str | None:
+    """The record's verification verdict: ``PASS``, ``FAIL``, ``INCONCLUSIVE``, or None when not verified.
+
+    Records written before there were three verdicts only hold ``passed``.
+    """
+    verify = record.verify
+    if not verify:
+        return None
+    if verify.get("verdict"):
+        return str(verify["verdict"])
+    passed = verify.get("passed")
+    return None if passed is None else ("PASS" if passed else "FAIL")
 
 
 class Progress(AbstractContextManager["Progress"]):
@@ -140,7 +156,7 @@ def print_table(records: Sequence[ScanRecord], *, wall_s: float, stream: TextIO 
     except ImportError:
         print(f"done {counts.done}, already done {counts.skipped}, failed {counts.failed}, "
               f"nothing found {counts.nothing_found}, incomplete {counts.incomplete}, "
-              f"verify failed {counts.verify_failed} "
+              f"verify failed {counts.verify_failed}, verify inconclusive {counts.verify_inconclusive} "
               f"of {counts.total} scans; {rate:.1f} scans/min", file=stream)
         for record in failed:
             print(f"  FAILED {record.key}: {record.error}", file=stream)
@@ -162,6 +178,8 @@ def print_table(records: Sequence[ScanRecord], *, wall_s: float, stream: TextIO 
     if any(r.verify is not None for r in records):
         columns.insert(3, "verify failed")
         values.insert(3, f"[red]{counts.verify_failed}" if counts.verify_failed else "0")
+        columns.insert(4, "verify inconclusive")
+        values.insert(4, f"[yellow]{counts.verify_inconclusive}" if counts.verify_inconclusive else "0")
     for column in columns:
         table.add_column(column, justify="right")
     table.add_row(*values)
@@ -203,8 +221,13 @@ def _link(target: str | None, base: Path, text: str) -> str:
     return f'<a href="{html.escape(rel)}">{html.escape(text)}</a>'
 
 
-def write_html(records: Sequence[ScanRecord], path: Path, *, out_root: Path, title: str, wall_s: float) -> Path:
-    """Write an HTML page listing every scan: status, time, error, output and verify report links."""
+def write_html(records: Sequence[ScanRecord], path: Path, *, out_root: Path, title: str, wall_s: float,
+               qc_root: Path | None = None) -> Path:
+    """Write an HTML page listing every scan: status, time, error, output and verify report links.
+
+    Verification reports live in ``qc_root`` (``OUT-qc``, outside OUT); the page only links to them.
+    """
+    qc_root = qc_root if qc_root is not None else out_root.with_name(out_root.name + "-qc")
     counts = count(records)
     rows = []
     for record in sorted(records, key=lambda r: (r.status != FAILED, r.status not in NOT_DEFACED, r.key)):
@@ -212,15 +235,14 @@ def write_html(records: Sequence[ScanRecord], path: Path, *, out_root: Path, tit
         verify = record.verify or {}
         report = verify.get("report_path") or verify.get("report_dir")
         if report and not Path(report).is_absolute():
-            report = str(out_root / report)  # recorded relative to OUT
-        passed = verify.get("passed")
-        verdict = "" if passed is None else ("pass" if passed else "FAIL")
+            report = str(qc_root / report)  # recorded relative to the QC folder
+        verdict = verdict_of(record) or ""
         rows.append(
             f'<tr class="{html.escape(record.status)}"><td>{html.escape(record.key)}</td>'
             f"<td>{html.escape(record.status)}</td>"
             f"<td>{record.timings.get('total', 0.0):.1f}</td>"
             f"<td>{_link(str(out_root / output) if output else None, path.parent, output)}</td>"
-            f"<td>{_link(report, path.parent, 'report')} {verdict}</td>"
+            f"<td>{_link(report, path.parent, 'report')} <span class=\"{verdict}\">{verdict}</span></td>"
             f"<td>{html.escape('; '.join(m for m in (_features_line(record) if record.status in NOT_DEFACED else None, record.error, *record.warnings) if m))}</td></tr>"
         )
     page = f"""<!DOCTYPE html>
@@ -228,14 +250,17 @@ def write_html(records: Sequence[ScanRecord], path: Path, *, out_root: Path, tit
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}tr.failed{{background:#fdd}}
 tr.nothing-found,tr.incomplete{{background:#ffd}}
-tr.skipped{{color:#666}}</style></head><body>
+tr.skipped{{color:#666}}.PASS,.FAIL,.INCONCLUSIVE{{padding:1px 6px;border-radius:3px;color:#fff;font-weight:700}}
+.PASS{{background:#1a7f37}}.FAIL{{background:#cf222e}}.INCONCLUSIVE{{background:#9a6700}}</style></head><body>
 <h1>{html.escape(title)}</h1>
 <p>defacer {html.escape(__version__)}: {counts.done} defaced, {counts.skipped} already done,
 <strong>{counts.failed} failed</strong>, {counts.verify_failed} failed verification,
+{counts.verify_inconclusive} inconclusive verification (no face found in the original to test),
 <strong>{counts.nothing_found} nothing found, {counts.incomplete} incomplete</strong> (a requested feature not found:
 nothing written for them), {counts.total} scans,
 {wall_s:.1f} s.</p>
-<p>This folder may hold renders of the original faces (verify reports): do not publish it.</p>
+<p>Verification reports and pictures, when made, are in the QC folder beside this output
+({html.escape(qc_root.name)}/), never in it: they show the original faces, so keep that folder private.</p>
 <table><tr><th>scan</th><th>status</th><th>seconds</th><th>output</th><th>verify</th><th>error or warnings</th></tr>
 {chr(10).join(rows)}
 </table></body></html>

@@ -67,7 +67,11 @@ class ScanTask:
     threads : int
         Threads the detector may use in this worker.
     verify_dir : Path or None
-        Run verification and write its report here.
+        Run verification and write its report and pictures here (in the QC folder beside OUT).
+    qc_root : Path or None
+        The QC folder (``OUT-qc``); report paths are recorded relative to it.
+    qc_after_only : bool
+        Write no picture of the original (after-defacing pictures only).
     attempts : int
         How many times this scan has been tried, this one included.
     deface : callable or None
@@ -97,6 +101,8 @@ class ScanTask:
     weights_path: Path | None = None
     threads: int = 1
     verify_dir: Path | None = None
+    qc_root: Path | None = None
+    qc_after_only: bool = False
     attempts: int = 1
     deface: DefaceFile | None = None
     deid_key: bytes | None = None
@@ -230,11 +236,20 @@ def _verify(task: ScanTask, provenance: dict[str, Any]) -> dict[str, Any]:
     labels = load_volume(mask_path, strict=False) if mask_path is not None and mask_path.is_file() else None
     result = verify_pair(load_volume(task.scan.path, max_voxels=task.max_voxels),
                          load_volume(task.output, max_voxels=task.max_voxels), verify_dir, labels=labels,
-                         provenance=provenance, title=f"defacer verify: {task.scan.key}")
-    # Relative to OUT: the manifest never records where the user's files are.
-    return {"passed": bool(result.passed),
-            "report_path": Path(result.report_path).resolve().relative_to(task.out_root.resolve()).as_posix(),
-            "summary_path": Path(result.summary_path).resolve().relative_to(task.out_root.resolve()).as_posix()}
+                         provenance=provenance, title=f"defacer verify: {task.scan.key}",
+                         after_only=task.qc_after_only)
+    from defacer.verify.qc import write_pictures
+
+    pictures = write_pictures(result.renders, verify_dir, task.qc_after_only)
+    # Relative to the QC folder: the manifest never records where the user's files are.
+    base = (task.qc_root or verify_dir.parent).resolve()
+
+    def rel(path: Path) -> str:
+        return Path(path).resolve().relative_to(base).as_posix()
+
+    return {"passed": bool(result.passed), "verdict": result.verdict,
+            "report_path": rel(result.report_path), "summary_path": rel(result.summary_path),
+            "folder": rel(verify_dir), "pictures": pictures}
 
 
 class _Collect(logging.Handler):

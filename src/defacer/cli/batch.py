@@ -19,7 +19,11 @@ A rerun with the same IN and OUT resumes: scans recorded as done and unchanged a
 failed or changed ones are redone. The manifest and an HTML summary are in OUT/.defacer/.
 Exit code 0 when every scan was defaced, 1 when some failed (see the summary), else 4 when
 in some scans a requested feature was not found: those are recorded as "nothing-found" or
-"incomplete" and nothing is written for them (--allow-missing writes them anyway).
+"incomplete" and nothing is written for them (--allow-missing writes them anyway); else 5
+when some verification (--verify) was inconclusive: no face was found in the original to test.
+
+--verify writes its reports, pictures and a QC gallery (index.html) into OUT-qc/ beside OUT,
+never into OUT: they show the original faces. Keep OUT-qc private, or use --qc-after-only.
 """
 
 
@@ -61,7 +65,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     dicom.add_argument("--key-file", metavar="FILE",
                        help="file holding the secret key (>= 16 bytes); the same key gives the same pseudonyms on every "
                             "run, which a resumed batch needs")
-    parser.add_argument("--verify", action="store_true", help="verify each defaced scan; link reports in the summary")
+    parser.add_argument("--verify", action="store_true",
+                        help="verify each defaced scan; reports, pictures and a QC gallery go to OUT-qc/ beside OUT "
+                             "(they show the original faces: keep that folder private)")
+    parser.add_argument("--qc-after-only", action="store_true",
+                        help="with --verify: write no picture of the original faces, only after defacing")
     parser.add_argument("--max-voxels", type=parse_voxel_limit, default=None, metavar="N",
                         help="record as failed NIfTI/NRRD/MGZ scans declaring more voxels than N, before reading "
                              "them (default 512^3 = 134217728; 0: no limit)")
@@ -99,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         features=features, seed=args.seed, jobs=args.jobs, scheduler=args.scheduler,
         layout="derivatives" if args.derivatives else "mirror", others=args.others,
         labels_dir=args.labels_dir, weights_path=args.weights, verify=args.verify, force=args.force,
+        qc_after_only=args.qc_after_only,
         redo=args.redo, rehash=args.rehash, quiet=args.quiet, deid_key=deid_key, deidentify=not args.no_deidentify,
         allow_missing=args.allow_missing, max_voxels=max_voxels_from_args(args),
     )
