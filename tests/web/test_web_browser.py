@@ -97,7 +97,8 @@ def test_phantom_goes_from_upload_to_checked_download_using_the_keyboard(page: A
     expect(page.locator("#step-result")).to_be_visible(timeout=TIMEOUT_MS)
     expect(page.locator("#verdict")).not_to_be_empty(timeout=TIMEOUT_MS)
     verdict = page.locator("#verdict").inner_text()
-    assert verdict.startswith(("PASSED", "FAILED", "Verification unavailable", "Verification could not"))
+    # The phantom is no face to the detectors: the check is inconclusive, never a green pass (issue 13).
+    assert verdict.startswith(("INCONCLUSIVE", "Verification unavailable", "Verification could not")), verdict
     expect(page.locator("#changed")).to_contain_text("Voxels changed: eyes")
     expect(page.locator("#download-scan")).to_be_focused()
     page.wait_for_timeout(600)
@@ -170,3 +171,20 @@ def test_dicom_series_files_are_defaced_and_downloaded_as_a_zip(page: Any, phant
     with zipfile.ZipFile(tmp_path / "out.zip") as archive:
         assert len([n for n in archive.namelist() if not n.endswith("/")]) == len(phantom_files.dicom_files)
     shot(page, "08-dicom-defaced.png")
+
+
+def test_three_verdicts_have_three_wordings_and_colours(page: Any) -> None:
+    """Issue 13: an inconclusive check (no face in the original) showed as a green PASSED."""
+    seen = {}
+    for name in ("PASS", "FAIL", "INCONCLUSIVE"):
+        page.evaluate("(v) => { document.getElementById('step-result').hidden = false; "
+                      "window.defacerShowVerification(v); }",
+                      {"available": True, "passed": name == "PASS", "verdict": name, "summary": {"verdict": name}})
+        box = page.locator("#verdict")
+        assert box.inner_text().startswith(f"{name}:")
+        assert box.get_attribute("data-verdict") == name and name.lower() in box.get_attribute("class")
+        seen[name] = box.evaluate("(e) => getComputedStyle(e).borderColor + ' ' + getComputedStyle(e).backgroundColor")
+        shot(page, f"verdict-{name.lower()}.png")
+    assert len(set(seen.values())) == 3, seen
+    assert "rgb(26, 127, 55)" in seen["PASS"] and "rgb(207, 34, 46)" in seen["FAIL"]  # the report's colours
+    assert "rgb(154, 103, 0)" in seen["INCONCLUSIVE"]

@@ -479,7 +479,9 @@ def verify_session(session: Session) -> dict[str, Any]:
     -------
     dict
         ``available`` false with ``reason`` when the ``verify`` extra is missing; else
-        ``passed`` (bool or None when verification itself failed), ``summary`` and ``error``.
+        ``passed`` (bool or None when verification itself failed), ``verdict`` (``PASS``,
+        ``FAIL``, ``INCONCLUSIVE`` as in :mod:`defacer.verify.verdict`, or None), ``meaning``,
+        ``summary`` and ``error``.
     """
     with session.lock:
         if "defaced" not in session.state:
@@ -504,11 +506,14 @@ def verify_session(session: Session) -> dict[str, Any]:
         except ImportError as err:
             outcome = {"available": False, "reason": str(err)}
         except DefacerError as err:
-            outcome = {"available": True, "passed": None, "error": session.hide_paths(str(err))}
+            outcome = {"available": True, "passed": None, "verdict": None, "error": session.hide_paths(str(err))}
         else:
             summary = json.loads(json.dumps(getattr(result, "summary", {}) or {}, default=_jsonable))
-            outcome = {"available": True, "passed": bool(result.passed), "summary": summary, "error": None,
-                       "report": False}
+            from defacer.verify.verdict import MEANING
+
+            verdict = summary.get("verdict") or ("PASS" if result.passed else "FAIL")
+            outcome = {"available": True, "passed": bool(result.passed), "verdict": verdict,
+                       "meaning": MEANING.get(verdict, ""), "summary": summary, "error": None, "report": False}
             report = getattr(result, "report_path", None)
             stem = session.state["stem"]
             if report is not None and Path(report).is_file() and Path(report).suffix == ".html":
