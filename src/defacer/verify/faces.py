@@ -37,12 +37,14 @@ All detectors take an (H, W, 3) uint8 RGB image and return a :class:`DetectorRes
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -149,9 +151,43 @@ def _protobuf_compat() -> None:
         factory.GetPrototype = lambda self, descriptor: message_factory.GetMessageClass(descriptor)  # type: ignore[attr-defined]
 
 
+#: Set to 1 to see what MediaPipe / TensorFlow Lite print natively (hidden by default).
+NATIVE_LOGS_ENV = "DEFACER_NATIVE_LOGS"
+
+
+@contextlib.contextmanager
+def native_quiet() -> Iterator[None]:
+    """Hide what MediaPipe's and TensorFlow Lite's C++ code print on file descriptor 2.
+
+    They print "INFO: Created TensorFlow Lite XNNPACK delegate", absl's "All log messages before
+    absl::InitializeLog()" and feedback-manager warnings on every run, which environment
+    variables do not reach (absl logging ignores ``GLOG_minloglevel``).  Python's own
+    ``sys.stderr`` is flushed first; ``DEFACER_NATIVE_LOGS=1`` shows everything.  Hold
+    :data:`_MODEL_LOCK` around it (the descriptor is process-wide).
+    """
+    if os.environ.get(NATIVE_LOGS_ENV) == "1":
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _import_mediapipe() -> Any:
     """Import mediapipe quietly, or raise MissingExtraError."""
     os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     _protobuf_compat()
     try:
         import mediapipe as mp
@@ -217,7 +253,7 @@ def _blazeface(model_selection: int) -> Any:
 
 def _run_blazeface(image: npt.NDArray[Any], name: str, model_selection: int) -> DetectorResult:
     rgb = _check_image(image)
-    with _MODEL_LOCK:
+    with _MODEL_LOCK, native_quiet():
         model = _blazeface(model_selection)
         start = time.perf_counter()
         result = model.process(rgb)
@@ -272,7 +308,7 @@ def facemesh(image: npt.NDArray[Any]) -> DetectorResult:
     it only applies the threshold).
     """
     rgb = _check_image(image)
-    with _MODEL_LOCK:
+    with _MODEL_LOCK, native_quiet():
         model = _facemesh()
         start = time.perf_counter()
         result = model.process(rgb)
@@ -370,7 +406,8 @@ def available() -> dict[str, bool]:
     status = {}
     for name, probe in (("mediapipe", lambda: (_blazeface(0), _facemesh())), ("dlib", _import_dlib)):
         try:
-            probe()
+            with _MODEL_LOCK, native_quiet():
+                probe()
             status[name] = True
         except (MissingExtraError, VerificationError, ImportError, OSError) as err:
             logger.info("face detector back-end %s unavailable: %s", name, err)
