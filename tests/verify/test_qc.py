@@ -130,3 +130,17 @@ def test_a_passing_verification_is_green_and_exits_0(phantom_pair, tmp_path, mon
     assert code == 0 and out.startswith("PASS"), out
     assert 'class="verdict PASS"' in (tmp_path / "r" / "verify_report.html").read_text()
     assert json.loads((tmp_path / "r" / "verify_summary.json").read_text())["verdict"] == "PASS"
+
+
+def test_the_gallery_of_500_scans_is_paged_and_loads_pictures_lazily() -> None:
+    rows = [qc.GalleryRow(name=f"sub-{i:03d}/anat/sub-{i:03d}_T1w.nii.gz", verdict=(PASS, FAIL, INCONCLUSIVE)[i % 3],
+                          folder=f"sub-{i:03d}", pictures={"front_after": "front_after.png",
+                                                           "left45_after": "left45_after.png"},
+                          features=["eyes", "nose"], report=f"sub-{i:03d}/verify_report.html") for i in range(500)]
+    page = qc.gallery_html(rows, "QC <test>", after_only=True)
+    assert page.count("<section") == 5 and page.count('href="#page-') == 5
+    assert page.count("<img") == 1000 and page.count('loading="lazy"') == 1000
+    assert "QC &lt;test&gt;" in page and "sub-499/anat/sub-499_T1w.nii.gz" in page
+    # Failing scans first, then inconclusive, then passing.
+    assert page.index('class="row-FAIL"') < page.index('class="row-INCONCLUSIVE"') < page.index('class="row-PASS"')
+    assert "ORIGINAL" not in page and "original</b> faces" not in page
