@@ -193,3 +193,21 @@ def test_deface_help_documents_the_exit_statuses(capsys):
     assert "Exit status" in out and "--allow-missing" in out
     for code in ("0", "1", "3", "4"):
         assert f"\n  {code}  " in out
+
+
+def test_a_head_cropped_to_no_face_exits_4(tmp_path, capsys):
+    """Issue 11, defect 7: a head cropped behind the face exited 0 with an unchanged copy."""
+    from defacer.detect.model import default_weights_path
+    from defacer.phantom import make_phantom
+
+    if not default_weights_path().is_file():
+        pytest.skip("shipped weights not built")
+    phantom = make_phantom(3.0, axcodes="RAS")
+    raw = np.asarray(phantom.volume.raw)
+    back = raw[:, : raw.shape[1] * 2 // 5, :]  # the posterior 40 %: no eyes, no nose
+    scan = _write_nifti(tmp_path / "back.nii.gz", np.ascontiguousarray(back))
+    out = tmp_path / "out.nii.gz"
+    assert main(["deface", str(scan), str(out)]) == 4
+    err = capsys.readouterr().err
+    assert "eyes: not found" in err and "nose: not found" in err
+    assert not out.exists()
