@@ -388,3 +388,15 @@ def test_batch_max_voxels_records_a_too_large_scan_as_failed(phantom_files, tmp_
     (tmp_path / "in" / "head.nii.gz").write_bytes(phantom_files[0].read_bytes())
     summary = run_batch(BatchConfig(in_root=tmp_path / "in", out_root=tmp_path / "out", quiet=True, max_voxels=1000))
     assert [r.status for r in summary.records] == ["failed"] and "voxels" in summary.records[0].error
+
+
+def test_verify_never_writes_its_report_into_a_dicom_input(series, tmp_path, capsys):
+    """3: ``defacer verify ORIGINAL DEFACED --out ORIGINAL/qc`` wrote the report into the input series."""
+    source = tmp_path / "in"
+    source.mkdir()
+    for p in series[0].iterdir():
+        (source / p.name).write_bytes(p.read_bytes())
+    before = snapshot(source)
+    assert main(["verify", str(source), str(source), "--out", str(source / "qc")]) == 1
+    assert "Refusing" in capsys.readouterr().err
+    assert snapshot(source) == before

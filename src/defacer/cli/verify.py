@@ -50,14 +50,18 @@ def _stem(path: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from defacer.cli.deface import QC_FILES
     from defacer.io import load_volume
+    from defacer.io.output_guard import check_not_input
     from defacer.verify import verify_pair
 
+    out = args.out or args.defaced.parent / f"{_stem(args.defaced)}-qc"
+    prov_path = args.provenance or args.defaced.parent / f"{_stem(args.defaced)}.defacer.json"
+    # Nothing the report writes may be, or lie inside, one of the scans it reads (issue 11, defect 3).
+    check_not_input([out / name for name in QC_FILES], [args.original, args.defaced, args.labels, args.provenance])
     original = load_volume(args.original)
     defaced = load_volume(args.defaced)
     labels = load_volume(args.labels) if args.labels else None
-    out = args.out or args.defaced.parent / f"{_stem(args.defaced)}-qc"
-    prov_path = args.provenance or args.defaced.parent / f"{_stem(args.defaced)}.defacer.json"
     provenance = None
     if args.provenance or prov_path.is_file():
         try:
