@@ -120,7 +120,9 @@ def eye_region(eyes: Mask, component: Box, spacing: tuple[float, float, float], 
 
 
 #: Tissue standing up to this far in front of the eye cover is cut to it; beyond twice this the cover fades out (mm).
-CUT_MM = 6.0
+CUT_MM = 12.0
+#: Smoothing of the eye cover along R (mm).
+SMOOTH_R_MM = 10.0
 #: Distance over which the face's slope is read at the edge of the eye cover (mm).
 SLOPE_MM = 4.0
 
@@ -134,18 +136,25 @@ def distort_eyes(
     band_mm: float = 6.0,
     box_scale: float = 2.0,
     feather_mm: float = 10.0,
+    join: bool = True,
 ) -> list[Edit]:
     """Cover each eye with skin, confined to the periorbital region and blended into the face.
 
     For each detected eye (at most two), the cover region is an ellipse in the coronal (R, S)
     plane centred on the eye, its semi-axes ``box_scale`` times the eye's half-extent
-    (:func:`eye_region`).  The face surface is read as a height map along the anterior (A)
-    axis.  Inside the ellipse a cover surface spans the socket: in every R column it runs
-    straight from the surface just above the ellipse (the brow) to the surface just below it
-    (the upper cheek), then is smoothed along R; the lids, their folds and the hollow of the
-    socket are under or in front of it.  The new surface is the cover blended with the original
-    by a weight that is 1 inside the ellipse shrunk by ``feather_mm`` and falls smoothly (raised
-    cosine) to 0 at the ellipse, so the cover meets the face with neither edge nor step.
+    (:func:`eye_region`); with two eyes and ``join`` (the default) one cover spans both, the
+    stadium the mean ellipse sweeps from one eye to the other, across the nasal bridge (two
+    separate round covers, outlined by the nose removal between them, read as a pair of eyes to
+    dlib's face detector).  The face surface is read as a height map along the anterior (A)
+    axis.  Inside the region a cover surface spans the socket: in every R column it is the cubic
+    curve from the surface just below the region (the upper cheek) to the surface just above it
+    (the brow), leaving and meeting each with the face's own slope (:func:`_span_socket`), then
+    smoothed along R; the lids, their folds and the hollow of the socket are under or in front
+    of it.  The new surface is the cover blended with the original by a weight that falls
+    smoothly (raised cosine) from 1 at ``feather_mm`` / 2 inside the region's edge to 0 at
+    ``feather_mm`` / 2 outside it, so the cover meets the face with neither edge nor step.
+    Where the face stands more than :data:`CUT_MM` in front of the cover (the side of the
+    nose), the weight fades out too, reaching 0 at twice that.
 
     Voxels between the new surface and ``band_mm`` x weight behind it become skin (the median of
     this scan's superficial tissue in the region), tissue in front of it becomes air
@@ -169,72 +178,106 @@ def distort_eyes(
         Size of the cover ellipse: its semi-axes are this many times the eye's half-extent.
     feather_mm : float
         Width of the soft edge over which the cover blends into the face, in mm.
+    join : bool
+        One cover over both eyes (across the nasal bridge) when two are found.
 
     Returns
     -------
     list of Edit
-        One per eye found (at most two).
+        One cover over both eyes, or one per eye found (at most two) without ``join``.
     """
+    regions = []
+    for component in components(eyes, 2):
+        centre, semi = eye_region(eyes, component, spacing, box_scale)
+        if min(semi) > 0:
+            regions.append((centre, semi, component[1].start))
+    groups = [regions] if join and len(regions) == 2 else [[region] for region in regions]
     edits = []
-    for index, component in enumerate(components(eyes, 2)):
-        (c_r, c_s), (a_r, a_s) = eye_region(eyes, component, spacing, box_scale)
-        if min(a_r, a_s) <= 0:
-            continue
-        back = _mm_to_voxels(band_mm + 20.0, spacing)[1]
-        # Beyond the ellipse: room to read the surface's slope at its edge and to smooth along R.
-        margin = _mm_to_voxels(SLOPE_MM + 2.0, spacing)
-        box = (
-            slice(max(0, int(np.floor(c_r - a_r / spacing[0])) - margin[0]),
-                  min(image.shape[0], int(np.ceil(c_r + a_r / spacing[0])) + 1 + margin[0])),
-            slice(max(0, component[1].start - back), image.shape[1]),
-            slice(max(0, int(np.floor(c_s - a_s / spacing[2])) - margin[2]),
-                  min(image.shape[2], int(np.ceil(c_s + a_s / spacing[2])) + 1 + margin[2])),
-        )
-        local = np.asarray(image[box], dtype=np.float32)
-        tissue = ndimage.binary_opening(local > head.threshold)  # drop isolated noise voxels in the air
-        height, present = _surface_height(tissue)
-        if not present.any():
-            continue
-        surface = height + 0.5  # the front face of the most anterior tissue voxel, in A voxel units
-        r = ((np.arange(local.shape[0]) + box[0].start - c_r) * spacing[0] / a_r)[:, None]
-        s = ((np.arange(local.shape[2]) + box[2].start - c_s) * spacing[2] / a_s)[None, :]
-        rho = np.sqrt(r**2 + s**2)
-        soft = min(0.9, feather_mm / min(a_r, a_s))
-        weight = np.where(present, _smoothstep((1.0 - rho) / soft), 0.0).astype(np.float32)
-        cover = _span_socket(surface, present, rho < 1.0, spacing)
-        # Where the face stands far in front of the cover (the side of the nose), the cover fades out:
-        # lids and brow up to CUT_MM in front of it go, a nose never.
-        cut_mm = (surface - cover) * spacing[1]
-        weight *= _smoothstep((2.0 * CUT_MM - cut_mm) / CUT_MM)
-        target = weight * cover + (1.0 - weight) * surface
-        active = weight > 0.02
-        y = np.arange(local.shape[1], dtype=np.float32)[None, :, None]
-        new_surface = target[:, None, :]
-        filled = np.clip(new_surface + 0.5 - y, 0.0, 1.0)  # fraction of each voxel behind the new surface
-        band = (band_mm / spacing[1]) * weight[:, None, :]
-        on = active[:, None, :]
-        # Air-side cut: anything brighter than half-way from air to the tissue threshold goes.
-        bright = local > head.background + 0.5 * (head.threshold - head.background)
-        # The skin layer: from band x weight behind the new surface (or from the old surface when the
-        # cover stands in front of it) up to the voxel the new surface crosses.
-        lower = np.minimum(new_surface - band, surface[:, None, :]) - 0.5
-        layer = on & (filled > 0) & (y > lower)
-        removed = on & (filled < 1) & bright
-        superficial = on & tissue & (y >= surface[:, None, :] - 0.5 - 3.0 / spacing[1]) & (y < surface[:, None, :])
-        skin_voxels = local[superficial]
-        skin = float(np.median(skin_voxels)) if skin_voxels.size else float(np.median(local[tissue]))
-        mask = layer | removed
-        values = (head.background + filled * (skin - head.background)).astype(np.float32)
-        shield = on & (filled > 0)
-        shift = np.abs(target - surface)[active]
-        edits.append(
-            Edit("eyes", box, mask, values,
-                 {"component": index, "skin_value": skin, "box": _box_list(box), "band_mm": band_mm,
-                  "centre_rs_voxel": [round(c_r, 2), round(c_s, 2)], "semi_axes_rs_mm": [round(a_r, 2), round(a_s, 2)],
-                  "feather_mm": feather_mm, "max_surface_shift_mm": float(shift.max() * spacing[1]) if shift.size else 0.0},
-                 shield=shield)
-        )
+    for index, group in enumerate(groups):
+        edit = _eye_cover(image, head, spacing, group, index, band_mm=band_mm, feather_mm=feather_mm)
+        if edit is not None:
+            edits.append(edit)
     return edits
+
+
+def _eye_cover(image: npt.NDArray[np.floating], head: HeadModel, spacing: tuple[float, float, float],
+               regions: list[tuple[tuple[float, float], tuple[float, float], int]], index: int, *,
+               band_mm: float, feather_mm: float) -> Edit | None:
+    """One skin cover over the eye regions given (centre, semi-axes, anterior start of the eye label).
+
+    With two eyes the region is the stadium swept by the (mean) ellipse from one eye's centre to
+    the other's, so the cover runs across the nasal bridge in one piece.
+    """
+    centres = np.array([c for c, _, _ in regions], dtype=np.float64)  # (n, 2) voxel R, S
+    # The soft edge is centred on the nominal ellipse: full weight up to feather/2 inside, none from feather/2 outside.
+    a_r = float(np.mean([sm[0] for _, sm, _ in regions])) + feather_mm / 2.0
+    a_s = float(np.mean([sm[1] for _, sm, _ in regions])) + feather_mm / 2.0
+    back = _mm_to_voxels(band_mm + 20.0, spacing)[1]
+    # Beyond the region: room to read the surface's slope at its edge and to smooth along R.
+    margin = _mm_to_voxels(SLOPE_MM + 2.0, spacing)
+    lo_r, hi_r = centres[:, 0].min() - a_r / spacing[0], centres[:, 0].max() + a_r / spacing[0]
+    lo_s, hi_s = centres[:, 1].min() - a_s / spacing[2], centres[:, 1].max() + a_s / spacing[2]
+    box = (
+        slice(max(0, int(np.floor(lo_r)) - margin[0]), min(image.shape[0], int(np.ceil(hi_r)) + 1 + margin[0])),
+        slice(max(0, min(start for _, _, start in regions) - back), image.shape[1]),
+        slice(max(0, int(np.floor(lo_s)) - margin[2]), min(image.shape[2], int(np.ceil(hi_s)) + 1 + margin[2])),
+    )
+    local = np.asarray(image[box], dtype=np.float32)
+    tissue = ndimage.binary_opening(local > head.threshold)  # drop isolated noise voxels in the air
+    height, present = _surface_height(tissue)
+    if not present.any():
+        return None
+    surface = height + 0.5  # the front face of the most anterior tissue voxel, in A voxel units
+    rho = _stadium_distance(local.shape[0], local.shape[2], box, centres, (a_r, a_s), spacing)
+    soft = min(0.9, feather_mm / min(a_r, a_s))
+    weight = np.where(present, _smoothstep((1.0 - rho) / soft), 0.0).astype(np.float32)
+    cover = _span_socket(surface, present, rho < 1.0, spacing)
+    # Where the face stands far in front of the cover (the side of the nose), the cover fades out:
+    # lids and brow up to CUT_MM in front of it go, a nose never.
+    cut_mm = (surface - cover) * spacing[1]
+    weight *= _smoothstep((2.0 * CUT_MM - cut_mm) / CUT_MM)
+    target = weight * cover + (1.0 - weight) * surface
+    active = weight > 0.02
+    y = np.arange(local.shape[1], dtype=np.float32)[None, :, None]
+    new_surface = target[:, None, :]
+    filled = np.clip(new_surface + 0.5 - y, 0.0, 1.0)  # fraction of each voxel behind the new surface
+    band = (band_mm / spacing[1]) * weight[:, None, :]
+    on = active[:, None, :]
+    # Air-side cut: anything brighter than half-way from air to the tissue threshold goes.
+    bright = local > head.background + 0.5 * (head.threshold - head.background)
+    # The skin layer: from band x weight behind the new surface (or from the old surface when the
+    # cover stands in front of it) up to the voxel the new surface crosses.
+    lower = np.minimum(new_surface - band, surface[:, None, :]) - 0.5
+    layer = on & (filled > 0) & (y > lower)
+    removed = on & (filled < 1) & bright
+    superficial = on & tissue & (y >= surface[:, None, :] - 0.5 - 3.0 / spacing[1]) & (y < surface[:, None, :])
+    skin_voxels = local[superficial]
+    skin = float(np.median(skin_voxels)) if skin_voxels.size else float(np.median(local[tissue]))
+    mask = layer | removed
+    values = (head.background + filled * (skin - head.background)).astype(np.float32)
+    shield = on & (filled > 0)
+    shift = np.abs(target - surface)[active]
+    return Edit("eyes", box, mask, values,
+                {"component": index, "eyes_covered": len(regions), "skin_value": skin, "box": _box_list(box),
+                 "band_mm": band_mm, "centres_rs_voxel": [[round(float(c), 2) for c in cc] for cc in centres],
+                 "outer_semi_axes_rs_mm": [round(a_r, 2), round(a_s, 2)], "feather_mm": feather_mm,
+                 "max_surface_shift_mm": float(shift.max() * spacing[1]) if shift.size else 0.0},
+                shield=shield)
+
+
+def _stadium_distance(n_r: int, n_s: int, box: Box, centres: npt.NDArray[np.float64], semi: tuple[float, float],
+                      spacing: tuple[float, float, float]) -> npt.NDArray[np.float64]:
+    """Distance of every (R, S) column of ``box``, in units of the semi-axes, to the segment joining ``centres``.
+
+    Below 1 inside the ellipse around one centre, or the stadium it sweeps between two.
+    """
+    r = ((np.arange(n_r) + box[0].start) * spacing[0] / semi[0])[:, None]
+    s = ((np.arange(n_s) + box[2].start) * spacing[2] / semi[1])[None, :]
+    q = centres * np.array([spacing[0] / semi[0], spacing[2] / semi[1]])
+    start, direction = q[0], q[-1] - q[0]
+    length2 = float(direction @ direction)
+    t = 0.0 if length2 == 0 else np.clip(((r - start[0]) * direction[0] + (s - start[1]) * direction[1]) / length2, 0, 1)
+    return np.sqrt((r - start[0] - t * direction[0]) ** 2 + (s - start[1] - t * direction[1]) ** 2)
 
 
 def _surface_height(tissue: Mask) -> tuple[npt.NDArray[np.float32], Mask]:
@@ -260,7 +303,10 @@ def _span_socket(surface: npt.NDArray[np.float32], present: Mask, inside: Mask,
     smoothed) surface just below the region and meets it just above with the surface's own
     slopes there (measured over ``slope_mm``), so a convex face stays convex and any hollow
     between the brow and the cheek is bridged.  The curve never bulges more than a quarter of
-    its span beyond the straight line.  Outside the region the surface is returned as it is.
+    its span beyond the straight line.  The curves are then smoothed along R (Gaussian,
+    :data:`SMOOTH_R_MM`), so that neighbouring columns agree and the rise towards the nose
+    between two eyes is a broad swell, not a ridge that reads as a nose.  Outside
+    the region the surface is returned as it is.
     """
     smooth = _smooth_height(surface, present, (1.5 / spacing[0], 1.5 / spacing[2]))
     n_s = surface.shape[1]
@@ -285,7 +331,7 @@ def _span_socket(surface: npt.NDArray[np.float32], present: Mask, inside: Mask,
     bulge = 0.25 * span[:, None] * spacing[2] / spacing[1]
     spanned = np.clip(curve, line - bulge, line + bulge)
     spanned = np.where(inside, spanned, smooth)
-    spanned = ndimage.gaussian_filter1d(spanned, 3.0 / spacing[0], axis=0, mode="nearest")
+    spanned = ndimage.gaussian_filter1d(spanned, SMOOTH_R_MM / spacing[0], axis=0, mode="nearest")
     return np.where(inside, spanned, surface).astype(np.float32)
 
 
@@ -318,13 +364,20 @@ def distort_nose(image: npt.NDArray[np.floating], box: Box, head: HeadModel, *, 
     head : HeadModel
     keep : sequence of Edit
         Edits whose ``shield`` the nose removal must leave alone (the eye covers: the cover and
-        the eye behind it, so the removal never opens a window onto the globes).
+        the eye behind it, so the removal never opens a window onto the globes); nor does it
+        reach above the eyes' centre line (the cover over the nose's root, and the forehead).
     """
     shape = tuple(s.stop - s.start for s in box)
     mask = np.ones(shape, dtype=bool)
     for edit in keep:
         if edit.shield is None:
             continue
+        # Nothing above the eyes' centre line either (there the cover lies over the nose's root at
+        # full weight): the box x2 would cut a slot into the cover's edge and the forehead.
+        centres = edit.params.get("centres_rs_voxel")
+        if centres:
+            top = int(np.ceil(np.mean([c[1] for c in centres]))) - box[2].start
+            mask[:, :, max(0, top):] = False
         overlap = tuple(slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(box, edit.box, strict=True))
         if any(s.stop <= s.start for s in overlap):
             continue
