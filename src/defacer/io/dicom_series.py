@@ -186,16 +186,55 @@ def _looks_like_raw_dicom(path: Path) -> bool:
                                or int.from_bytes(head[:2], "big") == 0x0008)  # big endian (retired syntax)
 
 
+#: Deepest nesting of sequences accepted in a file (real files use a handful of levels).
+MAX_SEQUENCE_DEPTH = 64
+
+
+def _check_depth(ds: Dataset) -> None:
+    """Raise InvalidDicomError when sequences nest deeper than :data:`MAX_SEQUENCE_DEPTH` (walked without recursion)."""
+    from pydicom.datadict import DicomDictionary
+    from pydicom.errors import InvalidDicomError
+
+    stack = [(ds, 0)]
+    while stack:
+        dataset, depth = stack.pop()
+        for tag in list(dataset.keys()):
+            vr = dataset.get_item(tag).VR or DicomDictionary.get(int(tag), ("",))[0]
+            if vr != "SQ":
+                continue
+            if depth >= MAX_SEQUENCE_DEPTH:
+                raise InvalidDicomError(
+                    f"damaged or hostile DICOM file (sequences nested more than {MAX_SEQUENCE_DEPTH} deep)"
+                )
+            stack.extend((item, depth + 1) for item in dataset[tag].value or ())
+
+
 def dcmread_any(path: Path, **kwargs: Any) -> Dataset:
     """``pydicom.dcmread``, also accepting files without the 128-byte preamble and "DICM" marker.
 
     Such files get a TransferSyntaxUID in ``file_meta`` matching how they were encoded.
+    Sequences nested deeper than :data:`MAX_SEQUENCE_DEPTH` are refused (they would
+    exhaust the stack of every recursive reader and writer).
 
     Raises
     ------
     pydicom.errors.InvalidDicomError
-        If the file is not DICOM at all.
+        If the file is not DICOM at all, or is nested too deep (the message then starts
+        with "damaged").
     """
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = _dcmread(path, **kwargs)
+        _check_depth(ds)
+    except RecursionError as err:
+        raise InvalidDicomError(
+            f"damaged or hostile DICOM file (sequences nested more than {MAX_SEQUENCE_DEPTH} deep)"
+        ) from err
+    return ds
+
+
+def _dcmread(path: Path, **kwargs: Any) -> Dataset:
     import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -239,6 +278,9 @@ def _floats(value: Any, count: int, what: str, path: Path) -> tuple[float, ...]:
 def _frame_refs(ds: Dataset, path: Path) -> tuple[list[FrameRef], tuple[float, ...] | None]:
     """Slices held by one instance, with positions (LPS) and scaling, and the orientation."""
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if not 1 <= n_frames <= MAX_FRAMES:
+        raise DicomSeriesError(f"'{path}' declares {n_frames} frames; expected 1 to {MAX_FRAMES}.")
+    _check_pixel_length(ds, path, n_frames)
     if "PerFrameFunctionalGroupsSequence" in ds:
         return _enhanced_frame_refs(ds, path, n_frames)
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
@@ -254,6 +296,29 @@ def _frame_refs(ds: Dataset, path: Path) -> tuple[list[FrameRef], tuple[float, .
         return [FrameRef(path, f, tuple(np.asarray(position) + f * spacing * normal), slope, inter)  # type: ignore[arg-type]
                 for f in range(n_frames)], orientation
     return [FrameRef(path, None, position, slope, inter)], orientation
+
+
+#: Most frames accepted in one instance (a 3D head needs a few hundred).
+MAX_FRAMES = 16384
+
+
+def _check_pixel_length(ds: Dataset, path: Path, n_frames: int) -> None:
+    """Refuse native pixel data shorter than Rows x Columns x frames need (known without reading it)."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if "PixelData" not in ds or (syntax is not None and syntax.is_transfer_syntax and syntax.is_encapsulated):
+        return
+    length = getattr(ds.get_item("PixelData"), "length", None)
+    if length is None:
+        length = len(ds.PixelData or b"")
+    if length == 0xFFFFFFFF:
+        return
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    need = -(-int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) * n_frames * samples
+             * int(ds.get("BitsAllocated", 0) or 0) // 8)
+    if need > length:
+        raise DicomSeriesError(
+            f"'{path}' holds {length} bytes of pixel data but its Rows, Columns, frames and BitsAllocated need {need}."
+        )
 
 
 def _enhanced_frame_refs(ds: Dataset, path: Path, n_frames: int) -> tuple[list[FrameRef], tuple[float, ...] | None]:
@@ -901,8 +966,9 @@ def _anonymize_chunk(
     for index, file in enumerate(files, start=first):
         try:
             ds = dcmread_any(file)
-        except InvalidDicomError:
-            results.append((index, None, unreadable_reason(file)))
+        except InvalidDicomError as err:
+            text = str(err)
+            results.append((index, None, text if text.startswith("damaged") else unreadable_reason(file)))
             continue
         except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             results.append((index, None, f"damaged or truncated DICOM file ({type(err).__name__})"))
