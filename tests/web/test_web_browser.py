@@ -50,6 +50,10 @@ def canvas_colours(page: Any, canvas: str, accept: Callable[[dict[str, int]], bo
             return colours
 
 
+def window_volumes(page: Any, viewer: str) -> int:
+    return int(page.evaluate(f"() => window.defacerViewers['{viewer}'].volumes.length"))
+
+
 def work_files(server: Server) -> list[Path]:
     return [p for p in server.work_dir.rglob("*") if p.is_file()]
 
@@ -62,6 +66,9 @@ def test_phantom_goes_from_upload_to_checked_download_using_the_keyboard(page: A
     from defacer.io import load_volume
 
     assert page.locator("#limit").inner_text().endswith("GB")
+    # Issue 13: no empty progress bar before anything started (.progress-row's flex overrode `hidden`).
+    expect(page.locator("#upload-progress-row")).to_be_hidden()
+    expect(page.locator("#deface-progress-row")).to_be_hidden()
     shot(page, "01-start.png")
     page.set_input_files("#scan-input", str(phantom_files.scan))
     page.set_input_files("#labels-input", str(phantom_files.labels))
@@ -69,6 +76,9 @@ def test_phantom_goes_from_upload_to_checked_download_using_the_keyboard(page: A
     page.locator("#upload-button").focus()
     page.keyboard.press("Enter")
     expect(page.locator("#upload-stage")).to_contain_text("Ready", timeout=TIMEOUT_MS)
+    # "Ready" comes when both the detection and the viewer are done: the bar is full only then.
+    assert page.locator("#upload-progress").evaluate("(e) => e.value") == 1
+    assert window_volumes(page, "view-before") == 2
     expect(page.locator("#scan-info")).to_contain_text("100 × 120 × 120 voxels")
     expect(page.locator("#feature-rows")).to_contain_text("2 regions")
     def all_shown(counts: dict[str, int]) -> bool:
@@ -100,9 +110,36 @@ def test_phantom_goes_from_upload_to_checked_download_using_the_keyboard(page: A
     # The phantom is no face to the detectors: the check is inconclusive, never a green pass (issue 13).
     assert verdict.startswith(("INCONCLUSIVE", "Verification unavailable", "Verification could not")), verdict
     expect(page.locator("#changed")).to_contain_text("Voxels changed: eyes")
-    expect(page.locator("#download-scan")).to_be_focused()
+    expect(page.locator("#download-scan")).to_be_focused(timeout=TIMEOUT_MS)
     page.wait_for_timeout(600)
     shot(page, "04-defaced.png")
+
+    # Issue 13: the after viewer shows the result without an overlay; its own control turns the overlay on.
+    assert page.locator("#overlay-after").input_value() == "0"
+    assert page.locator("#overlay-before").input_value() == "0.6"
+    quiet = canvas_colours(page, "#view-after", lambda c: sum(c.values()) < 30, timeout_s=10)
+    assert sum(quiet.values()) < 30, f"overlay colours on the after viewer by default: {quiet}"
+    page.locator("#overlay-after").fill("1")
+    page.locator("#overlay-after").dispatch_event("input")
+    shown = canvas_colours(page, "#view-after", lambda c: sum(c.values()) > 100)
+    assert sum(shown.values()) > 100, f"the after overlay control shows nothing: {shown}"
+    before_shown = canvas_colours(page, "#view-before", lambda c: sum(c.values()) > 100)
+    assert sum(before_shown.values()) > 100, "the before viewer keeps its own overlay"
+    page.locator("#overlay-after").fill("0")
+    page.locator("#overlay-after").dispatch_event("input")
+    # Flicker: key F shows the original in the after viewer, F again the defaced scan.
+    page.locator("#after-figure .canvas-box").focus()
+    page.keyboard.press("f")
+    expect(page.locator("#after-caption-state")).to_contain_text("ORIGINAL", timeout=TIMEOUT_MS)
+    expect(page.locator("#flicker-button")).to_have_attribute("aria-pressed", "true")
+    page.locator("#flicker-button").click()
+    expect(page.locator("#after-caption-state")).to_contain_text("defaced", timeout=TIMEOUT_MS)
+    # The face-front 3D preset.
+    page.locator("#view-mode").select_option("face")
+    page.wait_for_timeout(500)
+    shot(page, "04b-face-front.png")
+    page.locator("#view-mode").select_option("multi")
+    page.locator("#download-scan").focus()
 
     with page.expect_download() as scan_info:
         page.keyboard.press("Enter")
@@ -126,6 +163,7 @@ def test_phantom_goes_from_upload_to_checked_download_using_the_keyboard(page: A
     page.locator("#finish-button").click()
     expect(page.locator("#chosen")).to_contain_text("deleted from the server")
     assert work_files(server) == []
+    expect(page.locator("#upload-progress-row")).to_be_hidden()  # "Ready: check…" no longer stays after Finish
     shot(page, "05-finished.png")
 
 

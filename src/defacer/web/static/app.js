@@ -172,6 +172,7 @@ function keyMove(nv, e) {
 }
 
 async function showScan(url) {
+  state.scanViewUrl = url;
   const nv = await makeViewer("view-before");
   await nv.loadVolumes([{ url, name: "scan.nii.gz" }]);
   setupWindow(nv.volumes[0]);
@@ -198,11 +199,19 @@ function applyWindow() {
 $("window-low").addEventListener("input", applyWindow);
 $("window-high").addEventListener("input", applyWindow);
 
+//: 3D view angles: the default looks at the face slightly from the right; "face" straight from the front.
+const VIEW_ANGLES = { default: [160, 15], face: [180, 0] };
+
 function applyViewMode() {
   const mode = $("view-mode").value;
   const types = { multi: SLICE_TYPE.MULTIPLANAR, axial: SLICE_TYPE.AXIAL, coronal: SLICE_TYPE.CORONAL,
-    sagittal: SLICE_TYPE.SAGITTAL, render: SLICE_TYPE.RENDER };
-  for (const nv of Object.values(state.viewers)) nv.setSliceType(types[mode]);
+    sagittal: SLICE_TYPE.SAGITTAL, render: SLICE_TYPE.RENDER, face: SLICE_TYPE.RENDER };
+  const [azimuth, elevation] = VIEW_ANGLES[mode === "face" ? "face" : "default"];
+  for (const nv of Object.values(state.viewers)) {
+    nv.setSliceType(types[mode]);
+    if (mode === "face" || nv.defacerPreset === "face") nv.setRenderAzimuthElevation(azimuth, elevation);
+    nv.defacerPreset = mode === "face" ? "face" : "";
+  }
 }
 $("view-mode").addEventListener("change", applyViewMode);
 
@@ -210,23 +219,57 @@ function enabledFeatures() {
   return state.features.filter((name) => $(`feature-${name}`) && $(`feature-${name}`).checked);
 }
 
+// One overlay control per viewer: the features on the original (shown), the changed voxels on the defaced
+// scan (hidden by default, so that the result itself is what one sees).
+const OVERLAY_CONTROL = { "view-before": "overlay-before", "view-after": "overlay-after" };
+
 function applyOverlay() {
-  const alpha = Math.round(Number($("overlay-opacity").value) * 255);
   for (const [id, nv] of Object.entries(state.viewers)) {
-    if (nv.volumes.length < 2) continue;
+    const overlay = nv.volumes.find((v) => v.name === "labels.nii.gz" || v.name === "mask.nii.gz");
+    if (!overlay) continue;
+    const alpha = Math.round(Number($(OVERLAY_CONTROL[id]).value) * 255);
     const enabled = id === "view-before" ? enabledFeatures() : ["eyes", "nose", "ears"];
-    nv.volumes[1].setColormapLabel(labelColormap(enabled, alpha));
+    overlay.setColormapLabel(labelColormap(enabled, alpha));
     nv.updateGLVolume();
   }
 }
-$("overlay-opacity").addEventListener("input", applyOverlay);
+$("overlay-before").addEventListener("input", applyOverlay);
+$("overlay-after").addEventListener("input", applyOverlay);
 
 async function addOverlay(nv, url, name) {
   while (nv.volumes.length > 1) nv.removeVolumeByIndex(1);
   const overlay = await nv.addVolumeFromUrl({ url, name });
-  overlay.setColormapLabel(labelColormap(["eyes", "nose", "ears"], 150));
+  overlay.setColormapLabel(labelColormap(["eyes", "nose", "ears"], 0));
   applyOverlay();
 }
+
+// Flicker: the after viewer shows the original instead of the defaced scan while flipped (button or key F).
+async function setFlipped(flipped) {
+  const nv = state.viewers["view-after"];
+  if (!nv || !nv.volumes.length || !state.viewUrls) return;
+  const button = $("flicker-button");
+  button.setAttribute("aria-pressed", String(flipped));
+  button.textContent = flipped ? "Flip to defaced (F)" : "Flip to original (F)";
+  $("after-caption-state").textContent = flipped ? "showing the ORIGINAL" : "showing the defaced scan";
+  const base = nv.volumes[0];
+  const url = flipped ? state.viewUrls.original : state.viewUrls.defaced;
+  if (base.defacerUrl === url) return;
+  const overlays = nv.volumes.slice(1).map((v) => v.name);
+  await nv.loadVolumes([{ url, name: flipped ? "scan.nii.gz" : "defaced.nii.gz" }]);
+  nv.volumes[0].defacerUrl = url;
+  if (overlays.includes("mask.nii.gz")) await addOverlay(nv, state.viewUrls.mask, "mask.nii.gz");
+  applyWindow();
+}
+$("flicker-button").addEventListener("click", () =>
+  setFlipped($("flicker-button").getAttribute("aria-pressed") !== "true"));
+document.addEventListener("keydown", (e) => {
+  if ((e.key === "f" || e.key === "F") && !e.ctrlKey && !e.metaKey && !e.altKey &&
+      !["INPUT", "SELECT", "TEXTAREA"].includes((e.target && e.target.tagName) || "") &&
+      !$("after-figure").hidden) {
+    e.preventDefault();
+    setFlipped($("flicker-button").getAttribute("aria-pressed") !== "true");
+  }
+});
 
 // ---------- steps ----------
 function setBusy(busy) {
@@ -291,8 +334,17 @@ async function uploadAndDetect() {
     $("scan-info").textContent = `${info.name}: ${info.format.toUpperCase()}, ${info.shape.join(" × ")} voxels of ` +
       `${info.spacing_mm.join(" × ")} mm, orientation ${info.axcodes}.`;
     $("step-review").hidden = false;
-    progress(...row, 0.9, "Finding the eyes, nose and ears…");
-    const detecting = api(`/api/sessions/${state.session}/detect`, { method: "POST" });  // runs while the viewer loads
+    // Detection (server) and drawing the scan (browser) run at once; the bar says which is still going.
+    const pending = new Set(["detect", "view"]);
+    const say = () => {
+      const fraction = 0.9 + 0.1 * (2 - pending.size) / 2;
+      const text = pending.has("detect") && pending.has("view") ? "Finding the eyes, nose and ears; drawing the scan…"
+        : pending.has("detect") ? "Finding the eyes, nose and ears…" : "Features found; drawing the scan in the viewer…";
+      progress(...row, fraction, text);
+    };
+    say();
+    const detecting = api(`/api/sessions/${state.session}/detect`, { method: "POST" })
+      .then((d) => { pending.delete("detect"); say(); return d; });
     detecting.catch(() => {});  // handled below
     try {
       await showScan(info.view);
@@ -300,6 +352,8 @@ async function uploadAndDetect() {
       $("viewer-status").textContent = "The viewer cannot show this scan in this browser (it needs WebGL2). " +
         "Defacing and downloads still work.";
     }
+    pending.delete("view");
+    if (pending.size) say();
     const detection = await detecting;
     showDetection(detection);
     if (state.viewers["view-before"] && state.viewers["view-before"].volumes.length) {
@@ -341,7 +395,10 @@ function showDetection(detection) {
     tr.append(td1, td2, td3);
     rows.append(tr);
   }
-  $("detector-name").textContent = `Found by: ${detection.detector}.`;
+  const fromLabels = String(detection.detector).startsWith("the uploaded label map");
+  $("detector-name").textContent = fromLabels ? "Taken from your label map (details)"
+    : "Found automatically by defacer's detector (details)";
+  $("detector-technical").textContent = `Technical name: ${detection.detector}.`;
   fillList("detect-warnings", detection.warnings || []);
 }
 
@@ -361,8 +418,11 @@ async function deface() {
     let job = await api(`/api/sessions/${state.session}/deface`, {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ features, seed: 0 }),
     });
+    const started = Date.now();
     while (job.state === "queued" || job.state === "running") {
-      progress(...row, job.progress, `${job.stage}…`);
+      // A queue wait shorter than a second is not news: say "Starting" rather than flash "Waiting for a worker".
+      const stage = job.state === "queued" && Date.now() - started < 1500 ? "Starting" : job.stage;
+      progress(...row, job.progress, `${stage}…`);
       await new Promise((resolve) => setTimeout(resolve, 400));
       job = await api(`/api/sessions/${state.session}/job`);
     }
@@ -397,10 +457,19 @@ async function showResult(result) {
     li.append(a); list.append(li);
   }
   $("after-figure").hidden = false;
+  state.viewUrls = {
+    original: state.scanViewUrl,
+    defaced: `/api/sessions/${state.session}/view/defaced.nii.gz`,
+    mask: `/api/sessions/${state.session}/view/mask.nii.gz`,
+  };
+  $("flicker-button").setAttribute("aria-pressed", "false");
+  $("flicker-button").textContent = "Flip to original (F)";
+  $("after-caption-state").textContent = "showing the defaced scan";
   try {
     const nv = await makeViewer("view-after");
-    await nv.loadVolumes([{ url: `/api/sessions/${state.session}/view/defaced.nii.gz`, name: "defaced.nii.gz" }]);
-    await addOverlay(nv, `/api/sessions/${state.session}/view/mask.nii.gz`, "mask.nii.gz");
+    await nv.loadVolumes([{ url: state.viewUrls.defaced, name: "defaced.nii.gz" }]);
+    nv.volumes[0].defacerUrl = state.viewUrls.defaced;
+    await addOverlay(nv, state.viewUrls.mask, "mask.nii.gz");
     applyWindow(); applyViewMode();
     const before = state.viewers["view-before"];
     if (before && before.broadcastTo) before.broadcastTo([nv], { "2d": true, "3d": true });
@@ -423,6 +492,7 @@ function showVerification(v) {
   const body = scores.querySelector("tbody");
   body.replaceChildren();
   scores.hidden = true;
+  $("verdict-rule-box").hidden = true;
   $("report-link").hidden = true;
   verdict.className = "verdict";
   if (!v || !v.available) {
@@ -453,16 +523,17 @@ function showVerification(v) {
     ["Face found in renders of the original", yesNo(s.face_found_before)],
     ["Face found in renders of the defaced scan", yesNo(s.face_found_after)],
     ["Brain region untouched", yesNo(s.brain_untouched)],
-    ["Identity distance, original vs defaced (dlib)", identity],
-    ["Rule", s.rule || ""],
+    ["Identity distance, original vs defaced (dlib; 0 is the same picture, renders of two different people " +
+     "are typically 0.3 to 0.6)", identity],
   ];
   for (const [key, value] of rows) {
     const tr = document.createElement("tr");
     const th = document.createElement("th"); th.scope = "row"; th.textContent = key;
     const td = document.createElement("td"); td.textContent = String(value);
-    if (key === "Rule") td.className = "hint";
     tr.append(th, td); body.append(tr);
   }
+  $("verdict-rule").textContent = s.rule || "";
+  $("verdict-rule-box").hidden = !s.rule;
   scores.hidden = false;
   if (v.report) {
     $("report-link").href = `/api/sessions/${state.session}/report`;
@@ -476,6 +547,8 @@ window.defacerShowVerification = showVerification;
 function resetResults() {
   $("step-result").hidden = true;
   $("after-figure").hidden = true;
+  $("overlay-after").value = "0";
+  state.viewUrls = null;
   $("deface-progress-row").hidden = true;
   const after = state.viewers["view-after"];
   if (after) while (after.volumes.length) after.removeVolumeByIndex(0);
