@@ -35,6 +35,10 @@ FEATURES: tuple[str, ...] = ("eyes", "nose", "ears")
 #: Map from feature name to its label value.
 FEATURE_LABELS: dict[str, Label] = {"eyes": Label.EYES, "nose": Label.NOSE, "ears": Label.EARS}
 
+#: One colour per feature (RGB), the same in the web viewer (``app.js``), the report and the slices.
+FEATURE_COLOURS: dict[str, tuple[int, int, int]] = {"eyes": (230, 40, 40), "nose": (40, 200, 60),
+                                                    "ears": (40, 120, 255)}
+
 #: Number of classes the detector predicts, background included.
 NUM_CLASSES = 4
 

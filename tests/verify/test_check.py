@@ -36,8 +36,9 @@ def test_changed_voxels_are_counted_per_feature_and_in_the_brain(phantom, deface
     voxels = result.summary["voxels"]
     changed = phantom.volume.raw != defaced_phantom.raw
     assert voxels["total"] == int(changed.sum())
-    assert voxels["features"]["nose"]["changed"] == int((changed & (phantom.labels == 2)).sum()) > 0
-    assert voxels["features"]["ears"]["changed"] == 0
+    inside = voxels["inside_detected_region"]
+    assert inside["nose"]["changed"] == int((changed & (phantom.labels == 2)).sum()) > 0
+    assert inside["ears"]["changed"] == 0
     assert voxels["brain"] == {"kind": "mask", "voxels": int(phantom.brain.sum()), "changed": 0, "changed_fraction": 0.0}
     assert result.summary["brain_untouched"]
 

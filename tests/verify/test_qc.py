@@ -144,3 +144,35 @@ def test_the_gallery_of_500_scans_is_paged_and_loads_pictures_lazily() -> None:
     # Failing scans first, then inconclusive, then passing.
     assert page.index('class="row-FAIL"') < page.index('class="row-INCONCLUSIVE"') < page.index('class="row-PASS"')
     assert "ORIGINAL" not in page and "original</b> faces" not in page
+
+
+def test_one_definition_of_changed_voxels_and_one_colour_per_feature(tmp_path, monkeypatch) -> None:
+    """Issue 13: the report counted voxels inside the labels (plus 'outside_labels'), the page and CLI those
+    changed by each distortion; the viewer drew the nose green, the report cyan."""
+    pytest.importorskip("PIL")
+    import numpy as np
+
+    from defacer.labels import FEATURE_COLOURS
+    from defacer.verify import check, identity
+    from defacer.verify.faces import DetectorResult
+    from defacer.verify.slices import COLOURS
+
+    phantom = make_phantom(3.0)
+    raw = phantom.volume.raw.copy()
+    raw[phantom.labels == 2] = raw.min()
+    by_distortion = {"eyes": 0, "nose": int((phantom.labels == 2).sum()), "ears": 0}
+    monkeypatch.setattr(check, "detect_renders",
+                        lambda renders: {v: {"s": DetectorResult("s", 0.5, None, None, False)} for v in renders})
+    monkeypatch.setattr(identity, "embed", lambda image, box: np.zeros(128))
+    result = check.verify_pair(phantom.volume, phantom.volume.with_raw(raw), tmp_path, labels=phantom.labels,
+                               provenance={"voxels_changed": by_distortion})
+    voxels = result.summary["voxels"]
+    assert voxels["by_feature"] == by_distortion and sum(by_distortion.values()) == voxels["total"]
+    text = result.report_path.read_text()
+    assert f"{by_distortion['nose']:,}" in text and "outside_labels" not in text
+    assert "changed by its distortion" in text
+    assert {k: COLOURS[k] for k in FEATURE_COLOURS} == FEATURE_COLOURS
+    js = (Path(__file__).parents[2] / "src/defacer/web/static/app.js").read_text()
+    line = next(row for row in js.splitlines() if row.startswith("const FEATURE_COLOURS"))
+    for name, (r, g, b) in FEATURE_COLOURS.items():
+        assert f"{name}: [{r}, {g}, {b}]" in line, line

@@ -151,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
     )
     changed = provenance["voxels_changed"]
     print(f"Defaced {args.input} -> {args.output}")
-    print("  voxels changed: " + ", ".join(f"{k} {v}" for k, v in changed.items()) +
+    print(f"  voxels changed: {sum(changed.values()):,} (by each feature's distortion: "
+          + ", ".join(f"{k} {v:,}" for k, v in changed.items()) + ")" +
           f"; inside the protected region: {provenance['protection']['changed_inside_protected']}")
     for warning in provenance.get("warnings", []):
         print(f"  warning: {warning}")

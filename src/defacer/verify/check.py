@@ -183,14 +183,32 @@ def brain_proxy_changes(scene: Scene, volume: Volume, changed_idx: npt.NDArray[n
             "changed_fraction": inside / proxy_voxels if proxy_voxels else 0.0}
 
 
+#: The one definition of "changed voxels" used in the page, the CLI, the sidecar and the report.
+CHANGED_VOXELS_DEFINITION = (
+    "Changed voxels: voxels whose stored value differs from the original's. Per feature: those changed by that "
+    "feature's distortion (the skin band over each eye, the nose box, each whole auricle), which reaches beyond "
+    "the detected feature itself; the per-feature numbers add up to the total."
+)
+
+
 def voxel_changes(original: Volume, defaced: Volume, labels: npt.NDArray[Any] | None,
-                  brain: npt.NDArray[Any] | None, scene: Scene) -> tuple[dict[str, Any], npt.NDArray[np.bool_]]:
-    """Changed-voxel counts: total, per feature label, outside all labels, and in the brain region."""
+                  brain: npt.NDArray[Any] | None, scene: Scene,
+                  by_distortion: dict[str, int] | None = None) -> tuple[dict[str, Any], npt.NDArray[np.bool_]]:
+    """Changed-voxel counts (:data:`CHANGED_VOXELS_DEFINITION`): total, per feature, in the brain region.
+
+    ``by_distortion`` is the provenance's ``voxels_changed`` (per feature, the voxels its
+    distortion changed): the per-feature figures shown everywhere.  With a label map, the
+    changed voxels inside each detected feature region are kept as a technical detail
+    (``inside_detected_region``).
+    """
     changed = original.raw != defaced.raw
     changed_idx = np.argwhere(changed)
     voxel_mm3 = float(abs(np.linalg.det(original.affine[:3, :3])))
     stats: dict[str, Any] = {"total": len(changed_idx), "voxel_mm3": round(voxel_mm3, 4),
-                             "fraction_of_scan": len(changed_idx) / changed.size}
+                             "fraction_of_scan": len(changed_idx) / changed.size,
+                             "definition": CHANGED_VOXELS_DEFINITION}
+    if by_distortion:
+        stats["by_feature"] = {name: int(by_distortion.get(name, 0)) for name in FEATURE_LABELS}
     if labels is not None:
         per: dict[str, Any] = {}
         for name, value in FEATURE_LABELS.items():
@@ -198,8 +216,8 @@ def voxel_changes(original: Volume, defaced: Volume, labels: npt.NDArray[Any] | 
             size = int(region.sum())
             hit = int((changed & region).sum())
             per[name] = {"labelled": size, "changed": hit, "changed_fraction": hit / size if size else 0.0}
-        per["outside_labels"] = {"changed": int((changed & (labels == 0)).sum())}
-        stats["features"] = per
+        per["outside_detected_regions"] = {"changed": int((changed & (labels == 0)).sum())}
+        stats["inside_detected_region"] = per
     if brain is not None:
         mask = brain.astype(bool)
         hit = int((changed & mask).sum())
@@ -291,7 +309,9 @@ def verify_pair(
     timings["identity_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    changes, changed = voxel_changes(original, defaced, label_arr, brain_arr, scene)
+    by_distortion = (provenance or {}).get("voxels_changed")
+    changes, changed = voxel_changes(original, defaced, label_arr, brain_arr, scene,
+                                     by_distortion if isinstance(by_distortion, dict) else None)
     timings["voxels_s"] = time.perf_counter() - t0
 
     found_before = _any_detected(det_before)

@@ -82,20 +82,39 @@ def _detector_table(summary: dict[str, Any]) -> str:
 
 
 def _voxel_table(voxels: dict[str, Any]) -> str:
-    rows = [(f'<tr><td class="l">whole scan</td><td>&ndash;</td><td>{voxels["total"]}</td>'
-            f'<td>{voxels["fraction_of_scan"] * 100:.3f}%</td></tr>')]
-    for name, v in voxels.get("features", {}).items():
-        labelled = v.get("labelled")
-        frac = f'{v["changed_fraction"] * 100:.1f}%' if labelled else "&ndash;"
-        rows.append(f'<tr><td class="l">{html.escape(name)}</td><td>{_fmt(labelled)}</td>'
-                    f'<td>{v["changed"]}</td><td>{frac}</td></tr>')
+    """Changed voxels: the whole scan, per feature (changed by its distortion), the brain region.
+
+    One definition everywhere (:data:`defacer.verify.check.CHANGED_VOXELS_DEFINITION`); the
+    overlap with each detected feature region is one click away.
+    """
+    rows = [(f'<tr><td class="l">whole scan</td><td>{voxels["total"]:,}</td>'
+             f'<td>{voxels["fraction_of_scan"] * 100:.3f}% of the scan</td></tr>')]
+    for name, count in voxels.get("by_feature", {}).items():
+        r, g, b = COLOURS.get(name, (128, 128, 128))
+        rows.append(f'<tr><td class="l"><span style="color:rgb({r},{g},{b})">&#9632;</span> {html.escape(name)}</td>'
+                    f'<td>{count:,}</td><td>changed by its distortion</td></tr>')
     brain = voxels["brain"]
-    kind = "brain mask" if brain["kind"] == "mask" else "brain proxy (estimated)"
+    kind = "brain (mask given)" if brain["kind"] == "mask" else "brain (estimated region)"
     cls = "ok" if brain["changed"] == 0 else "hit"
-    rows.append(f'<tr><td class="l">{kind}</td><td>{brain["voxels"]}</td><td class="{cls}">{brain["changed"]}</td>'
-                f'<td>{brain["changed_fraction"] * 100:.3f}%</td></tr>')
-    return ('<table><tr><th class="l">region</th><th>voxels</th><th>changed</th><th>changed %</th></tr>'
-            + "".join(rows) + "</table>")
+    rows.append(f'<tr><td class="l">{kind}</td><td class="{cls}">{brain["changed"]:,}</td>'
+                f'<td>{brain["changed_fraction"] * 100:.3f}% of its {brain["voxels"]:,} voxels</td></tr>')
+    table = ('<table><tr><th class="l">where</th><th>changed voxels</th><th class="l">note</th></tr>'
+             + "".join(rows) + "</table>")
+    definition = html.escape(voxels.get("definition", ""))
+    detail = ""
+    inside = voxels.get("inside_detected_region") or voxels.get("features")
+    if inside:
+        cells = []
+        for name, v in inside.items():
+            label = ("outside every detected region" if name.startswith("outside")
+                     else f"inside the detected {name} region")
+            size = f' of {v["labelled"]:,}' if v.get("labelled") else ""
+            cells.append(f'<tr><td class="l">{html.escape(label)}</td><td>{v["changed"]:,}{size}</td></tr>')
+        detail = ('<details><summary>Changed voxels inside and outside the detected regions</summary>'
+                  '<p class="rule">The distortions deliberately reach beyond the detected voxels (a skin band '
+                  'over each eye, a box around the nose, each whole auricle), so many changed voxels lie outside '
+                  'the detected regions; that is expected.</p><table>' + "".join(cells) + "</table></details>")
+    return table + f'<p class="rule">{definition}</p>' + detail
 
 
 def _render_pairs(before: dict[str, Rendering], after: dict[str, Rendering], after_only: bool = False) -> str:

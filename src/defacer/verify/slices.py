@@ -13,16 +13,11 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from defacer.labels import FEATURE_LABELS
+from defacer.labels import FEATURE_COLOURS, FEATURE_LABELS
 from defacer.volume import Volume, canonical_reorientation
 
 #: Outline colours (RGB) per feature.
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "eyes": (255, 64, 64),
-    "nose": (64, 200, 255),
-    "ears": (255, 200, 0),
-    "changed": (255, 0, 255),
-}
+COLOURS: dict[str, tuple[int, int, int]] = {**FEATURE_COLOURS, "changed": (255, 0, 255)}
 
 
 @dataclass(frozen=True)
