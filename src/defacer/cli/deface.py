@@ -83,7 +83,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
             "format, grid, data type and header; every other voxel is bit-identical. A provenance sidecar "
             "OUT-stem.defacer.json is written beside the output."
         ),
-        epilog="Examples:\n  defacer deface sub-01_T1w.nii.gz sub-01_T1w_defaced.nii.gz\n"
+        usage="%(prog)s [options] input [output]",
+        epilog="Examples:\n  defacer deface sub-01_T1w.nii.gz          (writes sub-01_T1w_defaced.nii.gz beside it)\n"
+               "  defacer deface sub-01_T1w.nii.gz sub-01_T1w_defaced.nii.gz\n"
                "  defacer deface head.nrrd head_defaced.nrrd --features eyes,nose --save-mask mask.nrrd\n"
                "  defacer deface dicom_in/ dicom_out/\n\n"
                "Exit status:\n  0  defaced (and verified, with --verify)\n"
@@ -95,7 +97,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("input", type=Path, help="scan to deface: .nii, .nii.gz, .nrrd, .nhdr, .mgz, .mgh, or a DICOM folder")
-    parser.add_argument("output", type=Path, help="defaced output, same format as the input (a folder for DICOM)")
+    parser.add_argument("output", type=Path, nargs="?", default=None,
+                        help="defaced output, same format as the input (a folder for DICOM); default: "
+                             "<stem>_defaced<ext> beside the input (a DICOM folder: <folder>_defaced/)")
     add_common_arguments(parser)
     parser.add_argument("--save-mask", metavar="FILE", type=Path, help="also write the detected label map here")
     parser.add_argument("--verify", action="store_true",
@@ -129,10 +133,24 @@ def options_from_args(args: argparse.Namespace) -> DefaceOptions:
         raise DefacerError(str(err)) from err
 
 
+def default_output(input_path: Path) -> Path:
+    """``<stem>_defaced<ext>`` beside the input; for a folder (DICOM series) ``<folder>_defaced``."""
+    path = Path(input_path)
+    if path.is_dir():
+        return path.with_name(path.name + "_defaced")
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mgz", ".mgh", ".dcm"):
+        if name.lower().endswith(suffix):
+            return path.with_name(name[: -len(suffix)] + "_defaced" + name[-len(suffix):])
+    return path.with_name(name + "_defaced")
+
+
 def run(args: argparse.Namespace) -> int:
     from defacer.io import format_of
     from defacer.pipeline import deface_file, load_detector
 
+    if args.output is None:
+        args.output = default_output(args.input)
     options = options_from_args(args)
     if not getattr(args, "what_if", False):
         check_planned_outputs(args)
