@@ -393,8 +393,10 @@ def distort_nose(image: npt.NDArray[np.floating], box: Box, head: HeadModel, *, 
 
 #: How far from the detected ear's centroid the auricle is looked for, in mm.
 EAR_RADIUS_MM = 40.0
-#: Radius of the ball whose opening of the head delimits the auricle, in mm (thinner parts stand out).
-EAR_OPENING_MM = 6.0
+#: Radius of the ball whose opening of the head delimits the auricle, in mm (thinner parts stand out).  The
+#: opening runs on a grid of EAR_GRID_MM where any tissue in a cell fills it, which thickens thin parts by up
+#: to a cell: 8 mm there is about 6 mm at full resolution (6 mm left a third of one auricle on a 1 mm head).
+EAR_OPENING_MM = 8.0
 #: Grid step on which the auricle is delimited, in mm.
 EAR_GRID_MM = 2.0
 #: The auricle is looked for only lateral of the detected centroid minus this margin, in mm.
