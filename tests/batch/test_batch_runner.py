@@ -277,3 +277,31 @@ def test_batch_qc_after_only_writes_no_picture_of_an_original(
     assert "before" not in summary.records[0].verify["pictures"].__repr__()
     assert "ORIGINAL" not in (qc / "README.txt").read_text()
     assert "_before" not in (qc / "index.html").read_text()
+
+
+def test_a_resume_that_changes_nothing_keeps_the_summary(tmp_path: Path,
+                                                         bids_template: tuple[Path, Path, list[str]]) -> None:
+    """Issue 13: a resume with nothing to do rewrote summary.html as 'skipped, 0.0 s'."""
+    ds, labels, relpaths = bids_template
+    config = BatchConfig(in_root=ds, out_root=tmp_path / "out", labels_dir=labels, include=[relpaths[0]], quiet=True)
+    first = run_batch(config)
+    assert first.counts.done == 1
+    page = first.html_path.read_text()
+    stamp = first.html_path.stat().st_mtime_ns
+    again = run_batch(config)
+    assert again.counts.skipped == 1 and again.counts.done == 0
+    assert again.html_path == first.html_path
+    assert again.html_path.read_text() == page and again.html_path.stat().st_mtime_ns == stamp
+
+
+def test_progress_names_the_scan(tmp_path: Path) -> None:
+    """Issue 13: the progress bar did not say which scan it was on."""
+    import io
+
+    from defacer.batch.manifest import DONE, ScanRecord
+    from defacer.batch.summary import Progress
+
+    stream = io.StringIO()
+    with Progress(2, stream=stream) as progress:
+        progress.advance(ScanRecord(key="sub-07/anat/sub-07_T1w.nii.gz", status=DONE))
+    assert "sub-07/anat/sub-07_T1w.nii.gz" in stream.getvalue()

@@ -437,10 +437,14 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
             remove_stale_temporaries(layout.out_root)  # from workers stopped mid-scan
             manifest.compact()
             wall_s = time.perf_counter() - start
-            html_path = write_html(records, layout.state_dir / "summary.html", out_root=layout.out_root,
-                                   title=f"defacer batch: {discovery.root.name}", wall_s=wall_s,
-                                   qc_root=layout.qc_dir)
-            if config.verify:
+            html_path = layout.state_dir / "summary.html"
+            # A resume that has nothing to do keeps the summary of the run that did the work.
+            unchanged = not tasks and html_path.is_file()
+            if not unchanged:
+                html_path = write_html(records, html_path, out_root=layout.out_root,
+                                       title=f"defacer batch: {discovery.root.name}", wall_s=wall_s,
+                                       qc_root=layout.qc_dir)
+            if config.verify and not (unchanged and (layout.qc_dir / "index.html").is_file()):
                 write_qc_gallery(records, layout.qc_dir, title=f"defacer QC: {discovery.root.name}",
                                  after_only=config.qc_after_only)
     summary = BatchSummary(records=sorted(records, key=lambda r: r.key), counts=count(records), wall_s=wall_s,

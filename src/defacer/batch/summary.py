@@ -109,11 +109,11 @@ class Progress(AbstractContextManager["Progress"]):
         self._bar = RichProgress(
             TextColumn("[bold]defacing"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"), TextColumn("[red]{task.fields[failed]}"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[last]}"),
             console=Console(file=self.stream), transient=False,
         )
         self._bar.__enter__()
-        self._task = self._bar.add_task("defacing", total=self.total, rate="", failed="")
+        self._task = self._bar.add_task("defacing", total=self.total, rate="", failed="", last="")
         return self
 
     def advance(self, record: ScanRecord) -> None:
@@ -132,13 +132,20 @@ class Progress(AbstractContextManager["Progress"]):
         elapsed = self._bar.tasks[0].elapsed or 0.0
         rate = f"{60.0 * self._done / elapsed:.1f} scans/min" if elapsed > 0 else ""
         failed = f"{self.failed} failed" if self.failed else ""
-        self._bar.update(self._task, advance=1, rate=rate, failed=failed)
+        self._bar.update(self._task, advance=1, rate=rate, failed=failed, last=_last_scan(record))
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if self._bar is not None:
             self._bar.__exit__(exc_type, exc, tb)
+
+
+def _last_scan(record: ScanRecord, width: int = 60) -> str:
+    """``last: <scan> <status>`` for the progress bar, the scan's path shortened from the left."""
+    key = record.key if len(record.key) <= width else "…" + record.key[-(width - 1):]
+    verdict = verdict_of(record)
+    return f"last: {key} {record.status}" + (f" ({verdict})" if verdict else "")
 
 
 def print_table(records: Sequence[ScanRecord], *, wall_s: float, stream: TextIO | None = None,
