@@ -73,6 +73,37 @@ class Volume:
             out += dtype_cast(self.inter, dtype)
         return out
 
+    @classmethod
+    def from_nibabel(cls, image: Any, *, max_voxels: int | None = None) -> Volume:
+        """The volume of a nibabel ``Nifti1Image``, ``Nifti2Image`` or ``MGHImage`` (the image is not modified).
+
+        Stored values and scaling come from the image's array proxy exactly (an image made in
+        memory is stored as :func:`nibabel.save` would store it); the header is copied.  See
+        :func:`defacer.io.in_memory.volume_from_nibabel`, which also applies a voxel limit.
+
+        Raises
+        ------
+        TypeError
+            For another kind of object.
+        InputImageError
+            For an image that is not a usable 3D volume.
+        """
+        from defacer.io.in_memory import volume_from_nibabel
+
+        return volume_from_nibabel(image, max_voxels=max_voxels)
+
+    def to_nibabel(self) -> Any:
+        """This volume as a nibabel image: NIfTI-1/2 (the class it came from) or MGH, same header and stored values.
+
+        Raises
+        ------
+        TypeError
+            For an NRRD or DICOM volume (write those with :func:`defacer.save_volume`).
+        """
+        from defacer.io.in_memory import volume_to_nibabel
+
+        return volume_to_nibabel(self)
+
     def with_raw(self, raw: npt.NDArray[Any]) -> Volume:
         """Return a copy of this volume with other stored values (same grid, dtype, header)."""
         if raw.shape != self.raw.shape or raw.dtype != self.raw.dtype:

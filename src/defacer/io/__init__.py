@@ -181,7 +181,9 @@ def save_volume(volume: Volume, path: PathLike, *, force: bool = False, inputs: 
     Raises
     ------
     OutputError
-        If the output exists without ``force``, is an input, or cannot be written.
+        If the output exists without ``force``, is an input, or cannot be written, or if an
+        NRRD or DICOM volume has no header (a volume made in memory, ``Volume(raw, affine)``, is
+        written as NIfTI or MGH with a fresh header).
     """
     p = Path(path)
     wanted = "dicom" if volume.format == "dicom" else format_of(p)
@@ -189,6 +191,13 @@ def save_volume(volume: Volume, path: PathLike, *, force: bool = False, inputs: 
         raise OutputError(
             f"The output name '{p.name}' means {wanted.upper()}, but the input is {volume.format.upper()}. "
             "defacer writes the input's own format: give the output the same kind of extension as the input."
+        )
+    if volume.header is None and volume.format in ("nrrd", "dicom"):
+        raise OutputError(
+            f"This {volume.format.upper()} volume has no header (it was made in memory, not read from a file), so "
+            f"'{p.name}' cannot be written as {volume.format.upper()}. Build it from a volume read by "
+            "defacer.load_volume (volume.with_raw(new_values)), or write it as NIfTI: "
+            "Volume(raw, affine) is saved with a fresh NIfTI header to a .nii or .nii.gz name."
         )
     targets = output_files(volume, p)
     for target in targets:

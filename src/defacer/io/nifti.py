@@ -123,9 +123,15 @@ def write_nifti(volume: Volume, path: Path) -> None:
 
     The header (including extensions, qform/sform, scl_slope/scl_inter, descriptions) is
     written exactly as read and the stored values follow at ``vox_offset``, so every voxel
-    not deliberately changed is bit-identical to the input.
+    not deliberately changed is bit-identical to the input.  A volume without a header
+    (``Volume(raw, affine)``) gets a fresh one (:func:`defacer.io.in_memory.fresh_nifti_header`).
     """
-    header = volume.header.copy()
+    if volume.header is None:  # a Volume made in memory: a fresh header from its affine and dtype
+        from defacer.io.in_memory import fresh_nifti_header
+
+        header = fresh_nifti_header(volume)
+    else:
+        header = volume.header.copy()
     raw = volume.raw.reshape(volume.extra.get("raw_shape", volume.raw.shape))
     if header.get_data_shape() != raw.shape:
         header.set_data_shape(raw.shape)
@@ -162,5 +168,5 @@ def _open_for_writing(path: Path) -> Iterator[Any]:
 def write_mgh(volume: Volume, path: Path) -> None:
     """Write ``volume`` as MGH/MGZ keeping the input header (voxel sizes, direction cosines, footer)."""
     raw = volume.raw.reshape(volume.extra.get("raw_shape", volume.raw.shape))
-    image = nib.MGHImage(raw, volume.affine, volume.header.copy())
+    image = nib.MGHImage(raw, volume.affine, volume.header.copy() if volume.header is not None else None)
     nib.save(image, str(path))
