@@ -80,6 +80,9 @@ def test_evaluate_scores_every_scan_and_reports_reidentification(tmp_path, capsy
         assert s["seconds"] > 0 and s["peak_rss_mb"] > 0
         assert (tmp_path / "eval" / s["name"] / "verify_report.html").is_file()
     overall = result["overall"]
+    # Phantoms are no faces to the detectors: both inconclusive, counted as such (issue 13).
+    assert (overall["passed"], overall["failed"], overall["inconclusive"]) == (0, 0, 2)
+    assert "inconclusive 2" in out
     assert overall["reid_chance"] == 0.5
     assert overall["reid_rank1_defaced"] is not None and overall["reid_rank1_baseline_other_angle"] is not None
     assert 0 <= overall["reid_p_value_defaced"] <= 1 and overall["reid_n"] == 2

@@ -533,5 +533,6 @@ def test_verify_endpoint_gives_a_verdict_or_says_why_not(client: TestClient, pha
     assert "nothing to test" in verdict["meaning"]
     report = client.get(f"/api/sessions/{session}/report")
     assert report.status_code == 200 and report.headers["content-type"].startswith("text/html")
+    assert "<title>defacer verify: phantom_T1w" in report.text  # the scan's name in the title (issue 13)
     assert "script-src" not in report.headers["content-security-policy"]
     assert client.get(f"/api/sessions/{session}/download/report").headers["content-disposition"].endswith('.html"')

@@ -175,7 +175,9 @@ def _overall(records: list[dict[str, Any]], embeddings: dict[str, dict[str, Any]
     return {
         "scans": len(records),
         "errors": len(records) - len(ok),
-        "passed": sum(1 for r in ok if r["passed"]),
+        "passed": sum(1 for r in ok if r["verdict"] == "PASS"),
+        "failed": sum(1 for r in ok if r["verdict"] == "FAIL"),
+        "inconclusive": sum(1 for r in ok if r["verdict"] == "INCONCLUSIVE"),
         "face_detected_before": len(conclusive),
         "face_detected_after": sum(1 for r in ok if r["face_found_after"]),
         "face_detected_after_among_detected_before": sum(1 for r in conclusive if r["face_found_after"]),
@@ -303,7 +305,7 @@ def evaluate_folder(
 
 
 TABLE_HEADER = (f"{'scan':28s} {'features':16s} {'dice e/n/a':16s} {'face before':>11s} {'face after':>10s} "
-                f"{'id dist':>7s} {'verdict':>7s} {'sec':>6s} {'RSS MB':>7s}")
+                f"{'id dist':>7s} {'verdict':>12s} {'sec':>6s} {'RSS MB':>7s}")
 
 
 def format_row(r: dict[str, Any]) -> str:
@@ -314,7 +316,7 @@ def format_row(r: dict[str, Any]) -> str:
     dtxt = "/".join("-" if dice.get(f) is None else f"{dice[f]:.2f}" for f in FEATURE_LABELS) if dice else "-"
     feats = ",".join(f[:4] for f in r["features_found"]) or "-"
     return (f"{r['name'][:28]:28s} {feats:16s} {dtxt:16s} {len(r['face_found_before']):>11d} "
-            f"{len(r['face_found_after']):>10d} {r['identity_distance']:>7.3f} {r['verdict']:>7s} "
+            f"{len(r['face_found_after']):>10d} {r['identity_distance']:>7.3f} {r['verdict']:>12s} "
             f"{r['seconds']:>6.1f} {r['peak_rss_mb']:>7.0f}")
 
 
@@ -325,7 +327,8 @@ def format_overall(overall: dict[str, Any]) -> str:
 
     dice = ", ".join(f"{f} {v:.2f}" for f, v in overall["mean_dice"].items() if v is not None) or "-"
     return (
-        f"scans {overall['scans']} (errors {overall['errors']}), passed {overall['passed']}; "
+        f"scans {overall['scans']} (errors {overall['errors']}), passed {overall['passed']}, "
+        f"failed {overall.get('failed', 0)}, inconclusive {overall.get('inconclusive', 0)}; "
         f"face detected before {overall['face_detected_before']}, after {overall['face_detected_after']} "
         f"(among those detected before: {overall['face_detected_after_among_detected_before']})\n"
         f"re-identification rank-1: defaced {pct(overall['reid_rank1_defaced'])}, "

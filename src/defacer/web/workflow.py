@@ -502,7 +502,8 @@ def verify_session(session: Session) -> dict[str, Any]:
         folder.mkdir(mode=0o700)
         try:
             result = verify_pair(session.state["volume"], session.state["defaced"], folder,
-                                 labels=session.state.get("labels"), provenance=session.state.get("provenance"))
+                                 labels=session.state.get("labels"), provenance=session.state.get("provenance"),
+                                 title=f"defacer verify: {session.state['stem']}")
         except ImportError as err:
             outcome = {"available": False, "reason": str(err)}
         except DefacerError as err:
