@@ -87,6 +87,9 @@ def test_deface_verify_writes_no_face_into_the_output_folder(phantom_pair, tmp_p
     assert (qc_dir / "before_after.png").read_bytes().startswith(PNG)
     summary = json.loads((qc_dir / "verify_summary.json").read_text())
     assert summary["verdict"] == "INCONCLUSIVE" and summary["passed"] is False
+    sidecar = json.loads((out_dir / "head_defaced.defacer.json").read_text())
+    assert sidecar["verification"] == {"verdict": "INCONCLUSIVE", "meaning": summary["verdict_meaning"],
+                                       "exit_status": 5, "report": "head_defaced-qc/verify_report.html"}
 
 
 @pytest.mark.usefixtures("detectors")

@@ -228,6 +228,21 @@ def verify_dir(defaced_path: Path) -> Path:
     return sidecar.with_name(sidecar.name[: -len(SIDECAR_SUFFIX)] + "-qc")
 
 
+def _record_verdict(defaced_path: Path, verification: dict) -> None:
+    """Add the verification outcome to the output's provenance sidecar (no picture, only the verdict)."""
+    import json
+
+    from defacer.provenance import sidecar_path, write_provenance
+
+    path = sidecar_path(defaced_path)
+    try:
+        provenance = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # no sidecar to complete (it is written by the pipeline; nothing else to do)
+    provenance["verification"] = verification
+    write_provenance(provenance, path)
+
+
 def verify_outputs(original_path: Path, defaced_path: Path, provenance: dict, labels_path: Path | None = None,
                    max_voxels: int | None = 512**3, after_only: bool = False) -> int:
     """Run the offline verification on a defaced output, print the verdict; return the exit status.
@@ -265,6 +280,8 @@ def verify_outputs(original_path: Path, defaced_path: Path, provenance: dict, la
         print(f"  picture: {qc_dir / pictures['overview']}")
     print("  " + qc.notice(qc_dir, after_only))
     status = EXIT_STATUS[verdict]
+    _record_verdict(defaced_path, {"verdict": verdict, "meaning": MEANING[verdict], "exit_status": status,
+                                   "report": f"{qc_dir.name}/{Path(result.report_path).name}"})
     if verdict in (FAIL, INCONCLUSIVE):
         print(f"defacer deface: verification {verdict} for {defaced_path} (exit status {status}); "
               f"see {result.report_path}", file=sys.stderr)

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     pictures = qc.write_pictures(result.renders, out, after_only)
     s = result.summary
     print(f"{s['verdict']}: face before: {', '.join(s['face_found_before']) or 'none'}; "
-          f"face after: {', '.join(s['face_found_after']) or 'none'}; identity distance {s['identity']['distance']:.3f}; "
+          f"face after: {', '.join(s['face_found_after']) or 'none'}; identity distance {s['identity']['distance']:.3f} (0: same picture; two different people: 0.3-0.6); "
           f"brain changed voxels {s['voxels']['brain']['changed']}")
     print(MEANING[result.verdict])
     print(f"report: {result.report_path}\nsummary: {result.summary_path}")
