@@ -1,0 +1,323 @@
+"""Single DICOM files, read and written safely: the primitives the series reader, the writer and
+the header-only anonymiser share.
+
+Reading accepts files without the Part 10 preamble and refuses hostile nesting
+(:func:`dcmread_any`); every file defacer writes goes through :func:`write_instance` (zeroed
+preamble, clean file meta); :func:`check_output_folder` keeps outputs out of the input.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from defacer._typing import PathLike
+from defacer.errors import DicomSeriesError, OutputError
+from defacer.io.atomic import check_output_path
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from defacer.phi.scrub import Scrubber
+
+
+def input_files(path: PathLike | Sequence[PathLike]) -> list[Path]:
+    if isinstance(path, str | os.PathLike):
+        p = Path(path)
+        if not p.exists():
+            raise DicomSeriesError(f"No such file or folder: '{p}'. Check the path.")
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".defacer-tmp"))
+            if not files:
+                raise DicomSeriesError(f"The folder '{p}' is empty: expected DICOM files (one per slice or multi-frame).")
+            return files
+        return [p]
+    files = [Path(f) for f in path]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise DicomSeriesError(f"These DICOM files do not exist: {', '.join(missing[:5])}. Check the paths.")
+    return sorted(files)
+
+
+#: Extensions of files that are clearly not image slices (notes, reports, exports, pictures):
+#: when one of these is not DICOM it is skipped with a warning instead of refusing the series.
+NON_IMAGE_EXTENSIONS = frozenset({
+    ".txt", ".md", ".rst", ".json", ".xml", ".html", ".htm", ".pdf", ".csv", ".tsv", ".log", ".ini", ".cfg",
+    ".yaml", ".yml", ".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".nii", ".gz", ".nrrd", ".nhdr",
+    ".mgz", ".mgh", ".zip", ".db", ".doc", ".docx", ".rtf", ".bval", ".bvec", ".sha256", ".md5",
+})
+#: Names of files that are clearly not slices.
+NON_IMAGE_NAMES = frozenset({"readme", "license", "licence", "thumbs.db", "desktop.ini", "manifest", "checksums"})
+#: Reason given to an unreadable file that may be a slice; it starts with "damaged" (see :attr:`Scan.damaged`).
+UNREADABLE_SLICE = (
+    "damaged or not DICOM: it cannot be read as DICOM (random or damaged bytes) and its name does not mark it as "
+    "a non-image file, so it may be a missing slice"
+)
+
+
+#: Reason given to a file whose meta group describes an instance but whose data set lacks its identifiers.
+INCOMPLETE_INSTANCE = (
+    "damaged, truncated or incomplete DICOM file (its file meta names an instance but its data set has no SOP Class "
+    "or Series Instance UID)"
+)
+
+
+def unreadable_reason(path: Path) -> str:
+    """Why a file that pydicom cannot read as DICOM is left out.
+
+    Hidden files and files whose name or extension marks a document or picture (``notes.txt``,
+    ``README``, ``.DS_Store``) are "not a DICOM file" (skipped with a warning); anything else
+    may be a damaged slice and gets :data:`UNREADABLE_SLICE`, which refuses the series.
+    """
+    name = path.name.lower()
+    if name.startswith(".") or name in NON_IMAGE_NAMES or path.suffix.lower() in NON_IMAGE_EXTENSIONS:
+        return "not a DICOM file"
+    return UNREADABLE_SLICE
+
+
+def _looks_like_raw_dicom(path: Path) -> bool:
+    """True when a file without the Part 10 preamble starts like a DICOM data set (old exports)."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(8)
+    except OSError:
+        return False
+    return len(head) == 8 and (int.from_bytes(head[:2], "little") in (0x0002, 0x0008)
+                               or int.from_bytes(head[:2], "big") == 0x0008)  # big endian (retired syntax)
+
+
+#: Deepest nesting of sequences accepted in a file (real files use a handful of levels).
+MAX_SEQUENCE_DEPTH = 64
+
+
+def _check_depth(ds: Dataset) -> None:
+    """Raise InvalidDicomError when sequences nest deeper than :data:`MAX_SEQUENCE_DEPTH` (walked without recursion)."""
+    from pydicom.datadict import DicomDictionary
+    from pydicom.errors import InvalidDicomError
+
+    stack = [(ds, 0)]
+    while stack:
+        dataset, depth = stack.pop()
+        for tag in list(dataset.keys()):
+            vr = dataset.get_item(tag).VR or DicomDictionary.get(int(tag), ("",))[0]
+            if vr != "SQ":
+                continue
+            if depth >= MAX_SEQUENCE_DEPTH:
+                raise InvalidDicomError(
+                    f"damaged or hostile DICOM file (sequences nested more than {MAX_SEQUENCE_DEPTH} deep)"
+                )
+            stack.extend((item, depth + 1) for item in dataset[tag].value or ())
+
+
+def dcmread_any(path: Path, **kwargs: Any) -> Dataset:
+    """``pydicom.dcmread``, also accepting files without the 128-byte preamble and "DICM" marker.
+
+    Such files get a TransferSyntaxUID in ``file_meta`` matching how they were encoded.
+    Sequences nested deeper than :data:`MAX_SEQUENCE_DEPTH` are refused (they would
+    exhaust the stack of every recursive reader and writer).
+
+    Raises
+    ------
+    pydicom.errors.InvalidDicomError
+        If the file is not DICOM at all, or is nested too deep (the message then starts
+        with "damaged").
+    """
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = _dcmread(path, **kwargs)
+        _check_depth(ds)
+    except RecursionError as err:
+        raise InvalidDicomError(
+            f"damaged or hostile DICOM file (sequences nested more than {MAX_SEQUENCE_DEPTH} deep)"
+        ) from err
+    return ds
+
+
+def _dcmread(path: Path, **kwargs: Any) -> Dataset:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    try:
+        return pydicom.dcmread(path, **kwargs)
+    except InvalidDicomError:
+        if not _looks_like_raw_dicom(path):
+            raise
+    ds = pydicom.dcmread(path, force=True, **kwargs)
+    if "TransferSyntaxUID" not in ds.file_meta:
+        implicit, little = ds.original_encoding
+        if little is False:
+            ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+        else:
+            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    return ds
+
+
+def read_header(path: Path) -> Dataset:
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return dcmread_any(path, defer_size=512)
+    except InvalidDicomError:
+        raise
+    except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError, NotImplementedError) as err:
+        raise InvalidDicomError(f"damaged or truncated DICOM file ({type(err).__name__}: {err})") from err
+
+
+
+def check_output_folder(out_dir: Path, volume_root: Path | None, sources: Iterable[Path], force: bool) -> None:
+    target = out_dir.resolve()
+    if volume_root is not None:
+        root = volume_root.resolve()
+        if target == root or root.is_relative_to(target) or target.is_relative_to(root):
+            raise OutputError(
+                f"The output folder '{out_dir}' overlaps the input folder '{volume_root}'. defacer never writes into "
+                "or over its input: choose a folder outside it."
+            )
+    for source in sources:
+        if source.resolve().is_relative_to(target):
+            raise OutputError(f"The output folder '{out_dir}' contains the input file '{source}'. Choose another folder.")
+    check_output_path(out_dir, force=force)
+
+
+
+def collect_identifying(files: Iterable[Path], deid: Scrubber) -> None:
+    """Let ``deid`` see the identifying values of every file first (free text is cleaned of a study's values)."""
+    from pydicom.errors import InvalidDicomError
+
+    for file in files:
+        try:
+            deid.collect_identifying(dcmread_any(file, stop_before_pixels=True))
+        except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # unreadable: it is skipped (or refused) when it is written
+
+
+def prepare_for_storage(ds: Dataset, source: PathLike | None = None) -> Dataset:
+    """Remove from ``ds`` what a stored DICOM file may not hold, in place, and return it.
+
+    Files written by other software carry such things, and pydicom refuses some of them at
+    write time (or writes them, which makes a non-conformant file):
+
+    * Command Set elements (group 0000, a network message's header) at any depth;
+    * File Meta elements (group 0002) inside the data set body or a sequence item;
+    * group length elements (gggg,0000), retired and wrong once a value changed;
+    * a file meta group holding other groups, or lacking MediaStorageSOPClassUID,
+      MediaStorageSOPInstanceUID or TransferSyntaxUID (filled from the data set);
+    * the 128-byte preamble (zeroed: it can hold anything, e.g. an executable header).
+
+    Raises
+    ------
+    DicomSeriesError
+        If the instance has no SOPClassUID/SOPInstanceUID to describe it in the file meta.
+    """
+    from pydicom.datadict import DicomDictionary
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import UID
+
+    def strip(dataset: Dataset) -> None:
+        for tag in list(dataset.keys()):
+            if tag.group in (0x0000, 0x0002) or (tag.element == 0 and not tag.group & 1):
+                del dataset[tag]
+                continue
+            vr = dataset.get_item(tag).VR or DicomDictionary.get(int(tag), ("",))[0]  # implicit VR: raw VR is None
+            if vr == "SQ":
+                for item in dataset[tag].value or ():
+                    strip(item)
+
+    strip(ds)
+    where = f"'{source}'" if source is not None else "The instance"
+    old_meta = getattr(ds, "file_meta", None) or FileMetaDataset()
+    meta = FileMetaDataset()
+    for element in old_meta:
+        if element.tag.group == 0x0002 and element.tag.element != 0:
+            meta.add(element)
+    for meta_keyword, keyword in (("MediaStorageSOPClassUID", "SOPClassUID"),
+                                  ("MediaStorageSOPInstanceUID", "SOPInstanceUID")):
+        value = str(ds.get(keyword, "") or "").strip()
+        if value:
+            setattr(meta, meta_keyword, UID(value))
+        elif not str(meta.get(meta_keyword, "") or "").strip():
+            raise DicomSeriesError(
+                f"{where} has no {keyword}, so it cannot be stored as a DICOM file. It is not an image instance; "
+                "remove it from the input."
+            )
+    if not str(meta.get("TransferSyntaxUID", "") or "").strip():
+        implicit, little = ds.original_encoding
+        meta.TransferSyntaxUID = UID(
+            "1.2.840.10008.1.2" if implicit else ("1.2.840.10008.1.2.1" if little is not False else "1.2.840.10008.1.2.2")
+        )
+    ds.file_meta = meta
+    ds.preamble = b"\x00" * 128
+    return ds
+
+
+def write_instance(ds: Dataset, path: Path, *, source: PathLike | None = None) -> None:
+    """Write one instance as a DICOM Part 10 file (zeroed preamble, file meta, data set).
+
+    The single place defacer writes DICOM files: :func:`prepare_for_storage` runs first, so
+    every file gets a zeroed preamble and holds no command or misplaced meta elements.
+    Little-endian transfer syntaxes take a direct path (elements never decoded are copied as
+    read, no deep copy of the meta group); deflated and big-endian ones go through pydicom's
+    ``dcmwrite``.  ``path`` must not exist.
+
+    Raises
+    ------
+    DicomSeriesError
+        If the instance cannot be stored (see :func:`prepare_for_storage`) or encoded.
+    """
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+
+    prepare_for_storage(ds, source)
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    where = f"'{source}'" if source is not None else "an instance"
+    buffer = DicomBytesIO()
+    try:
+        if syntax is None or not syntax.is_transfer_syntax or syntax.is_deflated or not syntax.is_little_endian:
+            ds.save_as(buffer, enforce_file_format=True)
+        else:
+            buffer.write(b"\x00" * 128 + b"DICM")
+            write_file_meta_info(buffer, ds.file_meta, enforce_standard=True)
+            buffer.is_little_endian = True
+            buffer.is_implicit_VR = syntax.is_implicit_VR
+            write_dataset(buffer, ds)
+    except (ValueError, TypeError, AttributeError, KeyError, OverflowError, NotImplementedError) as err:
+        raise DicomSeriesError(
+            f"The copy of {where} cannot be encoded as DICOM ({type(err).__name__}: {err}). "
+            "The file holds a value its own encoding cannot represent; nothing was written."
+        ) from err
+    data = buffer.getvalue()
+    if data[:128] != b"\x00" * 128:  # never copy a preamble, whatever pydicom does
+        data = b"\x00" * 128 + data[128:]
+    with path.open("xb") as handle:
+        handle.write(data)
+
+
+def pixel_data_problem(ds: Dataset) -> str:
+    """What is wrong with the native (uncompressed) pixel data of ``ds``, or ``""``.
+
+    pydicom reads a file cut inside its pixel data without complaint; the value is then
+    shorter than Rows x Columns x Frames x SamplesPerPixel x BitsAllocated / 8.
+    Encapsulated (compressed) pixel data is not checked here (decoding checks it).
+    """
+    if "PixelData" not in ds:
+        return ""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None and syntax.is_transfer_syntax and syntax.is_encapsulated:
+        return ""
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = int(ds.BitsAllocated)
+    except (AttributeError, TypeError, ValueError) as err:
+        return f"pixel data without a usable Rows/Columns/BitsAllocated: {err}"
+    expected = -(-rows * columns * frames * samples * bits // 8)
+    found = len(ds.PixelData or b"")
+    if found < expected:
+        return f"pixel data holds {found} bytes where Rows, Columns and BitsAllocated need {expected}"
+    return ""
+

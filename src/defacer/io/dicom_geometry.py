@@ -1,0 +1,214 @@
+"""One DICOM image stack read as a :class:`~defacer.volume.Volume`: pixels, slice order and affine.
+
+See :mod:`defacer.io.dicom_series` for the volume convention (axes, affine, tilt, scaling).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from defacer._typing import PathLike
+from defacer.errors import DicomSeriesError
+from defacer.io.dicom_files import dcmread_any
+from defacer.io.dicom_grouping import FrameRef, floats, scan, select_series
+from defacer.volume import Volume
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+logger = logging.getLogger(__name__)
+
+#: LPS (DICOM patient coordinates) to RAS+.
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: Relative deviation of slice gaps from their mean above which spacing counts as uneven.
+UNEVEN_TOLERANCE = 0.01
+#: Angle (degrees) between the slice vector and the normal above which the stack is reported as tilted.
+TILT_TOLERANCE_DEG = 0.5
+#: A gap this many times the median gap suggests missing slices.
+MISSING_SLICE_FACTOR = 1.5
+
+
+def _decode(path: Path) -> tuple[Dataset, npt.NDArray[Any]]:
+    """Read one instance with pixels; frames first: shape (F, Rows, Columns)."""
+    try:
+        ds = dcmread_any(path)
+        pixels = ds.pixel_array
+    except (EOFError, OSError) as err:
+        raise DicomSeriesError(f"'{path}' is truncated or unreadable ({err}). Re-export the series.") from err
+    except (ValueError, AttributeError, KeyError) as err:
+        raise DicomSeriesError(
+            f"The pixel data of '{path}' cannot be decoded: {err}. The file may be truncated or missing pixel data."
+        ) from err
+    except (NotImplementedError, RuntimeError) as err:
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "?")
+        raise DicomSeriesError(
+            f"'{path}' uses transfer syntax {syntax!s} ({getattr(syntax, 'name', '')}) that this installation cannot "
+            "decode. Install the JPEG decoders: pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg "
+            f"(details: {err})"
+        ) from err
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        raise DicomSeriesError(f"'{path}' is a colour image (SamplesPerPixel {ds.SamplesPerPixel}); defacer needs grey MR/CT.")
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if n_frames == 1 and pixels.ndim == 2:
+        pixels = pixels[None]
+    return ds, pixels
+
+
+def _check_spacing(projections: npt.NDArray[np.float64], source: str) -> list[str]:
+    warnings: list[str] = []
+    gaps = np.diff(projections)
+    if gaps.size == 0:
+        return warnings
+    if np.any(gaps < 1e-3):
+        dup = int(np.argmin(gaps))
+        raise DicomSeriesError(
+            f"'{source}' has two slices at the same position ({projections[dup]:.3f} mm along the slice normal): "
+            "the series holds several volumes (echoes, time points, repeats). Split it into one folder per volume."
+        )
+    mean = (projections[-1] - projections[0]) / gaps.size
+    median = float(np.median(gaps))
+    if np.max(np.abs(gaps - mean)) > UNEVEN_TOLERANCE * mean:
+        text = (f"uneven slice spacing in '{source}': gaps from {gaps.min():.3f} to {gaps.max():.3f} mm; the affine "
+                f"uses the mean spacing {mean:.3f} mm from the first to the last slice (positions in between are "
+                "approximate, pixels are never resampled)")
+        if gaps.max() > MISSING_SLICE_FACTOR * median:
+            text += f"; gaps above {MISSING_SLICE_FACTOR} x the median {median:.3f} mm suggest missing slices"
+        warnings.append(text)
+        logger.warning(text)
+    return warnings
+
+
+def read_dicom_volume(path: PathLike | Sequence[PathLike], series: str | None = None) -> Volume:
+    """Read one DICOM image series as a :class:`Volume` (format ``"dicom"``).
+
+    Parameters
+    ----------
+    path : path-like or sequence of path-like
+        A folder (searched recursively; non-DICOM files are skipped with a warning), one
+        file of a multi-frame instance, or a list of files.
+    series : str, optional
+        Which stack when there are several: its key/SeriesInstanceUID, SeriesNumber, or the
+        1-based index shown in the error message.
+
+    Returns
+    -------
+    Volume
+        ``raw`` shape (Columns, Rows, Slices), stored values (or float32 physical values when
+        the scaling differs between slices); ``affine`` voxel -> RAS+ mm; ``header`` the first
+        slice's dataset without pixels; ``extra`` with ``frames`` (:class:`FrameRef` per
+        slice, in k order), ``slice_positions_lps`` (K, 3), ``per_slice_scaling``,
+        ``series_key``, ``source_root``, ``warnings``, ``gantry_tilt_deg``, ``skipped``.
+
+    Raises
+    ------
+    DicomSeriesError
+        No image series, several without ``series``, inconsistent geometry, duplicate
+        positions, undecodable or truncated pixel data.
+    """
+    source = str(path) if isinstance(path, str | os.PathLike) else f"{len(path)} files"
+    found = scan(path)
+    if found.damaged:
+        listing = "\n  ".join(f"{p}: {why}" for p, why in found.damaged[:10])
+        raise DicomSeriesError(
+            f"{len(found.damaged)} DICOM file(s) in '{source}' cannot be read, so the series would be incomplete:\n"
+            f"  {listing}\nRe-export or remove them (nothing was written)."
+        )
+    info = select_series(found.series, series, source)
+    frames = list(info.frames)
+    if not info.orientation:
+        raise DicomSeriesError(
+            f"Series {info.key} in '{source}' has no ImageOrientationPatient/ImagePositionPatient, so its slices "
+            "cannot be placed in space. defacer needs cross-sectional images (MR, CT)."
+        )
+    row_cos = np.asarray(info.orientation[:3], dtype=np.float64)
+    col_cos = np.asarray(info.orientation[3:], dtype=np.float64)
+    normal = np.cross(row_cos, col_cos)
+    positions = np.asarray([f.position for f in frames], dtype=np.float64)
+    order = np.argsort(positions @ normal, kind="stable")
+    frames = [frames[i] for i in order]
+    positions = positions[order]
+    warnings = _check_spacing(positions @ normal, source)
+
+    by_file: dict[Path, list[tuple[int, FrameRef]]] = defaultdict(list)
+    for k, ref in enumerate(frames):
+        by_file[ref.path].append((k, ref))
+    raw: npt.NDArray[Any] | None = None
+    header = None
+    spacing_yx = None
+    for file, members in by_file.items():
+        ds, pixels = _decode(file)
+        if header is None:
+            header = ds
+            spacing_yx = floats(_pixel_spacing(ds), 2, "PixelSpacing", file)
+            raw = np.empty((info.columns, info.rows, len(frames)), dtype=pixels.dtype)
+        elif pixels.dtype != raw.dtype:  # type: ignore[union-attr]
+            raise DicomSeriesError(
+                f"'{file}' stores {pixels.dtype} pixels but other slices store {raw.dtype}; "  # type: ignore[union-attr]
+                "the series mixes pixel formats."
+            )
+        if pixels.shape[1:] != (info.rows, info.columns):
+            raise DicomSeriesError(f"'{file}' has {pixels.shape[1:]} pixels; the series has {(info.rows, info.columns)}.")
+        for k, ref in members:
+            raw[:, :, k] = pixels[ref.frame or 0].T  # type: ignore[index]
+    assert raw is not None and header is not None and spacing_yx is not None
+
+    scalings = [(f.slope, f.inter) for f in frames]
+    per_slice = len(set(scalings)) > 1
+    slope, inter = scalings[0]
+    if per_slice:
+        physical = raw.astype(np.float32)
+        for k, (s, i) in enumerate(scalings):
+            physical[:, :, k] = physical[:, :, k] * np.float32(s) + np.float32(i)
+        raw, slope, inter = physical, 1.0, 0.0
+
+    lps = np.eye(4)
+    lps[:3, 0] = row_cos * spacing_yx[1]
+    lps[:3, 1] = col_cos * spacing_yx[0]
+    if len(frames) > 1:
+        lps[:3, 2] = (positions[-1] - positions[0]) / (len(frames) - 1)
+    else:
+        lps[:3, 2] = normal * float(header.get("SliceThickness", 1.0) or 1.0)
+    lps[:3, 3] = positions[0]
+    affine = LPS_TO_RAS @ lps
+    slice_dir = lps[:3, 2] / np.linalg.norm(lps[:3, 2])
+    tilt = float(np.degrees(np.arccos(np.clip(abs(slice_dir @ normal), 0.0, 1.0))))
+    if tilt > TILT_TOLERANCE_DEG:
+        logger.info("'%s': slices are sheared by %.2f degrees (gantry tilt); the affine keeps the shear, "
+                    "pixels are not resampled", source, tilt)
+    if "PixelData" in header:
+        del header["PixelData"]
+    root = Path(path) if isinstance(path, str | os.PathLike) else Path(os.path.commonpath([str(p) for p in path]))
+    extra = {
+        "frames": tuple(frames),
+        "slice_positions_lps": positions,
+        "per_slice_scaling": tuple(scalings) if per_slice else None,
+        "series_key": info.key,
+        "source_root": root if root.is_dir() else root.parent,
+        "warnings": tuple(warnings),
+        "gantry_tilt_deg": tilt,
+        "skipped": found.skipped,
+    }
+    return Volume(raw, affine, float(slope), float(inter), "dicom", header, extra)
+
+
+def _pixel_spacing(ds: Dataset) -> Any:
+    if "PixelSpacing" in ds:
+        return ds.PixelSpacing
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if shared and "PixelMeasuresSequence" in shared[0]:
+        return shared[0].PixelMeasuresSequence[0].PixelSpacing
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame and "PixelMeasuresSequence" in per_frame[0]:
+        return per_frame[0].PixelMeasuresSequence[0].PixelSpacing
+    if "ImagerPixelSpacing" in ds:
+        return ds.ImagerPixelSpacing
+    raise DicomSeriesError("The series has no PixelSpacing, so voxel sizes are unknown.")
+

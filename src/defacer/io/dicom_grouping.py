@@ -1,0 +1,314 @@
+"""DICOM instances grouped into stacks of slices, and the choice of one stack.
+
+:func:`scan` reads only headers (pixel data deferred) and groups instances by
+SeriesInstanceUID, orientation and matrix size; :func:`select_series` picks one image stack
+by key, UID, SeriesNumber or listing index.  Each slice is a :class:`FrameRef` (a file, or a
+frame of a multi-frame file) with its position and scaling.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from defacer._typing import PathLike
+from defacer.errors import DicomSeriesError
+from defacer.io.dicom_files import INCOMPLETE_INSTANCE, input_files, read_header, unreadable_reason
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FrameRef:
+    """One 2D slice of a series: a single-frame file, or one frame of a multi-frame file."""
+
+    path: Path
+    frame: int | None
+    position: tuple[float, ...]
+    slope: float
+    inter: float
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """One stack of slices found in a folder (a series, or one geometry of a series).
+
+    Attributes
+    ----------
+    key : str
+        SeriesInstanceUID, with ``#2``, ``#3``... appended for further stacks of one series.
+        Pass it (or ``series_number``, or the 1-based position in :func:`find_series`'s list)
+        as ``series=`` / ``--series``.
+    """
+
+    key: str
+    series_uid: str
+    series_number: str
+    modality: str
+    description: str
+    rows: int
+    columns: int
+    orientation: tuple[float, ...]
+    files: tuple[Path, ...]
+    frames: tuple[FrameRef, ...]
+    has_pixels: bool
+
+    def label(self, index: int) -> str:
+        """One line for listings: ``[index] number description (modality, n files, rows x cols) key``."""
+        what = f"{self.modality or '?'}, {len(self.files)} file(s), {len(self.frames)} slice(s)"
+        if self.has_pixels:
+            what += f", {self.columns}x{self.rows}"
+        else:
+            what += ", no pixel data"
+        return f"[{index}] series {self.series_number or '?'} '{self.description}' ({what}) {self.key}"
+
+
+@dataclass(frozen=True)
+class Scan:
+    """Result of scanning a folder: the stacks found and the files that were skipped."""
+
+    series: tuple[SeriesInfo, ...]
+    skipped: tuple[tuple[Path, str], ...]
+
+    @property
+    def damaged(self) -> tuple[tuple[Path, str], ...]:
+        """Skipped files that are DICOM but unreadable (truncated, corrupt, broken geometry)."""
+        return tuple(item for item in self.skipped if item[1].startswith("damaged"))
+
+
+
+def floats(value: Any, count: int, what: str, path: Path) -> tuple[float, ...]:
+    try:
+        numbers = tuple(float(v) for v in value)
+    except (TypeError, ValueError) as err:
+        raise DicomSeriesError(f"'{path}' has an unreadable {what} ({value!r}); expected {count} numbers.") from err
+    if len(numbers) != count:
+        raise DicomSeriesError(f"'{path}' has {what} with {len(numbers)} values; expected {count}.")
+    return numbers
+
+
+def _frame_refs(ds: Dataset, path: Path) -> tuple[list[FrameRef], tuple[float, ...] | None]:
+    """Slices held by one instance, with positions (LPS) and scaling, and the orientation."""
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if not 1 <= n_frames <= MAX_FRAMES:
+        raise DicomSeriesError(f"'{path}' declares {n_frames} frames; expected 1 to {MAX_FRAMES}.")
+    _check_pixel_length(ds, path, n_frames)
+    if "PerFrameFunctionalGroupsSequence" in ds:
+        return _enhanced_frame_refs(ds, path, n_frames)
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    inter = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
+        return [FrameRef(path, None, (0.0, 0.0, 0.0), slope, inter)], None
+    position = floats(ds.ImagePositionPatient, 3, "ImagePositionPatient", path)
+    orientation = floats(ds.ImageOrientationPatient, 6, "ImageOrientationPatient", path)
+    if n_frames > 1:
+        # Classic multi-frame (e.g. NM, old MR): frames along the normal at SpacingBetweenSlices.
+        spacing = float(ds.get("SpacingBetweenSlices", ds.get("SliceThickness", 1.0)) or 1.0)
+        normal = np.cross(orientation[:3], orientation[3:])
+        return [FrameRef(path, f, tuple(np.asarray(position) + f * spacing * normal), slope, inter)  # type: ignore[arg-type]
+                for f in range(n_frames)], orientation
+    return [FrameRef(path, None, position, slope, inter)], orientation
+
+
+#: Most frames accepted in one instance (a 3D head needs a few hundred).
+MAX_FRAMES = 16384
+
+
+def _check_pixel_length(ds: Dataset, path: Path, n_frames: int) -> None:
+    """Refuse native pixel data shorter than Rows x Columns x frames need (known without reading it)."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if "PixelData" not in ds or (syntax is not None and syntax.is_transfer_syntax and syntax.is_encapsulated):
+        return
+    length = getattr(ds.get_item("PixelData"), "length", None)
+    if length is None:
+        length = len(ds.PixelData or b"")
+    if length == 0xFFFFFFFF:
+        return
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    need = -(-int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) * n_frames * samples
+             * int(ds.get("BitsAllocated", 0) or 0) // 8)
+    if need > length:
+        raise DicomSeriesError(
+            f"'{path}' holds {length} bytes of pixel data but its Rows, Columns, frames and BitsAllocated need {need}."
+        )
+
+
+def _enhanced_frame_refs(ds: Dataset, path: Path, n_frames: int) -> tuple[list[FrameRef], tuple[float, ...] | None]:
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    shared_item = shared[0] if shared else None
+
+    def group(item: Any, name: str) -> Any:
+        for source in (item, shared_item):
+            if source is not None and name in source and source[name].value:
+                return source[name].value[0]
+        return None
+
+    refs = []
+    orientation = None
+    for f, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        plane = group(item, "PlanePositionSequence")
+        orient = group(item, "PlaneOrientationSequence")
+        transform = group(item, "PixelValueTransformationSequence")
+        if plane is None or orient is None:
+            raise DicomSeriesError(
+                f"'{path}' is an enhanced multi-frame instance whose frame {f + 1} has no PlanePositionSequence or "
+                "PlaneOrientationSequence, so its geometry is unknown. Export the series as classic single-frame images."
+            )
+        this_orientation = floats(orient.ImageOrientationPatient, 6, "ImageOrientationPatient", path)
+        if orientation is not None and not np.allclose(orientation, this_orientation, atol=1e-4):
+            raise DicomSeriesError(
+                f"'{path}' is a multi-frame instance whose frames have different orientations (e.g. a localizer). "
+                "defacer needs one 3D stack; export the stack you want as its own series."
+            )
+        orientation = this_orientation
+        slope = float(transform.get("RescaleSlope", 1.0)) if transform is not None else float(ds.get("RescaleSlope", 1.0) or 1.0)
+        inter = float(transform.get("RescaleIntercept", 0.0)) if transform is not None else float(ds.get("RescaleIntercept", 0.0) or 0.0)
+        refs.append(FrameRef(path, f, floats(plane.ImagePositionPatient, 3, "ImagePositionPatient", path), slope, inter))
+    if len(refs) != n_frames:
+        raise DicomSeriesError(f"'{path}' declares {n_frames} frames but describes {len(refs)}; the file is inconsistent.")
+    return refs, orientation
+
+
+def scan(path: PathLike | Sequence[PathLike]) -> Scan:
+    """Read the headers of every file under ``path`` and group them into stacks.
+
+    Files that cannot be used are listed in :attr:`Scan.skipped` (nothing is deleted or
+    changed); those that may be damaged slices (see :func:`unreadable_reason`) are also in
+    :attr:`Scan.damaged`, which :func:`read_dicom_volume` refuses.
+
+    Raises
+    ------
+    DicomSeriesError
+        If ``path`` does not exist, or no file is DICOM.
+    """
+    from pydicom.errors import InvalidDicomError
+
+    files = input_files(path)
+    skipped: list[tuple[Path, str]] = []
+    groups: dict[tuple[Any, ...], list[tuple[Path, Dataset, list[FrameRef]]]] = defaultdict(list)
+    orientations: dict[tuple[Any, ...], tuple[float, ...]] = {}
+    for file in files:
+        try:
+            ds = read_header(file)
+        except InvalidDicomError as err:
+            text = str(err)
+            skipped.append((file, text if text.startswith("damaged") else unreadable_reason(file)))
+            continue
+        if "SOPClassUID" not in ds and "SeriesInstanceUID" not in ds:
+            meta = getattr(ds, "file_meta", None)
+            if meta is not None and "MediaStorageSOPClassUID" in meta and "DirectoryRecordSequence" not in ds:
+                skipped.append((file, INCOMPLETE_INSTANCE))
+            else:
+                skipped.append((file, "no SOP Class or Series Instance UID (a DICOMDIR or not an instance)"))
+            continue
+        has_pixels = "PixelData" in ds or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
+        try:
+            refs, orientation = _frame_refs(ds, file) if has_pixels else ([], None)
+            rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        except DicomSeriesError as err:
+            skipped.append((file, f"damaged geometry: {err}"))
+            continue
+        except (ValueError, TypeError, AttributeError, KeyError, OverflowError) as err:
+            # a value its VR cannot hold (NumberOfFrames '1A', Rows as text...): pydicom raises on access
+            skipped.append((file, f"damaged header: an image attribute has an unreadable value ({err})"))
+            continue
+        key = (
+            str(ds.get("SeriesInstanceUID", "")),
+            has_pixels,
+            tuple(np.round(orientation, 3)) if orientation else None,
+            rows,
+            columns,
+        )
+        groups[key].append((file, ds, refs))
+        if orientation:
+            orientations.setdefault(key, orientation)
+    image_series = {key[0] for key in groups if key[1]}
+    for key in [k for k in groups if not k[1] and k[0] in image_series]:
+        for member in groups.pop(key):
+            why = "damaged or truncated DICOM file (an instance of an image series without pixel data)"
+            skipped.append((member[0], why))
+    if not groups:
+        reasons = "; ".join(f"{p.name}: {why}" for p, why in skipped[:5])
+        raise DicomSeriesError(f"No DICOM instance found in '{path}' ({len(skipped)} file(s) skipped: {reasons}).")
+    series = []
+    count_by_uid: dict[str, int] = defaultdict(int)
+    for group_key, members in sorted(
+        groups.items(), key=lambda kv: (str(kv[1][0][1].get("SeriesNumber", "")).zfill(6), kv[0][0], -len(kv[1]))
+    ):
+        uid, has_pixels, _, rows, columns = group_key
+        orientation = orientations.get(group_key)
+        count_by_uid[uid] += 1
+        first = members[0][1]
+        stack_key = uid if count_by_uid[uid] == 1 else f"{uid}#{count_by_uid[uid]}"
+        series.append(SeriesInfo(
+            key=stack_key,
+            series_uid=uid,
+            series_number=str(first.get("SeriesNumber", "") or ""),
+            modality=str(first.get("Modality", "") or ""),
+            description=str(first.get("SeriesDescription", "") or ""),
+            rows=rows,
+            columns=columns,
+            orientation=tuple(orientation) if orientation else (),
+            files=tuple(m[0] for m in members),
+            frames=tuple(r for m in members for r in m[2]),
+            has_pixels=has_pixels,
+        ))
+    for file, why in skipped:
+        logger.warning("skipped '%s': %s", file, why)
+    return Scan(tuple(series), tuple(skipped))
+
+
+def find_series(path: PathLike | Sequence[PathLike]) -> list[SeriesInfo]:
+    """List the stacks of slices (series, or geometries within a series) under ``path``.
+
+    Parameters
+    ----------
+    path : path-like or sequence of path-like
+        A folder (searched recursively) or a list of files.
+
+    Returns
+    -------
+    list of SeriesInfo
+        Ordered by SeriesNumber.
+    """
+    return list(scan(path).series)
+
+
+def select_series(found: Sequence[SeriesInfo], series: str | None, source: str) -> SeriesInfo:
+    """Pick one image stack by key, SeriesInstanceUID, SeriesNumber or 1-based index.
+
+    Raises
+    ------
+    DicomSeriesError
+        If none or several match, listing the stacks and how to choose.
+    """
+    images = [s for s in found if s.has_pixels]
+    listing = "\n  ".join(s.label(i + 1) for i, s in enumerate(found))
+    if not images:
+        raise DicomSeriesError(f"'{source}' holds no image series (no instance has pixel data):\n  {listing}")
+    if series is None:
+        if len(images) == 1:
+            return images[0]
+        raise DicomSeriesError(
+            f"'{source}' holds {len(images)} image stacks; choose one with --series (a number in brackets, the "
+            f"series number, or the UID), or split the folder:\n  {listing}"
+        )
+    matches = [s for s in images if series in (s.key, s.series_uid)]
+    if not matches:
+        matches = [s for s in images if s.series_number == series]
+    if not matches and series.isdigit() and 1 <= int(series) <= len(found) and found[int(series) - 1].has_pixels:
+        matches = [found[int(series) - 1]]
+    if len(matches) != 1:
+        found_text = "no" if not matches else f"{len(matches)}"
+        raise DicomSeriesError(f"--series {series!r} matches {found_text} image stack(s) in '{source}'. Stacks:\n  {listing}")
+    return matches[0]
+

@@ -1,0 +1,192 @@
+"""Header-only de-identification of DICOM files (``defacer anonymize``): pixels untouched.
+
+Every file under the input is read, scrubbed by a :class:`~defacer.phi.scrub.Scrubber`
+(PS3.15 Annex E) and written into a new folder that appears atomically, one subfolder per
+series, with names that carry no PHI; optionally in several processes, with the same output.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from defacer._typing import PathLike
+from defacer.errors import DicomSeriesError, OutputError
+from defacer.io.atomic import atomic_outputs, check_output_path
+from defacer.io.dicom_files import (
+    INCOMPLETE_INSTANCE,
+    check_output_folder,
+    collect_identifying,
+    dcmread_any,
+    input_files,
+    pixel_data_problem,
+    unreadable_reason,
+    write_instance,
+)
+
+if TYPE_CHECKING:
+    from defacer.phi.scrub import Scrubber
+
+logger = logging.getLogger(__name__)
+
+
+def _anonymize_chunk(
+    files: Sequence[Path], first: int, folder: Path, deid: Scrubber
+) -> tuple[list[tuple[int, str | None, str]], dict[str, Any] | None]:
+    """De-identify ``files`` into ``folder/<index>.dcm``; per file ``(index, SeriesInstanceUID or None, why skipped)``."""
+    from pydicom.errors import InvalidDicomError
+
+    results: list[tuple[int, str | None, str]] = []
+    for index, file in enumerate(files, start=first):
+        try:
+            ds = dcmread_any(file)
+        except InvalidDicomError as err:
+            text = str(err)
+            results.append((index, None, text if text.startswith("damaged") else unreadable_reason(file)))
+            continue
+        except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            results.append((index, None, f"damaged or truncated DICOM file ({type(err).__name__})"))
+            continue
+        if "SOPClassUID" not in ds and "SeriesInstanceUID" not in ds:
+            meta = getattr(ds, "file_meta", None)
+            if meta is not None and "MediaStorageSOPClassUID" in meta and "DirectoryRecordSequence" not in ds:
+                results.append((index, None, INCOMPLETE_INSTANCE))
+            else:
+                results.append((index, None, "not a DICOM instance (e.g. DICOMDIR)"))
+            continue
+        problem = pixel_data_problem(ds)
+        if problem:
+            results.append((index, None, f"damaged or truncated DICOM file ({problem})"))
+            continue
+        uid = str(ds.get("SeriesInstanceUID", ""))
+        deid.scrub(ds, source=str(file))
+        write_instance(ds, folder / f"{index:07d}.dcm", source=file)
+        results.append((index, uid, ""))
+    return results, (deid.mapping.as_dict() if deid.record_mapping else None)
+
+
+def anonymize_files(
+    in_path: PathLike | Sequence[PathLike], out_dir: PathLike, deid: Scrubber, *, force: bool = False, jobs: int = 1
+) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """De-identify the headers of every DICOM file under ``in_path`` (pixels untouched).
+
+    Output layout: ``out_dir/S001/IM00001.dcm``..., one folder per SeriesInstanceUID in order
+    of first appearance (sorted input paths), files in input order: names carry no PHI and
+    are the same on every run, whatever ``jobs``.  Documents, pictures and DICOMDIRs are not
+    copied and are returned as skipped; a file that may be a damaged instance refuses the
+    whole input (nothing is written).
+
+    Parameters
+    ----------
+    in_path : path-like or sequence of path-like
+        A folder (searched recursively), a file, or a list of files.
+    out_dir : path-like
+        New output folder (appears atomically).
+    deid : Scrubber
+        The de-identification to apply; its mapping is filled when it records one.
+    force : bool
+        Replace an existing output folder.
+    jobs : int
+        Worker processes (1: in this process).  Output is identical for any value.
+
+    Returns
+    -------
+    written, skipped : list of Path, list of (Path, reason)
+
+    Raises
+    ------
+    OutputError
+        Output exists without ``force`` or overlaps the input.
+    DicomSeriesError
+        No DICOM file found; a file that may be a damaged instance (random bytes, truncated);
+        an instance with burned-in text without opt-in (nothing is written).
+    """
+    files = input_files(in_path)
+    out = Path(out_dir)
+    root = Path(in_path) if isinstance(in_path, str | os.PathLike) and Path(in_path).is_dir() else None
+    check_output_folder(out, root, files, force)
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, not {jobs}.")
+    skipped: list[tuple[Path, str]] = []
+    written: list[Path] = []
+    with atomic_outputs([out]) as temps:
+        folder = temps[0]
+        work = folder / ".work"
+        work.mkdir(parents=True)
+        if deid.cleans_text:
+            collect_identifying(files, deid)
+        if jobs == 1 or len(files) < 2 * jobs:
+            outcomes, _ = _anonymize_chunk(files, 0, work, deid)
+        else:
+            outcomes = _anonymize_parallel(files, work, deid, jobs)
+        damaged = [(files[index], why) for index, uid, why in sorted(outcomes) if uid is None and why.startswith("damaged")]
+        if damaged:
+            listing = "\n  ".join(f"{p}: {why}" for p, why in damaged[:10])
+            raise DicomSeriesError(
+                f"{len(damaged)} file(s) in '{in_path}' cannot be read as DICOM, so a series would be written with "
+                f"missing instances:\n  {listing}\nRe-export them, or move them out of the input (nothing was written)."
+            )
+        series_index: dict[str, int] = {}
+        counts: dict[int, int] = defaultdict(int)
+        for index, uid, why in sorted(outcomes):
+            if uid is None:
+                skipped.append((files[index], why))
+                continue
+            number = series_index.setdefault(uid, len(series_index) + 1)
+            counts[number] += 1
+            name = Path(f"S{number:03d}") / f"IM{counts[number]:05d}.dcm"
+            (folder / name).parent.mkdir(exist_ok=True)
+            os.replace(work / f"{index:07d}.dcm", folder / name)
+            written.append(out / name)
+        work.rmdir()
+        if not written:
+            raise DicomSeriesError(f"No DICOM instance found in '{in_path}'; {len(skipped)} file(s) skipped.")
+    for file, why in skipped:
+        logger.warning("skipped '%s': %s", file, why)
+    return written, skipped
+
+
+def _anonymize_parallel(files: list[Path], work: Path, deid: Scrubber, jobs: int) -> list[tuple[int, str | None, str]]:
+    from concurrent.futures import ProcessPoolExecutor
+
+    size = max(16, -(-len(files) // (jobs * 4)))
+    outcomes: list[tuple[int, str | None, str]] = []
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(_anonymize_chunk, files[i:i + size], i, work, deid) for i in range(0, len(files), size)]
+        for future in futures:
+            results, mapping = future.result()
+            outcomes.extend(results)
+            if mapping is not None:
+                deid.mapping.uids.update(mapping["uids"])
+                for patient, entry in mapping["patients"].items():
+                    deid.mapping.patients.setdefault(patient, {}).update(entry)
+    return outcomes
+
+
+def write_deid_mapping(mapping: dict[str, Any], path: PathLike, *, out_dir: PathLike, force: bool = False) -> Path:
+    """Write the original → new identifier map as JSON, never inside the output folder.
+
+    The map re-identifies the data: keep it apart from the de-identified output.
+
+    Raises
+    ------
+    OutputError
+        If ``path`` lies inside ``out_dir``, or exists without ``force``.
+    """
+    import json
+
+    target = Path(path)
+    if target.resolve().is_relative_to(Path(out_dir).resolve()):
+        raise OutputError(
+            f"The mapping file '{target}' would be inside the de-identified output '{out_dir}', where it would "
+            "re-identify the data. Write it somewhere else (it is only written where you ask)."
+        )
+    check_output_path(target, force=force)
+    with atomic_outputs([target]) as (temp,):
+        temp.write_text(json.dumps(mapping, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.chmod(temp, 0o600)
+    return target
