@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from defacer._typing import PathLike
+from defacer.checks import DEFAULT_MAX_VOXELS
 from defacer.detect import Detector
 from defacer.pipeline import DefaceOptions, check_features_found, deface
 
@@ -26,6 +27,7 @@ def deface_dicom_series(
     mask_path: PathLike | None = None,
     key_note: str | None = None,
     allow_missing: bool = False,
+    max_voxels: int | None = DEFAULT_MAX_VOXELS,
 ) -> tuple[dict[str, Any], list[Path]]:
     """Deface a DICOM series folder and write it as a new series folder with its provenance sidecar.
 
@@ -50,6 +52,9 @@ def deface_dicom_series(
     allow_missing : bool
         Write the series even when a requested feature was not distorted (otherwise
         :class:`~defacer.errors.FeaturesNotFoundError` and nothing is written).
+    max_voxels : int or None
+        Refuse a series of more voxels than this (Rows x Columns x slices), before reading its
+        pixels; ``None``: no limit.
 
     Returns
     -------
@@ -69,7 +74,7 @@ def deface_dicom_series(
     sidecar = sidecar_path(target)
     for path in [target, sidecar] + ([Path(mask_path)] if mask_path else []):
         check_output_path(path, force=force, inputs=[source])
-    volume = validate_volume(read_dicom_volume(source, series=series), source=str(source))
+    volume = validate_volume(read_dicom_volume(source, series=series, max_voxels=max_voxels), source=str(source))
     if scrubber is not None:
         scrubber.check_burned_in(volume.header, str(source))
     result = deface(volume, detector, options)

@@ -108,8 +108,8 @@ def load_volume(
         Raise on suspicious geometry or values (NaN, absurd voxel sizes).  Always raised
         for problems that make defacing impossible (2D, 4D, empty).
     max_voxels : int or None
-        Refuse a NIfTI/NRRD/MGH file whose header declares more voxels than this, before
-        reading any voxel (default :data:`defacer.checks.DEFAULT_MAX_VOXELS`, 512^3);
+        Refuse a NIfTI/NRRD/MGH file whose header (or a DICOM series whose Rows x Columns x
+        slices) declares more voxels than this, before reading any voxel (default :data:`defacer.checks.DEFAULT_MAX_VOXELS`, 512^3);
         ``None`` removes the limit.
     data_files : {"beside", "none", "anywhere"}
         Which detached NRRD data files may be read: by default only a plain file name in the
@@ -137,7 +137,7 @@ def load_volume(
     if fmt == "dicom":
         from defacer.io.dicom_series import read_dicom_volume
 
-        volume = read_dicom_volume(p)
+        volume = read_dicom_volume(p, max_voxels=max_voxels)
     else:
         if not p.is_file():
             raise InputImageError(f"'{p}' is not a regular file.")

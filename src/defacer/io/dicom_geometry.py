@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from defacer._typing import PathLike
+from defacer.checks import DEFAULT_MAX_VOXELS, check_voxel_count
 from defacer.errors import DicomSeriesError
 from defacer.io.dicom_files import dcmread_any
 from defacer.io.dicom_grouping import FrameRef, floats, scan, select_series
@@ -86,7 +87,8 @@ def _check_spacing(projections: npt.NDArray[np.float64], source: str) -> list[st
     return warnings
 
 
-def read_dicom_volume(path: PathLike | Sequence[PathLike], series: str | None = None) -> Volume:
+def read_dicom_volume(path: PathLike | Sequence[PathLike], series: str | None = None, *,
+                      max_voxels: int | None = DEFAULT_MAX_VOXELS) -> Volume:
     """Read one DICOM image series as a :class:`Volume` (format ``"dicom"``).
 
     Parameters
@@ -97,6 +99,10 @@ def read_dicom_volume(path: PathLike | Sequence[PathLike], series: str | None = 
     series : str, optional
         Which stack when there are several: its key/SeriesInstanceUID, SeriesNumber, or the
         1-based index shown in the error message.
+    max_voxels : int or None
+        Refuse a stack of more voxels than this (Columns x Rows x slices, every frame of a
+        multi-frame file counted), from the headers, before any pixel data is read (default
+        :data:`defacer.checks.DEFAULT_MAX_VOXELS`, 512^3); ``None`` removes the limit.
 
     Returns
     -------
@@ -112,6 +118,8 @@ def read_dicom_volume(path: PathLike | Sequence[PathLike], series: str | None = 
     DicomSeriesError
         No image series, several without ``series``, inconsistent geometry, duplicate
         positions, undecodable or truncated pixel data.
+    InputImageError
+        The stack declares more than ``max_voxels`` voxels.
     """
     source = str(path) if isinstance(path, str | os.PathLike) else f"{len(path)} files"
     found = scan(path)
@@ -122,6 +130,8 @@ def read_dicom_volume(path: PathLike | Sequence[PathLike], series: str | None = 
             f"  {listing}\nRe-export or remove them (nothing was written)."
         )
     info = select_series(found.series, series, source)
+    # From the headers alone, before a pixel is decoded: the memory the stack would take.
+    check_voxel_count((info.columns, info.rows, len(info.frames)), source, max_voxels)
     frames = list(info.frames)
     if not info.orientation:
         raise DicomSeriesError(
