@@ -1,0 +1,112 @@
+"""defacer.head: threshold, air sample, sealed head, coarse grid and depth below the surface (on phantoms)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from defacer.errors import InputImageError
+from defacer.head import (
+    COARSE_STEP_MM,
+    MAX_AIR_SAMPLE,
+    analyse_head,
+    depth_below_surface,
+    estimate_threshold,
+    outside_field_value,
+)
+from defacer.labels import Label
+from defacer.phantom import CONTRASTS, make_phantom
+
+
+def _ras(contrast: str = "T1", voxel: float = 2.0):
+    phantom = make_phantom(voxel, contrast=contrast)  # stored RAS, so arrays need no reordering
+    return phantom, phantom.volume.values(np.float32), (voxel, voxel, voxel)
+
+
+@pytest.fixture(scope="module")
+def t1():
+    phantom, image, spacing = _ras()
+    return phantom, image, spacing, analyse_head(image, spacing)
+
+
+def test_threshold_separates_air_from_tissue():
+    rng = np.random.default_rng(0)
+    sample = np.concatenate([rng.normal(5, 3, 60_000), rng.normal(600, 40, 30_000)])
+    t = estimate_threshold(sample)
+    assert 20 < t < 500
+
+
+def test_threshold_of_a_constant_sample_is_that_constant():
+    assert estimate_threshold(np.full(1000, 7.0)) == 7.0
+
+
+def test_outside_field_padding_is_found_only_when_it_is_far_below_air_and_common():
+    rng = np.random.default_rng(0)
+    ct = rng.normal(-1000, 10, 10_000)
+    padded = ct.copy()
+    padded[:1000] = -3024
+    assert outside_field_value(padded) == -3024
+    assert outside_field_value(ct) is None
+    rare = ct.copy()
+    rare[:10] = -3024  # 0.1 %: not padding
+    assert outside_field_value(rare) is None
+    assert outside_field_value(rng.normal(0, 5, 1000)) is None  # MR
+
+
+def test_analyse_head_estimates_from_the_scan(t1):
+    phantom, image, spacing, head = t1
+    tone = CONTRASTS["T1"]
+    assert tone["air"] < head.threshold < min(tone["scalp"], tone["brain"])
+    assert abs(head.background - tone["air"]) < 30
+    assert head.air_sample.dtype == np.float32 and 100 <= head.air_sample.size <= MAX_AIR_SAMPLE
+    assert np.all(head.air_sample <= head.threshold)
+    assert head.strides == tuple(int(COARSE_STEP_MM // s) for s in spacing)
+    full_box = tuple(slice(0, n) for n in image.shape)
+    sealed = head.upsample(head.sealed_coarse, full_box)
+    assert sealed.shape == image.shape
+    assert sealed[phantom.brain].mean() > 0.99  # the brain lies inside the sealed head
+    assert not sealed[0, 0, 0]  # a corner is air
+
+
+def test_ct_background_is_air_in_hounsfield_units():
+    _, image, spacing = _ras("CT")
+    head = analyse_head(image, spacing)
+    assert -1100 < head.background < -900
+
+
+def test_a_constant_volume_has_no_head():
+    with pytest.raises(InputImageError, match="No head found"):
+        analyse_head(np.zeros((40, 40, 40), np.float32), (2.0, 2.0, 2.0))
+
+
+def test_nearest_coarse_sample_is_within_half_a_step(t1):
+    _, image, _, head = t1
+    rng = np.random.default_rng(1)
+    idx = tuple(rng.integers(0, n, 500) for n in image.shape)
+    coarse = head.nearest_coarse(idx)
+    for full, near, stride, n in zip(idx, coarse, head.strides, head.sealed_coarse.shape, strict=True):
+        assert np.all((near >= 0) & (near < n))
+        inside = near < n - 1
+        assert np.all(np.abs(near[inside] * stride - full[inside]) <= stride // 2)
+
+
+def test_coarse_index_covers_a_box(t1):
+    _, _, _, head = t1
+    box = (slice(3, 17), slice(10, 11), slice(0, 40))
+    coarse = head.coarse_index(box)
+    for full, part, stride in zip(box, coarse, head.strides, strict=True):
+        assert part.start * stride <= full.start and part.stop * stride >= full.stop
+
+
+def test_depth_is_zero_outside_deep_in_the_brain_and_cached(t1):
+    phantom, image, spacing, head = t1
+    depth = depth_below_surface(head, spacing)
+    assert depth is depth_below_surface(head, spacing)
+    assert not depth.flags.writeable
+    full = head.upsample(depth, tuple(slice(0, n) for n in image.shape))
+    assert np.all(full[~head.upsample(head.sealed_coarse, tuple(slice(0, n) for n in image.shape))] == 0)
+    # Scalp plus skull are >= 13 mm over the phantom's brain; the coarse grid is 4 mm.
+    assert np.percentile(full[phantom.brain], 1) > 10.0
+    # The nose is rolled off by the opening: its voxels are at depth 0.
+    nose = phantom.labels == Label.NOSE
+    assert np.median(full[nose]) == 0
