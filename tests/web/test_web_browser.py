@@ -226,3 +226,37 @@ def test_three_verdicts_have_three_wordings_and_colours(page: Any) -> None:
     assert len(set(seen.values())) == 3, seen
     assert "rgb(26, 127, 55)" in seen["PASS"] and "rgb(207, 34, 46)" in seen["FAIL"]  # the report's colours
     assert "rgb(154, 103, 0)" in seen["INCONCLUSIVE"]
+
+
+def test_the_qc_gallery_opens_from_a_file_with_its_pictures(browser: Any, tmp_path: Path) -> None:
+    """Issue 13: the batch QC gallery is self-contained and opens offline (file://) in Chromium."""
+    from defacer.phantom import make_phantom
+    from defacer.verify import qc
+    from defacer.verify.render import render_volume
+
+    phantom = make_phantom(3.0)
+    scene, before = render_volume(phantom.volume)
+    _, after = render_volume(phantom.volume, like=scene, reference=before)
+    rows = []
+    for n, verdict in enumerate(("PASS", "FAIL", "INCONCLUSIVE")):
+        folder = tmp_path / f"scan-{n}"
+        pictures = qc.write_pictures({"original": before, "defaced": after}, folder, after_only=False)
+        rows.append(qc.GalleryRow(name=f"sub-0{n}/anat/sub-0{n}_T1w.nii.gz", verdict=verdict, folder=folder.name,
+                                  pictures=pictures, features=["eyes", "nose", "ears"], status="done",
+                                  report=f"{folder.name}/verify_report.html"))
+    gallery = qc.write_gallery(tmp_path, rows, title="defacer QC: phantoms")
+    context = browser.new_context(viewport={"width": 1280, "height": 1000}, offline=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(gallery.as_uri())
+    page.wait_for_function("() => Array.from(document.images).every((i) => i.complete && i.naturalWidth > 0)",
+                           timeout=TIMEOUT_MS)
+    assert page.locator("img").count() == 12
+    badges = [page.locator(f".verdict.{v}").first.evaluate("(e) => getComputedStyle(e).backgroundColor")
+              for v in ("PASS", "FAIL", "INCONCLUSIVE")]
+    assert len(set(badges)) == 3, badges
+    assert page.locator("tr.row-FAIL").count() == 1
+    shot(page, "qc-gallery.png")
+    context.close()
+    assert errors == []

@@ -186,6 +186,12 @@ nav a{margin-right:8px}.small{font-size:.85em;color:#555}
 """
 
 
+def _caption(key: str) -> str:
+    """``front_before`` -> ``front, before``; ``left45_after`` -> ``oblique, after``."""
+    view, _, when = key.rpartition("_")
+    return f"{'front' if view == 'front' else 'oblique'}, {when}"
+
+
 def _row_html(row: GalleryRow) -> str:
     pics = []
     for key in ("front_before", "left45_before", "front_after", "left45_after"):
@@ -193,8 +199,7 @@ def _row_html(row: GalleryRow) -> str:
         if name and row.folder:
             src = html.escape(f"{row.folder}/{name}", quote=True)
             pics.append(f'<figure style="margin:0"><img src="{src}" alt="{html.escape(key)}" loading="lazy" '
-                        f'width="{THUMB_SIZE}"><figcaption class="small">{html.escape(key.replace("_", ", "))}'
-                        "</figcaption></figure>")
+                        f'width="{THUMB_SIZE}"><figcaption class="small">{html.escape(_caption(key))}</figcaption></figure>')
     verdict = row.verdict or "NONE"
     badge = html.escape(row.verdict or "not verified")
     link = (f'<a href="{html.escape(row.report, quote=True)}">full report</a>' if row.report else "")
