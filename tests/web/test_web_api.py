@@ -263,6 +263,8 @@ def test_corrupt_file_is_refused_in_words_before_parsing(client: TestClient, pha
     response = put(client, session, phantom_files.garbage)
     assert response.status_code == 415
     assert "not a supported scan" in response.json()["error"]
+    # In words, not hex bytes (issue 13).
+    assert not __import__("re").search(r"\b[0-9a-f]{2} [0-9a-f]{2} [0-9a-f]{2}\b", response.json()["error"])
     empty = client.put(f"/api/sessions/{session}/files/scan", content=b"", headers={"X-File-Name": "x.nii"})
     assert empty.status_code == 415 and "empty" in empty.json()["error"]
 

@@ -38,8 +38,8 @@ def test_supported_types_are_recognised_from_their_first_bytes(head: bytes, name
 
 @pytest.mark.parametrize(("head", "name", "message"), [
     (b"", "scan.nii.gz", "empty"),
-    (b"hello world, I am a text file" * 20, "scan.nii.gz", "not a supported scan"),
-    (b"\x89PNG\r\n\x1a\n" + b"\0" * 400, "face.png", "89 50 4e 47"),
+    (b"hello world, I am a text file" * 20, "scan.nii.gz", "not a supported scan: it looks like text"),
+    (b"\x89PNG\r\n\x1a\n" + b"\0" * 400, "face.png", "looks like a PNG picture"),  # in words, not hex
     (gzip.compress(b"just text" * 100)[:SNIFF_BYTES], "scan.nii.gz", "neither a NIfTI nor an MGH header"),
     (b"NRRD0004\ntype: short\n", "scan.nhdr", "Detached NRRD"),
     (b"NRRD0004\ntype: short\ndata file: scan.raw.gz\n", "scan.nrrd", "data file"),

@@ -118,11 +118,31 @@ def sniff(head: bytes, display_name: str = "") -> str:
         return "mgh"
     if name.endswith(".dcm") and head[:2] in (b"\x08\x00", b"\x02\x00"):
         return "dicom"  # DICOM without the 128-byte preamble
-    shown = head[:8].hex(" ")
     raise UnsupportedUpload(
-        f"This file is not a supported scan: its first bytes are {shown}. Expected {ACCEPTED_TEXT}. "
-        "If it is a scan in another format, convert it first (e.g. with dcm2niix or 3D Slicer)."
+        f"This file is not a supported scan: it looks like {_looks_like(head)}. "
+        f"Expected {ACCEPTED_TEXT}. If it is a scan in another format, convert it first (e.g. with dcm2niix or "
+        "3D Slicer)."
     )
+
+
+#: Beginnings of common files that are not scans, named in words for the error message.
+_OTHER_KINDS: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG", "a PNG picture"), (b"\xff\xd8\xff", "a JPEG picture"), (b"GIF8", "a GIF picture"),
+    (b"%PDF", "a PDF document"), (b"BM", "a BMP picture"), (b"II*\x00", "a TIFF picture"),
+    (b"MM\x00*", "a TIFF picture"), (b"7z\xbc\xaf", "a 7-Zip archive"), (b"Rar!", "a RAR archive"),
+    (b"\x89HDF", "an HDF5 file"),
+)
+
+
+def _looks_like(head: bytes) -> str:
+    """What a file's first bytes look like, in words (never the raw bytes)."""
+    for magic, kind in _OTHER_KINDS:
+        if head.startswith(magic):
+            return kind
+    sample = head[:64]
+    if sample and all(32 <= c < 127 or c in (9, 10, 13) for c in sample):
+        return "text"
+    return "binary data of an unknown kind"
 
 
 def check_nrrd_upload(path: Path) -> None:
