@@ -205,3 +205,12 @@ def test_deface_verify_of_a_dicom_series_writes_no_face_into_the_output_folder(t
     qc_dir = tmp_path / "shared" / "defaced-qc"
     assert (qc_dir / "verify_report.html").is_file() and (qc_dir / "before_after.png").is_file()
     assert all(p.is_relative_to(qc_dir) for p in _face_artefacts(tmp_path / "shared"))
+
+
+def test_an_after_only_run_keeps_the_warning_while_earlier_faces_remain(tmp_path) -> None:
+    qc.write_readme(tmp_path, after_only=True)
+    assert "ORIGINAL" not in (tmp_path / "README.txt").read_text()
+    (tmp_path / "sub-01").mkdir()
+    (tmp_path / "sub-01" / "front_before.png").write_bytes(PNG)
+    qc.write_readme(tmp_path, after_only=True)
+    assert "ORIGINAL" in (tmp_path / "README.txt").read_text()

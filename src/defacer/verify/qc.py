@@ -65,9 +65,14 @@ def notice(qc_dir: Path, after_only: bool) -> str:
 
 
 def write_readme(qc_dir: Path, after_only: bool) -> Path:
-    """Write ``README.txt`` into the QC folder, saying what it holds."""
+    """Write ``README.txt`` into the QC folder, saying what it holds.
+
+    An after-only run into a folder that still holds an earlier run's pictures of the original
+    keeps the warning.
+    """
     qc_dir.mkdir(parents=True, exist_ok=True)
-    if after_only:
+    earlier = any(qc_dir.rglob("*_before.png")) or any(qc_dir.rglob("before_after.png"))
+    if after_only and not earlier:
         text = ("defacer quality-control folder.\n\nIt holds verification reports and pictures of the scans AFTER "
                 "defacing only (--qc-after-only): no picture of an original face.\n")
     else:
