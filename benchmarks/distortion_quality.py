@@ -231,7 +231,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             out[f"heads_with_{det}_after"] = sum(1 for r in faced if r["faces_after_views"].get(det))
             out[f"views_with_{det}_after"] = sum(len(r["faces_after_views"].get(det, [])) for r in faced)
         out["heads_face_before"] = sum(1 for r in faced if r["faces_before"])
-        out["verdict_fail"] = [r["name"] for r in faced if r["verdict"] != "PASS"]
+        out["verdict_fail"] = [r["name"] for r in faced if r["verdict"] == "FAIL"]
+        out["verdict_inconclusive"] = [r["name"] for r in faced if r["verdict"] == "INCONCLUSIVE"]
     return out
 
 

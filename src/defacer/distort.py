@@ -121,6 +121,8 @@ def eye_region(eyes: Mask, component: Box, spacing: tuple[float, float, float], 
 
 #: Tissue standing up to this far in front of the eye cover is cut to it; beyond twice this the cover fades out (mm).
 CUT_MM = 12.0
+#: An edge of the eye cover this far in front of the opposite edge is on the nose (mm).
+EDGE_STEP_MM = 10.0
 #: Smoothing of the eye cover along R (mm).
 SMOOTH_R_MM = 10.0
 #: Distance over which the face's slope is read at the edge of the eye cover (mm).
@@ -154,7 +156,8 @@ def distort_eyes(
     smoothly (raised cosine) from 1 at ``feather_mm`` / 2 inside the region's edge to 0 at
     ``feather_mm`` / 2 outside it, so the cover meets the face with neither edge nor step.
     Where the face stands more than :data:`CUT_MM` in front of the cover (the side of the
-    nose), the weight fades out too, reaching 0 at twice that.
+    nose), or the cover that far in front of the face, the weight fades out too, reaching 0 at
+    twice that.
 
     Voxels between the new surface and ``band_mm`` x weight behind it become skin (the median of
     this scan's superficial tissue in the region), tissue in front of it becomes air
@@ -236,6 +239,8 @@ def _eye_cover(image: npt.NDArray[np.floating], head: HeadModel, spacing: tuple[
     # lids and brow up to CUT_MM in front of it go, a nose never.
     cut_mm = (surface - cover) * spacing[1]
     weight *= _smoothstep((2.0 * CUT_MM - cut_mm) / CUT_MM)
+    # Nor does it stand far in front of the face: a socket is filled, no visor is built.
+    weight *= _smoothstep((2.0 * CUT_MM + cut_mm) / CUT_MM)
     target = weight * cover + (1.0 - weight) * surface
     active = weight > 0.02
     y = np.arange(local.shape[1], dtype=np.float32)[None, :, None]
@@ -303,7 +308,8 @@ def _span_socket(surface: npt.NDArray[np.float32], present: Mask, inside: Mask,
     smoothed) surface just below the region and meets it just above with the surface's own
     slopes there (measured over ``slope_mm``), so a convex face stays convex and any hollow
     between the brow and the cheek is bridged.  The curve never bulges more than a quarter of
-    its span beyond the straight line.  The curves are then smoothed along R (Gaussian,
+    its span beyond the straight line.  An edge more than :data:`EDGE_STEP_MM` in front of the
+    other (the nose, below the nasal bridge) is moved back to that, with a flat slope.  The curves are then smoothed along R (Gaussian,
     :data:`SMOOTH_R_MM`), so that neighbouring columns agree and the rise towards the nose
     between two eyes is a broad swell, not a ridge that reads as a nose.  Outside
     the region the surface is returned as it is.
@@ -323,6 +329,12 @@ def _span_socket(surface: npt.NDArray[np.float32], present: Mask, inside: Mask,
     above = np.clip(hi + k, 0, n_s - 1)
     m0 = (v0 - smooth[columns, below]) / np.maximum(lo - below, 1)  # A voxels per S voxel, leaving the lower edge
     m1 = (smooth[columns, above] - v1) / np.maximum(above - hi, 1)  # arriving at the upper edge
+    # An edge far in front of the other is on the nose (below the eyes, between them), not on the
+    # cheek or the brow: start the curve level with the other edge instead, flat.
+    limit = EDGE_STEP_MM / spacing[1]
+    nose_low, nose_high = v0 > v1 + limit, v1 > v0 + limit
+    v0, m0 = np.where(nose_low, v1 + limit, v0), np.where(nose_low, 0.0, m0)
+    v1, m1 = np.where(nose_high, v0 + limit, v1), np.where(nose_high, 0.0, m1)
     span = np.maximum(hi - lo, 1).astype(np.float32)
     t = np.clip((rows[None, :] - lo[:, None]) / span[:, None], 0.0, 1.0)
     h00, h10, h01, h11 = 2 * t**3 - 3 * t**2 + 1, t**3 - 2 * t**2 + t, -2 * t**3 + 3 * t**2, t**3 - t**2
