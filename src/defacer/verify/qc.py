@@ -232,7 +232,8 @@ def gallery_html(rows: Sequence[GalleryRow], title: str, after_only: bool) -> st
         f'<section id="page-{n + 1}"><h2>Scans {n * PAGE_ROWS + 1}&ndash;{n * PAGE_ROWS + len(page)}</h2>'
         f'<table>{head}{"".join(_row_html(r) for r in page)}</table></section>'
         for n, page in enumerate(pages))
-    warning = ("" if after_only else '<p class="warn">This folder holds pictures of the <b>original</b> faces: keep '
+    holds_faces = not after_only or any(key.endswith("_before") for row in rows for key in row.pictures)
+    warning = ("" if not holds_faces else '<p class="warn">This folder holds pictures of the <b>original</b> faces: keep '
                "it out of any data you share.</p>")
     legend = " ".join(f'<span class="verdict {v}">{v}</span> {html.escape(verdicts.MEANING[v])}<br>'
                       for v in verdicts.VERDICTS)
