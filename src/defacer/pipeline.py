@@ -31,6 +31,7 @@ from defacer.distort import Edit, distort_ears, distort_eyes, distort_nose, nose
 from defacer.errors import DetectorError, FeaturesNotFoundError, InputImageError
 from defacer.head import analyse_head, depth_below_surface
 from defacer.labels import FEATURES, Label
+from defacer.protection_check import changed_mask, check_protection
 from defacer.provenance import environment, sha256_of, sidecar_path, write_provenance
 from defacer.volume import Volume, canonical_reorientation
 
@@ -215,10 +216,10 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DefaceOp
     changed[changed_at] = raw[changed_at] != volume.raw[changed_at]
     edit_mask = np.where(changed, written_native, 0).astype(np.uint8)
     labels_native = reorientation.from_ras(labels_ras)
-    # Independent check of the guarantee: look up the depth of every voxel that actually changed.
-    changed_ras = np.nonzero(reorientation.to_ras(edit_mask))
-    coarse_idx = head.nearest_coarse(changed_ras)
-    changed_inside_protected = int(np.count_nonzero(depth[coarse_idx] > options.protect_depth_mm - slack))
+    # Check of the guarantee, independent of the gate above: every voxel whose stored value changed, at its
+    # exact position (defacer.protection_check).
+    check = check_protection(reorientation.to_ras(changed_mask(volume.raw, raw)), head, depth, spacing,
+                             options.protect_depth_mm)
     timings["map_back_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - start
 
@@ -238,7 +239,8 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DefaceOp
         "protection": {"depth_mm": options.protect_depth_mm, "coarse_slack_mm": round(slack, 3),
                        "protected_voxels_approx": int(np.count_nonzero(depth > options.protect_depth_mm - slack))
                        * int(np.prod(head.strides)),
-                       "changed_inside_protected": changed_inside_protected},
+                       "changed_inside_protected": check.changed_inside_protected,
+                       "changed_outside_edits": check.changed_voxels - int(np.count_nonzero(edit_mask))},
         "timings": {k: round(v, 4) for k, v in timings.items()},
     }
     provenance["features"] = feature_report(options.features, found, provenance["voxels_changed"])

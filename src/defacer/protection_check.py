@@ -1,0 +1,120 @@
+"""After the fact: did any voxel that changed lie deeper than the protection depth below the head surface?
+
+:func:`defacer.pipeline.deface` writes an edit only where the coarse depth map (about 4 mm
+grid), read at the *nearest coarse sample* of each voxel, is at most ``depth - slack``; by
+the 1-Lipschitz argument in that module's docstring this keeps every written voxel within
+``depth`` of the surface.  Looking the changed voxels up in the same coarse map with the same
+rule would give 0 by construction, so this check measures something else:
+
+* **what changed** is taken from the stored values themselves (output differs from input),
+  not from the edit masks, so a write that bypassed the gate, a wrong map back onto the
+  file's grid or a mis-quantised value all count;
+* **its depth** is the exact Euclidean distance, in mm, from each changed voxel's own
+  full-resolution position to the nearest coarse sample outside the opened head (a k-d tree
+  query), not a coarse-map lookup: no nearest-sample rounding, no slack.
+
+What it shares with the gate is the head surface itself (the threshold, the sealed head and
+its opening in :mod:`defacer.head`): it checks that the writes respect that surface, not that
+the surface is right (the phantom tests, which know where the brain is, check that).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from scipy.spatial import cKDTree
+
+from defacer._typing import Mask
+from defacer.head import HeadModel
+
+
+@dataclass(frozen=True)
+class ProtectionCheck:
+    """Depth of the voxels that changed, measured independently of the write gate.
+
+    Attributes
+    ----------
+    changed_voxels : int
+        Voxels whose stored value differs between input and output.
+    changed_inside_protected : int
+        Of those, the ones deeper than the protection depth below the head surface.
+    """
+
+    changed_voxels: int
+    changed_inside_protected: int
+
+
+def outside_samples(depth: npt.NDArray[np.floating], coarse_step_mm: tuple[float, float, float]) -> npt.NDArray[np.float64]:
+    """Positions (mm, full-grid frame) of the coarse samples outside the opened head (depth 0)."""
+    return np.argwhere(depth <= 0).astype(np.float64) * np.asarray(coarse_step_mm)
+
+
+def changed_mask(before: npt.NDArray[np.generic], after: npt.NDArray[np.generic]) -> Mask:
+    """Voxels whose stored value differs between ``before`` and ``after`` (NaN equal to NaN)."""
+    if before.shape != after.shape:
+        raise ValueError(f"Input and output grids differ: {before.shape} vs {after.shape}.")
+    changed: Mask = before != after
+    if np.issubdtype(before.dtype, np.floating):
+        changed &= ~(np.isnan(before) & np.isnan(after))
+    return changed
+
+
+def check_protection(changed_ras: Mask, head: HeadModel, depth: npt.NDArray[np.floating],
+                     spacing: tuple[float, float, float], protect_depth_mm: float) -> ProtectionCheck:
+    """Count the changed voxels deeper than ``protect_depth_mm`` below the head surface.
+
+    The depth of a point is its exact distance to the nearest coarse sample outside the opened
+    head: on the samples themselves, the distance map :func:`defacer.head.depth_below_surface`
+    holds; between them, the 1-Lipschitz function the gate's bound is about.
+
+    Parameters
+    ----------
+    changed_ras : ndarray, bool, full grid in RAS axis order
+        The voxels whose stored value changed (:func:`changed_mask` of input and output).
+    head : HeadModel
+        Gives the coarse grid's strides.
+    depth : ndarray, float, coarse grid
+        :func:`defacer.head.depth_below_surface`; only its zero set (outside the opened head)
+        is used.
+    spacing : tuple of 3 float
+        Full-grid voxel size along R, A, S in mm.
+    protect_depth_mm : float
+        The protection depth.
+
+    Returns
+    -------
+    ProtectionCheck
+    """
+    count = int(np.count_nonzero(changed_ras))
+    if count == 0:
+        return ProtectionCheck(0, 0)
+    step = tuple(float(s) * st for s, st in zip(spacing, head.strides, strict=True))
+    outside = outside_samples(depth, step)  # type: ignore[arg-type]
+    if outside.size == 0:  # the head fills the whole grid: every voxel is inside, none measurable
+        return ProtectionCheck(count, count)
+    indices = np.argwhere(changed_ras)
+    # A voxel in a coarse cell with an outside corner is within one cell diagonal of the outside: when that
+    # is no more than the protection depth, it needs no search (most changed voxels: the face's surface band).
+    todo = np.ones(len(indices), dtype=bool)
+    if float(np.linalg.norm(step)) <= protect_depth_mm:
+        lower = np.minimum(indices // np.asarray(head.strides), np.asarray(depth.shape) - 1)
+        todo = ~_cells_touching_outside(depth <= 0)[lower[:, 0], lower[:, 1], lower[:, 2]]
+    deep = 0
+    if todo.any():
+        points = indices[todo].astype(np.float64) * np.asarray(spacing, dtype=np.float64)
+        # The nearest outside sample, searched up to the protection depth (beyond it "too deep" is enough).
+        distance, _ = cKDTree(outside).query(points, distance_upper_bound=protect_depth_mm + 1e-6)
+        deep = int(np.count_nonzero(np.isinf(distance)))
+    return ProtectionCheck(count, deep)
+
+
+def _cells_touching_outside(outside: Mask) -> Mask:
+    """For each coarse sample ``c``: is any corner ``c + {0, 1}^3`` of its cell outside (last index repeated)?"""
+    cell = outside.copy()
+    for axis in range(3):
+        n = cell.shape[axis]
+        following = np.take(cell, np.minimum(np.arange(1, n + 1), n - 1), axis=axis)
+        cell |= following
+    return cell

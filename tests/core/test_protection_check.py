@@ -1,0 +1,114 @@
+"""The brain-protection check is independent of the gate that masked the writes, and it can fail.
+
+It takes what changed from the stored values (input vs output) and measures each changed
+voxel's exact distance to the outside of the opened head, so a wrong edit or a broken gate
+shows up as ``changed_inside_protected > 0``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import defacer.pipeline
+from defacer.head import analyse_head, depth_below_surface
+from defacer.labels import Label
+from defacer.phantom import make_phantom
+from defacer.pipeline import deface
+from defacer.protection_check import changed_mask, check_protection
+from defacer.volume import canonical_reorientation
+
+
+class Labels:
+    name = "test labels"
+    weights_sha256 = None
+
+    def __init__(self, labels_ras: np.ndarray) -> None:
+        self.labels = labels_ras
+
+    def predict(self, image_ras: np.ndarray, ras_affine: np.ndarray) -> np.ndarray:
+        return self.labels
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return make_phantom(2.0)
+
+
+def _brain_labelled(phantom) -> np.ndarray:
+    """A detector gone wrong: the brain labelled as ears (noise would fill it) on top of the true labels."""
+    labels = phantom.labels.copy()
+    labels[phantom.brain] = Label.EARS
+    return labels
+
+
+def test_a_correct_run_passes_the_check(phantom):
+    result = deface(phantom.volume, Labels(phantom.labels))
+    protection = result.provenance["protection"]
+    assert protection["changed_inside_protected"] == 0
+    assert protection["changed_outside_edits"] == 0
+
+
+def test_a_detector_labelling_the_brain_still_passes_and_the_brain_is_untouched(phantom):
+    result = deface(phantom.volume, Labels(_brain_labelled(phantom)))
+    assert result.provenance["protection"]["changed_inside_protected"] == 0
+    assert not (result.volume.raw != phantom.volume.raw)[phantom.brain].any()
+
+
+def test_a_deliberately_wrong_edit_is_counted_exactly(phantom):
+    """Changing a block in the middle of the brain (tens of mm deep) after defacing: every voxel is caught."""
+    result = deface(phantom.volume, Labels(phantom.labels))
+    spacing = (2.0, 2.0, 2.0)
+    image = phantom.volume.values(np.float32)
+    head = analyse_head(image, spacing)
+    depth = depth_below_surface(head, spacing)
+    wrong = result.volume.raw.copy()
+    centre = tuple(n // 2 for n in wrong.shape)
+    block = tuple(slice(c - 3, c + 3) for c in centre)
+    wrong[block] += 1
+    changed = changed_mask(phantom.volume.raw, wrong)
+    check = check_protection(changed, head, depth, spacing, 10.0)
+    assert check.changed_voxels == int(np.count_nonzero(result.edit_mask)) + 216
+    assert check.changed_inside_protected == 216
+    # The same edit within the surface band is not counted: the check is about depth, not about any change.
+    assert check_protection(changed_mask(phantom.volume.raw, result.volume.raw), head, depth, spacing,
+                            10.0).changed_inside_protected == 0
+
+
+def test_a_broken_gate_is_caught_by_the_check(phantom, monkeypatch):
+    """A gate reading the depth map at half its value writes down to ~2x the protection depth; the check sees it."""
+    real = defacer.pipeline.depth_below_surface
+
+    def halved(head, spacing):
+        return real(head, spacing) * 0.5
+
+    monkeypatch.setattr(defacer.pipeline, "depth_below_surface", halved)
+    result = deface(phantom.volume, Labels(_brain_labelled(phantom)))
+    assert result.provenance["protection"]["changed_inside_protected"] > 0
+
+
+def test_a_gate_without_slack_is_caught_too(phantom, monkeypatch):
+    """Reading the coarse map at the nearest sample without the half-diagonal slack lets writes a little too deep."""
+    head_model = type(analyse_head(phantom.volume.values(np.float32), (2.0, 2.0, 2.0)))
+    real_upsample = head_model.upsample
+    slack = 0.5 * float(np.linalg.norm([4.0, 4.0, 4.0]))
+
+    def no_slack(self, coarse, box):
+        values = real_upsample(self, coarse, box)
+        return values - slack if coarse.dtype == np.float32 else values  # depth map only: cancels the slack
+
+    monkeypatch.setattr(head_model, "upsample", no_slack)
+    result = deface(phantom.volume, Labels(_brain_labelled(phantom)))
+    protection = result.provenance["protection"]
+    assert protection["changed_inside_protected"] > 0
+    # The correct gate, on the same labels: 0 (test_a_detector_labelling_the_brain_still_passes...).
+
+
+def test_other_axis_orders_pass(phantom):
+    lps = make_phantom(3.0, axcodes="PIR")
+    reorientation = canonical_reorientation(lps.volume.affine, lps.volume.shape)
+    labels = reorientation.to_ras(lps.labels).copy()
+    labels[reorientation.to_ras(lps.brain)] = Label.EARS
+    result = deface(lps.volume, Labels(labels))
+    assert result.provenance["protection"]["changed_inside_protected"] == 0
+    assert result.provenance["protection"]["changed_outside_edits"] == 0
