@@ -9,22 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from defacer._typing import PathLike
+from defacer.files import file_sha256, image_stem
 from defacer.io.atomic import atomic_outputs
 
 #: Ending of the sidecar file name: ``scan.nii.gz`` -> ``scan.defacer.json``.
 SIDECAR_SUFFIX = ".defacer.json"
-_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mgz", ".mgh", ".dcm")
 
 
 def sidecar_path(output: PathLike) -> Path:
     """Path of the provenance sidecar for an output file or DICOM output folder."""
     p = Path(output)
-    name = p.name
-    for suffix in _IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return p.with_name(name + SIDECAR_SUFFIX)
+    return p.with_name(image_stem(p.name, dicom=True) + SIDECAR_SUFFIX)
 
 
 def sha256_of(path: PathLike) -> str:
@@ -34,12 +29,9 @@ def sha256_of(path: PathLike) -> str:
     if p.is_dir():
         for child in sorted(q for q in p.rglob("*") if q.is_file()):
             digest.update(str(child.relative_to(p)).encode())
-            digest.update(bytes.fromhex(sha256_of(child)))
+            digest.update(bytes.fromhex(file_sha256(child)))
         return digest.hexdigest()
-    with p.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(p)
 
 
 def environment() -> dict[str, str]:

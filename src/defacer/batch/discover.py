@@ -31,11 +31,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from defacer import files
 from defacer._typing import PathLike
 from defacer.errors import InputImageError
 
 #: Image file endings that defacer reads (longest first, so ``.nii.gz`` wins over ``.gz``).
-IMAGE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mgz", ".mgh")
+IMAGE_SUFFIXES: tuple[str, ...] = files.IMAGE_SUFFIXES
 
 #: BIDS suffixes in ``anat/`` that hold no face (masks, segmentations): never defaced.
 NON_FACE_SUFFIXES: frozenset[str] = frozenset({"defacemask", "mask", "dseg", "probseg", "label", "roi"})
@@ -122,16 +123,12 @@ class Discovery:
 
 def image_stem(name: str) -> str:
     """Strip an image ending from a file name (``a.nii.gz`` -> ``a``); other names are kept."""
-    lower = name.lower()
-    for suffix in IMAGE_SUFFIXES:
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    return files.image_stem(name)
 
 
 def is_image_file(path: Path) -> bool:
     """Whether the name ends in an image ending defacer reads."""
-    return path.name.lower().endswith(IMAGE_SUFFIXES)
+    return files.is_image_name(path.name)
 
 
 def is_dicom_file(path: Path) -> bool:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from defacer.errors import OutputError
+from defacer.files import file_sha256
 
 #: Format version of the manifest file.
 MANIFEST_VERSION = 1
@@ -34,8 +35,6 @@ DONE, FAILED, SKIPPED = "done", "failed", "skipped"
 #: No requested feature / not every requested feature was found or distorted: nothing was
 #: written for the scan (unless ``--allow-missing``, which makes it ``done``).
 NOTHING_FOUND, INCOMPLETE = "nothing-found", "incomplete"
-
-_CHUNK = 1 << 20
 
 
 @dataclass
@@ -163,12 +162,8 @@ def batch_lock(state_dir: Path) -> Iterator[None]:
 
 
 def sha256_file(path: Path) -> str:
-    """sha256 of a file's bytes, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """sha256 of a file's bytes (:func:`defacer.files.file_sha256`)."""
+    return file_sha256(path)
 
 
 def stamp(path: Path, root: Path, sha256: str | None = None) -> FileStamp:

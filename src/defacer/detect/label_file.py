@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
 from defacer._typing import Affine, LabelMap, PathLike
 from defacer.errors import LabelMapError
+from defacer.files import file_sha256
 from defacer.labels import NUM_CLASSES
 from defacer.volume import Volume, canonical_reorientation
 
@@ -92,5 +92,5 @@ class LabelFileDetector(LabelMapDetector):
             volume = load_volume(self.path, strict=False, data_files=data_files)
         except Exception as err:
             raise LabelMapError(f"Could not read the label map '{path}': {err}") from err
-        sha = hashlib.sha256(self.path.read_bytes()).hexdigest() if self.path.is_file() else None
+        sha = file_sha256(self.path) if self.path.is_file() else None
         super().__init__(volume, name=f"label file {self.path.name}", source=f"'{path}'", sha256=sha)

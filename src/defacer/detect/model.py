@@ -12,7 +12,6 @@ grid inside each kept component's region).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from defacer._typing import Affine, LabelMap, PathLike
 from defacer.detect.postprocess import find_components, keep_largest_pieces, restrict_to_tissue
 from defacer.detect.preprocess import box_to_grid, to_box
 from defacer.errors import InputImageError, WeightsError
+from defacer.files import file_sha256
 from defacer.labels import FEATURE_LABELS
 
 WEIGHTS_NAME = "detector.onnx"
@@ -36,12 +36,8 @@ def default_weights_path() -> Path:
 
 
 def sha256_of(path: PathLike) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """Hex sha256 of a file (:func:`defacer.files.file_sha256`)."""
+    return file_sha256(path)
 
 
 def _read_card(weights: Path) -> dict[str, Any]:

@@ -16,18 +16,12 @@ import numpy as np
 from defacer._typing import PathLike
 from defacer.checks import DEFAULT_MAX_VOXELS, validate_volume
 from defacer.errors import InputImageError, OutputError
+from defacer.files import IMAGE_FORMATS
 from defacer.io.atomic import atomic_outputs, check_output_path
 from defacer.volume import Volume
 
-#: File name endings and the format each one means.
-SUFFIX_FORMATS: dict[str, str] = {
-    ".nii.gz": "nifti",
-    ".nii": "nifti",
-    ".nrrd": "nrrd",
-    ".nhdr": "nrrd",
-    ".mgz": "mgh",
-    ".mgh": "mgh",
-}
+#: File name endings and the format each one means (the one table, :data:`defacer.files.IMAGE_FORMATS`).
+SUFFIX_FORMATS: dict[str, str] = IMAGE_FORMATS
 
 
 def format_of(path: PathLike) -> str:

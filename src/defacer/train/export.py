@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ import torch
 from torch import nn
 
 from defacer.detect.preprocess import BOX_SHAPE, BOX_SPACING, NORMALISE_PERCENTILES, TOP_TO_CENTRE_MM
+from defacer.files import file_sha256
 from defacer.train.loop import network_from_state
 from defacer.train.unet import SoftmaxUNet
 
@@ -66,7 +66,7 @@ def export_ensemble(checkpoints: list[Path], out_path: Path, extra: dict[str, An
                         "val_dice": state["val_dice"], "history": state["history"]})
     card: dict[str, Any] = {
         "format": "onnx", "opset": OPSET, "file": out_path.name,
-        "sha256": hashlib.sha256(out_path.read_bytes()).hexdigest(), "size_bytes": out_path.stat().st_size,
+        "sha256": file_sha256(out_path), "size_bytes": out_path.stat().st_size,
         "box": boxes[0], "classes": ["background", "eyes", "nose", "ears"], "ensemble": "mean of probabilities",
         "members": members,
     }
@@ -89,7 +89,7 @@ def export_onnx(checkpoint: Path, out_path: Path, extra: dict[str, Any] | None =
         "format": "onnx",
         "opset": OPSET,
         "file": out_path.name,
-        "sha256": hashlib.sha256(out_path.read_bytes()).hexdigest(),
+        "sha256": file_sha256(out_path),
         "size_bytes": out_path.stat().st_size,
         "box": _box_card(state),
         "classes": ["background", "eyes", "nose", "ears"],

@@ -1,0 +1,60 @@
+"""File plumbing shared by the whole package: image file endings, name stems, file hashes.
+
+One table of the endings defacer reads (:data:`IMAGE_FORMATS`, matched without regard to
+case, longest first), the functions that use it, and one sha256 of a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from defacer._typing import PathLike
+
+#: File endings of single-file (or header + data) scans and the format each one means, longest first.
+IMAGE_FORMATS: dict[str, str] = {
+    ".nii.gz": "nifti",
+    ".nii": "nifti",
+    ".nrrd": "nrrd",
+    ".nhdr": "nrrd",
+    ".mgz": "mgh",
+    ".mgh": "mgh",
+}
+#: The endings of :data:`IMAGE_FORMATS`, as a tuple (for ``str.endswith``).
+IMAGE_SUFFIXES: tuple[str, ...] = tuple(IMAGE_FORMATS)
+#: Ending of a single DICOM file.
+DICOM_SUFFIX = ".dcm"
+
+
+def image_suffix(name: str, *, dicom: bool = False) -> str:
+    """The image ending of a file name as written in the name (``"a.NII.GZ"`` -> ``".NII.GZ"``), or ``""``.
+
+    Parameters
+    ----------
+    name : str
+        A file name (not a path).
+    dicom : bool
+        Also recognise ``.dcm``.
+    """
+    lower = name.lower()
+    for suffix in IMAGE_SUFFIXES + ((DICOM_SUFFIX,) if dicom else ()):
+        if lower.endswith(suffix):
+            return name[len(name) - len(suffix):]
+    return ""
+
+
+def image_stem(name: str, *, dicom: bool = False) -> str:
+    """A file name without its image ending (``a.nii.gz`` -> ``a``); other names are kept whole."""
+    suffix = image_suffix(name, dicom=dicom)
+    return name[: len(name) - len(suffix)]
+
+
+def is_image_name(name: str) -> bool:
+    """Whether a file name ends in an image ending defacer reads (any case)."""
+    return bool(image_suffix(name))
+
+
+def file_sha256(path: PathLike) -> str:
+    """Hex sha256 of a file's bytes (:func:`hashlib.file_digest`: read in blocks, never whole)."""
+    with Path(path).open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
