@@ -53,6 +53,11 @@ class Phantom:
     brain: Mask
 
 
+def _shrunk(axes: tuple[float, float, float], by: float) -> tuple[float, float, float]:
+    """Semi-axes each shortened by ``by`` mm."""
+    return axes[0] - by, axes[1] - by, axes[2] - by
+
+
 def _ellipsoid(x: npt.NDArray, y: npt.NDArray, z: npt.NDArray, centre: tuple[float, float, float],
                axes: tuple[float, float, float]) -> npt.NDArray[np.floating]:
     """Normalised radius: < 1 inside the ellipsoid."""
@@ -101,12 +106,12 @@ def make_phantom(
     tone = CONTRASTS[contrast]
 
     head = _ellipsoid(x, y, z, (0, 0, 0), HEAD_AXES)
-    inner_axes = tuple(a - SCALP_MM for a in HEAD_AXES)
-    brain_axes = tuple(a - SCALP_MM - SKULL_MM for a in HEAD_AXES)
+    inner_axes = _shrunk(HEAD_AXES, SCALP_MM)
+    brain_axes = _shrunk(HEAD_AXES, SCALP_MM + SKULL_MM)
     # The brain sits in the upper-back part of the skull; the face and orbits lie in front of and below it.
     brain = _ellipsoid(x, y, z, (0, -8, 18), (brain_axes[0], brain_axes[1] - 10, brain_axes[2] - 22)) < 1
     # Scalp and skull together are at least ~12 mm thick everywhere over the brain, as in adults.
-    brain &= _ellipsoid(x, y, z, (0, 0, 0), tuple(a - SCALP_MM - SKULL_MM - 2.0 for a in HEAD_AXES)) < 1
+    brain &= _ellipsoid(x, y, z, (0, 0, 0), _shrunk(HEAD_AXES, SCALP_MM + SKULL_MM + 2.0)) < 1
     ventricles = _ellipsoid(x, y, z, (0, -5, 25), (12, 30, 14)) < 1
     skull = (_ellipsoid(x, y, z, (0, 0, 0), inner_axes) < 1) & ~brain
     eye_r = 12.0

@@ -223,11 +223,11 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DefaceOp
     timings["map_back_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - start
 
+    class_weights = getattr(detector, "class_weights", None)  # the ONNX detector's, from its card
     provenance: dict[str, Any] = {
         "defacer": environment(),
         "detector": {"name": detector.name, "weights_sha256": detector.weights_sha256,
-                     **({"class_weights": [float(w) for w in detector.class_weights]}
-                        if getattr(detector, "class_weights", None) is not None else {})},
+                     **({"class_weights": [float(w) for w in class_weights]} if class_weights is not None else {})},
         "options": asdict(options),
         "input_geometry": {"shape": list(volume.shape), "axcodes": volume.axcodes,
                            "spacing_mm": [round(s, 5) for s in volume.spacing], "format": volume.format},

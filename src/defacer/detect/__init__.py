@@ -29,8 +29,15 @@ class Detector(Protocol):
         sha256 of the model weights, ``None`` for detectors without weights.
     """
 
-    name: str
-    weights_sha256: str | None
+    @property
+    def name(self) -> str:
+        """Short description for the provenance record."""
+        ...
+
+    @property
+    def weights_sha256(self) -> str | None:
+        """sha256 of the model weights, ``None`` for detectors without weights."""
+        ...
 
     def predict(self, image_ras: np.ndarray, ras_affine: Affine) -> LabelMap:
         """Label the eyes, nose and ears.

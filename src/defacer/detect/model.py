@@ -92,7 +92,8 @@ class OnnxDetector:
             )
             raise WeightsError(message)
         box = self.card.get("box", {})
-        self.box_shape = tuple(int(v) for v in box.get("shape", (64, 64, 64)))
+        shape = [int(v) for v in box.get("shape", (64, 64, 64))]
+        self.box_shape: tuple[int, int, int] = (shape[0], shape[1], shape[2])
         self.box_spacing = float(box.get("spacing_mm", 4.0))
         weights = self.card.get("class_weights", [1.0, 1.0, 1.0, 1.0])
         self.class_weights = np.asarray(weights, np.float32)

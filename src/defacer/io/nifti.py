@@ -151,12 +151,15 @@ def _open_for_writing(path: Path) -> Iterator[Any]:
     gives the same bytes, whatever the machine, the time or the temporary name it was written under.
     """
     if str(path).endswith(".gz"):
+        gzip_file: Any = None
         try:
             from isal import igzip
+
+            gzip_file = igzip.IGzipFile
         except ImportError:
-            igzip = None
-        if igzip is not None:
-            with open(path, "wb") as raw, igzip.IGzipFile(
+            pass  # zlib below
+        if gzip_file is not None:
+            with open(path, "wb") as raw, gzip_file(
                 filename="", mode="wb", compresslevel=1, fileobj=raw, mtime=0
             ) as fileobj:
                 yield fileobj

@@ -26,6 +26,7 @@ import json
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -101,7 +102,8 @@ def load_real_samples(data_dir: Path, labels_dir: Path, scans: dict[str, str],
         if not label_path.is_file():
             continue
         volume = load_volume(data_dir / rel)
-        labels = np.asarray(nib.load(str(label_path)).dataobj, dtype=np.uint8)
+        label_image: Any = nib.load(str(label_path))
+        labels = np.asarray(label_image.dataobj, dtype=np.uint8)
         if labels.shape != volume.shape:
             message = f"Label map {label_path} has shape {labels.shape}, but the scan {rel} has {volume.shape}."
             raise ValueError(message)
@@ -147,7 +149,8 @@ def save_samples(samples: list[BoxSample], path: Path) -> None:
     meta = [{"name": s.name, "group": s.group} for s in samples]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, meta=np.array(json.dumps(meta)), **arrays)
+    contents: dict[str, Any] = {"meta": np.array(json.dumps(meta)), **arrays}
+    np.savez_compressed(tmp, **contents)
     tmp.replace(path)
 
 

@@ -174,7 +174,7 @@ def train(train_samples: list[BoxSample], val_samples: list[BoxSample], out_dir:
     steps = max(1, config.samples_per_epoch // config.batch_size)
     for epoch in range(config.epochs):
         net.train()
-        losses = []
+        losses: list[float] = []
         for _ in range(steps):
             if config.time_limit_s and time.monotonic() - start > config.time_limit_s and losses:
                 break  # the time limit also ends an epoch early; it is then validated and saved as usual
