@@ -156,8 +156,9 @@ def distort_eyes(
     smoothly (raised cosine) from 1 at ``feather_mm`` / 2 inside the region's edge to 0 at
     ``feather_mm`` / 2 outside it, so the cover meets the face with neither edge nor step.
     Where the face stands more than :data:`CUT_MM` in front of the cover (the side of the
-    nose), or the cover that far in front of the face, the weight fades out too, reaching 0 at
-    twice that.
+    nose), the weight fades out too, reaching 0 at twice that.  (The cover may stand far in
+    front of the face: on T1 the thin lids over the dark globe often fall below the threshold,
+    so the socket reads deep, and it must be filled.)
 
     Voxels between the new surface and ``band_mm`` x weight behind it become skin (the median of
     this scan's superficial tissue in the region), tissue in front of it becomes air
@@ -239,8 +240,6 @@ def _eye_cover(image: npt.NDArray[np.floating], head: HeadModel, spacing: tuple[
     # lids and brow up to CUT_MM in front of it go, a nose never.
     cut_mm = (surface - cover) * spacing[1]
     weight *= _smoothstep((2.0 * CUT_MM - cut_mm) / CUT_MM)
-    # Nor does it stand far in front of the face: a socket is filled, no visor is built.
-    weight *= _smoothstep((2.0 * CUT_MM + cut_mm) / CUT_MM)
     target = weight * cover + (1.0 - weight) * surface
     active = weight > 0.02
     y = np.arange(local.shape[1], dtype=np.float32)[None, :, None]
