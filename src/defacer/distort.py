@@ -153,8 +153,8 @@ def distort_eyes(
     (the brow), leaving and meeting each with the face's own slope (:func:`_span_socket`), then
     smoothed along R; the lids, their folds and the hollow of the socket are under or in front
     of it.  The new surface is the cover blended with the original by a weight that falls
-    smoothly (raised cosine) from 1 at ``feather_mm`` / 2 inside the region's edge to 0 at
-    ``feather_mm`` / 2 outside it, so the cover meets the face with neither edge nor step.
+    smoothly (raised cosine) from 1 at the region's edge to 0 at ``feather_mm`` outside it, so
+    the cover meets the face with neither edge nor step.
     Where the face stands more than :data:`CUT_MM` in front of the cover (the side of the
     nose), the weight fades out too, reaching 0 at twice that.  (The cover may stand far in
     front of the face: on T1 the thin lids over the dark globe often fall below the threshold,
@@ -213,9 +213,9 @@ def _eye_cover(image: npt.NDArray[np.floating], head: HeadModel, spacing: tuple[
     the other's, so the cover runs across the nasal bridge in one piece.
     """
     centres = np.array([c for c, _, _ in regions], dtype=np.float64)  # (n, 2) voxel R, S
-    # The soft edge is centred on the nominal ellipse: full weight up to feather/2 inside, none from feather/2 outside.
-    a_r = float(np.mean([sm[0] for _, sm, _ in regions])) + feather_mm / 2.0
-    a_s = float(np.mean([sm[1] for _, sm, _ in regions])) + feather_mm / 2.0
+    # Full weight inside the nominal ellipse, the soft edge outside it.
+    a_r = float(np.mean([sm[0] for _, sm, _ in regions])) + feather_mm
+    a_s = float(np.mean([sm[1] for _, sm, _ in regions])) + feather_mm
     back = _mm_to_voxels(band_mm + 20.0, spacing)[1]
     # Beyond the region: room to read the surface's slope at its edge and to smooth along R.
     margin = _mm_to_voxels(SLOPE_MM + 2.0, spacing)

@@ -93,13 +93,13 @@ def test_eyes_are_covered_by_a_smooth_skin_band(phantom):
 
 def _eye_changes_outside_the_cover(result, labels, spacing_mm, slack_mm):
     """Changed eye voxels lying more than ``slack_mm`` outside the cover region (in R and S): the
-    stadium that the ellipse 2x each eye, grown by half the 10 mm soft edge, sweeps between the eyes."""
+    stadium that the ellipse 2x each eye, grown by its 10 mm soft edge, sweeps between the eyes."""
     from defacer.distort import components, eye_region
 
     changed = np.argwhere(result.edit_mask == Label.EYES)
     regions = [eye_region(labels == Label.EYES, c, (spacing_mm,) * 3, 2.0) for c in components(labels == Label.EYES, 2)]
-    a_r = np.mean([semi[0] for _, semi in regions]) + 5.0 + slack_mm
-    a_s = np.mean([semi[1] for _, semi in regions]) + 5.0 + slack_mm
+    a_r = np.mean([semi[0] for _, semi in regions]) + 10.0 + slack_mm
+    a_s = np.mean([semi[1] for _, semi in regions]) + 10.0 + slack_mm
     p = np.stack([changed[:, 0] * spacing_mm / a_r, changed[:, 2] * spacing_mm / a_s], axis=1)
     q = np.array([[c[0] * spacing_mm / a_r, c[1] * spacing_mm / a_s] for c, _ in regions])
     d = q[-1] - q[0]
@@ -109,22 +109,24 @@ def _eye_changes_outside_the_cover(result, labels, spacing_mm, slack_mm):
 
 
 def test_eye_cover_is_confined_to_the_eye_region_not_the_forehead(phantom):
-    """Nothing changes outside the cover region (the ellipse 2x each eye plus half its soft edge,
-    swept from eye to eye), so nothing far above the brow: at most one eye height and 5 mm above the
-    eyes' centre, where the old x3 box reached 1.5 eye heights and 10 mm."""
+    """Nothing changes outside the cover region (the ellipse 2x each eye plus its 10 mm soft edge,
+    swept from eye to eye), so nothing far above the brow: at most one eye height and 10 mm above
+    the eyes' centre, where the old x3 box reached 1.5 eye heights and 10 mm."""
     result = deface(phantom.volume, TruthDetector(phantom.labels), DefaceOptions(features=("eyes",)))
     outside, changed = _eye_changes_outside_the_cover(result, phantom.labels, 2.0, 2.0)
     assert outside == 0
     eyes = np.nonzero(phantom.labels == Label.EYES)
     height = eyes[2].max() + 1 - eyes[2].min()
-    assert changed[:, 2].max() <= eyes[2].mean() + height + 5.0 / 2.0 + 1
-    assert changed[:, 2].min() >= eyes[2].mean() - height - 5.0 / 2.0 - 1
+    assert changed[:, 2].max() <= eyes[2].mean() + height + 10.0 / 2.0 + 1
+    assert changed[:, 2].min() >= eyes[2].mean() - height - 10.0 / 2.0 - 1
 
 
 def test_eye_cover_meets_a_smooth_face_without_a_step():
-    """On a face with no socket (and no nose) the cover is nearly invisible: the new surface stays
-    within 2 mm (a voxel of rounding either way) of the old one (the old +/- 6 mm band over a box
-    was a 6 mm plate with a step at its edge), and neighbouring columns differ no more than they did."""
+    """On a face with no socket (and no nose) the cover is nearly invisible: where the face looks
+    forward (slope below 45 degrees; the side of the head is steep along A) the new surface
+    stays within 2 mm of the old one (a voxel of rounding either way; the old +/- 6 mm band over a
+    box was a 6 mm plate with a step at its edge), and neighbouring columns differ no more than
+    they did, plus one voxel."""
     from defacer.distort import _surface_height
     from defacer.phantom import HEAD_AXES
 
@@ -143,10 +145,14 @@ def test_eye_cover_meets_a_smooth_face_without_a_step():
         before, present = _surface_height(volume.raw[box] > 400)
         after, present_after = _surface_height(result.volume.raw[box] > 400)
         assert np.array_equal(present, present_after)
-        assert np.abs(after - before)[present].max() <= 2.0
+        g_r, g_s = np.gradient(before)
+        facing = present & (np.hypot(g_r, g_s) <= 1.0)
+        assert facing.mean() > 0.5
+        assert np.abs(after - before)[facing].max() <= 2.0
         for axis in (0, 1):
-            jump_before = np.abs(np.diff(before, axis=axis)).max()
-            assert np.abs(np.diff(after, axis=axis)).max() <= jump_before + 1
+            pairs = facing[1:, :] & facing[:-1, :] if axis == 0 else facing[:, 1:] & facing[:, :-1]
+            jump_before = np.abs(np.diff(before, axis=axis))[pairs].max()
+            assert np.abs(np.diff(after, axis=axis))[pairs].max() <= jump_before + 1
 
 
 def test_eye_band_hides_the_shape_of_the_eye_region():
