@@ -28,12 +28,13 @@ from pathlib import Path
 import numpy as np
 import nibabel as nib
 from defacer.io import load_volume
-from defacer.pipeline import DefaceOptions, deface_file
+from defacer.pipeline import DefaceOptions
+from defacer.route import deface_path
 from defacer.detect.label_file import LabelFileDetector
 scan, labels, out = map(Path, sys.argv[1:4])
 detector = LabelFileDetector(labels)
 t = time.perf_counter()
-provenance = deface_file(scan, out, detector=detector, force=True)
+provenance = deface_path(scan, out, detector=detector, force=True).provenance
 wall = time.perf_counter() - t
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"wall_s": wall, "peak_rss_mb": rss, "timings": provenance["timings"],

@@ -18,61 +18,23 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from defacer._typing import LabelMap, PathLike
-from defacer.checks import DEFAULT_MAX_VOXELS
 from defacer.detect import Detector
 from defacer.distort import Edit, distort_ears, distort_eyes, distort_nose, nose_box
-from defacer.errors import DetectorError, FeaturesNotFoundError, InputImageError
+from defacer.errors import DetectorError, FeaturesNotFoundError
 from defacer.head import analyse_head, depth_below_surface
 from defacer.labels import FEATURES, Label
+from defacer.options import DEFAULT_OPTIONS, DefaceOptions
 from defacer.protection_check import changed_mask, check_protection
-from defacer.provenance import environment, sha256_of, sidecar_path, write_provenance
+from defacer.provenance import environment
 from defacer.volume import Volume, canonical_reorientation
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DefaceOptions:
-    """What to distort and how.
-
-    Attributes
-    ----------
-    features : tuple of str
-        Any of ``"eyes"``, ``"nose"``, ``"ears"``.
-    seed : int
-        Seed of the ear noise (the output is reproducible for a given seed).
-    protect_depth_mm : float
-        Voxels deeper than this below the head surface are never changed (see module doc).
-    eye_band_mm : float
-        Thickness of the skin layer under each eye cover, in mm.
-    eye_box_scale : float
-        Size of each eye cover: an ellipse whose semi-axes are this many times the eye's half-extent.
-    nose_scale : float
-        Enlargement of the nose's bounding box per axis.
-    """
-
-    features: tuple[str, ...] = FEATURES
-    seed: int = 0
-    protect_depth_mm: float = 10.0
-    eye_band_mm: float = 6.0
-    eye_box_scale: float = 2.0
-    nose_scale: float = 2.0
-
-    def __post_init__(self) -> None:
-        unknown = [f for f in self.features if f not in FEATURES]
-        if unknown:
-            raise ValueError(f"Unknown features {unknown}; expected some of {FEATURES}.")
-        if self.protect_depth_mm < 0 or self.eye_band_mm <= 0 or self.nose_scale < 1 or self.eye_box_scale < 1:
-            message = (f"Expected protect depth >= 0 mm, eye band > 0 mm, eye box scale >= 1 and nose scale >= 1; found "
-                       f"{self.protect_depth_mm}, {self.eye_band_mm}, {self.eye_box_scale} and {self.nose_scale}.")
-            raise ValueError(message)
 
 
 @dataclass
@@ -145,7 +107,7 @@ def quantize(values: npt.NDArray[np.floating], like: Volume) -> npt.NDArray[Any]
     return stored.astype(dtype)
 
 
-def deface(volume: Volume, detector: Detector, options: DefaceOptions = DefaceOptions()) -> DefaceResult:
+def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_OPTIONS) -> DefaceResult:
     """Distort the eyes, nose and ears of ``volume`` and nothing else.
 
     Parameters
@@ -307,140 +269,3 @@ def check_features_found(provenance: dict[str, Any], source_name: str, *, allow_
         "corrected label map, or pass --allow-missing to write it anyway (the sidecar lists what was found).",
         missing=missing, found=done, provenance=provenance,
     )
-
-
-def deface_file(
-    input_path: PathLike,
-    output_path: PathLike,
-    *,
-    options: DefaceOptions = DefaceOptions(),
-    detector: Detector | None = None,
-    labels_path: PathLike | None = None,
-    weights_path: PathLike | None = None,
-    force: bool = False,
-    mask_path: PathLike | None = None,
-    sidecar: bool = True,
-    allow_missing: bool = False,
-    deidentify: bool = True,
-    deid_key: bytes | None = None,
-    max_voxels: int | None = DEFAULT_MAX_VOXELS,
-) -> dict[str, Any]:
-    """Deface one scan into ``output_path`` (same format) and write its sidecar.
-
-    NIfTI, NRRD and MGH/MGZ files are written with their header unchanged.  A DICOM series
-    (a folder or ``.dcm`` file) goes through :func:`defacer.dicom_pipeline.deface_dicom_series`
-    and, as on the command line, its headers are de-identified (DICOM PS3.15 Annex E Basic
-    Profile, keyed pseudonyms) unless ``deidentify=False``.  The sidecar names the input and
-    output by their base names only (never the folders they are in).
-
-    Parameters
-    ----------
-    input_path, output_path : path-like
-        Input scan and output file (refused if it exists, unless ``force``).
-    options : DefaceOptions
-    detector : Detector, optional
-        Reused across calls in batch mode; otherwise made by :func:`load_detector`.
-    labels_path, weights_path : path-like, optional
-        A label map on the scan's grid, or other model weights.
-    force : bool
-        Overwrite existing outputs.
-    mask_path : path-like, optional
-        Also write the detected label map there.
-    sidecar : bool
-        Write the provenance sidecar ``<output stem>.defacer.json``.
-    allow_missing : bool
-        Write the output even when a requested feature was not found or not distorted
-        (see :func:`check_features_found`); the sidecar's ``features`` says which.
-    deidentify : bool
-        DICOM only: de-identify every header (the default); ``False`` keeps them as they are
-        (identifying: PatientName, IDs, dates...).
-    deid_key : bytes, optional
-        DICOM only: secret key of the keyed pseudonyms (at least 16 bytes); by default a random
-        key, so pseudonyms are consistent within this call only.
-    max_voxels : int or None
-        Refuse a NIfTI/NRRD/MGH scan whose header declares more voxels than this, before
-        reading it (see :func:`defacer.io.load_volume`); ``None``: no limit.
-
-    Returns
-    -------
-    dict
-        The provenance record (also in the sidecar).
-
-    Raises
-    ------
-    FeaturesNotFoundError
-        A requested feature was not distorted and ``allow_missing`` is off: nothing is written.
-    """
-    from defacer.io import format_of, load_volume, save_label_map, save_volume
-    from defacer.io.output_guard import check_not_input, check_outputs, detached_data_candidates
-
-    start = time.perf_counter()
-    source = Path(input_path)
-    target = Path(output_path)
-    if source.exists() and format_of(source) == "dicom":
-        return _deface_dicom_file(source, target, options=options, detector=detector, labels_path=labels_path,
-                                  weights_path=weights_path, force=force, mask_path=mask_path,
-                                  allow_missing=allow_missing, deidentify=deidentify, deid_key=deid_key)
-    if format_of(target) != format_of(source):
-        raise InputImageError(
-            f"The output '{target.name}' has another format than the input '{source.name}'. defacer writes the "
-            "input's format: use the same kind of extension."
-        )
-    inputs = [source, labels_path, weights_path]
-    check_outputs([target, mask_path, sidecar_path(target) if sidecar else None], inputs=inputs, force=force)
-    check_not_input(detached_data_candidates(target) + detached_data_candidates(mask_path), inputs)
-    t = time.perf_counter()
-    volume = load_volume(source, max_voxels=max_voxels)
-    load_s = time.perf_counter() - t
-    if detector is None:
-        detector = load_detector(labels_path, weights_path)
-    result = deface(volume, detector, options)
-    check_features_found(result.provenance, source.name, allow_missing=allow_missing)
-    t = time.perf_counter()
-    written = save_volume(result.volume, target, force=force, inputs=tuple(p for p in inputs if p is not None))
-    if mask_path is not None:
-        save_label_map(result.labels, volume, mask_path, force=force)
-    save_s = time.perf_counter() - t
-    provenance = result.provenance
-    # Base names only: the folders of a user's files can name the patient or the study.
-    provenance["input"] = {"path": source.name, "sha256": sha256_of(source)}
-    provenance["output"] = {"path": target.name, "sha256": sha256_of(target), "files": [p.name for p in written]}
-    if mask_path is not None:
-        provenance["mask"] = {"path": Path(mask_path).name}
-    if labels_path is not None:
-        provenance["detector"]["labels_sha256"] = sha256_of(labels_path)
-    provenance["timings"].update({"load_s": round(load_s, 4), "save_s": round(save_s, 4),
-                                  "wall_s": round(time.perf_counter() - start, 4)})
-    if sidecar:
-        write_provenance(provenance, sidecar_path(target))
-    return provenance
-
-
-def _deface_dicom_file(source: Path, target: Path, *, options: DefaceOptions, detector: Detector | None,
-                       labels_path: PathLike | None, weights_path: PathLike | None, force: bool,
-                       mask_path: PathLike | None, allow_missing: bool, deidentify: bool,
-                       deid_key: bytes | None) -> dict[str, Any]:
-    """:func:`deface_file` for a DICOM series: de-identified headers unless ``deidentify`` is False."""
-    from defacer.dicom_pipeline import deface_dicom_series
-    from defacer.io.output_guard import check_outputs
-
-    check_outputs([target, sidecar_path(target), mask_path], inputs=[source, labels_path, weights_path], force=force)
-    scrubber = None
-    key_note = None
-    if deidentify:
-        from defacer.phi.options import DeidOptions
-        from defacer.phi.pseudonym import Pseudonymizer, load_key
-        from defacer.phi.scrub import Scrubber
-
-        if deid_key is None:
-            deid_key, _ = load_key(None, None)
-            key_note = "random (this run only)"
-        scrubber = Scrubber(DeidOptions(clean_recognizable_visual_features=True), Pseudonymizer(deid_key))
-    if detector is None:
-        detector = load_detector(labels_path, weights_path)
-    provenance, _ = deface_dicom_series(source, target, options=options, detector=detector, scrubber=scrubber,
-                                        force=force, mask_path=mask_path, key_note=key_note,
-                                        allow_missing=allow_missing)
-    if labels_path is not None:
-        provenance["detector"]["labels_sha256"] = sha256_of(labels_path)
-    return provenance

@@ -11,8 +11,10 @@ from batch_fixtures import write_dicom_phantom
 
 from defacer.batch.runner import BatchConfig, run_batch
 from defacer.cli.main import main
+from defacer.options import Deidentification
 
 KEY = b"batch-test-key-0123456789abcdef"
+DEID = Deidentification(key=KEY)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +39,7 @@ def _volume(datasets: list[pydicom.Dataset]) -> np.ndarray:
 
 def test_each_series_is_defaced_and_de_identified(tmp_path: Path, dicom_export: tuple[Path, Path]) -> None:
     source, labels = dicom_export
-    summary = run_batch(BatchConfig(in_root=source, out_root=tmp_path / "out", labels_dir=labels, deid_key=KEY,
+    summary = run_batch(BatchConfig(in_root=source, out_root=tmp_path / "out", labels_dir=labels, deidentify=DEID,
                                     quiet=True))
     assert (summary.counts.done, summary.counts.failed) == (3, 0)
     assert (tmp_path / "out" / "export_notes.txt").is_file()
@@ -58,12 +60,12 @@ def test_each_series_is_defaced_and_de_identified(tmp_path: Path, dicom_export: 
 
 def test_dicom_batches_resume_and_agree_across_engines(tmp_path: Path, dicom_export: tuple[Path, Path]) -> None:
     source, labels = dicom_export
-    serial = run_batch(BatchConfig(in_root=source, out_root=tmp_path / "serial", labels_dir=labels, deid_key=KEY,
+    serial = run_batch(BatchConfig(in_root=source, out_root=tmp_path / "serial", labels_dir=labels, deidentify=DEID,
                                    quiet=True))
-    again = run_batch(BatchConfig(in_root=source, out_root=tmp_path / "serial", labels_dir=labels, deid_key=KEY,
+    again = run_batch(BatchConfig(in_root=source, out_root=tmp_path / "serial", labels_dir=labels, deidentify=DEID,
                                   quiet=True))
     assert (serial.counts.done, again.counts.skipped) == (3, 3)
-    parallel = run_batch(BatchConfig(in_root=source, out_root=tmp_path / "jobs2", labels_dir=labels, deid_key=KEY,
+    parallel = run_batch(BatchConfig(in_root=source, out_root=tmp_path / "jobs2", labels_dir=labels, deidentify=DEID,
                                      jobs=2, quiet=True))
     assert parallel.counts.done == 3
     for path in sorted((tmp_path / "serial").rglob("*.dcm")):
@@ -91,7 +93,7 @@ def test_no_deidentify_keeps_headers_from_the_command_line(tmp_path: Path, dicom
 
 def test_a_lone_series_folder_is_written_under_its_own_name(tmp_path: Path, dicom_export: tuple[Path, Path]) -> None:
     source, labels = dicom_export
-    summary = run_batch(BatchConfig(in_root=source / "pat2" / "t1", out_root=tmp_path / "out", deid_key=KEY,
+    summary = run_batch(BatchConfig(in_root=source / "pat2" / "t1", out_root=tmp_path / "out", deidentify=DEID,
                                     labels_dir=labels / "pat2", quiet=True))
     assert summary.counts.done == 1, summary.records[0].error
     assert len(_series(tmp_path / "out" / "t1")) == len(_series(source / "pat2" / "t1"))

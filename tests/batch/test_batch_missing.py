@@ -17,6 +17,7 @@ from defacer.batch.manifest import DONE, INCOMPLETE, NOTHING_FOUND, Manifest
 from defacer.batch.runner import BatchConfig, run_batch
 from defacer.batch.summary import print_table
 from defacer.cli.main import main
+from defacer.options import Deidentification
 from defacer.phantom import make_phantom, save_phantom
 
 
@@ -85,7 +86,7 @@ def test_the_already_defaced_negative_case_is_not_recorded_as_defaced(shared_dat
     with tarfile.open(archive_path) as archive:
         archive.extractall(ds, filter="data")
     out = tmp_path / "out"
-    summary = run_batch(BatchConfig(in_root=ds, out_root=out, deid_key=b"negative-case-test-key-0123456789",
+    summary = run_batch(BatchConfig(in_root=ds, out_root=out, deidentify=Deidentification(key=b"negative-case-test-key-0123456789"),
                                     quiet=True))
     assert len(summary.records) == 1
     record = summary.records[0]

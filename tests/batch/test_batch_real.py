@@ -9,6 +9,7 @@ import pytest
 
 from defacer.batch.discover import discover
 from defacer.batch.runner import BatchConfig, run_batch
+from defacer.options import Deidentification
 
 pytestmark = pytest.mark.realdata
 
@@ -43,7 +44,7 @@ def test_a_batch_of_the_real_heads_defaces_every_one_with_two_workers(shared_dat
     # model, the IXI ones among them) are recorded 'incomplete' and not written; here they are written,
     # and eyes and nose must be distorted in every head.
     summary = run_batch(BatchConfig(in_root=shared_data / "heads", out_root=out, jobs=2,
-                                    deid_key=b"real-heads-test-key-0123456789", quiet=True, allow_missing=True))
+                                    deidentify=Deidentification(key=b"real-heads-test-key-0123456789"), quiet=True, allow_missing=True))
     not_done = {r.key: (r.status, r.error) for r in summary.records if r.status != "done"}
     assert not not_done, not_done
     assert summary.counts.done == ALL
@@ -60,7 +61,7 @@ def test_a_batch_of_the_real_heads_defaces_every_one_with_two_workers(shared_dat
     assert (out / "slicer-mrhead_2mm.raw.gz").is_file(), "the .nhdr output's own data file"
     assert not (out / "MRHeadResampled.raw.gz").exists(), "the original, un-defaced data file is never copied"
     rerun = run_batch(BatchConfig(in_root=shared_data / "heads", out_root=out, jobs=2,
-                                  deid_key=b"real-heads-test-key-0123456789", quiet=True, allow_missing=True))
+                                  deidentify=Deidentification(key=b"real-heads-test-key-0123456789"), quiet=True, allow_missing=True))
     assert rerun.counts.skipped == ALL
     small = ["anon0006_T1w_ASL.nii.gz", "slicer-mrhead_2mm.nhdr"]
     serial = run_batch(BatchConfig(in_root=shared_data / "heads", out_root=tmp_path / "serial", include=small,

@@ -21,7 +21,7 @@ def test_each_scan_has_its_own_stable_seed() -> None:
 def test_the_detector_is_loaded_once_per_worker_process(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[dict[str, object]] = []
 
-    def fake_load_detector(labels_path: object = None, weights_path: object = None) -> object:
+    def fake_load_detector(labels_path: object = None, weights_path: object = None, threads: int = 0) -> object:
         calls.append({"weights_path": weights_path})
         return object()
 

@@ -49,12 +49,12 @@ def test_demo_writes_a_defaced_phantom_and_says_where(tmp_path, capsys):
 
 
 def test_unexpected_errors_are_reported_without_a_traceback(monkeypatch, tmp_path, capsys):
-    import defacer.pipeline
+    import defacer.route
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr(defacer.pipeline, "deface_file", broken)
+    monkeypatch.setattr(defacer.route, "deface_path", broken)
     assert main(["deface", str(tmp_path / "a.nii.gz"), str(tmp_path / "b.nii.gz")]) == 1
     err = capsys.readouterr().err
     assert "simulated bug" in err and "--debug" in err and "Traceback" not in err

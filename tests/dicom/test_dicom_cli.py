@@ -82,14 +82,58 @@ def test_what_if_prints_the_plan_and_writes_nothing(phantom_series, tmp_path, ca
     assert not (tmp_path / "y").exists()
 
 
-def test_several_series_need_series_selection(phantom_series, tmp_path, capsys):
-    mixed = tmp_path / "mixed"
-    write_series(mixed / "a", np.ones((16, 16, 10), np.uint16), series_number=2)
-    write_series(mixed / "b", np.ones((16, 16, 10), np.uint16), series_number=4)
-    code = main(["deface", str(mixed), str(tmp_path / "out"), "--labels", str(phantom_series / "labels.nii.gz")])
+def _study(phantom_series: Path, folder: Path) -> Path:
+    """A study folder of two series of the phantom head (SeriesNumber 2 and 4), one StudyInstanceUID."""
+    from defacer.phantom import make_phantom
+
+    phantom = make_phantom(3.0)
+    affine = phantom.volume.affine
+    origin_lps = (-affine[0, 3], -affine[1, 3], affine[2, 3])
+    for name, number in (("a", 2), ("b", 4)):
+        write_series(folder / name, phantom.volume.raw.astype(np.int16), row_cos=(-1, 0, 0), col_cos=(0, -1, 0),
+                     spacing=(3.0, 3.0), origin=origin_lps, step=(0, 0, 3.0), series_number=number,
+                     series_uid=f"1.2.826.0.1.3680043.8.498.{number}", seed=number,
+                     extra={"PatientName": "Quexworth^Ambrose", "StudyInstanceUID": "1.2.826.0.1.3680043.8.498.77"})
+    return folder
+
+
+def test_a_study_folder_is_defaced_series_by_series(phantom_series, tmp_path, capsys):
+    """Issue 12, item 8: a folder of several series was refused ('choose one with --series'); now each series is
+    defaced into its own folder under OUT, with one key for the study (the pseudonyms agree across series)."""
+    study = _study(phantom_series, tmp_path / "study")
+    out = tmp_path / "out"
+    code = main(["deface", str(study), str(out), "--labels", str(phantom_series / "labels.nii.gz"), "--key", KEY])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "holds 2 series" in printed and "series 2" in printed and "series 4" in printed
+    folders = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert folders == ["01_series-2", "02_series-4"]
+    assert sorted(p.name for p in out.glob("*.defacer.json")) == ["01_series-2.defacer.json",
+                                                             "02_series-4.defacer.json"]
+    slices = len(list((study / "a").iterdir()))
+    studies, series = set(), set()
+    for folder in folders:
+        files = sorted((out / folder).iterdir())
+        assert len(files) == slices and all(b"Quexworth" not in f.read_bytes() for f in files)
+        ds = pydicom.dcmread(files[0])
+        studies.add(ds.StudyInstanceUID)
+        series.add(ds.SeriesInstanceUID)
+        sidecar = json.loads((out / f"{folder}.defacer.json").read_text())
+        assert sidecar["dicom"]["deidentified"] and sum(sidecar["voxels_changed"].values()) > 0
+    assert len(studies) == 1 and "1.2.826.0.1.3680043.8.498.77" not in studies, "one study, pseudonymised"
+    assert len(series) == 2
+    # --series still picks one, written as OUT itself.
+    assert main(["deface", str(study), str(tmp_path / "one"), "--series", "4",
+                 "--labels", str(phantom_series / "labels.nii.gz")]) == 0
+    assert len(list((tmp_path / "one").iterdir())) == slices
+    # A rerun without --force is refused and changes nothing; --save-mask (one file) cannot serve two series.
+    assert main(["deface", str(study), str(out), "--labels", str(phantom_series / "labels.nii.gz")]) == 1
+    assert "--force" in capsys.readouterr().err
+    code = main(["deface", str(study), str(tmp_path / "masked"), "--labels", str(phantom_series / "labels.nii.gz"),
+                 "--save-mask", str(tmp_path / "m.nii.gz")])
     err = capsys.readouterr().err
     assert code == 1 and "--series" in err and "series 2" in err and "series 4" in err
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "masked").exists() and not (tmp_path / "m.nii.gz").exists()
 
 
 def test_anonymize_command_leaves_no_planted_phi(tmp_path, capsys):

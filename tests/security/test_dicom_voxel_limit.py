@@ -60,14 +60,13 @@ def test_every_frame_of_a_multi_frame_file_counts(tmp_path, no_pixels_decoded):
 
 def test_the_pipeline_refuses_and_writes_nothing(tmp_path, no_pixels_decoded):
     from defacer.detect.label_file import LabelMapDetector
-    from defacer.dicom_pipeline import deface_dicom_series
-    from defacer.pipeline import DefaceOptions
+    from defacer.route import deface_path
     from defacer.volume import Volume
 
     folder = _series(tmp_path)
     detector = LabelMapDetector(Volume(np.zeros(SHAPE, np.uint8), np.eye(4)))
     with pytest.raises(InputImageError, match="limit"):
-        deface_dicom_series(folder, tmp_path / "out", options=DefaceOptions(), detector=detector, max_voxels=100)
+        deface_path(folder, tmp_path / "out", detector=detector, deidentify=None, max_voxels=100)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
 
 

@@ -313,12 +313,13 @@ def test_a_running_writers_temporary_folder_is_never_swept(tmp_path):
 
 
 def test_the_library_deidentifies_a_dicom_series_by_default(series, tmp_path):
-    """5: ``deface_file(dicom_folder, out)`` wrote the series with PatientName kept and the input path recorded."""
+    """5: ``deface_file(dicom_folder, out)`` wrote the series with PatientName kept and the input path recorded
+    (now :func:`defacer.route.deface_path`, the one route)."""
     import pydicom
 
-    from defacer.pipeline import deface_file
+    from defacer.route import deface_path
 
-    provenance = deface_file(series[0], tmp_path / "out", labels_path=series[1])
+    provenance = deface_path(series[0], tmp_path / "out", labels_path=series[1]).provenance
     files = sorted((tmp_path / "out").iterdir())
     assert files and all(b"Quexworth" not in f.read_bytes() for f in files)
     assert pydicom.dcmread(files[0]).PatientIdentityRemoved == "YES"
@@ -327,19 +328,19 @@ def test_the_library_deidentifies_a_dicom_series_by_default(series, tmp_path):
     for private in ("Quexworth", str(series[0].parent), str(tmp_path)):
         assert private not in sidecar
     # Asked for explicitly: headers kept.
-    deface_file(series[0], tmp_path / "kept", labels_path=series[1], deidentify=False)
+    deface_path(series[0], tmp_path / "kept", labels_path=series[1], deidentify=None)
     assert str(pydicom.dcmread(min((tmp_path / "kept").iterdir())).PatientName) == "Quexworth^Ambrose"
     assert str(series[0].parent) not in (tmp_path / "kept.defacer.json").read_text()
 
 
 def test_file_sidecars_record_base_names_only(phantom_files, tmp_path):
-    from defacer.pipeline import deface_file
+    from defacer.route import deface_path
 
     private = tmp_path / "Quexworth_Ambrose_1970"
     private.mkdir()
     source = private / "head.nii.gz"
     source.write_bytes(phantom_files[0].read_bytes())
-    deface_file(source, tmp_path / "out" / "defaced.nii.gz", labels_path=phantom_files[1],
+    deface_path(source, tmp_path / "out" / "defaced.nii.gz", labels_path=phantom_files[1],
                 mask_path=tmp_path / "masks" / "m.nii.gz")
     sidecar = json.loads((tmp_path / "out" / "defaced.defacer.json").read_text())
     assert "Quexworth" not in json.dumps(sidecar) and str(tmp_path) not in json.dumps(sidecar)

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from defacer.cli.main import main
+from defacer.evaluate import evaluate_folder
 from defacer.phantom import make_phantom, save_phantom
-from defacer.verify.evaluate import evaluate_folder, find_scans
+from defacer.verify.evaluate import find_scans
 
 pytestmark = pytest.mark.usefixtures("detectors")
 

@@ -384,7 +384,7 @@ def test_failing_detector_answers_in_words_and_the_server_keeps_working(tmp_path
 
 
 def test_failing_job_is_reported_and_the_server_keeps_working(client: TestClient, phantom_files: PhantomFiles) -> None:
-    import defacer.pipeline
+    import defacer.route
 
     session = upload_and_detect(client, phantom_files)
 
@@ -392,7 +392,7 @@ def test_failing_job_is_reported_and_the_server_keeps_working(client: TestClient
         raise ZeroDivisionError("boom")
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(defacer.pipeline, "deface", explode)
+        patch.setattr(defacer.route, "deface", explode)  # the web page defaces through the one route
         job = run_job(client, session)
     assert job["state"] == "failed" and "ZeroDivisionError" in job["error"] and "boom" not in job["error"]
     assert run_job(client, session)["state"] == "done"
@@ -400,18 +400,18 @@ def test_failing_job_is_reported_and_the_server_keeps_working(client: TestClient
 
 def test_closing_during_a_running_job_answers_at_once_and_removes_the_files_after(
         client: TestClient, phantom_files: PhantomFiles) -> None:
-    import defacer.pipeline
+    import defacer.route
 
     session = upload_and_detect(client, phantom_files)
     folder = client.app.state.store.get(session).folder  # type: ignore[attr-defined]
-    real = defacer.pipeline.deface
+    real = defacer.route.deface
 
     def slow(*args: Any, **kwargs: Any) -> Any:
         time.sleep(1.5)
         return real(*args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(defacer.pipeline, "deface", slow)
+        patch.setattr(defacer.route, "deface", slow)
         assert client.post(f"/api/sessions/{session}/deface", json={}).status_code == 202
         time.sleep(0.3)
         started = time.monotonic()

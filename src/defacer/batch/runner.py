@@ -15,7 +15,7 @@ import secrets
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -47,6 +47,8 @@ from defacer.batch.task import DefaceFile, ScanTask, input_files, scan_seed
 from defacer.checks import DEFAULT_MAX_VOXELS
 from defacer.errors import DefacerError, InputImageError
 from defacer.labels import FEATURES
+from defacer.options import DEFAULT_DEIDENTIFICATION, DEFAULT_OPTIONS, DefaceOptions, Deidentification
+from defacer.phi.options import DeidOptions
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +73,9 @@ class BatchConfig:
         Input dataset and output folder (never the same, never nested).
     include, exclude : sequence of str
         Scan filters (see :mod:`defacer.batch.discover`).
-    features : tuple of str
-        Features to distort (default all of :data:`defacer.labels.FEATURES`).
-    seed : int
-        Batch seed; each scan's seed derives from it and the scan's relative path.
+    options : DefaceOptions
+        What to distort and how (the same object ``defacer deface`` builds).  Its ``seed`` is the
+        batch seed: each scan's seed derives from it and the scan's relative path.
     jobs : int
         Worker processes (1 = serial in this process, unless ``scheduler`` is set).
     scheduler : str or None
@@ -100,14 +101,11 @@ class BatchConfig:
         Check done scans by full sha256 instead of size and modification time.
     quiet : bool
         No progress bar and no summary table.
-    options : dict
-        Further ``DefaceOptions`` fields passed to the pipeline.
-    deid_key : bytes or None
-        Secret key for DICOM header de-identification (at least 16 bytes).  ``None``: a random
-        key for this run (pseudonyms consistent within the run; DICOM series are then redone
-        on every run so they stay consistent with each other).
-    deidentify : bool
-        De-identify DICOM headers (PS3.15 Annex E Basic Profile); False keeps them as they are.
+    deidentify : Deidentification or None
+        How DICOM headers are de-identified (PS3.15 Annex E Basic Profile plus options, and the
+        key); ``None`` keeps them as they are.  Without a key, a random one serves this run
+        (pseudonyms consistent within the run; DICOM series are then redone on every run so they
+        stay consistent with each other).
     allow_missing : bool
         Write scans in which a requested feature was not found (otherwise they are recorded as
         ``nothing-found`` or ``incomplete`` and nothing is written for them).
@@ -120,8 +118,7 @@ class BatchConfig:
     out_root: PathLike
     include: Sequence[str] = ()
     exclude: Sequence[str] = ()
-    features: tuple[str, ...] = FEATURES
-    seed: int = 0
+    options: DefaceOptions = DEFAULT_OPTIONS
     jobs: int = 1
     scheduler: str | None = None
     layout: str = "mirror"
@@ -134,11 +131,19 @@ class BatchConfig:
     redo: bool = False
     rehash: bool = False
     quiet: bool = False
-    options: dict[str, Any] = field(default_factory=dict)
-    deid_key: bytes | None = None
-    deidentify: bool = True
+    deidentify: Deidentification | None = DEFAULT_DEIDENTIFICATION
     allow_missing: bool = False
     max_voxels: int | None = DEFAULT_MAX_VOXELS
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """The features to distort (``options.features``)."""
+        return self.options.features
+
+    @property
+    def seed(self) -> int:
+        """The batch seed (``options.seed``)."""
+        return self.options.seed
 
 
 @dataclass
@@ -217,19 +222,28 @@ def labels_for(scan: Scan, labels_dir: Path | None) -> Path | None:
 
 
 def _fingerprint(config: BatchConfig, scan: Scan, labels: Path | None, detector_id: str,
-                 deid_key: bytes | None) -> str:
+                 deidentify: Deidentification | None) -> str:
+    """Digest of everything that shapes a scan's output.  Options left at their defaults are not listed, so a
+    run with the defaults keeps the fingerprints (and the resumability) of runs made before they existed."""
     from defacer.batch.manifest import sha256_file
 
-    return options_fingerprint({
+    defaults = asdict(DEFAULT_OPTIONS)
+    changed = {name: value for name, value in asdict(config.options).items()
+               if name not in ("features", "seed") and value != defaults[name]}
+    deid_key = deidentify.key if deidentify is not None else None
+    fields: dict[str, Any] = {
         "version": __version__,
         "features": list(config.features),
         "seed": config.seed,
         "layout": config.layout,
         "labels_sha256": sha256_file(labels) if labels is not None else None,
         "detector": None if labels is not None else detector_id,
-        "options": config.options,
+        "options": changed,
         "deid_key_sha256": hashlib.sha256(deid_key).hexdigest() if scan.kind == "dicom" and deid_key else None,
-    })
+    }
+    if scan.kind == "dicom" and deidentify is not None and deidentify.profile != DeidOptions():
+        fields["deid_options"] = asdict(deidentify.profile)
+    return options_fingerprint(fields)
 
 
 def _detector_id(config: BatchConfig) -> str:
@@ -265,18 +279,16 @@ def plan(
     detector_id = _detector_id(config)
     jobs = config.jobs
     threads = _threads_per_worker(jobs)
-    deid_key = None
-    if config.deidentify and any(scan.kind == "dicom" for scan in discovery.scans):
-        deid_key = config.deid_key
-        if deid_key is None:
-            deid_key = secrets.token_bytes(32)
-            log.warning("No --key/--key-file: DICOM headers are de-identified with a random key, so pseudonyms are "
-                        "consistent within this run only and every DICOM series is redone on the next run.")
+    deidentify = config.deidentify
+    if deidentify is not None and any(scan.kind == "dicom" for scan in discovery.scans) and deidentify.key is None:
+        deidentify = replace(deidentify, key=secrets.token_bytes(32), random_key=True)  # one key, every worker
+        log.warning("No --key/--key-file: DICOM headers are de-identified with a random key, so pseudonyms are "
+                    "consistent within this run only and every DICOM series is redone on the next run.")
     tasks: list[ScanTask] = []
     skipped: list[ScanRecord] = []
     for scan in discovery.scans:
         labels = labels_for(scan, labels_dir)
-        fingerprint = _fingerprint(config, scan, labels, detector_id, deid_key)
+        fingerprint = _fingerprint(config, scan, labels, detector_id, deidentify)
         previous = manifest.get(scan.key)
         verified = not config.verify or (previous is not None and previous.verify is not None)
         if not config.redo and verified and is_up_to_date(
@@ -290,13 +302,13 @@ def plan(
         tasks.append(ScanTask(
             scan=scan, output=layout.output_path(scan), in_root=layout.in_root, out_root=layout.out_root,
             seed=seed, fingerprint=fingerprint,
-            options={**config.options, "features": tuple(config.features)},
+            options=replace(config.options, seed=seed),
             sidecar=sidecar,
             sidecar_data=defaced_sidecar(scan, layout, config.features, seed) if sidecar is not None else None,
             labels_path=labels, weights_path=Path(config.weights_path) if config.weights_path else None,
             threads=threads, verify_dir=layout.verify_dir(scan) if config.verify else None,
             qc_root=layout.qc_dir if config.verify else None, qc_after_only=config.qc_after_only,
-            deface=deface, deid_key=deid_key if scan.kind == "dicom" else None,
+            deface=deface, deidentify=deidentify if scan.kind == "dicom" else None,
             allow_missing=config.allow_missing, max_voxels=config.max_voxels,
         ))
     return tasks, skipped
@@ -374,7 +386,7 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
     ----------
     config : BatchConfig
     deface : callable, optional
-        Stand-in for ``defacer.pipeline.deface_file`` with the same signature (module-level,
+        Stand-in for :func:`defacer.route.deface_path` returning the provenance (module-level,
         so worker processes can import it).  Default: the pipeline.
     stream : file, optional
         Where progress and the summary go (default stderr).

@@ -13,9 +13,7 @@ ran it.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
-import inspect
 import logging
 import os
 import signal
@@ -23,7 +21,7 @@ import socket
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,13 +29,15 @@ from typing import Any
 from defacer.batch.discover import Scan, image_stem, nhdr_data_files
 from defacer.batch.layout import write_json_atomic
 from defacer.batch.manifest import DONE, FAILED, INCOMPLETE, NOTHING_FOUND, ScanRecord, combined_sha256, stamp
+from defacer.detect import Detector
 from defacer.errors import DefacerError, FeaturesNotFoundError, InputImageError
+from defacer.options import DEFAULT_OPTIONS, DefaceOptions, Deidentification
 
-#: Signature of the per-scan defacing function (``defacer.pipeline.deface_file``).
+#: Signature of a stand-in for the per-scan defacing (:func:`defacer.route.deface_path`, returning the provenance).
 DefaceFile = Callable[..., dict[str, Any]]
 
 #: Detectors loaded in this process, by (weights path, threads).  One per worker process.
-_DETECTORS: dict[tuple[str, int], Any] = {}
+_DETECTORS: dict[tuple[str, int], Detector] = {}
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,8 @@ class ScanTask:
         The scan's own seed (see :func:`scan_seed`).
     fingerprint : str
         Digest of the output-shaping options, stored in the record.
-    options : dict
-        Keyword arguments for ``defacer.pipeline.DefaceOptions`` (``seed`` is replaced).
+    options : DefaceOptions
+        What to distort, with this scan's own ``seed`` (see :func:`scan_seed`).
     sidecar : Path or None
         Where to write the scan's JSON sidecar, and ``sidecar_data`` its content.
     labels_path : Path or None
@@ -75,12 +75,12 @@ class ScanTask:
     attempts : int
         How many times this scan has been tried, this one included.
     deface : callable or None
-        Stand-in for ``defacer.pipeline.deface_file`` (tests, benchmarks); must be a
-        module-level function so it pickles.
-    deid_key : bytes or None
-        For DICOM series: the secret key of the header de-identification (PS3.15 Annex E
-        Basic Profile), the same in every worker so pseudonyms agree across the batch;
-        ``None`` leaves headers untouched.
+        Stand-in for :func:`defacer.route.deface_path` (tests, benchmarks), returning the
+        provenance; must be a module-level function so it pickles.
+    deidentify : Deidentification or None
+        For DICOM series: how headers are de-identified (PS3.15 Annex E), with the batch's key,
+        the same in every worker so pseudonyms agree across the batch; ``None`` leaves headers
+        untouched (and is what other formats get).
     allow_missing : bool
         Write the scan even when a requested feature is not found (otherwise it is recorded
         as ``nothing-found`` or ``incomplete`` and nothing is written for it).
@@ -94,7 +94,7 @@ class ScanTask:
     out_root: Path
     seed: int
     fingerprint: str = ""
-    options: dict[str, Any] = field(default_factory=dict)
+    options: DefaceOptions = DEFAULT_OPTIONS
     sidecar: Path | None = None
     sidecar_data: dict[str, Any] | None = None
     labels_path: Path | None = None
@@ -105,7 +105,7 @@ class ScanTask:
     qc_after_only: bool = False
     attempts: int = 1
     deface: DefaceFile | None = None
-    deid_key: bytes | None = None
+    deidentify: Deidentification | None = None
     allow_missing: bool = False
     max_voxels: int | None = 512**3  # defacer.checks.DEFAULT_MAX_VOXELS
 
@@ -151,30 +151,18 @@ def init_worker(threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def worker_detector(weights_path: Path | None, threads: int) -> Any:
+def worker_detector(weights_path: Path | None, threads: int) -> Detector:
     """The detector of this worker process, loaded on first use and then reused."""
     cache_key = (str(weights_path or ""), threads)
     if cache_key not in _DETECTORS:
         from defacer.pipeline import load_detector
 
-        kwargs: dict[str, Any] = {"weights_path": weights_path}
-        if "threads" in inspect.signature(load_detector).parameters:
-            kwargs["threads"] = threads
-        _DETECTORS[cache_key] = load_detector(**kwargs)
+        _DETECTORS[cache_key] = load_detector(weights_path=weights_path, threads=threads)
     return _DETECTORS[cache_key]
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-def _deface_options(task: ScanTask) -> Any:
-    from defacer.pipeline import DefaceOptions
-
-    known = {f.name for f in dataclasses.fields(DefaceOptions)}
-    kwargs = {k: v for k, v in task.options.items() if k in known}
-    kwargs["seed"] = task.seed
-    return DefaceOptions(**kwargs)
 
 
 def _mask_path(task: ScanTask) -> Path | None:
@@ -185,45 +173,21 @@ def _mask_path(task: ScanTask) -> Path | None:
 
 
 def _deface(task: ScanTask) -> dict[str, Any]:
+    """Deface the scan through :func:`defacer.route.deface_path` (or the task's stand-in); its provenance."""
     mask_path = _mask_path(task)
     if mask_path is not None:
         mask_path.parent.mkdir(parents=True, exist_ok=True)
     if task.deface is not None:
-        return task.deface(
-            task.scan.path, task.output, options={**task.options, "seed": task.seed},
-            labels_path=task.labels_path, force=True, mask_path=mask_path,
-        )
-    from defacer.pipeline import deface_file
+        return task.deface(task.scan.path, task.output, options=task.options, labels_path=task.labels_path,
+                           force=True, mask_path=mask_path)
+    from defacer.route import deface_path
 
-    if task.scan.kind == "dicom":
-        from defacer.pipeline import load_detector
-
-        detector = (load_detector(labels_path=task.labels_path) if task.labels_path is not None
-                    else worker_detector(task.weights_path, task.threads))
-        return _deface_dicom(task, detector)
     detector = None if task.labels_path is not None else worker_detector(task.weights_path, task.threads)
-    return deface_file(
-        task.scan.path, task.output, options=_deface_options(task), detector=detector,
+    return deface_path(
+        task.scan.path, task.output, options=task.options, deidentify=task.deidentify, detector=detector,
         labels_path=task.labels_path, force=True, mask_path=mask_path, allow_missing=task.allow_missing,
         max_voxels=task.max_voxels,
-    )
-
-
-def _deface_dicom(task: ScanTask, detector: Any) -> dict[str, Any]:
-    """Deface a DICOM series folder into a new series folder, de-identifying headers when a key is set."""
-    from defacer.dicom_pipeline import deface_dicom_series
-
-    scrubber = None
-    if task.deid_key is not None:
-        from defacer.phi.options import DeidOptions
-        from defacer.phi.pseudonym import Pseudonymizer
-        from defacer.phi.scrub import Scrubber
-
-        scrubber = Scrubber(DeidOptions(clean_recognizable_visual_features=True), Pseudonymizer(task.deid_key))
-    provenance, _ = deface_dicom_series(task.scan.path, task.output, options=_deface_options(task),
-                                        detector=detector, scrubber=scrubber, force=True,
-                                        allow_missing=task.allow_missing)
-    return provenance
+    ).provenance
 
 
 def _verify(task: ScanTask, provenance: dict[str, Any]) -> dict[str, Any]:

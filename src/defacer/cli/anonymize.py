@@ -27,17 +27,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     parser.add_argument("--force", action="store_true", help="replace an existing output folder")
     parser.add_argument("--jobs", type=int, default=1, metavar="N",
                         help="worker processes (default 1); the output is identical for any N")
-    from defacer.cli.deface_dicom import add_deid_arguments
+    from defacer.cli.options import add_deid_arguments
 
     add_deid_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from defacer.cli.deface_dicom import print_what_if, scrubber_from_args
+    from defacer.cli.options import deidentification_from_args, print_what_if
     from defacer.io.dicom_series import anonymize_files, write_deid_mapping
 
-    scrubber, _ = scrubber_from_args(args, defaced=False)
+    deidentify = deidentification_from_args(args, warn_random=not args.what_if)
+    assert deidentify is not None  # anonymize has no --no-deidentify
+    scrubber = deidentify.scrubber(defaced=False)
     if args.what_if:
         print_what_if(scrubber.options)
         return 0

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from defacer.cli.deface import max_voxels_from_args, parse_voxel_limit
+from defacer.cli.options import (
+    add_deface_arguments,
+    add_deid_arguments,
+    deface_options_from_args,
+    deidentification_from_args,
+    max_voxels_from_args,
+    parse_voxel_limit,
+)
+
+if TYPE_CHECKING:
+    from defacer.batch.runner import BatchConfig
 
 EPILOG = """\
 examples:
@@ -46,8 +56,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                              "repeatable")
     parser.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                         help="skip scans matching (same forms as --include); excluded scans are not copied either")
-    parser.add_argument("--features", default="all", help="comma-separated: eyes,nose,ears (default all)")
-    parser.add_argument("--seed", type=int, default=0, help="batch seed; each scan's seed derives from it and its path")
+    add_deface_arguments(parser, seed_help="batch seed; each scan's seed derives from it and its path (default 0)")
     parser.add_argument("-j", "--jobs", type=int, default=1, help="worker processes on this machine (default 1)")
     parser.add_argument("--scheduler", metavar="ADDRESS",
                         help="run on Dask: 'local' starts a LocalCluster of --jobs workers; or a scheduler address "
@@ -61,10 +70,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--weights", metavar="FILE", help="detector weights (default: the shipped model)")
     dicom = parser.add_argument_group("DICOM series (headers de-identified, PS3.15 Annex E Basic Profile)")
     dicom.add_argument("--no-deidentify", action="store_true", help="deface pixels only; keep DICOM headers as they are")
-    dicom.add_argument("--key", metavar="TEXT", help="secret for the keyed pseudonyms (prefer --key-file)")
-    dicom.add_argument("--key-file", metavar="FILE",
-                       help="file holding the secret key (>= 16 bytes); the same key gives the same pseudonyms on every "
-                            "run, which a resumed batch needs")
+    add_deid_arguments(dicom, mapping=False, what_if=False)
     parser.add_argument("--verify", action="store_true",
                         help="verify each defaced scan; reports, pictures and a QC gallery go to OUT-qc/ beside OUT "
                              "(they show the original faces: keep that folder private)")
@@ -91,24 +97,15 @@ def run(args: argparse.Namespace) -> int:
     """Run the batch; 0 when every scan was defaced, 1 when some failed, 4 when some had a feature not found."""
     from defacer.batch.runner import BatchConfig, run_batch
     from defacer.errors import DefacerError
-    from defacer.labels import parse_features
 
-    deid_key = None
-    if not args.no_deidentify and (args.key is not None or args.key_file is not None):
-        from defacer.phi.pseudonym import load_key
-
-        deid_key, _ = load_key(args.key, args.key_file)
-    try:
-        features = parse_features(args.features)
-    except ValueError as err:
-        raise DefacerError(str(err)) from err
     config = BatchConfig(
         in_root=args.input, out_root=args.output, include=args.include, exclude=args.exclude,
-        features=features, seed=args.seed, jobs=args.jobs, scheduler=args.scheduler,
+        options=deface_options_from_args(args), jobs=args.jobs, scheduler=args.scheduler,
         layout="derivatives" if args.derivatives else "mirror", others=args.others,
         labels_dir=args.labels_dir, weights_path=args.weights, verify=args.verify, force=args.force,
         qc_after_only=args.qc_after_only,
-        redo=args.redo, rehash=args.rehash, quiet=args.quiet, deid_key=deid_key, deidentify=not args.no_deidentify,
+        redo=args.redo, rehash=args.rehash, quiet=args.quiet,
+        deidentify=deidentification_from_args(args, warn_random=False),  # the runner warns when DICOM is there
         allow_missing=args.allow_missing, max_voxels=max_voxels_from_args(args),
     )
     try:
@@ -122,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     return summary.exit_code
 
 
-def _print_plan(config: Any) -> int:
+def _print_plan(config: BatchConfig) -> int:
     from collections import Counter
 
     from defacer.batch.runner import describe_plan

@@ -1,15 +1,29 @@
-"""``defacer deface IN OUT``: deface one scan (NIfTI, NRRD, MGZ, or a DICOM series folder)."""
+"""``defacer deface IN [OUT]``: deface one scan (NIfTI, NRRD, MGZ, or a DICOM series folder), or every series of
+a DICOM study folder, through :func:`defacer.route.deface_path`."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from defacer.labels import FEATURES, parse_features
+from defacer.cli.options import (
+    add_deface_arguments,
+    add_deid_arguments,
+    deface_options_from_args,
+    deidentification_from_args,
+    max_voxels_from_args,
+    parse_voxel_limit,
+    print_what_if,
+)
+from defacer.files import image_suffix
+
+if TYPE_CHECKING:
+    from defacer.io.dicom_grouping import SeriesInfo
+    from defacer.options import DefaceOptions, Deidentification
+    from defacer.route import Defaced
 
 log = logging.getLogger(__name__)
 
@@ -18,62 +32,30 @@ EXIT_VERIFY_FAILED = 3
 #: Exit status of ``deface --verify`` when the verification is inconclusive: no face was found in the
 #: original's renders, so nothing could be tested (the same as ``defacer verify``).
 EXIT_VERIFY_INCONCLUSIVE = 5
-
-if TYPE_CHECKING:
-    from defacer.pipeline import DefaceOptions
-
-
-def parse_voxel_limit(text: str) -> int:
-    """``--max-voxels``: a positive integer, or 0 for no limit (``1e9`` and ``512**3`` forms too)."""
-    try:
-        value = int(float(text)) if "**" not in text else int(text.split("**")[0]) ** int(text.split("**")[1])
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected a number of voxels such as 134217728, 1e9 or 512**3, "
-                                         f"not '{text}'") from err
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of voxels (0: no limit), not {value}")
-    return value
-
-
-def max_voxels_from_args(args: argparse.Namespace) -> int | None:
-    """The loader's voxel limit for these arguments (``None``: no limit)."""
-    from defacer.checks import DEFAULT_MAX_VOXELS
-
-    value = getattr(args, "max_voxels", None)
-    if value is None:
-        return DEFAULT_MAX_VOXELS
-    return None if value == 0 else value
+#: Exit status when a requested feature was not distorted (the same as :data:`defacer.cli.main.EXIT_FEATURES_MISSING`).
+EXIT_FEATURES_MISSING = 4
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options shared by every command that defaces (deface, batch, demo)."""
-    parser.add_argument(
-        "--features", default="all", metavar="LIST",
-        help=f"comma-separated features to distort, from {', '.join(FEATURES)} (default: all)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the ear noise; same seed, same output (default 0)")
+    """Options of ``deface`` (and ``demo``): what to distort (:func:`~defacer.cli.options.add_deface_arguments`),
+    the label map or weights, ``--force``, ``--max-voxels`` and ``--allow-missing``."""
+    add_deface_arguments(parser)
     parser.add_argument("--labels", metavar="FILE", type=Path,
                         help="use this label map (0 background, 1 eyes, 2 nose, 3 ears; on the scan's own grid) "
                              "instead of the detector")
     parser.add_argument("--weights", metavar="FILE", type=Path, help="use other ONNX detector weights")
-    parser.add_argument("--protect-depth", type=float, default=10.0, metavar="MM",
-                        help="never change voxels deeper than this below the head surface (default 10 mm)")
-    parser.add_argument("--eye-band", type=float, default=6.0, metavar="MM",
-                        help="thickness of the skin layer under each eye cover (default 6 mm)")
-    parser.add_argument("--eye-box-scale", type=float, default=2.0, metavar="X",
-                        help="each eye cover is an ellipse X times the detected eye's size, with a soft edge "
-                             "(default 2: from the brow to the upper cheek, nasal bridge to outer eye corner)")
     parser.add_argument("--force", action="store_true",
                         help="replace existing outputs (files, or folders defacer itself wrote; never anything else)")
     parser.add_argument("--max-voxels", type=parse_voxel_limit, default=None, metavar="N",
-                        help="refuse NIfTI/NRRD/MGZ scans declaring more voxels than N, before reading them "
+                        help="refuse scans declaring more voxels than N, before reading them "
                              "(default 512^3 = 134217728, about 2.1 GB of working memory; 0: no limit)")
     parser.add_argument("--allow-missing", action="store_true",
                         help="write the output even when a requested feature is not found (by default nothing is "
                              "written and the exit status is 4: an unchanged copy could pass for a defaced scan)")
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(subparsers: Any) -> None:
+    """Register ``deface`` on the main parser's subparsers."""
     parser = subparsers.add_parser(
         "deface",
         help="deface one scan (NIfTI, NRRD, MGZ or a DICOM series folder)",
@@ -81,13 +63,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
             "Find the eyes, nose and ears and distort exactly those: a skin band over each eye, the nose's doubled "
             "bounding box set to air, each auricle replaced by the scan's own air noise. The output keeps the input's "
             "format, grid, data type and header; every other voxel is bit-identical. A provenance sidecar "
-            "OUT-stem.defacer.json is written beside the output."
+            "OUT-stem.defacer.json is written beside the output. A DICOM folder holding several series is defaced "
+            "series by series, each into its own folder under OUT (or choose one: see DICOM input)."
         ),
         usage="%(prog)s [options] input [output]",
         epilog="Examples:\n  defacer deface sub-01_T1w.nii.gz          (writes sub-01_T1w_defaced.nii.gz beside it)\n"
                "  defacer deface sub-01_T1w.nii.gz sub-01_T1w_defaced.nii.gz\n"
                "  defacer deface head.nrrd head_defaced.nrrd --features eyes,nose --save-mask mask.nrrd\n"
-               "  defacer deface dicom_in/ dicom_out/\n\n"
+               "  defacer deface dicom_in/ dicom_out/\n"
+               "  defacer deface study/ study_defaced/      (every series: study_defaced/01_series-3/, ...)\n\n"
                "Exit status:\n  0  defaced (and verified, with --verify)\n"
                "  1  error (bad input, output refused, ...); nothing written\n  2  usage error\n"
                "  3  --verify: the verification failed (the output is written)\n"
@@ -110,27 +94,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     parser.add_argument("--qc-after-only", action="store_true",
                         help="with --verify: put no picture of the original face in the QC folder, only pictures "
                              "after defacing")
-    try:
-        deface_dicom = importlib.import_module("defacer.cli.deface_dicom")
-    except ModuleNotFoundError:
-        pass
-    else:
-        group = parser.add_argument_group("DICOM input")
-        deface_dicom.add_arguments(group)
+    group = parser.add_argument_group("DICOM input")
+    group.add_argument("--series", metavar="ID",
+                       help="deface only this series of a folder holding several: the number in brackets from the "
+                            "listing, the SeriesNumber or the SeriesInstanceUID (default: every series, each into its "
+                            "own folder under OUT)")
+    group.add_argument("--no-deidentify", action="store_true",
+                       help="deface the pixels only; leave every header attribute as it is (by default headers are "
+                            "de-identified following DICOM PS3.15 Annex E)")
+    add_deid_arguments(group)
     parser.set_defaults(func=run)
 
 
 def options_from_args(args: argparse.Namespace) -> DefaceOptions:
-    """Build :class:`~defacer.pipeline.DefaceOptions` from parsed arguments."""
-    from defacer.errors import DefacerError
-    from defacer.pipeline import DefaceOptions
-
-    try:
-        features = parse_features(args.features)
-        return DefaceOptions(features=features, seed=args.seed, protect_depth_mm=args.protect_depth,
-                             eye_band_mm=getattr(args, "eye_band", 6.0), eye_box_scale=getattr(args, "eye_box_scale", 2.0))
-    except ValueError as err:
-        raise DefacerError(str(err)) from err
+    """Build :class:`~defacer.options.DefaceOptions` from parsed arguments."""
+    return deface_options_from_args(args)
 
 
 def default_output(input_path: Path) -> Path:
@@ -139,45 +117,132 @@ def default_output(input_path: Path) -> Path:
     if path.is_dir():
         return path.with_name(path.name + "_defaced")
     name = path.name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mgz", ".mgh", ".dcm"):
-        if name.lower().endswith(suffix):
-            return path.with_name(name[: -len(suffix)] + "_defaced" + name[-len(suffix):])
+    suffix = image_suffix(name, dicom=True)
+    if suffix:
+        return path.with_name(name[: -len(suffix)] + "_defaced" + name[-len(suffix):])
     return path.with_name(name + "_defaced")
 
 
 def run(args: argparse.Namespace) -> int:
+    """Deface ``args.input`` into ``args.output``; the exit status (see the epilog)."""
     from defacer.io import format_of
-    from defacer.pipeline import deface_file, load_detector
+    from defacer.route import deface_path, image_series
 
     if args.output is None:
         args.output = default_output(args.input)
-    options = options_from_args(args)
-    if not getattr(args, "what_if", False):
-        check_planned_outputs(args)
-    if args.input.exists() and format_of(args.input) == "dicom":
-        deface_dicom = importlib.import_module("defacer.cli.deface_dicom")
-        detector = load_detector(args.labels, args.weights)
-        return deface_dicom.run_dicom(args, options, detector)
+    options = deface_options_from_args(args)
+    is_dicom = args.input.exists() and format_of(args.input) == "dicom"
+    deidentify = deidentification_from_args(args, warn_random=not args.what_if) if is_dicom else None
+    if args.what_if:
+        if not is_dicom:
+            print("--what-if describes what is done to DICOM headers; this input is not DICOM (its header is kept "
+                  "as it is, only the pixels of the face features change).")
+        elif deidentify is None:
+            print("--no-deidentify: every header attribute is kept; only the pixels of the face features change.")
+        else:
+            print_what_if(deidentify.effective_profile(defaced=True))
+        return 0
+    if is_dicom and args.input.is_dir() and args.series is None:
+        stacks = image_series(args.input)
+        if len(stacks) > 1:
+            return run_study(args, options, deidentify, stacks)
+    check_planned_outputs(args)
     mask_path = args.save_mask
-    if args.verify and mask_path is None:
+    if args.verify and mask_path is None and not is_dicom:
         # The report needs the detected labels (per-feature counts, outlines); keep them with the report.
         mask_path = verify_dir(args.output) / DETECTED_LABELS_NAME
-    provenance = deface_file(
-        args.input, args.output, options=options, labels_path=args.labels, weights_path=args.weights,
-        force=args.force, mask_path=mask_path, allow_missing=args.allow_missing,
-        max_voxels=max_voxels_from_args(args),
+    max_voxels = max_voxels_from_args(args)
+    defaced = deface_path(
+        args.input, args.output, options=options, deidentify=deidentify, labels_path=args.labels,
+        weights_path=args.weights, force=args.force, mask_path=mask_path, allow_missing=args.allow_missing,
+        series=args.series, max_voxels=max_voxels,
     )
+    provenance = defaced.provenance
     changed = provenance["voxels_changed"]
-    print(f"Defaced {args.input} -> {args.output}")
-    print(f"  voxels changed: {sum(changed.values()):,} (by each feature's distortion: "
-          + ", ".join(f"{k} {v:,}" for k, v in changed.items()) + ")" +
-          f"; inside the protected region: {provenance['protection']['changed_inside_protected']}")
-    for warning in provenance.get("warnings", []):
+    if is_dicom:
+        _write_mapping(args, defaced, args.output)
+        print(f"Defaced DICOM series {args.input} -> {args.output} ({len(defaced.written)} files"
+              + (", headers de-identified" if deidentify is not None else ", headers untouched") + ")")
+        print("  voxels changed: " + ", ".join(f"{k} {v}" for k, v in changed.items()))
+        warnings = [*provenance.get("warnings", []), *provenance["dicom"]["geometry_warnings"]]
+    else:
+        print(f"Defaced {args.input} -> {args.output}")
+        print(f"  voxels changed: {sum(changed.values()):,} (by each feature's distortion: "
+              + ", ".join(f"{k} {v:,}" for k, v in changed.items()) + ")" +
+              f"; inside the protected region: {provenance['protection']['changed_inside_protected']}")
+        warnings = provenance.get("warnings", [])
+    for warning in warnings:
         print(f"  warning: {warning}")
     if args.verify:
-        return verify_outputs(args.input, args.output, provenance, labels_path=mask_path,
-                              max_voxels=max_voxels_from_args(args), after_only=getattr(args, "qc_after_only", False))
+        if is_dicom:
+            return verify_outputs(args.input, args.output, provenance, after_only=args.qc_after_only)
+        return verify_outputs(args.input, args.output, provenance, labels_path=mask_path, max_voxels=max_voxels,
+                              after_only=args.qc_after_only)
     return 0
+
+
+def _write_mapping(args: argparse.Namespace, defaced: Defaced, out_dir: Path) -> None:
+    """``--mapping-file``: the original -> new identifiers of the de-identification (never inside ``out_dir``)."""
+    if defaced.scrubber is not None and getattr(args, "mapping_file", None):
+        from defacer.io.dicom_series import write_deid_mapping
+
+        write_deid_mapping(defaced.scrubber.mapping.as_dict(), args.mapping_file, out_dir=out_dir, force=args.force)
+
+
+def run_study(args: argparse.Namespace, options: DefaceOptions, deidentify: Deidentification | None,
+              stacks: list[SeriesInfo]) -> int:
+    """Deface every series of a DICOM study folder, each into ``OUT/NN_series-<number>/``; list what came of each.
+
+    One key serves the whole study, so the series keep agreeing pseudonyms.  A series that fails does not stop
+    the others.  Exit status 0 when every series was defaced, 4 when in some a requested feature was not found
+    (and nothing else failed), 1 otherwise.
+    """
+    from defacer.errors import DefacerError, FeaturesNotFoundError, OutputError
+    from defacer.io.output_guard import check_apart, check_outputs
+    from defacer.provenance import sidecar_path
+    from defacer.route import deface_study, series_folder_name
+
+    if args.save_mask is not None or args.verify:
+        raise DefacerError(
+            f"'{args.input}' holds {len(stacks)} series; --save-mask and --verify work on one series. Deface the "
+            "study without them (then 'defacer verify' each output), or pick one series with --series:\n  "
+            + "\n  ".join(info.label(i) for i, info in enumerate(stacks, start=1)))
+    target = Path(args.output)
+    if target.exists() and not (args.force and target.is_dir()):
+        raise OutputError(f"The output '{target}' already exists. Choose a new folder for the study, or pass --force "
+                          "to write the series into it (replacing only series folders defacer wrote).")
+    folders = [target / series_folder_name(i, info) for i, info in enumerate(stacks, start=1)]
+    mapping = getattr(args, "mapping_file", None) if deidentify is not None else None
+    inputs = [args.input, args.labels, args.weights, getattr(args, "key_file", None)]
+    check_outputs([*folders, *(sidecar_path(f) for f in folders), mapping], inputs=inputs, force=args.force)
+    check_apart(mapping, target, "mapping file")
+    outcomes = deface_study(args.input, target, stacks=stacks, deidentify=deidentify, options=options,
+                            labels_path=args.labels, weights_path=args.weights, force=args.force,
+                            allow_missing=args.allow_missing, max_voxels=max_voxels_from_args(args))
+    print(f"{args.input} holds {len(stacks)} series; each defaced into its own folder under {target}"
+          + (" (headers de-identified, one key for the study):" if deidentify is not None else " (headers untouched):"))
+    status = 0
+    scrubber = None
+    for index, (info, (folder, outcome)) in enumerate(zip(stacks, outcomes, strict=True), start=1):
+        print(f"  {info.label(index)}")
+        if isinstance(outcome, FeaturesNotFoundError):
+            status = status or EXIT_FEATURES_MISSING
+            print(f"      not written: {outcome}")
+        elif isinstance(outcome, DefacerError):
+            status = 1
+            print(f"      error: {outcome}")
+        else:
+            scrubber = outcome.scrubber or scrubber
+            changed = outcome.provenance["voxels_changed"]
+            print(f"      -> {folder.name}/ ({len(outcome.written)} files); voxels changed: "
+                  + ", ".join(f"{k} {v}" for k, v in changed.items()))
+    if scrubber is not None and mapping:
+        from defacer.io.dicom_series import write_deid_mapping
+
+        write_deid_mapping(scrubber.mapping.as_dict(), mapping, out_dir=target, force=args.force)
+    if status:
+        print(f"defacer deface: not every series of {args.input} was defaced (see above)", file=sys.stderr)
+    return status
 
 
 def check_planned_outputs(args: argparse.Namespace) -> None:

@@ -27,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
 
     from defacer.errors import DetectorError
     from defacer.phantom import make_phantom, save_phantom
-    from defacer.pipeline import deface_file, load_detector
+    from defacer.pipeline import load_detector
+    from defacer.route import deface_path
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -48,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
             labels_path = truth
     if labels_path is not None:
         source = "the phantom's known labels"
-    provenance = deface_file(scan, defaced, detector=detector, labels_path=labels_path, force=True, mask_path=mask)
+    provenance = deface_path(scan, defaced, detector=detector, labels_path=labels_path, force=True,
+                             mask_path=mask).provenance
     from defacer.io import load_volume
 
     after = load_volume(defaced).raw

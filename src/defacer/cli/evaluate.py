@@ -32,8 +32,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 def run(args: argparse.Namespace) -> int:
-    from defacer.pipeline import DefaceOptions
-    from defacer.verify.evaluate import TABLE_HEADER, evaluate_folder, format_overall
+    from defacer.evaluate import evaluate_folder
+    from defacer.options import DefaceOptions
+    from defacer.verify.evaluate import TABLE_HEADER, format_overall
 
     reference = args.reference_dir
     if reference is None and Path("reference_labels").is_dir():

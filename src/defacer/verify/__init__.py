@@ -4,7 +4,7 @@ Renders the skin surface before and after (:mod:`~defacer.verify.render`), runs 
 detectors (:mod:`~defacer.verify.faces`) and an identity embedding (:mod:`~defacer.verify.identity`),
 counts changed voxels, and writes a self-contained HTML report and a JSON summary
 (:mod:`~defacer.verify.report`).  :func:`verify_pair` does all of it for one scan;
-:mod:`~defacer.verify.evaluate` does it over a folder.
+:mod:`defacer.evaluate` does it over a folder.
 """
 
 from defacer.verify.check import VERDICT_RULE, VerifyResult, verify_pair

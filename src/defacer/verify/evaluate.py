@@ -1,14 +1,14 @@
-"""Evaluate defacing over a folder of scans: detection, Dice, face checks, re-identification, cost.
+"""Scoring of an evaluation over a folder of scans: the scans, the re-identification baseline, the overall scores.
 
-For every scan in the folder (NIfTI, NRRD, MGZ files and DICOM series folders, not recursing
-further), :func:`evaluate_folder` defaces it in memory with :func:`defacer.pipeline.deface`,
-verifies it with :func:`defacer.verify.verify_pair` (report in ``OUT/<name>/``), and records:
+:func:`defacer.evaluate.evaluate_folder` (above the pipeline: it defaces) finds the scans with
+:func:`find_scans`, defaces each in memory, verifies it with :func:`defacer.verify.verify_pair`
+(report in ``OUT/<name>/``), and records:
 
 * the features found, and their Dice against ``reference_labels/<name>.labels.nii.gz`` when present;
 * every detector's scores before and after, the verdict, and the identity distance;
 * seconds and the process's peak resident memory.
 
-Overall it reports the **re-identification rank-1 rate** of the defaced front renders against a
+Overall (:func:`overall_scores`) it reports the **re-identification rank-1 rate** of the defaced front renders against a
 gallery made of the original front renders of all scans (chance = 1 / number of scans), and as
 the baseline that gives it meaning, the same rate for the originals rendered from another angle
 (:data:`~defacer.verify.render.BASELINE_VIEW`) against the same gallery.
@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import resource
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +26,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from defacer.errors import DefacerError, VerificationError
+from defacer.errors import DefacerError
 from defacer.io import SUFFIX_FORMATS
 from defacer.labels import FEATURE_LABELS
 from defacer.verify import faces, identity
-from defacer.verify.check import VERDICT_RULE, face_box, verify_pair
+from defacer.verify.check import face_box
 from defacer.verify.render import BASELINE_VIEW, render_volume
 
 logger = logging.getLogger(__name__)
@@ -78,11 +76,11 @@ def find_scans(folder: Path) -> list[Scan]:
     return scans
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _baseline_embedding(volume: Any) -> npt.NDArray[np.float64]:
+def baseline_embedding(volume: Any) -> npt.NDArray[np.float64]:
     """Embedding of the original rendered from the baseline angle, on that render's own face box."""
     _, renders = render_volume(volume, (BASELINE_VIEW,))
     r = renders[BASELINE_VIEW.name]
@@ -91,75 +89,7 @@ def _baseline_embedding(volume: Any) -> npt.NDArray[np.float64]:
     return identity.embed(r.rgb(), box)
 
 
-def evaluate_scan(scan: Scan, out_dir: Path, detector_for: Callable[[Scan], Any], options: Any,
-                  reference_dir: Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Deface and verify one scan.
-
-    Returns
-    -------
-    record : dict
-        The JSON-ready per-scan record.
-    extras : dict
-        Embeddings (``original``, ``defaced``, ``baseline``) and front thumbnails.
-    """
-    from defacer.detect.metrics import dice_per_feature
-    from defacer.io import load_volume
-    from defacer.pipeline import deface
-
-    start = time.perf_counter()
-    volume = load_volume(scan.path)
-    t_load = time.perf_counter() - start
-    result = deface(volume, detector_for(scan), options)
-    t_deface = time.perf_counter() - start - t_load
-    found = [name for name, value in FEATURE_LABELS.items() if np.any(result.labels == int(value))]
-    dice = None
-    reference = reference_dir / f"{scan.name}.labels.nii.gz" if reference_dir else None
-    if reference is not None and reference.is_file():
-        ref = load_volume(reference, strict=False).raw.astype(np.uint8)
-        if ref.shape == result.labels.shape:
-            dice = dice_per_feature(result.labels, ref)
-        else:
-            logger.warning("reference labels %s have shape %s, scan %s: skipped", reference, ref.shape, volume.shape)
-    t0 = time.perf_counter()
-    verified = verify_pair(volume, result.volume, out_dir / scan.name, labels=result.labels,
-                           provenance=result.provenance, title=f"defacer evaluate: {scan.name}")
-    t_verify = time.perf_counter() - t0
-    baseline = _baseline_embedding(volume)
-    s = verified.summary
-    front = s["detectors"].get("front", {})
-    record = {
-        "name": scan.name,
-        "path": str(scan.path),
-        "features_found": found,
-        "dice": dice,
-        "reference": str(reference) if dice is not None else None,
-        "verdict": s["verdict"],
-        "passed": s["passed"],
-        "conclusive": s["conclusive"],
-        "face_found_before": s["face_found_before"],
-        "face_found_after": s["face_found_after"],
-        "front_scores": {n: {"before": front.get("before", {}).get(n, {}).get("score"),
-                             "after": front.get("after", {}).get(n, {}).get("score")} for n in faces.DETECTORS},
-        "identity_distance": s["identity"]["distance"],
-        "brain_changed": s["voxels"]["brain"]["changed"],
-        "voxels_changed": s["voxels"]["total"],
-        "report": str(verified.report_path),
-        "seconds": round(time.perf_counter() - start, 2),
-        "seconds_load": round(t_load, 2),
-        "seconds_deface": round(t_deface, 2),
-        "seconds_verify": round(t_verify, 2),
-        "peak_rss_mb": round(_peak_rss_mb(), 1),
-    }
-    extras = {
-        "original": verified.embeddings["original"],
-        "defaced": verified.embeddings["defaced"],
-        "baseline": baseline,
-        "thumbs": (verified.renders["original"]["front"].image, verified.renders["defaced"]["front"].image),
-    }
-    return record, extras
-
-
-def _overall(records: list[dict[str, Any]], embeddings: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def overall_scores(records: list[dict[str, Any]], embeddings: dict[str, dict[str, Any]]) -> dict[str, Any]:
     ok = [r for r in records if "error" not in r]
     gallery = {n: e["original"] for n, e in embeddings.items()}
     reid = identity.rank1_rate({n: e["defaced"] for n, e in embeddings.items()}, gallery)
@@ -222,86 +152,6 @@ def reid_verdict(stats: dict[str, Any]) -> str:
         hubs = ", ".join(f"{name} ({count}/{stats['n']} probes)" for name, count in stats["hubs"].items())
         head += f"; hub: {hubs} is the nearest match of many defaced renders, so hits on it are not evidence"
     return head
-
-
-def evaluate_folder(
-    folder: Path,
-    out_dir: Path,
-    *,
-    labels_dir: Path | None = None,
-    reference_dir: Path | None = None,
-    options: Any = None,
-    detector: Any = None,
-    echo: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Deface, verify and score every scan in ``folder``.
-
-    Parameters
-    ----------
-    folder : Path
-        Folder of scans (files and DICOM folders directly inside it).
-    out_dir : Path
-        Where the per-scan reports, ``evaluation.json`` and ``evaluation.html`` go.
-    labels_dir : Path, optional
-        Use ``<labels_dir>/<name>.labels.nii.gz`` as each scan's detector (a label file) instead
-        of the default detector.
-    reference_dir : Path, optional
-        Folder of reference label maps ``<name>.labels.nii.gz`` for Dice.
-    options : DefaceOptions, optional
-        Defacing options (default :class:`defacer.pipeline.DefaceOptions()`).
-    detector : Detector, optional
-        Detector for every scan (default: the shipped model, unless ``labels_dir``).
-    echo : callable, optional
-        Called with one line of progress per scan.
-
-    Returns
-    -------
-    dict
-        ``{"rule", "scans": [per-scan records], "overall": {...}}``; also written as JSON.
-    """
-    from defacer.pipeline import DefaceOptions, load_detector
-    from defacer.verify.report import evaluation_html
-
-    scans = find_scans(folder)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    opts = options or DefaceOptions()
-    shared_detector = detector
-    if shared_detector is None and labels_dir is None:
-        shared_detector = load_detector()
-
-    def detector_for(scan: Scan) -> Any:
-        if labels_dir is not None:
-            path = Path(labels_dir) / f"{scan.name}.labels.nii.gz"
-            if not path.is_file():
-                raise DefacerError(f"No label map for '{scan.name}' in '{labels_dir}' (expected {path.name}).")
-            return load_detector(labels_path=path)
-        return shared_detector
-
-    records: list[dict[str, Any]] = []
-    embeddings: dict[str, dict[str, Any]] = {}
-    thumbs: dict[str, tuple[Any, Any]] = {}
-    for scan in scans:
-        try:
-            record, extras = evaluate_scan(scan, out_dir, detector_for, opts, reference_dir)
-        except (DefacerError, VerificationError) as err:
-            record = {"name": scan.name, "path": str(scan.path), "error": str(err)}
-            extras = None
-        records.append(record)
-        if extras is not None:
-            embeddings[scan.name] = extras
-            thumbs[scan.name] = extras["thumbs"]
-        if echo is not None:
-            echo(format_row(record))
-    result = {"rule": VERDICT_RULE, "scans": records, "overall": _overall(records, embeddings)}
-    from defacer.verify.report import write_summary
-
-    write_summary(out_dir / RESULT_JSON, result)
-    from defacer.io.atomic import atomic_outputs
-
-    with atomic_outputs([out_dir / RESULT_HTML]) as (tmp,):
-        tmp.write_text(evaluation_html(result, thumbs), encoding="utf-8")
-    return result
 
 
 TABLE_HEADER = (f"{'scan':28s} {'features':16s} {'dice e/n/a':16s} {'face before':>11s} {'face after':>10s} "

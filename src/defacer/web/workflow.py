@@ -259,7 +259,7 @@ def load_scan(session: Session, settings: WebSettings) -> dict[str, Any]:
             "labels_uploaded": label_detector is not None,
             "warnings": input_warnings(volume),
         }
-        session.state.update(volume=volume, kind=kind, info=info, label_detector=label_detector)
+        session.state.update(volume=volume, kind=kind, info=info, label_detector=label_detector, source=source)
         log.info("work area %s…: scan loaded (%s, %d file(s))", session.id[:6], volume.format, len(session.scan_files))
         return info
 
@@ -381,9 +381,10 @@ def deface_session(
     dict
         ``voxels_changed``, ``warnings``, ``downloads`` (kind -> file name) and ``verification``.
     """
-    from defacer.io import save_label_map, save_volume
-    from defacer.pipeline import DefaceOptions, deface
+    from defacer.io import save_label_map
+    from defacer.options import DEFAULT_DEIDENTIFICATION, DefaceOptions
     from defacer.provenance import sha256_of
+    from defacer.route import deface_path
 
     with session.lock:
         if "labels_ras" not in session.state:
@@ -391,9 +392,6 @@ def deface_session(
         volume: Volume = session.state["volume"]
         name, sha = session.state["detector_id"]
         progress("Distorting the selected features", 0.1)
-        result = deface(volume, FixedLabels(session.state["labels_ras"], name, sha),
-                        DefaceOptions(features=features, seed=seed))
-        progress("Writing the defaced scan", 0.55)
         out = session.path("out")
         if out.exists():
             shutil.rmtree(out)
@@ -402,19 +400,22 @@ def deface_session(
         stem = download_stem(session.scan_files[0].display_name if kind != "dicom" or
                              session.scan_files[0].kind == "zip" else "dicom_series")
         downloads: dict[str, tuple[Path, str]] = {}
+        target = out / ("defaced_dicom" if kind == "dicom" else "defaced" + FORMAT_SUFFIX[kind])
+        # The one route: DICOM headers de-identified (Basic Profile, a fresh random key: pseudonyms are not
+        # linkable across uploads). A feature not found is no reason to refuse here: the page says so.
+        defaced = deface_path(session.state["source"], target, options=DefaceOptions(features=features, seed=seed),
+                              deidentify=DEFAULT_DEIDENTIFICATION,
+                              detector=FixedLabels(session.state["labels_ras"], name, sha), sidecar=False,
+                              allow_missing=True, data_files="none")
+        result = defaced.result
+        progress("Writing the defaced scan", 0.55)
         if kind == "dicom":
-            from defacer.io.dicom_series import write_dicom_volume
-
-            folder = out / "defaced_dicom"
-            write_dicom_volume(result.volume, folder, deid=_dicom_scrubber())
             archive = out / "defaced_dicom.zip"
-            _zip_folder(folder, archive)
+            _zip_folder(target, archive)
             downloads["scan"] = (archive, f"{stem}_defaced_dicom.zip")
             mask_suffix = ".nii.gz"
         else:
             suffix = FORMAT_SUFFIX[kind]
-            target = out / ("defaced" + suffix)
-            save_volume(result.volume, target)
             downloads["scan"] = (target, f"{stem}_defaced{suffix}")
             mask_suffix = suffix
         mask = out / ("mask" + mask_suffix)
@@ -449,17 +450,6 @@ def deface_session(
             "downloads": {k: v[1] for k, v in session.state["downloads"].items()},
             "verification": verification,
         }
-
-
-def _dicom_scrubber() -> Any:
-    """A PS3.15 Basic Profile scrubber with a fresh random key (pseudonyms are not linkable across uploads)."""
-    import secrets
-
-    from defacer.phi.options import DeidOptions
-    from defacer.phi.pseudonym import Pseudonymizer
-    from defacer.phi.scrub import Scrubber
-
-    return Scrubber(DeidOptions(clean_recognizable_visual_features=True), Pseudonymizer(secrets.token_bytes(32)))
 
 
 def _jsonable(value: Any) -> Any:

@@ -1,0 +1,172 @@
+"""Command-line options shared by the commands that deface or de-identify, and the option objects built from them.
+
+The defaults shown and used here are read from :class:`defacer.options.DefaceOptions` and
+:class:`defacer.phi.options.DeidOptions`; nothing repeats them.  ``deface``, ``batch`` and
+``demo`` add :func:`add_deface_arguments`; ``deface``, ``batch`` and ``anonymize`` add
+:func:`add_deid_arguments`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from defacer.checks import DEFAULT_MAX_VOXELS
+from defacer.labels import FEATURES, parse_features
+from defacer.options import DEFAULT_OPTIONS, DefaceOptions, Deidentification
+
+if TYPE_CHECKING:
+    from defacer.phi.options import DeidOptions
+
+log = logging.getLogger(__name__)
+
+#: A parser or an argument group (both have ``add_argument`` and ``add_mutually_exclusive_group``).
+ArgumentTarget = argparse.ArgumentParser | argparse._ArgumentGroup
+
+#: Flag name -> (DeidOptions field, help), for the standard's options.
+RETAIN_FLAGS: dict[str, tuple[str, str]] = {
+    "--retain-safe-private": ("retain_safe_private", "keep private attributes known to be safe (PS3.15 E.3.10)"),
+    "--retain-uids": ("retain_uids", "keep the original UIDs"),
+    "--retain-device-identity": ("retain_device_identity", "keep device serial numbers, station names and IDs"),
+    "--retain-institution-identity": ("retain_institution_identity", "keep institution names and addresses"),
+    "--retain-patient-characteristics": ("retain_patient_characteristics",
+                                         "keep sex, age, size, weight and similar"),
+    "--clean-descriptors": ("clean_descriptors",
+                            "keep descriptions and comments but mask identifying text in them (instead of removing)"),
+    "--clean-structured-content": ("clean_structured_content", "clean SR content instead of removing it"),
+    "--clean-graphics": ("clean_graphics", "clean graphics/overlays instead of removing them"),
+}
+
+
+def parse_voxel_limit(text: str) -> int:
+    """``--max-voxels``: a positive integer, or 0 for no limit (``1e9`` and ``512**3`` forms too)."""
+    try:
+        value = int(float(text)) if "**" not in text else int(text.split("**")[0]) ** int(text.split("**")[1])
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a number of voxels such as 134217728, 1e9 or 512**3, "
+                                         f"not '{text}'") from err
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of voxels (0: no limit), not {value}")
+    return value
+
+
+def max_voxels_from_args(args: argparse.Namespace) -> int | None:
+    """The loader's voxel limit for these arguments (``None``: no limit)."""
+    value: int | None = getattr(args, "max_voxels", None)
+    if value is None:
+        return DEFAULT_MAX_VOXELS
+    return None if value == 0 else value
+
+
+def add_deface_arguments(parser: ArgumentTarget, *, seed_help: str | None = None) -> None:
+    """What to distort and how: ``--features``, ``--seed``, ``--protect-depth``, ``--eye-band``,
+    ``--eye-box-scale``, ``--nose-scale`` (the fields of :class:`~defacer.options.DefaceOptions`)."""
+    d = DEFAULT_OPTIONS
+    parser.add_argument("--features", default="all", metavar="LIST",
+                        help=f"comma-separated features to distort, from {', '.join(FEATURES)} (default: all)")
+    parser.add_argument("--seed", type=int, default=d.seed,
+                        help=seed_help or f"seed of the ear noise; same seed, same output (default {d.seed})")
+    parser.add_argument("--protect-depth", type=float, default=d.protect_depth_mm, metavar="MM",
+                        help=f"never change voxels deeper than this below the head surface "
+                             f"(default {d.protect_depth_mm:g} mm)")
+    parser.add_argument("--eye-band", type=float, default=d.eye_band_mm, metavar="MM",
+                        help=f"thickness of the skin layer under each eye cover (default {d.eye_band_mm:g} mm)")
+    parser.add_argument("--eye-box-scale", type=float, default=d.eye_box_scale, metavar="X",
+                        help=f"each eye cover is an ellipse X times the detected eye's size, with a soft edge "
+                             f"(default {d.eye_box_scale:g}: from the brow to the upper cheek, nasal bridge to outer "
+                             "eye corner)")
+    parser.add_argument("--nose-scale", type=float, default=d.nose_scale, metavar="X",
+                        help=f"the nose's bounding box is enlarged X times per axis (default {d.nose_scale:g})")
+
+
+def deface_options_from_args(args: argparse.Namespace) -> DefaceOptions:
+    """Build :class:`~defacer.options.DefaceOptions` from the arguments of :func:`add_deface_arguments`.
+
+    Raises
+    ------
+    DefacerError
+        For an unknown feature or an out-of-range value, saying what is allowed.
+    """
+    from defacer.errors import DefacerError
+
+    try:
+        return DefaceOptions(features=parse_features(args.features), seed=args.seed,
+                             protect_depth_mm=args.protect_depth, eye_band_mm=args.eye_band,
+                             eye_box_scale=args.eye_box_scale, nose_scale=args.nose_scale)
+    except ValueError as err:
+        raise DefacerError(str(err)) from err
+
+
+def add_deid_arguments(parser: ArgumentTarget, *, mapping: bool = True, what_if: bool = True) -> None:
+    """The header de-identification options (PS3.15 Annex E) on a parser or argument group.
+
+    ``mapping`` adds ``--mapping-file``, ``what_if`` adds ``--what-if`` (``batch`` has neither).
+    """
+    parser.add_argument("--key", metavar="TEXT",
+                        help="secret for the keyed pseudonyms (UIDs, IDs, date shifts); the same key gives the same "
+                             "pseudonyms on every run. Prefer --key-file (a command line is visible to others)")
+    parser.add_argument("--key-file", metavar="FILE", type=Path,
+                        help="file holding the secret key (at least 16 bytes). Without --key/--key-file a random key "
+                             "is used: pseudonyms are consistent within this run only")
+    for flag, (_, help_text) in RETAIN_FLAGS.items():
+        parser.add_argument(flag, action="store_true", help=help_text)
+    dates = parser.add_mutually_exclusive_group()
+    dates.add_argument("--retain-full-dates", action="store_true",
+                       help="keep all dates and times unchanged (Retain Longitudinal Temporal Information, full dates)")
+    dates.add_argument("--retain-shifted-dates", action="store_true",
+                       help="keep dates shifted into the past by a per-patient offset derived from the key "
+                            "(modified dates option); default: dates removed or emptied")
+    if mapping:
+        parser.add_argument("--mapping-file", metavar="FILE", type=Path,
+                            help="write the original -> new identifiers (UIDs, patient IDs, date shifts) as JSON "
+                                 "here; never inside the output folder. Keep it apart from the data: it re-identifies "
+                                 "it")
+    parser.add_argument("--allow-burned-in", action="store_true",
+                        help="process instances that may show text in their pixels (BurnedInAnnotation=YES, "
+                             "secondary captures, screenshots) instead of refusing them; their pixels are NOT cleaned")
+    if what_if:
+        parser.add_argument("--what-if", "--describe", dest="what_if", action="store_true",
+                            help="print what will be done to each header attribute, and stop without writing anything")
+
+
+def deid_options_from_args(args: argparse.Namespace) -> DeidOptions:
+    """Build :class:`~defacer.phi.options.DeidOptions` (the PS3.15 options) from :func:`add_deid_arguments`'s."""
+    from defacer.phi.options import DeidOptions
+
+    values = {field: bool(getattr(args, flag[2:].replace("-", "_"))) for flag, (field, _) in RETAIN_FLAGS.items()}
+    return DeidOptions(**values, retain_long_full_dates=args.retain_full_dates,
+                       retain_long_modified_dates=args.retain_shifted_dates, allow_burned_in=args.allow_burned_in)
+
+
+def deidentification_from_args(args: argparse.Namespace, *, warn_random: bool = True) -> Deidentification | None:
+    """The :class:`~defacer.options.Deidentification` of these arguments; ``None`` with ``--no-deidentify``.
+
+    The key is read here (``--key`` / ``--key-file``); without one the scrubber draws a random key and, with
+    ``warn_random``, a warning says that pseudonyms are consistent within this run only.
+
+    Raises
+    ------
+    DefacerError
+        When both ``--key`` and ``--key-file`` are given, or the key is unreadable or too short.
+    """
+    from defacer.phi.pseudonym import load_key
+
+    if getattr(args, "no_deidentify", False):
+        return None
+    key: bytes | None = None
+    if args.key is not None or args.key_file is not None:
+        key, _ = load_key(args.key, args.key_file)
+    elif warn_random:
+        log.warning("No --key/--key-file given: using a random key, so pseudonyms (UIDs, IDs, date shifts) are "
+                    "consistent within this run only.")
+    return Deidentification(profile=deid_options_from_args(args), key=key,
+                            record_mapping=getattr(args, "mapping_file", None) is not None)
+
+
+def print_what_if(options: Any) -> None:
+    """Print the per-attribute plan of these :class:`~defacer.phi.options.DeidOptions`."""
+    from defacer.phi.describe import describe_actions
+
+    print("\n".join(describe_actions(options)))

@@ -1,0 +1,187 @@
+"""Evaluate defacing over a folder of scans: deface each in memory, verify it, score the whole.
+
+This module sits above both the pipeline (it defaces, :func:`defacer.pipeline.deface`) and the
+verification (:func:`defacer.verify.verify_pair`); the scoring it reports lives in
+:mod:`defacer.verify.evaluate` (which knows nothing of defacing).  ``defacer evaluate`` calls
+:func:`evaluate_folder`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from defacer.detect import Detector
+from defacer.errors import DefacerError, VerificationError
+from defacer.labels import FEATURE_LABELS
+from defacer.options import DEFAULT_OPTIONS, DefaceOptions
+from defacer.pipeline import deface, load_detector
+from defacer.verify import faces
+from defacer.verify.check import VERDICT_RULE, verify_pair
+from defacer.verify.evaluate import (
+    RESULT_HTML,
+    RESULT_JSON,
+    Scan,
+    baseline_embedding,
+    find_scans,
+    format_row,
+    overall_scores,
+    peak_rss_mb,
+)
+
+__all__ = ["evaluate_folder", "evaluate_scan"]
+
+logger = logging.getLogger(__name__)
+
+
+def evaluate_scan(scan: Scan, out_dir: Path, detector_for: Callable[[Scan], Detector], options: DefaceOptions,
+                  reference_dir: Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Deface and verify one scan.
+
+    Returns
+    -------
+    record : dict
+        The JSON-ready per-scan record.
+    extras : dict
+        Embeddings (``original``, ``defaced``, ``baseline``) and front thumbnails.
+    """
+    from defacer.detect.metrics import dice_per_feature
+    from defacer.io import load_volume
+
+    start = time.perf_counter()
+    volume = load_volume(scan.path)
+    t_load = time.perf_counter() - start
+    result = deface(volume, detector_for(scan), options)
+    t_deface = time.perf_counter() - start - t_load
+    found = [name for name, value in FEATURE_LABELS.items() if np.any(result.labels == int(value))]
+    dice = None
+    reference = reference_dir / f"{scan.name}.labels.nii.gz" if reference_dir else None
+    if reference is not None and reference.is_file():
+        ref = load_volume(reference, strict=False).raw.astype(np.uint8)
+        if ref.shape == result.labels.shape:
+            dice = dice_per_feature(result.labels, ref)
+        else:
+            logger.warning("reference labels %s have shape %s, scan %s: skipped", reference, ref.shape, volume.shape)
+    t0 = time.perf_counter()
+    verified = verify_pair(volume, result.volume, out_dir / scan.name, labels=result.labels,
+                           provenance=result.provenance, title=f"defacer evaluate: {scan.name}")
+    t_verify = time.perf_counter() - t0
+    baseline = baseline_embedding(volume)
+    s = verified.summary
+    front = s["detectors"].get("front", {})
+    record = {
+        "name": scan.name,
+        "path": str(scan.path),
+        "features_found": found,
+        "dice": dice,
+        "reference": str(reference) if dice is not None else None,
+        "verdict": s["verdict"],
+        "passed": s["passed"],
+        "conclusive": s["conclusive"],
+        "face_found_before": s["face_found_before"],
+        "face_found_after": s["face_found_after"],
+        "front_scores": {n: {"before": front.get("before", {}).get(n, {}).get("score"),
+                             "after": front.get("after", {}).get(n, {}).get("score")} for n in faces.DETECTORS},
+        "identity_distance": s["identity"]["distance"],
+        "brain_changed": s["voxels"]["brain"]["changed"],
+        "voxels_changed": s["voxels"]["total"],
+        "report": str(verified.report_path),
+        "seconds": round(time.perf_counter() - start, 2),
+        "seconds_load": round(t_load, 2),
+        "seconds_deface": round(t_deface, 2),
+        "seconds_verify": round(t_verify, 2),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+    extras = {
+        "original": verified.embeddings["original"],
+        "defaced": verified.embeddings["defaced"],
+        "baseline": baseline,
+        "thumbs": (verified.renders["original"]["front"].image, verified.renders["defaced"]["front"].image),
+    }
+    return record, extras
+
+
+
+
+def evaluate_folder(
+    folder: Path,
+    out_dir: Path,
+    *,
+    labels_dir: Path | None = None,
+    reference_dir: Path | None = None,
+    options: DefaceOptions | None = None,
+    detector: Detector | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Deface, verify and score every scan in ``folder``.
+
+    Parameters
+    ----------
+    folder : Path
+        Folder of scans (files and DICOM folders directly inside it).
+    out_dir : Path
+        Where the per-scan reports, ``evaluation.json`` and ``evaluation.html`` go.
+    labels_dir : Path, optional
+        Use ``<labels_dir>/<name>.labels.nii.gz`` as each scan's detector (a label file) instead
+        of the default detector.
+    reference_dir : Path, optional
+        Folder of reference label maps ``<name>.labels.nii.gz`` for Dice.
+    options : DefaceOptions, optional
+        Defacing options (default: :data:`defacer.options.DEFAULT_OPTIONS`).
+    detector : Detector, optional
+        Detector for every scan (default: the shipped model, unless ``labels_dir``).
+    echo : callable, optional
+        Called with one line of progress per scan.
+
+    Returns
+    -------
+    dict
+        ``{"rule", "scans": [per-scan records], "overall": {...}}``; also written as JSON.
+    """
+    from defacer.verify.report import evaluation_html
+
+    scans = find_scans(folder)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    opts = options or DEFAULT_OPTIONS
+    shared_detector = detector
+    if shared_detector is None and labels_dir is None:
+        shared_detector = load_detector()
+
+    def detector_for(scan: Scan) -> Detector:
+        if labels_dir is not None:
+            path = Path(labels_dir) / f"{scan.name}.labels.nii.gz"
+            if not path.is_file():
+                raise DefacerError(f"No label map for '{scan.name}' in '{labels_dir}' (expected {path.name}).")
+            return load_detector(labels_path=path)
+        return shared_detector
+
+    records: list[dict[str, Any]] = []
+    embeddings: dict[str, dict[str, Any]] = {}
+    thumbs: dict[str, tuple[Any, Any]] = {}
+    for scan in scans:
+        try:
+            record, extras = evaluate_scan(scan, out_dir, detector_for, opts, reference_dir)
+        except (DefacerError, VerificationError) as err:
+            record = {"name": scan.name, "path": str(scan.path), "error": str(err)}
+            extras = None
+        records.append(record)
+        if extras is not None:
+            embeddings[scan.name] = extras
+            thumbs[scan.name] = extras["thumbs"]
+        if echo is not None:
+            echo(format_row(record))
+    result = {"rule": VERDICT_RULE, "scans": records, "overall": overall_scores(records, embeddings)}
+    from defacer.verify.report import write_summary
+
+    write_summary(out_dir / RESULT_JSON, result)
+    from defacer.io.atomic import atomic_outputs
+
+    with atomic_outputs([out_dir / RESULT_HTML]) as (tmp,):
+        tmp.write_text(evaluation_html(result, thumbs), encoding="utf-8")
+    return result

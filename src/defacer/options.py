@@ -1,0 +1,125 @@
+"""The options of a defacing run, defined once: what to distort (:class:`DefaceOptions`) and how DICOM
+headers are de-identified (:class:`Deidentification`).
+
+Every entry point reads its defaults from here: the command line (``defacer deface``, ``batch``,
+``demo``), the batch runner, the web interface and the library API.  Both are frozen dataclasses,
+so one object can be handed to every worker of a batch and recorded as it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from defacer.labels import FEATURES
+from defacer.phi.options import DeidOptions
+
+if TYPE_CHECKING:
+    from defacer.phi.scrub import Scrubber
+
+
+@dataclass(frozen=True)
+class DefaceOptions:
+    """What to distort and how.
+
+    Attributes
+    ----------
+    features : tuple of str
+        Any of ``"eyes"``, ``"nose"``, ``"ears"``.
+    seed : int
+        Seed of the ear noise (the output is reproducible for a given seed).
+    protect_depth_mm : float
+        Voxels deeper than this below the head surface are never changed (see :mod:`defacer.pipeline`).
+    eye_band_mm : float
+        Thickness of the skin layer under each eye cover, in mm.
+    eye_box_scale : float
+        Size of each eye cover: an ellipse whose semi-axes are this many times the eye's half-extent.
+    nose_scale : float
+        Enlargement of the nose's bounding box per axis.
+    """
+
+    features: tuple[str, ...] = FEATURES
+    seed: int = 0
+    protect_depth_mm: float = 10.0
+    eye_band_mm: float = 6.0
+    eye_box_scale: float = 2.0
+    nose_scale: float = 2.0
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.features if f not in FEATURES]
+        if unknown:
+            raise ValueError(f"Unknown features {unknown}; expected some of {FEATURES}.")
+        if self.protect_depth_mm < 0 or self.eye_band_mm <= 0 or self.nose_scale < 1 or self.eye_box_scale < 1:
+            message = (f"Expected protect depth >= 0 mm, eye band > 0 mm, eye box scale >= 1 and nose scale >= 1; found "
+                       f"{self.protect_depth_mm}, {self.eye_band_mm}, {self.eye_box_scale} and {self.nose_scale}.")
+            raise ValueError(message)
+
+
+#: The default options (a module-level constant, usable as a default argument: the dataclass is frozen).
+DEFAULT_OPTIONS = DefaceOptions()
+
+#: A random key for this run only (pseudonyms consistent within the run), recorded as such.
+RANDOM_KEY_NOTE = "random (this run only)"
+
+
+@dataclass(frozen=True)
+class Deidentification:
+    """How DICOM headers are de-identified (DICOM PS3.15 Annex E Basic Profile plus options).
+
+    Attributes
+    ----------
+    profile : DeidOptions
+        The PS3.15 options on top of the Basic Profile (all off by default).  When the pixels are
+        defaced, the Clean Recognizable Visual Features option is always added
+        (:meth:`scrubber` with ``defaced=True``).
+    key : bytes or None
+        Secret key of the keyed pseudonyms (UIDs, IDs, date shifts), at least 16 bytes; the same
+        key gives the same pseudonyms on every run.  ``None``: a fresh random key per scrubber
+        (pseudonyms consistent within that run only).
+    record_mapping : bool
+        Keep the original -> new identifiers in the scrubber's ``mapping``.
+    random_key : bool
+        ``key`` was drawn at random for this run (a batch draws one for all its workers): recorded
+        as random, like ``key=None``.
+    """
+
+    profile: DeidOptions = field(default_factory=DeidOptions)
+    key: bytes | None = field(default=None, repr=False)
+    record_mapping: bool = False
+    random_key: bool = False
+
+    def __post_init__(self) -> None:
+        if self.key is not None and len(self.key) < 16:
+            raise ValueError(f"The de-identification key holds {len(self.key)} bytes; at least 16 are needed.")
+
+    @property
+    def key_note(self) -> str | None:
+        """How the key was chosen, for the provenance record (never the key itself): ``None`` for a given key."""
+        return RANDOM_KEY_NOTE if self.key is None or self.random_key else None
+
+    def scrubber(self, *, defaced: bool = True) -> Scrubber:
+        """The :class:`~defacer.phi.scrub.Scrubber` of these settings (the one place it is built).
+
+        Parameters
+        ----------
+        defaced : bool
+            The pixels had their face features distorted: RecognizableVisualFeatures becomes NO
+            and code 113102 is recorded.
+        """
+        import secrets
+
+        from defacer.phi.pseudonym import Pseudonymizer
+        from defacer.phi.scrub import Scrubber
+
+        key = self.key if self.key is not None else secrets.token_bytes(32)
+        return Scrubber(self.effective_profile(defaced=defaced), Pseudonymizer(key), record_mapping=self.record_mapping)
+
+    def effective_profile(self, *, defaced: bool = True) -> DeidOptions:
+        """The PS3.15 options applied: :attr:`profile`, plus Clean Recognizable Visual Features when ``defaced``."""
+        import dataclasses
+
+        return dataclasses.replace(self.profile, clean_recognizable_visual_features=True) if defaced else self.profile
+
+
+#: The de-identification used when the caller says nothing: the Basic Profile, a random key.
+DEFAULT_DEIDENTIFICATION = Deidentification()

@@ -1,0 +1,289 @@
+"""One route from a scan on disk to a defaced scan on disk: :func:`deface_path`.
+
+The command line (``defacer deface``, ``demo``), the batch workers and the web interface all
+deface through :func:`deface_path`; :func:`deface_study` runs it on every series of a DICOM
+study folder.  Like nibabel's ``loadsave``, the route dispatches on the input's format: NIfTI,
+NRRD and MGH/MGZ files are written back in the same format with their header unchanged; a DICOM
+series (a folder or ``.dcm`` file) is written as a new series folder whose headers are
+de-identified (DICOM PS3.15 Annex E Basic Profile) unless the caller passes
+``deidentify=None``.  The provenance record of every output is built here, and nowhere else.
+
+Layers: this module sits above :mod:`defacer.pipeline` (in-memory defacing), :mod:`defacer.io`
+(reading and writing) and :mod:`defacer.phi` (headers); nothing below imports it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from defacer._typing import PathLike
+from defacer.checks import DEFAULT_MAX_VOXELS
+from defacer.detect import Detector
+from defacer.errors import DefacerError, InputImageError
+from defacer.options import DEFAULT_DEIDENTIFICATION, DEFAULT_OPTIONS, DefaceOptions, Deidentification
+from defacer.pipeline import DefaceResult, check_features_found, deface, load_detector
+from defacer.provenance import sha256_of, sidecar_path, write_provenance
+
+if TYPE_CHECKING:
+    from defacer.io.dicom_grouping import SeriesInfo
+    from defacer.phi.scrub import Scrubber
+
+@dataclass
+class Defaced:
+    """What :func:`deface_path` wrote.
+
+    Attributes
+    ----------
+    provenance : dict
+        The provenance record (also in the sidecar, when one was written).
+    written : list of Path
+        The files written for the scan (the image and a ``.nhdr``'s data file, or every DICOM file).
+    result : DefaceResult
+        The defaced volume, the detected labels and the edit mask, in memory.
+    scrubber : Scrubber or None
+        The header de-identifier used for a DICOM series (its ``mapping`` holds the original ->
+        new identifiers when asked for); ``None`` for other formats or without de-identification.
+    """
+
+    provenance: dict[str, Any]
+    written: list[Path]
+    result: DefaceResult = field(repr=False)
+    scrubber: Scrubber | None = field(default=None, repr=False)
+
+
+def deface_path(
+    source: PathLike,
+    target: PathLike,
+    *,
+    options: DefaceOptions = DEFAULT_OPTIONS,
+    deidentify: Deidentification | None = DEFAULT_DEIDENTIFICATION,
+    detector: Detector | None = None,
+    labels_path: PathLike | None = None,
+    weights_path: PathLike | None = None,
+    force: bool = False,
+    mask_path: PathLike | None = None,
+    sidecar: bool = True,
+    allow_missing: bool = False,
+    series: str | None = None,
+    max_voxels: int | None = DEFAULT_MAX_VOXELS,
+    data_files: str = "beside",
+) -> Defaced:
+    """Deface one scan into ``target`` (same format) and write its provenance sidecar.
+
+    Parameters
+    ----------
+    source : path-like
+        A NIfTI, NRRD or MGH/MGZ file, or a DICOM series (folder or ``.dcm`` file).
+    target : path-like
+        The output file (same kind of extension), or the new DICOM series folder; refused if it
+        exists, unless ``force`` (a folder only when defacer wrote it).
+    options : DefaceOptions
+        What to distort.
+    deidentify : Deidentification or None
+        DICOM only: how headers are de-identified (by default the Basic Profile with a random
+        key); ``None`` keeps every header attribute as it is (identifying: names, IDs, dates).
+    detector : Detector, optional
+        Reused across calls (batch workers, the web page); otherwise :func:`load_detector` of
+        ``labels_path`` / ``weights_path``.
+    labels_path, weights_path : path-like, optional
+        A label map on the scan's grid, or other model weights.
+    force : bool
+        Replace existing outputs.
+    mask_path : path-like, optional
+        Also write the detected label map there.
+    sidecar : bool
+        Write the provenance sidecar ``<output stem>.defacer.json`` beside the output.
+    allow_missing : bool
+        Write the output even when a requested feature was not distorted (otherwise
+        :class:`~defacer.errors.FeaturesNotFoundError` and nothing is written).
+    series : str, optional
+        DICOM only: which series when the folder holds several (see :func:`deface_study`).
+    max_voxels : int or None
+        Refuse a scan declaring more voxels than this, before reading its voxels; ``None``: no limit.
+    data_files : {"beside", "none", "anywhere"}
+        Which detached NRRD data files may be read (see :func:`defacer.io.load_volume`).
+
+    Returns
+    -------
+    Defaced
+
+    Raises
+    ------
+    FeaturesNotFoundError
+        A requested feature was not distorted and ``allow_missing`` is off: nothing is written.
+    """
+    from defacer.io import format_of
+
+    source_path, target_path = Path(source), Path(target)
+    if source_path.exists() and format_of(source_path) == "dicom":
+        scrubber = deidentify.scrubber(defaced=True) if deidentify is not None else None
+        key_note = deidentify.key_note if deidentify is not None else None
+        return _deface_dicom(source_path, target_path, options=options, scrubber=scrubber, key_note=key_note,
+                             detector=detector, labels_path=labels_path, weights_path=weights_path, force=force,
+                             mask_path=mask_path, sidecar=sidecar, allow_missing=allow_missing, series=series,
+                             max_voxels=max_voxels)
+    return _deface_file(source_path, target_path, options=options, detector=detector, labels_path=labels_path,
+                        weights_path=weights_path, force=force, mask_path=mask_path, sidecar=sidecar,
+                        allow_missing=allow_missing, max_voxels=max_voxels, data_files=data_files)
+
+
+def image_series(source: PathLike) -> list[SeriesInfo]:
+    """The image stacks of a DICOM folder (series with pixel data, each geometry apart), in listing order."""
+    from defacer.io.dicom_grouping import find_series
+
+    return [found for found in find_series(source) if found.has_pixels]
+
+
+def series_folder_name(index: int, info: SeriesInfo) -> str:
+    """The output folder of one series of a study: ``NN_series-<SeriesNumber>`` (never its description or UIDs,
+    which may identify the patient)."""
+    number = "".join(ch for ch in info.series_number if ch.isalnum())[:12]
+    return f"{index:02d}_series-{number or 'unnumbered'}"
+
+
+def deface_study(
+    source: PathLike,
+    target: PathLike,
+    *,
+    stacks: Sequence[SeriesInfo] | None = None,
+    deidentify: Deidentification | None = DEFAULT_DEIDENTIFICATION,
+    **kwargs: Any,
+) -> list[tuple[Path, Defaced | DefacerError]]:
+    """Deface every image series of a DICOM study folder, each into its own folder under ``target``.
+
+    Series ``i`` goes to ``target/<series_folder_name(i, ...)>`` with its sidecar beside it.  One
+    scrubber (one key) serves every series, so the pseudonyms (StudyInstanceUID, PatientID, date
+    shifts) agree across the series of the study.  A series that cannot be defaced (its error is
+    returned in its place) does not stop the others.  Other keyword arguments are those of
+    :func:`deface_path` (``mask_path`` is not accepted: one label map per series would collide).
+
+    Returns
+    -------
+    list of (Path, Defaced or DefacerError)
+        The output folder of each series and what came of it, in listing order.
+    """
+    if kwargs.get("mask_path") is not None:
+        raise ValueError("deface_study writes no label map (one per series would collide); deface one series instead.")
+    kwargs.pop("data_files", None)
+    source_path, target_path = Path(source), Path(target)
+    found = list(stacks) if stacks is not None else image_series(source_path)
+    scrubber = deidentify.scrubber(defaced=True) if deidentify is not None else None
+    key_note = deidentify.key_note if deidentify is not None else None
+    done: list[tuple[Path, Defaced | DefacerError]] = []
+    for index, info in enumerate(found, start=1):
+        out = target_path / series_folder_name(index, info)
+        try:
+            outcome: Defaced | DefacerError = _deface_dicom(
+                source_path, out, scrubber=scrubber, key_note=key_note, series=info.key,
+                **{"options": DEFAULT_OPTIONS, **kwargs})
+        except DefacerError as err:
+            outcome = err
+        done.append((out, outcome))
+    return done
+
+
+def _detector(detector: Detector | None, labels_path: PathLike | None, weights_path: PathLike | None) -> Detector:
+    return detector if detector is not None else load_detector(labels_path, weights_path)
+
+
+def _deface_file(source: Path, target: Path, *, options: DefaceOptions, detector: Detector | None,
+                 labels_path: PathLike | None, weights_path: PathLike | None, force: bool,
+                 mask_path: PathLike | None, sidecar: bool, allow_missing: bool, max_voxels: int | None,
+                 data_files: str) -> Defaced:
+    """:func:`deface_path` for a NIfTI, NRRD or MGH/MGZ file: written back with its header unchanged."""
+    from defacer.io import format_of, load_volume, save_label_map, save_volume
+    from defacer.io.output_guard import check_not_input, check_outputs, detached_data_candidates
+
+    start = time.perf_counter()
+    if format_of(target) != format_of(source):
+        raise InputImageError(
+            f"The output '{target.name}' has another format than the input '{source.name}'. defacer writes the "
+            "input's format: use the same kind of extension."
+        )
+    inputs = [source, labels_path, weights_path]
+    check_outputs([target, mask_path, sidecar_path(target) if sidecar else None], inputs=inputs, force=force)
+    check_not_input(detached_data_candidates(target) + detached_data_candidates(mask_path), inputs)
+    t = time.perf_counter()
+    volume = load_volume(source, max_voxels=max_voxels, data_files=data_files)
+    load_s = time.perf_counter() - t
+    result = deface(volume, _detector(detector, labels_path, weights_path), options)
+    check_features_found(result.provenance, source.name, allow_missing=allow_missing)
+    t = time.perf_counter()
+    written = save_volume(result.volume, target, force=force, inputs=tuple(p for p in inputs if p is not None))
+    if mask_path is not None:
+        save_label_map(result.labels, volume, mask_path, force=force)
+    save_s = time.perf_counter() - t
+    provenance = result.provenance
+    # Base names only: the folders of a user's files can name the patient or the study.
+    provenance["input"] = {"path": source.name, "sha256": sha256_of(source)}
+    provenance["output"] = {"path": target.name, "sha256": sha256_of(target), "files": [p.name for p in written]}
+    _record_common(provenance, mask_path, labels_path)
+    provenance["timings"].update({"load_s": round(load_s, 4), "save_s": round(save_s, 4),
+                                  "wall_s": round(time.perf_counter() - start, 4)})
+    if sidecar:
+        write_provenance(provenance, sidecar_path(target))
+    return Defaced(provenance, written, result)
+
+
+def _deface_dicom(source: Path, target: Path, *, options: DefaceOptions, scrubber: Scrubber | None,
+                  key_note: str | None, detector: Detector | None = None, labels_path: PathLike | None = None,
+                  weights_path: PathLike | None = None, force: bool = False, mask_path: PathLike | None = None,
+                  sidecar: bool = True, allow_missing: bool = False, series: str | None = None,
+                  max_voxels: int | None = DEFAULT_MAX_VOXELS) -> Defaced:
+    """:func:`deface_path` for a DICOM series: a new series folder, headers de-identified by ``scrubber``
+    (``None``: kept as they are)."""
+    from defacer.checks import validate_volume
+    from defacer.io import save_label_map
+    from defacer.io.dicom_series import read_dicom_volume, write_dicom_volume
+    from defacer.io.output_guard import check_outputs
+    from defacer.phi.rules import EDITION
+
+    sidecar_file = sidecar_path(target) if sidecar else None
+    check_outputs([target, sidecar_file, mask_path], inputs=[source, labels_path, weights_path], force=force)
+    volume = validate_volume(read_dicom_volume(source, series=series, max_voxels=max_voxels), source=str(source))
+    if scrubber is not None:
+        scrubber.check_burned_in(volume.header, str(source))
+    result = deface(volume, _detector(detector, labels_path, weights_path), options)
+    check_features_found(result.provenance, source.name, allow_missing=allow_missing)
+    written = write_dicom_volume(result.volume, target, force=force, deid=scrubber)
+    if mask_path is not None:
+        save_label_map(result.labels, volume, mask_path, force=force)
+    provenance = result.provenance
+    # With de-identification the sidecar must not name the input: folder names often hold patient names.
+    shown = "<input>" if scrubber is not None else source.name
+    provenance["input"] = {"path": shown, "sha256": sha256_of(source), "format": "dicom",
+                           "files": len({ref.path for ref in volume.extra["frames"]}),
+                           "skipped_files": len(volume.extra.get("skipped", ()))}
+    provenance["output"] = {"path": target.name, "sha256": sha256_of(target), "files": len(written)}
+    provenance["dicom"] = {
+        "geometry_warnings": [w.replace(str(source), shown).replace(str(source.resolve()), shown)
+                              for w in volume.extra.get("warnings", ())],
+        "gantry_tilt_deg": round(float(volume.extra.get("gantry_tilt_deg", 0.0)), 3),
+        "per_slice_scaling": volume.extra.get("per_slice_scaling") is not None,
+        "deidentified": scrubber is not None,
+    }
+    if scrubber is not None:
+        provenance["dicom"].update({
+            "profile": f"DICOM PS3.15 {EDITION} Annex E Basic Application Level Confidentiality Profile",
+            "options": list(scrubber.options.chosen),
+            "method_codes": [code for code, _ in scrubber.options.method_codes()],
+            "key": key_note or "user-supplied (not recorded)",
+        })
+    else:
+        provenance["dicom"]["series"] = volume.extra.get("series_key")
+    _record_common(provenance, mask_path, labels_path)
+    if sidecar_file is not None:
+        write_provenance(provenance, sidecar_file)
+    return Defaced(provenance, written, result, scrubber)
+
+
+def _record_common(provenance: dict[str, Any], mask_path: PathLike | None, labels_path: PathLike | None) -> None:
+    """The parts of the record every format shares: the label map written, the label map used."""
+    if mask_path is not None:
+        provenance["mask"] = {"path": Path(mask_path).name}
+    if labels_path is not None:
+        provenance["detector"]["labels_sha256"] = sha256_of(labels_path)
