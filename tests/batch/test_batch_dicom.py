@@ -98,3 +98,40 @@ def test_a_lone_series_folder_is_written_under_its_own_name(tmp_path: Path, dico
     assert summary.counts.done == 1, summary.records[0].error
     assert len(_series(tmp_path / "out" / "t1")) == len(_series(source / "pat2" / "t1"))
     assert (tmp_path / "out" / "t1.defacer.json").is_file()
+
+
+def _long_options(command: str, capsys: pytest.CaptureFixture[str]) -> set[str]:
+    import re
+
+    assert main([command, "--help"]) == 0
+    return set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", capsys.readouterr().out))
+
+
+def test_batch_offers_every_option_deface_has(capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 12, item 3: batch lacked --protect-depth, --eye-band, the --retain-* flags and --allow-burned-in.
+    Only the options that name one output (or one input) stay deface's own."""
+    one_output_only = {"--save-mask", "--series", "--labels", "--mapping-file", "--what-if", "--describe", "--help"}
+    missing = _long_options("deface", capsys) - _long_options("batch", capsys) - one_output_only
+    assert not missing, f"batch lacks {sorted(missing)}"
+
+
+def test_batch_options_reach_every_scan(tmp_path: Path, dicom_export: tuple[Path, Path]) -> None:
+    """The flags are not only parsed: --retain-uids keeps the UIDs, --eye-band reaches the pipeline, and the
+    fingerprint changes with them (a resumed batch redoes the scans)."""
+    source, labels = dicom_export
+    out = tmp_path / "out"
+    args = ["batch", str(source / "pat2"), str(out), "--labels-dir", str(labels / "pat2"), "--key",
+            KEY.decode(), "-q"]
+    assert main([*args, "--retain-uids", "--eye-band", "4", "--protect-depth", "12"]) == 0
+    before, after = _series(source / "pat2" / "t1"), _series(out / "t1")
+    assert {d.SOPInstanceUID for d in before} == {d.SOPInstanceUID for d in after}
+    sidecar = (out / "t1.defacer.json").read_text()
+    assert '"eye_band_mm": 4.0' in sidecar and '"protect_depth_mm": 12.0' in sidecar
+    assert "113110" in sidecar, "Retain UIDs Option recorded among the method codes"
+    # The same options again: nothing to do; other options: the scan is redone.
+    assert main([*args, "--retain-uids", "--eye-band", "4", "--protect-depth", "12"]) == 0
+    assert '"eye_band_mm": 4.0' in (out / "t1.defacer.json").read_text()
+    assert main(args) == 0
+    after = _series(out / "t1")
+    assert {d.SOPInstanceUID for d in before}.isdisjoint({d.SOPInstanceUID for d in after})
+    assert '"eye_band_mm": 6.0' in (out / "t1.defacer.json").read_text()

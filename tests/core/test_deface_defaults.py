@@ -39,3 +39,15 @@ def test_help_lists_common_options_before_the_dicom_ones(capsys) -> None:
     assert text.startswith("usage: defacer deface [options] input [output]")
     assert text.index("--features") < text.index("--verify") < text.index("DICOM input:") < text.index("--series")
     assert text.index("DICOM input:") < text.index("--retain-uids")
+
+
+def test_command_line_defaults_are_the_options_defaults():
+    """Issue 12, item 3: the defaults come from DefaceOptions / DeidOptions, not repeated (deface and batch)."""
+    from defacer.cli.main import get_parser
+    from defacer.cli.options import deface_options_from_args, deidentification_from_args
+    from defacer.options import DEFAULT_OPTIONS, Deidentification
+
+    for argv in (["deface", "x.nii.gz"], ["batch", "in", "out"]):
+        args = get_parser().parse_args(argv)
+        assert deface_options_from_args(args) == DEFAULT_OPTIONS
+        assert deidentification_from_args(args, warn_random=False) == Deidentification()
