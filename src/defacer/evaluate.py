@@ -159,6 +159,7 @@ def evaluate_folder(
             if not path.is_file():
                 raise DefacerError(f"No label map for '{scan.name}' in '{labels_dir}' (expected {path.name}).")
             return load_detector(labels_path=path)
+        assert shared_detector is not None  # loaded above when there is no labels_dir
         return shared_detector
 
     records: list[dict[str, Any]] = []

@@ -326,15 +326,15 @@ def verify_outputs(original_path: Path, defaced_path: Path, provenance: dict, la
         from defacer.errors import MissingExtraError
 
         raise MissingExtraError("verify", getattr(err, "name", None) or "defacer.verify") from err
-    limit = {"max_voxels": max_voxels}  # default: defacer.checks.DEFAULT_MAX_VOXELS; None: no limit
-    labels = (load_volume(labels_path, strict=False, **limit).raw
+    labels = (load_volume(labels_path, strict=False, max_voxels=max_voxels).raw
               if labels_path is not None and Path(labels_path).exists() else None)
     from defacer.verify import qc
     from defacer.verify.verdict import EXIT_STATUS, FAIL, INCONCLUSIVE, MEANING
 
     qc_dir = verify_dir(defaced_path)
     qc.write_readme(qc_dir, after_only)
-    result = verify_pair(load_volume(original_path, **limit), load_volume(defaced_path, **limit), qc_dir,
+    result = verify_pair(load_volume(original_path, max_voxels=max_voxels),
+                         load_volume(defaced_path, max_voxels=max_voxels), qc_dir,
                          labels=labels, provenance=provenance, title=f"defacer verify: {Path(defaced_path).name}",
                          after_only=after_only)
     pictures = qc.write_pictures(result.renders, qc_dir, after_only)

@@ -13,12 +13,14 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 
 from defacer._version import __version__
 from defacer.errors import DefacerError, FeaturesNotFoundError
 
-#: Subcommand modules in the order ``--help`` lists them.  A module that is not part of
-#: this installation (e.g. an optional component not yet present) is skipped.
+#: Subcommand modules in the order ``--help`` lists them.  Each imports only the standard library and
+#: defacer's light modules at import time (a command's optional extras are imported by its ``run``), so
+#: every command is always listed; a broken command module is a bug and fails loudly.
 COMMAND_MODULES: tuple[str, ...] = (
     "deface",
     "demo",
@@ -44,17 +46,8 @@ EXIT_VERIFY_INCONCLUSIVE = 5
 EXIT_INTERRUPTED = 130
 
 
-def _load_command_modules() -> list[object]:
-    modules = []
-    for name in COMMAND_MODULES:
-        try:
-            modules.append(importlib.import_module(f"defacer.cli.{name}"))
-        except ModuleNotFoundError as err:
-            if err.name != f"defacer.cli.{name}":
-                logging.getLogger(__name__).warning("command '%s' unavailable: %s", name, err)
-        except Exception as err:  # noqa: BLE001 - one broken optional command must not break the others
-            logging.getLogger(__name__).warning("command '%s' unavailable: %s", name, err)
-    return modules
+def _load_command_modules() -> list[ModuleType]:
+    return [importlib.import_module(f"defacer.cli.{name}") for name in COMMAND_MODULES]
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -72,7 +65,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks of unexpected errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in _load_command_modules():
-        module.add_parser(subparsers)  # type: ignore[attr-defined]
+        module.add_parser(subparsers)
     return parser
 
 

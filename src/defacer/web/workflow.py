@@ -146,7 +146,7 @@ async def receive_upload(
             handle = target.open("xb")
             handle.write(head)
         handle.close()
-        if kind == "nrrd":
+        if kind == "nrrd" and target is not None:
             check_nrrd_upload(target)  # the whole header, not only the first chunk
     except BaseException:
         if handle is not None:
