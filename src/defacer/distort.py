@@ -69,7 +69,8 @@ def components(mask: Mask, max_count: int, min_fraction: float = 0.05) -> list[B
     # Label only inside the mask's bounding box: much faster than labelling the whole volume.
     crop = tuple(
         slice(int(np.argmax(axis_any)), len(axis_any) - int(np.argmax(axis_any[::-1])))
-        for axis_any in (mask.any(axis=(1, 2)), mask.any(axis=(0, 2)), mask.any(axis=(0, 1)))
+        for axis_any in (np.asarray(mask.any(axis=(1, 2))), np.asarray(mask.any(axis=(0, 2))),
+                         np.asarray(mask.any(axis=(0, 1))))
     )
     labels, _count = ndimage.label(mask[crop])
     sizes = np.bincount(labels.ravel())[1:]
@@ -286,7 +287,7 @@ def _stadium_distance(n_r: int, n_s: int, box: Box, centres: npt.NDArray[np.floa
 
 def _surface_height(tissue: Mask) -> tuple[npt.NDArray[np.float32], Mask]:
     """Index along axis 1 (A) of the most anterior tissue voxel of each (R, S) column, and where one exists."""
-    present = tissue.any(axis=1)
+    present = np.asarray(tissue.any(axis=1))
     n = tissue.shape[1]
     last = n - 1 - np.argmax(tissue[:, ::-1, :], axis=1)
     return np.where(present, last, 0).astype(np.float32), present
@@ -461,7 +462,8 @@ def auricle_mask(image: npt.NDArray[np.floating], ears: Mask, component: Box, he
     reach = [int(np.ceil(radius_mm / sp)) + 2 for sp in spacing]
     box = tuple(slice(max(0, int(c) - r), min(n, int(c) + r + 1))
                 for c, r, n in zip(centroid, reach, image.shape, strict=True))
-    step = tuple(max(1, int(round(EAR_GRID_MM / sp))) for sp in spacing)  # noqa: RUF046 - numpy < 2 rounds to float
+    s_r, s_a, s_s = (max(1, int(round(EAR_GRID_MM / sp))) for sp in spacing)  # noqa: RUF046 - numpy < 2 rounds to float
+    step = (s_r, s_a, s_s)
     coarse_spacing = tuple(sp * st for sp, st in zip(spacing, step, strict=True))
     local = np.asarray(image[box])
     tissue = local > head.threshold
