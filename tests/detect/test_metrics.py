@@ -37,3 +37,9 @@ def test_a_label_just_beyond_six_mm_is_not_found() -> None:
     predicted[14, 11, 11] = 2  # 6 mm away: found
     assert feature_matches(predicted, reference, AFFINE)["nose"]["found"] == 1
     assert dice_per_feature(predicted, reference)["nose"] == 0.0
+
+
+def test_crumbs_of_the_reference_map_are_not_features() -> None:
+    predicted, reference = _maps()
+    reference[38, 38, 38] = 1  # a one-voxel crumb of eye label: still two eyes in view
+    assert feature_matches(predicted, reference, AFFINE)["eyes"]["in_view"] == 2

@@ -6,7 +6,7 @@ import numpy as np
 from scipy import ndimage
 
 from defacer._typing import Affine, LabelMap
-from defacer.labels import FEATURE_LABELS
+from defacer.labels import FEATURE_LABELS, MAX_COMPONENTS
 
 
 def dice_per_feature(predicted: LabelMap, reference: LabelMap) -> dict[str, float | None]:
@@ -52,7 +52,6 @@ def centroid_errors_mm(predicted: LabelMap, reference: LabelMap, affine: Affine)
     predicted partner (or vice versa) makes the feature's error ``inf``.  ``None`` where the
     feature is absent from both maps.
     """
-    from defacer.labels import MAX_COMPONENTS
 
     errors: dict[str, float | None] = {}
     for name, value in FEATURE_LABELS.items():
@@ -79,7 +78,8 @@ def feature_matches(predicted: LabelMap, reference: LabelMap, affine: Affine,
                     tolerance_mm: float = 6.0) -> dict[str, dict[str, object]]:
     """Found / missed / extra components per feature, judged at each reference centroid.
 
-    A reference component (one eye, the nose, one ear) is **found** when a predicted voxel of the
+    The reference components are the ``MAX_COMPONENTS`` largest of each label (crumbs of a
+    reference map are not features).  A reference component (one eye, the nose, one ear) is **found** when a predicted voxel of the
     same label lies within ``tolerance_mm`` of its centroid; a predicted component is **extra**
     when it comes within ``tolerance_mm`` of no reference centroid.  The centroid error of a
     found component is the distance from the reference centroid to the centroid of the nearest
@@ -106,7 +106,7 @@ def feature_matches(predicted: LabelMap, reference: LabelMap, affine: Affine,
     for name, value in FEATURE_LABELS.items():
         ref_mask = reference == value
         pred_mask = predicted == value
-        ref_lab, n_ref = ndimage.label(ref_mask)
+        ref_lab, n_ref = _largest_components(ref_mask, MAX_COMPONENTS[name])
         pred_lab, n_pred = ndimage.label(pred_mask)
         ref_centres = [affine[:3, :3] @ np.asarray(c) + affine[:3, 3]
                        for c in ndimage.center_of_mass(ref_mask, ref_lab, range(1, n_ref + 1))] if n_ref else []
@@ -131,3 +131,15 @@ def feature_matches(predicted: LabelMap, reference: LabelMap, affine: Affine,
         out[name] = {"in_view": n_ref, "found": found, "missed": n_ref - found,
                      "extra": n_pred - len(near_pred), "centroid_mm": errors}
     return out
+
+
+def _largest_components(mask: np.ndarray, count: int) -> tuple[np.ndarray, int]:
+    """Label image of the ``count`` largest components of ``mask`` (numbered 1..n, largest first)."""
+    lab, n = ndimage.label(mask)
+    if n <= count:
+        return lab, n
+    sizes = np.bincount(lab.ravel())[1:]
+    keep = np.argsort(sizes)[::-1][:count] + 1
+    relabel = np.zeros(n + 1, lab.dtype)
+    relabel[keep] = np.arange(1, len(keep) + 1)
+    return relabel[lab], len(keep)
