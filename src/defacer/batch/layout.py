@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -34,6 +33,7 @@ from typing import Any
 from defacer._version import __version__
 from defacer.batch.discover import Scan
 from defacer.errors import OutputError
+from defacer.io.atomic import TEMP_PREFIX, copy_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,6 @@ QC_SUFFIX = "-qc"
 OTHERS_MODES: tuple[str, ...] = ("copy", "hardlink", "symlink", "skip")
 #: Output layouts.
 LAYOUTS: tuple[str, ...] = ("mirror", "derivatives")
-#: Prefix of atomic-write temporary folders (see :mod:`defacer.io.atomic`).
-TEMP_PREFIX = ".defacer-tmp-"
 
 
 @dataclass(frozen=True)
@@ -196,19 +194,8 @@ def remove_stale_temporaries(out_root: Path) -> list[Path]:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON (indented, sorted as given, trailing newline) through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, ensure_ascii=False)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    """Write JSON (indented, sorted as given, trailing newline) atomically and durably (:mod:`defacer.io.atomic`)."""
+    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n", durable=True)
 
 
 def generated_by(description: str = "Facial features (eyes, nose, ears) distorted by defacer") -> dict[str, Any]:
@@ -335,9 +322,9 @@ def _carry_one(source: Path, target: Path, mode: str) -> None:
         try:
             os.link(source, target)
         except OSError:  # other file system: fall back to a copy
-            _copy_atomic(source, target)
+            copy_atomic(source, target)
     else:
-        _copy_atomic(source, target)
+        copy_atomic(source, target)
 
 
 def _already_there(source: Path, target: Path, mode: str) -> bool:
@@ -348,12 +335,3 @@ def _already_there(source: Path, target: Path, mode: str) -> bool:
     return target.stat().st_size == source.stat().st_size
 
 
-def _copy_atomic(source: Path, target: Path) -> None:
-    fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=target.parent)
-    os.close(fd)
-    try:
-        shutil.copy2(source, temp)
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise

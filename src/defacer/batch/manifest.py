@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -305,16 +304,8 @@ class Manifest:
         self._write_all(sorted(self.records.values(), key=lambda r: r.key))
 
     def _write_all(self, records: list[ScanRecord]) -> None:
+        from defacer.io.atomic import write_text_atomic
+
         header = json.dumps({"defacer_manifest": MANIFEST_VERSION})
-        fd, temp = tempfile.mkstemp(prefix=".defacer-tmp-", suffix=".jsonl", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(header + "\n")
-                for record in records:
-                    handle.write(record.to_json() + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, self.path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        write_text_atomic(self.path, "".join(line + "\n" for line in [header, *(r.to_json() for r in records)]),
+                          durable=True)

@@ -272,10 +272,6 @@ nothing written for them), {counts.total} scans,
 {chr(10).join(rows)}
 </table></body></html>
 """
-    from defacer.batch.layout import TEMP_PREFIX
+    from defacer.io.atomic import write_text_atomic
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.parent / f"{TEMP_PREFIX}{path.name}"
-    temp.write_text(page, encoding="utf-8")
-    os.replace(temp, path)
-    return path
+    return write_text_atomic(path, page)

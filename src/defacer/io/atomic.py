@@ -156,3 +156,55 @@ def atomic_outputs(targets: Sequence[PathLike]) -> Iterator[list[Path]]:
             os.replace(temp, final)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_file(path: PathLike, *, durable: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write one file; rename it onto ``path`` when the block succeeds.
+
+    The temporary file is named ``.defacer-tmp-<random>-<name>`` (same folder, so the rename is atomic, and a
+    batch's sweep of ``.defacer-tmp-*`` removes one a killed run left); it keeps the target's name at the end,
+    so writers that add or expect an ending (``.npz``, ``.onnx``) see it.  On any exception the temporary file
+    is removed and ``path`` is left as it was.  It is created by the caller with the usual permissions.
+
+    Parameters
+    ----------
+    path : path-like
+        The final file; its folder is created if needed.
+    durable : bool
+        fsync the file before the rename (manifests and sidecars that must survive a power cut).
+    """
+    import secrets
+
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temp = final.with_name(f"{TEMP_PREFIX}{secrets.token_hex(4)}-{final.name}")
+    try:
+        yield temp
+        if durable:
+            with temp.open("rb+") as handle:
+                os.fsync(handle.fileno())
+        os.replace(temp, final)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: PathLike, text: str, *, durable: bool = False) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_file`); return the path."""
+    with atomic_file(path, durable=durable) as temp:
+        temp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_bytes_atomic(path: PathLike, data: bytes, *, durable: bool = False) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_file`); return the path."""
+    with atomic_file(path, durable=durable) as temp:
+        temp.write_bytes(data)
+    return Path(path)
+
+
+def copy_atomic(source: PathLike, target: PathLike) -> Path:
+    """Copy ``source`` (contents, modes and times, as :func:`shutil.copy2`) to ``target`` atomically."""
+    with atomic_file(target) as temp:
+        shutil.copy2(source, temp)
+    return Path(target)

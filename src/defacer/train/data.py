@@ -36,6 +36,7 @@ from monai import transforms as mt
 from monai.transforms import MapTransform, RandomizableTransform
 
 from defacer.detect.preprocess import BOX_SHAPE, BOX_SPACING, NORMALISE_PERCENTILES, labels_to_box, to_box
+from defacer.io.atomic import atomic_file
 from defacer.volume import canonical_reorientation
 
 #: Keys of a training draw: ``image`` (1, X, Y, Z) float32 and ``label`` (1, X, Y, Z) float32 class ids.
@@ -148,10 +149,9 @@ def save_samples(samples: list[BoxSample], path: Path) -> None:
         arrays[f"affine{i}"] = s.affine
     meta = [{"name": s.name, "group": s.group} for s in samples]
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
     contents: dict[str, Any] = {"meta": np.array(json.dumps(meta)), **arrays}
-    np.savez_compressed(tmp, **contents)
-    tmp.replace(path)
+    with atomic_file(path) as tmp, tmp.open("wb") as handle:  # a file object: numpy adds no ".npz" to its name
+        np.savez_compressed(handle, **contents)
 
 
 def load_samples(path: Path) -> list[BoxSample]:

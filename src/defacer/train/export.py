@@ -35,11 +35,11 @@ class MeanOfModels(nn.Module):
 def _write(model: nn.Module, out_path: Path, box: dict[str, Any]) -> None:
     dummy = torch.zeros((1, 1, *box["shape"]), dtype=torch.float32)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_suffix(".onnx.tmp")
-    with torch.no_grad():
+    from defacer.io.atomic import atomic_file
+
+    with atomic_file(out_path) as tmp, torch.no_grad():
         torch.onnx.export(model.eval(), (dummy,), str(tmp), input_names=["image"], output_names=["probabilities"],
                           opset_version=OPSET, dynamo=False)
-    tmp.replace(out_path)
 
 
 def _box_card(state: dict[str, Any]) -> dict[str, Any]:

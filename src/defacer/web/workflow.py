@@ -21,6 +21,7 @@ import numpy as np
 
 from defacer.detect import Detector
 from defacer.errors import DefacerError, DetectorError, DicomSeriesError, InputImageError
+from defacer.io.atomic import atomic_file, write_text_atomic
 from defacer.labels import FEATURE_LABELS, FEATURES
 from defacer.volume import Volume, canonical_reorientation
 from defacer.web.sessions import Session, SessionBusy, StoredFile
@@ -207,9 +208,8 @@ def write_view_copy(volume: Volume, path: Path) -> None:
     image.header.set_xyzt_units("mm")
     image.set_qform(volume.affine, code=1)
     image.set_sform(volume.affine, code=1)
-    tmp = path.with_name(".tmp-" + path.name)
-    nib.save(image, str(tmp))
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        nib.save(image, str(tmp))
 
 
 def load_scan(session: Session, settings: WebSettings) -> dict[str, Any]:
@@ -350,11 +350,10 @@ def _inputs_sha256(session: Session, sha256_of: Callable[[Path], str]) -> str:
 
 
 def _zip_folder(folder: Path, archive: Path) -> None:
-    tmp = archive.with_name(".tmp-" + archive.name)
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as handle:
+    with atomic_file(archive) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED,
+                                                      compresslevel=1) as handle:
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
             handle.write(path, arcname=str(path.relative_to(folder)))
-    tmp.replace(archive)
 
 
 def deface_session(
@@ -436,7 +435,7 @@ def deface_session(
         if label_detector is not None:
             provenance["detector"] = {**provenance.get("detector", {}), "labels_sha256": label_detector.sha256}
         provenance_file = out / "provenance.json"
-        provenance_file.write_text(json.dumps(provenance, indent=2, default=_jsonable))
+        write_text_atomic(provenance_file, json.dumps(provenance, indent=2, default=_jsonable))
         downloads["provenance"] = (provenance_file, f"{stem}_defaced.defacer.json")
         downloads["report"] = (provenance_file, f"{stem}_defaced.defacer.json")
         session.state.update(defaced=result.volume, edit_mask=result.edit_mask, provenance=provenance,
