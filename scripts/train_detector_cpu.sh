@@ -14,7 +14,8 @@
 # the scans: it stays in OUT, never in the repository).  Each fold trains on 64^3 patches cut
 # from augmented 96^3 boxes (--patch 64), warm-started from the shipped ONNX weights (--resume),
 # with the paper's loss, augmentation, per-epoch validation and 5-epoch early stopping; both
-# folds run at once with one thread each.
+# folds run at once with one thread each.  RESUME_FROM=DIR continues each fold from DIR/<fold>/best.pt
+# (LR, FOREGROUND and SAMPLES set the learning rate, --foreground-probability and draws per epoch).
 set -euo pipefail
 OUT=${1:?usage: scripts/train_detector_cpu.sh OUT_DIR [SECONDS] [PYTHON]}
 SECONDS_LIMIT=${2:-3600}
@@ -29,9 +30,9 @@ if [ ! -f "$OUT/boxes96.npz" ]; then
   "$PY" -m defacer train --data "$DATA" --labels-dir "$REPO/reference_labels" --cache "$OUT/boxes96.npz" \
       --epochs 0 --phantoms 0 --out "$OUT/cache-only" >"$OUT/cache.log" 2>&1
 fi
-COMMON=(--cache "$OUT/boxes96.npz" --validate-on-train --phantoms 8 --batch-size 2 --samples-per-epoch 48
-        --epochs 400 --lr 1e-3 --patience 5 --time-limit "$SECONDS_LIMIT" --threads 1 --patch 64
-        --resume "$OUT/start.onnx")
+COMMON=(--cache "$OUT/boxes96.npz" --validate-on-train --phantoms 8 --batch-size 2
+        --epochs 400 --lr "${LR:-1e-3}" --patience 5 --time-limit "$SECONDS_LIMIT" --threads 1 --patch 64
+        --foreground-probability "${FOREGROUND:-0.7}" --samples-per-epoch "${SAMPLES:-48}")
 declare -A FOLDS=(
   [foldA]="ixi012_T1w_2mm ixi014_T1w_2mm ixi033_T1w_2mm ixi039_T1w_2mm mricrogl_CT contecore2_mean_head_2mm"
   [foldB]="ixi013_T1w_2mm ixi015_T1w_2mm ixi034_T1w_2mm invesalius-ct0051_CT uih_T1w_dicom"
@@ -40,9 +41,11 @@ seed=50
 pids=()
 for name in foldA foldB; do
   seed=$((seed + 1))
+  if [ -n "${RESUME_FROM:-}" ]; then resume="$RESUME_FROM/$name/best.pt"; else resume="$OUT/start.onnx"; fi
   # shellcheck disable=SC2086
   OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1 timeout $((SECONDS_LIMIT + 900)) "$PY" -m defacer train "${COMMON[@]}" \
       --seed $seed --out "$OUT/$name" --exclude ${FOLDS[$name]} \
+      --resume "$resume" \
       --export "$OUT/$name/detector.onnx" >"$OUT/$name.log" 2>&1 &
   pids+=($!)
 done
