@@ -176,6 +176,58 @@ def test_nrrd_upload_downloads_as_nrrd(client: TestClient, phantom_files: Phanto
     assert load_volume(tmp_path / "out.nrrd").format == "nrrd"
 
 
+def test_nhdr_upload_with_its_data_file_downloads_both(client: TestClient, phantom_files: PhantomFiles,
+                                                       tmp_path: Path) -> None:
+    """Issue 12, item 8: a .nhdr upload was refused ('need their data file too'); now the header and its data
+    file are chosen together, and the defaced pair comes back zipped (header naming its data file)."""
+    import nrrd as pynrrd
+
+    from defacer.io import load_volume
+
+    original = load_volume(phantom_files.nrrd)
+    data, header = pynrrd.read(str(phantom_files.nrrd), index_order="F")
+    folder = tmp_path / "Quexworth"
+    folder.mkdir()
+    pynrrd.write(str(folder / "head.nhdr"), data, header, detached_header=True, index_order="F")
+    data_file = next(p for p in folder.iterdir() if p.name != "head.nhdr")
+    session = open_session(client)
+    assert put(client, session, folder / "head.nhdr").json()["kind"] == "nhdr"
+    wrong = put(client, session, phantom_files.nrrd, name="other.raw.gz")  # not the name the header gives
+    assert wrong.status_code == 415
+    assert put(client, session, data_file).json()["kind"] == "nhdr-data"
+    assert put(client, session, phantom_files.nrrd_labels, role="labels").status_code == 201
+    info = client.post(f"/api/sessions/{session}/load").json()
+    assert info["format"] == "nrrd" and info["name"] == "head.nhdr" and info["shape"] == list(original.shape)
+    assert client.post(f"/api/sessions/{session}/detect").status_code == 200
+    job = run_job(client, session)
+    assert job["state"] == "done", job
+    scan = client.get(f"/api/sessions/{session}/download/scan")
+    assert scan.headers["content-disposition"].endswith('head_defaced_nhdr.zip"')
+    with zipfile.ZipFile(io.BytesIO(scan.content)) as archive:
+        names = sorted(archive.namelist())
+        archive.extractall(tmp_path / "out")
+    header_name = next(n for n in names if n.endswith(".nhdr"))
+    assert len(names) == 2, names
+    defaced = load_volume(tmp_path / "out" / header_name)
+    assert defaced.shape == original.shape and np.allclose(defaced.affine, original.affine)
+    changed = defaced.raw != original.raw
+    assert 0 < changed.sum() < 0.05 * changed.size
+
+
+def test_a_nhdr_without_its_data_file_says_to_choose_both(client: TestClient, phantom_files: PhantomFiles,
+                                                           tmp_path: Path) -> None:
+    import nrrd as pynrrd
+
+    data, header = pynrrd.read(str(phantom_files.nrrd), index_order="F")
+    pynrrd.write(str(tmp_path / "head.nhdr"), data, header, detached_header=True, index_order="F")
+    session = open_session(client)
+    assert put(client, session, tmp_path / "head.nhdr").status_code == 201
+    loaded = client.post(f"/api/sessions/{session}/load")
+    assert loaded.status_code >= 400 and "together" in loaded.json()["error"]
+    stored = client.app.state.store.get(session).folder  # type: ignore[attr-defined]
+    assert b"data file: input.data" in (stored / "input.nhdr").read_bytes(), "the header names only the upload"
+
+
 def test_mgz_upload_downloads_as_mgz(client: TestClient, phantom_files: PhantomFiles, tmp_path: Path) -> None:
     from defacer.io import load_volume
 

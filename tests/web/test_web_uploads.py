@@ -28,6 +28,8 @@ def mgh_header() -> bytes:
     (gzip.compress(mgh_header())[:SNIFF_BYTES], "brain.mgz", "mgz"),
     (mgh_header(), "brain.mgh", "mgh"),
     (b"NRRD0004\ntype: short\n", "scan.nrrd", "nrrd"),
+    (b"NRRD0004\ntype: short\n", "scan.nhdr", "nhdr"),  # a detached header: its data file comes with it
+    (b"NRRD0004\ntype: short\ndata file: scan.raw.gz\n", "scan.nrrd", "nhdr"),  # detached, whatever its name
     (b"PK\x03\x04" + b"\0" * 100, "series.zip", "zip"),
     (b"\0" * 128 + b"DICM" + b"\0" * 100, "IM0001", "dicom"),
     (b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100", "old.dcm", "dicom"),
@@ -41,8 +43,7 @@ def test_supported_types_are_recognised_from_their_first_bytes(head: bytes, name
     (b"hello world, I am a text file" * 20, "scan.nii.gz", "not a supported scan: it looks like text"),
     (b"\x89PNG\r\n\x1a\n" + b"\0" * 400, "face.png", "looks like a PNG picture"),  # in words, not hex
     (gzip.compress(b"just text" * 100)[:SNIFF_BYTES], "scan.nii.gz", "neither a NIfTI nor an MGH header"),
-    (b"NRRD0004\ntype: short\n", "scan.nhdr", "Detached NRRD"),
-    (b"NRRD0004\ntype: short\ndata file: scan.raw.gz\n", "scan.nrrd", "data file"),
+    (b"just text\n" * 40, "scan.nhdr", "not a NRRD header"),
 ])
 def test_other_files_are_refused_saying_what_was_found(head: bytes, name: str, message: str) -> None:
     with pytest.raises(UnsupportedUpload, match=message):

@@ -15,11 +15,17 @@ from pathlib import Path
 
 from defacer.errors import InputImageError
 
+#: Stored name of a detached NRRD header's data file: the stored header is rewritten to name it (never the
+#: user's own name for it).
+NHDR_DATA_NAME = "input.data"
+
 #: Stored name (server side) of each kind of single-file scan.
 STORED_NAMES: dict[str, str] = {
     "nifti-gz": "input.nii.gz",
     "nifti": "input.nii",
     "nrrd": "input.nrrd",
+    "nhdr": "input.nhdr",
+    "nhdr-data": NHDR_DATA_NAME,
     "mgz": "input.mgz",
     "mgh": "input.mgh",
     "zip": "upload.zip",
@@ -28,7 +34,8 @@ STORED_NAMES: dict[str, str] = {
 #: Bytes needed to recognise every supported type (DICOM's "DICM" sits at 128..132).
 SNIFF_BYTES = 352
 
-ACCEPTED_TEXT = "a NIfTI (.nii, .nii.gz), NRRD (.nrrd), MGH/MGZ file, a .zip of a DICOM series, or DICOM files"
+ACCEPTED_TEXT = ("a NIfTI (.nii, .nii.gz), NRRD (.nrrd, or a .nhdr with its data file), MGH/MGZ file, a .zip of a "
+                 "DICOM series, or DICOM files")
 
 
 class UploadTooLarge(InputImageError):
@@ -79,7 +86,8 @@ def sniff(head: bytes, display_name: str = "") -> str:
     Returns
     -------
     str
-        One of ``"nifti"``, ``"nifti-gz"``, ``"nrrd"``, ``"mgh"``, ``"mgz"``, ``"zip"``, ``"dicom"``.
+        One of ``"nifti"``, ``"nifti-gz"``, ``"nrrd"``, ``"nhdr"`` (a detached header: its data file comes
+        next, see :func:`prepare_nhdr_upload`), ``"mgh"``, ``"mgz"``, ``"zip"``, ``"dicom"``.
 
     Raises
     ------
@@ -93,10 +101,9 @@ def sniff(head: bytes, display_name: str = "") -> str:
         return "zip"
     if head.startswith(b"NRRD") or name.endswith(".nhdr"):
         if name.endswith(".nhdr") or b"\ndata file:" in head or b"\ndatafile:" in head:
-            raise UnsupportedUpload(
-                "Detached NRRD headers (.nhdr, or a header naming a 'data file') need their data file too; save the "
-                "scan as a single .nrrd (e.g. in 3D Slicer) and upload that."
-            )
+            if not head.startswith(b"NRRD"):
+                raise UnsupportedUpload(f"This .nhdr file is not a NRRD header: it looks like {_looks_like(head)}.")
+            return "nhdr"
         return "nrrd"
     if len(head) >= 132 and head[128:132] == b"DICM":
         return "dicom"
@@ -170,9 +177,54 @@ def check_nrrd_upload(path: Path) -> None:
         ) from err
     if data_file_field(header) is not None:
         raise UnsupportedUpload(
-            "Detached NRRD headers (.nhdr, or a header naming a 'data file') need their data file too; save the "
-            "scan as a single .nrrd (e.g. in 3D Slicer) and upload that."
+            "This NRRD header names a separate 'data file' after long comments; name the header .nhdr and choose "
+            "it together with its data file, or save the scan as a single .nrrd (e.g. in 3D Slicer)."
         )
+
+
+def prepare_nhdr_upload(path: Path) -> str:
+    """Check a stored detached NRRD header and make it name the data file the server will store; return the name
+    the user's data file must have.
+
+    The header is read to its end; it must name one data file (not a list or a numbered pattern).  Its
+    ``data file:`` line is rewritten (atomically) to :data:`NHDR_DATA_NAME`, so that reading the scan reads
+    exactly the two uploaded files and nothing else; the user's name for the data file is returned (its base
+    name: any folder in it is dropped) so the upload of that file can be recognised.
+
+    Raises
+    ------
+    UnsupportedUpload
+        For a header that cannot be read, names no data file, or spreads the voxels over several.
+    """
+    from defacer.io.atomic import write_bytes_atomic
+    from defacer.io.nrrd import data_file_field, parse_header, read_header_lines
+
+    redo = "Save the scan as a single .nrrd (e.g. in 3D Slicer) and upload that."
+    try:
+        with path.open("rb") as handle:
+            lines, _ = read_header_lines(handle, path)
+        header = parse_header(lines, path)
+    except InputImageError as err:
+        raise UnsupportedUpload(
+            f"The NRRD header could not be read ({str(err).replace(str(path), 'the upload')}) {redo}"
+        ) from err
+    named = data_file_field(header)
+    if named is None:
+        raise UnsupportedUpload(f"This .nhdr header names no data file: its voxels are missing. {redo}")
+    if named.strip().upper().startswith("LIST") or "%" in named:
+        raise UnsupportedUpload(f"This .nhdr header spreads its voxels over several data files; defacer reads one. "
+                                f"{redo}")
+    base = named.strip().replace("\\", "/").rsplit("/", 1)[-1]
+    if not base or base in (".", ".."):
+        raise UnsupportedUpload(f"This .nhdr header names no usable data file ('{named[:80]}'). {redo}")
+    rewritten = [f"data file: {NHDR_DATA_NAME}\n".encode() if _is_data_file_line(line) else line for line in lines]
+    write_bytes_atomic(path, b"".join(rewritten))
+    return base
+
+
+def _is_data_file_line(line: bytes) -> bool:
+    key = line.split(b":", 1)[0] if b":" in line else b""
+    return not line.startswith(b"#") and key.strip().lower().replace(b" ", b"") == b"datafile"
 
 
 @dataclass

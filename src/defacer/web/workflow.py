@@ -34,6 +34,7 @@ from defacer.web.uploads import (
     check_nrrd_upload,
     extract_zip,
     human_bytes,
+    prepare_nhdr_upload,
     sniff,
 )
 
@@ -42,8 +43,12 @@ log = logging.getLogger(__name__)
 #: Kinds of upload that are one whole scan (or label map) in one file.
 SINGLE_FILE_KINDS = ("nifti", "nifti-gz", "nrrd", "mgh", "mgz")
 
-#: File endings of each volume format, for download names.
-FORMAT_SUFFIX = {"nifti-gz": ".nii.gz", "nifti": ".nii", "nrrd": ".nrrd", "mgz": ".mgz", "mgh": ".mgh"}
+#: File endings of each volume format, for download names (a ``.nhdr`` and its data file are downloaded zipped).
+FORMAT_SUFFIX = {"nifti-gz": ".nii.gz", "nifti": ".nii", "nrrd": ".nrrd", "nhdr": ".nhdr", "mgz": ".mgz",
+                 "mgh": ".mgh"}
+
+#: ``session.state`` key of the name the data file of an uploaded ``.nhdr`` must have.
+NHDR_EXPECTS = "nhdr_data_name"
 
 ProgressCallback = Callable[[str, float], None]
 
@@ -73,7 +78,9 @@ def _target_for(session: Session, role: str, kind: str, settings: WebSettings) -
             raise UnsupportedUpload("A label map was already uploaded for this scan; start over to change it.")
         return session.path("labels" + FORMAT_SUFFIX[kind])
     kinds = {f.kind for f in session.scan_files}
-    if kind in SINGLE_FILE_KINDS or kind == "zip":
+    if kind == "nhdr-data":
+        return session.path(STORED_NAMES[kind])
+    if kind in SINGLE_FILE_KINDS or kind in ("zip", "nhdr"):
         if session.scan_files:
             raise UnsupportedUpload(
                 "Upload one scan at a time: a single NIfTI/NRRD/MGZ file, one .zip of a DICOM series, or the "
@@ -135,20 +142,22 @@ async def receive_upload(
                 head += chunk
                 if len(head) < SNIFF_BYTES:
                     continue
-                kind = sniff(head, display_name)
+                kind = _kind_of(session, role, head, display_name)
                 target = _target_for(session, role, kind, settings)
                 handle = target.open("xb")
                 handle.write(head)
             else:
                 handle.write(chunk)
         if handle is None:  # short file: sniff what there is
-            kind = sniff(head, display_name)
+            kind = _kind_of(session, role, head, display_name)
             target = _target_for(session, role, kind, settings)
             handle = target.open("xb")
             handle.write(head)
         handle.close()
         if kind == "nrrd" and target is not None:
             check_nrrd_upload(target)  # the whole header, not only the first chunk
+        if kind == "nhdr" and target is not None:
+            session.state[NHDR_EXPECTS] = prepare_nhdr_upload(target)
     except BaseException:
         if handle is not None:
             handle.close()
@@ -162,6 +171,15 @@ async def receive_upload(
     return stored
 
 
+def _kind_of(session: Session, role: str, head: bytes, display_name: str) -> str:
+    """The kind of an upload: the data file a stored ``.nhdr`` header named (by its file name), else sniffed."""
+    expected = session.state.get(NHDR_EXPECTS)
+    if (role == "scan" and expected is not None and _display(display_name) == expected
+            and [f.kind for f in session.scan_files] == ["nhdr"]):
+        return "nhdr-data"
+    return sniff(head, display_name)
+
+
 def _display(name: str) -> str:
     """A harmless label for the user's file name (no folders, no control characters, bounded)."""
     base = re.split(r"[\\/]", name or "")[-1]
@@ -172,7 +190,7 @@ def _display(name: str) -> str:
 def download_stem(display_name: str) -> str:
     """File-name stem for downloads, derived from the user's own file name."""
     stem = display_name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mgz", ".mgh", ".zip", ".dcm"):
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mgz", ".mgh", ".zip", ".dcm"):
         if stem.lower().endswith(suffix):
             stem = stem[: -len(suffix)]
             break
@@ -192,6 +210,13 @@ def _scan_source(session: Session, settings: WebSettings) -> tuple[Path, str]:
         return folder, "dicom"
     if kinds == {"dicom"}:
         return session.path("dicom"), "dicom"
+    if "nhdr" in kinds:
+        if kinds != {"nhdr", "nhdr-data"}:
+            raise InputImageError(
+                f"The .nhdr header keeps its voxels in the file '{session.state.get(NHDR_EXPECTS, '?')}', which was "
+                "not uploaded with it. Choose the header and its data file together (both at once)."
+            )
+        return next(f.path for f in files if f.kind == "nhdr"), "nhdr"
     return files[0].path, files[0].kind
 
 
@@ -235,8 +260,9 @@ def load_scan(session: Session, settings: WebSettings) -> dict[str, Any]:
                     "DICOM series cannot be read by this installation of defacer (its DICOM module is missing). "
                     "Convert the series to NIfTI (e.g. with dcm2niix) and upload that."
                 ) from err
-        # Only the uploaded files themselves may be read: a NRRD naming any other data file is refused.
-        volume = load_volume(source, data_files="none")
+        # Only the uploaded files themselves may be read: a NRRD naming any other data file is refused; a .nhdr
+        # was rewritten at upload to name its own uploaded data file (web.uploads.prepare_nhdr_upload).
+        volume = load_volume(source, data_files=_data_files(kind))
         label_detector = None
         if session.label_files:
             from defacer.detect.label_file import LabelFileDetector
@@ -247,7 +273,8 @@ def load_scan(session: Session, settings: WebSettings) -> dict[str, Any]:
         view.mkdir(mode=0o700, exist_ok=True)
         write_view_copy(volume, view / "scan.nii.gz")
         first = session.scan_files[0]
-        name = first.display_name if len(session.scan_files) == 1 else f"{len(session.scan_files)} DICOM files"
+        name = first.display_name if len(session.scan_files) == 1 or kind == "nhdr" else \
+            f"{len(session.scan_files)} DICOM files"
         info = {
             "name": name,
             "format": volume.format,
@@ -262,6 +289,11 @@ def load_scan(session: Session, settings: WebSettings) -> dict[str, Any]:
         session.state.update(volume=volume, kind=kind, info=info, label_detector=label_detector, source=source)
         log.info("work area %s…: scan loaded (%s, %d file(s))", session.id[:6], volume.format, len(session.scan_files))
         return info
+
+
+def _data_files(kind: str) -> str:
+    """Which detached data files reading the upload may open: only a rewritten ``.nhdr``'s own, beside it."""
+    return "beside" if kind == "nhdr" else "none"
 
 
 def input_warnings(volume: Volume) -> list[str]:
@@ -349,6 +381,14 @@ def _inputs_sha256(session: Session, sha256_of: Callable[[Path], str]) -> str:
     return digest.hexdigest()
 
 
+def _zip_files(files: list[Path], archive: Path) -> None:
+    """Zip files by their base names (a ``.nhdr`` names its data file by base name, so the pair stays readable)."""
+    with atomic_file(archive) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED,
+                                                      compresslevel=1) as handle:
+        for path in files:
+            handle.write(path, arcname=path.name)
+
+
 def _zip_folder(folder: Path, archive: Path) -> None:
     with atomic_file(archive) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED,
                                                       compresslevel=1) as handle:
@@ -405,7 +445,7 @@ def deface_session(
         defaced = deface_path(session.state["source"], target, options=DefaceOptions(features=features, seed=seed),
                               deidentify=DEFAULT_DEIDENTIFICATION,
                               detector=FixedLabels(session.state["labels_ras"], name, sha), sidecar=False,
-                              allow_missing=True, data_files="none")
+                              allow_missing=True, data_files=_data_files(kind))
         result = defaced.result
         progress("Writing the defaced scan", 0.55)
         if kind == "dicom":
@@ -413,6 +453,11 @@ def deface_session(
             _zip_folder(target, archive)
             downloads["scan"] = (archive, f"{stem}_defaced_dicom.zip")
             mask_suffix = ".nii.gz"
+        elif kind == "nhdr":  # the header and its data file, together
+            archive = out / "defaced_nhdr.zip"
+            _zip_files(defaced.written, archive)
+            downloads["scan"] = (archive, f"{stem}_defaced_nhdr.zip")
+            mask_suffix = ".nrrd"
         else:
             suffix = FORMAT_SUFFIX[kind]
             downloads["scan"] = (target, f"{stem}_defaced{suffix}")

@@ -80,6 +80,8 @@ function describeChoice() {
 function chooseScans(files) {
   const list = Array.from(files).filter((f) => !f.name.startsWith("."));
   if (!list.length) return;
+  // A detached NRRD header goes first: the server then knows the name of the data file that follows it.
+  list.sort((a, b) => Number(b.name.toLowerCase().endsWith(".nhdr")) - Number(a.name.toLowerCase().endsWith(".nhdr")));
   chosen.scans = list;
   describeChoice();
   $("upload-button").focus();
@@ -318,8 +320,10 @@ async function uploadAndDetect() {
           progress(...row, (done + loaded) / total * 0.8, `Uploading… ${humanBytes(done + loaded)} of ${humanBytes(total)}`));
         if (role === "scan") stored += 1;
       } catch (err) {
-        // In a folder of DICOM files, skip the odd file that is not DICOM (DICOMDIR, notes); fail otherwise.
-        if (!(role === "scan" && files.length > 1 && err.status === 415)) throw err;
+        // In a folder of DICOM files, skip the odd file that is not DICOM (DICOMDIR, notes); fail otherwise
+        // (also for a .nhdr and a data file that is not the one it names).
+        const nhdr = files.some((f) => f.name.toLowerCase().endsWith(".nhdr"));
+        if (!(role === "scan" && files.length > 1 && !nhdr && err.status === 415)) throw err;
         skipped.push(file.name);
       }
       done += file.size;
