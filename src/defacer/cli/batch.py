@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from defacer.cli.options import (
     add_deface_arguments,
@@ -37,7 +37,7 @@ never into OUT: they show the original faces. Keep OUT-qc private, or use --qc-a
 """
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Register ``batch`` on the main parser's subparsers."""
     parser = subparsers.add_parser(
         "batch",

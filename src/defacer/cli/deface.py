@@ -54,7 +54,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                              "written and the exit status is 4: an unchanged copy could pass for a defaced scan)")
 
 
-def add_parser(subparsers: Any) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``deface`` on the main parser's subparsers."""
     parser = subparsers.add_parser(
         "deface",
@@ -293,7 +293,7 @@ def verify_dir(defaced_path: Path) -> Path:
     return sidecar.with_name(sidecar.name[: -len(SIDECAR_SUFFIX)] + "-qc")
 
 
-def _record_verdict(defaced_path: Path, verification: dict) -> None:
+def _record_verdict(defaced_path: Path, verification: dict[str, Any]) -> None:
     """Add the verification outcome to the output's provenance sidecar (no picture, only the verdict)."""
     import json
 
@@ -308,7 +308,7 @@ def _record_verdict(defaced_path: Path, verification: dict) -> None:
     write_provenance(provenance, path)
 
 
-def verify_outputs(original_path: Path, defaced_path: Path, provenance: dict, labels_path: Path | None = None,
+def verify_outputs(original_path: Path, defaced_path: Path, provenance: dict[str, Any], labels_path: Path | None = None,
                    max_voxels: int | None = 512**3, after_only: bool = False) -> int:
     """Run the offline verification on a defaced output, print the verdict; return the exit status.
 

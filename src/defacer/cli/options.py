@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from defacer.checks import DEFAULT_MAX_VOXELS
 from defacer.labels import FEATURES, parse_features
@@ -165,7 +165,7 @@ def deidentification_from_args(args: argparse.Namespace, *, warn_random: bool = 
                             record_mapping=getattr(args, "mapping_file", None) is not None)
 
 
-def print_what_if(options: Any) -> None:
+def print_what_if(options: DeidOptions) -> None:
     """Print the per-attribute plan of these :class:`~defacer.phi.options.DeidOptions`."""
     from defacer.phi.describe import describe_actions
 

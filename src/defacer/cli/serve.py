@@ -20,7 +20,7 @@ from defacer.errors import DefacerError, MissingExtraError
 DEFAULT_HOST = "127.0.0.1"
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Register ``serve`` and its options."""
     parser = subparsers.add_parser(
         "serve",

@@ -12,11 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from defacer.errors import InputImageError, MissingExtraError
 
+if TYPE_CHECKING:
+    from defacer.train.data import BoxSample
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register the ``train`` subcommand."""
     parser = subparsers.add_parser(
         "train", help="train the eye/nose/ear detector (needs defacer[train])",
@@ -118,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _real_samples(args: argparse.Namespace) -> list:
+def _real_samples(args: argparse.Namespace) -> list[BoxSample]:
     """The labelled real heads on the box, from ``--cache`` or from ``--data``/``--labels-dir``."""
     from defacer.train.data import load_real_samples, load_samples, save_samples
 

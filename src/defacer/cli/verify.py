@@ -9,7 +9,7 @@ from pathlib import Path
 from defacer.errors import DefacerError
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "verify",
         help="check a defaced scan against its original with offline face detectors; write an HTML report",

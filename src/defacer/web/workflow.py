@@ -250,7 +250,8 @@ def load_scan(session: Session, settings: WebSettings) -> dict[str, Any]:
 
     with session.lock:
         if "volume" in session.state:
-            return session.state["info"]
+            info: dict[str, Any] = session.state["info"]
+            return info
         source, kind = _scan_source(session, settings)
         if kind == "dicom":
             try:
@@ -342,7 +343,8 @@ def detect(session: Session, default_detector: Callable[[], Detector]) -> dict[s
         if "volume" not in session.state:
             raise InputImageError("Load the scan before detecting its features.")
         if "detection" in session.state:
-            return session.state["detection"]
+            done: dict[str, Any] = session.state["detection"]
+            return done
         volume: Volume = session.state["volume"]
         detector = session.state.get("label_detector")
         if detector is None:
