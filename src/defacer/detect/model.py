@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from defacer._typing import Affine, LabelMap, PathLike
+from defacer.detect.ear_fallback import add_missing_ears
 from defacer.detect.postprocess import find_components, keep_largest_pieces, restrict_to_tissue
 from defacer.detect.preprocess import box_to_grid, to_box
 from defacer.errors import InputImageError, WeightsError
@@ -61,6 +62,9 @@ class OnnxDetector:
         ``.json`` card with the same stem sits beside it and records a ``sha256``, the file must match.
     threads : int, optional
         Threads onnxruntime may use for the network (0, the default: onnxruntime decides, all cores).
+    ear_fallback : bool, optional
+        Where the network finds both eyes but no ear on a side, look for that auricle in the image
+        (:func:`defacer.detect.ear_fallback.add_missing_ears`); default on.
 
     Attributes
     ----------
@@ -71,9 +75,13 @@ class OnnxDetector:
     class_weights : ndarray, shape (4,)
         Factors on the class probabilities (background, eyes, nose, ears) before every decision,
         from the card's ``class_weights`` (default all 1).
+    last_sources : dict
+        Where the last :meth:`predict` found each ear: ``{"ears": {"right": s, "left": s}}`` (RAS+
+        sides; ``"network"``, ``"image"`` from the fallback, or ``"none"``); ``{}`` when the network
+        found fewer than two eyes (no frame to place an ear in).
     """
 
-    def __init__(self, weights_path: PathLike | None = None, threads: int = 0) -> None:
+    def __init__(self, weights_path: PathLike | None = None, threads: int = 0, ear_fallback: bool = True) -> None:
         path = Path(weights_path) if weights_path is not None else default_weights_path()
         if not path.is_file():
             message = (
@@ -98,6 +106,8 @@ class OnnxDetector:
         weights = self.card.get("class_weights", [1.0, 1.0, 1.0, 1.0])
         self.class_weights = np.asarray(weights, np.float32)
         self.name = f"attention-unet-onnx:{path.name}"
+        self.ear_fallback = bool(ear_fallback)
+        self.last_sources: dict[str, dict[str, str]] = {}
         try:
             import onnxruntime as ort
 
@@ -150,7 +160,13 @@ class OnnxDetector:
         components = find_components(coarse, box.affine)
         regions = [(int(FEATURE_LABELS[c.feature]), c.mask) for c in components]
         labels = box_to_grid(probs, box, image.shape, np.asarray(ras_affine, float), regions)
-        return keep_largest_pieces(restrict_to_tissue(labels, image))
+        labels = keep_largest_pieces(restrict_to_tissue(labels, image))
+        eyes = [c.centre_mm for c in components if c.feature == "eyes"]
+        self.last_sources = {}
+        if self.ear_fallback and len(eyes) == 2:
+            labels, sides = add_missing_ears(image, np.asarray(ras_affine, float), labels, eyes)
+            self.last_sources = {"ears": sides}
+        return labels
 
 
 def load_default_detector() -> OnnxDetector:
