@@ -44,6 +44,8 @@ GRID_MM = 2.0
 MEDIAL_MM = 10.0
 #: Smallest auricle accepted, in mm^3 (the reference auricles hold 4-16 cm^3).
 MIN_EAR_MM3 = 1000.0
+#: How far beyond the search radius an auricle reaching into it is still followed, in mm.
+EXTENT_MM = 20.0
 #: How far out from the eyes' midline the head's lateral surface is looked for, in mm.
 MAX_HALF_WIDTH_MM = 150.0
 
@@ -175,10 +177,11 @@ def auricle_near(image: npt.NDArray[np.floating], affine: Affine, point: npt.NDA
 
     The head is the tissue above the head's threshold plus its interior (more than 4 mm below
     the surface of the head with its protrusions rolled off), on a grid of about :data:`GRID_MM`;
-    the candidates are the tissue a morphological opening of it (ball of ``opening_mm``) removes
-    within ``radius_mm`` of ``point`` and at most :data:`MEDIAL_MM` medial of it (``outward``:
-    unit vector away from the midline).  The largest candidate piece touching the head is the
-    auricle, kept when it holds at least ``min_mm3`` of tissue at the scan's resolution.  The
+    the candidates are the tissue a morphological opening of it (ball of ``opening_mm``) removes,
+    at most :data:`MEDIAL_MM` medial of ``point`` (``outward``: unit vector away from the
+    midline), in pieces that touch the head and reach within ``radius_mm`` of ``point`` (each
+    followed up to :data:`EXTENT_MM` further).  The largest such piece is the auricle, kept when
+    it holds at least ``min_mm3`` of tissue at the scan's resolution.  The
     grid is extended by repeating its border (a head cut by the field of view is not an edge to
     open), so a cut-off ear is not invented from the cut face.
 
@@ -191,7 +194,7 @@ def auricle_near(image: npt.NDArray[np.floating], affine: Affine, point: npt.NDA
     spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     inv = np.linalg.inv(affine)
     centre = inv[:3, :3] @ point + inv[:3, 3]
-    reach = np.ceil((radius_mm + 2 * GRID_MM) / spacing).astype(int)
+    reach = np.ceil((radius_mm + EXTENT_MM + 2 * GRID_MM) / spacing).astype(int)
     box: Box = tuple(slice(max(0, int(c) - r), min(n, int(c) + r + 1))  # type: ignore[assignment]
                      for c, r, n in zip(centre, reach, image.shape, strict=True))
     if any(s.stop - s.start < 2 for s in box):
@@ -211,13 +214,14 @@ def auricle_near(image: npt.NDArray[np.floating], affine: Affine, point: npt.NDA
     grids = np.meshgrid(*[(np.arange(n) * st + b.start + (st - 1) / 2.0) for n, st, b in
                           zip(removed.shape, step, box, strict=True)], indexing="ij")
     world = np.stack(grids, axis=-1) @ affine[:3, :3].T + affine[:3, 3] - point
-    near = (world**2).sum(axis=-1) <= radius_mm**2
+    distance2 = (world**2).sum(axis=-1)
     lateral = world @ outward >= -MEDIAL_MM
-    candidates = removed & near & lateral
+    candidates = removed & lateral & (distance2 <= (radius_mm + EXTENT_MM) ** 2)
     pieces, count = ndi.label(candidates, structure=np.ones((3, 3, 3), dtype=bool))
     if count == 0:
         return None
-    touching = np.unique(pieces[ndi.binary_dilation(opened) & candidates])
+    touching = np.intersect1d(pieces[ndi.binary_dilation(opened) & candidates],
+                              pieces[candidates & (distance2 <= radius_mm**2)])
     touching = touching[touching > 0]
     if touching.size == 0:
         return None

@@ -1,0 +1,129 @@
+"""The image-based ear fallback: finds an auricle the network missed, never invents one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from defacer.detect import ear_fallback
+from defacer.detect.ear_fallback import add_missing_ears, eye_frame
+from defacer.detect.model import OnnxDetector, default_weights_path
+from defacer.labels import Label
+from defacer.phantom import make_phantom
+
+#: The phantom's eye centres in RAS mm (defacer.phantom).
+EYES = [np.array([-31.0, 68.0, -8.0]), np.array([31.0, 68.0, -8.0])]
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    made = make_phantom(2.0)
+    x = np.arange(made.labels.shape[0]) * made.volume.affine[0, 0] + made.volume.affine[0, 3]
+    return made, x[:, None, None]
+
+
+def test_eye_frame_is_orthonormal_and_points_right_anterior_up() -> None:
+    origin, axes, eyes_mm = eye_frame([30.0, 60.0, 0.0], [-30.0, 64.0, 2.0])
+    assert np.allclose(axes @ axes.T, np.eye(3))
+    assert axes[0, 0] > 0.99 and axes[1, 1] > 0.99 and axes[2, 2] > 0.99
+    assert np.allclose(origin, [0.0, 62.0, 1.0])
+    assert eyes_mm == pytest.approx(np.sqrt(60.0**2 + 4.0**2 + 2.0**2))
+
+
+def test_an_ear_the_network_map_lacks_is_found_from_the_image(phantom) -> None:
+    made, x = phantom
+    truth = made.labels == Label.EARS
+    network = made.labels.copy()
+    network[truth & (x > 0)] = 0  # the network "missed" the right ear (+x)
+    out, sources = add_missing_ears(made.volume.values(np.float32), made.volume.affine, network, EYES)
+    added = (out == Label.EARS) & (network != Label.EARS)
+    assert sources == {"right": "image", "left": "network"}
+    assert added.sum() >= 0.5 * (truth & (x > 0)).sum()  # most of the auricle
+    assert not (added & ~truth).any()  # and nothing but the auricle
+    assert np.array_equal(out[network != 0], network[network != 0])  # nothing the network found is changed
+
+
+def test_no_ear_is_added_where_the_ear_region_is_cut_away(phantom) -> None:
+    made, _ = phantom
+    image = made.volume.values(np.float32).copy()
+    image[made.labels == Label.EARS] = 0.0  # auricles removed from the image: only the smooth head is left
+    network = np.where(made.labels == Label.EARS, 0, made.labels).astype(np.uint8)
+    out, sources = add_missing_ears(image, made.volume.affine, network, EYES)
+    assert sources == {"right": "none", "left": "none"}
+    assert np.array_equal(out, network)
+
+
+def test_a_nub_smaller_than_an_auricle_is_not_an_ear(phantom) -> None:
+    made, _ = phantom
+    image = made.volume.values(np.float32).copy()
+    image[made.labels == Label.EARS] = 0.0
+    affine = made.volume.affine
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in image.shape], indexing="ij"), -1) @ affine[:3, :3].T
+    grid += affine[:3, 3]
+    for side in (-1, 1):  # a 6 mm ball of scalp at the predicted ear: under 1 cm^3 stands out of the head
+        image[((grid - [side * 68.0, -23.0, -37.0]) ** 2).sum(-1) <= 6.0**2] = 780.0
+    network = np.where(made.labels == Label.EARS, 0, made.labels).astype(np.uint8)
+    out, sources = add_missing_ears(image, affine, network, EYES)
+    assert sources == {"right": "none", "left": "none"}
+    assert np.array_equal(out, network)
+
+
+def test_no_ear_is_added_when_the_field_of_view_ends_at_the_head() -> None:
+    made = make_phantom(2.0, fov_mm=(130.0, 240.0, 240.0))  # the field cuts 10 mm off each side of the head
+    network = np.where(made.labels == Label.EARS, 0, made.labels).astype(np.uint8)
+    out, sources = add_missing_ears(made.volume.values(np.float32), made.volume.affine, network, EYES)
+    assert sources == {"right": "none", "left": "none"}
+    assert not (out == Label.EARS).any()
+
+
+def test_nothing_runs_when_both_ears_were_found(phantom, monkeypatch) -> None:
+    made, _ = phantom
+
+    def fail(*_args, **_kwargs):
+        raise AssertionError("the image was searched although no ear was missing")
+
+    monkeypatch.setattr(ear_fallback, "auricle_near", fail)
+    monkeypatch.setattr(ear_fallback, "analyse_head", fail)
+    out, sources = add_missing_ears(made.volume.values(np.float32), made.volume.affine, made.labels, EYES)
+    assert sources == {"right": "network", "left": "network"}
+    assert out is made.labels
+
+
+def test_only_the_missing_side_is_searched(phantom, monkeypatch) -> None:
+    made, x = phantom
+    network = made.labels.copy()
+    network[(network == Label.EARS) & (x < 0)] = 0  # left ear (-x) missing
+    searched = []
+    real = ear_fallback.auricle_near
+
+    def spy(image, affine, point, outward, *args, **kwargs):
+        searched.append(float(outward[0]))
+        return real(image, affine, point, outward, *args, **kwargs)
+
+    monkeypatch.setattr(ear_fallback, "auricle_near", spy)
+    _, sources = add_missing_ears(made.volume.values(np.float32), made.volume.affine, network, EYES)
+    assert len(searched) == 1 and searched[0] < 0
+    assert sources == {"right": "network", "left": "image"}
+
+
+def test_without_two_eyes_nothing_is_added(phantom) -> None:
+    made, _ = phantom
+    network = np.where(made.labels == Label.EARS, 0, made.labels).astype(np.uint8)
+    out, sources = add_missing_ears(made.volume.values(np.float32), made.volume.affine, network, EYES[:1])
+    assert sources == {}
+    assert out is network
+
+
+@pytest.mark.skipif(not default_weights_path().is_file(), reason="shipped weights not built yet")
+def test_the_detector_records_where_each_ear_came_from() -> None:
+    made = make_phantom(2.0)
+    detector = OnnxDetector(threads=1)
+    labels = detector.predict(made.volume.values(np.float32), made.volume.affine)
+    assert set(detector.last_sources) == {"ears"}
+    assert set(detector.last_sources["ears"]) == {"right", "left"}
+    assert set(detector.last_sources["ears"].values()) <= {"network", "image", "none"}
+    off = OnnxDetector(threads=1, ear_fallback=False)
+    plain = off.predict(made.volume.values(np.float32), made.volume.affine)
+    assert off.last_sources == {}
+    if set(detector.last_sources["ears"].values()) == {"network"}:
+        assert np.array_equal(labels, plain)
