@@ -134,6 +134,8 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
     if labels_ras.shape != image.shape:
         raise DetectorError(f"The detector returned labels of shape {labels_ras.shape} for an image of shape {image.shape}.")
     timings["detect_s"] = time.perf_counter() - t
+    # which ears the network found and which the image-based fallback added (the ONNX detector's)
+    detected_by = dict(getattr(detector, "last_sources", None) or {})
 
     t = time.perf_counter()
     head = analyse_head(image, spacing)
@@ -189,7 +191,8 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
     provenance: dict[str, Any] = {
         "defacer": environment(),
         "detector": {"name": detector.name, "weights_sha256": detector.weights_sha256,
-                     **({"class_weights": [float(w) for w in class_weights]} if class_weights is not None else {})},
+                     **({"class_weights": [float(w) for w in class_weights]} if class_weights is not None else {}),
+                     **({"sources": detected_by} if detected_by else {})},
         "options": asdict(options),
         "input_geometry": {"shape": list(volume.shape), "axcodes": volume.axcodes,
                            "spacing_mm": [round(s, 5) for s in volume.spacing], "format": volume.format},

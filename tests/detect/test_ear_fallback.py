@@ -127,3 +127,22 @@ def test_the_detector_records_where_each_ear_came_from() -> None:
     assert off.last_sources == {}
     if set(detector.last_sources["ears"].values()) == {"network"}:
         assert np.array_equal(labels, plain)
+
+
+def test_the_sidecar_records_where_each_ear_came_from(phantom) -> None:
+    from defacer.pipeline import deface
+
+    made, _ = phantom
+
+    class Recorded:
+        name = "recorded"
+        weights_sha256 = None
+
+        def __init__(self) -> None:
+            self.last_sources = {"ears": {"right": "image", "left": "network"}}
+
+        def predict(self, image, affine):
+            return made.labels.copy()
+
+    result = deface(made.volume, Recorded())
+    assert result.provenance["detector"]["sources"] == {"ears": {"right": "image", "left": "network"}}
