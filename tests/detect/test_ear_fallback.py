@@ -76,6 +76,22 @@ def test_no_ear_is_added_when_the_field_of_view_ends_at_the_head() -> None:
     assert not (out == Label.EARS).any()
 
 
+def test_an_ear_is_found_when_the_field_of_view_ends_above_its_predicted_place() -> None:
+    # the field starts 25 mm below the head's centre: the line where the ears usually sit (about 30 mm
+    # below the eyes) lies outside it, the phantom's auricles (higher) mostly inside
+    made = make_phantom(2.0, fov_mm=(200.0, 240.0, 150.0), shift_mm=(0.0, 0.0, -50.0))
+    eyes = [e + [0.0, 0.0, -50.0] for e in EYES]  # the grid stays centred on the world origin: the head moves down
+    x = np.arange(made.labels.shape[0]) * made.volume.affine[0, 0] + made.volume.affine[0, 3]
+    truth = made.labels == Label.EARS
+    network = made.labels.copy()
+    network[truth & (x[:, None, None] > 0)] = 0
+    out, sources = add_missing_ears(made.volume.values(np.float32), made.volume.affine, network, eyes)
+    added = (out == Label.EARS) & (network != Label.EARS)
+    assert sources == {"right": "image", "left": "network"}
+    assert added.sum() >= 0.5 * (truth & (x[:, None, None] > 0)).sum()
+    assert not (added & ~truth).any()
+
+
 def test_nothing_runs_when_both_ears_were_found(phantom, monkeypatch) -> None:
     made, _ = phantom
 

@@ -150,13 +150,21 @@ def lateral_surface(origin: npt.NDArray[np.float64], axes: npt.NDArray[np.float6
     The line runs at the ear's mean (y, z) offset, outward from the eyes' midline towards
     ``side`` (+1: along the frame's x, -1: against it); the head is the image's sealed head with
     its protrusions rolled off (depth > 0), so the point lies on the scalp beside the ear, not on
-    the auricle.  Where the field of view ends inside the head, the last point in view is
-    returned; ``None`` when the line never meets the head.
+    the auricle.  A line starting outside the field of view starts at its nearest point in view
+    instead (8 mm inside it); where the field ends inside the head, the last point in view is returned; ``None``
+    when the line never meets the head.
     """
     start = origin + offset_mm[0] * axes[1] + offset_mm[1] * axes[2]
+    inv = np.linalg.inv(np.asarray(affine, float))
+    affine = np.asarray(affine, float)
+    # a field of view that ends above or in front of the predicted ear: the nearest line in view
+    # (the search radius then reaches the part of the auricle that was scanned)
+    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    margin = np.minimum(np.ceil(8.0 / spacing), (np.asarray(shape[:3]) - 1) // 2)  # off the cut face
+    start_ijk = np.clip(inv[:3, :3] @ start + inv[:3, 3], margin, np.asarray(shape[:3]) - 1 - margin)
+    start = affine[:3, :3] @ start_ijk + affine[:3, 3]
     steps = np.arange(0.0, MAX_HALF_WIDTH_MM, 1.0)
     points = start[None, :] + side * steps[:, None] * axes[0][None, :]
-    inv = np.linalg.inv(np.asarray(affine, float))
     ijk = np.rint(points @ inv[:3, :3].T + inv[:3, 3]).astype(int)
     inside_grid = np.all((ijk >= 0) & (ijk < np.asarray(shape[:3])), axis=1)
     if not inside_grid.any():
