@@ -162,3 +162,17 @@ def test_the_sidecar_records_where_each_ear_came_from(phantom) -> None:
 
     result = deface(made.volume, Recorded())
     assert result.provenance["detector"]["sources"] == {"ears": {"right": "image", "left": "network"}}
+
+
+@pytest.mark.skipif(not default_weights_path().is_file(), reason="shipped weights not built yet")
+def test_each_thread_reads_the_sources_of_its_own_prediction() -> None:
+    import threading
+
+    detector = OnnxDetector(threads=1)
+    detector._last.sources = {"ears": {"right": "image", "left": "image"}}  # another thread's last call
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(detector.last_sources))
+    thread.start()
+    thread.join()
+    assert seen == [{}]
+    assert detector.last_sources == {"ears": {"right": "image", "left": "image"}}

@@ -13,6 +13,7 @@ grid inside each kept component's region).
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,8 @@ class OnnxDetector:
     last_sources : dict
         Where the last :meth:`predict` found each ear: ``{"ears": {"right": s, "left": s}}`` (RAS+
         sides; ``"network"``, ``"image"`` from the fallback, or ``"none"``); ``{}`` when the network
-        found fewer than two eyes (no frame to place an ear in).
+        found fewer than two eyes (no frame to place an ear in) or the fallback is off.  Kept per
+        thread, so concurrent calls on one detector each read their own.
     """
 
     def __init__(self, weights_path: PathLike | None = None, threads: int = 0, ear_fallback: bool = True) -> None:
@@ -107,7 +109,7 @@ class OnnxDetector:
         self.class_weights = np.asarray(weights, np.float32)
         self.name = f"attention-unet-onnx:{path.name}"
         self.ear_fallback = bool(ear_fallback)
-        self.last_sources: dict[str, dict[str, str]] = {}
+        self._last = threading.local()  # one detector may serve several threads (the web page's jobs)
         try:
             import onnxruntime as ort
 
@@ -119,6 +121,11 @@ class OnnxDetector:
             message = f"Model weights {path} could not be loaded by onnxruntime ({err}). Reinstall defacer or pass --weights FILE."
             raise WeightsError(message) from err
         self._input = self._session.get_inputs()[0].name
+
+    @property
+    def last_sources(self) -> dict[str, dict[str, str]]:
+        """Where the last :meth:`predict` in this thread found each ear (see the class attributes)."""
+        return dict(getattr(self._last, "sources", {}))
 
     def probabilities(self, box_image: npt.NDArray[np.float32], mirror: bool = False) -> npt.NDArray[np.float32]:
         """Run the network on a box image, shape ``box_shape``; returns (C, *box_shape) probabilities.
@@ -162,10 +169,10 @@ class OnnxDetector:
         labels = box_to_grid(probs, box, image.shape, np.asarray(ras_affine, float), regions)
         labels = keep_largest_pieces(restrict_to_tissue(labels, image))
         eyes = [c.centre_mm for c in components if c.feature == "eyes"]
-        self.last_sources = {}
+        self._last.sources = {}
         if self.ear_fallback and len(eyes) == 2:
             labels, sides = add_missing_ears(image, np.asarray(ras_affine, float), labels, eyes)
-            self.last_sources = {"ears": sides}
+            self._last.sources = {"ears": sides}
         return labels
 
 
