@@ -6,7 +6,8 @@ scores the network's label map (fallback off) and the same map after the fallbac
 reference labels: ears in view / found / extra (:func:`defacer.detect.metrics.feature_matches`:
 a label-3 voxel within 6 mm of each reference ear centroid) and ear Dice.  The fallback is also
 run leave-one-head-out (its mean offset computed from the other heads' reference ears), the
-honest figure for heads it has not seen.  Negative cases: the already-defaced DICOM series
+honest figure for heads it has not seen, and alone (every network ear removed, both sides
+searched from the image: what it does on CT head holders, cut fields and flat ears).  Negative cases: the already-defaced DICOM series
 (``--negative``, a .tgz read from a temporary folder) and a phantom whose ears are cut away by the
 field of view must get no ear from the fallback.
 
@@ -95,7 +96,7 @@ def main() -> None:
         offsets[name] = [(y, z) for _, _, y, z, _ in reference_ear_offsets(*refs[name])]
     rows = []
     print(f"{'scan':28s} {'view':>4s} | net found extra dice | +fallback found extra dice sides | "
-          f"loo found extra | fallback s")
+          f"loo found extra | alone found extra dice | fallback s")
     for name in names:
         volume = load_volume(args.data / records[name]["source"])
         reference = refs[name][0]
@@ -111,15 +112,21 @@ def main() -> None:
         loo_labels, _ = add_missing_ears(call["image"], call["affine"], call["labels"], call["eyes"],
                                          offset_mm=loo_offset)  # type: ignore[arg-type]
         loo = _score(reo.from_ras(loo_labels), reference, volume.affine)
-        row = {"scan": name, "network": net, "fallback": fb, "leave_one_out": loo, "sources": call["sources"],
+        # the image alone: every network ear removed, both sides searched (CT head holders, cut fields...)
+        no_ears = np.where(call["labels"] == 3, 0, call["labels"]).astype(np.uint8)
+        alone_labels, _ = add_missing_ears(call["image"], call["affine"], no_ears, call["eyes"])
+        alone = _score(reo.from_ras(alone_labels), reference, volume.affine)
+        row = {"scan": name, "network": net, "fallback": fb, "leave_one_out": loo, "image_alone": alone,
+               "sources": call["sources"],
                "fallback_s": round(call["seconds"], 3), "predict_s": round(seconds, 3)}
         rows.append(row)
         sides = ",".join(f"{k[0]}:{v}" for k, v in call["sources"].items())
         print(f"{name:28s} {net['in_view']:4d} | {net['found']:5d} {net['extra']:5d} {net['dice'] or 0:.2f} | "
               f"{fb['found']:15d} {fb['extra']:5d} {fb['dice'] or 0:.2f} {sides:12s} | "
-              f"{loo['found']:9d} {loo['extra']:5d} | {call['seconds']:.2f}", flush=True)
+              f"{loo['found']:9d} {loo['extra']:5d} | {alone['found']:11d} {alone['extra']:5d} "
+              f"{alone['dice'] or 0:.2f} | {call['seconds']:.2f}", flush=True)
     scored = [r for r in rows if "network" in r]
-    for key in ("network", "fallback", "leave_one_out"):
+    for key in ("network", "fallback", "leave_one_out", "image_alone"):
         view = sum(r[key]["in_view"] for r in scored)
         found = sum(r[key]["found"] for r in scored)
         extra = sum(r[key]["extra"] for r in scored)
