@@ -42,6 +42,8 @@ OPENING_MM = 10.0
 GRID_MM = 2.0
 #: Tissue more than this medial of the head's lateral surface is never ear, in mm.
 MEDIAL_MM = 10.0
+#: Tissue within this distance of an accepted auricle joins it (its root and partial-volume rim), in mm.
+ROOT_MM = 2.0
 #: Smallest auricle accepted, in mm^3 (the reference auricles hold 4-16 cm^3).
 MIN_EAR_MM3 = 1000.0
 #: How far beyond the search radius an auricle reaching into it is still followed, in mm.
@@ -189,7 +191,8 @@ def auricle_near(image: npt.NDArray[np.floating], affine: Affine, point: npt.NDA
     at most :data:`MEDIAL_MM` medial of ``point`` (``outward``: unit vector away from the
     midline), in pieces that touch the head and reach within ``radius_mm`` of ``point`` (each
     followed up to :data:`EXTENT_MM` further).  The largest such piece is the auricle, kept when
-    it holds at least ``min_mm3`` of tissue at the scan's resolution.  The
+    it holds at least ``min_mm3`` of tissue at the scan's resolution, then grown by its root (the
+    tissue within :data:`ROOT_MM`).  The
     grid is extended by repeating its border (a head cut by the field of view is not an edge to
     open), so a cut-off ear is not invented from the cut face.
 
@@ -242,6 +245,12 @@ def auricle_near(image: npt.NDArray[np.floating], affine: Affine, point: npt.NDA
         mask = parts == 1 + int(np.argmax(np.bincount(parts.ravel())[1:]))
     if float(mask.sum()) * float(np.prod(spacing)) < min_mm3:
         return None
+    # its root: the tissue within ROOT_MM of it (as the reference labels' rule; ear Dice +0.04 on 7 heads)
+    grow = max(1, int(round(ROOT_MM / float(spacing.min()))))  # noqa: RUF046 - numpy < 2 rounds to float
+    idx = np.argwhere(mask)
+    sub = tuple(slice(max(0, int(lo) - grow), int(hi) + grow + 1)
+                for lo, hi in zip(idx.min(axis=0), idx.max(axis=0), strict=True))
+    mask[sub] |= ndi.binary_dilation(mask[sub], iterations=grow) & tissue[sub]
     return box, mask
 
 
