@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from defacer.detect import ear_fallback
 from defacer.detect.ear_fallback import add_missing_ears, eye_frame
@@ -40,6 +41,7 @@ def test_an_ear_the_network_map_lacks_is_found_from_the_image(phantom) -> None:
     assert sources == {"right": "image", "left": "network"}
     assert added.sum() >= 0.5 * (truth & (x > 0)).sum()  # most of the auricle
     assert not (added & ~truth).any()  # and nothing but the auricle
+    assert ndi.label(added)[1] == 1  # one piece, no crumbs (each would count as an extra ear)
     assert np.array_equal(out[network != 0], network[network != 0])  # nothing the network found is changed
 
 
