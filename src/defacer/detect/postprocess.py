@@ -94,9 +94,9 @@ def find_components(labels: npt.NDArray[np.integer], affine: Affine) -> list[Com
         ears = [e for e in ears if e.centre_mm[1] < eye_mid[1]]
     midline_x = float(eye_mid[0]) if eye_mid is not None else float(
         (affine[:3, :3] @ ((np.asarray(labels.shape, float) - 1) / 2) + affine[:3, 3])[0])
-    right = [e for e in ears if e.centre_mm[0] < midline_x][:1]
-    left = [e for e in ears if e.centre_mm[0] >= midline_x][:1]
-    return eyes + nose + right + left
+    left = [e for e in ears if e.centre_mm[0] < midline_x][:1]  # RAS+: the subject's left is -x
+    right = [e for e in ears if e.centre_mm[0] >= midline_x][:1]
+    return eyes + nose + left + right
 
 
 def _candidates(feature: str, where: npt.NDArray[np.bool_], affine: Affine, voxel_mm3: float) -> list[Component]:
