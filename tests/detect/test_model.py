@@ -143,3 +143,18 @@ def test_class_weights_from_the_card_widen_the_ears(tmp_path) -> None:
         labels = detector.predict(reo.to_ras(ph.volume.values()), reo.ras_affine)
         counts[weight] = int((labels == 3).sum())
     assert counts[3.0] > counts[1.0] > 0
+
+
+@needs_weights
+def test_the_card_decides_whether_the_mirrored_pass_runs(tmp_path) -> None:
+    from defacer.detect.model import CARD_NAME, WEIGHTS_NAME, default_weights_path
+
+    shutil.copy(default_weights_path(), tmp_path / WEIGHTS_NAME)
+    card = json.loads(default_weights_path().with_suffix(".json").read_text())
+    for setting in (True, False):
+        card["mirror"] = setting
+        (tmp_path / CARD_NAME).write_text(json.dumps(card))
+        assert OnnxDetector(tmp_path / WEIGHTS_NAME).mirror is setting
+    del card["mirror"]
+    (tmp_path / CARD_NAME).write_text(json.dumps(card))
+    assert OnnxDetector(tmp_path / WEIGHTS_NAME).mirror is True, "older cards keep the mirrored pass"

@@ -107,6 +107,8 @@ class OnnxDetector:
         self.box_spacing = float(box.get("spacing_mm", 4.0))
         weights = self.card.get("class_weights", [1.0, 1.0, 1.0, 1.0])
         self.class_weights = np.asarray(weights, np.float32)
+        #: run the left-right mirrored box too and average (card ``mirror``, default on)
+        self.mirror = bool(self.card.get("mirror", True))
         self.name = f"attention-unet-onnx:{path.name}"
         self.ear_fallback = bool(ear_fallback)
         self._last = threading.local()  # one detector may serve several threads (the web page's jobs)
@@ -162,7 +164,7 @@ class OnnxDetector:
         box_image, box = to_box(image, np.asarray(ras_affine, float), self.box_shape, self.box_spacing)
         # class weights (from the card) rescale the probabilities before every decision: a weight
         # above 1 lets a thin, under-segmented class (the ears) win more of its border voxels
-        probs = self.probabilities(box_image, mirror=True) * self.class_weights[:, None, None, None]
+        probs = self.probabilities(box_image, mirror=self.mirror) * self.class_weights[:, None, None, None]
         coarse = probs.argmax(axis=0)
         components = find_components(coarse, box.affine)
         regions = [(int(FEATURE_LABELS[c.feature]), c.mask) for c in components]
