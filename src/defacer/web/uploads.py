@@ -12,6 +12,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from defacer.errors import InputImageError
 
@@ -164,17 +165,9 @@ def check_nrrd_upload(path: Path) -> None:
     UnsupportedUpload
         For a detached header, or a header too long or damaged to be read.
     """
-    from defacer.io.nrrd import data_file_field, parse_header, read_header_lines
+    from defacer.io.nrrd import data_file_field
 
-    try:
-        with path.open("rb") as handle:
-            lines, _ = read_header_lines(handle, path)
-        header = parse_header(lines, path)
-    except InputImageError as err:
-        raise UnsupportedUpload(
-            f"The NRRD header could not be read ({str(err).replace(str(path), 'the upload')}) Save the scan as a "
-            "single .nrrd (e.g. in 3D Slicer) and upload that."
-        ) from err
+    _, header = _read_stored_nrrd_header(path)
     if data_file_field(header) is not None:
         raise UnsupportedUpload(
             "This NRRD header names a separate 'data file' after long comments; name the header .nhdr and choose "
@@ -197,17 +190,10 @@ def prepare_nhdr_upload(path: Path) -> str:
         For a header that cannot be read, names no data file, or spreads the voxels over several.
     """
     from defacer.io.atomic import write_bytes_atomic
-    from defacer.io.nrrd import data_file_field, parse_header, read_header_lines
+    from defacer.io.nrrd import data_file_field
 
     redo = "Save the scan as a single .nrrd (e.g. in 3D Slicer) and upload that."
-    try:
-        with path.open("rb") as handle:
-            lines, _ = read_header_lines(handle, path)
-        header = parse_header(lines, path)
-    except InputImageError as err:
-        raise UnsupportedUpload(
-            f"The NRRD header could not be read ({str(err).replace(str(path), 'the upload')}) {redo}"
-        ) from err
+    lines, header = _read_stored_nrrd_header(path)
     named = data_file_field(header)
     if named is None:
         raise UnsupportedUpload(f"This .nhdr header names no data file: its voxels are missing. {redo}")
@@ -302,3 +288,18 @@ def extract_zip(archive: Path, into: Path, *, max_bytes: int, max_files: int) ->
         shutil.rmtree(into, ignore_errors=True)
         raise UnsupportedUpload("The zip holds no files. Zip the folder of the DICOM series and upload it again.")
     return ZipReport(files=kept, skipped=skipped, total_bytes=written)
+
+
+def _read_stored_nrrd_header(path: Path) -> tuple[list[bytes], dict[str, Any]]:
+    """The header lines and parsed fields of a stored NRRD upload; unreadable: an :class:`UnsupportedUpload` in words."""
+    from defacer.io.nrrd import parse_header, read_header_lines
+
+    try:
+        with path.open("rb") as handle:
+            lines, _ = read_header_lines(handle, path)
+        return lines, parse_header(lines, path)
+    except InputImageError as err:
+        raise UnsupportedUpload(
+            f"The NRRD header could not be read ({str(err).replace(str(path), 'the upload')}) Save the scan as a "
+            "single .nrrd (e.g. in 3D Slicer) and upload that."
+        ) from err
