@@ -25,7 +25,8 @@ import numpy.typing as npt
 
 from defacer._typing import LabelMap, PathLike
 from defacer.detect import Detector
-from defacer.distort import Edit, distort_ears, distort_eyes, distort_nose, nose_box
+from defacer.distort import Edit, distort_eyes, distort_nose, nose_box
+from defacer.distort_ears import distort_ears
 from defacer.errors import DetectorError, FeaturesNotFoundError
 from defacer.head import analyse_head, depth_below_surface
 from defacer.labels import FEATURES, Label
