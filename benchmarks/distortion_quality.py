@@ -6,7 +6,9 @@ deface it in memory twice: with the shipped detector and with its reference labe
 
 cheap (always)
     changed mm^3 per feature; tissue (above the scan's air/tissue threshold) changed more than
-    50 mm from every reference-label centroid (each eye, the nose, each ear); per reference
+    50 mm from every reference-label centroid (each eye, the nose, each ear), in all and per
+    feature that changed it (printed as ``far N (eyes/nose/ears)``; the summary names the
+    feature behind each of the five worst heads); per reference
     auricle the fraction of its voxels changed; voxels changed inside the protected region;
     ``distort_s`` from the sidecar.
 expensive (``--faces``)
@@ -225,6 +227,13 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for name in ("eyes", "nose", "ears"):
         vals = [r["changed_mm3"][name] for r in ok]
         out[f"{name}_changed_mm3_median"] = float(np.median(vals)) if vals else None
+        far_by = [r["far_changed_mm3_by_feature"][name] for r in ok if r.get("far_changed_mm3_by_feature")]
+        out[f"{name}_far_changed_mm3_median"] = float(np.median(far_by)) if far_by else None
+        out[f"{name}_far_changed_mm3_max"] = max(far_by) if far_by else None
+    by_head = {r["name"]: r["far_changed_mm3_by_feature"] for r in ok if r.get("far_changed_mm3_by_feature")}
+    worst = sorted(by_head, key=lambda n: -sum(by_head[n].values()))[:5]
+    out["far_changed_worst"] = {n: {**by_head[n], "cause": max(by_head[n], key=by_head[n].__getitem__)} for n in worst
+                                if sum(by_head[n].values()) > 0}
     if any("faces_after_views" in r for r in ok):
         faced = [r for r in ok if "faces_after_views" in r]
         for det in ("dlib_cnn", "facemesh", "blazeface_short", "blazeface_full"):
@@ -242,6 +251,9 @@ def format_row(mode: str, r: dict[str, Any]) -> str:
         return f"{mode:8s} {r['name']:28s} error: {r['error']}"
     c = r["changed_mm3"]
     far = "-" if r.get("far_changed_mm3") is None else f"{r['far_changed_mm3']:7d}"
+    by = r.get("far_changed_mm3_by_feature")
+    if by:
+        far += " (" + "/".join(f"{by[k]}" for k in ("eyes", "nose", "ears")) + ")"
     aur = ",".join(f"{a:.2f}" for a in (r.get("auricles") or [])) or "-"
     line = (f"{mode:8s} {r['name']:28s} eyes {c['eyes']:7d} nose {c['nose']:7d} ears {c['ears']:6d} mm3  far {far}"
             f"  auricles {aur:10s} prot {r['changed_inside_protected']} distort {r['distort_s']:.2f}s")
