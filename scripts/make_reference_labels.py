@@ -52,15 +52,23 @@ OUT_DIR = REPO / "reference_labels"
 MONTAGE_DIR = REPO / "build" / "montages"
 CACHE_DIR = REPO / "build" / "label_cache"
 
+#: How the landmark and partial-feature names give sides, recorded in every provenance record:
+#: RAS+ world coordinates, so the subject's left is -x.
+SIDES = "RAS+: *_left is the subject's left (-x in world mm), *_right the subject's right (+x)"
+
+#: Names the landmark cache in ``build/label_cache/`` used before the sides followed RAS+ (a
+#: template convention: "_r" was the ear/eye at -x, the subject's left): old name -> name now.
+LEGACY_SIDE_NAMES = {"eye_r": "eye_left", "eye_l": "eye_right", "ear_r": "ear_left", "ear_l": "ear_right"}
+
 #: Landmarks on the pydeface average head, in its voxel indices (picked on slices by eye).
-#: "ear_r"/"ear_l" are the image-left/right ears of that head (x < 0 / x > 0 in RAS mm).
+#: "*_left" / "*_right" are the subject's left / right (x < 0 / x > 0 in RAS+ mm; see ``SIDES``).
 TEMPLATE_LANDMARKS_IJK = {
-    "eye_r": (58.0, 202.0, 100.0),
-    "eye_l": (120.0, 202.0, 100.0),
+    "eye_left": (58.0, 202.0, 100.0),
+    "eye_right": (120.0, 202.0, 100.0),
     "nasion": (88.0, 222.0, 97.0),
     "nose_tip": (88.0, 240.0, 57.0),
-    "ear_r": (8.0, 108.0, 85.0),
-    "ear_l": (168.0, 108.0, 85.0),
+    "ear_left": (8.0, 108.0, 85.0),
+    "ear_right": (168.0, 108.0, 85.0),
 }
 
 #: Scans: name -> path relative to the data folder.
@@ -96,10 +104,10 @@ MODALITY = {"mricrogl_CT": "ct_unit"}
 #: montage), or None to mark the feature absent.  Recorded in the provenance note.
 OVERRIDES: dict[str, dict[str, tuple[float, float, float] | None]] = {
     # the adult template's eyes landed ~10 mm above the child's eyeballs: centres read off the slices
-    "fnndsc-3yo_T1w_dicom": {"eye_r": (-22.0, 34.0, -5.0), "eye_l": (32.0, 34.0, -5.0)},
+    "fnndsc-3yo_T1w_dicom": {"eye_left": (-22.0, 34.0, -5.0), "eye_right": (32.0, 34.0, -5.0)},
     # CT: the 32 mm ear search reached the head holder; auricles read off the axial slices and
     # searched within 20 mm only (EAR_SEARCH_OVERRIDE_MM)
-    "ge-headct_tilted_dicom": {"ear_r": (-75.0, -12.0, 16.0), "ear_l": (96.0, -21.0, 13.0)},
+    "ge-headct_tilted_dicom": {"ear_left": (-75.0, -12.0, 16.0), "ear_right": (96.0, -21.0, 13.0)},
 }
 
 #: Per-scan ear search radius in mm where the default reaches something that is not an ear.
@@ -111,10 +119,10 @@ EAR_SEARCH_OVERRIDE_MM: dict[str, float] = {"ge-headct_tilted_dicom": 20.0}
 FLAT_EARS: dict[str, dict[str, tuple[tuple[float, float, float], float]]] = {
     # both auricles pressed flat against the head (a flat plateau on each side, near the edge of the
     # 176 mm left-right field); their outlines are plain on the side renders
-    "otsu_T1w": {"ear_r": ((-88.0, -15.0, -15.0), 30.0), "ear_l": ((88.0, 5.0, -18.0), 30.0)},
+    "otsu_T1w": {"ear_left": ((-88.0, -15.0, -15.0), 30.0), "ear_right": ((88.0, 5.0, -18.0), 30.0)},
     # pitched head: the mapped ear landmark fell 40 mm above and in front of this auricle and the
     # opening does not separate it (its helix is plain on the side render)
-    "anon0006_T1w_ASL": {"ear_r": ((-77.0, -35.0, -50.0), 28.0)},
+    "anon0006_T1w_ASL": {"ear_left": ((-77.0, -35.0, -50.0), 28.0)},
 }
 
 #: Ears mostly outside the field of view, the rest too close to the field's edge for the opening
@@ -123,7 +131,7 @@ FLAT_EARS: dict[str, dict[str, tuple[tuple[float, float, float], float]]] = {
 #: within ``CUT_EAR_DEPTH_MM`` of the field's edge: the part of the auricle in view (partial).
 CUT_EARS: dict[str, dict[str, tuple[tuple[float, float, float], float]]] = {
     # 0.5 mm UIH series: the oblique 160 mm left-right field cuts both auricles through the concha
-    "uih_T1w_dicom": {"ear_r": ((-73.0, -22.0, -55.0), 30.0), "ear_l": ((83.0, -35.0, -50.0), 30.0)},
+    "uih_T1w_dicom": {"ear_left": ((-73.0, -22.0, -55.0), 30.0), "ear_right": ((83.0, -35.0, -50.0), 30.0)},
 }
 CUT_EAR_DEPTH_MM = 8.0
 
@@ -585,7 +593,7 @@ def landmarks_for(name: str, scan: dict, tmpl: tuple, register: bool) -> tuple[d
     cache = CACHE_DIR / f"{name}.json"
     if cache.is_file() and not register:
         rec = json.loads(cache.read_text())
-        return ({k: np.asarray(v, float) for k, v in rec["landmarks"].items()},
+        return ({LEGACY_SIDE_NAMES.get(k, k): np.asarray(v, float) for k, v in rec["landmarks"].items()},
                 [np.asarray(f, float) for f in rec["frame"]])
     lm, frame = map_landmarks(scan["img"], scan["mask"], scan["waff"], tmpl)
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
@@ -612,7 +620,7 @@ def label_scan(name: str, path: Path, tmpl: tuple, register: bool = False) -> di
         nose = None
     ears = []
     opened = opened_mask(mask, EAR_OPENING_MM, valid)
-    for key in ("ear_r", "ear_l"):
+    for key in ("ear_left", "ear_right"):
         ear = None
         flat = FLAT_EARS.get(name, {}).get(key)
         cut = CUT_EARS.get(name, {}).get(key)
@@ -644,7 +652,7 @@ def label_scan(name: str, path: Path, tmpl: tuple, register: bool = False) -> di
         if touches_edge(nose, valid):
             partial.append("nose")
     eyes = []
-    for key in ("eye_r", "eye_l"):
+    for key in ("eye_left", "eye_right"):
         eye = refine_eye(img, mask, valid, coords, waff, lm[key], frame[1], scale) if lm.get(key) is not None else None
         if eye is not None:
             labels[eye] = 1
@@ -666,7 +674,7 @@ def label_scan(name: str, path: Path, tmpl: tuple, register: bool = False) -> di
     ear_lab, n_ear = ndi.label(native == 3)
     ear_cm3 = sorted((round(float(s) * vox_cm3, 2) for s in ndi.sum(native == 3, ear_lab, range(1, n_ear + 1))
                       if s * vox_cm3 >= 0.05), reverse=True)
-    return {"name": name, "shape": list(scan["shape"]), "present": present, "partial": partial,
+    return {"name": name, "shape": list(scan["shape"]), "present": present, "partial": partial, "sides": SIDES,
             "voxels": {f: int((native == v).sum()) for f, v in (("eyes", 1), ("nose", 2), ("ears", 3))},
             "volume_cm3": {f: round(float((native == v).sum()) * vox_cm3, 2) for f, v in (("eyes", 1), ("nose", 2), ("ears", 3))},
             "ear_components_cm3": ear_cm3,
@@ -725,7 +733,7 @@ def write_ear_montage(name: str, img: np.ndarray, labels: np.ndarray, lm: dict, 
 
     lo, hi = np.percentile(img, [1, 99.5])
     fig, axes = plt.subplots(4, 5, figsize=(15, 12))
-    for e, key in enumerate(("ear_r", "ear_l")):
+    for e, key in enumerate(("ear_left", "ear_right")):
         p = lm.get(key)
         ear_lab, n = ndi.label(labels == 3)
         c = None
@@ -855,8 +863,9 @@ themselves are never copied here; only these label maps (which hold no image int
   `defacer.io.load_volume` gives, DICOM series included), values 0 background, 1 eyes, 2 nose,
   3 ears (see `docs/labels.md`).
 * `provenance.json`: per scan, the source path (relative to `../shared/data`), the landmarks in
-  RAS mm, the features present, the partial ones (cut by the field of view), the volumes and the
-  hand corrections.
+  RAS+ world mm, the features present, the partial ones (cut by the field of view), the volumes and
+  the hand corrections.  Sides are the subject's, as in RAS+ (`sides` in each record):
+  `eye_left`/`ear_left` lie at -x, `eye_right`/`ear_right` at +x, as `defacer.detect.postprocess` names them.
 
 ## Procedure (semi-automatic, repeatable: `python scripts/make_reference_labels.py [--only NAME]`)
 

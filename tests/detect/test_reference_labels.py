@@ -8,11 +8,16 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
+from defacer.head import estimate_threshold
 from defacer.io import load_volume
 
 LABELS = Path(__file__).resolve().parents[2] / "reference_labels"
 RECORDS = json.loads((LABELS / "provenance.json").read_text()) if (LABELS / "provenance.json").is_file() else {}
+#: Names of the sided landmarks: the subject's sides, as in RAS+ (left = -x); label value of each.
+SIDED = {"eye_left": 1, "eye_right": 1, "ear_left": 3, "ear_right": 3}
+LANDMARKS = set(SIDED) | {"nasion", "nose_tip"}
 
 
 def test_every_real_head_has_a_label_map_and_a_provenance_line() -> None:
@@ -63,8 +68,45 @@ def test_every_ear_in_view_is_labelled_and_cut_ones_are_recorded() -> None:
         assert record["present"]["ears"] == 2, name
         assert record["present"]["eyes"] == 2, name
         assert record["present"]["nose"] == 1, name
-        assert set(record.get("partial", [])) <= {"eye_r", "eye_l", "nose", "ear_r", "ear_l"}, name
+        assert set(record.get("partial", [])) <= set(SIDED) | {"nose"}, name
         image = nib.load(str(LABELS / f"{name}.labels.nii.gz"))
         ears = np.asarray(image.dataobj) == 3
         voxel_cm3 = abs(float(np.linalg.det(image.affine[:3, :3]))) / 1000.0
         assert ears.sum() * voxel_cm3 >= 2.0, f"{name}: ear labels too small to be auricles"
+
+
+def test_every_record_names_sides_as_ras_does() -> None:
+    for name, record in RECORDS.items():
+        assert set(record["landmarks_mm"]) == LANDMARKS, name
+        assert "subject's left (-x" in record["sides"], name
+        for note in record.get("overrides", []):
+            assert note.split(" ")[0].rstrip(":") in LANDMARKS, f"{name}: {note}"
+
+
+def _head_centre_mm(values: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """World (RAS+ mm) centroid of the largest connected region above the air/tissue threshold."""
+    tissue = values > estimate_threshold(values[::2, ::2, ::2])
+    regions, _ = ndi.label(tissue)
+    largest = regions == np.argmax(np.bincount(regions.ravel())[1:]) + 1
+    return (affine @ np.r_[ndi.center_of_mass(largest), 1.0])[:3]
+
+
+@pytest.mark.realdata
+def test_left_eyes_and_ears_lie_at_minus_x_of_the_head_centre(shared_data) -> None:
+    # RAS+: the subject's left is -x; the label maps hold no side, so the labelled voxels near each
+    # recorded landmark must lie on that landmark's side too
+    for name, record in RECORDS.items():
+        labels_path = LABELS / f"{name}.labels.nii.gz"
+        if not labels_path.is_file():
+            continue
+        volume = load_volume(shared_data / record["source"])
+        centre_x = _head_centre_mm(np.asarray(volume.values(), np.float32), volume.affine)[0]
+        labels = np.asarray(nib.load(str(labels_path)).dataobj)
+        for key, value in SIDED.items():
+            side = -1.0 if key.endswith("_left") else 1.0
+            landmark = np.asarray(record["landmarks_mm"][key], float)
+            assert side * (landmark[0] - centre_x) > 10.0, f"{name}: {key} at x {landmark[0]:.1f}, centre {centre_x:.1f}"
+            voxels = np.argwhere(labels == value) @ volume.affine[:3, :3].T + volume.affine[:3, 3]
+            near = voxels[np.linalg.norm(voxels - landmark, axis=1) < 30.0]
+            assert len(near), f"{name}: no label {value} within 30 mm of {key}"
+            assert side * (near[:, 0].mean() - centre_x) > 10.0, f"{name}: {key} labels on the wrong side"
