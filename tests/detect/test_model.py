@@ -158,3 +158,21 @@ def test_the_card_decides_whether_the_mirrored_pass_runs(tmp_path) -> None:
     del card["mirror"]
     (tmp_path / CARD_NAME).write_text(json.dumps(card))
     assert OnnxDetector(tmp_path / WEIGHTS_NAME).mirror is True, "older cards keep the mirrored pass"
+
+
+@needs_weights
+def test_the_detector_records_seconds_per_stage_of_its_last_prediction() -> None:
+    import time
+
+    detector = load_default_detector()
+    assert detector.last_timings == {}
+    ph = make_phantom(3.0)
+    reo = canonical_reorientation(ph.volume.affine, ph.volume.shape)
+    start = time.perf_counter()
+    detector.predict(reo.to_ras(ph.volume.values()), reo.ras_affine)
+    elapsed = time.perf_counter() - start
+    timings = detector.last_timings
+    assert list(timings) == ["box", "network", "components", "to_grid", "tissue", "ear_fallback"]
+    assert all(v >= 0 for v in timings.values())
+    assert timings["network"] > 0
+    assert sum(timings.values()) <= elapsed + 1e-3

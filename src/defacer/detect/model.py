@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,10 @@ class OnnxDetector:
         sides; ``"network"``, ``"image"`` from the fallback, or ``"none"``); ``{}`` when the network
         found fewer than two eyes (no frame to place an ear in) or the fallback is off.  Kept per
         thread, so concurrent calls on one detector each read their own.
+    last_timings : dict
+        Seconds spent by the last :meth:`predict` in this thread, per stage: ``box`` (input box),
+        ``network``, ``components`` (coarse components), ``to_grid`` (probabilities back onto the
+        input grid), ``tissue`` (air removed, crumbs dropped), ``ear_fallback``.
     """
 
     def __init__(self, weights_path: PathLike | None = None, threads: int = 0, ear_fallback: bool = True) -> None:
@@ -129,6 +134,11 @@ class OnnxDetector:
         """Where the last :meth:`predict` in this thread found each ear (see the class attributes)."""
         return dict(getattr(self._last, "sources", {}))
 
+    @property
+    def last_timings(self) -> dict[str, float]:
+        """Seconds per stage of the last :meth:`predict` in this thread (see the class attributes)."""
+        return dict(getattr(self._last, "timings", {}))
+
     def probabilities(self, box_image: npt.NDArray[np.float32], mirror: bool = False) -> npt.NDArray[np.float32]:
         """Run the network on a box image, shape ``box_shape``; returns (C, *box_shape) probabilities.
 
@@ -161,21 +171,43 @@ class OnnxDetector:
         if image.ndim != 3 or min(image.shape) < 2:
             message = f"The detector needs a 3D image with at least 2 voxels per axis, found shape {image.shape}."
             raise InputImageError(message)
+        clock = _StageClock()
         box_image, box = to_box(image, np.asarray(ras_affine, float), self.box_shape, self.box_spacing)
+        clock.stamp("box")
         # class weights (from the card) rescale the probabilities before every decision: a weight
         # above 1 lets a thin, under-segmented class (the ears) win more of its border voxels
         probs = self.probabilities(box_image, mirror=self.mirror) * self.class_weights[:, None, None, None]
+        clock.stamp("network")
         coarse = probs.argmax(axis=0)
         components = find_components(coarse, box.affine)
         regions = [(int(FEATURE_LABELS[c.feature]), c.mask) for c in components]
+        clock.stamp("components")
         labels = box_to_grid(probs, box, image.shape, np.asarray(ras_affine, float), regions)
+        clock.stamp("to_grid")
         labels = keep_largest_pieces(restrict_to_tissue(labels, image))
+        clock.stamp("tissue")
         eyes = [c.centre_mm for c in components if c.feature == "eyes"]
         self._last.sources = {}
         if self.ear_fallback and len(eyes) == 2:
             labels, sides = add_missing_ears(image, np.asarray(ras_affine, float), labels, eyes)
             self._last.sources = {"ears": sides}
+        clock.stamp("ear_fallback")
+        self._last.timings = clock.seconds
         return labels
+
+
+class _StageClock:
+    """Wall-clock seconds between successive :meth:`stamp` calls, by stage name."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def stamp(self, stage: str) -> None:
+        """Record the time since the previous stamp (or the clock's start) as ``stage``."""
+        now = time.perf_counter()
+        self.seconds[stage] = round(now - self._last, 4)
+        self._last = now
 
 
 def load_default_detector() -> OnnxDetector:
