@@ -9,7 +9,8 @@ The detector *locates* each feature; the image *delimits* what is changed:
 
 * eyes: a skin cover over the periorbital region (an ellipse sized from the detected eye, with a
   soft edge), whose surface spans the socket from the brow to the upper cheek;
-* nose: the detected nose's bounding box x2 set to air, except the eye cover and what lies
+* nose: the detected nose's bounding box x2 set to air, within :data:`NOSE_REACH_MM` of the
+  detected nose's centroid (never the lip or the cheeks), except the eye cover and what lies
   behind it (the globes never show through);
 * ears (:mod:`defacer.distort_ears`): each auricle, as far as it stands out from the head (what a
   morphological opening of the head removes near the detected ear), replaced by noise drawn from
@@ -106,18 +107,27 @@ def _smoothstep(t: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
 # ------------------------------------------------------------------------------------------ eyes
 
 
-def eye_region(eyes: Mask, component: Box, spacing: tuple[float, float, float], scale: float
-               ) -> tuple[tuple[float, float], tuple[float, float]]:
+#: Largest semi-axes (R, S) of the full-weight cover ellipse of one eye, in mm: the periorbital region
+#: reaches about 25 mm from the eye's centre to the brow and to the upper cheek, and 20 to 30 mm to
+#: the nasal bridge and past the outer corner.  The detected eyes of the real heads (globe and lids,
+#: 25 to 35 mm) give 25 to 35 mm at the default scale 2; a detection run into the brow or the
+#: temple would otherwise spread the cover over the forehead.
+EYE_SEMI_MAX_MM = (35.0, 35.0)
+
+
+def eye_region(eyes: Mask, component: Box, spacing: tuple[float, float, float], scale: float,
+               semi_max_mm: tuple[float, float] = EYE_SEMI_MAX_MM) -> tuple[tuple[float, float], tuple[float, float]]:
     """Centre (R, S voxel index) and semi-axes (R, S, mm) of the cover ellipse of one detected eye.
 
     The ellipse is inscribed in the eye's bounding box scaled ``scale`` times in R and S about
     the eye's centroid: with the default 2 and an eye label of the globe and lids (about 26 mm),
     it spans about 52 mm, from the nasal bridge to the outer corner of the eye and from the brow
-    to the upper cheek.
+    to the upper cheek.  Neither semi-axis exceeds ``semi_max_mm`` (R, S), whatever the detection.
     """
     idx = np.nonzero(eyes[component])
     centre = (component[0].start + float(idx[0].mean()), component[2].start + float(idx[2].mean()))
-    semi = tuple(scale * (component[axis].stop - component[axis].start) * spacing[axis] / 2.0 for axis in (0, 2))
+    semi = tuple(min(scale * (component[axis].stop - component[axis].start) * spacing[axis] / 2.0, bound)
+                 for axis, bound in zip((0, 2), semi_max_mm, strict=True))
     return centre, semi  # type: ignore[return-value]
 
 
@@ -145,8 +155,8 @@ def distort_eyes(
     """Cover each eye with skin, confined to the periorbital region and blended into the face.
 
     For each detected eye (at most two), the cover region is an ellipse in the coronal (R, S)
-    plane centred on the eye, its semi-axes ``box_scale`` times the eye's half-extent
-    (:func:`eye_region`); with two eyes and ``join`` (the default) one cover spans both, the
+    plane centred on the eye, its semi-axes ``box_scale`` times the eye's half-extent, at most
+    :data:`EYE_SEMI_MAX_MM` (:func:`eye_region`); with two eyes and ``join`` (the default) one cover spans both, the
     stadium the mean ellipse sweeps from one eye to the other, across the nasal bridge (two
     separate round covers, outlined by the nose removal between them, read as a pair of eyes to
     dlib's face detector).  The face surface is read as a height map along the anterior (A)
@@ -351,6 +361,43 @@ def _span_socket(surface: npt.NDArray[np.float32], present: Mask, inside: Mask,
 # ------------------------------------------------------------------------------------------ nose
 
 
+#: The nose removal never reaches further than this from the detected nose's centroid (mm).  The
+#: reference noses of the real heads (nasion to columella, ala to ala) reach 27 to 40 mm from their
+#: centroid; the box x2 of a long nose reaches 50 to 60 mm below it, onto the upper lip and the
+#: cheeks beside the mouth (most of the tissue changed far from every feature), and a detection
+#: that runs into the lip makes it longer still.
+NOSE_REACH_MM = 45.0
+
+
+@dataclass(frozen=True)
+class NoseRegion:
+    """What the nose removal may set to air: the box x2, within a ball about the detected nose.
+
+    Attributes
+    ----------
+    box : tuple of 3 slice
+        The nose's bounding box enlarged (:func:`nose_box`), clipped to the ball's bounding box.
+    centre : tuple of 3 float
+        The detected nose's centroid, RAS voxel index.
+    reach_mm : float
+        Radius of the ball about ``centre``, in mm.
+    spacing : tuple of 3 float
+        Voxel size along R, A, S in mm.
+    """
+
+    box: Box
+    centre: tuple[float, float, float]
+    reach_mm: float
+    spacing: tuple[float, float, float]
+
+    def within(self) -> Mask:
+        """The voxels of ``box`` within ``reach_mm`` of ``centre`` (bool, box shape)."""
+        axes = [((np.arange(s.start, s.stop) - c) * sp) ** 2
+                for s, c, sp in zip(self.box, self.centre, self.spacing, strict=True)]
+        return np.asarray(axes[0][:, None, None] + axes[1][None, :, None] + axes[2][None, None, :]
+                          <= self.reach_mm**2)
+
+
 def nose_box(nose: Mask, shape: tuple[int, int, int], scale: float = 2.0, posterior_limit: int = 0) -> Box | None:
     """The nose's bounding box enlarged ``scale`` times per axis about its centre.
 
@@ -365,23 +412,64 @@ def nose_box(nose: Mask, shape: tuple[int, int, int], scale: float = 2.0, poster
     return (grown[0], slice(max(grown[1].start, posterior_limit), grown[1].stop), grown[2])
 
 
-def distort_nose(image: npt.NDArray[np.floating], box: Box, head: HeadModel, *, keep: Sequence[Edit] = ()) -> Edit:
-    """Set the nose box to this scan's air value (``head.background``), except what ``keep`` shields.
+def nose_region(nose: Mask, shape: tuple[int, int, int], spacing: tuple[float, float, float], scale: float = 2.0,
+                posterior_limit: int = 0, reach_mm: float = NOSE_REACH_MM) -> NoseRegion | None:
+    """The nose box x ``scale`` (:func:`nose_box`) within ``reach_mm`` of the detected nose's centroid.
+
+    Parameters
+    ----------
+    nose : ndarray, bool, shape (X, Y, Z)
+        Nose label mask, RAS.
+    shape : tuple of 3 int
+        Image shape.
+    spacing : tuple of 3 float
+        Voxel size along R, A, S in mm.
+    scale : float
+        Enlargement of the nose's bounding box per axis.
+    posterior_limit : int
+        The box never reaches behind this A index (the head's centre).
+    reach_mm : float
+        Nothing further than this from the centroid of the largest nose component is removed, in
+        mm: however long the detection (a nose run into the lip, a spurious blob), the removal
+        stays on the nose.
+
+    Returns
+    -------
+    NoseRegion or None
+        None when no nose is detected.
+    """
+    box = nose_box(nose, shape, scale, posterior_limit)
+    if box is None:
+        return None
+    component = components(nose, 1)[0]
+    idx = np.nonzero(nose[component])
+    centre = tuple(s.start + float(i.mean()) for s, i in zip(component, idx, strict=True))
+    ball = tuple(slice(max(0, int(np.floor(c - reach_mm / sp))), int(np.ceil(c + reach_mm / sp)) + 1)
+                 for c, sp in zip(centre, spacing, strict=True))
+    clipped = tuple(slice(max(b.start, r.start), max(max(b.start, r.start), min(b.stop, r.stop)))
+                    for b, r in zip(box, ball, strict=True))
+    return NoseRegion(clipped, centre, reach_mm, spacing)  # type: ignore[arg-type]
+
+
+def distort_nose(image: npt.NDArray[np.floating], region: NoseRegion, head: HeadModel, *,
+                 keep: Sequence[Edit] = ()) -> Edit:
+    """Set the nose region to this scan's air value (``head.background``), except what ``keep`` shields.
 
     Parameters
     ----------
     image : ndarray
         RAS image (only its shape matters).
-    box : tuple of 3 slice
-        The nose box (:func:`nose_box`).
+    region : NoseRegion
+        The nose box x2 within its ball (:func:`nose_region`).
     head : HeadModel
     keep : sequence of Edit
         Edits whose ``shield`` the nose removal must leave alone (the eye covers: the cover and
         the eye behind it, so the removal never opens a window onto the globes); nor does it
         reach above the eyes' centre line (the cover over the nose's root, and the forehead).
     """
+    box = region.box
     shape = tuple(s.stop - s.start for s in box)
-    mask = np.ones(shape, dtype=bool)
+    mask = region.within()
     for edit in keep:
         if edit.shield is None:
             continue
@@ -399,7 +487,9 @@ def distort_nose(image: npt.NDArray[np.floating], box: Box, head: HeadModel, *, 
         mask[mine] &= ~edit.shield[theirs]
     values = np.full(shape, head.background, dtype=np.float32)
     return Edit("nose", box, mask, values, {"background_value": head.background, "box": _box_list(box),
-                                            "voxels_left_to_eye_cover": int(mask.size - mask.sum())})
+                                            "centre_voxel": [round(c, 2) for c in region.centre],
+                                            "reach_mm": region.reach_mm,
+                                            "voxels_left_to_eye_cover": int(region.within().sum() - mask.sum())})
 
 
 def _box_list(box: Box) -> list[list[int]]:

@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from defacer._typing import LabelMap, PathLike
 from defacer.detect import Detector
-from defacer.distort import Edit, distort_eyes, distort_nose, nose_box
+from defacer.distort import Edit, distort_eyes, distort_nose, nose_region
 from defacer.distort_ears import distort_ears
 from defacer.errors import DetectorError, FeaturesNotFoundError
 from defacer.head import analyse_head, depth_below_surface
@@ -145,7 +145,8 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
     nose = None
     if "nose" in options.features:
         head_centre_a = int(np.argwhere(head.sealed_coarse.any(axis=(0, 2))).mean() * head.strides[1])
-        nose = nose_box(labels_ras == Label.NOSE, image.shape, options.nose_scale, posterior_limit=head_centre_a)
+        nose = nose_region(labels_ras == Label.NOSE, image.shape, spacing, options.nose_scale,
+                           posterior_limit=head_centre_a)
     depth = depth_below_surface(head, spacing)
     coarse_step = np.asarray(spacing) * np.asarray(head.strides)
     slack = 0.5 * float(np.linalg.norm(coarse_step))

@@ -296,3 +296,70 @@ def test_ct_padding_outside_the_field_is_not_taken_for_air():
     assert -1100 < head["background"] < -900
     ears = ct.labels == Label.EARS
     assert (result.edit_mask[ears] == Label.EARS).mean() >= 0.9
+
+
+def _world_mm(shape, spacing_mm):
+    """Coordinates (mm) of every voxel along R, A, S, broadcastable (sparse)."""
+    return np.meshgrid(*[np.arange(n) * spacing_mm for n in shape], indexing="ij", sparse=True)
+
+
+def test_nose_removal_stays_within_its_reach_of_a_detection_run_into_the_lip(phantom):
+    """A nose detection that runs 40 mm down into the lip makes the box x2 reach far below the nose
+    (onto the lip and the cheeks); the removal stays within NOSE_REACH_MM of the detected nose's
+    centroid, and still removes the whole nose."""
+    from defacer.distort import NOSE_REACH_MM
+
+    spacing = 2.0
+    nose = phantom.labels == Label.NOSE
+    long_nose = nose.copy()
+    for shift in range(1, int(40 / spacing) + 1):
+        long_nose[:, :, :-shift] |= nose[:, :, shift:]  # the label smeared 40 mm down (towards -S)
+    labels = np.where(long_nose & (phantom.labels == 0), np.uint8(Label.NOSE), phantom.labels).astype(np.uint8)
+    detected = labels == Label.NOSE
+    centre = [float(i.mean()) * spacing for i in np.nonzero(detected)]
+    r, a, s = _world_mm(labels.shape, spacing)
+    distance = np.sqrt((r - centre[0]) ** 2 + (a - centre[1]) ** 2 + (s - centre[2]) ** 2)
+    box = nose_box(detected, detected.shape, 2.0)
+    assert distance[box].max() > NOSE_REACH_MM + 20, "the box x2 alone does reach far past the bound"
+    result = deface(phantom.volume, TruthDetector(labels), DefaceOptions(features=("nose",)))
+    removed = result.edit_mask == Label.NOSE
+    assert removed.any()
+    assert distance[removed].max() <= NOSE_REACH_MM + spacing, "the nose removal reached past its bound"
+    from defacer.phantom import HEAD_AXES
+
+    coords = [(np.arange(n) - (n - 1) / 2.0) * spacing for n in labels.shape]
+    x, y, z = np.meshgrid(*coords, indexing="ij", sparse=True)
+    protruding = sum((c / ax) ** 2 for c, ax in zip((x, y, z), HEAD_AXES, strict=True)) >= 1
+    nose_tissue = nose & protruding & (phantom.volume.values() > result.provenance["head"]["threshold"])
+    assert nose_tissue.sum() > 1000
+    assert removed[nose_tissue].mean() > 0.99, "the nose itself (what stands out of the head) is still removed"
+    edit = next(e for e in result.provenance["edits"] if e["feature"] == "nose")
+    assert edit["reach_mm"] == NOSE_REACH_MM
+
+
+def test_eye_cover_stays_within_its_bound_for_an_oversized_detection(phantom):
+    """An eye detection swollen to 80 mm tall (into the brow and the cheek) would, at x2, spread the
+    cover 80 mm above the eyes; the cover's semi-axes stay at most EYE_SEMI_MAX_MM (plus its soft
+    edge), and nothing changes beyond that."""
+    from scipy import ndimage
+
+    from defacer.distort import EYE_SEMI_MAX_MM
+
+    spacing = 2.0
+    eyes = phantom.labels == Label.EYES
+    swollen = ndimage.binary_dilation(eyes, np.ones((1, 1, 3), dtype=bool), iterations=int(24 / spacing))
+    labels = np.where(swollen, np.uint8(Label.EYES), np.where(phantom.labels == Label.EYES, 0, phantom.labels))
+    labels = labels.astype(np.uint8)
+    height_mm = (np.ptp(np.nonzero(labels == Label.EYES)[2]) + 1) * spacing
+    assert 2.0 * height_mm / 2.0 > EYE_SEMI_MAX_MM[1] + 20, "unbounded, the cover would reach much further"
+    result = deface(phantom.volume, TruthDetector(labels), DefaceOptions(features=("eyes",)))
+    edits = [e for e in result.provenance["edits"] if e["feature"] == "eyes"]
+    assert len(edits) == 1
+    feather = edits[0]["feather_mm"]
+    assert edits[0]["outer_semi_axes_rs_mm"][0] <= EYE_SEMI_MAX_MM[0] + feather
+    assert edits[0]["outer_semi_axes_rs_mm"][1] <= EYE_SEMI_MAX_MM[1] + feather
+    changed = np.argwhere(result.edit_mask == Label.EYES)
+    centre_s = np.mean([c[1] for c in edits[0]["centres_rs_voxel"]]) * spacing
+    reach = changed[:, 2] * spacing - centre_s
+    assert reach.max() <= EYE_SEMI_MAX_MM[1] + feather + spacing, "the cover reached past its bound above the eyes"
+    assert reach.min() >= -(EYE_SEMI_MAX_MM[1] + feather + spacing), "the cover reached past its bound below the eyes"
