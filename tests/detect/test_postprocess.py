@@ -135,3 +135,21 @@ def test_a_nose_far_below_the_only_eye_is_not_a_nose() -> None:
     _ball(labels, (30, 48, 6), 3.5, 2)  # 104 mm below the eye
     comps = find_components(labels, AFFINE)
     assert not any(c.feature == "nose" for c in comps)
+
+
+def test_tissue_restriction_on_a_crop_with_the_scans_air_level_equals_it_on_the_whole_scan() -> None:
+    from defacer.detect.postprocess import air_threshold, keep_largest_pieces, restrict_to_tissue
+
+    rng = np.random.default_rng(5)
+    image = rng.normal(10.0, 5.0, (50, 50, 50)).astype(np.float32)
+    image[:, :25] += 300.0  # tissue behind, air in front
+    labels = np.zeros(image.shape, np.uint8)
+    labels[10:20, 15:35, 10:20] = 3
+    labels[30:40, 18:33, 30:40] = 2
+    labels[30:33, 40:42, 30:33] = 2  # a crumb in the air
+    whole = keep_largest_pieces(restrict_to_tissue(labels, image))
+    crop = (slice(8, 42), slice(12, 44), slice(9, 41))
+    cropped = labels.copy()
+    cropped[crop] = keep_largest_pieces(restrict_to_tissue(labels[crop], image[crop], threshold=air_threshold(image)))
+    assert np.array_equal(cropped, whole)
+    assert (whole == 3).sum() < (labels == 3).sum(), "air voxels were removed"

@@ -72,3 +72,81 @@ def test_box_to_grid_with_no_regions_is_empty() -> None:
     box = Box(shape=(8, 8, 8), affine=np.diag([4.0, 4.0, 4.0, 1.0]))
     out = box_to_grid(np.zeros((4, 8, 8, 8), np.float32), box, (5, 6, 7), np.eye(4), [])
     assert out.shape == (5, 6, 7) and out.dtype == np.uint8 and not out.any()
+
+
+def test_block_mean_equals_the_mean_over_a_six_axis_reshape() -> None:
+    from defacer.detect.preprocess import block_mean
+
+    image = np.random.default_rng(1).normal(500.0, 200.0, (37, 40, 23)).astype(np.float32)
+    for factors in ([2, 2, 2], [3, 1, 2], [1, 1, 4]):
+        shape = [(n // f) * f for n, f in zip(image.shape, factors)]
+        blocks = image[: shape[0], : shape[1], : shape[2]].reshape(
+            shape[0] // factors[0], factors[0], shape[1] // factors[1], factors[1], shape[2] // factors[2], factors[2])
+        expected = blocks.astype(np.float64).mean(axis=(1, 3, 5))
+        got = block_mean(image, factors)
+        assert got.dtype == np.float32 and got.shape == expected.shape
+        assert np.allclose(got, expected, rtol=1e-5, atol=1e-3)
+
+
+def _box_to_grid_on_the_whole_box(probabilities, box, shape, affine, regions):
+    """Reference: the earlier box_to_grid, interpolating every region's point list on the whole box."""
+    from scipy import ndimage as ndi
+
+    out = np.zeros(shape, np.uint8)
+    to_box_index = np.linalg.inv(box.affine) @ affine
+    from_box = np.linalg.inv(affine) @ box.affine
+    for label, component in regions:
+        idx = np.argwhere(component)
+        lo = np.maximum(idx.min(axis=0) - 2, 0)
+        hi = np.minimum(idx.max(axis=0) + 2, np.asarray(box.shape) - 1)
+        corners = np.array([[a, b, c, 1.0] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
+        grid_corners = (from_box @ corners.T).T[:, :3]
+        g_lo = np.maximum(np.floor(grid_corners.min(axis=0)).astype(int), 0)
+        g_hi = np.minimum(np.ceil(grid_corners.max(axis=0)).astype(int) + 1, np.asarray(shape))
+        if np.any(g_hi <= g_lo):
+            continue
+        ii, jj, kk = np.meshgrid(*(np.arange(a, b) for a, b in zip(g_lo, g_hi)), indexing="ij")
+        points = np.stack([ii, jj, kk], axis=0).reshape(3, -1).astype(float)
+        box_points = to_box_index[:3, :3] @ points + to_box_index[:3, 3:4]
+        allowed = ndi.binary_dilation(component, iterations=1)
+        margin = probabilities[label] - np.delete(probabilities, label, axis=0).max(axis=0)
+        winner = ndi.map_coordinates(margin, box_points, order=1, mode="nearest") > 0
+        winner &= ndi.map_coordinates(allowed.astype(np.float32), box_points, order=1, mode="constant") > 0.25
+        sub = out[g_lo[0]:g_hi[0], g_lo[1]:g_hi[1], g_lo[2]:g_hi[2]]
+        sub[winner.reshape(sub.shape)] = label
+    return out
+
+
+def test_box_to_grid_on_crops_of_the_box_equals_interpolating_on_the_whole_box() -> None:
+    from scipy import ndimage as ndi
+
+    from defacer.detect.preprocess import grid_extent
+
+    rng = np.random.default_rng(3)
+    box = Box(shape=(24, 24, 24), affine=np.diag([2.5, 2.5, 2.5, 1.0]))
+    box.affine[:3, 3] = [-30.0, -30.0, -30.0]
+    logits = ndi.gaussian_filter(rng.normal(size=(4, 24, 24, 24)), (0, 1.5, 1.5, 1.5))
+    probabilities = (np.exp(8 * logits) / np.exp(8 * logits).sum(axis=0)).astype(np.float32)
+    winners = probabilities.argmax(axis=0)
+    regions = []
+    for label in (1, 2, 3):
+        parts, count = ndi.label(winners == label)
+        regions += [(label, parts == i) for i in range(1, count + 1) if (parts == i).sum() > 5]
+    rotation = np.array([[0.98, -0.17, 0.0], [0.17, 0.98, 0.05], [0.0, -0.05, 1.0]])
+    grids = {"1 mm axial": (np.diag([1.0, 1.0, 1.0, 1.0]), (60, 60, 60)),
+             "oblique, thick slices": (np.block([[rotation @ np.diag([0.9, 0.9, 6.0]), np.array([[-28.0], [-31.0], [-33.0]])],
+                                                 [np.zeros((1, 3)), np.ones((1, 1))]]), (70, 70, 10))}
+    for name, (affine, shape) in grids.items():
+        if name == "1 mm axial":
+            affine = affine.copy()
+            # not on whole box voxels: a point exactly on the box's last voxel centre may round to either
+            # side of it in the two computations, and is outside ('constant' mode) on one of them
+            affine[:3, 3] = [-31.13, -29.71, -30.37]
+        expected = _box_to_grid_on_the_whole_box(probabilities, box, shape, affine, regions)
+        got = box_to_grid(probabilities, box, shape, affine, regions)
+        assert expected.any(), name
+        assert np.array_equal(got, expected), f"{name}: {int((got != expected).sum())} voxels differ"
+        extent = grid_extent(regions, box, shape, affine)
+        outside = np.ones(shape, bool)
+        outside[extent] = False
+        assert not got[outside].any(), f"{name}: a label outside the regions' extent"

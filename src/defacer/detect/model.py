@@ -23,8 +23,8 @@ import numpy.typing as npt
 
 from defacer._typing import Affine, LabelMap, PathLike
 from defacer.detect.ear_fallback import add_missing_ears
-from defacer.detect.postprocess import find_components, keep_largest_pieces, restrict_to_tissue
-from defacer.detect.preprocess import box_to_grid, to_box
+from defacer.detect.postprocess import air_threshold, find_components, keep_largest_pieces, restrict_to_tissue
+from defacer.detect.preprocess import box_to_grid, grid_extent, to_box
 from defacer.errors import InputImageError, WeightsError
 from defacer.files import file_sha256
 from defacer.labels import FEATURE_LABELS
@@ -167,7 +167,7 @@ class OnnxDetector:
         -------
         ndarray, shape (X, Y, Z), uint8
         """
-        image = np.asarray(image_ras)
+        image = np.asarray(image_ras, np.float32)  # one conversion here (no copy for float32 input)
         if image.ndim != 3 or min(image.shape) < 2:
             message = f"The detector needs a 3D image with at least 2 voxels per axis, found shape {image.shape}."
             raise InputImageError(message)
@@ -184,7 +184,11 @@ class OnnxDetector:
         clock.stamp("components")
         labels = box_to_grid(probs, box, image.shape, np.asarray(ras_affine, float), regions)
         clock.stamp("to_grid")
-        labels = keep_largest_pieces(restrict_to_tissue(labels, image))
+        # every label lies in the regions' extent: clean that crop only (the whole scan's air level)
+        extent = grid_extent(regions, box, image.shape, np.asarray(ras_affine, float))
+        if extent is not None:
+            labels[extent] = keep_largest_pieces(restrict_to_tissue(labels[extent], image[extent],
+                                                                    threshold=air_threshold(image)))
         clock.stamp("tissue")
         eyes = [c.centre_mm for c in components if c.feature == "eyes"]
         self._last.sources = {}

@@ -138,8 +138,21 @@ def _choose_eyes(candidates: list[Component]) -> list[Component]:
 AIR_LEVEL = 0.1
 
 
+def air_threshold(image: npt.NDArray[np.floating], air_level: float = AIR_LEVEL) -> float | None:
+    """Physical intensity below which :func:`restrict_to_tissue` calls a voxel air.
+
+    ``air_level`` on the 0.5th..99.5th percentile range of every third voxel along each axis;
+    ``None`` when that range is empty (a flat image).
+    """
+    lo, hi = np.percentile(np.asarray(image[::3, ::3, ::3], np.float32), (0.5, 99.5))
+    if not hi > lo:
+        return None
+    return float(lo + air_level * (hi - lo))
+
+
 def restrict_to_tissue(labels: npt.NDArray[np.uint8], image: npt.NDArray[np.floating],
-                       values: tuple[int, ...] = (2, 3), air_level: float = AIR_LEVEL) -> npt.NDArray[np.uint8]:
+                       values: tuple[int, ...] = (2, 3), air_level: float = AIR_LEVEL,
+                       threshold: float | None = None) -> npt.NDArray[np.uint8]:
     """Remove air voxels from the nose and ear labels at the scan's own resolution.
 
     The network sees 4 mm voxels, so an upsampled auricle or nose also covers the air around it;
@@ -153,13 +166,16 @@ def restrict_to_tissue(labels: npt.NDArray[np.uint8], image: npt.NDArray[np.floa
         Label map on the image grid; a new array is returned.
     image : ndarray, shape (X, Y, Z)
         Physical intensities on the same grid.
+    threshold : float, optional
+        The air level in physical intensity; default :func:`air_threshold` of ``image``.  Pass the
+        whole scan's when ``labels`` and ``image`` are a crop of it (the result is then the crop of
+        the whole scan's result).
     """
     out = labels.copy()
-    sample = np.asarray(image[::3, ::3, ::3], np.float32)
-    lo, hi = np.percentile(sample, (0.5, 99.5))
-    if not hi > lo:
+    if threshold is None:
+        threshold = air_threshold(image, air_level)
+    if threshold is None:
         return out
-    threshold = lo + air_level * (hi - lo)
     for value in values:
         where = out == value
         if not where.any():
