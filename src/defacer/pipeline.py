@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from defacer._typing import LabelMap, PathLike
-from defacer.detect import Detector
+from defacer.detect import Detector, HeadModelDetector
 from defacer.distort import Edit, distort_eyes, distort_nose, nose_region
 from defacer.distort_ears import distort_ears
 from defacer.errors import DetectorError, FeaturesNotFoundError
@@ -131,15 +131,23 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
     timings["reorient_s"] = time.perf_counter() - start
 
     t = time.perf_counter()
-    labels_ras = np.asarray(detector.predict(image, reorientation.ras_affine), dtype=np.uint8)
+    head = analyse_head(image, spacing)  # once: the distortions and the detector's ear fallback share it
+    timings["head_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if isinstance(detector, HeadModelDetector):
+        labels_ras = detector.predict_with_head(image, reorientation.ras_affine, head)
+    else:
+        labels_ras = detector.predict(image, reorientation.ras_affine)
+    labels_ras = np.asarray(labels_ras, dtype=np.uint8)
     if labels_ras.shape != image.shape:
         raise DetectorError(f"The detector returned labels of shape {labels_ras.shape} for an image of shape {image.shape}.")
     timings["detect_s"] = time.perf_counter() - t
     # which ears the network found and which the image-based fallback added (the ONNX detector's)
     detected_by = dict(getattr(detector, "last_sources", None) or {})
+    detect_stages = dict(getattr(detector, "last_timings", None) or {})  # the ONNX detector's seconds per stage
 
     t = time.perf_counter()
-    head = analyse_head(image, spacing)
     found = {name: int(np.count_nonzero(labels_ras == label)) for name, label in
              (("eyes", Label.EYES), ("nose", Label.NOSE), ("ears", Label.EARS))}
     nose = None
@@ -194,7 +202,8 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
         "defacer": environment(),
         "detector": {"name": detector.name, "weights_sha256": detector.weights_sha256,
                      **({"class_weights": [float(w) for w in class_weights]} if class_weights is not None else {}),
-                     **({"sources": detected_by} if detected_by else {})},
+                     **({"sources": detected_by} if detected_by else {}),
+                     **({"stage_timings": detect_stages} if detect_stages else {})},
         "options": asdict(options),
         "input_geometry": {"shape": list(volume.shape), "axcodes": volume.axcodes,
                            "spacing_mm": [round(s, 5) for s in volume.spacing], "format": volume.format},

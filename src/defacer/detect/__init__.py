@@ -10,11 +10,14 @@ The pipeline only knows the :class:`Detector` protocol.  Two kinds exist:
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
 from defacer._typing import Affine, LabelMap
+
+if TYPE_CHECKING:
+    from defacer.head import HeadModel
 
 
 @runtime_checkable
@@ -54,5 +57,21 @@ class Detector(Protocol):
         -------
         ndarray, shape (X, Y, Z), uint8
             Label map in the :mod:`defacer.labels` convention on the same grid.
+        """
+        ...
+
+
+@runtime_checkable
+class HeadModelDetector(Detector, Protocol):
+    """A detector that can reuse the caller's head model instead of analysing the head again.
+
+    The pipeline analyses every head (:func:`defacer.head.analyse_head`) for the distortions; a
+    detector that needs the same analysis (the ONNX detector's ear fallback) takes it from there.
+    """
+
+    def predict_with_head(self, image_ras: np.ndarray, ras_affine: Affine, head: HeadModel | None) -> LabelMap:
+        """:meth:`Detector.predict`, with ``head`` the analysis of ``image_ras`` (``None``: made when needed).
+
+        ``head`` must be :func:`defacer.head.analyse_head` of this very image with its RAS spacing.
         """
         ...

@@ -27,6 +27,7 @@ from defacer.detect.postprocess import air_threshold, find_components, keep_larg
 from defacer.detect.preprocess import box_to_grid, grid_extent, to_box
 from defacer.errors import InputImageError, WeightsError
 from defacer.files import file_sha256
+from defacer.head import HeadModel
 from defacer.labels import FEATURE_LABELS
 
 WEIGHTS_NAME = "detector.onnx"
@@ -167,6 +168,24 @@ class OnnxDetector:
         -------
         ndarray, shape (X, Y, Z), uint8
         """
+        return self.predict_with_head(image_ras, ras_affine, None)
+
+    def predict_with_head(self, image_ras: npt.NDArray[np.floating], ras_affine: Affine,
+                          head: HeadModel | None) -> LabelMap:
+        """:meth:`predict`, handing ``head`` to the ear fallback (no second analysis of the head).
+
+        Parameters
+        ----------
+        image_ras, ras_affine
+            As :meth:`predict`.
+        head : HeadModel or None
+            :func:`defacer.head.analyse_head` of ``image_ras`` at its RAS spacing (the pipeline's);
+            ``None``: the ear fallback analyses the head itself when an ear is missing.
+
+        Returns
+        -------
+        ndarray, shape (X, Y, Z), uint8
+        """
         image = np.asarray(image_ras, np.float32)  # one conversion here (no copy for float32 input)
         if image.ndim != 3 or min(image.shape) < 2:
             message = f"The detector needs a 3D image with at least 2 voxels per axis, found shape {image.shape}."
@@ -193,7 +212,7 @@ class OnnxDetector:
         eyes = [c.centre_mm for c in components if c.feature == "eyes"]
         self._last.sources = {}
         if self.ear_fallback and len(eyes) == 2:
-            labels, sides = add_missing_ears(image, np.asarray(ras_affine, float), labels, eyes)
+            labels, sides = add_missing_ears(image, np.asarray(ras_affine, float), labels, eyes, head=head)
             self._last.sources = {"ears": sides}
         clock.stamp("ear_fallback")
         self._last.timings = clock.seconds
