@@ -6,13 +6,15 @@ seen.  For a side with no ear component (and only when both eyes were found) thi
 1. predicts the ear's position from the eyes (:func:`eye_frame`; the mean offset
    :data:`EAR_OFFSET_MM` measured on the reference labels by ``scripts/ear_offsets.py``), moved
    outward along the eye axis to the head's lateral surface;
-2. labels as ear the tissue near that point that a morphological opening of the head removes
-   (the auricle standing out from the head), on the outer side, in the largest piece touching the
-   head, and only when it holds at least :data:`MIN_EAR_MM3`; otherwise the ear stays not found.
-   A head whose field of view cuts the ears, or an ear pressed flat against the head, gives no ear.
+2. labels as ear the whole auricle near that point, delimited from the image by the rule of
+   :mod:`defacer.auricle` (the protrusion a morphological opening of the head separates from it,
+   recentred, with its side footprint's outer shell and its root), and only when the protrusion
+   holds at least :data:`MIN_EAR_MM3`; otherwise the ear stays not found.  A head whose field of
+   view cuts the ears, or an ear pressed flat against the head, gives no ear.
 
-Everything runs on a crop around the predicted ear at about :data:`GRID_MM`, so it adds a few
-tenths of a second at most, and only when an ear is missing.
+Everything runs on a crop around the predicted ear (the protrusion on a grid of about
+:data:`defacer.auricle.GRID_MM`), so it adds a few hundredths of a second, and only when an ear
+is missing.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy.typing as npt
 from scipy import ndimage as ndi
 
 from defacer._typing import Affine, LabelMap, Mask
+from defacer.auricle import delimit_auricle
 from defacer.head import HeadModel, analyse_head, depth_below_surface
 from defacer.labels import Label
 
@@ -36,18 +39,13 @@ EAR_SPREAD_MM = (7.3, 12.7)
 #: Radius around the predicted ear (on the head's lateral surface) searched for an auricle, in mm
 #: (about twice the spread of the offsets, the largest leave-one-out error).
 SEARCH_RADIUS_MM = 30.0
-#: Radius of the ball whose opening of the head delimits the auricle, in mm (on the GRID_MM grid).
-OPENING_MM = 10.0
-#: Grid step on which the auricle is delimited, in mm.
-GRID_MM = 2.0
-#: Tissue more than this medial of the head's lateral surface is never ear, in mm.
-MEDIAL_MM = 10.0
-#: Tissue within this distance of an accepted auricle joins it (its root and partial-volume rim), in mm.
-ROOT_MM = 2.0
-#: Smallest auricle accepted, in mm^3 (the reference auricles hold 4-16 cm^3).
-MIN_EAR_MM3 = 1000.0
 #: How far beyond the search radius an auricle reaching into it is still followed, in mm.
 EXTENT_MM = 20.0
+#: Tissue more than this medial of the head's lateral surface is never ear, in mm.
+MEDIAL_MM = 10.0
+#: Smallest auricle accepted (its protrusion, before the shell and root), in mm^3 (the reference
+#: auricles hold 4-16 cm^3).
+MIN_EAR_MM3 = 1000.0
 #: How far out from the eyes' midline the head's lateral surface is looked for, in mm.
 MAX_HALF_WIDTH_MM = 150.0
 
@@ -126,24 +124,6 @@ def reference_ear_offsets(labels: LabelMap, affine: Affine) -> list[tuple[int, f
     return out
 
 
-def _block_any(mask: Mask, step: tuple[int, ...]) -> Mask:
-    """Max-pooling of a boolean array over blocks of ``step`` voxels (the last block may be partial)."""
-    padded = np.pad(mask, [(0, (-n) % st) for n, st in zip(mask.shape, step, strict=True)])
-    shape: list[int] = []
-    for n, st in zip(padded.shape, step, strict=True):
-        shape += [n // st, st]
-    return np.asarray(padded.reshape(shape).any(axis=(1, 3, 5)))
-
-
-def _block_repeat(coarse: Mask, step: tuple[int, ...], shape: tuple[int, ...]) -> Mask:
-    """Nearest-neighbour upsampling of a block grid back to ``shape`` (inverse of :func:`_block_any`)."""
-    out = coarse
-    for axis, st in enumerate(step):
-        if st > 1:
-            out = np.repeat(out, st, axis=axis)
-    return np.asarray(out[: shape[0], : shape[1], : shape[2]])
-
-
 def lateral_surface(origin: npt.NDArray[np.float64], axes: npt.NDArray[np.float64], side: int, head: HeadModel,
                     depth: npt.NDArray[np.float32], affine: Affine, shape: tuple[int, ...],
                     offset_mm: tuple[float, float] = EAR_OFFSET_MM) -> npt.NDArray[np.float64] | None:
@@ -181,20 +161,29 @@ def lateral_surface(origin: npt.NDArray[np.float64], axes: npt.NDArray[np.float6
 
 def auricle_near(image: npt.NDArray[np.floating], affine: Affine, point: npt.NDArray[np.float64],
                  outward: npt.NDArray[np.float64], head: HeadModel, depth: npt.NDArray[np.float32],
-                 *, radius_mm: float = SEARCH_RADIUS_MM, opening_mm: float = OPENING_MM,
-                 min_mm3: float = MIN_EAR_MM3) -> tuple[Box, Mask] | None:
+                 *, radius_mm: float = SEARCH_RADIUS_MM, min_mm3: float = MIN_EAR_MM3) -> tuple[Box, Mask] | None:
     """The auricle standing out from the head near ``point``, delimited from the image, or ``None``.
 
-    The head is the tissue above the head's threshold plus its interior (more than 4 mm below
-    the surface of the head with its protrusions rolled off), on a grid of about :data:`GRID_MM`;
-    the candidates are the tissue a morphological opening of it (ball of ``opening_mm``) removes,
-    at most :data:`MEDIAL_MM` medial of ``point`` (``outward``: unit vector away from the
-    midline), in pieces that touch the head and reach within ``radius_mm`` of ``point`` (each
-    followed up to :data:`EXTENT_MM` further).  The largest such piece is the auricle, kept when
-    it holds at least ``min_mm3`` of tissue at the scan's resolution, then grown by its root (the
-    tissue within :data:`ROOT_MM`).  The
-    grid is extended by repeating its border (a head cut by the field of view is not an edge to
-    open), so a cut-off ear is not invented from the cut face.
+    The auricle is :func:`defacer.auricle.delimit_auricle` searched within ``radius_mm`` of
+    ``point`` (on the head's lateral surface; a part reaching into it followed up to
+    :data:`EXTENT_MM` beyond) and at most :data:`MEDIAL_MM` medial of it
+    (``outward``: world unit vector away from the midline): the protrusion a morphological
+    opening of the head separates from it (in parts touching the head; the head is continued
+    past the field's edges, so a cut-off ear is not invented from the cut face), recentred, its
+    side footprint with the outer shell of tissue, and its root.  It is kept only when its
+    protrusion holds at least ``min_mm3`` of tissue at the scan's resolution, and as one
+    face-connected piece (each further piece would count as an extra ear).
+
+    Parameters
+    ----------
+    image : ndarray, shape (X, Y, Z)
+        Physical intensities in RAS axis order.
+    affine : ndarray, shape (4, 4)
+        Voxel -> RAS+ mm of ``image``.
+    point, outward : ndarray, shape (3,)
+        World (RAS+ mm) point and unit direction.
+    head, depth
+        :func:`defacer.head.analyse_head` of the image and its :func:`defacer.head.depth_below_surface`.
 
     Returns
     -------
@@ -204,51 +193,13 @@ def auricle_near(image: npt.NDArray[np.floating], affine: Affine, point: npt.NDA
     affine = np.asarray(affine, float)
     spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     inv = np.linalg.inv(affine)
-    centre = inv[:3, :3] @ point + inv[:3, 3]
-    reach = np.ceil((radius_mm + EXTENT_MM + 2 * GRID_MM) / spacing).astype(int)
-    box: Box = tuple(slice(max(0, int(c) - r), min(n, int(c) + r + 1))  # type: ignore[assignment]
-                     for c, r, n in zip(centre, reach, image.shape, strict=True))
-    if any(s.stop - s.start < 2 for s in box):
+    centre = inv[:3, :3] @ np.asarray(point, float) + inv[:3, 3]
+    direction = (inv[:3, :3] @ np.asarray(outward, float)) * spacing  # in the array's mm axes
+    found = delimit_auricle(image, head, depth, tuple(float(s) for s in spacing), centre, direction,  # type: ignore[arg-type]
+                            search_mm=radius_mm, follow_mm=EXTENT_MM, medial_mm=MEDIAL_MM)
+    if found is None or float(found.protrusion.sum()) * float(np.prod(spacing)) < min_mm3:
         return None
-    step = tuple(max(1, int(round(GRID_MM / sp))) for sp in spacing)  # noqa: RUF046 - numpy < 2 rounds to float
-    cs = spacing * np.asarray(step)
-    tissue = np.asarray(image[box]) > head.threshold
-    solid = tissue | (head.upsample(depth, box) > 4.0)
-    tissue_c, solid_c = _block_any(tissue, step), _block_any(solid, step)
-    pad = int(np.ceil(opening_mm / cs.min())) + 1
-    padded = np.pad(solid_c, pad, mode="edge")
-    eroded = ndi.distance_transform_edt(padded, sampling=cs) > opening_mm
-    opened = ndi.distance_transform_edt(~eroded, sampling=cs) <= opening_mm + 0.5 * cs.max()
-    opened = opened[pad:-pad, pad:-pad, pad:-pad] & solid_c
-    removed = solid_c & ~opened & tissue_c
-    # world offset of every coarse cell centre from the point
-    grids = np.meshgrid(*[(np.arange(n) * st + b.start + (st - 1) / 2.0) for n, st, b in
-                          zip(removed.shape, step, box, strict=True)], indexing="ij")
-    world = np.stack(grids, axis=-1) @ affine[:3, :3].T + affine[:3, 3] - point
-    distance2 = (world**2).sum(axis=-1)
-    lateral = world @ outward >= -MEDIAL_MM
-    candidates = removed & lateral & (distance2 <= (radius_mm + EXTENT_MM) ** 2)
-    pieces, count = ndi.label(candidates, structure=np.ones((3, 3, 3), dtype=bool))
-    if count == 0:
-        return None
-    touching = np.intersect1d(pieces[ndi.binary_dilation(opened) & candidates],
-                              pieces[candidates & (distance2 <= radius_mm**2)])
-    touching = touching[touching > 0]
-    if touching.size == 0:
-        return None
-    sizes = np.bincount(pieces.ravel(), minlength=count + 1)
-    best = int(touching[np.argmax(sizes[touching])])
-    mask = tissue & _block_repeat(pieces == best, step, tissue.shape)
-    mask = _largest_part(mask)  # at the scan's resolution the coarse piece's tissue may fall apart
-    if float(mask.sum()) * float(np.prod(spacing)) < min_mm3:
-        return None
-    # its root: the tissue within ROOT_MM of it (as the reference labels' rule; ear Dice +0.04 on 7 heads)
-    grow = max(1, int(round(ROOT_MM / float(spacing.min()))))  # noqa: RUF046 - numpy < 2 rounds to float
-    idx = np.argwhere(mask)
-    sub = tuple(slice(max(0, int(lo) - grow), int(hi) + grow + 1)
-                for lo, hi in zip(idx.min(axis=0), idx.max(axis=0), strict=True))
-    mask[sub] |= ndi.binary_dilation(mask[sub], iterations=grow) & tissue[sub]
-    return box, _largest_part(mask)
+    return found.box, _largest_part(found.mask)
 
 
 def _largest_part(mask: Mask) -> Mask:
@@ -259,24 +210,77 @@ def _largest_part(mask: Mask) -> Mask:
     return np.asarray(parts == 1 + int(np.argmax(np.bincount(parts.ravel())[1:])))
 
 
-def _ear_sides(labels: LabelMap, affine: Affine, origin: npt.NDArray[np.float64],
-               axes: npt.NDArray[np.float64]) -> set[int]:
-    """Sides (+1 along the eye axis, -1 against it) on which the label map has an ear component."""
+def _ear_components(labels: LabelMap, affine: Affine, origin: npt.NDArray[np.float64],
+                    axes: npt.NDArray[np.float64]) -> dict[int, tuple[Box, Mask, npt.NDArray[np.float64]]]:
+    """The largest ear component of the label map on each side of the eyes' midpoint.
+
+    Returns
+    -------
+    dict
+        Side (+1 along the eye axis, -1 against it) -> (crop box, the component's mask in it,
+        its world centroid in RAS+ mm).
+    """
     where = labels == Label.EARS
     if not where.any():
-        return set()
+        return {}
     idx = np.argwhere(where)
     lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
-    crop = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-    shifted = np.asarray(affine, float).copy()
-    shifted[:3, 3] += shifted[:3, :3] @ lo
-    return {1 if float(axes[0] @ (c - origin)) > 0 else -1 for c, _ in _centroids(where[crop], shifted)}
+    crop: Box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))  # type: ignore[assignment]
+    parts, _ = ndi.label(where[crop])
+    sizes = np.bincount(parts.ravel())[1:]
+    out: dict[int, tuple[Box, Mask, npt.NDArray[np.float64]]] = {}
+    affine = np.asarray(affine, float)
+    for i in np.argsort(sizes)[::-1]:
+        mask = parts == int(i) + 1
+        centre = affine[:3, :3] @ (np.argwhere(mask).mean(axis=0) + lo) + affine[:3, 3]
+        side = 1 if float(axes[0] @ (centre - origin)) > 0 else -1
+        out.setdefault(side, (crop, mask, centre))
+    return out
+
+
+def auricle_at(image: npt.NDArray[np.floating], affine: Affine, centre: npt.NDArray[np.float64],
+               outward: npt.NDArray[np.float64], head: HeadModel, depth: npt.NDArray[np.float32]
+               ) -> tuple[Box, Mask] | None:
+    """The whole auricle near a detected ear's centre (:func:`defacer.auricle.delimit_auricle`), or ``None``.
+
+    Parameters
+    ----------
+    image : ndarray, shape (X, Y, Z)
+        Physical intensities in RAS axis order.
+    affine : ndarray, shape (4, 4)
+        Voxel -> RAS+ mm of ``image``.
+    centre, outward : ndarray, shape (3,)
+        The detected ear's centroid (RAS+ mm) and the world unit vector away from the midline.
+    head, depth
+        :func:`defacer.head.analyse_head` of the image and its :func:`defacer.head.depth_below_surface`.
+
+    Returns
+    -------
+    (box, mask) or None
+        The region of the RAS image and the auricle's voxels in it (one face-connected piece).
+    """
+    affine = np.asarray(affine, float)
+    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    inv = np.linalg.inv(affine)
+    found = delimit_auricle(image, head, depth, tuple(float(s) for s in spacing),  # type: ignore[arg-type]
+                            inv[:3, :3] @ np.asarray(centre, float) + inv[:3, 3],
+                            (inv[:3, :3] @ np.asarray(outward, float)) * spacing)
+    if found is None:
+        return None
+    return found.box, _largest_part(found.mask)
 
 
 def add_missing_ears(image: npt.NDArray[np.floating], affine: Affine, labels: LabelMap,
                      eye_centres: list[npt.NDArray[np.float64]], head: HeadModel | None = None,
-                     offset_mm: tuple[float, float] = EAR_OFFSET_MM) -> tuple[LabelMap, dict[str, str]]:
-    """Label from the image the auricle of each side where ``labels`` has no ear.
+                     offset_mm: tuple[float, float] = EAR_OFFSET_MM, *,
+                     refine: bool = False) -> tuple[LabelMap, dict[str, str]]:
+    """Label from the image the auricle of each side where ``labels`` has no ear, and the whole
+    auricle of each ear the network found.
+
+    The network's ear is often only the core of the auricle: with ``refine``, each side's ear
+    component is replaced by the auricle delimited from the image near its centroid
+    (:func:`auricle_at`), when one stands out there; where none does (an ear pressed flat, cut by
+    the field), the network's component stays as it is.
 
     Parameters
     ----------
@@ -290,26 +294,29 @@ def add_missing_ears(image: npt.NDArray[np.floating], affine: Affine, labels: La
         The two eyes' centres in RAS+ mm (with fewer than two, nothing is added).
     head : HeadModel, optional
         :func:`defacer.head.analyse_head` of the image, computed when not given (and only when
-        an ear is missing).
+        an ear is missing or to be refined).
     offset_mm : tuple of 2 float
         The ear's mean (y, z) offset in the eye frame (default :data:`EAR_OFFSET_MM`).
+    refine : bool
+        Replace each network ear by the image-delimited auricle near it (default on).
 
     Returns
     -------
     labels : ndarray, uint8
         With label 3 added (never over an eye or the nose) where an auricle was found.
     sources : dict
-        ``{"right": s, "left": s}`` in RAS+ terms (right: towards +x), each ``"network"``,
-        ``"image"`` (found here) or ``"none"``; empty when the eyes give no frame.
+        ``{"right": s, "left": s}`` in RAS+ terms (right: towards +x), each ``"network"``
+        (found by the network, its extent possibly delimited from the image), ``"image"``
+        (found here) or ``"none"``; empty when the eyes give no frame.
     """
     if len(eye_centres) != 2:
         return labels, {}
     origin, axes, _ = eye_frame(eye_centres[0], eye_centres[1])
-    present = _ear_sides(labels, affine, origin, axes)
+    present = _ear_components(labels, affine, origin, axes)
     names = {1: "right", -1: "left"}
     sources = {names[side]: ("network" if side in present else "none") for side in (1, -1)}
     missing = [side for side in (1, -1) if side not in present]
-    if not missing:
+    if not missing and not (refine and present):
         return labels, sources
     affine = np.asarray(affine, float)
     spacing = tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
@@ -317,6 +324,14 @@ def add_missing_ears(image: npt.NDArray[np.floating], affine: Affine, labels: La
         head = analyse_head(image, spacing)  # type: ignore[arg-type]
     depth = depth_below_surface(head, spacing)  # type: ignore[arg-type]
     out = labels.copy()
+    for side, (crop, component, centre) in present.items() if refine else ():
+        whole = auricle_at(image, affine, centre, side * axes[0], head, depth)
+        if whole is None:
+            continue
+        out[crop][component] = 0
+        box, mask = whole
+        region = out[box]
+        region[mask & (region == 0)] = Label.EARS
     for side in missing:
         surface = lateral_surface(origin, axes, side, head, depth, affine, image.shape, offset_mm)
         if surface is None:

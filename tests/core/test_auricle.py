@@ -1,0 +1,155 @@
+"""The whole-auricle rule (defacer.auricle) and the ear distortion built on it, on the synthetic phantom.
+
+The phantom's auricles (defacer.phantom) are thin plates 7 mm thick, 28 mm wide and 54 mm tall,
+standing 4-11 mm off the head (x = 74 mm at the ear) and joined to it around the ear canal
+(x = 77, y = -2, z = -6 mm): the rule must take all of each, and nothing of the head behind it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from defacer.auricle import block_any, block_repeat, delimit_auricle
+from defacer.distort_ears import distort_ears
+from defacer.head import analyse_head, depth_below_surface
+from defacer.labels import Label
+from defacer.phantom import HEAD_AXES, make_phantom
+from defacer.pipeline import DefaceOptions, deface
+
+SPACING = (2.0, 2.0, 2.0)
+
+
+class TruthDetector:
+    """Returns a fixed RAS label map (the phantom is made in RAS)."""
+
+    name = "truth"
+    weights_sha256 = None
+
+    def __init__(self, labels: np.ndarray) -> None:
+        self.labels = labels
+
+    def predict(self, image_ras: np.ndarray, ras_affine: np.ndarray) -> np.ndarray:
+        return self.labels
+
+
+def _world(shape: tuple[int, ...]) -> list[np.ndarray]:
+    """RAS mm of each voxel of a 2 mm phantom grid (open grids)."""
+    coords = [(np.arange(n) - (n - 1) / 2.0) * 2.0 for n in shape]
+    return list(np.meshgrid(*coords, indexing="ij", sparse=True))
+
+
+def _voxel(point_mm: tuple[float, float, float], shape: tuple[int, ...]) -> np.ndarray:
+    return np.array([p / 2.0 + (n - 1) / 2.0 for p, n in zip(point_mm, shape, strict=True)])
+
+
+def _inside_head(x: np.ndarray, y: np.ndarray, z: np.ndarray, by_mm: float) -> np.ndarray:
+    """Inside the head ellipsoid shrunk by ``by_mm``: deeper than that below the scalp."""
+    return sum((c / (ax - by_mm)) ** 2 for c, ax in zip((x, y, z), HEAD_AXES, strict=True)) < 1
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    made = make_phantom(2.0, seed=3)
+    image = made.volume.values(np.float32)
+    head = analyse_head(image, SPACING)
+    return made, image, head, depth_below_surface(head, SPACING)
+
+
+def _full(found, shape: tuple[int, ...]) -> np.ndarray:
+    out = np.zeros(shape, dtype=bool)
+    out[found.box] = found.mask
+    return out
+
+
+@pytest.mark.parametrize("side", [-1, 1])
+def test_the_whole_auricle_is_found_from_a_point_at_its_lobule(phantom, side) -> None:
+    """From the lobule's tip (50 mm below the top of the helix, beyond one pass's 32 mm search),
+    the recentred pass reaches the whole auricle; the head behind it is never taken."""
+    made, image, head, depth = phantom
+    x, y, z = _world(image.shape)
+    found = delimit_auricle(image, head, depth, SPACING, _voxel((side * 82.0, -6.0, -27.0), image.shape),
+                            (float(side), 0.0, 0.0))
+    assert found is not None
+    mask = _full(found, image.shape)
+    truth = (made.labels == Label.EARS) & (x * side > 0)
+    assert mask[truth].mean() >= 0.97
+    # its root (2 mm, one voxel) only: nothing deeper than 2 mm + a voxel below the scalp ...
+    assert not (mask & _inside_head(x, y, z, 4.0)).any()
+    # ... and no scalp at all behind the auricle away from where it joins the head (the canal)
+    away_from_canal = ((x - side * 77.0) ** 2 + (y + 2.0) ** 2 + (z + 6.0) ** 2) > 12.0**2
+    assert not (mask & _inside_head(x, y, z, 0.0) & away_from_canal).any()
+
+
+def test_nothing_is_found_where_nothing_stands_out(phantom) -> None:
+    made, image, head, depth = phantom
+    flat = image.copy()
+    flat[made.labels == Label.EARS] = 0.0  # the auricles removed: only the smooth head is left
+    assert delimit_auricle(flat, head, depth, SPACING, _voxel((74.0, -4.0, -4.0), image.shape),
+                           (1.0, 0.0, 0.0)) is None
+
+
+def test_a_floating_holder_beside_the_ear_is_not_taken(phantom) -> None:
+    """A head holder pad 6 mm lateral of the auricle, in the air, is no ear; the auricle still is."""
+    made, image, head, depth = phantom
+    x, y, z = _world(image.shape)
+    holder = (x >= 92.0) & (x <= 98.0) & (np.abs(y + 6.0) <= 30.0) & (np.abs(z + 4.0) <= 40.0)
+    held = image.copy()
+    held[np.broadcast_to(holder, image.shape)] = 780.0
+    found = delimit_auricle(held, head, depth, SPACING, _voxel((82.0, -6.0, -4.0), image.shape), (1.0, 0.0, 0.0))
+    assert found is not None
+    mask = _full(found, image.shape)
+    assert not (mask & holder).any()
+    assert mask[(made.labels == Label.EARS) & (x > 0)].mean() >= 0.97
+
+
+def test_distort_ears_changes_the_whole_auricle_from_a_small_detection(phantom) -> None:
+    """A detection of the lobule alone (a 6 mm ball) becomes the whole auricle plus its air rim."""
+    made, image, head, depth = phantom
+    x, y, z = _world(image.shape)
+    ears = np.zeros(image.shape, dtype=bool)
+    for side in (-1, 1):
+        ears |= ((x - side * 82.0) ** 2 + (y + 6.0) ** 2 + (z + 27.0) ** 2) <= 6.0**2
+    ears &= made.labels == Label.EARS
+    edits = distort_ears(image, ears, head, SPACING, np.random.default_rng(0), depth=depth)
+    assert len(edits) == 2
+    changed = np.zeros(image.shape, dtype=bool)
+    for edit in edits:
+        changed[edit.box] |= edit.mask
+        assert edit.params["auricle_found"]
+    truth = made.labels == Label.EARS
+    assert changed[truth].mean() >= 0.97
+    assert not (changed & _inside_head(x, y, z, 4.0)).any()
+    # nothing far from the auricles: within 4 mm (the 2 mm rim and a voxel) of them, or the root
+    from scipy import ndimage as ndi
+
+    assert not (changed & ~ndi.binary_dilation(truth, iterations=2) & ~_inside_head(x, y, z, -4.0)).any()
+
+
+def test_the_pipeline_removes_whole_auricles_and_never_the_brain(phantom) -> None:
+    made, _, _, _ = phantom
+    x, y, z = _world(made.labels.shape)
+    near_canal = np.zeros(made.labels.shape, dtype=bool)
+    for side in (-1, 1):
+        near_canal |= ((x - side * 77.0) ** 2 + (y + 2.0) ** 2 + (z + 6.0) ** 2) <= 9.0**2
+    core = made.labels.copy()
+    core[(core == Label.EARS) & ~near_canal] = 0
+    result = deface(made.volume, TruthDetector(core), DefaceOptions(features=("ears",)))
+    changed = result.edit_mask == Label.EARS
+    truth = made.labels == Label.EARS
+    for side in (-1, 1):
+        assert changed[truth & (x * side > 0)].mean() >= 0.97
+    assert not (changed & _inside_head(x, y, z, 4.0)).any()
+    assert not (result.volume.raw != made.volume.raw)[made.brain].any()
+    assert result.provenance["protection"]["changed_inside_protected"] == 0
+
+
+def test_block_any_and_block_repeat_round_trip() -> None:
+    rng = np.random.default_rng(0)
+    mask = rng.random((7, 5, 9)) > 0.9
+    coarse = block_any(mask, (2, 2, 3))
+    assert coarse.shape == (4, 3, 3)
+    back = block_repeat(coarse, (2, 2, 3), mask.shape)
+    assert back.shape == mask.shape
+    assert not (mask & ~back).any()  # every set voxel's block is set
+    assert np.array_equal(block_any(back, (2, 2, 3)), coarse)
