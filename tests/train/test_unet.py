@@ -62,3 +62,37 @@ def test_onnx_export_agrees_with_pytorch(tmp_path) -> None:
 
 def test_config_round_trips_through_a_dict() -> None:
     assert UNetConfig.from_dict(SMALL.to_dict()) == SMALL
+
+
+def test_the_softmax_wrapper_is_the_softmax_and_exports_without_a_softmax_node(tmp_path) -> None:
+    onnx = pytest.importorskip("onnx")
+    torch.manual_seed(1)
+    model = SoftmaxUNet(AttentionUNet3D(SMALL)).eval()
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(model(x), torch.softmax(model.net(x), dim=1), atol=1e-6)
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(model, (x,), str(path), input_names=["image"], output_names=["probabilities"],
+                      opset_version=17, dynamo=False)
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert "Softmax" not in ops and "Exp" in ops
+
+
+def test_reducing_channels_before_upsampling_computes_what_upsampling_first_computed() -> None:
+    torch.manual_seed(2)
+    net = AttentionUNet3D(SMALL).eval()
+    x = torch.randn(1, 1, 16, 16, 16)
+
+    def upsample_first(x: torch.Tensor) -> torch.Tensor:  # the earlier order of the decoder
+        skips = []
+        for i, encoder in enumerate(net.encoders):
+            x = encoder(x if i == 0 else net.pool(x))
+            skips.append(x)
+        x = skips.pop()
+        for gate, reduce, decoder in zip(net.gates, net.reduce, net.decoders):
+            skip = skips.pop()
+            x = decoder(torch.cat([gate(skip, x), reduce(net.upsample(x))], dim=1))
+        return net.head(x)
+
+    with torch.no_grad():
+        assert torch.allclose(net(x), upsample_first(x), atol=1e-5)
