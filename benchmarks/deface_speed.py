@@ -1,10 +1,13 @@
-"""Benchmark: end-to-end `deface` time and peak memory per real 1 mm head, given a label map.
+"""Benchmark: end-to-end `deface` time and peak memory per real 1 mm head.
 
-Measures everything except the detector's own inference: load, reorient, head analysis,
-distortions, mapping back and writing the output (+ sidecar).  Each scan runs in a fresh
-process so peak RSS is per scan.  Prints one line per scan and a summary.
+Default: given the scan's reference label map, so everything except the detector's own
+inference is measured: load, reorient, head analysis, distortions, mapping back and writing the
+output (+ sidecar).  ``--cli``: the ``defacer deface`` command itself with the shipped detector,
+as a user runs it (interpreter start, imports, weights check, detection, everything), timed from
+outside, with ``detect_s`` and the other stages read from its sidecar.  Each scan runs in a fresh
+process so peak RSS is per scan.  Prints one line per scan, the load average, and a summary.
 
-    python benchmarks/deface_speed.py [--data ../shared/data] [--repeat 3]
+    python benchmarks/deface_speed.py [--data ../shared/data] [--repeat 3] [--cli]
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,12 +54,27 @@ def labels_for(scan: Path, tmp: Path) -> Path:
     sys.exit(f"no reference labels for {scan.name} in reference_labels/; run scripts/make_reference_labels.py first")
 
 
+def run_cli(scan: Path, out: Path) -> dict:
+    """Time ``defacer deface SCAN OUT --force`` from outside; its sidecar's timings and the command's peak RSS."""
+    command = [str(Path(sys.executable).with_name("defacer")), "deface", str(scan), str(out), "--force"]
+    t = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)  # the child's own resource usage (Linux, macOS)
+    wall = time.perf_counter() - t
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"defacer deface failed on {scan}; run {' '.join(command)} to see why")
+    sidecar = json.loads(out.with_name(out.name.split(".")[0] + ".defacer.json").read_text())
+    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "timings": sidecar["timings"]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--cli", action="store_true", help="time the defacer deface command with the shipped detector")
     args = parser.parse_args()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(f"{'scan':40s} {'shape':>16s} {'wall s (best)':>14s} {'peak RSS MB':>12s}  breakdown (best run)")
     rows = []
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -65,25 +84,31 @@ def main() -> int:
             if not scan.exists():
                 print(f"{relative:40s} missing, skipped")
                 continue
-            labels = labels_for(scan, tmp)
+            labels = None if args.cli else labels_for(scan, tmp)
             best = None
             for _ in range(args.repeat):
                 out = tmp / scan.name
-                result = subprocess.run([sys.executable, "-c", CHILD, str(scan), str(labels), str(out)],
-                                        capture_output=True, text=True, check=True)
-                record = json.loads(result.stdout.strip().splitlines()[-1])
+                if labels is None:
+                    record = run_cli(scan, out)
+                else:
+                    result = subprocess.run([sys.executable, "-c", CHILD, str(scan), str(labels), str(out)],
+                                            capture_output=True, text=True, check=True)
+                    record = json.loads(result.stdout.strip().splitlines()[-1])
                 if best is None or record["wall_s"] < best["wall_s"]:
                     best = record
             import nibabel as nib
 
             shape = "x".join(str(n) for n in nib.load(str(scan)).shape[:3])
             t = best["timings"]
-            detail = ", ".join(f"{k[:-2]} {t[k]:.2f}" for k in ("load_s", "distort_s", "map_back_s", "save_s") if k in t)
+            detail = ", ".join(f"{k[:-2]} {t[k]:.2f}" for k in ("load_s", "head_s", "detect_s", "distort_s", "map_back_s", "save_s")
+                               if k in t)
             print(f"{relative:40s} {shape:>16s} {best['wall_s']:14.2f} {best['peak_rss_mb']:12.0f}  {detail}")
             rows.append(best)
+    print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     if rows:
         print(f"mean wall {sum(r['wall_s'] for r in rows) / len(rows):.2f} s, max peak RSS "
-              f"{max(r['peak_rss_mb'] for r in rows):.0f} MB (targets: < 1.0 s, < 1024 MB)")
+              f"{max(r['peak_rss_mb'] for r in rows):.0f} MB (targets: without the detector < 1.0 s, the whole command "
+              f"with it <= 2 s; < 1024 MB)")
     return 0
 
 
