@@ -16,7 +16,7 @@ import pytest
 from defacer.cli.main import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "batch"))
-from batch_fixtures import write_dicom_phantom
+from batch_fixtures import write_bids_phantoms, write_dicom_phantom
 
 KEY = "outputs-safety-test-key-0123456789"
 
@@ -137,6 +137,88 @@ def test_a_symlink_inside_an_owned_folder_is_never_followed(tmp_path):
     with pytest.raises(OutputError, match="link"):
         check_replaceable(out, force=True)
     assert (precious / "keep.txt").read_text() == "keep"
+
+
+# --- batch --force writes beside a user's files, never over them ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bids_one(tmp_path_factory) -> tuple[Path, Path]:
+    """A BIDS dataset of one 3 mm phantom (sub-01 T1w, with README and a JSON sidecar) and its labels folder."""
+    root = tmp_path_factory.mktemp("bids")
+    write_bids_phantoms(root / "ds", root / "labels", [("01", None, "T1w", "T1")])
+    return root / "ds", root / "labels"
+
+
+def batch_into(bids: tuple[Path, Path], out: Path, *extra: str) -> int:
+    return main(["batch", str(bids[0]), str(out), "--labels-dir", str(bids[1]), "-q", *extra])
+
+
+#: Files a batch of ``bids_one`` writes into OUT: the image, its JSON sidecar, its provenance, a carried-over
+#: file and the BIDS dataset description.
+BATCH_OUTPUTS = ["sub-01/anat/sub-01_T1w.nii.gz", "sub-01/anat/sub-01_T1w.json",
+                 "sub-01/anat/sub-01_T1w.defacer.json", "README", "dataset_description.json"]
+
+
+@pytest.mark.parametrize("victim", BATCH_OUTPUTS)
+def test_batch_force_refuses_a_user_file_that_has_an_outputs_name(bids_one, tmp_path, victim, capsys):
+    """``batch IN OUT --force`` into a folder that is no batch output replaced a user file named as an output."""
+    out = tmp_path / "out"
+    mine = out / victim
+    mine.parent.mkdir(parents=True)
+    mine.write_text("years of work\n")
+    before = snapshot(out)
+    assert batch_into(bids_one, out, "--force") == 1
+    err = capsys.readouterr().err
+    assert victim in err and "did not write" in err and "Traceback" not in err
+    assert snapshot(out) == before and not (out / ".defacer").exists(), "nothing is written when refused"
+
+
+def test_batch_force_writes_beside_user_files_and_replaces_only_its_own(bids_one, tmp_path):
+    out = tmp_path / "out"
+    (out / "notes").mkdir(parents=True)
+    (out / "notes" / "todo.txt").write_text("mine")
+    assert batch_into(bids_one, out) == 1, "a non-empty folder that is no batch output needs --force"
+    assert batch_into(bids_one, out, "--force") == 0
+    assert all((out / name).is_file() for name in BATCH_OUTPUTS) and (out / "notes" / "todo.txt").read_text() == "mine"
+    image = out / BATCH_OUTPUTS[0]
+    image.write_bytes(b"damaged")
+    assert batch_into(bids_one, out) == 0 and image.read_bytes() != b"damaged", "a rerun redoes what the batch wrote"
+
+
+def test_a_batch_output_never_gains_a_user_file_into_its_ownership(bids_one, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert batch_into(bids_one, out, "--others", "skip") == 0
+    readme = out / "README"
+    readme.write_text("my notes on this output\n")
+    # The rerun would now copy IN's README: that name was never the batch's, so it is refused, --force or not.
+    for extra in ([], ["--force"], ["--redo", "--force"]):
+        assert batch_into(bids_one, out, *extra) == 1
+        assert "'README'" in capsys.readouterr().err
+        assert readme.read_text() == "my notes on this output\n"
+    assert batch_into(bids_one, out, "--others", "skip") == 0
+
+
+def test_a_batch_output_written_before_the_ownership_record_still_resumes(bids_one, tmp_path):
+    out = tmp_path / "out"
+    assert batch_into(bids_one, out) == 0
+    record = out / ".defacer" / "owned.jsonl"
+    record.unlink()  # as an older defacer left it: a manifest, no record
+    assert batch_into(bids_one, out, "--redo") == 0, "credited with its manifest's outputs and dataset description"
+    names = {json.loads(line)["path"] for line in record.read_text().splitlines()}
+    assert set(BATCH_OUTPUTS) - {"README"} <= names
+
+
+def test_a_record_line_cut_short_by_a_killed_run_is_ignored_and_the_next_starts_afresh(tmp_path):
+    from defacer.batch.ownership import OwnershipRecord
+
+    path = tmp_path / ".defacer" / "owned.jsonl"
+    path.parent.mkdir()
+    path.write_text('{"path": "a.nii.gz"}\n{"path": "b.ni')
+    record = OwnershipRecord(path, tmp_path)
+    assert record.names == {"a.nii.gz"}
+    record.add([tmp_path / "c.nii.gz"])
+    assert OwnershipRecord(path, tmp_path).names == {"a.nii.gz", "c.nii.gz"}
 
 
 # --- 3: no output is ever an input --------------------------------------------------------------------------------

@@ -14,8 +14,9 @@ Two output layouts:
     ``OUT/sub-01/anat/sub-01_desc-defaced_T1w.nii.gz`` with a sidecar naming its
     ``Sources``.  Nothing else is copied.
 
-Batch bookkeeping (manifest, summary, lock) lives in ``OUT/.defacer/``, which BIDS tools
-ignore.  Verification reports, pictures and the QC gallery (``--verify``) go to the sibling
+Batch bookkeeping (manifest, ownership record, summary, lock) lives in ``OUT/.defacer/``, which
+BIDS tools ignore; only files the ownership record names are ever replaced
+(:mod:`defacer.batch.ownership`).  Verification reports, pictures and the QC gallery (``--verify``) go to the sibling
 folder ``OUT-qc/``, never inside OUT: they show the original faces, and OUT is what people share.
 """
 
@@ -28,12 +29,15 @@ import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from defacer._version import __version__
 from defacer.batch.discover import Scan
 from defacer.errors import OutputError
 from defacer.io.atomic import TEMP_PREFIX, copy_atomic, write_text_atomic
+
+if TYPE_CHECKING:
+    from defacer.batch.ownership import OwnershipRecord
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +109,16 @@ class OutputLayout:
         out = self.output_path(scan)
         return out.parent / f"{desc_defaced_name(scan.stem) if self.layout == 'derivatives' else scan.stem}.json"
 
+    def scan_targets(self, scan: Scan) -> list[Path]:
+        """Every path in OUT that defacing ``scan`` may write: the image (a folder for a DICOM series),
+        a ``.nhdr``'s possible data files, the provenance sidecar and the JSON sidecar."""
+        from defacer.io.output_guard import detached_data_candidates
+        from defacer.provenance import sidecar_path
+
+        out = self.output_path(scan)
+        sidecar = self.sidecar_path(scan)
+        return [out, *detached_data_candidates(out), sidecar_path(out), *([sidecar] if sidecar is not None else [])]
+
     def verify_dir(self, scan: Scan) -> Path:
         """Folder for the scan's verification report and pictures, in :attr:`qc_dir` (outside OUT)."""
         key = str(scan.relpath.parent / scan.stem) if scan.kind == "file" else scan.key
@@ -142,11 +156,15 @@ def check_folders(in_root: Path, out_root: Path) -> None:
         )
 
 
-def prepare_output(layout: OutputLayout, *, force: bool) -> bool:
+def prepare_output(layout: OutputLayout, *, force: bool, owned: OwnershipRecord | None = None,
+                   targets: Iterable[Path] = ()) -> bool:
     """Create OUT (or accept it for resuming) and clear stale temporary files.
 
     OUT may be new, empty, or a previous batch's output (it has ``.defacer/manifest.jsonl``):
-    the batch then resumes.  Any other non-empty folder is refused unless ``force``.
+    the batch then resumes.  Any other non-empty folder is refused unless ``force``.  With
+    ``owned``, every one of ``targets`` (the files the batch will write) that exists must be
+    listed in that ownership record (:meth:`OwnershipRecord.check`); all this is checked before
+    anything is created.
 
     Returns
     -------
@@ -165,8 +183,10 @@ def prepare_output(layout: OutputLayout, *, force: bool) -> bool:
     if out.is_dir() and not resuming and any(out.iterdir()) and not force:
         raise OutputError(
             f"The output folder '{out}' is not empty and holds no defacer batch manifest. Choose an empty or new "
-            "folder, or pass --force to write into it anyway."
+            "folder, or pass --force to write beside the files it holds (never over them)."
         )
+    if owned is not None:
+        owned.check(targets)
     try:
         layout.state_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -229,10 +249,27 @@ def dataset_description(layout: OutputLayout, source: dict[str, Any] | None) -> 
     return described
 
 
+#: The line a BIDS output's ``.bidsignore`` gets (the per-scan provenance files are not BIDS).
+BIDSIGNORE_LINE = "*.defacer.json"
+
+
+def dataset_targets(layout: OutputLayout) -> list[Path]:
+    """The files :func:`write_dataset_files` will write: ``dataset_description.json`` and, unless it already
+    lists :data:`BIDSIGNORE_LINE`, ``.bidsignore`` (none for a non-BIDS input)."""
+    if not layout.bids:
+        return []
+    ignore = layout.out_root / ".bidsignore"
+    try:
+        listed = ignore.is_file() and BIDSIGNORE_LINE in ignore.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        listed = False
+    return [layout.out_root / "dataset_description.json", *([] if listed else [ignore])]
+
+
 def write_dataset_files(layout: OutputLayout) -> None:
     """Write ``dataset_description.json`` and ``.bidsignore`` into a BIDS output.
 
-    ``.bidsignore`` gains ``*.defacer.json`` (the per-scan provenance files are not BIDS).
+    ``.bidsignore`` gains :data:`BIDSIGNORE_LINE`.
     """
     if not layout.bids:
         return
@@ -248,8 +285,8 @@ def write_dataset_files(layout: OutputLayout) -> None:
     lines = ignore.read_text(encoding="utf-8").splitlines() if ignore.is_file() else []
     if not lines and (layout.in_root / ".bidsignore").is_file():
         lines = (layout.in_root / ".bidsignore").read_text(encoding="utf-8").splitlines()
-    if "*.defacer.json" not in lines:
-        lines.append("*.defacer.json")
+    if BIDSIGNORE_LINE not in lines:
+        lines.append(BIDSIGNORE_LINE)
         ignore.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -279,6 +316,29 @@ def defaced_sidecar(scan: Scan, layout: OutputLayout, features: Iterable[str], s
     return data
 
 
+def _carried(layout: OutputLayout, relpaths: Iterable[PurePosixPath], mode: str) -> list[tuple[Path, Path]]:
+    """(source in IN, target in OUT) of each non-image file :func:`carry_over` handles."""
+    if mode not in OTHERS_MODES:
+        raise ValueError(f"Unknown mode for non-image files {mode!r}: expected one of {', '.join(OTHERS_MODES)}.")
+    if mode == "skip":
+        return []
+    return [(layout.in_root / rel, layout.out_root / rel) for rel in relpaths
+            if not (rel.name in ("dataset_description.json", ".bidsignore") and len(rel.parts) == 1 and layout.bids)]
+
+
+def carry_over_targets(layout: OutputLayout, relpaths: Iterable[PurePosixPath], mode: str) -> list[Path]:
+    """The files in OUT that :func:`carry_over` would write now (those not already there)."""
+    targets = []
+    for source, target in _carried(layout, relpaths, mode):
+        try:
+            there = _already_there(source, target, mode)
+        except OSError:  # a broken source: carry_over warns and writes nothing
+            continue
+        if not there:
+            targets.append(target)
+    return targets
+
+
 def carry_over(layout: OutputLayout, relpaths: Iterable[PurePosixPath], mode: str) -> tuple[int, int]:
     """Copy, hard-link or symlink non-image files from IN to the same place in OUT.
 
@@ -290,16 +350,8 @@ def carry_over(layout: OutputLayout, relpaths: Iterable[PurePosixPath], mode: st
     (done, kept) : tuple of int
         Files written now, and files already present.
     """
-    if mode not in OTHERS_MODES:
-        raise ValueError(f"Unknown mode for non-image files {mode!r}: expected one of {', '.join(OTHERS_MODES)}.")
     done = kept = 0
-    if mode == "skip":
-        return done, kept
-    for rel in relpaths:
-        source = layout.in_root / rel
-        target = layout.out_root / rel
-        if rel.name in ("dataset_description.json", ".bidsignore") and len(rel.parts) == 1 and layout.bids:
-            continue
+    for source, target in _carried(layout, relpaths, mode):
         try:
             if _already_there(source, target, mode):
                 kept += 1

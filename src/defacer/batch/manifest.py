@@ -118,7 +118,8 @@ class ScanRecord:
         return cls(**known)
 
 
-def _ends_with_newline(path: Path) -> bool:
+def ends_with_newline(path: Path) -> bool:
+    """Whether a non-empty file's last byte is a newline (an append then starts on a fresh line)."""
     with path.open("rb") as handle:
         handle.seek(0, os.SEEK_END)
         if handle.tell() == 0:
@@ -248,7 +249,7 @@ class Manifest:
         self.damaged_lines = 0
         if path.is_file():
             self._read()
-            if not read_only and (self.damaged_lines or not _ends_with_newline(path)):
+            if not read_only and (self.damaged_lines or not ends_with_newline(path)):
                 self.compact()  # so the next append starts on a fresh line
         elif read_only:
             return

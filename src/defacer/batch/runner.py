@@ -28,7 +28,9 @@ from defacer.batch.layout import (
     OTHERS_MODES,
     OutputLayout,
     carry_over,
+    carry_over_targets,
     check_folders,
+    dataset_targets,
     defaced_sidecar,
     prepare_output,
     remove_stale_temporaries,
@@ -42,6 +44,7 @@ from defacer.batch.manifest import (
     is_up_to_date,
     options_fingerprint,
 )
+from defacer.batch.ownership import open_record
 from defacer.batch.summary import Counts, Progress, count, print_table, verdict_of, write_html
 from defacer.batch.task import DefaceFile, ScanTask, input_files, scan_seed
 from defacer.checks import DEFAULT_MAX_VOXELS
@@ -408,7 +411,11 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
     """
     start = time.perf_counter()
     discovery, layout = _discover(config)
-    resuming = prepare_output(layout, force=config.force)
+    others = config.others or ("copy" if config.layout == "mirror" else "skip")
+    owned = open_record(layout)
+    carried = carry_over_targets(layout, discovery.others, others)
+    targets = [*(t for scan in discovery.scans for t in layout.scan_targets(scan)), *carried, *dataset_targets(layout)]
+    resuming = prepare_output(layout, force=config.force, owned=owned, targets=targets)
     if config.verify:
         check_folders(layout.in_root, layout.qc_dir)
         from defacer.verify.qc import notice, write_readme
@@ -418,7 +425,7 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
             print(notice(layout.qc_dir, config.qc_after_only), file=stream or sys.stderr)
     with batch_lock(layout.state_dir):
         manifest = Manifest(layout.manifest_path)
-        others = config.others or ("copy" if config.layout == "mirror" else "skip")
+        owned.add(targets)  # before writing: a run killed after a write still owns the file
         carry_over(layout, discovery.others, others)
         write_dataset_files(layout)
         tasks, skipped = plan(config, discovery, layout, manifest, deface)

@@ -85,7 +85,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--redo", action="store_true", help="deface every scan again, even those recorded as done")
     parser.add_argument("--rehash", action="store_true",
                         help="check done scans by sha256 instead of size and modification time")
-    parser.add_argument("--force", action="store_true", help="write into a non-empty OUT that is not a batch output")
+    parser.add_argument("--force", action="store_true",
+                        help="write into a non-empty OUT that is not a batch output, beside its files (a file there "
+                             "with an output's name is refused: only what defacer wrote is ever replaced)")
     parser.add_argument("-n", "--dry-run", action="store_true",
                         help="list what would be defaced, skipped and excluded, and write nothing")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary table")

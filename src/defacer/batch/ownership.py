@@ -1,0 +1,143 @@
+"""Which files in a batch's output folder are defacer's: the ownership record ``OUT/.defacer/owned.jsonl``.
+
+Before a batch writes anything, every file it would write into OUT (each scan's output,
+detached data, JSON sidecar and provenance, the carried-over files, the BIDS dataset files) is
+checked (:meth:`OwnershipRecord.check`): one that already exists must be named in the record,
+or be a DICOM output folder whose own record lists all it holds
+(:func:`defacer.io.output_guard.foreign_entries`).  Anything else is refused, ``--force`` or
+not: ``--force`` lets a batch write into a folder that holds other files, never over them.
+Once the check has passed, the names are added to the record (:meth:`OwnershipRecord.add`),
+before the files are written, so a run killed between writing a file and recording it still
+owns it on the next run.  Ownership is by name: a file the batch owns is replaced even if it was
+damaged since (the next run redoes it).
+
+The record is JSON Lines, one ``{"path": name relative to OUT, POSIX}`` per line; a line cut
+short by a killed run is ignored.  A batch output written before the record existed (a manifest
+but no record) is credited with the outputs its manifest lists and, for BIDS, its
+``dataset_description.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from defacer.batch.layout import OutputLayout
+from defacer.batch.manifest import Manifest, ends_with_newline
+from defacer.errors import OutputError
+from defacer.io.output_guard import foreign_entries
+
+#: Name of the record in the batch's state folder (``OUT/.defacer``).
+RECORD_NAME = "owned.jsonl"
+#: Most offending names quoted in a refusal.
+_NAMES_SHOWN = 5
+
+
+class OwnershipRecord:
+    """The names of the files a batch writes into its output folder.
+
+    Parameters
+    ----------
+    path : Path
+        The record, ``OUT/.defacer/owned.jsonl``; read if it exists (never created here).
+    out_root : Path
+        The batch's output folder; names in the record are relative to it.
+    """
+
+    def __init__(self, path: Path, out_root: Path) -> None:
+        self.path = path
+        self.out_root = out_root
+        self.names: set[str] = set()
+        self._unsaved: set[str] = set()
+        if path.is_file() and not path.is_symlink():
+            self._read()
+
+    def _read(self) -> None:
+        with self.path.open("r", encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    self.names.add(str(json.loads(line)["path"]))
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut short by a killed run
+
+    def credit(self, names: Iterable[str]) -> None:
+        """Count ``names`` (relative to OUT) as defacer's; saved by the next :meth:`add`.
+
+        For a batch output written before the record existed: what its manifest lists.
+        """
+        fresh = set(names) - self.names
+        self.names |= fresh
+        self._unsaved |= fresh
+
+    def _name(self, path: Path) -> str:
+        return path.relative_to(self.out_root).as_posix()
+
+    def foreign(self, targets: Iterable[Path]) -> list[Path]:
+        """The targets (paths in OUT) that exist and are not defacer's, in the order given.
+
+        A file (or symbolic link) is defacer's when the record names it; a folder (a DICOM
+        series output) when its own ownership record lists everything in it.
+        """
+        found = []
+        for target in targets:
+            if not target.exists() and not target.is_symlink():
+                continue
+            if target.is_dir() and not target.is_symlink():
+                if foreign_entries(target):
+                    found.append(target)
+            elif self._name(target) not in self.names:
+                found.append(target)
+        return found
+
+    def check(self, targets: Iterable[Path]) -> None:
+        """Refuse when any file the batch would write exists and is not defacer's.
+
+        Raises
+        ------
+        OutputError
+            Naming the files in the way and what to do.
+        """
+        foreign = self.foreign(targets)
+        if not foreign:
+            return
+        shown = ", ".join(f"'{self._name(p)}'" for p in foreign[:_NAMES_SHOWN])
+        more = f" and {len(foreign) - _NAMES_SHOWN} more" if len(foreign) > _NAMES_SHOWN else ""
+        raise OutputError(
+            f"The output folder '{self.out_root}' holds files defacer did not write where this batch would write its "
+            f"outputs: {shown}{more}. defacer never replaces them, --force or not (--force only lets a batch write "
+            "beside other files, and replace what an earlier batch wrote). Move those files away or choose another "
+            "output folder."
+        )
+
+    def add(self, targets: Iterable[Path]) -> None:
+        """Name ``targets`` (paths in OUT, checked by :meth:`check`) as defacer's, durably (appended, fsynced)."""
+        self._unsaved |= {self._name(p) for p in targets} - self.names
+        if not self._unsaved:
+            return
+        lines = "".join(json.dumps({"path": name}, ensure_ascii=False) + "\n" for name in sorted(self._unsaved))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_file() and self.path.stat().st_size and not ends_with_newline(self.path):
+            lines = "\n" + lines  # after a line cut short by a killed run
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(lines)
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.names |= self._unsaved
+        self._unsaved = set()
+
+
+def open_record(layout: OutputLayout) -> OwnershipRecord:
+    """The ownership record of a batch output (read only until :meth:`OwnershipRecord.add`).
+
+    A batch output written before the record existed (it has a manifest but no record) is
+    credited with every output its manifest lists and, for BIDS, its ``dataset_description.json``.
+    """
+    record = OwnershipRecord(layout.state_dir / RECORD_NAME, layout.out_root)
+    if record.path.exists() or record.path.is_symlink() or not layout.manifest_path.is_file():
+        return record
+    record.credit(item.path for scan in Manifest(layout.manifest_path, read_only=True) for item in scan.outputs)
+    if layout.bids and (layout.out_root / "dataset_description.json").is_file():
+        record.credit(["dataset_description.json"])
+    return record
