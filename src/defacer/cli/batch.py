@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING
 from defacer.cli.options import (
     add_deface_arguments,
     add_deid_arguments,
+    add_force_argument,
+    add_scan_arguments,
+    add_verify_arguments,
     deface_options_from_args,
     deidentification_from_args,
     max_voxels_from_args,
-    parse_voxel_limit,
 )
 
 if TYPE_CHECKING:
@@ -67,27 +69,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                         help="what to do with non-image files (default: copy; skip with --derivatives)")
     parser.add_argument("--labels-dir", metavar="DIR",
                         help="label maps mirroring IN (<stem>.labels.nii.gz) used instead of the detector")
-    parser.add_argument("--weights", metavar="FILE", help="detector weights (default: the shipped model)")
+    add_scan_arguments(parser)
     dicom = parser.add_argument_group("DICOM series (headers de-identified, PS3.15 Annex E Basic Profile)")
-    dicom.add_argument("--no-deidentify", action="store_true", help="deface pixels only; keep DICOM headers as they are")
-    add_deid_arguments(dicom, mapping=False, what_if=False)
-    parser.add_argument("--verify", action="store_true",
-                        help="verify each defaced scan; reports, pictures and a QC gallery go to OUT-qc/ beside OUT "
-                             "(they show the original faces: keep that folder private)")
-    parser.add_argument("--qc-after-only", action="store_true",
-                        help="with --verify: write no picture of the original faces, only after defacing")
-    parser.add_argument("--max-voxels", type=parse_voxel_limit, default=None, metavar="N",
-                        help="record as failed NIfTI/NRRD/MGZ scans declaring more voxels than N, before reading "
-                             "them (default 512^3 = 134217728; 0: no limit)")
-    parser.add_argument("--allow-missing", action="store_true",
-                        help="write scans in which a requested feature is not found (by default they are recorded "
-                             "as nothing-found/incomplete, nothing is written for them, and the exit code is 4)")
+    add_deid_arguments(dicom, mapping=False, what_if=False, optional=True)
+    add_verify_arguments(parser)
     parser.add_argument("--redo", action="store_true", help="deface every scan again, even those recorded as done")
     parser.add_argument("--rehash", action="store_true",
                         help="check done scans by sha256 instead of size and modification time")
-    parser.add_argument("--force", action="store_true",
-                        help="write into a non-empty OUT that is not a batch output, beside its files (a file there "
-                             "with an output's name is refused: only what defacer wrote is ever replaced)")
+    add_force_argument(parser)
     parser.add_argument("-n", "--dry-run", action="store_true",
                         help="list what would be defaced, skipped and excluded, and write nothing")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary table")

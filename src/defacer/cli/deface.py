@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING, Any
 from defacer.cli.options import (
     add_deface_arguments,
     add_deid_arguments,
+    add_force_argument,
+    add_scan_arguments,
+    add_verify_arguments,
     deface_options_from_args,
     deidentification_from_args,
     max_voxels_from_args,
-    parse_voxel_limit,
     print_what_if,
 )
 from defacer.files import image_suffix
@@ -37,21 +39,14 @@ EXIT_FEATURES_MISSING = 4
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``deface`` (and ``demo``): what to distort (:func:`~defacer.cli.options.add_deface_arguments`),
-    the label map or weights, ``--force``, ``--max-voxels`` and ``--allow-missing``."""
+    """Options of ``deface``: what to distort (:func:`~defacer.cli.options.add_deface_arguments`), the label map,
+    the weights and limits (:func:`~defacer.cli.options.add_scan_arguments`) and ``--force``."""
     add_deface_arguments(parser)
     parser.add_argument("--labels", metavar="FILE", type=Path,
                         help="use this label map (0 background, 1 eyes, 2 nose, 3 ears; on the scan's own grid) "
                              "instead of the detector")
-    parser.add_argument("--weights", metavar="FILE", type=Path, help="use other ONNX detector weights")
-    parser.add_argument("--force", action="store_true",
-                        help="replace existing outputs (files, or folders defacer itself wrote; never anything else)")
-    parser.add_argument("--max-voxels", type=parse_voxel_limit, default=None, metavar="N",
-                        help="refuse scans declaring more voxels than N, before reading them "
-                             "(default 512^3 = 134217728, about 2.1 GB of working memory; 0: no limit)")
-    parser.add_argument("--allow-missing", action="store_true",
-                        help="write the output even when a requested feature is not found (by default nothing is "
-                             "written and the exit status is 4: an unchanged copy could pass for a defaced scan)")
+    add_scan_arguments(parser)
+    add_force_argument(parser)
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -86,23 +81,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                              "<stem>_defaced<ext> beside the input (a DICOM folder: <folder>_defaced/)")
     add_common_arguments(parser)
     parser.add_argument("--save-mask", metavar="FILE", type=Path, help="also write the detected label map here")
-    parser.add_argument("--verify", action="store_true",
-                        help="render the face before and after and check it with offline face detectors "
-                             "(needs defacer[verify]); the report and pictures go to OUT-stem-qc/ beside the output "
-                             "(they show the original face: never share that folder); exit status 3 when the "
-                             "verification fails, 5 when it is inconclusive (as 'defacer verify')")
-    parser.add_argument("--qc-after-only", action="store_true",
-                        help="with --verify: put no picture of the original face in the QC folder, only pictures "
-                             "after defacing")
+    add_verify_arguments(parser)
     group = parser.add_argument_group("DICOM input")
     group.add_argument("--series", metavar="ID",
                        help="deface only this series of a folder holding several: the number in brackets from the "
                             "listing, the SeriesNumber or the SeriesInstanceUID (default: every series, each into its "
                             "own folder under OUT)")
-    group.add_argument("--no-deidentify", action="store_true",
-                       help="deface the pixels only; leave every header attribute as it is (by default headers are "
-                            "de-identified following DICOM PS3.15 Annex E)")
-    add_deid_arguments(group)
+    add_deid_arguments(group, optional=True)
     parser.set_defaults(func=run)
 
 

@@ -1,9 +1,11 @@
 """Command-line options shared by the commands that deface or de-identify, and the option objects built from them.
 
-The defaults shown and used here are read from :class:`defacer.options.DefaceOptions` and
-:class:`defacer.phi.options.DeidOptions`; nothing repeats them.  ``deface``, ``batch`` and
-``demo`` add :func:`add_deface_arguments`; ``deface``, ``batch`` and ``anonymize`` add
-:func:`add_deid_arguments`.
+The defaults shown and used here are read from :class:`defacer.options.DefaceOptions`,
+:class:`defacer.phi.options.DeidOptions` and :data:`defacer.checks.DEFAULT_MAX_VOXELS`; nothing
+repeats them.  ``deface`` and ``batch`` add :func:`add_deface_arguments`,
+:func:`add_scan_arguments`, :func:`add_force_argument` and :func:`add_verify_arguments`;
+``deface``, ``batch`` and ``anonymize`` add :func:`add_deid_arguments` (the first two with
+``--no-deidentify``).  Each option is declared once, with one help text for every command.
 """
 
 from __future__ import annotations
@@ -60,6 +62,41 @@ def max_voxels_from_args(args: argparse.Namespace) -> int | None:
     return None if value == 0 else value
 
 
+def add_scan_arguments(parser: ArgumentTarget) -> None:
+    """How each scan is read and when its output is written: ``--weights``, ``--max-voxels`` and
+    ``--allow-missing`` (read back with :func:`max_voxels_from_args` and ``args.allow_missing``)."""
+    side = round(DEFAULT_MAX_VOXELS ** (1 / 3))
+    parser.add_argument("--weights", metavar="FILE", type=Path,
+                        help="use other ONNX detector weights (default: the shipped model)")
+    parser.add_argument("--max-voxels", type=parse_voxel_limit, default=None, metavar="N",
+                        help=f"refuse scans declaring more voxels than N, before reading them (batch records such a "
+                             f"scan as failed; default {side}^3 = {DEFAULT_MAX_VOXELS}; 0: no limit)")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="write the output even when a requested feature is not found (by default nothing is "
+                             "written for that scan, batch records it as nothing-found or incomplete, and the exit "
+                             "status is 4: an unchanged copy could pass for a defaced scan)")
+
+
+def add_force_argument(parser: ArgumentTarget) -> None:
+    """``--force``: replace what defacer wrote before (:mod:`defacer.io.output_guard`, :mod:`defacer.batch.ownership`)."""
+    parser.add_argument("--force", action="store_true",
+                        help="deface: replace an existing output (a file, or a folder defacer itself wrote); "
+                             "batch: write into a non-empty OUT that is no batch output, beside its files. Never "
+                             "replaces a folder (batch: nor a file) that defacer did not write")
+
+
+def add_verify_arguments(parser: ArgumentTarget) -> None:
+    """``--verify`` and ``--qc-after-only``: check each defaced face; pictures only in a QC folder beside the output."""
+    parser.add_argument("--verify", action="store_true",
+                        help="render each face before and after and check it with offline face detectors (needs "
+                             "defacer[verify]); reports and pictures go to a QC folder beside the output, never into "
+                             "it (deface: OUT-stem-qc/; batch: OUT-qc/ with a gallery). They show the original faces: "
+                             "keep that folder private")
+    parser.add_argument("--qc-after-only", action="store_true",
+                        help="with --verify: put no picture of an original face in the QC folder, only pictures after "
+                             "defacing")
+
+
 def add_deface_arguments(parser: ArgumentTarget, *, seed_help: str | None = None) -> None:
     """What to distort and how: ``--features``, ``--seed``, ``--protect-depth``, ``--eye-band``,
     ``--eye-box-scale``, ``--nose-scale`` (the fields of :class:`~defacer.options.DefaceOptions`)."""
@@ -99,11 +136,17 @@ def deface_options_from_args(args: argparse.Namespace) -> DefaceOptions:
         raise DefacerError(str(err)) from err
 
 
-def add_deid_arguments(parser: ArgumentTarget, *, mapping: bool = True, what_if: bool = True) -> None:
+def add_deid_arguments(parser: ArgumentTarget, *, mapping: bool = True, what_if: bool = True,
+                       optional: bool = False) -> None:
     """The header de-identification options (PS3.15 Annex E) on a parser or argument group.
 
-    ``mapping`` adds ``--mapping-file``, ``what_if`` adds ``--what-if`` (``batch`` has neither).
+    ``mapping`` adds ``--mapping-file``, ``what_if`` adds ``--what-if`` (``batch`` has neither);
+    ``optional`` adds ``--no-deidentify`` (``deface`` and ``batch``: a DICOM series is also defaced).
     """
+    if optional:
+        parser.add_argument("--no-deidentify", action="store_true",
+                            help="deface the pixels only; leave every header attribute as it is (by default headers "
+                                 "are de-identified following DICOM PS3.15 Annex E)")
     parser.add_argument("--key", metavar="TEXT",
                         help="secret for the keyed pseudonyms (UIDs, IDs, date shifts); the same key gives the same "
                              "pseudonyms on every run. Prefer --key-file (a command line is visible to others)")
