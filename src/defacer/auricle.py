@@ -8,12 +8,13 @@ were made by (``scripts/make_reference_labels.py``, ``refine_ear``):
    with its protrusions rolled off) is opened with a ball of :data:`OPENING_MM` on a grid of
    about :data:`GRID_MM`, with the head continued past the crop's and the field's edges (a cut
    face is not an edge to open); the tissue the opening removes within ``search_mm`` of the
-   centre (each part reaching into that radius followed up to ``follow_mm`` beyond it) and at
-   most ``medial_mm`` medial of it, in parts that touch the head (a holder or a streak floating
+   centre (each part reaching into that radius followed up to ``follow_mm`` beyond it), at
+   most ``medial_mm`` medial of it and at most :data:`OUTSIDE_MM` out of the rolled-off head, in parts that touch the head (a holder or a streak floating
    in the air is no ear), is the protruding auricle;
 2. **recentring**: the search is repeated from the centre of what step 1 found, within
-   ``search_mm + RECENTRE_MM``, and may only extend the parts step 1 found (a centre near the
-   top of the auricle misses the lobule);
+   ``search_mm + RECENTRE_MM`` (never more than ``RECENTRE_MM`` beyond that from the given
+   centre), and may only extend the
+   parts step 1 found (a centre near the top of the auricle misses the lobule);
 3. **side footprint and shell**: seen from the lateral side, the convex hull of the
    protrusion's outline is the auricle's footprint (it fills the concha, the tragus and a helix
    pressed flat between protruding parts); within it, the tissue at most :data:`SHELL_MM`
@@ -59,6 +60,10 @@ SHELL_MM = 6.0
 ROOT_MM = 2.0
 #: Depth below the rolled-off head surface (:func:`defacer.head.depth_below_surface`) counted as solid head, in mm.
 INTERIOR_MM = 4.0
+#: Farthest an auricle stands out of the head with its protrusions rolled off
+#: (:func:`defacer.head.depth_below_surface` > 0), in mm: the reference auricles of the 19 real heads
+#: reach at most 29 mm; a CT head holder pressed against an ear reaches farther.
+OUTSIDE_MM = 32.0
 #: Smallest protruding part kept, in mm^3 (also at least 15 % of the largest part).
 MIN_PART_MM3 = 60.0
 #: Smallest protrusion that is an auricle, in mm^3 at the grid (the reference auricles hold 4-16 cm^3).
@@ -264,7 +269,7 @@ def delimit_auricle(image: npt.NDArray[np.floating], head: HeadModel, depth: npt
     out_dir = np.asarray(outward, float)
     out_dir = out_dir / max(float(np.linalg.norm(out_dir)), 1e-9)
     reach = search_mm + RECENTRE_MM + follow_mm
-    box = _crop(c0, reach + 2 * GRID_MM, sp, image.shape)
+    box = _crop(c0, reach + RECENTRE_MM + 2 * GRID_MM, sp, image.shape)
     if any(s.stop - s.start < 2 for s in box):
         return None
     step = tuple(max(1, int(round(GRID_MM / s))) for s in sp)  # noqa: RUF046 - numpy < 2 rounds to float
@@ -275,13 +280,20 @@ def delimit_auricle(image: npt.NDArray[np.floating], head: HeadModel, depth: npt
     tissue_c, solid_c = block_any(tissue, step), block_any(solid, step)
     opened = open_ball(solid_c, opening_mm, cell)
     removed = solid_c & ~opened & tissue_c
+    # an auricle stands at most OUTSIDE_MM out of the head with its protrusions rolled off (a head holder farther)
+    rolled = block_any(head.upsample(depth, box) > 0, step)  # type: ignore[arg-type]
+    close_c = ndi.distance_transform_edt(~rolled, sampling=cell) <= OUTSIDE_MM
+    removed &= close_c
     anchors = ndi.binary_dilation(opened, structure=np.ones((3, 3, 3), dtype=bool))
     offsets = _offsets_mm(removed.shape, box, step, c0, sp)
     first = _search(removed, anchors, offsets, out_dir, search_mm, follow_mm, medial_mm, cell_mm3)
     if first is None:
         return None
     c1 = np.array([float((o * first).sum() / first.sum()) for o in np.broadcast_arrays(*offsets)]) / sp + c0
-    second = _search(removed, anchors, _offsets_mm(removed.shape, box, step, c1, sp), out_dir,
+    # the recentred pass, never farther than ``bound`` from the given centre either
+    bound = reach + RECENTRE_MM
+    within = offsets[0] ** 2 + offsets[1] ** 2 + offsets[2] ** 2 <= bound**2
+    second = _search(removed & within, anchors, _offsets_mm(removed.shape, box, step, c1, sp), out_dir,
                      search_mm + RECENTRE_MM, follow_mm, medial_mm, cell_mm3)
     kept = first
     if second is not None:  # the wider search only extends the parts the first found
@@ -297,9 +309,11 @@ def delimit_auricle(image: npt.NDArray[np.floating], head: HeadModel, depth: npt
                              tuple(1 if a == axis else n for a, n in enumerate(tissue.shape)))
     full = np.ogrid[tuple(slice(0, n) for n in tissue.shape)]
     rel = [(g + b.start - c) * s for g, b, c, s in zip(full, box, c1, sp, strict=True)]
-    near = ((rel[0] ** 2 + rel[1] ** 2 + rel[2] ** 2 <= reach**2)
+    rel0 = [(g + b.start - c) * s for g, b, c, s in zip(full, box, c0, sp, strict=True)]
+    near = ((rel[0] ** 2 + rel[1] ** 2 + rel[2] ** 2 <= reach**2) & (rel0[0] ** 2 + rel0[1] ** 2 + rel0[2] ** 2 <= bound**2)
             & (rel[0] * out_dir[0] + rel[1] * out_dir[1] + rel[2] * out_dir[2] >= -medial_mm))
     attached = _attached(tissue_c | solid_c, kept, step, tissue.shape)  # a floating holder is never met first
+    attached &= block_repeat(close_c, step, tissue.shape)
     shell = _shell(tissue & near & attached, np.take(footprint, 0, axis=axis), axis, bool(out_dir[axis] > 0),
                    max(1, int(round(shell_mm / sp[axis]))))  # noqa: RUF046
     grow = max(1, int(round(root_mm / float(sp.min()))))  # noqa: RUF046

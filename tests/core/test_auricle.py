@@ -64,11 +64,11 @@ def _full(found, shape: tuple[int, ...]) -> np.ndarray:
 
 @pytest.mark.parametrize("side", [-1, 1])
 def test_the_whole_auricle_is_found_from_a_point_at_its_lobule(phantom, side) -> None:
-    """From the lobule's tip (50 mm below the top of the helix, beyond one pass's 32 mm search),
-    the recentred pass reaches the whole auricle; the head behind it is never taken."""
+    """From the lobule (45 mm below the top of the helix, beyond one pass's 32 mm search), the
+    recentred pass reaches the whole auricle; the head behind it is never taken."""
     made, image, head, depth = phantom
     x, y, z = _world(image.shape)
-    found = delimit_auricle(image, head, depth, SPACING, _voxel((side * 82.0, -6.0, -27.0), image.shape),
+    found = delimit_auricle(image, head, depth, SPACING, _voxel((side * 82.0, -6.0, -22.0), image.shape),
                             (float(side), 0.0, 0.0))
     assert found is not None
     mask = _full(found, image.shape)
@@ -109,7 +109,7 @@ def test_distort_ears_changes_the_whole_auricle_from_a_small_detection(phantom) 
     x, y, z = _world(image.shape)
     ears = np.zeros(image.shape, dtype=bool)
     for side in (-1, 1):
-        ears |= ((x - side * 82.0) ** 2 + (y + 6.0) ** 2 + (z + 27.0) ** 2) <= 6.0**2
+        ears |= ((x - side * 82.0) ** 2 + (y + 6.0) ** 2 + (z + 22.0) ** 2) <= 6.0**2
     ears &= made.labels == Label.EARS
     edits = distort_ears(image, ears, head, SPACING, np.random.default_rng(0), depth=depth)
     assert len(edits) == 2
