@@ -159,14 +159,6 @@ def stealing_header(secret: Path, comments: int) -> Iterator[bytes]:
         yield data[start:start + 65536]
 
 
-@pytest.fixture
-def secret(tmp_path: Path) -> Path:
-    path = tmp_path / "owner-only" / "id_rsa"
-    path.parent.mkdir()
-    path.write_bytes(b"SECRET-KEY-" * 200)
-    return path
-
-
 def test_nrrd_naming_a_server_file_after_a_megabyte_of_comments_is_refused(tmp_path: Path, secret: Path) -> None:
     """Defect 1, over real HTTP: the >1 MB-of-comments NRRD is refused at upload; the file it names is never served.
 

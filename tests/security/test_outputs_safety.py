@@ -17,6 +17,7 @@ from defacer.cli.main import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "batch"))
 from batch_fixtures import write_bids_phantoms, write_dicom_phantom
+from run_checks import digest
 
 KEY = "outputs-safety-test-key-0123456789"
 
@@ -37,11 +38,6 @@ def phantom_files(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("nifti")
     save_phantom(make_phantom(3.0), root / "head.nii.gz", root / "labels.nii.gz")
     return root / "head.nii.gz", root / "labels.nii.gz"
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file under ``folder`` and its bytes."""
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def deface_series(series: tuple[Path, Path], out: Path, *extra: str) -> int:
@@ -81,11 +77,11 @@ def test_force_refuses_to_replace_a_folder_defacer_did_not_write_anonymize(serie
 def test_force_replaces_defacers_own_earlier_output(series, tmp_path):
     out = tmp_path / "out"
     assert deface_series(series, out) == 0
-    first = snapshot(out)
+    first = digest(out)
     assert (tmp_path / ".out.defacer-output.json").is_file()
     assert not any(name.startswith(".") for name in first), "the folder holds only the series"
     assert deface_series(series, out, "--force") == 0
-    assert snapshot(out).keys() == first.keys()
+    assert digest(out).keys() == first.keys()
     assert main(["anonymize", str(series[0]), str(tmp_path / "anon"), "--key", KEY]) == 0
     assert main(["anonymize", str(series[0]), str(tmp_path / "anon"), "--key", KEY, "--force"]) == 0
 
@@ -167,11 +163,11 @@ def test_batch_force_refuses_a_user_file_that_has_an_outputs_name(bids_one, tmp_
     mine = out / victim
     mine.parent.mkdir(parents=True)
     mine.write_text("years of work\n")
-    before = snapshot(out)
+    before = digest(out)
     assert batch_into(bids_one, out, "--force") == 1
     err = capsys.readouterr().err
     assert victim in err and "did not write" in err and "Traceback" not in err
-    assert snapshot(out) == before and not (out / ".defacer").exists(), "nothing is written when refused"
+    assert digest(out) == before and not (out / ".defacer").exists(), "nothing is written when refused"
 
 
 def test_batch_force_writes_beside_user_files_and_replaces_only_its_own(bids_one, tmp_path):
@@ -243,13 +239,13 @@ def test_a_detached_nrrd_output_never_overwrites_the_inputs_data_file(phantom_fi
     }, detached_header=True)
     (work / "head.raw.gz").rename(data)
     header.write_text(header.read_text().replace("data file: head.raw.gz", "data file: MRHeadResampled.raw.gz"))
-    before = snapshot(work)
+    before = digest(work)
     labels = tmp_path / "labels.nii.gz"
     labels.write_bytes(phantom_files[1].read_bytes())
     code = main(["deface", str(header), str(work / "MRHeadResampled.nhdr"), "--labels", str(labels), "--force"])
     assert code == 1
     assert "MRHeadResampled.raw.gz" in capsys.readouterr().err
-    assert snapshot(work) == before
+    assert digest(work) == before
 
 
 def test_a_mapping_file_on_an_input_dicom_is_refused_before_anything_is_written(series, tmp_path, capsys):
@@ -259,14 +255,14 @@ def test_a_mapping_file_on_an_input_dicom_is_refused_before_anything_is_written(
     for p in series[0].iterdir():
         (source / p.name).write_bytes(p.read_bytes())
     victim = min(source.iterdir())
-    before = snapshot(source)
+    before = digest(source)
     out = tmp_path / "out"
     assert main(["anonymize", str(source), str(out), "--key", KEY, "--mapping-file", str(victim), "--force"]) == 1
     assert victim.name in capsys.readouterr().err
-    assert snapshot(source) == before and not out.exists()
+    assert digest(source) == before and not out.exists()
     code = main(["deface", str(source), str(out), "--labels", str(series[1]), "--key", KEY,
                  "--mapping-file", str(victim), "--force"])
-    assert code == 1 and snapshot(source) == before and not out.exists()
+    assert code == 1 and digest(source) == before and not out.exists()
 
 
 @pytest.mark.parametrize("which", ["save-mask", "sidecar-of-output"])
@@ -296,10 +292,10 @@ def test_an_output_inside_a_dicom_input_folder_is_refused(series, tmp_path):
     source.mkdir()
     for p in series[0].iterdir():
         (source / p.name).write_bytes(p.read_bytes())
-    before = snapshot(source)
+    before = digest(source)
     assert deface_series((source, series[1]), source / "defaced") == 1
     assert deface_series((source, series[1]), tmp_path / "out", "--save-mask", str(source / "m.nii.gz")) == 1
-    assert snapshot(source) == before
+    assert digest(source) == before
 
 
 # --- 10: everything is checked before anything is written -------------------------------------------------------
@@ -479,7 +475,7 @@ def test_verify_never_writes_its_report_into_a_dicom_input(series, tmp_path, cap
     source.mkdir()
     for p in series[0].iterdir():
         (source / p.name).write_bytes(p.read_bytes())
-    before = snapshot(source)
+    before = digest(source)
     assert main(["verify", str(source), str(source), "--out", str(source / "qc")]) == 1
     assert "Refusing" in capsys.readouterr().err
-    assert snapshot(source) == before
+    assert digest(source) == before
