@@ -164,6 +164,8 @@ def test_batch_force_refuses_a_user_file_that_has_an_outputs_name(bids_one, tmp_
     mine.parent.mkdir(parents=True)
     mine.write_text("years of work\n")
     before = digest(out)
+    assert batch_into(bids_one, out, "--force", "--dry-run") == 1, "the dry run says so too"
+    assert victim in capsys.readouterr().err
     assert batch_into(bids_one, out, "--force") == 1
     err = capsys.readouterr().err
     assert victim in err and "did not write" in err and "Traceback" not in err

@@ -367,13 +367,30 @@ def write_qc_gallery(records: Sequence[ScanRecord], qc_root: Path, *, title: str
     return write_gallery(qc_root, rows, title=title, after_only=after_only)
 
 
+def _others_mode(config: BatchConfig) -> str:
+    """What happens to non-image files: ``--others``, else copy in the mirror layout and skip in derivatives."""
+    return config.others or ("copy" if config.layout == "mirror" else "skip")
+
+
+def _targets(config: BatchConfig, discovery: Discovery, layout: OutputLayout) -> list[Path]:
+    """Every file (or DICOM series folder) in OUT the run may write: what :class:`~defacer.batch.ownership.OwnershipRecord` checks."""
+    return [*(target for scan in discovery.scans for target in layout.scan_targets(scan)),
+            *carry_over_targets(layout, discovery.others, _others_mode(config)), *dataset_targets(layout)]
+
+
 def describe_plan(config: BatchConfig) -> list[tuple[str, str, Path | None]]:
     """What a run would do, without writing anything: ``(action, scan key, output path)`` rows.
 
     Actions are ``"deface"``, ``"skip"`` (done by an earlier run and intact) and
     ``"exclude"`` (removed by the filters; neither defaced nor copied).
+
+    Raises
+    ------
+    OutputError
+        When the run would be refused: a file it would write is in the way (:meth:`~defacer.batch.ownership.OwnershipRecord.check`).
     """
     discovery, layout = _discover(config)
+    open_record(layout).check(_targets(config, discovery, layout))
     manifest = Manifest(layout.manifest_path, read_only=True)
     tasks, skipped = plan(config, discovery, layout, manifest)
     rows: list[tuple[str, str, Path | None]] = [("deface", t.scan.key, t.output) for t in tasks]
@@ -411,10 +428,8 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
     """
     start = time.perf_counter()
     discovery, layout = _discover(config)
-    others = config.others or ("copy" if config.layout == "mirror" else "skip")
     owned = open_record(layout)
-    carried = carry_over_targets(layout, discovery.others, others)
-    targets = [*(t for scan in discovery.scans for t in layout.scan_targets(scan)), *carried, *dataset_targets(layout)]
+    targets = _targets(config, discovery, layout)
     resuming = prepare_output(layout, force=config.force, owned=owned, targets=targets)
     if config.verify:
         check_folders(layout.in_root, layout.qc_dir)
@@ -426,7 +441,7 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
     with batch_lock(layout.state_dir):
         manifest = Manifest(layout.manifest_path)
         owned.add(targets)  # before writing: a run killed after a write still owns the file
-        carry_over(layout, discovery.others, others)
+        carry_over(layout, discovery.others, _others_mode(config))
         write_dataset_files(layout)
         tasks, skipped = plan(config, discovery, layout, manifest, deface)
         if resuming:
