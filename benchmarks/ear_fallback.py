@@ -2,7 +2,9 @@
 """Ears found with and without the image-based ear fallback (:mod:`defacer.detect.ear_fallback`).
 
 For every labelled real head (``reference_labels/provenance.json``), runs the detector once and
-scores the network's label map (fallback off) and the same map after the fallback, against the
+scores the network's label map (fallback off), the same map after the fallback alone (missing
+ears added, ``refine=False``) and after the fallback as the detector runs it (each network ear
+also replaced by the image-delimited auricle near it, ``refine=True``), against the
 reference labels: ears in view / found / extra (:func:`defacer.detect.metrics.feature_matches`:
 a label-3 voxel within 6 mm of each reference ear centroid) and ear Dice.  The fallback is also
 run leave-one-head-out (its mean offset computed from the other heads' reference ears), the
@@ -96,7 +98,7 @@ def main() -> None:
         offsets[name] = [(y, z) for _, _, y, z, _ in reference_ear_offsets(*refs[name])]
     rows = []
     print(f"{'scan':28s} {'view':>4s} | net found extra dice | +fallback found extra dice sides | "
-          f"loo found extra | alone found extra dice | fallback s")
+          f"refined found extra dice | loo found extra | alone found extra dice | detector's fallback s, refined s")
     for name in names:
         volume = load_volume(args.data / records[name]["source"])
         reference = refs[name][0]
@@ -106,7 +108,12 @@ def main() -> None:
             print(f"{name:28s} fewer than two eyes: no fallback")
             continue
         net = _score(reo.from_ras(call["labels"]), reference, volume.affine)
-        fb = _score(reo.from_ras(call["out"]), reference, volume.affine)
+        plain_labels, _ = add_missing_ears(call["image"], call["affine"], call["labels"], call["eyes"], refine=False)
+        fb = _score(reo.from_ras(plain_labels), reference, volume.affine)
+        start = time.perf_counter()
+        refined_labels, _ = add_missing_ears(call["image"], call["affine"], call["labels"], call["eyes"], refine=True)
+        refine_s = time.perf_counter() - start
+        refined = _score(reo.from_ras(refined_labels), reference, volume.affine)
         others = [o for n, offs in offsets.items() if n != name for o in offs]
         loo_offset = tuple(float(v) for v in np.mean(others, axis=0))
         loo_labels, _ = add_missing_ears(call["image"], call["affine"], call["labels"], call["eyes"],
@@ -116,17 +123,18 @@ def main() -> None:
         no_ears = np.where(call["labels"] == 3, 0, call["labels"]).astype(np.uint8)
         alone_labels, _ = add_missing_ears(call["image"], call["affine"], no_ears, call["eyes"])
         alone = _score(reo.from_ras(alone_labels), reference, volume.affine)
-        row = {"scan": name, "network": net, "fallback": fb, "leave_one_out": loo, "image_alone": alone,
-               "sources": call["sources"],
-               "fallback_s": round(call["seconds"], 3), "predict_s": round(seconds, 3)}
+        row = {"scan": name, "network": net, "fallback": fb, "refined": refined, "leave_one_out": loo,
+               "image_alone": alone, "sources": call["sources"], "fallback_s": round(call["seconds"], 3),
+               "refined_s": round(refine_s, 3), "predict_s": round(seconds, 3), "voxel_mm": list(volume.spacing)}
         rows.append(row)
         sides = ",".join(f"{k[0]}:{v}" for k, v in call["sources"].items())
         print(f"{name:28s} {net['in_view']:4d} | {net['found']:5d} {net['extra']:5d} {net['dice'] or 0:.2f} | "
               f"{fb['found']:15d} {fb['extra']:5d} {fb['dice'] or 0:.2f} {sides:12s} | "
+              f"{refined['found']:13d} {refined['extra']:5d} {refined['dice'] or 0:.2f} | "
               f"{loo['found']:9d} {loo['extra']:5d} | {alone['found']:11d} {alone['extra']:5d} "
-              f"{alone['dice'] or 0:.2f} | {call['seconds']:.2f}", flush=True)
+              f"{alone['dice'] or 0:.2f} | {call['seconds']:.2f}, {refine_s:.2f}", flush=True)
     scored = [r for r in rows if "network" in r]
-    for key in ("network", "fallback", "leave_one_out", "image_alone"):
+    for key in ("network", "fallback", "refined", "leave_one_out", "image_alone"):
         view = sum(r[key]["in_view"] for r in scored)
         found = sum(r[key]["found"] for r in scored)
         extra = sum(r[key]["extra"] for r in scored)
