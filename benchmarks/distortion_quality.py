@@ -240,6 +240,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             out[f"heads_with_{det}_after"] = sum(1 for r in faced if r["faces_after_views"].get(det))
             out[f"views_with_{det}_after"] = sum(len(r["faces_after_views"].get(det, [])) for r in faced)
         out["heads_face_before"] = sum(1 for r in faced if r["faces_before"])
+        out["faces_after_by_head"] = {r["name"]: r["faces_after_views"] for r in faced if r["faces_after_views"]}
         out["verdict_fail"] = [r["name"] for r in faced if r["verdict"] == "FAIL"]
         out["verdict_inconclusive"] = [r["name"] for r in faced if r["verdict"] == "INCONCLUSIVE"]
     return out
@@ -258,7 +259,7 @@ def format_row(mode: str, r: dict[str, Any]) -> str:
     line = (f"{mode:8s} {r['name']:28s} eyes {c['eyes']:7d} nose {c['nose']:7d} ears {c['ears']:6d} mm3  far {far}"
             f"  auricles {aur:10s} prot {r['changed_inside_protected']} distort {r['distort_s']:.2f}s")
     if "faces_after_views" in r:
-        after = ";".join(f"{k}:{len(v)}" for k, v in r["faces_after_views"].items()) or "none"
+        after = ";".join(f"{k}:{','.join(v)}" for k, v in r["faces_after_views"].items()) or "none"
         line += f"  faces after {after} ({r['verdict']})"
     return line
 
