@@ -469,7 +469,8 @@ def distort_nose(image: npt.NDArray[np.floating], region: NoseRegion, head: Head
     """
     box = region.box
     shape = tuple(s.stop - s.start for s in box)
-    mask = region.within()
+    within = region.within()
+    mask = within.copy()
     for edit in keep:
         if edit.shield is None:
             continue
@@ -489,7 +490,7 @@ def distort_nose(image: npt.NDArray[np.floating], region: NoseRegion, head: Head
     return Edit("nose", box, mask, values, {"background_value": head.background, "box": _box_list(box),
                                             "centre_voxel": [round(c, 2) for c in region.centre],
                                             "reach_mm": region.reach_mm,
-                                            "voxels_left_to_eye_cover": int(region.within().sum() - mask.sum())})
+                                            "voxels_left_to_eye_cover": int(within.sum() - mask.sum())})
 
 
 def _box_list(box: Box) -> list[list[int]]:
