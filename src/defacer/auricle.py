@@ -158,6 +158,32 @@ def open_ball(solid: Mask, radius_mm: float, spacing: npt.ArrayLike) -> Mask:
     return np.asarray(opened[pad:-pad, pad:-pad, pad:-pad] & solid)
 
 
+def outside_distance(head: HeadModel, depth: npt.NDArray[np.float32],
+                     spacing: tuple[float, float, float]) -> npt.NDArray[np.float32]:
+    """Distance (mm) of each coarse voxel from the head with its protrusions rolled off (0 inside it).
+
+    Parameters
+    ----------
+    head : HeadModel
+    depth : ndarray, float32, the head's coarse grid
+        :func:`defacer.head.depth_below_surface` of ``head`` (the rolled-off head is ``depth > 0``).
+    spacing : tuple of 3 float
+        Full-grid voxel size along R, A, S in mm.
+
+    Returns
+    -------
+    ndarray, float32, the head's coarse grid
+        Read-only; computed once per head and spacing (kept in ``head.cache``).
+    """
+    key = ("outside", tuple(float(s) for s in spacing))
+    if key not in head.cache:
+        coarse_spacing = tuple(s * st for s, st in zip(spacing, head.strides, strict=True))
+        outside = ndi.distance_transform_edt(~(depth > 0), sampling=coarse_spacing).astype(np.float32)
+        outside.flags.writeable = False
+        head.cache[key] = outside
+    return head.cache[key]  # type: ignore[no-any-return]
+
+
 def _crop(centre: npt.NDArray[np.float64], reach_mm: float, spacing: npt.NDArray[np.float64],
           shape: tuple[int, ...]) -> Box:
     """The box of voxels within ``reach_mm`` of ``centre`` along each axis, clipped to ``shape``."""
@@ -269,7 +295,7 @@ def delimit_auricle(image: npt.NDArray[np.floating], head: HeadModel, depth: npt
     out_dir = np.asarray(outward, float)
     out_dir = out_dir / max(float(np.linalg.norm(out_dir)), 1e-9)
     reach = search_mm + RECENTRE_MM + follow_mm
-    box = _crop(c0, reach + RECENTRE_MM + 2 * GRID_MM, sp, image.shape)
+    box = _crop(c0, reach + RECENTRE_MM + GRID_MM, sp, image.shape)
     if any(s.stop - s.start < 2 for s in box):
         return None
     step = tuple(max(1, int(round(GRID_MM / s))) for s in sp)  # noqa: RUF046 - numpy < 2 rounds to float
@@ -281,8 +307,7 @@ def delimit_auricle(image: npt.NDArray[np.floating], head: HeadModel, depth: npt
     opened = open_ball(solid_c, opening_mm, cell)
     removed = solid_c & ~opened & tissue_c
     # an auricle stands at most OUTSIDE_MM out of the head with its protrusions rolled off (a head holder farther)
-    rolled = block_any(head.upsample(depth, box) > 0, step)  # type: ignore[arg-type]
-    close_c = ndi.distance_transform_edt(~rolled, sampling=cell) <= OUTSIDE_MM
+    close_c = block_any(head.upsample(outside_distance(head, depth, spacing), box) <= OUTSIDE_MM, step)  # type: ignore[arg-type]
     removed &= close_c
     anchors = ndi.binary_dilation(opened, structure=np.ones((3, 3, 3), dtype=bool))
     offsets = _offsets_mm(removed.shape, box, step, c0, sp)
