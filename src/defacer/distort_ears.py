@@ -29,8 +29,23 @@ EAR_OPENING_MM = auricle.OPENING_MM
 #: (:func:`defacer.head.depth_below_surface`), in mm: an ear pressed flat against the head does not stand
 #: out, and the reference labels mark such an ear as the outer 6 mm of the head.
 DETECTED_DEPTH_MM = 6.0
-#: Air and partial-volume rim around the auricle that is distorted with it, in mm.
-EAR_RIM_MM = 2.0
+#: Air and partial-volume rim around the auricle that is distorted with it, in mm (air only: the
+#: reference auricles include the partial-volume skin and the narrow air gaps of the concha and behind
+#: the helix; on the 19 real heads, auricles >= 90% changed from the shipped detector's ears: 18 of 38
+#: with 2 mm, 21 with 4 mm, 21 with 6 mm).
+EAR_RIM_MM = 4.0
+
+
+def _rim(mask: Mask, rim_mm: float, spacing: npt.NDArray[np.float64]) -> Mask:
+    """``mask`` grown by ``rim_mm`` along each axis (a box-shaped neighbourhood, whatever the voxel size)."""
+    out = mask
+    for axis, sp in enumerate(spacing):
+        steps = int(round(rim_mm / float(sp)))  # noqa: RUF046 - numpy < 2 rounds to float
+        if steps > 0:
+            line = np.zeros((3, 3, 3), dtype=bool)
+            line[tuple(slice(None) if a == axis else 1 for a in range(3))] = True
+            out = ndi.binary_dilation(out, structure=line, iterations=steps)
+    return np.asarray(out)
 
 
 def auricle_mask(image: npt.NDArray[np.floating], ears: Mask, component: Box, head: HeadModel,
@@ -41,9 +56,11 @@ def auricle_mask(image: npt.NDArray[np.floating], ears: Mask, component: Box, he
 
     The detection gives the ear's centroid and side (lateral of ``head_centre_r``); the auricle
     is :func:`defacer.auricle.delimit_auricle` from there.  The detection itself is added where
-    lies at most :data:`DETECTED_DEPTH_MM` below the head's rolled-off surface (an ear pressed
-    flat against the head, which does not stand out, is still changed as far as it was detected), and the union grows by ``rim_mm`` into the air only
-    (the partial-volume rim below the tissue threshold), never deeper into the head.
+    it lies at most :data:`DETECTED_DEPTH_MM` below the head's rolled-off surface (an ear pressed
+    flat against the head, which does not stand out, is still changed as far as it was
+    detected), and the union grows by ``rim_mm`` (along each axis) into the voxels below the
+    tissue threshold only (partial-volume skin, the air gaps of the concha and behind the helix),
+    never deeper into the head.
 
     Parameters
     ----------
@@ -90,8 +107,7 @@ def auricle_mask(image: npt.NDArray[np.floating], ears: Mask, component: Box, he
         inner = tuple(slice(f.start - b.start, f.stop - b.start) for f, b in zip(found.box, box, strict=True))
         mask[inner] |= found.mask
         from_image = int(found.mask.sum())
-    rim = ndi.binary_dilation(mask, iterations=max(1, int(round(rim_mm / float(sp.min())))))  # noqa: RUF046
-    mask |= rim & ~(np.asarray(image[box]) > head.threshold)
+    mask |= _rim(mask, rim_mm, sp) & ~(np.asarray(image[box]) > head.threshold)
     params = {"centroid_voxel": [round(float(c), 2) for c in centroid], "radius_mm": radius_mm,
               "opening_mm": opening_mm, "auricle_found": found is not None,
               "auricle_voxels_from_image": from_image}
