@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from defacer.checks import DEFAULT_MAX_VOXELS
+from defacer.distort import NOSE_REACH_MM
 from defacer.labels import FEATURES, parse_features
 from defacer.options import DEFAULT_OPTIONS, DefaceOptions, Deidentification
 
@@ -115,7 +116,8 @@ def add_deface_arguments(parser: ArgumentTarget, *, seed_help: str | None = None
                              f"(default {d.eye_box_scale:g}: from the brow to the upper cheek, nasal bridge to outer "
                              "eye corner)")
     parser.add_argument("--nose-scale", type=float, default=d.nose_scale, metavar="X",
-                        help=f"the nose's bounding box is enlarged X times per axis (default {d.nose_scale:g})")
+                        help=f"the nose's bounding box is enlarged X times per axis (default {d.nose_scale:g}), "
+                             f"within {NOSE_REACH_MM:g} mm of the detected nose's centroid")
 
 
 def deface_options_from_args(args: argparse.Namespace) -> DefaceOptions:
