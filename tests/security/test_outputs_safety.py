@@ -327,6 +327,80 @@ def test_deface_verify_creates_nothing_when_the_output_is_refused(phantom_files,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.nii.gz"] and out.read_bytes() == b"user data"
 
 
+# --- --verify never replaces a user's file in the QC folder ---------------------------------------------------------
+
+#: A report, a render and the README that ``deface --verify`` writes into ``OUT-stem-qc/``.
+DEFACE_QC_NAMES = ["verify_report.html", "front_before.png", "README.txt"]
+
+
+def deface_verify(phantom_files: tuple[Path, Path], out: Path, *extra: str) -> int:
+    return main(["deface", str(phantom_files[0]), str(out), "--labels", str(phantom_files[1]), "--verify", *extra])
+
+
+@pytest.mark.parametrize("force", [False, True])
+@pytest.mark.parametrize("victim", DEFACE_QC_NAMES)
+def test_deface_verify_never_replaces_a_user_file_with_a_qc_name(phantom_files, tmp_path, victim, force, capsys):
+    """``deface IN OUT --verify --force`` overwrote a user's file named like a QC report in ``OUT-stem-qc/``."""
+    mine = tmp_path / "out-qc" / victim
+    mine.parent.mkdir()
+    mine.write_text("years of work\n")
+    assert deface_verify(phantom_files, tmp_path / "out.nii.gz", *(["--force"] if force else [])) == 1
+    err = capsys.readouterr().err
+    assert str(mine) in err and "Traceback" not in err
+    assert mine.read_text() == "years of work\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out-qc"], "nothing is written when refused"
+    assert [p.name for p in mine.parent.iterdir()] == [victim]
+
+
+def test_deface_verify_reruns_over_its_own_qc_folder_and_keeps_a_users_other_files(phantom_files, tmp_path, capsys):
+    out = tmp_path / "out.nii.gz"
+    first = deface_verify(phantom_files, out)
+    assert first != 1, capsys.readouterr().err
+    notes = tmp_path / "out-qc" / "my_notes.txt"
+    notes.write_text("looked fine\n")
+    assert deface_verify(phantom_files, out) == 1, "an existing output still needs --force"
+    assert "--force" in capsys.readouterr().err
+    assert deface_verify(phantom_files, out, "--force") == first, capsys.readouterr().err
+    assert notes.read_text() == "looked fine\n"
+
+
+#: Files ``batch --verify`` of ``bids_one`` writes into ``OUT-qc/``: the gallery, and a report and render of the scan.
+BATCH_QC_NAMES = ["index.html", "sub-01__anat__sub-01_T1w/verify_report.html",
+                  "sub-01__anat__sub-01_T1w/front_after.png"]
+
+
+@pytest.mark.parametrize("victim", BATCH_QC_NAMES)
+def test_batch_verify_never_replaces_a_user_file_with_a_qc_name(bids_one, tmp_path, victim, capsys):
+    """``batch IN OUT --verify`` overwrote a user's file named like its gallery or a report in ``OUT-qc/``."""
+    qc = tmp_path / "out-qc"
+    mine = qc / victim
+    mine.parent.mkdir(parents=True)
+    mine.write_text("years of work\n")
+    before = digest(qc)
+    assert batch_into(bids_one, tmp_path / "out", "--verify", "--dry-run") == 1, "the dry run says so too"
+    assert victim.split("/")[-1] in capsys.readouterr().err
+    for extra in ([], ["--force"]):
+        assert batch_into(bids_one, tmp_path / "out", "--verify", *extra) == 1
+        err = capsys.readouterr().err
+        assert str(mine) in err and "did not write" in err and "Traceback" not in err
+        assert digest(qc) == before and not (tmp_path / "out").exists(), "nothing is written when refused"
+
+
+def test_batch_verify_reruns_over_its_own_qc_folder(bids_one, tmp_path, capsys):
+    pytest.importorskip("mediapipe")
+    out = tmp_path / "out"
+    first = batch_into(bids_one, out, "--verify")
+    err = capsys.readouterr().err
+    assert "did not write" not in err and "Traceback" not in err, err
+    notes = tmp_path / "out-qc" / "my_notes.txt"
+    notes.write_text("looked fine\n")
+    (tmp_path / "out-qc" / "index.html").unlink()  # a rerun rewrites the gallery
+    assert batch_into(bids_one, out, "--verify") == first
+    assert batch_into(bids_one, out, "--verify", "--force") == first
+    assert (tmp_path / "out-qc" / "index.html").is_file() and notes.read_text() == "looked fine\n"
+    assert "did not write" not in capsys.readouterr().err
+
+
 # --- 12: temporaries of a killed run are swept on the next run ---------------------------------------------------
 
 

@@ -378,6 +378,18 @@ def _targets(config: BatchConfig, discovery: Discovery, layout: OutputLayout) ->
             *carry_over_targets(layout, discovery.others, _others_mode(config)), *dataset_targets(layout)]
 
 
+def _qc_targets(discovery: Discovery, layout: OutputLayout) -> list[Path]:
+    """Every file ``--verify`` may write into ``OUT-qc``: its README and gallery, each scan's reports, pictures
+    and label map (what :func:`defacer.verify.qc.claim` checks and records)."""
+    from defacer.verify.qc import GALLERY_NAME, README_NAME, report_targets
+
+    targets = [layout.qc_dir / README_NAME, layout.qc_dir / GALLERY_NAME]
+    for scan in discovery.scans:
+        labels = [f"labels{scan.extension}"] if scan.kind == "file" else []
+        targets += report_targets(layout.verify_dir(scan), *labels)
+    return targets
+
+
 def describe_plan(config: BatchConfig) -> list[tuple[str, str, Path | None]]:
     """What a run would do, without writing anything: ``(action, scan key, output path)`` rows.
 
@@ -391,6 +403,10 @@ def describe_plan(config: BatchConfig) -> list[tuple[str, str, Path | None]]:
     """
     discovery, layout = _discover(config)
     open_record(layout).check(_targets(config, discovery, layout))
+    if config.verify:
+        from defacer.verify.qc import check_owned
+
+        check_owned(layout.qc_dir, _qc_targets(discovery, layout))
     manifest = Manifest(layout.manifest_path, read_only=True)
     tasks, skipped = plan(config, discovery, layout, manifest)
     rows: list[tuple[str, str, Path | None]] = [("deface", t.scan.key, t.output) for t in tasks]
@@ -430,11 +446,17 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
     discovery, layout = _discover(config)
     owned = open_record(layout)
     targets = _targets(config, discovery, layout)
+    qc_targets = _qc_targets(discovery, layout) if config.verify else []
+    if config.verify:
+        from defacer.verify.qc import check_owned
+
+        check_owned(layout.qc_dir, qc_targets)  # before anything is written, as OUT's own check
     resuming = prepare_output(layout, force=config.force, owned=owned, targets=targets)
     if config.verify:
         check_folders(layout.in_root, layout.qc_dir)
-        from defacer.verify.qc import notice, write_readme
+        from defacer.verify.qc import claim, notice, write_readme
 
+        claim(layout.qc_dir, qc_targets)  # recorded before anything is written there
         write_readme(layout.qc_dir, config.qc_after_only)
         if not config.quiet:
             print(notice(layout.qc_dir, config.qc_after_only), file=stream or sys.stderr)

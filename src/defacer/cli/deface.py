@@ -132,6 +132,11 @@ def run(args: argparse.Namespace) -> int:
         if len(stacks) > 1:
             return run_study(args, options, deidentify, stacks)
     check_planned_outputs(args)
+    if args.verify:
+        from defacer.verify.qc import claim
+
+        # Named in the QC folder's ownership record before the label map or any report is written there.
+        claim(verify_dir(args.output), qc_targets(verify_dir(args.output), labels=args.save_mask is None))
     mask_path = args.save_mask
     if args.verify and mask_path is None and not is_dicom:
         # The report needs the detected labels (per-feature counts, outlines); keep them with the report.
@@ -250,9 +255,11 @@ def check_planned_outputs(args: argparse.Namespace) -> None:
     planned: list[Path | None] = [args.output, sidecar_path(args.output), args.save_mask, mapping]
     report = verify_dir(args.output)
     if args.verify:
-        planned += [report / name for name in QC_FILES]
-        if args.save_mask is None:
-            planned.append(report / DETECTED_LABELS_NAME)
+        qc_files = qc_targets(report, labels=args.save_mask is None)
+        planned += qc_files
+        from defacer.verify.qc import check_owned
+
+        check_owned(report, qc_files)  # a user's file in the QC folder: refused, --force or not
     check_outputs(planned, inputs=inputs, force=args.force)
     check_not_input([report, *detached_data_candidates(args.output), *detached_data_candidates(args.save_mask)],
                     inputs)
@@ -261,10 +268,13 @@ def check_planned_outputs(args: argparse.Namespace) -> None:
 
 #: The label map ``--verify`` keeps for the report when ``--save-mask`` is not given.
 DETECTED_LABELS_NAME = "detected_labels.nii.gz"
-#: What ``--verify`` writes into the QC folder (besides the label map).
-QC_FILES: tuple[str, ...] = ("verify_report.html", "verify_summary.json", "README.txt", "before_after.png",
-                             "after.png", "front_before.png", "front_after.png", "left45_before.png",
-                             "left45_after.png")
+
+
+def qc_targets(qc_dir: Path, *, labels: bool) -> list[Path]:
+    """Every file ``--verify`` may write into the QC folder: reports, README, pictures and (``labels``) the label map."""
+    from defacer.verify.qc import report_targets
+
+    return report_targets(qc_dir, *([DETECTED_LABELS_NAME] if labels else []))
 
 
 def verify_dir(defaced_path: Path) -> Path:
@@ -317,6 +327,7 @@ def verify_outputs(original_path: Path, defaced_path: Path, provenance: dict[str
     from defacer.verify.verdict import EXIT_STATUS, FAIL, INCONCLUSIVE, MEANING
 
     qc_dir = verify_dir(defaced_path)
+    qc.claim(qc_dir, qc_targets(qc_dir, labels=False))  # recorded before anything is written there
     qc.write_readme(qc_dir, after_only)
     result = verify_pair(load_volume(original_path, max_voxels=max_voxels),
                          load_volume(defaced_path, max_voxels=max_voxels), qc_dir,

@@ -50,7 +50,6 @@ def _stem(path: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from defacer.cli.deface import QC_FILES
     from defacer.io import load_volume
     from defacer.io.output_guard import check_not_input
     from defacer.verify import verify_pair
@@ -58,7 +57,11 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or args.defaced.parent / f"{_stem(args.defaced)}-qc"
     prov_path = args.provenance or args.defaced.parent / f"{_stem(args.defaced)}.defacer.json"
     # Nothing the report writes may be, or lie inside, one of the scans it reads (issue 11, defect 3).
-    check_not_input([out / name for name in QC_FILES], [args.original, args.defaced, args.labels, args.provenance])
+    from defacer.verify import qc
+
+    targets = qc.report_targets(out)
+    check_not_input(targets, [args.original, args.defaced, args.labels, args.provenance])
+    qc.check_owned(out, targets)  # never over a file defacer did not write there
     original = load_volume(args.original)
     defaced = load_volume(args.defaced)
     labels = load_volume(args.labels) if args.labels else None
@@ -69,10 +72,10 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as err:
             raise DefacerError(f"Could not read the provenance file '{prov_path}': {err}. Pass another with "
                                "--provenance or none.") from err
-    from defacer.verify import qc
     from defacer.verify.verdict import EXIT_STATUS, MEANING
 
     after_only = bool(getattr(args, "qc_after_only", False))
+    qc.claim(out, targets)
     qc.write_readme(out, after_only)
     result = verify_pair(original, defaced, out, labels=labels, provenance=provenance,
                          title=f"defacer verify: {args.defaced.name}", after_only=after_only)

@@ -10,13 +10,19 @@ sibling QC folder whose name says what it is:
 
 Each QC folder gets a ``README.txt`` saying whether it holds pictures of the original faces.
 With "after only" (``--qc-after-only``) no picture of the original is written at all.
+
+defacer never replaces a file in a QC folder that it did not write, ``--force`` or not: every
+name it writes there is listed in the folder's ownership record ``.defacer-owned.jsonl`` (the
+batch's :class:`~defacer.batch.ownership.OwnershipRecord`, relative to the QC folder) before it
+is written, and an existing file with one of those names that the record does not list is
+refused (:func:`check_owned`), so a rerun replaces defacer's own reports and pictures only.
 """
 
 from __future__ import annotations
 
 import html
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +30,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from defacer.batch.ownership import OwnershipRecord
+from defacer.errors import OutputError
 from defacer.io.atomic import atomic_outputs
 from defacer.provenance import SIDECAR_SUFFIX, sidecar_path
 from defacer.verify import verdict as verdicts
@@ -38,6 +46,63 @@ THUMB_VIEWS: tuple[str, ...] = ("front", "left45")
 THUMB_SIZE = 160
 #: Rows per page of the gallery (each page is a separate section; images load lazily).
 PAGE_ROWS = 100
+#: The ownership record of a QC folder: the names (relative to it) of every file defacer writes there.
+RECORD_NAME = ".defacer-owned.jsonl"
+#: What a verification writes into its folder (besides a label map): reports, README and pictures.
+REPORT_FILES: tuple[str, ...] = ("verify_report.html", "verify_summary.json", README_NAME, "before_after.png",
+                                 "after.png", "front_before.png", "front_after.png", "left45_before.png",
+                                 "left45_after.png")
+#: Most offending names quoted in a refusal.
+_NAMES_SHOWN = 5
+
+
+def report_targets(folder: Path, *extra: str) -> list[Path]:
+    """Every file a verification may write into ``folder``: :data:`REPORT_FILES` and the names in ``extra``."""
+    return [folder / name for name in (*REPORT_FILES, *extra)]
+
+
+def _record(qc_root: Path) -> OwnershipRecord:
+    return OwnershipRecord(qc_root / RECORD_NAME, qc_root)
+
+
+def check_owned(qc_root: Path, targets: Iterable[Path]) -> None:
+    """Refuse when a file defacer would write into the QC folder exists and is not defacer's.
+
+    Parameters
+    ----------
+    qc_root : Path
+        The QC folder whose ownership record (:data:`RECORD_NAME`) is read; may not exist yet.
+    targets : iterable of Path
+        Files under ``qc_root`` the run may write.
+
+    Raises
+    ------
+    OutputError
+        Naming the files in the way and what to do (``--force`` does not change it).
+    """
+    foreign = _record(qc_root).foreign(targets)
+    if not foreign:
+        return
+    shown = ", ".join(f"'{p}'" for p in foreign[:_NAMES_SHOWN])
+    more = f" and {len(foreign) - _NAMES_SHOWN} more" if len(foreign) > _NAMES_SHOWN else ""
+    raise OutputError(
+        f"The QC folder '{qc_root}' holds files defacer did not write where --verify would write its reports and "
+        f"pictures: {shown}{more}. defacer never replaces them, --force or not. Move those files away or choose "
+        "another output (the QC folder is named after it; 'defacer verify': another --out)."
+    )
+
+
+def claim(qc_root: Path, targets: Iterable[Path]) -> None:
+    """Check ``targets`` (:func:`check_owned`), then list them in the QC folder's record, before any is written.
+
+    Raises
+    ------
+    OutputError
+        As :func:`check_owned`.
+    """
+    paths = list(targets)
+    check_owned(qc_root, paths)
+    _record(qc_root).add(paths)
 
 
 def qc_dir_for(output: Path) -> Path:
