@@ -364,6 +364,21 @@ def test_deface_verify_reruns_over_its_own_qc_folder_and_keeps_a_users_other_fil
     assert notes.read_text() == "looked fine\n"
 
 
+def test_verify_never_replaces_a_user_file_in_its_out_folder_and_reruns_over_its_own(phantom_files, tmp_path,
+                                                                                        capsys):
+    """``defacer verify ORIGINAL DEFACED --out DIR`` overwrote a user's ``DIR/verify_summary.json``."""
+    head = str(phantom_files[0])
+    mine = tmp_path / "mine" / "verify_summary.json"
+    mine.parent.mkdir()
+    mine.write_text("years of work\n")
+    assert main(["verify", head, head, "--out", str(mine.parent)]) == 1
+    err = capsys.readouterr().err
+    assert str(mine) in err and "--out" in err and "Traceback" not in err
+    assert [p.name for p in mine.parent.iterdir()] == ["verify_summary.json"] and mine.read_text() == "years of work\n"
+    first = main(["verify", head, head, "--out", str(tmp_path / "qc")])
+    assert first != 1 and main(["verify", head, head, "--out", str(tmp_path / "qc")]) == first
+
+
 #: Files ``batch --verify`` of ``bids_one`` writes into ``OUT-qc/``: the gallery, and a report and render of the scan.
 BATCH_QC_NAMES = ["index.html", "sub-01__anat__sub-01_T1w/verify_report.html",
                   "sub-01__anat__sub-01_T1w/front_after.png"]
