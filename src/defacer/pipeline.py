@@ -10,7 +10,12 @@ detector, so a wrong detection cannot reach the brain; scalp plus skull are thic
 10 mm over the brain of an adult.  Depth is computed on a ~4 mm grid; a voxel is protected
 when its coarse-grid depth is above ``protect_depth_mm - h`` (``h`` = half the coarse voxel
 diagonal), and as the distance map is 1-Lipschitz this protects every voxel whose true depth
-exceeds ``protect_depth_mm``.
+exceeds ``protect_depth_mm``.  For the ears (:data:`EXACT_GATE_FEATURES`) the voxels in that slack
+band are decided at their exact depth instead (the distance from the voxel's own position to the
+nearest coarse sample outside the opened head, the measure of :mod:`defacer.protection_check`):
+the auricle's root and concha lie in the band, and the ear rule itself keeps its voxels within
+a few mm of the rolled-off surface.  The eye cover and the nose keep the conservative band (a
+child's scalp and skull over the frontal lobe can be thinner than 10 mm).
 """
 
 from __future__ import annotations
@@ -28,14 +33,17 @@ from defacer.detect import Detector, HeadModelDetector
 from defacer.distort import Edit, distort_eyes, distort_nose, nose_region
 from defacer.distort_ears import distort_ears
 from defacer.errors import DetectorError, FeaturesNotFoundError
-from defacer.head import analyse_head, depth_below_surface
+from defacer.head import HeadModel, analyse_head, depth_below_surface
 from defacer.labels import FEATURES, Label
 from defacer.options import DEFAULT_OPTIONS, DefaceOptions
-from defacer.protection_check import changed_mask, check_protection
+from defacer.protection_check import changed_mask, check_protection, outside_samples, within_depth
 from defacer.provenance import environment
 from defacer.volume import Volume, canonical_reorientation
 
 log = logging.getLogger(__name__)
+
+#: Features whose edits are gated at each voxel's exact depth in the slack band (see the module docstring).
+EXACT_GATE_FEATURES = frozenset({"ears"})
 
 
 @dataclass
@@ -51,7 +59,8 @@ class DefaceResult:
     edit_mask : ndarray, uint8, shape of the input grid
         Feature label of every voxel whose stored value changed, 0 elsewhere.
     protected : ndarray, bool, shape of the input grid
-        The protected region (never written); a property computed on demand.
+        The conservative protected region (coarse depth above the depth minus the slack); a property
+        computed on demand.
     provenance : dict
         Parameters, estimates, counts and timings (JSON-serialisable).
     """
@@ -64,7 +73,11 @@ class DefaceResult:
 
     @property
     def protected(self) -> npt.NDArray[np.bool_]:
-        """The protected region on the input grid (computed on demand: a full-size mask)."""
+        """The conservative protected region on the input grid (computed on demand: a full-size mask).
+
+        The eye cover and the nose never write here; the ears may write in its slack band where a
+        voxel's exact depth is within the protection depth (:func:`protected_in_box`).
+        """
         if self._protection is None:
             return np.zeros(self.volume.shape, dtype=bool)
         depth, head, reorientation, limit = self._protection
@@ -106,6 +119,41 @@ def quantize(values: npt.NDArray[np.floating], like: Volume) -> npt.NDArray[Any]
         info = np.iinfo(dtype)
         return np.clip(np.rint(stored), info.min, info.max).astype(dtype)
     return stored.astype(dtype)
+
+
+def protected_in_box(edit: Edit, head: HeadModel, depth: npt.NDArray[np.float32], outside: npt.NDArray[np.float64],
+                     spacing: tuple[float, float, float], protect_depth_mm: float) -> npt.NDArray[np.bool_]:
+    """The protected voxels inside ``edit.box`` (the write gate of the module docstring).
+
+    Parameters
+    ----------
+    edit : Edit
+        Its box (RAS grid) and, for :data:`EXACT_GATE_FEATURES`, its mask (only the masked voxels of
+        the slack band are measured exactly).
+    head : HeadModel
+    depth : ndarray, float32, coarse grid
+        :func:`defacer.head.depth_below_surface`.
+    outside : ndarray, float, shape (M, 3)
+        :func:`defacer.protection_check.outside_samples` of ``depth``, in mm.
+    spacing : tuple of 3 float
+        Full-grid voxel size along R, A, S in mm.
+    protect_depth_mm : float
+
+    Returns
+    -------
+    ndarray, bool, box shape
+    """
+    slack = 0.5 * float(np.linalg.norm(np.asarray(spacing) * np.asarray(head.strides)))
+    coarse_depth = head.upsample(depth, edit.box)
+    protected = np.asarray(coarse_depth > protect_depth_mm - slack)
+    if edit.feature in EXACT_GATE_FEATURES:
+        # The slack band, decided at each voxel's exact depth (the check's own measure).
+        band = edit.mask & protected & (coarse_depth <= protect_depth_mm + slack)
+        local = np.argwhere(band)
+        start = np.array([b.start for b in edit.box])
+        shallow = within_depth(local + start, outside, spacing, protect_depth_mm)
+        protected[tuple(local[shallow].T)] = False
+    return protected
 
 
 def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_OPTIONS) -> DefaceResult:
@@ -170,8 +218,9 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
 
     out = image.copy()
     written = np.zeros(image.shape, dtype=np.uint8)
+    outside = outside_samples(depth, tuple(float(c) for c in coarse_step))  # type: ignore[arg-type]
     for edit in edits:
-        protected_local = head.upsample(depth, edit.box) > options.protect_depth_mm - slack
+        protected_local = protected_in_box(edit, head, depth, outside, spacing, options.protect_depth_mm)
         write = edit.mask & ~protected_local
         region = out[edit.box]
         region[write] = edit.values[write]
@@ -213,6 +262,7 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
         "edits": [{"feature": e.feature, **e.params} for e in edits],
         "voxels_changed": {name: int(np.count_nonzero(edit_mask == Label[name.upper()])) for name in FEATURES},
         "protection": {"depth_mm": options.protect_depth_mm, "coarse_slack_mm": round(slack, 3),
+                       "exact_depth_features": sorted(EXACT_GATE_FEATURES),
                        "protected_voxels_approx": int(np.count_nonzero(depth > options.protect_depth_mm - slack))
                        * int(np.prod(head.strides)),
                        "changed_inside_protected": check.changed_inside_protected,

@@ -51,6 +51,35 @@ def outside_samples(depth: npt.NDArray[np.floating], coarse_step_mm: tuple[float
     return np.argwhere(depth <= 0).astype(np.float64) * np.asarray(coarse_step_mm)
 
 
+def within_depth(indices: npt.NDArray[np.intp], outside: npt.NDArray[np.float64], spacing: tuple[float, float, float],
+                 depth_mm: float) -> npt.NDArray[np.bool_]:
+    """Whether each full-grid voxel lies within ``depth_mm`` of the nearest coarse sample outside the opened head.
+
+    The exact depth measure of :func:`check_protection` (a k-d tree query from each voxel's own
+    position), for the write gate's uncertain band.
+
+    Parameters
+    ----------
+    indices : ndarray, int, shape (N, 3)
+        Full-grid voxel indices in RAS axis order.
+    outside : ndarray, float, shape (M, 3)
+        :func:`outside_samples` of the coarse depth map, in mm.
+    spacing : tuple of 3 float
+        Full-grid voxel size along R, A, S in mm.
+    depth_mm : float
+        The protection depth.
+
+    Returns
+    -------
+    ndarray, bool, shape (N,)
+    """
+    if len(indices) == 0 or outside.size == 0:
+        return np.zeros(len(indices), dtype=bool)
+    points = indices.astype(np.float64) * np.asarray(spacing, dtype=np.float64)
+    distance, _ = cKDTree(outside).query(points, distance_upper_bound=depth_mm + 1e-6)
+    return np.asarray(np.isfinite(distance))
+
+
 def changed_mask(before: npt.NDArray[np.generic], after: npt.NDArray[np.generic]) -> Mask:
     """Voxels whose stored value differs between ``before`` and ``after`` (NaN equal to NaN)."""
     if before.shape != after.shape:

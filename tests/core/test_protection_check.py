@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 import defacer.pipeline
+from defacer.distort import Edit
 from defacer.head import analyse_head, depth_below_surface
 from defacer.labels import Label
 from defacer.phantom import make_phantom
-from defacer.pipeline import deface
-from defacer.protection_check import changed_mask, check_protection
+from defacer.pipeline import deface, protected_in_box
+from defacer.protection_check import changed_mask, check_protection, outside_samples, within_depth
 from defacer.volume import canonical_reorientation
 
 
@@ -112,3 +113,30 @@ def test_other_axis_orders_pass(phantom):
     result = deface(lps.volume, Labels(labels))
     assert result.provenance["protection"]["changed_inside_protected"] == 0
     assert result.provenance["protection"]["changed_outside_edits"] == 0
+
+
+@pytest.mark.parametrize("feature", ["ears", "eyes", "nose"])
+def test_the_ear_gate_decides_the_slack_band_at_exact_depth_and_the_others_stay_conservative(phantom, feature):
+    """A box from the surface to deep inside: ears may write every voxel within 10 mm exactly, never deeper;
+    eyes and nose keep the coarse gate with its slack (they write nothing that deep)."""
+    spacing = (2.0, 2.0, 2.0)
+    image = phantom.volume.values(np.float32)
+    head = analyse_head(image, spacing)
+    depth = depth_below_surface(head, spacing)
+    outside = outside_samples(depth, tuple(float(s) * st for s, st in zip(spacing, head.strides, strict=True)))
+    shape = image.shape
+    box = tuple(slice(0, n) for n in shape)
+    mask = np.ones(shape, dtype=bool)
+    edit = Edit(feature, box, mask, np.zeros(shape, dtype=np.float32))
+    protected = protected_in_box(edit, head, depth, outside, spacing, 10.0)
+    exact_within = within_depth(np.argwhere(mask), outside, spacing, 10.0).reshape(shape)
+    assert not (~protected & ~exact_within).any(), "nothing deeper than 10 mm is ever writable"
+    assert protected.any()
+    slack = 0.5 * float(np.linalg.norm(np.asarray(spacing) * np.asarray(head.strides)))
+    coarse = head.upsample(depth, box)
+    band_within = exact_within & (coarse > 10.0 - slack)
+    assert band_within.sum() > 100, "the phantom has voxels in the slack band within 10 mm"
+    if feature == "ears":
+        assert not (protected & exact_within).any(), "every voxel within 10 mm is writable for the ears"
+    else:
+        assert protected[band_within].all(), "eyes and nose keep the slack"
