@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from truth_detector import TruthDetector
 
 from defacer.auricle import block_any, block_repeat, delimit_auricle
 from defacer.distort_ears import distort_ears
@@ -19,18 +20,6 @@ from defacer.pipeline import DefaceOptions, deface
 
 SPACING = (2.0, 2.0, 2.0)
 
-
-class TruthDetector:
-    """Returns a fixed RAS label map (the phantom is made in RAS)."""
-
-    name = "truth"
-    weights_sha256 = None
-
-    def __init__(self, labels: np.ndarray) -> None:
-        self.labels = labels
-
-    def predict(self, image_ras: np.ndarray, ras_affine: np.ndarray) -> np.ndarray:
-        return self.labels
 
 
 def _world(shape: tuple[int, ...]) -> list[np.ndarray]:

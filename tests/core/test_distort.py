@@ -4,24 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from truth_detector import TruthDetector
 
 from defacer.distort import grow_box, nose_box
 from defacer.labels import Label
 from defacer.phantom import make_phantom
 from defacer.pipeline import DefaceOptions, deface
-
-
-class TruthDetector:
-    """Returns a fixed RAS label map (the phantom is made in RAS, so no reordering is needed)."""
-
-    name = "truth"
-    weights_sha256 = None
-
-    def __init__(self, labels: np.ndarray) -> None:
-        self.labels = labels
-
-    def predict(self, image_ras: np.ndarray, ras_affine: np.ndarray) -> np.ndarray:
-        return self.labels
 
 
 @pytest.fixture(scope="module")

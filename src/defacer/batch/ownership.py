@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from defacer.batch.layout import OutputLayout
@@ -33,6 +33,12 @@ from defacer.io.output_guard import foreign_entries
 RECORD_NAME = "owned.jsonl"
 #: Most offending names quoted in a refusal.
 _NAMES_SHOWN = 5
+
+
+def quoted_names(names: Sequence[object]) -> str:
+    """The first few of ``names`` quoted, and how many more there are (for a refusal message)."""
+    shown = ", ".join(f"'{n}'" for n in names[:_NAMES_SHOWN])
+    return shown + (f" and {len(names) - _NAMES_SHOWN} more" if len(names) > _NAMES_SHOWN else "")
 
 
 class OwnershipRecord:
@@ -102,11 +108,9 @@ class OwnershipRecord:
         foreign = self.foreign(targets)
         if not foreign:
             return
-        shown = ", ".join(f"'{self._name(p)}'" for p in foreign[:_NAMES_SHOWN])
-        more = f" and {len(foreign) - _NAMES_SHOWN} more" if len(foreign) > _NAMES_SHOWN else ""
         raise OutputError(
             f"The output folder '{self.out_root}' holds files defacer did not write where this batch would write its "
-            f"outputs: {shown}{more}. defacer never replaces them, --force or not (--force only lets a batch write "
+            f"outputs: {quoted_names([self._name(p) for p in foreign])}. defacer never replaces them, --force or not (--force only lets a batch write "
             "beside other files, and replace what an earlier batch wrote). Move those files away or choose another "
             "output folder."
         )

@@ -195,16 +195,23 @@ def auricle_near(image: npt.NDArray[np.floating], affine: Affine, point: npt.NDA
     (box, mask) or None
         The region of the RAS image and the auricle's voxels in it.
     """
-    affine = np.asarray(affine, float)
-    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-    inv = np.linalg.inv(affine)
-    centre = inv[:3, :3] @ np.asarray(point, float) + inv[:3, 3]
-    direction = (inv[:3, :3] @ np.asarray(outward, float)) * spacing  # in the array's mm axes
-    found = delimit_auricle(image, head, depth, tuple(float(s) for s in spacing), centre, direction,  # type: ignore[arg-type]
+    spacing, centre, direction = _array_frame(affine, point, outward)
+    found = delimit_auricle(image, head, depth, spacing, centre, direction,
                             search_mm=radius_mm, follow_mm=EXTENT_MM, medial_mm=MEDIAL_MM)
     if found is None or float(found.protrusion.sum()) * float(np.prod(spacing)) < min_mm3:
         return None
     return found.box, _largest_part(found.mask)
+
+
+def _array_frame(affine: Affine, point: npt.ArrayLike, outward: npt.ArrayLike
+                 ) -> tuple[tuple[float, float, float], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """A world point and direction in the array's frame: (voxel size in mm, voxel index, direction in array mm axes)."""
+    affine = np.asarray(affine, float)
+    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    inv = np.linalg.inv(affine)
+    index = inv[:3, :3] @ np.asarray(point, float) + inv[:3, 3]
+    direction = (inv[:3, :3] @ np.asarray(outward, float)) * spacing
+    return (float(spacing[0]), float(spacing[1]), float(spacing[2])), index, direction
 
 
 def _largest_part(mask: Mask) -> Mask:
@@ -270,12 +277,8 @@ def auricle_at(image: npt.NDArray[np.floating], affine: Affine, centre: npt.NDAr
     (box, mask) or None
         The region of the RAS image and the protrusion's voxels in it.
     """
-    affine = np.asarray(affine, float)
-    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-    inv = np.linalg.inv(affine)
-    found = delimit_auricle(image, head, depth, tuple(float(s) for s in spacing),  # type: ignore[arg-type]
-                            inv[:3, :3] @ np.asarray(centre, float) + inv[:3, 3],
-                            (inv[:3, :3] @ np.asarray(outward, float)) * spacing)
+    spacing, index, direction = _array_frame(affine, centre, outward)
+    found = delimit_auricle(image, head, depth, spacing, index, direction)
     if found is None:
         return None
     return found.box, found.protrusion

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from defacer.batch.ownership import OwnershipRecord
+from defacer.batch.ownership import OwnershipRecord, quoted_names
 from defacer.errors import OutputError
 from defacer.io.atomic import atomic_outputs
 from defacer.provenance import SIDECAR_SUFFIX, sidecar_path
@@ -52,8 +52,6 @@ RECORD_NAME = ".defacer-owned.jsonl"
 REPORT_FILES: tuple[str, ...] = ("verify_report.html", "verify_summary.json", README_NAME, "before_after.png",
                                  "after.png", "front_before.png", "front_after.png", "left45_before.png",
                                  "left45_after.png")
-#: Most offending names quoted in a refusal.
-_NAMES_SHOWN = 5
 
 
 def report_targets(folder: Path, *extra: str) -> list[Path]:
@@ -83,11 +81,9 @@ def check_owned(qc_root: Path, targets: Iterable[Path]) -> None:
     foreign = _record(qc_root).foreign(targets)
     if not foreign:
         return
-    shown = ", ".join(f"'{p}'" for p in foreign[:_NAMES_SHOWN])
-    more = f" and {len(foreign) - _NAMES_SHOWN} more" if len(foreign) > _NAMES_SHOWN else ""
     raise OutputError(
         f"The QC folder '{qc_root}' holds files defacer did not write where --verify would write its reports and "
-        f"pictures: {shown}{more}. defacer never replaces them, --force or not. Move those files away or choose "
+        f"pictures: {quoted_names(foreign)}. defacer never replaces them, --force or not. Move those files away or choose "
         "another output (the QC folder is named after it; 'defacer verify': another --out)."
     )
 
