@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -36,9 +36,12 @@ from defacer.errors import DetectorError, FeaturesNotFoundError
 from defacer.head import HeadModel, analyse_head, depth_below_surface
 from defacer.labels import FEATURES, Label
 from defacer.options import DEFAULT_OPTIONS, DefaceOptions
-from defacer.protection_check import changed_mask, check_protection, outside_samples, within_depth
+from defacer.protection_check import changed_mask, check_protection, outside_tree, within_depth
 from defacer.provenance import environment
 from defacer.volume import Volume, canonical_reorientation
+
+if TYPE_CHECKING:
+    from scipy.spatial import cKDTree
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +124,7 @@ def quantize(values: npt.NDArray[np.floating], like: Volume) -> npt.NDArray[Any]
     return stored.astype(dtype)
 
 
-def protected_in_box(edit: Edit, head: HeadModel, depth: npt.NDArray[np.float32], outside: npt.NDArray[np.float64],
+def protected_in_box(edit: Edit, head: HeadModel, depth: npt.NDArray[np.float32], outside: cKDTree | None,
                      spacing: tuple[float, float, float], protect_depth_mm: float) -> npt.NDArray[np.bool_]:
     """The protected voxels inside ``edit.box`` (the write gate of the module docstring).
 
@@ -133,8 +136,8 @@ def protected_in_box(edit: Edit, head: HeadModel, depth: npt.NDArray[np.float32]
     head : HeadModel
     depth : ndarray, float32, coarse grid
         :func:`defacer.head.depth_below_surface`.
-    outside : ndarray, float, shape (M, 3)
-        :func:`defacer.protection_check.outside_samples` of ``depth``, in mm.
+    outside : cKDTree or None
+        :func:`defacer.protection_check.outside_tree` of ``depth`` (built once per head).
     spacing : tuple of 3 float
         Full-grid voxel size along R, A, S in mm.
     protect_depth_mm : float
@@ -218,7 +221,7 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
 
     out = image.copy()
     written = np.zeros(image.shape, dtype=np.uint8)
-    outside = outside_samples(depth, tuple(float(c) for c in coarse_step))  # type: ignore[arg-type]
+    outside = outside_tree(depth, tuple(float(c) for c in coarse_step))  # type: ignore[arg-type]
     for edit in edits:
         protected_local = protected_in_box(edit, head, depth, outside, spacing, options.protect_depth_mm)
         write = edit.mask & ~protected_local

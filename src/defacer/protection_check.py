@@ -51,7 +51,13 @@ def outside_samples(depth: npt.NDArray[np.floating], coarse_step_mm: tuple[float
     return np.argwhere(depth <= 0).astype(np.float64) * np.asarray(coarse_step_mm)
 
 
-def within_depth(indices: npt.NDArray[np.intp], outside: npt.NDArray[np.float64], spacing: tuple[float, float, float],
+def outside_tree(depth: npt.NDArray[np.floating], coarse_step_mm: tuple[float, float, float]) -> cKDTree | None:
+    """A k-d tree of :func:`outside_samples` (``None`` when the head fills the whole grid), built once per head."""
+    outside = outside_samples(depth, coarse_step_mm)
+    return cKDTree(outside) if outside.size else None
+
+
+def within_depth(indices: npt.NDArray[np.intp], outside: cKDTree | None, spacing: tuple[float, float, float],
                  depth_mm: float) -> npt.NDArray[np.bool_]:
     """Whether each full-grid voxel lies within ``depth_mm`` of the nearest coarse sample outside the opened head.
 
@@ -62,8 +68,8 @@ def within_depth(indices: npt.NDArray[np.intp], outside: npt.NDArray[np.float64]
     ----------
     indices : ndarray, int, shape (N, 3)
         Full-grid voxel indices in RAS axis order.
-    outside : ndarray, float, shape (M, 3)
-        :func:`outside_samples` of the coarse depth map, in mm.
+    outside : cKDTree or None
+        :func:`outside_tree` of the coarse depth map (positions in mm).
     spacing : tuple of 3 float
         Full-grid voxel size along R, A, S in mm.
     depth_mm : float
@@ -73,10 +79,10 @@ def within_depth(indices: npt.NDArray[np.intp], outside: npt.NDArray[np.float64]
     -------
     ndarray, bool, shape (N,)
     """
-    if len(indices) == 0 or outside.size == 0:
+    if len(indices) == 0 or outside is None:
         return np.zeros(len(indices), dtype=bool)
     points = indices.astype(np.float64) * np.asarray(spacing, dtype=np.float64)
-    distance, _ = cKDTree(outside).query(points, distance_upper_bound=depth_mm + 1e-6)
+    distance, _ = outside.query(points, distance_upper_bound=depth_mm + 1e-6)
     return np.asarray(np.isfinite(distance))
 
 

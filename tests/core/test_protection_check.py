@@ -16,7 +16,7 @@ from defacer.head import analyse_head, depth_below_surface
 from defacer.labels import Label
 from defacer.phantom import make_phantom
 from defacer.pipeline import deface, protected_in_box
-from defacer.protection_check import changed_mask, check_protection, outside_samples, within_depth
+from defacer.protection_check import changed_mask, check_protection, outside_tree, within_depth
 from defacer.volume import canonical_reorientation
 
 
@@ -123,7 +123,7 @@ def test_the_ear_gate_decides_the_slack_band_at_exact_depth_and_the_others_stay_
     image = phantom.volume.values(np.float32)
     head = analyse_head(image, spacing)
     depth = depth_below_surface(head, spacing)
-    outside = outside_samples(depth, tuple(float(s) * st for s, st in zip(spacing, head.strides, strict=True)))
+    outside = outside_tree(depth, tuple(float(s) * st for s, st in zip(spacing, head.strides, strict=True)))
     shape = image.shape
     box = tuple(slice(0, n) for n in shape)
     mask = np.ones(shape, dtype=bool)
