@@ -36,7 +36,7 @@ from defacer.errors import DetectorError, FeaturesNotFoundError
 from defacer.head import HeadModel, analyse_head, depth_below_surface
 from defacer.labels import FEATURES, Label
 from defacer.options import DEFAULT_OPTIONS, DefaceOptions
-from defacer.protection_check import changed_mask, check_protection, outside_tree, within_depth
+from defacer.protection_check import changed_mask, check_protection_at, outside_tree, within_depth
 from defacer.provenance import environment
 from defacer.volume import Volume, canonical_reorientation
 
@@ -177,7 +177,7 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
     timings: dict[str, float] = {}
     start = time.perf_counter()
     reorientation = canonical_reorientation(volume.affine, volume.shape)
-    image = reorientation.to_ras(volume.values(np.float32))
+    image = reorientation.values_to_ras(volume, np.float32)
     spacing = reorientation.ras_spacing
     timings["reorient_s"] = time.perf_counter() - start
 
@@ -219,33 +219,32 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
     if "ears" in options.features:
         edits += distort_ears(image, labels_ras == Label.EARS, head, spacing, rng, depth=depth)
 
-    out = image.copy()
-    written = np.zeros(image.shape, dtype=np.uint8)
+    # Each edit goes straight onto a copy of the stored values, box by box on the file's grid (no
+    # full-size RAS copy of the image); a later edit overwrites an earlier one where they overlap.
+    raw = volume.raw.copy()
+    edit_mask = np.zeros(volume.shape, dtype=np.uint8)  # feature label of the last edit writing each voxel
     outside = outside_tree(depth, tuple(float(c) for c in coarse_step))  # type: ignore[arg-type]
+    native_boxes = []
     for edit in edits:
         protected_local = protected_in_box(edit, head, depth, outside, spacing, options.protect_depth_mm)
         write = edit.mask & ~protected_local
-        region = out[edit.box]
-        region[write] = edit.values[write]
-        written[edit.box][write] = int(Label[edit.feature.upper()])
+        native_box = reorientation.box_from_ras(edit.box)
+        write_native = reorientation.local_from_ras(write)
+        raw[native_box][write_native] = quantize(reorientation.local_from_ras(edit.values)[write_native], volume)
+        edit_mask[native_box][write_native] = int(Label[edit.feature.upper()])
+        native_boxes.append(native_box)
         edit.params["voxels_written"] = int(write.sum())
         edit.params["voxels_protected"] = int((edit.mask & protected_local).sum())
     timings["distort_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    written_native = reorientation.from_ras(written)
-    changed_at = written_native > 0
-    new_values = reorientation.from_ras(out)[changed_at]
-    raw = volume.raw.copy()
-    raw[changed_at] = quantize(new_values, volume)
-    changed = np.zeros(volume.shape, dtype=bool)
-    changed[changed_at] = raw[changed_at] != volume.raw[changed_at]
-    edit_mask = np.where(changed, written_native, 0).astype(np.uint8)
+    for native_box in native_boxes:  # a written voxel whose stored value did not change is no change
+        edit_mask[native_box][~changed_mask(volume.raw[native_box], raw[native_box])] = 0
     labels_native = reorientation.from_ras(labels_ras)
-    # Check of the guarantee, independent of the gate above: every voxel whose stored value changed, at its
-    # exact position (defacer.protection_check).
-    check = check_protection(reorientation.to_ras(changed_mask(volume.raw, raw)), head, depth, spacing,
-                             options.protect_depth_mm)
+    # Check of the guarantee, independent of the gate above: every voxel whose stored value changed, anywhere
+    # in the scan, at its exact position (defacer.protection_check).
+    changed_at = reorientation.indices_to_ras(np.argwhere(changed_mask(volume.raw, raw)))
+    check = check_protection_at(changed_at, head, depth, spacing, options.protect_depth_mm)
     timings["map_back_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - start
 

@@ -122,14 +122,31 @@ def check_protection(changed_ras: Mask, head: HeadModel, depth: npt.NDArray[np.f
     -------
     ProtectionCheck
     """
-    count = int(np.count_nonzero(changed_ras))
+    return check_protection_at(np.argwhere(changed_ras), head, depth, spacing, protect_depth_mm)
+
+
+def check_protection_at(indices: npt.NDArray[np.intp], head: HeadModel, depth: npt.NDArray[np.floating],
+                        spacing: tuple[float, float, float], protect_depth_mm: float) -> ProtectionCheck:
+    """:func:`check_protection` of the changed voxels given by their indices (no full-grid mask needed).
+
+    Parameters
+    ----------
+    indices : ndarray, int, shape (N, 3)
+        Full-grid indices, in RAS axis order, of the voxels whose stored value changed (each once).
+    head, depth, spacing, protect_depth_mm
+        As :func:`check_protection`.
+
+    Returns
+    -------
+    ProtectionCheck
+    """
+    count = len(indices)
     if count == 0:
         return ProtectionCheck(0, 0)
     step = tuple(float(s) * st for s, st in zip(spacing, head.strides, strict=True))
     outside = outside_samples(depth, step)  # type: ignore[arg-type]
     if outside.size == 0:  # the head fills the whole grid: every voxel is inside, none measurable
         return ProtectionCheck(count, count)
-    indices = np.argwhere(changed_ras)
     # A voxel in a coarse cell with an outside corner is within one cell diagonal of the outside: when that
     # is no more than the protection depth, it needs no search (most changed voxels: the face's surface band).
     todo = np.ones(len(indices), dtype=bool)

@@ -145,6 +145,44 @@ class Reorientation:
             raise ValueError(message)
         return out
 
+    def values_to_ras(self, volume: Volume, dtype: npt.DTypeLike = np.float32) -> npt.NDArray[np.floating]:
+        """:meth:`Volume.values` of ``volume`` in RAS+ axis order, converted in one copy (no file-order temporary)."""
+        out = np.array(nio.apply_orientation(volume.raw, self.ornt), dtype=dtype, order="C")
+        if volume.slope != 1.0:
+            out *= dtype_cast(volume.slope, dtype)
+        if volume.inter != 0.0:
+            out += dtype_cast(volume.inter, dtype)
+        return out
+
+    def box_from_ras(self, box: tuple[slice, ...]) -> tuple[slice, slice, slice]:
+        """The file-grid slices covering a box of the RAS+ array (``slice(start, stop)`` per RAS axis, no step).
+
+        ``array[box]`` in RAS order holds the same voxels as ``file_array[box_from_ras(box)]``, in
+        the order :meth:`local_from_ras` gives.
+        """
+        ras_shape = [0, 0, 0]
+        for axis, (target, _) in enumerate(self.ornt):
+            ras_shape[int(target)] = self.shape[axis]
+        native: list[slice] = []
+        for axis, (target, flip) in enumerate(self.ornt):
+            start, stop, _ = box[int(target)].indices(ras_shape[int(target)])
+            n = self.shape[axis]
+            native.append(slice(n - stop, n - start) if flip < 0 else slice(start, stop))
+        return native[0], native[1], native[2]
+
+    def local_from_ras(self, array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """Reorder a box cut from the RAS+ array into file axis order (a view; see :meth:`box_from_ras`)."""
+        inverse = nio.ornt_transform(np.array([[0, 1], [1, 1], [2, 1]], dtype=float), self.ornt)
+        return nio.apply_orientation(array, inverse)
+
+    def indices_to_ras(self, indices: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:
+        """File-grid voxel indices, shape (N, 3), as indices of the RAS+ array (same voxels)."""
+        out = np.empty_like(indices)
+        for axis, (target, flip) in enumerate(self.ornt):
+            column = indices[:, axis]
+            out[:, int(target)] = self.shape[axis] - 1 - column if flip < 0 else column
+        return out
+
     @property
     def ras_spacing(self) -> tuple[float, float, float]:
         """Voxel size along the R, A and S axes of the reoriented array, in mm."""
