@@ -33,7 +33,6 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage as ndi
-from skimage.morphology import convex_hull_image
 
 from defacer._typing import Mask
 from defacer.head import HeadModel
@@ -248,6 +247,16 @@ def _attached(solid_c: Mask, kept: Mask, step: tuple[int, ...], shape: tuple[int
     return block_repeat(np.isin(parts, ids[ids > 0]), step, shape)
 
 
+def _hull(outline: Mask) -> Mask:
+    """The filled convex hull of a 2D mask (with the mask itself; the mask alone when under 3 pixels)."""
+    if outline.sum() < 3:
+        return outline
+    # imported here: skimage.morphology costs ~0.1 s at every start of the command line
+    from skimage.morphology import convex_hull_image
+
+    return np.asarray(convex_hull_image(outline)) | outline
+
+
 def _largest_parts(mask: Mask, spacing: npt.NDArray[np.float64]) -> Mask:
     """Drop crumbs: face-connected parts under 200 mm^3 and under 15 % of the largest."""
     parts, count = ndi.label(mask)
@@ -302,12 +311,12 @@ def delimit_auricle(image: npt.NDArray[np.floating], head: HeadModel, depth: npt
     cell = sp * np.asarray(step)
     cell_mm3 = float(np.prod(cell))
     tissue = np.asarray(image[box]) > head.threshold
-    solid = tissue | (head.upsample(depth, box) > INTERIOR_MM)
+    solid = tissue | head.upsample(depth > INTERIOR_MM, box)
     tissue_c, solid_c = block_any(tissue, step), block_any(solid, step)
     opened = open_ball(solid_c, opening_mm, cell)
     removed = solid_c & ~opened & tissue_c
     # an auricle stands at most OUTSIDE_MM out of the head with its protrusions rolled off (a head holder farther)
-    close_c = block_any(head.upsample(outside_distance(head, depth, spacing), box) <= OUTSIDE_MM, step)  # type: ignore[arg-type]
+    close_c = block_any(head.upsample(outside_distance(head, depth, spacing) <= OUTSIDE_MM, box), step)
     removed &= close_c
     anchors = ndi.binary_dilation(opened, structure=np.ones((3, 3, 3), dtype=bool))
     offsets = _offsets_mm(removed.shape, box, step, c0, sp)
@@ -329,7 +338,7 @@ def delimit_auricle(image: npt.NDArray[np.floating], head: HeadModel, depth: npt
     # the side view: footprint of the protrusion, and the outer shell of tissue within it
     axis = int(np.argmax(np.abs(out_dir)))
     outline = np.asarray(kept.any(axis=axis))
-    hull = np.asarray(convex_hull_image(outline)) | outline if outline.sum() >= 3 else outline
+    hull = _hull(outline)
     footprint = block_repeat(hull[(slice(None),) * axis + (None,)], step,
                              tuple(1 if a == axis else n for a, n in enumerate(tissue.shape)))
     full = np.ogrid[tuple(slice(0, n) for n in tissue.shape)]

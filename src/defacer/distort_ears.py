@@ -100,7 +100,7 @@ def auricle_mask(image: npt.NDArray[np.floating], ears: Mask, component: Box, he
     pad = np.ceil(rim_mm / sp).astype(int) + 1
     box = tuple(slice(max(0, b.start - p), min(n, b.stop + p)) for b, p, n in zip(box, pad, image.shape, strict=True))
     local_ears = np.asarray(ears[box])
-    standing_out = local_ears & ~(head.upsample(depth, box) > DETECTED_DEPTH_MM)  # type: ignore[arg-type]
+    standing_out = local_ears & ~head.upsample(depth > DETECTED_DEPTH_MM, box)  # type: ignore[arg-type]
     mask = standing_out.copy()
     from_image = 0
     if found is not None:

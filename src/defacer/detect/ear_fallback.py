@@ -29,7 +29,7 @@ import numpy.typing as npt
 from scipy import ndimage as ndi
 
 from defacer._typing import Affine, LabelMap, Mask
-from defacer.auricle import delimit_auricle
+from defacer.auricle import Auricle, delimit_auricle
 from defacer.head import HeadModel, analyse_head, depth_below_surface
 from defacer.labels import Label
 
@@ -222,6 +222,17 @@ def _largest_part(mask: Mask) -> Mask:
     return np.asarray(parts == 1 + int(np.argmax(np.bincount(parts.ravel())[1:])))
 
 
+def _extent(mask: Mask) -> Box | None:
+    """Bounding box of a 3D mask (from its projections on the axes: no index list), ``None`` when empty."""
+    box = []
+    for axis in range(3):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        if hit.size == 0:
+            return None
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)  # type: ignore[return-value]
+
+
 def _ear_components(labels: LabelMap, affine: Affine, origin: npt.NDArray[np.float64],
                     axes: npt.NDArray[np.float64]) -> dict[int, tuple[Box, Mask, npt.NDArray[np.float64]]]:
     """The largest ear component of the label map on each side of the eyes' midpoint.
@@ -233,11 +244,11 @@ def _ear_components(labels: LabelMap, affine: Affine, origin: npt.NDArray[np.flo
         its world centroid in RAS+ mm).
     """
     where = labels == Label.EARS
-    if not where.any():
+    extent = _extent(where)
+    if extent is None:
         return {}
-    idx = np.argwhere(where)
-    lo = idx.min(axis=0)
-    parts, _ = ndi.label(where[tuple(slice(int(a), int(b) + 1) for a, b in zip(lo, idx.max(axis=0), strict=True))])
+    lo = [s.start for s in extent]
+    parts, _ = ndi.label(where[extent])
     sizes = np.bincount(parts.ravel())[1:]
     objects = ndi.find_objects(parts)
     out: dict[int, tuple[Box, Mask, npt.NDArray[np.float64]]] = {}
@@ -254,12 +265,11 @@ def _ear_components(labels: LabelMap, affine: Affine, origin: npt.NDArray[np.flo
 
 def auricle_at(image: npt.NDArray[np.floating], affine: Affine, centre: npt.NDArray[np.float64],
                outward: npt.NDArray[np.float64], head: HeadModel, depth: npt.NDArray[np.float32]
-               ) -> tuple[Box, Mask] | None:
-    """The protruding auricle near a detected ear's centre, or ``None`` where nothing stands out.
+               ) -> Auricle | None:
+    """The auricle near a detected ear's centre, or ``None`` where nothing stands out.
 
-    The protrusion (steps 1-2 of :mod:`defacer.auricle`'s rule: the tissue a morphological
-    opening of the head separates from it, recentred) found by
-    :func:`defacer.auricle.delimit_auricle` from ``centre``.
+    :func:`defacer.auricle.delimit_auricle` from ``centre``, with the rule's default distances
+    (those of the ear distortion).
 
     Parameters
     ----------
@@ -274,20 +284,19 @@ def auricle_at(image: npt.NDArray[np.floating], affine: Affine, centre: npt.NDAr
 
     Returns
     -------
-    (box, mask) or None
-        The region of the RAS image and the protrusion's voxels in it.
+    Auricle or None
+        Its ``protrusion`` (steps 1-2 of :mod:`defacer.auricle`'s rule: the tissue a morphological
+        opening of the head separates from it, recentred) is what the ear grows by.
     """
     spacing, index, direction = _array_frame(affine, centre, outward)
-    found = delimit_auricle(image, head, depth, spacing, index, direction)
-    if found is None:
-        return None
-    return found.box, found.protrusion
+    return delimit_auricle(image, head, depth, spacing, index, direction)
 
 
-def _grow_ear(labels: LabelMap, crop: Box, component: Mask, box: Box, protrusion: Mask) -> None:
+def _grow_ear(labels: LabelMap, crop: Box, component: Mask, box: Box, protrusion: Mask) -> Box:
     """Add to one ear component of ``labels`` (in place) the protrusion parts face-connected to it.
 
     Only background voxels become ear (never an eye or the nose), and the ear stays one piece.
+    Returns the grown ear's bounding box on the grid of ``labels``.
     """
     lo = [min(a.start, b.start) for a, b in zip(crop, box, strict=True)]
     hi = [max(a.stop, b.stop) for a, b in zip(crop, box, strict=True)]
@@ -300,7 +309,10 @@ def _grow_ear(labels: LabelMap, crop: Box, component: Mask, box: Box, protrusion
     network[tuple(slice(s.start - a, s.stop - a) for s, a in zip(crop, lo, strict=True))] = component
     parts, _ = ndi.label(ear | network)
     ids = np.unique(parts[network])
-    region[np.isin(parts, ids[ids > 0]) & ~network & ear] = Label.EARS
+    grown = np.isin(parts, ids[ids > 0])
+    region[grown & ~network & ear] = Label.EARS
+    (extent,) = ndi.find_objects(grown.astype(np.uint8))
+    return tuple(slice(s.start + a, s.stop + a) for s, a in zip(extent, lo, strict=True))  # type: ignore[return-value]
 
 
 def add_missing_ears(image: npt.NDArray[np.floating], affine: Affine, labels: LabelMap,
@@ -360,15 +372,15 @@ def add_missing_ears(image: npt.NDArray[np.floating], affine: Affine, labels: La
     for side, (crop, component, centre) in present.items() if refine else ():
         found = auricle_at(image, affine, centre, side * axes[0], head, depth)
         if found is not None:
-            _grow_ear(out, crop, component, *found)
+            _grow_ear(out, crop, component, found.box, found.protrusion)
     for side in missing:
         surface = lateral_surface(origin, axes, side, head, depth, affine, image.shape, offset_mm)
         if surface is None:
             continue
-        found = auricle_near(image, affine, surface, side * axes[0], head, depth)
-        if found is None:
+        near = auricle_near(image, affine, surface, side * axes[0], head, depth)
+        if near is None:
             continue
-        box, mask = found
+        box, mask = near
         region = out[box]
         region[mask & (region == 0)] = Label.EARS
         sources[names[side]] = "image"
