@@ -125,6 +125,19 @@ def test_only_the_missing_side_is_searched(phantom, monkeypatch) -> None:
     assert sources == {"right": "network", "left": "image"}
 
 
+def _concha_only(made) -> np.ndarray:
+    """The phantom's labels with each ear cut to its concha (within 9 mm of the ear canal)."""
+    affine = made.volume.affine
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in made.labels.shape], indexing="ij"), -1) @ affine[:3, :3].T
+    grid += affine[:3, 3]
+    near_canal = np.zeros(made.labels.shape, dtype=bool)
+    for side in (-1, 1):
+        near_canal |= ((grid - [side * 77.0, -2.0, -6.0]) ** 2).sum(-1) <= 9.0**2
+    network = made.labels.copy()
+    network[(made.labels == Label.EARS) & ~near_canal] = 0
+    return network
+
+
 def test_a_network_ear_core_becomes_the_whole_auricle(phantom) -> None:
     """The network found only each concha (within 9 mm of the ear canal): each becomes the whole
     auricle, one piece per side, and nothing of the head under it."""
@@ -133,11 +146,7 @@ def test_a_network_ear_core_becomes_the_whole_auricle(phantom) -> None:
     grid = np.stack(np.meshgrid(*[np.arange(n) for n in made.labels.shape], indexing="ij"), -1) @ affine[:3, :3].T
     grid += affine[:3, 3]
     truth = made.labels == Label.EARS
-    near_canal = np.zeros(truth.shape, dtype=bool)
-    for side in (-1, 1):
-        near_canal |= ((grid - [side * 77.0, -2.0, -6.0]) ** 2).sum(-1) <= 9.0**2
-    network = made.labels.copy()
-    network[truth & ~near_canal] = 0
+    network = _concha_only(made)
     out, sources = add_missing_ears(made.volume.values(np.float32), affine, network, EYES, refine=True)
     ears = out == Label.EARS
     assert sources == {"right": "network", "left": "network"}
