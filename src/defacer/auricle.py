@@ -91,6 +91,64 @@ class Auricle:
     centre_voxel: npt.NDArray[np.float64]
 
 
+#: ``head.cache`` key of the auricles delimited for given ears (:func:`remember_auricle`).
+_SHARED_KEY = "auricle of ear"
+
+
+def _shared_key(ear_box: Box, search_mm: float, opening_mm: float) -> tuple[object, ...]:
+    return (_SHARED_KEY, tuple((int(s.start), int(s.stop)) for s in ear_box), float(search_mm), float(opening_mm))
+
+
+def remember_auricle(head: HeadModel, ear_box: Box, ear: Mask, found: Auricle | None, *,
+                     search_mm: float = SEARCH_MM, opening_mm: float = OPENING_MM) -> None:
+    """Record on ``head`` the auricle delimited for one labelled ear, so it is not delimited again.
+
+    The detector's ear refinement delimits each ear's auricle (:func:`delimit_auricle` from the
+    network ear's centroid) and the ear distortion would delimit it again from the refined ear;
+    the distortion takes this one instead (:func:`recall_auricle`) when it is handed that very ear.
+
+    Parameters
+    ----------
+    head : HeadModel
+        The head both stages share (the record lives in ``head.cache``).
+    ear_box : tuple of 3 slice
+        Bounding box, on the RAS grid, of the ear's connected component in the label map the
+        detector returns.
+    ear : ndarray, bool, ``ear_box`` shape
+        Every ear voxel of that label map inside ``ear_box`` (copied).
+    found : Auricle or None
+        What :func:`delimit_auricle` gave for it (``None``: nothing stands out there).
+    search_mm, opening_mm : float
+        The rule's search radius and opening ball it was delimited with, in mm.
+    """
+    kept = np.array(ear, dtype=bool)
+    kept.flags.writeable = False
+    head.cache[_shared_key(ear_box, search_mm, opening_mm)] = (kept, found)
+
+
+def recall_auricle(head: HeadModel, ear_box: Box, ear: Mask, *, search_mm: float = SEARCH_MM,
+                   opening_mm: float = OPENING_MM) -> tuple[bool, Auricle | None]:
+    """The auricle :func:`remember_auricle` recorded for this very ear, if any.
+
+    Parameters
+    ----------
+    head, ear_box, ear, search_mm, opening_mm
+        As :func:`remember_auricle`; the ear must match voxel for voxel (a different detection,
+        e.g. a label file or an edited ear, finds no record).
+
+    Returns
+    -------
+    recorded : bool
+        Whether this ear was recorded with these distances.
+    found : Auricle or None
+        The recorded auricle (``None`` also when it was recorded as none).
+    """
+    entry = head.cache.get(_shared_key(ear_box, search_mm, opening_mm))
+    if entry is None or not np.array_equal(entry[0], ear):
+        return False, None
+    return True, entry[1]
+
+
 def block_any(mask: Mask, step: tuple[int, ...]) -> Mask:
     """Max-pooling of a 3D boolean array over blocks of ``step`` voxels (the last block may be partial).
 

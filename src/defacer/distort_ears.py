@@ -55,7 +55,10 @@ def auricle_mask(image: npt.NDArray[np.floating], ears: Mask, component: Box, he
     """The voxels to distort for one detected ear: the whole auricle near it, delimited from the image.
 
     The detection gives the ear's centroid and side (lateral of ``head_centre_r``); the auricle
-    is :func:`defacer.auricle.delimit_auricle` from there.  The detection itself is added where
+    is :func:`defacer.auricle.delimit_auricle` from there, or, for an ear the detector's ear
+    refinement delimited and handed over unchanged, the auricle it delimited
+    (:func:`defacer.auricle.recall_auricle`: from the network ear's centroid, outward along the
+    eye axis; delimited once, not twice).  The detection itself is added where
     it lies at most :data:`DETECTED_DEPTH_MM` below the head's rolled-off surface (an ear pressed
     flat against the head, which does not stand out, is still changed as far as it was
     detected), and the union grows by ``rim_mm`` (along each axis) into the voxels below the
@@ -85,13 +88,18 @@ def auricle_mask(image: npt.NDArray[np.floating], ears: Mask, component: Box, he
     box : tuple of 3 slice
     mask : ndarray, bool, box shape
     params : dict
-        What the sidecar records (centroid in voxels, radii, voxels found from the image).
+        What the sidecar records (centroid in voxels, radii, voxels found from the image, whether
+        the auricle was the detector's).
     """
     idx = np.nonzero(ears[component])
     centroid = np.array([s.start + float(i.mean()) for s, i in zip(component, idx, strict=True)])
     outward = np.array([1.0 if centroid[0] >= head_centre_r else -1.0, 0.0, 0.0])
-    found = auricle.delimit_auricle(image, head, depth, spacing, centroid, outward,
-                                    search_mm=radius_mm, opening_mm=opening_mm)
+    # the detector's ear refinement may have delimited this very ear already (same head, same distances)
+    shared, found = auricle.recall_auricle(head, component, ears[component], search_mm=radius_mm,
+                                           opening_mm=opening_mm)
+    if not shared:
+        found = auricle.delimit_auricle(image, head, depth, spacing, centroid, outward,
+                                        search_mm=radius_mm, opening_mm=opening_mm)
     if found is not None:
         box = tuple(slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(found.box, component, strict=True))
     else:
@@ -110,7 +118,7 @@ def auricle_mask(image: npt.NDArray[np.floating], ears: Mask, component: Box, he
     mask |= _rim(mask, rim_mm, sp) & ~(np.asarray(image[box]) > head.threshold)
     params = {"centroid_voxel": [round(float(c), 2) for c in centroid], "radius_mm": radius_mm,
               "opening_mm": opening_mm, "auricle_found": found is not None,
-              "auricle_voxels_from_image": from_image}
+              "auricle_voxels_from_image": from_image, "auricle_from_detector": shared}
     return box, mask, params  # type: ignore[return-value]
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from defacer import auricle
 from defacer.detect import ear_fallback
 from defacer.detect.ear_fallback import add_missing_ears, eye_frame
 from defacer.detect.model import OnnxDetector, default_weights_path
@@ -159,6 +160,64 @@ def test_a_network_ear_core_becomes_the_whole_auricle(phantom) -> None:
     deep = sum((grid[..., i] / (ax - 4.0)) ** 2 for i, ax in enumerate(HEAD_AXES)) < 1
     assert not (ears & deep).any()
     assert np.array_equal(out[(network != 0) & (network != Label.EARS)], network[(network != 0) & (network != Label.EARS)])
+
+
+def test_the_ear_distortion_takes_the_auricles_the_refinement_delimited(phantom, monkeypatch) -> None:
+    """Each auricle is delimited once per head: the refinement's, handed to the distortion with the
+    head; a different ear (one voxel less) is delimited again, the other ear still is not."""
+    from defacer.distort_ears import distort_ears
+    from defacer.head import analyse_head
+
+    made, x = phantom
+    image = made.volume.values(np.float32)
+    spacing = (2.0, 2.0, 2.0)
+    head = analyse_head(image, spacing)
+    seeds: list[float] = []
+    real = auricle.delimit_auricle
+
+    def counted(*args, **kwargs):
+        seeds.append(float(args[4][0]))  # the seed's R index: which side
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(auricle, "delimit_auricle", counted)
+    monkeypatch.setattr(ear_fallback, "delimit_auricle", counted)
+    out, _ = add_missing_ears(image, made.volume.affine, _concha_only(made), EYES, head=head)
+    assert len(seeds) == 2
+    ears = out == Label.EARS
+    edits = distort_ears(image, ears, head, spacing, np.random.default_rng(0))
+    assert len(seeds) == 2  # not delimited again
+    assert [e.params["auricle_from_detector"] for e in edits] == [True, True]
+    changed = np.zeros(ears.shape, dtype=bool)
+    for edit in edits:
+        changed[edit.box] |= edit.mask
+    assert changed[made.labels == Label.EARS].mean() >= 0.95  # and each is still the whole auricle
+    edited = ears.copy()
+    edited[tuple(np.argwhere(ears & (x > 0))[0])] = False  # another detection of the right ear
+    again = distort_ears(image, edited, head, spacing, np.random.default_rng(0))
+    assert len(seeds) == 3 and seeds[2] > image.shape[0] / 2  # only the right ear, delimited afresh
+    assert sorted(e.params["auricle_from_detector"] for e in again) == [False, True]
+
+
+@pytest.mark.skipif(not default_weights_path().is_file(), reason="shipped weights not built yet")
+def test_defacing_with_the_detector_delimits_each_auricle_once(phantom, monkeypatch) -> None:
+    """Through the pipeline: the detector's refinement and the ear distortion share each auricle."""
+    from defacer.pipeline import deface
+
+    made, _ = phantom
+    calls = []
+    real = auricle.delimit_auricle
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(auricle, "delimit_auricle", counted)
+    monkeypatch.setattr(ear_fallback, "delimit_auricle", counted)
+    result = deface(made.volume, OnnxDetector(threads=1))
+    ears = [e for e in result.provenance["edits"] if e["feature"] == "ears"]
+    assert result.provenance["detector"]["sources"]["ears"] == {"right": "network", "left": "network"}
+    assert len(ears) == 2 and all(e["auricle_from_detector"] for e in ears)
+    assert len(calls) == 2
 
 
 def test_a_network_ear_where_nothing_stands_out_is_kept_as_it_is(phantom) -> None:

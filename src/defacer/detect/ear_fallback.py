@@ -15,7 +15,9 @@ seen.  For a side with no ear component (and only when both eyes were found) thi
 
 Each ear the network found takes the auricle protruding from the head near its centroid, as far as
 it is connected to it (``refine``; the network often marks only the concha); where nothing stands
-out there, the network's ear stays as it is.
+out there, the network's ear stays as it is. Each auricle so delimited is recorded on the head
+(:func:`defacer.auricle.remember_auricle`), and the ear distortion takes it from there instead of
+delimiting it again.
 
 Everything runs on a crop around each ear (the protrusion on a grid of about
 :data:`defacer.auricle.GRID_MM`): about 0.1 s per ear on a 1 mm head (0.23 s for both ears of
@@ -29,7 +31,7 @@ import numpy.typing as npt
 from scipy import ndimage as ndi
 
 from defacer._typing import Affine, LabelMap, Mask
-from defacer.auricle import Auricle, delimit_auricle
+from defacer.auricle import Auricle, delimit_auricle, remember_auricle
 from defacer.head import HeadModel, analyse_head, depth_below_surface
 from defacer.labels import Label
 
@@ -269,7 +271,7 @@ def auricle_at(image: npt.NDArray[np.floating], affine: Affine, centre: npt.NDAr
     """The auricle near a detected ear's centre, or ``None`` where nothing stands out.
 
     :func:`defacer.auricle.delimit_auricle` from ``centre``, with the rule's default distances
-    (those of the ear distortion).
+    (those of the ear distortion, which reuses it: :func:`defacer.auricle.recall_auricle`).
 
     Parameters
     ----------
@@ -369,10 +371,11 @@ def add_missing_ears(image: npt.NDArray[np.floating], affine: Affine, labels: La
         head = analyse_head(image, spacing)  # type: ignore[arg-type]
     depth = depth_below_surface(head, spacing)  # type: ignore[arg-type]
     out = labels.copy()
+    refined: list[tuple[Box, Auricle | None]] = []
     for side, (crop, component, centre) in present.items() if refine else ():
         found = auricle_at(image, affine, centre, side * axes[0], head, depth)
-        if found is not None:
-            _grow_ear(out, crop, component, found.box, found.protrusion)
+        grown = crop if found is None else _grow_ear(out, crop, component, found.box, found.protrusion)
+        refined.append((grown, found))
     for side in missing:
         surface = lateral_surface(origin, axes, side, head, depth, affine, image.shape, offset_mm)
         if surface is None:
@@ -384,4 +387,6 @@ def add_missing_ears(image: npt.NDArray[np.floating], affine: Affine, labels: La
         region = out[box]
         region[mask & (region == 0)] = Label.EARS
         sources[names[side]] = "image"
+    for grown, auricle in refined:  # the ear distortion takes these auricles instead of delimiting them again
+        remember_auricle(head, grown, out[grown] == Label.EARS, auricle)
     return out, sources
