@@ -208,7 +208,7 @@ def prepare_scene(
     # and the framing) is the same whatever the file's axis order.  For non-oblique grids the
     # resampling matrix is then diagonal, which scipy handles with its much faster zoom path.
     reo = canonical_reorientation(volume.affine, volume.shape)
-    values = reo.to_ras(volume.values())
+    values = reo.values_to_ras(volume)
     ras_volume = Volume(values, reo.ras_affine)
     if like is not None:
         iso_level, centre, step = like.iso, like.centre, like.step_mm

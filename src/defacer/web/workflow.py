@@ -356,7 +356,7 @@ def detect(session: Session, default_detector: Callable[[], Detector]) -> dict[s
                     "the scan's grid) with the scan."
                 ) from err
         reorientation = canonical_reorientation(volume.affine, volume.shape)
-        image = reorientation.to_ras(volume.values(np.float32))
+        image = reorientation.values_to_ras(volume, np.float32)
         labels_ras = np.asarray(detector.predict(image, reorientation.ras_affine), dtype=np.uint8)
         labels = reorientation.from_ras(labels_ras)
         save_label_map(labels, volume, session.path("view", "labels.nii.gz"), force=True)
