@@ -119,6 +119,28 @@ def test_distort_ears_changes_the_whole_auricle_from_a_small_detection(phantom) 
                 & ~_inside_head(x, y, z, -4.0)).any()  # and no tissue beyond a voxel of them
 
 
+def test_a_detected_flat_ear_is_changed_to_its_full_depth(phantom) -> None:
+    """An ear pressed flat (nothing stands out; the reference labels mark the outer 6 mm of the head)
+    detected as the outer 6 mm of the head near the ear canal is changed to that depth nearly
+    everywhere (with 6 mm read at the coarse sample alone: 61%), and nothing 12 mm deep is in the
+    edit (the write gate then stops it at the protection depth)."""
+    made, image, head, depth = phantom
+    flat = image.copy()
+    flat[made.labels == Label.EARS] = 0.0  # the auricles removed: a smooth head
+    x, y, z = _world(image.shape)
+    ears = np.zeros(image.shape, dtype=bool)
+    for side in (-1, 1):
+        ears |= ((x - side * 74.0) ** 2 + (y + 2.0) ** 2 + (z + 6.0) ** 2) <= 25.0**2
+    ears &= _inside_head(x, y, z, 0.0) & ~_inside_head(x, y, z, 6.0)
+    edits = distort_ears(flat, ears, head, SPACING, np.random.default_rng(0), depth=depth)
+    changed = np.zeros(image.shape, dtype=bool)
+    for edit in edits:
+        changed[edit.box] |= edit.mask
+        assert not edit.params["auricle_found"]
+    assert changed[ears].mean() >= 0.95  # 0.96 (slack of a 4 mm coarse grid); 0.61 without the slack
+    assert not (changed & _inside_head(x, y, z, 12.0)).any()
+
+
 def test_the_pipeline_removes_whole_auricles_and_never_the_brain(phantom) -> None:
     made, _, _, _ = phantom
     x, y, z = _world(made.labels.shape)
