@@ -12,6 +12,7 @@ import itertools
 import nibabel.orientations as nio
 import numpy as np
 import pytest
+from truth_detector import TruthDetector
 
 from defacer.labels import Label
 from defacer.phantom import make_phantom
@@ -58,19 +59,6 @@ def test_box_maps_agree_with_the_whole_array_reorientation(axcodes: str):
     np.testing.assert_array_equal(ras[tuple(ras_indices.T)], volume.values(np.float32)[tuple(indices.T)])
 
 
-class _PhantomLabels:
-    """The phantom's own feature labels, reoriented into RAS like a detector's output (a test detector)."""
-
-    name = "phantom truth"
-    weights_sha256 = None
-
-    def __init__(self, labels_ras: np.ndarray) -> None:
-        self.labels_ras = labels_ras
-
-    def predict(self, image_ras: np.ndarray, ras_affine: np.ndarray) -> np.ndarray:
-        return self.labels_ras
-
-
 @pytest.mark.parametrize("axcodes", ["LPS", "PIR", "ILA"])
 def test_defacing_is_the_same_in_every_axis_order(axcodes: str):
     """Edits written box by box through the file's axis order change exactly the voxels they change in RAS."""
@@ -79,8 +67,8 @@ def test_defacing_is_the_same_in_every_axis_order(axcodes: str):
     reo = canonical_reorientation(other.volume.affine, other.volume.shape)
     np.testing.assert_array_equal(reo.to_ras(other.volume.raw), ras.volume.raw)  # the same head, stored otherwise
     labels_ras = np.asarray(ras.labels, np.uint8)
-    result_ras = deface(ras.volume, _PhantomLabels(labels_ras))
-    result_other = deface(other.volume, _PhantomLabels(labels_ras))
+    result_ras = deface(ras.volume, TruthDetector(labels_ras))
+    result_other = deface(other.volume, TruthDetector(labels_ras))
     assert np.count_nonzero(result_ras.edit_mask == Label.EARS) > 0
     np.testing.assert_array_equal(reo.to_ras(result_other.volume.raw), result_ras.volume.raw)
     np.testing.assert_array_equal(reo.to_ras(result_other.edit_mask), result_ras.edit_mask)
