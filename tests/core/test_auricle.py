@@ -141,6 +141,33 @@ def test_a_detected_flat_ear_is_changed_to_its_full_depth(phantom) -> None:
     assert not (changed & _inside_head(x, y, z, 12.0)).any()
 
 
+def test_the_ear_edit_leaves_no_hole_in_the_head(phantom) -> None:
+    """Edit voxels below the rolled-off head surface (a flat ear's detection, an auricle's root) get
+    this scan's skin values, not air: no dent in the ear's shape shows in a render; above it, air."""
+    made, image, head, depth = phantom
+    flat = image.copy()
+    flat[made.labels == Label.EARS] = 0.0
+    x, y, z = _world(image.shape)
+    ears = np.zeros(image.shape, dtype=bool)
+    for side in (-1, 1):
+        ears |= ((x - side * 74.0) ** 2 + (y + 2.0) ** 2 + (z + 6.0) ** 2) <= 25.0**2
+    ears &= _inside_head(x, y, z, 0.0) & ~_inside_head(x, y, z, 6.0)
+    edits = distort_ears(flat, ears, head, SPACING, np.random.default_rng(0), depth=depth)
+    new = flat.copy()
+    edited = np.zeros(image.shape, dtype=bool)
+    for edit in edits:
+        new[edit.box][edit.mask] = edit.values[edit.mask]
+        edited[edit.box] |= edit.mask
+        assert edit.params["voxels_skin_filled"] > 0
+    deep = edited & _inside_head(x, y, z, 2.0)
+    assert deep.sum() > 1000
+    assert (new[deep] > head.threshold).all()  # skin, not a hole (with air noise: none of them)
+    assert (new[deep] != flat[deep]).mean() >= 0.99  # and still changed
+    # air outside the head (the surface is read on the 4 mm coarse grid: within a cell of the true one)
+    outside = edited & ~_inside_head(x, y, z, -4.0)
+    assert outside.sum() > 100 and (new[outside] <= head.threshold).all()
+
+
 def test_the_pipeline_removes_whole_auricles_and_never_the_brain(phantom) -> None:
     made, _, _, _ = phantom
     x, y, z = _world(made.labels.shape)
