@@ -13,6 +13,10 @@ over all heads and MR and CT apart.  ``--consistency`` also runs one model on th
 and a transposed axis order), resampled to 2 mm and cropped (15 % off the back and the top),
 and compares those predictions with the prediction on the original scan.
 
+``--in-sample`` scores every scan with the first model given, whether it trained on it or not (the
+shipped weights: optimistic figures).  ``--no-face-refinement`` turns off the image-based re-shaping
+of the eyes and nose (:mod:`defacer.detect.refine_face`) to measure the network's own components.
+
 Example::
 
     python benchmarks/evaluate_detector.py --weights build/train/foldA/detector.onnx build/train/foldB/detector.onnx \\
@@ -32,6 +36,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
+from defacer.detect import refine_face
 from defacer.detect.metrics import centroid_errors_mm, dice_per_feature, feature_matches
 from defacer.detect.model import OnnxDetector
 from defacer.io import load_volume
@@ -55,12 +60,12 @@ def _fmt(v: float | None) -> str:
     return f"{v:.3f}" if v <= 1.0 else f"{v:.1f}"
 
 
-def held_out(weights: list[Path], data: Path, labels_dir: Path) -> list[dict]:
-    """Score every labelled scan with a model that did not train on it."""
+def held_out(weights: list[Path], data: Path, labels_dir: Path, in_sample: bool = False) -> list[dict]:
+    """Score every labelled scan with a model that did not train on it (``in_sample``: with the first model)."""
     models = []
     for w in weights:
-        card = json.loads(w.with_suffix(".json").read_text())
-        models.append((OnnxDetector(w), set(card.get("trained_on", []))))
+        card = json.loads(w.with_suffix(".json").read_text()) if w.with_suffix(".json").is_file() else {}
+        models.append((OnnxDetector(w), set() if in_sample else set(card.get("trained_on", []))))
     records = json.loads((labels_dir / "provenance.json").read_text())
     rows = []
     for name, rec in records.items():
@@ -113,11 +118,13 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def summarise(rows: list[dict]) -> dict:
-    """Per feature over scored scans, all together and MR and CT apart (see :func:`_summary`)."""
+    """Per feature over scored scans: all together, MR and CT apart, and per model (see :func:`_summary`)."""
     scored = [r for r in rows if r.get("scored")]
     out = _summary(scored)
     for kind in ("MR", "CT"):
         out[kind] = _summary([r for r in scored if r.get("modality") == kind])
+    for model in sorted({r["model"] for r in scored}):  # each fold's held-out heads apart
+        out[f"model {model}"] = _summary([r for r in scored if r["model"] == model])
     return out
 
 
@@ -226,8 +233,12 @@ def main() -> None:
     parser.add_argument("--consistency", type=Path, default=None, help="model for the consistency checks")
     parser.add_argument("--consistency-scans", nargs="*", default=None)
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "detector-eval.json")
+    parser.add_argument("--in-sample", action="store_true", help="score every scan with the first model")
+    parser.add_argument("--no-face-refinement", action="store_true", help="keep the network's eyes and nose")
     args = parser.parse_args()
-    rows = held_out(args.weights, args.data, args.labels_dir)
+    if args.no_face_refinement:
+        refine_face.REFINED_FEATURES = ()
+    rows = held_out(args.weights, args.data, args.labels_dir, in_sample=args.in_sample)
     summary = summarise(rows)
     print(markdown_table(rows))
     print(json.dumps(summary, indent=1))

@@ -25,6 +25,7 @@ from defacer._typing import Affine, LabelMap, PathLike
 from defacer.detect.ear_fallback import add_missing_ears
 from defacer.detect.postprocess import air_threshold, find_components, keep_largest_pieces, restrict_to_tissue
 from defacer.detect.preprocess import box_to_grid, grid_extent, to_box
+from defacer.detect.refine_face import refine_face
 from defacer.errors import InputImageError, WeightsError
 from defacer.files import file_sha256
 from defacer.head import HeadModel
@@ -212,6 +213,7 @@ class OnnxDetector:
         if extent is not None:
             labels[extent] = keep_largest_pieces(restrict_to_tissue(labels[extent], image[extent],
                                                                     threshold=air_threshold(image)))
+            refine_face(image, np.asarray(ras_affine, float), labels, extent)  # eyes and nose re-shaped by the image
         clock.stamp("tissue")
         eyes = [c.centre_mm for c in components if c.feature == "eyes"]
         self._last.sources = {}

@@ -1,0 +1,364 @@
+"""Re-shape the network's eyes and nose by the image, the way the reference labels define them.
+
+The network places each eye and the nose well (centroids a few mm off) but draws their extent
+loosely.  The reference labels (``scripts/make_reference_labels.py``) are geometric rules on the
+image; this module applies the same rules, seeded by the network's components instead of the
+registered template's landmarks:
+
+* **eye**: the vitreous centre is the most homogeneous point (smallest intensity standard
+  deviation in a :data:`WINDOW_MM` window) within :data:`VITREOUS_SEARCH_MM` of a seed
+  :data:`EYE_SEED_BACK_MM` behind the network eye's centroid; the eye is the capsule of radius
+  :data:`EYE_RADIUS_MM` from that centre to :data:`EYE_FRONT_MM` in front of it, kept inside the
+  head;
+* **nose**: the tip is the most anterior head voxel near the network nose's front; the nasion lies
+  at the eyes' height; the nose is the head inside an elliptic cylinder (axis anterior) from below
+  the tip to above the nasion, in front of a plane :data:`NOSE_BEHIND_TIP_MM` behind the tip.
+
+"Anterior" is the frame of :func:`defacer.detect.ear_fallback.eye_frame` (the eyes' axis and the
+scanner's anterior made orthogonal to it); "inside the head" is everything behind the first tissue
+met coming from the front along the array axis closest to anterior (so nostrils, sinuses and a
+dark vitreous body count as inside, the air in front of the face does not), plus one voxel.
+
+Everything runs on the native grid, on crops around each component; no resampling and no
+full-volume temporaries.  A component whose refinement fails (no valid search region, nothing
+found, or a result far from the network's component) is kept as the network drew it, so a
+feature is never dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage as ndi
+
+from defacer._typing import Affine, LabelMap, Mask
+from defacer.detect.ear_fallback import eye_frame
+from defacer.labels import Label
+
+Box = tuple[slice, slice, slice]
+
+#: Features re-shaped by default (the others are left as the network drew them).
+REFINED_FEATURES: tuple[str, ...] = ("eyes", "nose")
+
+#: Reference eye rule (``make_reference_labels.EYE_RADIUS_MM`` / ``EYE_FRONT_MM``), in mm.
+EYE_RADIUS_MM = 13.0
+EYE_FRONT_MM = 30.0
+#: Weight of the image's vitreous centre (:func:`_globe_centre`) against the network's seed (0: the seed only).
+GLOBE_WEIGHT = 0.25
+#: The vitreous intensity is measured within this distance of the seed, in mm.
+GLOBE_CORE_MM = 4.0
+#: The vitreous body is looked for within this distance of the seed, in mm (a globe is ~24 mm across).
+GLOBE_REACH_MM = 16.0
+#: Intensity tolerance of the vitreous body, in units of the core's spread.
+GLOBE_TOLERANCE = 2.0
+#: Erosion that cuts the vitreous body from structures of similar intensity touching it, in mm.
+GLOBE_ERODE_MM = 2.0
+#: The seed lies this far behind the network eye's centroid along anterior, in mm (a capsule kept
+#: inside the head has its centroid this far in front of its start).
+EYE_SEED_BACK_MM = 3.0
+#: Reference nose rule (``make_reference_labels.refine_nose``), in mm.
+NOSE_BEHIND_TIP_MM = 24.0
+NOSE_HALF_WIDTH_MM = 22.0
+NOSE_LENGTH_MM = (30.0, 55.0)
+#: The tip is searched this far to either side of the network nose's front, and this far below it, in mm.
+TIP_SIDE_MM = 12.0
+TIP_BELOW_MM = 14.0
+#: The nasion lies this far below the eyes' vitreous centres, in mm (the template's landmarks).
+NASION_BELOW_EYES_MM = 3.0
+#: The head's anterior direction is taken this far above the scanner's (about the eyes' axis), in degrees.
+PITCH_DEG = 5.0
+#: A refined component whose centroid lies farther than this from the network's is rejected, in mm.
+MAX_SHIFT_MM = 12.0
+
+
+@dataclass(frozen=True)
+class _Crop:
+    """A box of the native grid with its voxels' frame coordinates.
+
+    Attributes
+    ----------
+    box : tuple of 3 slices
+        The crop, in native voxel indices.
+    u : list of 3 ndarray
+        Coordinates in mm along the frame's right, anterior and up axes of every voxel of the crop,
+        relative to an origin; broadcastable to the crop's shape.
+    """
+
+    box: Box
+    u: list[npt.NDArray[np.float64]]
+
+
+def refine_face(image: npt.NDArray[np.floating], affine: Affine, labels: LabelMap,
+                extent: Box | None, features: tuple[str, ...] | None = None,
+                threshold: float | None = None) -> dict[str, list[str]]:
+    """Re-shape each eye and the nose of ``labels`` in place by the image (see the module's rules).
+
+    Parameters
+    ----------
+    image : ndarray, shape (X, Y, Z), float
+        Physical intensities in RAS axis order (the detector's input).
+    affine : ndarray, shape (4, 4)
+        Voxel -> RAS+ mm of ``image``.
+    labels : ndarray, shape (X, Y, Z), uint8
+        The detector's label map on the same grid; changed in place (eyes and nose only; an ear
+        voxel is never overwritten).
+    extent : tuple of 3 slices or None
+        A box holding every eye and nose voxel of ``labels`` (``None``: nothing to refine).
+    features : tuple of str, optional
+        Which of ``"eyes"``, ``"nose"`` to refine; default :data:`REFINED_FEATURES`.
+    threshold : float, optional
+        Physical intensity separating air from tissue; default
+        :func:`defacer.detect.postprocess.air_threshold` of ``image``.
+
+    Returns
+    -------
+    dict
+        Per feature, one entry per component: ``"image"`` (re-shaped) or ``"network"`` (kept).
+    """
+    from defacer.detect.postprocess import air_threshold
+
+    features = REFINED_FEATURES if features is None else features
+    sources: dict[str, list[str]] = {}
+    if extent is None or not features:
+        return sources
+    affine = np.asarray(affine, float)
+    eyes = _components(labels, extent, Label.EYES)
+    noses = _components(labels, extent, Label.NOSE)[:1]
+    if not eyes and not noses:
+        return sources
+    if threshold is None:
+        threshold = air_threshold(image)
+    if threshold is None:  # a flat image: nothing to measure, every component stays
+        return {"eyes": ["network"] * len(eyes), "nose": ["network"] * len(noses)}
+    centres = [_centroid(box, mask, affine) for box, mask in eyes]
+    axes = _frame(centres)
+    new: list[tuple[int, Box, Mask, Box, Mask]] = []
+    vitreous = []
+    if "eyes" in features:
+        sources["eyes"] = []
+        for (box, mask), centre in zip(eyes, centres, strict=True):
+            found = _refine_eye(image, affine, axes, centre, float(threshold))
+            sources["eyes"].append("network" if found is None else "image")
+            if found is not None:
+                new.append((int(Label.EYES), box, mask, found[0], found[1]))
+                vitreous.append(found[2])
+    if "nose" in features and noses:
+        box, mask = noses[0]
+        eye_points = vitreous if len(vitreous) == 2 else [c - EYE_SEED_BACK_MM * axes[1] for c in centres]
+        nose = _refine_nose(image, affine, axes, box, mask, eye_points, float(threshold))
+        sources["nose"] = ["network" if nose is None else "image"]
+        if nose is not None:
+            new.insert(0, (int(Label.NOSE), box, mask, nose[0], nose[1]))
+    for value, box, mask, _, _ in new:  # clear the network's components first ...
+        sub = labels[box]
+        sub[mask & (sub == value)] = 0
+    for value, _, _, box, mask in new:  # ... then write the refined ones: the nose where nothing else is,
+        sub = labels[box]               # the eyes over the nose (as in the reference), never over an ear
+        free = (sub == 0) | (sub == value) if value == Label.NOSE else sub != Label.EARS
+        sub[mask & free] = value
+    return sources
+
+
+def _frame(eye_centres: list[npt.NDArray[np.float64]]) -> npt.NDArray[np.float64]:
+    """Rows right, anterior, up: :func:`eye_frame` of two eyes (else the world's), pitched by :data:`PITCH_DEG`."""
+    axes = eye_frame(eye_centres[0], eye_centres[1])[1] if len(eye_centres) == 2 else np.eye(3)
+    angle = np.radians(PITCH_DEG)
+    anterior = np.cos(angle) * axes[1] + np.sin(angle) * axes[2]
+    up = -np.sin(angle) * axes[1] + np.cos(angle) * axes[2]
+    return np.stack([axes[0], anterior, up])
+
+
+def _components(labels: LabelMap, extent: Box, value: int) -> list[tuple[Box, Mask]]:
+    """Connected components of one label inside ``extent``, largest first: (box on the full grid, mask on it)."""
+    where = labels[extent] == value
+    pieces, count = ndi.label(where)
+    if count == 0:
+        return []
+    sizes = np.bincount(pieces.ravel())[1:]
+    out = []
+    for index, found in enumerate(ndi.find_objects(pieces)):
+        if found is None:
+            continue
+        box = tuple(slice(e.start + f.start, e.start + f.stop) for e, f in zip(extent, found, strict=True))
+        out.append((int(sizes[index]), box, pieces[found] == index + 1))
+    out.sort(key=lambda item: -item[0])
+    return [(box, mask) for _, box, mask in out]  # type: ignore[misc]
+
+
+def _centroid(box: Box, mask: Mask, affine: Affine) -> npt.NDArray[np.float64]:
+    """World (RAS mm) centroid of ``mask`` placed at ``box``."""
+    local = np.asarray(ndi.center_of_mass(mask), float) + [s.start for s in box]
+    return np.asarray(affine[:3, :3] @ local + affine[:3, 3], float)
+
+
+def _crop(affine: Affine, shape: tuple[int, ...], origin: npt.NDArray[np.float64],
+          axes: npt.NDArray[np.float64], lo: npt.ArrayLike, hi: npt.ArrayLike) -> _Crop | None:
+    """The native box covering the frame-aligned box ``origin + [lo, hi]`` (mm along ``axes``' rows), clipped.
+
+    ``None`` when it lies wholly outside the grid.
+    """
+    lo_a, hi_a = np.asarray(lo, float), np.asarray(hi, float)
+    corners = np.array([[a, b, c] for a in (lo_a[0], hi_a[0]) for b in (lo_a[1], hi_a[1]) for c in (lo_a[2], hi_a[2])])
+    world = origin + corners @ axes
+    inverse = np.linalg.inv(affine)
+    index = world @ inverse[:3, :3].T + inverse[:3, 3]
+    start = np.maximum(np.floor(index.min(axis=0)).astype(int), 0)
+    stop = np.minimum(np.ceil(index.max(axis=0)).astype(int) + 1, np.asarray(shape))
+    if np.any(stop <= start):
+        return None
+    box = tuple(slice(int(a), int(b)) for a, b in zip(start, stop, strict=True))
+    # frame coordinates of voxel (i, j, k): axes @ (A (i, j, k) + t - origin), a sum of one term per axis
+    step = axes @ affine[:3, :3]  # (frame axis, voxel axis) mm per voxel
+    base = axes @ (affine[:3, 3] - origin)
+    u = []
+    for f in range(3):
+        terms = [step[f, a] * np.arange(box[a].start, box[a].stop, dtype=float).reshape([-1 if b == a else 1 for b in range(3)])
+                 for a in range(3)]
+        u.append(terms[0] + terms[1] + terms[2] + base[f])
+    return _Crop(box, u)  # type: ignore[arg-type]
+
+
+def _spacing(affine: Affine) -> npt.NDArray[np.float64]:
+    return np.asarray(np.sqrt((affine[:3, :3] ** 2).sum(axis=0)), float)
+
+
+def _inside_head(values: npt.NDArray[np.floating], affine: Affine, anterior: npt.NDArray[np.float64],
+                 threshold: float) -> Mask:
+    """Voxels of a crop behind the first tissue met coming from the front, plus one voxel (bool, crop shape).
+
+    The crop is searched along the array axis closest to ``anterior`` (from its front end); tissue
+    is the image smoothed by a 1 mm Gaussian above ``threshold``.
+    """
+    spacing = _spacing(affine)
+    tissue = ndi.gaussian_filter(np.asarray(values, np.float32), sigma=tuple(1.0 / spacing)) > threshold
+    direction = anterior @ affine[:3, :3]  # anterior in voxel steps
+    axis = int(np.argmax(np.abs(direction) / spacing))
+    forward = direction[axis] > 0
+    moved = np.moveaxis(tissue, axis, -1)
+    if forward:
+        moved = moved[..., ::-1]  # front first
+    seen = np.logical_or.accumulate(moved, axis=-1)
+    seen[..., 1:] |= seen[..., :-1]  # one voxel in front of the skin (the reference dilates its head by one)
+    if forward:
+        seen = seen[..., ::-1]
+    return np.moveaxis(seen, -1, axis)
+
+
+def _refine_eye(image: npt.NDArray[np.floating], affine: Affine, axes: npt.NDArray[np.float64],
+                centre: npt.NDArray[np.float64], threshold: float
+                ) -> tuple[Box, Mask, npt.NDArray[np.float64]] | None:
+    """The reference eye capsule seeded by a network eye centroid: (box, mask on it, vitreous centre) or ``None``."""
+    seed = centre - EYE_SEED_BACK_MM * axes[1]
+    globe = _globe_centre(image, affine, axes, seed) if GLOBE_WEIGHT > 0 else None
+    vitreous = seed if globe is None else (1.0 - GLOBE_WEIGHT) * seed + GLOBE_WEIGHT * globe
+    reach = EYE_RADIUS_MM + 1.0
+    crop = _crop(affine, image.shape, vitreous, axes, (-reach, -reach, -reach), (reach, EYE_FRONT_MM + reach, reach))
+    if crop is None:
+        return None
+    u_r, u_a, u_s = crop.u
+    along = np.clip(u_a, 0.0, EYE_FRONT_MM)
+    capsule = u_r**2 + (u_a - along) ** 2 + u_s**2 <= EYE_RADIUS_MM**2
+    capsule &= _inside_head(image[crop.box], affine, axes[1], threshold)
+    return _checked(capsule, crop.box, affine, centre, vitreous)
+
+
+def _globe_centre(image: npt.NDArray[np.floating], affine: Affine, axes: npt.NDArray[np.float64],
+                  seed: npt.NDArray[np.float64]) -> npt.NDArray[np.float64] | None:
+    """World centroid of the vitreous body around ``seed`` (the homogeneous ball it lies in), or ``None``.
+
+    The vitreous intensity is the median within :data:`GLOBE_CORE_MM` of the seed; the globe is the
+    voxels within :data:`GLOBE_REACH_MM` of it whose 1 mm-smoothed intensity lies within
+    :data:`GLOBE_TOLERANCE` times the core's spread (75th percentile of the absolute deviation) of
+    it, cut from what touches it (optic nerve, muscles) by an erosion of :data:`GLOBE_ERODE_MM`,
+    the piece meeting the core, grown back by one voxel.
+    """
+    reach = GLOBE_REACH_MM
+    crop = _crop(affine, image.shape, seed, axes, (-reach, -reach, -reach), (reach, reach, reach))
+    if crop is None:
+        return None
+    values = np.asarray(image[crop.box], np.float32)
+    u_r, u_a, u_s = crop.u
+    distance2 = u_r**2 + u_a**2 + u_s**2
+    core = np.broadcast_to(distance2 <= GLOBE_CORE_MM**2, values.shape)
+    if not core.any():
+        return None
+    level = float(np.median(values[core]))
+    spread = float(np.percentile(np.abs(values[core] - level), 75)) + 1e-6
+    spacing = _spacing(affine)
+    smooth = ndi.gaussian_filter(values, sigma=tuple(1.0 / spacing))
+    globe = (np.abs(smooth - level) <= GLOBE_TOLERANCE * spread) & (distance2 <= reach**2)
+    kept = ndi.distance_transform_edt(globe, sampling=spacing) > GLOBE_ERODE_MM
+    pieces, _ = ndi.label(kept)
+    touching = pieces[core & kept]
+    if touching.size == 0:
+        return None
+    piece = pieces == np.bincount(touching).argmax()
+    piece = ndi.binary_dilation(piece) & globe
+    index = np.asarray(ndi.center_of_mass(piece), float) + [s.start for s in crop.box]
+    return np.asarray(affine[:3, :3] @ index + affine[:3, 3], float)
+
+
+def _refine_nose(image: npt.NDArray[np.floating], affine: Affine, axes: npt.NDArray[np.float64], box: Box,
+                 mask: Mask, eye_points: list[npt.NDArray[np.float64]], threshold: float
+                 ) -> tuple[Box, Mask] | None:
+    """The reference nose seeded by the network's nose component (box, mask on it): (box, mask) or ``None``."""
+    _, anterior, up = axes
+    world = _voxels_world(box, mask, affine)
+    front = world @ anterior
+    seed = world[front >= front.max() - 2.0].mean(axis=0)
+    centre = world.mean(axis=0)
+    nasion_up = (float(np.mean([p @ up for p in eye_points])) - NASION_BELOW_EYES_MM if eye_points
+                 else float((world @ up).max()))
+    top = max(nasion_up - float(seed @ up), TIP_BELOW_MM)
+    crop = _crop(affine, image.shape, seed, axes, (-TIP_SIDE_MM, -30.0, -TIP_BELOW_MM), (TIP_SIDE_MM, 30.0, top))
+    if crop is None:
+        return None
+    u_r, u_a, u_s = crop.u
+    smooth = ndi.gaussian_filter(np.asarray(image[crop.box], np.float32), sigma=tuple(1.0 / _spacing(affine)))
+    near = (smooth > threshold) & (np.abs(u_r) <= TIP_SIDE_MM) & (u_s >= -TIP_BELOW_MM) & (u_s <= top) & (np.abs(u_a) <= 30.0)
+    near = _largest(near)
+    if near.sum() < 10:
+        return None
+    depth = np.broadcast_to(u_a, near.shape)[near]
+    tip_voxels = np.argwhere(near)[depth >= depth.max() - 1.0] + [s.start for s in crop.box]
+    tip = affine[:3, :3] @ tip_voxels.mean(axis=0) + affine[:3, 3]
+    length = float(np.clip(nasion_up - float(tip @ up), *NOSE_LENGTH_MM))
+    centre_s = 0.5 * length - 2.0
+    half_s = 0.5 * length + 8.0
+    crop = _crop(affine, image.shape, tip, axes, (-NOSE_HALF_WIDTH_MM, -NOSE_BEHIND_TIP_MM, centre_s - half_s),
+                 (NOSE_HALF_WIDTH_MM, 4.0, centre_s + half_s))
+    if crop is None:
+        return None
+    u_r, u_a, u_s = crop.u
+    nose = ((u_r / NOSE_HALF_WIDTH_MM) ** 2 + ((u_s - centre_s) / half_s) ** 2 <= 1.0) & (u_a >= -NOSE_BEHIND_TIP_MM)
+    nose &= _inside_head(image[crop.box], affine, anterior, threshold)
+    found = _checked(nose, crop.box, affine, centre, tip)
+    return None if found is None else found[:2]
+
+
+def _voxels_world(box: Box, mask: Mask, affine: Affine) -> npt.NDArray[np.float64]:
+    """World (RAS mm) positions of the voxels of ``mask`` placed at ``box``, shape (N, 3)."""
+    index = np.argwhere(mask) + [s.start for s in box]
+    return np.asarray(index @ affine[:3, :3].T + affine[:3, 3], float)
+
+
+def _largest(mask: Mask) -> Mask:
+    """The largest connected piece of ``mask`` (all of it when it has at most one)."""
+    pieces, count = ndi.label(mask)
+    if count <= 1:
+        return mask
+    return np.asarray(pieces == 1 + int(np.argmax(np.bincount(pieces.ravel())[1:])), bool)
+
+
+def _checked(mask: Mask, box: Box, affine: Affine, network_centre: npt.NDArray[np.float64],
+             anchor: npt.NDArray[np.float64]) -> tuple[Box, Mask, npt.NDArray[np.float64]] | None:
+    """``(box, largest piece, anchor)`` when the piece is not empty and its centroid lies within
+    :data:`MAX_SHIFT_MM` of the network component's; else ``None``."""
+    piece = _largest(mask)
+    if not piece.any():
+        return None
+    if np.linalg.norm(_centroid(box, piece, affine) - network_centre) > MAX_SHIFT_MM:
+        return None
+    return box, piece, anchor

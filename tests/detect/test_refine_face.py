@@ -1,0 +1,144 @@
+"""The image-based re-shaping of the network's eyes and nose (defacer.detect.refine_face) on the phantom."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from defacer.detect import refine_face as rf
+from defacer.detect.postprocess import air_threshold
+from defacer.labels import Label
+from defacer.phantom import make_phantom
+
+#: The phantom's eyeball centres (radius 12 mm) and nose ellipsoid, in RAS mm (defacer.phantom).
+EYES = [np.array([-31.0, 68.0, -8.0]), np.array([31.0, 68.0, -8.0])]
+NOSE_CENTRE = np.array([0.0, 84.0, -38.0])
+
+
+def _world(shape: tuple[int, ...], affine: np.ndarray) -> list[np.ndarray]:
+    """RAS mm of every voxel of a diagonal-affine grid, as three broadcastable arrays."""
+    return [(affine[a, a] * np.arange(n) + affine[a, 3]).reshape([-1 if b == a else 1 for b in range(3)])
+            for a, n in enumerate(shape)]
+
+
+def _anterior() -> np.ndarray:
+    """The frame's anterior for a head with level eyes: the scanner's, pitched up by PITCH_DEG."""
+    angle = np.radians(rf.PITCH_DEG)
+    return np.array([0.0, np.cos(angle), np.sin(angle)])
+
+
+def _network_map(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
+    """A loose 'network' output: a ball of 8 mm per eye, 3 mm in front of each eyeball's centre, and a
+    ball of 9 mm in the middle of the nose (far smaller than the reference rules' eyes and nose)."""
+    x, y, z = _world(shape, affine)
+    labels = np.zeros(shape, np.uint8)
+    for centre in EYES:
+        c = centre + rf.EYE_SEED_BACK_MM * _anterior()
+        labels[(x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2 <= 8.0**2] = Label.EYES
+    c = NOSE_CENTRE + [0.0, 10.0, 0.0]
+    labels[(x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2 <= 9.0**2] = Label.NOSE
+    return labels
+
+
+def _extent(labels: np.ndarray) -> tuple[slice, ...]:
+    idx = np.argwhere(labels > 0)
+    return tuple(slice(a, b + 1) for a, b in zip(idx.min(axis=0), idx.max(axis=0), strict=True))
+
+
+def _capsules(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
+    """The reference eye rule's capsules from the phantom's true eyeball centres (before the head cut)."""
+    x, y, z = _world(shape, affine)
+    ant = _anterior()
+    out = np.zeros(shape, bool)
+    for c in EYES:
+        px, py, pz = x - c[0], y - c[1], z - c[2]
+        t = np.clip(px * ant[0] + py * ant[1] + pz * ant[2], 0.0, rf.EYE_FRONT_MM)
+        out |= (px - t * ant[0]) ** 2 + (py - t * ant[1]) ** 2 + (pz - t * ant[2]) ** 2 <= rf.EYE_RADIUS_MM**2
+    return out
+
+
+@pytest.fixture(scope="module", params=[("T1", 2.0), ("CT", (2.0, 2.0, 4.0))], ids=["T1-2mm", "CT-thick"])
+def phantom(request):
+    contrast, voxel = request.param
+    made = make_phantom(voxel, contrast=contrast)
+    image = made.volume.values(np.float32)
+    affine = np.asarray(made.volume.affine, float)
+    return image, affine
+
+
+def test_loose_network_eyes_become_the_reference_capsules_inside_the_head(phantom) -> None:
+    image, affine = phantom
+    network = _network_map(image.shape, affine)
+    labels = network.copy()
+    sources = rf.refine_face(image, affine, labels, _extent(labels))
+    assert sources["eyes"] == ["image", "image"]
+    eyes = labels == Label.EYES
+    tissue = ndi.binary_dilation(ndi.gaussian_filter(image, 1.0) > air_threshold(image))
+    expected = _capsules(image.shape, affine) & tissue
+    assert ndi.label(eyes)[1] == 2
+    assert (eyes & expected).sum() >= 0.8 * expected.sum()  # the network's balls held 15 % of it
+    assert (eyes & ~_capsules(image.shape, affine)).sum() <= 0.05 * eyes.sum()  # nothing outside the capsules
+    assert not (eyes & ~tissue).any()  # no air in front of the face
+
+
+def test_a_loose_network_nose_becomes_the_tissue_in_front_of_the_plane_behind_the_tip(phantom) -> None:
+    image, affine = phantom
+    labels = _network_map(image.shape, affine)
+    sources = rf.refine_face(image, affine, labels, _extent(labels))
+    assert sources["nose"] == ["image"]
+    nose = labels == Label.NOSE
+    x, y, z = _world(image.shape, affine)
+    external = (image > air_threshold(image)) & (np.abs(x) <= 12) & (y >= 84 + 2) & (z >= -46) & (z <= -14)
+    assert external.sum() > 500
+    assert (nose & external).sum() >= 0.95 * external.sum()  # the whole external nose (the ball held 26 %)
+    assert ndi.label(nose)[1] == 1
+    tip_y = 108.0  # the phantom's nose tip; the plane behind it tilts with the pitch (< 4 mm up to the nasion)
+    assert not (nose & (y < tip_y - rf.NOSE_BEHIND_TIP_MM - 6.0)).any()  # nothing deep in the face
+    assert not (nose & (labels == Label.EYES)).any()
+
+
+def test_a_refinement_that_finds_nothing_keeps_the_network_components() -> None:
+    made = make_phantom(2.0)
+    affine = np.asarray(made.volume.affine, float)
+    # no head at all, only the noise of air: no tissue, no face, so no eye or nose can be shaped
+    image = np.random.default_rng(0).rayleigh(10.0, made.labels.shape).astype(np.float32)
+    network = _network_map(image.shape, affine)
+    labels = network.copy()
+    sources = rf.refine_face(image, affine, labels, _extent(labels))
+    assert sources == {"eyes": ["network", "network"], "nose": ["network"]}
+    assert np.array_equal(labels, network)
+
+
+def test_a_flat_image_keeps_the_network_components() -> None:
+    made = make_phantom(2.0)
+    affine = np.asarray(made.volume.affine, float)
+    network = _network_map(made.labels.shape, affine)
+    labels = network.copy()
+    sources = rf.refine_face(np.zeros(network.shape, np.float32), affine, labels, _extent(labels))
+    assert sources == {"eyes": ["network", "network"], "nose": ["network"]}
+    assert np.array_equal(labels, network)
+
+
+def test_a_field_of_view_cut_through_the_face_never_drops_a_feature() -> None:
+    made = make_phantom(2.0)
+    affine = np.asarray(made.volume.affine, float)
+    image = made.volume.values(np.float32)
+    network = _network_map(image.shape, affine)
+    cut = int(np.round((90.0 - affine[1, 3]) / affine[1, 1]))  # the field ends 90 mm in front: nose tip and lids cut
+    image, network = image[:, :cut].copy(), network[:, :cut].copy()
+    labels = network.copy()
+    rf.refine_face(image, affine, labels, _extent(labels))
+    for value in (Label.EYES, Label.NOSE):
+        assert ndi.label(labels == value)[1] == ndi.label(network == value)[1]
+
+
+def test_ears_are_never_overwritten_and_features_can_be_left_alone(phantom) -> None:
+    image, affine = phantom
+    network = _network_map(image.shape, affine)
+    x, y, z = _world(image.shape, affine)
+    network[(np.abs(x - EYES[1][0]) <= 4) & (y >= 78) & (y <= 82) & (np.abs(z - EYES[1][2]) <= 4)] = Label.EARS
+    labels = network.copy()
+    rf.refine_face(image, affine, labels, _extent(labels), features=("nose",))
+    assert np.array_equal(labels == Label.EARS, network == Label.EARS)
+    assert np.array_equal(labels == Label.EYES, network == Label.EYES)  # eyes not asked for: unchanged
