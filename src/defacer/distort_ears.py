@@ -50,10 +50,8 @@ def _rim(mask: Mask, rim_mm: float, spacing: npt.NDArray[np.float64]) -> Mask:
     out = mask
     for axis, sp in enumerate(spacing):
         steps = int(round(rim_mm / float(sp)))  # noqa: RUF046 - numpy < 2 rounds to float
-        if steps > 0:
-            line = np.zeros((3, 3, 3), dtype=bool)
-            line[tuple(slice(None) if a == axis else 1 for a in range(3))] = True
-            out = ndi.binary_dilation(out, structure=line, iterations=steps)
+        if steps > 0:  # a dilation by a line of 2 steps + 1 voxels (one pass, not ``steps`` dilations)
+            out = ndi.maximum_filter1d(out, size=2 * steps + 1, axis=axis, mode="constant", cval=0)
     return np.asarray(out)
 
 
