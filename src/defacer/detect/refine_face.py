@@ -173,9 +173,13 @@ def _frame(eye_centres: list[npt.NDArray[np.float64]]) -> npt.NDArray[np.float64
 def _components(labels: LabelMap, extent: Box, value: int) -> list[tuple[Box, Mask]]:
     """Connected components of one label inside ``extent``, largest first: (box on the full grid, mask on it)."""
     where = labels[extent] == value
-    pieces, count = ndi.label(where)
-    if count == 0:
+    # label only the box the value occupies (the extent may hold the ears too: most of the face)
+    spans = [np.flatnonzero(where.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
+    if spans[0].size == 0:
         return []
+    inner = tuple(slice(int(span[0]), int(span[-1]) + 1) for span in spans)
+    extent = tuple(slice(e.start + i.start, e.start + i.stop) for e, i in zip(extent, inner, strict=True))
+    pieces, _ = ndi.label(where[inner])
     sizes = np.bincount(pieces.ravel())[1:]
     out = []
     for index, found in enumerate(ndi.find_objects(pieces)):
