@@ -178,14 +178,14 @@ def _components(labels: LabelMap, extent: Box, value: int) -> list[tuple[Box, Ma
     if spans[0].size == 0:
         return []
     inner = tuple(slice(int(span[0]), int(span[-1]) + 1) for span in spans)
-    extent = tuple(slice(e.start + i.start, e.start + i.stop) for e, i in zip(extent, inner, strict=True))
+    origin = [e.start + i.start for e, i in zip(extent, inner, strict=True)]
     pieces, _ = ndi.label(where[inner])
     sizes = np.bincount(pieces.ravel())[1:]
     out = []
     for index, found in enumerate(ndi.find_objects(pieces)):
         if found is None:
             continue
-        box = tuple(slice(e.start + f.start, e.start + f.stop) for e, f in zip(extent, found, strict=True))
+        box = tuple(slice(o + f.start, o + f.stop) for o, f in zip(origin, found, strict=True))
         out.append((int(sizes[index]), box, pieces[found] == index + 1))
     out.sort(key=lambda item: -item[0])
     return [(box, mask) for _, box, mask in out]  # type: ignore[misc]
