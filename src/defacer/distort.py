@@ -528,7 +528,7 @@ def _local(inner: Sequence[slice], outer: Sequence[slice]) -> tuple[slice, ...]:
 
 
 #: Radius of the ball rolled over the face below the nose: grooves it cannot enter are filled (mm).
-MOUTH_BALL_MM = 25.0
+MOUTH_BALL_MM = 30.0
 #: Semi-axes (R, S) of the region filled below the nose, in units of the detected nose's height
 #: (S extent), and their caps in mm; its centre lies MOUTH_OFFSET nose heights below the nose's
 #: lowest voxel, so it spans from under the nose over the upper lip and the mouth line.
@@ -549,9 +549,13 @@ def mouth_fill(image: npt.NDArray[np.floating], region: NoseRegion, head: HeadMo
     enter is bridged.  Inside an ellipse below the nose (:data:`MOUTH_SEMI` nose heights, centred
     :data:`MOUTH_OFFSET` nose heights below its lowest voxel) the face is raised to that closed
     surface, blended by a raised-cosine weight over :data:`MOUTH_FEATHER_MM` outside it and never
-    above the nose's lowest voxel.  Only air voxels are written (with this scan's skin value, the
-    voxel the surface crosses with its filled fraction), so no tissue changes: the mouth line, the
-    shadow a face detector reads as a mouth, is gone, and the lips are still there.
+    above the nose's lowest voxel.  Only air voxels are written: every air voxel behind the new
+    surface in those columns (the grooves in front of the face, and shallow air under it such as
+    the mouth's opening and the nostrils; the write gate keeps deeper ones), with this scan's skin
+    value and, where the surface crosses a voxel, its filled fraction.  No tissue changes: the
+    mouth line, the shadow a face detector reads as a mouth, is gone, and the lips are still there.
+    (Filling only in front of the face changes the renders too, as they are smoothed: on the
+    real heads it let Face Mesh find two defaced faces, so the air under the surface is filled.)
 
     Parameters
     ----------
