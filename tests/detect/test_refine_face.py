@@ -142,3 +142,15 @@ def test_ears_are_never_overwritten_and_features_can_be_left_alone(phantom) -> N
     rf.refine_face(image, affine, labels, _extent(labels), features=("nose",))
     assert np.array_equal(labels == Label.EARS, network == Label.EARS)
     assert np.array_equal(labels == Label.EYES, network == Label.EYES)  # eyes not asked for: unchanged
+
+
+def test_a_ct_padding_outside_the_field_is_not_taken_for_tissue() -> None:
+    made = make_phantom(2.0, contrast="CT")
+    affine = np.asarray(made.volume.affine, float)
+    image = made.volume.values(np.float32)
+    x, y, _ = _world(image.shape, affine)
+    image = np.where(x**2 + y**2 <= 105.0**2, image, -2000.0).astype(np.float32)  # a circular field, -2000 outside
+    labels = _network_map(image.shape, affine)
+    assert rf.refine_face(image, affine, labels, _extent(labels))["eyes"] == ["image", "image"]
+    air = ndi.gaussian_filter(image, 1.0) < -500.0
+    assert not (ndi.binary_erosion(air) & (labels == Label.EYES)).any()  # the air in front of the lids stays out

@@ -144,10 +144,15 @@ def air_threshold(image: npt.NDArray[np.floating], air_level: float = AIR_LEVEL)
     ``air_level`` on the 0.5th..99.5th percentile range of every third voxel along each axis;
     ``None`` when that range is empty (a flat image).
     """
-    lo, hi = np.percentile(np.asarray(image[::3, ::3, ::3], np.float32), (0.5, 99.5))
+    return level_in_range(np.asarray(image[::3, ::3, ::3], np.float32), air_level)
+
+
+def level_in_range(sample: npt.NDArray[np.floating], level: float) -> float | None:
+    """``level`` of the way from the 0.5th to the 99.5th percentile of ``sample`` (any shape); ``None`` when flat."""
+    lo, hi = np.percentile(sample, (0.5, 99.5))
     if not hi > lo:
         return None
-    return float(lo + air_level * (hi - lo))
+    return float(lo + level * (hi - lo))
 
 
 def restrict_to_tissue(labels: npt.NDArray[np.uint8], image: npt.NDArray[np.floating],

@@ -35,6 +35,8 @@ from scipy import ndimage as ndi
 
 from defacer._typing import Affine, LabelMap, Mask
 from defacer.detect.ear_fallback import eye_frame
+from defacer.detect.postprocess import AIR_LEVEL, level_in_range
+from defacer.head import outside_field_value
 from defacer.labels import Label
 
 Box = tuple[slice, slice, slice]
@@ -109,16 +111,13 @@ def refine_face(image: npt.NDArray[np.floating], affine: Affine, labels: LabelMa
     features : tuple of str, optional
         Which of ``"eyes"``, ``"nose"`` to refine; default :data:`REFINED_FEATURES`.
     threshold : float, optional
-        Physical intensity separating air from tissue; default
-        :func:`defacer.detect.postprocess.air_threshold` of ``image``.
+        Physical intensity separating air from tissue; default :func:`tissue_threshold` of ``image``.
 
     Returns
     -------
     dict
         Per feature, one entry per component: ``"image"`` (re-shaped) or ``"network"`` (kept).
     """
-    from defacer.detect.postprocess import air_threshold
-
     features = REFINED_FEATURES if features is None else features
     sources: dict[str, list[str]] = {}
     if extent is None or not features:
@@ -129,7 +128,7 @@ def refine_face(image: npt.NDArray[np.floating], affine: Affine, labels: LabelMa
     if not eyes and not noses:
         return sources
     if threshold is None:
-        threshold = air_threshold(image)
+        threshold = tissue_threshold(image)
     if threshold is None:  # a flat image: nothing to measure, every component stays
         return {"eyes": ["network"] * len(eyes), "nose": ["network"] * len(noses)}
     centres = [_centroid(box, mask, affine) for box, mask in eyes]
@@ -159,6 +158,21 @@ def refine_face(image: npt.NDArray[np.floating], affine: Affine, labels: LabelMa
         free = (sub == 0) | (sub == value) if value == Label.NOSE else sub != Label.EARS
         sub[mask & free] = value
     return sources
+
+
+def tissue_threshold(image: npt.NDArray[np.floating]) -> float | None:
+    """:func:`defacer.detect.postprocess.air_threshold` of the voxels in the scanned field.
+
+    A CT's constant outside its circular field (:func:`defacer.head.outside_field_value`, e.g.
+    -2000 HU) is left out of the sample first: counted in, it pulls the level below the air
+    (-1210 HU on ge-headct_tilted), and the air in front of the face passes for tissue.
+    ``None`` for a flat image.
+    """
+    sample = np.asarray(image[::3, ::3, ::3], np.float32)
+    padding = outside_field_value(sample)
+    if padding is not None:
+        sample = sample[sample != padding]
+    return level_in_range(sample, AIR_LEVEL) if sample.size else None
 
 
 def _frame(eye_centres: list[npt.NDArray[np.float64]]) -> npt.NDArray[np.float64]:
