@@ -154,3 +154,23 @@ def test_a_ct_padding_outside_the_field_is_not_taken_for_tissue() -> None:
     assert rf.refine_face(image, affine, labels, _extent(labels))["eyes"] == ["image", "image"]
     air = ndi.gaussian_filter(image, 1.0) < -500.0
     assert not (ndi.binary_erosion(air) & (labels == Label.EYES)).any()  # the air in front of the lids stays out
+
+
+def test_a_head_turned_in_the_scanner_gets_the_same_eyes_and_nose() -> None:
+    made = make_phantom(2.0)
+    affine = np.asarray(made.volume.affine, float)
+    image = made.volume.values(np.float32)
+    network = _network_map(image.shape, affine)
+    turn = np.radians(25.0)  # the same array, its world frame yawed by 25 degrees and rolled by 10
+    yaw = np.array([[np.cos(turn), -np.sin(turn), 0], [np.sin(turn), np.cos(turn), 0], [0, 0, 1]])
+    roll = np.array([[np.cos(turn / 2.5), 0, -np.sin(turn / 2.5)], [0, 1, 0], [np.sin(turn / 2.5), 0, np.cos(turn / 2.5)]])
+    turned = affine.copy()
+    turned[:3] = (yaw @ roll) @ affine[:3]
+    results = []
+    for grid in (affine, turned):
+        labels = network.copy()
+        assert rf.refine_face(image, grid, labels, _extent(labels)) == {"eyes": ["image", "image"], "nose": ["image"]}
+        results.append(labels)
+    for value in (Label.EYES, Label.NOSE):
+        a, b = results[0] == value, results[1] == value
+        assert 2 * (a & b).sum() / (a.sum() + b.sum()) >= 0.9  # measured 0.98 (eyes), 0.96 (nose)
