@@ -58,13 +58,19 @@ def test_ct_background_is_air_in_hounsfield_units():
 
 
 def test_ears_become_noise_from_the_scans_own_air(phantom):
+    """The auricle becomes air noise; only the edit's voxels below the head surface (its root) take skin values."""
     result = deface(phantom.volume, TruthDetector(phantom.labels), DefaceOptions(features=("ears",)))
     ears = result.edit_mask == Label.EARS
-    assert ears.sum() > 0.8 * (phantom.labels == Label.EARS).sum()
+    auricle = phantom.labels == Label.EARS
+    assert ears.sum() > 0.8 * auricle.sum()
+    threshold = result.provenance["head"]["threshold"]
     new = result.volume.values()[ears]
-    assert new.max() <= result.provenance["head"]["threshold"], "air noise stays below the tissue threshold"
-    assert new.mean() < 0.2 * 650, "the phantom's auricle is 650; air is near 0"
-    assert new.std() > 0, "noise, not a constant"
+    skin_filled = sum(e["voxels_skin_filled"] for e in result.provenance["edits"] if e["feature"] == "ears")
+    assert np.count_nonzero(new > threshold) <= skin_filled < 0.1 * ears.sum(), "all but the root is air"
+    assert np.mean(result.volume.values()[auricle] <= threshold) >= 0.9, "the auricle itself is gone"
+    noise = new[new <= threshold]
+    assert noise.mean() < 0.2 * 650, "the phantom's auricle is 650; air is near 0"
+    assert noise.std() > 0, "noise, not a constant"
 
 
 def test_eyes_are_covered_by_a_smooth_skin_band(phantom):
