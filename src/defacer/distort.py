@@ -11,8 +11,7 @@ The detector *locates* each feature; the image *delimits* what is changed:
   soft edge), whose surface spans the socket from the brow to the upper cheek;
 * nose: the detected nose's bounding box x2 set to air, within :data:`NOSE_REACH_MM` of the
   detected nose's centroid (never the lip or the cheeks), except the eye cover and what lies
-  behind it (the globes never show through); below the nose, the grooves of the mouth are filled
-  with skin (a ball rolled over the face, :func:`mouth_fill`), which changes no tissue;
+  behind it (the globes never show through);
 * ears (:mod:`defacer.distort_ears`): each auricle, as far as it stands out from the head (what a
   morphological opening of the head removes near the detected ear), replaced by noise drawn from
   the scan's own air.
@@ -386,16 +385,12 @@ class NoseRegion:
         Radius of the ball about ``centre``, in mm.
     spacing : tuple of 3 float
         Voxel size along R, A, S in mm.
-    detected : tuple of 3 slice, optional
-        Bounding box of the detected nose (its largest component), RAS voxel index; without it no
-        mouth fill is made.
     """
 
     box: Box
     centre: tuple[float, float, float]
     reach_mm: float
     spacing: tuple[float, float, float]
-    detected: Box | None = None
 
     def within(self) -> Mask:
         """The voxels of ``box`` within ``reach_mm`` of ``centre`` (bool, box shape)."""
@@ -455,22 +450,17 @@ def nose_region(nose: Mask, shape: tuple[int, int, int], spacing: tuple[float, f
                  for c, sp in zip(centre, spacing, strict=True))
     clipped = tuple(slice(max(b.start, r.start), max(max(b.start, r.start), min(b.stop, r.stop)))
                     for b, r in zip(box, ball, strict=True))
-    return NoseRegion(clipped, centre, reach_mm, spacing, component)  # type: ignore[arg-type]
+    return NoseRegion(clipped, centre, reach_mm, spacing)  # type: ignore[arg-type]
 
 
 def distort_nose(image: npt.NDArray[np.floating], region: NoseRegion, head: HeadModel, *,
-                 keep: Sequence[Edit] = (), fill_mouth: bool = True) -> Edit:
+                 keep: Sequence[Edit] = ()) -> Edit:
     """Set the nose region to this scan's air value (``head.background``), except what ``keep`` shields.
-
-    With ``fill_mouth`` (and ``region.detected``), the grooves of the face below the nose (the
-    mouth line, the hollows beside and below the lips) are also filled with skin
-    (:func:`mouth_fill`): that writes only air voxels, so no tissue beyond the nose removal
-    changes.
 
     Parameters
     ----------
-    image : ndarray, shape (X, Y, Z)
-        RAS image, physical values (read below the nose for the mouth fill).
+    image : ndarray
+        RAS image (only its shape matters).
     region : NoseRegion
         The nose box x2 within its ball (:func:`nose_region`).
     head : HeadModel
@@ -478,8 +468,6 @@ def distort_nose(image: npt.NDArray[np.floating], region: NoseRegion, head: Head
         Edits whose ``shield`` the nose removal must leave alone (the eye covers: the cover and
         the eye behind it, so the removal never opens a window onto the globes); nor does it
         reach above the eyes' centre line (the cover over the nose's root, and the forehead).
-    fill_mouth : bool
-        Also fill the grooves of the mouth below the nose.
     """
     box = region.box
     shape = tuple(s.stop - s.start for s in box)
@@ -501,153 +489,10 @@ def distort_nose(image: npt.NDArray[np.floating], region: NoseRegion, head: Head
         theirs = tuple(slice(o.start - b.start, o.stop - b.start) for o, b in zip(overlap, edit.box, strict=True))
         mask[mine] &= ~edit.shield[theirs]
     values = np.full(shape, head.background, dtype=np.float32)
-    params: dict[str, Any] = {"background_value": head.background, "box": _box_list(box),
-                              "centre_voxel": [round(c, 2) for c in region.centre], "reach_mm": region.reach_mm,
-                              "voxels_left_to_eye_cover": int(within.sum() - mask.sum())}
-    fill = mouth_fill(image, region, head, (box, mask)) if fill_mouth else None
-    if fill is None:
-        return Edit("nose", box, mask, values, params)
-    fill_box, fill_mask, fill_values, fill_params = fill
-    union: Box = tuple(slice(min(a.start, b.start), max(a.stop, b.stop))  # type: ignore[assignment]
-                       for a, b in zip(box, fill_box, strict=True))
-    merged_mask = np.zeros(tuple(s.stop - s.start for s in union), dtype=bool)
-    merged_values = np.full(merged_mask.shape, head.background, dtype=np.float32)
-    merged_mask[_local(box, union)] = mask
-    merged_mask[_local(fill_box, union)] |= fill_mask
-    merged_values[_local(fill_box, union)][fill_mask] = fill_values[fill_mask]
-    params.update(box=_box_list(union), mouth_fill=fill_params)
-    return Edit("nose", union, merged_mask, merged_values, params)
-
-
-def _local(inner: Sequence[slice], outer: Sequence[slice]) -> tuple[slice, ...]:
-    """``inner`` in the coordinates of ``outer`` (which contains it)."""
-    return tuple(slice(i.start - o.start, i.stop - o.start) for i, o in zip(inner, outer, strict=True))
-
-
-# ------------------------------------------------------------------------------------------ mouth
-
-
-#: Radius of the ball rolled over the face below the nose: grooves it cannot enter are filled (mm).
-MOUTH_BALL_MM = 30.0
-#: Semi-axes (R, S) of the region filled below the nose, in units of the detected nose's height
-#: (S extent), and their caps in mm; its centre lies MOUTH_OFFSET nose heights below the nose's
-#: lowest voxel, so it spans from under the nose over the upper lip and the mouth line.
-MOUTH_SEMI = (0.6, 0.45)
-MOUTH_SEMI_MAX_MM = (30.0, 25.0)
-MOUTH_OFFSET = 0.45
-#: Soft edge of the filled region (mm).
-MOUTH_FEATHER_MM = 10.0
-
-
-def mouth_fill(image: npt.NDArray[np.floating], region: NoseRegion, head: HeadModel, removal: tuple[Box, Mask]
-               ) -> tuple[Box, Mask, npt.NDArray[np.float32], dict[str, Any]] | None:
-    """Skin filling the grooves of the face below the nose (the mouth line, the lips' hollows).
-
-    Read as a height map along A (the most anterior tissue of each (R, S) column, after the nose
-    removal), the face below the nose is closed by a ball of :data:`MOUTH_BALL_MM` rolled over it
-    from the front (a grey closing, on a grid of about 2 mm): every groove the ball cannot
-    enter is bridged.  Inside an ellipse below the nose (:data:`MOUTH_SEMI` nose heights, centred
-    :data:`MOUTH_OFFSET` nose heights below its lowest voxel) the face is raised to that closed
-    surface, blended by a raised-cosine weight over :data:`MOUTH_FEATHER_MM` outside it and never
-    above the nose's lowest voxel.  Only air voxels are written: every air voxel behind the new
-    surface in those columns (the grooves in front of the face, and shallow air under it such as
-    the mouth's opening and the nostrils; the write gate keeps deeper ones), with this scan's skin
-    value and, where the surface crosses a voxel, its filled fraction.  No tissue changes: the
-    mouth line, the shadow a face detector reads as a mouth, is gone, and the lips are still there.
-    (Filling only in front of the face changes the renders too, as they are smoothed: on the
-    real heads it let Face Mesh find two defaced faces, so the air under the surface is filled.)
-
-    Parameters
-    ----------
-    image : ndarray, shape (X, Y, Z)
-        RAS image, physical values.
-    region : NoseRegion
-        The nose region (:func:`nose_region`), with the detected nose's box.
-    head : HeadModel
-    removal : (Box, ndarray of bool)
-        The nose removal's box and the voxels it sets to air (they are air for the height map).
-
-    Returns
-    -------
-    (box, mask, values, params) or None
-        The voxels to write in ``box`` (RAS) and their values; None without a detected nose box or
-        when no face lies below the nose.
-    """
-    nose = region.detected
-    if nose is None:
-        return None
-    sp = region.spacing
-    height_mm = (nose[2].stop - nose[2].start) * sp[2]
-    semi = tuple(min(f * height_mm, cap) for f, cap in zip(MOUTH_SEMI, MOUTH_SEMI_MAX_MM, strict=True))
-    centre = np.array([[region.centre[0], nose[2].start - MOUTH_OFFSET * height_mm / sp[2]]])
-    outer = (semi[0] + MOUTH_FEATHER_MM, semi[1] + MOUTH_FEATHER_MM)
-    margin = _mm_to_voxels(MOUTH_BALL_MM / 2.0, sp)  # room for the ball beyond the region
-    box = (
-        slice(max(0, int(centre[0, 0] - outer[0] / sp[0]) - margin[0]),
-              min(image.shape[0], int(centre[0, 0] + outer[0] / sp[0]) + 2 + margin[0])),
-        # from behind the nose's base to its tip: nothing below the nose stands in front of it
-        slice(max(0, nose[1].start - _mm_to_voxels(26.0, sp)[1]), min(image.shape[1], nose[1].stop + margin[1])),
-        slice(max(0, int(centre[0, 1] - outer[1] / sp[2]) - margin[2]), min(image.shape[2], nose[2].start + margin[2])),
-    )
-    if any(s.stop <= s.start for s in box):
-        return None
-    local = np.asarray(image[box], dtype=np.float32)
-    air = local <= head.threshold
-    tissue = ~air
-    overlap = tuple(slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(box, removal[0], strict=True))
-    if all(o.stop > o.start for o in overlap):
-        tissue[_local(overlap, box)] &= ~removal[1][_local(overlap, removal[0])]
-    height, present = _surface_height(tissue)
-    if not present.any():
-        return None
-    height = ndimage.median_filter(height, size=3, mode="nearest")  # a noise voxel in the air is no face
-    surface = np.where(present, height + 0.5, 0.0).astype(np.float32)  # front face of the most anterior voxel
-    closed = _ball_closing(surface, sp, MOUTH_BALL_MM)
-    rho = _stadium_distance(local.shape[0], local.shape[2], box, centre, outer, sp)
-    weight = np.where(present, _smoothstep((1.0 - rho) / min(0.9, MOUTH_FEATHER_MM / min(outer))), 0.0)
-    weight[:, max(0, nose[2].start - box[2].start):] = 0.0  # never above the nose's lowest voxel
-    target = surface + weight.astype(np.float32) * (closed - surface)
-    y = np.arange(local.shape[1], dtype=np.float32)[None, :, None]
-    filled = np.clip(target[:, None, :] + 0.5 - y, 0.0, 1.0)  # fraction of each voxel behind the new surface
-    superficial = tissue & (y >= surface[:, None, :] - 3.5 / sp[1]) & (y < surface[:, None, :])
-    superficial &= (weight > 0.02)[:, None, :]
-    skin = float(np.median(local[superficial])) if superficial.any() else float(np.median(local[tissue]))
-    values = (head.background + filled * (skin - head.background)).astype(np.float32)
-    mask = air & (filled > 0) & (values > local) & (weight > 0.02)[:, None, :]
-    if not mask.any():
-        return None
-    crop = _bounding_box(mask)
-    written: Box = tuple(slice(b.start + c.start, b.start + c.stop) for b, c in zip(box, crop, strict=True))  # type: ignore[assignment]
-    params = {"box": _box_list(written), "ball_mm": MOUTH_BALL_MM, "semi_axes_rs_mm": [round(a, 2) for a in semi],
-              "centre_rs_voxel": [round(float(c), 2) for c in centre[0]], "skin_value": skin,
-              "voxels": int(mask.sum())}
-    return written, mask[crop], values[crop], params
-
-
-def _bounding_box(mask: Mask) -> Box:
-    """The smallest box holding every voxel of a non-empty ``mask``."""
-    return tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(mask))  # type: ignore[return-value]
-
-
-def _ball_closing(height: npt.NDArray[np.float32], spacing: tuple[float, float, float], radius_mm: float,
-                  grid_mm: float = 2.0) -> npt.NDArray[np.float32]:
-    """Grey closing of a height map (along A, voxel units) by a ball of ``radius_mm``: the surface it rolls over.
-
-    Computed on a grid of about ``grid_mm`` in R and S and interpolated back (the closed surface
-    bends no tighter than the ball); never below ``height``.
-    """
-    k = (max(1, int(round(grid_mm / spacing[0]))), max(1, int(round(grid_mm / spacing[2]))))  # noqa: RUF046 - numpy < 2 rounds to float
-    coarse = height[::k[0], ::k[1]]
-    step = (spacing[0] * k[0], spacing[2] * k[1])
-    n_r, n_s = int(radius_mm / step[0]), int(radius_mm / step[1])
-    r = np.arange(-n_r, n_r + 1)[:, None] * step[0]
-    s = np.arange(-n_s, n_s + 1)[None, :] * step[1]
-    inside = radius_mm**2 - r**2 - s**2
-    ball = np.where(inside >= 0, (np.sqrt(np.maximum(inside, 0.0)) - radius_mm) / spacing[1], -1e6).astype(np.float32)
-    closed = ndimage.grey_closing(coarse, structure=ball, mode="nearest")
-    fine = ndimage.zoom(closed, (height.shape[0] / coarse.shape[0], height.shape[1] / coarse.shape[1]), order=1,
-                        mode="nearest", grid_mode=True)
-    return np.maximum(fine[:height.shape[0], :height.shape[1]], height).astype(np.float32)
+    return Edit("nose", box, mask, values, {"background_value": head.background, "box": _box_list(box),
+                                            "centre_voxel": [round(c, 2) for c in region.centre],
+                                            "reach_mm": region.reach_mm,
+                                            "voxels_left_to_eye_cover": int(within.sum() - mask.sum())})
 
 
 def _box_list(box: Box) -> list[list[int]]:
