@@ -87,7 +87,9 @@ class OnnxDetector:
     last_timings : dict
         Seconds spent by the last :meth:`predict` in this thread, per stage: ``box`` (input box),
         ``network``, ``components`` (coarse components), ``to_grid`` (probabilities back onto the
-        input grid), ``tissue`` (air removed, crumbs dropped), ``ear_fallback``.
+        input grid), ``tissue`` (air removed, crumbs dropped), ``face_refinement`` (eyes and nose
+        re-shaped by the reference rules, :mod:`defacer.detect.refine_face`), ``ear_fallback`` (ear
+        refinement and fallback).
     """
 
     def __init__(self, weights_path: PathLike | None = None, threads: int = 0, ear_fallback: bool = True) -> None:
@@ -213,8 +215,10 @@ class OnnxDetector:
         if extent is not None:
             labels[extent] = keep_largest_pieces(restrict_to_tissue(labels[extent], image[extent],
                                                                     threshold=air_threshold(image)))
-            refine_face(image, np.asarray(ras_affine, float), labels, extent)  # eyes and nose re-shaped by the image
         clock.stamp("tissue")
+        if extent is not None:
+            refine_face(image, np.asarray(ras_affine, float), labels, extent)  # eyes and nose re-shaped by the image
+        clock.stamp("face_refinement")
         eyes = [c.centre_mm for c in components if c.feature == "eyes"]
         self._last.sources = {}
         if self.ear_fallback and len(eyes) == 2:
