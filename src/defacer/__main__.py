@@ -1,7 +1,5 @@
 """``python -m defacer`` runs the ``defacer`` command."""
 
-import sys
+from defacer.cli.main import run
 
-from defacer.cli.main import main
-
-sys.exit(main())
+run()
