@@ -232,13 +232,9 @@ def outside_distance(head: HeadModel, depth: npt.NDArray[np.float32],
     ndarray, float32, the head's coarse grid
         Read-only; computed once per head and spacing (kept in ``head.cache``).
     """
-    key = ("outside", tuple(float(s) for s in spacing))
-    if key not in head.cache:
-        coarse_spacing = tuple(s * st for s, st in zip(spacing, head.strides, strict=True))
-        outside = ndi.distance_transform_edt(~(depth > 0), sampling=coarse_spacing).astype(np.float32)
-        outside.flags.writeable = False
-        head.cache[key] = outside
-    return head.cache[key]  # type: ignore[no-any-return]
+    return head.derived(("outside", tuple(float(s) for s in spacing)),
+                        lambda: ndi.distance_transform_edt(~(depth > 0), sampling=head.coarse_spacing(spacing))
+                        .astype(np.float32))
 
 
 def _crop(centre: npt.NDArray[np.float64], reach_mm: float, spacing: npt.NDArray[np.float64],

@@ -74,7 +74,7 @@ def detected_depth_limit(head: HeadModel, spacing: tuple[float, float, float]) -
     float
         In mm (about 9.5 mm for a 4 mm coarse grid).
     """
-    return DETECTED_DEPTH_MM + 0.5 * float(np.linalg.norm(np.asarray(spacing) * np.asarray(head.strides)))
+    return DETECTED_DEPTH_MM + head.coarse_slack(spacing)
 
 
 def auricle_mask(image: npt.NDArray[np.floating], ears: Mask, component: Box, head: HeadModel,
@@ -155,12 +155,8 @@ def auricle_mask(image: npt.NDArray[np.floating], ears: Mask, component: Box, he
 def _signed_depth(head: HeadModel, depth: npt.NDArray[np.float32], spacing: tuple[float, float, float]
                   ) -> npt.NDArray[np.float32]:
     """Coarse signed depth below the rolled-off head surface (mm; negative outside), cached per head."""
-    key = ("signed depth", tuple(float(s) for s in spacing))
-    if key not in head.cache:
-        signed = (depth - auricle.outside_distance(head, depth, spacing)).astype(np.float32)
-        signed.flags.writeable = False
-        head.cache[key] = signed
-    return head.cache[key]  # type: ignore[no-any-return]
+    return head.derived(("signed depth", tuple(float(s) for s in spacing)),
+                        lambda: (depth - auricle.outside_distance(head, depth, spacing)).astype(np.float32))
 
 
 def _fill_below_surface(image: npt.NDArray[np.floating], box: Box, mask: Mask, values: npt.NDArray[np.float32],

@@ -9,6 +9,7 @@ under a second.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +72,25 @@ class HeadModel:
         shape = self.sealed_coarse.shape
         return tuple(np.minimum((np.asarray(i) + st // 2) // st, n - 1)
                      for i, st, n in zip(indices, self.strides, shape, strict=True))
+
+    def coarse_spacing(self, spacing: tuple[float, float, float]) -> tuple[float, float, float]:
+        """Voxel size of the coarse grid along R, A, S in mm, for full-grid voxel size ``spacing`` (mm)."""
+        return tuple(float(s) * st for s, st in zip(spacing, self.strides, strict=True))  # type: ignore[return-value]
+
+    def coarse_slack(self, spacing: tuple[float, float, float]) -> float:
+        """Half the coarse voxel's diagonal, in mm: how far a voxel may lie from its nearest coarse sample.
+
+        A 1-Lipschitz map read at the nearest sample (:meth:`nearest_coarse`) is off by at most this.
+        """
+        return 0.5 * float(np.linalg.norm(self.coarse_spacing(spacing)))
+
+    def derived(self, key: Any, compute: Callable[[], npt.NDArray[Any]]) -> npt.NDArray[Any]:
+        """``compute()`` once per head and ``key`` (kept in :attr:`cache`, read-only: it is shared)."""
+        if key not in self.cache:
+            value = compute()
+            value.flags.writeable = False
+            self.cache[key] = value
+        return self.cache[key]  # type: ignore[no-any-return]
 
     def upsample(self, coarse: npt.NDArray, box: tuple[slice, slice, slice]) -> npt.NDArray:
         """Values of a coarse-grid array at the nearest sample of every full-grid voxel of ``box``."""
@@ -207,15 +227,13 @@ def depth_below_surface(head: HeadModel, spacing: tuple[float, float, float]) ->
     ndarray, float32, coarse grid
         Read-only; computed once per head and spacing (kept in ``head.cache``).
     """
-    key = ("depth", tuple(float(s) for s in spacing))
-    if key in head.cache:
-        return head.cache[key]
-    coarse_spacing = tuple(s * st for s, st in zip(spacing, head.strides, strict=True))
-    inside = ndimage.distance_transform_edt(head.sealed_coarse, sampling=coarse_spacing)
-    core = inside > OPENING_RADIUS_MM
-    opened = ndimage.distance_transform_edt(~core, sampling=coarse_spacing) <= OPENING_RADIUS_MM
-    opened &= head.sealed_coarse
-    depth = ndimage.distance_transform_edt(opened, sampling=coarse_spacing).astype(np.float32)
-    depth.flags.writeable = False  # shared through the cache
-    head.cache[key] = depth
-    return depth
+    coarse_spacing = head.coarse_spacing(spacing)
+
+    def compute() -> npt.NDArray[np.float32]:
+        inside = ndimage.distance_transform_edt(head.sealed_coarse, sampling=coarse_spacing)
+        core = inside > OPENING_RADIUS_MM
+        opened = ndimage.distance_transform_edt(~core, sampling=coarse_spacing) <= OPENING_RADIUS_MM
+        opened &= head.sealed_coarse
+        return ndimage.distance_transform_edt(opened, sampling=coarse_spacing).astype(np.float32)
+
+    return head.derived(("depth", tuple(float(s) for s in spacing)), compute)

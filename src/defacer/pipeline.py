@@ -146,7 +146,7 @@ def protected_in_box(edit: Edit, head: HeadModel, depth: npt.NDArray[np.float32]
     -------
     ndarray, bool, box shape
     """
-    slack = 0.5 * float(np.linalg.norm(np.asarray(spacing) * np.asarray(head.strides)))
+    slack = head.coarse_slack(spacing)
     coarse_depth = head.upsample(depth, edit.box)
     protected = np.asarray(coarse_depth > protect_depth_mm - slack)
     if edit.feature in EXACT_GATE_FEATURES:
@@ -207,8 +207,7 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
         nose = nose_region(labels_ras == Label.NOSE, image.shape, spacing, options.nose_scale,
                            posterior_limit=head_centre_a)
     depth = depth_below_surface(head, spacing)
-    coarse_step = np.asarray(spacing) * np.asarray(head.strides)
-    slack = 0.5 * float(np.linalg.norm(coarse_step))
+    slack = head.coarse_slack(spacing)
     rng = np.random.default_rng(options.seed)
     edits: list[Edit] = []
     if "eyes" in options.features:
@@ -223,7 +222,7 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
     # full-size RAS copy of the image); a later edit overwrites an earlier one where they overlap.
     raw = volume.raw.copy()
     edit_mask = np.zeros(volume.shape, dtype=np.uint8)  # feature label of the last edit writing each voxel
-    outside = outside_tree(depth, tuple(float(c) for c in coarse_step))  # type: ignore[arg-type]
+    outside = outside_tree(depth, head.coarse_spacing(spacing))
     native_boxes = []
     for edit in edits:
         protected_local = protected_in_box(edit, head, depth, outside, spacing, options.protect_depth_mm)

@@ -143,8 +143,8 @@ def check_protection_at(indices: npt.NDArray[np.intp], head: HeadModel, depth: n
     count = len(indices)
     if count == 0:
         return ProtectionCheck(0, 0)
-    step = tuple(float(s) * st for s, st in zip(spacing, head.strides, strict=True))
-    outside = outside_samples(depth, step)  # type: ignore[arg-type]
+    step = head.coarse_spacing(spacing)
+    outside = outside_samples(depth, step)
     if outside.size == 0:  # the head fills the whole grid: every voxel is inside, none measurable
         return ProtectionCheck(count, count)
     # A voxel in a coarse cell with an outside corner is within one cell diagonal of the outside: when that
@@ -155,10 +155,8 @@ def check_protection_at(indices: npt.NDArray[np.intp], head: HeadModel, depth: n
         todo = ~_cells_touching_outside(depth <= 0)[lower[:, 0], lower[:, 1], lower[:, 2]]
     deep = 0
     if todo.any():
-        points = indices[todo].astype(np.float64) * np.asarray(spacing, dtype=np.float64)
-        # The nearest outside sample, searched up to the protection depth (beyond it "too deep" is enough).
-        distance, _ = cKDTree(outside).query(points, distance_upper_bound=protect_depth_mm + 1e-6)
-        deep = int(np.count_nonzero(np.isinf(distance)))
+        # The nearest outside sample, searched up to the protection depth (its own tree: not the gate's).
+        deep = int(np.count_nonzero(~within_depth(indices[todo], cKDTree(outside), spacing, protect_depth_mm)))
     return ProtectionCheck(count, deep)
 
 

@@ -8,7 +8,7 @@ axis permutations and flips, so the way back is lossless.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import nibabel.orientations as nio
 import numpy as np
@@ -56,8 +56,7 @@ class Volume:
     @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size along the file's axes in mm (column norms of the affine)."""
-        sx, sy, sz = np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
-        return float(sx), float(sy), float(sz)
+        return voxel_sizes(self.affine)
 
     @property
     def axcodes(self) -> str:
@@ -66,12 +65,7 @@ class Volume:
 
     def values(self, dtype: npt.DTypeLike = np.float32) -> npt.NDArray[np.floating]:
         """Physical intensities ``raw * slope + inter`` as a new float array, shape (I, J, K)."""
-        out = self.raw.astype(dtype, copy=True)
-        if self.slope != 1.0:
-            out *= dtype_cast(self.slope, dtype)
-        if self.inter != 0.0:
-            out += dtype_cast(self.inter, dtype)
-        return out
+        return physical(self.raw, self.slope, self.inter, dtype, order="K")
 
     @classmethod
     def from_nibabel(cls, image: Any, *, max_voxels: int | None = None) -> Volume:
@@ -115,6 +109,23 @@ class Volume:
         return Volume(raw, self.affine, self.slope, self.inter, self.format, self.header, dict(self.extra))
 
 
+def voxel_sizes(affine: Affine) -> tuple[float, float, float]:
+    """Voxel size along each array axis in mm: the column norms of a voxel-to-world affine, shape (4, 4)."""
+    sx, sy, sz = np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(axis=0))
+    return float(sx), float(sy), float(sz)
+
+
+def physical(raw: npt.NDArray[Any], slope: float, inter: float, dtype: npt.DTypeLike,
+             order: Literal["K", "C"] = "K") -> npt.NDArray[np.floating]:
+    """``raw * slope + inter`` as a new array of ``dtype`` (arithmetic in ``dtype``; ``order`` as :func:`numpy.array`)."""
+    out = np.array(raw, dtype=dtype, order=order)
+    if slope != 1.0:
+        out *= dtype_cast(slope, dtype)
+    if inter != 0.0:
+        out += dtype_cast(inter, dtype)
+    return out
+
+
 def dtype_cast(value: float, dtype: npt.DTypeLike) -> Any:
     """Cast a Python scalar to ``dtype`` (keeps float32 arithmetic in float32)."""
     return np.asarray(value, dtype=dtype)[()]
@@ -138,8 +149,7 @@ class Reorientation:
 
     def from_ras(self, array: npt.NDArray[Any]) -> npt.NDArray[Any]:
         """Reorder an array in RAS+ axis order back onto the file's grid."""
-        inverse = nio.ornt_transform(np.array([[0, 1], [1, 1], [2, 1]], dtype=float), self.ornt)
-        out = np.ascontiguousarray(nio.apply_orientation(array, inverse))
+        out = np.ascontiguousarray(self.local_from_ras(array))
         if out.shape[:3] != self.shape:
             message = f"Array of shape {array.shape} does not map back onto the grid {self.shape}."
             raise ValueError(message)
@@ -147,12 +157,7 @@ class Reorientation:
 
     def values_to_ras(self, volume: Volume, dtype: npt.DTypeLike = np.float32) -> npt.NDArray[np.floating]:
         """:meth:`Volume.values` of ``volume`` in RAS+ axis order, converted in one copy (no file-order temporary)."""
-        out = np.array(nio.apply_orientation(volume.raw, self.ornt), dtype=dtype, order="C")
-        if volume.slope != 1.0:
-            out *= dtype_cast(volume.slope, dtype)
-        if volume.inter != 0.0:
-            out += dtype_cast(volume.inter, dtype)
-        return out
+        return physical(nio.apply_orientation(volume.raw, self.ornt), volume.slope, volume.inter, dtype, order="C")
 
     def box_from_ras(self, box: tuple[slice, ...]) -> tuple[slice, slice, slice]:
         """The file-grid slices covering a box of the RAS+ array (``slice(start, stop)`` per RAS axis, no step).
@@ -186,8 +191,7 @@ class Reorientation:
     @property
     def ras_spacing(self) -> tuple[float, float, float]:
         """Voxel size along the R, A and S axes of the reoriented array, in mm."""
-        sx, sy, sz = np.sqrt((self.ras_affine[:3, :3] ** 2).sum(axis=0))
-        return float(sx), float(sy), float(sz)
+        return voxel_sizes(self.ras_affine)
 
 
 def canonical_reorientation(affine: Affine, shape: tuple[int, int, int]) -> Reorientation:

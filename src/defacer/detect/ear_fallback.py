@@ -32,8 +32,11 @@ from scipy import ndimage as ndi
 
 from defacer._typing import Affine, LabelMap, Mask
 from defacer.auricle import Auricle, delimit_auricle, remember_auricle
+from defacer.detect.postprocess import largest_part
+from defacer.detect.preprocess import mask_box
 from defacer.head import HeadModel, analyse_head, depth_below_surface
 from defacer.labels import Label
+from defacer.volume import voxel_sizes
 
 Box = tuple[slice, slice, slice]
 
@@ -202,37 +205,17 @@ def auricle_near(image: npt.NDArray[np.floating], affine: Affine, point: npt.NDA
                             search_mm=radius_mm, follow_mm=EXTENT_MM, medial_mm=MEDIAL_MM)
     if found is None or float(found.protrusion.sum()) * float(np.prod(spacing)) < min_mm3:
         return None
-    return found.box, _largest_part(found.mask)
+    return found.box, largest_part(found.mask)
 
 
 def _array_frame(affine: Affine, point: npt.ArrayLike, outward: npt.ArrayLike
                  ) -> tuple[tuple[float, float, float], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """A world point and direction in the array's frame: (voxel size in mm, voxel index, direction in array mm axes)."""
-    affine = np.asarray(affine, float)
-    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-    inv = np.linalg.inv(affine)
+    spacing = voxel_sizes(affine)
+    inv = np.linalg.inv(np.asarray(affine, float))
     index = inv[:3, :3] @ np.asarray(point, float) + inv[:3, 3]
-    direction = (inv[:3, :3] @ np.asarray(outward, float)) * spacing
-    return (float(spacing[0]), float(spacing[1]), float(spacing[2])), index, direction
-
-
-def _largest_part(mask: Mask) -> Mask:
-    """The largest face-connected part of a mask (the metrics and the distortion count components so)."""
-    parts, count = ndi.label(mask)
-    if count <= 1:
-        return mask
-    return np.asarray(parts == 1 + int(np.argmax(np.bincount(parts.ravel())[1:])))
-
-
-def _extent(mask: Mask) -> Box | None:
-    """Bounding box of a 3D mask (from its projections on the axes: no index list), ``None`` when empty."""
-    box = []
-    for axis in range(3):
-        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-        if hit.size == 0:
-            return None
-        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return tuple(box)  # type: ignore[return-value]
+    direction = (inv[:3, :3] @ np.asarray(outward, float)) * np.asarray(spacing)
+    return spacing, index, direction
 
 
 def _ear_components(labels: LabelMap, affine: Affine, origin: npt.NDArray[np.float64],
@@ -246,7 +229,7 @@ def _ear_components(labels: LabelMap, affine: Affine, origin: npt.NDArray[np.flo
         its world centroid in RAS+ mm).
     """
     where = labels == Label.EARS
-    extent = _extent(where)
+    extent = mask_box(where)
     if extent is None:
         return {}
     lo = [s.start for s in extent]

@@ -194,6 +194,17 @@ def restrict_to_tissue(labels: npt.NDArray[np.uint8], image: npt.NDArray[np.floa
     return out
 
 
+def largest_part(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """The largest face-connected part of a mask (the mask itself when it has at most one part).
+
+    Face-connected, as the metrics and the distortion count components.
+    """
+    parts, count = ndi.label(mask)
+    if count <= 1:
+        return mask
+    return np.asarray(parts == 1 + int(np.argmax(np.bincount(parts.ravel())[1:])), bool)
+
+
 def keep_largest_pieces(labels: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     """At the scan's resolution, keep at most ``MAX_COMPONENTS`` pieces per feature (the largest).
 

@@ -152,18 +152,30 @@ def _box_around_head(scaled: npt.NDArray[np.float32], affine: Affine, shape: tup
 def bounding_box(mask: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
     """First and last index along each axis of a non-empty boolean array's True voxels (inclusive).
 
-    From the axis projections, so no index list of every voxel is built (``np.argwhere``).
+    From the axis projections (:func:`mask_box`), so no index list of every voxel is built.
 
     Returns
     -------
     lo, hi : ndarray of int, shape (ndim,)
     """
-    lo, hi = [], []
+    box = mask_box(mask)
+    if box is None:
+        raise ValueError("bounding_box needs at least one True voxel.")
+    return np.asarray([s.start for s in box], np.intp), np.asarray([s.stop - 1 for s in box], np.intp)
+
+
+def mask_box(mask: npt.NDArray[np.bool_]) -> tuple[slice, ...] | None:
+    """Bounding box of a boolean array's True voxels, one ``slice(first, last + 1)`` per axis; ``None`` when empty.
+
+    From the axis projections, so no index list of every voxel is built (``np.argwhere``).
+    """
+    box = []
     for axis in range(mask.ndim):
         hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        lo.append(int(hit[0]))
-        hi.append(int(hit[-1]))
-    return np.asarray(lo, np.intp), np.asarray(hi, np.intp)
+        if hit.size == 0:
+            return None
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
 
 
 def resample_to(image: npt.NDArray[np.floating], affine: Affine, shape: tuple[int, int, int], target_affine: Affine,

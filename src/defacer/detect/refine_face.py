@@ -39,9 +39,11 @@ from scipy import ndimage as ndi
 
 from defacer._typing import Affine, LabelMap, Mask
 from defacer.detect.ear_fallback import eye_frame
-from defacer.detect.postprocess import AIR_LEVEL, level_in_range
+from defacer.detect.postprocess import AIR_LEVEL, largest_part, level_in_range
+from defacer.detect.preprocess import mask_box
 from defacer.head import outside_field_value
 from defacer.labels import Label
+from defacer.volume import voxel_sizes
 
 Box = tuple[slice, slice, slice]
 
@@ -192,10 +194,9 @@ def _components(labels: LabelMap, extent: Box, value: int) -> list[tuple[Box, Ma
     """Connected components of one label inside ``extent``, largest first: (box on the full grid, mask on it)."""
     where = labels[extent] == value
     # label only the box the value occupies (the extent may hold the ears too: most of the face)
-    spans = [np.flatnonzero(where.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
-    if spans[0].size == 0:
+    inner = mask_box(where)
+    if inner is None:
         return []
-    inner = tuple(slice(int(span[0]), int(span[-1]) + 1) for span in spans)
     origin = [e.start + i.start for e, i in zip(extent, inner, strict=True)]
     pieces, _ = ndi.label(where[inner])
     sizes = np.bincount(pieces.ravel())[1:]
@@ -242,10 +243,6 @@ def _crop(affine: Affine, shape: tuple[int, ...], origin: npt.NDArray[np.float64
     return _Crop(box, u)  # type: ignore[arg-type]
 
 
-def _spacing(affine: Affine) -> npt.NDArray[np.float64]:
-    return np.asarray(np.sqrt((affine[:3, :3] ** 2).sum(axis=0)), float)
-
-
 def _inside_head(values: npt.NDArray[np.floating], affine: Affine, anterior: npt.NDArray[np.float64],
                  threshold: float) -> Mask:
     """Voxels of a crop behind the first tissue met coming from the front, plus one voxel (bool, crop shape).
@@ -253,7 +250,7 @@ def _inside_head(values: npt.NDArray[np.floating], affine: Affine, anterior: npt
     The crop is searched along the array axis closest to ``anterior`` (from its front end); tissue
     is the image smoothed by a 1 mm Gaussian above ``threshold``.
     """
-    spacing = _spacing(affine)
+    spacing = np.asarray(voxel_sizes(affine))
     tissue = ndi.gaussian_filter(np.asarray(values, np.float32), sigma=tuple(1.0 / spacing)) > threshold
     direction = anterior @ affine[:3, :3]  # anterior in voxel steps
     axis = int(np.argmax(np.abs(direction) / spacing))
@@ -308,7 +305,7 @@ def _globe_centre(image: npt.NDArray[np.floating], affine: Affine, axes: npt.NDA
         return None
     level = float(np.median(values[core]))
     spread = float(np.percentile(np.abs(values[core] - level), 75)) + 1e-6
-    spacing = _spacing(affine)
+    spacing = np.asarray(voxel_sizes(affine))
     smooth = ndi.gaussian_filter(values, sigma=tuple(1.0 / spacing))
     globe = (np.abs(smooth - level) <= GLOBE_TOLERANCE * spread) & (distance2 <= reach**2)
     kept = ndi.distance_transform_edt(globe, sampling=spacing) > GLOBE_ERODE_MM
@@ -338,9 +335,9 @@ def _refine_nose(image: npt.NDArray[np.floating], affine: Affine, axes: npt.NDAr
     if crop is None:
         return None
     u_r, u_a, u_s = crop.u
-    smooth = ndi.gaussian_filter(np.asarray(image[crop.box], np.float32), sigma=tuple(1.0 / _spacing(affine)))
+    smooth = ndi.gaussian_filter(np.asarray(image[crop.box], np.float32), sigma=tuple(1.0 / np.asarray(voxel_sizes(affine))))
     near = (smooth > threshold) & (np.abs(u_r) <= TIP_SIDE_MM) & (u_s >= -TIP_BELOW_MM) & (u_s <= top) & (np.abs(u_a) <= 30.0)
-    near = _largest(near)
+    near = largest_part(near)
     if near.sum() < 10:
         return None
     depth = np.broadcast_to(u_a, near.shape)[near]
@@ -366,19 +363,11 @@ def _voxels_world(box: Box, mask: Mask, affine: Affine) -> npt.NDArray[np.float6
     return np.asarray(index @ affine[:3, :3].T + affine[:3, 3], float)
 
 
-def _largest(mask: Mask) -> Mask:
-    """The largest connected piece of ``mask`` (all of it when it has at most one)."""
-    pieces, count = ndi.label(mask)
-    if count <= 1:
-        return mask
-    return np.asarray(pieces == 1 + int(np.argmax(np.bincount(pieces.ravel())[1:])), bool)
-
-
 def _checked(mask: Mask, box: Box, affine: Affine, network_centre: npt.NDArray[np.float64],
              anchor: npt.NDArray[np.float64]) -> tuple[Box, Mask, npt.NDArray[np.float64]] | None:
     """``(box, largest piece, anchor)`` when the piece is not empty and its centroid lies within
     :data:`MAX_SHIFT_MM` of the network component's; else ``None``."""
-    piece = _largest(mask)
+    piece = largest_part(mask)
     if not piece.any():
         return None
     if np.linalg.norm(_centroid(box, piece, affine) - network_centre) > MAX_SHIFT_MM:
