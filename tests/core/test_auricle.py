@@ -119,20 +119,27 @@ def test_distort_ears_changes_the_whole_auricle_from_a_small_detection(phantom) 
                 & ~_inside_head(x, y, z, -4.0)).any()  # and no tissue beyond a voxel of them
 
 
-def test_a_detected_flat_ear_is_changed_to_its_full_depth(phantom) -> None:
-    """An ear pressed flat (nothing stands out; the reference labels mark the outer 6 mm of the head)
-    detected as the outer 6 mm of the head near the ear canal is changed to that depth nearly
-    everywhere (with 6 mm read at the coarse sample alone: 61%), and nothing 12 mm deep is in the
-    edit (the write gate then stops it at the protection depth)."""
+def _flat_ears_detected(phantom):
+    """The phantom with its auricles removed (a smooth head), both ears "detected" as the outer 6 mm of the
+    head near the ear canal, and the ear edits: (image, flat image, detected ears, edits)."""
     made, image, head, depth = phantom
     flat = image.copy()
-    flat[made.labels == Label.EARS] = 0.0  # the auricles removed: a smooth head
+    flat[made.labels == Label.EARS] = 0.0
     x, y, z = _world(image.shape)
     ears = np.zeros(image.shape, dtype=bool)
     for side in (-1, 1):
         ears |= ((x - side * 74.0) ** 2 + (y + 2.0) ** 2 + (z + 6.0) ** 2) <= 25.0**2
     ears &= _inside_head(x, y, z, 0.0) & ~_inside_head(x, y, z, 6.0)
-    edits = distort_ears(flat, ears, head, SPACING, np.random.default_rng(0), depth=depth)
+    return image, flat, ears, distort_ears(flat, ears, head, SPACING, np.random.default_rng(0), depth=depth)
+
+
+def test_a_detected_flat_ear_is_changed_to_its_full_depth(phantom) -> None:
+    """An ear pressed flat (nothing stands out; the reference labels mark the outer 6 mm of the head)
+    detected as the outer 6 mm of the head near the ear canal is changed to that depth nearly
+    everywhere (with 6 mm read at the coarse sample alone: 61%), and nothing 12 mm deep is in the
+    edit (the write gate then stops it at the protection depth)."""
+    image, _, ears, edits = _flat_ears_detected(phantom)
+    x, y, z = _world(image.shape)
     changed = np.zeros(image.shape, dtype=bool)
     for edit in edits:
         changed[edit.box] |= edit.mask
@@ -144,15 +151,9 @@ def test_a_detected_flat_ear_is_changed_to_its_full_depth(phantom) -> None:
 def test_the_ear_edit_leaves_no_hole_in_the_head(phantom) -> None:
     """Edit voxels below the rolled-off head surface (a flat ear's detection, an auricle's root) get
     this scan's skin values, not air: no dent in the ear's shape shows in a render; above it, air."""
-    made, image, head, depth = phantom
-    flat = image.copy()
-    flat[made.labels == Label.EARS] = 0.0
+    head = phantom[2]
+    image, flat, _, edits = _flat_ears_detected(phantom)
     x, y, z = _world(image.shape)
-    ears = np.zeros(image.shape, dtype=bool)
-    for side in (-1, 1):
-        ears |= ((x - side * 74.0) ** 2 + (y + 2.0) ** 2 + (z + 6.0) ** 2) <= 25.0**2
-    ears &= _inside_head(x, y, z, 0.0) & ~_inside_head(x, y, z, 6.0)
-    edits = distort_ears(flat, ears, head, SPACING, np.random.default_rng(0), depth=depth)
     new = flat.copy()
     edited = np.zeros(image.shape, dtype=bool)
     for edit in edits:

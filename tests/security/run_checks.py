@@ -21,6 +21,14 @@ def digest(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def plant_user_file(folder: Path, name: str) -> Path:
+    """Write a user's file ``folder/name`` (parents made) holding ``years of work``: what defacer must never replace."""
+    mine = folder / name
+    mine.parent.mkdir(parents=True, exist_ok=True)
+    mine.write_text("years of work\n")
+    return mine
+
+
 def entries(folder: Path) -> set[str]:
     """Names in ``folder``, less defacer's own hidden ownership record of an output named ``out``
     (``.out.defacer-output.json``)."""

@@ -17,7 +17,7 @@ from defacer.cli.main import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "batch"))
 from batch_fixtures import write_bids_phantoms, write_dicom_phantom
-from run_checks import digest
+from run_checks import digest, plant_user_file
 
 KEY = "outputs-safety-test-key-0123456789"
 
@@ -160,9 +160,7 @@ BATCH_OUTPUTS = ["sub-01/anat/sub-01_T1w.nii.gz", "sub-01/anat/sub-01_T1w.json",
 def test_batch_force_refuses_a_user_file_that_has_an_outputs_name(bids_one, tmp_path, victim, capsys):
     """``batch IN OUT --force`` into a folder that is no batch output replaced a user file named as an output."""
     out = tmp_path / "out"
-    mine = out / victim
-    mine.parent.mkdir(parents=True)
-    mine.write_text("years of work\n")
+    plant_user_file(out, victim)
     before = digest(out)
     assert batch_into(bids_one, out, "--force", "--dry-run") == 1, "the dry run says so too"
     assert victim in capsys.readouterr().err
@@ -341,9 +339,7 @@ def deface_verify(phantom_files: tuple[Path, Path], out: Path, *extra: str) -> i
 @pytest.mark.parametrize("victim", DEFACE_QC_NAMES)
 def test_deface_verify_never_replaces_a_user_file_with_a_qc_name(phantom_files, tmp_path, victim, force, capsys):
     """``deface IN OUT --verify --force`` overwrote a user's file named like a QC report in ``OUT-stem-qc/``."""
-    mine = tmp_path / "out-qc" / victim
-    mine.parent.mkdir()
-    mine.write_text("years of work\n")
+    mine = plant_user_file(tmp_path / "out-qc", victim)
     assert deface_verify(phantom_files, tmp_path / "out.nii.gz", *(["--force"] if force else [])) == 1
     err = capsys.readouterr().err
     assert str(mine) in err and "Traceback" not in err
@@ -368,9 +364,7 @@ def test_verify_never_replaces_a_user_file_in_its_out_folder_and_reruns_over_its
                                                                                         capsys):
     """``defacer verify ORIGINAL DEFACED --out DIR`` overwrote a user's ``DIR/verify_summary.json``."""
     head = str(phantom_files[0])
-    mine = tmp_path / "mine" / "verify_summary.json"
-    mine.parent.mkdir()
-    mine.write_text("years of work\n")
+    mine = plant_user_file(tmp_path / "mine", "verify_summary.json")
     assert main(["verify", head, head, "--out", str(mine.parent)]) == 1
     err = capsys.readouterr().err
     assert str(mine) in err and "--out" in err and "Traceback" not in err
@@ -388,9 +382,7 @@ BATCH_QC_NAMES = ["index.html", "sub-01__anat__sub-01_T1w/verify_report.html",
 def test_batch_verify_never_replaces_a_user_file_with_a_qc_name(bids_one, tmp_path, victim, capsys):
     """``batch IN OUT --verify`` overwrote a user's file named like its gallery or a report in ``OUT-qc/``."""
     qc = tmp_path / "out-qc"
-    mine = qc / victim
-    mine.parent.mkdir(parents=True)
-    mine.write_text("years of work\n")
+    mine = plant_user_file(qc, victim)
     before = digest(qc)
     assert batch_into(bids_one, tmp_path / "out", "--verify", "--dry-run") == 1, "the dry run says so too"
     assert victim.split("/")[-1] in capsys.readouterr().err
