@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from defacer.detect.postprocess import find_components
 
@@ -153,3 +154,34 @@ def test_tissue_restriction_on_a_crop_with_the_scans_air_level_equals_it_on_the_
     cropped[crop] = keep_largest_pieces(restrict_to_tissue(labels[crop], image[crop], threshold=air_threshold(image)))
     assert np.array_equal(cropped, whole)
     assert (whole == 3).sum() < (labels == 3).sum(), "air voxels were removed"
+
+
+def _turned_head(axis: str, degrees: float) -> np.ndarray:
+    """:func:`_head`'s five balls with their centres turned about the map's centre (yaw: z, roll: y)."""
+    from scipy.spatial.transform import Rotation
+
+    turn = Rotation.from_euler(axis, degrees, degrees=True).as_matrix()
+    labels = np.zeros((64, 64, 64), np.uint8)
+    for centre, radius, value in (((24, 50, 32), 3, 1), ((40, 50, 32), 3, 1), ((32, 56, 26), 3.5, 2),
+                                  ((12, 30, 28), 2, 3), ((52, 30, 28), 2, 3)):
+        turned = turn @ (np.asarray(centre, float) - 32.0) + 32.0
+        _ball(labels, tuple(round(float(c)) for c in turned), radius, value)  # type: ignore[arg-type]
+    return labels
+
+
+@pytest.mark.parametrize(("axis", "degrees"), [("z", 30.0), ("z", -40.0), ("y", 25.0), ("x", 20.0)])
+def test_a_head_turned_or_tilted_in_the_scanner_keeps_all_five_components(axis: str, degrees: float) -> None:
+    # eyes 64 mm apart turned 30 degrees lie 32 mm apart front-to-back: a rule in the scanner's axes
+    # (within 25 mm) dropped one eye, and the nose and ear rules followed the scanner's axes too
+    comps = find_components(_turned_head(axis, degrees), AFFINE)
+    assert [c.feature for c in comps] == ["eyes", "eyes", "nose", "ears", "ears"]
+    left, right = (c for c in comps if c.feature == "ears")
+    assert left.centre_mm @ np.array([1.0, 0.0, 0.0]) < right.centre_mm @ np.array([1.0, 0.0, 0.0])
+
+
+def test_two_eyes_one_behind_the_other_are_not_a_pair() -> None:
+    labels = np.zeros((64, 64, 64), np.uint8)
+    _ball(labels, (32, 50, 32), 3, 1)
+    _ball(labels, (34, 36, 32), 2.5, 1)  # 56 mm behind the first: no pair of eyes lies so
+    comps = find_components(labels, AFFINE)
+    assert len([c for c in comps if c.feature == "eyes"]) == 1

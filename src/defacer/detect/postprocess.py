@@ -5,8 +5,10 @@ measure.  Rules, in mm so they hold at any box spacing:
 
 * a component smaller than ``MIN_VOLUME_MM3`` for its feature (or, for eyes and nose, than a
   fifth of the largest component of the same feature) is noise;
-* eyes: the largest pair 35-90 mm apart; nose: the largest near the eyes' midline; ears: the
-  largest behind the eyes on each side of the head (see :func:`find_components`);
+* eyes: the largest pair 35-90 mm apart, side by side; nose: the largest near the eyes' midline;
+  ears: the largest behind the eyes on each side of the head (see :func:`find_components`), all
+  judged in the frame the two eyes give (:func:`defacer.detect.frame.eye_frame`), so a head turned
+  or tilted in the scanner is judged as a straight one;
 * no rule for one feature can remove every candidate of another.
 """
 
@@ -19,6 +21,7 @@ import numpy.typing as npt
 from scipy import ndimage as ndi
 
 from defacer._typing import Affine
+from defacer.detect.frame import eye_frame
 from defacer.labels import FEATURE_LABELS, MAX_COMPONENTS
 
 #: Smallest plausible volume per feature, in mm^3 (eye sphere ~ 9000, nose ~ 15000, auricle ~ 3000).
@@ -26,6 +29,13 @@ MIN_VOLUME_MM3: dict[str, float] = {"eyes": 1000.0, "nose": 1500.0, "ears": 250.
 
 #: Largest distance between a nose centre and an eye centre, in mm (adults: about 40-60 mm).
 NOSE_EYE_MAX_MM = 75.0
+#: Distance between the two eyes' centres, in mm (a 3-year-old's about 45, adults' 55-70).
+EYE_PAIR_MM = (35.0, 90.0)
+#: Largest angle between the line through two eyes and the scanner's left-right axis, in degrees: a
+#: head turned or tilted this far still has its eyes paired (the training saw up to 15 degrees).
+EYE_AXIS_MAX_DEG = 50.0
+#: Largest distance of the nose's centre from the eyes' mid-plane, in mm.
+NOSE_MIDLINE_MM = 30.0
 
 
 @dataclass(frozen=True)
@@ -54,15 +64,19 @@ def find_components(labels: npt.NDArray[np.integer], affine: Affine) -> list[Com
     Each feature is decided on its own candidates (every component above its minimum volume), so a
     wrong component of one feature never removes a right one of another:
 
-    * eyes: the largest pair whose centres are 35-90 mm apart (and within 25 mm of each other
-      front-back and up-down) wins; without such a pair, the largest single eye stays;
+    * eyes: the largest pair whose centres are ``EYE_PAIR_MM`` apart, on a line within
+      ``EYE_AXIS_MAX_DEG`` of the left-right axis (a head turned or tilted in the scanner), wins;
+      without such a pair, the largest single eye stays;
     * nose: the largest candidate within ``NOSE_EYE_MAX_MM`` of every kept eye and, with a valid
-      pair of eyes, within 30 mm of their midline (a "nose" beside or far below the face is a
-      false detection, e.g. on a defaced head);
+      pair of eyes, within ``NOSE_MIDLINE_MM`` of their mid-plane (a "nose" beside or far below
+      the face is a false detection, e.g. on a defaced head);
     * ears: candidates in front of the eyes' centres are dropped (only when two eyes make a valid
       pair, so a misplaced single "eye" cannot veto an ear); the rest are split into the left
-      and right half of the head (by the eyes' midline, else the label map's centre) and the
+      and right half of the head (by the eyes' mid-plane, else the label map's centre) and the
       largest on each side stays, so both ears are kept whenever both were detected.
+
+    With a pair of eyes, "in front", "mid-plane" and "side" are those of the eyes' frame
+    (:func:`defacer.detect.frame.eye_frame`), so they turn with the head.
 
     Parameters
     ----------
@@ -81,21 +95,23 @@ def find_components(labels: npt.NDArray[np.integer], affine: Affine) -> list[Com
     for feature, value in FEATURE_LABELS.items():
         candidates[feature] = _candidates(feature, labels == int(value), affine, voxel_mm3)
     eyes = _choose_eyes(candidates["eyes"])
-    eye_pair = len(eyes) == 2
-    eye_mid = np.mean([e.centre_mm for e in eyes], axis=0) if eyes else None
-    # the nose sits within NOSE_EYE_MAX_MM of every eye, and near the eyes' midline when both are known
+    # the eyes' frame (rows right, anterior, up); without a pair, the world's through the eye or the map's centre
+    if len(eyes) == 2:
+        origin, axes, _ = eye_frame(eyes[0].centre_mm, eyes[1].centre_mm)
+    else:
+        origin = eyes[0].centre_mm if eyes else affine[:3, :3] @ ((np.asarray(labels.shape, float) - 1) / 2) + affine[:3, 3]
+        axes = np.eye(3)
+    # the nose sits within NOSE_EYE_MAX_MM of every eye, and near the eyes' mid-plane when both are known
     noses = [c for c in candidates["nose"]
              if all(np.linalg.norm(c.centre_mm - e.centre_mm) <= NOSE_EYE_MAX_MM for e in eyes)]
-    if eye_pair and eye_mid is not None:
-        noses = [c for c in noses if abs(c.centre_mm[0] - eye_mid[0]) <= 30.0]
+    if len(eyes) == 2:
+        noses = [c for c in noses if abs((c.centre_mm - origin) @ axes[0]) <= NOSE_MIDLINE_MM]
     nose = noses[:1]
     ears = candidates["ears"]
-    if eye_pair and eye_mid is not None:
-        ears = [e for e in ears if e.centre_mm[1] < eye_mid[1]]
-    midline_x = float(eye_mid[0]) if eye_mid is not None else float(
-        (affine[:3, :3] @ ((np.asarray(labels.shape, float) - 1) / 2) + affine[:3, 3])[0])
-    left = [e for e in ears if e.centre_mm[0] < midline_x][:1]  # RAS+: the subject's left is -x
-    right = [e for e in ears if e.centre_mm[0] >= midline_x][:1]
+    if len(eyes) == 2:
+        ears = [e for e in ears if (e.centre_mm - origin) @ axes[1] < 0]
+    left = [e for e in ears if (e.centre_mm - origin) @ axes[0] < 0][:1]  # RAS+: the subject's left is -x
+    right = [e for e in ears if (e.centre_mm - origin) @ axes[0] >= 0][:1]
     return eyes + nose + left + right
 
 
@@ -120,11 +136,12 @@ def _candidates(feature: str, where: npt.NDArray[np.bool_], affine: Affine, voxe
 def _choose_eyes(candidates: list[Component]) -> list[Component]:
     """The largest plausible pair of eyes among the candidates, else the largest single one."""
     best: tuple[float, list[Component]] | None = None
+    side_by_side = np.cos(np.radians(EYE_AXIS_MAX_DEG))
     for a in range(len(candidates)):
         for b in range(a + 1, len(candidates)):
             ca, cb = candidates[a].centre_mm, candidates[b].centre_mm
             apart = float(np.linalg.norm(ca - cb))
-            if not 35.0 <= apart <= 90.0 or abs(ca[1] - cb[1]) > 25.0 or abs(ca[2] - cb[2]) > 25.0:
+            if not EYE_PAIR_MM[0] <= apart <= EYE_PAIR_MM[1] or abs(ca[0] - cb[0]) < side_by_side * apart:
                 continue
             total = candidates[a].volume_mm3 + candidates[b].volume_mm3
             if best is None or total > best[0]:

@@ -15,7 +15,7 @@ registered template's landmarks:
   at the eyes' height; the nose is the head inside an elliptic cylinder (axis anterior) from below
   the tip to above the nasion, in front of a plane :data:`NOSE_BEHIND_TIP_MM` behind the tip.
 
-"Anterior" is the frame of :func:`defacer.detect.ear_fallback.eye_frame` (the eyes' axis and the
+"Anterior" is the frame of :func:`defacer.detect.frame.eye_frame` (the eyes' axis and the
 scanner's anterior made orthogonal to it) pitched up by :data:`PITCH_DEG`; "inside the head" is everything behind the first tissue
 met coming from the front along the array axis closest to anterior (so nostrils, sinuses and a
 dark vitreous body count as inside, the air in front of the face does not), plus one voxel.
@@ -38,7 +38,7 @@ import numpy.typing as npt
 from scipy import ndimage as ndi
 
 from defacer._typing import Affine, LabelMap, Mask
-from defacer.detect.ear_fallback import eye_frame
+from defacer.detect.frame import eye_frame
 from defacer.detect.postprocess import AIR_LEVEL, largest_part, level_in_range
 from defacer.detect.preprocess import mask_box
 from defacer.head import outside_field_value

@@ -1,0 +1,51 @@
+"""The head's frame from its two eyes: right along the eyes' axis, anterior, up.
+
+A head turned (yaw) or tilted sideways (roll) in the scanner turns this frame with it, so the
+rules that place the nose and ears relative to the eyes (:mod:`defacer.detect.postprocess`,
+:mod:`defacer.detect.ear_fallback`, :mod:`defacer.detect.refine_face`) hold in any position.
+The head's pitch (chin up or down) cannot be read from two points; the frame keeps the scanner's
+anterior direction for it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+
+def eye_frame(eye_a: npt.ArrayLike, eye_b: npt.ArrayLike
+              ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], float]:
+    """Origin and axes of the frame the eyes give.
+
+    The frame follows the eyes (a head turned or tilted in the scanner turns it with them) and
+    the scanner's anterior direction (for the head's pitch): on the reference labels this gives
+    about half the spread of a frame through the nose centroid, which moves with the nose's
+    size, cut and shape.
+
+    Parameters
+    ----------
+    eye_a, eye_b : array-like, shape (3,)
+        The eye centroids in world (RAS+) mm, in any order.
+
+    Returns
+    -------
+    origin : ndarray, shape (3,)
+        The eyes' midpoint.
+    axes : ndarray, shape (3, 3)
+        Rows x, y, z: x from the eye with the smaller world x to the other (towards +R); y the
+        world's anterior direction made orthogonal to x; z = x cross y (up).
+    eyes_mm : float
+        Distance between the eyes.
+    """
+    a, b = np.asarray(eye_a, float), np.asarray(eye_b, float)
+    if a[0] > b[0]:
+        a, b = b, a
+    origin = (a + b) / 2.0
+    eyes_mm = float(np.linalg.norm(b - a))
+    x = (b - a) / max(eyes_mm, 1e-6)
+    y = np.array([0.0, 1.0, 0.0]) - x[1] * x
+    if np.linalg.norm(y) < 1e-6:  # eyes one behind the other: no usable frame, keep the world's
+        x, y = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
+    y /= np.linalg.norm(y)
+    z = np.cross(x, y)
+    return origin, np.stack([x, y, z]), eyes_mm
