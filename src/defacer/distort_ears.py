@@ -84,10 +84,12 @@ def auricle_mask(image: npt.NDArray[np.floating], ears: Mask, component: Box, he
     """The voxels to distort for one detected ear: the whole auricle near it, delimited from the image.
 
     The detection gives the ear's centroid and side (lateral of ``head_centre_r``); the auricle
-    is :func:`defacer.auricle.delimit_auricle` from there, or, for an ear the detector's ear
-    refinement delimited and handed over unchanged, the auricle it delimited
-    (:func:`defacer.auricle.recall_auricle`: from the network ear's centroid, outward along the
-    eye axis; delimited once, not twice).  The detection itself is added where
+    is :func:`defacer.auricle.delimit_auricle` from there (on the tissue above the head's
+    threshold: wider than the reference labels' rule the detector's labels follow), and, for an
+    ear the detector's ear refinement delimited and handed over unchanged, also what it recorded
+    (:func:`defacer.auricle.recall_auricle`: the reference rule's auricle delimited from the
+    network ear's centroid, outward along the eye axis, with the network's own ear).  The
+    detection itself is added where
     it may lie at most :data:`DETECTED_DEPTH_MM` below the head's rolled-off surface
     (:func:`detected_depth_limit`; an ear pressed flat against the head, which does not stand
     out, is still changed as far as it was detected), and the union grows by ``rim_mm`` (along each axis) into the voxels below the
@@ -118,37 +120,36 @@ def auricle_mask(image: npt.NDArray[np.floating], ears: Mask, component: Box, he
     mask : ndarray, bool, box shape
     params : dict
         What the sidecar records (centroid in voxels, radii, voxels found from the image, whether
-        the auricle was the detector's).
+        the detector's refinement handed over an auricle for this ear).
     """
     idx = np.nonzero(ears[component])
     centroid = np.array([s.start + float(i.mean()) for s, i in zip(component, idx, strict=True)])
     outward = np.array([1.0 if centroid[0] >= head_centre_r else -1.0, 0.0, 0.0])
-    # the detector's ear refinement may have delimited this very ear already (same head, same distances)
-    shared, found = auricle.recall_auricle(head, component, ears[component], search_mm=radius_mm,
-                                           opening_mm=opening_mm)
-    if not shared:
-        found = auricle.delimit_auricle(image, head, depth, spacing, centroid, outward,
-                                        search_mm=radius_mm, opening_mm=opening_mm)
-    if found is not None:
-        box = tuple(slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(found.box, component, strict=True))
-    else:
-        box = component
+    # the detector's ear refinement may have recorded this very ear (same head, same distances)
+    _, recorded = auricle.recall_auricle(head, component, ears[component], search_mm=radius_mm,
+                                         opening_mm=opening_mm)
+    found = auricle.delimit_auricle(image, head, depth, spacing, centroid, outward,
+                                    search_mm=radius_mm, opening_mm=opening_mm)
+    auricles = [a for a in (found, recorded) if a is not None]
+    box: Box = component
+    for a in auricles:
+        box = tuple(slice(min(f.start, b.start), max(f.stop, b.stop)) for f, b in zip(a.box, box, strict=True))  # type: ignore[assignment]
     sp = np.asarray(spacing, float)
     pad = np.ceil(rim_mm / sp).astype(int) + 1
-    box = tuple(slice(max(0, b.start - p), min(n, b.stop + p)) for b, p, n in zip(box, pad, image.shape, strict=True))
+    box = tuple(slice(max(0, b.start - p), min(n, b.stop + p)) for b, p, n in zip(box, pad, image.shape, strict=True))  # type: ignore[assignment]
     local_ears = np.asarray(ears[box])
     standing_out = local_ears & ~head.upsample(depth > detected_depth_limit(head, spacing), box)  # type: ignore[arg-type]
     mask = standing_out.copy()
-    from_image = 0
-    if found is not None:
-        inner = tuple(slice(f.start - b.start, f.stop - b.start) for f, b in zip(found.box, box, strict=True))
-        mask[inner] |= found.mask
-        from_image = int(found.mask.sum())
+    from_image = np.zeros(mask.shape, dtype=bool)
+    for a in auricles:
+        inner = tuple(slice(f.start - b.start, f.stop - b.start) for f, b in zip(a.box, box, strict=True))
+        from_image[inner] |= a.mask
+    mask |= from_image
     mask |= _rim(mask, rim_mm, sp) & ~(np.asarray(image[box]) > head.threshold)
     params = {"centroid_voxel": [round(float(c), 2) for c in centroid], "radius_mm": radius_mm,
               "opening_mm": opening_mm, "detected_depth_mm": round(detected_depth_limit(head, spacing), 2),
-              "auricle_found": found is not None,
-              "auricle_voxels_from_image": from_image, "auricle_from_detector": shared}
+              "auricle_found": bool(auricles), "auricle_voxels_from_image": int(from_image.sum()),
+              "auricle_from_detector": recorded is not None}
     return box, mask, params  # type: ignore[return-value]
 
 

