@@ -185,3 +185,25 @@ def test_two_eyes_one_behind_the_other_are_not_a_pair() -> None:
     _ball(labels, (34, 36, 32), 2.5, 1)  # 56 mm behind the first: no pair of eyes lies so
     comps = find_components(labels, AFFINE)
     assert len([c for c in comps if c.feature == "eyes"]) == 1
+
+
+def test_a_larger_ear_candidate_on_the_cheek_yields_to_the_ear_where_ears_lie() -> None:
+    # On a T2-like contrast a fold model called a piece of the left cheek "ear", larger than the
+    # auricle behind it (ixi012, inverted): the largest-per-side rule kept the cheek.
+    labels = _head()
+    labels[labels == 3] = 0
+    _ball(labels, (12, 30, 24), 2, 3)  # left auricle: 80 mm behind the eyes, 32 mm below
+    _ball(labels, (10, 44, 12), 3, 3)  # left "cheek": 24 mm behind the eyes, 80 mm below, larger
+    _ball(labels, (52, 30, 24), 2, 3)
+    comps = find_components(labels, AFFINE)
+    left = [c for c in comps if c.feature == "ears" and c.centre_mm[0] < 128]
+    assert len(left) == 1
+    np.testing.assert_allclose(left[0].centre_mm, [48.0, 120.0, 96.0], atol=1.0)
+
+
+def test_an_ear_nowhere_near_where_ears_lie_is_still_kept_when_alone() -> None:
+    labels = _head()
+    labels[labels == 3] = 0
+    _ball(labels, (10, 44, 12), 3, 3)  # the side's only candidate: implausible, but never dropped for that
+    comps = find_components(labels, AFFINE)
+    assert sum(c.feature == "ears" for c in comps) == 1

@@ -21,7 +21,7 @@ import numpy.typing as npt
 from scipy import ndimage as ndi
 
 from defacer._typing import Affine
-from defacer.detect.frame import eye_frame
+from defacer.detect.frame import ear_offset_score, eye_frame
 from defacer.labels import FEATURE_LABELS, MAX_COMPONENTS
 
 #: Smallest plausible volume per feature, in mm^3 (eye sphere ~ 9000, nose ~ 15000, auricle ~ 3000).
@@ -36,6 +36,10 @@ EYE_PAIR_MM = (35.0, 90.0)
 EYE_AXIS_MAX_DEG = 50.0
 #: Largest distance of the nose's centre from the eyes' mid-plane, in mm.
 NOSE_MIDLINE_MM = 30.0
+#: An ear candidate further than this from where ears lie in the eyes' frame (in standard deviations of
+#: the reference ears' offsets, :func:`defacer.detect.frame.ear_offset_score`) yields to a closer one on its
+#: side: 4.5 takes in a head pitched 25 degrees; the cheek or jaw the network may call ear lies further.
+EAR_PLAUSIBLE_SD = 4.5
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,11 @@ def find_components(labels: npt.NDArray[np.integer], affine: Affine) -> list[Com
     * ears: candidates in front of the eyes' centres are dropped (only when two eyes make a valid
       pair, so a misplaced single "eye" cannot veto an ear); the rest are split into the left
       and right half of the head (by the eyes' mid-plane, else the label map's centre) and the
-      largest on each side stays, so both ears are kept whenever both were detected.
+      largest on each side stays, so both ears are kept whenever both were detected.  With a pair
+      of eyes, the largest among the side's candidates lying where ears lie in the eyes' frame
+      (within ``EAR_PLAUSIBLE_SD``) is preferred: on a T2-like contrast the network may call a
+      piece of cheek or jaw "ear" and make it the largest.  A side whose every candidate lies
+      elsewhere keeps its largest.
 
     With a pair of eyes, "in front", "mid-plane" and "side" are those of the eyes' frame
     (:func:`defacer.detect.frame.eye_frame`), so they turn with the head.
@@ -110,6 +118,8 @@ def find_components(labels: npt.NDArray[np.integer], affine: Affine) -> list[Com
     ears = candidates["ears"]
     if len(eyes) == 2:
         ears = [e for e in ears if (e.centre_mm - origin) @ axes[1] < 0]
+        # stable sort: plausibly placed first, each group largest first
+        ears = sorted(ears, key=lambda e: ear_offset_score(e.centre_mm, origin, axes) > EAR_PLAUSIBLE_SD)
     left = [e for e in ears if (e.centre_mm - origin) @ axes[0] < 0][:1]  # RAS+: the subject's left is -x
     right = [e for e in ears if (e.centre_mm - origin) @ axes[0] >= 0][:1]
     return eyes + nose + left + right
