@@ -113,13 +113,19 @@ def _shared_key(ear_box: Box, search_mm: float, opening_mm: float) -> tuple[obje
     return (_SHARED_KEY, tuple((int(s.start), int(s.stop)) for s in ear_box), float(search_mm), float(opening_mm))
 
 
-def remember_auricle(head: HeadModel, ear_box: Box, ear: Mask, found: Auricle | None, *,
-                     search_mm: float = SEARCH_MM, opening_mm: float = OPENING_MM) -> None:
-    """Record on ``head`` the auricle delimited for one labelled ear, so it is not delimited again.
+#: Where the detector looked for an ear's auricle: (centre in voxel indices, outward direction in the
+#: array's mm axes), as :func:`delimit_auricle` takes them.
+Seed = tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]
+
+
+def remember_auricle(head: HeadModel, ear_box: Box, ear: Mask, found: Auricle | None, seed: Seed | None = None,
+                     *, search_mm: float = SEARCH_MM, opening_mm: float = OPENING_MM) -> None:
+    """Record on ``head`` what the detector's ear refinement found for one labelled ear.
 
     The detector's ear refinement delimits each ear's auricle (:func:`delimit_auricle` from the
-    network ear's centroid) and the ear distortion would delimit it again from the refined ear;
-    the distortion takes this one instead (:func:`recall_auricle`) when it is handed that very ear.
+    network ear's centroid, by the reference labels' rule) and replaces the network's ear by it;
+    the ear distortion, handed that very ear, adds what was recorded (:func:`recall_auricle`) and
+    delimits its own rule's auricle from the same seed.
 
     Parameters
     ----------
@@ -131,18 +137,21 @@ def remember_auricle(head: HeadModel, ear_box: Box, ear: Mask, found: Auricle | 
     ear : ndarray, bool, ``ear_box`` shape
         Every ear voxel of that label map inside ``ear_box`` (copied).
     found : Auricle or None
-        What :func:`delimit_auricle` gave for it (``None``: nothing stands out there).
+        What the distortion is to change with the ear (``None``: nothing more).
+    seed : (ndarray, ndarray) or None
+        Where the refinement looked: the network ear's centroid (voxel indices) and the outward
+        direction (the array's mm axes).
     search_mm, opening_mm : float
         The rule's search radius and opening ball it was delimited with, in mm.
     """
     kept = np.array(ear, dtype=bool)
     kept.flags.writeable = False
-    head.cache[_shared_key(ear_box, search_mm, opening_mm)] = (kept, found)
+    head.cache[_shared_key(ear_box, search_mm, opening_mm)] = (kept, found, seed)
 
 
 def recall_auricle(head: HeadModel, ear_box: Box, ear: Mask, *, search_mm: float = SEARCH_MM,
-                   opening_mm: float = OPENING_MM) -> tuple[bool, Auricle | None]:
-    """The auricle :func:`remember_auricle` recorded for this very ear, if any.
+                   opening_mm: float = OPENING_MM) -> tuple[bool, Auricle | None, Seed | None]:
+    """What :func:`remember_auricle` recorded for this very ear, if anything.
 
     Parameters
     ----------
@@ -156,11 +165,13 @@ def recall_auricle(head: HeadModel, ear_box: Box, ear: Mask, *, search_mm: float
         Whether this ear was recorded with these distances.
     found : Auricle or None
         The recorded auricle (``None`` also when it was recorded as none).
+    seed : (ndarray, ndarray) or None
+        The recorded seed (centre voxel, outward direction in mm axes).
     """
     entry = head.cache.get(_shared_key(ear_box, search_mm, opening_mm))
     if entry is None or not np.array_equal(entry[0], ear):
-        return False, None
-    return True, entry[1]
+        return False, None, None
+    return True, entry[1], entry[2]
 
 
 def block_any(mask: Mask, step: tuple[int, ...]) -> Mask:

@@ -86,10 +86,10 @@ def auricle_mask(image: npt.NDArray[np.floating], ears: Mask, component: Box, he
     The detection gives the ear's centroid and side (lateral of ``head_centre_r``); the auricle
     is :func:`defacer.auricle.delimit_auricle` from there (on the tissue above the head's
     threshold: wider than the reference labels' rule the detector's labels follow), and, for an
-    ear the detector's ear refinement delimited and handed over unchanged, also what it recorded
-    (:func:`defacer.auricle.recall_auricle`: the reference rule's auricle delimited from the
-    network ear's centroid, outward along the eye axis, with the network's own ear).  The
-    detection itself is added where
+    ear the detector's ear refinement delimited and handed over unchanged, from where it looked
+    (the network ear's centroid, outward along the eye axis) with what it recorded added
+    (:func:`defacer.auricle.recall_auricle`: the reference rule's auricle with the network's own
+    ear).  The detection itself is added where
     it may lie at most :data:`DETECTED_DEPTH_MM` below the head's rolled-off surface
     (:func:`detected_depth_limit`; an ear pressed flat against the head, which does not stand
     out, is still changed as far as it was detected), and the union grows by ``rim_mm`` (along each axis) into the voxels below the
@@ -125,10 +125,12 @@ def auricle_mask(image: npt.NDArray[np.floating], ears: Mask, component: Box, he
     idx = np.nonzero(ears[component])
     centroid = np.array([s.start + float(i.mean()) for s, i in zip(component, idx, strict=True)])
     outward = np.array([1.0 if centroid[0] >= head_centre_r else -1.0, 0.0, 0.0])
-    # the detector's ear refinement may have recorded this very ear (same head, same distances)
-    _, recorded = auricle.recall_auricle(head, component, ears[component], search_mm=radius_mm,
-                                         opening_mm=opening_mm)
-    found = auricle.delimit_auricle(image, head, depth, spacing, centroid, outward,
+    # the detector's ear refinement may have recorded this very ear (same head, same distances):
+    # its auricle, and where it looked (the network ear's centroid, outward along the eye axis)
+    _, recorded, seed = auricle.recall_auricle(head, component, ears[component], search_mm=radius_mm,
+                                               opening_mm=opening_mm)
+    start, direction = seed if seed is not None else (centroid, outward)
+    found = auricle.delimit_auricle(image, head, depth, spacing, start, direction,
                                     search_mm=radius_mm, opening_mm=opening_mm)
     auricles = [a for a in (found, recorded) if a is not None]
     box: Box = component
