@@ -65,14 +65,21 @@ def rotated_affine(affine: np.ndarray, shape: tuple[int, ...], axis: str, degree
 
 
 #: Names of the intensity variants of :func:`contrasts`.
-CONTRASTS = ("inverted inside the head", "gamma 2", "gamma 0.5")
+CONTRASTS = ("inverted inside the head", "gamma 2", "gamma 0.5", "noise floor 8 %")
 
 
 def contrasts(values: np.ndarray) -> dict[str, np.ndarray]:
-    """Intensity variants of one scan (on the detector's normalised scale)."""
+    """Intensity variants of one scan (on the detector's normalised scale).
+
+    The noise variant is a low-SNR magnitude image: complex Gaussian noise of 8 % of the bright
+    tissue level added to the (real) image and the magnitude taken, so the air gets a Rician floor
+    of about 10 % and the tissue grainy (seeded: the same for every run).
+    """
     t = normalise(values)
+    noise = np.random.default_rng(0).normal(0.0, 0.08, (2, *t.shape)).astype(np.float32)
     return {"inverted inside the head": np.where(t > 0.08, np.clip(1.3 - t, 0.05, None), t).astype(np.float32),
-            "gamma 2": (t ** 2).astype(np.float32), "gamma 0.5": np.sqrt(np.clip(t, 0, None)).astype(np.float32)}
+            "gamma 2": (t ** 2).astype(np.float32), "gamma 0.5": np.sqrt(np.clip(t, 0, None)).astype(np.float32),
+            "noise floor 8 %": np.hypot(t + noise[0], noise[1]).astype(np.float32)}
 
 
 def thick_slices(values: np.ndarray, affine: np.ndarray, thickness_mm: float = 5.0

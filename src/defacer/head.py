@@ -208,6 +208,17 @@ def analyse_head(image: npt.NDArray[np.floating], spacing: tuple[float, float, f
 OPENING_RADIUS_MM = 25.0
 
 
+def air_ceiling(head: HeadModel, percentile: float = 99.5) -> float:
+    """Intensity this scan's air seldom exceeds: the ``percentile`` of its air sample.
+
+    On a clean scan it lies far below any tissue level (0-7 % of the robust intensity range on the
+    21 labelled heads); on a low-SNR magnitude image, whose air has a Rician noise floor, it rises
+    with that floor, so a tissue level taken as "this far above the darkest voxels" can be lifted
+    above the noise (:meth:`defacer.detect.model.OnnxDetector.predict_with_head`).
+    """
+    return float(np.percentile(head.air_sample, percentile))
+
+
 def depth_below_surface(head: HeadModel, spacing: tuple[float, float, float]) -> npt.NDArray[np.float32]:
     """Depth (mm) of each coarse voxel below the surface of the head with its protrusions rolled off.
 

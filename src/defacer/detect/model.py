@@ -25,11 +25,12 @@ from defacer._typing import Affine, LabelMap, PathLike
 from defacer.detect.ear_fallback import add_missing_ears
 from defacer.detect.postprocess import air_threshold, find_components, keep_largest_pieces, restrict_to_tissue
 from defacer.detect.preprocess import box_to_grid, grid_extent, to_box
-from defacer.detect.refine_face import refine_face
+from defacer.detect.refine_face import refine_face, tissue_threshold
 from defacer.errors import InputImageError, WeightsError
 from defacer.files import file_sha256
-from defacer.head import HeadModel
+from defacer.head import HeadModel, air_ceiling, analyse_head
 from defacer.labels import FEATURE_LABELS
+from defacer.volume import voxel_sizes
 
 WEIGHTS_NAME = "detector.onnx"
 CARD_NAME = "detector.json"
@@ -187,7 +188,8 @@ class OnnxDetector:
             As :meth:`predict`.
         head : HeadModel or None
             :func:`defacer.head.analyse_head` of ``image_ras`` at its RAS spacing (the pipeline's);
-            ``None``: the ear fallback analyses the head itself when an ear is missing.
+            ``None``: analysed here once a feature is found (its air's noise ceiling lifts the tissue
+            levels of the clean-up and the refinements on a low-SNR scan; the ear fallback uses it).
 
         Returns
         -------
@@ -210,14 +212,19 @@ class OnnxDetector:
         clock.stamp("components")
         labels = box_to_grid(probs, box, image.shape, np.asarray(ras_affine, float), regions)
         clock.stamp("to_grid")
-        # every label lies in the regions' extent: clean that crop only (the whole scan's air level)
+        # every label lies in the regions' extent: clean that crop only (the whole scan's air level,
+        # lifted above the air's own noise on a low-SNR scan)
         extent = grid_extent(regions, box, image.shape, np.asarray(ras_affine, float))
+        if head is None and extent is not None:
+            head = _head_or_none(image, np.asarray(ras_affine, float))
+        noise = air_ceiling(head) if head is not None else None
         if extent is not None:
             labels[extent] = keep_largest_pieces(restrict_to_tissue(labels[extent], image[extent],
-                                                                    threshold=air_threshold(image)))
+                                                                    threshold=_above(air_threshold(image), noise)))
         clock.stamp("tissue")
-        if extent is not None:
-            refine_face(image, np.asarray(ras_affine, float), labels, extent)  # eyes and nose re-shaped by the image
+        if extent is not None:  # eyes and nose re-shaped by the image
+            refine_face(image, np.asarray(ras_affine, float), labels, extent,
+                        threshold=_above(tissue_threshold(image), noise))
         clock.stamp("face_refinement")
         eyes = [c.centre_mm for c in components if c.feature == "eyes"]
         self._last.sources = {}
@@ -227,6 +234,21 @@ class OnnxDetector:
         clock.stamp("ear_fallback")
         self._last.timings = clock.seconds
         return labels
+
+
+def _head_or_none(image: npt.NDArray[np.float32], ras_affine: Affine) -> HeadModel | None:
+    """:func:`defacer.head.analyse_head` of a RAS image, or ``None`` where it finds no head."""
+    try:
+        return analyse_head(image, voxel_sizes(ras_affine))
+    except InputImageError:
+        return None
+
+
+def _above(level: float | None, noise: float | None) -> float | None:
+    """``level``, raised to ``noise`` (the air's noise ceiling) where that is higher."""
+    if level is None or noise is None:
+        return level
+    return max(level, noise)
 
 
 class _StageClock:
