@@ -108,8 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 #: Commands that deface one job and end: their process keeps the memory it frees for its own reuse
-#: (:func:`defacer.memory.retain_freed_memory`; about a second less per 1 mm head on small VMs) and takes
-#: it in transparent huge pages (:func:`defacer.memory.use_huge_pages`).
+#: (:func:`defacer.memory.retain_freed_memory`; about a second less per 1 mm head on small VMs).
 BOUNDED_COMMANDS = frozenset({"deface"})
 
 
@@ -117,8 +116,7 @@ def run(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point (also ``python -m defacer``)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if next((a for a in args if not a.startswith("-")), None) in BOUNDED_COMMANDS:
-        from defacer.memory import retain_freed_memory, use_huge_pages
+        from defacer.memory import retain_freed_memory
 
-        if retain_freed_memory():
-            use_huge_pages()
+        retain_freed_memory()
     sys.exit(main(args))
