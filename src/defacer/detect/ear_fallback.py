@@ -287,12 +287,15 @@ def auricle_at(image: npt.NDArray[np.floating], affine: Affine, centre: npt.NDAr
 
 
 def _plausible(ear: Mask, spacing: npt.NDArray[np.float64]) -> bool:
-    """Whether an auricle may replace a network ear: at most :data:`MAX_AURICLE_MM3`.
+    """Whether an auricle may replace a network ear: from :data:`MIN_EAR_MM3` to
+    :data:`MAX_AURICLE_MM3` (on uih_T1w_dicom, whose field cuts the ears, a 0.7 cm^3 crumb 12 mm off
+    the network's ear replaced it: the ear was then > 6 mm from the reference; the minimum on the
+    protrusion instead, as the fallback's, also rejected a helpful one: fold A 0.752 -> 0.738).
 
     (A bound on how far its centroid may move from the network ear's was tried: 12-20 mm lowered
     fold A's held-out ears Dice 0.752 -> 0.738; not used.)
     """
-    return float(ear.sum()) * float(np.prod(spacing)) <= MAX_AURICLE_MM3
+    return MIN_EAR_MM3 <= float(ear.sum()) * float(np.prod(spacing)) <= MAX_AURICLE_MM3
 
 
 def _replace_ear(labels: LabelMap, crop: Box, component: Mask, found: Auricle,
