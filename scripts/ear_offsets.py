@@ -2,11 +2,11 @@
 """Where the ears sit relative to the eyes, measured on the committed reference labels.
 
 For every label map in ``reference_labels/`` (on its scan's own grid and affine, so world mm come
-straight from the label file), builds the eye frame of :func:`defacer.detect.ear_fallback.eye_frame`
+straight from the label file), builds the eye frame of :func:`defacer.detect.frame.eye_frame`
 (origin: the eyes' midpoint; x: from one eye to the other; y: the scanner's anterior direction made
 orthogonal to x; z = x cross y, up) and prints each ear centroid's offset in it: lateral |x|, and (y, z) in mm and
 divided by the distance between the eyes.  The last lines are the means and spreads that
-:mod:`defacer.detect.ear_fallback` uses (``EAR_OFFSET_MM``, ``EAR_SPREAD_MM``), also
+:mod:`defacer.detect.frame` holds (``EAR_OFFSET_MM``, ``EAR_SPREAD_MM``), also
 leave-one-head-out (each head's offsets predicted from the other heads' mean) for an honest error.
 
 Only the label maps are read (no image), so this runs in seconds::

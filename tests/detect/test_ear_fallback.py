@@ -8,7 +8,8 @@ from scipy import ndimage as ndi
 
 from defacer import auricle
 from defacer.detect import ear_fallback
-from defacer.detect.ear_fallback import add_missing_ears, eye_frame
+from defacer.detect.ear_fallback import add_missing_ears
+from defacer.detect.frame import eye_frame
 from defacer.detect.model import OnnxDetector, default_weights_path
 from defacer.labels import Label
 from defacer.phantom import make_phantom

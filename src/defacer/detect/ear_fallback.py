@@ -4,8 +4,8 @@ auricle of each ear it found.
 The network finds the eyes and nose on nearly every head but misses many ears on heads it has not
 seen.  For a side with no ear component (and only when both eyes were found) this module:
 
-1. predicts the ear's position from the eyes (:func:`eye_frame`; the mean offset
-   :data:`EAR_OFFSET_MM` measured on the reference labels by ``scripts/ear_offsets.py``), moved
+1. predicts the ear's position from the eyes (:func:`defacer.detect.frame.eye_frame`; the mean offset
+   :data:`defacer.detect.frame.EAR_OFFSET_MM` measured on the reference labels by ``scripts/ear_offsets.py``), moved
    outward along the eye axis to the head's lateral surface;
 2. labels as ear the whole auricle near that point, delimited from the image by the rule of
    :mod:`defacer.auricle` (the protrusion a morphological opening of the head separates from it,
@@ -35,6 +35,7 @@ from scipy import ndimage as ndi
 
 from defacer._typing import Affine, LabelMap, Mask
 from defacer.auricle import Auricle, Seed, delimit_auricle, remember_auricle
+from defacer.detect.frame import EAR_OFFSET_MM, eye_frame
 from defacer.detect.postprocess import largest_part
 from defacer.detect.preprocess import mask_box
 from defacer.head import HeadModel, analyse_head, depth_below_surface
@@ -43,12 +44,6 @@ from defacer.volume import voxel_sizes
 
 Box = tuple[slice, slice, slice]
 
-#: Mean (y, z) offset of an ear centroid in the eye frame, in mm (y: anterior, z: up), from
-#: ``python scripts/ear_offsets.py`` on the reference labels of all 21 heads (42 ears), 2026-12-03.
-#: Leave one head out, the predicted (y, z) is a median 12 mm (90th percentile 22 mm, max 31 mm) off.
-EAR_OFFSET_MM = (-91.3, -29.4)
-#: Standard deviation of those offsets, in mm (y, z).
-EAR_SPREAD_MM = (7.3, 12.7)
 #: Radius around the predicted ear (on the head's lateral surface) searched for an auricle, in mm
 #: (about twice the spread of the offsets, the largest leave-one-out error).
 SEARCH_RADIUS_MM = 30.0
@@ -64,44 +59,6 @@ MIN_EAR_MM3 = 1000.0
 MAX_AURICLE_MM3 = 20000.0
 #: How far out from the eyes' midline the head's lateral surface is looked for, in mm.
 MAX_HALF_WIDTH_MM = 150.0
-
-
-def eye_frame(eye_a: npt.ArrayLike, eye_b: npt.ArrayLike
-              ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], float]:
-    """Origin and axes of the frame the ear offsets are measured in.
-
-    The frame follows the eyes (a head turned or tilted in the scanner turns it with them) and
-    the scanner's anterior direction (for the head's pitch): on the reference labels this gives
-    about half the spread of a frame through the nose centroid, which moves with the nose's
-    size, cut and shape.
-
-    Parameters
-    ----------
-    eye_a, eye_b : array-like, shape (3,)
-        The eye centroids in world (RAS+) mm, in any order.
-
-    Returns
-    -------
-    origin : ndarray, shape (3,)
-        The eyes' midpoint.
-    axes : ndarray, shape (3, 3)
-        Rows x, y, z: x from the eye with the smaller world x to the other (towards +R); y the
-        world's anterior direction made orthogonal to x; z = x cross y (up).
-    eyes_mm : float
-        Distance between the eyes.
-    """
-    a, b = np.asarray(eye_a, float), np.asarray(eye_b, float)
-    if a[0] > b[0]:
-        a, b = b, a
-    origin = (a + b) / 2.0
-    eyes_mm = float(np.linalg.norm(b - a))
-    x = (b - a) / max(eyes_mm, 1e-6)
-    y = np.array([0.0, 1.0, 0.0]) - x[1] * x
-    if np.linalg.norm(y) < 1e-6:  # eyes one behind the other: no usable frame, keep the world's
-        x, y = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
-    y /= np.linalg.norm(y)
-    z = np.cross(x, y)
-    return origin, np.stack([x, y, z]), eyes_mm
 
 
 def _centroids(mask: npt.NDArray[np.bool_], affine: Affine) -> list[tuple[npt.NDArray[np.float64], int]]:
