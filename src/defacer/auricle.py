@@ -347,6 +347,23 @@ def outside_distance(head: HeadModel, depth: npt.NDArray[np.float32],
                         .astype(np.float32))
 
 
+def union_box(boxes: list[Box]) -> Box:
+    """The smallest box (one slice per axis) holding every one of ``boxes``, of one grid."""
+    return tuple(slice(min(b[axis].start for b in boxes), max(b[axis].stop for b in boxes))  # type: ignore[return-value]
+                 for axis in range(3))
+
+
+def in_one_box(parts: list[tuple[Box, Mask]]) -> tuple[Box, list[Mask]]:
+    """Masks given in their own boxes of one grid, each placed in the :func:`union_box` of them all."""
+    box = union_box([b for b, _ in parts])
+    placed = []
+    for part_box, mask in parts:
+        full = np.zeros([s.stop - s.start for s in box], dtype=bool)
+        full[tuple(slice(p.start - s.start, p.stop - s.start) for p, s in zip(part_box, box, strict=True))] = mask
+        placed.append(full)
+    return box, placed
+
+
 def _crop(centre: npt.NDArray[np.float64], reach_mm: float, spacing: npt.NDArray[np.float64],
           shape: tuple[int, ...]) -> Box:
     """The box of voxels within ``reach_mm`` of ``centre`` along each axis, clipped to ``shape``."""

@@ -139,9 +139,7 @@ def auricle_mask(image: npt.NDArray[np.floating], ears: Mask, component: Box, he
     found = auricle.delimit_auricle(image, head, depth, spacing, start, direction,
                                     search_mm=radius_mm, opening_mm=opening_mm)
     auricles = [a for a in (found, recorded) if a is not None]
-    box: Box = component
-    for a in auricles:
-        box = tuple(slice(min(f.start, b.start), max(f.stop, b.stop)) for f, b in zip(a.box, box, strict=True))  # type: ignore[assignment]
+    box = auricle.union_box([component, *(a.box for a in auricles)])
     sp = np.asarray(spacing, float)
     pad = np.ceil(rim_mm / sp).astype(int) + 1
     box = tuple(slice(max(0, b.start - p), min(n, b.stop + p)) for b, p, n in zip(box, pad, image.shape, strict=True))  # type: ignore[assignment]

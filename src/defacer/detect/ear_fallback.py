@@ -34,7 +34,7 @@ import numpy.typing as npt
 from scipy import ndimage as ndi
 
 from defacer._typing import Affine, LabelMap, Mask
-from defacer.auricle import Auricle, Seed, delimit_auricle, remember_auricle
+from defacer.auricle import Auricle, Seed, delimit_auricle, in_one_box, remember_auricle
 from defacer.detect.frame import EAR_OFFSET_MM, eye_frame
 from defacer.detect.postprocess import largest_part
 from defacer.detect.preprocess import mask_box
@@ -269,7 +269,7 @@ def _replace_ear(labels: LabelMap, crop: Box, component: Mask, found: Auricle,
     tuple of 3 slice or None
         The new ear's bounding box on the grid of ``labels``; ``None`` when nothing changed.
     """
-    union_box, (network, ear) = _in_one_box([(crop, component), (found.box, found.mask)])
+    union_box, (network, ear) = in_one_box([(crop, component), (found.box, found.mask)])
     if not (ear & network).any() or not _plausible(ear, spacing):
         return None
     region = labels[union_box]
@@ -282,19 +282,6 @@ def _replace_ear(labels: LabelMap, crop: Box, component: Mask, found: Auricle,
     return tuple(slice(s.start + b.start, s.stop + b.start) for s, b in zip(extent, union_box, strict=True))  # type: ignore[return-value]
 
 
-def _in_one_box(parts: list[tuple[Box, Mask]]) -> tuple[Box, list[Mask]]:
-    """Masks given in their own boxes of one grid, each placed in the box that holds them all."""
-    lo = [min(b[axis].start for b, _ in parts) for axis in range(3)]
-    hi = [max(b[axis].stop for b, _ in parts) for axis in range(3)]
-    box: Box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))  # type: ignore[assignment]
-    placed = []
-    for part_box, mask in parts:
-        full = np.zeros([b - a for a, b in zip(lo, hi, strict=True)], dtype=bool)
-        full[tuple(slice(s.start - a, s.stop - a) for s, a in zip(part_box, lo, strict=True))] = mask
-        placed.append(full)
-    return box, placed
-
-
 def _for_distortion(crop: Box, component: Mask, found: Auricle) -> Auricle:
     """What the ear distortion is handed for one refined ear: the auricle the label took and the
     network's component, together (the distortion adds the wider auricle of its own rule).
@@ -302,8 +289,8 @@ def _for_distortion(crop: Box, component: Mask, found: Auricle) -> Auricle:
     The reference rule's auricle is smaller than the network's ear grown by it (the label before):
     with the network's component, the distortion loses none of what it changed before.
     """
-    box, (network, ear) = _in_one_box([(crop, component), (found.box, found.mask)])
-    _, (_, protrusion) = _in_one_box([(crop, component), (found.box, found.protrusion)])
+    box, (network, ear, protrusion) = in_one_box([(crop, component), (found.box, found.mask),
+                                                  (found.box, found.protrusion)])
     return Auricle(box=box, mask=network | ear, protrusion=protrusion, centre_voxel=found.centre_voxel)
 
 
