@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from defacer.detect.preprocess import (
     BOX_SHAPE,
@@ -74,9 +75,13 @@ def test_box_to_grid_with_no_regions_is_empty() -> None:
     assert out.shape == (5, 6, 7) and out.dtype == np.uint8 and not out.any()
 
 
-def test_block_mean_equals_the_mean_over_a_six_axis_reshape() -> None:
+@pytest.mark.parametrize("slab_voxels", [4 * 1024 * 1024, 3 * 40 * 23, 1])
+def test_block_mean_equals_the_mean_over_a_six_axis_reshape(slab_voxels: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also when the image is summed a few planes (or one block row) at a time, the ragged last slab included."""
+    from defacer.detect import preprocess
     from defacer.detect.preprocess import block_mean
 
+    monkeypatch.setattr(preprocess, "BLOCK_SLAB_VOXELS", slab_voxels)
     image = np.random.default_rng(1).normal(500.0, 200.0, (37, 40, 23)).astype(np.float32)
     for factors in ([2, 2, 2], [3, 1, 2], [1, 1, 4]):
         shape = [(n // f) * f for n, f in zip(image.shape, factors)]
