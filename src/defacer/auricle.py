@@ -31,12 +31,14 @@ read only in a crop around the centre, so one auricle costs a few hundredths of 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage as ndi
 
 from defacer._typing import Mask
+from defacer.ball import within_distance
 from defacer.head import HeadModel
 
 Box = tuple[slice, slice, slice]
@@ -218,6 +220,63 @@ def block_repeat(coarse: Mask, step: tuple[int, ...], shape: tuple[int, ...]) ->
     return np.asarray(out[: shape[0], : shape[1], : shape[2]])
 
 
+def upsample(coarse: npt.NDArray[Any], head: HeadModel, box: Box) -> npt.NDArray[Any]:
+    """``head.upsample(coarse, box)`` (each voxel of ``box`` takes its nearest coarse sample), by runs.
+
+    The nearest coarse index along each axis only ever stays or steps up by one, so the result is the
+    coarse block under ``box`` with each sample repeated as often as it is nearest, one axis at a
+    time (~1/50 of the fancy index's time on an auricle's crop).
+
+    Parameters
+    ----------
+    coarse : ndarray, the head's coarse grid
+    head : HeadModel
+    box : tuple of 3 slice
+        A box of the full grid.
+
+    Returns
+    -------
+    ndarray, ``box`` shape, ``coarse``'s dtype
+    """
+    nearest = head.nearest_coarse(tuple(np.arange(s.start, s.stop) for s in box))
+    if any(len(index) == 0 for index in nearest):
+        return head.upsample(coarse, box)
+    out = np.asarray(coarse)[tuple(slice(int(index[0]), int(index[-1]) + 1) for index in nearest)]
+    for axis in (2, 1, 0):  # the last repeat copies whole planes
+        out = np.repeat(out, np.bincount(nearest[axis] - nearest[axis][0]), axis=axis)
+    return out
+
+
+def coarse_blocks(coarse: Mask, head: HeadModel, box: Box, step: tuple[int, ...]) -> Mask:
+    """``block_any(head.upsample(coarse, box), step)`` without the full-grid array.
+
+    Upsampling (each voxel takes its nearest coarse sample) and the blocks' OR are both separable
+    per axis: each axis in turn, every block takes the OR of the coarse samples nearest to its
+    voxels (a partial last block only its own voxels).
+
+    Parameters
+    ----------
+    coarse : ndarray, bool, the head's coarse grid
+    head : HeadModel
+    box : tuple of 3 slice
+        A box of the full grid.
+    step : tuple of 3 int
+        Block size in voxels per axis.
+
+    Returns
+    -------
+    ndarray, bool, the block grid of ``box`` (as :func:`block_any`)
+    """
+    nearest = head.nearest_coarse(tuple(np.arange(s.start, s.stop) for s in box))
+    out = np.asarray(coarse)
+    for axis, (index, st) in enumerate(zip(nearest, step, strict=True)):
+        n_blocks = -(-len(index) // st)
+        blocks = np.concatenate([index, np.repeat(index[-1:], n_blocks * st - len(index))]).reshape(n_blocks, st)
+        columns = np.unique(blocks, axis=1)  # distinct per-block choices (the OR is idempotent)
+        out = np.logical_or.reduce([np.take(out, columns[:, o], axis=axis) for o in range(columns.shape[1])])
+    return out
+
+
 def open_ball(solid: Mask, radius_mm: float, spacing: npt.ArrayLike) -> Mask:
     """Morphological opening with a ball, the mask continued past its edges (a cut face stays).
 
@@ -233,12 +292,19 @@ def open_ball(solid: Mask, radius_mm: float, spacing: npt.ArrayLike) -> Mask:
     -------
     ndarray, bool, shape (X, Y, Z)
         The opened mask (within ``solid``).
+
+    Notes
+    -----
+    The erosion keeps the voxels farther than ``radius_mm`` from every voxel outside the padded
+    mask, the dilation adds those within ``radius_mm`` plus half the largest voxel size of it, each
+    as scipy's Euclidean distance transform decides it (:func:`defacer.ball.within_distance`, exact
+    and ~6x faster than the transform on the auricle's grid).
     """
     sp = np.asarray(spacing, float)
     pad = int(np.ceil(radius_mm / sp.min())) + 1
     padded = np.pad(solid, pad, mode="edge")
-    eroded = ndi.distance_transform_edt(padded, sampling=sp) > radius_mm
-    opened = ndi.distance_transform_edt(~eroded, sampling=sp) <= radius_mm + 0.5 * sp.max()
+    eroded = ~within_distance(~padded, radius_mm, sp)
+    opened = within_distance(eroded, radius_mm + 0.5 * sp.max(), sp)
     return np.asarray(opened[pad:-pad, pad:-pad, pad:-pad] & solid)
 
 
@@ -421,11 +487,48 @@ def _shell(tissue: Mask, footprint: Mask, axis: int, outward_positive: bool, dep
     return np.asarray(np.moveaxis(shell, 0, axis) & np.expand_dims(footprint, axis))
 
 
-def _attached(solid_c: Mask, kept: Mask, step: tuple[int, ...], shape: tuple[int, ...]) -> Mask:
-    """The full-grid voxels of the parts of the block grid ``solid_c`` connected to ``kept``."""
+def _attached(solid_c: Mask, kept: Mask) -> Mask:
+    """The parts of the block grid ``solid_c`` connected to ``kept`` (on the block grid)."""
     parts, _ = ndi.label(solid_c, structure=np.ones((3, 3, 3), dtype=bool))
     ids = np.unique(parts[kept])
-    return block_repeat(np.isin(parts, ids[ids > 0]), step, shape)
+    return np.asarray(np.isin(parts, ids[ids > 0]))
+
+
+def _columns(hull: Mask, axis: int, step: tuple[int, ...], margin: int, shape: tuple[int, ...]
+             ) -> tuple[Box, Box]:
+    """The columns (along ``axis``) of the footprint ``hull``, grown by ``margin`` voxels sideways.
+
+    Parameters
+    ----------
+    hull : ndarray, bool, 2D
+        The footprint on the block grid, without ``axis`` (not empty).
+    axis : int
+    step : tuple of 3 int
+        Block size in voxels per axis.
+    margin : int
+        Voxels added on each side across ``axis`` (rounded up to whole blocks).
+    shape : tuple of 3 int
+        Shape of the full grid.
+
+    Returns
+    -------
+    blocks : tuple of 3 slice
+        The region on the block grid (whole along ``axis``).
+    voxels : tuple of 3 slice
+        The same region on the full grid (block-aligned; clipped to ``shape``).
+    """
+    blocks: list[slice] = []
+    lateral = iter(range(2))
+    for a, (st, n) in enumerate(zip(step, shape, strict=True)):
+        n_blocks = -(-n // st)
+        if a == axis:
+            blocks.append(slice(0, n_blocks))
+            continue
+        along = np.flatnonzero(hull.any(axis=1 - next(lateral)))
+        grow = -(-margin // st)
+        blocks.append(slice(max(0, int(along[0]) - grow), min(n_blocks, int(along[-1]) + 1 + grow)))
+    voxels = tuple(slice(b.start * st, min(n, b.stop * st)) for b, st, n in zip(blocks, step, shape, strict=True))
+    return tuple(blocks), voxels  # type: ignore[return-value]
 
 
 def _hull(outline: Mask) -> Mask:
@@ -502,12 +605,12 @@ def delimit_auricle(image: npt.NDArray[np.floating], head: HeadModel, depth: npt
         tissue = head_mask(image[box], head_level(image, head), sp, axes=(axis,))
     else:
         tissue = np.asarray(image[box]) > head.threshold
-    solid = tissue | head.upsample(depth > INTERIOR_MM, box)
-    tissue_c, solid_c = block_any(tissue, step), block_any(solid, step)
+    tissue_c = block_any(tissue, step)
+    solid_c = tissue_c | coarse_blocks(depth > INTERIOR_MM, head, box, step)  # the head's inside counts as solid
     opened = open_ball(solid_c, opening_mm, cell)
     removed = solid_c & ~opened & tissue_c
     # an auricle stands at most OUTSIDE_MM out of the head with its protrusions rolled off (a head holder farther)
-    close_c = block_any(head.upsample(outside_distance(head, depth, spacing) <= OUTSIDE_MM, box), step)
+    close_c = coarse_blocks(outside_distance(head, depth, spacing) <= OUTSIDE_MM, head, box, step)
     removed &= close_c
     anchors = ndi.binary_dilation(opened, structure=np.ones((3, 3, 3), dtype=bool))
     offsets = _offsets_mm(removed.shape, box, step, c0, sp)
@@ -525,24 +628,30 @@ def delimit_auricle(image: npt.NDArray[np.floating], head: HeadModel, depth: npt
         parts, _ = ndi.label(second, structure=np.ones((3, 3, 3), dtype=bool))
         ids = np.unique(parts[first & second])
         kept = np.asarray(np.isin(parts, ids[ids > 0])) | first
-    protrusion = tissue & block_repeat(kept, step, tissue.shape)
-    # the side view: footprint of the protrusion, and the outer shell of tissue within it
-    outline = np.asarray(kept.any(axis=axis))
-    hull = _hull(outline)
-    footprint = block_repeat(hull[(slice(None),) * axis + (None,)], step,
-                             tuple(1 if a == axis else n for a, n in enumerate(tissue.shape)))
-    full = np.ogrid[tuple(slice(0, n) for n in tissue.shape)]
-    rel = [(g + b.start - c) * s for g, b, c, s in zip(full, box, c1, sp, strict=True)]
-    rel0 = [(g + b.start - c) * s for g, b, c, s in zip(full, box, c0, sp, strict=True)]
+    # the side view: footprint of the protrusion (the convex hull of its outline)
+    hull = _hull(np.asarray(kept.any(axis=axis)))
+    grow = max(1, int(round(root_mm / float(sp.min()))))  # noqa: RUF046
+    # everything below lies in the footprint's columns (grown by the root): work there only
+    region_c, region = _columns(hull, axis, step, grow, tissue.shape)
+    tissue_r = tissue[region]
+    shape_r = tissue_r.shape
+    protrusion_r = tissue_r & block_repeat(kept[region_c], step, shape_r)
+    lateral_shape = tuple(1 if a == axis else n for a, n in enumerate(shape_r))
+    footprint = block_repeat(np.expand_dims(hull, axis)[region_c], step, lateral_shape)
+    full = np.ogrid[tuple(slice(0, n) for n in shape_r)]
+    rel = [(g + (r.start + b.start) - c) * s for g, r, b, c, s in zip(full, region, box, c1, sp, strict=True)]
+    rel0 = [(g + (r.start + b.start) - c) * s for g, r, b, c, s in zip(full, region, box, c0, sp, strict=True)]
     near = ((rel[0] ** 2 + rel[1] ** 2 + rel[2] ** 2 <= reach**2) & (rel0[0] ** 2 + rel0[1] ** 2 + rel0[2] ** 2 <= bound**2)
             & (rel[0] * out_dir[0] + rel[1] * out_dir[1] + rel[2] * out_dir[2] >= -medial_mm))
-    attached = _attached(tissue_c | solid_c, kept, step, tissue.shape)  # a floating holder is never met first
-    attached &= block_repeat(close_c, step, tissue.shape)
-    shell = _shell(tissue & near & attached, np.take(footprint, 0, axis=axis), axis, bool(out_dir[axis] > 0),
+    attached = block_repeat(_attached(tissue_c | solid_c, kept)[region_c], step, shape_r)  # a floating holder is never met first
+    attached &= block_repeat(close_c[region_c], step, shape_r)
+    shell = _shell(tissue_r & near & attached, np.take(footprint, 0, axis=axis), axis, bool(out_dir[axis] > 0),
                    max(1, int(round(shell_mm / sp[axis]))))  # noqa: RUF046
-    grow = max(1, int(round(root_mm / float(sp.min()))))  # noqa: RUF046
-    root = ndi.binary_dilation(protrusion, iterations=grow) & tissue & near
-    mask = _largest_parts(protrusion | shell | root, sp)
-    idx = np.argwhere(protrusion)
+    root = ndi.binary_dilation(protrusion_r, iterations=grow) & tissue_r & near
+    mask = np.zeros(tissue.shape, dtype=bool)
+    mask[region] = _largest_parts(protrusion_r | shell | root, sp)
+    protrusion = np.zeros(tissue.shape, dtype=bool)
+    protrusion[region] = protrusion_r
+    idx = np.argwhere(protrusion_r) + np.array([r.start for r in region])  # indices in the crop
     centre_voxel = idx.mean(axis=0) + np.array([b.start for b in box]) if idx.size else c1
     return Auricle(box=box, mask=mask, protrusion=protrusion, centre_voxel=centre_voxel)

@@ -61,6 +61,17 @@ def _rim(mask: Mask, rim_mm: float, spacing: npt.NDArray[np.float64]) -> Mask:
     return np.asarray(out)
 
 
+def _extent(mask: Mask, margin: npt.NDArray[np.int_]) -> Box | None:
+    """The bounding box of ``mask`` grown by ``margin`` voxels per axis (clipped); ``None`` when empty."""
+    box = []
+    for axis, grow in enumerate(margin):
+        along = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if not along.size:
+            return None
+        box.append(slice(max(0, int(along[0]) - int(grow)), min(mask.shape[axis], int(along[-1]) + 1 + int(grow))))
+    return tuple(box)  # type: ignore[return-value]
+
+
 def detected_depth_limit(head: HeadModel, spacing: tuple[float, float, float]) -> float:
     """The coarse depth (mm) down to which a detected ear is changed: :data:`DETECTED_DEPTH_MM` plus the slack.
 
@@ -143,15 +154,23 @@ def auricle_mask(image: npt.NDArray[np.floating], ears: Mask, component: Box, he
     sp = np.asarray(spacing, float)
     pad = np.ceil(rim_mm / sp).astype(int) + 1
     box = tuple(slice(max(0, b.start - p), min(n, b.stop + p)) for b, p, n in zip(box, pad, image.shape, strict=True))  # type: ignore[assignment]
-    local_ears = np.asarray(ears[box])
-    standing_out = local_ears & ~head.upsample(depth > detected_depth_limit(head, spacing), box)  # type: ignore[arg-type]
-    mask = standing_out.copy()
-    from_image = np.zeros(mask.shape, dtype=bool)
+    box_shape = tuple(b.stop - b.start for b in box)
+    # the detected ear where it may lie at most DETECTED_DEPTH_MM deep (its voxels' nearest coarse depth)
+    where = np.nonzero(ears[box])
+    shallow = ~(depth > detected_depth_limit(head, spacing))[head.nearest_coarse(
+        tuple(i + b.start for i, b in zip(where, box, strict=True)))]
+    mask = np.zeros(box_shape, dtype=bool)
+    mask[tuple(i[shallow] for i in where)] = True
+    from_image = np.zeros(box_shape, dtype=bool)
     for a in auricles:
         inner = tuple(slice(f.start - b.start, f.stop - b.start) for f, b in zip(a.box, box, strict=True))
         from_image[inner] |= a.mask
     mask |= from_image
-    mask |= _rim(mask, rim_mm, sp) & ~(np.asarray(image[box]) > head.threshold)
+    # the rim, within the mask's extent grown by the rim (nothing reaches farther)
+    extent = _extent(mask, np.ceil(rim_mm / sp).astype(int))
+    if extent is not None:
+        rim = _rim(mask[extent], rim_mm, sp) & ~(np.asarray(image[box][extent]) > head.threshold)
+        mask[extent] |= rim
     params = {"centroid_voxel": [round(float(c), 2) for c in centroid], "radius_mm": radius_mm,
               "opening_mm": opening_mm, "detected_depth_mm": round(detected_depth_limit(head, spacing), 2),
               "auricle_found": bool(auricles), "auricle_voxels_from_image": int(from_image.sum()),
@@ -202,7 +221,7 @@ def _fill_below_surface(image: npt.NDArray[np.floating], box: Box, mask: Mask, v
     signed = ndi.map_coordinates(_signed_depth(head, depth, spacing), coarse.T, order=1, mode="nearest")
     inside = signed > 0
     local = np.asarray(image[box])
-    skin = local[(local > head.threshold) & ~mask & ~head.upsample(depth > SKIN_MM, box)]  # type: ignore[arg-type]
+    skin = local[(local > head.threshold) & ~mask & ~auricle.upsample(depth > SKIN_MM, head, box)]  # type: ignore[arg-type]
     if skin.size < 100 or not inside.any():
         return 0
     low, high = np.percentile(skin, [5, 75])

