@@ -19,6 +19,7 @@ from scipy import ndimage
 from skimage.filters import threshold_otsu, threshold_triangle
 
 from defacer._typing import Mask
+from defacer.ball import within_distance
 from defacer.errors import InputImageError
 
 #: Target grid step of the coarse analysis grid, in mm.
@@ -241,9 +242,10 @@ def depth_below_surface(head: HeadModel, spacing: tuple[float, float, float]) ->
     coarse_spacing = head.coarse_spacing(spacing)
 
     def compute() -> npt.NDArray[np.float32]:
-        inside = ndimage.distance_transform_edt(head.sealed_coarse, sampling=coarse_spacing)
-        core = inside > OPENING_RADIUS_MM
-        opened = ndimage.distance_transform_edt(~core, sampling=coarse_spacing) <= OPENING_RADIUS_MM
+        # the opening's two thresholds as the distance transform decides them, without the transform
+        # (defacer.ball: exact, ~6x faster)
+        core = ~within_distance(~head.sealed_coarse, OPENING_RADIUS_MM, coarse_spacing)
+        opened = within_distance(core, OPENING_RADIUS_MM, coarse_spacing)
         opened &= head.sealed_coarse
         return ndimage.distance_transform_edt(opened, sampling=coarse_spacing).astype(np.float32)
 
