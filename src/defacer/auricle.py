@@ -413,6 +413,27 @@ def outside_distance(head: HeadModel, depth: npt.NDArray[np.float32],
                         .astype(np.float32))
 
 
+def close_to_head(head: HeadModel, depth: npt.NDArray[np.float32], spacing: tuple[float, float, float]) -> Mask:
+    """Coarse voxels at most :data:`OUTSIDE_MM` from the head with its protrusions rolled off.
+
+    ``outside_distance(head, depth, spacing) <= OUTSIDE_MM`` voxel for voxel, without the distances
+    (:func:`defacer.ball.within_distance`; the detector's ear refinement needs only this, the ear
+    distortion's skin fill the distances).
+
+    Parameters
+    ----------
+    head, depth, spacing
+        As :func:`outside_distance`.
+
+    Returns
+    -------
+    ndarray, bool, the head's coarse grid
+        Read-only; computed once per head and spacing (kept in ``head.cache``).
+    """
+    return head.derived(("close to head", OUTSIDE_MM, tuple(float(s) for s in spacing)),
+                        lambda: within_distance(depth > 0, OUTSIDE_MM, head.coarse_spacing(spacing)))
+
+
 def union_box(boxes: list[Box]) -> Box:
     """The smallest box (one slice per axis) holding every one of ``boxes``, of one grid."""
     return tuple(slice(min(b[axis].start for b in boxes), max(b[axis].stop for b in boxes))  # type: ignore[return-value]
@@ -610,7 +631,7 @@ def delimit_auricle(image: npt.NDArray[np.floating], head: HeadModel, depth: npt
     opened = open_ball(solid_c, opening_mm, cell)
     removed = solid_c & ~opened & tissue_c
     # an auricle stands at most OUTSIDE_MM out of the head with its protrusions rolled off (a head holder farther)
-    close_c = coarse_blocks(outside_distance(head, depth, spacing) <= OUTSIDE_MM, head, box, step)
+    close_c = coarse_blocks(close_to_head(head, depth, spacing), head, box, step)
     removed &= close_c
     anchors = ndi.binary_dilation(opened, structure=np.ones((3, 3, 3), dtype=bool))
     offsets = _offsets_mm(removed.shape, box, step, c0, sp)

@@ -106,3 +106,18 @@ def test_upsample_and_coarse_blocks_are_the_full_grid_expressions(strides) -> No
         np.testing.assert_array_equal(upsample(coarse, head, box), expected)
         for step in ((2, 2, 2), (1, 1, 1), (4, 4, 1), (3, 2, 1)):
             np.testing.assert_array_equal(coarse_blocks(coarse, head, box, step), block_any(expected, step))
+
+
+def test_close_to_head_is_the_outside_distance_threshold() -> None:
+    from defacer.auricle import OUTSIDE_MM, close_to_head, outside_distance
+    from defacer.head import analyse_head, depth_below_surface
+    from defacer.phantom import make_phantom
+
+    made = make_phantom(2.0, seed=3)
+    image = made.volume.values(np.float32)
+    spacing = (2.0, 2.0, 2.0)
+    head = analyse_head(image, spacing)
+    depth = depth_below_surface(head, spacing)
+    close = close_to_head(head, depth, spacing)
+    np.testing.assert_array_equal(close, outside_distance(head, depth, spacing) <= OUTSIDE_MM)
+    assert close.any() and not close.all()
