@@ -133,8 +133,12 @@ def eye_region(eyes: Mask, component: Box, spacing: tuple[float, float, float], 
 
 #: Tissue standing up to this far in front of the eye cover is cut to it; beyond twice this the cover fades out (mm).
 CUT_MM = 12.0
-#: An edge of the eye cover this far in front of the opposite edge is on the nose (mm).
+#: An edge of the eye cover this far in front of the opposite edge, and of its own broad level, is on the nose (mm).
 EDGE_STEP_MM = 10.0
+#: Width along R of the grey opening that gives an edge of the eye cover its broad level (mm): wider than a nose
+#: (about 35 mm at the alae), narrower than a cheek.  On a head pitched chin-up the cheeks stand 10 mm or more in
+#: front of the brow all along R; they are not a nose and the cover must not cut them.
+NOSE_WIDTH_MM = 40.0
 #: Smoothing of the eye cover along R (mm).
 SMOOTH_R_MM = 10.0
 #: Distance over which the face's slope is read at the edge of the eye cover (mm).
@@ -311,6 +315,29 @@ def _smooth_height(height: npt.NDArray[np.float32], present: Mask, sigma: tuple[
     return np.where(weight > 1e-3, total / np.maximum(weight, 1e-3), height).astype(np.float32)
 
 
+def _broad_level(edge: npt.NDArray[np.float32], has: Mask, spacing_r: float) -> npt.NDArray[np.float32]:
+    """The height an edge of the eye region keeps once anything narrower than :data:`NOSE_WIDTH_MM` along R is removed.
+
+    Parameters
+    ----------
+    edge : ndarray, shape (R,)
+        Height (A voxels) of the region's lower or upper edge in each R column.
+    has : ndarray, bool, shape (R,)
+        Columns that cross the region; the others never lower the level.
+    spacing_r : float
+        Voxel size along R (mm).
+
+    Returns
+    -------
+    ndarray, shape (R,), float32
+        A grey opening of ``edge`` along R: never above ``edge``.
+    """
+    width = max(3, int(round(NOSE_WIDTH_MM / spacing_r)) | 1)  # noqa: RUF046 - numpy < 2 rounds to float
+    ceiling = float(edge.max()) + 1e3 if edge.size else 0.0
+    opened = ndimage.grey_opening(np.where(has, edge, ceiling), size=width, mode="nearest")
+    return np.minimum(opened, edge).astype(np.float32)
+
+
 def _span_socket(surface: npt.NDArray[np.float32], present: Mask, inside: Mask,
                  spacing: tuple[float, float, float], slope_mm: float = SLOPE_MM) -> npt.NDArray[np.float32]:
     """A surface spanning the region ``inside`` along S from its lower to its upper edge, smoothed along R.
@@ -320,7 +347,8 @@ def _span_socket(surface: npt.NDArray[np.float32], present: Mask, inside: Mask,
     slopes there (measured over ``slope_mm``), so a convex face stays convex and any hollow
     between the brow and the cheek is bridged.  The curve never bulges more than a quarter of
     its span beyond the straight line.  An edge more than :data:`EDGE_STEP_MM` in front of the
-    other (the nose, below the nasal bridge) is moved back to that, with a flat slope.  The curves are then smoothed along R (Gaussian,
+    other and of its own broad level along R (the nose, below the nasal bridge; not a cheek) is moved
+    back to that level (:func:`_broad_level`), with a flat slope.  The curves are then smoothed along R (Gaussian,
     :data:`SMOOTH_R_MM`), so that neighbouring columns agree and the rise towards the nose
     between two eyes is a broad swell, not a ridge that reads as a nose.  Outside
     the region the surface is returned as it is.
@@ -328,7 +356,7 @@ def _span_socket(surface: npt.NDArray[np.float32], present: Mask, inside: Mask,
     smooth = _smooth_height(surface, present, (1.5 / spacing[0], 1.5 / spacing[2]))
     n_s = surface.shape[1]
     rows = np.arange(n_s)
-    has = inside.any(axis=1)
+    has = np.asarray(inside.any(axis=1))
     first = np.where(has, np.argmax(inside, axis=1), 0)
     last = np.where(has, n_s - 1 - np.argmax(inside[:, ::-1], axis=1), 0)
     lo = np.clip(first - 1, 0, n_s - 1)
@@ -340,12 +368,15 @@ def _span_socket(surface: npt.NDArray[np.float32], present: Mask, inside: Mask,
     above = np.clip(hi + k, 0, n_s - 1)
     m0 = (v0 - smooth[columns, below]) / np.maximum(lo - below, 1)  # A voxels per S voxel, leaving the lower edge
     m1 = (smooth[columns, above] - v1) / np.maximum(above - hi, 1)  # arriving at the upper edge
-    # An edge far in front of the other is on the nose (below the eyes, between them), not on the
-    # cheek or the brow: start the curve level with the other edge instead, flat.
+    # An edge far in front of the other and of its own broad level along R is on the nose (below the
+    # eyes, between them), not on the cheek or the brow: start the curve at that broad level instead,
+    # flat.  A cheek in front of the brow (a head pitched chin-up) is broad, so it stays.
     limit = EDGE_STEP_MM / spacing[1]
-    nose_low, nose_high = v0 > v1 + limit, v1 > v0 + limit
-    v0, m0 = np.where(nose_low, v1 + limit, v0), np.where(nose_low, 0.0, m0)
-    v1, m1 = np.where(nose_high, v0 + limit, v1), np.where(nose_high, 0.0, m1)
+    broad0, broad1 = _broad_level(v0, has, spacing[0]), _broad_level(v1, has, spacing[0])
+    nose_low = has & (v0 > v1 + limit) & (v0 > broad0 + limit)
+    nose_high = has & (v1 > v0 + limit) & (v1 > broad1 + limit)
+    v0, m0 = np.where(nose_low, broad0, v0), np.where(nose_low, 0.0, m0)
+    v1, m1 = np.where(nose_high, broad1, v1), np.where(nose_high, 0.0, m1)
     span = np.maximum(hi - lo, 1).astype(np.float32)
     t = np.clip((rows[None, :] - lo[:, None]) / span[:, None], 0.0, 1.0)
     h00, h10, h01, h11 = 2 * t**3 - 3 * t**2 + 1, t**3 - 2 * t**2 + t, -2 * t**3 + 3 * t**2, t**3 - t**2

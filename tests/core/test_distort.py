@@ -363,3 +363,48 @@ def test_eye_cover_stays_within_its_bound_for_an_oversized_detection(phantom):
     reach = changed[:, 2] * spacing - centre_s
     assert reach.max() <= EYE_SEMI_MAX_MM[1] + feather + spacing, "the cover reached past its bound above the eyes"
     assert reach.min() >= -(EYE_SEMI_MAX_MM[1] + feather + spacing), "the cover reached past its bound below the eyes"
+
+
+def _face_heights(n_r: int = 120, n_s: int = 80) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Columns (R, S) of a synthetic face at 1 mm: flat at A = 100, an elliptic eye region in the middle."""
+    r = np.arange(n_r, dtype=np.float32)[:, None]
+    s = np.arange(n_s, dtype=np.float32)[None, :]
+    surface = np.full((n_r, n_s), 100.0, dtype=np.float32)
+    inside = ((r - n_r / 2) / 45.0) ** 2 + ((s - n_s / 2) / 20.0) ** 2 < 1.0
+    return surface, np.ones_like(inside), inside
+
+
+def test_eye_cover_does_not_cut_the_cheeks_of_a_head_pitched_chin_up():
+    """A head pitched chin-up has its cheeks 10 mm and more in front of its brow along the whole width
+    of the cover; that is not a nose, and the cover leaves the cheek at its lower edge where it is
+    (the old rule took every such edge for a nose and cut up to 16 mm into the cheeks of the pitched
+    CT)."""
+    from defacer.distort import _span_socket
+
+    surface, present, inside = _face_heights()
+    s = np.arange(surface.shape[1], dtype=np.float32)[None, :]
+    surface = surface + 0.6 * (surface.shape[1] / 2 - s)  # 0.6 mm forward per mm downward (about 31 degrees)
+    cover = _span_socket(surface, present, inside, (1.0, 1.0, 1.0))
+    lowest = np.argmax(inside, axis=1)
+    columns = np.nonzero(inside.any(axis=1))[0]
+    cut = (surface - cover)[columns, lowest[columns]]
+    assert cut.max() <= 2.0
+
+
+def test_eye_cover_still_spans_a_nose_below_the_bridge_flat():
+    """A nose (25 mm wide, 20 mm in front of the face) under the eye region's lower edge is moved back to
+    the face's level beside it, so the cover does not climb onto the nose."""
+    from defacer.distort import _span_socket
+
+    surface, present, inside = _face_heights()
+    r = np.arange(surface.shape[0])[:, None]
+    s = np.arange(surface.shape[1])[None, :]
+    nose = (np.abs(r - surface.shape[0] / 2) < 12.5) & (s < surface.shape[1] / 2)
+    surface = np.where(nose, surface + 20.0, surface).astype(np.float32)
+    cover = _span_socket(surface, present, inside, (1.0, 1.0, 1.0))
+    middle = surface.shape[0] // 2
+    column = inside[middle]
+    rows = np.nonzero(column)[0]
+    lower_half = rows[rows < surface.shape[1] / 2]
+    # the cover over the nose's columns stays near the face level (100), far behind the nose (120)
+    assert cover[middle, lower_half].max() < 110.0
