@@ -171,11 +171,12 @@ def analyse_head(image: npt.NDArray[np.floating], spacing: tuple[float, float, f
         sizes = np.bincount(labels.ravel())
         sizes[0] = 0
         tissue = labels == int(np.argmax(sizes))
-    # Seal: close with a ball (via distance maps), then fill everything not reachable from the border.
+    # Seal: close with a ball (the two thresholds a distance transform would decide, by defacer.ball:
+    # exact), then fill everything not reachable from the border.
     radius = SEAL_RADIUS_MM
     padded = np.pad(tissue, int(np.ceil(radius / min(coarse_spacing))) + 1)
-    dilated = ndimage.distance_transform_edt(~padded, sampling=coarse_spacing) <= radius
-    closed = ndimage.distance_transform_edt(dilated, sampling=coarse_spacing) > radius
+    dilated = within_distance(padded, radius, coarse_spacing)
+    closed = ~within_distance(~dilated, radius, coarse_spacing)
     pad = (padded.shape[0] - tissue.shape[0]) // 2
     closed = closed[pad:-pad, pad:-pad, pad:-pad] | tissue
     sealed = ndimage.binary_fill_holes(closed)

@@ -110,3 +110,27 @@ def test_depth_is_zero_outside_deep_in_the_brain_and_cached(t1):
     # The nose is rolled off by the opening: its voxels are at depth 0.
     nose = phantom.labels == Label.NOSE
     assert np.median(full[nose]) == 0
+
+
+@pytest.mark.parametrize("voxel_size", [(2.0, 2.0, 2.0), (1.0, 1.0, 3.0), (1.1, 2.0, 1.9)])
+def test_sealed_head_is_the_closing_scipy_distance_transforms_give(voxel_size, monkeypatch):
+    """The seal's closing by :func:`defacer.ball.within_distance` is the same, voxel for voxel, as by
+    scipy's distance transforms (the protected region is built on it), on isotropic, thick-slice and
+    fully anisotropic grids."""
+    from scipy import ndimage
+
+    import defacer.head as head_module
+
+    phantom = make_phantom(voxel_size, seed=2)
+    image = phantom.volume.raw.astype(np.float32)
+    spacing = tuple(float(s) for s in voxel_size)
+    fast = analyse_head(image, spacing)
+
+    def scipy_within(marked, radius, grid_spacing):
+        return ndimage.distance_transform_edt(~marked, sampling=tuple(float(s) for s in grid_spacing)) <= radius
+
+    monkeypatch.setattr(head_module, "within_distance", scipy_within)
+    reference = analyse_head(image, spacing)
+    assert fast.sealed_coarse.any()
+    np.testing.assert_array_equal(fast.sealed_coarse, reference.sealed_coarse)
+    np.testing.assert_array_equal(depth_below_surface(fast, spacing), depth_below_surface(reference, spacing))
