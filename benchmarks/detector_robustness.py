@@ -224,7 +224,7 @@ def main() -> None:
     parser.add_argument("--scans", nargs="+", default=None,
                         help="default: three heads with the shipped model, every held-out head with --weights")
     parser.add_argument("--variants", nargs="+", default=None,
-                        help=f"only these variants (default: all): {', '.join(VARIANTS)}")
+                        help="only these variants (default: all): " + ", ".join(VARIANTS).replace("%", "%%"))
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "detector-robustness.json")
     args = parser.parse_args()
     wanted = set(args.variants or VARIANTS)

@@ -40,6 +40,9 @@ def main(runs_dir: Path, out_dir: Path) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 2 and sys.argv[1] in ("-h", "--help"):
+        print(__doc__)
+        sys.exit(0)
     if len(sys.argv) != 3:
         sys.exit(__doc__)
     main(Path(sys.argv[1]), Path(sys.argv[2]))
