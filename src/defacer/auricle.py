@@ -39,6 +39,7 @@ from scipy import ndimage as ndi
 
 from defacer._typing import Mask
 from defacer.ball import within_distance
+from defacer.detect.preprocess import mask_box
 from defacer.head import HeadModel
 
 Box = tuple[slice, slice, slice]
@@ -553,14 +554,13 @@ def _columns(hull: Mask, axis: int, step: tuple[int, ...], margin: int, shape: t
 
 
 def grown_extent(mask: Mask, margin: tuple[int, ...] | npt.NDArray[np.int_]) -> Box | None:
-    """The bounding box of ``mask`` grown by ``margin`` voxels per axis (clipped to it); ``None`` when empty."""
-    box = []
-    for axis, grow in enumerate(margin):
-        along = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        if not along.size:
-            return None
-        box.append(slice(max(0, int(along[0]) - int(grow)), min(mask.shape[axis], int(along[-1]) + 1 + int(grow))))
-    return tuple(box)  # type: ignore[return-value]
+    """The bounding box of ``mask`` (:func:`defacer.detect.preprocess.mask_box`) grown by ``margin`` voxels
+    per axis (clipped to it); ``None`` when empty."""
+    box = mask_box(mask)
+    if box is None:
+        return None
+    return tuple(slice(max(0, b.start - int(g)), min(n, b.stop + int(g)))  # type: ignore[return-value]
+                 for b, g, n in zip(box, margin, mask.shape, strict=True))
 
 
 def _hull(outline: Mask) -> Mask:

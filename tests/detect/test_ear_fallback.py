@@ -332,3 +332,16 @@ def test_each_thread_reads_the_sources_of_its_own_prediction() -> None:
     thread.join()
     assert seen == [{}]
     assert detector.last_sources == {"ears": {"right": "image", "left": "image"}}
+
+
+def test_label_box_is_the_mask_box_of_the_label() -> None:
+    """The ears' extent, found slab by slab (no whole-volume temporary), is mask_box(labels == EARS)."""
+    from defacer.detect.preprocess import mask_box
+
+    rng = np.random.default_rng(7)
+    labels = np.zeros((40, 23, 19), dtype=np.uint8)
+    assert ear_fallback._label_box(labels, Label.EARS) is None
+    for planes in ((0, 1), (15, 17), (31, 40), (3, 39)):  # within one slab, across slab edges, the last slab
+        labels[:] = rng.integers(0, 3, labels.shape)  # eyes and nose everywhere, no ear
+        labels[planes[0]:planes[1], rng.integers(0, 10):rng.integers(12, 23), 5:rng.integers(6, 19)] = Label.EARS
+        assert ear_fallback._label_box(labels, Label.EARS) == mask_box(labels == Label.EARS)

@@ -191,12 +191,11 @@ def _ear_components(labels: LabelMap, affine: Affine, origin: npt.NDArray[np.flo
         Side (+1 along the eye axis, -1 against it) -> (crop box, the component's mask in it,
         its world centroid in RAS+ mm).
     """
-    where = labels == Label.EARS
-    extent = mask_box(where)
+    extent = _label_box(labels, Label.EARS)
     if extent is None:
         return {}
     lo = [s.start for s in extent]
-    parts, _ = ndi.label(where[extent])
+    parts, _ = ndi.label(labels[extent] == Label.EARS)
     sizes = np.bincount(parts.ravel())[1:]
     objects = ndi.find_objects(parts)
     out: dict[int, tuple[Box, Mask, npt.NDArray[np.float64]]] = {}
@@ -208,7 +207,38 @@ def _ear_components(labels: LabelMap, affine: Affine, origin: npt.NDArray[np.flo
         centre = affine[:3, :3] @ (np.argwhere(mask).mean(axis=0) + [c.start for c in crop]) + affine[:3, 3]
         side = 1 if float(axes[0] @ (centre - origin)) > 0 else -1
         out.setdefault(side, (crop, mask, centre))
+        if len(out) == 2:  # the largest of each side found: the rest are smaller
+            break
     return out
+
+
+#: Planes of the label map compared at a time by :func:`_label_box` (a few MB at most, reused).
+_SLAB_PLANES = 16
+
+
+def _label_box(labels: LabelMap, label: int) -> Box | None:
+    """``mask_box(labels == label)`` without the whole-volume boolean temporary (slab by slab along axis 0).
+
+    A first touch of new memory costs ~3-4 ms per MB on the hosts this runs on: a 1 mm head's
+    label map is 13.6 MB.
+    """
+    n0, n1, n2 = labels.shape
+    rows = np.zeros(n0, dtype=bool)
+    cols = np.zeros(n1, dtype=bool)
+    deep = np.zeros(n2, dtype=bool)
+    for start in range(0, n0, _SLAB_PLANES):
+        hit = labels[start:start + _SLAB_PLANES] == label
+        plane = hit.any(axis=0)
+        rows[start:start + _SLAB_PLANES] = hit.any(axis=(1, 2))
+        cols |= plane.any(axis=1)
+        deep |= plane.any(axis=0)
+    box = []
+    for along in (rows, cols, deep):
+        hit_at = np.flatnonzero(along)
+        if not hit_at.size:
+            return None
+        box.append(slice(int(hit_at[0]), int(hit_at[-1]) + 1))
+    return tuple(box)  # type: ignore[return-value]
 
 
 def auricle_at(image: npt.NDArray[np.floating], affine: Affine, centre: npt.NDArray[np.float64],
