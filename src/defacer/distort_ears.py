@@ -202,9 +202,10 @@ def _fill_below_surface(image: npt.NDArray[np.floating], box: Box, mask: Mask, v
     int
         Voxels filled (0 when fewer than 100 skin voxels are seen).
     """
-    points = np.argwhere(mask)
-    if not len(points):
+    extent = auricle.grown_extent(mask, (0, 0, 0))
+    if extent is None:
         return 0
+    points = np.argwhere(mask[extent]) + np.array([e.start for e in extent])  # in C order, as over the box
     start = np.array([b.start for b in box])
     coarse = (points + start) / np.asarray(head.strides, float)
     signed = ndi.map_coordinates(_signed_depth(head, depth, spacing), coarse.T, order=1, mode="nearest")

@@ -299,17 +299,26 @@ def _replace_ear(labels: LabelMap, crop: Box, component: Mask, found: Auricle,
     tuple of 3 slice or None
         The new ear's bounding box on the grid of ``labels``; ``None`` when nothing changed.
     """
-    union_box, (network, ear) = in_one_box([(crop, component), (found.box, found.mask)])
-    if not (ear & network).any() or not _plausible(ear, spacing):
+    within = mask_box(found.mask)  # everything below happens on the auricle's extent
+    if within is None or not _plausible(found.mask, spacing):
         return None
-    region = labels[union_box]
-    piece = largest_part(ear & ((region == 0) | network))
+    where: Box = tuple(slice(f.start + w.start, f.start + w.stop) for f, w in zip(found.box, within, strict=True))  # type: ignore[assignment]
+    ear = found.mask[within]
+    network = np.zeros(ear.shape, dtype=bool)  # the network's component on that extent
+    lo = [max(a.start, b.start) for a, b in zip(crop, where, strict=True)]
+    hi = [min(a.stop, b.stop) for a, b in zip(crop, where, strict=True)]
+    if all(h > low for low, h in zip(lo, hi, strict=True)):
+        network[tuple(slice(low - b.start, h - b.start) for low, h, b in zip(lo, hi, where, strict=True))] = \
+            component[tuple(slice(low - c.start, h - c.start) for low, h, c in zip(lo, hi, crop, strict=True))]
+    if not (ear & network).any():
+        return None
+    piece = largest_part(ear & ((labels[where] == 0) | network))
     extent = mask_box(piece)
     if extent is None:
         return None
-    region[network] = 0
-    region[piece] = Label.EARS
-    return tuple(slice(s.start + b.start, s.stop + b.start) for s, b in zip(extent, union_box, strict=True))  # type: ignore[return-value]
+    labels[crop][component] = 0
+    labels[where][piece] = Label.EARS
+    return tuple(slice(s.start + b.start, s.stop + b.start) for s, b in zip(extent, where, strict=True))  # type: ignore[return-value]
 
 
 def _for_distortion(crop: Box, component: Mask, found: Auricle) -> Auricle:
