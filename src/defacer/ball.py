@@ -42,6 +42,8 @@ from defacer._typing import Mask
 #: Two offsets whose scipy distances lie closer than this (relative to the radius) on either side of
 #: the radius make the plan ambiguous (scipy is used instead).
 TIE_TOLERANCE = 1e-9
+#: Largest table of offsets a plan is made from (a ball of radius ~60 voxels); beyond, scipy decides.
+MAX_TABLE = 500_000
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,8 @@ def _plan_for_axes(sp: npt.NDArray[np.float64], radius: float, a: int, b: int, c
     # the plane's table holds every (k_a, k_b) with k_a^2 + k_b^2 up to the largest m within (the
     # passes meet them all, whichever of the two axes a voxel size belongs to)
     extent[a] = extent[b] = int(math.sqrt(2.0) * radius / min(sp[a], sp[b])) + 2
+    if math.prod(n + 1 for n in extent) > MAX_TABLE:
+        return None  # a ball of hundreds of voxels: scipy's transform is the cheaper way there
     grid = np.stack(np.meshgrid(*[np.arange(n + 1) for n in extent], indexing="ij"))
     distance = scipy_distance(grid, sp)
     inside = distance <= radius
@@ -142,6 +146,8 @@ def _plan_for_axes(sp: npt.NDArray[np.float64], radius: float, a: int, b: int, c
     reach = math.isqrt(largest)
     reach += int(reach * reach < largest)
     cap = reach + 1
+    if cap * cap + reach * reach > np.iinfo(np.uint16).max:
+        return None
     dtype = np.uint8 if cap * cap + reach * reach <= np.iinfo(np.uint8).max else np.uint16
     return _Plan(a, b, c, reach, cap, tuple(m_max), dtype)
 

@@ -157,3 +157,12 @@ def test_grown_extent() -> None:
     assert grown_extent(mask, (1, 1, 1)) is None
     mask[2, 5:7, 13] = True
     assert grown_extent(mask, (3, 1, 2)) == (slice(0, 6), slice(4, 8), slice(11, 14))
+
+
+def test_a_ball_of_many_voxels_is_left_to_scipy() -> None:
+    """A radius of hundreds of voxels makes no plan (its table would be huge), and the answer is still scipy's."""
+    assert _plan((0.1, 0.1, 0.1), 40.0) is None
+    mask = np.zeros((500, 3, 3), dtype=bool)
+    mask[0, 1, 1] = True  # 40 mm reaches voxel 400 of 500
+    np.testing.assert_array_equal(within_distance(mask, 40.0, (0.1, 0.1, 0.1)),
+                                  ndi.distance_transform_edt(~mask, sampling=(0.1, 0.1, 0.1)) <= 40.0)
