@@ -25,6 +25,7 @@ from scipy import ndimage as ndi
 
 from defacer import auricle
 from defacer._typing import Mask
+from defacer.ball import scipy_distance
 from defacer.distort import Box, Edit, _box_list, components
 from defacer.head import HeadModel, depth_below_surface
 
@@ -174,6 +175,83 @@ def _signed_depth(head: HeadModel, depth: npt.NDArray[np.float32], spacing: tupl
                         lambda: (depth - auricle.outside_distance(head, depth, spacing)).astype(np.float32))
 
 
+#: Two candidate distances closer than this (relative) but not equal make :func:`below_surface` hand over
+#: to the whole distance transform (scipy might have picked either).
+_TIE = 1e-9
+
+
+def below_surface(coarse: npt.NDArray[np.float64], head: HeadModel, depth: npt.NDArray[np.float32],
+                  spacing: tuple[float, float, float]) -> Mask:
+    """Whether each point lies below the rolled-off head surface: the coarse signed depth
+    (:func:`_signed_depth`), linearly interpolated at the point, is positive.
+
+    ``map_coordinates(_signed_depth(...), coarse.T, order=1, mode="nearest") > 0`` point for point,
+    without the whole grid's outside distances: a point's value needs the exact signed depth only at
+    the corners of its interpolation cell, and only where the cell holds samples inside the head
+    (depth > 0, whose signed depth is the depth) and outside it alike; there the outside corner's
+    distance to the nearest inside sample lies within the cell's diagonal, and is found among the
+    samples that near, by scipy's own arithmetic (:func:`defacer.ball.scipy_distance`).  A cell
+    wholly inside is positive, one wholly outside negative, whatever the magnitudes.  Where two
+    candidates' distances nearly tie without being equal, or no sample is inside the head, the whole
+    transform decides, as before.
+
+    Parameters
+    ----------
+    coarse : ndarray, float64, shape (N, 3)
+        Points in (fractional) coarse-grid indices.
+    head, depth, spacing
+        As :func:`distort_ears`.
+
+    Returns
+    -------
+    ndarray, bool, shape (N,)
+    """
+    inside_head = depth > 0
+    shape = np.array(depth.shape)
+    if not len(coarse) or not inside_head.any():
+        return _below_surface_by_transform(coarse, head, depth, spacing)
+    lo = np.clip(np.floor(coarse).astype(np.intp), 0, shape - 1)  # each point's cell: lo and lo + 1 per axis
+    start, stop = lo.min(axis=0), np.minimum(lo.max(axis=0) + 1, shape - 1) + 1
+    window = tuple(slice(int(a), int(b)) for a, b in zip(start, stop, strict=True))
+    local = np.asarray(depth[window], np.float32)
+    signed = np.where(local > 0, local, np.float32(-1.0))  # outside: any negative value, exact ones below
+    # the outside corners of the points' cells (the corner past the grid's last sample is that sample)
+    cell = np.zeros(local.shape, dtype=bool)
+    cell[tuple((lo - start).T)] = True
+    corner = cell.copy()
+    for axis in range(3):
+        grown = corner.copy()
+        dst, src = [slice(None)] * 3, [slice(None)] * 3
+        dst[axis], src[axis] = slice(1, None), slice(None, -1)
+        grown[tuple(dst)] |= corner[tuple(src)]
+        corner = grown
+    corners = np.argwhere(corner & ~(local > 0)) + start
+    cs = np.asarray(head.coarse_spacing(spacing), np.float64)
+    reach = np.floor(np.linalg.norm(cs) / cs).astype(np.intp)
+    offsets = np.stack(np.meshgrid(*[np.arange(-r, r + 1) for r in reach], indexing="ij")).reshape(3, -1)
+    distance = scipy_distance(offsets, cs)
+    near = corners[:, :, None] + offsets[None, :, :]  # (K, 3, O)
+    valid = np.all((near >= 0) & (near < shape[None, :, None]), axis=1)
+    hit = np.zeros(valid.shape, dtype=bool)
+    hit[valid] = inside_head[tuple(near.transpose(1, 0, 2)[:, valid])]
+    candidate = np.where(hit, distance[None, :], np.inf)
+    best = candidate.min(axis=1)
+    with np.errstate(invalid="ignore"):  # inf - inf where a corner meets no inside sample
+        close = hit & (candidate != best[:, None]) & (np.abs(candidate - best[:, None]) <= _TIE * best[:, None])
+    if close.any():
+        return _below_surface_by_transform(coarse, head, depth, spacing)
+    found = np.isfinite(best)  # the others are corners of wholly outside cells only
+    signed[tuple((corners[found] - start).T)] = -best[found].astype(np.float32)
+    values = ndi.map_coordinates(signed, (coarse - start).T, order=1, mode="nearest")
+    return np.asarray(values > 0)
+
+
+def _below_surface_by_transform(coarse: npt.NDArray[np.float64], head: HeadModel, depth: npt.NDArray[np.float32],
+                                spacing: tuple[float, float, float]) -> Mask:
+    """:func:`below_surface` from the whole grid's signed depth (its definition)."""
+    return np.asarray(ndi.map_coordinates(_signed_depth(head, depth, spacing), coarse.T, order=1, mode="nearest") > 0)
+
+
 def _fill_below_surface(image: npt.NDArray[np.floating], box: Box, mask: Mask, values: npt.NDArray[np.float32],
                         head: HeadModel, depth: npt.NDArray[np.float32], spacing: tuple[float, float, float],
                         rng: np.random.Generator) -> int:
@@ -208,8 +286,7 @@ def _fill_below_surface(image: npt.NDArray[np.floating], box: Box, mask: Mask, v
     points = np.argwhere(mask[extent]) + np.array([e.start for e in extent])  # in C order, as over the box
     start = np.array([b.start for b in box])
     coarse = (points + start) / np.asarray(head.strides, float)
-    signed = ndi.map_coordinates(_signed_depth(head, depth, spacing), coarse.T, order=1, mode="nearest")
-    inside = signed > 0
+    inside = below_surface(coarse, head, depth, spacing)
     local = np.asarray(image[box])
     skin = local[(local > head.threshold) & ~mask & ~auricle.upsample(depth > SKIN_MM, head, box)]  # type: ignore[arg-type]
     if skin.size < 100 or not inside.any():

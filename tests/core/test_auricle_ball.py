@@ -166,3 +166,27 @@ def test_a_ball_of_many_voxels_is_left_to_scipy() -> None:
     mask[0, 1, 1] = True  # 40 mm reaches voxel 400 of 500
     np.testing.assert_array_equal(within_distance(mask, 40.0, (0.1, 0.1, 0.1)),
                                   ndi.distance_transform_edt(~mask, sampling=(0.1, 0.1, 0.1)) <= 40.0)
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.9999973594751371, 0.9999999782123167, 1.0000000144002559),
+                                     (0.4882812, 0.4882812274960365, 5.627407407407407), (2.0, 2.0, 2.0)])
+@pytest.mark.parametrize("strides", [(4, 4, 4), (4, 4, 3), (8, 8, 1), (2, 2, 2)])
+def test_below_surface_is_the_interpolated_signed_depth(spacing, strides) -> None:
+    """The ear distortion's inside/outside test, from the cells' corners only, equals the whole grid's
+    signed depth interpolated (defacer.distort_ears._signed_depth and map_coordinates)."""
+    from defacer.distort_ears import _below_surface_by_transform, below_surface
+
+    rng = np.random.default_rng(sum(strides) + int(10 * spacing[2]))
+    coarse_shape = (24, 21, 18)
+    blob = ndi.gaussian_filter(rng.random(coarse_shape), 2.0) > 0.5
+    head = _head(blob, strides)
+    coarse_spacing = head.coarse_spacing(spacing)
+    depth = ndi.distance_transform_edt(blob, sampling=coarse_spacing).astype(np.float32)
+    for _ in range(3):
+        full = [n * st for n, st in zip(coarse_shape, strides, strict=True)]
+        lo = [int(rng.integers(0, n // 2)) for n in full]
+        points = np.stack([rng.integers(a, n, 4000) for a, n in zip(lo, full, strict=True)], axis=1)
+        coarse = points / np.asarray(strides, float)
+        expected = _below_surface_by_transform(coarse, head, depth, spacing)
+        assert expected.any() and not expected.all()
+        np.testing.assert_array_equal(below_surface(coarse, head, depth, spacing), expected)
