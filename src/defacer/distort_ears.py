@@ -227,13 +227,18 @@ def below_surface(coarse: npt.NDArray[np.float64], head: HeadModel, depth: npt.N
         corner = grown
     corners = np.argwhere(corner & ~(local > 0)) + start
     cs = np.asarray(head.coarse_spacing(spacing), np.float64)
-    reach = np.floor(np.linalg.norm(cs) / cs).astype(np.intp)
+    reach = np.floor(np.linalg.norm(cs) / cs).astype(np.intp) + 1  # a sample beyond the diagonal, for the tie test
     offsets = np.stack(np.meshgrid(*[np.arange(-r, r + 1) for r in reach], indexing="ij")).reshape(3, -1)
     distance = scipy_distance(offsets, cs)
-    near = corners[:, :, None] + offsets[None, :, :]  # (K, 3, O)
-    valid = np.all((near >= 0) & (near < shape[None, :, None]), axis=1)
-    hit = np.zeros(valid.shape, dtype=bool)
-    hit[valid] = inside_head[tuple(near.transpose(1, 0, 2)[:, valid])]
+    # the inside samples around the corners, padded by the reach (no sample past the grid is inside)
+    low = start - reach
+    around = np.zeros(tuple(stop - start + 2 * reach), dtype=bool)
+    grid_lo, grid_hi = np.maximum(low, 0), np.minimum(stop + reach, shape)
+    around[tuple(slice(int(a - b), int(c - b)) for a, c, b in zip(grid_lo, grid_hi, low, strict=True))] = \
+        inside_head[tuple(slice(int(a), int(c)) for a, c in zip(grid_lo, grid_hi, strict=True))]
+    flat = np.ravel_multi_index(tuple((corners - low).T), around.shape)
+    step = np.array([around.shape[1] * around.shape[2], around.shape[2], 1])
+    hit = around.ravel()[flat[:, None] + (step @ offsets)[None, :]]  # (K corners, O offsets)
     candidate = np.where(hit, distance[None, :], np.inf)
     best = candidate.min(axis=1)
     with np.errstate(invalid="ignore"):  # inf - inf where a corner meets no inside sample
