@@ -452,6 +452,23 @@ def in_one_box(parts: list[tuple[Box, Mask]]) -> tuple[Box, list[Mask]]:
     return box, placed
 
 
+def _crop_blocks(head: HeadModel, depth: npt.NDArray[np.float32], spacing: tuple[float, float, float],
+                 box: Box, step: tuple[int, ...]) -> tuple[Mask, Mask]:
+    """The head's inside (deeper than :data:`INTERIOR_MM`) and :func:`close_to_head`, on the block grid of ``box``.
+
+    Kept in ``head.cache`` per box: the detector's ear refinement and the ear distortion delimit
+    their auricles from the same seed, hence in the same crop (read-only arrays, shared).
+    """
+    key = ("auricle crop blocks", tuple((s.start, s.stop) for s in box), tuple(step), tuple(float(s) for s in spacing))
+    if key not in head.cache:
+        pair = (coarse_blocks(depth > INTERIOR_MM, head, box, step),
+                coarse_blocks(close_to_head(head, depth, spacing), head, box, step))
+        for array in pair:
+            array.flags.writeable = False
+        head.cache[key] = pair
+    return head.cache[key]  # type: ignore[no-any-return]
+
+
 def _crop(centre: npt.NDArray[np.float64], reach_mm: float, spacing: npt.NDArray[np.float64],
           shape: tuple[int, ...]) -> Box:
     """The box of voxels within ``reach_mm`` of ``centre`` along each axis, clipped to ``shape``."""
@@ -638,11 +655,11 @@ def delimit_auricle(image: npt.NDArray[np.floating], head: HeadModel, depth: npt
     else:
         tissue = np.asarray(image[box]) > head.threshold
     tissue_c = block_any(tissue, step)
-    solid_c = tissue_c | coarse_blocks(depth > INTERIOR_MM, head, box, step)  # the head's inside counts as solid
+    interior_c, close_c = _crop_blocks(head, depth, spacing, box, step)
+    solid_c = tissue_c | interior_c  # the head's inside counts as solid
     opened = open_ball(solid_c, opening_mm, cell)
     removed = solid_c & ~opened & tissue_c
     # an auricle stands at most OUTSIDE_MM out of the head with its protrusions rolled off (a head holder farther)
-    close_c = coarse_blocks(close_to_head(head, depth, spacing), head, box, step)
     removed &= close_c
     anchors = ndi.binary_dilation(opened, structure=np.ones((3, 3, 3), dtype=bool))
     offsets = _offsets_mm(removed.shape, box, step, c0, sp)
