@@ -345,3 +345,19 @@ def test_label_box_is_the_mask_box_of_the_label() -> None:
         labels[:] = rng.integers(0, 3, labels.shape)  # eyes and nose everywhere, no ear
         labels[planes[0]:planes[1], rng.integers(0, 10):rng.integers(12, 23), 5:rng.integers(6, 19)] = Label.EARS
         assert ear_fallback._label_box(labels, Label.EARS) == mask_box(labels == Label.EARS)
+
+
+def test_in_place_changes_the_given_map_as_the_copy_would_be(phantom) -> None:
+    """By default the network's map is left as it was (a new map is returned); in_place changes it
+    itself, to the very labels the copy gets (the detector drops the network's map)."""
+    made, x = phantom
+    image = made.volume.values(np.float32)
+    network = _concha_only(made)
+    network[(made.labels == Label.EARS) & (x > 0)] = 0  # the right ear missed: found from the image
+    before = network.copy()
+    copied, sources = add_missing_ears(image, made.volume.affine, network, EYES)
+    np.testing.assert_array_equal(network, before)
+    assert not np.array_equal(copied, before)
+    changed, sources_in_place = add_missing_ears(image, made.volume.affine, network, EYES, in_place=True)
+    assert changed is network and sources_in_place == sources
+    np.testing.assert_array_equal(changed, copied)
