@@ -347,8 +347,8 @@ def _span_socket(surface: npt.NDArray[np.float32], present: Mask, inside: Mask,
     slopes there (measured over ``slope_mm``), so a convex face stays convex and any hollow
     between the brow and the cheek is bridged.  The curve never bulges more than a quarter of
     its span beyond the straight line.  An edge more than :data:`EDGE_STEP_MM` in front of the
-    other and of its own broad level along R (the nose, below the nasal bridge; not a cheek) is moved
-    back to that level (:func:`_broad_level`), with a flat slope.  The curves are then smoothed along R (Gaussian,
+    other and of its own broad level along R (:func:`_broad_level`; the nose, below the nasal bridge,
+    not a cheek) is moved back to that, or to the broad level where that lies in front, with a flat slope.  The curves are then smoothed along R (Gaussian,
     :data:`SMOOTH_R_MM`), so that neighbouring columns agree and the rise towards the nose
     between two eyes is a broad swell, not a ridge that reads as a nose.  Outside
     the region the surface is returned as it is.
@@ -369,14 +369,15 @@ def _span_socket(surface: npt.NDArray[np.float32], present: Mask, inside: Mask,
     m0 = (v0 - smooth[columns, below]) / np.maximum(lo - below, 1)  # A voxels per S voxel, leaving the lower edge
     m1 = (smooth[columns, above] - v1) / np.maximum(above - hi, 1)  # arriving at the upper edge
     # An edge far in front of the other and of its own broad level along R is on the nose (below the
-    # eyes, between them), not on the cheek or the brow: start the curve at that broad level instead,
-    # flat.  A cheek in front of the brow (a head pitched chin-up) is broad, so it stays.
+    # eyes, between them), not on the cheek or the brow: start the curve level with the other edge
+    # instead (never behind that broad level), flat.  A cheek in front of the brow (a head pitched
+    # chin-up) is broad, so it stays.
     limit = EDGE_STEP_MM / spacing[1]
     broad0, broad1 = _broad_level(v0, has, spacing[0]), _broad_level(v1, has, spacing[0])
     nose_low = has & (v0 > v1 + limit) & (v0 > broad0 + limit)
     nose_high = has & (v1 > v0 + limit) & (v1 > broad1 + limit)
-    v0, m0 = np.where(nose_low, broad0, v0), np.where(nose_low, 0.0, m0)
-    v1, m1 = np.where(nose_high, broad1, v1), np.where(nose_high, 0.0, m1)
+    v0, m0 = np.where(nose_low, np.maximum(v1 + limit, broad0), v0), np.where(nose_low, 0.0, m0)
+    v1, m1 = np.where(nose_high, np.maximum(v0 + limit, broad1), v1), np.where(nose_high, 0.0, m1)
     span = np.maximum(hi - lo, 1).astype(np.float32)
     t = np.clip((rows[None, :] - lo[:, None]) / span[:, None], 0.0, 1.0)
     h00, h10, h01, h11 = 2 * t**3 - 3 * t**2 + 1, t**3 - 2 * t**2 + t, -2 * t**3 + 3 * t**2, t**3 - t**2
