@@ -229,7 +229,8 @@ class OnnxDetector:
         eyes = [c.centre_mm for c in components if c.feature == "eyes"]
         self._last.sources = {}
         if self.ear_fallback and len(eyes) == 2:
-            labels, sides = add_missing_ears(image, np.asarray(ras_affine, float), labels, eyes, head=head)
+            labels, sides = add_missing_ears(image, np.asarray(ras_affine, float), labels, eyes, head=head,
+                                             in_place=True)  # the map is this call's own
             self._last.sources = {"ears": sides}
         clock.stamp("ear_fallback")
         self._last.timings = clock.seconds
