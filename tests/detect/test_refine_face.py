@@ -184,17 +184,24 @@ def _eye_heights(labels: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return np.array([c[2] for c in sorted(centres, key=lambda c: c[0])])
 
 
-def test_a_network_eye_drawn_too_high_is_moved_half_way_to_the_globe() -> None:
-    # the pitched CT (mricrogl_CT): both network eyes ~7 mm above the reference's; the image's globe,
-    # whose deepest point is its centre, pulls each eye half of the way back down
+def _network_eyes_moved(medial_mm: float, up_mm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A 2 mm phantom (image, affine) and network eyes: 8 mm balls at each eye's seed point moved
+    ``medial_mm`` towards the midline and ``up_mm`` up (label map, RAS grid)."""
     made = make_phantom(2.0)
     affine = np.asarray(made.volume.affine, float)
     image = made.volume.values(np.float32)
     x, y, z = _world(image.shape, affine)
     labels = np.zeros(image.shape, np.uint8)
     for centre in EYES:
-        c = centre + rf.EYE_SEED_BACK_MM * _anterior() + [0.0, 0.0, 4.0]
+        c = centre + rf.EYE_SEED_BACK_MM * _anterior() + [-np.sign(centre[0]) * medial_mm, 0.0, up_mm]
         labels[(x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2 <= 8.0**2] = Label.EYES
+    return image, affine, labels
+
+
+def test_a_network_eye_drawn_too_high_is_moved_half_way_to_the_globe() -> None:
+    # the pitched CT (mricrogl_CT): both network eyes ~7 mm above the reference's; the image's globe,
+    # whose deepest point is its centre, pulls each eye half of the way back down
+    image, affine, labels = _network_eyes_moved(0.0, 4.0)
     assert rf.refine_face(image, affine, labels, _extent(labels), features=("eyes",)) == {"eyes": ["image", "image"]}
     tissue = ndi.binary_dilation(ndi.gaussian_filter(image, 1.0) > air_threshold(image))
     expected = np.zeros(image.shape, np.uint8)
@@ -226,14 +233,8 @@ def test_the_globe_centre_does_not_depend_on_the_array_order(phantom) -> None:
 def test_an_eye_written_over_the_nose_leaves_one_nose() -> None:
     # network eyes 14 mm too medial and 12 mm too low: their capsules cut across the nose's upper
     # corners (a 6-voxel second nose on the pitched CT, mricrogl_CT turned 25 degrees); the crumb goes
-    made = make_phantom(2.0)
-    affine = np.asarray(made.volume.affine, float)
-    image = made.volume.values(np.float32)
+    image, affine, labels = _network_eyes_moved(14.0, -12.0)
     x, y, z = _world(image.shape, affine)
-    labels = np.zeros(image.shape, np.uint8)
-    for centre in EYES:
-        c = centre + rf.EYE_SEED_BACK_MM * _anterior() + [-np.sign(centre[0]) * 14.0, 0.0, -12.0]
-        labels[(x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2 <= 8.0**2] = Label.EYES
     c = NOSE_CENTRE + [0.0, 10.0, 0.0]
     labels[(x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2 <= 9.0**2] = Label.NOSE
     assert rf.refine_face(image, affine, labels, _extent(labels)) == {"eyes": ["image", "image"], "nose": ["image"]}
