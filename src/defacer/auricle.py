@@ -31,7 +31,6 @@ read only in a crop around the centre, so one auricle costs a few hundredths of 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -219,33 +218,6 @@ def block_repeat(coarse: Mask, step: tuple[int, ...], shape: tuple[int, ...]) ->
         if st > 1:
             out = np.repeat(out, st, axis=axis)
     return np.asarray(out[: shape[0], : shape[1], : shape[2]])
-
-
-def upsample(coarse: npt.NDArray[Any], head: HeadModel, box: Box) -> npt.NDArray[Any]:
-    """``head.upsample(coarse, box)`` (each voxel of ``box`` takes its nearest coarse sample), by runs.
-
-    The nearest coarse index along each axis only ever stays or steps up by one, so the result is the
-    coarse block under ``box`` with each sample repeated as often as it is nearest, one axis at a
-    time (~1/50 of the fancy index's time on an auricle's crop).
-
-    Parameters
-    ----------
-    coarse : ndarray, the head's coarse grid
-    head : HeadModel
-    box : tuple of 3 slice
-        A box of the full grid.
-
-    Returns
-    -------
-    ndarray, ``box`` shape, ``coarse``'s dtype
-    """
-    nearest = head.nearest_coarse(tuple(np.arange(s.start, s.stop) for s in box))
-    if any(len(index) == 0 for index in nearest):
-        return head.upsample(coarse, box)
-    out = np.asarray(coarse)[tuple(slice(int(index[0]), int(index[-1]) + 1) for index in nearest)]
-    for axis in (2, 1, 0):  # the last repeat copies whole planes
-        out = np.repeat(out, np.bincount(nearest[axis] - nearest[axis][0]), axis=axis)
-    return out
 
 
 def coarse_blocks(coarse: Mask, head: HeadModel, box: Box, step: tuple[int, ...]) -> Mask:

@@ -293,7 +293,7 @@ def _fill_below_surface(image: npt.NDArray[np.floating], box: Box, mask: Mask, v
     coarse = (points + start) / np.asarray(head.strides, float)
     inside = below_surface(coarse, head, depth, spacing)
     local = np.asarray(image[box])
-    skin = local[(local > head.threshold) & ~mask & ~auricle.upsample(depth > SKIN_MM, head, box)]  # type: ignore[arg-type]
+    skin = local[(local > head.threshold) & ~mask & ~head.upsample(depth > SKIN_MM, box)]  # type: ignore[arg-type]
     if skin.size < 100 or not inside.any():
         return 0
     low, high = np.percentile(skin, [5, 75])
