@@ -144,14 +144,9 @@ def auricle_mask(image: npt.NDArray[np.floating], ears: Mask, component: Box, he
     sp = np.asarray(spacing, float)
     pad = np.ceil(rim_mm / sp).astype(int) + 1
     box = tuple(slice(max(0, b.start - p), min(n, b.stop + p)) for b, p, n in zip(box, pad, image.shape, strict=True))  # type: ignore[assignment]
-    box_shape = tuple(b.stop - b.start for b in box)
     # the detected ear where it may lie at most DETECTED_DEPTH_MM deep (its voxels' nearest coarse depth)
-    where = np.nonzero(ears[box])
-    shallow = ~(depth > detected_depth_limit(head, spacing))[head.nearest_coarse(
-        tuple(i + b.start for i, b in zip(where, box, strict=True)))]
-    mask = np.zeros(box_shape, dtype=bool)
-    mask[tuple(i[shallow] for i in where)] = True
-    from_image = np.zeros(box_shape, dtype=bool)
+    mask = np.asarray(ears[box]) & ~head.upsample(depth > detected_depth_limit(head, spacing), box)  # type: ignore[arg-type]
+    from_image = np.zeros(mask.shape, dtype=bool)
     for a in auricles:
         inner = tuple(slice(f.start - b.start, f.stop - b.start) for f, b in zip(a.box, box, strict=True))
         from_image[inner] |= a.mask
