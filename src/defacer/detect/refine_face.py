@@ -291,8 +291,7 @@ def _refine_eye(image: npt.NDArray[np.floating], affine: Affine, axes: npt.NDArr
     along = np.clip(u_a, 0.0, EYE_FRONT_MM)
     capsule = u_r**2 + (u_a - along) ** 2 + u_s**2 <= EYE_RADIUS_MM**2
     capsule &= _inside_head(image[crop.box], affine, axes[1], threshold)
-    found = _checked(capsule, crop.box, affine, centre, vitreous)
-    return None if found is None else found[:2]
+    return _checked(capsule, crop.box, affine, centre)
 
 
 def _globe_centre(image: npt.NDArray[np.floating], affine: Affine, axes: npt.NDArray[np.float64],
@@ -372,8 +371,7 @@ def _refine_nose(image: npt.NDArray[np.floating], affine: Affine, axes: npt.NDAr
     u_r, u_a, u_s = crop.u
     nose = ((u_r / NOSE_HALF_WIDTH_MM) ** 2 + ((u_s - centre_s) / half_s) ** 2 <= 1.0) & (u_a >= -NOSE_BEHIND_TIP_MM)
     nose &= _inside_head(image[crop.box], affine, anterior, threshold)
-    found = _checked(nose, crop.box, affine, centre, tip)
-    return None if found is None else found[:2]
+    return _checked(nose, crop.box, affine, centre)
 
 
 def _voxels_world(box: Box, mask: Mask, affine: Affine) -> npt.NDArray[np.float64]:
@@ -382,13 +380,12 @@ def _voxels_world(box: Box, mask: Mask, affine: Affine) -> npt.NDArray[np.float6
     return np.asarray(index @ affine[:3, :3].T + affine[:3, 3], float)
 
 
-def _checked(mask: Mask, box: Box, affine: Affine, network_centre: npt.NDArray[np.float64],
-             anchor: npt.NDArray[np.float64]) -> tuple[Box, Mask, npt.NDArray[np.float64]] | None:
-    """``(box, largest piece, anchor)`` when the piece is not empty and its centroid lies within
+def _checked(mask: Mask, box: Box, affine: Affine, network_centre: npt.NDArray[np.float64]) -> tuple[Box, Mask] | None:
+    """``(box, largest piece)`` when the piece is not empty and its centroid lies within
     :data:`MAX_SHIFT_MM` of the network component's; else ``None``."""
     piece = largest_part(mask)
     if not piece.any():
         return None
     if np.linalg.norm(_centroid(box, piece, affine) - network_centre) > MAX_SHIFT_MM:
         return None
-    return box, piece, anchor
+    return box, piece
