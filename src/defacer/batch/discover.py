@@ -34,6 +34,7 @@ from pathlib import Path, PurePosixPath
 from defacer import files
 from defacer._typing import PathLike
 from defacer.errors import InputImageError
+from defacer.io.output_guard import NRRD_SUFFIXES, nrrd_data_files
 
 #: Image file endings that defacer reads (longest first, so ``.nii.gz`` wins over ``.gz``).
 IMAGE_SUFFIXES: tuple[str, ...] = files.IMAGE_SUFFIXES
@@ -161,25 +162,6 @@ def parse_bids_name(relpath: PurePosixPath) -> dict[str, str]:
     if len(relpath.parts) > 1:
         entities["datatype"] = relpath.parts[-2]
     return entities
-
-
-def nhdr_data_files(path: Path) -> list[Path]:
-    """Data files named by a detached NRRD header (``data file:`` field), relative to it."""
-    names: list[Path] = []
-    try:
-        with path.open("r", encoding="latin-1") as handle:
-            for line in handle:
-                line = line.rstrip("\r\n")
-                if not line:
-                    break
-                key, _, value = line.partition(":")
-                if key.strip().lower() in ("data file", "datafile"):
-                    value = value.strip()
-                    if value and not value.upper().startswith("LIST") and "%" not in value:
-                        names.append(path.parent / value)
-    except OSError:
-        return []
-    return names
 
 
 def matches(scan_relpath: PurePosixPath, entities: dict[str, str], pattern: str) -> bool:
@@ -313,7 +295,7 @@ def discover(
             if kind == "bids" and not _is_bids_scan(rel, entities):
                 continue
             sidecar = here / f"{image_stem(name)}.json"
-            companions = tuple(nhdr_data_files(here / name)) if name.lower().endswith(".nhdr") else ()
+            companions = tuple(nrrd_data_files(here / name)) if name.lower().endswith(NRRD_SUFFIXES) else ()
             candidates.append(
                 Scan(
                     path=here / name,

@@ -26,11 +26,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from defacer.batch.discover import Scan, image_stem, nhdr_data_files
+from defacer.batch.discover import Scan, image_stem
 from defacer.batch.layout import write_json_atomic
 from defacer.batch.manifest import DONE, FAILED, INCOMPLETE, NOTHING_FOUND, ScanRecord, combined_sha256, stamp
 from defacer.detect import Detector
 from defacer.errors import DefacerError, FeaturesNotFoundError, InputImageError
+from defacer.io.output_guard import nrrd_data_files
 from defacer.options import DEFAULT_OPTIONS, DefaceOptions, Deidentification
 
 #: Signature of a stand-in for the per-scan defacing (:func:`defacer.route.deface_path`, returning the provenance).
@@ -132,7 +133,7 @@ def output_files(task: ScanTask) -> list[Path]:
         return files + ([provenance] if provenance.is_file() else [])
     files = [out]
     if out.name.lower().endswith(".nhdr"):
-        files += [p for p in nhdr_data_files(out) if p.is_file()]
+        files += [p for p in nrrd_data_files(out) if p.is_file()]
     provenance = out.parent / f"{image_stem(out.name)}.defacer.json"
     if provenance.is_file():
         files.append(provenance)

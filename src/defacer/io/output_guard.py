@@ -26,6 +26,7 @@ from pathlib import Path
 
 from defacer._typing import PathLike
 from defacer.errors import OutputError
+from defacer.io.nrrd import MAX_HEADER_BYTES
 
 #: Ending of the ownership record written beside every folder defacer writes (see :func:`owner_record`).
 OWNER_SUFFIX = ".defacer-output.json"
@@ -33,17 +34,23 @@ OWNER_SUFFIX = ".defacer-output.json"
 _NAMES_SHOWN = 5
 #: At most this many files expanded from a NRRD data-file pattern.
 _MAX_PATTERN_FILES = 100_000
+#: Endings of files whose NRRD header may name a detached data file.
+NRRD_SUFFIXES = (".nhdr", ".nrrd")
 
 
 def nrrd_data_files(header_path: Path) -> list[Path]:
     """Every data file a NRRD header names (``data file:`` single name, ``LIST`` or a pattern).
 
-    Over-inclusion is harmless here (the list only protects files from being written), so
-    absolute paths and ``..`` are kept as written; an unreadable header names nothing.
+    Any NRRD file may name one, ``.nrrd`` as well as ``.nhdr`` (the reader follows the field in
+    both).  The header is read as far as the reader reads it (:data:`MAX_HEADER_BYTES`), and the
+    field's name is matched as the reader matches it (case and spaces ignored: ``Data  File``).
+    Over-inclusion is harmless here (the list only protects files from being written or marks
+    them as part of a scan), so absolute paths and ``..`` are kept as written; an unreadable
+    header names nothing.
     """
     try:
         with header_path.open("rb") as handle:
-            raw = handle.read(1 << 20)
+            raw = handle.read(MAX_HEADER_BYTES)
     except OSError:
         return []
     text = raw.decode("latin-1")
@@ -56,7 +63,7 @@ def nrrd_data_files(header_path: Path) -> list[Path]:
         if line.startswith("#") or ":=" in line:
             continue
         key, sep, value = line.partition(":")
-        if not sep or key.strip().lower() not in ("data file", "datafile"):
+        if not sep or key.strip().lower().replace(" ", "") != "datafile":
             continue
         value = value.strip()
         if value.upper().startswith("LIST"):
@@ -82,13 +89,13 @@ def nrrd_data_files(header_path: Path) -> list[Path]:
 
 
 def input_files(path: PathLike) -> list[Path]:
-    """The files an input is made of, resolved: the file itself, a ``.nhdr``'s data files, or
-    every file under a folder (a DICOM series), recursively."""
+    """The files an input is made of, resolved: the file itself, a NRRD header's data files (``.nhdr`` or
+    ``.nrrd``), or every file under a folder (a DICOM series), recursively."""
     p = Path(path)
     if p.is_dir():
         return [q.resolve() for q in p.rglob("*") if q.is_file()]
     files = [p.resolve()]
-    if p.name.lower().endswith(".nhdr"):
+    if p.name.lower().endswith(NRRD_SUFFIXES):
         files += [q.resolve() for q in nrrd_data_files(p)]
     return files
 
