@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from run_checks import digest
+from run_checks import digest, plant_user_file, run_cli
 
 from defacer.batch.discover import discover
 from defacer.cli.main import main
@@ -76,3 +76,20 @@ def test_batch_never_copies_the_data_file_of_a_nrrd_scan_into_its_output(phantom
     found = discover(root, layout="files")
     assert [scan.relpath.as_posix() for scan in found.scans] == ["head.nrrd"]
     assert "head_voxels.raw.gz" not in [rel.as_posix() for rel in found.others]
+
+
+def test_demo_never_writes_through_a_link_nor_over_a_file_without_force(tmp_path, capsys):
+    """``defacer demo --out DIR`` wrote its phantom through a symbolic link in DIR (the user's file it
+    pointed at became a NIfTI) and replaced existing files without ``--force``."""
+    out = tmp_path / "demo"
+    out.mkdir()
+    precious = plant_user_file(tmp_path, "precious.txt")
+    (out / "phantom_labels.nii.gz").symlink_to(precious)
+    argv = ["demo", "--out", str(out), "--voxel-size", "4", "--use-true-labels"]
+    code, text = run_cli(argv, capsys)
+    assert code == 1 and "phantom_labels.nii.gz" in text and "--force" in text
+    assert precious.read_text() == "years of work\n"
+    assert sorted(p.name for p in out.iterdir()) == ["phantom_labels.nii.gz"], "a refused demo wrote files"
+    assert run_cli([*argv, "--force"], capsys)[0] == 0
+    assert precious.read_text() == "years of work\n"
+    assert not (out / "phantom_labels.nii.gz").is_symlink()

@@ -19,6 +19,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--contrast", default="T1", choices=["T1", "T2", "PD", "FLAIR", "CT"])
     parser.add_argument("--use-true-labels", action="store_true",
                         help="use the phantom's known labels instead of the detector")
+    parser.add_argument("--force", action="store_true",
+                        help="replace the files of an earlier demo in OUT (by default an existing file is refused)")
     parser.set_defaults(func=run)
 
 
@@ -26,18 +28,24 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from defacer.errors import DetectorError
+    from defacer.io.atomic import atomic_outputs
+    from defacer.io.output_guard import check_outputs
     from defacer.phantom import make_phantom, save_phantom
     from defacer.pipeline import load_detector
+    from defacer.provenance import sidecar_path
     from defacer.route import deface_path
 
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    phantom = make_phantom(args.voxel_size, contrast=args.contrast)
     scan = out / "phantom_T1w.nii.gz" if args.contrast == "T1" else out / f"phantom_{args.contrast}.nii.gz"
     truth = out / "phantom_labels.nii.gz"
-    save_phantom(phantom, scan, truth)
     defaced = scan.with_name(scan.name.replace(".nii.gz", "_defaced.nii.gz"))
     mask = scan.with_name(scan.name.replace(".nii.gz", "_detected-labels.nii.gz"))
+    # Every file is checked before anything is written; written by renaming (a link in the way is replaced,
+    # never written through).
+    check_outputs([scan, truth, defaced, mask, sidecar_path(defaced)], force=args.force)
+    phantom = make_phantom(args.voxel_size, contrast=args.contrast)
+    with atomic_outputs([scan, truth]) as temps:
+        save_phantom(phantom, temps[0], temps[1])
     labels_path = truth if args.use_true_labels else None
     detector = None
     if labels_path is None:
@@ -49,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
             labels_path = truth
     if labels_path is not None:
         source = "the phantom's known labels"
-    provenance = deface_path(scan, defaced, detector=detector, labels_path=labels_path, force=True,
+    provenance = deface_path(scan, defaced, detector=detector, labels_path=labels_path, force=args.force,
                              mask_path=mask).provenance
     from defacer.io import load_volume
 
@@ -59,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  scan:         {scan}")
     print(f"  defaced:      {defaced}")
     print(f"  labels found: {mask}")
-    print(f"  provenance:   {defaced.with_name(defaced.name.replace('.nii.gz', '.defacer.json'))}")
+    print(f"  provenance:   {sidecar_path(defaced)}")
     print("  voxels changed: " + ", ".join(f"{k} {v}" for k, v in provenance["voxels_changed"].items())
           + f"; brain voxels changed: {brain_changed}")
     print("Open the two scans side by side in any NIfTI viewer (e.g. fsleyes, ITK-SNAP, 3D Slicer) to compare.")
