@@ -58,3 +58,39 @@ def file_sha256(path: PathLike) -> str:
     """Hex sha256 of a file's bytes (:func:`hashlib.file_digest`: read in blocks, never whole)."""
     with Path(path).open("rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _in_annex(target: Path, root: Path) -> bool:
+    """Whether ``target`` lies in the git-annex object store of a repository holding ``root``
+    (``<repo>/.git/annex/objects`` or a submodule's ``<repo>/.git/modules/.../annex/objects``)."""
+    for folder in (root, *root.parents):
+        git = folder / ".git"
+        if target.is_relative_to(git) and "annex/objects" in target.relative_to(git).as_posix():
+            return True
+    return False
+
+
+def link_outside(path: PathLike, root: PathLike) -> Path | None:
+    """Where ``path`` leads when a symbolic link takes it outside ``root``, or ``None`` when it stays inside.
+
+    A link into the git-annex object store of a repository holding ``root`` stays inside: DataLad and
+    git-annex datasets are made of such links.  Any other link out of ``root`` (to another study, a home
+    folder, ``/etc``) makes a hostile folder read files that are not part of it.
+
+    Parameters
+    ----------
+    path : path-like
+        A file or folder found under ``root`` (not resolved).
+    root : path-like
+        The input folder the user gave.
+
+    Returns
+    -------
+    Path or None
+        The resolved target outside ``root``, or ``None``.
+    """
+    base = Path(root).resolve()
+    target = Path(path).resolve()
+    if target.is_relative_to(base) or _in_annex(target, base):
+        return None
+    return target

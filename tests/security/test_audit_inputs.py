@@ -6,11 +6,16 @@ Each test failed on the code before its fix.
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from run_checks import digest, plant_user_file, run_cli
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "batch"))
 
 from defacer.batch.discover import discover
 from defacer.cli.main import main
@@ -93,3 +98,69 @@ def test_demo_never_writes_through_a_link_nor_over_a_file_without_force(tmp_path
     assert run_cli([*argv, "--force"], capsys)[0] == 0
     assert precious.read_text() == "years of work\n"
     assert not (out / "phantom_labels.nii.gz").is_symlink()
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory) -> Path:
+    """A 3 mm phantom head as an axial DICOM series folder (read only: tests copy it)."""
+    from batch_fixtures import write_dicom_phantom  # after the sys.path entry above
+
+    root = tmp_path_factory.mktemp("series")
+    write_dicom_phantom(root / "in", root / "labels.nii.gz", patient="Quexworth^Ambrose")
+    return root / "in"
+
+
+def copied_series(series: Path, folder: Path) -> Path:
+    """A copy of the phantom series in ``folder``."""
+    shutil.copytree(series, folder)
+    return folder
+
+
+@pytest.mark.parametrize("command", ["anonymize", "deface"])
+def test_a_dicom_folder_linking_to_a_file_outside_it_is_refused(series, tmp_path, command, capsys):
+    """A DICOM folder holding a symbolic link to another patient's file elsewhere: the file was read and
+    written into the de-identified output with the series (``anonymize``: 36 files from a 35-file folder)."""
+    folder = copied_series(series, tmp_path / "study" / "in")
+    other = tmp_path / "elsewhere" / "other_patient.dcm"
+    other.parent.mkdir()
+    shutil.copy(next(iter(sorted(series.iterdir()))), other)
+    (folder / "zz_extra.dcm").symlink_to(other)
+    out = tmp_path / "study" / "out"
+    argv = [command, str(folder), str(out), "--key", "k" * 20]
+    if command == "deface":
+        argv += ["--labels", str(series.parent / "labels.nii.gz")]
+    before = digest(tmp_path)
+    code, text = run_cli(argv, capsys)
+    assert code == 1 and "zz_extra.dcm" in text and "outside" in text
+    assert not out.exists() and digest(tmp_path) == before
+
+
+def test_links_into_the_git_annex_holding_a_dicom_folder_are_read(series, tmp_path, capsys):
+    """What stays allowed: DataLad's links into the annex of the repository holding the folder."""
+    dataset = tmp_path / "dataset"
+    folder = copied_series(series, dataset / "sub-01" / "dicom")
+    for number, file in enumerate(sorted(folder.iterdir())[:3]):
+        annex = dataset / ".git" / "annex" / "objects" / "Xk" / f"9v{number}" / f"MD5E-s1--abc{number}.dcm"
+        annex.parent.mkdir(parents=True)
+        file.rename(annex)
+        file.symlink_to(os.path.relpath(annex, file.parent))
+    code, text = run_cli(["anonymize", str(folder), str(tmp_path / "out"), "--key", "k" * 20], capsys)
+    assert code == 0, text
+    assert len(list((tmp_path / "out").rglob("*.dcm"))) == len(list(series.iterdir()))
+
+
+def test_batch_never_carries_a_link_out_of_the_dataset(tmp_path, caplog):
+    """A BIDS dataset whose ``participants.tsv`` is a link to a private file elsewhere: batch copied the
+    private file into OUT (the dataset to be shared)."""
+    secret = plant_user_file(tmp_path / "home", "id_rsa")
+    root = tmp_path / "bids"
+    (root / "sub-01" / "anat").mkdir(parents=True)
+    (root / "participants.tsv").symlink_to(secret)
+    annexed = root / ".git" / "annex" / "objects" / "aa" / "bb" / "SHA256E-s3--x.tsv"
+    annexed.parent.mkdir(parents=True)
+    annexed.write_text("participant_id\n")
+    (root / "sub-01" / "sub-01_scans.tsv").symlink_to(os.path.relpath(annexed, root / "sub-01"))
+    (root / "README").write_text("a dataset\n")
+    found = discover(root, layout="bids")
+    assert [rel.as_posix() for rel in found.others] == ["README", "sub-01/sub-01_scans.tsv"]
+    assert "participants.tsv" in caplog.text

@@ -229,6 +229,16 @@ def _is_bids_scan(relpath: PurePosixPath, entities: dict[str, str]) -> bool:
     return entities.get("datatype") == "anat" and suffix not in NON_FACE_SUFFIXES
 
 
+def _links_out(base: Path, rel: PurePosixPath) -> bool:
+    """Whether the other file ``rel`` is a symbolic link out of the dataset ``base`` (warned; never carried:
+    a hostile dataset could otherwise copy any file of this machine into the output)."""
+    if files.link_outside(base / rel, base) is None:
+        return False
+    log.warning("'%s' is a symbolic link to a file outside the input folder: not carried to the output (copy the "
+                "file into the dataset if it belongs there)", rel)
+    return True
+
+
 def discover(
     root: PathLike,
     *,
@@ -321,6 +331,6 @@ def discover(
                 claimed.add(PurePosixPath(companion.resolve().relative_to(base).as_posix()))
             except ValueError:
                 continue
-    others = [rel for rel in files if rel not in claimed]
+    others = [rel for rel in files if rel not in claimed and not _links_out(base, rel)]
     scans.sort(key=lambda s: s.key)
     return Discovery(root=base, layout=kind, scans=scans, others=sorted(others), excluded=sorted(excluded))

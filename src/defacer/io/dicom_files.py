@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from defacer._typing import PathLike
 from defacer.errors import DicomSeriesError, OutputError
+from defacer.files import link_outside
 from defacer.io.atomic import check_output_path
 
 if TYPE_CHECKING:
@@ -24,6 +25,16 @@ if TYPE_CHECKING:
 
 
 def input_files(path: PathLike | Sequence[PathLike]) -> list[Path]:
+    """The files of a DICOM input: every file under a folder (sorted), a single file, or a list of files.
+
+    Only the folder's own files are read: a symbolic link in it that leads out of it (other than
+    into a git-annex store holding it, see :func:`defacer.files.link_outside`) refuses the input.
+
+    Raises
+    ------
+    DicomSeriesError
+        For a missing path, an empty folder, a link out of the folder, or missing listed files.
+    """
     if isinstance(path, str | os.PathLike):
         p = Path(path)
         if not p.exists():
@@ -32,6 +43,7 @@ def input_files(path: PathLike | Sequence[PathLike]) -> list[Path]:
             files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".defacer-tmp"))
             if not files:
                 raise DicomSeriesError(f"The folder '{p}' is empty: expected DICOM files (one per slice or multi-frame).")
+            _refuse_links_out(files, p)
             return files
         return [p]
     files = [Path(f) for f in path]
@@ -39,6 +51,25 @@ def input_files(path: PathLike | Sequence[PathLike]) -> list[Path]:
     if missing:
         raise DicomSeriesError(f"These DICOM files do not exist: {', '.join(missing[:5])}. Check the paths.")
     return sorted(files)
+
+
+def _refuse_links_out(files: Sequence[Path], folder: Path) -> None:
+    """Refuse a DICOM folder holding symbolic links to files outside it.
+
+    Raises
+    ------
+    DicomSeriesError
+        Naming the links (at most 5).
+    """
+    outside = [f for f in files if link_outside(f, folder) is not None]
+    if outside:
+        shown = ", ".join(f"'{f}'" for f in outside[:5]) + (f" and {len(outside) - 5} more" if len(outside) > 5 else "")
+        raise DicomSeriesError(
+            f"The DICOM folder '{folder}' holds {len(outside)} symbolic link(s) to files outside it: {shown}. "
+            "defacer reads only the files of the folder it is given (links could pull any file of this machine into "
+            "the output). Copy those files into the folder (e.g. 'cp -L') if they belong to the series, or remove "
+            "the links; nothing was written."
+        )
 
 
 #: Extensions of files that are clearly not image slices (notes, reports, exports, pictures):
