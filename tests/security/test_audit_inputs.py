@@ -164,3 +164,43 @@ def test_batch_never_carries_a_link_out_of_the_dataset(tmp_path, caplog):
     found = discover(root, layout="bids")
     assert [rel.as_posix() for rel in found.others] == ["README", "sub-01/sub-01_scans.tsv"]
     assert "participants.tsv" in caplog.text
+
+
+@pytest.fixture
+def scans(phantom, tmp_path) -> tuple[Path, Path]:
+    """A folder holding the phantom as ``ph.nii.gz`` and a folder holding its label map ``ph.labels.nii.gz``."""
+    folder, labels = tmp_path / "scans", tmp_path / "labels"
+    folder.mkdir()
+    labels.mkdir()
+    shutil.copy(phantom[0], folder / "ph.nii.gz")
+    shutil.copy(phantom[1], labels / "ph.labels.nii.gz")
+    return folder, labels
+
+
+@pytest.mark.parametrize("name", ["evaluation.json", "ph/verify_report.html"])
+def test_evaluate_never_replaces_a_users_file_in_its_out_folder(scans, tmp_path, name, capsys):
+    """``defacer evaluate FOLDER --out DIR`` replaced DIR/evaluation.json and DIR/<scan>/verify_report.html
+    that the user had there (no --force, no ownership record)."""
+    out = tmp_path / "results"
+    mine = plant_user_file(out, name)
+    code, text = run_cli(["evaluate", str(scans[0]), "--labels-dir", str(scans[1]), "--out", str(out)], capsys)
+    assert code == 1 and name in text
+    assert mine.read_text() == "years of work\n"
+
+
+def test_evaluate_never_writes_its_pictures_of_faces_into_the_scans_folder(scans, capsys):
+    """``--out`` inside the folder of scans put the original faces' reports among the scans."""
+    before = digest(scans[0])
+    code, text = run_cli(["evaluate", str(scans[0]), "--labels-dir", str(scans[1]), "--out", str(scans[0] / "ev")],
+                         capsys)
+    assert code == 1 and "inside the input folder" in text
+    assert digest(scans[0]) == before and not (scans[0] / "ev").exists()
+
+
+def test_evaluate_reruns_over_its_own_out_folder(scans, tmp_path, capsys):
+    """What stays allowed: a rerun replaces the evaluation's own files (listed in the folder's record)."""
+    pytest.importorskip("mediapipe")
+    argv = ["evaluate", str(scans[0]), "--labels-dir", str(scans[1]), "--out", str(tmp_path / "results")]
+    assert run_cli(argv, capsys)[0] == 0
+    assert run_cli(argv, capsys)[0] == 0
+    assert (tmp_path / "results" / "ph" / "verify_report.html").is_file()

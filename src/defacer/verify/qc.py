@@ -82,9 +82,9 @@ def check_owned(qc_root: Path, targets: Iterable[Path]) -> None:
     if not foreign:
         return
     raise OutputError(
-        f"The QC folder '{qc_root}' holds files defacer did not write where --verify would write its reports and "
+        f"The QC folder '{qc_root}' holds files defacer did not write where it would write its reports and "
         f"pictures: {quoted_names(foreign)}. defacer never replaces them, --force or not. Move those files away or choose "
-        "another output (the QC folder is named after it; 'defacer verify': another --out)."
+        "another output (the QC folder is named after it; 'defacer verify' and 'defacer evaluate': another --out)."
     )
 
 
