@@ -204,3 +204,33 @@ def test_evaluate_reruns_over_its_own_out_folder(scans, tmp_path, capsys):
     assert run_cli(argv, capsys)[0] == 0
     assert run_cli(argv, capsys)[0] == 0
     assert (tmp_path / "results" / "ph" / "verify_report.html").is_file()
+
+
+def test_a_terminated_run_leaves_no_temporary_beside_the_users_files(tmp_path):
+    """SIGTERM (``timeout``, ``scancel``, ``docker stop``) or SIGHUP (a closed terminal) during a write left
+    ``.defacer-tmp-*`` with the half-written output in the user's folder; only Ctrl-C cleaned up. The
+    console entry point (``run``) now stops on them as on Ctrl-C."""
+    import subprocess
+
+    out_dir = tmp_path / "outputs"
+    out_dir.mkdir()
+    plant_user_file(out_dir, "notes.txt")
+    script = (
+        "import os, signal, sys, time\n"
+        "from pathlib import Path\n"
+        "import defacer.cli.main as cli\n"
+        "from defacer.io.atomic import atomic_outputs\n"
+        "def writing(argv):\n"
+        "    with atomic_outputs([Path(argv[0]) / 'scan.nii.gz']) as (temp,):\n"
+        "        temp.write_bytes(b'half written')\n"
+        "        os.kill(os.getpid(), getattr(signal, argv[1]))\n"
+        "        time.sleep(30)\n"
+        "    return 0\n"
+        "cli.main = writing\n"
+        "cli.run(sys.argv[1:])\n"
+    )
+    for name in ("SIGTERM", "SIGHUP"):
+        result = subprocess.run([sys.executable, "-c", script, str(out_dir), name], check=False, timeout=60,
+                                capture_output=True)
+        assert result.returncode not in (0, -15, -1), name
+        assert sorted(p.name for p in out_dir.iterdir()) == ["notes.txt"], name

@@ -112,9 +112,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 BOUNDED_COMMANDS = frozenset({"deface"})
 
 
+def stop_on_termination() -> None:
+    """Make SIGTERM and SIGHUP stop a run the way Ctrl-C does (``KeyboardInterrupt``).
+
+    ``timeout``, ``kill``, SLURM's ``scancel``, ``docker stop`` and a closed terminal end a process
+    with these signals; by default Python then dies at once and leaves a run's temporary folder
+    (``.defacer-tmp-*``, with a half-written output) beside the user's files.  As an interrupt, the
+    temporaries are removed and nothing half-written is left.  A signal the process was started
+    ignoring (``nohup``) stays ignored.
+    """
+    import signal
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
+
+    for number in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(number) == signal.SIG_DFL:
+            signal.signal(number, interrupt)
+
+
 def run(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point (also ``python -m defacer``)."""
     args = list(sys.argv[1:] if argv is None else argv)
+    stop_on_termination()
     if next((a for a in args if not a.startswith("-")), None) in BOUNDED_COMMANDS:
         from defacer.memory import retain_freed_memory
 
