@@ -234,3 +234,26 @@ def test_a_terminated_run_leaves_no_temporary_beside_the_users_files(tmp_path):
                                 capture_output=True)
         assert result.returncode not in (0, -15, -1), name
         assert sorted(p.name for p in out_dir.iterdir()) == ["notes.txt"], name
+
+
+def test_a_full_disk_is_an_error_in_words_not_a_bug_report(phantom, tmp_path):
+    """A write refused by the system (disk full, quota, file too large) was reported as "unexpected error:
+    OSError ... This is a bug in defacer, not in your data" (measured on a 600 kB tmpfs: ENOSPC). Here the
+    system refuses with EFBIG (a file-size limit), the same path without a small disk."""
+    import subprocess
+
+    script = (
+        "import resource, signal, sys\n"
+        "from defacer.cli.main import main\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.RLIM_INFINITY))\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = ["deface", str(phantom[0]), str(out / "defaced.nii.gz"), "--labels", str(phantom[1])]
+    result = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=120,
+                            check=False)
+    assert result.returncode == 1
+    assert "too large for this file system" in result.stderr and "bug" not in result.stderr, result.stderr
+    assert list(out.iterdir()) == []

@@ -9,6 +9,7 @@ into a message on stderr and an exit code.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -44,6 +45,30 @@ EXIT_FEATURES_MISSING = 4
 #: renders, so nothing could be tested (see :mod:`defacer.verify.verdict`).
 EXIT_VERIFY_INCONCLUSIVE = 5
 EXIT_INTERRUPTED = 130
+
+
+#: What the system can refuse a run for (full disk, read-only or forbidden place, too many files, I/O
+#: failure), with what to do: a message, not "a bug in defacer".
+SYSTEM_ERRORS: dict[int, str] = {
+    errno.ENOSPC: "the disk is full: free some space or write the output to another disk",
+    errno.EDQUOT: "your disk quota is used up: free some space or write the output elsewhere",
+    errno.EFBIG: "the file is too large for this file system: write the output to another disk",
+    errno.EROFS: "the file system is read-only: choose a writable output folder",
+    errno.EACCES: "permission denied: choose a place you may write to (or a file you may read)",
+    errno.EPERM: "operation not permitted: choose a place you may write to (or a file you may read)",
+    errno.ENAMETOOLONG: "a file name is too long for this file system: choose a shorter output name",
+    errno.EMFILE: "too many open files: raise the limit (ulimit -n) or process fewer files at once",
+    errno.ENFILE: "too many open files on this system: retry when fewer programs run",
+    errno.EIO: "the disk reported an input/output error: check the disk, or read and write elsewhere",
+}
+
+
+def system_error_message(err: OSError) -> str:
+    """A refusal by the system (:data:`SYSTEM_ERRORS`) in words: what happened, where, what to do."""
+    where = f" ('{err.filename}')" if err.filename else ""
+    what = SYSTEM_ERRORS.get(err.errno or 0, "the system refused it")
+    return (f"{err.strerror or type(err).__name__}{where}: {what}. Outputs are written to a "
+            "temporary and renamed only when complete, so no half-written output was left under its name.")
 
 
 def _load_command_modules() -> list[ModuleType]:
@@ -95,6 +120,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemoryError:
         print(f"defacer {args.command}: error: out of memory. Close other programs or use a machine with more memory.",
               file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as err:
+        if err.errno not in SYSTEM_ERRORS or args.debug:
+            raise
+        print(f"defacer {args.command}: error: {system_error_message(err)}", file=sys.stderr)
         return EXIT_ERROR
     except Exception as err:  # last resort: never a bare traceback for users
         if args.debug:
