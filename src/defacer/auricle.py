@@ -552,7 +552,7 @@ def grown_extent(mask: Mask, margin: tuple[int, ...] | npt.NDArray[np.int_]) -> 
                  for b, g, n in zip(box, margin, mask.shape, strict=True))
 
 
-def _hull(outline: Mask) -> Mask:
+def filled_hull(outline: Mask) -> Mask:
     """The filled convex hull of a 2D mask (with the mask itself; the mask alone when under 3 pixels)."""
     if outline.sum() < 3:
         return outline
@@ -650,7 +650,7 @@ def delimit_auricle(image: npt.NDArray[np.floating], head: HeadModel, depth: npt
         ids = np.unique(parts[first & second])
         kept = np.asarray(np.isin(parts, ids[ids > 0])) | first
     # the side view: footprint of the protrusion (the convex hull of its outline)
-    hull = _hull(np.asarray(kept.any(axis=axis)))
+    hull = filled_hull(np.asarray(kept.any(axis=axis)))
     grow = max(1, int(round(root_mm / float(sp.min()))))  # noqa: RUF046
     # everything below lies in the footprint's columns (grown by the root): work there only
     region_c, region = _columns(hull, axis, step, grow, tissue.shape)

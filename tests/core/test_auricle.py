@@ -37,6 +37,11 @@ def _inside_head(x: np.ndarray, y: np.ndarray, z: np.ndarray, by_mm: float) -> n
     return sum((c / (ax - by_mm)) ** 2 for c, ax in zip((x, y, z), HEAD_AXES, strict=True)) < 1
 
 
+def _away_from_canals(x: np.ndarray, y: np.ndarray, z: np.ndarray, by_mm: float) -> np.ndarray:
+    """Farther than ``by_mm`` from both ear canals, where the phantom's auricles join the head."""
+    return np.all([((x - side * 77.0) ** 2 + (y + 2.0) ** 2 + (z + 6.0) ** 2) > by_mm**2 for side in (-1, 1)], axis=0)
+
+
 @pytest.fixture(scope="module")
 def phantom():
     made = make_phantom(2.0, seed=3)
@@ -108,7 +113,11 @@ def test_distort_ears_changes_the_whole_auricle_from_a_small_detection(phantom) 
         assert edit.params["auricle_found"]
     truth = made.labels == Label.EARS
     assert changed[truth].mean() >= 0.97
-    assert not (changed & _inside_head(x, y, z, 4.0)).any()
+    # of the head, only the layer where the auricle joins it (around the canal: pressed_layer) ...
+    assert not (changed & _inside_head(x, y, z, 4.0) & _away_from_canals(x, y, z, 16.0)).any()
+    assert not (changed & _inside_head(x, y, z, 10.0)).any()
+    # ... never the scalp behind the standing auricle
+    assert not (changed & _inside_head(x, y, z, 0.0) & _away_from_canals(x, y, z, 16.0)).any()
     # nothing far from the auricles: within 6 mm along each axis (the 4 mm air rim and a voxel) of
     # them, or in the outer 4 mm of air around the head (the rim of the root)
     from scipy import ndimage as ndi
@@ -148,6 +157,34 @@ def test_a_detected_flat_ear_is_changed_to_its_full_depth(phantom) -> None:
     assert not (changed & _inside_head(x, y, z, 12.0)).any()
 
 
+def test_an_auricle_pressed_against_the_head_is_changed_with_the_head_under_it(phantom) -> None:
+    """An auricle lying on the scalp (a 4 mm plate on the head, no air behind it; the reference labels
+    mark such an ear as the outer 6 mm of the head under it) detected at its core is changed with the
+    head's outer 6 mm under it (distort_ears.pressed_layer; without it, 0.31 of that layer), nothing
+    12 mm deep, and the other, standing auricle takes no scalp behind it."""
+    made, image, _, _ = phantom
+    x, y, z = _world(image.shape)
+    footprint = ((y + 6.0) / 14.0) ** 2 + ((z + 4.0) / 27.0) ** 2 < 1
+    plate = footprint & (x > 0) & ~_inside_head(x, y, z, 0.0) & _inside_head(x, y, z, -4.0)
+    pressed = image.copy()
+    pressed[(made.labels == Label.EARS) & (x > 0)] = 0.0  # the right auricle laid flat on the head
+    pressed[plate] = 650.0
+    ears = np.zeros(image.shape, dtype=bool)
+    ears |= plate & (((y + 6.0) ** 2 + (z + 4.0) ** 2) <= 10.0**2)
+    ears |= (made.labels == Label.EARS) & (x < 0) & (((y + 6.0) ** 2 + (z + 22.0) ** 2) <= 6.0**2)
+    pressed_head = analyse_head(pressed, SPACING)
+    pressed_depth = depth_below_surface(pressed_head, SPACING)
+    edits = distort_ears(pressed, ears, pressed_head, SPACING, np.random.default_rng(0), depth=pressed_depth)
+    changed = np.zeros(image.shape, dtype=bool)
+    for edit in edits:
+        changed[edit.box] |= edit.mask
+    under = footprint & (x > 0) & _inside_head(x, y, z, 0.0) & ~_inside_head(x, y, z, 6.0)
+    assert changed[plate].mean() >= 0.9  # 0.95 (its rim in the footprint's edge columns stays)
+    assert changed[under].mean() >= 0.9  # 0.93; 0.31 without pressed_layer
+    assert not (changed & _inside_head(x, y, z, 12.0)).any()  # 11 mm at most (the write gate stops at 10)
+    assert not (changed & (x < 0) & _inside_head(x, y, z, 0.0) & _away_from_canals(x, y, z, 16.0)).any()
+
+
 def test_the_ear_edit_leaves_no_hole_in_the_head(phantom) -> None:
     """Edit voxels below the rolled-off head surface (a flat ear's detection, an auricle's root) get
     this scan's skin values, not air: no dent in the ear's shape shows in a render; above it, air."""
@@ -182,7 +219,8 @@ def test_the_pipeline_removes_whole_auricles_and_never_the_brain(phantom) -> Non
     truth = made.labels == Label.EARS
     for side in (-1, 1):
         assert changed[truth & (x * side > 0)].mean() >= 0.97
-    assert not (changed & _inside_head(x, y, z, 4.0)).any()
+    assert not (changed & _inside_head(x, y, z, 4.0) & _away_from_canals(x, y, z, 16.0)).any()
+    assert not (changed & _inside_head(x, y, z, 10.0)).any()
     assert not (result.volume.raw != made.volume.raw)[made.brain].any()
     assert result.provenance["protection"]["changed_inside_protected"] == 0
 

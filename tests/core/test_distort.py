@@ -270,11 +270,18 @@ def test_whole_auricle_goes_when_the_detection_covers_only_its_core(phantom):
     for side in (-1, 1):
         auricle = ears & ((x * side) > 0)
         assert changed[auricle].mean() >= 0.9
-    # Never the head under or behind the ear: nothing changes deeper than 4 mm (+ one voxel) below its surface.
+    # Never the head behind the ear: nothing changes deeper than 4 mm (+ one voxel) below its surface,
+    # except under where the auricle joins the head around the canal (distort_ears.pressed_layer: no air
+    # between auricle and head there), and nothing there deeper than 10 mm.
     from defacer.phantom import HEAD_AXES
 
-    inner = sum(((c / (ax - 6.0)) ** 2) for c, ax in zip((x, y, z), HEAD_AXES, strict=True)) < 1
-    assert not (changed & inner).any()
+    inner, deep = (sum(((c / (ax - by)) ** 2) for c, ax in zip((x, y, z), HEAD_AXES, strict=True)) < 1
+                   for by in (6.0, 10.0))
+    joint = np.zeros(shape, dtype=bool)
+    for side in (-1, 1):
+        joint |= ((x - side * 77.0) ** 2 + (y + 2.0) ** 2 + (z + 6.0) ** 2) <= 16.0**2
+    assert not (changed & inner & ~joint).any()
+    assert not (changed & deep).any()
     assert not (result.volume.raw != phantom.volume.raw)[phantom.brain].any()
     # The old distortion changed only the detected core (dilated 1 mm).
     assert changed.sum() > 3 * (core == Label.EARS).sum()
