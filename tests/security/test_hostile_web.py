@@ -336,6 +336,23 @@ def test_work_area_of_a_killed_server_is_removed_on_next_start(tmp_path: Path) -
     assert not live.root.exists()
 
 
+@pytest.mark.parametrize("name", ["defacer-web-notes", "defacer-web-abcd1234"])
+def test_a_users_own_folder_named_like_a_work_area_survives_the_start_of_a_server(tmp_path: Path, name: str) -> None:
+    """Audit 2026-12-03: ``defacer serve --work-dir DIR`` deleted the user's real folder ``DIR/defacer-web-notes``
+    (every folder named ``defacer-web-*``, older than a minute and unlocked, was taken for a killed server's)."""
+    from defacer.web.sessions import SessionStore
+
+    work = tmp_path / "work"
+    mine = work / name / "todo.md"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("keep me")
+    two_hours_ago = time.time() - 7200
+    os.utime(mine.parent, (two_hours_ago, two_hours_ago))
+    store = SessionStore(work, max_sessions=4, ttl_s=3600)
+    store.close_all()
+    assert mine.read_text() == "keep me"
+
+
 # ----------------------------------------------------------------------------- defect 13: who may connect
 def test_post_with_a_null_origin_is_refused(tmp_path: Path) -> None:
     """Defect 13: a sandboxed page (Origin: null) may not open work areas, nor upload, nor close them."""

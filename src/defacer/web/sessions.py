@@ -7,6 +7,7 @@ for the configured time, or when the server shuts down.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -29,6 +30,16 @@ SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{32}$")
 
 #: Name prefix of a server's root work folder (a running server holds a lock on that folder).
 ROOT_PREFIX = "defacer-web-"
+#: The whole name of a root work folder: the prefix and :func:`tempfile.mkdtemp`'s 8 random characters.
+ROOT_NAME = re.compile(r"^defacer-web-[a-z0-9_]{8}$")
+#: Ending of the marker a server makes beside its root work folder (``.defacer-web-XXXXXXXX.server``, an empty
+#: folder: it holds nothing) when it makes it, and removes with it: only a folder with its marker is ever swept.
+MARKER_SUFFIX = ".server"
+
+
+def root_marker(root: Path) -> Path:
+    """The marker of a server's root work folder, beside it (see :data:`MARKER_SUFFIX`)."""
+    return root.with_name(f".{root.name}{MARKER_SUFFIX}")
 #: A folder younger than this is never swept: its server may be starting and not hold its lock yet.
 STARTING_GRACE_S = 60.0
 
@@ -153,6 +164,7 @@ class SessionStore:
         self.removed_stale = sweep_stale_roots(parent)
         self.root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX, dir=parent))
         self._lock_fd = _hold_lock(self.root)
+        root_marker(self.root).mkdir(mode=0o700)
         self.max_sessions = max_sessions
         self.ttl_s = ttl_s
         self._sessions: dict[str, Session] = {}
@@ -247,6 +259,8 @@ class SessionStore:
             session.closed = True  # a step still running removes its own folder when it ends
             shutil.rmtree(session.folder, ignore_errors=True)
         shutil.rmtree(self.root, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            root_marker(self.root).rmdir()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -269,9 +283,10 @@ def sweep_stale_roots(parent: Path) -> list[Path]:
     """Remove work folders left in ``parent`` by defacer servers that were killed (SIGKILL, power loss).
 
     Only folders that are recognisably a defacer server's own are touched: a real folder (not
-    a link) named ``defacer-web-*``, owned by this user, older than :data:`STARTING_GRACE_S`,
-    that no live process holds locked.  A running server holds the lock on its folder, so its
-    folder is never removed.
+    a link) named exactly as a server names it (:data:`ROOT_NAME`), with the server's marker
+    beside it (:func:`root_marker`), owned by this user, older than :data:`STARTING_GRACE_S`, that no
+    live process holds locked.  A running server holds the lock on its folder, so its folder is
+    never removed; a user's own ``defacer-web-notes/`` in a ``--work-dir`` is not a server's.
 
     Returns
     -------
@@ -286,11 +301,14 @@ def sweep_stale_roots(parent: Path) -> list[Path]:
     except OSError:
         return []
     for entry in entries:
-        if not entry.name.startswith(ROOT_PREFIX):
+        if not ROOT_NAME.match(entry.name):
             continue
         try:
             info = entry.lstat()
+            marker = root_marker(entry).lstat()
         except OSError:
+            continue
+        if not stat.S_ISDIR(marker.st_mode):
             continue
         if (not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid()
                 or time.time() - info.st_mtime < STARTING_GRACE_S):
@@ -306,6 +324,8 @@ def sweep_stale_roots(parent: Path) -> list[Path]:
             continue  # a running server holds it
         try:
             shutil.rmtree(entry, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                root_marker(entry).rmdir()
             removed.append(entry)
         finally:
             os.close(fd)
