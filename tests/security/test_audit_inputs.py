@@ -257,3 +257,20 @@ def test_a_full_disk_is_an_error_in_words_not_a_bug_report(phantom, tmp_path):
     assert result.returncode == 1
     assert "too large for this file system" in result.stderr and "bug" not in result.stderr, result.stderr
     assert list(out.iterdir()) == []
+
+
+def test_batch_never_writes_through_a_linked_folder_in_its_output(tmp_path, capsys):
+    """``OUT/sub-01`` a symbolic link to a folder elsewhere: ``batch IN OUT --force`` wrote the defaced scan,
+    its sidecars and provenance into that other folder (outside OUT)."""
+    from batch_fixtures import write_bids_phantoms
+
+    write_bids_phantoms(tmp_path / "ds", tmp_path / "labels", [("01", None, "T1w", "T1")])
+    elsewhere = tmp_path / "elsewhere"
+    plant_user_file(elsewhere, "anat/notes.txt")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sub-01").symlink_to(elsewhere)
+    code, text = run_cli(["batch", str(tmp_path / "ds"), str(out), "--labels-dir", str(tmp_path / "labels"),
+                          "-q", "--force"], capsys)
+    assert code == 1 and "symbolic link" in text and "sub-01/anat/sub-01_T1w.nii.gz" in text
+    assert sorted(p.name for p in (elsewhere / "anat").iterdir()) == ["notes.txt"]

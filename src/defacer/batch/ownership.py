@@ -80,14 +80,28 @@ class OwnershipRecord:
     def _name(self, path: Path) -> str:
         return path.relative_to(self.out_root).as_posix()
 
+    def _through_link(self, target: Path) -> bool:
+        """Whether a folder between OUT and ``target`` is a symbolic link."""
+        folder = self.out_root
+        for part in Path(self._name(target)).parts[:-1]:
+            folder = folder / part
+            if folder.is_symlink():
+                return True
+        return False
+
     def foreign(self, targets: Iterable[Path]) -> list[Path]:
         """The targets (paths in OUT) that exist and are not defacer's, in the order given.
 
         A file (or symbolic link) is defacer's when the record names it; a folder (a DICOM
-        series output) when its own ownership record lists everything in it.
+        series output) when its own ownership record lists everything in it.  A target reached
+        through a symbolic link to a folder (``OUT/sub-01 -> elsewhere``) is never defacer's:
+        writing it would write outside OUT.
         """
         found = []
         for target in targets:
+            if self._through_link(target):
+                found.append(target)
+                continue
             if not target.exists() and not target.is_symlink():
                 continue
             if target.is_dir() and not target.is_symlink():
@@ -111,8 +125,8 @@ class OwnershipRecord:
         raise OutputError(
             f"The output folder '{self.out_root}' holds files defacer did not write where this batch would write its "
             f"outputs: {quoted_names([self._name(p) for p in foreign])}. defacer never replaces them, --force or not (--force only lets a batch write "
-            "beside other files, and replace what an earlier batch wrote). Move those files away or choose another "
-            "output folder."
+            "beside other files, and replace what an earlier batch wrote), and never writes through a folder that is a "
+            "symbolic link to elsewhere. Move those files or links away or choose another output folder."
         )
 
     def add(self, targets: Iterable[Path]) -> None:
