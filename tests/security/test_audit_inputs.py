@@ -274,3 +274,21 @@ def test_batch_never_writes_through_a_linked_folder_in_its_output(tmp_path, caps
                           "-q", "--force"], capsys)
     assert code == 1 and "symbolic link" in text and "sub-01/anat/sub-01_T1w.nii.gz" in text
     assert sorted(p.name for p in (elsewhere / "anat").iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("case", ["export-exists", "card-exists", "export-is-resume", "export-is-ensemble-member"])
+def test_train_never_writes_over_a_file_without_force_nor_over_an_input(tmp_path, case, capsys):
+    """``defacer train`` replaced --export (and its card), --out's checkpoints and a new --cache without any
+    check: ``--resume r.onnx --export r.onnx`` or ``--ensemble a.pt b.pt --export a.pt`` wrote over an input."""
+    pytest.importorskip("torch")
+    pytest.importorskip("monai")
+    export = tmp_path / "model.onnx"
+    mine = plant_user_file(tmp_path, "model.json" if case == "card-exists" else "model.onnx")
+    argv = ["train", "--out", str(tmp_path / "run"), "--export", str(export)]
+    if case == "export-is-resume":
+        argv += ["--resume", str(export), "--force"]
+    elif case == "export-is-ensemble-member":
+        argv += ["--ensemble", str(export), str(plant_user_file(tmp_path, "b.pt")), "--force"]
+    code, text = run_cli(argv, capsys)
+    assert code == 1 and mine.name in text
+    assert mine.read_text() == "years of work\n"

@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from defacer.train.data import BoxSample
 
 
+#: The files a training run writes into its ``--out`` folder (:func:`defacer.train.loop.train`).
+CHECKPOINT_FILES = ("best.pt", "last.pt", "history.json")
+
+
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register the ``train`` subcommand."""
     parser = subparsers.add_parser(
@@ -37,6 +41,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                              "It holds cut-down scans: keep it out of the repository")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint folder")
     parser.add_argument("--export", type=Path, default=None, help="write the best model as ONNX (+ .json card) here")
+    parser.add_argument("--force", action="store_true",
+                        help="replace existing checkpoints (best.pt, last.pt, history.json in --out), --export and its "
+                             "card; never an input (--resume, --ensemble, --cache)")
     parser.add_argument("--holdout", nargs="*", default=[], help="scan names never trained on (validation set)")
     parser.add_argument("--exclude", nargs="*", default=[], help="scan names not used at all")
     parser.add_argument("--validate-on-train", action="store_true",
@@ -86,9 +93,10 @@ def run(args: argparse.Namespace) -> int:
         message = (f"--patch expects 0 or a positive multiple of {step} (the network pools {len(channels) - 1} times), "
                    f"found {args.patch}. Try --patch 64.")
         raise InputImageError(message)
+    if args.ensemble and args.export is None:
+        raise InputImageError("--ensemble needs --export PATH.onnx to write the combined model to.")
+    check_train_outputs(args)
     if args.ensemble:
-        if args.export is None:
-            raise InputImageError("--ensemble needs --export PATH.onnx to write the combined model to.")
         trained_on: list[str] = []
         for checkpoint in args.ensemble:
             card_path = checkpoint.parent / "detector.json"
@@ -120,6 +128,30 @@ def run(args: argparse.Namespace) -> int:
                                                "class_weights": class_weights})
         print(json.dumps({"exported": str(args.export), "sha256": card["sha256"]}), flush=True)
     return 0
+
+
+def check_train_outputs(args: argparse.Namespace) -> None:
+    """Check every file the run will write before any training: none is an input, none exists unless ``--force``.
+
+    The outputs are the checkpoints in ``--out`` (not with ``--ensemble``), ``--export`` and its ``.json``
+    card, and a ``--cache`` that does not exist yet; the inputs are ``--resume``, the ``--ensemble``
+    checkpoints and an existing ``--cache`` (the scans under ``--data`` are read-only data sets, not walked here).
+
+    Raises
+    ------
+    OutputError
+        Naming the output and why it may not be written.
+    """
+    from defacer.io.output_guard import check_outputs
+
+    outputs: list[Path | None] = [] if args.ensemble else [args.out / name for name in CHECKPOINT_FILES]
+    if args.export is not None:
+        outputs += [args.export, args.export.with_suffix(".json")]
+    cache_is_input = args.cache is not None and args.cache.is_file()
+    if args.cache is not None and not cache_is_input:
+        outputs.append(args.cache)
+    inputs = [args.resume, *(args.ensemble or []), args.cache if cache_is_input else None]
+    check_outputs(outputs, inputs=inputs, force=args.force)
 
 
 def _real_samples(args: argparse.Namespace) -> list[BoxSample]:
