@@ -8,6 +8,7 @@ so one object can be handed to every worker of a batch and recorded as it is.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -49,8 +50,12 @@ class DefaceOptions:
         unknown = [f for f in self.features if f not in FEATURES]
         if unknown:
             raise ValueError(f"Unknown features {unknown}; expected some of {FEATURES}.")
-        if self.protect_depth_mm < 0 or self.eye_band_mm <= 0 or self.nose_scale < 1 or self.eye_box_scale < 1:
-            message = (f"Expected protect depth >= 0 mm, eye band > 0 mm, eye box scale >= 1 and nose scale >= 1; found "
+        sizes = (self.protect_depth_mm, self.eye_band_mm, self.eye_box_scale, self.nose_scale)
+        # NaN fails every comparison: without the finiteness test, --protect-depth nan switched the brain's protection off.
+        if (not all(math.isfinite(v) for v in sizes) or self.protect_depth_mm < 0 or self.eye_band_mm <= 0
+                or self.nose_scale < 1 or self.eye_box_scale < 1):
+            message = (f"Expected finite numbers: protect depth >= 0 mm, eye band > 0 mm, eye box scale >= 1 and nose "
+                       "scale >= 1; found "
                        f"{self.protect_depth_mm}, {self.eye_band_mm}, {self.eye_box_scale} and {self.nose_scale}.")
             raise ValueError(message)
 

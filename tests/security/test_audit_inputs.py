@@ -292,3 +292,19 @@ def test_train_never_writes_over_a_file_without_force_nor_over_an_input(tmp_path
     code, text = run_cli(argv, capsys)
     assert code == 1 and mine.name in text
     assert mine.read_text() == "years of work\n"
+
+
+@pytest.mark.parametrize("option", ["--protect-depth", "--eye-band", "--eye-box-scale", "--nose-scale"])
+def test_a_nan_size_is_refused_and_never_switches_the_brains_protection_off(phantom, tmp_path, option, capsys):
+    """``--protect-depth nan`` passed the ``< 0`` check (NaN fails every comparison), the protection gate then let
+    every edit through: the phantom run wrote its output with 13,898 voxels changed inside the protected region,
+    exit status 0. The library's DefaceOptions took NaN too."""
+    from defacer.options import DefaceOptions
+
+    out = tmp_path / "out.nii.gz"
+    code, text = run_cli(["deface", str(phantom[0]), str(out), "--labels", str(phantom[1]), option, "nan"], capsys)
+    assert code in (1, 2) and "nan" in text and not out.exists()
+    field_name = {"--protect-depth": "protect_depth_mm", "--eye-band": "eye_band_mm",
+                  "--eye-box-scale": "eye_box_scale", "--nose-scale": "nose_scale"}[option]
+    with pytest.raises(ValueError, match="finite"):
+        DefaceOptions(**{field_name: float("nan")})
