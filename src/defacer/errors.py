@@ -7,14 +7,28 @@ Only :mod:`defacer.cli` turns these into an exit code and a message on stderr.
 
 from __future__ import annotations
 
+import re
+
+#: A Python traceback quoted inside a library's message (pydicom adds one to every error about an element:
+#: "With tag (0020,4000) got exception: ...\nTraceback (most recent call last):\n  File ...\nTypeError: ...\n").
+_QUOTED_TRACEBACK = re.compile(r"\n?Traceback \(most recent call last\):\n(?:[ \t][^\n]*\n)*[^\n]*\n?")
+
+
+def without_tracebacks(message: str) -> str:
+    """``message`` with any quoted Python traceback taken out (the one-line summary before it stays)."""
+    return _QUOTED_TRACEBACK.sub("", message)
+
 
 class DefacerError(Exception):
-    """Base class of every error defacer raises on purpose."""
+    """Base class of every error defacer raises on purpose.
+
+    Its message never holds a Python traceback, even when it quotes a library's message that does.
+    """
 
     default_message = "defacer could not complete the request."
 
     def __init__(self, message: str | None = None) -> None:
-        super().__init__(message or self.default_message)
+        super().__init__(without_tracebacks(message) if message else self.default_message)
 
 
 class InputImageError(DefacerError, ValueError):

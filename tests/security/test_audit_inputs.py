@@ -308,3 +308,21 @@ def test_a_nan_size_is_refused_and_never_switches_the_brains_protection_off(phan
                   "--eye-box-scale": "eye_box_scale", "--nose-scale": "nose_scale"}[option]
     with pytest.raises(ValueError, match="finite"):
         DefaceOptions(**{field_name: float("nan")})
+
+
+def test_an_element_pydicom_cannot_write_is_refused_without_a_traceback(series, tmp_path, capsys):
+    """An ImageComments longer than 64 kB (stored as UN) kept by --clean-descriptors cannot be written; the refusal
+    quoted pydicom's message, which carries a whole Python traceback ("Traceback (most recent call last): File
+    .../pydicom/filewriter.py ...")."""
+    import pydicom
+    from pydicom.dataelem import DataElement
+
+    folder = copied_series(series, tmp_path / "in")
+    first = min(folder.iterdir())
+    ds = pydicom.dcmread(first)
+    ds.add(DataElement(0x00204000, "UN", b"x" * 70_000))
+    ds.save_as(first)
+    out = tmp_path / "out"
+    code, text = run_cli(["anonymize", str(folder), str(out), "--key", "k" * 20, "--clean-descriptors"], capsys)
+    assert code == 1 and "(0020,4000)" in text and "Traceback" not in text and ".py" not in text
+    assert not out.exists()
