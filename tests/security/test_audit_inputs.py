@@ -326,3 +326,24 @@ def test_an_element_pydicom_cannot_write_is_refused_without_a_traceback(series, 
     code, text = run_cli(["anonymize", str(folder), str(out), "--key", "k" * 20, "--clean-descriptors"], capsys)
     assert code == 1 and "(0020,4000)" in text and "Traceback" not in text and ".py" not in text
     assert not out.exists()
+
+
+def test_a_name_with_an_undecodable_byte_is_still_masked_in_free_text(series, tmp_path, capsys):
+    """PatientName ``Quexworth\\xff^Ambrose`` (UTF-8 declared, one byte invalid) decodes to ``Quexworth\\ufffd``:
+    that component did not match ``Quexworth`` in the StudyDescription kept by --clean-descriptors, which went
+    out as "Study of Quexworth *"."""
+    import pydicom
+    from pydicom.dataelem import DataElement
+
+    folder = copied_series(series, tmp_path / "in")
+    for file in folder.iterdir():
+        ds = pydicom.dcmread(file)
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.add(DataElement(0x00100010, "PN", b"Quexworth\xff^Ambrose"))
+        ds.add(DataElement(0x00081030, "LO", b"Study of Quexworth Ambrose"))
+        ds.save_as(file)
+    out = tmp_path / "out"
+    code, text = run_cli(["anonymize", str(folder), str(out), "--key", "k" * 20, "--clean-descriptors"], capsys)
+    assert code == 0, text
+    written = list(out.rglob("*.dcm"))
+    assert written and not [f for f in written if b"Quexworth" in f.read_bytes() or b"Ambrose" in f.read_bytes()]

@@ -87,8 +87,10 @@ _FREE_TEXT_VRS = frozenset({"LO", "LT", "SH", "ST", "UT", "UC"})
 _ID_VRS = frozenset({"LO", "SH", "LT", "ST", "UT", "UC", "AE"})
 #: Keywords of identifier attributes (PatientID, StudyID, AccessionNumber, DeviceSerialNumber...).
 _ID_KEYWORD = re.compile(r"(ID|IDs|Number|Numbers|Locator|Institution\w*|Address|Department\w*|StationName)$")
-#: Separators between name components (PN component and group separators, spaces, punctuation).
-_NAME_SPLIT = re.compile(r"[\^=\s,.;:()\[\]/\\]+")
+#: Separators between name components: anything but letters and digits (PN component and group separators,
+#: spaces, punctuation, hyphens, control characters and the replacement character of an undecodable byte, so
+#: that "Quexworth\ufffd" in a damaged PatientName still masks "Quexworth" in a description).
+_NAME_SPLIT = re.compile(r"[\W_]+")
 
 
 def identifying_values(ds: Dataset) -> set[str]:
