@@ -124,13 +124,16 @@ def pressed_layer(tissue: Mask, ear: Mask, layer: Mask, lateral_positive: bool) 
     if not seen.any():
         return np.zeros(tissue.shape, dtype=bool)
     flip = slice(None, None, -1) if lateral_positive else slice(None)
-    t, e, inside = tissue[flip], ear[flip], layer[flip]
-    index = np.arange(t.shape[0]).reshape(-1, 1, 1)
-    first = np.argmax(t, axis=0)  # the first tissue met from the lateral side (0 in an empty column)
-    air = ~t & (index > first)
-    first_air = np.where(air.any(axis=0), np.argmax(air, axis=0), t.shape[0])
-    run = (index >= first) & (index < first_air)  # the tissue run from the first tissue met
-    pressed = t.any(axis=0) & (run & e).any(axis=0) & (run & inside).any(axis=0)
+    t, e = tissue[flip], ear[flip]
+    head_tissue = layer[flip] & t  # (no air lies in the run from the first tissue met)
+    # the first air behind the first tissue met from the lateral side (few whole-crop temporaries:
+    # a first touch of new memory is slow on the hosts this runs on)
+    behind = np.logical_or.accumulate(t, axis=0)
+    np.greater(behind, t, out=behind)
+    first_air = np.where(behind.any(axis=0), np.argmax(behind, axis=0), t.shape[0])
+    # the run from the first tissue met up to that air holds ear tissue and the head
+    pressed = (e.any(axis=0) & (np.argmax(e, axis=0) < first_air)
+               & head_tissue.any(axis=0) & (np.argmax(head_tissue, axis=0) < first_air))
     return np.asarray(layer & tissue & (pressed & auricle.filled_hull(seen))[None])
 
 
@@ -217,7 +220,7 @@ def auricle_mask(image: npt.NDArray[np.floating], ears: Mask, component: Box, he
     if seen is not None:
         cols = (slice(0, mask.shape[0]), *seen)
         at = tuple(slice(b.start + c.start, b.start + c.stop) for b, c in zip(box, cols, strict=True))
-        layer = head.upsample((depth > 0) & (depth <= limit), at) & _near(at, centroid, outward, sp)  # type: ignore[arg-type]
+        layer = head.upsample((depth > 0) & (depth <= limit), at) & _near(at, centroid, float(outward[0]), sp)  # type: ignore[arg-type]
         pressed[cols] = pressed_layer(tissue[cols], ear[cols], layer, bool(outward[0] > 0)) & ~mask[cols]
         mask |= pressed
     # the rim, within the mask's extent grown by the rim (nothing reaches farther), never deeper in the
@@ -232,14 +235,13 @@ def auricle_mask(image: npt.NDArray[np.floating], ears: Mask, component: Box, he
     return box, mask, params  # type: ignore[return-value]
 
 
-def _near(box: Box, centroid: npt.NDArray[np.float64], outward: npt.NDArray[np.float64],
-          spacing: npt.NDArray[np.float64]) -> Mask:
+def _near(box: Box, centroid: npt.NDArray[np.float64], outward_r: float, spacing: npt.NDArray[np.float64]) -> Mask:
     """Voxels of ``box`` within :data:`PRESSED_REACH_MM` of ``centroid`` (voxel indices) and at most
-    :data:`PRESSED_MEDIAL_MM` medial of it along ``outward`` (the array's mm axes), as an open-grid product."""
-    rel = [(np.arange(b.start, b.stop) - c) * s for b, c, s in zip(box, centroid, spacing, strict=True)]
-    x, y, z = np.ix_(*rel)
-    lateral = x * outward[0] + y * outward[1] + z * outward[2] >= -PRESSED_MEDIAL_MM
-    return np.asarray((x**2 + y**2 + z**2 <= PRESSED_REACH_MM**2) & lateral)
+    :data:`PRESSED_MEDIAL_MM` medial of it along R (``outward_r``: +1 for the right ear, -1 for the left)."""
+    x, y, z = ((np.arange(b.start, b.stop) - c) * s for b, c, s in zip(box, centroid, spacing, strict=True))
+    # per plane across R, the largest squared distance left for A and S (negative: no voxel there)
+    left = np.where(x * outward_r >= -PRESSED_MEDIAL_MM, PRESSED_REACH_MM**2 - x**2, -1.0)
+    return np.asarray(np.less_equal((y[:, None] ** 2 + z[None, :] ** 2)[None], left[:, None, None]))
 
 
 def _signed_depth(head: HeadModel, depth: npt.NDArray[np.float32], spacing: tuple[float, float, float]
