@@ -347,3 +347,26 @@ def test_a_name_with_an_undecodable_byte_is_still_masked_in_free_text(series, tm
     assert code == 0, text
     written = list(out.rglob("*.dcm"))
     assert written and not [f for f in written if b"Quexworth" in f.read_bytes() or b"Ambrose" in f.read_bytes()]
+
+
+def test_a_nrrd_data_file_linked_out_of_the_headers_folder_is_refused(phantom, tmp_path, capsys):
+    """A ``.nhdr`` naming a data file beside it that is a symbolic link to another person's scan elsewhere: the
+    linked file was read and defaced into the output (a documented limit, now closed); a link into the git-annex
+    store of a repository holding the folder (DataLad) is still read."""
+    elsewhere = tmp_path / "other_study"
+    elsewhere.mkdir()
+    data = detached_nrrd(phantom[0], elsewhere / "other.nhdr", "other_patient.raw.gz")
+    work = tmp_path / "dataset" / "sub-01"
+    work.mkdir(parents=True)
+    header = work / "head.nhdr"
+    header.write_text((elsewhere / "other.nhdr").read_text().replace("other_patient.raw.gz", "head.raw.gz"))
+    (work / "head.raw.gz").symlink_to(data)
+    argv = ["deface", str(header), str(tmp_path / "out.nhdr"), "--labels", str(phantom[1])]
+    code, text = run_cli(argv, capsys)
+    assert code == 1 and "symbolic link" in text and not (tmp_path / "out.nhdr").exists()
+    annexed = tmp_path / "dataset" / ".git" / "annex" / "objects" / "Pq" / "x1" / "SHA256E-s9--abc.raw.gz"
+    annexed.parent.mkdir(parents=True)
+    shutil.copy(data, annexed)
+    (work / "head.raw.gz").unlink()
+    (work / "head.raw.gz").symlink_to(os.path.relpath(annexed, work))
+    assert run_cli(argv, capsys)[0] == 0

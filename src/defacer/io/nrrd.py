@@ -14,6 +14,7 @@ import numpy as np
 
 from defacer.checks import check_voxel_count
 from defacer.errors import InputImageError
+from defacer.files import link_outside
 from defacer.volume import Volume
 
 #: NRRD 'space' values whose world axes are LPS (the DICOM convention) or RAS.
@@ -135,8 +136,9 @@ def resolve_data_file(header: dict[str, Any], path: Path, policy: str = "beside"
     policy : {"none", "beside", "anywhere"}
         ``"none"``: the data must follow the header in the same file (used for web uploads).
         ``"beside"`` (default): a detached data file is allowed only as a plain file name in the
-        header's own folder (no folder parts, no ``..``, never an absolute path), so reading a
-        scan never reads any other file.  ``"anywhere"``: any path the header names (an
+        header's own folder (no folder parts, no ``..``, never an absolute path, not a symbolic
+        link out of the folder other than into a git-annex store holding it, see
+        :func:`defacer.files.link_outside`), so reading a scan never reads any other file.  ``"anywhere"``: any path the header names (an
         explicit opt-in for trusted files).
 
     Raises
@@ -170,6 +172,12 @@ def resolve_data_file(header: dict[str, Any], path: Path, policy: str = "beside"
                 "its bare name in the 'data file:' line."
             )
         target = path.parent / name
+        if target.is_symlink() and link_outside(target, path.parent) is not None:
+            raise InputImageError(
+                f"'{path}' names its data file '{shown}', a symbolic link to a file outside the header's folder. "
+                "defacer reads only the files of the scan itself: copy the data file beside the header (e.g. "
+                "'cp -L'), or read it with load_volume(..., data_files=\"anywhere\") if you trust the link."
+            )
     else:
         target = Path(name) if Path(name).is_absolute() else path.parent / name
     if not target.is_file():
