@@ -370,3 +370,15 @@ def test_a_nrrd_data_file_linked_out_of_the_headers_folder_is_refused(phantom, t
     (work / "head.raw.gz").unlink()
     (work / "head.raw.gz").symlink_to(os.path.relpath(annexed, work))
     assert run_cli(argv, capsys)[0] == 0
+
+
+def test_a_huge_key_file_is_refused_before_it_is_read_whole(series, tmp_path, capsys):
+    """``--key-file`` was read whole: ``--key-file /dev/zero`` grew without bound, a scan given by mistake became
+    the key. Now at most 64 KiB are read and a longer file is refused."""
+    key = tmp_path / "sub-01_T1w.nii"
+    key.write_bytes(b"\x01" * 200_000)
+    code, text = run_cli(["anonymize", str(series), str(tmp_path / "out"), "--key-file", str(key)], capsys)
+    assert code == 1 and "64 KiB" in text and not (tmp_path / "out").exists()
+    if Path("/dev/zero").exists():
+        code, text = run_cli(["anonymize", str(series), str(tmp_path / "out"), "--key-file", "/dev/zero"], capsys)
+        assert code == 1 and "64 KiB" in text

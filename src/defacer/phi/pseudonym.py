@@ -71,6 +71,10 @@ class Pseudonymizer:
         return low + number % (high - low + 1)
 
 
+#: Longest key file read (a key is a short secret: ``/dev/zero`` or a scan given by mistake is refused, not read).
+MAX_KEY_FILE_BYTES = 64 * 1024
+
+
 def load_key(key: str | None = None, key_file: PathLike | None = None) -> tuple[bytes, bool]:
     """Return ``(key bytes, is_random)`` from a text key, a key file, or a fresh random key.
 
@@ -86,9 +90,15 @@ def load_key(key: str | None = None, key_file: PathLike | None = None) -> tuple[
     if key_file is not None:
         path = Path(key_file)
         try:
-            data = path.read_bytes().strip()
+            with path.open("rb") as handle:
+                data = handle.read(MAX_KEY_FILE_BYTES + 1).strip()
         except OSError as err:
             raise DefacerError(f"Cannot read the key file '{path}': {err.strerror}. Check the path.") from err
+        if len(data) > MAX_KEY_FILE_BYTES:
+            raise DefacerError(
+                f"The key file '{path}' holds more than {MAX_KEY_FILE_BYTES // 1024} KiB; a key file holds one short "
+                "secret (16 bytes or more, e.g. 64 hex characters). Check that it is the right file."
+            )
         if len(data) < 16:
             raise DefacerError(
                 f"The key file '{path}' holds {len(data)} bytes; at least 16 are needed. "
