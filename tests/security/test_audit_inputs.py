@@ -382,3 +382,28 @@ def test_a_huge_key_file_is_refused_before_it_is_read_whole(series, tmp_path, ca
     if Path("/dev/zero").exists():
         code, text = run_cli(["anonymize", str(series), str(tmp_path / "out"), "--key-file", "/dev/zero"], capsys)
         assert code == 1 and "64 KiB" in text
+
+
+def test_batch_never_copies_linked_private_files_into_the_dataset_files_it_writes(tmp_path, capsys):
+    """A hostile BIDS dataset whose ``.bidsignore``, ``dataset_description.json`` and a scan's JSON sidecar are
+    links to private files elsewhere: their contents went into OUT's .bidsignore, dataset_description.json and
+    defaced sidecar (those three are written, not carried, so the carry-over rule did not see them)."""
+    from batch_fixtures import write_bids_phantoms
+
+    root = tmp_path / "ds"
+    write_bids_phantoms(root, tmp_path / "labels", [("01", None, "T1w", "T1")])
+    private = tmp_path / "home"
+    private.mkdir()
+    (private / "id_rsa").write_text("PRIVATE-KEY-LINE\n")
+    (private / "creds.json").write_text('{"Name": "x", "BIDSVersion": "1.9.0", "Password": "hunter2"}')
+    (root / ".bidsignore").symlink_to(private / "id_rsa")
+    (root / "dataset_description.json").unlink()
+    (root / "dataset_description.json").symlink_to(private / "creds.json")
+    sidecar = root / "sub-01" / "anat" / "sub-01_T1w.json"
+    sidecar.unlink()
+    sidecar.symlink_to(private / "creds.json")
+    out = tmp_path / "out"
+    code, text = run_cli(["batch", str(root), str(out), "--labels-dir", str(tmp_path / "labels"), "-q"], capsys)
+    assert code == 0, text
+    leaked = [p for p in out.rglob("*") if p.is_file() and (b"PRIVATE-KEY" in p.read_bytes() or b"hunter2" in p.read_bytes())]
+    assert leaked == []

@@ -229,6 +229,12 @@ def _is_bids_scan(relpath: PurePosixPath, entities: dict[str, str]) -> bool:
     return entities.get("datatype") == "anat" and suffix not in NON_FACE_SUFFIXES
 
 
+def _stays_inside(base: Path, path: Path) -> bool:
+    """Whether ``path`` under ``base`` is no symbolic link out of it (a link out is warned about once, as an
+    other file, by :func:`_links_out`)."""
+    return files.link_outside(path, base) is None
+
+
 def _links_out(base: Path, rel: PurePosixPath) -> bool:
     """Whether the other file ``rel`` is a symbolic link out of the dataset ``base`` (warned; never carried:
     a hostile dataset could otherwise copy any file of this machine into the output)."""
@@ -312,7 +318,7 @@ def discover(
                     relpath=rel,
                     kind="file",
                     entities=entities,
-                    sidecar=sidecar if sidecar.is_file() else None,
+                    sidecar=sidecar if sidecar.is_file() and _stays_inside(base, sidecar) else None,
                     companions=companions,
                 )
             )

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from defacer._version import __version__
 from defacer.batch.discover import Scan
 from defacer.errors import OutputError
+from defacer.files import link_outside
 from defacer.io.atomic import TEMP_PREFIX, copy_atomic, write_text_atomic
 
 if TYPE_CHECKING:
@@ -253,6 +254,11 @@ def dataset_description(layout: OutputLayout, source: dict[str, Any] | None) -> 
 BIDSIGNORE_LINE = "*.defacer.json"
 
 
+#: Largest dataset description, .bidsignore or JSON sidecar read from IN (real ones are a few kB; a larger one is
+#: not read, so a hostile dataset cannot make batch hold gigabytes of text).
+MAX_DATASET_TEXT_BYTES = 16 * 1024 * 1024
+
+
 def dataset_targets(layout: OutputLayout) -> list[Path]:
     """The files :func:`write_dataset_files` will write: ``dataset_description.json`` and, unless it already
     lists :data:`BIDSIGNORE_LINE`, ``.bidsignore`` (none for a non-BIDS input)."""
@@ -275,7 +281,7 @@ def write_dataset_files(layout: OutputLayout) -> None:
         return
     source_path = layout.in_root / "dataset_description.json"
     source = None
-    if source_path.is_file():
+    if _readable_in(layout.in_root, source_path):
         try:
             source = json.loads(source_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -283,11 +289,26 @@ def write_dataset_files(layout: OutputLayout) -> None:
     write_json_atomic(layout.out_root / "dataset_description.json", dataset_description(layout, source))
     ignore = layout.out_root / ".bidsignore"
     lines = ignore.read_text(encoding="utf-8").splitlines() if ignore.is_file() else []
-    if not lines and (layout.in_root / ".bidsignore").is_file():
+    if not lines and _readable_in(layout.in_root, layout.in_root / ".bidsignore"):
         lines = (layout.in_root / ".bidsignore").read_text(encoding="utf-8").splitlines()
     if BIDSIGNORE_LINE not in lines:
         lines.append(BIDSIGNORE_LINE)
-        ignore.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        write_text_atomic(ignore, "\n".join(lines) + "\n")
+
+
+def _readable_in(in_root: Path, path: Path) -> bool:
+    """Whether ``path`` is a file of the input dataset to read: a regular file, no symbolic link out of
+    ``in_root`` (a hostile dataset's ``.bidsignore -> ~/.ssh/id_rsa`` would be copied into OUT), at most
+    :data:`MAX_DATASET_TEXT_BYTES`."""
+    if not path.is_file():
+        return False
+    if link_outside(path, in_root) is not None:
+        log.warning("'%s' is a symbolic link to a file outside the input folder: not read", path.name)
+        return False
+    if path.stat().st_size > MAX_DATASET_TEXT_BYTES:
+        log.warning("'%s' is larger than %d bytes: not read", path.name, MAX_DATASET_TEXT_BYTES)
+        return False
+    return True
 
 
 def defaced_sidecar(scan: Scan, layout: OutputLayout, features: Iterable[str], seed: int) -> dict[str, Any]:
@@ -297,7 +318,7 @@ def defaced_sidecar(scan: Scan, layout: OutputLayout, features: Iterable[str], s
     derivatives layout also ``Sources``.
     """
     data: dict[str, Any] = {}
-    if scan.sidecar is not None:
+    if scan.sidecar is not None and scan.sidecar.stat().st_size <= MAX_DATASET_TEXT_BYTES:
         try:
             loaded = json.loads(scan.sidecar.read_text(encoding="utf-8"))
             data = dict(loaded) if isinstance(loaded, dict) else {}
