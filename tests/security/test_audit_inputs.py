@@ -407,3 +407,18 @@ def test_batch_never_copies_linked_private_files_into_the_dataset_files_it_write
     assert code == 0, text
     leaked = [p for p in out.rglob("*") if p.is_file() and (b"PRIVATE-KEY" in p.read_bytes() or b"hunter2" in p.read_bytes())]
     assert leaked == []
+
+
+def test_verify_refuses_a_provenance_that_is_no_sidecar_before_writing_anything(phantom, tmp_path, capsys):
+    """``verify --provenance`` took any file: a JSON array ended in "unexpected error: AttributeError ... a bug in
+    defacer" after the QC folder's README was written; ``/dev/zero`` was read until the memory ran out (rc 137)."""
+    listing = tmp_path / "list.json"
+    listing.write_text("[1, 2]")
+    out = tmp_path / "qc"
+    for provenance in (listing, Path("/dev/zero")):
+        if not provenance.exists():
+            continue
+        code, text = run_cli(["verify", str(phantom[0]), str(phantom[0]), "--provenance", str(provenance),
+                              "--out", str(out)], capsys)
+        assert code == 1 and "provenance file" in text
+        assert not out.exists()

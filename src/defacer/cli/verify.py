@@ -65,13 +65,7 @@ def run(args: argparse.Namespace) -> int:
     original = load_volume(args.original)
     defaced = load_volume(args.defaced)
     labels = load_volume(args.labels) if args.labels else None
-    provenance = None
-    if args.provenance or prov_path.is_file():
-        try:
-            provenance = json.loads(Path(prov_path).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise DefacerError(f"Could not read the provenance file '{prov_path}': {err}. Pass another with "
-                               "--provenance or none.") from err
+    provenance = read_provenance(Path(prov_path)) if args.provenance or prov_path.is_file() else None
     from defacer.verify.verdict import EXIT_STATUS, MEANING
 
     after_only = bool(getattr(args, "qc_after_only", False))
@@ -90,3 +84,30 @@ def run(args: argparse.Namespace) -> int:
         print(f"picture: {out / pictures['overview']}")
     print(qc.notice(out, after_only))
     return EXIT_STATUS[result.verdict]
+
+
+#: Largest provenance sidecar read (real ones are a few kB).
+MAX_PROVENANCE_BYTES = 16 * 1024 * 1024
+
+
+def read_provenance(path: Path) -> dict[str, object]:
+    """The provenance sidecar at ``path``: a regular JSON file of at most :data:`MAX_PROVENANCE_BYTES`.
+
+    Raises
+    ------
+    DefacerError
+        For a missing, special (``/dev/zero``, a pipe), too large or non-JSON file.
+    """
+    redo = "Pass another with --provenance, or none."
+    if not path.is_file():
+        raise DefacerError(f"The provenance file '{path}' is missing or not a regular file. {redo}")
+    if path.stat().st_size > MAX_PROVENANCE_BYTES:
+        raise DefacerError(f"The provenance file '{path}' is larger than {MAX_PROVENANCE_BYTES // 2**20} MiB; "
+                           f"defacer's sidecars are a few kB. {redo}")
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise DefacerError(f"Could not read the provenance file '{path}': {err}. {redo}") from err
+    if not isinstance(loaded, dict):
+        raise DefacerError(f"The provenance file '{path}' holds no JSON object (a defacer sidecar does). {redo}")
+    return loaded
