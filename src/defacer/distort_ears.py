@@ -28,7 +28,7 @@ from scipy import ndimage as ndi
 
 from defacer import auricle
 from defacer._typing import Mask
-from defacer.ball import scipy_distance
+from defacer.ball import scipy_distance, within_distance
 from defacer.distort import Box, Edit, _box_list, components
 from defacer.head import HeadModel, depth_below_surface
 
@@ -153,9 +153,9 @@ def auricle_mask(image: npt.NDArray[np.floating], ears: Mask, component: Box, he
     it may lie at most :data:`DETECTED_DEPTH_MM` below the head's rolled-off surface
     (:func:`detected_depth_limit`; an ear pressed flat against the head, which does not stand
     out, is still changed as far as it was detected); where that ear lies on the head, the head's
-    layer under it down to the same depth joins it (:func:`pressed_layer`, within
-    :data:`PRESSED_REACH_MM` of the detected ear's centroid and at most :data:`PRESSED_MEDIAL_MM`
-    medial of it: on the 19 real heads with the shipped detector, auricles >= 90 % changed 28 -> 30
+    layer under it down to the same depth joins it (:func:`pressed_layer`, at most
+    :data:`DETECTED_DEPTH_MM` from the ear's tissue, within :data:`PRESSED_REACH_MM` of the
+    detected ear's centroid and at most :data:`PRESSED_MEDIAL_MM` medial of it: on the 19 real heads with the shipped detector, auricles >= 90 % changed 28 -> 30
     of 38, mricrogl_CT 0.77/0.87 -> 0.91/0.95); and the union grows by ``rim_mm`` (along each axis)
     into the voxels below the tissue threshold only (partial-volume skin, the air gaps of the concha
     and behind the helix), never deeper into the head than that depth.
@@ -222,6 +222,8 @@ def auricle_mask(image: npt.NDArray[np.floating], ears: Mask, component: Box, he
         at = tuple(slice(b.start + c.start, b.start + c.stop) for b, c in zip(box, cols, strict=True))
         layer = head.upsample((depth > 0) & (depth <= limit), at) & _near(at, centroid, float(outward[0]), sp)  # type: ignore[arg-type]
         pressed[cols] = pressed_layer(tissue[cols], ear[cols], layer, bool(outward[0] > 0)) & ~mask[cols]
+        if pressed.any():  # at most DETECTED_DEPTH_MM from the ear's tissue (the coarse layer reaches ~3.5 mm deeper)
+            pressed[cols] &= within_distance(ear[cols], DETECTED_DEPTH_MM, sp)
         mask |= pressed
     # the rim, within the mask's extent grown by the rim (nothing reaches farther), never deeper in the
     # head than the detected depth (dark tissue under the layer, e.g. the skull of a T1, is not air)
