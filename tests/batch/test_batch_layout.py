@@ -105,10 +105,19 @@ def test_non_empty_output_without_manifest_needs_force(tmp_path: Path) -> None:
 
 
 def test_stale_temporaries_of_a_killed_run_are_removed(tmp_path: Path) -> None:
-    (tmp_path / "a" / ".defacer-tmp-123").mkdir(parents=True)
-    (tmp_path / "a" / ".defacer-tmp-123" / "x.nii.gz").write_bytes(b"half")
-    (tmp_path / "a" / ".defacer-tmp-9.json").write_text("{")
+    """defacer's own temporaries go (a folder as atomic_outputs names it, a file as atomic_file names it); a
+    user's look-alikes, links and files stay."""
+    folder = tmp_path / "a" / ".defacer-tmp-0123abcd-4242-ab_cd123"
+    folder.mkdir(parents=True)
+    (folder / "x.nii.gz").write_bytes(b"half")
+    (tmp_path / "a" / ".defacer-tmp-9f8e7d6c-sub-01_T1w.json").write_text("{")
     (tmp_path / "a" / "keep.nii.gz").write_bytes(b"whole")
+    (tmp_path / "a" / ".defacer-tmp-notes.txt").write_text("a user's")
+    (tmp_path / "a" / ".defacer-tmp-mine").mkdir()
+    (tmp_path / "a" / ".defacer-tmp-mine" / "keep.txt").write_text("a user's")
+    (tmp_path / "a" / ".defacer-tmp-link1234").symlink_to(tmp_path / "a" / ".defacer-tmp-mine")
     removed = remove_stale_temporaries(tmp_path)
     assert len(removed) == 2
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["keep.nii.gz"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
+        ".defacer-tmp-link1234", ".defacer-tmp-mine", ".defacer-tmp-notes.txt", "keep.nii.gz"]
+    assert (tmp_path / "a" / ".defacer-tmp-mine" / "keep.txt").is_file()

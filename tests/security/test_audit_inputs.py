@@ -422,3 +422,17 @@ def test_verify_refuses_a_provenance_that_is_no_sidecar_before_writing_anything(
                               "--out", str(out)], capsys)
         assert code == 1 and "provenance file" in text
         assert not out.exists()
+
+
+def test_batch_never_deletes_a_users_look_alike_of_its_temporaries(tmp_path, capsys):
+    """``batch IN OUT --force`` (writing beside a user's files) deleted every ``.defacer-tmp-*`` file and folder
+    under OUT: a user's ``.defacer-tmp-mine/keep.txt`` and ``notes/.defacer-tmp-draft.txt`` were removed."""
+    from batch_fixtures import write_bids_phantoms
+
+    write_bids_phantoms(tmp_path / "ds", tmp_path / "labels", [("01", None, "T1w", "T1")])
+    out = tmp_path / "out"
+    mine = [plant_user_file(out, ".defacer-tmp-mine/keep.txt"), plant_user_file(out, "notes/.defacer-tmp-draft.txt")]
+    code, text = run_cli(["batch", str(tmp_path / "ds"), str(out), "--labels-dir", str(tmp_path / "labels"), "-q",
+                          "--force"], capsys)
+    assert code == 0, text
+    assert all(path.read_text() == "years of work\n" for path in mine)

@@ -35,7 +35,7 @@ from defacer._version import __version__
 from defacer.batch.discover import Scan
 from defacer.errors import OutputError
 from defacer.files import link_outside
-from defacer.io.atomic import TEMP_PREFIX, copy_atomic, write_text_atomic
+from defacer.io.atomic import copy_atomic, is_temporary, write_text_atomic
 
 if TYPE_CHECKING:
     from defacer.batch.ownership import OwnershipRecord
@@ -197,20 +197,24 @@ def prepare_output(layout: OutputLayout, *, force: bool, owned: OwnershipRecord 
 
 
 def remove_stale_temporaries(out_root: Path) -> list[Path]:
-    """Delete ``.defacer-tmp-*`` files and folders a killed run left under OUT; return what was removed."""
+    """Delete the temporary files and folders a killed run left under OUT; return what was removed.
+
+    Only defacer's own (:func:`defacer.io.atomic.is_temporary`: exact names, no links, this user's): OUT may
+    hold a user's files beside the batch's (``--force``), and a user's ``.defacer-tmp-notes/`` is not one.
+    """
     removed = []
-    for dirpath, dirnames, filenames in os.walk(out_root):
-        for name in filenames:
-            if name.startswith(TEMP_PREFIX):
-                path = Path(dirpath) / name
-                path.unlink(missing_ok=True)
-                removed.append(path)
-        for name in list(dirnames):
-            if name.startswith(TEMP_PREFIX):
-                path = Path(dirpath) / name
+    for dirpath, dirnames, _ in os.walk(out_root):
+        with os.scandir(dirpath) as found:
+            entries = [entry for entry in found if is_temporary(entry)]
+        for entry in entries:
+            path = Path(entry.path)
+            if entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(path, ignore_errors=True)
-                removed.append(path)
-                dirnames.remove(name)
+                if entry.name in dirnames:
+                    dirnames.remove(entry.name)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
     return removed
 
 

@@ -65,6 +65,21 @@ STALE_AFTER_S = 30 * 60
 ABANDONED_AFTER_S = 24 * 3600
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 _TEMP_NAME = re.compile(r"^\.defacer-tmp-(?:(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-)?[A-Za-z0-9_]{8}$")
+#: Name of the temporary file :func:`atomic_file` writes beside its target: ``.defacer-tmp-<8 hex>-<name>``.
+_TEMP_FILE_NAME = re.compile(r"^\.defacer-tmp-[0-9a-f]{8}-.")
+
+
+def is_temporary(entry: os.DirEntry[str]) -> bool:
+    """Whether ``entry`` is a temporary defacer made: a folder named as :func:`atomic_outputs` names them or a file
+    named as :func:`atomic_file` names them, not a link, owned by this user (a look-alike such as a user's
+    ``.defacer-tmp-notes.txt`` is not)."""
+    pattern = _TEMP_NAME if entry.is_dir(follow_symlinks=False) else _TEMP_FILE_NAME
+    if entry.is_symlink() or pattern.match(entry.name) is None:
+        return False
+    try:
+        return entry.stat(follow_symlinks=False).st_uid == os.getuid()
+    except OSError:
+        return False
 
 
 def _pid_alive(pid: int) -> bool:
