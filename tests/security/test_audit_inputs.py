@@ -436,3 +436,13 @@ def test_batch_never_deletes_a_users_look_alike_of_its_temporaries(tmp_path, cap
                           "--force"], capsys)
     assert code == 0, text
     assert all(path.read_text() == "years of work\n" for path in mine)
+
+
+def test_deface_of_the_current_folder_writes_beside_it(series, tmp_path, monkeypatch, capsys):
+    """``cd series && defacer deface .`` ended in "unexpected error: ValueError: PosixPath('.') has an empty name ...
+    a bug in defacer"; the default output is now the folder's sibling ``<name>_defaced``."""
+    folder = copied_series(series, tmp_path / "study")
+    monkeypatch.chdir(folder)
+    code, text = run_cli(["deface", ".", "--labels", str(series.parent / "labels.nii.gz"), "--key", "k" * 20], capsys)
+    assert code == 0, text
+    assert len(list((tmp_path / "study_defaced").iterdir())) == len(list(series.iterdir()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from defacer.cli.options import (
     max_voxels_from_args,
     print_what_if,
 )
+from defacer.errors import InputImageError
 from defacer.files import image_suffix
 
 if TYPE_CHECKING:
@@ -100,6 +102,11 @@ def default_output(input_path: Path) -> Path:
     """``<stem>_defaced<ext>`` beside the input; for a folder (DICOM series) ``<folder>_defaced``."""
     path = Path(input_path)
     if path.is_dir():
+        if path.name in ("", ".", ".."):  # '.', '..', 'dcm/..': name the folder itself
+            path = Path(os.path.abspath(path))
+        if not path.name:
+            raise InputImageError(f"'{input_path}' has no folder name to derive an output from; name the output "
+                                  "folder: defacer deface IN OUT.")
         return path.with_name(path.name + "_defaced")
     name = path.name
     suffix = image_suffix(name, dicom=True)
