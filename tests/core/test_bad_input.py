@@ -170,3 +170,20 @@ def test_gzip_integrity_of_output(scan, tmp_path):
     assert main(["deface", str(scan[0]), str(out), "--labels", str(scan[1])]) == 0
     with gzip.open(out) as handle:
         assert len(handle.read()) > 348
+
+
+def test_an_unforeseen_system_error_is_one_message_not_a_traceback(scan, tmp_path, capsys, monkeypatch):
+    """An OSError the command line has no words for (here a network file system dropping the connection
+    while the scan is read) ends in the last-resort message and exit 1; it escaped main() as a traceback
+    when the handler for the system errors it knows re-raised every other one."""
+    import errno
+
+    import defacer.io
+
+    def reset(*args: object, **kwargs: object) -> None:
+        raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+
+    monkeypatch.setattr(defacer.io, "load_volume", reset)
+    code, err = run(["deface", str(scan[0]), str(tmp_path / "out.nii.gz"), "--labels", str(scan[1])], capsys)
+    assert code == 1 and "unexpected error: ConnectionResetError" in err
+    assert not (tmp_path / "out.nii.gz").exists()

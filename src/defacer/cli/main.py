@@ -123,18 +123,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except OSError as err:
         if err.errno not in SYSTEM_ERRORS or args.debug:
-            raise
+            return _unexpected(args, err)  # a bare ``raise`` here would escape the last resort below
         print(f"defacer {args.command}: error: {system_error_message(err)}", file=sys.stderr)
         return EXIT_ERROR
-    except Exception as err:  # last resort: never a bare traceback for users
-        if args.debug:
-            raise
-        print(
-            f"defacer {args.command}: unexpected error: {type(err).__name__}: {err}\n"
-            "This is a bug in defacer, not in your data. Rerun with --debug to see the traceback and report it.",
-            file=sys.stderr,
-        )
-        return EXIT_ERROR
+    except Exception as err:  # noqa: BLE001 - last resort: never a bare traceback for users
+        return _unexpected(args, err)
+
+
+def _unexpected(args: argparse.Namespace, err: Exception) -> int:
+    """The last resort for an error defacer did not foresee: one message and exit 1 (``--debug``: re-raised)."""
+    if args.debug:
+        raise err
+    print(
+        f"defacer {args.command}: unexpected error: {type(err).__name__}: {err}\n"
+        "This is a bug in defacer, not in your data. Rerun with --debug to see the traceback and report it.",
+        file=sys.stderr,
+    )
+    return EXIT_ERROR
 
 
 #: Commands that deface one job and end: their process keeps the memory it frees for its own reuse
