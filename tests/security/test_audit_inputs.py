@@ -446,3 +446,16 @@ def test_deface_of_the_current_folder_writes_beside_it(series, tmp_path, monkeyp
     code, text = run_cli(["deface", ".", "--labels", str(series.parent / "labels.nii.gz"), "--key", "k" * 20], capsys)
     assert code == 0, text
     assert len(list((tmp_path / "study_defaced").iterdir())) == len(list(series.iterdir()))
+
+
+def test_verify_of_the_current_folder_puts_its_qc_folder_beside_it(series, tmp_path, monkeypatch, capsys):
+    """``cd out && defacer verify ../in .`` chose ``./-qc`` (inside the defaced output) as its QC folder and was
+    refused; its default is now the sibling ``out-qc``."""
+    pytest.importorskip("mediapipe")
+    labels = str(series.parent / "labels.nii.gz")
+    assert run_cli(["deface", str(series), str(tmp_path / "out"), "--labels", labels, "--key", "k" * 20],
+                   capsys)[0] == 0
+    monkeypatch.chdir(tmp_path / "out")
+    code = main(["verify", str(series), "."])
+    assert code in (0, 3, 5), capsys.readouterr().err
+    assert (tmp_path / "out-qc" / "verify_report.html").is_file() and not (tmp_path / "out" / "-qc").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from defacer.errors import DefacerError
@@ -54,8 +55,10 @@ def run(args: argparse.Namespace) -> int:
     from defacer.io.output_guard import check_not_input
     from defacer.verify import verify_pair
 
-    out = args.out or args.defaced.parent / f"{_stem(args.defaced)}-qc"
-    prov_path = args.provenance or args.defaced.parent / f"{_stem(args.defaced)}.defacer.json"
+    # '.' or '..' (verify ../orig .): name the folder itself, so the QC folder is its sibling, not '-qc' inside it.
+    defaced = Path(os.path.abspath(args.defaced)) if args.defaced.name in ("", ".", "..") else args.defaced
+    out = args.out or defaced.parent / f"{_stem(defaced)}-qc"
+    prov_path = args.provenance or defaced.parent / f"{_stem(defaced)}.defacer.json"
     # Nothing the report writes may be, or lie inside, one of the scans it reads (issue 11, defect 3).
     from defacer.verify import qc
 
