@@ -205,7 +205,8 @@ def _deface_file(source: Path, target: Path, *, options: DefaceOptions, detector
             "input's format: use the same kind of extension."
         )
     inputs = [source, labels_path, weights_path]
-    check_outputs([target, mask_path, sidecar_path(target) if sidecar else None], inputs=inputs, force=force)
+    check_outputs([target, *_mask_files(mask_path), sidecar_path(target) if sidecar else None], inputs=inputs,
+                  force=force)
     check_not_input(detached_data_candidates(target) + detached_data_candidates(mask_path), inputs)
     t = time.perf_counter()
     volume = load_volume(source, max_voxels=max_voxels, data_files=data_files)
@@ -243,7 +244,8 @@ def _deface_dicom(source: Path, target: Path, *, options: DefaceOptions, scrubbe
     from defacer.phi.rules import EDITION
 
     sidecar_file = sidecar_path(target) if sidecar else None
-    check_outputs([target, sidecar_file, mask_path], inputs=[source, labels_path, weights_path], force=force)
+    check_outputs([target, sidecar_file, *_mask_files(mask_path)], inputs=[source, labels_path, weights_path],
+                  force=force)
     volume = validate_volume(read_dicom_volume(source, series=series, max_voxels=max_voxels), source=str(source))
     if scrubber is not None:
         scrubber.check_burned_in(volume.header, str(source))
@@ -279,6 +281,13 @@ def _deface_dicom(source: Path, target: Path, *, options: DefaceOptions, scrubbe
     if sidecar_file is not None:
         write_provenance(provenance, sidecar_file)
     return Defaced(provenance, written, result, scrubber)
+
+
+def _mask_files(mask_path: PathLike | None) -> list[Path]:
+    """The files ``--save-mask`` writes (a ``.nhdr`` also writes its data file): checked with the other outputs."""
+    from defacer.io import label_map_files
+
+    return [] if mask_path is None else label_map_files(mask_path)
 
 
 def _record_common(provenance: dict[str, Any], mask_path: PathLike | None, labels_path: PathLike | None) -> None:

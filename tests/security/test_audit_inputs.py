@@ -459,3 +459,14 @@ def test_verify_of_the_current_folder_puts_its_qc_folder_beside_it(series, tmp_p
     code = main(["verify", str(series), "."])
     assert code in (0, 3, 5), capsys.readouterr().err
     assert (tmp_path / "out-qc" / "verify_report.html").is_file() and not (tmp_path / "out" / "-qc").exists()
+
+
+def test_a_nhdr_mask_whose_data_file_exists_refuses_the_run_before_the_output_is_written(phantom, tmp_path, capsys):
+    """``--save-mask m.nhdr`` with a user's ``m.raw.gz`` there: the defaced output was written first, then the
+    mask was refused (exit 1, "nothing written", yet the output and no sidecar were left)."""
+    mine = plant_user_file(tmp_path, "m.raw.gz")
+    out = tmp_path / "out.nii.gz"
+    code, text = run_cli(["deface", str(phantom[0]), str(out), "--labels", str(phantom[1]), "--save-mask",
+                          str(tmp_path / "m.nhdr")], capsys)
+    assert code == 1 and "m.raw.gz" in text
+    assert not out.exists() and mine.read_text() == "years of work\n"

@@ -216,6 +216,14 @@ def save_volume(volume: Volume, path: PathLike, *, force: bool = False, inputs: 
     return targets
 
 
+def label_map_files(path: PathLike) -> list[Path]:
+    """Every file :func:`save_label_map` writes for ``path``: the map, and for a ``.nhdr`` its ``.raw.gz`` data file."""
+    p = Path(path)
+    if p.name.lower().endswith(".nhdr"):
+        return [p, p.parent / (p.name[: -len(".nhdr")] + ".raw.gz")]
+    return [p]
+
+
 def save_label_map(labels: np.ndarray, like: Volume, path: PathLike, *, force: bool = False) -> list[Path]:
     """Write a label map on ``like``'s grid, in ``like``'s format when possible (uint8, no scaling).
 
@@ -227,7 +235,7 @@ def save_label_map(labels: np.ndarray, like: Volume, path: PathLike, *, force: b
     data = np.asarray(labels, dtype=np.uint8)
     fmt = format_of(p) if not p.is_dir() else "nifti"
     detached = fmt == "nrrd" and p.name.lower().endswith(".nhdr")
-    targets = [p, p.parent / (p.name[: -len(".nhdr")] + ".raw.gz")] if detached else [p]
+    targets = label_map_files(p)
     for target in targets:
         check_output_path(target, force=force)
     with atomic_outputs(targets) as temps:
