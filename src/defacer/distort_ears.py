@@ -28,7 +28,7 @@ from scipy import ndimage as ndi
 
 from defacer import auricle
 from defacer._typing import Mask
-from defacer.ball import scipy_distance, within_distance
+from defacer.ball import scipy_distance
 from defacer.distort import Box, Edit, _box_list, components
 from defacer.head import HeadModel, depth_below_surface
 
@@ -93,7 +93,7 @@ def detected_depth_limit(head: HeadModel, spacing: tuple[float, float, float]) -
     return DETECTED_DEPTH_MM + head.coarse_slack(spacing)
 
 
-def pressed_layer(tissue: Mask, ear: Mask, layer: Mask, lateral_positive: bool) -> Mask:
+def pressed_layer(tissue: Mask, ear: Mask, layer: Mask, lateral_positive: bool, reach: int) -> Mask:
     """The head under the auricle where the auricle lies on it: ``layer`` in those side-view columns.
 
     Seen from the lateral side (along axis 0), a column is *pressed* where the tissue run that
@@ -101,8 +101,8 @@ def pressed_layer(tissue: Mask, ear: Mask, layer: Mask, lateral_positive: bool) 
     with its protrusions rolled off: the auricle lies on the scalp there (an ear pressed flat, a
     helix against the head, the auricle's root), not standing off it with air behind.  In the
     pressed columns within the side footprint of ``ear`` (its filled convex hull), the ``layer``
-    voxels that are tissue are returned.  Where the auricle stands off the head, nothing of the
-    head behind it is taken.
+    voxels that are tissue, at most ``reach`` voxels medial of the column's deepest ear voxel, are
+    returned.  Where the auricle stands off the head, nothing of the head behind it is taken.
 
     Parameters
     ----------
@@ -115,6 +115,8 @@ def pressed_layer(tissue: Mask, ear: Mask, layer: Mask, lateral_positive: bool) 
         (``0 < coarse depth <= limit``), on the crop.
     lateral_positive : bool
         Whether the lateral side lies towards +x (the right ear).
+    reach : int
+        The layer is taken at most this many voxels medial of the column's deepest ear voxel.
 
     Returns
     -------
@@ -134,7 +136,11 @@ def pressed_layer(tissue: Mask, ear: Mask, layer: Mask, lateral_positive: bool) 
     # the run from the first tissue met up to that air holds ear tissue and the head
     pressed = (e.any(axis=0) & (np.argmax(e, axis=0) < first_air)
                & head_tissue.any(axis=0) & (np.argmax(head_tissue, axis=0) < first_air))
-    return np.asarray(layer & tissue & (pressed & auricle.filled_hull(seen))[None])
+    # down to ``reach`` medial of the column's deepest ear voxel (a plain bound along the column:
+    # cheaper than a distance to the ear, and the layer lies behind the ear along it)
+    stop = np.where(pressed & auricle.filled_hull(seen), t.shape[0] - np.argmax(e[::-1], axis=0) + reach, 0)
+    taken = head_tissue & (np.arange(t.shape[0]).reshape(-1, 1, 1) < stop)
+    return np.asarray(taken[flip])
 
 
 def auricle_mask(image: npt.NDArray[np.floating], ears: Mask, component: Box, head: HeadModel,
@@ -154,8 +160,9 @@ def auricle_mask(image: npt.NDArray[np.floating], ears: Mask, component: Box, he
     (:func:`detected_depth_limit`; an ear pressed flat against the head, which does not stand
     out, is still changed as far as it was detected); where that ear lies on the head, the head's
     layer under it down to the same depth joins it (:func:`pressed_layer`, at most
-    :data:`DETECTED_DEPTH_MM` from the ear's tissue, within :data:`PRESSED_REACH_MM` of the
-    detected ear's centroid and at most :data:`PRESSED_MEDIAL_MM` medial of it: on the 19 real heads with the shipped detector, auricles >= 90 % changed 28 -> 30
+    :data:`DETECTED_DEPTH_MM` medial of the ear's deepest tissue in each side-view column, within
+    :data:`PRESSED_REACH_MM` of the detected ear's centroid and at most :data:`PRESSED_MEDIAL_MM`
+    medial of it: on the 19 real heads with the shipped detector, auricles >= 90 % changed 28 -> 30
     of 38, mricrogl_CT 0.77/0.87 -> 0.91/0.95); and the union grows by ``rim_mm`` (along each axis)
     into the voxels below the tissue threshold only (partial-volume skin, the air gaps of the concha
     and behind the helix), never deeper into the head than that depth.
@@ -221,9 +228,8 @@ def auricle_mask(image: npt.NDArray[np.floating], ears: Mask, component: Box, he
         cols = (slice(0, mask.shape[0]), *seen)
         at = tuple(slice(b.start + c.start, b.start + c.stop) for b, c in zip(box, cols, strict=True))
         layer = head.upsample((depth > 0) & (depth <= limit), at) & _near(at, centroid, float(outward[0]), sp)  # type: ignore[arg-type]
-        pressed[cols] = pressed_layer(tissue[cols], ear[cols], layer, bool(outward[0] > 0)) & ~mask[cols]
-        if pressed.any():  # at most DETECTED_DEPTH_MM from the ear's tissue (the coarse layer reaches ~3.5 mm deeper)
-            pressed[cols] &= within_distance(ear[cols], DETECTED_DEPTH_MM, sp)
+        reach = int(np.floor(DETECTED_DEPTH_MM / sp[0]))
+        pressed[cols] = pressed_layer(tissue[cols], ear[cols], layer, bool(outward[0] > 0), reach) & ~mask[cols]
         mask |= pressed
     # the rim, within the mask's extent grown by the rim (nothing reaches farther), never deeper in the
     # head than the detected depth (dark tissue under the layer, e.g. the skull of a T1, is not air)
