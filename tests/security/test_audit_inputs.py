@@ -470,3 +470,27 @@ def test_a_nhdr_mask_whose_data_file_exists_refuses_the_run_before_the_output_is
                           str(tmp_path / "m.nhdr")], capsys)
     assert code == 1 and "m.raw.gz" in text
     assert not out.exists() and mine.read_text() == "years of work\n"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_named_pipe_in_a_dataset_never_hangs_the_batch(tmp_path):
+    """A named pipe in a BIDS dataset (a tar can hold one), among the other files or with a scan's name: finding
+    the scans opened it to look for DICOM magic and waited for a writer forever (batch hung until killed)."""
+    import subprocess
+
+    from batch_fixtures import write_bids_phantoms
+
+    root = tmp_path / "ds"
+    write_bids_phantoms(root, tmp_path / "labels", [("01", None, "T1w", "T1")])
+    os.mkfifo(root / "notes_pipe")
+    os.mkfifo(root / "sub-01" / "anat" / "sub-01_T2w.nii.gz")
+    script = ("import sys\nfrom defacer.batch.discover import discover\nfound = discover(sys.argv[1])\n"
+              "print(sorted(s.relpath.as_posix() for s in found.scans), sorted(r.as_posix() for r in found.others))\n")
+    try:
+        result = subprocess.run([sys.executable, "-c", script, str(root)], capture_output=True, text=True,
+                                timeout=60, check=False)
+    except subprocess.TimeoutExpired:
+        pytest.fail("finding the scans of a dataset holding a named pipe hung")
+    assert result.returncode == 0, result.stderr
+    assert "sub-01/anat/sub-01_T1w.nii.gz" in result.stdout and "notes_pipe" not in result.stdout
+    assert "sub-01_T2w" not in result.stdout and "not a regular file" in result.stderr

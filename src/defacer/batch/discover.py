@@ -27,6 +27,7 @@ import fnmatch
 import logging
 import os
 import re
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -217,7 +218,21 @@ def _walk(root: Path, skip_top: frozenset[str]) -> Iterable[tuple[Path, list[str
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         if here == root:
             dirnames[:] = [d for d in dirnames if d not in skip_top]
-        yield here, dirnames, sorted(f for f in filenames if not f.startswith("."))
+        yield here, dirnames, sorted(f for f in filenames if not f.startswith(".") and _readable_entry(here / f))
+
+
+def _readable_entry(path: Path) -> bool:
+    """Whether a file found in IN is one to look at: a regular file, or a broken link (a DataLad file not fetched,
+    reported later). A named pipe, socket or device is skipped with a warning: opening a pipe waits for a writer
+    forever, so one in a hostile dataset would hang the batch."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return path.is_symlink()
+    if stat.S_ISREG(mode):
+        return True
+    log.warning("'%s' is not a regular file (a pipe, socket or device): skipped", path)
+    return False
 
 
 def _is_bids_scan(relpath: PurePosixPath, entities: dict[str, str]) -> bool:
