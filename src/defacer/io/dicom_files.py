@@ -45,6 +45,9 @@ def input_files(path: PathLike | Sequence[PathLike]) -> list[Path]:
                 raise DicomSeriesError(f"The folder '{p}' is empty: expected DICOM files (one per slice or multi-frame).")
             _refuse_links_out(files, p)
             return files
+        if not p.is_file():  # a named pipe would block the reader forever
+            raise DicomSeriesError(f"'{p}' is not a regular file (a pipe, socket or device): expected a DICOM file or "
+                                   "a folder of DICOM files.")
         return [p]
     files = [Path(f) for f in path]
     missing = [str(f) for f in files if not f.is_file()]

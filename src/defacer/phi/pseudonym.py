@@ -89,6 +89,8 @@ def load_key(key: str | None = None, key_file: PathLike | None = None) -> tuple[
         raise DefacerError("Give the secret key either with --key or with --key-file, not both.")
     if key_file is not None:
         path = Path(key_file)
+        if path.exists() and not path.is_file():  # a named pipe would block the read forever
+            raise DefacerError(f"The key file '{path}' is not a regular file (a folder, pipe or device). Check the path.")
         try:
             with path.open("rb") as handle:
                 data = handle.read(MAX_KEY_FILE_BYTES + 1).strip()
