@@ -6,6 +6,7 @@ Each test failed on the code before its fix.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -513,3 +514,16 @@ def test_a_named_pipe_given_as_an_input_is_refused_not_waited_on(series, tmp_pat
     except subprocess.TimeoutExpired:
         pytest.fail(f"a named pipe as the {case} hung the command")
     assert result.returncode == 1 and "not a regular file" in result.stderr, result.stderr
+
+
+def test_a_forged_ownership_record_never_makes_force_delete_a_file_outside_the_output(series, tmp_path, capsys):
+    """An ownership record beside the output (``.out.defacer-output.json``) listing ``../home/thesis.tex`` with its
+    size: ``deface IN out --force`` unlinked every listed name, so the user's thesis outside the output was deleted."""
+    thesis = plant_user_file(tmp_path / "home", "thesis.tex")
+    (tmp_path / "out").mkdir()
+    record = {"written_by": "defacer", "files": {"../home/thesis.tex": 14, str(thesis): 14}}
+    (tmp_path / ".out.defacer-output.json").write_text(json.dumps(record))
+    code, text = run_cli(["deface", str(series), str(tmp_path / "out"), "--labels", str(series.parent / "labels.nii.gz"),
+                          "--key", "k" * 20, "--force"], capsys)
+    assert code == 0, text
+    assert thesis.read_text() == "years of work\n"

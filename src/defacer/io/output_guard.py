@@ -188,7 +188,14 @@ def owned_files(folder: Path) -> dict[str, int] | None:
         return None
     if data.get("written_by") != "defacer" or not isinstance(files, dict):
         return None
-    return {str(name): size for name, size in files.items() if isinstance(size, int)}
+    return {str(name): size for name, size in files.items() if isinstance(size, int) and _plain_relative(str(name))}
+
+
+def _plain_relative(name: str) -> bool:
+    """Whether a name in an ownership record stays inside its folder: relative, POSIX, no ``..`` or ``.`` part
+    (a forged record listing ``../home/thesis.tex`` must not make ``--force`` delete that file)."""
+    parts = name.split("/")
+    return bool(name) and "\\" not in name and not name.startswith("/") and all(p not in ("", ".", "..") for p in parts)
 
 
 def foreign_entries(folder: Path) -> list[str]:
@@ -339,7 +346,9 @@ def remove_owned_folder(folder: Path) -> None:
             "nothing was replaced. Move them away or choose another output folder."
         )
     for name in owned_files(folder) or {}:
-        (folder / name).unlink(missing_ok=True)
+        path = folder / name
+        if path.is_file() and not path.is_symlink():  # only what is there, inside the folder (names checked)
+            path.unlink()
     for root, _, _ in sorted(os.walk(folder), key=lambda entry: -len(Path(entry[0]).parts)):
         try:
             os.rmdir(root)
