@@ -93,6 +93,16 @@ class WeightsError(DetectorError):
     default_message = "The model weights are missing or do not match their recorded sha256."
 
 
+class ProtectionError(DefacerError, RuntimeError):
+    """A voxel inside the protected region (the brain's side of the protection depth) would change.
+
+    The distortions' own gate makes this impossible; the independent check after it refuses the
+    result instead of writing it, so a defect in the gate can never reach a file.
+    """
+
+    default_message = "A voxel inside the protected region would change; nothing was written."
+
+
 class DicomSeriesError(DefacerError, ValueError):
     """A DICOM folder holds no usable series, or a series cannot be assembled into a volume."""
 

@@ -32,7 +32,7 @@ from defacer._typing import LabelMap, PathLike
 from defacer.detect import Detector, HeadModelDetector
 from defacer.distort import Edit, distort_eyes, distort_nose, nose_region
 from defacer.distort_ears import distort_ears
-from defacer.errors import DetectorError, FeaturesNotFoundError
+from defacer.errors import DetectorError, FeaturesNotFoundError, ProtectionError
 from defacer.head import HeadModel, analyse_head, depth_below_surface
 from defacer.labels import FEATURES, Label
 from defacer.options import DEFAULT_OPTIONS, DefaceOptions
@@ -244,6 +244,14 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
     # in the scan, at its exact position (defacer.protection_check).
     changed_at = reorientation.indices_to_ras(np.argwhere(changed_mask(volume.raw, raw)))
     check = check_protection_at(changed_at, head, depth, spacing, options.protect_depth_mm)
+    if check.changed_inside_protected:  # the second line of defence: such a result is never returned
+        message = (
+            f"{check.changed_inside_protected} voxels deeper than {options.protect_depth_mm:g} mm below the head's "
+            "surface (the protected region) would have changed, which the distortions' own gate must prevent; "
+            "nothing was written. This is a bug in defacer: rerun with --debug, report it, and do not share this "
+            "scan defaced by this version."
+        )
+        raise ProtectionError(message)
     timings["map_back_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - start
 

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 
 import defacer.pipeline
+from defacer.cli.main import main
 from defacer.distort import Edit
+from defacer.errors import ProtectionError
 from defacer.head import analyse_head, depth_below_surface
 from defacer.labels import Label
-from defacer.phantom import make_phantom
+from defacer.phantom import make_phantom, save_phantom
 from defacer.pipeline import deface, protected_in_box
 from defacer.protection_check import changed_mask, check_protection, outside_tree, within_depth
 from defacer.volume import canonical_reorientation
@@ -84,8 +86,26 @@ def test_a_broken_gate_is_caught_by_the_check(phantom, monkeypatch):
         return real(head, spacing) * 0.5
 
     monkeypatch.setattr(defacer.pipeline, "depth_below_surface", halved)
-    result = deface(phantom.volume, Labels(_brain_labelled(phantom)))
-    assert result.provenance["protection"]["changed_inside_protected"] > 0
+    with pytest.raises(ProtectionError, match=r"[1-9]\d* voxels deeper than 10 mm"):
+        deface(phantom.volume, Labels(_brain_labelled(phantom)))
+
+
+def test_a_result_failing_the_check_is_never_written(phantom, tmp_path, monkeypatch, capsys):
+    """The check is a second line of defence: with the gate broken (every edit let through), the command
+    refuses in words, exits 1 and writes no output and no sidecar; before, it wrote the output and only
+    printed the count of protected voxels changed."""
+    monkeypatch.setattr(defacer.pipeline, "protected_in_box",
+                        lambda edit, *args, **kwargs: np.zeros(edit.mask.shape, dtype=bool))
+    scan, labels = tmp_path / "head.nii.gz", tmp_path / "labels.nii.gz"
+    brain_labelled = make_phantom(2.0)
+    brain_labelled.labels[brain_labelled.brain] = Label.EARS
+    save_phantom(brain_labelled, scan, labels)
+    out = tmp_path / "out"
+    out.mkdir()
+    code = main(["deface", str(scan), str(out / "defaced.nii.gz"), "--labels", str(labels)])
+    err = capsys.readouterr().err
+    assert code == 1 and "protected region" in err and "nothing was written" in err and "Traceback" not in err
+    assert list(out.iterdir()) == []
 
 
 def test_a_gate_without_slack_is_caught_too(phantom, monkeypatch):
@@ -99,9 +119,8 @@ def test_a_gate_without_slack_is_caught_too(phantom, monkeypatch):
         return values - slack if coarse.dtype == np.float32 else values  # depth map only: cancels the slack
 
     monkeypatch.setattr(head_model, "upsample", no_slack)
-    result = deface(phantom.volume, Labels(_brain_labelled(phantom)))
-    protection = result.provenance["protection"]
-    assert protection["changed_inside_protected"] > 0
+    with pytest.raises(ProtectionError, match=r"[1-9]\d* voxels deeper than 10 mm"):
+        deface(phantom.volume, Labels(_brain_labelled(phantom)))
     # The correct gate, on the same labels: 0 (test_a_detector_labelling_the_brain_still_passes...).
 
 
