@@ -314,6 +314,8 @@ def test_batch_qc_after_only_writes_no_picture_of_an_original(
     assert "before" not in summary.records[0].verify["pictures"].__repr__()
     assert "ORIGINAL" not in (qc / "README.txt").read_text()
     assert "_before" not in (qc / "index.html").read_text()
+    # nor the label map kept for the report (the original's nose and ear shapes)
+    assert not [p for p in qc.rglob("*") if ".nii" in p.name], sorted(p.name for p in qc.rglob("*"))
 
 
 def test_a_resume_that_changes_nothing_keeps_the_summary(tmp_path: Path,

@@ -115,6 +115,8 @@ def test_qc_after_only_writes_no_picture_of_the_original(phantom_pair, tmp_path,
     alts = re.findall(r'<img src="data:image/png;base64,[^"]*" alt="([^"]*)"', report)
     assert alts and all("before" not in a for a in alts), alts
     assert "after defacing only" in captured.out and "ORIGINAL" not in (qc_dir / "README.txt").read_text()
+    # nor the label map the report was drawn from (the original's nose and ear shapes)
+    assert not [n for n in names if ".nii" in n], names
 
 
 def test_a_passing_verification_is_green_and_exits_0(phantom_pair, tmp_path, monkeypatch, capsys) -> None:

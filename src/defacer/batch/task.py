@@ -173,6 +173,14 @@ def _mask_path(task: ScanTask) -> Path | None:
     return task.verify_dir / f"labels{task.scan.extension}"
 
 
+def _drop_labels_if_after_only(task: ScanTask) -> None:
+    """With ``qc_after_only``, remove the label map kept for the report: it holds the original's nose and ear
+    shapes (an ear can identify a person), and the QC folder is to hold nothing of the original then."""
+    mask_path = _mask_path(task)
+    if task.qc_after_only and mask_path is not None:
+        mask_path.unlink(missing_ok=True)
+
+
 def _deface(task: ScanTask) -> dict[str, Any]:
     """Deface the scan through :func:`defacer.route.deface_path` (or the task's stand-in); its provenance."""
     mask_path = _mask_path(task)
@@ -294,7 +302,10 @@ def _run(task: ScanTask, record: ScanRecord) -> None:
             write_json_atomic(task.sidecar, task.sidecar_data)
         if task.verify_dir is not None:
             t0 = time.perf_counter()
-            record.verify = _verify(task, record.provenance)
+            try:
+                record.verify = _verify(task, record.provenance)
+            finally:
+                _drop_labels_if_after_only(task)
             record.timings["verify"] = time.perf_counter() - t0
         record.outputs = [stamp(p, task.out_root) for p in output_files(task)]
         record.status = DONE

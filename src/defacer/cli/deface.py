@@ -173,8 +173,14 @@ def run(args: argparse.Namespace) -> int:
     if args.verify:
         if is_dicom:
             return verify_outputs(args.input, args.output, provenance, after_only=args.qc_after_only)
-        return verify_outputs(args.input, args.output, provenance, labels_path=mask_path, max_voxels=max_voxels,
-                              after_only=args.qc_after_only)
+        try:
+            return verify_outputs(args.input, args.output, provenance, labels_path=mask_path, max_voxels=max_voxels,
+                                  after_only=args.qc_after_only)
+        finally:
+            # The label map kept for the report holds the original's nose and ear shapes (an ear can identify a
+            # person): with --qc-after-only it does not stay in the QC folder once the report is written.
+            if args.qc_after_only and args.save_mask is None and mask_path is not None:
+                mask_path.unlink(missing_ok=True)
     return 0
 
 
