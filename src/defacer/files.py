@@ -7,6 +7,7 @@ case, longest first), the functions that use it, and one sha256 of a file.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 from defacer._typing import PathLike
@@ -58,6 +59,14 @@ def file_sha256(path: PathLike) -> str:
     """Hex sha256 of a file's bytes (:func:`hashlib.file_digest`: read in blocks, never whole)."""
     with Path(path).open("rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def named_path(path: PathLike) -> Path:
+    """``path`` spelt so that its last part is its own name: ``.``, ``..`` and ``x/..`` made absolute (a name
+    such as ``<name>_defaced`` or ``<name>-qc`` is then derived from the folder itself, beside it, never inside).
+    Other paths are returned as given."""
+    p = Path(path)
+    return Path(os.path.abspath(p)) if p.name in ("", ".", "..") else p
 
 
 def _in_annex(target: Path, root: Path) -> bool:

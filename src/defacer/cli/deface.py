@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +21,7 @@ from defacer.cli.options import (
     print_what_if,
 )
 from defacer.errors import InputImageError
-from defacer.files import image_suffix
+from defacer.files import image_suffix, named_path
 
 if TYPE_CHECKING:
     from defacer.io.dicom_grouping import SeriesInfo
@@ -102,8 +101,7 @@ def default_output(input_path: Path) -> Path:
     """``<stem>_defaced<ext>`` beside the input; for a folder (DICOM series) ``<folder>_defaced``."""
     path = Path(input_path)
     if path.is_dir():
-        if path.name in ("", ".", ".."):  # '.', '..', 'dcm/..': name the folder itself
-            path = Path(os.path.abspath(path))
+        path = named_path(path)  # '.', '..', 'dcm/..': name the folder itself
         if not path.name:
             raise InputImageError(f"'{input_path}' has no folder name to derive an output from; name the output "
                                   "folder: defacer deface IN OUT.")

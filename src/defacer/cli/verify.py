@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from defacer.errors import DefacerError
+from defacer.files import named_path
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -56,9 +56,9 @@ def run(args: argparse.Namespace) -> int:
     from defacer.verify import verify_pair
 
     # '.' or '..' (verify ../orig .): name the folder itself, so the QC folder is its sibling, not '-qc' inside it.
-    defaced = Path(os.path.abspath(args.defaced)) if args.defaced.name in ("", ".", "..") else args.defaced
-    out = args.out or defaced.parent / f"{_stem(defaced)}-qc"
-    prov_path = args.provenance or defaced.parent / f"{_stem(defaced)}.defacer.json"
+    defaced_path = named_path(args.defaced)
+    out = args.out or defaced_path.parent / f"{_stem(defaced_path)}-qc"
+    prov_path = args.provenance or defaced_path.parent / f"{_stem(defaced_path)}.defacer.json"
     # Nothing the report writes may be, or lie inside, one of the scans it reads (issue 11, defect 3).
     from defacer.verify import qc
 

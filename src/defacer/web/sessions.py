@@ -35,13 +35,14 @@ ROOT_NAME = re.compile(r"^defacer-web-[a-z0-9_]{8}$")
 #: Ending of the marker a server makes beside its root work folder (``.defacer-web-XXXXXXXX.server``, an empty
 #: folder: it holds nothing) when it makes it, and removes with it: only a folder with its marker is ever swept.
 MARKER_SUFFIX = ".server"
+#: A folder younger than this is never swept: its server may be starting and not hold its lock yet.
+STARTING_GRACE_S = 60.0
 
 
 def root_marker(root: Path) -> Path:
     """The marker of a server's root work folder, beside it (see :data:`MARKER_SUFFIX`)."""
     return root.with_name(f".{root.name}{MARKER_SUFFIX}")
-#: A folder younger than this is never swept: its server may be starting and not hold its lock yet.
-STARTING_GRACE_S = 60.0
+
 
 try:  # POSIX: an advisory lock that the kernel releases when its holder dies, even by SIGKILL
     import fcntl
