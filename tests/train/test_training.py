@@ -14,6 +14,7 @@ from defacer.detect.preprocess import BOX_SHAPE
 from defacer.train.data import (
     AugmentedBatches,
     RandAxisTransposed,
+    RandBackgroundFloord,
     RandContrastCurved,
     RandFieldCropd,
     RandThickSlicesd,
@@ -101,6 +102,31 @@ def test_contrast_curve_keeps_air_dark_and_renormalise_maps_percentiles(phantoms
     scaled = Renormalised()({"image": out * 7.0 + 3.0})["image"]
     assert float(scaled.min()) >= 0.0 and float(scaled.max()) <= 1.5
     assert abs(float(torch.quantile(scaled.reshape(-1), 0.995)) - 1.0) < 0.05
+
+
+def test_background_floor_lifts_the_air_towards_the_skin_and_keeps_the_labels(phantoms) -> None:
+    item = _item(phantoms[0])
+    air = item["image"] == 0
+    head = item["image"] > 0.5
+    transform = RandBackgroundFloord(prob=1.0, sigma_range=(0.08, 0.08), gamma_range=(0.5, 0.5))
+    transform.set_random_state(seed=7)
+    out = transform(item)
+    assert torch.equal(out["label"], item["label"])
+    lifted = out["image"][air]
+    # a Rician floor of ~0.1 through gamma 0.5 on the 0-1.5 scale: the air sits at ~0.3, a fifth of the way to bright tissue
+    assert float(lifted.median()) > 0.2 and float(lifted.min()) >= 0.0
+    assert float(out["image"][head].median()) > float(lifted.median()) + 0.3  # the head stays brighter than the air
+    again = RandBackgroundFloord(prob=1.0, sigma_range=(0.08, 0.08), gamma_range=(0.5, 0.5))
+    again.set_random_state(seed=7)
+    assert torch.equal(again(_item(phantoms[0]))["image"], out["image"])
+
+
+def test_training_transform_can_draw_a_bright_background() -> None:
+    transform = training_transform(shape=SMALL_BOX)
+    names = [type(t).__name__ for t in transform.transforms]
+    assert "RandBackgroundFloord" in names
+    gamma = next(t for t in transform.transforms if type(t).__name__ == "RandAdjustContrastd")
+    assert gamma.adjuster.gamma[0] <= 0.5 and gamma.adjuster.gamma[1] >= 2.0
 
 
 def test_box_samples_round_trip_through_the_cache(phantoms, tmp_path) -> None:

@@ -12,11 +12,14 @@ on unseen scans):
   0.20, shift up to 10 % of the field of view and scale 0.90-1.10 in one ``RandAffined``; random
   flips (``RandFlipd``; left/right needs no label swap because both eyes share one label and both
   ears another) and random axis transposes (:class:`RandAxisTransposed`: MONAI has none);
-* beyond the paper: contrast randomisation (``RandAdjustContrastd`` gamma, intensity inversion
-  for T2/CT-like contrast, :class:`RandContrastCurved` remapping intensities through a random
-  monotone or non-monotone curve), ``RandBiasFieldd``, ``RandGaussianSmoothd``, thick slices
-  (:class:`RandThickSlicesd`), a cut field of view (:class:`RandFieldCropd`: image and labels
-  beyond the cut are emptied, so a feature outside the field is absent, not guessed), and
+* beyond the paper: contrast randomisation (intensity inversion for T2/CT-like contrast,
+  :class:`RandContrastCurved` remapping intensities through a random monotone or non-monotone
+  curve, ``RandAdjustContrastd`` gamma 0.4-2.5), a bright background
+  (:class:`RandBackgroundFloord`: a Rician noise floor and a gamma below 1 over the whole box,
+  air included, as on a low-SNR magnitude image or round a bright halo), ``RandBiasFieldd``,
+  ``RandGaussianSmoothd``, thick slices (:class:`RandThickSlicesd`), a cut field of view
+  (:class:`RandFieldCropd`: image and labels beyond the cut are emptied, so a feature outside
+  the field is absent, not guessed), and
   phantoms in T1, T2, PD, FLAIR and CT contrast in several orientations and voxel sizes.
 """
 
@@ -294,6 +297,56 @@ class RandInvertHeadd(_RandomKeyTransform):
         return torch.where(tensor > 0.08, (1.3 - tensor).clamp(min=0.05), tensor)
 
 
+class RandBackgroundFloord(_RandomKeyTransform):
+    """Lift the air round the head the way a low-SNR magnitude image or a bright halo does.
+
+    Complex Gaussian noise of standard deviation ``sigma`` (a fraction of the bright-tissue
+    level 1) is added to the image and its magnitude taken, so the air gets a Rician floor of
+    about 1.25 ``sigma`` and the tissue grows grainy; then a gamma below 1 is applied to the
+    whole box, air included (``(x / 1.5) ** gamma * 1.5``), which lifts that floor, partial-volume
+    voxels and any ghosting round the head further, towards the level of skin.  The inversion
+    (:class:`RandInvertHeadd`) and the contrast curve (:class:`RandContrastCurved`) keep the air
+    at 0, so a training draw without this transform never shows a bright background.
+
+    Parameters
+    ----------
+    keys : tuple of str
+        Image keys; each value a tensor of shape (1, X, Y, Z) on the normalised scale (tissue ~1,
+        clipped to [0, 1.5]).  Labels are left alone.
+    prob : float
+        Chance that a draw is transformed.
+    sigma_range : tuple of float
+        Range of the noise's standard deviation, as a fraction of the bright-tissue level.
+    gamma_range : tuple of float
+        Range of the whole-box gamma (below 1 lifts the dark background).
+
+    Notes
+    -----
+    The noise comes from a torch generator seeded by this transform's random state, so draws are
+    reproducible with ``set_random_state``.  The output is not renormalised (:class:`Renormalised`
+    does that at the end of :func:`training_transform`).
+    """
+
+    def __init__(self, keys: tuple[str, ...] = ("image",), prob: float = 0.25,
+                 sigma_range: tuple[float, float] = (0.01, 0.08), gamma_range: tuple[float, float] = (0.4, 1.0)) -> None:
+        super().__init__(keys, prob)
+        self.sigma_range = sigma_range
+        self.gamma_range = gamma_range
+        self._sigma, self._gamma, self._seed = 0.0, 1.0, 0
+
+    def _draw(self) -> None:
+        self._sigma = float(self.R.uniform(*self.sigma_range))
+        self._gamma = float(self.R.uniform(*self.gamma_range))
+        self._seed = int(self.R.randint(2**31 - 1))
+
+    def _apply(self, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.float()
+        generator = torch.Generator().manual_seed(self._seed)
+        noise = torch.randn((2, *tensor.shape), generator=generator).to(tensor.device) * self._sigma
+        magnitude = torch.hypot(tensor + noise[0], noise[1])
+        return (magnitude.clamp(0.0, 1.5) / 1.5) ** self._gamma * 1.5
+
+
 class Renormalised(MapTransform):
     """Apply the inference normalisation again (percentiles 0.5/99.5 -> 0/1, clipped to [0, 1.5])."""
 
@@ -333,7 +386,8 @@ def training_transform(transpose_probability: float = 0.1, device: torch.device 
         mt.RandBiasFieldd("image", prob=0.4, coeff_range=(0.0, 0.3)),
         RandInvertHeadd(("image",), prob=0.2),
         RandContrastCurved(("image",), prob=0.3),
-        mt.RandAdjustContrastd("image", prob=0.5, gamma=(0.67, 1.5)),
+        RandBackgroundFloord(("image",), prob=0.25),
+        mt.RandAdjustContrastd("image", prob=0.5, gamma=(0.4, 2.5)),
         mt.RandGaussianSmoothd("image", prob=0.2, sigma_x=(0.0, 0.8), sigma_y=(0.0, 0.8), sigma_z=(0.0, 0.8)),
         mt.RandGaussianNoised("image", prob=0.5, std=0.06),
         Renormalised(("image",)),
