@@ -33,7 +33,7 @@ from defacer.detect import Detector, HeadModelDetector
 from defacer.distort import Edit, distort_eyes, distort_nose, nose_region
 from defacer.distort_ears import distort_ears
 from defacer.errors import DetectorError, FeaturesNotFoundError, ProtectionError
-from defacer.head import HeadModel, analyse_head, depth_below_surface
+from defacer.head import CLEAR_OUTLINE, HeadModel, analyse_head, depth_below_surface
 from defacer.labels import FEATURES, Label
 from defacer.options import DEFAULT_OPTIONS, DefaceOptions
 from defacer.protection_check import changed_mask, check_protection_at, outside_tree, within_depth
@@ -266,7 +266,8 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
         "input_geometry": {"shape": list(volume.shape), "axcodes": volume.axcodes,
                            "spacing_mm": [round(s, 5) for s in volume.spacing], "format": volume.format},
         "head": {"threshold": head.threshold, "background": head.background,
-                 "air_sample_size": int(head.air_sample.size)},
+                 "air_sample_size": int(head.air_sample.size),
+                 "outline_contrast": round(head.outline_contrast, 3) if np.isfinite(head.outline_contrast) else None},
         "features_found_voxels": found,
         "edits": [{"feature": e.feature, **e.params} for e in edits],
         "voxels_changed": {name: int(np.count_nonzero(edit_mask == Label[name.upper()])) for name in FEATURES},
@@ -286,11 +287,30 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
         for name in missing:
             log.warning("%s %s in this scan; nothing distorted for it.", name.capitalize(),
                         provenance["features"][name]["status"])
+    if head.outline_contrast < CLEAR_OUTLINE:
+        provenance["warnings"] = [*provenance.get("warnings", []), doubtful_outline_warning(head)]
     read_warnings = [str(w) for w in volume.extra.get("warnings", [])]
     if read_warnings:  # what the reader had to assume, e.g. an invalid voxel size (geometry invented)
         provenance["warnings"] = read_warnings + provenance.get("warnings", [])
     return DefaceResult(volume.with_raw(raw), labels_native, edit_mask, provenance,
                         _protection=(depth, head, reorientation, options.protect_depth_mm - slack))
+
+
+def doubtful_outline_warning(head: HeadModel) -> str:
+    """The warning for a head whose outline the air/tissue threshold does not find clearly.
+
+    Parameters
+    ----------
+    head : HeadModel
+        With :attr:`HeadModel.outline_contrast` below :data:`defacer.head.CLEAR_OUTLINE`.
+    """
+    return (
+        f"the air next to the head is nearly as bright as its skin (the head's outermost 4 mm lie at "
+        f"{head.outline_contrast:.2f} x the air/tissue threshold; {CLEAR_OUTLINE:g} or more is expected, every real "
+        "head tested gives 2 or more): a bright halo, ghosting or a heavy noise floor round the head. The skin "
+        "may then be placed in the halo and parts of the face left: check this output with 'defacer verify' "
+        "before sharing it"
+    )
 
 
 def feature_report(requested: tuple[str, ...], found: dict[str, int], changed: dict[str, int]) -> dict[str, Any]:

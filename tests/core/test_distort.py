@@ -7,9 +7,11 @@ import pytest
 from truth_detector import TruthDetector
 
 from defacer.distort import grow_box, nose_box
+from defacer.head import CLEAR_OUTLINE
 from defacer.labels import Label
 from defacer.phantom import make_phantom
 from defacer.pipeline import DefaceOptions, deface
+from defacer.volume import Volume
 
 
 @pytest.fixture(scope="module")
@@ -415,3 +417,17 @@ def test_eye_cover_still_spans_a_nose_below_the_bridge_flat():
     lower_half = rows[rows < surface.shape[1] / 2]
     # the cover over the nose's columns stays near the face level (100), far behind the nose (120)
     assert cover[middle, lower_half].max() < 110.0
+
+
+def test_a_halo_round_the_head_is_reported_as_a_warning(phantom):
+    """A head whose air is lifted towards its skin (gamma 0.5) is defaced with a warning in the sidecar that
+    names the cause and says to verify; the untouched phantom gets no such warning."""
+    image = phantom.volume.values(np.float32)
+    lo, hi = np.percentile(image, [0.5, 99.5])
+    halo = (np.sqrt(np.clip((image - lo) / (hi - lo), 0.0, 1.5)) * 1000.0).astype(np.float32)
+    volume = Volume(halo, phantom.volume.affine, 1.0, 0.0, phantom.volume.format)
+    warned = deface(volume, TruthDetector(phantom.labels), DefaceOptions(features=("nose",))).provenance
+    clean = deface(phantom.volume, TruthDetector(phantom.labels), DefaceOptions(features=("nose",))).provenance
+    assert warned["head"]["outline_contrast"] < CLEAR_OUTLINE <= clean["head"]["outline_contrast"]
+    assert any("halo" in w and "defacer verify" in w for w in warned.get("warnings", []))
+    assert not any("halo" in w for w in clean.get("warnings", []))

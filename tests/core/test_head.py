@@ -7,11 +7,13 @@ import pytest
 
 from defacer.errors import InputImageError
 from defacer.head import (
+    CLEAR_OUTLINE,
     COARSE_STEP_MM,
     MAX_AIR_SAMPLE,
     analyse_head,
     depth_below_surface,
     estimate_threshold,
+    outline_contrast,
     outside_field_value,
 )
 from defacer.labels import Label
@@ -134,3 +136,38 @@ def test_sealed_head_is_the_closing_scipy_distance_transforms_give(voxel_size, m
     assert fast.sealed_coarse.any()
     np.testing.assert_array_equal(fast.sealed_coarse, reference.sealed_coarse)
     np.testing.assert_array_equal(depth_below_surface(fast, spacing), depth_below_surface(reference, spacing))
+
+
+def _through_gamma_half(phantom) -> np.ndarray:
+    """The phantom's intensities scaled to 0-1 and square-rooted: its air noise lifted towards the skin (a halo)."""
+    image = phantom.volume.values(np.float32)
+    lo, hi = np.percentile(image, [0.5, 99.5])
+    return np.sqrt(np.clip((image - lo) / (hi - lo), 0.0, 1.5)).astype(np.float32)
+
+
+@pytest.mark.parametrize("contrast", sorted(CONTRASTS))
+def test_the_outline_of_a_phantom_of_every_contrast_is_clear(contrast):
+    _, image, spacing = _ras(contrast)
+    assert analyse_head(image, spacing).outline_contrast >= CLEAR_OUTLINE
+
+
+def test_a_halo_round_the_head_makes_the_outline_doubtful():
+    """Through gamma 0.5 the threshold falls in the lifted air noise: the sealed head swallows the halo
+    (several times the head's volume on this phantom) and its outer layer is that halo, barely above the
+    threshold; the untouched phantom's outer layer is skin, several times above it."""
+    phantom, image, spacing = _ras("T1")
+    clear = analyse_head(image, spacing)
+    halo = analyse_head(_through_gamma_half(phantom), spacing)
+    assert halo.outline_contrast < CLEAR_OUTLINE < clear.outline_contrast
+    assert halo.sealed_coarse.sum() > 1.5 * clear.sealed_coarse.sum()
+
+
+def test_outline_contrast_is_measured_from_the_floor_of_the_scale():
+    """CT in HU: the same head shifted by -1000 gives the same figure (the floor moves with it)."""
+    coarse = np.zeros((8, 8, 8), np.float32)
+    sealed = np.zeros(coarse.shape, bool)
+    sealed[2:6, 2:6, 2:6] = True
+    coarse[sealed] = 4.0
+    assert outline_contrast(coarse, sealed, 1.0, 0.0) == pytest.approx(4.0)
+    assert outline_contrast(coarse - 1000.0, sealed, -999.0, -1000.0) == pytest.approx(4.0)
+    assert outline_contrast(coarse, sealed, 0.0, 0.0) == float("inf")
