@@ -289,6 +289,7 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
                         provenance["features"][name]["status"])
     if head.outline_contrast < CLEAR_OUTLINE:
         provenance["warnings"] = [*provenance.get("warnings", []), doubtful_outline_warning(head)]
+        log.warning("%s", doubtful_outline_warning(head))  # batch keeps a scan's logged warnings in its record
     read_warnings = [str(w) for w in volume.extra.get("warnings", [])]
     if read_warnings:  # what the reader had to assume, e.g. an invalid voxel size (geometry invented)
         provenance["warnings"] = read_warnings + provenance.get("warnings", [])

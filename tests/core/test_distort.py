@@ -419,9 +419,10 @@ def test_eye_cover_still_spans_a_nose_below_the_bridge_flat():
     assert cover[middle, lower_half].max() < 110.0
 
 
-def test_a_halo_round_the_head_is_reported_as_a_warning(phantom):
+def test_a_halo_round_the_head_is_reported_as_a_warning(phantom, caplog):
     """A head whose air is lifted towards its skin (gamma 0.5) is defaced with a warning in the sidecar that
-    names the cause and says to verify; the untouched phantom gets no such warning."""
+    names the cause and says to verify, also logged (batch keeps a scan's logged warnings in its record);
+    the untouched phantom gets no such warning."""
     image = phantom.volume.values(np.float32)
     lo, hi = np.percentile(image, [0.5, 99.5])
     halo = (np.sqrt(np.clip((image - lo) / (hi - lo), 0.0, 1.5)) * 1000.0).astype(np.float32)
@@ -431,3 +432,4 @@ def test_a_halo_round_the_head_is_reported_as_a_warning(phantom):
     assert warned["head"]["outline_contrast"] < CLEAR_OUTLINE <= clean["head"]["outline_contrast"]
     assert any("halo" in w and "defacer verify" in w for w in warned.get("warnings", []))
     assert not any("halo" in w for w in clean.get("warnings", []))
+    assert sum("halo" in r.getMessage() for r in caplog.records if r.levelname == "WARNING") == 1
