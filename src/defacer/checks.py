@@ -117,6 +117,12 @@ def validate_volume(volume: Volume, *, source: str, strict: bool = True) -> Volu
                 f"'{source}' has {bad} NaN or infinite voxel(s). defacer cannot estimate skin and air intensities "
                 "from them; replace them first (e.g. numpy.nan_to_num) and keep a note of it."
             )
+    if np.iscomplexobj(raw):
+        raise InputImageError(
+            f"'{source}' stores complex voxels ({raw.dtype}); defacer needs real intensities. Deface the magnitude "
+            "image (e.g. numpy.abs of the data) and share that instead: the face would be found in the real part "
+            "only, and the rest of the complex data would keep it."
+        )
     if not np.issubdtype(raw.dtype, np.number):
         raise InputImageError(f"'{source}' stores {raw.dtype} voxels; expected numbers (RGB images are not supported).")
     if raw is not volume.raw:

@@ -88,6 +88,17 @@ def test_nan_voxels_are_refused(tmp_path, capsys):
     assert code == 1 and "NaN" in err
 
 
+def test_complex_voxels_are_refused_and_nothing_is_written(tmp_path, capsys):
+    """A complex image (real and imaginary parts) was defaced on its real part alone, its other part kept."""
+    phantom = make_phantom(4.0)
+    data = phantom.volume.values(np.float32) * (1.0 + 1.0j)
+    path = tmp_path / "complex.nii"
+    nib.save(nib.Nifti1Image(data.astype(np.complex64), phantom.volume.affine), str(path))
+    code, err = run(["deface", str(path), str(tmp_path / "out.nii")], capsys)
+    assert code == 1 and "complex" in err and "magnitude" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["complex.nii"]
+
+
 @pytest.mark.parametrize("affine", [np.diag([1e-4, 1e-4, 1e-4, 1]), np.diag([1.0, 1.0, 0.0, 1.0]), np.diag([50.0, 1, 1, 1])])
 def test_absurd_affine_is_refused(tmp_path, capsys, affine):
     path = tmp_path / "weird.nii"
