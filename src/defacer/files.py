@@ -7,6 +7,7 @@ case, longest first), the functions that use it, and one sha256 of a file.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 
@@ -103,3 +104,34 @@ def link_outside(path: PathLike, root: PathLike) -> Path | None:
     if target.is_relative_to(base) or _in_annex(target, base):
         return None
     return target
+
+
+def stays_inside(path: PathLike, root: PathLike, *, log: logging.Logger | None = None, outcome: str = "") -> bool:
+    """Whether ``path``, found under the input folder ``root``, is no symbolic link out of it.
+
+    The one test of "may defacer read this file of the user's folder": :func:`link_outside` is ``None``
+    (a regular file, a link within ``root``, or a link into the git-annex store of a repository holding it).
+
+    Parameters
+    ----------
+    path : path-like
+        A file found under ``root`` (not resolved).
+    root : path-like
+        The input folder the user gave.
+    log : logging.Logger, optional
+        Where to warn about a link out (the caller's logger), as ``'<path relative to root>' is a symbolic link
+        to a file outside the input folder: <outcome>``.  Without it a link out is not warned about.
+    outcome : str
+        What defacer does instead of reading the file, and what the user may do (the warning's end).
+
+    Returns
+    -------
+    bool
+        ``True`` when the file may be read; ``False`` for a link out of ``root`` (warned on ``log``).
+    """
+    if link_outside(path, root) is None:
+        return True
+    if log is not None:
+        log.warning("'%s' is a symbolic link to a file outside the input folder: %s", os.path.relpath(path, root),
+                    outcome)
+    return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -106,3 +107,22 @@ def test_a_lone_dicom_series_folder_is_one_scan(tmp_path: Path) -> None:
 def test_input_must_be_a_folder(tmp_path: Path) -> None:
     with pytest.raises(InputImageError, match="not a folder"):
         discover(tmp_path / "missing")
+
+
+def test_a_sidecar_linked_out_of_the_dataset_is_not_the_scans_and_is_warned_about_once(tmp_path: Path,
+                                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """A scan's ``.json`` linked to a private file elsewhere is not its sidecar (its contents would go into OUT's
+    defaced sidecar) and is not carried; one linked into the dataset's git-annex store is the scan's sidecar."""
+    ds = (tmp_path / "ds").resolve()
+    anat = ds / "sub-01" / "anat"
+    secret = _touch(tmp_path / "home" / "creds.json", b'{"Password": "hunter2"}')
+    annexed = _touch(ds / ".git" / "annex" / "objects" / "aa" / "bb" / "SHA256E-s2--x.json", b"{}")
+    for suffix, target in [("T1w", secret), ("T2w", Path(os.path.relpath(annexed, anat)))]:
+        _touch(anat / f"sub-01_{suffix}.nii.gz")
+        (anat / f"sub-01_{suffix}.json").symlink_to(target)
+    found = discover(ds, layout="bids")
+    assert {scan.relpath.name: scan.sidecar for scan in found.scans} == {
+        "sub-01_T1w.nii.gz": None, "sub-01_T2w.nii.gz": anat / "sub-01_T2w.json"}
+    assert found.others == []
+    warning = "'sub-01/anat/sub-01_T1w.json' is a symbolic link to a file outside the input folder: not carried"
+    assert caplog.text.count(warning) == 1

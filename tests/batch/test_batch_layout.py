@@ -10,6 +10,7 @@ import pytest
 
 from defacer.batch.discover import Scan
 from defacer.batch.layout import (
+    BIDSIGNORE_LINE,
     OutputLayout,
     carry_over,
     check_folders,
@@ -18,6 +19,7 @@ from defacer.batch.layout import (
     desc_defaced_name,
     prepare_output,
     remove_stale_temporaries,
+    write_dataset_files,
 )
 from defacer.errors import OutputError
 
@@ -69,6 +71,27 @@ def test_sidecar_is_carried_over_and_marked_defaced(tmp_path: Path) -> None:
     assert data["Defaced"] is True
     assert data["DefacedBy"]["Features"] == ["eyes"] and data["DefacedBy"]["Seed"] == 7
     assert data["Sources"] == ["bids:raw:sub-01_T1w.nii.gz"]
+
+
+def test_dataset_files_linked_out_of_the_input_are_not_read_and_annexed_ones_are(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """IN's ``dataset_description.json`` linked to a private file elsewhere is not read (warned); its
+    ``.bidsignore`` linked into the dataset's git-annex store is (DataLad datasets are made of such links)."""
+    secret = tmp_path / "home" / "creds.json"
+    secret.parent.mkdir()
+    secret.write_text('{"Name": "x", "Password": "hunter2"}')
+    ds = tmp_path / "ds"
+    annexed = ds / ".git" / "annex" / "objects" / "aa" / "bb" / "SHA256E-s13--x"
+    annexed.parent.mkdir(parents=True)
+    annexed.write_text("derivatives/\n")
+    (ds / ".bidsignore").symlink_to(os.path.relpath(annexed, ds))
+    (ds / "dataset_description.json").symlink_to(secret)
+    out = tmp_path / "out"
+    out.mkdir()
+    write_dataset_files(OutputLayout(ds, out, "mirror", bids=True))
+    assert "hunter2" not in (out / "dataset_description.json").read_text()
+    assert (out / ".bidsignore").read_text().splitlines() == ["derivatives/", BIDSIGNORE_LINE]
+    assert "'dataset_description.json' is a symbolic link to a file outside the input folder: not read" in caplog.text
 
 
 @pytest.mark.parametrize("mode", ["copy", "hardlink", "symlink"])

@@ -35,6 +35,7 @@ from pathlib import Path, PurePosixPath
 from defacer import files
 from defacer._typing import PathLike
 from defacer.errors import InputImageError
+from defacer.files import stays_inside
 from defacer.io.output_guard import NRRD_SUFFIXES, nrrd_data_files
 
 #: Image file endings that defacer reads (longest first, so ``.nii.gz`` wins over ``.gz``).
@@ -45,6 +46,10 @@ NON_FACE_SUFFIXES: frozenset[str] = frozenset({"defacemask", "mask", "dseg", "pr
 
 #: Top-level BIDS folders that are neither searched for scans nor copied.
 BIDS_SKIPPED_FOLDERS: frozenset[str] = frozenset({"sourcedata", "derivatives", "code"})
+
+#: What batch does with a file of IN that is a symbolic link out of it (a hostile dataset could otherwise copy any
+#: file of this machine into the output): the end of the warning.
+NOT_CARRIED = "not carried to the output (copy the file into the dataset if it belongs there)"
 
 log = logging.getLogger(__name__)
 
@@ -244,22 +249,6 @@ def _is_bids_scan(relpath: PurePosixPath, entities: dict[str, str]) -> bool:
     return entities.get("datatype") == "anat" and suffix not in NON_FACE_SUFFIXES
 
 
-def _stays_inside(base: Path, path: Path) -> bool:
-    """Whether ``path`` under ``base`` is no symbolic link out of it (a link out is warned about once, as an
-    other file, by :func:`_links_out`)."""
-    return files.link_outside(path, base) is None
-
-
-def _links_out(base: Path, rel: PurePosixPath) -> bool:
-    """Whether the other file ``rel`` is a symbolic link out of the dataset ``base`` (warned; never carried:
-    a hostile dataset could otherwise copy any file of this machine into the output)."""
-    if files.link_outside(base / rel, base) is None:
-        return False
-    log.warning("'%s' is a symbolic link to a file outside the input folder: not carried to the output (copy the "
-                "file into the dataset if it belongs there)", rel)
-    return True
-
-
 def discover(
     root: PathLike,
     *,
@@ -304,7 +293,7 @@ def discover(
     skip_top = BIDS_SKIPPED_FOLDERS if kind == "bids" else frozenset()
 
     candidates: list[Scan] = []
-    files: list[PurePosixPath] = []
+    listed: list[PurePosixPath] = []
     for here, dirnames, filenames in _walk(base, skip_top):
         rel_here = PurePosixPath(here.relative_to(base).as_posix())
         dicoms = [name for name in filenames if not is_image_file(here / name) and is_dicom_file(here / name)]
@@ -319,7 +308,7 @@ def discover(
             continue
         for name in filenames:
             rel = rel_here / name
-            files.append(rel)
+            listed.append(rel)
             if not is_image_file(here / name):
                 continue
             entities = parse_bids_name(rel)
@@ -327,13 +316,14 @@ def discover(
                 continue
             sidecar = here / f"{image_stem(name)}.json"
             companions = tuple(nrrd_data_files(here / name)) if name.lower().endswith(NRRD_SUFFIXES) else ()
+            # A sidecar linked out of IN is not the scan's: it is warned about once, below, as an other file.
             candidates.append(
                 Scan(
                     path=here / name,
                     relpath=rel,
                     kind="file",
                     entities=entities,
-                    sidecar=sidecar if sidecar.is_file() and _stays_inside(base, sidecar) else None,
+                    sidecar=sidecar if sidecar.is_file() and stays_inside(sidecar, base) else None,
                     companions=companions,
                 )
             )
@@ -352,6 +342,6 @@ def discover(
                 claimed.add(PurePosixPath(companion.resolve().relative_to(base).as_posix()))
             except ValueError:
                 continue
-    others = [rel for rel in files if rel not in claimed and not _links_out(base, rel)]
+    others = [rel for rel in listed if rel not in claimed and stays_inside(base / rel, base, log=log, outcome=NOT_CARRIED)]
     scans.sort(key=lambda s: s.key)
     return Discovery(root=base, layout=kind, scans=scans, others=sorted(others), excluded=sorted(excluded))

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from defacer._version import __version__
 from defacer.batch.discover import Scan
 from defacer.errors import OutputError
-from defacer.files import link_outside
+from defacer.files import stays_inside
 from defacer.io.atomic import copy_atomic, is_temporary, write_text_atomic
 
 if TYPE_CHECKING:
@@ -306,8 +306,7 @@ def _readable_in(in_root: Path, path: Path) -> bool:
     :data:`MAX_DATASET_TEXT_BYTES`."""
     if not path.is_file():
         return False
-    if link_outside(path, in_root) is not None:
-        log.warning("'%s' is a symbolic link to a file outside the input folder: not read", path.name)
+    if not stays_inside(path, in_root, log=log, outcome="not read"):
         return False
     if path.stat().st_size > MAX_DATASET_TEXT_BYTES:
         log.warning("'%s' is larger than %d bytes: not read", path.name, MAX_DATASET_TEXT_BYTES)
