@@ -1,17 +1,22 @@
-"""File plumbing shared by the whole package: image file endings, name stems, file hashes.
+"""File plumbing shared by the whole package: image file endings, name stems, file hashes, small files.
 
 One table of the endings defacer reads (:data:`IMAGE_FORMATS`, matched without regard to
-case, longest first), the functions that use it, and one sha256 of a file.
+case, longest first), the functions that use it, one sha256 of a file, the one test of whether a
+file of the user's folder may be read (:func:`stays_inside`), and the one bounded read of a small
+text or JSON file beside the scans (:func:`read_json_object`, :data:`MAX_SMALL_FILE_BYTES`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from defacer._typing import PathLike
+from defacer.errors import DefacerError
 
 #: File endings of single-file (or header + data) scans and the format each one means, longest first.
 IMAGE_FORMATS: dict[str, str] = {
@@ -26,6 +31,10 @@ IMAGE_FORMATS: dict[str, str] = {
 IMAGE_SUFFIXES: tuple[str, ...] = tuple(IMAGE_FORMATS)
 #: Ending of a single DICOM file.
 DICOM_SUFFIX = ".dcm"
+#: Largest text or JSON file read beside the scans (a provenance record, a BIDS sidecar, dataset description or
+#: ``.bidsignore``; real ones are a few kB): a larger one is refused, so a hostile file (or ``/dev/zero``) cannot
+#: make defacer hold gigabytes of text.
+MAX_SMALL_FILE_BYTES = 16 * 2**20
 
 
 def image_suffix(name: str, *, dicom: bool = False) -> str:
@@ -135,3 +144,84 @@ def stays_inside(path: PathLike, root: PathLike, *, log: logging.Logger | None =
         log.warning("'%s' is a symbolic link to a file outside the input folder: %s", os.path.relpath(path, root),
                     outcome)
     return False
+
+
+#: The JSON name of each kind of value :func:`json.loads` gives, for messages.
+_JSON_KINDS: dict[type, str] = {list: "array", str: "string", int: "number", float: "number", bool: "true/false",
+                                type(None): "null"}
+
+
+def read_small_text(path: PathLike, *, what: str, redo: str) -> str:
+    """The UTF-8 text of a small file of the user's: a regular file of at most :data:`MAX_SMALL_FILE_BYTES`.
+
+    Parameters
+    ----------
+    path : path-like
+        The file.
+    what : str
+        What the file is, for the message (``"provenance file"``, ``"JSON sidecar"``).
+    redo : str
+        What the user may do about a refused file: the message's last sentence.
+
+    Returns
+    -------
+    str
+        The file's text (read at most one byte past the limit, never whole).
+
+    Raises
+    ------
+    DefacerError
+        For a missing file or one that is not regular (a pipe, socket or device is never opened), an unreadable
+        one, one over :data:`MAX_SMALL_FILE_BYTES`, or one that is not UTF-8 text.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DefacerError(f"The {what} '{p}' is missing or not a regular file (a pipe, socket or device is never "
+                           f"read): expected a small text file. {redo}")
+    try:
+        with p.open("rb") as handle:
+            data = handle.read(MAX_SMALL_FILE_BYTES + 1)
+    except OSError as err:
+        raise DefacerError(f"Could not read the {what} '{p}': {err.strerror or err}. {redo}") from err
+    if len(data) > MAX_SMALL_FILE_BYTES:
+        raise DefacerError(f"The {what} '{p}' is larger than {MAX_SMALL_FILE_BYTES // 2**20} MiB: expected a few kB. "
+                           f"{redo}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DefacerError(f"The {what} '{p}' is not UTF-8 text (byte {err.start}): expected a text file. "
+                           f"{redo}") from err
+
+
+def read_json_object(path: PathLike, *, what: str, redo: str) -> dict[str, Any]:
+    """The JSON object in a small file of the user's (:func:`read_small_text`).
+
+    Parameters
+    ----------
+    path : path-like
+        The file.
+    what : str
+        What the file is, for the message (``"provenance file"``, ``"JSON sidecar"``).
+    redo : str
+        What the user may do about a refused file: the message's last sentence.
+
+    Returns
+    -------
+    dict
+        The object, as :func:`json.loads` gives it.
+
+    Raises
+    ------
+    DefacerError
+        As :func:`read_small_text`, and for text that is not JSON or JSON that is not an object.
+    """
+    text = read_small_text(path, what=what, redo=redo)
+    try:
+        loaded = json.loads(text)
+    except ValueError as err:
+        raise DefacerError(f"The {what} '{path}' is not valid JSON ({err}): expected a JSON object. {redo}") from err
+    if not isinstance(loaded, dict):
+        found = _JSON_KINDS.get(type(loaded), "value")
+        raise DefacerError(f"The {what} '{path}' holds a JSON {found}: expected a JSON object, as every {what} is. "
+                           f"{redo}")
+    return loaded

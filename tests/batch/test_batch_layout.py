@@ -94,6 +94,52 @@ def test_dataset_files_linked_out_of_the_input_are_not_read_and_annexed_ones_are
     assert "'dataset_description.json' is a symbolic link to a file outside the input folder: not read" in caplog.text
 
 
+def _write_or_grow(path: Path, content: bytes | None) -> None:
+    """Write ``content`` to ``path``, or (``None``) make it a sparse file one byte over the 16 MiB read at most."""
+    if content is None:
+        with path.open("wb") as handle:
+            handle.truncate(16 * 2**20 + 1)
+    else:
+        path.write_bytes(content)
+
+
+@pytest.mark.parametrize(("name", "content"), [
+    ("dataset_description.json", b"[1, 2]"),
+    ("dataset_description.json", b'"a text"'),
+    ("dataset_description.json", b"{not json"),
+    ("dataset_description.json", None),
+    (".bidsignore", b"\xff\xfe not UTF-8"),
+    (".bidsignore", None),
+])
+def test_a_dataset_file_of_the_input_that_cannot_be_read_is_warned_about_and_written_anew(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, name: str, content: bytes | None) -> None:
+    """A dataset description that is no JSON object or a .bidsignore that is no UTF-8 text stopped the batch
+    (TypeError, UnicodeDecodeError); one that is no JSON at all was dropped without a word."""
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    _write_or_grow(ds / name, content)
+    out = tmp_path / "out"
+    out.mkdir()
+    write_dataset_files(OutputLayout(ds, out, "mirror", bids=True))
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert description["Name"] == "ds" and description["GeneratedBy"][0]["Name"] == "defacer"
+    assert (out / ".bidsignore").read_text() == BIDSIGNORE_LINE + "\n"
+    assert f"'{ds / name}'" in caplog.text and "fix the file in IN" in caplog.text
+
+
+@pytest.mark.parametrize("content", [b"[1]", b"{not json", b"\xff not UTF-8", None])
+def test_a_sidecar_that_cannot_be_read_is_warned_about_and_replaced_by_the_defaced_record(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, content: bytes | None) -> None:
+    """A scan's JSON sidecar that is no JSON object (or too large) was dropped without a word."""
+    sidecar = tmp_path / "in" / "sub-01_T1w.json"
+    sidecar.parent.mkdir()
+    _write_or_grow(sidecar, content)
+    scan = _scan(tmp_path / "in", "sub-01_T1w.nii.gz", sidecar)
+    data = defaced_sidecar(scan, OutputLayout(tmp_path / "in", tmp_path / "o", "mirror", True), ["eyes"], 7)
+    assert set(data) == {"Defaced", "DefacedBy"}
+    assert f"'{sidecar}'" in caplog.text and "fix the file in IN" in caplog.text
+
+
 @pytest.mark.parametrize("mode", ["copy", "hardlink", "symlink"])
 def test_non_image_files_are_copied_or_linked_and_kept_on_rerun(tmp_path: Path, mode: str) -> None:
     (tmp_path / "in" / "sub-01").mkdir(parents=True)

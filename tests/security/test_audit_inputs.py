@@ -412,16 +412,22 @@ def test_batch_never_copies_linked_private_files_into_the_dataset_files_it_write
 
 def test_verify_refuses_a_provenance_that_is_no_sidecar_before_writing_anything(phantom, tmp_path, capsys):
     """``verify --provenance`` took any file: a JSON array ended in "unexpected error: AttributeError ... a bug in
-    defacer" after the QC folder's README was written; ``/dev/zero`` was read until the memory ran out (rc 137)."""
-    listing = tmp_path / "list.json"
+    defacer" after the QC folder's README was written; ``/dev/zero`` was read until the memory ran out (rc 137).
+    Also refused: a file over the 16 MiB read at most (sparse here), and one that is no UTF-8 text."""
+    listing, large, binary = tmp_path / "list.json", tmp_path / "large.json", tmp_path / "binary.json"
     listing.write_text("[1, 2]")
+    with large.open("wb") as handle:
+        handle.truncate(16 * 2**20 + 1)
+    binary.write_bytes(b'{"a": "\xff"}')
     out = tmp_path / "qc"
-    for provenance in (listing, Path("/dev/zero")):
+    reasons = {listing: "holds a JSON array", large: "larger than 16 MiB", binary: "not UTF-8 text",
+               Path("/dev/zero"): "not a regular file"}
+    for provenance, reason in reasons.items():
         if not provenance.exists():
             continue
         code, text = run_cli(["verify", str(phantom[0]), str(phantom[0]), "--provenance", str(provenance),
                               "--out", str(out)], capsys)
-        assert code == 1 and "provenance file" in text
+        assert code == 1 and "provenance file" in text and reason in text and "--provenance" in text
         assert not out.exists()
 
 

@@ -26,21 +26,24 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from defacer._version import __version__
 from defacer.batch.discover import Scan
-from defacer.errors import OutputError
-from defacer.files import stays_inside
+from defacer.errors import DefacerError, OutputError
+from defacer.files import read_json_object, read_small_text, stays_inside
 from defacer.io.atomic import copy_atomic, is_temporary, write_text_atomic
 
 if TYPE_CHECKING:
     from defacer.batch.ownership import OwnershipRecord
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 #: Name of the bookkeeping folder inside OUT.
 STATE_FOLDER = ".defacer"
@@ -258,11 +261,6 @@ def dataset_description(layout: OutputLayout, source: dict[str, Any] | None) -> 
 BIDSIGNORE_LINE = "*.defacer.json"
 
 
-#: Largest dataset description, .bidsignore or JSON sidecar read from IN (real ones are a few kB; a larger one is
-#: not read, so a hostile dataset cannot make batch hold gigabytes of text).
-MAX_DATASET_TEXT_BYTES = 16 * 1024 * 1024
-
-
 def dataset_targets(layout: OutputLayout) -> list[Path]:
     """The files :func:`write_dataset_files` will write: ``dataset_description.json`` and, unless it already
     lists :data:`BIDSIGNORE_LINE`, ``.bidsignore`` (none for a non-BIDS input)."""
@@ -279,39 +277,38 @@ def dataset_targets(layout: OutputLayout) -> list[Path]:
 def write_dataset_files(layout: OutputLayout) -> None:
     """Write ``dataset_description.json`` and ``.bidsignore`` into a BIDS output.
 
-    ``.bidsignore`` gains :data:`BIDSIGNORE_LINE`.
+    Both start from IN's own, when :func:`_read_input` reads it; ``.bidsignore`` gains :data:`BIDSIGNORE_LINE`.
     """
     if not layout.bids:
         return
-    source_path = layout.in_root / "dataset_description.json"
-    source = None
-    if _readable_in(layout.in_root, source_path):
-        try:
-            source = json.loads(source_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            source = None
+    source = _read_input(layout.in_root, layout.in_root / "dataset_description.json", partial(
+        read_json_object, what="dataset description",
+        redo="Not read: OUT's dataset_description.json gets defacer's fields only; fix the file in IN to keep its own."))
     write_json_atomic(layout.out_root / "dataset_description.json", dataset_description(layout, source))
     ignore = layout.out_root / ".bidsignore"
     lines = ignore.read_text(encoding="utf-8").splitlines() if ignore.is_file() else []
-    if not lines and _readable_in(layout.in_root, layout.in_root / ".bidsignore"):
-        lines = (layout.in_root / ".bidsignore").read_text(encoding="utf-8").splitlines()
+    if not lines:
+        text = _read_input(layout.in_root, layout.in_root / ".bidsignore", partial(
+            read_small_text, what=".bidsignore",
+            redo="Not read: OUT's .bidsignore lists defacer's files only; fix the file in IN to keep its lines."))
+        lines = text.splitlines() if text is not None else []
     if BIDSIGNORE_LINE not in lines:
         lines.append(BIDSIGNORE_LINE)
         write_text_atomic(ignore, "\n".join(lines) + "\n")
 
 
-def _readable_in(in_root: Path, path: Path) -> bool:
-    """Whether ``path`` is a file of the input dataset to read: a regular file, no symbolic link out of
-    ``in_root`` (a hostile dataset's ``.bidsignore -> ~/.ssh/id_rsa`` would be copied into OUT), at most
-    :data:`MAX_DATASET_TEXT_BYTES`."""
-    if not path.is_file():
-        return False
-    if not stays_inside(path, in_root, log=log, outcome="not read"):
-        return False
-    if path.stat().st_size > MAX_DATASET_TEXT_BYTES:
-        log.warning("'%s' is larger than %d bytes: not read", path.name, MAX_DATASET_TEXT_BYTES)
-        return False
-    return True
+def _read_input(in_root: Path, path: Path, read: Callable[[Path], _T]) -> _T | None:
+    """``read(path)`` for a file of the input dataset, or ``None``: when IN has no such regular file, when it is a
+    symbolic link out of ``in_root`` (a hostile dataset's ``.bidsignore -> ~/.ssh/id_rsa`` would be copied into
+    OUT), or when ``read`` refuses it (too large, not text, not a JSON object: :mod:`defacer.files`). The last two
+    are warned about, with what the batch writes instead."""
+    if not path.is_file() or not stays_inside(path, in_root, log=log, outcome="not read"):
+        return None
+    try:
+        return read(path)
+    except DefacerError as err:
+        log.warning("%s", err)
+        return None
 
 
 def defaced_sidecar(scan: Scan, layout: OutputLayout, features: Iterable[str], seed: int) -> dict[str, Any]:
@@ -321,12 +318,11 @@ def defaced_sidecar(scan: Scan, layout: OutputLayout, features: Iterable[str], s
     derivatives layout also ``Sources``.
     """
     data: dict[str, Any] = {}
-    if scan.sidecar is not None and scan.sidecar.stat().st_size <= MAX_DATASET_TEXT_BYTES:
-        try:
-            loaded = json.loads(scan.sidecar.read_text(encoding="utf-8"))
-            data = dict(loaded) if isinstance(loaded, dict) else {}
-        except (OSError, ValueError):
-            data = {}
+    if scan.sidecar is not None:
+        data = _read_input(layout.in_root, scan.sidecar, partial(
+            read_json_object, what="JSON sidecar",
+            redo="Not read: the defaced scan's sidecar gets defacer's record only; fix the file in IN to keep its "
+                 "fields.")) or {}
     data["Defaced"] = True
     data["DefacedBy"] = {
         "Name": "defacer",

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from defacer.errors import DefacerError
-from defacer.files import named_path
+from defacer.files import named_path, read_json_object
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -68,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     original = load_volume(args.original)
     defaced = load_volume(args.defaced)
     labels = load_volume(args.labels) if args.labels else None
-    provenance = read_provenance(Path(prov_path)) if args.provenance or prov_path.is_file() else None
+    provenance = (read_json_object(prov_path, what="provenance file", redo="Pass another with --provenance, or none.")
+                  if args.provenance or prov_path.is_file() else None)
     from defacer.verify.verdict import EXIT_STATUS, MEANING
 
     after_only = bool(getattr(args, "qc_after_only", False))
@@ -87,30 +86,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"picture: {out / pictures['overview']}")
     print(qc.notice(out, after_only))
     return EXIT_STATUS[result.verdict]
-
-
-#: Largest provenance sidecar read (real ones are a few kB).
-MAX_PROVENANCE_BYTES = 16 * 1024 * 1024
-
-
-def read_provenance(path: Path) -> dict[str, object]:
-    """The provenance sidecar at ``path``: a regular JSON file of at most :data:`MAX_PROVENANCE_BYTES`.
-
-    Raises
-    ------
-    DefacerError
-        For a missing, special (``/dev/zero``, a pipe), too large or non-JSON file.
-    """
-    redo = "Pass another with --provenance, or none."
-    if not path.is_file():
-        raise DefacerError(f"The provenance file '{path}' is missing or not a regular file. {redo}")
-    if path.stat().st_size > MAX_PROVENANCE_BYTES:
-        raise DefacerError(f"The provenance file '{path}' is larger than {MAX_PROVENANCE_BYTES // 2**20} MiB; "
-                           f"defacer's sidecars are a few kB. {redo}")
-    try:
-        loaded = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise DefacerError(f"Could not read the provenance file '{path}': {err}. {redo}") from err
-    if not isinstance(loaded, dict):
-        raise DefacerError(f"The provenance file '{path}' holds no JSON object (a defacer sidecar does). {redo}")
-    return loaded
