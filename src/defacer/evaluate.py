@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +117,7 @@ def evaluate_folder(
     options: DefaceOptions | None = None,
     detector: Detector | None = None,
     echo: Callable[[str], None] | None = None,
+    scans: Sequence[Scan] | None = None,
 ) -> dict[str, Any]:
     """Deface, verify and score every scan in ``folder``.
 
@@ -126,6 +127,9 @@ def evaluate_folder(
         Folder of scans (files and DICOM folders directly inside it).
     out_dir : Path
         Where the per-scan reports, ``evaluation.json`` and ``evaluation.html`` go.
+    scans : sequence of Scan, optional
+        The scans of ``folder`` as :func:`defacer.verify.evaluate.find_scans` listed them (default: listed here);
+        a caller that has listed them already (to claim the outputs first) passes its list, so both agree.
     labels_dir : Path, optional
         Use ``<labels_dir>/<name>.labels.nii.gz`` as each scan's detector (a label file) instead
         of the default detector.
@@ -145,7 +149,7 @@ def evaluate_folder(
     """
     from defacer.verify.report import evaluation_html
 
-    scans = find_scans(folder)
+    scans = list(scans) if scans is not None else find_scans(folder)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     opts = options or DEFAULT_OPTIONS

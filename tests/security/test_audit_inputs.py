@@ -207,6 +207,27 @@ def test_evaluate_reruns_over_its_own_out_folder(scans, tmp_path, capsys):
     assert (tmp_path / "results" / "ph" / "verify_report.html").is_file()
 
 
+def test_evaluate_evaluates_the_scans_it_claimed_and_no_other(scans, phantom, tmp_path, capsys, monkeypatch):
+    """``defacer evaluate`` listed the folder twice: once to claim its outputs, again to evaluate. A scan put in the
+    folder in between was evaluated and its report, showing a face, written where nothing had claimed it."""
+    pytest.importorskip("mediapipe")
+    import defacer.cli.evaluate as cli_evaluate
+
+    claim = cli_evaluate.claim_outputs
+
+    def claim_then_a_scan_arrives(*args, **kwargs):
+        claim(*args, **kwargs)
+        shutil.copy(phantom[0], scans[0] / "late.nii.gz")
+        shutil.copy(phantom[1], scans[1] / "late.labels.nii.gz")
+
+    monkeypatch.setattr(cli_evaluate, "claim_outputs", claim_then_a_scan_arrives)
+    out = tmp_path / "results"
+    code, text = run_cli(["evaluate", str(scans[0]), "--labels-dir", str(scans[1]), "--out", str(out)], capsys)
+    assert code == 0, text
+    assert [s["name"] for s in json.loads((out / "evaluation.json").read_text())["scans"]] == ["ph"]
+    assert not (out / "late").exists()
+
+
 def test_a_terminated_run_leaves_no_temporary_beside_the_users_files(tmp_path):
     """SIGTERM (``timeout``, ``scancel``, ``docker stop``) or SIGHUP (a closed terminal) during a write left
     ``.defacer-tmp-*`` with the half-written output in the user's folder; only Ctrl-C cleaned up. The

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from defacer.verify.evaluate import Scan
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -34,27 +39,39 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def run(args: argparse.Namespace) -> int:
     from defacer.evaluate import evaluate_folder
     from defacer.options import DefaceOptions
-    from defacer.verify.evaluate import TABLE_HEADER, format_overall
+    from defacer.verify.evaluate import TABLE_HEADER, find_scans, format_overall
 
     reference = args.reference_dir
     if reference is None and Path("reference_labels").is_dir():
         reference = Path("reference_labels")
-    claim_outputs(args.folder, args.out, [args.labels_dir, reference])
+    scans = find_scans(args.folder)  # listed once: the scans claimed are the scans evaluated
+    claim_outputs(args.folder, args.out, scans, [args.labels_dir, reference])
     print(TABLE_HEADER, flush=True)
-    result = evaluate_folder(args.folder, args.out, labels_dir=args.labels_dir, reference_dir=reference,
+    result = evaluate_folder(args.folder, args.out, scans=scans, labels_dir=args.labels_dir, reference_dir=reference,
                              options=DefaceOptions(seed=args.seed), echo=lambda line: print(line, flush=True))
     print(format_overall(result["overall"]))
     print(f"written: {args.out / 'evaluation.json'}, {args.out / 'evaluation.html'}")
     return 0 if result["overall"]["errors"] == 0 else 1
 
 
-def claim_outputs(folder: Path, out: Path, inputs: list[Path | None]) -> None:
+def claim_outputs(folder: Path, out: Path, scans: Sequence[Scan], inputs: list[Path | None]) -> None:
     """Check, then record in ``out``'s ownership record, every file the evaluation will write there.
 
     The files are ``evaluation.json``, ``evaluation.html`` and each scan's ``<name>/verify_report.html`` and
     ``verify_summary.json`` (they show the original faces).  None may touch an input (the scans' folder, the
     label folders), and an existing one that defacer did not write there is refused (the QC folders' rule,
     :func:`defacer.verify.qc.claim`).
+
+    Parameters
+    ----------
+    folder : Path
+        The folder of scans.
+    out : Path
+        The evaluation's output folder.
+    scans : sequence of Scan
+        The scans of ``folder`` that will be evaluated (:func:`defacer.verify.evaluate.find_scans`).
+    inputs : list of Path or None
+        The other folders read (label maps, reference labels); ``None`` entries are ignored.
 
     Raises
     ------
@@ -63,11 +80,11 @@ def claim_outputs(folder: Path, out: Path, inputs: list[Path | None]) -> None:
     """
     from defacer.io.output_guard import check_not_input
     from defacer.verify import qc
-    from defacer.verify.evaluate import RESULT_HTML, RESULT_JSON, find_scans
+    from defacer.verify.evaluate import RESULT_HTML, RESULT_JSON
     from defacer.verify.report import REPORT_NAME, SUMMARY_NAME
 
     targets = [out / RESULT_JSON, out / RESULT_HTML]
-    for scan in find_scans(folder):
+    for scan in scans:
         targets += [out / scan.name / REPORT_NAME, out / scan.name / SUMMARY_NAME]
     check_not_input([out, *targets], [folder, *inputs])
     qc.claim(out, targets)
