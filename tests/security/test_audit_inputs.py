@@ -452,6 +452,18 @@ def test_verify_refuses_a_provenance_that_is_no_sidecar_before_writing_anything(
         assert not out.exists()
 
 
+def test_verify_reads_the_provenance_sidecar_deface_wrote_for_an_upper_case_ending(phantom, tmp_path, capsys):
+    """``verify ORIG head_defaced.NII.GZ`` looked for its sidecar by a case-sensitive list of endings of its own
+    (no ``.dcm`` either): ``head_defaced.NII.GZ.defacer.json``, never the ``head_defaced.defacer.json`` that
+    ``deface`` writes (:func:`defacer.provenance.sidecar_path`), so the report went without the provenance."""
+    defaced = tmp_path / "head_defaced.NII.GZ"
+    shutil.copy(phantom[0], defaced)
+    (tmp_path / "head_defaced.defacer.json").write_text("[1]")  # a damaged sidecar: refused, so seen to be read
+    code, text = run_cli(["verify", str(phantom[0]), str(defaced)], capsys)
+    assert code == 1 and "head_defaced.defacer.json" in text and "holds a JSON array" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["head_defaced.NII.GZ", "head_defaced.defacer.json"]
+
+
 def test_batch_never_deletes_a_users_look_alike_of_its_temporaries(tmp_path, capsys):
     """``batch IN OUT --force`` (writing beside a user's files) deleted every ``.defacer-tmp-*`` file and folder
     under OUT: a user's ``.defacer-tmp-mine/keep.txt`` and ``notes/.defacer-tmp-draft.txt`` were removed."""

@@ -40,26 +40,18 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.set_defaults(func=run)
 
 
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mgz", ".mgh"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def run(args: argparse.Namespace) -> int:
     from defacer.io import load_volume
     from defacer.io.output_guard import check_not_input
-    from defacer.verify import verify_pair
+    from defacer.provenance import sidecar_path
+    from defacer.verify import qc, verify_pair
 
     # '.' or '..' (verify ../orig .): name the folder itself, so the QC folder is its sibling, not '-qc' inside it.
     defaced_path = named_path(args.defaced)
-    out = args.out or defaced_path.parent / f"{_stem(defaced_path)}-qc"
-    prov_path = args.provenance or defaced_path.parent / f"{_stem(defaced_path)}.defacer.json"
+    # The names 'deface' gives: its provenance sidecar, and the QC folder of 'deface --verify'.
+    out = args.out or qc.qc_dir_for(defaced_path)
+    prov_path = args.provenance or sidecar_path(defaced_path)
     # Nothing the report writes may be, or lie inside, one of the scans it reads (issue 11, defect 3).
-    from defacer.verify import qc
-
     targets = qc.report_targets(out)
     check_not_input(targets, [args.original, args.defaced, args.labels, args.provenance])
     qc.check_owned(out, targets)  # never over a file defacer did not write there
