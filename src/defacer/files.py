@@ -200,10 +200,8 @@ def read_json_object(path: PathLike, *, what: str, redo: str) -> dict[str, Any]:
     ----------
     path : path-like
         The file.
-    what : str
-        What the file is, for the message (``"provenance file"``, ``"JSON sidecar"``).
-    redo : str
-        What the user may do about a refused file: the message's last sentence.
+    what, redo : str
+        As :func:`read_small_text`: what the file is, and what the user may do about a refused one.
 
     Returns
     -------

@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from defacer.errors import DefacerError
-from defacer.io import SUFFIX_FORMATS
+from defacer.files import image_stem, is_image_name
 from defacer.labels import FEATURE_LABELS
 from defacer.verify import faces, identity
 from defacer.verify.check import face_box
@@ -49,11 +49,7 @@ class Scan:
 
 def scan_name(path: Path) -> str:
     """A scan's name: the file name without its image extension (a DICOM folder keeps its name)."""
-    lower = path.name.lower()
-    for suffix in SUFFIX_FORMATS:
-        if lower.endswith(suffix):
-            return path.name[: -len(suffix)]
-    return path.name
+    return image_stem(path.name)
 
 
 def find_scans(folder: Path) -> list[Scan]:
@@ -65,7 +61,7 @@ def find_scans(folder: Path) -> list[Scan]:
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith("."):
             continue
-        if entry.is_file() and any(entry.name.lower().endswith(s) for s in SUFFIX_FORMATS):
+        if entry.is_file() and is_image_name(entry.name):
             if entry.name.lower().endswith(".labels.nii.gz"):
                 continue
             scans.append(Scan(scan_name(entry), entry))
