@@ -110,3 +110,22 @@ def test_an_intact_head_fails(shared_data, tmp_path) -> None:
     assert result.summary["face_found_after"] == result.summary["face_found_before"] != []
     assert result.summary["identity"]["distance"] < 1e-6
     assert result.summary["voxels"]["total"] == 0
+
+
+def test_a_face_the_first_render_size_misses_is_looked_for_at_the_next(shared_data, face_remover, tmp_path) -> None:
+    """fernando_T2w_thick (5.5 mm T2 slices): no detector finds its face in the 128-voxel renders, Face Mesh does
+    in the 192-voxel ones, so the check is conclusive (before: INCONCLUSIVE), and none after the face is cut
+    off, in renders of the same size; ixi012's face is found at the
+    first size, which is then kept."""
+    from defacer.io import load_volume
+    from defacer.verify.check import RENDER_SIZES
+
+    remove_face, _ = face_remover
+    thick = load_volume(shared_data / "heads" / "fernando_T2w_thick.nii.gz")
+    result = verify_pair(thick, remove_face(thick), tmp_path / "thick")
+    assert result.summary["render"]["size"] == RENDER_SIZES[1]
+    assert result.summary["face_found_before"] and result.summary["conclusive"]
+    assert not result.summary["face_found_after"]  # the crude removal also cuts the brain proxy: no PASS here
+    plain = load_volume(shared_data / "heads" / "ixi012_T1w_2mm.nii.gz")
+    result = verify_pair(plain, remove_face(plain), tmp_path / "plain")
+    assert result.summary["render"]["size"] == RENDER_SIZES[0] and result.summary["face_found_before"]
