@@ -61,6 +61,17 @@ def test_dataset_description_gains_generated_by_or_becomes_a_derivative(tmp_path
     assert str(tmp_path) not in json.dumps(deriv)
 
 
+@pytest.mark.parametrize("listed", [5, "dcm2niix", {"Name": "dcm2niix"}, None])
+def test_a_generated_by_that_is_no_list_is_warned_about_and_replaced(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                                     listed: object) -> None:
+    """IN's description with ``"GeneratedBy": 5`` stopped the batch ('unexpected error: TypeError ... a bug in
+    defacer'); a string or object there was dropped without a word."""
+    source = {"Name": "study", "BIDSVersion": "1.9.0", "GeneratedBy": listed}
+    described = dataset_description(OutputLayout(tmp_path, tmp_path / "o", "mirror", True), source)
+    assert [g["Name"] for g in described["GeneratedBy"]] == ["defacer"]
+    assert "GeneratedBy that is no list" in caplog.text
+
+
 def test_sidecar_is_carried_over_and_marked_defaced(tmp_path: Path) -> None:
     sidecar = tmp_path / "in" / "sub-01_T1w.json"
     sidecar.parent.mkdir()

@@ -252,7 +252,12 @@ def dataset_description(layout: OutputLayout, source: dict[str, Any] | None) -> 
     described = dict(source)
     described.setdefault("Name", name)
     described.setdefault("BIDSVersion", "1.10.0")
-    previous = [g for g in described.get("GeneratedBy", []) if isinstance(g, dict) and g.get("Name") != "defacer"]
+    listed = described.get("GeneratedBy", [])
+    if not isinstance(listed, list):
+        log.warning("IN's dataset_description.json has a GeneratedBy that is no list (BIDS wants a list of objects): "
+                    "OUT's names defacer only; fix the file in IN to keep its own entries.")
+        listed = []
+    previous = [g for g in listed if isinstance(g, dict) and g.get("Name") != "defacer"]
     described["GeneratedBy"] = [generated_by(), *previous]
     return described
 
