@@ -15,7 +15,8 @@
 # from augmented 96^3 boxes (--patch 64), warm-started from the shipped ONNX weights (--resume),
 # with the paper's loss, augmentation, per-epoch validation and 5-epoch early stopping; both
 # folds run at once with one thread each.  RESUME_FROM=DIR continues each fold from DIR/<fold>/best.pt
-# (LR, FOREGROUND and SAMPLES set the learning rate, --foreground-probability and draws per epoch).
+# (LR, FOREGROUND, SAMPLES and PATIENCE set the learning rate, --foreground-probability, draws per
+# epoch and the early-stopping patience in epochs, default 5).
 set -euo pipefail
 OUT=${1:?usage: scripts/train_detector_cpu.sh OUT_DIR [SECONDS] [PYTHON]}
 SECONDS_LIMIT=${2:-3600}
@@ -31,7 +32,7 @@ if [ ! -f "$OUT/boxes96.npz" ]; then
       --epochs 0 --phantoms 0 --out "$OUT/cache-only" >"$OUT/cache.log" 2>&1
 fi
 COMMON=(--cache "$OUT/boxes96.npz" --validate-on-train --phantoms 8 --batch-size 2
-        --epochs 400 --lr "${LR:-1e-3}" --patience 5 --time-limit "$SECONDS_LIMIT" --threads 1 --patch 64
+        --epochs 400 --lr "${LR:-1e-3}" --patience "${PATIENCE:-5}" --time-limit "$SECONDS_LIMIT" --threads 1 --patch 64
         --foreground-probability "${FOREGROUND:-0.7}" --samples-per-epoch "${SAMPLES:-48}")
 declare -A FOLDS=(
   [foldA]="ixi012_T1w_2mm ixi014_T1w_2mm ixi033_T1w_2mm ixi039_T1w_2mm mricrogl_CT contecore2_mean_head_2mm"
