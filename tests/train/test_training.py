@@ -121,12 +121,16 @@ def test_background_floor_lifts_the_air_towards_the_skin_and_keeps_the_labels(ph
     assert torch.equal(again(_item(phantoms[0]))["image"], out["image"])
 
 
-def test_training_transform_can_draw_a_bright_background() -> None:
-    transform = training_transform(shape=SMALL_BOX)
-    names = [type(t).__name__ for t in transform.transforms]
-    assert "RandBackgroundFloord" in names
-    gamma = next(t for t in transform.transforms if type(t).__name__ == "RandAdjustContrastd")
-    assert gamma.adjuster.gamma[0] <= 0.5 and gamma.adjuster.gamma[1] >= 2.0
+def test_bright_background_is_an_option_off_by_default() -> None:
+    def parts(transform):
+        names = [type(t).__name__ for t in transform.transforms]
+        gamma = next(t for t in transform.transforms if type(t).__name__ == "RandAdjustContrastd").adjuster.gamma
+        return names, gamma
+
+    names, gamma = parts(training_transform(shape=SMALL_BOX))
+    assert "RandBackgroundFloord" not in names and tuple(gamma) == (0.67, 1.5)  # the shipped (v3) recipe
+    names, gamma = parts(training_transform(shape=SMALL_BOX, bright_background=True))
+    assert "RandBackgroundFloord" in names and gamma[0] <= 0.5 and gamma[1] >= 2.0
 
 
 def test_box_samples_round_trip_through_the_cache(phantoms, tmp_path) -> None:

@@ -59,6 +59,9 @@ class TrainConfig:
         class with ``patch_class_weights``) rather than anywhere in the box.
     patch_class_weights : tuple of float
         Relative chance of centring a foreground patch on the eyes, nose and ears.
+    bright_background : bool
+        Augment with a lifted background and a wider gamma
+        (:func:`~defacer.train.data.training_transform`); off in the shipped recipe.
     """
 
     epochs: int = 60
@@ -75,6 +78,7 @@ class TrainConfig:
     patch: int = 0
     foreground_probability: float = 0.7
     patch_class_weights: tuple[float, float, float] = (1.0, 1.0, 2.0)
+    bright_background: bool = False
     unet: dict = field(default_factory=lambda: UNetConfig().to_dict())
 
 
@@ -161,8 +165,9 @@ def train(train_samples: list[BoxSample], val_samples: list[BoxSample], out_dir:
     weights = [config.real_weight if s.group != "phantom" else 1.0 for s in train_samples]
     shape = tuple(int(n) for n in train_samples[0].image.shape)
     box = {"shape": list(shape), "spacing_mm": float(np.sqrt((train_samples[0].affine[:3, :3] ** 2).sum(axis=0))[0])}
-    batches = AugmentedBatches(train_samples, training_transform(config.transpose_probability, device, shape),  # type: ignore[arg-type]
-                               weights, device=device, seed=config.seed, patch=config.patch,
+    transform = training_transform(config.transpose_probability, device, shape,  # type: ignore[arg-type]
+                                   config.bright_background)
+    batches = AugmentedBatches(train_samples, transform, weights, device=device, seed=config.seed, patch=config.patch,
                                foreground_probability=config.foreground_probability,
                                class_weights=config.patch_class_weights)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
