@@ -401,10 +401,23 @@ def detect_all(image: npt.NDArray[Any], names: tuple[str, ...] | None = None) ->
     return {name: DETECTORS[name](image) for name in chosen}
 
 
+def _probe_mediapipe() -> None:
+    """Build both MediaPipe face graphs (cached for the detectors) and run each once on a blank picture.
+
+    MediaPipe opens a graph's calculators on its own threads after the constructor returns, and
+    TensorFlow Lite logs while they open; running the graph waits for that, so the log falls inside
+    the caller's :func:`native_quiet` (a bare constructor let a "feedback manager" line through now
+    and then).
+    """
+    blank = np.zeros((64, 64, 3), np.uint8)
+    _blazeface(0).process(blank)
+    _facemesh().process(blank)
+
+
 def available() -> dict[str, bool]:
     """Which detector back-ends work here: mediapipe (its face graphs can be built), dlib, the dlib models."""
     status = {}
-    for name, probe in (("mediapipe", lambda: (_blazeface(0), _facemesh())), ("dlib", _import_dlib)):
+    for name, probe in (("mediapipe", _probe_mediapipe), ("dlib", _import_dlib)):
         try:
             with _MODEL_LOCK, native_quiet():
                 probe()
