@@ -201,3 +201,18 @@ def test_stale_temporaries_of_a_killed_run_are_removed(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
         ".defacer-tmp-link1234", ".defacer-tmp-mine", ".defacer-tmp-notes.txt", "keep.nii.gz"]
     assert (tmp_path / "a" / ".defacer-tmp-mine" / "keep.txt").is_file()
+
+
+def test_an_unreadable_bidsignore_of_the_output_is_warned_about_and_left_alone(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """OUT's own .bidsignore edited into bytes that are no UTF-8 text stopped the batch at its end
+    (UnicodeDecodeError); it is now left as it is, with a warning naming the line to add."""
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".bidsignore").write_bytes(b"\xff\xfe edited")
+    write_dataset_files(OutputLayout(ds, out, "mirror", bids=True))
+    assert (out / ".bidsignore").read_bytes() == b"\xff\xfe edited"
+    assert "not UTF-8" in caplog.text and BIDSIGNORE_LINE in caplog.text
+    assert json.loads((out / "dataset_description.json").read_text())["GeneratedBy"][0]["Name"] == "defacer"

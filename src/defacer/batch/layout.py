@@ -291,7 +291,12 @@ def write_dataset_files(layout: OutputLayout) -> None:
         redo="Not read: OUT's dataset_description.json gets defacer's fields only; fix the file in IN to keep its own."))
     write_json_atomic(layout.out_root / "dataset_description.json", dataset_description(layout, source))
     ignore = layout.out_root / ".bidsignore"
-    lines = ignore.read_text(encoding="utf-8").splitlines() if ignore.is_file() else []
+    try:
+        lines = read_small_text(ignore, what=".bidsignore", redo="").splitlines() if ignore.is_file() else []
+    except DefacerError as err:  # OUT's own, edited since defacer wrote it: not ours to rewrite
+        log.warning("%s Left as it is: add the line '%s' to it so that BIDS validators skip defacer's sidecars.",
+                    str(err).strip(), BIDSIGNORE_LINE)
+        return
     if not lines:
         text = _read_input(layout.in_root, layout.in_root / ".bidsignore", partial(
             read_small_text, what=".bidsignore",
