@@ -273,8 +273,8 @@ def dataset_targets(layout: OutputLayout) -> list[Path]:
         return []
     ignore = layout.out_root / ".bidsignore"
     try:
-        listed = ignore.is_file() and BIDSIGNORE_LINE in ignore.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
+        listed = ignore.is_file() and BIDSIGNORE_LINE in read_small_text(ignore, what=".bidsignore", redo="").splitlines()
+    except DefacerError:  # unreadable: write_dataset_files warns and leaves it
         listed = False
     return [layout.out_root / "dataset_description.json", *([] if listed else [ignore])]
 
