@@ -288,8 +288,9 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
             log.warning("%s %s in this scan; nothing distorted for it.", name.capitalize(),
                         provenance["features"][name]["status"])
     if head.outline_contrast < CLEAR_OUTLINE:
-        provenance["warnings"] = [*provenance.get("warnings", []), doubtful_outline_warning(head)]
-        log.warning("%s", doubtful_outline_warning(head))  # batch keeps a scan's logged warnings in its record
+        warning = doubtful_outline_warning(head)
+        provenance["warnings"] = [*provenance.get("warnings", []), warning]
+        log.warning("%s", warning)  # batch keeps a scan's logged warnings in its record
     read_warnings = [str(w) for w in volume.extra.get("warnings", [])]
     if read_warnings:  # what the reader had to assume, e.g. an invalid voxel size (geometry invented)
         provenance["warnings"] = read_warnings + provenance.get("warnings", [])

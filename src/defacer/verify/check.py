@@ -248,7 +248,7 @@ def render_original(original: Volume, views: tuple[View, ...], timings: dict[str
     Returns
     -------
     scene : Scene
-        Its cube (edge ``scene.grid.shape[0]``) is the one to render the defaced copy in.
+        Its cube is the one to render the defaced copy in (``like=scene``).
     renders : dict of str to Rendering
     detections : dict
         As :func:`detect_renders`.
@@ -326,8 +326,7 @@ def verify_pair(
     start = time.perf_counter()
     scene, renders_before, det_before = render_original(original, views, timings)
     t0 = time.perf_counter()
-    _, renders_after = render_volume(defaced, views, like=scene, size=scene.grid.shape[0],
-                                     reference=renders_before)
+    _, renders_after = render_volume(defaced, views, like=scene, reference=renders_before)
     t1 = time.perf_counter()
     det_after = detect_renders(renders_after)
     timings["render_s"] += t1 - t0

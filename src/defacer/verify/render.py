@@ -195,7 +195,7 @@ def prepare_scene(
     iso : float, optional
         Skin iso-level in physical units; default :func:`auto_iso_level`.
     like : Scene, optional
-        Reuse this scene's cube (centre, spacing) and iso-level, e.g. the original's when
+        Reuse this scene's cube (centre, spacing, edge: ``size`` is then ignored) and iso-level, e.g. the original's when
         rendering its defaced copy, so the pictures are directly comparable.
 
     Returns
@@ -212,6 +212,7 @@ def prepare_scene(
     ras_volume = Volume(values, reo.ras_affine)
     if like is not None:
         iso_level, centre, step = like.iso, like.centre, like.step_mm
+        size = like.grid.shape[0]  # the same cube: its step was chosen for its own edge
     else:
         sample = values[::3, ::3, ::3]
         iso_level = float(iso) if iso is not None else auto_iso_level(sample)
@@ -387,9 +388,10 @@ def render_volume(
     views : tuple of View
         Camera directions (default :data:`DEFAULT_VIEWS`).
     like : Scene, optional
-        The original's scene when rendering a defaced copy (same cube and iso-level).
+        The original's scene when rendering a defaced copy (same cube, edge and iso-level).
     size, upsample : int
-        Cube edge in voxels and depth-map upsampling: pictures are ``size * upsample`` square.
+        Cube edge in voxels (ignored when ``like`` is given) and depth-map upsampling: pictures are
+        ``size * upsample`` square.
     iso : float, optional
         Skin iso-level; default automatic (ignored when ``like`` is given).
     reference : dict of str to Rendering, optional
