@@ -43,10 +43,15 @@ def test_a_batch_of_the_real_heads_defaces_every_one_with_two_workers(shared_dat
     # Without --allow-missing the heads where the detector finds no ears (11 of 19 with the current
     # model, the IXI ones among them) are recorded 'incomplete' and not written; here they are written,
     # and eyes and nose must be distorted in every head.
+    # The decubitus series' PatientName is 'HFS', which its folder name holds: refused without
+    # --allow-identifying-paths (tests/batch/test_batch_paths.py), written here with a warning.
     summary = run_batch(BatchConfig(in_root=shared_data / "heads", out_root=out, jobs=2,
-                                    deidentify=Deidentification(key=b"real-heads-test-key-0123456789"), quiet=True, allow_missing=True))
+                                    deidentify=Deidentification(key=b"real-heads-test-key-0123456789"), quiet=True,
+                                    allow_missing=True, allow_identifying_paths=True))
     not_done = {r.key: (r.status, r.error) for r in summary.records if r.status != "done"}
     assert not not_done, not_done
+    named = {r.key for r in summary.records if any("holds the patient's name" in w for w in r.warnings)}
+    assert named == {"decubitus-HFS_T1w_dicom"}
     assert summary.counts.done == ALL
     for record in summary.records:
         statuses = {name: entry["status"] for name, entry in record.provenance["features"].items()}
@@ -61,7 +66,8 @@ def test_a_batch_of_the_real_heads_defaces_every_one_with_two_workers(shared_dat
     assert (out / "slicer-mrhead_2mm.raw.gz").is_file(), "the .nhdr output's own data file"
     assert not (out / "MRHeadResampled.raw.gz").exists(), "the original, un-defaced data file is never copied"
     rerun = run_batch(BatchConfig(in_root=shared_data / "heads", out_root=out, jobs=2,
-                                  deidentify=Deidentification(key=b"real-heads-test-key-0123456789"), quiet=True, allow_missing=True))
+                                  deidentify=Deidentification(key=b"real-heads-test-key-0123456789"), quiet=True,
+                                  allow_missing=True, allow_identifying_paths=True))
     assert rerun.counts.skipped == ALL
     small = ["anon0006_T1w_ASL.nii.gz", "slicer-mrhead_2mm.nhdr"]
     serial = run_batch(BatchConfig(in_root=shared_data / "heads", out_root=tmp_path / "serial", include=small,

@@ -115,6 +115,10 @@ class BatchConfig:
     max_voxels : int or None
         Refuse (record as failed) NIfTI/NRRD/MGH scans declaring more voxels than this
         (default :data:`defacer.checks.DEFAULT_MAX_VOXELS`); ``None``: no limit.
+    allow_identifying_paths : bool
+        Write de-identified DICOM series whose output folder names hold identifiers of their own headers
+        (patient name, IDs, birth date, original UIDs), with a warning each; by default such a series is recorded
+        as failed and nothing is written for it (:mod:`defacer.phi.paths`).
     """
 
     in_root: PathLike
@@ -137,6 +141,7 @@ class BatchConfig:
     deidentify: Deidentification | None = DEFAULT_DEIDENTIFICATION
     allow_missing: bool = False
     max_voxels: int | None = DEFAULT_MAX_VOXELS
+    allow_identifying_paths: bool = False
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -313,6 +318,7 @@ def plan(
             qc_root=layout.qc_dir if config.verify else None, qc_after_only=config.qc_after_only,
             deface=deface, deidentify=deidentify if scan.kind == "dicom" else None,
             allow_missing=config.allow_missing, max_voxels=config.max_voxels,
+            allow_identifying_paths=config.allow_identifying_paths,
         ))
     return tasks, skipped
 

@@ -87,6 +87,9 @@ class ScanTask:
         as ``nothing-found`` or ``incomplete`` and nothing is written for it).
     max_voxels : int or None
         The loader's voxel limit (:func:`defacer.io.load_volume`); ``None``: no limit.
+    allow_identifying_paths : bool
+        Write a de-identified DICOM series even when the names of the folders it is written to hold identifiers
+        of its own headers (a warning instead of a refusal; :func:`defacer.phi.paths.check_series_path`).
     """
 
     scan: Scan
@@ -109,6 +112,7 @@ class ScanTask:
     deidentify: Deidentification | None = None
     allow_missing: bool = False
     max_voxels: int | None = 512**3  # defacer.checks.DEFAULT_MAX_VOXELS
+    allow_identifying_paths: bool = False
 
 
 def scan_seed(batch_seed: int, key: str) -> int:
@@ -282,6 +286,18 @@ def _without_roots(message: str, task: ScanTask) -> str:
     return message
 
 
+def _check_output_names(task: ScanTask) -> None:
+    """Refuse a de-identified DICOM series whose output folders are named after its own headers (the patient's
+    name, IDs, birth date, original UIDs): the names would undo the de-identification. Other scans have no
+    header to compare with, and a series written with its headers as they are (no de-identification) keeps them."""
+    if task.scan.kind != "dicom" or task.deidentify is None:
+        return
+    from defacer.phi.paths import check_series_path
+
+    relpath = task.output.relative_to(task.out_root).as_posix()
+    check_series_path(relpath, input_files(task.scan), allow=task.allow_identifying_paths)
+
+
 def _run(task: ScanTask, record: ScanRecord) -> None:
     """Fill ``record`` with the outcome of defacing the scan (status, files, provenance or error)."""
     start = time.perf_counter()
@@ -294,6 +310,7 @@ def _run(task: ScanTask, record: ScanRecord) -> None:
         record.inputs = [stamp(p, task.in_root) for p in input_files(task.scan)]
         record.input_sha256 = combined_sha256(record.inputs)
         record.timings["hash"] = time.perf_counter() - start
+        _check_output_names(task)
         t0 = time.perf_counter()
         provenance = _deface(task)
         record.provenance = dict(provenance or {})

@@ -72,6 +72,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     add_scan_arguments(parser)
     dicom = parser.add_argument_group("DICOM series (headers de-identified, PS3.15 Annex E Basic Profile)")
     add_deid_arguments(dicom, mapping=False, what_if=False, optional=True)
+    dicom.add_argument("--allow-identifying-paths", action="store_true",
+                       help="write a de-identified series even when its folder names hold its patient's name, IDs, "
+                            "birth date or original UIDs (refused by default; rename such folders before sharing)")
     add_verify_arguments(parser)
     parser.add_argument("--redo", action="store_true", help="deface every scan again, even those recorded as done")
     parser.add_argument("--rehash", action="store_true",
@@ -98,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         redo=args.redo, rehash=args.rehash, quiet=args.quiet,
         deidentify=deidentification_from_args(args, warn_random=False),  # the runner warns when DICOM is there
         allow_missing=args.allow_missing, max_voxels=max_voxels_from_args(args),
+        allow_identifying_paths=args.allow_identifying_paths,
     )
     try:
         if args.dry_run:
