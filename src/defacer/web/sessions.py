@@ -107,6 +107,9 @@ class Session:
         Private (mode 0700) work area; every path below it is chosen by the server.
     scan_files, label_files : list of StoredFile
         Uploaded scan file(s) and optional label map.
+    uploading : bool
+        True while a file is being received; a second upload at the same time is refused (its stored
+        name and the byte count both depend on the files already stored).
     state : dict
         Results of the steps (loaded volume, labels, outputs), owned by :mod:`defacer.web.workflow`.
     """
@@ -118,6 +121,7 @@ class Session:
     scan_files: list[StoredFile] = field(default_factory=list)
     label_files: list[StoredFile] = field(default_factory=list)
     uploaded_bytes: int = 0
+    uploading: bool = False
     job: Job = field(default_factory=Job)
     state: dict[str, Any] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)

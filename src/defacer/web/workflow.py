@@ -15,7 +15,7 @@ import shutil
 import zipfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -123,12 +123,34 @@ async def receive_upload(
 
     Raises
     ------
-    UnsupportedUpload, UploadTooLarge, SessionBusy
+    UnsupportedUpload, UploadTooLarge
         Nothing is left on disk when these are raised.
+    SessionBusy
+        When another file is being received into the same work area (uploads of one work area go one
+        after another: the stored names and the size limit count the files already stored).
     """
+    # Checked and set before the first await: on the event loop no other upload can run in between.
+    if session.uploading:
+        raise SessionBusy("Another file is being uploaded into this work area right now. Upload the files one "
+                          "after another (the page does), or start over.")
+    session.uploading = True
+    try:
+        return await _receive(session, role, display_name, chunks, settings)
+    finally:
+        session.uploading = False
+
+
+async def _receive(
+    session: Session,
+    role: str,
+    display_name: str,
+    chunks: AsyncIterator[bytes],
+    settings: WebSettings,
+) -> StoredFile:
+    """Body of :func:`receive_upload` (the work area takes no other upload meanwhile)."""
     head = b""
     target: Path | None = None
-    handle = None
+    handle: BinaryIO | None = None
     size = 0
     kind = ""
     try:
@@ -143,15 +165,13 @@ async def receive_upload(
                 if len(head) < SNIFF_BYTES:
                     continue
                 kind = _kind_of(session, role, head, display_name)
-                target = _target_for(session, role, kind, settings)
-                handle = target.open("xb")
+                handle, target = _create(_target_for(session, role, kind, settings))
                 handle.write(head)
             else:
                 handle.write(chunk)
         if handle is None:  # short file: sniff what there is
             kind = _kind_of(session, role, head, display_name)
-            target = _target_for(session, role, kind, settings)
-            handle = target.open("xb")
+            handle, target = _create(_target_for(session, role, kind, settings))
             handle.write(head)
         handle.close()
         if kind == "nrrd" and target is not None:
@@ -169,6 +189,11 @@ async def receive_upload(
     session.uploaded_bytes += size
     (session.label_files if role == "labels" else session.scan_files).append(stored)
     return stored
+
+
+def _create(path: Path) -> tuple[BinaryIO, Path]:
+    """Open a new file for writing; never an existing one (so a failed upload only ever removes its own file)."""
+    return path.open("xb"), path
 
 
 def _kind_of(session: Session, role: str, head: bytes, display_name: str) -> str:
