@@ -180,7 +180,8 @@ def run_dask(
             try:
                 with dask.config.set({"distributed.worker.profile.enabled": False}):
                     cluster = distributed.LocalCluster(  # type: ignore[attr-defined]
-                        n_workers=jobs, threads_per_worker=1, processes=True, silence_logs=logging.ERROR,
+                        n_workers=max(1, min(jobs, len(tasks))), threads_per_worker=1, processes=True,
+                        silence_logs=logging.ERROR,
                     )
             finally:
                 signal.signal(signal.SIGINT, previous)

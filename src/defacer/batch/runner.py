@@ -47,6 +47,7 @@ from defacer.batch.manifest import (
 from defacer.batch.ownership import open_record
 from defacer.batch.summary import Counts, Progress, count, print_table, verdict_of, write_html
 from defacer.batch.task import DefaceFile, ScanTask, input_files, scan_seed
+from defacer.batch.workers import cap_jobs
 from defacer.checks import DEFAULT_MAX_VOXELS
 from defacer.errors import DefacerError, InputImageError
 from defacer.labels import FEATURES
@@ -80,7 +81,8 @@ class BatchConfig:
         What to distort and how (the same object ``defacer deface`` builds).  Its ``seed`` is the
         batch seed: each scan's seed derives from it and the scan's relative path.
     jobs : int
-        Worker processes (1 = serial in this process, unless ``scheduler`` is set).
+        Worker processes (1 = serial in one worker process, unless ``scheduler`` is set); more than this
+        machine's CPU cores are capped to them, with a warning (:func:`defacer.batch.workers.cap_jobs`).
     scheduler : str or None
         ``"local"`` or a Dask scheduler address / scheduler file; ``None`` for no Dask.
     layout : {"mirror", "derivatives"}
@@ -450,6 +452,8 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
     """
     start = time.perf_counter()
     discovery, layout = _discover(config)
+    if config.scheduler in (None, "local"):  # workers on this machine; a cluster's are its own
+        config = replace(config, jobs=cap_jobs(config.jobs))
     owned = open_record(layout)
     targets = _targets(config, discovery, layout)
     qc_targets = _qc_targets(discovery, layout) if config.verify else []

@@ -25,9 +25,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("input", type=Path, help="a DICOM file or a folder (searched recursively)")
     parser.add_argument("output", type=Path, help="new output folder")
     parser.add_argument("--force", action="store_true", help="replace an existing output folder")
-    parser.add_argument("--jobs", type=int, default=1, metavar="N",
-                        help="worker processes (default 1); the output is identical for any N")
-    from defacer.cli.options import add_deid_arguments
+    from defacer.cli.options import add_deid_arguments, add_jobs_argument
+
+    add_jobs_argument(parser, "worker processes (default 1; at most the CPU cores are started); the output is "
+                              "identical for any N")
 
     add_deid_arguments(parser)
     parser.set_defaults(func=run)
@@ -43,15 +44,13 @@ def run(args: argparse.Namespace) -> int:
     if args.what_if:
         print_what_if(scrubber.options)
         return 0
-    if args.jobs < 1:
-        from defacer.errors import DefacerError
-
-        raise DefacerError(f"--jobs must be at least 1, not {args.jobs}.")
+    from defacer.batch.workers import cap_jobs
     from defacer.io.output_guard import check_apart, check_outputs
 
     check_outputs([args.output, args.mapping_file], inputs=[args.input, args.key_file], force=args.force)
     check_apart(args.mapping_file, args.output, "mapping file")
-    written, skipped = anonymize_files(args.input, args.output, scrubber, force=args.force, jobs=args.jobs)
+    written, skipped = anonymize_files(args.input, args.output, scrubber, force=args.force,
+                                       jobs=cap_jobs(args.jobs))
     if args.mapping_file:
         write_deid_mapping(scrubber.mapping.as_dict(), args.mapping_file, out_dir=args.output, force=args.force)
     print(f"De-identified {len(written)} DICOM file(s) from {args.input} into {args.output}.")

@@ -9,6 +9,7 @@ from defacer.cli.options import (
     add_deface_arguments,
     add_deid_arguments,
     add_force_argument,
+    add_jobs_argument,
     add_scan_arguments,
     add_verify_arguments,
     deface_options_from_args,
@@ -59,7 +60,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                         help="skip scans matching (same forms as --include); excluded scans are not copied either")
     add_deface_arguments(parser, seed_help="batch seed; each scan's seed derives from it and its path (default 0)")
-    parser.add_argument("-j", "--jobs", type=int, default=1, help="worker processes on this machine (default 1)")
+    add_jobs_argument(parser, "worker processes on this machine (default 1; at most its CPU cores are started)")
     parser.add_argument("--scheduler", metavar="ADDRESS",
                         help="run on Dask: 'local' starts a LocalCluster of --jobs workers; or a scheduler address "
                              "(tcp://host:8786) or scheduler file (.json)")

@@ -55,6 +55,27 @@ def parse_voxel_limit(text: str) -> int:
     return value
 
 
+def parse_jobs(text: str) -> int:
+    """``--jobs``: a whole number of worker processes, 1 or more (more than the cores is capped by the run)."""
+    from defacer.batch.workers import usable_cores
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        cores = usable_cores()
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of worker processes, 1 or more; found '{text}'. Give --jobs 1 for one worker, "
+            f"or up to --jobs {cores} to use every CPU core of this machine")
+    return value
+
+
+def add_jobs_argument(parser: ArgumentTarget, help_text: str) -> None:
+    """``-j/--jobs N`` (default 1), checked by :func:`parse_jobs`."""
+    parser.add_argument("-j", "--jobs", type=parse_jobs, default=1, metavar="N", help=help_text)
+
+
 def max_voxels_from_args(args: argparse.Namespace) -> int | None:
     """The loader's voxel limit for these arguments (``None``: no limit)."""
     value: int | None = getattr(args, "max_voxels", None)
