@@ -414,7 +414,7 @@ def test_zip_bomb_stops_at_the_upload_limit(tmp_path: Path) -> None:
     assert archive.stat().st_size < 100_000
     with pytest.raises(UploadTooLarge, match="unpacks to more than"):
         extract_zip(archive, tmp_path / "out", max_bytes=1_000_000, max_files=10)
-    assert sum(p.stat().st_size for p in (tmp_path / "out").iterdir()) <= 1_000_000
+    assert not (tmp_path / "out").exists()  # nothing of the refused zip is left for a later read
 
 
 # ----------------------------------------------------------------------------- isolation and cleanup

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import zipfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
-from web_helpers import PhantomFiles, Server
+import pytest
+from web_helpers import PhantomFiles, Server, serve_in_thread
 
 
 def test_two_uploads_into_one_work_area_at_once_lose_no_file(server: Server, phantom_files: PhantomFiles) -> None:
@@ -56,3 +60,69 @@ def test_two_uploads_into_one_work_area_at_once_lose_no_file(server: Server, pha
         assert loaded.json()["files"] == len(slices)
         assert loaded.json()["shape"][2] == len(slices)
         client.delete(f"/api/sessions/{session}")
+
+
+def peak_memory_bytes(pid: int) -> int:
+    """Peak resident memory (VmHWM) of a process, in bytes (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM line")
+
+
+def zip_of_empty_entries(count: int) -> bytes:
+    """A zip of ``count`` empty members (about 80 bytes each: the table of contents is most of it)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        for index in range(count):
+            archive.writestr(zipfile.ZipInfo(f"{index}"), b"")
+    return buffer.getvalue()
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the server's peak memory from /proc")
+def test_a_zip_listing_200000_entries_is_refused_before_its_table_is_read(server: Server) -> None:
+    """The table of contents is checked from the zip's end record, not parsed whole first.
+
+    :mod:`zipfile` keeps about 900 bytes per entry: a 16 MB upload listing 200,000 empty entries took about
+    180 MB of the server's memory before the entry count was checked (1 GB of upload: about 10 GB).
+    """
+    archive = zip_of_empty_entries(200_000)
+    with httpx.Client(base_url=server.url, timeout=120) as client:
+        session = client.post("/api/sessions").json()["session"]
+        stored = client.put(f"/api/sessions/{session}/files/scan", content=archive,
+                            headers={"X-File-Name": "series.zip"})
+        assert stored.status_code == 201, stored.text
+        before = peak_memory_bytes(server.process.pid)
+        loaded = client.post(f"/api/sessions/{session}/load")
+        grown = peak_memory_bytes(server.process.pid) - before
+        client.delete(f"/api/sessions/{session}")
+    assert grown < 32_000_000, f"the server's peak memory grew by {grown:,} bytes"
+    assert loaded.status_code == 413, loaded.text
+    assert "200,000 entries" in loaded.json()["error"] and "one DICOM series" in loaded.json()["error"]
+
+
+def test_a_refused_zip_leaves_no_partial_series_for_the_next_read(tmp_path: Path, phantom_files: PhantomFiles) -> None:
+    """A zip holding more files than the limit is refused, and asking again is refused again.
+
+    Unpacking stopped at the limit and kept the files written so far: a second ``load`` found the folder and
+    read its first ``max_files`` slices as a whole series, without a word.
+    """
+    from defacer.web.settings import WebSettings
+
+    slices = phantom_files.dicom_files
+    limit = len(slices) // 2
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in slices:
+            archive.write(path, arcname=f"series/{path.name}")
+    with serve_in_thread(WebSettings(work_dir=tmp_path / "work", max_files=limit)) as url, \
+            httpx.Client(base_url=url, timeout=120) as client:
+        session = client.post("/api/sessions").json()["session"]
+        stored = client.put(f"/api/sessions/{session}/files/scan", content=buffer.getvalue(),
+                            headers={"X-File-Name": "series.zip"})
+        assert stored.status_code == 201, stored.text
+        answers = [client.post(f"/api/sessions/{session}/load") for _ in range(2)]
+        assert [a.status_code for a in answers] == [413, 413], [a.text for a in answers]
+        assert all(f"more than {limit} files" in a.json()["error"] for a in answers)
+        unpacked = [p for p in (tmp_path / "work").rglob("*.dcm")]
+        assert unpacked == []

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zipfile
+from pathlib import Path
 
 import pytest
 
-from defacer.web.uploads import SNIFF_BYTES, UnsupportedUpload, human_bytes, sniff
+from defacer.web.uploads import (
+    SNIFF_BYTES,
+    UnsupportedUpload,
+    UploadTooLarge,
+    extract_zip,
+    human_bytes,
+    sniff,
+    zip_directory,
+)
 
 
 def nifti1_header(magic: bytes = b"n+1\0") -> bytes:
@@ -54,3 +64,35 @@ def test_byte_counts_read_naturally() -> None:
     assert human_bytes(512) == "512 bytes"
     assert human_bytes(1_500_000) == "1.5 MB"
     assert human_bytes(1_000_000_000) == "1.0 GB"
+
+
+def zip_with_lying_count(path: Path, entries: int, declared: int) -> None:
+    """A zip of ``entries`` empty members whose end record claims ``declared`` (zipfile reads them all anyway)."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for index in range(entries):
+            archive.writestr(zipfile.ZipInfo(f"{index:06d}.dcm"), b"")
+    data = bytearray(path.read_bytes())
+    end = data.rfind(b"PK\x05\x06")
+    data[end + 8:end + 12] = struct.pack("<HH", declared, declared)
+    path.write_bytes(bytes(data))
+
+
+def test_zip_directory_reads_what_zipfile_will_read(tmp_path: Path) -> None:
+    path = tmp_path / "normal.zip"
+    zip_with_lying_count(path, 70_000, 70_000 % 65536)  # over 65,535 entries: zipfile writes ZIP64 records
+    entries, size = zip_directory(path) or (0, 0)
+    with zipfile.ZipFile(path) as archive:
+        assert entries == len(archive.infolist()) == 70_000
+    assert size == 70_000 * (46 + 10)
+
+
+def test_a_table_of_contents_larger_than_its_count_says_is_refused_before_reading(tmp_path: Path) -> None:
+    """The size of the table bounds what zipfile reads into memory, whatever count the end record states."""
+    archive = tmp_path / "lying.zip"
+    zip_with_lying_count(archive, 2_000, 1)
+    with zipfile.ZipFile(archive) as opened:
+        assert len(opened.infolist()) == 2_000  # zipfile does not believe the count either
+    into = tmp_path / "unpacked"
+    with pytest.raises(UploadTooLarge, match="2,000 entries|112,000 bytes"):
+        extract_zip(archive, into, max_bytes=10**9, max_files=100)
+    assert not into.exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
@@ -193,3 +196,31 @@ def feature_pixels(image: np.ndarray) -> dict[str, int]:
         "nose": int(((g > r + 60) & (g > b + 40)).sum()),
         "ears": int(((b > r + 60) & (b > g + 30)).sum()),
     }
+
+
+@contextlib.contextmanager
+def serve_in_thread(settings: object) -> Iterator[str]:
+    """Run the app with ``settings`` (a :class:`defacer.web.settings.WebSettings`) on uvicorn, on a real loopback
+    socket, in a thread of this process; yield its address.  For limits that ``defacer serve`` has no option for."""
+    import threading
+
+    import uvicorn
+
+    from defacer.cli.serve import bind_socket
+    from defacer.web.app import create_app
+
+    sock = bind_socket("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning",  # type: ignore[arg-type]
+                                           access_log=False, lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        assert server.started, "uvicorn did not start"
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(60)
+        sock.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import stat
+import struct
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -222,6 +223,55 @@ class ZipReport:
     total_bytes: int
 
 
+#: Average bytes one central-directory entry may take (46 fixed, name, extra field, comment): far above what
+#: zip tools write for a DICOM series (names of a few dozen characters), far below a directory padded to exhaust
+#: memory. The directory is read whole, and :mod:`zipfile` keeps one object of about 900 bytes per entry.
+MAX_DIRECTORY_BYTES_PER_ENTRY = 256
+
+
+def zip_directory(archive: Path) -> tuple[int, int] | None:
+    """The entry count and central-directory size (bytes) an archive's end record declares, read from its end.
+
+    Parameters
+    ----------
+    archive : Path
+        A stored upload.
+
+    Returns
+    -------
+    tuple of int or None
+        ``(entries, directory_bytes)`` as :mod:`zipfile` would use them (ZIP64 values when the
+        ZIP64 locator is present); ``None`` when no end record is found (:mod:`zipfile` then refuses it).
+    """
+    with archive.open("rb") as handle:
+        size = handle.seek(0, 2)
+        start = max(0, size - (22 + 0xFFFF + 20 + 56))  # end record, its longest comment, ZIP64 locator and record
+        handle.seek(start)
+        tail = handle.read()
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or at + 22 > len(tail):
+        return None
+    entries, directory = struct.unpack("<HI", tail[at + 10:at + 16])
+    locator = at - 20
+    if locator >= 56 and tail[locator:locator + 4] == b"PK\x06\x07" and tail[locator - 56:locator - 52] == b"PK\x06\x06":
+        entries, directory = struct.unpack("<QQ", tail[locator - 56 + 32:locator - 56 + 48])
+    return int(entries), int(directory)
+
+
+def _check_zip_directory(archive: Path, max_files: int) -> None:
+    """Refuse a zip whose central directory alone would take unbounded memory to read, before reading it."""
+    declared = zip_directory(archive)
+    if declared is None:
+        return
+    entries, directory = declared
+    most = max_files * 2
+    if entries > most or directory > most * MAX_DIRECTORY_BYTES_PER_ENTRY:
+        raise UploadTooLarge(
+            f"The zip's table of contents lists {entries:,} entries in {directory:,} bytes; this server reads at most "
+            f"{max_files} files per series. Zip only the folder of one DICOM series and upload it again."
+        )
+
+
 def _is_symlink(info: zipfile.ZipInfo) -> bool:
     return stat.S_ISLNK(info.external_attr >> 16)
 
@@ -231,7 +281,8 @@ def extract_zip(archive: Path, into: Path, *, max_bytes: int, max_files: int) ->
 
     Member names are never used as paths (no zip-slip); symbolic links, folders, hidden
     files and macOS resource forks are skipped; the unpacked size is counted while
-    writing, so a zip bomb stops at ``max_bytes``.
+    writing, so a zip bomb stops at ``max_bytes``.  When unpacking fails, ``into`` is removed
+    with what was written into it.
 
     Parameters
     ----------
@@ -247,13 +298,24 @@ def extract_zip(archive: Path, into: Path, *, max_bytes: int, max_files: int) ->
     UnsupportedUpload
         For a damaged zip or one without files.
     UploadTooLarge
-        When the unpacked content exceeds a limit.
+        When the unpacked content exceeds a limit, or the table of contents lists far more entries than
+        ``max_files`` (checked from the end record before :mod:`zipfile` reads the table into memory).
     """
-    into.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _check_zip_directory(archive, max_files)
     try:
         handle = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError) as err:
         raise UnsupportedUpload(f"The zip file is damaged ({err}). Create it again and upload it.") from err
+    try:
+        into.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return _unpack(handle, into, max_bytes=max_bytes, max_files=max_files)
+    except BaseException:
+        shutil.rmtree(into, ignore_errors=True)  # never a partial series that a later read would take as whole
+        raise
+
+
+def _unpack(handle: zipfile.ZipFile, into: Path, *, max_bytes: int, max_files: int) -> ZipReport:
+    """Body of :func:`extract_zip`: write the kept members of an open zip into ``into``."""
     written = kept = skipped = 0
     with handle:
         members = handle.infolist()
@@ -285,7 +347,6 @@ def extract_zip(archive: Path, into: Path, *, max_bytes: int, max_files: int) ->
                     "encrypted: create it again without a password."
                 ) from err
     if kept == 0:
-        shutil.rmtree(into, ignore_errors=True)
         raise UnsupportedUpload("The zip holds no files. Zip the folder of the DICOM series and upload it again.")
     return ZipReport(files=kept, skipped=skipped, total_bytes=written)
 
