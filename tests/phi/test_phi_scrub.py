@@ -384,3 +384,67 @@ def test_defaced_series_free_text_is_cleaned_too(tmp_path):
     volume = read_dicom_volume(tmp_path / "in")
     written = write_dicom_volume(volume, tmp_path / "out", deid=Scrubber(CLEAN, Pseudonymizer(KEY)))
     assert all(str(pydicom.dcmread(p).SeriesDescription) == "T1 for Mr *" for p in written)
+
+
+def _patient_everywhere(folder, name="Quexworth^Ambrose", patient_id="MRN778899", birth="19600131"):
+    """One instance whose every public text attribute (LO, SH, LT, ST, UT, UC) holds the patient's name, ID,
+    accession number or birth date, as a careless or hostile export can write them (a name typed into
+    SequenceName, an ID in a CodeMeaning...)."""
+    from pydicom.datadict import DicomDictionary
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = generate_uid(), generate_uid(), "MR"
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.AccessionNumber = name, patient_id, birth, "ACC55123"
+    ds.PatientPosition = "HFS"
+    planted = [f"scan of {name.replace('^', ' ')}", f"id {patient_id}", "acc ACC55123", "born 1960-01-31",
+               f"{name.split('^')[0].upper()}_T1"]
+    short = [f"{name.split('^')[0].upper()}_T1", patient_id, "ACC55123", "1960-01-31"]  # SH holds 16 characters
+    count = 0
+    for tag, (vr, _, _, retired, keyword) in DicomDictionary.items():
+        if keyword and not retired and vr in ("LO", "SH", "LT", "ST", "UT", "UC") and tag >> 16 > 0x0002 \
+                and not 0x5000 <= tag >> 16 <= 0x60FF and keyword not in ds:
+            setattr(ds, keyword, short[count % len(short)] if vr == "SH" else planted[count % len(planted)])
+            count += 1
+    folder.mkdir(parents=True)
+    ds.save_as(folder / "a.dcm", enforce_file_format=True)
+    return count
+
+
+def test_the_patients_identifiers_leave_no_text_attribute_the_profile_keeps(tmp_path):
+    """The Basic Profile keeps every attribute it does not list. Before: a header with the patient's name, ID,
+    accession number or birth date typed into public text attributes kept it in 400 of 630 of them (Manufacturer,
+    SequenceName, CodeMeaning, StackID...). Now each kept text value is masked of the patient's own values."""
+    planted = _patient_everywhere(tmp_path / "in")
+    assert planted > 600
+    scrubber = Scrubber(DeidOptions(), Pseudonymizer(KEY))
+    written, _ = anonymize_files(tmp_path / "in", tmp_path / "out", scrubber)
+    data = written[0].read_bytes().lower()
+    for value in (b"quexworth", b"ambrose", b"mrn778899", b"acc55123", b"1960-01-31", b"19600131"):
+        assert value not in data, value
+    ds = pydicom.dcmread(written[0])
+    assert ds.Manufacturer == "scan of * *" and ds.PatientPosition == "HFS", "the rest of a kept value stays"
+
+
+def test_kept_text_loses_only_the_patients_own_values(tmp_path):
+    """A short name part is masked as a word of its own only, and coded strings are not touched (a placeholder
+    PatientName 'HFS' equals PatientPosition 'HFS', as in a real series of ../shared/data)."""
+    from pydicom.uid import generate_uid
+
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.4", generate_uid()
+    ds.PatientName, ds.PatientID, ds.PatientPosition = "Li^Wu", "12", "HFS"
+    ds.Manufacturer, ds.SequenceName, ds.SoftwareVersions = "Lithium Li", "WU_tfl3d", "VE11 12 build 123456"
+    Scrubber(DeidOptions(), Pseudonymizer(KEY)).scrub(ds)
+    assert (ds.Manufacturer, ds.SequenceName) == ("Lithium *", "*_tfl3d")
+    assert ds.SoftwareVersions == "VE11 12 build 123456", "an ID under 3 characters and digit runs stay"
+    other = Dataset()
+    other.SOPClassUID, other.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.4", generate_uid()
+    other.PatientName, other.PatientPosition = "HFS", "HFS"
+    Scrubber(DeidOptions(), Pseudonymizer(KEY)).scrub(other)
+    assert other.PatientPosition == "HFS"

@@ -9,6 +9,7 @@ the value: the element is dropped (X) or kept empty/dummy, never kept with its v
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from collections.abc import Iterable
 
@@ -98,10 +99,23 @@ def clean_text(value: str, identifying: Iterable[str]) -> str:
         names), case-insensitively replaced by ``*``: anywhere from 4 characters, shorter
         ones only as whole words.
     """
-    out = value
-    for token in sorted({t for t in identifying if len(t) >= 2}, key=len, reverse=True):
-        pattern = re.escape(token)
-        if len(token) < 4:  # a short name part ("Li") only as a word of its own, not inside other words
-            pattern = rf"(?<![^\W_]){pattern}(?![^\W_])"
-        out = re.sub(pattern, "*", out, flags=re.IGNORECASE)
-    return _GENERIC_PHI.sub("*", out)
+    return _GENERIC_PHI.sub("*", mask_values(value, identifying))
+
+
+def mask_values(value: str, identifying: Iterable[str]) -> str:
+    """``value`` with each of ``identifying`` (2 characters or more) replaced by ``*``, case-insensitively:
+    anywhere from 4 characters, shorter ones only as whole words (``Li`` masks ``Li``, not ``Lithium``)."""
+    pattern = values_pattern(tuple(identifying))
+    return value if pattern is None else pattern.sub("*", value)
+
+
+@functools.lru_cache(maxsize=256)
+def values_pattern(identifying: tuple[str, ...]) -> re.Pattern[str] | None:
+    """One case-insensitive pattern matching any of ``identifying`` as :func:`mask_values` does (longest first),
+    or ``None`` when none is 2 characters or more."""
+    tokens = sorted({t for t in identifying if len(t) >= 2}, key=lambda t: (-len(t), t))
+    if not tokens:
+        return None
+    # A short name part ("Li") only as a word of its own, not inside other words.
+    parts = [re.escape(t) if len(t) >= 4 else rf"(?<![^\W_]){re.escape(t)}(?![^\W_])" for t in tokens]
+    return re.compile("|".join(parts), flags=re.IGNORECASE)

@@ -130,6 +130,40 @@ def identifying_values(ds: Dataset) -> set[str]:
     return values
 
 
+#: Attributes whose values identify the patient wherever else they appear (:func:`patient_values`).
+_PATIENT_NAME_KEYWORDS = ("PatientName", "OtherPatientNames", "PatientBirthName")
+_PATIENT_ID_KEYWORDS = ("PatientID", "OtherPatientIDs", "AccessionNumber", "MedicalRecordLocator")
+
+
+def patient_values(ds: Dataset) -> tuple[str, ...]:
+    """The patient's own identifying values in ``ds`` (top level), as masked in text the profile keeps.
+
+    Each name whole and by part (2 characters or more), each ID and the accession number (3 or more), and the birth
+    date as written and as ``YYYY-MM-DD``, ``DD.MM.YYYY``, ``DD/MM/YYYY`` and ``MM/DD/YYYY``.  The Basic Profile
+    keeps every attribute it does not list (Manufacturer, SequenceName, CodeMeaning...); a header that copies the
+    patient's name or ID into one of them would otherwise keep it.
+    """
+    found: set[str] = set()
+    for keyword in (*_PATIENT_NAME_KEYWORDS, *_PATIENT_ID_KEYWORDS):
+        value = ds.get(keyword)
+        if value is None or value == "":
+            continue
+        items = value if isinstance(value, MultiValue | list) else [value]
+        for item in items:
+            text = str(item).strip().strip("\x00").strip()
+            if keyword in _PATIENT_NAME_KEYWORDS:
+                found.add(text)
+                found.update(part for part in _NAME_SPLIT.split(text) if len(part) >= 2)
+            elif len(text) >= 3:
+                found.add(text)
+    birth = re.sub(r"\D", "", str(ds.get("PatientBirthDate", "") or ""))
+    if len(birth) == 8:
+        year, month, day = birth[:4], birth[4:6], birth[6:]
+        found.update({birth, f"{year}-{month}-{day}", f"{day}.{month}.{year}", f"{day}/{month}/{year}",
+                      f"{month}/{day}/{year}"})
+    return tuple(sorted(v for v in found if len(v) >= 2))
+
+
 @dataclass
 class _Context:
     """Per-dataset state: the patient's date offset and the values that identify them."""
@@ -137,6 +171,7 @@ class _Context:
     date_offset: int
     identifying: list[str]
     pseudo_id: str
+    patient: tuple[str, ...] = ()
 
 
 @dataclass
@@ -233,7 +268,7 @@ class Scrubber:
             entry = self.mapping.patients.setdefault(patient, {})
             entry.update({"PatientID": pseudo_id, "PatientName_original": str(ds.get("PatientName", "")),
                           "date_offset_days": -offset if self.options.retain_long_modified_dates else None})
-        return _Context(offset, identifying, pseudo_id)
+        return _Context(offset, identifying, pseudo_id, patient_values(ds))
 
     def collect_identifying(self, ds: Dataset) -> set[str]:
         """Remember the identifying values of ``ds`` under its study and return all of that study's.
@@ -321,6 +356,20 @@ class Scrubber:
             ds[tag_int] = DataElement(tag_int, "PN", None)
         elif vr == "UI" and tag_int in _UNLISTED_INSTANCE_UIDS and not self.options.retain_uids:
             self._set_uid(ds, tag_int)
+        elif vr in _FREE_TEXT_VRS:
+            self._mask_patient(ds[tag_int], context)
+
+    @staticmethod
+    def _mask_patient(element: Any, context: _Context) -> None:
+        """Mask the patient's own names, IDs and birth date in a kept text value (:func:`patient_values`; text
+        VRs only: coded strings (CS) hold enumerated terms such as PatientPosition 'HFS', which a placeholder
+        PatientName can equal)."""
+        if element.value in (None, "", b"") or not context.patient:
+            return
+        values = element.value if isinstance(element.value, MultiValue | list) else [element.value]
+        masked = [actions.mask_values(str(v), context.patient) for v in values]
+        if masked != [str(v) for v in values]:
+            element.value = masked if len(masked) > 1 else masked[0]
 
     def _recurse(self, sequence: Any, context: _Context) -> None:
         for item in sequence or ():
@@ -359,7 +408,8 @@ class Scrubber:
             self._recurse(ds[tag_int].value, context)
         elif code == "C":
             self._clean_value(ds[tag_int], vr, context)
-        # "K": keep as is
+        elif vr in _FREE_TEXT_VRS:  # "K": kept, less the patient's own identifiers
+            self._mask_patient(ds[tag_int], context)
 
     def _clean_value(self, element: Any, vr: str, context: _Context) -> None:
         if element.value in (None, "", b""):
