@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,30 @@ from defacer.io.atomic import atomic_outputs
 
 #: Ending of the sidecar file name: ``scan.nii.gz`` -> ``scan.defacer.json``.
 SIDECAR_SUFFIX = ".defacer.json"
+#: Suffix of a QC folder (verification reports and pictures) beside an output: ``<output stem>-qc``.
+QC_SUFFIX = "-qc"
 
 
 def sidecar_path(output: PathLike) -> Path:
     """Path of the provenance sidecar for an output file or DICOM output folder."""
     p = Path(output)
     return p.with_name(image_stem(p.name, dicom=True) + SIDECAR_SUFFIX)
+
+
+def qc_dir_for(output: PathLike) -> Path:
+    """The QC folder of one defaced output: ``<output stem>-qc`` beside it (never inside an output folder).
+
+    ``sub-01_T1w_defaced.nii.gz`` gives ``sub-01_T1w_defaced-qc``; a DICOM folder ``out/``
+    gives ``out-qc``.  It holds the verification report and pictures, which show the original face.
+    """
+    sidecar = sidecar_path(Path(output))
+    return sidecar.with_name(sidecar.name[: -len(SIDECAR_SUFFIX)] + QC_SUFFIX)
+
+
+def batch_qc_dir(out_root: PathLike) -> Path:
+    """The QC folder of a batch: ``OUT-qc`` beside ``OUT`` (an absolute path)."""
+    root = Path(os.path.abspath(out_root))
+    return root.with_name(root.name + QC_SUFFIX)
 
 
 def sha256_of(path: PathLike) -> str:

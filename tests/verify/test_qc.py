@@ -47,12 +47,15 @@ def test_each_verdict_has_its_own_documented_exit_status() -> None:
 
 
 def test_the_qc_folder_is_a_sibling_named_from_the_output(tmp_path) -> None:
-    from defacer.cli.deface import verify_dir
+    from defacer.batch import layout
+    from defacer.provenance import QC_SUFFIX, batch_qc_dir, qc_dir_for
 
-    assert qc.qc_dir_for(tmp_path / "sub-01_T1w_defaced.nii.gz") == tmp_path / "sub-01_T1w_defaced-qc"
-    assert qc.qc_dir_for(tmp_path / "dicom_out") == tmp_path / "dicom_out-qc"
-    assert verify_dir(tmp_path / "a.nrrd") == qc.qc_dir_for(tmp_path / "a.nrrd") == tmp_path / "a-qc"
-    assert qc.batch_qc_dir(tmp_path / "OUT") == tmp_path / "OUT-qc"
+    assert qc_dir_for(tmp_path / "sub-01_T1w_defaced.nii.gz") == tmp_path / "sub-01_T1w_defaced-qc"
+    assert qc_dir_for(tmp_path / "head_defaced.NII.GZ") == tmp_path / "head_defaced-qc"
+    assert qc_dir_for(tmp_path / "dicom_out") == tmp_path / "dicom_out-qc"
+    assert qc_dir_for(tmp_path / "a.nrrd") == tmp_path / "a-qc"
+    assert batch_qc_dir(tmp_path / "OUT") == tmp_path / "OUT-qc"
+    assert layout.QC_SUFFIX is QC_SUFFIX  # deface, verify and batch name QC folders by one rule
 
 
 @pytest.fixture

@@ -37,6 +37,7 @@ from defacer.batch.discover import Scan
 from defacer.errors import DefacerError, OutputError
 from defacer.files import read_json_object, read_small_text, stays_inside
 from defacer.io.atomic import copy_atomic, is_temporary, write_text_atomic
+from defacer.provenance import QC_SUFFIX
 
 if TYPE_CHECKING:
     from defacer.batch.ownership import OwnershipRecord
@@ -47,8 +48,6 @@ _T = TypeVar("_T")
 
 #: Name of the bookkeeping folder inside OUT.
 STATE_FOLDER = ".defacer"
-#: Suffix of the QC folder beside OUT (as :data:`defacer.verify.qc.QC_SUFFIX`).
-QC_SUFFIX = "-qc"
 #: Choices for non-image files.
 OTHERS_MODES: tuple[str, ...] = ("copy", "hardlink", "symlink", "skip")
 #: Output layouts.

@@ -22,6 +22,7 @@ from defacer.cli.options import (
 )
 from defacer.errors import InputImageError
 from defacer.files import image_suffix, named_path
+from defacer.provenance import qc_dir_for
 
 if TYPE_CHECKING:
     from defacer.io.dicom_grouping import SeriesInfo
@@ -141,11 +142,11 @@ def run(args: argparse.Namespace) -> int:
         from defacer.verify.qc import claim
 
         # Named in the QC folder's ownership record before the label map or any report is written there.
-        claim(verify_dir(args.output), qc_targets(verify_dir(args.output), labels=args.save_mask is None))
+        claim(qc_dir_for(args.output), qc_targets(qc_dir_for(args.output), labels=args.save_mask is None))
     mask_path = args.save_mask
     if args.verify and mask_path is None and not is_dicom:
         # The report needs the detected labels (per-feature counts, outlines); keep them with the report.
-        mask_path = verify_dir(args.output) / DETECTED_LABELS_NAME
+        mask_path = qc_dir_for(args.output) / DETECTED_LABELS_NAME
     max_voxels = max_voxels_from_args(args)
     defaced = deface_path(
         args.input, args.output, options=options, deidentify=deidentify, labels_path=args.labels,
@@ -264,7 +265,7 @@ def check_planned_outputs(args: argparse.Namespace) -> None:
     inputs = [args.input, args.labels, args.weights, getattr(args, "key_file", None)]
     mapping = getattr(args, "mapping_file", None) if not getattr(args, "no_deidentify", False) else None
     planned: list[Path | None] = [args.output, sidecar_path(args.output), args.save_mask, mapping]
-    report = verify_dir(args.output)
+    report = qc_dir_for(args.output)
     if args.verify:
         qc_files = qc_targets(report, labels=args.save_mask is None)
         planned += qc_files
@@ -286,17 +287,6 @@ def qc_targets(qc_dir: Path, *, labels: bool) -> list[Path]:
     from defacer.verify.qc import report_targets
 
     return report_targets(qc_dir, *([DETECTED_LABELS_NAME] if labels else []))
-
-
-def verify_dir(defaced_path: Path) -> Path:
-    """The QC folder of a defaced output: ``<stem>-qc`` beside it (never inside an output folder).
-
-    It holds the verification report and pictures, which show the original face.
-    """
-    from defacer.provenance import SIDECAR_SUFFIX, sidecar_path
-
-    sidecar = sidecar_path(defaced_path)
-    return sidecar.with_name(sidecar.name[: -len(SIDECAR_SUFFIX)] + "-qc")
 
 
 def _record_verdict(defaced_path: Path, verification: dict[str, Any]) -> None:
@@ -337,7 +327,7 @@ def verify_outputs(original_path: Path, defaced_path: Path, provenance: dict[str
     from defacer.verify import qc
     from defacer.verify.verdict import EXIT_STATUS, FAIL, INCONCLUSIVE, MEANING
 
-    qc_dir = verify_dir(defaced_path)
+    qc_dir = qc_dir_for(defaced_path)
     qc.claim(qc_dir, qc_targets(qc_dir, labels=False))  # recorded before anything is written there
     qc.write_readme(qc_dir, after_only)
     result = verify_pair(load_volume(original_path, max_voxels=max_voxels),

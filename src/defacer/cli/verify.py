@@ -43,13 +43,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def run(args: argparse.Namespace) -> int:
     from defacer.io import load_volume
     from defacer.io.output_guard import check_not_input
-    from defacer.provenance import sidecar_path
+    from defacer.provenance import qc_dir_for, sidecar_path
     from defacer.verify import qc, verify_pair
 
     # '.' or '..' (verify ../orig .): name the folder itself, so the QC folder is its sibling, not '-qc' inside it.
     defaced_path = named_path(args.defaced)
     # The names 'deface' gives: its provenance sidecar, and the QC folder of 'deface --verify'.
-    out = args.out or qc.qc_dir_for(defaced_path)
+    out = args.out or qc_dir_for(defaced_path)
     prov_path = args.provenance or sidecar_path(defaced_path)
     # Nothing the report writes may be, or lie inside, one of the scans it reads (issue 11, defect 3).
     targets = qc.report_targets(out)

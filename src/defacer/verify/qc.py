@@ -21,7 +21,6 @@ refused (:func:`check_owned`), so a rerun replaces defacer's own reports and pic
 from __future__ import annotations
 
 import html
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,11 +32,8 @@ import numpy.typing as npt
 from defacer.batch.ownership import OwnershipRecord, quoted_names
 from defacer.errors import OutputError
 from defacer.io.atomic import atomic_outputs
-from defacer.provenance import SIDECAR_SUFFIX, sidecar_path
 from defacer.verify import verdict as verdicts
 
-#: Suffix of every QC folder.
-QC_SUFFIX = "-qc"
 README_NAME = "README.txt"
 GALLERY_NAME = "index.html"
 #: Views shown as thumbnails: the front and one oblique.
@@ -99,22 +95,6 @@ def claim(qc_root: Path, targets: Iterable[Path]) -> None:
     paths = list(targets)
     check_owned(qc_root, paths)
     _record(qc_root).add(paths)
-
-
-def qc_dir_for(output: Path) -> Path:
-    """The QC folder of one defaced output: ``<output stem>-qc`` beside it.
-
-    ``sub-01_T1w_defaced.nii.gz`` gives ``sub-01_T1w_defaced-qc``; a DICOM folder ``out/``
-    gives ``out-qc``.
-    """
-    sidecar = sidecar_path(Path(output))
-    return sidecar.with_name(sidecar.name[: -len(SIDECAR_SUFFIX)] + QC_SUFFIX)
-
-
-def batch_qc_dir(out_root: Path) -> Path:
-    """The QC folder of a batch: ``OUT-qc`` beside ``OUT``."""
-    out_root = Path(os.path.abspath(out_root))
-    return out_root.with_name(out_root.name + QC_SUFFIX)
 
 
 def notice(qc_dir: Path, after_only: bool) -> str:
