@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import socket
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -68,3 +71,90 @@ def test_a_busy_port_is_reported_in_words(capsys: pytest.CaptureFixture[str]) ->
         assert main(["serve", "--port", str(port)]) == 1
     err = capsys.readouterr().err
     assert f"Cannot listen on 127.0.0.1:{port}" in err and "another --port" in err
+
+
+def start_defacing(client: httpx.Client, files: PhantomFiles) -> str:
+    """Upload the phantom with its label map, find the features and start defacing; return the work area id."""
+    if not client.get("/api/config").json()["verify"]["available"]:
+        pytest.skip("needs the verify extra: its verification is the step that is still running")
+    session = client.post("/api/sessions").json()["session"]
+    for role, path in (("scan", files.scan), ("labels", files.labels)):
+        stored = client.put(f"/api/sessions/{session}/files/{role}", content=path.read_bytes(),
+                            headers={"X-File-Name": path.name})
+        assert stored.status_code == 201, stored.text
+    for step in ("load", "detect"):
+        assert client.post(f"/api/sessions/{session}/{step}").status_code == 200
+    assert client.post(f"/api/sessions/{session}/deface", json={}).status_code == 202
+    return str(session)
+
+
+def wait_for_stage(client: httpx.Client, session: str, stage: str) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        job = client.get(f"/api/sessions/{session}/job").json()
+        if job["stage"].startswith(stage) and job["state"] == "running":
+            return
+        assert job["state"] in ("queued", "running"), job
+        time.sleep(0.05)
+    raise AssertionError(f"the job never reached '{stage}'")
+
+
+def test_stopping_while_a_scan_is_being_verified_leaves_nothing_in_the_work_folder(
+        tmp_path: Path, phantom_files: PhantomFiles) -> None:
+    """Ctrl+C while a job writes its verification renders: once the server has exited, nothing of it is left.
+
+    The work areas used to be removed while the job was still writing into its own: the root work folder was
+    left behind, without the marker that lets the next server remove it (and the renders of the original face
+    could stay in it), while the server said that everything had been deleted.
+    """
+    work = tmp_path / "work"
+    server = start_server(work)
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            session = start_defacing(client, phantom_files)
+            wait_for_stage(client, session, "Verifying")
+    finally:
+        stderr = stop_server(server)
+    assert server.process.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert sorted(p.name for p in work.rglob("*")) == []
+
+
+def test_a_second_ctrl_c_during_a_request_still_deletes_everything_and_prints_no_traceback(
+        tmp_path: Path, phantom_files: PhantomFiles) -> None:
+    """Two Ctrl+C while a verification request runs: uvicorn then skips the app's shutdown and cancels the request.
+
+    The work folder was left behind (without its marker: no later server removes it) and uvicorn printed two
+    tracebacks, while the server said that everything had been deleted.
+    """
+    work = tmp_path / "work"
+    server = start_server(work)
+    answers: list[object] = []
+    try:
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            session = start_defacing(client, phantom_files)
+            deadline = time.monotonic() + 120
+            while client.get(f"/api/sessions/{session}/job").json()["state"] != "done":
+                assert time.monotonic() < deadline, "defacing did not finish"
+                time.sleep(0.1)
+
+        def verify_again() -> None:
+            try:
+                answers.append(httpx.post(f"{server.url}api/sessions/{session}/verify", timeout=120).status_code)
+            except httpx.HTTPError as err:  # the server may close the connection: that is the point
+                answers.append(type(err).__name__)
+
+        request = threading.Thread(target=verify_again)
+        request.start()
+        time.sleep(1.0)  # the verification (several seconds) is running on the server
+        server.process.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        server.process.send_signal(signal.SIGINT)
+        out, err = server.process.communicate(timeout=180)
+        request.join(60)
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+    assert "Traceback" not in err, err
+    assert "all uploaded files and results were deleted" in out
+    assert sorted(p.name for p in work.rglob("*")) == []

@@ -9,11 +9,13 @@ which the printed address carries.
 from __future__ import annotations
 
 import argparse
+import copy
 import ipaddress
 import secrets
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 from defacer.errors import DefacerError, MissingExtraError
 
@@ -87,6 +89,36 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def uvicorn_log_config(*, debug: bool) -> dict[str, Any]:
+    """uvicorn's own logging set-up, with its tracebacks reduced to one line unless ``debug``.
+
+    uvicorn logs a traceback for a request or the application's shutdown that it cancels, which a
+    second Ctrl+C during a running step does; the server has no bug to report then.  Starlette hands
+    uvicorn some tracebacks as the message text itself: those are cut to their last line too.
+    """
+    import logging
+
+    from uvicorn.config import LOGGING_CONFIG
+    from uvicorn.logging import DefaultFormatter
+
+    hint = "rerun with --debug to see the traceback"
+    config = copy.deepcopy(LOGGING_CONFIG)
+    if not debug:
+        class OneLineFormatter(DefaultFormatter):
+            def format(self, record: logging.LogRecord) -> str:
+                message = record.getMessage()
+                if message.startswith("Traceback (most recent call last)"):
+                    last = [line for line in message.splitlines() if line.strip()][-1]
+                    record = logging.makeLogRecord({**record.__dict__, "msg": f"{last.strip()} ({hint})", "args": ()})
+                return super().format(record)
+
+            def formatException(self, ei: Any) -> str:
+                return f"  ({ei[0].__name__ if ei[0] else 'no exception'}; {hint})"
+
+        config["formatters"]["default"]["()"] = OneLineFormatter
+    return config
+
+
 def run(args: argparse.Namespace) -> int:
     """Start the server and block until Ctrl+C; returns 0 after a clean shutdown."""
     try:
@@ -126,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
     if token:
         address += f"?token={token}"
     app = create_app(settings)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", server_header=False)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", server_header=False,
+                            log_config=uvicorn_log_config(debug=getattr(args, "debug", False)))
     server = uvicorn.Server(config)
     print(f"defacer is serving on {address}", flush=True)
     print("Open that address in a browser on this computer. Press Ctrl+C to stop; uploaded files are then deleted.",
@@ -142,5 +175,12 @@ def run(args: argparse.Namespace) -> int:
         pass  # uvicorn has already shut down gracefully (work areas removed) before re-raising Ctrl+C
     finally:
         sock.close()
+    # Again here: a second Ctrl+C while a request was running makes uvicorn skip the app's own shutdown.
+    store = app.state.store
+    if not store.close_all():
+        print(f"defacer serve stopped, but its work folder {store.root} could not be deleted completely. Delete it, "
+              "or start defacer serve again with the same --work-dir: it removes the folder.", file=sys.stderr,
+              flush=True)
+        return 1
     print("defacer serve stopped; all uploaded files and results were deleted.", flush=True)
     return 0

@@ -191,9 +191,9 @@ def create_app(settings: WebSettings | None = None, *, detector_factory: Callabl
             yield
         finally:
             task.cancel()
-            executor.shutdown(wait=False, cancel_futures=True)
-            store.close_all()
-            log.info("all work areas removed")
+            executor.shutdown(wait=False, cancel_futures=True)  # a running job stops at its next stage
+            if await asyncio.to_thread(store.close_all):
+                log.info("all work areas removed")
 
     app = FastAPI(title="defacer", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
@@ -419,6 +419,8 @@ def _run_job_now(session: Session, job: Job, features: tuple[str, ...], seed: in
         return
 
     def progress(stage: str, fraction: float) -> None:
+        if session.closed:  # finished, expired or the server is stopping: nothing more is written
+            raise SessionNotFound("This scan's work area was closed while it was being defaced.")
         job.stage, job.progress = stage, fraction
 
     job.state, job.stage, job.progress = "running", "Starting", 0.02

@@ -37,6 +37,8 @@ ROOT_NAME = re.compile(r"^defacer-web-[a-z0-9_]{8}$")
 MARKER_SUFFIX = ".server"
 #: A folder younger than this is never swept: its server may be starting and not hold its lock yet.
 STARTING_GRACE_S = 60.0
+#: On shutdown, how long to wait for a step still working in a work area before giving up on removing it.
+SHUTDOWN_WAIT_S = 600.0
 
 
 def root_marker(root: Path) -> Path:
@@ -255,20 +257,51 @@ class SessionStore:
             self._remove(session)
         return len(expired)
 
-    def close_all(self) -> None:
-        """Remove every session and the root folder (on shutdown)."""
+    def close_all(self, wait_s: float = SHUTDOWN_WAIT_S) -> bool:
+        """Remove every session and the root folder (on shutdown); safe to call again.
+
+        Every session is closed first, so that a running defacing job stops at its next stage and no
+        new step starts; then each folder is removed once the step working in it (if any) has ended,
+        waiting up to ``wait_s`` seconds for it: a folder removed while a step writes into it can keep
+        the step's last files.
+
+        Returns
+        -------
+        bool
+            Whether the root folder is gone.  If it is not, its marker is kept, so the next server
+            started on the same parent folder removes it (:func:`sweep_stale_roots`).
+        """
         with self._lock:
             sessions = list(self._sessions.values())
             self._sessions.clear()
         for session in sessions:
-            session.closed = True  # a step still running removes its own folder when it ends
-            shutil.rmtree(session.folder, ignore_errors=True)
+            session.closed = True
+        for session in sessions:
+            _remove_when_idle(session, wait_s)
         shutil.rmtree(self.root, ignore_errors=True)
+        if self.root.exists():
+            log.warning("could not remove all of the work folder %s; the next defacer serve on the same work folder "
+                        "removes it", self.root)
+            return False
         with contextlib.suppress(OSError):
             root_marker(self.root).rmdir()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+        return True
+
+
+def _remove_when_idle(session: Session, wait_s: float) -> None:
+    """Remove a closed session's folder once no step holds it (at most ``wait_s`` seconds of waiting)."""
+    if not session.lock.acquire(blocking=False):
+        log.warning("waiting for the running step of work area %s… to end before deleting its files", session.id[:6])
+        if not session.lock.acquire(timeout=wait_s):
+            return  # the step removes the folder when it ends (release_if_closed)
+    try:
+        session.state.clear()
+        shutil.rmtree(session.folder, ignore_errors=True)
+    finally:
+        session.lock.release()
 
 
 def _hold_lock(folder: Path) -> int | None:
