@@ -137,3 +137,18 @@ def test_batch_options_reach_every_scan(tmp_path: Path, dicom_export: tuple[Path
     after = _series(out / "t1")
     assert {d.SOPInstanceUID for d in before}.isdisjoint({d.SOPInstanceUID for d in after})
     assert '"eye_band_mm": 6.0' in (out / "t1.defacer.json").read_text()
+
+
+def test_a_bids_dataset_never_carries_its_dicom_files_into_the_output(tmp_path: Path) -> None:
+    """Before: DICOM files in a BIDS dataset outside sourcedata/ were copied to OUT as they were (pixels with the
+    face, the header with the patient's name); exit 0."""
+    from batch_fixtures import write_bids_phantoms
+
+    ds, labels = tmp_path / "ds", tmp_path / "labels"
+    write_bids_phantoms(ds, labels, [("01", None, "T1w", "T1")])
+    write_dicom_phantom(ds / "sub-01" / "dicom", tmp_path / "unused.nii.gz", patient="Quexworth^Ambrose")
+    summary = run_batch(BatchConfig(in_root=ds, out_root=tmp_path / "out", labels_dir=labels, quiet=True))
+    assert summary.counts.done == 1
+    out_files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert not [p for p in out_files if p.suffix == ".dcm"]
+    assert not [p for p in out_files if b"Quexworth" in p.read_bytes()]

@@ -126,3 +126,33 @@ def test_a_sidecar_linked_out_of_the_dataset_is_not_the_scans_and_is_warned_abou
     assert found.others == []
     warning = "'sub-01/anat/sub-01_T1w.json' is a symbolic link to a file outside the input folder: not carried"
     assert caplog.text.count(warning) == 1
+
+
+def test_dicom_files_in_a_bids_dataset_are_not_carried_and_are_warned_about(tmp_path: Path,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """Before: a BIDS dataset's DICOM files outside sourcedata/ (a stray series in sub-01/dicom/, a slice left in
+    anat/) were listed among the files to copy, so OUT received them as they were: the face and the full header."""
+    root = tmp_path / "ds"
+    _touch(root / "dataset_description.json", b"{}")
+    _touch(root / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
+    _fake_dicom(root / "sub-01" / "anat" / "stray_slice")
+    for i in range(3):
+        _fake_dicom(root / "sub-01" / "dicom" / f"IM{i}.dcm")
+    _touch(root / "sub-01" / "dicom" / "notes.txt")
+    found = discover(root)
+    assert [s.key for s in found.scans] == ["sub-01/anat/sub-01_T1w.nii.gz"]
+    assert [str(p) for p in found.others] == ["dataset_description.json", "sub-01/dicom/notes.txt"]
+    warned = [r.getMessage() for r in caplog.records if "outside sourcedata" in r.getMessage()]
+    assert len(warned) == 2 and "'sub-01/dicom' holds 3 DICOM file(s)" in warned[1]
+
+
+def test_image_files_in_a_dicom_series_folder_are_warned_about(tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """The folder is one series; an image file beside its DICOM files is neither defaced nor copied. Before: not a
+    word, so the scan was silently missing from OUT."""
+    for i in range(2):
+        _fake_dicom(tmp_path / "export" / "s1" / f"IM{i}.dcm")
+    _touch(tmp_path / "export" / "s1" / "T1.nii.gz")
+    found = discover(tmp_path / "export")
+    assert [(s.key, s.kind) for s in found.scans] == [("s1", "dicom")]
+    assert any("'s1' holds DICOM files and 1 image file(s) (T1.nii.gz)" in r.getMessage() for r in caplog.records)

@@ -301,11 +301,22 @@ def discover(
             # The series folder is rewritten as a whole: other files in it are not carried over,
             # and its subfolders are not searched (their outputs would sit inside this output).
             candidates.append(Scan(path=here, relpath=rel_here, kind="dicom", entities={}))
+            images = [name for name in filenames if is_image_file(here / name)]
+            if images:
+                log.warning("'%s' holds DICOM files and %d image file(s) (%s): the folder is defaced as one DICOM "
+                            "series, and the image files are neither defaced nor copied. Put them in a folder of "
+                            "their own.", rel_here.as_posix(), len(images), ", ".join(images[:3]))
             if dirnames:
                 log.warning("'%s' holds DICOM files and subfolders; the subfolders are not searched (put each "
                             "series in its own leaf folder)", here)
                 dirnames[:] = []
             continue
+        if dicoms:  # a BIDS dataset: DICOM belongs in sourcedata/, which is neither searched nor carried
+            log.warning("'%s' holds %d DICOM file(s) outside sourcedata/: not carried to the output (they hold the "
+                        "face and the patient's identity in their headers). Deface them apart with 'defacer batch' "
+                        "on their folder, or move them into sourcedata/.", rel_here.as_posix(), len(dicoms))
+            dicom_names = set(dicoms)
+            filenames = [name for name in filenames if name not in dicom_names]
         for name in filenames:
             rel = rel_here / name
             listed.append(rel)
