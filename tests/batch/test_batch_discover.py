@@ -156,3 +156,14 @@ def test_image_files_in_a_dicom_series_folder_are_warned_about(tmp_path: Path,
     found = discover(tmp_path / "export")
     assert [(s.key, s.kind) for s in found.scans] == [("s1", "dicom")]
     assert any("'s1' holds DICOM files and 1 image file(s) (T1.nii.gz)" in r.getMessage() for r in caplog.records)
+
+
+def test_a_linked_folder_is_not_entered_and_is_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Before: a folder that is a symbolic link (to another disk, or out of the dataset) was passed over without a
+    word, so its scans were silently missing from OUT."""
+    _touch(tmp_path / "export" / "a.nii.gz")
+    _touch(tmp_path / "elsewhere" / "b.nii.gz")
+    os.symlink(tmp_path / "elsewhere", tmp_path / "export" / "linked")
+    found = discover(tmp_path / "export")
+    assert [s.key for s in found.scans] == ["a.nii.gz"]
+    assert any("'linked' is a symbolic link to a folder: not searched" in r.getMessage() for r in caplog.records)

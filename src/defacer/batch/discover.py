@@ -220,10 +220,21 @@ def detect_layout(root: Path) -> str:
 def _walk(root: Path, skip_top: frozenset[str]) -> Iterable[tuple[Path, list[str], list[str]]]:
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         here = Path(dirpath)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not _linked_folder(here / d, root))
         if here == root:
             dirnames[:] = [d for d in dirnames if d not in skip_top]
         yield here, dirnames, sorted(f for f in filenames if not f.startswith(".") and _readable_entry(here / f))
+
+
+def _linked_folder(path: Path, root: Path) -> bool:
+    """Whether ``path`` is a symbolic link to a folder, which batch does not enter (it could lead out of IN, or
+    back into it): warned about, since the scans under it are then neither defaced nor copied."""
+    if not path.is_symlink():
+        return False
+    log.warning("'%s' is a symbolic link to a folder: not searched, so nothing under it is defaced or copied. "
+                "Give its target as a batch input of its own, or copy the folder into the dataset.",
+                path.relative_to(root).as_posix())
+    return True
 
 
 def _readable_entry(path: Path) -> bool:
