@@ -114,3 +114,25 @@ def test_volume_written_by_save_volume_is_bit_identical_without_edits(tmp_path):
     copy = tmp_path / "copy.nii"
     save_volume(volume, copy)
     np.testing.assert_array_equal(load_volume(copy).raw, volume.raw)
+
+
+def test_a_compressed_nifti_is_the_same_bytes_whatever_the_compression_threads(tmp_path, monkeypatch) -> None:
+    """``.nii.gz`` output is compressed on several threads; the file must not depend on how many
+    (nor on the time or the temporary name), so a defaced scan is reproducible on any machine, and
+    it must read back with the standard library's gzip as the header followed by the voxels."""
+    from defacer.io import nifti
+
+    source = tmp_path / "head.nii"
+    save_phantom(make_phantom(4.0, axcodes="LPS"), source)
+    volume = load_volume(source)
+    written = []
+    for threads in (1, 2, 4):
+        monkeypatch.setattr(nifti, "GZIP_THREADS", threads)
+        target = tmp_path / f"out{threads}" / "head.nii.gz"
+        target.parent.mkdir()
+        save_volume(volume, target)
+        written.append(target.read_bytes())
+    assert written[0] == written[1] == written[2]
+    assert written[0][4:8] == b"\0\0\0\0"  # no modification time in the gzip header
+    plain = source.read_bytes()
+    assert gzip.decompress(written[0]) == plain  # header, padding to vox_offset and voxels, byte for byte
