@@ -162,3 +162,19 @@ def test_placeholders_and_unreadable_files_refuse_nothing(tmp_path: Path) -> Non
     check_series_path("anonymous/removed", sorted((tmp_path / "anonymous").iterdir()), allow=False)
     with pytest.raises(IdentifyingPathError, match="original SOPInstanceUID"):
         check_series_path(f"a/{pydicom.dcmread(path).SOPInstanceUID}", [path], allow=False)
+
+
+def test_a_dry_run_says_which_series_would_be_refused_and_why(tmp_path: Path, pacs_export, capsys,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """Before: the dry run listed the identifying series as 'deface ... -> OUT/DOE^JOHN_19700101/...' (exit 0)."""
+    source, labels, named, _ = pacs_export
+    out = tmp_path / "out"
+    args = ["batch", str(source), str(out), "--labels-dir", str(labels), "--key", KEY.decode(), "--dry-run"]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert f"refuse   DOE^JOHN_19700101/{named['SeriesInstanceUID']}\n" in captured.out
+    assert "deface   study-02/T1 -> " in captured.out and "1 refused (see the warnings)" in captured.out
+    assert any("folder 'DOE^JOHN_19700101' holds the patient's name and the birth date" in m for m in caplog.messages)
+    assert not out.exists()
+    assert main([*args, "--allow-identifying-paths"]) == 0
+    assert "2 to deface" in capsys.readouterr().out

@@ -46,7 +46,7 @@ from defacer.batch.manifest import (
 )
 from defacer.batch.ownership import open_record
 from defacer.batch.summary import Counts, Progress, count, print_table, verdict_of, write_html
-from defacer.batch.task import DefaceFile, ScanTask, input_files, scan_seed
+from defacer.batch.task import DefaceFile, ScanTask, check_output_names, input_files, scan_seed
 from defacer.batch.workers import cap_jobs
 from defacer.checks import DEFAULT_MAX_VOXELS
 from defacer.errors import DefacerError, InputImageError
@@ -398,10 +398,24 @@ def _qc_targets(discovery: Discovery, layout: OutputLayout) -> list[Path]:
     return targets
 
 
+def _planned_action(task: ScanTask) -> str:
+    """``"deface"``, or ``"refuse"`` for a DICOM series the run would refuse for its identifying output names
+    (:func:`~defacer.batch.task.check_output_names`; the reason is logged as a warning)."""
+    from defacer.phi.paths import IdentifyingPathError
+
+    try:
+        check_output_names(task)
+    except IdentifyingPathError as err:
+        log.warning("%s", err)
+        return "refuse"
+    return "deface"
+
+
 def describe_plan(config: BatchConfig) -> list[tuple[str, str, Path | None]]:
     """What a run would do, without writing anything: ``(action, scan key, output path)`` rows.
 
-    Actions are ``"deface"``, ``"skip"`` (done by an earlier run and intact) and
+    Actions are ``"deface"``, ``"refuse"`` (a de-identified DICOM series whose output folder names hold its
+    header identifiers: reads their headers), ``"skip"`` (done by an earlier run and intact) and
     ``"exclude"`` (removed by the filters; neither defaced nor copied).
 
     Raises
@@ -417,7 +431,10 @@ def describe_plan(config: BatchConfig) -> list[tuple[str, str, Path | None]]:
         check_owned(layout.qc_dir, _qc_targets(discovery, layout))
     manifest = Manifest(layout.manifest_path, read_only=True)
     tasks, skipped = plan(config, discovery, layout, manifest)
-    rows: list[tuple[str, str, Path | None]] = [("deface", t.scan.key, t.output) for t in tasks]
+    rows: list[tuple[str, str, Path | None]] = []
+    for task in tasks:
+        action = _planned_action(task)
+        rows.append((action, task.scan.key, task.output if action == "deface" else None))
     rows += [("skip", r.key, None) for r in skipped]
     rows += [("exclude", str(rel), None) for rel in discovery.excluded]
     return sorted(rows, key=lambda row: row[1])

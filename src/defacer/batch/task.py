@@ -286,10 +286,16 @@ def _without_roots(message: str, task: ScanTask) -> str:
     return message
 
 
-def _check_output_names(task: ScanTask) -> None:
+def check_output_names(task: ScanTask) -> None:
     """Refuse a de-identified DICOM series whose output folders are named after its own headers (the patient's
     name, IDs, birth date, original UIDs): the names would undo the de-identification. Other scans have no
-    header to compare with, and a series written with its headers as they are (no de-identification) keeps them."""
+    header to compare with, and a series written with its headers as they are (no de-identification) keeps them.
+
+    Raises
+    ------
+    defacer.phi.paths.IdentifyingPathError
+        Unless the task allows such names (then a warning is logged).
+    """
     if task.scan.kind != "dicom" or task.deidentify is None:
         return
     from defacer.phi.paths import check_series_path
@@ -310,7 +316,7 @@ def _run(task: ScanTask, record: ScanRecord) -> None:
         record.inputs = [stamp(p, task.in_root) for p in input_files(task.scan)]
         record.input_sha256 = combined_sha256(record.inputs)
         record.timings["hash"] = time.perf_counter() - start
-        _check_output_names(task)
+        check_output_names(task)
         t0 = time.perf_counter()
         provenance = _deface(task)
         record.provenance = dict(provenance or {})

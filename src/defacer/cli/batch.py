@@ -116,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_plan(config: BatchConfig) -> int:
+    """Print what the run would do; 1 when it would refuse some scan (as the run's exit code), else 0."""
     from collections import Counter
 
     from defacer.batch.runner import describe_plan
@@ -124,5 +125,7 @@ def _print_plan(config: BatchConfig) -> int:
     for action, key, output in rows:
         print(f"{action:8} {key}" + (f" -> {output}" if output is not None else ""))
     counts = Counter(action for action, _, _ in rows)
-    print(f"{counts['deface']} to deface, {counts['skip']} already done, {counts['exclude']} excluded; nothing written.")
-    return 0
+    refused = f", {counts['refuse']} refused (see the warnings)" if counts["refuse"] else ""
+    print(f"{counts['deface']} to deface, {counts['skip']} already done, {counts['exclude']} excluded{refused}; "
+          "nothing written.")
+    return 1 if counts["refuse"] else 0
