@@ -448,3 +448,18 @@ def test_kept_text_loses_only_the_patients_own_values(tmp_path):
     other.PatientName, other.PatientPosition = "HFS", "HFS"
     Scrubber(DeidOptions(), Pseudonymizer(KEY)).scrub(other)
     assert other.PatientPosition == "HFS"
+
+
+@pytest.mark.parametrize("raw", [False, True], ids=["explicit", "implicit-bytes"])
+def test_a_safe_private_slot_holding_the_patients_name_is_not_kept(tmp_path, raw):
+    """--retain-safe-private keeps listed private slots (b-values...). Before: a hostile header that put the
+    patient's name into such a slot kept it (as text, or as the raw bytes of an implicit-VR file)."""
+    ds = Dataset()
+    ds.PatientName, ds.PatientID = "Quexworth^Ambrose", "MRN778899"
+    block = ds.private_block(0x0019, "SIEMENS MR HEADER", create=True)
+    block.add_new(0x0C, "IS", "1000")
+    block.add_new(0x0D, "UN" if raw else "CS", b"QUEXWORTH" if raw else "QUEXWORTH")
+    block.add_new(0x0E, "UN" if raw else "LO", b"id MRN778899 " if raw else "id MRN778899")
+    Scrubber(DeidOptions(retain_safe_private=True), Pseudonymizer(KEY)).scrub(ds)
+    kept = {(e.tag.group, e.tag.element) for e in ds if e.tag.is_private}
+    assert kept == {(0x0019, 0x0010), (0x0019, 0x100C)}

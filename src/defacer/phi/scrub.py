@@ -164,6 +164,16 @@ def patient_values(ds: Dataset) -> tuple[str, ...]:
     return tuple(sorted(v for v in found if len(v) >= 2))
 
 
+def _holds_patient(value: object, context: _Context) -> bool:
+    """Whether a value (text, numbers, or raw bytes of an implicit-VR private element) holds one of the patient's
+    own values (:func:`patient_values`)."""
+    pattern = actions.values_pattern(context.patient)
+    if pattern is None or value is None:
+        return False
+    text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+    return pattern.search(text) is not None
+
+
 @dataclass
 class _Context:
     """Per-dataset state: the patient's date offset and the values that identify them."""
@@ -316,7 +326,7 @@ class Scrubber:
             tag_int = int(tag)
             group = tag_int >> 16
             if group & 1:
-                self._private(ds, tag_int)
+                self._private(ds, tag_int, context)
                 continue
             if group == 0x0002 or ((tag_int & 0xFFFF) == 0 and group != 0):
                 if group != 0x0002:
@@ -338,12 +348,14 @@ class Scrubber:
             else:
                 self._apply(ds, tag_int, rule, vr, context)
 
-    def _private(self, ds: Dataset, tag_int: int) -> None:
+    def _private(self, ds: Dataset, tag_int: int, context: _Context) -> None:
         if self.options.retain_safe_private and (tag_int & 0xFFFF) >= 0x1000:
             block = (tag_int & 0xFF00) >> 8
             creator_tag = (tag_int & 0xFFFF0000) | block
             creator = ds.get(creator_tag)
             if creator is not None and (str(creator.value), tag_int >> 16, tag_int & 0xFF) in SAFE_PRIVATE:
+                if _holds_patient(ds[tag_int].value, context):  # a safe slot holding a name is not safe
+                    del ds[tag_int]
                 return
         if self.options.retain_safe_private and 0x10 <= (tag_int & 0xFFFF) < 0x100:
             return  # creators are removed at the end if no element of their block survived
