@@ -257,7 +257,9 @@ def _deface_dicom(source: Path, target: Path, *, options: DefaceOptions, scrubbe
     provenance = result.provenance
     # With de-identification the sidecar must not name the input: folder names often hold patient names.
     shown = "<input>" if scrubber is not None else source.name
-    provenance["input"] = {"path": shown, "sha256": sha256_of(source), "format": "dicom",
+    digest = sha256_of(source)  # de-identified: keyed, so that holding the identified original links nothing
+    hashed = {"sha256": digest} if scrubber is None else {"sha256_keyed": scrubber.pseudonymizer.keyed_digest(digest)}
+    provenance["input"] = {"path": shown, **hashed, "format": "dicom",
                            "files": len({ref.path for ref in volume.extra["frames"]}),
                            "skipped_files": len(volume.extra.get("skipped", ()))}
     provenance["output"] = {"path": target.name, "sha256": sha256_of(target), "files": len(written)}

@@ -62,6 +62,25 @@ def test_deface_dicom_distorts_pixels_and_deidentifies_headers(phantom_series, t
     assert str(phantom_series) not in json.dumps(sidecar)
 
 
+def test_a_de_identified_series_sidecar_holds_no_plain_digest_of_the_identified_input(phantom_series, tmp_path):
+    """Before: the sidecar shared beside the de-identified series held the input folder's plain sha256, which
+    anyone holding the identified original could recompute to link the two. Now only a digest keyed with the
+    de-identification key; the files the sidecar names are checked too."""
+    from defacer.phi.pseudonym import Pseudonymizer
+    from defacer.provenance import sha256_of
+
+    out = tmp_path / "defaced"
+    assert main(["deface", str(phantom_series / "in"), str(out), "--labels", str(phantom_series / "labels.nii.gz"),
+                 "--key", KEY]) == 0
+    text = (tmp_path / "defaced.defacer.json").read_text()
+    plain = sha256_of(phantom_series / "in")
+    assert plain not in text
+    recorded = json.loads(text)["input"]
+    assert recorded["sha256_keyed"] == Pseudonymizer(KEY.encode()).keyed_digest(plain)
+    original_names = {p.name for p in (phantom_series / "in").iterdir()}
+    assert not original_names & {p.name for p in out.iterdir()}, "files are numbered, not named as the input's"
+
+
 def test_deface_dicom_without_deidentification_keeps_headers(phantom_series, tmp_path):
     out = tmp_path / "defaced"
     code = main(["deface", str(phantom_series / "in"), str(out), "--labels", str(phantom_series / "labels.nii.gz"),

@@ -59,6 +59,12 @@ class Pseudonymizer:
         raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
         return "2.25." + str(int.from_bytes(raw, "big"))
 
+    def keyed_digest(self, value: str) -> str:
+        """HMAC-SHA256 of ``value`` under the key, in hex: a digest only the key's holder can recompute (the
+        provenance of a de-identified series records its input's sha256 so, never plainly, which would let anyone
+        holding the identified original link the two)."""
+        return self._digest("content", value).hex()
+
     def identifier(self, original: str, *, prefix: str = "DF", length: int = 12) -> str:
         """A pseudonymous identifier (upper-case letters and digits), e.g. for PatientID."""
         code = base64.b32encode(self._digest("id", original.strip())).decode().rstrip("=")
