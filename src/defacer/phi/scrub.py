@@ -135,33 +135,40 @@ _PATIENT_NAME_KEYWORDS = ("PatientName", "OtherPatientNames", "PatientBirthName"
 _PATIENT_ID_KEYWORDS = ("PatientID", "OtherPatientIDs", "AccessionNumber", "MedicalRecordLocator")
 
 
+#: Most values :func:`patient_values` returns: a conformant header has at most 15 name parts (5 components in 3
+#: groups, each at most 64 characters), and every kept text value is searched for each, so a header padded with
+#: thousands of parts would otherwise cost seconds per file.
+MAX_PATIENT_VALUES = 64
+
+
 def patient_values(ds: Dataset) -> tuple[str, ...]:
     """The patient's own identifying values in ``ds`` (top level), as masked in text the profile keeps.
 
-    Each name whole and by part (2 characters or more), each ID and the accession number (3 or more), and the birth
-    date as written and as ``YYYY-MM-DD``, ``DD.MM.YYYY``, ``DD/MM/YYYY`` and ``MM/DD/YYYY``.  The Basic Profile
+    The birth date as written and as ``YYYY-MM-DD``, ``DD.MM.YYYY``, ``DD/MM/YYYY`` and ``MM/DD/YYYY``, each name
+    whole and by part (2 characters or more), each ID and the accession number (3 or more); at most
+    :data:`MAX_PATIENT_VALUES`, in that order of attributes (PatientName and PatientID first).  The Basic Profile
     keeps every attribute it does not list (Manufacturer, SequenceName, CodeMeaning...); a header that copies the
     patient's name or ID into one of them would otherwise keep it.
     """
-    found: set[str] = set()
-    for keyword in (*_PATIENT_NAME_KEYWORDS, *_PATIENT_ID_KEYWORDS):
+    found: dict[str, None] = {}  # ordered, unique
+    birth = re.sub(r"\D", "", str(ds.get("PatientBirthDate", "") or ""))
+    if len(birth) == 8:
+        year, month, day = birth[:4], birth[4:6], birth[6:]
+        found.update(dict.fromkeys((birth, f"{year}-{month}-{day}", f"{day}.{month}.{year}", f"{day}/{month}/{year}",
+                                    f"{month}/{day}/{year}")))
+    for keyword in ("PatientName", "PatientID", *_PATIENT_NAME_KEYWORDS[1:], *_PATIENT_ID_KEYWORDS[1:]):
         value = ds.get(keyword)
         if value is None or value == "":
             continue
         items = value if isinstance(value, MultiValue | list) else [value]
-        for item in items:
+        for item in items[:MAX_PATIENT_VALUES]:
             text = str(item).strip().strip("\x00").strip()
             if keyword in _PATIENT_NAME_KEYWORDS:
-                found.add(text)
-                found.update(part for part in _NAME_SPLIT.split(text) if len(part) >= 2)
+                found.update(dict.fromkeys([text, *(p for p in _NAME_SPLIT.split(text)[:MAX_PATIENT_VALUES]
+                                                   if len(p) >= 2)]))
             elif len(text) >= 3:
-                found.add(text)
-    birth = re.sub(r"\D", "", str(ds.get("PatientBirthDate", "") or ""))
-    if len(birth) == 8:
-        year, month, day = birth[:4], birth[4:6], birth[6:]
-        found.update({birth, f"{year}-{month}-{day}", f"{day}.{month}.{year}", f"{day}/{month}/{year}",
-                      f"{month}/{day}/{year}"})
-    return tuple(sorted(v for v in found if len(v) >= 2))
+                found[text] = None
+    return tuple(sorted(v for v in list(found)[:MAX_PATIENT_VALUES] if len(v) >= 2))
 
 
 def _holds_patient(value: object, context: _Context) -> bool:
