@@ -145,8 +145,9 @@ def patient_values(ds: Dataset) -> tuple[str, ...]:
     """The patient's own identifying values in ``ds`` (top level), as masked in text the profile keeps.
 
     The birth date as written and as ``YYYY-MM-DD``, ``DD.MM.YYYY``, ``DD/MM/YYYY`` and ``MM/DD/YYYY``, each name
-    whole and by part (2 characters or more), each ID and the accession number (3 or more); at most
-    :data:`MAX_PATIENT_VALUES`, in that order of attributes (PatientName and PatientID first).  The Basic Profile
+    whole and by part (2 characters or more), each ID and the accession number (3 or more); the first 8 values of
+    an attribute, the first 16 parts of a name, and at most :data:`MAX_PATIENT_VALUES` in all, in that order of
+    attributes (PatientName and PatientID first).  The Basic Profile
     keeps every attribute it does not list (Manufacturer, SequenceName, CodeMeaning...); a header that copies the
     patient's name or ID into one of them would otherwise keep it.
     """
@@ -161,11 +162,10 @@ def patient_values(ds: Dataset) -> tuple[str, ...]:
         if value is None or value == "":
             continue
         items = value if isinstance(value, MultiValue | list) else [value]
-        for item in items[:MAX_PATIENT_VALUES]:
+        for item in items[:8]:
             text = str(item).strip().strip("\x00").strip()
             if keyword in _PATIENT_NAME_KEYWORDS:
-                found.update(dict.fromkeys([text, *(p for p in _NAME_SPLIT.split(text)[:MAX_PATIENT_VALUES]
-                                                   if len(p) >= 2)]))
+                found.update(dict.fromkeys([text, *(p for p in _NAME_SPLIT.split(text)[:16] if len(p) >= 2)]))
             elif len(text) >= 3:
                 found[text] = None
     return tuple(sorted(v for v in list(found)[:MAX_PATIENT_VALUES] if len(v) >= 2))
