@@ -216,3 +216,30 @@ def test_an_unreadable_bidsignore_of_the_output_is_warned_about_and_left_alone(
     assert (out / ".bidsignore").read_bytes() == b"\xff\xfe edited"
     assert "not UTF-8" in caplog.text and BIDSIGNORE_LINE in caplog.text
     assert json.loads((out / "dataset_description.json").read_text())["GeneratedBy"][0]["Name"] == "defacer"
+
+
+@pytest.mark.parametrize("bids", [False, True], ids=["folder", "bids"])
+def test_two_scans_that_would_write_one_file_refuse_the_batch_before_writing(tmp_path: Path, bids: bool,
+                                                                             capsys) -> None:
+    """Before: 'head.nii' and 'head.nii.gz' in one folder both wrote 'head.defacer.json' (in BIDS also the JSON
+    sidecar 'head.json'): the second replaced the first's provenance, exit 0, and every rerun found the other's
+    damaged and redid it."""
+    import nibabel as nib
+
+    from defacer.cli.main import main
+    from defacer.phantom import make_phantom
+
+    root = tmp_path / "in" / ("sub-01/anat" if bids else "")
+    root.mkdir(parents=True)
+    stem = "sub-01_T1w" if bids else "head"
+    phantom = make_phantom(3.0)
+    for ending in (".nii", ".nii.gz"):
+        nib.save(nib.Nifti1Image(phantom.volume.raw, phantom.volume.affine), root / f"{stem}{ending}")
+    out = tmp_path / "out"
+    assert main(["batch", str(tmp_path / "in"), str(out), "-q"]) == 1
+    err = capsys.readouterr().err
+    rel = "sub-01/anat/" if bids else ""
+    assert f"'{rel}{stem}.nii' and '{rel}{stem}.nii.gz' both write '{rel}{stem}.defacer.json'" in err
+    assert (f"both write '{rel}{stem}.json'" in err) == bids
+    assert "--exclude" in err and not out.exists()
+    assert main(["batch", str(tmp_path / "in"), str(out), "-q", "--dry-run"]) == 1, "the dry run says so too"

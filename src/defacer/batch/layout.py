@@ -129,6 +129,20 @@ class OutputLayout:
         return self.qc_dir / safe
 
 
+def target_clashes(layout: OutputLayout, scans: Iterable[Scan]) -> list[tuple[str, str, Path]]:
+    """``(scan key, other scan key, path)`` for each file in OUT that two scans would both write (``head.nii`` and
+    ``head.nii.gz`` both write ``head.defacer.json``; in BIDS also ``head.json``): the second would replace the
+    first's, and each rerun would find the other's damaged and redo it."""
+    owner: dict[Path, str] = {}
+    clashes = []
+    for scan in scans:
+        for target in dict.fromkeys(layout.scan_targets(scan)):
+            first = owner.setdefault(target, scan.key)
+            if first != scan.key:
+                clashes.append((first, scan.key, target))
+    return clashes
+
+
 def desc_defaced_name(stem: str) -> str:
     """Insert ``desc-defaced`` before the BIDS suffix: ``sub-01_T1w`` -> ``sub-01_desc-defaced_T1w``.
 

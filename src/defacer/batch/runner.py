@@ -34,6 +34,7 @@ from defacer.batch.layout import (
     defaced_sidecar,
     prepare_output,
     remove_stale_temporaries,
+    target_clashes,
     write_dataset_files,
 )
 from defacer.batch.manifest import (
@@ -355,6 +356,15 @@ def _discover(config: BatchConfig) -> tuple[Discovery, OutputLayout]:
     layout = OutputLayout(in_root=discovery.root, out_root=Path(config.out_root).resolve(), layout=config.layout,
                           bids=discovery.layout == "bids")
     check_folders(layout.in_root, layout.out_root)
+    clashes = target_clashes(layout, discovery.scans)
+    if clashes:
+        listing = "\n  ".join(f"'{a}' and '{b}' both write '{path.relative_to(layout.out_root).as_posix()}'"
+                              for a, b, path in clashes[:10])
+        raise DefacerError(
+            f"{len(clashes)} file(s) in the output would be written by two scans of '{config.in_root}', each "
+            f"replacing the other's:\n  {listing}\nRename one of each pair in the input, or leave one out with "
+            "--exclude (nothing was written)."
+        )
     return discovery, layout
 
 
