@@ -9,6 +9,7 @@ so one object can be handed to every worker of a batch and recorded as it is.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -50,6 +51,8 @@ class DefaceOptions:
         unknown = [f for f in self.features if f not in FEATURES]
         if unknown:
             raise ValueError(f"Unknown features {unknown}; expected some of {FEATURES}.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0:
+            raise ValueError(f"Expected a seed that is a whole number >= 0 (e.g. --seed 3); found {self.seed!r}.")
         sizes = (self.protect_depth_mm, self.eye_band_mm, self.eye_box_scale, self.nose_scale)
         # NaN fails every comparison: without the finiteness test, --protect-depth nan switched the brain's protection off.
         if (not all(math.isfinite(v) for v in sizes) or self.protect_depth_mm < 0 or self.eye_band_mm <= 0

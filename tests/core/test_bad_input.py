@@ -154,6 +154,40 @@ def test_label_map_with_unknown_values_is_refused(scan, tmp_path, capsys):
     assert code == 1 and "expected 0" in err
 
 
+@pytest.mark.parametrize("seed", ["-1", "-5000000000"])
+def test_a_negative_seed_is_refused_in_words(scan, tmp_path, capsys, seed):
+    """numpy refused it deep inside, which the CLI reported as a bug in defacer."""
+    code, err = run(["deface", str(scan[0]), str(tmp_path / "o.nii.gz"), "--labels", str(scan[1]),
+                     "--seed", seed], capsys)
+    assert code == 1 and "seed" in err and ">= 0" in err and "bug" not in err
+    assert not (tmp_path / "o.nii.gz").exists()
+
+
+def test_the_api_refuses_a_seed_that_is_no_whole_number() -> None:
+    from defacer.options import DefaceOptions
+
+    for seed in (-1, 1.5, True, "3"):
+        with pytest.raises(ValueError, match="seed"):
+            DefaceOptions(seed=seed)  # type: ignore[arg-type]
+    assert DefaceOptions(seed=np.int64(7)).seed == 7
+
+
+@pytest.mark.parametrize("name", ["folder", ".", "..", "/"])
+def test_a_folder_as_the_output_of_a_file_scan_is_refused_naming_a_file_to_give(scan, tmp_path, capsys,
+                                                                                  monkeypatch, name):
+    """'.' and '/' crashed ('has an empty name', reported as a bug); an existing folder was called an
+    output that exists, to be replaced with --force, which it never could be."""
+    work = tmp_path / "work"
+    (work / "folder").mkdir(parents=True)
+    monkeypatch.chdir(work / "folder" if name == ".." else work)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    code, err = run(["deface", str(scan[0]), name, "--labels", str(scan[1]), "--force"], capsys)
+    assert code == 1 and "bug" not in err
+    assert ("root of the file system" if name == "/" else "is a folder") in err
+    assert "head_defaced.nii.gz" in err  # the file name to give instead
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written, nothing removed
+
+
 def test_unknown_feature_name_is_refused(scan, tmp_path, capsys):
     code, err = run(["deface", str(scan[0]), str(tmp_path / "o.nii.gz"), "--labels", str(scan[1]),
                      "--features", "eyes,mouth"], capsys)

@@ -123,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         args.output = default_output(args.input)
     options = deface_options_from_args(args)
     is_dicom = args.input.exists() and format_of(args.input) == "dicom"
+    args.output = checked_output_name(args.input, args.output, is_dicom)
     deidentify = deidentification_from_args(args, warn_random=not args.what_if) if is_dicom else None
     if args.what_if:
         if not is_dicom:
@@ -245,6 +246,38 @@ def run_study(args: argparse.Namespace, options: DefaceOptions, deidentify: Deid
     if status:
         print(f"defacer deface: not every series of {args.input} was defaced (see above)", file=sys.stderr)
     return status
+
+
+def checked_output_name(input_path: Path, output: Path, is_dicom: bool) -> Path:
+    """The output spelt with a name of its own (``.``, ``..``, ``x/..`` made absolute), checked for its kind.
+
+    Parameters
+    ----------
+    input_path : Path
+        The scan (a file, or a DICOM file or folder).
+    output : Path
+        The output as given.
+    is_dicom : bool
+        Whether the input is DICOM (its output is a folder).
+
+    Raises
+    ------
+    defacer.errors.OutputError
+        The output is the root of a file system, or, for a scan written to a file (NIfTI, NRRD, MGZ), an
+        existing folder: the message names a file in it to give instead.
+    """
+    from defacer.errors import OutputError
+
+    named = named_path(output)
+    if not named.name:
+        raise OutputError(f"The output '{output}' is the root of the file system; give the defaced "
+                          f"{'folder' if is_dicom else 'file'}'s own name, for example "
+                          f"'{Path(output) / default_output(named_path(input_path)).name}'.")
+    if not is_dicom and named.is_dir():
+        raise OutputError(f"The output '{output}' is a folder, but this scan is written to a file (its input's "
+                          f"format): give the file's name, for example "
+                          f"'{Path(output) / default_output(named_path(input_path)).name}'.")
+    return named
 
 
 def check_planned_outputs(args: argparse.Namespace) -> None:
