@@ -228,3 +228,21 @@ def test_an_after_only_run_keeps_the_warning_while_earlier_faces_remain(tmp_path
     (tmp_path / "sub-01" / "front_before.png").write_bytes(PNG)
     qc.write_readme(tmp_path, after_only=True)
     assert "ORIGINAL" in (tmp_path / "README.txt").read_text()
+
+
+@pytest.mark.parametrize("kind", ["file", "link to a file"])
+def test_a_qc_folder_that_is_a_file_is_refused_in_words(tmp_path, capsys, kind) -> None:
+    """'verify --out FILE' stopped with 'unexpected error: FileExistsError ... a bug in defacer'."""
+    scan = tmp_path / "head.nii.gz"
+    save_phantom(make_phantom(4.0), scan)
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    out = target
+    if kind == "link to a file":
+        out = tmp_path / "link"
+        out.symlink_to(target)
+    assert main(["verify", str(scan), str(scan), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "is not a folder" in err and "bug" not in err
+    assert target.read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["head.nii.gz", "notes.txt", *(["link"] if kind == "link to a file" else [])])

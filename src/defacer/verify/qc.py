@@ -21,6 +21,7 @@ refused (:func:`check_owned`), so a rerun replaces defacer's own reports and pic
 from __future__ import annotations
 
 import html
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,8 +73,13 @@ def check_owned(qc_root: Path, targets: Iterable[Path]) -> None:
     Raises
     ------
     OutputError
-        Naming the files in the way and what to do (``--force`` does not change it).
+        Naming the files in the way and what to do (``--force`` does not change it); or ``qc_root``
+        exists and is no folder (a file, or a link to one).
     """
+    if os.path.lexists(qc_root) and not qc_root.is_dir():
+        raise OutputError(f"The QC folder '{qc_root}' exists and is not a folder: defacer writes its reports and pictures "
+                          "into a folder. Choose another output (the QC folder is named after it; 'defacer verify' and "
+                          "'defacer evaluate': another --out).")
     foreign = _record(qc_root).foreign(targets)
     if not foreign:
         return
