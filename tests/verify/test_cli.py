@@ -111,3 +111,15 @@ def test_evaluate_records_a_missing_label_map_as_that_scans_error(tmp_path) -> N
     assert "No label map" in result["scans"][0]["error"]
     assert result["overall"]["errors"] == 1
     assert (tmp_path / "eval" / "evaluation.json").is_file()
+
+
+def test_evaluate_refuses_a_negative_seed_before_writing_anything(tmp_path, capsys) -> None:
+    """It reached the options only after claiming OUT, and was then reported as a bug in defacer."""
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    save_phantom(make_phantom(4.0), scans / "head.nii.gz")
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(scans), "--out", str(out), "--seed", "-3"]) == 1
+    err = capsys.readouterr().err
+    assert "seed" in err and "bug" not in err
+    assert not out.exists()

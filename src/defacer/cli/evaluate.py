@@ -37,10 +37,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def run(args: argparse.Namespace) -> int:
+    from defacer.errors import DefacerError
     from defacer.evaluate import evaluate_folder
     from defacer.options import DefaceOptions
     from defacer.verify.evaluate import TABLE_HEADER, find_scans, format_overall
 
+    try:  # checked before anything is written
+        options = DefaceOptions(seed=args.seed)
+    except ValueError as err:
+        raise DefacerError(str(err)) from err
     reference = args.reference_dir
     if reference is None and Path("reference_labels").is_dir():
         reference = Path("reference_labels")
@@ -48,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     claim_outputs(args.folder, args.out, scans, [args.labels_dir, reference])
     print(TABLE_HEADER, flush=True)
     result = evaluate_folder(args.folder, args.out, scans=scans, labels_dir=args.labels_dir, reference_dir=reference,
-                             options=DefaceOptions(seed=args.seed), echo=lambda line: print(line, flush=True))
+                             options=options, echo=lambda line: print(line, flush=True))
     print(format_overall(result["overall"]))
     print(f"written: {args.out / 'evaluation.json'}, {args.out / 'evaluation.html'}")
     return 0 if result["overall"]["errors"] == 0 else 1
