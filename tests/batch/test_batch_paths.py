@@ -97,7 +97,7 @@ def test_allow_identifying_paths_writes_them_with_a_warning(tmp_path: Path, pacs
     assert {str(pydicom.dcmread(p).PatientName) for p in series.iterdir()} != {"Doe^John"}
     records = [json.loads(line) for line in (out / ".defacer" / "manifest.jsonl").read_text().splitlines()]
     warnings = [w for r in records for w in r.get("warnings", [])]
-    assert any("holds the patient's name and the birth date" in w and "before sharing" in w for w in warnings)
+    assert any("holds the patient's name and the birth date" in w and "Before sharing the output" in w for w in warnings)
     assert "1 scans have warnings" in capsys.readouterr().err
 
 

@@ -218,8 +218,8 @@ def check_series_path(relpath: str, files: Iterable[Path], *, allow: bool) -> No
     what = describe(found)
     if allow:
         log.warning("'%s' is written under names that identify: %s, from its DICOM headers (--allow-identifying-"
-                    "paths). Rename those folders in the output (and the series' .defacer.json beside it) before sharing "
-                    "it.", relpath, what)
+                    "paths). Before sharing the output, rename those folders there, and the series' '.defacer.json' "
+                    "and hidden '.<name>.defacer-output.json' files beside it.", relpath, what)
         return
     raise IdentifyingPathError(
         f"Not written: the output '{relpath}' would be named after its own DICOM headers ({what}), which the "
