@@ -249,6 +249,9 @@ def _deface_dicom(source: Path, target: Path, *, options: DefaceOptions, scrubbe
     volume = validate_volume(read_dicom_volume(source, series=series, max_voxels=max_voxels), source=str(source))
     if scrubber is not None:
         scrubber.check_burned_in(volume.header, str(source))
+        from defacer.phi.paths import warn_identifying_name
+
+        warn_identifying_name(target.name, volume.header)
     result = deface(volume, _detector(detector, labels_path, weights_path), options)
     check_features_found(result.provenance, source.name, allow_missing=allow_missing)
     written = write_dicom_volume(result.volume, target, force=force, deid=scrubber)

@@ -81,6 +81,17 @@ def test_a_de_identified_series_sidecar_holds_no_plain_digest_of_the_identified_
     assert not original_names & {p.name for p in out.iterdir()}, "files are numbered, not named as the input's"
 
 
+@pytest.mark.parametrize(("name", "warned"), [("QUEXWORTH_Ambrose_defaced", True), ("sub-01_T1w", False)])
+def test_deface_warns_about_an_output_named_after_the_patient(phantom_series, tmp_path, caplog, name, warned):
+    """Before: 'defacer deface QUEXWORTH_Ambrose/' wrote 'QUEXWORTH_Ambrose_defaced/' (its default) without a word
+    although the headers inside no longer hold the name. The name is the user's: a warning, not a refusal."""
+    out = tmp_path / name
+    assert main(["deface", str(phantom_series / "in"), str(out), "--labels", str(phantom_series / "labels.nii.gz"),
+                 "--key", KEY]) == 0
+    expected = f"The output '{name}' holds the patient's name from its own DICOM headers"
+    assert any(expected in m for m in caplog.messages) == warned
+
+
 def test_deface_dicom_without_deidentification_keeps_headers(phantom_series, tmp_path):
     out = tmp_path / "defaced"
     code = main(["deface", str(phantom_series / "in"), str(out), "--labels", str(phantom_series / "labels.nii.gz"),

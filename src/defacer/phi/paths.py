@@ -5,7 +5,8 @@ A DICOM export often names folders after the patient, the birth date, the access
 such a folder name still names the patient, or links the shared series back to the source through the UIDs the
 headers no longer hold.  :func:`identifiers_in_path` compares each folder name with the identifying values of the
 series' own headers (:func:`header_identifiers`); ``defacer batch`` refuses to write such a series unless told to
-(``--allow-identifying-paths``), see ``docs/batch.md``.
+(``--allow-identifying-paths``), see ``docs/batch.md``; ``defacer deface`` warns
+(:func:`warn_identifying_name`).
 
 Matching, case-insensitive, on the letters and digits of a folder name (separators ignored):
 
@@ -172,6 +173,27 @@ def header_identifiers(files: Iterable[Path]) -> HeaderIdentifiers:
             if keyword in ds:
                 found.add(keyword, ds[keyword].value)
     return found
+
+
+def dataset_identifiers(ds: object) -> HeaderIdentifiers:
+    """The identifying values (:data:`READ_KEYWORDS`) of one dataset already read (a pydicom ``Dataset``)."""
+    found = HeaderIdentifiers()
+    for keyword in READ_KEYWORDS:
+        value = getattr(ds, "get", lambda _: None)(keyword)
+        if value is not None:
+            found.add(keyword, value)
+    return found
+
+
+def warn_identifying_name(name: str, ds: object) -> None:
+    """Warn when an output folder name chosen for a de-identified series (``defacer deface``: the user's, or the
+    default ``<input folder>_defaced``) holds identifiers of its header ``ds``; nothing is refused, the user chose
+    it (``defacer batch`` refuses instead: :func:`check_series_path`)."""
+    kinds = dataset_identifiers(ds).found_in(name)
+    if kinds:
+        held = describe([(name, kinds)]).partition(" holds ")[2]
+        log.warning("The output '%s' holds %s from its own DICOM headers, which the de-identified headers no longer "
+                    "hold. Rename it (and its .defacer.json) before sharing, e.g. to sub-01_T1w.", name, held)
 
 
 class IdentifyingPathError(DefacerError):
