@@ -251,7 +251,7 @@ def _deface_dicom(source: Path, target: Path, *, options: DefaceOptions, scrubbe
         scrubber.check_burned_in(volume.header, str(source))
         from defacer.phi.paths import warn_identifying_name
 
-        warn_identifying_name(target.name, volume.header)
+        warn_identifying_name(target.name, volume.header, retain_uids=scrubber.options.retain_uids)
     result = deface(volume, _detector(detector, labels_path, weights_path), options)
     check_features_found(result.provenance, source.name, allow_missing=allow_missing)
     written = write_dicom_volume(result.volume, target, force=force, deid=scrubber)

@@ -178,3 +178,21 @@ def test_a_dry_run_says_which_series_would_be_refused_and_why(tmp_path: Path, pa
     assert not out.exists()
     assert main([*args, "--allow-identifying-paths"]) == 0
     assert "2 to deface" in capsys.readouterr().out
+
+
+def test_uids_the_headers_keep_are_not_counted(tmp_path: Path, pacs_export) -> None:
+    """--retain-uids keeps the original UIDs in the headers, so a folder named by one links nothing more; the
+    patient's name in a folder still counts."""
+    from defacer.phi.options import DeidOptions
+
+    path = _instance(tmp_path)
+    series = str(pydicom.dcmread(path).SeriesInstanceUID)
+    check_series_path(f"export/{series}", [path], allow=False, retain_uids=True)
+    with pytest.raises(IdentifyingPathError):
+        check_series_path(f"export/{series}", [path], allow=False)
+    source, labels, named, _ = pacs_export
+    kept = Deidentification(key=KEY, profile=DeidOptions(retain_uids=True))
+    summary = run_batch(BatchConfig(in_root=source, out_root=tmp_path / "out", labels_dir=labels, deidentify=kept,
+                                    include=["DOE*"], quiet=True))
+    assert summary.records[0].error is not None and "the original SeriesInstanceUID" not in summary.records[0].error
+    assert "holds the patient's name and the birth date" in summary.records[0].error

@@ -301,7 +301,8 @@ def check_output_names(task: ScanTask) -> None:
     from defacer.phi.paths import check_series_path
 
     relpath = task.output.relative_to(task.out_root).as_posix()
-    check_series_path(relpath, input_files(task.scan), allow=task.allow_identifying_paths)
+    check_series_path(relpath, input_files(task.scan), allow=task.allow_identifying_paths,
+                      retain_uids=task.deidentify.profile.retain_uids)
 
 
 def _run(task: ScanTask, record: ScanRecord) -> None:

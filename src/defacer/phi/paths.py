@@ -185,11 +185,11 @@ def dataset_identifiers(ds: object) -> HeaderIdentifiers:
     return found
 
 
-def warn_identifying_name(name: str, ds: object) -> None:
+def warn_identifying_name(name: str, ds: object, *, retain_uids: bool = False) -> None:
     """Warn when an output folder name chosen for a de-identified series (``defacer deface``: the user's, or the
     default ``<input folder>_defaced``) holds identifiers of its header ``ds``; nothing is refused, the user chose
     it (``defacer batch`` refuses instead: :func:`check_series_path`)."""
-    kinds = dataset_identifiers(ds).found_in(name)
+    kinds = _replaced_only(dataset_identifiers(ds), retain_uids).found_in(name)
     if kinds:
         held = describe([(name, kinds)]).partition(" holds ")[2]
         log.warning("The output '%s' holds %s from its own DICOM headers, which the de-identified headers no longer "
@@ -215,7 +215,15 @@ def describe(found: Sequence[tuple[str, list[str]]]) -> str:
     return "; ".join(parts)
 
 
-def check_series_path(relpath: str, files: Iterable[Path], *, allow: bool) -> None:
+def _replaced_only(identifiers: HeaderIdentifiers, retain_uids: bool) -> HeaderIdentifiers:
+    """``identifiers`` less the original UIDs when the headers keep them (``--retain-uids``): a folder named by a
+    UID the shared header holds anyway links nothing more."""
+    if retain_uids:
+        identifiers.uids.clear()
+    return identifiers
+
+
+def check_series_path(relpath: str, files: Iterable[Path], *, allow: bool, retain_uids: bool = False) -> None:
     """Refuse (or with ``allow`` warn about) an output path of a DICOM series whose folder names hold identifiers
     of the series' own headers.
 
@@ -227,6 +235,8 @@ def check_series_path(relpath: str, files: Iterable[Path], *, allow: bool) -> No
         The series' input files (their headers are read, not their pixels).
     allow : bool
         Write anyway: log a warning instead of raising.
+    retain_uids : bool
+        The headers keep their original UIDs (``--retain-uids``): UIDs in folder names are not counted.
 
     Raises
     ------
@@ -234,7 +244,7 @@ def check_series_path(relpath: str, files: Iterable[Path], *, allow: bool) -> No
         A folder name holds an identifier and ``allow`` is off.
     """
     folders = [part for part in relpath.split("/") if part not in ("", ".")]
-    found = identifiers_in_path(folders, header_identifiers(files))
+    found = identifiers_in_path(folders, _replaced_only(header_identifiers(files), retain_uids))
     if not found:
         return
     what = describe(found)
