@@ -190,7 +190,7 @@ def test_uids_the_headers_keep_are_not_counted(tmp_path: Path, pacs_export) -> N
     check_series_path(f"export/{series}", [path], allow=False, retain_uids=True)
     with pytest.raises(IdentifyingPathError):
         check_series_path(f"export/{series}", [path], allow=False)
-    source, labels, named, _ = pacs_export
+    source, labels, _, _ = pacs_export
     kept = Deidentification(key=KEY, profile=DeidOptions(retain_uids=True))
     summary = run_batch(BatchConfig(in_root=source, out_root=tmp_path / "out", labels_dir=labels, deidentify=kept,
                                     include=["DOE*"], quiet=True))
