@@ -158,3 +158,27 @@ def test_a_second_ctrl_c_during_a_request_still_deletes_everything_and_prints_no
     assert "Traceback" not in err, err
     assert "all uploaded files and results were deleted" in out
     assert sorted(p.name for p in work.rglob("*")) == []
+
+
+@pytest.mark.parametrize("option", [
+    ["--max-upload-mb", "inf"], ["--max-upload-mb", "nan"], ["--max-upload-mb", "0"],
+    ["--idle-minutes", "nan"], ["--idle-minutes", "0"], ["--idle-minutes", "-5"],
+], ids=" ".join)
+def test_limits_that_are_no_positive_number_are_refused_in_words(option: list[str],
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """``inf`` was reported as a bug in defacer (OverflowError), ``nan`` MB as 'cannot convert float NaN to integer',
+    and ``--idle-minutes nan``, ``0`` or ``-5`` silently deleted work areas after one idle minute."""
+    assert main(["serve", *option]) == 1
+    err = capsys.readouterr().err
+    assert f"{option[0]} must be a positive number" in err and "bug" not in err
+
+
+@pytest.mark.parametrize("where", ["a-file", "a-file/below"])
+def test_a_work_dir_that_cannot_be_made_is_refused_in_words(where: str, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """A ``--work-dir`` that is a file (or lies below one) was reported as a bug in defacer (FileExistsError)."""
+    (tmp_path / "a-file").write_text("notes\n")
+    assert main(["serve", "--work-dir", str(tmp_path / where)]) == 1
+    err = capsys.readouterr().err
+    assert "Cannot make the private work folder" in err and "--work-dir" in err and "bug" not in err
+    assert (tmp_path / "a-file").read_text() == "notes\n"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import copy
 import ipaddress
+import math
 import secrets
 import socket
 import sys
@@ -44,7 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="folder for the private work areas (default: the system temporary folder)")
     parser.add_argument("--idle-minutes", type=float, default=60.0,
-                        help="delete a work area untouched for this long (default 60)")
+                        help="delete a work area untouched for this long (default 60, at least 1)")
     parser.add_argument("--open", action="store_true", help="also open the page in the default web browser")
     parser.set_defaults(func=run)
     return parser
@@ -58,6 +59,18 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def check_positive(option: str, value: float, unit: str, example: str) -> None:
+    """Refuse a limit that is not a positive, finite number, naming the option.
+
+    Raises
+    ------
+    DefacerError
+        For zero, negative, ``nan`` and ``inf`` (``nan`` passes every comparison, ``inf`` has no byte count).
+    """
+    if not (math.isfinite(value) and value > 0):
+        raise DefacerError(f"{option} must be a positive number of {unit} (for example {example}), not {value}.")
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -139,8 +152,8 @@ def run(args: argparse.Namespace) -> int:
             "access token in the address below.",
             file=sys.stderr,
         )
-    if args.max_upload_mb <= 0:
-        raise DefacerError("--max-upload-mb must be positive.")
+    check_positive("--max-upload-mb", args.max_upload_mb, "megabytes", "1000")
+    check_positive("--idle-minutes", args.idle_minutes, "minutes", "60")
     try:
         settings = WebSettings(
             max_upload_bytes=int(args.max_upload_mb * 1_000_000),
@@ -157,7 +170,14 @@ def run(args: argparse.Namespace) -> int:
     address = f"http://{shown_host}:{port}/"
     if token:
         address += f"?token={token}"
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except OSError as err:  # the work folder: a file, unwritable, on a missing drive
+        sock.close()
+        raise DefacerError(
+            f"Cannot make the private work folder in {args.work_dir or 'the system temporary folder'}: "
+            f"{err.strerror or err}. Choose a folder you can write to with --work-dir."
+        ) from err
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", server_header=False,
                             log_config=uvicorn_log_config(debug=getattr(args, "debug", False)))
     server = uvicorn.Server(config)
