@@ -60,3 +60,52 @@ def test_bad_class_weights_are_refused_before_training(tmp_path, capsys) -> None
     code = main(["train", "--out", str(tmp_path / "o"), "--class-weights", "1,1,3"])
     assert code != 0
     assert "four positive numbers" in capsys.readouterr().err
+
+
+class _Hostile:
+    """A pickled object that runs code when unpickled (what a full torch.load would do)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_checkpoint_is_read_without_running_code_in_it(tmp_path, capsys) -> None:
+    """Checkpoints were read with torch.load(weights_only=False): a hostile file ran code, and a file that was
+    no checkpoint stopped with 'UnpicklingError ... a bug in defacer'."""
+    import torch
+
+    marker = tmp_path / "ran"
+    hostile = tmp_path / "best.pt"
+    torch.save({"model": _Hostile(str(marker)), "unet": {}}, hostile)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    for checkpoint in (hostile, junk):
+        argv = ["train", "--out", str(tmp_path / "out"), "--ensemble", str(checkpoint), "--export",
+                str(tmp_path / "x.onnx")]
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert "is not a checkpoint written by 'defacer train'" in err and "bug" not in err
+        assert not marker.exists()
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_resuming_reads_the_checkpoint_without_running_code_in_it(tmp_path) -> None:
+    import torch
+
+    from defacer.errors import DefacerError
+    from defacer.train.data import make_phantom_samples
+    from defacer.train.loop import TrainConfig, train
+    from defacer.train.unet import UNetConfig
+
+    marker = tmp_path / "ran"
+    hostile = tmp_path / "last.pt"
+    torch.save({"model": _Hostile(str(marker)), "unet": {}}, hostile)
+    samples = make_phantom_samples(2, seed=1, shape=(32, 32, 32), spacing=8.0)
+    config = TrainConfig(epochs=1, samples_per_epoch=1, batch_size=1, threads=1,
+                         unet=UNetConfig(channels=(2, 4, 8)).to_dict())
+    with pytest.raises(DefacerError, match="not a checkpoint"):
+        train(samples[:1], samples[1:], tmp_path / "out", config, resume=hostile)
+    assert not marker.exists()

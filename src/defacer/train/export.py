@@ -11,7 +11,7 @@ from torch import nn
 
 from defacer.detect.preprocess import BOX_SHAPE, BOX_SPACING, NORMALISE_PERCENTILES, TOP_TO_CENTRE_MM
 from defacer.files import file_sha256
-from defacer.train.loop import network_from_state
+from defacer.train.loop import network_from_state, read_checkpoint
 from defacer.train.unet import SoftmaxUNet
 
 OPSET = 17
@@ -55,7 +55,7 @@ def export_ensemble(checkpoints: list[Path], out_path: Path, extra: dict[str, An
     Used for the shipped model: the two cross-validation fold models, each trained on half of
     the subjects, averaged.  The card lists each member's training config and history.
     """
-    states = [torch.load(c, map_location="cpu", weights_only=False) for c in checkpoints]
+    states = [read_checkpoint(c) for c in checkpoints]
     boxes = [_box_card(state) for state in states]
     if any(b != boxes[0] for b in boxes):
         raise ValueError(f"Ensemble members were trained on different boxes: {boxes}")
@@ -83,7 +83,7 @@ def export_onnx(checkpoint: Path, out_path: Path, extra: dict[str, Any] | None =
     :func:`defacer.detect.preprocess.to_box`, shape recorded in the card's ``box``) and returns
     ``probabilities`` (1, 4, X, Y, Z).
     """
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = read_checkpoint(checkpoint)
     _write(SoftmaxUNet(network_from_state(state)), out_path, _box_card(state))
     card: dict[str, Any] = {
         "format": "onnx",

@@ -12,11 +12,13 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from defacer.errors import DefacerError
 from defacer.labels import NUM_CLASSES
 from defacer.train.data import AugmentedBatches, BoxSample, training_transform
 from defacer.train.unet import AttentionUNet3D, UNetConfig
@@ -159,7 +161,7 @@ def train(train_samples: list[BoxSample], val_samples: list[BoxSample], out_dir:
         load_onnx_weights(net, resume)
         previous = [{"resumed_from": str(resume)}]
     elif resume is not None:
-        state = torch.load(resume, map_location="cpu", weights_only=False)
+        state = read_checkpoint(resume)
         net.load_state_dict(state["model"])
         previous = [dict(h, resumed_from=str(resume)) for h in state.get("history", [])]
     weights = [config.real_weight if s.group != "phantom" else 1.0 for s in train_samples]
@@ -213,9 +215,35 @@ def train(train_samples: list[BoxSample], val_samples: list[BoxSample], out_dir:
     return best_path
 
 
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The state a checkpoint written by :func:`train` holds (``best.pt``, ``last.pt``).
+
+    Read with ``weights_only=True``: tensors, numbers, strings and containers only, so a hostile
+    file cannot run code when it is loaded (a full unpickling could).
+
+    Raises
+    ------
+    defacer.errors.DefacerError
+        The file is missing, unreadable, or not such a checkpoint, saying what to pass instead.
+    """
+    redo = "Pass a best.pt or last.pt from the --out folder of 'defacer train'."
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as err:
+        raise DefacerError(f"No checkpoint at '{path}'. {redo}") from err
+    except Exception as err:  # torch raises pickle, zip and its own errors for files it cannot read
+        raise DefacerError(f"'{path}' is not a checkpoint written by 'defacer train' (torch could not read it as one: "
+                           f"{type(err).__name__}: {str(err)[:200]}). {redo}") from err
+    if not isinstance(state, dict) or not {"model", "unet"} <= state.keys():
+        found = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
+        raise DefacerError(f"'{path}' is not a checkpoint written by 'defacer train': expected the keys 'model' and "
+                           f"'unet', found {found}. {redo}")
+    return state
+
+
 def load_checkpoint(path: Path) -> AttentionUNet3D:
     """Rebuild the network of a checkpoint written by :func:`train` (CPU, eval mode)."""
-    return network_from_state(torch.load(path, map_location="cpu", weights_only=False))
+    return network_from_state(read_checkpoint(path))
 
 
 def network_from_state(state: dict) -> AttentionUNet3D:
