@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import zipfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -126,3 +126,27 @@ def test_a_refused_zip_leaves_no_partial_series_for_the_next_read(tmp_path: Path
         assert all(f"more than {limit} files" in a.json()["error"] for a in answers)
         unpacked = [p for p in (tmp_path / "work").rglob("*.dcm")]
         assert unpacked == []
+
+
+def test_a_huge_options_body_is_refused_before_it_is_read_whole(server: Server) -> None:
+    """The deface options were read with ``request.json()``: any body, however large, was held in memory."""
+    padding = "x" * 2_000_000
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        session = client.post("/api/sessions").json()["session"]
+        announced = client.post(f"/api/sessions/{session}/deface", content=f'{{"pad": "{padding}"}}',
+                                headers={"Content-Type": "application/json"})
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: counted while it streams
+            yield b'{"pad": "'
+            for _ in range(40):
+                yield b"x" * 50_000
+            yield b'"}'
+
+        streamed = client.post(f"/api/sessions/{session}/deface", content=chunks(),
+                               headers={"Content-Type": "application/json"})
+        small = client.post(f"/api/sessions/{session}/deface", json={"features": ["eyes"]})
+        client.delete(f"/api/sessions/{session}")
+    for answer in (announced, streamed):
+        assert answer.status_code == 413, answer.text
+        assert "larger than 65,536 bytes" in answer.json()["error"]
+    assert small.status_code == 422 and "Detect the features" in small.json()["error"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -314,12 +315,7 @@ def create_app(settings: WebSettings | None = None, *, detector_factory: Callabl
     @app.post("/api/sessions/{session_id}/deface", status_code=202)
     async def deface(request: Request, session_id: str) -> dict[str, Any]:
         session = lookup(request, session_id)
-        try:
-            body = await request.json()
-        except ValueError:
-            body = {}
-        if not isinstance(body, dict):
-            body = {}
+        body = await _small_json(request)
         features = body.get("features", list(FEATURES))
         if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
             raise ValueError(f"'features' must be a list of names from {list(FEATURES)}.")
@@ -392,6 +388,35 @@ def create_app(settings: WebSettings | None = None, *, detector_factory: Callabl
         return {"removed": await run_in_threadpool(store.close, session_id)}
 
     return app
+
+
+#: Largest JSON body the API reads (the deface options are a few dozen bytes).
+MAX_JSON_BYTES = 64 * 1024
+
+
+async def _small_json(request: Request) -> dict[str, Any]:
+    """The request's JSON object, read up to :data:`MAX_JSON_BYTES`; ``{}`` when the body is empty or no object.
+
+    Raises
+    ------
+    UploadTooLarge
+        For a longer body (announced or streamed), before more of it is held in memory.
+    """
+    too_long = UploadTooLarge(f"The request body is larger than {MAX_JSON_BYTES:,} bytes; options are a small JSON "
+                              "object such as {\"features\": [\"eyes\", \"nose\"], \"seed\": 0}.")
+    length = request.headers.get("content-length", "")
+    if length.isdecimal() and len(length) < 20 and int(length) > MAX_JSON_BYTES:
+        raise too_long
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > MAX_JSON_BYTES:
+            raise too_long
+    try:
+        body = json.loads(data) if data else {}
+    except (ValueError, RecursionError):
+        body = {}
+    return body if isinstance(body, dict) else {}
 
 
 def _step(gate: HeavyStepGate, function: Callable[..., Any], session: Session, *args: Any) -> Any:
