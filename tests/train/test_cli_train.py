@@ -109,3 +109,17 @@ def test_resuming_reads_the_checkpoint_without_running_code_in_it(tmp_path) -> N
     with pytest.raises(DefacerError, match="not a checkpoint"):
         train(samples[:1], samples[1:], tmp_path / "out", config, resume=hostile)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("option, value", [("--epochs", "-1"), ("--lr", "nan"), ("--batch-size", "0"),
+                                           ("--channels", "8,x"), ("--threads", "-1"), ("--time-limit", "-5"),
+                                           ("--foreground-probability", "2"), ("--phantoms", "-2"),
+                                           ("--class-weights", "1,1,1,inf"), ("--patience", "0")])
+def test_numbers_no_training_can_run_with_are_refused_before_any_data_is_read(tmp_path, capsys, option, value) -> None:
+    """They were passed on unchecked: '--channels 8,x' stopped with 'unexpected error: ValueError', and the
+    others failed (or trained nonsense) only after the data had been read."""
+    assert main(["train", "--out", str(tmp_path / "out"), option, value, "--data", str(tmp_path / "none")]) == 1
+    err = capsys.readouterr().err
+    assert option in err and value in err and "bug" not in err
+    assert "--data DIR" not in err  # refused before looking for the data
+    assert not (tmp_path / "out").exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,7 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                         help="also score the (unaugmented) training scans each epoch; use when no scan can be spared "
                              "for validation (held-out numbers then come from benchmarks/evaluate_detector.py folds)")
     parser.add_argument("--phantoms", type=int, default=8, help="synthetic phantoms added to training (default 8)")
-    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--epochs", type=int, default=60, help="training epochs (default 60; 0: train nothing, e.g. only build --cache)")
     parser.add_argument("--samples-per-epoch", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -87,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     from defacer.train.unet import UNetConfig
 
     class_weights = _class_weights(args.class_weights)  # checked before any training starts
-    channels = tuple(int(c) for c in args.channels.split(","))
+    channels = _channels(args.channels)
+    _check_numbers(args)
     step = 2 ** (len(channels) - 1)
     if args.patch < 0 or args.patch % step:
         message = (f"--patch expects 0 or a positive multiple of {step} (the network pools {len(channels) - 1} times), "
@@ -182,7 +184,37 @@ def _class_weights(text: str) -> list[float]:
         weights = [float(v) for v in text.split(",")]
     except ValueError:
         weights = []
-    if len(weights) != 4 or not all(w > 0 for w in weights):
+    if len(weights) != 4 or not all(math.isfinite(w) and w > 0 for w in weights):
         message = f"--class-weights expects four positive numbers (background,eyes,nose,ears), found {text!r}."
         raise InputImageError(message)
     return weights
+
+
+def _channels(text: str) -> tuple[int, ...]:
+    """Parse ``--channels``: 2 to 6 positive whole numbers, finest level first."""
+    try:
+        channels = tuple(int(c) for c in text.split(","))
+    except ValueError:
+        channels = ()
+    if not 2 <= len(channels) <= 6 or not all(c >= 1 for c in channels):
+        raise InputImageError(f"--channels expects 2 to 6 positive whole numbers, finest level first (the shipped "
+                              f"network: 8,16,32,64), found {text!r}.")
+    return channels
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Refuse, before any data is read, the numbers no training can run with, naming each and its range."""
+    problems = []
+    for name, value, low in (("--epochs", args.epochs, 0), ("--samples-per-epoch", args.samples_per_epoch, 1),
+                             ("--batch-size", args.batch_size, 1), ("--patience", args.patience, 1),
+                             ("--threads", args.threads, 1), ("--phantoms", args.phantoms, 0)):
+        if value < low:
+            problems.append(f"{name} >= {low} (found {value})")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        problems.append(f"--lr a finite number > 0 (found {args.lr})")
+    if not (math.isfinite(args.time_limit) and args.time_limit >= 0):
+        problems.append(f"--time-limit seconds >= 0, 0 for none (found {args.time_limit})")
+    if not 0.0 <= args.foreground_probability <= 1.0:  # NaN fails both comparisons
+        problems.append(f"--foreground-probability between 0 and 1 (found {args.foreground_probability})")
+    if problems:
+        raise InputImageError("Expected " + "; ".join(problems) + ".")
