@@ -44,7 +44,7 @@ def test_each_series_is_defaced_and_de_identified(tmp_path: Path, dicom_export: 
     summary = run_batch(BatchConfig(in_root=source, out_root=tmp_path / "out", labels_dir=labels, deidentify=DEID,
                                     quiet=True))
     assert (summary.counts.done, summary.counts.failed) == (3, 0)
-    assert (tmp_path / "out" / "export_notes.txt").is_file()
+    assert not (tmp_path / "out" / "export_notes.txt").exists(), "a DICOM export's other files stay out by default"
     patient_ids = {}
     for rel in ["pat1/t1", "pat1/t1_repeat", "pat2/t1"]:
         before, after = _series(source / rel), _series(tmp_path / "out" / rel)
@@ -152,3 +152,41 @@ def test_a_bids_dataset_never_carries_its_dicom_files_into_the_output(tmp_path: 
     out_files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
     assert not [p for p in out_files if p.suffix == ".dcm"]
     assert not [p for p in out_files if b"Quexworth" in p.read_bytes()]
+
+
+def _pacs_media(root: Path, labels: Path) -> None:
+    """A PACS CD/DVD layout: DICOMDIR and a report at the top, the series in DICOM/<series>/."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    for name, seed in (("S1", 0), ("S2", 1)):
+        write_dicom_phantom(root / "DICOM" / name, labels / "DICOM" / f"{name}.labels.nii.gz", seed=seed,
+                            patient="Quexworth^Ambrose")
+    directory = Dataset()
+    directory.file_meta = FileMetaDataset()
+    directory.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    directory.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"
+    directory.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    record = Dataset()
+    record.DirectoryRecordType, record.PatientName, record.PatientID = "PATIENT", "Quexworth^Ambrose", "MRN778899"
+    directory.DirectoryRecordSequence = Sequence([record])
+    directory.save_as(root / "DICOMDIR", enforce_file_format=True)
+    (root / "report.txt").write_text("Quexworth Ambrose, MRN778899: MR head\n")
+
+
+def test_a_pacs_media_export_is_defaced_series_by_series_and_its_other_files_stay_out(tmp_path: Path) -> None:
+    """Before: the DICOMDIR at the top made the whole export one 'series' whose subfolders were not searched, so
+    the batch failed with 'holds 2 image stacks; choose one with --series' (a flag batch has not); with one series
+    it was written as OUT/<IN's name>. And a DICOM export's report was copied into OUT as it was."""
+    _pacs_media(tmp_path / "in", tmp_path / "labels")
+    out = tmp_path / "out"
+    summary = run_batch(BatchConfig(in_root=tmp_path / "in", out_root=out, labels_dir=tmp_path / "labels",
+                                    deidentify=DEID, quiet=True))
+    assert sorted(r.key for r in summary.records if r.status == "done") == ["DICOM/S1", "DICOM/S2"]
+    assert not (out / "DICOMDIR").exists() and not (out / "report.txt").exists()
+    assert not [p for p in out.rglob("*") if p.is_file() and b"Quexworth" in p.read_bytes()]
+    copied = run_batch(BatchConfig(in_root=tmp_path / "in", out_root=tmp_path / "copied", labels_dir=tmp_path / "labels",
+                                   deidentify=DEID, others="copy", quiet=True))
+    assert copied.counts.done == 2 and (tmp_path / "copied" / "report.txt").is_file(), "--others copy carries them"
+    assert not (tmp_path / "copied" / "DICOMDIR").exists(), "never the directory of patients"

@@ -47,6 +47,9 @@ NON_FACE_SUFFIXES: frozenset[str] = frozenset({"defacemask", "mask", "dseg", "pr
 #: Top-level BIDS folders that are neither searched for scans nor copied.
 BIDS_SKIPPED_FOLDERS: frozenset[str] = frozenset({"sourcedata", "derivatives", "code"})
 
+#: The file name of a DICOM directory (PS3.10): an index of the media's patients, studies and files, never a series.
+DICOMDIR = "DICOMDIR"
+
 #: What batch does with a file of IN that is a symbolic link out of it (a hostile dataset could otherwise copy any
 #: file of this machine into the output): the end of the warning.
 NOT_CARRIED = "not carried to the output (copy the file into the dataset if it belongs there)"
@@ -307,6 +310,11 @@ def discover(
     listed: list[PurePosixPath] = []
     for here, dirnames, filenames in _walk(base, skip_top):
         rel_here = PurePosixPath(here.relative_to(base).as_posix())
+        directories = [name for name in filenames if name.upper() == DICOMDIR]
+        if directories:
+            log.warning("'%s' is a DICOM directory (it lists the patients by name and ID): not carried to the output "
+                        "(viewers find the series without it)", (rel_here / directories[0]).as_posix())
+            filenames = [name for name in filenames if name.upper() != DICOMDIR]
         dicoms = [name for name in filenames if not is_image_file(here / name) and is_dicom_file(here / name)]
         if dicoms and kind == "files":
             # The series folder is rewritten as a whole: other files in it are not carried over,

@@ -89,7 +89,8 @@ class BatchConfig:
     layout : {"mirror", "derivatives"}
         Output layout (see :mod:`defacer.batch.layout`).
     others : {"copy", "hardlink", "symlink", "skip"} or None
-        What to do with non-image files; ``None``: copy for mirror, skip for derivatives.
+        What to do with non-image files; ``None``: copy for mirror, skip for derivatives and for a folder holding
+        DICOM series (a DICOM export's other files often name the patient).
     labels_dir : path-like or None
         Folder of label maps mirroring IN (``<stem>.labels.nii.gz``) used instead of the detector.
     weights_path : path-like or None
@@ -385,15 +386,24 @@ def write_qc_gallery(records: Sequence[ScanRecord], qc_root: Path, *, title: str
     return write_gallery(qc_root, rows, title=title, after_only=after_only)
 
 
-def _others_mode(config: BatchConfig) -> str:
-    """What happens to non-image files: ``--others``, else copy in the mirror layout and skip in derivatives."""
-    return config.others or ("copy" if config.layout == "mirror" else "skip")
+def _others_mode(config: BatchConfig, discovery: Discovery) -> str:
+    """What happens to non-image files: ``--others``; else copy in the mirror layout and skip in derivatives, and
+    skip in a folder holding DICOM series (:func:`holds_dicom_series`)."""
+    if config.others:
+        return config.others
+    return "copy" if config.layout == "mirror" and not holds_dicom_series(discovery) else "skip"
+
+
+def holds_dicom_series(discovery: Discovery) -> bool:
+    """Whether IN is a folder (not BIDS) holding DICOM series: a DICOM export, whose other files (reports, key
+    pictures, notes) often name the patient, while only the series' headers are de-identified."""
+    return discovery.layout == "files" and any(scan.kind == "dicom" for scan in discovery.scans)
 
 
 def _targets(config: BatchConfig, discovery: Discovery, layout: OutputLayout) -> list[Path]:
     """Every file (or DICOM series folder) in OUT the run may write: what :class:`~defacer.batch.ownership.OwnershipRecord` checks."""
     return [*(target for scan in discovery.scans for target in layout.scan_targets(scan)),
-            *carry_over_targets(layout, discovery.others, _others_mode(config)), *dataset_targets(layout)]
+            *carry_over_targets(layout, discovery.others, _others_mode(config, discovery)), *dataset_targets(layout)]
 
 
 def _qc_targets(discovery: Discovery, layout: OutputLayout) -> list[Path]:
@@ -500,7 +510,11 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
     with batch_lock(layout.state_dir):
         manifest = Manifest(layout.manifest_path)
         owned.add(targets)  # before writing: a run killed after a write still owns the file
-        carry_over(layout, discovery.others, _others_mode(config))
+        if discovery.others and _others_mode(config, discovery) == "skip" and holds_dicom_series(discovery):
+            log.warning("%d other file(s) of this DICOM export (reports, pictures, notes: they often name the patient, "
+                        "and only the series' headers are de-identified) are not carried to the output; pass --others "
+                        "copy to carry them as they are.", len(discovery.others))
+        carry_over(layout, discovery.others, _others_mode(config, discovery))
         write_dataset_files(layout)
         tasks, skipped = plan(config, discovery, layout, manifest, deface)
         if resuming:

@@ -67,7 +67,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--derivatives", action="store_true",
                         help="write a BIDS derivatives dataset (desc-defaced names) instead of a mirror of IN")
     parser.add_argument("--others", choices=("copy", "hardlink", "symlink", "skip"),
-                        help="what to do with non-image files (default: copy; skip with --derivatives)")
+                        help="what to do with non-image files (default: copy; skip with --derivatives and for a "
+                             "folder of DICOM series, whose other files often name the patient)")
     parser.add_argument("--labels-dir", metavar="DIR",
                         help="label maps mirroring IN (<stem>.labels.nii.gz) used instead of the detector")
     add_scan_arguments(parser)
