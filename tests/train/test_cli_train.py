@@ -123,3 +123,46 @@ def test_numbers_no_training_can_run_with_are_refused_before_any_data_is_read(tm
     assert option in err and value in err and "bug" not in err
     assert "--data DIR" not in err  # refused before looking for the data
     assert not (tmp_path / "out").exists()
+
+
+def _odd_npz(path) -> None:
+    import numpy as np
+
+    np.savez(path, a=np.zeros(3))
+
+
+@pytest.mark.parametrize("case", ["junk cache", "other npz as cache", "junk onnx to resume", "provenance array",
+                                  "provenance not json", "provenance without source"])
+def test_a_bad_training_input_is_refused_in_words_and_nothing_is_left(tmp_path, capsys, case) -> None:
+    """Each stopped with 'unexpected error ... a bug in defacer' (ValueError, KeyError, DecodeError), and the
+    junk ONNX left an empty --out folder behind."""
+    out = tmp_path / "out"
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    argv = ["train", "--out", str(out), "--epochs", "1", "--samples-per-epoch", "1", "--phantoms", "0",
+            "--validate-on-train"]
+    if case == "junk cache":
+        (tmp_path / "c.npz").write_bytes(b"junk")
+        argv += ["--cache", str(tmp_path / "c.npz")]
+        expected = "is not a box cache"
+    elif case == "other npz as cache":
+        _odd_npz(tmp_path / "c.npz")
+        argv += ["--cache", str(tmp_path / "c.npz")]
+        expected = "is not a box cache"
+    elif case == "junk onnx to resume":
+        from defacer.train.data import make_phantom_samples, save_samples
+
+        save_samples(make_phantom_samples(1, seed=1, shape=(32, 32, 32), spacing=8.0), tmp_path / "c.npz")
+        (tmp_path / "w.onnx").write_bytes(b"junk")
+        argv += ["--cache", str(tmp_path / "c.npz"), "--resume", str(tmp_path / "w.onnx"), "--channels", "2,4,8"]
+        expected = "could not be read as an ONNX model"
+    else:
+        text = {"provenance array": "[1, 2]", "provenance not json": "{bad",
+                "provenance without source": '{"a": 3}'}[case]
+        (labels / "provenance.json").write_text(text)
+        argv += ["--data", str(tmp_path), "--labels-dir", str(labels)]
+        expected = "provenance"
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert expected in err and "bug" not in err
+    assert not out.exists()

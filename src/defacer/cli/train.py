@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from defacer.errors import InputImageError, MissingExtraError
+from defacer.files import read_json_object
 
 if TYPE_CHECKING:
     from defacer.train.data import BoxSample
@@ -170,8 +171,13 @@ def _real_samples(args: argparse.Namespace) -> list[BoxSample]:
     if not provenance.is_file():
         message = f"Expected {provenance} (written by scripts/make_reference_labels.py), found nothing."
         raise InputImageError(message)
-    records = json.loads(provenance.read_text())
-    scans = {name: rec["source"] for name, rec in records.items()}
+    records = read_json_object(provenance, what="label provenance",
+                               redo="Write it again with scripts/make_reference_labels.py.")
+    try:
+        scans = {str(name): str(rec["source"]) for name, rec in records.items()}
+    except (TypeError, KeyError) as err:
+        raise InputImageError(f"{provenance} does not give a 'source' for every scan (written by "
+                              "scripts/make_reference_labels.py: {name: {'source': path, ...}}).") from err
     samples = load_real_samples(args.data, args.labels_dir, scans)
     if args.cache is not None:
         save_samples(samples, args.cache)

@@ -40,6 +40,7 @@ from monai import transforms as mt
 from monai.transforms import MapTransform, RandomizableTransform
 
 from defacer.detect.preprocess import BOX_SHAPE, BOX_SPACING, NORMALISE_PERCENTILES, labels_to_box, to_box
+from defacer.errors import DefacerError
 from defacer.io.atomic import atomic_file
 from defacer.volume import canonical_reorientation
 
@@ -159,11 +160,22 @@ def save_samples(samples: list[BoxSample], path: Path) -> None:
 
 
 def load_samples(path: Path) -> list[BoxSample]:
-    """Read box samples written by :func:`save_samples`."""
-    with np.load(path) as data:
-        meta = json.loads(str(data["meta"]))
-        return [BoxSample(m["name"], m["group"], data[f"image{i}"].astype(np.float32), data[f"labels{i}"],
-                          data[f"affine{i}"]) for i, m in enumerate(meta)]
+    """Read box samples written by :func:`save_samples` (arrays only: nothing pickled is loaded).
+
+    Raises
+    ------
+    defacer.errors.DefacerError
+        The file is not such a cache, saying what to do.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            return [BoxSample(m["name"], m["group"], data[f"image{i}"].astype(np.float32), data[f"labels{i}"],
+                              data[f"affine{i}"]) for i, m in enumerate(meta)]
+    except Exception as err:  # numpy, zipfile and json raise their own errors for a file that is no such cache
+        raise DefacerError(f"'{path}' is not a box cache written by 'defacer train --cache' ({type(err).__name__}: "
+                           f"{str(err)[:200]}). Pass another --cache, or remove this file to rebuild it from "
+                           "--data and --labels-dir.") from err
 
 
 class _RandomKeyTransform(RandomizableTransform, MapTransform):

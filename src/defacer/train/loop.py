@@ -147,7 +147,6 @@ def train(train_samples: list[BoxSample], val_samples: list[BoxSample], out_dir:
         exported ``.onnx`` detector (e.g. the shipped one) works too: its weights are loaded by
         :func:`defacer.train.warm_start.load_onnx_weights`.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -164,6 +163,7 @@ def train(train_samples: list[BoxSample], val_samples: list[BoxSample], out_dir:
         state = read_checkpoint(resume)
         net.load_state_dict(state["model"])
         previous = [dict(h, resumed_from=str(resume)) for h in state.get("history", [])]
+    out_dir.mkdir(parents=True, exist_ok=True)  # once the starting weights have been read
     weights = [config.real_weight if s.group != "phantom" else 1.0 for s in train_samples]
     shape = tuple(int(n) for n in train_samples[0].image.shape)
     box = {"shape": list(shape), "spacing_mm": float(np.sqrt((train_samples[0].affine[:3, :3] ** 2).sum(axis=0))[0])}

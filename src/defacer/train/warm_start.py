@@ -38,7 +38,12 @@ def load_onnx_weights(net: AttentionUNet3D, onnx_path: Path) -> None:
     import onnx
     from onnx import numpy_helper
 
-    model = onnx.load(str(onnx_path))
+    try:
+        model = onnx.load(str(onnx_path))
+    except Exception as err:  # onnx raises protobuf decode errors and OSError for files it cannot read
+        raise WeightsError(f"'{onnx_path}' could not be read as an ONNX model ({type(err).__name__}: {str(err)[:200]}). "
+                           "Warm-start from a model exported by 'defacer train' (e.g. the shipped "
+                           "src/defacer/models/detector.onnx) or a .pt checkpoint.") from err
     found = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
     state = net.state_dict()
     missing = []
