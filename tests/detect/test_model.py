@@ -38,6 +38,35 @@ def test_unreadable_weights_raise_weights_error(tmp_path) -> None:
         OnnxDetector(weights)
 
 
+def _identity_onnx(path, shape) -> None:
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, list(shape))
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+@pytest.mark.parametrize("shape", [(1, 3), (1, 1, 64, 64, 64)])
+def test_an_onnx_graph_that_is_no_detector_is_refused_in_words(tmp_path, capsys, shape) -> None:
+    """Any other ONNX model passed as --weights stopped at its first run with 'unexpected error:
+    InvalidArgument ... a bug in defacer'."""
+    from defacer.cli.main import main
+    from defacer.phantom import save_phantom
+
+    weights = tmp_path / "other.onnx"
+    _identity_onnx(weights, shape)
+    with pytest.raises(WeightsError, match="not a defacer detector"):
+        OnnxDetector(weights)
+    scan = tmp_path / "head.nii.gz"
+    save_phantom(make_phantom(4.0), scan)
+    assert main(["deface", str(scan), str(tmp_path / "out.nii.gz"), "--weights", str(weights)]) == 1
+    err = capsys.readouterr().err
+    assert "not a defacer detector" in err and "bug" not in err
+    assert not (tmp_path / "out.nii.gz").exists()
+
+
 def test_default_weights_live_inside_the_package() -> None:
     assert SHIPPED.parent.name == "models"
     assert SHIPPED.parent.parent.name == "defacer"

@@ -29,7 +29,7 @@ from defacer.detect.refine_face import refine_face, tissue_threshold
 from defacer.errors import InputImageError, WeightsError
 from defacer.files import file_sha256
 from defacer.head import HeadModel, air_ceiling, analyse_head
-from defacer.labels import FEATURE_LABELS
+from defacer.labels import FEATURE_LABELS, NUM_CLASSES
 from defacer.volume import voxel_sizes
 
 WEIGHTS_NAME = "detector.onnx"
@@ -137,6 +137,29 @@ class OnnxDetector:
             message = f"Model weights {path} could not be loaded by onnxruntime ({err}). Reinstall defacer or pass --weights FILE."
             raise WeightsError(message) from err
         self._input = self._session.get_inputs()[0].name
+        self._check_graph(path)
+
+    def _check_graph(self, path: Path) -> None:
+        """Refuse a graph that is no detector of this card's box: one input (1, 1, *box), one output (1, 4, *box).
+
+        Raises
+        ------
+        WeightsError
+            Naming what the graph takes and gives, and what to pass instead.
+        """
+        def fits(shape: list[Any], expected: tuple[int, ...]) -> bool:  # a named (dynamic) axis fits any size
+            return len(shape) == len(expected) and all(not isinstance(n, int) or n == e for n, e in zip(shape, expected))
+
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        wanted_in, wanted_out = (1, 1, *self.box_shape), (1, NUM_CLASSES, *self.box_shape)
+        if len(inputs) != 1 or len(outputs) != 1 or not fits(list(inputs[0].shape), wanted_in) or not fits(
+                list(outputs[0].shape), wanted_out):
+            found = ", ".join(f"{i.name} {list(i.shape)}" for i in inputs) + " -> " + ", ".join(
+                f"{o.name} {list(o.shape)}" for o in outputs)
+            message = (f"Model weights {path} are not a defacer detector: expected one input of shape {list(wanted_in)} "
+                       f"and one output of shape {list(wanted_out)} (the box in its card), found {found}. Pass weights "
+                       "exported by 'defacer train' (with their .json card), or none for the shipped model.")
+            raise WeightsError(message)
 
     @property
     def last_sources(self) -> dict[str, dict[str, str]]:
