@@ -52,7 +52,7 @@ class DefaceOptions:
         if unknown:
             raise ValueError(f"Unknown features {unknown}; expected some of {FEATURES}.")
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0:
-            raise ValueError(f"Expected a seed that is a whole number >= 0 (e.g. --seed 3); found {self.seed!r}.")
+            raise ValueError(f"Expected a seed that is a whole number >= 0 (for example 3); found {self.seed!r}.")
         sizes = (self.protect_depth_mm, self.eye_band_mm, self.eye_box_scale, self.nose_scale)
         # NaN fails every comparison: without the finiteness test, --protect-depth nan switched the brain's protection off.
         if (not all(math.isfinite(v) for v in sizes) or self.protect_depth_mm < 0 or self.eye_band_mm <= 0
