@@ -286,3 +286,30 @@ def test_the_qc_gallery_opens_from_a_file_with_its_pictures(browser: Any, tmp_pa
     shot(page, "qc-gallery.png")
     context.close()
     assert errors == []
+
+
+def test_a_label_map_marking_nothing_gives_no_defaced_download(page: Any, server: Server, phantom_files: PhantomFiles,
+                                                               tmp_path: Path) -> None:
+    """Nothing to distort: the page says so and offers no download, and the server keeps no 'defaced' copy.
+
+    The job used to end 'done' with ``phantom_T1w_defaced.nii.gz`` to download: the original voxels, face and all,
+    under a defaced name (the CLI refuses this case unless ``--allow-missing``).
+    """
+    import nibabel as nib
+    from playwright.sync_api import expect
+
+    labels = nib.load(str(phantom_files.labels))
+    empty = tmp_path / "nothing_marked.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(labels.shape, np.uint8), labels.affine), str(empty))
+    page.set_input_files("#scan-input", str(phantom_files.scan))
+    page.set_input_files("#labels-input", str(empty))
+    page.locator("#upload-button").click()
+    expect(page.locator("#upload-stage")).to_contain_text("Ready", timeout=TIMEOUT_MS)
+    page.locator("#deface-button").click()
+    expect(page.locator("#error")).to_be_visible(timeout=TIMEOUT_MS)
+    expect(page.locator("#error-text")).to_contain_text("Nothing was distorted")
+    expect(page.locator("#error-text")).to_contain_text("unchanged copy with the face")
+    expect(page.locator("#download-scan")).to_have_count(0)
+    expect(page.locator("#deface-progress-row")).to_be_hidden()
+    shot(page, "09-nothing-to-distort.png")
+    assert [p.name for p in work_files(server) if "defaced" in p.name] == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 import zipfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -150,3 +151,37 @@ def test_a_huge_options_body_is_refused_before_it_is_read_whole(server: Server) 
         assert answer.status_code == 413, answer.text
         assert "larger than 65,536 bytes" in answer.json()["error"]
     assert small.status_code == 422 and "Detect the features" in small.json()["error"]
+
+
+def test_choosing_only_features_that_were_not_found_gives_no_defaced_download(
+        server: Server, phantom_files: PhantomFiles, tmp_path: Path) -> None:
+    """A label map with the eyes only, and the nose chosen: the job fails in words and nothing is downloadable.
+
+    It used to end 'done' with 0 voxels changed and offer the original voxels as ``..._defaced.nii.gz``.
+    """
+    import nibabel as nib
+    import numpy as np
+
+    labels = nib.load(str(phantom_files.labels))
+    data = np.asarray(labels.dataobj)
+    eyes_only = tmp_path / "eyes_only.nii.gz"
+    nib.save(nib.Nifti1Image(np.where(data == 1, 1, 0).astype(np.uint8), labels.affine), str(eyes_only))
+    with httpx.Client(base_url=server.url, timeout=120) as client:
+        session = client.post("/api/sessions").json()["session"]
+        for role, path in (("scan", phantom_files.scan), ("labels", eyes_only)):
+            assert client.put(f"/api/sessions/{session}/files/{role}", content=path.read_bytes(),
+                              headers={"X-File-Name": path.name}).status_code == 201
+        for step in ("load", "detect"):
+            assert client.post(f"/api/sessions/{session}/{step}").status_code == 200
+        assert client.post(f"/api/sessions/{session}/deface", json={"features": ["nose"]}).status_code == 202
+        deadline = time.monotonic() + 120
+        while (job := client.get(f"/api/sessions/{session}/job").json())["state"] in ("queued", "running"):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        downloads = [client.get(f"/api/sessions/{session}/download/{kind}").status_code
+                     for kind in ("scan", "mask", "provenance")]
+        client.delete(f"/api/sessions/{session}")
+    assert job["state"] == "failed", job
+    assert "none of the chosen features (nose) was found" in job["error"]
+    assert "Choose features that were found (eyes)" in job["error"]
+    assert downloads == [404, 404, 404]

@@ -474,6 +474,9 @@ def deface_session(
                               detector=FixedLabels(session.state["labels_ras"], name, sha), sidecar=False,
                               allow_missing=True, data_files=_data_files(kind))
         result = defaced.result
+        if not np.any(result.edit_mask):
+            shutil.rmtree(out)  # an unchanged copy of the scan, face included, is never offered as "defaced"
+            raise InputImageError(nothing_distorted_message(features, session.state["detection"]))
         progress("Writing the defaced scan", 0.55)
         if kind == "dicom":
             archive = out / "defaced_dicom.zip"
@@ -521,6 +524,26 @@ def deface_session(
             "downloads": {k: v[1] for k, v in session.state["downloads"].items()},
             "verification": verification,
         }
+
+
+def nothing_distorted_message(features: tuple[str, ...], detection: dict[str, Any]) -> str:
+    """Why defacing changed no voxel, and what to do (the web page shows it instead of any download).
+
+    Parameters
+    ----------
+    features : tuple of str
+        The features the user chose.
+    detection : dict
+        :func:`detect`'s answer (``features`` -> ``voxels`` per feature).
+    """
+    found = [name for name, f in detection["features"].items() if f["voxels"]]
+    chosen = ", ".join(features)
+    why = (f"the distortion changed no voxel of the chosen features ({chosen})" if set(found) & set(features) else
+           f"none of the chosen features ({chosen}) was found in this scan")
+    advice = (f"Choose features that were found ({', '.join(found)})" if found else
+              "Check that this is a head scan with its face, or upload a label map marking the eyes, nose and ears")
+    return (f"Nothing was distorted: {why}, so the result would be an unchanged copy with the face. No file is "
+            f"offered for download. {advice}, and deface again.")
 
 
 def _jsonable(value: Any) -> Any:

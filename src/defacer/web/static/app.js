@@ -434,6 +434,7 @@ async function deface() {
     progress(...row, 1, "Done.");
     await showResult(job.result);
   } catch (err) {
+    $("deface-progress-row").hidden = true;  // no bar left half-way through a stage that stopped
     showError(err.message);
   } finally {
     setBusy(false);
