@@ -190,3 +190,17 @@ def test_a_pacs_media_export_is_defaced_series_by_series_and_its_other_files_sta
                                    deidentify=DEID, others="copy", quiet=True))
     assert copied.counts.done == 2 and (tmp_path / "copied" / "report.txt").is_file(), "--others copy carries them"
     assert not (tmp_path / "copied" / "DICOMDIR").exists(), "never the directory of patients"
+
+
+def test_a_folder_mixing_two_series_fails_saying_to_split_it(tmp_path: Path) -> None:
+    """Before: the error told the batch user to 'choose one with --series', a flag batch has not."""
+    import shutil
+
+    write_dicom_phantom(tmp_path / "in" / "mixed", tmp_path / "labels" / "mixed.labels.nii.gz", seed=0)
+    write_dicom_phantom(tmp_path / "other", tmp_path / "unused.nii.gz", seed=1)
+    for path in sorted((tmp_path / "other").iterdir())[:5]:
+        shutil.copy(path, tmp_path / "in" / "mixed" / f"x{path.name}")
+    summary = run_batch(BatchConfig(in_root=tmp_path / "in", out_root=tmp_path / "out", deidentify=DEID,
+                                    labels_dir=tmp_path / "labels", quiet=True))
+    error = summary.records[0].error or ""
+    assert "holds 2 image stacks. Put each series in a folder of its own (what 'defacer batch' needs)" in error

@@ -299,8 +299,9 @@ def select_series(found: Sequence[SeriesInfo], series: str | None, source: str) 
         if len(images) == 1:
             return images[0]
         raise DicomSeriesError(
-            f"'{source}' holds {len(images)} image stacks; choose one with --series (a number in brackets, the "
-            f"series number, or the UID), or split the folder:\n  {listing}"
+            f"'{source}' holds {len(images)} image stacks. Put each series in a folder of its own (what 'defacer "
+            f"batch' needs), or choose one with --series of 'defacer deface' (a number in brackets, the series "
+            f"number, or the UID):\n  {listing}"
         )
     matches = [s for s in images if series in (s.key, s.series_uid)]
     if not matches:
