@@ -155,9 +155,12 @@ def test_a_huge_options_body_is_refused_before_it_is_read_whole(server: Server) 
 
 def test_choosing_only_features_that_were_not_found_gives_no_defaced_download(
         server: Server, phantom_files: PhantomFiles, tmp_path: Path) -> None:
-    """A label map with the eyes only, and the nose chosen: the job fails in words and nothing is downloadable.
+    """A label map with the eyes only, defaced for the eyes, then again for the nose alone: the second job fails
+    in words and nothing is downloadable, not even the first result.
 
-    It used to end 'done' with 0 voxels changed and offer the original voxels as ``..._defaced.nii.gz``.
+    It used to end 'done' with 0 voxels changed and offer the original voxels as ``..._defaced.nii.gz``; and a
+    second run that failed left the first run's downloads named after their files were removed (500 on each) and
+    ``verify`` verifying the first result.
     """
     import nibabel as nib
     import numpy as np
@@ -173,15 +176,24 @@ def test_choosing_only_features_that_were_not_found_gives_no_defaced_download(
                               headers={"X-File-Name": path.name}).status_code == 201
         for step in ("load", "detect"):
             assert client.post(f"/api/sessions/{session}/{step}").status_code == 200
-        assert client.post(f"/api/sessions/{session}/deface", json={"features": ["nose"]}).status_code == 202
-        deadline = time.monotonic() + 120
-        while (job := client.get(f"/api/sessions/{session}/job").json())["state"] in ("queued", "running"):
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        jobs = []
+        for features in (["eyes"], ["nose"]):
+            assert client.post(f"/api/sessions/{session}/deface", json={"features": features}).status_code == 202
+            deadline = time.monotonic() + 120
+            while (job := client.get(f"/api/sessions/{session}/job").json())["state"] in ("queued", "running"):
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            jobs.append(job)
         downloads = [client.get(f"/api/sessions/{session}/download/{kind}").status_code
-                     for kind in ("scan", "mask", "provenance")]
+                     for kind in ("scan", "mask", "provenance", "report")]
+        views = [client.get(f"/api/sessions/{session}/view/{name}").status_code
+                 for name in ("defaced.nii.gz", "mask.nii.gz")]
+        verified = client.post(f"/api/sessions/{session}/verify")
         client.delete(f"/api/sessions/{session}")
-    assert job["state"] == "failed", job
-    assert "none of the chosen features (nose) was found" in job["error"]
-    assert "Choose features that were found (eyes)" in job["error"]
-    assert downloads == [404, 404, 404]
+    assert jobs[0]["state"] == "done", jobs[0]
+    assert jobs[1]["state"] == "failed", jobs[1]
+    assert "none of the chosen features (nose) was found" in jobs[1]["error"]
+    assert "Choose features that were found (eyes)" in jobs[1]["error"]
+    assert downloads == [404, 404, 404, 404]
+    assert views == [404, 404]
+    assert verified.status_code == 422 and "Deface the scan before" in verified.json()["error"]

@@ -458,9 +458,8 @@ def deface_session(
         volume: Volume = session.state["volume"]
         name, sha = session.state["detector_id"]
         progress("Distorting the selected features", 0.1)
+        forget_result(session)
         out = session.path("out")
-        if out.exists():
-            shutil.rmtree(out)
         out.mkdir(mode=0o700)
         kind = session.state["kind"]
         stem = download_stem(session.scan_files[0].display_name if kind != "dicom" or
@@ -524,6 +523,25 @@ def deface_session(
             "downloads": {k: v[1] for k, v in session.state["downloads"].items()},
             "verification": verification,
         }
+
+
+#: ``session.state`` keys of a defacing result (what :func:`deface_session` and :func:`verify_session` add).
+RESULT_KEYS = ("defaced", "edit_mask", "provenance", "downloads", "stem", "verification")
+
+
+def forget_result(session: Session) -> None:
+    """Drop the previous defacing result of a session, files and state, before defacing it again.
+
+    Otherwise a new run that fails would leave the old downloads named in the state after their files were
+    removed, the old views shown, and ``verify`` verifying the old result.
+    """
+    for key in RESULT_KEYS:
+        session.state.pop(key, None)
+    for folder in ("out", "verify"):
+        if session.path(folder).exists():
+            shutil.rmtree(session.path(folder))
+    for name in ("defaced.nii.gz", "mask.nii.gz"):
+        session.path("view", name).unlink(missing_ok=True)
 
 
 def nothing_distorted_message(features: tuple[str, ...], detection: dict[str, Any]) -> str:
