@@ -243,3 +243,24 @@ def test_two_scans_that_would_write_one_file_refuse_the_batch_before_writing(tmp
     assert (f"both write '{rel}{stem}.json'" in err) == bids
     assert "--exclude" in err and not out.exists()
     assert main(["batch", str(tmp_path / "in"), str(out), "-q", "--dry-run"]) == 1, "the dry run says so too"
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["run", "dry-run"])
+def test_a_linked_bookkeeping_folder_in_out_is_refused_and_nothing_is_written_through_it(
+        tmp_path: Path, bids_template: tuple[Path, Path, list[str]], dry_run: bool, capsys) -> None:
+    """Before: 'batch IN OUT --force' with OUT/.defacer a link to another folder wrote the manifest, lock, ownership
+    record and summary.html there, outside OUT (replacing a summary.html of that folder)."""
+    from defacer.cli.main import main
+
+    ds, labels, _ = bids_template
+    elsewhere, out = tmp_path / "elsewhere", tmp_path / "out"
+    elsewhere.mkdir()
+    (elsewhere / "summary.html").write_text("my own page\n")
+    out.mkdir()
+    os.symlink(elsewhere, out / ".defacer")
+    args = ["batch", str(ds), str(out), "--labels-dir", str(labels), "-q", "--force", *(["-n"] if dry_run else [])]
+    assert main(args) == 1
+    assert "is a symbolic link or a file, not the batch's own folder" in capsys.readouterr().err
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["summary.html"]
+    assert (elsewhere / "summary.html").read_text() == "my own page\n"
+    assert sorted(p.name for p in out.iterdir()) == [".defacer"]

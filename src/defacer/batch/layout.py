@@ -173,6 +173,23 @@ def check_folders(in_root: Path, out_root: Path) -> None:
         )
 
 
+def check_state_dir(layout: OutputLayout) -> None:
+    """Refuse an ``OUT/.defacer`` that is a symbolic link or a file: the manifest, lock, ownership record and
+    summary would be written through it, outside OUT (over a ``summary.html`` of wherever it leads).
+
+    Raises
+    ------
+    OutputError
+    """
+    state = layout.state_dir
+    if state.is_symlink() or (state.exists() and not state.is_dir()):
+        raise OutputError(
+            f"'{state}' is a symbolic link or a file, not the batch's own folder: defacer keeps its manifest, lock "
+            "and summary inside OUT and never writes through a link to elsewhere. Remove it, or choose another "
+            "output folder (nothing was written)."
+        )
+
+
 def prepare_output(layout: OutputLayout, *, force: bool, owned: OwnershipRecord | None = None,
                    targets: Iterable[Path] = ()) -> bool:
     """Create OUT (or accept it for resuming) and clear stale temporary files.
@@ -196,6 +213,7 @@ def prepare_output(layout: OutputLayout, *, force: bool, owned: OwnershipRecord 
     out = layout.out_root
     if out.exists() and not out.is_dir():
         raise OutputError(f"The output '{out}' exists and is not a folder. Choose a folder name for the batch output.")
+    check_state_dir(layout)
     resuming = layout.manifest_path.is_file()
     if out.is_dir() and not resuming and any(out.iterdir()) and not force:
         raise OutputError(

@@ -30,6 +30,7 @@ from defacer.batch.layout import (
     carry_over,
     carry_over_targets,
     check_folders,
+    check_state_dir,
     dataset_targets,
     defaced_sidecar,
     prepare_output,
@@ -444,6 +445,7 @@ def describe_plan(config: BatchConfig) -> list[tuple[str, str, Path | None]]:
         When the run would be refused: a file it would write is in the way (:meth:`~defacer.batch.ownership.OwnershipRecord.check`).
     """
     discovery, layout = _discover(config)
+    check_state_dir(layout)
     open_record(layout).check(_targets(config, discovery, layout))
     if config.verify:
         from defacer.verify.qc import check_owned
@@ -491,6 +493,7 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
     discovery, layout = _discover(config)
     if config.scheduler in (None, "local"):  # workers on this machine; a cluster's are its own
         config = replace(config, jobs=cap_jobs(config.jobs))
+    check_state_dir(layout)  # before the ownership record is read through it
     owned = open_record(layout)
     targets = _targets(config, discovery, layout)
     qc_targets = _qc_targets(discovery, layout) if config.verify else []
