@@ -264,3 +264,19 @@ def test_a_linked_bookkeeping_folder_in_out_is_refused_and_nothing_is_written_th
     assert sorted(p.name for p in elsewhere.iterdir()) == ["summary.html"]
     assert (elsewhere / "summary.html").read_text() == "my own page\n"
     assert sorted(p.name for p in out.iterdir()) == [".defacer"]
+
+
+@pytest.mark.parametrize("name", ["manifest.jsonl", "owned.jsonl", "lock", "summary.html"])
+def test_a_linked_bookkeeping_file_in_out_is_refused(tmp_path: Path, bids_template: tuple[Path, Path, list[str]],
+                                                     name: str, capsys) -> None:
+    """Before: a link OUT/.defacer/<name> -> a user's file made the batch append to it or write through it."""
+    from defacer.cli.main import main
+
+    ds, labels, _ = bids_template
+    victim, out = tmp_path / "notes.txt", tmp_path / "out"
+    victim.write_text("my notes\n")
+    (out / ".defacer").mkdir(parents=True)
+    os.symlink(victim, out / ".defacer" / name)
+    assert main(["batch", str(ds), str(out), "--labels-dir", str(labels), "-q", "--force"]) == 1
+    assert f"{name}' is a symbolic link" in capsys.readouterr().err
+    assert victim.read_text() == "my notes\n"

@@ -48,6 +48,8 @@ _T = TypeVar("_T")
 
 #: Name of the bookkeeping folder inside OUT.
 STATE_FOLDER = ".defacer"
+#: The files the batch writes in :data:`STATE_FOLDER` (none may be a link): manifest, ownership record, lock, summary.
+STATE_FILES: tuple[str, ...] = ("manifest.jsonl", "owned.jsonl", "lock", "summary.html")
 #: Choices for non-image files.
 OTHERS_MODES: tuple[str, ...] = ("copy", "hardlink", "symlink", "skip")
 #: Output layouts.
@@ -187,6 +189,12 @@ def check_state_dir(layout: OutputLayout) -> None:
             f"'{state}' is a symbolic link or a file, not the batch's own folder: defacer keeps its manifest, lock "
             "and summary inside OUT and never writes through a link to elsewhere. Remove it, or choose another "
             "output folder (nothing was written)."
+        )
+    linked = [name for name in STATE_FILES if (state / name).is_symlink()]
+    if linked:
+        raise OutputError(
+            f"'{state / linked[0]}' is a symbolic link: defacer writes its bookkeeping files there itself and never "
+            "through a link to elsewhere. Remove it, or choose another output folder (nothing was written)."
         )
 
 
