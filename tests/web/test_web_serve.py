@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import signal
 import socket
+import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -182,3 +184,64 @@ def test_a_work_dir_that_cannot_be_made_is_refused_in_words(where: str, tmp_path
     err = capsys.readouterr().err
     assert "Cannot make the private work folder" in err and "--work-dir" in err and "bug" not in err
     assert (tmp_path / "a-file").read_text() == "notes\n"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """Mount small tmpfs file systems (a full disk, for real); needs root, skipped otherwise."""
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        folder = tmp_path / f"disk{len(mounted)}"
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(folder)],
+                              capture_output=True, check=False)
+        if done.returncode:
+            pytest.skip(f"cannot mount a small file system here (needs root): {done.stderr.decode().strip()}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_full_work_disk_is_reported_in_words_not_as_a_bug(small_disk: Callable[[str], Path],
+                                                            phantom_files: PhantomFiles) -> None:
+    """An upload, a load and a defacing job that meet a full disk say so and what to do.
+
+    They answered 'Unexpected error (OSError) ... report this' and 'This is a bug in defacer' (tmpfs /tmp is
+    often a few GB: one large series fills it).
+    """
+    tiny = start_server(small_disk("1m"))  # the 1.5 MB phantom does not fit
+    try:
+        with httpx.Client(base_url=tiny.url, timeout=60) as client:
+            session = client.post("/api/sessions").json()["session"]
+            upload = client.put(f"/api/sessions/{session}/files/scan", content=phantom_files.scan.read_bytes(),
+                                headers={"X-File-Name": "head.nii.gz"})
+            still = client.get("/api/config").status_code
+    finally:
+        stop_server(tiny)
+    assert upload.status_code == 507, upload.text
+    assert "work folder is full" in upload.json()["error"] and "--work-dir" in upload.json()["error"]
+    assert still == 200
+
+    small = start_server(small_disk("4m"))  # the upload, its viewer copy and the labels fit; the outputs do not
+    try:
+        with httpx.Client(base_url=small.url, timeout=60) as client:
+            session = client.post("/api/sessions").json()["session"]
+            for role, path in (("scan", phantom_files.scan), ("labels", phantom_files.labels)):
+                stored = client.put(f"/api/sessions/{session}/files/{role}", content=path.read_bytes(),
+                                    headers={"X-File-Name": path.name})
+                assert stored.status_code == 201, stored.text
+            for step in ("load", "detect"):
+                assert client.post(f"/api/sessions/{session}/{step}").status_code == 200
+            assert client.post(f"/api/sessions/{session}/deface", json={}).status_code == 202
+            deadline = time.monotonic() + 120
+            while (job := client.get(f"/api/sessions/{session}/job").json())["state"] in ("queued", "running"):
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+    finally:
+        stop_server(small)
+    assert job["state"] == "failed", job
+    assert "work folder is full" in job["error"] and "bug" not in job["error"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hmac
 import json
 import logging
@@ -221,11 +222,14 @@ def create_app(settings: WebSettings | None = None, *, detector_factory: Callabl
         try:
             response: Response = await call_next(request)
         except Exception as err:  # noqa: BLE001 - one request's failure never takes the server down
+            full = work_folder_full(err)
             route = request.scope.get("route")
-            log.error("unexpected %s while answering %s %s", type(err).__name__, request.method,
+            log.error("%s while answering %s %s", "no space left in the work folder" if full else
+                      f"unexpected {type(err).__name__}", request.method,
                       getattr(route, "path", "?"))
-            response = _error(500, f"Unexpected error ({type(err).__name__}). The server is still running; "
-                                   "start over, and report this if it happens again.")
+            response = _error(507, full) if full else _error(
+                500, f"Unexpected error ({type(err).__name__}). The server is still running; start over, and report "
+                     "this if it happens again.")
         response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
@@ -456,15 +460,29 @@ def _run_job_now(session: Session, job: Job, features: tuple[str, ...], seed: in
     except MemoryError:
         job.state, job.error = "failed", "The server ran out of memory on this scan. Close other programs and retry."
     except Exception as err:  # noqa: BLE001 - a job's failure must not take the server down
-        log.error("defacing job of work area %s… failed with %s", session.id[:6], type(err).__name__)
+        full = work_folder_full(err)
+        log.error("defacing job of work area %s… failed: %s", session.id[:6],
+                  "no space left in the work folder" if full else type(err).__name__)
         job.state = "failed"
-        job.error = (f"Unexpected error while defacing ({type(err).__name__}). This is a bug in defacer, not in "
-                     "your scan; please report it.")
+        job.error = full or (f"Unexpected error while defacing ({type(err).__name__}). This is a bug in defacer, "
+                             "not in your scan; please report it.")
     else:
         job.result, job.state, job.stage, job.progress = result, "done", "Done", 1.0
     finally:
         SessionStore.release_if_closed(session)
     log.info("defacing job of work area %s… %s", session.id[:6], job.state)
+
+
+def work_folder_full(err: BaseException) -> str | None:
+    """The words for a write refused because the server's disk (or the user's quota) is full; else ``None``.
+
+    Such a failure is the machine's, not a bug in defacer or in the scan, and the user can act on it.
+    """
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ("The server's work folder is full (no space left on its disk, or the disk quota is used up). Finish "
+                "the other scans on this server, free some space, or restart defacer serve with --work-dir on a "
+                "larger disk; then upload the scan again.")
+    return None
 
 
 def _verify_status() -> dict[str, Any]:
