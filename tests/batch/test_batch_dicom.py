@@ -204,3 +204,21 @@ def test_a_folder_mixing_two_series_fails_saying_to_split_it(tmp_path: Path) -> 
                                     labels_dir=tmp_path / "labels", quiet=True))
     error = summary.records[0].error or ""
     assert "holds 2 image stacks. Put each series in a folder of its own (what 'defacer batch' needs)" in error
+
+
+@pytest.mark.parametrize("where", ["in", "out"])
+def test_a_key_file_inside_in_or_out_is_refused(tmp_path: Path, where: str, capsys) -> None:
+    """Before: 'batch IN OUT --key-file IN/secret.key' carried the key into OUT with the de-identified data (a BIDS
+    dataset's other files are copied), where anyone could recompute the pseudonyms of a guessed patient ID."""
+    from batch_fixtures import write_bids_phantoms
+
+    ds, labels = tmp_path / "in", tmp_path / "labels"
+    write_bids_phantoms(ds, labels, [("01", None, "T1w", "T1")])
+    (tmp_path / "out").mkdir()
+    key = tmp_path / where / "secret.key"
+    key.write_bytes(KEY)
+    code = main(["batch", str(ds), str(tmp_path / "out"), "--labels-dir", str(labels), "--key-file", str(key),
+                 "-q", "--force"])
+    assert code == 1
+    assert f"lies inside the batch {'input' if where == 'in' else 'output'}" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == (["secret.key"] if where == "out" else [])

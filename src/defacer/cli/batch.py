@@ -94,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from defacer.batch.runner import BatchConfig, run_batch
     from defacer.errors import DefacerError
 
+    _check_key_file_apart(args)
     config = BatchConfig(
         in_root=args.input, out_root=args.output, include=args.include, exclude=args.exclude,
         options=deface_options_from_args(args), jobs=args.jobs, scheduler=args.scheduler,
@@ -114,6 +115,33 @@ def run(args: argparse.Namespace) -> int:
             raise
         raise DefacerError(str(err)) from err
     return summary.exit_code
+
+
+def _check_key_file_apart(args: argparse.Namespace) -> None:
+    """Refuse a ``--key-file`` inside IN or OUT: IN's other files are carried into OUT, and OUT is what gets
+    shared, so the key would travel with the data, and anyone holding it could recompute the pseudonyms of a
+    guessed patient ID and confirm who a series is.
+
+    Raises
+    ------
+    DefacerError
+    """
+    from pathlib import Path
+
+    from defacer.errors import DefacerError
+
+    if args.key_file is None:
+        return
+    key = Path(args.key_file).resolve()
+    for folder, name in ((args.input, "input"), (args.output, "output")):
+        root = Path(folder).resolve()
+        if key.is_relative_to(root):
+            raise DefacerError(
+                f"The key file '{args.key_file}' lies inside the batch {name} '{folder}': it would be shared with the "
+                "de-identified data (the input's other files are carried into the output), and anyone holding it "
+                "could recompute the pseudonyms of a guessed patient ID. Keep it outside both folders (nothing was "
+                "written)."
+            )
 
 
 def _print_plan(config: BatchConfig) -> int:
