@@ -245,3 +245,29 @@ def test_a_full_work_disk_is_reported_in_words_not_as_a_bug(small_disk: Callable
         stop_server(small)
     assert job["state"] == "failed", job
     assert "work folder is full" in job["error"] and "bug" not in job["error"]
+
+
+def test_closing_the_terminal_stops_the_server_like_ctrl_c(tmp_path: Path, phantom_files: PhantomFiles) -> None:
+    """A hang-up (SIGHUP: the terminal window was closed) deletes the uploads and ends cleanly.
+
+    uvicorn handles only SIGINT and SIGTERM: the hang-up killed the server and left the uploaded scan in the work
+    folder until another server started there (started as ``defacer serve``, whose own handler turns a hang-up
+    into an interrupt, it broke the event loop with a traceback instead).
+    """
+    work = tmp_path / "work"
+    server = start_server(work)
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            session = client.post("/api/sessions").json()["session"]
+            stored = client.put(f"/api/sessions/{session}/files/scan", content=phantom_files.scan.read_bytes(),
+                                headers={"X-File-Name": "head.nii.gz"})
+            assert stored.status_code == 201
+        server.process.send_signal(signal.SIGHUP)
+        out, err = server.process.communicate(timeout=60)
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+    assert server.process.returncode == 0, err
+    assert "all uploaded files and results were deleted" in out
+    assert "Traceback" not in err and "ERROR" not in err
+    assert sorted(p.name for p in work.rglob("*")) == []

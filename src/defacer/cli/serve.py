@@ -9,12 +9,16 @@ which the printed address carries.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import ipaddress
 import math
 import secrets
+import signal
 import socket
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +136,26 @@ def uvicorn_log_config(*, debug: bool) -> dict[str, Any]:
     return config
 
 
+@contextlib.contextmanager
+def hang_up_stops_like_ctrl_c(server: Any) -> Iterator[None]:
+    """While the block runs, a hang-up (SIGHUP: the terminal window was closed) stops ``server`` like Ctrl+C.
+
+    uvicorn handles only SIGINT and SIGTERM; a hang-up otherwise killed the server (leaving the uploads
+    until the next start) or, under ``defacer``'s own handler, broke its event loop with a traceback.  A
+    hang-up the process was started ignoring (``nohup``) stays ignored.
+    """
+    hang_up = getattr(signal, "SIGHUP", None)
+    if hang_up is None or signal.getsignal(hang_up) == signal.SIG_IGN \
+            or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(hang_up, lambda number, frame: server.handle_exit(signal.SIGINT, frame))
+    try:
+        yield
+    finally:
+        signal.signal(hang_up, previous)
+
+
 def run(args: argparse.Namespace) -> int:
     """Start the server and block until Ctrl+C; returns 0 after a clean shutdown."""
     try:
@@ -185,12 +209,12 @@ def run(args: argparse.Namespace) -> int:
     print("Open that address in a browser on this computer. Press Ctrl+C to stop; uploaded files are then deleted.",
           flush=True)
     if args.open:
-        import threading
         import webbrowser
 
         threading.Timer(1.0, webbrowser.open, args=(address,)).start()
     try:
-        server.run(sockets=[sock])
+        with hang_up_stops_like_ctrl_c(server):
+            server.run(sockets=[sock])
     except KeyboardInterrupt:
         pass  # uvicorn has already shut down gracefully (work areas removed) before re-raising Ctrl+C
     finally:
