@@ -271,6 +271,15 @@ def test_zipped_dicom_series_is_defaced_and_its_headers_deidentified(client: Tes
     assert str(first.PatientName) != PLANTED_NAME and first.get("PatientBirthDate", "") != "19700101"
     mask = client.get(f"/api/sessions/{session}/download/mask")
     assert mask.headers["content-disposition"].endswith('_mask.nii.gz"')
+    # The sidecar offered with the de-identified series holds no plain digest of the identified input (anyone
+    # holding the original could recompute it and link the shared series back), only one keyed by this run.
+    provenance = client.get(f"/api/sessions/{session}/download/provenance").json()
+    import hashlib
+    import json
+
+    plain = [hashlib.sha256(p.read_bytes()).hexdigest() for p in phantom_files.dicom_files]
+    assert "sha256" not in provenance["input"] and len(provenance["input"]["sha256_keyed"]) == 64
+    assert not any(digest in json.dumps(provenance) for digest in plain)
 
 
 def test_several_dicom_files_form_one_series(client: TestClient, phantom_files: PhantomFiles) -> None:

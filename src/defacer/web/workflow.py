@@ -501,8 +501,13 @@ def deface_session(
         save_label_map(result.edit_mask, volume, session.path("view", "mask.nii.gz"), force=True)
 
         provenance = dict(result.provenance)
-        # No file names here: the sidecar travels with the defaced scan, and names can identify people.
-        provenance["input"] = {"files": len(session.scan_files), "sha256": _inputs_sha256(session, sha256_of)}
+        # No file names here: the sidecar travels with the defaced scan, and names can identify people. A DICOM
+        # series leaves de-identified: its input digest is keyed (route's 'sha256_keyed', under this run's random
+        # key), since a plain digest would link the shared series back to whoever holds the identified original.
+        keyed = defaced.provenance.get("input", {}).get("sha256_keyed") if kind == "dicom" else None
+        digest = {"sha256_keyed": keyed} if keyed is not None else (
+            {} if kind == "dicom" else {"sha256": _inputs_sha256(session, sha256_of)})
+        provenance["input"] = {"files": len(session.scan_files), **digest}
         provenance["output"] = {"sha256": sha256_of(downloads["scan"][0])}
         provenance["interface"] = "defacer serve (web)"
         label_detector = session.state.get("label_detector")
