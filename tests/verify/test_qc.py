@@ -230,19 +230,34 @@ def test_an_after_only_run_keeps_the_warning_while_earlier_faces_remain(tmp_path
     assert "ORIGINAL" in (tmp_path / "README.txt").read_text()
 
 
-@pytest.mark.parametrize("kind", ["file", "link to a file"])
-def test_a_qc_folder_that_is_a_file_is_refused_in_words(tmp_path, capsys, kind) -> None:
-    """'verify --out FILE' stopped with 'unexpected error: FileExistsError ... a bug in defacer'."""
+@pytest.mark.parametrize("kind", ["file", "link to a file", "link to a folder"])
+def test_a_qc_folder_that_is_a_file_or_a_link_is_refused_in_words(tmp_path, capsys, kind) -> None:
+    """'verify --out FILE' stopped with 'unexpected error: FileExistsError ... a bug in defacer'; a QC folder
+    that was a link put the renders of the original face wherever it pointed."""
     scan = tmp_path / "head.nii.gz"
     save_phantom(make_phantom(4.0), scan)
     target = tmp_path / "notes.txt"
     target.write_text("keep me")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
     out = target
-    if kind == "link to a file":
+    if kind.startswith("link"):
         out = tmp_path / "link"
-        out.symlink_to(target)
+        out.symlink_to(elsewhere if kind == "link to a folder" else target)
     assert main(["verify", str(scan), str(scan), "--out", str(out)]) == 1
     err = capsys.readouterr().err
-    assert "is not a folder" in err and "bug" not in err
-    assert target.read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["head.nii.gz", "notes.txt", *(["link"] if kind == "link to a file" else [])])
+    assert ("symbolic link" if kind.startswith("link") else "is not a folder") in err and "bug" not in err
+    assert target.read_text() == "keep me" and not any(elsewhere.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["head.nii.gz", "notes.txt", "elsewhere", *(["link"] if kind.startswith("link") else [])])
+
+
+def test_deface_verify_refuses_a_qc_folder_that_is_a_link(tmp_path, capsys) -> None:
+    scan, labels = tmp_path / "head.nii.gz", tmp_path / "labels.nii.gz"
+    save_phantom(make_phantom(4.0), scan, labels)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "out-qc").symlink_to(elsewhere)
+    assert main(["deface", str(scan), str(tmp_path / "out.nii.gz"), "--labels", str(labels), "--verify"]) == 1
+    assert "symbolic link" in capsys.readouterr().err
+    assert not any(elsewhere.iterdir()) and not (tmp_path / "out.nii.gz").exists()

@@ -74,8 +74,13 @@ def check_owned(qc_root: Path, targets: Iterable[Path]) -> None:
     ------
     OutputError
         Naming the files in the way and what to do (``--force`` does not change it); or ``qc_root``
-        exists and is no folder (a file, or a link to one).
+        is a symbolic link, or exists and is no folder.
     """
+    if qc_root.is_symlink():
+        raise OutputError(f"The QC folder '{qc_root}' is a symbolic link (to '{os.readlink(qc_root)}'): the pictures of "
+                          "the original face it will hold would land wherever it points. defacer writes them only into "
+                          "a real folder: remove the link, or name the real folder ('defacer verify' and 'defacer "
+                          "evaluate': --out).")
     if os.path.lexists(qc_root) and not qc_root.is_dir():
         raise OutputError(f"The QC folder '{qc_root}' exists and is not a folder: defacer writes its reports and pictures "
                           "into a folder. Choose another output (the QC folder is named after it; 'defacer verify' and "
