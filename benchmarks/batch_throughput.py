@@ -8,7 +8,7 @@ installed, otherwise the phantoms' label maps (``--labels-dir``), and the output
 Usage::
 
     python benchmarks/batch_throughput.py                 # 8 heads, 1 and 2 workers, processes
-    python benchmarks/batch_throughput.py --scans 16 --jobs 1 2 3 4 --engines processes dask
+    python benchmarks/batch_throughput.py --scans 16 --jobs 1 2 3 4 --engines processes dask  (jobs above the usable cores are skipped)
     python benchmarks/batch_throughput.py --labels        # force label files (no detector)
 
 Results go to ``build/benchmarks/batch_throughput.json`` (and are printed).
@@ -28,6 +28,7 @@ from datetime import datetime
 from pathlib import Path
 
 from defacer.batch.runner import BatchConfig, run_batch
+from defacer.batch.workers import usable_cores
 from defacer.phantom import make_phantom, save_phantom
 
 CONTRASTS = ("T1", "T2", "FLAIR", "PD")
@@ -82,7 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         detector = f"ONNX model {args.weights or '(shipped)'}" if use_detector else "label files (--labels-dir)"
         print(f"detector: {detector}")
         results = []
+        cores = usable_cores()
         for jobs in args.jobs:
+            if jobs > cores:  # run_batch caps the workers at the usable cores: such a row would be mislabelled
+                print(f"jobs={jobs}: skipped, this machine has {cores} usable cores (batch runs at most {cores} workers)")
+                continue
             for engine in (["serial"] if jobs == 1 else args.engines):
                 out = scratch / f"out-{engine}-{jobs}"
                 config = BatchConfig(in_root=ds, out_root=out, labels_dir=None if use_detector else labels, jobs=jobs,
