@@ -63,6 +63,51 @@ def test_two_uploads_into_one_work_area_at_once_lose_no_file(server: Server, pha
         client.delete(f"/api/sessions/{session}")
 
 
+def test_a_load_while_a_file_is_still_uploading_is_refused_and_loses_nothing(server: Server,
+                                                                             phantom_files: PhantomFiles) -> None:
+    """A load arriving while a file of the series was still streaming in ran: it could read the series without
+    that slice, or the slice half-written (only a hand-made client can do this; the page uploads, then loads)."""
+    slices = phantom_files.dicom_files
+    last = slices[-1].read_bytes()
+
+    async def race() -> tuple[httpx.Response, httpx.Response, str]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            session = (await client.post("/api/sessions")).json()["session"]
+            for path in slices[:-1]:
+                stored = await client.put(f"/api/sessions/{session}/files/scan", content=path.read_bytes(),
+                                          headers={"X-File-Name": path.name})
+                assert stored.status_code == 201, stored.text
+            load_answered = asyncio.Event()
+
+            async def slow_body() -> AsyncIterator[bytes]:
+                yield last[:1000]
+                await asyncio.wait_for(load_answered.wait(), 30)
+                yield last[1000:]
+
+            async def load_meanwhile() -> httpx.Response:
+                await asyncio.sleep(1.0)  # the last upload is in progress on the server by now
+                try:
+                    return await client.post(f"/api/sessions/{session}/load")
+                finally:
+                    load_answered.set()
+
+            slow, load = await asyncio.gather(
+                client.put(f"/api/sessions/{session}/files/scan", content=slow_body(),
+                           headers={"X-File-Name": slices[-1].name}),
+                load_meanwhile())
+            return slow, load, session
+
+    slow, load, session = asyncio.run(race())
+    assert slow.status_code == 201, slow.text
+    assert load.status_code == 409, load.text
+    assert "still being uploaded" in load.json()["error"]
+    with httpx.Client(base_url=server.url, timeout=120) as client:
+        loaded = client.post(f"/api/sessions/{session}/load")
+        assert loaded.status_code == 200, loaded.text
+        assert loaded.json()["files"] == len(slices)
+        client.delete(f"/api/sessions/{session}")
+
+
 def peak_memory_bytes(pid: int) -> int:
     """Peak resident memory (VmHWM) of a process, in bytes (Linux)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

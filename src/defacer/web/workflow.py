@@ -71,6 +71,11 @@ def check_announced_size(session: Session, announced: int | None, settings: WebS
 def _target_for(session: Session, role: str, kind: str, settings: WebSettings) -> Path:
     if session.job.state in ("queued", "running") or "volume" in session.state:
         raise SessionBusy("This scan is already loaded; upload files into a new work area (start over) instead.")
+    # 'uploading' is set before this check and 'load' checks it once it holds the lock: one of the two sees the other
+    if not session.lock.acquire(blocking=False):  # held by a step (load, detect, deface) in a worker thread
+        raise SessionBusy("This work area's scan is being read right now; upload every file first, then load "
+                          "(the page does), or start over.")
+    session.lock.release()
     if role == "labels":
         if kind not in SINGLE_FILE_KINDS:
             raise UnsupportedUpload("A label map must be one NIfTI, NRRD or MGZ file on the scan's grid.")
@@ -277,6 +282,9 @@ def load_scan(session: Session, settings: WebSettings) -> dict[str, Any]:
         if "volume" in session.state:
             info: dict[str, Any] = session.state["info"]
             return info
+        if session.uploading:  # a file still streaming in would be missed, or read half-written
+            raise SessionBusy("A file is still being uploaded into this work area; load once every upload has "
+                              "finished (the page does).")
         source, kind = _scan_source(session, settings)
         if kind == "dicom":
             try:
