@@ -344,3 +344,48 @@ def test_progress_names_the_scan(tmp_path: Path) -> None:
     with Progress(2, stream=stream) as progress:
         progress.advance(ScanRecord(key="sub-07/anat/sub-07_T1w.nii.gz", status=DONE))
     assert "sub-07/anat/sub-07_T1w.nii.gz" in stream.getvalue()
+
+
+def test_progress_written_to_a_log_file_shows_each_scan_as_it_ends(tmp_path: Path) -> None:
+    """A batch run with its stderr in a file (nohup, a SLURM job's log) showed no progress at all until the batch
+    ended (rich draws its bar only on a terminal), then one line cut to 80 columns ("19/…", "ETA 0:0…")."""
+    from defacer.batch.manifest import DONE, FAILED, ScanRecord
+    from defacer.batch.summary import Progress
+
+    log = tmp_path / "batch.log"
+    with log.open("w") as stream, Progress(3, stream=stream) as progress:
+        progress.advance(ScanRecord(key="sub-01/anat/sub-01_T1w.nii.gz", status=DONE))
+        progress.advance(ScanRecord(key="sub-02/anat/sub-02_T1w.nii.gz", status=FAILED, error="truncated file"))
+        stream.flush()
+        during = log.read_text()
+    assert "[1/3] sub-01/anat/sub-01_T1w.nii.gz: done" in during
+    assert "[2/3] sub-02/anat/sub-02_T1w.nii.gz: FAILED truncated file" in during
+    assert "…" not in during
+
+
+@pytest.mark.parametrize("rich", [True, False], ids=["rich", "plain"])
+def test_the_final_table_names_the_scans_that_failed_or_could_not_be_verified(
+    rich: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A --verify run printed "verify failed 3, verify inconclusive 4" but not which scans: the user had to open the
+    manifest or the HTML pages to learn which outputs may still show a face."""
+    import io
+    import sys
+
+    from defacer.batch.manifest import DONE, ScanRecord
+    from defacer.batch.summary import print_table
+
+    if not rich:
+        monkeypatch.setitem(sys.modules, "rich.table", None)  # as without defacer[batch]
+    records = [
+        ScanRecord(key="a.nii.gz", status=DONE, verify={"verdict": "PASS", "report_path": "a/verify_report.html"}),
+        ScanRecord(key="b.nii.gz", status=DONE, verify={"verdict": "FAIL", "report_path": "b/verify_report.html"}),
+        ScanRecord(key="c.nii.gz", status=DONE,
+                   verify={"verdict": "INCONCLUSIVE", "report_path": "c/verify_report.html"}),
+    ]
+    stream = io.StringIO()
+    print_table(records, wall_s=10.0, stream=stream)
+    lines = stream.getvalue().splitlines()
+    assert any("b.nii.gz" in line and "FAIL" in line and "b/verify_report.html" in line for line in lines)
+    assert any("c.nii.gz" in line and "INCONCLUSIVE" in line for line in lines)
+    assert not any("a.nii.gz" in line for line in lines), "a scan that passed is not listed"

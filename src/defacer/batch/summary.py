@@ -92,8 +92,8 @@ class Progress(AbstractContextManager["Progress"]):
         self._task: Any = None
 
     def __enter__(self) -> Self:
-        if self.quiet or self.total == 0:
-            return self
+        if self.quiet or self.total == 0 or not _is_terminal(self.stream):
+            return self  # a log file gets one plain line per scan as it ends (see advance)
         try:
             from rich.console import Console
             from rich.progress import (
@@ -141,6 +141,19 @@ class Progress(AbstractContextManager["Progress"]):
             self._bar.__exit__(exc_type, exc, tb)
 
 
+def _is_terminal(stream: TextIO) -> bool:
+    """Whether ``stream`` is an interactive terminal.
+
+    rich redraws its bar only on a terminal: written to a file (``nohup``, a SLURM job's log, ``2> log``) it
+    shows nothing until the batch ends, then one line cut to 80 columns, so a log gets plain lines instead.
+    """
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty()) if isatty is not None else False
+    except (OSError, ValueError):  # a closed or detached stream
+        return False
+
+
 def _last_scan(record: ScanRecord, width: int = 60) -> str:
     """``last: <scan> <status>`` for the progress bar, the scan's path shortened from the left."""
     key = record.key if len(record.key) <= width else "…" + record.key[-(width - 1):]
@@ -157,6 +170,8 @@ def print_table(records: Sequence[ScanRecord], *, wall_s: float, stream: TextIO 
     rate = 60.0 * ran / wall_s if wall_s > 0 and ran else 0.0
     failed = [r for r in records if r.status == FAILED]
     not_defaced = [r for r in records if r.status in NOT_DEFACED]
+    unverified = [r for r in records if r.status not in (FAILED, *NOT_DEFACED)
+                  and verdict_of(r) in ("FAIL", "INCONCLUSIVE")]
     try:
         from rich.console import Console
         from rich.table import Table
@@ -169,6 +184,8 @@ def print_table(records: Sequence[ScanRecord], *, wall_s: float, stream: TextIO 
             print(f"  FAILED {record.key}: {record.error}", file=stream)
         for record in not_defaced:
             print(f"  {record.status.upper()} (nothing written) {record.key}: {_features_line(record)}", file=stream)
+        for record in unverified:
+            print(f"  VERIFY {verdict_of(record)} {record.key}: {_report_of(record)}", file=stream)
         if html_path is not None:
             print(f"summary: {html_path}", file=stream)
         return
@@ -207,11 +224,27 @@ def print_table(records: Sequence[ScanRecord], *, wall_s: float, stream: TextIO 
         for record in not_defaced:
             missing.add_row(record.key, record.status, _features_line(record))
         console.print(missing)
+    if unverified:
+        checks = Table(title="verification failed (the face may still be recognisable) or inconclusive (no face "
+                             "found in the original to test): look at their reports", show_lines=False)
+        checks.add_column("scan")
+        checks.add_column("verdict")
+        checks.add_column("report (in the QC folder)")
+        for record in unverified:
+            checks.add_row(record.key, verdict_of(record) or "", _report_of(record))
+        console.print(checks)
     warned = sum(1 for r in records if r.warnings and r.status == DONE)
     if warned:
-        console.print(f"{warned} scans have warnings (for example a feature not found): see the summary.")
+        scans = "scan has" if warned == 1 else "scans have"
+        console.print(f"{warned} {scans} warnings (for example a feature not found): see the summary.")
     if html_path is not None:
         console.print(f"summary: {html_path}")
+
+
+def _report_of(record: ScanRecord) -> str:
+    """The verification report's path as recorded (relative to the QC folder ``OUT-qc``), or ``""``."""
+    verify = record.verify or {}
+    return str(verify.get("report_path") or verify.get("report_dir") or "")
 
 
 def _features_line(record: ScanRecord) -> str:
