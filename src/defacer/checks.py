@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from defacer.errors import InputImageError
+from defacer.errors import InputImageError, TooManyVoxelsError
 from defacer.volume import Volume
 
 #: Accepted voxel sizes in mm; outside this range the affine is considered absurd.
@@ -40,11 +40,12 @@ def check_voxel_count(shape: tuple[int, ...], source: object, max_voxels: int | 
     for n in shape:
         count *= max(int(n), 0)
     if max_voxels is not None and count > max_voxels:
-        raise InputImageError(
+        raise TooManyVoxelsError(
             f"'{source}' declares {' x '.join(str(int(n)) for n in shape)} = {count:,} voxels, more than the limit of "
             f"{max_voxels:,} voxels (defacing needs about {BYTES_PER_VOXEL} bytes of memory per voxel, "
             f"{count * BYTES_PER_VOXEL / 1e9:.1f} GB here). If the scan is genuine and the machine has the memory, "
-            "raise the limit (max_voxels= in defacer.io.load_volume, or --max-voxels where the command offers it)."
+            "raise the limit (max_voxels= in defacer.io.load_volume, or --max-voxels where the command offers it).",
+            count=count, limit=max_voxels,
         )
 
 

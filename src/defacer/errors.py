@@ -37,6 +37,22 @@ class InputImageError(DefacerError, ValueError):
     default_message = "The input image could not be used. Check that it is a 3D head scan in a supported format."
 
 
+class TooManyVoxelsError(InputImageError):
+    """The scan declares more voxels than the limit (``max_voxels``), refused before anything is allocated.
+
+    Attributes
+    ----------
+    count, limit : int
+        Voxels declared, and the limit.
+    """
+
+    default_message = "The scan declares more voxels than this run accepts."
+
+    def __init__(self, message: str | None = None, count: int = 0, limit: int = 0) -> None:
+        super().__init__(message)
+        self.count, self.limit = count, limit
+
+
 class OutputError(DefacerError, OSError):
     """The output cannot be written (exists without ``--force``, same as input, folder not writable)."""
 
@@ -107,6 +123,22 @@ class DicomSeriesError(DefacerError, ValueError):
     """A DICOM folder holds no usable series, or a series cannot be assembled into a volume."""
 
     default_message = "No usable DICOM series was found."
+
+
+class SeveralSeriesError(DicomSeriesError):
+    """A DICOM folder holds several image series and none was chosen.
+
+    Attributes
+    ----------
+    count : int
+        How many image series (stacks) the folder holds.
+    """
+
+    default_message = "The DICOM folder holds several image series; choose one."
+
+    def __init__(self, message: str | None = None, count: int = 0) -> None:
+        super().__init__(message)
+        self.count = count
 
 
 class VerificationError(DefacerError, RuntimeError):

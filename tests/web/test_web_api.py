@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import time
 import zipfile
 from collections.abc import Iterator
@@ -609,3 +610,45 @@ def test_verify_endpoint_gives_a_verdict_or_says_why_not(client: TestClient, pha
     assert "<title>defacer verify: phantom_T1w" in report.text  # the scan's name in the title (issue 13)
     assert "script-src" not in report.headers["content-security-policy"]
     assert client.get(f"/api/sessions/{session}/download/report").headers["content-disposition"].endswith('.html"')
+
+
+def test_several_series_uploaded_as_one_are_refused_in_the_pages_words(client: TestClient, phantom_files: PhantomFiles,
+                                                                       tmp_path: Path) -> None:
+    """The refusal named '--series of defacer deface' and 'defacer batch', which a web user cannot give."""
+    import pydicom
+
+    session = open_session(client)
+    for index, path in enumerate(phantom_files.dicom_files):
+        assert put(client, session, path).status_code == 201
+        other = pydicom.dcmread(path)  # the same slice again as a second series
+        other.SeriesInstanceUID = pydicom.uid.generate_uid()
+        other.SOPInstanceUID = pydicom.uid.generate_uid()
+        other.SeriesNumber = 99
+        copy = tmp_path / f"second{index}.dcm"
+        other.save_as(copy)
+        assert put(client, session, copy).status_code == 201
+    response = client.post(f"/api/sessions/{session}/load")
+    assert response.status_code == 422, response.text
+    message = response.json()["error"]
+    assert re.search(r"hold \d+ image series", message) and "one series at a time" in message
+    assert "--series" not in message and "defacer batch" not in message
+
+
+def test_a_volume_above_the_voxel_limit_is_refused_in_the_pages_words(client: TestClient, tmp_path: Path) -> None:
+    """The refusal pointed to 'max_voxels= in defacer.io.load_volume, or --max-voxels where the command offers
+    it'; serve offers neither."""
+    import nibabel as nib
+    import numpy as np
+
+    header = nib.Nifti1Header()
+    header.set_data_shape((1000, 1000, 1000))
+    header.set_data_dtype(np.uint8)
+    huge = tmp_path / "huge.nii"
+    huge.write_bytes(header.binaryblock + b"\0" * 4 + b"\0" * 4096)  # the header declares 10^9 voxels
+    session = open_session(client)
+    assert put(client, session, huge).status_code == 201
+    response = client.post(f"/api/sessions/{session}/load")
+    assert response.status_code == 422, response.text
+    message = response.json()["error"]
+    assert "1,000,000,000 voxels" in message and "defacer deface IN OUT --max-voxels N" in message
+    assert "max_voxels=" not in message

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from defacer._typing import PathLike
-from defacer.errors import DicomSeriesError
+from defacer.errors import DicomSeriesError, SeveralSeriesError
 from defacer.io.dicom_files import INCOMPLETE_INSTANCE, input_files, read_header, unreadable_reason
 
 if TYPE_CHECKING:
@@ -298,10 +298,10 @@ def select_series(found: Sequence[SeriesInfo], series: str | None, source: str) 
     if series is None:
         if len(images) == 1:
             return images[0]
-        raise DicomSeriesError(
+        raise SeveralSeriesError(
             f"'{source}' holds {len(images)} image stacks. Put each series in a folder of its own (what 'defacer "
             f"batch' needs), or choose one with --series of 'defacer deface' (a number in brackets, the series "
-            f"number, or the UID):\n  {listing}"
+            f"number, or the UID):\n  {listing}", count=len(images)
         )
     matches = [s for s in images if series in (s.key, s.series_uid)]
     if not matches:

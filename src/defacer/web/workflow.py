@@ -19,8 +19,16 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from defacer.checks import BYTES_PER_VOXEL
 from defacer.detect import Detector
-from defacer.errors import DefacerError, DetectorError, DicomSeriesError, InputImageError
+from defacer.errors import (
+    DefacerError,
+    DetectorError,
+    DicomSeriesError,
+    InputImageError,
+    SeveralSeriesError,
+    TooManyVoxelsError,
+)
 from defacer.io.atomic import atomic_file, write_text_atomic
 from defacer.labels import FEATURE_LABELS, FEATURES
 from defacer.volume import Volume, canonical_reorientation
@@ -267,6 +275,29 @@ def write_view_copy(volume: Volume, path: Path) -> None:
         nib.save(image, str(tmp))
 
 
+def _load_upload(source: Path, kind: str) -> Volume:
+    """:func:`defacer.io.load_volume` of the uploaded scan, with the refusals worded for the page (the command
+    line's words name options a web user cannot give).
+
+    Raises
+    ------
+    DicomSeriesError, InputImageError
+        Several series uploaded as one; a volume above the server's voxel limit.
+    """
+    from defacer.io import load_volume
+
+    try:
+        return load_volume(source, data_files=_data_files(kind))
+    except SeveralSeriesError as err:
+        raise DicomSeriesError(f"The uploaded files hold {err.count} image series; this page defaces one series at a "
+                               "time. Start over and upload the files of one series (or a zip of one series "
+                               "folder).") from err
+    except TooManyVoxelsError as err:
+        raise InputImageError(f"The scan declares {err.count:,} voxels, more than this server accepts ({err.limit:,}: "
+                              f"defacing needs about {BYTES_PER_VOXEL} bytes of memory per voxel). Deface such a scan with the "
+                              "command line: defacer deface IN OUT --max-voxels N.") from err
+
+
 def load_scan(session: Session, settings: WebSettings) -> dict[str, Any]:
     """Read the uploaded scan (and label map), write the viewer copy, and describe the scan.
 
@@ -276,7 +307,6 @@ def load_scan(session: Session, settings: WebSettings) -> dict[str, Any]:
         ``format``, ``shape``, ``spacing_mm``, ``axcodes``, ``files``, ``name``,
         ``labels_uploaded``.
     """
-    from defacer.io import load_volume
 
     with session.lock:
         if "volume" in session.state:
@@ -296,7 +326,7 @@ def load_scan(session: Session, settings: WebSettings) -> dict[str, Any]:
                 ) from err
         # Only the uploaded files themselves may be read: a NRRD naming any other data file is refused; a .nhdr
         # was rewritten at upload to name its own uploaded data file (web.uploads.prepare_nhdr_upload).
-        volume = load_volume(source, data_files=_data_files(kind))
+        volume = _load_upload(source, kind)
         label_detector = None
         if session.label_files:
             from defacer.detect.label_file import LabelFileDetector
