@@ -885,19 +885,24 @@ themselves are never copied here; only these label maps (which hold no image int
    tissue in an ellipsoid from 10 mm below the tip to above the nasion, at most 24 mm behind the
    tip; each ear is the head tissue within 32 mm of the ear landmark, on the lateral side of the
    head (at most 20 mm medial of the landmark), that a morphological opening of the head mask with
-   a 10 mm ball removes (the whole auricle as far as it stands out from the head: helix,
-   antihelix, concha, tragus, lobule), kept where it touches the head, plus a 2 mm root.  Until
-   this revision the ball was 6 mm, which left the concha and the root of the helix attached to
-   the head and labelled only the rim.  An ear pressed flat against the head is labelled by hand
-   as the outer 6 mm of head around a centre read off the slices.
+   a ball of 16 mm radius removes (the whole auricle as far as it stands out from the head: helix,
+   antihelix, concha, tragus, lobule; the head is continued past a cut field first), in parts
+   touching the head (a head holder or a streak beside it is not taken); the search is repeated
+   within 40 mm of that part's centre (a landmark near the top of the auricle still reaches the
+   lobule), and the label is that part, plus the outer 6 mm of tissue met from the side within the
+   convex hull of its side outline, plus a 2 mm root.  Until issue 15 the ball was 6 mm, which
+   left the concha and the root of the helix attached to the head and labelled only the rim.  An
+   ear pressed flat against the head is labelled by hand as the outer 6 mm of head around a centre
+   read off the slices (`FLAT_EARS`); an ear mostly outside the field as the head tissue within
+   8 mm of the field's edge around a centre set by hand (`CUT_EARS`).
 4. Features whose landmark falls outside the scanned field are marked absent, not guessed; cut
    features are labelled only where scanned and listed as partial (their label reaches the edge
    of the field).
 5. Every label map was checked by eye on slice montages through each label, zoomed axial and
    coronal slices through each ear, and surface renders from both sides and the front with the
    labels on the skin (written to the ignored `build/montages/`; they show real faces and are
-   never committed).  Corrections found by that check are in the script's `OVERRIDES` and
-   `FLAT_EARS` and listed below.
+   never committed).  Corrections found by that check are in the script's `OVERRIDES`,
+   `FLAT_EARS`, `CUT_EARS` and `EAR_SEARCH_OVERRIDE_MM` and listed below.
 
 ## Provenance per scan
 
