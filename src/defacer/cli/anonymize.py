@@ -24,7 +24,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     parser.add_argument("input", type=Path, help="a DICOM file or a folder (searched recursively)")
     parser.add_argument("output", type=Path, help="new output folder")
-    parser.add_argument("--force", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an output folder that defacer wrote earlier (never one holding other files)")
     from defacer.cli.options import add_deid_arguments, add_jobs_argument
 
     add_jobs_argument(parser, "worker processes (default 1; at most the CPU cores are started); the output is "

@@ -57,7 +57,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "deface",
         help="deface one scan (NIfTI, NRRD, MGZ or a DICOM series folder)",
         description=(
-            "Find the eyes, nose and ears and distort exactly those: a skin band over each eye, the nose's doubled "
+            "Find the eyes, nose and ears and distort exactly those: one skin cover over both eyes, the nose's doubled "
             "bounding box set to air, each auricle replaced by the scan's own air noise. The output keeps the input's "
             "format, grid, data type and header; every other voxel is bit-identical. A provenance sidecar "
             "OUT-stem.defacer.json is written beside the output. A DICOM folder holding several series is defaced "
@@ -72,9 +72,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                "Exit status:\n  0  defaced (and verified, with --verify)\n"
                "  1  error (bad input, output refused, ...); nothing written\n  2  usage error\n"
                "  3  --verify: the verification failed (the output is written)\n"
-               "  5  --verify: inconclusive, no face found in the original to test (the output is written)\n"
                "  4  a requested feature (eyes, nose, ears) was not found or not distorted; nothing written\n"
-               "     (--allow-missing writes it anyway and exits 0)",
+               "     (--allow-missing writes it anyway and exits 0)\n"
+               "  5  --verify: inconclusive, no face found in the original to test (the output is written)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("input", type=Path, help="scan to deface: .nii, .nii.gz, .nrrd, .nhdr, .mgz, .mgh, or a DICOM folder")
