@@ -354,11 +354,11 @@ def test_progress_written_to_a_log_file_shows_each_scan_as_it_ends(tmp_path: Pat
 
     log = tmp_path / "batch.log"
     with log.open("w") as stream, Progress(3, stream=stream) as progress:
-        progress.advance(ScanRecord(key="sub-01/anat/sub-01_T1w.nii.gz", status=DONE))
+        progress.advance(ScanRecord(key="sub-01/anat/sub-01_T1w.nii.gz", status=DONE, verify={"verdict": "FAIL"}))
         progress.advance(ScanRecord(key="sub-02/anat/sub-02_T1w.nii.gz", status=FAILED, error="truncated file"))
         stream.flush()
         during = log.read_text()
-    assert "[1/3] sub-01/anat/sub-01_T1w.nii.gz: done" in during
+    assert "[1/3] sub-01/anat/sub-01_T1w.nii.gz: done (verify FAIL)" in during
     assert "[2/3] sub-02/anat/sub-02_T1w.nii.gz: FAILED truncated file" in during
     assert "…" not in during
 
@@ -382,10 +382,15 @@ def test_the_final_table_names_the_scans_that_failed_or_could_not_be_verified(
         ScanRecord(key="b.nii.gz", status=DONE, verify={"verdict": "FAIL", "report_path": "b/verify_report.html"}),
         ScanRecord(key="c.nii.gz", status=DONE,
                    verify={"verdict": "INCONCLUSIVE", "report_path": "c/verify_report.html"}),
+        ScanRecord(key="sub-0123/ses-baseline/anat/sub-0123_ses-baseline_acq-mprage_T1w.nii.gz", status=DONE,
+                   verify={"verdict": "FAIL",
+                           "report_path": "sub-0123/ses-baseline/anat/sub-0123_ses-baseline_acq-mprage_T1w/"
+                                          "verify_report.html"}),
     ]
     stream = io.StringIO()
     print_table(records, wall_s=10.0, stream=stream)
     lines = stream.getvalue().splitlines()
     assert any("b.nii.gz" in line and "FAIL" in line and "b/verify_report.html" in line for line in lines)
     assert any("c.nii.gz" in line and "INCONCLUSIVE" in line for line in lines)
-    assert not any("a.nii.gz" in line for line in lines), "a scan that passed is not listed"
+    assert not any(" a.nii.gz" in line for line in lines), "a scan that passed is not listed"
+    assert "…" not in stream.getvalue(), "a long path is folded, not cut (the log is 80 columns wide)"

@@ -125,6 +125,8 @@ class Progress(AbstractContextManager["Progress"]):
             return
         if self._bar is None:
             state = "FAILED " + (record.error or "") if record.status == FAILED else record.status
+            verdict = verdict_of(record)
+            state += f" (verify {verdict})" if verdict else ""
             if record.status in NOT_DEFACED:
                 state = f"{record.status.upper()} (nothing written) {record.error or ''}"
             print(f"[{self._done}/{self.total}] {record.key}: {state}", file=self.stream)
@@ -205,12 +207,12 @@ def print_table(records: Sequence[ScanRecord], *, wall_s: float, stream: TextIO 
         columns.insert(4, "verify inconclusive")
         values.insert(4, f"[yellow]{counts.verify_inconclusive}" if counts.verify_inconclusive else "0")
     for column in columns:
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="right", overflow="fold")
     table.add_row(*values)
     console.print(table)
     if failed:
         errors = Table(title="failed scans", show_lines=False)
-        errors.add_column("scan")
+        errors.add_column("scan", overflow="fold")
         errors.add_column("error")
         for record in failed:
             errors.add_row(record.key, record.error or "")
@@ -218,7 +220,7 @@ def print_table(records: Sequence[ScanRecord], *, wall_s: float, stream: TextIO 
     if not_defaced:
         missing = Table(title="not defaced: a requested feature was not found (nothing written; --allow-missing "
                               "writes them)", show_lines=False)
-        missing.add_column("scan")
+        missing.add_column("scan", overflow="fold")
         missing.add_column("status")
         missing.add_column("features")
         for record in not_defaced:
@@ -227,9 +229,9 @@ def print_table(records: Sequence[ScanRecord], *, wall_s: float, stream: TextIO 
     if unverified:
         checks = Table(title="verification failed (the face may still be recognisable) or inconclusive (no face "
                              "found in the original to test): look at their reports", show_lines=False)
-        checks.add_column("scan")
+        checks.add_column("scan", overflow="fold")
         checks.add_column("verdict")
-        checks.add_column("report (in the QC folder)")
+        checks.add_column("report (in the QC folder)", overflow="fold")
         for record in unverified:
             checks.add_row(record.key, verdict_of(record) or "", _report_of(record))
         console.print(checks)
