@@ -61,6 +61,21 @@ def test_dataset_description_gains_generated_by_or_becomes_a_derivative(tmp_path
     assert str(tmp_path) not in json.dumps(deriv)
 
 
+def test_a_derivative_keeps_the_source_licence_and_names_its_doi(tmp_path: Path) -> None:
+    """`--derivatives` dropped IN's License and left the ``raw`` of the sidecars' ``bids:raw:`` URIs undefined: the defaced images are still the source's images, so a share-alike
+    licence (the IXI heads are CC BY-SA 3.0) must travel with them; the source's DOI goes to SourceDatasets."""
+    source = {"Name": "study", "BIDSVersion": "1.9.0", "License": "CC-BY-SA-3.0", "DatasetDOI": "doi:10.1/x",
+              "Authors": ["A. Author"]}
+    deriv = dataset_description(OutputLayout(tmp_path, tmp_path / "o", "derivatives", True), source)
+    assert deriv["License"] == "CC-BY-SA-3.0"
+    assert deriv["SourceDatasets"] == [{"URL": "..", "DOI": "doi:10.1/x"}]
+    assert "DatasetDOI" not in deriv and "Authors" not in deriv, "the derivative's own DOI and authors are not IN's"
+    # The sidecars' "Sources": ["bids:raw:sub-01/..."] need the dataset link "raw" defined (BIDS URIs).
+    assert deriv["DatasetLinks"] == {"raw": ".."}
+    plain = dataset_description(OutputLayout(tmp_path, tmp_path / "o", "derivatives", True), {"Name": "study"})
+    assert "License" not in plain and plain["SourceDatasets"] == [{"URL": ".."}]
+
+
 @pytest.mark.parametrize("listed", [5, "dcm2niix", {"Name": "dcm2niix"}, None])
 def test_a_generated_by_that_is_no_list_is_warned_about_and_replaced(tmp_path: Path, caplog: pytest.LogCaptureFixture,
                                                                      listed: object) -> None:

@@ -279,15 +279,23 @@ def dataset_description(layout: OutputLayout, source: dict[str, Any] | None) -> 
     source = dict(source or {})
     name = source.get("Name", layout.in_root.name)
     if layout.layout == "derivatives":
-        return {
+        # A relative reference, not the absolute path (the folders above IN can name people).
+        origin: dict[str, Any] = {"URL": Path(os.path.relpath(layout.in_root.resolve(),
+                                                              layout.out_root.resolve())).as_posix()}
+        if isinstance(source.get("DatasetDOI"), str):
+            origin["DOI"] = source["DatasetDOI"]
+        derived: dict[str, Any] = {
             "Name": f"{name} (defaced)",
             "BIDSVersion": source.get("BIDSVersion", "1.10.0"),
             "DatasetType": "derivative",
             "GeneratedBy": [generated_by()],
-            # A relative reference, not the absolute path (the folders above IN can name people).
-            "SourceDatasets": [{"URL": Path(os.path.relpath(layout.in_root.resolve(),
-                                                           layout.out_root.resolve())).as_posix()}],
+            "SourceDatasets": [origin],
+            # Each defaced sidecar's "Sources" names its scan as bids:raw:<path>; BIDS resolves "raw" here.
+            "DatasetLinks": {"raw": origin["URL"]},
         }
+        if "License" in source:  # the defaced images are still the source's images: its licence (share-alike...)
+            derived["License"] = source["License"]
+        return derived
     described = dict(source)
     described.setdefault("Name", name)
     described.setdefault("BIDSVersion", "1.10.0")
