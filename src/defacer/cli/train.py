@@ -67,8 +67,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                         help="with --patch: chance that a patch is centred on a feature (default 0.7); high values "
                              "teach a larger foreground prior (over-segmentation on whole boxes), so finish with ~0.33")
     parser.add_argument("--patch", type=int, default=0,
-                        help="train on cubes of this many voxels cut from each augmented box, centred on a feature 70%% "
-                             "of the time (ears twice as often); 0: whole box. 64 makes CPU training ~3x cheaper")
+                        help="train on cubes of this many voxels cut from each augmented box, centred on a feature with "
+                             "the chance --foreground-probability (ears twice as often); 0: whole box. 64 makes CPU "
+                             "training ~3x cheaper")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--class-weights", default="1,1,1,3", metavar="B,E,N,A",
                         help="factors on the background, eyes, nose and ears probabilities written into the exported "
