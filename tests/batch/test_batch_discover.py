@@ -105,7 +105,14 @@ def test_a_lone_dicom_series_folder_is_one_scan(tmp_path: Path) -> None:
 
 
 def test_input_must_be_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "head.nii.gz").write_bytes(b"")
     with pytest.raises(InputImageError, match="not a folder"):
+        discover(tmp_path / "head.nii.gz")
+
+
+def test_a_missing_input_is_said_to_be_missing_not_to_be_no_folder(tmp_path: Path) -> None:
+    """A mistyped IN was reported as "is not a folder. Give a BIDS dataset...", as if it were a file."""
+    with pytest.raises(InputImageError, match="'.*missing' does not exist"):
         discover(tmp_path / "missing")
 
 

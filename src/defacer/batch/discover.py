@@ -294,6 +294,9 @@ def discover(
         For a malformed filter pattern.
     """
     base = Path(root).resolve()
+    if not base.exists():
+        raise InputImageError(f"The batch input '{root}' does not exist. Check the path (a typo, or a disk that is "
+                              "not mounted).")
     if not base.is_dir():
         raise InputImageError(
             f"The batch input '{root}' is not a folder. Give a BIDS dataset, a folder of NIfTI/NRRD/MGZ files "
