@@ -394,3 +394,18 @@ def test_the_final_table_names_the_scans_that_failed_or_could_not_be_verified(
     assert any("c.nii.gz" in line and "INCONCLUSIVE" in line for line in lines)
     assert not any(" a.nii.gz" in line for line in lines), "a scan that passed is not listed"
     assert "…" not in stream.getvalue(), "a long path is folded, not cut (the log is 80 columns wide)"
+
+
+def test_the_html_summary_puts_scans_that_failed_verification_first_and_marks_them(tmp_path: Path) -> None:
+    """summary.html listed a verification FAIL ("do not share this scan") in alphabetical order among the passes,
+    in the same white as them: in the real heads' page the 3 FAILs sat at rows 4, 8 and 10 of 19."""
+    from defacer.batch.manifest import DONE, ScanRecord
+    from defacer.batch.summary import write_html
+
+    records = [ScanRecord(key=f"{name}.nii.gz", status=DONE, verify={"verdict": verdict})
+               for name, verdict in (("a", "PASS"), ("b", "PASS"), ("z", "FAIL"))]
+    page = write_html(records, tmp_path / "summary.html", out_root=tmp_path, title="t", wall_s=1.0).read_text()
+    rows = [line for line in page.splitlines() if line.startswith("<tr class=")]
+    assert [row.split("<td>")[1].split("<")[0] for row in rows] == ["z.nii.gz", "a.nii.gz", "b.nii.gz"]
+    assert 'class="done verify-fail"' in rows[0] and "verify-fail" not in rows[1]
+    assert "tr.verify-fail" in page

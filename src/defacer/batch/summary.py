@@ -272,15 +272,18 @@ def write_html(records: Sequence[ScanRecord], path: Path, *, out_root: Path, tit
     qc_root = qc_root if qc_root is not None else out_root.with_name(out_root.name + "-qc")
     counts = count(records)
     rows = []
-    for record in sorted(records, key=lambda r: (r.status != FAILED, r.status not in NOT_DEFACED, r.key)):
+    # Failed scans first, then those whose verification failed (do not share them), then nothing written.
+    for record in sorted(records, key=lambda r: (r.status != FAILED, verdict_of(r) != "FAIL",
+                                                 r.status not in NOT_DEFACED, r.key)):
         output = record.outputs[0].path if record.outputs else ""
         verify = record.verify or {}
         report = verify.get("report_path") or verify.get("report_dir")
         if report and not Path(report).is_absolute():
             report = str(qc_root / report)  # recorded relative to the QC folder
         verdict = verdict_of(record) or ""
+        flagged = " verify-fail" if verdict == "FAIL" and record.status not in (FAILED, *NOT_DEFACED) else ""
         rows.append(
-            f'<tr class="{html.escape(record.status)}"><td>{html.escape(record.key)}</td>'
+            f'<tr class="{html.escape(record.status)}{flagged}"><td>{html.escape(record.key)}</td>'
             f"<td>{html.escape(record.status)}</td>"
             f"<td>{record.timings.get('total', 0.0):.1f}</td>"
             f"<td>{_link(str(out_root / output) if output else None, path.parent, output)}</td>"
@@ -290,7 +293,7 @@ def write_html(records: Sequence[ScanRecord], path: Path, *, out_root: Path, tit
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}tr.failed{{background:#fdd}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}tr.failed,tr.verify-fail{{background:#fdd}}
 tr.nothing-found,tr.incomplete{{background:#ffd}}
 tr.skipped{{color:#666}}.PASS,.FAIL,.INCONCLUSIVE{{padding:1px 6px;border-radius:3px;color:#fff;font-weight:700}}
 .PASS{{background:#1a7f37}}.FAIL{{background:#cf222e}}.INCONCLUSIVE{{background:#9a6700}}</style></head><body>
