@@ -133,6 +133,7 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_finishes(tmp_path: Path, serial_refe
         pytest.skip("the batch finished before Ctrl-C arrived, four times")
     assert proc.returncode == 130, stderr.decode()
     assert "interrupted" in stderr.decode()
+    assert "run the same command again to resume" in stderr.decode(), "the user is told how to go on"
     assert "Traceback" not in stderr.decode()
     _assert_outputs_whole(out, serial_reference)
     assert not list(out.rglob(".defacer-tmp-*")), "Ctrl-C removes in-flight temporaries"

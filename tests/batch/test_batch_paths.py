@@ -98,7 +98,7 @@ def test_allow_identifying_paths_writes_them_with_a_warning(tmp_path: Path, pacs
     records = [json.loads(line) for line in (out / ".defacer" / "manifest.jsonl").read_text().splitlines()]
     warnings = [w for r in records for w in r.get("warnings", [])]
     assert any("holds the patient's name and the birth date" in w and "Before sharing the output" in w for w in warnings)
-    assert "1 scans have warnings" in capsys.readouterr().err
+    assert "1 scan has warnings" in capsys.readouterr().err
 
 
 def test_headers_kept_as_they_are_are_not_checked(tmp_path: Path, pacs_export) -> None:

@@ -110,11 +110,27 @@ def run(args: argparse.Namespace) -> int:
         if args.dry_run:
             return _print_plan(config)
         summary = run_batch(config)
+    except KeyboardInterrupt:
+        return _interrupted(args.output)
     except ValueError as err:
         if isinstance(err, DefacerError):
             raise
         raise DefacerError(str(err)) from err
     return summary.exit_code
+
+
+def _interrupted(output: str) -> int:
+    """Say how to go on after Ctrl-C (or SIGTERM) stopped a batch; the exit code 130."""
+    import sys
+    from pathlib import Path
+
+    from defacer.cli.main import EXIT_INTERRUPTED
+
+    manifest = Path(output) / ".defacer" / "manifest.jsonl"
+    print(f"defacer batch: interrupted; the scans in flight were stopped and their temporary files removed. The "
+          f"scans that finished are recorded in '{manifest}': run the same command again to resume (they are "
+          "skipped, the rest are defaced).", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 def _check_key_file_apart(args: argparse.Namespace) -> None:
