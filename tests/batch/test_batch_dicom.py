@@ -222,3 +222,20 @@ def test_a_key_file_inside_in_or_out_is_refused(tmp_path: Path, where: str, caps
     assert code == 1
     assert f"lies inside the batch {'input' if where == 'in' else 'output'}" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == (["secret.key"] if where == "out" else [])
+
+
+def test_a_dicom_export_sorted_into_sub_folders_is_a_folder_of_series(tmp_path: Path) -> None:
+    """A DICOM export in sub-01/ct/, sub-02/t1/ (no dataset_description.json, no image file) was taken for a BIDS
+    dataset: every series was passed over as 'DICOM outside sourcedata/' and the batch ended 'No scans found ...
+    (as a bids folder)', exit 1, while the warning told the user to run 'defacer batch' on the folder they had
+    given (seen on copies of the real ge-headct and fnndsc series)."""
+    source = tmp_path / "in"
+    for subject, series, seed in (("sub-01", "ct", 0), ("sub-02", "t1", 1)):
+        write_dicom_phantom(source / subject / series, tmp_path / "labels" / subject / f"{series}.labels.nii.gz",
+                            seed=seed, patient=f"Doe^{subject[-1]}")
+    summary = run_batch(BatchConfig(in_root=source, out_root=tmp_path / "out", labels_dir=tmp_path / "labels",
+                                    deidentify=DEID, quiet=True))
+    assert [(r.key, r.status) for r in summary.records] == [("sub-01/ct", "done"), ("sub-02/t1", "done")]
+    assert len(list((tmp_path / "out" / "sub-02" / "t1").glob("IM*.dcm"))) == len(list((source / "sub-02" / "t1")
+                                                                                        .iterdir()))
+    assert not (tmp_path / "out" / "dataset_description.json").exists(), "no BIDS dataset is made up"

@@ -212,12 +212,24 @@ def _selected(scan: Scan, include: Sequence[str], exclude: Sequence[str]) -> boo
 
 
 def detect_layout(root: Path) -> str:
-    """``"bids"`` if ``root`` has ``dataset_description.json`` or ``sub-*`` folders, else ``"files"``."""
+    """``"bids"`` if ``root`` has ``dataset_description.json``, or ``sub-*`` folders holding image files;
+    else ``"files"``.
+
+    A DICOM export sorted into ``sub-01/``, ``sub-02/``... folders holds no image file: it is a folder of DICOM
+    series (as BIDS its series would all be passed over as DICOM outside ``sourcedata/``).
+    """
     if (root / "dataset_description.json").is_file():
         return "bids"
-    if any(child.is_dir() and child.name.startswith("sub-") for child in root.iterdir()):
-        return "bids"
-    return "files"
+    subjects = [child for child in root.iterdir() if child.is_dir() and child.name.startswith("sub-")]
+    return "bids" if any(_holds_image_file(folder) for folder in subjects) else "files"
+
+
+def _holds_image_file(folder: Path) -> bool:
+    """Whether an image file (NIfTI, NRRD, MGH/MGZ, by name) lies anywhere under ``folder`` (links not followed)."""
+    for _, _, filenames in os.walk(folder, followlinks=False):
+        if any(files.is_image_name(name) for name in filenames):
+            return True
+    return False
 
 
 def _walk(root: Path, skip_top: frozenset[str]) -> Iterable[tuple[Path, list[str], list[str]]]:
