@@ -409,3 +409,28 @@ def test_the_html_summary_puts_scans_that_failed_verification_first_and_marks_th
     assert [row.split("<td>")[1].split("<")[0] for row in rows] == ["z.nii.gz", "a.nii.gz", "b.nii.gz"]
     assert 'class="done verify-fail"' in rows[0] and "verify-fail" not in rows[1]
     assert "tr.verify-fail" in page
+
+
+def test_a_deleted_qc_folder_is_verified_again_on_the_rerun(tmp_path: Path,
+                                                            bids_template: tuple[Path, Path, list[str]]) -> None:
+    """With OUT-qc deleted (or moved) after a --verify batch, the rerun skipped every scan as verified and wrote
+    a gallery whose pictures and report links all pointed at missing files (seen with the real heads: 18 rows of
+    broken pictures, 'verify failed 3' with no report to look at)."""
+    pytest.importorskip("defacer.verify")
+    ds, labels, relpaths = bids_template
+    config = BatchConfig(in_root=ds, out_root=tmp_path / "out", labels_dir=labels, verify=True,
+                         include=[relpaths[0]], quiet=True)
+    first = run_batch(config)
+    qc = tmp_path / "out-qc"
+    report = qc / first.records[0].verify["report_path"]
+    assert report.is_file()
+    qc.rename(tmp_path / "moved-qc")
+    again = run_batch(config)
+    assert (again.counts.done, again.counts.skipped) == (1, 0)
+    assert report.is_file()
+    gallery = (qc / "index.html").read_text()
+    pictures = [p for p in again.records[0].verify["pictures"].values()]
+    assert pictures and all((report.parent / name).is_file() for name in pictures)
+    assert [name for name in pictures if name.startswith("front_") and name in gallery], "the gallery shows them"
+    third = run_batch(config)
+    assert (third.counts.done, third.counts.skipped) == (0, 1), "an intact QC folder is not redone"

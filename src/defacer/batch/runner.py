@@ -303,7 +303,7 @@ def plan(
         labels = labels_for(scan, labels_dir)
         fingerprint = _fingerprint(config, scan, labels, detector_id, deidentify)
         previous = manifest.get(scan.key)
-        verified = not config.verify or (previous is not None and previous.verify is not None)
+        verified = not config.verify or (previous is not None and _qc_intact(previous.verify, layout.qc_dir))
         if not config.redo and verified and is_up_to_date(
                 previous, fingerprint=fingerprint, in_root=layout.in_root, out_root=layout.out_root,
                 input_files=input_files(scan), rehash=config.rehash):
@@ -326,6 +326,22 @@ def plan(
             allow_identifying_paths=config.allow_identifying_paths,
         ))
     return tasks, skipped
+
+
+def _qc_intact(verify: dict[str, Any] | None, qc_dir: Path) -> bool:
+    """Whether a record's verification is there to show: recorded, and its report, summary and pictures still in
+    ``OUT-qc`` (a QC folder deleted or moved since would leave the gallery pointing at missing pictures).
+
+    ``verify`` holds paths relative to ``qc_dir``: ``report_path``, ``summary_path``, and ``pictures`` (names
+    inside ``folder``).
+    """
+    if not verify:
+        return False
+    recorded = [verify.get("report_path"), verify.get("summary_path")]
+    folder = verify.get("folder")
+    if folder:
+        recorded += [f"{folder}/{name}" for name in (verify.get("pictures") or {}).values()]
+    return all((qc_dir / path).is_file() for path in recorded if isinstance(path, str) and path)
 
 
 def engine_name(config: BatchConfig) -> str:
