@@ -434,3 +434,21 @@ def test_a_deleted_qc_folder_is_verified_again_on_the_rerun(tmp_path: Path,
     assert [name for name in pictures if name.startswith("front_") and name in gallery], "the gallery shows them"
     third = run_batch(config)
     assert (third.counts.done, third.counts.skipped) == (0, 1), "an intact QC folder is not redone"
+
+
+def test_qc_after_only_into_a_qc_folder_with_original_faces_says_so(
+        tmp_path: Path, bids_template: tuple[Path, Path, list[str]], capsys: pytest.CaptureFixture[str]) -> None:
+    """A --qc-after-only rerun into the OUT-qc of an earlier --verify batch printed "QC pictures (after defacing
+    only, no original face)", while the folder still held every original face of the earlier run (seen on the real
+    heads: ixi012_T1w_2mm/front_before.png and the rest stayed)."""
+    pytest.importorskip("defacer.verify")
+    ds, labels, relpaths = bids_template
+    args = ["batch", str(ds), str(tmp_path / "out"), "--labels-dir", str(labels), "--verify", "--include",
+            relpaths[0]]
+    main(args)
+    assert list((tmp_path / "out-qc").rglob("*_before.png"))
+    capsys.readouterr()
+    main([*args, "--qc-after-only"])
+    err = capsys.readouterr().err
+    assert "no original face" not in err
+    assert "still holds pictures of the ORIGINAL faces" in err

@@ -110,10 +110,19 @@ def claim(qc_root: Path, targets: Iterable[Path]) -> None:
 
 def notice(qc_dir: Path, after_only: bool) -> str:
     """The console line saying where the QC pictures are and whether they show faces."""
+    if after_only and holds_original_pictures(qc_dir):
+        return (f"QC pictures: {qc_dir}\n  This folder still holds pictures of the ORIGINAL faces from an earlier "
+                "run: --qc-after-only writes none but deletes none. Delete the folder (a batch --verify remakes it) "
+                "before sharing it.")
     if after_only:
         return f"QC pictures (after defacing only, no original face): {qc_dir}"
     return (f"QC pictures and reports: {qc_dir}\n  This folder holds pictures of the ORIGINAL faces: keep it out "
             "of any data you share (--qc-after-only writes after-defacing pictures only).")
+
+
+def holds_original_pictures(qc_dir: Path) -> bool:
+    """Whether ``qc_dir`` holds pictures of an original face (``*_before.png``, ``before_after.png``)."""
+    return qc_dir.is_dir() and (any(qc_dir.rglob("*_before.png")) or any(qc_dir.rglob("before_after.png")))
 
 
 def write_readme(qc_dir: Path, after_only: bool) -> Path:
@@ -123,8 +132,7 @@ def write_readme(qc_dir: Path, after_only: bool) -> Path:
     keeps the warning.
     """
     qc_dir.mkdir(parents=True, exist_ok=True)
-    earlier = any(qc_dir.rglob("*_before.png")) or any(qc_dir.rglob("before_after.png"))
-    if after_only and not earlier:
+    if after_only and not holds_original_pictures(qc_dir):
         text = ("defacer quality-control folder.\n\nIt holds verification reports and pictures of the scans AFTER "
                 "defacing only (--qc-after-only): no picture of an original face.\n")
     else:
