@@ -181,7 +181,9 @@ def run_dask(
                 with dask.config.set({"distributed.worker.profile.enabled": False}):
                     cluster = distributed.LocalCluster(  # type: ignore[attr-defined]
                         n_workers=max(1, min(jobs, len(tasks))), threads_per_worker=1, processes=True,
-                        silence_logs=logging.ERROR,
+                        # CRITICAL: a worker whose heartbeat meets the closing scheduler after Ctrl-C logs that
+                        # at ERROR with a traceback; task errors come back through the futures anyway
+                        silence_logs=logging.CRITICAL,
                     )
             finally:
                 signal.signal(signal.SIGINT, previous)
