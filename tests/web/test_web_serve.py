@@ -79,6 +79,11 @@ def start_defacing(client: httpx.Client, files: PhantomFiles) -> str:
     """Upload the phantom with its label map, find the features and start defacing; return the work area id."""
     if not client.get("/api/config").json()["verify"]["available"]:
         pytest.skip("needs the verify extra: its verification is the step that is still running")
+    return upload_and_start_defacing(client, files)
+
+
+def upload_and_start_defacing(client: httpx.Client, files: PhantomFiles) -> str:
+    """:func:`start_defacing` without the verify extra's check (for a job that need not reach verification)."""
     session = client.post("/api/sessions").json()["session"]
     for role, path in (("scan", files.scan), ("labels", files.labels)):
         stored = client.put(f"/api/sessions/{session}/files/{role}", content=path.read_bytes(),
@@ -229,14 +234,7 @@ def test_a_full_work_disk_is_reported_in_words_not_as_a_bug(small_disk: Callable
     small = start_server(small_disk("4m"))  # the upload, its viewer copy and the labels fit; the outputs do not
     try:
         with httpx.Client(base_url=small.url, timeout=60) as client:
-            session = client.post("/api/sessions").json()["session"]
-            for role, path in (("scan", phantom_files.scan), ("labels", phantom_files.labels)):
-                stored = client.put(f"/api/sessions/{session}/files/{role}", content=path.read_bytes(),
-                                    headers={"X-File-Name": path.name})
-                assert stored.status_code == 201, stored.text
-            for step in ("load", "detect"):
-                assert client.post(f"/api/sessions/{session}/{step}").status_code == 200
-            assert client.post(f"/api/sessions/{session}/deface", json={}).status_code == 202
+            session = upload_and_start_defacing(client, phantom_files)
             deadline = time.monotonic() + 120
             while (job := client.get(f"/api/sessions/{session}/job").json())["state"] in ("queued", "running"):
                 assert time.monotonic() < deadline
