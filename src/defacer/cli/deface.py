@@ -143,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
         from defacer.verify.qc import claim
 
         # Named in the QC folder's ownership record before the label map or any report is written there.
-        claim(qc_dir_for(args.output), qc_targets(qc_dir_for(args.output), labels=args.save_mask is None))
+        qc_dir = qc_dir_for(args.output)
+        claim(qc_dir, qc_targets(qc_dir, labels=args.save_mask is None))
     mask_path = args.save_mask
     if args.verify and mask_path is None and not is_dicom:
         # The report needs the detected labels (per-feature counts, outlines); keep them with the report.
@@ -269,14 +270,16 @@ def checked_output_name(input_path: Path, output: Path, is_dicom: bool) -> Path:
     from defacer.errors import OutputError
 
     named = named_path(output)
+
+    def example() -> Path:  # a name to give instead (derived only when refusing)
+        return Path(output) / default_output(named_path(input_path)).name
+
     if not named.name:
         raise OutputError(f"The output '{output}' is the root of the file system; give the defaced "
-                          f"{'folder' if is_dicom else 'file'}'s own name, for example "
-                          f"'{Path(output) / default_output(named_path(input_path)).name}'.")
+                          f"{'folder' if is_dicom else 'file'}'s own name, for example '{example()}'.")
     if not is_dicom and named.is_dir():
         raise OutputError(f"The output '{output}' is a folder, but this scan is written to a file (its input's "
-                          f"format): give the file's name, for example "
-                          f"'{Path(output) / default_output(named_path(input_path)).name}'.")
+                          f"format): give the file's name, for example '{example()}'.")
     return named
 
 
