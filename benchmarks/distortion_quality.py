@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 else:
                     det = detector
                 t0 = time.perf_counter()
-                result = deface(volume, det, DefaceOptions(seed=0))
+                result = deface(volume, det, DefaceOptions(seed=0, nose_scale=args.nose_scale))
                 row["deface_s"] = round(time.perf_counter() - t0, 2)
                 row.update(cheap_metrics(volume, result, reference))
                 if args.faces:
@@ -265,6 +265,8 @@ def format_row(mode: str, r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from defacer.options import DefaceOptions
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--heads", type=Path, default=DATA / "heads", help="folder of heads (default ../shared/data/heads)")
     parser.add_argument("--labels-dir", type=Path, default=ROOT / "reference_labels", help="reference label maps")
@@ -274,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--faces", action="store_true", help="also face detection after defacing and re-identification")
     parser.add_argument("--sheets", action="store_true", help="also before/after contact sheets (real faces: build/ only)")
     parser.add_argument("--threads", type=int, default=2, help="detector threads (default 2)")
+    parser.add_argument("--nose-scale", type=float, default=DefaceOptions().nose_scale, metavar="X",
+                        help="enlargement of the nose box per axis (default: the shipped default)")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "distortion_quality",
                         help="output folder (default build/distortion_quality; never commit what it holds)")
     args = parser.parse_args(argv)
