@@ -220,7 +220,9 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
 
     # Each edit goes straight onto a copy of the stored values, box by box on the file's grid (no
     # full-size RAS copy of the image); a later edit overwrites an earlier one where they overlap.
-    raw = volume.raw.copy()
+    # The copy keeps the file's memory layout (Fortran order for NIfTI): comparing it with the input and
+    # writing it then run through memory in order (a C-order copy made both about 0.1 s slower each).
+    raw = volume.raw.copy(order="K")
     edit_mask = np.zeros(volume.shape, dtype=np.uint8)  # feature label of the last edit writing each voxel
     outside = outside_tree(depth, head.coarse_spacing(spacing))
     native_boxes = []

@@ -10,8 +10,9 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+from nibabel.arrayproxy import ArrayProxy
 from nibabel.openers import Opener
-from nibabel.volumeutils import array_to_file
+from nibabel.volumeutils import array_from_file, array_to_file
 
 from defacer.checks import check_voxel_count
 from defacer.errors import InputImageError
@@ -46,7 +47,7 @@ def read_nifti_like(path: Path, fmt: str, *, max_voxels: int | None = None) -> V
         )
     check_voxel_count(tuple(image.shape), path, max_voxels)
     try:
-        raw = np.asarray(image.dataobj.get_unscaled())
+        raw = _stored_values(image, path)
     except Exception as err:
         raise InputImageError(
             f"Could not read the voxel data of '{path}': {err}. The file is probably truncated or corrupt; "
@@ -71,6 +72,26 @@ def read_nifti_like(path: Path, fmt: str, *, max_voxels: int | None = None) -> V
         header=header,
         extra={"image_class": type(image).__name__, "raw_shape": tuple(raw.shape), "warnings": warnings},
     )
+
+
+def _stored_values(image: Any, path: Path) -> np.ndarray[Any, Any]:
+    """The stored (unscaled) voxel values of ``image``, read from ``path``.
+
+    A gzipped file is decompressed by ISA-L (when installed) instead of zlib, about twice as fast; the
+    array is the one nibabel's own reading gives (same bytes, dtype, shape and memory order: nibabel's
+    :func:`~nibabel.volumeutils.array_from_file` with the image's own proxy geometry).
+    """
+    proxy = image.dataobj
+    if path.name.lower().endswith(".gz") and type(proxy) is ArrayProxy:
+        try:
+            from isal import igzip
+        except ImportError:
+            igzip = None  # type: ignore[assignment]  # nibabel's zlib reading below
+        if igzip is not None:
+            with igzip.open(path, "rb") as stream:
+                return array_from_file(proxy.shape, proxy.dtype, stream, offset=proxy.offset, order=proxy.order,
+                                       mmap=False)
+    return np.asarray(proxy.get_unscaled())
 
 
 def _original_header(path: Path, image: Any) -> Any:

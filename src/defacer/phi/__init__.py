@@ -5,12 +5,37 @@ profile's options, :mod:`~defacer.phi.pseudonym` the keyed replacement values,
 :mod:`~defacer.phi.actions` what each action code does to one element,
 :mod:`~defacer.phi.scrub` applies all of it to a dataset, and :mod:`~defacer.phi.describe`
 explains it (``--what-if``).
+
+The names below are imported on first use: :mod:`defacer.options` reads
+:class:`~defacer.phi.options.DeidOptions` for every run, and a NIfTI deface must not pay for
+importing pydicom (about 0.1 s), which only :class:`Scrubber` needs.
 """
 
 from __future__ import annotations
 
-from defacer.phi.options import DeidOptions
-from defacer.phi.pseudonym import Pseudonymizer
-from defacer.phi.scrub import Scrubber
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from defacer.phi.options import DeidOptions
+    from defacer.phi.pseudonym import Pseudonymizer
+    from defacer.phi.scrub import Scrubber
 
 __all__ = ["DeidOptions", "Pseudonymizer", "Scrubber"]
+
+#: Where each exported name lives.
+_EXPORTS = {"DeidOptions": "defacer.phi.options", "Pseudonymizer": "defacer.phi.pseudonym",
+            "Scrubber": "defacer.phi.scrub"}
+
+
+def __getattr__(name: str) -> Any:
+    """Import an exported name's module on first use (PEP 562)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
