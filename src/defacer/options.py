@@ -27,7 +27,7 @@ class DefaceOptions:
     Attributes
     ----------
     features : tuple of str
-        Any of ``"eyes"``, ``"nose"``, ``"ears"``.
+        One or more of ``"eyes"``, ``"nose"``, ``"ears"`` (an empty tuple is refused: it would distort nothing).
     seed : int
         Seed of the ear noise (the output is reproducible for a given seed).
     protect_depth_mm : float
@@ -51,6 +51,9 @@ class DefaceOptions:
         unknown = [f for f in self.features if f not in FEATURES]
         if unknown:
             raise ValueError(f"Unknown features {unknown}; expected some of {FEATURES}.")
+        if not self.features:
+            # An empty choice distorts nothing: the unchanged image would come back as a defaced one.
+            raise ValueError(f"No feature chosen to distort; expected at least one of {FEATURES} (the default is all).")
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0:
             raise ValueError(f"Expected a seed that is a whole number >= 0 (for example 3); found {self.seed!r}.")
         sizes = (self.protect_depth_mm, self.eye_band_mm, self.eye_box_scale, self.nose_scale)
