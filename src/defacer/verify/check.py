@@ -324,9 +324,19 @@ def verify_pair(
     brain_arr = _as_array(brain_mask, original.shape, "brain mask")
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    scene, renders_before, det_before = render_original(original, views, timings)
+    try:
+        scene, renders_before, det_before = render_original(original, views, timings)
+    except VerificationError as err:
+        raise VerificationError(f"The original scan cannot be rendered: {err}") from err
     t0 = time.perf_counter()
-    _, renders_after = render_volume(defaced, views, like=scene, reference=renders_before)
+    try:
+        _, renders_after = render_volume(defaced, views, like=scene, reference=renders_before)
+    except VerificationError as err:
+        raise VerificationError(
+            f"The defaced scan shows no head where the original has one: nothing in it is above the original's skin "
+            f"level ({scene.iso:g}), so there is nothing to compare. It is empty, or it was not made from this "
+            "original (its intensities are on another scale). Pass the defaced file that was made from this original."
+        ) from err
     t1 = time.perf_counter()
     det_after = detect_renders(renders_after)
     timings["render_s"] += t1 - t0
