@@ -49,6 +49,50 @@ def check_voxel_count(shape: tuple[int, ...], source: object, max_voxels: int | 
         )
 
 
+#: Largest physical intensity defacer computes with (it works in float32).
+MAX_INTENSITY = float(np.finfo(np.float32).max)
+
+
+def check_scaling(raw: np.ndarray, slope: float, inter: float, source: str, *, strict: bool = True) -> None:
+    """Refuse an intensity scaling that gives no usable physical values.
+
+    Parameters
+    ----------
+    raw : ndarray
+        Stored (finite, real) voxel values.
+    slope, inter : float
+        Physical value = ``raw * slope + inter``.
+    source : str
+        Shown in messages.
+    strict : bool
+        Also refuse physical values beyond float32 (defacer works in float32, where they become infinite).
+
+    Raises
+    ------
+    InputImageError
+        For a NaN, infinite or zero slope, a NaN or infinite intercept, or (``strict``) physical
+        values beyond :data:`MAX_INTENSITY`.
+    """
+    slope, inter = float(slope), float(inter)
+    if not (np.isfinite(slope) and np.isfinite(inter)) or slope == 0:
+        raise InputImageError(
+            f"'{source}' has the intensity scaling slope {slope:g}, intercept {inter:g} (physical value = stored value "
+            "x slope + intercept); expected finite numbers and a slope that is not 0. Fix the scaling (NIfTI "
+            "scl_slope/scl_inter, DICOM RescaleSlope/RescaleIntercept, or a Volume's slope/inter) first."
+        )
+    if not strict or raw.size == 0:
+        return
+    ends = np.array([np.min(raw), np.max(raw)], dtype=np.float64) * slope + inter
+    largest = float(np.max(np.abs(ends)))
+    if not largest <= MAX_INTENSITY:
+        raise InputImageError(
+            f"'{source}' has intensities up to {largest:.3g} (stored values {float(np.min(raw)):.3g} to "
+            f"{float(np.max(raw)):.3g}, x slope {slope:g} + intercept {inter:g}); defacer computes in 32-bit floats, "
+            f"which hold at most {MAX_INTENSITY:.3g}. The values or the scaling are probably wrong (e.g. a slope in "
+            "the wrong units); rescale the image first (for example divide it by a power of ten) and keep a note of it."
+        )
+
+
 def validate_volume(volume: Volume, *, source: str, strict: bool = True) -> Volume:
     """Check that ``volume`` is a usable 3D head volume; squeeze trailing singleton axes.
 
@@ -69,7 +113,8 @@ def validate_volume(volume: Volume, *, source: str, strict: bool = True) -> Volu
     Raises
     ------
     InputImageError
-        For 2D, 4D, empty, NaN/inf or geometrically absurd input.
+        For 2D, 4D, empty, NaN/inf or geometrically absurd input, or an unusable intensity scaling
+        (:func:`check_scaling`).
     """
     raw = volume.raw
     shape = raw.shape
@@ -126,6 +171,7 @@ def validate_volume(volume: Volume, *, source: str, strict: bool = True) -> Volu
         )
     if not np.issubdtype(raw.dtype, np.number):
         raise InputImageError(f"'{source}' stores {raw.dtype} voxels; expected numbers (RGB images are not supported).")
+    check_scaling(raw, volume.slope, volume.inter, source, strict=strict)
     if raw is not volume.raw:
         extra = dict(volume.extra)
         extra.setdefault("raw_shape", tuple(volume.raw.shape))

@@ -6,6 +6,8 @@ import nibabel as nib
 import pytest
 
 import defacer
+from defacer.cli.main import main
+from defacer.errors import InputImageError
 from defacer.phantom import make_phantom
 
 
@@ -22,3 +24,27 @@ def test_the_api_refuses_an_empty_feature_choice_instead_of_returning_the_image_
         defacer.deface(image, labels=phantom.labels, features=features)
     with pytest.raises(ValueError, match="at least one of"):
         defacer.DefaceOptions(features=())
+
+
+@pytest.mark.parametrize(("slope", "inter"), [(float("nan"), 0.0), (0.0, 0.0), (1.0, float("inf")), (float("-inf"), 0.0)])
+def test_a_volume_whose_scaling_gives_no_intensities_is_refused_naming_the_scaling(phantom, slope, inter):
+    """Before: 'No head found in this scan: no voxel is brighter than the air (all voxels are nan to nan)'."""
+    volume = defacer.Volume(phantom.volume.raw, phantom.volume.affine, slope=slope, inter=inter)
+    with pytest.raises(InputImageError, match="intensity scaling slope") as err:
+        defacer.deface(volume, labels=phantom.labels)
+    assert "slope that is not 0" in str(err.value)
+
+
+def test_intensities_beyond_float32_are_refused_in_words_and_nothing_is_written(phantom, tmp_path, capsys):
+    """A float64 NIfTI whose values reach 1e39 (or a slope of 1e38) became inf in float32: 'No head found ... (all
+    voxels are 0 to inf)' with numpy's overflow warnings, though the head is there."""
+    path = tmp_path / "huge.nii.gz"
+    nib.save(nib.Nifti1Image(phantom.volume.raw.astype("float64") * 1e37, phantom.volume.affine), str(path))
+    code = main(["deface", str(path), str(tmp_path / "out.nii.gz")])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err and "RuntimeWarning" not in err
+    assert "32-bit floats" in err and "rescale the image" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.nii.gz"]
+    volume = defacer.Volume(phantom.volume.raw, phantom.volume.affine, slope=1e38)
+    with pytest.raises(InputImageError, match="32-bit floats"):
+        defacer.deface(volume, labels=phantom.labels)
