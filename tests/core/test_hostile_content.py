@@ -48,3 +48,31 @@ def test_intensities_beyond_float32_are_refused_in_words_and_nothing_is_written(
     volume = defacer.Volume(phantom.volume.raw, phantom.volume.affine, slope=1e38)
     with pytest.raises(InputImageError, match="32-bit floats"):
         defacer.deface(volume, labels=phantom.labels)
+
+
+def _without_orientation(path, raw, affine) -> None:
+    """Save a NIfTI whose qform_code and sform_code are both 0 (nibabel's save would set them)."""
+    nib.save(nib.Nifti1Image(raw, affine), str(path))
+    data = bytearray(path.read_bytes())
+    data[252:256] = bytes(4)  # qform_code, sform_code (int16 each)
+    path.write_bytes(bytes(data))
+
+
+def test_a_nifti_without_qform_or_sform_warns_that_its_orientation_was_assumed(phantom, tmp_path, capsys, caplog):
+    """Neither qform nor sform: nibabel assumes LAS axes. A head stored as ASL was then searched sideways (real IXI
+    head: 'eyes: distorted; nose: not found', exit 4) with no word about the orientation having been guessed."""
+    import json
+
+    from defacer.io import load_volume
+
+    source = tmp_path / "head.nii"
+    _without_orientation(source, phantom.volume.raw, phantom.volume.affine)
+    labels = tmp_path / "labels.nii"
+    nib.save(nib.Nifti1Image(phantom.labels, nib.load(str(source)).affine), str(labels))
+    assert any("orientation is unknown" in w for w in load_volume(source).extra["warnings"])
+    code = main(["deface", str(source), str(tmp_path / "out.nii"), "--labels", str(labels)])
+    capsys.readouterr()
+    assert code == 0 and "orientation is unknown" in caplog.text and "LAS" in caplog.text, caplog.text
+    sidecar = json.loads((tmp_path / "out.defacer.json").read_text())
+    assert any("orientation is unknown" in w for w in sidecar["warnings"])
+    assert nib.load(str(tmp_path / "out.nii")).header["sform_code"] == 0  # the header is kept as stored

@@ -204,7 +204,8 @@ def test_zero_or_negative_pixdim_warns_that_geometry_is_invented_and_keeps_the_h
     source.write_bytes(nifti_bytes({"pixdim[2]": pixdim, "qform_code": 0, "sform_code": 0}))
     volume = load_volume(source)
     warnings = volume.extra["warnings"]
-    assert len(warnings) == 1 and "invented" in warnings[0] and "pixdim" in warnings[0]
+    assert len(warnings) == 2 and "invented" in warnings[0] and "pixdim" in warnings[0]
+    assert "orientation is unknown" in warnings[1]  # no qform, no sform
     assert "invented" in caplog.text
     out = tmp_path / "out.nii"
     save_volume(volume, out)

@@ -105,6 +105,8 @@ def header_warnings(header: Any, path: Path) -> list[str]:
 
     A zero or negative voxel size (``pixdim[1..3]``) is read as 1 mm or its absolute value:
     when the geometry comes from those sizes (no sform), it is invented, and the warning says so.
+    A header with neither a qform nor an sform (both codes 0) has no orientation: nibabel assumes
+    LAS voxel axes, which is wrong for a scan stored in another order, and the warning says so.
 
     Returns
     -------
@@ -136,6 +138,14 @@ def header_warnings(header: Any, path: Path) -> list[str]:
                 f"NIfTI header problem: {report.problem_msg}; read as if {report.fix_msg or 'repaired'}. "
                 "The output header keeps the stored values byte for byte."
             )
+    if int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0:
+        warnings.append(
+            "the NIfTI header sets neither a qform nor an sform (qform_code and sform_code are 0), so the scan's "
+            "orientation is unknown: defacer assumed nibabel's default, voxel axes pointing left, anterior and superior "
+            "(LAS). If the scan is stored in another axis order, the face is searched in the wrong place (features not "
+            "found, or distorted where they are not); set the header's orientation first (e.g. fslorient, or nibabel's "
+            "set_sform with the scanner's affine) and check the result with 'defacer verify'"
+        )
     return warnings
 
 
