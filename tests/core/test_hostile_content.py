@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import nibabel as nib
+import numpy as np
 import pytest
 
 import defacer
@@ -76,3 +77,27 @@ def test_a_nifti_without_qform_or_sform_warns_that_its_orientation_was_assumed(p
     sidecar = json.loads((tmp_path / "out.defacer.json").read_text())
     assert any("orientation is unknown" in w for w in sidecar["warnings"])
     assert nib.load(str(tmp_path / "out.nii")).header["sform_code"] == 0  # the header is kept as stored
+
+
+@pytest.mark.parametrize(("fields", "named"), [
+    ({116: ("<f4", float("nan"))}, "intercept nan"),  # scl_inter NaN beside a valid scl_slope
+    ({252: ("<i2", 1), 254: ("<i2", 0), 256: ("<f4", 5.0), 260: ("<f4", 5.0)}, "w2"),  # quaternion longer than 1
+    ({40: ("<i2", 8)}, "dim[0] (the number of dimensions) is 8"),  # nibabel then reads it byte-swapped
+    ({70: ("<i2", 999)}, "data code 999"),
+])
+def test_a_nifti_header_field_nibabel_refuses_is_called_a_header_problem_not_a_truncated_file(
+        phantom, tmp_path, capsys, fields, named):
+    """Before: 'Could not read ... as NIFTI: Valid slope but invalid intercept nan. The file may be truncated, corrupt
+    or of another format' (and 'vox offset 0 too low' for a dim[0] of 8): the file is complete, one field is wrong."""
+    path = tmp_path / "head.nii"
+    nib.save(nib.Nifti1Image(phantom.volume.raw, phantom.volume.affine), str(path))
+    data = bytearray(path.read_bytes())
+    for offset, (dtype, value) in fields.items():
+        encoded = np.array([value], dtype).tobytes()
+        data[offset:offset + len(encoded)] = encoded
+    path.write_bytes(bytes(data))
+    code = main(["deface", str(path), str(tmp_path / "out.nii")])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert "NIfTI header that cannot be used" in err and named in err and "truncated" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["head.nii"]

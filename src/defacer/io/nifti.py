@@ -36,6 +36,8 @@ def read_nifti_like(path: Path, fmt: str, *, max_voxels: int | None = None) -> V
     try:
         image: Any = nib.MGHImage.from_filename(str(path)) if fmt == "mgh" else nib.load(str(path))
     except Exception as err:  # nibabel raises many types for bad files
+        if fmt == "nifti":  # its magic and length were checked (defacer.io._sniff): a header field is wrong
+            raise InputImageError(unusable_header_message(path, err)) from err
         raise InputImageError(
             f"Could not read '{path}' as {fmt.upper()}: {err}. The file may be truncated, corrupt or of "
             "another format; check it opens in a viewer, or re-export it."
@@ -72,6 +74,39 @@ def read_nifti_like(path: Path, fmt: str, *, max_voxels: int | None = None) -> V
         header=header,
         extra={"image_class": type(image).__name__, "raw_shape": tuple(raw.shape), "warnings": warnings},
     )
+
+
+def unusable_header_message(path: Path, err: Exception) -> str:
+    """What to tell the user when nibabel refuses a NIfTI header (magic and length already checked).
+
+    nibabel's reason names the field (a NaN ``scl_inter`` with a valid slope, a qform quaternion
+    longer than 1, an unknown datatype code); a NIfTI-1 ``dim[0]`` outside 1-7 is named too, since
+    nibabel then reads the header in the other byte order and reports whatever that garbles.
+
+    Parameters
+    ----------
+    path : Path
+        The NIfTI file.
+    err : Exception
+        nibabel's error.
+
+    Returns
+    -------
+    str
+        The message: the file, nibabel's reason, and what to do.
+    """
+    detail = ""
+    with contextlib.suppress(Exception), Opener(str(path), "rb") as fileobj:
+        head = fileobj.read(348)
+        sizes = [int(np.frombuffer(head[0:4], order + "i4")[0]) for order in "<>"]
+        if 348 in sizes:  # NIfTI-1 (NIfTI-2 has 540): dim[0] is the int16 at byte 40
+            ndim = int(np.frombuffer(head[40:42], ("<" if sizes[0] == 348 else ">") + "i2")[0])
+            if not 1 <= ndim <= 7:
+                detail = (f" Its dim[0] (the number of dimensions) is {ndim}, outside 1-7, so nibabel read the header in "
+                          "the other byte order, which garbles every field.")
+    return (f"'{path}' has a NIfTI header that cannot be used: {err}.{detail} A header field holds an impossible value "
+            "(for example a NaN scl_inter, a qform quaternion longer than 1, an unknown datatype code, dim[0] outside "
+            "1-7). Fix that field (e.g. with nibabel, or fslhd and fsledithd) or re-export the scan.")
 
 
 def _stored_values(image: Any, path: Path) -> np.ndarray[Any, Any]:
