@@ -54,3 +54,45 @@ def test_a_failed_verification_keeps_an_existing_qc_folder(phantom, tmp_path, ca
     capsys.readouterr()
     assert code == 1
     assert (tmp_path / "qc" / "notes.txt").read_text() == "mine"
+
+
+def _flipped(labels, affine):
+    """The same labels in the other voxel order along the first axis (same world positions)."""
+    flipped = affine.copy()
+    flipped[:3, 3] = affine[:3, 3] + affine[:3, 0] * (labels.shape[0] - 1)
+    flipped[:3, 0] *= -1
+    return labels[::-1], flipped
+
+
+@pytest.mark.parametrize(("what", "said"), [
+    ("value 7", "values from 0 to 7"),
+    ("half values", "non-integer values"),
+    ("NaN", "non-integer values"),
+    ("shifted 10 mm", "on another grid"),
+    ("other voxel order", "on another grid"),
+])
+def test_a_label_map_that_is_not_this_scans_feature_labels_is_refused(phantom, tmp_path, capsys, what, said) -> None:
+    """Before: --labels with a value 7, halves, or on another grid (shifted, or the other voxel order: counted voxel by
+    voxel in the wrong places) was used as given for the per-feature counts, the outlines and the brain proxy's feature
+    margins; a NaN was refused as 'defacer cannot estimate skin and air intensities from them'."""
+    volume = phantom.volume
+    labels, affine = phantom.labels.astype(np.float32), volume.affine.copy()
+    if what == "value 7":
+        labels[labels == 1] = 7
+    elif what == "half values":
+        labels[labels == 1] = 0.5
+    elif what == "NaN":
+        labels[0, 0, 0] = np.nan
+    elif what == "shifted 10 mm":
+        affine[0, 3] += 10
+    else:
+        labels, affine = _flipped(labels, affine)
+    _save(volume.raw, volume.affine, tmp_path / "head.nii.gz")
+    _save(volume.raw, volume.affine, tmp_path / "head_defaced.nii.gz")
+    _save(labels, affine, tmp_path / "labels.nii.gz")
+    code = main(["verify", str(tmp_path / "head.nii.gz"), str(tmp_path / "head_defaced.nii.gz"),
+                 "--labels", str(tmp_path / "labels.nii.gz")])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert said in err and "label map" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["head.nii.gz", "head_defaced.nii.gz", "labels.nii.gz"]

@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     qc.check_owned(out, targets)  # never over a file defacer did not write there
     original = load_volume(args.original)
     defaced = load_volume(args.defaced)
-    labels = load_volume(args.labels) if args.labels else None
+    # A label map is checked as one (integers 0-3 on the scan's grid, verify_pair), not as a head scan.
+    labels = load_volume(args.labels, strict=False) if args.labels else None
     provenance = (read_json_object(prov_path, what="provenance file", redo="Pass another with --provenance, or none.")
                   if args.provenance or prov_path.is_file() else None)
     from defacer.verify.verdict import EXIT_STATUS, MEANING

@@ -27,8 +27,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from defacer.errors import VerificationError
-from defacer.labels import FEATURE_LABELS
+from defacer.errors import LabelMapError, VerificationError
+from defacer.labels import FEATURE_LABELS, NUM_CLASSES
 from defacer.verify import faces, identity, verdict
 from defacer.verify.render import DEFAULT_VIEWS, Rendering, Scene, View, render_volume
 from defacer.volume import Volume
@@ -105,6 +105,42 @@ def _as_array(labels: Volume | npt.NDArray[Any] | None, shape: tuple[int, int, i
     if arr.shape != shape:
         raise VerificationError(f"The {what} has shape {arr.shape}, expected the scan's grid {shape}.")
     return arr
+
+
+def _label_array(labels: Volume | npt.NDArray[Any] | None, original: Volume) -> npt.NDArray[np.uint8] | None:
+    """The feature label map as uint8 on the original's grid, checked like a label map given to ``deface``.
+
+    Raises
+    ------
+    LabelMapError
+        For a map of another shape, a label volume with another affine (on another grid: its counts
+        and the brain proxy's feature margins would land elsewhere), or values that are not the
+        integers 0-3 of :mod:`defacer.labels`.
+    """
+    if labels is None:
+        return None
+    if isinstance(labels, Volume):
+        if labels.raw.shape == original.shape and not np.allclose(labels.affine, original.affine, atol=1e-3):
+            raise LabelMapError(
+                f"The label map is on another grid than the scan (affines differ by up to "
+                f"{np.abs(np.asarray(labels.affine) - original.affine).max():.3g} mm); give the label map of this scan "
+                "(e.g. the one 'deface --save-mask' wrote for it)."
+            )
+        values = labels.values(np.float64)
+    else:
+        values = np.asarray(labels)
+    if values.shape != original.shape:
+        raise LabelMapError(f"The label map has shape {values.shape}, expected the scan's grid {original.shape}.")
+    if not np.issubdtype(values.dtype, np.number) or np.iscomplexobj(values):
+        raise LabelMapError(f"The label map holds {values.dtype} values; expected integers 0-{NUM_CLASSES - 1}.")
+    whole = bool(np.all(np.isfinite(values)) and np.all(values == np.round(values)))
+    if values.size and (not whole or values.min() < 0 or values.max() >= NUM_CLASSES):
+        found = f"values from {values.min():g} to {values.max():g}" if whole else "non-integer values"
+        raise LabelMapError(
+            f"The label map holds {found}; expected 0 (background), 1 (eyes), 2 (nose), 3 (ears): the feature labels "
+            "'deface --save-mask' writes."
+        )
+    return values.astype(np.uint8)
 
 
 def detect_renders(renders: dict[str, Rendering]) -> dict[str, dict[str, faces.DetectorResult]]:
@@ -313,6 +349,8 @@ def verify_pair(
     ------
     VerificationError
         When the scans are not on the same grid or cannot be rendered.
+    LabelMapError
+        When ``labels`` is not a feature label map (integers 0-3) on the scan's grid.
     MissingExtraError
         When the ``verify`` extra (mediapipe, dlib-bin, face-recognition-models, pillow) is missing.
     """
@@ -320,7 +358,7 @@ def verify_pair(
 
     out_dir = Path(out_dir)
     _check_same_grid(original, defaced)
-    label_arr = _as_array(labels, original.shape, "label map")
+    label_arr = _label_array(labels, original)
     brain_arr = _as_array(brain_mask, original.shape, "brain mask")
     timings: dict[str, float] = {}
     start = time.perf_counter()
