@@ -101,3 +101,35 @@ def test_a_nifti_header_field_nibabel_refuses_is_called_a_header_problem_not_a_t
     assert code == 1 and "Traceback" not in err
     assert "NIfTI header that cannot be used" in err and named in err and "truncated" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["head.nii"]
+
+
+@pytest.mark.parametrize("name", ["head.mgh", "head.mgz"])
+def test_an_mgh_whose_geometry_is_marked_not_valid_warns_and_keeps_its_header(phantom, tmp_path, caplog, name):
+    """goodRASFlag 0: nibabel reads 1 mm voxels in FreeSurfer's coronal default whatever the header holds. Before: no
+    word of it, and the output's header got goodRASFlag 1 with those assumed sizes and directions (seen on a 2 mm
+    head: delta 2,2,2 in, 1,1,1 out)."""
+    import gzip
+    import json
+
+    source = tmp_path / name
+    nib.save(nib.MGHImage(phantom.volume.raw.astype(np.float32), phantom.volume.affine), str(source))
+    opened = gzip.open if name.endswith(".mgz") else open
+    with opened(source, "rb") as fh:
+        data = bytearray(fh.read())
+    data[28:30] = bytes(2)  # goodRASFlag = 0
+    with opened(source, "wb") as fh:
+        fh.write(bytes(data))
+    assumed = nib.load(str(source))
+    assert assumed.header.get_zooms()[:3] == (1.0, 1.0, 1.0)  # nibabel's defaults, as FreeSurfer
+    labels = tmp_path / "labels.nii.gz"
+    nib.save(nib.Nifti1Image(phantom.labels, assumed.affine), str(labels))
+    out = tmp_path / ("out" + source.suffix)
+    code = main(["deface", str(source), str(out), "--labels", str(labels)])
+    assert code == 0
+    assert "goodRASFlag is 0" in caplog.text and "assumed 1 mm voxels" in caplog.text, caplog.text
+    sidecar = json.loads((tmp_path / "out.defacer.json").read_text())
+    assert any("goodRASFlag is 0" in w for w in sidecar["warnings"])
+    with opened(out, "rb") as fh:
+        written = fh.read()
+    assert written[:284] == bytes(data[:284])  # the header as stored, goodRASFlag 0 included
+    assert np.array_equal(nib.load(str(out)).affine, assumed.affine)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,7 +63,8 @@ def read_nifti_like(path: Path, fmt: str, *, max_voxels: int | None = None) -> V
     if not np.isfinite(inter):
         inter = 0.0
     header = _original_header(path, image) if fmt == "nifti" else image.header.copy()
-    warnings = header_warnings(header, path) if fmt == "nifti" else []
+    unset_geometry = _mgh_unset_geometry(path) if fmt == "mgh" else None
+    warnings = header_warnings(header, path) if fmt == "nifti" else [MGH_GEOMETRY_ASSUMED] if unset_geometry else []
     for warning in warnings:
         log.warning("'%s': %s", path.name, warning)
     return Volume(
@@ -72,8 +74,35 @@ def read_nifti_like(path: Path, fmt: str, *, max_voxels: int | None = None) -> V
         inter=inter,
         format=fmt,
         header=header,
-        extra={"image_class": type(image).__name__, "raw_shape": tuple(raw.shape), "warnings": warnings},
+        extra={"image_class": type(image).__name__, "raw_shape": tuple(raw.shape), "warnings": warnings,
+               **({"mgh_stored_geometry": unset_geometry} if unset_geometry else {})},
     )
+
+
+#: Where an MGH header keeps goodRASFlag (int16), delta (3 float32), Mdc (9) and Pxyz_c (3): bytes 28-89.
+_MGH_GEOMETRY = slice(28, 90)
+
+#: The warning for an MGH file whose goodRASFlag is 0.
+MGH_GEOMETRY_ASSUMED = (
+    "the MGH header's goodRASFlag is 0: its voxel sizes and orientation are marked as not valid, so defacer (as "
+    "FreeSurfer and nibabel do) assumed 1 mm voxels in FreeSurfer's default coronal orientation (LIA). If the scan "
+    "is not stored that way, the face is searched in the wrong place (features not found, or distorted where they "
+    "are not); set the geometry first (e.g. mri_convert with --in_orientation and the voxel size) and check the "
+    "result with 'defacer verify'. The output header keeps the stored values byte for byte"
+)
+
+
+def _mgh_unset_geometry(path: Path) -> bytes | None:
+    """The stored geometry bytes of an MGH/MGZ header whose goodRASFlag is 0, else ``None``.
+
+    nibabel replaces them by its defaults when it reads such a header (and would write those);
+    :func:`write_mgh` puts these bytes back.
+    """
+    with _open_mgh(path, "rb") as fileobj:
+        head = fileobj.read(_MGH_GEOMETRY.stop)
+    if len(head) < _MGH_GEOMETRY.stop or int(np.frombuffer(head[28:30], ">i2")[0]) != 0:
+        return None
+    return bytes(head[_MGH_GEOMETRY])
 
 
 def unusable_header_message(path: Path, err: Exception) -> str:
@@ -271,7 +300,28 @@ def _open_for_writing(path: Path) -> Iterator[Any]:
 
 
 def write_mgh(volume: Volume, path: Path) -> None:
-    """Write ``volume`` as MGH/MGZ keeping the input header (voxel sizes, direction cosines, footer)."""
+    """Write ``volume`` as MGH/MGZ keeping the input header (voxel sizes, direction cosines, footer).
+
+    A header read with goodRASFlag 0 gets its stored geometry bytes back (nibabel writes its defaults).
+    """
     raw = volume.raw.reshape(volume.extra.get("raw_shape", volume.raw.shape))
     image = nib.MGHImage(raw, volume.affine, volume.header.copy() if volume.header is not None else None)
     nib.save(image, str(path))
+    stored = volume.extra.get("mgh_stored_geometry")
+    if stored:  # goodRASFlag 0: nibabel wrote its assumed geometry; the input's bytes go back
+        with _open_mgh(path, "rb") as fileobj:
+            data = bytearray(fileobj.read())
+        data[_MGH_GEOMETRY] = stored
+        with _open_mgh(path, "wb") as fileobj:
+            fileobj.write(bytes(data))
+
+
+@contextlib.contextmanager
+def _open_mgh(path: Path, mode: str) -> Iterator[Any]:
+    """``path`` opened in binary ``mode`` ("rb" or "wb"), through gzip for ``.mgz`` (no time or name in its header)."""
+    with open(path, mode) as raw:
+        if not path.name.lower().endswith(".mgz"):
+            yield raw
+            return
+        with gzip.GzipFile(filename="", mode=mode, fileobj=raw, mtime=0) as stream:
+            yield stream
