@@ -133,3 +133,19 @@ def test_an_mgh_whose_geometry_is_marked_not_valid_warns_and_keeps_its_header(ph
         written = fh.read()
     assert written[:284] == bytes(data[:284])  # the header as stored, goodRASFlag 0 included
     assert np.array_equal(nib.load(str(out)).affine, assumed.affine)
+
+
+@pytest.mark.parametrize(("offset", "value", "said"), [(20, 77, "data type code 77"), (16, 0, "non-zero")])
+def test_an_mgh_header_nibabel_refuses_is_called_a_damaged_header(phantom, tmp_path, capsys, offset, value, said):
+    """Before: "Could not read '...' as MGH: 77. The file may be truncated, corrupt or of another format" (nibabel's
+    KeyError on an unknown type code is just the code)."""
+    path = tmp_path / "head.mgh"
+    nib.save(nib.MGHImage(phantom.volume.raw.astype(np.float32), phantom.volume.affine), str(path))
+    data = bytearray(path.read_bytes())
+    data[offset:offset + 4] = np.array([value], ">i4").tobytes()  # type, or nframes
+    path.write_bytes(bytes(data))
+    code = main(["deface", str(path), str(tmp_path / "out.mgh")])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert "MGH header with" in err and said in err and "truncated" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["head.mgh"]

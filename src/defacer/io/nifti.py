@@ -12,6 +12,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 from nibabel.arrayproxy import ArrayProxy
+from nibabel.freesurfer.mghformat import MGHError
 from nibabel.openers import Opener
 from nibabel.volumeutils import array_from_file, array_to_file
 
@@ -39,6 +40,13 @@ def read_nifti_like(path: Path, fmt: str, *, max_voxels: int | None = None) -> V
     except Exception as err:  # nibabel raises many types for bad files
         if fmt == "nifti":  # its magic and length were checked (defacer.io._sniff): a header field is wrong
             raise InputImageError(unusable_header_message(path, err)) from err
+        if isinstance(err, KeyError | MGHError):  # an unknown type code (KeyError: the code), zero dimensions
+            what = (f"the data type code {err.args[0]!r}, which is no MGH type (0 uchar, 1 int32, 3 float32, 4 int16)"
+                    if isinstance(err, KeyError) else f"a value nibabel refuses ({err})")
+            raise InputImageError(
+                f"'{path}' has an MGH header with {what}: the header is damaged, or the file is not MGH/MGZ. "
+                "Re-export the scan (e.g. with mri_convert)."
+            ) from err
         raise InputImageError(
             f"Could not read '{path}' as {fmt.upper()}: {err}. The file may be truncated, corrupt or of "
             "another format; check it opens in a viewer, or re-export it."
