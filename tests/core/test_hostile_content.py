@@ -149,3 +149,24 @@ def test_an_mgh_header_nibabel_refuses_is_called_a_damaged_header(phantom, tmp_p
     assert code == 1 and "Traceback" not in err
     assert "MGH header with" in err and said in err and "truncated" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["head.mgh"]
+
+
+@pytest.mark.parametrize(("fields", "said"), [
+    ({"space directions": [[4.0, 0, 0], [0, 4.0, 0], [0, 0, 4.0]]}, "names no space"),
+    ({"spacings": [4.0, 4.0, 4.0]}, "gives only 'spacings'"),
+])
+def test_a_nrrd_that_names_no_space_warns_that_its_orientation_was_assumed(phantom, tmp_path, caplog, fields, said):
+    """No 'space:' line: read as LPS (space directions) or RAS (spacings), without a word before."""
+    import nrrd
+
+    from defacer.io import load_volume
+
+    path = tmp_path / "head.nrrd"
+    nrrd.write(str(path), phantom.volume.raw, {"encoding": "raw", "endian": "little", **fields}, index_order="F")
+    warnings = load_volume(path).extra["warnings"]
+    assert len(warnings) == 1 and said in warnings[0] and "assumed" in warnings[0], warnings
+    assert said in caplog.text
+    named = tmp_path / "named.nrrd"
+    nrrd.write(str(named), phantom.volume.raw, {"encoding": "raw", "endian": "little", "space": "left-posterior-superior",
+                                               "space directions": np.diag([4.0, 4.0, 4.0])}, index_order="F")
+    assert load_volume(named).extra["warnings"] == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bz2
+import logging
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -20,6 +21,8 @@ from defacer.volume import Volume
 #: NRRD 'space' values whose world axes are LPS (the DICOM convention) or RAS.
 _LPS_SPACES = {"left-posterior-superior", "lps"}
 _RAS_SPACES = {"right-anterior-superior", "ras"}
+
+log = logging.getLogger(__name__)
 
 
 def nrrd_affine(header: dict[str, Any], path: Path) -> np.ndarray:
@@ -213,13 +216,43 @@ def read_nrrd(path: Path, *, data_files: str = "beside", max_voxels: int | None 
     data_path = resolve_data_file(header, path, data_files)
     dtype, sizes = _layout(header, path, max_voxels)
     data = _read_data(header, data_path or path, 0 if data_path else offset, dtype, sizes)
+    affine = nrrd_affine(header, path)
+    warnings = orientation_warnings(header)
+    for warning in warnings:
+        log.warning("'%s': %s", path.name, warning)
     return Volume(
         raw=data,
-        affine=nrrd_affine(header, path),
+        affine=affine,
         format="nrrd",
         header=OrderedDict(header),
-        extra={"detached": data_path is not None, "raw_shape": tuple(np.shape(data))},
+        extra={"detached": data_path is not None, "raw_shape": tuple(np.shape(data)), "warnings": warnings},
     )
+
+
+def orientation_warnings(header: dict[str, Any]) -> list[str]:
+    """What :func:`nrrd_affine` had to assume about a header's orientation, in words (no file name: sidecars).
+
+    Space directions without a ``space:`` line are read in LPS; ``spacings`` without space
+    directions are read as RAS voxel axes.  Either guess puts the face elsewhere for a scan
+    stored otherwise.
+
+    Returns
+    -------
+    list of str
+        One sentence per assumption; empty when the header names its space.
+    """
+    if str(header.get("space", "")).strip():
+        return []
+    advice = ("If the scan is not stored that way, the face is searched in the wrong place (features not found, or "
+              "distorted where they are not); add the header's 'space:' line (e.g. re-export it from 3D Slicer) and "
+              "check the result with 'defacer verify'")
+    if header.get("space directions") is not None:
+        return ["the NRRD header gives space directions but names no space (no 'space:' line), so its world axes are "
+                "unknown: defacer assumed 'left-posterior-superior' (LPS, the DICOM convention). " + advice]
+    if header.get("spacings") is not None:
+        return ["the NRRD header gives only 'spacings' (no space, no space directions), so its orientation is "
+                "unknown: defacer assumed voxel axes pointing right, anterior and superior (RAS). " + advice]
+    return []
 
 
 def _layout(header: dict[str, Any], path: Path, max_voxels: int | None) -> tuple[np.dtype, tuple[int, ...]]:
