@@ -170,3 +170,20 @@ def test_a_nrrd_that_names_no_space_warns_that_its_orientation_was_assumed(phant
     nrrd.write(str(named), phantom.volume.raw, {"encoding": "raw", "endian": "little", "space": "left-posterior-superior",
                                                "space directions": np.diag([4.0, 4.0, 4.0])}, index_order="F")
     assert load_volume(named).extra["warnings"] == []
+
+
+def test_nibabels_header_messages_are_printed_once(phantom, tmp_path):
+    """nibabel's own handler and the command line's root handler each printed them: 'sizeof_hdr should be 348 ...'
+    then 'WARNING nibabel.global: sizeof_hdr should be 348 ...' (a real process: pytest replaces the handlers)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "head.nii"
+    nib.save(nib.Nifti1Image(phantom.volume.raw, phantom.volume.affine), str(path))
+    data = bytearray(path.read_bytes())
+    data[40:42] = np.array([8], "<i2").tobytes()  # dim[0] = 8: nibabel reads it byte-swapped and logs its repairs
+    path.write_bytes(bytes(data))
+    run = subprocess.run([sys.executable, "-m", "defacer", "deface", str(path), str(tmp_path / "out.nii")],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.count("sizeof_hdr should be 348") == 1, run.stderr

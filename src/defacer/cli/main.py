@@ -106,6 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # nibabel prints its header checks through a handler of its own (added when it is imported): passing them on to
+    # the handler above too printed each twice. defacer's own messages repeat them with what to do.
+    logging.getLogger("nibabel.global").propagate = False
     try:
         return int(args.func(args))
     except FeaturesNotFoundError as err:
