@@ -113,7 +113,9 @@ def test_deface_verify_exits_like_defacer_verify(tmp_path, monkeypatch, capsys, 
 
     def fake(original, defaced, out_dir, **kwargs):
         out_dir.mkdir(parents=True, exist_ok=True)
-        return SimpleNamespace(passed=verdict == "PASS", verdict=verdict, renders={},
+        summary = {"verdict": verdict, "face_found_after": ["front:facemesh"] if verdict == "FAIL" else [],
+                   "brain_untouched": True}
+        return SimpleNamespace(passed=verdict == "PASS", verdict=verdict, renders={}, summary=summary,
                                report_path=out_dir / "verify_report.html")
 
     monkeypatch.setattr(defacer.verify, "verify_pair", fake)
@@ -124,6 +126,8 @@ def test_deface_verify_exits_like_defacer_verify(tmp_path, monkeypatch, capsys, 
     captured = capsys.readouterr()
     assert f"verification: {verdict}" in captured.out
     assert (f"verification {verdict}" in captured.err) is (verdict != "PASS")
+    # a face found after defacing: the next step is said (a larger nose removal, then verify again)
+    assert ("--nose-scale 3" in captured.out) is (verdict == "FAIL")
 
 
 def _write_nifti(path, data, voxel=3.0):

@@ -53,8 +53,13 @@ def test_verify_command_exits_3_when_the_brain_changed(phantom, tmp_path, capsys
     _save(phantom.volume.with_raw(raw), tmp_path / "b.nii.gz")
     code = main(["verify", str(tmp_path / "a.nii.gz"), str(tmp_path / "b.nii.gz"), "--out", str(tmp_path / "r")])
     assert code == 3
-    assert capsys.readouterr().out.startswith("FAIL")
+    out = capsys.readouterr().out
+    assert out.startswith("FAIL")
     assert json.loads((tmp_path / "r" / "verify_summary.json").read_text())["verdict"] == "FAIL"
+    # the next step is said, for this cause (not the face advice: no face was found after)
+    from defacer.verify.verdict import REMEDY_BRAIN, REMEDY_FACE
+
+    assert REMEDY_BRAIN in out and REMEDY_FACE not in out
 
 
 def test_verify_command_reports_a_missing_file_without_a_traceback(tmp_path, capsys) -> None:
@@ -123,3 +128,17 @@ def test_evaluate_refuses_a_negative_seed_before_writing_anything(tmp_path, caps
     err = capsys.readouterr().err
     assert "seed" in err and "bug" not in err
     assert not out.exists()
+
+
+def test_each_verdict_names_the_next_step_for_its_cause() -> None:
+    """A FAIL says what to do: a larger nose removal and eye cover (measured to clear 3 of the 3 heads the
+    shipped detector left a face on) for a face found after, a check of the files for a changed brain."""
+    from defacer.verify.verdict import REMEDY_BRAIN, REMEDY_FACE, remedy
+
+    face = {"verdict": "FAIL", "face_found_after": ["front:facemesh"], "brain_untouched": True}
+    brain = {"verdict": "FAIL", "face_found_after": [], "brain_untouched": False}
+    both = {"verdict": "FAIL", "face_found_after": ["front:dlib_cnn"], "brain_untouched": False}
+    assert remedy(face) == REMEDY_FACE and "--nose-scale 3" in REMEDY_FACE
+    assert remedy(brain) == REMEDY_BRAIN and remedy(both) == REMEDY_BRAIN
+    assert remedy({"verdict": "PASS", "face_found_after": [], "brain_untouched": True}) is None
+    assert remedy({"verdict": "INCONCLUSIVE", "face_found_after": [], "brain_untouched": True}) is None

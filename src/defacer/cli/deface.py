@@ -361,7 +361,7 @@ def verify_outputs(original_path: Path, defaced_path: Path, provenance: dict[str
     labels = (load_volume(labels_path, strict=False, max_voxels=max_voxels).raw
               if labels_path is not None and Path(labels_path).exists() else None)
     from defacer.verify import qc
-    from defacer.verify.verdict import EXIT_STATUS, FAIL, INCONCLUSIVE, MEANING
+    from defacer.verify.verdict import EXIT_STATUS, FAIL, INCONCLUSIVE, MEANING, remedy
 
     qc_dir = qc_dir_for(defaced_path)
     qc.claim(qc_dir, qc_targets(qc_dir, labels=False))  # recorded before anything is written there
@@ -373,6 +373,9 @@ def verify_outputs(original_path: Path, defaced_path: Path, provenance: dict[str
     pictures = qc.write_pictures(result.renders, qc_dir, after_only)
     verdict = result.verdict
     print(f"  verification: {verdict}. {MEANING[verdict]}")
+    step = remedy(result.summary)
+    if step:
+        print(f"  {step}")
     print(f"  report: {result.report_path}")
     if "overview" in pictures:
         print(f"  picture: {qc_dir / pictures['overview']}")

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     labels = load_volume(args.labels, strict=False) if args.labels else None
     provenance = (read_json_object(prov_path, what="provenance file", redo="Pass another with --provenance, or none.")
                   if args.provenance or prov_path.is_file() else None)
-    from defacer.verify.verdict import EXIT_STATUS, MEANING
+    from defacer.verify.verdict import EXIT_STATUS, MEANING, remedy
 
     after_only = bool(getattr(args, "qc_after_only", False))
     new_folder = not os.path.lexists(out)
@@ -82,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
           f"face after: {', '.join(s['face_found_after']) or 'none'}; identity distance {s['identity']['distance']:.3f} (0: same picture; two different people: 0.3-0.6); "
           f"brain changed voxels {s['voxels']['brain']['changed']}")
     print(MEANING[result.verdict])
+    step = remedy(s)
+    if step:
+        print(step)
     print(f"report: {result.report_path}\nsummary: {result.summary_path}")
     if "overview" in pictures:
         print(f"picture: {out / pictures['overview']}")

@@ -38,6 +38,41 @@ MEANING: dict[str, str] = {
 }
 
 
+#: What to do after a FAIL whose cause is a face still found.  Measured on the real heads of
+#: ``../shared/data`` (``benchmarks/distortion_quality.py``, ``docs/measurements.md``): of the 3 heads a
+#: counted detector still fired on after defacing with the shipped detector and the defaults, a nose box
+#: 2.5 times (ixi013, ixi015) or 3 times (fnndsc-3yo) the nose cleared each; decubitus-HFS, which fails
+#: only with its reference labels as detection, kept its face at 3 times.
+REMEDY_FACE = ("What to do: deface the original again with a larger nose removal and eye cover (for example "
+               "--nose-scale 3 --eye-box-scale 2.5) and verify again; if a face is still found, remove the whole "
+               "face (for example with pydeface) before sharing.")
+#: What to do after a FAIL whose cause is a changed brain region.
+REMEDY_BRAIN = ("What to do: check that the defaced scan was made from this original and that nothing edited it "
+                "inside the head afterwards; deface the original again and verify that output.")
+
+
+def remedy(summary: dict[str, object]) -> str | None:
+    """The next step for the user after a verdict, or ``None`` (nothing to do, or no clear step).
+
+    Parameters
+    ----------
+    summary : dict
+        A verification summary (``verify_summary.json``): its ``verdict``, ``face_found_after``
+        and ``brain_untouched``.
+
+    Returns
+    -------
+    str or None
+        :data:`REMEDY_BRAIN` for a FAIL where the brain region changed, :data:`REMEDY_FACE` for a
+        FAIL where a face was found after defacing, else ``None``.
+    """
+    if summary.get("verdict") != FAIL:
+        return None
+    if not summary.get("brain_untouched", True):
+        return REMEDY_BRAIN
+    return REMEDY_FACE if summary.get("face_found_after") else None
+
+
 def decide(face_before: bool, face_after: bool, brain_untouched: bool) -> str:
     """The verdict from the three findings.
 
