@@ -40,9 +40,9 @@ MEANING: dict[str, str] = {
 
 #: What to do after a FAIL whose cause is a face still found.  Measured on the real heads of
 #: ``../shared/data`` (``benchmarks/distortion_quality.py``, ``docs/measurements.md``): of the 3 heads a
-#: counted detector still fired on after defacing with the shipped detector and the defaults, a nose box
-#: 2.5 times (ixi013, ixi015) or 3 times (fnndsc-3yo) the nose cleared each; decubitus-HFS, which fails
-#: only with its reference labels as detection, kept its face at 3 times.
+#: counted detector still fired on after defacing with the shipped detector and the defaults, all were
+#: clear with ``--nose-scale 3 --eye-box-scale 2.5`` (each already at a nose box 2.5 or 3 times the nose);
+#: decubitus-HFS, which fails only with its reference labels as detection, kept a face even then.
 REMEDY_FACE = ("What to do: deface the original again with a larger nose removal and eye cover (for example "
                "--nose-scale 3 --eye-box-scale 2.5) and verify again; if a face is still found, remove the whole "
                "face (for example with pydeface) before sharing.")
