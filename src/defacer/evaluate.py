@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 
 from defacer.detect import Detector
-from defacer.errors import DefacerError, VerificationError
+from defacer.errors import DefacerError, LabelMapError, VerificationError
 from defacer.labels import FEATURE_LABELS
 from defacer.options import DEFAULT_OPTIONS, DefaceOptions
 from defacer.pipeline import deface, load_detector
 from defacer.verify import faces
-from defacer.verify.check import VERDICT_RULE, verify_pair
+from defacer.verify.check import VERDICT_RULE, feature_label_array, verify_pair
 from defacer.verify.evaluate import (
     RESULT_HTML,
     RESULT_JSON,
@@ -62,11 +62,15 @@ def evaluate_scan(scan: Scan, out_dir: Path, detector_for: Callable[[Scan], Dete
     dice = None
     reference = reference_dir / f"{scan.name}.labels.nii.gz" if reference_dir else None
     if reference is not None and reference.is_file():
-        ref = load_volume(reference, strict=False).raw.astype(np.uint8)
-        if ref.shape == result.labels.shape:
-            dice = dice_per_feature(result.labels, ref)
+        # Checked as a label map (integers 0-3, on the scan's grid: shape, affine and voxel order), not cast: a 7 or
+        # a map shifted or stored in the other voxel order gave a Dice of the wrong voxels without a word.
+        try:
+            ref = feature_label_array(load_volume(reference, strict=False), volume)
+        except LabelMapError as err:
+            logger.warning("reference labels %s skipped (no Dice for this scan): %s", reference, err)
         else:
-            logger.warning("reference labels %s have shape %s, scan %s: skipped", reference, ref.shape, volume.shape)
+            assert ref is not None
+            dice = dice_per_feature(result.labels, ref)
     t0 = time.perf_counter()
     verified = verify_pair(volume, result.volume, out_dir / scan.name, labels=result.labels,
                            provenance=result.provenance, title=f"defacer evaluate: {scan.name}")

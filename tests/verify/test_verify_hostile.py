@@ -96,3 +96,31 @@ def test_a_label_map_that_is_not_this_scans_feature_labels_is_refused(phantom, t
     assert code == 1 and "Traceback" not in err
     assert said in err and "label map" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["head.nii.gz", "head_defaced.nii.gz", "labels.nii.gz"]
+
+
+@pytest.mark.parametrize("what", ["value 7", "other voxel order"])
+def test_evaluate_gives_no_dice_against_a_reference_that_is_not_this_scans_labels(tmp_path, caplog, what) -> None:
+    """Before: the reference was cast to uint8 and compared voxel by voxel when only its shape matched: a map with 7
+    for its eyes gave eyes Dice 0.00, one in the other voxel order a Dice of the wrong voxels, without a word."""
+    import json
+
+    from defacer.phantom import make_phantom, save_phantom
+    from defacer.verify.evaluate import find_scans
+
+    scans, labels, reference = tmp_path / "scans", tmp_path / "labels", tmp_path / "reference"
+    for folder in (scans, labels, reference):
+        folder.mkdir()
+    phantom = make_phantom(3.0)
+    save_phantom(phantom, scans / "a.nii.gz", labels / "a.labels.nii.gz")
+    ref, affine = phantom.labels.copy(), phantom.volume.affine.copy()
+    if what == "value 7":
+        ref[ref == 1] = 7
+    else:
+        ref, affine = _flipped(ref, affine)
+    _save(ref, affine, reference / "a.labels.nii.gz")
+    from defacer.evaluate import evaluate_folder
+
+    evaluate_folder(scans, tmp_path / "eval", labels_dir=labels, reference_dir=reference, scans=find_scans(scans))
+    record = json.loads((tmp_path / "eval" / "evaluation.json").read_text())["scans"][0]
+    assert record["dice"] is None and record["reference"] is None, record
+    assert "reference labels" in caplog.text and "skipped" in caplog.text, caplog.text

@@ -107,8 +107,10 @@ def _as_array(labels: Volume | npt.NDArray[Any] | None, shape: tuple[int, int, i
     return arr
 
 
-def _label_array(labels: Volume | npt.NDArray[Any] | None, original: Volume) -> npt.NDArray[np.uint8] | None:
+def feature_label_array(labels: Volume | npt.NDArray[Any] | None, original: Volume) -> npt.NDArray[np.uint8] | None:
     """The feature label map as uint8 on the original's grid, checked like a label map given to ``deface``.
+
+    Used by :func:`verify_pair` for its ``labels`` and by ``defacer evaluate`` for the reference labels.
 
     Raises
     ------
@@ -358,7 +360,7 @@ def verify_pair(
 
     out_dir = Path(out_dir)
     _check_same_grid(original, defaced)
-    label_arr = _label_array(labels, original)
+    label_arr = feature_label_array(labels, original)
     brain_arr = _as_array(brain_mask, original.shape, "brain mask")
     timings: dict[str, float] = {}
     start = time.perf_counter()
