@@ -96,6 +96,36 @@ def floats(value: Any, count: int, what: str, path: Path) -> tuple[float, ...]:
     return numbers
 
 
+def rescale(slope: Any, inter: Any, path: Path) -> tuple[float, float]:
+    """RescaleSlope and RescaleIntercept of one image as numbers, refused in words when they give no intensities.
+
+    Parameters
+    ----------
+    slope, inter : Any
+        The attributes' values (a DS, a number or text).
+    path : Path
+        Shown in messages.
+
+    Raises
+    ------
+    DicomSeriesError
+        For a value that is no number, a NaN or infinite one, or a slope of 0.
+    """
+    try:
+        values = float(slope), float(inter)
+    except (TypeError, ValueError) as err:
+        raise DicomSeriesError(
+            f"'{path}' has an unreadable RescaleSlope/RescaleIntercept ({slope!r}, {inter!r}); expected numbers."
+        ) from err
+    if not all(np.isfinite(values)) or values[0] == 0:
+        raise DicomSeriesError(
+            f"'{path}' has RescaleSlope {values[0]:g} and RescaleIntercept {values[1]:g}; expected finite numbers and a "
+            "slope that is not 0 (intensity = stored value x slope + intercept). The header is damaged: re-export the "
+            "series."
+        )
+    return values
+
+
 def _frame_refs(ds: Dataset, path: Path) -> tuple[list[FrameRef], tuple[float, ...] | None]:
     """Slices held by one instance, with positions (LPS) and scaling, and the orientation."""
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -104,8 +134,7 @@ def _frame_refs(ds: Dataset, path: Path) -> tuple[list[FrameRef], tuple[float, .
     _check_pixel_length(ds, path, n_frames)
     if "PerFrameFunctionalGroupsSequence" in ds:
         return _enhanced_frame_refs(ds, path, n_frames)
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    inter = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    slope, inter = rescale(ds.get("RescaleSlope", 1.0) or 1.0, ds.get("RescaleIntercept", 0.0) or 0.0, path)
     if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
         return [FrameRef(path, None, (0.0, 0.0, 0.0), slope, inter)], None
     position = floats(ds.ImagePositionPatient, 3, "ImagePositionPatient", path)
@@ -170,8 +199,9 @@ def _enhanced_frame_refs(ds: Dataset, path: Path, n_frames: int) -> tuple[list[F
                 "defacer needs one 3D stack; export the stack you want as its own series."
             )
         orientation = this_orientation
-        slope = float(transform.get("RescaleSlope", 1.0)) if transform is not None else float(ds.get("RescaleSlope", 1.0) or 1.0)
-        inter = float(transform.get("RescaleIntercept", 0.0)) if transform is not None else float(ds.get("RescaleIntercept", 0.0) or 0.0)
+        slope, inter = (rescale(transform.get("RescaleSlope", 1.0), transform.get("RescaleIntercept", 0.0), path)
+                        if transform is not None else
+                        rescale(ds.get("RescaleSlope", 1.0) or 1.0, ds.get("RescaleIntercept", 0.0) or 0.0, path))
         refs.append(FrameRef(path, f, floats(plane.ImagePositionPatient, 3, "ImagePositionPatient", path), slope, inter))
     if len(refs) != n_frames:
         raise DicomSeriesError(f"'{path}' declares {n_frames} frames but describes {len(refs)}; the file is inconsistent.")
@@ -215,7 +245,7 @@ def scan(path: PathLike | Sequence[PathLike]) -> Scan:
             refs, orientation = _frame_refs(ds, file) if has_pixels else ([], None)
             rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
         except DicomSeriesError as err:
-            skipped.append((file, f"damaged geometry: {err}"))
+            skipped.append((file, f"damaged geometry or scaling: {err}"))
             continue
         except (ValueError, TypeError, AttributeError, KeyError, OverflowError) as err:
             # a value its VR cannot hold (NumberOfFrames '1A', Rows as text...): pydicom raises on access
