@@ -124,3 +124,13 @@ def test_evaluate_gives_no_dice_against_a_reference_that_is_not_this_scans_label
     record = json.loads((tmp_path / "eval" / "evaluation.json").read_text())["scans"][0]
     assert record["dice"] is None and record["reference"] is None, record
     assert "reference labels" in caplog.text and "skipped" in caplog.text, caplog.text
+
+
+def test_verify_pair_still_takes_a_boolean_mask_as_labels() -> None:
+    """A bool array (one feature's mask) was taken before the label check (b8840e7) and still is, as label 1."""
+    from defacer.verify.check import feature_label_array
+    from defacer.volume import Volume
+
+    original = Volume(np.zeros((8, 9, 10), np.int16), np.eye(4))
+    labels = feature_label_array(np.ones((8, 9, 10), bool), original)
+    assert labels is not None and labels.dtype == np.uint8 and labels.max() == 1

@@ -131,6 +131,8 @@ def feature_label_array(labels: Volume | npt.NDArray[Any] | None, original: Volu
         values = labels.values(np.float64)
     else:
         values = np.asarray(labels)
+    if values.dtype == np.bool_:  # a mask of one feature: 1 where set
+        values = values.astype(np.uint8)
     if values.shape != original.shape:
         raise LabelMapError(f"The label map has shape {values.shape}, expected the scan's grid {original.shape}.")
     if not np.issubdtype(values.dtype, np.number) or np.iscomplexobj(values):
