@@ -60,6 +60,8 @@ def test_verify_command_exits_3_when_the_brain_changed(phantom, tmp_path, capsys
     from defacer.verify.verdict import REMEDY_BRAIN, REMEDY_FACE
 
     assert REMEDY_BRAIN in out and REMEDY_FACE not in out
+    report = (tmp_path / "r" / "verify_report.html").read_text()
+    assert "What to do: check that the defaced scan was made from this original" in report
 
 
 def test_verify_command_reports_a_missing_file_without_a_traceback(tmp_path, capsys) -> None:

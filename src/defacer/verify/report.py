@@ -154,6 +154,8 @@ def render_html(summary: dict[str, Any], before: dict[str, Rendering], after: di
     verdict = summary["verdict"]
     heading = html.escape(title or "defacer verification report")
     meaning = summary.get("verdict_meaning") or verdicts.MEANING.get(verdict, "")
+    step = verdicts.remedy(summary)
+    next_step = f'<p class="warn">{html.escape(step)}</p>' if step else ""
     if after_only:
         faces_note = ('<p class="rule">Pictures of the original were left out (after-defacing pictures only): '
                       'this report shows no face of the original.</p>')
@@ -169,7 +171,7 @@ def render_html(summary: dict[str, Any], before: dict[str, Rendering], after: di
     return f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{heading}</title>
 <style>{_CSS}</style></head><body>
 <h1>{heading}</h1>
-<p><span class="verdict {html.escape(verdict)}">{html.escape(verdict)}</span> {html.escape(meaning)}</p>{faces_note}
+<p><span class="verdict {html.escape(verdict)}">{html.escape(verdict)}</span> {html.escape(meaning)}</p>{next_step}{faces_note}
 <p>Face found before: {html.escape(", ".join(summary["face_found_before"]) or "none")}<br>
 Face found after: {html.escape(", ".join(summary["face_found_after"]) or "none")}<br>
 Brain region untouched: {"yes" if summary["brain_untouched"] else "<b>no</b>"}</p>
