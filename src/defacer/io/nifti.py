@@ -38,8 +38,8 @@ def read_nifti_like(path: Path, fmt: str, *, max_voxels: int | None = None) -> V
     try:
         image: Any = nib.MGHImage.from_filename(str(path)) if fmt == "mgh" else nib.load(str(path))
     except Exception as err:  # nibabel raises many types for bad files
-        if fmt == "nifti":  # its magic and length were checked (defacer.io._sniff): a header field is wrong
-            raise InputImageError(unusable_header_message(path, err)) from err
+        if fmt == "nifti" and _readable_to_the_end(path):  # magic checked (defacer.io._sniff), not cut short:
+            raise InputImageError(unusable_header_message(path, err)) from err  # a header field is wrong
         if isinstance(err, KeyError | MGHError):  # an unknown type code (KeyError: the code), zero dimensions
             what = (f"the data type code {err.args[0]!r}, which is no MGH type (0 uchar, 1 int32, 3 float32, 4 int16)"
                     if isinstance(err, KeyError) else f"a value nibabel refuses ({err})")
@@ -111,6 +111,23 @@ def _mgh_unset_geometry(path: Path) -> bytes | None:
     if len(head) < _MGH_GEOMETRY.stop or int(np.frombuffer(head[28:30], ">i2")[0]) != 0:
         return None
     return bytes(head[_MGH_GEOMETRY])
+
+
+def _readable_to_the_end(path: Path) -> bool:
+    """Whether the whole file reads (decompressed to its end if gzipped) and holds a NIfTI-1 header's 348 bytes.
+
+    A ``.nii.gz`` cut short (a truncated download) passes the magic check but fails in nibabel with a
+    reason about the header ("Cannot work out file type"): that is a damaged file, not a header field
+    to fix.  Read only after nibabel refused the file.
+    """
+    try:
+        with Opener(str(path), "rb") as fileobj:
+            total = 0
+            while chunk := fileobj.read(1 << 22):
+                total += len(chunk)
+        return total >= 348
+    except Exception:  # noqa: BLE001 - gzip, zlib, EOF and OS errors alike: the file cannot be read to its end
+        return False
 
 
 def unusable_header_message(path: Path, err: Exception) -> str:
