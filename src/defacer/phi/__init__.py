@@ -13,8 +13,9 @@ importing pydicom (about 0.1 s), which only :class:`Scrubber` needs.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from defacer._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from defacer.phi.options import DeidOptions
@@ -28,14 +29,4 @@ _EXPORTS = {"DeidOptions": "defacer.phi.options", "Pseudonymizer": "defacer.phi.
             "Scrubber": "defacer.phi.scrub"}
 
 
-def __getattr__(name: str) -> Any:
-    """Import an exported name's module on first use (PEP 562)."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
