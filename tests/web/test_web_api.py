@@ -604,6 +604,12 @@ def test_verify_endpoint_gives_a_verdict_or_says_why_not(client: TestClient, pha
                                         brain_untouched=summary["brain_untouched"]), summary
     assert verdict["passed"] is summary["passed"] is (verdict["verdict"] == "PASS")
     assert verdict["meaning"] == MEANING[verdict["verdict"]]
+    # after a FAIL the answer says what to do (on the phantom: Face Mesh's "face" after defacing)
+    from defacer.web.workflow import WEB_REMEDY_FACE
+
+    face_fail = verdict["verdict"] == "FAIL" and bool(summary["face_found_after"]) and summary["brain_untouched"]
+    assert (verdict["next_step"] == WEB_REMEDY_FACE) is face_fail, verdict
+    assert verdict["next_step"] is None or verdict["verdict"] == "FAIL"
     report = client.get(f"/api/sessions/{session}/report")
     assert report.status_code == 200 and report.headers["content-type"].startswith("text/html")
     assert f'class="verdict {verdict["verdict"]}">{verdict["verdict"]}<' in report.text

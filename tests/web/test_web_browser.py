@@ -75,6 +75,12 @@ def check_shown_verdict(page: Any) -> str:
     assert name == decide(face_before=rows["Face found in renders of the original"] != "no",
                           face_after=rows["Face found in renders of the defaced scan"] != "no",
                           brain_untouched=rows["Brain region untouched"] == "yes"), rows
+    # after a FAIL for a face found, the next step is shown under the verdict; otherwise nothing is
+    step = page.locator("#next-step")
+    if name == "FAIL" and rows["Face found in renders of the defaced scan"] != "no":
+        assert step.is_visible() and "--nose-scale 3 --eye-box-scale 2.5" in step.inner_text()
+    elif name != "FAIL":
+        assert not step.is_visible()
     red, green, blue = (int(COLOURS[name][i:i + 2], 16) for i in (1, 3, 5))
     assert f"rgb({red}, {green}, {blue})" in box.evaluate(
         "(e) => getComputedStyle(e).borderColor + ' ' + getComputedStyle(e).backgroundColor")

@@ -617,6 +617,21 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+#: The next step after a FAIL with a face found, for this page: it has no nose-scale or eye-box-scale
+#: setting, so the larger removal (:data:`defacer.verify.verdict.REMEDY_FACE`) is done on the command line.
+WEB_REMEDY_FACE = ("What to do: do not share this scan. Deface the original on the command line with a larger nose "
+                   "removal and eye cover (defacer deface SCAN OUT --nose-scale 3 --eye-box-scale 2.5 --verify), or "
+                   "remove the whole face, before sharing it.")
+
+
+def web_next_step(summary: dict[str, Any]) -> str | None:
+    """What the page tells the user to do after a verdict (:func:`defacer.verify.verdict.remedy`), or ``None``."""
+    from defacer.verify.verdict import REMEDY_FACE, remedy
+
+    step = remedy(summary)
+    return WEB_REMEDY_FACE if step == REMEDY_FACE else step
+
+
 def verify_session(session: Session) -> dict[str, Any]:
     """Run the verification (renders and face checks) on the defaced scan, when installed.
 
@@ -626,7 +641,7 @@ def verify_session(session: Session) -> dict[str, Any]:
         ``available`` false with ``reason`` when the ``verify`` extra is missing; else
         ``passed`` (bool or None when verification itself failed), ``verdict`` (``PASS``,
         ``FAIL``, ``INCONCLUSIVE`` as in :mod:`defacer.verify.verdict`, or None), ``meaning``,
-        ``summary`` and ``error``.
+        ``next_step`` (:func:`web_next_step`), ``summary`` and ``error``.
     """
     with session.lock:
         if "defaced" not in session.state:
@@ -659,7 +674,8 @@ def verify_session(session: Session) -> dict[str, Any]:
 
             verdict = summary.get("verdict") or ("PASS" if result.passed else "FAIL")
             outcome = {"available": True, "passed": bool(result.passed), "verdict": verdict,
-                       "meaning": MEANING.get(verdict, ""), "summary": summary, "error": None, "report": False}
+                       "meaning": MEANING.get(verdict, ""), "next_step": web_next_step(summary), "summary": summary,
+                       "error": None, "report": False}
             report = getattr(result, "report_path", None)
             stem = session.state["stem"]
             if report is not None and Path(report).is_file() and Path(report).suffix == ".html":

@@ -499,6 +499,8 @@ function showVerification(v) {
   scores.hidden = true;
   $("verdict-rule-box").hidden = true;
   $("report-link").hidden = true;
+  $("next-step").hidden = true;
+  $("next-step").textContent = "";
   verdict.className = "verdict";
   if (!v || !v.available) {
     verdict.classList.add("unknown");
@@ -537,6 +539,9 @@ function showVerification(v) {
     const td = document.createElement("td"); td.textContent = String(value);
     tr.append(th, td); body.append(tr);
   }
+  // After a FAIL, what to do next (defacer.verify.verdict.remedy, worded for this page by the server).
+  $("next-step").textContent = v.next_step || "";
+  $("next-step").hidden = !v.next_step;
   $("verdict-rule").textContent = s.rule || "";
   $("verdict-rule-box").hidden = !s.rule;
   scores.hidden = false;
