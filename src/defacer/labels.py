@@ -18,6 +18,11 @@ connected components, so flips during training need no label swapping.
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 
 class Label(IntEnum):
@@ -75,3 +80,40 @@ def parse_features(text: str | None) -> tuple[str, ...]:
         )
         raise ValueError(message)
     return tuple(name for name in FEATURES if name in names)
+
+
+def feature_label_values(values: npt.NDArray[Any], source: str = "") -> npt.NDArray[np.uint8]:
+    """A feature label map's values as uint8, refused in words unless they are the integers 0 to 3.
+
+    Parameters
+    ----------
+    values : ndarray
+        The map's values (any shape; a bool mask is read as label 1 where set).
+    source : str
+        Names the map in messages (e.g. ``"'labels.nii.gz'"``); may be empty.
+
+    Raises
+    ------
+    LabelMapError
+        For values that are not numbers, not whole, not finite, or outside 0 to ``NUM_CLASSES - 1``.
+    """
+    import numpy as np  # here, not at the top: the command line reads this module before it needs numpy
+
+    from defacer.errors import LabelMapError
+
+    name = f"The label map {source}" if source else "The label map"
+    values = np.asarray(values)
+    if values.dtype == np.bool_:
+        return values.astype(np.uint8)
+    if not np.issubdtype(values.dtype, np.number) or np.iscomplexobj(values):
+        raise LabelMapError(f"{name} holds {values.dtype} values; expected integers 0-{NUM_CLASSES - 1}.")
+    if not values.size:
+        return values.astype(np.uint8)
+    if not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
+        raise LabelMapError(f"{name} holds non-integer values; expected integers 0-{NUM_CLASSES - 1}.")
+    if values.min() < 0 or values.max() >= NUM_CLASSES:
+        raise LabelMapError(
+            f"{name} holds values from {values.min():g} to {values.max():g}; expected 0 (background), 1 (eyes), "
+            "2 (nose), 3 (ears): the feature labels 'deface --save-mask' writes."
+        )
+    return values.astype(np.uint8)

@@ -9,7 +9,7 @@ import numpy as np
 from defacer._typing import Affine, LabelMap, PathLike
 from defacer.errors import LabelMapError
 from defacer.files import file_sha256
-from defacer.labels import NUM_CLASSES
+from defacer.labels import feature_label_values
 from defacer.volume import Volume, canonical_reorientation
 
 
@@ -37,15 +37,7 @@ class LabelMapDetector:
                  sha256: str | None = None) -> None:
         self.volume = volume
         self.source = source
-        values = volume.values(np.float64)
-        if not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
-            raise LabelMapError(f"The label map {source} holds non-integer values; expected integers 0-{NUM_CLASSES - 1}.")
-        if values.min() < 0 or values.max() >= NUM_CLASSES:
-            raise LabelMapError(
-                f"The label map {source} holds values from {values.min():g} to {values.max():g}; expected "
-                f"0 (background), 1 (eyes), 2 (nose), 3 (ears)."
-            )
-        self.labels = values.astype(np.uint8)
+        self.labels = feature_label_values(volume.values(np.float64), source)
         self.name = name
         self.weights_sha256: str | None = None
         self.sha256 = sha256

@@ -28,7 +28,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from defacer.errors import LabelMapError, VerificationError
-from defacer.labels import FEATURE_LABELS, NUM_CLASSES
+from defacer.labels import FEATURE_LABELS, feature_label_values
 from defacer.verify import faces, identity, verdict
 from defacer.verify.render import DEFAULT_VIEWS, Rendering, Scene, View, render_volume
 from defacer.volume import Volume
@@ -131,20 +131,9 @@ def feature_label_array(labels: Volume | npt.NDArray[Any] | None, original: Volu
         values = labels.values(np.float64)
     else:
         values = np.asarray(labels)
-    if values.dtype == np.bool_:  # a mask of one feature: 1 where set
-        values = values.astype(np.uint8)
     if values.shape != original.shape:
         raise LabelMapError(f"The label map has shape {values.shape}, expected the scan's grid {original.shape}.")
-    if not np.issubdtype(values.dtype, np.number) or np.iscomplexobj(values):
-        raise LabelMapError(f"The label map holds {values.dtype} values; expected integers 0-{NUM_CLASSES - 1}.")
-    whole = bool(np.all(np.isfinite(values)) and np.all(values == np.round(values)))
-    if values.size and (not whole or values.min() < 0 or values.max() >= NUM_CLASSES):
-        found = f"values from {values.min():g} to {values.max():g}" if whole else "non-integer values"
-        raise LabelMapError(
-            f"The label map holds {found}; expected 0 (background), 1 (eyes), 2 (nose), 3 (ears): the feature labels "
-            "'deface --save-mask' writes."
-        )
-    return values.astype(np.uint8)
+    return feature_label_values(values)
 
 
 def detect_renders(renders: dict[str, Rendering]) -> dict[str, dict[str, faces.DetectorResult]]:
