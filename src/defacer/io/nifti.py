@@ -40,7 +40,7 @@ def read_nifti_like(path: Path, fmt: str, *, max_voxels: int | None = None) -> V
     except Exception as err:  # nibabel raises many types for bad files
         if fmt == "nifti" and _readable_to_the_end(path):  # magic checked (defacer.io._sniff), not cut short:
             raise InputImageError(unusable_header_message(path, err)) from err  # a header field is wrong
-        if isinstance(err, KeyError | MGHError):  # an unknown type code (KeyError: the code), zero dimensions
+        if fmt == "mgh" and isinstance(err, KeyError | MGHError):  # an unknown type code (KeyError: the code), zero dims
             what = (f"the data type code {err.args[0]!r}, which is no MGH type (0 uchar, 1 int32, 3 float32, 4 int16)"
                     if isinstance(err, KeyError) else f"a value nibabel refuses ({err})")
             raise InputImageError(
