@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -115,7 +116,26 @@ def default_output(input_path: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Deface ``args.input`` into ``args.output``; the exit status (see the epilog)."""
+    """Deface ``args.input`` into ``args.output``; the exit status (see the epilog).
+
+    With ``--verify`` the QC folder is claimed before defacing.  When the run then ends in an error (exit 1
+    or 4, no report), a QC folder this run created and holding only what it wrote there (README, ownership
+    record, the label map kept for the report) is removed again, as ``defacer verify`` does
+    (:func:`defacer.verify.qc.remove_unused`); a folder that existed is never touched.
+    """
+    new_qc_dir: list[Path] = []
+    try:
+        return _run(args, new_qc_dir)
+    except BaseException:
+        if new_qc_dir:
+            from defacer.verify.qc import remove_unused
+
+            remove_unused(new_qc_dir[0], *([DETECTED_LABELS_NAME] if args.save_mask is None else []))
+        raise
+
+
+def _run(args: argparse.Namespace, new_qc_dir: list[Path]) -> int:
+    """:func:`run`; the QC folder ``--verify`` creates is appended to ``new_qc_dir`` (none that existed)."""
     from defacer.io import format_of
     from defacer.route import deface_path, image_series
 
@@ -144,6 +164,8 @@ def run(args: argparse.Namespace) -> int:
 
         # Named in the QC folder's ownership record before the label map or any report is written there.
         qc_dir = qc_dir_for(args.output)
+        if not os.path.lexists(qc_dir):
+            new_qc_dir.append(qc_dir)
         claim(qc_dir, qc_targets(qc_dir, labels=args.save_mask is None))
     mask_path = args.save_mask
     if args.verify and mask_path is None and not is_dicom:

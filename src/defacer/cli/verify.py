@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 from pathlib import Path
 
@@ -74,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
                              title=f"defacer verify: {args.defaced.name}", after_only=after_only)
     except BaseException:
         if new_folder:
-            _remove_unused_qc_folder(out)
+            qc.remove_unused(out)
         raise
     pictures = qc.write_pictures(result.renders, out, after_only)
     s = result.summary
@@ -90,25 +89,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"picture: {out / pictures['overview']}")
     print(qc.notice(out, after_only))
     return EXIT_STATUS[result.verdict]
-
-
-def _remove_unused_qc_folder(out: Path) -> None:
-    """Remove the QC folder a failed verification created, when it holds only its README and ownership record.
-
-    ``verify`` claims and describes its QC folder before rendering; when the scans then cannot be
-    compared (exit 1, nothing written), a folder this run created is not left behind.  Anything
-    else in it (another run's files) keeps the folder as it is.
-
-    Parameters
-    ----------
-    out : Path
-        The QC folder, created by this run.
-    """
-    from defacer.verify import qc
-
-    ours = {qc.README_NAME, qc.RECORD_NAME}
-    with contextlib.suppress(OSError):
-        if {p.name for p in out.iterdir()} <= ours:
-            for name in ours:
-                (out / name).unlink(missing_ok=True)
-            out.rmdir()

@@ -20,6 +20,7 @@ refused (:func:`check_owned`), so a rerun replaces defacer's own reports and pic
 
 from __future__ import annotations
 
+import contextlib
 import html
 import os
 from collections.abc import Iterable, Sequence
@@ -106,6 +107,29 @@ def claim(qc_root: Path, targets: Iterable[Path]) -> None:
     paths = list(targets)
     check_owned(qc_root, paths)
     _record(qc_root).add(paths)
+
+
+def remove_unused(qc_root: Path, *written: str) -> None:
+    """Remove a QC folder a failed run created, when it holds only its README, ownership record and ``written``.
+
+    A verification claims and describes its QC folder before rendering; when the run then ends in an
+    error (exit 1 or 4, no report), a folder this run created is not left behind.  Call it only for a
+    folder the run created: anything else in it (another run's or the user's files) keeps the folder
+    as it is.
+
+    Parameters
+    ----------
+    qc_root : Path
+        The QC folder, created by this run.
+    *written : str
+        Names of further files this run wrote there (e.g. the label map kept for the report).
+    """
+    ours = {README_NAME, RECORD_NAME, *written}
+    with contextlib.suppress(OSError):
+        if {p.name for p in qc_root.iterdir()} <= ours:
+            for name in ours:
+                (qc_root / name).unlink(missing_ok=True)
+            qc_root.rmdir()
 
 
 def notice(qc_dir: Path, after_only: bool) -> str:

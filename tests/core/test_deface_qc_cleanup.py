@@ -1,0 +1,84 @@
+"""``deface --verify`` ending in an error leaves no QC folder of its own behind (as ``defacer verify``, 8dc37e9).
+
+``deface --verify`` claims its QC folder (ownership record), writes the README and keeps the detected label map
+there before the verification runs.  When the verification then raises (the verify extra missing, an output it
+cannot read, a bug) or the defacing itself ends in exit 4, the folder it created held only those files.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from defacer.cli.main import main
+from defacer.errors import VerificationError
+
+
+@pytest.fixture()
+def scan(tmp_path):
+    from defacer.phantom import make_phantom, save_phantom
+
+    save_phantom(make_phantom(3.0), tmp_path / "h.nii.gz", tmp_path / "l.nii.gz")
+    return tmp_path / "h.nii.gz"
+
+
+def _broken_verification(monkeypatch, error: BaseException) -> None:
+    import defacer.verify
+
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(defacer.verify, "verify_pair", broken)
+
+
+@pytest.mark.parametrize("error", [VerificationError("the defaced scan cannot be rendered"),
+                                   ValueError("simulated bug")], ids=["defacer-error", "bug"])
+@pytest.mark.parametrize("detected", [True, False], ids=["detector", "labels"])
+def test_a_verification_error_removes_the_qc_folder_this_run_created(scan, tmp_path, monkeypatch, capsys, error,
+                                                                     detected):
+    _broken_verification(monkeypatch, error)
+    out = tmp_path / "o.nii.gz"
+    # with the detector, the detected label map is kept in the QC folder for the report (written before verifying)
+    extra = [] if detected else ["--labels", str(tmp_path / "l.nii.gz")]
+    code = main(["deface", str(scan), str(out), *extra, "--verify"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert str(error) in err and "Traceback" not in err
+    assert out.exists() and (tmp_path / "o.defacer.json").exists()  # the output the user asked for stays
+    assert not (tmp_path / "o-qc").exists()
+
+
+def test_a_run_ending_in_features_not_found_removes_the_qc_folder_it_created(scan, tmp_path, capsys):
+    import nibabel as nib
+
+    labels = nib.load(tmp_path / "l.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros(labels.shape, np.uint8), labels.affine), tmp_path / "zero.nii.gz")
+    code = main(["deface", str(scan), str(tmp_path / "o.nii.gz"), "--labels", str(tmp_path / "zero.nii.gz"),
+                 "--verify"])
+    assert code == 4
+    assert "Nothing was written" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h.nii.gz", "l.nii.gz", "zero.nii.gz"]
+
+
+@pytest.mark.parametrize("existing", [[], ["notes.txt"]], ids=["empty", "user-file"])
+def test_an_existing_qc_folder_is_never_removed(scan, tmp_path, monkeypatch, existing):
+    _broken_verification(monkeypatch, VerificationError("cannot compare"))
+    qc = tmp_path / "o-qc"
+    qc.mkdir()
+    for name in existing:
+        (qc / name).write_text("mine")
+    code = main(["deface", str(scan), str(tmp_path / "o.nii.gz"), "--labels", str(tmp_path / "l.nii.gz"),
+                 "--verify"])
+    assert code == 1
+    assert qc.is_dir()
+    for name in existing:
+        assert (qc / name).read_text() == "mine"
+
+
+def test_a_mask_the_user_asked_for_inside_a_new_qc_folder_keeps_it(scan, tmp_path, monkeypatch):
+    _broken_verification(monkeypatch, VerificationError("cannot compare"))
+    mask = tmp_path / "o-qc" / "mask.nii.gz"
+    code = main(["deface", str(scan), str(tmp_path / "o.nii.gz"), "--labels", str(tmp_path / "l.nii.gz"),
+                 "--save-mask", str(mask), "--verify"])
+    assert code == 1
+    assert mask.is_file()
