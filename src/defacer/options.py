@@ -69,6 +69,44 @@ class DefaceOptions:
 #: The default options (a module-level constant, usable as a default argument: the dataclass is frozen).
 DEFAULT_OPTIONS = DefaceOptions()
 
+#: The larger nose removal of the retry after a face is still found (``deface --verify --retry-stronger`` and the
+#: advice of :data:`defacer.verify.verdict.REMEDY_FACE`): measured on the real heads of ``../shared/data``
+#: (``docs/measurements.md``), it cleared every head the shipped detector left a face on with the defaults.
+STRONGER_NOSE_SCALE = 3.0
+#: The larger eye cover of that retry.
+STRONGER_EYE_BOX_SCALE = 2.5
+#: The same, as command-line options.
+STRONGER_FLAGS = f"--nose-scale {STRONGER_NOSE_SCALE:g} --eye-box-scale {STRONGER_EYE_BOX_SCALE:g}"
+
+
+def is_stronger(nose_scale: object, eye_box_scale: object) -> bool:
+    """Whether a nose removal and eye cover are already at least :data:`STRONGER_NOSE_SCALE` and
+    :data:`STRONGER_EYE_BOX_SCALE` (so a retry with those would change nothing).
+
+    Parameters
+    ----------
+    nose_scale, eye_box_scale : object
+        The options as recorded (numbers; anything else counts as not stronger).
+    """
+    def size(value: object) -> float:
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+    return size(nose_scale) >= STRONGER_NOSE_SCALE and size(eye_box_scale) >= STRONGER_EYE_BOX_SCALE
+
+
+def stronger_options(options: DefaceOptions) -> DefaceOptions | None:
+    """``options`` with the nose removal and eye cover raised to the retry's sizes, or ``None`` when that changes
+    nothing (both already as large, or neither the nose nor the eyes is distorted).
+
+    Only the two sizes change: the features, seed, protection depth and eye band stay as chosen.
+    """
+    import dataclasses
+
+    if not {"eyes", "nose"} & set(options.features) or is_stronger(options.nose_scale, options.eye_box_scale):
+        return None
+    return dataclasses.replace(options, nose_scale=max(options.nose_scale, STRONGER_NOSE_SCALE),
+                               eye_box_scale=max(options.eye_box_scale, STRONGER_EYE_BOX_SCALE))
+
 #: A random key for this run only (pseudonyms consistent within the run), recorded as such.
 RANDOM_KEY_NOTE = "random (this run only)"
 

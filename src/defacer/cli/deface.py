@@ -23,6 +23,7 @@ from defacer.cli.options import (
 )
 from defacer.errors import InputImageError
 from defacer.files import image_suffix, named_path
+from defacer.options import STRONGER_FLAGS, stronger_options
 from defacer.provenance import qc_dir_for
 
 if TYPE_CHECKING:
@@ -72,7 +73,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                "  defacer deface study/ study_defaced/      (every series: study_defaced/01_series-3/, ...)\n\n"
                "Exit status:\n  0  defaced (and verified, with --verify)\n"
                "  1  error (bad input, output refused, ...); nothing written\n  2  usage error\n"
-               "  3  --verify: the verification failed (the output is written)\n"
+               "  3  --verify: the verification failed (the output is written; with --retry-stronger, the\n"
+               "     retry's verification)\n"
                "  4  a requested feature (eyes, nose, ears) was not found or not distorted; nothing written\n"
                "     (--allow-missing writes it anyway and exits 0)\n"
                "  5  --verify: inconclusive, no face found in the original to test (the output is written)",
@@ -85,6 +87,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     add_common_arguments(parser)
     parser.add_argument("--save-mask", metavar="FILE", type=Path, help="also write the detected label map here")
     add_verify_arguments(parser)
+    parser.add_argument("--retry-stronger", action="store_true",
+                        help=f"verify (as --verify), and when a face is still found after defacing, deface the original again "
+                             f"with a larger nose removal and eye cover ({STRONGER_FLAGS}; the other options as "
+                             "given) into the same output and verify that; both attempts are recorded in the sidecar")
     group = parser.add_argument_group("DICOM input")
     group.add_argument("--series", metavar="ID",
                        help="deface only this series of a folder holding several: the number in brackets from the "
@@ -137,10 +143,11 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, new_qc_dir: list[Path]) -> int:
     """:func:`run`; the QC folder ``--verify`` creates is appended to ``new_qc_dir`` (none that existed)."""
     from defacer.io import format_of
-    from defacer.route import deface_path, image_series
+    from defacer.route import image_series
 
     if args.output is None:
         args.output = default_output(args.input)
+    args.verify = args.verify or args.retry_stronger  # a retry is decided by the verification
     options = deface_options_from_args(args)
     is_dicom = args.input.exists() and format_of(args.input) == "dicom"
     args.output = checked_output_name(args.input, args.output, is_dicom)
@@ -172,15 +179,45 @@ def _run(args: argparse.Namespace, new_qc_dir: list[Path]) -> int:
         # The report needs the detected labels (per-feature counts, outlines); keep them with the report.
         mask_path = qc_dir_for(args.output) / DETECTED_LABELS_NAME
     max_voxels = max_voxels_from_args(args)
+    provenance = _deface_and_report(args, options, deidentify, is_dicom, mask_path, max_voxels, force=args.force)
+    if not args.verify:
+        return 0
+    stronger = stronger_options(options) if args.retry_stronger else None
+    status, summary = _verify_and_keep_mask(args, provenance, is_dicom, mask_path, max_voxels,
+                                            retry_on_face=stronger is not None)
+    if not (stronger is not None and will_retry(summary)):
+        if args.retry_stronger and status == EXIT_VERIFY_FAILED and stronger is None:
+            print("  --retry-stronger: not retried, the nose removal and eye cover are already that large (or "
+                  "neither is distorted).")
+        return status
+    # A face is still found: deface the original once more with the larger nose removal and eye cover, into the
+    # same output (this run's own, so it is replaced), and verify that.  Both attempts go into the sidecar.
+    print(f"  --retry-stronger: a face was still found ({', '.join(map(str, summary['face_found_after']))}); "
+          f"defacing {args.input} again with {STRONGER_FLAGS} and verifying again.")
+    first = _attempt(options, summary)
+    provenance = _deface_and_report(args, stronger, deidentify, is_dicom, mask_path, max_voxels, force=True)
+    status, summary = _verify_and_keep_mask(args, provenance, is_dicom, mask_path, max_voxels,
+                                            attempts=[first])
+    return status
+
+
+def _deface_and_report(args: argparse.Namespace, options: DefaceOptions, deidentify: Deidentification | None,
+                       is_dicom: bool, mask_path: Path | None, max_voxels: int | None, *, force: bool
+                       ) -> dict[str, Any]:
+    """Deface ``args.input`` into ``args.output`` with ``options``, write the DICOM mapping, print what changed;
+    the provenance.  ``force`` replaces an existing output (the user's ``--force``, or this run's own output on a
+    retry)."""
+    from defacer.route import deface_path
+
     defaced = deface_path(
         args.input, args.output, options=options, deidentify=deidentify, labels_path=args.labels,
-        weights_path=args.weights, force=args.force, mask_path=mask_path, allow_missing=args.allow_missing,
+        weights_path=args.weights, force=force, mask_path=mask_path, allow_missing=args.allow_missing,
         series=args.series, max_voxels=max_voxels,
     )
     provenance = defaced.provenance
     changed = provenance["voxels_changed"]
     if is_dicom:
-        _write_mapping(args, defaced, args.output)
+        _write_mapping(args, defaced, args.output, force=force)
         print(f"Defaced DICOM series {args.input} -> {args.output} ({len(defaced.written)} files"
               + (", headers de-identified" if deidentify is not None else ", headers untouched") + ")")
         print("  voxels changed: " + ", ".join(f"{k} {v}" for k, v in changed.items()))
@@ -193,26 +230,47 @@ def _run(args: argparse.Namespace, new_qc_dir: list[Path]) -> int:
         warnings = provenance.get("warnings", [])
     for warning in warnings:
         print(f"  warning: {warning}")
-    if args.verify:
-        if is_dicom:
-            return verify_outputs(args.input, args.output, provenance, after_only=args.qc_after_only)
-        try:
-            return verify_outputs(args.input, args.output, provenance, labels_path=mask_path, max_voxels=max_voxels,
-                                  after_only=args.qc_after_only)
-        finally:
-            # The label map kept for the report holds the original's nose and ear shapes (an ear can identify a
-            # person): with --qc-after-only it does not stay in the QC folder once the report is written.
-            if args.qc_after_only and args.save_mask is None and mask_path is not None:
-                mask_path.unlink(missing_ok=True)
-    return 0
+    return provenance
 
 
-def _write_mapping(args: argparse.Namespace, defaced: Defaced, out_dir: Path) -> None:
+def _verify_and_keep_mask(args: argparse.Namespace, provenance: dict[str, Any], is_dicom: bool,
+                          mask_path: Path | None, max_voxels: int | None,
+                          attempts: list[dict[str, Any]] | None = None, retry_on_face: bool = False
+                          ) -> tuple[int, dict[str, Any]]:
+    """:func:`verify_outputs` for this run's output; with ``--qc-after-only`` the label map kept for the report is
+    removed again afterwards."""
+    if is_dicom:
+        return verify_outputs(args.input, args.output, provenance, after_only=args.qc_after_only, attempts=attempts,
+                              retry_on_face=retry_on_face)
+    try:
+        return verify_outputs(args.input, args.output, provenance, labels_path=mask_path, max_voxels=max_voxels,
+                              after_only=args.qc_after_only, attempts=attempts, retry_on_face=retry_on_face)
+    finally:
+        # The label map kept for the report holds the original's nose and ear shapes (an ear can identify a
+        # person): with --qc-after-only it does not stay in the QC folder once the report is written.
+        if args.qc_after_only and args.save_mask is None and mask_path is not None:
+            mask_path.unlink(missing_ok=True)
+
+
+def will_retry(summary: dict[str, Any]) -> bool:
+    """Whether ``--retry-stronger`` defaces again after this verification: a FAIL for a face found after defacing
+    only (a changed brain region is no matter of distortion size: it is never retried)."""
+    return (summary.get("verdict") == "FAIL" and bool(summary.get("brain_untouched", True))
+            and bool(summary.get("face_found_after")))
+
+
+def _attempt(options: DefaceOptions, summary: dict[str, Any]) -> dict[str, Any]:
+    """What the sidecar records of one defacing-and-verification attempt: the sizes used and the verdict."""
+    return {"nose_scale": options.nose_scale, "eye_box_scale": options.eye_box_scale,
+            "verdict": summary.get("verdict"), "face_found_after": list(summary.get("face_found_after") or [])}
+
+
+def _write_mapping(args: argparse.Namespace, defaced: Defaced, out_dir: Path, *, force: bool) -> None:
     """``--mapping-file``: the original -> new identifiers of the de-identification (never inside ``out_dir``)."""
     if defaced.scrubber is not None and getattr(args, "mapping_file", None):
         from defacer.io.dicom_series import write_deid_mapping
 
-        write_deid_mapping(defaced.scrubber.mapping.as_dict(), args.mapping_file, out_dir=out_dir, force=args.force)
+        write_deid_mapping(defaced.scrubber.mapping.as_dict(), args.mapping_file, out_dir=out_dir, force=force)
 
 
 def run_study(args: argparse.Namespace, options: DefaceOptions, deidentify: Deidentification | None,
@@ -363,14 +421,19 @@ def _record_verdict(defaced_path: Path, verification: dict[str, Any]) -> None:
 
 
 def verify_outputs(original_path: Path, defaced_path: Path, provenance: dict[str, Any], labels_path: Path | None = None,
-                   max_voxels: int | None = 512**3, after_only: bool = False) -> int:
+                   max_voxels: int | None = 512**3, after_only: bool = False,
+                   attempts: list[dict[str, Any]] | None = None, retry_on_face: bool = False
+                   ) -> tuple[int, dict[str, Any]]:
     """Run the offline verification on a defaced output, print the verdict; return the exit status.
 
     Needs defacer[verify].  The report, a README and small pictures go to :func:`verify_dir`
-    (with ``after_only``, no picture of the original).  Returns 0 on PASS,
+    (with ``after_only``, no picture of the original).  Returns the exit status (0 on PASS,
     :data:`EXIT_VERIFY_FAILED` (3) on FAIL, :data:`EXIT_VERIFY_INCONCLUSIVE` (5) when no face
-    was found in the original, as ``defacer verify``.  ``max_voxels`` is the loader's limit
-    (:func:`defacer.io.load_volume`; ``None``: no limit).
+    was found in the original, as ``defacer verify``) and the verification summary.  ``max_voxels``
+    is the loader's limit (:func:`defacer.io.load_volume`; ``None``: no limit).  ``attempts``: the
+    earlier attempts of a ``--retry-stronger`` run (:func:`_attempt`), recorded in the sidecar before
+    this one; ``retry_on_face``: a FAIL for a face found is followed by a retry, so no next step is printed
+    for it.
     """
     from defacer.io import load_volume
 
@@ -395,7 +458,8 @@ def verify_outputs(original_path: Path, defaced_path: Path, provenance: dict[str
     pictures = qc.write_pictures(result.renders, qc_dir, after_only)
     verdict = result.verdict
     print(f"  verification: {verdict}. {MEANING[verdict]}")
-    step = remedy(result.summary)
+    retried = retry_on_face and will_retry(result.summary)
+    step = None if retried else remedy(result.summary)
     if step:
         print(f"  {step}")
     print(f"  report: {result.report_path}")
@@ -403,9 +467,15 @@ def verify_outputs(original_path: Path, defaced_path: Path, provenance: dict[str
         print(f"  picture: {qc_dir / pictures['overview']}")
     print("  " + qc.notice(qc_dir, after_only))
     status = EXIT_STATUS[verdict]
-    _record_verdict(defaced_path, {"verdict": verdict, "meaning": MEANING[verdict], "exit_status": status,
-                                   "report": f"{qc_dir.name}/{Path(result.report_path).name}"})
-    if verdict in (FAIL, INCONCLUSIVE):
+    record: dict[str, Any] = {"verdict": verdict, "meaning": MEANING[verdict], "exit_status": status,
+                              "report": f"{qc_dir.name}/{Path(result.report_path).name}"}
+    if attempts:
+        options = provenance.get("options") or {}
+        record["attempts"] = [*attempts, {"nose_scale": options.get("nose_scale"),
+                                          "eye_box_scale": options.get("eye_box_scale"), "verdict": verdict,
+                                          "face_found_after": list(result.summary.get("face_found_after") or [])}]
+    _record_verdict(defaced_path, record)
+    if verdict in (FAIL, INCONCLUSIVE) and not retried:
         print(f"defacer deface: verification {verdict} for {defaced_path} (exit status {status}); "
               f"see {result.report_path}", file=sys.stderr)
-    return status
+    return status, result.summary

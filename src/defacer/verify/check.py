@@ -297,6 +297,18 @@ def render_original(original: Volume, views: tuple[View, ...], timings: dict[str
     return first
 
 
+def _deface_options(provenance: dict[str, Any] | None) -> dict[str, Any]:
+    """``{"deface_options": ...}``: the features and sizes the defacing used, from its provenance (empty if unknown).
+
+    :func:`defacer.verify.verdict.remedy` reads the sizes: after a FAIL with the larger nose removal and eye
+    cover already used, the next step is to remove the whole face.
+    """
+    options = (provenance or {}).get("options")
+    if not isinstance(options, dict):
+        return {}
+    return {"deface_options": {k: options[k] for k in ("features", "nose_scale", "eye_box_scale") if k in options}}
+
+
 def verify_pair(
     original: Volume,
     defaced: Volume,
@@ -415,6 +427,7 @@ def verify_pair(
         },
         "identity": ident,
         "voxels": changes,
+        **_deface_options(provenance),
         "render": {"iso_level": round(scene.iso, 4), "step_mm": round(scene.step_mm, 4), "size": scene.grid.shape[0],
                    "views": [{"name": v.name, "yaw": v.yaw, "pitch": v.pitch} for v in views]},
         "scan": {"shape": list(original.shape), "axcodes": original.axcodes,

@@ -16,6 +16,8 @@ verdict             colour       exit    meaning
 
 from __future__ import annotations
 
+from defacer.options import STRONGER_FLAGS, is_stronger
+
 PASS = "PASS"
 FAIL = "FAIL"
 INCONCLUSIVE = "INCONCLUSIVE"
@@ -44,8 +46,12 @@ MEANING: dict[str, str] = {
 #: clear with ``--nose-scale 3 --eye-box-scale 2.5`` (each already at a nose box 2.5 or 3 times the nose);
 #: decubitus-HFS, which fails only with its reference labels as detection, kept a face even then.
 REMEDY_FACE = ("What to do: deface the original again with a larger nose removal and eye cover (for example "
-               "--nose-scale 3 --eye-box-scale 2.5) and verify again; if a face is still found, remove the whole "
-               "face (for example with pydeface) before sharing.")
+               f"{STRONGER_FLAGS}, or 'defacer deface --verify --retry-stronger', which does it when a face is "
+               "found) and verify again; if a face is still found, remove the whole face (for example with "
+               "pydeface) before sharing.")
+#: What to do after a FAIL with a face still found although the nose removal and eye cover were already that large.
+REMEDY_WHOLE_FACE = (f"What to do: a face is found even with the larger nose removal and eye cover ({STRONGER_FLAGS} "
+                     "or more): remove the whole face (for example with pydeface) before sharing.")
 #: What to do after a FAIL whose cause is a changed brain region.
 REMEDY_BRAIN = ("What to do: check that the defaced scan was made from this original and that nothing edited it "
                 "inside the head afterwards; deface the original again and verify that output.")
@@ -57,20 +63,28 @@ def remedy(summary: dict[str, object]) -> str | None:
     Parameters
     ----------
     summary : dict
-        A verification summary (``verify_summary.json``): its ``verdict``, ``face_found_after``
-        and ``brain_untouched``.
+        A verification summary (``verify_summary.json``): its ``verdict``, ``face_found_after``,
+        ``brain_untouched`` and, when the defacing's options were known, ``deface_options``
+        (``nose_scale``, ``eye_box_scale``).
 
     Returns
     -------
     str or None
-        :data:`REMEDY_BRAIN` for a FAIL where the brain region changed, :data:`REMEDY_FACE` for a
-        FAIL where a face was found after defacing, else ``None``.
+        :data:`REMEDY_BRAIN` for a FAIL where the brain region changed; for a FAIL where a face was
+        found after defacing, :data:`REMEDY_WHOLE_FACE` when the nose removal and eye cover were
+        already the larger ones (:func:`defacer.options.is_stronger`), else :data:`REMEDY_FACE`;
+        else ``None``.
     """
     if summary.get("verdict") != FAIL:
         return None
     if not summary.get("brain_untouched", True):
         return REMEDY_BRAIN
-    return REMEDY_FACE if summary.get("face_found_after") else None
+    if not summary.get("face_found_after"):
+        return None
+    used = summary.get("deface_options")
+    if isinstance(used, dict) and is_stronger(used.get("nose_scale"), used.get("eye_box_scale")):
+        return REMEDY_WHOLE_FACE
+    return REMEDY_FACE
 
 
 def decide(face_before: bool, face_after: bool, brain_untouched: bool) -> str:

@@ -1,0 +1,194 @@
+"""``deface --retry-stronger``: when a face is still found after defacing, deface the original again with the larger
+nose removal and eye cover, verify that, and record both attempts.
+
+The face detectors are faked in most tests (the phantom has no face they know; which verdict they give it is their
+business): the retry's control flow, its output and its records are what is tested.  The last test runs the real
+detectors on a real head that keeps a face with the defaults (ixi013, measured in docs/measurements.md).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from defacer.cli.main import main
+from defacer.io import load_volume
+from defacer.options import (
+    STRONGER_EYE_BOX_SCALE,
+    STRONGER_NOSE_SCALE,
+    DefaceOptions,
+    is_stronger,
+    stronger_options,
+)
+from defacer.phantom import make_phantom, save_phantom
+from defacer.verify.verdict import REMEDY_FACE, REMEDY_WHOLE_FACE, remedy
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "heads"
+
+
+@pytest.fixture
+def phantom_pair(tmp_path: Path) -> tuple[Path, Path]:
+    scan, labels = tmp_path / "in" / "head.nii.gz", tmp_path / "in" / "labels.nii.gz"
+    scan.parent.mkdir()
+    save_phantom(make_phantom(3.0), scan, labels)
+    return scan, labels
+
+
+@dataclass
+class FakeDetectors:
+    """``plan[n]``: whether the n-th verification finds a face after defacing; ``verifications``: how many ran."""
+
+    plan: list[bool] = field(default_factory=list)
+    calls: int = 0
+
+    @property
+    def verifications(self) -> int:
+        return self.calls // 2
+
+
+@pytest.fixture
+def faces_after(monkeypatch: pytest.MonkeyPatch) -> FakeDetectors:
+    """Fake detectors: a face in every original render; after defacing as the test's plan says."""
+    pytest.importorskip("PIL")
+    from defacer.verify import check, identity
+    from defacer.verify.faces import DetectorResult
+
+    fakes = FakeDetectors()
+
+    def fake(renders):  # each verification detects on the original's renders first, then on the defaced head's
+        fakes.calls += 1
+        face = True if fakes.calls % 2 else fakes.plan[fakes.calls // 2 - 1]
+        return {view: {"stub": DetectorResult("stub", 0.5, 1.0 if face else None, None, face)} for view in renders}
+
+    monkeypatch.setattr(check, "detect_renders", fake)
+    monkeypatch.setattr(identity, "embed", lambda image, box: np.zeros(128))
+    return fakes
+
+
+def _sidecar(out: Path) -> dict:
+    return json.loads(out.with_name(out.name.replace(".nii.gz", ".defacer.json")).read_text())
+
+
+def test_the_sizes_of_the_retry() -> None:
+    assert stronger_options(DefaceOptions()) == DefaceOptions(nose_scale=STRONGER_NOSE_SCALE,
+                                                               eye_box_scale=STRONGER_EYE_BOX_SCALE)
+    # only what is smaller is raised; the other choices stay
+    raised = stronger_options(DefaceOptions(nose_scale=4.0, seed=7, features=("eyes", "nose")))
+    assert raised == DefaceOptions(nose_scale=4.0, eye_box_scale=STRONGER_EYE_BOX_SCALE, seed=7,
+                                   features=("eyes", "nose"))
+    assert stronger_options(DefaceOptions(nose_scale=3.0, eye_box_scale=2.5)) is None
+    assert stronger_options(DefaceOptions(features=("ears",))) is None  # neither nose nor eyes: nothing to raise
+    assert is_stronger(3, 2.5) and is_stronger(5.0, 3.0)
+    assert not is_stronger(3.0, 2.0) and not is_stronger(None, 2.5) and not is_stronger(True, True)
+    assert not is_stronger("3", "2.5")
+
+
+def test_the_next_step_after_the_larger_sizes_is_to_remove_the_whole_face() -> None:
+    face = {"verdict": "FAIL", "face_found_after": ["front:facemesh"], "brain_untouched": True}
+    assert remedy(face) == REMEDY_FACE
+    assert remedy({**face, "deface_options": {"nose_scale": 2.0, "eye_box_scale": 2.0}}) == REMEDY_FACE
+    assert remedy({**face, "deface_options": {"nose_scale": 3.0, "eye_box_scale": 2.5}}) == REMEDY_WHOLE_FACE
+    assert "--retry-stronger" in REMEDY_FACE and "whole face" in REMEDY_WHOLE_FACE
+
+
+def test_a_face_found_after_defacing_is_defaced_again_larger_and_verified(phantom_pair, faces_after, tmp_path,
+                                                                          capsys) -> None:
+    scan, labels = phantom_pair
+    faces_after.plan += [True, False]
+    out = tmp_path / "out" / "head_defaced.nii.gz"
+    out.parent.mkdir()
+    code = main(["deface", str(scan), str(out), "--labels", str(labels), "--retry-stronger"])
+    captured = capsys.readouterr()
+    assert code == 0, captured
+    assert faces_after.verifications == 2
+    assert "--retry-stronger: a face was still found" in captured.out
+    assert REMEDY_FACE not in captured.out and "verification FAIL" not in captured.err  # the retry answers it
+    assert captured.out.rstrip().count("verification: PASS") == 1
+
+    sidecar = _sidecar(out)
+    assert sidecar["options"]["nose_scale"] == STRONGER_NOSE_SCALE
+    assert sidecar["options"]["eye_box_scale"] == STRONGER_EYE_BOX_SCALE
+    attempts = sidecar["verification"]["attempts"]
+    assert [(a["nose_scale"], a["eye_box_scale"], a["verdict"]) for a in attempts] == [
+        (2.0, 2.0, "FAIL"), (STRONGER_NOSE_SCALE, STRONGER_EYE_BOX_SCALE, "PASS")]
+    assert attempts[0]["face_found_after"] and not attempts[1]["face_found_after"]
+    assert sidecar["verification"]["verdict"] == "PASS"
+    summary = json.loads((tmp_path / "out" / "head_defaced-qc" / "verify_summary.json").read_text())
+    assert summary["deface_options"]["nose_scale"] == STRONGER_NOSE_SCALE  # the report is the retry's
+
+    # The output is exactly what the larger sizes give on their own.
+    direct = tmp_path / "direct.nii.gz"
+    assert main(["deface", str(scan), str(direct), "--labels", str(labels), "--nose-scale", "3",
+                 "--eye-box-scale", "2.5"]) == 0
+    retried = load_volume(out).raw
+    assert np.array_equal(retried, load_volume(direct).raw)
+    # and it removes more than the defaults did
+    default = tmp_path / "default.nii.gz"
+    assert main(["deface", str(scan), str(default), "--labels", str(labels)]) == 0
+    original = load_volume(scan).raw
+    assert np.count_nonzero(retried != original) > np.count_nonzero(load_volume(default).raw != original)
+
+
+def test_a_face_found_after_the_retry_fails_with_the_whole_face_advice(phantom_pair, faces_after, tmp_path,
+                                                                       capsys) -> None:
+    scan, labels = phantom_pair
+    faces_after.plan += [True, True]
+    out = tmp_path / "head_defaced.nii.gz"
+    code = main(["deface", str(scan), str(out), "--labels", str(labels), "--retry-stronger"])
+    captured = capsys.readouterr()
+    assert code == 3, captured
+    assert REMEDY_WHOLE_FACE in captured.out and REMEDY_FACE not in captured.out
+    assert captured.err.count("verification FAIL") == 1  # once, for the final verdict
+    attempts = _sidecar(out)["verification"]["attempts"]
+    assert [a["verdict"] for a in attempts] == ["FAIL", "FAIL"]
+
+
+def test_no_retry_without_the_option_or_when_the_sizes_are_already_large(phantom_pair, faces_after, tmp_path,
+                                                                          capsys) -> None:
+    scan, labels = phantom_pair
+    faces_after.plan += [True, True]
+    plain = tmp_path / "plain.nii.gz"
+    assert main(["deface", str(scan), str(plain), "--labels", str(labels), "--verify"]) == 3
+    out = capsys.readouterr().out
+    assert REMEDY_FACE in out and "--retry-stronger:" not in out
+    assert _sidecar(plain)["options"]["nose_scale"] == 2.0 and "attempts" not in _sidecar(plain)["verification"]
+    assert faces_after.verifications == 1
+
+    large = tmp_path / "large.nii.gz"
+    assert main(["deface", str(scan), str(large), "--labels", str(labels), "--retry-stronger",
+                 "--nose-scale", "3", "--eye-box-scale", "2.5"]) == 3
+    out = capsys.readouterr().out
+    assert "not retried" in out and REMEDY_WHOLE_FACE in out
+    assert faces_after.verifications == 2  # one more, no retry
+
+
+def test_retry_stronger_verifies_and_passes_once_without_a_retry(phantom_pair, faces_after, tmp_path,
+                                                                 capsys) -> None:
+    scan, labels = phantom_pair
+    faces_after.plan += [False]
+    out = tmp_path / "head_defaced.nii.gz"
+    assert main(["deface", str(scan), str(out), "--labels", str(labels), "--retry-stronger"]) == 0
+    assert (tmp_path / "head_defaced-qc" / "verify_summary.json").is_file()  # --retry-stronger implies --verify
+    assert "--retry-stronger:" not in capsys.readouterr().out
+    sidecar = _sidecar(out)
+    assert sidecar["options"]["nose_scale"] == 2.0 and "attempts" not in sidecar["verification"]
+
+
+@pytest.mark.usefixtures("detectors")
+def test_a_real_head_that_keeps_a_face_is_clear_after_the_retry(tmp_path, capsys) -> None:
+    """ixi013 (IXI, CC BY-SA 3.0): with the shipped detector and the defaults Face Mesh still finds a face in its
+    front renders (docs/measurements.md); the retry with the larger sizes clears it."""
+    scan = SHARED / "ixi013_T1w_2mm.nii.gz"
+    if not scan.is_file():
+        pytest.skip(f"needs the real heads of ../shared/data ({scan} is missing)")
+    out = tmp_path / "ixi013_defaced.nii.gz"
+    code = main(["deface", str(scan), str(out), "--retry-stronger", "--qc-after-only"])
+    captured = capsys.readouterr()
+    verification = _sidecar(out)["verification"]
+    assert code == 0, captured.out + captured.err
+    assert [a["verdict"] for a in verification["attempts"]] == ["FAIL", "PASS"], verification
+    assert not list((tmp_path / "ixi013_defaced-qc").glob("*before*"))  # --qc-after-only: no original face
