@@ -304,7 +304,9 @@ def head_level(image: npt.NDArray[np.floating], head: HeadModel) -> float:
         from skimage.filters import threshold_otsu  # already imported by defacer.head
 
         st = head.strides
-        sample = np.asarray(image[:: st[0], :: st[1], :: st[2]], np.float32).ravel()
+        # float64: Otsu's class means and variances of a float32 sample overflow (RuntimeWarnings, a wrong
+        # level) for intensities beyond ~1e18 (a slope of 1e30, float exports near 1e38)
+        sample = np.asarray(image[:: st[0], :: st[1], :: st[2]], np.float64).ravel()
         if float(np.percentile(sample, 1)) < CT_BELOW_HU:
             return np.asarray(CT_LEVEL_HU)
         above = sample[sample > np.percentile(sample, 2)]

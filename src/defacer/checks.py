@@ -49,8 +49,10 @@ def check_voxel_count(shape: tuple[int, ...], source: object, max_voxels: int | 
         )
 
 
-#: Largest physical intensity defacer computes with (it works in float32).
-MAX_INTENSITY = float(np.finfo(np.float32).max)
+#: Largest physical intensity defacer computes with.  It works in float32 (at most 3.4e38), and a mean or median
+#: of two values above half of that is already infinite: a float32 image reaching 2e38 was written with NaN and
+#: infinite voxels in its eye cover.  1e37 leaves room for that arithmetic (no real scan comes near it).
+MAX_INTENSITY = 1e37
 
 
 def check_scaling(raw: np.ndarray, slope: float, inter: float, source: str, *, strict: bool = True) -> None:
@@ -65,7 +67,8 @@ def check_scaling(raw: np.ndarray, slope: float, inter: float, source: str, *, s
     source : str
         Shown in messages.
     strict : bool
-        Also refuse physical values beyond float32 (defacer works in float32, where they become infinite).
+        Also refuse physical values beyond :data:`MAX_INTENSITY` (defacer works in float32, where they, or its
+        arithmetic on them, become infinite).
 
     Raises
     ------
@@ -87,9 +90,9 @@ def check_scaling(raw: np.ndarray, slope: float, inter: float, source: str, *, s
     if not largest <= MAX_INTENSITY:
         raise InputImageError(
             f"'{source}' has intensities up to {largest:.3g} (stored values {float(np.min(raw)):.3g} to "
-            f"{float(np.max(raw)):.3g}, x slope {slope:g} + intercept {inter:g}); defacer computes in 32-bit floats, "
-            f"which hold at most {MAX_INTENSITY:.3g}. The values or the scaling are probably wrong (e.g. a slope in "
-            "the wrong units); rescale the image first (for example divide it by a power of ten) and keep a note of it."
+            f"{float(np.max(raw)):.3g}, x slope {slope:g} + intercept {inter:g}); defacer computes in 32-bit floats "
+            f"and accepts intensities up to {MAX_INTENSITY:.0e}. The values or the scaling are probably wrong (e.g. a "
+            "slope in the wrong units); rescale the image first (for example divide it by a power of ten) and keep a note of it."
         )
 
 
