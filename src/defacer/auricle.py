@@ -39,7 +39,7 @@ from scipy import ndimage as ndi
 from defacer._typing import Mask
 from defacer.ball import within_distance
 from defacer.detect.preprocess import mask_box
-from defacer.head import HeadModel
+from defacer.head import HeadModel, outside_field_value
 
 Box = tuple[slice, slice, slice]
 
@@ -72,15 +72,20 @@ MIN_PART_MM3 = 60.0
 #: Gaussian smoothing (sigma, mm) of the image before the head mask's level, as the reference rule's
 #: (its kernel cut at 3 sigma).
 SMOOTH_MM = 1.0
-#: Level of the head mask of an MR (or any image not in HU), as a fraction of the Otsu level of the
-#: image's coarse sample above its 2nd percentile.  The reference rule takes 0.35 of the Otsu level of
-#: the smoothed image; the unsmoothed coarse sample's Otsu level lies about 10 % higher (IXI heads), so
-#: 0.35 x 0.9 (0.9 chosen among 0.8-1.1 on fold A's held-out heads: ears Dice 0.739-0.754).
+#: Level of the head mask of an MR (or any image not in HU), as a fraction of the way from the air (the
+#: image's coarse sample's 2nd percentile) to the Otsu level of the sample above it.  The reference rule takes
+#: 0.35 of the Otsu level of the smoothed image; the unsmoothed coarse sample's Otsu level lies about 10 %
+#: higher (IXI heads), so 0.35 x 0.9 (0.9 chosen among 0.8-1.1 on fold A's held-out heads: ears Dice
+#: 0.739-0.754).  Measured from the air, not from 0, the level moves with an intensity offset (the same head
+#: stored 5000 higher gets the same mask).  The air's 2nd percentile is 0 on 16 of the 17 real heads not in HU
+#: (both rules agree there); uih_T1w's is 11 (level 41.1 -> 48.7, its ear edit unchanged).
 MR_LEVEL_FRACTION = 0.315
-#: Level of the head mask of a CT in HU (the reference rule's), and the 1st percentile below which a
-#: scan is taken to be in HU (as the reference rule).
+#: Level of the head mask of a CT in HU (the reference rule's), and the range of the air (the coarse sample's
+#: 1st percentile, a scanner's outside-the-field constant left out) that makes a scan a CT in HU: air near
+#: -1000 HU.  Below CT_AIR_HU it is an image with an offset (an MR stored 5000 lower), not HU.
 CT_LEVEL_HU = -400.0
 CT_BELOW_HU = -500.0
+CT_AIR_HU = -1200.0
 #: Smallest protrusion that is an auricle, in mm^3 at the grid (the reference auricles hold 4-16 cm^3).
 MIN_AURICLE_MM3 = 400.0
 
@@ -284,9 +289,11 @@ def open_ball(solid: Mask, radius_mm: float, spacing: npt.ArrayLike) -> Mask:
 def head_level(image: npt.NDArray[np.floating], head: HeadModel) -> float:
     """The intensity level of the reference rule's head mask (:func:`head_mask`), once per head.
 
-    A scan whose coarse sample's 1st percentile lies below :data:`CT_BELOW_HU` is a CT in HU:
-    :data:`CT_LEVEL_HU`.  Otherwise :data:`MR_LEVEL_FRACTION` of the Otsu level of the coarse
-    sample (every ``head.strides`` voxel) above its 2nd percentile.
+    A scan whose coarse sample (every ``head.strides`` voxel), a CT scanner's outside-the-field
+    constant left out (:func:`defacer.head.outside_field_value`), has its 1st percentile between
+    :data:`CT_AIR_HU` and :data:`CT_BELOW_HU` is a CT in HU: :data:`CT_LEVEL_HU`.  Otherwise
+    :data:`MR_LEVEL_FRACTION` of the way from the sample's 2nd percentile (the air) to the Otsu
+    level of the sample above it, so that an intensity offset moves the level with the image.
 
     Parameters
     ----------
@@ -307,12 +314,15 @@ def head_level(image: npt.NDArray[np.floating], head: HeadModel) -> float:
         # float64: Otsu's class means and variances of a float32 sample overflow (RuntimeWarnings, a wrong
         # level) for intensities beyond ~1e18 (a slope of 1e30, float exports near 1e38)
         sample = np.asarray(image[:: st[0], :: st[1], :: st[2]], np.float64).ravel()
-        if float(np.percentile(sample, 1)) < CT_BELOW_HU:
+        padding = outside_field_value(sample)
+        in_field = sample[sample != padding] if padding is not None else sample
+        if in_field.size and CT_AIR_HU <= float(np.percentile(in_field, 1)) < CT_BELOW_HU:
             return np.asarray(CT_LEVEL_HU)
-        above = sample[sample > np.percentile(sample, 2)]
+        floor = float(np.percentile(sample, 2))
+        above = sample[sample > floor]
         if above.size < 2 or float(above.min()) == float(above.max()):
             return np.asarray(head.threshold)
-        return np.asarray(MR_LEVEL_FRACTION * float(threshold_otsu(above)))
+        return np.asarray(floor + MR_LEVEL_FRACTION * (float(threshold_otsu(above)) - floor))
 
     return float(head.derived(("auricle level",), compute))
 
