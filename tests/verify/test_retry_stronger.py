@@ -192,3 +192,36 @@ def test_a_real_head_that_keeps_a_face_is_clear_after_the_retry(tmp_path, capsys
     assert code == 0, captured.out + captured.err
     assert [a["verdict"] for a in verification["attempts"]] == ["FAIL", "PASS"], verification
     assert not list((tmp_path / "ixi013_defaced-qc").glob("*before*"))  # --qc-after-only: no original face
+
+
+def test_a_dicom_series_is_retried_with_its_mapping_rewritten(faces_after, tmp_path, capsys) -> None:
+    """A DICOM series defaced twice: the output folder, the sidecar and the --mapping-file are the retry's (a
+    random key gives each attempt other UIDs, so a mapping left from the first would not fit the output)."""
+    import sys
+
+    import nibabel as nib
+    import pydicom
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dicom"))
+    from dicom_factory import write_series
+
+    phantom = make_phantom(3.0)
+    affine = phantom.volume.affine
+    write_series(tmp_path / "in", phantom.volume.raw.astype(np.int16), row_cos=(-1, 0, 0), col_cos=(0, -1, 0),
+                 spacing=(3.0, 3.0), origin=(-affine[0, 3], -affine[1, 3], affine[2, 3]), step=(0, 0, 3.0))
+    nib.save(nib.Nifti1Image(phantom.labels.astype(np.uint8), affine), str(tmp_path / "labels.nii.gz"))
+    faces_after.plan += [True, False]
+    out, mapping = tmp_path / "defaced", tmp_path / "mapping.json"
+    code = main(["deface", str(tmp_path / "in"), str(out), "--labels", str(tmp_path / "labels.nii.gz"),
+                 "--retry-stronger", "--mapping-file", str(mapping)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.out + captured.err
+    assert faces_after.verifications == 2
+    sidecar = json.loads((tmp_path / "defaced.defacer.json").read_text())
+    assert [a["verdict"] for a in sidecar["verification"]["attempts"]] == ["FAIL", "PASS"]
+    assert sidecar["options"]["nose_scale"] == STRONGER_NOSE_SCALE
+    written = sorted(p for p in out.iterdir() if p.is_file())
+    assert written
+    text = mapping.read_text()
+    for path in written[:3]:
+        assert pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID in text

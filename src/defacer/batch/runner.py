@@ -101,6 +101,10 @@ class BatchConfig:
         ``OUT-qc`` beside OUT (never inside it), linked from the HTML summary.
     qc_after_only : bool
         With ``verify``: write no picture of the original faces, only after defacing.
+    retry_stronger : bool
+        Verify (as ``verify``), and deface again with the larger nose removal and eye cover every scan whose
+        verification finds a face after defacing (:class:`~defacer.batch.task.ScanTask`); a rerun with it redoes
+        the scans recorded with such a FAIL and not retried yet, and skips the others as usual.
     force : bool
         Allow a non-empty OUT that holds no batch manifest.
     redo : bool
@@ -139,6 +143,7 @@ class BatchConfig:
     weights_path: PathLike | None = None
     verify: bool = False
     qc_after_only: bool = False
+    retry_stronger: bool = False
     force: bool = False
     redo: bool = False
     rehash: bool = False
@@ -147,6 +152,10 @@ class BatchConfig:
     allow_missing: bool = False
     max_voxels: int | None = DEFAULT_MAX_VOXELS
     allow_identifying_paths: bool = False
+
+    def __post_init__(self) -> None:
+        if self.retry_stronger and not self.verify:  # a retry is decided by the verification
+            object.__setattr__(self, "verify", True)
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -297,13 +306,15 @@ def plan(
         deidentify = replace(deidentify, key=secrets.token_bytes(32), random_key=True)  # one key, every worker
         log.warning("No --key/--key-file: DICOM headers are de-identified with a random key, so pseudonyms are "
                     "consistent within this run only and every DICOM series is redone on the next run.")
+    verify = config.verify
     tasks: list[ScanTask] = []
     skipped: list[ScanRecord] = []
     for scan in discovery.scans:
         labels = labels_for(scan, labels_dir)
         fingerprint = _fingerprint(config, scan, labels, detector_id, deidentify)
         previous = manifest.get(scan.key)
-        verified = not config.verify or (previous is not None and _qc_intact(previous.verify, layout.qc_dir))
+        verified = not verify or (previous is not None and _qc_intact(previous.verify, layout.qc_dir)
+                                  and not _retry_due(config, previous.verify))
         if not config.redo and verified and is_up_to_date(
                 previous, fingerprint=fingerprint, in_root=layout.in_root, out_root=layout.out_root,
                 input_files=input_files(scan), rehash=config.rehash):
@@ -319,13 +330,24 @@ def plan(
             sidecar=sidecar,
             sidecar_data=defaced_sidecar(scan, layout, config.features, seed) if sidecar is not None else None,
             labels_path=labels, weights_path=Path(config.weights_path) if config.weights_path else None,
-            threads=threads, verify_dir=layout.verify_dir(scan) if config.verify else None,
-            qc_root=layout.qc_dir if config.verify else None, qc_after_only=config.qc_after_only,
+            threads=threads, verify_dir=layout.verify_dir(scan) if verify else None,
+            qc_root=layout.qc_dir if verify else None, qc_after_only=config.qc_after_only,
+            retry_stronger=config.retry_stronger,
             deface=deface, deidentify=deidentify if scan.kind == "dicom" else None,
             allow_missing=config.allow_missing, max_voxels=config.max_voxels,
             allow_identifying_paths=config.allow_identifying_paths,
         ))
     return tasks, skipped
+
+
+def _retry_due(config: BatchConfig, verify: dict[str, Any] | None) -> bool:
+    """Whether ``--retry-stronger`` redoes a scan recorded as done: its verification found a face after defacing,
+    it was not retried yet, and the larger sizes would change something."""
+    from defacer.options import stronger_options
+    from defacer.verify.verdict import face_still_found
+
+    return (config.retry_stronger and bool(verify) and not (verify or {}).get("attempts")
+            and face_still_found(verify or {}) and stronger_options(config.options) is not None)
 
 
 def _qc_intact(verify: dict[str, Any] | None, qc_dir: Path) -> bool:

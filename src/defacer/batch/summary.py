@@ -18,6 +18,7 @@ from typing import Any, Self, TextIO
 
 from defacer._version import __version__
 from defacer.batch.manifest import DONE, FAILED, INCOMPLETE, NOTHING_FOUND, SKIPPED, ScanRecord
+from defacer.options import STRONGER_FLAGS, is_stronger
 
 #: Statuses of scans for which nothing was written because a requested feature was not found.
 NOT_DEFACED = (NOTHING_FOUND, INCOMPLETE)
@@ -165,9 +166,31 @@ def _last_scan(record: ScanRecord, width: int = 60) -> str:
 
 #: What to do with a scan whose verification failed (see :data:`defacer.verify.verdict.REMEDY_FACE`: with
 #: ``--nose-scale 3 --eye-box-scale 2.5`` the 3 real heads the shipped detector left a face on were clear).
-VERIFY_FAIL_NEXT_STEP = ("For a verification FAIL: deface that scan again on its own, beside the batch output, with a "
-                         "larger nose removal and eye cover (defacer deface IN/SCAN SCAN_defaced.nii.gz --nose-scale 3 "
-                         "--eye-box-scale 2.5 --verify), or remove the whole face, before sharing it.")
+VERIFY_FAIL_NEXT_STEP = ("For a verification FAIL: run this batch again with --retry-stronger (it redoes only the "
+                         "scans whose verification found a face, with a larger nose removal and eye cover: "
+                         f"{STRONGER_FLAGS}); if a face is still found then, or the brain region changed, do not "
+                         "share that scan: remove the whole face (for example with pydeface) or check its files.")
+#: The same once every failed scan was retried with the larger sizes (or made with them).
+VERIFY_FAIL_AFTER_RETRY = ("For a verification FAIL after the larger nose removal and eye cover: do not share that "
+                           "scan; remove the whole face (for example with pydeface) before sharing it.")
+
+
+def verify_fail_next_step(records: Sequence[ScanRecord]) -> str | None:
+    """What to do about the scans whose verification failed, or ``None`` when none failed.
+
+    :data:`VERIFY_FAIL_AFTER_RETRY` when every such scan was already retried with the larger sizes (its
+    ``verify["attempts"]``) or defaced with them, else :data:`VERIFY_FAIL_NEXT_STEP`.
+    """
+    failed = [r for r in records if verdict_of(r) == "FAIL"]
+    if not failed:
+        return None
+
+    def larger(record: ScanRecord) -> bool:
+        options = (record.provenance or {}).get("options") or {}
+        return bool((record.verify or {}).get("attempts")) or is_stronger(options.get("nose_scale"),
+                                                                            options.get("eye_box_scale"))
+
+    return VERIFY_FAIL_AFTER_RETRY if all(larger(r) for r in failed) else VERIFY_FAIL_NEXT_STEP
 
 
 def print_table(records: Sequence[ScanRecord], *, wall_s: float, stream: TextIO | None = None,
@@ -195,8 +218,9 @@ def print_table(records: Sequence[ScanRecord], *, wall_s: float, stream: TextIO 
             print(f"  {record.status.upper()} (nothing written) {record.key}: {_features_line(record)}", file=stream)
         for record in unverified:
             print(f"  VERIFY {verdict_of(record)} {record.key}: {_report_of(record)}", file=stream)
-        if any(verdict_of(r) == "FAIL" for r in unverified):
-            print(VERIFY_FAIL_NEXT_STEP, file=stream)
+        step = verify_fail_next_step(unverified)
+        if step:
+            print(step, file=stream)
         if html_path is not None:
             print(f"summary: {html_path}", file=stream)
         return
@@ -244,8 +268,9 @@ def print_table(records: Sequence[ScanRecord], *, wall_s: float, stream: TextIO 
         for record in unverified:
             checks.add_row(record.key, verdict_of(record) or "", _report_of(record))
         console.print(checks)
-        if any(verdict_of(r) == "FAIL" for r in unverified):
-            console.print(VERIFY_FAIL_NEXT_STEP, markup=False, highlight=False)
+        step = verify_fail_next_step(unverified)
+        if step:
+            console.print(step, markup=False, highlight=False)
     warned = sum(1 for r in records if r.warnings and r.status == DONE)
     if warned:
         scans = "scan has" if warned == 1 else "scans have"

@@ -21,7 +21,7 @@ import socket
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,10 @@ class ScanTask:
         The QC folder (``OUT-qc``); report paths are recorded relative to it.
     qc_after_only : bool
         Write no picture of the original (after-defacing pictures only).
+    retry_stronger : bool
+        When the verification finds a face after defacing, deface the scan again with the larger nose removal
+        and eye cover (:func:`defacer.options.stronger_options`) and verify that; ``verify["attempts"]`` of the
+        record lists both.
     attempts : int
         How many times this scan has been tried, this one included.
     deface : callable or None
@@ -107,6 +111,7 @@ class ScanTask:
     verify_dir: Path | None = None
     qc_root: Path | None = None
     qc_after_only: bool = False
+    retry_stronger: bool = False
     attempts: int = 1
     deface: DefaceFile | None = None
     deidentify: Deidentification | None = None
@@ -225,8 +230,28 @@ def _verify(task: ScanTask, provenance: dict[str, Any]) -> dict[str, Any]:
         return Path(path).resolve().relative_to(base).as_posix()
 
     return {"passed": bool(result.passed), "verdict": result.verdict,
+            "face_found_after": list(result.summary.get("face_found_after") or []),
+            "brain_untouched": bool(result.summary.get("brain_untouched", True)),
             "report_path": rel(result.report_path), "summary_path": rel(result.summary_path),
             "folder": rel(verify_dir), "pictures": pictures}
+
+
+def _verify_with_retry(task: ScanTask, record: ScanRecord) -> None:
+    """Verify the defaced scan into ``record.verify``; with ``task.retry_stronger`` and a face found after
+    defacing, deface it again with the larger sizes and verify that (``record.provenance`` and ``record.verify``
+    are then the retry's, ``record.verify["attempts"]`` lists both)."""
+    from defacer.options import stronger_options
+    from defacer.verify.verdict import attempt_record, face_still_found
+
+    verify = _verify(task, record.provenance)
+    stronger = stronger_options(task.options) if task.retry_stronger else None
+    if stronger is not None and face_still_found(verify):
+        first = attempt_record(record.provenance.get("options") or asdict(task.options), verify)
+        retry = replace(task, options=stronger)
+        record.provenance = dict(_deface(retry) or {})
+        verify = _verify(retry, record.provenance)
+        verify["attempts"] = [first, attempt_record(record.provenance.get("options") or asdict(stronger), verify)]
+    record.verify = verify
 
 
 class _Collect(logging.Handler):
@@ -327,7 +352,7 @@ def _run(task: ScanTask, record: ScanRecord) -> None:
         if task.verify_dir is not None:
             t0 = time.perf_counter()
             try:
-                record.verify = _verify(task, record.provenance)
+                _verify_with_retry(task, record)
             finally:
                 _drop_labels_if_after_only(task)
             record.timings["verify"] = time.perf_counter() - t0

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         options=deface_options_from_args(args), jobs=args.jobs, scheduler=args.scheduler,
         layout="derivatives" if args.derivatives else "mirror", others=args.others,
         labels_dir=args.labels_dir, weights_path=args.weights, verify=args.verify, force=args.force,
-        qc_after_only=args.qc_after_only,
+        qc_after_only=args.qc_after_only, retry_stronger=args.retry_stronger,
         redo=args.redo, rehash=args.rehash, quiet=args.quiet,
         deidentify=deidentification_from_args(args, warn_random=False),  # the runner warns when DICOM is there
         allow_missing=args.allow_missing, max_voxels=max_voxels_from_args(args),

@@ -87,10 +87,6 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     add_common_arguments(parser)
     parser.add_argument("--save-mask", metavar="FILE", type=Path, help="also write the detected label map here")
     add_verify_arguments(parser)
-    parser.add_argument("--retry-stronger", action="store_true",
-                        help=f"verify (as --verify), and when a face is still found after defacing, deface the original again "
-                             f"with a larger nose removal and eye cover ({STRONGER_FLAGS}; the other options as "
-                             "given) into the same output and verify that; both attempts are recorded in the sidecar")
     group = parser.add_argument_group("DICOM input")
     group.add_argument("--series", metavar="ID",
                        help="deface only this series of a folder holding several: the number in brackets from the "
@@ -185,7 +181,9 @@ def _run(args: argparse.Namespace, new_qc_dir: list[Path]) -> int:
     stronger = stronger_options(options) if args.retry_stronger else None
     status, summary = _verify_and_keep_mask(args, provenance, is_dicom, mask_path, max_voxels,
                                             retry_on_face=stronger is not None)
-    if not (stronger is not None and will_retry(summary)):
+    from defacer.verify.verdict import attempt_record, face_still_found
+
+    if not (stronger is not None and face_still_found(summary)):
         if args.retry_stronger and status == EXIT_VERIFY_FAILED and stronger is None:
             print("  --retry-stronger: not retried, the nose removal and eye cover are already that large (or "
                   "neither is distorted).")
@@ -194,7 +192,7 @@ def _run(args: argparse.Namespace, new_qc_dir: list[Path]) -> int:
     # same output (this run's own, so it is replaced), and verify that.  Both attempts go into the sidecar.
     print(f"  --retry-stronger: a face was still found ({', '.join(map(str, summary['face_found_after']))}); "
           f"defacing {args.input} again with {STRONGER_FLAGS} and verifying again.")
-    first = _attempt(options, summary)
+    first = attempt_record(provenance["options"], summary)
     provenance = _deface_and_report(args, stronger, deidentify, is_dicom, mask_path, max_voxels, force=True)
     status, summary = _verify_and_keep_mask(args, provenance, is_dicom, mask_path, max_voxels,
                                             attempts=[first])
@@ -250,19 +248,6 @@ def _verify_and_keep_mask(args: argparse.Namespace, provenance: dict[str, Any], 
         # person): with --qc-after-only it does not stay in the QC folder once the report is written.
         if args.qc_after_only and args.save_mask is None and mask_path is not None:
             mask_path.unlink(missing_ok=True)
-
-
-def will_retry(summary: dict[str, Any]) -> bool:
-    """Whether ``--retry-stronger`` defaces again after this verification: a FAIL for a face found after defacing
-    only (a changed brain region is no matter of distortion size: it is never retried)."""
-    return (summary.get("verdict") == "FAIL" and bool(summary.get("brain_untouched", True))
-            and bool(summary.get("face_found_after")))
-
-
-def _attempt(options: DefaceOptions, summary: dict[str, Any]) -> dict[str, Any]:
-    """What the sidecar records of one defacing-and-verification attempt: the sizes used and the verdict."""
-    return {"nose_scale": options.nose_scale, "eye_box_scale": options.eye_box_scale,
-            "verdict": summary.get("verdict"), "face_found_after": list(summary.get("face_found_after") or [])}
 
 
 def _write_mapping(args: argparse.Namespace, defaced: Defaced, out_dir: Path, *, force: bool) -> None:
@@ -431,7 +416,7 @@ def verify_outputs(original_path: Path, defaced_path: Path, provenance: dict[str
     :data:`EXIT_VERIFY_FAILED` (3) on FAIL, :data:`EXIT_VERIFY_INCONCLUSIVE` (5) when no face
     was found in the original, as ``defacer verify``) and the verification summary.  ``max_voxels``
     is the loader's limit (:func:`defacer.io.load_volume`; ``None``: no limit).  ``attempts``: the
-    earlier attempts of a ``--retry-stronger`` run (:func:`_attempt`), recorded in the sidecar before
+    earlier attempts of a ``--retry-stronger`` run (:func:`~defacer.verify.verdict.attempt_record`), recorded in the sidecar before
     this one; ``retry_on_face``: a FAIL for a face found is followed by a retry, so no next step is printed
     for it.
     """
@@ -446,7 +431,15 @@ def verify_outputs(original_path: Path, defaced_path: Path, provenance: dict[str
     labels = (load_volume(labels_path, strict=False, max_voxels=max_voxels).raw
               if labels_path is not None and Path(labels_path).exists() else None)
     from defacer.verify import qc
-    from defacer.verify.verdict import EXIT_STATUS, FAIL, INCONCLUSIVE, MEANING, remedy
+    from defacer.verify.verdict import (
+        EXIT_STATUS,
+        FAIL,
+        INCONCLUSIVE,
+        MEANING,
+        attempt_record,
+        face_still_found,
+        remedy,
+    )
 
     qc_dir = qc_dir_for(defaced_path)
     qc.claim(qc_dir, qc_targets(qc_dir, labels=False))  # recorded before anything is written there
@@ -458,7 +451,7 @@ def verify_outputs(original_path: Path, defaced_path: Path, provenance: dict[str
     pictures = qc.write_pictures(result.renders, qc_dir, after_only)
     verdict = result.verdict
     print(f"  verification: {verdict}. {MEANING[verdict]}")
-    retried = retry_on_face and will_retry(result.summary)
+    retried = retry_on_face and face_still_found(result.summary)
     step = None if retried else remedy(result.summary)
     if step:
         print(f"  {step}")
@@ -470,10 +463,7 @@ def verify_outputs(original_path: Path, defaced_path: Path, provenance: dict[str
     record: dict[str, Any] = {"verdict": verdict, "meaning": MEANING[verdict], "exit_status": status,
                               "report": f"{qc_dir.name}/{Path(result.report_path).name}"}
     if attempts:
-        options = provenance.get("options") or {}
-        record["attempts"] = [*attempts, {"nose_scale": options.get("nose_scale"),
-                                          "eye_box_scale": options.get("eye_box_scale"), "verdict": verdict,
-                                          "face_found_after": list(result.summary.get("face_found_after") or [])}]
+        record["attempts"] = [*attempts, attempt_record(provenance.get("options") or {}, result.summary)]
     _record_verdict(defaced_path, record)
     if verdict in (FAIL, INCONCLUSIVE) and not retried:
         print(f"defacer deface: verification {verdict} for {defaced_path} (exit status {status}); "

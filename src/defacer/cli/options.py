@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from defacer.checks import DEFAULT_MAX_VOXELS
 from defacer.distort import NOSE_REACH_MM
 from defacer.labels import FEATURES, parse_features
-from defacer.options import DEFAULT_OPTIONS, DefaceOptions, Deidentification
+from defacer.options import DEFAULT_OPTIONS, STRONGER_FLAGS, DefaceOptions, Deidentification
 
 if TYPE_CHECKING:
     from defacer.phi.options import DeidOptions
@@ -108,7 +108,8 @@ def add_force_argument(parser: ArgumentTarget) -> None:
 
 
 def add_verify_arguments(parser: ArgumentTarget) -> None:
-    """``--verify`` and ``--qc-after-only``: check each defaced face; pictures only in a QC folder beside the output."""
+    """``--verify``, ``--qc-after-only`` and ``--retry-stronger``: check each defaced face (pictures only in a QC
+    folder beside the output), and deface again larger where a face is still found."""
     parser.add_argument("--verify", action="store_true",
                         help="render each face before and after and check it with offline face detectors (needs "
                              "defacer[verify]); reports and pictures go to a QC folder beside the output, never into "
@@ -117,6 +118,12 @@ def add_verify_arguments(parser: ArgumentTarget) -> None:
     parser.add_argument("--qc-after-only", action="store_true",
                         help="with --verify: put no picture of an original face in the QC folder, only pictures after "
                              "defacing")
+    parser.add_argument("--retry-stronger", action="store_true",
+                        help="verify (as --verify), and when a face is still found after defacing a scan, deface it "
+                             f"again from the original with a larger nose removal and eye cover ({STRONGER_FLAGS}; the "
+                             "other options as given) and verify that; both attempts are recorded (deface: in the "
+                             "sidecar; batch: in the manifest). batch: a rerun with it redoes only the scans whose "
+                             "verification found a face")
 
 
 def add_deface_arguments(parser: ArgumentTarget, *, seed_help: str | None = None) -> None:

@@ -87,6 +87,35 @@ def remedy(summary: dict[str, object]) -> str | None:
     return REMEDY_FACE
 
 
+def face_still_found(summary: dict[str, object]) -> bool:
+    """Whether a verification is a FAIL for a face found after defacing only, the one a larger nose removal and
+    eye cover can answer (``--retry-stronger``); a changed brain region is no matter of distortion size.
+
+    Parameters
+    ----------
+    summary : dict
+        A verification summary (or a batch record's ``verify``): ``verdict``, ``face_found_after``,
+        ``brain_untouched``.
+    """
+    return (summary.get("verdict") == FAIL and bool(summary.get("brain_untouched", True))
+            and bool(summary.get("face_found_after")))
+
+
+def attempt_record(options: dict[str, object], summary: dict[str, object]) -> dict[str, object]:
+    """One attempt of a ``--retry-stronger`` run as recorded (sidecar, batch manifest): the sizes and the outcome.
+
+    Parameters
+    ----------
+    options : dict
+        The defacing's options as recorded in its provenance (``nose_scale``, ``eye_box_scale``).
+    summary : dict
+        Its verification summary.
+    """
+    found = summary.get("face_found_after")
+    return {"nose_scale": options.get("nose_scale"), "eye_box_scale": options.get("eye_box_scale"),
+            "verdict": summary.get("verdict"), "face_found_after": list(found) if isinstance(found, list) else []}
+
+
 def decide(face_before: bool, face_after: bool, brain_untouched: bool) -> str:
     """The verdict from the three findings.
 
