@@ -39,7 +39,7 @@ from scipy import ndimage as ndi
 from defacer._typing import Mask
 from defacer.ball import within_distance
 from defacer.detect.preprocess import mask_box
-from defacer.head import HeadModel, outside_field_value
+from defacer.head import HeadModel, border_padding_value, outside_field_value
 
 Box = tuple[slice, slice, slice]
 
@@ -293,7 +293,9 @@ def head_level(image: npt.NDArray[np.floating], head: HeadModel) -> float:
     constant left out (:func:`defacer.head.outside_field_value`), has its 1st percentile between
     :data:`CT_AIR_HU` and :data:`CT_BELOW_HU` is a CT in HU: :data:`CT_LEVEL_HU`.  Otherwise
     :data:`MR_LEVEL_FRACTION` of the way from the sample's 2nd percentile (the air) to the Otsu
-    level of the sample above it, so that an intensity offset moves the level with the image.
+    level of the sample above it, so that an intensity offset moves the level with the image; an
+    export's constant frame round a smaller field (:func:`defacer.head.border_padding_value`) is
+    left out of that sample.
 
     Parameters
     ----------
@@ -313,11 +315,15 @@ def head_level(image: npt.NDArray[np.floating], head: HeadModel) -> float:
         st = head.strides
         # float64: Otsu's class means and variances of a float32 sample overflow (RuntimeWarnings, a wrong
         # level) for intensities beyond ~1e18 (a slope of 1e30, float exports near 1e38)
-        sample = np.asarray(image[:: st[0], :: st[1], :: st[2]], np.float64).ravel()
+        coarse = np.asarray(image[:: st[0], :: st[1], :: st[2]], np.float64)
+        sample = coarse.ravel()
         padding = outside_field_value(sample)
         in_field = sample[sample != padding] if padding is not None else sample
         if in_field.size and CT_AIR_HU <= float(np.percentile(in_field, 1)) < CT_BELOW_HU:
             return np.asarray(CT_LEVEL_HU)
+        frame = border_padding_value(coarse)  # an export's constant round a smaller field is no air
+        if frame is not None:
+            sample = sample[sample != frame]
         floor = float(np.percentile(sample, 2))
         above = sample[sample > floor]
         if above.size < 2 or float(above.min()) == float(above.max()):

@@ -199,6 +199,47 @@ def outside_field_value(sample: npt.NDArray[np.floating]) -> float | None:
     return lowest if share >= PADDING_SHARE else None
 
 
+#: Largest share of the field of view (the volume inside the padding's border planes) the padding value may fill
+#: for :func:`border_padding_value`: beyond it, the value is the scan's own air (most real MR heads store their
+#: air as exact 0, 3-50 % of the voxels), not a frame round the field.
+PADDING_INSIDE_SHARE = 0.005
+
+
+def border_padding_value(coarse: npt.NDArray[np.floating]) -> float | None:
+    """The constant an export wrote round a smaller field of view (zero-padding), if the volume has one.
+
+    The value of the volume's corner, when it fills whole planes at the volume's border (at least
+    :data:`PADDING_SHARE` of the voxels in all) and is rare inside them (at most
+    :data:`PADDING_INSIDE_SHARE` of the field of view those planes enclose): the field's own air is
+    then noise, and the frame's exact constant, left in, drags the air/tissue threshold down to
+    it (the phantom padded into 256^3 with exact zeros: 81.6 -> 10.6).  An MR whose air is itself
+    exactly 0 has the value all over its field: ``None``, as for a volume with no such planes.
+    The counterpart of :func:`outside_field_value` (a CT's constant far below air) for any scan.
+
+    Parameters
+    ----------
+    coarse : ndarray, shape (X, Y, Z)
+        The volume (or its coarse sample), physical intensities.
+    """
+    value = coarse[0, 0, 0]
+    is_value = coarse == value
+    field = []
+    for axis in range(3):
+        # whole planes holding only the value, from each end inwards
+        full = np.all(is_value, axis=tuple(a for a in range(3) if a != axis))
+        start = int(np.argmin(full)) if not full.all() else full.size
+        stop = full.size - int(np.argmin(full[::-1])) if not full.all() else full.size
+        field.append(slice(start, max(start, stop)))
+    inside = is_value[tuple(field)]
+    if inside.size == 0 or inside.size == coarse.size:
+        return None
+    if float(np.count_nonzero(is_value)) / coarse.size < PADDING_SHARE:
+        return None
+    if float(np.count_nonzero(inside)) / inside.size > PADDING_INSIDE_SHARE:
+        return None
+    return float(value)
+
+
 def analyse_head(image: npt.NDArray[np.floating], spacing: tuple[float, float, float]) -> HeadModel:
     """Estimate the threshold, air distribution and sealed head of a RAS image.
 
@@ -213,6 +254,8 @@ def analyse_head(image: npt.NDArray[np.floating], spacing: tuple[float, float, f
     coarse = image[:: strides[0], :: strides[1], :: strides[2]]
     coarse_spacing = tuple(s * st for s, st in zip(spacing, strides, strict=True))
     padding = outside_field_value(coarse)
+    if padding is None:
+        padding = border_padding_value(coarse)
     in_field = coarse != padding if padding is not None else np.ones(coarse.shape, dtype=bool)
     threshold = estimate_threshold(coarse[in_field])
     tissue = coarse > threshold
