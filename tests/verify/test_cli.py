@@ -81,8 +81,8 @@ def test_evaluate_scores_every_scan_and_reports_reidentification(tmp_path, capsy
     assert [s.name for s in find_scans(scans)] == ["a", "b"]
     code = main(["evaluate", str(scans), "--labels-dir", str(labels), "--reference-dir", str(labels),
                  "--out", str(tmp_path / "eval")])
-    out = capsys.readouterr().out
-    assert code == 0, out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "re-identification rank-1" in out
     result = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert [s["name"] for s in result["scans"]] == ["a", "b"]
@@ -103,6 +103,9 @@ def test_evaluate_scores_every_scan_and_reports_reidentification(tmp_path, capsy
     counts = (verdicts.count("PASS"), verdicts.count("FAIL"), verdicts.count("INCONCLUSIVE"))
     assert (overall["passed"], overall["failed"], overall["inconclusive"]) == counts == (0, *counts[1:])
     assert f"passed 0, failed {counts[1]}, inconclusive {counts[2]};" in out
+    # no scan passed: the exit status says so, as 'defacer verify' would for the worst scan (3 FAIL, 5 INCONCLUSIVE)
+    assert code == (3 if counts[1] else 5), out
+    assert f"(exit status {code})" in captured.err
     assert overall["reid_chance"] == 0.5
     assert overall["reid_rank1_defaced"] is not None and overall["reid_rank1_baseline_other_angle"] is not None
     assert 0 <= overall["reid_p_value_defaced"] <= 1 and overall["reid_n"] == 2
@@ -144,3 +147,40 @@ def test_each_verdict_names_the_next_step_for_its_cause() -> None:
     assert remedy(brain) == REMEDY_BRAIN and remedy(both) == REMEDY_BRAIN
     assert remedy({"verdict": "PASS", "face_found_after": [], "brain_untouched": True}) is None
     assert remedy({"verdict": "INCONCLUSIVE", "face_found_after": [], "brain_untouched": True}) is None
+
+
+def test_evaluate_exits_3_when_a_scan_fails_verification(tmp_path, monkeypatch, capsys) -> None:
+    """Hostile pass, defect left: 'defacer evaluate' exited 0 when scans FAILed verification (a face found after
+    defacing), so a script could not tell; 'defacer verify' exits 3 for the same scan. The verdict is forced
+    here (the real verification runs, then its summary says FAIL), so the test does not hang on what Face Mesh
+    makes of a phantom."""
+    import defacer.evaluate
+
+    real = defacer.evaluate.verify_pair
+
+    def failing(*args, **kwargs):
+        result = real(*args, **kwargs)
+        result.summary.update(verdict="FAIL", passed=False)
+        return result
+
+    monkeypatch.setattr(defacer.evaluate, "verify_pair", failing)
+    scans, labels = tmp_path / "scans", tmp_path / "labels"
+    scans.mkdir()
+    labels.mkdir()
+    save_phantom(make_phantom(4.0), scans / "a.nii.gz", labels / "a.labels.nii.gz")
+    code = main(["evaluate", str(scans), "--labels-dir", str(labels), "--out", str(tmp_path / "eval")])
+    captured = capsys.readouterr()
+    assert code == 3, captured.out
+    assert "1 FAIL (a)" in captured.err and "(exit status 3)" in captured.err
+
+
+@pytest.mark.parametrize("counts, status", [
+    ({"errors": 0, "failed": 0, "inconclusive": 0}, 0),
+    ({"errors": 0, "failed": 0, "inconclusive": 2}, 5),
+    ({"errors": 0, "failed": 1, "inconclusive": 2}, 3),
+    ({"errors": 1, "failed": 1, "inconclusive": 0}, 1),
+])
+def test_the_evaluations_exit_status_is_its_worst_scans(counts, status) -> None:
+    from defacer.cli.evaluate import exit_status
+
+    assert exit_status(counts) == status

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from defacer.verify.evaluate import Scan
@@ -22,7 +23,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
             "re-identification rank-1 rate of the defaced renders against a gallery of all originals, next to the "
             "rate of the originals seen from another angle and chance. Needs defacer[verify]."
         ),
-        epilog="Example:\n  defacer evaluate ../shared/data/heads --labels-dir reference_labels --out reports/eval",
+        epilog="Example:\n  defacer evaluate ../shared/data/heads --labels-dir reference_labels --out reports/eval\n\n"
+               "Exit status (the worst scan decides, as 'defacer verify' for one scan):\n"
+               "  0  every scan PASSed verification\n"
+               "  1  error: some scan could not be evaluated (its row says why), or bad input\n  2  usage error\n"
+               "  3  some scan FAILed: a face was found after defacing, or the brain region changed\n"
+               "  5  some scan was INCONCLUSIVE (no face found in its original to test), none failed",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("folder", type=Path, help="folder of scans")
@@ -56,7 +62,30 @@ def run(args: argparse.Namespace) -> int:
                              options=options, echo=lambda line: print(line, flush=True))
     print(format_overall(result["overall"]))
     print(f"written: {args.out / 'evaluation.json'}, {args.out / 'evaluation.html'}")
-    return 0 if result["overall"]["errors"] == 0 else 1
+    status = exit_status(result["overall"])
+    if status != 0:
+        names = {verdict: [s["name"] for s in result["scans"] if s.get("verdict") == verdict]
+                 for verdict in ("FAIL", "INCONCLUSIVE")}
+        said = [f"{len(names[v])} {v} ({', '.join(names[v])})" for v in names if names[v]]
+        errors = result["overall"]["errors"]
+        print("defacer evaluate: " + "; ".join(([f"{errors} scan(s) could not be evaluated"] if errors else []) + said)
+              + f" (exit status {status}); see each scan's report in {args.out}", file=sys.stderr)
+    return status
+
+
+def exit_status(overall: dict[str, Any]) -> int:
+    """The evaluation's exit status from its overall counts: 1 when some scan could not be evaluated, else 3
+    (:data:`defacer.verify.verdict.EXIT_STATUS` of FAIL) when some failed, else 5 when some was inconclusive,
+    else 0."""
+    from defacer.verify.verdict import EXIT_STATUS, FAIL, INCONCLUSIVE, PASS
+
+    if overall.get("errors"):
+        return 1
+    if overall.get("failed"):
+        return EXIT_STATUS[FAIL]
+    if overall.get("inconclusive"):
+        return EXIT_STATUS[INCONCLUSIVE]
+    return EXIT_STATUS[PASS]
 
 
 def claim_outputs(folder: Path, out: Path, scans: Sequence[Scan], inputs: list[Path | None]) -> None:
