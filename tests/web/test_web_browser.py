@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from web_helpers import ARTEFACTS, PhantomFiles, Server, decode_png, feature_pixels
+from web_helpers import ARTEFACTS, PhantomFiles, Server, decode_png, feature_pixels, serve_in_thread
 
 pytestmark = pytest.mark.browser
 
@@ -75,10 +75,13 @@ def check_shown_verdict(page: Any) -> str:
     assert name == decide(face_before=rows["Face found in renders of the original"] != "no",
                           face_after=rows["Face found in renders of the defaced scan"] != "no",
                           brain_untouched=rows["Brain region untouched"] == "yes"), rows
-    # after a FAIL for a face found, the next step is shown under the verdict; otherwise nothing is
+    # after a FAIL for a face found, the next step is shown under the verdict (defacing again with the retry box
+    # ticked, or, after the larger removal, removing the whole face); otherwise nothing is
+    from defacer.web.workflow import WEB_REMEDY_FACE, WEB_REMEDY_WHOLE_FACE
+
     step = page.locator("#next-step")
     if name == "FAIL" and rows["Face found in renders of the defaced scan"] != "no":
-        assert step.is_visible() and "--nose-scale 3 --eye-box-scale 2.5" in step.inner_text()
+        assert step.is_visible() and step.inner_text() in (WEB_REMEDY_FACE, WEB_REMEDY_WHOLE_FACE)
     elif name != "FAIL":
         assert not step.is_visible()
     red, green, blue = (int(COLOURS[name][i:i + 2], 16) for i in (1, 3, 5))
@@ -319,3 +322,77 @@ def test_a_label_map_marking_nothing_gives_no_defaced_download(page: Any, server
     expect(page.locator("#deface-progress-row")).to_be_hidden()
     shot(page, "09-nothing-to-distort.png")
     assert [p.name for p in work_files(server) if "defaced" in p.name] == []
+
+
+def test_the_retry_box_is_ticked_by_default_reaches_the_request_and_the_retry_is_told(
+        browser: Any, phantom_files: PhantomFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The box 'If a face is still found after defacing, deface again ...' is ticked on a new page, its state is the
+    deface request's ``retry_stronger``, and after a retry the page says in words what happened.
+
+    The server runs in this process (``serve_in_thread``) so that its face detectors can be faked: a face in every
+    render of the original, after defacing as ``plan`` says (as in tests/web/test_web_retry_stronger.py).
+    """
+    import json
+
+    from playwright.sync_api import expect
+
+    from defacer.verify import check, identity
+    from defacer.verify.faces import DetectorResult
+    from defacer.web.settings import WebSettings
+    from defacer.web.workflow import WEB_REMEDY_FACE
+
+    plan: list[bool] = [True, False, True]  # first job: FAIL, then PASS after the retry; second job: FAIL
+    calls = [0]
+
+    def fake(renders: dict[str, Any]) -> dict[str, Any]:
+        calls[0] += 1
+        face = True if calls[0] % 2 else plan[calls[0] // 2 - 1]
+        return {view: {"stub": DetectorResult("stub", 0.5, 1.0 if face else None, None, face)} for view in renders}
+
+    monkeypatch.setattr(check, "detect_renders", fake)
+    monkeypatch.setattr(identity, "embed", lambda image, box: np.zeros(128))
+    with serve_in_thread(WebSettings(work_dir=tmp_path / "work")) as url:
+        context = browser.new_context(viewport={"width": 1280, "height": 1000})
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda err: errors.append(str(err)))
+        bodies: list[dict[str, Any]] = []
+        page.on("request", lambda r: bodies.append(json.loads(r.post_data or "{}"))
+                if r.method == "POST" and r.url.endswith("/deface") else None)
+        page.goto(url)
+        expect(page.locator("body")).to_have_attribute("data-ready", "true", timeout=TIMEOUT_MS)
+        box = page.locator("#retry-stronger")
+        expect(box).to_be_checked()
+        expect(box).to_be_enabled()
+        expect(page.get_by_label("If a face is still found after defacing, deface again with a larger nose and eye "
+                                 "removal")).to_have_count(1)
+        page.set_input_files("#scan-input", str(phantom_files.scan))
+        page.set_input_files("#labels-input", str(phantom_files.labels))
+        page.locator("#upload-button").click()
+        expect(page.locator("#upload-stage")).to_contain_text("Ready", timeout=TIMEOUT_MS)
+
+        page.locator("#deface-button").click()
+        expect(page.locator("#download-scan")).to_be_visible(timeout=TIMEOUT_MS)
+        assert bodies[-1]["retry_stronger"] is True, bodies
+        expect(page.locator("#verdict")).to_have_attribute("data-verdict", "PASS")
+        note = page.locator("#retry-note")
+        expect(note).to_be_visible()
+        text = note.inner_text()
+        assert "The first defacing was verified FAIL: a face was still found" in text, text
+        assert "stub on the front render" in text, text  # the detectors that fired, in words
+        assert "defaced again from the original with a larger nose removal and eye cover" in text, text
+        assert "nose size 2 to 3, eye size 2 to 2.5" in text and "second attempt is PASS" in text, text
+        expect(page.locator("#next-step")).to_be_hidden()
+        shot(page, "10-retried.png")
+        assert calls[0] == 4  # two verifications
+
+        box.uncheck()
+        page.locator("#deface-button").click()
+        expect(page.locator("#verdict")).to_have_attribute("data-verdict", "FAIL", timeout=TIMEOUT_MS)
+        assert bodies[-1]["retry_stronger"] is False, bodies
+        expect(note).to_be_hidden()
+        expect(page.locator("#next-step")).to_have_text(WEB_REMEDY_FACE)
+        assert calls[0] == 6  # one verification: no retry
+        shot(page, "11-not-retried.png")
+        context.close()
+    assert errors == [], f"JavaScript errors on the page: {errors}"

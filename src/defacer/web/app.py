@@ -9,7 +9,8 @@ Build it with :func:`create_app`; ``defacer serve`` runs it on uvicorn.  The HTT
 ``PUT  /api/sessions/{id}/files/{scan|labels}``        raw file body; header ``X-File-Name`` (a hint)
 ``POST /api/sessions/{id}/load``                       read the upload -> scan description
 ``POST /api/sessions/{id}/detect``                     find eyes/nose/ears -> counts (overlay in view)
-``POST /api/sessions/{id}/deface``                     ``{"features": [...], "seed": 0}`` -> job
+``POST /api/sessions/{id}/deface``                     ``{"features": [...], "seed": 0,
+                                                       "retry_stronger": false}`` -> job
 ``GET  /api/sessions/{id}/job``                        job state, stage, progress, result
 ``POST /api/sessions/{id}/verify``                     rerun verification -> verdict
 ``GET  /api/sessions/{id}/view/{name}``                NIfTI copies for the viewer
@@ -320,6 +321,10 @@ def create_app(settings: WebSettings | None = None, *, detector_factory: Callabl
     async def deface(request: Request, session_id: str) -> dict[str, Any]:
         session = lookup(request, session_id)
         body = await _small_json(request)
+        unknown_keys = sorted(set(body) - set(DEFACE_KEYS))
+        if unknown_keys:
+            raise ValueError(f"Unknown deface option(s) {', '.join(repr(k[:40]) for k in unknown_keys[:5])}; the "
+                             f"options are {', '.join(DEFACE_KEYS)}.")
         features = body.get("features", list(FEATURES))
         if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
             raise ValueError(f"'features' must be a list of names from {list(FEATURES)}.")
@@ -330,6 +335,11 @@ def create_app(settings: WebSettings | None = None, *, detector_factory: Callabl
         seed = body.get("seed", 0)
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
             raise ValueError("'seed' must be an integer between 0 and 4294967295.")
+        retry_stronger = body.get("retry_stronger", False)
+        if not isinstance(retry_stronger, bool):  # a ValueError, as for the others: answered 422 in words
+            raise ValueError(  # noqa: TRY004
+                "'retry_stronger' must be true or false (JSON booleans, not strings or numbers): true defaces "
+                "again with a larger nose and eye removal when a face is still found.")
         if "labels_ras" not in session.state:
             raise InputImageError("Detect the features before defacing (load, then detect).")
         with session.job_lock:  # never the step lock: this runs on the event loop and must not wait
@@ -337,7 +347,7 @@ def create_app(settings: WebSettings | None = None, *, detector_factory: Callabl
                 raise SessionBusy("This scan is already being defaced; wait for it to finish.")
             session.job = new_job = Job(state="queued", stage="Waiting for a free worker")
         chosen = tuple(f for f in FEATURES if f in features)
-        executor.submit(_run_job, gate, session, new_job, chosen, seed)
+        executor.submit(_run_job, gate, session, new_job, chosen, seed, retry_stronger)
         return new_job.as_dict()
 
     @app.get("/api/sessions/{session_id}/job")
@@ -394,6 +404,9 @@ def create_app(settings: WebSettings | None = None, *, detector_factory: Callabl
     return app
 
 
+#: The keys of the deface request's JSON body (any other is refused, so a misspelt option is never ignored).
+DEFACE_KEYS = ("features", "seed", "retry_stronger")
+
 #: Largest JSON body the API reads (the deface options are a few dozen bytes).
 MAX_JSON_BYTES = 64 * 1024
 
@@ -437,13 +450,15 @@ def _step(gate: HeavyStepGate, function: Callable[..., Any], session: Session, *
         SessionStore.release_if_closed(session)
 
 
-def _run_job(gate: HeavyStepGate, session: Session, job: Job, features: tuple[str, ...], seed: int) -> None:
+def _run_job(gate: HeavyStepGate, session: Session, job: Job, features: tuple[str, ...], seed: int,
+             retry_stronger: bool = False) -> None:
     """Body of a defacing job on a worker thread (waits for a turn); records the outcome in ``job``, never raises."""
     with gate.turn(refuse_when_full=False):
-        _run_job_now(session, job, features, seed)
+        _run_job_now(session, job, features, seed, retry_stronger)
 
 
-def _run_job_now(session: Session, job: Job, features: tuple[str, ...], seed: int) -> None:
+def _run_job_now(session: Session, job: Job, features: tuple[str, ...], seed: int,
+                 retry_stronger: bool = False) -> None:
     if session.closed:
         return
 
@@ -454,7 +469,7 @@ def _run_job_now(session: Session, job: Job, features: tuple[str, ...], seed: in
 
     job.state, job.stage, job.progress = "running", "Starting", 0.02
     try:
-        result = workflow.deface_session(session, features, seed, progress)
+        result = workflow.deface_session(session, features, seed, progress, retry_stronger=retry_stronger)
     except DefacerError as err:
         job.state, job.error = "failed", session.hide_paths(str(err))
     except MemoryError:

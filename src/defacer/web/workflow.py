@@ -15,7 +15,7 @@ import shutil
 import zipfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
@@ -45,6 +45,9 @@ from defacer.web.uploads import (
     prepare_nhdr_upload,
     sniff,
 )
+
+if TYPE_CHECKING:
+    from defacer.options import DefaceOptions
 
 log = logging.getLogger(__name__)
 
@@ -466,6 +469,7 @@ def deface_session(
     features: tuple[str, ...],
     seed: int,
     progress: ProgressCallback,
+    retry_stronger: bool = False,
 ) -> dict[str, Any]:
     """Deface the loaded scan with the detected labels, write the downloads and verify.
 
@@ -479,97 +483,149 @@ def deface_session(
         Seed of the random distortions (recorded in the provenance).
     progress : callable
         ``progress(stage_text, fraction)``.
+    retry_stronger : bool
+        When the verification finds a face after defacing and the brain region is untouched
+        (:func:`defacer.verify.verdict.face_still_found`), deface the original once more with the larger
+        nose removal and eye cover (:func:`defacer.options.stronger_options`) and verify that, as
+        ``defacer deface --retry-stronger``: the downloads, views and provenance are then the retry's,
+        and the provenance's ``verification.attempts`` records both attempts.
 
     Returns
     -------
     dict
-        ``voxels_changed``, ``warnings``, ``downloads`` (kind -> file name) and ``verification``.
+        ``voxels_changed``, ``features``, ``warnings``, ``downloads`` (kind -> file name) and
+        ``verification``; after a retry also ``attempts``
+        (:func:`defacer.verify.verdict.attempt_record` of each, the first one first).
     """
-    from defacer.io import save_label_map
-    from defacer.options import DEFAULT_DEIDENTIFICATION, DefaceOptions
-    from defacer.provenance import sha256_of
-    from defacer.route import deface_path
+    from defacer.options import DefaceOptions, stronger_options
 
     with session.lock:
         if "labels_ras" not in session.state:
             raise InputImageError("Detect the features before defacing.")
-        volume: Volume = session.state["volume"]
-        name, sha = session.state["detector_id"]
-        progress("Distorting the selected features", 0.1)
-        forget_result(session)
-        out = session.path("out")
-        out.mkdir(mode=0o700)
-        kind = session.state["kind"]
-        stem = download_stem(session.scan_files[0].display_name if kind != "dicom" or
-                             session.scan_files[0].kind == "zip" else "dicom_series")
-        downloads: dict[str, tuple[Path, str]] = {}
-        target = out / ("defaced_dicom" if kind == "dicom" else "defaced" + FORMAT_SUFFIX[kind])
-        # The one route: DICOM headers de-identified (Basic Profile, a fresh random key: pseudonyms are not
-        # linkable across uploads). A feature not found is no reason to refuse here: the page says so.
-        defaced = deface_path(session.state["source"], target, options=DefaceOptions(features=features, seed=seed),
-                              deidentify=DEFAULT_DEIDENTIFICATION,
-                              detector=FixedLabels(session.state["labels_ras"], name, sha), sidecar=False,
-                              allow_missing=True, data_files=_data_files(kind))
-        result = defaced.result
-        if not np.any(result.edit_mask):
-            shutil.rmtree(out)  # an unchanged copy of the scan, face included, is never offered as "defaced"
-            raise InputImageError(nothing_distorted_message(features, session.state["detection"]))
-        progress("Writing the defaced scan", 0.55)
-        if kind == "dicom":
-            archive = out / "defaced_dicom.zip"
-            _zip_folder(target, archive)
-            downloads["scan"] = (archive, f"{stem}_defaced_dicom.zip")
-            mask_suffix = ".nii.gz"
-        elif kind == "nhdr":  # the header and its data file, together
-            archive = out / "defaced_nhdr.zip"
-            _zip_files(defaced.written, archive)
-            downloads["scan"] = (archive, f"{stem}_defaced_nhdr.zip")
-            mask_suffix = ".nrrd"
-        else:
-            suffix = FORMAT_SUFFIX[kind]
-            downloads["scan"] = (target, f"{stem}_defaced{suffix}")
-            mask_suffix = suffix
-        mask = out / ("mask" + mask_suffix)
-        save_label_map(result.edit_mask, volume, mask)
-        downloads["mask"] = (mask, f"{stem}_defaced_mask{mask_suffix}")
-        labels_file = out / ("labels" + mask_suffix)
-        save_label_map(result.labels, volume, labels_file)
-        downloads["labels"] = (labels_file, f"{stem}_labels{mask_suffix}")
-        write_view_copy(result.volume, session.path("view", "defaced.nii.gz"))
-        save_label_map(result.edit_mask, volume, session.path("view", "mask.nii.gz"), force=True)
-
-        provenance = dict(result.provenance)
-        # No file names here: the sidecar travels with the defaced scan, and names can identify people. A DICOM
-        # series leaves de-identified: its input digest is keyed (route's 'sha256_keyed', under this run's random
-        # key), since a plain digest would link the shared series back to whoever holds the identified original.
-        keyed = defaced.provenance.get("input", {}).get("sha256_keyed") if kind == "dicom" else None
-        digest = {"sha256_keyed": keyed} if keyed is not None else (
-            {} if kind == "dicom" else {"sha256": _inputs_sha256(session, sha256_of)})
-        provenance["input"] = {"files": len(session.scan_files), **digest}
-        provenance["output"] = {"sha256": sha256_of(downloads["scan"][0])}
-        provenance["interface"] = "defacer serve (web)"
-        label_detector = session.state.get("label_detector")
-        if label_detector is not None:
-            provenance["detector"] = {**provenance.get("detector", {}), "labels_sha256": label_detector.sha256}
-        provenance_file = out / "provenance.json"
-        write_text_atomic(provenance_file, json.dumps(provenance, indent=2, default=_jsonable))
-        downloads["provenance"] = (provenance_file, f"{stem}_defaced.defacer.json")
-        downloads["report"] = (provenance_file, f"{stem}_defaced.defacer.json")
-        session.state.update(defaced=result.volume, edit_mask=result.edit_mask, provenance=provenance,
-                             downloads=downloads, stem=stem)
+        options = DefaceOptions(features=features, seed=seed)
+        provenance = _deface_and_write(session, options, progress)
         progress("Verifying the result", 0.7)
         verification = verify_session(session)
-        return {
+        stronger = stronger_options(options) if retry_stronger else None
+        if stronger is not None and verification.get("summary"):  # verified: the verify extra is installed
+            provenance, verification = _retry_if_face_found(session, stronger, provenance, verification, progress)
+        answer = {
             "voxels_changed": provenance.get("voxels_changed", {}),
             "features": list(features),
             "warnings": list(provenance.get("warnings", [])),
             "downloads": {k: v[1] for k, v in session.state["downloads"].items()},
             "verification": verification,
         }
+        if "attempts" in verification:
+            answer["attempts"] = verification["attempts"]
+        return answer
 
 
-#: ``session.state`` keys of a defacing result (what :func:`deface_session` and :func:`verify_session` add).
-RESULT_KEYS = ("defaced", "edit_mask", "provenance", "downloads", "stem", "verification")
+def _retry_if_face_found(session: Session, stronger: DefaceOptions, provenance: dict[str, Any],
+                         verification: dict[str, Any], progress: ProgressCallback
+                         ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The retry of :func:`deface_session`: when ``verification`` found a face after defacing (and the brain
+    region is untouched), deface the original again with ``stronger`` and verify that; return the provenance and
+    verification then current (the given ones when no retry was due).  The caller holds ``session.lock``."""
+    from defacer.verify.verdict import attempt_record, face_still_found
+
+    summary = verification["summary"]
+    if not face_still_found(summary):
+        return provenance, verification
+    first = attempt_record(provenance.get("options") or {}, summary)
+
+    def later(stage: str, fraction: float) -> None:
+        progress(f"A face was still found; larger removal: {stage[:1].lower()}{stage[1:]}", 0.7 + 0.2 * fraction)
+
+    provenance = _deface_and_write(session, stronger, later)
+    session.state["earlier_attempts"] = [first]
+    progress("Verifying the result of the larger removal", 0.9)
+    verification = verify_session(session)
+    # the provenance records both attempts, as the command line's sidecar does (verification.attempts)
+    provenance["verification"] = {"verdict": verification.get("verdict"), "attempts": verification.get("attempts", [])}
+    write_text_atomic(session.state["downloads"]["provenance"][0], json.dumps(provenance, indent=2, default=_jsonable))
+    return provenance, verification
+
+
+def _deface_and_write(session: Session, options: DefaceOptions, progress: ProgressCallback) -> dict[str, Any]:
+    """Deface the original with ``options``, replacing any earlier result (files, views, state), and write the
+    downloads and the provenance record; return that record.  The caller holds ``session.lock``."""
+    from defacer.io import save_label_map
+    from defacer.options import DEFAULT_DEIDENTIFICATION
+    from defacer.provenance import sha256_of
+    from defacer.route import deface_path
+
+    volume: Volume = session.state["volume"]
+    name, sha = session.state["detector_id"]
+    features: tuple[str, ...] = tuple(options.features)
+    progress("Distorting the selected features", 0.1)
+    forget_result(session)
+    out = session.path("out")
+    out.mkdir(mode=0o700)
+    kind = session.state["kind"]
+    stem = download_stem(session.scan_files[0].display_name if kind != "dicom" or
+                         session.scan_files[0].kind == "zip" else "dicom_series")
+    downloads: dict[str, tuple[Path, str]] = {}
+    target = out / ("defaced_dicom" if kind == "dicom" else "defaced" + FORMAT_SUFFIX[kind])
+    # The one route: DICOM headers de-identified (Basic Profile, a fresh random key: pseudonyms are not
+    # linkable across uploads). A feature not found is no reason to refuse here: the page says so.
+    defaced = deface_path(session.state["source"], target, options=options,
+                          deidentify=DEFAULT_DEIDENTIFICATION,
+                          detector=FixedLabels(session.state["labels_ras"], name, sha), sidecar=False,
+                          allow_missing=True, data_files=_data_files(kind))
+    result = defaced.result
+    if not np.any(result.edit_mask):
+        shutil.rmtree(out)  # an unchanged copy of the scan, face included, is never offered as "defaced"
+        raise InputImageError(nothing_distorted_message(features, session.state["detection"]))
+    progress("Writing the defaced scan", 0.55)
+    if kind == "dicom":
+        archive = out / "defaced_dicom.zip"
+        _zip_folder(target, archive)
+        downloads["scan"] = (archive, f"{stem}_defaced_dicom.zip")
+        mask_suffix = ".nii.gz"
+    elif kind == "nhdr":  # the header and its data file, together
+        archive = out / "defaced_nhdr.zip"
+        _zip_files(defaced.written, archive)
+        downloads["scan"] = (archive, f"{stem}_defaced_nhdr.zip")
+        mask_suffix = ".nrrd"
+    else:
+        suffix = FORMAT_SUFFIX[kind]
+        downloads["scan"] = (target, f"{stem}_defaced{suffix}")
+        mask_suffix = suffix
+    mask = out / ("mask" + mask_suffix)
+    save_label_map(result.edit_mask, volume, mask)
+    downloads["mask"] = (mask, f"{stem}_defaced_mask{mask_suffix}")
+    labels_file = out / ("labels" + mask_suffix)
+    save_label_map(result.labels, volume, labels_file)
+    downloads["labels"] = (labels_file, f"{stem}_labels{mask_suffix}")
+    write_view_copy(result.volume, session.path("view", "defaced.nii.gz"))
+    save_label_map(result.edit_mask, volume, session.path("view", "mask.nii.gz"), force=True)
+
+    provenance = dict(result.provenance)
+    # No file names here: the sidecar travels with the defaced scan, and names can identify people. A DICOM
+    # series leaves de-identified: its input digest is keyed (route's 'sha256_keyed', under this run's random
+    # key), since a plain digest would link the shared series back to whoever holds the identified original.
+    keyed = defaced.provenance.get("input", {}).get("sha256_keyed") if kind == "dicom" else None
+    digest = {"sha256_keyed": keyed} if keyed is not None else (
+        {} if kind == "dicom" else {"sha256": _inputs_sha256(session, sha256_of)})
+    provenance["input"] = {"files": len(session.scan_files), **digest}
+    provenance["output"] = {"sha256": sha256_of(downloads["scan"][0])}
+    provenance["interface"] = "defacer serve (web)"
+    label_detector = session.state.get("label_detector")
+    if label_detector is not None:
+        provenance["detector"] = {**provenance.get("detector", {}), "labels_sha256": label_detector.sha256}
+    provenance_file = out / "provenance.json"
+    write_text_atomic(provenance_file, json.dumps(provenance, indent=2, default=_jsonable))
+    downloads["provenance"] = (provenance_file, f"{stem}_defaced.defacer.json")
+    downloads["report"] = (provenance_file, f"{stem}_defaced.defacer.json")
+    session.state.update(defaced=result.volume, edit_mask=result.edit_mask, provenance=provenance,
+                         downloads=downloads, stem=stem)
+    return provenance
+
+
+#: ``session.state`` keys of a defacing result (what :func:`deface_session` and :func:`verify_session` add;
+#: ``earlier_attempts``: the first attempt of a retry with the larger removal, recorded before the retry's own).
+RESULT_KEYS = ("defaced", "edit_mask", "provenance", "downloads", "stem", "verification", "earlier_attempts")
 
 
 def forget_result(session: Session) -> None:
@@ -617,19 +673,24 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-#: The next step after a FAIL with a face found, for this page: it has no nose-scale or eye-box-scale
-#: setting, so the larger removal (:data:`defacer.verify.verdict.REMEDY_FACE`) is done on the command line.
-WEB_REMEDY_FACE = ("What to do: do not share this scan. Deface the original on the command line with a larger nose "
-                   "removal and eye cover (defacer deface SCAN OUT --nose-scale 3 --eye-box-scale 2.5 --verify), or "
-                   "remove the whole face, before sharing it.")
+#: The next step after a FAIL with a face found and the usual sizes, for this page: deface again with its
+#: retry box ticked (the larger removal of :data:`defacer.verify.verdict.REMEDY_FACE`), or remove the whole face.
+WEB_REMEDY_FACE = ("What to do: do not share this scan. Deface it again with the box 'If a face is still found after "
+                   "defacing, deface again with a larger nose and eye removal' ticked (or on the command line: "
+                   "defacer deface SCAN OUT --retry-stronger), or remove the whole face, before sharing it.")
+#: The next step after a FAIL with a face found although the larger nose removal and eye cover were used
+#: (:data:`defacer.verify.verdict.REMEDY_WHOLE_FACE`), for this page: nothing larger is left to try here.
+WEB_REMEDY_WHOLE_FACE = ("What to do: do not share this scan. A face is found even with the larger nose removal and "
+                         "eye cover, so distorting the eyes, nose and ears is not enough for this scan: remove the "
+                         "whole face (for example with pydeface) before sharing it.")
 
 
 def web_next_step(summary: dict[str, Any]) -> str | None:
     """What the page tells the user to do after a verdict (:func:`defacer.verify.verdict.remedy`), or ``None``."""
-    from defacer.verify.verdict import REMEDY_FACE, remedy
+    from defacer.verify.verdict import REMEDY_FACE, REMEDY_WHOLE_FACE, remedy
 
     step = remedy(summary)
-    return WEB_REMEDY_FACE if step == REMEDY_FACE else step
+    return {REMEDY_FACE: WEB_REMEDY_FACE, REMEDY_WHOLE_FACE: WEB_REMEDY_WHOLE_FACE}.get(step or "", step)
 
 
 def verify_session(session: Session) -> dict[str, Any]:
@@ -641,7 +702,9 @@ def verify_session(session: Session) -> dict[str, Any]:
         ``available`` false with ``reason`` when the ``verify`` extra is missing; else
         ``passed`` (bool or None when verification itself failed), ``verdict`` (``PASS``,
         ``FAIL``, ``INCONCLUSIVE`` as in :mod:`defacer.verify.verdict`, or None), ``meaning``,
-        ``next_step`` (:func:`web_next_step`), ``summary`` and ``error``.
+        ``next_step`` (:func:`web_next_step`), ``summary`` and ``error``; after a retry with the larger
+        removal (:func:`deface_session`), also ``attempts``: the earlier attempt and this verification
+        (:func:`defacer.verify.verdict.attempt_record`).
     """
     with session.lock:
         if "defaced" not in session.state:
@@ -681,5 +744,11 @@ def verify_session(session: Session) -> dict[str, Any]:
             if report is not None and Path(report).is_file() and Path(report).suffix == ".html":
                 session.state["downloads"]["report"] = (Path(report), f"{stem}_verification.html")
                 outcome["report"] = True
+        earlier = session.state.get("earlier_attempts")
+        if earlier:  # this verifies a retry with the larger removal: the first attempt comes first
+            from defacer.verify.verdict import attempt_record
+
+            outcome["attempts"] = [*earlier, attempt_record(session.state["provenance"].get("options") or {},
+                                                            outcome.get("summary") or {})]
         session.state["verification"] = outcome
         return outcome

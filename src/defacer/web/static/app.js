@@ -420,7 +420,8 @@ async function deface() {
   const row = ["deface-progress-row", "deface-progress", "deface-stage"];
   try {
     let job = await api(`/api/sessions/${state.session}/deface`, {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ features, seed: 0 }),
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ features, seed: 0, retry_stronger: $("retry-stronger").checked }),
     });
     const started = Date.now();
     while (job.state === "queued" || job.state === "running") {
@@ -491,7 +492,36 @@ function yesNo(value) {
   return value === true ? "yes" : value === false ? "no" : "unknown";
 }
 
+// "front:facemesh" (view:detector, defacer.verify.check) -> "facemesh on the front render".
+function describeFound(found) {
+  return found.map((f) => {
+    const [view, name] = String(f).split(":");
+    return name ? `${name} on the ${view} render` : view;
+  }).join(", ");
+}
+
+// After a retry with the larger removal (the box next to the deface button): the first attempt, in words.
+function showAttempts(v) {
+  const note = $("retry-note");
+  const attempts = (v && v.attempts) || [];
+  note.hidden = attempts.length < 2;
+  note.textContent = "";
+  if (note.hidden) return;
+  const first = attempts[0];
+  const last = attempts[attempts.length - 1];
+  const fired = (first.face_found_after || []).length
+    ? ` (face detectors that fired: ${describeFound(first.face_found_after)})` : "";
+  const second = last.verdict ? `the verdict of this second attempt is ${last.verdict}`
+    : "the verification of this second attempt could not be completed";
+  note.textContent = `The first defacing was verified ${first.verdict}: a face was still found${fired}. ` +
+    "So the scan was defaced again from the original with a larger nose removal and eye cover " +
+    `(nose size ${first.nose_scale} to ${last.nose_scale}, eye size ${first.eye_box_scale} to ` +
+    `${last.eye_box_scale}), and ${second}. The verdict, views and downloads on this page are the second ` +
+    "attempt's.";
+}
+
 function showVerification(v) {
+  showAttempts(v);
   const verdict = $("verdict");
   const scores = $("scores");
   const body = scores.querySelector("tbody");
@@ -587,7 +617,12 @@ async function init() {
     state.config = await api("/api/config");
     $("limit").textContent = humanBytes(state.config.max_upload_bytes);
     $("version").textContent = state.config.version;
-    if (!state.config.verify.available) $("verdict").textContent = `Verification unavailable: ${state.config.verify.reason}`;
+    if (!state.config.verify.available) {
+      $("verdict").textContent = `Verification unavailable: ${state.config.verify.reason}`;
+      // the retry is decided by the verification: without it there is nothing to decide on
+      $("retry-stronger").checked = false;
+      $("retry-stronger").disabled = true;
+    }
   } catch (err) {
     showError(err.message);
   }
