@@ -17,10 +17,11 @@ expensive (``--faces``)
     re-identification rank-1 of the defaced front renders against a gallery of the original front
     renders of all heads run, with its one-sided binomial p-value (:mod:`defacer.verify.identity`).
 retry (``--retry-stronger``, with ``--faces``)
-    a head whose verification finds a face after defacing is defaced again with the larger nose
-    removal and eye cover (:func:`defacer.options.stronger_options`) and every figure is taken of
-    that second result, as ``defacer deface --retry-stronger`` writes it; ``retried_stronger`` in the
-    summary names those heads.
+    a head whose verification finds a face after defacing is defaced again one step stronger
+    (:func:`defacer.options.stronger_options`: the larger nose removal and eye cover, then the whole
+    face) while a face is found, and every figure is taken of the last result, as
+    ``defacer deface --retry-stronger`` writes it; ``retried_stronger`` in the summary names those
+    heads, ``whole_face_removed`` those that needed the whole-face step.
 pictures (``--sheets``)
     a contact sheet per head and mode (renders before/after, six views) in the output folder.
     These show real faces: they go to ``build/`` (ignored by git) and are never committed.
@@ -188,15 +189,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if args.faces:
                     faces, emb = face_metrics(volume, result, args.out / "reports" / mode / scan.name)
                     stronger = stronger_options(options) if args.retry_stronger else None
-                    if stronger is not None and face_still_found({"verdict": faces["verdict"],
-                                                                  "face_found_after": faces["counted_after"],
-                                                                  "brain_untouched": faces["brain_untouched"]}):
-                        # what 'deface --retry-stronger' writes: the head defaced again with the larger sizes
-                        first = {"verdict": faces["verdict"], "counted_after": faces["counted_after"]}
-                        result = deface(volume, det, stronger)
+                    earlier: list[dict[str, Any]] = []
+                    while stronger is not None and face_still_found({"verdict": faces["verdict"],
+                                                                     "face_found_after": faces["counted_after"],
+                                                                     "brain_untouched": faces["brain_untouched"]}):
+                        # what 'deface --retry-stronger' writes: the head defaced again one step stronger (the
+                        # larger sizes, then the whole face) while a face is found
+                        earlier.append({"verdict": faces["verdict"], "counted_after": faces["counted_after"],
+                                        "whole_face": options.whole_face})
+                        options = stronger
+                        result = deface(volume, det, options)
                         row.update(cheap_metrics(volume, result, reference))
                         faces, emb = face_metrics(volume, result, args.out / "reports" / mode / scan.name)
-                        faces["retried_from"] = first
+                        faces["retried_from"] = earlier
+                        faces["whole_face"] = options.whole_face
+                        stronger = stronger_options(options)
                     row.update(faces)
                     embeddings[mode][scan.name] = emb
                 if args.sheets:
@@ -262,6 +269,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         out["faces_after_by_head"] = {r["name"]: r["faces_after_views"] for r in faced if r["faces_after_views"]}
         out["verdict_fail"] = [r["name"] for r in faced if r["verdict"] == "FAIL"]
         out["retried_stronger"] = [r["name"] for r in faced if "retried_from" in r]
+        out["whole_face_removed"] = [r["name"] for r in faced if r.get("whole_face")]
         out["verdict_inconclusive"] = [r["name"] for r in faced if r["verdict"] == "INCONCLUSIVE"]
     return out
 
@@ -282,7 +290,8 @@ def format_row(mode: str, r: dict[str, Any]) -> str:
         after = ";".join(f"{k}:{','.join(v)}" for k, v in r["faces_after_views"].items()) or "none"
         line += f"  faces after {after} ({r['verdict']})"
         if "retried_from" in r:
-            line += f" after a retry (first: {r['retried_from']['verdict']} {','.join(r['retried_from']['counted_after'])})"
+            steps = "; ".join(f"{e['verdict']} {','.join(e['counted_after'])}" for e in r["retried_from"])
+            line += f" after {len(r['retried_from'])} retries ({steps})" + (" with the whole face" if r["whole_face"] else "")
     return line
 
 

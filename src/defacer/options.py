@@ -38,6 +38,9 @@ class DefaceOptions:
         Size of each eye cover: an ellipse whose semi-axes are this many times the eye's half-extent.
     nose_scale : float
         Enlargement of the nose's bounding box per axis.
+    whole_face : bool
+        Also set the whole face in front of the eyes to air (:mod:`defacer.distort_face`; the last resort when a
+        face is still found after the feature distortions); the protected region still bounds it.
     """
 
     features: tuple[str, ...] = FEATURES
@@ -46,6 +49,7 @@ class DefaceOptions:
     eye_band_mm: float = 6.0
     eye_box_scale: float = 2.0
     nose_scale: float = 2.0
+    whole_face: bool = False
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.features if f not in FEATURES]
@@ -54,6 +58,8 @@ class DefaceOptions:
         if not self.features:
             # An empty choice distorts nothing: the unchanged image would come back as a defaced one.
             raise ValueError(f"No feature chosen to distort; expected at least one of {FEATURES} (the default is all).")
+        if not isinstance(self.whole_face, bool):
+            raise ValueError(f"Expected whole_face True or False; found {self.whole_face!r}.")  # noqa: TRY004 - one error type for every option
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0:
             raise ValueError(f"Expected a seed that is a whole number >= 0 (for example 3); found {self.seed!r}.")
         sizes = (self.protect_depth_mm, self.eye_band_mm, self.eye_box_scale, self.nose_scale)
@@ -95,17 +101,31 @@ def is_stronger(nose_scale: object, eye_box_scale: object) -> bool:
 
 
 def stronger_options(options: DefaceOptions) -> DefaceOptions | None:
-    """``options`` with the nose removal and eye cover raised to the retry's sizes, or ``None`` when that changes
-    nothing (both already as large, or neither the nose nor the eyes is distorted).
+    """The next, stronger step after a face was still found with ``options``, or ``None`` when there is none.
 
-    Only the two sizes change: the features, seed, protection depth and eye band stay as chosen.
+    1. the nose removal and eye cover raised to :data:`STRONGER_NOSE_SCALE` and :data:`STRONGER_EYE_BOX_SCALE`
+       (a size already larger is kept);
+    2. with those sizes: the whole face in front of the eyes removed as well (``whole_face``);
+    3. with both: ``None``.
+
+    Nothing is escalated when neither the nose nor the eyes were chosen (the user asked for the ears only).  The
+    features, seed, protection depth and eye band always stay as chosen.
     """
     import dataclasses
 
-    if not {"eyes", "nose"} & set(options.features) or is_stronger(options.nose_scale, options.eye_box_scale):
+    if not {"eyes", "nose"} & set(options.features):
         return None
-    return dataclasses.replace(options, nose_scale=max(options.nose_scale, STRONGER_NOSE_SCALE),
-                               eye_box_scale=max(options.eye_box_scale, STRONGER_EYE_BOX_SCALE))
+    if not is_stronger(options.nose_scale, options.eye_box_scale):
+        return dataclasses.replace(options, nose_scale=max(options.nose_scale, STRONGER_NOSE_SCALE),
+                                   eye_box_scale=max(options.eye_box_scale, STRONGER_EYE_BOX_SCALE))
+    if not options.whole_face:
+        return dataclasses.replace(options, whole_face=True)
+    return None
+
+
+def describe_step(options: DefaceOptions) -> str:
+    """How the command line spells a step of :func:`stronger_options` (for messages)."""
+    return "--whole-face (the whole face in front of the eyes removed)" if options.whole_face else STRONGER_FLAGS
 
 #: A random key for this run only (pseudonyms consistent within the run), recorded as such.
 RANDOM_KEY_NOTE = "random (this run only)"

@@ -217,6 +217,16 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
         edits.append(distort_nose(image, nose, head, keep=edits))  # never under the eye cover
     if "ears" in options.features:
         edits += distort_ears(image, labels_ras == Label.EARS, head, spacing, rng, depth=depth)
+    whole_face: dict[str, Any] | None = None
+    if options.whole_face:  # last, over the eye cover and the nose removal
+        from defacer.distort_face import SKIN_MM, face_removal
+
+        # the new surface and its skin stay shallower than what the write gate may protect (depth - slack)
+        cut_mm = max(0.0, options.protect_depth_mm - slack - SKIN_MM)
+        face_edit, whole_face = face_removal(image, labels_ras == Label.EYES, head, reorientation.ras_affine, depth,
+                                             cut_mm=cut_mm)
+        if face_edit is not None:
+            edits.append(face_edit)
 
     # Each edit goes straight onto a copy of the stored values, box by box on the file's grid (no
     # full-size RAS copy of the image); a later edit overwrites an earlier one where they overlap.
@@ -281,6 +291,9 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
                        "changed_outside_edits": check.changed_voxels - int(np.count_nonzero(edit_mask))},
         "timings": {k: round(v, 4) for k, v in timings.items()},
     }
+    if whole_face is not None:
+        written = [e.params["voxels_written"] for e in edits if e.params.get("whole_face")]
+        provenance["whole_face"] = {**whole_face, **({"voxels_written": written[0]} if written else {})}
     provenance["features"] = feature_report(options.features, found, provenance["voxels_changed"])
     missing = missing_features(provenance)
     if missing:
@@ -289,6 +302,10 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
         for name in missing:
             log.warning("%s %s in this scan; nothing distorted for it.", name.capitalize(),
                         provenance["features"][name]["status"])
+    if whole_face is not None and not whole_face["done"]:
+        warning = f"whole face not removed: {whole_face['reason']}"
+        provenance["warnings"] = [*provenance.get("warnings", []), warning]
+        log.warning("%s", warning)
     if head.outline_contrast < CLEAR_OUTLINE:
         warning = doubtful_outline_warning(head)
         provenance["warnings"] = [*provenance.get("warnings", []), warning]

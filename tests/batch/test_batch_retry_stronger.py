@@ -125,14 +125,16 @@ def test_a_rerun_with_retry_stronger_redoes_only_the_scans_that_kept_a_face(tmp_
 
 
 @pytest.mark.usefixtures("in_process")
-def test_a_face_after_the_retry_gets_the_whole_face_step(tmp_path, bids_template, face_on) -> None:
+def test_a_face_after_every_step_gets_the_do_not_share_step(tmp_path, bids_template, face_on) -> None:
     ds, labels, relpath = _one_scan(bids_template)
     face_on["after_retry"] = True
     stream = io.StringIO()
     summary = run_batch(BatchConfig(in_root=ds, out_root=tmp_path / "out", labels_dir=labels, retry_stronger=True,
                                     include=[relpath]), stream=stream)
     assert summary.exit_code == 1 and summary.counts.verify_failed == 1
-    assert [a["verdict"] for a in summary.records[0].verify["attempts"]] == ["FAIL", "FAIL"]
+    attempts = summary.records[0].verify["attempts"]
+    assert [(a["whole_face"], a["verdict"]) for a in attempts] == [(False, "FAIL"), (False, "FAIL"), (True, "FAIL")]
+    assert summary.records[0].provenance["whole_face"]["done"] is True
     text = " ".join(stream.getvalue().split())
     assert VERIFY_FAIL_AFTER_RETRY in text and VERIFY_FAIL_NEXT_STEP not in text
     # A rerun does not retry again: the scan was retried already.

@@ -18,7 +18,7 @@ from typing import Any, Self, TextIO
 
 from defacer._version import __version__
 from defacer.batch.manifest import DONE, FAILED, INCOMPLETE, NOTHING_FOUND, SKIPPED, ScanRecord
-from defacer.options import STRONGER_FLAGS, is_stronger
+from defacer.options import STRONGER_FLAGS
 
 #: Statuses of scans for which nothing was written because a requested feature was not found.
 NOT_DEFACED = (NOTHING_FOUND, INCOMPLETE)
@@ -168,29 +168,29 @@ def _last_scan(record: ScanRecord, width: int = 60) -> str:
 #: ``--nose-scale 3 --eye-box-scale 2.5`` the 3 real heads the shipped detector left a face on were clear).
 VERIFY_FAIL_NEXT_STEP = ("For a verification FAIL: run this batch again with --retry-stronger (it redoes only the "
                          "scans whose verification found a face, with a larger nose removal and eye cover: "
-                         f"{STRONGER_FLAGS}); if a face is still found then, or the brain region changed, do not "
-                         "share that scan: remove the whole face (for example with pydeface) or check its files.")
-#: The same once every failed scan was retried with the larger sizes (or made with them).
-VERIFY_FAIL_AFTER_RETRY = ("For a verification FAIL after the larger nose removal and eye cover: do not share that "
-                           "scan; remove the whole face (for example with pydeface) before sharing it.")
+                         f"{STRONGER_FLAGS}, then if needed --whole-face); if the brain region changed, do not "
+                         "share that scan and check its files.")
+#: The same once every failed scan had its whole face removed (by --retry-stronger or --whole-face).
+VERIFY_FAIL_AFTER_RETRY = ("For a verification FAIL after the whole face in front of the eyes was removed: do not "
+                           "share that scan as it is; look at its report's pictures (a detector can fire on the cut "
+                           "surface) and, if a face is recognisable, remove more with another tool (for example "
+                           "pydeface).")
 
 
 def verify_fail_next_step(records: Sequence[ScanRecord]) -> str | None:
     """What to do about the scans whose verification failed, or ``None`` when none failed.
 
-    :data:`VERIFY_FAIL_AFTER_RETRY` when every such scan was already retried with the larger sizes (its
-    ``verify["attempts"]``) or defaced with them, else :data:`VERIFY_FAIL_NEXT_STEP`.
+    :data:`VERIFY_FAIL_AFTER_RETRY` when every such scan was already defaced with its whole face removed
+    (``--whole-face``, or the last step of ``--retry-stronger``), else :data:`VERIFY_FAIL_NEXT_STEP`.
     """
     failed = [r for r in records if verdict_of(r) == "FAIL"]
     if not failed:
         return None
 
-    def larger(record: ScanRecord) -> bool:
-        options = (record.provenance or {}).get("options") or {}
-        return bool((record.verify or {}).get("attempts")) or is_stronger(options.get("nose_scale"),
-                                                                            options.get("eye_box_scale"))
+    def whole_face(record: ScanRecord) -> bool:
+        return ((record.provenance or {}).get("options") or {}).get("whole_face") is True
 
-    return VERIFY_FAIL_AFTER_RETRY if all(larger(r) for r in failed) else VERIFY_FAIL_NEXT_STEP
+    return VERIFY_FAIL_AFTER_RETRY if all(whole_face(r) for r in failed) else VERIFY_FAIL_NEXT_STEP
 
 
 def print_table(records: Sequence[ScanRecord], *, wall_s: float, stream: TextIO | None = None,

@@ -238,19 +238,24 @@ def _verify(task: ScanTask, provenance: dict[str, Any]) -> dict[str, Any]:
 
 def _verify_with_retry(task: ScanTask, record: ScanRecord) -> None:
     """Verify the defaced scan into ``record.verify``; with ``task.retry_stronger`` and a face found after
-    defacing, deface it again with the larger sizes and verify that (``record.provenance`` and ``record.verify``
-    are then the retry's, ``record.verify["attempts"]`` lists both)."""
+    defacing, deface it again one step stronger (:func:`defacer.options.stronger_options`: the larger sizes, then
+    the whole face) and verify that, while a face is found and a step is left (``record.provenance`` and
+    ``record.verify`` are then the last attempt's, ``record.verify["attempts"]`` lists them all)."""
     from defacer.options import stronger_options
     from defacer.verify.verdict import attempt_record, face_still_found
 
     verify = _verify(task, record.provenance)
+    attempts: list[dict[str, Any]] = []
     stronger = stronger_options(task.options) if task.retry_stronger else None
-    if stronger is not None and face_still_found(verify):
-        first = attempt_record(record.provenance.get("options") or asdict(task.options), verify)
-        retry = replace(task, options=stronger)
-        record.provenance = dict(_deface(retry) or {})
-        verify = _verify(retry, record.provenance)
-        verify["attempts"] = [first, attempt_record(record.provenance.get("options") or asdict(stronger), verify)]
+    while stronger is not None and face_still_found(verify):
+        attempts.append(attempt_record(record.provenance.get("options") or asdict(task.options), verify))
+        task = replace(task, options=stronger)
+        record.provenance = dict(_deface(task) or {})
+        verify = _verify(task, record.provenance)
+        stronger = stronger_options(task.options)
+    if attempts:
+        verify["attempts"] = [*attempts, attempt_record(record.provenance.get("options") or asdict(task.options),
+                                                         verify)]
     record.verify = verify
 
 

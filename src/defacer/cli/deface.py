@@ -23,7 +23,7 @@ from defacer.cli.options import (
 )
 from defacer.errors import InputImageError
 from defacer.files import image_suffix, named_path
-from defacer.options import STRONGER_FLAGS, stronger_options
+from defacer.options import describe_step, stronger_options
 from defacer.provenance import qc_dir_for
 
 if TYPE_CHECKING:
@@ -178,25 +178,26 @@ def _run(args: argparse.Namespace, new_qc_dir: list[Path]) -> int:
     provenance = _deface_and_report(args, options, deidentify, is_dicom, mask_path, max_voxels, force=args.force)
     if not args.verify:
         return 0
-    stronger = stronger_options(options) if args.retry_stronger else None
-    status, summary = _verify_and_keep_mask(args, provenance, is_dicom, mask_path, max_voxels,
-                                            retry_on_face=stronger is not None)
     from defacer.verify.verdict import attempt_record, face_still_found
 
-    if not (stronger is not None and face_still_found(summary)):
-        if args.retry_stronger and status == EXIT_VERIFY_FAILED and stronger is None:
-            print("  --retry-stronger: not retried, the nose removal and eye cover are already that large (or "
-                  "neither is distorted).")
-        return status
-    # A face is still found: deface the original once more with the larger nose removal and eye cover, into the
-    # same output (this run's own, so it is replaced), and verify that.  Both attempts go into the sidecar.
-    print(f"  --retry-stronger: a face was still found ({', '.join(map(str, summary['face_found_after']))}); "
-          f"defacing {args.input} again with {STRONGER_FLAGS} and verifying again.")
-    first = attempt_record(provenance["options"], summary)
-    provenance = _deface_and_report(args, stronger, deidentify, is_dicom, mask_path, max_voxels, force=True)
-    status, summary = _verify_and_keep_mask(args, provenance, is_dicom, mask_path, max_voxels,
-                                            attempts=[first])
-    return status
+    attempts: list[dict[str, Any]] = []
+    while True:
+        stronger = stronger_options(options) if args.retry_stronger else None
+        status, summary = _verify_and_keep_mask(args, provenance, is_dicom, mask_path, max_voxels,
+                                                attempts=attempts or None, retry_on_face=stronger is not None)
+        if stronger is None or not face_still_found(summary):
+            if args.retry_stronger and status == EXIT_VERIFY_FAILED and stronger is None and not attempts:
+                print("  --retry-stronger: not retried, the larger nose removal, eye cover and whole-face removal "
+                      "are already chosen (or neither the nose nor the eyes is distorted).")
+            return status
+        # A face is still found: deface the original once more, one step stronger (larger sizes, then the whole
+        # face), into the same output (this run's own, so it is replaced), and verify that.  Every attempt goes
+        # into the sidecar.
+        print(f"  --retry-stronger: a face was still found ({', '.join(map(str, summary['face_found_after']))}); "
+              f"defacing {args.input} again with {describe_step(stronger)} and verifying again.")
+        attempts.append(attempt_record(provenance["options"], summary))
+        options = stronger
+        provenance = _deface_and_report(args, options, deidentify, is_dicom, mask_path, max_voxels, force=True)
 
 
 def _deface_and_report(args: argparse.Namespace, options: DefaceOptions, deidentify: Deidentification | None,

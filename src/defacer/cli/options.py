@@ -121,9 +121,10 @@ def add_verify_arguments(parser: ArgumentTarget) -> None:
     parser.add_argument("--retry-stronger", action="store_true",
                         help="verify (as --verify), and when a face is still found after defacing a scan, deface it "
                              f"again from the original with a larger nose removal and eye cover ({STRONGER_FLAGS}; the "
-                             "other options as given) and verify that; both attempts are recorded (deface: in the "
-                             "sidecar; batch: in the manifest). batch: a rerun with it redoes only the scans whose "
-                             "verification found a face")
+                             "other options as given) and verify that; if a face is found even then, once more with "
+                             "--whole-face. Every attempt is recorded (deface: in the sidecar; batch: in the "
+                             "manifest). batch: a rerun with it redoes only the scans whose verification found a "
+                             "face")
 
 
 def add_deface_arguments(parser: ArgumentTarget, *, seed_help: str | None = None) -> None:
@@ -146,6 +147,10 @@ def add_deface_arguments(parser: ArgumentTarget, *, seed_help: str | None = None
     parser.add_argument("--nose-scale", type=float, default=d.nose_scale, metavar="X",
                         help=f"the nose's bounding box is enlarged X times per axis (default {d.nose_scale:g}), "
                              f"within {NOSE_REACH_MM:g} mm of the detected nose's centroid")
+    parser.add_argument("--whole-face", action="store_true",
+                        help="also remove the whole face in front of the eyes, from above the brows to below the "
+                             "chin (set to air; only the outer --protect-depth of the head, never the brain): the "
+                             "last resort for a scan whose face is still found after the feature distortions")
 
 
 def deface_options_from_args(args: argparse.Namespace) -> DefaceOptions:
@@ -161,7 +166,8 @@ def deface_options_from_args(args: argparse.Namespace) -> DefaceOptions:
     try:
         return DefaceOptions(features=parse_features(args.features), seed=args.seed,
                              protect_depth_mm=args.protect_depth, eye_band_mm=args.eye_band,
-                             eye_box_scale=args.eye_box_scale, nose_scale=args.nose_scale)
+                             eye_box_scale=args.eye_box_scale, nose_scale=args.nose_scale,
+                             whole_face=bool(getattr(args, "whole_face", False)))
     except ValueError as err:
         raise DefacerError(str(err)) from err
 

@@ -306,7 +306,8 @@ def _deface_options(provenance: dict[str, Any] | None) -> dict[str, Any]:
     options = (provenance or {}).get("options")
     if not isinstance(options, dict):
         return {}
-    return {"deface_options": {k: options[k] for k in ("features", "nose_scale", "eye_box_scale") if k in options}}
+    return {"deface_options": {k: options[k] for k in ("features", "nose_scale", "eye_box_scale", "whole_face")
+                               if k in options}}
 
 
 def verify_pair(

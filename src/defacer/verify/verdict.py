@@ -47,11 +47,17 @@ MEANING: dict[str, str] = {
 #: decubitus-HFS, which fails only with its reference labels as detection, kept a face even then.
 REMEDY_FACE = ("What to do: deface the original again with a larger nose removal and eye cover (for example "
                f"{STRONGER_FLAGS}, or 'defacer deface --verify --retry-stronger', which does it when a face is "
-               "found) and verify again; if a face is still found, remove the whole face (for example with "
-               "pydeface) before sharing.")
+               "found) and verify again; if a face is still found, remove the whole face (--whole-face) before "
+               "sharing.")
 #: What to do after a FAIL with a face still found although the nose removal and eye cover were already that large.
 REMEDY_WHOLE_FACE = (f"What to do: a face is found even with the larger nose removal and eye cover ({STRONGER_FLAGS} "
-                     "or more): remove the whole face (for example with pydeface) before sharing.")
+                     "or more): deface the original again with --whole-face as well (the whole face in front of the "
+                     "eyes removed; --retry-stronger does it when a face is found) and verify again before sharing.")
+#: What to do after a FAIL with a face still found although the whole face in front of the eyes was removed.
+REMEDY_NOT_SHAREABLE = ("What to do: a face is found even after the whole face in front of the eyes was removed: do "
+                        "not share this scan as it is. Look at the report's pictures (a detector can fire on the cut "
+                        "surface); if a face is recognisable, remove more with another tool (for example pydeface) "
+                        "and verify that.")
 #: What to do after a FAIL whose cause is a changed brain region.
 REMEDY_BRAIN = ("What to do: check that the defaced scan was made from this original and that nothing edited it "
                 "inside the head afterwards; deface the original again and verify that output.")
@@ -65,14 +71,15 @@ def remedy(summary: dict[str, object]) -> str | None:
     summary : dict
         A verification summary (``verify_summary.json``): its ``verdict``, ``face_found_after``,
         ``brain_untouched`` and, when the defacing's options were known, ``deface_options``
-        (``nose_scale``, ``eye_box_scale``).
+        (``nose_scale``, ``eye_box_scale``, ``whole_face``).
 
     Returns
     -------
     str or None
         :data:`REMEDY_BRAIN` for a FAIL where the brain region changed; for a FAIL where a face was
-        found after defacing, :data:`REMEDY_WHOLE_FACE` when the nose removal and eye cover were
-        already the larger ones (:func:`defacer.options.is_stronger`), else :data:`REMEDY_FACE`;
+        found after defacing, the next step of :func:`defacer.options.stronger_options` that was not
+        taken yet: :data:`REMEDY_FACE` (larger sizes), :data:`REMEDY_WHOLE_FACE` (sizes already that
+        large: the whole face), :data:`REMEDY_NOT_SHAREABLE` (the whole face was removed already);
         else ``None``.
     """
     if summary.get("verdict") != FAIL:
@@ -82,9 +89,11 @@ def remedy(summary: dict[str, object]) -> str | None:
     if not summary.get("face_found_after"):
         return None
     used = summary.get("deface_options")
-    if isinstance(used, dict) and is_stronger(used.get("nose_scale"), used.get("eye_box_scale")):
-        return REMEDY_WHOLE_FACE
-    return REMEDY_FACE
+    if not isinstance(used, dict):
+        return REMEDY_FACE
+    if used.get("whole_face") is True:
+        return REMEDY_NOT_SHAREABLE
+    return REMEDY_WHOLE_FACE if is_stronger(used.get("nose_scale"), used.get("eye_box_scale")) else REMEDY_FACE
 
 
 def face_still_found(summary: dict[str, object]) -> bool:
@@ -113,7 +122,7 @@ def attempt_record(options: dict[str, object], summary: dict[str, object]) -> di
     """
     found = summary.get("face_found_after")
     return {"nose_scale": options.get("nose_scale"), "eye_box_scale": options.get("eye_box_scale"),
-            "verdict": summary.get("verdict"), "face_found_after": list(found) if isinstance(found, list) else []}
+            "whole_face": bool(options.get("whole_face", False)), "verdict": summary.get("verdict"), "face_found_after": list(found) if isinstance(found, list) else []}
 
 
 def decide(face_before: bool, face_after: bool, brain_untouched: bool) -> str:
