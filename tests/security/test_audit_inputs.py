@@ -202,8 +202,10 @@ def test_evaluate_reruns_over_its_own_out_folder(scans, tmp_path, capsys):
     """What stays allowed: a rerun replaces the evaluation's own files (listed in the folder's record)."""
     pytest.importorskip("mediapipe")
     argv = ["evaluate", str(scans[0]), "--labels-dir", str(scans[1]), "--out", str(tmp_path / "results")]
-    assert run_cli(argv, capsys)[0] == 0
-    assert run_cli(argv, capsys)[0] == 0
+    # evaluated both times: the exit status is the worst verdict (19a9a8a), INCONCLUSIVE (5) for a phantom the face
+    # detectors do not take for a face, or FAIL (3) when Face Mesh finds one after; 1 would be an error
+    assert run_cli(argv, capsys, refusals=("exit status",))[0] in (0, 3, 5)
+    assert run_cli(argv, capsys, refusals=("exit status",))[0] in (0, 3, 5)
     assert (tmp_path / "results" / "ph" / "verify_report.html").is_file()
 
 
@@ -222,8 +224,9 @@ def test_evaluate_evaluates_the_scans_it_claimed_and_no_other(scans, phantom, tm
 
     monkeypatch.setattr(cli_evaluate, "claim_outputs", claim_then_a_scan_arrives)
     out = tmp_path / "results"
-    code, text = run_cli(["evaluate", str(scans[0]), "--labels-dir", str(scans[1]), "--out", str(out)], capsys)
-    assert code == 0, text
+    code, text = run_cli(["evaluate", str(scans[0]), "--labels-dir", str(scans[1]), "--out", str(out)], capsys,
+                         refusals=("exit status",))
+    assert code in (0, 3, 5), text  # evaluated (the exit status is the worst verdict, not an error)
     assert [s["name"] for s in json.loads((out / "evaluation.json").read_text())["scans"]] == ["ph"]
     assert not (out / "late").exists()
 
