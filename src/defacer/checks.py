@@ -146,8 +146,9 @@ def validate_volume(volume: Volume, *, source: str, strict: bool = True) -> Volu
     affine = np.asarray(volume.affine, dtype=np.float64)
     if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
         raise InputImageError(f"'{source}' has a non-finite or malformed affine:\n{affine}\nFix the header's geometry.")
-    det = float(np.linalg.det(affine[:3, :3]))
-    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    with np.errstate(over="ignore", invalid="ignore"):  # entries of 1e300: infinite voxel sizes, refused below
+        det = float(np.linalg.det(affine[:3, :3]))
+        zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     if abs(det) < 1e-9:
         raise InputImageError(
             f"'{source}' has a singular affine (determinant {det:.3g}): its voxel axes do not span 3D space. "

@@ -63,6 +63,29 @@ def test_hostile_file_is_refused_in_words_with_bounded_memory(case: Case, tmp_pa
     assert digest(tmp_path) == before, "reading changed or created a file"
 
 
+def test_hostile_files_are_refused_without_numpy_warnings(tmp_path: Path) -> None:
+    """Refused in words, and nothing else on the terminal: NRRD space directions or origin of inf/NaN or 1e300,
+    sizes of 1e20 and an MGH voxel size of inf printed numpy's 'invalid value encountered in matmul/cast/
+    multiply' or 'overflow encountered in det/square' before the message (and the NRRD sizes message showed
+    -9223372036854775808 for 1e20)."""
+    import warnings
+
+    leaked = {}
+    for index, case in enumerate(CASES):
+        path = write_case(case, tmp_path / str(index))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                load_volume(path)
+            except DefacerError as err:
+                assert "-9223372036854775808" not in str(err), (case.id, str(err))
+        runtime = [f"{w.message} ({Path(w.filename).name}:{w.lineno})" for w in caught
+                   if issubclass(w.category, RuntimeWarning)]
+        if runtime:
+            leaked[case.id] = runtime
+    assert not leaked, leaked
+
+
 def test_battery_covers_every_format_and_field() -> None:
     """The battery is what it claims: every NIfTI dim/pixdim and scaling/offset field, NRRD fields, MGZ."""
     ids = " ".join(c.id for c in CASES)

@@ -36,7 +36,10 @@ def read_nifti_like(path: Path, fmt: str, *, max_voxels: int | None = None) -> V
         Refuse a header declaring more voxels than this before reading any voxel.
     """
     try:
-        image: Any = nib.MGHImage.from_filename(str(path)) if fmt == "mgh" else nib.load(str(path))
+        # a NaN or infinite voxel size or direction (MGH delta, Mdc) gives a non-finite affine, refused by
+        # checks.validate_volume in words; nibabel's numpy warnings while computing it say nothing more
+        with np.errstate(invalid="ignore", over="ignore"):
+            image: Any = nib.MGHImage.from_filename(str(path)) if fmt == "mgh" else nib.load(str(path))
     except Exception as err:  # nibabel raises many types for bad files
         if fmt == "nifti" and _readable_to_the_end(path):  # magic checked (defacer.io._sniff), not cut short:
             raise InputImageError(unusable_header_message(path, err)) from err  # a header field is wrong

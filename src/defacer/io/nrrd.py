@@ -49,6 +49,14 @@ def nrrd_affine(header: dict[str, Any], path: Path) -> np.ndarray:
     origin = np.zeros(3) if origin is None else np.asarray(origin, dtype=float).ravel()
     if origin.shape != (3,):
         raise InputImageError(f"'{path}' has a space origin with {origin.size} values; expected 3 (x, y, z).")
+    # A NaN or infinite entry would only come back as a NaN-filled affine (and numpy warnings on the way): name it.
+    for name, values in (("space directions" if header.get("space directions") is not None else "spacings",
+                          directions), ("space origin", origin)):
+        if not np.all(np.isfinite(values)):
+            raise InputImageError(
+                f"'{path}' has the NRRD {name} {np.asarray(values).tolist()}; expected finite "
+                "numbers (mm). The header's geometry is damaged: re-export the scan (e.g. from 3D Slicer)."
+            )
     affine = np.eye(4)
     affine[:3, :3] = directions.T
     affine[:3, 3] = origin
@@ -112,7 +120,10 @@ def read_header_lines(handle: BinaryIO, path: Path) -> tuple[list[bytes], int]:
 def parse_header(lines: list[bytes], path: Path) -> dict[str, Any]:
     """Parse header lines with pynrrd; parse errors become :class:`InputImageError`."""
     try:
-        return nrrd.read_header(iter(lines))
+        # numbers beyond what pynrrd casts them to (sizes of 1e20) are refused by the checks that follow; numpy's
+        # cast warning on the way says nothing to the user
+        with np.errstate(invalid="ignore", over="ignore"):
+            return nrrd.read_header(iter(lines))
     except Exception as err:  # pynrrd raises NRRDError, ValueError, IndexError, ... on bad headers
         raise InputImageError(
             f"'{path}' has an unreadable NRRD header ({type(err).__name__}: {err}). Re-export it (e.g. from 3D Slicer)."
@@ -266,7 +277,9 @@ def _layout(header: dict[str, Any], path: Path, max_voxels: int | None) -> tuple
     sizes = tuple(int(n) for n in np.atleast_1d(header["sizes"]))
     if int(header["dimension"]) != len(sizes) or not sizes or min(sizes) < 1:
         raise InputImageError(
-            f"'{path}' declares dimension {header['dimension']} with sizes {list(sizes)[:8]}; expected as many "
+            f"'{path}' declares dimension {header['dimension']} with sizes "
+            # pynrrd reads a size beyond 64-bit integers (1e20) as the most negative one: say so, not that number
+            f"{[n if n > -2**62 else 'beyond any file' for n in sizes][:8]}; expected as many "
             "positive sizes as dimensions."
         )
     check_voxel_count(sizes, path, max_voxels)
