@@ -61,6 +61,17 @@ class Edit:
     shield: Mask | None = field(default=None, repr=False)
 
 
+def overlap(box: Box, other: Box) -> tuple[Box, Box] | None:
+    """Where two boxes of the same grid overlap, as slices local to ``box`` and local to ``other``; ``None`` if
+    they do not."""
+    shared = tuple(slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(box, other, strict=True))
+    if any(s.stop <= s.start for s in shared):
+        return None
+    mine = tuple(slice(o.start - b.start, o.stop - b.start) for o, b in zip(shared, box, strict=True))
+    theirs = tuple(slice(o.start - b.start, o.stop - b.start) for o, b in zip(shared, other, strict=True))
+    return mine, theirs  # type: ignore[return-value]
+
+
 def components(mask: Mask, max_count: int, min_fraction: float = 0.05) -> list[Box]:
     """Bounding boxes of the largest connected components of ``mask``, largest first.
 
@@ -514,11 +525,10 @@ def distort_nose(image: npt.NDArray[np.floating], region: NoseRegion, head: Head
         if centres:
             top = int(np.ceil(np.mean([c[1] for c in centres]))) - box[2].start
             mask[:, :, max(0, top):] = False
-        overlap = tuple(slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(box, edit.box, strict=True))
-        if any(s.stop <= s.start for s in overlap):
+        shared = overlap(box, edit.box)
+        if shared is None:
             continue
-        mine = tuple(slice(o.start - b.start, o.stop - b.start) for o, b in zip(overlap, box, strict=True))
-        theirs = tuple(slice(o.start - b.start, o.stop - b.start) for o, b in zip(overlap, edit.box, strict=True))
+        mine, theirs = shared
         mask[mine] &= ~edit.shield[theirs]
     values = np.full(shape, head.background, dtype=np.float32)
     return Edit("nose", box, mask, values, {"background_value": head.background, "box": _box_list(box),

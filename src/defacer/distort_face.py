@@ -19,6 +19,7 @@ as a nose edit with ``whole_face: true`` in the provenance.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ from scipy import ndimage
 
 from defacer._typing import Mask
 from defacer.detect.frame import eye_frame
-from defacer.distort import Edit
+from defacer.distort import Edit, overlap
 from defacer.head import HeadModel
 
 #: The removal reaches this far above the eyes' centre line (over the brows), in mm.
@@ -89,9 +90,20 @@ def smooth_depth(depth: npt.NDArray[np.float32], head: HeadModel, box: tuple[sli
     return ndimage.map_coordinates(np.asarray(depth, np.float32), grid, order=1, mode="nearest").astype(np.float32)
 
 
+def _written_by(edits: Sequence[Edit], box: tuple[slice, slice, slice]) -> Mask:
+    """The voxels of ``box`` that any of ``edits`` writes (bool, box shape)."""
+    shape = tuple(s.stop - s.start for s in box)
+    written = np.zeros(shape, dtype=bool)
+    for edit in edits:
+        shared = overlap(box, edit.box)
+        if shared is not None:
+            written[shared[0]] |= edit.mask[shared[1]]
+    return written
+
+
 def face_removal(image: npt.NDArray[np.floating], eyes: Mask, head: HeadModel, ras_affine: npt.NDArray[np.floating],
-                 depth: npt.NDArray[np.float32], *, cut_mm: float, skin_mm: float = SKIN_MM
-                 ) -> tuple[Edit | None, dict[str, Any]]:
+                 depth: npt.NDArray[np.float32], *, cut_mm: float, skin_mm: float = SKIN_MM,
+                 over: Sequence[Edit] = ()) -> tuple[Edit | None, dict[str, Any]]:
     """The whole face in front of the eyes cut down to a smooth skin-covered surface (see the module docstring).
 
     Within the face region, every voxel less than ``cut_mm`` below the head's rolled-off surface becomes air and
@@ -115,6 +127,9 @@ def face_removal(image: npt.NDArray[np.floating], eyes: Mask, head: HeadModel, r
         passes ``protect_depth_mm`` less the gate's slack less ``skin_mm``).
     skin_mm : float
         Thickness of the skin layer under the new surface, in mm.
+    over : sequence of Edit
+        The edits applied before this one (eye cover, nose, ears): whatever they write in the region is written
+        over too (an eye cover built out in front of the face would otherwise stay).
 
     Returns
     -------
@@ -150,7 +165,11 @@ def face_removal(image: npt.NDArray[np.floating], eyes: Mask, head: HeadModel, r
     superficial = region & (local > head.threshold) & (below < 3.0)
     skin = float(np.median(local[superficial])) if superficial.any() else float(head.threshold)
     values = np.where(below < cut, np.float32(head.background), np.float32(skin)).astype(np.float32)
-    mask = (region & (below < cut)) | skin_layer
+    # Only the head, its rim and anything brighter than half-way from air to tissue: the air in front of the face
+    # keeps its own values (it has nothing to hide).
+    near_head = head.upsample(ndimage.binary_dilation(head.sealed_coarse), box)
+    bright = local > head.background + 0.5 * (head.threshold - head.background)
+    mask = (region & (near_head | bright | _written_by(over, box)) & (below < cut)) | skin_layer
     record = {"top_mm": FACE_TOP_MM, "bottom_mm": FACE_BOTTOM_MM, "behind_mm": FACE_BEHIND_MM,
               "front_mm": FACE_FRONT_MM, "half_width_mm": round(half_width, 1), "cut_mm": round(cut, 2),
               "skin_mm": skin_mm, "eyes_midpoint_mm": [round(float(v), 1) for v in origin]}

@@ -224,7 +224,7 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
         # the new surface and its skin stay shallower than what the write gate may protect (depth - slack)
         cut_mm = max(0.0, options.protect_depth_mm - slack - SKIN_MM)
         face_edit, whole_face = face_removal(image, labels_ras == Label.EYES, head, reorientation.ras_affine, depth,
-                                             cut_mm=cut_mm)
+                                             cut_mm=cut_mm, over=edits)
         if face_edit is not None:
             edits.append(face_edit)
 
