@@ -76,12 +76,13 @@ def check_shown_verdict(page: Any) -> str:
                           face_after=rows["Face found in renders of the defaced scan"] != "no",
                           brain_untouched=rows["Brain region untouched"] == "yes"), rows
     # after a FAIL for a face found, the next step is shown under the verdict (defacing again with the retry box
-    # ticked, or, after the larger removal, removing the whole face); otherwise nothing is
-    from defacer.web.workflow import WEB_REMEDY_FACE, WEB_REMEDY_WHOLE_FACE
+    # ticked, which goes on to the whole face; after the whole face: not to share the scan); otherwise nothing is
+    from defacer.web.workflow import WEB_REMEDY_FACE, WEB_REMEDY_NOT_SHAREABLE, WEB_REMEDY_WHOLE_FACE
 
     step = page.locator("#next-step")
     if name == "FAIL" and rows["Face found in renders of the defaced scan"] != "no":
-        assert step.is_visible() and step.inner_text() in (WEB_REMEDY_FACE, WEB_REMEDY_WHOLE_FACE)
+        assert step.is_visible() and step.inner_text() in (WEB_REMEDY_FACE, WEB_REMEDY_WHOLE_FACE,
+                                                           WEB_REMEDY_NOT_SHAREABLE)
     elif name != "FAIL":
         assert not step.is_visible()
     red, green, blue = (int(COLOURS[name][i:i + 2], 16) for i in (1, 3, 5))
@@ -327,7 +328,8 @@ def test_a_label_map_marking_nothing_gives_no_defaced_download(page: Any, server
 def test_the_retry_box_is_ticked_by_default_reaches_the_request_and_the_retry_is_told(
         browser: Any, phantom_files: PhantomFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The box 'If a face is still found after defacing, deface again ...' is ticked on a new page, its state is the
-    deface request's ``retry_stronger``, and after a retry the page says in words what happened.
+    deface request's ``retry_stronger``, and after a retry the page says in words what happened at every attempt
+    (two: the larger removal passed; three: the whole face removed as well).
 
     The server runs in this process (``serve_in_thread``) so that its face detectors can be faked: a face in every
     render of the original, after defacing as ``plan`` says (as in tests/web/test_web_retry_stronger.py).
@@ -339,9 +341,10 @@ def test_the_retry_box_is_ticked_by_default_reaches_the_request_and_the_retry_is
     from defacer.verify import check, identity
     from defacer.verify.faces import DetectorResult
     from defacer.web.settings import WebSettings
-    from defacer.web.workflow import WEB_REMEDY_FACE
+    from defacer.web.workflow import RETRY_BOX_LABEL, WEB_REMEDY_FACE
 
-    plan: list[bool] = [True, False, True]  # first job: FAIL, then PASS after the retry; second job: FAIL
+    # first job: FAIL, then PASS with the larger sizes; second: FAIL, FAIL, PASS with the whole face; third: FAIL
+    plan: list[bool] = [True, False, True, True, False, True]
     calls = [0]
 
     def fake(renders: dict[str, Any]) -> dict[str, Any]:
@@ -365,7 +368,8 @@ def test_the_retry_box_is_ticked_by_default_reaches_the_request_and_the_retry_is
         expect(box).to_be_checked()
         expect(box).to_be_enabled()
         expect(page.get_by_label("If a face is still found after defacing, deface again with a larger nose and eye "
-                                 "removal")).to_have_count(1)
+                                 "removal, then the whole face")).to_have_count(1)
+        expect(page.get_by_label(RETRY_BOX_LABEL)).to_have_count(1)
         page.set_input_files("#scan-input", str(phantom_files.scan))
         page.set_input_files("#labels-input", str(phantom_files.labels))
         page.locator("#upload-button").click()
@@ -378,13 +382,30 @@ def test_the_retry_box_is_ticked_by_default_reaches_the_request_and_the_retry_is
         note = page.locator("#retry-note")
         expect(note).to_be_visible()
         text = note.inner_text()
+        assert "The scan was defaced 2 times, each time from the original." in text, text
         assert "The first defacing was verified FAIL: a face was still found" in text, text
         assert "stub on the front render" in text, text  # the detectors that fired, in words
-        assert "defaced again from the original with a larger nose removal and eye cover" in text, text
-        assert "nose size 2 to 3, eye size 2 to 2.5" in text and "second attempt is PASS" in text, text
+        assert ("So it was defaced again with a larger nose removal and eye cover (nose size 2 to 3, eye size 2 to "
+                "2.5), and this second attempt was verified PASS.") in text, text
+        assert "whole face" not in text and "are the second attempt's" in text, text
         expect(page.locator("#next-step")).to_be_hidden()
         shot(page, "10-retried.png")
         assert calls[0] == 4  # two verifications
+
+        page.locator("#deface-button").click()  # the box still ticked: FAIL, FAIL, then the whole face passes
+        expect(note).to_contain_text("defaced 3 times", timeout=TIMEOUT_MS)
+        assert bodies[-1]["retry_stronger"] is True, bodies
+        expect(page.locator("#verdict")).to_have_attribute("data-verdict", "PASS")
+        text = note.inner_text()
+        assert "The first defacing was verified FAIL: a face was still found" in text, text
+        assert "and this second attempt was verified FAIL: a face was still found (face detectors that fired: " in text
+        assert text.count("stub on the front render") == 2, text  # after the first and the second attempt
+        assert ("So it was defaced again with the whole face in front of the eyes removed as well, and this third "
+                "attempt was verified PASS.") in text, text
+        assert "are the third attempt's" in text, text
+        expect(page.locator("#next-step")).to_be_hidden()
+        shot(page, "10b-retried-whole-face.png")
+        assert calls[0] == 10  # three verifications
 
         box.uncheck()
         page.locator("#deface-button").click()
@@ -392,7 +413,7 @@ def test_the_retry_box_is_ticked_by_default_reaches_the_request_and_the_retry_is
         assert bodies[-1]["retry_stronger"] is False, bodies
         expect(note).to_be_hidden()
         expect(page.locator("#next-step")).to_have_text(WEB_REMEDY_FACE)
-        assert calls[0] == 6  # one verification: no retry
+        assert calls[0] == 12  # one verification: no retry
         shot(page, "11-not-retried.png")
         context.close()
     assert errors == [], f"JavaScript errors on the page: {errors}"

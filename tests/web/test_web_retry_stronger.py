@@ -1,5 +1,7 @@
-"""The web page's retry with the larger nose removal and eye cover (``retry_stronger`` of the deface request), in
-process (Starlette TestClient), with the real verification and faked face detectors.
+"""The web page's retry (``retry_stronger`` of the deface request): one step stronger while a face is found, the
+larger nose removal and eye cover, then the whole face as well (:func:`defacer.options.stronger_options`, as
+``defacer deface --retry-stronger``), in process (Starlette TestClient), with the real verification and faked face
+detectors.
 
 The face detectors are faked as in ``tests/verify/test_retry_stronger.py`` (the phantom has no face they know): the
 retry's control flow, its downloads and its records are what is tested, not what a detector makes of a phantom.
@@ -123,8 +125,8 @@ def test_a_face_found_after_defacing_is_defaced_again_larger_and_everything_is_t
     result = deface(client, session, retry_stronger=True)
     assert faces_after.verifications == 2
     attempts = result["attempts"]
-    assert [(a["nose_scale"], a["eye_box_scale"], a["verdict"]) for a in attempts] == [
-        (2.0, 2.0, "FAIL"), (STRONGER_NOSE_SCALE, STRONGER_EYE_BOX_SCALE, "PASS")]
+    assert [(a["nose_scale"], a["eye_box_scale"], a["whole_face"], a["verdict"]) for a in attempts] == [
+        (2.0, 2.0, False, "FAIL"), (STRONGER_NOSE_SCALE, STRONGER_EYE_BOX_SCALE, False, "PASS")]
     assert "front:stub" in attempts[0]["face_found_after"] and attempts[1]["face_found_after"] == []
     verification = result["verification"]
     assert verification["verdict"] == "PASS" and verification["next_step"] is None
@@ -166,19 +168,129 @@ def test_a_face_found_after_defacing_is_defaced_again_larger_and_everything_is_t
     assert "verification" not in json.loads(download(client, session, "provenance"))
 
 
-def test_a_face_still_found_after_the_retry_says_to_remove_the_whole_face(
-        client: TestClient, phantom: tuple[Path, Path], faces_after: FakeDetectors) -> None:
-    from defacer.web.workflow import WEB_REMEDY_WHOLE_FACE
+@pytest.fixture
+def stages(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The progress messages of the defacing jobs (the job's stage, which the page shows while it runs)."""
+    from defacer.web import workflow
 
-    faces_after.plan += [True, True]
+    seen: list[str] = []
+    real = workflow.deface_session
+
+    def recording(session: Any, features: Any, seed: int, progress: Any, **kwargs: Any) -> Any:
+        def record(stage: str, fraction: float) -> None:
+            seen.append(stage)
+            progress(stage, fraction)
+
+        return real(session, features, seed, record, **kwargs)
+
+    monkeypatch.setattr(workflow, "deface_session", recording)
+    return seen
+
+
+def test_a_face_still_found_with_the_larger_sizes_goes_on_to_the_whole_face(
+        client: TestClient, phantom: tuple[Path, Path], faces_after: FakeDetectors, stages: list[str],
+        tmp_path: Path) -> None:
+    """FAIL, FAIL, PASS: the third attempt removes the whole face as well, and everything offered is its result."""
+    from defacer.options import DefaceOptions
+    from defacer.route import deface_path
+
+    faces_after.plan += [True, True, False]
     session = detected_session(client, phantom)
     result = deface(client, session, retry_stronger=True)
-    assert faces_after.verifications == 2
-    assert [a["verdict"] for a in result["attempts"]] == ["FAIL", "FAIL"]
+    assert faces_after.verifications == 3
+    attempts = result["attempts"]
+    assert [(a["nose_scale"], a["eye_box_scale"], a["whole_face"], a["verdict"]) for a in attempts] == [
+        (2.0, 2.0, False, "FAIL"), (STRONGER_NOSE_SCALE, STRONGER_EYE_BOX_SCALE, False, "FAIL"),
+        (STRONGER_NOSE_SCALE, STRONGER_EYE_BOX_SCALE, True, "PASS")]
+    assert all("front:stub" in a["face_found_after"] for a in attempts[:2]) and attempts[2]["face_found_after"] == []
     verification = result["verification"]
-    assert verification["verdict"] == "FAIL" and verification["next_step"] == WEB_REMEDY_WHOLE_FACE
-    assert "command line" not in WEB_REMEDY_WHOLE_FACE and "whole face" in WEB_REMEDY_WHOLE_FACE
-    assert json.loads(download(client, session, "provenance"))["verification"]["verdict"] == "FAIL"
+    assert verification["verdict"] == "PASS" and verification["next_step"] is None
+    assert verification["attempts"] == attempts
+    assert verification["summary"]["deface_options"]["whole_face"] is True  # the last attempt's report
+
+    # The downloads are exactly what the whole-face step gives on its own, and remove more than the larger sizes.
+    scan, labels = phantom
+    whole = DefaceOptions(nose_scale=STRONGER_NOSE_SCALE, eye_box_scale=STRONGER_EYE_BOX_SCALE, whole_face=True)
+    direct = deface_path(scan, tmp_path / "direct.nii.gz", options=whole, labels_path=labels, sidecar=False)
+    assert direct.result.provenance["whole_face"]["done"] is True  # the phantom has two eyes: the face is removed
+    defaced_bytes = download(client, session, "scan")
+    defaced = nifti(defaced_bytes, tmp_path, "defaced.nii.gz")
+    assert np.array_equal(defaced, np.asarray(direct.result.volume.raw))
+    mask = nifti(download(client, session, "mask"), tmp_path, "mask.nii.gz")
+    assert np.array_equal(mask, np.asarray(direct.result.edit_mask))
+    larger = deface_path(scan, tmp_path / "larger.nii.gz", options=DefaceOptions(
+        nose_scale=STRONGER_NOSE_SCALE, eye_box_scale=STRONGER_EYE_BOX_SCALE), labels_path=labels, sidecar=False)
+    assert np.count_nonzero(mask) > np.count_nonzero(larger.result.edit_mask)
+    view = nifti(client.get(f"/api/sessions/{session}/view/defaced.nii.gz").content, tmp_path, "view.nii.gz")
+    assert np.array_equal(view, defaced)  # the page's viewer shows the last attempt's result
+    provenance = json.loads(download(client, session, "provenance"))
+    assert provenance["options"]["whole_face"] is True
+    assert provenance["options"]["nose_scale"] == STRONGER_NOSE_SCALE
+    assert provenance["whole_face"]["done"] is True
+    assert provenance["output"]["sha256"] == hashlib.sha256(defaced_bytes).hexdigest()
+    assert provenance["verification"] == {"verdict": "PASS", "attempts": attempts}
+    assert len(provenance["verification"]["attempts"]) == 3
+    report = client.get(f"/api/sessions/{session}/report")
+    assert report.status_code == 200 and 'class="verdict PASS">PASS<' in report.text  # the last attempt's report
+
+    # The job said which step it was taking.
+    assert any("attempt 2, the larger nose and eye removal" in stage for stage in stages), stages
+    assert any("attempt 3, the whole face removal" in stage for stage in stages), stages
+    assert stages.index(next(s for s in stages if "attempt 2" in s)) < stages.index(
+        next(s for s in stages if "attempt 3" in s))
+
+    # Rerunning the verification still lists all three attempts.
+    faces_after.plan += [False]
+    again = client.post(f"/api/sessions/{session}/verify").json()
+    assert again["verdict"] == "PASS" and again["attempts"] == attempts
+
+
+def test_a_face_found_after_every_step_says_not_to_share_the_scan(
+        client: TestClient, phantom: tuple[Path, Path], faces_after: FakeDetectors) -> None:
+    from defacer.web.workflow import WEB_REMEDY_NOT_SHAREABLE
+
+    faces_after.plan += [True, True, True]
+    session = detected_session(client, phantom)
+    result = deface(client, session, retry_stronger=True)
+    assert faces_after.verifications == 3  # no step is left after the whole face
+    assert [(a["whole_face"], a["verdict"]) for a in result["attempts"]] == [
+        (False, "FAIL"), (False, "FAIL"), (True, "FAIL")]
+    verification = result["verification"]
+    assert verification["verdict"] == "FAIL" and verification["next_step"] == WEB_REMEDY_NOT_SHAREABLE
+    assert "do not share this scan as it is" in WEB_REMEDY_NOT_SHAREABLE
+    assert "pictures" in WEB_REMEDY_NOT_SHAREABLE and "command line" not in WEB_REMEDY_NOT_SHAREABLE
+    provenance = json.loads(download(client, session, "provenance"))
+    assert provenance["options"]["whole_face"] is True
+    assert provenance["verification"]["verdict"] == "FAIL" and len(provenance["verification"]["attempts"]) == 3
+
+
+def test_the_web_next_steps_follow_the_chain_in_the_pages_words() -> None:
+    """Each command-line next step of a face still found has the page's wording, which names the page's box."""
+    from defacer.verify.verdict import REMEDY_BRAIN, remedy
+    from defacer.web.workflow import (
+        RETRY_BOX_LABEL,
+        WEB_REMEDY_FACE,
+        WEB_REMEDY_NOT_SHAREABLE,
+        WEB_REMEDY_WHOLE_FACE,
+        web_next_step,
+    )
+
+    def fail(**options: Any) -> dict[str, Any]:
+        return {"verdict": "FAIL", "face_found_after": ["front:stub"], "brain_untouched": True,
+                "deface_options": {"nose_scale": 2.0, "eye_box_scale": 2.0, "whole_face": False, **options}}
+
+    larger = {"nose_scale": STRONGER_NOSE_SCALE, "eye_box_scale": STRONGER_EYE_BOX_SCALE}
+    assert web_next_step(fail()) == WEB_REMEDY_FACE
+    assert web_next_step(fail(**larger)) == WEB_REMEDY_WHOLE_FACE
+    assert web_next_step(fail(**larger, whole_face=True)) == WEB_REMEDY_NOT_SHAREABLE
+    assert web_next_step({"verdict": "PASS", "face_found_after": []}) is None
+    brain = {**fail(), "brain_untouched": False}
+    assert web_next_step(brain) == remedy(brain) == REMEDY_BRAIN  # no command-line option named: passed through
+    for step in (WEB_REMEDY_FACE, WEB_REMEDY_WHOLE_FACE):  # deface again with the box ticked, as it is labelled
+        assert f"'{RETRY_BOX_LABEL}' ticked" in step and "whole face" in step
+    assert "goes on to remove the whole face" in WEB_REMEDY_WHOLE_FACE
+    index = (Path(__file__).parents[2] / "src/defacer/web/static/index.html").read_text()
+    assert " ".join(RETRY_BOX_LABEL.split()) in " ".join(index.split())  # the page's box says the same
 
 
 @pytest.mark.parametrize("options", [{}, {"retry_stronger": False}], ids=["absent", "false"])

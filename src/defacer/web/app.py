@@ -339,7 +339,7 @@ def create_app(settings: WebSettings | None = None, *, detector_factory: Callabl
         if not isinstance(retry_stronger, bool):  # a ValueError, as for the others: answered 422 in words
             raise ValueError(  # noqa: TRY004
                 "'retry_stronger' must be true or false (JSON booleans, not strings or numbers): true defaces "
-                "again with a larger nose and eye removal when a face is still found.")
+                "again while a face is still found: with a larger nose and eye removal, then the whole face.")
         if "labels_ras" not in session.state:
             raise InputImageError("Detect the features before defacing (load, then detect).")
         with session.job_lock:  # never the step lock: this runs on the event loop and must not wait

@@ -484,11 +484,12 @@ def deface_session(
     progress : callable
         ``progress(stage_text, fraction)``.
     retry_stronger : bool
-        When the verification finds a face after defacing and the brain region is untouched
-        (:func:`defacer.verify.verdict.face_still_found`), deface the original once more with the larger
-        nose removal and eye cover (:func:`defacer.options.stronger_options`) and verify that, as
-        ``defacer deface --retry-stronger``: the downloads, views and provenance are then the retry's,
-        and the provenance's ``verification.attempts`` records both attempts.
+        While the verification finds a face after defacing with the brain region untouched
+        (:func:`defacer.verify.verdict.face_still_found`) and :func:`defacer.options.stronger_options`
+        gives a next step (the larger nose removal and eye cover, then the whole face as well), deface the
+        original again with that step and verify that, as ``defacer deface --retry-stronger``: the
+        downloads, views and provenance are then the last attempt's, and the provenance's
+        ``verification.attempts`` records every attempt.
 
     Returns
     -------
@@ -507,8 +508,13 @@ def deface_session(
         progress("Verifying the result", 0.7)
         verification = verify_session(session)
         stronger = stronger_options(options) if retry_stronger else None
-        if stronger is not None and verification.get("summary"):  # verified: the verify extra is installed
-            provenance, verification = _retry_if_face_found(session, stronger, provenance, verification, progress)
+        # verified (a summary: the verify extra is installed), a face found and a step left: one step stronger
+        while stronger is not None and verification.get("summary"):
+            retried = _retry_if_face_found(session, stronger, provenance, verification, progress)
+            if retried is None:
+                break
+            provenance, verification = retried
+            stronger = stronger_options(stronger)
         answer = {
             "voxels_changed": provenance.get("voxels_changed", {}),
             "features": list(features),
@@ -523,25 +529,31 @@ def deface_session(
 
 def _retry_if_face_found(session: Session, stronger: DefaceOptions, provenance: dict[str, Any],
                          verification: dict[str, Any], progress: ProgressCallback
-                         ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The retry of :func:`deface_session`: when ``verification`` found a face after defacing (and the brain
-    region is untouched), deface the original again with ``stronger`` and verify that; return the provenance and
-    verification then current (the given ones when no retry was due).  The caller holds ``session.lock``."""
+                         ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """One step of the retry of :func:`deface_session`: when ``verification`` found a face after defacing (and
+    the brain region is untouched), deface the original again with ``stronger`` and verify that; return the new
+    provenance and verification, or ``None`` when no retry was due.  The attempt just verified is added to
+    ``session.state["earlier_attempts"]``, so that the new verification lists every attempt.  The caller holds
+    ``session.lock``."""
     from defacer.verify.verdict import attempt_record, face_still_found
 
     summary = verification["summary"]
     if not face_still_found(summary):
-        return provenance, verification
-    first = attempt_record(provenance.get("options") or {}, summary)
+        return None
+    earlier = [*session.state.get("earlier_attempts", []), attempt_record(provenance.get("options") or {}, summary)]
+    step = "the whole face removal" if stronger.whole_face else "the larger nose and eye removal"
+    number = len(earlier) + 1  # the attempt made now: 2 (larger sizes), 3 (the whole face as well)
+    start = min(0.7 + 0.12 * (number - 2), 0.9)
 
     def later(stage: str, fraction: float) -> None:
-        progress(f"A face was still found; larger removal: {stage[:1].lower()}{stage[1:]}", 0.7 + 0.2 * fraction)
+        progress(f"A face was still found; attempt {number}, {step}: {stage[:1].lower()}{stage[1:]}",
+                 start + 0.08 * fraction)
 
-    provenance = _deface_and_write(session, stronger, later)
-    session.state["earlier_attempts"] = [first]
-    progress("Verifying the result of the larger removal", 0.9)
+    provenance = _deface_and_write(session, stronger, later)  # forgets the earlier result, earlier_attempts too
+    session.state["earlier_attempts"] = earlier
+    progress(f"Verifying the result of {step} (attempt {number})", start + 0.08)
     verification = verify_session(session)
-    # the provenance records both attempts, as the command line's sidecar does (verification.attempts)
+    # the provenance records every attempt, as the command line's sidecar does (verification.attempts)
     provenance["verification"] = {"verdict": verification.get("verdict"), "attempts": verification.get("attempts", [])}
     write_text_atomic(session.state["downloads"]["provenance"][0], json.dumps(provenance, indent=2, default=_jsonable))
     return provenance, verification
@@ -624,7 +636,7 @@ def _deface_and_write(session: Session, options: DefaceOptions, progress: Progre
 
 
 #: ``session.state`` keys of a defacing result (what :func:`deface_session` and :func:`verify_session` add;
-#: ``earlier_attempts``: the first attempt of a retry with the larger removal, recorded before the retry's own).
+#: ``earlier_attempts``: the attempts before the current one of a retry (:func:`deface_session`), first first).
 RESULT_KEYS = ("defaced", "edit_mask", "provenance", "downloads", "stem", "verification", "earlier_attempts")
 
 
@@ -673,24 +685,38 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+#: The label of the page's retry box (static/index.html; the wordings below quote it).
+RETRY_BOX_LABEL = ("If a face is still found after defacing, deface again with a larger nose and eye removal, then "
+                   "the whole face")
 #: The next step after a FAIL with a face found and the usual sizes, for this page: deface again with its
-#: retry box ticked (the larger removal of :data:`defacer.verify.verdict.REMEDY_FACE`), or remove the whole face.
-WEB_REMEDY_FACE = ("What to do: do not share this scan. Deface it again with the box 'If a face is still found after "
-                   "defacing, deface again with a larger nose and eye removal' ticked (or on the command line: "
-                   "defacer deface SCAN OUT --retry-stronger), or remove the whole face, before sharing it.")
+#: retry box ticked (:data:`defacer.verify.verdict.REMEDY_FACE`: the larger removal, then the whole face).
+WEB_REMEDY_FACE = (f"What to do: do not share this scan. Deface it again with the box '{RETRY_BOX_LABEL}' ticked (it "
+                   "removes more, up to the whole face in front of the eyes, while a face is found; on the command "
+                   "line: defacer deface SCAN OUT --retry-stronger) and share it only when it passes.")
 #: The next step after a FAIL with a face found although the larger nose removal and eye cover were used
-#: (:data:`defacer.verify.verdict.REMEDY_WHOLE_FACE`), for this page: nothing larger is left to try here.
+#: (:data:`defacer.verify.verdict.REMEDY_WHOLE_FACE`), for this page: deface again with the box ticked, which now
+#: goes on to remove the whole face.
 WEB_REMEDY_WHOLE_FACE = ("What to do: do not share this scan. A face is found even with the larger nose removal and "
-                         "eye cover, so distorting the eyes, nose and ears is not enough for this scan: remove the "
-                         "whole face (for example with pydeface) before sharing it.")
+                         f"eye cover. Deface it again with the box '{RETRY_BOX_LABEL}' ticked: when a face is found "
+                         "with the larger removal it goes on to remove the whole face in front of the eyes (on the "
+                         "command line: defacer deface SCAN OUT --retry-stronger, or --whole-face), and share it "
+                         "only when it passes.")
+#: The next step after a FAIL with a face found although the whole face in front of the eyes was removed
+#: (:data:`defacer.verify.verdict.REMEDY_NOT_SHAREABLE`), for this page: nothing stronger is left to try here.
+WEB_REMEDY_NOT_SHAREABLE = ("What to do: do not share this scan as it is. A face is found even after the whole face "
+                            "in front of the eyes was removed. Look at the pictures of the full verification report "
+                            "(a detector can fire on the cut surface); if a face is recognisable there, remove more "
+                            "with another tool (for example pydeface) and verify that before sharing it.")
 
 
 def web_next_step(summary: dict[str, Any]) -> str | None:
-    """What the page tells the user to do after a verdict (:func:`defacer.verify.verdict.remedy`), or ``None``."""
-    from defacer.verify.verdict import REMEDY_FACE, REMEDY_WHOLE_FACE, remedy
+    """What the page tells the user to do after a verdict (:func:`defacer.verify.verdict.remedy`, in the page's
+    words where it names command-line options), or ``None``."""
+    from defacer.verify.verdict import REMEDY_FACE, REMEDY_NOT_SHAREABLE, REMEDY_WHOLE_FACE, remedy
 
     step = remedy(summary)
-    return {REMEDY_FACE: WEB_REMEDY_FACE, REMEDY_WHOLE_FACE: WEB_REMEDY_WHOLE_FACE}.get(step or "", step)
+    return {REMEDY_FACE: WEB_REMEDY_FACE, REMEDY_WHOLE_FACE: WEB_REMEDY_WHOLE_FACE,
+            REMEDY_NOT_SHAREABLE: WEB_REMEDY_NOT_SHAREABLE}.get(step or "", step)
 
 
 def verify_session(session: Session) -> dict[str, Any]:
@@ -702,9 +728,9 @@ def verify_session(session: Session) -> dict[str, Any]:
         ``available`` false with ``reason`` when the ``verify`` extra is missing; else
         ``passed`` (bool or None when verification itself failed), ``verdict`` (``PASS``,
         ``FAIL``, ``INCONCLUSIVE`` as in :mod:`defacer.verify.verdict`, or None), ``meaning``,
-        ``next_step`` (:func:`web_next_step`), ``summary`` and ``error``; after a retry with the larger
-        removal (:func:`deface_session`), also ``attempts``: the earlier attempt and this verification
-        (:func:`defacer.verify.verdict.attempt_record`).
+        ``next_step`` (:func:`web_next_step`), ``summary`` and ``error``; after a retry
+        (:func:`deface_session`), also ``attempts``: the earlier attempts and this verification
+        (:func:`defacer.verify.verdict.attempt_record`), the first one first.
     """
     with session.lock:
         if "defaced" not in session.state:
@@ -745,7 +771,7 @@ def verify_session(session: Session) -> dict[str, Any]:
                 session.state["downloads"]["report"] = (Path(report), f"{stem}_verification.html")
                 outcome["report"] = True
         earlier = session.state.get("earlier_attempts")
-        if earlier:  # this verifies a retry with the larger removal: the first attempt comes first
+        if earlier:  # this verifies a retry: the earlier attempts come first
             from defacer.verify.verdict import attempt_record
 
             outcome["attempts"] = [*earlier, attempt_record(session.state["provenance"].get("options") or {},

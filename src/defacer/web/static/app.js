@@ -500,24 +500,45 @@ function describeFound(found) {
   }).join(", ");
 }
 
-// After a retry with the larger removal (the box next to the deface button): the first attempt, in words.
+// After a retry (the box next to the deface button): every attempt, in words.  The retry goes one step stronger
+// while a face is found (defacer.options.stronger_options): the larger nose removal and eye cover, then the whole
+// face in front of the eyes as well.
+const ORDINALS = ["first", "second", "third", "fourth", "fifth"];
+
+function ordinal(i) {
+  return ORDINALS[i] || `${i + 1}th`;
+}
+
+function attemptOutcome(a) {
+  if (!a.verdict) return "could not be verified";
+  const found = (a.face_found_after || []).length
+    ? `: a face was still found (face detectors that fired: ${describeFound(a.face_found_after)})` : "";
+  return `was verified ${a.verdict}${found}`;
+}
+
+function describeStep(before, after) {
+  const sizes = before.nose_scale !== after.nose_scale || before.eye_box_scale !== after.eye_box_scale;
+  const larger = sizes ? `with a larger nose removal and eye cover (nose size ${before.nose_scale} to ` +
+    `${after.nose_scale}, eye size ${before.eye_box_scale} to ${after.eye_box_scale})` : "";
+  const whole = after.whole_face && !before.whole_face
+    ? "with the whole face in front of the eyes removed as well" : "";
+  return [larger, whole].filter(Boolean).join(", and ") || "with the same options";
+}
+
 function showAttempts(v) {
   const note = $("retry-note");
   const attempts = (v && v.attempts) || [];
   note.hidden = attempts.length < 2;
   note.textContent = "";
   if (note.hidden) return;
-  const first = attempts[0];
-  const last = attempts[attempts.length - 1];
-  const fired = (first.face_found_after || []).length
-    ? ` (face detectors that fired: ${describeFound(first.face_found_after)})` : "";
-  const second = last.verdict ? `the verdict of this second attempt is ${last.verdict}`
-    : "the verification of this second attempt could not be completed";
-  note.textContent = `The first defacing was verified ${first.verdict}: a face was still found${fired}. ` +
-    "So the scan was defaced again from the original with a larger nose removal and eye cover " +
-    `(nose size ${first.nose_scale} to ${last.nose_scale}, eye size ${first.eye_box_scale} to ` +
-    `${last.eye_box_scale}), and ${second}. The verdict, views and downloads on this page are the second ` +
-    "attempt's.";
+  const parts = [`The scan was defaced ${attempts.length} times, each time from the original. ` +
+    `The first defacing ${attemptOutcome(attempts[0])}.`];
+  for (let i = 1; i < attempts.length; i += 1) {
+    parts.push(`So it was defaced again ${describeStep(attempts[i - 1], attempts[i])}, and this ${ordinal(i)} ` +
+      `attempt ${attemptOutcome(attempts[i])}.`);
+  }
+  parts.push(`The verdict, views and downloads on this page are the ${ordinal(attempts.length - 1)} attempt's.`);
+  note.textContent = parts.join(" ");
 }
 
 function showVerification(v) {
