@@ -16,3 +16,12 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "heads").is_dir():
         pytest.skip(f"real head scans not available at {SHARED_DATA} (they exist in CI and on developer machines)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def faces_after(monkeypatch: pytest.MonkeyPatch):  # -> face_fakes.FakeDetectors
+    """Faked face detectors whose verdict after defacing follows the test's ``plan`` (:mod:`face_fakes`)."""
+    pytest.importorskip("PIL", reason="the verify extra is not installed (pip install 'defacer[verify]')")
+    from face_fakes import install
+
+    return install(monkeypatch)

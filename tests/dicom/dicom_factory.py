@@ -188,3 +188,18 @@ def rewrite_raw(path: Path, *, preamble: bytes | None = None, command_set: bool 
     buffer.is_implicit_VR = False
     write_dataset(buffer, ds)
     path.write_bytes(buffer.getvalue())
+
+
+def write_phantom_series(folder: Path, labels_path: Path, voxel_mm: float = 3.0) -> None:
+    """A synthetic phantom head (:func:`defacer.phantom.make_phantom`) as an axial DICOM series in ``folder`` (LPS
+    rows and columns, one file per slice), and its feature label map as NIfTI on the same world grid."""
+    import nibabel as nib
+
+    from defacer.phantom import make_phantom
+
+    phantom = make_phantom(voxel_mm)
+    affine = phantom.volume.affine
+    write_series(folder, phantom.volume.raw.astype(np.int16), row_cos=(-1, 0, 0), col_cos=(0, -1, 0),
+                 spacing=(voxel_mm, voxel_mm), origin=(-affine[0, 3], -affine[1, 3], affine[2, 3]),
+                 step=(0, 0, voxel_mm))
+    nib.save(nib.Nifti1Image(phantom.labels.astype(np.uint8), affine), str(labels_path))

@@ -199,17 +199,10 @@ def test_one_definition_of_changed_voxels_and_one_colour_per_feature(tmp_path, m
 def test_deface_verify_of_a_dicom_series_writes_no_face_into_the_output_folder(tmp_path, capsys) -> None:
     import sys
 
-    import nibabel as nib
-    import numpy as np
-
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dicom"))
-    from dicom_factory import write_series
+    from dicom_factory import write_phantom_series
 
-    phantom = make_phantom(3.0)
-    affine = phantom.volume.affine
-    write_series(tmp_path / "in", phantom.volume.raw.astype(np.int16), row_cos=(-1, 0, 0), col_cos=(0, -1, 0),
-                 spacing=(3.0, 3.0), origin=(-affine[0, 3], -affine[1, 3], affine[2, 3]), step=(0, 0, 3.0))
-    nib.save(nib.Nifti1Image(phantom.labels.astype(np.uint8), affine), str(tmp_path / "labels.nii.gz"))
+    write_phantom_series(tmp_path / "in", tmp_path / "labels.nii.gz")
     out = tmp_path / "shared" / "defaced"
     code = main(["deface", str(tmp_path / "in"), str(out), "--labels", str(tmp_path / "labels.nii.gz"),
                  "--key", "qc-test-key-0123456789", "--verify"])

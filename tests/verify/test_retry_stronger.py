@@ -9,7 +9,6 @@ detectors on a real head that keeps a face with the defaults (ixi013, measured i
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,37 +35,6 @@ def phantom_pair(tmp_path: Path) -> tuple[Path, Path]:
     scan.parent.mkdir()
     save_phantom(make_phantom(3.0), scan, labels)
     return scan, labels
-
-
-@dataclass
-class FakeDetectors:
-    """``plan[n]``: whether the n-th verification finds a face after defacing; ``verifications``: how many ran."""
-
-    plan: list[bool] = field(default_factory=list)
-    calls: int = 0
-
-    @property
-    def verifications(self) -> int:
-        return self.calls // 2
-
-
-@pytest.fixture
-def faces_after(monkeypatch: pytest.MonkeyPatch) -> FakeDetectors:
-    """Fake detectors: a face in every original render; after defacing as the test's plan says."""
-    pytest.importorskip("PIL")
-    from defacer.verify import check, identity
-    from defacer.verify.faces import DetectorResult
-
-    fakes = FakeDetectors()
-
-    def fake(renders):  # each verification detects on the original's renders first, then on the defaced head's
-        fakes.calls += 1
-        face = True if fakes.calls % 2 else fakes.plan[fakes.calls // 2 - 1]
-        return {view: {"stub": DetectorResult("stub", 0.5, 1.0 if face else None, None, face)} for view in renders}
-
-    monkeypatch.setattr(check, "detect_renders", fake)
-    monkeypatch.setattr(identity, "embed", lambda image, box: np.zeros(128))
-    return fakes
 
 
 def _sidecar(out: Path) -> dict:
@@ -226,17 +194,12 @@ def test_a_dicom_series_is_retried_with_its_mapping_rewritten(faces_after, tmp_p
     random key gives each attempt other UIDs, so a mapping left from the first would not fit the output)."""
     import sys
 
-    import nibabel as nib
     import pydicom
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dicom"))
-    from dicom_factory import write_series
+    from dicom_factory import write_phantom_series
 
-    phantom = make_phantom(3.0)
-    affine = phantom.volume.affine
-    write_series(tmp_path / "in", phantom.volume.raw.astype(np.int16), row_cos=(-1, 0, 0), col_cos=(0, -1, 0),
-                 spacing=(3.0, 3.0), origin=(-affine[0, 3], -affine[1, 3], affine[2, 3]), step=(0, 0, 3.0))
-    nib.save(nib.Nifti1Image(phantom.labels.astype(np.uint8), affine), str(tmp_path / "labels.nii.gz"))
+    write_phantom_series(tmp_path / "in", tmp_path / "labels.nii.gz")
     faces_after.plan += [True, False]
     out, mapping = tmp_path / "defaced", tmp_path / "mapping.json"
     code = main(["deface", str(tmp_path / "in"), str(out), "--labels", str(tmp_path / "labels.nii.gz"),

@@ -13,12 +13,12 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from face_fakes import FakeDetectors
 from fastapi.testclient import TestClient
 
 from defacer.options import STRONGER_EYE_BOX_SCALE, STRONGER_NOSE_SCALE
@@ -26,36 +26,6 @@ from defacer.web.app import create_app
 from defacer.web.settings import WebSettings
 
 pytest.importorskip("PIL", reason="the verify extra is not installed (pip install 'defacer[verify]')")
-
-
-@dataclass
-class FakeDetectors:
-    """``plan[n]``: whether the n-th verification finds a face after defacing; ``calls``: detector runs."""
-
-    plan: list[bool] = field(default_factory=list)
-    calls: int = 0
-
-    @property
-    def verifications(self) -> int:
-        return self.calls // 2
-
-
-@pytest.fixture
-def faces_after(monkeypatch: pytest.MonkeyPatch) -> FakeDetectors:
-    """A face in every render of the original; after defacing as the test's plan says."""
-    from defacer.verify import check, identity
-    from defacer.verify.faces import DetectorResult
-
-    fakes = FakeDetectors()
-
-    def fake(renders: dict[str, Any]) -> dict[str, Any]:  # per verification: the original's renders, then the result's
-        fakes.calls += 1
-        face = True if fakes.calls % 2 else fakes.plan[fakes.calls // 2 - 1]
-        return {view: {"stub": DetectorResult("stub", 0.5, 1.0 if face else None, None, face)} for view in renders}
-
-    monkeypatch.setattr(check, "detect_renders", fake)
-    monkeypatch.setattr(identity, "embed", lambda image, box: np.zeros(128))
-    return fakes
 
 
 @pytest.fixture(scope="module")
