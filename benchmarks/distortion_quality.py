@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     det = load_detector(labels_path=ref_path)
                 else:
                     det = detector
-                options = DefaceOptions(seed=0, nose_scale=args.nose_scale)
+                options = DefaceOptions(seed=0, nose_scale=args.nose_scale, whole_face=args.whole_face)
                 t0 = time.perf_counter()
                 result = deface(volume, det, options)
                 row["deface_s"] = round(time.perf_counter() - t0, 2)
@@ -309,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="detector threads (default 2)")
     parser.add_argument("--nose-scale", type=float, default=DefaceOptions().nose_scale, metavar="X",
                         help="enlargement of the nose box per axis (default: the shipped default)")
+    parser.add_argument("--whole-face", action="store_true",
+                        help="deface with the whole-face removal as well (defacer deface --whole-face)")
     parser.add_argument("--retry-stronger", action="store_true",
                         help="with --faces: a head whose verification finds a face is defaced again with the larger "
                              "nose removal and eye cover and measured as that (what 'deface --retry-stronger' writes)")
@@ -320,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
     results = run(args)
-    name = "quality" + ("_faces" if args.faces else "") + ("_retry" if args.retry_stronger else "") + (f"_{args.mode}" if args.mode != "both" else "") + ".json"
+    name = ("quality" + ("_faces" if args.faces else "") + ("_retry" if args.retry_stronger else "")
+            + ("_wholeface" if args.whole_face else "")) + (f"_{args.mode}" if args.mode != "both" else "") + ".json"
     (args.out / name).write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
     print(f"written {args.out / name}")
     return 0
