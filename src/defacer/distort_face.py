@@ -149,7 +149,8 @@ def face_removal(image: npt.NDArray[np.floating], eyes: Mask, head: HeadModel, r
     if box is None:
         return None, {"done": False, "reason": "the face region lies outside the image"}
     affine = np.asarray(ras_affine, float)
-    index = np.meshgrid(*[np.arange(s.start, s.stop, dtype=np.float32) for s in box], indexing="ij")
+    # the voxel indices of the box along each axis, as open (broadcasting) grids: no full-size index arrays
+    index = np.ix_(*[np.arange(s.start, s.stop, dtype=np.float32) for s in box])
     # frame coordinates (x right along the eyes, y anterior, z up) of every voxel of the box
     to_frame = (axes @ affine[:3, :3]).astype(np.float32)
     offset = (axes @ (affine[:3, 3] - origin)).astype(np.float32)

@@ -240,6 +240,19 @@ def border_padding_value(coarse: npt.NDArray[np.floating]) -> float | None:
     return float(value)
 
 
+def padding_value(coarse: npt.NDArray[np.floating]) -> float | None:
+    """The constant that fills the volume outside its real field, if any: a CT scanner's outside-the-field value
+    (:func:`outside_field_value`), else an export's frame round a smaller field (:func:`border_padding_value`).
+
+    Parameters
+    ----------
+    coarse : ndarray, shape (X, Y, Z)
+        The volume (or its coarse sample), physical intensities.
+    """
+    padding = outside_field_value(coarse)
+    return padding if padding is not None else border_padding_value(coarse)
+
+
 def analyse_head(image: npt.NDArray[np.floating], spacing: tuple[float, float, float]) -> HeadModel:
     """Estimate the threshold, air distribution and sealed head of a RAS image.
 
@@ -253,9 +266,7 @@ def analyse_head(image: npt.NDArray[np.floating], spacing: tuple[float, float, f
     strides = tuple(max(1, int(COARSE_STEP_MM // s)) for s in spacing)
     coarse = image[:: strides[0], :: strides[1], :: strides[2]]
     coarse_spacing = tuple(s * st for s, st in zip(spacing, strides, strict=True))
-    padding = outside_field_value(coarse)
-    if padding is None:
-        padding = border_padding_value(coarse)
+    padding = padding_value(coarse)
     in_field = coarse != padding if padding is not None else np.ones(coarse.shape, dtype=bool)
     threshold = estimate_threshold(coarse[in_field])
     tissue = coarse > threshold

@@ -47,7 +47,7 @@ from defacer._typing import Affine, LabelMap, Mask
 from defacer.detect.frame import eye_frame
 from defacer.detect.postprocess import AIR_LEVEL, largest_part, level_in_range
 from defacer.detect.preprocess import mask_box
-from defacer.head import border_padding_value, outside_field_value
+from defacer.head import padding_value
 from defacer.labels import Label
 from defacer.volume import voxel_sizes
 
@@ -186,9 +186,7 @@ def tissue_threshold(image: npt.NDArray[np.floating]) -> float | None:
     ``None`` for a flat image.
     """
     sample = np.asarray(image[::3, ::3, ::3], np.float32)
-    padding = outside_field_value(sample)
-    if padding is None:
-        padding = border_padding_value(sample)
+    padding = padding_value(sample)
     if padding is not None:
         sample = sample[sample != padding]
     return level_in_range(sample, AIR_LEVEL) if sample.size else None
