@@ -36,7 +36,13 @@ from defacer.errors import DetectorError, FeaturesNotFoundError, ProtectionError
 from defacer.head import CLEAR_OUTLINE, HeadModel, analyse_head, depth_below_surface
 from defacer.labels import FEATURES, Label
 from defacer.options import DEFAULT_OPTIONS, DefaceOptions
-from defacer.protection_check import changed_mask, check_protection_at, outside_tree, within_depth
+from defacer.protection_check import (
+    changed_indices,
+    changed_mask,
+    check_protection_at,
+    outside_tree,
+    within_depth,
+)
 from defacer.provenance import environment
 from defacer.volume import Volume, canonical_reorientation
 
@@ -159,6 +165,18 @@ def protected_in_box(edit: Edit, head: HeadModel, depth: npt.NDArray[np.float32]
     return protected
 
 
+def _voxels_per_feature(label_map: LabelMap) -> dict[str, int]:
+    """Voxels of each feature's label in a label map, in :data:`defacer.labels.FEATURES` order (one pass).
+
+    Parameters
+    ----------
+    label_map : ndarray, uint8, any shape
+        Values 0 (background) to 3 (the :class:`defacer.labels.Label` values).
+    """
+    counts = np.bincount(np.asarray(label_map, np.uint8).ravel(), minlength=len(Label) + 1)
+    return {name: int(counts[Label[name.upper()]]) for name in FEATURES}
+
+
 def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_OPTIONS) -> DefaceResult:
     """Distort the eyes, nose and ears of ``volume`` and nothing else.
 
@@ -199,8 +217,7 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
     detect_stages = dict(getattr(detector, "last_timings", None) or {})  # the ONNX detector's seconds per stage
 
     t = time.perf_counter()
-    found = {name: int(np.count_nonzero(labels_ras == label)) for name, label in
-             (("eyes", Label.EYES), ("nose", Label.NOSE), ("ears", Label.EARS))}
+    found = _voxels_per_feature(labels_ras)
     nose = None
     if "nose" in options.features:
         head_centre_a = int(np.argwhere(head.sealed_coarse.any(axis=(0, 2))).mean() * head.strides[1])
@@ -254,7 +271,7 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
     labels_native = reorientation.from_ras(labels_ras)
     # Check of the guarantee, independent of the gate above: every voxel whose stored value changed, anywhere
     # in the scan, at its exact position (defacer.protection_check).
-    changed_at = reorientation.indices_to_ras(np.argwhere(changed_mask(volume.raw, raw)))
+    changed_at = reorientation.indices_to_ras(changed_indices(volume.raw, raw))
     check = check_protection_at(changed_at, head, depth, spacing, options.protect_depth_mm)
     if check.changed_inside_protected:  # the second line of defence: such a result is never returned
         message = (
@@ -282,7 +299,7 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
                  "outline_contrast": round(head.outline_contrast, 3) if np.isfinite(head.outline_contrast) else None},
         "features_found_voxels": found,
         "edits": [{"feature": e.feature, **e.params} for e in edits],
-        "voxels_changed": {name: int(np.count_nonzero(edit_mask == Label[name.upper()])) for name in FEATURES},
+        "voxels_changed": _voxels_per_feature(edit_mask),
         "protection": {"depth_mm": options.protect_depth_mm, "coarse_slack_mm": round(slack, 3),
                        "exact_depth_features": sorted(EXACT_GATE_FEATURES),
                        "protected_voxels_approx": int(np.count_nonzero(depth > options.protect_depth_mm - slack))

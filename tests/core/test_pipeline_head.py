@@ -59,3 +59,15 @@ def test_a_handed_over_head_gives_the_labels_the_fallback_finds_on_its_own(earle
     handed = earless_detector.predict_with_head(image, reo.ras_affine, analyse_head(image, reo.ras_spacing))
     assert (alone == 3).any()
     assert np.array_equal(handed, alone)
+
+
+def test_voxels_per_feature_counts_each_label_once() -> None:
+    """The one-pass count (np.bincount) gives each feature's voxel count, in FEATURES order, 0 for an absent one."""
+    from defacer.pipeline import _voxels_per_feature
+
+    label_map = np.zeros((9, 8, 7), np.uint8)
+    label_map[1:3, 1:3, 1:3] = 1
+    label_map[5, 5, 1:6] = 3
+    counts = _voxels_per_feature(label_map)
+    assert list(counts) == ["eyes", "nose", "ears"]
+    assert counts == {"eyes": 8, "nose": 0, "ears": 5}

@@ -159,3 +159,24 @@ def test_the_ear_gate_decides_the_slack_band_at_exact_depth_and_the_others_stay_
         assert not (protected & exact_within).any(), "every voxel within 10 mm is writable for the ears"
     else:
         assert protected[band_within].all(), "eyes and nose keep the slack"
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+def test_changed_indices_lists_what_argwhere_lists_in_its_order(order: str, dtype: type) -> None:
+    """The changed voxels listed from their bounding box are np.argwhere's list of the whole grid, row for row."""
+    from defacer.protection_check import changed_indices
+
+    rng = np.random.default_rng(3)
+    before = np.asarray(rng.integers(0, 50, (23, 31, 17)), dtype=dtype, order=order)
+    after = before.copy(order=order)
+    after[4:9, 20:27, 3:5] += 1
+    after[15, 2, 16] += 2
+    if np.issubdtype(dtype, np.floating):
+        before[0, 0, 0] = after[0, 0, 0] = np.nan  # NaN against NaN is no change
+    expected = np.argwhere(changed_mask(before, after))
+    found = changed_indices(before, after)
+    assert found.dtype == expected.dtype and found.shape == expected.shape == (5 * 7 * 2 + 1, 3)
+    assert np.array_equal(found, expected)
+    none = changed_indices(before, before.copy())
+    assert none.shape == (0, 3) and none.dtype == np.intp

@@ -207,3 +207,21 @@ def test_an_ear_nowhere_near_where_ears_lie_is_still_kept_when_alone() -> None:
     _ball(labels, (10, 44, 12), 3, 3)  # the side's only candidate: implausible, but never dropped for that
     comps = find_components(labels, AFFINE)
     assert sum(c.feature == "ears" for c in comps) == 1
+
+
+def test_component_centres_are_scipy_centres_of_mass_to_the_bit() -> None:
+    """The centre from the component's bounding box only equals ndi.center_of_mass of the whole map, exactly."""
+    from scipy import ndimage as ndi
+
+    from defacer.detect.postprocess import _centre_of
+
+    rng = np.random.default_rng(11)
+    for _ in range(20):
+        mask = np.zeros((40, 37, 29), bool)
+        lo = rng.integers(0, 20, 3)
+        size = rng.integers(1, 9, 3)
+        mask[lo[0]:lo[0] + size[0], lo[1]:lo[1] + size[1], lo[2]:lo[2] + size[2]] = rng.random(tuple(size)) < 0.6
+        mask[tuple(lo)] = True
+        expected = np.asarray(ndi.center_of_mass(mask))
+        assert np.array_equal(_centre_of(mask, ndi.find_objects(mask.astype(np.int32))[0]), expected)
+        assert np.array_equal(_centre_of(mask, None), expected)

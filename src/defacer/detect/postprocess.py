@@ -22,6 +22,7 @@ from scipy import ndimage as ndi
 
 from defacer._typing import Affine
 from defacer.detect.frame import ear_offset_score, eye_frame
+from defacer.detect.preprocess import mask_box
 from defacer.labels import FEATURE_LABELS, MAX_COMPONENTS
 
 #: Smallest plausible volume per feature, in mm^3 (eye sphere ~ 9000, nose ~ 15000, auricle ~ 3000).
@@ -130,7 +131,8 @@ def _candidates(feature: str, where: npt.NDArray[np.bool_], affine: Affine, voxe
     lab, n = ndi.label(where)
     if n == 0:
         return []
-    sizes = np.asarray(ndi.sum(np.ones_like(lab), lab, range(1, n + 1)), float) * voxel_mm3
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:].astype(float) * voxel_mm3
+    boxes = ndi.find_objects(lab)
     out = []
     for i in np.argsort(sizes)[::-1]:
         if sizes[i] < MIN_VOLUME_MM3[feature]:
@@ -138,9 +140,27 @@ def _candidates(feature: str, where: npt.NDArray[np.bool_], affine: Affine, voxe
         if feature != "ears" and sizes[i] < 0.2 * sizes.max():
             break  # crumbs of an eye or nose; ears are judged per side instead
         mask = lab == (i + 1)
-        centre = affine[:3, :3] @ np.asarray(ndi.center_of_mass(mask)) + affine[:3, 3]
+        centre = affine[:3, :3] @ _centre_of(mask, boxes[i]) + affine[:3, 3]
         out.append(Component(feature, mask, centre, float(sizes[i])))
     return out
+
+
+def _centre_of(mask: npt.NDArray[np.bool_], box: tuple[slice, ...] | None) -> npt.NDArray[np.float64]:
+    """Mean voxel index of a non-empty mask, from its bounding ``box`` only (:func:`scipy.ndimage.find_objects`).
+
+    The same value as :func:`scipy.ndimage.center_of_mass` of the whole mask: the index sums are
+    exact integers either way, divided once by the count.
+
+    Returns
+    -------
+    ndarray, float64, shape (mask.ndim,)
+    """
+    if box is None:
+        box = tuple(slice(0, n) for n in mask.shape)
+    where = np.nonzero(mask[box])
+    count = where[0].size
+    totals = [int(w.sum(dtype=np.int64)) + s.start * count for w, s in zip(where, box, strict=True)]
+    return np.asarray([total / count for total in totals], np.float64)
 
 
 def _choose_eyes(candidates: list[Component]) -> list[Component]:
@@ -209,12 +229,9 @@ def restrict_to_tissue(labels: npt.NDArray[np.uint8], image: npt.NDArray[np.floa
     if threshold is None:
         return out
     for value in values:
-        where = out == value
-        if not where.any():
+        box = mask_box(out == value)  # from the axis projections: no list of every voxel's index
+        if box is None:
             continue
-        idx = np.argwhere(where)
-        lo_i, hi_i = idx.min(axis=0), idx.max(axis=0) + 1
-        box = tuple(slice(a, b) for a, b in zip(lo_i, hi_i))
         tissue = ndi.binary_dilation(ndi.uniform_filter(np.asarray(image[box], np.float32), 3) > threshold)
         sub = out[box]
         sub[(sub == value) & ~tissue] = 0
@@ -242,10 +259,9 @@ def keep_largest_pieces(labels: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     out = labels.copy()
     for feature, value in FEATURE_LABELS.items():
         where = out == int(value)
-        if not where.any():
+        box = mask_box(where)  # from the axis projections: no list of every voxel's index
+        if box is None:
             continue
-        idx = np.argwhere(where)
-        box = tuple(slice(a, b + 1) for a, b in zip(idx.min(axis=0), idx.max(axis=0)))
         pieces, count = ndi.label(where[box])
         if count <= MAX_COMPONENTS[feature]:
             continue
