@@ -166,15 +166,17 @@ def protected_in_box(edit: Edit, head: HeadModel, depth: npt.NDArray[np.float32]
 
 
 def _voxels_per_feature(label_map: LabelMap) -> dict[str, int]:
-    """Voxels of each feature's label in a label map, in :data:`defacer.labels.FEATURES` order (one pass).
+    """Voxels of each feature's label in a label map, in :data:`defacer.labels.FEATURES` order.
+
+    One comparison per feature (about 1 ms each on a 1 mm head); ``np.bincount`` would first copy
+    the map into a 64-bit array eight times its size (0.1 s in the pipeline).
 
     Parameters
     ----------
     label_map : ndarray, uint8, any shape
-        Values 0 (background) to 3 (the :class:`defacer.labels.Label` values).
+        The :class:`defacer.labels.Label` values.
     """
-    counts = np.bincount(np.asarray(label_map, np.uint8).ravel(), minlength=len(Label) + 1)
-    return {name: int(counts[Label[name.upper()]]) for name in FEATURES}
+    return {name: int(np.count_nonzero(label_map == Label[name.upper()])) for name in FEATURES}
 
 
 def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_OPTIONS) -> DefaceResult:

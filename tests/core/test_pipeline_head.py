@@ -62,7 +62,7 @@ def test_a_handed_over_head_gives_the_labels_the_fallback_finds_on_its_own(earle
 
 
 def test_voxels_per_feature_counts_each_label_once() -> None:
-    """The one-pass count (np.bincount) gives each feature's voxel count, in FEATURES order, 0 for an absent one."""
+    """The count gives each feature's voxel count, in FEATURES order, 0 for an absent one."""
     from defacer.pipeline import _voxels_per_feature
 
     label_map = np.zeros((9, 8, 7), np.uint8)
