@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 from defacer._typing import PathLike
 from defacer.checks import DEFAULT_MAX_VOXELS
 from defacer.detect import Detector
-from defacer.errors import DefacerError, InputImageError
+from defacer.errors import DefacerError, InputImageError, OutputError
+from defacer.files import image_suffix
 from defacer.options import DEFAULT_DEIDENTIFICATION, DEFAULT_OPTIONS, DefaceOptions, Deidentification
 from defacer.pipeline import DefaceResult, check_features_found, deface, load_detector
 from defacer.provenance import sha256_of, sidecar_path, write_provenance
@@ -199,7 +200,12 @@ def _deface_file(source: Path, target: Path, *, options: DefaceOptions, detector
     from defacer.io.output_guard import check_not_input, check_outputs, detached_data_candidates
 
     start = time.perf_counter()
-    if format_of(target) != format_of(source):
+    try:
+        target_format = format_of(target)
+    except InputImageError as err:  # the output's name, not a file to convert
+        raise OutputError(f"The output '{target}' has no image ending: defacer writes the input's format, so give "
+                          f"it the input's ending (e.g. '{target.with_name(target.stem + image_suffix(source.name))}').") from err
+    if target_format != format_of(source):
         raise InputImageError(
             f"The output '{target.name}' has another format than the input '{source.name}'. defacer writes the "
             "input's format: use the same kind of extension."
@@ -289,10 +295,24 @@ def _deface_dicom(source: Path, target: Path, *, options: DefaceOptions, scrubbe
 
 
 def _mask_files(mask_path: PathLike | None) -> list[Path]:
-    """The files ``--save-mask`` writes (a ``.nhdr`` also writes its data file): checked with the other outputs."""
-    from defacer.io import label_map_files
+    """The files ``--save-mask`` writes (a ``.nhdr`` also writes its data file): checked with the other outputs.
 
-    return [] if mask_path is None else label_map_files(mask_path)
+    Raises
+    ------
+    OutputError
+        The name has no image ending (it was refused only after the scan had been written).
+    """
+    from defacer.io import format_of, label_map_files
+
+    if mask_path is None:
+        return []
+    if not Path(mask_path).is_dir():  # an existing folder is refused with the other outputs
+        try:
+            format_of(mask_path)
+        except InputImageError as err:
+            raise OutputError(f"The label map '{mask_path}' has no image ending: give it one of .nii.gz, .nii, "
+                              ".nrrd, .nhdr, .mgz, .mgh (e.g. 'mask.nii.gz').") from err
+    return label_map_files(mask_path)
 
 
 def _record_common(provenance: dict[str, Any], mask_path: PathLike | None, labels_path: PathLike | None) -> None:

@@ -318,6 +318,50 @@ def test_a_bad_mapping_file_leaves_no_output_behind(series, tmp_path, command, c
     assert sorted(p.name for p in tmp_path.iterdir()) == (["map.json"] if case == "exists" else [])
 
 
+#: A second output that cannot be written, by how it is wrong: a folder under a file, a mask name without an image
+#: ending.  Each was refused only after the first output was written (exit 1, the defaced scan and its ownership
+#: record left behind, no sidecar).
+UNWRITABLE_SECOND_OUTPUTS = [
+    ("nifti", "--save-mask", "note.txt/mask.nii.gz"),
+    ("nifti", "--save-mask", "mask.txt"),
+    ("dicom", "--save-mask", "mask.txt"),
+    ("dicom", "--save-mask", "note.txt/mask.nii.gz"),
+    ("dicom", "--mapping-file", "note.txt/map.json"),
+    ("dicom-anonymize", "--mapping-file", "note.txt/map.json"),
+]
+
+
+@pytest.mark.parametrize(("kind", "option", "name"), UNWRITABLE_SECOND_OUTPUTS)
+def test_a_second_output_that_cannot_be_written_leaves_no_first_output_behind(phantom_files, series, tmp_path, kind,
+                                                                              option, name, capsys):
+    """``--save-mask mask.txt`` or ``--save-mask note.txt/mask.nii.gz`` (a folder under a file), or such a
+    ``--mapping-file``, exited 1 after the output had been written."""
+    note = tmp_path / "note.txt"
+    note.write_text("a user's note\n")
+    if kind == "nifti":
+        out = tmp_path / "out.nii.gz"
+        args = ["deface", str(phantom_files[0]), str(out), "--labels", str(phantom_files[1])]
+    else:
+        out = tmp_path / "out"
+        args = ([kind.split("-")[1], str(series[0]), str(out), "--key", KEY] if kind == "dicom-anonymize"
+                else ["deface", str(series[0]), str(out), "--labels", str(series[1]), "--key", KEY])
+    assert main([*args, option, str(tmp_path / name)]) == 1
+    err = capsys.readouterr().err
+    assert ("is a file, not a folder" in err) if "/" in name else ("no image ending" in err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["note.txt"]
+    assert note.read_text() == "a user's note\n"
+
+
+@pytest.mark.parametrize("output", ["out", "out.txt"])
+def test_an_output_without_an_image_ending_is_named_as_the_output(phantom_files, tmp_path, output, capsys):
+    """The message said 'has an unsupported file type ... Convert it (e.g. with dcm2niix or 3D Slicer)', as if the
+    output were a scan to convert."""
+    assert main(["deface", str(phantom_files[0]), str(tmp_path / output), "--labels", str(phantom_files[1])]) == 1
+    err = capsys.readouterr().err
+    assert "The output" in err and "no image ending" in err and "out.nii.gz" in err and "Convert" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_deface_verify_creates_nothing_when_the_output_is_refused(phantom_files, tmp_path):
     out = tmp_path / "out.nii.gz"
     out.write_bytes(b"user data")

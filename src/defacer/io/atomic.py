@@ -22,6 +22,7 @@ from pathlib import Path
 from defacer._typing import PathLike
 from defacer.errors import OutputError
 from defacer.io.output_guard import (
+    check_folder_usable,
     check_not_input,
     check_replaceable,
     owner_record,
@@ -45,6 +46,7 @@ def check_output_path(path: PathLike, *, force: bool, inputs: Sequence[PathLike]
     target = Path(path)
     check_not_input([target], inputs)
     check_replaceable(target, force=force)
+    check_folder_usable(target)
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.exists():
         try:

@@ -251,13 +251,40 @@ def check_replaceable(path: PathLike, *, force: bool) -> None:
             )
 
 
+def check_folder_usable(path: PathLike) -> None:
+    """Refuse an output whose folder can be neither used nor made: the nearest existing path above it must be a
+    writable folder (not a file, not a link to nothing).
+
+    Checked with the other outputs, before anything is written: a run whose second output (``--save-mask``,
+    ``--mapping-file``) could not be written would otherwise leave its first one behind and exit with an error.
+
+    Raises
+    ------
+    OutputError
+        Naming the output and what lies in the way.
+    """
+    target = Path(path)
+    for folder in (target.parent, *target.parent.parents):
+        if not str(folder) or not os.path.lexists(folder):
+            continue
+        if folder.is_dir():
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise OutputError(f"Cannot write '{target}': its output folder '{folder}' is not writable. "
+                                  "Choose a folder you can write to.")
+            return
+        what = "a symbolic link to nothing" if folder.is_symlink() and not folder.exists() else "a file, not a folder"
+        raise OutputError(f"Cannot write '{target}': its output folder '{folder}' is {what}. Choose an output in "
+                          "a folder (or a new folder's name).")
+
+
 def check_outputs(outputs: Sequence[PathLike | None], *, inputs: Iterable[PathLike | None] = (),
                   force: bool = False) -> list[Path]:
     """Check every output of a run before anything is written.
 
     Each output must be distinct from the others, must not touch an input
-    (:func:`check_not_input`) and must not exist unless ``force`` (and then be a file or
-    defacer's own folder, :func:`check_replaceable`).
+    (:func:`check_not_input`), must not exist unless ``force`` (and then be a file or
+    defacer's own folder, :func:`check_replaceable`), and must have a folder it can be written in
+    (:func:`check_folder_usable`).
 
     Parameters
     ----------
@@ -289,6 +316,7 @@ def check_outputs(outputs: Sequence[PathLike | None], *, inputs: Iterable[PathLi
     check_not_input(paths, InputSet.of(inputs))
     for p in paths:
         check_replaceable(p, force=force)
+        check_folder_usable(p)
     return paths
 
 
