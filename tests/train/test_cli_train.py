@@ -166,3 +166,46 @@ def test_a_bad_training_input_is_refused_in_words_and_nothing_is_left(tmp_path, 
     err = capsys.readouterr().err
     assert expected in err and "bug" not in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("options, words", [
+    (["--box-size", "90"], "--box-size expects a positive multiple of 8"),
+    (["--box-size", "0"], "--box-size expects a positive multiple of 8"),
+    (["--box-spacing", "0.1"], "found 96 and 0.1"),
+    (["--box-size", "48", "--patch", "64"], "--patch 64 is larger than the box (48 voxels per axis)"),
+])
+def test_a_box_no_network_can_take_is_refused_before_any_data_is_read(tmp_path, capsys, options, words) -> None:
+    assert main(["train", "--out", str(tmp_path / "out"), "--data", str(tmp_path / "none"), *options]) == 1
+    err = capsys.readouterr().err
+    assert words in err and "bug" not in err and "--data DIR" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_cache_on_another_box_than_asked_is_refused_in_words(tmp_path, capsys) -> None:
+    from defacer.train.data import make_phantom_samples, save_samples
+
+    cache = tmp_path / "boxes.npz"
+    save_samples(make_phantom_samples(2, seed=3, shape=(32, 32, 32), spacing=8.0), cache)
+    code = main(["train", "--cache", str(cache), "--box-size", "40", "--box-spacing", "6", "--phantoms", "0",
+                 "--epochs", "1", "--channels", "4,8,16", "--out", str(tmp_path / "run")])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "32-voxel box at 8 mm" in err and "--box-size 40" in err and "bug" not in err
+
+
+def test_phantoms_are_drawn_on_the_cached_heads_box_and_the_card_records_it(tmp_path, capsys) -> None:
+    """Phantoms were made on the package's 96-voxel box whatever the cache held, so a cache on another box could
+    not be trained on with phantoms added."""
+    import json
+
+    from defacer.train.data import make_phantom_samples, save_samples
+
+    cache = tmp_path / "boxes.npz"
+    save_samples(make_phantom_samples(2, seed=3, shape=(32, 32, 32), spacing=7.5), cache)
+    out = tmp_path / "model.onnx"
+    code = main(["train", "--cache", str(cache), "--box-size", "32", "--box-spacing", "7.5", "--phantoms", "1",
+                 "--validate-on-train", "--epochs", "1", "--samples-per-epoch", "2", "--batch-size", "1",
+                 "--channels", "4,8,16", "--out", str(tmp_path / "run"), "--export", str(out)])
+    assert code == 0, capsys.readouterr().err
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["box"]["shape"] == [32, 32, 32] and card["box"]["spacing_mm"] == 7.5

@@ -70,6 +70,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                         help="train on cubes of this many voxels cut from each augmented box, centred on a feature with "
                              "the chance --foreground-probability (ears twice as often); 0: whole box. 64 makes CPU "
                              "training ~3x cheaper")
+    parser.add_argument("--box-size", type=int, default=None, metavar="N",
+                        help="the network's input box: N voxels per axis (default: an existing --cache's box, else the "
+                             "package's, defacer.detect.preprocess.BOX_SHAPE); written into the checkpoint and the "
+                             "exported card, which inference follows")
+    parser.add_argument("--box-spacing", type=float, default=None, metavar="MM",
+                        help="the box's voxel size in mm (default: an existing --cache's, else the package's "
+                             "BOX_SPACING); --box-size x --box-spacing should keep about 240 mm, a whole head")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--class-weights", default="1,1,1,3", metavar="B,E,N,A",
                         help="factors on the background, eyes, nose and ears probabilities written into the exported "
@@ -84,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         import torch  # noqa: F401
     except ImportError as err:
         raise MissingExtraError("train", err.name or "torch") from err
+    from defacer.detect.preprocess import BOX_SHAPE, BOX_SPACING
     from defacer.train.data import make_phantom_samples
     from defacer.train.export import export_ensemble, export_onnx
     from defacer.train.loop import TrainConfig, train
@@ -93,6 +101,16 @@ def run(args: argparse.Namespace) -> int:
     channels = _channels(args.channels)
     _check_numbers(args)
     step = 2 ** (len(channels) - 1)
+    size = BOX_SHAPE[0] if args.box_size is None else args.box_size
+    spacing = BOX_SPACING if args.box_spacing is None else args.box_spacing
+    if size <= 0 or size % step or not 0.5 <= spacing <= 8.0:
+        message = (f"--box-size expects a positive multiple of {step} (the network pools {len(channels) - 1} times) and "
+                   f"--box-spacing a voxel size from 0.5 to 8 mm, found {size} and {spacing:g}. "
+                   f"The package's box is {BOX_SHAPE[0]} voxels x {BOX_SPACING:g} mm.")
+        raise InputImageError(message)
+    if args.patch > size:
+        raise InputImageError(f"--patch {args.patch} is larger than the box ({size} voxels per axis); "
+                              "pass a patch no larger than --box-size, or 0 for whole boxes.")
     if args.patch < 0 or args.patch % step:
         message = (f"--patch expects 0 or a positive multiple of {step} (the network pools {len(channels) - 1} times), "
                    f"found {args.patch}. Try --patch 64.")
@@ -117,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
     if args.validate_on_train:
         val_samples += [s for s in train_samples]
     if args.phantoms:
-        phantoms = make_phantom_samples(args.phantoms + 2, seed=args.seed)
+        shape, box_mm = _sample_box(samples[0]) if samples else ((size,) * 3, spacing)  # the real heads' box
+        phantoms = make_phantom_samples(args.phantoms + 2, seed=args.seed, shape=shape, spacing=box_mm)
         train_samples += phantoms[:-2]
         val_samples += phantoms[-2:]
     config = TrainConfig(epochs=args.epochs, samples_per_epoch=args.samples_per_epoch, batch_size=args.batch_size,
@@ -163,7 +182,9 @@ def _real_samples(args: argparse.Namespace) -> list[BoxSample]:
     from defacer.train.data import load_real_samples, load_samples, save_samples
 
     if args.cache is not None and args.cache.is_file():
-        return load_samples(args.cache)
+        samples = load_samples(args.cache)
+        _check_cached_box(samples, args)
+        return samples
     if args.data is None or args.labels_dir is None:
         message = ("Expected --data DIR and --labels-dir DIR (or an existing --cache FILE.npz), "
                    f"found data={args.data}, labels-dir={args.labels_dir}, cache={args.cache}. Pass both folders.")
@@ -179,10 +200,35 @@ def _real_samples(args: argparse.Namespace) -> list[BoxSample]:
     except (TypeError, KeyError) as err:
         raise InputImageError(f"{provenance} does not give a 'source' for every scan (written by "
                               "scripts/make_reference_labels.py: {name: {'source': path, ...}}).") from err
-    samples = load_real_samples(args.data, args.labels_dir, scans)
+    from defacer.detect.preprocess import BOX_SHAPE, BOX_SPACING
+
+    size = BOX_SHAPE[0] if args.box_size is None else args.box_size
+    spacing = BOX_SPACING if args.box_spacing is None else args.box_spacing
+    samples = load_real_samples(args.data, args.labels_dir, scans, shape=(size,) * 3, spacing=spacing)
     if args.cache is not None:
         save_samples(samples, args.cache)
     return samples
+
+
+def _sample_box(sample: BoxSample) -> tuple[tuple[int, int, int], float]:
+    """A box sample's grid: its shape (voxels) and voxel size (mm)."""
+    import numpy as np
+
+    shape = tuple(int(n) for n in sample.image.shape)
+    return (shape[0], shape[1], shape[2]), float(np.sqrt((sample.affine[:3, :3] ** 2).sum(axis=0))[0])
+
+
+def _check_cached_box(samples: list[BoxSample], args: argparse.Namespace) -> None:
+    """Refuse a ``--cache`` made on another box than an explicit ``--box-size``/``--box-spacing`` (its heads would not fit)."""
+    if not samples:
+        return
+    shape, spacing = _sample_box(samples[0])
+    if (args.box_size is not None and shape != (args.box_size,) * 3) or (
+            args.box_spacing is not None and abs(spacing - args.box_spacing) > 1e-6):
+        message = (f"The cache {args.cache} holds heads on a {shape[0]}-voxel box at {spacing:g} mm, but --box-size "
+                   f"{args.box_size} --box-spacing {args.box_spacing} asks for another box. Pass the cache made for "
+                   "this box, a new --cache path to make one, or neither option to train on the cache's box.")
+        raise InputImageError(message)
 
 
 def _class_weights(text: str) -> list[float]:
