@@ -70,6 +70,21 @@ def test_verify_command_reports_a_missing_file_without_a_traceback(tmp_path, cap
     assert code == 1 and "Traceback" not in err and "nope.nii.gz" in err
 
 
+def test_evaluate_refuses_scans_that_share_a_name(tmp_path, capsys) -> None:
+    """'a.nii.gz' and 'a.mgz' were both evaluated as 'a': the second's report replaced the first's in OUT/a/, and the
+    re-identification gallery held one subject for two scans ('1/1', chance 100 %)."""
+    scans = tmp_path / "scans"
+    (scans / "b").mkdir(parents=True)
+    for name in ("a.nii.gz", "A.mgz", "b.nrrd", "b/0001.dcm", "c.nii"):
+        (scans / name).write_bytes(b"not read: the names are checked first")
+    code = main(["evaluate", str(scans), "--out", str(tmp_path / "eval")])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert "'A.mgz' and 'a.nii.gz' share the name 'A'" in err and "'b' and 'b.nrrd' share the name 'b'" in err
+    assert "c.nii" not in err and "nothing was written" in err
+    assert not (tmp_path / "eval").exists()
+
+
 def test_evaluate_scores_every_scan_and_reports_reidentification(tmp_path, capsys) -> None:
     scans, labels = tmp_path / "scans", tmp_path / "labels"
     scans.mkdir()

@@ -69,7 +69,32 @@ def find_scans(folder: Path) -> list[Scan]:
             scans.append(Scan(entry.name, entry))
     if not scans:
         raise DefacerError(f"No scan found in '{folder}': expected .nii/.nii.gz/.nrrd/.nhdr/.mgz files or DICOM folders.")
+    check_distinct_names(folder, scans)
     return scans
+
+
+def check_distinct_names(folder: Path, scans: list[Scan]) -> None:
+    """Refuse scans whose names are one (``a.nii.gz`` and ``a.mgz``, a DICOM folder ``a``; any case): they would share
+    one report folder ``OUT/<name>/`` (the second replacing the first's report), one entry of the re-identification
+    gallery (fewer subjects, another chance level) and one ``<name>.labels.nii.gz``.
+
+    Raises
+    ------
+    DefacerError
+        Naming each group of scans and what to do.
+    """
+    named: dict[str, list[Scan]] = {}
+    for scan in scans:
+        named.setdefault(scan.name.casefold(), []).append(scan)
+    shared = [group for group in named.values() if len(group) > 1]
+    if shared:
+        listing = "\n  ".join(" and ".join(f"'{scan.path.name}'" for scan in group) + f" share the name '{group[0].name}'"
+                              for group in shared[:10])
+        raise DefacerError(
+            f"{len(shared)} name(s) in '{folder}' belong to more than one scan:\n  {listing}\nEach scan's report "
+            "(OUT/<name>/), its place in the re-identification gallery and its <name>.labels.nii.gz go by the name "
+            "without the ending: rename or move one of each (nothing was written)."
+        )
 
 
 def peak_rss_mb() -> float:
