@@ -174,3 +174,30 @@ def test_a_linked_folder_is_not_entered_and_is_warned_about(tmp_path: Path, capl
     found = discover(tmp_path / "export")
     assert [s.key for s in found.scans] == ["a.nii.gz"]
     assert any("'linked' is a symbolic link to a folder: not searched" in r.getMessage() for r in caplog.records)
+
+
+def test_a_scans_label_map_beside_it_is_neither_a_scan_nor_carried(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Label maps kept beside their scans (``--labels-dir IN``, or a user who forgot it) were taken for scans: the
+    detector "found" features in a label map, which came out "done" in OUT with most of the ears' shapes."""
+    root = tmp_path / "export"
+    _touch(root / "a.nii.gz")
+    _touch(root / "a.labels.nii.gz")
+    _touch(root / "nested" / "B.mgz")
+    _touch(root / "nested" / "b.LABELS.nrrd")
+    for i in range(3):
+        _fake_dicom(root / "patient1" / "series2" / f"IM{i:04d}")
+    _touch(root / "patient1" / "series2.labels.nii")
+    _touch(root / "c.labels.nii.gz")  # no scan 'c' beside it: a scan of its own
+    ds = tmp_path / "ds"
+    _touch(ds / "dataset_description.json", b"{}")
+    _touch(ds / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
+    _touch(ds / "sub-01" / "anat" / "sub-01_T1w.labels.nii.gz")
+    found = discover(root)
+    assert [s.key for s in found.scans] == ["a.nii.gz", "c.labels.nii.gz", "nested/B.mgz", "patient1/series2"]
+    assert found.others == []
+    warned = [r.getMessage() for r in caplog.records if "label map" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("3 file(s)") and "neither defaced nor carried" in warned[0]
+    found = discover(ds)
+    assert [s.key for s in found.scans] == ["sub-01/anat/sub-01_T1w.nii.gz"]
+    assert [str(p) for p in found.others] == ["dataset_description.json"]

@@ -455,3 +455,19 @@ def test_qc_after_only_into_a_qc_folder_with_original_faces_says_so(
     err = capsys.readouterr().err
     assert "no original face" not in err
     assert "still holds pictures of the ORIGINAL faces" in err
+
+
+def test_labels_dir_equal_to_the_input_defaces_with_the_label_maps_and_carries_none(tmp_path: Path) -> None:
+    """``batch IN OUT --labels-dir IN`` (label maps kept beside their scans): each label map was also "defaced" by
+    the detector and written to OUT as a scan, with most of the features' shapes."""
+    from defacer.phantom import make_phantom, save_phantom
+
+    ds = tmp_path / "in"
+    ds.mkdir()
+    save_phantom(make_phantom(3.0), ds / "head.nii.gz", ds / "head.labels.nii.gz")
+    out = tmp_path / "out"
+    assert main(["batch", str(ds), str(out), "--labels-dir", str(ds), "-q"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [".defacer", "head.defacer.json", "head.nii.gz"]
+    sidecar = json.loads((out / "head.defacer.json").read_text())
+    assert sidecar["detector"]["name"] == "label file head.labels.nii.gz"
+    assert [record.key for record in Manifest(out / ".defacer" / "manifest.jsonl", read_only=True)] == ["head.nii.gz"]

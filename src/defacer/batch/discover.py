@@ -50,6 +50,9 @@ BIDS_SKIPPED_FOLDERS: frozenset[str] = frozenset({"sourcedata", "derivatives", "
 #: The file name of a DICOM directory (PS3.10): an index of the media's patients, studies and files, never a series.
 DICOMDIR = "DICOMDIR"
 
+#: Endings of a scan's label map (``<stem>.labels.nii.gz`` ...; ``--labels-dir``), in the order they are tried.
+LABEL_ENDINGS: tuple[str, ...] = (".labels.nii.gz", ".labels.nii", ".labels.nrrd", ".labels.mgz")
+
 #: What batch does with a file of IN that is a symbolic link out of it (a hostile dataset could otherwise copy any
 #: file of this machine into the output): the end of the warning.
 NOT_CARRIED = "not carried to the output (copy the file into the dataset if it belongs there)"
@@ -275,6 +278,33 @@ def _is_bids_scan(relpath: PurePosixPath, entities: dict[str, str]) -> bool:
     return entities.get("datatype") == "anat" and suffix not in NON_FACE_SUFFIXES
 
 
+def _without_label_maps(candidates: list[Scan]) -> tuple[list[Scan], list[PurePosixPath]]:
+    """The candidates less the label maps among them, and those label maps.
+
+    A file named ``<stem>.labels.nii.gz`` (or ``.labels.nii``, ``.labels.nrrd``, ``.labels.mgz``; any case) beside a
+    scan ``<stem>.*`` or a DICOM series folder ``<stem>/`` is that scan's label map, as ``--labels-dir`` names them,
+    not a scan: defaced by the detector it came out "done" in OUT with most of the features' shapes (the ears' shapes
+    can identify a person).  It is neither defaced nor carried (warned about); ``--labels-dir`` still uses it.
+    """
+    stems = {(scan.relpath.parent, (image_stem(scan.relpath.name) if scan.kind == "file" else scan.relpath.name)
+              .casefold()) for scan in candidates}
+    kept: list[Scan] = []
+    maps: list[PurePosixPath] = []
+    for scan in candidates:
+        name = scan.relpath.name
+        ending = next((e for e in LABEL_ENDINGS if name.lower().endswith(e)), None) if scan.kind == "file" else None
+        if ending is not None and (scan.relpath.parent, name[: -len(ending)].casefold()) in stems:
+            maps.append(scan.relpath)
+        else:
+            kept.append(scan)
+    if maps:
+        log.warning("%d file(s) are named as the label map of a scan beside them (%s): neither defaced nor carried to "
+                    "the output (they hold the shapes of the eyes, nose and ears); give their folder with "
+                    "--labels-dir to deface with them", len(maps), ", ".join(f"'{m.as_posix()}'" for m in maps[:3])
+                    + (" ..." if len(maps) > 3 else ""))
+    return kept, maps
+
+
 def discover(
     root: PathLike,
     *,
@@ -373,9 +403,10 @@ def discover(
                 )
             )
 
+    candidates, label_maps = _without_label_maps(candidates)
     scans = [scan for scan in candidates if _selected(scan, include, exclude)]
     excluded = [scan.relpath for scan in candidates if not _selected(scan, include, exclude)]
-    claimed: set[PurePosixPath] = set()
+    claimed: set[PurePosixPath] = set(label_maps)
     for scan in candidates:
         if scan.kind == "dicom":
             continue

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 from defacer._typing import PathLike
 from defacer._version import __version__
 from defacer.batch import engines
-from defacer.batch.discover import Discovery, Scan, discover, image_stem
+from defacer.batch.discover import LABEL_ENDINGS, Discovery, Scan, discover, image_stem
 from defacer.batch.layout import (
     LAYOUTS,
     OTHERS_MODES,
@@ -65,8 +65,6 @@ EXIT_FEATURES_MISSING = 4
 #: the original to test; the same as ``defacer verify``'s).
 EXIT_VERIFY_INCONCLUSIVE = 5
 
-#: Endings tried for a scan's label map in ``--labels-dir``, in order.
-LABEL_ENDINGS: tuple[str, ...] = (".labels.nii.gz", ".labels.nii", ".labels.nrrd", ".labels.mgz")
 
 
 @dataclass(frozen=True)
