@@ -111,6 +111,7 @@ def test_distort_ears_changes_the_whole_auricle_from_a_small_detection(phantom) 
     for edit in edits:
         changed[edit.box] |= edit.mask
         assert edit.params["auricle_found"]
+        assert not edit.params["auricle_widened"]  # a standing auricle protrudes enough
     truth = made.labels == Label.EARS
     assert changed[truth].mean() >= 0.97
     # of the head, only the layer where the auricle joins it (around the canal: pressed_layer) ...
@@ -182,6 +183,38 @@ def test_an_auricle_pressed_against_the_head_is_changed_with_the_head_under_it(p
     assert changed[plate].mean() >= 0.9  # 0.95 (its rim in the footprint's edge columns stays)
     assert changed[under].mean() >= 0.9  # 0.93; 0.31 without pressed_layer
     assert not (changed & _inside_head(x, y, z, 12.0)).any()  # 11 mm at most (the write gate stops at 10)
+    assert not (changed & (x < 0) & _inside_head(x, y, z, 0.0) & _away_from_canals(x, y, z, 16.0)).any()
+
+
+def test_a_flat_auricle_detected_at_its_lobule_is_changed_whole(phantom) -> None:
+    """An auricle lying flat on the head (a 2 mm plate, 32 x 64 mm, with a helix rim standing 6 mm)
+    detected at its lobule only: its protrusion under the usual opening is smaller than any auricle
+    (1.7 cm^3), so the distortion delimits it again with the wider opening and search
+    (distort_ears.own_auricles) and changes it whole (0.87 without; its top lies 56 mm above the
+    lobule); nothing 12 mm deep, and the standing auricle on the other side is not widened."""
+    made, image, _, _ = phantom
+    x, y, z = _world(image.shape)
+    footprint = ((y + 6.0) / 16.0) ** 2 + ((z + 4.0) / 32.0) ** 2 < 1
+    helix = footprint & ~(((y + 6.0) / 12.0) ** 2 + ((z + 4.0) / 28.0) ** 2 < 1)
+    lying = (x > 0) & ~_inside_head(x, y, z, 0.0)
+    flat_ear = lying & ((footprint & _inside_head(x, y, z, -2.0)) | (helix & _inside_head(x, y, z, -6.0)))
+    flat = image.copy()
+    flat[(made.labels == Label.EARS) & (x > 0)] = 0.0  # the right auricle replaced by the flat one
+    flat[flat_ear] = 650.0
+    ears = flat_ear & (((y + 6.0) ** 2 + (z + 28.0) ** 2) <= 8.0**2)  # its lobule
+    ears |= (made.labels == Label.EARS) & (x < 0) & (((y + 6.0) ** 2 + (z + 22.0) ** 2) <= 6.0**2)
+    flat_head = analyse_head(flat, SPACING)
+    edits = distort_ears(flat, ears, flat_head, SPACING, np.random.default_rng(0),
+                         depth=depth_below_surface(flat_head, SPACING))
+    changed = np.zeros(image.shape, dtype=bool)
+    for edit in edits:
+        changed[edit.box] |= edit.mask
+    assert changed[flat_ear].mean() >= 0.95  # 0.98; 0.87 with the usual rule alone
+    widened = {("right" if edit.params["centroid_voxel"][0] > image.shape[0] / 2 else "left"):
+               edit.params["auricle_widened"] for edit in edits}
+    assert widened == {"right": True, "left": False}
+    assert not (changed & _inside_head(x, y, z, 12.0)).any()
+    assert changed[(made.labels == Label.EARS) & (x < 0)].mean() >= 0.97
     assert not (changed & (x < 0) & _inside_head(x, y, z, 0.0) & _away_from_canals(x, y, z, 16.0)).any()
 
 
