@@ -9,7 +9,10 @@ cheap (always)
     50 mm from every reference-label centroid (each eye, the nose, each ear), in all and per
     feature that changed it (printed as ``far N (eyes/nose/ears)``; the summary names the
     feature behind each of the five worst heads); per reference
-    auricle the fraction of its voxels changed; voxels changed inside the protected region;
+    auricle the fraction of its voxels changed, the fraction lying in the protected region (which no
+    edit may change: an ear cut off by the field of view, whose cut face is no surface) and, where that
+    is not 0, the fraction of the rest changed (printed as ``of reachable``; the summary counts the
+    auricles >= 90 % both ways); voxels changed inside the protected region;
     ``distort_s`` from the sidecar.
 expensive (``--faces``)
     faces found after defacing by dlib CNN, BlazeFace (short and full range) and Face Mesh at the
@@ -83,6 +86,33 @@ def reference_auricles(labels: npt.NDArray[Any]) -> list[npt.NDArray[np.bool_]]:
     return [lab == int(i) + 1 for i in np.argsort(sizes)[::-1][:2] if sizes[i] >= 0.05 * sizes.max()]
 
 
+def protected_voxels(volume: Any, masks: list[npt.NDArray[np.bool_]], protect_depth_mm: float) -> list[npt.NDArray[np.bool_]]:
+    """Which voxels of each mask (file grid) lie in the protected region, by the protection check's exact measure.
+
+    A voxel is protected when it lies deeper than ``protect_depth_mm`` below the head's surface with its
+    protrusions rolled off (:func:`defacer.protection_check.within_depth`, the measure of the check every
+    deface runs), the head analysed as :func:`defacer.pipeline.deface` analyses it.  No edit may change
+    such a voxel, so a reference auricle lying partly there (an ear cut off by the field of view, whose
+    cut face is no surface) can never be changed whole.
+
+    Returns
+    -------
+    list of ndarray, bool, shape (N_i,)
+        Per mask, one value per voxel of ``np.argwhere(mask)`` (in that order).
+    """
+    from defacer.head import analyse_head, depth_below_surface
+    from defacer.protection_check import outside_tree, within_depth
+    from defacer.volume import canonical_reorientation
+
+    reorientation = canonical_reorientation(volume.affine, volume.shape)
+    spacing = reorientation.ras_spacing
+    head = analyse_head(reorientation.values_to_ras(volume, np.float32), spacing)
+    depth = depth_below_surface(head, spacing)
+    outside = outside_tree(depth, head.coarse_spacing(spacing))
+    return [~within_depth(reorientation.indices_to_ras(np.argwhere(mask)), outside, spacing, protect_depth_mm)
+            for mask in masks]
+
+
 def cheap_metrics(volume: Any, result: Any, reference: npt.NDArray[Any] | None) -> dict[str, Any]:
     """Changed volumes, far-changed tissue, auricle coverage, protection and timing of one run."""
     voxel_mm3 = float(np.prod(volume.spacing))
@@ -111,7 +141,14 @@ def cheap_metrics(volume: Any, result: Any, reference: npt.NDArray[Any] | None) 
     record["far_changed_mm3"] = round(int(is_far.sum()) * voxel_mm3)
     record["far_changed_mm3_by_feature"] = {name: round(int(np.count_nonzero(is_far & (which == value))) * voxel_mm3)
                                             for name, (value, _) in FEATURE_COMPONENTS.items()}
-    record["auricles"] = [round(float(changed[a].mean()), 3) for a in reference_auricles(reference)]
+    auricles = reference_auricles(reference)
+    record["auricles"] = [round(float(changed[a].mean()), 3) for a in auricles]
+    # what no edit may change: each auricle's voxels in the protected region, and the fraction of the rest changed
+    protected = protected_voxels(volume, auricles, prov["protection"]["depth_mm"])
+    changed_at = [changed[tuple(np.argwhere(a).T)] for a in auricles]
+    record["auricles_protected"] = [round(float(p.mean()), 3) for p in protected]
+    record["auricles_of_reachable"] = [round(float(c[~p].mean()), 3) if (~p).any() else None
+                                       for c, p in zip(changed_at, protected, strict=True)]
     record["centroids"] = {k: [[round(float(x), 1) for x in c] for c in cs] for k, cs in centroids.items()}
     return record
 
@@ -245,6 +282,9 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "far_changed_mm3_max": max(far) if far else None,
         "auricles": len(auricles),
         "auricles_at_least_90pct": sum(1 for a in auricles if a >= 0.9),
+        # of the reference voxels outside the protected region (which no edit may change)
+        "auricles_at_least_90pct_of_reachable": sum(1 for r in ok for a in (r.get("auricles_of_reachable") or [])
+                                                    if a is not None and a >= 0.9),
         "auricle_fraction_median": float(np.median(auricles)) if auricles else None,
         "changed_inside_protected_total": sum(r["changed_inside_protected"] for r in ok),
         "distort_s_max_1mm": max(one_mm) if one_mm else None,
@@ -284,6 +324,8 @@ def format_row(mode: str, r: dict[str, Any]) -> str:
     if by:
         far += " (" + "/".join(f"{by[k]}" for k in ("eyes", "nose", "ears")) + ")"
     aur = ",".join(f"{a:.2f}" for a in (r.get("auricles") or [])) or "-"
+    if any(p > 0 for p in r.get("auricles_protected") or []):  # of the voxels outside the protected region
+        aur += " (of reachable " + ",".join("-" if a is None else f"{a:.2f}" for a in r["auricles_of_reachable"]) + ")"
     line = (f"{mode:8s} {r['name']:28s} eyes {c['eyes']:7d} nose {c['nose']:7d} ears {c['ears']:6d} mm3  far {far}"
             f"  auricles {aur:10s} prot {r['changed_inside_protected']} distort {r['distort_s']:.2f}s")
     if "faces_after_views" in r:
