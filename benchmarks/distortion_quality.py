@@ -10,9 +10,9 @@ cheap (always)
     feature that changed it (printed as ``far N (eyes/nose/ears)``; the summary names the
     feature behind each of the five worst heads); per reference
     auricle the fraction of its voxels changed, the fraction lying in the protected region (which no
-    edit may change: an ear cut off by the field of view, whose cut face is no surface) and, where that
-    is not 0, the fraction of the rest changed (printed as ``of reachable``; the summary counts the
-    auricles >= 90 % both ways); voxels changed inside the protected region;
+    edit may change: an ear cut off by the field of view, whose cut face is no surface) and the fraction
+    of the rest changed (printed as ``of reachable`` where 1 % or more of an auricle is protected; the
+    summary counts the auricles >= 90 % both ways); voxels changed inside the protected region;
     ``distort_s`` from the sidecar.
 expensive (``--faces``)
     faces found after defacing by dlib CNN, BlazeFace (short and full range) and Face Mesh at the
@@ -324,7 +324,7 @@ def format_row(mode: str, r: dict[str, Any]) -> str:
     if by:
         far += " (" + "/".join(f"{by[k]}" for k in ("eyes", "nose", "ears")) + ")"
     aur = ",".join(f"{a:.2f}" for a in (r.get("auricles") or [])) or "-"
-    if any(p > 0 for p in r.get("auricles_protected") or []):  # of the voxels outside the protected region
+    if any(p >= 0.01 for p in r.get("auricles_protected") or []):  # of the voxels outside the protected region
         aur += " (of reachable " + ",".join("-" if a is None else f"{a:.2f}" for a in r["auricles_of_reachable"]) + ")"
     line = (f"{mode:8s} {r['name']:28s} eyes {c['eyes']:7d} nose {c['nose']:7d} ears {c['ears']:6d} mm3  far {far}"
             f"  auricles {aur:10s} prot {r['changed_inside_protected']} distort {r['distort_s']:.2f}s")
