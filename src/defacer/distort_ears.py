@@ -273,8 +273,9 @@ def own_auricles(image: npt.NDArray[np.floating], head: HeadModel, depth: npt.ND
     parts followed :data:`WIDE_FOLLOW_MM` beyond the search radius is added (the edit takes both: it
     loses nothing the rule found).  Where nothing stands out (an ear cut off by the field of view, the
     head's smooth side) nothing is added: a wider search there finds other tissue, not an ear.  The
-    second delimitation costs about as much as the first (otsu_T1w, both ears widened: the ear edit
-    0.09-0.10 -> 0.18 s, medians of 7 side by side at load ~4).
+    second delimitation costs about as much as the first, more with its larger ball (both ears widened,
+    the ear edit, medians of 7 side by side at load ~4: otsu_T1w 0.09-0.10 -> 0.18 s; anon0006_T1w_ASL
+    0.15 -> 0.37 s, whose 2.2 x 2.0 x 2.1 mm voxels leave the opening to scipy's distance transform).
 
     Parameters
     ----------
