@@ -18,6 +18,7 @@ import numpy as np
 
 from defacer.detect import Detector
 from defacer.errors import DefacerError, LabelMapError, VerificationError
+from defacer.files import text_name
 from defacer.labels import FEATURE_LABELS
 from defacer.options import DEFAULT_OPTIONS, DefaceOptions
 from defacer.pipeline import deface, load_detector
@@ -192,5 +193,5 @@ def evaluate_folder(
     from defacer.io.atomic import atomic_outputs
 
     with atomic_outputs([out_dir / RESULT_HTML]) as (tmp,):
-        tmp.write_text(evaluation_html(result, thumbs), encoding="utf-8")
+        tmp.write_text(text_name(evaluation_html(result, thumbs)), encoding="utf-8")  # any name: U+FFFD for non-UTF-8
     return result

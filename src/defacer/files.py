@@ -37,6 +37,16 @@ DICOM_SUFFIX = ".dcm"
 MAX_SMALL_FILE_BYTES = 16 * 2**20
 
 
+def text_name(name: str) -> str:
+    """``name`` as text to show or record: bytes that are not UTF-8 (which Python keeps in a file name as lone
+    surrogates, e.g. a Latin-1 folder name) become U+FFFD.  Writing such a name into a UTF-8 file fails."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "replace")
+    return name
+
+
 def image_suffix(name: str, *, dicom: bool = False) -> str:
     """The image ending of a file name as written in the name (``"a.NII.GZ"`` -> ``".NII.GZ"``), or ``""``.
 

@@ -201,3 +201,27 @@ def test_a_scans_label_map_beside_it_is_neither_a_scan_nor_carried(tmp_path: Pat
     found = discover(ds)
     assert [s.key for s in found.scans] == ["sub-01/anat/sub-01_T1w.nii.gz"]
     assert [str(p) for p in found.others] == ["dataset_description.json"]
+
+
+def test_names_that_are_not_utf8_are_skipped_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A file or folder name that is not UTF-8 (Latin-1 'é' from an old export) reached the manifest and the ownership
+    record, whose UTF-8 writes failed: the whole batch stopped with "'utf-8' codec can't encode character
+    '\\udcff' ... surrogates not allowed"."""
+    root = tmp_path / "export"
+    _touch(root / "a.nii.gz")
+    _touch(root / os.fsdecode(b"s\xff.nii.gz"))
+    _touch(root / os.fsdecode(b"note\xfe.txt"))
+    _touch(root / os.fsdecode(b"sub\xe9") / "b.nii.gz")
+    for i in range(3):
+        _fake_dicom(root / "series" / f"IM{i:04d}")
+    _fake_dicom(root / "series" / os.fsdecode(b"IM\xe90003"))
+    for i in range(3):
+        _fake_dicom(root / "series2" / f"IM{i:04d}")
+    found = discover(root)
+    assert [s.key for s in found.scans] == ["a.nii.gz", "series2"]
+    assert found.others == []
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "'s\\xff.nii.gz' has a name that is not UTF-8 text: it is neither defaced nor carried" in warned
+    assert "'sub\\xe9' has a name that is not UTF-8 text: the folder and everything under it are neither" in warned
+    assert "'note\\xfe.txt'" in warned
+    assert "The DICOM series folder 'series' holds 1 file(s) whose names are not UTF-8 text" in warned

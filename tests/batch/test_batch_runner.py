@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -470,4 +471,26 @@ def test_labels_dir_equal_to_the_input_defaces_with_the_label_maps_and_carries_n
     assert sorted(p.name for p in out.iterdir()) == [".defacer", "head.defacer.json", "head.nii.gz"]
     sidecar = json.loads((out / "head.defacer.json").read_text())
     assert sidecar["detector"]["name"] == "label file head.labels.nii.gz"
+    assert [record.key for record in Manifest(out / ".defacer" / "manifest.jsonl", read_only=True)] == ["head.nii.gz"]
+
+
+def test_a_batch_whose_folders_or_files_are_not_named_in_utf8_runs_to_the_end(tmp_path: Path,
+                                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """IN and OUT named in Latin-1 ('é' as the byte 0xE9), and a scan so named in IN: the batch stopped with "'utf-8'
+    codec can't encode character '\\udce9' ... surrogates not allowed" (ownership record, manifest, summary page),
+    after writing some outputs."""
+    from defacer.phantom import make_phantom, save_phantom
+
+    ds = tmp_path / os.fsdecode(b"in\xe9")
+    ds.mkdir()
+    save_phantom(make_phantom(3.0), ds / "head.nii.gz", tmp_path / "head.labels.nii.gz")
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "head.labels.nii.gz").rename(tmp_path / "labels" / "head.labels.nii.gz")
+    (ds / os.fsdecode(b"t\xe9te.nii.gz")).write_bytes((ds / "head.nii.gz").read_bytes())
+    out = tmp_path / os.fsdecode(b"out\xe9")
+    assert main(["batch", str(ds), str(out), "--labels-dir", str(tmp_path / "labels"), "-q"]) == 0
+    assert "'t\\xe9te.nii.gz' has a name that is not UTF-8 text" in caplog.text
+    assert sorted(p.name for p in out.iterdir()) == [".defacer", "head.defacer.json", "head.nii.gz"]
+    page = (out / ".defacer" / "summary.html").read_text(encoding="utf-8")
+    assert "<title>defacer batch: in\ufffd</title>" in page
     assert [record.key for record in Manifest(out / ".defacer" / "manifest.jsonl", read_only=True)] == ["head.nii.gz"]

@@ -232,3 +232,14 @@ def test_an_unforeseen_system_error_is_one_message_not_a_traceback(scan, tmp_pat
     code, err = run(["deface", str(scan[0]), str(tmp_path / "out.nii.gz"), "--labels", str(scan[1])], capsys)
     assert code == 1 and "unexpected error: ConnectionResetError" in err
     assert not (tmp_path / "out.nii.gz").exists()
+
+
+def test_a_file_name_that_is_not_utf8_is_defaced_and_printed(scan, tmp_path, capsys):
+    """A Latin-1 name ('é' as the byte 0xE9): with stdout strict (a UTF-8 locale), printing 'Defaced IN -> OUT'
+    raised UnicodeEncodeError after the output was written: "unexpected error ... a bug", exit 1."""
+    source = tmp_path / os.fsdecode(b"t\xeate.nii.gz")
+    scan[0].rename(source)
+    output = tmp_path / os.fsdecode(b"t\xeate_defaced.nii.gz")
+    assert main(["deface", str(source), "--labels", str(scan[1])]) == 0
+    out = capsys.readouterr().out
+    assert output.is_file() and "t\\udceate_defaced.nii.gz" in out

@@ -46,6 +46,32 @@ def test_verify_command_writes_the_report_and_exits_5_when_inconclusive(phantom,
     assert (tmp_path / "head_defaced-qc" / "before_after.png").is_file()
 
 
+def test_files_and_folders_not_named_in_utf8_are_verified_and_evaluated(phantom, tmp_path, capsys) -> None:
+    """A scan or folder named in Latin-1 ('é' as the byte 0xE9; Python keeps it as a lone surrogate): 'verify' and
+    'deface --verify' wrote the defaced scan, then stopped with "unexpected error: UnicodeEncodeError ... This is a bug"
+    writing the report (its title names the file); 'evaluate' stopped before anything, writing its ownership record."""
+    import os
+
+    folder = tmp_path / os.fsdecode(b"t\xeate")
+    folder.mkdir()
+    _save(phantom.volume, folder / os.fsdecode(b"h\xe9.nii.gz"))
+    _save(phantom.volume, tmp_path / os.fsdecode(b"h\xe9_defaced.nii.gz"))
+    out = tmp_path / os.fsdecode(b"qc\xe9")
+    code = main(["verify", str(folder / os.fsdecode(b"h\xe9.nii.gz")), str(tmp_path / os.fsdecode(b"h\xe9_defaced.nii.gz")),
+                 "--out", str(out)])
+    assert code in (0, 3, 5) and "unexpected" not in capsys.readouterr().err
+    assert "defacer verify: h\ufffd_defaced.nii.gz" in (out / "verify_report.html").read_text(encoding="utf-8")
+    code = main(["evaluate", str(folder), "--out", str(tmp_path / os.fsdecode(b"ev\xe9"))])
+    assert code in (0, 3, 5) and "unexpected" not in capsys.readouterr().err
+    result = json.loads((tmp_path / os.fsdecode(b"ev\xe9") / "evaluation.json").read_text(encoding="utf-8"))
+    assert [s["name"] for s in result["scans"]] == [os.fsdecode(b"h\xe9")]
+    assert (tmp_path / os.fsdecode(b"ev\xe9") / os.fsdecode(b"h\xe9") / "verify_report.html").is_file()
+    assert "h\ufffd" in (tmp_path / os.fsdecode(b"ev\xe9") / "evaluation.html").read_text(encoding="utf-8")
+    # A rerun finds its own files in the ownership record (the names read back as written).
+    code = main(["evaluate", str(folder), "--out", str(tmp_path / os.fsdecode(b"ev\xe9"))])
+    assert code in (0, 3, 5) and "did not write" not in capsys.readouterr().err
+
+
 def test_verify_command_exits_3_when_the_brain_changed(phantom, tmp_path, capsys) -> None:
     raw = phantom.volume.raw.copy()
     raw[phantom.brain] = 0

@@ -238,10 +238,49 @@ def _holds_image_file(folder: Path) -> bool:
 def _walk(root: Path, skip_top: frozenset[str]) -> Iterable[tuple[Path, list[str], list[str]]]:
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         here = Path(dirpath)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not _linked_folder(here / d, root))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and _text_name(here / d, root)
+                             and not _linked_folder(here / d, root))
         if here == root:
             dirnames[:] = [d for d in dirnames if d not in skip_top]
-        yield here, dirnames, sorted(f for f in filenames if not f.startswith(".") and _readable_entry(here / f))
+        yield here, dirnames, sorted(f for f in filenames if not f.startswith(".") and _text_name(here / f, root)
+                                     and _readable_entry(here / f))
+
+
+def _text_name(path: Path, root: Path) -> bool:
+    """Whether the name of ``path`` (found under ``root``) is text, so that it can be recorded: a name that is not
+    valid UTF-8 (bytes kept by Python as surrogates, e.g. Latin-1 from an old export) once stopped the whole batch
+    with "'utf-8' codec can't encode character '\\udcff'" when the manifest was written.  Such a file or folder is
+    skipped with a warning saying to rename it."""
+    if not _is_text(path.name):
+        shown = os.fsencode(path.relative_to(root)).decode("utf-8", "backslashreplace")
+        what = "the folder and everything under it are" if path.is_dir() and not path.is_symlink() else "it is"
+        log.warning("'%s' has a name that is not UTF-8 text: %s neither defaced nor carried to the output (the name "
+                    "cannot be recorded). Rename it (e.g. with convmv) and run the batch again.", shown, what)
+        return False
+    return True
+
+
+def _series_has_untext_names(here: Path, rel_here: PurePosixPath) -> bool:
+    """Whether a DICOM series folder holds a file whose name is not UTF-8 text (see :func:`_text_name`), warned
+    about: the series is read whole, so it cannot be defaced without recording that name."""
+    try:
+        names = [name for name in os.listdir(here) if not (here / name).is_dir()]
+    except OSError:
+        return False
+    bad = [name for name in names if not _is_text(name)]
+    if bad:
+        log.warning("The DICOM series folder '%s' holds %d file(s) whose names are not UTF-8 text: the series is not "
+                    "defaced (it is read whole, and those names cannot be recorded). Rename them (e.g. with convmv) and "
+                    "run the batch again.", rel_here.as_posix(), len(bad))
+    return bool(bad)
+
+
+def _is_text(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _linked_folder(path: Path, root: Path) -> bool:
@@ -364,6 +403,9 @@ def discover(
         if dicoms and kind == "files":
             # The series folder is rewritten as a whole: other files in it are not carried over,
             # and its subfolders are not searched (their outputs would sit inside this output).
+            if _series_has_untext_names(here, rel_here):
+                dirnames[:] = []  # not searched, as under any series folder
+                continue
             candidates.append(Scan(path=here, relpath=rel_here, kind="dicom", entities={}))
             images = [name for name in filenames if is_image_file(here / name)]
             if images:

@@ -134,7 +134,9 @@ class OwnershipRecord:
         self._unsaved |= {self._name(p) for p in targets} - self.names
         if not self._unsaved:
             return
-        lines = "".join(json.dumps({"path": name}, ensure_ascii=False) + "\n" for name in sorted(self._unsaved))
+        # ASCII escapes: a name that is not UTF-8 (kept by Python as lone surrogates) is written as '\\udce9' and read
+        # back as the same name; written as it is, it could not be encoded and the run stopped.
+        lines = "".join(json.dumps({"path": name}) + "\n" for name in sorted(self._unsaved))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.is_file() and self.path.stat().st_size and not ends_with_newline(self.path):
             lines = "\n" + lines  # after a line cut short by a killed run

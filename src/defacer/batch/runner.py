@@ -52,6 +52,7 @@ from defacer.batch.task import DefaceFile, ScanTask, check_output_names, input_f
 from defacer.batch.workers import cap_jobs
 from defacer.checks import DEFAULT_MAX_VOXELS
 from defacer.errors import DefacerError, InputImageError
+from defacer.files import text_name
 from defacer.labels import FEATURES
 from defacer.options import DEFAULT_DEIDENTIFICATION, DEFAULT_OPTIONS, DefaceOptions, Deidentification
 from defacer.phi.options import DeidOptions
@@ -588,10 +589,10 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
             unchanged = not tasks and html_path.is_file()
             if not unchanged:
                 html_path = write_html(records, html_path, out_root=layout.out_root,
-                                       title=f"defacer batch: {discovery.root.name}", wall_s=wall_s,
+                                       title=f"defacer batch: {text_name(discovery.root.name)}", wall_s=wall_s,
                                        qc_root=layout.qc_dir)
             if config.verify and not (unchanged and (layout.qc_dir / "index.html").is_file()):
-                write_qc_gallery(records, layout.qc_dir, title=f"defacer QC: {discovery.root.name}",
+                write_qc_gallery(records, layout.qc_dir, title=f"defacer QC: {text_name(discovery.root.name)}",
                                  after_only=config.qc_after_only)
     summary = BatchSummary(records=sorted(records, key=lambda r: r.key), counts=count(records), wall_s=wall_s,
                            manifest_path=layout.manifest_path, html_path=html_path, engine=engine)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import os
 import sys
+import urllib.parse
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Any, Self, TextIO
 
 from defacer._version import __version__
 from defacer.batch.manifest import DONE, FAILED, INCOMPLETE, NOTHING_FOUND, SKIPPED, ScanRecord
+from defacer.files import text_name
 from defacer.options import STRONGER_FLAGS
 
 #: Statuses of scans for which nothing was written because a requested feature was not found.
@@ -295,8 +297,8 @@ def _features_line(record: ScanRecord) -> str:
 def _link(target: str | None, base: Path, text: str) -> str:
     if not target:
         return ""
-    rel = os.path.relpath(target, base)
-    return f'<a href="{html.escape(rel)}">{html.escape(text)}</a>'
+    rel = urllib.parse.quote(os.fsencode(os.path.relpath(target, base)))  # any name: spaces, '#', non-UTF-8 bytes
+    return f'<a href="{html.escape(rel)}">{html.escape(text_name(text))}</a>'
 
 
 def write_html(records: Sequence[ScanRecord], path: Path, *, out_root: Path, title: str, wall_s: float,
@@ -348,4 +350,4 @@ nothing written for them), {counts.total} scans,
 """
     from defacer.io.atomic import write_text_atomic
 
-    return write_text_atomic(path, page)
+    return write_text_atomic(path, text_name(page))  # a name that is not UTF-8 (IN's, OUT's) shown as U+FFFD

@@ -9,6 +9,7 @@ into a message on stderr and an exit code.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import logging
@@ -94,8 +95,19 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def tolerate_any_name_on_stdout() -> None:
+    """Let stdout (and stderr) print any file name: one that is not UTF-8 (kept by Python as lone surrogates) is shown with
+    backslash escapes, as on stderr.  With a UTF-8 locale stdout is strict, so 'Defaced IN -> OUT' for a Latin-1 file
+    name raised UnicodeEncodeError once the output had been written ("unexpected error ... a bug", exit 1)."""
+    for stream in (sys.stdout, sys.stderr):  # stderr already is, unless replaced (an embedding program, a test)
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            with contextlib.suppress(ValueError, OSError):  # a stream that cannot change (closed, already written to)
+                stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
+    tolerate_any_name_on_stdout()
     parser = get_parser()
     try:
         args = parser.parse_args(argv)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from defacer.files import text_name
 from defacer.io.atomic import atomic_outputs, check_output_path
 from defacer.provenance import to_jsonable
 from defacer.verify import verdict as verdicts
@@ -217,7 +218,7 @@ def write_report(out_dir: Path, summary: dict[str, Any], before: dict[str, Rende
         summary["timings"] = {k: round(v, 3) for k, v in timings.items()}
     text = render_html(summary, before, after, original, defaced, labels, changed, provenance, title, after_only)
     with atomic_outputs([report_path, summary_path]) as (tmp_report, tmp_summary):
-        tmp_report.write_text(text, encoding="utf-8")
+        tmp_report.write_text(text_name(text), encoding="utf-8")  # a name that is not UTF-8 shown as U+FFFD
         tmp_summary.write_text(json.dumps(summary, indent=2, default=to_jsonable) + "\n", encoding="utf-8")
     return report_path, summary_path
 
