@@ -606,3 +606,56 @@ def test_verify_never_writes_its_report_into_a_dicom_input(series, tmp_path, cap
     assert main(["verify", str(source), str(source), "--out", str(source / "qc")]) == 1
     assert "Refusing" in capsys.readouterr().err
     assert digest(source) == before
+
+
+# --- the same folder under another name -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_names(tmp_path: Path):
+    """A folder ``real`` and the same folder as ``alias`` (a bind mount: as 'Anon' and 'anon' on a case-insensitive
+    file system, two names that no path comparison unites).  Skipped where a bind mount cannot be made (not root)."""
+    import subprocess
+
+    real, alias = tmp_path / "real", tmp_path / "alias"
+    real.mkdir()
+    alias.mkdir()
+    try:
+        made = subprocess.run(["mount", "--bind", str(real), str(alias)], check=False, capture_output=True,
+                              timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        made = None
+    if made is None or made.returncode != 0:
+        pytest.skip("a bind mount cannot be made here (needs root)")
+    try:
+        yield real, alias
+    finally:
+        subprocess.run(["umount", "-l", str(alias)], check=False, capture_output=True, timeout=30)
+
+
+def test_force_never_replaces_an_input_folder_reached_under_another_name(series, two_names, capsys):
+    """``anonymize raw Anon; deface Anon anon --force`` on a case-insensitive file system (here: a bind mount): the
+    input folder, written by defacer (so its ownership record covers it), was removed file by file and replaced by
+    the defaced series."""
+    real, alias = two_names
+    assert main(["anonymize", str(series[0]), str(real / "anon"), "--key", KEY]) == 0
+    before = digest(real / "anon")
+    for output in (alias / "anon", alias / "anon" / "sub", alias):
+        code = main(["deface", str(real / "anon"), str(output), "--labels", str(series[1]), "--key", KEY, "--force"])
+        err = capsys.readouterr().err
+        assert code == 1 and "under another name" in err, err
+    assert digest(real / "anon") == before
+    assert sorted(p.name for p in real.iterdir()) == [".anon.defacer-output.json", "anon"]
+
+
+def test_batch_never_writes_into_its_input_reached_under_another_name(bids_one, two_names, capsys):
+    import shutil
+
+    real, alias = two_names
+    ds = real / "ds"
+    shutil.copytree(bids_one[0], ds)
+    before = digest(ds)
+    for output in (alias / "ds", alias / "ds" / "out", alias):
+        assert main(["batch", str(ds), str(output), "--labels-dir", str(bids_one[1]), "-q"]) == 1
+        assert "overlaps the input" in capsys.readouterr().err
+    assert digest(ds) == before

@@ -37,6 +37,7 @@ from defacer.batch.discover import Scan
 from defacer.errors import DefacerError, OutputError
 from defacer.files import read_json_object, read_small_text, stays_inside
 from defacer.io.atomic import copy_atomic, is_temporary, write_text_atomic
+from defacer.io.output_guard import inode_of
 from defacer.provenance import QC_SUFFIX
 
 if TYPE_CHECKING:
@@ -168,7 +169,12 @@ def check_folders(in_root: Path, out_root: Path) -> None:
     OutputError
     """
     src, dst = in_root.resolve(), out_root.resolve()
-    if src == dst or src in dst.parents or dst in src.parents:
+    # Also the same folder under another name ('Study' and 'study' on a case-insensitive file system, a bind
+    # mount): told by (device, inode), since the paths differ.
+    here = inode_of(src)
+    same = here is not None and (inode_of(dst) == here or any(inode_of(p) == here for p in dst.parents))
+    around = dst.exists() and inode_of(dst) in {inode_of(p) for p in src.parents}
+    if src == dst or src in dst.parents or dst in src.parents or same or around:
         raise OutputError(
             f"The output folder '{out_root}' overlaps the input '{in_root}'. defacer never writes into its input: "
             "choose an output folder outside the input dataset (for example next to it)."

@@ -107,6 +107,10 @@ class InputSet:
     files: set[Path] = field(default_factory=set)
     folders: list[Path] = field(default_factory=list)
     inodes: set[tuple[int, int]] = field(default_factory=set)
+    #: (device, inode) of each input folder, and of every folder above an input: the same folder under another name
+    #: (a case-insensitive file system's 'ANON' for 'anon', a bind mount) is told by these, not by its path.
+    folder_inodes: dict[tuple[int, int], Path] = field(default_factory=dict)
+    above_inodes: set[tuple[int, int]] = field(default_factory=set)
 
     @classmethod
     def of(cls, inputs: Iterable[PathLike | None]) -> InputSet:
@@ -118,13 +122,16 @@ class InputSet:
             p = Path(item)
             if p.is_dir():
                 result.folders.append(p.resolve())
+                key = inode_of(p)
+                if key is not None:
+                    result.folder_inodes[key] = p.resolve()
             for file in input_files(p):
                 result.files.add(file)
-                try:
-                    st = file.stat()
-                except OSError:
-                    continue
-                result.inodes.add((st.st_dev, st.st_ino))
+                key = inode_of(file)
+                if key is not None:
+                    result.inodes.add(key)
+        above = {parent for path in (*result.files, *result.folders) for parent in path.parents}
+        result.above_inodes = {key for key in map(inode_of, above) if key is not None}
         return result
 
     def conflict(self, output: PathLike) -> str | None:
@@ -145,7 +152,27 @@ class InputSet:
             st = out.stat()
             if (st.st_dev, st.st_ino) in self.inodes:
                 return "it is the same file as an input (a hard link)"
+        # The same folder under another name: 'Anon' and 'anon' on a case-insensitive file system (macOS, Windows),
+        # a bind mount.  Their paths differ, so only (device, inode) tells; '--force' once replaced such an input.
+        key = inode_of(out) if out.is_dir() else None
+        if key is not None and key in self.folder_inodes:
+            return f"it is the input folder '{self.folder_inodes[key]}' under another name"
+        if key is not None and key in self.above_inodes:
+            return "it contains an input (under another name)"
+        for parent in resolved.parents:
+            key = inode_of(parent)
+            if key is not None and key in self.folder_inodes:
+                return f"it lies inside the input folder '{self.folder_inodes[key]}' (under another name)"
         return None
+
+
+def inode_of(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of an existing path (links followed), or ``None``."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def check_not_input(outputs: Iterable[PathLike], inputs: InputSet | Iterable[PathLike | None]) -> None:
