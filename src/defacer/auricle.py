@@ -560,6 +560,54 @@ def _columns(hull: Mask, axis: int, step: tuple[int, ...], margin: int, shape: t
     return tuple(blocks), voxels  # type: ignore[return-value]
 
 
+def root_voxels(root_mm: float, spacing: npt.ArrayLike) -> tuple[int, int, int]:
+    """Voxels along each axis that ``root_mm`` spans (rounded; 0 along an axis whose voxels are over twice as long).
+
+    Parameters
+    ----------
+    root_mm : float
+        Reach in mm.
+    spacing : array-like of 3 float
+        Voxel size along each axis in mm.
+    """
+    sizes = np.asarray(spacing, float)
+    counts = [max(0, int(round(root_mm / float(s)))) for s in sizes]  # noqa: RUF046
+    if not any(counts):  # every axis coarser than twice the reach: one voxel along the finest axes
+        counts = [int(s <= sizes.min() * (1 + 1e-6)) for s in sizes]
+    return counts[0], counts[1], counts[2]
+
+
+def grow_by_axis(mask: Mask, reach: tuple[int, ...]) -> Mask:
+    """Face-connected dilation of ``mask`` reaching at most ``reach[a]`` voxels along each axis ``a``.
+
+    With the same reach on every axis this is ``ndi.binary_dilation(mask, iterations=reach)``; on
+    thick slices (a 2 mm root on 5.5 mm slices: reach 0 across the slices) it no longer grows a
+    whole slice or more for every voxel of in-plane growth.
+
+    Parameters
+    ----------
+    mask : ndarray, bool, shape (X, Y, Z)
+    reach : tuple of 3 int
+        Voxels along each axis (>= 0).
+
+    Returns
+    -------
+    ndarray, bool, same shape
+    """
+    out = np.asarray(mask, bool)
+    for step in range(max(reach, default=0)):
+        structure = np.zeros((3, 3, 3), dtype=bool)
+        structure[1, 1, 1] = True
+        for axis, n in enumerate(reach):
+            if n > step:
+                index = [1, 1, 1]
+                for end in (0, 2):
+                    index[axis] = end
+                    structure[tuple(index)] = True
+        out = ndi.binary_dilation(out, structure=structure)
+    return out
+
+
 def grown_extent(mask: Mask, margin: tuple[int, ...] | npt.NDArray[np.int_]) -> Box | None:
     """The bounding box of ``mask`` (:func:`defacer.detect.preprocess.mask_box`) grown by ``margin`` voxels
     per axis (clipped to it); ``None`` when empty."""
@@ -669,7 +717,8 @@ def delimit_auricle(image: npt.NDArray[np.floating], head: HeadModel, depth: npt
         kept = np.asarray(np.isin(parts, ids[ids > 0])) | first
     # the side view: footprint of the protrusion (the convex hull of its outline)
     hull = filled_hull(np.asarray(kept.any(axis=axis)))
-    grow = max(1, int(round(root_mm / float(sp.min()))))  # noqa: RUF046
+    reach_root = root_voxels(root_mm, sp)
+    grow = max(1, int(max(reach_root)))
     # everything below lies in the footprint's columns (grown by the root): work there only
     region_c, region = _columns(hull, axis, step, grow, tissue.shape)
     tissue_r = tissue[region]
@@ -686,10 +735,10 @@ def delimit_auricle(image: npt.NDArray[np.floating], head: HeadModel, depth: npt
     attached &= block_repeat(close_c[region_c], step, shape_r)
     shell = _shell(tissue_r & near & attached, np.take(footprint, 0, axis=axis), axis, bool(out_dir[axis] > 0),
                    max(1, int(round(shell_mm / sp[axis]))))  # noqa: RUF046
-    root = np.zeros(shape_r, dtype=bool)  # the dilation reaches at most ``grow`` voxels along each axis
-    around = grown_extent(protrusion_r, (grow,) * 3)
+    root = np.zeros(shape_r, dtype=bool)  # the dilation reaches at most ``reach_root`` voxels along each axis
+    around = grown_extent(protrusion_r, reach_root)
     if around is not None:
-        root[around] = ndi.binary_dilation(protrusion_r[around], iterations=grow) & tissue_r[around] & near[around]
+        root[around] = grow_by_axis(protrusion_r[around], reach_root) & tissue_r[around] & near[around]
     found = protrusion_r | shell | root
     mask = np.zeros(tissue.shape, dtype=bool)
     parts = grown_extent(found, (0, 0, 0))

@@ -267,3 +267,24 @@ def test_block_any_and_block_repeat_round_trip() -> None:
     assert back.shape == mask.shape
     assert not (mask & ~back).any()  # every set voxel's block is set
     assert np.array_equal(block_any(back, (2, 2, 3)), coarse)
+
+
+def test_the_root_reaches_its_millimetres_along_each_axis() -> None:
+    """The 2 mm root was grown round(2 mm / finest voxel) voxels along every axis: on 5.5 mm slices that is two
+    whole slices (11 mm) across them for 2 mm in plane."""
+    from scipy import ndimage as ndi
+
+    from defacer.auricle import grow_by_axis, root_voxels
+
+    assert root_voxels(2.0, (1.0, 1.0, 1.0)) == (2, 2, 2)
+    assert root_voxels(2.0, (0.9, 0.9, 5.5)) == (2, 2, 0)
+    assert root_voxels(2.0, (2.2, 2.0, 2.1)) == (1, 1, 1)
+    assert root_voxels(2.0, (5.0, 5.0, 5.0)) == (1, 1, 1)  # coarser than the root everywhere: one voxel, as before
+    rng = np.random.default_rng(0)
+    mask = rng.random((20, 21, 19)) < 0.02
+    for reach in (1, 2, 3):  # the same reach on every axis: the plain iterated dilation
+        assert np.array_equal(grow_by_axis(mask, (reach,) * 3), ndi.binary_dilation(mask, iterations=reach))
+    point = np.zeros((9, 9, 9), bool)
+    point[4, 4, 4] = True
+    grown = grow_by_axis(point, (2, 2, 0))
+    assert grown[:, :, 4].sum() == 13 and grown[:, :, [3, 5]].sum() == 0  # a city-block disc of radius 2, one slice
