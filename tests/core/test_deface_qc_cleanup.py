@@ -60,6 +60,22 @@ def test_a_run_ending_in_features_not_found_removes_the_qc_folder_it_created(sca
     assert sorted(p.name for p in tmp_path.iterdir()) == ["h.nii.gz", "l.nii.gz", "zero.nii.gz"]
 
 
+def test_a_run_ending_in_features_not_found_removes_the_new_folders_it_made_above_the_qc_folder(scan, tmp_path,
+                                                                                                  capsys):
+    """An output in new folders ('new/sub/o.nii.gz'): the QC folder was removed, but 'new/sub/' (made by its claim)
+    stayed behind, empty, after a run that said 'Nothing was written'."""
+    import nibabel as nib
+
+    labels = nib.load(tmp_path / "l.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros(labels.shape, np.uint8), labels.affine), tmp_path / "zero.nii.gz")
+    (tmp_path / "kept").mkdir()
+    for out in (tmp_path / "new" / "sub" / "o.nii.gz", tmp_path / "kept" / "new" / "o.nii.gz"):
+        code = main(["deface", str(scan), str(out), "--labels", str(tmp_path / "zero.nii.gz"), "--verify"])
+        assert code == 4 and "Nothing was written" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h.nii.gz", "kept", "l.nii.gz", "zero.nii.gz"]
+    assert list((tmp_path / "kept").iterdir()) == []
+
+
 @pytest.mark.parametrize("existing", [[], ["notes.txt"]], ids=["empty", "user-file"])
 def test_an_existing_qc_folder_is_never_removed(scan, tmp_path, monkeypatch, existing):
     _broken_verification(monkeypatch, VerificationError("cannot compare"))

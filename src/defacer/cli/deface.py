@@ -123,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
     With ``--verify`` the QC folder is claimed before defacing.  When the run then ends in an error (exit 1
     or 4, no report), a QC folder this run created and holding only what it wrote there (README, ownership
     record, the label map kept for the report) is removed again, as ``defacer verify`` does
-    (:func:`defacer.verify.qc.remove_unused`); a folder that existed is never touched.
+    (:func:`defacer.verify.qc.remove_unused`), and so are the folders above it the run made, while they are empty
+    (an output in a new folder); a folder that existed is never touched.
     """
     new_qc_dir: list[Path] = []
     try:
@@ -133,6 +134,11 @@ def run(args: argparse.Namespace) -> int:
             from defacer.verify.qc import remove_unused
 
             remove_unused(new_qc_dir[0], *([DETECTED_LABELS_NAME] if args.save_mask is None else []))
+            for folder in new_qc_dir[1:]:  # the folders above it this run made, nearest first: only while empty
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
         raise
 
 
@@ -169,6 +175,8 @@ def _run(args: argparse.Namespace, new_qc_dir: list[Path]) -> int:
         qc_dir = qc_dir_for(args.output)
         if not os.path.lexists(qc_dir):
             new_qc_dir.append(qc_dir)
+            # and the folders above it that do not exist yet (an output in a new folder): made by the claim below
+            new_qc_dir.extend(folder for folder in qc_dir.parents if not os.path.lexists(folder))
         claim(qc_dir, qc_targets(qc_dir, labels=args.save_mask is None))
     mask_path = args.save_mask
     if args.verify and mask_path is None and not is_dicom:
