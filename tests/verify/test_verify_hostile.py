@@ -32,6 +32,17 @@ def test_a_defaced_scan_with_no_head_at_the_originals_skin_level_is_named_and_le
     assert sorted(p.name for p in tmp_path.iterdir()) == ["head.nii.gz", "head_defaced.nii.gz"]
 
 
+def test_a_failed_verify_into_new_folders_leaves_none_of_them(phantom, tmp_path, capsys) -> None:
+    """'verify ORIG DEFACED --out new/a/qc' ending in an error removed qc/ but left new/a/ behind, empty."""
+    volume = phantom.volume
+    _save(volume.raw, volume.affine, tmp_path / "head.nii.gz")
+    _save(np.zeros_like(volume.raw), volume.affine, tmp_path / "head_defaced.nii.gz")
+    code = main(["verify", str(tmp_path / "head.nii.gz"), str(tmp_path / "head_defaced.nii.gz"),
+                 "--out", str(tmp_path / "new" / "a" / "qc")])
+    assert code == 1 and "defaced scan shows no head" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["head.nii.gz", "head_defaced.nii.gz"]
+
+
 def test_an_empty_original_is_named_as_the_original(phantom, tmp_path, capsys) -> None:
     volume = phantom.volume
     _save(np.zeros_like(volume.raw), volume.affine, tmp_path / "head.nii.gz")

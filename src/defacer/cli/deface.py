@@ -133,12 +133,8 @@ def run(args: argparse.Namespace) -> int:
         if new_qc_dir:
             from defacer.verify.qc import remove_unused
 
-            remove_unused(new_qc_dir[0], *([DETECTED_LABELS_NAME] if args.save_mask is None else []))
-            for folder in new_qc_dir[1:]:  # the folders above it this run made, nearest first: only while empty
-                try:
-                    folder.rmdir()
-                except OSError:
-                    break
+            remove_unused(new_qc_dir[0], *([DETECTED_LABELS_NAME] if args.save_mask is None else []),
+                          made_above=new_qc_dir[1:])
         raise
 
 
@@ -169,14 +165,14 @@ def _run(args: argparse.Namespace, new_qc_dir: list[Path]) -> int:
             return run_study(args, options, deidentify, stacks)
     check_planned_outputs(args)
     if args.verify:
-        from defacer.verify.qc import claim
+        from defacer.verify.qc import claim, missing_folders_above
 
         # Named in the QC folder's ownership record before the label map or any report is written there.
         qc_dir = qc_dir_for(args.output)
         if not os.path.lexists(qc_dir):
             new_qc_dir.append(qc_dir)
             # and the folders above it that do not exist yet (an output in a new folder): made by the claim below
-            new_qc_dir.extend(folder for folder in qc_dir.parents if not os.path.lexists(folder))
+            new_qc_dir.extend(missing_folders_above(qc_dir))
         claim(qc_dir, qc_targets(qc_dir, labels=args.save_mask is None))
     mask_path = args.save_mask
     if args.verify and mask_path is None and not is_dicom:

@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
     after_only = bool(getattr(args, "qc_after_only", False))
     new_folder = not os.path.lexists(out)
+    made_above = qc.missing_folders_above(out)
     qc.claim(out, targets)
     qc.write_readme(out, after_only)
     try:
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
                              title=f"defacer verify: {args.defaced.name}", after_only=after_only)
     except BaseException:
         if new_folder:
-            qc.remove_unused(out)
+            qc.remove_unused(out, made_above=made_above)
         raise
     pictures = qc.write_pictures(result.renders, out, after_only)
     s = result.summary

@@ -109,7 +109,12 @@ def claim(qc_root: Path, targets: Iterable[Path]) -> None:
     _record(qc_root).add(paths)
 
 
-def remove_unused(qc_root: Path, *written: str) -> None:
+def missing_folders_above(path: Path) -> list[Path]:
+    """The folders above ``path`` that do not exist yet, nearest first: what writing ``path`` would make."""
+    return [folder for folder in Path(path).parents if not os.path.lexists(folder)]
+
+
+def remove_unused(qc_root: Path, *written: str, made_above: Sequence[Path] = ()) -> None:
     """Remove a QC folder a failed run created, when it holds only its README, ownership record and ``written``.
 
     A verification claims and describes its QC folder before rendering; when the run then ends in an
@@ -123,6 +128,9 @@ def remove_unused(qc_root: Path, *written: str) -> None:
         The QC folder, created by this run.
     *written : str
         Names of further files this run wrote there (e.g. the label map kept for the report).
+    made_above : sequence of Path
+        The folders above it that did not exist before the run (:func:`missing_folders_above`, nearest first):
+        removed after it while they are empty (an output in a new folder left them behind, empty).
     """
     ours = {README_NAME, RECORD_NAME, *written}
     with contextlib.suppress(OSError):
@@ -130,6 +138,8 @@ def remove_unused(qc_root: Path, *written: str) -> None:
             for name in ours:
                 (qc_root / name).unlink(missing_ok=True)
             qc_root.rmdir()
+            for folder in made_above:  # only while empty: one holding the output or anything else stays
+                folder.rmdir()
 
 
 def notice(qc_dir: Path, after_only: bool) -> str:
