@@ -253,11 +253,12 @@ def _deface_dicom(source: Path, target: Path, *, options: DefaceOptions, scrubbe
     check_outputs([target, sidecar_file, *_mask_files(mask_path)], inputs=[source, labels_path, weights_path],
                   force=force)
     volume = validate_volume(read_dicom_volume(source, series=series, max_voxels=max_voxels), source=str(source))
+    named = False  # whether the output's name holds identifiers of the series' own headers
     if scrubber is not None:
         scrubber.check_burned_in(volume.header, str(source))
         from defacer.phi.paths import warn_identifying_name
 
-        warn_identifying_name(target.name, volume.header, retain_uids=scrubber.options.retain_uids)
+        named = warn_identifying_name(target.name, volume.header, retain_uids=scrubber.options.retain_uids)
     result = deface(volume, _detector(detector, labels_path, weights_path), options)
     check_features_found(result.provenance, source.name, allow_missing=allow_missing)
     written = write_dicom_volume(result.volume, target, force=force, deid=scrubber)
@@ -271,7 +272,9 @@ def _deface_dicom(source: Path, target: Path, *, options: DefaceOptions, scrubbe
     provenance["input"] = {"path": shown, **hashed, "format": "dicom",
                            "files": len({ref.path for ref in volume.extra["frames"]}),
                            "skipped_files": len(volume.extra.get("skipped", ()))}
-    provenance["output"] = {"path": target.name, "sha256": sha256_of(target), "files": len(written)}
+    # An output name holding the patient's identifiers (warned above) is no more recorded than the input's.
+    shown_out = "<output>" if named else target.name
+    provenance["output"] = {"path": shown_out, "sha256": sha256_of(target), "files": len(written)}
     provenance["dicom"] = {
         "geometry_warnings": [w.replace(str(source), shown).replace(str(source.resolve()), shown)
                               for w in volume.extra.get("warnings", ())],

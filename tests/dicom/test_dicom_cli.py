@@ -90,6 +90,11 @@ def test_deface_warns_about_an_output_named_after_the_patient(phantom_series, tm
                  "--key", KEY]) == 0
     expected = f"The output '{name}' holds the patient's name from its own DICOM headers"
     assert any(expected in m for m in caplog.messages) == warned
+    # The warning says to rename the folder and its .defacer.json before sharing; the sidecar recorded the name
+    # inside it all the same ('"path": "QUEXWORTH_Ambrose_defaced"'), so the renamed copy still named the patient.
+    sidecar = (tmp_path / f"{name}.defacer.json").read_text()
+    assert ("QUEXWORTH" not in sidecar.upper()) and (json.loads(sidecar)["output"]["path"] ==
+                                                      ("<output>" if warned else name))
 
 
 def test_deface_dicom_without_deidentification_keeps_headers(phantom_series, tmp_path):

@@ -185,15 +185,18 @@ def dataset_identifiers(ds: object) -> HeaderIdentifiers:
     return found
 
 
-def warn_identifying_name(name: str, ds: object, *, retain_uids: bool = False) -> None:
+def warn_identifying_name(name: str, ds: object, *, retain_uids: bool = False) -> bool:
     """Warn when an output folder name chosen for a de-identified series (``defacer deface``: the user's, or the
     default ``<input folder>_defaced``) holds identifiers of its header ``ds``; nothing is refused, the user chose
-    it (``defacer batch`` refuses instead: :func:`check_series_path`)."""
+    it (``defacer batch`` refuses instead: :func:`check_series_path`).  Returns whether it does: the caller then
+    keeps the name out of the provenance sidecar, as it keeps the input's."""
     kinds = _replaced_only(dataset_identifiers(ds), retain_uids).found_in(name)
     if kinds:
         held = describe([(name, kinds)]).partition(" holds ")[2]
         log.warning("The output '%s' holds %s from its own DICOM headers, which the de-identified headers no longer "
-                    "hold. Rename it (and its .defacer.json) before sharing, e.g. to sub-01_T1w.", name, held)
+                    "hold. Rename it, its .defacer.json and the hidden .%s.defacer-output.json beside it before "
+                    "sharing, e.g. to sub-01_T1w (the .defacer.json records it as '<output>').", name, held, name)
+    return bool(kinds)
 
 
 class IdentifyingPathError(DefacerError):
