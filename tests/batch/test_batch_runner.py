@@ -494,3 +494,43 @@ def test_a_batch_whose_folders_or_files_are_not_named_in_utf8_runs_to_the_end(tm
     page = (out / ".defacer" / "summary.html").read_text(encoding="utf-8")
     assert "<title>defacer batch: in\ufffd</title>" in page
     assert [record.key for record in Manifest(out / ".defacer" / "manifest.jsonl", read_only=True)] == ["head.nii.gz"]
+
+
+def test_a_converters_identifying_sidecar_keys_never_reach_the_output(tmp_path: Path,
+                                                                      bids: tuple[Path, Path, list[str]]) -> None:
+    """A sidecar written by dcm2niix with its anonymisation off ('-ba n': PatientName, PatientBirthDate,
+    InstitutionName...) was carried to OUT as it was, with 'Defaced': true added; with --no-deidentify it still is."""
+    ds, labels, relpaths = bids
+    sidecar = ds / relpaths[0].replace(".nii.gz", ".json")
+    planted = {"PatientName": "Quexworth^Jane", "PatientID": "QX-778812", "PatientBirthDate": "19610412",
+               "InstitutionName": "Quexworth General Hospital", "AcquisitionDateTime": "2023-03-14T09:12:44"}
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), **planted}))
+    before = sidecar.read_bytes()
+    summary = run_batch(BatchConfig(in_root=ds, out_root=tmp_path / "out", labels_dir=labels, quiet=True))
+    assert summary.counts.done == 6
+    carried = (tmp_path / "out" / relpaths[0].replace(".nii.gz", ".json")).read_text()
+    assert not [value for value in ("Quexworth", "QX-778812", "19610412", "2023-03-14") if value in carried], carried
+    data = json.loads(carried)
+    assert data["RepetitionTime"] == 2.3 and data["Defaced"] is True
+    assert sorted(data["DefacedBy"]["IdentifyingKeysRemoved"]) == sorted(planted)
+    assert sidecar.read_bytes() == before, "IN is never modified"
+    kept = run_batch(BatchConfig(in_root=ds, out_root=tmp_path / "kept", labels_dir=labels, quiet=True,
+                                 deidentify=None))
+    assert kept.counts.done == 6
+    assert "Quexworth" in (tmp_path / "kept" / relpaths[0].replace(".nii.gz", ".json")).read_text()
+
+
+def test_outputs_written_before_sidecars_were_de_identified_are_done_again(tmp_path: Path,
+                                                                          bids: tuple[Path, Path, list[str]]) -> None:
+    """The fingerprint of a scan with a sidecar names the de-identification: an OUT made by a version that carried
+    sidecars unchanged is not skipped on the rerun, so its old sidecars do not stay."""
+    from defacer.batch.discover import discover
+    from defacer.batch.runner import _fingerprint
+
+    ds, labels, _ = bids
+    scans = discover(ds).scans
+    with_sidecar = next(s for s in scans if s.sidecar is not None)
+    config = BatchConfig(in_root=ds, out_root=tmp_path / "out", labels_dir=labels, quiet=True)
+    on = _fingerprint(config, with_sidecar, None, "d", config.deidentify)
+    off = _fingerprint(config, with_sidecar, None, "d", None)
+    assert on != off

@@ -42,6 +42,7 @@ from defacer.provenance import QC_SUFFIX
 
 if TYPE_CHECKING:
     from defacer.batch.ownership import OwnershipRecord
+    from defacer.phi.options import DeidOptions
 
 log = logging.getLogger(__name__)
 
@@ -374,11 +375,16 @@ def _read_input(in_root: Path, path: Path, read: Callable[[Path], _T]) -> _T | N
         return None
 
 
-def defaced_sidecar(scan: Scan, layout: OutputLayout, features: Iterable[str], seed: int) -> dict[str, Any]:
-    """The scan's JSON sidecar carried over from IN (if any) and marked defaced.
+def defaced_sidecar(scan: Scan, layout: OutputLayout, features: Iterable[str], seed: int,
+                    profile: DeidOptions | None = None) -> dict[str, Any]:
+    """The scan's JSON sidecar carried over from IN (if any), de-identified and marked defaced.
 
-    Adds ``Defaced: true`` and ``DefacedBy`` (tool, version, features, per-scan seed); in the
-    derivatives layout also ``Sources``.
+    With ``profile`` (the run's header de-identification; ``None`` with ``--no-deidentify``), every
+    key that names a DICOM attribute gets that attribute's PS3.15 Annex E treatment
+    (:func:`defacer.phi.sidecar.scrub_sidecar`: a converter's ``PatientName``, ``PatientBirthDate``,
+    ``InstitutionName``... go), and ``DefacedBy.IdentifyingKeysRemoved`` lists the removed keys'
+    names.  Adds ``Defaced: true`` and ``DefacedBy`` (tool, version, features, per-scan seed); in
+    the derivatives layout also ``Sources``.
     """
     data: dict[str, Any] = {}
     if scan.sidecar is not None:
@@ -386,6 +392,11 @@ def defaced_sidecar(scan: Scan, layout: OutputLayout, features: Iterable[str], s
             read_json_object, what="JSON sidecar",
             redo="Not read: the defaced scan's sidecar gets defacer's record only; fix the file in IN to keep its "
                  "fields.")) or {}
+    removed: list[str] = []
+    if profile is not None and data:
+        from defacer.phi.sidecar import scrub_sidecar
+
+        data, removed = scrub_sidecar(data, profile)
     data["Defaced"] = True
     data["DefacedBy"] = {
         "Name": "defacer",
@@ -393,6 +404,7 @@ def defaced_sidecar(scan: Scan, layout: OutputLayout, features: Iterable[str], s
         "Features": list(features),
         "Seed": seed,
         "Method": "the listed features distorted inside their detected regions; the brain is never changed",
+        **({"IdentifyingKeysRemoved": removed} if removed else {}),
     }
     if layout.layout == "derivatives":
         data["Sources"] = [f"bids:raw:{scan.key}"]

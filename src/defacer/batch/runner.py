@@ -262,7 +262,12 @@ def _fingerprint(config: BatchConfig, scan: Scan, labels: Path | None, detector_
         "options": changed,
         "deid_key_sha256": hashlib.sha256(deid_key).hexdigest() if scan.kind == "dicom" and deid_key else None,
     }
-    if scan.kind == "dicom" and deidentify is not None and deidentify.profile != DeidOptions():
+    if scan.sidecar is not None and deidentify is not None:
+        # the JSON sidecar carried to OUT is de-identified by the profile (layout.defaced_sidecar): an output
+        # written before that (the sidecar as it was in IN, a converter's PatientName in it) is done again
+        fields["sidecar_deidentified"] = True
+    if (scan.kind == "dicom" or scan.sidecar is not None) and deidentify is not None \
+            and deidentify.profile != DeidOptions():
         fields["deid_options"] = asdict(deidentify.profile)
     return options_fingerprint(fields)
 
@@ -327,7 +332,9 @@ def plan(
             seed=seed, fingerprint=fingerprint,
             options=replace(config.options, seed=seed),
             sidecar=sidecar,
-            sidecar_data=defaced_sidecar(scan, layout, config.features, seed) if sidecar is not None else None,
+            sidecar_data=defaced_sidecar(scan, layout, config.features, seed,
+                                         deidentify.profile if deidentify is not None else None)
+            if sidecar is not None else None,
             labels_path=labels, weights_path=Path(config.weights_path) if config.weights_path else None,
             threads=threads, verify_dir=layout.verify_dir(scan) if verify else None,
             qc_root=layout.qc_dir if verify else None, qc_after_only=config.qc_after_only,

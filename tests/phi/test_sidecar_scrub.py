@@ -1,0 +1,66 @@
+"""A BIDS JSON sidecar's DICOM keys get the header's PS3.15 Annex E treatment (a converter's PatientName goes)."""
+
+from __future__ import annotations
+
+import json
+
+from defacer.phi.options import DeidOptions
+from defacer.phi.sidecar import scrub_sidecar
+
+#: What dcm2niix writes with its anonymisation off (-ba n), plus acquisition fields BIDS needs.
+CONVERTER_SIDECAR = {
+    "Modality": "MR",
+    "MagneticFieldStrength": 3,
+    "Manufacturer": "Siemens",
+    "InstitutionName": "Quexworth General Hospital",
+    "InstitutionAddress": "1 Quexworth Road",
+    "DeviceSerialNumber": "41234",
+    "StationName": "QUEXMR1",
+    "PatientName": "Quexworth^Jane",
+    "PatientID": "QX-778812",
+    "PatientBirthDate": "19610412",
+    "PatientSex": "F",
+    "PatientWeight": 61,
+    "AccessionNumber": "ACC99812",
+    "AcquisitionDateTime": "2023-03-14T09:12:44.000000",
+    "SeriesDescription": "T1 MPRAGE for Jane Quexworth",
+    "ProtocolName": "t1_mprage_sag",
+    "ImageComments": "call QX-778812 back",
+    "SeriesInstanceUID": "1.2.826.0.1.3680043.2.1125.1.7788",
+    "EchoTime": 0.00293,
+    "RepetitionTime": 2.3,
+    "FlipAngle": 9,
+    "ConversionSoftware": "dcm2niix",
+}
+PLANTED = ("Quexworth", "Jane", "QX-778812", "19610412", "41234", "QUEXMR1", "ACC99812", "2023-03-14", "1.2.826")
+
+
+def test_the_default_profile_removes_every_identifying_key_and_keeps_the_acquisition() -> None:
+    scrubbed, removed = scrub_sidecar(dict(CONVERTER_SIDECAR), DeidOptions())
+    text = json.dumps(scrubbed)
+    assert not [value for value in PLANTED if value in text], text
+    for key in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "InstitutionName", "DeviceSerialNumber",
+                "AcquisitionDateTime", "SeriesDescription", "ImageComments", "SeriesInstanceUID", "AccessionNumber"):
+        assert key in removed and key not in scrubbed
+    for key in ("Modality", "MagneticFieldStrength", "Manufacturer", "EchoTime", "RepetitionTime", "FlipAngle",
+                "ConversionSoftware"):
+        assert scrubbed[key] == CONVERTER_SIDECAR[key]
+    assert list(scrubbed) == [k for k in CONVERTER_SIDECAR if k not in removed]  # order kept
+
+
+def test_the_options_keep_or_clean_what_they_keep_or_clean_in_a_header() -> None:
+    options = DeidOptions(retain_patient_characteristics=True, clean_descriptors=True,
+                          retain_institution_identity=True)
+    scrubbed, removed = scrub_sidecar(dict(CONVERTER_SIDECAR), options)
+    assert scrubbed["PatientSex"] == "F" and scrubbed["PatientWeight"] == 61
+    assert scrubbed["InstitutionName"] == "Quexworth General Hospital"
+    description = scrubbed["SeriesDescription"]
+    assert description.startswith("T1 MPRAGE for") and "Jane" not in description and "Quexworth" not in description
+    assert "QX-778812" not in scrubbed.get("ImageComments", "")
+    assert "PatientName" in removed and "PatientBirthDate" in removed
+
+
+def test_a_sidecar_without_dicom_keys_is_returned_as_it_is() -> None:
+    data = {"TaskName": "rest", "Custom": {"PatientName": "nested keys are not DICOM keys of the sidecar"}, "7": 1}
+    scrubbed, removed = scrub_sidecar(dict(data), DeidOptions())
+    assert scrubbed == data and removed == []
