@@ -214,6 +214,27 @@ def test_deface_verify_of_a_dicom_series_writes_no_face_into_the_output_folder(t
     assert all(p.is_relative_to(qc_dir) for p in _face_artefacts(tmp_path / "shared"))
 
 
+@pytest.mark.usefixtures("detectors")
+def test_deface_verify_records_no_output_named_after_the_patient_in_the_sidecar(tmp_path, capsys) -> None:
+    """'deface Synthetic_Phantom/ --verify' (its default output 'Synthetic_Phantom_defaced/' holds the patient's name
+    from the headers, warned about): the sidecar's verification record named the report
+    'Synthetic_Phantom_defaced-qc/verify_report.html', the name the sidecar itself records as '<output>'."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dicom"))
+    from dicom_factory import write_phantom_series
+
+    write_phantom_series(tmp_path / "Synthetic_Phantom", tmp_path / "labels.nii.gz")
+    code = main(["deface", str(tmp_path / "Synthetic_Phantom"), "--labels", str(tmp_path / "labels.nii.gz"),
+                 "--key", "qc-test-key-0123456789", "--verify"])
+    assert code in (0, 3, 5), capsys.readouterr().err
+    sidecar = (tmp_path / "Synthetic_Phantom_defaced.defacer.json").read_text()
+    assert "synthetic" not in sidecar.lower() and "phantom_defaced" not in sidecar.lower()
+    recorded = json.loads(sidecar)
+    assert recorded["output"]["path"] == "<output>"
+    assert recorded["verification"]["report"] == "<output>-qc/verify_report.html"
+
+
 def test_an_after_only_run_keeps_the_warning_while_earlier_faces_remain(tmp_path) -> None:
     qc.write_readme(tmp_path, after_only=True)
     assert "ORIGINAL" not in (tmp_path / "README.txt").read_text()

@@ -465,8 +465,10 @@ def verify_outputs(original_path: Path, defaced_path: Path, provenance: dict[str
         print(f"  picture: {qc_dir / pictures['overview']}")
     print("  " + qc.notice(qc_dir, after_only))
     status = EXIT_STATUS[verdict]
+    # An output the sidecar records as '<output>' (its name holds the patient's identifiers) is not named here either.
+    shown_qc = "<output>-qc" if (provenance.get("output") or {}).get("path") == "<output>" else qc_dir.name
     record: dict[str, Any] = {"verdict": verdict, "meaning": MEANING[verdict], "exit_status": status,
-                              "report": f"{qc_dir.name}/{Path(result.report_path).name}"}
+                              "report": f"{shown_qc}/{Path(result.report_path).name}"}
     if attempts:
         record["attempts"] = [*attempts, attempt_record(provenance.get("options") or {}, result.summary)]
     _record_verdict(defaced_path, record)
