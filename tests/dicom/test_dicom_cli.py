@@ -97,6 +97,16 @@ def test_deface_warns_about_an_output_named_after_the_patient(phantom_series, tm
                                                       ("<output>" if warned else name))
 
 
+@pytest.mark.parametrize(("name", "warned"), [("QUEXWORTH_Ambrose_anon", True), ("sub-01", False)])
+def test_anonymize_warns_about_an_output_named_after_the_patient(phantom_series, tmp_path, caplog, name, warned):
+    """'defacer anonymize QUEXWORTH_Ambrose/ QUEXWORTH_Ambrose_anon/' said nothing: only deface (a warning) and
+    batch (a refusal) compared output names with the headers."""
+    assert main(["anonymize", str(phantom_series / "in"), str(tmp_path / name), "--key", KEY]) == 0
+    expected = f"The output '{name}' holds the patient's name from its own DICOM headers"
+    assert any(expected in m for m in caplog.messages) == warned
+    assert not any(".defacer.json" in m for m in caplog.messages), "anonymize writes no sidecar"
+
+
 def test_deface_dicom_without_deidentification_keeps_headers(phantom_series, tmp_path):
     out = tmp_path / "defaced"
     code = main(["deface", str(phantom_series / "in"), str(out), "--labels", str(phantom_series / "labels.nii.gz"),

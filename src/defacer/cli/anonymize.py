@@ -54,7 +54,27 @@ def run(args: argparse.Namespace) -> int:
                                        jobs=cap_jobs(args.jobs))
     if args.mapping_file:
         write_deid_mapping(scrubber.mapping.as_dict(), args.mapping_file, out_dir=args.output, force=args.force)
+    _warn_identifying_name(args.input, args.output, retain_uids=scrubber.options.retain_uids)
     print(f"De-identified {len(written)} DICOM file(s) from {args.input} into {args.output}.")
     for path, why in skipped:
         print(f"  skipped (not copied): {path}: {why}")
     return 0
+
+
+def _warn_identifying_name(source: Path, output: Path, *, retain_uids: bool) -> None:
+    """Warn, as ``deface`` does, when the output folder's name holds identifiers of the input's headers (the first
+    instance's): the headers written no longer hold them ('anonymize Smith_John/ Smith_John_anon/')."""
+    import pydicom
+
+    from defacer.files import named_path
+    from defacer.phi.paths import warn_identifying_name
+
+    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+    for path in files[:50]:  # the first instance that reads; documents and DICOMDIRs are passed over
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:  # noqa: BLE001, S112 - not an instance: the next file
+            continue
+        if "SOPClassUID" in ds:
+            warn_identifying_name(named_path(output).name, ds, retain_uids=retain_uids, sidecar=False)
+            return

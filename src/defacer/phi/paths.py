@@ -185,17 +185,20 @@ def dataset_identifiers(ds: object) -> HeaderIdentifiers:
     return found
 
 
-def warn_identifying_name(name: str, ds: object, *, retain_uids: bool = False) -> bool:
+def warn_identifying_name(name: str, ds: object, *, retain_uids: bool = False, sidecar: bool = True) -> bool:
     """Warn when an output folder name chosen for a de-identified series (``defacer deface``: the user's, or the
     default ``<input folder>_defaced``) holds identifiers of its header ``ds``; nothing is refused, the user chose
     it (``defacer batch`` refuses instead: :func:`check_series_path`).  Returns whether it does: the caller then
-    keeps the name out of the provenance sidecar, as it keeps the input's."""
+    keeps the name out of the provenance sidecar, as it keeps the input's.  ``sidecar``: the output has a
+    ``.defacer.json`` (``defacer anonymize`` writes none)."""
     kinds = _replaced_only(dataset_identifiers(ds), retain_uids).found_in(name)
     if kinds:
         held = describe([(name, kinds)]).partition(" holds ")[2]
+        also = (f", its .defacer.json and the hidden .{name}.defacer-output.json beside it before sharing, e.g. to "
+                "sub-01_T1w (the .defacer.json records it as '<output>')" if sidecar else
+                f" and the hidden .{name}.defacer-output.json beside it before sharing, e.g. to sub-01_T1w")
         log.warning("The output '%s' holds %s from its own DICOM headers, which the de-identified headers no longer "
-                    "hold. Rename it, its .defacer.json and the hidden .%s.defacer-output.json beside it before "
-                    "sharing, e.g. to sub-01_T1w (the .defacer.json records it as '<output>').", name, held, name)
+                    "hold. Rename it%s.", name, held, also)
     return bool(kinds)
 
 
