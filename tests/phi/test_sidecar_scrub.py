@@ -64,3 +64,14 @@ def test_a_sidecar_without_dicom_keys_is_returned_as_it_is() -> None:
     data = {"TaskName": "rest", "Custom": {"PatientName": "nested keys are not DICOM keys of the sidecar"}, "7": 1}
     scrubbed, removed = scrub_sidecar(dict(data), DeidOptions())
     assert scrubbed == data and removed == []
+
+
+def test_shifted_dates_asked_for_never_keep_the_real_dates() -> None:
+    """With the modified-dates option the table's action for dates is C ('shifted' in a header); cleaning the text
+    kept '2023-03-14T09:12:44' as it was."""
+    scrubbed, removed = scrub_sidecar(dict(CONVERTER_SIDECAR, AcquisitionTime="09:12:44.000000"),
+                                      DeidOptions(retain_long_modified_dates=True))
+    assert "2023-03-14" not in json.dumps(scrubbed) and "09:12:44" not in json.dumps(scrubbed)
+    assert {"AcquisitionDateTime", "AcquisitionTime"} <= set(removed)
+    full, _ = scrub_sidecar(dict(CONVERTER_SIDECAR), DeidOptions(retain_long_full_dates=True))
+    assert full["AcquisitionDateTime"] == CONVERTER_SIDECAR["AcquisitionDateTime"]  # asked for: kept

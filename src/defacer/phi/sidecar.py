@@ -6,7 +6,8 @@ its anonymisation off (``-ba n``) that includes ``PatientName``, ``PatientID``,
 defaced scan's sidecar carried over unchanged would hand the patient's name to whoever receives
 the defaced dataset.  Each key that is a DICOM keyword listed in Table E.1-1 is kept when the
 profile (with the options in force) keeps that attribute (``K``), cleaned of the sidecar's own
-identifying values and generic PHI patterns when it cleans it (``C``, text only), and removed
+identifying values and generic PHI patterns when it cleans it (``C``, text only; a date or time
+whose ``C`` means "shifted" is removed, as there is no patient's offset for it here), and removed
 otherwise (dummies, pseudonyms and shifted dates are for DICOM headers, where the attribute must
 stay; a sidecar key can simply go).  Keys that are no DICOM keyword (``EchoTime`` is one, and not
 in the table: kept) are kept as they are.
@@ -27,6 +28,9 @@ _IDENTIFYING_KEYS = ("PatientName", "OtherPatientNames", "PatientBirthName", "Pa
                      "InstitutionAddress", "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName",
                      "StationName", "DeviceSerialNumber")
 _PARTS = re.compile(r"[\W_]+")
+#: Value representations of dates and times: their ``C`` (the modified-dates option) shifts a header's dates by a
+#: per-patient offset, which a sidecar beside a NIfTI has no patient for; cleaning text would keep the real date.
+_DATE_VRS = frozenset({"DA", "DT", "TM"})
 
 
 def scrub_sidecar(data: dict[str, Any], options: DeidOptions) -> tuple[dict[str, Any], list[str]]:
@@ -46,7 +50,7 @@ def scrub_sidecar(data: dict[str, Any], options: DeidOptions) -> tuple[dict[str,
     removed : list of str
         The keys removed, in their order (names only: never a value).
     """
-    from pydicom.datadict import tag_for_keyword
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
 
     identifying = _identifying_values(data)
     scrubbed: dict[str, Any] = {}
@@ -57,7 +61,7 @@ def scrub_sidecar(data: dict[str, Any], options: DeidOptions) -> tuple[dict[str,
         action = "K" if rule is None else options.action_for(rule)
         if action == "K":
             scrubbed[key] = value
-        elif action == "C" and isinstance(value, str):
+        elif action == "C" and isinstance(value, str) and dictionary_VR(int(tag or 0)) not in _DATE_VRS:
             scrubbed[key] = actions.clean_text(value, identifying)
         else:
             removed.append(key)
