@@ -187,3 +187,23 @@ def test_nibabels_header_messages_are_printed_once(phantom, tmp_path):
                          capture_output=True, text=True, timeout=120, check=False)
     assert run.returncode == 1, run.stderr
     assert run.stderr.count("sizeof_hdr should be 348") == 1, run.stderr
+
+
+def test_a_nifti_header_extension_is_kept_and_warned_about(phantom, tmp_path, capsys, caplog):
+    """A header extension holding 'PatientName=...' passed through to the output without a word (HOSTILE3): the
+    header is kept byte for byte by design, so the user is told to look at it."""
+    import json
+
+    source = tmp_path / "head.nii"
+    image = nib.Nifti1Image(phantom.volume.raw, phantom.volume.affine)
+    image.header.extensions.append(nib.nifti1.Nifti1Extension("comment", b"PatientName=Quexworth^Zelda"))
+    nib.save(image, str(source))
+    labels = tmp_path / "labels.nii"
+    nib.save(nib.Nifti1Image(phantom.labels, phantom.volume.affine), str(labels))
+    code = main(["deface", str(source), str(tmp_path / "out.nii"), "--labels", str(labels)])
+    capsys.readouterr()
+    assert code == 0 and "1 extension(s) (ecode 6)" in caplog.text and "identifying text" in caplog.text
+    sidecar = json.loads((tmp_path / "out.defacer.json").read_text())
+    assert any("extension" in w for w in sidecar["warnings"])
+    assert "Quexworth" not in json.dumps(sidecar)  # the warning names the code, never the content
+    assert b"Quexworth" in (tmp_path / "out.nii").read_bytes()  # kept: the header is the input's

@@ -230,6 +230,15 @@ def header_warnings(header: Any, path: Path) -> list[str]:
                 f"NIfTI header problem: {report.problem_msg}; read as if {report.fix_msg or 'repaired'}. "
                 "The output header keeps the stored values byte for byte."
             )
+    extensions = list(getattr(header, "extensions", []) or [])
+    if extensions:
+        codes = sorted({int(e.get_code()) for e in extensions})
+        warnings.append(
+            f"the NIfTI header carries {len(extensions)} extension(s) (ecode {', '.join(map(str, codes))}), which the "
+            "output keeps byte for byte with the rest of the header: an extension can hold identifying text (a whole "
+            "DICOM header, a processing history with names, dates and paths). defacer does not read or clean them; "
+            "look at them, and remove them before sharing if they do (e.g. nibabel: img.header.extensions.clear())"
+        )
     if int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0:
         warnings.append(
             "the NIfTI header sets neither a qform nor an sform (qform_code and sform_code are 0), so the scan's "
