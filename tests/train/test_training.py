@@ -174,3 +174,4 @@ def test_tiny_training_run_writes_checkpoints_with_config_and_exports_onnx(phant
     export_ensemble([best, best], tmp_path / "e.onnx")
     ensemble = OnnxDetector(tmp_path / "e.onnx").probabilities(phantoms[0].image)
     assert np.abs(ensemble - probs).max() < 1e-4
+    assert OnnxDetector(tmp_path / "e.onnx").mirror is False  # as the shipped ensemble runs

@@ -42,6 +42,12 @@ def _write(model: nn.Module, out_path: Path, box: dict[str, Any]) -> None:
                           opset_version=OPSET, dynamo=False)
 
 
+#: The card's ``mirror``: whether inference also runs the left-right mirrored box and averages.  Off, as the shipped
+#: model runs (a second network pass per member; held out it found every feature without it); a card without the
+#: entry turns it on (older cards), so every exported card says it.
+EXPORT_MIRROR = False
+
+
 def _box_card(state: dict[str, Any]) -> dict[str, Any]:
     """The box a checkpoint was trained on (older checkpoints: the package's default box)."""
     box = state.get("box", {})
@@ -68,7 +74,7 @@ def export_ensemble(checkpoints: list[Path], out_path: Path, extra: dict[str, An
         "format": "onnx", "opset": OPSET, "file": out_path.name,
         "sha256": file_sha256(out_path), "size_bytes": out_path.stat().st_size,
         "box": boxes[0], "classes": ["background", "eyes", "nose", "ears"], "ensemble": "mean of probabilities",
-        "members": members,
+        "mirror": EXPORT_MIRROR, "members": members,
     }
     if extra:
         card.update(extra)
@@ -93,6 +99,7 @@ def export_onnx(checkpoint: Path, out_path: Path, extra: dict[str, Any] | None =
         "size_bytes": out_path.stat().st_size,
         "box": _box_card(state),
         "classes": ["background", "eyes", "nose", "ears"],
+        "mirror": EXPORT_MIRROR,
         "unet": state["unet"],
         "train": state["train"],
         "best_epoch": state["epoch"],
