@@ -37,14 +37,20 @@ DICOM_SUFFIX = ".dcm"
 MAX_SMALL_FILE_BYTES = 16 * 2**20
 
 
-def text_name(name: str) -> str:
-    """``name`` as text to show or record: bytes that are not UTF-8 (which Python keeps in a file name as lone
-    surrogates, e.g. a Latin-1 folder name) become U+FFFD.  Writing such a name into a UTF-8 file fails."""
+def is_text_name(name: str) -> bool:
+    """Whether ``name`` is text that a UTF-8 file can hold: a file name whose bytes are not UTF-8 is kept by
+    Python as lone surrogates, which cannot be encoded."""
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
-        return os.fsencode(name).decode("utf-8", "replace")
-    return name
+        return False
+    return True
+
+
+def text_name(name: str) -> str:
+    """``name`` as text to show or record: bytes that are not UTF-8 (which Python keeps in a file name as lone
+    surrogates, e.g. a Latin-1 folder name) become U+FFFD.  Writing such a name into a UTF-8 file fails."""
+    return name if is_text_name(name) else os.fsencode(name).decode("utf-8", "replace")
 
 
 def image_suffix(name: str, *, dicom: bool = False) -> str:

@@ -251,7 +251,7 @@ def _text_name(path: Path, root: Path) -> bool:
     valid UTF-8 (bytes kept by Python as surrogates, e.g. Latin-1 from an old export) once stopped the whole batch
     with "'utf-8' codec can't encode character '\\udcff'" when the manifest was written.  Such a file or folder is
     skipped with a warning saying to rename it."""
-    if not _is_text(path.name):
+    if not files.is_text_name(path.name):
         shown = os.fsencode(path.relative_to(root)).decode("utf-8", "backslashreplace")
         what = "the folder and everything under it are" if path.is_dir() and not path.is_symlink() else "it is"
         log.warning("'%s' has a name that is not UTF-8 text: %s neither defaced nor carried to the output (the name "
@@ -267,20 +267,12 @@ def _series_has_untext_names(here: Path, rel_here: PurePosixPath) -> bool:
         names = [name for name in os.listdir(here) if not (here / name).is_dir()]
     except OSError:
         return False
-    bad = [name for name in names if not _is_text(name)]
+    bad = [name for name in names if not files.is_text_name(name)]
     if bad:
         log.warning("The DICOM series folder '%s' holds %d file(s) whose names are not UTF-8 text: the series is not "
                     "defaced (it is read whole, and those names cannot be recorded). Rename them (e.g. with convmv) and "
                     "run the batch again.", rel_here.as_posix(), len(bad))
     return bool(bad)
-
-
-def _is_text(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _linked_folder(path: Path, root: Path) -> bool:

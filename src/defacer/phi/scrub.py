@@ -61,7 +61,7 @@ SAFE_PRIVATE: frozenset[tuple[str, int, int]] = frozenset({
     ("Philips MR Imaging DD 001", 0x2005, 0xB0),  # Diffusion direction RL
 })
 #: Values gathered from a dataset before cleaning, used by the C action on free text.
-_IDENTIFYING_KEYWORDS = (
+IDENTIFYING_KEYWORDS = (
     "PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName",
     "PatientBirthDate", "AccessionNumber", "InstitutionName", "InstitutionAddress", "ReferringPhysicianName",
     "PerformingPhysicianName", "OperatorsName", "NameOfPhysiciansReadingStudy", "PhysiciansOfRecord",
@@ -98,7 +98,7 @@ def identifying_values(ds: Dataset) -> set[str]:
 
     Every person name (VR PN) whole and by component (family, given, middle... separately,
     from 2 characters), every value of an ID, number, institution, department, address or
-    station attribute, and the attributes of :data:`_IDENTIFYING_KEYWORDS` whole and by word
+    station attribute, and the attributes of :data:`IDENTIFYING_KEYWORDS` whole and by word
     (from 3 characters).
     """
     values: set[str] = set()
@@ -110,7 +110,7 @@ def identifying_values(ds: Dataset) -> set[str]:
         if split:
             values.update(part for part in _NAME_SPLIT.split(text) if len(part) >= shortest)
 
-    listed = set(_IDENTIFYING_KEYWORDS)
+    listed = set(IDENTIFYING_KEYWORDS)
     for element in ds.iterall():
         vr = element.VR
         if vr in ("SQ", "OB", "OW", "UN", "OF", "OD", "OL", "OV") or element.value is None:

@@ -22,11 +22,6 @@ from defacer.phi import actions
 from defacer.phi.options import DeidOptions
 from defacer.phi.rules import find_rule
 
-#: Sidecar keys whose values identify the patient wherever else they appear (masked in cleaned text).
-_IDENTIFYING_KEYS = ("PatientName", "OtherPatientNames", "PatientBirthName", "PatientID", "OtherPatientIDs",
-                     "AccessionNumber", "MedicalRecordLocator", "PatientBirthDate", "InstitutionName",
-                     "InstitutionAddress", "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName",
-                     "StationName", "DeviceSerialNumber")
 _PARTS = re.compile(r"[\W_]+")
 #: Value representations of dates and times: their ``C`` (the modified-dates option) shifts a header's dates by a
 #: per-patient offset, which a sidecar beside a NIfTI has no patient for; cleaning text would keep the real date.
@@ -69,9 +64,12 @@ def scrub_sidecar(data: dict[str, Any], options: DeidOptions) -> tuple[dict[str,
 
 
 def _identifying_values(data: dict[str, Any]) -> list[str]:
-    """The sidecar's own identifying values, whole and by part (from 2 characters), for :func:`actions.clean_text`."""
+    """The sidecar's own identifying values (the keys :data:`defacer.phi.scrub.IDENTIFYING_KEYWORDS` names, as in a
+    header), whole and by part (from 2 characters), for :func:`actions.clean_text`."""
+    from defacer.phi.scrub import IDENTIFYING_KEYWORDS
+
     values: set[str] = set()
-    for key in _IDENTIFYING_KEYS:
+    for key in IDENTIFYING_KEYWORDS:
         items = data.get(key)
         for item in items if isinstance(items, list) else [items]:
             if isinstance(item, str | int) and not isinstance(item, bool):
