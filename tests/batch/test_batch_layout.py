@@ -13,6 +13,7 @@ from defacer.batch.layout import (
     BIDSIGNORE_LINE,
     OutputLayout,
     carry_over,
+    carry_over_targets,
     check_folders,
     dataset_description,
     defaced_sidecar,
@@ -295,3 +296,47 @@ def test_a_linked_bookkeeping_file_in_out_is_refused(tmp_path: Path, bids_templa
     assert main(["batch", str(ds), str(out), "--labels-dir", str(labels), "-q", "--force"]) == 1
     assert f"{name}' is a symbolic link" in capsys.readouterr().err
     assert victim.read_text() == "my notes\n"
+
+
+@pytest.mark.parametrize("mode", ["copy", "hardlink", "symlink"])
+def test_bids_tables_are_carried_de_identified_as_a_file_of_their_own_whatever_the_mode(
+        tmp_path: Path, mode: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A HeuDiConv scans.tsv (acquisition date and time, operator) and a participants.tsv with an age over 89 were
+    copied or linked to OUT as they were."""
+    ds = tmp_path / "in"
+    (ds / "sub-01").mkdir(parents=True)
+    scans = ds / "sub-01" / "sub-01_scans.tsv"
+    scans.write_text("filename\tacq_time\toperator\nanat/sub-01_T1w.nii.gz\t2023-03-14T09:12:44\tQuexworth^Jane\n")
+    (ds / "participants.tsv").write_text("participant_id\tage\nsub-01\t93\n")
+    before = scans.read_bytes()
+    layout = OutputLayout(ds, tmp_path / "out", "mirror", True)
+    rel = [PurePosixPath("sub-01/sub-01_scans.tsv"), PurePosixPath("participants.tsv")]
+    assert len(carry_over_targets(layout, rel, mode, clean_tables=True)) == 2
+    assert carry_over(layout, rel, mode, clean_tables=True) == (2, 0)
+    out_scans = tmp_path / "out" / "sub-01" / "sub-01_scans.tsv"
+    assert out_scans.read_text() == "filename\tacq_time\toperator\nanat/sub-01_T1w.nii.gz\tn/a\tn/a\n"
+    assert (tmp_path / "out" / "participants.tsv").read_text() == "participant_id\tage\nsub-01\t89+\n"
+    assert not out_scans.is_symlink() and not os.path.samefile(out_scans, scans)
+    assert scans.read_bytes() == before, "IN is never modified"
+    assert "acq_time (1 row), operator (1 row)" in caplog.text and "--no-deidentify" in caplog.text
+    assert carry_over_targets(layout, rel, mode, clean_tables=True) == []
+    assert carry_over(layout, rel, mode, clean_tables=True) == (0, 2)
+
+
+def test_without_de_identification_bids_tables_are_carried_as_they_are(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "participants.tsv").write_text("participant_id\tage\nsub-01\t93\n")
+    layout = OutputLayout(tmp_path / "in", tmp_path / "out", "mirror", True)
+    assert carry_over(layout, [PurePosixPath("participants.tsv")], "copy") == (1, 0)
+    assert (tmp_path / "out" / "participants.tsv").read_text() == "participant_id\tage\nsub-01\t93\n"
+
+
+def test_a_bids_table_that_is_not_text_is_not_carried_and_is_warned_about(tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "sub-01_sessions.tsv").write_bytes(b"session_id\tacq_date\nses-1\t2023-03-14\xff\n")
+    layout = OutputLayout(tmp_path / "in", tmp_path / "out", "mirror", True)
+    rel = [PurePosixPath("sub-01_sessions.tsv")]
+    assert carry_over(layout, rel, "copy", clean_tables=True) == (0, 0)
+    assert not (tmp_path / "out" / "sub-01_sessions.tsv").exists()
+    assert "cannot be de-identified" in caplog.text

@@ -520,6 +520,26 @@ def test_a_converters_identifying_sidecar_keys_never_reach_the_output(tmp_path: 
     assert "Quexworth" in (tmp_path / "kept" / relpaths[0].replace(".nii.gz", ".json")).read_text()
 
 
+def test_bids_tables_reach_the_output_de_identified_unless_de_identification_is_off(
+        tmp_path: Path, bids: tuple[Path, Path, list[str]]) -> None:
+    """A BIDS dataset converted by HeuDiConv has each acquisition's date and time (and the operator) in
+    sub-XX_scans.tsv: batch copied it, and participants.tsv's ages over 89, to OUT as they were."""
+    ds, labels, relpaths = bids
+    subject = relpaths[0].split("/")[0]
+    scans = ds / subject / f"{subject}_scans.tsv"
+    scans.write_text("filename\tacq_time\toperator\nanat/x.nii.gz\t2023-03-14T09:12:44\tQuexworth^Jane\n")
+    (ds / "participants.tsv").write_text(f"participant_id\tage\n{subject}\t93\n")
+    summary = run_batch(BatchConfig(in_root=ds, out_root=tmp_path / "out", labels_dir=labels, quiet=True))
+    assert summary.counts.done == 6
+    carried = (tmp_path / "out" / subject / f"{subject}_scans.tsv").read_text()
+    assert "2023-03-14" not in carried and "Quexworth" not in carried and "anat/x.nii.gz\tn/a\tn/a" in carried
+    assert (tmp_path / "out" / "participants.tsv").read_text().endswith(f"{subject}\t89+\n")
+    kept = run_batch(BatchConfig(in_root=ds, out_root=tmp_path / "kept", labels_dir=labels, quiet=True,
+                                 deidentify=None))
+    assert kept.counts.done == 6
+    assert (tmp_path / "kept" / subject / f"{subject}_scans.tsv").read_bytes() == scans.read_bytes()
+
+
 def test_outputs_written_before_sidecars_were_de_identified_are_done_again(tmp_path: Path,
                                                                           bids: tuple[Path, Path, list[str]]) -> None:
     """The fingerprint of a scan with a sidecar names the de-identification: an OUT made by a version that carried

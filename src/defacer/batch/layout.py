@@ -38,6 +38,7 @@ from defacer.errors import DefacerError, OutputError
 from defacer.files import read_json_object, read_small_text, stays_inside
 from defacer.io.atomic import copy_atomic, is_temporary, write_text_atomic
 from defacer.io.output_guard import inode_of
+from defacer.phi.tables import MAX_AGE, clean_table, describe_changes, is_bids_table
 from defacer.provenance import QC_SUFFIX
 
 if TYPE_CHECKING:
@@ -421,24 +422,35 @@ def _carried(layout: OutputLayout, relpaths: Iterable[PurePosixPath], mode: str)
             if not (rel.name in ("dataset_description.json", ".bidsignore") and len(rel.parts) == 1 and layout.bids)]
 
 
-def carry_over_targets(layout: OutputLayout, relpaths: Iterable[PurePosixPath], mode: str) -> list[Path]:
+def carry_over_targets(layout: OutputLayout, relpaths: Iterable[PurePosixPath], mode: str, *,
+                       clean_tables: bool = False) -> list[Path]:
     """The files in OUT that :func:`carry_over` would write now (those not already there)."""
     targets = []
     for source, target in _carried(layout, relpaths, mode):
         try:
-            there = _already_there(source, target, mode)
-        except OSError:  # a broken source: carry_over warns and writes nothing
+            if clean_tables and is_bids_table(source.name):
+                there = _cleaned_table(source) == _text_or_none(target)
+            else:
+                there = _already_there(source, target, mode)
+        except (OSError, DefacerError):  # a broken source: carry_over warns and writes nothing
             continue
         if not there:
             targets.append(target)
     return targets
 
 
-def carry_over(layout: OutputLayout, relpaths: Iterable[PurePosixPath], mode: str) -> tuple[int, int]:
+def carry_over(layout: OutputLayout, relpaths: Iterable[PurePosixPath], mode: str, *,
+               clean_tables: bool = False) -> tuple[int, int]:
     """Copy, hard-link or symlink non-image files from IN to the same place in OUT.
 
     A file already in OUT with the same size (copy, hardlink) or pointing at the same
     source (symlink) is left alone, so resuming is cheap.  Copies are atomic.
+
+    With ``clean_tables`` (the run de-identifies), a BIDS ``participants.tsv``, ``*_scans.tsv`` or
+    ``*_sessions.tsv`` is never linked or copied as it is: OUT gets a de-identified copy
+    (:func:`defacer.phi.tables.clean_table`: acquisition dates and times, operators and the like
+    set to ``n/a``, ages over 89 written ``89+``), whatever ``mode``, and a warning names the columns
+    changed.  A table that cannot be read as UTF-8 text is not carried (warned about).
 
     Returns
     -------
@@ -447,6 +459,10 @@ def carry_over(layout: OutputLayout, relpaths: Iterable[PurePosixPath], mode: st
     """
     done = kept = 0
     for source, target in _carried(layout, relpaths, mode):
+        if clean_tables and is_bids_table(source.name):
+            written = _carry_cleaned_table(source, target)
+            done, kept = done + (written is True), kept + (written is False)
+            continue
         try:
             if _already_there(source, target, mode):
                 kept += 1
@@ -472,6 +488,49 @@ def _carry_one(source: Path, target: Path, mode: str) -> None:
             copy_atomic(source, target)
     else:
         copy_atomic(source, target)
+
+
+def _cleaned_table(source: Path) -> str:
+    """The de-identified text of a BIDS table in IN (:func:`defacer.phi.tables.clean_table`)."""
+    text = read_small_text(source, what="BIDS table", redo="Not carried to the output: a table of acquisition "
+                           "times or participants that cannot be read cannot be de-identified; fix the file in IN.")
+    return clean_table(text)[0]
+
+
+def _text_or_none(path: Path) -> str | None:
+    """The UTF-8 text of a regular file already in OUT, or ``None`` (missing, a link, not text)."""
+    if path.is_symlink() or not path.is_file():
+        return None
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _carry_cleaned_table(source: Path, target: Path) -> bool | None:
+    """Write the de-identified copy of a BIDS table; ``True`` written, ``False`` already there, ``None`` not carried."""
+    try:
+        text = read_small_text(source, what="BIDS table", redo="Not carried to the output: a table of acquisition "
+                               "times or participants that cannot be read cannot be de-identified; fix the file "
+                               "in IN.")
+    except DefacerError as err:
+        log.warning("%s", err)
+        return None
+    cleaned, changed = clean_table(text)
+    if changed:
+        log.warning("'%s': %s de-identified in the output's copy (dates and times, operators: n/a; ages over %d: "
+                    "%d+); pass --no-deidentify to keep them.", source, describe_changes(changed), MAX_AGE, MAX_AGE)
+    if _text_or_none(target) == cleaned:
+        return False
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_symlink():  # a link left by an earlier --others symlink run: replaced, never written through
+            target.unlink()
+        write_text_atomic(target, cleaned)
+    except OSError as err:
+        log.warning("could not write '%s' to the output: %s", target, err.strerror or err)
+        return None
+    return True
 
 
 def _already_there(source: Path, target: Path, mode: str) -> bool:

@@ -448,7 +448,8 @@ def holds_dicom_series(discovery: Discovery) -> bool:
 def _targets(config: BatchConfig, discovery: Discovery, layout: OutputLayout) -> list[Path]:
     """Every file (or DICOM series folder) in OUT the run may write: what :class:`~defacer.batch.ownership.OwnershipRecord` checks."""
     return [*(target for scan in discovery.scans for target in layout.scan_targets(scan)),
-            *carry_over_targets(layout, discovery.others, _others_mode(config, discovery)), *dataset_targets(layout)]
+            *carry_over_targets(layout, discovery.others, _others_mode(config, discovery),
+                                clean_tables=config.deidentify is not None), *dataset_targets(layout)]
 
 
 def _qc_targets(discovery: Discovery, layout: OutputLayout) -> list[Path]:
@@ -561,7 +562,7 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
             log.warning("%d other file(s) of this DICOM export (reports, pictures, notes: they often name the patient, "
                         "and only the series' headers are de-identified) are not carried to the output; pass --others "
                         "copy to carry them as they are.", len(discovery.others))
-        carry_over(layout, discovery.others, _others_mode(config, discovery))
+        carry_over(layout, discovery.others, _others_mode(config, discovery), clean_tables=config.deidentify is not None)
         write_dataset_files(layout)
         tasks, skipped = plan(config, discovery, layout, manifest, deface)
         if resuming:

@@ -1,0 +1,124 @@
+"""BIDS tables de-identified as the JSON sidecars are: dates and times, operators, ages over 89.
+
+A BIDS dataset carries, beside its images, tab-separated tables that converters fill from the
+DICOM headers: ``sub-<label>[_ses-<label>]_scans.tsv`` has an ``acq_time`` column with the full
+date and time of every acquisition (HeuDiConv and dcm2bids write it, HeuDiConv an ``operator``
+column too), ``sub-<label>_sessions.tsv`` the sessions' dates, and ``participants.tsv`` each
+person's age.  Under HIPAA Safe Harbor every date element more precise than the year goes and
+ages over 89 are pooled; PS3.15 Annex E removes the acquisition dates and times and the
+operators' names from a DICOM header.  :func:`clean_table` applies the same to these columns:
+
+- a date or time column (:func:`is_date_column`: ``acq_time``, ``*_date``, ``*_time``, a birth
+  date...) and a person column (:data:`PERSON_COLUMNS`: ``operator``, a physician, a name, an ID)
+  get ``n/a`` (BIDS's missing value) in every row;
+- an ``age`` above 89 becomes ``89+`` (what the BIDS specification recommends for
+  ``participants.tsv``); ``n/a`` and ages up to 89 stay.
+
+Every other column, the header row, the row order and the line endings stay as they are.  A
+dataset that needs the acquisition times (e.g. for a longitudinal design) keeps them with
+``defacer batch --no-deidentify``, which also leaves the DICOM headers and sidecars as they are.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+#: Columns that name or identify a person other than by the subject label (set to ``n/a``).
+PERSON_COLUMNS: frozenset[str] = frozenset({
+    "operator", "operators", "operator_name", "operators_name", "technologist", "physician",
+    "referring_physician", "performing_physician", "patient_name", "patient_id", "name", "mrn",
+    "accession_number", "institution", "institution_name",
+})
+
+#: Columns whose values are dates or times by name (besides the ``*_date``/``*_time`` pattern).
+DATE_COLUMNS: frozenset[str] = frozenset({
+    "date", "time", "datetime", "dob", "birthdate", "birthday", "date_of_birth", "acq_time", "acq_date",
+})
+
+#: Ages above this many years are written as ``89+`` (HIPAA Safe Harbor, BIDS ``participants.tsv``).
+MAX_AGE = 89
+
+#: BIDS's missing value.
+MISSING = "n/a"
+
+_DATE_NAME = re.compile(r"(^|_)(date|time|datetime)$")
+
+
+def is_bids_table(name: str) -> bool:
+    """Whether a file name is one of the BIDS tables :func:`clean_table` cleans.
+
+    ``participants.tsv``, ``*_scans.tsv`` and ``*_sessions.tsv``; other tables (events,
+    physiology, channels) hold no acquisition dates or personal data by the specification.
+    """
+    return name == "participants.tsv" or name.endswith(("_scans.tsv", "_sessions.tsv"))
+
+
+def is_date_column(column: str) -> bool:
+    """Whether a column (its header name) holds dates or times: ``acq_time``, ``*_date``, ``birthdate``..."""
+    name = column.strip().lower()
+    return name in DATE_COLUMNS or bool(_DATE_NAME.search(name))
+
+
+def _action(column: str) -> str | None:
+    """What happens to a column's values: ``"missing"``, ``"age"`` or ``None`` (kept)."""
+    name = column.strip().lower()
+    if is_date_column(name) or name in PERSON_COLUMNS:
+        return "missing"
+    if name == "age":
+        return "age"
+    return None
+
+
+def _pooled_age(value: str) -> str:
+    """``89+`` for a number above :data:`MAX_AGE`, the value itself otherwise (``n/a``, text, ``89+``)."""
+    try:
+        years = float(value)
+    except ValueError:
+        return value
+    return f"{MAX_AGE}+" if years > MAX_AGE else value
+
+
+def clean_table(text: str) -> tuple[str, dict[str, int]]:
+    """The table ``text`` with its date, time and person columns emptied and ages over 89 pooled.
+
+    Parameters
+    ----------
+    text : str
+        A BIDS tab-separated table: a header row of column names, then one row per entry.
+
+    Returns
+    -------
+    cleaned : str
+        The same table with each changed cell replaced (``n/a``, or ``89+`` for an age); the
+        header, the other cells, the row order and the line endings are unchanged.
+    changed : dict of str to int
+        Per column name, the number of cells changed (only columns with at least one).
+    """
+    lines = text.splitlines(keepends=True)
+    if not lines:
+        return text, {}
+    header = lines[0].rstrip("\r\n").split("\t")
+    actions = {i: action for i, column in enumerate(header) if (action := _action(column)) is not None}
+    if not actions:
+        return text, {}
+    changed: dict[str, int] = {}
+    out = [lines[0]]
+    for line in lines[1:]:
+        body = line.rstrip("\r\n")
+        ending = line[len(body):]
+        cells = body.split("\t")
+        for i, action in actions.items():
+            if i >= len(cells):
+                continue
+            new = MISSING if action == "missing" else _pooled_age(cells[i])
+            if new != cells[i] and cells[i].strip() != MISSING:
+                changed[header[i]] = changed.get(header[i], 0) + 1
+                cells[i] = new
+        out.append("\t".join(cells) + ending)
+    return "".join(out), changed
+
+
+def describe_changes(changed: Mapping[str, int]) -> str:
+    """``"acq_time (3 rows), age (1 row)"``: the columns :func:`clean_table` changed, for a message."""
+    return ", ".join(f"{column} ({n} row{'s' if n != 1 else ''})" for column, n in changed.items())

@@ -1,0 +1,53 @@
+"""BIDS tables (participants.tsv, *_scans.tsv, *_sessions.tsv) de-identified: dates, operators, ages over 89."""
+
+from __future__ import annotations
+
+import pytest
+
+from defacer.phi.tables import clean_table, describe_changes, is_bids_table, is_date_column
+
+HEUDICONV_SCANS = ("filename\tacq_time\toperator\trandstr\r\n"
+                   "anat/sub-01_T1w.nii.gz\t2023-03-14T09:12:44.500000\tQuexworth^Jane\t9a8d\r\n"
+                   "func/sub-01_task-rest_bold.nii.gz\tn/a\tn/a\tc01e\r\n")
+
+
+def test_acquisition_times_and_operators_become_missing_and_everything_else_stays() -> None:
+    cleaned, changed = clean_table(HEUDICONV_SCANS)
+    assert cleaned == ("filename\tacq_time\toperator\trandstr\r\n"
+                       "anat/sub-01_T1w.nii.gz\tn/a\tn/a\t9a8d\r\n"
+                       "func/sub-01_task-rest_bold.nii.gz\tn/a\tn/a\tc01e\r\n")
+    assert changed == {"acq_time": 1, "operator": 1}
+    assert describe_changes(changed) == "acq_time (1 row), operator (1 row)"
+
+
+def test_ages_over_89_are_pooled_and_the_others_kept() -> None:
+    text = "participant_id\tage\tsex\nsub-01\t34\tF\nsub-02\t90\tM\nsub-03\t102.5\tF\nsub-04\tn/a\tM\nsub-05\t89\tF\n"
+    cleaned, changed = clean_table(text)
+    assert cleaned.splitlines()[1:] == ["sub-01\t34\tF", "sub-02\t89+\tM", "sub-03\t89+\tF", "sub-04\tn/a\tM",
+                                        "sub-05\t89\tF"]
+    assert changed == {"age": 2}
+
+
+def test_a_table_without_such_columns_is_returned_unchanged_and_short_rows_are_not_padded() -> None:
+    text = "onset\tduration\n1\t2\n"
+    assert clean_table(text) == (text, {})
+    assert clean_table("") == ("", {})
+    cleaned, changed = clean_table("filename\tacq_time\nx.nii.gz\n")
+    assert cleaned == "filename\tacq_time\nx.nii.gz\n" and changed == {}
+
+
+@pytest.mark.parametrize("column", ["acq_time", "session_date", "scan_time", "birthdate", "DOB", "date"])
+def test_date_columns_are_recognised(column: str) -> None:
+    assert is_date_column(column)
+
+
+@pytest.mark.parametrize("column", ["filename", "runtime_s", "dated_by", "timeline", "age"])
+def test_other_columns_are_not(column: str) -> None:
+    assert not is_date_column(column)
+
+
+@pytest.mark.parametrize(("name", "expected"), [("participants.tsv", True), ("sub-01_scans.tsv", True),
+                                                ("sub-01_ses-1_scans.tsv", True), ("sub-01_sessions.tsv", True),
+                                                ("sub-01_task-rest_events.tsv", False), ("scans.tsv.bak", False)])
+def test_which_tables_are_cleaned(name: str, expected: bool) -> None:
+    assert is_bids_table(name) is expected
