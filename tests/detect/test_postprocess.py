@@ -225,3 +225,28 @@ def test_component_centres_are_scipy_centres_of_mass_to_the_bit() -> None:
         expected = np.asarray(ndi.center_of_mass(mask))
         assert np.array_equal(_centre_of(mask, ndi.find_objects(mask.astype(np.int32))[0]), expected)
         assert np.array_equal(_centre_of(mask, None), expected)
+
+
+def test_candidates_labelled_on_the_features_extent_equal_those_of_the_whole_box() -> None:
+    """find_components labels only the features' bounding box: the same components (numbered in the same
+    raster order, so equal sizes keep their order), masks and centres as labelling the whole box."""
+    from scipy import ndimage as ndi
+
+    from defacer.detect.postprocess import _candidates
+    from defacer.detect.preprocess import mask_box
+
+    rng = np.random.default_rng(4)
+    for trial in range(6):
+        noise = ndi.gaussian_filter(rng.normal(size=(4, 40, 40, 40)), (0, 1.2, 1.2, 1.2))
+        labels = noise.argmax(axis=0)
+        labels[:, :, : 5 + 3 * trial] = 0  # an extent smaller than the box
+        labels[:, : 4 + trial] = 0
+        extent = mask_box(labels != 0)
+        whole = tuple(slice(0, n) for n in labels.shape)
+        for feature, value in (("eyes", 1), ("nose", 2), ("ears", 3)):
+            cropped = _candidates(feature, labels[extent] == value, extent, labels.shape, AFFINE, 1.0)
+            full = _candidates(feature, labels == value, whole, labels.shape, AFFINE, 1.0)
+            assert len(cropped) == len(full) > 0
+            for a, b in zip(cropped, full):
+                assert np.array_equal(a.mask, b.mask)
+                assert a.centre_mm.tobytes() == b.centre_mm.tobytes() and a.volume_mm3 == b.volume_mm3

@@ -155,3 +155,135 @@ def test_box_to_grid_on_crops_of_the_box_equals_interpolating_on_the_whole_box()
         outside = np.ones(shape, bool)
         outside[extent] = False
         assert not got[outside].any(), f"{name}: a label outside the regions' extent"
+
+
+def _box_to_grid_two_window_transforms(probabilities, box, shape, affine, regions):
+    """Reference: box_to_grid as it was before 2026-12-04 (session 14): the margin and the allowed
+    region each interpolated over the whole window by ``affine_transform``."""
+    from scipy import ndimage as ndi
+
+    from defacer.detect.preprocess import grid_window
+
+    out = np.zeros(shape, np.uint8)
+    to_box_index = np.linalg.inv(box.affine) @ affine
+    for label, component in regions:
+        window = grid_window(component, box, shape, affine)
+        if window is None:
+            continue
+        g_lo = np.array([w.start for w in window])
+        g_hi = np.array([w.stop for w in window]) - 1
+        corners = np.array([[a, b, c, 1.0] for a in (g_lo[0], g_hi[0]) for b in (g_lo[1], g_hi[1])
+                            for c in (g_lo[2], g_hi[2])])
+        reach = (to_box_index @ corners.T).T[:, :3]
+        c_lo = np.maximum(np.floor(reach.min(axis=0)).astype(int) - 1, 0)
+        c_hi = np.minimum(np.ceil(reach.max(axis=0)).astype(int) + 2, np.asarray(box.shape))
+        crop = tuple(slice(int(a), int(b)) for a, b in zip(c_lo, c_hi))
+        matrix = to_box_index[:3, :3]
+        offset = matrix @ g_lo + to_box_index[:3, 3] - c_lo
+        sub_shape = tuple(int(w.stop - w.start) for w in window)
+        probs = np.asarray(probabilities[(slice(None), *crop)], np.float32)
+        margin = probs[label] - np.delete(probs, label, axis=0).max(axis=0)
+        allowed = ndi.binary_dilation(component[crop], iterations=1).astype(np.float32)
+        winner = ndi.affine_transform(margin, matrix, offset=offset, output_shape=sub_shape, order=1, mode="nearest") > 0
+        winner &= ndi.affine_transform(allowed, matrix, offset=offset, output_shape=sub_shape, order=1,
+                                       mode="constant") > 0.25
+        out[window][winner] = label
+    return out
+
+
+@pytest.mark.parametrize("scipy_order_known", [True, False])
+def test_box_to_grid_equals_interpolating_the_whole_windows(scipy_order_known: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The margin read only where the region allows the label (map_coordinates at affine_transform's own
+    coordinates) labels the very voxels the two whole-window interpolations did, also on oblique grids;
+    and so does the whole-window fallback for a SciPy whose order of operations is not known."""
+    from scipy import ndimage as ndi
+
+    from defacer.detect import preprocess
+
+    if not scipy_order_known:
+        monkeypatch.setattr(preprocess, "_offset_first", lambda: None)
+    rng = np.random.default_rng(11)
+    box = Box(shape=(24, 24, 24), affine=np.diag([2.5, 2.5, 2.5, 1.0]))
+    box.affine[:3, 3] = [-30.0, -30.0, -30.0]
+    for trial in range(2):
+        logits = ndi.gaussian_filter(rng.normal(size=(4, 24, 24, 24)), (0, 1.5, 1.5, 1.5))
+        probabilities = (np.exp(8 * logits) / np.exp(8 * logits).sum(axis=0)).astype(np.float32)
+        winners = probabilities.argmax(axis=0)
+        regions = []
+        for label in (1, 2, 3):
+            parts, count = ndi.label(winners == label)
+            regions += [(label, parts == i) for i in range(1, count + 1) if (parts == i).sum() > 5]
+        angle = rng.uniform(-0.4, 0.4)
+        rotation = np.array([[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.05], [0.0, -0.05, 1.0]])
+        for zooms, shape in (((1.0, 1.0, 1.0), (60, 60, 60)), ((0.9, 0.9, 6.0), (70, 70, 10)), ((0.7, 0.7, 0.7), (80, 80, 80))):
+            affine = np.eye(4)
+            affine[:3, :3] = (rotation if trial % 2 else np.eye(3)) @ np.diag(zooms)
+            affine[:3, 3] = rng.uniform(-33.0, -27.0, 3)
+            expected = _box_to_grid_two_window_transforms(probabilities, box, shape, affine, regions)
+            got = box_to_grid(probabilities, box, shape, affine, regions)
+            assert expected.any()
+            assert np.array_equal(got, expected), f"{int((got != expected).sum())} voxels differ"
+
+
+def test_sampled_points_are_affine_transforms_own_coordinates() -> None:
+    """map_coordinates at sampled_points gives affine_transform's values bit for bit (float64 data, where a
+    coordinate one ulp off shows in the value; float32 as box_to_grid uses it)."""
+    from itertools import product
+
+    from scipy import ndimage as ndi
+
+    from defacer.detect.preprocess import sampled_points
+
+    rng = np.random.default_rng(7)
+    for trial in range(20):
+        data = rng.standard_normal((15, 17, 19))
+        matrix = rng.standard_normal((3, 3)) * 0.3 + np.diag(rng.uniform(0.2, 0.7, 3))
+        if trial % 3 == 0:
+            matrix = np.diag(np.diag(matrix))
+        offset = rng.uniform(-3.0, 9.0, 3)
+        shape = tuple(int(n) for n in rng.integers(8, 30, 3))
+        index = np.nonzero(np.ones(shape, bool))
+        for values, mode in product((data, data.astype(np.float32)), ("nearest", "constant")):
+            whole = ndi.affine_transform(values, matrix, offset=offset, output_shape=shape, order=1, mode=mode)
+            at = ndi.map_coordinates(values, sampled_points(matrix, offset, index), order=1, mode=mode)
+            assert whole.dtype == at.dtype == values.dtype
+            assert whole.ravel().tobytes() == at.tobytes(), (trial, mode, values.dtype)
+
+
+def test_scipys_order_of_operations_is_found_and_the_other_order_differs() -> None:
+    """The probe tells the two orders apart: this SciPy's is found, and the other gives other values
+    (so the bit-for-bit test above could fail)."""
+    from scipy import ndimage as ndi
+
+    from defacer.detect.preprocess import _offset_first, _points
+
+    first = _offset_first()
+    assert first is not None
+    rng = np.random.default_rng(2)
+    data = rng.standard_normal((9, 10, 11))
+    matrix = rng.standard_normal((3, 3)) * 0.3 + np.diag([0.5, 0.6, 0.4])
+    offset = rng.uniform(-2.0, 5.0, 3)
+    index = np.nonzero(np.ones((12, 12, 12), bool))
+    whole = ndi.affine_transform(data, matrix, offset=offset, output_shape=(12, 12, 12), order=1, mode="nearest").ravel()
+    other = ndi.map_coordinates(data, _points(matrix, offset, index, offset_first=not first), order=1, mode="nearest")
+    assert not np.array_equal(whole, other)
+
+
+def test_mask_box_equals_the_projections_along_every_axis() -> None:
+    from defacer.detect.preprocess import mask_box
+
+    def projections(mask):
+        box = []
+        for axis in range(mask.ndim):
+            hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+            if hit.size == 0:
+                return None
+            box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+        return tuple(box)
+
+    rng = np.random.default_rng(5)
+    for _ in range(400):
+        shape = tuple(int(n) for n in rng.integers(1, 9, int(rng.integers(1, 5))))
+        mask = rng.random(shape) < rng.choice([0.0, 0.01, 0.1, 0.5])
+        for view in (mask, np.asfortranarray(mask), mask[::-1], mask[..., ::2], np.moveaxis(mask, 0, -1)):
+            assert mask_box(view) == projections(view), shape

@@ -24,6 +24,7 @@ from defacer._typing import Affine
 from defacer.detect.frame import ear_offset_score, eye_frame
 from defacer.detect.preprocess import mask_box
 from defacer.labels import FEATURE_LABELS, MAX_COMPONENTS
+from defacer.morphology import dilate
 
 #: Smallest plausible volume per feature, in mm^3 (eye sphere ~ 9000, nose ~ 15000, auricle ~ 3000).
 MIN_VOLUME_MM3: dict[str, float] = {"eyes": 1000.0, "nose": 1500.0, "ears": 250.0}
@@ -100,9 +101,13 @@ def find_components(labels: npt.NDArray[np.integer], affine: Affine) -> list[Com
         Eyes first, then nose, then ears; each feature at most ``MAX_COMPONENTS`` times.
     """
     voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
+    # every candidate lies in the features' bounding box: label that crop only (the same components,
+    # numbered in the same raster order, as labelling the whole box)
+    extent = mask_box(labels != 0)
     candidates: dict[str, list[Component]] = {}
     for feature, value in FEATURE_LABELS.items():
-        candidates[feature] = _candidates(feature, labels == int(value), affine, voxel_mm3)
+        candidates[feature] = [] if extent is None else _candidates(
+            feature, labels[extent] == int(value), extent, labels.shape, affine, voxel_mm3)
     eyes = _choose_eyes(candidates["eyes"])
     # the eyes' frame (rows right, anterior, up); without a pair, the world's through the eye or the map's centre
     if len(eyes) == 2:
@@ -126,8 +131,24 @@ def find_components(labels: npt.NDArray[np.integer], affine: Affine) -> list[Com
     return eyes + nose + left + right
 
 
-def _candidates(feature: str, where: npt.NDArray[np.bool_], affine: Affine, voxel_mm3: float) -> list[Component]:
-    """Components of one feature above its minimum volume, largest first."""
+def _candidates(feature: str, where: npt.NDArray[np.bool_], extent: tuple[slice, ...], shape: tuple[int, ...],
+                affine: Affine, voxel_mm3: float) -> list[Component]:
+    """Components of one feature above its minimum volume, largest first.
+
+    Parameters
+    ----------
+    feature : str
+    where : ndarray of bool, the shape of ``extent``
+        The feature's voxels within ``extent`` of the box (none outside it).
+    extent : tuple of slice
+        Where ``where`` lies on the box grid.
+    shape : tuple of int
+        The box grid's shape (each component's mask is given on the whole box).
+    affine : ndarray, shape (4, 4)
+        Box voxel -> RAS+ mm.
+    voxel_mm3 : float
+        Volume of one box voxel.
+    """
     lab, n = ndi.label(where)
     if n == 0:
         return []
@@ -139,8 +160,10 @@ def _candidates(feature: str, where: npt.NDArray[np.bool_], affine: Affine, voxe
             break
         if feature != "ears" and sizes[i] < 0.2 * sizes.max():
             break  # crumbs of an eye or nose; ears are judged per side instead
-        mask = lab == (i + 1)
-        centre = affine[:3, :3] @ _centre_of(mask, boxes[i]) + affine[:3, 3]
+        mask = np.zeros(shape, dtype=bool)
+        mask[extent] = lab == (i + 1)
+        where_on_box = tuple(slice(b.start + e.start, b.stop + e.start) for b, e in zip(boxes[i], extent, strict=True))
+        centre = affine[:3, :3] @ _centre_of(mask, where_on_box) + affine[:3, 3]
         out.append(Component(feature, mask, centre, float(sizes[i])))
     return out
 
@@ -232,7 +255,7 @@ def restrict_to_tissue(labels: npt.NDArray[np.uint8], image: npt.NDArray[np.floa
         box = mask_box(out == value)  # from the axis projections: no list of every voxel's index
         if box is None:
             continue
-        tissue = ndi.binary_dilation(ndi.uniform_filter(np.asarray(image[box], np.float32), 3) > threshold)
+        tissue = dilate(ndi.uniform_filter(np.asarray(image[box], np.float32), 3) > threshold)
         sub = out[box]
         sub[(sub == value) & ~tissue] = 0
     return out
