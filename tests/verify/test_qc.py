@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from pathlib import Path
 
 import pytest
@@ -94,6 +96,7 @@ def test_deface_verify_writes_no_face_into_the_output_folder(phantom_pair, tmp_p
     assert {"verify_report.html", "README.txt", "before_after.png", "front_before.png"} <= {
         p.name for p in qc_dir.iterdir()}
     assert "ORIGINAL" in (qc_dir / "README.txt").read_text()
+    assert stat.S_IMODE(qc_dir.stat().st_mode) == 0o700, "pictures of the original face: the owner's only"
     assert f"picture: {qc_dir / 'before_after.png'}" in captured.out
     assert str(qc_dir) in captured.out and "ORIGINAL faces" in captured.out
     assert (qc_dir / "before_after.png").read_bytes().startswith(PNG)
@@ -275,3 +278,24 @@ def test_deface_verify_refuses_a_qc_folder_that_is_a_link(tmp_path, capsys) -> N
     assert main(["deface", str(scan), str(tmp_path / "out.nii.gz"), "--labels", str(labels), "--verify"]) == 1
     assert "symbolic link" in capsys.readouterr().err
     assert not any(elsewhere.iterdir()) and not (tmp_path / "out.nii.gz").exists()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o000])
+def test_a_qc_folder_defacer_creates_is_readable_by_its_owner_only(tmp_path: Path, umask: int) -> None:
+    """QC folders (renders of the original faces) were made with the umask: readable by every user of a shared
+    cluster, while the web interface keeps its sessions 0700."""
+    old = os.umask(umask)
+    try:
+        qc.claim(tmp_path / "new" / "out-qc", [tmp_path / "new" / "out-qc" / "verify_report.html"])
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "new" / "out-qc").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o777 & ~umask, "folders above: the usual permissions"
+
+
+def test_an_existing_qc_folder_keeps_its_permissions(tmp_path: Path) -> None:
+    folder = tmp_path / "out-qc"
+    folder.mkdir()
+    folder.chmod(0o750)
+    qc.claim(folder, [folder / "verify_report.html"])
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o750

@@ -96,8 +96,18 @@ def check_owned(qc_root: Path, targets: Iterable[Path]) -> None:
     )
 
 
+#: Permissions of a QC folder defacer creates: the owner's only.  It holds renders and slices of the original faces
+#: (unless ``--qc-after-only``), which must not be readable by every user of a shared machine, as the web
+#: interface's session folders are not.
+QC_FOLDER_MODE = 0o700
+
+
 def claim(qc_root: Path, targets: Iterable[Path]) -> None:
     """Check ``targets`` (:func:`check_owned`), then list them in the QC folder's record, before any is written.
+
+    A QC folder that does not exist yet is created readable by its owner only (:data:`QC_FOLDER_MODE`), whatever
+    the umask; the folders above it that are made with it get the usual permissions, and an existing QC folder
+    keeps its own.
 
     Raises
     ------
@@ -106,6 +116,14 @@ def claim(qc_root: Path, targets: Iterable[Path]) -> None:
     """
     paths = list(targets)
     check_owned(qc_root, paths)
+    if not os.path.lexists(qc_root):
+        qc_root.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            qc_root.mkdir(mode=QC_FOLDER_MODE)
+        except FileExistsError:  # made by another process meanwhile: its permissions stay
+            pass
+        else:
+            os.chmod(qc_root, QC_FOLDER_MODE)  # exactly, whatever the umask removed from mkdir's mode
     _record(qc_root).add(paths)
 
 
