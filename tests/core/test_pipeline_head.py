@@ -71,3 +71,17 @@ def test_voxels_per_feature_counts_each_label_once() -> None:
     counts = _voxels_per_feature(label_map)
     assert list(counts) == ["eyes", "nose", "ears"]
     assert counts == {"eyes": 8, "nose": 0, "ears": 5}
+
+
+@pytest.mark.parametrize("slab", [512 * 1024, 1000, 7])
+def test_voxels_per_feature_slab_by_slab_equals_whole_map_counts(slab: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counted a slab at a time in memory order (C, Fortran, or a strided view counted whole): the same counts."""
+    import defacer.pipeline
+    from defacer.pipeline import _voxels_per_feature
+
+    monkeypatch.setattr(defacer.pipeline, "COUNT_SLAB_VOXELS", slab)
+    rng = np.random.default_rng(slab)
+    label_map = rng.choice(np.array([0, 0, 0, 1, 2, 3, 4], np.uint8), size=(23, 19, 17))
+    for view in (label_map, np.asfortranarray(label_map), label_map[:, ::2], label_map[:0]):
+        expected = {name: int(np.count_nonzero(view == value)) for name, value in (("eyes", 1), ("nose", 2), ("ears", 3))}
+        assert _voxels_per_feature(view) == expected

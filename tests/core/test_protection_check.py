@@ -180,3 +180,30 @@ def test_changed_indices_lists_what_argwhere_lists_in_its_order(order: str, dtyp
     assert np.array_equal(found, expected)
     none = changed_indices(before, before.copy())
     assert none.shape == (0, 3) and none.dtype == np.intp
+
+
+def test_the_samples_near_the_voxels_answer_as_the_tree_of_every_outside_sample() -> None:
+    """OutsideSamples.within (a tree of the samples near the voxels asked about) gives within_depth's answer
+    with the tree of every outside sample: on anisotropic grids, strides, depths, and voxels past the last
+    coarse sample."""
+    from scipy import ndimage as ndi
+
+    from defacer.protection_check import OutsideSamples
+
+    rng = np.random.default_rng(0)
+    answers = 0
+    for _ in range(60):
+        coarse_shape = tuple(int(n) for n in rng.integers(4, 18, 3))
+        strides = tuple(int(n) for n in rng.integers(1, 5, 3))
+        spacing = tuple(float(s) for s in rng.choice([0.5, 0.9, 1.0, 1.2, 2.0, 5.5], 3))
+        blob = ndi.gaussian_filter(rng.random(coarse_shape), 1.5)
+        depth = np.where(blob > np.quantile(blob, rng.uniform(0.2, 0.9)), 5.0, 0.0).astype(np.float32)
+        step = tuple(s * st for s, st in zip(spacing, strides, strict=True))
+        full_shape = np.asarray(coarse_shape) * np.asarray(strides) + rng.integers(0, 4, 3)
+        indices = np.stack([rng.integers(0, n, 300) for n in full_shape], axis=1)
+        for depth_mm in (3.0, 10.0, 14.5):
+            every = within_depth(indices, outside_tree(depth, step), spacing, depth_mm)
+            near = within_depth(indices, OutsideSamples(depth <= 0, step, strides), spacing, depth_mm)
+            assert np.array_equal(near, every)
+            answers += int(every.sum())
+    assert answers > 1000  # both answers occur
