@@ -18,7 +18,7 @@ import numpy as np
 
 from defacer.detect import Detector
 from defacer.errors import DefacerError, LabelMapError, VerificationError
-from defacer.files import text_name
+from defacer.files import label_map_in, text_name
 from defacer.labels import FEATURE_LABELS
 from defacer.options import DEFAULT_OPTIONS, DefaceOptions
 from defacer.pipeline import deface, load_detector
@@ -61,8 +61,8 @@ def evaluate_scan(scan: Scan, out_dir: Path, detector_for: Callable[[Scan], Dete
     t_deface = time.perf_counter() - start - t_load
     found = [name for name, value in FEATURE_LABELS.items() if np.any(result.labels == int(value))]
     dice = None
-    reference = reference_dir / f"{scan.name}.labels.nii.gz" if reference_dir else None
-    if reference is not None and reference.is_file():
+    reference = label_map_in(reference_dir, scan.name) if reference_dir else None
+    if reference is not None:
         # Checked as a label map (integers 0-3, on the scan's grid: shape, affine and voxel order), not cast: a 7 or
         # a map shifted or stored in the other voxel order gave a Dice of the wrong voxels without a word.
         try:
@@ -136,10 +136,11 @@ def evaluate_folder(
         The scans of ``folder`` as :func:`defacer.verify.evaluate.find_scans` listed them (default: listed here);
         a caller that has listed them already (to claim the outputs first) passes its list, so both agree.
     labels_dir : Path, optional
-        Use ``<labels_dir>/<name>.labels.nii.gz`` as each scan's detector (a label file) instead
+        Use ``<labels_dir>/<name>.labels.nii.gz`` (or ``.labels.nii``, ``.labels.nrrd``, ``.labels.mgz``, as
+        ``batch --labels-dir``: :func:`defacer.files.label_map_in`) as each scan's detector (a label file) instead
         of the default detector.
     reference_dir : Path, optional
-        Folder of reference label maps ``<name>.labels.nii.gz`` for Dice.
+        Folder of reference label maps ``<name>.labels.nii.gz`` (or the other endings) for Dice.
     options : DefaceOptions, optional
         Defacing options (default: :data:`defacer.options.DEFAULT_OPTIONS`).
     detector : Detector, optional
@@ -164,9 +165,10 @@ def evaluate_folder(
 
     def detector_for(scan: Scan) -> Detector:
         if labels_dir is not None:
-            path = Path(labels_dir) / f"{scan.name}.labels.nii.gz"
-            if not path.is_file():
-                raise DefacerError(f"No label map for '{scan.name}' in '{labels_dir}' (expected {path.name}).")
+            path = label_map_in(labels_dir, scan.name)
+            if path is None:
+                raise DefacerError(f"No label map for '{scan.name}' in '{labels_dir}' (expected {scan.name}.labels.nii.gz, "
+                                   f"or .labels.nii, .labels.nrrd, .labels.mgz).")
             return load_detector(labels_path=path)
         assert shared_detector is not None  # loaded above when there is no labels_dir
         return shared_detector

@@ -31,6 +31,9 @@ IMAGE_FORMATS: dict[str, str] = {
 IMAGE_SUFFIXES: tuple[str, ...] = tuple(IMAGE_FORMATS)
 #: Ending of a single DICOM file.
 DICOM_SUFFIX = ".dcm"
+#: Endings of a scan's label map (``<stem>.labels.nii.gz`` ...; ``--labels-dir``), in the order they are tried: a file
+#: named so is a label map, never a scan to deface.
+LABEL_ENDINGS: tuple[str, ...] = (".labels.nii.gz", ".labels.nii", ".labels.nrrd", ".labels.mgz")
 #: Largest text or JSON file read beside the scans (a provenance record, a BIDS sidecar, dataset description or
 #: ``.bidsignore``; real ones are a few kB): a larger one is refused, so a hostile file (or ``/dev/zero``) cannot
 #: make defacer hold gigabytes of text.
@@ -51,6 +54,21 @@ def text_name(name: str) -> str:
     """``name`` as text to show or record: bytes that are not UTF-8 (which Python keeps in a file name as lone
     surrogates, e.g. a Latin-1 folder name) become U+FFFD.  Writing such a name into a UTF-8 file fails."""
     return name if is_text_name(name) else os.fsencode(name).decode("utf-8", "replace")
+
+
+def label_ending(name: str) -> str | None:
+    """The :data:`LABEL_ENDINGS` entry ``name`` ends with (any case), or ``None`` when it is no label map's name."""
+    lower = name.lower()
+    return next((ending for ending in LABEL_ENDINGS if lower.endswith(ending)), None)
+
+
+def label_map_in(folder: PathLike, stem: str) -> Path | None:
+    """The label map ``<folder>/<stem><ending>`` for the first of :data:`LABEL_ENDINGS` that is a file, or ``None``."""
+    for ending in LABEL_ENDINGS:
+        candidate = Path(folder) / f"{stem}{ending}"
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def image_suffix(name: str, *, dicom: bool = False) -> str:

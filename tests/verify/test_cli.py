@@ -225,3 +225,20 @@ def test_the_evaluations_exit_status_is_its_worst_scans(counts, status) -> None:
     from defacer.cli.evaluate import exit_status
 
     assert exit_status(counts) == status
+
+
+def test_evaluate_reads_label_maps_with_every_ending_batch_reads_and_never_evaluates_one(tmp_path) -> None:
+    """'evaluate' knew label maps only as .labels.nii.gz: a head.labels.nii beside the scans was defaced and scored as a
+    scan of its own, and --labels-dir did not find it, while 'batch --labels-dir' did."""
+    import nibabel as nib
+
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    save_phantom(make_phantom(3.0), scans / "head.nii.gz", tmp_path / "head.labels.nii.gz")
+    nib.save(nib.load(tmp_path / "head.labels.nii.gz"), scans / "head.labels.nii")
+    assert [scan.path.name for scan in find_scans(scans)] == ["head.nii.gz"]
+    result = evaluate_folder(scans, tmp_path / "eval", labels_dir=scans, reference_dir=scans)
+    assert [record["name"] for record in result["scans"]] == ["head"]
+    assert result["overall"]["errors"] == 0, result["scans"][0].get("error")
+    assert result["scans"][0]["dice"] is not None

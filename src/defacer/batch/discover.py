@@ -35,7 +35,7 @@ from pathlib import Path, PurePosixPath
 from defacer import files
 from defacer._typing import PathLike
 from defacer.errors import InputImageError
-from defacer.files import stays_inside
+from defacer.files import label_ending, stays_inside
 from defacer.io.output_guard import NRRD_SUFFIXES, nrrd_data_files
 
 #: Image file endings that defacer reads (longest first, so ``.nii.gz`` wins over ``.gz``).
@@ -50,8 +50,6 @@ BIDS_SKIPPED_FOLDERS: frozenset[str] = frozenset({"sourcedata", "derivatives", "
 #: The file name of a DICOM directory (PS3.10): an index of the media's patients, studies and files, never a series.
 DICOMDIR = "DICOMDIR"
 
-#: Endings of a scan's label map (``<stem>.labels.nii.gz`` ...; ``--labels-dir``), in the order they are tried.
-LABEL_ENDINGS: tuple[str, ...] = (".labels.nii.gz", ".labels.nii", ".labels.nrrd", ".labels.mgz")
 
 #: What batch does with a file of IN that is a symbolic link out of it (a hostile dataset could otherwise copy any
 #: file of this machine into the output): the end of the warning.
@@ -323,7 +321,7 @@ def _without_label_maps(candidates: list[Scan]) -> tuple[list[Scan], list[PurePo
     maps: list[PurePosixPath] = []
     for scan in candidates:
         name = scan.relpath.name
-        ending = next((e for e in LABEL_ENDINGS if name.lower().endswith(e)), None) if scan.kind == "file" else None
+        ending = label_ending(name) if scan.kind == "file" else None
         if ending is not None and (scan.relpath.parent, name[: -len(ending)].casefold()) in stems:
             maps.append(scan.relpath)
         else:

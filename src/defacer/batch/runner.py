@@ -22,7 +22,7 @@ from typing import Any, TextIO
 from defacer._typing import PathLike
 from defacer._version import __version__
 from defacer.batch import engines
-from defacer.batch.discover import LABEL_ENDINGS, Discovery, Scan, discover, image_stem
+from defacer.batch.discover import Discovery, Scan, discover, image_stem
 from defacer.batch.layout import (
     LAYOUTS,
     OTHERS_MODES,
@@ -52,7 +52,7 @@ from defacer.batch.task import DefaceFile, ScanTask, check_output_names, input_f
 from defacer.batch.workers import cap_jobs
 from defacer.checks import DEFAULT_MAX_VOXELS
 from defacer.errors import DefacerError, InputImageError
-from defacer.files import text_name
+from defacer.files import label_map_in, text_name
 from defacer.labels import FEATURES
 from defacer.options import DEFAULT_DEIDENTIFICATION, DEFAULT_OPTIONS, DefaceOptions, Deidentification
 from defacer.phi.options import DeidOptions
@@ -235,11 +235,7 @@ def labels_for(scan: Scan, labels_dir: Path | None) -> Path | None:
         return None
     folder = labels_dir / scan.relpath.parent
     stem = image_stem(scan.relpath.name) if scan.kind == "file" else scan.path.name
-    for ending in LABEL_ENDINGS:
-        candidate = folder / f"{stem}{ending}"
-        if candidate.is_file():
-            return candidate
-    return None
+    return label_map_in(folder, stem)
 
 
 def _fingerprint(config: BatchConfig, scan: Scan, labels: Path | None, detector_id: str,

@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from defacer.errors import DefacerError
-from defacer.files import image_stem, is_image_name
+from defacer.files import image_stem, is_image_name, label_ending
 from defacer.labels import FEATURE_LABELS
 from defacer.verify import faces, identity
 from defacer.verify.check import face_box
@@ -62,7 +62,7 @@ def find_scans(folder: Path) -> list[Scan]:
         if entry.name.startswith("."):
             continue
         if entry.is_file() and is_image_name(entry.name):
-            if entry.name.lower().endswith(".labels.nii.gz"):
+            if label_ending(entry.name) is not None:  # a label map (as batch reads them), never a scan
                 continue
             scans.append(Scan(scan_name(entry), entry))
         elif entry.is_dir() and any(p.is_file() and not p.name.startswith(".") for p in entry.iterdir()):
