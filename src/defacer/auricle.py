@@ -6,9 +6,10 @@ were made by (``scripts/make_reference_labels.py``, ``refine_ear``):
 
 1. **protrusion**: the head (tissue above the head's threshold, or, with ``reference_mask``, the
    reference rule's head mask, :func:`head_mask`: the image smoothed by :data:`SMOOTH_MM` above
-   :func:`head_level`, holes filled in the side-view slices; plus the inside of the head with its
-   protrusions rolled off) is opened with a ball of :data:`OPENING_MM` on a grid of
-   about :data:`GRID_MM`, with the head continued past the crop's and the field's edges (a cut
+   :func:`head_level`, holes filled in the side-view slices; without a thin layer standing off the
+   head over more side-view area than any auricle, a head holder's plate, :func:`standing_sheets`;
+   plus the inside of the head with its protrusions rolled off) is opened with a ball of
+   :data:`OPENING_MM` on a grid of about :data:`GRID_MM`, with the head continued past the crop's and the field's edges (a cut
    face is not an edge to open); the tissue the opening removes within ``search_mm`` of the
    centre (each part reaching into that radius followed up to ``follow_mm`` beyond it), at
    most ``medial_mm`` medial of it and at most :data:`OUTSIDE_MM` out of the rolled-off head, in parts that touch the head (a holder or a streak floating
@@ -88,6 +89,19 @@ CT_BELOW_HU = -500.0
 CT_AIR_HU = -1200.0
 #: Smallest protrusion that is an auricle, in mm^3 at the grid (the reference auricles hold 4-16 cm^3).
 MIN_AURICLE_MM3 = 400.0
+#: A layer seen first from the lateral side, at most this thick along the side view (mm) with air behind it
+#: (outside the head with its protrusions rolled off), stands off the head: an auricle's helix, or a plate
+#: (ge-headct's holder: 4-5 mm along the side view).  An ear pressed against the plate makes the run
+#: thicker (plate and ear): it stays with the ear (:func:`standing_sheets`).  On the reference rule's head
+#: mask (smoothed by SMOOTH_MM) a layer is up to 2 x SMOOTH_MM thicker ...
+SHEET_MM = 6.0
+#: ... and one of those layers covering more side-view area than this (mm^2) is no auricle (a large adult
+#: auricle, 70 x 40 mm, covers about 2,200 mm^2 in all): a CT head holder, a pad or a coil part beside the
+#: head.  Measured within 60 mm of the reference ears of the 19 real heads (build/ears2/proto2.py, layers up
+#: to 10 mm, which hold those up to 6): at most 823 mm^2 on the 16 MR heads and mricrogl_CT (fnndsc-3yo);
+#: with 6 mm, the head holders of ge-headct 4,501 / 4,754 (pressed against the ears) and invesalius-ct0051
+#: 4,720 / 4,429 (25 mm off the ears).
+SHEET_AREA_MM2 = 2500.0
 
 
 @dataclass(frozen=True)
@@ -516,6 +530,84 @@ def _shell(tissue: Mask, footprint: Mask, axis: int, outward_positive: bool, dep
     return np.asarray(np.moveaxis(shell, 0, axis))
 
 
+def first_layer(solid: Mask, axis: int, outward_positive: bool, thickest: int) -> Mask:
+    """The first run of ``solid`` met from the lateral side along ``axis``, where air ends it within ``thickest`` voxels.
+
+    Parameters
+    ----------
+    solid : ndarray, bool, shape (X, Y, Z)
+        Tissue and the head's inside (a crop of the RAS image).
+    axis : int
+        The side view's axis.
+    outward_positive : bool
+        Whether the lateral side lies towards the end of ``axis``.
+    thickest : int
+        Largest run, in voxels along ``axis``.
+
+    Returns
+    -------
+    ndarray, bool, ``solid`` shape
+        The run's voxels in each column where ``solid`` holds air behind it (a run reaching the
+        crop's medial face is not known to end: never thin).
+    """
+    m = np.moveaxis(solid, axis, 0)
+    if outward_positive:
+        m = m[::-1]
+    first = np.argmax(m, axis=0)
+    behind = np.logical_or.accumulate(m, axis=0)
+    np.greater(behind, m, out=behind)  # the air behind the first tissue met
+    ends = np.argmax(behind, axis=0)
+    thin = behind.any(axis=0) & (ends - first <= thickest)
+    index = np.arange(m.shape[0]).reshape((-1,) + (1,) * (m.ndim - 1))
+    layer = thin & (index >= first) & (index < ends)
+    if outward_positive:
+        layer = layer[::-1]
+    return np.asarray(np.moveaxis(layer, 0, axis))
+
+
+def standing_sheets(solid: Mask, axis: int, outward_positive: bool, spacing: npt.ArrayLike,
+                    *, thickest_mm: float = SHEET_MM, area_mm2: float = SHEET_AREA_MM2) -> Mask:
+    """Thin layers standing off the head over more side-view area than any auricle: a head holder, a pad.
+
+    An auricle standing off the head is, seen from the lateral side, a thin layer with air behind
+    it; so is a CT head holder's plate or bar beside the head, whose outer face the opening of
+    :func:`delimit_auricle` also separates, and which, pressed against the ear, joins the ear's
+    protrusion.  The two differ in size: the layers (:func:`first_layer`, at most ``thickest_mm``
+    thick) are split into 26-connected parts, and the parts whose side-view area exceeds ``area_mm2``
+    (more than a whole large auricle) are returned.  Where an ear lies pressed against the holder
+    without air between them, the run holds both and is thicker: it stays with the ear.
+
+    Parameters
+    ----------
+    solid : ndarray, bool, shape (X, Y, Z)
+        Tissue and the head's inside (deeper than :data:`INTERIOR_MM` below the rolled-off
+        surface), in a crop of the RAS image.
+    axis : int
+        The side view's axis.
+    outward_positive : bool
+        Whether the lateral side lies towards the end of ``axis``.
+    spacing : array-like, shape (3,)
+        Voxel size in mm.
+    thickest_mm, area_mm2 : float
+        Largest thickness along ``axis`` (mm) and side-view area (mm^2) of an auricle's layer.
+
+    Returns
+    -------
+    ndarray, bool, ``solid`` shape
+    """
+    sp = np.asarray(spacing, float)
+    layer = first_layer(solid, axis, outward_positive, int(np.floor(thickest_mm / sp[axis])))
+    column_mm2 = float(np.prod(np.delete(sp, axis)))
+    # the side view's 8-connected parts hold the 3D parts: none large enough there, none at all
+    flat, count = ndi.label(layer.any(axis=axis), structure=np.ones((3, 3), dtype=bool))
+    if count == 0 or np.bincount(flat.ravel())[1:].max() * column_mm2 <= area_mm2:
+        return np.zeros(solid.shape, dtype=bool)
+    parts, _ = ndi.label(layer, structure=np.ones((3, 3, 3), dtype=bool))
+    area = np.bincount(parts.max(axis=axis).ravel()) * column_mm2  # one run per column: one part
+    area[0] = 0.0
+    return np.asarray(np.isin(parts, np.flatnonzero(area > area_mm2)))
+
+
 def _attached(solid_c: Mask, kept: Mask) -> Mask:
     """The parts of the block grid ``solid_c`` connected to ``kept`` (on the block grid)."""
     parts, _ = ndi.label(solid_c, structure=np.ones((3, 3, 3), dtype=bool))
@@ -692,6 +784,11 @@ def delimit_auricle(image: npt.NDArray[np.floating], head: HeadModel, depth: npt
         tissue = head_mask(image[box], head_level(image, head), sp, axes=(axis,))
     else:
         tissue = np.asarray(image[box]) > head.threshold
+    # a holder's plate standing beside the head is no part of it (nor of the ear pressed against it); the
+    # reference rule's smoothing thickens it by up to SMOOTH_MM on each side
+    inside = head.upsample(depth > INTERIOR_MM, box)  # type: ignore[arg-type]
+    thickest = SHEET_MM + (2.0 * SMOOTH_MM if reference_mask else 0.0)
+    tissue = tissue & ~standing_sheets(tissue | inside, axis, bool(out_dir[axis] > 0), sp, thickest_mm=thickest)
     tissue_c = block_any(tissue, step)
     interior_c, close_c = _crop_blocks(head, depth, spacing, box, step)
     solid_c = tissue_c | interior_c  # the head's inside counts as solid
