@@ -28,7 +28,9 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from defacer._typing import Mask
+from defacer.detect.preprocess import mask_box
 from defacer.head import HeadModel
+from defacer.morphology import open_cross
 
 Box = tuple[slice, slice, slice]
 
@@ -77,14 +79,10 @@ def components(mask: Mask, max_count: int, min_fraction: float = 0.05) -> list[B
 
     Components smaller than ``min_fraction`` of the largest are ignored (detector crumbs).
     """
-    if not mask.any():
-        return []
     # Label only inside the mask's bounding box: much faster than labelling the whole volume.
-    crop = tuple(
-        slice(int(np.argmax(axis_any)), len(axis_any) - int(np.argmax(axis_any[::-1])))
-        for axis_any in (np.asarray(mask.any(axis=(1, 2))), np.asarray(mask.any(axis=(0, 2))),
-                         np.asarray(mask.any(axis=(0, 1))))
-    )
+    crop = mask_box(mask)
+    if crop is None:
+        return []
     labels, _count = ndimage.label(mask[crop])
     sizes = np.bincount(labels.ravel())[1:]
     order = np.argsort(sizes)[::-1]
@@ -254,7 +252,7 @@ def _eye_cover(image: npt.NDArray[np.floating], head: HeadModel, spacing: tuple[
         slice(max(0, int(np.floor(lo_s)) - margin[2]), min(image.shape[2], int(np.ceil(hi_s)) + 1 + margin[2])),
     )
     local = np.asarray(image[box], dtype=np.float32)
-    tissue = ndimage.binary_opening(local > head.threshold)  # drop isolated noise voxels in the air
+    tissue = open_cross(local > head.threshold)  # drop isolated noise voxels in the air (ndimage.binary_opening)
     height, present = _surface_height(tissue)
     if not present.any():
         return None

@@ -226,3 +226,35 @@ def test_on_a_low_snr_scan_the_eyes_and_nose_stay_out_of_the_air() -> None:
         found = labels == value
         assert found.any(), f"label {value} not found"
         assert (found & ~head).sum() <= 0.05 * found.sum(), f"label {value}: {(found & ~head).sum()} of {found.sum()} in the air"
+
+
+def test_class_argmax_equals_numpys_argmax_over_the_classes() -> None:
+    """Ties (the first class wins), infinities, signed zeros, NaN (numpy's own argmax) and 1-D maps alike."""
+    from defacer.detect.model import class_argmax
+
+    rng = np.random.default_rng(0)
+    values = np.array([0.0, 0.25, 0.5, 1.0, -0.0, np.inf, -np.inf], np.float32)
+    for trial in range(300):
+        shape = tuple(int(n) for n in rng.integers(1, 7, int(rng.integers(0, 4))))
+        probs = rng.choice(values, size=(int(rng.integers(1, 6)), *shape))
+        if trial % 5 == 0:
+            probs = probs.astype(np.float64)
+        if trial % 7 == 0:
+            probs.flat[int(rng.integers(probs.size))] = np.nan
+        expected = probs.argmax(axis=0)
+        got = class_argmax(probs)
+        assert np.array_equal(got, expected) and got.shape == expected.shape and got.dtype == expected.dtype
+
+
+def test_class_weights_scale_the_networks_own_output_in_place_with_the_same_products() -> None:
+    from defacer.detect.model import _weighted
+
+    rng = np.random.default_rng(1)
+    probs = rng.random((4, 5, 6, 7)).astype(np.float32)
+    weights = np.array([3.0, 1.0, 0.5, 3.0], np.float32)
+    expected = probs * weights[:, None, None, None]
+    scaled = _weighted(probs, weights)
+    assert scaled is probs and scaled.tobytes() == expected.tobytes()
+    frozen = rng.random((4, 2, 2, 2)).astype(np.float32)
+    frozen.flags.writeable = False
+    assert _weighted(frozen, weights).tobytes() == (frozen * weights[:, None, None, None]).tobytes()

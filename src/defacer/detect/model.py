@@ -227,9 +227,10 @@ class OnnxDetector:
         clock.stamp("box")
         # class weights (from the card) rescale the probabilities before every decision: a weight
         # above 1 lets a thin, under-segmented class (the ears) win more of its border voxels
-        probs = self.probabilities(box_image, mirror=self.mirror) * self.class_weights[:, None, None, None]
+        probs = self.probabilities(box_image, mirror=self.mirror)
+        probs = _weighted(probs, self.class_weights)
         clock.stamp("network")
-        coarse = probs.argmax(axis=0)
+        coarse = class_argmax(probs)
         components = find_components(coarse, box.affine)
         regions = [(int(FEATURE_LABELS[c.feature]), c.mask) for c in components]
         clock.stamp("components")
@@ -258,6 +259,45 @@ class OnnxDetector:
         clock.stamp("ear_fallback")
         self._last.timings = clock.seconds
         return labels
+
+
+def _weighted(probs: npt.NDArray[np.float32], weights: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """``probs * weights`` per class (C, *box), in place when ``probs`` is a writeable float32 array.
+
+    The network's output is this call's own: scaling it in place saves a new 14 MB array (and the
+    first touch of its memory); the products are the same float32 products.
+    """
+    weights = np.asarray(weights, np.float32)[:, None, None, None]
+    if probs.dtype == np.float32 and probs.flags.writeable and probs.shape[0] == weights.shape[0]:
+        probs *= weights
+        return probs
+    return np.asarray(probs * weights, np.float32)
+
+
+def class_argmax(probs: npt.NDArray[np.floating]) -> npt.NDArray[np.intp]:
+    """``probs.argmax(axis=0)``: the most probable class of each voxel (the first on a tie).
+
+    ``argmax`` over the first axis gathers each voxel's C values from C planes (8 ms for 4 x 96^3);
+    comparing whole planes in turn, a later class taking a voxel only where it is strictly more
+    probable, gives the same indices in a fifth of the time.  An array holding NaN (where
+    ``argmax`` takes the first NaN) goes to ``argmax`` itself.
+
+    Parameters
+    ----------
+    probs : ndarray, shape (C, ...)
+
+    Returns
+    -------
+    ndarray, int, shape ``probs.shape[1:]``
+    """
+    if probs.shape[0] == 0 or np.isnan(probs).any():
+        return np.asarray(probs.argmax(axis=0))
+    best = np.array(probs[0])  # a copy (an array also for a 1-D probs)
+    index = np.zeros(probs.shape[1:], dtype=np.intp)
+    for c in range(1, probs.shape[0]):
+        index[probs[c] > best] = c
+        np.maximum(best, probs[c], out=best)
+    return index
 
 
 def _head_or_none(image: npt.NDArray[np.float32], ras_affine: Affine) -> HeadModel | None:
