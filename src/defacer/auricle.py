@@ -9,11 +9,12 @@ were made by (``scripts/make_reference_labels.py``, ``refine_ear``):
    :func:`head_level`, holes filled in the side-view slices; without a thin layer standing off the
    head over more side-view area than any auricle, a head holder's plate, :func:`standing_sheets`;
    plus the inside of the head with its protrusions rolled off) is opened with a ball of
-   :data:`OPENING_MM` on a grid of about :data:`GRID_MM`, with the head continued past the crop's and the field's edges (a cut
-   face is not an edge to open); the tissue the opening removes within ``search_mm`` of the
-   centre (each part reaching into that radius followed up to ``follow_mm`` beyond it), at
-   most ``medial_mm`` medial of it and at most :data:`OUTSIDE_MM` out of the rolled-off head, in parts that touch the head (a holder or a streak floating
-   in the air is no ear), is the protruding auricle;
+   :data:`OPENING_MM` on a grid of about :data:`GRID_MM`, with the head continued past the crop's
+   and the field's edges (a cut face is not an edge to open); the tissue the opening removes within
+   ``search_mm`` of the centre (each part reaching into that radius followed up to ``follow_mm``
+   beyond it), at most ``medial_mm`` medial of it and at most :data:`OUTSIDE_MM` out of the
+   rolled-off head, in parts that touch the head (a holder or a streak floating in the air is no
+   ear), is the protruding auricle;
 2. **recentring**: the search is repeated from the centre of what step 1 found, within
    ``search_mm + RECENTRE_MM`` (never more than ``RECENTRE_MM`` beyond that from the given
    centre), and may only extend the
