@@ -51,3 +51,18 @@ def test_other_columns_are_not(column: str) -> None:
                                                 ("sub-01_task-rest_events.tsv", False), ("scans.tsv.bak", False)])
 def test_which_tables_are_cleaned(name: str, expected: bool) -> None:
     assert is_bids_table(name) is expected
+
+
+@pytest.mark.parametrize("inside", ["\x85", "\x0c", "\x0b", "\x1c", "\x1e", "\u2028", "\u2029"])
+def test_a_character_that_is_no_row_end_inside_a_cell_never_shifts_the_cells_after_it(inside: str) -> None:
+    """Found by HOSTILE4: str.splitlines ended a row at a NEL (0x85 read as Latin-1), form feed, U+2028...;
+    the rest of the row was read as a new row one column to the left, and the operator's surname was kept."""
+    text = f"filename\toperator\tacq_time\nanat/sub-01_T1w.nii.gz\tJane{inside}Quexworth\t2023-03-14T09:12:44\n"
+    cleaned, changed = clean_table(text)
+    assert cleaned == "filename\toperator\tacq_time\nanat/sub-01_T1w.nii.gz\tn/a\tn/a\n"
+    assert changed == {"operator": 1, "acq_time": 1}
+
+
+def test_rows_ending_in_a_lone_cr_are_rows() -> None:
+    cleaned, changed = clean_table("filename\tacq_time\ra.nii.gz\t2023-03-14\rb.nii.gz\t2023-03-15")
+    assert cleaned == "filename\tacq_time\ra.nii.gz\tn/a\rb.nii.gz\tn/a" and changed == {"acq_time": 2}

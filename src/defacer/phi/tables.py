@@ -44,6 +44,9 @@ MISSING = "n/a"
 
 _DATE_NAME = re.compile(r"(^|_)(date|time|datetime)$")
 
+#: What ends a row: LF, CRLF or CR, as TSV readers split them (pandas, Python's csv module), and nothing else.
+_ROW_END = re.compile(r"(\r\n|\r|\n)")
+
 
 def is_bids_table(name: str) -> bool:
     """Whether a file name is one of the BIDS tables :func:`clean_table` cleans.
@@ -79,6 +82,22 @@ def _pooled_age(value: str) -> str:
     return f"{MAX_AGE}+" if years > MAX_AGE else value
 
 
+def _split_rows(text: str) -> list[tuple[str, str]]:
+    """The rows of a table as (cells' text, line ending) pairs: ``"a\\tb\\r\\n"`` gives ``[("a\\tb", "\\r\\n")]``.
+
+    Rows end at LF, CRLF or CR only.  :meth:`str.splitlines` also ends a line at a form feed, a
+    vertical tab, U+001C-U+001E, U+0085 (NEL: byte 0x85, Windows-1252's ellipsis, read as Latin-1)
+    and U+2028/U+2029: such a character inside a cell split its row in two, and the cells after it
+    were read one column to the left (an operator "Jane<NEL>Quexworth" kept "Quexworth").  The last
+    row may have no ending (``""``).
+    """
+    parts = _ROW_END.split(text)
+    bodies, endings = parts[0::2], [*parts[1::2], ""]
+    if bodies and bodies[-1] == "":
+        bodies, endings = bodies[:-1], endings[:-1]
+    return list(zip(bodies, endings, strict=True))
+
+
 def clean_table(text: str) -> tuple[str, dict[str, int]]:
     """The table ``text`` with its date, time and person columns emptied and ages over 89 pooled.
 
@@ -95,18 +114,16 @@ def clean_table(text: str) -> tuple[str, dict[str, int]]:
     changed : dict of str to int
         Per column name, the number of cells changed (only columns with at least one).
     """
-    lines = text.splitlines(keepends=True)
-    if not lines:
+    rows = _split_rows(text)
+    if not rows:
         return text, {}
-    header = lines[0].rstrip("\r\n").split("\t")
+    header = rows[0][0].split("\t")
     actions = {i: action for i, column in enumerate(header) if (action := _action(column)) is not None}
     if not actions:
         return text, {}
     changed: dict[str, int] = {}
-    out = [lines[0]]
-    for line in lines[1:]:
-        body = line.rstrip("\r\n")
-        ending = line[len(body):]
+    out = ["".join(rows[0])]
+    for body, ending in rows[1:]:
         cells = body.split("\t")
         for i, action in actions.items():
             if i >= len(cells):
