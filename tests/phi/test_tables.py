@@ -66,3 +66,34 @@ def test_a_character_that_is_no_row_end_inside_a_cell_never_shifts_the_cells_aft
 def test_rows_ending_in_a_lone_cr_are_rows() -> None:
     cleaned, changed = clean_table("filename\tacq_time\ra.nii.gz\t2023-03-14\rb.nii.gz\t2023-03-15")
     assert cleaned == "filename\tacq_time\ra.nii.gz\tn/a\rb.nii.gz\tn/a" and changed == {"acq_time": 2}
+
+
+@pytest.mark.parametrize("column", ["AcquisitionDateTime", "Acq Time", " acq-time ", "StudyDate", "date of birth",
+                                    "PatientBirthDate", "\ufeffacq_time", "SCAN_DATE"])
+def test_date_columns_are_recognised_in_any_spelling(column: str) -> None:
+    """Found by HOSTILE4: only acq_time-like snake_case names (any case, spaces around) were recognised; a table
+    exported by hand or with DICOM keywords as column names kept the full acquisition dates."""
+    cleaned, changed = clean_table(f"filename\t{column}\nanat/sub-01_T1w.nii.gz\t2023-03-14T09:12:44\n")
+    assert cleaned.splitlines()[1] == "anat/sub-01_T1w.nii.gz\tn/a" and changed == {column: 1}
+
+
+@pytest.mark.parametrize("column", ["OperatorsName", "Operator", "PatientName", "PatientID",
+                                    "ReferringPhysicianName", "\ufeffoperator", "Patient Name"])
+def test_person_columns_are_recognised_in_any_spelling(column: str) -> None:
+    cleaned, _ = clean_table(f"{column}\tfilename\nQuexworth^Jane\tanat/sub-01_T1w.nii.gz\n")
+    assert "Quexworth" not in cleaned
+
+
+@pytest.mark.parametrize("column", ["Age", "\ufeffage", "age_at_scan", "PatientAge", "Age (years)", "subject-age"])
+@pytest.mark.parametrize("value", ["95", "095Y", "95 years", "95,5", "95.5y"])
+def test_ages_over_89_are_pooled_in_any_spelling(column: str, value: str) -> None:
+    """Found by HOSTILE4: only a column named 'age' holding a plain number was pooled; a DICOM age string (095Y),
+    '95 years' or a column 'age_at_scan' reached OUT as it was."""
+    cleaned, changed = clean_table(f"{column}\tparticipant_id\n{value}\tsub-01\n45Y\tsub-02\n")
+    assert cleaned.splitlines()[1:] == ["89+\tsub-01", "45Y\tsub-02"] and changed == {column: 1}
+
+
+@pytest.mark.parametrize("column", ["stage", "page", "image_count", "runtime_s", "sequence_name", "timeline"])
+def test_look_alike_columns_are_kept(column: str) -> None:
+    text = f"{column}\tfilename\n95\tanat/sub-01_T1w.nii.gz\n"
+    assert clean_table(text) == (text, {})

@@ -11,8 +11,12 @@ operators' names from a DICOM header.  :func:`clean_table` applies the same to t
 - a date or time column (:func:`is_date_column`: ``acq_time``, ``*_date``, ``*_time``, a birth
   date...) and a person column (:data:`PERSON_COLUMNS`: ``operator``, a physician, a name, an ID)
   get ``n/a`` (BIDS's missing value) in every row;
-- an ``age`` above 89 becomes ``89+`` (what the BIDS specification recommends for
-  ``participants.tsv``); ``n/a`` and ages up to 89 stay.
+- an ``age`` (also ``age_at_scan``, ``PatientAge``...) above 89 years becomes ``89+`` (what the
+  BIDS specification recommends for ``participants.tsv``; ``95``, ``095Y`` as in a DICOM header,
+  ``95 years``); ``n/a`` and ages up to 89 stay.
+
+Column names are compared in one spelling (:func:`column_key`): ``AcquisitionDateTime``,
+``Acq Time`` and ``acq-time`` are date columns as ``acq_time`` is.
 
 Every other column, the header row, the row order and the line endings stay as they are.  A
 dataset that needs the acquisition times (e.g. for a longitudinal design) keeps them with
@@ -27,7 +31,8 @@ from collections.abc import Mapping
 #: Columns that name or identify a person other than by the subject label (set to ``n/a``).
 PERSON_COLUMNS: frozenset[str] = frozenset({
     "operator", "operators", "operator_name", "operators_name", "technologist", "physician",
-    "referring_physician", "performing_physician", "patient_name", "patient_id", "name", "mrn",
+    "referring_physician", "performing_physician", "referring_physician_name", "performing_physician_name",
+    "physician_name", "patient_name", "patient_id", "name", "mrn",
     "accession_number", "institution", "institution_name",
 })
 
@@ -43,6 +48,12 @@ MAX_AGE = 89
 MISSING = "n/a"
 
 _DATE_NAME = re.compile(r"(^|_)(date|time|datetime)$")
+_AGE_NAME = re.compile(r"(^|_)age($|_)")
+#: A word boundary inside camelCase (``AcquisitionDateTime``, ``PatientID``) and any run of non-alphanumerics.
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+_SEPARATORS = re.compile(r"[^0-9a-z]+")
+#: An age in years as written by hand or copied from a DICOM header: ``95``, ``095Y``, ``95.5``, ``95,5 years``.
+_AGE_YEARS = re.compile(r"0*(\d+(?:[.,]\d+)?)\s*(?:y|yr|yrs|year|years)?", re.IGNORECASE)
 
 #: What ends a row: LF, CRLF or CR, as TSV readers split them (pandas, Python's csv module), and nothing else.
 _ROW_END = re.compile(r"(\r\n|\r|\n)")
@@ -57,29 +68,47 @@ def is_bids_table(name: str) -> bool:
     return name == "participants.tsv" or name.endswith(("_scans.tsv", "_sessions.tsv"))
 
 
+def column_key(column: str) -> str:
+    """A column name in one spelling: lower case, words joined by ``_``.
+
+    ``"AcquisitionDateTime"`` -> ``"acquisition_date_time"``, ``"Acq Time"`` and ``" acq-time "`` ->
+    ``"acq_time"``, ``"PatientID"`` -> ``"patient_id"``; a byte order mark (a table saved by a
+    spreadsheet) goes.  Only ``acq_time`` itself, in any case and with spaces around, used to be
+    recognised: a table exported by hand or from DICOM keywords kept its dates, names and ages.
+    """
+    name = column.replace("\ufeff", "").strip()
+    return _SEPARATORS.sub("_", _CAMEL.sub("_", name).lower()).strip("_")
+
+
 def is_date_column(column: str) -> bool:
     """Whether a column (its header name) holds dates or times: ``acq_time``, ``*_date``, ``birthdate``..."""
-    name = column.strip().lower()
+    name = column_key(column)
     return name in DATE_COLUMNS or bool(_DATE_NAME.search(name))
 
 
 def _action(column: str) -> str | None:
     """What happens to a column's values: ``"missing"``, ``"age"`` or ``None`` (kept)."""
-    name = column.strip().lower()
+    name = column_key(column)
     if is_date_column(name) or name in PERSON_COLUMNS:
         return "missing"
-    if name == "age":
+    if _AGE_NAME.search(name):
         return "age"
     return None
 
 
-def _pooled_age(value: str) -> str:
-    """``89+`` for a number above :data:`MAX_AGE`, the value itself otherwise (``n/a``, text, ``89+``)."""
+def _years(value: str) -> float | None:
+    """An age cell's number of years (``95``, ``095Y`` as in a DICOM header, ``95,5 years``), or ``None`` (text)."""
     try:
-        years = float(value)
+        return float(value)
     except ValueError:
-        return value
-    return f"{MAX_AGE}+" if years > MAX_AGE else value
+        match = _AGE_YEARS.fullmatch(value.strip())
+        return float(match.group(1).replace(",", ".")) if match else None
+
+
+def _pooled_age(value: str) -> str:
+    """``89+`` for an age above :data:`MAX_AGE` years, the value itself otherwise (``n/a``, text, ``89+``)."""
+    years = _years(value)
+    return f"{MAX_AGE}+" if years is not None and years > MAX_AGE else value
 
 
 def _split_rows(text: str) -> list[tuple[str, str]]:
