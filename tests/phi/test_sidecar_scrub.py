@@ -75,3 +75,19 @@ def test_shifted_dates_asked_for_never_keep_the_real_dates() -> None:
     assert {"AcquisitionDateTime", "AcquisitionTime"} <= set(removed)
     full, _ = scrub_sidecar(dict(CONVERTER_SIDECAR), DeidOptions(retain_long_full_dates=True))
     assert full["AcquisitionDateTime"] == CONVERTER_SIDECAR["AcquisitionDateTime"]  # asked for: kept
+
+
+def test_a_dicom_key_in_another_spelling_is_treated_as_the_keyword() -> None:
+    """Found by HOSTILE4: only the exact keyword was looked up, so 'PatientName ' (a trailing space), 'patientName',
+    'patient_name', a byte order mark or the DICOM JSON model's tag form kept the patient's name in OUT's sidecar."""
+    data = {"PatientName ": "Quexworth^Jane", "patientID": "QX-778812", "patient_birth_date": "19610412",
+            "\ufeffInstitutionName": "Quexworth General Hospital", "00100010": {"vr": "PN", "Value": ["Quexworth"]},
+            "(0008,0090)": "Dr Quexworth", "SERIESDESCRIPTION": "T1 for Jane Quexworth", "EchoTime": 0.003,
+            "TaskName": "rest"}
+    scrubbed, removed = scrub_sidecar(dict(data), DeidOptions())
+    text = json.dumps(scrubbed)
+    assert "Quexworth" not in text and "QX-778812" not in text and "19610412" not in text, text
+    assert scrubbed == {"EchoTime": 0.003, "TaskName": "rest"}
+    assert removed == [key for key in data if key not in scrubbed]
+    cleaned, _ = scrub_sidecar(dict(data), DeidOptions(clean_descriptors=True))
+    assert cleaned["SERIESDESCRIPTION"].startswith("T1 for") and "Quexworth" not in cleaned["SERIESDESCRIPTION"]

@@ -16,6 +16,7 @@ in the table: kept) are kept as they are.
 from __future__ import annotations
 
 import re
+from functools import cache
 from typing import Any
 
 from defacer.phi import actions
@@ -23,6 +24,7 @@ from defacer.phi.options import DeidOptions
 from defacer.phi.rules import find_rule
 
 _PARTS = re.compile(r"[\W_]+")
+_TAG_DIGITS = re.compile(r"[0-9a-f]{8}")
 #: Value representations of dates and times: their ``C`` (the modified-dates option) shifts a header's dates by a
 #: per-patient offset, which a sidecar beside a NIfTI has no patient for; cleaning text would keep the real date.
 _DATE_VRS = frozenset({"DA", "DT", "TM"})
@@ -45,22 +47,55 @@ def scrub_sidecar(data: dict[str, Any], options: DeidOptions) -> tuple[dict[str,
     removed : list of str
         The keys removed, in their order (names only: never a value).
     """
-    from pydicom.datadict import dictionary_VR, tag_for_keyword
-
     identifying = _identifying_values(data)
     scrubbed: dict[str, Any] = {}
     removed: list[str] = []
     for key, value in data.items():
-        tag = tag_for_keyword(key) if isinstance(key, str) and key.isidentifier() else None
-        rule = find_rule(int(tag)) if tag is not None else None
+        tag = tag_of_key(key)
+        rule = find_rule(tag) if tag is not None else None
         action = "K" if rule is None else options.action_for(rule)
         if action == "K":
             scrubbed[key] = value
-        elif action == "C" and isinstance(value, str) and dictionary_VR(int(tag or 0)) not in _DATE_VRS:
+        elif action == "C" and isinstance(value, str) and not _is_date(tag):
             scrubbed[key] = actions.clean_text(value, identifying)
         else:
             removed.append(key)
     return scrubbed, removed
+
+
+def _is_date(tag: int | None) -> bool:
+    """Whether a tag's value representation is a date or a time (DA, DT, TM); an unknown tag is not."""
+    from pydicom.datadict import dictionary_VR
+
+    try:
+        return tag is not None and dictionary_VR(tag) in _DATE_VRS
+    except KeyError:
+        return False
+
+
+@cache
+def _keywords() -> dict[str, int]:
+    """Every DICOM keyword in lower case, with its tag (no two keywords differ only in case)."""
+    from pydicom.datadict import keyword_dict
+
+    return {keyword.lower(): int(tag) for keyword, tag in keyword_dict.items()}
+
+
+def tag_of_key(key: object) -> int | None:
+    """The DICOM attribute a sidecar key names, or ``None``.
+
+    A keyword in any case and spelling (``PatientName``, ``patientName``, ``"PatientName "``,
+    ``patient_name``, ``Patient Name``; a byte order mark or other non-alphanumerics ignored) or a
+    tag written as 8 hexadecimal digits (``"00100010"``, ``"(0010,0010)"``, as the DICOM JSON model
+    does).  Only the exact keyword was looked up: ``"PatientName "`` or ``"patientName"`` kept the
+    patient's name in the defaced dataset's sidecar.
+    """
+    if not isinstance(key, str):
+        return None
+    name = _PARTS.sub("", key).lower()
+    if _TAG_DIGITS.fullmatch(name):
+        return int(name, 16)
+    return _keywords().get(name)
 
 
 def _identifying_values(data: dict[str, Any]) -> list[str]:
@@ -68,9 +103,11 @@ def _identifying_values(data: dict[str, Any]) -> list[str]:
     header), whole and by part (from 2 characters), for :func:`actions.clean_text`."""
     from defacer.phi.scrub import IDENTIFYING_KEYWORDS
 
+    wanted = {tag for keyword in IDENTIFYING_KEYWORDS if (tag := tag_of_key(keyword)) is not None}
     values: set[str] = set()
-    for key in IDENTIFYING_KEYWORDS:
-        items = data.get(key)
+    for key, items in data.items():
+        if tag_of_key(key) not in wanted:
+            continue
         for item in items if isinstance(items, list) else [items]:
             if isinstance(item, str | int) and not isinstance(item, bool):
                 text = str(item).strip()
