@@ -361,3 +361,21 @@ def test_in_place_changes_the_given_map_as_the_copy_would_be(phantom) -> None:
     changed, sources_in_place = add_missing_ears(image, made.volume.affine, network, EYES, in_place=True)
     assert changed is network and sources_in_place == sources
     np.testing.assert_array_equal(changed, copied)
+
+
+def test_ears_looked_for_within_a_box_holding_them_give_the_same_map(phantom) -> None:
+    """ears_within (the detector's extent) only narrows where the network's ears are looked for: the same
+    labels and sources as searching the whole map, for a box just holding them and a wider one."""
+    from defacer.detect.preprocess import mask_box
+
+    made, x = phantom
+    image = made.volume.values(np.float32)
+    network = _concha_only(made)
+    network[(made.labels == Label.EARS) & (x > 0)] = 0  # one ear found by the network, one from the image
+    whole, sources = add_missing_ears(image, made.volume.affine, network, EYES)
+    tight = mask_box(network == Label.EARS)
+    wide = tuple(slice(max(0, s.start - 3), s.stop + 5) for s in mask_box(network > 0))
+    for within in (tight, wide):
+        got, got_sources = add_missing_ears(image, made.volume.affine, network, EYES, ears_within=within)
+        assert got_sources == sources
+        np.testing.assert_array_equal(got, whole)

@@ -240,3 +240,23 @@ def test_an_eye_written_over_the_nose_leaves_one_nose() -> None:
     assert rf.refine_face(image, affine, labels, _extent(labels)) == {"eyes": ["image", "image"], "nose": ["image"]}
     assert ndi.label(labels == Label.NOSE)[1] == 1
     assert (labels == Label.NOSE).sum() > 1000  # the nose itself stays (measured 1773 voxels)
+
+
+@pytest.mark.parametrize("contrast", ["T1", "CT"])
+def test_the_tissue_level_from_a_sample_and_air_level_already_taken_is_the_same(contrast: str) -> None:
+    """The detector takes the strided sample once and passes the air level: without an outside-the-field
+    constant that is the tissue level itself; with one (a CT's -2000 round its field) it is computed."""
+    from defacer.detect.postprocess import threshold_sample
+
+    made = make_phantom(2.0, contrast=contrast)
+    affine = np.asarray(made.volume.affine, float)
+    image = made.volume.values(np.float32)
+    if contrast == "CT":
+        x, y, _ = _world(image.shape, affine)
+        image = np.where(x**2 + y**2 <= 105.0**2, image, -2000.0).astype(np.float32)
+    sample = threshold_sample(image)
+    air = air_threshold(image, sample=sample)
+    assert air == air_threshold(image)
+    alone = rf.tissue_threshold(image)
+    assert rf.tissue_threshold(image, sample=sample, air=air) == alone
+    assert (alone == air) == (contrast != "CT")

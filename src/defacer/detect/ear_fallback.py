@@ -182,8 +182,11 @@ def _array_frame(affine: Affine, point: npt.ArrayLike, outward: npt.ArrayLike
 
 
 def _ear_components(labels: LabelMap, affine: Affine, origin: npt.NDArray[np.float64],
-                    axes: npt.NDArray[np.float64]) -> dict[int, tuple[Box, Mask, npt.NDArray[np.float64]]]:
+                    axes: npt.NDArray[np.float64],
+                    within: Box | None = None) -> dict[int, tuple[Box, Mask, npt.NDArray[np.float64]]]:
     """The largest ear component of the label map on each side of the eyes' midpoint.
+
+    ``within``: a box of the map holding every ear voxel (only it is searched); default the whole map.
 
     Returns
     -------
@@ -191,7 +194,7 @@ def _ear_components(labels: LabelMap, affine: Affine, origin: npt.NDArray[np.flo
         Side (+1 along the eye axis, -1 against it) -> (crop box, the component's mask in it,
         its world centroid in RAS+ mm).
     """
-    extent = _label_box(labels, Label.EARS)
+    extent = _label_box(labels, Label.EARS) if within is None else _label_box_within(labels, Label.EARS, within)
     if extent is None:
         return {}
     lo = [s.start for s in extent]
@@ -239,6 +242,14 @@ def _label_box(labels: LabelMap, label: int) -> Box | None:
             return None
         box.append(slice(int(hit_at[0]), int(hit_at[-1]) + 1))
     return tuple(box)  # type: ignore[return-value]
+
+
+def _label_box_within(labels: LabelMap, label: int, within: Box) -> Box | None:
+    """:func:`_label_box` of ``labels[within]``, on the grid of ``labels``."""
+    found = _label_box(labels[within], label)
+    if found is None:
+        return None
+    return tuple(slice(f.start + w.start, f.stop + w.start) for f, w in zip(found, within, strict=True))  # type: ignore[return-value]
 
 
 def auricle_at(image: npt.NDArray[np.floating], affine: Affine, centre: npt.NDArray[np.float64],
@@ -336,7 +347,8 @@ def _for_distortion(crop: Box, component: Mask, found: Auricle) -> Auricle:
 def add_missing_ears(image: npt.NDArray[np.floating], affine: Affine, labels: LabelMap,
                      eye_centres: list[npt.NDArray[np.float64]], head: HeadModel | None = None,
                      offset_mm: tuple[float, float] = EAR_OFFSET_MM, *,
-                     refine: bool = True, in_place: bool = False) -> tuple[LabelMap, dict[str, str]]:
+                     refine: bool = True, in_place: bool = False,
+                     ears_within: Box | None = None) -> tuple[LabelMap, dict[str, str]]:
     """Label from the image the auricle of each side where ``labels`` has no ear, and the whole
     auricle of each ear the network found.
 
@@ -365,6 +377,9 @@ def add_missing_ears(image: npt.NDArray[np.floating], affine: Affine, labels: La
     in_place : bool
         Change ``labels`` itself and return it (no copy of the whole map: 13.6 MB for a 1 mm head,
         37.6 MB for a 0.5 mm one; for a caller that drops the network's map).
+    ears_within : tuple of 3 slice, optional
+        A box of ``labels`` holding every ear voxel it has (the detector's extent of its regions):
+        the network's ears are looked for in it only; default the whole map.
 
     Returns
     -------
@@ -378,7 +393,7 @@ def add_missing_ears(image: npt.NDArray[np.floating], affine: Affine, labels: La
     if len(eye_centres) != 2:
         return labels, {}
     origin, axes, _ = eye_frame(eye_centres[0], eye_centres[1])
-    present = _ear_components(labels, affine, origin, axes)
+    present = _ear_components(labels, affine, origin, axes, ears_within)
     names = {1: "right", -1: "left"}
     sources = {names[side]: ("network" if side in present else "none") for side in (1, -1)}
     missing = [side for side in (1, -1) if side not in present]

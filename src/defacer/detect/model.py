@@ -23,7 +23,13 @@ import numpy.typing as npt
 
 from defacer._typing import Affine, LabelMap, PathLike
 from defacer.detect.ear_fallback import add_missing_ears
-from defacer.detect.postprocess import air_threshold, find_components, keep_largest_pieces, restrict_to_tissue
+from defacer.detect.postprocess import (
+    air_threshold,
+    find_components,
+    keep_largest_pieces,
+    restrict_to_tissue,
+    threshold_sample,
+)
 from defacer.detect.preprocess import box_to_grid, grid_extent, to_box
 from defacer.detect.refine_face import refine_face, tissue_threshold
 from defacer.errors import InputImageError, WeightsError
@@ -242,19 +248,23 @@ class OnnxDetector:
         if head is None and extent is not None:
             head = _head_or_none(image, np.asarray(ras_affine, float))
         noise = air_ceiling(head) if head is not None else None
+        sample = threshold_sample(image) if extent is not None else None  # both levels read it
+        air = air_threshold(image, sample=sample) if extent is not None else None
         if extent is not None:
             labels[extent] = keep_largest_pieces(restrict_to_tissue(labels[extent], image[extent],
-                                                                    threshold=_above(air_threshold(image), noise)))
+                                                                    threshold=_above(air, noise)))
         clock.stamp("tissue")
         if extent is not None:  # eyes and nose re-shaped by the image
             refine_face(image, np.asarray(ras_affine, float), labels, extent,
-                        threshold=_above(tissue_threshold(image), noise))
+                        threshold=_above(tissue_threshold(image, sample=sample, air=air), noise))
         clock.stamp("face_refinement")
         eyes = [c.centre_mm for c in components if c.feature == "eyes"]
         self._last.sources = {}
         if self.ear_fallback and len(eyes) == 2:
+            # the map is this call's own; its ears lie in the extent (box_to_grid and the clean-up write
+            # them there only, the face refinement never writes one)
             labels, sides = add_missing_ears(image, np.asarray(ras_affine, float), labels, eyes, head=head,
-                                             in_place=True)  # the map is this call's own
+                                             in_place=True, ears_within=extent)
             self._last.sources = {"ears": sides}
         clock.stamp("ear_fallback")
         self._last.timings = clock.seconds

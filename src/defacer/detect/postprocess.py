@@ -208,13 +208,21 @@ def _choose_eyes(candidates: list[Component]) -> list[Component]:
 AIR_LEVEL = 0.1
 
 
-def air_threshold(image: npt.NDArray[np.floating], air_level: float = AIR_LEVEL) -> float | None:
+def threshold_sample(image: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
+    """Every third voxel of ``image`` along each axis, as float32: what :func:`air_threshold` and
+    :func:`defacer.detect.refine_face.tissue_threshold` read (take it once to compute both)."""
+    return np.asarray(image[::3, ::3, ::3], np.float32)
+
+
+def air_threshold(image: npt.NDArray[np.floating], air_level: float = AIR_LEVEL,
+                  sample: npt.NDArray[np.float32] | None = None) -> float | None:
     """Physical intensity below which :func:`restrict_to_tissue` calls a voxel air.
 
-    ``air_level`` on the 0.5th..99.5th percentile range of every third voxel along each axis;
-    ``None`` when that range is empty (a flat image).
+    ``air_level`` on the 0.5th..99.5th percentile range of every third voxel along each axis
+    (``sample``: :func:`threshold_sample` of ``image``, when already taken); ``None`` when that
+    range is empty (a flat image).
     """
-    return level_in_range(np.asarray(image[::3, ::3, ::3], np.float32), air_level)
+    return level_in_range(threshold_sample(image) if sample is None else sample, air_level)
 
 
 def level_in_range(sample: npt.NDArray[np.floating], level: float) -> float | None:

@@ -45,7 +45,7 @@ from scipy import ndimage as ndi
 
 from defacer._typing import Affine, LabelMap, Mask
 from defacer.detect.frame import eye_frame
-from defacer.detect.postprocess import AIR_LEVEL, largest_part, level_in_range
+from defacer.detect.postprocess import AIR_LEVEL, largest_part, level_in_range, threshold_sample
 from defacer.detect.preprocess import mask_box
 from defacer.head import padding_value
 from defacer.labels import Label
@@ -177,16 +177,29 @@ def refine_face(image: npt.NDArray[np.floating], affine: Affine, labels: LabelMa
     return sources
 
 
-def tissue_threshold(image: npt.NDArray[np.floating]) -> float | None:
+def tissue_threshold(image: npt.NDArray[np.floating], sample: npt.NDArray[np.float32] | None = None,
+                     air: float | None = None) -> float | None:
     """:func:`defacer.detect.postprocess.air_threshold` of the voxels in the scanned field.
 
     A CT's constant outside its circular field (:func:`defacer.head.outside_field_value`, e.g.
     -2000 HU) is left out of the sample first: counted in, it pulls the level below the air
     (-1210 HU on ge-headct_tilted), and the air in front of the face passes for tissue.
     ``None`` for a flat image.
+
+    Parameters
+    ----------
+    image : ndarray, shape (X, Y, Z)
+    sample : ndarray, float32, optional
+        :func:`defacer.detect.postprocess.threshold_sample` of ``image``, when already taken.
+    air : float, optional
+        :func:`defacer.detect.postprocess.air_threshold` of that sample, when already computed:
+        where the sample holds no outside-the-field constant the two levels are one (the same
+        percentiles of the same values), and ``air`` is returned without computing them again.
     """
-    sample = np.asarray(image[::3, ::3, ::3], np.float32)
+    sample = threshold_sample(image) if sample is None else sample
     padding = padding_value(sample)
+    if padding is None and air is not None:
+        return air
     if padding is not None:
         sample = sample[sample != padding]
     return level_in_range(sample, AIR_LEVEL) if sample.size else None
