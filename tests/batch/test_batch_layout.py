@@ -340,3 +340,16 @@ def test_a_bids_table_that_is_not_text_is_not_carried_and_is_warned_about(tmp_pa
     assert carry_over(layout, rel, "copy", clean_tables=True) == (0, 0)
     assert not (tmp_path / "out" / "sub-01_sessions.tsv").exists()
     assert "cannot be de-identified" in caplog.text
+
+
+def test_a_crlf_bids_table_already_carried_is_not_written_again(tmp_path: Path) -> None:
+    """Found by HOSTILE4: the copy in OUT was read back with universal newlines, so a table with CRLF (or CR) line
+    endings never matched its cleaned text: rewritten on every rerun and listed by --dry-run as to be written."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "participants.tsv").write_bytes(b"participant_id\tage\r\nsub-01\t93\r\nsub-02\t40\r")
+    layout = OutputLayout(tmp_path / "in", tmp_path / "out", "mirror", True)
+    rel = [PurePosixPath("participants.tsv")]
+    assert carry_over(layout, rel, "copy", clean_tables=True) == (1, 0)
+    assert (tmp_path / "out" / "participants.tsv").read_bytes() == b"participant_id\tage\r\nsub-01\t89+\r\nsub-02\t40\r"
+    assert carry_over_targets(layout, rel, "copy", clean_tables=True) == []
+    assert carry_over(layout, rel, "copy", clean_tables=True) == (0, 1)

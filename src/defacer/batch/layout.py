@@ -498,11 +498,15 @@ def _cleaned_table(source: Path) -> str:
 
 
 def _text_or_none(path: Path) -> str | None:
-    """The UTF-8 text of a regular file already in OUT, or ``None`` (missing, a link, not text)."""
+    """The UTF-8 text of a regular file already in OUT, or ``None`` (missing, a link, not text).
+
+    Line endings are kept as they are (not read with universal newlines): a table with CRLF or CR
+    endings never equalled its cleaned text and was written again on every rerun.
+    """
     if path.is_symlink() or not path.is_file():
         return None
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_bytes().decode("utf-8")
     except (OSError, UnicodeDecodeError):
         return None
 
