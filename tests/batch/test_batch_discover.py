@@ -225,3 +225,20 @@ def test_names_that_are_not_utf8_are_skipped_with_a_warning(tmp_path: Path, capl
     assert "'sub\\xe9' has a name that is not UTF-8 text: the folder and everything under it are neither" in warned
     assert "'note\\xfe.txt'" in warned
     assert "The DICOM series folder 'series' holds 1 file(s) whose names are not UTF-8 text" in warned
+
+
+def test_a_label_maps_detached_data_file_and_sidecar_are_not_carried_either(tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """Found by HOSTILE4: a label map beside its scan is neither defaced nor carried (9a61bfc), but the data file a
+    detached 'a.labels.nrrd' names (the label voxels: the ears' and nose's shapes) and its sidecar were carried to
+    OUT as other files, while the warning said "neither defaced nor carried"."""
+    root = tmp_path / "export"
+    _touch(root / "a.nii.gz")
+    _touch(root / "a.labels.nrrd", b"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 2 2 2\nencoding: raw\n"
+                                   b"data file: a.labels.raw\n")
+    _touch(root / "a.labels.raw", bytes(8))
+    _touch(root / "a.labels.json", b"{}")
+    _touch(root / "notes.txt")
+    found = discover(root)
+    assert [s.key for s in found.scans] == ["a.nii.gz"]
+    assert [str(p) for p in found.others] == ["notes.txt"]

@@ -435,11 +435,12 @@ def discover(
                 )
             )
 
-    candidates, label_maps = _without_label_maps(candidates)
+    found = candidates
+    candidates, _ = _without_label_maps(found)
     scans = [scan for scan in candidates if _selected(scan, include, exclude)]
     excluded = [scan.relpath for scan in candidates if not _selected(scan, include, exclude)]
-    claimed: set[PurePosixPath] = set(label_maps)
-    for scan in candidates:
+    claimed: set[PurePosixPath] = set()
+    for scan in found:  # a label map's detached data file and sidecar are its own: not carried either
         if scan.kind == "dicom":
             continue
         claimed.add(scan.relpath)
