@@ -260,3 +260,18 @@ def test_the_tissue_level_from_a_sample_and_air_level_already_taken_is_the_same(
     alone = rf.tissue_threshold(image)
     assert rf.tissue_threshold(image, sample=sample, air=air) == alone
     assert (alone == air) == (contrast != "CT")
+
+
+def test_any_box_holding_the_eyes_and_nose_gives_the_same_refinement(phantom) -> None:
+    """The detector passes its eyes' and nose's extent (not the ears' too): the box only bounds where the
+    network's components are looked for, so a tight box and the whole grid give the same labels."""
+    image, affine = phantom
+    network = _network_map(image.shape, affine)
+    network[2:6, 40:50, 30:40] = Label.EARS  # an 'ear' far outside the face: the wider extent holds it
+    results = []
+    for box in (_extent(np.where(network == Label.EARS, 0, network)), tuple(slice(0, n) for n in image.shape)):
+        labels = network.copy()
+        rf.refine_face(image, affine, labels, box)
+        results.append(labels)
+    np.testing.assert_array_equal(results[0], results[1])
+    assert not np.array_equal(results[0], network)  # something was refined

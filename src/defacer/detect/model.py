@@ -35,7 +35,7 @@ from defacer.detect.refine_face import refine_face, tissue_threshold
 from defacer.errors import InputImageError, WeightsError
 from defacer.files import file_sha256
 from defacer.head import HeadModel, air_ceiling, analyse_head
-from defacer.labels import FEATURE_LABELS, NUM_CLASSES
+from defacer.labels import FEATURE_LABELS, NUM_CLASSES, Label
 from defacer.volume import voxel_sizes
 
 WEIGHTS_NAME = "detector.onnx"
@@ -254,8 +254,9 @@ class OnnxDetector:
             labels[extent] = keep_largest_pieces(restrict_to_tissue(labels[extent], image[extent],
                                                                     threshold=_above(air, noise)))
         clock.stamp("tissue")
-        if extent is not None:  # eyes and nose re-shaped by the image
-            refine_face(image, np.asarray(ras_affine, float), labels, extent,
+        if extent is not None:  # eyes and nose re-shaped by the image, looked for in their own regions' extent
+            face = grid_extent([r for r in regions if r[0] != Label.EARS], box, image.shape, np.asarray(ras_affine, float))
+            refine_face(image, np.asarray(ras_affine, float), labels, face,
                         threshold=_above(tissue_threshold(image, sample=sample, air=air), noise))
         clock.stamp("face_refinement")
         eyes = [c.centre_mm for c in components if c.feature == "eyes"]
