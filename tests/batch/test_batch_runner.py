@@ -540,6 +540,25 @@ def test_bids_tables_reach_the_output_de_identified_unless_de_identification_is_
     assert (tmp_path / "kept" / subject / f"{subject}_scans.tsv").read_bytes() == scans.read_bytes()
 
 
+def test_files_left_out_or_changed_are_listed_in_the_summary_not_only_logged(
+        tmp_path: Path, bids: tuple[Path, Path, list[str]], capsys: pytest.CaptureFixture[str]) -> None:
+    """A label map beside a scan (neither defaced nor copied) and a de-identified BIDS table were only warned about on
+    the console, which a run over hundreds of scans scrolls away; the HTML summary did not name them."""
+    ds, labels, relpaths = bids
+    scan = ds / relpaths[0]
+    label_map = scan.with_name(scan.name.replace(".nii.gz", ".labels.nii.gz"))
+    label_map.write_bytes(scan.read_bytes())
+    subject = relpaths[0].split("/")[0]
+    (ds / subject / f"{subject}_scans.tsv").write_text("filename\tacq_time\nanat/x.nii.gz\t2023-03-14T09:12:44\n")
+    summary = run_batch(BatchConfig(in_root=ds, out_root=tmp_path / "out", labels_dir=labels))
+    assert summary.counts.done == 6
+    assert any(label_map.name in notice for notice in summary.notices), summary.notices
+    assert any("acq_time (1 row)" in notice for notice in summary.notices), summary.notices
+    page = summary.html_path.read_text()
+    assert label_map.name in page and "acq_time (1 row)" in page
+    assert "2 notice(s) while listing the input" in capsys.readouterr().err
+
+
 def test_outputs_written_before_sidecars_were_de_identified_are_done_again(tmp_path: Path,
                                                                           bids: tuple[Path, Path, list[str]]) -> None:
     """The fingerprint of a scan with a sidecar names the de-identification: an OUT made by a version that carried

@@ -15,7 +15,7 @@ import secrets
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -47,7 +47,15 @@ from defacer.batch.manifest import (
     options_fingerprint,
 )
 from defacer.batch.ownership import open_record
-from defacer.batch.summary import Counts, Progress, count, print_table, verdict_of, write_html
+from defacer.batch.summary import (
+    Counts,
+    Progress,
+    collected_warnings,
+    count,
+    print_table,
+    verdict_of,
+    write_html,
+)
 from defacer.batch.task import DefaceFile, ScanTask, check_output_names, input_files, scan_seed
 from defacer.batch.workers import cap_jobs
 from defacer.checks import DEFAULT_MAX_VOXELS
@@ -183,6 +191,9 @@ class BatchSummary:
         Where the manifest and the HTML summary are.
     engine : str
         ``"serial"``, ``"processes"`` or ``"dask"``.
+    notices : list of str
+        The warnings of listing IN and carrying its other files (files left out, tables de-identified),
+        also listed in the HTML summary.
     """
 
     records: list[ScanRecord]
@@ -191,6 +202,7 @@ class BatchSummary:
     manifest_path: Path
     html_path: Path
     engine: str
+    notices: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -531,7 +543,8 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
         On Ctrl-C, after the finished scans are recorded and in-flight work is cancelled.
     """
     start = time.perf_counter()
-    discovery, layout = _discover(config)
+    with collected_warnings("defacer.batch.discover") as notices:  # kept for the HTML summary
+        discovery, layout = _discover(config)
     if config.scheduler in (None, "local"):  # workers on this machine; a cluster's are its own
         config = replace(config, jobs=cap_jobs(config.jobs))
     check_state_dir(layout)  # before the ownership record is read through it
@@ -558,8 +571,11 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
             log.warning("%d other file(s) of this DICOM export (reports, pictures, notes: they often name the patient, "
                         "and only the series' headers are de-identified) are not carried to the output; pass --others "
                         "copy to carry them as they are.", len(discovery.others))
-        carry_over(layout, discovery.others, _others_mode(config, discovery), clean_tables=config.deidentify is not None)
-        write_dataset_files(layout)
+        with collected_warnings("defacer.batch.layout") as carried:
+            carry_over(layout, discovery.others, _others_mode(config, discovery),
+                       clean_tables=config.deidentify is not None)
+            write_dataset_files(layout)
+        notices = [*notices, *carried]
         tasks, skipped = plan(config, discovery, layout, manifest, deface)
         if resuming:
             log.info("resuming: %d scans already done, %d to do", len(skipped), len(tasks))
@@ -594,14 +610,18 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
             if not unchanged:
                 html_path = write_html(records, html_path, out_root=layout.out_root,
                                        title=f"defacer batch: {text_name(discovery.root.name)}", wall_s=wall_s,
-                                       qc_root=layout.qc_dir)
+                                       qc_root=layout.qc_dir, notices=notices)
             if config.verify and not (unchanged and (layout.qc_dir / "index.html").is_file()):
                 write_qc_gallery(records, layout.qc_dir, title=f"defacer QC: {text_name(discovery.root.name)}",
                                  after_only=config.qc_after_only)
     summary = BatchSummary(records=sorted(records, key=lambda r: r.key), counts=count(records), wall_s=wall_s,
-                           manifest_path=layout.manifest_path, html_path=html_path, engine=engine)
+                           manifest_path=layout.manifest_path, html_path=html_path, engine=engine,
+                           notices=list(notices))
     if not config.quiet:
         print_table(summary.records, wall_s=wall_s, stream=stream, html_path=html_path)
+        if notices and not unchanged:
+            print(f"{len(notices)} notice(s) while listing the input and copying its other files (files left out or "
+                  f"changed): listed in {html_path}", file=stream or sys.stderr)
         if config.verify:
             print(f"QC gallery: {layout.qc_dir / 'index.html'}", file=stream or sys.stderr)
     return summary

@@ -7,11 +7,12 @@ per scan on stderr and the table is plain text.
 from __future__ import annotations
 
 import html
+import logging
 import os
 import sys
 import urllib.parse
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -24,6 +25,37 @@ from defacer.options import STRONGER_FLAGS
 
 #: Statuses of scans for which nothing was written because a requested feature was not found.
 NOT_DEFACED = (NOTHING_FOUND, INCOMPLETE)
+
+
+class _Collector(logging.Handler):
+    """Keeps the text of every warning (or worse) logged through the loggers it is added to."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(text_name(record.getMessage()))
+
+
+@contextmanager
+def collected_warnings(*logger_names: str) -> Iterator[list[str]]:
+    """The warnings the named loggers log inside the ``with`` block, as a list filled as they come.
+
+    They are still printed as usual; the list is for the HTML summary, where a file left out while
+    listing IN (a name that is not UTF-8 text, a label map beside a scan, a link out of IN, a DICOM
+    directory...) or changed on its way to OUT (a de-identified BIDS table) stays visible after the
+    console has scrolled away.
+    """
+    collector = _Collector()
+    loggers = [logging.getLogger(name) for name in logger_names]
+    for logger in loggers:
+        logger.addHandler(collector)
+    try:
+        yield collector.messages
+    finally:
+        for logger in loggers:
+            logger.removeHandler(collector)
 
 
 @dataclass(frozen=True)
@@ -301,11 +333,23 @@ def _link(target: str | None, base: Path, text: str) -> str:
     return f'<a href="{html.escape(rel)}">{html.escape(text_name(text))}</a>'
 
 
+def _notices_html(notices: Sequence[str]) -> str:
+    """The notices of listing IN and carrying its other files as an HTML list ('' when none)."""
+    if not notices:
+        return ""
+    items = "".join(f"<li>{html.escape(text_name(n))}</li>" for n in notices)
+    return (f"<h2>{len(notices)} notice(s) while listing the input and copying its other files</h2>"
+            f'<p>Files named here were left out (neither defaced nor copied) or changed on their way to the output.</p>'
+            f'<ul class="notices">{items}</ul>\n')
+
+
 def write_html(records: Sequence[ScanRecord], path: Path, *, out_root: Path, title: str, wall_s: float,
-               qc_root: Path | None = None) -> Path:
+               qc_root: Path | None = None, notices: Sequence[str] = ()) -> Path:
     """Write an HTML page listing every scan: status, time, error, output and verify report links.
 
     Verification reports live in ``qc_root`` (``OUT-qc``, outside OUT); the page only links to them.
+    ``notices`` (the warnings of listing IN and carrying its other files, :func:`collected_warnings`)
+    are listed above the scans.
     """
     qc_root = qc_root if qc_root is not None else out_root.with_name(out_root.name + "-qc")
     counts = count(records)
@@ -344,7 +388,7 @@ nothing written for them), {counts.total} scans,
 {wall_s:.1f} s.</p>
 <p>Verification reports and pictures, when made, are in the QC folder beside this output
 ({html.escape(qc_root.name)}/), never in it: they show the original faces, so keep that folder private.</p>
-<table><tr><th>scan</th><th>status</th><th>seconds</th><th>output</th><th>verify</th><th>error or warnings</th></tr>
+{_notices_html(notices)}<table><tr><th>scan</th><th>status</th><th>seconds</th><th>output</th><th>verify</th><th>error or warnings</th></tr>
 {chr(10).join(rows)}
 </table></body></html>
 """
