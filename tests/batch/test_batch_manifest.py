@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -110,3 +111,45 @@ def test_sha256_matches_hashlib(tmp_path: Path) -> None:
 
     (tmp_path / "f").write_bytes(b"abc" * 1000)
     assert sha256_file(tmp_path / "f") == hashlib.sha256(b"abc" * 1000).hexdigest()
+
+
+@pytest.mark.parametrize("path", ["/dev/zero", "../../in/a.nii.gz", "", "a\0b"])
+def test_an_edited_manifest_never_makes_a_rerun_read_outside_out(tmp_path: Path, path: str) -> None:
+    """Found by HOSTILE4: the manifest in OUT is read back as it is; an output stamp edited to '/dev/zero' (size 0,
+    another time) was hashed for ever on the rerun (the batch hung), and '../..' paths were read outside OUT."""
+    record, _, _ = _done_record(tmp_path)
+    manifest = Manifest(tmp_path / "m.jsonl")
+    manifest.append(record)
+    text = (tmp_path / "m.jsonl").read_text()
+    edited = text.replace('"outputs": [{', '"outputs": [{"mtime_ns": 1, "path": ' + json.dumps(path)
+                          + ', "sha256": "' + "0" * 64 + '", "size": 0}, {')
+    (tmp_path / "m.jsonl").write_text(edited)
+    reopened = Manifest(tmp_path / "m.jsonl")
+    assert reopened.get("a.nii.gz") is None and reopened.damaged_lines == 1  # so the scan is done again
+
+
+def test_an_output_that_became_a_pipe_or_device_is_not_read(tmp_path: Path) -> None:
+    record, src, dst = _done_record(tmp_path)
+    dst.unlink()
+    os.mkfifo(dst)
+    record.outputs[0].size, record.outputs[0].mtime_ns = 0, 1
+    assert not _up_to_date(record, tmp_path, src)  # answered, not waiting for a writer
+
+
+@pytest.mark.parametrize("line", ['5', 'null', '"text"', '[1]', '{"defacer_manifest": "x"}', '{"key": 5, "status": "done"}',
+                                  '{"key": "a", "status": "done", "outputs": "x"}',
+                                  '{"key": "a", "status": "done", "timings": {"total": "slow"}}',
+                                  '{"key": "a", "status": "done", "attempts": "2"}'])
+def test_manifest_lines_defacer_never_writes_are_damaged_lines_not_a_crash(tmp_path: Path, line: str) -> None:
+    """Found by HOSTILE4: such a first line stopped the batch with "unexpected error: TypeError ... This is a bug"."""
+    path = tmp_path / "m.jsonl"
+    path.write_text(line + "\n" + '{"key": "b", "status": "done"}\n')
+    manifest = Manifest(path)
+    assert manifest.damaged_lines == 1 and [r.key for r in manifest] == ["b"]
+
+
+def test_a_manifest_line_that_is_not_utf8_is_a_damaged_line(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(b'{"defacer_manifest": 1}\n{"key": "\xff", "status": "done"}\n{"key": "b", "status": "done"}\n')
+    manifest = Manifest(path)
+    assert manifest.damaged_lines == 1 and [r.key for r in manifest] == ["b"]

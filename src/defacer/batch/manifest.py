@@ -19,9 +19,10 @@ import hashlib
 import json
 import logging
 import os
+import stat as stat_mode
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from defacer.errors import OutputError
@@ -111,11 +112,56 @@ class ScanRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ScanRecord:
-        """Rebuild a record from :meth:`to_json` output (unknown keys are dropped)."""
+        """Rebuild a record from :meth:`to_json` output (unknown keys are dropped).
+
+        Raises
+        ------
+        TypeError, ValueError
+            For anything :meth:`to_json` does not write: a field of another type, a file stamp whose
+            path is absolute or climbs out of its root with ``..`` (the manifest in OUT may have been
+            edited: '/dev/zero' as an output was hashed for ever on the rerun).
+        """
+        if not isinstance(data, dict):
+            raise TypeError("a manifest record is a JSON object")
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        known["inputs"] = [FileStamp(**s) for s in known.get("inputs", [])]
-        known["outputs"] = [FileStamp(**s) for s in known.get("outputs", [])]
+        for name, value in known.items():
+            if name not in ("inputs", "outputs") and not isinstance(value, _FIELD_TYPES[name]):
+                raise TypeError(f"the manifest field {name!r} holds {type(value).__name__}")
+        if not all(isinstance(v, int | float) for v in known.get("timings", {}).values()) or not all(
+                isinstance(w, str) for w in known.get("warnings", [])):
+            raise TypeError("the manifest's timings are numbers and its warnings text")
+        known["inputs"] = [_file_stamp(s) for s in _listed(known.get("inputs", []))]
+        known["outputs"] = [_file_stamp(s) for s in _listed(known.get("outputs", []))]
         return cls(**known)
+
+
+#: The JSON types :meth:`ScanRecord.to_json` writes for each field (``bool`` is an ``int`` to Python: refused apart).
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "key": str, "status": str, "input_sha256": str, "fingerprint": str, "seed": int, "error": (str, type(None)),
+    "error_type": (str, type(None)), "timings": dict, "started": str, "finished": str, "worker": str,
+    "provenance": dict, "verify": (dict, type(None)), "attempts": int, "warnings": list,
+}
+
+
+def _listed(value: Any) -> list[Any]:
+    """A manifest list field, or a :class:`TypeError`."""
+    if not isinstance(value, list):
+        raise TypeError("the manifest's file stamps are a JSON list")
+    return value
+
+
+def _file_stamp(data: Any) -> FileStamp:
+    """A :class:`FileStamp` read from the manifest, its types checked and its path a relative path within its root."""
+    if not isinstance(data, dict):
+        raise TypeError("a file stamp is a JSON object")
+    item = FileStamp(**data)
+    if not (isinstance(item.path, str) and isinstance(item.sha256, str) and isinstance(item.size, int)
+            and isinstance(item.mtime_ns, int)):
+        raise TypeError("a file stamp holds a path, a size, a time and a sha256")
+    parts = PurePosixPath(item.path).parts
+    if not parts or parts[0] == "/" or ".." in parts or "\0" in item.path:
+        raise ValueError(f"the file stamp's path {item.path!r} is not a path inside its folder")
+    return item
 
 
 def ends_with_newline(path: Path) -> bool:
@@ -204,6 +250,8 @@ def file_unchanged(item: FileStamp, root: Path, *, rehash: bool = False) -> bool
         info = path.stat()
     except OSError:
         return False
+    if not stat_mode.S_ISREG(info.st_mode):  # a pipe or device would be read for ever
+        return False
     if info.st_size != item.size:
         return False
     if not rehash and info.st_mtime_ns == item.mtime_ns:
@@ -258,26 +306,30 @@ class Manifest:
             self._write_all([])
 
     def _read(self) -> None:
-        with self.path.open("r", encoding="utf-8") as handle:
+        with self.path.open("rb") as handle:
             for number, line in enumerate(handle):
                 text = line.strip()
                 if not text:
                     continue
                 try:
-                    data = json.loads(text)
-                except ValueError:
+                    data = json.loads(text.decode("utf-8"))
+                except ValueError:  # UnicodeDecodeError too
                     self.damaged_lines += 1  # a line cut short by a killed run
                     continue
-                if number == 0 and "defacer_manifest" in data:
-                    if data["defacer_manifest"] > MANIFEST_VERSION:
+                if number == 0 and isinstance(data, dict) and "defacer_manifest" in data:
+                    version = data["defacer_manifest"]
+                    if not isinstance(version, int) or isinstance(version, bool):
+                        self.damaged_lines += 1
+                        continue
+                    if version > MANIFEST_VERSION:
                         raise OutputError(
                             f"The batch manifest '{self.path}' was written by a newer defacer (format "
-                            f"{data['defacer_manifest']}, this one reads {MANIFEST_VERSION}). Upgrade defacer."
+                            f"{version}, this one reads {MANIFEST_VERSION}). Upgrade defacer."
                         )
                     continue
                 try:
                     record = ScanRecord.from_dict(data)
-                except (TypeError, KeyError):
+                except (TypeError, KeyError, ValueError):  # damaged, or edited into what defacer never writes
                     self.damaged_lines += 1
                     continue
                 self.records[record.key] = record
