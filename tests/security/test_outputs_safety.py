@@ -217,6 +217,18 @@ def test_a_record_line_cut_short_by_a_killed_run_is_ignored_and_the_next_starts_
     assert OwnershipRecord(path, tmp_path).names == {"a.nii.gz", "c.nii.gz"}
 
 
+def test_a_damaged_record_line_that_is_not_utf8_loses_that_line_only(tmp_path):
+    """Found by HOSTILE4: a byte that is not UTF-8 in OUT/.defacer/owned.jsonl (or a QC folder's
+    .defacer-owned.jsonl) stopped the batch or verify with "error: 'utf-8' codec can't decode byte 0xff", for good:
+    every rerun stopped the same way. The line is skipped, as one cut short: its name is not counted as defacer's."""
+    from defacer.batch.ownership import OwnershipRecord
+
+    path = tmp_path / ".defacer" / "owned.jsonl"
+    path.parent.mkdir()
+    path.write_bytes(b'{"path": "a.nii.gz"}\n{"path": "\xff.nii.gz"}\n{"path": "b.nii.gz"}\n')
+    assert OwnershipRecord(path, tmp_path).names == {"a.nii.gz", "b.nii.gz"}
+
+
 # --- 3: no output is ever an input --------------------------------------------------------------------------------
 
 

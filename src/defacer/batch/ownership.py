@@ -61,12 +61,12 @@ class OwnershipRecord:
             self._read()
 
     def _read(self) -> None:
-        with self.path.open("r", encoding="utf-8") as handle:
+        with self.path.open("rb") as handle:  # lines decoded one by one: a damaged byte loses its line only
             for line in handle:
                 try:
                     self.names.add(str(json.loads(line)["path"]))
-                except (ValueError, KeyError, TypeError):
-                    continue  # a line cut short by a killed run
+                except (ValueError, KeyError, TypeError):  # UnicodeDecodeError is a ValueError
+                    continue  # a line cut short by a killed run, or damaged: its name is not counted as defacer's
 
     def credit(self, names: Iterable[str]) -> None:
         """Count ``names`` (relative to OUT) as defacer's; saved by the next :meth:`add`.
