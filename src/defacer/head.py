@@ -21,6 +21,7 @@ from skimage.filters import threshold_otsu, threshold_triangle
 from defacer._typing import Mask
 from defacer.ball import within_distance
 from defacer.errors import InputImageError
+from defacer.morphology import dilate_box, erode, fill_holes
 
 #: Target grid step of the coarse analysis grid, in mm.
 COARSE_STEP_MM = 4.0
@@ -173,7 +174,7 @@ def outline_contrast(coarse: npt.NDArray[np.floating], sealed: Mask, threshold: 
     float
         ``inf`` when the threshold does not lie above ``floor`` or the head has no outer layer.
     """
-    layer = sealed & ~ndimage.binary_erosion(sealed)
+    layer = sealed & ~erode(sealed)  # ndimage.binary_erosion's voxels
     if threshold <= floor or not layer.any():
         return float("inf")
     return float((np.median(coarse[layer]) - floor) / (threshold - floor))
@@ -283,7 +284,7 @@ def analyse_head(image: npt.NDArray[np.floating], spacing: tuple[float, float, f
     closed = ~within_distance(~dilated, radius, coarse_spacing)
     pad = (padded.shape[0] - tissue.shape[0]) // 2
     closed = closed[pad:-pad, pad:-pad, pad:-pad] | tissue
-    sealed = ndimage.binary_fill_holes(closed)
+    sealed = fill_holes(closed)  # ndimage.binary_fill_holes' voxels
     if not sealed.any():
         raise InputImageError(
             f"No head found in this scan: no voxel is brighter than the air (all voxels are {float(coarse.min()):g}"
@@ -292,8 +293,7 @@ def analyse_head(image: npt.NDArray[np.floating], spacing: tuple[float, float, f
             "that it was exported with its image data."
         )
     # Air: outside the sealed head by more than a few mm (at least one coarse voxel), below the threshold.
-    margin = ndimage.binary_dilation(sealed, structure=np.ones((3, 3, 3), dtype=bool),
-                                     iterations=max(1, int(np.ceil(4.0 / min(coarse_spacing)))))
+    margin = dilate_box(sealed, max(1, int(np.ceil(4.0 / min(coarse_spacing)))))  # the 3x3x3 cube, iterated
     air = coarse[~margin & (coarse <= threshold) & in_field]
     if air.size < 100:
         air = coarse[(coarse <= threshold) & in_field]
