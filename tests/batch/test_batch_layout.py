@@ -353,3 +353,41 @@ def test_a_crlf_bids_table_already_carried_is_not_written_again(tmp_path: Path) 
     assert (tmp_path / "out" / "participants.tsv").read_bytes() == b"participant_id\tage\r\nsub-01\t89+\r\nsub-02\t40\r"
     assert carry_over_targets(layout, rel, "copy", clean_tables=True) == []
     assert carry_over(layout, rel, "copy", clean_tables=True) == (0, 1)
+
+
+@pytest.mark.parametrize("mode", ["copy", "hardlink", "symlink"])
+def test_json_sidecars_of_images_carried_as_they_are_lose_their_identifying_keys(
+        tmp_path: Path, mode: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Found by HOSTILE4: only a defaced scan's sidecar was de-identified (5d39c23); the sidecars of the images carried
+    as they are (func/, dwi/, fmap/, and a top-level task-rest_bold.json that BIDS inherits to every run) went to OUT,
+    copied or linked, with a converter's PatientName, PatientBirthDate, InstitutionName and acquisition date."""
+    from defacer.phi.options import DeidOptions
+
+    ds = tmp_path / "in"
+    (ds / "sub-01" / "func").mkdir(parents=True)
+    bold = ds / "sub-01" / "func" / "sub-01_task-rest_bold.json"
+    bold.write_text(json.dumps({"RepetitionTime": 2.0, "PatientName": "Quexworth^Jane", "TaskName": "rest",
+                                "AcquisitionDateTime": "2023-03-14T09:12:44", "InstitutionName": "Quexworth Clinic"}))
+    (ds / "task-rest_bold.json").write_text('{"TaskName": "rest", "PatientBirthDate": "19610412"}\n')
+    plain = '{"TaskName": "rest",   "Instructions": "keep still"}\n'
+    (ds / "task-rest_events.json").write_text(plain)
+    (ds / "broken.json").write_text('{"PatientName": "Quexworth^Jane"')
+    before = bold.read_bytes()
+    layout = OutputLayout(ds, tmp_path / "out", "mirror", True)
+    rel = [PurePosixPath(p) for p in ("sub-01/func/sub-01_task-rest_bold.json", "task-rest_bold.json",
+                                      "task-rest_events.json", "broken.json")]
+    assert carry_over(layout, rel, mode, clean_tables=True, profile=DeidOptions()) == (3, 0)
+    out = tmp_path / "out"
+    carried = json.loads((out / rel[0]).read_text())
+    assert carried == {"RepetitionTime": 2.0, "TaskName": "rest"}
+    assert json.loads((out / "task-rest_bold.json").read_text()) == {"TaskName": "rest"}
+    assert (out / "task-rest_events.json").read_text() == plain  # nothing removed: byte for byte
+    assert not (out / "broken.json").exists()
+    for name in rel[:3]:
+        assert not (out / name).is_symlink() and not os.path.samefile(out / name, ds / name)
+    assert bold.read_bytes() == before, "IN is never modified"
+    assert "PatientName, AcquisitionDateTime, InstitutionName removed" in caplog.text
+    assert carry_over_targets(layout, rel, mode, clean_tables=True, profile=DeidOptions()) == []
+    assert carry_over(layout, rel, mode, clean_tables=True, profile=DeidOptions()) == (0, 3)
+    assert carry_over(layout, rel[:1], "copy") == (1, 0)  # --no-deidentify: carried as it is
+    assert (out / rel[0]).read_bytes() == before

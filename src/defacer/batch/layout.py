@@ -423,13 +423,13 @@ def _carried(layout: OutputLayout, relpaths: Iterable[PurePosixPath], mode: str)
 
 
 def carry_over_targets(layout: OutputLayout, relpaths: Iterable[PurePosixPath], mode: str, *,
-                       clean_tables: bool = False) -> list[Path]:
+                       clean_tables: bool = False, profile: DeidOptions | None = None) -> list[Path]:
     """The files in OUT that :func:`carry_over` would write now (those not already there)."""
     targets = []
     for source, target in _carried(layout, relpaths, mode):
         try:
-            if clean_tables and is_bids_table(source.name):
-                there = _cleaned_table(source) == _text_or_none(target)
+            if _deidentified(source, clean_tables, profile):
+                there = _deidentified_text(source, profile)[0] == _text_or_none(target)
             else:
                 there = _already_there(source, target, mode)
         except (OSError, DefacerError):  # a broken source: carry_over warns and writes nothing
@@ -440,7 +440,7 @@ def carry_over_targets(layout: OutputLayout, relpaths: Iterable[PurePosixPath], 
 
 
 def carry_over(layout: OutputLayout, relpaths: Iterable[PurePosixPath], mode: str, *,
-               clean_tables: bool = False) -> tuple[int, int]:
+               clean_tables: bool = False, profile: DeidOptions | None = None) -> tuple[int, int]:
     """Copy, hard-link or symlink non-image files from IN to the same place in OUT.
 
     A file already in OUT with the same size (copy, hardlink) or pointing at the same
@@ -452,6 +452,13 @@ def carry_over(layout: OutputLayout, relpaths: Iterable[PurePosixPath], mode: st
     set to ``n/a``, ages over 89 written ``89+``), whatever ``mode``, and a warning names the columns
     changed.  A table that cannot be read as UTF-8 text is not carried (warned about).
 
+    With ``profile`` (the run's header de-identification), a JSON file likewise gets a copy of its
+    own, never a link, with the keys that name DICOM attributes treated as in a scan's sidecar
+    (:func:`defacer.phi.sidecar.scrub_sidecar`): the sidecars of the images carried as they are
+    (``func/``, ``dwi/``, ``fmap/``; a top-level ``task-rest_bold.json``) hold a converter's
+    ``PatientName`` as a defaced scan's sidecar does.  Byte for byte when nothing is removed; a
+    JSON file that is no readable object is not carried (warned about).
+
     Returns
     -------
     (done, kept) : tuple of int
@@ -459,8 +466,8 @@ def carry_over(layout: OutputLayout, relpaths: Iterable[PurePosixPath], mode: st
     """
     done = kept = 0
     for source, target in _carried(layout, relpaths, mode):
-        if clean_tables and is_bids_table(source.name):
-            written = _carry_cleaned_table(source, target)
+        if _deidentified(source, clean_tables, profile):
+            written = _carry_deidentified(source, target, profile)
             done, kept = done + (written is True), kept + (written is False)
             continue
         try:
@@ -490,11 +497,42 @@ def _carry_one(source: Path, target: Path, mode: str) -> None:
         copy_atomic(source, target)
 
 
-def _cleaned_table(source: Path) -> str:
-    """The de-identified text of a BIDS table in IN (:func:`defacer.phi.tables.clean_table`)."""
-    text = read_small_text(source, what="BIDS table", redo="Not carried to the output: a table of acquisition "
-                           "times or participants that cannot be read cannot be de-identified; fix the file in IN.")
-    return clean_table(text)[0]
+def _deidentified(source: Path, clean_tables: bool, profile: DeidOptions | None) -> bool:
+    """Whether a carried file gets a de-identified copy of its own: a BIDS table, or a JSON file under ``profile``."""
+    return (clean_tables and is_bids_table(source.name)) or (profile is not None and source.name.lower().endswith(
+        ".json"))
+
+
+def _deidentified_text(source: Path, profile: DeidOptions | None) -> tuple[str, str]:
+    """The de-identified text of a BIDS table or JSON file in IN, and what was changed, for a warning (``""``: nothing).
+
+    Raises
+    ------
+    DefacerError
+        For a file that cannot be read as text (or, for JSON, as an object): it cannot be de-identified.
+    """
+    if profile is None or not source.name.lower().endswith(".json"):
+        text = read_small_text(source, what="BIDS table", redo="Not carried to the output: a table of acquisition "
+                               "times or participants that cannot be read cannot be de-identified; fix the file in IN.")
+        cleaned, changed = clean_table(text)
+        return cleaned, (f"{describe_changes(changed)} de-identified in the output's copy (dates and times, operators: "
+                         f"n/a; ages over {MAX_AGE}: {MAX_AGE}+)" if changed else "")
+    from defacer.phi.sidecar import scrub_sidecar
+
+    redo = ("Not carried to the output: a JSON file that cannot be read cannot be de-identified; fix the file in IN "
+            "(or pass --no-deidentify).")
+    text = read_small_text(source, what="JSON file", redo=redo)
+    try:
+        data = json.loads(text)
+    except ValueError as err:
+        raise DefacerError(f"The JSON file '{source}' is not valid JSON ({err}). {redo}") from err
+    if not isinstance(data, dict):
+        raise DefacerError(f"The JSON file '{source}' holds a {type(data).__name__}, not an object. {redo}")
+    scrubbed, removed = scrub_sidecar(data, profile)
+    if not removed:
+        return text, ""
+    return (json.dumps(scrubbed, indent=2, ensure_ascii=False) + "\n",
+            f"{', '.join(removed)} removed from the output's copy (DICOM attributes the de-identification removes)")
 
 
 def _text_or_none(path: Path) -> str | None:
@@ -511,19 +549,16 @@ def _text_or_none(path: Path) -> str | None:
         return None
 
 
-def _carry_cleaned_table(source: Path, target: Path) -> bool | None:
-    """Write the de-identified copy of a BIDS table; ``True`` written, ``False`` already there, ``None`` not carried."""
+def _carry_deidentified(source: Path, target: Path, profile: DeidOptions | None) -> bool | None:
+    """Write the de-identified copy of a BIDS table or JSON file; ``True`` written, ``False`` already there, ``None``
+    not carried."""
     try:
-        text = read_small_text(source, what="BIDS table", redo="Not carried to the output: a table of acquisition "
-                               "times or participants that cannot be read cannot be de-identified; fix the file "
-                               "in IN.")
+        cleaned, changed = _deidentified_text(source, profile)
     except DefacerError as err:
         log.warning("%s", err)
         return None
-    cleaned, changed = clean_table(text)
     if changed:
-        log.warning("'%s': %s de-identified in the output's copy (dates and times, operators: n/a; ages over %d: "
-                    "%d+); pass --no-deidentify to keep them.", source, describe_changes(changed), MAX_AGE, MAX_AGE)
+        log.warning("'%s': %s; pass --no-deidentify to keep them.", source, changed)
     if _text_or_none(target) == cleaned:
         return False
     try:

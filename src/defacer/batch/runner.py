@@ -439,6 +439,11 @@ def write_qc_gallery(records: Sequence[ScanRecord], qc_root: Path, *, title: str
     return write_gallery(qc_root, rows, title=title, after_only=after_only)
 
 
+def _profile(config: BatchConfig) -> DeidOptions | None:
+    """The run's header de-identification options (``None`` with ``--no-deidentify``), for carried JSON files."""
+    return config.deidentify.profile if config.deidentify is not None else None
+
+
 def _others_mode(config: BatchConfig, discovery: Discovery) -> str:
     """What happens to non-image files: ``--others``; else copy in the mirror layout and skip in derivatives, and
     skip in a folder holding DICOM series (:func:`holds_dicom_series`)."""
@@ -457,7 +462,8 @@ def _targets(config: BatchConfig, discovery: Discovery, layout: OutputLayout) ->
     """Every file (or DICOM series folder) in OUT the run may write: what :class:`~defacer.batch.ownership.OwnershipRecord` checks."""
     return [*(target for scan in discovery.scans for target in layout.scan_targets(scan)),
             *carry_over_targets(layout, discovery.others, _others_mode(config, discovery),
-                                clean_tables=config.deidentify is not None), *dataset_targets(layout)]
+                                clean_tables=config.deidentify is not None, profile=_profile(config)),
+            *dataset_targets(layout)]
 
 
 def _qc_targets(discovery: Discovery, layout: OutputLayout) -> list[Path]:
@@ -573,7 +579,7 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
                         "copy to carry them as they are.", len(discovery.others))
         with collected_warnings("defacer.batch.layout") as carried:
             carry_over(layout, discovery.others, _others_mode(config, discovery),
-                       clean_tables=config.deidentify is not None)
+                       clean_tables=config.deidentify is not None, profile=_profile(config))
             write_dataset_files(layout)
         notices = [*notices, *carried]
         tasks, skipped = plan(config, discovery, layout, manifest, deface)
