@@ -258,3 +258,33 @@ def test_class_weights_scale_the_networks_own_output_in_place_with_the_same_prod
     frozen = rng.random((4, 2, 2, 2)).astype(np.float32)
     frozen.flags.writeable = False
     assert _weighted(frozen, weights).tobytes() == (frozen * weights[:, None, None, None]).tobytes()
+
+
+@needs_weights
+@pytest.mark.parametrize(("change", "named"), [
+    ({"class_weights": "abc"}, "class_weights"), ({"class_weights": [1, 1, 1]}, "class_weights"),
+    ({"class_weights": [1, 1, 1, -1]}, "class_weights"), ({"class_weights": [1, 1, 1, 1e400]}, "class_weights"),
+    ({"box": {"shape": [96, 96], "spacing_mm": 2.5}}, "box.shape"), ({"box": {"shape": "x"}}, "box.shape"),
+    ({"box": [96, 96, 96]}, "box.shape"), ({"box": {"shape": [96, 96, 96], "spacing_mm": "2.5"}}, "box.spacing_mm"),
+    ({"box": {"shape": [96, 96, 96], "spacing_mm": 0}}, "box.spacing_mm"), ({"mirror": "false"}, "mirror"),
+])
+def test_a_card_field_of_another_kind_is_refused_in_words(tmp_path, change, named) -> None:
+    """Found by HOSTILE4: a card beside --weights holding "class_weights": "abc", a box of two sizes or a box that is
+    a list stopped deface with "unexpected error ... This is a bug"; "mirror": "false" turned the mirrored pass on."""
+    from defacer.detect.model import CARD_NAME, WEIGHTS_NAME
+
+    shutil.copy(default_weights_path(), tmp_path / WEIGHTS_NAME)
+    card = json.loads(default_weights_path().with_suffix(".json").read_text())
+    (tmp_path / CARD_NAME).write_text(json.dumps({**card, **change}).replace("Infinity", "1e400"))
+    with pytest.raises(WeightsError, match=f"has {named} .*expected"):
+        OnnxDetector(tmp_path / WEIGHTS_NAME)
+
+
+@pytest.mark.parametrize("text", ["5", "[[1, 2]]", "null", '"card"'])
+def test_a_card_that_is_no_json_object_is_refused_in_words(tmp_path, text) -> None:
+    from defacer.detect.model import CARD_NAME, WEIGHTS_NAME
+
+    (tmp_path / WEIGHTS_NAME).write_bytes(b"onnx")
+    (tmp_path / CARD_NAME).write_text(text)
+    with pytest.raises(WeightsError, match="not an object"):
+        OnnxDetector(tmp_path / WEIGHTS_NAME)

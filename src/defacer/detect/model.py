@@ -13,6 +13,7 @@ grid inside each kept component's region).
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from pathlib import Path
@@ -57,10 +58,51 @@ def _read_card(weights: Path) -> dict[str, Any]:
     if not card_path.is_file():
         return {}
     try:
-        return dict(json.loads(card_path.read_text()))
+        card = json.loads(card_path.read_text())
     except (OSError, ValueError) as err:
         message = f"The model card {card_path} is not valid JSON ({err}). Reinstall defacer or pass --weights with its card."
         raise WeightsError(message) from err
+    if not isinstance(card, dict):
+        raise WeightsError(f"The model card {card_path} holds a JSON {type(card).__name__}, not an object. "
+                           "Reinstall defacer or pass --weights with the card 'defacer train' wrote for them.")
+    return card
+
+
+def _card_settings(card: dict[str, Any], card_path: Path) -> tuple[tuple[int, int, int], float, list[float], bool]:
+    """The box shape, voxel size (mm), class weights and mirror flag a model card gives, each checked.
+
+    A card is the user's file beside ``--weights``; a field of another kind (``"class_weights": "abc"``, a box of
+    two sizes, ``"mirror": "false"``) stopped ``deface`` with "unexpected error ... a bug", or was taken the wrong way
+    (``bool("false")`` is true).
+
+    Raises
+    ------
+    WeightsError
+        Naming the field, what it holds and what was expected.
+    """
+    def refuse(name: str, found: object, expected: str) -> WeightsError:
+        return WeightsError(f"The model card {card_path} has {name} {json.dumps(found, default=str)[:80]}: expected "
+                            f"{expected}. Re-export the weights with 'defacer train' (it writes their card), or pass "
+                            "--weights with their own card.")
+
+    def number(value: object) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+    box = card.get("box", {})
+    shape = box.get("shape", [64, 64, 64]) if isinstance(box, dict) else None
+    if not (isinstance(shape, list | tuple) and len(shape) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):
+        raise refuse("box.shape", shape if isinstance(box, dict) else box, "three positive whole numbers of voxels")
+    spacing = box.get("spacing_mm", 4.0)
+    if not (number(spacing) and spacing > 0):
+        raise refuse("box.spacing_mm", spacing, "a voxel size in mm above 0")
+    weights = card.get("class_weights", [1.0, 1.0, 1.0, 1.0])
+    if not (isinstance(weights, list) and len(weights) == NUM_CLASSES and all(number(w) and w >= 0 for w in weights)):
+        raise refuse("class_weights", weights, "four finite numbers from 0 up (background, eyes, nose, ears)")
+    mirror = card.get("mirror", True)
+    if not isinstance(mirror, bool):
+        raise refuse("mirror", mirror, "true or false")
+    return (shape[0], shape[1], shape[2]), float(spacing), [float(w) for w in weights], mirror
 
 
 class OnnxDetector:
@@ -117,14 +159,11 @@ class OnnxDetector:
                 f"found {self.weights_sha256}. Reinstall defacer or re-export the weights with 'defacer train'."
             )
             raise WeightsError(message)
-        box = self.card.get("box", {})
-        shape = [int(v) for v in box.get("shape", (64, 64, 64))]
-        self.box_shape: tuple[int, int, int] = (shape[0], shape[1], shape[2])
-        self.box_spacing = float(box.get("spacing_mm", 4.0))
-        weights = self.card.get("class_weights", [1.0, 1.0, 1.0, 1.0])
+        self.box_shape: tuple[int, int, int]
+        self.box_shape, self.box_spacing, weights, mirror = _card_settings(self.card, path.with_suffix(".json"))
         self.class_weights = np.asarray(weights, np.float32)
         #: run the left-right mirrored box too and average (card ``mirror``, default on)
-        self.mirror = bool(self.card.get("mirror", True))
+        self.mirror = mirror
         self.name = f"attention-unet-onnx:{path.name}"
         self.ear_fallback = bool(ear_fallback)
         self._last = threading.local()  # one detector may serve several threads (the web page's jobs)
