@@ -212,3 +212,18 @@ def test_phantoms_are_drawn_on_the_cached_heads_box_and_the_card_records_it(tmp_
     assert code == 0, capsys.readouterr().err
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["box"]["shape"] == [32, 32, 32] and card["box"]["spacing_mm"] == 7.5
+
+
+@pytest.mark.parametrize("card", ["not json", "[1]", '{"trained_on": 5}', '{"trained_on": [1]}'])
+def test_a_damaged_card_beside_an_ensemble_member_is_refused_in_words(tmp_path, capsys, card) -> None:
+    """Found by HOSTILE4: the detector.json beside a checkpoint given to --ensemble was read with json.loads as it
+    was; such a card stopped the export with 'unexpected error: JSONDecodeError/AttributeError/TypeError ... a bug'."""
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "best.pt").write_bytes(b"")
+    (tmp_path / "m" / "detector.json").write_text(card)
+    argv = ["train", "--out", str(tmp_path / "out"), "--ensemble", str(tmp_path / "m" / "best.pt"), "--export",
+            str(tmp_path / "x.onnx")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "model card" in err and "bug" not in err
+    assert not (tmp_path / "x.onnx").exists()

@@ -121,9 +121,7 @@ def run(args: argparse.Namespace) -> int:
     if args.ensemble:
         trained_on: list[str] = []
         for checkpoint in args.ensemble:
-            card_path = checkpoint.parent / "detector.json"
-            if card_path.is_file():
-                trained_on += json.loads(card_path.read_text()).get("trained_on", [])
+            trained_on += _trained_on(checkpoint.parent / "detector.json")
         card = export_ensemble(list(args.ensemble), args.export,
                                {"trained_on": sorted(set(trained_on)), "class_weights": class_weights})
         print(json.dumps({"exported": str(args.export), "sha256": card["sha256"]}), flush=True)
@@ -208,6 +206,22 @@ def _real_samples(args: argparse.Namespace) -> list[BoxSample]:
     if args.cache is not None:
         save_samples(samples, args.cache)
     return samples
+
+
+def _trained_on(card_path: Path) -> list[str]:
+    """The scans a checkpoint's card (beside it, if any) lists as ``trained_on``; a damaged card is refused in words.
+
+    It was read with :func:`json.loads` as it was: text that is no JSON, a list, or ``"trained_on": 5`` stopped
+    ``train --ensemble`` with "unexpected error ... a bug".
+    """
+    if not card_path.is_file():
+        return []
+    redo = "Remove it (the ensemble's card then lists no training scans from it) or re-export that model."
+    names = read_json_object(card_path, what="model card", redo=redo).get("trained_on", [])
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise InputImageError(f"The model card '{card_path}' has \"trained_on\" {json.dumps(names)[:80]}: expected a "
+                              f"list of scan names. {redo}")
+    return names
 
 
 def _sample_box(sample: BoxSample) -> tuple[tuple[int, int, int], float]:
