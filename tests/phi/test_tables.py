@@ -97,3 +97,33 @@ def test_ages_over_89_are_pooled_in_any_spelling(column: str, value: str) -> Non
 def test_look_alike_columns_are_kept(column: str) -> None:
     text = f"{column}\tfilename\n95\tanat/sub-01_T1w.nii.gz\n"
     assert clean_table(text) == (text, {})
+
+
+@pytest.mark.parametrize(("row", "expected"), [
+    ('f.nii\t"Jane\tQuexworth"\t2023-03-14', "f.nii\tn/a\tn/a"),  # BIDS quotes a value holding a tab
+    ('f.nii\t"Jane\nQuexworth"\t2023-03-14', "f.nii\tn/a\tn/a"),  # ... or a line break (as pandas reads it)
+    ('"f\t2023-03-14"\tn/a\tn/a', "n/a\tn/a\tn/a"),  # split at the tab, its second part is read as the operator
+    ('"f\n2023-03-14\tJane"\tn/a\tn/a', "n/a\tn/a\tn/a"),
+    ('"f ""1"".nii"\tJane\t2023-03-14', '"f ""1"".nii"\tn/a\tn/a'),  # quoted, nothing to clean: kept as written
+])
+def test_quoted_cells_never_hide_a_date_or_a_name_from_either_reading(row: str, expected: str) -> None:
+    """Found by HOSTILE4: rows were split at every tab, while BIDS (and pandas) read a double-quoted value holding a
+    tab as one cell: 'f.nii<TAB>"Jane<TAB>Quexworth"<TAB>2023-03-14' kept the date as a fourth cell, which those
+    readers take for acq_time; a quoted line break kept the surname as the next row's file name."""
+    cleaned, _ = clean_table(f"filename\toperator\tacq_time\n{row}\n")
+    assert cleaned == f"filename\toperator\tacq_time\n{expected}\n"
+
+
+def test_a_quoted_age_or_column_name_is_read_without_its_quotes() -> None:
+    assert clean_table('participant_id\t"age"\nsub-01\t"95"\n')[0] == 'participant_id\t"age"\nsub-01\t89+\n'
+
+
+@pytest.mark.parametrize("body", ['"open\t2023\nb\t2024\n', 'a\t"b""c"\t\r\nd\t\t', '\n\n', '"', 'x\t"', '\t'])
+def test_a_table_without_columns_to_clean_comes_back_as_it_was(body: str) -> None:
+    text = "filename\tnote\n" + body
+    assert clean_table(text) == (text, {})
+
+
+def test_a_quote_that_never_closes_is_a_character_and_hides_no_later_row() -> None:
+    cleaned, changed = clean_table('filename\tacq_time\n"unclosed\t2023-03-14\nb\t2023-03-15\n')
+    assert cleaned == 'filename\tacq_time\n"unclosed\tn/a\nb\tn/a\n' and changed == {"acq_time": 2}

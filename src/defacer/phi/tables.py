@@ -55,8 +55,10 @@ _SEPARATORS = re.compile(r"[^0-9a-z]+")
 #: An age in years as written by hand or copied from a DICOM header: ``95``, ``095Y``, ``95.5``, ``95,5 years``.
 _AGE_YEARS = re.compile(r"0*(\d+(?:[.,]\d+)?)\s*(?:y|yr|yrs|year|years)?", re.IGNORECASE)
 
-#: What ends a row: LF, CRLF or CR, as TSV readers split them (pandas, Python's csv module), and nothing else.
-_ROW_END = re.compile(r"(\r\n|\r|\n)")
+#: What ends a cell outside quotes: a tab, or a row's end (LF, CRLF or CR, as TSV readers split them, and nothing
+#: else); and the same, one separator at a time.
+_CELL_END = re.compile(r"[\t\r\n]")
+_SEPARATOR = re.compile(r"\t|\r\n|\r|\n")
 
 
 def is_bids_table(name: str) -> bool:
@@ -111,24 +113,77 @@ def _pooled_age(value: str) -> str:
     return f"{MAX_AGE}+" if years is not None and years > MAX_AGE else value
 
 
-def _split_rows(text: str) -> list[tuple[str, str]]:
-    """The rows of a table as (cells' text, line ending) pairs: ``"a\\tb\\r\\n"`` gives ``[("a\\tb", "\\r\\n")]``.
+def _quoted_end(text: str, start: int) -> int | None:
+    """Where the quoted cell opening at ``text[start] == '"'`` ends (after its closing quote), or ``None``."""
+    at = start + 1
+    while (close := text.find('"', at)) != -1:
+        if text.startswith('""', close):
+            at = close + 2  # an escaped quote inside the cell
+            continue
+        return close + 1
+    return None
 
-    Rows end at LF, CRLF or CR only.  :meth:`str.splitlines` also ends a line at a form feed, a
-    vertical tab, U+001C-U+001E, U+0085 (NEL: byte 0x85, Windows-1252's ellipsis, read as Latin-1)
-    and U+2028/U+2029: such a character inside a cell split its row in two, and the cells after it
-    were read one column to the left (an operator "Jane<NEL>Quexworth" kept "Quexworth").  The last
-    row may have no ending (``""``).
+
+def _split_rows(text: str) -> list[tuple[list[str], str]]:
+    """The rows of a table: each row's cells as written (quotes kept) and its line ending (``""`` for a last row
+    without one).
+
+    Cells end at a tab and rows at LF, CRLF or CR, except inside a cell that opens with a double
+    quote, which runs to its closing quote (``""`` inside it is a quote): BIDS writes a value that
+    holds a tab that way.  A quote that never closes is taken as a character.  Nothing else ends a
+    row: :meth:`str.splitlines` also ended one at a form feed, U+0085, U+2028... inside a cell, and
+    the rest of the row was read one column to the left.
     """
-    parts = _ROW_END.split(text)
-    bodies, endings = parts[0::2], [*parts[1::2], ""]
-    if bodies and bodies[-1] == "":
-        bodies, endings = bodies[:-1], endings[:-1]
-    return list(zip(bodies, endings, strict=True))
+    rows: list[tuple[list[str], str]] = []
+    cells: list[str] = []
+    at, size = 0, len(text)
+    while at < size:
+        quoted = _quoted_end(text, at) if text[at] == '"' else None
+        found = _CELL_END.search(text, at if quoted is None else quoted)
+        end = found.start() if found else size
+        cells.append(text[at:end])
+        if found is None:
+            rows.append((cells, ""))
+            break
+        if text[end] == "\t":
+            at = end + 1
+            if at == size:  # a tab ends the text: one more, empty, cell
+                rows.append(([*cells, ""], ""))
+            continue
+        ending = "\r\n" if text.startswith("\r\n", end) else text[end]
+        rows.append((cells, ending))
+        cells, at = [], end + len(ending)
+    return rows
+
+
+def _unquoted(cell: str) -> str:
+    """A cell's value: without its enclosing quotes and with ``""`` read as ``"``, when it is quoted."""
+    if len(cell) >= 2 and cell[0] == cell[-1] == '"':
+        return cell[1:-1].replace('""', '"')
+    return cell
+
+
+def _plain_columns(cells: list[str]) -> list[set[int]]:
+    """For each cell, the columns its parts fall in for a reader that splits at every tab and line break, quotes or
+    not: a quoted cell holding a tab spans two (its second part is read as the next column's value there)."""
+    columns: list[set[int]] = []
+    column = 0
+    for cell in cells:
+        spanned = {column}
+        for separator in _SEPARATOR.finditer(cell):
+            column = column + 1 if separator.group() == "\t" else 0
+            spanned.add(column)
+        columns.append(spanned)
+        column += 1
+    return columns
 
 
 def clean_table(text: str) -> tuple[str, dict[str, int]]:
     """The table ``text`` with its date, time and person columns emptied and ages over 89 pooled.
+
+    A cell is cleaned when its column is one to clean as BIDS reads the table (a quoted value may
+    hold a tab) or as a reader that splits at every tab reads it: a quoted ``"Jane<TAB>Quexworth"``
+    before ``acq_time`` put the date one column further for such a reader, where it was kept.
 
     Parameters
     ----------
@@ -146,20 +201,27 @@ def clean_table(text: str) -> tuple[str, dict[str, int]]:
     rows = _split_rows(text)
     if not rows:
         return text, {}
-    header = rows[0][0].split("\t")
+    header = [_unquoted(cell) for cell in rows[0][0]]
     actions = {i: action for i, column in enumerate(header) if (action := _action(column)) is not None}
-    if not actions:
+    plain = {i: action for i, column in enumerate(_SEPARATOR.split("\t".join(rows[0][0])))
+             if (action := _action(column)) is not None}
+    if not actions and not plain:
         return text, {}
     changed: dict[str, int] = {}
-    out = ["".join(rows[0])]
-    for body, ending in rows[1:]:
-        cells = body.split("\t")
-        for i, action in actions.items():
-            if i >= len(cells):
+    out = ["\t".join(rows[0][0]) + rows[0][1]]
+    for cells, ending in rows[1:]:
+        for i, spanned in enumerate(_plain_columns(cells)):
+            wanted = {actions.get(i), *(plain.get(column) for column in spanned)}
+            if "missing" in wanted:
+                new = MISSING
+            elif "age" in wanted:
+                value = _unquoted(cells[i])
+                new = pooled if (pooled := _pooled_age(value)) != value else cells[i]
+            else:
                 continue
-            new = MISSING if action == "missing" else _pooled_age(cells[i])
-            if new != cells[i] and cells[i].strip() != MISSING:
-                changed[header[i]] = changed.get(header[i], 0) + 1
+            if new != cells[i] and _unquoted(cells[i]).strip() != MISSING:
+                name = header[i] if i < len(header) else f"column {i + 1}"
+                changed[name] = changed.get(name, 0) + 1
                 cells[i] = new
         out.append("\t".join(cells) + ending)
     return "".join(out), changed
