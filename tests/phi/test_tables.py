@@ -48,7 +48,9 @@ def test_other_columns_are_not(column: str) -> None:
 
 @pytest.mark.parametrize(("name", "expected"), [("participants.tsv", True), ("sub-01_scans.tsv", True),
                                                 ("sub-01_ses-1_scans.tsv", True), ("sub-01_sessions.tsv", True),
-                                                ("sub-01_task-rest_events.tsv", False), ("scans.tsv.bak", False)])
+                                                ("sub-01_task-rest_events.tsv", False), ("scans.tsv.bak", False),
+                                                ("Participants.tsv", True), ("sub-01_scans.TSV", True),
+                                                ("sub-01_Sessions.tsv", True)])
 def test_which_tables_are_cleaned(name: str, expected: bool) -> None:
     assert is_bids_table(name) is expected
 

@@ -65,9 +65,12 @@ def is_bids_table(name: str) -> bool:
     """Whether a file name is one of the BIDS tables :func:`clean_table` cleans.
 
     ``participants.tsv``, ``*_scans.tsv`` and ``*_sessions.tsv``; other tables (events,
-    physiology, channels) hold no acquisition dates or personal data by the specification.
+    physiology, channels) hold no acquisition dates or personal data by the specification.  Any case:
+    ``Participants.tsv`` or ``sub-01_scans.TSV`` (a dataset made by hand, or on a file system that
+    ignores case) holds the same columns and was carried as it was.
     """
-    return name == "participants.tsv" or name.endswith(("_scans.tsv", "_sessions.tsv"))
+    lower = name.lower()
+    return lower == "participants.tsv" or lower.endswith(("_scans.tsv", "_sessions.tsv"))
 
 
 def column_key(column: str) -> str:
