@@ -391,3 +391,24 @@ def test_json_sidecars_of_images_carried_as_they_are_lose_their_identifying_keys
     assert carry_over(layout, rel, mode, clean_tables=True, profile=DeidOptions()) == (0, 3)
     assert carry_over(layout, rel[:1], "copy") == (1, 0)  # --no-deidentify: carried as it is
     assert (out / rel[0]).read_bytes() == before
+
+
+@pytest.mark.parametrize("name", ["participants.tsv", "task-rest_bold.json"])
+def test_a_table_or_json_file_hard_linked_by_an_earlier_run_becomes_a_copy_of_its_own(tmp_path: Path,
+                                                                                    name: str) -> None:
+    """Found by HOSTILE4: a file with nothing to clean that an earlier --others hardlink run (without
+    de-identification) had linked held the same text as its cleaned copy, so it stayed a hard link to IN's file:
+    a later edit in IN (ages over 89 added) reached OUT at once, not de-identified."""
+    from defacer.phi.options import DeidOptions
+
+    (tmp_path / "in").mkdir()
+    source = tmp_path / "in" / name
+    source.write_text("participant_id\tsex\nsub-01\tF\n" if name.endswith(".tsv") else '{"TaskName": "rest"}\n')
+    layout = OutputLayout(tmp_path / "in", tmp_path / "out", "mirror", True)
+    rel = [PurePosixPath(name)]
+    assert carry_over(layout, rel, "hardlink") == (1, 0)  # --no-deidentify
+    target = tmp_path / "out" / name
+    assert os.path.samefile(source, target)
+    assert carry_over_targets(layout, rel, "hardlink", clean_tables=True, profile=DeidOptions()) == [target]
+    assert carry_over(layout, rel, "hardlink", clean_tables=True, profile=DeidOptions()) == (1, 0)
+    assert not os.path.samefile(source, target) and target.read_bytes() == source.read_bytes()

@@ -429,7 +429,7 @@ def carry_over_targets(layout: OutputLayout, relpaths: Iterable[PurePosixPath], 
     for source, target in _carried(layout, relpaths, mode):
         try:
             if _deidentified(source, clean_tables, profile):
-                there = _deidentified_text(source, profile)[0] == _text_or_none(target)
+                there = _deidentified_text(source, profile)[0] == _copy_text(source, target)
             else:
                 there = _already_there(source, target, mode)
         except (OSError, DefacerError):  # a broken source: carry_over warns and writes nothing
@@ -535,6 +535,19 @@ def _deidentified_text(source: Path, profile: DeidOptions | None) -> tuple[str, 
             f"{', '.join(removed)} removed from the output's copy (DICOM attributes the de-identification removes)")
 
 
+def _copy_text(source: Path, target: Path) -> str | None:
+    """The text of ``target`` when it is a copy of its own (:func:`_text_or_none`), ``None`` when it is ``source``
+    itself: a hard link left by an earlier ``--others hardlink`` run (or one without de-identification) held the
+    same text as the cleaned copy when nothing needed cleaning, and stayed a link, so a later edit of the file in
+    IN reached OUT at once, not de-identified (and an in-place edit of OUT's file changed IN's)."""
+    try:
+        if target.exists() and os.path.samefile(source, target):
+            return None
+    except OSError:
+        return None
+    return _text_or_none(target)
+
+
 def _text_or_none(path: Path) -> str | None:
     """The UTF-8 text of a regular file already in OUT, or ``None`` (missing, a link, not text).
 
@@ -559,7 +572,7 @@ def _carry_deidentified(source: Path, target: Path, profile: DeidOptions | None)
         return None
     if changed:
         log.warning("'%s': %s; pass --no-deidentify to keep them.", source, changed)
-    if _text_or_none(target) == cleaned:
+    if _copy_text(source, target) == cleaned:
         return False
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
