@@ -129,3 +129,13 @@ def test_a_table_without_columns_to_clean_comes_back_as_it_was(body: str) -> Non
 def test_a_quote_that_never_closes_is_a_character_and_hides_no_later_row() -> None:
     cleaned, changed = clean_table('filename\tacq_time\n"unclosed\t2023-03-14\nb\t2023-03-15\n')
     assert cleaned == 'filename\tacq_time\n"unclosed\tn/a\nb\tn/a\n' and changed == {"acq_time": 2}
+
+
+@pytest.mark.parametrize(("column", "young", "old", "pooled"), [
+    ("age_months", "100", "1100", "1068+"), ("AgeInDays", "400", "33000", "32507+"), ("age_weeks", "95", "4700", "4643+"),
+])
+def test_an_age_kept_in_another_unit_is_compared_in_years(column: str, young: str, old: str, pooled: str) -> None:
+    """An infant's 'age_months' of 100 is no age over 89 (found by HOSTILE4 checking its own 3f080e9, which took
+    every column with the word 'age' for years)."""
+    cleaned, _ = clean_table(f"participant_id\t{column}\nsub-01\t{young}\nsub-02\t{old}\n")
+    assert cleaned.splitlines()[1:] == [f"sub-01\t{young}", f"sub-02\t{pooled}"]

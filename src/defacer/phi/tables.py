@@ -49,6 +49,10 @@ MISSING = "n/a"
 
 _DATE_NAME = re.compile(r"(^|_)(date|time|datetime)$")
 _AGE_NAME = re.compile(r"(^|_)age($|_)")
+#: Units an age column may be kept in, by a word of its name (``age_months``, ``AgeInDays``), per year.
+_AGE_UNITS: dict[str, float] = {"month": 12.0, "months": 12.0, "mo": 12.0, "week": 52.1775, "weeks": 52.1775,
+                                "wk": 52.1775, "day": 365.25, "days": 365.25, "d": 365.25, "hour": 8766.0,
+                                "hours": 8766.0, "h": 8766.0}
 #: A word boundary inside camelCase (``AcquisitionDateTime``, ``PatientID``) and any run of non-alphanumerics.
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _SEPARATORS = re.compile(r"[^0-9a-z]+")
@@ -110,10 +114,21 @@ def _years(value: str) -> float | None:
         return float(match.group(1).replace(",", ".")) if match else None
 
 
-def _pooled_age(value: str) -> str:
-    """``89+`` for an age above :data:`MAX_AGE` years, the value itself otherwise (``n/a``, text, ``89+``)."""
-    years = _years(value)
-    return f"{MAX_AGE}+" if years is not None and years > MAX_AGE else value
+def _per_year(column: str) -> float:
+    """How many of an age column's units make a year: 1, or 12 for ``age_months``, 365.25 for ``age_days``..."""
+    return next((_AGE_UNITS[word] for word in column_key(column).split("_") if word in _AGE_UNITS), 1.0)
+
+
+def _pooled_age(value: str, per_year: float = 1.0) -> str:
+    """``89+`` for an age above :data:`MAX_AGE` years, the value itself otherwise (``n/a``, text, ``89+``).
+
+    In a column of months, weeks, days or hours (``per_year`` of them a year) the same age is compared,
+    and pooled in that unit (``1068+`` months): an infant's 100 months are no age over 89.
+    """
+    number = _years(value)
+    if number is None or number / per_year <= MAX_AGE:
+        return value
+    return f"{MAX_AGE}+" if per_year == 1.0 else f"{int(MAX_AGE * per_year)}+"
 
 
 def _quoted_end(text: str, start: int) -> int | None:
@@ -219,7 +234,8 @@ def clean_table(text: str) -> tuple[str, dict[str, int]]:
                 new = MISSING
             elif "age" in wanted:
                 value = _unquoted(cells[i])
-                new = pooled if (pooled := _pooled_age(value)) != value else cells[i]
+                per_year = _per_year(header[i]) if i < len(header) else 1.0
+                new = pooled if (pooled := _pooled_age(value, per_year)) != value else cells[i]
             else:
                 continue
             if new != cells[i] and _unquoted(cells[i]).strip() != MISSING:
