@@ -53,7 +53,7 @@ def test_the_options_keep_or_clean_what_they_keep_or_clean_in_a_header() -> None
                           retain_institution_identity=True)
     scrubbed, removed = scrub_sidecar(dict(CONVERTER_SIDECAR), options)
     assert scrubbed["PatientSex"] == "F" and scrubbed["PatientWeight"] == 61
-    assert scrubbed["InstitutionName"] == "Quexworth General Hospital"
+    assert scrubbed["InstitutionName"] == "* General Hospital"  # kept, less the patient's surname, as in a header
     description = scrubbed["SeriesDescription"]
     assert description.startswith("T1 MPRAGE for") and "Jane" not in description and "Quexworth" not in description
     assert "QX-778812" not in scrubbed.get("ImageComments", "")
@@ -91,3 +91,17 @@ def test_a_dicom_key_in_another_spelling_is_treated_as_the_keyword() -> None:
     assert removed == [key for key in data if key not in scrubbed]
     cleaned, _ = scrub_sidecar(dict(data), DeidOptions(clean_descriptors=True))
     assert cleaned["SERIESDESCRIPTION"].startswith("T1 for") and "Quexworth" not in cleaned["SERIESDESCRIPTION"]
+
+
+def test_kept_text_loses_the_patients_own_values_as_in_a_header() -> None:
+    """Found by HOSTILE4: a header's kept text is masked of the patient's own name, IDs and birth date (a technologist
+    typing them into SequenceName...), a sidecar's was not: 'Quexworth_tfl3d' stayed beside the removed PatientName."""
+    data = {"PatientName": "Quexworth^Jane", "PatientID": "QX-778812", "PatientBirthDate": "19610412",
+            "SequenceName": "Quexworth_tfl3d", "ImageTypeText": ["QX-778812 copy", "1961-04-12"],
+            "PatientPosition": "HFS", "TaskName": "rest", "EchoTime": 0.003, "Notes": "Jane again"}
+    scrubbed, _ = scrub_sidecar(dict(data), DeidOptions())
+    assert scrubbed["SequenceName"] == "*_tfl3d"
+    assert scrubbed["ImageTypeText"] == ["* copy", "*"] and scrubbed["Notes"] == "* again"
+    assert (scrubbed["PatientPosition"], scrubbed["TaskName"], scrubbed["EchoTime"]) == ("HFS", "rest", 0.003)
+    plain = {"SequenceName": "Quexworth_tfl3d", "Notes": "Jane again"}  # no identifiers in the sidecar: nothing to mask
+    assert scrub_sidecar(dict(plain), DeidOptions())[0] == plain

@@ -141,8 +141,9 @@ _PATIENT_ID_KEYWORDS = ("PatientID", "OtherPatientIDs", "AccessionNumber", "Medi
 MAX_PATIENT_VALUES = 64
 
 
-def patient_values(ds: Dataset) -> tuple[str, ...]:
-    """The patient's own identifying values in ``ds`` (top level), as masked in text the profile keeps.
+def patient_values(ds: Dataset | dict[str, Any]) -> tuple[str, ...]:
+    """The patient's own identifying values in ``ds`` (top level; or a dict of keywords to values, such as a
+    JSON sidecar's), as masked in text the profile keeps.
 
     The birth date as written and as ``YYYY-MM-DD``, ``DD.MM.YYYY``, ``DD/MM/YYYY`` and ``MM/DD/YYYY``, each name
     whole and by part (2 characters or more), each ID and the accession number (3 or more); the first 8 values of

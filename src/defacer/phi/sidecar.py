@@ -28,6 +28,8 @@ _TAG_DIGITS = re.compile(r"[0-9a-f]{8}")
 #: Value representations of dates and times: their ``C`` (the modified-dates option) shifts a header's dates by a
 #: per-patient offset, which a sidecar beside a NIfTI has no patient for; cleaning text would keep the real date.
 _DATE_VRS = frozenset({"DA", "DT", "TM"})
+#: Value representations of free text, whose kept values are masked of the patient's own values (as in a header).
+_FREE_TEXT_VRS = frozenset({"LO", "LT", "SH", "ST", "UT", "UC"})
 
 
 def scrub_sidecar(data: dict[str, Any], options: DeidOptions) -> tuple[dict[str, Any], list[str]]:
@@ -48,6 +50,7 @@ def scrub_sidecar(data: dict[str, Any], options: DeidOptions) -> tuple[dict[str,
         The keys removed, in their order (names only: never a value).
     """
     identifying = _identifying_values(data)
+    patient = _patient_values(data)
     scrubbed: dict[str, Any] = {}
     removed: list[str] = []
     for key, value in data.items():
@@ -55,12 +58,50 @@ def scrub_sidecar(data: dict[str, Any], options: DeidOptions) -> tuple[dict[str,
         rule = find_rule(tag) if tag is not None else None
         action = "K" if rule is None else options.action_for(rule)
         if action == "K":
-            scrubbed[key] = value
+            scrubbed[key] = _masked(value, patient, tag)
         elif action == "C" and isinstance(value, str) and not _is_date(tag):
             scrubbed[key] = actions.clean_text(value, identifying)
         else:
             removed.append(key)
     return scrubbed, removed
+
+
+def _patient_values(data: dict[str, Any]) -> tuple[str, ...]:
+    """The patient's own names, IDs and birth date in the sidecar (:func:`defacer.phi.scrub.patient_values` of its
+    keys that name those attributes; text, numbers and lists of text only)."""
+    from pydicom.datadict import keyword_for_tag
+
+    from defacer.phi.scrub import patient_values
+
+    fields: dict[str, Any] = {}
+    for key, value in data.items():
+        tag = tag_of_key(key)
+        keyword = keyword_for_tag(tag) if tag is not None else ""
+        plain = isinstance(value, str | int) and not isinstance(value, bool)
+        if keyword and (plain or (isinstance(value, list) and all(isinstance(v, str) for v in value))):
+            fields.setdefault(keyword, value)
+    return patient_values(fields)
+
+
+def _masked(value: Any, patient: tuple[str, ...], tag: int | None) -> Any:
+    """A kept value with the patient's own values masked (:func:`defacer.phi.actions.mask_values`), as a header's
+    kept text is: text, or a list of text, of a key that is no DICOM keyword or names a free-text attribute (never a
+    coded string such as PatientPosition 'HFS', which a placeholder name can equal)."""
+    from pydicom.datadict import dictionary_VR
+
+    if not patient:
+        return value
+    if tag is not None:
+        try:
+            if dictionary_VR(tag) not in _FREE_TEXT_VRS:
+                return value
+        except KeyError:
+            pass
+    if isinstance(value, str):
+        return actions.mask_values(value, patient)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return [actions.mask_values(v, patient) for v in value]
+    return value
 
 
 def _is_date(tag: int | None) -> bool:
