@@ -529,10 +529,11 @@ def _deidentified_text(source: Path, profile: DeidOptions | None) -> tuple[str, 
     if not isinstance(data, dict):
         raise DefacerError(f"The JSON file '{source}' holds a {type(data).__name__}, not an object. {redo}")
     scrubbed, removed = scrub_sidecar(data, profile)
-    if not removed:
+    if scrubbed == data:
         return text, ""
-    return (json.dumps(scrubbed, indent=2, ensure_ascii=False) + "\n",
-            f"{', '.join(removed)} removed from the output's copy (DICOM attributes the de-identification removes)")
+    what = (f"{', '.join(removed)} removed from the output's copy (DICOM attributes the de-identification removes)"
+            if removed else "the patient's own values masked in the output's copy")
+    return json.dumps(scrubbed, indent=2, ensure_ascii=False) + "\n", what
 
 
 def _copy_text(source: Path, target: Path) -> str | None:
