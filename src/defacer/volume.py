@@ -115,10 +115,31 @@ def voxel_sizes(affine: Affine) -> tuple[float, float, float]:
     return float(sx), float(sy), float(sz)
 
 
+#: Edge, in voxels along the first and the last axis, of the tiles :func:`physical` converts a 3D array
+#: that is not in C order in (each tile's source and copy stay in the cache) ...
+CONVERT_TILE = 16
+#: ... when it holds at least this many voxels (below, numpy's one copy is as fast).
+CONVERT_TILED_VOXELS = 1_000_000
+
+
 def physical(raw: npt.NDArray[Any], slope: float, inter: float, dtype: npt.DTypeLike,
              order: Literal["K", "C"] = "K") -> npt.NDArray[np.floating]:
-    """``raw * slope + inter`` as a new array of ``dtype`` (arithmetic in ``dtype``; ``order`` as :func:`numpy.array`)."""
-    out = np.array(raw, dtype=dtype, order=order)
+    """``raw * slope + inter`` as a new array of ``dtype`` (arithmetic in ``dtype``; ``order`` as :func:`numpy.array`).
+
+    A 3D ``raw`` that is not in C order (a NIfTI's Fortran order, or a view turning it into RAS order)
+    asked for in C order, of :data:`CONVERT_TILED_VOXELS` or more, is converted tile by tile (:data:`CONVERT_TILE` voxels along the first and last
+    axes, all of the middle one): each value is converted as ``numpy.array`` converts it, and reading one
+    layout while writing the other stays within the cache (0.058 -> 0.035 s for a 1 mm head in Fortran
+    order).
+    """
+    if order == "C" and raw.ndim == 3 and not raw.flags.c_contiguous and raw.size >= CONVERT_TILED_VOXELS:
+        out = np.empty(raw.shape, dtype=dtype)
+        for first in range(0, raw.shape[0], CONVERT_TILE):
+            for last in range(0, raw.shape[2], CONVERT_TILE):
+                tile = (slice(first, first + CONVERT_TILE), slice(None), slice(last, last + CONVERT_TILE))
+                out[tile] = raw[tile]
+    else:
+        out = np.array(raw, dtype=dtype, order=order)
     if slope != 1.0:
         out *= dtype_cast(slope, dtype)
     if inter != 0.0:

@@ -75,3 +75,27 @@ def test_defacing_is_the_same_in_every_axis_order(axcodes: str):
     assert result_other.provenance["voxels_changed"] == result_ras.provenance["voxels_changed"]
     assert result_other.provenance["protection"]["changed_inside_protected"] == 0
     assert result_other.provenance["protection"]["changed_outside_edits"] == 0
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.int32, np.float32, np.float64, ">i2", np.bool_])
+def test_tiled_conversion_to_c_order_equals_numpys(dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 3D array not in C order is converted to C order tile by tile: the same values (and dtype) as
+    numpy.array, whatever the layout, flips, a shape not a multiple of the tile, or an empty axis."""
+    import defacer.volume
+    from defacer.volume import CONVERT_TILE, physical
+
+    monkeypatch.setattr(defacer.volume, "CONVERT_TILED_VOXELS", 1)  # tiled whatever the size
+    rng = np.random.default_rng(3)
+    values = rng.normal(0.0, 3000.0, (37, 21, 2 * CONVERT_TILE + 3))
+    values.flat[:5] = [np.nan, np.inf, -np.inf, 0.5, -0.5] if np.dtype(dtype).kind == "f" else [1, 2, 3, 4, 5]
+    raw = np.asfortranarray(np.asarray(values).astype(dtype))
+    for view in (raw, raw[::-1, :, ::-1], raw.transpose(1, 0, 2), np.ascontiguousarray(raw).transpose(2, 0, 1), raw[:, :0]):
+        for slope, inter in ((1.0, 0.0), (0.37, -1024.0)):
+            expected = np.array(view, dtype=np.float32, order="C")
+            if slope != 1.0:
+                expected *= np.float32(slope)
+            if inter != 0.0:
+                expected += np.float32(inter)
+            got = physical(view, slope, inter, np.float32, order="C")
+            assert got.flags.c_contiguous and got.dtype == np.float32 and got.shape == view.shape
+            assert got.tobytes() == expected.tobytes()
