@@ -105,3 +105,13 @@ def test_kept_text_loses_the_patients_own_values_as_in_a_header() -> None:
     assert (scrubbed["PatientPosition"], scrubbed["TaskName"], scrubbed["EchoTime"]) == ("HFS", "rest", 0.003)
     plain = {"SequenceName": "Quexworth_tfl3d", "Notes": "Jane again"}  # no identifiers in the sidecar: nothing to mask
     assert scrub_sidecar(dict(plain), DeidOptions())[0] == plain
+
+
+def test_an_attribute_name_or_a_converters_own_key_is_treated_as_the_attribute() -> None:
+    """Found by HOSTILE4: keys written as DICOM attribute names ("Patient's Name", "Patient's Birth Date", as some
+    exports do) were no keyword and were kept, and so was dcm2niix's 'ProcedureStepDescription' ((0040,0254)
+    PerformedProcedureStepDescription, which the profile removes from a header)."""
+    data = {"Patient's Name": "Quexworth^Jane", "Patient's Birth Date": "19610412", "Institution Name": "Quexworth",
+            "ProcedureStepDescription": "MR head for Quexworth", "EchoTime": 0.003}
+    scrubbed, removed = scrub_sidecar(dict(data), DeidOptions())
+    assert scrubbed == {"EchoTime": 0.003} and removed == [k for k in data if k != "EchoTime"]

@@ -25,6 +25,9 @@ from defacer.phi.rules import find_rule
 
 _PARTS = re.compile(r"[\W_]+")
 _TAG_DIGITS = re.compile(r"[0-9a-f]{8}")
+#: Keys converters write under a name that is no DICOM keyword (lower case, as :func:`tag_of_key` compares): dcm2niix
+#: writes (0040,0254) PerformedProcedureStepDescription as ``ProcedureStepDescription``.
+_CONVERTER_KEYS: dict[str, int] = {"procedurestepdescription": 0x00400254}
 #: Value representations of dates and times: their ``C`` (the modified-dates option) shifts a header's dates by a
 #: per-patient offset, which a sidecar beside a NIfTI has no patient for; cleaning text would keep the real date.
 _DATE_VRS = frozenset({"DA", "DT", "TM"})
@@ -116,17 +119,23 @@ def _is_date(tag: int | None) -> bool:
 
 @cache
 def _keywords() -> dict[str, int]:
-    """Every DICOM keyword in lower case, with its tag (no two keywords differ only in case)."""
-    from pydicom.datadict import keyword_dict
+    """Every DICOM keyword and attribute name, lower case without non-alphanumerics, with its tag.
 
-    return {keyword.lower(): int(tag) for keyword, tag in keyword_dict.items()}
+    ``patientname`` (PatientName) and ``patientsname`` (Patient's Name, as some exports write keys); no two
+    attributes share such a spelling (checked over pydicom's dictionary).
+    """
+    from pydicom.datadict import DicomDictionary, keyword_dict
+
+    names = {_PARTS.sub("", entry[2]).lower(): int(tag) for tag, entry in DicomDictionary.items() if entry[4]}
+    return {**names, **{keyword.lower(): int(tag) for keyword, tag in keyword_dict.items()}, **_CONVERTER_KEYS}
 
 
 def tag_of_key(key: object) -> int | None:
     """The DICOM attribute a sidecar key names, or ``None``.
 
     A keyword in any case and spelling (``PatientName``, ``patientName``, ``"PatientName "``,
-    ``patient_name``, ``Patient Name``; a byte order mark or other non-alphanumerics ignored) or a
+    ``patient_name``, ``Patient Name``; a byte order mark or other non-alphanumerics ignored), its
+    attribute name (``Patient's Name``, ``Patient's Birth Date``) or a
     tag written as 8 hexadecimal digits (``"00100010"``, ``"(0010,0010)"``, as the DICOM JSON model
     does).  Only the exact keyword was looked up: ``"PatientName "`` or ``"patientName"`` kept the
     patient's name in the defaced dataset's sidecar.
