@@ -250,7 +250,7 @@ def read_json_object(path: PathLike, *, what: str, redo: str) -> dict[str, Any]:
     text = read_small_text(path, what=what, redo=redo)
     try:
         loaded = json.loads(text)
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:  # RecursionError: arrays or objects nested thousands deep
         raise DefacerError(f"The {what} '{path}' is not valid JSON ({err}): expected a JSON object. {redo}") from err
     if not isinstance(loaded, dict):
         found = _JSON_KINDS.get(type(loaded), "value")

@@ -524,7 +524,7 @@ def _deidentified_text(source: Path, profile: DeidOptions | None) -> tuple[str, 
     text = read_small_text(source, what="JSON file", redo=redo)
     try:
         data = json.loads(text)
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:  # RecursionError: arrays or objects nested thousands deep
         raise DefacerError(f"The JSON file '{source}' is not valid JSON ({err}). {redo}") from err
     if not isinstance(data, dict):
         raise DefacerError(f"The JSON file '{source}' holds a {type(data).__name__}, not an object. {redo}")

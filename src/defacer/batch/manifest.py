@@ -313,7 +313,7 @@ class Manifest:
                     continue
                 try:
                     data = json.loads(text.decode("utf-8"))
-                except ValueError:  # UnicodeDecodeError too
+                except (ValueError, RecursionError):  # UnicodeDecodeError too; JSON nested thousands deep
                     self.damaged_lines += 1  # a line cut short by a killed run
                     continue
                 if number == 0 and isinstance(data, dict) and "defacer_manifest" in data:

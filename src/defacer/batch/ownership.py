@@ -65,7 +65,7 @@ class OwnershipRecord:
             for line in handle:
                 try:
                     self.names.add(str(json.loads(line)["path"]))
-                except (ValueError, KeyError, TypeError):  # UnicodeDecodeError is a ValueError
+                except (ValueError, KeyError, TypeError, RecursionError):  # UnicodeDecodeError is a ValueError
                     continue  # a line cut short by a killed run, or damaged: its name is not counted as defacer's
 
     def credit(self, names: Iterable[str]) -> None:

@@ -59,7 +59,7 @@ def _read_card(weights: Path) -> dict[str, Any]:
         return {}
     try:
         card = json.loads(card_path.read_text())
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RecursionError) as err:  # RecursionError: JSON nested thousands deep
         message = f"The model card {card_path} is not valid JSON ({err}). Reinstall defacer or pass --weights with its card."
         raise WeightsError(message) from err
     if not isinstance(card, dict):

@@ -211,7 +211,7 @@ def owned_files(folder: Path) -> dict[str, int] | None:
     try:
         data = json.loads(record.read_text(encoding="utf-8"))
         files = data["files"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # RecursionError: JSON nested thousands deep
         return None
     if data.get("written_by") != "defacer" or not isinstance(files, dict):
         return None
