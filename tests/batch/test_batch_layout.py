@@ -412,3 +412,24 @@ def test_a_table_or_json_file_hard_linked_by_an_earlier_run_becomes_a_copy_of_it
     assert carry_over_targets(layout, rel, "hardlink", clean_tables=True, profile=DeidOptions()) == [target]
     assert carry_over(layout, rel, "hardlink", clean_tables=True, profile=DeidOptions()) == (1, 0)
     assert not os.path.samefile(source, target) and target.read_bytes() == source.read_bytes()
+
+
+def test_json_holding_an_escaped_lone_surrogate_is_written_back_as_an_escape(tmp_path: Path) -> None:
+    """Found by HOSTILE4: '"\\udcff"' in a JSON file of IN reads as a lone surrogate, which UTF-8 cannot encode:
+    a carried JSON file (or dataset_description.json) holding one stopped the whole batch with "'utf-8' codec can't
+    encode character '\\udcff'", a scan sidecar holding one failed its scan."""
+    from defacer.batch.layout import json_text, write_json_atomic
+    from defacer.phi.options import DeidOptions
+
+    value = {"Note": "caf\udce9", "Name": "Zoë"}
+    assert json.loads(json_text(value)) == value and "Zoë" not in json_text(value)  # escaped only when needed
+    assert "Zoë" in json_text({"Name": "Zoë"})
+    write_json_atomic(tmp_path / "sidecar.json", value)
+    assert json.loads((tmp_path / "sidecar.json").read_text(encoding="utf-8")) == value
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "task-rest_bold.json").write_text('{"PatientName": "Quexworth^Jane", "Note": "\\udcff"}')
+    layout = OutputLayout(tmp_path / "in", tmp_path / "out", "mirror", True)
+    rel = [PurePosixPath("task-rest_bold.json")]
+    assert carry_over(layout, rel, "copy", clean_tables=True, profile=DeidOptions()) == (1, 0)
+    assert json.loads((tmp_path / "out" / "task-rest_bold.json").read_text()) == {"Note": "\udcff"}
+    assert carry_over(layout, rel, "copy", clean_tables=True, profile=DeidOptions()) == (0, 1)

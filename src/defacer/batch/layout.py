@@ -268,9 +268,26 @@ def remove_stale_temporaries(out_root: Path) -> list[Path]:
     return removed
 
 
+def json_text(data: Any) -> str:
+    """``data`` as indented JSON text with a trailing newline: characters as they are, or as ``\\u`` escapes when
+    some cannot be written as UTF-8.
+
+    A JSON file of IN may hold ``"\\udcff"``: :func:`json.loads` gives a lone surrogate, which UTF-8 cannot
+    encode, so writing it back unescaped stopped the whole batch ("'utf-8' codec can't encode character
+    '\\udcff'", a carried JSON file or dataset description) or failed the scan whose sidecar held it.  The
+    escapes read back as the same value.
+    """
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(data, indent=2) + "\n"
+    return text
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON (indented, sorted as given, trailing newline) atomically and durably (:mod:`defacer.io.atomic`)."""
-    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n", durable=True)
+    """Write JSON (:func:`json_text`) atomically and durably (:mod:`defacer.io.atomic`)."""
+    write_text_atomic(path, json_text(data), durable=True)
 
 
 def generated_by(description: str = "Facial features (eyes, nose, ears) distorted by defacer") -> dict[str, Any]:
@@ -533,7 +550,7 @@ def _deidentified_text(source: Path, profile: DeidOptions | None) -> tuple[str, 
         return text, ""
     what = (f"{', '.join(removed)} removed from the output's copy (DICOM attributes the de-identification removes)"
             if removed else "the patient's own values masked in the output's copy")
-    return json.dumps(scrubbed, indent=2, ensure_ascii=False) + "\n", what
+    return json_text(scrubbed), what
 
 
 def _copy_text(source: Path, target: Path) -> str | None:
