@@ -227,6 +227,13 @@ def read_small_text(path: PathLike, *, what: str, redo: str) -> str:
                            f"{redo}") from err
 
 
+def without_bom(text: str) -> str:
+    """``text`` without a leading byte order mark, which Windows editors put before UTF-8 text: :func:`json.loads`
+    refuses it ("Unexpected UTF-8 BOM"), so a sidecar saved in Notepad lost its fields (RFC 8259 lets a parser
+    ignore it)."""
+    return text.removeprefix("\ufeff")
+
+
 def read_json_object(path: PathLike, *, what: str, redo: str) -> dict[str, Any]:
     """The JSON object in a small file of the user's (:func:`read_small_text`).
 
@@ -249,7 +256,7 @@ def read_json_object(path: PathLike, *, what: str, redo: str) -> dict[str, Any]:
     """
     text = read_small_text(path, what=what, redo=redo)
     try:
-        loaded = json.loads(text)
+        loaded = json.loads(without_bom(text))
     except (ValueError, RecursionError) as err:  # RecursionError: arrays or objects nested thousands deep
         raise DefacerError(f"The {what} '{path}' is not valid JSON ({err}): expected a JSON object. {redo}") from err
     if not isinstance(loaded, dict):

@@ -433,3 +433,19 @@ def test_json_holding_an_escaped_lone_surrogate_is_written_back_as_an_escape(tmp
     assert carry_over(layout, rel, "copy", clean_tables=True, profile=DeidOptions()) == (1, 0)
     assert json.loads((tmp_path / "out" / "task-rest_bold.json").read_text()) == {"Note": "\udcff"}
     assert carry_over(layout, rel, "copy", clean_tables=True, profile=DeidOptions()) == (0, 1)
+
+
+def test_json_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    """Found by HOSTILE4: json.loads refuses a leading byte order mark (Windows editors write one): a scan sidecar so
+    saved lost its fields in OUT ("not valid JSON ... Unexpected UTF-8 BOM"), and a carried JSON was not carried."""
+    from defacer.phi.options import DeidOptions
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.json").write_bytes(b'\xef\xbb\xbf{"EchoTime": 0.003}')
+    (tmp_path / "in" / "task-rest_bold.json").write_bytes(b'\xef\xbb\xbf{"RepetitionTime": 2, "PatientName": "Q^J"}')
+    layout = OutputLayout(tmp_path / "in", tmp_path / "out", "mirror", False)
+    scan = _scan(tmp_path / "in", "a.nii.gz", sidecar=tmp_path / "in" / "a.json")
+    assert defaced_sidecar(scan, layout, ["eyes"], 1)["EchoTime"] == 0.003
+    rel = [PurePosixPath("task-rest_bold.json")]
+    assert carry_over(layout, rel, "copy", clean_tables=True, profile=DeidOptions()) == (1, 0)
+    assert json.loads((tmp_path / "out" / "task-rest_bold.json").read_text()) == {"RepetitionTime": 2}
