@@ -573,3 +573,19 @@ def test_outputs_written_before_sidecars_were_de_identified_are_done_again(tmp_p
     on = _fingerprint(config, with_sidecar, None, "d", config.deidentify)
     off = _fingerprint(config, with_sidecar, None, "d", None)
     assert on != off
+
+
+def test_outputs_written_by_earlier_sidecar_rules_are_done_again(tmp_path: Path, bids: tuple[Path, Path, list[str]],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sidecar rules learnt to remove keys spelt otherwise and to mask kept text (HOSTILE4), but the fingerprint
+    recorded only that sidecars were de-identified: an OUT written by the first rules was skipped on the rerun, its
+    sidecars keeping what the new rules remove."""
+    from defacer.batch import runner
+    from defacer.batch.discover import discover
+
+    ds, labels, _ = bids
+    with_sidecar = next(s for s in discover(ds).scans if s.sidecar is not None)
+    config = BatchConfig(in_root=ds, out_root=tmp_path / "out", labels_dir=labels, quiet=True)
+    now = runner._fingerprint(config, with_sidecar, None, "d", config.deidentify)
+    monkeypatch.setattr(runner, "SIDECAR_RULES_REVISION", True)  # what the first rules recorded
+    assert runner._fingerprint(config, with_sidecar, None, "d", config.deidentify) != now

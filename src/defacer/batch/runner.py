@@ -250,6 +250,15 @@ def labels_for(scan: Scan, labels_dir: Path | None) -> Path | None:
     return label_map_in(folder, stem)
 
 
+#: Revision of the rules that de-identify a scan's JSON sidecar (:func:`defacer.phi.sidecar.scrub_sidecar`), part of
+#: the fingerprint of every scan with a sidecar: raised whenever they learn to remove or mask more, so that the
+#: rerun of a batch does again the outputs written by the earlier rules, whose sidecars may hold what the new ones
+#: remove.  1: the Annex E actions on keys that are DICOM keywords (5d39c23, 2bc1661; recorded as ``true``); 2: keys
+#: spelt otherwise (case, spaces, attribute names, DICOM-JSON tags) and the kept text masked of the patient's own
+#: values (46ba2fd, 6ee9bd1, 1069093).
+SIDECAR_RULES_REVISION = 2
+
+
 def _fingerprint(config: BatchConfig, scan: Scan, labels: Path | None, detector_id: str,
                  deidentify: Deidentification | None) -> str:
     """Digest of everything that shapes a scan's output.  Options left at their defaults are not listed, so a
@@ -272,8 +281,8 @@ def _fingerprint(config: BatchConfig, scan: Scan, labels: Path | None, detector_
     }
     if scan.sidecar is not None and deidentify is not None:
         # the JSON sidecar carried to OUT is de-identified by the profile (layout.defaced_sidecar): an output
-        # written before that (the sidecar as it was in IN, a converter's PatientName in it) is done again
-        fields["sidecar_deidentified"] = True
+        # written before that, or by rules that have since learnt more, is done again
+        fields["sidecar_deidentified"] = SIDECAR_RULES_REVISION
     if (scan.kind == "dicom" or scan.sidecar is not None) and deidentify is not None \
             and deidentify.profile != DeidOptions():
         fields["deid_options"] = asdict(deidentify.profile)
