@@ -449,3 +449,16 @@ def test_json_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
     rel = [PurePosixPath("task-rest_bold.json")]
     assert carry_over(layout, rel, "copy", clean_tables=True, profile=DeidOptions()) == (1, 0)
     assert json.loads((tmp_path / "out" / "task-rest_bold.json").read_text()) == {"RepetitionTime": 2}
+
+
+def test_the_retain_options_reach_the_bids_tables(tmp_path: Path) -> None:
+    from defacer.phi.options import DeidOptions
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "sub-01_scans.tsv").write_text("filename\tacq_time\nanat/x.nii.gz\t2023-03-14T09:12:44\n")
+    layout = OutputLayout(tmp_path / "in", tmp_path / "out", "mirror", True)
+    rel = [PurePosixPath("sub-01_scans.tsv")]
+    carry_over(layout, rel, "copy", clean_tables=True, profile=DeidOptions(retain_long_full_dates=True))
+    assert "2023-03-14T09:12:44" in (tmp_path / "out" / "sub-01_scans.tsv").read_text()
+    carry_over(layout, rel, "copy", clean_tables=True, profile=DeidOptions())
+    assert "2023-03-14" not in (tmp_path / "out" / "sub-01_scans.tsv").read_text()

@@ -139,3 +139,14 @@ def test_an_age_kept_in_another_unit_is_compared_in_years(column: str, young: st
     every column with the word 'age' for years)."""
     cleaned, _ = clean_table(f"participant_id\t{column}\nsub-01\t{young}\nsub-02\t{old}\n")
     assert cleaned.splitlines()[1:] == [f"sub-01\t{young}", f"sub-02\t{pooled}"]
+
+
+def test_the_profiles_retain_options_keep_dates_and_ages_as_a_header_keeps_them_but_never_a_person() -> None:
+    """--retain-long-full-dates kept the dates in headers and sidecars and --retain-patient-characteristics the age,
+    while the tables lost both whatever the options (HOSTILE4's open question 11)."""
+    text = "participant_id\tage\tacq_time\toperator\nsub-01\t93\t2023-03-14T09:12:44\tQuexworth^Jane\n"
+    kept_dates, changed = clean_table(text, keep_dates=True)
+    assert kept_dates.splitlines()[1] == "sub-01\t89+\t2023-03-14T09:12:44\tn/a" and set(changed) == {"age", "operator"}
+    kept_ages, changed = clean_table(text, keep_ages=True)
+    assert kept_ages.splitlines()[1] == "sub-01\t93\tn/a\tn/a" and set(changed) == {"acq_time", "operator"}
+    assert clean_table(text, keep_dates=True, keep_ages=True)[0].splitlines()[1] == "sub-01\t93\t2023-03-14T09:12:44\tn/a"

@@ -531,7 +531,8 @@ def _deidentified_text(source: Path, profile: DeidOptions | None) -> tuple[str, 
     if profile is None or not source.name.lower().endswith(".json"):
         text = read_small_text(source, what="BIDS table", redo="Not carried to the output: a table of acquisition "
                                "times or participants that cannot be read cannot be de-identified; fix the file in IN.")
-        cleaned, changed = clean_table(text)
+        cleaned, changed = clean_table(text, keep_dates=profile is not None and profile.retain_long_full_dates,
+                                       keep_ages=profile is not None and profile.retain_patient_characteristics)
         return cleaned, (f"{describe_changes(changed)} de-identified in the output's copy (dates and times, operators: "
                          f"n/a; ages over {MAX_AGE}: {MAX_AGE}+)" if changed else "")
     from defacer.phi.sidecar import scrub_sidecar

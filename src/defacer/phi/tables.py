@@ -18,9 +18,10 @@ operators' names from a DICOM header.  :func:`clean_table` applies the same to t
 Column names are compared in one spelling (:func:`column_key`): ``AcquisitionDateTime``,
 ``Acq Time`` and ``acq-time`` are date columns as ``acq_time`` is.
 
-Every other column, the header row, the row order and the line endings stay as they are.  A
-dataset that needs the acquisition times (e.g. for a longitudinal design) keeps them with
-``defacer batch --no-deidentify``, which also leaves the DICOM headers and sidecars as they are.
+Every other column, the header row, the row order and the line endings stay as they are.  The
+profile's options reach the tables as they reach a header: ``--retain-long-full-dates`` keeps the
+date and time columns, ``--retain-patient-characteristics`` the ages as they are; ``defacer batch
+--no-deidentify`` keeps every table (and the DICOM headers and sidecars) as it is.
 """
 
 from __future__ import annotations
@@ -95,12 +96,15 @@ def is_date_column(column: str) -> bool:
     return name in DATE_COLUMNS or bool(_DATE_NAME.search(name))
 
 
-def _action(column: str) -> str | None:
-    """What happens to a column's values: ``"missing"``, ``"age"`` or ``None`` (kept)."""
+def _action(column: str, keep_dates: bool = False, keep_ages: bool = False) -> str | None:
+    """What happens to a column's values: ``"missing"``, ``"age"`` or ``None`` (kept).
+
+    ``keep_dates`` keeps date and time columns (not person columns), ``keep_ages`` the ages.
+    """
     name = column_key(column)
-    if is_date_column(name) or name in PERSON_COLUMNS:
+    if name in PERSON_COLUMNS or (is_date_column(name) and not keep_dates):
         return "missing"
-    if _AGE_NAME.search(name):
+    if _AGE_NAME.search(name) and not keep_ages and not is_date_column(name):
         return "age"
     return None
 
@@ -196,7 +200,7 @@ def _plain_columns(cells: list[str]) -> list[set[int]]:
     return columns
 
 
-def clean_table(text: str) -> tuple[str, dict[str, int]]:
+def clean_table(text: str, *, keep_dates: bool = False, keep_ages: bool = False) -> tuple[str, dict[str, int]]:
     """The table ``text`` with its date, time and person columns emptied and ages over 89 pooled.
 
     A cell is cleaned when its column is one to clean as BIDS reads the table (a quoted value may
@@ -207,6 +211,11 @@ def clean_table(text: str) -> tuple[str, dict[str, int]]:
     ----------
     text : str
         A BIDS tab-separated table: a header row of column names, then one row per entry.
+    keep_dates, keep_ages : bool
+        Keep the date and time columns (PS3.15's Retain Longitudinal Temporal Information with Full Dates
+        option, ``--retain-long-full-dates``), and the ages as they are (its Retain Patient
+        Characteristics option, ``--retain-patient-characteristics``), as a header keeps them under those
+        options.  Person columns go whatever the options.
 
     Returns
     -------
@@ -220,9 +229,10 @@ def clean_table(text: str) -> tuple[str, dict[str, int]]:
     if not rows:
         return text, {}
     header = [_unquoted(cell) for cell in rows[0][0]]
-    actions = {i: action for i, column in enumerate(header) if (action := _action(column)) is not None}
+    actions = {i: action for i, column in enumerate(header)
+               if (action := _action(column, keep_dates, keep_ages)) is not None}
     plain = {i: action for i, column in enumerate(_SEPARATOR.split("\t".join(rows[0][0])))
-             if (action := _action(column)) is not None}
+             if (action := _action(column, keep_dates, keep_ages)) is not None}
     if not actions and not plain:
         return text, {}
     changed: dict[str, int] = {}
