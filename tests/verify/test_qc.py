@@ -293,9 +293,17 @@ def test_a_qc_folder_defacer_creates_is_readable_by_its_owner_only(tmp_path: Pat
     assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o777 & ~umask, "folders above: the usual permissions"
 
 
-def test_an_existing_qc_folder_keeps_its_permissions(tmp_path: Path) -> None:
+def test_an_existing_qc_folder_keeps_its_permissions_and_is_warned_about_when_others_may_open_it(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A QC folder made by an earlier version (0755) received renders of the original faces without a word."""
     folder = tmp_path / "out-qc"
     folder.mkdir()
     folder.chmod(0o750)
     qc.claim(folder, [folder / "verify_report.html"])
     assert stat.S_IMODE(folder.stat().st_mode) == 0o750
+    assert "can be opened by other users (mode 0o750)" in caplog.text and "chmod 700" in caplog.text
+    caplog.clear()
+    private = tmp_path / "private-qc"
+    private.mkdir(mode=0o700)
+    qc.claim(private, [private / "verify_report.html"])
+    assert "other users" not in caplog.text

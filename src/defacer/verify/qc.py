@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import html
+import logging
 import os
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +35,11 @@ import numpy.typing as npt
 
 from defacer.batch.ownership import OwnershipRecord, quoted_names
 from defacer.errors import OutputError
+from defacer.files import text_name
 from defacer.io.atomic import atomic_outputs
 from defacer.verify import verdict as verdicts
+
+log = logging.getLogger(__name__)
 
 README_NAME = "README.txt"
 GALLERY_NAME = "index.html"
@@ -107,7 +112,7 @@ def claim(qc_root: Path, targets: Iterable[Path]) -> None:
 
     A QC folder that does not exist yet is created readable by its owner only (:data:`QC_FOLDER_MODE`), whatever
     the umask; the folders above it that are made with it get the usual permissions, and an existing QC folder
-    keeps its own.
+    keeps its own, with a warning when other users may open it (:func:`warn_if_shared`).
 
     Raises
     ------
@@ -124,7 +129,29 @@ def claim(qc_root: Path, targets: Iterable[Path]) -> None:
             pass
         else:
             os.chmod(qc_root, QC_FOLDER_MODE)  # exactly, whatever the umask removed from mkdir's mode
+    else:
+        warn_if_shared(qc_root)
     _record(qc_root).add(paths)
+
+
+def warn_if_shared(qc_root: Path) -> bool:
+    """Warn when an existing QC folder can be opened by users other than its owner; return whether it can.
+
+    defacer creates its QC folders 0700 (:data:`QC_FOLDER_MODE`), but one made by an earlier version
+    (0755 with the usual umask), by hand or by another user in a shared parent keeps its permissions,
+    and renders of the original faces written into it could be read by every user of the machine.
+    The folder is not changed (it is not defacer's to change); the warning says how.
+    """
+    try:
+        mode = stat.S_IMODE(os.stat(qc_root).st_mode)
+    except OSError:
+        return False
+    if not mode & 0o077:
+        return False
+    log.warning("The QC folder '%s' can be opened by other users (mode %s) and is about to hold renders of the "
+                "scans (of the original faces, unless --qc-after-only): restrict it with chmod 700 '%s' (defacer "
+                "creates its QC folders that way).", text_name(str(qc_root)), oct(mode), text_name(str(qc_root)))
+    return True
 
 
 def missing_folders_above(path: Path) -> list[Path]:
