@@ -174,6 +174,7 @@ def test_a_bad_training_input_is_refused_in_words_and_nothing_is_left(tmp_path, 
 @pytest.mark.parametrize("options, words", [
     (["--box-size", "90"], "--box-size expects a positive multiple of 8"),
     (["--box-size", "0"], "--box-size expects a positive multiple of 8"),
+    (["--box-size", "1024"], "up to 256"),  # a 1024 box asked for tens of GB before anything said so
     (["--box-spacing", "0.1"], "found 96 and 0.1"),
     (["--box-size", "48", "--patch", "64"], "--patch 64 is larger than the box (48 voxels per axis)"),
 ])

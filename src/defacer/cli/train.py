@@ -25,6 +25,11 @@ if TYPE_CHECKING:
 #: The files a training run writes into its ``--out`` folder (:func:`defacer.train.loop.train`).
 CHECKPOINT_FILES = ("best.pt", "last.pt", "history.json")
 
+#: Largest ``--box-size`` (voxels per axis): a 256^3 box is a 1 mm head whole, and the training's float32 cache,
+#: network activations and augmentation copies grow with its cube (a 1024 box would ask for tens of GB before
+#: anything said so).
+MAX_BOX_SIZE = 256
+
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register the ``train`` subcommand."""
@@ -71,7 +76,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                              "the chance --foreground-probability (ears twice as often); 0: whole box. 64 makes CPU "
                              "training ~3x cheaper")
     parser.add_argument("--box-size", type=int, default=None, metavar="N",
-                        help="the network's input box: N voxels per axis (default: an existing --cache's box, else the "
+                        help="the network's input box: N voxels per axis, at most 256 (default: an existing --cache's box, else the "
                              "package's, defacer.detect.preprocess.BOX_SHAPE); written into the checkpoint and the "
                              "exported card, which inference follows")
     parser.add_argument("--box-spacing", type=float, default=None, metavar="MM",
@@ -103,9 +108,9 @@ def run(args: argparse.Namespace) -> int:
     step = 2 ** (len(channels) - 1)
     size = BOX_SHAPE[0] if args.box_size is None else args.box_size
     spacing = BOX_SPACING if args.box_spacing is None else args.box_spacing
-    if size <= 0 or size % step or not 0.5 <= spacing <= 8.0:
-        message = (f"--box-size expects a positive multiple of {step} (the network pools {len(channels) - 1} times) and "
-                   f"--box-spacing a voxel size from 0.5 to 8 mm, found {size} and {spacing:g}. "
+    if size <= 0 or size % step or size > MAX_BOX_SIZE or not 0.5 <= spacing <= 8.0:
+        message = (f"--box-size expects a positive multiple of {step} (the network pools {len(channels) - 1} times) up "
+                   f"to {MAX_BOX_SIZE} and --box-spacing a voxel size from 0.5 to 8 mm, found {size} and {spacing:g}. "
                    f"The package's box is {BOX_SHAPE[0]} voxels x {BOX_SPACING:g} mm.")
         raise InputImageError(message)
     if args.patch > size:
