@@ -18,7 +18,7 @@ import numpy as np
 
 from defacer.detect import Detector
 from defacer.errors import DefacerError, LabelMapError, VerificationError
-from defacer.files import label_map_in, text_name
+from defacer.files import LABEL_ENDINGS, label_map_in, text_name
 from defacer.labels import FEATURE_LABELS
 from defacer.options import DEFAULT_OPTIONS, DefaceOptions
 from defacer.pipeline import deface, load_detector
@@ -136,7 +136,7 @@ def evaluate_folder(
         The scans of ``folder`` as :func:`defacer.verify.evaluate.find_scans` listed them (default: listed here);
         a caller that has listed them already (to claim the outputs first) passes its list, so both agree.
     labels_dir : Path, optional
-        Use ``<labels_dir>/<name>.labels.nii.gz`` (or ``.labels.nii``, ``.labels.nrrd``, ``.labels.mgz``, as
+        Use ``<labels_dir>/<name>.labels.nii.gz`` (or ``.labels.nii``, ``.labels.nrrd``, ``.labels.nhdr``, ``.labels.mgz``, ``.labels.mgh``, as
         ``batch --labels-dir``: :func:`defacer.files.label_map_in`) as each scan's detector (a label file) instead
         of the default detector.
     reference_dir : Path, optional
@@ -168,7 +168,7 @@ def evaluate_folder(
             path = label_map_in(labels_dir, scan.name)
             if path is None:
                 raise DefacerError(f"No label map for '{scan.name}' in '{labels_dir}' (expected {scan.name}.labels.nii.gz, "
-                                   f"or .labels.nii, .labels.nrrd, .labels.mgz).")
+                                   f"or {', '.join(LABEL_ENDINGS[1:])}).")
             return load_detector(labels_path=path)
         assert shared_detector is not None  # loaded above when there is no labels_dir
         return shared_detector

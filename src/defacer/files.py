@@ -33,7 +33,8 @@ IMAGE_SUFFIXES: tuple[str, ...] = tuple(IMAGE_FORMATS)
 DICOM_SUFFIX = ".dcm"
 #: Endings of a scan's label map (``<stem>.labels.nii.gz`` ...; ``--labels-dir``), in the order they are tried: a file
 #: named so is a label map, never a scan to deface.
-LABEL_ENDINGS: tuple[str, ...] = (".labels.nii.gz", ".labels.nii", ".labels.nrrd", ".labels.mgz")
+LABEL_ENDINGS: tuple[str, ...] = (".labels.nii.gz", ".labels.nii", ".labels.nrrd", ".labels.nhdr", ".labels.mgz",
+                                 ".labels.mgh")
 #: Largest text or JSON file read beside the scans (a provenance record, a BIDS sidecar, dataset description or
 #: ``.bidsignore``; real ones are a few kB): a larger one is refused, so a hostile file (or ``/dev/zero``) cannot
 #: make defacer hold gigabytes of text.

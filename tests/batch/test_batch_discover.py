@@ -242,3 +242,16 @@ def test_a_label_maps_detached_data_file_and_sidecar_are_not_carried_either(tmp_
     found = discover(root)
     assert [s.key for s in found.scans] == ["a.nii.gz"]
     assert [str(p) for p in found.others] == ["notes.txt"]
+
+
+def test_label_maps_saved_as_mgh_or_detached_nrrd_are_label_maps_too(tmp_path: Path) -> None:
+    """'deface --save-mask a.labels.mgh' (or '.labels.nhdr') writes a label map that batch, beside its scan, took for a
+    scan of its own and defaced (HOSTILE4's open question 1): only .nii.gz, .nii, .nrrd and .mgz were label endings."""
+    root = tmp_path / "export"
+    _touch(root / "a.nii.gz")
+    _touch(root / "a.labels.mgh")
+    _touch(root / "b.mgz")
+    _touch(root / "b.labels.nhdr", b"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 2 2 2\nencoding: raw\n"
+                                   b"data file: b.labels.raw\n")
+    _touch(root / "b.labels.raw", bytes(8))
+    assert [s.key for s in discover(root).scans] == ["a.nii.gz", "b.mgz"]

@@ -310,7 +310,7 @@ def _is_bids_scan(relpath: PurePosixPath, entities: dict[str, str]) -> bool:
 def _without_label_maps(candidates: list[Scan]) -> tuple[list[Scan], list[PurePosixPath]]:
     """The candidates less the label maps among them, and those label maps.
 
-    A file named ``<stem>.labels.nii.gz`` (or ``.labels.nii``, ``.labels.nrrd``, ``.labels.mgz``; any case) beside a
+    A file named ``<stem>.labels.nii.gz`` (or ``.labels.nii``, ``.labels.nrrd``, ``.labels.nhdr``, ``.labels.mgz``, ``.labels.mgh``; any case) beside a
     scan ``<stem>.*`` or a DICOM series folder ``<stem>/`` is that scan's label map, as ``--labels-dir`` names them,
     not a scan: defaced by the detector it came out "done" in OUT with most of the features' shapes (the ears' shapes
     can identify a person).  It is neither defaced nor carried (warned about); ``--labels-dir`` still uses it.

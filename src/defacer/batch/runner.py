@@ -239,8 +239,8 @@ def check_config(config: BatchConfig) -> None:
 def labels_for(scan: Scan, labels_dir: Path | None) -> Path | None:
     """The label map of a scan in ``labels_dir``, or ``None``.
 
-    Same relative folder and ``<stem>.labels.nii.gz`` (or ``.labels.nii``, ``.labels.nrrd``,
-    ``.labels.mgz``); for a DICOM series folder ``<folder name>.labels.nii.gz`` beside where the
+    Same relative folder and ``<stem>.labels.nii.gz`` (or another of :data:`defacer.files.LABEL_ENDINGS`:
+    ``.labels.nii``, ``.labels.nrrd``, ``.labels.nhdr``, ``.labels.mgz``, ``.labels.mgh``); for a DICOM series folder ``<folder name>.labels.nii.gz`` beside where the
     folder would be (for a lone series given as IN: ``<labels_dir>/<folder name>.labels.nii.gz``).
     """
     if labels_dir is None:

@@ -35,9 +35,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--out", type=Path, default=Path("defacer-evaluation"), metavar="DIR",
                         help="output folder (default: ./defacer-evaluation)")
     parser.add_argument("--labels-dir", type=Path, default=None, metavar="DIR",
-                        help="deface with the label maps DIR/<name>.labels.nii.gz (or .labels.nii/.nrrd/.mgz) instead of the detector")
+                        help="deface with the label maps DIR/<name>.labels.nii.gz (or .labels.nii/.nrrd/.nhdr/.mgz/.mgh) instead of the detector")
     parser.add_argument("--reference-dir", type=Path, default=None, metavar="DIR",
-                        help="reference label maps <name>.labels.nii.gz (or .labels.nii/.nrrd/.mgz) for Dice (default: ./reference_labels if present)")
+                        help="reference label maps <name>.labels.nii.gz (or .labels.nii/.nrrd/.nhdr/.mgz/.mgh) for Dice (default: ./reference_labels if present)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the ear noise (default 0)")
     parser.set_defaults(func=run)
 
