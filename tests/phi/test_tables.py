@@ -150,3 +150,20 @@ def test_the_profiles_retain_options_keep_dates_and_ages_as_a_header_keeps_them_
     kept_ages, changed = clean_table(text, keep_ages=True)
     assert kept_ages.splitlines()[1] == "sub-01\t93\tn/a\tn/a" and set(changed) == {"acq_time", "operator"}
     assert clean_table(text, keep_dates=True, keep_ages=True)[0].splitlines()[1] == "sub-01\t93\t2023-03-14T09:12:44\tn/a"
+
+
+def test_a_column_of_dates_is_cleaned_whatever_its_name_and_a_column_of_versions_is_not() -> None:
+    """A 'visit' column of ISO dates (or dates by hand) was kept: only columns named as dates were cleaned
+    (HOSTILE4's open question 3)."""
+    text = ("participant_id\tvisit\tconsent\tprotocol\tscore\n"
+            "sub-01\t2023-03-14\t14/03/2023\t1.12.10\t3\n"
+            "sub-02\tn/a\t3/1/23\t1.12.11\t4\n")
+    cleaned, changed = clean_table(text)
+    assert cleaned.splitlines()[1:] == ["sub-01\tn/a\tn/a\t1.12.10\t3", "sub-02\tn/a\tn/a\t1.12.11\t4"]
+    assert changed == {"visit": 1, "consent": 2}
+    assert clean_table(text, keep_dates=True) == (text, {})
+
+
+def test_phenotype_tables_are_cleaned_too() -> None:
+    assert is_bids_table("moca.tsv", "phenotype") and is_bids_table("MoCA.TSV", "Phenotype")
+    assert not is_bids_table("moca.tsv", "code") and not is_bids_table("moca.json", "phenotype")

@@ -516,7 +516,7 @@ def _carry_one(source: Path, target: Path, mode: str) -> None:
 
 def _deidentified(source: Path, clean_tables: bool, profile: DeidOptions | None) -> bool:
     """Whether a carried file gets a de-identified copy of its own: a BIDS table, or a JSON file under ``profile``."""
-    return (clean_tables and is_bids_table(source.name)) or (profile is not None and source.name.lower().endswith(
+    return (clean_tables and is_bids_table(source.name, source.parent.name)) or (profile is not None and source.name.lower().endswith(
         ".json"))
 
 

@@ -9,7 +9,8 @@ ages over 89 are pooled; PS3.15 Annex E removes the acquisition dates and times 
 operators' names from a DICOM header.  :func:`clean_table` applies the same to these columns:
 
 - a date or time column (:func:`is_date_column`: ``acq_time``, ``*_date``, ``*_time``, a birth
-  date...) and a person column (:data:`PERSON_COLUMNS`: ``operator``, a physician, a name, an ID)
+  date...; or any column whose values are all calendar dates, :func:`holds_dates`) and a person
+  column (:data:`PERSON_COLUMNS`: ``operator``, a physician, a name, an ID)
   get ``n/a`` (BIDS's missing value) in every row;
 - an ``age`` (also ``age_at_scan``, ``PatientAge``...) above 89 years becomes ``89+`` (what the
   BIDS specification recommends for ``participants.tsv``; ``95``, ``095Y`` as in a DICOM header,
@@ -66,16 +67,18 @@ _CELL_END = re.compile(r"[\t\r\n]")
 _SEPARATOR = re.compile(r"\t|\r\n|\r|\n")
 
 
-def is_bids_table(name: str) -> bool:
-    """Whether a file name is one of the BIDS tables :func:`clean_table` cleans.
+def is_bids_table(name: str, folder: str = "") -> bool:
+    """Whether a file (its name, and the name of the folder holding it) is one of the BIDS tables :func:`clean_table`
+    cleans.
 
-    ``participants.tsv``, ``*_scans.tsv`` and ``*_sessions.tsv``; other tables (events,
-    physiology, channels) hold no acquisition dates or personal data by the specification.  Any case:
-    ``Participants.tsv`` or ``sub-01_scans.TSV`` (a dataset made by hand, or on a file system that
-    ignores case) holds the same columns and was carried as it was.
+    ``participants.tsv``, ``*_scans.tsv``, ``*_sessions.tsv`` and every ``.tsv`` in ``phenotype/`` (assessments and
+    questionnaires, which may hold ages and dates); other tables (events, physiology, channels) hold no acquisition
+    dates or personal data by the specification.  Any case: ``Participants.tsv`` or ``sub-01_scans.TSV`` (a dataset
+    made by hand, or on a file system that ignores case) holds the same columns and was carried as it was.
     """
     lower = name.lower()
-    return lower == "participants.tsv" or lower.endswith(("_scans.tsv", "_sessions.tsv"))
+    return (lower == "participants.tsv" or lower.endswith(("_scans.tsv", "_sessions.tsv"))
+            or (folder.lower() == "phenotype" and lower.endswith(".tsv")))
 
 
 def column_key(column: str) -> str:
@@ -88,6 +91,21 @@ def column_key(column: str) -> str:
     """
     name = column.replace("\ufeff", "").strip()
     return _SEPARATORS.sub("_", _CAMEL.sub("_", name).lower()).strip("_")
+
+
+#: A cell that is a calendar date, with or without a time: ISO 8601 (``2023-03-14``, ``2023-03-14T09:12:44.5``,
+#: ``2023-03-14 09:12+01:00``) or written by hand (``14/03/2023``, ``3/14/23``, ``14.03.2023``; a two-digit
+#: year only with slashes).
+_DATE_VALUE = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?(?:Z|[+-]\d{2}:?\d{2})?"
+                         r"|\d{1,2}[/.]\d{1,2}[/.]\d{4}|\d{1,2}/\d{1,2}/\d{2}")  # 1.12.10 (a version) is no date
+
+
+def holds_dates(values: list[str]) -> bool:
+    """Whether a column's values are dates, whatever its name: each cell that is not ``n/a`` or empty (at least one)
+    is a calendar date (:data:`_DATE_VALUE`).  A ``visit`` or ``scan`` column of dates is as identifying as
+    ``acq_time``."""
+    present = [v.strip() for v in values if v.strip() and v.strip() != MISSING]
+    return bool(present) and all(_DATE_VALUE.fullmatch(v) for v in present)
 
 
 def is_date_column(column: str) -> bool:
@@ -233,6 +251,10 @@ def clean_table(text: str, *, keep_dates: bool = False, keep_ages: bool = False)
                if (action := _action(column, keep_dates, keep_ages)) is not None}
     plain = {i: action for i, column in enumerate(_SEPARATOR.split("\t".join(rows[0][0])))
              if (action := _action(column, keep_dates, keep_ages)) is not None}
+    if not keep_dates:  # a column of dates is one whatever its name (a 'visit' of ISO dates)
+        for i in range(len(header)):
+            if i not in actions and holds_dates([_unquoted(cells[i]) for cells, _ in rows[1:] if i < len(cells)]):
+                actions[i] = "missing"
     if not actions and not plain:
         return text, {}
     changed: dict[str, int] = {}
