@@ -9,32 +9,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from auricle_grid import SPACING
+from auricle_grid import inside_head as _inside_head
+from auricle_grid import voxel as _voxel
+from auricle_grid import world as _world
 from truth_detector import TruthDetector
 
 from defacer.auricle import block_any, block_repeat, delimit_auricle
 from defacer.distort_ears import distort_ears
 from defacer.head import analyse_head, depth_below_surface
 from defacer.labels import Label
-from defacer.phantom import HEAD_AXES, make_phantom
+from defacer.phantom import make_phantom
 from defacer.pipeline import DefaceOptions, deface
-
-SPACING = (2.0, 2.0, 2.0)
-
-
-
-def _world(shape: tuple[int, ...]) -> list[np.ndarray]:
-    """RAS mm of each voxel of a 2 mm phantom grid (open grids)."""
-    coords = [(np.arange(n) - (n - 1) / 2.0) * 2.0 for n in shape]
-    return list(np.meshgrid(*coords, indexing="ij", sparse=True))
-
-
-def _voxel(point_mm: tuple[float, float, float], shape: tuple[int, ...]) -> np.ndarray:
-    return np.array([p / 2.0 + (n - 1) / 2.0 for p, n in zip(point_mm, shape, strict=True)])
-
-
-def _inside_head(x: np.ndarray, y: np.ndarray, z: np.ndarray, by_mm: float) -> np.ndarray:
-    """Inside the head ellipsoid shrunk by ``by_mm``: deeper than that below the scalp."""
-    return sum((c / (ax - by_mm)) ** 2 for c, ax in zip((x, y, z), HEAD_AXES, strict=True)) < 1
 
 
 def _away_from_canals(x: np.ndarray, y: np.ndarray, z: np.ndarray, by_mm: float) -> np.ndarray:
