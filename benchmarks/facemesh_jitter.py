@@ -10,7 +10,10 @@ around the front (yaw -10, -5, 0, 5, 10 degrees x pitch -10, 0, 10) and the thre
 views (left 45, right 45, below 25), and each render is given to MediaPipe Face Mesh at the verify
 thresholds (:func:`defacer.verify.faces.facemesh`).  Printed per head: the views where Face Mesh
 found a face; in all: the views and heads with one, and the same for the original heads (setting
-``original``), for scale.  The detector's label maps are computed once
+``original``), for scale.  With ``--all-detectors`` the verdict's other counted detectors too (dlib
+CNN and BlazeFace short-range at the verify thresholds) on the 15 views around the front, and the
+views where any of the three fires: a setting that quiets Face Mesh can wake dlib CNN (a fine grain
+on the eye cover did, session 14).  The detector's label maps are computed once
 per head and reused for every setting given (``--settings``).
 
 Renders of real heads are never written.  Needs the ``verify`` extra (mediapipe).
@@ -99,6 +102,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     shipped = load_detector(threads=args.threads) if args.mode == "detector" else None
     grid = views()
     hits: dict[str, dict[str, list[str]]] = {"original": {}, **{name: {} for name, _ in settings}}
+    others: dict[str, dict[str, dict[str, list[str]]]] = {}
     for scan in scans:
         volume = load_volume(scan.path)
         if args.mode == "labels":
@@ -120,15 +124,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             _, after = render_volume(result.volume, grid, like=scene, reference=before)
             found = [v.name for v in grid if faces.facemesh(after[v.name].rgb()).detected]
             hits[name][scan.name] = found
-            print(f"{name:16s} {scan.name:28s} Face Mesh {len(found):2d}/{len(grid)}  {' '.join(found)}"
+            extra = ""
+            if args.all_detectors:  # the verdict's other counted detectors, on the views around the front
+                near_front = [v for v in grid if abs(v.yaw) <= max(GRID_YAW) and abs(v.pitch) <= max(GRID_PITCH)]
+                dlib = [v.name for v in near_front if faces.dlib_cnn(after[v.name].rgb()).detected]
+                blaze = [v.name for v in near_front if faces.blazeface_short(after[v.name].rgb()).detected]
+                counted = sorted(set(found) | set(dlib) | set(blaze))
+                others.setdefault(name, {})[scan.name] = {"dlib_cnn": dlib, "blazeface_short": blaze, "any": counted}
+                extra = f"  dlib CNN {len(dlib):2d}  BlazeFace short {len(blaze):2d}  any {len(counted):2d}"
+            print(f"{name:16s} {scan.name:28s} Face Mesh {len(found):2d}/{len(grid)}{extra}  {' '.join(found)}"
                   f"  ({time.perf_counter() - t0:.1f} s)", flush=True)
     summary = {name: {"views_with_face": sum(len(v) for v in per.values()), "views": len(grid) * len(per),
                       "heads_with_face": sum(bool(v) for v in per.values()), "heads": len(per)}
                for name, per in hits.items()}
+    for name, per_head in others.items():
+        for detector in ("dlib_cnn", "blazeface_short", "any"):
+            summary[name][f"{detector}_views"] = sum(len(h[detector]) for h in per_head.values())
+            summary[name][f"{detector}_heads"] = sum(bool(h[detector]) for h in per_head.values())
     for name, s in summary.items():
-        print(f"{name}: Face Mesh after defacing in {s['views_with_face']} of {s['views']} views, "
-              f"on {s['heads_with_face']} of {s['heads']} heads", flush=True)
-    return {"mode": args.mode, "views": [dataclasses.asdict(v) for v in grid], "hits": hits, "summary": summary}
+        line = (f"{name}: Face Mesh finds a face in {s['views_with_face']} of {s['views']} views, "
+                f"on {s['heads_with_face']} of {s['heads']} heads")
+        if "any_views" in s:
+            line += (f"; around the front dlib CNN {s['dlib_cnn_views']} views ({s['dlib_cnn_heads']} heads), BlazeFace "
+                     f"short-range {s['blazeface_short_views']} ({s['blazeface_short_heads']}), any counted detector "
+                     f"{s['any_views']} ({s['any_heads']} heads)")
+        print(line, flush=True)
+    return {"mode": args.mode, "views": [dataclasses.asdict(v) for v in grid], "hits": hits, "others": others,
+            "summary": summary}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", nargs="+", default=["default"], metavar="SETTING",
                         help="distortion settings to compare: default, whole, eye=X, nose=X, band=MM, or several "
                              "joined by ',' (e.g. eye=2.5,nose=3)")
+    parser.add_argument("--all-detectors", action="store_true",
+                        help="also dlib CNN and BlazeFace short-range (verify thresholds) on the 15 views around the "
+                             "front, and any counted detector: a change that quiets Face Mesh can wake dlib CNN "
+                             "(about 1 s per view more)")
     parser.add_argument("--threads", type=int, default=2, help="detector threads (default 2)")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "facemesh_jitter.json", help="JSON results")
     args = parser.parse_args(argv)
