@@ -122,14 +122,11 @@ def _box_to_grid_on_the_whole_box(probabilities, box, shape, affine, regions):
     return out
 
 
-def test_box_to_grid_on_crops_of_the_box_equals_interpolating_on_the_whole_box() -> None:
+def _random_classes(rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+    """Smooth random class probabilities on a 24^3 box (4 classes) and their winners' components of more than 5
+    voxels as ``(label, component)`` regions, as box_to_grid takes them."""
     from scipy import ndimage as ndi
 
-    from defacer.detect.preprocess import grid_extent
-
-    rng = np.random.default_rng(3)
-    box = Box(shape=(24, 24, 24), affine=np.diag([2.5, 2.5, 2.5, 1.0]))
-    box.affine[:3, 3] = [-30.0, -30.0, -30.0]
     logits = ndi.gaussian_filter(rng.normal(size=(4, 24, 24, 24)), (0, 1.5, 1.5, 1.5))
     probabilities = (np.exp(8 * logits) / np.exp(8 * logits).sum(axis=0)).astype(np.float32)
     winners = probabilities.argmax(axis=0)
@@ -137,6 +134,16 @@ def test_box_to_grid_on_crops_of_the_box_equals_interpolating_on_the_whole_box()
     for label in (1, 2, 3):
         parts, count = ndi.label(winners == label)
         regions += [(label, parts == i) for i in range(1, count + 1) if (parts == i).sum() > 5]
+    return probabilities, regions
+
+
+def test_box_to_grid_on_crops_of_the_box_equals_interpolating_on_the_whole_box() -> None:
+    from defacer.detect.preprocess import grid_extent
+
+    rng = np.random.default_rng(3)
+    box = Box(shape=(24, 24, 24), affine=np.diag([2.5, 2.5, 2.5, 1.0]))
+    box.affine[:3, 3] = [-30.0, -30.0, -30.0]
+    probabilities, regions = _random_classes(rng)
     rotation = np.array([[0.98, -0.17, 0.0], [0.17, 0.98, 0.05], [0.0, -0.05, 1.0]])
     grids = {"1 mm axial": (np.diag([1.0, 1.0, 1.0, 1.0]), (60, 60, 60)),
              "oblique, thick slices": (np.block([[rotation @ np.diag([0.9, 0.9, 6.0]), np.array([[-28.0], [-31.0], [-33.0]])],
@@ -196,8 +203,6 @@ def test_box_to_grid_equals_interpolating_the_whole_windows(scipy_order_known: b
     """The margin read only where the region allows the label (map_coordinates at affine_transform's own
     coordinates) labels the very voxels the two whole-window interpolations did, also on oblique grids;
     and so does the whole-window fallback for a SciPy whose order of operations is not known."""
-    from scipy import ndimage as ndi
-
     from defacer.detect import preprocess
 
     if not scipy_order_known:
@@ -206,13 +211,7 @@ def test_box_to_grid_equals_interpolating_the_whole_windows(scipy_order_known: b
     box = Box(shape=(24, 24, 24), affine=np.diag([2.5, 2.5, 2.5, 1.0]))
     box.affine[:3, 3] = [-30.0, -30.0, -30.0]
     for trial in range(2):
-        logits = ndi.gaussian_filter(rng.normal(size=(4, 24, 24, 24)), (0, 1.5, 1.5, 1.5))
-        probabilities = (np.exp(8 * logits) / np.exp(8 * logits).sum(axis=0)).astype(np.float32)
-        winners = probabilities.argmax(axis=0)
-        regions = []
-        for label in (1, 2, 3):
-            parts, count = ndi.label(winners == label)
-            regions += [(label, parts == i) for i in range(1, count + 1) if (parts == i).sum() > 5]
+        probabilities, regions = _random_classes(rng)
         angle = rng.uniform(-0.4, 0.4)
         rotation = np.array([[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.05], [0.0, -0.05, 1.0]])
         for zooms, shape in (((1.0, 1.0, 1.0), (60, 60, 60)), ((0.9, 0.9, 6.0), (70, 70, 10)), ((0.7, 0.7, 0.7), (80, 80, 80))):
