@@ -61,9 +61,50 @@ def test_the_options_keep_or_clean_what_they_keep_or_clean_in_a_header() -> None
 
 
 def test_a_sidecar_without_dicom_keys_is_returned_as_it_is() -> None:
-    data = {"TaskName": "rest", "Custom": {"PatientName": "nested keys are not DICOM keys of the sidecar"}, "7": 1}
-    scrubbed, removed = scrub_sidecar(dict(data), DeidOptions())
+    data = {"TaskName": "rest", "Custom": {"Note": "no DICOM key at any depth", "Items": [1, "a", [2.5]]}, "7": 1,
+            "GeneratedBy": [{"Name": "dcm2niix", "Version": "v1.0"}]}
+    scrubbed, removed = scrub_sidecar(json.loads(json.dumps(data)), DeidOptions())
     assert scrubbed == data and removed == []
+
+
+def test_nested_objects_are_scrubbed_as_the_sidecar_is() -> None:
+    """Found by HOSTILE5: only the top-level keys were looked at, so a name, a date or an accession number inside an
+    object or a list of objects (dcmstack's {"global": {"const": {...}}}, a custom block, a kept sequence's items,
+    a DICOM-JSON attribute) reached the output as they were."""
+    data = {
+        "EchoTime": 0.003,
+        "global": {"const": {"PatientName": "Quexworth^Jane", "AccessionNumber": "ACC99812",
+                             "StudyDate": "20230314", "RepetitionTime": 2.3}},
+        "Custom": [{"OperatorsName": "Dr Quexmore", "Note": "Jane was calm"}, "plain"],
+        "Extra": {"Attributes": {"00080070": {"vr": "LO", "Value": ["Quexworth Imaging"]},
+                                 "00100030": {"vr": "DA", "Value": ["19610412"]}}},
+        "PatientPosition": "HFS",
+    }
+    scrubbed, removed = scrub_sidecar(json.loads(json.dumps(data)), DeidOptions())
+    text = json.dumps(scrubbed)
+    for planted in ("Quexworth", "Jane", "ACC99812", "20230314", "Quexmore", "19610412"):
+        assert planted not in text, (planted, text)
+    assert scrubbed["global"]["const"] == {"RepetitionTime": 2.3} and scrubbed["PatientPosition"] == "HFS"
+    assert scrubbed["Custom"] == [{"Note": "* was calm"}, "plain"]
+    assert scrubbed["Extra"]["Attributes"]["00080070"] == {"vr": "LO", "Value": ["* Imaging"]}
+    assert removed == ["global.const.PatientName", "global.const.AccessionNumber", "global.const.StudyDate",
+                       "Custom[0].OperatorsName", "Extra.Attributes.00100030"]
+
+
+def test_a_nested_dicom_json_name_is_masked_in_kept_text_and_coded_values_stay() -> None:
+    data = {"00100010": {"vr": "PN", "Value": [{"Alphabetic": "Hfs^Quexworth"}]}, "SequenceName": "Quexworth_tfl",
+            "00185100": {"vr": "CS", "Value": ["HFS"]}}
+    scrubbed, removed = scrub_sidecar(json.loads(json.dumps(data)), DeidOptions())
+    assert removed == ["00100010"]
+    assert scrubbed == {"SequenceName": "*_tfl", "00185100": {"vr": "CS", "Value": ["HFS"]}}
+
+
+def test_containers_nested_too_deep_are_removed_not_followed() -> None:
+    deep: object = "Quexworth"
+    for _ in range(200):
+        deep = {"x": [deep]}
+    scrubbed, removed = scrub_sidecar({"EchoTime": 1, "Deep": deep}, DeidOptions())
+    assert "Quexworth" not in json.dumps(scrubbed) and removed and removed[0].startswith("Deep.x[0].x")
 
 
 def test_shifted_dates_asked_for_never_keep_the_real_dates() -> None:

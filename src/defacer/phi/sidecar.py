@@ -38,6 +38,13 @@ _FREE_TEXT_VRS = frozenset({"LO", "LT", "SH", "ST", "UT", "UC"})
 def scrub_sidecar(data: dict[str, Any], options: DeidOptions) -> tuple[dict[str, Any], list[str]]:
     """The sidecar with Annex E applied to its DICOM-keyword keys, and the keys removed.
 
+    The rules apply at every depth: an object nested in a kept key (``{"Custom": {"PatientName": ...}}``,
+    dcmstack's ``{"global": {"const": {...}}}``, the items of a kept sequence, a list of objects) is scrubbed as the
+    sidecar itself, and the patient's own values found anywhere in it (also a DICOM-JSON attribute,
+    ``{"vr": "PN", "Value": [{"Alphabetic": ...}]}``) are masked in kept text at every depth.  Only the top-level
+    keys were looked at: a converter's nested ``PatientName`` or ``AccessionNumber`` reached the output.  Containers
+    nested deeper than :data:`MAX_DEPTH` are removed (listed).
+
     Parameters
     ----------
     data : dict
@@ -50,40 +57,126 @@ def scrub_sidecar(data: dict[str, Any], options: DeidOptions) -> tuple[dict[str,
     scrubbed : dict
         The kept keys in their order, cleaned text for ``C``.
     removed : list of str
-        The keys removed, in their order (names only: never a value).
+        The keys removed, in their order (names only: never a value); a nested key by its path
+        (``Custom.PatientName``, ``Items[0].AccessionNumber``).
     """
-    identifying = _identifying_values(data)
-    patient = _patient_values(data)
-    scrubbed: dict[str, Any] = {}
+    fields = _fields(data)
+    identifying = _identifying_values(fields)
+    patient = _patient_values(fields)
     removed: list[str] = []
+    scrubbed = _scrub_object(data, options, identifying, patient, None, "", 0, removed)
+    return scrubbed, removed
+
+
+#: Depth of nested objects and lists looked into; deeper containers are removed (JSON can nest ~1000 deep).
+MAX_DEPTH = 32
+
+
+def _scrub_object(data: dict[str, Any], options: DeidOptions, identifying: list[str], patient: tuple[str, ...],
+                  owner: int | None, path: str, depth: int, removed: list[str]) -> dict[str, Any]:
+    """One object of the sidecar with the key rules applied (its nested containers by :func:`_scrub_value`);
+    ``owner`` is the attribute whose value it is, if any (a DICOM-JSON attribute's ``Value`` is masked as that
+    attribute's value: never a coded string)."""
+    dicom_json = isinstance(data.get("vr"), str)
+    scrubbed: dict[str, Any] = {}
     for key, value in data.items():
+        name = f"{path}.{key}" if path else key
         tag = tag_of_key(key)
         rule = find_rule(tag) if tag is not None else None
         action = "K" if rule is None else options.action_for(rule)
         if action == "K":
-            scrubbed[key] = _masked(value, patient, tag)
+            if dicom_json and key == "vr":  # a DICOM-JSON attribute's value representation
+                scrubbed[key] = value
+                continue
+            if dicom_json and key == "Value" and tag is None:
+                tag = owner
+            kept = _scrub_value(value, options, identifying, patient, tag, name, depth + 1, removed)
+            if kept is not _REMOVED:
+                scrubbed[key] = kept
         elif action == "C" and isinstance(value, str) and not _is_date(tag):
             scrubbed[key] = actions.clean_text(value, identifying)
         else:
-            removed.append(key)
-    return scrubbed, removed
+            removed.append(name)
+    return scrubbed
 
 
-def _patient_values(data: dict[str, Any]) -> tuple[str, ...]:
+_REMOVED = object()
+
+
+def _scrub_value(value: Any, options: DeidOptions, identifying: list[str], patient: tuple[str, ...],
+                 tag: int | None, path: str, depth: int, removed: list[str]) -> Any:
+    """A kept value: objects scrubbed as the sidecar, lists item by item, text masked (:func:`_masked`)."""
+    if isinstance(value, dict | list) and depth > MAX_DEPTH:
+        removed.append(path)
+        return _REMOVED
+    if isinstance(value, dict):
+        return _scrub_object(value, options, identifying, patient, tag, path, depth, removed)
+    if isinstance(value, list) and any(isinstance(item, dict | list) for item in value):
+        items = (_scrub_value(item, options, identifying, patient, tag, f"{path}[{index}]", depth + 1, removed)
+                 for index, item in enumerate(value))
+        return [item for item in items if item is not _REMOVED]
+    return _masked(value, patient, tag)
+
+
+def _fields(data: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Every key of the sidecar naming a DICOM attribute, at any depth (to :data:`MAX_DEPTH`), with its value as
+    plain text, numbers or a list of text (a DICOM-JSON attribute's ``Value`` read as such), outer keys first."""
+    found: list[tuple[str, Any]] = []
+    level: list[Any] = [data]
+    for _ in range(MAX_DEPTH + 1):
+        below: list[Any] = []
+        for node in level:
+            for item in (node.values() if isinstance(node, dict) else node):
+                if isinstance(item, dict | list):
+                    below.append(item)
+            if not isinstance(node, dict):
+                continue
+            for key, value in node.items():
+                if tag_of_key(key) is not None:
+                    found.append((key, _plain(value)))
+        if not below:
+            break
+        level = below
+    return found
+
+
+def _plain(value: Any) -> Any:
+    """A DICOM-JSON attribute (``{"vr": "PN", "Value": [{"Alphabetic": "Doe^Jane"}]}``) as the list of its text
+    values; any other value as it is."""
+    if isinstance(value, dict) and isinstance(value.get("Value"), list):
+        items: list[str] = []
+        for item in value["Value"]:
+            if isinstance(item, dict):  # a person name's groups
+                items.extend(part for part in item.values() if isinstance(part, str))
+            elif isinstance(item, str | int) and not isinstance(item, bool):
+                items.append(str(item))
+        return items
+    return value
+
+
+def _patient_values(fields: list[tuple[str, Any]]) -> tuple[str, ...]:
     """The patient's own names, IDs and birth date in the sidecar (:func:`defacer.phi.scrub.patient_values` of its
-    keys that name those attributes; text, numbers and lists of text only)."""
+    keys that name those attributes, the outermost first; text, numbers and lists of text only)."""
     from pydicom.datadict import keyword_for_tag
 
     from defacer.phi.scrub import patient_values
 
-    fields: dict[str, Any] = {}
-    for key, value in data.items():
+    chosen: dict[str, Any] = {}
+    for key, value in fields:
         tag = tag_of_key(key)
         keyword = keyword_for_tag(tag) if tag is not None else ""
         plain = isinstance(value, str | int) and not isinstance(value, bool)
         if keyword and (plain or (isinstance(value, list) and all(isinstance(v, str) for v in value))):
-            fields.setdefault(keyword, value)
-    return patient_values(fields)
+            chosen.setdefault(keyword, value)
+    values = set(patient_values(chosen))
+    for key, value in fields:  # further occurrences (a second, nested PatientName) are the patient's too
+        tag = tag_of_key(key)
+        keyword = keyword_for_tag(tag) if tag is not None else ""
+        plain = isinstance(value, str | int) and not isinstance(value, bool)
+        if keyword and chosen.get(keyword) is not value and (
+                plain or (isinstance(value, list) and all(isinstance(v, str) for v in value))):
+            values.update(patient_values({keyword: value}))
+    return tuple(sorted(values))
 
 
 def _masked(value: Any, patient: tuple[str, ...], tag: int | None) -> Any:
@@ -148,14 +241,14 @@ def tag_of_key(key: object) -> int | None:
     return _keywords().get(name)
 
 
-def _identifying_values(data: dict[str, Any]) -> list[str]:
+def _identifying_values(fields: list[tuple[str, Any]]) -> list[str]:
     """The sidecar's own identifying values (the keys :data:`defacer.phi.scrub.IDENTIFYING_KEYWORDS` names, as in a
-    header), whole and by part (from 2 characters), for :func:`actions.clean_text`."""
+    header, at any depth), whole and by part (from 2 characters), for :func:`actions.clean_text`."""
     from defacer.phi.scrub import IDENTIFYING_KEYWORDS
 
     wanted = {tag for keyword in IDENTIFYING_KEYWORDS if (tag := tag_of_key(keyword)) is not None}
     values: set[str] = set()
-    for key, items in data.items():
+    for key, items in fields:
         if tag_of_key(key) not in wanted:
             continue
         for item in items if isinstance(items, list) else [items]:
