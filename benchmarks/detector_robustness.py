@@ -4,7 +4,8 @@
 Each head is given to the detector again (1) with its header rotated by 20-30 degrees about
 each world axis (the voxels stay as they are, so the network sees the head tilted: a patient
 positioned differently or an oblique acquisition), (2) with its intensities remapped: the
-inside of the head inverted (a T1 turned T2-like) and gamma 2 / 0.5, and (3) with 5 mm thick
+inside of the head inverted (a T1 turned T2-like), gamma 2 / 0.5, a low-SNR noise floor and a
+receive-coil shading (front 2.5 times brighter than back, or back than front), and (3) with 5 mm thick
 slices along the axis closest to superior-inferior (blocks of slices averaged; the prediction
 is mapped back onto the original grid by nearest neighbour), and (4) with the field of view cut:
 160 mm left-right around the eyes' midpoint (the auricles partly or wholly outside, as on the
@@ -65,21 +66,39 @@ def rotated_affine(affine: np.ndarray, shape: tuple[int, ...], axis: str, degree
 
 
 #: Names of the intensity variants of :func:`contrasts`.
-CONTRASTS = ("inverted inside the head", "gamma 2", "gamma 0.5", "noise floor 8 %")
+CONTRASTS = ("inverted inside the head", "gamma 2", "gamma 0.5", "noise floor 8 %", "shading front 2.5x back",
+             "shading back 2.5x front")
 
 
-def contrasts(values: np.ndarray) -> dict[str, np.ndarray]:
+def shading(shape: tuple[int, ...], affine: np.ndarray, ratio: float = 2.5) -> np.ndarray:
+    """A smooth receive-coil shading: ``ratio`` times brighter at the front of the field than at the back.
+
+    The gain is ``ratio ** u`` with ``u`` the voxel's world anterior coordinate (RAS ``y``, mm) scaled
+    to -0.5 (the field's back) .. 0.5 (its front), so the middle keeps its level.  Shape ``shape``,
+    float32, on the file's own grid.
+    """
+    anterior = affine[1, :3] @ np.indices(shape, dtype=np.float32).reshape(3, -1) + affine[1, 3]
+    span = float(np.ptp(anterior)) or 1.0
+    u = (anterior - (float(anterior.min()) + span / 2)) / span
+    return (ratio ** u).reshape(shape).astype(np.float32)
+
+
+def contrasts(values: np.ndarray, affine: np.ndarray) -> dict[str, np.ndarray]:
     """Intensity variants of one scan (on the detector's normalised scale).
 
     The noise variant is a low-SNR magnitude image: complex Gaussian noise of 8 % of the bright
     tissue level added to the (real) image and the magnitude taken, so the air gets a Rician floor
-    of about 10 % and the tissue grainy (seeded: the same for every run).
+    of about 10 % and the tissue grainy (seeded: the same for every run).  The shading variant
+    multiplies the image by :func:`shading` (a face near the front coil elements, the back dim, or the
+    reverse: a face far from the coil, dimmed towards the air's level).
     """
     t = normalise(values)
     noise = np.random.default_rng(0).normal(0.0, 0.08, (2, *t.shape)).astype(np.float32)
     return {"inverted inside the head": np.where(t > 0.08, np.clip(1.3 - t, 0.05, None), t).astype(np.float32),
             "gamma 2": (t ** 2).astype(np.float32), "gamma 0.5": np.sqrt(np.clip(t, 0, None)).astype(np.float32),
-            "noise floor 8 %": np.hypot(t + noise[0], noise[1]).astype(np.float32)}
+            "noise floor 8 %": np.hypot(t + noise[0], noise[1]).astype(np.float32),
+            "shading front 2.5x back": t * shading(t.shape, affine),
+            "shading back 2.5x front": t * shading(t.shape, affine, 1 / 2.5)}
 
 
 def thick_slices(values: np.ndarray, affine: np.ndarray, thickness_mm: float = 5.0
@@ -241,7 +260,7 @@ def main() -> None:
             if pose in wanted:
                 affine = volume.affine if rot is None else rotated_affine(volume.affine, values.shape, *rot)
                 predictions.append((pose, predict_on_grid(detector, values, affine)))
-        for label, image in contrasts(values).items():
+        for label, image in contrasts(values, volume.affine).items():
             if label in wanted:
                 predictions.append((label, predict_on_grid(detector, image, volume.affine)))
         axis, factor = 0, 1
