@@ -157,3 +157,23 @@ class MissingExtraError(DefacerError, ImportError):
         )
         self.extra = extra
         self.module = module
+
+
+#: Characters a terminal acts on instead of showing: C0 controls (line breaks, ESC that starts a terminal's escape
+#: sequence, BEL, backspace, carriage return), DEL, C1 controls, the Unicode line and paragraph separators and the
+#: bidirectional overrides (which can show a name reversed).
+_UNSHOWABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+#: The same less line feed and tab, for whole messages whose own lines are defacer's.
+_UNSHOWABLE_IN_TEXT = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def shown(name: object, *, lines: bool = False) -> str:
+    """``str(name)`` for the console, its control characters written as backslash escapes (``\\n``, ``\\x1b``).
+
+    A file name (of a hostile dataset, an upload) may hold a line feed, a carriage return or a terminal escape
+    sequence: printed raw, ``in<LF>Defaced x -> y`` fakes a line of defacer's output, and ``ESC]0;...BEL`` or
+    ``ESC[2J`` retitles or clears the user's terminal.  With ``lines`` (a whole message, whose line breaks and tabs
+    are defacer's own) line feeds and tabs are kept; each name in it should have been passed through ``shown``.
+    """
+    pattern = _UNSHOWABLE_IN_TEXT if lines else _UNSHOWABLE
+    return pattern.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), str(name))

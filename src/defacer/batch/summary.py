@@ -20,6 +20,7 @@ from typing import Any, Self, TextIO
 
 from defacer._version import __version__
 from defacer.batch.manifest import DONE, FAILED, INCOMPLETE, NOTHING_FOUND, SKIPPED, ScanRecord
+from defacer.errors import shown
 from defacer.files import text_name
 from defacer.options import STRONGER_FLAGS
 
@@ -144,7 +145,7 @@ class Progress(AbstractContextManager["Progress"]):
         self._bar = RichProgress(
             TextColumn("[bold]defacing"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"), TextColumn("[red]{task.fields[failed]}"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[last]}"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[last]}", markup=False),
             console=Console(file=self.stream), transient=False,
         )
         self._bar.__enter__()
@@ -164,7 +165,7 @@ class Progress(AbstractContextManager["Progress"]):
             state += f" (verify {verdict})" if verdict else ""
             if record.status in NOT_DEFACED:
                 state = f"{record.status.upper()} (nothing written) {record.error or ''}"
-            print(f"[{self._done}/{self.total}] {record.key}: {state}", file=self.stream)
+            print(f"[{self._done}/{self.total}] {shown(record.key)}: {shown(state)}", file=self.stream)
             return
         elapsed = self._bar.tasks[0].elapsed or 0.0
         rate = f"{60.0 * self._done / elapsed:.1f} scans/min" if elapsed > 0 else ""
@@ -193,7 +194,8 @@ def _is_terminal(stream: TextIO) -> bool:
 
 def _last_scan(record: ScanRecord, width: int = 60) -> str:
     """``last: <scan> <status>`` for the progress bar, the scan's path shortened from the left."""
-    key = record.key if len(record.key) <= width else "…" + record.key[-(width - 1):]
+    name = shown(record.key)
+    key = name if len(name) <= width else "…" + name[-(width - 1):]
     verdict = verdict_of(record)
     return f"last: {key} {record.status}" + (f" ({verdict})" if verdict else "")
 
@@ -241,17 +243,19 @@ def print_table(records: Sequence[ScanRecord], *, wall_s: float, stream: TextIO 
     try:
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
     except ImportError:
         print(f"done {counts.done}, already done {counts.skipped}, failed {counts.failed}, "
               f"nothing found {counts.nothing_found}, incomplete {counts.incomplete}, "
               f"verify failed {counts.verify_failed}, verify inconclusive {counts.verify_inconclusive} "
               f"of {counts.total} scans; {rate:.1f} scans/min", file=stream)
         for record in failed:
-            print(f"  FAILED {record.key}: {record.error}", file=stream)
+            print(f"  FAILED {shown(record.key)}: {shown(record.error)}", file=stream)
         for record in not_defaced:
-            print(f"  {record.status.upper()} (nothing written) {record.key}: {_features_line(record)}", file=stream)
+            print(f"  {record.status.upper()} (nothing written) {shown(record.key)}: {shown(_features_line(record))}",
+                  file=stream)
         for record in unverified:
-            print(f"  VERIFY {verdict_of(record)} {record.key}: {_report_of(record)}", file=stream)
+            print(f"  VERIFY {verdict_of(record)} {shown(record.key)}: {shown(_report_of(record))}", file=stream)
         step = verify_fail_next_step(unverified)
         if step:
             print(step, file=stream)
@@ -282,7 +286,7 @@ def print_table(records: Sequence[ScanRecord], *, wall_s: float, stream: TextIO 
         errors.add_column("scan", overflow="fold")
         errors.add_column("error")
         for record in failed:
-            errors.add_row(record.key, record.error or "")
+            errors.add_row(Text(shown(record.key)), Text(shown(record.error or "")))
         console.print(errors)
     if not_defaced:
         missing = Table(title="not defaced: a requested feature was not found (nothing written; --allow-missing "
@@ -291,7 +295,7 @@ def print_table(records: Sequence[ScanRecord], *, wall_s: float, stream: TextIO 
         missing.add_column("status")
         missing.add_column("features")
         for record in not_defaced:
-            missing.add_row(record.key, record.status, _features_line(record))
+            missing.add_row(Text(shown(record.key)), Text(record.status), Text(shown(_features_line(record))))
         console.print(missing)
     if unverified:
         checks = Table(title="verification failed (the face may still be recognisable) or inconclusive (no face "
@@ -300,7 +304,7 @@ def print_table(records: Sequence[ScanRecord], *, wall_s: float, stream: TextIO 
         checks.add_column("verdict")
         checks.add_column("report (in the QC folder)", overflow="fold")
         for record in unverified:
-            checks.add_row(record.key, verdict_of(record) or "", _report_of(record))
+            checks.add_row(Text(shown(record.key)), Text(verdict_of(record) or ""), Text(shown(_report_of(record))))
         console.print(checks)
         step = verify_fail_next_step(unverified)
         if step:
@@ -310,7 +314,7 @@ def print_table(records: Sequence[ScanRecord], *, wall_s: float, stream: TextIO 
         scans = "scan has" if warned == 1 else "scans have"
         console.print(f"{warned} {scans} warnings (for example a feature not found): see the summary.")
     if html_path is not None:
-        console.print(f"summary: {html_path}")
+        console.print(Text(f"summary: {shown(html_path)}"))
 
 
 def _report_of(record: ScanRecord) -> str:

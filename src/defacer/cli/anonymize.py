@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from defacer.errors import shown
+
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
@@ -55,9 +57,9 @@ def run(args: argparse.Namespace) -> int:
     if args.mapping_file:
         write_deid_mapping(scrubber.mapping.as_dict(), args.mapping_file, out_dir=args.output, force=args.force)
     _warn_identifying_name(args.input, args.output, retain_uids=scrubber.options.retain_uids)
-    print(f"De-identified {len(written)} DICOM file(s) from {args.input} into {args.output}.")
+    print(f"De-identified {len(written)} DICOM file(s) from {shown(args.input)} into {shown(args.output)}.")
     for path, why in skipped:
-        print(f"  skipped (not copied): {path}: {why}")
+        print(f"  skipped (not copied): {shown(path)}: {shown(why)}")
     return 0
 
 

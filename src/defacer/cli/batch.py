@@ -165,10 +165,11 @@ def _print_plan(config: BatchConfig) -> int:
     from collections import Counter
 
     from defacer.batch.runner import describe_plan
+    from defacer.errors import shown
 
     rows = describe_plan(config)
     for action, key, output in rows:
-        print(f"{action:8} {key}" + (f" -> {output}" if output is not None else ""))
+        print(f"{action:8} {shown(key)}" + (f" -> {shown(output)}" if output is not None else ""))
     counts = Counter(action for action, _, _ in rows)
     refused = f", {counts['refuse']} refused (see the warnings)" if counts["refuse"] else ""
     print(f"{counts['deface']} to deface, {counts['skip']} already done, {counts['exclude']} excluded{refused}; "

@@ -21,7 +21,7 @@ from defacer.cli.options import (
     max_voxels_from_args,
     print_what_if,
 )
-from defacer.errors import InputImageError
+from defacer.errors import InputImageError, shown
 from defacer.files import image_suffix, named_path
 from defacer.options import describe_step, stronger_options
 from defacer.provenance import qc_dir_for
@@ -221,18 +221,18 @@ def _deface_and_report(args: argparse.Namespace, options: DefaceOptions, deident
     changed = provenance["voxels_changed"]
     if is_dicom:
         _write_mapping(args, defaced, args.output, force=force)
-        print(f"Defaced DICOM series {args.input} -> {args.output} ({len(defaced.written)} files"
+        print(f"Defaced DICOM series {shown(args.input)} -> {shown(args.output)} ({len(defaced.written)} files"
               + (", headers de-identified" if deidentify is not None else ", headers untouched") + ")")
         print("  voxels changed: " + ", ".join(f"{k} {v}" for k, v in changed.items()))
         warnings = [*provenance.get("warnings", []), *provenance["dicom"]["geometry_warnings"]]
     else:
-        print(f"Defaced {args.input} -> {args.output}")
+        print(f"Defaced {shown(args.input)} -> {shown(args.output)}")
         print(f"  voxels changed: {sum(changed.values()):,} (by each feature's distortion: "
               + ", ".join(f"{k} {v:,}" for k, v in changed.items()) + ")" +
               f"; inside the protected region: {provenance['protection']['changed_inside_protected']}")
         warnings = provenance.get("warnings", [])
     for warning in warnings:
-        print(f"  warning: {warning}")
+        print(f"  warning: {shown(warning, lines=True)}")
     return provenance
 
 
@@ -293,7 +293,7 @@ def run_study(args: argparse.Namespace, options: DefaceOptions, deidentify: Deid
     outcomes = deface_study(args.input, target, stacks=stacks, deidentify=deidentify, options=options,
                             labels_path=args.labels, weights_path=args.weights, force=args.force,
                             allow_missing=args.allow_missing, max_voxels=max_voxels_from_args(args))
-    print(f"{args.input} holds {len(stacks)} series; each defaced into its own folder under {target}"
+    print(f"{shown(args.input)} holds {len(stacks)} series; each defaced into its own folder under {shown(target)}"
           + (" (headers de-identified, one key for the study):" if deidentify is not None else " (headers untouched):"))
     status = 0
     scrubber = None
@@ -301,21 +301,21 @@ def run_study(args: argparse.Namespace, options: DefaceOptions, deidentify: Deid
         print(f"  {info.label(index)}")
         if isinstance(outcome, FeaturesNotFoundError):
             status = status or EXIT_FEATURES_MISSING
-            print(f"      not written: {outcome}")
+            print(f"      not written: {shown(outcome, lines=True)}")
         elif isinstance(outcome, DefacerError):
             status = 1
-            print(f"      error: {outcome}")
+            print(f"      error: {shown(outcome, lines=True)}")
         else:
             scrubber = outcome.scrubber or scrubber
             changed = outcome.provenance["voxels_changed"]
-            print(f"      -> {folder.name}/ ({len(outcome.written)} files); voxels changed: "
+            print(f"      -> {shown(folder.name)}/ ({len(outcome.written)} files); voxels changed: "
                   + ", ".join(f"{k} {v}" for k, v in changed.items()))
     if scrubber is not None and mapping:
         from defacer.io.dicom_series import write_deid_mapping
 
         write_deid_mapping(scrubber.mapping.as_dict(), mapping, out_dir=target, force=args.force)
     if status:
-        print(f"defacer deface: not every series of {args.input} was defaced (see above)", file=sys.stderr)
+        print(f"defacer deface: not every series of {shown(args.input)} was defaced (see above)", file=sys.stderr)
     return status
 
 

@@ -13,12 +13,13 @@ import contextlib
 import errno
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from types import ModuleType
 
 from defacer._version import __version__
-from defacer.errors import DefacerError, FeaturesNotFoundError
+from defacer.errors import DefacerError, FeaturesNotFoundError, shown
 
 #: Subcommand modules in the order ``--help`` lists them.  Each imports only the standard library and
 #: defacer's light modules at import time (a command's optional extras are imported by its ``run``), so
@@ -118,16 +119,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        if _SHOWN_ARGUMENTS not in handler.filters:
+            handler.addFilter(_SHOWN_ARGUMENTS)
     # nibabel prints its header checks through a handler of its own (added when it is imported): passing them on to
     # the handler above too printed each twice. defacer's own messages repeat them with what to do.
     logging.getLogger("nibabel.global").propagate = False
     try:
         return int(args.func(args))
     except FeaturesNotFoundError as err:
-        print(f"defacer {args.command}: {err}", file=sys.stderr)
+        print(f"defacer {args.command}: {shown(err, lines=True)}", file=sys.stderr)
         return EXIT_FEATURES_MISSING
     except DefacerError as err:
-        print(f"defacer {args.command}: error: {err}", file=sys.stderr)
+        print(f"defacer {args.command}: error: {shown(err, lines=True)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"defacer {args.command}: interrupted; no partial output was left behind.", file=sys.stderr)
@@ -139,10 +143,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:
         if err.errno not in SYSTEM_ERRORS or args.debug:
             return _unexpected(args, err)  # a bare ``raise`` here would escape the last resort below
-        print(f"defacer {args.command}: error: {system_error_message(err)}", file=sys.stderr)
+        print(f"defacer {args.command}: error: {shown(system_error_message(err), lines=True)}", file=sys.stderr)
         return EXIT_ERROR
     except Exception as err:  # noqa: BLE001 - last resort: never a bare traceback for users
         return _unexpected(args, err)
+
+
+class _ShownArguments(logging.Filter):
+    """Logs a record with its arguments' control characters escaped (:func:`defacer.errors.shown`): the file names a
+    warning quotes come from the input (a name holding a line feed or a terminal escape sequence faked a line of
+    defacer's output, or retitled the terminal); the message's own text, defacer's, keeps its line breaks."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and record.args:
+            record.args = tuple(shown(arg, lines=isinstance(arg, BaseException))
+                                if isinstance(arg, str | os.PathLike | BaseException) else arg for arg in record.args)
+        elif not record.args and isinstance(record.msg, str):
+            record.msg = shown(record.msg, lines=True)
+        return True
+
+
+_SHOWN_ARGUMENTS = _ShownArguments()
 
 
 def _unexpected(args: argparse.Namespace, err: Exception) -> int:
@@ -150,7 +171,7 @@ def _unexpected(args: argparse.Namespace, err: Exception) -> int:
     if args.debug:
         raise err
     print(
-        f"defacer {args.command}: unexpected error: {type(err).__name__}: {err}\n"
+        f"defacer {args.command}: unexpected error: {type(err).__name__}: {shown(err, lines=True)}\n"
         "This is a bug in defacer, not in your data. Rerun with --debug to see the traceback and report it.",
         file=sys.stderr,
     )

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from defacer._typing import PathLike
-from defacer.errors import DicomSeriesError, SeveralSeriesError
+from defacer.errors import DicomSeriesError, SeveralSeriesError, shown
 from defacer.io.dicom_files import INCOMPLETE_INSTANCE, input_files, read_header, unreadable_reason
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ class SeriesInfo:
             what += f", {self.columns}x{self.rows}"
         else:
             what += ", no pixel data"
-        return f"[{index}] series {self.series_number or '?'} '{self.description}' ({what}) {self.key}"
+        return f"[{index}] series {self.series_number or '?'} '{shown(self.description)}' ({what}) {shown(self.key)}"
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from defacer._typing import PathLike
-from defacer.errors import DicomSeriesError, OutputError
+from defacer.errors import DicomSeriesError, OutputError, shown
 from defacer.io.atomic import atomic_outputs, check_output_path
 from defacer.io.dicom_files import (
     INCOMPLETE_INSTANCE,
@@ -125,7 +125,7 @@ def anonymize_files(
             outcomes = _anonymize_parallel(files, work, deid, jobs)
         damaged = [(files[index], why) for index, uid, why in sorted(outcomes) if uid is None and why.startswith("damaged")]
         if damaged:
-            listing = "\n  ".join(f"{p}: {why}" for p, why in damaged[:10])
+            listing = "\n  ".join(f"{shown(p)}: {shown(why)}" for p, why in damaged[:10])
             raise DicomSeriesError(
                 f"{len(damaged)} file(s) in '{in_path}' cannot be read as DICOM, so a series would be written with "
                 f"missing instances:\n  {listing}\nRe-export them, or move them out of the input (nothing was written)."
