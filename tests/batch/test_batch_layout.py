@@ -182,6 +182,24 @@ def test_non_image_files_are_copied_or_linked_and_kept_on_rerun(tmp_path: Path, 
     assert carry_over(layout, rel, mode) == (0, 1)
 
 
+
+def test_a_file_hard_linked_by_an_earlier_run_becomes_a_copy_when_copies_are_asked_for(tmp_path: Path) -> None:
+    """Found by HOSTILE5 (HOSTILE4's open question 8): a non-table file an earlier --others hardlink run had linked
+    had the same size as a copy, so it stayed a hard link after switching to --others copy: an edit of OUT's file in
+    place changed the input."""
+    (tmp_path / "in" / "sub-01").mkdir(parents=True)
+    source = tmp_path / "in" / "sub-01" / "events.tsv"
+    source.write_text("onset\n1\n")
+    layout = OutputLayout(tmp_path / "in", tmp_path / "out", "mirror", True)
+    rel = [PurePosixPath("sub-01/events.tsv")]
+    target = tmp_path / "out" / "sub-01" / "events.tsv"
+    assert carry_over(layout, rel, "hardlink") == (1, 0) and os.path.samefile(source, target)
+    assert carry_over_targets(layout, rel, "copy") == [target]
+    assert carry_over(layout, rel, "copy") == (1, 0)
+    assert not os.path.samefile(source, target) and target.read_bytes() == source.read_bytes()
+    assert carry_over(layout, rel, "copy") == (0, 1)
+    assert carry_over(layout, rel, "hardlink") == (0, 1)  # a copy is good enough for a link: left alone
+
 def test_output_inside_or_around_the_input_is_refused(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="overlaps the input"):
         check_folders(tmp_path / "ds", tmp_path / "ds" / "derivatives" / "defaced")

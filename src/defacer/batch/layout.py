@@ -605,9 +605,14 @@ def _carry_deidentified(source: Path, target: Path, profile: DeidOptions | None)
 
 
 def _already_there(source: Path, target: Path, mode: str) -> bool:
+    """Whether ``target`` already is what ``mode`` would make of ``source``: the link to it (symlink), a file of the
+    same size (hardlink, copy).  For a copy, a hard link to ``source`` itself (left by an earlier ``--others
+    hardlink`` run) is not: it stayed a link, so an edit of OUT's file in place changed IN's."""
     if mode == "symlink":
         return target.is_symlink() and Path(os.readlink(target)) == source
     if target.is_symlink() or not target.is_file():
+        return False
+    if mode == "copy" and os.path.samefile(source, target):
         return False
     return target.stat().st_size == source.stat().st_size
 
