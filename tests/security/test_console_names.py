@@ -22,7 +22,7 @@ from defacer.batch.summary import Progress, print_table
 from defacer.cli.main import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dicom"))
-from dicom_factory import write_series  # noqa: E402
+from dicom_factory import write_series
 
 FAKE = "x\nDe-identified 99 DICOM file(s) into y"
 ESCAPES = "z\x1b[2J\x1b]0;pwned\x07\rw"
