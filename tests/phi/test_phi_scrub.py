@@ -478,3 +478,46 @@ def test_a_header_padded_with_thousands_of_name_parts_is_searched_for_a_bounded_
     values = patient_values(ds)
     assert len(values) <= MAX_PATIENT_VALUES
     assert {"Quexworth", "Ambrose", "MRN778899", "19600131", "1960-01-31"} <= set(values)
+
+
+def test_unlisted_uids_that_name_original_instances_are_replaced_consistently(tmp_path):
+    """Found by HOSTILE5: the safety net replaced unlisted UIDs only when the keyword *ended* with InstanceUID or
+    FrameOfReferenceUID, so SOPInstanceUIDOfConcatenationSource (an enhanced object's original SOP Instance UID) kept
+    the original UID, linking the de-identified object back; RadiopharmaceuticalAdministrationEventUID and
+    ReferencedFiducialUID (which refers to Fiducial UID, replaced by the table) kept theirs too."""
+    source = "1.2.826.0.1.3680043.99.7.1"
+    paths = [_instance(tmp_path / "in", number, 7, SOPInstanceUIDOfConcatenationSource=source,
+                       RadiopharmaceuticalAdministrationEventUID="1.2.826.0.1.3680043.99.7.90",
+                       ReferencedFiducialUID="1.2.826.0.1.3680043.99.7.91")
+             for number in (1, 2)]
+    fiducial = Dataset()
+    fiducial.FiducialUID = "1.2.826.0.1.3680043.99.7.91"
+    ds = pydicom.dcmread(paths[1])
+    ds.FiducialSetSequence = [Dataset()]
+    ds.FiducialSetSequence[0].FiducialSequence = [fiducial]
+    ds.save_as(paths[1], enforce_file_format=True)
+    written, _ = anonymize_files(tmp_path / "in", tmp_path / "out", Scrubber(DeidOptions(), Pseudonymizer(KEY)))
+    for path in written:
+        assert b"1.2.826.0.1.3680043.99" not in path.read_bytes(), path
+    out = {pydicom.dcmread(path).SOPInstanceUIDOfConcatenationSource for path in written}
+    sources = [ds for path in written if (ds := pydicom.dcmread(path)).SOPInstanceUID in out]
+    assert len(out) == 1 and len(sources) == 1, "the reference names the source's new UID in every file"
+    second = next(pydicom.dcmread(p) for p in written if "FiducialSetSequence" in pydicom.dcmread(p))
+    assert second.ReferencedFiducialUID == second.FiducialSetSequence[0].FiducialSequence[0].FiducialUID
+    kept, _ = anonymize_files(tmp_path / "in", tmp_path / "kept",
+                              Scrubber(DeidOptions(retain_uids=True), Pseudonymizer(KEY)))
+    assert all(pydicom.dcmread(p).SOPInstanceUIDOfConcatenationSource == source for p in kept)
+
+
+def test_an_element_no_dictionary_knows_holding_the_patients_name_is_removed(tmp_path):
+    """Found by HOSTILE5: an attribute no dictionary knows (a newer standard's, or a misused tag), stored as UN, was
+    kept whatever its bytes held: (0010,1234) holding 'Quexworth^Jane' left the patient's name in the output."""
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.4", "1.2.826.0.1.3680043.99.8.1"
+    ds.PatientName, ds.PatientID = "Quexworth^Jane", "QX-778812"
+    ds.add_new(0x00101234, "UN", b"Quexworth^Jane ")
+    ds.add_new(0x00181234, "UN", b"id QX-778812")
+    ds.add_new(0x00201234, "UN", b"\x01\x02harmless")
+    Scrubber(DeidOptions(), Pseudonymizer(KEY)).scrub(ds)
+    assert 0x00101234 not in ds and 0x00181234 not in ds
+    assert ds[0x00201234].value == b"\x01\x02harmless", "an unknown element without the patient's values stays"

@@ -74,11 +74,24 @@ _TAG_TEXT_VALUE = 0x0040A160
 _TAG_CONTENT_SEQUENCE = 0x0040A730
 _VR_BY_TAG: dict[int, str] = {tag: entry[0] for tag, entry in DicomDictionary.items()}
 _INSTANCE_UID_SUFFIXES = ("InstanceUID", "FrameOfReferenceUID")
-#: UI attributes not in the table whose keyword names an instance or frame of reference: replaced like U.
+#: UI attributes not in the table, not named for an instance, that still hold UIDs made for one instance, event or
+#: object of this patient's study (or refer to such a UID the table replaces: Fiducial UID is U, so a reference to it
+#: must be replaced alike).
+_UNLISTED_OBJECT_UIDS = frozenset({
+    "RadiopharmaceuticalAdministrationEventUID", "AssertionUID", "ReferencedAssertionUID", "ReferencedFiducialUID",
+    "TableTopPositionAlignmentUID", "ModelGroupUID", "VolumetricPresentationInputSetUID", "PrivateRecordUID",
+})
+#: UI attributes not in the table whose keyword names an instance (anywhere in it: SOPInstanceUIDOfConcatenationSource,
+#: the original SOP Instance UID of a concatenation's source) or a frame of reference, or one of
+#: :data:`_UNLISTED_OBJECT_UIDS`: replaced like U (kept as they were, they named the original instances).
 _UNLISTED_INSTANCE_UIDS = frozenset(
     tag for tag, entry in DicomDictionary.items()
-    if entry[0] == "UI" and entry[4].endswith(_INSTANCE_UID_SUFFIXES) and find_rule(tag) is None
+    if entry[0] == "UI" and find_rule(tag) is None
+    and ("InstanceUID" in entry[4] or entry[4].endswith(_INSTANCE_UID_SUFFIXES) or entry[4] in _UNLISTED_OBJECT_UIDS)
 )
+#: The VR of an element no dictionary knows (an attribute of a newer standard, or a misused tag, stored as UN or read
+#: with implicit VR): its bytes may hold anything.
+_UNKNOWN_VRS = frozenset({"UN", ""})
 
 
 #: Free-text VRs: overlay attributes of these VRs the table does not list follow Overlay Comments.
@@ -378,6 +391,8 @@ class Scrubber:
             self._set_uid(ds, tag_int)
         elif vr in _FREE_TEXT_VRS:
             self._mask_patient(ds[tag_int], context)
+        elif vr in _UNKNOWN_VRS and _holds_patient(ds[tag_int].value, context):
+            del ds[tag_int]  # an attribute no dictionary knows, holding the patient's name or ID as bytes
 
     @staticmethod
     def _mask_patient(element: Any, context: _Context) -> None:
