@@ -181,6 +181,37 @@ def test_burned_in_annotation_is_refused_unless_allowed(tmp_path):
     assert ds2.PatientIdentityRemoved == "YES"
 
 
+
+@pytest.mark.parametrize("keyword, value", [
+    ("BurnedInAnnotation", " YES"), ("BurnedInAnnotation", "YES\\NO"), ("BurnedInAnnotation", ["NO", "YES"]),
+    ("BurnedInAnnotation", b"YES "), ("ImageType", ["DERIVED", "SECONDARY", " SCREEN SAVE"]),
+    ("SOPClassUID", "1.2.840.10008.5.1.4.1.1.7 "),
+])
+def test_burned_in_flags_are_read_as_coded_strings(keyword, value):
+    """Found by HOSTILE5: the flags were compared exactly, so BurnedInAnnotation ' YES' (leading spaces are not
+    significant in a CS, PS3.5 6.2) or a multi-valued 'YES\\NO', and ImageType ' SCREEN SAVE', let an instance with
+    text in its pixels through without --allow-burned-in."""
+    from defacer.phi.scrub import burned_in_reason
+
+    ds = Dataset()
+    if isinstance(value, bytes):
+        ds.add_new(0x00280301, "UN", value)
+    else:
+        setattr(ds, keyword, value)
+    assert burned_in_reason(ds)
+    with pytest.raises(BurnedInAnnotationError):
+        Scrubber(DeidOptions(), Pseudonymizer(KEY)).scrub(ds)
+
+
+@pytest.mark.parametrize("value", ["NO", " NO ", ""])
+def test_burned_in_annotation_no_is_not_refused(value):
+    from defacer.phi.scrub import burned_in_reason
+
+    ds = Dataset()
+    ds.BurnedInAnnotation = value
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M"]
+    assert burned_in_reason(ds) == ""
+
 def test_a_refused_instance_leaves_no_partial_output(corpus, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()

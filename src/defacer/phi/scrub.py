@@ -501,15 +501,28 @@ class Scrubber:
 
 def burned_in_reason(ds: Dataset) -> str:
     """Why ``ds`` may carry burned-in text, or ``""`` when nothing suggests it."""
-    if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
+    if "YES" in _coded_values(ds.get("BurnedInAnnotation")):
         return "has BurnedInAnnotation (0028,0301) = YES"
-    sop_class = str(ds.get("SOPClassUID", ""))
+    sop_class = str(ds.get("SOPClassUID", "")).strip().rstrip("\x00")
     if sop_class in BURNED_IN_SOP_CLASSES:
         return f"is a {BURNED_IN_SOP_CLASSES[sop_class]} (SOP class {sop_class}), a kind that usually has text in its pixels"
-    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
-    if any(v in {"SCREEN SAVE", "SCREENSHOT", "SCREEN_SHOT"} for v in image_type):
+    if _coded_values(ds.get("ImageType")) & {"SCREEN SAVE", "SCREENSHOT", "SCREEN_SHOT"}:
         return "is a screen capture (ImageType contains SCREEN SAVE)"
     return ""
+
+
+def _coded_values(value: object) -> set[str]:
+    """The values of a coded string (CS) as compared: each value of a multi-valued one, without the leading and
+    trailing spaces (and NUL padding) PS3.5 makes insignificant in CS, upper case.  ``' YES'`` or ``'YES\\NO'``
+    in BurnedInAnnotation passed the exact comparison with ``'YES'``."""
+    if value is None:
+        return set()
+    if isinstance(value, bytes):  # an element pydicom left as raw bytes (UN)
+        value = value.decode("latin-1")
+    items = value if isinstance(value, MultiValue | list | tuple) else [value]
+    if len(items) == 1 and isinstance(items[0], str) and "\\" in items[0]:
+        items = items[0].split("\\")
+    return {str(item).strip(" \x00").upper() for item in items}
 
 
 def iter_phi_free_text(ds: Dataset) -> Iterator[str]:
