@@ -242,3 +242,33 @@ def test_choosing_only_features_that_were_not_found_gives_no_defaced_download(
     assert downloads == [404, 404, 404, 404]
     assert views == [404, 404]
     assert verified.status_code == 422 and "Deface the scan before" in verified.json()["error"]
+
+
+def test_an_upload_the_browser_abandons_is_no_server_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Found by HOSTILE5: a browser that went away mid-upload (tab closed, upload cancelled) made the server log
+    "ERROR ... unexpected ClientDisconnect while answering PUT ...", as for a bug. Its partial file is removed and
+    the work area takes the next upload."""
+    import logging
+    import socket
+    from urllib.parse import urlsplit
+
+    from defacer.web.settings import WebSettings
+
+    caplog.set_level(logging.INFO, logger="defacer.web.app")
+    with serve_in_thread(WebSettings(work_dir=tmp_path / "work")) as url, httpx.Client(base_url=url) as client:
+        session = client.post("/api/sessions").json()["session"]
+        address = urlsplit(url)
+        with socket.create_connection((address.hostname, address.port)) as sock:
+            sock.sendall(f"PUT /api/sessions/{session}/files/scan HTTP/1.1\r\nHost: {address.netloc}\r\n"
+                         "Content-Length: 100000\r\nX-File-Name: a.nrrd\r\n\r\n".encode() + b"NRRD0004\n" + b"#" * 900)
+            time.sleep(0.5)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and "client left" not in caplog.text:
+            time.sleep(0.1)
+        leftovers = [p for p in (tmp_path / "work").rglob("input.*")]
+        again = client.put(f"/api/sessions/{session}/files/scan", content=b"NRRD0004\n",
+                           headers={"X-File-Name": "b.nrrd"})
+        client.delete(f"/api/sessions/{session}")
+    assert "client left before its PUT" in caplog.text, caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert leftovers == [] and again.status_code == 201, again.text

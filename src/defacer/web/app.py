@@ -38,6 +38,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from defacer._version import __version__
 from defacer.detect import Detector
@@ -222,6 +223,11 @@ def create_app(settings: WebSettings | None = None, *, detector_factory: Callabl
                                    "printed (it ends with ?token=...).")
         try:
             response: Response = await call_next(request)
+        except ClientDisconnect:  # the browser went away mid-upload (tab closed, upload cancelled): not a fault
+            route = request.scope.get("route")
+            log.info("the client left before its %s %s was received; its partial upload was removed", request.method,
+                     getattr(route, "path", "?"))
+            response = _error(400, "The request ended before its body was received. Upload the file again.")
         except Exception as err:  # noqa: BLE001 - one request's failure never takes the server down
             full = work_folder_full(err)
             route = request.scope.get("route")
