@@ -379,3 +379,25 @@ def test_ears_looked_for_within_a_box_holding_them_give_the_same_map(phantom) ->
         got, got_sources = add_missing_ears(image, made.volume.affine, network, EYES, ears_within=within)
         assert got_sources == sources
         np.testing.assert_array_equal(got, whole)
+
+
+@pytest.mark.skipif(not default_weights_path().is_file(), reason="shipped weights not built yet")
+def test_round_a_bright_halo_the_refined_auricles_still_reach_the_ear_distortion(phantom) -> None:
+    """Issue 15: through gamma 0.5 the detector finds the ears on its own view of the head (the air lowered to
+    where the outline is sharpest, :func:`defacer.head.sharpest_outline_level`); the auricles its refinement
+    delimits are recorded on the pipeline's head all the same, so the ear distortion takes them, and the
+    protected region stays untouched (the pipeline's head, the protection's, is the halo's as before)."""
+    from defacer.pipeline import deface
+
+    made, _ = phantom
+    image = made.volume.values(np.float32)
+    lo, hi = np.percentile(image, [0.5, 99.5])
+    from defacer.volume import Volume
+
+    values = np.sqrt(np.clip((image - lo) / (hi - lo), 0.0, 1.5)).astype(np.float32)
+    halo = Volume(values, made.volume.affine, 1.0, 0.0, made.volume.format, made.volume.header, {})
+    result = deface(halo, OnnxDetector(threads=1))
+    ears = [e for e in result.provenance["edits"] if e["feature"] == "ears"]
+    assert result.provenance["detector"]["sources"]["ears"] == {"right": "network", "left": "network"}
+    assert len(ears) == 2 and all(e["auricle_from_detector"] for e in ears)
+    assert result.provenance["protection"]["changed_inside_protected"] == 0

@@ -348,7 +348,7 @@ def add_missing_ears(image: npt.NDArray[np.floating], affine: Affine, labels: La
                      eye_centres: list[npt.NDArray[np.float64]], head: HeadModel | None = None,
                      offset_mm: tuple[float, float] = EAR_OFFSET_MM, *,
                      refine: bool = True, in_place: bool = False,
-                     ears_within: Box | None = None) -> tuple[LabelMap, dict[str, str]]:
+                     ears_within: Box | None = None, record_on: HeadModel | None = None) -> tuple[LabelMap, dict[str, str]]:
     """Label from the image the auricle of each side where ``labels`` has no ear, and the whole
     auricle of each ear the network found.
 
@@ -380,6 +380,10 @@ def add_missing_ears(image: npt.NDArray[np.floating], affine: Affine, labels: La
     ears_within : tuple of 3 slice, optional
         A box of ``labels`` holding every ear voxel it has (the detector's extent of its regions):
         the network's ears are looked for in it only; default the whole map.
+    record_on : HeadModel, optional
+        The head the refined auricles are recorded on for the ear distortion
+        (:func:`defacer.auricle.remember_auricle`); default ``head``.  The detector passes the caller's
+        head when it searched on its own view of the head (a bright halo lowered).
 
     Returns
     -------
@@ -426,5 +430,5 @@ def add_missing_ears(image: npt.NDArray[np.floating], affine: Affine, labels: La
         region[mask & (region == 0)] = Label.EARS
         sources[names[side]] = "image"
     for grown, auricle, seed in refined:  # the ear distortion adds these auricles and looks where the refinement did
-        remember_auricle(head, grown, out[grown] == Label.EARS, auricle, seed)
+        remember_auricle(head if record_on is None else record_on, grown, out[grown] == Label.EARS, auricle, seed)
     return out, sources

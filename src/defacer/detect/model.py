@@ -35,7 +35,7 @@ from defacer.detect.preprocess import box_to_grid, grid_extent, to_box
 from defacer.detect.refine_face import refine_face, tissue_threshold
 from defacer.errors import InputImageError, WeightsError
 from defacer.files import file_sha256
-from defacer.head import HeadModel, air_ceiling, analyse_head
+from defacer.head import HeadModel, air_ceiling, analyse_head, sharpest_outline_level
 from defacer.labels import FEATURE_LABELS, NUM_CLASSES, Label
 from defacer.volume import voxel_sizes
 
@@ -256,8 +256,10 @@ class OnnxDetector:
             As :meth:`predict`.
         head : HeadModel or None
             :func:`defacer.head.analyse_head` of ``image_ras`` at its RAS spacing (the pipeline's);
-            ``None``: analysed here once a feature is found (its air's noise ceiling lifts the tissue
-            levels of the clean-up and the refinements on a low-SNR scan; the ear fallback uses it).
+            ``None``: analysed here first (its air's noise ceiling lifts the tissue levels of the clean-up
+            and the refinements on a low-SNR scan; the ear fallback uses it).  Where its outline is doubtful
+            (a bright halo), the detector works on the image with the air lowered and on the head model at
+            that level (``_lower_bright_air``); the ears it refines are still recorded on ``head``.
 
         Returns
         -------
@@ -268,6 +270,10 @@ class OnnxDetector:
             message = f"The detector needs a 3D image with at least 2 voxels per axis, found shape {image.shape}."
             raise InputImageError(message)
         clock = _StageClock()
+        # a bright halo or noise floor round the head (the outline doubtful): the network and the image rules see
+        # the air lowered to the level at which the outline is sharpest (nothing changes on a clear outline)
+        shared = head  # the caller's head (the pipeline's): the ear refinement records its auricles on it
+        image, head, lifted = _lower_bright_air(image, np.asarray(ras_affine, float), head)
         box_image, box = to_box(image, np.asarray(ras_affine, float), self.box_shape, self.box_spacing)
         clock.stamp("box")
         # class weights (from the card) rescale the probabilities before every decision: a weight
@@ -284,8 +290,6 @@ class OnnxDetector:
         # every label lies in the regions' extent: clean that crop only (the whole scan's air level,
         # lifted above the air's own noise on a low-SNR scan)
         extent = grid_extent(regions, box, image.shape, np.asarray(ras_affine, float))
-        if head is None and extent is not None:
-            head = _head_or_none(image, np.asarray(ras_affine, float))
         noise = air_ceiling(head) if head is not None else None
         sample = threshold_sample(image) if extent is not None else None  # both levels read it
         air = air_threshold(image, sample=sample) if extent is not None else None
@@ -304,7 +308,8 @@ class OnnxDetector:
             # the map is this call's own; its ears lie in the extent (box_to_grid and the clean-up write
             # them there only, the face refinement never writes one)
             labels, sides = add_missing_ears(image, np.asarray(ras_affine, float), labels, eyes, head=head,
-                                             in_place=True, ears_within=extent)
+                                             in_place=True, ears_within=extent,
+                                             record_on=shared if lifted and shared is not None else None)
             self._last.sources = {"ears": sides}
         clock.stamp("ear_fallback")
         self._last.timings = clock.seconds
@@ -348,6 +353,28 @@ def class_argmax(probs: npt.NDArray[np.floating]) -> npt.NDArray[np.intp]:
         index[probs[c] > best] = c
         np.maximum(best, probs[c], out=best)
     return index
+
+
+def _lower_bright_air(image: npt.NDArray[np.float32], ras_affine: Affine, head: HeadModel | None
+                     ) -> tuple[npt.NDArray[np.float32], HeadModel | None, bool]:
+    """The image the detector works on, its head model, and whether the air was lowered.
+
+    Where the head's outline is doubtful (a bright halo, ghosting or a noise floor round the head, e.g. a
+    scan through gamma 0.5: :attr:`defacer.head.HeadModel.outline_contrast`), everything below the level at
+    which the outline is sharpest (:func:`defacer.head.sharpest_outline_level`) is raised to that level, so
+    the network's input scaling puts the air at 0, as on the scans it learnt from, and the clean-up, face and
+    ear rules measure tissue above it; the head model is then the one at that level.  Otherwise ``image``
+    and ``head`` (analysed here when ``None`` and a head is found) come back as they are.
+    """
+    if head is None:
+        head = _head_or_none(image, ras_affine)
+    if head is None:
+        return image, None, False
+    found = sharpest_outline_level(image, voxel_sizes(ras_affine), head)
+    if found is None:
+        return image, head, False
+    level, lowered = found
+    return np.maximum(image, np.float32(level)), lowered, True
 
 
 def _head_or_none(image: npt.NDArray[np.float32], ras_affine: Affine) -> HeadModel | None:
