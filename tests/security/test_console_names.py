@@ -95,3 +95,11 @@ def test_a_log_file_gets_hostile_scan_names_escaped(tmp_path: Path) -> None:
     text = stream.getvalue()
     _no_raw_controls(text)
     assert len(text.splitlines()) == 1, text
+
+
+def test_the_evaluation_table_shows_a_hostile_scan_name_escaped() -> None:
+    from defacer.verify.evaluate import format_row
+
+    line = format_row({"name": FAKE, "error": f"cannot read {ESCAPES}"})
+    _no_raw_controls(line)
+    assert "\n" not in line and line.startswith("x\\nDe-identified")

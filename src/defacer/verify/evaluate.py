@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from defacer.errors import DefacerError
+from defacer.errors import DefacerError, shown
 from defacer.files import image_stem, is_image_name, label_ending
 from defacer.labels import FEATURE_LABELS
 from defacer.verify import faces, identity
@@ -181,12 +181,13 @@ TABLE_HEADER = (f"{'scan':28s} {'features':16s} {'dice e/n/a':16s} {'face before
 
 def format_row(r: dict[str, Any]) -> str:
     """One line of the evaluation table."""
+    name = shown(r["name"])  # a scan's file name, from the folder evaluated: control characters escaped
     if "error" in r:
-        return f"{r['name'][:28]:28s} error: {r['error']}"
+        return f"{name[:28]:28s} error: {shown(r['error'])}"
     dice = r.get("dice") or {}
     dtxt = "/".join("-" if dice.get(f) is None else f"{dice[f]:.2f}" for f in FEATURE_LABELS) if dice else "-"
     feats = ",".join(f[:4] for f in r["features_found"]) or "-"
-    return (f"{r['name'][:28]:28s} {feats:16s} {dtxt:16s} {len(r['face_found_before']):>11d} "
+    return (f"{name[:28]:28s} {feats:16s} {dtxt:16s} {len(r['face_found_before']):>11d} "
             f"{len(r['face_found_after']):>10d} {r['identity_distance']:>7.3f} {r['verdict']:>12s} "
             f"{r['seconds']:>6.1f} {r['peak_rss_mb']:>7.0f}")
 
