@@ -552,3 +552,22 @@ def test_an_element_no_dictionary_knows_holding_the_patients_name_is_removed(tmp
     Scrubber(DeidOptions(), Pseudonymizer(KEY)).scrub(ds)
     assert 0x00101234 not in ds and 0x00181234 not in ds
     assert ds[0x00201234].value == b"\x01\x02harmless", "an unknown element without the patient's values stays"
+
+
+def test_unlisted_web_addresses_are_removed_and_coding_scheme_urls_kept():
+    """Found by HOSTILE5: URL attributes the table does not list were kept as they were: RetrieveURL
+    'https://pacs.quexworth-hospital.org/dicomweb/studies/<original StudyInstanceUID>' linked the output back to the
+    original study (and named the hospital); web addresses are identifiers under HIPAA Safe Harbor."""
+    study = "1.2.826.0.1.3680043.99.9"
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.StudyInstanceUID = "1.2.840.10008.5.1.4.1.1.4", f"{study}.1", study
+    ds.RetrieveURL = f"https://pacs.quexworth-hospital.org/dicomweb/studies/{study}"
+    ds.add_new(0x0040E010, "UR", f"https://pacs.quexworth-hospital.org/wado?studyUID={study}")  # RetrieveURI
+    ds.add_new(0x00080409, "UR", "file:///archive/Quexworth_Jane/IM1.dcm")  # FileAccessURI
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "T-A0100", "SRT", "Brain"
+    code.CodingSchemeURL = "http://snomed.info/sct"
+    ds.AnatomicRegionSequence = [code]
+    Scrubber(DeidOptions(), Pseudonymizer(KEY)).scrub(ds)
+    assert "RetrieveURL" not in ds and 0x0040E010 not in ds and 0x00080409 not in ds
+    assert ds.AnatomicRegionSequence[0].CodingSchemeURL == "http://snomed.info/sct"

@@ -44,6 +44,8 @@ def describe_actions(options: DeidOptions) -> list[str]:
         + ("kept only where listed as safe, others removed" if options.retain_safe_private else "all removed") + ".",
         "Person names (PN) the table does not list: emptied. Instance/frame-of-reference UIDs it does not list: "
         + ("kept" if options.retain_uids else "replaced with keyed UIDs") + ".",
+        ("Web addresses (UR) the table does not list: removed (coding-scheme URLs kept). Attributes no dictionary "
+         "knows (UN) holding the patient's own name, ID or birth date: removed."),
         "Sequences: de-identified item by item at any depth with the same rules.",
         "File meta information: rebuilt (new MediaStorageSOPInstanceUID, defacer's ImplementationClassUID).",
         "Set: PatientIdentityRemoved=YES, DeidentificationMethod and DeidentificationMethodCodeSequence ("

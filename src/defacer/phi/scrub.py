@@ -89,6 +89,14 @@ _UNLISTED_INSTANCE_UIDS = frozenset(
     if entry[0] == "UI" and find_rule(tag) is None
     and ("InstanceUID" in entry[4] or entry[4].endswith(_INSTANCE_UID_SUFFIXES) or entry[4] in _UNLISTED_OBJECT_UIDS)
 )
+#: Unlisted URL/URI attributes (VR UR) that are kept: names of coding schemes and references inside a document.
+#: Every other unlisted UR attribute is removed: a RetrieveURL or RetrieveURI names the original study by its
+#: StudyInstanceUID (``.../studies/1.2.840...``) and the hospital's server, file and folder URIs may hold names, and
+#: web addresses are one of the identifiers HIPAA's Safe Harbor method removes.
+_KEPT_UNLISTED_URLS = frozenset(
+    tag for tag, entry in DicomDictionary.items()
+    if entry[4] in ("CodingSchemeURL", "URNCodeValue", "RelativeURIReferenceWithinEncapsulatedDocument")
+)
 #: The VR of an element no dictionary knows (an attribute of a newer standard, or a misused tag, stored as UN or read
 #: with implicit VR): its bytes may hold anything.
 _UNKNOWN_VRS = frozenset({"UN", ""})
@@ -391,6 +399,8 @@ class Scrubber:
             self._set_uid(ds, tag_int)
         elif vr in _FREE_TEXT_VRS:
             self._mask_patient(ds[tag_int], context)
+        elif vr == "UR" and tag_int not in _KEPT_UNLISTED_URLS:
+            del ds[tag_int]
         elif vr in _UNKNOWN_VRS and _holds_patient(ds[tag_int].value, context):
             del ds[tag_int]  # an attribute no dictionary knows, holding the patient's name or ID as bytes
 
