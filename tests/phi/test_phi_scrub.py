@@ -571,3 +571,26 @@ def test_unlisted_web_addresses_are_removed_and_coding_scheme_urls_kept():
     Scrubber(DeidOptions(), Pseudonymizer(KEY)).scrub(ds)
     assert "RetrieveURL" not in ds and 0x0040E010 not in ds and 0x00080409 not in ds
     assert ds.AnatomicRegionSequence[0].CodingSchemeURL == "http://snomed.info/sct"
+
+
+def test_dates_the_table_does_not_list_follow_the_study_date():
+    """Found by HOSTILE5: a date or date-time the table does not list (StudyUpdateDateTime, SecondaryReviewDate,
+    ExpiryDate...) was kept as it was under the default profile; dates of a person's care are HIPAA Safe Harbor
+    identifiers. Now they follow Study Date: emptied, kept with --retain-long-full-dates, shifted with
+    --retain-long-modified-dates."""
+    def scrubbed(options):
+        ds = Dataset()
+        ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.4", "1.2.826.0.1.3680043.99.10.1"
+        ds.PatientID, ds.StudyDate = "QX-778812", "20230314"
+        ds.StudyUpdateDateTime, ds.SecondaryReviewDate = "20230316101500", "20230317"
+        return Scrubber(options, Pseudonymizer(KEY)).scrub(ds)
+
+    plain = scrubbed(DeidOptions())
+    assert not plain.get("StudyUpdateDateTime") and not plain.get("SecondaryReviewDate")
+    full = scrubbed(DeidOptions(retain_long_full_dates=True))
+    assert (full.StudyUpdateDateTime, full.SecondaryReviewDate) == ("20230316101500", "20230317")
+    shifted = scrubbed(DeidOptions(retain_long_modified_dates=True))
+    days = (int(shifted.StudyDate) - 20230314, int(shifted.SecondaryReviewDate) - 20230317)
+    assert shifted.SecondaryReviewDate != "20230317" and shifted.StudyUpdateDateTime[8:] == "101500"
+    assert shifted.StudyUpdateDateTime[:8] != "20230316"
+    assert days[0] != 0 and days[1] != 0

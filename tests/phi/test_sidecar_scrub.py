@@ -156,3 +156,16 @@ def test_an_attribute_name_or_a_converters_own_key_is_treated_as_the_attribute()
             "ProcedureStepDescription": "MR head for Quexworth", "EchoTime": 0.003}
     scrubbed, removed = scrub_sidecar(dict(data), DeidOptions())
     assert scrubbed == {"EchoTime": 0.003} and removed == [k for k in data if k != "EchoTime"]
+
+
+def test_keys_the_table_does_not_list_get_the_headers_safety_nets():
+    """Found by HOSTILE5: a header empties person names the table does not list, and (since HOSTILE5) removes
+    unlisted web addresses and treats unlisted dates as Study Date; a sidecar kept such keys as they were."""
+    data = {"RetrieveURL": "https://pacs.quexworth.org/studies/1.2.826.0.1.3680043.99.1",
+            "StudyUpdateDateTime": "20230316101500", "PersonName": "Dr Quexmore", "EchoTime": 0.003,
+            "CodingSchemeURL": "http://snomed.info/sct"}
+    scrubbed, removed = scrub_sidecar(dict(data), DeidOptions())
+    assert scrubbed == {"EchoTime": 0.003, "CodingSchemeURL": "http://snomed.info/sct"}
+    assert removed == ["RetrieveURL", "StudyUpdateDateTime", "PersonName"]
+    full, _ = scrub_sidecar(dict(data), DeidOptions(retain_long_full_dates=True))
+    assert full["StudyUpdateDateTime"] == "20230316101500"

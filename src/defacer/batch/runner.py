@@ -255,8 +255,9 @@ def labels_for(scan: Scan, labels_dir: Path | None) -> Path | None:
 #: rerun of a batch does again the outputs written by the earlier rules, whose sidecars may hold what the new ones
 #: remove.  1: the Annex E actions on keys that are DICOM keywords (5d39c23, 2bc1661; recorded as ``true``); 2: keys
 #: spelt otherwise (case, spaces, attribute names, DICOM-JSON tags) and the kept text masked of the patient's own
-#: values (46ba2fd, 6ee9bd1, 1069093); 3: the same rules on objects and lists nested at any depth (HOSTILE5).
-SIDECAR_RULES_REVISION = 3
+#: values (46ba2fd, 6ee9bd1, 1069093); 3: the same rules on objects and lists nested at any depth (HOSTILE5); 4: keys
+#: the table does not list get the header's safety nets (PN and UR removed, DA/DT as Study Date; HOSTILE5).
+SIDECAR_RULES_REVISION = 4
 
 
 def _fingerprint(config: BatchConfig, scan: Scan, labels: Path | None, detector_id: str,

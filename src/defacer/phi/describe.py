@@ -45,7 +45,8 @@ def describe_actions(options: DeidOptions) -> list[str]:
         "Person names (PN) the table does not list: emptied. Instance/frame-of-reference UIDs it does not list: "
         + ("kept" if options.retain_uids else "replaced with keyed UIDs") + ".",
         ("Web addresses (UR) the table does not list: removed (coding-scheme URLs kept). Attributes no dictionary "
-         "knows (UN) holding the patient's own name, ID or birth date: removed."),
+         "knows (UN) holding the patient's own name, ID or birth date: removed. Dates (DA, DT) it does not list: "
+         "as Study Date."),
         "Sequences: de-identified item by item at any depth with the same rules.",
         "File meta information: rebuilt (new MediaStorageSOPInstanceUID, defacer's ImplementationClassUID).",
         "Set: PatientIdentityRemoved=YES, DeidentificationMethod and DeidentificationMethodCodeSequence ("

@@ -71,6 +71,7 @@ IDENTIFYING_KEYWORDS = (
 _TAG_PATIENT_NAME = 0x00100010
 _TAG_PATIENT_ID = 0x00100020
 _TAG_TEXT_VALUE = 0x0040A160
+_TAG_STUDY_DATE = 0x00080020
 _TAG_CONTENT_SEQUENCE = 0x0040A730
 _VR_BY_TAG: dict[int, str] = {tag: entry[0] for tag, entry in DicomDictionary.items()}
 _INSTANCE_UID_SUFFIXES = ("InstanceUID", "FrameOfReferenceUID")
@@ -399,6 +400,10 @@ class Scrubber:
             self._set_uid(ds, tag_int)
         elif vr in _FREE_TEXT_VRS:
             self._mask_patient(ds[tag_int], context)
+        elif vr in ("DA", "DT") and (study_date := find_rule(_TAG_STUDY_DATE)) is not None:
+            # a date the table does not list (StudyUpdateDateTime, SecondaryReviewDate...) is one of the study's
+            # dates for HIPAA Safe Harbor: treated as Study Date (emptied; kept or shifted by the date options)
+            self._apply(ds, tag_int, study_date, vr, context)
         elif vr == "UR" and tag_int not in _KEPT_UNLISTED_URLS:
             del ds[tag_int]
         elif vr in _UNKNOWN_VRS and _holds_patient(ds[tag_int].value, context):

@@ -84,6 +84,8 @@ def _scrub_object(data: dict[str, Any], options: DeidOptions, identifying: list[
         tag = tag_of_key(key)
         rule = find_rule(tag) if tag is not None else None
         action = "K" if rule is None else options.action_for(rule)
+        if rule is None and tag is not None:
+            action = _unlisted_action(tag, options)
         if action == "K":
             if dicom_json and key == "vr":  # a DICOM-JSON attribute's value representation
                 scrubbed[key] = value
@@ -198,6 +200,25 @@ def _masked(value: Any, patient: tuple[str, ...], tag: int | None) -> Any:
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return [actions.mask_values(v, patient) for v in value]
     return value
+
+
+def _unlisted_action(tag: int, options: DeidOptions) -> str:
+    """The action on a key naming a DICOM attribute the table does not list, as the header's safety nets give it
+    (:meth:`defacer.phi.scrub.Scrubber._unlisted`): a person name (PN) and a web address (UR, but coding-scheme
+    URLs) removed, a date or date-time treated as Study Date; ``K`` otherwise."""
+    from pydicom.datadict import dictionary_VR
+
+    from defacer.phi.scrub import _KEPT_UNLISTED_URLS, _TAG_STUDY_DATE
+
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        return "K"
+    if vr == "PN" or (vr == "UR" and tag not in _KEPT_UNLISTED_URLS):
+        return "X"
+    if vr in ("DA", "DT") and (study_date := find_rule(_TAG_STUDY_DATE)) is not None:
+        return options.action_for(study_date)
+    return "K"
 
 
 def _is_date(tag: int | None) -> bool:
