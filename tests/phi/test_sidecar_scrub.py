@@ -169,3 +169,20 @@ def test_keys_the_table_does_not_list_get_the_headers_safety_nets():
     assert removed == ["RetrieveURL", "StudyUpdateDateTime", "PersonName"]
     full, _ = scrub_sidecar(dict(data), DeidOptions(retain_long_full_dates=True))
     assert full["StudyUpdateDateTime"] == "20230316101500"
+
+
+def test_a_sidecar_listing_thousands_of_names_is_searched_for_a_bounded_number():
+    """The nested search (HOSTILE5) gathered every name at any depth: a 2.6 MB sidecar listing 20,000 names made a mask
+    pattern of 80,000 alternatives, searched in every kept text, and scrubbing ran for more than 5 minutes."""
+    from defacer.phi import sidecar
+    from defacer.phi.scrub import MAX_PATIENT_VALUES
+
+    items = [{"PatientName": f"Qa{i:05d}^Qb{i:05d}", "AccessionNumber": f"ACC{i:06d}", "Note": f"Qa{i:05d} x"}
+             for i in range(3000)]
+    data = {"PatientName": "Quexworth^Jane", "Items": items, "SequenceName": "Quexworth_tfl3d"}
+    fields = sidecar._fields(data)
+    assert len(sidecar._patient_values(fields)) <= MAX_PATIENT_VALUES
+    assert len(sidecar._identifying_values(fields)) <= sidecar.MAX_IDENTIFYING_VALUES
+    scrubbed, removed = scrub_sidecar(data, DeidOptions(clean_descriptors=True))
+    assert scrubbed["SequenceName"] == "*_tfl3d", "the outermost name comes first"
+    assert len(removed) == 1 + 2 * 3000

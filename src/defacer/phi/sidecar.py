@@ -158,27 +158,30 @@ def _plain(value: Any) -> Any:
 
 def _patient_values(fields: list[tuple[str, Any]]) -> tuple[str, ...]:
     """The patient's own names, IDs and birth date in the sidecar (:func:`defacer.phi.scrub.patient_values` of its
-    keys that name those attributes, the outermost first; text, numbers and lists of text only)."""
+    keys that name those attributes, the outermost first; text, numbers and lists of text only), at most
+    :data:`defacer.phi.scrub.MAX_PATIENT_VALUES` (a sidecar listing thousands of names would otherwise make a mask
+    pattern of thousands of alternatives, searched in every kept text)."""
     from pydicom.datadict import keyword_for_tag
 
-    from defacer.phi.scrub import patient_values
+    from defacer.phi.scrub import MAX_PATIENT_VALUES, patient_values
 
-    chosen: dict[str, Any] = {}
+    plain_fields: list[tuple[str, Any]] = []
     for key, value in fields:
         tag = tag_of_key(key)
         keyword = keyword_for_tag(tag) if tag is not None else ""
         plain = isinstance(value, str | int) and not isinstance(value, bool)
         if keyword and (plain or (isinstance(value, list) and all(isinstance(v, str) for v in value))):
-            chosen.setdefault(keyword, value)
-    values = set(patient_values(chosen))
-    for key, value in fields:  # further occurrences (a second, nested PatientName) are the patient's too
-        tag = tag_of_key(key)
-        keyword = keyword_for_tag(tag) if tag is not None else ""
-        plain = isinstance(value, str | int) and not isinstance(value, bool)
-        if keyword and chosen.get(keyword) is not value and (
-                plain or (isinstance(value, list) and all(isinstance(v, str) for v in value))):
-            values.update(patient_values({keyword: value}))
-    return tuple(sorted(values))
+            plain_fields.append((keyword, value))
+    chosen: dict[str, Any] = {}
+    for keyword, value in plain_fields:
+        chosen.setdefault(keyword, value)
+    found = dict.fromkeys(patient_values(chosen))
+    for keyword, value in plain_fields:  # further occurrences (a second, nested PatientName) are the patient's too
+        if len(found) >= MAX_PATIENT_VALUES:
+            break
+        if value is not chosen[keyword]:
+            found.update(dict.fromkeys(patient_values({keyword: value})))
+    return tuple(sorted(list(found)[:MAX_PATIENT_VALUES]))
 
 
 def _masked(value: Any, patient: tuple[str, ...], tag: int | None) -> Any:
@@ -262,20 +265,28 @@ def tag_of_key(key: object) -> int | None:
     return _keywords().get(name)
 
 
+#: Most identifying values :func:`_identifying_values` gathers (each is searched in every text the ``C`` action
+#: cleans; a sidecar listing thousands of names took minutes).
+MAX_IDENTIFYING_VALUES = 256
+
+
 def _identifying_values(fields: list[tuple[str, Any]]) -> list[str]:
     """The sidecar's own identifying values (the keys :data:`defacer.phi.scrub.IDENTIFYING_KEYWORDS` names, as in a
-    header, at any depth), whole and by part (from 2 characters), for :func:`actions.clean_text`."""
+    header, at any depth, the outermost first), whole and by part (from 2 characters), for :func:`actions.clean_text`;
+    at most :data:`MAX_IDENTIFYING_VALUES`."""
     from defacer.phi.scrub import IDENTIFYING_KEYWORDS
 
     wanted = {tag for keyword in IDENTIFYING_KEYWORDS if (tag := tag_of_key(keyword)) is not None}
-    values: set[str] = set()
+    values: dict[str, None] = {}
     for key, items in fields:
+        if len(values) >= MAX_IDENTIFYING_VALUES:
+            break
         if tag_of_key(key) not in wanted:
             continue
         for item in items if isinstance(items, list) else [items]:
             if isinstance(item, str | int) and not isinstance(item, bool):
                 text = str(item).strip()
                 if len(text) >= 2:
-                    values.add(text)
-                values.update(part for part in _PARTS.split(text) if len(part) >= 2)
-    return sorted(values)
+                    values[text] = None
+                values.update(dict.fromkeys(part for part in _PARTS.split(text) if len(part) >= 2))
+    return sorted(list(values)[:MAX_IDENTIFYING_VALUES])
