@@ -594,3 +594,22 @@ def test_dates_the_table_does_not_list_follow_the_study_date():
     assert shifted.SecondaryReviewDate != "20230317" and shifted.StudyUpdateDateTime[8:] == "101500"
     assert shifted.StudyUpdateDateTime[:8] != "20230316"
     assert days[0] != 0 and days[1] != 0
+
+
+def test_a_uid_in_an_attribute_no_dictionary_knows_is_replaced_unless_it_is_a_standard_one():
+    """Found by HOSTILE5: an attribute no dictionary knows (a newer standard's, or a misused tag) with VR UI kept its
+    value: (0020,9999) holding the original StudyInstanceUID linked the output back. Now replaced like U, with the
+    same new UID as the attribute it copies; UIDs of the standard (SOP classes, transfer syntaxes) stay."""
+    study = "1.2.826.0.1.3680043.99.11"
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.StudyInstanceUID = "1.2.840.10008.5.1.4.1.1.4", f"{study}.1", study
+    ds.add_new(0x00209999, "UI", study)
+    ds.add_new(0x00209998, "UI", ["1.2.840.10008.5.1.4.1.1.4", f"{study}.1"])
+    Scrubber(DeidOptions(), Pseudonymizer(KEY)).scrub(ds)
+    assert ds[0x00209999].value == ds.StudyInstanceUID != study
+    assert list(ds[0x00209998].value) == ["1.2.840.10008.5.1.4.1.1.4", ds.SOPInstanceUID]
+    kept = Dataset()
+    kept.SOPClassUID, kept.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.4", f"{study}.1"
+    kept.add_new(0x00209999, "UI", study)
+    Scrubber(DeidOptions(retain_uids=True), Pseudonymizer(KEY)).scrub(kept)
+    assert kept[0x00209999].value == study

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -398,6 +398,8 @@ class Scrubber:
             ds[tag_int] = DataElement(tag_int, "PN", None)
         elif vr == "UI" and tag_int in _UNLISTED_INSTANCE_UIDS and not self.options.retain_uids:
             self._set_uid(ds, tag_int)
+        elif vr == "UI" and tag_int not in DicomDictionary and not self.options.retain_uids:
+            self._set_uid(ds, tag_int, keep=_is_standard_uid)  # an attribute no dictionary knows
         elif vr in _FREE_TEXT_VRS:
             self._mask_patient(ds[tag_int], context)
         elif vr in ("DA", "DT") and (study_date := find_rule(_TAG_STUDY_DATE)) is not None:
@@ -426,15 +428,17 @@ class Scrubber:
             self._clean(item, context, top=False)
             self._drop_orphan_creators(item)
 
-    def _set_uid(self, ds: Dataset, tag_int: int) -> None:
+    def _set_uid(self, ds: Dataset, tag_int: int, keep: Callable[[str], bool] | None = None) -> None:
+        """Replace the UID(s) of an element by keyed ones (the same original, the same new UID), but those ``keep``
+        accepts."""
         element = ds[tag_int]
         value = element.value
         if not value:
             return
         if isinstance(value, MultiValue | list):
-            element.value = [self._new_uid(str(v)) for v in value]
+            element.value = [str(v) if keep and keep(str(v)) else self._new_uid(str(v)) for v in value]
         else:
-            element.value = self._new_uid(str(value))
+            element.value = str(value) if keep and keep(str(value)) else self._new_uid(str(value))
 
     def _apply(self, ds: Dataset, tag_int: int, rule: Rule, vr: str, context: _Context) -> None:
         code = self._code_for(tag_int, rule, vr)
@@ -512,6 +516,13 @@ class Scrubber:
         meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
         meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
         ds.file_meta = meta
+
+
+def _is_standard_uid(value: str) -> bool:
+    """Whether a UID is one of the standard's (SOP classes, transfer syntaxes, context groups: under the DICOM root
+    1.2.840.10008), which names no instance; every other UID in an attribute no dictionary knows may name the
+    original study, series or instance."""
+    return value.strip().rstrip("\x00").startswith("1.2.840.10008.")
 
 
 def burned_in_reason(ds: Dataset) -> str:
