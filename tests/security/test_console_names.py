@@ -103,3 +103,18 @@ def test_the_evaluation_table_shows_a_hostile_scan_name_escaped() -> None:
     line = format_row({"name": FAKE, "error": f"cannot read {ESCAPES}"})
     _no_raw_controls(line)
     assert "\n" not in line and line.startswith("x\\nDe-identified")
+
+
+def test_a_logged_error_naming_a_hostile_file_stays_on_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """batch logs a refused file's error as an argument (log.warning("%s", err)): a BIDS JSON named with a line feed
+    (not valid JSON, so refused) printed the rest of its name as a line of its own."""
+    import logging
+
+    from defacer.cli.main import _SHOWN_ARGUMENTS
+    from defacer.errors import DefacerError
+
+    record = logging.LogRecord("defacer.batch.layout", logging.WARNING, __file__, 1, "%s",
+                               (DefacerError(f"The JSON file '{FAKE}.json' is not valid JSON."),), None)
+    assert _SHOWN_ARGUMENTS.filter(record)
+    assert "\n" not in record.getMessage() and "x\\nDe-identified" in record.getMessage()

@@ -152,12 +152,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 class _ShownArguments(logging.Filter):
     """Logs a record with its arguments' control characters escaped (:func:`defacer.errors.shown`): the file names a
     warning quotes come from the input (a name holding a line feed or a terminal escape sequence faked a line of
-    defacer's output, or retitled the terminal); the message's own text, defacer's, keeps its line breaks."""
+    defacer's output, or retitled the terminal), and so may an error passed as an argument (``log.warning("%s",
+    err)``, one line about a file); the message's own text, defacer's, keeps its line breaks."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple) and record.args:
-            record.args = tuple(shown(arg, lines=isinstance(arg, BaseException))
-                                if isinstance(arg, str | os.PathLike | BaseException) else arg for arg in record.args)
+            record.args = tuple(shown(arg) if isinstance(arg, str | os.PathLike | BaseException) else arg
+                                for arg in record.args)
         elif not record.args and isinstance(record.msg, str):
             record.msg = shown(record.msg, lines=True)
         return True
