@@ -401,3 +401,38 @@ def test_round_a_bright_halo_the_refined_auricles_still_reach_the_ear_distortion
     assert result.provenance["detector"]["sources"]["ears"] == {"right": "network", "left": "network"}
     assert len(ears) == 2 and all(e["auricle_from_detector"] for e in ears)
     assert result.provenance["protection"]["changed_inside_protected"] == 0
+
+
+def test_a_network_crumb_on_a_side_gives_way_to_the_auricle_the_image_shows(phantom) -> None:
+    """Issue 15: on a side where the network's only ear is a crumb (8 voxels, 64 mm^3, on the cheek 30 mm in front
+    of the auricle: what gamma 0.5 left of ixi034's left ear), the image is searched as for a missing ear; the
+    auricle found there replaces the crumb (before: the crumb stayed the side's ear, the auricle unlabelled)."""
+    made, x = phantom
+    image = made.volume.values(np.float32)
+    affine = made.volume.affine
+    truth = made.labels == Label.EARS
+    network = made.labels.copy()
+    network[truth & (x > 0)] = 0
+    inv = np.linalg.inv(affine)
+    j, k = np.rint(inv[:3, :3] @ [0.0, 28.0, -6.0] + inv[:3, 3]).astype(int)[1:]
+    skin = int(np.flatnonzero(image[:, j, k] > 0.5 * float(np.percentile(image, 99)))[-1])  # outermost tissue, +x
+    network[skin - 1:skin + 1, j:j + 2, k:k + 2] = Label.EARS
+    out, sources = add_missing_ears(image, affine, network, EYES)
+    assert sources["right"] == "image"
+    ears = out == Label.EARS
+    assert not ears[skin - 1:skin + 1, j:j + 2, k:k + 2].any()  # the crumb is gone
+    assert ears[truth & (x > 0)].mean() >= 0.5  # the auricle is labelled
+    assert ndi.label(ears & (x > 0))[1] == 1
+
+
+def test_a_network_crumb_where_the_image_shows_no_auricle_stays(phantom) -> None:
+    """Where the image search finds nothing on the crumb's side (the auricles removed), the crumb stays the network's."""
+    made, x = phantom
+    image = made.volume.values(np.float32).copy()
+    image[made.labels == Label.EARS] = 0.0
+    network = np.where(made.labels == Label.EARS, 0, made.labels).astype(np.uint8)
+    crumb = tuple(np.argwhere((made.labels == Label.EARS) & (x > 0))[0])
+    network[crumb] = Label.EARS
+    out, sources = add_missing_ears(image, made.volume.affine, network, EYES, refine=False)
+    assert sources["right"] == "network"
+    assert out[crumb] == Label.EARS
