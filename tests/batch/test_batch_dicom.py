@@ -239,3 +239,22 @@ def test_a_dicom_export_sorted_into_sub_folders_is_a_folder_of_series(tmp_path: 
     assert len(list((tmp_path / "out" / "sub-02" / "t1").glob("IM*.dcm"))) == len(list((source / "sub-02" / "t1")
                                                                                         .iterdir()))
     assert not (tmp_path / "out" / "dataset_description.json").exists(), "no BIDS dataset is made up"
+
+
+def test_series_written_by_earlier_header_rules_are_done_again(tmp_path: Path, dicom_export: tuple[Path, Path],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """HOSTILE5 taught the header rules to replace or remove more (original UIDs in unlisted attributes, web
+    addresses, unlisted dates); the fingerprint named only the version and the key, so the rerun of a batch over an
+    OUT written before skipped those series, keeping what the new rules remove."""
+    from defacer.batch import runner
+    from defacer.batch.discover import discover
+
+    source, labels = dicom_export
+    config = BatchConfig(in_root=source, out_root=tmp_path / "out", labels_dir=labels, quiet=True, deidentify=DEID)
+    series = next(s for s in discover(source).scans if s.kind == "dicom")
+    seen: list[dict] = []
+    monkeypatch.setattr(runner, "options_fingerprint", lambda fields: seen.append(fields) or "x")
+    runner._fingerprint(config, series, None, "d", config.deidentify)
+    runner._fingerprint(config, series, None, "d", None)
+    assert seen[0]["dicom_rules"] == runner.DICOM_RULES_REVISION >= 1
+    assert "dicom_rules" not in seen[1], "--no-deidentify: headers kept, nothing to redo"

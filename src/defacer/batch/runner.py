@@ -258,6 +258,12 @@ def labels_for(scan: Scan, labels_dir: Path | None) -> Path | None:
 #: values (46ba2fd, 6ee9bd1, 1069093); 3: the same rules on objects and lists nested at any depth (HOSTILE5); 4: keys
 #: the table does not list get the header's safety nets (PN and UR removed, DA/DT as Study Date; HOSTILE5).
 SIDECAR_RULES_REVISION = 4
+#: Revision of the rules that de-identify a DICOM series' headers (:class:`defacer.phi.scrub.Scrubber`), part of the
+#: fingerprint of every de-identified DICOM series (absent before it existed): raised whenever they learn to remove
+#: or replace more, so that the rerun of a batch redoes series written by the earlier rules.  1: unlisted UIDs that
+#: name original instances (SOPInstanceUIDOfConcatenationSource...), unknown elements holding the patient's values,
+#: unlisted web addresses and dates, burned-in flags read as coded strings (HOSTILE5).
+DICOM_RULES_REVISION = 1
 
 
 def _fingerprint(config: BatchConfig, scan: Scan, labels: Path | None, detector_id: str,
@@ -280,6 +286,8 @@ def _fingerprint(config: BatchConfig, scan: Scan, labels: Path | None, detector_
         "options": changed,
         "deid_key_sha256": hashlib.sha256(deid_key).hexdigest() if scan.kind == "dicom" and deid_key else None,
     }
+    if scan.kind == "dicom" and deidentify is not None:
+        fields["dicom_rules"] = DICOM_RULES_REVISION
     if scan.sidecar is not None and deidentify is not None:
         # the JSON sidecar carried to OUT is de-identified by the profile (layout.defaced_sidecar): an output
         # written before that, or by rules that have since learnt more, is done again
