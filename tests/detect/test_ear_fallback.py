@@ -75,6 +75,50 @@ def test_a_nub_smaller_than_an_auricle_is_not_an_ear(phantom) -> None:
     assert np.array_equal(out, network)
 
 
+def test_an_ear_pressed_flat_the_network_missed_is_found_with_the_wider_opening(phantom) -> None:
+    """The right auricle replaced by one lying flat on the head (a 2 mm plate, 32 x 64 mm, with a
+    helix rim standing 5 mm) and missed by the network: the reference rule's opening finds less than
+    an auricle there (the ear stayed not found), the wider opening of the flat-ear rule finds it
+    (0.80 of it labelled, nothing but it with its partial-volume skin), and the ear distortion then
+    changes it whole."""
+    from defacer.phantom import HEAD_AXES
+
+    made, _ = phantom
+    image = made.volume.values(np.float32).copy()
+    affine = made.volume.affine
+    x, y, z = np.meshgrid(*[np.arange(n) * affine[i, i] + affine[i, 3] for i, n in enumerate(image.shape)],
+                          indexing="ij", sparse=True)
+
+    def inside_head(x, y, z, by_mm: float) -> np.ndarray:
+        return sum((c / (a - by_mm)) ** 2 for c, a in zip((x, y, z), HEAD_AXES, strict=True)) < 1
+
+    footprint = ((y + 6.0) / 16.0) ** 2 + ((z + 4.0) / 32.0) ** 2 < 1
+    helix = footprint & ~(((y + 6.0) / 12.0) ** 2 + ((z + 4.0) / 28.0) ** 2 < 1)
+    lying = (x > 0) & ~inside_head(x, y, z, 0.0)
+    flat_ear = lying & ((footprint & inside_head(x, y, z, -2.0)) | (helix & inside_head(x, y, z, -5.0)))
+    image[(made.labels == Label.EARS) & (x > 0)] = 0.0
+    image[flat_ear] = 650.0
+    network = np.where(made.labels == Label.EARS, 0, made.labels).astype(np.uint8)
+    out, sources = add_missing_ears(image, made.volume.affine, network, EYES, refine=False)
+    assert sources == {"right": "image", "left": "image"}
+    added = (out == Label.EARS) & (x > 0)
+    assert added[flat_ear].mean() >= 0.75  # 0.80; 0 before (not found)
+    assert (added & ~ndi.binary_dilation(flat_ear, iterations=2)).sum() <= 0.05 * flat_ear.sum()  # 4 voxels of 595
+    assert not (added & inside_head(x, y, z, 8.0)).any()
+    assert ndi.label(added)[1] == 1
+    from defacer.distort_ears import distort_ears
+    from defacer.head import analyse_head, depth_below_surface
+
+    head = analyse_head(image, (2.0, 2.0, 2.0))
+    edits = distort_ears(image, out == Label.EARS, head, (2.0, 2.0, 2.0), np.random.default_rng(0),
+                         depth=depth_below_surface(head, (2.0, 2.0, 2.0)))
+    changed = np.zeros(image.shape, dtype=bool)
+    for edit in edits:
+        changed[edit.box] |= edit.mask
+    assert changed[flat_ear].mean() >= 0.95  # 1.0
+    assert not (changed & inside_head(x, y, z, 12.0)).any()
+
+
 def test_no_ear_is_added_when_the_field_of_view_ends_at_the_head() -> None:
     made = make_phantom(2.0, fov_mm=(130.0, 240.0, 240.0))  # the field cuts 10 mm off each side of the head
     network = np.where(made.labels == Label.EARS, 0, made.labels).astype(np.uint8)
