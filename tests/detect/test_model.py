@@ -332,3 +332,16 @@ def test_the_ears_of_real_heads_through_gamma_half_are_found(shared_data, name) 
                                                           reo.ras_affine))
     ears = feature_matches(labels, np.asarray(reference.values(), np.uint8), volume.affine)["ears"]
     assert (ears["found"], ears["in_view"], ears["extra"]) == (2, 2, 0)
+
+
+@needs_weights
+def test_on_a_noisy_ct_without_a_halo_every_feature_is_still_found() -> None:
+    """Issue 15: the bright-air rule must not fire on a noisy head whose outline is doubtful for its noise alone (a
+    CT phantom with 15 % noise: once it did, the head read 0.84 of its size and the nose and both ears were lost)."""
+    from defacer.detect.metrics import feature_matches
+
+    ph = make_phantom(2.0, contrast="CT", noise=0.15, seed=1)
+    labels = load_default_detector().predict(ph.volume.values(np.float32), ph.volume.affine)  # the phantom is RAS
+    matches = feature_matches(labels, ph.labels, ph.volume.affine)
+    assert {f: (m["found"], m["in_view"], m["extra"]) for f, m in matches.items()} == {
+        "eyes": (2, 2, 0), "nose": (1, 1, 0), "ears": (2, 2, 0)}
