@@ -25,6 +25,12 @@ retry (``--retry-stronger``, with ``--faces``)
     face) while a face is found, and every figure is taken of the last result, as
     ``defacer deface --retry-stronger`` writes it; ``retried_stronger`` in the summary names those
     heads, ``whole_face_removed`` those that needed the whole-face step.
+image path (``--without-network-ears``)
+    the shipped detector's network ears are dropped from its map before its image-based ear search
+    (:func:`defacer.detect.ear_fallback.add_missing_ears`), so every ear is looked for from the
+    image where the eyes predict it: what the tool does on heads whose ears the network misses (many
+    unseen heads: other scanners, children, CT).  Detector mode only; the output file is named
+    ``..._image_ears...``.
 pictures (``--sheets``)
     a contact sheet per head and mode (renders before/after, six views) in the output folder.
     These show real faces: they go to ``build/`` (ignored by git) and are never committed.
@@ -183,6 +189,25 @@ def contact_sheet_png(volume: Any, result: Any, path: Path) -> None:
     save_png(contact_sheet(volume, result.volume), path)
 
 
+def without_network_ears() -> None:
+    """Make the shipped detector drop its network's ears before its image-based ear search (for this process).
+
+    :class:`defacer.detect.model.OnnxDetector` hands its label map to ``add_missing_ears`` when it
+    found two eyes: the ears are removed from the map first, so the search runs on both sides (with
+    fewer than two eyes it never runs and the network's ears stay).
+    """
+    from defacer.detect import model
+    from defacer.labels import Label
+
+    search = model.add_missing_ears
+
+    def searched_alone(image: Any, affine: Any, labels: Any, eyes: Any, *rest: Any, **kwargs: Any) -> Any:
+        labels[labels == Label.EARS] = 0
+        return search(image, affine, labels, eyes, *rest, **kwargs)
+
+    model.add_missing_ears = searched_alone  # type: ignore[assignment]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from defacer.io import load_volume
     from defacer.options import stronger_options
@@ -196,6 +221,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.only:
         scans = [s for s in scans if s.name in set(args.only)]
     modes = ["detector", "labels"] if args.mode == "both" else [args.mode]
+    if getattr(args, "without_network_ears", False):
+        without_network_ears()
     detector = load_detector(threads=args.threads) if "detector" in modes else None
     results: dict[str, Any] = {"modes": {}, "scans": [s.name for s in scans]}
     embeddings: dict[str, dict[str, Any]] = {m: {} for m in modes}
@@ -356,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retry-stronger", action="store_true",
                         help="with --faces: a head whose verification finds a face is defaced again with the larger "
                              "nose removal and eye cover and measured as that (what 'deface --retry-stronger' writes)")
+    parser.add_argument("--without-network-ears", action="store_true",
+                        help="the detector's network ears dropped before its image-based ear search: every ear "
+                             "looked for from the image (as on heads whose ears the network misses)")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "distortion_quality",
                         help="output folder (default build/distortion_quality; never commit what it holds)")
     args = parser.parse_args(argv)
@@ -364,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
     results = run(args)
-    name = ("quality" + ("_faces" if args.faces else "") + ("_retry" if args.retry_stronger else "")
+    name = ("quality" + ("_image_ears" if args.without_network_ears else "") + ("_faces" if args.faces else "")
+            + ("_retry" if args.retry_stronger else "")
             + ("_wholeface" if args.whole_face else "")) + (f"_{args.mode}" if args.mode != "both" else "") + ".json"
     (args.out / name).write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
     print(f"written {args.out / name}")
