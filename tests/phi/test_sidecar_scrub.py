@@ -186,3 +186,17 @@ def test_a_sidecar_listing_thousands_of_names_is_searched_for_a_bounded_number()
     scrubbed, removed = scrub_sidecar(data, DeidOptions(clean_descriptors=True))
     assert scrubbed["SequenceName"] == "*_tfl3d", "the outermost name comes first"
     assert len(removed) == 1 + 2 * 3000
+
+
+def test_an_unknown_tag_in_dicom_json_form_is_judged_by_its_declared_vr():
+    """Found by HOSTILE5: a DICOM-JSON attribute whose tag no dictionary knows kept its value whatever it declared:
+    {"00209999": {"vr": "UI", "Value": [<original StudyInstanceUID>]}} linked the sidecar back to the original study
+    (a header now replaces such UIDs; a sidecar has no key for that, so the key goes)."""
+    data = {"00209999": {"vr": "UI", "Value": ["1.2.826.0.1.3680043.99.13"]},
+            "00219998": {"vr": "PN", "Value": [{"Alphabetic": "Dr Quexmore"}]},
+            "00209997": {"vr": "DA", "Value": ["20230316"]},
+            "00209996": {"vr": "US", "Value": [3]}, "EchoTime": 0.003,
+            "00291010": {"vr": "OB", "InlineBinary": "UXVleHdvcnRo"}}  # a private attribute
+    scrubbed, removed = scrub_sidecar(json.loads(json.dumps(data)), DeidOptions())
+    assert removed == ["00209999", "00219998", "00209997", "00291010"]
+    assert scrubbed == {"00209996": {"vr": "US", "Value": [3]}, "EchoTime": 0.003}

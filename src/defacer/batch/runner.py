@@ -256,8 +256,9 @@ def labels_for(scan: Scan, labels_dir: Path | None) -> Path | None:
 #: remove.  1: the Annex E actions on keys that are DICOM keywords (5d39c23, 2bc1661; recorded as ``true``); 2: keys
 #: spelt otherwise (case, spaces, attribute names, DICOM-JSON tags) and the kept text masked of the patient's own
 #: values (46ba2fd, 6ee9bd1, 1069093); 3: the same rules on objects and lists nested at any depth (HOSTILE5); 4: keys
-#: the table does not list get the header's safety nets (PN and UR removed, DA/DT as Study Date; HOSTILE5).
-SIDECAR_RULES_REVISION = 4
+#: the table does not list get the header's safety nets (PN and UR removed, DA/DT as Study Date; HOSTILE5); 5: DICOM-JSON
+#: keys of private tags, and of unknown tags by their declared VR (UI removed; HOSTILE5).
+SIDECAR_RULES_REVISION = 5
 #: Revision of the rules that de-identify a DICOM series' headers (:class:`defacer.phi.scrub.Scrubber`), part of the
 #: fingerprint of every de-identified DICOM series (absent before it existed): raised whenever they learn to remove
 #: or replace more, so that the rerun of a batch redoes series written by the earlier rules.  1: unlisted UIDs that

@@ -85,7 +85,7 @@ def _scrub_object(data: dict[str, Any], options: DeidOptions, identifying: list[
         rule = find_rule(tag) if tag is not None else None
         action = "K" if rule is None else options.action_for(rule)
         if rule is None and tag is not None:
-            action = _unlisted_action(tag, options)
+            action = _unlisted_action(tag, options, value)
         if action == "K":
             if dicom_json and key == "vr":  # a DICOM-JSON attribute's value representation
                 scrubbed[key] = value
@@ -205,18 +205,27 @@ def _masked(value: Any, patient: tuple[str, ...], tag: int | None) -> Any:
     return value
 
 
-def _unlisted_action(tag: int, options: DeidOptions) -> str:
+def _unlisted_action(tag: int, options: DeidOptions, value: Any = None) -> str:
     """The action on a key naming a DICOM attribute the table does not list, as the header's safety nets give it
     (:meth:`defacer.phi.scrub.Scrubber._unlisted`): a person name (PN) and a web address (UR, but coding-scheme
-    URLs) removed, a date or date-time treated as Study Date; ``K`` otherwise."""
+    URLs) removed, a date or date-time treated as Study Date; ``K`` otherwise.  A tag no dictionary knows, written
+    in DICOM-JSON form, is judged by the VR it declares; one holding UIDs is removed (a header replaces them with
+    keyed UIDs, which a sidecar has no key for).  A private tag (odd group) is removed, as in a header."""
     from pydicom.datadict import dictionary_VR
 
     from defacer.phi.scrub import _KEPT_UNLISTED_URLS, _TAG_STUDY_DATE
 
+    if (tag >> 16) & 1:  # a private attribute (DICOM-JSON form): removed, as every private attribute of a header
+        return "X"
     try:
         vr = dictionary_VR(tag)
     except KeyError:
-        return "K"
+        declared = value.get("vr") if isinstance(value, dict) else None
+        if not isinstance(declared, str):
+            return "K"
+        vr = declared.strip().upper()
+        if vr == "UI":
+            return "X"
     if vr == "PN" or (vr == "UR" and tag not in _KEPT_UNLISTED_URLS):
         return "X"
     if vr in ("DA", "DT") and (study_date := find_rule(_TAG_STUDY_DATE)) is not None:
