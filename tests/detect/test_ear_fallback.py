@@ -480,3 +480,43 @@ def test_a_network_crumb_where_the_image_shows_no_auricle_stays(phantom) -> None
     out, sources = add_missing_ears(image, made.volume.affine, network, EYES, refine=False)
     assert sources["right"] == "network"
     assert out[crumb] == Label.EARS
+
+
+def test_a_network_ear_where_no_ear_lies_gives_way_to_the_auricle_the_image_shows(phantom) -> None:
+    """Issue 15: the network's right ear is a piece of cheek 40 mm in front of the auricle (512 mm^3, no crumb; 5.5 SD
+    from where ears lie in the eyes' frame, as ixi014's left ear turned 30 degrees): the side is searched from the
+    image, and the auricle there, sharing no voxel with it, replaces it (before: the cheek stayed the ear)."""
+    made, x = phantom
+    image = made.volume.values(np.float32)
+    affine = made.volume.affine
+    truth = made.labels == Label.EARS
+    network = made.labels.copy()
+    network[truth & (x > 0)] = 0
+    inv = np.linalg.inv(affine)
+    j, k = np.rint(inv[:3, :3] @ [0.0, 38.0, -6.0] + inv[:3, 3]).astype(int)[1:]
+    skin = int(np.flatnonzero(image[:, j, k] > 0.5 * float(np.percentile(image, 99)))[-1])
+    cheek = (slice(skin - 3, skin + 1), slice(j - 2, j + 2), slice(k - 2, k + 2))
+    network[cheek] = Label.EARS
+    out, sources = add_missing_ears(image, affine, network, EYES)
+    assert sources["right"] == "image"
+    ears = out == Label.EARS
+    assert not ears[cheek].any()
+    assert ears[truth & (x > 0)].mean() >= 0.5
+    assert ndi.label(ears & (x > 0))[1] == 1
+
+
+def test_a_network_ear_where_no_ear_lies_stays_when_the_image_shows_no_auricle_apart_from_it(phantom) -> None:
+    """The same side with the auricles removed from the image: nothing is found, the network's ear stays."""
+    made, _ = phantom
+    image = made.volume.values(np.float32).copy()
+    image[made.labels == Label.EARS] = 0.0
+    affine = made.volume.affine
+    network = np.where(made.labels == Label.EARS, 0, made.labels).astype(np.uint8)
+    inv = np.linalg.inv(affine)
+    j, k = np.rint(inv[:3, :3] @ [0.0, 38.0, -6.0] + inv[:3, 3]).astype(int)[1:]
+    skin = int(np.flatnonzero(image[:, j, k] > 0.5 * float(np.percentile(image, 99)))[-1])
+    cheek = (slice(skin - 3, skin + 1), slice(j - 2, j + 2), slice(k - 2, k + 2))
+    network[cheek] = Label.EARS
+    out, sources = add_missing_ears(image, affine, network, EYES, refine=False)
+    assert sources["right"] == "network"
+    assert out[cheek].all()

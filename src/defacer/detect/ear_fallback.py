@@ -2,7 +2,8 @@
 auricle of each ear it found.
 
 The network finds the eyes and nose on nearly every head but misses many ears on heads it has not
-seen.  For a side with no ear component (and only when both eyes were found) this module:
+seen.  For a side with no ear component, or whose only one is a crumb (below :data:`CRUMB_MM3`) or lies where
+no ear lies in the eyes' frame (and only when both eyes were found) this module:
 
 1. predicts the ear's position from the eyes (:func:`defacer.detect.frame.eye_frame`; the mean offset
    :data:`defacer.detect.frame.EAR_OFFSET_MM` measured on the reference labels by ``scripts/ear_offsets.py``), moved
@@ -11,7 +12,9 @@ seen.  For a side with no ear component (and only when both eyes were found) thi
    :mod:`defacer.auricle` (the protrusion a morphological opening of the head separates from it,
    recentred, with its side footprint's outer shell and its root), and only when the protrusion
    holds at least :data:`MIN_EAR_MM3`; otherwise the ear stays not found.  A head whose field of
-   view cuts the ears, or an ear pressed flat against the head, gives no ear.
+   view cuts the ears, or an ear pressed flat against the head, gives no ear.  A network crumb or
+   misplaced ear gives way only to an auricle found this way that shares no voxel with it;
+   otherwise it stays (and is refined as below).
 
 Each ear the network found is replaced by the auricle the reference labels' rule delimits near its
 centroid (``refine``; :func:`defacer.auricle.delimit_auricle` with ``reference_mask``: the network
@@ -35,8 +38,8 @@ from scipy import ndimage as ndi
 
 from defacer._typing import Affine, LabelMap, Mask
 from defacer.auricle import OPENING_MM, Auricle, Seed, delimit_auricle, in_one_box, remember_auricle
-from defacer.detect.frame import EAR_OFFSET_MM, eye_frame
-from defacer.detect.postprocess import MIN_VOLUME_MM3, largest_part
+from defacer.detect.frame import EAR_OFFSET_MM, ear_offset_score, eye_frame
+from defacer.detect.postprocess import EAR_PLAUSIBLE_SD, MIN_VOLUME_MM3, largest_part
 from defacer.detect.preprocess import mask_box
 from defacer.head import HeadModel, analyse_head, depth_below_surface
 from defacer.labels import Label
@@ -360,10 +363,18 @@ def _for_distortion(crop: Box, component: Mask, found: Auricle) -> Auricle:
     return Auricle(box=box, mask=network | ear, protrusion=protrusion, centre_voxel=found.centre_voxel)
 
 
-#: A network ear smaller than this at the scan's resolution is a crumb, no ear (in mm^3: the smallest
+#: A network ear smaller than this at the scan's resolution is a crumb, no ear, and its side is searched from the
+#: image as a missing one (as is a side whose network ear lies where no ear lies in the eyes' frame, beyond
+#: :data:`defacer.detect.postprocess.EAR_PLAUSIBLE_SD`: on no unperturbed head, max 3.0 SD) (in mm^3: the smallest
 #: component the network's map may keep, :data:`defacer.detect.postprocess.MIN_VOLUME_MM3`; the network's
 #: ears on the 11 held-out heads hold 1,137-12,000 mm^3, 440-683 mm^3 on heads turned 30 or pitched 20 degrees).
 CRUMB_MM3 = MIN_VOLUME_MM3["ears"]
+
+
+def _touches(a: tuple[Box, Mask], b: tuple[Box, Mask]) -> bool:
+    """Whether two masks, each given in its own box of one grid, share a voxel."""
+    _, (first, second) = in_one_box([a, b])
+    return bool((first & second).any())
 
 
 def _search_side(image: npt.NDArray[np.floating], affine: Affine, origin: npt.NDArray[np.float64],
@@ -435,10 +446,12 @@ def add_missing_ears(image: npt.NDArray[np.floating], affine: Affine, labels: La
     sources = {names[side]: ("network" if side in present else "none") for side in (1, -1)}
     affine = np.asarray(affine, float)
     spacing = tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
-    # a side whose largest network ear is a crumb (below the smallest ear the network's map may hold) is
-    # searched as a missing one: the crumb gives way to an auricle found there, else it stays (and is refined)
-    crumbs = {side for side, (_, component, _) in present.items()
-              if float(component.sum()) * float(np.prod(spacing)) < CRUMB_MM3}
+    # a side whose largest network ear is a crumb (below the smallest ear the network's map may hold) or lies
+    # where no ear lies in the eyes' frame is searched as a missing one: an auricle found there that shares no
+    # voxel with the network's ear replaces it; else the network's ear stays (and is refined)
+    crumbs = {side for side, (_, component, centre) in present.items()
+              if float(component.sum()) * float(np.prod(spacing)) < CRUMB_MM3
+              or ear_offset_score(centre, origin, axes) > EAR_PLAUSIBLE_SD}
     missing = [side for side in (1, -1) if side not in present or side in crumbs]
     if not missing and not (refine and present):
         return labels, sources
@@ -449,8 +462,8 @@ def add_missing_ears(image: npt.NDArray[np.floating], affine: Affine, labels: La
     refined: list[tuple[Box, Auricle | None, Seed]] = []
     for side in sorted(crumbs & set(missing)):
         found_here = _search_side(image, affine, origin, axes, side, head, depth, offset_mm)
-        if found_here is None:
-            missing.remove(side)  # the crumb stays the network's ear
+        if found_here is None or _touches(found_here, present[side][:2]):
+            missing.remove(side)  # the network's ear stays
             continue
         crop, component, _ = present.pop(side)
         out[crop][component] = 0
