@@ -118,8 +118,12 @@ EAR_SEARCH_OVERRIDE_MM: dict[str, float] = {"ge-headct_tilted_dicom": 20.0}
 #: ``FLAT_EAR_DEPTH_MM`` of head tissue within that radius of the centre, on the lateral side.
 FLAT_EARS: dict[str, dict[str, tuple[tuple[float, float, float], float]]] = {
     # both auricles pressed flat against the head (a flat plateau on each side, near the edge of the
-    # 176 mm left-right field); their outlines are plain on the side renders
-    "otsu_T1w": {"ear_left": ((-88.0, -15.0, -15.0), 30.0), "ear_right": ((88.0, 5.0, -18.0), 30.0)},
+    # 176 mm left-right field); their outlines are plain on the side renders.  The left centre was
+    # (-88, -15, -15) until issue 15: 28 mm behind the auricle, on plain scalp (the layered, thickened
+    # skin of the pressed auricle and its concha lie at y 0..35 on coronal slices, as the right one at
+    # y -10..30; the mapped landmark y 12.9 agrees); now placed as the right one is (1-2 mm outside the
+    # skin, ~7 mm above the landmark)
+    "otsu_T1w": {"ear_left": ((-86.0, 12.0, -18.0), 30.0), "ear_right": ((88.0, 5.0, -18.0), 30.0)},
     # pitched head: the mapped ear landmark fell 40 mm above and in front of this auricle and the
     # opening does not separate it (its helix is plain on the side render)
     "anon0006_T1w_ASL": {"ear_left": ((-77.0, -35.0, -50.0), 28.0)},
@@ -902,7 +906,12 @@ themselves are never copied here; only these label maps (which hold no image int
    coronal slices through each ear, and surface renders from both sides and the front with the
    labels on the skin (written to the ignored `build/montages/`; they show real faces and are
    never committed).  Corrections found by that check are in the script's `OVERRIDES`,
-   `FLAT_EARS`, `CUT_EARS` and `EAR_SEARCH_OVERRIDE_MM` and listed below.
+   `FLAT_EARS`, `CUT_EARS` and `EAR_SEARCH_OVERRIDE_MM` and listed below.  In issue 15 the
+   hand-placed flat-ear discs were re-checked against the skin relief of each pressed auricle
+   (helix rim, concha, lobule) on side renders and slices: otsu_T1w's left disc was on the scalp
+   28 mm behind its auricle and was moved (a test now checks that each ear label lies as far from
+   its eye as the other side's, within 12 mm); anon0006_T1w_ASL's was right.  The shipped detector
+   network was trained on the labels before that change and has not been retrained.
 
 ## Provenance per scan
 
@@ -913,9 +922,17 @@ Volumes are in cm^3 on the scan's own grid (both eyes together; each ear compone
 """
 
 NOTES = {
-    "otsu_T1w": "176 mm left-right field cuts both auricles.",
+    "otsu_T1w": ("176 mm left-right field cuts both auricles. Issue 15 re-check (side relief renders and coronal/axial "
+                 "slices with labels and landmarks): the left flat-ear disc was centred at (-88, -15, -15), 28 mm behind "
+                 "the auricle on plain scalp (eye-to-ear 121.7 mm on the left against 107.0 mm on the right); moved to "
+                 "(-86, 12, -18), over the pressed auricle's layered skin and concha (y 0..35 mm), placed as the right "
+                 "disc is (now 105.6 / 107.0 mm). The shipped detector was trained on the old left label (not retrained)."),
     "slicer-mrhead_2mm": "136 mm superior-inferior field; streak artefact at the lower edge.",
-    "anon0006_T1w_ASL": "2 mm, pitched head.",
+    "anon0006_T1w_ASL": ("2 mm, pitched head. Issue 15 re-check: the left flat-ear disc is on the auricle and kept: on the "
+                         "side relief render the helix, concha and lobule lie inside it (z -75..-22 mm); axial slices show "
+                         "the top of the helix at z -22 (the mapped landmark's height) and no auricle above; the mapped "
+                         "landmarks of this head mark the top of each auricle (the right one 22 mm above the centroid of the "
+                         "auricle the opening rule finds)."),
     "seg3d-electrodes_T1w": "Field cuts the nose tip: only the scanned part of the nose is labelled; electrodes and bandage on the head.",
     "fernando_T2w_thick": "T2, 5.5 mm axial slices, partial field (orbits, upper nose).",
     "fnndsc-3yo_T1w_dicom": "3-year-old child; oblique sagittal DICOM.",
