@@ -8,29 +8,17 @@ rest changed, so that limit is told apart from an edit that falls short.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
+from benchmark_module import load_benchmark
 from truth_detector import TruthDetector
 
 from defacer.labels import Label
 from defacer.phantom import make_phantom
 from defacer.pipeline import DefaceOptions, deface
 
-BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "distortion_quality.py"
-
-
-def _benchmark():
-    spec = importlib.util.spec_from_file_location("distortion_quality", BENCHMARK)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_the_protected_part_of_a_reference_auricle_is_reported_apart() -> None:
-    dq = _benchmark()
+    dq = load_benchmark("distortion_quality")
     made = make_phantom(2.0, seed=3)
     shape = made.labels.shape
     x, y, z = np.meshgrid(*[(np.arange(n) - (n - 1) / 2.0) * 2.0 for n in shape], indexing="ij", sparse=True)

@@ -7,26 +7,14 @@ network's ears are dropped first.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
+from benchmark_module import load_benchmark
 
 from defacer.detect import model
 from defacer.detect.model import OnnxDetector, default_weights_path
 from defacer.labels import Label
 from defacer.phantom import make_phantom
-
-BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "distortion_quality.py"
-
-
-def _benchmark():
-    spec = importlib.util.spec_from_file_location("distortion_quality", BENCHMARK)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.skipif(not default_weights_path().is_file(), reason="no shipped detector weights")
@@ -37,7 +25,7 @@ def test_without_network_ears_every_ear_comes_from_the_image(monkeypatch) -> Non
     plain = detector.predict(image, made.volume.affine)
     assert "network" in detector.last_sources["ears"].values()  # the network finds the phantom's ears
     monkeypatch.setattr(model, "add_missing_ears", model.add_missing_ears)  # restored after the test
-    _benchmark().without_network_ears()
+    load_benchmark("distortion_quality").without_network_ears()
     labels = detector.predict(image, made.volume.affine)
     assert set(detector.last_sources["ears"].values()) <= {"image", "none"}
     assert "image" in detector.last_sources["ears"].values()
@@ -47,7 +35,7 @@ def test_without_network_ears_every_ear_comes_from_the_image(monkeypatch) -> Non
 
 
 def test_the_option_is_parsed_and_names_the_output(monkeypatch, tmp_path) -> None:
-    bench = _benchmark()
+    bench = load_benchmark("distortion_quality")
     seen = {}
 
     def fake_run(args):
