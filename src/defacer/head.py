@@ -344,11 +344,9 @@ def sharpest_outline_level(image: npt.NDArray[np.floating], spacing: tuple[float
     held-out IXI heads and uih: from 1.1-1.4 at the first level to 2.0-2.5 at 1.5-2x its height,
     the sealed head then 1.04-1.06x the unperturbed head's).
 
-    Where it finds a level, the pipeline takes the head at that level for the detector, the
-    distortions and the protection's depth alike (:func:`defacer.pipeline.deface`): the first head,
-    which swallowed the halo, put the surface out in the air and kept the face as deep.  Measured
-    against the unperturbed heads' own protected region (``benchmarks/halo_deface.py``): no voxel
-    of it changed.
+    This is a view of the head for finding its features, not the head the protection measures depth
+    from (:func:`analyse_head`'s stays that: a head read too small would move the protected region
+    inwards).
 
     Parameters
     ----------

@@ -33,7 +33,7 @@ from defacer.detect import Detector, HeadModelDetector
 from defacer.distort import Edit, distort_eyes, distort_nose, nose_region
 from defacer.distort_ears import distort_ears
 from defacer.errors import DetectorError, FeaturesNotFoundError, ProtectionError
-from defacer.head import CLEAR_OUTLINE, HeadModel, analyse_head, depth_below_surface, sharpest_outline_level
+from defacer.head import CLEAR_OUTLINE, HeadModel, analyse_head, depth_below_surface
 from defacer.labels import FEATURES, Label
 from defacer.options import DEFAULT_OPTIONS, DefaceOptions
 from defacer.protection_check import (
@@ -224,22 +224,11 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
 
     t = time.perf_counter()
     head = analyse_head(image, spacing)  # once: the distortions and the detector's ear fallback share it
-    # A bright halo or noise floor round the head (its outline doubtful): the head is the one at the level where
-    # its outline is sharpest, for the detector, the distortions and the protection's depth alike (a head that
-    # swallowed the halo would put the surface out in the air and read the face's tissue as deep).  Nothing is
-    # done on a clear outline (every real unperturbed scan measured).
-    first_head = head
-    bright_air = sharpest_outline_level(image, spacing, head)
-    if bright_air is not None:
-        head = bright_air[1]
     timings["head_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     if isinstance(detector, HeadModelDetector):
-        # the detector sees the air raised to that level (its own rule finds the head given here clear)
-        seen = image if bright_air is None else np.maximum(image, np.float32(bright_air[0]))
-        labels_ras = detector.predict_with_head(seen, reorientation.ras_affine, head)
-        del seen
+        labels_ras = detector.predict_with_head(image, reorientation.ras_affine, head)
     else:
         labels_ras = detector.predict(image, reorientation.ras_affine)
     labels_ras = np.asarray(labels_ras, dtype=np.uint8)
@@ -330,10 +319,7 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
                            "spacing_mm": [round(s, 5) for s in volume.spacing], "format": volume.format},
         "head": {"threshold": head.threshold, "background": head.background,
                  "air_sample_size": int(head.air_sample.size),
-                 "outline_contrast": round(head.outline_contrast, 3) if np.isfinite(head.outline_contrast) else None,
-                 **({"bright_air": {"level": bright_air[0], "first_threshold": first_head.threshold,
-                                    "first_outline_contrast": round(first_head.outline_contrast, 3)}}
-                    if bright_air is not None else {})},
+                 "outline_contrast": round(head.outline_contrast, 3) if np.isfinite(head.outline_contrast) else None},
         "features_found_voxels": found,
         "edits": [{"feature": e.feature, **e.params} for e in edits],
         "voxels_changed": _voxels_per_feature(edit_mask),
@@ -360,8 +346,8 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
         warning = f"whole face not removed: {whole_face['reason']}"
         provenance["warnings"] = [*provenance.get("warnings", []), warning]
         log.warning("%s", warning)
-    if first_head.outline_contrast < CLEAR_OUTLINE:
-        warning = doubtful_outline_warning(first_head, None if bright_air is None else bright_air[0])
+    if head.outline_contrast < CLEAR_OUTLINE:
+        warning = doubtful_outline_warning(head)
         provenance["warnings"] = [*provenance.get("warnings", []), warning]
         log.warning("%s", warning)  # batch keeps a scan's logged warnings in its record
     read_warnings = [str(w) for w in volume.extra.get("warnings", [])]
@@ -371,25 +357,14 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
                         _protection=(depth, head, reorientation, options.protect_depth_mm - slack))
 
 
-def doubtful_outline_warning(head: HeadModel, level: float | None = None) -> str:
+def doubtful_outline_warning(head: HeadModel) -> str:
     """The warning for a head whose outline the air/tissue threshold does not find clearly.
 
     Parameters
     ----------
     head : HeadModel
-        With :attr:`HeadModel.outline_contrast` below :data:`defacer.head.CLEAR_OUTLINE` (the first analysis).
-    level : float, optional
-        The level at which the outline was found sharp and the head taken instead
-        (:func:`defacer.head.sharpest_outline_level`); ``None`` where none was.
+        With :attr:`HeadModel.outline_contrast` below :data:`defacer.head.CLEAR_OUTLINE`.
     """
-    if level is not None:
-        return (
-            f"the air next to the head is nearly as bright as its skin (the head's outermost 4 mm lie at "
-            f"{head.outline_contrast:.2f} x the air/tissue threshold; {CLEAR_OUTLINE:g} or more is expected, every "
-            "real head tested gives 2 or more): a bright halo, ghosting or a heavy noise floor round the head. The "
-            f"head was taken at the level {level:.6g}, where its outline is sharpest; should that be wrong, parts of "
-            "the face may be left: check this output with 'defacer verify' before sharing it"
-        )
     return (
         f"the air next to the head is nearly as bright as its skin (the head's outermost 4 mm lie at "
         f"{head.outline_contrast:.2f} x the air/tissue threshold; {CLEAR_OUTLINE:g} or more is expected, every real "
