@@ -255,40 +255,50 @@ def main() -> None:
         volume = load_volume(args.data / records[name]["source"])
         values = volume.values().astype(np.float32)
         reference = np.asarray(nib.load(str(args.labels_dir / f"{name}.labels.nii.gz")).dataobj, np.uint8)
-        predictions = []
+        predictions: list[tuple[str, np.ndarray, dict | None]] = []
+
+        def add(label: str, predicted: np.ndarray, detector: object = detector,
+                predictions: list = predictions) -> None:  # with the detector's mirrored-pass record, if it ran
+            mirrored = dict(getattr(detector, "last_sources", {})).get("mirrored_pass")
+            predictions.append((label, predicted, mirrored))
+
         for pose, rot in POSES.items():
             if pose in wanted:
                 affine = volume.affine if rot is None else rotated_affine(volume.affine, values.shape, *rot)
-                predictions.append((pose, predict_on_grid(detector, values, affine)))
+                add(pose, predict_on_grid(detector, values, affine))
         for label, image in contrasts(values, volume.affine).items():
             if label in wanted:
-                predictions.append((label, predict_on_grid(detector, image, volume.affine)))
+                add(label, predict_on_grid(detector, image, volume.affine))
         axis, factor = 0, 1
         if THICK in wanted:
             thick, thick_affine, axis, factor = thick_slices(values, volume.affine)
-            predictions.append((THICK, back_from_thick(predict_on_grid(detector, thick, thick_affine),
-                                                       values.shape, axis, factor)))
+            add(THICK, back_from_thick(predict_on_grid(detector, thick, thick_affine), values.shape, axis, factor))
         fields = {}
         eyes = centroids_mm(reference, volume.affine, 1, 2)
         for label in (NARROW, CUT):
             if label in wanted and len(eyes) == 2:
                 fields[label] = field_box(volume.affine, values.shape, label, np.mean(eyes, axis=0))
-                predictions.append((label, predict_in_field(detector, values, volume.affine, fields[label])))
-        for label, predicted in predictions:
+                add(label, predict_in_field(detector, values, volume.affine, fields[label]))
+        for label, predicted, mirrored in predictions:
             in_view = reference
             if label in fields:
                 in_view = np.zeros_like(reference)
                 in_view[fields[label]] = reference[fields[label]]
             row = {"scan": name, "model": model, "variant": label, **score(predicted, volume.affine, in_view)}
+            if mirrored:
+                row["mirrored_pass"] = mirrored
             if label == THICK:
                 row["slice_mm"] = round(factor * float(np.sqrt((volume.affine[:3, axis] ** 2).sum())), 2)
             rows.append(row)
             found = " ".join(f"{f} {row['found'][f]['found']}/{row['found'][f]['in_view']}+{row['found'][f]['extra']}"
                              for f in FEATURES)
             dice = " ".join(f"{f} {row['dice'][f]:.2f}" if row["dice"][f] is not None else f"{f} -" for f in FEATURES)
-            print(f"{name:26s} {model:8s} {label:25s} found {found}  Dice {dice}", flush=True)
+            ran = f"  mirrored pass ({mirrored['why']}; {mirrored['found']}; kept {mirrored['kept']})" if mirrored else ""
+            print(f"{name:26s} {model:8s} {label:25s} found {found}  Dice {dice}{ran}", flush=True)
     summary = summarise(rows)
-    print("\nper variant over all heads: found/in view+extra, mean Dice")
+    fired = sum("mirrored_pass" in row for row in rows)
+    print(f"\nmirrored pass ran on {fired} of {len(rows)} predictions")
+    print("per variant over all heads: found/in view+extra, mean Dice")
     for variant, entry in summary.items():
         print(f"{variant:25s} " + "  ".join(
             f"{f} {e['found']}/{e['in_view']}+{e['extra']} {e['mean_dice'] if e['mean_dice'] is not None else '-'}"

@@ -79,6 +79,7 @@ def held_out(weights: list[Path], data: Path, labels_dir: Path, in_sample: bool 
         start = time.perf_counter()
         predicted = _predict(detector, volume.values(), volume.affine)
         seconds = time.perf_counter() - start
+        mirrored = dict(getattr(detector, "last_sources", {})).get("mirrored_pass")  # the conditional mirrored pass
         dice = dice_per_feature(predicted, reference)
         centroid = centroid_errors_mm(predicted, reference, volume.affine)
         found = {f: (None if not (reference == v).any() else bool((predicted == v).any()))
@@ -86,10 +87,11 @@ def held_out(weights: list[Path], data: Path, labels_dir: Path, in_sample: bool 
         matches = feature_matches(predicted, reference, volume.affine)
         rows.append({"scan": name, "scored": True, "modality": modality(name), "model": _model_name(detector),
                      "dice": dice, "centroid_mm": centroid, "found": found, "matches": matches,
-                     "seconds": round(seconds, 2)})
+                     "seconds": round(seconds, 2), **({"mirrored_pass": mirrored} if mirrored else {})})
+        ran = f" mirrored pass ({mirrored['why']}; {mirrored['found']}; kept {mirrored['kept']})" if mirrored else ""
         print(f"{name:28s} " + " ".join(
             f"{f}: dice {_fmt(dice[f])} {matches[f]['found']}/{matches[f]['in_view']}+{matches[f]['extra']}"
-            for f in FEATURES), flush=True)
+            for f in FEATURES) + ran, flush=True)
     return rows
 
 

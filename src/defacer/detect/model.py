@@ -25,6 +25,7 @@ import numpy.typing as npt
 from defacer._typing import Affine, LabelMap, PathLike
 from defacer.detect.ear_fallback import add_missing_ears
 from defacer.detect.postprocess import (
+    Component,
     air_threshold,
     find_components,
     keep_largest_pieces,
@@ -131,8 +132,10 @@ class OnnxDetector:
     last_sources : dict
         Where the last :meth:`predict` found each ear: ``{"ears": {"right": s, "left": s}}`` (RAS+
         sides; ``"network"``, ``"image"`` from the fallback, or ``"none"``); ``{}`` when the network
-        found fewer than two eyes (no frame to place an ear in) or the fallback is off.  Kept per
-        thread, so concurrent calls on one detector each read their own.
+        found fewer than two eyes (no frame to place an ear in) or the fallback is off.  Where the plain
+        pass found fewer than two eyes or no nose (the card's ``mirror`` off), the mirrored pass ran too
+        (:meth:`_mirrored_pass`): ``{"mirrored_pass": {"why": ..., "found": ..., "kept": "mirrored" or
+        "plain"}}`` beside the ears.  Kept per thread, so concurrent calls on one detector each read their own.
     last_timings : dict
         Seconds spent by the last :meth:`predict` in this thread, per stage: ``box`` (input box),
         ``network``, ``components`` (coarse components), ``to_grid`` (probabilities back onto the
@@ -230,6 +233,40 @@ class OnnxDetector:
             out = 0.5 * (out + np.asarray(flipped[0, :, ::-1], np.float32))
         return out
 
+    def _mirrored_pass(self, box_image: npt.NDArray[np.float32], probs: npt.NDArray[np.float32],
+                       components: list[Component], box_affine: Affine, doubt: str
+                       ) -> tuple[npt.NDArray[np.float32], list[Component], dict[str, str]]:
+        """The plain pass's weighted ``probs`` averaged with the mirrored box's, where that finds as many features.
+
+        The network runs once more, on the left-right mirrored box; its weighted probabilities, flipped
+        back, are averaged with the plain pass's (what ``mirror`` on the card computes, the plain pass not
+        run twice) and the components are found again.  The mirrored answer is kept when its plausible
+        components (:func:`defacer.detect.postprocess.find_components`: a pair of eyes, a nose near them, an
+        ear per side) number at least as many as the plain pass's; else the plain pass's stays.
+
+        Returns
+        -------
+        probs, components
+            Of the answer kept.
+        record : dict
+            ``why`` (``doubt``), ``found`` (eyes, nose, ears: plain -> mirrored) and ``kept``
+            (``"mirrored"`` or ``"plain"``), for the sidecar (:attr:`last_sources`).
+        """
+        batch = np.ascontiguousarray(box_image[None, None, ::-1], dtype=np.float32)
+        (flipped,) = self._session.run(None, {self._input: batch})
+        other = _weighted(np.ascontiguousarray(np.asarray(flipped[0], np.float32)[:, ::-1]), self.class_weights)
+        other += probs
+        other *= np.float32(0.5)
+        found = find_components(class_argmax(other), box_affine)
+
+        def counts(kept: list[Component]) -> str:
+            return "/".join(str(sum(c.feature == f for c in kept)) for f in ("eyes", "nose", "ears"))
+
+        keep = len(found) >= len(components)
+        record = {"why": doubt, "found": f"eyes/nose/ears {counts(components)} -> {counts(found)}",
+                  "kept": "mirrored" if keep else "plain"}
+        return (other, found, record) if keep else (probs, components, record)
+
     def predict(self, image_ras: npt.NDArray[np.floating], ras_affine: Affine) -> LabelMap:
         """Label eyes (1), nose (2) and ears (3).
 
@@ -283,8 +320,15 @@ class OnnxDetector:
         clock.stamp("network")
         coarse = class_argmax(probs)
         components = find_components(coarse, box.affine)
-        regions = [(int(FEATURE_LABELS[c.feature]), c.mask) for c in components]
         clock.stamp("components")
+        mirrored: dict[str, str] = {}
+        doubt = _doubt(components)
+        if doubt and not self.mirror:
+            # the plain pass lacks an eye or the nose: add the left-right mirrored pass to its probabilities
+            # (the card's mirror, run on this scan only) and keep that answer where it finds as many features
+            probs, components, mirrored = self._mirrored_pass(box_image, probs, components, box.affine, doubt)
+            clock.stamp("mirrored_pass")
+        regions = [(int(FEATURE_LABELS[c.feature]), c.mask) for c in components]
         labels = box_to_grid(probs, box, image.shape, np.asarray(ras_affine, float), regions)
         clock.stamp("to_grid")
         # every label lies in the regions' extent: clean that crop only (the whole scan's air level,
@@ -303,17 +347,30 @@ class OnnxDetector:
                         threshold=_above(tissue_threshold(image, sample=sample, air=air), noise))
         clock.stamp("face_refinement")
         eyes = [c.centre_mm for c in components if c.feature == "eyes"]
-        self._last.sources = {}
+        self._last.sources = {"mirrored_pass": mirrored} if mirrored else {}
         if self.ear_fallback and len(eyes) == 2:
             # the map is this call's own; its ears lie in the extent (box_to_grid and the clean-up write
             # them there only, the face refinement never writes one)
             labels, sides = add_missing_ears(image, np.asarray(ras_affine, float), labels, eyes, head=head,
                                              in_place=True, ears_within=extent,
                                              record_on=shared if lifted and shared is not None else None)
-            self._last.sources = {"ears": sides}
+            self._last.sources["ears"] = sides
         clock.stamp("ear_fallback")
         self._last.timings = clock.seconds
         return labels
+
+
+def _doubt(components: list[Component]) -> str:
+    """Why a pass's kept components are doubtful (``""``: not doubtful): fewer than two eyes or no nose.
+
+    Every face has two eyes and a nose in the box; :func:`defacer.detect.postprocess.find_components`
+    keeps two eyes only as a plausible pair and a nose only near them, so a missing one means the
+    network's output was wrong or implausible there (e.g. a head turned 30 degrees, beyond training).
+    """
+    eyes = sum(c.feature == "eyes" for c in components)
+    noses = sum(c.feature == "nose" for c in components)
+    reasons = ([f"{eyes} eye{'s' if eyes != 1 else ''} found"] if eyes < 2 else []) + (["no nose found"] if noses == 0 else [])
+    return ", ".join(reasons)
 
 
 def _weighted(probs: npt.NDArray[np.float32], weights: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
