@@ -1,5 +1,5 @@
-"""The conditional mirrored pass: it runs only where the plain pass lacks an eye or the nose, and its
-answer is kept only where it finds at least as many plausible features.
+"""The conditional mirrored pass: it runs only where the plain pass lacks an eye or the nose, and the
+averaged answer is kept unless it loses every eye and the nose.
 
 The network is the shipped one; a wrapper round its onnxruntime session changes what a pass returns
 (the plain pass unsure of the nose, the mirrored one sure of it), so the detector's own code decides
@@ -68,7 +68,30 @@ def test_where_the_plain_pass_loses_the_nose_the_mirrored_pass_runs_and_its_nose
 
 
 @needs_weights
-def test_a_mirrored_pass_that_finds_fewer_features_is_dropped() -> None:
+def test_the_averaged_answer_is_kept_even_with_fewer_features_than_the_doubtful_plain_pass() -> None:
+    """Counting cannot tell a plausible pair in the wrong place from a right one, so the average is trusted."""
+    def ears_lost_when_mirrored(call: int, probs: np.ndarray, nose: np.ndarray) -> None:
+        probs[:, nose] = 0.0
+        probs[0, nose] = 1.0  # the plain pass loses the nose
+        if call == 1:  # the mirrored pass sees no ear: the mean's ears fall below the card's line
+            ears = probs[int(Label.EARS)] > 0.05
+            probs[:, ears] = 0.0
+            probs[0, ears] = 1.0
+
+    detector = load_default_detector()
+    detector.ear_fallback = False  # the network's own ears, not the image search's, are what is compared
+    labels, session = _predict(detector, ears_lost_when_mirrored)
+    assert session is not None and session.calls == 2
+    record = detector.last_sources["mirrored_pass"]
+    assert record["kept"] == "mirrored", record
+    plain, mirrored = (part.split("/") for part in record["found"].removeprefix("eyes/nose/ears ").split(" -> "))
+    assert int(mirrored[2]) < int(plain[2]), "the average found fewer ears than the plain pass"
+    assert int(mirrored[0]) == 2, "and kept both eyes"
+    assert (labels == Label.EYES).any(), "its eyes are the answer"
+
+
+@needs_weights
+def test_a_mirrored_pass_that_loses_the_whole_face_is_dropped() -> None:
     def nothing_mirrored(call: int, probs: np.ndarray, nose: np.ndarray) -> None:
         probs[:, nose] = 0.0
         probs[0, nose] = 1.0  # the plain pass loses the nose

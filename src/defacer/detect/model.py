@@ -236,13 +236,16 @@ class OnnxDetector:
     def _mirrored_pass(self, box_image: npt.NDArray[np.float32], probs: npt.NDArray[np.float32],
                        components: list[Component], box_affine: Affine, doubt: str
                        ) -> tuple[npt.NDArray[np.float32], list[Component], dict[str, str]]:
-        """The plain pass's weighted ``probs`` averaged with the mirrored box's, where that finds as many features.
+        """The plain pass's weighted ``probs`` averaged with the mirrored box's, unless that loses the whole face.
 
         The network runs once more, on the left-right mirrored box; its weighted probabilities, flipped
         back, are averaged with the plain pass's (what ``mirror`` on the card computes, the plain pass not
-        run twice) and the components are found again.  The mirrored answer is kept when its plausible
-        components (:func:`defacer.detect.postprocess.find_components`: a pair of eyes, a nose near them, an
-        ear per side) number at least as many as the plain pass's; else the plain pass's stays.
+        run twice) and the components are found again.  The averaged answer, two views of the same box, is
+        kept, even where it finds fewer components than the doubtful plain pass: counting cannot tell a
+        plausible-looking pair in the wrong place from a right one (mricrogl_CT turned 30 degrees: the plain
+        pass's two "eyes" lie 55-70 mm low; the average finds one eye in its place and drops both wrong
+        ones).  Only where the average finds no eye and no nose at all (:func:`defacer.detect.postprocess.
+        find_components`) does the plain pass's answer stay.
 
         Returns
         -------
@@ -262,7 +265,7 @@ class OnnxDetector:
         def counts(kept: list[Component]) -> str:
             return "/".join(str(sum(c.feature == f for c in kept)) for f in ("eyes", "nose", "ears"))
 
-        keep = len(found) >= len(components)
+        keep = any(c.feature in ("eyes", "nose") for c in found)
         record = {"why": doubt, "found": f"eyes/nose/ears {counts(components)} -> {counts(found)}",
                   "kept": "mirrored" if keep else "plain"}
         return (other, found, record) if keep else (probs, components, record)
