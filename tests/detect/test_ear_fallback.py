@@ -447,10 +447,10 @@ def test_round_a_bright_halo_the_refined_auricles_still_reach_the_ear_distortion
     assert result.provenance["protection"]["changed_inside_protected"] == 0
 
 
-def test_a_network_crumb_on_a_side_gives_way_to_the_auricle_the_image_shows(phantom) -> None:
-    """Issue 15: on a side where the network's only ear is a crumb (8 voxels, 64 mm^3, on the cheek 30 mm in front
-    of the auricle: what gamma 0.5 left of ixi034's left ear), the image is searched as for a missing ear; the
-    auricle found there replaces the crumb (before: the crumb stayed the side's ear, the auricle unlabelled)."""
+def _right_ear_misplaced_gives_way(phantom, forward_mm: float, outward: tuple[int, int], half: tuple[int, int]) -> None:
+    """The phantom's right ear replaced, in the network's map, by a piece of skin ``forward_mm`` in front of the
+    auricle (voxels ``outward`` about the outermost tissue voxel along +x, ``half`` about the row and column there):
+    the side is searched from the image, the auricle found replaces the piece, and the auricle is labelled whole."""
     made, x = phantom
     image = made.volume.values(np.float32)
     affine = made.volume.affine
@@ -458,15 +458,23 @@ def test_a_network_crumb_on_a_side_gives_way_to_the_auricle_the_image_shows(phan
     network = made.labels.copy()
     network[truth & (x > 0)] = 0
     inv = np.linalg.inv(affine)
-    j, k = np.rint(inv[:3, :3] @ [0.0, 28.0, -6.0] + inv[:3, 3]).astype(int)[1:]
+    j, k = np.rint(inv[:3, :3] @ [0.0, forward_mm, -6.0] + inv[:3, 3]).astype(int)[1:]
     skin = int(np.flatnonzero(image[:, j, k] > 0.5 * float(np.percentile(image, 99)))[-1])  # outermost tissue, +x
-    network[skin - 1:skin + 1, j:j + 2, k:k + 2] = Label.EARS
+    piece = (slice(skin + outward[0], skin + outward[1]), slice(j + half[0], j + half[1]), slice(k + half[0], k + half[1]))
+    network[piece] = Label.EARS
     out, sources = add_missing_ears(image, affine, network, EYES)
     assert sources["right"] == "image"
     ears = out == Label.EARS
-    assert not ears[skin - 1:skin + 1, j:j + 2, k:k + 2].any()  # the crumb is gone
+    assert not ears[piece].any()  # the misplaced piece is gone
     assert ears[truth & (x > 0)].mean() >= 0.5  # the auricle is labelled
     assert ndi.label(ears & (x > 0))[1] == 1
+
+
+def test_a_network_crumb_on_a_side_gives_way_to_the_auricle_the_image_shows(phantom) -> None:
+    """Issue 15: on a side where the network's only ear is a crumb (8 voxels, 64 mm^3, on the cheek 30 mm in front
+    of the auricle: what gamma 0.5 left of ixi034's left ear), the image is searched as for a missing ear; the
+    auricle found there replaces the crumb (before: the crumb stayed the side's ear, the auricle unlabelled)."""
+    _right_ear_misplaced_gives_way(phantom, 28.0, (-1, 1), (0, 2))
 
 
 def test_a_network_crumb_where_the_image_shows_no_auricle_stays(phantom) -> None:
@@ -486,23 +494,7 @@ def test_a_network_ear_where_no_ear_lies_gives_way_to_the_auricle_the_image_show
     """Issue 15: the network's right ear is a piece of cheek 40 mm in front of the auricle (512 mm^3, no crumb; 5.5 SD
     from where ears lie in the eyes' frame, as ixi014's left ear turned 30 degrees): the side is searched from the
     image, and the auricle there, sharing no voxel with it, replaces it (before: the cheek stayed the ear)."""
-    made, x = phantom
-    image = made.volume.values(np.float32)
-    affine = made.volume.affine
-    truth = made.labels == Label.EARS
-    network = made.labels.copy()
-    network[truth & (x > 0)] = 0
-    inv = np.linalg.inv(affine)
-    j, k = np.rint(inv[:3, :3] @ [0.0, 38.0, -6.0] + inv[:3, 3]).astype(int)[1:]
-    skin = int(np.flatnonzero(image[:, j, k] > 0.5 * float(np.percentile(image, 99)))[-1])
-    cheek = (slice(skin - 3, skin + 1), slice(j - 2, j + 2), slice(k - 2, k + 2))
-    network[cheek] = Label.EARS
-    out, sources = add_missing_ears(image, affine, network, EYES)
-    assert sources["right"] == "image"
-    ears = out == Label.EARS
-    assert not ears[cheek].any()
-    assert ears[truth & (x > 0)].mean() >= 0.5
-    assert ndi.label(ears & (x > 0))[1] == 1
+    _right_ear_misplaced_gives_way(phantom, 38.0, (-3, 1), (-2, 2))
 
 
 def test_a_network_ear_where_no_ear_lies_stays_when_the_image_shows_no_auricle_apart_from_it(phantom) -> None:
