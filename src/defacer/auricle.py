@@ -51,6 +51,10 @@ GRID_MM = 2.0
 #: reference labels' rule).  On the 19 real heads, ear distortion from the shipped detector's ears,
 #: auricles >= 90 % changed before the protection gate: 20 of 38 with 12 mm, 23 with 14, 24 with 16.
 OPENING_MM = 16.0
+#: The opening ball (mm) of the flat-ear delimitation (the ear distortion's second try, the ear search's second
+#: rule): an auricle pressed flat against the head lies along it in a bump too wide for :data:`OPENING_MM` to
+#: leave out.
+WIDE_OPENING_MM = 24.0
 #: Radius around the centre searched for the protrusion, in mm (the second pass adds RECENTRE_MM).
 SEARCH_MM = 32.0
 #: How much farther the second, recentred pass searches, in mm.

@@ -65,9 +65,8 @@ SKIN_MM = 6.0
 #: ear pressed flat against the head, or blurred by thick slices, whose helix barely stands out.  It is
 #: delimited once more with :data:`WIDE_OPENING_MM` and :data:`WIDE_FOLLOW_MM` (:func:`own_auricles`).
 SMALL_PROTRUSION_MM3 = 4000.0
-#: The opening ball (mm) of that second delimitation: a flat auricle lies along the head in a bump too
-#: wide for the usual ball to leave out.
-WIDE_OPENING_MM = 24.0
+#: The opening ball (mm) of that second delimitation (:data:`defacer.auricle.WIDE_OPENING_MM`).
+WIDE_OPENING_MM = auricle.WIDE_OPENING_MM
 #: How far (mm) beyond the search radius that second delimitation follows a protruding part reaching
 #: into it (the helix of a flat ear detected at its lobule).  On the 19 real heads with the shipped
 #: detector, 9 ears protrude less than SMALL_PROTRUSION_MM3 (otsu, fernando and anon0006 both, ixi015,

@@ -37,7 +37,15 @@ import numpy.typing as npt
 from scipy import ndimage as ndi
 
 from defacer._typing import Affine, LabelMap, Mask
-from defacer.auricle import OPENING_MM, Auricle, Seed, delimit_auricle, in_one_box, remember_auricle
+from defacer.auricle import (
+    OPENING_MM,
+    WIDE_OPENING_MM,
+    Auricle,
+    Seed,
+    delimit_auricle,
+    in_one_box,
+    remember_auricle,
+)
 from defacer.detect.frame import EAR_OFFSET_MM, ear_offset_score, eye_frame
 from defacer.detect.postprocess import EAR_PLAUSIBLE_SD, MIN_VOLUME_MM3, largest_part
 from defacer.detect.preprocess import mask_box
@@ -62,13 +70,10 @@ MIN_EAR_MM3 = 1000.0
 MAX_AURICLE_MM3 = 20000.0
 #: How far out from the eyes' midline the head's lateral surface is looked for, in mm.
 MAX_HALF_WIDTH_MM = 150.0
-#: The opening ball (mm) of the ear distortion's flat-ear rule (:data:`defacer.distort_ears.WIDE_OPENING_MM`):
-#: an auricle pressed flat against the head lies along it in a bump too wide for the usual ball to leave out.
-WIDE_OPENING_MM = 24.0
-#: The delimitations :func:`auricle_near` tries in turn, each as (opening ball in mm, on the reference
-#: rule's head mask): the first whose protrusion holds :data:`MIN_EAR_MM3` is the ear.  The reference
-#: rule's own (:data:`defacer.auricle.OPENING_MM`) first: where it finds an auricle nothing changes.
-#: Where it finds less (an ear pressed flat, or a small one), the wider opening on the same mask.  With
+#: The opening balls (mm) :func:`auricle_near` delimits with in turn, on the reference rule's head mask: the
+#: first whose protrusion holds :data:`MIN_EAR_MM3` is the ear.  The reference rule's own
+#: (:data:`defacer.auricle.OPENING_MM`) first: where it finds an auricle nothing changes.  Where it finds
+#: less (an ear pressed flat, or a small one), the flat-ear rule's wider one (:data:`defacer.auricle.WIDE_OPENING_MM`).  With
 #: the network's ears removed from its map (as on held-out heads, where it often finds none), on the 19
 #: real heads: ixi012_T1w_2mm's right ear 0.00 -> 0.99 of its reference voxels changed (the reference
 #: rule's protrusion there, 944 mm^3, just under the minimum); the other ears as before.  Searched where
@@ -76,7 +81,7 @@ WIDE_OPENING_MM = 24.0
 #: 12 (up) and 6 (back) times instead of 10 and 5.  A third try on the tissue above the head's threshold
 #: (also otsu_T1w's right, pressed flat: 0.00 -> 0.76) found something 19 and 12 times there, most of it
 #: scalp (up to 26 cm^3): not used.
-SEARCH_RULES: tuple[tuple[float, bool], ...] = ((OPENING_MM, True), (WIDE_OPENING_MM, True))
+SEARCH_OPENINGS_MM: tuple[float, ...] = (OPENING_MM, WIDE_OPENING_MM)
 
 
 def _centroids(mask: npt.NDArray[np.bool_], affine: Affine) -> list[tuple[npt.NDArray[np.float64], int]]:
@@ -182,9 +187,9 @@ def auricle_near(image: npt.NDArray[np.floating], affine: Affine, point: npt.NDA
         The region of the RAS image and the auricle's voxels in it.
     """
     spacing, centre, direction = _array_frame(affine, point, outward)
-    for rule in SEARCH_RULES:
+    for opening_mm in SEARCH_OPENINGS_MM:
         found = delimit_auricle(image, head, depth, spacing, centre, direction, search_mm=radius_mm,
-                                follow_mm=EXTENT_MM, medial_mm=MEDIAL_MM, opening_mm=rule[0], reference_mask=rule[1])
+                                follow_mm=EXTENT_MM, medial_mm=MEDIAL_MM, opening_mm=opening_mm, reference_mask=True)
         if found is not None and float(found.protrusion.sum()) * float(np.prod(spacing)) >= min_mm3:
             return found.box, largest_part(found.mask)
     return None
@@ -388,6 +393,13 @@ def _search_side(image: npt.NDArray[np.floating], affine: Affine, origin: npt.ND
     return auricle_near(image, affine, surface, side * axes[0], head, depth)
 
 
+def _label_image_ear(out: LabelMap, found: tuple[Box, Mask]) -> None:
+    """Label an auricle found in the image as ear in ``out``, where nothing else is labelled."""
+    box, mask = found
+    region = out[box]
+    region[mask & (region == 0)] = Label.EARS
+
+
 def add_missing_ears(image: npt.NDArray[np.floating], affine: Affine, labels: LabelMap,
                      eye_centres: list[npt.NDArray[np.float64]], head: HeadModel | None = None,
                      offset_mm: tuple[float, float] = EAR_OFFSET_MM, *,
@@ -467,9 +479,7 @@ def add_missing_ears(image: npt.NDArray[np.floating], affine: Affine, labels: La
             continue
         crop, component, _ = present.pop(side)
         out[crop][component] = 0
-        box, mask = found_here
-        region = out[box]
-        region[mask & (region == 0)] = Label.EARS
+        _label_image_ear(out, found_here)
         sources[names[side]] = "image"
         missing.remove(side)
     for side, (crop, component, centre) in present.items() if refine else ():
@@ -484,9 +494,7 @@ def add_missing_ears(image: npt.NDArray[np.floating], affine: Affine, labels: La
         near = _search_side(image, affine, origin, axes, side, head, depth, offset_mm)
         if near is None:
             continue
-        box, mask = near
-        region = out[box]
-        region[mask & (region == 0)] = Label.EARS
+        _label_image_ear(out, near)
         sources[names[side]] = "image"
     for grown, auricle, seed in refined:  # the ear distortion adds these auricles and looks where the refinement did
         remember_auricle(head if record_on is None else record_on, grown, out[grown] == Label.EARS, auricle, seed)

@@ -328,7 +328,7 @@ class OnnxDetector:
         doubt = _doubt(components)
         if doubt and not self.mirror:
             # the plain pass lacks an eye or the nose: add the left-right mirrored pass to its probabilities
-            # (the card's mirror, run on this scan only) and keep that answer where it finds as many features
+            # (the card's mirror, run on this scan only); that answer is kept unless it loses every eye and the nose
             probs, components, mirrored = self._mirrored_pass(box_image, probs, components, box.affine, doubt)
             clock.stamp("mirrored_pass")
         regions = [(int(FEATURE_LABELS[c.feature]), c.mask) for c in components]
