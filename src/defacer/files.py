@@ -255,7 +255,18 @@ def read_json_object(path: PathLike, *, what: str, redo: str) -> dict[str, Any]:
     DefacerError
         As :func:`read_small_text`, and for text that is not JSON or JSON that is not an object.
     """
-    text = read_small_text(path, what=what, redo=redo)
+    return json_object_of(read_small_text(path, what=what, redo=redo), path, what=what, redo=redo)
+
+
+def json_object_of(text: str, path: PathLike, *, what: str, redo: str) -> dict[str, Any]:
+    """The JSON object ``text`` (read from ``path``) holds, a leading byte order mark ignored (:func:`without_bom`).
+
+    Raises
+    ------
+    DefacerError
+        For text that is not JSON (or nests thousands deep) or JSON that is not an object, naming ``path``,
+        ``what`` it is and ``redo``.
+    """
     try:
         loaded = json.loads(without_bom(text))
     except (ValueError, RecursionError) as err:  # RecursionError: arrays or objects nested thousands deep

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from defacer._version import __version__
 from defacer.batch.discover import Scan
 from defacer.errors import DefacerError, OutputError
-from defacer.files import read_json_object, read_small_text, stays_inside, without_bom
+from defacer.files import json_object_of, read_json_object, read_small_text, stays_inside
 from defacer.io.atomic import copy_atomic, is_temporary, write_text_atomic
 from defacer.io.output_guard import inode_of
 from defacer.phi.tables import MAX_AGE, clean_table, describe_changes, is_bids_table
@@ -540,12 +540,7 @@ def _deidentified_text(source: Path, profile: DeidOptions | None) -> tuple[str, 
     redo = ("Not carried to the output: a JSON file that cannot be read cannot be de-identified; fix the file in IN "
             "(or pass --no-deidentify).")
     text = read_small_text(source, what="JSON file", redo=redo)
-    try:
-        data = json.loads(without_bom(text))
-    except (ValueError, RecursionError) as err:  # RecursionError: arrays or objects nested thousands deep
-        raise DefacerError(f"The JSON file '{source}' is not valid JSON ({err}). {redo}") from err
-    if not isinstance(data, dict):
-        raise DefacerError(f"The JSON file '{source}' holds a {type(data).__name__}, not an object. {redo}")
+    data = json_object_of(text, source, what="JSON file", redo=redo)
     scrubbed, removed = scrub_sidecar(data, profile)
     if scrubbed == data:
         return text, ""
