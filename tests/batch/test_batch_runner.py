@@ -589,3 +589,19 @@ def test_outputs_written_by_earlier_sidecar_rules_are_done_again(tmp_path: Path,
     now = runner._fingerprint(config, with_sidecar, None, "d", config.deidentify)
     monkeypatch.setattr(runner, "SIDECAR_RULES_REVISION", True)  # what the first rules recorded
     assert runner._fingerprint(config, with_sidecar, None, "d", config.deidentify) != now
+
+
+def test_outputs_written_by_another_code_are_done_again(tmp_path: Path, bids: tuple[Path, Path, list[str]],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The detector's rules and the distortions changed between releases while the version stayed 0.1.0, and the
+    fingerprint named only the version: a batch rerun after an upgrade skipped every scan, keeping outputs the new
+    code would have defaced otherwise.  The fingerprint now names the code itself; the same code still resumes."""
+    from defacer.batch import runner
+
+    ds, labels, _ = bids
+    config = BatchConfig(in_root=ds, out_root=tmp_path / "out", labels_dir=labels, quiet=True)
+    assert run_batch(config).counts.done == 6
+    assert (run_batch(config).counts.done, run_batch(config).counts.skipped) == (0, 6)
+    monkeypatch.setattr(runner, "code_digest", lambda: "0" * 64)  # what another release's source would give
+    again = run_batch(config)
+    assert (again.counts.done, again.counts.skipped) == (6, 0)

@@ -74,3 +74,20 @@ def test_write_provenance_writes_indented_json_atomically(tmp_path):
     assert json.loads(target.read_text()) == {"voxels": 12, "spacing": [1.0, 2.0], "path": "x.nii.gz"}
     assert target.read_text().endswith("\n") and "\n  " in target.read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.defacer.json"]  # no temporary left
+
+
+def test_code_digest_names_every_source_file_of_the_package() -> None:
+    """The sidecar's ``defacer_code`` (and the batch fingerprint) is a digest over every ``.py`` of the installed
+    package, recomputed here file by file."""
+    import defacer
+    from defacer.provenance import code_digest
+
+    package = Path(defacer.__file__).resolve().parent
+    sources = sorted(package.rglob("*.py"))
+    assert len(sources) > 50 and package / "distort_face.py" in sources and package / "detect" / "postprocess.py" in sources
+
+    expected = hashlib.sha256()
+    for source in sources:
+        expected.update(source.relative_to(package).as_posix().encode() + b"\0")
+        expected.update(hashlib.sha256(source.read_bytes()).digest())
+    assert code_digest() == expected.hexdigest() == environment()["defacer_code"]

@@ -64,6 +64,7 @@ from defacer.files import label_map_in, text_name
 from defacer.labels import FEATURES
 from defacer.options import DEFAULT_DEIDENTIFICATION, DEFAULT_OPTIONS, DefaceOptions, Deidentification
 from defacer.phi.options import DeidOptions
+from defacer.provenance import code_digest
 
 log = logging.getLogger(__name__)
 
@@ -269,8 +270,9 @@ DICOM_RULES_REVISION = 1
 
 def _fingerprint(config: BatchConfig, scan: Scan, labels: Path | None, detector_id: str,
                  deidentify: Deidentification | None) -> str:
-    """Digest of everything that shapes a scan's output.  Options left at their defaults are not listed, so a
-    run with the defaults keeps the fingerprints (and the resumability) of runs made before they existed."""
+    """Digest of everything that shapes a scan's output, defacer's own code included
+    (:func:`defacer.provenance.code_digest`), so a rerun by another code redoes the scan.  Options left at
+    their defaults are not listed: an option added later does not change the fingerprint by existing."""
     from defacer.batch.manifest import sha256_file
 
     defaults = asdict(DEFAULT_OPTIONS)
@@ -279,6 +281,9 @@ def _fingerprint(config: BatchConfig, scan: Scan, labels: Path | None, detector_
     deid_key = deidentify.key if deidentify is not None else None
     fields: dict[str, Any] = {
         "version": __version__,
+        # the code itself: the detector's rules, the distortions and the de-identification change between
+        # releases (the version stays), and an output an earlier code wrote is done again
+        "code": code_digest(),
         "features": list(config.features),
         "seed": config.seed,
         "layout": config.layout,
