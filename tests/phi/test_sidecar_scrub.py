@@ -200,3 +200,17 @@ def test_an_unknown_tag_in_dicom_json_form_is_judged_by_its_declared_vr():
     scrubbed, removed = scrub_sidecar(json.loads(json.dumps(data)), DeidOptions())
     assert removed == ["00209999", "00219998", "00209997", "00291010"]
     assert scrubbed == {"00209996": {"vr": "US", "Value": [3]}, "EchoTime": 0.003}
+
+
+def test_an_unlisted_uid_of_an_original_instance_goes_as_in_a_header():
+    """A header replaces the UIDs of original instances the table does not list (SOPInstanceUIDOfConcatenationSource,
+    ReferencedFiducialUID; HOSTILE5), but a sidecar's safety nets were a copy of the header's that left them out:
+    such a key kept the original instance's UID.  Both now follow one rule (defacer.phi.scrub.unlisted_net); a
+    sidecar has no key to replace UIDs with, so the key goes, and stays under the Retain UIDs option."""
+    data = {"SOPInstanceUIDOfConcatenationSource": "1.2.826.0.1.3680043.99.14",
+            "ReferencedFiducialUID": "1.2.826.0.1.3680043.99.15", "EchoTime": 0.003}
+    scrubbed, removed = scrub_sidecar(dict(data), DeidOptions())
+    assert scrubbed == {"EchoTime": 0.003}
+    assert removed == ["SOPInstanceUIDOfConcatenationSource", "ReferencedFiducialUID"]
+    kept, _ = scrub_sidecar(dict(data), DeidOptions(retain_uids=True))
+    assert kept == data

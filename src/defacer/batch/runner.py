@@ -258,8 +258,9 @@ def labels_for(scan: Scan, labels_dir: Path | None) -> Path | None:
 #: spelt otherwise (case, spaces, attribute names, DICOM-JSON tags) and the kept text masked of the patient's own
 #: values (46ba2fd, 6ee9bd1, 1069093); 3: the same rules on objects and lists nested at any depth (HOSTILE5); 4: keys
 #: the table does not list get the header's safety nets (PN and UR removed, DA/DT as Study Date; HOSTILE5); 5: DICOM-JSON
-#: keys of private tags, and of unknown tags by their declared VR (UI removed; HOSTILE5).
-SIDECAR_RULES_REVISION = 5
+#: keys of private tags, and of unknown tags by their declared VR (UI removed; HOSTILE5); 6: the header's own safety-net rule
+#: (defacer.phi.scrub.unlisted_net): keys holding the UIDs of original instances the table does not list removed.
+SIDECAR_RULES_REVISION = 6
 #: Revision of the rules that de-identify a DICOM series' headers (:class:`defacer.phi.scrub.Scrubber`), part of the
 #: fingerprint of every de-identified DICOM series (absent before it existed): raised whenever they learn to remove
 #: or replace more, so that the rerun of a batch redoes series written by the earlier rules.  1: unlisted UIDs that

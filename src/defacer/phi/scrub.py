@@ -105,6 +105,41 @@ _UNKNOWN_VRS = frozenset({"UN", ""})
 
 #: Free-text VRs: overlay attributes of these VRs the table does not list follow Overlay Comments.
 _FREE_TEXT_VRS = frozenset({"LO", "LT", "SH", "ST", "UT", "UC"})
+
+
+def unlisted_net(tag: int, vr: str) -> str:
+    """The safety net for an attribute the Annex E table does not list, by its tag and value representation.
+
+    One rule for the header (:meth:`Scrubber._unlisted`) and a JSON sidecar's keys
+    (:func:`defacer.phi.sidecar.scrub_sidecar`), each carrying it out its own way:
+
+    * ``"items"``: a sequence (SQ), its items cleaned like the dataset;
+    * ``"remove"``: a person name (PN) or a web address (UR, but coding-scheme URLs): HIPAA identifiers;
+    * ``"uid"``: a UID made for one of the patient's instances (:data:`_UNLISTED_INSTANCE_UIDS`) or held by an
+      attribute no dictionary knows: replaced by keyed UIDs (a sidecar, which has no key, removes it);
+    * ``"mask"``: free text, kept less the patient's own names and IDs;
+    * ``"date"``: a date or date-time, one of the study's dates: treated as Study Date;
+    * ``"bytes"``: an element no dictionary knows (UN): removed when it holds the patient's values;
+    * ``"keep"``: anything else.
+    """
+    if vr == "SQ":
+        return "items"
+    if vr == "PN" or (vr == "UR" and tag not in _KEPT_UNLISTED_URLS):
+        return "remove"
+    if vr == "UI":
+        return "uid" if tag in _UNLISTED_INSTANCE_UIDS or tag not in DicomDictionary else "keep"
+    if vr in _FREE_TEXT_VRS:
+        return "mask"
+    if vr in ("DA", "DT"):
+        return "date"
+    return "bytes" if vr in _UNKNOWN_VRS else "keep"
+
+
+def study_date_rule() -> Rule:
+    """The table's rule for Study Date, which every unlisted date follows (:func:`unlisted_net` ``"date"``)."""
+    rule = find_rule(_TAG_STUDY_DATE)
+    assert rule is not None, "the Annex E table lists Study Date"
+    return rule
 #: String VRs whose values may be identifiers.
 _ID_VRS = frozenset({"LO", "SH", "LT", "ST", "UT", "UC", "AE"})
 #: Keywords of identifier attributes (PatientID, StudyID, AccessionNumber, DeviceSerialNumber...).
@@ -413,23 +448,23 @@ class Scrubber:
         del ds[tag_int]
 
     def _unlisted(self, ds: Dataset, tag_int: int, vr: str, context: _Context) -> None:
-        if vr == "SQ":
+        net = unlisted_net(tag_int, vr)
+        if net == "items":
             self._recurse(ds[tag_int].value, context)
-        elif vr == "PN":
+        elif net == "remove" and vr == "PN":
             ds[tag_int] = DataElement(tag_int, "PN", None)
-        elif vr == "UI" and tag_int in _UNLISTED_INSTANCE_UIDS and not self.options.retain_uids:
-            self._set_uid(ds, tag_int)
-        elif vr == "UI" and tag_int not in DicomDictionary and not self.options.retain_uids:
-            self._set_uid(ds, tag_int, keep=_is_standard_uid)  # an attribute no dictionary knows
-        elif vr in _FREE_TEXT_VRS:
+        elif net == "remove":
+            del ds[tag_int]
+        elif net == "uid" and not self.options.retain_uids:
+            # an instance's UID is replaced whole; an attribute no dictionary knows keeps the standard's own UIDs
+            self._set_uid(ds, tag_int, keep=None if tag_int in _UNLISTED_INSTANCE_UIDS else _is_standard_uid)
+        elif net == "mask":
             self._mask_patient(ds[tag_int], context)
-        elif vr in ("DA", "DT") and (study_date := find_rule(_TAG_STUDY_DATE)) is not None:
+        elif net == "date":
             # a date the table does not list (StudyUpdateDateTime, SecondaryReviewDate...) is one of the study's
             # dates for HIPAA Safe Harbor: treated as Study Date (emptied; kept or shifted by the date options)
-            self._apply(ds, tag_int, study_date, vr, context)
-        elif vr == "UR" and tag_int not in _KEPT_UNLISTED_URLS:
-            del ds[tag_int]
-        elif vr in _UNKNOWN_VRS and _holds_patient(ds[tag_int].value, context):
+            self._apply(ds, tag_int, study_date_rule(), vr, context)
+        elif net == "bytes" and _holds_patient(ds[tag_int].value, context):
             del ds[tag_int]  # an attribute no dictionary knows, holding the patient's name or ID as bytes
 
     @staticmethod

@@ -206,16 +206,18 @@ def _masked(value: Any, patient: tuple[str, ...], tag: int | None) -> Any:
 
 
 def _unlisted_action(tag: int, options: DeidOptions, value: Any = None) -> str:
-    """The action on a key naming a DICOM attribute the table does not list, as the header's safety nets give it
-    (:meth:`defacer.phi.scrub.Scrubber._unlisted`): a person name (PN) and a web address (UR, but coding-scheme
-    URLs) removed, a date or date-time treated as Study Date; ``K`` otherwise.  A tag no dictionary knows, written
-    in DICOM-JSON form, is judged by the VR it declares; one holding UIDs is removed (a header replaces them with
-    keyed UIDs, which a sidecar has no key for).  A private tag (odd group) is removed, as in a header."""
+    """The action on a key naming a DICOM attribute the table does not list: the header's safety net
+    (:func:`defacer.phi.scrub.unlisted_net`) carried out on a sidecar.  A person name or web address is removed
+    (``X``), a date or date-time follows Study Date, a UID made for one of the patient's instances is removed (a
+    header replaces it with a keyed UID, which a sidecar has no key for; kept under ``retain_uids``); text, lists
+    and objects are kept (``K``) and masked of the patient's values by the caller.  A tag no dictionary knows,
+    written in DICOM-JSON form, is judged by the VR it declares (kept when it declares none).  A private tag (odd
+    group) is removed, as every private attribute of a header."""
     from pydicom.datadict import dictionary_VR
 
-    from defacer.phi.scrub import _KEPT_UNLISTED_URLS, _TAG_STUDY_DATE
+    from defacer.phi.scrub import study_date_rule, unlisted_net
 
-    if (tag >> 16) & 1:  # a private attribute (DICOM-JSON form): removed, as every private attribute of a header
+    if (tag >> 16) & 1:
         return "X"
     try:
         vr = dictionary_VR(tag)
@@ -224,13 +226,10 @@ def _unlisted_action(tag: int, options: DeidOptions, value: Any = None) -> str:
         if not isinstance(declared, str):
             return "K"
         vr = declared.strip().upper()
-        if vr == "UI":
-            return "X"
-    if vr == "PN" or (vr == "UR" and tag not in _KEPT_UNLISTED_URLS):
+    net = unlisted_net(tag, vr)
+    if net == "remove" or (net == "uid" and not options.retain_uids):
         return "X"
-    if vr in ("DA", "DT") and (study_date := find_rule(_TAG_STUDY_DATE)) is not None:
-        return options.action_for(study_date)
-    return "K"
+    return options.action_for(study_date_rule()) if net == "date" else "K"
 
 
 def _is_date(tag: int | None) -> bool:
