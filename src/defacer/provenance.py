@@ -61,7 +61,7 @@ def code_digest() -> str:
     The version number alone does not change when the detector's rules, the distortions or the
     de-identification learn something between releases; this digest does, so a sidecar names the exact
     code that wrote an output and a batch rerun redoes the scans an earlier code wrote
-    (:func:`defacer.batch.runner._fingerprint`).  Computed once per process (about 150 files, a few ms).
+    (:func:`defacer.batch.runner._fingerprint`).  Computed once per process (about 100 files, 1.2 MB: 8 ms).
     """
     package = Path(__file__).resolve().parent
     digest = hashlib.sha256()
