@@ -170,11 +170,65 @@ def dcmread_any(path: Path, **kwargs: Any) -> Dataset:
     return ds
 
 
+#: Most bytes a deflated data set (transfer syntax 1.2.840.10008.1.2.1.99) may inflate to: 512 MiB, a 512^3
+#: volume of 32-bit voxels. pydicom inflates the whole data set in memory before reading any element, and deflate
+#: packs up to about 1,000 bytes into one: a 1 MB file of zeros took 2.1 GB, a 20 MB one would take 40 GB.
+MAX_INFLATED_BYTES = 512 << 20
+
+
+def _check_inflated_size(path: Path) -> None:
+    """Refuse a deflated DICOM file whose data set inflates beyond :data:`MAX_INFLATED_BYTES`, counted in bounded steps.
+
+    Files of any other transfer syntax, and files whose meta group pydicom cannot read, pass
+    unchanged (pydicom judges them); a damaged deflate stream passes too (pydicom refuses it).
+
+    Raises
+    ------
+    pydicom.errors.InvalidDicomError
+        Starting with "damaged or hostile", naming the limit.
+    """
+    import zlib
+
+    from pydicom.errors import InvalidDicomError
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+    from pydicom.uid import UID
+
+    with path.open("rb") as handle:
+        try:
+            read_preamble(handle, True)  # no "DICM": back at the start (a raw file may still begin with group 2)
+            meta = _read_file_meta_info(handle)
+            syntax = UID(str(meta.get("TransferSyntaxUID", "") or "").strip())
+            if not (syntax.is_transfer_syntax and syntax.is_deflated):
+                return
+        except Exception:  # noqa: BLE001 - not readable as a meta group: pydicom's own reading decides
+            return
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        limit = MAX_INFLATED_BYTES
+        total = 0
+        step = 1 << 22
+        try:
+            while chunk := handle.read(1 << 20):
+                pending = chunk
+                while pending:
+                    total += len(inflater.decompress(pending, step))
+                    pending = inflater.unconsumed_tail
+                    if total > limit:
+                        raise InvalidDicomError(
+                            f"damaged or hostile DICOM file (its deflated data set inflates to more than "
+                            f"{limit >> 20} MiB, the most defacer reads from one file; re-export it uncompressed)"
+                        )
+                if inflater.eof:
+                    return
+        except zlib.error:
+            return
+
+
 def _dcmread(path: Path, **kwargs: Any) -> Dataset:
     import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+    _check_inflated_size(path)
     try:
         return pydicom.dcmread(path, **kwargs)
     except InvalidDicomError:

@@ -35,6 +35,8 @@ def read_nifti_like(path: Path, fmt: str, *, max_voxels: int | None = None) -> V
     max_voxels : int, optional
         Refuse a header declaring more voxels than this before reading any voxel.
     """
+    if fmt == "nifti":
+        check_extensions(path)
     try:
         # a NaN or infinite voxel size or direction (MGH delta, Mdc) gives a non-finite affine, refused by
         # checks.validate_volume in words; nibabel's numpy warnings while computing it say nothing more
@@ -88,6 +90,62 @@ def read_nifti_like(path: Path, fmt: str, *, max_voxels: int | None = None) -> V
         extra={"image_class": type(image).__name__, "raw_shape": tuple(raw.shape), "warnings": warnings,
                **({"mgh_stored_geometry": unset_geometry} if unset_geometry else {})},
     )
+
+
+#: Most bytes of NIfTI header extensions read (64 MiB), and most extensions (a real file has one to three).
+MAX_EXTENSION_BYTES = 64 << 20
+MAX_EXTENSIONS = 256
+
+
+def check_extensions(path: Path) -> None:
+    """Refuse a NIfTI file whose header extensions would make nibabel read more than it should.
+
+    nibabel reads every extension whole into memory while it reads the header, before any voxel
+    count is known: an extension declaring 2 GB of zeros packs into 2 MB of gzip, one declaring a
+    negative size reads the rest of the (decompressed) file, and extensions of 8 bytes each become
+    millions of objects.  This walks the extension headers the way nibabel does (skipping their
+    contents, streamed), so nothing is held.
+
+    Raises
+    ------
+    InputImageError
+        Naming what the header declares and what to do.
+    """
+    problem = ""
+    with contextlib.suppress(Exception), Opener(str(path), "rb") as fileobj:  # unreadable: nibabel says why
+        head = fileobj.read(544)
+        order = "<" if int.from_bytes(head[:4], "little") in (348, 540) else ">"
+        nifti2 = int(np.frombuffer(head[:4], order + "i4")[0]) == 540
+        start = 544 if nifti2 else 352
+        if len(head) < start or head[start - 4] == 0:
+            return  # no extensions (nibabel reads none)
+        vox_offset = float(np.frombuffer(head[168:176], order + "i8")[0] if nifti2
+                           else np.frombuffer(head[108:112], order + "f4")[0])
+        left = vox_offset - start
+        fileobj.seek(start)
+        total = count = 0
+        while left >= 16 and not problem:  # nibabel's loop for a single file (.nii, .nii.gz)
+            ext_head = fileobj.read(8)
+            if len(ext_head) < 8:
+                break  # nibabel refuses a cut extension itself
+            esize = int(np.frombuffer(ext_head[:4], order + "i4")[0])
+            total += max(esize, 0)
+            count += 1
+            problem = (f"an extension of {esize} bytes (expected at least 8: its own size and code)" if esize < 8 else
+                       f"{total:,} bytes of extensions (defacer reads at most {MAX_EXTENSION_BYTES >> 20} MiB)"
+                       if total > MAX_EXTENSION_BYTES else
+                       f"more than {MAX_EXTENSIONS} extensions (defacer reads at most {MAX_EXTENSIONS})"
+                       if count > MAX_EXTENSIONS else "")
+            if problem:
+                break
+            fileobj.seek(esize - 8, 1)
+            left -= esize
+    if problem:
+        raise InputImageError(
+            f"'{path}' has a NIfTI header declaring {problem}: the header is damaged or "
+            "made to exhaust memory (a few megabytes of gzip can unpack to gigabytes). If the scan is yours, "
+            "remove the extensions (nibabel: img.header.extensions.clear(), then save) or re-export it."
+        )
 
 
 #: Where an MGH header keeps goodRASFlag (int16), delta (3 float32), Mdc (9) and Pxyz_c (3): bytes 28-89.

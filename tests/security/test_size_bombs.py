@@ -1,0 +1,187 @@
+"""Small files that unpack into huge ones: refused in bounded memory, before the unpacking.
+
+Deflate packs about 1,000 bytes into one, so a 1 MB file can hold a gigabyte of zeros. A deflated
+DICOM data set (transfer syntax 1.2.840.10008.1.2.1.99) is inflated whole by pydicom before any
+element is read: a 1 MB file took 2.1 GB of memory.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.uid import DeflatedExplicitVRLittleEndian
+from run_checks import run_on_input
+
+from defacer.io import dicom_files
+from defacer.io.dicom_files import dcmread_any
+
+KEY = "size-bomb-test-key-0123456789"
+
+#: Most memory (bytes, as tracemalloc sees it) reading one bomb may take.
+PEAK = 64 << 20
+
+
+def _deflated(folder: Path, k: int, padding: int) -> Path:
+    """A small valid MR slice stored deflated, with ``padding`` zero bytes in a private OB element."""
+    ds = pydicom.Dataset()
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.77.2.1.{k + 1}"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1.3680043.77.2", "1.2.826.0.1.3680043.77.2.1"
+    ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.77.2.9"
+    ds.Modality = "MR"
+    ds.PatientName, ds.PatientID = "Bomb^Bertha", "BOMB-0042"
+    ds.InstanceNumber = k + 1
+    ds.Rows = ds.Columns = 16
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.PixelSpacing = [1.0, 1.0]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.ImagePositionPatient = [0.0, 0.0, 2.0 * k]
+    ds.PixelData = (np.arange(256, dtype="<u2") + k).tobytes()
+    ds["PixelData"].VR = "OW"
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_dataset(body, ds)
+    packer = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)
+    packed = [packer.compress(body.getvalue())]
+    if padding:
+        packed.append(packer.compress(b"\x11\x00\x10\x00LO\x04\x00BOMB"))  # private creator (0011,0010)
+        packed.append(packer.compress(b"\x11\x00\x00\x10OB\x00\x00" + padding.to_bytes(4, "little")))
+        zeros = bytes(16 << 20)
+        for start in range(0, padding, len(zeros)):
+            packed.append(packer.compress(zeros[: min(len(zeros), padding - start)]))
+    packed.append(packer.flush())
+    meta = DicomBytesIO()
+    meta.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(meta, ds.file_meta, enforce_standard=True)
+    path = folder / f"IM{k:04d}.dcm"
+    path.write_bytes(meta.getvalue() + b"".join(packed))
+    return path
+
+
+def _series(folder: Path, bomb_bytes: int = 0) -> Path:
+    folder.mkdir(parents=True)
+    for k in range(4):
+        _deflated(folder, k, bomb_bytes if k == 1 else 0)
+    return folder
+
+
+def test_a_deflated_dicom_bomb_is_refused_before_it_is_inflated(tmp_path):
+    bomb = _deflated(tmp_path, 0, (512 << 20) + (1 << 20))  # just over the limit
+    assert bomb.stat().st_size < 4 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidDicomError, match="inflates to more than 512 MiB"):
+            dcmread_any(bomb, stop_before_pixels=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < PEAK, f"reading a {bomb.stat().st_size} byte file took {peak >> 20} MiB"
+
+
+def test_anonymize_refuses_a_series_holding_a_deflated_bomb_in_words(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(dicom_files, "MAX_INFLATED_BYTES", 1 << 20, raising=False)
+    folder = _series(tmp_path / "in", bomb_bytes=2 << 20)
+    out = tmp_path / "out"
+    code, text = run_on_input(["anonymize", str(folder), str(out), "--key", KEY], capsys, source=folder, out=out,
+                              allowed={"in", "out"})
+    assert code == 1
+    assert "IM0001.dcm" in text and "inflates to more than 1 MiB" in text
+
+
+def test_a_deflated_series_within_the_limit_is_still_anonymized(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(dicom_files, "MAX_INFLATED_BYTES", 1 << 20, raising=False)
+    folder = _series(tmp_path / "in", bomb_bytes=1 << 19)
+    out = tmp_path / "out"
+    code, _ = run_on_input(["anonymize", str(folder), str(out), "--key", KEY], capsys, source=folder, out=out,
+                           allowed={"in", "out"})
+    assert code == 0
+    written = sorted(out.rglob("*.dcm"))
+    assert len(written) == 4
+    for path in written:
+        assert "Bertha" not in str(pydicom.dcmread(path).PatientName)
+
+
+# ----------------------------------------------------------------------------- NIfTI header extensions
+def _nifti_with_extensions(path: Path, extensions: list[tuple[int, int]], tail: int = 0) -> Path:
+    """A small .nii.gz whose header declares ``extensions`` ((esize, zero bytes stored) each), then ``tail`` zeros."""
+    import struct
+
+    import nibabel as nib
+
+    image = nib.Nifti1Image(np.arange(16 ** 3, dtype=np.int16).reshape(16, 16, 16), np.eye(4))
+    header = bytearray(image.header.binaryblock)
+    stored = sum(n + 8 for _, n in extensions)
+    struct.pack_into("<f", header, 108, float(352 + stored))
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31)
+    packed = [packer.compress(bytes(header) + b"\x01\x00\x00\x00")]
+    zeros = bytes(16 << 20)
+    for esize, n in extensions:
+        packed.append(packer.compress(struct.pack("<ii", esize, 6)))
+        for start in range(0, n, len(zeros)):
+            packed.append(packer.compress(zeros[: min(len(zeros), n - start)]))
+    packed.append(packer.compress(np.asarray(image.dataobj).tobytes(order="F")))
+    for start in range(0, tail, len(zeros)):
+        packed.append(packer.compress(zeros[: min(len(zeros), tail - start)]))
+    path.write_bytes(b"".join(packed) + packer.flush())
+    return path
+
+
+def _peak_of_loading(path: Path) -> tuple[str, int]:
+    from defacer.errors import InputImageError
+    from defacer.io import load_volume
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputImageError) as refused:
+            load_volume(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return str(refused.value), peak
+
+
+def test_a_nifti_extension_bomb_is_refused_before_it_is_read(tmp_path):
+    size = (64 << 20) + (1 << 20)
+    bomb = _nifti_with_extensions(tmp_path / "bomb.nii.gz", [(size + 8, size)])
+    assert bomb.stat().st_size < 1 << 20
+    message, peak = _peak_of_loading(bomb)
+    assert "bytes of extensions (defacer reads at most 64 MiB)" in message and "bomb.nii.gz" in message
+    assert peak < 16 << 20, f"reading a {bomb.stat().st_size} byte file took {peak >> 20} MiB"
+
+
+def test_a_nifti_extension_of_negative_size_does_not_read_the_rest_of_the_file(tmp_path):
+    # nibabel reads esize - 8 bytes: read(-9) is the whole rest of the decompressed file
+    bomb = _nifti_with_extensions(tmp_path / "negative.nii.gz", [(-1, 8)], tail=96 << 20)
+    message, peak = _peak_of_loading(bomb)
+    assert "an extension of -1 bytes" in message
+    assert peak < 16 << 20, f"took {peak >> 20} MiB"
+
+
+def test_millions_of_empty_nifti_extensions_are_refused(tmp_path):
+    bomb = _nifti_with_extensions(tmp_path / "many.nii.gz", [(8, 0)] * 300_000)
+    message, peak = _peak_of_loading(bomb)
+    assert "more than 256 extensions" in message
+    assert peak < 16 << 20, f"took {peak >> 20} MiB"
+
+
+def test_a_nifti_with_a_few_small_extensions_still_loads(tmp_path):
+    from defacer.io import load_volume
+
+    path = _nifti_with_extensions(tmp_path / "fine.nii.gz", [(32, 24), (48, 40)])
+    volume = load_volume(path, strict=False)
+    assert volume.raw.shape == (16, 16, 16)
+    assert any("2 extension(s)" in w for w in volume.extra["warnings"])
