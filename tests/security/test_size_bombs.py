@@ -185,3 +185,86 @@ def test_a_nifti_with_a_few_small_extensions_still_loads(tmp_path):
     volume = load_volume(path, strict=False)
     assert volume.raw.shape == (16, 16, 16)
     assert any("2 extension(s)" in w for w in volume.extra["warnings"])
+
+
+# ----------------------------------------------------------------------------- compressed frames lying about their size
+def _compressed_series(folder: Path, kind: str, declare: int = 0) -> Path:
+    """A 4-slice series, JPEG 2000 (16 bit) or JPEG baseline (8 bit); slice 2's frame header declares ``declare``²."""
+    import io
+    import struct
+
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
+
+    folder.mkdir(parents=True)
+    for k in range(4):
+        pixels = (np.arange(4096).reshape(64, 64) % 251 + 3 * k).astype(np.uint16 if kind == "j2k" else np.uint8)
+        if kind == "j2k":
+            import openjpeg
+
+            frame = bytearray(openjpeg.encode(pixels, codec_format=0))
+            if declare and k == 2:  # SIZ: marker, Lsiz, Rsiz, then Xsiz, Ysiz, XOsiz, YOsiz, XTsiz, YTsiz
+                struct.pack_into(">IIIIII", frame, frame.index(b"\xff\x51") + 6, declare, declare, 0, 0, declare, declare)
+        else:
+            from PIL import Image
+
+            buffer = io.BytesIO()
+            Image.fromarray(pixels).save(buffer, format="JPEG", quality=95)
+            frame = bytearray(buffer.getvalue())
+            if declare and k == 2:  # SOF0: marker, length, precision, then rows and columns
+                struct.pack_into(">HH", frame, frame.index(b"\xff\xc0") + 5, declare, declare)
+        ds = pydicom.Dataset()
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = JPEG2000Lossless if kind == "j2k" else JPEGBaseline8Bit
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.77.3.1.{k + 1}"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1.3680043.77.3", "1.2.826.0.1.3680043.77.3.1"
+        ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.77.3.9"
+        ds.Modality = "MR"
+        ds.PatientName, ds.PatientID = "Bomb^Bertha", "BOMB-0042"
+        ds.InstanceNumber = k + 1
+        ds.Rows = ds.Columns = 64
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated = ds.BitsStored = 16 if kind == "j2k" else 8
+        ds.HighBit = ds.BitsStored - 1
+        ds.PixelRepresentation = 0
+        ds.PixelSpacing = [1.0, 1.0]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [0.0, 0.0, 2.0 * k]
+        ds.PixelData = encapsulate([bytes(frame)])
+        ds["PixelData"].VR = "OB"
+        ds.save_as(folder / f"IM{k:04d}.dcm", enforce_file_format=True)
+    return folder
+
+
+def _load_in_a_child(folder: Path) -> tuple[str, int]:
+    """(what load_volume said, peak resident memory in MiB) of a fresh process reading ``folder``."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import resource, sys\nfrom defacer.io import load_volume\ntry:\n    load_volume(sys.argv[1], strict=False)\n"
+              "    print('LOADED')\nexcept Exception as err:\n    print(type(err).__name__, err)\n"
+              "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(folder)], check=True, capture_output=True, text=True,
+                          timeout=300,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    peak = int(done.stdout.rsplit("PEAK", 1)[1])
+    return done.stdout.rsplit("PEAK", 1)[0].strip(), peak
+
+
+@pytest.mark.parametrize(("kind", "declare"), [("j2k", 20000), ("jpeg", 60000)])
+def test_a_compressed_frame_declaring_a_huge_picture_is_refused_before_decoding(tmp_path, kind, declare):
+    message, peak = _load_in_a_child(_compressed_series(tmp_path / "in", kind, declare))
+    assert message.startswith("DicomSeriesError") and "IM0002.dcm" in message, message
+    assert f"declares {declare} x {declare} pixels" in message and "say 64 x 64" in message, message
+    assert peak < 600, f"reading four 64 x 64 slices took {peak} MiB"
+
+
+@pytest.mark.parametrize("kind", ["j2k", "jpeg"])
+def test_compressed_frames_of_the_declared_size_still_decode(tmp_path, kind):
+    from defacer.io import load_volume
+
+    volume = load_volume(_compressed_series(tmp_path / "in", kind), strict=False)
+    assert volume.raw.shape == (64, 64, 4)

@@ -409,3 +409,66 @@ def pixel_data_problem(ds: Dataset) -> str:
         return f"pixel data holds {found} bytes where Rows, Columns and BitsAllocated need {expected}"
     return ""
 
+
+
+#: JPEG start-of-frame markers (SOF0-SOF15 but DHT C4, JPG C8, DAC CC) and JPEG-LS's SOF55 (F7).
+_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7})
+
+
+def codestream_size(frame: bytes) -> tuple[int, int, int] | None:
+    """(rows, columns, components) a JPEG, JPEG-LS or JPEG 2000 frame declares in its own header, else ``None``.
+
+    Read from the start-of-frame segment (JPEG, JPEG-LS) or the SIZ segment (JPEG 2000, raw
+    codestream or inside a JP2 file); a frame of another kind, or one too damaged to find it in,
+    gives ``None`` (the decoder judges it).
+    """
+    if frame[:2] == b"\xff\xd8":  # JPEG family: walk the segments up to the frame header
+        at = 2
+        while at + 4 <= len(frame) and at < 1 << 20:
+            if frame[at] != 0xFF:
+                return None
+            marker = frame[at + 1]
+            if marker == 0xFF:  # fill byte
+                at += 1
+                continue
+            if marker in _JPEG_SOF and at + 10 <= len(frame):
+                rows, columns = int.from_bytes(frame[at + 5:at + 7], "big"), int.from_bytes(frame[at + 7:at + 9], "big")
+                return rows, columns, frame[at + 9]
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # segments without a length
+                at += 2
+                continue
+            at += 2 + int.from_bytes(frame[at + 2:at + 4], "big")
+        return None
+    found = frame.find(b"\xff\x4f\xff\x51", 0, 1 << 16)  # JPEG 2000: SOC then SIZ
+    if found < 0 or found + 42 > len(frame):
+        return None
+    siz = frame[found + 4:found + 42]
+    width = int.from_bytes(siz[4:8], "big") - int.from_bytes(siz[12:16], "big")  # Xsiz - XOsiz (after Lsiz, Rsiz)
+    height = int.from_bytes(siz[8:12], "big") - int.from_bytes(siz[16:20], "big")
+    return height, width, int.from_bytes(siz[36:38], "big")
+
+
+def encapsulated_frames_problem(ds: Dataset) -> str:
+    """What is wrong with the compressed frames of ``ds`` before they are decoded, or ``""``.
+
+    A decoder allocates the picture its frame's own header declares, whatever Rows and Columns
+    say: a 7 kB JPEG 2000 slice declaring 40,000 x 40,000 pixels made openjpeg take 3.3 GB before it
+    failed.  Each frame's declared size and number of components must be the data set's.
+    """
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if "PixelData" not in ds or syntax is None or not syntax.is_transfer_syntax or not syntax.is_encapsulated:
+        return ""
+    from pydicom.encaps import generate_frames
+
+    try:
+        expected = (int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel", 1) or 1))
+        n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+        for k, frame in enumerate(generate_frames(ds.PixelData, number_of_frames=n_frames)):
+            declared = codestream_size(frame)
+            if declared is not None and declared != expected:
+                return (f"its compressed frame {k + 1} declares {declared[0]} x {declared[1]} pixels of "
+                        f"{declared[2]} component(s) where Rows, Columns and SamplesPerPixel say {expected[0]} x "
+                        f"{expected[1]} of {expected[2]}: the file is damaged or made to exhaust memory when decoded")
+    except (AttributeError, TypeError, ValueError, KeyError, EOFError) as err:
+        return f"its compressed pixel data cannot be split into frames ({type(err).__name__}: {err})"
+    return ""

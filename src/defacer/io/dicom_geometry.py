@@ -18,7 +18,7 @@ import numpy.typing as npt
 from defacer._typing import PathLike
 from defacer.checks import DEFAULT_MAX_VOXELS, check_voxel_count
 from defacer.errors import DicomSeriesError
-from defacer.io.dicom_files import dcmread_any
+from defacer.io.dicom_files import dcmread_any, encapsulated_frames_problem
 from defacer.io.dicom_grouping import FrameRef, floats, scan, select_series
 from defacer.volume import Volume
 
@@ -41,7 +41,8 @@ def _decode(path: Path) -> tuple[Dataset, npt.NDArray[Any]]:
     """Read one instance with pixels; frames first: shape (F, Rows, Columns)."""
     try:
         ds = dcmread_any(path)
-        pixels = ds.pixel_array
+        problem = encapsulated_frames_problem(ds)
+        pixels = None if problem else ds.pixel_array
     except (EOFError, OSError) as err:
         raise DicomSeriesError(f"'{path}' is truncated or unreadable ({err}). Re-export the series.") from err
     except (ValueError, AttributeError, KeyError) as err:
@@ -55,6 +56,8 @@ def _decode(path: Path) -> tuple[Dataset, npt.NDArray[Any]]:
             "decode. Install the JPEG decoders: pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg "
             f"(details: {err})"
         ) from err
+    if pixels is None:
+        raise DicomSeriesError(f"'{path}' cannot be decoded: {problem}. Re-export the series; nothing was written.")
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         raise DicomSeriesError(f"'{path}' is a colour image (SamplesPerPixel {ds.SamplesPerPixel}); defacer needs grey MR/CT.")
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
