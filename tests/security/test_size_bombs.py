@@ -238,7 +238,7 @@ def _compressed_series(folder: Path, kind: str, declare: int = 0) -> Path:
     return folder
 
 
-def _load_in_a_child(folder: Path) -> tuple[str, int]:
+def _load_in_a_child(folder: Path, timeout: float = 300) -> tuple[str, int]:
     """(what load_volume said, peak resident memory in MiB) of a fresh process reading ``folder``."""
     import os
     import subprocess
@@ -248,7 +248,7 @@ def _load_in_a_child(folder: Path) -> tuple[str, int]:
               "    print('LOADED')\nexcept Exception as err:\n    print(type(err).__name__, err)\n"
               "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n")
     done = subprocess.run([sys.executable, "-c", script, str(folder)], check=True, capture_output=True, text=True,
-                          timeout=300,
+                          timeout=timeout,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     peak = int(done.stdout.rsplit("PEAK", 1)[1])
     return done.stdout.rsplit("PEAK", 1)[0].strip(), peak
@@ -268,3 +268,13 @@ def test_compressed_frames_of_the_declared_size_still_decode(tmp_path, kind):
 
     volume = load_volume(_compressed_series(tmp_path / "in", kind), strict=False)
     assert volume.raw.shape == (64, 64, 4)
+
+
+def test_a_huge_nrrd_line_skip_ends_at_the_end_of_the_file(tmp_path):
+    # the skip loop read on past the end of the file: 'line skip: 100000000000000' never returned
+    path = tmp_path / "skip.nrrd"
+    path.write_bytes(b"NRRD0004\ntype: int16\ndimension: 3\nspace: left-posterior-superior\nsizes: 8 8 8\n"
+                     b"space directions: (1,0,0) (0,1,0) (0,0,1)\nspace origin: (0,0,0)\nencoding: raw\n"
+                     b"endian: little\nline skip: 100000000000000\n\n" + bytes(1024))
+    message, _ = _load_in_a_child(path, timeout=60)
+    assert message.startswith("InputImageError") and "holds 0 bytes of voxel data" in message, message

@@ -313,7 +313,8 @@ def _read_data(header: dict[str, Any], data_path: Path, offset: int, dtype: np.d
     with data_path.open("rb") as handle:
         handle.seek(offset)
         for _ in range(line_skip):
-            handle.readline(_CHUNK)
+            if not handle.readline(_CHUNK):  # the end of the file: a huge line skip must not loop on
+                break
         if encoding in _TEXT:
             try:
                 values = np.fromfile(handle, dtype=dtype, count=count + 1, sep=" ")
