@@ -558,6 +558,29 @@ def test_a_named_pipe_given_as_an_input_is_refused_not_waited_on(series, tmp_pat
     assert result.returncode == 1 and "not a regular file" in result.stderr, result.stderr
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+@pytest.mark.parametrize("case", ["deface-scan", "deface-labels", "verify-original", "verify-labels"])
+def test_a_named_pipe_with_a_nrrd_name_is_refused_not_waited_on(phantom, tmp_path, case):
+    """A pipe named ``x.nrrd`` as the scan, label map or verified file: the output guard opened it to look for the
+    ``data file:`` field before anything checked it was a file, and waited for a writer forever."""
+    import subprocess
+
+    pipe = tmp_path / "pipe.nrrd"
+    os.mkfifo(pipe)
+    scan = str(phantom[0])
+    argv = {"deface-scan": ["deface", str(pipe), str(tmp_path / "out.nrrd")],
+            "deface-labels": ["deface", scan, str(tmp_path / "out.nii.gz"), "--labels", str(pipe)],
+            "verify-original": ["verify", str(pipe), scan, "--out", str(tmp_path / "qc")],
+            "verify-labels": ["verify", scan, scan, "--labels", str(pipe), "--out", str(tmp_path / "qc")]}[case]
+    try:
+        result = subprocess.run([sys.executable, "-m", "defacer", *argv], capture_output=True, text=True, timeout=60,
+                                check=False)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"a named pipe ({case}) hung the command")
+    assert result.returncode == 1 and "not a regular file" in result.stderr, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.nrrd"]
+
+
 def test_a_forged_ownership_record_never_makes_force_delete_a_file_outside_the_output(series, tmp_path, capsys):
     """An ownership record beside the output (``.out.defacer-output.json``) listing ``../home/thesis.tex`` with its
     size: ``deface IN out --force`` unlinked every listed name, so the user's thesis outside the output was deleted."""

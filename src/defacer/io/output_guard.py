@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,8 +49,11 @@ def nrrd_data_files(header_path: Path) -> list[Path]:
     them as part of a scan), so absolute paths and ``..`` are kept as written; an unreadable
     header names nothing.
     """
-    try:
-        with header_path.open("rb") as handle:
+    try:  # a named pipe would block the open (and the run) until a writer came: only a regular file is read
+        descriptor = os.open(header_path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(descriptor, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                return []
             raw = handle.read(MAX_HEADER_BYTES)
     except OSError:
         return []
