@@ -2,11 +2,11 @@
 of the unperturbed head's protected region.
 
 A bright background is simulated as in ``detector_robustness.py`` (``gamma 0.5`` on the normalised scale:
-the air lifted towards the skin).  For each scan, with the shipped detector (or ``--weights``):
+the air lifted towards the skin; ``--gamma`` for another strength, e.g. 0.4, a brighter halo, or 0.6).  For each scan, with the shipped detector (or ``--weights``):
 
 - the original is defaced with the normal pipeline; its head model and depth give the protected region
   (deeper than ``--depth`` mm below the surface, the exact depth of :func:`check_protection_at`);
-- the gamma-0.5 version is defaced; every voxel whose stored value changed is checked against the
+- the gamma version is defaced; every voxel whose stored value changed is checked against the
   ORIGINAL's protected region (``prot_of_original``: must be 0);
 - per feature, the fraction of the reference label's voxels (``reference_labels/<name>.labels.nii.gz``,
   the file's grid) whose value changed, for the original and for the gamma version.
@@ -52,6 +52,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--labels-dir", type=Path, default=REPO / "reference_labels")
     parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
+    parser.add_argument("--gamma", type=float, default=0.5,
+                        help="the halo's strength: the normalised scan to this power (below 1 lifts the air)")
     args = parser.parse_args()
     records = json.loads((args.labels_dir / "provenance.json").read_text())
     detector = load_default_detector()
@@ -63,14 +65,14 @@ def main() -> None:
         clean = deface(volume, detector, options)
         depth, head, reorientation, _ = clean._protection  # type: ignore[misc]
         spacing = reorientation.ras_spacing
-        halo_values = np.sqrt(np.clip(normalise(volume.values(np.float32)), 0, None)).astype(np.float32)
+        halo_values = (np.clip(normalise(volume.values(np.float32)), 0, None) ** args.gamma).astype(np.float32)
         halo = Volume(halo_values, volume.affine, 1.0, 0.0, volume.format)
         result = deface(halo, detector, options)
         changed_at = reorientation.indices_to_ras(changed_indices(halo.raw, result.volume.raw))
         check = check_protection_at(changed_at, head, depth, spacing, options.protect_depth_mm)
         row = {"scan": name,
                "original": fractions(volume.raw, clean.volume.raw, reference),
-               "gamma 0.5": fractions(halo.raw, result.volume.raw, reference),
+               f"gamma {args.gamma:g}": fractions(halo.raw, result.volume.raw, reference),
                "prot_of_original": check.changed_inside_protected,
                "prot_own": result.provenance["protection"]["changed_inside_protected"],
                # the gamma scan's head (the protection's depth reference) against the original's: below 1 would

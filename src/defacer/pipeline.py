@@ -33,7 +33,14 @@ from defacer.detect import Detector, HeadModelDetector
 from defacer.distort import Edit, distort_eyes, distort_nose, nose_region
 from defacer.distort_ears import distort_ears
 from defacer.errors import DetectorError, FeaturesNotFoundError, ProtectionError
-from defacer.head import CLEAR_OUTLINE, HeadModel, analyse_head, depth_below_surface
+from defacer.head import (
+    CLEAR_OUTLINE,
+    HeadModel,
+    analyse_head,
+    depth_below_surface,
+    protection_head,
+    sharpest_outline_level,
+)
 from defacer.labels import FEATURES, Label
 from defacer.options import DEFAULT_OPTIONS, DefaceOptions
 from defacer.protection_check import (
@@ -224,11 +231,26 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
 
     t = time.perf_counter()
     head = analyse_head(image, spacing)  # once: the distortions and the detector's ear fallback share it
+    # A bright halo or noise floor round the head (its outline doubtful): the head is the one at the level where
+    # its outline is sharpest, for the detector and the distortions (a head that swallowed the halo would put the
+    # surface out in the air and read the face's tissue as deep); the protection measures depth from the head at
+    # a lower level between the first and that one (head.protection_head: the sharpest level can lie within the
+    # skin's own edge and seal a head smaller than the real one).  Nothing is done on a clear outline (every
+    # real unperturbed scan measured): there the protection's head is the distortions' head.
+    first_head = head
+    guard = head
+    bright_air = sharpest_outline_level(image, spacing, head)
+    if bright_air is not None:
+        head = bright_air[1]
+        guard = protection_head(image, spacing, first_head, *bright_air)
     timings["head_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     if isinstance(detector, HeadModelDetector):
-        labels_ras = detector.predict_with_head(image, reorientation.ras_affine, head)
+        # the detector sees the air raised to that level (its own rule finds the head given here clear)
+        seen = image if bright_air is None else np.maximum(image, np.float32(bright_air[0]))
+        labels_ras = detector.predict_with_head(seen, reorientation.ras_affine, head)
+        del seen
     else:
         labels_ras = detector.predict(image, reorientation.ras_affine)
     labels_ras = np.asarray(labels_ras, dtype=np.uint8)
@@ -246,7 +268,8 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
         head_centre_a = int(np.argwhere(head.sealed_coarse.any(axis=(0, 2))).mean() * head.strides[1])
         nose = nose_region(labels_ras == Label.NOSE, image.shape, spacing, options.nose_scale,
                            posterior_limit=head_centre_a)
-    depth = depth_below_surface(head, spacing)
+    depth = depth_below_surface(head, spacing)  # the distortions' (the ear rule keeps near this surface)
+    guard_depth = depth if guard is head else depth_below_surface(guard, spacing)  # the protection's
     slack = head.coarse_slack(spacing)
     rng = np.random.default_rng(options.seed)
     edits: list[Edit] = []
@@ -274,10 +297,10 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
     # writing it then run through memory in order (a C-order copy made both about 0.1 s slower each).
     raw = volume.raw.copy(order="K")
     edit_mask = np.zeros(volume.shape, dtype=np.uint8)  # feature label of the last edit writing each voxel
-    outside = OutsideSamples.of(depth, head, spacing)  # searched near each ear edit's band only
+    outside = OutsideSamples.of(guard_depth, guard, spacing)  # searched near each ear edit's band only
     native_boxes = []
     for edit in edits:
-        protected_local = protected_in_box(edit, head, depth, outside, spacing, options.protect_depth_mm)
+        protected_local = protected_in_box(edit, guard, guard_depth, outside, spacing, options.protect_depth_mm)
         write = edit.mask & ~protected_local
         native_box = reorientation.box_from_ras(edit.box)
         write_native = reorientation.local_from_ras(write)
@@ -295,7 +318,7 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
     # Check of the guarantee, independent of the gate above: every voxel whose stored value changed, anywhere
     # in the scan, at its exact position (defacer.protection_check).
     changed_at = reorientation.indices_to_ras(changed_indices(volume.raw, raw))
-    check = check_protection_at(changed_at, head, depth, spacing, options.protect_depth_mm)
+    check = check_protection_at(changed_at, guard, guard_depth, spacing, options.protect_depth_mm)
     if check.changed_inside_protected:  # the second line of defence: such a result is never returned
         message = (
             f"{check.changed_inside_protected} voxels deeper than {options.protect_depth_mm:g} mm below the head's "
@@ -319,14 +342,22 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
                            "spacing_mm": [round(s, 5) for s in volume.spacing], "format": volume.format},
         "head": {"threshold": head.threshold, "background": head.background,
                  "air_sample_size": int(head.air_sample.size),
-                 "outline_contrast": round(head.outline_contrast, 3) if np.isfinite(head.outline_contrast) else None},
+                 "outline_contrast": round(head.outline_contrast, 3) if np.isfinite(head.outline_contrast) else None,
+                 **({"bright_air": {"level": bright_air[0], "first_threshold": first_head.threshold,
+                                    "first_outline_contrast": round(first_head.outline_contrast, 3),
+                                    "protection_threshold": guard.threshold,
+                                    "protection_head_vs_first": round(float(guard.sealed_coarse.sum())
+                                                                      / float(first_head.sealed_coarse.sum()), 3),
+                                    "head_vs_first": round(float(head.sealed_coarse.sum())
+                                                           / float(first_head.sealed_coarse.sum()), 3)}}
+                    if bright_air is not None else {})},
         "features_found_voxels": found,
         "edits": [{"feature": e.feature, **e.params} for e in edits],
         "voxels_changed": _voxels_per_feature(edit_mask),
         "protection": {"depth_mm": options.protect_depth_mm, "coarse_slack_mm": round(slack, 3),
                        "exact_depth_features": sorted(EXACT_GATE_FEATURES),
-                       "protected_voxels_approx": int(np.count_nonzero(depth > options.protect_depth_mm - slack))
-                       * int(np.prod(head.strides)),
+                       "protected_voxels_approx": int(np.count_nonzero(guard_depth > options.protect_depth_mm - slack))
+                       * int(np.prod(guard.strides)),
                        "changed_inside_protected": check.changed_inside_protected,
                        "changed_outside_edits": check.changed_voxels - int(np.count_nonzero(edit_mask))},
         "timings": {k: round(v, 4) for k, v in timings.items()},
@@ -346,25 +377,42 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
         warning = f"whole face not removed: {whole_face['reason']}"
         provenance["warnings"] = [*provenance.get("warnings", []), warning]
         log.warning("%s", warning)
-    if head.outline_contrast < CLEAR_OUTLINE:
-        warning = doubtful_outline_warning(head)
+    if first_head.outline_contrast < CLEAR_OUTLINE:
+        warning = doubtful_outline_warning(first_head, None if bright_air is None else bright_air[0],
+                                           None if bright_air is None else guard.threshold)
         provenance["warnings"] = [*provenance.get("warnings", []), warning]
         log.warning("%s", warning)  # batch keeps a scan's logged warnings in its record
     read_warnings = [str(w) for w in volume.extra.get("warnings", [])]
     if read_warnings:  # what the reader had to assume, e.g. an invalid voxel size (geometry invented)
         provenance["warnings"] = read_warnings + provenance.get("warnings", [])
     return DefaceResult(volume.with_raw(raw), labels_native, edit_mask, provenance,
-                        _protection=(depth, head, reorientation, options.protect_depth_mm - slack))
+                        _protection=(guard_depth, guard, reorientation, options.protect_depth_mm - slack))
 
 
-def doubtful_outline_warning(head: HeadModel) -> str:
+def doubtful_outline_warning(head: HeadModel, level: float | None = None, protection_level: float | None = None) -> str:
     """The warning for a head whose outline the air/tissue threshold does not find clearly.
 
     Parameters
     ----------
     head : HeadModel
-        With :attr:`HeadModel.outline_contrast` below :data:`defacer.head.CLEAR_OUTLINE`.
+        With :attr:`HeadModel.outline_contrast` below :data:`defacer.head.CLEAR_OUTLINE` (the first analysis).
+    level : float, optional
+        The level at which the outline was found sharp and the head taken instead
+        (:func:`defacer.head.sharpest_outline_level`); ``None`` where none was.
+    protection_level : float, optional
+        The threshold of the head the protection measured depth from (:func:`defacer.head.protection_head`).
     """
+    if level is not None:
+        return (
+            f"the air next to the head is nearly as bright as its skin (the head's outermost 4 mm lie at "
+            f"{head.outline_contrast:.2f} x the air/tissue threshold; {CLEAR_OUTLINE:g} or more is expected, every "
+            "real head tested gives 2 or more): a bright halo, ghosting or a heavy noise floor round the head. The "
+            f"head was taken at the level {level:.6g}, where its outline is sharpest"
+            + ("" if protection_level is None else
+               f", and the protected depth measured from the head at the lower level {protection_level:.6g}, which "
+               "keeps more of the face")
+            + "; parts of the face may be left: check this output with 'defacer verify' before sharing it"
+        )
     return (
         f"the air next to the head is nearly as bright as its skin (the head's outermost 4 mm lie at "
         f"{head.outline_contrast:.2f} x the air/tissue threshold; {CLEAR_OUTLINE:g} or more is expected, every real "

@@ -184,7 +184,8 @@ def test_a_clear_outline_is_left_as_it_is(contrast):
 def test_round_a_halo_the_sharpest_outline_finds_the_head_again():
     """Issue 15: through gamma 0.5 the first threshold falls in the lifted air and the sealed head swallows the
     halo; at the level where the outline is sharpest the head is the untouched phantom's again (within 10 %),
-    its outline clear.  The pipeline's own head model (the protection's) is not this one."""
+    its outline clear.  The pipeline takes this head for the distortions, and one at a lower level for the
+    protection (test_pipeline_halo)."""
     phantom, image, spacing = _ras("T1")
     clear = analyse_head(image, spacing)
     halo_image = _through_gamma_half(phantom)

@@ -299,7 +299,9 @@ class OnnxDetector:
             ``None``: analysed here first (its air's noise ceiling lifts the tissue levels of the clean-up
             and the refinements on a low-SNR scan; the ear fallback uses it).  Where its outline is doubtful
             (a bright halo), the detector works on the image with the air lowered and on the head model at
-            that level (``_lower_bright_air``); the ears it refines are still recorded on ``head``.
+            that level (``_lower_bright_air``); the ears it refines are still recorded on ``head``.  The pipeline
+            itself hands over the head at that level and the image with its air raised (one analysis), which this
+            rule then finds clear.
 
         Returns
         -------
