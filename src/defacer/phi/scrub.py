@@ -26,6 +26,7 @@ from pydicom.uid import UID
 
 from defacer.errors import DicomSeriesError
 from defacer.phi import actions
+from defacer.phi.codestream import blank_encapsulated_text
 from defacer.phi.options import DeidOptions
 from defacer.phi.pseudonym import Pseudonymizer
 from defacer.phi.rules import Rule, find_rule, rule_index
@@ -348,6 +349,7 @@ class Scrubber:
         if hasattr(ds, "file_meta") and "TransferSyntaxUID" in ds.file_meta:
             transfer_syntax = ds.file_meta.TransferSyntaxUID
         self._clean(ds, context, top=True)
+        blank_encapsulated_text(ds)  # comments, EXIF and thumbnails inside kept compressed frames
         self._mark(ds)
         self._rebuild_meta(ds, transfer_syntax)
         return ds
