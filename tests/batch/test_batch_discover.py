@@ -56,6 +56,22 @@ def test_finds_every_anat_image_and_ct_but_not_masks_func_or_sourcedata(tmp_path
     assert not any(o.startswith(("sourcedata", "derivatives")) for o in others), "sourcedata may hold faces"
 
 
+def test_a_head_outside_a_lowercase_anat_folder_is_still_defaced(tmp_path: Path) -> None:
+    """A T1w in ``ANAT/`` or ``Anat/`` (one folder on a case-insensitive disk), or left in ``sub-01/`` or in a folder
+    of its own: only images in ``anat/`` spelled so were defaced, the others carried to OUT with their faces."""
+    ds = tmp_path / "ds"
+    _touch(ds / "dataset_description.json", b"{}")
+    heads = ["sub-01/ANAT/sub-01_T2w.nii.gz", "sub-01/ses-1/Anat/sub-01_ses-1_T1w.nii.gz", "sub-01/sub-01_FLAIR.nii.gz",
+             "sub-02/T1/sub-02_T1w.nii.gz", "sub-02/CT/sub-02_ct.nii.gz", "sub-02/anat/sub-02_UNIT1.nii.gz"]
+    carried = ["sub-01/fmap/sub-01_magnitude1.nii.gz", "sub-01/func/sub-01_task-rest_bold.nii.gz",
+               "sub-01/ANAT/sub-01_desc-brain_mask.nii.gz", "sub-02/dwi/sub-02_dwi.nii.gz"]
+    for rel in heads + carried:
+        _touch(ds / rel)
+    found = discover(ds)
+    assert sorted(s.key for s in found.scans) == sorted(heads)
+    assert sorted(str(p) for p in found.others if not str(p).endswith(".json")) == sorted(carried)
+
+
 def test_entity_and_glob_filters_select_scans(tmp_path: Path) -> None:
     ds = tmp_path / "ds"
     for rel in ["sub-01/anat/sub-01_T1w.nii.gz", "sub-01/anat/sub-01_T2w.nii.gz", "sub-02/anat/sub-02_T1w.nii.gz"]:

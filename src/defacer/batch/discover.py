@@ -298,13 +298,29 @@ def _readable_entry(path: Path) -> bool:
     return False
 
 
+#: BIDS anatomical suffixes (casefolded) of whole-head images: defaced wherever they lie under ``sub-*``, not only
+#: in ``anat/`` (a T1w left in ``sub-01/``, ``sub-01/Anat/`` or ``sub-01/T1/`` was carried to OUT with its face).
+ANATOMICAL_SUFFIXES: frozenset[str] = frozenset(s.casefold() for s in (
+    "T1w", "T2w", "PDw", "T2starw", "FLAIR", "inplaneT1", "inplaneT2", "PDT2", "angio", "T2star", "FLASH", "PD",
+    "UNIT1", "T1map", "T2map", "T2starmap", "R1map", "R2map", "R2starmap", "PDmap", "MTRmap", "MTsat", "T1rho",
+    "MWFmap", "MTVmap", "Chimap", "S0map", "M0map", "MP2RAGE", "MPM", "MTS", "VFA", "IRT1", "MESE", "MEGRE",
+    "TB1map", "RB1map", "CT",
+))
+
+
 def _is_bids_scan(relpath: PurePosixPath, entities: dict[str, str]) -> bool:
+    """Whether a BIDS image is one to deface: in ``anat/`` or ``ct/`` (folder names in any case: ``ANAT/`` on a
+    case-insensitive disk is ``anat/``), or with an anatomical suffix (``T1w``, ``FLAIR``, ``CT``...) wherever it
+    lies under ``sub-*``; masks and segmentations excepted."""
     if not relpath.parts or not relpath.parts[0].startswith("sub-"):
         return False
     suffix = entities.get("suffix", "")
-    if suffix.lower() == "ct" or entities.get("datatype") == "ct":
+    datatype = entities.get("datatype", "").casefold()
+    if suffix.casefold() == "ct" or datatype == "ct":
         return True
-    return entities.get("datatype") == "anat" and suffix not in NON_FACE_SUFFIXES
+    if suffix in NON_FACE_SUFFIXES:
+        return False
+    return datatype == "anat" or suffix.casefold() in ANATOMICAL_SUFFIXES
 
 
 def _without_label_maps(candidates: list[Scan]) -> tuple[list[Scan], list[PurePosixPath]]:
