@@ -581,6 +581,25 @@ def test_a_named_pipe_with_a_nrrd_name_is_refused_not_waited_on(phantom, tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.nrrd"]
 
 
+def test_a_linked_series_folder_in_a_dicom_input_is_named_not_silently_left_out(series, tmp_path, capsys, caplog):
+    """``anonymize study out`` where ``study/s2`` links to another series: the search does not enter links to folders
+    (no read outside the input), but nothing said so: one series of two was written, exit 0, no word; a folder
+    holding only such links was called "empty"."""
+    import shutil
+
+    study = tmp_path / "study"
+    shutil.copytree(series, study / "s1")
+    (study / "s2").symlink_to(series, target_is_directory=True)
+    code, text = run_cli(["anonymize", str(study), str(tmp_path / "out"), "--key", "k" * 20], capsys)
+    assert code == 0
+    assert "link(s) to folders, not entered" in caplog.text and "s2" in caplog.text
+    only_links = tmp_path / "only"
+    only_links.mkdir()
+    (only_links / "s2").symlink_to(series, target_is_directory=True)
+    code, text = run_cli(["anonymize", str(only_links), str(tmp_path / "out2"), "--key", "k" * 20], capsys)
+    assert code == 1 and "only links to folders" in text
+
+
 def test_a_forged_ownership_record_never_makes_force_delete_a_file_outside_the_output(series, tmp_path, capsys):
     """An ownership record beside the output (``.out.defacer-output.json``) listing ``../home/thesis.tex`` with its
     size: ``deface IN out --force`` unlinked every listed name, so the user's thesis outside the output was deleted."""

@@ -8,6 +8,7 @@ preamble, clean file meta); :func:`check_output_folder` keeps outputs out of the
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -23,12 +24,15 @@ if TYPE_CHECKING:
 
     from defacer.phi.scrub import Scrubber
 
+logger = logging.getLogger(__name__)
 
-def input_files(path: PathLike | Sequence[PathLike]) -> list[Path]:
+
+def input_files(path: PathLike | Sequence[PathLike], *, warn_linked_folders: bool = False) -> list[Path]:
     """The files of a DICOM input: every file under a folder (sorted), a single file, or a list of files.
 
     Only the folder's own files are read: a symbolic link in it that leads out of it (other than
     into a git-annex store holding it, see :func:`defacer.files.link_outside`) refuses the input.
+    Links to folders are not entered; ``warn_linked_folders`` says so (once per run: the reader).
 
     Raises
     ------
@@ -41,8 +45,17 @@ def input_files(path: PathLike | Sequence[PathLike]) -> list[Path]:
             raise DicomSeriesError(f"No such file or folder: '{p}'. Check the path.")
         if p.is_dir():
             files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".defacer-tmp"))
+            linked = _linked_folders(p)
+            if linked and warn_linked_folders and p.resolve() not in _WARNED_LINKS:
+                _WARNED_LINKS.add(p.resolve())  # a run lists the series, then reads one: said once
+                logger.warning(
+                    "'%s' holds %d link(s) to folders, not entered (defacer reads only the folders it is given): %s. "
+                    "Give the linked series as inputs of their own, or copy them in ('cp -rL').", p, len(linked),
+                    ", ".join(f"'{f}'" for f in linked[:5]) + (" ..." if len(linked) > 5 else ""))
             if not files:
-                raise DicomSeriesError(f"The folder '{p}' is empty: expected DICOM files (one per slice or multi-frame).")
+                raise DicomSeriesError(f"The folder '{p}' is empty: expected DICOM files (one per slice or multi-frame)"
+                                       + (f"; it holds only links to folders, which are not entered ('{linked[0]}')."
+                                          if linked else "."))
             _refuse_links_out(files, p)
             return files
         if not p.is_file():  # a named pipe would block the reader forever
@@ -54,6 +67,18 @@ def input_files(path: PathLike | Sequence[PathLike]) -> list[Path]:
     if missing:
         raise DicomSeriesError(f"These DICOM files do not exist: {', '.join(missing[:5])}. Check the paths.")
     return sorted(files)
+
+
+#: DICOM folders whose links to folders were warned about in this process.
+_WARNED_LINKS: set[Path] = set()
+
+
+def _linked_folders(folder: Path) -> list[Path]:
+    """Symbolic links to folders below ``folder`` (the search for files does not enter them)."""
+    found: list[Path] = []
+    for here, dirnames, _ in os.walk(folder):
+        found += [Path(here) / name for name in dirnames if (Path(here) / name).is_symlink()]
+    return sorted(found)
 
 
 def _refuse_links_out(files: Sequence[Path], folder: Path) -> None:

@@ -222,7 +222,7 @@ def scan(path: PathLike | Sequence[PathLike]) -> Scan:
     """
     from pydicom.errors import InvalidDicomError
 
-    files = input_files(path)
+    files = input_files(path, warn_linked_folders=True)
     skipped: list[tuple[Path, str]] = []
     groups: dict[tuple[Any, ...], list[tuple[Path, Dataset, list[FrameRef]]]] = defaultdict(list)
     orientations: dict[tuple[Any, ...], tuple[float, ...]] = {}

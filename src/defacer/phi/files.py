@@ -105,7 +105,7 @@ def anonymize_files(
         No DICOM file found; a file that may be a damaged instance (random bytes, truncated);
         an instance with burned-in text without opt-in (nothing is written).
     """
-    files = input_files(in_path)
+    files = input_files(in_path, warn_linked_folders=True)
     out = Path(out_dir)
     root = Path(in_path) if isinstance(in_path, str | os.PathLike) and Path(in_path).is_dir() else None
     check_output_folder(out, root, files, force)
