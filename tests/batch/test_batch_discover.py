@@ -271,3 +271,21 @@ def test_label_maps_saved_as_mgh_or_detached_nrrd_are_label_maps_too(tmp_path: P
                                    b"data file: b.labels.raw\n")
     _touch(root / "b.labels.raw", bytes(8))
     assert [s.key for s in discover(root).scans] == ["a.nii.gz", "b.mgz"]
+
+
+def test_names_that_are_one_on_a_case_insensitive_disk_are_warned_about(tmp_path: Path, caplog) -> None:
+    """``sub-01_T1w.nii.gz`` and ``sub-01_T1W.nii.gz`` (or ``café`` in its two Unicode forms) are two files in IN but one
+    in an OUT on macOS, Windows or exFAT: the later defaced output silently replaced the earlier one."""
+    ds = tmp_path / "ds"
+    _touch(ds / "dataset_description.json", b"{}")
+    for rel in ["sub-01/anat/sub-01_T1w.nii.gz", "sub-01/anat/sub-01_T1W.nii.gz", "sub-02/anat/sub-02_T1w.nii.gz",
+                "sub-02/anat/caf\u00e9.txt", "sub-02/anat/cafe\u0301.txt"]:
+        _touch(ds / rel)
+    discover(ds)
+    assert "2 group(s) of files in IN differ only in letter case or Unicode form" in caplog.text
+    assert "'sub-01/anat/sub-01_T1W.nii.gz' and 'sub-01/anat/sub-01_T1w.nii.gz'" in caplog.text
+    caplog.clear()
+    (ds / "sub-01/anat/sub-01_T1W.nii.gz").unlink()
+    (ds / "sub-02/anat/cafe\u0301.txt").unlink()
+    discover(ds)
+    assert "letter case" not in caplog.text

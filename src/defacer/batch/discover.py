@@ -469,4 +469,23 @@ def discover(
                 continue
     others = [rel for rel in listed if rel not in claimed and stays_inside(base / rel, base, log=log, outcome=NOT_CARRIED)]
     scans.sort(key=lambda s: s.key)
+    _warn_of_folded_names([scan.relpath for scan in scans] + others)
     return Discovery(root=base, layout=kind, scans=scans, others=sorted(others), excluded=sorted(excluded))
+
+
+def _warn_of_folded_names(relpaths: Iterable[PurePosixPath]) -> None:
+    """Warn of names OUT will hold that are one name on a case-insensitive disk (``sub-01_T1w.nii.gz`` and
+    ``sub-01_T1W.nii.gz``, or a name in two Unicode forms): written there, the later replaces the earlier."""
+    import unicodedata
+
+    groups: dict[str, set[str]] = {}
+    for rel in relpaths:
+        text = rel.as_posix()
+        groups.setdefault(unicodedata.normalize("NFC", text).casefold(), set()).add(text)
+    clashes = [sorted(names) for names in groups.values() if len(names) > 1]
+    if clashes:
+        shown = "; ".join(" and ".join(f"'{name}'" for name in names) for names in sorted(clashes)[:3])
+        log.warning("%d group(s) of files in IN differ only in letter case or Unicode form (%s%s): on a case-insensitive "
+                    "disk (macOS, Windows, exFAT) each group is one file in OUT, and the one written last replaces the "
+                    "others. Rename them, or write OUT to a case-sensitive disk.", len(clashes), shown,
+                    " ..." if len(clashes) > 3 else "")
