@@ -188,8 +188,9 @@ def test_a_nifti_with_a_few_small_extensions_still_loads(tmp_path):
 
 
 # ----------------------------------------------------------------------------- compressed frames lying about their size
-def _compressed_series(folder: Path, kind: str, declare: int = 0) -> Path:
-    """A 4-slice series, JPEG 2000 (16 bit) or JPEG baseline (8 bit); slice 2's frame header declares ``declare``²."""
+def _compressed_series(folder: Path, kind: str, declare: int = 0, padding: int = 0) -> Path:
+    """A 4-slice series, JPEG 2000 (16 bit) or JPEG baseline (8 bit); slice 2's frame header declares ``declare``²,
+    after ``padding`` bytes of application segments (JPEG) or of an XML box before the codestream (JP2)."""
     import io
     import struct
 
@@ -213,6 +214,13 @@ def _compressed_series(folder: Path, kind: str, declare: int = 0) -> Path:
             frame = bytearray(buffer.getvalue())
             if declare and k == 2:  # SOF0: marker, length, precision, then rows and columns
                 struct.pack_into(">HH", frame, frame.index(b"\xff\xc0") + 5, declare, declare)
+        if padding and k == 2 and kind == "j2k":  # a JP2 file: signature, file type, a large XML box, then the codestream
+            boxes = [b"jP  " + b"\r\n\x87\n", b"ftypjp2 \x00\x00\x00\x00jp2 ", b"xml " + bytes(padding),
+                     b"jp2c" + bytes(frame)]
+            frame = bytearray(b"".join(struct.pack(">I", len(box) + 4) + box for box in boxes))
+        elif padding and k == 2:
+            segment = b"\xff\xe5" + struct.pack(">H", 65535) + bytes(65533)
+            frame = frame[:2] + segment * (padding // len(segment) + 1) + frame[2:]
         ds = pydicom.Dataset()
         ds.file_meta = pydicom.dataset.FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = JPEG2000Lossless if kind == "j2k" else JPEGBaseline8Bit
@@ -254,9 +262,11 @@ def _load_in_a_child(folder: Path, timeout: float = 300) -> tuple[str, int]:
     return done.stdout.rsplit("PEAK", 1)[0].strip(), peak
 
 
-@pytest.mark.parametrize(("kind", "declare"), [("j2k", 20000), ("jpeg", 60000)])
-def test_a_compressed_frame_declaring_a_huge_picture_is_refused_before_decoding(tmp_path, kind, declare):
-    message, peak = _load_in_a_child(_compressed_series(tmp_path / "in", kind, declare))
+@pytest.mark.parametrize(("kind", "declare", "padding"), [("j2k", 20000, 0), ("jpeg", 60000, 0),
+                                                         ("j2k", 20000, 3 << 20), ("jpeg", 60000, 3 << 20)])
+def test_a_compressed_frame_declaring_a_huge_picture_is_refused_before_decoding(tmp_path, kind, declare, padding):
+    # padding: the frame header after megabytes of other segments (JPEG APPn, a JP2 XML box) is found too
+    message, peak = _load_in_a_child(_compressed_series(tmp_path / "in", kind, declare, padding))
     assert message.startswith("DicomSeriesError") and "IM0002.dcm" in message, message
     assert f"declares {declare} x {declare} pixels" in message and "say 64 x 64" in message, message
     assert peak < 600, f"reading four 64 x 64 slices took {peak} MiB"

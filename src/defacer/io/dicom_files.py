@@ -449,7 +449,7 @@ def codestream_size(frame: bytes) -> tuple[int, int, int] | None:
     """
     if frame[:2] == b"\xff\xd8":  # JPEG family: walk the segments up to the frame header
         at = 2
-        while at + 4 <= len(frame) and at < 1 << 20:
+        while at + 4 <= len(frame):  # every step moves on: megabytes of segments before the frame header are walked
             if frame[at] != 0xFF:
                 return None
             marker = frame[at + 1]
@@ -464,13 +464,30 @@ def codestream_size(frame: bytes) -> tuple[int, int, int] | None:
                 continue
             at += 2 + int.from_bytes(frame[at + 2:at + 4], "big")
         return None
-    found = frame.find(b"\xff\x4f\xff\x51", 0, 1 << 16)  # JPEG 2000: SOC then SIZ
-    if found < 0 or found + 42 > len(frame):
+    found = 0 if frame[:4] == b"\xff\x4f\xff\x51" else _jp2_codestream(frame)  # JPEG 2000: SOC, then SIZ
+    if found < 0 or frame[found:found + 4] != b"\xff\x4f\xff\x51" or found + 42 > len(frame):
         return None
     siz = frame[found + 4:found + 42]
     width = int.from_bytes(siz[4:8], "big") - int.from_bytes(siz[12:16], "big")  # Xsiz - XOsiz (after Lsiz, Rsiz)
     height = int.from_bytes(siz[8:12], "big") - int.from_bytes(siz[16:20], "big")
     return height, width, int.from_bytes(siz[36:38], "big")
+
+
+def _jp2_codestream(frame: bytes) -> int:
+    """Where the codestream of a JP2 file starts (its ``jp2c`` box, found by walking the boxes), or -1."""
+    if frame[4:8] != b"jP  ":
+        return -1
+    at = 0
+    while at + 8 <= len(frame):
+        size, kind, header = int.from_bytes(frame[at:at + 4], "big"), frame[at + 4:at + 8], 8
+        if size == 1:
+            size, header = int.from_bytes(frame[at + 8:at + 16], "big"), 16
+        if kind == b"jp2c":
+            return at + header
+        if size < header:
+            return -1
+        at += size
+    return -1
 
 
 def encapsulated_frames_problem(ds: Dataset) -> str:
