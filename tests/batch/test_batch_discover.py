@@ -63,7 +63,8 @@ def test_a_head_outside_a_lowercase_anat_folder_is_still_defaced(tmp_path: Path)
     _touch(ds / "dataset_description.json", b"{}")
     heads = ["sub-01/ANAT/sub-01_T2w.nii.gz", "sub-01/ses-1/Anat/sub-01_ses-1_T1w.nii.gz", "sub-01/sub-01_FLAIR.nii.gz",
              "sub-02/T1/sub-02_T1w.nii.gz", "sub-02/CT/sub-02_ct.nii.gz", "sub-02/anat/sub-02_UNIT1.nii.gz"]
-    carried = ["sub-01/fmap/sub-01_magnitude1.nii.gz", "sub-01/func/sub-01_task-rest_bold.nii.gz",
+    carried = ["sub-01/fmap/sub-01_magnitude1.nii.gz", "sub-01/fmap/sub-01_TB1map.nii.gz",
+               "sub-01/func/sub-01_task-rest_bold.nii.gz",
                "sub-01/ANAT/sub-01_desc-brain_mask.nii.gz", "sub-02/dwi/sub-02_dwi.nii.gz"]
     for rel in heads + carried:
         _touch(ds / rel)

@@ -303,9 +303,8 @@ def _readable_entry(path: Path) -> bool:
 ANATOMICAL_SUFFIXES: frozenset[str] = frozenset(s.casefold() for s in (
     "T1w", "T2w", "PDw", "T2starw", "FLAIR", "inplaneT1", "inplaneT2", "PDT2", "angio", "T2star", "FLASH", "PD",
     "UNIT1", "T1map", "T2map", "T2starmap", "R1map", "R2map", "R2starmap", "PDmap", "MTRmap", "MTsat", "T1rho",
-    "MWFmap", "MTVmap", "Chimap", "S0map", "M0map", "MP2RAGE", "MPM", "MTS", "VFA", "IRT1", "MESE", "MEGRE",
-    "TB1map", "RB1map", "CT",
-))
+    "MWFmap", "MTVmap", "Chimap", "S0map", "M0map", "MP2RAGE", "MPM", "MTS", "VFA", "IRT1", "MESE", "MEGRE", "CT",
+))  # fmap's B1 maps (TB1map, RB1map) stay out: they belong in fmap/, which is carried
 
 
 def _is_bids_scan(relpath: PurePosixPath, entities: dict[str, str]) -> bool:
