@@ -512,3 +512,32 @@ def test_a_network_ear_where_no_ear_lies_stays_when_the_image_shows_no_auricle_a
     out, sources = add_missing_ears(image, affine, network, EYES, refine=False)
     assert sources["right"] == "network"
     assert out[cheek].all()
+
+
+def test_the_network_pieces_beside_a_misplaced_ear_go_with_it(phantom) -> None:
+    """Issue 15: the network's right ear is a piece of cheek 40 mm in front of the auricle with a second, smaller piece
+    of skin 16 mm below it (what ixi014_T1w_2mm turned 30 degrees, held out, had on its left: the jaw and an 88 mm^3
+    piece); where the auricle the image shows replaces the cheek, the smaller piece goes too, and the side holds one
+    ear (before: the smaller piece stayed, an ear of its own far from the auricle)."""
+    made, x = phantom
+    image = made.volume.values(np.float32)
+    affine = made.volume.affine
+    truth = made.labels == Label.EARS
+    network = made.labels.copy()
+    network[truth & (x > 0)] = 0
+    inv = np.linalg.inv(affine)
+    pieces = []
+    for z_mm, half in ((-6.0, (-2, 2)), (-22.0, (0, 2))):
+        j, k = np.rint(inv[:3, :3] @ [0.0, 38.0, z_mm] + inv[:3, 3]).astype(int)[1:]
+        skin = int(np.flatnonzero(image[:, j, k] > 0.5 * float(np.percentile(image, 99)))[-1])
+        piece = (slice(skin - 1, skin + 1), slice(j + half[0], j + half[1]), slice(k + half[0], k + half[1]))
+        network[piece] = Label.EARS
+        pieces.append(piece)
+    assert ndi.label((network == Label.EARS) & (x > 0))[1] == 2
+    out, sources = add_missing_ears(image, affine, network, EYES)
+    assert sources["right"] == "image"
+    ears = out == Label.EARS
+    assert not any(ears[piece].any() for piece in pieces)  # both pieces are gone
+    assert ears[truth & (x > 0)].mean() >= 0.5  # the auricle is labelled
+    assert ndi.label(ears & (x > 0))[1] == 1  # one ear on the side
+    assert ears[truth & (x < 0)].mean() >= 0.9  # the other side's ear is left alone
