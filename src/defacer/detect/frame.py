@@ -15,6 +15,11 @@ import numpy.typing as npt
 #: Mean (y, z) offset of an ear centroid in the eye frame, in mm (y: anterior, z: up), from
 #: ``python scripts/ear_offsets.py`` on the reference labels of all 21 heads (42 ears), 2026-12-03.
 #: Leave one head out, the predicted (y, z) is a median 12 mm (90th percentile 22 mm, max 31 mm) off.
+#: Re-derived on 2026-12-05 after otsu_T1w's left ear was corrected (f7879d0): (-90.8, -29.5), spread (6.3, 12.5),
+#: leave-one-out median 12.2 mm.  Not adopted: the tighter anterior spread moves right ears of held-out heads pitched
+#: 20 degrees past ``EAR_PLAUSIBLE_SD`` (contecore2, invesalius-ct0051, ixi033: 4.2-4.5 -> 4.5-4.9 SD), and
+#: ixi012_T1w_2mm's left ear there (4.35 -> 4.53 SD) would yield to a 500 mm^3 candidate 26 mm from it (3.98 SD);
+#: the unperturbed heads' network ears would reach 3.48 SD (2.98 now).
 EAR_OFFSET_MM = (-91.3, -29.4)
 #: Standard deviation of those offsets, in mm (y, z).
 EAR_SPREAD_MM = (7.3, 12.7)
