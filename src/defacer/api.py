@@ -129,7 +129,9 @@ def deface_image(image: Any, *, labels: Any = None, detector: Detector | None = 
     Raises
     ------
     TypeError
-        For an image or labels of an unsupported kind, or an unknown option name.
+        For an image or labels of an unsupported kind, an unknown option name, or an argument of
+        the wrong type (``allow_missing`` not a bool, ``max_voxels`` not a whole number >= 1 or
+        ``None``, ``options`` not a ``DefaceOptions``, ``detector`` not a detector).
     InputImageError
         For an image that is not a usable 3D head volume.
     LabelMapError
@@ -139,6 +141,7 @@ def deface_image(image: Any, *, labels: Any = None, detector: Detector | None = 
     DetectorError
         When no label map is given and the shipped detector is not available.
     """
+    _check_arguments(detector, options, allow_missing, max_voxels)
     options = _options(options, option_values)
     volume, kind = _as_volume(image, max_voxels)
     if labels is not None and detector is not None:
@@ -170,6 +173,28 @@ def deface_image(image: Any, *, labels: Any = None, detector: Detector | None = 
     return DefacedImage(image=out_image, labels=result.labels, edit_mask=result.edit_mask,
                         voxels_changed=dict(provenance["voxels_changed"]), features=dict(provenance["features"]),
                         provenance=provenance, volume=out_volume)
+
+
+def _check_arguments(detector: Any, options: Any, allow_missing: Any, max_voxels: Any) -> None:
+    """Refuse call arguments of the wrong kind in words, before any work.
+
+    ``allow_missing="false"`` (a string, hence true) would otherwise return a partly defaced
+    image, the very thing the default refuses.
+    """
+    if not isinstance(allow_missing, bool | np.bool_):
+        raise TypeError(f"allow_missing must be True or False (a bool, not a string or number); found "
+                        f"{allow_missing!r:.40}.")
+    if max_voxels is not None and (isinstance(max_voxels, bool | np.bool_)
+                                   or not isinstance(max_voxels, int | np.integer) or max_voxels < 1):
+        raise TypeError(f"max_voxels must be a whole number >= 1, or None for no limit; found {max_voxels!r:.40}.")
+    if options is not None and not isinstance(options, DefaceOptions):
+        raise TypeError(f"options must be a defacer.DefaceOptions (or pass its fields as keywords, e.g. seed=1); "
+                        f"found {type(options).__module__}.{type(options).__name__}.")
+    if detector is not None and not callable(getattr(detector, "predict", None)):
+        raise TypeError(f"detector must be a Detector such as defacer.load_detector(weights_path) returns; found "
+                        f"{type(detector).__module__}.{type(detector).__name__}"
+                        + (" (load the weights first: detector=defacer.load_detector(path))"
+                           if isinstance(detector, str | os.PathLike) else "") + ".")
 
 
 def _options(options: DefaceOptions | None, values: dict[str, Any]) -> DefaceOptions:

@@ -236,3 +236,25 @@ def test_save_volume_without_a_header(tmp_path, phantom):
         with pytest.raises(OutputError, match="no header"):
             defacer.save_volume(defacer.Volume(raw, phantom.volume.affine, format=fmt), tmp_path / name)
         assert not (tmp_path / name).exists()
+
+
+@pytest.mark.parametrize("allow_missing", ["false", "False", "no", 0, 1, None, [True]])
+def test_allow_missing_that_is_not_a_bool_returns_no_partly_defaced_image(tmp_path, phantom, allow_missing):
+    """``allow_missing="false"`` (a non-empty string: true) returned an image whose ears were not distorted."""
+    image = _saved(phantom, tmp_path / "a.nii.gz")
+    no_ears = np.where(phantom.labels == defacer.Label.EARS, 0, phantom.labels).astype(np.uint8)
+    with pytest.raises(TypeError, match="allow_missing must be True or False"):
+        defacer.deface_image(image, labels=no_ears, allow_missing=allow_missing)
+    assert defacer.deface_image(image, labels=no_ears, allow_missing=np.bool_(True)).voxels_changed["ears"] == 0
+
+
+def test_other_arguments_of_the_wrong_kind_are_refused_in_words(tmp_path, phantom):
+    image = _saved(phantom, tmp_path / "a.nii.gz")
+    for max_voxels in ("1000000", 0, -1, 1.5, True):
+        with pytest.raises(TypeError, match="max_voxels must be a whole number >= 1, or None"):
+            defacer.deface(image, labels=phantom.labels, max_voxels=max_voxels)
+    with pytest.raises(TypeError, match="options must be a defacer.DefaceOptions"):
+        defacer.deface(image, labels=phantom.labels, options={"seed": 1})
+    with pytest.raises(TypeError, match=r"load_detector\(path\)"):
+        defacer.deface(image, detector=str(tmp_path / "weights.onnx"))
+    assert defacer.deface_image(image, labels=phantom.labels, max_voxels=np.int64(10**8)).voxels_changed["eyes"] > 0
