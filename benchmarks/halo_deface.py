@@ -22,6 +22,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from detector_robustness import contrasts
 
 from defacer.detect.model import load_default_detector
 from defacer.detect.preprocess import normalise
@@ -54,6 +55,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
     parser.add_argument("--gamma", type=float, default=0.5,
                         help="the halo's strength: the normalised scan to this power (below 1 lifts the air)")
+    parser.add_argument("--variant", default=None,
+                        help="instead of --gamma, one of detector_robustness.CONTRASTS (e.g. 'gamma 2', "
+                             "'noise floor 8 %%', 'shading front 2.5x back')")
     args = parser.parse_args()
     records = json.loads((args.labels_dir / "provenance.json").read_text())
     detector = load_default_detector()
@@ -65,14 +69,17 @@ def main() -> None:
         clean = deface(volume, detector, options)
         depth, head, reorientation, _ = clean._protection  # type: ignore[misc]
         spacing = reorientation.ras_spacing
-        halo_values = (np.clip(normalise(volume.values(np.float32)), 0, None) ** args.gamma).astype(np.float32)
+        if args.variant is None:
+            halo_values = (np.clip(normalise(volume.values(np.float32)), 0, None) ** args.gamma).astype(np.float32)
+        else:
+            halo_values = contrasts(volume.values(np.float32), volume.affine)[args.variant]
         halo = Volume(halo_values, volume.affine, 1.0, 0.0, volume.format)
         result = deface(halo, detector, options)
         changed_at = reorientation.indices_to_ras(changed_indices(halo.raw, result.volume.raw))
         check = check_protection_at(changed_at, head, depth, spacing, options.protect_depth_mm)
         row = {"scan": name,
                "original": fractions(volume.raw, clean.volume.raw, reference),
-               f"gamma {args.gamma:g}": fractions(halo.raw, result.volume.raw, reference),
+               (args.variant or f"gamma {args.gamma:g}"): fractions(halo.raw, result.volume.raw, reference),
                "prot_of_original": check.changed_inside_protected,
                "prot_own": result.provenance["protection"]["changed_inside_protected"],
                # the gamma scan's head (the protection's depth reference) against the original's: below 1 would

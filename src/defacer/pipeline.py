@@ -350,7 +350,10 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
                                                                       / float(first_head.sealed_coarse.sum()), 3),
                                     "head_vs_first": round(float(head.sealed_coarse.sum())
                                                            / float(first_head.sealed_coarse.sum()), 3)}}
-                    if bright_air is not None else {})},
+                    if bright_air is not None else {}),
+                 **({"tissue_peak": {"set_aside_threshold": first_head.tissue_peak_threshold,
+                                     "threshold": first_head.threshold}}
+                    if first_head.tissue_peak_threshold is not None else {})},
         "features_found_voxels": found,
         "edits": [{"feature": e.feature, **e.params} for e in edits],
         "voxels_changed": _voxels_per_feature(edit_mask),
@@ -382,6 +385,13 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
                                            None if bright_air is None else guard.threshold)
         provenance["warnings"] = [*provenance.get("warnings", []), warning]
         log.warning("%s", warning)  # batch keeps a scan's logged warnings in its record
+    if first_head.tissue_peak_threshold is not None:
+        warning = (f"the intensity histogram's tallest peak is the tissue's, not the air's (an unusual contrast: "
+                   f"e.g. a CT through a gamma below 1), so its foot ({first_head.tissue_peak_threshold:.6g}) lies "
+                   f"inside the tissue; the air/tissue threshold was taken at the foot of the air's peak instead "
+                   f"({first_head.threshold:.6g}): check this output with 'defacer verify' before sharing it")
+        provenance["warnings"] = [*provenance.get("warnings", []), warning]
+        log.warning("%s", warning)
     read_warnings = [str(w) for w in volume.extra.get("warnings", [])]
     if read_warnings:  # what the reader had to assume, e.g. an invalid voxel size (geometry invented)
         provenance["warnings"] = read_warnings + provenance.get("warnings", [])
