@@ -228,3 +228,63 @@ def test_a_damaged_card_beside_an_ensemble_member_is_refused_in_words(tmp_path, 
     err = capsys.readouterr().err
     assert "model card" in err and "bug" not in err
     assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize("case, words", [
+    ("a 7 for the ears", "holds values from 0 to 7"),
+    ("257 for the background", "holds values from 1 to 257"),  # cast to uint8 it was 1: eyes everywhere
+    ("halves", "non-integer values"),  # cast: the nose (2 x 0.5) became eyes, the eyes background
+    ("shifted 20 mm", "on another grid than the scan"),
+    ("other voxel order", "on another grid than the scan"),
+])
+def test_a_reference_label_map_that_is_no_feature_map_of_its_scan_is_refused(tmp_path, capsys, case, words) -> None:
+    """Reference labels were cast to uint8 whatever they held, and a map of the same shape on another grid was
+    used as given: the cache (and the network) learnt wrong classes or wrong voxels without a word."""
+    import json
+
+    import nibabel as nib
+    import numpy as np
+
+    from defacer.phantom import make_phantom, save_phantom
+
+    data, labels_dir = tmp_path / "data", tmp_path / "labels"
+    data.mkdir()
+    labels_dir.mkdir()
+    save_phantom(make_phantom(6.0), data / "h.nii.gz", tmp_path / "h.labels.nii.gz")
+    good = nib.load(str(tmp_path / "h.labels.nii.gz"))
+    values = np.asarray(good.dataobj).astype(np.int16)
+    affine = good.affine.copy()
+    if case == "a 7 for the ears":
+        values = np.where(values == 3, 7, values)
+    elif case == "257 for the background":
+        values = np.where(values == 0, 257, values)
+    elif case == "halves":
+        values = values.astype(np.float32) * 0.5
+    elif case == "shifted 20 mm":
+        affine[:3, 3] += 20
+    else:  # same shape needs a cube: the phantom's own shape is not, so flip the first axis in the affine only
+        affine[:, 0] *= -1
+    nib.save(nib.Nifti1Image(values, affine), str(labels_dir / "h.labels.nii.gz"))
+    (labels_dir / "provenance.json").write_text(json.dumps({"h": {"source": "h.nii.gz"}}))
+    cache, out = tmp_path / "c.npz", tmp_path / "out"
+    assert main(["train", "--data", str(data), "--labels-dir", str(labels_dir), "--cache", str(cache), "--out",
+                 str(out), "--epochs", "0", "--phantoms", "0"]) == 1
+    err = capsys.readouterr().err
+    assert words in err and "bug" not in err
+    assert not cache.exists()
+
+
+def test_a_cache_holding_labels_no_class_stands_for_is_refused(tmp_path, capsys) -> None:
+    import numpy as np
+
+    from defacer.train.data import make_phantom_samples, save_samples
+
+    sample = make_phantom_samples(1, seed=1, shape=(32, 32, 32), spacing=8.0)[0]
+    sample.labels[sample.labels == 3] = 9
+    save_samples([sample], tmp_path / "c.npz")
+    assert main(["train", "--cache", str(tmp_path / "c.npz"), "--out", str(tmp_path / "out"), "--epochs", "1",
+                 "--samples-per-epoch", "1", "--phantoms", "0", "--validate-on-train", "--box-size", "32",
+                 "--box-spacing", "8", "--channels", "2,4,8"]) == 1
+    err = capsys.readouterr().err
+    assert "are not the integers 0-3" in err and "bug" not in err
+    assert np.load(tmp_path / "c.npz")["labels0"].max() == 9  # the input is not touched

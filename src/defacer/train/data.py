@@ -42,7 +42,7 @@ from monai.transforms import MapTransform, RandomizableTransform
 from defacer.detect.preprocess import BOX_SHAPE, BOX_SPACING, NORMALISE_PERCENTILES, labels_to_box, to_box
 from defacer.errors import DefacerError
 from defacer.io.atomic import atomic_file
-from defacer.volume import canonical_reorientation
+from defacer.volume import Volume, canonical_reorientation
 
 #: Keys of a training draw: ``image`` (1, X, Y, Z) float32 and ``label`` (1, X, Y, Z) float32 class ids.
 KEYS: tuple[str, str] = ("image", "label")
@@ -98,8 +98,6 @@ def load_real_samples(data_dir: Path, labels_dir: Path, scans: dict[str, str],
     shape, spacing
         The box (voxels, mm).
     """
-    import nibabel as nib
-
     from defacer.io import load_volume
 
     samples = []
@@ -108,13 +106,35 @@ def load_real_samples(data_dir: Path, labels_dir: Path, scans: dict[str, str],
         if not label_path.is_file():
             continue
         volume = load_volume(data_dir / rel)
-        label_image: Any = nib.load(str(label_path))
-        labels = np.asarray(label_image.dataobj, dtype=np.uint8)
-        if labels.shape != volume.shape:
-            message = f"Label map {label_path} has shape {labels.shape}, but the scan {rel} has {volume.shape}."
-            raise ValueError(message)
+        labels = reference_labels(load_volume(label_path, strict=False), volume, label_path, rel)
         samples.append(sample_from_arrays(name, name, volume.values(), labels, volume.affine, shape, spacing))
     return samples
+
+
+def reference_labels(label_volume: Volume, volume: Volume, label_path: Path, rel: str) -> npt.NDArray[np.uint8]:
+    """A reference label map as uint8 on its scan's grid, refused in words unless it is one.
+
+    It used to be cast to uint8 whatever it held: a 7 was trained on as a fifth class, 257 became
+    1 (eyes), halves were truncated (the nose, 2 x 0.5, trained as eyes), and a map of the same shape on
+    another grid (shifted, or stored in the other voxel order) taught the wrong voxels, all silently.
+
+    Raises
+    ------
+    LabelMapError
+        For another shape, another affine, or values that are not the integers 0-3.
+    """
+    from defacer.errors import LabelMapError
+    from defacer.labels import feature_label_values
+
+    if label_volume.shape != volume.shape:
+        raise LabelMapError(f"Label map {label_path} has shape {label_volume.shape}, but the scan {rel} has "
+                            f"{volume.shape}.")
+    if not np.allclose(label_volume.affine, volume.affine, atol=1e-3):
+        raise LabelMapError(
+            f"Label map {label_path} is on another grid than the scan {rel} (affines differ by up to "
+            f"{np.abs(np.asarray(label_volume.affine) - volume.affine).max():.3g} mm): it would teach the wrong "
+            "voxels. Write it again on the scan's own grid (scripts/make_reference_labels.py).")
+    return feature_label_values(label_volume.values(np.float64), f"'{label_path}'")
 
 
 #: Phantom variations used for training: (contrast, axcodes, voxel size).
@@ -170,8 +190,14 @@ def load_samples(path: Path) -> list[BoxSample]:
     try:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
-            return [BoxSample(m["name"], m["group"], data[f"image{i}"].astype(np.float32), data[f"labels{i}"],
-                              data[f"affine{i}"]) for i, m in enumerate(meta)]
+            samples = [BoxSample(m["name"], m["group"], data[f"image{i}"].astype(np.float32), data[f"labels{i}"],
+                                 data[f"affine{i}"]) for i, m in enumerate(meta)]
+        from defacer.labels import NUM_CLASSES
+
+        for sample in samples:  # a cache of another tool or a damaged one: labels the network has no class for
+            if sample.labels.dtype != np.uint8 or (sample.labels.size and sample.labels.max() >= NUM_CLASSES):
+                raise ValueError(f"the labels of '{str(sample.name)[:80]}' are not the integers 0-{NUM_CLASSES - 1}")
+        return samples
     except Exception as err:  # numpy, zipfile and json raise their own errors for a file that is no such cache
         raise DefacerError(f"'{path}' is not a box cache written by 'defacer train --cache' ({type(err).__name__}: "
                            f"{str(err)[:200]}). Pass another --cache, or remove this file to rebuild it from "
