@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from defacer.cli.paths import path_argument
 from defacer.errors import shown
 
 
@@ -24,8 +25,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                "  defacer anonymize study/ x --what-if",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("input", type=Path, help="a DICOM file or a folder (searched recursively)")
-    parser.add_argument("output", type=Path, help="new output folder")
+    parser.add_argument("input", type=path_argument, help="a DICOM file or a folder (searched recursively)")
+    parser.add_argument("output", type=path_argument, help="new output folder")
     parser.add_argument("--force", action="store_true",
                         help="replace an output folder that defacer wrote earlier (never one holding other files)")
     from defacer.cli.options import add_deid_arguments, add_jobs_argument

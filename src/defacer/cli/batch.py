@@ -16,6 +16,7 @@ from defacer.cli.options import (
     deidentification_from_args,
     max_voxels_from_args,
 )
+from defacer.cli.paths import text_path_argument
 
 if TYPE_CHECKING:
     from defacer.batch.runner import BatchConfig
@@ -52,8 +53,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("input", metavar="IN", help="BIDS dataset, folder of images, or folder of DICOM series")
-    parser.add_argument("output", metavar="OUT", help="output folder (new, empty, or a previous batch's to resume)")
+    parser.add_argument("input", metavar="IN", type=text_path_argument,
+                        help="BIDS dataset, folder of images, or folder of DICOM series")
+    parser.add_argument("output", metavar="OUT", type=text_path_argument,
+                        help="output folder (new, empty, or a previous batch's to resume)")
     parser.add_argument("--include", action="append", default=[], metavar="PATTERN",
                         help="only scans matching: KEY=VALUE on BIDS entities (suffix=T1w, sub=0*) or a path glob; "
                              "repeatable")
@@ -69,7 +72,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--others", choices=("copy", "hardlink", "symlink", "skip"),
                         help="what to do with non-image files (default: copy; skip with --derivatives and for a "
                              "folder of DICOM series, whose other files often name the patient)")
-    parser.add_argument("--labels-dir", metavar="DIR",
+    parser.add_argument("--labels-dir", metavar="DIR", type=text_path_argument,
                         help="label maps mirroring IN (<stem>.labels.nii.gz) used instead of the detector")
     add_scan_arguments(parser)
     dicom = parser.add_argument_group("DICOM series (headers de-identified, PS3.15 Annex E Basic Profile)")

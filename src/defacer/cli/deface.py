@@ -21,6 +21,7 @@ from defacer.cli.options import (
     max_voxels_from_args,
     print_what_if,
 )
+from defacer.cli.paths import path_argument
 from defacer.errors import InputImageError, shown
 from defacer.files import image_suffix, named_path
 from defacer.options import describe_step, stronger_options
@@ -46,7 +47,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``deface``: what to distort (:func:`~defacer.cli.options.add_deface_arguments`), the label map,
     the weights and limits (:func:`~defacer.cli.options.add_scan_arguments`) and ``--force``."""
     add_deface_arguments(parser)
-    parser.add_argument("--labels", metavar="FILE", type=Path,
+    parser.add_argument("--labels", metavar="FILE", type=path_argument,
                         help="use this label map (0 background, 1 eyes, 2 nose, 3 ears; on the scan's own grid) "
                              "instead of the detector")
     add_scan_arguments(parser)
@@ -80,12 +81,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                "  5  --verify: inconclusive, no face found in the original to test (the output is written)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("input", type=Path, help="scan to deface: .nii, .nii.gz, .nrrd, .nhdr, .mgz, .mgh, or a DICOM folder")
-    parser.add_argument("output", type=Path, nargs="?", default=None,
+    parser.add_argument("input", type=path_argument, help="scan to deface: .nii, .nii.gz, .nrrd, .nhdr, .mgz, .mgh, or a DICOM folder")
+    parser.add_argument("output", type=path_argument, nargs="?", default=None,
                         help="defaced output, same format as the input (a folder for DICOM); default: "
                              "<stem>_defaced<ext> beside the input (a DICOM folder: <folder>_defaced/)")
     add_common_arguments(parser)
-    parser.add_argument("--save-mask", metavar="FILE", type=Path, help="also write the detected label map here")
+    parser.add_argument("--save-mask", metavar="FILE", type=path_argument, help="also write the detected label map here")
     add_verify_arguments(parser)
     group = parser.add_argument_group("DICOM input")
     group.add_argument("--series", metavar="ID",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from defacer.cli.paths import path_argument
+
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
@@ -14,7 +16,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                     "model weights are installed, with the phantom's known labels), and writes the scan, the "
                     "defaced scan, the label map and the provenance sidecar.",
     )
-    parser.add_argument("--out", type=Path, default=Path("build/demo"), help="output folder (default build/demo)")
+    parser.add_argument("--out", type=path_argument, default=Path("build/demo"), help="output folder (default build/demo)")
     parser.add_argument("--voxel-size", type=float, default=1.0, help="phantom voxel size in mm (default 1)")
     parser.add_argument("--contrast", default="T1", choices=["T1", "T2", "PD", "FLAIR", "CT"])
     parser.add_argument("--use-true-labels", action="store_true",

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from defacer.cli.paths import path_argument
+
 if TYPE_CHECKING:
     from defacer.verify.evaluate import Scan
 
@@ -31,12 +33,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                "  5  some scan was INCONCLUSIVE (no face found in its original to test), none failed",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("folder", type=Path, help="folder of scans")
-    parser.add_argument("--out", type=Path, default=Path("defacer-evaluation"), metavar="DIR",
+    parser.add_argument("folder", type=path_argument, help="folder of scans")
+    parser.add_argument("--out", type=path_argument, default=Path("defacer-evaluation"), metavar="DIR",
                         help="output folder (default: ./defacer-evaluation)")
-    parser.add_argument("--labels-dir", type=Path, default=None, metavar="DIR",
+    parser.add_argument("--labels-dir", type=path_argument, default=None, metavar="DIR",
                         help="deface with the label maps DIR/<name>.labels.nii.gz (or .labels.nii/.nrrd/.nhdr/.mgz/.mgh) instead of the detector")
-    parser.add_argument("--reference-dir", type=Path, default=None, metavar="DIR",
+    parser.add_argument("--reference-dir", type=path_argument, default=None, metavar="DIR",
                         help="reference label maps <name>.labels.nii.gz (or .labels.nii/.nrrd/.nhdr/.mgz/.mgh) for Dice (default: ./reference_labels if present)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the ear noise (default 0)")
     parser.set_defaults(func=run)

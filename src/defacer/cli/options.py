@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from defacer.checks import DEFAULT_MAX_VOXELS
+from defacer.cli.paths import path_argument
 from defacer.distort import NOSE_REACH_MM
 from defacer.labels import FEATURES, parse_features
 from defacer.options import DEFAULT_OPTIONS, STRONGER_FLAGS, DefaceOptions, Deidentification
@@ -88,7 +88,7 @@ def add_scan_arguments(parser: ArgumentTarget) -> None:
     """How each scan is read and when its output is written: ``--weights``, ``--max-voxels`` and
     ``--allow-missing`` (read back with :func:`max_voxels_from_args` and ``args.allow_missing``)."""
     side = round(DEFAULT_MAX_VOXELS ** (1 / 3))
-    parser.add_argument("--weights", metavar="FILE", type=Path,
+    parser.add_argument("--weights", metavar="FILE", type=path_argument,
                         help="use other ONNX detector weights (default: the shipped model)")
     parser.add_argument("--max-voxels", type=parse_voxel_limit, default=None, metavar="N",
                         help=f"refuse scans declaring more voxels than N, before reading them (batch records such a "
@@ -186,7 +186,7 @@ def add_deid_arguments(parser: ArgumentTarget, *, mapping: bool = True, what_if:
     parser.add_argument("--key", metavar="TEXT",
                         help="secret for the keyed pseudonyms (UIDs, IDs, date shifts); the same key gives the same "
                              "pseudonyms on every run. Prefer --key-file (a command line is visible to others)")
-    parser.add_argument("--key-file", metavar="FILE", type=Path,
+    parser.add_argument("--key-file", metavar="FILE", type=path_argument,
                         help="file holding the secret key (at least 16 bytes). Without --key/--key-file a random key "
                              "is used: pseudonyms are consistent within this run only")
     for flag, (_, help_text) in RETAIN_FLAGS.items():
@@ -198,7 +198,7 @@ def add_deid_arguments(parser: ArgumentTarget, *, mapping: bool = True, what_if:
                        help="keep dates shifted into the past by a per-patient offset derived from the key "
                             "(modified dates option); default: dates removed or emptied")
     if mapping:
-        parser.add_argument("--mapping-file", metavar="FILE", type=Path,
+        parser.add_argument("--mapping-file", metavar="FILE", type=path_argument,
                             help="write the original -> new identifiers (UIDs, patient IDs, date shifts) as JSON "
                                  "here; never inside the output folder. Keep it apart from the data: it re-identifies "
                                  "it")

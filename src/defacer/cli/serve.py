@@ -19,9 +19,9 @@ import socket
 import sys
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
+from defacer.cli.paths import path_argument
 from defacer.errors import DefacerError, MissingExtraError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -46,7 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                         help="access token required from browsers (default: generated when --host is not loopback)")
     parser.add_argument("--max-upload-mb", type=float, default=1000.0,
                         help="largest upload per scan in megabytes of 10^6 bytes (default 1000, i.e. 1 GB)")
-    parser.add_argument("--work-dir", type=Path, default=None,
+    parser.add_argument("--work-dir", type=path_argument, default=None,
                         help="folder for the private work areas (default: the system temporary folder)")
     parser.add_argument("--idle-minutes", type=float, default=60.0,
                         help="delete a work area untouched for this long (default 60, at least 1)")

@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from defacer.cli.paths import path_argument
 from defacer.errors import InputImageError, MissingExtraError
 from defacer.files import read_json_object
 
@@ -37,17 +38,17 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "train", help="train the eye/nose/ear detector (needs defacer[train])",
         description="Train the attention U-Net on labelled heads (+ synthetic phantoms) and export ONNX weights.",
     )
-    parser.add_argument("--ensemble", type=Path, nargs="+", default=None, metavar="CHECKPOINT",
+    parser.add_argument("--ensemble", type=path_argument, nargs="+", default=None, metavar="CHECKPOINT",
                         help="do not train: export the mean of these checkpoints to --export (the shipped model)")
-    parser.add_argument("--data", type=Path, default=None, help="folder the label provenance's 'source' paths are relative to")
-    parser.add_argument("--labels-dir", type=Path, default=None,
+    parser.add_argument("--data", type=path_argument, default=None, help="folder the label provenance's 'source' paths are relative to")
+    parser.add_argument("--labels-dir", type=path_argument, default=None,
                         help="folder with <scan>.labels.nii.gz and provenance.json (see reference_labels/README.md)")
-    parser.add_argument("--cache", type=Path, default=None, metavar="FILE.npz",
+    parser.add_argument("--cache", type=path_argument, default=None, metavar="FILE.npz",
                         help="the real heads already on the network's box: read from FILE when it exists (then --data "
                              "and --labels-dir are not needed), else made from --data/--labels-dir and written there. "
                              "It holds cut-down scans: keep it out of the repository")
-    parser.add_argument("--out", type=Path, required=True, help="checkpoint folder")
-    parser.add_argument("--export", type=Path, default=None, help="write the best model as ONNX (+ .json card) here")
+    parser.add_argument("--out", type=path_argument, required=True, help="checkpoint folder")
+    parser.add_argument("--export", type=path_argument, default=None, help="write the best model as ONNX (+ .json card) here")
     parser.add_argument("--force", action="store_true",
                         help="replace existing checkpoints (best.pt, last.pt, history.json in --out), --export and its "
                              "card; never an input (--resume, --ensemble, --cache)")
@@ -65,7 +66,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--channels", type=str, default="8,16,32,64", help="channels per level, finest first")
     parser.add_argument("--time-limit", type=float, default=0.0, help="stop after this many seconds (0: none)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--resume", type=Path, default=None,
+    parser.add_argument("--resume", type=path_argument, default=None,
                         help="start from the weights of this checkpoint (.pt) or exported detector (.onnx, e.g. the "
                              "shipped src/defacer/models/detector.onnx; --channels must match)")
     parser.add_argument("--foreground-probability", type=float, default=0.7, metavar="P",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
+from defacer.cli.paths import path_argument
 from defacer.files import named_path, read_json_object
 
 
@@ -28,15 +28,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                "  5  INCONCLUSIVE: no face was found in the original either, so nothing could be tested",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("original", type=Path, help="the scan before defacing (file or DICOM folder)")
-    parser.add_argument("defaced", type=Path, help="the defaced scan, on the same grid")
-    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+    parser.add_argument("original", type=path_argument, help="the scan before defacing (file or DICOM folder)")
+    parser.add_argument("defaced", type=path_argument, help="the defaced scan, on the same grid")
+    parser.add_argument("--out", type=path_argument, default=None, metavar="DIR",
                         help="folder for the report and pictures (default: DEFACED's name + '-qc' beside it)")
     parser.add_argument("--qc-after-only", action="store_true",
                         help="put no picture of the original face in the report, only pictures after defacing")
-    parser.add_argument("--labels", type=Path, default=None, metavar="FILE",
+    parser.add_argument("--labels", type=path_argument, default=None, metavar="FILE",
                         help="feature label map on the scan's grid, for per-feature counts and outlines")
-    parser.add_argument("--provenance", type=Path, default=None, metavar="FILE",
+    parser.add_argument("--provenance", type=path_argument, default=None, metavar="FILE",
                         help="provenance sidecar to show (default: DEFACED's <stem>.defacer.json when present)")
     parser.set_defaults(func=run)
 
