@@ -236,6 +236,8 @@ def _label_detector(labels: Any, volume: Volume) -> Detector:
     from defacer.detect.label_file import LabelFileDetector, LabelMapDetector
 
     if isinstance(labels, str | os.PathLike):
+        if not str(os.fspath(labels)).strip():  # Path("") is ".": the current folder read as a DICOM series
+            raise LabelMapError("labels= is an empty path; give the label map's file name (or an array or image).")
         return LabelFileDetector(labels)
     if isinstance(labels, Volume):
         label_volume = labels

@@ -258,3 +258,12 @@ def test_other_arguments_of_the_wrong_kind_are_refused_in_words(tmp_path, phanto
     with pytest.raises(TypeError, match=r"load_detector\(path\)"):
         defacer.deface(image, detector=str(tmp_path / "weights.onnx"))
     assert defacer.deface_image(image, labels=phantom.labels, max_voxels=np.int64(10**8)).voxels_changed["eyes"] > 0
+
+
+@pytest.mark.parametrize("empty", ["", " "])  # Path("") is Path("."): not told apart
+def test_an_empty_label_path_is_refused_not_read_as_the_current_folder(tmp_path, phantom, monkeypatch, empty):
+    """labels="" was Path("."): every file of the working folder was read as DICOM before a misleading refusal."""
+    image = _saved(phantom, tmp_path / "a.nii.gz")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(LabelMapError, match="labels= is an empty path"):
+        defacer.deface(image, labels=empty)
