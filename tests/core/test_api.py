@@ -267,3 +267,11 @@ def test_an_empty_label_path_is_refused_not_read_as_the_current_folder(tmp_path,
     monkeypatch.chdir(tmp_path)
     with pytest.raises(LabelMapError, match="labels= is an empty path"):
         defacer.deface(image, labels=empty)
+
+
+@pytest.mark.parametrize("max_voxels", ["5", 1.5, True])
+def test_load_volume_refuses_a_voxel_limit_that_is_no_whole_number(tmp_path, phantom, max_voxels):
+    """load_volume(path, max_voxels="5") died "'<' not supported between 'str' and 'int'"; 1.5 was used as given."""
+    _saved(phantom, tmp_path / "a.nii.gz")
+    with pytest.raises(TypeError, match="max_voxels must be a whole number >= 1, or None"):
+        defacer.load_volume(tmp_path / "a.nii.gz", max_voxels=max_voxels)

@@ -122,6 +122,9 @@ def load_volume(
         For a missing, empty, truncated, corrupt, 2D, 4D or too large file, or a refused
         data file, with what to do.
     """
+    if max_voxels is not None and (isinstance(max_voxels, bool | np.bool_)
+                                   or not isinstance(max_voxels, int | np.integer)):
+        raise TypeError(f"max_voxels must be a whole number >= 1, or None for no limit; found {max_voxels!r:.40}.")
     if max_voxels is not None and max_voxels < 1:
         raise ValueError(f"max_voxels must be positive or None, not {max_voxels}")
     p = Path(path)
