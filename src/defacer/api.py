@@ -202,6 +202,9 @@ def _options(options: DefaceOptions | None, values: dict[str, Any]) -> DefaceOpt
     unknown = sorted(set(values) - set(OPTION_NAMES))
     if unknown:
         raise TypeError(f"Unknown option(s) {unknown}; expected some of {list(OPTION_NAMES)}.")
+    if isinstance(values.get("features"), dict | bytes):  # a dict's keys, or bytes' numbers, are no choice made
+        raise TypeError(f"features must be feature names (a list such as ['eyes', 'nose'] or 'eyes,nose'); found "
+                        f"{type(values['features']).__name__} {values['features']!r:.60}.")
     if isinstance(values.get("features"), str):
         values = {**values, "features": tuple(f.strip() for f in values["features"].split(",") if f.strip())}
     elif "features" in values:

@@ -275,3 +275,10 @@ def test_load_volume_refuses_a_voxel_limit_that_is_no_whole_number(tmp_path, pha
     _saved(phantom, tmp_path / "a.nii.gz")
     with pytest.raises(TypeError, match="max_voxels must be a whole number >= 1, or None"):
         defacer.load_volume(tmp_path / "a.nii.gz", max_voxels=max_voxels)
+
+
+def test_features_as_a_dict_is_refused_not_read_as_its_keys(tmp_path, phantom):
+    """features={"eyes": False, "nose": True} distorted the eyes too (the dict's keys)."""
+    image = _saved(phantom, tmp_path / "a.nii.gz")
+    with pytest.raises(TypeError, match="features must be feature names"):
+        defacer.deface(image, labels=phantom.labels, features={"eyes": False, "nose": True})
