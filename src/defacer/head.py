@@ -312,6 +312,27 @@ def padding_value(coarse: npt.NDArray[np.floating]) -> float | None:
 FOOT_FIELD_SHARE = 0.9
 
 
+def closed_and_filled(mask: Mask, radius_mm: float, coarse_spacing: tuple[float, ...]) -> Mask:
+    """``mask`` closed with a ball of ``radius_mm`` and its holes filled (:func:`analyse_head`'s seal).
+
+    The closing's two thresholds are decided as a distance transform would decide them, without the
+    transform (:func:`defacer.ball.within_distance`: exact); the mask is padded first so that the
+    field's edge does not open it, and ``mask`` itself is always kept.
+
+    Parameters
+    ----------
+    mask : ndarray, bool, coarse grid
+    radius_mm : float
+    coarse_spacing : tuple of 3 float
+        Voxel size of ``mask``'s grid along R, A, S in mm.
+    """
+    pad = int(np.ceil(radius_mm / min(coarse_spacing))) + 1
+    padded = np.pad(mask, pad)
+    dilated = within_distance(padded, radius_mm, coarse_spacing)
+    closed = ~within_distance(~dilated, radius_mm, coarse_spacing)
+    return fill_holes(closed[pad:-pad, pad:-pad, pad:-pad] | mask)  # ndimage.binary_fill_holes' voxels
+
+
 def analyse_head(image: npt.NDArray[np.floating], spacing: tuple[float, float, float], *,
                  threshold: float | None = None) -> HeadModel:
     """Estimate the threshold, air distribution and sealed head of a RAS image.
@@ -342,13 +363,7 @@ def analyse_head(image: npt.NDArray[np.floating], spacing: tuple[float, float, f
         tissue = labels == int(np.argmax(sizes))
     # Seal: close with a ball (the two thresholds a distance transform would decide, by defacer.ball:
     # exact), then fill everything not reachable from the border.
-    radius = SEAL_RADIUS_MM
-    padded = np.pad(tissue, int(np.ceil(radius / min(coarse_spacing))) + 1)
-    dilated = within_distance(padded, radius, coarse_spacing)
-    closed = ~within_distance(~dilated, radius, coarse_spacing)
-    pad = (padded.shape[0] - tissue.shape[0]) // 2
-    closed = closed[pad:-pad, pad:-pad, pad:-pad] | tissue
-    sealed = fill_holes(closed)  # ndimage.binary_fill_holes' voxels
+    sealed = closed_and_filled(tissue, SEAL_RADIUS_MM, coarse_spacing)
     if not sealed.any():
         raise InputImageError(
             f"No head found in this scan: no voxel is brighter than the air (all voxels are {float(coarse.min()):g}"
@@ -543,13 +558,8 @@ def deep_sealed_head(head: HeadModel, spacing: tuple[float, float, float]) -> He
     HeadModel
         ``head`` with the wider-closed ``sealed_coarse`` and its own (empty) cache.
     """
-    coarse_spacing = head.coarse_spacing(spacing)
-    pad = int(np.ceil(DEEP_SEAL_RADIUS_MM / min(coarse_spacing))) + 1
-    padded = np.pad(head.sealed_coarse, pad)
-    dilated = within_distance(padded, DEEP_SEAL_RADIUS_MM, coarse_spacing)
-    closed = ~within_distance(~dilated, DEEP_SEAL_RADIUS_MM, coarse_spacing)
-    closed = closed[pad:-pad, pad:-pad, pad:-pad] | head.sealed_coarse
-    return replace(head, sealed_coarse=fill_holes(closed), cache={})
+    sealed = closed_and_filled(head.sealed_coarse, DEEP_SEAL_RADIUS_MM, head.coarse_spacing(spacing))
+    return replace(head, sealed_coarse=sealed, cache={})
 
 
 #: Radius of the ball that rolls off thin protrusions (nose, auricles) before depth is measured, in mm.
