@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,9 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
 
 from defacer.cli.main import main
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dicom"))
+from dicom_factory import base_dataset
 
 NAME = b"Quexworth^Zelda 19610203"
 
@@ -50,21 +54,14 @@ def _series(folder: Path, kind: str) -> Path:
     folder.mkdir(parents=True)
     for k in range(3):
         pixels = (np.arange(4096).reshape(64, 64) % 200 + 7 * k).astype(np.uint8 if kind == "jpeg" else np.uint16)
-        ds = pydicom.Dataset()
-        ds.file_meta = pydicom.dataset.FileMetaDataset()
+        ds = base_dataset(64, 64)
         ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit if kind == "jpeg" else JPEG2000Lossless
-        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.77.4.1.{k + 1}"
         ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1.3680043.77.4", "1.2.826.0.1.3680043.77.4.1"
-        ds.Modality = "MR"
         ds.PatientName, ds.PatientID, ds.PatientBirthDate = "Quexworth^Zelda", "QZ-7", "19610203"
         ds.InstanceNumber = k + 1
-        ds.Rows = ds.Columns = 64
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
         ds.BitsAllocated = ds.BitsStored = 8 if kind == "jpeg" else 16
         ds.HighBit = ds.BitsStored - 1
-        ds.PixelRepresentation = 0
         ds.PixelData = encapsulate([_jpeg(pixels) if kind == "jpeg" else _j2k(pixels)])
         ds["PixelData"].VR = "OB"
         ds.save_as(folder / f"IM{k}.dcm", enforce_file_format=True)

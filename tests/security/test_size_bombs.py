@@ -7,6 +7,7 @@ element is read: a 1 MB file took 2.1 GB of memory.
 
 from __future__ import annotations
 
+import sys
 import tracemalloc
 import zlib
 from pathlib import Path
@@ -23,31 +24,35 @@ from run_checks import run_on_input
 from defacer.io import dicom_files
 from defacer.io.dicom_files import dcmread_any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dicom"))
+from dicom_factory import base_dataset
+
 KEY = "size-bomb-test-key-0123456789"
 
 #: Most memory (bytes, as tracemalloc sees it) reading one bomb may take.
 PEAK = 64 << 20
 
 
-def _deflated(folder: Path, k: int, padding: int) -> Path:
-    """A small valid MR slice stored deflated, with ``padding`` zero bytes in a private OB element."""
-    ds = pydicom.Dataset()
-    ds.file_meta = pydicom.dataset.FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.77.2.1.{k + 1}"
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1.3680043.77.2", "1.2.826.0.1.3680043.77.2.1"
-    ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.77.2.9"
-    ds.Modality = "MR"
+def _bomb_slice(k: int, series: str, size: int, syntax: str, bits: int = 16) -> pydicom.Dataset:
+    """Slice ``k`` of a small synthetic MR series (:func:`dicom_factory.base_dataset`) stored with ``syntax``;
+    ``series`` tells the bomb series' UIDs apart."""
+    ds = base_dataset(size, size)
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.77.{series}.1.{k + 1}"
+    ds.StudyInstanceUID = f"1.2.826.0.1.3680043.77.{series}"
+    ds.SeriesInstanceUID = f"1.2.826.0.1.3680043.77.{series}.1"
+    ds.FrameOfReferenceUID = f"1.2.826.0.1.3680043.77.{series}.9"
     ds.PatientName, ds.PatientID = "Bomb^Bertha", "BOMB-0042"
     ds.InstanceNumber = k + 1
-    ds.Rows = ds.Columns = 16
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
+    ds.BitsAllocated = ds.BitsStored = bits
+    ds.HighBit = bits - 1
     ds.PixelSpacing = [1.0, 1.0]
+    return ds
+
+
+def _deflated(folder: Path, k: int, padding: int) -> Path:
+    """A small valid MR slice stored deflated, with ``padding`` zero bytes in a private OB element."""
+    ds = _bomb_slice(k, "2", 16, DeflatedExplicitVRLittleEndian)
     ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
     ds.ImagePositionPatient = [0.0, 0.0, 2.0 * k]
     ds.PixelData = (np.arange(256, dtype="<u2") + k).tobytes()
@@ -221,23 +226,8 @@ def _compressed_series(folder: Path, kind: str, declare: int = 0, padding: int =
         elif padding and k == 2:
             segment = b"\xff\xe5" + struct.pack(">H", 65535) + bytes(65533)
             frame = frame[:2] + segment * (padding // len(segment) + 1) + frame[2:]
-        ds = pydicom.Dataset()
-        ds.file_meta = pydicom.dataset.FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = JPEG2000Lossless if kind == "j2k" else JPEGBaseline8Bit
-        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.77.3.1.{k + 1}"
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1.3680043.77.3", "1.2.826.0.1.3680043.77.3.1"
-        ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.77.3.9"
-        ds.Modality = "MR"
-        ds.PatientName, ds.PatientID = "Bomb^Bertha", "BOMB-0042"
-        ds.InstanceNumber = k + 1
-        ds.Rows = ds.Columns = 64
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated = ds.BitsStored = 16 if kind == "j2k" else 8
-        ds.HighBit = ds.BitsStored - 1
-        ds.PixelRepresentation = 0
-        ds.PixelSpacing = [1.0, 1.0]
+        ds = _bomb_slice(k, "3", 64, JPEG2000Lossless if kind == "j2k" else JPEGBaseline8Bit,
+                         bits=16 if kind == "j2k" else 8)
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.ImagePositionPatient = [0.0, 0.0, 2.0 * k]
         ds.PixelData = encapsulate([bytes(frame)])
