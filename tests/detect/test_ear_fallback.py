@@ -447,6 +447,16 @@ def test_round_a_bright_halo_the_refined_auricles_still_reach_the_ear_distortion
     assert result.provenance["protection"]["changed_inside_protected"] == 0
 
 
+def _skin_piece(image: np.ndarray, affine: np.ndarray, forward_mm: float, z_mm: float, outward: tuple[int, int],
+                half: tuple[int, int]) -> tuple[slice, slice, slice]:
+    """A block of the phantom's right cheek: voxels ``outward`` about the outermost tissue voxel along +x at world
+    (y, z) = (``forward_mm``, ``z_mm``), ``half`` about its row and column."""
+    inv = np.linalg.inv(affine)
+    j, k = np.rint(inv[:3, :3] @ [0.0, forward_mm, z_mm] + inv[:3, 3]).astype(int)[1:]
+    skin = int(np.flatnonzero(image[:, j, k] > 0.5 * float(np.percentile(image, 99)))[-1])  # outermost tissue, +x
+    return (slice(skin + outward[0], skin + outward[1]), slice(j + half[0], j + half[1]), slice(k + half[0], k + half[1]))
+
+
 def _right_ear_misplaced_gives_way(phantom, forward_mm: float, outward: tuple[int, int], half: tuple[int, int]) -> None:
     """The phantom's right ear replaced, in the network's map, by a piece of skin ``forward_mm`` in front of the
     auricle (voxels ``outward`` about the outermost tissue voxel along +x, ``half`` about the row and column there):
@@ -457,10 +467,7 @@ def _right_ear_misplaced_gives_way(phantom, forward_mm: float, outward: tuple[in
     truth = made.labels == Label.EARS
     network = made.labels.copy()
     network[truth & (x > 0)] = 0
-    inv = np.linalg.inv(affine)
-    j, k = np.rint(inv[:3, :3] @ [0.0, forward_mm, -6.0] + inv[:3, 3]).astype(int)[1:]
-    skin = int(np.flatnonzero(image[:, j, k] > 0.5 * float(np.percentile(image, 99)))[-1])  # outermost tissue, +x
-    piece = (slice(skin + outward[0], skin + outward[1]), slice(j + half[0], j + half[1]), slice(k + half[0], k + half[1]))
+    piece = _skin_piece(image, affine, forward_mm, -6.0, outward, half)
     network[piece] = Label.EARS
     out, sources = add_missing_ears(image, affine, network, EYES)
     assert sources["right"] == "image"
@@ -525,14 +532,9 @@ def test_the_network_pieces_beside_a_misplaced_ear_go_with_it(phantom) -> None:
     truth = made.labels == Label.EARS
     network = made.labels.copy()
     network[truth & (x > 0)] = 0
-    inv = np.linalg.inv(affine)
-    pieces = []
-    for z_mm, half in ((-6.0, (-2, 2)), (-22.0, (0, 2))):
-        j, k = np.rint(inv[:3, :3] @ [0.0, 38.0, z_mm] + inv[:3, 3]).astype(int)[1:]
-        skin = int(np.flatnonzero(image[:, j, k] > 0.5 * float(np.percentile(image, 99)))[-1])
-        piece = (slice(skin - 1, skin + 1), slice(j + half[0], j + half[1]), slice(k + half[0], k + half[1]))
+    pieces = [_skin_piece(image, affine, 38.0, z_mm, (-1, 1), half) for z_mm, half in ((-6.0, (-2, 2)), (-22.0, (0, 2)))]
+    for piece in pieces:
         network[piece] = Label.EARS
-        pieces.append(piece)
     assert ndi.label((network == Label.EARS) & (x > 0))[1] == 2
     out, sources = add_missing_ears(image, affine, network, EYES)
     assert sources["right"] == "image"
