@@ -485,6 +485,7 @@ def _warn_of_folded_names(relpaths: Iterable[PurePosixPath]) -> None:
     if clashes:
         shown = "; ".join(" and ".join(f"'{name}'" for name in names) for names in sorted(clashes)[:3])
         log.warning("%d group(s) of files in IN differ only in letter case or Unicode form (%s%s): on a case-insensitive "
-                    "disk (macOS, Windows, exFAT) each group is one file in OUT, and the one written last replaces the "
-                    "others. Rename them, or write OUT to a case-sensitive disk.", len(clashes), shown,
-                    " ..." if len(clashes) > 3 else "")
+                    "disk (macOS, Windows, exFAT) each group is one file in OUT. Of scans, the first in name order is "
+                    "defaced and the others are recorded as failed (nothing written for them); of other files, the one "
+                    "copied last replaces the others. Rename them so that the names differ by more than letter case.",
+                    len(clashes), shown, " ..." if len(clashes) > 3 else "")

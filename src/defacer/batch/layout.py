@@ -148,6 +148,47 @@ def target_clashes(layout: OutputLayout, scans: Iterable[Scan]) -> list[tuple[st
     return clashes
 
 
+def folded_name(path: Path | PurePosixPath) -> str:
+    """The name a case- and normalization-insensitive disk (macOS, Windows, exFAT) sees: NFC, case folded."""
+    import unicodedata
+
+    return unicodedata.normalize("NFC", str(path)).casefold()
+
+
+def folded_clashes(layout: OutputLayout, scans: Iterable[Scan]) -> dict[str, tuple[str, Path]]:
+    """``{scan key: (earlier scan key, path in OUT)}`` for each scan that, on a case-insensitive disk, would write
+    over a file or folder of an earlier scan (in key order) though their names differ: ``SUB-01/anat/...`` and
+    ``sub-01/anat/...`` with the same file name, ``sub-01_T1W`` and ``sub-01_T1w``, a name in its two Unicode forms,
+    or a DICOM series folder ``A`` where another scan writes inside ``a/``.  Folders merely shared (``SUB-01/`` and
+    ``sub-01/`` holding different files) are no clash.  Exact clashes are :func:`target_clashes`' (the run is refused).
+    """
+    files: dict[str, tuple[str, Path]] = {}    # folded target -> (first scan, exact target)
+    folders: dict[str, tuple[str, Path]] = {}  # folded folder above a target, inside OUT -> (first scan, exact)
+    clashes: dict[str, tuple[str, Path]] = {}
+    for scan in scans:
+        targets = list(dict.fromkeys(layout.scan_targets(scan)))
+        above = [folder for target in targets for folder in target.parents
+                 if folder != layout.out_root and folder.is_relative_to(layout.out_root)]
+        checks = [(target, (files, folders)) for target in targets] + [(folder, (files,)) for folder in above]
+        hit = None
+        for path, mappings in checks:
+            for mapping in mappings:
+                earlier = mapping.get(folded_name(path))
+                if earlier is not None and earlier[0] != scan.key and earlier[1] != path:
+                    hit = (earlier[0], path)
+                    break
+            if hit:
+                break
+        if hit:
+            clashes[scan.key] = hit
+            continue  # nothing is written for it: its names do not shadow later scans
+        for target in targets:
+            files.setdefault(folded_name(target), (scan.key, target))
+        for folder in above:
+            folders.setdefault(folded_name(folder), (scan.key, folder))
+    return clashes
+
+
 def desc_defaced_name(stem: str) -> str:
     """Insert ``desc-defaced`` before the BIDS suffix: ``sub-01_T1w`` -> ``sub-01_desc-defaced_T1w``.
 

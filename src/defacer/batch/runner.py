@@ -33,6 +33,7 @@ from defacer.batch.layout import (
     check_state_dir,
     dataset_targets,
     defaced_sidecar,
+    folded_clashes,
     prepare_output,
     remove_stale_temporaries,
     target_clashes,
@@ -346,13 +347,14 @@ def plan(
     verify = config.verify
     tasks: list[ScanTask] = []
     skipped: list[ScanRecord] = []
+    refused = _folded_refusals(layout, discovery)
     for scan in discovery.scans:
         labels = labels_for(scan, labels_dir)
         fingerprint = _fingerprint(config, scan, labels, detector_id, deidentify)
         previous = manifest.get(scan.key)
         verified = not verify or (previous is not None and _qc_intact(previous.verify, layout.qc_dir)
                                   and not _retry_due(config, previous.verify))
-        if not config.redo and verified and is_up_to_date(
+        if scan.key not in refused and not config.redo and verified and is_up_to_date(
                 previous, fingerprint=fingerprint, in_root=layout.in_root, out_root=layout.out_root,
                 input_files=input_files(scan), rehash=config.rehash):
             assert previous is not None
@@ -374,9 +376,27 @@ def plan(
             retry_stronger=config.retry_stronger,
             deface=deface, deidentify=deidentify if scan.kind == "dicom" else None,
             allow_missing=config.allow_missing, max_voxels=config.max_voxels,
-            allow_identifying_paths=config.allow_identifying_paths,
+            allow_identifying_paths=config.allow_identifying_paths, refusal=refused.get(scan.key),
         ))
     return tasks, skipped
+
+
+def _folded_refusals(layout: OutputLayout, discovery: Discovery) -> dict[str, str]:
+    """``{scan key: why}`` for the scans not to deface because, on a case-insensitive disk (macOS, Windows, exFAT),
+    their output would replace an earlier scan's (:func:`~defacer.batch.layout.folded_clashes`): the first in name
+    order of each such group is defaced, the others are recorded as failed with this reason.  Refused on every disk:
+    an OUT written on a case-sensitive one holds the same clash once copied to such a disk."""
+    refusals = {}
+    for key, (first, path) in folded_clashes(layout, discovery.scans).items():
+        where = path.relative_to(layout.out_root).as_posix() if path.is_relative_to(layout.out_root) else path.name
+        refusals[key] = (
+            f"'{key}' and '{first}' differ only in letter case (or Unicode form): on a case-insensitive disk "
+            f"(macOS, Windows, exFAT) this scan's output '{where}' is the same file or folder as the output of "
+            f"'{first}', and writing it would replace that one. Not defaced, nothing written for it ('{first}' is "
+            "defaced as usual). Rename one of them in IN so that the names differ by more than letter case, or "
+            "deface this one apart into another folder (defacer deface, or batch with --include)."
+        )
+    return refusals
 
 
 def _retry_due(config: BatchConfig, verify: dict[str, Any] | None) -> bool:
@@ -484,8 +504,10 @@ def holds_dicom_series(discovery: Discovery) -> bool:
 
 
 def _targets(config: BatchConfig, discovery: Discovery, layout: OutputLayout) -> list[Path]:
-    """Every file (or DICOM series folder) in OUT the run may write: what :class:`~defacer.batch.ownership.OwnershipRecord` checks."""
-    return [*(target for scan in discovery.scans for target in layout.scan_targets(scan)),
+    """Every file (or DICOM series folder) in OUT the run may write: what :class:`~defacer.batch.ownership.OwnershipRecord` checks
+    (not those of scans refused for a case-insensitive clash: they write nothing)."""
+    refused = folded_clashes(layout, discovery.scans)
+    return [*(target for scan in discovery.scans if scan.key not in refused for target in layout.scan_targets(scan)),
             *carry_over_targets(layout, discovery.others, _others_mode(config, discovery),
                                 clean_tables=config.deidentify is not None, profile=_profile(config)),
             *dataset_targets(layout)]
@@ -497,17 +519,24 @@ def _qc_targets(discovery: Discovery, layout: OutputLayout) -> list[Path]:
     from defacer.verify.qc import GALLERY_NAME, README_NAME, report_targets
 
     targets = [layout.qc_dir / README_NAME, layout.qc_dir / GALLERY_NAME]
+    refused = folded_clashes(layout, discovery.scans)
     for scan in discovery.scans:
+        if scan.key in refused:
+            continue
         labels = [f"labels{scan.extension}"] if scan.kind == "file" else []
         targets += report_targets(layout.verify_dir(scan), *labels)
     return targets
 
 
 def _planned_action(task: ScanTask) -> str:
-    """``"deface"``, or ``"refuse"`` for a DICOM series the run would refuse for its identifying output names
-    (:func:`~defacer.batch.task.check_output_names`; the reason is logged as a warning)."""
+    """``"deface"``, or ``"refuse"`` for a scan the run would refuse: its output would replace another scan's on a
+    case-insensitive disk (``task.refusal``), or a DICOM series with identifying output names
+    (:func:`~defacer.batch.task.check_output_names`); the reason is logged as a warning."""
     from defacer.phi.paths import IdentifyingPathError
 
+    if task.refusal is not None:
+        log.warning("%s", task.refusal)
+        return "refuse"
     try:
         check_output_names(task)
     except IdentifyingPathError as err:
@@ -520,7 +549,8 @@ def describe_plan(config: BatchConfig) -> list[tuple[str, str, Path | None]]:
     """What a run would do, without writing anything: ``(action, scan key, output path)`` rows.
 
     Actions are ``"deface"``, ``"refuse"`` (a de-identified DICOM series whose output folder names hold its
-    header identifiers: reads their headers), ``"skip"`` (done by an earlier run and intact) and
+    header identifiers: reads their headers; or a scan whose output differs from an earlier scan's only in letter
+    case), ``"skip"`` (done by an earlier run and intact) and
     ``"exclude"`` (removed by the filters; neither defaced nor copied).
 
     Raises

@@ -30,7 +30,7 @@ from defacer.batch.discover import Scan, image_stem
 from defacer.batch.layout import write_json_atomic
 from defacer.batch.manifest import DONE, FAILED, INCOMPLETE, NOTHING_FOUND, ScanRecord, combined_sha256, stamp
 from defacer.detect import Detector
-from defacer.errors import DefacerError, FeaturesNotFoundError, InputImageError
+from defacer.errors import DefacerError, FeaturesNotFoundError, InputImageError, OutputError
 from defacer.io.output_guard import nrrd_data_files
 from defacer.options import DEFAULT_OPTIONS, DefaceOptions, Deidentification
 
@@ -94,6 +94,10 @@ class ScanTask:
     allow_identifying_paths : bool
         Write a de-identified DICOM series even when the names of the folders it is written to hold identifiers
         of its own headers (a warning instead of a refusal; :func:`defacer.phi.paths.check_series_path`).
+    refusal : str or None
+        Why the scan is not to be defaced at all (its output would land on another scan's on a case-insensitive
+        disk: :func:`defacer.batch.layout.folded_clashes`): recorded as its error, nothing read beyond its
+        stamps, nothing written.
     """
 
     scan: Scan
@@ -118,6 +122,7 @@ class ScanTask:
     allow_missing: bool = False
     max_voxels: int | None = 512**3  # defacer.checks.DEFAULT_MAX_VOXELS
     allow_identifying_paths: bool = False
+    refusal: str | None = None
 
 
 def scan_seed(batch_seed: int, key: str) -> int:
@@ -347,6 +352,8 @@ def _run(task: ScanTask, record: ScanRecord) -> None:
         record.inputs = [stamp(p, task.in_root) for p in input_files(task.scan)]
         record.input_sha256 = combined_sha256(record.inputs)
         record.timings["hash"] = time.perf_counter() - start
+        if task.refusal is not None:
+            raise OutputError(task.refusal)
         check_output_names(task)
         t0 = time.perf_counter()
         provenance = _deface(task)
