@@ -418,22 +418,124 @@ OUTLINE_STEPS = 12
 #: noise, the 8 % noise-floor variants of fernando, otsu, uih and the GE CT: 0.90-1.10x), and taking the drift
 #: cut the CT phantom's head to 0.84 and lost its nose and ears.
 OUTLINE_GAIN = 1.5
+#: Outline contrast below which :func:`outline_search` looks for a sharper level (:data:`CLEAR_OUTLINE` is where the
+#: outline is plainly doubtful).  Every unperturbed labelled head measures 2.02 (pydeface's average head) or more,
+#: the next 2.87; a brighter halo (gamma 0.4 on the labelled scans) leaves a first outline of 1.36-1.78 on the heads
+#: whose halo is a shell with its own edge (7 IXI heads, anon0006, fernando), and gamma 0.5 leaves 1.92 on
+#: decubitus (HALO2's build/feat_main.jsonl, 2026-12-05).
+DOUBTFUL_OUTLINE = 2.0
+#: Round a halo with an edge of its own (gamma 0.4), the outline only gains 1.05-1.48x once the halo is left out,
+#: below :data:`OUTLINE_GAIN`; what marks it is the head the halo added.  :func:`outline_search` also takes the
+#: sharpest level where its sealed head is at most this share of the first (gamma 0.4: 0.46-0.77; an unperturbed
+#: head's sharpest level above its first, slicer's, 0.967; the noise phantoms 0.84) ...
+HALO_SHRINK = 0.8
+#: ... and where some level from the first up to it sealed a head whose outer layer lay within this factor of the
+#: level (:func:`outline_contrast` at most 1.25): the level then ran along a flat shell of the halo's own brightness,
+#: not along an edge (gamma 0.4 to 0.6 where taken: 1.01-1.18).  A head that a dark scalp lets a higher level cut
+#: into does not (fernando through gamma 2: the outline 1.58 or more at every level up to the brain's edge at
+#: 0.59x the first head, which taken would have sealed 0.50x the unperturbed head).
+HALO_DIP = 1.25
+#: Smallest outline the shrink rule (:data:`HALO_SHRINK`) takes: an average head, blurred, is less sharp than a
+#: person's (pydeface's mean head: 2.02 unperturbed, 1.37-1.48 at its sharpest level through gamma 0.4-0.5).
+SHRINK_CLEAR_OUTLINE = 1.3
+
+
+@dataclass(frozen=True)
+class OutlineSearch:
+    """What :func:`outline_search` found above the first threshold of a head with a doubtful outline.
+
+    Attributes
+    ----------
+    level : float
+        The level whose sealed head has the sharpest outline (physical intensity).
+    head : HeadModel
+        :func:`analyse_head` at ``level``.
+    taken : bool
+        Whether the level is taken (:func:`sharpest_outline_level`): its outline jumped
+        (:data:`OUTLINE_GAIN`), or the head shrank round a halo (:data:`HALO_SHRINK`, :data:`HALO_DIP`).
+    lowest_contrast : float
+        The least :func:`outline_contrast` from the first level up to ``level``.
+    """
+
+    level: float
+    head: HeadModel
+    taken: bool
+    lowest_contrast: float
+
+    def sharper_than(self, first: HeadModel) -> bool:
+        """Whether ``level``'s outline is clearer than ``first``'s (a halo maybe left out, whether taken or not)."""
+        return self.head.outline_contrast > first.outline_contrast
+
+
+def outline_search(image: npt.NDArray[np.floating], spacing: tuple[float, float, float],
+                   head: HeadModel) -> OutlineSearch | None:
+    """The level above ``head``'s threshold at which its outline is sharpest, and whether to take it.
+
+    Only for a head whose outline is doubtful (:attr:`HeadModel.outline_contrast` below
+    :data:`DOUBTFUL_OUTLINE`; ``None`` otherwise, without any work).  The threshold's height above the
+    scale's floor is raised by :data:`OUTLINE_STEP` per step, :data:`OUTLINE_STEPS` times; the level
+    whose sealed head has the clearest outline (its outer layer furthest above the level, in units of
+    the level: :func:`outline_contrast`) is the candidate.  It is taken (:attr:`OutlineSearch.taken`)
+
+    - where its outline is clear (:data:`CLEAR_OUTLINE`) and at least :data:`OUTLINE_GAIN` times as clear
+      as the first: round a halo the figure jumps once the halo is left outside (gamma 0.5 on the held-out
+      IXI heads and uih: from 1.1-1.4 at the first level to 2.0-2.5 at 1.5-2x its height); on a clean head
+      it only falls as the level rises, on a noisy one it only drifts;
+    - or where it is clearer than the first and at least :data:`SHRINK_CLEAR_OUTLINE`, its sealed head is
+      at most :data:`HALO_SHRINK` of the first, and on the way up some level's outline lay within
+      :data:`HALO_DIP` of the level (the level ran along the halo): a brighter halo (gamma 0.4) has an edge of
+      its own, and the first outline reads 1.4-1.8, the sharpest only 1.05-1.48x that, but the head the
+      first threshold sealed is 1.3-2.2x the one at the sharpest level.
+
+    On the 21 labelled heads unperturbed, through gamma 2, an 8 % noise floor and both shadings it takes
+    no level, even with the :data:`DOUBTFUL_OUTLINE` gate left out (HALO2's build/rule_final.txt).
+
+    Parameters
+    ----------
+    image : ndarray, shape (X, Y, Z)
+        Physical intensities in RAS axis order.
+    spacing : tuple of 3 float
+        Voxel size along R, A, S in mm.
+    head : HeadModel
+        :func:`analyse_head` of ``image``.
+
+    Returns
+    -------
+    OutlineSearch or None
+        ``None`` when the outline is clear, or no level above the first holds a head.
+    """
+    if not head.outline_contrast < DOUBTFUL_OUTLINE:
+        return None
+    floor = scale_floor(image, head)
+    if not head.threshold > floor:
+        return None
+    tried: list[tuple[float, HeadModel]] = []
+    for step in range(1, OUTLINE_STEPS + 1):
+        level = floor + (head.threshold - floor) * OUTLINE_STEP ** step
+        try:
+            tried.append((level, analyse_head(image, spacing, threshold=level)))
+        except InputImageError:  # nothing above this level: higher ones hold nothing either
+            break
+    if not tried:
+        return None
+    best = max(range(len(tried)), key=lambda i: tried[i][1].outline_contrast)  # the first of equals
+    level, sharp = tried[best]
+    lowest = min([head.outline_contrast, *(h.outline_contrast for _, h in tried[: best + 1])])
+    jumped = sharp.outline_contrast >= max(CLEAR_OUTLINE, OUTLINE_GAIN * head.outline_contrast)
+    shrank = (sharp.outline_contrast > head.outline_contrast
+              and sharp.outline_contrast >= SHRINK_CLEAR_OUTLINE
+              and float(np.count_nonzero(sharp.sealed_coarse)) <= HALO_SHRINK * float(np.count_nonzero(head.sealed_coarse))
+              and lowest <= HALO_DIP)
+    return OutlineSearch(level=level, head=sharp, taken=bool(jumped or shrank), lowest_contrast=float(lowest))
 
 
 def sharpest_outline_level(image: npt.NDArray[np.floating], spacing: tuple[float, float, float],
                            head: HeadModel) -> tuple[float, HeadModel] | None:
     """Where a bright halo or noise floor hides the head's outline: the air/tissue level at which it is sharpest.
 
-    Only for a head whose outline is doubtful (:attr:`HeadModel.outline_contrast` below
-    :data:`CLEAR_OUTLINE`; ``None`` otherwise, without any work).  The threshold's height above the
-    scale's floor is raised by :data:`OUTLINE_STEP` per step, :data:`OUTLINE_STEPS` times; the
-    level whose sealed head has the clearest outline (its outer layer furthest above the level, in
-    units of the level: :func:`outline_contrast`) is returned, when that outline is clear and at
-    least :data:`OUTLINE_GAIN` times as clear as the first.  On a clean head the figure only falls
-    as the level rises (the same skin, a higher level), so the first is the sharpest, and on a
-    noisy one it only drifts; round a halo it jumps once the halo is left outside (gamma 0.5 on the
-    held-out IXI heads and uih: from 1.1-1.4 at the first level to 2.0-2.5 at 1.5-2x its height,
-    the sealed head then 1.04-1.06x the unperturbed head's).
+    :func:`outline_search`'s level and head where it takes them; ``None`` otherwise (a clear outline:
+    :attr:`HeadModel.outline_contrast` at least :data:`DOUBTFUL_OUTLINE`, without any work; or no level
+    taken).
 
     Where it finds a level, the pipeline takes the head at that level for the detector and the
     distortions (:func:`defacer.pipeline.deface`): the first head, which swallowed the halo, put the
@@ -453,26 +555,12 @@ def sharpest_outline_level(image: npt.NDArray[np.floating], spacing: tuple[float
     Returns
     -------
     (level, head) or None
-        The level (physical intensity) and :func:`analyse_head` of ``image`` at that threshold;
-        ``None`` when the outline is clear, or stays doubtful at every level tried.
+        The level (physical intensity) and :func:`analyse_head` of ``image`` at that threshold.
     """
-    if not head.outline_contrast < CLEAR_OUTLINE:
+    found = outline_search(image, spacing, head)
+    if found is None or not found.taken:
         return None
-    floor = scale_floor(image, head)
-    if not head.threshold > floor:
-        return None
-    best: tuple[float, HeadModel] | None = None
-    for step in range(1, OUTLINE_STEPS + 1):
-        level = floor + (head.threshold - floor) * OUTLINE_STEP ** step
-        try:
-            candidate = analyse_head(image, spacing, threshold=level)
-        except InputImageError:  # nothing above this level: higher ones hold nothing either
-            break
-        if best is None or candidate.outline_contrast > best[1].outline_contrast:
-            best = (level, candidate)
-    if best is None or not best[1].outline_contrast >= max(CLEAR_OUTLINE, OUTLINE_GAIN * head.outline_contrast):
-        return None
-    return best
+    return found.level, found.head
 
 
 #: Steps of :data:`OUTLINE_STEP` the protection's head lies below the sharpest outline level round a bright halo

@@ -44,12 +44,13 @@ from defacer.errors import DetectorError, FeaturesNotFoundError, ProtectionError
 from defacer.head import (
     CLEAR_OUTLINE,
     DEEP_SEAL_RADIUS_MM,
+    DOUBTFUL_OUTLINE,
     HeadModel,
     analyse_head,
     deep_sealed_head,
     depth_below_surface,
+    outline_search,
     protection_head,
-    sharpest_outline_level,
 )
 from defacer.labels import FEATURES, Label
 from defacer.options import DEFAULT_OPTIONS, DefaceOptions
@@ -261,7 +262,8 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
     # real unperturbed scan measured): there the protection's head is the distortions' head.
     first_head = head
     guard = head
-    bright_air = sharpest_outline_level(image, spacing, head)
+    search = outline_search(image, spacing, head)  # None without any work on a clear outline
+    bright_air = (search.level, search.head) if search is not None and search.taken else None
     if bright_air is not None:
         head = bright_air[1]
         guard = protection_head(image, spacing, first_head, *bright_air)
@@ -410,9 +412,13 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
         warning = f"whole face not removed: {whole_face['reason']}"
         provenance["warnings"] = [*provenance.get("warnings", []), warning]
         log.warning("%s", warning)
-    if first_head.outline_contrast < CLEAR_OUTLINE:
+    if bright_air is not None or first_head.outline_contrast < CLEAR_OUTLINE or (
+            search is not None and search.sharper_than(first_head)):
+        # also where a level above the first gave a sharper outline that was not taken (head.outline_search):
+        # a halo may be there, left in
         warning = doubtful_outline_warning(first_head, None if bright_air is None else bright_air[0],
-                                           None if bright_air is None else guard.threshold)
+                                           None if bright_air is None else guard.threshold,
+                                           None if search is None or bright_air is not None else search.level)
         provenance["warnings"] = [*provenance.get("warnings", []), warning]
         log.warning("%s", warning)  # batch keeps a scan's logged warnings in its record
     if first_head.tissue_peak_threshold is not None:
@@ -429,36 +435,43 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
                         _protection=(guard_depth, guard, reorientation, options.protect_depth_mm - slack))
 
 
-def doubtful_outline_warning(head: HeadModel, level: float | None = None, protection_level: float | None = None) -> str:
+def doubtful_outline_warning(head: HeadModel, level: float | None = None, protection_level: float | None = None,
+                             sharper_level: float | None = None) -> str:
     """The warning for a head whose outline the air/tissue threshold does not find clearly.
 
     Parameters
     ----------
     head : HeadModel
-        With :attr:`HeadModel.outline_contrast` below :data:`defacer.head.CLEAR_OUTLINE` (the first analysis).
+        The first analysis, with :attr:`HeadModel.outline_contrast` below :data:`defacer.head.DOUBTFUL_OUTLINE`.
     level : float, optional
         The level at which the outline was found sharp and the head taken instead
         (:func:`defacer.head.sharpest_outline_level`); ``None`` where none was.
     protection_level : float, optional
         The threshold of the head the protection measured depth from (:func:`defacer.head.protection_head`).
+    sharper_level : float, optional
+        Where no level was taken: a level at which the outline was sharper than at the first, not taken
+        (:func:`defacer.head.outline_search`).
     """
+    seen = (f"the head's outermost 4 mm lie at {head.outline_contrast:.2f} x the air/tissue threshold; "
+            f"{DOUBTFUL_OUTLINE:g} or more is expected, every real head tested gives 2 or more")
     if level is not None:
         return (
-            f"the air next to the head is nearly as bright as its skin (the head's outermost 4 mm lie at "
-            f"{head.outline_contrast:.2f} x the air/tissue threshold; {CLEAR_OUTLINE:g} or more is expected, every "
-            "real head tested gives 2 or more): a bright halo, ghosting or a heavy noise floor round the head. The "
-            f"head was taken at the level {level:.6g}, where its outline is sharpest"
+            f"the air next to the head is nearly as bright as its skin ({seen}): a bright halo, ghosting or a "
+            f"heavy noise floor round the head. The head was taken at the level {level:.6g}, where its outline is "
+            "sharpest"
             + ("" if protection_level is None else
                f", and the protected depth measured from the head at the lower level {protection_level:.6g}, which "
                "keeps more of the face")
             + "; parts of the face may be left: check this output with 'defacer verify' before sharing it"
         )
     return (
-        f"the air next to the head is nearly as bright as its skin (the head's outermost 4 mm lie at "
-        f"{head.outline_contrast:.2f} x the air/tissue threshold; {CLEAR_OUTLINE:g} or more is expected, every real "
-        "head tested gives 2 or more): a bright halo, ghosting or a heavy noise floor round the head. The skin "
-        "may then be placed in the halo and parts of the face left: check this output with 'defacer verify' "
-        "before sharing it"
+        f"the air next to the head is nearly as bright as its skin ({seen}): a bright halo, ghosting or a heavy "
+        "noise floor round the head"
+        + ("" if sharper_level is None else
+           f" (the outline is sharper at the level {sharper_level:.6g}, not taken: the head there is not clearly "
+           "the halo's inside)")
+        + ". The skin may then be placed in the halo and parts of the face left: check this output with "
+        "'defacer verify' before sharing it"
     )
 
 
