@@ -2,8 +2,11 @@
 
 Binds to 127.0.0.1 on a free port unless told otherwise, and prints the address to open.
 Any other ``--host`` makes the server reachable from other machines: a warning is printed
-and every API request then needs an access token (generated unless ``--token`` is given),
-which the printed address carries.
+and every API request then needs an access token (generated unless one is given), which the
+printed address carries.  A token of one's own is best given in a file only its owner can read
+(``--token-file``) or in the environment variable ``DEFACER_TOKEN``: ``--token T`` works too, but
+the command line is visible to every user of the computer (``ps``, ``/proc/PID/cmdline``), so it
+warns.
 """
 
 from __future__ import annotations
@@ -13,18 +16,26 @@ import contextlib
 import copy
 import ipaddress
 import math
+import os
 import secrets
 import signal
 import socket
+import stat
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from defacer.cli.paths import path_argument
 from defacer.errors import DefacerError, MissingExtraError
 
 DEFAULT_HOST = "127.0.0.1"
+#: Environment variable that may hold the access token (not shown to other users, unlike the command line).
+TOKEN_ENV = "DEFACER_TOKEN"
+#: Largest token file read (a token is a line; anything bigger is not a token file).
+MAX_TOKEN_FILE_BYTES = 4096
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -42,8 +53,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help="address to listen on (default 127.0.0.1; any other address needs a token and warns)")
     parser.add_argument("--port", type=int, default=0, help="port (default: a free one)")
-    parser.add_argument("--token", default=None,
-                        help="access token required from browsers (default: generated when --host is not loopback)")
+    tokens = parser.add_mutually_exclusive_group()
+    tokens.add_argument("--token", default=None,
+                        help="access token required from browsers (default: generated when --host is not loopback). "
+                             "Visible to other users of this computer (ps): prefer --token-file or the environment "
+                             f"variable {TOKEN_ENV}")
+    tokens.add_argument("--token-file", type=path_argument, default=None, metavar="PATH",
+                        help="read the access token from this file (its first line); the file must be readable by "
+                             "you only (chmod 600)")
     parser.add_argument("--max-upload-mb", type=float, default=1000.0,
                         help="largest upload per scan in megabytes of 10^6 bytes (default 1000, i.e. 1 GB)")
     parser.add_argument("--work-dir", type=path_argument, default=None,
@@ -63,6 +80,94 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def check_token(token: str, origin: str) -> str:
+    """``token`` if it can serve as an access token: at least 16 characters, all printable ASCII other than the space
+    (a token goes into addresses and cookies).
+
+    Raises
+    ------
+    DefacerError
+        Naming where the token came from and what to do.
+    """
+    if not token:
+        raise DefacerError(f"The access token from {origin} is empty. Give a token of at least 16 characters "
+                           "(for example the output of: python -c 'import secrets; print(secrets.token_urlsafe(24))').")
+    if any(not ("!" <= character <= "~") for character in token):
+        raise DefacerError(f"The access token from {origin} holds a space, a control character or a non-ASCII "
+                           "character; expected one word of at least 16 ASCII letters, digits or punctuation "
+                           "(python -c 'import secrets; print(secrets.token_urlsafe(24))' makes one).")
+    if len(token) < 16:
+        raise DefacerError(f"The access token from {origin} has {len(token)} characters; it needs at least 16 "
+                           "(python -c 'import secrets; print(secrets.token_urlsafe(24))' makes one).")
+    return token
+
+
+def read_token_file(path: Path) -> str:
+    """The access token in ``path``: its first line, without the line end.
+
+    The file must be a regular file of at most :data:`MAX_TOKEN_FILE_BYTES`, in UTF-8, and (on POSIX) readable and
+    writable by its owner only, as ssh asks of a private key: a token others can read protects nothing.
+
+    Raises
+    ------
+    DefacerError
+        If the file is missing, unreadable, not a regular file, too open, too large, not UTF-8, or holds no token.
+    """
+    origin = f"--token-file '{path}'"
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except FileNotFoundError:
+        raise DefacerError(f"The token file '{path}' does not exist. Write the token into it first, readable by "
+                           "you only, e.g.: (umask 077; python -c 'import secrets; print(secrets.token_urlsafe(24))' "
+                           f"> {path})") from None
+    except OSError as err:
+        raise DefacerError(f"Cannot read the token file '{path}': {err.strerror or err}. Give a file you can read "
+                           "(and only you: chmod 600).") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise DefacerError(f"The token file '{path}' is not a regular file (a folder, pipe or device). Give a "
+                           "file that holds the token.")
+    with os.fdopen(fd, "rb") as handle:
+        if os.name == "posix" and info.st_mode & 0o077:
+            raise DefacerError(
+                f"The token file '{path}' can be read or written by other users (permissions "
+                f"{stat.S_IMODE(info.st_mode):04o}), so the token protects nothing. Make it yours only: "
+                f"chmod 600 {path} (and make a new token if others may have read this one).")
+        if info.st_size > MAX_TOKEN_FILE_BYTES:
+            raise DefacerError(f"The token file '{path}' holds {info.st_size} bytes; a token file holds one line "
+                               f"(at most {MAX_TOKEN_FILE_BYTES} bytes). Is it the right file?")
+        data = handle.read(MAX_TOKEN_FILE_BYTES + 1)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise DefacerError(f"The token file '{path}' is not UTF-8 text; expected one line holding the token.") from None
+    lines = text.splitlines()
+    return check_token(lines[0].strip() if lines else "", origin)
+
+
+def chosen_token(option: str | None, token_file: Path | None, environ: Any) -> str | None:
+    """The access token: from ``--token-file``, else ``--token`` (with a warning: the command line is visible to other
+    users), else the environment variable :data:`TOKEN_ENV`; ``None`` when none is given.
+
+    Raises
+    ------
+    DefacerError
+        For a token file :func:`read_token_file` refuses, or a token :func:`check_token` refuses (an empty
+        ``DEFACER_TOKEN`` too: most likely an unset shell variable, not a wish for no token).
+    """
+    if token_file is not None:
+        return read_token_file(token_file)
+    if option is not None:
+        print("WARNING: --token on the command line is visible to every user of this computer (ps, "
+              f"/proc/PID/cmdline). Put it in a file only you can read and pass --token-file PATH, or set the "
+              f"environment variable {TOKEN_ENV} instead.", file=sys.stderr)
+        return check_token(option, "--token")
+    if TOKEN_ENV in environ:
+        return check_token(environ[TOKEN_ENV], f"the environment variable {TOKEN_ENV}")
+    return None
 
 
 def check_positive(option: str, value: float, unit: str, example: str) -> None:
@@ -167,7 +272,7 @@ def run(args: argparse.Namespace) -> int:
     from defacer.web.settings import LOOPBACK_HOSTS, WebSettings
 
     loopback = is_loopback(args.host)
-    token = args.token
+    token = chosen_token(args.token, args.token_file, os.environ)
     if not loopback:
         token = token or secrets.token_urlsafe(24)
         print(
@@ -193,7 +298,7 @@ def run(args: argparse.Namespace) -> int:
     shown_host = f"[{args.host.strip('[]')}]" if ":" in args.host else args.host
     address = f"http://{shown_host}:{port}/"
     if token:
-        address += f"?token={token}"
+        address += f"?token={quote(token, safe='')}"
     try:
         app = create_app(settings)
     except OSError as err:  # the work folder: a file, unwritable, on a missing drive
