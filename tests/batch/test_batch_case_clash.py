@@ -110,3 +110,41 @@ def test_a_bids_dataset_with_a_case_clash_defaces_the_rest_with_the_real_pipelin
     assert not (out / later.replace(".nii.gz", ".json")).exists()
     assert (out / first).is_file() and (out / first.replace(".nii.gz", ".json")).is_file()
     assert {p: p.read_bytes() for p in ds.rglob("*") if p.is_file()} == before, "IN is never modified"
+
+
+@pytest.mark.parametrize(("a", "b"), [("x/y.nii.gz", "x__y.nii.gz"), ("x_/y.nii.gz", "x/_y.nii.gz"),
+                                      ("p/q__r.nii.gz", "p__q/r.nii.gz")])
+def test_two_scans_never_share_a_verification_folder(tmp_path: Path, a: str, b: str) -> None:
+    """``/`` is written ``__`` in the QC folder's names: 'x/y' and 'x__y' both got 'x__y', and the later scan's
+    report and pictures replaced the earlier's (both records then showed the later's evidence)."""
+    from defacer.batch.layout import OutputLayout
+
+    layout = OutputLayout(in_root=tmp_path / "in", out_root=tmp_path / "out")
+    dirs = [layout.verify_dir(Scan(path=tmp_path / "in" / rel, relpath=PurePosixPath(rel), kind="file", entities={}))
+            for rel in (a, b)]
+    assert dirs[0] != dirs[1] and all(d.parent == tmp_path / "out-qc" for d in dirs)
+    plain = Scan(path=tmp_path / "in/sub-01/anat/sub-01_T1w.nii.gz",
+                 relpath=PurePosixPath("sub-01/anat/sub-01_T1w.nii.gz"), kind="file", entities={})
+    assert layout.verify_dir(plain).name == "sub-01__anat__sub-01_T1w", "unambiguous names are as before"
+
+
+def test_a_batch_verifies_x_slash_y_and_x__y_into_folders_of_their_own(tmp_path: Path) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    from defacer.phantom import make_phantom, save_phantom
+
+    pytest.importorskip("defacer.verify")
+    src, labels = tmp_path / "in", tmp_path / "labels"
+    (src / "x").mkdir(parents=True)
+    (labels / "x").mkdir(parents=True)
+    save_phantom(make_phantom(4.0), src / "x/y.nii.gz", labels / "x/y.labels.nii.gz")
+    save_phantom(make_phantom(4.0, seed=3), src / "x__y.nii.gz", labels / "x__y.labels.nii.gz")
+    summary = run_batch(BatchConfig(in_root=src, out_root=tmp_path / "out", labels_dir=labels, verify=True,
+                                    quiet=True))
+    folders = {r.key: (r.verify or {}).get("folder") for r in summary.records}
+    assert None not in folders.values() and len(set(folders.values())) == 2, folders
+    for record in summary.records:
+        kept = nib.load(tmp_path / "out-qc" / folders[record.key] / "labels.nii.gz")
+        own = nib.load(labels / record.key.replace(".nii.gz", ".labels.nii.gz"))
+        assert np.array_equal(np.asarray(kept.dataobj) > 0, np.asarray(own.dataobj) > 0), record.key

@@ -22,6 +22,7 @@ folder ``OUT-qc/``, never inside OUT: they show the original faces, and OUT is w
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -128,9 +129,22 @@ class OutputLayout:
         return [out, *detached_data_candidates(out), sidecar_path(out), *([sidecar] if sidecar is not None else [])]
 
     def verify_dir(self, scan: Scan) -> Path:
-        """Folder for the scan's verification report and pictures, in :attr:`qc_dir` (outside OUT)."""
+        """Folder for the scan's verification report and pictures, in :attr:`qc_dir` (outside OUT): the scan's path
+        without its image ending, ``/`` written ``__`` (``sub-01/anat/sub-01_T1w`` -> ``sub-01__anat__sub-01_T1w``).
+
+        Where that is ambiguous (a name holding ``__``, or a folder or file name that starts or ends with ``_``:
+        ``x/y`` and ``x__y`` would share ``x__y``, and the later scan's report and pictures replace the earlier's),
+        the first 10 hex digits of the sha256 of the scan's path are appended (``x__y-3f2a...``): one folder per scan.
+        """
         key = str(scan.relpath.parent / scan.stem) if scan.kind == "file" else scan.key
-        safe = key.replace("/", "__") if key != "." else self.in_root.name
+        if key == ".":
+            return self.qc_dir / self.in_root.name
+        parts = key.split("/")
+        safe = "__".join(parts)
+        if any("__" in part for part in parts) or (len(parts) > 1 and any(part.startswith("_") or part.endswith("_")
+                                                                          for part in parts)):
+            digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+            safe = f"{safe}-{digest[:10]}"
         return self.qc_dir / safe
 
 
