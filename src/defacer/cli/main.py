@@ -106,6 +106,22 @@ def tolerate_any_name_on_stdout() -> None:
                 stream.reconfigure(errors="backslashreplace")
 
 
+def _hint_names_like_options(argv: Sequence[str]) -> None:
+    """After a usage error, name the arguments that look like file names but start with ``-`` (``-x.nii.gz``: an
+    existing file or folder, or a name with an image ending): argparse reads them as options and says only
+    "unrecognized arguments", which does not tell what to do."""
+    from defacer.files import IMAGE_SUFFIXES
+
+    for arg in argv:
+        if arg == "--":
+            break
+        if not arg.startswith("-") or (arg.startswith("--") and "=" in arg):
+            continue
+        if os.path.lexists(arg) or arg.lower().endswith((*IMAGE_SUFFIXES, ".dcm", ".json", ".zip")):
+            print(f"defacer: '{shown(arg)}' starts with '-', so it was read as an option. If it is a file or folder "
+                  f"name, write it as './{shown(arg)}'.", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
     tolerate_any_name_on_stdout()
@@ -113,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits on --help / usage errors
+        if exc.code == EXIT_USAGE:
+            _hint_names_like_options(sys.argv[1:] if argv is None else argv)
         return int(exc.code or 0)
     if not args.command:
         parser.print_help()
