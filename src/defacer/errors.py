@@ -7,6 +7,7 @@ Only :mod:`defacer.cli` turns these into an exit code and a message on stderr.
 
 from __future__ import annotations
 
+import errno
 import re
 
 #: A Python traceback quoted inside a library's message (pydicom adds one to every error about an element:
@@ -177,3 +178,27 @@ def shown(name: object, *, lines: bool = False) -> str:
     """
     pattern = _UNSHOWABLE_IN_TEXT if lines else _UNSHOWABLE
     return pattern.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), str(name))
+
+
+#: What the system can refuse a run for (full disk, read-only or forbidden place, too many files, I/O
+#: failure), with what to do: a message, not "a bug in defacer".
+SYSTEM_ERRORS: dict[int, str] = {
+    errno.ENOSPC: "the disk is full: free some space or write the output to another disk",
+    errno.EDQUOT: "your disk quota is used up: free some space or write the output elsewhere",
+    errno.EFBIG: "the file is too large for this file system: write the output to another disk",
+    errno.EROFS: "the file system is read-only: choose a writable output folder",
+    errno.EACCES: "permission denied: choose a place you may write to (or a file you may read)",
+    errno.EPERM: "operation not permitted: choose a place you may write to (or a file you may read)",
+    errno.ENAMETOOLONG: "a file name is too long for this file system: choose a shorter output name",
+    errno.EMFILE: "too many open files: raise the limit (ulimit -n) or process fewer files at once",
+    errno.ENFILE: "too many open files on this system: retry when fewer programs run",
+    errno.EIO: "the disk reported an input/output error: check the disk, or read and write elsewhere",
+}
+
+
+def system_error_message(err: OSError) -> str:
+    """A refusal by the system (:data:`SYSTEM_ERRORS`) in words: what happened, where, what to do."""
+    where = f" ('{err.filename}')" if err.filename else ""
+    what = SYSTEM_ERRORS.get(err.errno or 0, "the system refused it")
+    return (f"{err.strerror or type(err).__name__}{where}: {what}. Outputs are written to a "
+            "temporary and renamed only when complete, so no half-written output was left under its name.")

@@ -30,7 +30,14 @@ from defacer.batch.discover import Scan, image_stem
 from defacer.batch.layout import write_json_atomic
 from defacer.batch.manifest import DONE, FAILED, INCOMPLETE, NOTHING_FOUND, ScanRecord, combined_sha256, stamp
 from defacer.detect import Detector
-from defacer.errors import DefacerError, FeaturesNotFoundError, InputImageError, OutputError
+from defacer.errors import (
+    SYSTEM_ERRORS,
+    DefacerError,
+    FeaturesNotFoundError,
+    InputImageError,
+    OutputError,
+    system_error_message,
+)
 from defacer.io.output_guard import nrrd_data_files
 from defacer.options import DEFAULT_OPTIONS, DefaceOptions, Deidentification
 
@@ -376,11 +383,22 @@ def _run(task: ScanTask, record: ScanRecord) -> None:
         record.provenance = {"features": err.provenance.get("features", {})}
     except DefacerError as err:
         record.error, record.error_type = str(err), type(err).__name__
+    except OSError as err:  # a full disk, a read-only or forbidden place: in words, not as a bug
+        record.error_type = type(err).__name__
+        if err.errno in SYSTEM_ERRORS:
+            record.error = system_error_message(err)
+        else:
+            record.error = _unexpected(err)
     except (Exception, MemoryError) as err:  # noqa: BLE001 - one bad scan must never stop the batch
         record.error_type = type(err).__name__
-        frames = traceback.extract_tb(err.__traceback__)
-        where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
-        record.error = f"{type(err).__name__}: {err}{where}"
+        record.error = _unexpected(err)
+
+
+def _unexpected(err: BaseException) -> str:
+    """An unexpected error with the file and line it came from (for the report of a bug)."""
+    frames = traceback.extract_tb(err.__traceback__)
+    where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    return f"{type(err).__name__}: {err}{where}"
 
 
 def failed_record(task: ScanTask, message: str, error_type: str) -> ScanRecord:

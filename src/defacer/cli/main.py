@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import importlib
 import logging
 import os
@@ -19,7 +18,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from defacer._version import __version__
-from defacer.errors import DefacerError, FeaturesNotFoundError, shown
+from defacer.errors import SYSTEM_ERRORS, DefacerError, FeaturesNotFoundError, shown, system_error_message
 
 #: Subcommand modules in the order ``--help`` lists them.  Each imports only the standard library and
 #: defacer's light modules at import time (a command's optional extras are imported by its ``run``), so
@@ -47,30 +46,6 @@ EXIT_FEATURES_MISSING = 4
 #: renders, so nothing could be tested (see :mod:`defacer.verify.verdict`).
 EXIT_VERIFY_INCONCLUSIVE = 5
 EXIT_INTERRUPTED = 130
-
-
-#: What the system can refuse a run for (full disk, read-only or forbidden place, too many files, I/O
-#: failure), with what to do: a message, not "a bug in defacer".
-SYSTEM_ERRORS: dict[int, str] = {
-    errno.ENOSPC: "the disk is full: free some space or write the output to another disk",
-    errno.EDQUOT: "your disk quota is used up: free some space or write the output elsewhere",
-    errno.EFBIG: "the file is too large for this file system: write the output to another disk",
-    errno.EROFS: "the file system is read-only: choose a writable output folder",
-    errno.EACCES: "permission denied: choose a place you may write to (or a file you may read)",
-    errno.EPERM: "operation not permitted: choose a place you may write to (or a file you may read)",
-    errno.ENAMETOOLONG: "a file name is too long for this file system: choose a shorter output name",
-    errno.EMFILE: "too many open files: raise the limit (ulimit -n) or process fewer files at once",
-    errno.ENFILE: "too many open files on this system: retry when fewer programs run",
-    errno.EIO: "the disk reported an input/output error: check the disk, or read and write elsewhere",
-}
-
-
-def system_error_message(err: OSError) -> str:
-    """A refusal by the system (:data:`SYSTEM_ERRORS`) in words: what happened, where, what to do."""
-    where = f" ('{err.filename}')" if err.filename else ""
-    what = SYSTEM_ERRORS.get(err.errno or 0, "the system refused it")
-    return (f"{err.strerror or type(err).__name__}{where}: {what}. Outputs are written to a "
-            "temporary and renamed only when complete, so no half-written output was left under its name.")
 
 
 def _load_command_modules() -> list[ModuleType]:

@@ -1,0 +1,68 @@
+"""A scan that fails for the system (a full disk, a read-only or forbidden place) is recorded in words with what to do,
+as ``defacer deface`` says it; before, the batch recorded it like a bug: "OSError: [Errno 28] No space left on device
+(at igzip_threaded.py:472)"."""
+
+from __future__ import annotations
+
+import errno
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from defacer.batch.manifest import DONE, FAILED
+from defacer.batch.runner import BatchConfig, run_batch
+
+
+def _disk_full_on_the_second(input_path: Path, output_path: Path, **_: object) -> dict[str, object]:
+    """Stand-in for the pipeline: the scan of sub-02 meets a full disk, the others are copied."""
+    if "sub-02" in Path(input_path).name:
+        raise OSError(errno.ENOSPC, "No space left on device", str(output_path))
+    Path(output_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(output_path).write_bytes(Path(input_path).read_bytes())
+    return {"stand_in": True}
+
+
+def _files(root: Path) -> Path:
+    root.mkdir()
+    for name in ("sub-01.nii.gz", "sub-02.nii.gz", "sub-03.nii.gz"):
+        (root / name).write_bytes(name.encode())
+    return root
+
+
+def test_a_full_disk_is_recorded_in_words_not_as_a_bug(tmp_path: Path) -> None:
+    src = _files(tmp_path / "in")
+    summary = run_batch(BatchConfig(in_root=src, out_root=tmp_path / "out", quiet=True),
+                        deface=_disk_full_on_the_second)
+    status = {r.key: r.status for r in summary.records}
+    assert status == {"sub-01.nii.gz": DONE, "sub-02.nii.gz": FAILED, "sub-03.nii.gz": DONE}
+    failed = next(r for r in summary.records if r.status == FAILED)
+    assert "the disk is full: free some space or write the output to another disk" in (failed.error or ""), failed
+    assert "(at " not in (failed.error or ""), "no source file and line: it is not a bug"
+    assert str(tmp_path) not in (failed.error or ""), "OUT is written OUT in the manifest"
+    assert "OUT/sub-02.nii.gz" in (failed.error or "")
+
+
+@pytest.mark.skipif(shutil.which("mount") is None, reason="needs mount")
+def test_a_real_full_disk_fails_the_scans_that_do_not_fit_in_words(tmp_path: Path) -> None:
+    from defacer.phantom import make_phantom, save_phantom
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(disk)], capture_output=True,
+                      check=False).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        src, labels = tmp_path / "in", tmp_path / "labels"
+        src.mkdir()
+        labels.mkdir()
+        for name in ("a", "b"):  # ~190 kB each: the second does not fit
+            save_phantom(make_phantom(4.0), src / f"{name}.nii.gz", labels / f"{name}.labels.nii.gz")
+        summary = run_batch(BatchConfig(in_root=src, out_root=disk / "out", labels_dir=labels, quiet=True))
+        failed = [r for r in summary.records if r.status == FAILED]
+        assert failed and all("the disk is full" in (r.error or "") and "(at " not in (r.error or "")
+                              for r in failed), [r.error for r in failed]
+        assert not [p for p in (disk / "out").rglob("*") if ".defacer-tmp" in p.name], "no temporary left"
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
