@@ -14,8 +14,10 @@ Layers: this module sits above :mod:`defacer.pipeline` (in-memory defacing), :mo
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -220,20 +222,47 @@ def _deface_file(source: Path, target: Path, *, options: DefaceOptions, detector
     result = deface(volume, _detector(detector, labels_path, weights_path), options)
     check_features_found(result.provenance, source.name, allow_missing=allow_missing)
     t = time.perf_counter()
+    new_files = _not_there([target, *detached_data_candidates(target), *_mask_files(mask_path)])
     written = save_volume(result.volume, target, force=force, inputs=tuple(p for p in inputs if p is not None))
-    if mask_path is not None:
-        save_label_map(result.labels, volume, mask_path, force=force)
-    save_s = time.perf_counter() - t
-    provenance = result.provenance
-    # Base names only: the folders of a user's files can name the patient or the study.
-    provenance["input"] = {"path": source.name, "sha256": sha256_of(source)}
-    provenance["output"] = {"path": target.name, "sha256": sha256_of(target), "files": [p.name for p in written]}
-    _record_common(provenance, mask_path, labels_path)
-    provenance["timings"].update({"load_s": round(load_s, 4), "save_s": round(save_s, 4),
-                                  "wall_s": round(time.perf_counter() - start, 4)})
-    if sidecar:
-        write_provenance(provenance, sidecar_path(target))
+    with _removed_on_failure(new_files):  # a full disk at the mask or the sidecar: no output without its record
+        if mask_path is not None:
+            save_label_map(result.labels, volume, mask_path, force=force)
+        save_s = time.perf_counter() - t
+        provenance = result.provenance
+        # Base names only: the folders of a user's files can name the patient or the study.
+        provenance["input"] = {"path": source.name, "sha256": sha256_of(source)}
+        provenance["output"] = {"path": target.name, "sha256": sha256_of(target), "files": [p.name for p in written]}
+        _record_common(provenance, mask_path, labels_path)
+        provenance["timings"].update({"load_s": round(load_s, 4), "save_s": round(save_s, 4),
+                                      "wall_s": round(time.perf_counter() - start, 4)})
+        if sidecar:
+            write_provenance(provenance, sidecar_path(target))
     return Defaced(provenance, written, result)
+
+
+def _not_there(paths: Sequence[Path]) -> list[Path]:
+    """Those of ``paths`` that do not exist (not even as a dangling link): what this run will be first to write."""
+    return [path for path in paths if not os.path.lexists(path)]
+
+
+@contextlib.contextmanager
+def _removed_on_failure(new_paths: Sequence[Path]) -> Iterator[None]:
+    """Remove ``new_paths`` (files, or a DICOM series folder with its ownership record, this run made: none existed
+    before it) when the block fails, a full disk or Ctrl+C at the label map or the sidecar: a defaced output left
+    without its provenance record, after an error that says nothing was written, is removed.  What existed before
+    (replaced under ``--force``) is not touched: it cannot be restored."""
+    from defacer.io.output_guard import remove_owned_folder
+
+    try:
+        yield
+    except BaseException:
+        for path in new_paths:
+            with contextlib.suppress(OSError):  # OutputError too: a file that appeared meanwhile stops it
+                if path.is_dir() and not path.is_symlink():
+                    remove_owned_folder(path)  # file by file, its record too; never a recursive delete
+                elif path.is_file() and not path.is_symlink():
+                    path.unlink()
+        raise
 
 
 def _deface_dicom(source: Path, target: Path, *, options: DefaceOptions, scrubber: Scrubber | None,
@@ -244,10 +273,8 @@ def _deface_dicom(source: Path, target: Path, *, options: DefaceOptions, scrubbe
     """:func:`deface_path` for a DICOM series: a new series folder, headers de-identified by ``scrubber``
     (``None``: kept as they are)."""
     from defacer.checks import validate_volume
-    from defacer.io import save_label_map
     from defacer.io.dicom_series import read_dicom_volume, write_dicom_volume
     from defacer.io.output_guard import check_outputs
-    from defacer.phi.rules import EDITION
 
     sidecar_file = sidecar_path(target) if sidecar else None
     check_outputs([target, sidecar_file, *_mask_files(mask_path)], inputs=[source, labels_path, weights_path],
@@ -261,7 +288,21 @@ def _deface_dicom(source: Path, target: Path, *, options: DefaceOptions, scrubbe
         named = warn_identifying_name(target.name, volume.header, retain_uids=scrubber.options.retain_uids)
     result = deface(volume, _detector(detector, labels_path, weights_path), options)
     check_features_found(result.provenance, source.name, allow_missing=allow_missing)
+    new_files = _not_there([target, *_mask_files(mask_path)])
     written = write_dicom_volume(result.volume, target, force=force, deid=scrubber)
+    with _removed_on_failure(new_files):
+        return _finish_dicom(source, target, result, volume, written, scrubber=scrubber, key_note=key_note,
+                             named=named, mask_path=mask_path, labels_path=labels_path, sidecar_file=sidecar_file,
+                             force=force)
+
+
+def _finish_dicom(source: Path, target: Path, result: Any, volume: Any, written: list[Path], *,
+                  scrubber: Scrubber | None, key_note: str | None, named: bool, mask_path: PathLike | None,
+                  labels_path: PathLike | None, sidecar_file: Path | None, force: bool) -> Defaced:
+    """The rest of :func:`_deface_dicom` once the series is written: the label map, the provenance sidecar."""
+    from defacer.io import save_label_map
+    from defacer.phi.rules import EDITION
+
     if mask_path is not None:
         save_label_map(result.labels, volume, mask_path, force=force)
     provenance = result.provenance

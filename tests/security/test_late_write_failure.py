@@ -1,0 +1,95 @@
+"""A write that fails after the defaced output is in place (a full disk at the label map or the provenance sidecar)
+leaves nothing new: before, the complete output stayed without its sidecar, after an error saying "no half-written
+output was left under its name" (measured on a 190 kB tmpfs: a 191,690-byte out.nii.gz, no out.defacer.json, exit 1;
+the rerun then met "already exists")."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from defacer.cli.main import main
+from defacer.phantom import make_phantom, save_phantom
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("late")
+    save_phantom(make_phantom(4.0), base / "in.nii.gz", base / "in.labels.nii.gz")
+    return base / "in.nii.gz", base / "in.labels.nii.gz"
+
+
+def _full_disk(*_: object, **__: object) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("where", ["sidecar", "mask"])
+def test_a_full_disk_after_the_output_leaves_nothing_new(tmp_path: Path, phantom: tuple[Path, Path], where: str,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    scan, labels = phantom
+    import defacer.io
+    import defacer.route
+
+    if where == "sidecar":
+        monkeypatch.setattr(defacer.route, "write_provenance", _full_disk)
+    else:
+        monkeypatch.setattr(defacer.io, "save_label_map", _full_disk)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("the user's")
+    code = main(["deface", str(scan), str(out / "d.nii.gz"), "--labels", str(labels),
+                 "--save-mask", str(out / "m.nii.gz")])
+    assert code == 1
+    assert "the disk is full" in capsys.readouterr().err
+    assert sorted(os.listdir(out)) == ["keep.txt"], "the output written before the failure is removed"
+
+
+def test_a_file_replaced_under_force_is_not_removed(tmp_path: Path, phantom: tuple[Path, Path],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """What existed before cannot be restored once replaced: it is left, not deleted too."""
+    scan, labels = phantom
+    import defacer.route
+
+    out = tmp_path / "d.nii.gz"
+    out.write_bytes(b"an earlier output")
+    monkeypatch.setattr(defacer.route, "write_provenance", _full_disk)
+    assert main(["deface", str(scan), str(out), "--labels", str(labels), "--force"]) == 1
+    assert out.is_file()
+
+
+def test_a_dicom_series_folder_and_its_record_are_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "batch"))
+    from batch_fixtures import write_dicom_phantom
+
+    import defacer.route
+
+    write_dicom_phantom(tmp_path / "series", tmp_path / "series.labels.nii.gz", voxel_size=6.0)
+    monkeypatch.setattr(defacer.route, "write_provenance", _full_disk)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["deface", str(tmp_path / "series"), str(out / "defaced"), "--labels",
+                 str(tmp_path / "series.labels.nii.gz")]) == 1
+    assert os.listdir(out) == [], "no series folder, no hidden ownership record"
+
+
+@pytest.mark.skipif(shutil.which("mount") is None or sys.platform != "linux", reason="needs mount")
+def test_a_real_full_disk_at_the_sidecar(tmp_path: Path, phantom: tuple[Path, Path]) -> None:
+    scan, labels = phantom
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    size = scan.stat().st_size + 3000  # the defaced image fits, its sidecar (~5 kB) does not
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], capture_output=True,
+                      check=False).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        assert main(["deface", str(scan), str(disk / "d.nii.gz"), "--labels", str(labels)]) == 1
+        assert os.listdir(disk) == []
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
