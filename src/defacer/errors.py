@@ -193,6 +193,7 @@ SYSTEM_ERRORS: dict[int, str] = {
     errno.EMFILE: "too many open files: raise the limit (ulimit -n) or process fewer files at once",
     errno.ENFILE: "too many open files on this system: retry when fewer programs run",
     errno.EIO: "the disk reported an input/output error: check the disk, or read and write elsewhere",
+    errno.ELOOP: "a symbolic link on the way leads back to itself (a loop): fix or remove the link",
 }
 
 
@@ -202,3 +203,18 @@ def system_error_message(err: OSError) -> str:
     what = SYSTEM_ERRORS.get(err.errno or 0, "the system refused it")
     return (f"{err.strerror or type(err).__name__}{where}: {what}. Outputs are written to a "
             "temporary and renamed only when complete, so no half-written output was left under its name.")
+
+
+def symlink_loop_message(err: BaseException) -> str | None:
+    """The error of a symbolic-link loop met while resolving a path, in words, or ``None`` for any other error.
+
+    Python 3.11's ``Path.resolve()`` raises ``RuntimeError("Symlink loop from '<path>'")`` (not an OSError), which
+    reached the user as "unexpected error ... a bug in defacer" for a link ``a.nii.gz -> a.nii.gz`` given as a scan,
+    a label map, or in an output's folders.
+    """
+    text = str(err)
+    prefix = "Symlink loop from "
+    if not isinstance(err, RuntimeError) or not text.startswith(prefix):
+        return None
+    return (f"The path {text[len(prefix):]} is, or goes through, a symbolic link that leads back to itself (a loop), "
+            "so it names no file or folder. Fix or remove the link, or give the path it should lead to.")

@@ -36,6 +36,7 @@ from defacer.errors import (
     FeaturesNotFoundError,
     InputImageError,
     OutputError,
+    symlink_loop_message,
     system_error_message,
 )
 from defacer.io.output_guard import nrrd_data_files
@@ -391,7 +392,7 @@ def _run(task: ScanTask, record: ScanRecord) -> None:
             record.error = _unexpected(err)
     except (Exception, MemoryError) as err:  # noqa: BLE001 - one bad scan must never stop the batch
         record.error_type = type(err).__name__
-        record.error = _unexpected(err)
+        record.error = symlink_loop_message(err) or _unexpected(err)
 
 
 def _unexpected(err: BaseException) -> str:

@@ -18,7 +18,14 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from defacer._version import __version__
-from defacer.errors import SYSTEM_ERRORS, DefacerError, FeaturesNotFoundError, shown, system_error_message
+from defacer.errors import (
+    SYSTEM_ERRORS,
+    DefacerError,
+    FeaturesNotFoundError,
+    shown,
+    symlink_loop_message,
+    system_error_message,
+)
 
 #: Subcommand modules in the order ``--help`` lists them.  Each imports only the standard library and
 #: defacer's light modules at import time (a command's optional extras are imported by its ``run``), so
@@ -137,6 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if err.errno not in SYSTEM_ERRORS or args.debug:
             return _unexpected(args, err)  # a bare ``raise`` here would escape the last resort below
         print(f"defacer {args.command}: error: {shown(system_error_message(err), lines=True)}", file=sys.stderr)
+        return EXIT_ERROR
+    except RuntimeError as err:
+        loop = symlink_loop_message(err)
+        if loop is None or args.debug:
+            return _unexpected(args, err)
+        print(f"defacer {args.command}: error: {shown(loop, lines=True)}", file=sys.stderr)
         return EXIT_ERROR
     except Exception as err:  # noqa: BLE001 - last resort: never a bare traceback for users
         return _unexpected(args, err)
