@@ -269,3 +269,11 @@ def test_closing_the_terminal_stops_the_server_like_ctrl_c(tmp_path: Path, phant
     assert "all uploaded files and results were deleted" in out
     assert "Traceback" not in err and "ERROR" not in err
     assert sorted(p.name for p in work.rglob("*")) == []
+
+
+def test_a_work_dir_that_is_a_file_is_named_as_such(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """HOSTILE3's open item 6: "Cannot make the private work folder in notes.txt: File exists"."""
+    (tmp_path / "notes.txt").write_text("the user's")
+    assert main(["serve", "--work-dir", str(tmp_path / "notes.txt")]) == 1
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "the user's"

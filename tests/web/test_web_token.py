@@ -139,3 +139,4 @@ def test_the_first_line_of_the_file_is_the_token(tmp_path: Path) -> None:
     from defacer.cli.serve import read_token_file
 
     assert read_token_file(_token_file(tmp_path, f"\ufeff{TOKEN}\r\nsecond line\n")) == TOKEN
+
