@@ -283,8 +283,9 @@ def run(args: argparse.Namespace) -> int:
         )
     check_positive("--max-upload-mb", args.max_upload_mb, "megabytes", "1000")
     if args.work_dir is not None and os.path.lexists(args.work_dir) and not os.path.isdir(args.work_dir):
-        raise DefacerError(f"--work-dir '{args.work_dir}' is a file, not a folder. Give a folder (it is made if missing), "
-                           "or leave --work-dir out to use the system temporary folder.")
+        raise DefacerError(f"Cannot make the private work folder in '{args.work_dir}': it is a file, not a folder. "
+                           "Give a folder with --work-dir (it is made if missing), or leave --work-dir out to use the "
+                           "system temporary folder.")
     check_positive("--idle-minutes", args.idle_minutes, "minutes", "60")
     try:
         settings = WebSettings(
