@@ -43,6 +43,9 @@ def read_nifti_like(path: Path, fmt: str, *, max_voxels: int | None = None) -> V
         with np.errstate(invalid="ignore", over="ignore"):
             image: Any = nib.MGHImage.from_filename(str(path)) if fmt == "mgh" else nib.load(str(path))
     except Exception as err:  # nibabel raises many types for bad files
+        mismatch = compression_mismatch(path, fmt)
+        if mismatch is not None:
+            raise InputImageError(mismatch) from err
         if fmt == "nifti" and _readable_to_the_end(path):  # magic checked (defacer.io._sniff), not cut short:
             raise InputImageError(unusable_header_message(path, err)) from err  # a header field is wrong
         if fmt == "mgh" and isinstance(err, KeyError | MGHError):  # an unknown type code (KeyError: the code), zero dims
@@ -172,6 +175,36 @@ def _mgh_unset_geometry(path: Path) -> bytes | None:
     if len(head) < _MGH_GEOMETRY.stop or int(np.frombuffer(head[28:30], ">i2")[0]) != 0:
         return None
     return bytes(head[_MGH_GEOMETRY])
+
+
+#: The gzip magic number.
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def compression_mismatch(path: Path, fmt: str) -> str | None:
+    """What to tell the user when a file's ending and its compression disagree (an uncompressed NIfTI named
+    ``.nii.gz``, a gzipped one named ``.nii``, an uncompressed MGH named ``.mgz``, a gzipped one named ``.mgh``), or
+    ``None``.  nibabel reads by the ending: such files failed as "not a gzip file ... truncated, corrupt or of another
+    format ... re-export it", or as an unusable header, while renaming is all they need."""
+    try:
+        with open(path, "rb") as handle:
+            gzipped = handle.read(2) == GZIP_MAGIC
+    except OSError:
+        return None
+    name = path.name
+    lower = name.lower()
+    pairs = {"nifti": (".nii.gz", ".nii"), "mgh": (".mgz", ".mgh")}
+    if fmt not in pairs:
+        return None
+    packed, plain = pairs[fmt]
+    if lower.endswith(packed) and not gzipped:
+        right = name[: -len(packed)] + plain
+        return (f"'{path}' is named '{packed}' but is not gzip-compressed (an uncompressed file under a compressed "
+                f"name). Rename it to '{right}' (or compress it with gzip) and give that name.")
+    if lower.endswith(plain) and not lower.endswith(packed) and gzipped:
+        right = name[: -len(plain)] + packed
+        return (f"'{path}' is gzip-compressed but named '{plain}'. Rename it to '{right}' and give that name.")
+    return None
 
 
 def _readable_to_the_end(path: Path) -> bool:
