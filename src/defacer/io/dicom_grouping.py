@@ -268,7 +268,13 @@ def scan(path: PathLike | Sequence[PathLike]) -> Scan:
             skipped.append((member[0], why))
     if not groups:
         reasons = "; ".join(f"{p.name}: {why}" for p, why in skipped[:5])
-        raise DicomSeriesError(f"No DICOM instance found in '{path}' ({len(skipped)} file(s) skipped: {reasons}).")
+        from defacer.files import IMAGE_SUFFIXES
+
+        images = [p.name for p, _ in skipped if p.name.lower().endswith(IMAGE_SUFFIXES)]
+        hint = (f" It holds {len(images)} image file(s) of another format ({', '.join(images[:3])}"
+                f"{' ...' if len(images) > 3 else ''}): give one of them as the scan, or deface them all with "
+                f"'defacer batch {path} OUT'." if images else "")
+        raise DicomSeriesError(f"No DICOM instance found in '{path}' ({len(skipped)} file(s) skipped: {reasons}).{hint}")
     series = []
     count_by_uid: dict[str, int] = defaultdict(int)
     for group_key, members in sorted(
