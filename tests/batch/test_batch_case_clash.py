@@ -148,3 +148,21 @@ def test_a_batch_verifies_x_slash_y_and_x__y_into_folders_of_their_own(tmp_path:
         kept = nib.load(tmp_path / "out-qc" / folders[record.key] / "labels.nii.gz")
         own = nib.load(labels / record.key.replace(".nii.gz", ".labels.nii.gz"))
         assert np.array_equal(np.asarray(kept.dataobj) > 0, np.asarray(own.dataobj) > 0), record.key
+
+
+def test_of_other_files_differing_only_in_case_only_the_first_is_carried(tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """'README' and 'readme' were both copied: on a case-insensitive OUT the later replaced the earlier (and each
+    rerun found the other's size and copied again)."""
+    src = tmp_path / "in"
+    _write(src, "scan.nii.gz", b"scan")
+    _write(src, "README", b"upper")
+    _write(src, "readme", b"lower, longer")
+    _write(src, "notes/a.txt", b"a")
+    out = tmp_path / "out"
+    summary = run_batch(BatchConfig(in_root=src, out_root=out, quiet=True), deface=_copy)
+    assert summary.counts.done == 1
+    assert (out / "README").read_bytes() == b"upper" and not (out / "readme").exists()
+    assert (out / "notes/a.txt").read_bytes() == b"a"
+    assert "'readme' is not carried to the output: on a case-insensitive disk" in caplog.text
+    assert "same file as 'README'" in caplog.text

@@ -486,6 +486,6 @@ def _warn_of_folded_names(relpaths: Iterable[PurePosixPath]) -> None:
         shown = "; ".join(" and ".join(f"'{name}'" for name in names) for names in sorted(clashes)[:3])
         log.warning("%d group(s) of files in IN differ only in letter case or Unicode form (%s%s): on a case-insensitive "
                     "disk (macOS, Windows, exFAT) each group is one file in OUT. Of scans, the first in name order is "
-                    "defaced and the others are recorded as failed (nothing written for them); of other files, the one "
-                    "copied last replaces the others. Rename them so that the names differ by more than letter case.",
+                    "defaced and the others are recorded as failed (nothing written for them); of other files, only the "
+                    "first is carried. Rename them so that the names differ by more than letter case.",
                     len(clashes), shown, " ..." if len(clashes) > 3 else "")

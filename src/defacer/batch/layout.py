@@ -484,14 +484,32 @@ def defaced_sidecar(scan: Scan, layout: OutputLayout, features: Iterable[str], s
     return data
 
 
-def _carried(layout: OutputLayout, relpaths: Iterable[PurePosixPath], mode: str) -> list[tuple[Path, Path]]:
-    """(source in IN, target in OUT) of each non-image file :func:`carry_over` handles."""
+def _carried(layout: OutputLayout, relpaths: Iterable[PurePosixPath], mode: str, *,
+             warn: bool = False) -> list[tuple[Path, Path]]:
+    """(source in IN, target in OUT) of each non-image file :func:`carry_over` handles.
+
+    Of files whose paths differ only in letter case or Unicode form (``README`` and ``readme``): one file on a
+    case-insensitive disk (macOS, Windows, exFAT), where each copy replaced the other's, only the first in name order
+    is carried (``warn``: the others are named in a warning).
+    """
     if mode not in OTHERS_MODES:
         raise ValueError(f"Unknown mode for non-image files {mode!r}: expected one of {', '.join(OTHERS_MODES)}.")
     if mode == "skip":
         return []
-    return [(layout.in_root / rel, layout.out_root / rel) for rel in relpaths
-            if not (rel.name in ("dataset_description.json", ".bidsignore") and len(rel.parts) == 1 and layout.bids)]
+    carried: list[tuple[Path, Path]] = []
+    first: dict[str, PurePosixPath] = {}
+    for rel in sorted(relpaths):
+        if rel.name in ("dataset_description.json", ".bidsignore") and len(rel.parts) == 1 and layout.bids:
+            continue
+        earlier = first.setdefault(folded_name(rel), rel)
+        if earlier != rel:
+            if warn:
+                log.warning("'%s' is not carried to the output: on a case-insensitive disk (macOS, Windows, exFAT) it "
+                            "is the same file as '%s', which is. Rename one of them so that the names differ by more "
+                            "than letter case.", rel.as_posix(), earlier.as_posix())
+            continue
+        carried.append((layout.in_root / rel, layout.out_root / rel))
+    return carried
 
 
 def carry_over_targets(layout: OutputLayout, relpaths: Iterable[PurePosixPath], mode: str, *,
@@ -537,7 +555,7 @@ def carry_over(layout: OutputLayout, relpaths: Iterable[PurePosixPath], mode: st
         Files written now, and files already present.
     """
     done = kept = 0
-    for source, target in _carried(layout, relpaths, mode):
+    for source, target in _carried(layout, relpaths, mode, warn=True):
         if _deidentified(source, clean_tables, profile):
             written = _carry_deidentified(source, target, profile)
             done, kept = done + (written is True), kept + (written is False)
