@@ -102,6 +102,7 @@ def load_real_samples(data_dir: Path, labels_dir: Path, scans: dict[str, str],
 
     samples = []
     for name, rel in scans.items():
+        check_provenance_entry(name, rel, data_dir, labels_dir)
         label_path = labels_dir / f"{name}.labels.nii.gz"
         if not label_path.is_file():
             continue
@@ -109,6 +110,41 @@ def load_real_samples(data_dir: Path, labels_dir: Path, scans: dict[str, str],
         labels = reference_labels(load_volume(label_path, strict=False), volume, label_path, rel)
         samples.append(sample_from_arrays(name, name, volume.values(), labels, volume.affine, shape, spacing))
     return samples
+
+
+def check_provenance_entry(name: str, rel: str, data_dir: Path, labels_dir: Path) -> None:
+    """Refuse a label provenance entry that would make ``train`` read outside its two folders: a scan name that is no
+    plain name (``../x``: its label map outside ``--labels-dir``) or whose label map is a symbolic link out of
+    ``--labels-dir``, or a ``source`` that is absolute, climbs out with ``..``, or is a symbolic link out of
+    ``--data``.  Such entries were joined as given (HOSTILE7, open item 4), so a
+    hostile labels folder made ``train`` read any file the user can read as a scan or a label map.
+
+    Raises
+    ------
+    InputImageError
+    """
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    from defacer.errors import InputImageError
+    from defacer.files import stays_inside
+
+    redo = "Write it again with scripts/make_reference_labels.py, or fix the entry."
+    if not name or name in (".", "..") or any(sep in name for sep in ("/", "\\", "\0")):
+        raise InputImageError(f"The label provenance names a scan {name!r}: expected a plain scan name (its label map "
+                              f"is <name>.labels.nii.gz in --labels-dir, never a path). {redo}")
+    parts = PurePosixPath(rel.replace("\\", "/")).parts
+    if not rel or "\0" in rel or PurePosixPath(rel).is_absolute() or PureWindowsPath(rel).is_absolute() \
+            or PureWindowsPath(rel).drive or ".." in parts:
+        raise InputImageError(f"The label provenance gives scan {name!r} the source {rel!r}: expected a path inside "
+                              f"--data, relative to it and without '..'. {redo}")
+    label_path = labels_dir / f"{name}.labels.nii.gz"
+    if label_path.is_symlink() and not stays_inside(label_path, labels_dir):
+        raise InputImageError(f"The label map '{label_path}' is a symbolic link out of --labels-dir: train reads only "
+                              "the label maps inside it. Copy the map into --labels-dir.")
+    if not stays_inside(data_dir / rel, data_dir):
+        raise InputImageError(f"The source {rel!r} of scan {name!r} is a symbolic link out of --data '{data_dir}': "
+                              f"train reads only the scans inside it. Copy the scan into --data, or point --data at "
+                              "the folder that holds it.")
 
 
 def reference_labels(label_volume: Volume, volume: Volume, label_path: Path, rel: str) -> npt.NDArray[np.uint8]:
