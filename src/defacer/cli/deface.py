@@ -264,6 +264,39 @@ def _write_mapping(args: argparse.Namespace, defaced: Defaced, out_dir: Path, *,
         write_deid_mapping(defaced.scrubber.mapping.as_dict(), args.mapping_file, out_dir=out_dir, force=force)
 
 
+def _check_one_head(folder: Path, stacks: list[SeriesInfo]) -> None:
+    """Refuse one ``--labels`` map for the series of a folder that holds more than one patient (PatientID, or
+    PatientName when no ID) or study (StudyInstanceUID): a label map marks one head where it lay, and was applied to
+    every series, so another patient's face was distorted at the first's positions and reported "distorted".
+
+    Raises
+    ------
+    DefacerError
+        Listing the series to pick from with ``--series``.
+    """
+    from pydicom.errors import InvalidDicomError
+
+    from defacer.errors import DefacerError
+    from defacer.io.dicom_files import read_header
+
+    patients, studies = set(), set()
+    for info in stacks:
+        try:
+            ds = read_header(info.files[0])
+        except (InvalidDicomError, DefacerError, OSError) as err:  # the series' own reading reports it
+            log.debug("header of '%s' not read: %s", info.files[0], err)
+            continue
+        patients.add(str(ds.get("PatientID", "") or ds.get("PatientName", "")))
+        studies.add(str(ds.get("StudyInstanceUID", "")))
+    if len(patients) > 1 or len(studies) > 1:
+        what = f"{len(patients)} patients" if len(patients) > 1 else f"{len(studies)} studies"
+        raise DefacerError(
+            f"'{folder}' holds series of {what}, and --labels gives one label map, which marks one head where it lay: "
+            "used for every series it would distort the others' faces in the wrong places. Deface each series with "
+            "its own label map (--series), or without --labels (the detector finds each face):\n  "
+            + "\n  ".join(info.label(i) for i, info in enumerate(stacks, start=1)))
+
+
 def run_study(args: argparse.Namespace, options: DefaceOptions, deidentify: Deidentification | None,
               stacks: list[SeriesInfo]) -> int:
     """Deface every series of a DICOM study folder, each into ``OUT/NN_series-<number>/``; list what came of each.
@@ -282,6 +315,8 @@ def run_study(args: argparse.Namespace, options: DefaceOptions, deidentify: Deid
             f"'{args.input}' holds {len(stacks)} series; --save-mask and --verify work on one series. Deface the "
             "study without them (then 'defacer verify' each output), or pick one series with --series:\n  "
             + "\n  ".join(info.label(i) for i, info in enumerate(stacks, start=1)))
+    if args.labels is not None:
+        _check_one_head(args.input, stacks)
     target = Path(args.output)
     if target.exists() and not (args.force and target.is_dir()):
         raise OutputError(f"The output '{target}' already exists. Choose a new folder for the study, or pass --force "
