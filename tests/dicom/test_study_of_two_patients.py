@@ -14,7 +14,7 @@ import pytest
 from defacer.cli.main import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "batch"))
-from batch_fixtures import write_dicom_phantom  # noqa: E402
+from batch_fixtures import write_dicom_phantom
 
 
 @pytest.fixture(scope="module")
