@@ -26,7 +26,7 @@ from defacer._typing import PathLike
 from defacer.checks import DEFAULT_MAX_VOXELS
 from defacer.detect import Detector
 from defacer.errors import DefacerError, InputImageError, OutputError
-from defacer.files import image_suffix
+from defacer.files import IMAGE_SUFFIXES, image_suffix
 from defacer.options import DEFAULT_DEIDENTIFICATION, DEFAULT_OPTIONS, DefaceOptions, Deidentification
 from defacer.pipeline import DefaceResult, check_features_found, deface, load_detector
 from defacer.provenance import sha256_of, sidecar_path, write_provenance
@@ -205,6 +205,9 @@ def _deface_file(source: Path, target: Path, *, options: DefaceOptions, detector
     try:
         target_format = format_of(target)
     except InputImageError as err:  # the output's name, not a file to convert
+        if target.name != target.name.strip() and target.name.strip().lower().endswith(IMAGE_SUFFIXES):
+            raise OutputError(f"The output name '{target.name}' starts or ends with a space (a copy-paste?), so it has "
+                              f"no image ending. Give '{target.name.strip()}'.") from err
         raise OutputError(f"The output '{target}' has no image ending: defacer writes the input's format, so give "
                           f"it the input's ending (e.g. '{target.with_name(target.stem + image_suffix(source.name))}').") from err
     if target_format != format_of(source):
