@@ -45,6 +45,10 @@ def test_a_darker_scalp_never_leads_an_edit_into_the_brain(phantom, power):
     cap = DefaceOptions().protect_depth_mm + DEEP_CAP_MARGIN_MM
     deep = check_protection_at(changed_at, head, depth, reorientation.ras_spacing, cap)
     assert deep.changed_inside_protected == 0, f"changed deeper than {cap:g} mm below the clean phantom's surface"
+    # the sidecar says how much larger than the protection's head the envelope came out (clean: about 1.0)
+    envelope = result.provenance["protection"]["deep_cap_mm"]["envelope"]
+    assert envelope["vs_protection_head"] > 1.5
+    assert clean.provenance["protection"]["deep_cap_mm"]["envelope"]["vs_protection_head"] < 1.15
 
 
 def test_the_envelope_holds_the_clean_head_through_gamma_2(phantom):
