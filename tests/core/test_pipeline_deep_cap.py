@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from truth_detector import TruthDetector
+from deep_changes import deface_through
 
 from defacer.detect.preprocess import normalise
 from defacer.head import DEEP_SEAL_RADIUS_MM, analyse_head, deep_sealed_head
 from defacer.phantom import make_phantom
-from defacer.pipeline import DEEP_CAP_MARGIN_MM, DefaceOptions, deface
-from defacer.protection_check import changed_indices, changed_mask, check_protection_at
 from defacer.volume import Volume
 
 
@@ -38,19 +36,12 @@ def _noise_floor(phantom) -> Volume:
 def test_a_noise_floor_never_leads_an_edit_into_the_brain(phantom):
     """Before the cap, 2 of the phantom's brain voxels changed through the noise floor, and 716 voxels deeper
     than 20 mm below the clean phantom's surface; the pipeline's own check reported 0 (it measures against the
-    same head read too small).  (Through gamma 2 the phantom's head is read smaller all round, with no tunnel: 2
-    brain voxels still change there, a gap the cap does not close.)"""
-    noisy = _noise_floor(phantom)
-    result = deface(noisy, TruthDetector(phantom.labels))
-    changed = changed_mask(noisy.raw, result.volume.raw)
-    assert changed.sum() > 20000, "the features are still defaced"
-    assert not (changed & phantom.brain).any()
-    clean = deface(phantom.volume, TruthDetector(phantom.labels))
-    depth, head, reorientation, _ = clean._protection
-    changed_at = reorientation.indices_to_ras(changed_indices(noisy.raw, result.volume.raw))
-    cap = DefaceOptions().protect_depth_mm + DEEP_CAP_MARGIN_MM
-    deep = check_protection_at(changed_at, head, depth, reorientation.ras_spacing, cap)
-    assert deep.changed_inside_protected == 0, f"changed deeper than {cap:g} mm below the clean phantom's surface"
+    same head read too small).  (Through gamma 2 the phantom's head is read smaller all round, with no tunnel: the envelope's
+    cap covers that, test_pipeline_envelope_cap.)"""
+    through = deface_through(phantom, _noise_floor(phantom))
+    assert through.changed.sum() > 20000, "the features are still defaced"
+    assert not (through.changed & phantom.brain).any()
+    assert through.deeper_than_cap == 0, f"changed deeper than {through.cap_mm:g} mm below the clean phantom's surface"
 
 
 def test_the_deep_seal_bridges_a_tunnel_and_only_adds(phantom):

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from truth_detector import TruthDetector
+from deep_changes import deface_through
 
 from defacer.detect.preprocess import normalise
 from defacer.head import analyse_head, block_means, envelope_head
 from defacer.phantom import make_phantom
-from defacer.pipeline import DEEP_CAP_MARGIN_MM, DefaceOptions, deface
-from defacer.protection_check import changed_indices, changed_mask, check_protection_at
 from defacer.volume import Volume, canonical_reorientation
 
 
@@ -34,21 +32,13 @@ def _gamma(phantom, power: float) -> Volume:
 
 @pytest.mark.parametrize("power", [2.0, 3.0])
 def test_a_darker_scalp_never_leads_an_edit_into_the_brain(phantom, power):
-    dark = _gamma(phantom, power)
-    result = deface(dark, TruthDetector(phantom.labels))
-    changed = changed_mask(dark.raw, result.volume.raw)
-    assert changed.sum() > 20000, "the features are still defaced"
-    assert not (changed & phantom.brain).any()
-    clean = deface(phantom.volume, TruthDetector(phantom.labels))
-    depth, head, reorientation, _ = clean._protection
-    changed_at = reorientation.indices_to_ras(changed_indices(dark.raw, result.volume.raw))
-    cap = DefaceOptions().protect_depth_mm + DEEP_CAP_MARGIN_MM
-    deep = check_protection_at(changed_at, head, depth, reorientation.ras_spacing, cap)
-    assert deep.changed_inside_protected == 0, f"changed deeper than {cap:g} mm below the clean phantom's surface"
+    through = deface_through(phantom, _gamma(phantom, power))
+    assert through.changed.sum() > 20000, "the features are still defaced"
+    assert not (through.changed & phantom.brain).any()
+    assert through.deeper_than_cap == 0, f"changed deeper than {through.cap_mm:g} mm below the clean phantom's surface"
     # the sidecar says how much larger than the protection's head the envelope came out (clean: about 1.0)
-    envelope = result.provenance["protection"]["deep_cap_mm"]["envelope"]
-    assert envelope["vs_protection_head"] > 1.5
-    assert clean.provenance["protection"]["deep_cap_mm"]["envelope"]["vs_protection_head"] < 1.15
+    assert through.result.provenance["protection"]["deep_cap_mm"]["envelope"]["vs_protection_head"] > 1.5
+    assert through.clean.provenance["protection"]["deep_cap_mm"]["envelope"]["vs_protection_head"] < 1.15
 
 
 def test_the_envelope_holds_the_clean_head_through_gamma_2(phantom):
