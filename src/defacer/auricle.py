@@ -41,7 +41,7 @@ from scipy import ndimage as ndi
 from defacer._typing import Mask
 from defacer.ball import within_distance
 from defacer.detect.preprocess import mask_box
-from defacer.head import HeadModel, border_padding_value, outside_field_value
+from defacer.head import HeadModel, border_padding_value, field_padding_value, outside_field_value
 
 Box = tuple[slice, slice, slice]
 
@@ -341,6 +341,8 @@ def head_level(image: npt.NDArray[np.floating], head: HeadModel) -> float:
         if in_field.size and CT_AIR_HU <= float(np.percentile(in_field, 1)) < CT_BELOW_HU:
             return np.asarray(CT_LEVEL_HU)
         frame = border_padding_value(coarse)  # an export's constant round a smaller field is no air
+        if frame is None:
+            frame = field_padding_value(coarse)  # nor a CT's round field's, rescaled out of HU
         if frame is not None:
             sample = sample[sample != frame]
         floor = float(np.percentile(sample, 2))

@@ -293,9 +293,46 @@ def border_padding_value(coarse: npt.NDArray[np.floating]) -> float | None:
     return float(value)
 
 
+def field_padding_value(coarse: npt.NDArray[np.floating]) -> float | None:
+    """The constant outside a reconstruction field of any shape (a CT's round field), whatever the intensity scale.
+
+    The value of the volume's eight corners (all equal), when it fills at least :data:`PADDING_SHARE` of the
+    voxels and, along some axis, is rare inside the field's footprint carried through every slice (at most
+    :data:`PADDING_INSIDE_SHARE` of that prism): the field is then the same disc (or any shape) in every slice,
+    filled with air that has noise, and the constant round it has none.  :func:`outside_field_value` finds a
+    CT's padding only in Hounsfield units (far below air); a CT rescaled out of them (to 0-1, or to 0-255 by an
+    8-bit export) keeps its padding as the lowest value just below the air, and without this the whole field was
+    sealed as the head (ge-headct_tilted rescaled to 0-1: 1.82x its head, the face read as deep and protected,
+    0.00 of its eyes, nose and ears changed, no warning).  An MR whose air is exact 0 has 0 all over its field's
+    footprint (2.9-36 % of it on the 21 labelled heads, as stored and rescaled), a masked head has it wherever
+    the head is not: ``None`` for both, as for a volume whose corners differ.
+
+    Parameters
+    ----------
+    coarse : ndarray, shape (X, Y, Z)
+        The volume (or its coarse sample), any intensity scale.
+    """
+    if coarse.ndim != 3 or coarse.size == 0:
+        return None
+    value = coarse[0, 0, 0]
+    corners = coarse[np.ix_(*[[0, n - 1] for n in coarse.shape])]
+    if not np.all(corners == value):
+        return None
+    is_value = coarse == value
+    if float(np.count_nonzero(is_value)) / coarse.size < PADDING_SHARE:
+        return None
+    for axis in range(3):
+        footprint = np.expand_dims(np.any(~is_value, axis=axis), axis)  # the field's shape across the slices
+        prism = float(np.count_nonzero(footprint)) * coarse.shape[axis]
+        if prism and float(np.count_nonzero(is_value & footprint)) / prism <= PADDING_INSIDE_SHARE:
+            return float(value)
+    return None
+
+
 def padding_value(coarse: npt.NDArray[np.floating]) -> float | None:
     """The constant that fills the volume outside its real field, if any: a CT scanner's outside-the-field value
-    (:func:`outside_field_value`), else an export's frame round a smaller field (:func:`border_padding_value`).
+    (:func:`outside_field_value`), else an export's frame round a smaller field (:func:`border_padding_value`),
+    else the constant round a field of any shape on any intensity scale (:func:`field_padding_value`).
 
     Parameters
     ----------
@@ -303,7 +340,9 @@ def padding_value(coarse: npt.NDArray[np.floating]) -> float | None:
         The volume (or its coarse sample), physical intensities.
     """
     padding = outside_field_value(coarse)
-    return padding if padding is not None else border_padding_value(coarse)
+    if padding is None:
+        padding = border_padding_value(coarse)
+    return padding if padding is not None else field_padding_value(coarse)
 
 
 #: Share of the field of view above which a head sealed at :func:`air_peak_foot`'s threshold is taken to hold the
