@@ -297,9 +297,9 @@ def field_padding_value(coarse: npt.NDArray[np.floating]) -> float | None:
     """The constant outside a reconstruction field of any shape (a CT's round field), whatever the intensity scale.
 
     The value of the volume's eight corners (all equal), when it fills at least :data:`PADDING_SHARE` of the
-    voxels and, along some axis, is rare inside the field's footprint carried through every slice (at most
-    :data:`PADDING_INSIDE_SHARE` of that prism): the field is then the same disc (or any shape) in every slice,
-    filled with air that has noise, and the constant round it has none.  :func:`outside_field_value` finds a
+    voxels and, along some axis, is rare inside the field's footprint carried through every slice that holds
+    some of the field (at most :data:`PADDING_INSIDE_SHARE` of that prism): the field is then the same disc (or
+    any shape) in every slice, filled with air that has noise, and the constant round it has none.  :func:`outside_field_value` finds a
     CT's padding only in Hounsfield units (far below air); a CT rescaled out of them (to 0-1, or to 0-255 by an
     8-bit export) keeps its padding as the lowest value just below the air, and without this the whole field was
     sealed as the head (ge-headct_tilted rescaled to 0-1: 1.82x its head, the face read as deep and protected,
@@ -322,9 +322,13 @@ def field_padding_value(coarse: npt.NDArray[np.floating]) -> float | None:
     if float(np.count_nonzero(is_value)) / coarse.size < PADDING_SHARE:
         return None
     for axis in range(3):
-        footprint = np.expand_dims(np.any(~is_value, axis=axis), axis)  # the field's shape across the slices
-        prism = float(np.count_nonzero(footprint)) * coarse.shape[axis]
-        if prism and float(np.count_nonzero(is_value & footprint)) / prism <= PADDING_INSIDE_SHARE:
+        others = tuple(a for a in range(3) if a != axis)
+        # the field's shape across the slices, carried through every slice that holds some of it (a slice of
+        # padding only, at an end of a resampled or padded volume, is no field)
+        prism = np.expand_dims(np.any(~is_value, axis=axis), axis) & np.expand_dims(
+            np.any(~is_value, axis=others), others)
+        size = float(np.count_nonzero(prism))
+        if size and float(np.count_nonzero(is_value & prism)) / size <= PADDING_INSIDE_SHARE:
             return float(value)
     return None
 

@@ -132,3 +132,17 @@ def test_the_ge_ct_rescaled_out_of_hu_is_defaced_as_in_hu(shared_data, top):
     changed_at = reorientation.indices_to_ras(changed_indices(scaled.raw, result.volume.raw))
     check = check_protection_at(changed_at, head, depth, reorientation.ras_spacing, DefaceOptions().protect_depth_mm)
     assert check.changed_voxels > 0 and check.changed_inside_protected == 0
+
+
+def test_slices_of_padding_only_at_the_ends_do_not_hide_the_field(ct_in_a_round_field):
+    """A round field whose volume also has whole slices of padding at its ends (a CT padded or resampled into a
+    taller grid): the field's footprint is carried only through the slices that hold some of it.  Before (3348ec3)
+    those slices put the padding on 9 % of the prism, and the rescaled phantom's first head was 4.07x the HU
+    one's."""
+    _, hu = ct_in_a_round_field
+    values = np.pad(hu.values(np.float32), ((0, 0), (0, 0), (6, 6)), constant_values=-1500.0)
+    unit = (values - values.min()) / (values.max() - values.min())
+    assert field_padding_value(unit[::2, ::2, ::2]) == 0.0
+    spacing = (2.0, 2.0, 2.0)
+    ratio = analyse_head(unit, spacing).sealed_coarse.sum() / analyse_head(values, spacing).sealed_coarse.sum()
+    assert 0.98 < ratio < 1.02
