@@ -20,6 +20,11 @@ if TYPE_CHECKING:
     from defacer.phi.scrub import Scrubber
 
 
+#: Upper bounds of the sizes (mm, or times the feature's own size): a head is about 200 mm across, so a protected
+#: depth of 100 mm already protects all but the skin, and larger values only cost memory and time.
+MAX_PROTECT_DEPTH_MM, MAX_EYE_BAND_MM, MAX_SCALE = 100.0, 50.0, 10.0
+
+
 @dataclass(frozen=True)
 class DefaceOptions:
     """What to distort and how.
@@ -64,10 +69,12 @@ class DefaceOptions:
             raise ValueError(f"Expected a seed that is a whole number >= 0 (for example 3); found {self.seed!r}.")
         sizes = (self.protect_depth_mm, self.eye_band_mm, self.eye_box_scale, self.nose_scale)
         # NaN fails every comparison: without the finiteness test, --protect-depth nan switched the brain's protection off.
-        if (not all(math.isfinite(v) for v in sizes) or self.protect_depth_mm < 0 or self.eye_band_mm <= 0
-                or self.nose_scale < 1 or self.eye_box_scale < 1):
-            message = (f"Expected finite numbers: protect depth >= 0 mm, eye band > 0 mm, eye box scale >= 1 and nose "
-                       "scale >= 1; found "
+        # The upper bounds: --protect-depth 1e9 grew one run to 4 GB and 10 CPU minutes (killed), with no end in sight.
+        if (not all(math.isfinite(v) for v in sizes) or not 0 <= self.protect_depth_mm <= MAX_PROTECT_DEPTH_MM
+                or not 0 < self.eye_band_mm <= MAX_EYE_BAND_MM or not 1 <= self.nose_scale <= MAX_SCALE
+                or not 1 <= self.eye_box_scale <= MAX_SCALE):
+            message = (f"Expected finite numbers: protect depth 0-{MAX_PROTECT_DEPTH_MM:g} mm, eye band > 0 mm and at most "
+                       f"{MAX_EYE_BAND_MM:g} mm, eye box scale and nose scale 1-{MAX_SCALE:g}; found "
                        f"{self.protect_depth_mm}, {self.eye_band_mm}, {self.eye_box_scale} and {self.nose_scale}.")
             raise ValueError(message)
 
