@@ -202,7 +202,8 @@ def system_error_message(err: OSError) -> str:
     where = f" ('{err.filename}')" if err.filename else ""
     what = SYSTEM_ERRORS.get(err.errno or 0, "the system refused it")
     return (f"{err.strerror or type(err).__name__}{where}: {what}. Outputs are written to a "
-            "temporary and renamed only when complete, so no half-written output was left under its name.")
+            "temporary and renamed only when complete, so no half-written output was left under its name."
+            + "".join(f" {note}" for note in getattr(err, "__notes__", ())))
 
 
 def symlink_loop_message(err: BaseException) -> str | None:

@@ -226,8 +226,9 @@ def _deface_file(source: Path, target: Path, *, options: DefaceOptions, detector
     check_features_found(result.provenance, source.name, allow_missing=allow_missing)
     t = time.perf_counter()
     new_files = _not_there([target, *detached_data_candidates(target), *_mask_files(mask_path)])
+    stale = _stale_record(target, sidecar)
     written = save_volume(result.volume, target, force=force, inputs=tuple(p for p in inputs if p is not None))
-    with _removed_on_failure(new_files):  # a full disk at the mask or the sidecar: no output without its record
+    with _removed_on_failure(new_files, target=target, stale_record=stale):  # a full disk at the mask or the sidecar: no output without its record
         if mask_path is not None:
             save_label_map(result.labels, volume, mask_path, force=force)
         save_s = time.perf_counter() - t
@@ -248,17 +249,41 @@ def _not_there(paths: Sequence[Path]) -> list[Path]:
     return [path for path in paths if not os.path.lexists(path)]
 
 
+def _stale_record(target: Path, sidecar: bool) -> Path | None:
+    """The sidecar of an earlier output at ``target`` (about to be replaced under ``--force``), or ``None``."""
+    record = sidecar_path(target)
+    if sidecar and os.path.lexists(target) and record.is_file() and not record.is_symlink():
+        return record
+    return None
+
+
 @contextlib.contextmanager
-def _removed_on_failure(new_paths: Sequence[Path]) -> Iterator[None]:
+def _removed_on_failure(new_paths: Sequence[Path], *, target: Path | None = None,
+                        stale_record: Path | None = None) -> Iterator[None]:
     """Remove ``new_paths`` (files, or a DICOM series folder with its ownership record, this run made: none existed
     before it) when the block fails, a full disk or Ctrl+C at the label map or the sidecar: a defaced output left
     without its provenance record, after an error that says nothing was written, is removed.  What existed before
-    (replaced under ``--force``) is not touched: it cannot be restored."""
+    (replaced under ``--force``) is not touched: it cannot be restored.
+
+    ``stale_record``: the sidecar of the earlier output ``target`` replaced under ``--force``.  Left, it would
+    describe an image that is gone (its checksum, options, features) beside the new one: it is removed, and the
+    error says so (a note the system-error message shows)."""
     from defacer.io.output_guard import remove_owned_folder
 
     try:
         yield
-    except BaseException:
+    except BaseException as err:
+        if stale_record is not None and target is not None and target not in new_paths:
+            try:
+                stale_record.unlink()
+            except OSError as gone:
+                err.add_note(f"'{target.name}' was replaced (--force), but its earlier provenance record "
+                             f"'{stale_record.name}' could not be removed ({gone.strerror}) and no longer describes "
+                             "it: delete that record, then rerun with --force.")
+            else:
+                err.add_note(f"'{target.name}' was already replaced (--force) and is left without a provenance "
+                             f"record: its earlier record '{stale_record.name}' described the replaced image and was "
+                             "removed. Rerun with --force to write both.")
         for path in new_paths:
             with contextlib.suppress(OSError):  # OutputError too: a file that appeared meanwhile stops it
                 if path.is_dir() and not path.is_symlink():
@@ -292,8 +317,9 @@ def _deface_dicom(source: Path, target: Path, *, options: DefaceOptions, scrubbe
     result = deface(volume, _detector(detector, labels_path, weights_path), options)
     check_features_found(result.provenance, source.name, allow_missing=allow_missing)
     new_files = _not_there([target, *_mask_files(mask_path)])
+    stale = _stale_record(target, sidecar)
     written = write_dicom_volume(result.volume, target, force=force, deid=scrubber)
-    with _removed_on_failure(new_files):
+    with _removed_on_failure(new_files, target=target, stale_record=stale):
         return _finish_dicom(source, target, result, volume, written, scrubber=scrubber, key_note=key_note,
                              named=named, mask_path=mask_path, labels_path=labels_path, sidecar_file=sidecar_file,
                              force=force)

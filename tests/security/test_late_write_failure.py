@@ -93,3 +93,34 @@ def test_a_real_full_disk_at_the_sidecar(tmp_path: Path, phantom: tuple[Path, Pa
         assert os.listdir(disk) == []
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+@pytest.mark.parametrize("kind", ["nifti", "dicom"])
+def test_under_force_the_earlier_record_does_not_stay_beside_the_new_output(
+        tmp_path: Path, phantom: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], kind: str) -> None:
+    """Before: ``--force`` over an earlier output, the sidecar write failing, left the new image beside the OLD
+    sidecar (its checksum and options described the replaced image), after "no half-written output was left"."""
+    import defacer.route
+
+    if kind == "nifti":
+        scan, labels = phantom
+        out = tmp_path / "d.nii.gz"
+    else:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "batch"))
+        from batch_fixtures import write_dicom_phantom
+
+        scan, labels = tmp_path / "series", tmp_path / "series.labels.nii.gz"
+        write_dicom_phantom(scan, labels, voxel_size=6.0)
+        out = tmp_path / "defaced"
+    record = tmp_path / (out.name.removesuffix(".nii.gz") + ".defacer.json")
+    assert main(["deface", str(scan), str(out), "--labels", str(labels)]) == 0
+    assert record.is_file()
+    capsys.readouterr()
+    monkeypatch.setattr(defacer.route, "write_provenance", _full_disk)
+    assert main(["deface", str(scan), str(out), "--labels", str(labels), "--force"]) == 1
+    err = capsys.readouterr().err
+    assert os.path.exists(out), "the replaced output cannot be restored: the new one is left"
+    assert not record.exists(), "the earlier record no longer describes the output: removed"
+    assert "the disk is full" in err
+    assert f"its earlier record '{record.name}'" in err and "was removed" in err, err
