@@ -658,3 +658,29 @@ def test_a_volume_above_the_voxel_limit_is_refused_in_the_pages_words(client: Te
     message = response.json()["error"]
     assert "1,000,000,000 voxels" in message and "defacer deface IN OUT --max-voxels N" in message
     assert "max_voxels=" not in message
+
+
+def test_an_uncompressed_mgh_named_mgz_is_read_as_mgh_and_told(client: TestClient, phantom_files: PhantomFiles,
+                                                               tmp_path: Path) -> None:
+    """Before: refused at upload as "binary data of an unknown kind" (the CLI names the mismatch and says to rename
+    it). Now read as the MGH it is, told in the load and detection warnings, downloaded as .mgh."""
+    import nibabel as nib
+
+    from defacer.io import load_volume
+
+    mgz = nib.load(str(phantom_files.mgz))
+    plain = tmp_path / "head.mgz"  # uncompressed bytes under a .mgz name
+    plain.write_bytes(nib.MGHImage(np.asarray(mgz.dataobj), mgz.affine).to_bytes())
+    assert plain.read_bytes()[:2] != b"\x1f\x8b"
+    session = upload_and_detect(client, phantom_files, scan=plain)
+    info = client.post(f"/api/sessions/{session}/load").json()
+    assert info["format"] == "mgh"
+    assert "named '.mgz' but is not gzip-compressed" in info["warnings"][0], info
+    detected = client.post(f"/api/sessions/{session}/detect").json()
+    assert any("named '.mgz'" in w for w in detected["warnings"]), detected
+    job = run_job(client, session)
+    assert job["state"] == "done", job
+    scan = client.get(f"/api/sessions/{session}/download/scan")
+    assert scan.headers["content-disposition"].endswith('head_defaced.mgh"')
+    (tmp_path / "out.mgh").write_bytes(scan.content)
+    assert load_volume(tmp_path / "out.mgh").shape == (100, 120, 120)

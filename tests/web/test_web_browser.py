@@ -417,3 +417,20 @@ def test_the_retry_box_is_ticked_by_default_reaches_the_request_and_the_retry_is
         shot(page, "11-not-retried.png")
         context.close()
     assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+def test_an_uncompressed_mgh_named_mgz_is_read_and_the_page_says_so(page: Any, phantom_files: PhantomFiles,
+                                                                    tmp_path: Path) -> None:
+    """Before: "This file is not a supported scan: it looks like binary data of an unknown kind"."""
+    import nibabel as nib
+    from playwright.sync_api import expect
+
+    mgz = nib.load(str(phantom_files.mgz))
+    plain = tmp_path / "head.mgz"
+    plain.write_bytes(nib.MGHImage(np.asarray(mgz.dataobj), mgz.affine).to_bytes())
+    page.set_input_files("#scan-input", str(plain))
+    page.set_input_files("#labels-input", str(phantom_files.labels))
+    page.locator("#upload-button").click()
+    expect(page.locator("#detect-warnings")).to_contain_text("named '.mgz' but is not gzip-compressed",
+                                                             timeout=TIMEOUT_MS)
+    expect(page.locator("#error")).to_be_hidden()

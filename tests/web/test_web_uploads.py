@@ -37,6 +37,7 @@ def mgh_header() -> bytes:
     (gzip.compress(nifti1_header() + b"\0" * 1000)[:SNIFF_BYTES], "no-extension", "nifti-gz"),
     (gzip.compress(mgh_header())[:SNIFF_BYTES], "brain.mgz", "mgz"),
     (mgh_header(), "brain.mgh", "mgh"),
+    (mgh_header(), "brain.mgz", "mgh"),  # uncompressed under a .mgz name: read as what it is (the load warns)
     (b"NRRD0004\ntype: short\n", "scan.nrrd", "nrrd"),
     (b"NRRD0004\ntype: short\n", "scan.nhdr", "nhdr"),  # a detached header: its data file comes with it
     (b"NRRD0004\ntype: short\ndata file: scan.raw.gz\n", "scan.nrrd", "nhdr"),  # detached, whatever its name

@@ -123,8 +123,8 @@ def sniff(head: bytes, display_name: str = "") -> str:
         )
     if _is_nifti_header(head) and (len(head) < 348 or head[344:347] in (b"n+1", b"n+2", b"ni1", b"ni2")):
         return "nifti"
-    if _is_mgh_header(head) and name.endswith(".mgh"):
-        return "mgh"
+    if _is_mgh_header(head) and name.endswith((".mgh", ".mgz", ".mgh.gz")):
+        return "mgh"  # named .mgz yet not compressed: read as what it is (the load warns; see misnamed_note)
     if name.endswith(".dcm") and head[:2] in (b"\x08\x00", b"\x02\x00"):
         return "dicom"  # DICOM without the 128-byte preamble
     raise UnsupportedUpload(
@@ -132,6 +132,21 @@ def sniff(head: bytes, display_name: str = "") -> str:
         f"Expected {ACCEPTED_TEXT}. If it is a scan in another format, convert it first (e.g. with dcm2niix or "
         "3D Slicer)."
     )
+
+
+def misnamed_note(display_name: str, kind: str) -> str | None:
+    """A warning for an upload whose name claims another compression than its bytes (an uncompressed MGH named
+    ``.mgz``, a plain NIfTI named ``.nii.gz``, or the reverse), or ``None``.  The page reads it as what it is (the
+    command line refuses it and says to rename it); the user should know why the download's ending differs."""
+    name = display_name.lower()
+    endings = {"mgh": (".mgz", ".mgh.gz"), "nifti": (".nii.gz",), "mgz": (".mgh",), "nifti-gz": (".nii",)}
+    claimed = next((ending for ending in endings.get(kind, ()) if name.endswith(ending)), None)
+    if claimed is None:
+        return None
+    packed = kind in ("mgz", "nifti-gz")
+    real = {"mgh": ".mgh", "nifti": ".nii", "mgz": ".mgz", "nifti-gz": ".nii.gz"}[kind]
+    return (f"The file is named '{claimed}' but is {'' if packed else 'not '}gzip-compressed: it was read as a "
+            f"{real} file and the defaced scan downloads as {real}. (The command line asks to rename it to {real}.)")
 
 
 #: Beginnings of common files that are not scans, named in words for the error message.

@@ -42,6 +42,7 @@ from defacer.web.uploads import (
     check_nrrd_upload,
     extract_zip,
     human_bytes,
+    misnamed_note,
     prepare_nhdr_upload,
     sniff,
 )
@@ -353,6 +354,8 @@ def load_scan(session: Session, settings: WebSettings) -> dict[str, Any]:
             "labels_uploaded": label_detector is not None,
             "warnings": input_warnings(volume),
         }
+        if len(session.scan_files) == 1 and (note := misnamed_note(first.display_name, kind)) is not None:
+            info["warnings"].insert(0, note)
         session.state.update(volume=volume, kind=kind, info=info, label_detector=label_detector, source=source)
         log.info("work area %s…: scan loaded (%s, %d file(s))", session.id[:6], volume.format, len(session.scan_files))
         return info
@@ -427,7 +430,7 @@ def detect(session: Session, default_detector: Callable[[], Detector]) -> dict[s
         labels = reorientation.from_ras(labels_ras)
         save_label_map(labels, volume, session.path("view", "labels.nii.gz"), force=True)
         features = _feature_summary(labels, volume)
-        warnings = input_warnings(volume) + [f"No {name} found: nothing will be distorted for them."
+        warnings = list(session.state["info"]["warnings"]) + [f"No {name} found: nothing will be distorted for them."
                                              for name, f in features.items() if f["voxels"] == 0]
         shown = (f"the uploaded label map {session.label_files[0].display_name}" if session.label_files
                  else detector.name)
