@@ -36,6 +36,21 @@ def _rescaled(volume: Volume, top: float = 1.0) -> Volume:
     return Volume(scaled.astype(np.float32), volume.affine, 1.0, 0.0, volume.format)
 
 
+def _defaced_as_in_hu(hu: Volume, before, scaled: Volume, result, labels: np.ndarray) -> None:
+    """The rescaled scan's defacing against the HU scan's: the same head, each feature changed at least 0.8x as much
+    (and the HU one more than 0.1), no changed voxel in the HU scan's protected region."""
+    depth, head, reorientation, _ = before._protection
+    ratio = float(result._protection[1].sealed_coarse.sum()) / float(head.sealed_coarse.sum())
+    assert 0.98 < ratio < 1.02
+    for label in FEATURES:
+        stored = float(changed_mask(hu.raw, before.volume.raw)[labels == label].mean())
+        done = float(changed_mask(scaled.raw, result.volume.raw)[labels == label].mean())
+        assert stored > 0.1 and done >= 0.8 * stored, label
+    changed_at = reorientation.indices_to_ras(changed_indices(scaled.raw, result.volume.raw))
+    check = check_protection_at(changed_at, head, depth, reorientation.ras_spacing, DefaceOptions().protect_depth_mm)
+    assert check.changed_voxels > 0 and check.changed_inside_protected == 0
+
+
 def _round_field(radius: float, shape: tuple[int, int, int], axis: int) -> np.ndarray:
     """True inside a cylinder of ``radius`` voxels along ``axis``, centred on the grid."""
     plane = [n for i, n in enumerate(shape) if i != axis]
@@ -92,16 +107,7 @@ def test_a_ct_rescaled_out_of_hu_keeps_its_head_and_is_defaced(ct_in_a_round_fie
     detector = TruthDetector(phantom.labels)
     before = deface(hu, detector)
     result = deface(scaled, detector)
-    depth, head, reorientation, _ = before._protection
-    ratio = float(result._protection[1].sealed_coarse.sum()) / float(head.sealed_coarse.sum())
-    assert 0.98 < ratio < 1.02
-    for label in FEATURES:
-        stored = float(changed_mask(hu.raw, before.volume.raw)[phantom.labels == label].mean())
-        done = float(changed_mask(scaled.raw, result.volume.raw)[phantom.labels == label].mean())
-        assert stored > 0.1 and done >= 0.8 * stored, label
-    changed_at = reorientation.indices_to_ras(changed_indices(scaled.raw, result.volume.raw))
-    check = check_protection_at(changed_at, head, depth, reorientation.ras_spacing, DefaceOptions().protect_depth_mm)
-    assert check.changed_voxels > 0 and check.changed_inside_protected == 0
+    _defaced_as_in_hu(hu, before, scaled, result, phantom.labels)
     assert not (changed_mask(scaled.raw, result.volume.raw) & phantom.brain).any()
 
 
@@ -122,16 +128,7 @@ def test_the_ge_ct_rescaled_out_of_hu_is_defaced_as_in_hu(shared_data, top):
     before = deface(volume, detector)
     scaled = _rescaled(volume, top)
     result = deface(scaled, detector)
-    depth, head, _, _ = before._protection
-    ratio = float(result._protection[1].sealed_coarse.sum()) / float(head.sealed_coarse.sum())
-    assert 0.98 < ratio < 1.02
-    for label in FEATURES:
-        stored = float(changed_mask(volume.raw, before.volume.raw)[labels == label].mean())
-        done = float(changed_mask(scaled.raw, result.volume.raw)[labels == label].mean())
-        assert stored > 0.1 and done >= 0.8 * stored, label
-    changed_at = reorientation.indices_to_ras(changed_indices(scaled.raw, result.volume.raw))
-    check = check_protection_at(changed_at, head, depth, reorientation.ras_spacing, DefaceOptions().protect_depth_mm)
-    assert check.changed_voxels > 0 and check.changed_inside_protected == 0
+    _defaced_as_in_hu(volume, before, scaled, result, labels)
 
 
 def test_slices_of_padding_only_at_the_ends_do_not_hide_the_field(ct_in_a_round_field):
