@@ -166,3 +166,33 @@ def test_of_other_files_differing_only_in_case_only_the_first_is_carried(tmp_pat
     assert (out / "notes/a.txt").read_bytes() == b"a"
     assert "'readme' is not carried to the output: on a case-insensitive disk" in caplog.text
     assert "same file as 'README'" in caplog.text
+
+
+def _copy_with_record(input_path: Path, output_path: Path, **_: object) -> dict[str, object]:
+    """:func:`_copy` that also writes the provenance record beside the output, as the pipeline does."""
+    from defacer.provenance import sidecar_path
+
+    _copy(input_path, output_path)
+    sidecar_path(Path(output_path)).write_text('{"record": "of this run"}')
+    return {"stand_in": True}
+
+
+def test_an_other_file_named_as_a_scans_record_is_not_carried(tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """Before: ``a.defacer.json`` in IN (an earlier record) was carried, then replaced by the scan's record, and each
+    rerun copied it back over that record (and the scan was defaced again); ``A.defacer.json`` was carried beside
+    it, on a case-insensitive disk the same file."""
+    src = tmp_path / "in"
+    _write(src, "a.nii.gz", b"scan")
+    _write(src, "a.defacer.json", b'{"note": "an earlier record"}')
+    _write(src, "A.defacer.json", b'{"note": "another spelling"}')
+    _write(src, "notes.json", b'{"note": "carried"}')
+    out = tmp_path / "out"
+    for _ in range(2):
+        summary = run_batch(BatchConfig(in_root=src, out_root=out, quiet=True), deface=_copy_with_record)
+        assert summary.exit_code == 0
+        assert sorted(p.name for p in out.iterdir() if p.name != ".defacer") == \
+            ["a.defacer.json", "a.nii.gz", "notes.json"]
+        assert (out / "a.defacer.json").read_text() == '{"record": "of this run"}'
+    assert {r.key: r.status for r in summary.records} == {"a.nii.gz": "skipped"}, "the rerun has nothing to do"
+    assert "'A.defacer.json' is not carried to the output: defacing 'a.nii.gz' writes" in caplog.text

@@ -484,13 +484,17 @@ def defaced_sidecar(scan: Scan, layout: OutputLayout, features: Iterable[str], s
     return data
 
 
-def _carried(layout: OutputLayout, relpaths: Iterable[PurePosixPath], mode: str, *,
-             warn: bool = False) -> list[tuple[Path, Path]]:
+def _carried(layout: OutputLayout, relpaths: Iterable[PurePosixPath], mode: str, *, warn: bool = False,
+             scans: Iterable[Scan] = ()) -> list[tuple[Path, Path]]:
     """(source in IN, target in OUT) of each non-image file :func:`carry_over` handles.
 
     Of files whose paths differ only in letter case or Unicode form (``README`` and ``readme``): one file on a
     case-insensitive disk (macOS, Windows, exFAT), where each copy replaced the other's, only the first in name order
     is carried (``warn``: the others are named in a warning).
+
+    A file whose target is one a scan of ``scans`` writes (``a.defacer.json`` beside ``a.nii.gz``: an earlier
+    provenance record; also ``A.defacer.json``, the same file on a case-insensitive disk) is not carried: the
+    scan's own record replaced the copy, and each rerun copied it back over that record and defaced the scan again.
     """
     if mode not in OTHERS_MODES:
         raise ValueError(f"Unknown mode for non-image files {mode!r}: expected one of {', '.join(OTHERS_MODES)}.")
@@ -498,8 +502,16 @@ def _carried(layout: OutputLayout, relpaths: Iterable[PurePosixPath], mode: str,
         return []
     carried: list[tuple[Path, Path]] = []
     first: dict[str, PurePosixPath] = {}
+    written = {folded_name(target): scan for scan in scans for target in layout.scan_targets(scan)}
     for rel in sorted(relpaths):
         if rel.name in ("dataset_description.json", ".bidsignore") and len(rel.parts) == 1 and layout.bids:
+            continue
+        scan = written.get(folded_name(layout.out_root / rel))
+        if scan is not None:
+            if warn:
+                log.warning("'%s' is not carried to the output: defacing '%s' writes a file of that name there (on a "
+                            "case-insensitive disk, letter case aside), its own record. Rename it in IN if OUT should "
+                            "hold it too.", rel.as_posix(), scan.key)
             continue
         earlier = first.setdefault(folded_name(rel), rel)
         if earlier != rel:
@@ -513,10 +525,11 @@ def _carried(layout: OutputLayout, relpaths: Iterable[PurePosixPath], mode: str,
 
 
 def carry_over_targets(layout: OutputLayout, relpaths: Iterable[PurePosixPath], mode: str, *,
-                       clean_tables: bool = False, profile: DeidOptions | None = None) -> list[Path]:
+                       clean_tables: bool = False, profile: DeidOptions | None = None,
+                       scans: Iterable[Scan] = ()) -> list[Path]:
     """The files in OUT that :func:`carry_over` would write now (those not already there)."""
     targets = []
-    for source, target in _carried(layout, relpaths, mode):
+    for source, target in _carried(layout, relpaths, mode, scans=scans):
         try:
             if _deidentified(source, clean_tables, profile):
                 there = _deidentified_text(source, profile)[0] == _copy_text(source, target)
@@ -530,7 +543,8 @@ def carry_over_targets(layout: OutputLayout, relpaths: Iterable[PurePosixPath], 
 
 
 def carry_over(layout: OutputLayout, relpaths: Iterable[PurePosixPath], mode: str, *,
-               clean_tables: bool = False, profile: DeidOptions | None = None) -> tuple[int, int]:
+               clean_tables: bool = False, profile: DeidOptions | None = None,
+               scans: Iterable[Scan] = ()) -> tuple[int, int]:
     """Copy, hard-link or symlink non-image files from IN to the same place in OUT.
 
     A file already in OUT with the same size (copy, hardlink) or pointing at the same
@@ -555,7 +569,7 @@ def carry_over(layout: OutputLayout, relpaths: Iterable[PurePosixPath], mode: st
         Files written now, and files already present.
     """
     done = kept = 0
-    for source, target in _carried(layout, relpaths, mode, warn=True):
+    for source, target in _carried(layout, relpaths, mode, warn=True, scans=scans):
         if _deidentified(source, clean_tables, profile):
             written = _carry_deidentified(source, target, profile)
             done, kept = done + (written is True), kept + (written is False)

@@ -509,7 +509,8 @@ def _targets(config: BatchConfig, discovery: Discovery, layout: OutputLayout) ->
     refused = folded_clashes(layout, discovery.scans)
     return [*(target for scan in discovery.scans if scan.key not in refused for target in layout.scan_targets(scan)),
             *carry_over_targets(layout, discovery.others, _others_mode(config, discovery),
-                                clean_tables=config.deidentify is not None, profile=_profile(config)),
+                                clean_tables=config.deidentify is not None, profile=_profile(config),
+                                scans=discovery.scans),
             *dataset_targets(layout)]
 
 
@@ -634,7 +635,7 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
                         "copy to carry them as they are.", len(discovery.others))
         with collected_warnings("defacer.batch.layout") as carried:
             carry_over(layout, discovery.others, _others_mode(config, discovery),
-                       clean_tables=config.deidentify is not None, profile=_profile(config))
+                       clean_tables=config.deidentify is not None, profile=_profile(config), scans=discovery.scans)
             write_dataset_files(layout)
         notices = [*notices, *carried]
         tasks, skipped = plan(config, discovery, layout, manifest, deface)
