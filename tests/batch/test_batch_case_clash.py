@@ -196,3 +196,22 @@ def test_an_other_file_named_as_a_scans_record_is_not_carried(tmp_path: Path,
         assert (out / "a.defacer.json").read_text() == '{"record": "of this run"}'
     assert {r.key: r.status for r in summary.records} == {"a.nii.gz": "skipped"}, "the rerun has nothing to do"
     assert "'A.defacer.json' is not carried to the output: defacing 'a.nii.gz' writes" in caplog.text
+
+
+def test_an_include_run_of_the_later_scan_of_a_clash_is_refused_where_the_first_was_written(tmp_path: Path) -> None:
+    """Before: ``--include`` selecting only ``sub-01`` (the later of ``SUB-01``/``sub-01``) wrote it beside the
+    ``SUB-01`` output of the earlier run: on a case-insensitive disk it replaced that one."""
+    src = tmp_path / "in"
+    _write(src, "SUB-01.nii.gz", b"first")
+    _write(src, "sub-01.nii.gz", b"second")
+    out = tmp_path / "out"
+    first = run_batch(BatchConfig(in_root=src, out_root=out, quiet=True, include=["SUB-*"]), deface=_copy)
+    assert {r.key: r.status for r in first.records} == {"SUB-01.nii.gz": DONE}
+    later = run_batch(BatchConfig(in_root=src, out_root=out, quiet=True, include=["sub-*"]), deface=_copy)
+    assert {r.key: r.status for r in later.records} == {"sub-01.nii.gz": FAILED}
+    assert "differ only in letter case" in (later.records[0].error or "")
+    assert not (out / "sub-01.nii.gz").exists() and (out / "SUB-01.nii.gz").read_bytes() == b"first"
+    # into another folder (the refusal's own advice) it runs
+    apart = run_batch(BatchConfig(in_root=src, out_root=tmp_path / "apart", quiet=True, include=["sub-*"]),
+                      deface=_copy)
+    assert {r.key: r.status for r in apart.records} == {"sub-01.nii.gz": DONE}

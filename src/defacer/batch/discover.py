@@ -123,6 +123,9 @@ class Discovery:
         scan, a scan's sidecar or companion, an excluded scan, or under a skipped folder.
     excluded : list of PurePosixPath
         Scans the filters removed (neither defaced nor copied).
+    excluded_scans : list of Scan
+        The same scans, sorted by key: a case clash with one of them is refused as with a scan of this run
+        (:func:`defacer.batch.layout.folded_clashes`), whichever ``--include`` selects.
     """
 
     root: Path
@@ -130,6 +133,7 @@ class Discovery:
     scans: list[Scan]
     others: list[PurePosixPath]
     excluded: list[PurePosixPath]
+    excluded_scans: list[Scan] = field(default_factory=list)
 
 
 def image_stem(name: str) -> str:
@@ -453,7 +457,8 @@ def discover(
     found = candidates
     candidates, _ = _without_label_maps(found)
     scans = [scan for scan in candidates if _selected(scan, include, exclude)]
-    excluded = [scan.relpath for scan in candidates if not _selected(scan, include, exclude)]
+    left_out = sorted((scan for scan in candidates if not _selected(scan, include, exclude)), key=lambda s: s.key)
+    excluded = [scan.relpath for scan in left_out]
     claimed: set[PurePosixPath] = set()
     for scan in found:  # a label map's detached data file and sidecar are its own: not carried either
         if scan.kind == "dicom":
@@ -469,7 +474,8 @@ def discover(
     others = [rel for rel in listed if rel not in claimed and stays_inside(base / rel, base, log=log, outcome=NOT_CARRIED)]
     scans.sort(key=lambda s: s.key)
     _warn_of_folded_names([scan.relpath for scan in scans] + others)
-    return Discovery(root=base, layout=kind, scans=scans, others=sorted(others), excluded=sorted(excluded))
+    return Discovery(root=base, layout=kind, scans=scans, others=sorted(others), excluded=sorted(excluded),
+                     excluded_scans=left_out)
 
 
 def _warn_of_folded_names(relpaths: Iterable[PurePosixPath]) -> None:

@@ -169,17 +169,26 @@ def folded_name(path: Path | PurePosixPath) -> str:
     return unicodedata.normalize("NFC", str(path)).casefold()
 
 
-def folded_clashes(layout: OutputLayout, scans: Iterable[Scan]) -> dict[str, tuple[str, Path]]:
+def folded_clashes(layout: OutputLayout, scans: Iterable[Scan],
+                   excluded: Iterable[Scan] = ()) -> dict[str, tuple[str, Path]]:
     """``{scan key: (earlier scan key, path in OUT)}`` for each scan that, on a case-insensitive disk, would write
     over a file or folder of an earlier scan (in key order) though their names differ: ``SUB-01/anat/...`` and
     ``sub-01/anat/...`` with the same file name, ``sub-01_T1W`` and ``sub-01_T1w``, a name in its two Unicode forms,
     or a DICOM series folder ``A`` where another scan writes inside ``a/``.  Folders merely shared (``SUB-01/`` and
     ``sub-01/`` holding different files) are no clash.  Exact clashes are :func:`target_clashes`' (the run is refused).
+
+    ``excluded``: the scans ``--include``/``--exclude`` left out of this run.  Those whose output is in OUT already
+    (written by another run) take their place in the key order as claimants (never reported): a run selecting only
+    ``sub-01`` into an OUT holding ``SUB-01``'s output is refused as the whole run is (on a case-insensitive disk the
+    same file); into another folder it runs.
     """
     files: dict[str, tuple[str, Path]] = {}    # folded target -> (first scan, exact target)
     folders: dict[str, tuple[str, Path]] = {}  # folded folder above a target, inside OUT -> (first scan, exact)
     clashes: dict[str, tuple[str, Path]] = {}
-    for scan in scans:
+    selected = list(scans)
+    left_out = [scan for scan in excluded if any(os.path.lexists(path) for path in layout.scan_targets(scan))]
+    chosen = {id(scan) for scan in selected}
+    for scan in sorted([*selected, *left_out], key=lambda s: s.key) if left_out else selected:
         targets = list(dict.fromkeys(layout.scan_targets(scan)))
         above = [folder for target in targets for folder in target.parents
                  if folder != layout.out_root and folder.is_relative_to(layout.out_root)]
@@ -194,7 +203,8 @@ def folded_clashes(layout: OutputLayout, scans: Iterable[Scan]) -> dict[str, tup
             if hit:
                 break
         if hit:
-            clashes[scan.key] = hit
+            if id(scan) in chosen:
+                clashes[scan.key] = hit
             continue  # nothing is written for it: its names do not shadow later scans
         for target in targets:
             files.setdefault(folded_name(target), (scan.key, target))

@@ -387,7 +387,7 @@ def _folded_refusals(layout: OutputLayout, discovery: Discovery) -> dict[str, st
     order of each such group is defaced, the others are recorded as failed with this reason.  Refused on every disk:
     an OUT written on a case-sensitive one holds the same clash once copied to such a disk."""
     refusals = {}
-    for key, (first, path) in folded_clashes(layout, discovery.scans).items():
+    for key, (first, path) in folded_clashes(layout, discovery.scans, discovery.excluded_scans).items():
         where = path.relative_to(layout.out_root).as_posix() if path.is_relative_to(layout.out_root) else path.name
         refusals[key] = (
             f"'{key}' and '{first}' differ only in letter case (or Unicode form): on a case-insensitive disk "
@@ -506,7 +506,7 @@ def holds_dicom_series(discovery: Discovery) -> bool:
 def _targets(config: BatchConfig, discovery: Discovery, layout: OutputLayout) -> list[Path]:
     """Every file (or DICOM series folder) in OUT the run may write: what :class:`~defacer.batch.ownership.OwnershipRecord` checks
     (not those of scans refused for a case-insensitive clash: they write nothing)."""
-    refused = folded_clashes(layout, discovery.scans)
+    refused = folded_clashes(layout, discovery.scans, discovery.excluded_scans)
     return [*(target for scan in discovery.scans if scan.key not in refused for target in layout.scan_targets(scan)),
             *carry_over_targets(layout, discovery.others, _others_mode(config, discovery),
                                 clean_tables=config.deidentify is not None, profile=_profile(config),
@@ -520,7 +520,7 @@ def _qc_targets(discovery: Discovery, layout: OutputLayout) -> list[Path]:
     from defacer.verify.qc import GALLERY_NAME, README_NAME, report_targets
 
     targets = [layout.qc_dir / README_NAME, layout.qc_dir / GALLERY_NAME]
-    refused = folded_clashes(layout, discovery.scans)
+    refused = folded_clashes(layout, discovery.scans, discovery.excluded_scans)
     for scan in discovery.scans:
         if scan.key in refused:
             continue
