@@ -511,10 +511,7 @@ def test_a_network_ear_where_no_ear_lies_stays_when_the_image_shows_no_auricle_a
     image[made.labels == Label.EARS] = 0.0
     affine = made.volume.affine
     network = np.where(made.labels == Label.EARS, 0, made.labels).astype(np.uint8)
-    inv = np.linalg.inv(affine)
-    j, k = np.rint(inv[:3, :3] @ [0.0, 38.0, -6.0] + inv[:3, 3]).astype(int)[1:]
-    skin = int(np.flatnonzero(image[:, j, k] > 0.5 * float(np.percentile(image, 99)))[-1])
-    cheek = (slice(skin - 3, skin + 1), slice(j - 2, j + 2), slice(k - 2, k + 2))
+    cheek = _skin_piece(image, affine, 38.0, -6.0, (-3, 1), (-2, 2))
     network[cheek] = Label.EARS
     out, sources = add_missing_ears(image, affine, network, EYES, refine=False)
     assert sources["right"] == "network"
