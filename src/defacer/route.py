@@ -241,6 +241,7 @@ def _deface_file(source: Path, target: Path, *, options: DefaceOptions, detector
                                       "wall_s": round(time.perf_counter() - start, 4)})
         if sidecar:
             write_provenance(provenance, sidecar_path(target))
+        _drop_stale_record(stale, sidecar)
     return Defaced(provenance, written, result)
 
 
@@ -250,11 +251,29 @@ def _not_there(paths: Sequence[Path]) -> list[Path]:
 
 
 def _stale_record(target: Path, sidecar: bool) -> Path | None:
-    """The sidecar of an earlier output at ``target`` (about to be replaced under ``--force``), or ``None``."""
+    """The sidecar of an earlier output at ``target`` (about to be replaced under ``--force``), or ``None``.
+
+    With ``sidecar`` off, only a record that describes that output (a JSON object whose ``output.path`` is its
+    name, or ``<output>``): a user's own file so named is not defacer's to remove."""
     record = sidecar_path(target)
-    if sidecar and os.path.lexists(target) and record.is_file() and not record.is_symlink():
+    if not (os.path.lexists(target) and record.is_file() and not record.is_symlink()):
+        return None
+    if sidecar:
         return record
-    return None
+    import json
+
+    try:
+        described = json.loads(record.read_text(encoding="utf-8")).get("output", {}).get("path")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return record if described in (target.name, "<output>") else None
+
+
+def _drop_stale_record(stale: Path | None, sidecar: bool) -> None:
+    """Without a sidecar of its own, an output written under ``--force`` over an earlier one removes that one's
+    record: left, it described the replaced image (its checksum, options, features) beside the new one."""
+    if stale is not None and not sidecar:
+        stale.unlink(missing_ok=True)  # an error here: _removed_on_failure tries again and says what is left
 
 
 @contextlib.contextmanager
@@ -320,9 +339,11 @@ def _deface_dicom(source: Path, target: Path, *, options: DefaceOptions, scrubbe
     stale = _stale_record(target, sidecar)
     written = write_dicom_volume(result.volume, target, force=force, deid=scrubber)
     with _removed_on_failure(new_files, target=target, stale_record=stale):
-        return _finish_dicom(source, target, result, volume, written, scrubber=scrubber, key_note=key_note,
+        done = _finish_dicom(source, target, result, volume, written, scrubber=scrubber, key_note=key_note,
                              named=named, mask_path=mask_path, labels_path=labels_path, sidecar_file=sidecar_file,
                              force=force)
+        _drop_stale_record(stale, sidecar)
+    return done
 
 
 def _finish_dicom(source: Path, target: Path, result: Any, volume: Any, written: list[Path], *,

@@ -124,3 +124,35 @@ def test_under_force_the_earlier_record_does_not_stay_beside_the_new_output(
     assert not record.exists(), "the earlier record no longer describes the output: removed"
     assert "the disk is full" in err
     assert f"its earlier record '{record.name}'" in err and "was removed" in err, err
+
+
+@pytest.mark.parametrize("kind", ["nifti", "dicom"])
+def test_the_api_without_a_sidecar_under_force_removes_the_earlier_record(tmp_path: Path,
+                                                                          phantom: tuple[Path, Path],
+                                                                          kind: str) -> None:
+    """Before: ``deface_path(..., sidecar=False, force=True)`` over an earlier output left the earlier run's
+    sidecar beside the new image (its checksum and options described the replaced one); the CLI, which always
+    writes one, replaced it. A file so named that describes another output is the user's and stays."""
+    from defacer.provenance import sha256_of
+    from defacer.route import deface_path
+
+    if kind == "nifti":
+        scan, labels = phantom
+        out = tmp_path / "d.nii.gz"
+    else:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "batch"))
+        from batch_fixtures import write_dicom_phantom
+
+        scan, labels = tmp_path / "series", tmp_path / "series.labels.nii.gz"
+        write_dicom_phantom(scan, labels, voxel_size=6.0)
+        out = tmp_path / "defaced"
+    record = tmp_path / (out.name.removesuffix(".nii.gz") + ".defacer.json")
+    deface_path(scan, out, labels_path=labels)
+    assert record.is_file()
+    deface_path(scan, out, labels_path=labels, sidecar=False, force=True)
+    assert os.path.exists(out) and sha256_of(out)
+    assert not record.exists(), "the earlier record described the replaced output"
+    # a user's file under that name, describing something else, is not defacer's to remove
+    record.write_text('{"output": {"path": "another.nii.gz"}}\n')
+    deface_path(scan, out, labels_path=labels, sidecar=False, force=True)
+    assert record.read_text() == '{"output": {"path": "another.nii.gz"}}\n'
