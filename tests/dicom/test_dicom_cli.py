@@ -216,3 +216,30 @@ def test_anonymize_flags_reach_the_profile_options(tmp_path, capsys):
     assert [i.CodeValue for i in ds.DeidentificationMethodCodeSequence] == ["113100", "113110", "113108", "113107"]
     assert main(["anonymize", str(corpus.folder), str(tmp_path / "x"), "--retain-full-dates",
                  "--retain-shifted-dates"]) == 2
+
+
+def test_a_label_map_follows_its_series_when_the_series_is_moved_or_renamed(phantom_series, tmp_path, capsys):
+    """HOSTILE9 leftover 2: a label map belongs to the scan's voxel grid, not to its folder or file names. A series
+    moved to another folder under another name, its files renamed, is defaced with its saved label map exactly as
+    before; a map of another series (another grid) is refused in words and nothing is written."""
+    import shutil
+
+    first, mask = tmp_path / "first", tmp_path / "mask.nii.gz"
+    assert main(["deface", str(phantom_series / "in"), str(first), "--labels",
+                 str(phantom_series / "labels.nii.gz"), "--save-mask", str(mask), "--key", KEY]) == 0
+    moved = tmp_path / "elsewhere" / "Renamed_Patient"
+    moved.mkdir(parents=True)
+    for index, dcm in enumerate(sorted((phantom_series / "in").iterdir())):  # reversed order, other names
+        shutil.copy(dcm, moved / f"slice{1000 - index}")
+    second = tmp_path / "second"
+    assert main(["deface", str(moved), str(second), "--labels", str(mask), "--key", KEY]) == 0
+    assert np.array_equal(read_dicom_volume(second).raw, read_dicom_volume(first).raw)
+    capsys.readouterr()
+    other = tmp_path / "other"
+    phantom = read_dicom_volume(phantom_series / "in")
+    write_series(other, phantom.raw[:, :, :-2].astype(np.int16), row_cos=(-1, 0, 0), col_cos=(0, -1, 0),
+                 spacing=(3.0, 3.0), origin=(0.0, 0.0, 0.0), step=(0, 0, 3.0))
+    code = main(["deface", str(other), str(tmp_path / "third"), "--labels", str(mask), "--key", KEY])
+    err = capsys.readouterr().err
+    assert code != 0 and "on the scan's own grid" in err and "Traceback" not in err, err
+    assert not (tmp_path / "third").exists() and not (tmp_path / "third.defacer.json").exists()
