@@ -18,15 +18,17 @@ psutil = pytest.importorskip("psutil")  # installed with defacer[batch] (distrib
 
 
 CLI = "import sys; from defacer.cli.main import main; sys.exit(main(sys.argv[1:]))"
+#: The console script itself (``defacer``, ``python -m defacer``): it turns SIGTERM and SIGHUP into an interrupt.
+ENTRY_POINT = "import sys; from defacer.cli.main import run; run(sys.argv[1:])"
 
 
-def _start(ds: Path, out: Path, labels: Path, *extra: str) -> subprocess.Popen[bytes]:
+def _start(ds: Path, out: Path, labels: Path, *extra: str, cli: str = CLI) -> subprocess.Popen[bytes]:
     # A shell starts background commands (``cmd &``) with SIGINT ignored, and an ignored signal is
     # inherited across exec: the batch would then never see Ctrl-C.  A handled signal is reset to
     # the default at exec, so the child gets Ctrl-C as on a terminal, however this run was started.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        return subprocess.Popen([sys.executable, "-c", CLI, "batch", str(ds), str(out), "--labels-dir", str(labels),
+        return subprocess.Popen([sys.executable, "-c", cli, "batch", str(ds), str(out), "--labels-dir", str(labels),
                                  "--quiet", *extra], start_new_session=True, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
     finally:
@@ -138,3 +140,46 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_finishes(tmp_path: Path, serial_refe
     _assert_outputs_whole(out, serial_reference)
     assert not list(out.rglob(".defacer-tmp-*")), "Ctrl-C removes in-flight temporaries"
     _resume_and_check(ds, out, labels, serial_reference)
+
+
+@pytest.mark.parametrize("engine", [[], ["--jobs", "2"]], ids=["serial", "processes"])
+def test_sigterm_mid_batch_the_summary_says_which_scans_finished(tmp_path: Path, serial_reference: Path,
+                                                                 engine: list[str],
+                                                                 bids_template: tuple[Path, Path, list[str]]) -> None:
+    """SIGTERM (``scancel``, ``docker stop``) to the batch process alone, mid-run. Before: OUT's summary.html counted
+    only the finished scans ("4 defaced, 0 failed, 4 scans"), as if they were the whole batch, and the console did
+    not say how many were left."""
+    import html
+    import re
+
+    ds, labels, relpaths = bids_template
+    for attempt in range(4):  # on a fast machine the small batch can finish before the signal lands: try again
+        out = tmp_path / f"out{attempt}"
+        proc = _start(ds, out, labels, *engine, cli=ENTRY_POINT)
+        _wait_for(lambda out=out: _done_count(out) >= 1, proc)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        proc.send_signal(signal.SIGTERM)  # the main process only, not its group
+        try:
+            _, stderr_bytes = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        if proc.returncode != 0:
+            break
+    else:
+        pytest.skip("the batch finished before SIGTERM arrived, four times")
+    stderr = stderr_bytes.decode()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    done = {r.key for r in Manifest(out / ".defacer" / "manifest.jsonl") if r.status == DONE}
+    assert 1 <= len(done) < 6
+    assert f"{len(done)} of the 6 scans to do finished; {6 - len(done)} not defaced" in stderr, stderr
+    page = html.unescape(re.sub(r"<[^>]+>", " ", (out / ".defacer" / "summary.html").read_text()))
+    assert f"Interrupted: {6 - len(done)} scan(s) not done" in page
+    for key in relpaths:
+        state = "done" if key in done else "not done"
+        assert re.search(re.escape(key) + r"\s+" + state + r"\s", page), (key, state)
+    _assert_outputs_whole(out, serial_reference)
+    assert not list(out.rglob(".defacer-tmp-*"))
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, "no worker outlives the batch"

@@ -647,11 +647,14 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
         progress = Progress(len(tasks), quiet=config.quiet, stream=stream)
 
         def on_result(record: ScanRecord) -> None:
-            manifest.append(record)
+            # Listed before it is recorded: a scan in the manifest is never reported "not done" by an interrupt
+            # landing between the two (one listed but not yet recorded is only done again by the rerun).
             records.append(record)
+            manifest.append(record)
             progress.advance(record)
 
         engine = engine_name(config)
+        not_done: list[str] = []  # the scans an interruption (Ctrl-C, SIGTERM) left undone, for the summary
         try:
             with progress:
                 if engine == "dask":
@@ -662,6 +665,12 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
                                           threads=_threads_per_worker(config.jobs))
                 else:
                     engines.run_serial(tasks, on_result)
+        except KeyboardInterrupt as err:
+            finished = {record.key for record in records}
+            not_done = [task.scan.key for task in tasks if task.scan.key not in finished]
+            err.add_note(f"{len(tasks) - len(not_done)} of the {len(tasks)} scans to do finished; "
+                         f"{len(not_done)} not defaced (nothing written for them)")
+            raise
         finally:
             remove_stale_temporaries(layout.out_root)  # from workers stopped mid-scan
             manifest.compact()
@@ -672,7 +681,7 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
             if not unchanged:
                 html_path = write_html(records, html_path, out_root=layout.out_root,
                                        title=f"defacer batch: {text_name(discovery.root.name)}", wall_s=wall_s,
-                                       qc_root=layout.qc_dir, notices=notices)
+                                       qc_root=layout.qc_dir, notices=notices, not_done=not_done)
             if config.verify and not (unchanged and (layout.qc_dir / "index.html").is_file()):
                 write_qc_gallery(records, layout.qc_dir, title=f"defacer QC: {text_name(discovery.root.name)}",
                                  after_only=config.qc_after_only)

@@ -347,13 +347,23 @@ def _notices_html(notices: Sequence[str]) -> str:
             f'<ul class="notices">{items}</ul>\n')
 
 
+def _not_done_html(not_done: Sequence[str]) -> str:
+    """The paragraph that says a run was interrupted, or nothing."""
+    if not not_done:
+        return ""
+    return (f"<p><strong>Interrupted: {len(not_done)} scan(s) not done</strong> (Ctrl-C or a termination signal "
+            "stopped the run before them; nothing written for them, listed last). Run the same command again to "
+            "resume: the finished scans are skipped.</p>\n")
+
+
 def write_html(records: Sequence[ScanRecord], path: Path, *, out_root: Path, title: str, wall_s: float,
-               qc_root: Path | None = None, notices: Sequence[str] = ()) -> Path:
+               qc_root: Path | None = None, notices: Sequence[str] = (), not_done: Sequence[str] = ()) -> Path:
     """Write an HTML page listing every scan: status, time, error, output and verify report links.
 
     Verification reports live in ``qc_root`` (``OUT-qc``, outside OUT); the page only links to them.
     ``notices`` (the warnings of listing IN and carrying its other files, :func:`collected_warnings`)
-    are listed above the scans.
+    are listed above the scans.  ``not_done``: the scans a run stopped by Ctrl-C or SIGTERM left undone, said
+    first and listed (the page once counted only the finished ones, as if they were the whole batch).
     """
     qc_root = qc_root if qc_root is not None else out_root.with_name(out_root.name + "-qc")
     counts = count(records)
@@ -376,11 +386,14 @@ def write_html(records: Sequence[ScanRecord], path: Path, *, out_root: Path, tit
             f"<td>{_link(report, path.parent, 'report')} <span class=\"{verdict}\">{verdict}</span></td>"
             f"<td>{html.escape('; '.join(m for m in (_features_line(record) if record.status in NOT_DEFACED else None, record.error, *record.warnings) if m))}</td></tr>"
         )
+    rows += [f'<tr class="not-done"><td>{html.escape(key)}</td><td>not done</td><td></td><td></td><td></td>'
+             "<td>the run was interrupted before this scan was defaced: nothing written for it</td></tr>"
+             for key in sorted(not_done)]
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}tr.failed,tr.verify-fail{{background:#fdd}}
-tr.nothing-found,tr.incomplete{{background:#ffd}}
+tr.nothing-found,tr.incomplete,tr.not-done{{background:#ffd}}
 tr.skipped{{color:#666}}.PASS,.FAIL,.INCONCLUSIVE{{padding:1px 6px;border-radius:3px;color:#fff;font-weight:700}}
 .PASS{{background:#1a7f37}}.FAIL{{background:#cf222e}}.INCONCLUSIVE{{background:#9a6700}}</style></head><body>
 <h1>{html.escape(title)}</h1>
@@ -392,7 +405,7 @@ nothing written for them), {counts.total} scans,
 {wall_s:.1f} s.</p>
 <p>Verification reports and pictures, when made, are in the QC folder beside this output
 ({html.escape(qc_root.name)}/), never in it: they show the original faces, so keep that folder private.</p>
-{_notices_html(notices)}<table><tr><th>scan</th><th>status</th><th>seconds</th><th>output</th><th>verify</th><th>error or warnings</th></tr>
+{_notices_html(notices)}{_not_done_html(not_done)}<table><tr><th>scan</th><th>status</th><th>seconds</th><th>output</th><th>verify</th><th>error or warnings</th></tr>
 {chr(10).join(rows)}
 </table></body></html>
 """

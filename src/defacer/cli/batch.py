@@ -19,6 +19,8 @@ from defacer.cli.options import (
 from defacer.cli.paths import text_path_argument
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from defacer.batch.runner import BatchConfig
 
 EPILOG = """\
@@ -113,8 +115,8 @@ def run(args: argparse.Namespace) -> int:
         if args.dry_run:
             return _print_plan(config)
         summary = run_batch(config)
-    except KeyboardInterrupt:
-        return _interrupted(args.output)
+    except KeyboardInterrupt as err:
+        return _interrupted(args.output, getattr(err, "__notes__", ()))
     except ValueError as err:
         if isinstance(err, DefacerError):
             raise
@@ -122,17 +124,21 @@ def run(args: argparse.Namespace) -> int:
     return summary.exit_code
 
 
-def _interrupted(output: str) -> int:
-    """Say how to go on after Ctrl-C (or SIGTERM) stopped a batch; the exit code 130."""
+def _interrupted(output: str, notes: Sequence[str] = ()) -> int:
+    """Say how to go on after Ctrl-C (or SIGTERM) stopped a batch; the exit code 130.  ``notes``: the runner's count
+    of the scans finished and not done, when it got that far."""
     import sys
     from pathlib import Path
 
     from defacer.cli.main import EXIT_INTERRUPTED
+    from defacer.errors import shown
 
-    manifest = Path(output) / ".defacer" / "manifest.jsonl"
-    print(f"defacer batch: interrupted; the scans in flight were stopped and their temporary files removed. The "
-          f"scans that finished are recorded in '{manifest}': run the same command again to resume (they are "
-          "skipped, the rest are defaced).", file=sys.stderr)
+    state = Path(output) / ".defacer"
+    counted = "".join(f" {note}." for note in notes)
+    listed = f" (listed in '{shown(state / 'summary.html')}')" if notes else ""
+    print(f"defacer batch: interrupted; the scans in flight were stopped and their temporary files removed.{counted} "
+          f"The scans that finished are recorded in '{shown(state / 'manifest.jsonl')}'{listed}: run the same command "
+          "again to resume (they are skipped, the rest are defaced).", file=sys.stderr)
     return EXIT_INTERRUPTED
 
 

@@ -183,6 +183,25 @@ def _run(args: argparse.Namespace, new_qc_dir: list[Path]) -> int:
     provenance = _deface_and_report(args, options, deidentify, is_dicom, mask_path, max_voxels, force=args.force)
     if not args.verify:
         return 0
+    try:
+        return _verify_until_done(args, options, deidentify, is_dicom, mask_path, max_voxels, provenance)
+    except KeyboardInterrupt as err:
+        _note_written(err, args, "but not verified: verify it with 'defacer verify', or deface again with --force "
+                      "--verify")
+        raise
+
+
+def _note_written(err: BaseException, args: argparse.Namespace, what_not: str) -> None:
+    """Say on an interrupt that came after the output was written that it is there, whole, and what it lacks
+    (``interrupted; no partial output was left behind`` read as if nothing had been written)."""
+    if not getattr(err, "__notes__", None):
+        err.add_note(f"'{args.output}' was written whole with its provenance record, {what_not}.")
+
+
+def _verify_until_done(args: argparse.Namespace, options: DefaceOptions, deidentify: Deidentification | None,
+                       is_dicom: bool, mask_path: Path | None, max_voxels: int | None,
+                       provenance: dict[str, Any]) -> int:
+    """Verify the output written; with ``--retry-stronger``, deface again more strongly while a face is found."""
     from defacer.verify.verdict import attempt_record, face_still_found
 
     attempts: list[dict[str, Any]] = []
@@ -221,7 +240,12 @@ def _deface_and_report(args: argparse.Namespace, options: DefaceOptions, deident
     provenance = defaced.provenance
     changed = provenance["voxels_changed"]
     if is_dicom:
-        _write_mapping(args, defaced, args.output, force=force)
+        try:
+            _write_mapping(args, defaced, args.output, force=force)
+        except KeyboardInterrupt as err:
+            if getattr(args, "mapping_file", None):
+                _note_written(err, args, "but not its --mapping-file: deface again with --force to write both")
+            raise
         print(f"Defaced DICOM series {shown(args.input)} -> {shown(args.output)} ({len(defaced.written)} files"
               + (", headers de-identified" if deidentify is not None else ", headers untouched") + ")")
         print("  voxels changed: " + ", ".join(f"{k} {v}" for k, v in changed.items()))

@@ -133,8 +133,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DefacerError as err:
         print(f"defacer {args.command}: error: {shown(err, lines=True)}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print(f"defacer {args.command}: interrupted; no partial output was left behind.", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        # What was already in place when the interrupt came (an output written, its verification not) is in the
+        # notes the steps added on the way out; without them nothing half-written was left.
+        notes = getattr(err, "__notes__", None)
+        print(f"defacer {args.command}: interrupted{_by_signal(err)}; "
+              + (" ".join(shown(note, lines=True) for note in notes) if notes
+                 else "no partial output was left behind."), file=sys.stderr)
         return EXIT_INTERRUPTED
     except MemoryError:
         print(f"defacer {args.command}: error: out of memory. Close other programs or use a machine with more memory.",
@@ -153,6 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except Exception as err:  # noqa: BLE001 - last resort: never a bare traceback for users
         return _unexpected(args, err)
+
+
+def _by_signal(err: KeyboardInterrupt) -> str:
+    """`` by SIGTERM`` when a termination signal (:func:`stop_on_termination`) stopped the run, else nothing."""
+    reason = str(err)
+    return f" by {reason.removeprefix('stopped by signal ')}" if reason.startswith("stopped by signal ") else ""
 
 
 class _ShownArguments(logging.Filter):
