@@ -671,3 +671,28 @@ def test_batch_never_writes_into_its_input_reached_under_another_name(bids_one, 
         assert main(["batch", str(ds), str(output), "--labels-dir", str(bids_one[1]), "-q"]) == 1
         assert "overlaps the input" in capsys.readouterr().err
     assert digest(ds) == before
+
+
+@pytest.mark.parametrize("case", ["mask", "mapping", "unicode"])
+def test_outputs_that_differ_only_in_letter_case_are_refused_on_any_disk(phantom_files, series, tmp_path, case,
+                                                                         capsys):
+    """HOSTILE10: two outputs of one run differing only in letter case (or Unicode form) are one file on macOS,
+    Windows or exFAT: '--save-mask OUT.nii.gz' replaced the defaced 'out.nii.gz' with the label map there, and
+    '--mapping-file OUT.defacer.json' put the original identifiers under the provenance record's name. Both were
+    written on ext4 and never compared; the names are now compared casefolded by defacer itself, whatever the disk
+    (this test runs on a case-sensitive one)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    plant_user_file(out, "notes.txt")
+    if case == "mask":
+        code = main(["deface", str(phantom_files[0]), str(out / "out.nii.gz"), "--labels", str(phantom_files[1]),
+                     "--save-mask", str(out / "OUT.nii.gz")])
+    elif case == "unicode":
+        code = main(["deface", str(phantom_files[0]), str(out / "caf\u00e9.nii.gz"), "--labels", str(phantom_files[1]),
+                     "--save-mask", str(out / "cafe\u0301.nii.gz")])
+    else:
+        code = deface_series(series, out / "Defaced", "--mapping-file", str(out / "defaced.defacer.json"))
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "differ only in letter case" in err and "case-insensitive disk" in err and "Traceback" not in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"], "nothing written"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -337,13 +338,24 @@ def check_outputs(outputs: Sequence[PathLike | None], *, inputs: Iterable[PathLi
         For the first output that may not be written.
     """
     paths = [Path(p) for p in outputs if p is not None]
-    seen: dict[Path, Path] = {}
+    seen: dict[str, tuple[Path, Path]] = {}
     for p in paths:
         resolved = p.resolve()
-        if resolved in seen:
-            raise OutputError(f"Two outputs of this run are the same file: '{seen[resolved]}' and '{p}'. "
-                              "Give each output its own name.")
-        seen[resolved] = p
+        # Compared as a case- and normalization-insensitive disk (macOS, Windows, exFAT) sees them, whatever disk
+        # this is: 'out.nii.gz' and '--save-mask OUT.nii.gz' are one file there (the label map replaced the defaced
+        # output), 'out.defacer.json' and '--mapping-file OUT.defacer.json' too (the original identifiers under the
+        # provenance record's name, beside the output to share).
+        key = unicodedata.normalize("NFC", str(resolved)).casefold()
+        if key in seen:
+            earlier, earlier_resolved = seen[key]
+            if earlier_resolved == resolved:
+                raise OutputError(f"Two outputs of this run are the same file: '{earlier}' and '{p}'. "
+                                  "Give each output its own name.")
+            raise OutputError(f"Two outputs of this run, '{earlier}' and '{p}', differ only in letter case (or "
+                              "Unicode form): on a case-insensitive disk (macOS, Windows, exFAT) they are the same "
+                              "file, and one would replace the other. Give each output a name that differs by more "
+                              "than letter case.")
+        seen[key] = (p, resolved)
     check_not_input(paths, InputSet.of(inputs))
     for p in paths:
         check_replaceable(p, force=force)
