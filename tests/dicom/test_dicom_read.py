@@ -127,6 +127,19 @@ def test_two_orientations_in_one_series_become_two_stacks(tmp_path):
     assert read_dicom_volume(tmp_path / "loc", series=f"{uid}#2").raw.shape == (12, 10, 3)
 
 
+def test_the_first_stack_of_a_split_series_is_chosen_by_its_own_key(tmp_path):
+    """HOSTILE10: the first stack's key is the bare UID, which every stack of the series has as its UID:
+    '--series UID' matched both and was refused, so 'deface FOLDER OUT' (which defaces each stack by its key) failed
+    the first stack of a series holding two orientations ("--series '1.2...' matches 2 image stack(s)")."""
+    from defacer.route import image_series
+
+    uid = pydicom.uid.generate_uid()
+    write_series(tmp_path / "loc" / "ax", ramp(), series_uid=uid)
+    write_series(tmp_path / "loc" / "sag", ramp((12, 10, 3)), series_uid=uid, row_cos=(0, 1, 0), col_cos=(0, 0, -1))
+    shapes = {read_dicom_volume(tmp_path / "loc", series=info.key).raw.shape for info in image_series(tmp_path / "loc")}
+    assert shapes == {(12, 10, 6), (12, 10, 3)}
+
+
 def test_non_dicom_files_are_skipped_with_a_warning_and_left_alone(tmp_path, caplog):
     write_series(tmp_path / "s", ramp())
     notes = tmp_path / "s" / "notes.txt"

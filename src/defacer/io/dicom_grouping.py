@@ -339,7 +339,9 @@ def select_series(found: Sequence[SeriesInfo], series: str | None, source: str) 
             f"batch' needs), or choose one with --series of 'defacer deface' (a number in brackets, the series "
             f"number, or the UID):\n  {listing}", count=len(images)
         )
-    matches = [s for s in images if series in (s.key, s.series_uid)]
+    # A stack's own key first: the first stack of a series split by geometry is keyed by the bare UID, which the
+    # others share as their series UID ('--series UID' of a study's first stack matched them all and was refused).
+    matches = [s for s in images if s.key == series] or [s for s in images if s.series_uid == series]
     if not matches:
         matches = [s for s in images if s.series_number == series]
     if not matches and series.isdigit() and 1 <= int(series) <= len(found) and found[int(series) - 1].has_pixels:
