@@ -266,3 +266,25 @@ def test_anonymize_refuses_a_folder_with_an_unreadable_instance_and_writes_nothi
     assert bad.name in str(err.value)
     assert not (tmp_path / "out").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
+@pytest.mark.parametrize("attribute", ["PatientID", "StudyInstanceUID"])
+def test_slices_of_two_patients_or_studies_are_never_one_volume(tmp_path, caplog, attribute):
+    """HOSTILE10: the files of one SeriesInstanceUID were stacked into one volume whoever they belonged to: a folder
+    whose upper slices were another patient's (a copy renumbered by hand, an anonymizer writing one constant UID)
+    was read as one head of 12 slices and defaced so, its output series holding two patients. Now each patient or
+    study is a stack of its own, with a warning that names no patient."""
+    uid = pydicom.uid.generate_uid()
+    paths = write_series(tmp_path / "s", ramp((12, 10, 12)), series_uid=uid)
+    other = "PID-77331" if attribute == "PatientID" else pydicom.uid.generate_uid()
+    for path in paths[6:]:
+        ds = pydicom.dcmread(path)
+        setattr(ds, attribute, other)
+        ds.save_as(path)
+    with caplog.at_level(logging.WARNING):
+        stacks = find_series(tmp_path / "s")
+    assert sorted(len(s.files) for s in stacks) == [6, 6]
+    for stack in stacks:
+        assert len({str(pydicom.dcmread(f).get(attribute)) for f in stack.files}) == 1
+        assert read_dicom_volume(tmp_path / "s", series=stack.key).raw.shape == (12, 10, 6)
+    assert "holds the slices of 2" in caplog.text and "PID-77331" not in caplog.text

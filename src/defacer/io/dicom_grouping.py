@@ -257,6 +257,10 @@ def scan(path: PathLike | Sequence[PathLike]) -> Scan:
             tuple(np.round(orientation, 3)) if orientation else None,
             rows,
             columns,
+            # Slices of two patients or two studies are never one head, whatever their series' UID says (a copy
+            # renumbered by hand, an anonymizer writing one constant UID): they were stacked into one volume.
+            str(ds.get("PatientID", "")),
+            str(ds.get("StudyInstanceUID", "")),
         )
         groups[key].append((file, ds, refs))
         if orientation:
@@ -280,7 +284,7 @@ def scan(path: PathLike | Sequence[PathLike]) -> Scan:
     for group_key, members in sorted(
         groups.items(), key=lambda kv: (str(kv[1][0][1].get("SeriesNumber", "")).zfill(6), kv[0][0], -len(kv[1]))
     ):
-        uid, has_pixels, _, rows, columns = group_key
+        uid, has_pixels, _, rows, columns, _, _ = group_key
         orientation = orientations.get(group_key)
         count_by_uid[uid] += 1
         first = members[0][1]
@@ -300,7 +304,21 @@ def scan(path: PathLike | Sequence[PathLike]) -> Scan:
         ))
     for file, why in skipped:
         logger.warning("skipped '%s': %s", file, why)
+    owners: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    for group_key in groups:
+        owners[group_key[0]].add(group_key[5:])
+    for uid, held in owners.items():
+        if len(held) > 1 and (uid, len(held)) not in _WARNED_SHARED:
+            _WARNED_SHARED.add((uid, len(held)))  # once per process: a folder is scanned again to read each stack
+            what = ("patients" if len({patient for patient, _ in held}) > 1 else "studies")
+            logger.warning("the series %s holds the slices of %d %s (PatientID, StudyInstanceUID): they are never "
+                           "stacked into one volume, each is a stack of its own (%s, %s#2...)", shown(uid), len(held),
+                           what, shown(uid), shown(uid))
     return Scan(tuple(series), tuple(skipped))
+
+
+#: Series UIDs already warned about as shared by several patients or studies (:func:`scan`).
+_WARNED_SHARED: set[tuple[str, int]] = set()
 
 
 def find_series(path: PathLike | Sequence[PathLike]) -> list[SeriesInfo]:
