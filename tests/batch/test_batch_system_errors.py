@@ -66,3 +66,14 @@ def test_a_real_full_disk_fails_the_scans_that_do_not_fit_in_words(tmp_path: Pat
         assert not [p for p in (disk / "out").rglob("*") if ".defacer-tmp" in p.name], "no temporary left"
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_an_error_about_an_output_never_reads_as_one_about_the_input(tmp_path: Path) -> None:
+    """HOSTILE10: where OUT's path begins with IN's ('data', 'data-out'), the manifest's IN/OUT replacement wrote
+    IN over the start of OUT's path: "File name too long ('INo/sub-01_xxx...')", as if defacer wrote into its input."""
+    src = _files(tmp_path / "data")
+    summary = run_batch(BatchConfig(in_root=src, out_root=tmp_path / "data-out", quiet=True),
+                        deface=_disk_full_on_the_second)
+    failed = next(r for r in summary.records if r.status == FAILED)
+    assert "OUT/sub-02.nii.gz" in (failed.error or ""), failed.error
+    assert "IN-out" not in (failed.error or "") and str(tmp_path) not in (failed.error or "")

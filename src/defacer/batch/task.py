@@ -322,10 +322,12 @@ def process_scan(task: ScanTask) -> ScanRecord:
 def _without_roots(message: str, task: ScanTask) -> str:
     """``message`` with IN and OUT's absolute paths written ``IN``/``OUT``: the manifest never records where
     the user's files are (the folders above them can name the patient or the study)."""
-    for root, name in ((task.in_root, "IN"), (task.out_root, "OUT")):
-        for form in {str(root.resolve()), str(root)}:
-            if form not in (".", "/"):
-                message = message.replace(form, name)
+    forms = {(form, name) for root, name in ((task.in_root, "IN"), (task.out_root, "OUT"))
+             for form in (str(root.resolve()), str(root)) if form not in (".", "/")}
+    # Longest first: where OUT's path begins with IN's ('data' and 'data-out'), IN's replaced the start of OUT's and
+    # an error about an output read 'IN-out/...', as if defacer wrote into its input.
+    for form, name in sorted(forms, key=lambda pair: (-len(pair[0]), pair)):
+        message = message.replace(form, name)
     return message
 
 
