@@ -98,3 +98,30 @@ def test_a_mask_the_user_asked_for_inside_a_new_qc_folder_keeps_it(scan, tmp_pat
                  "--save-mask", str(mask), "--verify"])
     assert code == 1
     assert mask.is_file()
+
+
+@pytest.mark.parametrize("user_file", [False, True], ids=["qc-only", "with-a-user-file"])
+def test_force_without_verify_removes_the_replaced_outputs_verification(scan, tmp_path, capsys, user_file):
+    """HOSTILE10: 'deface --verify' then 'deface --force --features eyes' (no --verify) left the first run's QC
+    folder: its report said PASS and showed the nose distorted, beside an output whose nose was not (seen on
+    ixi012, main's code). Defacer's own verification files of the replaced output are removed; a user's stay."""
+    from defacer.cli.deface import qc_targets
+    from defacer.verify.qc import claim
+
+    out, labels, qc = tmp_path / "o.nii.gz", tmp_path / "l.nii.gz", tmp_path / "o-qc"
+    assert main(["deface", str(scan), str(out), "--labels", str(labels)]) == 0
+    targets = qc_targets(qc, labels=True)
+    claim(qc, targets)  # as the earlier run's --verify did, then wrote its report, pictures and label map
+    for target in targets:
+        target.write_text("the earlier output's verification: PASS")
+    if user_file:
+        (qc / "my_notes.txt").write_text("the user's")
+    capsys.readouterr()
+    assert main(["deface", str(scan), str(out), "--labels", str(labels), "--force", "--features", "eyes"]) == 0
+    printed = capsys.readouterr().out
+    assert "removed the verification of the replaced output" in printed, printed
+    if user_file:
+        assert sorted(p.name for p in qc.iterdir()) == [".defacer-owned.jsonl", "my_notes.txt"]
+        assert (qc / "my_notes.txt").read_text() == "the user's"
+    else:
+        assert not qc.exists()

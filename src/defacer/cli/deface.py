@@ -4,6 +4,7 @@ a DICOM study folder, through :func:`defacer.route.deface_path`."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -180,8 +181,11 @@ def _run(args: argparse.Namespace, new_qc_dir: list[Path]) -> int:
         # The report needs the detected labels (per-feature counts, outlines); keep them with the report.
         mask_path = qc_dir_for(args.output) / DETECTED_LABELS_NAME
     max_voxels = max_voxels_from_args(args)
+    replaced = args.force and os.path.lexists(args.output)
     provenance = _deface_and_report(args, options, deidentify, is_dicom, mask_path, max_voxels, force=args.force)
     if not args.verify:
+        if replaced:
+            _drop_stale_verification(qc_dir_for(args.output))
         return 0
     try:
         return _verify_until_done(args, options, deidentify, is_dicom, mask_path, max_voxels, provenance)
@@ -189,6 +193,30 @@ def _run(args: argparse.Namespace, new_qc_dir: list[Path]) -> int:
         _note_written(err, args, "but not verified: verify it with 'defacer verify', or deface again with --force "
                       "--verify")
         raise
+
+
+def _drop_stale_verification(qc_dir: Path) -> None:
+    """Remove the verification of an output just replaced under ``--force`` without ``--verify``: its report said
+    PASS (or FAIL) and showed the replaced image beside the new one, whose distortions may differ (another
+    ``--features``, sizes, label map).  Only the files the QC folder's ownership record lists (reports, pictures,
+    README, the label map kept for the report) go, file by file; anything else stays, and so does the folder then."""
+    from defacer.verify.qc import RECORD_NAME, owned_files
+
+    if qc_dir.is_symlink() or not qc_dir.is_dir():
+        return
+    stale = [path for path in owned_files(qc_dir, qc_targets(qc_dir, labels=True))
+             if path.name != RECORD_NAME]
+    if not stale:
+        return
+    for path in stale:
+        path.unlink(missing_ok=True)
+    left = [entry.name for entry in qc_dir.iterdir() if entry.name != RECORD_NAME]
+    if not left:
+        (qc_dir / RECORD_NAME).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            qc_dir.rmdir()
+    print(f"  removed the verification of the replaced output from {shown(qc_dir)} ({len(stale)} file(s)): it "
+          "described the earlier image. Deface with --verify to verify this one.")
 
 
 def _note_written(err: BaseException, args: argparse.Namespace, what_not: str) -> None:

@@ -66,6 +66,13 @@ def _record(qc_root: Path) -> OwnershipRecord:
     return OwnershipRecord(qc_root / RECORD_NAME, qc_root)
 
 
+def owned_files(qc_root: Path, targets: Iterable[Path]) -> list[Path]:
+    """Those of ``targets`` that are regular files the QC folder's ownership record lists (defacer wrote them)."""
+    paths = [path for path in targets if path.is_file() and not path.is_symlink()]
+    foreign = set(_record(qc_root).foreign(paths))
+    return [path for path in paths if path not in foreign]
+
+
 def check_owned(qc_root: Path, targets: Iterable[Path]) -> None:
     """Refuse when a file defacer would write into the QC folder exists and is not defacer's.
 
