@@ -40,6 +40,7 @@ from defacer.batch.layout import (
     write_dataset_files,
 )
 from defacer.batch.manifest import (
+    DONE,
     SKIPPED,
     Manifest,
     ScanRecord,
@@ -467,6 +468,43 @@ def _discover(config: BatchConfig) -> tuple[Discovery, OutputLayout]:
     return discovery, layout
 
 
+def _drop_stale_verifications(layout: OutputLayout, tasks: Sequence[ScanTask], records: Sequence[ScanRecord],
+                              manifest: Manifest, *, title: str) -> None:
+    """Without ``--verify``, remove the verification an earlier ``--verify`` run left in ``OUT-qc`` for each scan
+    this run wrote again (another ``--features``, label map, code): its report said PASS and showed the replaced
+    output.  Only the files the QC folder's ownership record lists go; the gallery is written again from the
+    manifest, so it no longer shows their verdicts."""
+    from defacer.verify.qc import GALLERY_NAME, holds_original_pictures, owned_files, report_targets
+
+    qc_root = layout.qc_dir
+    if qc_root.is_symlink() or not qc_root.is_dir():
+        return
+    written = {record.key for record in records if record.status == DONE}
+    dropped = 0
+    try:
+        for task in tasks:
+            if task.scan.key not in written:
+                continue
+            folder = layout.verify_dir(task.scan)
+            labels = [f"labels{task.scan.extension}"] if task.scan.kind == "file" else []
+            for path in owned_files(qc_root, report_targets(folder, *labels)):
+                path.unlink(missing_ok=True)
+                dropped += 1
+            if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+                folder.rmdir()
+        if dropped and owned_files(qc_root, [qc_root / GALLERY_NAME]):
+            write_qc_gallery(sorted(manifest.records.values(), key=lambda r: r.key), qc_root, title=title,
+                             after_only=not holds_original_pictures(qc_root))
+    except OSError as err:
+        log.warning("the verification of a scan written again could not be removed from '%s' (%s): it describes "
+                    "the earlier output; remove it by hand or rerun with --verify", text_name(str(qc_root)), err)
+        return
+    if dropped:
+        log.warning("removed %d file(s) of the earlier verification of the scans written again from '%s' (they "
+                    "described the replaced outputs); rerun with --verify to verify them", dropped,
+                    text_name(str(qc_root)))
+
+
 def write_qc_gallery(records: Sequence[ScanRecord], qc_root: Path, *, title: str, after_only: bool) -> Path:
     """Write ``OUT-qc/index.html``: one row per scan with its pictures, verdict, features and report link."""
     from defacer.verify.qc import GalleryRow, write_gallery
@@ -673,6 +711,9 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
             raise
         finally:
             remove_stale_temporaries(layout.out_root)  # from workers stopped mid-scan
+            if not config.verify:
+                _drop_stale_verifications(layout, tasks, records, manifest,
+                                          title=f"defacer QC: {text_name(discovery.root.name)}")
             manifest.compact()
             wall_s = time.perf_counter() - start
             html_path = layout.state_dir / "summary.html"
