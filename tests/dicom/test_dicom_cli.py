@@ -243,3 +243,20 @@ def test_a_label_map_follows_its_series_when_the_series_is_moved_or_renamed(phan
     err = capsys.readouterr().err
     assert code != 0 and "on the scan's own grid" in err and "Traceback" not in err, err
     assert not (tmp_path / "third").exists() and not (tmp_path / "third.defacer.json").exists()
+
+
+@pytest.mark.parametrize("name", ["defaced.nii.gz", "defaced.nrrd", "Defaced.MGZ"])
+def test_a_dicom_output_named_as_a_file_of_another_format_is_refused(phantom_series, tmp_path, capsys, name):
+    """HOSTILE10: 'deface series/ out.nii.gz' wrote a folder of DICOM files named out.nii.gz (exit 0), which every
+    tool opening it as a NIfTI file refuses. Refused in words before anything is read; the API too."""
+    from defacer.errors import OutputError
+    from defacer.route import deface_path
+
+    out = tmp_path / name
+    code = main(["deface", str(phantom_series / "in"), str(out), "--labels", str(phantom_series / "labels.nii.gz"),
+                 "--key", KEY])
+    err = capsys.readouterr().err
+    assert code == 1 and "a DICOM series is written as a new DICOM series folder" in err and "Traceback" not in err
+    with pytest.raises(OutputError, match="Give a folder name"):
+        deface_path(phantom_series / "in", out, labels_path=phantom_series / "labels.nii.gz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
