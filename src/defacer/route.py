@@ -321,7 +321,7 @@ def _deface_dicom(source: Path, target: Path, *, options: DefaceOptions, scrubbe
     (``None``: kept as they are)."""
     from defacer.checks import validate_volume
     from defacer.io.dicom_series import read_dicom_volume, write_dicom_volume
-    from defacer.io.output_guard import check_outputs
+    from defacer.io.output_guard import check_dicom_output_name, check_outputs
 
     check_dicom_output_name(target)
     sidecar_file = sidecar_path(target) if sidecar else None
@@ -387,24 +387,6 @@ def _finish_dicom(source: Path, target: Path, result: Any, volume: Any, written:
     if sidecar_file is not None:
         write_provenance(provenance, sidecar_file)
     return Defaced(provenance, written, result, scrubber)
-
-
-def check_dicom_output_name(target: PathLike) -> None:
-    """Refuse a DICOM series' output named as a file of another format (``out.nii.gz``, ``out.nrrd``...): defacer
-    writes the input's format, so it became a folder of DICOM files under that name, which every tool that opens
-    it as a NIfTI file refuses (``deface series/ out.nii.gz`` wrote one, exit 0).
-
-    Raises
-    ------
-    OutputError
-    """
-    name = Path(target).name
-    ending = image_suffix(name)
-    if ending:
-        raise OutputError(f"The output '{name}' is named as a {ending} file, but a DICOM series is written as a new "
-                          f"DICOM series folder (defacer writes the input's format). Give a folder name, e.g. "
-                          f"'{name[: -len(ending)] or 'defaced'}', and convert the defaced series afterwards if a "
-                          f"{ending} file is needed (e.g. dcm2niix).")
 
 
 def _mask_files(mask_path: PathLike | None) -> list[Path]:

@@ -259,4 +259,7 @@ def test_a_dicom_output_named_as_a_file_of_another_format_is_refused(phantom_ser
     assert code == 1 and "a DICOM series is written as a new DICOM series folder" in err and "Traceback" not in err
     with pytest.raises(OutputError, match="Give a folder name"):
         deface_path(phantom_series / "in", out, labels_path=phantom_series / "labels.nii.gz")
+    code = main(["anonymize", str(phantom_series / "in"), str(out), "--key", KEY])
+    err = capsys.readouterr().err
+    assert code == 1 and "a DICOM series is written as a new DICOM series folder" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -49,8 +49,9 @@ def run(args: argparse.Namespace) -> int:
         print_what_if(scrubber.options)
         return 0
     from defacer.batch.workers import cap_jobs
-    from defacer.io.output_guard import check_apart, check_outputs
+    from defacer.io.output_guard import check_apart, check_dicom_output_name, check_outputs
 
+    check_dicom_output_name(args.output)  # a folder of DICOM files named 'out.nii.gz' opens as no NIfTI
     check_outputs([args.output, args.mapping_file], inputs=[args.input, args.key_file], force=args.force)
     check_apart(args.mapping_file, args.output, "mapping file")
     written, skipped = anonymize_files(args.input, args.output, scrubber, force=args.force,

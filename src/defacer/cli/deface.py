@@ -436,7 +436,7 @@ def checked_output_name(input_path: Path, output: Path, is_dicom: bool) -> Path:
         raise OutputError(f"The output '{output}' is the root of the file system; give the defaced "
                           f"{'folder' if is_dicom else 'file'}'s own name, for example '{example()}'.")
     if is_dicom:
-        from defacer.route import check_dicom_output_name
+        from defacer.io.output_guard import check_dicom_output_name
 
         check_dicom_output_name(named)
     if not is_dicom and named.is_dir():

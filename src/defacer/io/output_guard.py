@@ -427,3 +427,23 @@ def remove_owned_folder(folder: Path) -> None:
             raise OutputError(f"Could not replace the output folder '{folder}': '{root}' is not empty "
                               f"({err.strerror}). Nothing else was removed.") from err
     owner_record(folder).unlink(missing_ok=True)
+
+
+def check_dicom_output_name(target: PathLike) -> None:
+    """Refuse a DICOM series' output named as a file of another format (``out.nii.gz``, ``out.nrrd``...): defacer
+    writes the input's format, so it became a folder of DICOM files under that name, which every tool that opens
+    it as a NIfTI file refuses (``deface series/ out.nii.gz`` wrote one, exit 0).
+
+    Raises
+    ------
+    OutputError
+    """
+    from defacer.files import image_suffix
+
+    name = Path(target).name
+    ending = image_suffix(name)
+    if ending:
+        raise OutputError(f"The output '{name}' is named as a {ending} file, but a DICOM series is written as a new "
+                          f"DICOM series folder (defacer writes the input's format). Give a folder name, e.g. "
+                          f"'{name[: -len(ending)] or 'defaced'}', and convert the defaced series afterwards if a "
+                          f"{ending} file is needed (e.g. dcm2niix).")
