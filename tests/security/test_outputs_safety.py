@@ -696,3 +696,28 @@ def test_outputs_that_differ_only_in_letter_case_are_refused_on_any_disk(phantom
     assert code == 1, err
     assert "differ only in letter case" in err and "case-insensitive disk" in err and "Traceback" not in err, err
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"], "nothing written"
+
+
+@pytest.mark.parametrize("kind", ["pipe", "device"])
+def test_force_never_replaces_a_device_or_a_pipe(phantom_files, tmp_path, kind, capsys):
+    """HOSTILE10: an output that is a device or a named pipe was renamed over under --force: 'deface scan /dev/null
+    --force' as root (a container) replaced the system's /dev/null with the defaced scan. Refused in words, --force
+    or not (checked here on a device node made in a temporary folder)."""
+    import os
+    import stat
+
+    out = tmp_path / "o.nii.gz"
+    if kind == "pipe":
+        os.mkfifo(out)
+    else:
+        try:
+            os.mknod(out, 0o644 | stat.S_IFCHR, os.makedev(1, 3))  # the null device's numbers
+        except PermissionError:
+            pytest.skip("making a device node needs root")
+    for force in ([], ["--force"]):
+        code = main(["deface", str(phantom_files[0]), str(out), "--labels", str(phantom_files[1]), *force])
+        err = capsys.readouterr().err
+        assert code == 1 and f"is a {kind}, not a file" in err and "Traceback" not in err, err
+        mode = os.lstat(out).st_mode
+        assert stat.S_ISFIFO(mode) if kind == "pipe" else stat.S_ISCHR(mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.nii.gz"]

@@ -270,6 +270,14 @@ def check_replaceable(path: PathLike, *, force: bool) -> None:
     target = Path(path)
     if not target.exists() and not target.is_symlink():
         return
+    mode = os.lstat(target).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+        # Renamed over, a device is replaced by a file: 'deface scan /dev/null --force' as root (a container)
+        # removed the system's /dev/null and put the defaced scan there.
+        kind = "a pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        raise OutputError(f"The output '{target}' is {kind}, not a file: defacer would write a new file in its place "
+                          f"and so remove {kind.split()[-1]} itself, --force or not. Choose a file name; to discard the "
+                          "output, write it into a temporary folder and delete that.")
     if not force:
         raise OutputError(f"The output '{target}' already exists. Pass --force to overwrite it, or choose another name.")
     if target.is_dir() and not target.is_symlink():
