@@ -293,6 +293,7 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
     # which ears the network found and which the image-based fallback added (the ONNX detector's)
     detected_by = dict(getattr(detector, "last_sources", None) or {})
     detect_stages = dict(getattr(detector, "last_timings", None) or {})  # the ONNX detector's seconds per stage
+    head_pose = dict(getattr(detector, "last_pose", None) or {})  # the ONNX detector's: yaw, roll, box turned
 
     t = time.perf_counter()
     found = _voxels_per_feature(labels_ras)
@@ -385,7 +386,8 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
         "detector": {"name": detector.name, "weights_sha256": detector.weights_sha256,
                      **({"class_weights": [float(w) for w in class_weights]} if class_weights is not None else {}),
                      **({"sources": detected_by} if detected_by else {}),
-                     **({"stage_timings": detect_stages} if detect_stages else {})},
+                     **({"stage_timings": detect_stages} if detect_stages else {}),
+                     **({"head_pose": head_pose} if head_pose else {})},
         "options": asdict(options),
         "input_geometry": {"shape": list(volume.shape), "axcodes": volume.axcodes,
                            "spacing_mm": [round(s, 5) for s in volume.spacing], "format": volume.format},

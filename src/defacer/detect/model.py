@@ -136,6 +136,10 @@ class OnnxDetector:
         pass found fewer than two eyes or no nose (the card's ``mirror`` off), the mirrored pass ran too
         (:meth:`_mirrored_pass`): ``{"mirrored_pass": {"why": ..., "found": ..., "kept": "mirrored" or
         "plain"}}`` beside the ears.  Kept per thread, so concurrent calls on one detector each read their own.
+    last_pose : dict
+        The head's yaw and roll measured by the last :meth:`predict` in this thread
+        (:meth:`defacer.detect.pose.Pose.as_dict`; ``box_turned``: the network saw the head upright in a box
+        turned with it); ``{}`` where no head was found in the box.
     last_timings : dict
         Seconds spent by the last :meth:`predict` in this thread, per stage: ``box`` (input box),
         ``network``, ``components`` (coarse components), ``to_grid`` (probabilities back onto the
@@ -213,6 +217,11 @@ class OnnxDetector:
     def last_sources(self) -> dict[str, dict[str, str]]:
         """Where the last :meth:`predict` in this thread found each ear (see the class attributes)."""
         return dict(getattr(self._last, "sources", {}))
+
+    @property
+    def last_pose(self) -> dict[str, float | bool]:
+        """See the class attributes."""
+        return dict(getattr(self._last, "pose", {}))
 
     @property
     def last_timings(self) -> dict[str, float]:
@@ -317,6 +326,7 @@ class OnnxDetector:
         shared = head  # the caller's head (the pipeline's): the ear refinement records its auricles on it
         image, head, lifted = _lower_bright_air(image, np.asarray(ras_affine, float), head)
         box_image, box = to_box(image, np.asarray(ras_affine, float), self.box_shape, self.box_spacing)
+        self._last.pose = box.pose.as_dict() if box.pose is not None else {}
         clock.stamp("box")
         # class weights (from the card) rescale the probabilities before every decision: a weight
         # above 1 lets a thin, under-segmented class (the ears) win more of its border voxels

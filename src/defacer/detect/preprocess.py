@@ -1,7 +1,8 @@
 """The detector's view of a head: a fixed RAS box at fixed spacing, and the way back.
 
 :func:`to_box` turns any RAS-ordered image (any voxel size, field of view, obliquity) into the
-network input: a ``BOX_SHAPE`` grid at ``BOX_SPACING`` mm, axis-aligned in RAS+ world space,
+network input: a ``BOX_SHAPE`` grid at ``BOX_SPACING`` mm, axis-aligned in RAS+ world space (turned with a head
+turned 10 degrees or more about S or A: :mod:`defacer.detect.pose`),
 placed on the head (centre in R and A, top of the head near the top in S), with intensities
 robustly scaled to about [0, 1].  :func:`box_to_grid` maps class probabilities from that box
 back onto the input grid exactly through the two affines (trilinear interpolation, only inside
@@ -13,7 +14,7 @@ Pure array functions; no IO.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -42,11 +43,15 @@ class Box:
     shape : tuple of 3 int
         Box grid shape (R, A, S).
     affine : ndarray, shape (4, 4)
-        Box voxel -> RAS+ mm (diagonal: ``spacing`` on the diagonal, axis-aligned).
+        Box voxel -> RAS+ mm: ``spacing`` on the diagonal (axis-aligned), or that turned about the head's
+        centre where the head is turned (:func:`defacer.detect.pose.upright_box`).
+    pose : defacer.detect.pose.Pose or None
+        The head's yaw and roll measured in the axis-aligned box (:func:`to_box`); ``None`` where not measured.
     """
 
     shape: tuple[int, int, int]
     affine: Affine
+    pose: Any = None
 
 
 def normalise(image: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
@@ -219,7 +224,7 @@ def resample_to(image: npt.NDArray[np.floating], affine: Affine, shape: tuple[in
 
 
 def to_box(image_ras: npt.NDArray[np.floating], ras_affine: Affine, shape: tuple[int, int, int] = BOX_SHAPE,
-           spacing: float = BOX_SPACING) -> tuple[npt.NDArray[np.float32], Box]:
+           spacing: float = BOX_SPACING, upright: bool = True) -> tuple[npt.NDArray[np.float32], Box]:
     """Make the network input from a RAS image.
 
     Parameters
@@ -228,18 +233,30 @@ def to_box(image_ras: npt.NDArray[np.floating], ras_affine: Affine, shape: tuple
         Physical intensities in RAS axis order, any voxel size.
     ras_affine : ndarray, shape (4, 4)
         Voxel -> RAS+ mm affine of ``image_ras`` (may be oblique).
+    upright : bool
+        Measure the head's yaw and roll (:func:`defacer.detect.pose.head_pose`) and, where it is turned by 10
+        degrees or more, turn the box with it so the head in it is upright (``False``: always axis-aligned).
 
     Returns
     -------
     box_image : ndarray, shape ``shape``, float32
         Intensities scaled by :func:`normalise` of the image (outside the scanned field: 0).
     box : Box
-        Its place in the world.
+        Its place in the world, with the measured pose.
     """
     reduced, reduced_affine = _block_reduce(image_ras, np.asarray(ras_affine, float), spacing)
     scaled = normalise(reduced)
     box = _box_around_head(scaled, reduced_affine, shape, spacing)
-    return resample_to(scaled, reduced_affine, box.shape, box.affine, order=1, cval=0.0), box
+    box_image = resample_to(scaled, reduced_affine, box.shape, box.affine, order=1, cval=0.0)
+    if upright:
+        from defacer.detect.pose import head_pose, upright_box
+
+        pose = head_pose(box_image)
+        if pose is not None and pose.turned:  # a head turned 10 degrees or more: the network sees it upright
+            box = upright_box(box, pose)
+            box_image = resample_to(scaled, reduced_affine, box.shape, box.affine, order=1, cval=0.0)
+        box = replace(box, pose=pose)
+    return box_image, box
 
 
 def labels_to_box(labels: npt.NDArray[np.integer], affine: Affine, box: Box) -> npt.NDArray[np.uint8]:
