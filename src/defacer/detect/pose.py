@@ -130,8 +130,8 @@ def head_pose(box_image: npt.NDArray[np.float32]) -> Pose | None:
     Returns
     -------
     Pose or None
-        ``None`` where the box holds no head.  Cost: about 0.05 s for a 96^3 box (one correlation per angle,
-        all angles in one interpolation).
+        ``None`` where the box holds no head.  A head upright on the coarse grid is not refined: its pose reads
+        0, 0 and its two symmetries are the same.  Cost: 0.05-0.1 s for a 96^3 box.
     """
     fine = block_mean(box_image, [2, 2, 2])  # 5 mm for the 2.5 mm box
     coarse = block_mean(fine, [2, 2, 2])  # 10 mm
@@ -146,6 +146,8 @@ def head_pose(box_image: npt.NDArray[np.float32]) -> Pose | None:
     best = int(np.argmax(scores))
     yaw0, roll0 = float(yaws.ravel()[best]), float(rolls.ravel()[best])
     steps = np.arange(-COARSE_STEP_DEG, COARSE_STEP_DEG + 0.1, FINE_STEP_DEG)
+    if max(abs(yaw0), abs(roll0)) + COARSE_STEP_DEG < POSE_MIN_DEG:  # upright on the coarse grid: the refinement
+        steps = np.zeros(1)  # could not reach POSE_MIN_DEG, the box stays; half the cost on most heads
     fine_yaws, fine_rolls = np.meshgrid(yaw0 + steps, roll0 + steps, indexing="ij")
     candidates = np.r_[plane_normal(fine_yaws.ravel(), fine_rolls.ravel()), plane_normal([0.0], [0.0])]
     fine_scores = _symmetry(fine, fine_points, centre_fine, candidates)
