@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -193,6 +194,42 @@ def _detector(detector: Detector | None, labels_path: PathLike | None, weights_p
     return detector if detector is not None else load_detector(labels_path, weights_path)
 
 
+class _DetectorLoading:
+    """The ONNX detector made in a thread of its own while the scan is read: :meth:`result` waits for it.
+
+    Making it (onnxruntime's import, the weights' sha256, the session built from the graph: 0.05-0.1 s on the
+    project's 2-core VM) and reading a ``.nii.gz`` (ISA-L decompression) both run mostly outside Python's global
+    lock, so on two cores each hides the other.  Only the ONNX detector is made so: a label map given instead is
+    read by nibabel, whose warnings the scan's reading collects (``warnings`` filters are process-wide), so it is
+    read after the scan as before.  Errors keep their order: :meth:`result` is asked for only once the scan has
+    been read, and re-raises the detector's own error (bad weights) there; where the scan's reading fails,
+    :meth:`wait` lets the detector finish before that error goes on, so no work of this run outlives it.
+    """
+
+    def __init__(self, weights_path: PathLike | None) -> None:
+        with contextlib.suppress(ImportError):  # defacer's own modules imported here, onnxruntime in the thread;
+            import defacer.detect.model  # noqa: F401  # without it, load_detector says so there
+        self._outcome: list[Any] = []
+        self._thread = threading.Thread(target=self._make, args=(weights_path,), name="defacer-detector", daemon=True)
+        self._thread.start()
+
+    def _make(self, weights_path: PathLike | None) -> None:
+        try:
+            self._outcome.append(load_detector(None, weights_path))
+        except BaseException as err:  # noqa: BLE001 - handed to the caller's thread by result()
+            self._outcome.append(err)
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def result(self) -> Detector:
+        self.wait()
+        (outcome,) = self._outcome
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome  # type: ignore[no-any-return]
+
+
 def _deface_file(source: Path, target: Path, *, options: DefaceOptions, detector: Detector | None,
                  labels_path: PathLike | None, weights_path: PathLike | None, force: bool,
                  mask_path: PathLike | None, sidecar: bool, allow_missing: bool, max_voxels: int | None,
@@ -220,9 +257,16 @@ def _deface_file(source: Path, target: Path, *, options: DefaceOptions, detector
                   force=force)
     check_not_input(detached_data_candidates(target) + detached_data_candidates(mask_path), inputs)
     t = time.perf_counter()
-    volume = load_volume(source, max_voxels=max_voxels, data_files=data_files)
+    loading = _DetectorLoading(weights_path) if detector is None and labels_path is None else None
+    try:
+        volume = load_volume(source, max_voxels=max_voxels, data_files=data_files)
+    except BaseException:
+        if loading is not None:
+            loading.wait()
+        raise
     load_s = time.perf_counter() - t
-    result = deface(volume, _detector(detector, labels_path, weights_path), options)
+    result = deface(volume, loading.result() if loading is not None else _detector(detector, labels_path, weights_path),
+                    options)
     check_features_found(result.provenance, source.name, allow_missing=allow_missing)
     t = time.perf_counter()
     new_files = _not_there([target, *detached_data_candidates(target), *_mask_files(mask_path)])
