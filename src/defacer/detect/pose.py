@@ -157,6 +157,18 @@ def head_pose(box_image: npt.NDArray[np.float32]) -> Pose | None:
                 centre_box=2.0 * centre_fine + 0.5)
 
 
+def plane_rotation(yaw_deg: float, roll_deg: float) -> npt.NDArray[np.float64]:
+    """The rotation (3, 3) taking an upright head's axes to a head turned by ``yaw_deg`` and ``roll_deg``.
+
+    ``Rz(yaw) Ry(-roll)``: it takes R to the plane's normal (:func:`plane_normal`), A to the turned head's anterior
+    and S to its superior direction.
+    """
+    yaw, roll = np.radians(yaw_deg), np.radians(roll_deg)
+    turn_z = np.array([[np.cos(yaw), -np.sin(yaw), 0.0], [np.sin(yaw), np.cos(yaw), 0.0], [0.0, 0.0, 1.0]])
+    turn_y = np.array([[np.cos(-roll), 0.0, np.sin(-roll)], [0.0, 1.0, 0.0], [-np.sin(-roll), 0.0, np.cos(-roll)]])
+    return turn_z @ turn_y
+
+
 def upright_box(box: Box, pose: Pose) -> Box:
     """``box`` turned about the head's centre by the head's yaw and roll: its first axis along the plane's normal.
 
@@ -174,11 +186,8 @@ def upright_box(box: Box, pose: Pose) -> Box:
         in mm and ``R`` the rotation taking R to the normal (``R = Rz(yaw) Ry(-roll)``): the head it holds is
         upright.
     """
-    yaw, roll = np.radians(pose.yaw_deg), np.radians(pose.roll_deg)
-    turn_z = np.array([[np.cos(yaw), -np.sin(yaw), 0.0], [np.sin(yaw), np.cos(yaw), 0.0], [0.0, 0.0, 1.0]])
-    turn_y = np.array([[np.cos(-roll), 0.0, np.sin(-roll)], [0.0, 1.0, 0.0], [-np.sin(-roll), 0.0, np.cos(-roll)]])
     rotation = np.eye(4)
-    rotation[:3, :3] = turn_z @ turn_y
+    rotation[:3, :3] = plane_rotation(pose.yaw_deg, pose.roll_deg)
     centre = box.affine[:3, :3] @ pose.centre_box + box.affine[:3, 3]
     to_origin, back = np.eye(4), np.eye(4)
     to_origin[:3, 3], back[:3, 3] = -centre, centre

@@ -23,7 +23,7 @@ only where the voxels differ.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -84,6 +84,10 @@ class Scene:
         The skin iso-level in physical units of the scan.
     background : float
         Value written outside the body (below ``iso``).
+    head_turn : ndarray, shape (3, 3)
+        Rotation from an upright head's axes to this head's (RAS+): every view is taken relative to the head, so a
+        head turned in the scanner (yaw, roll: :mod:`defacer.detect.pose`) is still seen from its own front.  The
+        identity for a head within 10 degrees of upright.
     """
 
     grid: npt.NDArray[np.float32]
@@ -91,6 +95,7 @@ class Scene:
     step_mm: float
     iso: float
     background: float
+    head_turn: npt.NDArray[np.float64] = field(default_factory=lambda: np.eye(3))
 
 
 @dataclass(frozen=True)
@@ -213,7 +218,9 @@ def prepare_scene(
     if like is not None:
         iso_level, centre, step = like.iso, like.centre, like.step_mm
         size = like.grid.shape[0]  # the same cube: its step was chosen for its own edge
+        head_turn = like.head_turn
     else:
+        head_turn = head_rotation(values, reo.ras_affine)
         sample = values[::3, ::3, ::3]
         iso_level = float(iso) if iso is not None else auto_iso_level(sample)
         lo, hi = _head_box_world(ras_volume, values, iso_level)
@@ -250,14 +257,30 @@ def prepare_scene(
     keep = ndimage.binary_dilation(body, iterations=2)
     grid[~keep] = background
     return Scene(grid=grid, centre=np.asarray(centre, dtype=np.float64), step_mm=step, iso=iso_level,
-                 background=background)
+                 background=background, head_turn=head_turn)
 
 
-def _camera_axes(view: View) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def head_rotation(values_ras: npt.NDArray[Any], ras_affine: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """The head's turn (yaw about S, roll about A) as a rotation matrix (3, 3), the identity if within 10 degrees.
+
+    Read from its left-right symmetry as the detector reads it (:func:`defacer.detect.pose.head_pose`, in the
+    detector's box); the identity too where no head is found there.
+    """
+    from defacer.detect.pose import plane_rotation
+    from defacer.detect.preprocess import to_box
+
+    _, box = to_box(np.asarray(values_ras, np.float32), ras_affine)
+    pose = box.pose
+    return plane_rotation(pose.yaw_deg, pose.roll_deg) if pose is not None and pose.turned else np.eye(3)
+
+
+def _camera_axes(view: View, head_turn: npt.NDArray[np.float64] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Unit vectors (right, up, forward) of the camera in RAS+ for a view.
 
     At yaw = pitch = 0 the camera stands in front of the face (+A) and looks toward -A;
-    screen-right is the subject's left (-R) and screen-up is +S.
+    screen-right is the subject's left (-R) and screen-up is +S.  With ``head_turn`` (:attr:`Scene.head_turn`)
+    these are the head's own directions: the camera turns with the head.
     """
     right = np.array([-1.0, 0.0, 0.0])
     up = np.array([0.0, 0.0, 1.0])
@@ -271,7 +294,8 @@ def _camera_axes(view: View) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     axis = right / np.linalg.norm(right)
     k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
     rot_pitch = np.eye(3) + np.sin(-pitch) * k + (1 - np.cos(-pitch)) * (k @ k)
-    return rot_pitch @ right, rot_pitch @ up, rot_pitch @ forward
+    turn = np.eye(3) if head_turn is None else np.asarray(head_turn, float)
+    return turn @ rot_pitch @ right, turn @ rot_pitch @ up, turn @ rot_pitch @ forward
 
 
 #: Fraction of the cube's depth that rays traverse (the visible surface is in the near half).
@@ -318,7 +342,7 @@ def render_view(scene: Scene, view: View, *, upsample: int = 2, near_mm: float |
     Rendering
     """
     n = scene.grid.shape[0]
-    right, up, forward = _camera_axes(view)
+    right, up, forward = _camera_axes(view, scene.head_turn)
     # View voxel (row, col, depth) -> world direction: rows go down (-up), cols right, depth forward.
     basis = np.stack([-up, right, forward], axis=1)  # world = centre + step * basis @ (idx - half)
     # World -> scene cube voxel is (world - centre) / step + half; compose both (rotation about the centre).
