@@ -125,3 +125,22 @@ def test_force_without_verify_removes_the_replaced_outputs_verification(scan, tm
         assert (qc / "my_notes.txt").read_text() == "the user's"
     else:
         assert not qc.exists()
+
+
+def test_a_new_output_beside_an_earlier_verification_is_warned_about(scan, tmp_path, caplog):
+    """HOSTILE10: without --force nothing is removed, but an output written where an earlier output of that name was
+    verified (the output deleted by hand, its QC folder kept) gets a warning: the report is not about it."""
+    import logging
+
+    from defacer.cli.deface import qc_targets
+    from defacer.verify.qc import claim
+
+    out, labels, qc = tmp_path / "o.nii.gz", tmp_path / "l.nii.gz", tmp_path / "o-qc"
+    targets = qc_targets(qc, labels=True)
+    claim(qc, targets)
+    for target in targets:
+        target.write_text("the earlier output's verification: PASS")
+    with caplog.at_level(logging.WARNING):
+        assert main(["deface", str(scan), str(out), "--labels", str(labels)]) == 0
+    assert "holds the verification of an earlier output of this name" in caplog.text
+    assert all(target.read_text().endswith("PASS") for target in targets), "without --force nothing is removed"

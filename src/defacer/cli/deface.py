@@ -24,7 +24,7 @@ from defacer.cli.options import (
 )
 from defacer.cli.paths import path_argument
 from defacer.errors import InputImageError, shown
-from defacer.files import image_suffix, named_path
+from defacer.files import image_suffix, named_path, text_name
 from defacer.options import describe_step, stronger_options
 from defacer.provenance import qc_dir_for
 
@@ -186,6 +186,8 @@ def _run(args: argparse.Namespace, new_qc_dir: list[Path]) -> int:
     if not args.verify:
         if replaced:
             _drop_stale_verification(qc_dir_for(args.output))
+        else:
+            _warn_of_earlier_verification(qc_dir_for(args.output))
         return 0
     try:
         return _verify_until_done(args, options, deidentify, is_dicom, mask_path, max_voxels, provenance)
@@ -217,6 +219,20 @@ def _drop_stale_verification(qc_dir: Path) -> None:
             qc_dir.rmdir()
     print(f"  removed the verification of the replaced output from {shown(qc_dir)} ({len(stale)} file(s)): it "
           "described the earlier image. Deface with --verify to verify this one.")
+
+
+def _warn_of_earlier_verification(qc_dir: Path) -> None:
+    """Warn when the QC folder of a new output (no ``--force``: nothing was replaced) holds a verification defacer
+    wrote for an earlier output of that name (removed by hand since): it does not describe this one, and without
+    ``--force`` defacer removes nothing."""
+    from defacer.verify.qc import owned_files
+
+    if qc_dir.is_symlink() or not qc_dir.is_dir():
+        return
+    reports = owned_files(qc_dir, [qc_dir / "verify_report.html", qc_dir / "verify_summary.json"])
+    if reports:
+        log.warning("'%s' holds the verification of an earlier output of this name, not of this one: remove it, or "
+                    "deface again with --force --verify", text_name(str(qc_dir)))
 
 
 def _note_written(err: BaseException, args: argparse.Namespace, what_not: str) -> None:
