@@ -27,6 +27,14 @@ POSE_MIN_DEG = 10.0
 #: ...and only where the mirror match at the turned plane beats the upright plane's by this much (Pearson
 #: correlation; the labelled heads turned by 20-30 degrees gain 0.25-0.75, a symmetric head upright 0).
 POSE_MIN_GAIN = 0.1
+#: ...and only where the head is whole about that plane: its mirror match at least this (every labelled head,
+#: turned by 20-30 degrees of yaw or 15-20 of roll: 0.58-0.82; half a head, or a head cut by the field of view
+#: at a side: 0.08-0.54)...
+POSE_MIN_SYMMETRY = 0.5
+#: ...and at least this fraction of its voxels (5 mm grid) mirrored into the head (every labelled head, upright or
+#: turned: 0.92-0.96; half a head or one cut at a side: 0.38-0.88).  A false turn costs the detector dearly: on
+#: heads cut at a side the turned box lost the nose on all 7 tried (Dice 0.83-0.99 -> 0).
+POSE_MIN_OVERLAP = 0.9
 #: The coarse search's angles (degrees) on the 10 mm grid, then a refinement within +-1 coarse step on the 5 mm grid.
 YAW_RANGE_DEG = 45.0
 ROLL_RANGE_DEG = 30.0
@@ -51,6 +59,9 @@ class Pose:
         The same about the plane with normal R through the same point.
     centre_box : ndarray, shape (3,)
         A point of the plane (the head's centroid), in box voxel indices.
+    mirror_overlap : float
+        The fraction of the head's voxels (5 mm grid) whose mirror images about that plane are in the head too:
+        a whole head about 0.95, half a head (cut by the field of view) well under 0.9.
     """
 
     yaw_deg: float
@@ -58,18 +69,28 @@ class Pose:
     symmetry: float
     symmetry_upright: float
     centre_box: npt.NDArray[np.float64]
+    mirror_overlap: float = 1.0
+
+    @property
+    def whole(self) -> bool:
+        """Whether the head is whole and clearly symmetric about the plane: a plane a turn may be read from."""
+        return self.symmetry >= POSE_MIN_SYMMETRY and self.mirror_overlap >= POSE_MIN_OVERLAP
 
     @property
     def turned(self) -> bool:
-        """Whether the head is far enough from upright, and its plane clear enough, to turn the box."""
+        """Whether the head is far enough from upright, and its plane clear enough, to turn the box.
+
+        Never for a head that is not whole about the plane (:attr:`whole`): half a head, or one cut by the field
+        of view at a side, reads a turned plane (0.29-0.54 against 0.15-0.30 upright), and a box turned for it
+        loses the face."""
         far = max(abs(self.yaw_deg), abs(self.roll_deg)) >= POSE_MIN_DEG
-        return far and self.symmetry - self.symmetry_upright >= POSE_MIN_GAIN
+        return far and self.symmetry - self.symmetry_upright >= POSE_MIN_GAIN and self.whole
 
     def as_dict(self) -> dict[str, float | bool]:
         """The sidecar's record."""
         return {"yaw_deg": round(self.yaw_deg, 1), "roll_deg": round(self.roll_deg, 1),
                 "symmetry": round(self.symmetry, 3), "symmetry_upright": round(self.symmetry_upright, 3),
-                "box_turned": self.turned}
+                "mirror_overlap": round(self.mirror_overlap, 3), "box_turned": self.turned}
 
 
 def plane_normal(yaw_deg: npt.ArrayLike, roll_deg: npt.ArrayLike) -> npt.NDArray[np.float64]:
@@ -78,10 +99,11 @@ def plane_normal(yaw_deg: npt.ArrayLike, roll_deg: npt.ArrayLike) -> npt.NDArray
     return np.stack([np.cos(yaw) * np.cos(roll), np.sin(yaw) * np.cos(roll), np.sin(roll)], axis=-1)
 
 
-def _head_points(volume: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None:
-    """The largest piece above the tissue level: its centroid (3,) and the indices (N, 3) of its outer shell
+def _head_points(volume: npt.NDArray[np.float32]
+                 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.bool_]] | None:
+    """The largest piece above the tissue level: its centroid (3,), the indices (N, 3) of its outer shell
     (the voxels within 2 of its outside: the outline of the face and the ears carries the symmetry, and a
-    fifth of the voxels costs a fifth of the time), or ``None`` where there is none."""
+    fifth of the voxels costs a fifth of the time) and its mask, or ``None`` where there is none."""
     mask = volume > TISSUE_LEVEL
     labels, n = ndi.label(mask)
     if n == 0:
@@ -91,7 +113,18 @@ def _head_points(volume: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float6
     shell = mask & ~ndi.binary_erosion(mask, iterations=2)
     if np.count_nonzero(shell) < 8:
         return None
-    return np.argwhere(mask).mean(axis=0), np.argwhere(shell).astype(np.float64)
+    return np.argwhere(mask).mean(axis=0), np.argwhere(shell).astype(np.float64), mask
+
+
+def _mirror_overlap(mask: npt.NDArray[np.bool_], centre: npt.NDArray[np.float64],
+                    normal: npt.NDArray[np.float64]) -> float:
+    """The fraction of ``mask``'s voxels whose mirror images about the plane (``centre``, ``normal``) are in it."""
+    points = np.argwhere(mask).astype(np.float64)
+    mirrored = np.rint(points - 2.0 * ((points - centre) @ normal)[:, None] * normal[None, :]).astype(np.intp)
+    inside = np.all((mirrored >= 0) & (mirrored < np.asarray(mask.shape)), axis=1)
+    hits = np.zeros(len(points), bool)
+    hits[inside] = mask[tuple(mirrored[inside].T)]
+    return float(hits.mean()) if len(points) else 0.0
 
 
 def _symmetry(volume: npt.NDArray[np.float32], points: npt.NDArray[np.float64], centre: npt.NDArray[np.float64],
@@ -138,7 +171,7 @@ def head_pose(box_image: npt.NDArray[np.float32]) -> Pose | None:
     coarse_head, fine_head = _head_points(coarse), _head_points(fine)
     if coarse_head is None or fine_head is None:
         return None
-    (_, points), (centre_fine, fine_points) = coarse_head, fine_head
+    (_, points, _), (centre_fine, fine_points, fine_mask) = coarse_head, fine_head
     centre_coarse = (centre_fine - 0.5) / 2.0  # the same point on the coarser grid (block means: i -> 2i + 0.5)
     yaws, rolls = np.meshgrid(np.arange(-YAW_RANGE_DEG, YAW_RANGE_DEG + 0.1, COARSE_STEP_DEG),
                               np.arange(-ROLL_RANGE_DEG, ROLL_RANGE_DEG + 0.1, COARSE_STEP_DEG), indexing="ij")
@@ -154,7 +187,8 @@ def head_pose(box_image: npt.NDArray[np.float32]) -> Pose | None:
     best = int(np.argmax(fine_scores[:-1]))
     return Pose(yaw_deg=float(fine_yaws.ravel()[best]), roll_deg=float(fine_rolls.ravel()[best]),
                 symmetry=float(fine_scores[best]), symmetry_upright=float(fine_scores[-1]),
-                centre_box=2.0 * centre_fine + 0.5)
+                centre_box=2.0 * centre_fine + 0.5,
+                mirror_overlap=_mirror_overlap(fine_mask, centre_fine, candidates[best]))
 
 
 def plane_rotation(yaw_deg: float, roll_deg: float) -> npt.NDArray[np.float64]:
