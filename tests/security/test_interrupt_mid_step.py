@@ -44,6 +44,11 @@ elif where == "verify":
 elif where == "sidecar":
     import defacer.route as route
     route.write_provenance = signalled_then_busy(route.write_provenance)
+elif where == "startup":  # the imports before the command (nibabel, numpy, the command modules): 0.5-1 s
+    cli.import_nibabel_without_pydicom = signalled_then_busy(cli.import_nibabel_without_pydicom)
+elif where == "load":  # the scan's reading, while the shipped detector is made in a thread beside it
+    import defacer.io
+    defacer.io.load_volume = signalled_then_busy(defacer.io.load_volume)
 cli.run(sys.argv[3:])
 """
 
@@ -111,3 +116,32 @@ def test_a_signal_at_the_sidecar_under_force_says_the_record_is_gone(tmp_path: P
     assert "left without a provenance record" in lines[0], lines[0]
     assert out.is_file() and not record.exists()
     assert sorted(os.listdir(tmp_path)) == ["d.nii.gz"]
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_a_signal_while_the_command_starts_says_so_in_one_line(tmp_path: Path, phantom: tuple[Path, Path],
+                                                              signal_name: str) -> None:
+    """Ctrl-C in the first second (the imports, before the command's own handler) printed a 30-line traceback
+    ending in ``KeyboardInterrupt`` (HOSTILE11, a real SIGINT 0.2-0.5 s after ``defacer deface`` started)."""
+    scan, _ = phantom
+    result = _run("startup", signal_name, "deface", str(scan), str(tmp_path / "d.nii.gz"))
+    assert result.returncode == 130, result.stderr
+    lines = _error_lines(result)
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("defacer: interrupted") and "nothing was read or written" in lines[0], lines[0]
+    if signal_name == "SIGTERM":
+        assert "by SIGTERM" in lines[0]
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_signal_while_the_scan_is_read_beside_the_detectors_thread_leaves_nothing(tmp_path: Path,
+                                                                                    phantom: tuple[Path, Path]) -> None:
+    """The shipped detector is made in a thread while the scan is read (route._DetectorLoading): an interrupt
+    there waits for that thread, ends in one line and leaves nothing."""
+    scan, _ = phantom
+    result = _run("load", "SIGINT", "deface", str(scan), str(tmp_path / "d.nii.gz"))
+    assert result.returncode == 130, result.stderr
+    lines = _error_lines(result)
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("defacer deface: interrupted") and "no partial output was left behind" in lines[0]
+    assert os.listdir(tmp_path) == []

@@ -252,14 +252,18 @@ def run(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     stop_on_termination()
     bounded = next((a for a in args if not a.startswith("-")), None) in BOUNDED_COMMANDS
-    if bounded:
-        from defacer.memory import retain_freed_memory, touch_ahead
+    try:
+        if bounded:
+            from defacer.memory import retain_freed_memory, touch_ahead
 
-        retain_freed_memory()
-        # the pages the run's arrays will use, touched on the other core while this one imports (0.4-0.5 s)
-        touch_ahead(TOUCH_AHEAD_MB)
-    import_nibabel_without_pydicom()
-    code = main(args)
+            retain_freed_memory()
+            # the pages the run's arrays will use, touched on the other core while this one imports (0.4-0.5 s)
+            touch_ahead(TOUCH_AHEAD_MB)
+        import_nibabel_without_pydicom()
+        code = main(args)
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM during the imports, before a command runs: one line
+        print(f"defacer: interrupted{_by_signal(err)} while starting; nothing was read or written.", file=sys.stderr)
+        code = EXIT_INTERRUPTED
     if bounded:
         exit_without_teardown(code)
     sys.exit(code)
