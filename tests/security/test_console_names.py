@@ -118,3 +118,27 @@ def test_a_logged_error_naming_a_hostile_file_stays_on_one_line(tmp_path: Path, 
                                (DefacerError(f"The JSON file '{FAKE}.json' is not valid JSON."),), None)
     assert _SHOWN_ARGUMENTS.filter(record)
     assert "\n" not in record.getMessage() and "x\\nDe-identified" in record.getMessage()
+
+
+@pytest.mark.parametrize("rich", [True, False], ids=["rich", "plain"])
+def test_a_multi_line_error_is_printed_on_one_line_without_literal_escapes(rich: bool,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """HOSTILE10's leftover: a DICOM folder's "holds 2 image stacks" error lists each stack on a line of its own;
+    the final table and the log lines printed its line breaks as a literal backslash-n."""
+    if not rich:
+        monkeypatch.setitem(sys.modules, "rich.table", None)
+    error = "The folder holds 2 image stacks:\n  1.2.3 (axial, 20 slices)\n  1.2.4 (coronal, 20 slices)\nPass --series."
+    records = [ScanRecord(key="sourcedata/sub-01/dicom", status=FAILED, error=error),
+               ScanRecord(key=f"sub-02/{FAKE}.nii.gz", status=FAILED, error=f"cannot read {FAKE}")]
+    stream = io.StringIO()
+    print_table(records, wall_s=1.0, stream=stream)
+    text = stream.getvalue()
+    assert "\\n" not in text.replace("x\\nDe-identified", ""), text  # only the hostile name's own line feed escaped
+    flat = " ".join(line.strip("│ ") for line in text.splitlines())
+    assert "(axial, 20 slices)" in flat and "Pass --series." in flat, text
+    assert not any(line.lstrip("│ ").startswith("De-identified 99") for line in text.splitlines()), text
+    log = io.StringIO()
+    with Progress(1, stream=log) as progress:
+        progress.advance(records[0])
+    assert len(log.getvalue().splitlines()) == 1 and "\\n" not in log.getvalue(), log.getvalue()
+    assert "1.2.3 (axial, 20 slices) 1.2.4 (coronal" in log.getvalue()

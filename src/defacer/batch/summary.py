@@ -165,7 +165,7 @@ class Progress(AbstractContextManager["Progress"]):
             state += f" (verify {verdict})" if verdict else ""
             if record.status in NOT_DEFACED:
                 state = f"{record.status.upper()} (nothing written) {record.error or ''}"
-            print(f"[{self._done}/{self.total}] {shown(record.key)}: {shown(state)}", file=self.stream)
+            print(f"[{self._done}/{self.total}] {shown(record.key)}: {one_line(state)}", file=self.stream)
             return
         elapsed = self._bar.tasks[0].elapsed or 0.0
         rate = f"{60.0 * self._done / elapsed:.1f} scans/min" if elapsed > 0 else ""
@@ -190,6 +190,13 @@ def _is_terminal(stream: TextIO) -> bool:
         return bool(isatty()) if isatty is not None else False
     except (OSError, ValueError):  # a closed or detached stream
         return False
+
+
+def one_line(message: str) -> str:
+    """A recorded error on one console line: its own line breaks (a DICOM folder's "holds 2 image stacks" lists
+    each on a line) become spaces, the rest as :func:`defacer.errors.shown` (they were printed as literal ``\\n``
+    in the final table and the log lines)."""
+    return shown(" ".join(part.strip() for part in str(message).splitlines() if part.strip()))
 
 
 def _last_scan(record: ScanRecord, width: int = 60) -> str:
@@ -250,7 +257,7 @@ def print_table(records: Sequence[ScanRecord], *, wall_s: float, stream: TextIO 
               f"verify failed {counts.verify_failed}, verify inconclusive {counts.verify_inconclusive} "
               f"of {counts.total} scans; {rate:.1f} scans/min", file=stream)
         for record in failed:
-            print(f"  FAILED {shown(record.key)}: {shown(record.error)}", file=stream)
+            print(f"  FAILED {shown(record.key)}: {one_line(record.error or '')}", file=stream)
         for record in not_defaced:
             print(f"  {record.status.upper()} (nothing written) {shown(record.key)}: {shown(_features_line(record))}",
                   file=stream)
@@ -286,7 +293,7 @@ def print_table(records: Sequence[ScanRecord], *, wall_s: float, stream: TextIO 
         errors.add_column("scan", overflow="fold")
         errors.add_column("error")
         for record in failed:
-            errors.add_row(Text(shown(record.key)), Text(shown(record.error or "")))
+            errors.add_row(Text(shown(record.key)), Text(one_line(record.error or "")))
         console.print(errors)
     if not_defaced:
         missing = Table(title="not defaced: a requested feature was not found (nothing written; --allow-missing "
