@@ -36,10 +36,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
-from scipy.spatial.transform import Rotation
 
 from defacer.detect.metrics import centroids_mm, dice_per_feature, feature_matches
 from defacer.detect.model import OnnxDetector, load_default_detector
+from defacer.detect.pose import turned_affine
 from defacer.detect.preprocess import normalise
 from defacer.io import load_volume
 from defacer.labels import FEATURES
@@ -53,16 +53,6 @@ POSES: dict[str, tuple[str, float] | None] = {
 
 #: The thick-slice variant's name (slices of 5 mm, or the multiple of the voxel size nearest it).
 THICK = "thick slices (~5 mm)"
-
-
-def rotated_affine(affine: np.ndarray, shape: tuple[int, ...], axis: str, degrees: float) -> np.ndarray:
-    """``affine`` turned by ``degrees`` about a world axis through the volume's centre."""
-    rotation = np.eye(4)
-    rotation[:3, :3] = Rotation.from_euler(axis, degrees, degrees=True).as_matrix()
-    centre = affine @ np.r_[(np.asarray(shape, float) - 1) / 2, 1.0]
-    to_origin, back = np.eye(4), np.eye(4)
-    to_origin[:3, 3], back[:3, 3] = -centre[:3], centre[:3]
-    return back @ rotation @ to_origin @ affine
 
 
 #: Names of the intensity variants of :func:`contrasts`.
@@ -264,7 +254,7 @@ def main() -> None:
 
         for pose, rot in POSES.items():
             if pose in wanted:
-                affine = volume.affine if rot is None else rotated_affine(volume.affine, values.shape, *rot)
+                affine = volume.affine if rot is None else turned_affine(volume.affine, values.shape, *rot)
                 add(pose, predict_on_grid(detector, values, affine))
         for label, image in contrasts(values, volume.affine).items():
             if label in wanted:

@@ -4,29 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.spatial.transform import Rotation
 
 from defacer.detect.model import load_default_detector
-from defacer.detect.pose import POSE_MIN_DEG, head_pose, plane_normal, upright_box
+from defacer.detect.pose import POSE_MIN_DEG, head_pose, plane_normal, turned_affine, upright_box
 from defacer.detect.preprocess import to_box
 from defacer.phantom import make_phantom
 from defacer.volume import canonical_reorientation
 
 
-def _turned(affine: np.ndarray, shape: tuple[int, ...], axis: str, degrees: float) -> np.ndarray:
-    """``affine`` turned about a world axis through the volume's centre: the head it holds turns with it."""
-    rotation = np.eye(4)
-    rotation[:3, :3] = Rotation.from_euler(axis, degrees, degrees=True).as_matrix()
-    centre = affine @ np.r_[(np.asarray(shape, float) - 1) / 2, 1.0]
-    to_origin, back = np.eye(4), np.eye(4)
-    to_origin[:3, 3], back[:3, 3] = -centre[:3], centre[:3]
-    return back @ rotation @ to_origin @ affine
-
-
 def _phantom_seen(axis: str | None, degrees: float, voxel: float = 2.0, axcodes: str = "RAS"):
     """The phantom in RAS order, turned by ``degrees`` about world ``axis`` (``None``: as made), and its labels."""
     ph = make_phantom(voxel, axcodes=axcodes, seed=3)
-    affine = ph.volume.affine if axis is None else _turned(ph.volume.affine, ph.volume.shape, axis, degrees)
+    affine = ph.volume.affine if axis is None else turned_affine(ph.volume.affine, ph.volume.shape, axis, degrees)
     reo = canonical_reorientation(affine, ph.volume.shape)
     return reo.to_ras(ph.volume.values()), reo.to_ras(ph.labels), reo.ras_affine
 
@@ -96,14 +85,14 @@ def test_the_detector_finds_every_feature_of_a_head_turned_35_degrees(axis, degr
         assert _dice(labels == value, turned == value) >= seen_upright - 0.1, (value, seen_upright)
 
 
-def test_the_sidecar_records_the_heads_pose_and_whether_the_box_was_turned() -> None:
+def test_the_sidecar_records_the_heads_pose_and_whether_the_box_wasturned_affine() -> None:
     from defacer.pipeline import DefaceOptions, deface
     from defacer.volume import Volume
 
     ph = make_phantom(3.0, seed=3)
     detector = load_default_detector()
     for degrees, turned in ((0.0, False), (30.0, True)):
-        affine = _turned(ph.volume.affine, ph.volume.shape, "z", degrees)
+        affine = turned_affine(ph.volume.affine, ph.volume.shape, "z", degrees)
         result = deface(Volume(ph.volume.values(), affine, 1.0, 0.0, ph.volume.format), detector, DefaceOptions())
         pose = result.provenance["detector"]["head_pose"]
         assert pose["box_turned"] is turned
@@ -137,3 +126,14 @@ def test_a_whole_turned_head_is_whole_about_its_plane() -> None:
     pose = head_pose(to_box(image, affine, upright=False)[0])
     assert pose is not None and pose.whole and pose.turned
     assert pose.mirror_overlap >= 0.9
+
+
+def test_a_turned_header_keeps_the_volumes_centre_and_turns_right_handed() -> None:
+    affine = np.array([[2.0, 0.0, 0.0, -90.0], [0.0, 2.0, 0.0, -110.0], [0.0, 0.0, 2.0, -70.0], [0.0, 0.0, 0.0, 1.0]])
+    shape = (90, 110, 80)
+    centre = np.r_[(np.asarray(shape, float) - 1) / 2, 1.0]
+    for axis, before, after in (("z", 0, 1), ("x", 1, 2), ("y", 2, 0)):  # a quarter turn takes one axis to the next
+        turned = turned_affine(affine, shape, axis, 90.0)
+        assert np.allclose(turned @ centre, affine @ centre)
+        assert np.allclose(turned[:3, before] / 2.0, np.eye(3)[after])
+        assert np.isclose(np.linalg.det(turned[:3, :3]), np.linalg.det(affine[:3, :3]))

@@ -94,15 +94,9 @@ def test_a_real_full_disk_at_the_sidecar(tmp_path: Path, phantom: tuple[Path, Pa
     finally:
         subprocess.run(["umount", str(disk)], check=False)
 
-
-@pytest.mark.parametrize("kind", ["nifti", "dicom"])
-def test_under_force_the_earlier_record_does_not_stay_beside_the_new_output(
-        tmp_path: Path, phantom: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str], kind: str) -> None:
-    """Before: ``--force`` over an earlier output, the sidecar write failing, left the new image beside the OLD
-    sidecar (its checksum and options described the replaced image), after "no half-written output was left"."""
-    import defacer.route
-
+def _scan_output_and_record(kind: str, tmp_path: Path, phantom: tuple[Path, Path]) -> tuple[Path, Path, Path, Path]:
+    """A phantom scan of ``kind`` (``"nifti"`` or a ``"dicom"`` series), its labels, an output and that output's
+    provenance record's path."""
     if kind == "nifti":
         scan, labels = phantom
         out = tmp_path / "d.nii.gz"
@@ -113,7 +107,19 @@ def test_under_force_the_earlier_record_does_not_stay_beside_the_new_output(
         scan, labels = tmp_path / "series", tmp_path / "series.labels.nii.gz"
         write_dicom_phantom(scan, labels, voxel_size=6.0)
         out = tmp_path / "defaced"
-    record = tmp_path / (out.name.removesuffix(".nii.gz") + ".defacer.json")
+    return scan, labels, out, tmp_path / (out.name.removesuffix(".nii.gz") + ".defacer.json")
+
+
+
+@pytest.mark.parametrize("kind", ["nifti", "dicom"])
+def test_under_force_the_earlier_record_does_not_stay_beside_the_new_output(
+        tmp_path: Path, phantom: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], kind: str) -> None:
+    """Before: ``--force`` over an earlier output, the sidecar write failing, left the new image beside the OLD
+    sidecar (its checksum and options described the replaced image), after "no half-written output was left"."""
+    import defacer.route
+
+    scan, labels, out, record = _scan_output_and_record(kind, tmp_path, phantom)
     assert main(["deface", str(scan), str(out), "--labels", str(labels)]) == 0
     assert record.is_file()
     capsys.readouterr()
@@ -136,17 +142,7 @@ def test_the_api_without_a_sidecar_under_force_removes_the_earlier_record(tmp_pa
     from defacer.provenance import sha256_of
     from defacer.route import deface_path
 
-    if kind == "nifti":
-        scan, labels = phantom
-        out = tmp_path / "d.nii.gz"
-    else:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "batch"))
-        from batch_fixtures import write_dicom_phantom
-
-        scan, labels = tmp_path / "series", tmp_path / "series.labels.nii.gz"
-        write_dicom_phantom(scan, labels, voxel_size=6.0)
-        out = tmp_path / "defaced"
-    record = tmp_path / (out.name.removesuffix(".nii.gz") + ".defacer.json")
+    scan, labels, out, record = _scan_output_and_record(kind, tmp_path, phantom)
     deface_path(scan, out, labels_path=labels)
     assert record.is_file()
     deface_path(scan, out, labels_path=labels, sidecar=False, force=True)

@@ -6,8 +6,8 @@ import dataclasses
 
 import numpy as np
 import pytest
-from scipy.spatial.transform import Rotation
 
+from defacer.detect.pose import turned_affine
 from defacer.phantom import make_phantom
 from defacer.verify.render import View, render_view, render_volume
 from defacer.volume import Volume
@@ -20,12 +20,7 @@ def _phantom(axis: str | None = None, degrees: float = 0.0) -> Volume:
     ph = make_phantom(2.0, seed=3)
     affine = ph.volume.affine
     if axis is not None:
-        rotation = np.eye(4)
-        rotation[:3, :3] = Rotation.from_euler(axis, degrees, degrees=True).as_matrix()
-        centre = affine @ np.r_[(np.asarray(ph.volume.shape, float) - 1) / 2, 1.0]
-        to_origin, back = np.eye(4), np.eye(4)
-        to_origin[:3, 3], back[:3, 3] = -centre[:3], centre[:3]
-        affine = back @ rotation @ to_origin @ affine
+        affine = turned_affine(affine, ph.volume.shape, axis, degrees)
     return Volume(ph.volume.values(), affine, 1.0, 0.0, ph.volume.format)
 
 
