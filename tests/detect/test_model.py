@@ -24,6 +24,23 @@ def test_missing_weights_raise_weights_error_saying_what_to_do(tmp_path) -> None
         OnnxDetector(tmp_path / "nothing.onnx")
 
 
+def test_weights_that_are_a_pipe_or_a_folder_are_named_for_what_they_are(tmp_path) -> None:
+    """``--weights`` naming a named pipe, a folder or /dev/zero said "found nothing" (HOSTILE11): it says what is
+    there; a pipe is never opened (the detector is made in a thread while the scan is read: it would wait for ever)."""
+    import os
+
+    pipe = tmp_path / "w.onnx"
+    os.mkfifo(pipe)
+    with pytest.raises(WeightsError, match="found a named pipe"):
+        OnnxDetector(pipe)
+    with pytest.raises(WeightsError, match="found a folder"):
+        OnnxDetector(tmp_path)
+    with pytest.raises(WeightsError, match="found a device"):
+        OnnxDetector("/dev/zero")
+    with pytest.raises(WeightsError, match="found nothing"):
+        OnnxDetector(tmp_path / "nothing.onnx")
+
+
 def test_weights_not_matching_their_card_are_rejected(tmp_path) -> None:
     weights = tmp_path / "m.onnx"
     weights.write_bytes(b"not a model")

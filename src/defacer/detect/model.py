@@ -151,8 +151,11 @@ class OnnxDetector:
     def __init__(self, weights_path: PathLike | None = None, threads: int = 0, ear_fallback: bool = True) -> None:
         path = Path(weights_path) if weights_path is not None else default_weights_path()
         if not path.is_file():
+            found = ("nothing" if not path.exists() else "a folder" if path.is_dir() else "a named pipe"
+                     if path.is_fifo() else "a device" if path.is_char_device() or path.is_block_device()
+                     else "no regular file")  # a pipe or a device is never opened: it could wait for ever
             message = (
-                f"Model weights not found: expected an ONNX file at {path}, found nothing. "
+                f"Model weights not found: expected an ONNX file at {path}, found {found}. "
                 "Reinstall defacer (the weights ship in defacer/models/), pass --weights FILE, or pass --labels FILE."
             )
             raise WeightsError(message)
