@@ -31,6 +31,14 @@ image path (``--without-network-ears``)
     image where the eyes predict it: what the tool does on heads whose ears the network misses (many
     unseen heads: other scanners, children, CT).  Detector mode only; the output file is named
     ``..._image_ears...``.
+a turned head (``--yaw DEG``)
+    each head turned by ``DEG`` degrees about the world's S axis through its grid's centre before it is defaced
+    (positive: the face towards the left), and its reference labels with it: ``--turn voxels`` (the default)
+    resamples the scan's voxels (linear; the labels nearest) on its own grid, a head turned in the scanner,
+    whose axes are no longer the array's; ``--turn header`` turns only its affine
+    (``defacer.detect.pose.turned_affine``: an oblique acquisition of the same head, whose
+    axes stay the array's).  Every row then also gives the fraction of each reference feature changed
+    (``features_changed``).
 pictures (``--sheets``)
     a contact sheet per head and mode (renders before/after, six views) in the output folder.
     These show real faces: they go to ``build/`` (ignored by git) and are never committed.
@@ -117,6 +125,39 @@ def protected_voxels(volume: Any, masks: list[npt.NDArray[np.bool_]], protect_de
     outside = outside_tree(depth, head.coarse_spacing(spacing))
     return [~within_depth(reorientation.indices_to_ras(np.argwhere(mask)), outside, spacing, protect_depth_mm)
             for mask in masks]
+
+
+def turn_head(volume: Any, reference: npt.NDArray[Any] | None, yaw_deg: float, how: str) -> tuple[Any, Any]:
+    """``volume`` and its reference labels (file grid) with the head turned by ``yaw_deg`` about the world's S axis.
+
+    ``how``: ``"voxels"`` resamples the stored values (linear, rounded for integer types) and the labels (nearest)
+    on the same grid, the head turned in the scanner; ``"header"`` turns the affine only (an oblique grid).
+    """
+    import dataclasses
+
+    from defacer.detect.pose import turned_affine
+
+    affine = np.asarray(volume.affine, float)
+    turned = turned_affine(affine, volume.shape, "z", yaw_deg)
+    if how == "header":
+        return dataclasses.replace(volume, affine=turned), reference
+    # output voxel i holds what lay at world turn^-1 (A i), i.e. at input index A^-1 turn^-1 A i (turn = turned A^-1)
+    to_input = np.linalg.inv(affine) @ np.linalg.inv(turned @ np.linalg.inv(affine)) @ affine
+    matrix, offset = to_input[:3, :3], to_input[:3, 3]
+    raw = np.asarray(volume.raw)
+    air = float(np.percentile(raw[::4, ::4, ::4], 1))
+    values = ndimage.affine_transform(raw.astype(np.float32), matrix, offset, order=1, cval=air, prefilter=False)
+    if np.issubdtype(raw.dtype, np.integer):
+        info = np.iinfo(raw.dtype)
+        values = np.clip(np.rint(values), info.min, info.max)
+    labels = None if reference is None else ndimage.affine_transform(reference, matrix, offset, order=0, cval=0)
+    return dataclasses.replace(volume, raw=values.astype(raw.dtype)), labels
+
+
+def features_changed(changed: npt.NDArray[np.bool_], reference: npt.NDArray[Any]) -> dict[str, float | None]:
+    """The fraction of each reference feature's voxels changed."""
+    return {name: (round(float(changed[reference == value].mean()), 3) if (reference == value).any() else None)
+            for name, (value, _) in FEATURE_COMPONENTS.items()}
 
 
 def cheap_metrics(volume: Any, result: Any, reference: npt.NDArray[Any] | None) -> dict[str, Any]:
@@ -236,6 +277,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 reference = load_volume(ref_path, strict=False).raw.astype(np.uint8) if ref_path.is_file() else None
                 if reference is not None and reference.shape != volume.shape:
                     reference = None
+                if args.yaw:
+                    volume, reference = turn_head(volume, reference, args.yaw, args.turn)
                 if mode == "labels":
                     if reference is None:
                         row["skipped"] = "no reference labels"
@@ -243,6 +286,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         print(f"{mode:8s} {scan.name:28s} skipped: no reference labels", flush=True)
                         continue
                     det = load_detector(labels_path=ref_path)
+                    if args.yaw:  # the labels turned with the head, on its grid
+                        from defacer.detect.label_file import LabelMapDetector
+                        from defacer.volume import Volume
+
+                        det = LabelMapDetector(Volume(reference, volume.affine, 1.0, 0.0, volume.format),
+                                               source=f"{ref_path.name} turned {args.yaw:g} degrees")
                 else:
                     det = detector
                 options = DefaceOptions(seed=0, nose_scale=args.nose_scale, whole_face=args.whole_face)
@@ -250,6 +299,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 result = deface(volume, det, options)
                 row["deface_s"] = round(time.perf_counter() - t0, 2)
                 row.update(cheap_metrics(volume, result, reference))
+                if reference is not None:
+                    row["features_changed"] = features_changed(result.edit_mask > 0, reference)
+                    row["head_pose"] = result.provenance["detector"].get("head_pose")
                 if args.faces:
                     faces, emb = face_metrics(volume, result, args.out / "reports" / mode / scan.name)
                     stronger = stronger_options(options) if args.retry_stronger else None
@@ -355,6 +407,8 @@ def format_row(mode: str, r: dict[str, Any]) -> str:
         aur += " (of reachable " + ",".join("-" if a is None else f"{a:.2f}" for a in r["auricles_of_reachable"]) + ")"
     line = (f"{mode:8s} {r['name']:28s} eyes {c['eyes']:7d} nose {c['nose']:7d} ears {c['ears']:6d} mm3  far {far}"
             f"  auricles {aur:10s} prot {r['changed_inside_protected']} distort {r['distort_s']:.2f}s")
+    if r.get("features_changed"):
+        line += "  features changed " + "/".join("-" if v is None else f"{v:.2f}" for v in r["features_changed"].values())
     if "faces_after_views" in r:
         after = ";".join(f"{k}:{','.join(v)}" for k, v in r["faces_after_views"].items()) or "none"
         line += f"  faces after {after} ({r['verdict']})"
@@ -386,6 +440,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--without-network-ears", action="store_true",
                         help="the detector's network ears dropped before its image-based ear search: every ear "
                              "looked for from the image (as on heads whose ears the network misses)")
+    parser.add_argument("--yaw", type=float, default=0.0, metavar="DEG",
+                        help="turn each head (and its reference labels) by DEG degrees about the world's S axis first")
+    parser.add_argument("--turn", choices=["voxels", "header"], default="voxels",
+                        help="with --yaw: resample the voxels (a head turned in the scanner, the default) or turn the "
+                             "affine only (an oblique acquisition)")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "distortion_quality",
                         help="output folder (default build/distortion_quality; never commit what it holds)")
     args = parser.parse_args(argv)
@@ -396,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     results = run(args)
     name = ("quality" + ("_image_ears" if args.without_network_ears else "") + ("_faces" if args.faces else "")
             + ("_retry" if args.retry_stronger else "")
-            + ("_wholeface" if args.whole_face else "")) + (f"_{args.mode}" if args.mode != "both" else "") + ".json"
+            + ("_wholeface" if args.whole_face else "")
+            + (f"_yaw{args.yaw:g}{'_header' if args.turn == 'header' else ''}" if args.yaw else "")) + (f"_{args.mode}" if args.mode != "both" else "") + ".json"
     (args.out / name).write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
     print(f"written {args.out / name}")
     return 0

@@ -47,6 +47,7 @@ from defacer._typing import LabelMap, PathLike
 from defacer.detect import Detector, HeadModelDetector
 from defacer.distort import Edit, distort_eyes, distort_nose, nose_region
 from defacer.distort_ears import distort_ears
+from defacer.distort_frame import distort_face_in_head_frame, head_rotation
 from defacer.errors import DetectorError, FeaturesNotFoundError, ProtectionError
 from defacer.head import (
     CLEAR_OUTLINE,
@@ -210,6 +211,15 @@ DEEP_CAP_EAR_EXTRA_MM = 10.0
 COUNT_SLAB_VOXELS = 512 * 1024
 
 
+def _measured_pose(image: npt.NDArray[np.float32], ras_affine: npt.NDArray[np.float64]) -> dict[str, float | bool]:
+    """The head's pose (:func:`defacer.detect.pose.head_pose`, as the ONNX detector records it) in the detector's
+    default box, for a detector that measures none (a label map); ``{}`` where the box holds no head."""
+    from defacer.detect.preprocess import to_box
+
+    _, box = to_box(image, ras_affine)
+    return box.pose.as_dict() if box.pose is not None else {}
+
+
 def _voxels_per_feature(label_map: LabelMap) -> dict[str, int]:
     """Voxels of each feature's label in a label map, in :data:`defacer.labels.FEATURES` order.
 
@@ -317,10 +327,25 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
     slack = head.coarse_slack(spacing)
     rng = np.random.default_rng(options.seed)
     edits: list[Edit] = []
-    if "eyes" in options.features:
+    # a head turned in the scanner (or an oblique grid): the eye cover and the nose removal are built along the
+    # head's own axes (defacer.distort_frame); a head whose axes are the array's takes the path below unchanged
+    turn = None
+    if {"eyes", "nose"} & set(options.features):
+        # the detector's pose where it measured one (the ONNX detector's), else measured here, as it does: once
+        pose = head_pose if hasattr(detector, "last_pose") else _measured_pose(image, reorientation.ras_affine)
+        turn = head_rotation(pose, reorientation.ras_affine)
+        if turn is not None and pose and not head_pose:
+            head_pose = dict(pose)  # recorded in the sidecar where it turned the distortions
+    if turn is not None:
+        centre = np.argwhere(head.sealed_coarse).mean(axis=0) * np.asarray(head.strides)
+        edits += distort_face_in_head_frame(image, labels_ras, head, spacing, turn, centre,
+                                            eyes="eyes" in options.features, nose="nose" in options.features,
+                                            band_mm=options.eye_band_mm, box_scale=options.eye_box_scale,
+                                            nose_scale=options.nose_scale)
+    elif "eyes" in options.features:
         edits += distort_eyes(image, labels_ras == Label.EYES, head, spacing,
                               band_mm=options.eye_band_mm, box_scale=options.eye_box_scale)
-    if nose is not None:
+    if nose is not None and turn is None:
         edits.append(distort_nose(image, nose, head, keep=edits))  # never under the eye cover
     if "ears" in options.features:
         edits += distort_ears(image, labels_ras == Label.EARS, head, spacing, rng, depth=depth)

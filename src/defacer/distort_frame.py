@@ -1,0 +1,232 @@
+"""The eye cover and the nose removal of a turned head, built in the head's own frame.
+
+:mod:`defacer.distort` works on the RAS-ordered voxel array: the nose's bounding box x2 is taken along the
+array's axes, the eye cover reads the face as a height map along the array's A axis in (R, S) columns, the
+nose box stops at the head's centre along A.  On a head turned in the scanner (yaw, roll: measured once by
+:func:`defacer.detect.pose.head_pose`, the detector's ``last_pose``) or acquired on an oblique grid, those axes
+are not the head's: at 30 degrees of yaw the box x2 is a slanted slab wider than the nose (it cuts the cheek
+beside the nose and the eye cover, and misses the tip), and the cover's height map looks at the face from
+30 degrees off its front.
+
+Here the face's region (the eyes and the nose with a margin) is resampled onto an upright grid along the head's
+own axes (isotropic voxels, :func:`HeadGrid.resample`), the same distortions run there on the upright image and
+its labels, and each edit is carried back onto the array's voxels by nearest neighbour (every array voxel takes
+its mask, value and shield from the upright voxel it falls in; :func:`HeadGrid.edit_to_array`).  The nose's
+box x2 becomes an oriented box on the array, still clipped to its reach ball; the cover meets the face from its
+front.  Nothing changes where the head's axes are the array's (within :data:`TURN_MIN_DEG`): those heads take
+:mod:`defacer.distort`'s path unchanged, byte for byte.  The ears (a morphological opening of the head near the
+detected ear) and the whole-face option (already in the eyes' own frame, :func:`defacer.detect.frame.eye_frame`)
+are not re-framed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+
+from defacer._typing import LabelMap
+from defacer.detect.pose import POSE_MIN_DEG, plane_rotation
+from defacer.distort import Box, Edit, _box_list, distort_eyes, distort_nose, nose_region
+from defacer.head import HeadModel
+from defacer.labels import Label
+
+#: The eye cover and the nose removal are built in the head's frame where its axes are this far (degrees, one
+#: rotation angle) from the array's: the detector's own threshold for turning its box.
+TURN_MIN_DEG = POSE_MIN_DEG
+#: The head-frame region resampled: this far beyond the eyes' and nose's labels to the sides and up and down (the
+#: eye cover reaches 51 mm from an eye's centre, the nose removal 55 mm from the nose's), behind them and in front
+#: of them (the cover reads the air in front of the face), in mm.
+MARGIN_SIDE_MM = 70.0
+MARGIN_BEHIND_MM = 50.0
+MARGIN_FRONT_MM = 100.0
+#: The upright grid's voxel: the array's finest spacing, never finer than this (mm).
+MIN_STEP_MM = 1.0
+
+
+def head_rotation(pose: Mapping[str, Any] | None, ras_affine: npt.NDArray[np.floating]) -> npt.NDArray[np.float64] | None:
+    """The head's axes in the RAS array's axes, where they are :data:`TURN_MIN_DEG` or more apart.
+
+    Parameters
+    ----------
+    pose : mapping or None
+        The head's pose as the detector records it (:meth:`defacer.detect.pose.Pose.as_dict`: ``yaw_deg``,
+        ``roll_deg``, ``box_turned``); unless ``box_turned`` the head is upright and the array's axes are taken as
+        its axes, as they always were (``None``).
+    ras_affine : ndarray, shape (4, 4)
+        Voxel -> world (RAS+ mm) of the RAS-ordered array: an oblique grid turns its axes from the world's.
+
+    Returns
+    -------
+    ndarray, shape (3, 3), or None
+        Orthonormal; its columns are the head's R, A and S directions in the array's axes (index times spacing).
+        ``None`` for an upright head, or where the turned head's axes are the array's (within :data:`TURN_MIN_DEG`: a
+        head turned in the world but acquired on a grid turned with it).
+    """
+    if not pose or not pose.get("box_turned"):
+        return None  # an upright head: the array's axes, as always (a tilted grid's pitch is not the head's pose)
+    linear = np.asarray(ras_affine, float)[:3, :3]
+    directions = linear / np.linalg.norm(linear, axis=0)
+    world = plane_rotation(float(pose["yaw_deg"]), float(pose["roll_deg"]))
+    u, _, vt = np.linalg.svd(directions.T @ world)  # the nearest rotation (a sheared grid is close to one)
+    rotation = u @ vt
+    angle = float(np.degrees(np.arccos(np.clip((np.trace(rotation) - 1.0) / 2.0, -1.0, 1.0))))
+    return rotation if angle >= TURN_MIN_DEG else None
+
+
+@dataclass(frozen=True)
+class HeadGrid:
+    """An upright grid along the head's axes over part of the RAS array.
+
+    Attributes
+    ----------
+    rotation : ndarray, shape (3, 3)
+        :func:`head_rotation`.
+    spacing : tuple of 3 float
+        The array's voxel size along its axes (mm).
+    step : float
+        The grid's (isotropic) voxel size, mm.
+    origin : ndarray, shape (3,)
+        Head-frame coordinates (mm) of the grid's voxel 0.
+    shape : tuple of 3 int
+    """
+
+    rotation: npt.NDArray[np.float64]
+    spacing: tuple[float, float, float]
+    step: float
+    origin: npt.NDArray[np.float64]
+    shape: tuple[int, int, int]
+
+    @property
+    def to_array(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """(matrix, offset): array index = matrix @ grid index + offset."""
+        scale = np.diag(1.0 / np.asarray(self.spacing, float)) @ self.rotation
+        return scale * self.step, scale @ self.origin
+
+    def resample(self, values: npt.NDArray[Any], order: int, cval: float) -> npt.NDArray[Any]:
+        """``values`` (on the array) on this grid: linear (``order`` 1) or nearest (0); ``cval`` outside the array."""
+        matrix, offset = self.to_array
+        return ndimage.affine_transform(values, matrix, offset, output_shape=self.shape, order=order, cval=cval,
+                                        prefilter=False)
+
+    def edit_to_array(self, edit: Edit, image_shape: tuple[int, ...]) -> Edit | None:
+        """``edit`` (on this grid) on the array: each array voxel takes the edit's at the grid voxel it falls in.
+
+        ``None`` where no voxel of the array falls in the edit's box.
+        """
+        matrix, offset = self.to_array
+        corners = np.array([[s.start if bit == 0 else s.stop - 1 for s, bit in zip(edit.box, bits, strict=True)]
+                            for bits in np.ndindex(2, 2, 2)], float)
+        at = corners @ matrix.T + offset
+        lo = np.maximum(np.floor(at.min(axis=0)).astype(int) - 1, 0)
+        hi = np.minimum(np.ceil(at.max(axis=0)).astype(int) + 2, np.asarray(image_shape[:3]))
+        if np.any(hi <= lo):
+            return None
+        box: Box = (slice(int(lo[0]), int(hi[0])), slice(int(lo[1]), int(hi[1])), slice(int(lo[2]), int(hi[2])))
+        inverse = np.linalg.inv(matrix)
+        grids = np.meshgrid(*[np.arange(s.start, s.stop, dtype=np.float64) for s in box], indexing="ij", sparse=True)
+        local = []
+        inside = np.ones(tuple(s.stop - s.start for s in box), dtype=bool)
+        for axis in range(3):
+            u = sum(inverse[axis, k] * (grids[k] - offset[k]) for k in range(3))
+            index = np.rint(u).astype(np.intp) - edit.box[axis].start
+            inside &= (index >= 0) & (index < edit.box[axis].stop - edit.box[axis].start)
+            local.append(index)
+        where = tuple(np.clip(i, 0, edit.box[a].stop - edit.box[a].start - 1) for a, i in enumerate(local))
+        mask = inside & edit.mask[where]
+        if not mask.any():
+            return None
+        values = np.asarray(edit.values[where], dtype=np.float32)
+        shield = inside & edit.shield[where] if edit.shield is not None else None
+        # voxel positions on the upright grid go under head_frame; the edit's box and the nose's centre are the array's
+        moved = ("box", "centres_rs_voxel", "centre_voxel")
+        upright = {k: v for k, v in edit.params.items() if k in moved}
+        params: dict[str, Any] = {k: v for k, v in edit.params.items() if k not in moved}
+        params.update(box=_box_list(box), head_frame={
+            **upright, "grid_mm": round(self.step, 3),
+            "rotation": [[round(float(x), 4) for x in row] for row in self.rotation]})
+        if "centre_voxel" in upright:
+            centre = matrix @ np.asarray(upright["centre_voxel"], float) + offset
+            params["centre_voxel"] = [round(float(c), 2) for c in centre]
+        return Edit(edit.feature, box, mask, values, params, shield=shield)
+
+
+def head_grid(rotation: npt.NDArray[np.float64], spacing: tuple[float, float, float], image_shape: tuple[int, ...],
+              points: npt.NDArray[Any]) -> HeadGrid:
+    """The upright grid over ``points`` (array indices, shape (N, 3)) and the margins, within the array's extent."""
+    sp = np.asarray(spacing, float)
+    step = max(float(sp.min()), MIN_STEP_MM)
+    frame = (np.asarray(points, float) * sp) @ rotation  # head-frame mm
+    corners = (np.array(list(np.ndindex(2, 2, 2)), float) * (np.asarray(image_shape[:3]) - 1) * sp) @ rotation
+    lo = frame.min(axis=0) - np.array([MARGIN_SIDE_MM, MARGIN_BEHIND_MM, MARGIN_SIDE_MM])
+    hi = frame.max(axis=0) + np.array([MARGIN_SIDE_MM, MARGIN_FRONT_MM, MARGIN_SIDE_MM])
+    lo, hi = np.maximum(lo, corners.min(axis=0)), np.minimum(hi, corners.max(axis=0))
+    shape = tuple(int(n) for n in np.maximum(np.ceil((hi - lo) / step).astype(int) + 1, 1))
+    return HeadGrid(rotation, tuple(float(s) for s in sp), step, lo, shape)  # type: ignore[arg-type]
+
+
+def distort_face_in_head_frame(
+    image: npt.NDArray[np.floating],
+    labels_ras: LabelMap,
+    head: HeadModel,
+    spacing: tuple[float, float, float],
+    rotation: npt.NDArray[np.float64],
+    head_centre: npt.NDArray[np.floating],
+    *,
+    eyes: bool,
+    nose: bool,
+    band_mm: float,
+    box_scale: float,
+    nose_scale: float,
+) -> list[Edit]:
+    """The eye cover and the nose removal (:mod:`defacer.distort`) of a turned head, built upright and mapped back.
+
+    Parameters
+    ----------
+    image : ndarray, shape (X, Y, Z)
+        RAS-ordered image, physical values.
+    labels_ras : ndarray, uint8, shape (X, Y, Z)
+        The detector's labels on it.
+    head : HeadModel
+        Its head (the air and tissue levels).
+    spacing : tuple of 3 float
+        The array's voxel size (mm).
+    rotation : ndarray, shape (3, 3)
+        :func:`head_rotation`.
+    head_centre : ndarray, shape (3,)
+        The head's centre (array index): the nose box never reaches behind it along the head's A axis.
+    eyes, nose : bool
+        Which of the two to build.
+    band_mm, box_scale, nose_scale : float
+        As :func:`defacer.distort.distort_eyes` and :func:`defacer.distort.nose_region`.
+
+    Returns
+    -------
+    list of Edit
+        On the array, in :mod:`defacer.distort`'s order (eye covers, then the nose removal); each records its
+        ``head_frame`` (its box on the upright grid, the grid's voxel and the rotation).
+    """
+    wanted = [int(Label.EYES)] * eyes + [int(Label.NOSE)] * nose
+    points = np.argwhere(np.isin(labels_ras, wanted))
+    if not len(points):
+        return []
+    grid = head_grid(rotation, spacing, image.shape, points)
+    upright = grid.resample(np.asarray(image, np.float32), 1, float(head.background))
+    labels = grid.resample(np.asarray(labels_ras, np.uint8), 0, 0.0)
+    step = (grid.step,) * 3
+    built: list[Edit] = []
+    if eyes:
+        built += distort_eyes(upright, labels == Label.EYES, head, step, band_mm=band_mm, box_scale=box_scale)
+    if nose:
+        matrix, offset = grid.to_array
+        centre_a = int(np.linalg.solve(matrix, np.asarray(head_centre, float) - offset)[1])
+        region = nose_region(labels == Label.NOSE, upright.shape, step, nose_scale,  # type: ignore[arg-type]
+                             posterior_limit=min(max(centre_a, 0), upright.shape[1]))
+        if region is not None:
+            built.append(distort_nose(upright, region, head, keep=built))
+    mapped = [grid.edit_to_array(edit, image.shape) for edit in built]
+    return [edit for edit in mapped if edit is not None]
