@@ -14,7 +14,7 @@ measured (the network finds pitched heads as well as upright ones: pitch 20 and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -59,9 +59,10 @@ class Pose:
         The same about the plane with normal R through the same point.
     centre_box : ndarray, shape (3,)
         A point of the plane (the head's centroid), in box voxel indices.
-    mirror_overlap : float
+    mirror_overlap : float or None
         The fraction of the head's voxels (5 mm grid) whose mirror images about that plane are in the head too:
-        a whole head about 0.95, half a head (cut by the field of view) well under 0.9.
+        a whole head about 0.95, half a head (cut by the field of view) well under 0.9.  Measured only where the
+        plane would otherwise turn the box (``None`` elsewhere: 10 ms saved on every upright head).
     """
 
     yaw_deg: float
@@ -69,12 +70,21 @@ class Pose:
     symmetry: float
     symmetry_upright: float
     centre_box: npt.NDArray[np.float64]
-    mirror_overlap: float = 1.0
+    mirror_overlap: float | None = None
+
+    @property
+    def far(self) -> bool:
+        """Whether the plane is far enough from upright, and beats the upright plane clearly enough, to turn the
+        box for a whole head."""
+        return (max(abs(self.yaw_deg), abs(self.roll_deg)) >= POSE_MIN_DEG
+                and self.symmetry - self.symmetry_upright >= POSE_MIN_GAIN)
 
     @property
     def whole(self) -> bool:
-        """Whether the head is whole and clearly symmetric about the plane: a plane a turn may be read from."""
-        return self.symmetry >= POSE_MIN_SYMMETRY and self.mirror_overlap >= POSE_MIN_OVERLAP
+        """Whether the head was measured whole and clearly symmetric about the plane: a plane a turn may be read
+        from (``False`` where :attr:`mirror_overlap` was not measured)."""
+        return (self.mirror_overlap is not None and self.symmetry >= POSE_MIN_SYMMETRY
+                and self.mirror_overlap >= POSE_MIN_OVERLAP)
 
     @property
     def turned(self) -> bool:
@@ -83,14 +93,14 @@ class Pose:
         Never for a head that is not whole about the plane (:attr:`whole`): half a head, or one cut by the field
         of view at a side, reads a turned plane (0.29-0.54 against 0.15-0.30 upright), and a box turned for it
         loses the face."""
-        far = max(abs(self.yaw_deg), abs(self.roll_deg)) >= POSE_MIN_DEG
-        return far and self.symmetry - self.symmetry_upright >= POSE_MIN_GAIN and self.whole
+        return self.far and self.whole
 
     def as_dict(self) -> dict[str, float | bool]:
         """The sidecar's record."""
         return {"yaw_deg": round(self.yaw_deg, 1), "roll_deg": round(self.roll_deg, 1),
                 "symmetry": round(self.symmetry, 3), "symmetry_upright": round(self.symmetry_upright, 3),
-                "mirror_overlap": round(self.mirror_overlap, 3), "box_turned": self.turned}
+                "mirror_overlap": None if self.mirror_overlap is None else round(self.mirror_overlap, 3),
+                "box_turned": self.turned}
 
 
 def plane_normal(yaw_deg: npt.ArrayLike, roll_deg: npt.ArrayLike) -> npt.NDArray[np.float64]:
@@ -185,10 +195,12 @@ def head_pose(box_image: npt.NDArray[np.float32]) -> Pose | None:
     candidates = np.r_[plane_normal(fine_yaws.ravel(), fine_rolls.ravel()), plane_normal([0.0], [0.0])]
     fine_scores = _symmetry(fine, fine_points, centre_fine, candidates)
     best = int(np.argmax(fine_scores[:-1]))
-    return Pose(yaw_deg=float(fine_yaws.ravel()[best]), roll_deg=float(fine_rolls.ravel()[best]),
+    pose = Pose(yaw_deg=float(fine_yaws.ravel()[best]), roll_deg=float(fine_rolls.ravel()[best]),
                 symmetry=float(fine_scores[best]), symmetry_upright=float(fine_scores[-1]),
-                centre_box=2.0 * centre_fine + 0.5,
-                mirror_overlap=_mirror_overlap(fine_mask, centre_fine, candidates[best]))
+                centre_box=2.0 * centre_fine + 0.5)
+    if not pose.far:  # the box stays whatever the overlap: not measured
+        return pose
+    return replace(pose, mirror_overlap=_mirror_overlap(fine_mask, centre_fine, candidates[best]))
 
 
 def plane_rotation(yaw_deg: float, roll_deg: float) -> npt.NDArray[np.float64]:
