@@ -222,7 +222,7 @@ class OnnxDetector:
         return dict(getattr(self._last, "sources", {}))
 
     @property
-    def last_pose(self) -> dict[str, float | bool]:
+    def last_pose(self) -> dict[str, float | bool | None]:
         """See the class attributes."""
         return dict(getattr(self._last, "pose", {}))
 

@@ -95,7 +95,7 @@ class Pose:
         loses the face."""
         return self.far and self.whole
 
-    def as_dict(self) -> dict[str, float | bool]:
+    def as_dict(self) -> dict[str, float | bool | None]:
         """The sidecar's record."""
         return {"yaw_deg": round(self.yaw_deg, 1), "roll_deg": round(self.roll_deg, 1),
                 "symmetry": round(self.symmetry, 3), "symmetry_upright": round(self.symmetry_upright, 3),
