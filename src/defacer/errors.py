@@ -206,6 +206,21 @@ def system_error_message(err: OSError) -> str:
             + "".join(f" {note}" for note in getattr(err, "__notes__", ())))
 
 
+def thread_refused_message(err: BaseException) -> str | None:
+    """A new thread refused by the system, in words, or ``None`` for any other error.
+
+    Under a memory limit on the address space (``ulimit -v``, a batch scheduler's virtual-memory limit) or a
+    process-count limit, starting a thread (the compressed writer's, the detector's) raises
+    ``RuntimeError("can't start new thread")``, which read as "unexpected error ... a bug in defacer".
+    """
+    if not isinstance(err, RuntimeError) or "can't start new thread" not in str(err):
+        return None
+    return ("The system refused to start a thread: the process reached a limit on its memory (ulimit -v, a job "
+            "scheduler's virtual-memory limit) or on its number of threads or processes (ulimit -u). Raise the "
+            "limit (a 1 mm head needs about 1 GB of address space) or run where more is allowed. Outputs are "
+            "written to a temporary and renamed only when complete, so no half-written output was left.")
+
+
 def symlink_loop_message(err: BaseException) -> str | None:
     """The error of a symbolic-link loop met while resolving a path, in words, or ``None`` for any other error.
 

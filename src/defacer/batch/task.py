@@ -38,6 +38,7 @@ from defacer.errors import (
     OutputError,
     symlink_loop_message,
     system_error_message,
+    thread_refused_message,
 )
 from defacer.io.output_guard import nrrd_data_files
 from defacer.options import DEFAULT_OPTIONS, DefaceOptions, Deidentification
@@ -394,7 +395,7 @@ def _run(task: ScanTask, record: ScanRecord) -> None:
             record.error = _unexpected(err)
     except (Exception, MemoryError) as err:  # noqa: BLE001 - one bad scan must never stop the batch
         record.error_type = type(err).__name__
-        record.error = symlink_loop_message(err) or _unexpected(err)
+        record.error = symlink_loop_message(err) or thread_refused_message(err) or _unexpected(err)
 
 
 def _unexpected(err: BaseException) -> str:

@@ -25,6 +25,7 @@ from defacer.errors import (
     shown,
     symlink_loop_message,
     system_error_message,
+    thread_refused_message,
 )
 
 #: Subcommand modules in the order ``--help`` lists them.  Each imports only the standard library and
@@ -151,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"defacer {args.command}: error: {shown(system_error_message(err), lines=True)}", file=sys.stderr)
         return EXIT_ERROR
     except RuntimeError as err:
-        loop = symlink_loop_message(err)
+        loop = symlink_loop_message(err) or thread_refused_message(err)
         if loop is None or args.debug:
             return _unexpected(args, err)
         print(f"defacer {args.command}: error: {shown(loop, lines=True)}", file=sys.stderr)
