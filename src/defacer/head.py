@@ -408,9 +408,13 @@ def analyse_head(image: npt.NDArray[np.floating], spacing: tuple[float, float, f
     # exact), then fill everything not reachable from the border.
     sealed = closed_and_filled(tissue, SEAL_RADIUS_MM, coarse_spacing)
     if not sealed.any():
+        seen = coarse[in_field] if in_field.any() else coarse
+        padded = (f"{padding:g} is read as padding outside the scanned field, and the voxels inside it are "
+                  if padding is not None and in_field.any() and not in_field.all() else "")
+        low, high = float(seen.min()), float(seen.max())
         raise InputImageError(
-            f"No head found in this scan: no voxel is brighter than the air (all voxels are {float(coarse.min()):g}"
-            + ("" if float(coarse.max()) == float(coarse.min()) else f" to {float(coarse.max()):g}")
+            "No head found in this scan: no voxel is brighter than the air ("
+            + (padded or "all voxels are ") + f"{low:g}" + ("" if high == low else f" to {high:g}")
             + "). An empty or constant volume has no face to deface; check that the right file was given and "
             "that it was exported with its image data."
         )

@@ -207,3 +207,19 @@ def test_a_nifti_header_extension_is_kept_and_warned_about(phantom, tmp_path, ca
     assert any("extension" in w for w in sidecar["warnings"])
     assert "Quexworth" not in json.dumps(sidecar)  # the warning names the code, never the content
     assert b"Quexworth" in (tmp_path / "out.nii").read_bytes()  # kept: the header is the input's
+
+
+def test_a_two_valued_image_whose_low_value_is_padding_is_described_as_it_is(tmp_path, capsys):
+    """An int16 image of -32768 (read as padding outside the field) and 32767 only (a mask saved as an image) said
+    'no voxel is brighter than the air (all voxels are -32768 to 32767)' (HOSTILE11): half of them are brighter. It
+    names the padding and the one value inside the field."""
+    values = np.full((40, 40, 40), -32768, np.int16)
+    values[8:32, 8:32, 8:32] = 32767
+    path = tmp_path / "mask_as_image.nii.gz"
+    nib.save(nib.Nifti1Image(values, np.diag([4.0, 4.0, 4.0, 1.0])), str(path))
+    code = main(["deface", str(path), str(tmp_path / "out.nii.gz")])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert "-32768 is read as padding outside the scanned field" in err and "inside it are 32767" in err, err
+    assert "-32768 to 32767" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask_as_image.nii.gz"]
