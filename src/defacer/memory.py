@@ -19,7 +19,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import platform
-import threading
 
 #: ``mallopt`` parameters of glibc's ``<malloc.h>``.
 _M_TRIM_THRESHOLD = -1
@@ -27,10 +26,6 @@ _M_MMAP_MAX = -4
 
 #: Trim threshold meaning "never give the heap's top back" (the largest value ``mallopt`` takes).
 _NEVER = 2**31 - 1
-
-#: The C library :func:`retain_freed_memory` set up (its ``malloc``, ``memset`` and ``free`` serve
-#: :func:`touch_ahead`), or ``None`` before / where it did nothing.
-_retained: ctypes.CDLL | None = None
 
 
 def retain_freed_memory() -> bool:
@@ -51,49 +46,4 @@ def retain_freed_memory() -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    applied = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _NEVER))
-    global _retained
-    _retained = libc if applied else None
-    return applied
-
-
-def touch_ahead(megabytes: int) -> threading.Thread | None:
-    """Have another thread touch ``megabytes`` of the heap now and free them, for this process's later arrays.
-
-    After :func:`retain_freed_memory`: a block taken from the heap (in the calling thread, so from its
-    allocator's main arena) is written once by a new thread and freed there; glibc keeps it in the heap, so
-    the large arrays the run allocates afterwards (the scan, the network's activations) come from pages
-    already touched instead of faulting in new ones one by one.  The writing runs outside Python's global
-    lock (a ``ctypes`` call), so on a second core it costs the calling thread nothing: a command calls this
-    before its imports (0.4-0.5 s of one core).  The block's contents are never read: what is later allocated
-    there comes as heap memory always does (``malloc``: no promised contents; ``calloc``: cleared), so results do
-    not change.  Give about what the run will allocate anyway (its peak minus the interpreter's): the peak then
-    rises only by the heap's fragmentation (4-19 MB on real heads, docs/measurements.md).
-
-    Returns
-    -------
-    threading.Thread or None
-        The daemon thread doing it (joining it is optional: an exit does not wait for it), or ``None`` where
-        :func:`retain_freed_memory` was not applied (the block would go back to the system when freed).
-    """
-    libc = _retained
-    if libc is None or megabytes <= 0:
-        return None
-    malloc, memset, free = libc.malloc, libc.memset, libc.free
-    malloc.argtypes, malloc.restype = [ctypes.c_size_t], ctypes.c_void_p
-    memset.argtypes, memset.restype = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t], ctypes.c_void_p
-    free.argtypes, free.restype = [ctypes.c_void_p], None
-    size = int(megabytes) << 20
-    block = malloc(size)
-    if not block:
-        return None
-
-    def touch() -> None:
-        try:
-            memset(block, 0, size)
-        finally:
-            free(block)
-
-    thread = threading.Thread(target=touch, name="defacer-touch-ahead", daemon=True)
-    thread.start()
-    return thread
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _NEVER))

