@@ -45,6 +45,7 @@ import numpy.typing as npt
 
 from defacer._typing import LabelMap, PathLike
 from defacer.detect import Detector, HeadModelDetector
+from defacer.detect.pose import measured_pose
 from defacer.distort import Edit, distort_eyes, distort_nose, nose_region
 from defacer.distort_ears import distort_ears
 from defacer.distort_frame import distort_face_in_head_frame, head_rotation
@@ -205,19 +206,13 @@ DEEP_CAP_MARGIN_MM = 10.0
 #: ear-edit voxels and changes no other head's output).
 DEEP_CAP_EAR_EXTRA_MM = 10.0
 
-
-
 #: Voxels of a label map compared at a time by :func:`_voxels_per_feature` (512 kB of bool, reused).
 COUNT_SLAB_VOXELS = 512 * 1024
 
 
-def _measured_pose(image: npt.NDArray[np.float32], ras_affine: npt.NDArray[np.float64]) -> dict[str, float | bool]:
-    """The head's pose (:func:`defacer.detect.pose.head_pose`, as the ONNX detector records it) in the detector's
-    default box, for a detector that measures none (a label map); ``{}`` where the box holds no head."""
-    from defacer.detect.preprocess import to_box
-
-    _, box = to_box(image, ras_affine)
-    return box.pose.as_dict() if box.pose is not None else {}
+def _pose_record(pose: Any) -> dict[str, Any]:
+    """A pose as the ONNX detector records it (``last_pose``): its dict, ``{}`` for none."""
+    return pose.as_dict() if pose is not None else {}
 
 
 def _voxels_per_feature(label_map: LabelMap) -> dict[str, int]:
@@ -332,7 +327,7 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
     turn = None
     if {"eyes", "nose"} & set(options.features):
         # the detector's pose where it measured one (the ONNX detector's), else measured here, as it does: once
-        pose = head_pose if hasattr(detector, "last_pose") else _measured_pose(image, reorientation.ras_affine)
+        pose = head_pose if hasattr(detector, "last_pose") else _pose_record(measured_pose(image, reorientation.ras_affine))
         turn = head_rotation(pose, reorientation.ras_affine)
         if turn is not None and pose and not head_pose:
             head_pose = dict(pose)  # recorded in the sidecar where it turned the distortions

@@ -20,7 +20,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage as ndi
 
-from defacer.detect.preprocess import Box, block_mean
+from defacer._typing import Affine
+from defacer.detect.preprocess import Box, block_mean, to_box
 
 #: A head turned (yaw or roll) by this much or more is presented to the network upright, in degrees.
 POSE_MIN_DEG = 10.0
@@ -238,6 +239,13 @@ def upright_box(box: Box, pose: Pose) -> Box:
     to_origin, back = np.eye(4), np.eye(4)
     to_origin[:3, 3], back[:3, 3] = -centre, centre
     return Box(shape=box.shape, affine=back @ rotation @ to_origin @ box.affine)
+
+
+def measured_pose(image_ras: npt.NDArray[np.floating], ras_affine: Affine) -> Pose | None:
+    """The head's pose read as the detector reads it: :func:`head_pose` in the detector's default box
+    (:func:`defacer.detect.preprocess.to_box`), for a caller without a detector's reading (a label map given
+    instead, the verification's renders); ``None`` where the box holds no head."""
+    return to_box(np.asarray(image_ras, np.float32), ras_affine)[1].pose
 
 
 def turned_affine(affine: npt.NDArray[np.float64], shape: tuple[int, ...], axis: str, degrees: float

@@ -220,7 +220,7 @@ def prepare_scene(
         size = like.grid.shape[0]  # the same cube: its step was chosen for its own edge
         head_turn = like.head_turn
     else:
-        head_turn = head_rotation(values, reo.ras_affine)
+        head_turn = _head_turn(values, reo.ras_affine)
         sample = values[::3, ::3, ::3]
         iso_level = float(iso) if iso is not None else auto_iso_level(sample)
         lo, hi = _head_box_world(ras_volume, values, iso_level)
@@ -260,17 +260,12 @@ def prepare_scene(
                  background=background, head_turn=head_turn)
 
 
-def head_rotation(values_ras: npt.NDArray[Any], ras_affine: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """The head's turn (yaw about S, roll about A) as a rotation matrix (3, 3), the identity if within 10 degrees.
+def _head_turn(values_ras: npt.NDArray[Any], ras_affine: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """The head's turn (yaw about S, roll about A) as a rotation matrix (3, 3), read as the detector reads it
+    (:func:`defacer.detect.pose.measured_pose`); the identity within 10 degrees of upright or where no head is found."""
+    from defacer.detect.pose import measured_pose, plane_rotation
 
-    Read from its left-right symmetry as the detector reads it (:func:`defacer.detect.pose.head_pose`, in the
-    detector's box); the identity too where no head is found there.
-    """
-    from defacer.detect.pose import plane_rotation
-    from defacer.detect.preprocess import to_box
-
-    _, box = to_box(np.asarray(values_ras, np.float32), ras_affine)
-    pose = box.pose
+    pose = measured_pose(values_ras, ras_affine)
     return plane_rotation(pose.yaw_deg, pose.roll_deg) if pose is not None and pose.turned else np.eye(3)
 
 
