@@ -100,3 +100,47 @@ def test_a_head_turned_in_the_header_only_is_distorted_as_upright(runs) -> None:
     volume, labels = quality.turn_head(ph.volume, ph.labels, 30.0, "header")
     result = deface(volume, LabelMapDetector(Volume(labels, volume.affine, 1.0, 0.0, volume.format)))
     assert np.array_equal(result.volume.raw, runs[0.0]["result"].volume.raw)
+
+
+def test_a_stray_label_voxel_far_from_the_face_does_not_widen_the_head_grid(runs, monkeypatch) -> None:
+    """A crumb of a label map in a corner of the array (one nose voxel, one eye voxel) is no part of any distortion,
+    but the head-frame grid spanned it: the whole array at the finest spacing (HOSTILE12: two stray voxels in a
+    512 x 512 x 86 array of 1 x 1 x 6 mm voxels, 2.9 -> 20 s and 0.9 GB more).  Now the grid is built over the
+    components the distortions use, and the output is the same as without the crumbs."""
+    import defacer.distort_frame as frame
+
+    grids: list[tuple[int, int, int]] = []
+    real = frame.head_grid
+
+    def spy(*args, **kwargs):
+        grid = real(*args, **kwargs)
+        grids.append(grid.shape)
+        return grid
+
+    monkeypatch.setattr(frame, "head_grid", spy)
+    ph = make_phantom(VOXEL_MM, seed=3)
+    volume, labels = quality.turn_head(ph.volume, ph.labels, 30.0, "voxels")
+    clean = deface(volume, LabelMapDetector(Volume(labels, volume.affine, 1.0, 0.0, volume.format)))
+    crumbs = labels.copy()
+    crumbs[0, 0, 0], crumbs[-1, -1, -1] = Label.NOSE, Label.EYES
+    stray = deface(volume, LabelMapDetector(Volume(crumbs, volume.affine, 1.0, 0.0, volume.format)))
+    assert len(grids) == 2 and grids[1] == grids[0]  # main: the grid over the whole array
+    assert np.array_equal(stray.volume.raw, clean.volume.raw)
+
+
+def test_the_head_grid_never_holds_more_than_a_bound_of_voxels() -> None:
+    """A label map's eye or nose spread over a whole anisotropic array (512 x 512 x 86 voxels of 1 x 1 x 6 mm, 22
+    million, under the voxel limit), the head turned 30 degrees: the upright grid at 1 mm held 250 million voxels
+    (a gigabyte for the image alone, four for its working copies); now at most 32 million, coarser."""
+    from defacer.distort_frame import head_grid, head_rotation
+
+    rotation = head_rotation({"yaw_deg": 30.0, "roll_deg": 0.0, "box_turned": True}, np.eye(4))
+    assert rotation is not None
+    shape = (512, 512, 86)
+    corners = np.array([[0, 0, 0], [511, 511, 85]])
+    grid = head_grid(rotation, (1.0, 1.0, 6.0), shape, corners)
+    assert int(np.prod(grid.shape)) <= 32_000_000  # main: 250 million
+    assert grid.step > 1.0
+    # a face's region on the same array keeps its 1 mm grid
+    face = head_grid(rotation, (1.0, 1.0, 6.0), shape, np.array([[200, 300, 40], [300, 380, 55]]))
+    assert face.step == 1.0
