@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -63,3 +64,30 @@ def test_key_file_is_read_and_a_missing_key_is_random(tmp_path):
     assert load_key(key_file=tmp_path / "k") == (b"a" * 40, False)
     key, is_random = load_key()
     assert is_random and len(key) == 32
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_a_key_file_other_users_may_read_is_warned_about(tmp_path, caplog):
+    """The de-identification key recomputes every pseudonym and date shift from a list of patients' IDs: a key file
+    others can read (the recipe the short-key error gave, '> key.txt' under the usual umask 022, made one 0644)
+    lets any user of a shared machine re-identify the data.  It is warned about (HOSTILE12), as 'serve' refuses
+    such a token file; one that only its owner may read is not."""
+    import logging
+    import stat
+
+    key_file = tmp_path / "key.txt"
+    key_file.write_text("0123456789abcdef0123456789abcdef\n")
+    for mode, warned in ((0o644, True), (0o640, True), (0o606, True), (0o600, False), (0o400, False)):
+        key_file.chmod(mode)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            key, random = load_key(key_file=key_file)
+        assert key == b"0123456789abcdef0123456789abcdef" and not random
+        messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert bool(messages) == warned, (oct(mode), messages)  # main: never warned
+        if warned:
+            assert f"{stat.S_IMODE(mode):04o}" in messages[0] and "chmod 600" in messages[0]
+    # the advice for a short key makes a file only its owner may read
+    key_file.write_text("short")
+    with pytest.raises(DefacerError, match="umask 077"):
+        load_key(key_file=key_file)

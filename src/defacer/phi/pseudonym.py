@@ -11,11 +11,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
+import os
 import secrets
+import stat
 from pathlib import Path
 
 from defacer._typing import PathLike
 from defacer.errors import DefacerError
+
+log = logging.getLogger(__name__)
 
 #: Smallest and largest date shift, in days (dates move into the past).
 DATE_SHIFT_RANGE = (365, 3650)
@@ -77,6 +82,8 @@ class Pseudonymizer:
         return low + number % (high - low + 1)
 
 
+#: How to make a key file only its owner may read (the umask applies to the file the shell creates).
+KEY_FILE_RECIPE = "(umask 077; python -c \"import secrets; print(secrets.token_hex(32))\" > key.txt)"
 #: Longest key file read (a key is a short secret: ``/dev/zero`` or a scan given by mistake is refused, not read).
 MAX_KEY_FILE_BYTES = 64 * 1024
 
@@ -100,6 +107,7 @@ def load_key(key: str | None = None, key_file: PathLike | None = None) -> tuple[
         try:
             with path.open("rb") as handle:
                 data = handle.read(MAX_KEY_FILE_BYTES + 1).strip()
+                mode = os.fstat(handle.fileno()).st_mode
         except OSError as err:
             raise DefacerError(f"Cannot read the key file '{path}': {err.strerror}. Check the path.") from err
         if len(data) > MAX_KEY_FILE_BYTES:
@@ -110,8 +118,15 @@ def load_key(key: str | None = None, key_file: PathLike | None = None) -> tuple[
         if len(data) < 16:
             raise DefacerError(
                 f"The key file '{path}' holds {len(data)} bytes; at least 16 are needed. "
-                "Create one with: python -c \"import secrets; print(secrets.token_hex(32))\" > key.txt"
+                f"Create one readable by you only with: {KEY_FILE_RECIPE}"
             )
+        if os.name == "posix" and mode & 0o077:
+            # With the key, anyone holding a list of patients' IDs recomputes each one's pseudonym and date shift and
+            # so re-identifies the shared data; a key others may write can be replaced between two runs.
+            log.warning("the key file '%s' can be read or written by other users (permissions %04o): anyone who can "
+                        "read it can recompute the pseudonyms and date shifts from a list of patients' IDs and so "
+                        "re-identify the de-identified data. Make it yours only: chmod 600 '%s'", path,
+                        stat.S_IMODE(mode), path)
         return data, False
     if key is not None:
         data = key.encode("utf-8")
