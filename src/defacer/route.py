@@ -411,9 +411,14 @@ def _finish_dicom(source: Path, target: Path, result: Any, volume: Any, written:
     # An output name holding the patient's identifiers (warned above) is no more recorded than the input's.
     shown_out = "<output>" if named else target.name
     provenance["output"] = {"path": shown_out, "sha256": sha256_of(target), "files": len(written)}
+    def unnamed(warning: str) -> str:  # the reader names the folder as given: absolute, or the patient's name
+        return warning.replace(str(source.resolve()), shown).replace(str(source), shown)
+
+    # the reader's warnings reach the record twice: here and in the pipeline's "warnings" (it held the input's path)
+    if provenance.get("warnings"):
+        provenance["warnings"] = [unnamed(str(w)) for w in provenance["warnings"]]
     provenance["dicom"] = {
-        "geometry_warnings": [w.replace(str(source), shown).replace(str(source.resolve()), shown)
-                              for w in volume.extra.get("warnings", ())],
+        "geometry_warnings": [unnamed(str(w)) for w in volume.extra.get("warnings", ())],
         "gantry_tilt_deg": round(float(volume.extra.get("gantry_tilt_deg", 0.0)), 3),
         "per_slice_scaling": volume.extra.get("per_slice_scaling") is not None,
         "deidentified": scrubber is not None,

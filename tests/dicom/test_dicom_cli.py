@@ -263,3 +263,30 @@ def test_a_dicom_output_named_as_a_file_of_another_format_is_refused(phantom_ser
     err = capsys.readouterr().err
     assert code == 1 and "a DICOM series is written as a new DICOM series folder" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_reader_warning_in_the_sidecar_names_no_input_folder(tmp_path):
+    """A series of uneven slice spacing is warned about by its reader, naming the folder as given: the sidecar of
+    the de-identified series kept that text in its top-level 'warnings' (only 'dicom.geometry_warnings' read
+    '<input>'), so the absolute path and a folder named after the patient reached the record shared beside the
+    series (HOSTILE12: ge-headct_tilted_dicom, '/work/shared/data/heads/...' in the sidecar and in a batch's
+    sidecar and manifest)."""
+    from defacer.phantom import make_phantom
+
+    phantom = make_phantom(3.0)
+    affine = phantom.volume.affine
+    raw = phantom.volume.raw.astype(np.int16)
+    origin = np.array([-affine[0, 3], -affine[1, 3], affine[2, 3]])
+    positions = [origin + [0.0, 0.0, 3.0 * k + (0.3 if k % 2 else 0.0)] for k in range(raw.shape[2])]
+    folder = tmp_path / "Quexworth^Ambrose_19610203"
+    write_series(folder, raw, row_cos=(-1, 0, 0), col_cos=(0, -1, 0), spacing=(3.0, 3.0), positions=positions,
+                 extra={"PatientName": "Quexworth^Ambrose"})
+    volume = read_dicom_volume(folder)
+    assert any("uneven slice spacing" in w for w in volume.extra["warnings"])
+    nib.save(nib.Nifti1Image(phantom.labels.astype(np.uint8), volume.affine), str(tmp_path / "labels.nii.gz"))
+    out = tmp_path / "sub-01"
+    assert main(["deface", str(folder), str(out), "--labels", str(tmp_path / "labels.nii.gz"), "--key", KEY]) == 0
+    sidecar = json.loads((tmp_path / "sub-01.defacer.json").read_text())
+    text = json.dumps(sidecar)
+    assert "uneven slice spacing in '<input>'" in " ".join(sidecar["warnings"])
+    assert "Quexworth" not in text and str(tmp_path) not in text  # main: both, in 'warnings'
