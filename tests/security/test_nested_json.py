@@ -91,3 +91,24 @@ def test_a_batch_whose_scan_sidecar_is_nested_too_deep_runs_to_the_end(tmp_path:
     assert "bug" not in capsys.readouterr().err
     sidecar = json.loads((tmp_path / "out" / "sub-01" / "anat" / "sub-01_T1w.json").read_text())
     assert sidecar["Defaced"] is True and "a" not in sidecar
+
+
+def test_a_huge_model_card_is_refused_without_being_read_whole(tmp_path: Path) -> None:
+    """The card beside --weights was read whole (``read_text``) before anything looked at its size: a 256 MiB card
+    (a sparse file: nothing on disk) took over 256 MiB, a bigger one all memory (HOSTILE12).  Now it is read as every
+    small JSON file of the user's is, bounded at 16 MiB, and refused in words."""
+    import tracemalloc
+
+    from defacer.detect.model import CARD_NAME, WEIGHTS_NAME, OnnxDetector
+
+    (tmp_path / WEIGHTS_NAME).write_bytes(b"onnx")
+    with (tmp_path / CARD_NAME).open("wb") as handle:
+        handle.truncate(256 * 2**20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(WeightsError, match="larger than 16 MiB"):  # main: 'not valid JSON', after reading it
+            OnnxDetector(tmp_path / WEIGHTS_NAME)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 40 * 2**20, peak

@@ -34,8 +34,8 @@ from defacer.detect.postprocess import (
 )
 from defacer.detect.preprocess import box_to_grid, grid_extent, to_box
 from defacer.detect.refine_face import refine_face, tissue_threshold
-from defacer.errors import InputImageError, WeightsError
-from defacer.files import file_sha256
+from defacer.errors import DefacerError, InputImageError, WeightsError
+from defacer.files import file_sha256, read_small_text
 from defacer.head import HeadModel, air_ceiling, analyse_head, sharpest_outline_level
 from defacer.labels import FEATURE_LABELS, NUM_CLASSES, Label
 from defacer.volume import voxel_sizes
@@ -58,9 +58,15 @@ def _read_card(weights: Path) -> dict[str, Any]:
     card_path = weights.with_suffix(".json")
     if not card_path.is_file():
         return {}
+    # read bounded (defacer.files.read_small_text, 16 MiB): a card is a few hundred bytes, and the one beside a
+    # downloaded model is as much someone else's file as the model (a 1 GiB card was read whole, twice over)
     try:
-        card = json.loads(card_path.read_text())
-    except (OSError, ValueError, RecursionError) as err:  # RecursionError: JSON nested thousands deep
+        text = read_small_text(card_path, what="model card", redo="Reinstall defacer or pass --weights with its card.")
+    except DefacerError as err:
+        raise WeightsError(str(err)) from err
+    try:
+        card = json.loads(text)
+    except (ValueError, RecursionError) as err:  # RecursionError: JSON nested thousands deep
         message = f"The model card {card_path} is not valid JSON ({err}). Reinstall defacer or pass --weights with its card."
         raise WeightsError(message) from err
     if not isinstance(card, dict):
