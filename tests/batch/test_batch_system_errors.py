@@ -77,3 +77,26 @@ def test_an_error_about_an_output_never_reads_as_one_about_the_input(tmp_path: P
     failed = next(r for r in summary.records if r.status == FAILED)
     assert "OUT/sub-02.nii.gz" in (failed.error or ""), failed.error
     assert "IN-out" not in (failed.error or "") and str(tmp_path) not in (failed.error or "")
+
+
+def test_a_label_maps_error_never_records_where_the_label_maps_are(tmp_path: Path) -> None:
+    """IN and OUT are recorded as 'IN'/'OUT', but a --labels-dir label map refused for its grid was recorded with its
+    whole path ('/home/.../Quexworth_study/labels/a.labels.nii.gz' in OUT/.defacer/manifest.jsonl and summary.html;
+    HOSTILE12). Now 'LABELS/a.labels.nii.gz'."""
+    import nibabel as nib
+    import numpy as np
+
+    from defacer.phantom import make_phantom, save_phantom
+
+    src, labels = tmp_path / "in", tmp_path / "Quexworth_study" / "labels"
+    src.mkdir()
+    labels.mkdir(parents=True)
+    save_phantom(make_phantom(4.0), src / "a.nii.gz", tmp_path / "unused.labels.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((5, 5, 5), np.uint8), np.eye(4)), str(labels / "a.labels.nii.gz"))
+    out = tmp_path / "out"
+    summary = run_batch(BatchConfig(in_root=src, out_root=out, labels_dir=labels, quiet=True))
+    (record,) = summary.records
+    assert record.status == FAILED and "LABELS/a.labels.nii.gz" in (record.error or ""), record.error
+    for written in (out / ".defacer" / "manifest.jsonl", out / ".defacer" / "summary.html"):
+        text = written.read_text(encoding="utf-8")
+        assert "Quexworth" not in text and str(tmp_path) not in text, written.name  # main: the label map's path

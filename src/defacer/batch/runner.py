@@ -371,7 +371,7 @@ def plan(
             sidecar_data=defaced_sidecar(scan, layout, config.features, seed,
                                          deidentify.profile if deidentify is not None else None)
             if sidecar is not None else None,
-            labels_path=labels, weights_path=Path(config.weights_path) if config.weights_path else None,
+            labels_path=labels, labels_root=labels_dir, weights_path=Path(config.weights_path) if config.weights_path else None,
             threads=threads, verify_dir=layout.verify_dir(scan) if verify else None,
             qc_root=layout.qc_dir if verify else None, qc_after_only=config.qc_after_only,
             retry_stronger=config.retry_stronger,

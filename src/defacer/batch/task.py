@@ -72,6 +72,8 @@ class ScanTask:
         Where to write the scan's JSON sidecar, and ``sidecar_data`` its content.
     labels_path : Path or None
         A label map for this scan (from ``--labels-dir``); otherwise the worker's detector.
+    labels_root : Path or None
+        The ``--labels-dir`` folder: its path is recorded as ``LABELS`` (as IN and OUT are).
     weights_path : Path or None
         Detector weights (``None``: the shipped ones).
     threads : int
@@ -119,6 +121,7 @@ class ScanTask:
     sidecar: Path | None = None
     sidecar_data: dict[str, Any] | None = None
     labels_path: Path | None = None
+    labels_root: Path | None = None
     weights_path: Path | None = None
     threads: int = 1
     verify_dir: Path | None = None
@@ -321,9 +324,13 @@ def process_scan(task: ScanTask) -> ScanRecord:
 
 
 def _without_roots(message: str, task: ScanTask) -> str:
-    """``message`` with IN and OUT's absolute paths written ``IN``/``OUT``: the manifest never records where
-    the user's files are (the folders above them can name the patient or the study)."""
-    forms = {(form, name) for root, name in ((task.in_root, "IN"), (task.out_root, "OUT"))
+    """``message`` with IN, OUT and ``--labels-dir``'s absolute paths written ``IN``/``OUT``/``LABELS``: the
+    manifest never records where the user's files are (the folders above them can name the patient or the study;
+    a label map's error named its whole path)."""
+    roots = [(task.in_root, "IN"), (task.out_root, "OUT")]
+    if task.labels_root is not None:
+        roots.append((task.labels_root, "LABELS"))
+    forms = {(form, name) for root, name in roots
              for form in (str(root.resolve()), str(root)) if form not in (".", "/")}
     # Longest first: where OUT's path begins with IN's ('data' and 'data-out'), IN's replaced the start of OUT's and
     # an error about an output read 'IN-out/...', as if defacer wrote into its input.
