@@ -148,6 +148,8 @@ EDGE_STEP_MM = 10.0
 #: (about 35 mm at the alae), narrower than a cheek.  On a head pitched chin-up the cheeks stand 10 mm or more in
 #: front of the brow all along R; they are not a nose and the cover must not cut them.
 NOSE_WIDTH_MM = 40.0
+#: Width of the eye cover's soft edge outside its ellipse (mm): :func:`distort_eyes`' default.
+EYE_FEATHER_MM = 10.0
 #: Smoothing of the eye cover along R (mm).
 SMOOTH_R_MM = 10.0
 #: Distance over which the face's slope is read at the edge of the eye cover (mm).
@@ -162,7 +164,7 @@ def distort_eyes(
     *,
     band_mm: float = 6.0,
     box_scale: float = 2.0,
-    feather_mm: float = 10.0,
+    feather_mm: float = EYE_FEATHER_MM,
     join: bool = True,
 ) -> list[Edit]:
     """Cover each eye with skin, confined to the periorbital region and blended into the face.
@@ -215,23 +217,69 @@ def distort_eyes(
     list of Edit
         One cover over both eyes, or one per eye found (at most two) without ``join``.
     """
-    regions = []
-    for component in components(eyes, 2):
-        centre, semi = eye_region(eyes, component, spacing, box_scale)
-        if min(semi) > 0:
-            regions.append((centre, semi, component[1].start))
-    groups = [regions] if join and len(regions) == 2 else [[region] for region in regions]
     edits = []
-    for index, group in enumerate(groups):
+    for index, group in enumerate(_cover_groups(eyes, spacing, box_scale, join)):
         edit = _eye_cover(image, head, spacing, group, index, band_mm=band_mm, feather_mm=feather_mm)
         if edit is not None:
             edits.append(edit)
     return edits
 
 
+#: One eye's cover region: centre (R, S voxel index), semi-axes (R, S, mm), the eye label's posterior start (A index).
+EyeRegion = tuple[tuple[float, float], tuple[float, float], int]
+
+
+def _cover_groups(eyes: Mask, spacing: tuple[float, float, float], box_scale: float, join: bool) -> list[list[EyeRegion]]:
+    """The eye regions (:func:`eye_region`, at most two) each cover of :func:`distort_eyes` spans."""
+    regions = []
+    for component in components(eyes, 2):
+        centre, semi = eye_region(eyes, component, spacing, box_scale)
+        if min(semi) > 0:
+            regions.append((centre, semi, component[1].start))
+    return [regions] if join and len(regions) == 2 else [[region] for region in regions]
+
+
+def eye_cover_boxes(eyes: Mask, spacing: tuple[float, float, float], *, band_mm: float = 6.0, box_scale: float = 2.0,
+                    feather_mm: float = EYE_FEATHER_MM, join: bool = True) -> list[Box]:
+    """The boxes :func:`distort_eyes` reads and writes, with the same arguments: the only voxels of the image it reads.
+
+    Parameters
+    ----------
+    eyes : ndarray, bool, shape (X, Y, Z)
+        Eye label mask (both eyes), RAS; its shape is the image's.
+    spacing, band_mm, box_scale, feather_mm, join
+        As :func:`distort_eyes`.
+
+    Returns
+    -------
+    list of tuple of 3 slice
+        One per cover (each may still find no face in it and give no edit).
+    """
+    return [_cover_box(eyes.shape, spacing, group, band_mm=band_mm, feather_mm=feather_mm)
+            for group in _cover_groups(eyes, spacing, box_scale, join)]
+
+
+def _cover_box(shape: tuple[int, ...], spacing: tuple[float, float, float], regions: list[EyeRegion], *,
+               band_mm: float, feather_mm: float) -> Box:
+    """The box of one cover over ``regions``: the ellipses' outer edge and a margin along R and S, from the eye
+    label's posterior start less ``band_mm`` + 20 mm to the image's anterior end."""
+    centres = np.array([c for c, _, _ in regions], dtype=np.float64)  # (n, 2) voxel R, S
+    a_r = float(np.mean([sm[0] for _, sm, _ in regions])) + feather_mm
+    a_s = float(np.mean([sm[1] for _, sm, _ in regions])) + feather_mm
+    back = _mm_to_voxels(band_mm + 20.0, spacing)[1]
+    # Beyond the region: room to read the surface's slope at its edge and to smooth along R.
+    margin = _mm_to_voxels(SLOPE_MM + 2.0, spacing)
+    lo_r, hi_r = centres[:, 0].min() - a_r / spacing[0], centres[:, 0].max() + a_r / spacing[0]
+    lo_s, hi_s = centres[:, 1].min() - a_s / spacing[2], centres[:, 1].max() + a_s / spacing[2]
+    return (
+        slice(max(0, int(np.floor(lo_r)) - margin[0]), min(shape[0], int(np.ceil(hi_r)) + 1 + margin[0])),
+        slice(max(0, min(start for _, _, start in regions) - back), shape[1]),
+        slice(max(0, int(np.floor(lo_s)) - margin[2]), min(shape[2], int(np.ceil(hi_s)) + 1 + margin[2])),
+    )
+
+
 def _eye_cover(image: npt.NDArray[np.floating], head: HeadModel, spacing: tuple[float, float, float],
-               regions: list[tuple[tuple[float, float], tuple[float, float], int]], index: int, *,
-               band_mm: float, feather_mm: float) -> Edit | None:
+               regions: list[EyeRegion], index: int, *, band_mm: float, feather_mm: float) -> Edit | None:
     """One skin cover over the eye regions given (centre, semi-axes, anterior start of the eye label).
 
     With two eyes the region is the stadium swept by the (mean) ellipse from one eye's centre to
@@ -241,16 +289,7 @@ def _eye_cover(image: npt.NDArray[np.floating], head: HeadModel, spacing: tuple[
     # Full weight inside the nominal ellipse, the soft edge outside it.
     a_r = float(np.mean([sm[0] for _, sm, _ in regions])) + feather_mm
     a_s = float(np.mean([sm[1] for _, sm, _ in regions])) + feather_mm
-    back = _mm_to_voxels(band_mm + 20.0, spacing)[1]
-    # Beyond the region: room to read the surface's slope at its edge and to smooth along R.
-    margin = _mm_to_voxels(SLOPE_MM + 2.0, spacing)
-    lo_r, hi_r = centres[:, 0].min() - a_r / spacing[0], centres[:, 0].max() + a_r / spacing[0]
-    lo_s, hi_s = centres[:, 1].min() - a_s / spacing[2], centres[:, 1].max() + a_s / spacing[2]
-    box = (
-        slice(max(0, int(np.floor(lo_r)) - margin[0]), min(image.shape[0], int(np.ceil(hi_r)) + 1 + margin[0])),
-        slice(max(0, min(start for _, _, start in regions) - back), image.shape[1]),
-        slice(max(0, int(np.floor(lo_s)) - margin[2]), min(image.shape[2], int(np.ceil(hi_s)) + 1 + margin[2])),
-    )
+    box = _cover_box(image.shape, spacing, regions, band_mm=band_mm, feather_mm=feather_mm)
     local = np.asarray(image[box], dtype=np.float32)
     tissue = open_cross(local > head.threshold)  # drop isolated noise voxels in the air (ndimage.binary_opening)
     height, present = _surface_height(tissue)
