@@ -362,3 +362,37 @@ def test_on_a_noisy_ct_without_a_halo_every_feature_is_still_found() -> None:
     matches = feature_matches(labels, ph.labels, ph.volume.affine)
     assert {f: (m["found"], m["in_view"], m["extra"]) for f, m in matches.items()} == {
         "eyes": (2, 2, 0), "nose": (1, 1, 0), "ears": (2, 2, 0)}
+
+
+def _any_box_onnx(path) -> None:
+    """A graph with named (dynamic) axes: it fits whatever box its card declares (four copies of its input)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, "a", "b", "c"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, "a", "b", "c"])
+    graph = helper.make_graph([helper.make_node("Concat", ["x"] * 4, ["y"], axis=1)], "g", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+@pytest.mark.parametrize(("box", "refused"), [
+    ({"shape": [448, 448, 448], "spacing_mm": 0.5}, "box.shape"), ({"shape": [96, 96, 4096], "spacing_mm": 2.5}, "box.shape"),
+    ({"shape": [96, 96, 96], "spacing_mm": 0.001}, "box.spacing_mm"), ({"shape": [96, 96, 96], "spacing_mm": 1e6}, "box.spacing_mm"),
+    ({"shape": [256, 256, 256], "spacing_mm": 1.0}, None), ({"shape": [32, 32, 32], "spacing_mm": 8.0}, None),
+])
+def test_a_card_declaring_a_box_no_training_makes_is_refused(tmp_path, box, refused) -> None:
+    """HOSTILE12: a card's box was checked for its kind only, and a graph with named axes fits any box: a card
+    declaring 448^3 voxels of 0.5 mm beside such a graph took 6.5 GB (peak resident memory) and 28 s to deface a
+    2 mm phantom, growing with the box's cube (a shared machine's memory, then the OOM killer).  Now the card's box
+    is bounded as 'defacer train' bounds it: at most 256 voxels per axis, voxels of 0.5-8 mm."""
+    from defacer.cli.train import MAX_BOX_SIZE as TRAINED
+    from defacer.detect.model import CARD_NAME, MAX_BOX_SIZE, WEIGHTS_NAME
+
+    assert MAX_BOX_SIZE == TRAINED
+    _any_box_onnx(tmp_path / WEIGHTS_NAME)
+    (tmp_path / CARD_NAME).write_text(json.dumps({"box": box}))
+    if refused is None:
+        assert OnnxDetector(tmp_path / WEIGHTS_NAME).box_shape == tuple(box["shape"])
+    else:
+        with pytest.raises(WeightsError, match=f"has {refused} .*expected"):  # main: loaded
+            OnnxDetector(tmp_path / WEIGHTS_NAME)

@@ -75,6 +75,14 @@ def _read_card(weights: Path) -> dict[str, Any]:
     return card
 
 
+#: The largest box a model card may declare, voxels per axis, and its voxel sizes (mm): those 'defacer train' makes
+#: (:data:`defacer.cli.train.MAX_BOX_SIZE`, its --box-spacing range).  A card is the user's file, and a graph with named
+#: (dynamic) axes fits any box: a card declaring 448^3 beside such a graph took 6.5 GB to deface a 2 mm phantom, the
+#: memory growing with the box's cube.
+MAX_BOX_SIZE = 256
+BOX_SPACING_RANGE_MM = (0.5, 8.0)
+
+
 def _card_settings(card: dict[str, Any], card_path: Path) -> tuple[tuple[int, int, int], float, list[float], bool]:
     """The box shape, voxel size (mm), class weights and mirror flag a model card gives, each checked.
 
@@ -98,11 +106,14 @@ def _card_settings(card: dict[str, Any], card_path: Path) -> tuple[tuple[int, in
     box = card.get("box", {})
     shape = box.get("shape", [64, 64, 64]) if isinstance(box, dict) else None
     if not (isinstance(shape, list | tuple) and len(shape) == 3
-            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):
-        raise refuse("box.shape", shape if isinstance(box, dict) else box, "three positive whole numbers of voxels")
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_BOX_SIZE for v in shape)):
+        raise refuse("box.shape", shape if isinstance(box, dict) else box,
+                     f"three whole numbers of voxels from 1 to {MAX_BOX_SIZE} (the largest box 'defacer train' makes)")
     spacing = box.get("spacing_mm", 4.0)
-    if not (number(spacing) and spacing > 0):
-        raise refuse("box.spacing_mm", spacing, "a voxel size in mm above 0")
+    if not (number(spacing) and BOX_SPACING_RANGE_MM[0] <= spacing <= BOX_SPACING_RANGE_MM[1]):
+        raise refuse("box.spacing_mm", spacing,
+                     f"a voxel size from {BOX_SPACING_RANGE_MM[0]:g} to {BOX_SPACING_RANGE_MM[1]:g} mm (as 'defacer train' "
+                     "makes)")
     weights = card.get("class_weights", [1.0, 1.0, 1.0, 1.0])
     if not (isinstance(weights, list) and len(weights) == NUM_CLASSES and all(number(w) and w >= 0 for w in weights)):
         raise refuse("class_weights", weights, "four finite numbers from 0 up (background, eyes, nose, ears)")
