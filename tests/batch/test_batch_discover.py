@@ -290,3 +290,28 @@ def test_names_that_are_one_on_a_case_insensitive_disk_are_warned_about(tmp_path
     (ds / "sub-02/anat/cafe\u0301.txt").unlink()
     discover(ds)
     assert "letter case" not in caplog.text
+
+
+@pytest.mark.parametrize("layout", ["bids", "files"])
+def test_a_scan_linked_out_of_the_input_is_not_read(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                    layout: str) -> None:
+    """HOSTILE12: a DICOM file or a sidecar linked out of IN is not read, but an image was: a hostile dataset's
+    'sub-02/anat/sub-02_T1w.nii.gz -> /home/you/study/patient.nii.gz' (or any image name so linked) was defaced into
+    OUT, ready to be sent back, without a word.  Now it is left out, warned about; a link inside IN is a scan, and a
+    broken link (a DataLad file not fetched) is still a scan, reported when it is read."""
+    root = tmp_path / "ds"
+    if layout == "bids":
+        _touch(root / "dataset_description.json", b'{"Name": "x", "BIDSVersion": "1.8.0"}')
+    _touch(root / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
+    private = _touch(tmp_path / "home" / "study" / "patient.nii.gz")
+    (root / "sub-02" / "anat").mkdir(parents=True)
+    (root / "sub-02" / "anat" / "sub-02_T1w.nii.gz").symlink_to(private)
+    (root / "sub-02" / "anat" / "sub-02_T2w.nii.gz").symlink_to(root / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
+    (root / "sub-02" / "anat" / "sub-02_FLAIR.nii.gz").symlink_to(tmp_path / "annex" / "not-fetched")
+    found = discover(root, layout=layout)
+    keys = [s.key for s in found.scans]
+    assert "sub-02/anat/sub-02_T1w.nii.gz" not in keys  # main: defaced into OUT
+    assert "sub-02/anat/sub-02_T1w.nii.gz" not in [rel.as_posix() for rel in found.others]
+    assert {"sub-01/anat/sub-01_T1w.nii.gz", "sub-02/anat/sub-02_T2w.nii.gz", "sub-02/anat/sub-02_FLAIR.nii.gz"} <= set(keys)
+    warned = [r.getMessage() for r in caplog.records if "sub-02_T1w" in r.getMessage()]
+    assert len(warned) == 1 and "symbolic link to a file outside the input folder: not read" in warned[0]

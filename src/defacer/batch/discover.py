@@ -54,6 +54,9 @@ DICOMDIR = "DICOMDIR"
 #: What batch does with a file of IN that is a symbolic link out of it (a hostile dataset could otherwise copy any
 #: file of this machine into the output): the end of the warning.
 NOT_CARRIED = "not carried to the output (copy the file into the dataset if it belongs there)"
+#: ... and for an image so linked: it is not read at all.
+NOT_READ = ("not read, so neither defaced nor carried to the output (a dataset may not pull in files from elsewhere: "
+            "copy the file into the dataset if it belongs there, or give its own folder to 'defacer batch')")
 
 log = logging.getLogger(__name__)
 
@@ -434,8 +437,14 @@ def discover(
             filenames = [name for name in filenames if name not in dicom_names]
         for name in filenames:
             rel = rel_here / name
+            image = is_image_file(here / name)
+            # A scan linked out of IN (not into a git-annex store holding it) is not read, as a DICOM file or another
+            # file so linked is not: a hostile dataset's 'sub-02_T1w.nii.gz -> /home/you/study/patient.nii.gz' was
+            # defaced into OUT, ready to be sent back.  A broken link (a DataLad file not fetched) is reported later.
+            if image and (here / name).exists() and not stays_inside(here / name, base, log=log, outcome=NOT_READ):
+                continue
             listed.append(rel)
-            if not is_image_file(here / name):
+            if not image:
                 continue
             entities = parse_bids_name(rel)
             if kind == "bids" and not _is_bids_scan(rel, entities):
