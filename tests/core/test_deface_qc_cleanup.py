@@ -144,3 +144,24 @@ def test_a_new_output_beside_an_earlier_verification_is_warned_about(scan, tmp_p
         assert main(["deface", str(scan), str(out), "--labels", str(labels)]) == 0
     assert "holds the verification of an earlier output of this name" in caplog.text
     assert all(target.read_text().endswith("PASS") for target in targets), "without --force nothing is removed"
+
+
+def test_force_removes_an_earlier_verification_whose_output_was_deleted_by_hand(scan, tmp_path, capsys):
+    """HOSTILE12: the output deleted by hand, its QC folder kept: 'deface ... --force' (no --verify) only warned
+    ('remove it, or deface again with --force --verify', though --force was given) and left the report saying PASS
+    about another image beside the new output.  Under --force defacer's own verification files go; a user's stay."""
+    from defacer.cli.deface import qc_targets
+    from defacer.verify.qc import claim
+
+    out, labels, qc = tmp_path / "o.nii.gz", tmp_path / "l.nii.gz", tmp_path / "o-qc"
+    targets = qc_targets(qc, labels=True)
+    claim(qc, targets)  # an earlier run's --verify, its output deleted by hand since
+    for target in targets:
+        target.write_text("the earlier output's verification: PASS")
+    (qc / "my_notes.txt").write_text("the user's")
+    assert not out.exists()
+    assert main(["deface", str(scan), str(out), "--labels", str(labels), "--force"]) == 0
+    printed = capsys.readouterr().out
+    assert "removed the verification of an earlier output of this name" in printed, printed
+    assert sorted(p.name for p in qc.iterdir()) == [".defacer-owned.jsonl", "my_notes.txt"]  # main: all kept
+    assert (qc / "my_notes.txt").read_text() == "the user's"

@@ -184,8 +184,8 @@ def _run(args: argparse.Namespace, new_qc_dir: list[Path]) -> int:
     replaced = args.force and os.path.lexists(args.output)
     provenance = _deface_and_report(args, options, deidentify, is_dicom, mask_path, max_voxels, force=args.force)
     if not args.verify:
-        if replaced:
-            _drop_stale_verification(qc_dir_for(args.output))
+        if args.force:  # also where the earlier output was deleted by hand: its verification is defacer's to remove
+            _drop_stale_verification(qc_dir_for(args.output), replaced=bool(replaced))
         else:
             _warn_of_earlier_verification(qc_dir_for(args.output))
         return 0
@@ -197,11 +197,15 @@ def _run(args: argparse.Namespace, new_qc_dir: list[Path]) -> int:
         raise
 
 
-def _drop_stale_verification(qc_dir: Path) -> None:
+def _drop_stale_verification(qc_dir: Path, *, replaced: bool = True) -> None:
     """Remove the verification of an output just replaced under ``--force`` without ``--verify``: its report said
     PASS (or FAIL) and showed the replaced image beside the new one, whose distortions may differ (another
     ``--features``, sizes, label map).  Only the files the QC folder's ownership record lists (reports, pictures,
-    README, the label map kept for the report) go, file by file; anything else stays, and so does the folder then."""
+    README, the label map kept for the report) go, file by file; anything else stays, and so does the folder then.
+
+    ``replaced`` is false where no output was there to replace (the earlier one deleted by hand, its verification
+    kept): under ``--force`` that verification goes too; it was only warned about, and stayed beside the new
+    output saying PASS about another image."""
     from defacer.verify.qc import RECORD_NAME, owned_files
 
     if qc_dir.is_symlink() or not qc_dir.is_dir():
@@ -217,7 +221,8 @@ def _drop_stale_verification(qc_dir: Path) -> None:
         (qc_dir / RECORD_NAME).unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             qc_dir.rmdir()
-    print(f"  removed the verification of the replaced output from {shown(qc_dir)} ({len(stale)} file(s)): it "
+    which = "the replaced output" if replaced else "an earlier output of this name"
+    print(f"  removed the verification of {which} from {shown(qc_dir)} ({len(stale)} file(s)): it "
           "described the earlier image. Deface with --verify to verify this one.")
 
 
