@@ -290,3 +290,48 @@ def test_a_reader_warning_in_the_sidecar_names_no_input_folder(tmp_path):
     text = json.dumps(sidecar)
     assert "uneven slice spacing in '<input>'" in " ".join(sidecar["warnings"])
     assert "Quexworth" not in text and str(tmp_path) not in text  # main: both, in 'warnings'
+
+
+def test_a_defaced_series_keeps_no_icon_of_the_original_face(tmp_path):
+    """HOSTILE12: 'deface SERIES OUT --no-deidentify' keeps every header attribute, and kept each instance's Icon
+    Image Sequence: a thumbnail of the original slice, the face in it, beside the defaced pixels (80 of 80 files;
+    the de-identified output lost it through the profile).  Icons are dropped wherever they lie, whatever the header
+    options."""
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from defacer.phantom import make_phantom
+
+    phantom = make_phantom(4.0)
+    affine = phantom.volume.affine
+    files = write_series(tmp_path / "in", phantom.volume.raw.astype(np.int16), row_cos=(-1, 0, 0), col_cos=(0, -1, 0),
+                         spacing=(4.0, 4.0), origin=(-affine[0, 3], -affine[1, 3], affine[2, 3]), step=(0, 0, 4.0))
+
+    def icon(ds: pydicom.Dataset) -> Dataset:
+        thumb = ds.pixel_array[::2, ::2].astype(np.uint16)
+        item = Dataset()
+        item.Rows, item.Columns = thumb.shape
+        item.SamplesPerPixel, item.PhotometricInterpretation = 1, "MONOCHROME2"
+        item.BitsAllocated, item.BitsStored, item.HighBit, item.PixelRepresentation = 16, 16, 15, 0
+        item.PixelData = thumb.tobytes()
+        return item
+
+    for file in files:
+        ds = pydicom.dcmread(file)
+        ds.IconImageSequence = Sequence([icon(ds)])
+        reference = Dataset()
+        reference.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+        reference.IconImageSequence = Sequence([icon(ds)])  # nested: an icon may sit in a referenced image's item
+        ds.ReferencedImageSequence = Sequence([reference])
+        ds.save_as(file)
+    volume = read_dicom_volume(tmp_path / "in")
+    nib.save(nib.Nifti1Image(phantom.labels.astype(np.uint8), volume.affine), str(tmp_path / "labels.nii.gz"))
+    for extra in (["--no-deidentify"], ["--key", KEY]):
+        out = tmp_path / f"out{len(extra)}"
+        assert main(["deface", str(tmp_path / "in"), str(out), "--labels", str(tmp_path / "labels.nii.gz"), *extra]) == 0
+        for written in sorted(out.iterdir()):
+            ds = pydicom.dcmread(written)
+            assert "IconImageSequence" not in ds, (extra, written.name)  # main: kept with --no-deidentify
+            assert all("IconImageSequence" not in item for item in ds.get("ReferencedImageSequence", []))
+    assert all("IconImageSequence" in pydicom.dcmread(f) for f in files), "the input is untouched"

@@ -79,6 +79,30 @@ def _replace_pixels(ds: Dataset, frames: npt.NDArray[Any], n_frames: int) -> Non
 
 
 
+#: Icon Image Sequence: a thumbnail of the instance's pixels (PS3.3 C.7.6.1.1.6).
+_ICON_IMAGE_SEQUENCE = 0x00880200
+
+
+def _drop_icons(ds: Dataset) -> int:
+    """Remove every Icon Image Sequence from ``ds``, at any depth; return how many.
+
+    An icon is a picture of the original pixels: a defaced instance that kept it (``--no-deidentify`` keeps every
+    header attribute, and the thumbnail is one) carried its face beside the defaced pixels.
+    """
+    from pydicom.dataset import Dataset as ItemDataset
+
+    dropped = 0
+    if _ICON_IMAGE_SEQUENCE in ds:
+        del ds[_ICON_IMAGE_SEQUENCE]
+        dropped += 1
+    for element in ds.values():
+        if getattr(element, "VR", None) == "SQ" and element.value:
+            for item in element.value:
+                if isinstance(item, ItemDataset):
+                    dropped += _drop_icons(item)
+    return dropped
+
+
 def _output_names(paths: Sequence[Path], root: Path | None, deidentified: bool) -> list[Path]:
     """Relative output names: ``IM00001.dcm``... when de-identified (file names can hold PHI), else the input's."""
     if deidentified or root is None:
@@ -156,6 +180,7 @@ def write_dicom_volume(volume: Volume, out_dir: PathLike, *, force: bool = False
             for k, ref in by_file[file]:
                 stack[ref.frame or 0] = _stored_slice(volume, k, ref, stack.dtype, ds)
             _replace_pixels(ds, stack, n_frames)
+            _drop_icons(ds)  # a thumbnail of the original face, whatever the header options
             if deid is not None:
                 deid.scrub(ds, source=str(file))
             target = folder / name
