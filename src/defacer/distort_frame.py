@@ -216,6 +216,10 @@ def head_grid(rotation: npt.NDArray[np.float64], spacing: tuple[float, float, fl
     extent = np.maximum(hi - lo, 0.0)
     while np.prod(np.floor(extent / step) + 2.0) > MAX_GRID_VOXELS:  # at most MAX_GRID_VOXELS (a whole array)
         step *= 1.25
+    # the grid's voxels at whole steps from the array's voxel 0: where the head's axes are the array's and the step
+    # its spacing, they are the array's own voxels (at 70 mm from a 1.5 mm array's voxels they fell a third of a
+    # voxel between them, and the image was interpolated there)
+    lo = np.floor(lo / step + 1e-6) * step
     shape = tuple(int(n) for n in np.maximum(np.ceil((hi - lo) / step).astype(int) + 1, 1))
     return HeadGrid(rotation, tuple(float(s) for s in sp), step, lo, shape)  # type: ignore[arg-type]
 
