@@ -236,7 +236,12 @@ def _deface_file(source: Path, target: Path, *, options: DefaceOptions, detector
                  data_files: str) -> Defaced:
     """:func:`deface_path` for a NIfTI, NRRD or MGH/MGZ file: written back with its header unchanged."""
     from defacer.io import format_of, load_volume, save_label_map, save_volume
-    from defacer.io.output_guard import check_not_input, check_outputs, detached_data_candidates
+    from defacer.io.output_guard import (
+        check_not_input,
+        check_outputs,
+        check_record_not_shared,
+        detached_data_candidates,
+    )
 
     start = time.perf_counter()
     try:
@@ -253,6 +258,8 @@ def _deface_file(source: Path, target: Path, *, options: DefaceOptions, detector
             "input's format: use the same kind of extension."
         )
     inputs = [source, labels_path, weights_path]
+    if sidecar:
+        check_record_not_shared(target)
     check_outputs([target, *_mask_files(mask_path), sidecar_path(target) if sidecar else None], inputs=inputs,
                   force=force)
     check_not_input(detached_data_candidates(target) + detached_data_candidates(mask_path), inputs)
@@ -365,10 +372,12 @@ def _deface_dicom(source: Path, target: Path, *, options: DefaceOptions, scrubbe
     (``None``: kept as they are)."""
     from defacer.checks import validate_volume
     from defacer.io.dicom_series import read_dicom_volume, write_dicom_volume
-    from defacer.io.output_guard import check_dicom_output_name, check_outputs
+    from defacer.io.output_guard import check_dicom_output_name, check_outputs, check_record_not_shared
 
     check_dicom_output_name(target)
     sidecar_file = sidecar_path(target) if sidecar else None
+    if sidecar:
+        check_record_not_shared(target)
     check_outputs([target, sidecar_file, *_mask_files(mask_path)], inputs=[source, labels_path, weights_path],
                   force=force)
     volume = validate_volume(read_dicom_volume(source, series=series, max_voxels=max_voxels), source=str(source))

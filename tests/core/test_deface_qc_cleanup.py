@@ -165,3 +165,36 @@ def test_force_removes_an_earlier_verification_whose_output_was_deleted_by_hand(
     assert "removed the verification of an earlier output of this name" in printed, printed
     assert sorted(p.name for p in qc.iterdir()) == [".defacer-owned.jsonl", "my_notes.txt"]  # main: all kept
     assert (qc / "my_notes.txt").read_text() == "the user's"
+
+
+def test_an_output_sharing_another_outputs_record_is_refused(scan, tmp_path, capsys):
+    """HOSTILE12: 'o.nii' and 'o.nii.gz' share 'o.defacer.json' and 'o-qc'. 'deface plain.nii o.nii' beside a defaced
+    'o.nii.gz' said "'o.defacer.json' already exists. Pass --force"; with --force it replaced o.nii.gz's record with
+    its own (o.nii.gz left without one) and, with the earlier-verification rule, could drop o.nii.gz's verification.
+    Now refused in words before anything is written, --force or not; o.nii.gz's record and verification stay."""
+    import nibabel as nib
+
+    from defacer.cli.deface import qc_targets
+    from defacer.verify.qc import claim
+
+    labels, qc, record = tmp_path / "l.nii.gz", tmp_path / "o-qc", tmp_path / "o.defacer.json"
+    assert main(["deface", str(scan), str(tmp_path / "o.nii.gz"), "--labels", str(labels)]) == 0
+    targets = qc_targets(qc, labels=True)
+    claim(qc, targets)
+    for target in targets:
+        target.write_text("o.nii.gz's verification: PASS")
+    before = record.read_bytes()
+    plain = tmp_path / "plain.nii"
+    nib.save(nib.load(str(scan)), str(plain))
+    for force in ([], ["--force"]):
+        capsys.readouterr()
+        assert main(["deface", str(plain), str(tmp_path / "o.nii"), "--labels", str(labels), *force]) == 1
+        err = capsys.readouterr().err
+        assert "would share its provenance record 'o.defacer.json'" in err and "'o.nii.gz'" in err, err
+    assert record.read_bytes() == before  # main: replaced under --force
+    assert not (tmp_path / "o.nii").exists()
+    assert all(target.read_text().endswith("PASS") for target in targets)
+    # with o.nii.gz's record gone (deleted by hand), --force keeps the verification o.nii.gz may own: a warning
+    record.unlink()
+    assert main(["deface", str(plain), str(tmp_path / "o.nii"), "--labels", str(labels), "--force"]) == 0
+    assert all(target.read_text().endswith("PASS") for target in targets)

@@ -184,7 +184,11 @@ def _run(args: argparse.Namespace, new_qc_dir: list[Path]) -> int:
     replaced = args.force and os.path.lexists(args.output)
     provenance = _deface_and_report(args, options, deidentify, is_dicom, mask_path, max_voxels, force=args.force)
     if not args.verify:
-        if args.force:  # also where the earlier output was deleted by hand: its verification is defacer's to remove
+        # also where the earlier output was deleted by hand, unless another output shares the QC folder (out.nii
+        # beside out.nii.gz, a DICOM folder out): the verification may be that one's, and still true
+        from defacer.io.output_guard import sharing_outputs
+
+        if replaced or (args.force and not sharing_outputs(args.output)):
             _drop_stale_verification(qc_dir_for(args.output), replaced=bool(replaced))
         else:
             _warn_of_earlier_verification(qc_dir_for(args.output))
@@ -478,7 +482,13 @@ def check_planned_outputs(args: argparse.Namespace) -> None:
     ------
     defacer.errors.OutputError
     """
-    from defacer.io.output_guard import check_apart, check_not_input, check_outputs, detached_data_candidates
+    from defacer.io.output_guard import (
+        check_apart,
+        check_not_input,
+        check_outputs,
+        check_record_not_shared,
+        detached_data_candidates,
+    )
     from defacer.provenance import sidecar_path
 
     inputs = [args.input, args.labels, args.weights, getattr(args, "key_file", None)]
@@ -491,6 +501,7 @@ def check_planned_outputs(args: argparse.Namespace) -> None:
         from defacer.verify.qc import check_owned
 
         check_owned(report, qc_files)  # a user's file in the QC folder: refused, --force or not
+    check_record_not_shared(args.output)  # before 'already exists, pass --force', which --force would not mend
     check_outputs(planned, inputs=inputs, force=args.force)
     check_not_input([report, *detached_data_candidates(args.output), *detached_data_candidates(args.save_mask)],
                     inputs)

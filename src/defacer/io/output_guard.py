@@ -455,3 +455,54 @@ def check_dicom_output_name(target: PathLike) -> None:
                           f"DICOM series folder (defacer writes the input's format). Give a folder name, e.g. "
                           f"'{name[: -len(ending)] or 'defaced'}', and convert the defaced series afterwards if a "
                           f"{ending} file is needed (e.g. dcm2niix).")
+
+
+def sharing_outputs(output: Path) -> list[str]:
+    """The other files or folders beside ``output`` whose provenance sidecar and QC folder are its own (``out.nii``
+    and ``out.nii.gz``, a DICOM folder ``out``: :func:`defacer.provenance.qc_dir_for` drops the image ending)."""
+    from defacer.files import image_stem, image_suffix
+
+    stem = image_stem(output.name, dicom=True)
+    try:
+        names = os.listdir(output.parent)
+    except OSError:
+        return ["?"]  # cannot tell: as if shared
+    return [name for name in names if name != output.name and image_stem(name, dicom=True) == stem
+            and (image_suffix(name, dicom=True) or (output.parent / name).is_dir())]
+
+
+def check_record_not_shared(output: PathLike) -> None:
+    """Refuse an output whose provenance record is another output's that is still there.
+
+    ``out.nii`` and ``out.nii.gz`` (or a DICOM folder ``out``) share ``out.defacer.json`` and ``out-qc``: ``deface b.nii
+    out.nii --force`` beside ``out.nii.gz`` replaced that one's record with its own, and ``out.nii.gz`` was left
+    without one (its checksum, options and features gone), --force being given for ``out.nii``.
+
+    Raises
+    ------
+    defacer.errors.OutputError
+    """
+    from defacer.errors import DefacerError
+    from defacer.files import image_stem, image_suffix, read_json_object
+    from defacer.provenance import sidecar_path
+
+    output = Path(output)
+    record = sidecar_path(output)
+    if not record.is_file() or record.is_symlink():
+        return
+    try:
+        described = read_json_object(record, what="provenance record", redo="").get("output", {})
+    except DefacerError:
+        return  # no record of defacer's: the output checks already decided about replacing it
+    path = described.get("path") if isinstance(described, dict) else None
+    if path == output.name:
+        return
+    others = sharing_outputs(output)
+    # the record names one of them, or hides its name ('<output>': a DICOM folder named after the patient)
+    if not (path in others or (path == "<output>" and others)):
+        return
+    owner = path if path in others else ", ".join(sorted(others)[:3])
+    raise OutputError(f"The output '{output.name}' would share its provenance record '{record.name}' (and its QC folder) "
+                      f"with '{owner}' beside it, which that record describes: writing it would replace that output's "
+                      "record, --force or not. Give this output another name (e.g. "
+                      f"'{image_stem(output.name, dicom=True)}_2{image_suffix(output.name)}').")
