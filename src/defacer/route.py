@@ -311,12 +311,13 @@ def _stale_record(target: Path, sidecar: bool) -> Path | None:
         return None
     if sidecar:
         return record
-    import json
+    from defacer.files import read_json_object
 
-    try:
-        described = json.loads(record.read_text(encoding="utf-8")).get("output", {}).get("path")
-    except (OSError, ValueError, AttributeError):
+    try:  # bounded, and a JSON nested thousands deep is no record (it raised RecursionError to the caller)
+        output = read_json_object(record, what="provenance record", redo="").get("output", {})
+    except DefacerError:
         return None
+    described = output.get("path") if isinstance(output, dict) else None
     return record if described in (target.name, "<output>") else None
 
 

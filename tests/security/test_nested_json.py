@@ -112,3 +112,36 @@ def test_a_huge_model_card_is_refused_without_being_read_whole(tmp_path: Path) -
     finally:
         tracemalloc.stop()
     assert peak < 40 * 2**20, peak
+
+
+@pytest.mark.parametrize("content", ["deep", "huge"])
+def test_a_record_so_named_nested_too_deep_or_huge_is_left_alone_by_the_library(tmp_path: Path, content: str) -> None:
+    """HOSTILE12: 'deface_path(..., sidecar=False, force=True)' over an earlier output reads the record beside it to
+    see whether it describes that output; a file so named holding JSON nested 200,000 deep raised RecursionError to
+    the caller (nothing written), and a huge one was read whole.  Now it is no record of defacer's: the output is
+    written, the file left as it is."""
+    import shutil
+    import tracemalloc
+
+    from defacer.phantom import make_phantom, save_phantom
+    from defacer.route import deface_path
+
+    save_phantom(make_phantom(4.0), tmp_path / "in.nii.gz", tmp_path / "lab.nii.gz")
+    shutil.copy(tmp_path / "in.nii.gz", tmp_path / "out.nii.gz")
+    record = tmp_path / "out.defacer.json"
+    if content == "deep":
+        record.write_text("[" * 200_000 + "]" * 200_000)
+    else:
+        with record.open("wb") as handle:
+            handle.truncate(256 * 2**20)
+    size = record.stat().st_size
+    tracemalloc.start()
+    try:
+        deface_path(tmp_path / "in.nii.gz", tmp_path / "out.nii.gz", labels_path=tmp_path / "lab.nii.gz",
+                    sidecar=False, force=True)  # main: RecursionError (deep)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert record.stat().st_size == size
+    assert (tmp_path / "out.nii.gz").read_bytes() != (tmp_path / "in.nii.gz").read_bytes()
+    assert peak < 200 * 2**20, peak  # main: the 256 MiB file read whole
