@@ -11,7 +11,8 @@ The detector *locates* each feature; the image *delimits* what is changed:
   soft edge), whose surface spans the socket from the brow to the upper cheek;
 * nose: the detected nose's bounding box x2 set to air, within :data:`NOSE_REACH_MM` of the
   detected nose's centroid (never the lip or the cheeks), except the eye cover and what lies
-  behind it (the globes never show through);
+  behind it (the globes never show through) beside and over the eyes; between the two eyes the
+  removal takes the cover too, up to the eyes' centre line;
 * ears (:mod:`defacer.distort_ears`): each auricle, as far as it stands out from the head (what a
   morphological opening of the head removes near the detected ear), replaced by noise drawn from
   the scan's own air.
@@ -166,6 +167,7 @@ def distort_eyes(
     box_scale: float = 2.0,
     feather_mm: float = EYE_FEATHER_MM,
     join: bool = True,
+    open_between: bool = True,
 ) -> list[Edit]:
     """Cover each eye with skin, confined to the periorbital region and blended into the face.
 
@@ -211,15 +213,22 @@ def distort_eyes(
         Width of the soft edge over which the cover blends into the face, in mm.
     join : bool
         One cover over both eyes (across the nasal bridge) when two are found.
+    open_between : bool
+        With ``join`` and two eyes: the columns between the two eye labels along R (no globe behind them) are
+        left out of the cover's ``shield``, so a nose removal (:func:`distort_nose` with this edit in ``keep``)
+        takes the cover there, up to the eyes' centre line.  Without a nose removal it changes nothing.
 
     Returns
     -------
     list of Edit
         One cover over both eyes, or one per eye found (at most two) without ``join``.
     """
+    groups = _cover_groups(eyes, spacing, box_scale, join)
+    between = _between_the_eyes(eyes) if open_between and len(groups) == 1 and len(groups[0]) == 2 else None
     edits = []
-    for index, group in enumerate(_cover_groups(eyes, spacing, box_scale, join)):
-        edit = _eye_cover(image, head, spacing, group, index, band_mm=band_mm, feather_mm=feather_mm)
+    for index, group in enumerate(groups):
+        edit = _eye_cover(image, head, spacing, group, index, band_mm=band_mm, feather_mm=feather_mm,
+                          open_between=between)
         if edit is not None:
             edits.append(edit)
     return edits
@@ -278,12 +287,29 @@ def _cover_box(shape: tuple[int, ...], spacing: tuple[float, float, float], regi
     )
 
 
+def _between_the_eyes(eyes: Mask) -> tuple[float, float] | None:
+    """The R range (voxel index, exclusive) between the two largest eye components: from one eye's centroid plus its
+    half-extent along R to the other's centroid less its own; ``None`` without two eyes or where they overlap along R."""
+    halves = []
+    for component in components(eyes, 2):
+        r = np.nonzero(eyes[component])[0]
+        halves.append((component[0].start + float(r.mean()), (component[0].stop - component[0].start) / 2.0))
+    if len(halves) != 2:
+        return None
+    (c0, h0), (c1, h1) = sorted(halves)
+    lo, hi = c0 + h0, c1 - h1
+    return (lo, hi) if hi > lo else None
+
+
 def _eye_cover(image: npt.NDArray[np.floating], head: HeadModel, spacing: tuple[float, float, float],
-               regions: list[EyeRegion], index: int, *, band_mm: float, feather_mm: float) -> Edit | None:
+               regions: list[EyeRegion], index: int, *, band_mm: float, feather_mm: float,
+               open_between: tuple[float, float] | None = None) -> Edit | None:
     """One skin cover over the eye regions given (centre, semi-axes, anterior start of the eye label).
 
     With two eyes the region is the stadium swept by the (mean) ellipse from one eye's centre to
-    the other's, so the cover runs across the nasal bridge in one piece.
+    the other's, so the cover runs across the nasal bridge in one piece.  The columns strictly inside
+    ``open_between`` (an R range of voxel indices, between the two eyes: no globe lies behind them) are left
+    out of the edit's shield, so the nose removal takes the cover there too, up to the eyes' centre line.
     """
     centres = np.array([c for c, _, _ in regions], dtype=np.float64)  # (n, 2) voxel R, S
     # Full weight inside the nominal ellipse, the soft edge outside it.
@@ -324,12 +350,20 @@ def _eye_cover(image: npt.NDArray[np.floating], head: HeadModel, spacing: tuple[
     mask = layer | removed
     values = (head.background + filled * (skin - head.background)).astype(np.float32)
     shield = on & (filled > 0)
+    if open_between is not None:
+        # Between the eyes the nose removal goes up to the eyes' centre line through the cover: a cover left
+        # over the nose's root stood as a ledge over the removal, whose shadow and the bump above it read as a
+        # nose with nostrils to the face detectors (docs/distortion.md, "The nose's root").
+        r = np.arange(box[0].start, box[0].stop)
+        shield &= ~((r > open_between[0]) & (r < open_between[1]))[:, None, None]
     shift = np.abs(target - surface)[active]
     return Edit("eyes", box, mask, values,
                 {"component": index, "eyes_covered": len(regions), "skin_value": skin, "box": _box_list(box),
                  "band_mm": band_mm, "centres_rs_voxel": [[round(float(c), 2) for c in cc] for cc in centres],
                  "outer_semi_axes_rs_mm": [round(a_r, 2), round(a_s, 2)], "feather_mm": feather_mm,
-                 "max_surface_shift_mm": float(shift.max() * spacing[1]) if shift.size else 0.0},
+                 "max_surface_shift_mm": float(shift.max() * spacing[1]) if shift.size else 0.0,
+                 "open_to_nose_r_voxel": None if open_between is None else
+                 [round(float(v), 2) for v in open_between]},
                 shield=shield)
 
 
@@ -546,8 +580,9 @@ def distort_nose(image: npt.NDArray[np.floating], region: NoseRegion, head: Head
     head : HeadModel
     keep : sequence of Edit
         Edits whose ``shield`` the nose removal must leave alone (the eye covers: the cover and
-        the eye behind it, so the removal never opens a window onto the globes); nor does it
-        reach above the eyes' centre line (the cover over the nose's root, and the forehead).
+        the eye behind it, so the removal never opens a window onto the globes; between the two
+        eyes the cover's shield is open, :func:`distort_eyes`); nor does it reach above the eyes'
+        centre line (the cover over the nose's root, and the forehead).
     """
     box = region.box
     shape = tuple(s.stop - s.start for s in box)

@@ -216,6 +216,36 @@ def test_no_features_detected_leaves_the_scan_bit_identical(phantom):
     assert len(result.provenance["warnings"]) == 3
 
 
+def test_between_the_eyes_the_nose_removal_takes_the_cover_up_to_the_eye_line(phantom):
+    """Between the two detected eyes (no globe lies behind there) the nose removal goes through the eye cover up to
+    the eyes' centre line: the old rule shielded the whole cover, which stood as a ledge over the removal (a nose
+    tip with its nostrils' shadow to the face detectors).  Inside the nose region, in the columns between the eye
+    labels and below that line, no voxel is left to the cover and the removal writes some; the globes stay
+    shielded (the test above)."""
+    from defacer.distort import components
+
+    result = deface(phantom.volume, TruthDetector(phantom.labels), DefaceOptions(features=("eyes", "nose")))
+    eyes = phantom.labels == Label.EYES
+    left, right = sorted(components(eyes, 2), key=lambda box: box[0].start)
+    line = int(np.floor(np.nonzero(eyes)[2].mean()))
+    nose = next(e for e in result.provenance["edits"] if e["feature"] == "nose")
+    region = np.zeros(eyes.shape, dtype=bool)
+    (r0, r1), (a0, a1), (s0, s1) = nose["box"]
+    region[r0:r1, a0:a1, s0:s1] = True
+    coords = np.meshgrid(*[np.arange(n) for n in eyes.shape], indexing="ij", sparse=True)
+    region &= sum(((c - centre) * 2.0) ** 2 for c, centre in zip(coords, nose["centre_voxel"], strict=True)) \
+        <= nose["reach_mm"] ** 2
+    region[: left[0].stop + 1] = False  # one column of slack beside each eye label
+    region[right[0].start - 1:] = False
+    region[:, :, line:] = False
+    assert region.any()
+    assert int(np.count_nonzero(result.edit_mask[region] == Label.EYES)) == 0, "the cover stays between the eyes"
+    assert np.count_nonzero(result.edit_mask[region] == Label.NOSE) > 0
+    cover = next(e for e in result.provenance["edits"] if e["feature"] == "eyes")
+    low, high = cover["open_to_nose_r_voxel"]  # recorded: the R range opened to the nose removal
+    assert left[0].start < low < high < right[0].stop
+
+
 def test_provenance_records_what_was_sampled(phantom):
     result = deface(phantom.volume, TruthDetector(phantom.labels), DefaceOptions(seed=5))
     record = result.provenance
