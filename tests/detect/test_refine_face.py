@@ -275,3 +275,32 @@ def test_any_box_holding_the_eyes_and_nose_gives_the_same_refinement(phantom) ->
         results.append(labels)
     np.testing.assert_array_equal(results[0], results[1])
     assert not np.array_equal(results[0], network)  # something was refined
+
+
+def test_a_head_pitched_in_the_scanner_gets_the_same_eyes_and_nose_given_its_pitch() -> None:
+    """The frame pitched with the head (``pitch_deg``, read by the detector from its ears) re-shapes a nodded head's
+    eyes and nose as upright; the scanner's anterior (pitch 0, as before) tilts the nose's plane and the capsules."""
+    from defacer.detect.pose import turned_affine
+
+    made = make_phantom(2.0)
+    affine = np.asarray(made.volume.affine, float)
+    image = made.volume.values(np.float32)
+    network = _network_map(image.shape, affine)
+    upright = network.copy()
+    rf.refine_face(image, affine, upright, _extent(upright))
+    agreement = {}
+    for degrees in (20.0, -25.0):
+        pitched = turned_affine(affine, image.shape, "x", degrees)  # the same voxels, the chin raised (+) or lowered
+        for pitch in (0.0, degrees):
+            labels = network.copy()
+            sources = rf.refine_face(image, pitched, labels, _extent(labels), pitch_deg=pitch)
+            agreement[degrees, pitch] = [_dice(upright == v, labels == v) for v in (Label.EYES, Label.NOSE)], sources
+        dice, sources = agreement[degrees, degrees]
+        assert sources == {"eyes": ["image", "image"], "nose": ["image"]}
+        assert min(dice) >= 0.95, agreement  # measured 1.00: the frame turns with the head
+        # the scanner's anterior (as before): eyes 0.91 / 0.87, nose 0.76 / 0.24 (at -25 the network's nose is kept)
+        assert min(agreement[degrees, 0.0][0]) <= 0.9, agreement
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))

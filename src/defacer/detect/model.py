@@ -24,6 +24,7 @@ import numpy.typing as npt
 
 from defacer._typing import Affine, LabelMap, PathLike
 from defacer.detect.ear_fallback import add_missing_ears
+from defacer.detect.frame import PITCH_AGREE_DEG, PITCH_MIN_DEG, grid_pitch, head_pitch
 from defacer.detect.postprocess import (
     Component,
     air_threshold,
@@ -376,12 +377,15 @@ class OnnxDetector:
             labels[extent] = keep_largest_pieces(restrict_to_tissue(labels[extent], image[extent],
                                                                     threshold=_above(air, noise)))
         clock.stamp("tissue")
+        eyes = [c.centre_mm for c in components if c.feature == "eyes"]
+        pitch = _pitch(eyes, [c.centre_mm for c in components if c.feature == "ears"], np.asarray(ras_affine, float))
+        self._last.pose = {**self._last.pose, **pitch}
         if extent is not None:  # eyes and nose re-shaped by the image, looked for in their own regions' extent
             face = grid_extent([r for r in regions if r[0] != Label.EARS], box, image.shape, np.asarray(ras_affine, float))
             refine_face(image, np.asarray(ras_affine, float), labels, face,
-                        threshold=_above(tissue_threshold(image, sample=sample, air=air), noise))
+                        threshold=_above(tissue_threshold(image, sample=sample, air=air), noise),
+                        pitch_deg=float(pitch["grid_pitch_deg"]) if pitch.get("pitch_applied") else 0.0)
         clock.stamp("face_refinement")
-        eyes = [c.centre_mm for c in components if c.feature == "eyes"]
         self._last.sources = {"mirrored_pass": mirrored} if mirrored else {}
         if self.ear_fallback and len(eyes) == 2:
             # the map is this call's own; its ears lie in the extent (box_to_grid and the clean-up write
@@ -393,6 +397,22 @@ class OnnxDetector:
         clock.stamp("ear_fallback")
         self._last.timings = clock.seconds
         return labels
+
+
+def _pitch(eyes: list[npt.NDArray[np.float64]], ears: list[npt.NDArray[np.float64]], ras_affine: Affine
+           ) -> dict[str, float | bool]:
+    """The head's pitch read from the network's two eyes and its ears (:func:`defacer.detect.frame.head_pitch`) and
+    from the grid (:func:`defacer.detect.frame.grid_pitch`), for the sidecar: ``pitch_deg`` (the ears'),
+    ``grid_pitch_deg`` and ``pitch_applied`` (the grid's pitch taken as the head's: at least
+    :data:`defacer.detect.frame.PITCH_MIN_DEG`, and the ears' within :data:`defacer.detect.frame.PITCH_AGREE_DEG`
+    of it); ``{}`` without two eyes."""
+    if len(eyes) != 2:
+        return {}
+    read = head_pitch(eyes[0], eyes[1], ears)
+    grid = grid_pitch(eyes[0], eyes[1], ras_affine)
+    applied = read is not None and abs(grid) >= PITCH_MIN_DEG and abs(read - grid) <= PITCH_AGREE_DEG
+    return {**({"pitch_deg": round(read, 1)} if read is not None else {}), "grid_pitch_deg": round(grid, 1),
+            "pitch_applied": applied}
 
 
 def _doubt(components: list[Component]) -> str:

@@ -9,7 +9,8 @@ whose mirror image of the box best matches the box itself.  Where the head is tu
 :data:`POSE_MIN_DEG` or more, the box is turned with it (:func:`upright_box`), so the network sees the head
 upright; a head closer to upright keeps the world-aligned box (every labelled head, unperturbed: within 7
 degrees), so its labels are exactly as before.  Pitch (nodding) leaves the plane where it is and is not
-measured (the network finds pitched heads as well as upright ones: pitch 20 and -25 score as the original).
+measured here (the network finds every feature of heads pitched 20 and -25 degrees); an oblique grid's pitch,
+confirmed by the ears, is taken for the eyes' and nose's rules (:func:`defacer.detect.frame.grid_pitch`).
 """
 
 from __future__ import annotations

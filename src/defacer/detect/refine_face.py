@@ -17,7 +17,9 @@ registered template's landmarks:
   behind the tip.
 
 "Anterior" is the frame of :func:`defacer.detect.frame.eye_frame` (the eyes' axis and the
-scanner's anterior made orthogonal to it) pitched up by :data:`PITCH_DEG`; "inside the head" is everything behind the first tissue
+scanner's anterior made orthogonal to it) pitched up by :data:`PITCH_DEG`, and by the pitch of an oblique
+grid where the detector took it as the head's (its ears confirm it: :func:`defacer.detect.frame.head_pitch`,
+:func:`defacer.detect.frame.grid_pitch`); "inside the head" is everything behind the first tissue
 met coming from the front along the array axis closest to anterior (so nostrils, sinuses and a
 dark vitreous body count as inside, the air in front of the face does not), plus one voxel.
 
@@ -106,7 +108,7 @@ class _Crop:
 
 def refine_face(image: npt.NDArray[np.floating], affine: Affine, labels: LabelMap,
                 extent: Box | None, features: tuple[str, ...] | None = None,
-                threshold: float | None = None) -> dict[str, list[str]]:
+                threshold: float | None = None, pitch_deg: float = 0.0) -> dict[str, list[str]]:
     """Re-shape each eye and the nose of ``labels`` in place by the image (see the module's rules).
 
     Parameters
@@ -124,6 +126,9 @@ def refine_face(image: npt.NDArray[np.floating], affine: Affine, labels: LabelMa
         Which of ``"eyes"``, ``"nose"`` to refine; default :data:`REFINED_FEATURES`.
     threshold : float, optional
         Physical intensity separating air from tissue; default :func:`tissue_threshold` of ``image``.
+    pitch_deg : float, optional
+        The head's own pitch (chin raised: positive), added to :data:`PITCH_DEG` to tilt "anterior" (the eye
+        capsules' axis, the nose's direction); 0: the scanner's anterior.
 
     Returns
     -------
@@ -144,7 +149,7 @@ def refine_face(image: npt.NDArray[np.floating], affine: Affine, labels: LabelMa
     if threshold is None:  # a flat image: nothing to measure, every component stays
         return {"eyes": ["network"] * len(eyes), "nose": ["network"] * len(noses)}
     centres = [_centroid(box, mask, affine) for box, mask in eyes]
-    axes = _frame(centres)
+    axes = _frame(centres, pitch_deg)
     new: list[tuple[int, Box, Mask, Box, Mask]] = []
     if "eyes" in features:
         sources["eyes"] = []
@@ -205,10 +210,11 @@ def tissue_threshold(image: npt.NDArray[np.floating], sample: npt.NDArray[np.flo
     return level_in_range(sample, AIR_LEVEL) if sample.size else None
 
 
-def _frame(eye_centres: list[npt.NDArray[np.float64]]) -> npt.NDArray[np.float64]:
-    """Rows right, anterior, up: :func:`eye_frame` of two eyes (else the world's), pitched by :data:`PITCH_DEG`."""
+def _frame(eye_centres: list[npt.NDArray[np.float64]], pitch_deg: float = 0.0) -> npt.NDArray[np.float64]:
+    """Rows right, anterior, up: :func:`eye_frame` of two eyes (else the world's), pitched up by :data:`PITCH_DEG`
+    plus ``pitch_deg`` about its right axis."""
     axes = eye_frame(eye_centres[0], eye_centres[1])[1] if len(eye_centres) == 2 else np.eye(3)
-    angle = np.radians(PITCH_DEG)
+    angle = np.radians(PITCH_DEG + pitch_deg)
     anterior = np.cos(angle) * axes[1] + np.sin(angle) * axes[2]
     up = -np.sin(angle) * axes[1] + np.cos(angle) * axes[2]
     return np.stack([axes[0], anterior, up])
