@@ -779,42 +779,6 @@ def envelope_head(image: npt.NDArray[np.floating], spacing: tuple[float, float, 
     return replace(head, threshold=threshold, sealed_coarse=sealed, cache={})
 
 
-def near_marked(marked: npt.NDArray[Any], strides: tuple[int, int, int], radius: float,
-                coarse_spacing: tuple[float, float, float],
-                within: tuple[slice, slice, slice] | None = None) -> Mask:
-    """Coarse samples within ``radius`` mm (plus the coarse voxel's diagonal) of any marked full-grid voxel.
-
-    Parameters
-    ----------
-    marked : ndarray, bool or int, shape (X, Y, Z)
-        Full-grid mask in RAS axis order (e.g. the detector's label map: nonzero is marked).
-    strides : tuple of 3 int
-        The coarse grid's step along each axis, in voxels (:attr:`HeadModel.strides`).
-    radius : float
-        In mm.
-    coarse_spacing : tuple of 3 float
-        The coarse grid's step along R, A, S in mm.
-    within : tuple of 3 slice, optional
-        Only the marked voxels of this box count (a full-grid box with explicit starts and stops): reading
-        the label map whole costs 0.1-0.2 s on a 1 mm head, a box round the face a tenth of that.
-
-    Returns
-    -------
-    ndarray, bool, shape of ``marked[::s0, ::s1, ::s2]``
-        True at every sample within ``radius`` plus the coarse diagonal of a sample whose block
-        (:func:`block_means`'s blocks) holds a marked voxel: a full-grid voxel read at its nearest sample
-        (:meth:`HeadModel.upsample`) within ``radius`` of a marked voxel (of ``within``) is always True.
-    """
-    shape = tuple(-(-n // step) for n, step in zip(marked.shape, strides, strict=True))
-    box = within if within is not None else tuple(slice(0, n) for n in marked.shape)
-    out = np.zeros(shape, dtype=bool)
-    # the block of sample i spans voxels i * s - s // 2 .. i * s - s // 2 + s - 1: voxel v lies in (v + s // 2) // s
-    index = tuple(np.minimum((at + b.start + step // 2) // step, n - 1)
-                  for at, b, step, n in zip(np.nonzero(marked[box]), box, strides, shape, strict=True))
-    out[index] = True
-    return within_distance(out, radius + float(np.linalg.norm(coarse_spacing)), coarse_spacing)
-
-
 #: Radius of the ball that rolls off thin protrusions (nose, auricles) before depth is measured, in mm.
 OPENING_RADIUS_MM = 25.0
 

@@ -30,12 +30,7 @@ hold the real head).  On the unperturbed labelled heads the envelope keeps 15,07
 unchanged (14,605 of them seg3d's, whose envelope takes in its EEG electrodes; of the reference auricles only
 seg3d's lose any: 0.975 -> 0.969 of their voxels changed); through gamma 2 and an 8 % noise floor the two
 gates keep every change within 26.4 mm of the real surface (39.2 mm with the first alone; BRAINCHK's brain
-proxy on 4 of 21 heads each, 10 and 8 before).  A third, the *far cap*: farther than ``FEATURE_REACH_MM``
-(plus a coarse diagonal) from every voxel the detector labelled, no eye-cover or nose edit may lie deeper than
-``protect_depth_mm + FAR_CAP_MARGIN_MM`` below the envelope.  What an edit changes there (the nose removal's box
-behind the nose, an eye cover's box) is no feature, and it is what reached deep through those contrasts; the
-features themselves keep the 20 mm cap (legit edits reach 16-21.6 mm below the envelope, which lies up to
-12 mm outside the skin).
+proxy on 4 of 21 heads each, 10 and 8 before).
 """
 
 from __future__ import annotations
@@ -48,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from defacer._typing import LabelMap, Mask, PathLike
+from defacer._typing import LabelMap, PathLike
 from defacer.detect import Detector, HeadModelDetector
 from defacer.detect.pose import measured_pose
 from defacer.distort import Edit, distort_eyes, distort_nose, nose_region
@@ -64,7 +59,6 @@ from defacer.head import (
     deep_sealed_head,
     depth_below_surface,
     envelope_head,
-    near_marked,
     outline_search,
     protection_head,
 )
@@ -211,41 +205,9 @@ DEEP_CAP_MARGIN_MM = 10.0
 #: (6 mm changed two labelled heads' ear edits by 304-1,313 voxels; 10 mm takes 132 of the GE CT's 103,851
 #: ear-edit voxels and changes no other head's output).
 DEEP_CAP_EAR_EXTRA_MM = 10.0
-#: Farther than :data:`FEATURE_REACH_MM` from every voxel the detector labelled, no edit may lie deeper than
-#: ``protect_depth_mm + FAR_CAP_MARGIN_MM`` below the envelope (:func:`defacer.head.envelope_head`), in mm: the far
-#: cap.  Through gamma 2 / an 8 % noise floor (shipped model, 2026-12-05) it took the brain-proxy voxels changed
-#: (deeper than 20 mm below the unperturbed surface, farther than 15 mm from every reference feature) of uih 2,552 ->
-#: 411 / 2 -> 0, pydeface's average head 932 -> 428 / 458 -> 76, otsu 4 -> 0; every reference feature's fraction
-#: changed on the 21 unperturbed heads is the same (docs/measurements.md).
-FAR_CAP_MARGIN_MM = 0.0
-#: How near the detector's feature voxels (in mm, plus the coarse grid's diagonal: :func:`defacer.head.near_marked`)
-#: an edit keeps the deep cap's 20 mm rather than the far cap's 10.  15 mm (``defacer.verify.check``'s feature
-#: margin) left uih through gamma 2 2,009 brain-proxy voxels, 10 mm 411 (with the ears capped too).
-FEATURE_REACH_MM = 10.0
-#: The edits the far cap bounds: the eye cover and the nose removal, boxes round the features whose far parts are no
-#: feature (the ears' edit is the auricle found in the image).
-FAR_CAP_FEATURES = frozenset({"eyes", "nose"})
 
 #: Voxels of a label map compared at a time by :func:`_voxels_per_feature` (512 kB of bool, reused).
 COUNT_SLAB_VOXELS = 512 * 1024
-
-
-def _near_features(labels: LabelMap, boxes: list[tuple[slice, slice, slice]], head: HeadModel,
-                   spacing: tuple[float, float, float]) -> Mask:
-    """Coarse samples of ``head``'s grid near the detector's features (:func:`defacer.head.near_marked`).
-
-    Only the labels within ``FEATURE_REACH_MM`` plus the coarse diagonal of ``boxes`` (the edits the far cap bounds)
-    are read: no farther label can be near a voxel of those boxes.  All False where there is no box.
-    """
-    coarse_spacing = head.coarse_spacing(spacing)
-    if not boxes:
-        return np.zeros(tuple(-(-n // s) for n, s in zip(labels.shape, head.strides, strict=True)), dtype=bool)
-    reach = FEATURE_REACH_MM + 2.0 * float(np.linalg.norm(coarse_spacing))  # label block to box voxel's sample
-    margin = [int(np.ceil(reach / s)) for s in spacing]
-    side = [slice(max(0, min(b[a].start for b in boxes) - margin[a]),
-                  min(labels.shape[a], max(b[a].stop for b in boxes) + margin[a])) for a in range(3)]
-    within = (side[0], side[1], side[2])
-    return near_marked(labels, head.strides, FEATURE_REACH_MM, coarse_spacing, within)
 
 
 def _pose_record(pose: Any) -> dict[str, Any]:
@@ -357,7 +319,6 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
     envelope = envelope_head(image, spacing, guard) if bright_air is None else guard
     envelope_depth = depth_below_surface(envelope, spacing) if envelope is not guard else guard_depth
     deep_limit = options.protect_depth_mm + DEEP_CAP_MARGIN_MM
-    far_limit = options.protect_depth_mm + FAR_CAP_MARGIN_MM
     slack = head.coarse_slack(spacing)
     rng = np.random.default_rng(options.seed)
     edits: list[Edit] = []
@@ -401,10 +362,6 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
     raw = volume.raw.copy(order="K")
     edit_mask = np.zeros(volume.shape, dtype=np.uint8)  # feature label of the last edit writing each voxel
     outside = OutsideSamples.of(guard_depth, guard, spacing)  # searched near each ear edit's band only
-    # the far cap: away from every feature the detector labelled, no eye or nose edit deeper than protect_depth_mm
-    # below the envelope (the labels read round those edits' boxes only)
-    near_features = _near_features(labels_ras, [e.box for e in edits if e.feature in FAR_CAP_FEATURES], envelope,
-                                   spacing)
     native_boxes = []
     for edit in edits:
         protected_local = protected_in_box(edit, guard, guard_depth, outside, spacing, options.protect_depth_mm)
@@ -413,13 +370,7 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
         # the ears too: not closed across wide gaps, the envelope keeps the notch behind an auricle (ears 5 mm deeper
         # kept 0-6 brain-proxy voxels fewer through gamma 2 / the noise floor on 17 heads but 2-1,458 more on 4,
         # slicer's and uih's ears 26 mm deep; reference auricles unchanged but seg3d's, 0.975 -> 0.969 of voxels)
-        below_envelope = guard.upsample(envelope_depth, edit.box)
-        protected_local |= below_envelope > deep_limit - slack
-        # the box edits only: an ear edit is the auricle the ear rule found in the image, which the detector's ear
-        # label may not reach (seg3d's auricles 0.969 -> 0.934 of their voxels changed with the ears capped too);
-        # --whole-face removes the face by design, shallower than its own cut
-        if edit.feature in FAR_CAP_FEATURES and not edit.params.get("whole_face"):
-            protected_local |= (below_envelope > far_limit - slack) & ~guard.upsample(near_features, edit.box)
+        protected_local |= guard.upsample(envelope_depth, edit.box) > deep_limit - slack
         write = edit.mask & ~protected_local
         native_box = reorientation.box_from_ras(edit.box)
         write_native = reorientation.local_from_ras(write)
@@ -486,8 +437,7 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
                                        "envelope": {"all": deep_limit, "threshold": envelope.threshold,
                                                     "vs_protection_head": round(
                                                         float(envelope.sealed_coarse.sum())
-                                                        / float(guard.sealed_coarse.sum()), 3)},
-                                       "far_from_features": {"all": far_limit, "reach_mm": FEATURE_REACH_MM}},
+                                                        / float(guard.sealed_coarse.sum()), 3)}},
                        "changed_inside_protected": check.changed_inside_protected,
                        "changed_outside_edits": check.changed_voxels - int(np.count_nonzero(edit_mask))},
         "timings": {k: round(v, 4) for k, v in timings.items()},
