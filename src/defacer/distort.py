@@ -223,8 +223,9 @@ def distort_eyes(
     list of Edit
         One cover over both eyes, or one per eye found (at most two) without ``join``.
     """
-    groups = _cover_groups(eyes, spacing, box_scale, join)
-    between = _between_the_eyes(eyes) if open_between and len(groups) == 1 and len(groups[0]) == 2 else None
+    found = components(eyes, 2)  # once: the covers' regions and the opening between the eyes read the same two
+    groups = _cover_groups(eyes, found, spacing, box_scale, join)
+    between = _between_the_eyes(eyes, found) if open_between and len(groups) == 1 and len(groups[0]) == 2 else None
     edits = []
     for index, group in enumerate(groups):
         edit = _eye_cover(image, head, spacing, group, index, band_mm=band_mm, feather_mm=feather_mm,
@@ -238,10 +239,12 @@ def distort_eyes(
 EyeRegion = tuple[tuple[float, float], tuple[float, float], int]
 
 
-def _cover_groups(eyes: Mask, spacing: tuple[float, float, float], box_scale: float, join: bool) -> list[list[EyeRegion]]:
-    """The eye regions (:func:`eye_region`, at most two) each cover of :func:`distort_eyes` spans."""
+def _cover_groups(eyes: Mask, found: list[Box], spacing: tuple[float, float, float], box_scale: float,
+                  join: bool) -> list[list[EyeRegion]]:
+    """The eye regions (:func:`eye_region` of ``found``, the eyes' :func:`components`, at most two) each cover of
+    :func:`distort_eyes` spans."""
     regions = []
-    for component in components(eyes, 2):
+    for component in found:
         centre, semi = eye_region(eyes, component, spacing, box_scale)
         if min(semi) > 0:
             regions.append((centre, semi, component[1].start))
@@ -265,7 +268,7 @@ def eye_cover_boxes(eyes: Mask, spacing: tuple[float, float, float], *, band_mm:
         One per cover (each may still find no face in it and give no edit).
     """
     return [_cover_box(eyes.shape, spacing, group, band_mm=band_mm, feather_mm=feather_mm)
-            for group in _cover_groups(eyes, spacing, box_scale, join)]
+            for group in _cover_groups(eyes, components(eyes, 2), spacing, box_scale, join)]
 
 
 def _cover_box(shape: tuple[int, ...], spacing: tuple[float, float, float], regions: list[EyeRegion], *,
@@ -287,11 +290,12 @@ def _cover_box(shape: tuple[int, ...], spacing: tuple[float, float, float], regi
     )
 
 
-def _between_the_eyes(eyes: Mask) -> tuple[float, float] | None:
-    """The R range (voxel index, exclusive) between the two largest eye components: from one eye's centroid plus its
-    half-extent along R to the other's centroid less its own; ``None`` without two eyes or where they overlap along R."""
+def _between_the_eyes(eyes: Mask, found: list[Box]) -> tuple[float, float] | None:
+    """The R range (voxel index, exclusive) between the two largest eye components (``found``, the eyes'
+    :func:`components`): from one eye's centroid plus its half-extent along R to the other's centroid less its own;
+    ``None`` without two eyes or where they overlap along R."""
     halves = []
-    for component in components(eyes, 2):
+    for component in found:
         r = np.nonzero(eyes[component])[0]
         halves.append((component[0].start + float(r.mean()), (component[0].stop - component[0].start) / 2.0))
     if len(halves) != 2:

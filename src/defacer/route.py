@@ -311,14 +311,9 @@ def _stale_record(target: Path, sidecar: bool) -> Path | None:
         return None
     if sidecar:
         return record
-    from defacer.files import read_json_object
+    from defacer.io.output_guard import recorded_output_name
 
-    try:  # bounded, and a JSON nested thousands deep is no record (it raised RecursionError to the caller)
-        output = read_json_object(record, what="provenance record", redo="").get("output", {})
-    except DefacerError:
-        return None
-    described = output.get("path") if isinstance(output, dict) else None
-    return record if described in (target.name, "<output>") else None
+    return record if recorded_output_name(record) in (target.name, "<output>") else None
 
 
 def _drop_stale_record(stale: Path | None, sidecar: bool) -> None:

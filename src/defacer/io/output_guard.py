@@ -471,6 +471,20 @@ def sharing_outputs(output: Path) -> list[str]:
             and (image_suffix(name, dicom=True) or (output.parent / name).is_dir())]
 
 
+def recorded_output_name(record: Path) -> str | None:
+    """The output a provenance record describes (its ``output.path``: a name, or ``<output>`` where hidden), read
+    bounded (:func:`defacer.files.read_json_object`); ``None`` where the file is no record of defacer's."""
+    from defacer.errors import DefacerError
+    from defacer.files import read_json_object
+
+    try:  # a JSON nested thousands deep, or a huge file so named, is no record
+        described = read_json_object(record, what="provenance record", redo="").get("output", {})
+    except DefacerError:
+        return None
+    path = described.get("path") if isinstance(described, dict) else None
+    return path if isinstance(path, str) else None
+
+
 def check_record_not_shared(output: PathLike) -> None:
     """Refuse an output whose provenance record is another output's that is still there.
 
@@ -482,21 +496,16 @@ def check_record_not_shared(output: PathLike) -> None:
     ------
     defacer.errors.OutputError
     """
-    from defacer.errors import DefacerError
-    from defacer.files import image_stem, image_suffix, read_json_object
+    from defacer.files import image_stem, image_suffix
     from defacer.provenance import sidecar_path
 
     output = Path(output)
     record = sidecar_path(output)
     if not record.is_file() or record.is_symlink():
         return
-    try:
-        described = read_json_object(record, what="provenance record", redo="").get("output", {})
-    except DefacerError:
-        return  # no record of defacer's: the output checks already decided about replacing it
-    path = described.get("path") if isinstance(described, dict) else None
-    if path == output.name:
-        return
+    path = recorded_output_name(record)
+    if path is None or path == output.name:
+        return  # no record of defacer's (the output checks decide about replacing it), or this output's own
     others = sharing_outputs(output)
     # the record names one of them, or hides its name ('<output>': a DICOM folder named after the patient)
     if not (path in others or (path == "<output>" and others)):
