@@ -114,19 +114,27 @@ OVERRIDES: dict[str, dict[str, tuple[float, float, float] | None]] = {
 EAR_SEARCH_OVERRIDE_MM: dict[str, float] = {"ge-headct_tilted_dicom": 20.0}
 
 #: Ears that do not stand out from the head in the image (pressed flat against it, or too blurred):
-#: ear key -> (centre in RAS mm read off the slices, radius in mm).  The label is the outer
-#: ``FLAT_EAR_DEPTH_MM`` of head tissue within that radius of the centre, on the lateral side.
-FLAT_EARS: dict[str, dict[str, tuple[tuple[float, float, float], float]]] = {
+#: ear key -> (centre in RAS mm read off the slices, reach in mm).  The reach is a radius, or the
+#: semi-axes (R, A, S) of an ellipsoid in RAS mm: the side outline of an auricle (about 60 x 35 mm) is
+#: no disc, and a disc wide enough for its height takes the scalp behind it.  The label is the outer
+#: ``FLAT_EAR_DEPTH_MM`` of head tissue within that reach of the centre, on the lateral side.
+FLAT_EARS: dict[str, dict[str, tuple[tuple[float, float, float], float | tuple[float, float, float]]]] = {
     # both auricles pressed flat against the head (a flat plateau on each side, near the edge of the
     # 176 mm left-right field); their outlines are plain on the side renders.  The left centre was
     # (-88, -15, -15) until issue 15: 28 mm behind the auricle, on plain scalp (the layered, thickened
     # skin of the pressed auricle and its concha lie at y 0..35 on coronal slices, as the right one at
     # y -10..30; the mapped landmark y 12.9 agrees); now placed as the right one is (1-2 mm outside the
-    # skin, ~7 mm above the landmark)
-    "otsu_T1w": {"ear_left": ((-86.0, 12.0, -18.0), 30.0), "ear_right": ((88.0, 5.0, -18.0), 30.0)},
+    # skin, ~7 mm above the landmark).  Until issue 14 (session 20) both were discs of radius 30 mm
+    # (60 mm across, the auricle's height): on the side relief renders each took 10-12 mm of plain scalp
+    # behind the helix rim; now ellipses over the relief of helix, concha and lobule (left A -5..36,
+    # S -45..9 mm; right A -12..31, S -48..10 mm)
+    "otsu_T1w": {"ear_left": ((-86.0, 15.5, -18.0), (30.0, 21.0, 27.5)),
+                 "ear_right": ((88.0, 9.5, -19.0), (30.0, 21.5, 29.0))},
     # pitched head: the mapped ear landmark fell 40 mm above and in front of this auricle and the
-    # opening does not separate it (its helix is plain on the side render)
-    "anon0006_T1w_ASL": {"ear_left": ((-77.0, -35.0, -50.0), 28.0)},
+    # opening does not separate it (its helix is plain on the side render).  Until issue 14 (session 20) a
+    # disc of radius 28 mm round (-77, -35, -50), which took 12-14 mm of plain scalp behind the auricle
+    # on the side relief render; now an ellipse over the helix, concha and lobule (A -48..-6, S -73..-20 mm)
+    "anon0006_T1w_ASL": {"ear_left": ((-77.0, -27.0, -46.5), (28.0, 21.0, 26.5))},
 }
 
 #: Ears mostly outside the field of view, the rest too close to the field's edge for the opening
@@ -530,12 +538,25 @@ def refine_ear(mask: np.ndarray, valid: np.ndarray, coords: list[np.ndarray], ce
 
 
 def flat_ear(mask: np.ndarray, valid: np.ndarray, coords: list[np.ndarray], centre: np.ndarray,
-             lateral: np.ndarray, radius_mm: float) -> np.ndarray | None:
-    """An ear that does not stand out (flat against the head, or blurred): the outer skin layer around it."""
-    d2 = _dist2(coords, centre)
+             lateral: np.ndarray, reach_mm: float | tuple[float, float, float]) -> np.ndarray | None:
+    """An ear that does not stand out (flat against the head, or blurred): the outer skin layer around it.
+
+    ``reach_mm``: a radius, or the semi-axes (R, A, S) in mm of an ellipsoid round ``centre``.
+    """
+    axes = np.broadcast_to(np.asarray(reach_mm, float), (3,))
+    x, y, z = coords
+    within = (((x[:, None, None] - centre[0]) / axes[0]) ** 2 + ((y[None, :, None] - centre[1]) / axes[1]) ** 2
+              + ((z[None, None, :] - centre[2]) / axes[2]) ** 2) <= 1.0
     outer = mask & ~(ndi.distance_transform_edt(mask) > FLAT_EAR_DEPTH_MM)
-    lab = outer & (d2 <= radius_mm**2) & valid & (_along(coords, centre, lateral) >= -EAR_MEDIAL_MM)
+    lab = outer & within & valid & (_along(coords, centre, lateral) >= -EAR_MEDIAL_MM)
     return lab if lab.sum() >= 200 else None
+
+
+def _reach_text(reach_mm: float | tuple[float, float, float]) -> str:
+    """How a flat ear's reach reads in the provenance notes."""
+    if isinstance(reach_mm, tuple):
+        return "the ellipsoid of semi-axes (R, A, S) ({:g}, {:g}, {:g}) mm round".format(*reach_mm)
+    return f"{reach_mm:g} mm of"
 
 
 def cut_ear(mask: np.ndarray, valid: np.ndarray, coords: list[np.ndarray], centre: np.ndarray,
@@ -637,7 +658,7 @@ def label_scan(name: str, path: Path, tmpl: tuple, register: bool = False) -> di
             centre = np.asarray(flat[0], float)
             ear = flat_ear(mask, valid, coords, centre, lateral_direction(coords, mask, centre, frame[0]), flat[1])
             notes.append(f"{key}: flat against the head, labelled as the outer {FLAT_EAR_DEPTH_MM:g} mm of head "
-                         f"within {flat[1]:g} mm of {flat[0]} (set by hand)")
+                         f"within {_reach_text(flat[1])} {flat[0]} (set by hand)")
         elif lm.get(key) is not None:
             lateral = lateral_direction(coords, mask, lm[key], frame[0])
             radius = EAR_SEARCH_OVERRIDE_MM.get(name, EAR_SEARCH_MM)
@@ -896,8 +917,9 @@ themselves are never copied here; only these label maps (which hold no image int
    lobule), and the label is that part, plus the outer 6 mm of tissue met from the side within the
    convex hull of its side outline, plus a 2 mm root.  Until issue 15 the ball was 6 mm, which
    left the concha and the root of the helix attached to the head and labelled only the rim.  An
-   ear pressed flat against the head is labelled by hand as the outer 6 mm of head around a centre
-   read off the slices (`FLAT_EARS`); an ear mostly outside the field as the head tissue within
+   ear pressed flat against the head is labelled by hand as the outer 6 mm of head within a disc or
+   an ellipse (seen from the side) round a centre read off the slices and relief renders
+   (`FLAT_EARS`); an ear mostly outside the field as the head tissue within
    8 mm of the field's edge around a centre set by hand (`CUT_EARS`).
 4. Features whose landmark falls outside the scanned field are marked absent, not guessed; cut
    features are labelled only where scanned and listed as partial (their label reaches the edge
@@ -910,8 +932,13 @@ themselves are never copied here; only these label maps (which hold no image int
    hand-placed flat-ear discs were re-checked against the skin relief of each pressed auricle
    (helix rim, concha, lobule) on side renders and slices: otsu_T1w's left disc was on the scalp
    28 mm behind its auricle and was moved (a test now checks that each ear label lies as far from
-   its eye as the other side's, within 12 mm); anon0006_T1w_ASL's was right.  The shipped detector
-   network was trained on the labels before that change and has not been retrained.
+   its eye as the other side's, within 12 mm); anon0006_T1w_ASL's was right.  In issue 14 (session
+   20) the three flat-ear discs (60 / 60 / 56 mm across: as wide front to back as an auricle is tall)
+   were found to take 10-14 mm of plain scalp behind each helix rim on side relief renders; they are
+   now ellipses over each pressed auricle's relief (helix, concha, lobule; 39-41 mm front to back,
+   50-56 mm tall; a test checks that a hand-set flat ear is taller than wide and at most 46 mm front
+   to back).  The shipped detector network was trained on the labels before these changes and has
+   not been retrained.
 
 ## Provenance per scan
 
@@ -926,13 +953,18 @@ NOTES = {
                  "slices with labels and landmarks): the left flat-ear disc was centred at (-88, -15, -15), 28 mm behind "
                  "the auricle on plain scalp (eye-to-ear 121.7 mm on the left against 107.0 mm on the right); moved to "
                  "(-86, 12, -18), over the pressed auricle's layered skin and concha (y 0..35 mm), placed as the right "
-                 "disc is (now 105.6 / 107.0 mm). The shipped detector was trained on the old left label (not retrained)."),
+                 "disc is (now 105.6 / 107.0 mm). Issue 14 (session 20): both discs (radius 30 mm, 55 mm front to back) "
+                 "took 10-12 mm of plain scalp behind the helix rim on the side relief renders; now ellipses over the "
+                 "relief of helix, concha and lobule (left A -5..36, S -45..9 mm; right A -12..31, S -48..10 mm; ears "
+                 "15.13 + 14.58 -> 11.06 + 9.91 cm^3). The shipped detector was trained on the old labels (not retrained)."),
     "slicer-mrhead_2mm": "136 mm superior-inferior field; streak artefact at the lower edge.",
     "anon0006_T1w_ASL": ("2 mm, pitched head. Issue 15 re-check: the left flat-ear disc is on the auricle and kept: on the "
                          "side relief render the helix, concha and lobule lie inside it (z -75..-22 mm); axial slices show "
                          "the top of the helix at z -22 (the mapped landmark's height) and no auricle above; the mapped "
                          "landmarks of this head mark the top of each auricle (the right one 22 mm above the centroid of the "
-                         "auricle the opening rule finds)."),
+                         "auricle the opening rule finds). Issue 14 (session 20): that disc (radius 28 mm, 52 mm front to "
+                         "back) also took 12-14 mm of plain scalp behind the helix rim; now an ellipse over the helix, concha "
+                         "and lobule (A -48..-6, S -73..-20 mm; left ear 14.77 -> 11.49 cm^3)."),
     "seg3d-electrodes_T1w": "Field cuts the nose tip: only the scanned part of the nose is labelled; electrodes and bandage on the head.",
     "fernando_T2w_thick": "T2, 5.5 mm axial slices, partial field (orbits, upper nose).",
     "fnndsc-3yo_T1w_dicom": "3-year-old child; oblique sagittal DICOM.",

@@ -133,3 +133,32 @@ def test_each_ear_label_lies_as_far_from_its_eye_as_the_other_side() -> None:
         ears = _side_centroids_mm(labels, image.affine, 3)
         left, right = (float(np.linalg.norm(eye - ear)) for eye, ear in zip(eyes, ears))
         assert abs(left - right) <= 12.0, f"{name}: eye-to-ear {left:.1f} mm left, {right:.1f} mm right"
+
+
+def _ear_components_mm(labels: np.ndarray, affine: np.ndarray) -> list[np.ndarray]:
+    """World (RAS+ mm) voxel positions of the two largest ear components, the subject's left (-x) first."""
+    regions, n = ndi.label(labels == 3)
+    sizes = ndi.sum(labels == 3, regions, range(1, n + 1))
+    parts = [np.argwhere(regions == i + 1) @ affine[:3, :3].T + affine[:3, 3] for i in np.argsort(sizes)[::-1][:2]]
+    return sorted(parts, key=lambda p: float(p[:, 0].mean()))
+
+
+def test_a_hand_set_flat_ear_takes_no_scalp_behind_the_auricle() -> None:
+    # Issue 14 (session 20): the pressed auricles of otsu_T1w and anon0006_T1w_ASL were labelled as discs
+    # as wide front to back as an auricle is tall (55 / 55 / 52 mm): on the side relief renders each took
+    # 10-14 mm of plain scalp behind the helix rim, which no ear edit may take.  Their footprints now follow
+    # the auricle (helix, concha, lobule): taller than wide, at most 46 mm front to back.
+    checked = 0
+    for name, record in RECORDS.items():
+        flat = [note.split(":")[0] for note in record.get("overrides", []) if "flat against the head" in note]
+        if not flat:
+            continue
+        image = nib.load(str(LABELS / f"{name}.labels.nii.gz"))
+        left, right = _ear_components_mm(np.asarray(image.dataobj), image.affine)
+        for key in flat:
+            part = left if key == "ear_left" else right
+            front_back, height = (float(np.ptp(part[:, axis])) for axis in (1, 2))
+            assert front_back <= 46.0, f"{name} {key}: {front_back:.1f} mm front to back"
+            assert height > front_back, f"{name} {key}: {height:.1f} mm tall, {front_back:.1f} mm front to back"
+            checked += 1
+    assert checked == 3
