@@ -6,16 +6,17 @@ section), load and save volumes, and load the detector.  ``defacer.phantom`` mak
 synthetic head.
 
 The names are imported on first use (PEP 562), so ``import defacer.cli.main`` or
-``import defacer.errors`` does not import numpy, nibabel and scipy before the command needs them.
+``import defacer.errors`` does not import numpy, nibabel and scipy before the command needs them; this module
+imports nothing but :mod:`defacer._lazy` and :mod:`defacer._version` (not even ``typing``), so the console
+script's entry point (:mod:`defacer.cli.entry`) handles Ctrl-C a few milliseconds after Python starts.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from defacer._lazy import lazy_exports
 from defacer._version import __version__
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: see defacer.cli.entry (mypy reads it as true)
 if TYPE_CHECKING:
     from defacer.api import DefacedImage, deface, deface_image
     from defacer.errors import DefacerError, FeaturesNotFoundError

@@ -1,5 +1,5 @@
 """``python -m defacer`` runs the ``defacer`` command."""
 
-from defacer.cli.main import run
+from defacer.cli.entry import run
 
 run()

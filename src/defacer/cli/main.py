@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from defacer._version import __version__
+from defacer.cli.entry import by_signal as _by_signal
+from defacer.cli.entry import stop_on_termination
 from defacer.errors import (
     SYSTEM_ERRORS,
     DefacerError,
@@ -161,12 +163,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _unexpected(args, err)
 
 
-def _by_signal(err: KeyboardInterrupt) -> str:
-    """`` by SIGTERM`` when a termination signal (:func:`stop_on_termination`) stopped the run, else nothing."""
-    reason = str(err)
-    return f" by {reason.removeprefix('stopped by signal ')}" if reason.startswith("stopped by signal ") else ""
-
-
 class _ShownArguments(logging.Filter):
     """Logs a record with its arguments' control characters escaped (:func:`defacer.errors.shown`): the file names a
     warning quotes come from the input (a name holding a line feed or a terminal escape sequence faked a line of
@@ -203,25 +199,6 @@ def _unexpected(args: argparse.Namespace, err: Exception) -> int:
 BOUNDED_COMMANDS = frozenset({"deface"})
 
 
-def stop_on_termination() -> None:
-    """Make SIGTERM and SIGHUP stop a run the way Ctrl-C does (``KeyboardInterrupt``).
-
-    ``timeout``, ``kill``, SLURM's ``scancel``, ``docker stop`` and a closed terminal end a process
-    with these signals; by default Python then dies at once and leaves a run's temporary folder
-    (``.defacer-tmp-*``, with a half-written output) beside the user's files.  As an interrupt, the
-    temporaries are removed and nothing half-written is left.  A signal the process was started
-    ignoring (``nohup``) stays ignored.
-    """
-    import signal
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
-
-    for number in (signal.SIGTERM, signal.SIGHUP):
-        if signal.getsignal(number) == signal.SIG_DFL:
-            signal.signal(number, interrupt)
-
-
 def import_nibabel_without_pydicom() -> bool:
     """Import nibabel without letting it import pydicom; return whether this process's nibabel was so imported.
 
@@ -243,7 +220,12 @@ def import_nibabel_without_pydicom() -> bool:
 
 
 def run(argv: Sequence[str] | None = None) -> None:
-    """Console-script entry point (also ``python -m defacer``)."""
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``) and exit with its status.
+
+    Called by the console script's entry point :func:`defacer.cli.entry.run` (also ``python -m defacer``),
+    which imports this module under its own interrupt handling; it stays callable directly (a console
+    script installed before that entry point, embedding programs).
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     stop_on_termination()
     bounded = next((a for a in args if not a.startswith("-")), None) in BOUNDED_COMMANDS
