@@ -17,8 +17,8 @@ libraries and systems it does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import platform
+import os
+import sys
 
 #: ``mallopt`` parameters of glibc's ``<malloc.h>``.
 _M_TRIM_THRESHOLD = -1
@@ -34,16 +34,22 @@ def retain_freed_memory() -> bool:
     Call it once, early, in a process that does one bounded job.  Large allocations then come from
     the heap (``M_MMAP_MAX`` 0) and the heap is never trimmed (``M_TRIM_THRESHOLD`` maximal).
     """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    name = ctypes.util.find_library("c")
-    if name is None:
+    if not sys.platform.startswith("linux") or not _glibc():
         return False
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
+        # the C library the interpreter is linked with, as loaded: ctypes.util.find_library("c") ran
+        # ``ldconfig -p`` in a child process at every start of the command (~10 ms) to name the same library
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _NEVER))
+
+
+def _glibc() -> bool:
+    """Whether this process runs on glibc (its ``confstr``, as :func:`platform.libc_ver` asks first)."""
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc ")
+    except (ValueError, OSError):  # no such name on this system (musl, macOS)
+        return False

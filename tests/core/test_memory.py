@@ -47,3 +47,19 @@ def test_without_it_a_large_array_goes_back_to_the_system():
     before, held, after = _resident_mb("default")
     assert held - before > 150
     assert after - before < 50
+
+
+@glibc_only
+def test_it_starts_no_process_and_imports_no_library_search():
+    """``ctypes.util.find_library("c")`` ran ``ldconfig -p`` in a child process at every start of ``defacer deface``
+    (~10 ms) to name the C library the interpreter has already loaded."""
+    code = ("import subprocess, sys\n"
+            "def refuse(*args, **kwargs):\n"
+            "    raise AssertionError('a process was started')\n"
+            "subprocess.Popen = refuse\n"
+            "from defacer.memory import retain_freed_memory\n"
+            "assert retain_freed_memory()\n"
+            "print('ctypes.util' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

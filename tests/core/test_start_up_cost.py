@@ -27,8 +27,11 @@ from defacer.phantom import make_phantom, save_phantom
 from defacer.pipeline import deface
 
 #: Libraries a NIfTI deface must not import: DICOM (pydicom, about 0.1 s with its pixel plugins, via
-#: nibabel or defacer.phi), training, batch scheduling, verification.
-NOT_FOR_A_NIFTI_DEFACE = ("pydicom", "torch", "monai", "onnx", "dask", "distributed", "mediapipe", "cv2", "dlib")
+#: nibabel or defacer.phi), training, batch scheduling, verification; defacer's own verification and batch
+#: modules (~15 ms: the QC folder's module, asked only whether a verification lies beside the output), and
+#: ctypes' library search (``ldconfig -p`` in a child process, ~10 ms, to find the C library already loaded).
+NOT_FOR_A_NIFTI_DEFACE = ("pydicom", "torch", "monai", "onnx", "dask", "distributed", "mediapipe", "cv2", "dlib",
+                          "defacer.verify", "defacer.batch", "ctypes.util")
 
 #: Runs the command as the console script does (``defacer.cli.main.run``); an exit handler lists what it imported.
 CHILD = f"""
@@ -47,11 +50,16 @@ def phantom_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     return scan, labels
 
 
-def test_the_deface_command_on_a_nifti_imports_no_dicom_training_or_batch_library(phantom_files, tmp_path):
+@pytest.mark.parametrize("force", [False, True])
+def test_the_deface_command_on_a_nifti_imports_no_dicom_training_or_batch_library(phantom_files, tmp_path, force):
     scan, _ = phantom_files
+    out = tmp_path / "out.nii.gz"
+    if force:  # an output to replace, with its sidecar: the earlier verification is looked for
+        out.write_bytes(scan.read_bytes())
     # the shipped detector (onnxruntime) and every stage after it; a phantom may lack a feature for it
-    result = subprocess.run([sys.executable, "-c", CHILD, "deface", str(scan), str(tmp_path / "out.nii.gz"),
-                             "--allow-missing"], check=False, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-c", CHILD, "deface", str(scan), str(out), "--allow-missing",
+                             *(["--force"] if force else [])], check=False, capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
 
