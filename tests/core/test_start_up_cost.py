@@ -228,3 +228,44 @@ def test_the_deface_command_exits_normally_while_another_thread_runs(phantom_fil
 def test_other_commands_exit_normally(tmp_path):
     done = _exit_run("plain", "--version")
     assert done.returncode == 0 and "teardown ran" in done.stdout
+
+
+#: Counts SciPy's docstring parses (its ``xp_capabilities`` decorator parses every decorated function's docstring)
+#: while the command line starts; prints the count at exit.
+DOCSTRING_CHILD = """
+import atexit, sys
+import scipy._lib._docscrape as docscrape
+parsed = [0]
+real_init = docscrape.NumpyDocString.__init__
+def counted(self, *args, **kwargs):
+    parsed[0] += 1
+    real_init(self, *args, **kwargs)
+docscrape.NumpyDocString.__init__ = counted
+atexit.register(lambda: print(parsed[0], 'scipy.ndimage' in sys.modules))
+from defacer.cli.main import run
+run(sys.argv[1:])
+"""
+
+
+def test_the_command_line_imports_scipy_ndimage_without_parsing_its_docstrings():
+    """SciPy 1.15+ parses each scipy.special and scipy.ndimage function's docstring at import to add a table of the
+    array libraries it supports (~0.05 s of every start); the command line never shows those docstrings."""
+    result = subprocess.run([sys.executable, "-c", DOCSTRING_CHILD, "deface", "--help"], check=False,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-2:] == ["0", "True"]
+
+
+def test_scipy_keeps_its_docstring_tables_outside_the_command_line():
+    code = ("import scipy._lib._array_api as a, scipy._lib._docscrape as d; "
+            "from defacer.cli.main import import_scipy_ndimage_without_docstring_tables as f; "
+            "assert f() and a.FunctionDoc is d.FunctionDoc and not f(); "
+            "import scipy.ndimage, scipy.stats; "
+            "print('Array API' in (scipy.stats.ttest_ind.__doc__ or ''), 'Array API' in scipy.ndimage.label.__doc__, "
+            "scipy.ndimage.label.__doc__.lstrip().startswith('Label features'))")
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "False", "True"]  # imported later: its tables; ndimage's docs kept
+    library_code = "import defacer.pipeline, scipy.ndimage; print('Array API' in scipy.ndimage.label.__doc__)"
+    library = subprocess.run([sys.executable, "-c", library_code], check=False, capture_output=True, text=True, timeout=120)
+    assert library.stdout.strip() == "True", library.stderr  # import defacer: SciPy as it is
