@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from defacer.errors import InputImageError, TooManyVoxelsError
+from defacer.options import DEFAULT_MAX_VOXELS  # noqa: F401  # re-exported; with the options: read without numpy
 from defacer.volume import Volume
 
 #: Accepted voxel sizes in mm; outside this range the affine is considered absurd.
@@ -12,9 +13,6 @@ MIN_VOXEL_MM = 0.05
 MAX_VOXEL_MM = 20.0
 #: Smallest grid accepted along any axis (a head needs some extent in all three).
 MIN_AXIS_VOXELS = 8
-#: Largest volume read by default (512^3 voxels: 0.25 mm over a whole head; defacing it needs about
-#: 16 bytes of working memory per voxel, 2.1 GB).  Checked against the header before any voxel is read.
-DEFAULT_MAX_VOXELS = 512**3
 #: Working memory defacing needs per voxel, in bytes (float copies, label maps), for messages.
 BYTES_PER_VOXEL = 16
 

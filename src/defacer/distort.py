@@ -32,6 +32,7 @@ from defacer._typing import Mask
 from defacer.detect.preprocess import mask_box
 from defacer.head import HeadModel
 from defacer.morphology import open_cross
+from defacer.options import NOSE_REACH_MM  # with the options: the command line reads it without SciPy
 
 Box = tuple[slice, slice, slice]
 
@@ -479,14 +480,6 @@ def _span_socket(surface: npt.NDArray[np.float32], present: Mask, inside: Mask,
 # ------------------------------------------------------------------------------------------ nose
 
 
-#: The nose removal never reaches further than this from the detected nose's centroid (mm).  The
-#: reference noses of the real heads (nasion to columella, ala to ala) reach 27 to 40 mm from their
-#: centroid; the box x2 of a long nose reaches 50 to 60 mm below it, onto the mouth and the cheeks
-#: beside it (most of the tissue changed far from every feature), and a detection that runs into
-#: the lip makes it longer still.  55 mm keeps the upper lip under the nose in the removal: at 45 mm
-#: (only the nose and 5 mm of margin) face detectors found a face after defacing on more heads
-#: (reference labels: 5 -> 8 of 19 heads, dlib CNN or Face Mesh on 5 instead of 3).
-NOSE_REACH_MM = 55.0
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,12 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from defacer._typing import PathLike
 from defacer.errors import DefacerError
+
+if TYPE_CHECKING:  # (defacer._typing imports numpy, which the command line's argument parsing does not need)
+    from defacer._typing import PathLike
 
 #: File endings of single-file (or header + data) scans and the format each one means, longest first.
 IMAGE_FORMATS: dict[str, str] = {

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from defacer._typing import PathLike
+from defacer.ahead import DetectorLoading, input_sha256, take_detector
 from defacer.checks import DEFAULT_MAX_VOXELS
 from defacer.detect import Detector
 from defacer.errors import DefacerError, InputImageError, OutputError
@@ -194,7 +194,7 @@ def _detector(detector: Detector | None, labels_path: PathLike | None, weights_p
     return detector if detector is not None else load_detector(labels_path, weights_path)
 
 
-class _DetectorLoading:
+class _DetectorLoading(DetectorLoading):
     """The ONNX detector made in a thread of its own while the scan is read: :meth:`result` waits for it.
 
     Making it (onnxruntime's import, the weights' sha256, the session built from the graph: 0.05-0.1 s on the
@@ -204,30 +204,13 @@ class _DetectorLoading:
     read after the scan as before.  Errors keep their order: :meth:`result` is asked for only once the scan has
     been read, and re-raises the detector's own error (bad weights) there; where the scan's reading fails,
     :meth:`wait` lets the detector finish before that error goes on, so no work of this run outlives it.
+    ``defacer deface`` begins it earlier still, while it imports the pipeline (:func:`defacer.ahead.start_detector`).
     """
 
     def __init__(self, weights_path: PathLike | None) -> None:
         with contextlib.suppress(ImportError):  # defacer's own modules imported here, onnxruntime in the thread;
             import defacer.detect.model  # noqa: F401  # without it, load_detector says so there
-        self._outcome: list[Any] = []
-        self._thread = threading.Thread(target=self._make, args=(weights_path,), name="defacer-detector", daemon=True)
-        self._thread.start()
-
-    def _make(self, weights_path: PathLike | None) -> None:
-        try:
-            self._outcome.append(load_detector(None, weights_path))
-        except BaseException as err:  # noqa: BLE001 - handed to the caller's thread by result()
-            self._outcome.append(err)
-
-    def wait(self) -> None:
-        self._thread.join()
-
-    def result(self) -> Detector:
-        self.wait()
-        (outcome,) = self._outcome
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome  # type: ignore[no-any-return]
+        super().__init__(lambda: load_detector(None, weights_path))
 
 
 def _deface_file(source: Path, target: Path, *, options: DefaceOptions, detector: Detector | None,
@@ -264,7 +247,8 @@ def _deface_file(source: Path, target: Path, *, options: DefaceOptions, detector
                   force=force)
     check_not_input(detached_data_candidates(target) + detached_data_candidates(mask_path), inputs)
     t = time.perf_counter()
-    loading = _DetectorLoading(weights_path) if detector is None and labels_path is None else None
+    loading = ((take_detector(weights_path) or _DetectorLoading(weights_path))
+               if detector is None and labels_path is None else None)
     try:
         volume = load_volume(source, max_voxels=max_voxels, data_files=data_files)
     except BaseException:
@@ -285,7 +269,8 @@ def _deface_file(source: Path, target: Path, *, options: DefaceOptions, detector
         save_s = time.perf_counter() - t
         provenance = result.provenance
         # Base names only: the folders of a user's files can name the patient or the study.
-        provenance["input"] = {"path": source.name, "sha256": sha256_of(source)}
+        # the digest of the bytes read ahead by the command line (defacer.ahead), if so read and unchanged since
+        provenance["input"] = {"path": source.name, "sha256": input_sha256(source) or sha256_of(source)}
         provenance["output"] = {"path": target.name, "sha256": sha256_of(target), "files": [p.name for p in written]}
         _record_common(provenance, mask_path, labels_path)
         provenance["timings"].update({"load_s": round(load_s, 4), "save_s": round(save_s, 4),

@@ -26,7 +26,6 @@ from defacer.cli.paths import path_argument
 from defacer.errors import InputImageError, shown
 from defacer.files import image_suffix, named_path, text_name
 from defacer.options import describe_step, stronger_options
-from defacer.provenance import qc_dir_for
 
 if TYPE_CHECKING:
     from defacer.io.dicom_grouping import SeriesInfo
@@ -42,6 +41,13 @@ EXIT_VERIFY_FAILED = 3
 EXIT_VERIFY_INCONCLUSIVE = 5
 #: Exit status when a requested feature was not distorted (the same as :data:`defacer.cli.main.EXIT_FEATURES_MISSING`).
 EXIT_FEATURES_MISSING = 4
+
+
+def qc_dir_for(output: Path) -> Path:
+    """:func:`defacer.provenance.qc_dir_for` (imported on use: it imports numpy, which parsing the arguments does not)."""
+    from defacer.provenance import qc_dir_for as qc_dir
+
+    return qc_dir(output)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,7 +101,36 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                             "listing, the SeriesNumber or the SeriesInstanceUID (default: every series, each into its "
                             "own folder under OUT)")
     add_deid_arguments(group, optional=True)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, start_early=start_reading_ahead)
+
+
+def start_reading_ahead(args: argparse.Namespace) -> None:
+    """Begin reading and decompressing a ``.nii.gz`` scan in a thread while the command imports its libraries
+    (:func:`defacer.ahead.start_reading`; the reading takes the bytes, or reads the file as before)."""
+    if args.what_if or args.input is None:
+        return
+    from defacer.ahead import start_reading
+
+    start_reading(args.input, max_voxels_from_args(args))
+
+
+def start_detector_ahead(args: argparse.Namespace) -> None:
+    """Begin making the ONNX detector in a thread while the pipeline's modules are imported
+    (:func:`defacer.ahead.start_detector`; :func:`defacer.route.deface_path` takes it where it would begin it), for
+    a NIfTI, NRRD or MGH/MGZ file defaced without ``--labels``.  Its modules and onnxruntime are imported here
+    first, so the thread imports nothing."""
+    if args.what_if or args.labels is not None or image_suffix(args.input.name) == "" or not args.input.is_file():
+        return
+    try:
+        import onnxruntime  # noqa: F401
+
+        from defacer.detect import model
+    except ImportError:  # said where the route makes the detector
+        return
+    from defacer.ahead import start_detector
+
+    weights = args.weights
+    start_detector(weights, lambda: model.OnnxDetector(weights))  # = pipeline.load_detector(None, weights)
 
 
 def options_from_args(args: argparse.Namespace) -> DefaceOptions:
@@ -138,10 +173,15 @@ def run(args: argparse.Namespace) -> int:
             remove_unused(new_qc_dir[0], *([DETECTED_LABELS_NAME] if args.save_mask is None else []),
                           made_above=new_qc_dir[1:])
         raise
+    finally:
+        from defacer.ahead import forget
+
+        forget()  # a scan read ahead, a detector made, never taken (refused before): no thread outlives the run
 
 
 def _run(args: argparse.Namespace, new_qc_dir: list[Path]) -> int:
     """:func:`run`; the QC folder ``--verify`` creates is appended to ``new_qc_dir`` (none that existed)."""
+    start_detector_ahead(args)
     from defacer.io import format_of
     from defacer.route import image_series
 

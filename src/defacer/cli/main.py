@@ -14,7 +14,7 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType
 
 from defacer._version import __version__
@@ -109,6 +109,13 @@ def _hint_names_like_options(argv: Sequence[str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
+    return _main(argv)
+
+
+def _main(argv: Sequence[str] | None, prepare: Callable[[], object] | None = None) -> int:
+    """:func:`main`; ``prepare`` (:func:`run`: the libraries' imports the console script makes its own way) is
+    called once the arguments are parsed and the command's early step (``start_early``: ``deface`` begins
+    reading its scan) has begun, before the command runs."""
     tolerate_any_name_on_stdout()
     parser = get_parser()
     try:
@@ -120,6 +127,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return EXIT_USAGE
+    start_early = getattr(args, "start_early", None)
+    if start_early is not None:  # before the heavy imports below: it overlaps them
+        start_early(args)
+    if prepare is not None:
+        prepare()
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
@@ -271,6 +283,12 @@ def import_scipy_ndimage_without_docstring_tables() -> bool:
     return True
 
 
+def _import_libraries() -> None:
+    """The command line's imports of nibabel and SciPy (see the two functions called)."""
+    import_nibabel_without_pydicom()
+    import_scipy_ndimage_without_docstring_tables()
+
+
 def run(argv: Sequence[str] | None = None) -> None:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``) and exit with its status.
 
@@ -286,9 +304,7 @@ def run(argv: Sequence[str] | None = None) -> None:
             from defacer.memory import retain_freed_memory
 
             retain_freed_memory()
-        import_nibabel_without_pydicom()
-        import_scipy_ndimage_without_docstring_tables()
-        code = main(args)
+        code = _main(args, prepare=_import_libraries)
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM during the imports, before a command runs: one line
         print(f"defacer: interrupted{_by_signal(err)} while starting; nothing was read or written.", file=sys.stderr)
         code = EXIT_INTERRUPTED

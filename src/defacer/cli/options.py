@@ -1,8 +1,9 @@
 """Command-line options shared by the commands that deface or de-identify, and the option objects built from them.
 
 The defaults shown and used here are read from :class:`defacer.options.DefaceOptions`,
-:class:`defacer.phi.options.DeidOptions` and :data:`defacer.checks.DEFAULT_MAX_VOXELS`; nothing
-repeats them.  ``deface`` and ``batch`` add :func:`add_deface_arguments`,
+:class:`defacer.phi.options.DeidOptions` and :data:`defacer.options.DEFAULT_MAX_VOXELS`; nothing
+repeats them.  This module and the command modules import no numerical library (numpy, nibabel, SciPy),
+so the arguments are parsed before those imports (``defacer deface`` starts reading the scan meanwhile).  ``deface`` and ``batch`` add :func:`add_deface_arguments`,
 :func:`add_scan_arguments`, :func:`add_force_argument` and :func:`add_verify_arguments`;
 ``deface``, ``batch`` and ``anonymize`` add :func:`add_deid_arguments` (the first two with
 ``--no-deidentify``).  Each option is declared once, with one help text for every command.
@@ -14,11 +15,16 @@ import argparse
 import logging
 from typing import TYPE_CHECKING
 
-from defacer.checks import DEFAULT_MAX_VOXELS
 from defacer.cli.paths import path_argument
-from defacer.distort import NOSE_REACH_MM
 from defacer.labels import FEATURES, parse_features
-from defacer.options import DEFAULT_OPTIONS, STRONGER_FLAGS, DefaceOptions, Deidentification
+from defacer.options import (
+    DEFAULT_MAX_VOXELS,
+    DEFAULT_OPTIONS,
+    NOSE_REACH_MM,
+    STRONGER_FLAGS,
+    DefaceOptions,
+    Deidentification,
+)
 
 if TYPE_CHECKING:
     from defacer.phi.options import DeidOptions

@@ -260,12 +260,22 @@ def unusable_header_message(path: Path, err: Exception) -> str:
 def _stored_values(image: Any, path: Path) -> np.ndarray[Any, Any]:
     """The stored (unscaled) voxel values of ``image``, read from ``path``.
 
-    A gzipped file is decompressed by ISA-L (when installed) instead of zlib, about twice as fast; the
-    array is the one nibabel's own reading gives (same bytes, dtype, shape and memory order: nibabel's
+    A gzipped file is decompressed by ISA-L (when installed) instead of zlib, about twice as fast, or was
+    decompressed already while the command line started (:mod:`defacer.ahead`); the array is the one
+    nibabel's own reading gives (same bytes, dtype, shape and memory order: nibabel's
     :func:`~nibabel.volumeutils.array_from_file` with the image's own proxy geometry).
     """
     proxy = image.dataobj
     if path.name.lower().endswith(".gz") and type(proxy) is ArrayProxy:
+        from defacer.ahead import take_bytes
+
+        ahead = take_bytes(path)  # decompressed while the command line imported its libraries, or None
+        if ahead is not None:
+            count = int(np.prod(proxy.shape, dtype=np.int64))
+            offset = int(proxy.offset)
+            if 0 <= offset and offset + count * proxy.dtype.itemsize <= len(ahead):
+                # nibabel's array_from_file without mmap: an ndarray over a bytearray of the file's bytes
+                return np.ndarray(proxy.shape, proxy.dtype, buffer=ahead, offset=offset, order=proxy.order)
         try:
             from isal import igzip
         except ImportError:

@@ -1,0 +1,223 @@
+"""Work ``defacer deface`` begins ahead, in threads, while its main thread imports its libraries.
+
+The command spends about half a second importing numpy, nibabel, SciPy and onnxruntime, on one core.
+Two pieces of its later work run mostly outside Python's global lock and need little of those libraries,
+so they run on the other core meanwhile:
+
+* the scan's reading: a ``.nii.gz`` file read and decompressed (ISA-L, one call: 0.05-0.1 s for a 1 mm head)
+  and its sha256 computed, begun by :func:`start_reading` as soon as the arguments are parsed.  The reading
+  (:func:`defacer.io.nifti.read_nifti_like`) still reads and checks the header from the file as before and
+  only takes the voxel bytes from here (:func:`take_bytes`); the provenance record takes the digest
+  (:func:`input_sha256`);
+* the shipped detector's making (the weights' sha256, onnxruntime's session built from the graph), begun by
+  :func:`start_detector` once onnxruntime is imported, while the pipeline's own modules are imported, and
+  taken by :func:`defacer.route.deface_path` (:func:`take_detector`) where it would have begun making it.
+
+Nothing here decides anything.  A file that is not a regular ``.nii.gz`` file, a header that is not a plain
+NIfTI-1 header or declares more voxels than the limit, a gzip stream that ends early or fails, a file changed
+since (another size, time or inode): each makes :func:`take_bytes` give ``None``, and the scan is read from
+the file as without this (its errors and messages included).  The detector's errors (bad weights) are raised
+where the route asks for it, as before.  This module imports only the standard library at its top, so the
+command line can begin the reading before its heavy imports; the detector's thread imports nothing (its
+modules are imported by the caller first), so the two threads never wait on each other's imports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import struct
+import threading
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+    from typing import Any
+
+#: Most bytes decompressed ahead (1 GiB): a larger scan is read as usual.
+MAX_BYTES = 1 << 30
+
+
+class _Reading:
+    """A file read and decompressed in a thread: ``data`` (the decompressed bytes) and ``sha256`` (of the file)."""
+
+    def __init__(self, path: str, status: os.stat_result, max_voxels: int | None) -> None:
+        self.path = path
+        self.identity = _identity(status)
+        self.data: bytearray | None = None
+        self.sha256: str | None = None
+        self.thread = threading.Thread(target=self._read, args=(status, max_voxels), name="defacer-read-ahead",
+                                       daemon=True)
+        self.thread.start()
+
+    def _read(self, status: os.stat_result, max_voxels: int | None) -> None:
+        try:
+            with open(self.path, "rb") as handle:
+                if _identity(os.fstat(handle.fileno())) != self.identity:
+                    return
+                packed = handle.read(status.st_size + 1)
+            if len(packed) != status.st_size:
+                return
+            self.sha256 = hashlib.sha256(packed).hexdigest()
+            from isal import isal_zlib
+
+            size = _declared_size(isal_zlib.decompressobj(31).decompress(packed[:1 << 16], 348), max_voxels)
+            if size is None:
+                return
+            data = isal_zlib.decompressobj(31).decompress(packed, size)
+            if len(data) == size:
+                self.data = bytearray(data)  # writable, as nibabel's own reading gives it
+        except Exception:  # noqa: BLE001 - anything wrong here: the file is read as usual, which reports it
+            return
+
+    def unchanged(self) -> bool:
+        """Whether the file is still the one read (device, inode, size, modification time)."""
+        try:
+            return _identity(os.stat(self.path)) == self.identity
+        except (OSError, ValueError):
+            return False
+
+
+class DetectorLoading:
+    """A detector made in a thread of its own: :meth:`result` waits for it and re-raises its error there.
+
+    Parameters
+    ----------
+    make : callable
+        Makes the detector; it must import nothing its caller has not imported (the other thread may be
+        importing meanwhile).
+    """
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._outcome: list[Any] = []
+        self._thread = threading.Thread(target=self._make, args=(make,), name="defacer-detector", daemon=True)
+        self._thread.start()
+
+    def _make(self, make: Callable[[], Any]) -> None:
+        try:
+            self._outcome.append(make())
+        except BaseException as err:  # noqa: BLE001 - handed to the caller's thread by result()
+            self._outcome.append(err)
+
+    def wait(self) -> None:
+        """Wait for the thread."""
+        self._thread.join()
+
+    def result(self) -> Any:
+        """The detector, once made; its error, raised here."""
+        self.wait()
+        (outcome,) = self._outcome
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+
+#: What was begun ahead and not taken yet: the scan's reading, and (weights path, loading) of the detector.
+_readings: list[_Reading] = []
+_detectors: list[tuple[object, DetectorLoading]] = []
+
+
+def _identity(status: os.stat_result) -> tuple[int, ...]:
+    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+
+
+def start_reading(path: Path, max_voxels: int | None) -> bool:
+    """Begin reading and decompressing ``path`` (a ``.nii.gz`` file) in a daemon thread; return whether it began.
+
+    Parameters
+    ----------
+    path : Path
+        The scan as the command will read it.
+    max_voxels : int or None
+        The command's voxel limit: a header declaring more is not decompressed ahead (the reading refuses it).
+    """
+    if _readings or not str(path).lower().endswith(".nii.gz"):
+        return False
+    try:
+        status = os.stat(path)
+    except (OSError, ValueError):
+        return False
+    if not stat.S_ISREG(status.st_mode) or status.st_size > MAX_BYTES:
+        return False
+    _readings.append(_Reading(str(path), status, max_voxels))
+    return True
+
+
+def _reading(path: Path) -> _Reading | None:
+    """The reading of ``path`` begun ahead, finished (waited for), if the file is unchanged since."""
+    if not _readings or _readings[0].path != str(path):
+        return None
+    reading = _readings[0]
+    reading.thread.join()
+    return reading if reading.unchanged() else None
+
+
+def take_bytes(path: Path) -> bytearray | None:
+    """The decompressed bytes of ``path`` read ahead (the whole NIfTI file: header, extensions, voxels), or ``None``.
+
+    Waits for the thread.  Given once (the sha256 stays for :func:`input_sha256`).  ``None`` unless ``path`` is
+    the file :func:`start_reading` was given, unchanged since, and its decompression ended without error.
+    """
+    reading = _reading(path)
+    if reading is None:
+        return None
+    data, reading.data = reading.data, None
+    return data
+
+
+def input_sha256(path: Path) -> str | None:
+    """The sha256 of ``path``'s bytes as read ahead (the bytes the scan was read from), if unchanged since, or ``None``."""
+    reading = _reading(path)
+    return reading.sha256 if reading is not None else None
+
+
+def start_detector(weights_path: object, make: Callable[[], Any]) -> bool:
+    """Begin making the detector of ``weights_path`` with ``make`` in a thread (:class:`DetectorLoading`)."""
+    if _detectors:
+        return False
+    _detectors.append((weights_path, DetectorLoading(make)))
+    return True
+
+
+def take_detector(weights_path: object) -> DetectorLoading | None:
+    """The detector begun ahead for these weights (``None``: the shipped ones), or ``None``; given once."""
+    if _detectors and _detectors[0][0] == weights_path:
+        return _detectors.pop()[1]
+    return None
+
+
+def forget() -> None:
+    """Drop what was begun ahead and not taken, waiting for its threads, so that none outlives the run."""
+    while _readings:
+        _readings.pop().thread.join()
+    while _detectors:
+        _detectors.pop()[1].wait()
+
+
+def _declared_size(header: bytes, max_voxels: int | None) -> int | None:
+    """Bytes up to the end of the voxel data a NIfTI-1 header declares (``vox_offset`` + voxels x bytes per voxel),
+    or ``None`` for anything else (NIfTI-2, a damaged header, more voxels than ``max_voxels``, over
+    :data:`MAX_BYTES`)."""
+    if len(header) < 348:
+        return None
+    for order in "<>":
+        if struct.unpack_from(order + "i", header, 0)[0] == 348:
+            break
+    else:
+        return None
+    dims = struct.unpack_from(order + "8h", header, 40)
+    bitpix = struct.unpack_from(order + "h", header, 72)[0]
+    vox_offset = struct.unpack_from(order + "f", header, 108)[0]
+    if not 1 <= dims[0] <= 7 or bitpix <= 0 or bitpix % 8 or not 352 <= vox_offset <= MAX_BYTES:
+        return None
+    voxels = 1
+    for n in dims[1:dims[0] + 1]:
+        if n < 1:
+            return None
+        voxels *= n
+    if max_voxels is not None and voxels > max_voxels:
+        return None
+    size = int(vox_offset) + voxels * (bitpix // 8)
+    return size if size <= MAX_BYTES else None
