@@ -292,6 +292,47 @@ def test_several_dicom_files_form_one_series(client: TestClient, phantom_files: 
     assert info["name"] == f"{len(phantom_files.dicom_files)} DICOM files"
 
 
+def test_a_readers_warning_shows_the_users_file_name_not_the_work_area(client: TestClient, tmp_path: Path) -> None:
+    """A DICOM series of uneven slice spacing is warned about by its reader, naming the folder it read: the page's
+    load and detect answers showed '/tmp/.../defacer-web-XXXX/<session>/dicom', the server's work area
+    (HOSTILE12's leftover; the job's provenance already read '<input>').  Only the name the user gave shows now."""
+    import nibabel as nib
+    import pydicom
+    from web_helpers import write_dicom_phantom
+
+    from defacer.io import load_volume
+    from defacer.phantom import make_phantom
+
+    phantom = make_phantom(4.0)
+    files = write_dicom_phantom(tmp_path / "dicom", phantom.volume)
+    for index, path in enumerate(files):  # every other slice 0.6 mm higher: uneven spacing
+        ds = pydicom.dcmread(path)
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, y, z + (0.6 if index % 2 else 0.0)]
+        ds.save_as(path)
+    volume = load_volume(tmp_path / "dicom")
+    labels = tmp_path / "labels.nii.gz"  # the phantom's RAS labels in the series' LPS voxel order and grid
+    nib.save(nib.Nifti1Image(np.asarray(phantom.labels)[::-1, ::-1].astype(np.uint8), volume.affine), str(labels))
+    archive = tmp_path / "series.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        for path in files:
+            handle.write(path, arcname=f"series/{path.name}")
+    for upload in ([archive], files):
+        session = open_session(client)
+        for path in upload:
+            assert put(client, session, path).status_code == 201
+        assert put(client, session, labels, role="labels").status_code == 201
+        loaded = client.post(f"/api/sessions/{session}/load")
+        detected = client.post(f"/api/sessions/{session}/detect")
+        assert loaded.status_code == 200 and detected.status_code == 200, detected.text
+        shown = loaded.json()["name"]
+        assert shown in ("series.zip", f"{len(files)} DICOM files")
+        for answer in (loaded.json(), detected.json()):
+            assert any(w.startswith(f"uneven slice spacing in '{shown}'") for w in answer["warnings"]), answer
+            text = str(answer)
+            assert str(work_root(client)) not in text and session not in text.replace(f"/api/sessions/{session}/", "")
+
+
 # ----------------------------------------------------------------------------- bad uploads
 def test_upload_announcing_more_than_the_limit_is_refused_before_reading(tmp_path: Path) -> None:
     with make_client(tmp_path, max_upload_bytes=1000) as client:

@@ -352,7 +352,7 @@ def load_scan(session: Session, settings: WebSettings) -> dict[str, Any]:
             "axcodes": volume.axcodes,
             "files": len(session.scan_files),
             "labels_uploaded": label_detector is not None,
-            "warnings": input_warnings(volume),
+            "warnings": input_warnings(volume, session, source, name),
         }
         if len(session.scan_files) == 1 and (note := misnamed_note(first.display_name, kind)) is not None:
             info["warnings"].insert(0, note)
@@ -366,9 +366,17 @@ def _data_files(kind: str) -> str:
     return "beside" if kind == "nhdr" else "none"
 
 
-def input_warnings(volume: Volume) -> list[str]:
-    """What the reader had to assume about the scan (e.g. an invalid voxel size; also in the provenance)."""
-    return [str(w) for w in volume.extra.get("warnings", [])]
+def input_warnings(volume: Volume, session: Session, source: Path, name: str) -> list[str]:
+    """What the reader had to assume about the scan (e.g. an invalid voxel size; also in the provenance), for the
+    page: the reader names the file or folder it read (a DICOM series' uneven spacing names its folder), which is a
+    path in the server's work area; the page gets ``name``, the name the user knows, instead."""
+    shown = []
+    for warning in volume.extra.get("warnings", []):
+        text = str(warning)
+        for path in (str(source.resolve()), str(source)):
+            text = text.replace(path, name)
+        shown.append(session.hide_paths(text))
+    return shown
 
 
 class FixedLabels:
