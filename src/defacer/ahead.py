@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 
 #: Most bytes decompressed ahead (1 GiB): a larger scan is read as usual.
 MAX_BYTES = 1 << 30
+#: Most bytes of header extensions decompressed ahead: :data:`defacer.io.nifti.MAX_EXTENSION_BYTES` (64 MiB),
+#: the most the reading reads (not imported: it would import numpy before the command's imports).
+MAX_EXTENSION_BYTES = 64 << 20
 
 
 class _Reading:
@@ -199,7 +202,7 @@ def forget() -> None:
 def _declared_size(header: bytes, max_voxels: int | None) -> int | None:
     """Bytes up to the end of the voxel data a NIfTI-1 header declares (``vox_offset`` + voxels x bytes per voxel),
     or ``None`` for anything else (NIfTI-2, a damaged header, more voxels than ``max_voxels``, over
-    :data:`MAX_BYTES`)."""
+    :data:`MAX_BYTES`, a ``vox_offset`` beyond :data:`MAX_EXTENSION_BYTES` of extensions)."""
     if len(header) < 348:
         return None
     for order in "<>":
@@ -210,7 +213,9 @@ def _declared_size(header: bytes, max_voxels: int | None) -> int | None:
     dims = struct.unpack_from(order + "8h", header, 40)
     bitpix = struct.unpack_from(order + "h", header, 72)[0]
     vox_offset = struct.unpack_from(order + "f", header, 108)[0]
-    if not 1 <= dims[0] <= 7 or bitpix <= 0 or bitpix % 8 or not 352 <= vox_offset <= MAX_BYTES:
+    # A vox_offset past the most extensions the reading reads is no scan's: a few megabytes of gzip declaring a
+    # gigabyte of extensions were decompressed whole here before the reading refused them (1.17 GB resident).
+    if not 1 <= dims[0] <= 7 or bitpix <= 0 or bitpix % 8 or not 352 <= vox_offset <= 352 + MAX_EXTENSION_BYTES:
         return None
     voxels = 1
     for n in dims[1:dims[0] + 1]:

@@ -87,6 +87,41 @@ def test_what_the_read_ahead_refuses_is_read_as_before(tmp_path):
     assert np.array_equal(read_nifti_like(nifti2, "nifti").raw, np.ones((4, 4, 4), np.int16))
 
 
+def test_an_extension_bomb_is_not_decompressed_ahead(tmp_path):
+    """HOSTILE13: a .nii.gz of a few megabytes whose header places its voxels after a gigabyte of zero 'extensions'
+    was decompressed whole by the read-ahead thread before the reading refused it ('declaring 1,048,576,008 bytes
+    of extensions (defacer reads at most 64 MiB)'): 'defacer deface' peaked at 1.17 GB resident against 109 MB
+    before the read-ahead.  Past the extension limit the header is left to the reading (which refuses it)."""
+    import tracemalloc
+    import zlib
+
+    from defacer.io.nifti import MAX_EXTENSION_BYTES
+
+    image = nib.Nifti1Image(np.ones((8, 8, 8), np.int16), np.eye(4))
+    header = bytearray(image.header.binaryblock)
+    size = 160 << 20  # zero bytes of one extension
+    header[108:112] = np.float32(352 + 8 + size).tobytes()
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31)
+    packed = [packer.compress(bytes(header) + b"\x01\x00\x00\x00" + np.array([size + 8, 6], "<i4").tobytes())]
+    zeros = bytes(16 << 20)
+    packed += [packer.compress(zeros) for _ in range(size // len(zeros))]
+    packed.append(packer.compress(np.ones((8, 8, 8), np.int16).tobytes()))
+    bomb = tmp_path / "bomb.nii.gz"
+    bomb.write_bytes(b"".join(packed) + packer.flush())
+    assert bomb.stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        assert ahead.start_reading(bomb, None)
+        assert ahead.take_bytes(bomb) is None  # main: the 160 MiB decompressed (and copied)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"reading ahead a {bomb.stat().st_size} byte file took {peak >> 20} MiB"
+    with pytest.raises(InputImageError, match="bytes of extensions"):
+        read_nifti_like(bomb, "nifti")
+    assert ahead.MAX_EXTENSION_BYTES == MAX_EXTENSION_BYTES  # the reading's own limit
+
+
 def test_only_a_regular_nii_gz_file_is_read_ahead(tmp_path):
     fifo = tmp_path / "pipe.nii.gz"
     os.mkfifo(fifo)
