@@ -721,3 +721,88 @@ def test_force_never_replaces_a_device_or_a_pipe(phantom_files, tmp_path, kind, 
         mode = os.lstat(out).st_mode
         assert stat.S_ISFIFO(mode) if kind == "pipe" else stat.S_ISCHR(mode)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.nii.gz"]
+
+
+# --- a real case-insensitive disk ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def case_insensitive_disk(tmp_path: Path):
+    """A real case-insensitive file system: a 256 MB exFAT image (sparse) on a loop device, mounted with FUSE
+    (exfat-fuse).  Skipped where it cannot be made (not root, no exfatprogs / exfat-fuse, no loop device or FUSE).
+    Such a mount numbers each spelling of a name apart: 'scan.nii.gz' and 'SCAN.nii.gz' open one file under two
+    (device, inode) pairs, so only the names the folder lists tell them for one."""
+    import os
+    import shutil
+    import subprocess
+
+    tools = [shutil.which(t) for t in ("mkfs.exfat", "mount.exfat-fuse", "losetup", "umount")]
+    if os.geteuid() != 0 or not all(tools):
+        pytest.skip("an exFAT mount needs root, exfatprogs and exfat-fuse (apt-get install exfatprogs exfat-fuse)")
+    image, mount = tmp_path / "exfat.img", tmp_path / "disk"
+    with image.open("wb") as handle:
+        handle.truncate(256 << 20)
+    mount.mkdir()
+
+    def run(*command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(command, check=False, capture_output=True, text=True, timeout=60)
+
+    if run("mkfs.exfat", str(image)).returncode != 0:
+        pytest.skip("mkfs.exfat failed")
+    attached = run("losetup", "-f", "--show", str(image))
+    if attached.returncode != 0:
+        pytest.skip(f"no loop device: {attached.stderr.strip()}")
+    loop = attached.stdout.strip()
+    try:
+        mounted = run("mount.exfat-fuse", loop, str(mount))
+        if mounted.returncode != 0:
+            pytest.skip(f"exFAT could not be mounted: {mounted.stderr.strip()}")
+        (mount / "Probe").write_bytes(b"")
+        if not (mount / "PROBE").exists():
+            pytest.skip("the exFAT mount is not case-insensitive")
+        (mount / "Probe").unlink()
+        yield mount
+    finally:
+        run("umount", str(mount))
+        run("losetup", "-d", loop)
+
+
+def test_an_input_reached_in_another_letter_case_on_a_real_case_insensitive_disk_is_never_written(
+        case_insensitive_disk, phantom_files, series, bids_one, capsys):
+    """HOSTILE13, on a real exFAT disk: 'deface scan.nii.gz SCAN.nii.gz --force' replaced the input with the
+    defaced head (exit 0), 'anonymize Anon anon --force' (an input defacer had written) removed the input folder
+    and wrote its output there, 'batch ds DS' wrote into its input.  The (device, inode) check HOSTILE10 added
+    (tested on a bind mount) does not see it: this FUSE mount gives each spelling its own inode number."""
+    import shutil
+
+    disk = case_insensitive_disk
+    scan, labels = disk / "scan.nii.gz", disk / "labels.nii.gz"
+    shutil.copyfile(phantom_files[0], scan)
+    shutil.copyfile(phantom_files[1], labels)
+    before = digest(scan)
+    for output in ("SCAN.nii.gz", "Scan.nii.gz"):
+        code = main(["deface", str(scan), str(disk / output), "--labels", str(labels), "--force"])
+        err = capsys.readouterr().err
+        assert code == 1 and "under another name" in err and "Traceback" not in err, err
+    code = main(["deface", str(disk / "SCAN.nii.gz"), str(scan), "--labels", str(labels), "--force"])
+    assert code == 1 and "it is the input file" in capsys.readouterr().err
+    assert digest(scan) == before and sorted(p.name for p in disk.iterdir()) == ["labels.nii.gz", "scan.nii.gz"]
+
+    assert main(["anonymize", str(series[0]), str(disk / "Anon"), "--key", KEY]) == 0
+    capsys.readouterr()
+    anon = digest(disk / "Anon")
+    for output in ("anon", "ANON", "anon/sub"):
+        code = main(["deface", str(disk / "Anon"), str(disk / output), "--labels", str(series[1]), "--key", KEY,
+                     "--force"])
+        err = capsys.readouterr().err
+        assert code == 1 and "input folder" in err, err
+        assert main(["anonymize", str(disk / "Anon"), str(disk / output), "--key", KEY, "--force"]) == 1
+        capsys.readouterr()
+    assert digest(disk / "Anon") == anon and "Anon" in [p.name for p in disk.iterdir()]
+
+    shutil.copytree(bids_one[0], disk / "ds")
+    dataset = digest(disk / "ds")
+    for output in ("DS", "Ds/out"):
+        assert main(["batch", str(disk / "ds"), str(disk / output), "--labels-dir", str(bids_one[1]), "-q"]) == 1
+        assert "overlaps the input" in capsys.readouterr().err
+    assert digest(disk / "ds") == dataset

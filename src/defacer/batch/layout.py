@@ -38,7 +38,7 @@ from defacer.batch.discover import Scan
 from defacer.errors import DefacerError, OutputError
 from defacer.files import json_object_of, read_json_object, read_small_text, stays_inside
 from defacer.io.atomic import copy_atomic, is_temporary, write_text_atomic
-from defacer.io.output_guard import inode_of
+from defacer.io.output_guard import inode_of, true_path
 from defacer.phi.tables import MAX_AGE, clean_table, describe_changes, is_bids_table
 from defacer.provenance import QC_SUFFIX
 
@@ -237,11 +237,14 @@ def check_folders(in_root: Path, out_root: Path) -> None:
     """
     src, dst = in_root.resolve(), out_root.resolve()
     # Also the same folder under another name ('Study' and 'study' on a case-insensitive file system, a bind
-    # mount): told by (device, inode), since the paths differ.
+    # mount): told by (device, inode), since the paths differ, and by the names the folders list (a FUSE exFAT
+    # mount numbers each spelling of a folder apart).
     here = inode_of(src)
     same = here is not None and (inode_of(dst) == here or any(inode_of(p) == here for p in dst.parents))
     around = dst.exists() and inode_of(dst) in {inode_of(p) for p in src.parents}
-    if src == dst or src in dst.parents or dst in src.parents or same or around:
+    listed_src, listed_dst = true_path(src), true_path(dst)
+    spelled = listed_src == listed_dst or listed_src in listed_dst.parents or listed_dst in listed_src.parents
+    if src == dst or src in dst.parents or dst in src.parents or same or around or spelled:
         raise OutputError(
             f"The output folder '{out_root}' overlaps the input '{in_root}'. defacer never writes into its input: "
             "choose an output folder outside the input dataset (for example next to it)."

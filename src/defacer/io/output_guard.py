@@ -105,6 +105,37 @@ def input_files(path: PathLike) -> list[Path]:
     return files
 
 
+def _folded(name: str) -> str:
+    """A name as a case- and normalization-insensitive disk compares it (NFC, case folded)."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+def true_path(path: PathLike) -> Path:
+    """``path`` resolved, each existing part spelled as its folder lists it.
+
+    On a case-insensitive disk (macOS, Windows, exFAT, an SMB share) ``SCAN.nii.gz`` opens ``scan.nii.gz``: the
+    two paths differ, and (device, inode) does not always tell either (a FUSE exFAT mount numbers each spelling
+    apart).  A part its folder does not list as given, but lists once in another case or Unicode form, is
+    replaced by the listed name; the parts from the first one that does not exist on are kept as given.  On a
+    case-sensitive disk this is ``path.resolve()``.
+    """
+    resolved = Path(path).resolve()
+    parts = resolved.parts
+    current = Path(parts[0])
+    for index, name in enumerate(parts[1:], start=1):
+        try:
+            names = os.listdir(current)
+        except (OSError, ValueError):
+            return current.joinpath(*parts[index:])
+        if name not in names:
+            matches = [n for n in names if _folded(n) == _folded(name)]
+            if len(matches) != 1 or not os.path.lexists(current / name):
+                return current.joinpath(*parts[index:])
+            name = matches[0]
+        current = current / name
+    return current
+
+
 @dataclass
 class InputSet:
     """Every input of a run, resolved: files, folders and (device, inode) of existing files."""
@@ -125,13 +156,16 @@ class InputSet:
             if item is None:
                 continue
             p = Path(item)
+            root, listed = p.resolve(), true_path(p)  # listed: as its folder spells it (another case, Unicode form)
             if p.is_dir():
-                result.folders.append(p.resolve())
+                result.folders += [root] if listed == root else [root, listed]
                 key = inode_of(p)
                 if key is not None:
-                    result.folder_inodes[key] = p.resolve()
+                    result.folder_inodes[key] = root
             for file in input_files(p):
                 result.files.add(file)
+                if listed != root:
+                    result.files.add(listed / file.relative_to(root) if file.is_relative_to(root) else true_path(file))
                 key = inode_of(file)
                 if key is not None:
                     result.inodes.add(key)
@@ -143,16 +177,18 @@ class InputSet:
         """Why writing ``output`` would touch an input, or ``None`` when it would not."""
         out = Path(output)
         resolved = out.resolve()
-        if resolved in self.files:
-            return f"it is the input file '{resolved}'"
-        for folder in self.folders:
-            if resolved == folder or resolved.is_relative_to(folder):
-                return f"it lies inside the input folder '{folder}'"
-            if folder.is_relative_to(resolved):
-                return f"it contains the input folder '{folder}'"
-        for file in self.files:
-            if file.is_relative_to(resolved):
-                return f"it contains the input file '{file}'"
+        listed = true_path(out)  # 'SCAN.nii.gz' on a case-insensitive disk is the input 'scan.nii.gz'
+        for path in (resolved,) if listed == resolved else (resolved, listed):
+            if path in self.files:
+                return f"it is the input file '{path}'" + ("" if path == resolved else " (under another name)")
+            for folder in self.folders:
+                if path == folder or path.is_relative_to(folder):
+                    return f"it lies inside the input folder '{folder}'"
+                if folder.is_relative_to(path):
+                    return f"it contains the input folder '{folder}'"
+            for file in self.files:
+                if file.is_relative_to(path):
+                    return f"it contains the input file '{file}'"
         if out.is_file():
             st = out.stat()
             if (st.st_dev, st.st_ino) in self.inodes:
