@@ -496,6 +496,52 @@ def test_a_safe_private_slot_holding_the_patients_name_is_not_kept(tmp_path, raw
     assert kept == {(0x0019, 0x0010), (0x0019, 0x100C)}
 
 
+def test_a_safe_private_slot_keeps_only_the_numbers_it_is_listed_for(tmp_path):
+    """HOSTILE13: --retain-safe-private kept whatever a listed slot held.  A B_value slot holding a sequence (an
+    item with InstitutionName, ReferringPhysicianName, PatientBirthDate), a DiffusionDirectionality holding free
+    text ('Saint Secretia Hospital, Zelda Drwho') and a gradient-direction slot holding text as raw bytes all
+    reached the output of 'anonymize --retain-safe-private'.  PS3.15 E.3.10 lists each slot with its VR: only
+    values of that VR and form (numbers; CS code words) are kept now."""
+    import struct
+
+    from pydicom.sequence import Sequence
+
+    def scrubbed(fill) -> set[tuple[int, int]]:
+        ds = Dataset()
+        ds.PatientName, ds.PatientID = "Quexworth^Ambrose", "MRN778899"
+        fill(ds.private_block(0x0019, "SIEMENS MR HEADER", create=True),
+             ds.private_block(0x0043, "GEMS_PARM_01", create=True),
+             ds.private_block(0x2005, "Philips MR Imaging DD 001", create=True))
+        Scrubber(DeidOptions(retain_safe_private=True), Pseudonymizer(KEY)).scrub(ds)
+        return {(e.tag.group, e.tag.element) for e in ds if e.tag.is_private and e.tag.element >= 0x1000}
+
+    def hostile(siemens, ge, philips) -> None:
+        item = Dataset()
+        item.InstitutionName, item.ReferringPhysicianName = "Saint Secretia Hospital", "Drwho^Zelda"
+        item.PatientBirthDate = "19610203"
+        siemens.add_new(0x0C, "SQ", Sequence([item]))
+        siemens.add_new(0x0D, "CS", "Saint Secretia Hospital, Zelda Drwho")
+        siemens.add_new(0x0E, "UN", b"Saint Secretia Hospital 1961")  # 28 bytes: no whole number of doubles
+        siemens.add_new(0x27, "UN", b"Saint Secretia Hospital, Zelda Drwho 19610203\x00\x00\x00")  # 48 bytes
+        siemens.add_new(0x28, "FD", [1e180])
+        ge.add_new(0x39, "UN", b"Saint Secretia")  # as an implicit-VR file holds it
+        philips.add_new(0xB0, "FL", [float("nan")])
+
+    assert scrubbed(hostile) == set()  # main: 0019,100C-100E and 1028, 0043,1039 and 2005,10B0 kept
+
+    def plain(siemens, ge, philips) -> None:
+        siemens.add_new(0x0C, "IS", "1000")
+        siemens.add_new(0x0D, "CS", "DIRECTIONAL")
+        siemens.add_new(0x0E, "UN", struct.pack("<3d", 0.7071, 0.0, -0.7071))  # an implicit-VR file's raw bytes
+        siemens.add_new(0x27, "FD", [500.0, 0.0, -500.0, 0.0, 0.0, 500.0])
+        siemens.add_new(0x28, "FD", 30.012)
+        ge.add_new(0x39, "IS", ["1000", "0", "0", "0"])
+        philips.add_new(0xB0, "FL", 0.5)
+
+    assert scrubbed(plain) == {(0x0019, 0x100C), (0x0019, 0x100D), (0x0019, 0x100E), (0x0019, 0x1027),
+                               (0x0019, 0x1028), (0x0043, 0x1039), (0x2005, 0x10B0)}
+
+
 def test_a_header_padded_with_thousands_of_name_parts_is_searched_for_a_bounded_number(tmp_path):
     """Each kept text value is searched for the patient's values. A hostile PatientName of 10,000 parts (and 5,000
     OtherPatientIDs) made one compiled pattern of 15,000 alternatives that took 3.7 s per file over a 60,000-character

@@ -13,7 +13,9 @@ is emptied, and an instance-UID attribute it does not list is replaced like ``U`
 from __future__ import annotations
 
 import logging
+import math
 import re
+import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,21 +48,26 @@ BURNED_IN_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.104.1": "Encapsulated PDF",
     "1.2.840.10008.5.1.4.1.1.77.1.1.1": "Video Endoscopic Image",
 }
-#: Private attributes kept by the Retain Safe Private option: (private creator, group, element byte).
-#: A subset of PS3.15 Table E.3.10-1 (diffusion and scaling parameters without identity).
-SAFE_PRIVATE: frozenset[tuple[str, int, int]] = frozenset({
-    ("SIEMENS MR HEADER", 0x0019, 0x0C),  # B_value
-    ("SIEMENS MR HEADER", 0x0019, 0x0D),  # DiffusionDirectionality
-    ("SIEMENS MR HEADER", 0x0019, 0x0E),  # DiffusionGradientDirection
-    ("SIEMENS MR HEADER", 0x0019, 0x27),  # B_matrix
-    ("SIEMENS MR HEADER", 0x0019, 0x28),  # BandwidthPerPixelPhaseEncode
-    ("GEMS_PARM_01", 0x0043, 0x39),  # Slop_int_6... (b value)
-    ("GEMS_ACQU_01", 0x0019, 0xBB),  # User data 25
-    ("GEMS_ACQU_01", 0x0019, 0xBC),  # User data 26
-    ("GEMS_ACQU_01", 0x0019, 0xBD),  # User data 27
-    ("Philips MR Imaging DD 001", 0x2001, 0x03),  # Diffusion B-Factor
-    ("Philips MR Imaging DD 001", 0x2005, 0xB0),  # Diffusion direction RL
-})
+#: Private attributes kept by the Retain Safe Private option: (private creator, group, element byte) -> (VR, most
+#: values), as the vendors' dictionaries (pydicom's) give them.  A subset of PS3.15 Table E.3.10-1 (diffusion and
+#: scaling parameters without identity).  A slot is safe for what it holds there: numbers of that VR, never a
+#: sequence or free text (:func:`_safe_private_value`).
+SAFE_PRIVATE: dict[tuple[str, int, int], tuple[str, int]] = {
+    ("SIEMENS MR HEADER", 0x0019, 0x0C): ("IS", 1),  # B_value
+    ("SIEMENS MR HEADER", 0x0019, 0x0D): ("CS", 1),  # DiffusionDirectionality
+    ("SIEMENS MR HEADER", 0x0019, 0x0E): ("FD", 3),  # DiffusionGradientDirection
+    ("SIEMENS MR HEADER", 0x0019, 0x27): ("FD", 6),  # B_matrix
+    ("SIEMENS MR HEADER", 0x0019, 0x28): ("FD", 1),  # BandwidthPerPixelPhaseEncode
+    ("GEMS_PARM_01", 0x0043, 0x39): ("IS", 4),  # Slop_int_6... (b value)
+    ("GEMS_ACQU_01", 0x0019, 0xBB): ("DS", 1),  # User data 25
+    ("GEMS_ACQU_01", 0x0019, 0xBC): ("DS", 1),  # User data 26
+    ("GEMS_ACQU_01", 0x0019, 0xBD): ("DS", 1),  # User data 27
+    ("Philips MR Imaging DD 001", 0x2001, 0x03): ("FL", 1),  # Diffusion B-Factor
+    ("Philips MR Imaging DD 001", 0x2005, 0xB0): ("FL", 1),  # Diffusion direction RL
+}
+#: What a kept safe private value of a text VR may hold: one or more numbers (IS, DS) or code words (CS).
+_SAFE_TEXT = {"IS": re.compile(r" *[+-]?[0-9]+ *"), "DS": re.compile(r" *[+-]?[0-9.]+([eE][+-]?[0-9]+)? *"),
+              "CS": re.compile(r"[ A-Z0-9_]*")}
 #: Values gathered from a dataset before cleaning, used by the C action on free text.
 IDENTIFYING_KEYWORDS = (
     "PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName",
@@ -261,6 +268,35 @@ def _holds_patient(value: object, context: _Context) -> bool:
     return pattern.search(text) is not None
 
 
+def _safe_private_value(element: DataElement, vr: str, most: int) -> bool:
+    """Whether a safe private slot holds what its table entry says: at most ``most`` values of ``vr`` (numbers, or
+    code words for CS), read from the raw bytes (an implicit-VR file's ``UN``) when need be."""
+    raw = element.value
+    if element.VR not in (vr, "UN"):
+        return False  # a sequence, free text, a name where the vendor keeps numbers
+    if raw is None or raw == b"" or raw == "":
+        return True
+    if vr in ("FD", "FL"):
+        size, code = (8, "d") if vr == "FD" else (4, "f")
+        if isinstance(raw, bytes):
+            if len(raw) % size:
+                return False
+            values: list[Any] = list(struct.unpack(f"<{len(raw) // size}{code}", raw))
+        else:
+            values = list(raw) if isinstance(raw, (list, tuple, MultiValue)) else [raw]
+        # text read as numbers is mostly absurd (1e180, 1e-20); diffusion and bandwidth values are not
+        return len(values) <= most and all(
+            isinstance(v, (int, float)) and math.isfinite(v) and (v == 0 or 1e-6 <= abs(v) <= 1e7) for v in values)
+    if isinstance(raw, bytes):
+        text = raw.decode("latin-1")
+    elif isinstance(raw, (list, tuple, MultiValue)):
+        text = "\\".join(map(str, raw))
+    else:
+        text = str(raw)
+    parts = text.strip("\x00 ").split("\\")
+    return len(parts) <= most and all(len(part) <= 16 and _SAFE_TEXT[vr].fullmatch(part) for part in parts)
+
+
 @dataclass
 class _Context:
     """Per-dataset state: the patient's date offset and the values that identify them."""
@@ -441,8 +477,10 @@ class Scrubber:
             block = (tag_int & 0xFF00) >> 8
             creator_tag = (tag_int & 0xFFFF0000) | block
             creator = ds.get(creator_tag)
-            if creator is not None and (str(creator.value), tag_int >> 16, tag_int & 0xFF) in SAFE_PRIVATE:
-                if _holds_patient(ds[tag_int].value, context):  # a safe slot holding a name is not safe
+            expected = SAFE_PRIVATE.get((str(creator.value), tag_int >> 16, tag_int & 0xFF)) if creator else None
+            if expected is not None:
+                # a safe slot holding a name, a sequence or free text (a hospital, a physician) is not safe
+                if not _safe_private_value(ds[tag_int], *expected) or _holds_patient(ds[tag_int].value, context):
                     del ds[tag_int]
                 return
         if self.options.retain_safe_private and 0x10 <= (tag_int & 0xFFFF) < 0x100:
