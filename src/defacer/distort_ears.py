@@ -76,6 +76,14 @@ WIDE_OPENING_MM = auricle.WIDE_OPENING_MM
 #: 0 -> 480), elsewhere unchanged; with a 12 mm follow, fernando 0.88/0.89 but that far tissue 337 -> 640
 #: mm^3 there and 0 -> 3,040 mm^3 on anon0006 with its reference labels.
 WIDE_FOLLOW_MM = 8.0
+#: Whether that second delimitation is also made on the reference rule's head mask
+#: (:func:`defacer.auricle.delimit_auricle` with ``reference_mask``; the edit takes all three).  On
+#: fernando_T2w_thick's 5.5 mm slices the tissue above the threshold breaks the auricle up in its lowest
+#: slices, where the detection lies 2.5-12.6 mm behind it: its left auricle 0.70 -> 0.90 changed with the
+#: shipped detector (its ear edits 77,041 -> 89,252 mm^3; 0.2 cm^3 of the added tissue lies behind the
+#: reference auricle); on the other 8 flat ears of the 19 real heads within 0.003, far tissue unchanged
+#: (EARS20, 2026-12-05, docs/measurements.md).
+WIDE_REFERENCE_MASK = True
 
 
 def _rim(mask: Mask, rim_mm: float, spacing: npt.NDArray[np.float64]) -> Mask:
@@ -264,13 +272,14 @@ def auricle_mask(image: npt.NDArray[np.floating], ears: Mask, component: Box, he
 def own_auricles(image: npt.NDArray[np.floating], head: HeadModel, depth: npt.NDArray[np.float32],
                  spacing: tuple[float, float, float], start: npt.ArrayLike, direction: npt.ArrayLike,
                  *, radius_mm: float = EAR_RADIUS_MM, opening_mm: float = EAR_OPENING_MM) -> list[auricle.Auricle]:
-    """The distortion's own auricles near ``start``: the rule's, and a wider one when its protrusion is small.
+    """The distortion's own auricles near ``start``: the rule's, and wider ones when its protrusion is small.
 
     :func:`defacer.auricle.delimit_auricle` on the tissue above the head's threshold; when what it
     finds protrudes by less than :data:`SMALL_PROTRUSION_MM3` (part of an auricle: a flat ear, a helix
     beyond the search radius), the auricle delimited again with the opening :data:`WIDE_OPENING_MM` and
-    parts followed :data:`WIDE_FOLLOW_MM` beyond the search radius is added (the edit takes both: it
-    loses nothing the rule found).  Where nothing stands out (an ear cut off by the field of view, the
+    parts followed :data:`WIDE_FOLLOW_MM` beyond the search radius is added, and the auricle the same
+    wide opening delimits on the reference rule's head mask (:data:`WIDE_REFERENCE_MASK`; the edit takes
+    them all: it loses nothing the rule found).  Where nothing stands out (an ear cut off by the field of view, the
     head's smooth side) nothing is added: a wider search there finds other tissue, not an ear.  The
     second delimitation costs about as much as the first, more with its larger ball (both ears widened,
     the ear edit, medians of 7 side by side at load ~4: otsu_T1w 0.09-0.10 -> 0.18 s; anon0006_T1w_ASL
@@ -292,7 +301,7 @@ def own_auricles(image: npt.NDArray[np.floating], head: HeadModel, depth: npt.ND
     Returns
     -------
     list of Auricle
-        Empty, the rule's auricle, or it and the wider one.
+        Empty, the rule's auricle, or it and the wider ones.
     """
     found = auricle.delimit_auricle(image, head, depth, spacing, start, direction,
                                     search_mm=radius_mm, opening_mm=opening_mm)
@@ -300,9 +309,14 @@ def own_auricles(image: npt.NDArray[np.floating], head: HeadModel, depth: npt.ND
         return []
     if float(found.protrusion.sum()) * float(np.prod(spacing)) >= SMALL_PROTRUSION_MM3:
         return [found]
+    wide = max(opening_mm, WIDE_OPENING_MM)
     wider = auricle.delimit_auricle(image, head, depth, spacing, start, direction, search_mm=radius_mm,
-                                    opening_mm=max(opening_mm, WIDE_OPENING_MM), follow_mm=WIDE_FOLLOW_MM)
-    return [found] if wider is None else [found, wider]
+                                    opening_mm=wide, follow_mm=WIDE_FOLLOW_MM)
+    # the same wide opening on the reference rule's head mask (smoothed, its own level, side-view slices
+    # filled): on thick slices it holds what the tissue above the threshold breaks up (WIDE_REFERENCE_MASK)
+    smoothed = auricle.delimit_auricle(image, head, depth, spacing, start, direction, search_mm=radius_mm,
+                                       opening_mm=wide, reference_mask=True) if WIDE_REFERENCE_MASK else None
+    return [a for a in (found, wider, smoothed) if a is not None]
 
 
 def _near(box: Box, centroid: npt.NDArray[np.float64], outward_r: float, spacing: npt.NDArray[np.float64]) -> Mask:
