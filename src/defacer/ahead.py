@@ -57,7 +57,9 @@ class _Reading:
 
     def _read(self, status: os.stat_result, max_voxels: int | None) -> None:
         try:
-            with open(self.path, "rb") as handle:
+            # O_NONBLOCK: a named pipe put in the file's place since it was looked at would block the open for ever,
+            # and the run's end waits for this thread (forget)
+            with open(os.open(self.path, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
                 if _identity(os.fstat(handle.fileno())) != self.identity:
                     return
                 packed = handle.read(status.st_size + 1)

@@ -122,6 +122,25 @@ def test_an_extension_bomb_is_not_decompressed_ahead(tmp_path):
     assert ahead.MAX_EXTENSION_BYTES == MAX_EXTENSION_BYTES  # the reading's own limit
 
 
+def test_a_pipe_put_in_the_scans_place_never_blocks_the_reading(tmp_path):
+    """HOSTILE13: the file is looked at (a regular file) before the thread opens it; a named pipe put in its place
+    meanwhile blocked the thread's open() for ever (no writer), and the run's end (forget) waits for that thread:
+    'defacer deface' hung.  The thread now opens without blocking and finds another file."""
+    path = tmp_path / "a.nii.gz"
+    _nifti(path)
+    status = os.stat(path)
+    path.unlink()
+    os.mkfifo(path)
+    reading = ahead._Reading(str(path), status, None)  # as start_reading makes it, the file swapped in between
+    reading.thread.join(10)
+    blocked = reading.thread.is_alive()
+    if blocked:  # main: free the thread (a writer opens the pipe), so the test run goes on
+        with open(os.open(path, os.O_WRONLY | os.O_NONBLOCK), "wb"):
+            pass
+        reading.thread.join(10)
+    assert not blocked and reading.data is None
+
+
 def test_only_a_regular_nii_gz_file_is_read_ahead(tmp_path):
     fifo = tmp_path / "pipe.nii.gz"
     os.mkfifo(fifo)
