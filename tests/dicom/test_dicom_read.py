@@ -288,3 +288,23 @@ def test_slices_of_two_patients_or_studies_are_never_one_volume(tmp_path, caplog
         assert len({str(pydicom.dcmread(f).get(attribute)) for f in stack.files}) == 1
         assert read_dicom_volume(tmp_path / "s", series=stack.key).raw.shape == (12, 10, 6)
     assert "holds the slices of 2" in caplog.text and "PID-77331" not in caplog.text
+
+
+@pytest.mark.parametrize(("keyword", "value"), [("ImageOrientationPatient", ["nan", "0", "0", "0", "1", "0"]),
+                                                ("ImagePositionPatient", ["inf", "0", "0"])])
+def test_a_non_finite_orientation_or_position_is_named_not_read_as_one_slice_stacks(tmp_path, keyword, value):
+    """HOSTILE13: an ImageOrientationPatient holding NaN made each slice a stack of its own (NaN equals nothing),
+    so 'deface' listed the 8-slice series as 8 series, each refused as 'a 2D image (shape (32, 32, 1))'; the
+    damaged attribute was never named.  Each file is now refused naming it, like a NaN RescaleSlope."""
+    raw = (np.arange(32 * 32 * 8).reshape(32, 32, 8) % 97).astype(np.int16)
+    files = write_series(tmp_path / "in", raw, row_cos=(1, 0, 0), col_cos=(0, 1, 0), spacing=(1.0, 1.0),
+                         origin=(0, 0, 0), step=(0, 0, 2.0))
+    for path in files:
+        ds = pydicom.dcmread(path)
+        setattr(ds, keyword, value)
+        ds.save_as(path)
+    with pytest.raises(DicomSeriesError) as refused:
+        read_dicom_volume(tmp_path / "in")
+    message = str(refused.value)
+    assert f"has {keyword} {'nan' if 'nan' in value else 'inf'}" in message and "finite" in message, message
+    assert "2D image" not in message

@@ -93,6 +93,9 @@ def floats(value: Any, count: int, what: str, path: Path) -> tuple[float, ...]:
         raise DicomSeriesError(f"'{path}' has an unreadable {what} ({value!r}); expected {count} numbers.") from err
     if len(numbers) != count:
         raise DicomSeriesError(f"'{path}' has {what} with {len(numbers)} values; expected {count}.")
+    if not all(np.isfinite(numbers)):  # a NaN orientation made every slice a stack of its own ("a 2D image" x N)
+        raise DicomSeriesError(f"'{path}' has {what} {', '.join(f'{n:g}' for n in numbers)}; expected {count} finite "
+                               "numbers. The header is damaged: re-export the series.")
     return numbers
 
 
