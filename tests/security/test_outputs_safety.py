@@ -806,3 +806,24 @@ def test_an_input_reached_in_another_letter_case_on_a_real_case_insensitive_disk
         assert main(["batch", str(disk / "ds"), str(disk / output), "--labels-dir", str(bids_one[1]), "-q"]) == 1
         assert "overlaps the input" in capsys.readouterr().err
     assert digest(disk / "ds") == dataset
+
+
+def test_batch_never_writes_into_its_label_maps_folder(bids_one, tmp_path, capsys):
+    """HOSTILE13: '--labels-dir' is an input too, but only IN was compared with OUT: 'batch ds labels --labels-dir
+    labels --force' wrote the defaced dataset (images, sidecars, dataset description, .defacer/) among the label
+    maps, exit 0; so did an OUT inside the labels folder, or a QC folder there."""
+    import shutil
+
+    labels = tmp_path / "labels"
+    shutil.copytree(bids_one[1], labels)
+    before = digest(labels)
+    for output, extra in ((labels, ["--force"]), (labels / "out", []), (tmp_path / "x", ["--verify"])):
+        if extra == ["--verify"]:
+            labels_qc = tmp_path / "x-qc"
+            shutil.copytree(labels, labels_qc)
+            code = main(["batch", str(bids_one[0]), str(output), "--labels-dir", str(labels_qc), "-q", *extra])
+            assert code == 1 and "overlaps the input" in capsys.readouterr().err
+            continue
+        code = main(["batch", str(bids_one[0]), str(output), "--labels-dir", str(labels), "-q", *extra])
+        assert code == 1 and "overlaps the input" in capsys.readouterr().err
+    assert digest(labels) == before

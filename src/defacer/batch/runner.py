@@ -456,6 +456,8 @@ def _discover(config: BatchConfig) -> tuple[Discovery, OutputLayout]:
     layout = OutputLayout(in_root=discovery.root, out_root=Path(config.out_root).resolve(), layout=config.layout,
                           bids=discovery.layout == "bids")
     check_folders(layout.in_root, layout.out_root)
+    if config.labels_dir is not None:  # an input too: 'batch ds labels --labels-dir labels --force' wrote into it
+        check_folders(Path(config.labels_dir), layout.out_root)
     clashes = target_clashes(layout, discovery.scans)
     if clashes:
         listing = "\n  ".join(f"'{a}' and '{b}' both write '{path.relative_to(layout.out_root).as_posix()}'"
@@ -655,6 +657,8 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
         from defacer.verify.qc import check_owned
 
         check_owned(layout.qc_dir, qc_targets)  # before anything is written, as OUT's own check
+    if config.verify and config.labels_dir is not None:  # the QC folder never mixes with the label maps either
+        check_folders(Path(config.labels_dir), layout.qc_dir)
     resuming = prepare_output(layout, force=config.force, owned=owned, targets=targets)
     if config.verify:
         check_folders(layout.in_root, layout.qc_dir)
