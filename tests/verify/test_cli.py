@@ -72,6 +72,26 @@ def test_files_and_folders_not_named_in_utf8_are_verified_and_evaluated(phantom,
     assert code in (0, 3, 5) and "did not write" not in capsys.readouterr().err
 
 
+def test_verify_never_writes_its_renders_into_a_folder_holding_the_scans(phantom, tmp_path, capsys,
+                                                                       monkeypatch) -> None:
+    """HOSTILE13: 'verify orig.nii.gz shared/defaced.nii.gz --out shared' (or '--out .' in the data folder, or
+    '--out ..') wrote the report, the README and renders of the ORIGINAL face into the folder holding the defaced
+    scan, the folder one would share; only files the report names were compared with the inputs, never the folder
+    itself.  A QC folder that holds (or is) an input's folder is refused, as 'deface --verify' and 'evaluate'
+    refuse theirs."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    _save(phantom.volume, tmp_path / "orig.nii.gz")
+    _save(phantom.volume, shared / "defaced.nii.gz")
+    monkeypatch.chdir(shared)
+    for out in (shared, ".", "..", tmp_path):
+        code = main(["verify", str(tmp_path / "orig.nii.gz"), str(shared / "defaced.nii.gz"), "--out", str(out)])
+        err = capsys.readouterr().err
+        assert code == 1 and "contains the input" in err and "Traceback" not in err, err
+    assert sorted(p.name for p in shared.iterdir()) == ["defaced.nii.gz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["orig.nii.gz", "shared"]
+
+
 def test_verify_command_exits_3_when_the_brain_changed(phantom, tmp_path, capsys) -> None:
     raw = phantom.volume.raw.copy()
     raw[phantom.brain] = 0

@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     prov_path = args.provenance or sidecar_path(defaced_path)
     # Nothing the report writes may be, or lie inside, one of the scans it reads (issue 11, defect 3).
     targets = qc.report_targets(out)
-    check_not_input(targets, [args.original, args.defaced, args.labels, args.provenance])
+    # nor may the QC folder hold them: '--out .' beside the defaced scan put renders of the original face there
+    check_not_input([out, *targets], [args.original, args.defaced, args.labels, args.provenance])
     qc.check_owned(out, targets)  # never over a file defacer did not write there
     original = load_volume(args.original)
     defaced = load_volume(args.defaced)
