@@ -72,10 +72,14 @@ class _Reading:
             if size is None:
                 return
             data = isal_zlib.decompressobj(31).decompress(packed, size)
+            del packed
             if len(data) == size:
                 self.data = bytearray(data)  # writable, as nibabel's own reading gives it
+            del data
         except Exception:  # noqa: BLE001 - anything wrong here: the file is read as usual, which reports it
             return
+        finally:
+            _release_freed_memory()
 
     def unchanged(self) -> bool:
         """Whether the file is still the one read (device, inode, size, modification time)."""
@@ -83,6 +87,19 @@ class _Reading:
             return _identity(os.stat(self.path)) == self.identity
         except (OSError, ValueError):
             return False
+
+
+def _release_freed_memory() -> None:
+    """Give the pages this thread freed (the compressed file, the decompressed bytes copied out: 40 MB for a
+    1 mm head) back to the system.  They lie in this thread's own glibc arena, where the main thread's arrays
+    never reuse them, and :func:`defacer.memory.retain_freed_memory` keeps freed memory otherwise: they stayed
+    resident, ~30 MB more peak memory.  Nothing elsewhere (other C libraries, systems)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (ImportError, OSError, AttributeError):
+        return
 
 
 class DetectorLoading:
