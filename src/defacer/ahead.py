@@ -18,8 +18,8 @@ NIfTI-1 header or declares more voxels than the limit, a gzip stream that ends e
 since (another size, time or inode): each makes :func:`take_bytes` give ``None``, and the scan is read from
 the file as without this (its errors and messages included).  The detector's errors (bad weights) are raised
 where the route asks for it, as before.  This module imports only the standard library at its top, so the
-command line can begin the reading before its heavy imports; the detector's thread imports nothing (its
-modules are imported by the caller first), so the two threads never wait on each other's imports.
+command line can begin the reading before its heavy imports; neither thread imports anything (ISA-L, ctypes
+and the detector's modules are imported by the caller first), so no thread waits on another's imports.
 """
 
 from __future__ import annotations
@@ -46,16 +46,19 @@ MAX_EXTENSION_BYTES = 64 << 20
 class _Reading:
     """A file read and decompressed in a thread: ``data`` (the decompressed bytes) and ``sha256`` (of the file)."""
 
-    def __init__(self, path: str, status: os.stat_result, max_voxels: int | None) -> None:
+    def __init__(self, path: str, status: os.stat_result, max_voxels: int | None, isal_zlib: Any,
+                 trim: Callable[[int], object] | None) -> None:
         self.path = path
         self.identity = _identity(status)
         self.data: bytearray | None = None
         self.sha256: str | None = None
-        self.thread = threading.Thread(target=self._read, args=(status, max_voxels), name="defacer-read-ahead",
-                                       daemon=True)
+        self.thread = threading.Thread(target=self._read, args=(status, max_voxels, isal_zlib, trim),
+                                       name="defacer-read-ahead", daemon=True)
         self.thread.start()
 
-    def _read(self, status: os.stat_result, max_voxels: int | None) -> None:
+    def _read(self, status: os.stat_result, max_voxels: int | None, isal_zlib: Any,
+              trim: Callable[[int], object] | None) -> None:
+        """The thread: imports nothing (ISA-L and the C library's ``malloc_trim`` are resolved by the caller)."""
         try:
             # O_NONBLOCK: a named pipe put in the file's place since it was looked at would block the open for ever,
             # and the run's end waits for this thread (forget)
@@ -66,8 +69,6 @@ class _Reading:
             if len(packed) != status.st_size:
                 return
             self.sha256 = hashlib.sha256(packed).hexdigest()
-            from isal import isal_zlib
-
             size = _declared_size(isal_zlib.decompressobj(31).decompress(packed[:1 << 16], 348), max_voxels)
             if size is None:
                 return
@@ -79,7 +80,12 @@ class _Reading:
         except Exception:  # noqa: BLE001 - anything wrong here: the file is read as usual, which reports it
             return
         finally:
-            _release_freed_memory()
+            # The compressed file and the decompressed bytes copied out (40 MB for a 1 mm head) lie in this
+            # thread's own glibc arena, which the main thread's arrays never reuse, and
+            # defacer.memory.retain_freed_memory keeps freed memory otherwise: given back, or they stayed
+            # resident (~30 MB more peak memory).
+            if trim is not None:
+                trim(0)
 
     def unchanged(self) -> bool:
         """Whether the file is still the one read (device, inode, size, modification time)."""
@@ -87,19 +93,6 @@ class _Reading:
             return _identity(os.stat(self.path)) == self.identity
         except (OSError, ValueError):
             return False
-
-
-def _release_freed_memory() -> None:
-    """Give the pages this thread freed (the compressed file, the decompressed bytes copied out: 40 MB for a
-    1 mm head) back to the system.  They lie in this thread's own glibc arena, where the main thread's arrays
-    never reuse them, and :func:`defacer.memory.retain_freed_memory` keeps freed memory otherwise: they stayed
-    resident, ~30 MB more peak memory.  Nothing elsewhere (other C libraries, systems)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).malloc_trim(0)
-    except (ImportError, OSError, AttributeError):
-        return
 
 
 class DetectorLoading:
@@ -163,8 +156,23 @@ def start_reading(path: Path, max_voxels: int | None) -> bool:
         return False
     if not stat.S_ISREG(status.st_mode) or status.st_size > MAX_BYTES:
         return False
-    _readings.append(_Reading(str(path), status, max_voxels))
+    try:  # imported here, so that the thread imports nothing while this one imports the libraries
+        from isal import isal_zlib
+    except ImportError:
+        return False
+    _readings.append(_Reading(str(path), status, max_voxels, isal_zlib, _malloc_trim()))
     return True
+
+
+def _malloc_trim() -> Callable[[int], object] | None:
+    """glibc's ``malloc_trim`` (gives a process's freed heap pages back to the system), or ``None`` elsewhere."""
+    try:
+        import ctypes
+
+        trim: Callable[[int], object] = ctypes.CDLL(None).malloc_trim
+    except (ImportError, OSError, AttributeError):
+        return None
+    return trim
 
 
 def _reading(path: Path) -> _Reading | None:
