@@ -160,7 +160,11 @@ def start_reading(path: Path, max_voxels: int | None) -> bool:
         from isal import isal_zlib
     except ImportError:
         return False
-    _readings.append(_Reading(str(path), status, max_voxels, isal_zlib, _malloc_trim()))
+    try:
+        reading = _Reading(str(path), status, max_voxels, isal_zlib, _malloc_trim())
+    except RuntimeError:  # the system refuses a thread (a memory limit): read as usual, which says so if it must
+        return False
+    _readings.append(reading)
     return True
 
 
@@ -207,7 +211,11 @@ def start_detector(weights_path: object, make: Callable[[], Any]) -> bool:
     """Begin making the detector of ``weights_path`` with ``make`` in a thread (:class:`DetectorLoading`)."""
     if _detectors:
         return False
-    _detectors.append((weights_path, DetectorLoading(make)))
+    try:
+        loading = DetectorLoading(make)
+    except RuntimeError:  # the system refuses a thread: made where the route makes it, which says so in words
+        return False
+    _detectors.append((weights_path, loading))
     return True
 
 

@@ -235,3 +235,18 @@ def test_the_deface_command_makes_its_detector_while_it_imports_the_pipeline(tmp
     seen = json.loads(result.stdout.strip().splitlines()[-1])
     assert seen["detector_begun_before"] == ["onnxruntime"]  # onnxruntime imported, not yet the pipeline
     assert seen["detector_taken"] is True and seen["taken"] == [[str(scan), True]]
+
+
+def test_a_thread_the_system_refuses_means_no_work_ahead(tmp_path, monkeypatch):
+    """Under a memory limit a new thread is refused: nothing is begun ahead, and the run's own threads (the
+    detector's beside the reading, the compressed writer's) say so in words (test_symlink_loops)."""
+    path = tmp_path / "a.nii.gz"
+    _nifti(path)
+
+    def refused(self):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refused)
+    assert not ahead.start_reading(path, None)
+    assert not ahead.start_detector(None, lambda: None)
+    assert ahead._readings == [] and ahead._detectors == []
