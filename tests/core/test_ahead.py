@@ -250,3 +250,13 @@ def test_a_thread_the_system_refuses_means_no_work_ahead(tmp_path, monkeypatch):
     assert not ahead.start_reading(path, None)
     assert not ahead.start_detector(None, lambda: None)
     assert ahead._readings == [] and ahead._detectors == []
+
+
+def test_a_scan_over_the_read_ahead_limit_is_read_as_before(tmp_path, monkeypatch):
+    path = tmp_path / "a.nii.gz"
+    values = _nifti(path, shape=(40, 40, 40))
+    assert path.stat().st_size < 100_000
+    monkeypatch.setattr(ahead, "MAX_BYTES", 100_000)  # the file is under it, the header and 64,000 int16 voxels over
+    assert ahead.start_reading(path, None)
+    assert ahead.take_bytes(path) is None
+    assert np.array_equal(read_nifti_like(path, "nifti").raw, values)

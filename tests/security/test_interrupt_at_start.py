@@ -50,7 +50,14 @@ class SignalAt:
     def find_spec(self, name, path=None, target=None):
         if name == at:
             sys.meta_path.remove(self)
-            if signal_name.startswith("callback-"):
+            if signal_name.startswith("converted-"):  # as numpy's C code turns it into an ImportError
+                try:
+                    os.kill(os.getpid(), getattr(signal, signal_name.removeprefix("converted-")))
+                    for _ in range(10000):
+                        pass
+                except KeyboardInterrupt:
+                    raise ImportError('PyCapsule_Import could not import module "datetime"') from None
+            elif signal_name.startswith("callback-"):
                 referent = SignalAt()
                 reference = weakref.ref(referent, in_a_callback)
                 del referent
@@ -119,6 +126,27 @@ def test_an_interrupt_raised_in_a_callback_is_not_swallowed(tmp_path: Path, scan
     by = " by SIGTERM" if signal_name == "SIGTERM" else ""
     assert result.stderr.strip() == f"defacer: interrupted{by} while starting; nothing was read or written."
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("at", ["numpy", "scipy.ndimage"])
+def test_an_interrupt_turned_into_an_import_error_is_still_an_interrupt(tmp_path: Path, scan: Path, at: str) -> None:
+    """A Ctrl-C landing while numpy's C code imports ``datetime`` came out as 'ImportError: PyCapsule_Import could
+    not import module "datetime"' and 'Importing the numpy C-extensions failed ... bad install': a traceback blaming
+    the installation (seen once in this file's callback test)."""
+    result = _run(at, "converted-SIGINT", "deface", str(scan), str(tmp_path / "d.nii.gz"))
+    assert "Traceback" not in result.stderr and "ImportError" not in result.stderr, result.stderr
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.strip() == "defacer: interrupted while starting; nothing was read or written."
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_import_error_without_an_interrupt_is_not_called_one(tmp_path: Path, scan: Path) -> None:
+    code = ("import sys; sys.modules['nibabel'] = None; from defacer.cli.entry import run; "
+            "run(['deface', sys.argv[1], sys.argv[2]])")
+    result = subprocess.run([sys.executable, "-c", code, str(scan), str(tmp_path / "d.nii.gz")],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode != 130 and "interrupted" not in result.stderr, result.stderr
+    assert "nibabel" in result.stderr
 
 
 def test_the_entry_module_imports_nothing_of_the_command_before_its_handler() -> None:

@@ -41,15 +41,35 @@ def run(argv: Sequence[str] | None = None) -> None:
         Always: the command's exit status, 130 after an interrupt.
     """
     try:
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not one ignored from the start (nohup)
+            signal.signal(signal.SIGINT, _ctrl_c)
         stop_on_termination()
         sys.unraisablehook = _interrupt_not_swallowed
         from defacer.cli import main
     except KeyboardInterrupt as err:
         _interrupted(f"defacer: interrupted{by_signal(err)} while starting; nothing was read or written.")
+    except Exception:
+        _interrupted_if_signalled()
+        raise
     try:
         main.run(argv)
     except KeyboardInterrupt as err:  # past the command's own handling (its message printed, exiting): no claim
         _interrupted(f"defacer: interrupted{by_signal(err)}.")
+    except Exception:  # escaping the command's handling: raised while it starts (parsing, the libraries' imports)
+        _interrupted_if_signalled()
+        raise
+
+
+def _interrupted_if_signalled() -> None:
+    """Exit as interrupted (status 130, one line) when an interrupt came: an error raised after it is its doing.
+
+    An interrupt that lands while a C extension imports a module of its own is turned into that extension's
+    ``ImportError`` (numpy: 'PyCapsule_Import could not import module "datetime"', then 'Importing the numpy
+    C-extensions failed ... bad install'), a traceback blaming the installation for a Ctrl-C."""
+    if _signalled:
+        name = signal.Signals(_signalled[-1]).name
+        by = f" by {name}" if name != "SIGINT" else ""
+        _interrupted(f"defacer: interrupted{by} while starting; nothing was read or written.")
 
 
 def _interrupted(message: str) -> NoReturn:
@@ -75,8 +95,24 @@ def stop_on_termination() -> None:
             signal.signal(number, _interrupt)
 
 
+#: The signals that interrupted this run, in order (:func:`_interrupted_if_signalled`).
+_signalled: list[int] = []
+
+
 def _interrupt(signum: int, frame: object) -> None:
+    _signalled.append(signum)
     raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
+
+
+def signalled() -> bool:
+    """Whether an interrupt (Ctrl-C, SIGTERM, SIGHUP) came during this run: an error after it may be its doing."""
+    return bool(_signalled)
+
+
+def _ctrl_c(signum: int, frame: object) -> None:
+    """Python's own Ctrl-C handler (``KeyboardInterrupt``), the signal recorded."""
+    _signalled.append(signum)
+    raise KeyboardInterrupt
 
 
 def _interrupt_not_swallowed(unraisable: sys.UnraisableHookArgs) -> None:

@@ -19,7 +19,7 @@ from types import ModuleType
 
 from defacer._version import __version__
 from defacer.cli.entry import by_signal as _by_signal
-from defacer.cli.entry import stop_on_termination
+from defacer.cli.entry import signalled, stop_on_termination
 from defacer.errors import (
     SYSTEM_ERRORS,
     DefacerError,
@@ -276,7 +276,9 @@ def import_scipy_ndimage_without_docstring_tables() -> bool:
     array_api.FunctionDoc = _PlainDoc
     try:
         import scipy.ndimage  # noqa: F401
-    except Exception:  # noqa: BLE001 - a SciPy the stand-in does not fit: what failed is imported as usual later
+    except Exception:  # a SciPy the stand-in does not fit: what failed is imported as usual later
+        if signalled():  # an interrupt turned into an import error by a C extension: not SciPy's doing
+            raise
         return False
     finally:
         array_api.FunctionDoc = real
