@@ -131,7 +131,9 @@ def test_a_pipe_put_in_the_scans_place_never_blocks_the_reading(tmp_path):
     status = os.stat(path)
     path.unlink()
     os.mkfifo(path)
-    reading = ahead._Reading(str(path), status, None)  # as start_reading makes it, the file swapped in between
+    from isal import isal_zlib
+
+    reading = ahead._Reading(str(path), status, None, isal_zlib, None)  # as start_reading makes it, file swapped since
     reading.thread.join(10)
     blocked = reading.thread.is_alive()
     if blocked:  # main: free the thread (a writer opens the pipe), so the test run goes on
