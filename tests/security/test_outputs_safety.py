@@ -827,3 +827,30 @@ def test_batch_never_writes_into_its_label_maps_folder(bids_one, tmp_path, capsy
         code = main(["batch", str(bids_one[0]), str(output), "--labels-dir", str(labels), "-q", *extra])
         assert code == 1 and "overlaps the input" in capsys.readouterr().err
     assert digest(labels) == before
+
+
+def test_an_output_sharing_another_outputs_record_in_another_letter_case_is_refused(case_insensitive_disk,
+                                                                                    phantom_files, capsys):
+    """HOSTILE13, on a real exFAT disk: 'deface b.nii O.nii --force' beside a defaced 'o.nii.gz' replaced that
+    output's record ('O.defacer.json' opens 'o.defacer.json' there) with its own, exit 0: HOSTILE12's check for
+    outputs sharing a record compared the names' letter case.  Replacing 'o.nii.gz' itself as 'O.NII.GZ' with
+    --force stays allowed."""
+    import gzip
+    import json
+    import shutil
+
+    disk = case_insensitive_disk
+    shutil.copyfile(phantom_files[0], disk / "a.nii.gz")
+    shutil.copyfile(phantom_files[1], disk / "labels.nii.gz")
+    (disk / "b.nii").write_bytes(gzip.decompress((disk / "a.nii.gz").read_bytes()))
+    assert main(["deface", str(disk / "a.nii.gz"), str(disk / "o.nii.gz"), "--labels", str(disk / "labels.nii.gz")]) == 0
+    record = json.loads((disk / "o.defacer.json").read_text())
+    code = main(["deface", str(disk / "b.nii"), str(disk / "O.nii"), "--labels", str(disk / "labels.nii.gz"),
+                 "--force"])
+    err = capsys.readouterr().err
+    assert code == 1 and "would share its provenance record" in err, err
+    assert json.loads((disk / "o.defacer.json").read_text()) == record and not (disk / "O.nii").exists()
+    assert main(["deface", str(disk / "b.nii"), str(disk / "O.NII.GZ"), "--labels", str(disk / "labels.nii.gz"),
+                 "--force"]) == 0
+    (listed,) = [p for p in disk.iterdir() if p.name.lower() == "o.defacer.json"]  # (a FUSE cache keeps the old
+    assert json.loads(listed.read_text())["input"]["path"] == "b.nii"                # entry under the other name)

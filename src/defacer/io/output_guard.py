@@ -503,7 +503,10 @@ def sharing_outputs(output: Path) -> list[str]:
         names = os.listdir(output.parent)
     except OSError:
         return ["?"]  # cannot tell: as if shared
-    return [name for name in names if name != output.name and image_stem(name, dicom=True) == stem
+    # letter case and Unicode form as a case-insensitive disk compares them: there 'O.nii' shares 'o.defacer.json'
+    # with 'o.nii.gz' ('O.defacer.json' opens it), and 'o.nii.gz' listed for an output given as 'O.NII.GZ' is itself
+    return [name for name in names if _folded(name) != _folded(output.name)
+            and _folded(image_stem(name, dicom=True)) == _folded(stem)
             and (image_suffix(name, dicom=True) or (output.parent / name).is_dir())]
 
 
@@ -540,7 +543,7 @@ def check_record_not_shared(output: PathLike) -> None:
     if not record.is_file() or record.is_symlink():
         return
     path = recorded_output_name(record)
-    if path is None or path == output.name:
+    if path is None or _folded(path) == _folded(output.name):
         return  # no record of defacer's (the output checks decide about replacing it), or this output's own
     others = sharing_outputs(output)
     # the record names one of them, or hides its name ('<output>': a DICOM folder named after the patient)
