@@ -308,3 +308,19 @@ def test_a_non_finite_orientation_or_position_is_named_not_read_as_one_slice_sta
     message = str(refused.value)
     assert f"has {keyword} {'nan' if 'nan' in value else 'inf'}" in message and "finite" in message, message
     assert "2D image" not in message
+
+
+def test_slices_at_an_absurd_same_position_are_told_in_a_short_message(tmp_path):
+    """HOSTILE13: positions of 1e308 mm (a damaged header) are 'two slices at the same position' in float64, and the
+    message printed the position with 3 decimals: a 309-digit number.  Now 1e+308."""
+    raw = (np.arange(16 * 16 * 4).reshape(16, 16, 4) % 97).astype(np.int16)
+    files = write_series(tmp_path / "in", raw, row_cos=(1, 0, 0), col_cos=(0, 1, 0), spacing=(1.0, 1.0),
+                         origin=(0, 0, 0), step=(0, 0, 2.0))
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.ImagePositionPatient = ["0", "0", "1e308"]
+        ds.save_as(path)
+    with pytest.raises(DicomSeriesError) as refused:
+        read_dicom_volume(tmp_path / "in")
+    message = str(refused.value)
+    assert "two slices at the same position (1e+308 mm" in message and len(message) < 400, message

@@ -66,6 +66,12 @@ def _decode(path: Path) -> tuple[Dataset, npt.NDArray[Any]]:
     return ds, pixels
 
 
+def _mm(value: float) -> str:
+    """A position for a message: 3 decimals, or 6 significant digits beyond a kilometre (a damaged 1e308 printed with
+    3 decimals was a 309-digit number)."""
+    return f"{value:.3f}" if abs(value) < 1e6 else f"{value:.6g}"
+
+
 def _check_spacing(projections: npt.NDArray[np.float64], source: str) -> list[str]:
     warnings: list[str] = []
     gaps = np.diff(projections)
@@ -74,7 +80,7 @@ def _check_spacing(projections: npt.NDArray[np.float64], source: str) -> list[st
     if np.any(gaps < 1e-3):
         dup = int(np.argmin(gaps))
         raise DicomSeriesError(
-            f"'{source}' has two slices at the same position ({projections[dup]:.3f} mm along the slice normal): "
+            f"'{source}' has two slices at the same position ({_mm(projections[dup])} mm along the slice normal): "
             "the series holds several volumes (echoes, time points, repeats). Split it into one folder per volume."
         )
     mean = (projections[-1] - projections[0]) / gaps.size
