@@ -296,9 +296,14 @@ def _stale_record(target: Path, sidecar: bool) -> Path | None:
         return None
     if sidecar:
         return record
+    import unicodedata
+
     from defacer.io.output_guard import recorded_output_name
 
-    return record if recorded_output_name(record) in (target.name, "<output>") else None
+    def folded(name: str | None) -> str | None:  # 'o.nii.gz' replaced as 'O.NII.GZ' on a case-insensitive disk
+        return None if name is None else unicodedata.normalize("NFC", name).casefold()
+
+    return record if folded(recorded_output_name(record)) in (folded(target.name), "<output>") else None
 
 
 def _drop_stale_record(stale: Path | None, sidecar: bool) -> None:

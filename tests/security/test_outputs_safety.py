@@ -854,3 +854,21 @@ def test_an_output_sharing_another_outputs_record_in_another_letter_case_is_refu
                  "--force"]) == 0
     (listed,) = [p for p in disk.iterdir() if p.name.lower() == "o.defacer.json"]  # (a FUSE cache keeps the old
     assert json.loads(listed.read_text())["input"]["path"] == "b.nii"                # entry under the other name)
+
+
+def test_the_library_replacing_an_output_in_another_letter_case_drops_its_record(case_insensitive_disk,
+                                                                                 phantom_files):
+    """HOSTILE13, on a real exFAT disk: deface_path(..., 'O.NII.GZ', sidecar=False, force=True) over an earlier
+    'o.nii.gz' replaced the image but kept its record, which described the replaced image: the record's output name
+    was compared with the new one's letter case (HOSTILE10's removal, ce00c31)."""
+    import shutil
+
+    from defacer.route import deface_path
+
+    disk = case_insensitive_disk
+    shutil.copyfile(phantom_files[0], disk / "a.nii.gz")
+    shutil.copyfile(phantom_files[1], disk / "labels.nii.gz")
+    deface_path(disk / "a.nii.gz", disk / "o.nii.gz", labels_path=disk / "labels.nii.gz")
+    assert (disk / "o.defacer.json").is_file()
+    deface_path(disk / "a.nii.gz", disk / "O.NII.GZ", labels_path=disk / "labels.nii.gz", sidecar=False, force=True)
+    assert [p.name.lower() for p in disk.iterdir() if p.name.lower().endswith(".json")] == []
