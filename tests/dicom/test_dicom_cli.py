@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -140,6 +142,31 @@ def _study(phantom_series: Path, folder: Path) -> Path:
                      series_uid=f"1.2.826.0.1.3680043.8.498.{number}", seed=number,
                      extra={"PatientName": "Quexworth^Ambrose", "StudyInstanceUID": "1.2.826.0.1.3680043.8.498.77"})
     return folder
+
+
+def test_series_folders_of_an_earlier_run_left_in_a_study_output_are_warned_about(phantom_series, tmp_path, caplog):
+    """HOSTILE13: 'deface study2/ OUT --force' into the output of an earlier run replaces only the series folders it
+    writes; the earlier run's other series (another study's, perhaps) stayed beside this study's without a word,
+    all under one OUT to share.  They still stay (never deleted), named in a warning."""
+    from defacer.phantom import make_phantom
+
+    study = _study(phantom_series, tmp_path / "study")
+    out = tmp_path / "out"
+    labels = str(phantom_series / "labels.nii.gz")
+    assert main(["deface", str(study), str(out), "--labels", labels, "--key", KEY]) == 0
+    shutil.rmtree(study / "b")  # the next study: series 2 again and a series 6
+    phantom = make_phantom(3.0)
+    affine = phantom.volume.affine
+    write_series(study / "c", phantom.volume.raw.astype(np.int16), row_cos=(-1, 0, 0), col_cos=(0, -1, 0),
+                 spacing=(3.0, 3.0), origin=(-affine[0, 3], -affine[1, 3], affine[2, 3]), step=(0, 0, 3.0),
+                 series_number=6, series_uid="1.2.826.0.1.3680043.8.498.6", seed=6,
+                 extra={"PatientName": "Quexworth^Ambrose", "StudyInstanceUID": "1.2.826.0.1.3680043.8.498.77"})
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert main(["deface", str(study), str(out), "--labels", labels, "--key", KEY, "--force"]) == 0
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["01_series-2", "02_series-4", "02_series-6"]
+    warned = [r.getMessage() for r in caplog.records if "earlier run" in r.getMessage()]
+    assert len(warned) == 1 and "02_series-4" in warned[0] and "01_series-2" not in warned[0], caplog.text
 
 
 def test_a_study_folder_is_defaced_series_by_series(phantom_series, tmp_path, capsys):

@@ -467,9 +467,32 @@ def run_study(args: argparse.Namespace, options: DefaceOptions, deidentify: Deid
         from defacer.io.dicom_series import write_deid_mapping
 
         write_deid_mapping(scrubber.mapping.as_dict(), mapping, out_dir=target, force=args.force)
+    _warn_earlier_series(target, folders)
     if status:
         print(f"defacer deface: not every series of {shown(args.input)} was defaced (see above)", file=sys.stderr)
     return status
+
+
+def _warn_earlier_series(target: Path, folders: list[Path]) -> None:
+    """Warn about series folders of an earlier run left in a study's output (``--force`` replaces only the
+    folders this run writes): ``deface study2/ OUT --force`` into the output of another study kept that study's
+    other series beside this one's, all of it under one OUT to share."""
+    import re
+
+    from defacer.io.output_guard import owner_record
+
+    written = {folder.name for folder in folders}
+    try:
+        names = sorted(os.listdir(target))
+    except OSError:
+        return
+    earlier = [name for name in names if name not in written and re.fullmatch(r"\d{2}_series-\w+", name)
+               and (target / name).is_dir() and owner_record(target / name).is_file()]
+    if earlier:
+        log.warning("'%s' also holds %d series folder(s) of an earlier run that this run did not write: %s. They "
+                    "stay (--force replaces only the folders it writes); if they are not this study's, remove them "
+                    "(and their .defacer.json) before sharing the folder.", target, len(earlier),
+                    ", ".join(earlier[:5]) + (" ..." if len(earlier) > 5 else ""))
 
 
 def checked_output_name(input_path: Path, output: Path, is_dicom: bool) -> Path:
