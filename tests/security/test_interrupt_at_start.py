@@ -110,7 +110,7 @@ def test_sigterm_while_the_command_imports_its_modules_is_an_interrupt_too(tmp_p
     """``timeout``, ``scancel``, ``docker stop``: the same one line, naming the signal."""
     result = _run(at, "SIGTERM", "deface", str(scan), str(tmp_path / "d.nii.gz"))
     assert result.returncode == 130, result.stderr
-    assert result.stderr.strip() == "defacer: interrupted by SIGTERM while starting; nothing was read or written."
+    assert result.stderr.strip() == "defacer: interrupted by SIGTERM while starting; nothing was written."
     assert os.listdir(tmp_path) == []
 
 
@@ -124,7 +124,7 @@ def test_an_interrupt_raised_in_a_callback_is_not_swallowed(tmp_path: Path, scan
     assert "Exception ignored" not in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 130, result.stderr
     by = " by SIGTERM" if signal_name == "SIGTERM" else ""
-    assert result.stderr.strip() == f"defacer: interrupted{by} while starting; nothing was read or written."
+    assert result.stderr.strip() == f"defacer: interrupted{by} while starting; nothing was written."
     assert os.listdir(tmp_path) == []
 
 
@@ -136,7 +136,7 @@ def test_an_interrupt_turned_into_an_import_error_is_still_an_interrupt(tmp_path
     result = _run(at, "converted-SIGINT", "deface", str(scan), str(tmp_path / "d.nii.gz"))
     assert "Traceback" not in result.stderr and "ImportError" not in result.stderr, result.stderr
     assert result.returncode == 130, result.stderr
-    assert result.stderr.strip() == "defacer: interrupted while starting; nothing was read or written."
+    assert result.stderr.strip() == "defacer: interrupted while starting; nothing was written."
     assert os.listdir(tmp_path) == []
 
 

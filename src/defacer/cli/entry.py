@@ -47,7 +47,7 @@ def run(argv: Sequence[str] | None = None) -> None:
         sys.unraisablehook = _interrupt_not_swallowed
         from defacer.cli import main
     except KeyboardInterrupt as err:
-        _interrupted(f"defacer: interrupted{by_signal(err)} while starting; nothing was read or written.")
+        _interrupted(f"defacer: interrupted{by_signal(err)} while starting; nothing was written.")
     except Exception:
         _interrupted_if_signalled()
         raise
@@ -69,7 +69,7 @@ def _interrupted_if_signalled() -> None:
     if _signalled:
         name = signal.Signals(_signalled[-1]).name
         by = f" by {name}" if name != "SIGINT" else ""
-        _interrupted(f"defacer: interrupted{by} while starting; nothing was read or written.")
+        _interrupted(f"defacer: interrupted{by} while starting; nothing was written.")
 
 
 def _interrupted(message: str) -> NoReturn:

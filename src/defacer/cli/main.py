@@ -308,7 +308,7 @@ def run(argv: Sequence[str] | None = None) -> None:
             retain_freed_memory()
         code = _main(args, prepare=_import_libraries)
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM during the imports, before a command runs: one line
-        print(f"defacer: interrupted{_by_signal(err)} while starting; nothing was read or written.", file=sys.stderr)
+        print(f"defacer: interrupted{_by_signal(err)} while starting; nothing was written.", file=sys.stderr)
         code = EXIT_INTERRUPTED
     if bounded:
         exit_without_teardown(code)
