@@ -271,6 +271,24 @@ def test_closing_the_terminal_stops_the_server_like_ctrl_c(tmp_path: Path, phant
     assert sorted(p.name for p in work.rglob("*")) == []
 
 
+def test_a_server_started_under_nohup_keeps_serving_through_a_hang_up(tmp_path: Path) -> None:
+    """Started ignoring SIGHUP (``nohup defacer serve &``), the server is meant to outlive its terminal: a hang-up
+    leaves it serving; Ctrl-C still stops it and deletes the work folder."""
+    work = tmp_path / "work"
+    server = start_server(work, hang_up_ignored=True)
+    try:
+        server.process.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        assert server.process.poll() is None, "a hang-up stopped a server started under nohup"
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            assert client.post("/api/sessions").status_code in (200, 201)
+    finally:
+        err = stop_server(server)
+    assert server.process.returncode == 0, err
+    assert "Traceback" not in err
+    assert not any(work.rglob("*"))
+
+
 def test_a_work_dir_that_is_a_file_is_named_as_such(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """HOSTILE3's open item 6: "Cannot make the private work folder in notes.txt: File exists"."""
     (tmp_path / "notes.txt").write_text("the user's")

@@ -93,9 +93,17 @@ class Server:
     process: subprocess.Popen[str]
 
 
-def start_server(work_dir: Path, *extra: str) -> Server:
-    """Run ``defacer serve`` in a subprocess and wait for the address it prints."""
-    command = [sys.executable, "-c", "import sys; from defacer.cli.main import main; sys.exit(main(sys.argv[1:]))",
+def start_server(work_dir: Path, *extra: str, hang_up_ignored: bool = False) -> Server:
+    """Run ``defacer serve`` in a subprocess and wait for the address it prints.
+
+    The server starts with SIGHUP at its default, as from a terminal, whatever the test run inherited (a CI job
+    started under ``nohup`` ignores it, and a process started ignoring it keeps ignoring it), or ignoring it as
+    under ``nohup`` with ``hang_up_ignored``.
+    """
+    hang_up = "signal.SIG_IGN" if hang_up_ignored else "signal.SIG_DFL"
+    command = [sys.executable, "-c",
+               (f"import signal, sys; signal.signal(signal.SIGHUP, {hang_up}); from defacer.cli.main import main; "
+                "sys.exit(main(sys.argv[1:]))"),
                "serve", "--work-dir", str(work_dir), *extra]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
