@@ -296,14 +296,11 @@ def _stale_record(target: Path, sidecar: bool) -> Path | None:
         return None
     if sidecar:
         return record
-    import unicodedata
+    from defacer.io.output_guard import folded_name, recorded_output_name
 
-    from defacer.io.output_guard import recorded_output_name
-
-    def folded(name: str | None) -> str | None:  # 'o.nii.gz' replaced as 'O.NII.GZ' on a case-insensitive disk
-        return None if name is None else unicodedata.normalize("NFC", name).casefold()
-
-    return record if folded(recorded_output_name(record)) in (folded(target.name), "<output>") else None
+    described = recorded_output_name(record)  # 'o.nii.gz' replaced as 'O.NII.GZ' on a case-insensitive disk: its own
+    return record if described is not None and folded_name(described) in (folded_name(target.name), "<output>") \
+        else None
 
 
 def _drop_stale_record(stale: Path | None, sidecar: bool) -> None:

@@ -38,7 +38,7 @@ from defacer.batch.discover import Scan
 from defacer.errors import DefacerError, OutputError
 from defacer.files import json_object_of, read_json_object, read_small_text, stays_inside
 from defacer.io.atomic import copy_atomic, is_temporary, write_text_atomic
-from defacer.io.output_guard import inode_of, true_path
+from defacer.io.output_guard import folded_name, inode_of, true_path
 from defacer.phi.tables import MAX_AGE, clean_table, describe_changes, is_bids_table
 from defacer.provenance import QC_SUFFIX
 
@@ -161,12 +161,6 @@ def target_clashes(layout: OutputLayout, scans: Iterable[Scan]) -> list[tuple[st
                 clashes.append((first, scan.key, target))
     return clashes
 
-
-def folded_name(path: Path | PurePosixPath) -> str:
-    """The name a case- and normalization-insensitive disk (macOS, Windows, exFAT) sees: NFC, case folded."""
-    import unicodedata
-
-    return unicodedata.normalize("NFC", str(path)).casefold()
 
 
 def folded_clashes(layout: OutputLayout, scans: Iterable[Scan],

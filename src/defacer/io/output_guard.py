@@ -24,7 +24,7 @@ import stat
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from defacer._typing import PathLike
 from defacer.errors import OutputError
@@ -105,9 +105,10 @@ def input_files(path: PathLike) -> list[Path]:
     return files
 
 
-def _folded(name: str) -> str:
-    """A name as a case- and normalization-insensitive disk compares it (NFC, case folded)."""
-    return unicodedata.normalize("NFC", name).casefold()
+def folded_name(path: str | PurePath) -> str:
+    """A name or path as a case- and normalization-insensitive disk (macOS, Windows, exFAT) compares it: NFC, case
+    folded."""
+    return unicodedata.normalize("NFC", str(path)).casefold()
 
 
 def true_path(path: PathLike) -> Path:
@@ -128,7 +129,7 @@ def true_path(path: PathLike) -> Path:
         except (OSError, ValueError):
             return current.joinpath(*parts[index:])
         if name not in names:
-            matches = [n for n in names if _folded(n) == _folded(name)]
+            matches = [n for n in names if folded_name(n) == folded_name(name)]
             if len(matches) != 1 or not os.path.lexists(current / name):
                 return current.joinpath(*parts[index:])
             name = matches[0]
@@ -389,7 +390,7 @@ def check_outputs(outputs: Sequence[PathLike | None], *, inputs: Iterable[PathLi
         # this is: 'out.nii.gz' and '--save-mask OUT.nii.gz' are one file there (the label map replaced the defaced
         # output), 'out.defacer.json' and '--mapping-file OUT.defacer.json' too (the original identifiers under the
         # provenance record's name, beside the output to share).
-        key = unicodedata.normalize("NFC", str(resolved)).casefold()
+        key = folded_name(resolved)
         if key in seen:
             earlier, earlier_resolved = seen[key]
             if earlier_resolved == resolved:
@@ -505,8 +506,8 @@ def sharing_outputs(output: Path) -> list[str]:
         return ["?"]  # cannot tell: as if shared
     # letter case and Unicode form as a case-insensitive disk compares them: there 'O.nii' shares 'o.defacer.json'
     # with 'o.nii.gz' ('O.defacer.json' opens it), and 'o.nii.gz' listed for an output given as 'O.NII.GZ' is itself
-    return [name for name in names if _folded(name) != _folded(output.name)
-            and _folded(image_stem(name, dicom=True)) == _folded(stem)
+    return [name for name in names if folded_name(name) != folded_name(output.name)
+            and folded_name(image_stem(name, dicom=True)) == folded_name(stem)
             and (image_suffix(name, dicom=True) or (output.parent / name).is_dir())]
 
 
@@ -543,7 +544,7 @@ def check_record_not_shared(output: PathLike) -> None:
     if not record.is_file() or record.is_symlink():
         return
     path = recorded_output_name(record)
-    if path is None or _folded(path) == _folded(output.name):
+    if path is None or folded_name(path) == folded_name(output.name):
         return  # no record of defacer's (the output checks decide about replacing it), or this output's own
     others = sharing_outputs(output)
     # the record names one of them, or hides its name ('<output>': a DICOM folder named after the patient)
