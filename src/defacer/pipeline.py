@@ -299,6 +299,7 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
     detected_by = dict(getattr(detector, "last_sources", None) or {})
     detect_stages = dict(getattr(detector, "last_timings", None) or {})  # the ONNX detector's seconds per stage
     head_pose = dict(getattr(detector, "last_pose", None) or {})  # the ONNX detector's: yaw, roll, box turned
+    noise = getattr(detector, "last_noise", None)  # the ONNX detector's: the scan read as noise, nothing looked for
 
     t = time.perf_counter()
     found = _voxels_per_feature(labels_ras)
@@ -453,6 +454,10 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
         for name in missing:
             log.warning("%s %s in this scan; nothing distorted for it.", name.capitalize(),
                         provenance["features"][name]["status"])
+    if isinstance(noise, str):
+        provenance["head"]["noise"] = noise
+        provenance["warnings"] = [*provenance.get("warnings", []), noise]
+        log.warning("%s", noise)
     if whole_face is not None and not whole_face["done"]:
         warning = f"whole face not removed: {whole_face['reason']}"
         provenance["warnings"] = [*provenance.get("warnings", []), warning]
@@ -563,8 +568,10 @@ def check_features_found(provenance: dict[str, Any], source_name: str, *, allow_
     done = [name for name, entry in features.items() if entry["status"] == "distorted"]
     what = "; ".join(f"{name}: {features[name]['status']}" for name in features if features[name]["requested"])
     lead = "No requested facial feature was distorted" if not done else "Not every requested facial feature was distorted"
+    noise = provenance.get("head", {}).get("noise")
+    why = f": {noise}" if isinstance(noise, str) else ""
     raise FeaturesNotFoundError(
-        f"{lead} in '{source_name}' ({what}). Nothing was written: an unchanged or partly defaced copy "
+        f"{lead} in '{source_name}' ({what}){why}. Nothing was written: an unchanged or partly defaced copy "
         "could pass for a defaced scan. Check that it is a head scan that shows the face, pass --labels with a "
         "corrected label map, or pass --allow-missing to write it anyway (the sidecar lists what was found).",
         missing=missing, found=done, provenance=provenance,

@@ -220,7 +220,7 @@ def test_the_detector_records_seconds_per_stage_of_its_last_prediction() -> None
     detector.predict(reo.to_ras(ph.volume.values()), reo.ras_affine)
     elapsed = time.perf_counter() - start
     timings = detector.last_timings
-    assert list(timings) == ["box", "network", "components", "to_grid", "tissue", "face_refinement", "ear_fallback"]
+    assert list(timings) == ["structure", "box", "network", "components", "to_grid", "tissue", "face_refinement", "ear_fallback"]
     assert all(v >= 0 for v in timings.values())
     assert timings["network"] > 0
     assert sum(timings.values()) <= elapsed + 1e-3

@@ -256,6 +256,28 @@ def test_without_a_label_map_the_default_detector_answers_or_says_why(client: Te
         assert detected.status_code == 422 and "add a label map" in detected.json()["error"]
 
 
+def test_a_noise_volume_is_no_face_and_gives_no_defaced_download(client: TestClient, tmp_path: Path) -> None:
+    """HOSTILE14: the default detector marked features in noise; the page now says the scan looks like noise."""
+    import nibabel as nib
+
+    from defacer.detect.model import default_weights_path
+
+    if not default_weights_path().is_file():
+        pytest.skip("shipped weights not built")
+    noise = np.random.default_rng(2).integers(0, 1000, (32, 32, 8)).astype(np.int16)
+    scan = tmp_path / "noise.nii.gz"
+    nib.save(nib.Nifti1Image(noise, np.diag([1.0, 1.0, 2.0, 1.0])), str(scan))
+    session = open_session(client)
+    assert put(client, session, scan).status_code == 201
+    assert client.post(f"/api/sessions/{session}/load").status_code == 200
+    detected = client.post(f"/api/sessions/{session}/detect").json()
+    assert any("looks like noise" in w for w in detected["warnings"]), detected
+    assert all(f["voxels"] == 0 for f in detected["features"].values())
+    job = run_job(client, session)
+    assert job["state"] == "failed", job
+    assert client.get(f"/api/sessions/{session}/download/scan").status_code != 200
+
+
 def test_zipped_dicom_series_is_defaced_and_its_headers_deidentified(client: TestClient, phantom_files: PhantomFiles,
                                                                       tmp_path: Path) -> None:
     import pydicom

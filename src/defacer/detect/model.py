@@ -35,6 +35,7 @@ from defacer.detect.postprocess import (
 )
 from defacer.detect.preprocess import box_to_grid, grid_extent, to_box
 from defacer.detect.refine_face import refine_face, tissue_threshold
+from defacer.detect.structure import no_structure
 from defacer.errors import DefacerError, InputImageError, WeightsError
 from defacer.files import file_sha256, read_small_text
 from defacer.head import HeadModel, air_ceiling, analyse_head, sharpest_outline_level
@@ -164,6 +165,9 @@ class OnnxDetector:
         input grid), ``tissue`` (air removed, crumbs dropped), ``face_refinement`` (eyes and nose
         re-shaped by the reference rules, :mod:`defacer.detect.refine_face`), ``ear_fallback`` (ear
         refinement and fallback).
+    last_noise : str or None
+        Why the last :meth:`predict` in this thread marked nothing without looking (the scan read as noise:
+        :func:`defacer.detect.structure.no_structure`), else ``None``.
     """
 
     def __init__(self, weights_path: PathLike | None = None, threads: int = 0, ear_fallback: bool = True) -> None:
@@ -248,6 +252,12 @@ class OnnxDetector:
     def last_timings(self) -> dict[str, float]:
         """Seconds per stage of the last :meth:`predict` in this thread (see the class attributes)."""
         return dict(getattr(self._last, "timings", {}))
+
+    @property
+    def last_noise(self) -> str | None:
+        """Why the last :meth:`predict` in this thread did not look for a face (the scan read as noise by
+        :func:`defacer.detect.structure.no_structure`: it returned an empty label map), else ``None``."""
+        return getattr(self._last, "noise", None)
 
     def probabilities(self, box_image: npt.NDArray[np.float32], mirror: bool = False) -> npt.NDArray[np.float32]:
         """Run the network on a box image, shape ``box_shape``; returns (C, *box_shape) probabilities.
@@ -342,6 +352,14 @@ class OnnxDetector:
             message = f"The detector needs a 3D image with at least 2 voxels per axis, found shape {image.shape}."
             raise InputImageError(message)
         clock = _StageClock()
+        # noise holds no face, whatever the network would mark in it: nothing is looked for
+        self._last.noise = no_structure(image)
+        if self._last.noise is not None:
+            self._last.pose, self._last.sources = {}, {}
+            clock.stamp("structure")
+            self._last.timings = clock.seconds
+            return np.zeros(image.shape, dtype=np.uint8)
+        clock.stamp("structure")
         # a bright halo or noise floor round the head (the outline doubtful): the network and the image rules see
         # the air lowered to the level at which the outline is sharpest (nothing changes on a clear outline)
         shared = head  # the caller's head (the pipeline's): the ear refinement records its auricles on it

@@ -438,8 +438,9 @@ def detect(session: Session, default_detector: Callable[[], Detector]) -> dict[s
         labels = reorientation.from_ras(labels_ras)
         save_label_map(labels, volume, session.path("view", "labels.nii.gz"), force=True)
         features = _feature_summary(labels, volume)
-        warnings = list(session.state["info"]["warnings"]) + [f"No {name} found: nothing will be distorted for them."
-                                             for name, f in features.items() if f["voxels"] == 0]
+        noise = getattr(detector, "last_noise", None)  # the scan read as noise: the detector did not look
+        warnings = list(session.state["info"]["warnings"]) + ([noise] if isinstance(noise, str) else []) + [
+            f"No {name} found: nothing will be distorted for them." for name, f in features.items() if f["voxels"] == 0]
         shown = (f"the uploaded label map {session.label_files[0].display_name}" if session.label_files
                  else detector.name)
         detection = {"detector": shown, "features": features, "warnings": warnings}

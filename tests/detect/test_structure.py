@@ -1,0 +1,49 @@
+"""The noise rule (:mod:`defacer.detect.structure`): noise is read as noise, no real head or phantom ever is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from defacer.detect.structure import NOISE_CORRELATION, neighbour_correlation, no_structure
+from defacer.phantom import make_phantom
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 8), (8, 8, 8), (64, 64, 64), (200, 9, 9)])
+def test_uniform_and_gaussian_noise_is_read_as_noise(shape: tuple[int, int, int]) -> None:
+    rng = np.random.default_rng(0)
+    assert no_structure(rng.integers(0, 1000, shape).astype(np.int16)) is not None
+    assert no_structure(rng.normal(100.0, 30.0, shape).astype(np.float32)) is not None
+
+
+@pytest.mark.parametrize(("voxel", "noise"), [(1.0, 0.0), (2.0, 0.15), (3.0, 0.3)])
+def test_the_phantom_is_never_read_as_noise_even_very_noisy(voxel: float, noise: float) -> None:
+    image = make_phantom(voxel, noise=noise, seed=0).volume.values(np.float32)
+    assert no_structure(image) is None
+    assert max(neighbour_correlation(image)) > NOISE_CORRELATION + 0.05
+
+
+def test_a_constant_volume_is_left_to_the_other_rules() -> None:
+    assert no_structure(np.full((16, 16, 16), 7.0, np.float32)) is None
+    assert all(np.isnan(neighbour_correlation(np.zeros((4, 4, 4)))))
+
+
+def test_a_large_scan_is_sampled_not_read_whole() -> None:
+    image = np.zeros((300, 300, 60), np.float32)
+    image[50:250, 50:250, 10:50] = 1.0  # one block: neighbours agree almost everywhere
+    assert min(neighbour_correlation(image)) > 0.9
+
+
+def test_no_real_head_is_read_as_noise(shared_data: Path) -> None:
+    from defacer.io import load_volume
+
+    heads = shared_data / "heads"
+    paths = [*sorted(heads.glob("*.nii.gz")), *sorted(heads.glob("*_dicom")), heads / "slicer-mrhead_2mm.nhdr"]
+    assert len(paths) == 19
+    for path in paths:
+        volume = load_volume(path)
+        image = volume.values(np.float32)
+        assert no_structure(image) is None, path.name
+        assert max(neighbour_correlation(image)) > 0.9, path.name
