@@ -872,3 +872,29 @@ def test_the_library_replacing_an_output_in_another_letter_case_drops_its_record
     assert (disk / "o.defacer.json").is_file()
     deface_path(disk / "a.nii.gz", disk / "O.NII.GZ", labels_path=disk / "labels.nii.gz", sidecar=False, force=True)
     assert [p.name.lower() for p in disk.iterdir() if p.name.lower().endswith(".json")] == []
+
+
+def test_a_batch_rerun_reaching_its_outputs_in_another_letter_case_knows_them_for_its_own(case_insensitive_disk,
+                                                                                          bids_one, capsys):
+    """HOSTILE14, on a real exFAT disk: batch's ownership record ('OUT/.defacer/owned.jsonl') compared names exactly.
+    The input's 'anat' renamed 'ANAT' (the same folder to any tool on that disk), a rerun into the same OUT with
+    --force refused the batch's own 'sub-01/anat/sub-01_T1w.nii.gz' (reached as 'sub-01/ANAT/...') as "files
+    defacer did not write".  Names are now compared as the disk lists them; a user's file there still stays."""
+    import json
+    import shutil
+
+    disk = case_insensitive_disk
+    shutil.copytree(bids_one[0], disk / "ds")
+    out = disk / "out"
+    assert main(["batch", str(disk / "ds"), str(out), "--labels-dir", str(bids_one[1]), "-q"]) == 0
+    (out / "sub-01" / "anat" / "notes.txt").write_text("mine")
+    (disk / "ds" / "sub-01" / "anat").rename(disk / "ds" / "sub-01" / "x")
+    (disk / "ds" / "sub-01" / "x").rename(disk / "ds" / "sub-01" / "ANAT")
+    capsys.readouterr()
+    code = main(["batch", str(disk / "ds"), str(out), "--labels-dir", str(bids_one[1]), "-q", "--force"])
+    err = capsys.readouterr().err
+    assert code == 0 and "did not write" not in err, err
+    assert (out / "sub-01" / "anat" / "notes.txt").read_text() == "mine"
+    assert [p.name for p in (out / "sub-01").iterdir() if p.name.lower() == "anat"] == ["anat"]
+    owned = [json.loads(line)["path"] for line in (out / ".defacer" / "owned.jsonl").read_text().splitlines()]
+    assert not [name for name in owned if "ANAT" in name]  # recorded as the disk spells them

@@ -27,7 +27,7 @@ from pathlib import Path
 from defacer.batch.layout import OutputLayout
 from defacer.batch.manifest import Manifest, ends_with_newline
 from defacer.errors import OutputError
-from defacer.io.output_guard import foreign_entries
+from defacer.io.output_guard import folded_name, foreign_entries, true_path
 
 #: Name of the record in the batch's state folder (``OUT/.defacer``).
 RECORD_NAME = "owned.jsonl"
@@ -80,6 +80,26 @@ class OwnershipRecord:
     def _name(self, path: Path) -> str:
         return path.relative_to(self.out_root).as_posix()
 
+    def _listed_name(self, path: Path) -> str:
+        """``path``'s name relative to OUT as the disk lists it: on a case-insensitive disk (macOS, Windows, exFAT)
+        ``sub-01/ANAT/x.json`` opens the ``sub-01/anat/x.json`` an earlier run wrote and recorded.  Each existing part
+        takes the spelling its folder lists (:func:`~defacer.io.output_guard.true_path`; the last part is matched
+        in its folder's listing, never followed as a link); on a case-sensitive disk this is :meth:`_name`."""
+        parent = true_path(path.parent)
+        name = path.name
+        if os.path.lexists(parent / name):
+            try:
+                names = os.listdir(parent)
+            except OSError:
+                names = [name]
+            if name not in names:
+                matches = [n for n in names if folded_name(n) == folded_name(name)]
+                name = matches[0] if len(matches) == 1 else name
+        try:
+            return (parent / name).relative_to(true_path(self.out_root)).as_posix()
+        except ValueError:
+            return self._name(path)
+
     def _through_link(self, target: Path) -> bool:
         """Whether a folder between OUT and ``target`` is a symbolic link."""
         folder = self.out_root
@@ -107,8 +127,8 @@ class OwnershipRecord:
             if target.is_dir() and not target.is_symlink():
                 if foreign_entries(target):
                     found.append(target)
-            elif self._name(target) not in self.names:
-                found.append(target)
+            elif self._name(target) not in self.names and self._listed_name(target) not in self.names:
+                found.append(target)  # names compared as the disk lists them (one file under two spellings)
         return found
 
     def check(self, targets: Iterable[Path]) -> None:
@@ -131,7 +151,7 @@ class OwnershipRecord:
 
     def add(self, targets: Iterable[Path]) -> None:
         """Name ``targets`` (paths in OUT, checked by :meth:`check`) as defacer's, durably (appended, fsynced)."""
-        self._unsaved |= {self._name(p) for p in targets} - self.names
+        self._unsaved |= {self._listed_name(p) for p in targets} - self.names  # as the disk spells them
         if not self._unsaved:
             return
         # ASCII escapes: a name that is not UTF-8 (kept by Python as lone surrogates) is written as '\\udce9' and read
