@@ -747,3 +747,33 @@ def test_an_uncompressed_mgh_named_mgz_is_read_as_mgh_and_told(client: TestClien
     assert scan.headers["content-disposition"].endswith('head_defaced.mgh"')
     (tmp_path / "out.mgh").write_bytes(scan.content)
     assert load_volume(tmp_path / "out.mgh").shape == (100, 120, 120)
+
+
+def test_a_zip_named_after_its_patient_gives_downloads_that_are_not(client: TestClient, phantom_files: PhantomFiles,
+                                                                     tmp_path: Path) -> None:
+    """HOSTILE14: the downloads of a de-identified series were named after the uploaded zip: 'Doe_Jane_19700101.zip'
+    gave 'Doe_Jane_19700101_defaced_dicom.zip' (and the mask, labels and provenance so named), the patient's name and
+    birth date that the headers inside no longer hold.  The command line warns (deface) or refuses (batch) there."""
+    import json
+
+    session = open_session(client)
+    response = client.put(f"/api/sessions/{session}/files/scan", content=phantom_files.dicom_zip.read_bytes(),
+                          headers={"X-File-Name": "Doe_Jane_19700101.zip"})
+    assert response.status_code == 201
+    assert put(client, session, phantom_files.labels, role="labels").status_code == 201
+    assert client.post(f"/api/sessions/{session}/load").status_code == 200
+    assert client.post(f"/api/sessions/{session}/detect").status_code == 200
+    job = run_job(client, session)
+    assert job["state"] == "done", job
+    for what in ("scan", "mask", "labels", "provenance"):
+        download = client.get(f"/api/sessions/{session}/download/{what}")
+        assert download.status_code == 200
+        name = download.headers["content-disposition"]
+        assert "dicom_series" in name and "Doe" not in name and "Jane" not in name and "1970" not in name, name
+    provenance = json.loads(client.get(f"/api/sessions/{session}/download/provenance").content)
+    assert any("uploaded zip's name holds identifiers" in w for w in provenance["warnings"])
+    # a zip named otherwise keeps its name
+    other = upload_and_detect(client, phantom_files, scan=phantom_files.dicom_zip)
+    assert run_job(client, other)["state"] == "done"
+    kept = client.get(f"/api/sessions/{other}/download/scan").headers["content-disposition"]
+    assert kept.endswith('phantom_dicom_defaced_dicom.zip"'), kept

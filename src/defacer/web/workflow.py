@@ -469,6 +469,24 @@ def _zip_files(files: list[Path], archive: Path) -> None:
             handle.write(path, arcname=path.name)
 
 
+#: Said in the provenance of a DICOM series whose zip was named after its patient (no name quoted).
+RENAMED_DOWNLOADS = ("the uploaded zip's name holds identifiers of its own DICOM headers (a name, an ID, the birth "
+                     "date or an original UID), which the de-identified headers no longer hold: the downloads are "
+                     "named 'dicom_series_...' instead")
+#: Most files of an uploaded series whose identifying header attributes are read to judge the zip's name.
+NAME_CHECK_FILES = 64
+
+
+def _names_the_patient(source: Path, stem: str) -> bool:
+    """Whether ``stem`` (from the uploaded zip's name) holds identifiers of the series' own headers
+    (:mod:`defacer.phi.paths`: names, IDs, the birth date, original UIDs), read from up to
+    :data:`NAME_CHECK_FILES` of its files."""
+    from defacer.phi.paths import header_identifiers
+
+    files = sorted(p for p in Path(source).rglob("*") if p.is_file() and not p.is_symlink())[:NAME_CHECK_FILES]
+    return bool(header_identifiers(files).found_in(stem))
+
+
 def _zip_folder(folder: Path, archive: Path) -> None:
     with atomic_file(archive) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED,
                                                       compresslevel=1) as handle:
@@ -589,6 +607,9 @@ def _deface_and_write(session: Session, options: DefaceOptions, progress: Progre
     kind = session.state["kind"]
     stem = download_stem(session.scan_files[0].display_name if kind != "dicom" or
                          session.scan_files[0].kind == "zip" else "dicom_series")
+    renamed = kind == "dicom" and stem != "dicom_series" and _names_the_patient(session.state["source"], stem)
+    if renamed:  # the headers leave de-identified: the downloads' names must not say whose they were
+        stem = "dicom_series"
     downloads: dict[str, tuple[Path, str]] = {}
     target = out / ("defaced_dicom" if kind == "dicom" else "defaced" + FORMAT_SUFFIX[kind])
     # The one route: DICOM headers de-identified (Basic Profile, a fresh random key: pseudonyms are not
@@ -635,6 +656,8 @@ def _deface_and_write(session: Session, options: DefaceOptions, progress: Progre
     provenance["input"] = {"files": len(session.scan_files), **digest}
     provenance["output"] = {"sha256": sha256_of(downloads["scan"][0])}
     provenance["interface"] = "defacer serve (web)"
+    if renamed:
+        provenance["warnings"] = [*provenance.get("warnings", []), RENAMED_DOWNLOADS]
     label_detector = session.state.get("label_detector")
     if label_detector is not None:
         provenance["detector"] = {**provenance.get("detector", {}), "labels_sha256": label_detector.sha256}
