@@ -9,7 +9,11 @@ this scan's own skin values, so the head keeps its smooth surface and no dent in
 ear shows in a render.  Where the auricle lies on the head with no air behind it (an ear pressed
 flat, a helix against the scalp, its root), the head's outer layer under it goes too, down to the
 depth a detected ear is changed to (:func:`pressed_layer`); behind an auricle that stands off the
-head, nothing of the head is taken.
+head, nothing of the head is taken.  Over an auricle pressed flat (:func:`flat_ear`), the head's outer
+layer in the side footprint of the edit with its rim changes too (the auricle's rim lies there on the
+scalp without standing out), and the head's surface under the ear is fitted to the scalp round it: the
+ear's bulk lateral of it stays air, the rest takes skin values, so no plateau with the ear's outline
+shows in a side render.
 
 Each ear's auricle is delimited here by the distortion's own rule (the tissue above the head's
 threshold; where its protrusion is smaller than any auricle, a flat ear's, once more with a wider
@@ -84,6 +88,21 @@ WIDE_FOLLOW_MM = 8.0
 #: reference auricle); on the other 8 flat ears of the 19 real heads within 0.003, far tissue unchanged
 #: (EARS20, 2026-12-05, docs/measurements.md).
 WIDE_REFERENCE_MASK = True
+#: Over a flat ear (one delimited a second time, :func:`own_auricles`), the head's outer layer this deep (mm
+#: beyond the first tissue met from the side) in the side footprint of the edit with its 4 mm rim changes too
+#: (:func:`flat_ear`; 0 turns the flat-ear layer and surface off): the rim of an auricle pressed flat lies on
+#: the scalp without standing out, in columns where the edit held only its air rim.  On the 19 real heads with
+#: the shipped detector (EARS21, 2026-12-05, docs/measurements.md): otsu_T1w 0.92 / 0.86 -> 0.98 / 0.97,
+#: anon0006_T1w_ASL left 0.79 -> 0.93, fernando_T2w_thick left 0.90 -> 0.94 changed; 4 mm: 0.97 / 0.95,
+#: 0.91, 0.93.  Each flat ear's edit grows by 6-8 cm^3, 2.4-6.2 cm^3 of it more than 4 mm outside the
+#: reference auricle's side footprint (up to 11-28 mm).
+FLAT_SHELL_MM = 6.0
+#: Width (mm) of the ring of scalp round a flat ear's side footprint to which the head's surface under the ear
+#: is fitted (:func:`flat_ear`) ...
+FLAT_RING_MM = 8.0
+#: ... the ring's columns farther than this (mm) off the first fit are left out of the second, and a fit whose
+#: columns lie farther than this off it (root mean square) is not used.
+FLAT_FIT_MM = 3.0
 
 
 def _rim(mask: Mask, rim_mm: float, spacing: npt.NDArray[np.float64]) -> Mask:
@@ -94,6 +113,93 @@ def _rim(mask: Mask, rim_mm: float, spacing: npt.NDArray[np.float64]) -> Mask:
         if steps > 0:  # a dilation by a line of 2 steps + 1 voxels (one pass, not ``steps`` dilations)
             out = ndi.maximum_filter1d(out, size=2 * steps + 1, axis=axis, mode="constant", cval=0)
     return np.asarray(out)
+
+
+def flat_ear(image: npt.NDArray[np.floating], threshold: float, box: Box, mask: Mask, lateral_positive: bool,
+             spacing: npt.NDArray[np.float64]) -> tuple[Mask, npt.NDArray[np.int8] | None]:
+    """A flat ear's outer layer, and the head's surface fitted under it, over the ear edit's side footprint.
+
+    Seen from the lateral side (along axis 0), the footprint is the filled convex hull of the columns
+    ``mask`` holds (the edit with its rim: the auricle's rim where it lies on the scalp without
+    standing out).  In each of its columns whose first voxel (the box's lateral face) is air, the
+    tissue at most :data:`FLAT_SHELL_MM` beyond the first tissue met is the ear's layer.  The depth of
+    the first tissue met in a ring :data:`FLAT_RING_MM` wide round the footprint (the scalp round the
+    ear, read from the image beyond ``box``) is fitted by a quadratic surface in (A, S) (least squares,
+    then once more without the columns more than :data:`FLAT_FIT_MM` off the first fit): the head's
+    surface under the ear, which a flat ear's bulk stands proud of.  The head's rolled-off surface
+    runs over such an ear, so a skin fill below it left the ear's bulk as a plateau 1-3 mm high with
+    the auricle's outline in side renders; over the footprint, the edit's voxels lateral of the fitted
+    surface stay air noise and those medial of it take skin values (:func:`_fill_below_surface`),
+    which also fills the concha's hollow.
+
+    Parameters
+    ----------
+    image : ndarray, shape (X, Y, Z), float
+        Physical intensities in RAS axis order.
+    threshold : float
+        The head's tissue threshold.
+    box : tuple of 3 slice
+        The ear edit's box in ``image``.
+    mask : ndarray, bool, ``box`` shape
+        The ear's edit so far (detected ear, auricles, pressed layer and rim).
+    lateral_positive : bool
+        Whether the lateral side lies towards +x (the right ear).
+    spacing : ndarray, shape (3,)
+        Voxel size along R, A, S in mm.
+
+    Returns
+    -------
+    layer : ndarray, bool, ``box`` shape
+        The ear's layer.
+    side : ndarray, int8, ``box`` shape, or None
+        -1 outside the footprint's columns, 0 lateral of the fitted surface, 1 medial of it; ``None``
+        when under half of the ring (or under 12 columns) holds scalp to fit, or the fit misses it
+        by more than :data:`FLAT_FIT_MM` (root mean square): the rolled-off surface decides there.
+    """
+    seen = np.asarray(mask.any(axis=0))
+    if not seen.any():
+        return np.zeros(mask.shape, dtype=bool), None
+    grow = np.ceil(FLAT_RING_MM / spacing[1:]).astype(int)
+    wide = (box[0], *(slice(max(0, b.start - g), min(n, b.stop + g))
+                      for b, g, n in zip(box[1:], grow, image.shape[1:], strict=True)))
+    at = tuple(slice(b.start - w.start, b.stop - w.start) for b, w in zip(box[1:], wide[1:], strict=True))
+    flip = slice(None, None, -1) if lateral_positive else slice(None)
+    t = np.asarray(image[wide])[flip] > threshold
+    first = np.argmax(t, axis=0)
+    valid = t.any(axis=0) & (first > 0)  # air at the lateral face: the first tissue is the head's surface
+    footprint = np.zeros(first.shape, dtype=bool)
+    footprint[at] = auricle.filled_hull(seen)
+    index = np.arange(t.shape[0]).reshape(-1, 1, 1)
+    inner = (slice(None), *at)
+    layer = t[inner] & (index < (first + max(1, int(round(FLAT_SHELL_MM / spacing[0]))))[at]) & (footprint & valid)[at]  # noqa: RUF046
+    band = ndi.distance_transform_edt(~footprint, sampling=spacing[1:])
+    band = (band > 0) & (band <= FLAT_RING_MM)
+    ring = band & valid
+    if ring.sum() < max(12, 0.5 * band.sum()):
+        return np.asarray(layer[flip]), None
+    # the quadratic in (A, S), centred on the footprint and in units of the ring's width (well conditioned)
+    y, z = np.nonzero(ring)
+    cy, cz = (float(np.mean(np.nonzero(footprint)[k])) for k in (0, 1))
+    fy, fz = np.nonzero(footprint)
+
+    def terms(a: npt.NDArray[np.intp], b: npt.NDArray[np.intp]) -> npt.NDArray[np.float64]:
+        u, v = (a - cy) * spacing[1] / FLAT_RING_MM, (b - cz) * spacing[2] / FLAT_RING_MM
+        return np.stack([np.ones_like(u), u, v, u * u, u * v, v * v], axis=1)
+
+    design, target = terms(y, z), first[y, z] * spacing[0]
+    used = np.ones(len(y), dtype=bool)
+    for _ in range(2):
+        if used.sum() < 12:
+            return np.asarray(layer[flip]), None
+        d = design[used]
+        coef = np.linalg.solve(d.T @ d + 1e-9 * np.eye(6), d.T @ target[used])
+        used = np.abs(design @ coef - target) <= FLAT_FIT_MM
+    if used.sum() < 12 or float(np.sqrt(np.mean((design[used] @ coef - target[used]) ** 2))) > FLAT_FIT_MM:
+        return np.asarray(layer[flip]), None
+    surface = np.full(first.shape, np.inf)
+    surface[fy, fz] = terms(fy, fz) @ coef / spacing[0]  # in voxels along the side view
+    side = np.where(footprint[None], (index >= surface[None]).astype(np.int8), np.int8(-1))[inner]
+    return np.asarray(layer[flip]), np.asarray(side[flip], dtype=np.int8)
 
 
 def detected_depth_limit(head: HeadModel, spacing: tuple[float, float, float]) -> float:
@@ -171,7 +277,7 @@ def pressed_layer(tissue: Mask, ear: Mask, layer: Mask, lateral_positive: bool, 
 def auricle_mask(image: npt.NDArray[np.floating], ears: Mask, component: Box, head: HeadModel,
                  spacing: tuple[float, float, float], depth: npt.NDArray[np.float32], head_centre_r: float,
                  *, radius_mm: float = EAR_RADIUS_MM, opening_mm: float = EAR_OPENING_MM,
-                 rim_mm: float = EAR_RIM_MM) -> tuple[Box, Mask, dict[str, Any]]:
+                 rim_mm: float = EAR_RIM_MM) -> tuple[Box, Mask, dict[str, Any], npt.NDArray[np.int8] | None]:
     """The voxels to distort for one detected ear: the whole auricle near it, delimited from the image.
 
     The detection gives the ear's centroid and side (lateral of ``head_centre_r``); the auricle
@@ -191,7 +297,9 @@ def auricle_mask(image: npt.NDArray[np.floating], ears: Mask, component: Box, he
     medial of it: on the 19 real heads with the shipped detector, auricles >= 90 % changed 28 -> 30
     of 38, mricrogl_CT 0.77/0.87 -> 0.91/0.95); and the union grows by ``rim_mm`` (along each axis)
     into the voxels below the tissue threshold only (partial-volume skin, the air gaps of the concha
-    and behind the helix), never deeper into the head than that depth.
+    and behind the helix), never deeper into the head than that depth.  Over a flat ear (widened by
+    :func:`own_auricles`), the head's outer :data:`FLAT_SHELL_MM` in the side footprint of all that
+    joins it, and the head's surface under the ear is fitted to the scalp round it (:func:`flat_ear`).
 
     Parameters
     ----------
@@ -217,7 +325,10 @@ def auricle_mask(image: npt.NDArray[np.floating], ears: Mask, component: Box, he
     mask : ndarray, bool, box shape
     params : dict
         What the sidecar records (centroid in voxels, radii, voxels found from the image, whether
-        the detector's refinement handed over an auricle for this ear).
+        the detector's refinement handed over an auricle for this ear, the flat ear's layer).
+    surface : ndarray, int8, box shape, or None
+        Over a flat ear, where its voxels lie against the head's surface fitted under it
+        (:func:`flat_ear`); ``None`` for an ear that stands out, or where no surface was fitted.
     """
     idx = np.nonzero(ears[component])
     centroid = np.array([s.start + float(i.mean()) for s, i in zip(component, idx, strict=True)])
@@ -234,6 +345,7 @@ def auricle_mask(image: npt.NDArray[np.floating], ears: Mask, component: Box, he
     limit = detected_depth_limit(head, spacing)
     pad = np.ceil(rim_mm / sp).astype(int) + 1
     pad[0] = max(int(pad[0]), int(np.ceil(limit / sp[0])) + 1)  # the head's layer under the auricle (pressed_layer)
+    flat_ear_found = len(own) > 1 and FLAT_SHELL_MM > 0
     box = tuple(slice(max(0, b.start - p), min(n, b.stop + p)) for b, p, n in zip(box, pad, image.shape, strict=True))  # type: ignore[assignment]
     tissue = np.asarray(image[box]) > head.threshold
     # the detected ear where it may lie at most DETECTED_DEPTH_MM deep (its voxels' nearest coarse depth)
@@ -261,12 +373,19 @@ def auricle_mask(image: npt.NDArray[np.floating], ears: Mask, component: Box, he
     extent = auricle.grown_extent(mask, np.ceil(rim_mm / sp).astype(int))
     if extent is not None:
         mask[extent] |= _rim(mask[extent], rim_mm, sp) & ~tissue[extent] & ~deep[extent]
+    flat = np.zeros(mask.shape, dtype=bool)
+    surface: npt.NDArray[np.int8] | None = None
+    if flat_ear_found:  # over a flat ear: the head's outer layer in its footprint, and the surface under it
+        flat, surface = flat_ear(image, head.threshold, box, mask, bool(outward[0] > 0), sp)
+        flat &= ~deep & ~mask
+        mask |= flat
     params = {"centroid_voxel": [round(float(c), 2) for c in centroid], "radius_mm": radius_mm,
               "opening_mm": opening_mm, "detected_depth_mm": round(limit, 2),
               "auricle_found": bool(auricles), "auricle_widened": len(own) > 1,
               "auricle_voxels_from_image": int(from_image.sum()),
-              "auricle_from_detector": recorded is not None, "pressed_voxels": int(pressed.sum())}
-    return box, mask, params  # type: ignore[return-value]
+              "auricle_from_detector": recorded is not None, "pressed_voxels": int(pressed.sum()),
+              "flat_layer_voxels": int(flat.sum()), "flat_surface_fitted": surface is not None}
+    return box, mask, params, surface  # type: ignore[return-value]
 
 
 def own_auricles(image: npt.NDArray[np.floating], head: HeadModel, depth: npt.NDArray[np.float32],
@@ -419,7 +538,7 @@ def _below_surface_by_transform(coarse: npt.NDArray[np.float64], head: HeadModel
 
 def _fill_below_surface(image: npt.NDArray[np.floating], box: Box, mask: Mask, values: npt.NDArray[np.float32],
                         head: HeadModel, depth: npt.NDArray[np.float32], spacing: tuple[float, float, float],
-                        rng: np.random.Generator) -> int:
+                        rng: np.random.Generator, *, surface: npt.NDArray[np.int8] | None = None) -> int:
     """Give the edit's voxels below the rolled-off head surface this scan's skin values (in place).
 
     The surface is the 0 level of the coarse signed depth (:func:`_signed_depth`), linearly
@@ -439,6 +558,9 @@ def _fill_below_surface(image: npt.NDArray[np.floating], box: Box, mask: Mask, v
         The edit's new values (air noise), overwritten below the surface.
     head, depth, spacing, rng
         As :func:`distort_ears`.
+    surface : ndarray, int8, box shape, or None
+        Over a flat ear, the head's surface fitted under it (:func:`flat_ear`): where it is 0 or 1
+        (the footprint's columns) it decides instead of the rolled-off surface (1: below, skin).
 
     Returns
     -------
@@ -452,6 +574,9 @@ def _fill_below_surface(image: npt.NDArray[np.floating], box: Box, mask: Mask, v
     start = np.array([b.start for b in box])
     coarse = (points + start) / np.asarray(head.strides, float)
     inside = below_surface(coarse, head, depth, spacing)
+    if surface is not None:  # over a flat ear, the head's surface fitted under it decides (its bulk stays air)
+        side = surface[tuple(points.T)]
+        inside = np.where(side >= 0, side == 1, inside)
     local = np.asarray(image[box])
     skin = local[(local > head.threshold) & ~mask & ~head.upsample(depth > SKIN_MM, box)]  # type: ignore[arg-type]
     if skin.size < 100 or not inside.any():
@@ -495,11 +620,11 @@ def distort_ears(
     head_centre_r = float(np.argwhere(head.sealed_coarse.any(axis=(1, 2))).mean() * head.strides[0])
     edits = []
     for index, component in enumerate(found):
-        box, mask, params = auricle_mask(image, ears, component, head, spacing, depth, head_centre_r,
-                                         radius_mm=radius_mm, opening_mm=opening_mm)
+        box, mask, params, surface = auricle_mask(image, ears, component, head, spacing, depth, head_centre_r,
+                                                radius_mm=radius_mm, opening_mm=opening_mm)
         values = np.zeros(mask.shape, dtype=np.float32)
         values[mask] = rng.choice(head.air_sample, size=int(mask.sum()), replace=True)
-        filled = _fill_below_surface(image, box, mask, values, head, depth, spacing, rng)
+        filled = _fill_below_surface(image, box, mask, values, head, depth, spacing, rng, surface=surface)
         edits.append(Edit("ears", box, mask, values, {"component": index, "box": _box_list(box),
                                                       "air_median": head.background, "voxels": int(mask.sum()),
                                                       "voxels_skin_filled": filled, **params}))

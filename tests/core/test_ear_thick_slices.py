@@ -24,7 +24,9 @@ def test_a_flat_auricle_in_the_lowest_thick_slices_is_changed_whole(shared_data)
     shipped detector's ear lies 2.5-12.6 mm behind it there.  On such slices the tissue above the head's
     threshold breaks the auricle up (what the usual opening separates is smaller than any auricle); delimited
     again with the wide opening on the reference rule's smoothed head mask as well
-    (distort_ears.WIDE_REFERENCE_MASK), 0.90 of it changes (0.70 before), nothing in the protected region."""
+    (distort_ears.WIDE_REFERENCE_MASK), 0.90 of it changed (0.70 before), at the edge of the 0.9 target; with a
+    flat ear's outer layer over its edit's side footprint (distort_ears.flat_ear) 0.94, nothing in the protected
+    region."""
     name = "fernando_T2w_thick"
     volume = load_volume(shared_data / "heads" / f"{name}.nii.gz")
     reference = np.asarray(load_volume(REFERENCE_LABELS / f"{name}.labels.nii.gz", strict=False).raw, np.uint8)
@@ -35,5 +37,5 @@ def test_a_flat_auricle_in_the_lowest_thick_slices_is_changed_whole(shared_data)
     # RAS+: the subject's left lies at -x in the world
     left = min(parts, key=lambda part: float((np.argwhere(part).mean(axis=0) @ volume.affine[:3, :3].T)[0]))
     changed = result.edit_mask > 0
-    assert changed[left].mean() >= 0.88, changed[left].mean()  # 0.901; 0.701 before
+    assert changed[left].mean() >= 0.92, changed[left].mean()  # 0.94; 0.901 before the flat ear's layer, 0.701 earlier
     assert result.provenance["protection"]["changed_inside_protected"] == 0
