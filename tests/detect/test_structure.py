@@ -31,9 +31,19 @@ def test_a_constant_volume_is_left_to_the_other_rules() -> None:
 
 
 def test_a_large_scan_is_sampled_not_read_whole() -> None:
-    image = np.zeros((300, 300, 60), np.float32)
-    image[50:250, 50:250, 10:50] = 1.0  # one block: neighbours agree almost everywhere
-    assert min(neighbour_correlation(image)) > 0.9
+    grid = np.indices((300, 300, 60), dtype=np.float32)
+    image = (grid[0] + grid[1] + 5 * grid[2]) + np.random.default_rng(0).normal(0, 5, (300, 300, 60))
+    assert min(neighbour_correlation(image.astype(np.float32))) > 0.9  # a smooth ramp under a little noise
+
+
+def test_noise_framed_by_padding_is_still_noise() -> None:
+    """Noise in a round field framed by zeros (as a CT or an export pads it) read 0.5 along every axis when the
+    frame's pairs counted; the detector then marked eyes in it.  Pairs touching the frame are left out."""
+    grid = np.indices((64, 64))
+    field = ((grid[0] - 32) ** 2 + (grid[1] - 32) ** 2) < 28**2
+    noise = np.random.default_rng(0).integers(0, 1000, (64, 64, 32)).astype(np.float32)
+    assert no_structure(noise * field[..., None]) is not None
+    assert no_structure(np.where(field[..., None], noise, -2000.0)) is not None
 
 
 def test_no_real_head_is_read_as_noise(shared_data: Path) -> None:
@@ -46,4 +56,4 @@ def test_no_real_head_is_read_as_noise(shared_data: Path) -> None:
         volume = load_volume(path)
         image = volume.values(np.float32)
         assert no_structure(image) is None, path.name
-        assert max(neighbour_correlation(image)) > 0.9, path.name
+        assert max(neighbour_correlation(image)) > 0.8, path.name  # 0.851 at the least (2026-12-05)
