@@ -91,3 +91,31 @@ def test_a_key_file_other_users_may_read_is_warned_about(tmp_path, caplog):
     key_file.write_text("short")
     with pytest.raises(DefacerError, match="umask 077"):
         load_key(key_file=key_file)
+
+
+def test_a_key_on_the_command_line_is_warned_about(tmp_path, caplog):
+    """HOSTILE14: '--key SECRET' sits in the process list (ps, /proc/PID/cmdline) of every user of the machine for the
+    whole run (hours for a batch) and in the shell history; with it and a list of patients' IDs anyone recomputes the
+    pseudonyms and date shifts.  'serve --token' warns so; '--key' now does too, pointing to --key-file."""
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dicom"))
+    from dicom_factory import write_series
+
+    from defacer.cli.main import main
+
+    series = tmp_path / "in"
+    write_series(series, np.arange(8 * 8 * 3, dtype=np.int16).reshape(8, 8, 3))
+    key_file = tmp_path / "key.txt"
+    key_file.write_text("0123456789abcdef0123456789abcdef\n")
+    key_file.chmod(0o600)
+    assert main(["anonymize", str(series), str(tmp_path / "a"), "--key", "0123456789abcdef0123456789abcdef"]) == 0
+    assert "--key is visible to every user" in caplog.text and "--key-file" in caplog.text
+    caplog.clear()
+    assert main(["anonymize", str(series), str(tmp_path / "b"), "--key-file", str(key_file)]) == 0
+    assert "visible to every user" not in caplog.text
+    # the same pseudonyms either way: only the warning differs
+    assert sorted(p.name for p in (tmp_path / "a").rglob("*.dcm")) == sorted(p.name for p in (tmp_path / "b").rglob("*.dcm"))

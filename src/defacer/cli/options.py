@@ -243,6 +243,11 @@ def deidentification_from_args(args: argparse.Namespace, *, warn_random: bool = 
     key: bytes | None = None
     if args.key is not None or args.key_file is not None:
         key, _ = load_key(args.key, args.key_file)
+        if args.key is not None:  # as 'serve --token': the secret is readable by others while the command runs
+            log.warning("The key given with --key is visible to every user of this computer while the command runs "
+                        "(ps, /proc/PID/cmdline) and stays in your shell history; with it and the original "
+                        "identifiers anyone can recompute the pseudonyms and date shifts. Put it in a file only you "
+                        "can read (umask 077) and pass --key-file FILE instead.")
     elif warn_random:
         log.warning("No --key/--key-file given: using a random key, so pseudonyms (UIDs, IDs, date shifts) are "
                     "consistent within this run only.")
