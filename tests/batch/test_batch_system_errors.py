@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from defacer.batch.manifest import DONE, FAILED
+from defacer.batch.manifest import DONE, FAILED, SKIPPED
 from defacer.batch.runner import BatchConfig, run_batch
 
 
@@ -100,3 +100,43 @@ def test_a_label_maps_error_never_records_where_the_label_maps_are(tmp_path: Pat
     for written in (out / ".defacer" / "manifest.jsonl", out / ".defacer" / "summary.html"):
         text = written.read_text(encoding="utf-8")
         assert "Quexworth" not in text and str(tmp_path) not in text, written.name  # main: the label map's path
+
+
+def test_a_record_the_disk_refuses_stops_the_batch_saying_what_was_done(tmp_path: Path, monkeypatch) -> None:
+    """HOSTILE14: on a disk that filled up between scans, sub-02 was written whole but its manifest line was cut
+    short, and the batch stopped with the bare disk-full message ("no half-written output was left"): nothing said
+    which scans were done, that sub-02 would be done again, or that the same command resumes.  Found on a real
+    936 kB tmpfs; here the manifest's append meets the full disk."""
+    from defacer.batch import manifest as manifest_module
+    from defacer.errors import OutputError
+
+    src = _files(tmp_path / "in")
+    original = manifest_module.Manifest.append
+    calls = []
+
+    def append(self, record):  # the second finished scan's line meets a full disk
+        calls.append(record.key)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+        return original(self, record)
+
+    monkeypatch.setattr(manifest_module.Manifest, "append", append)
+    config = BatchConfig(in_root=src, out_root=tmp_path / "out", quiet=True)
+    with pytest.raises(OutputError) as refused:
+        run_batch(config, deface=_copy)
+    message = str(refused.value)
+    assert message.startswith("The batch stopped") and "the disk is full" in message
+    assert "1 of the 3 scans to do finished and are recorded" in message
+    assert "'sub-02.nii.gz' was written but is not recorded" in message and "1 were not started" in message
+    assert "run the same command again" in message
+    monkeypatch.setattr(manifest_module.Manifest, "append", original)
+    summary = run_batch(config, deface=_copy)  # the same command resumes: sub-01 kept, the others done
+    assert sorted((r.key, r.status) for r in summary.records) == [
+        ("sub-01.nii.gz", SKIPPED), ("sub-02.nii.gz", DONE), ("sub-03.nii.gz", DONE)]
+
+
+def _copy(input_path: Path, output_path: Path, **_: object) -> dict[str, object]:
+    """Stand-in for the pipeline: the scan copied as it is."""
+    Path(output_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(output_path).write_bytes(Path(input_path).read_bytes())
+    return {"stand_in": True}

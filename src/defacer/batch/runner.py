@@ -61,7 +61,7 @@ from defacer.batch.summary import (
 from defacer.batch.task import DefaceFile, ScanTask, check_output_names, input_files, scan_seed
 from defacer.batch.workers import cap_jobs
 from defacer.checks import DEFAULT_MAX_VOXELS
-from defacer.errors import DefacerError, InputImageError
+from defacer.errors import DefacerError, InputImageError, OutputError
 from defacer.files import label_map_in, text_name
 from defacer.labels import FEATURES
 from defacer.options import DEFAULT_DEIDENTIFICATION, DEFAULT_OPTIONS, DefaceOptions, Deidentification
@@ -507,6 +507,27 @@ def _drop_stale_verifications(layout: OutputLayout, tasks: Sequence[ScanTask], r
                     text_name(str(qc_root)))
 
 
+class _RecordNotWritten(Exception):
+    """The manifest refused a finished scan's record (a full disk, a lost mount): the batch stops."""
+
+    def __init__(self, cause: OSError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _stopped_message(cause: OSError, layout: OutputLayout, key: str, to_do: int, not_done: int) -> str:
+    """Why a batch stopped when a finished scan's record could not be written, what it left, and what to do."""
+    from defacer.errors import SYSTEM_ERRORS
+
+    what = f"{cause.strerror or type(cause).__name__}: {SYSTEM_ERRORS.get(cause.errno or 0, 'the system refused it')}"
+    recorded = to_do - not_done - 1
+    return (f"The batch stopped: the record of the scan '{text_name(key)}' could not be written to "
+            f"'{text_name(str(layout.manifest_path))}' ({what}). {recorded} of the {to_do} scans "
+            f"to do finished and are recorded; '{text_name(key)}' was written but is not recorded (the next run does "
+            f"it again); {not_done} were not started. Free some space (or choose another output disk) and run the "
+            "same command again: the recorded scans are kept, the others are done.")
+
+
 def write_qc_gallery(records: Sequence[ScanRecord], qc_root: Path, *, title: str, after_only: bool) -> Path:
     """Write ``OUT-qc/index.html``: one row per scan with its pictures, verdict, features and report link."""
     from defacer.verify.qc import GalleryRow, write_gallery
@@ -688,11 +709,17 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
         records: list[ScanRecord] = list(skipped)
         progress = Progress(len(tasks), quiet=config.quiet, stream=stream)
 
+        unrecorded: list[str] = []  # the scan whose record could not be written (a full disk): the batch stops
+
         def on_result(record: ScanRecord) -> None:
             # Listed before it is recorded: a scan in the manifest is never reported "not done" by an interrupt
             # landing between the two (one listed but not yet recorded is only done again by the rerun).
             records.append(record)
-            manifest.append(record)
+            try:
+                manifest.append(record)
+            except OSError as err:
+                unrecorded.append(record.key)
+                raise _RecordNotWritten(err) from err
             progress.advance(record)
 
         engine = engine_name(config)
@@ -713,23 +740,35 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
             err.add_note(f"{len(tasks) - len(not_done)} of the {len(tasks)} scans to do finished; "
                          f"{len(not_done)} not defaced (nothing written for them)")
             raise
+        except _RecordNotWritten as err:
+            finished = {record.key for record in records}
+            not_done = [task.scan.key for task in tasks if task.scan.key not in finished]
+            raise OutputError(_stopped_message(err.cause, layout, unrecorded[0], len(tasks), len(not_done))) from err.cause
         finally:
-            remove_stale_temporaries(layout.out_root)  # from workers stopped mid-scan
-            if not config.verify:
-                _drop_stale_verifications(layout, tasks, records, manifest,
-                                          title=f"defacer QC: {text_name(discovery.root.name)}")
-            manifest.compact()
-            wall_s = time.perf_counter() - start
-            html_path = layout.state_dir / "summary.html"
-            # A resume that has nothing to do keeps the summary of the run that did the work.
-            unchanged = not tasks and html_path.is_file()
-            if not unchanged:
-                html_path = write_html(records, html_path, out_root=layout.out_root,
-                                       title=f"defacer batch: {text_name(discovery.root.name)}", wall_s=wall_s,
-                                       qc_root=layout.qc_dir, notices=notices, not_done=not_done)
-            if config.verify and not (unchanged and (layout.qc_dir / "index.html").is_file()):
-                write_qc_gallery(records, layout.qc_dir, title=f"defacer QC: {text_name(discovery.root.name)}",
-                                 after_only=config.qc_after_only)
+            stopping = bool(unrecorded)  # the disk refused a record: what follows may fail alike, never hiding why
+            try:
+                remove_stale_temporaries(layout.out_root)  # from workers stopped mid-scan
+                if not config.verify:
+                    _drop_stale_verifications(layout, tasks, records, manifest,
+                                              title=f"defacer QC: {text_name(discovery.root.name)}")
+                if stopping:
+                    manifest.records.pop(unrecorded[0], None)  # its outputs are whole, but its record was not written
+                manifest.compact()
+                wall_s = time.perf_counter() - start
+                html_path = layout.state_dir / "summary.html"
+                # A resume that has nothing to do keeps the summary of the run that did the work.
+                unchanged = not tasks and html_path.is_file()
+                if not unchanged:
+                    html_path = write_html(records, html_path, out_root=layout.out_root,
+                                           title=f"defacer batch: {text_name(discovery.root.name)}", wall_s=wall_s,
+                                           qc_root=layout.qc_dir, notices=notices, not_done=not_done)
+                if config.verify and not (unchanged and (layout.qc_dir / "index.html").is_file()):
+                    write_qc_gallery(records, layout.qc_dir, title=f"defacer QC: {text_name(discovery.root.name)}",
+                                     after_only=config.qc_after_only)
+            except OSError as err:
+                if not stopping:
+                    raise
+                log.warning("the batch's summary could not be written either (%s)", err.strerror or err)
     summary = BatchSummary(records=sorted(records, key=lambda r: r.key), counts=count(records), wall_s=wall_s,
                            manifest_path=layout.manifest_path, html_path=html_path, engine=engine,
                            notices=list(notices))
