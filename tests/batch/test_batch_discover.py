@@ -73,6 +73,33 @@ def test_a_head_outside_a_lowercase_anat_folder_is_still_defaced(tmp_path: Path)
     assert sorted(str(p) for p in found.others if not str(p).endswith(".json")) == sorted(carried)
 
 
+def test_an_image_below_anat_is_defaced_and_an_unexplained_one_is_warned_about(tmp_path: Path, caplog) -> None:
+    """HOSTILE14: 'sub-01/anat/extra/head.nii.gz' (a real phantom head, in a batch) was carried to OUT byte for byte
+    without a word: only an image directly in anat/, or one named with an anatomical suffix, was defaced.  Below
+    anat/ (or ct/) at any depth it is a scan now; an image under sub-* that no datatype folder or suffix explains
+    (sub-01/sub-01_head.nii.gz, sub-01/misc/scan.nii.gz) is still carried, with a warning naming it."""
+    import logging
+
+    ds = tmp_path / "ds"
+    _touch(ds / "dataset_description.json", b"{}")
+    heads = ["sub-01/anat/extra/head.nii.gz", "sub-01/ANAT/old/scan.nii.gz", "sub-02/ct/2019/scan.nii.gz",
+             "sub-02/anat/sub-02_T1w.nii.gz"]
+    unexplained = ["sub-01/misc/scan.nii.gz", "sub-01/sub-01_head.nii.gz"]
+    explained = ["sub-01/func/sub-01_task-rest_bold.nii.gz", "sub-01/fmap/sub-01_magnitude1.nii.gz",
+                 "sub-01/ses-1/dwi/extra/sub-01_dwi.nii.gz", "sub-01/anat/sub-01_desc-brain_mask.nii.gz",
+                 "sub-01/sub-01_dseg.nii.gz"]
+    for rel in heads + unexplained + explained:
+        _touch(ds / rel)
+    with caplog.at_level(logging.WARNING):
+        found = discover(ds)
+    assert sorted(s.key for s in found.scans) == sorted(heads)
+    assert sorted(str(p) for p in found.others if not str(p).endswith(".json")) == sorted(unexplained + explained)
+    warned = [r.getMessage() for r in caplog.records if "carried to the output as they are" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("2 image(s)"), warned
+    assert all(f"'{rel}'" in warned[0] for rel in unexplained)
+    assert not any(rel in warned[0] for rel in explained)
+
+
 def test_entity_and_glob_filters_select_scans(tmp_path: Path) -> None:
     ds = tmp_path / "ds"
     for rel in ["sub-01/anat/sub-01_T1w.nii.gz", "sub-01/anat/sub-01_T2w.nii.gz", "sub-02/anat/sub-02_T1w.nii.gz"]:

@@ -4,7 +4,7 @@ Three kinds of input folder are recognised:
 
 ``bids``
     A BIDS dataset (``dataset_description.json`` or ``sub-*`` folders at the top).  Every
-    image in an ``anat/`` folder is a scan to deface (T1w, T2w, FLAIR, PDw, T2starw, angio,
+    image below an ``anat/`` folder (at any depth) is a scan to deface (T1w, T2w, FLAIR, PDw, T2starw, angio,
     quantitative maps...), except masks and segmentations; so is every image whose suffix is
     ``CT`` and every image in a ``ct/`` folder.  ``sourcedata/``, ``derivatives/`` and
     ``code/`` are not searched for scans, and never copied (``sourcedata`` usually holds the
@@ -34,7 +34,7 @@ from pathlib import Path, PurePosixPath
 
 from defacer import files
 from defacer._typing import PathLike
-from defacer.errors import InputImageError
+from defacer.errors import InputImageError, shown
 from defacer.files import label_ending, stays_inside
 from defacer.io.output_guard import NRRD_SUFFIXES, nrrd_data_files
 
@@ -314,19 +314,46 @@ ANATOMICAL_SUFFIXES: frozenset[str] = frozenset(s.casefold() for s in (
 ))  # fmap's B1 maps (TB1map, RB1map) stay out: they belong in fmap/, which is carried
 
 
+#: BIDS datatype folders of images that are carried as they are (``--others``): an image under ``sub-*`` in none
+#: of them, neither below ``anat/`` or ``ct/`` nor named with an anatomical suffix, is carried with a warning.
+CARRIED_DATATYPES: frozenset[str] = frozenset(("func", "dwi", "fmap", "perf", "pet", "meg", "eeg", "ieeg", "beh",
+                                               "micr", "nirs", "motion", "mrs"))
+
+
+def _folders(relpath: PurePosixPath) -> set[str]:
+    """The casefolded names of the folders between ``sub-*`` and the file."""
+    return {part.casefold() for part in relpath.parts[1:-1]}
+
+
 def _is_bids_scan(relpath: PurePosixPath, entities: dict[str, str]) -> bool:
-    """Whether a BIDS image is one to deface: in ``anat/`` or ``ct/`` (folder names in any case: ``ANAT/`` on a
-    case-insensitive disk is ``anat/``), or with an anatomical suffix (``T1w``, ``FLAIR``, ``CT``...) wherever it
-    lies under ``sub-*``; masks and segmentations excepted."""
+    """Whether a BIDS image is one to deface: below an ``anat/`` or ``ct/`` folder (at any depth: ``anat/old/``
+    too; folder names in any case: ``ANAT/`` on a case-insensitive disk is ``anat/``), or with an anatomical suffix
+    (``T1w``, ``FLAIR``, ``CT``...) wherever it lies under ``sub-*``; masks and segmentations excepted."""
     if not relpath.parts or not relpath.parts[0].startswith("sub-"):
         return False
     suffix = entities.get("suffix", "")
-    datatype = entities.get("datatype", "").casefold()
-    if suffix.casefold() == "ct" or datatype == "ct":
+    folders = _folders(relpath)
+    if suffix.casefold() == "ct" or "ct" in folders:
         return True
     if suffix in NON_FACE_SUFFIXES:
         return False
-    return datatype == "anat" or suffix.casefold() in ANATOMICAL_SUFFIXES
+    return "anat" in folders or suffix.casefold() in ANATOMICAL_SUFFIXES
+
+
+def _warn_of_unknown_images(base: Path, others: Sequence[PurePosixPath]) -> None:
+    """Warn of images under ``sub-*`` carried as they are that no BIDS datatype folder explains (``sub-01/head.nii.gz``,
+    ``sub-01/extra/scan.nii.gz``): they may show a head, face included."""
+    unknown = [rel for rel in others if rel.parts and rel.parts[0].startswith("sub-") and not rel.name.startswith(".")
+               and is_image_file(base / rel) and not (_folders(rel) & CARRIED_DATATYPES)
+               and parse_bids_name(rel).get("suffix", "") not in NON_FACE_SUFFIXES]
+    if unknown:
+        named = ", ".join(f"'{shown(str(rel))}'" for rel in unknown[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        log.warning("%d image(s) under sub-* are carried to the output as they are, not defaced: %s%s. They lie in no "
+                    "BIDS datatype folder (func/, dwi/, fmap/...), not in anat/, and their names end in no anatomical "
+                    "suffix (T1w, T2w, FLAIR...), so they may show a head, face included. Rename such an image with its "
+                    "suffix (sub-01_T1w.nii.gz) or move it into anat/ and run again, or deface it apart.",
+                    len(unknown), named, more)
 
 
 def _without_label_maps(candidates: list[Scan]) -> tuple[list[Scan], list[PurePosixPath]]:
@@ -482,6 +509,8 @@ def discover(
                 continue
     others = [rel for rel in listed if rel not in claimed and stays_inside(base / rel, base, log=log, outcome=NOT_CARRIED)]
     scans.sort(key=lambda s: s.key)
+    if kind == "bids":
+        _warn_of_unknown_images(base, others)
     _warn_of_folded_names([scan.relpath for scan in scans] + others)
     return Discovery(root=base, layout=kind, scans=scans, others=sorted(others), excluded=sorted(excluded),
                      excluded_scans=left_out)
