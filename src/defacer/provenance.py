@@ -91,9 +91,10 @@ def environment() -> dict[str, str]:
 
 
 def write_provenance(provenance: dict[str, Any], path: PathLike, *, force: bool = True) -> Path:
-    """Write ``provenance`` as indented JSON to ``path`` atomically."""
+    """Write ``provenance`` as indented JSON to ``path`` atomically; without ``force`` a file that appeared under that
+    name since the run checked it is never replaced (:class:`~defacer.errors.OutputError`)."""
     target = Path(path)
-    with atomic_outputs([target]) as (temp,):
+    with atomic_outputs([target], replace=force) as (temp,):
         temp.write_text(json.dumps(provenance, indent=2, sort_keys=False, default=to_jsonable) + "\n")
     return target
 

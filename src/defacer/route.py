@@ -276,7 +276,7 @@ def _deface_file(source: Path, target: Path, *, options: DefaceOptions, detector
         provenance["timings"].update({"load_s": round(load_s, 4), "save_s": round(save_s, 4),
                                       "wall_s": round(time.perf_counter() - start, 4)})
         if sidecar:
-            write_provenance(provenance, sidecar_path(target))
+            write_provenance(provenance, sidecar_path(target), force=force)
         _drop_stale_record(stale, sidecar)
     return Defaced(provenance, written, result)
 
@@ -426,7 +426,7 @@ def _finish_dicom(source: Path, target: Path, result: Any, volume: Any, written:
         provenance["dicom"]["series"] = volume.extra.get("series_key")
     _record_common(provenance, mask_path, labels_path)
     if sidecar_file is not None:
-        write_provenance(provenance, sidecar_file)
+        write_provenance(provenance, sidecar_file, force=force)
     return Defaced(provenance, written, result, scrubber)
 
 

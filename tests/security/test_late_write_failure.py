@@ -152,3 +152,40 @@ def test_the_api_without_a_sidecar_under_force_removes_the_earlier_record(tmp_pa
     record.write_text('{"output": {"path": "another.nii.gz"}}\n')
     deface_path(scan, out, labels_path=labels, sidecar=False, force=True)
     assert record.read_text() == '{"output": {"path": "another.nii.gz"}}\n'
+
+
+@pytest.mark.parametrize("where", ["image", "sidecar"])
+def test_a_file_that_appears_under_an_output_name_while_defacing_is_never_replaced(
+        tmp_path: Path, phantom: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, capsys, where: str) -> None:
+    """HOSTILE14: outputs were checked before the work and renamed into place with os.replace: a file put under an
+    output's name meanwhile (a second run writing the same output, a copy) was replaced without --force, exit 0.  Now
+    a name taken since the check is never replaced (a hard link, which fails on a taken name): exit 1, the other
+    file kept, and none of this run's outputs left (an image without its record is removed)."""
+    from defacer import route
+    from defacer.io import nifti
+
+    scan, labels = phantom
+    out = tmp_path / "out.nii.gz"
+    sidecar = tmp_path / "out.defacer.json"
+    taken = out if where == "image" else sidecar
+    if where == "image":
+        original = nifti.write_nifti
+
+        def write_then_someone_else(volume, path):  # another run's output lands while this one writes its own
+            original(volume, path)
+            taken.write_text("another run's output")
+
+        monkeypatch.setattr(nifti, "write_nifti", write_then_someone_else)
+    else:
+        original_record = route._record_common
+
+        def record_then_someone_else(*args, **kwargs):
+            original_record(*args, **kwargs)
+            taken.write_text("another run's output")
+
+        monkeypatch.setattr(route, "_record_common", record_then_someone_else)
+    code = main(["deface", str(scan), str(out), "--labels", str(labels)])
+    err = capsys.readouterr().err
+    assert code == 1 and "appeared while defacer was writing" in err and "--force" in err, err
+    assert taken.read_text() == "another run's output"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name not in ("scan.nii.gz", "labels.nii.gz")) == [taken.name]

@@ -203,7 +203,7 @@ def save_volume(volume: Volume, path: PathLike, *, force: bool = False, inputs: 
         from defacer.io.dicom_series import write_dicom_volume
 
         return write_dicom_volume(volume, p, force=force)
-    with atomic_outputs(targets) as temps:
+    with atomic_outputs(targets, replace=force) as temps:  # a name taken since the check above: never replaced
         if volume.format == "nifti":
             from defacer.io.nifti import write_nifti
 
@@ -241,7 +241,7 @@ def save_label_map(labels: np.ndarray, like: Volume, path: PathLike, *, force: b
     targets = label_map_files(p)
     for target in targets:
         check_output_path(target, force=force)
-    with atomic_outputs(targets) as temps:
+    with atomic_outputs(targets, replace=force) as temps:
         if fmt == "nrrd":
             import nrrd
 

@@ -131,8 +131,45 @@ def sweep_stale_temporaries(folder: PathLike) -> list[Path]:
     return removed
 
 
+def _appeared(final: Path) -> OutputError:
+    """The refusal of a final name that was free when the run checked it and is taken when it would rename onto it."""
+    return OutputError(
+        f"'{final}' appeared while defacer was writing it (another run writing the same output, or a file copied "
+        "there meanwhile): it was not replaced, and this run's output under that name was not written. Pass --force "
+        "to replace it, or choose another name."
+    )
+
+
+def _rename_no_replace(temp: Path, final: Path) -> None:
+    """Rename ``temp`` onto ``final`` unless ``final`` exists, atomically where the disk makes hard links.
+
+    A hard link fails when the name is taken, at that instant; a disk without hard links (FAT, exFAT, some network
+    shares) falls back to a look just before the rename.  A folder (a DICOM series) is looked for, then renamed.
+
+    Raises
+    ------
+    OutputError
+        When ``final`` exists (:func:`_appeared`).
+    """
+    if os.path.lexists(final):
+        raise _appeared(final)
+    if temp.is_dir() and not temp.is_symlink():
+        os.rename(temp, final)
+        return
+    try:
+        os.link(temp, final, follow_symlinks=False)
+    except FileExistsError as err:
+        raise _appeared(final) from err
+    except OSError:  # no hard links on this disk (EPERM, ENOTSUP, EMLINK...): the look above is all there is
+        if os.path.lexists(final):
+            raise _appeared(final) from None
+        os.replace(temp, final)
+        return
+    temp.unlink()
+
+
 @contextlib.contextmanager
-def atomic_outputs(targets: Sequence[PathLike]) -> Iterator[list[Path]]:
+def atomic_outputs(targets: Sequence[PathLike], *, replace: bool = True) -> Iterator[list[Path]]:
     """Yield temporary paths for ``targets``; rename them onto the targets when the block succeeds.
 
     The temporary files live in a hidden folder in the first target's folder (same file
@@ -146,6 +183,10 @@ def atomic_outputs(targets: Sequence[PathLike]) -> Iterator[list[Path]]:
     targets : sequence of path-like
         Final paths; their base names are kept for the temporary files (so that formats
         whose header names a detached data file stay consistent).
+    replace : bool
+        Replace what is under a final name (``--force``: checked before, by the caller).  ``False``: a name taken
+        since the caller checked it (another run, a copy) is never replaced: :class:`OutputError`, and none of the
+        targets is renamed when one is taken before the first rename.
     """
     finals = [Path(t) for t in targets]
     folder = finals[0].parent
@@ -158,8 +199,22 @@ def atomic_outputs(targets: Sequence[PathLike]) -> Iterator[list[Path]]:
     temps = [tmpdir / f.name for f in finals]
     try:
         yield temps
+        if not replace:
+            for temp, final in zip(temps, finals, strict=True):
+                if temp.exists() and os.path.lexists(final):
+                    raise _appeared(final)
         for number, (temp, final) in enumerate(zip(temps, finals, strict=True)):
             if not temp.exists():
+                continue
+            if not replace:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                if temp.is_dir() and not temp.is_symlink():
+                    record = tmpdir / f".owner-{number}"
+                    write_owner_record(temp, record)
+                    if os.path.lexists(final):  # (the record is defacer's own name: an earlier one is replaced)
+                        raise _appeared(final)
+                    os.replace(record, owner_record(final))
+                _rename_no_replace(temp, final)
                 continue
             if final.is_dir() and not final.is_symlink():
                 remove_owned_folder(final)

@@ -166,7 +166,7 @@ def write_dicom_volume(volume: Volume, out_dir: PathLike, *, force: bool = False
     if deid is not None and deid.cleans_text:
         collect_identifying(files, deid)
     written = []
-    with atomic_outputs([out]) as temps:
+    with atomic_outputs([out], replace=force) as temps:
         folder = temps[0]
         folder.mkdir()
         for file, name in zip(files, names, strict=True):

@@ -113,7 +113,7 @@ def anonymize_files(
         raise ValueError(f"jobs must be at least 1, not {jobs}.")
     skipped: list[tuple[Path, str]] = []
     written: list[Path] = []
-    with atomic_outputs([out]) as temps:
+    with atomic_outputs([out], replace=force) as temps:
         folder = temps[0]
         work = folder / ".work"
         work.mkdir(parents=True)
@@ -186,7 +186,7 @@ def write_deid_mapping(mapping: dict[str, Any], path: PathLike, *, out_dir: Path
             "re-identify the data. Write it somewhere else (it is only written where you ask)."
         )
     check_output_path(target, force=force)
-    with atomic_outputs([target]) as (temp,):
+    with atomic_outputs([target], replace=force) as (temp,):
         temp.write_text(json.dumps(mapping, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         os.chmod(temp, 0o600)
     return target
