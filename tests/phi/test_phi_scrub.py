@@ -203,6 +203,21 @@ def test_burned_in_flags_are_read_as_coded_strings(keyword, value):
         Scrubber(DeidOptions(), Pseudonymizer(KEY)).scrub(ds)
 
 
+@pytest.mark.parametrize("value", ["Y", "yes", "TRUE", "1", "NO\\MAYBE"])
+def test_a_burned_in_flag_that_is_neither_yes_nor_no_is_refused(value):
+    """Found by HOSTILE14: BurnedInAnnotation 'Y' (not a defined term; PS3.3 C.7.6.3.1.11 allows YES or NO) was read
+    as "no burned-in text" and the instance de-identified without --allow-burned-in.  Only NO (or an empty flag)
+    says the pixels carry no text."""
+    from defacer.phi.scrub import burned_in_reason
+
+    ds = Dataset()
+    ds.BurnedInAnnotation = value
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M"]
+    assert "BurnedInAnnotation" in burned_in_reason(ds)
+    with pytest.raises(BurnedInAnnotationError, match="--allow-burned-in"):
+        Scrubber(DeidOptions(), Pseudonymizer(KEY)).scrub(ds)
+
+
 @pytest.mark.parametrize("value", ["NO", " NO ", ""])
 def test_burned_in_annotation_no_is_not_refused(value):
     from defacer.phi.scrub import burned_in_reason

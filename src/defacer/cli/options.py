@@ -209,7 +209,7 @@ def add_deid_arguments(parser: ArgumentTarget, *, mapping: bool = True, what_if:
                                  "here; never inside the output folder. Keep it apart from the data: it re-identifies "
                                  "it")
     parser.add_argument("--allow-burned-in", action="store_true",
-                        help="process instances that may show text in their pixels (BurnedInAnnotation=YES, "
+                        help="process instances that may show text in their pixels (BurnedInAnnotation not NO, "
                              "secondary captures, screenshots) instead of refusing them; their pixels are NOT cleaned")
     if what_if:
         parser.add_argument("--what-if", "--describe", dest="what_if", action="store_true",

@@ -53,7 +53,7 @@ def describe_actions(options: DeidOptions) -> list[str]:
         + ", ".join(code for code, _ in options.method_codes())
         + f"), LongitudinalTemporalInformationModified={options.dates_modified}"
         + (", RecognizableVisualFeatures=NO" if options.clean_recognizable_visual_features else "") + ".",
-        "Burned-in text: instances with BurnedInAnnotation=YES, secondary captures, encapsulated PDFs and screen "
+        "Burned-in text: instances whose BurnedInAnnotation is not NO, secondary captures, encapsulated PDFs and screen "
         + ("captures are processed (pixels NOT cleaned)." if options.allow_burned_in else "captures are refused."),
         "Attributes not listed below and not covered above are kept.",
     ]

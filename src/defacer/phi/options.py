@@ -60,7 +60,7 @@ class DeidOptions:
         The pixel data had its face features distorted (set by ``defacer deface``):
         RecognizableVisualFeatures becomes NO and code 113102 is recorded.
     allow_burned_in : bool
-        Accept instances that may have burned-in text (BurnedInAnnotation YES, secondary
+        Accept instances that may have burned-in text (BurnedInAnnotation other than NO, secondary
         captures, screenshots) instead of refusing them.  Their pixels are not cleaned.
     """
 

@@ -623,8 +623,12 @@ def _is_standard_uid(value: str) -> bool:
 
 def burned_in_reason(ds: Dataset) -> str:
     """Why ``ds`` may carry burned-in text, or ``""`` when nothing suggests it."""
-    if "YES" in _coded_values(ds.get("BurnedInAnnotation")):
+    flag = _coded_values(ds.get("BurnedInAnnotation")) - {"", "NO"}
+    if "YES" in flag:
         return "has BurnedInAnnotation (0028,0301) = YES"
+    if flag:  # PS3.3 allows only YES and NO; anything else ('Y', 'TRUE', '1') cannot be read as "no text"
+        shown = "\\".join(sorted(value[:16] for value in flag))
+        return f"has BurnedInAnnotation (0028,0301) = {shown!r}, which is neither YES nor NO"
     sop_class = str(ds.get("SOPClassUID", "")).strip().rstrip("\x00")
     if sop_class in BURNED_IN_SOP_CLASSES:
         return f"is a {BURNED_IN_SOP_CLASSES[sop_class]} (SOP class {sop_class}), a kind that usually has text in its pixels"
