@@ -12,9 +12,15 @@ Procedure (documented in ``reference_labels/README.md``):
    and the subject frame are cached in ``build/label_cache/`` (``--register`` recomputes them).
 3. Refine each feature from the scan itself:
 
-   * eyes: the centre moves (at most 6 mm) to the most homogeneous point (the vitreous body); the
-     label is a capsule of radius 13 mm from the centre to 30 mm in front of it, kept inside the
-     head (so the eyelid and skin in front of the eyeball are covered, the air is not);
+   * eyes: on MR the centre is the centre of the vitreous body found in the image within 14 mm of
+     the registered landmark (the ball of 8 mm radius most homogeneous for its contrast with a shell
+     round it: ``globe_in_image``); on CT, and where no globe is found, the most homogeneous point
+     within 6 mm of the landmark (the rule before); the label is a capsule of radius 13 mm from the
+     centre to 30 mm in front of it, kept inside the head (so the whole eyeball, the eyelid and the
+     skin in front of it are covered, the air is not).  Until issue 15 (session 21) the centre was
+     that most homogeneous point on MR too, which stopped on the edge of its 6 mm ball, a median
+     4.4 mm from the vitreous centre (mostly too high and too far forward) and left up to a third of
+     the globe outside the label; ``--eyes-only`` redraws only the eye label of the committed maps;
    * nose: the tip moves to the most anterior head voxel near the mapped tip; the label is the head
      tissue inside an ellipsoid around the nose centre (between nasion and tip) that lies in front of
      a coronal-like plane 24 mm behind the tip;
@@ -151,6 +157,12 @@ CUT_EAR_DEPTH_MM = 8.0
 BLURRED_EARS = {"pydeface_mean_head", "contecore2_mean_head_2mm"}
 
 EYE_RADIUS_MM = 13.0
+#: The globe (:func:`globe_in_image`) is looked for within this distance of the registered eye landmark, in mm.
+GLOBE_SEARCH_MM = 14.0
+#: Radius of the ball that must fit inside the vitreous body, in mm.
+GLOBE_BALL_MM = 8.0
+#: The shell round that ball, which must differ from it, from and to this far outside it, in mm.
+GLOBE_SHELL_MM = (3.0, 6.0)
 EYE_FRONT_MM = 30.0
 NOSE_BEHIND_TIP_MM = 24.0
 EAR_SEARCH_MM = 32.0
@@ -399,8 +411,12 @@ def _inside(idx: np.ndarray, shape: tuple[int, ...]) -> bool:
     return bool(np.all(idx >= 0) and np.all(idx < np.asarray(shape)))
 
 
-def refine_eye(img: np.ndarray, mask: np.ndarray, valid: np.ndarray, coords: list[np.ndarray],
-               waff: np.ndarray, centre: np.ndarray, anterior: np.ndarray, scale: float) -> np.ndarray | None:
+def homogeneous_centre(img: np.ndarray, mask: np.ndarray, valid: np.ndarray, waff: np.ndarray,
+                       centre: np.ndarray, scale: float, reach_mm: float = 6.0) -> np.ndarray | None:
+    """The most homogeneous head voxel (std in a 7 mm box) within ``reach_mm`` of ``centre``, RAS mm.
+
+    The eye rule of the labels until issue 15 (session 21): ``centre`` is the registered landmark.
+    """
     idx = _to_index(centre, waff)
     if not _inside(idx, img.shape) or not valid[tuple(idx)]:
         return None
@@ -409,10 +425,102 @@ def refine_eye(img: np.ndarray, mask: np.ndarray, valid: np.ndarray, coords: lis
     mean = ndi.uniform_filter(sub, 7)
     std = np.sqrt(np.maximum(ndi.uniform_filter(sub**2, 7) - mean**2, 0))
     d2 = _dist2(world_coords(sub.shape, _sub_affine(waff, sl)), centre)
-    cost = np.where((d2 <= 36.0) & mask[sl] & valid[sl], std, np.inf)
+    cost = np.where((d2 <= reach_mm**2) & mask[sl] & valid[sl], std, np.inf)
     best = np.unravel_index(int(np.argmin(cost)), cost.shape)
-    c = _sub_affine(waff, sl)[:3, :3] @ np.asarray(best, float) + _sub_affine(waff, sl)[:3, 3]
-    # capsule from the centre to EYE_FRONT_MM in front of it
+    return np.asarray(_sub_affine(waff, sl)[:3, :3] @ np.asarray(best, float) + _sub_affine(waff, sl)[:3, 3], float)
+
+
+def _ball(radius_mm: float) -> np.ndarray:
+    r = int(np.ceil(radius_mm))
+    g = np.mgrid[-r:r + 1, -r:r + 1, -r:r + 1]
+    return ((g**2).sum(0) <= radius_mm**2).astype(np.float32)
+
+
+def _shell(inner_mm: float, outer_mm: float) -> np.ndarray:
+    r = int(np.ceil(outer_mm))
+    d2 = (np.mgrid[-r:r + 1, -r:r + 1, -r:r + 1] ** 2).sum(0)
+    return ((d2 <= outer_mm**2) & (d2 > inner_mm**2)).astype(np.float32)
+
+
+def globe_in_image(img: np.ndarray, mask: np.ndarray, valid: np.ndarray, waff: np.ndarray,
+                   seed: np.ndarray, search_mm: float = GLOBE_SEARCH_MM,
+                   ball_mm: float = GLOBE_BALL_MM) -> tuple[np.ndarray, float] | None:
+    """The eyeball seen in the image near ``seed``: (centre in RAS mm, score) or ``None``.
+
+    The vitreous body is a homogeneous ball about 20 mm across (a globe of 11-12 mm radius less the
+    lens), set off from what surrounds it (sclera, fat, muscle, bone, lens).  Its centre is taken as
+    the centre of the ball of radius ``ball_mm`` that is most homogeneous for its contrast: the
+    lowest ratio of the intensity's standard deviation inside the ball to the rms difference between
+    the ball's mean and the head voxels of a shell ``GLOBE_SHELL_MM`` outside it; the centre lies
+    within ``search_mm`` of the seed and the ball wholly inside the head and the field.  A ball that
+    big fits inside the vitreous only round its centre (any shift takes in the wall or the lens),
+    which lies 2-4 mm behind the globe's middle (the lens fills the front).  The voxels within 3 mm
+    of the best whose score lies within 5 % of it are averaged (work-grid ties).  Returns the centre
+    and the best score.
+    """
+    from scipy.signal import fftconvolve
+
+    idx = _to_index(seed, waff)
+    if not _inside(idx, img.shape) or not valid[tuple(idx)]:
+        return None
+    h = int(np.ceil(search_mm + ball_mm + GLOBE_SHELL_MM[1])) + 2
+    sl = tuple(slice(max(i - h, 0), i + h + 1) for i in idx)
+    saff = _sub_affine(waff, sl)
+    inside = (mask[sl] & valid[sl]).astype(np.float32)
+    scale = float(np.percentile(img[mask], 99)) if mask.any() else 1.0
+    sub = img[sl].astype(np.float32) / scale
+    k = _ball(ball_mm)
+    n = float(k.sum())
+    mean = fftconvolve(sub, k, mode="same") / n
+    sq = fftconvolve(sub**2, k, mode="same") / n
+    full = fftconvolve(inside, k, mode="same") / n
+    std = np.sqrt(np.maximum(sq - mean**2, 0.0))
+    # how far the surroundings (a shell 3-6 mm outside the ball: sclera, fat, muscle, bone, lens)
+    # differ from the ball's mean: rms of (intensity - ball mean) over the shell's head voxels (the
+    # air in front of the face is no contrast: a fat pad under the skin is no globe)
+    shell = _shell(ball_mm + GLOBE_SHELL_MM[0], ball_mm + GLOBE_SHELL_MM[1])
+    m = np.maximum(fftconvolve(inside, shell, mode="same"), 1.0)  # the shell's voxels in the head only
+    shell_mean = fftconvolve(sub * inside, shell, mode="same") / m
+    shell_sq = fftconvolve(sub**2 * inside, shell, mode="same") / m
+    contrast = np.sqrt(np.maximum(shell_sq - 2.0 * mean * shell_mean + mean**2, 1e-12))
+    near = (_dist2(world_coords(sub.shape, saff), seed) <= search_mm**2) & (full >= 0.995) & (inside > 0)
+    if not near.any():
+        return None
+    cost = np.where(near, std / contrast, np.inf)
+    best = float(cost.min())
+    first = np.asarray(np.unravel_index(int(np.argmin(cost)), cost.shape), float)
+    ties = np.argwhere(cost <= best * 1.05 + 1e-9)
+    tie = ties[((ties - first) ** 2).sum(1) <= 9.0].mean(0)  # within 3 mm of the best
+    return np.asarray(saff[:3, :3] @ tie + saff[:3, 3], float), best
+
+
+def eye_centre(img: np.ndarray, mask: np.ndarray, valid: np.ndarray, waff: np.ndarray,
+               landmark: np.ndarray, scale: float, is_ct: bool = False) -> tuple[np.ndarray, str] | None:
+    """The eye capsule's centre for a registered eye ``landmark``: (RAS mm, which rule gave it).
+
+    MR (since issue 15, session 21): the centre of the vitreous body found in the image
+    (:func:`globe_in_image`, seeded by the landmark); where none is found, and on CT, the most
+    homogeneous point within 6 mm of the landmark (:func:`homogeneous_centre`, the rule before).
+    The rule before left the centre a median 4.7 mm from the globe's on the MR heads (2.7 mm too
+    high and 1.9 mm too far forward on average, up to 8 mm), so that up to a third of the globe lay
+    outside the label: it stops on the edge of its 6 mm ball round a landmark that the whole-head
+    registration puts 2-12 mm from the globe.  On CT the vitreous body (~10 HU) differs little from
+    the orbit's muscle and fat at their scale against bone: two reasonable scores (plain homogeneity;
+    homogeneity for the contrast, with or without HU clipped to -200..200) put the CTs' globe centres
+    up to 8-15 mm apart and none could be confirmed by eye on soft-tissue slices, so CT keeps the
+    rule before.
+    """
+    globe = None if is_ct else globe_in_image(img, mask, valid, waff, landmark)
+    if globe is not None:
+        return globe[0], "globe"
+    c = homogeneous_centre(img, mask, valid, waff, landmark, scale)
+    return None if c is None else (c, "homogeneous")
+
+
+def eye_capsule(mask: np.ndarray, valid: np.ndarray, coords: list[np.ndarray], centre: np.ndarray,
+                anterior: np.ndarray) -> np.ndarray:
+    """The eye label: a capsule of radius EYE_RADIUS_MM from ``centre`` to EYE_FRONT_MM in front, inside the head."""
+    c = centre
     x, y, z = coords
     px = x[:, None, None] - c[0]
     py = y[None, :, None] - c[1]
@@ -422,6 +530,16 @@ def refine_eye(img: np.ndarray, mask: np.ndarray, valid: np.ndarray, coords: lis
     tissue = ndi.binary_dilation(mask, iterations=1)
     lab = (d2c <= EYE_RADIUS_MM**2) & tissue & valid
     return lab
+
+
+def refine_eye(img: np.ndarray, mask: np.ndarray, valid: np.ndarray, coords: list[np.ndarray],
+               waff: np.ndarray, centre: np.ndarray, anterior: np.ndarray, scale: float,
+               is_ct: bool = False) -> np.ndarray | None:
+    """The eye label for a registered landmark ``centre`` (:func:`eye_centre`, :func:`eye_capsule`)."""
+    found = eye_centre(img, mask, valid, waff, centre, scale, is_ct)
+    if found is None:
+        return None
+    return eye_capsule(mask, valid, coords, found[0], anterior)
 
 
 def _sub_affine(waff: np.ndarray, sl: tuple[slice, ...]) -> np.ndarray:
@@ -677,8 +795,11 @@ def label_scan(name: str, path: Path, tmpl: tuple, register: bool = False) -> di
         if touches_edge(nose, valid):
             partial.append("nose")
     eyes = []
+    eye_centres: dict[str, list[float] | None] = {}
     for key in ("eye_left", "eye_right"):
-        eye = refine_eye(img, mask, valid, coords, waff, lm[key], frame[1], scale) if lm.get(key) is not None else None
+        found = eye_centre(img, mask, valid, waff, lm[key], scale, scan["is_ct"]) if lm.get(key) is not None else None
+        eye_centres[key] = None if found is None else [round(float(v), 1) for v in found[0]]
+        eye = None if found is None else eye_capsule(mask, valid, coords, found[0], frame[1])
         if eye is not None:
             labels[eye] = 1
             if touches_edge(eye, valid):
@@ -704,7 +825,76 @@ def label_scan(name: str, path: Path, tmpl: tuple, register: bool = False) -> di
             "volume_cm3": {f: round(float((native == v).sum()) * vox_cm3, 2) for f, v in (("eyes", 1), ("nose", 2), ("ears", 3))},
             "ear_components_cm3": ear_cm3,
             "landmarks_mm": {k: (None if v is None else [round(float(c), 1) for c in v]) for k, v in lm.items()},
+            "eye_centres_mm": eye_centres,
             "overrides": notes}
+
+
+def relabel_eyes(name: str, path: Path, tmpl: tuple, register: bool, record: dict) -> dict:
+    """Redraw only the eye label of a committed map by the current eye rule; nose and ears stay voxel-identical.
+
+    The eye seeds are the record's stored landmarks (those the map was made from); the capsule's
+    axis is the registration's anterior (``landmarks_for``, cached).  Old eye voxels outside the new
+    capsules become background; the new capsules take only background and old eye voxels, so every
+    nose and ear voxel keeps its value (checked here).  Returns the updated record.
+    """
+    scan = prepare(path, MODALITY.get(name))
+    img, mask, valid, waff, coords = scan["img"], scan["mask"], scan["valid"], scan["waff"], scan["coords"]
+    _, frame = landmarks_for(name, scan, tmpl, register)
+    scale = float(np.percentile(img[mask], 99)) if mask.any() else 1.0
+    file = OUT_DIR / f"{name}.labels.nii.gz"
+    old_img = nib.load(str(file))
+    old = np.asarray(old_img.dataobj).astype(np.uint8)
+    eyes_work = np.zeros(scan["wshape"], bool)
+    centres: dict[str, list[float] | None] = {}
+    rules = []
+    partial = [p for p in record.get("partial", []) if not p.startswith("eye_")]
+    for key in ("eye_left", "eye_right"):
+        lm = record["landmarks_mm"].get(key)
+        found = None if lm is None else eye_centre(img, mask, valid, waff, np.asarray(lm, float), scale, scan["is_ct"])
+        centres[key] = None if found is None else [round(float(v), 1) for v in found[0]]
+        if found is None:
+            continue
+        rules.append(f"{key}: {found[1]}")
+        eye = eye_capsule(mask, valid, coords, found[0], frame[1])
+        eyes_work |= eye
+        if touches_edge(eye, valid):
+            partial.append(key)
+    native_eye = resample(eyes_work.astype(np.uint8), waff, scan["shape"], scan["affine"], order=0).astype(bool)
+    # check of the axis: the old rule with this registration's axis redraws the old eye label
+    old_rule = np.zeros(scan["wshape"], bool)
+    for key in ("eye_left", "eye_right"):
+        lm = record["landmarks_mm"].get(key)
+        c = None if lm is None else homogeneous_centre(img, mask, valid, waff, np.asarray(lm, float), scale)
+        if c is not None:
+            old_rule |= eye_capsule(mask, valid, coords, c, frame[1])
+    old_rule_native = resample(old_rule.astype(np.uint8), waff, scan["shape"], scan["affine"], order=0).astype(bool)
+    redraw_dice = 2.0 * float((old_rule_native & (old == 1)).sum()) / max(
+        float(old_rule_native.sum() + (old == 1).sum()), 1.0)
+    new = old.copy()
+    new[old == 1] = 0
+    new[native_eye & (new == 0)] = 1
+    for value in (2, 3):
+        if not np.array_equal(new == value, old == value):
+            raise RuntimeError(f"{name}: label {value} changed while redrawing the eyes")
+    out = nib.Nifti1Image(new, old_img.affine, old_img.header)
+    nib.save(out, str(file))
+    write_montage(name, img, resample(new, scan["affine"], scan["wshape"], waff, order=0).astype(np.uint8), waff)
+    vox_cm3 = abs(float(np.linalg.det(scan["affine"][:3, :3]))) / 1000.0
+    rec = dict(record)
+    rec["present"] = dict(record["present"], eyes=sum(c is not None for c in centres.values()))
+    rec["partial"] = partial
+    rec["eye_centres_mm"] = centres
+    rec["voxels"] = dict(record["voxels"], eyes=int((new == 1).sum()))
+    rec["volume_cm3"] = dict(record["volume_cm3"], eyes=round(float((new == 1).sum()) * vox_cm3, 2))
+    rec["eye_rule"] = ("vitreous centre found in the image (globe_in_image), seeded by the stored landmarks; "
+                       "only the eye label redrawn, nose and ears voxel-identical (issue 15, session 21): "
+                       + "; ".join(rules))
+    print(json.dumps({"name": name, "eye_centres_mm": centres, "old_eye_voxels": int((old == 1).sum()),
+                      "new_eye_voxels": int((new == 1).sum()),
+                      "capsule_voxels_left_to_nose_or_ear": int((native_eye & (old >= 2)).sum()),
+                      "old_eye_voxels_now_background": int(((old == 1) & (new == 0)).sum()),
+                      "old_rule_redraw_dice": round(redraw_dice, 4)}), flush=True)
+    return rec
 
 
 # --------------------------------------------------------------------------------------------
@@ -852,6 +1042,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--only", nargs="*", default=None)
     parser.add_argument("--register", action="store_true", help="recompute the cached template registrations")
+    parser.add_argument("--eyes-only", action="store_true",
+                        help="redraw only the eye label of the committed maps (nose and ears kept voxel for voxel)")
     args = parser.parse_args()
     unknown = sorted(set(args.only or ()) - set(SCANS))
     if unknown:
@@ -866,6 +1058,9 @@ def main() -> None:
     records = json.loads(records_path.read_text()) if records_path.exists() else {}
     for name, rel in SCANS.items():
         if args.only and name not in args.only:
+            continue
+        if args.eyes_only:
+            records[name] = relabel_eyes(name, args.data / rel, (t_img, t_mask, taff), args.register, records[name])
             continue
         rec = label_scan(name, args.data / rel, (t_img, t_mask, taff), args.register)
         rec["source"] = rel
@@ -903,9 +1098,12 @@ themselves are never copied here; only these label maps (which hold no image int
    similarity then affine transform, Mattes mutual information, 4x/2x shrink on 1 mm) and map
    landmarks picked by eye on the average head (eye centres, nasion, nose tip, ear centres).  The
    mapped landmarks are cached in `build/label_cache/` (`--register` recomputes them).
-3. Refine every feature from the scan's own image: each eye centre moves (at most 6 mm) to the
-   most homogeneous point (the vitreous body) and the eye label is a capsule of radius 13 mm from
-   that centre to 30 mm in front of it, inside the head (eyeball plus the lids and skin in front);
+3. Refine every feature from the scan's own image: on MR each eye centre is the centre of the
+   vitreous body found in the image within 14 mm of the mapped landmark (the centre of the ball of
+   8 mm radius that is most homogeneous for its contrast with a shell 3-6 mm outside it; on CT the
+   most homogeneous point within 6 mm of the landmark, see below) and the eye
+   label is a capsule of radius 13 mm from that centre to 30 mm in front of it, inside the head
+   (the whole eyeball plus the lids and skin in front);
    the nose tip moves to the most anterior head voxel near it, and the nose label is the head
    tissue in an ellipsoid from 10 mm below the tip to above the nasion, at most 24 mm behind the
    tip; each ear is the head tissue within 32 mm of the ear landmark, on the lateral side of the
@@ -938,7 +1136,20 @@ themselves are never copied here; only these label maps (which hold no image int
    now ellipses over each pressed auricle's relief (helix, concha, lobule; 39-41 mm front to back,
    50-56 mm tall; a test checks that a hand-set flat ear is taller than wide and at most 46 mm front
    to back).  The shipped detector network was trained on the labels before these changes and has
-   not been retrained.
+   not been retrained.  In issue 15 (session 21) every eye was checked on axial, sagittal and
+   coronal slices through the globe (`scripts/check_reference_eyes.py`, pictures in the ignored
+   `build/eye_check/`): on the 18 MR heads the eye centre of the rule before (the most homogeneous
+   point within 6 mm of the landmark) lay a median 4.4 mm from the vitreous centre seen in the
+   image (1.2-8.4 mm), 2.2 mm too high and 2.2 mm too far forward on average, and on 24 of 36 eyes
+   part of the globe lay outside the label (the lower and back wall on the slices).  Only the MR
+   eye labels were redrawn with the rule above (`--eyes-only`: the stored landmarks as seeds, the
+   registration's axis; the rule before with that axis redraws the old eye labels with Dice
+   0.9992-1.0); the three CT maps are unchanged (on CT the globe could not be confirmed by eye:
+   `eye_centre`); every nose and ear
+   voxel kept its value (a test checks their hashes), so where a new capsule meets the nose the
+   nose keeps those voxels, and old eye voxels outside the new capsules became background.  The
+   centre of each eye label is recorded in `provenance.json` (`eye_centres_mm`).  The shipped
+   network was trained on the eye labels before this change.
 
 ## Provenance per scan
 
