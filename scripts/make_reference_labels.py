@@ -829,6 +829,16 @@ def label_scan(name: str, path: Path, tmpl: tuple, register: bool = False) -> di
             "overrides": notes}
 
 
+def without_crumbs(feature: np.ndarray, share: float = 0.05) -> np.ndarray:
+    """``feature`` without the parts smaller than ``share`` of its largest (1-2 voxel crumbs that the
+    nearest-neighbour resampling onto a coarse or oblique grid leaves beside a capsule)."""
+    lab, n = ndi.label(feature)
+    if n <= 1:
+        return feature
+    sizes = ndi.sum(feature, lab, range(1, n + 1))
+    return np.isin(lab, 1 + np.nonzero(sizes >= share * sizes.max())[0])
+
+
 def relabel_eyes(name: str, path: Path, tmpl: tuple, register: bool, record: dict) -> dict:
     """Redraw only the eye label of a committed map by the current eye rule; nose and ears stay voxel-identical.
 
@@ -873,6 +883,7 @@ def relabel_eyes(name: str, path: Path, tmpl: tuple, register: bool, record: dic
     new = old.copy()
     new[old == 1] = 0
     new[native_eye & (new == 0)] = 1
+    new[(new == 1) & ~without_crumbs(new == 1)] = 0
     for value in (2, 3):
         if not np.array_equal(new == value, old == value):
             raise RuntimeError(f"{name}: label {value} changed while redrawing the eyes")

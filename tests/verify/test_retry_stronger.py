@@ -181,8 +181,8 @@ def test_a_real_head_that_kept_a_face_is_clear_at_the_defaults(tmp_path, capsys)
     defaults (docs/distortion.md, "The nose's root") until the detector took its grid's pitch, confirmed by its
     ears, as the head's (docs/model-card.md, "A nodded head"): its nose is re-shaped in its own frame (reference
     nose changed 0.72 -> 0.95) and the first attempt passes, so ``--retry-stronger`` has nothing to retry.  The
-    retry's first step (FAIL, then PASS) is tested above with faked detectors; the real detectors' retry through
-    to the whole face on decubitus-HFS below."""
+    retry's first step (FAIL, then PASS) and the whole-face step are tested above with faked detectors (the real
+    detectors' retry through to the whole face on decubitus-HFS below held until its eye labels were redrawn)."""
     scan = SHARED / "fernando_T2w_thick.nii.gz"
     if not scan.is_file():
         pytest.skip(f"needs the real heads of ../shared/data ({scan} is missing)")
@@ -226,11 +226,13 @@ def test_a_dicom_series_is_retried_with_its_mapping_rewritten(faces_after, tmp_p
 
 
 @pytest.mark.usefixtures("detectors")
-def test_a_real_head_that_keeps_a_face_with_the_larger_sizes_is_clear_with_the_whole_face(tmp_path, capsys) -> None:
+def test_a_real_head_whose_eye_labels_sit_on_the_globes_is_clear_at_the_defaults(tmp_path, capsys) -> None:
     """decubitus-HFS (a DICOM series) with its reference labels as detection and its nose left (``--features
-    eyes,ears``: the retry keeps the features chosen) keeps a Face Mesh face even with the larger eye cover; the
-    whole-face step clears it.  (With every feature it is clear at the defaults since the nose removal takes the
-    cover between the eyes: docs/distortion.md, "The nose's root".)"""
+    eyes,ears``) kept a Face Mesh face even with the larger eye cover, and only the whole-face step cleared it
+    (FAIL, FAIL, PASS), while its reference eye capsules sat off the globes (the left 7.4 mm, too high and too far
+    forward: docs/model-card.md, "Reference eye labels checked by eye and redrawn on the globe").  With the eye
+    labels redrawn on the globes (issue 15, session 21) the first attempt passes (the eye cover follows the
+    labels' eye centroids, now 2-5 mm lower and further back), so ``--retry-stronger`` has nothing to retry."""
     scan = SHARED / "decubitus-HFS_T1w_dicom"
     labels = Path(__file__).resolve().parents[2] / "reference_labels" / "decubitus-HFS_T1w_dicom.labels.nii.gz"
     if not scan.is_dir():
@@ -241,5 +243,4 @@ def test_a_real_head_that_keeps_a_face_with_the_larger_sizes_is_clear_with_the_w
     captured = capsys.readouterr()
     verification = json.loads((tmp_path / "decubitus_defaced.defacer.json").read_text())["verification"]
     assert code == 0, captured.out + captured.err
-    assert [(a["whole_face"], a["verdict"]) for a in verification["attempts"]] == [
-        (False, "FAIL"), (False, "FAIL"), (True, "PASS")], verification
+    assert verification["verdict"] == "PASS" and "attempts" not in verification, verification
