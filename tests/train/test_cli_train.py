@@ -288,3 +288,27 @@ def test_a_cache_holding_labels_no_class_stands_for_is_refused(tmp_path, capsys)
     err = capsys.readouterr().err
     assert "are not the integers 0-3" in err and "bug" not in err
     assert np.load(tmp_path / "c.npz")["labels0"].max() == 9  # the input is not touched
+
+
+@pytest.mark.parametrize("where", ["labels", "data"])
+def test_no_output_is_written_inside_the_folders_training_reads(tmp_path, capsys, where) -> None:
+    """Found by HOSTILE14: --data and --labels-dir were no inputs of the output check, so with --force
+    '--export LABELS/provenance.onnx' would write its card over LABELS/provenance.json (and checkpoints could
+    replace files under --data).  Refused before anything is read or written."""
+    data, labels = tmp_path / "data", tmp_path / "labels"
+    data.mkdir()
+    labels.mkdir()
+    provenance = labels / "provenance.json"
+    provenance.write_text('{"head": {"source": "head.nii.gz"}}')
+    scan = data / "best.pt"
+    scan.write_bytes(b"a file of the data set")
+    target = {"labels": ["--out", str(tmp_path / "run"), "--export", str(labels / "provenance.onnx")],
+              "data": ["--out", str(data)]}[where]
+    argv = ["train", "--data", str(data), "--labels-dir", str(labels), "--force", *target]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert ("inside --labels-dir" if where == "labels" else "inside --data") in err and "bug" not in err
+    assert "replace" in err
+    assert provenance.read_text() == '{"head": {"source": "head.nii.gz"}}'
+    assert scan.read_bytes() == b"a file of the data set"
+    assert sorted(p.name for p in labels.iterdir()) == ["provenance.json"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -179,6 +180,34 @@ def check_train_outputs(args: argparse.Namespace) -> None:
         outputs.append(args.cache)
     inputs = [args.resume, *(args.ensemble or []), args.cache if cache_is_input else None]
     check_outputs(outputs, inputs=inputs, force=args.force)
+    if not args.ensemble and not cache_is_input:
+        for what, folder in (("--data", args.data), ("--labels-dir", args.labels_dir)):
+            _check_outside(outputs, folder, what)
+
+
+def _check_outside(outputs: list[Path | None], folder: Path | None, what: str) -> None:
+    """Refuse to replace a file inside the read-only ``folder`` (``--data`` or ``--labels-dir``), even with
+    ``--force``: ``--export LABELS/provenance.onnx --force`` wrote its card over ``LABELS/provenance.json``, and
+    checkpoints in ``--out DATA`` replaced files of the data set.  New files there (``--out DATA/run``) are
+    the user's choice and stay allowed.
+
+    Raises
+    ------
+    OutputError
+    """
+    from defacer.errors import OutputError
+    from defacer.io.output_guard import true_path
+
+    if folder is None or not Path(folder).is_dir():
+        return
+    inside = true_path(folder)
+    for output in outputs:
+        if output is not None and os.path.lexists(output) and inside in true_path(output).parents:
+            raise OutputError(
+                f"The output '{output}' would replace a file inside {what} '{folder}', which training only "
+                "reads (--force does not cover it). Write the checkpoints, --export and --cache somewhere else "
+                "(for example build/train/)."
+            )
 
 
 def _real_samples(args: argparse.Namespace) -> list[BoxSample]:
