@@ -69,6 +69,8 @@ def neighbour_correlation(image: npt.NDArray[np.floating] | npt.NDArray[np.integ
 
 #: Smallest share of the voxels the corners' value must fill to be read as padding round the field.
 PADDING_SHARE = 0.02
+#: About how many voxels (every n-th along each axis) the padding's share is read from.
+PADDING_SAMPLE = 1 << 16
 
 
 def _padding(values: npt.NDArray[np.generic]) -> float | None:
@@ -81,7 +83,13 @@ def _padding(values: npt.NDArray[np.generic]) -> float | None:
     if len(corners) != 1:
         return None
     value = corners.pop()
-    if not math.isfinite(value) or float(np.count_nonzero(values == value)) < PADDING_SHARE * values.size:
+    if not math.isfinite(value):
+        return None
+    # the share from an even sample of about PADDING_SAMPLE voxels: a whole-volume comparison made a fresh
+    # full-size bool array, whose first touch cost ~0.1 s of a 1 mm head's command (page faults on this VM)
+    step = max(1, round((values.size / PADDING_SAMPLE) ** (1 / 3)))
+    sample = values[::step, ::step, ::step]
+    if float(np.count_nonzero(sample == value)) < PADDING_SHARE * sample.size:
         return None
     return value
 
