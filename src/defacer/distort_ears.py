@@ -184,8 +184,8 @@ def flat_ear(image: npt.NDArray[np.floating], threshold: float, box: Box, mask: 
         return np.asarray(layer[flip]), None
     # the quadratic in (A, S), centred on the footprint and in units of the ring's width (well conditioned)
     y, z = np.nonzero(ring)
-    cy, cz = (float(np.mean(np.nonzero(footprint)[k])) for k in (0, 1))
     fy, fz = np.nonzero(footprint)
+    cy, cz = float(fy.mean()), float(fz.mean())
 
     def terms(a: npt.NDArray[np.intp], b: npt.NDArray[np.intp]) -> npt.NDArray[np.float64]:
         u, v = (a - cy) * spacing[1] / FLAT_RING_MM, (b - cz) * spacing[2] / FLAT_RING_MM

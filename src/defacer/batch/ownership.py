@@ -27,7 +27,7 @@ from pathlib import Path
 from defacer.batch.layout import OutputLayout
 from defacer.batch.manifest import Manifest, ends_with_newline
 from defacer.errors import OutputError
-from defacer.io.output_guard import folded_name, foreign_entries, true_path
+from defacer.io.output_guard import foreign_entries, listed_name, true_path
 
 #: Name of the record in the batch's state folder (``OUT/.defacer``).
 RECORD_NAME = "owned.jsonl"
@@ -86,15 +86,7 @@ class OwnershipRecord:
         takes the spelling its folder lists (:func:`~defacer.io.output_guard.true_path`; the last part is matched
         in its folder's listing, never followed as a link); on a case-sensitive disk this is :meth:`_name`."""
         parent = true_path(path.parent)
-        name = path.name
-        if os.path.lexists(parent / name):
-            try:
-                names = os.listdir(parent)
-            except OSError:
-                names = [name]
-            if name not in names:
-                matches = [n for n in names if folded_name(n) == folded_name(name)]
-                name = matches[0] if len(matches) == 1 else name
+        name = listed_name(parent, path.name) or path.name
         try:
             return (parent / name).relative_to(true_path(self.out_root)).as_posix()
         except ValueError:

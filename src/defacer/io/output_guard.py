@@ -124,17 +124,27 @@ def true_path(path: PathLike) -> Path:
     parts = resolved.parts
     current = Path(parts[0])
     for index, name in enumerate(parts[1:], start=1):
-        try:
-            names = os.listdir(current)
-        except (OSError, ValueError):
+        listed = listed_name(current, name)
+        if listed is None:
             return current.joinpath(*parts[index:])
-        if name not in names:
-            matches = [n for n in names if folded_name(n) == folded_name(name)]
-            if len(matches) != 1 or not os.path.lexists(current / name):
-                return current.joinpath(*parts[index:])
-            name = matches[0]
-        current = current / name
+        current = current / listed
     return current
+
+
+def listed_name(folder: Path, name: str) -> str | None:
+    """How ``folder`` lists the entry ``name`` opens: ``name`` itself when listed so, else its one entry equal
+    to it in another case or Unicode form (:func:`folded_name`) where ``name`` opens something; ``None`` when
+    the folder cannot be read or lists nothing under that name (links are not followed)."""
+    try:
+        names = os.listdir(folder)
+    except (OSError, ValueError):
+        return None
+    if name in names:
+        return name
+    matches = [n for n in names if folded_name(n) == folded_name(name)]
+    if len(matches) != 1 or not os.path.lexists(folder / name):
+        return None
+    return matches[0]
 
 
 @dataclass
