@@ -189,3 +189,69 @@ def test_a_file_that_appears_under_an_output_name_while_defacing_is_never_replac
     assert code == 1 and "appeared while defacer was writing" in err and "--force" in err, err
     assert taken.read_text() == "another run's output"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name not in ("scan.nii.gz", "labels.nii.gz")) == [taken.name]
+
+
+@pytest.mark.parametrize("kind", ["nifti", "dicom"])
+def test_a_name_taken_at_the_instant_of_the_final_rename_is_never_replaced(
+        tmp_path: Path, phantom: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], kind: str) -> None:
+    """HOSTILE15: without --force the final step looked for the name, then renamed: where a disk has no hard links
+    (the kernel's exfat and vfat) a file written under the output's name between the look and the rename was
+    replaced, and a DICOM series folder (never linked) replaced an empty folder made there, on any disk.  Here the
+    other run's file (or folder) lands at the very instant of the rename, after every look defacer makes; the rename
+    (renameat2 with RENAME_NOREPLACE) now checks the name itself: exit 1, the other file kept, nothing of this run
+    left."""
+    from defacer.io import atomic
+
+    scan, labels, out, record = _scan_output_and_record(kind, tmp_path, phantom)
+    before = sorted(p.name for p in tmp_path.iterdir())
+
+    def someone_else_writes(destination: object) -> None:
+        if Path(os.fsdecode(destination)) == out and not os.path.lexists(out):  # type: ignore[arg-type]
+            if kind == "nifti":
+                out.write_text("another run's output")
+            else:
+                out.mkdir()  # another run's series folder, still empty
+
+    def hooked(rename):  # the other run lands at the rename's instant, after the last look
+        def call(source, destination, *args, **kwargs):
+            someone_else_writes(destination)
+            return rename(source, destination, *args, **kwargs)
+        return call
+
+    def no_hard_links(*_: object, **__: object) -> None:  # a kernel exfat or vfat disk
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_hard_links)
+    monkeypatch.setattr(os, "replace", hooked(os.replace))
+    monkeypatch.setattr(os, "rename", hooked(os.rename))
+    if hasattr(atomic, "rename_no_replace"):
+        monkeypatch.setattr(atomic, "rename_no_replace", hooked(atomic.rename_no_replace))
+    code = main(["deface", str(scan), str(out), "--labels", str(labels)])
+    err = capsys.readouterr().err
+    assert code == 1 and "appeared while defacer was writing" in err, err
+    if kind == "nifti":
+        assert out.read_text() == "another run's output"
+    else:
+        assert out.is_dir() and not any(out.iterdir()), "the other run's folder is not replaced"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, out.name]), "nothing of this run is left"
+    assert not record.exists()
+
+
+def test_rename_no_replace_refuses_any_taken_name_and_moves_onto_a_free_one(tmp_path: Path) -> None:
+    """The call itself: a file, an empty folder or a dangling link under the name is never replaced (os.rename
+    replaces the first two, and a link); a free name is taken whole."""
+    from defacer.io.no_replace import rename_no_replace
+
+    source = tmp_path / "new"
+    source.write_text("new")
+    taken = {"file": tmp_path / "file", "folder": tmp_path / "folder", "link": tmp_path / "link"}
+    taken["file"].write_text("theirs")
+    taken["folder"].mkdir()
+    taken["link"].symlink_to(tmp_path / "nowhere")
+    for target in taken.values():
+        with pytest.raises(FileExistsError):
+            rename_no_replace(source, target)
+    assert taken["file"].read_text() == "theirs" and taken["folder"].is_dir() and taken["link"].is_symlink()
+    assert rename_no_replace(source, tmp_path / "free") is True, "this test's disk takes RENAME_NOREPLACE"
+    assert (tmp_path / "free").read_text() == "new" and not source.exists()

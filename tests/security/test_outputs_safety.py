@@ -898,3 +898,26 @@ def test_a_batch_rerun_reaching_its_outputs_in_another_letter_case_knows_them_fo
     assert [p.name for p in (out / "sub-01").iterdir() if p.name.lower() == "anat"] == ["anat"]
     owned = [json.loads(line)["path"] for line in (out / ".defacer" / "owned.jsonl").read_text().splitlines()]
     assert not [name for name in owned if "ANAT" in name]  # recorded as the disk spells them
+
+
+def test_on_the_fuse_exfat_disk_rename_no_replace_falls_back_and_outputs_are_still_written(case_insensitive_disk,
+                                                                                           phantom_files, capsys):
+    """HOSTILE15: exfat-fuse does not take renameat2's RENAME_NOREPLACE (EINVAL on a free name; the kernel's own
+    exfat and vfat drivers take it, but this kernel has neither), so there defacer falls back to its earlier no-replace
+    step (no hard links there either: a look just before the rename).  A taken name is still refused by the call."""
+    import shutil
+
+    from defacer.io.no_replace import rename_no_replace
+
+    disk = case_insensitive_disk
+    (disk / "a").write_text("a")
+    (disk / "taken").write_text("theirs")
+    with pytest.raises(FileExistsError):  # the kernel sees the name before asking the file system
+        rename_no_replace(disk / "a", disk / "taken")
+    assert rename_no_replace(disk / "a", disk / "free") is False and (disk / "a").is_file()
+    shutil.copyfile(phantom_files[0], disk / "scan.nii.gz")
+    shutil.copyfile(phantom_files[1], disk / "labels.nii.gz")
+    assert main(["deface", str(disk / "scan.nii.gz"), str(disk / "out.nii.gz"), "--labels",
+                 str(disk / "labels.nii.gz")]) == 0
+    assert (disk / "out.nii.gz").is_file() and (disk / "out.defacer.json").is_file()
+    assert (disk / "taken").read_text() == "theirs"

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from defacer._typing import PathLike
 from defacer.errors import OutputError
+from defacer.io.no_replace import rename_no_replace
 from defacer.io.output_guard import (
     check_folder_usable,
     check_not_input,
@@ -141,10 +142,13 @@ def _appeared(final: Path) -> OutputError:
 
 
 def _rename_no_replace(temp: Path, final: Path) -> None:
-    """Rename ``temp`` onto ``final`` unless ``final`` exists, atomically where the disk makes hard links.
+    """Rename ``temp`` onto ``final`` unless ``final`` exists, the check and the rename one step where the disk can.
 
-    A hard link fails when the name is taken, at that instant; a disk without hard links (FAT, exFAT, some network
-    shares) falls back to a look just before the rename.  A folder (a DICOM series) is looked for, then renamed.
+    Linux's ``renameat2(RENAME_NOREPLACE)`` (:mod:`defacer.io.no_replace`) checks the name and renames under one
+    lock, a file or a folder (a DICOM series).  Where the kernel or file system does not take it (exfat-fuse, some
+    network shares, other systems), a file goes in place through a hard link, which fails on a taken name too; a
+    disk that has neither (a FUSE exFAT or FAT disk) falls back to a look just before the rename (a window of
+    microseconds), and a folder there is looked for, then renamed.
 
     Raises
     ------
@@ -153,14 +157,21 @@ def _rename_no_replace(temp: Path, final: Path) -> None:
     """
     if os.path.lexists(final):
         raise _appeared(final)
+    try:
+        if rename_no_replace(temp, final):
+            return
+    except FileExistsError as err:
+        raise _appeared(final) from err
     if temp.is_dir() and not temp.is_symlink():
+        if os.path.lexists(final):
+            raise _appeared(final)
         os.rename(temp, final)
         return
     try:
         os.link(temp, final, follow_symlinks=False)
     except FileExistsError as err:
         raise _appeared(final) from err
-    except OSError:  # no hard links on this disk (EPERM, ENOTSUP, EMLINK...): the look above is all there is
+    except OSError:  # no hard links on this disk (EPERM, ENOTSUP, EMLINK...): the look is all there is
         if os.path.lexists(final):
             raise _appeared(final) from None
         os.replace(temp, final)
@@ -214,6 +225,12 @@ def atomic_outputs(targets: Sequence[PathLike], *, replace: bool = True) -> Iter
                     if os.path.lexists(final):  # (the record is defacer's own name: an earlier one is replaced)
                         raise _appeared(final)
                     os.replace(record, owner_record(final))
+                    try:
+                        _rename_no_replace(temp, final)
+                    except OutputError:  # a folder took the name at the rename: this run's record goes too
+                        owner_record(final).unlink(missing_ok=True)
+                        raise
+                    continue
                 _rename_no_replace(temp, final)
                 continue
             if final.is_dir() and not final.is_symlink():
