@@ -140,3 +140,44 @@ def _copy(input_path: Path, output_path: Path, **_: object) -> dict[str, object]
     Path(output_path).parent.mkdir(parents=True, exist_ok=True)
     Path(output_path).write_bytes(Path(input_path).read_bytes())
     return {"stand_in": True}
+
+
+@pytest.mark.skipif(shutil.which("mount") is None, reason="needs mount")
+def test_a_full_disk_at_the_ownership_record_stops_the_batch_saying_what_was_done(tmp_path: Path) -> None:
+    """HOSTILE15 (HOSTILE14's leftover), on a real tmpfs: a rerun with new scans met a full disk where it appends their
+    names to OUT/.defacer/owned.jsonl, before any scan: the bare disk-full message ("no half-written output was
+    left under its name"), nothing on what earlier runs left or that the same command resumes, and the record's
+    last page filled with the start of a cut line.  Now: the batch stopped before defacing any scan, which file, how
+    many are recorded, run the same command again; the record as it was, byte for byte."""
+    from defacer.errors import OutputError
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True,
+                      check=False).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        src = _files(tmp_path / "in")
+        config = BatchConfig(in_root=src, out_root=disk / "out", quiet=True)
+        run_batch(config, deface=_copy)
+        record = disk / "out" / ".defacer" / "owned.jsonl"
+        before = record.read_bytes()
+        for number in range(4, 64):  # their names fill more than what is left of the record's last page
+            (src / f"sub-{number:02d}_{'x' * 150}.nii.gz").write_bytes(b"new")
+        with pytest.raises(OSError), (disk / "filler").open("wb", buffering=0) as filler:
+            while True:  # the rest of the disk, to the last page
+                filler.write(b"\0" * 4096)
+        with pytest.raises(OutputError) as refused:
+            run_batch(config, deface=_copy)
+        message = str(refused.value)
+        assert message.startswith("The batch stopped before defacing any scan") and "owned.jsonl" in message
+        assert "the disk is full" in message and "None of the 63 scans found was started" in message, message
+        assert "3 recorded by earlier runs are kept" in message and "run the same command again" in message
+        assert record.read_bytes() == before, "no line of the record is left cut short"
+        (disk / "filler").unlink()
+        summary = run_batch(config, deface=_copy)  # the same command resumes
+        status = {r.key: r.status for r in summary.records}
+        assert len(status) == 63 and sum(s == SKIPPED for s in status.values()) == 3
+        assert all(s in (SKIPPED, DONE) for s in status.values())
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)

@@ -19,6 +19,7 @@ but no record) is credited with the outputs its manifest lists and, for BIDS, it
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -152,12 +153,28 @@ class OwnershipRecord:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.is_file() and self.path.stat().st_size and not ends_with_newline(self.path):
             lines = "\n" + lines  # after a line cut short by a killed run
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(lines)
-            handle.flush()
-            os.fsync(handle.fileno())
+        _append_whole(self.path, lines.encode("ascii"))
         self.names |= self._unsaved
         self._unsaved = set()
+
+
+def _append_whole(path: Path, data: bytes) -> None:
+    """Append ``data`` to ``path`` (created if absent), fsynced; on a refusal (a full disk, a lost mount) the file is
+    cut back to its size before (best effort), so no line is left half-written, and the error is raised."""
+    handle = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        size = os.fstat(handle).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(handle, view):]
+            os.fsync(handle)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(handle, size)
+            raise
+    finally:
+        os.close(handle)
 
 
 def open_record(layout: OutputLayout) -> OwnershipRecord:

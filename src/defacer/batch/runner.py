@@ -61,7 +61,7 @@ from defacer.batch.summary import (
 from defacer.batch.task import DefaceFile, ScanTask, check_output_names, input_files, scan_seed
 from defacer.batch.workers import cap_jobs
 from defacer.checks import DEFAULT_MAX_VOXELS
-from defacer.errors import DefacerError, InputImageError, OutputError
+from defacer.errors import SYSTEM_ERRORS, DefacerError, InputImageError, OutputError
 from defacer.files import label_map_in, text_name
 from defacer.labels import FEATURES
 from defacer.options import DEFAULT_DEIDENTIFICATION, DEFAULT_OPTIONS, DefaceOptions, Deidentification
@@ -517,14 +517,23 @@ class _RecordNotWritten(Exception):
 
 def _stopped_message(cause: OSError, layout: OutputLayout, key: str, to_do: int, not_done: int) -> str:
     """Why a batch stopped when a finished scan's record could not be written, what it left, and what to do."""
-    from defacer.errors import SYSTEM_ERRORS
-
     what = f"{cause.strerror or type(cause).__name__}: {SYSTEM_ERRORS.get(cause.errno or 0, 'the system refused it')}"
     recorded = to_do - not_done - 1
     return (f"The batch stopped: the record of the scan '{text_name(key)}' could not be written to "
             f"'{text_name(str(layout.manifest_path))}' ({what}). {recorded} of the {to_do} scans "
             f"to do finished and are recorded; '{text_name(key)}' was written but is not recorded (the next run does "
             f"it again); {not_done} were not started. Free some space (or choose another output disk) and run the "
+            "same command again: the recorded scans are kept, the others are done.")
+
+
+def _not_started_message(cause: OSError, layout: OutputLayout, writing: Path, scans: int) -> str:
+    """Why a batch stopped before its first scan when its manifest or ownership record could not be written (a full
+    disk), what earlier runs left, and what to do."""
+    what = f"{cause.strerror or type(cause).__name__}: {SYSTEM_ERRORS.get(cause.errno or 0, 'the system refused it')}"
+    earlier = sum(1 for _ in Manifest(layout.manifest_path, read_only=True)) if layout.manifest_path.is_file() else 0
+    return (f"The batch stopped before defacing any scan: '{text_name(str(writing))}' could not be written ({what}). "
+            f"None of the {scans} scans found was started by this run and nothing was half-written; "
+            f"{earlier} recorded by earlier runs are kept. Free some space (or choose another output disk) and run the "
             "same command again: the recorded scans are kept, the others are done.")
 
 
@@ -690,8 +699,15 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
         if not config.quiet:
             print(notice(layout.qc_dir, config.qc_after_only), file=stream or sys.stderr)
     with batch_lock(layout.state_dir):
-        manifest = Manifest(layout.manifest_path)
-        owned.add(targets)  # before writing: a run killed after a write still owns the file
+        writing = layout.manifest_path
+        try:
+            manifest = Manifest(layout.manifest_path)
+            writing = owned.path
+            owned.add(targets)  # before writing: a run killed after a write still owns the file
+        except OSError as err:  # a full disk before any scan: say so, and what the rerun does
+            if err.errno not in SYSTEM_ERRORS:
+                raise
+            raise OutputError(_not_started_message(err, layout, writing, len(discovery.scans))) from err
         if discovery.others and _others_mode(config, discovery) == "skip" and holds_dicom_series(discovery):
             log.warning("%d other file(s) of this DICOM export (reports, pictures, notes: they often name the patient, "
                         "and only the series' headers are de-identified) are not carried to the output; pass --others "
