@@ -27,6 +27,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
 from defacer.errors import DicomSeriesError
+from defacer.io.dicom_vr_notice import vr_notices
 from defacer.phi import actions
 from defacer.phi.codestream import blank_encapsulated_text
 from defacer.phi.options import DeidOptions
@@ -384,7 +385,8 @@ class Scrubber:
         transfer_syntax = None
         if hasattr(ds, "file_meta") and "TransferSyntaxUID" in ds.file_meta:
             transfer_syntax = ds.file_meta.TransferSyntaxUID
-        self._clean(ds, context, top=True)
+        with vr_notices(source):  # pydicom's "VR lookup failed" once per element and series, not per file
+            self._clean(ds, context, top=True)
         blank_encapsulated_text(ds)  # comments, EXIF and thumbnails inside kept compressed frames
         self._mark(ds)
         self._rebuild_meta(ds, transfer_syntax)

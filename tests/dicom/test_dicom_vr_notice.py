@@ -1,0 +1,57 @@
+"""pydicom's "VR lookup failed" once per series and element, not once per file (HOSTILE14's leftover): an
+implicit-VR series of 8 files holding two elements no dictionary knows printed 16 log lines and Python's own copy of
+each warning on top, through `anonymize` and `deface`."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from dicom_factory import write_series
+from pydicom.uid import ImplicitVRLittleEndian
+
+from defacer.cli.main import main
+
+KEY = "vr-notice-test-key-0123456789"
+UNKNOWN = (0x0018ABCD, 0x00181234)  # public (even) groups, elements no DICOM dictionary defines
+
+
+def _implicit_series(folder: Path, *, files: int = 8) -> Path:
+    """A real implicit-VR little-endian series whose files each hold the two unknown elements and a lowercase CS value
+    (pydicom warns about that one on every file: a warning that must stay)."""
+    raw = np.arange(16 * 16 * files, dtype=np.int16).reshape(16, 16, files)
+    for path in write_series(folder, raw):
+        ds = pydicom.dcmread(path)
+        for tag in UNKNOWN:
+            ds.add_new(tag, "LO", "planted")
+        ds.add_new(0x00180020, "CS", "se")  # ScanningSequence in lowercase: an invalid CS value
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        ds.save_as(path, implicit_vr=True, little_endian=True)
+    return folder
+
+
+@pytest.mark.parametrize("command", ["anonymize", "anonymize-twice"])
+def test_an_unknown_element_of_an_implicit_series_is_said_once_per_series(tmp_path: Path, caplog, command: str) -> None:
+    first = _implicit_series(tmp_path / "a")
+    second = _implicit_series(tmp_path / "b")
+    caplog.set_level(logging.WARNING)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["anonymize", str(first), str(tmp_path / "out-a"), "--key", KEY]) == 0
+        if command == "anonymize-twice":  # another series in the same process is said again, once
+            assert main(["anonymize", str(second), str(tmp_path / "out-b"), "--key", KEY]) == 0
+    messages = [record.getMessage() for record in caplog.records]
+    series = 2 if command == "anonymize-twice" else 1
+    for tag in ("(0018,ABCD)", "(0018,1234)"):
+        said = [m for m in messages if tag in m]
+        assert len(said) == series, said  # main: 8 per series, the raw "VR lookup failed ..."
+        assert all("read as unknown bytes (VR UN)" in m and "once per series" in m for m in said), said
+    named = sorted(m.split("'")[1] for m in messages if "(0018,ABCD)" in m)
+    assert named == [str(first), str(second)][:series], "each said once, naming its series folder"
+    assert not [w for w in caught if "VR lookup failed" in str(w.message)], "Python's copy is not shown too"
+    other = [m for m in messages if "Invalid value for VR CS" in m]
+    assert len(other) >= 8 * series, "pydicom's other warnings are not hidden"
