@@ -324,3 +324,32 @@ def test_slices_at_an_absurd_same_position_are_told_in_a_short_message(tmp_path)
         read_dicom_volume(tmp_path / "in")
     message = str(refused.value)
     assert "two slices at the same position (1e+308 mm" in message and len(message) < 400, message
+
+
+def test_a_slice_of_another_pixel_spacing_is_refused_not_stacked(tmp_path, capsys):
+    """HOSTILE15: the affine took the first slice's PixelSpacing and no other slice's was looked at, so a slice of
+    0.5 mm pixels among 4 mm ones (a hostile or mis-merged series, same UID, orientation, rows and columns) was
+    stacked on the wrong grid: its part of the head at an eighth of its place, where the eye cover and nose removal
+    placed on the stack do not reach; `deface` wrote it, exit 0.  Refused now, naming the file; nothing written."""
+    from dicom_factory import write_phantom_series
+
+    from defacer.cli.main import main
+
+    series, labels = tmp_path / "series", tmp_path / "labels.nii.gz"
+    write_phantom_series(series, labels, voxel_mm=4.0)
+    files = sorted(series.iterdir())
+    odd = files[len(files) // 2]
+    ds = pydicom.dcmread(odd)
+    ds.PixelSpacing = ["0.5", "0.5"]
+    ds.save_as(odd)
+    with pytest.raises(DicomSeriesError, match="PixelSpacing of 0.5 x 0.5 mm but the other slices"):
+        read_dicom_volume(series)
+    out = tmp_path / "out"
+    code = main(["deface", str(series), str(out), "--labels", str(labels), "--key", "spacing-test-key-0123456789"])
+    err = capsys.readouterr().err
+    assert code == 1 and odd.name in err and "wrong grid" in err and "Traceback" not in err, err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["labels.nii.gz", "series"]
+    # a spacing written with other digits is the same spacing
+    ds.PixelSpacing = ["4.0000001", "4"]
+    ds.save_as(odd)
+    assert read_dicom_volume(series).raw.shape[2] == len(files)

@@ -173,6 +173,8 @@ def read_dicom_volume(path: PathLike | Sequence[PathLike], series: str | None = 
                 f"'{file}' stores {pixels.dtype} pixels but other slices store {raw.dtype}; "  # type: ignore[union-attr]
                 "the series mixes pixel formats."
             )
+        if ds is not header:
+            _check_same_spacing(ds, file, spacing_yx)  # type: ignore[arg-type]
         if pixels.shape[1:] != (info.rows, info.columns):
             raise DicomSeriesError(f"'{file}' has {pixels.shape[1:]} pixels; the series has {(info.rows, info.columns)}.")
         for k, ref in members:
@@ -216,6 +218,27 @@ def read_dicom_volume(path: PathLike | Sequence[PathLike], series: str | None = 
         "skipped": found.skipped,
     }
     return Volume(raw, affine, float(slope), float(inter), "dicom", header, extra)
+
+
+#: Relative difference of two slices' PixelSpacing above which they are not on one grid.
+SPACING_TOLERANCE = 1e-3
+
+
+def _check_same_spacing(ds: Dataset, file: Path, spacing_yx: tuple[float, ...]) -> None:
+    """Refuse a slice whose PixelSpacing is not the series' (the first slice's).
+
+    The affine takes the first slice's spacing; a slice of another spacing stacked with it puts its pixels on the
+    wrong grid: its face is not where the other slices' is, and distortions placed on the stack miss it there.
+    """
+    own = floats(_pixel_spacing(ds), 2, "PixelSpacing", file)
+    if np.allclose(own, spacing_yx, rtol=SPACING_TOLERANCE, atol=0.0):
+        return
+    raise DicomSeriesError(
+        f"'{file}' has a PixelSpacing of {own[0]:g} x {own[1]:g} mm but the other slices of its series "
+        f"{spacing_yx[0]:g} x {spacing_yx[1]:g} mm: stacked with them, its pixels would lie on the wrong grid (its part "
+        "of the face elsewhere than the others', where defacing would miss it). Re-export the series, or move the "
+        "slices of the other spacing to a folder of their own (nothing was written)."
+    )
 
 
 def _pixel_spacing(ds: Dataset) -> Any:
