@@ -537,6 +537,45 @@ def _not_started_message(cause: OSError, layout: OutputLayout, writing: Path, sc
             "same command again: the recorded scans are kept, the others are done.")
 
 
+def _close_run(config: BatchConfig, discovery: Discovery, layout: OutputLayout, manifest: Manifest,
+               tasks: Sequence[ScanTask], records: Sequence[ScanRecord], *, notices: Sequence[str],
+               not_done: Sequence[str], start: float, unrecorded: Sequence[str]) -> tuple[float, Path, bool]:
+    """What every batch run ends with, finished, interrupted or stopped: temporaries of stopped workers removed,
+    stale verifications dropped, the manifest compacted, ``summary.html`` and the QC gallery written.
+
+    ``unrecorded`` holds the scan whose record the disk refused (the batch stops): it leaves the manifest, and a
+    refusal here (the same full disk) is a warning that never hides why the batch stopped.
+
+    Returns
+    -------
+    (wall_s, html_path, unchanged) : tuple
+        Seconds since ``start``; the summary page; whether it was kept from the run that did the work (nothing to do).
+    """
+    title = text_name(discovery.root.name)
+    html_path = layout.state_dir / "summary.html"
+    wall_s, unchanged = time.perf_counter() - start, False
+    try:
+        remove_stale_temporaries(layout.out_root)  # from workers stopped mid-scan
+        if not config.verify:
+            _drop_stale_verifications(layout, tasks, records, manifest, title=f"defacer QC: {title}")
+        if unrecorded:
+            manifest.records.pop(unrecorded[0], None)  # its outputs are whole, but its record was not written
+        manifest.compact()
+        wall_s = time.perf_counter() - start
+        # A resume that has nothing to do keeps the summary of the run that did the work.
+        unchanged = not tasks and html_path.is_file()
+        if not unchanged:
+            html_path = write_html(records, html_path, out_root=layout.out_root, title=f"defacer batch: {title}",
+                                   wall_s=wall_s, qc_root=layout.qc_dir, notices=notices, not_done=not_done)
+        if config.verify and not (unchanged and (layout.qc_dir / "index.html").is_file()):
+            write_qc_gallery(records, layout.qc_dir, title=f"defacer QC: {title}", after_only=config.qc_after_only)
+    except OSError as err:
+        if not unrecorded:
+            raise
+        log.warning("the batch's summary could not be written either (%s)", err.strerror or err)
+    return wall_s, html_path, unchanged
+
+
 def write_qc_gallery(records: Sequence[ScanRecord], qc_root: Path, *, title: str, after_only: bool) -> Path:
     """Write ``OUT-qc/index.html``: one row per scan with its pictures, verdict, features and report link."""
     from defacer.verify.qc import GalleryRow, write_gallery
@@ -761,30 +800,9 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
             not_done = [task.scan.key for task in tasks if task.scan.key not in finished]
             raise OutputError(_stopped_message(err.cause, layout, unrecorded[0], len(tasks), len(not_done))) from err.cause
         finally:
-            stopping = bool(unrecorded)  # the disk refused a record: what follows may fail alike, never hiding why
-            try:
-                remove_stale_temporaries(layout.out_root)  # from workers stopped mid-scan
-                if not config.verify:
-                    _drop_stale_verifications(layout, tasks, records, manifest,
-                                              title=f"defacer QC: {text_name(discovery.root.name)}")
-                if stopping:
-                    manifest.records.pop(unrecorded[0], None)  # its outputs are whole, but its record was not written
-                manifest.compact()
-                wall_s = time.perf_counter() - start
-                html_path = layout.state_dir / "summary.html"
-                # A resume that has nothing to do keeps the summary of the run that did the work.
-                unchanged = not tasks and html_path.is_file()
-                if not unchanged:
-                    html_path = write_html(records, html_path, out_root=layout.out_root,
-                                           title=f"defacer batch: {text_name(discovery.root.name)}", wall_s=wall_s,
-                                           qc_root=layout.qc_dir, notices=notices, not_done=not_done)
-                if config.verify and not (unchanged and (layout.qc_dir / "index.html").is_file()):
-                    write_qc_gallery(records, layout.qc_dir, title=f"defacer QC: {text_name(discovery.root.name)}",
-                                     after_only=config.qc_after_only)
-            except OSError as err:
-                if not stopping:
-                    raise
-                log.warning("the batch's summary could not be written either (%s)", err.strerror or err)
+            wall_s, html_path, unchanged = _close_run(config, discovery, layout, manifest, tasks, records,
+                                                      notices=notices, not_done=not_done, start=start,
+                                                      unrecorded=unrecorded)
     summary = BatchSummary(records=sorted(records, key=lambda r: r.key), counts=count(records), wall_s=wall_s,
                            manifest_path=layout.manifest_path, html_path=html_path, engine=engine,
                            notices=list(notices))
