@@ -353,3 +353,35 @@ def test_a_slice_of_another_pixel_spacing_is_refused_not_stacked(tmp_path, capsy
     ds.PixelSpacing = ["4.0000001", "4"]
     ds.save_as(odd)
     assert read_dicom_volume(series).raw.shape[2] == len(files)
+
+
+def test_a_slice_moved_within_its_plane_is_refused_and_a_gantry_tilt_is_not(tmp_path, capsys):
+    """HOSTILE15: only the positions' distances along the normal were checked (uneven spacing is warned about), so a
+    slice whose ImagePositionPatient was moved 25 mm within its plane (a hostile or mis-merged series) was stacked as
+    if it lay with the others, its part of the head 25 mm from where the distortions placed on the stack reach;
+    `deface` wrote it, exit 0.  Refused now, naming the file.  A gantry tilt (positions on a line oblique to the
+    normal) still reads, as do the 4 real DICOM heads."""
+    from dicom_factory import write_phantom_series
+
+    from defacer.cli.main import main
+
+    series, labels = tmp_path / "series", tmp_path / "labels.nii.gz"
+    write_phantom_series(series, labels, voxel_mm=4.0)
+    by_height = sorted(series.iterdir(), key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))
+    moved = by_height[len(by_height) // 2]
+    ds = pydicom.dcmread(moved)
+    ds.ImagePositionPatient = [float(ds.ImagePositionPatient[0]) + 25.0, *ds.ImagePositionPatient[1:]]
+    ds.save_as(moved)
+    with pytest.raises(DicomSeriesError, match="beside the line the other slices of its series lie on") as refused:
+        read_dicom_volume(series)
+    assert moved.name in str(refused.value)
+    out = tmp_path / "out"
+    code = main(["deface", str(series), str(out), "--labels", str(labels), "--key", "inplane-test-key-0123456789"])
+    err = capsys.readouterr().err
+    assert code == 1 and moved.name in err and "Traceback" not in err, err
+    assert not out.exists()
+
+    tilted = tmp_path / "tilted"
+    write_series(tilted, ramp((12, 10, 6)).astype(np.int16), step=(0.0, 0.9, 2.0))  # sheared by 24 degrees
+    volume = read_dicom_volume(tilted)
+    assert volume.raw.shape == (12, 10, 6) and volume.extra["gantry_tilt_deg"] > 20

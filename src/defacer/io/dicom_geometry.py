@@ -181,6 +181,7 @@ def read_dicom_volume(path: PathLike | Sequence[PathLike], series: str | None = 
             raw[:, :, k] = pixels[ref.frame or 0].T  # type: ignore[index]
     assert raw is not None and header is not None and spacing_yx is not None
 
+    _check_on_one_line(positions, normal, frames, spacing_yx)
     scalings = [(f.slope, f.inter) for f in frames]
     per_slice = len(set(scalings)) > 1
     slope, inter = scalings[0]
@@ -218,6 +219,46 @@ def read_dicom_volume(path: PathLike | Sequence[PathLike], series: str | None = 
         "skipped": found.skipped,
     }
     return Volume(raw, affine, float(slope), float(inter), "dicom", header, extra)
+
+
+def _check_on_one_line(positions: npt.NDArray[np.float64], normal: npt.NDArray[np.float64], frames: Sequence[FrameRef],
+                       spacing_yx: tuple[float, ...]) -> None:
+    """Refuse a slice that lies beside the line the others lie on (its ImagePositionPatient moved within its plane).
+
+    The affine places slice k at the first slice's position plus k steps towards the last (a gantry tilt is such a
+    line, oblique to the slices' normal).  A slice moved within its own plane is stacked as if it were not: its
+    pixels lie on the wrong grid, its part of the face where defacing does not reach.  The in-plane part of each
+    position is fitted as a straight line of its distance along the normal; a slice more than one pixel (at least
+    0.5 mm) off it is refused.
+
+    Parameters
+    ----------
+    positions : ndarray, shape (K, 3)
+        ImagePositionPatient of each slice (LPS mm), in stack order.
+    normal : ndarray, shape (3,)
+        The slices' normal (unit, LPS).
+    frames : sequence of FrameRef
+        The slices, in the same order (to name the file).
+    spacing_yx : tuple of float
+        PixelSpacing (row, column spacing, mm).
+    """
+    if len(positions) < 3:
+        return
+    along = positions @ normal
+    inplane = positions - along[:, None] * normal[None, :]
+    design = np.stack([np.ones_like(along), along - along.mean()], axis=1)
+    fit, *_ = np.linalg.lstsq(design, inplane, rcond=None)
+    off = np.linalg.norm(inplane - design @ fit, axis=1)
+    worst = int(np.argmax(off))
+    tolerance = max(max(spacing_yx), 0.5)
+    if not np.isfinite(off[worst]) or off[worst] <= tolerance:
+        return
+    raise DicomSeriesError(
+        f"'{frames[worst].path}' lies {off[worst]:.1f} mm beside the line the other slices of its series lie on "
+        f"(its ImagePositionPatient moved within its plane; more than one pixel, {tolerance:g} mm, is refused): "
+        "stacked with them, its pixels would lie on the wrong grid (its part of the face elsewhere than the others', "
+        "where defacing would miss it). Re-export the series, or move that slice out (nothing was written)."
+    )
 
 
 #: Relative difference of two slices' PixelSpacing above which they are not on one grid.
