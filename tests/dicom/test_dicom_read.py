@@ -385,3 +385,22 @@ def test_a_slice_moved_within_its_plane_is_refused_and_a_gantry_tilt_is_not(tmp_
     write_series(tilted, ramp((12, 10, 6)).astype(np.int16), step=(0.0, 0.9, 2.0))  # sheared by 24 degrees
     volume = read_dicom_volume(tilted)
     assert volume.raw.shape == (12, 10, 6) and volume.extra["gantry_tilt_deg"] > 20
+
+
+def test_a_frame_of_another_pixel_spacing_in_an_enhanced_instance_is_refused(tmp_path):
+    """HOSTILE15: an enhanced multi-frame instance's per-frame PixelMeasuresSequence was read for the first frame only
+    (or the shared one); a frame declaring 0.5 mm pixels among 1 mm ones was stacked on the first frame's grid."""
+    from pydicom.dataset import Dataset
+
+    path = write_enhanced(tmp_path / "enhanced" / "e.dcm", ramp((16, 16, 8)).astype(np.int16))
+    ds = pydicom.dcmread(path)
+    measures = Dataset()
+    measures.PixelSpacing = [0.5, 0.5]
+    measures.SliceThickness = 2.0
+    ds.PerFrameFunctionalGroupsSequence[4].PixelMeasuresSequence = [measures]
+    ds.save_as(path)
+    with pytest.raises(DicomSeriesError, match="frame 5 has a PixelSpacing of 0.5 x 0.5 mm"):
+        read_dicom_volume(path.parent)
+    measures.PixelSpacing = [1.0, 1.0]  # the shared spacing, said again per frame: the same grid
+    ds.save_as(path)
+    assert read_dicom_volume(path.parent).raw.shape == (16, 16, 8)

@@ -186,9 +186,21 @@ def _enhanced_frame_refs(ds: Dataset, path: Path, n_frames: int) -> tuple[list[F
 
     refs = []
     orientation = None
+    first_spacing: tuple[float, ...] | None = None
     for f, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
         plane = group(item, "PlanePositionSequence")
         orient = group(item, "PlaneOrientationSequence")
+        measures = group(item, "PixelMeasuresSequence")
+        if measures is not None and "PixelSpacing" in measures:
+            spacing = floats(measures.PixelSpacing, 2, "PixelSpacing", path)
+            first_spacing = first_spacing or spacing
+            if not np.allclose(spacing, first_spacing, rtol=1e-3, atol=0.0):
+                raise DicomSeriesError(
+                    f"'{path}' is an enhanced multi-frame instance whose frame {f + 1} has a PixelSpacing of "
+                    f"{spacing[0]:g} x {spacing[1]:g} mm but its first frame {first_spacing[0]:g} x "
+                    f"{first_spacing[1]:g} mm: stacked with the others, its pixels would lie on the wrong grid (its "
+                    "part of the face where defacing would miss it). Re-export the series (nothing was written)."
+                )
         transform = group(item, "PixelValueTransformationSequence")
         if plane is None or orient is None:
             raise DicomSeriesError(
