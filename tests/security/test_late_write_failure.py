@@ -255,3 +255,26 @@ def test_rename_no_replace_refuses_any_taken_name_and_moves_onto_a_free_one(tmp_
     assert taken["file"].read_text() == "theirs" and taken["folder"].is_dir() and taken["link"].is_symlink()
     assert rename_no_replace(source, tmp_path / "free") is True, "this test's disk takes RENAME_NOREPLACE"
     assert (tmp_path / "free").read_text() == "new" and not source.exists()
+
+
+def test_a_system_refusing_renameat2_itself_falls_back_to_the_earlier_step(tmp_path: Path, monkeypatch) -> None:
+    """A container whose seccomp filter does not know renameat2 answers EPERM (older Docker profiles), as a kernel
+    without it answers ENOSYS: the output is still written, through the hard link, and a taken name still refused."""
+    import ctypes
+
+    from defacer.io import atomic, no_replace
+
+    for code in (errno.EPERM, errno.ENOSYS, errno.EINVAL):
+        def refused(old: bytes, new: bytes, code: int = code) -> int:
+            ctypes.set_errno(code)
+            return -1
+
+        monkeypatch.setattr(no_replace, "_call", lambda refused=refused: refused)
+        final = tmp_path / f"out-{code}.txt"
+        with atomic.atomic_outputs([final], replace=False) as (temp,):
+            temp.write_text("new")
+        assert final.read_text() == "new"
+        with pytest.raises(atomic.OutputError, match="appeared while defacer was writing"), \
+                atomic.atomic_outputs([final], replace=False) as (temp,):
+            temp.write_text("newer")
+        assert final.read_text() == "new"

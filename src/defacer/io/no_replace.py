@@ -21,8 +21,10 @@ from pathlib import Path
 RENAME_NOREPLACE = 1
 #: ``AT_FDCWD``: paths relative to the current folder, as :func:`os.rename` takes them.
 _AT_FDCWD = -100
-#: The answers of a kernel or file system that does not take the flag (or the call): the caller falls back.
-UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP})
+#: The answers of a kernel or file system that does not take the flag (or the call): the caller falls back.  EPERM
+#: too: a container's seccomp filter that does not know the call (older Docker profiles) answers it; a real lack of
+#: permission then meets the fallback's own rename, which says so.
+UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM})
 #: ``SYS_renameat2`` where the C library has no ``renameat2`` (glibc before 2.28, some musl builds).
 _SYSCALL_NUMBERS = {"x86_64": 316, "aarch64": 276, "arm64": 276, "riscv64": 276, "i686": 353, "i386": 353,
                     "ppc64le": 357, "s390x": 347}
