@@ -312,3 +312,33 @@ def test_no_output_is_written_inside_the_folders_training_reads(tmp_path, capsys
     assert provenance.read_text() == '{"head": {"source": "head.nii.gz"}}'
     assert scan.read_bytes() == b"a file of the data set"
     assert sorted(p.name for p in labels.iterdir()) == ["provenance.json"]
+
+
+@pytest.mark.parametrize("taken", ["model", "card"])
+def test_an_export_path_taken_while_training_is_never_replaced_without_force(tmp_path, capsys, monkeypatch,
+                                                                            taken) -> None:
+    """HOSTILE15: --export was checked before training (hours) and written at the end with a plain rename, its card
+    with a plain write: a model (or card) put there meanwhile (a second run exporting to the same path) was replaced
+    without --force, exit 0.  Now both are renamed into place together, neither onto a taken name: exit 1, the other
+    run's file kept, nothing of this run's export left."""
+    from defacer.train import export
+    from defacer.train.data import make_phantom_samples, save_samples
+
+    cache = tmp_path / "boxes.npz"
+    save_samples(make_phantom_samples(2, seed=3, shape=(32, 32, 32), spacing=8.0), cache)
+    out = tmp_path / "model.onnx"
+    other = out if taken == "model" else out.with_suffix(".json")
+    original = export.export_onnx
+
+    def another_run_exports_first(*args, **kwargs):  # its model lands while this run trains
+        other.write_text("another run's export")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(export, "export_onnx", another_run_exports_first)
+    code = main(["train", "--cache", str(cache), "--phantoms", "0", "--validate-on-train", "--epochs", "1",
+                 "--samples-per-epoch", "2", "--batch-size", "1", "--channels", "4,8,16", "--out", str(tmp_path / "run"),
+                 "--export", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1 and "appeared while defacer was writing" in err and "Traceback" not in err, err
+    assert other.read_text() == "another run's export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["boxes.npz", "run", other.name])

@@ -130,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
         for checkpoint in args.ensemble:
             trained_on += _trained_on(checkpoint.parent / "detector.json")
         card = export_ensemble(list(args.ensemble), args.export,
-                               {"trained_on": sorted(set(trained_on)), "class_weights": class_weights})
+                               {"trained_on": sorted(set(trained_on)), "class_weights": class_weights},
+                               replace=args.force)
         print(json.dumps({"exported": str(args.export), "sha256": card["sha256"]}), flush=True)
         return 0
     samples = _real_samples(args)
@@ -153,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     if args.export is not None:
         card = export_onnx(best, args.export, {"trained_on": [s.name for s in train_samples],
                                                "validated_on": [s.name for s in val_samples],
-                                               "class_weights": class_weights})
+                                               "class_weights": class_weights}, replace=args.force)
         print(json.dumps({"exported": str(args.export), "sha256": card["sha256"]}), flush=True)
     return 0
 
