@@ -342,3 +342,30 @@ def test_an_export_path_taken_while_training_is_never_replaced_without_force(tmp
     assert code == 1 and "appeared while defacer was writing" in err and "Traceback" not in err, err
     assert other.read_text() == "another run's export"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["boxes.npz", "run", other.name])
+
+
+def test_a_second_training_run_into_the_same_out_is_refused_while_the_first_runs(tmp_path, capsys) -> None:
+    """HOSTILE15: two runs started into one --out (a sweep repeating a name, a run started again with --force while
+    the first trained) both passed the output check and wrote best.pt, last.pt and history.json over each other's
+    every epoch.  The folder is now locked while a run trains (flock on the folder, nothing added to it): the second
+    is refused in words before training, and writes nothing."""
+    import fcntl
+    import os
+
+    from defacer.train.data import make_phantom_samples, save_samples
+
+    cache = tmp_path / "boxes.npz"
+    save_samples(make_phantom_samples(2, seed=3, shape=(32, 32, 32), spacing=8.0), cache)
+    out = tmp_path / "run"
+    out.mkdir()
+    first = os.open(out, os.O_RDONLY)  # the first run, training
+    try:
+        fcntl.flock(first, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        code = main(["train", "--cache", str(cache), "--phantoms", "0", "--validate-on-train", "--epochs", "1",
+                     "--samples-per-epoch", "2", "--batch-size", "1", "--channels", "4,8,16", "--out", str(out),
+                     "--export", str(tmp_path / "model.onnx"), "--force"])
+    finally:
+        os.close(first)
+    err = capsys.readouterr().err
+    assert code == 1 and "Another defacer training run is writing its checkpoints" in err, err
+    assert list(out.iterdir()) == [] and not (tmp_path / "model.onnx").exists()

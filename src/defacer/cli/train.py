@@ -10,14 +10,16 @@ Example (one run; the shipped model and its cross-validation folds come from
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from defacer.cli.paths import path_argument
-from defacer.errors import InputImageError, MissingExtraError
+from defacer.errors import InputImageError, MissingExtraError, OutputError
 from defacer.files import read_json_object
 
 if TYPE_CHECKING:
@@ -31,6 +33,44 @@ CHECKPOINT_FILES = ("best.pt", "last.pt", "history.json")
 #: network activations and augmentation copies grow with its cube (a 1024 box would ask for tens of GB before
 #: anything said so).
 MAX_BOX_SIZE = 256
+
+
+@contextlib.contextmanager
+def only_run_in(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the checkpoint folder ``out`` (created if absent) while a run trains and exports.
+
+    Two runs started into one ``--out`` (a sweep with a repeated name, a run started again under ``--force`` while the
+    first trains) both passed the output check, then wrote ``best.pt``, ``last.pt`` and ``history.json`` over each
+    other's each epoch: checkpoints and history of two runs mixed, and an export whose card described the other run.
+    The lock is an ``flock`` on the folder itself (no file is added to it); the system releases it when the process
+    ends, so a killed run never leaves it held.
+
+    Raises
+    ------
+    OutputError
+        If another run holds it.
+    """
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: run without the lock
+        fcntl = None  # type: ignore[assignment]
+    handle = os.open(out, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)) if fcntl is not None else None
+    try:
+        if fcntl is not None and handle is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                raise OutputError(f"Another defacer training run is writing its checkpoints to '{out}' right now "
+                                  "(nothing was written). Wait for it to finish, or choose another --out.") from err
+        yield
+    finally:
+        if handle is not None:
+            os.close(handle)
+        if created:  # a run refused before its first checkpoint (a bad input) leaves no folder behind
+            with contextlib.suppress(OSError):
+                out.rmdir()
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -134,28 +174,29 @@ def run(args: argparse.Namespace) -> int:
                                replace=args.force)
         print(json.dumps({"exported": str(args.export), "sha256": card["sha256"]}), flush=True)
         return 0
-    samples = _real_samples(args)
-    samples = [s for s in samples if s.name not in args.exclude]
-    train_samples = [s for s in samples if s.name not in args.holdout]
-    val_samples = [s for s in samples if s.name in args.holdout]
-    if args.validate_on_train:
-        val_samples += [s for s in train_samples]
-    if args.phantoms:
-        shape, box_mm = _sample_box(samples[0]) if samples else ((size,) * 3, spacing)  # the real heads' box
-        phantoms = make_phantom_samples(args.phantoms + 2, seed=args.seed, shape=shape, spacing=box_mm)
-        train_samples += phantoms[:-2]
-        val_samples += phantoms[-2:]
-    config = TrainConfig(epochs=args.epochs, samples_per_epoch=args.samples_per_epoch, batch_size=args.batch_size,
-                         learning_rate=args.lr, patience=args.patience, time_limit_s=args.time_limit,
-                         seed=args.seed, threads=args.threads, patch=args.patch,
-                         foreground_probability=args.foreground_probability, unet=UNetConfig(channels=channels).to_dict())
-    print(json.dumps({"train": [s.name for s in train_samples], "validate": [s.name for s in val_samples]}), flush=True)
-    best = train(train_samples, val_samples, args.out, config, resume=args.resume)
-    if args.export is not None:
-        card = export_onnx(best, args.export, {"trained_on": [s.name for s in train_samples],
-                                               "validated_on": [s.name for s in val_samples],
-                                               "class_weights": class_weights}, replace=args.force)
-        print(json.dumps({"exported": str(args.export), "sha256": card["sha256"]}), flush=True)
+    with only_run_in(args.out):  # a second run into this --out meanwhile would mix checkpoints with this one's
+        samples = _real_samples(args)
+        samples = [s for s in samples if s.name not in args.exclude]
+        train_samples = [s for s in samples if s.name not in args.holdout]
+        val_samples = [s for s in samples if s.name in args.holdout]
+        if args.validate_on_train:
+            val_samples += [s for s in train_samples]
+        if args.phantoms:
+            shape, box_mm = _sample_box(samples[0]) if samples else ((size,) * 3, spacing)  # the real heads' box
+            phantoms = make_phantom_samples(args.phantoms + 2, seed=args.seed, shape=shape, spacing=box_mm)
+            train_samples += phantoms[:-2]
+            val_samples += phantoms[-2:]
+        config = TrainConfig(epochs=args.epochs, samples_per_epoch=args.samples_per_epoch, batch_size=args.batch_size,
+                             learning_rate=args.lr, patience=args.patience, time_limit_s=args.time_limit,
+                             seed=args.seed, threads=args.threads, patch=args.patch,
+                             foreground_probability=args.foreground_probability, unet=UNetConfig(channels=channels).to_dict())
+        print(json.dumps({"train": [s.name for s in train_samples], "validate": [s.name for s in val_samples]}), flush=True)
+        best = train(train_samples, val_samples, args.out, config, resume=args.resume)
+        if args.export is not None:
+            card = export_onnx(best, args.export, {"trained_on": [s.name for s in train_samples],
+                                                   "validated_on": [s.name for s in val_samples],
+                                                   "class_weights": class_weights}, replace=args.force)
+            print(json.dumps({"exported": str(args.export), "sha256": card["sha256"]}), flush=True)
     return 0
 
 
