@@ -181,3 +181,32 @@ def test_a_full_disk_at_the_ownership_record_stops_the_batch_saying_what_was_don
         assert all(s in (SKIPPED, DONE) for s in status.values())
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_full_disk_at_the_dataset_files_stops_the_batch_saying_so(tmp_path: Path, monkeypatch) -> None:
+    """HOSTILE15: a BIDS batch whose disk refused OUT's dataset_description.json (written before any scan) stopped
+    with the bare disk-full message; now it says it stopped before any scan, what it was writing, and to rerun."""
+    import json
+
+    from defacer.batch import layout as layout_module
+    from defacer.errors import OutputError
+
+    src = tmp_path / "ds"
+    (src / "sub-01" / "anat").mkdir(parents=True)
+    (src / "dataset_description.json").write_text(json.dumps({"Name": "x", "BIDSVersion": "1.8.0"}))
+    (src / "sub-01" / "anat" / "sub-01_T1w.nii.gz").write_bytes(b"scan")
+
+    def full_disk(*_: object, **__: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(layout_module, "write_json_atomic", full_disk)
+    config = BatchConfig(in_root=src, out_root=tmp_path / "out", quiet=True)
+    with pytest.raises(OutputError) as refused:
+        run_batch(config, deface=_copy)
+    message = str(refused.value)
+    assert message.startswith("The batch stopped before defacing any scan: the dataset files of"), message
+    assert "the disk is full" in message and "run the same command again" in message
+    assert not (tmp_path / "out" / "sub-01").exists()
+    monkeypatch.undo()
+    summary = run_batch(config, deface=_copy)
+    assert [(r.key, r.status) for r in summary.records] == [("sub-01/anat/sub-01_T1w.nii.gz", DONE)]

@@ -8,13 +8,14 @@ in the manifest as it arrives; write the summary (terminal table, HTML, compacte
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import secrets
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -526,12 +527,24 @@ def _stopped_message(cause: OSError, layout: OutputLayout, key: str, to_do: int,
             "same command again: the recorded scans are kept, the others are done.")
 
 
-def _not_started_message(cause: OSError, layout: OutputLayout, writing: Path, scans: int) -> str:
-    """Why a batch stopped before its first scan when its manifest or ownership record could not be written (a full
-    disk), what earlier runs left, and what to do."""
+@contextlib.contextmanager
+def _stops_before_any_scan(layout: OutputLayout, writing: str, scans: int) -> Iterator[None]:
+    """A refusal by the system (a full disk) inside the block stops the batch before its first scan, in words
+    (:func:`_not_started_message`); ``writing`` names what was being written, quoted."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in SYSTEM_ERRORS:
+            raise
+        raise OutputError(_not_started_message(err, layout, writing, scans)) from err
+
+
+def _not_started_message(cause: OSError, layout: OutputLayout, writing: str, scans: int) -> str:
+    """Why a batch stopped before its first scan when its manifest, ownership record or dataset files could not be
+    written (a full disk), what earlier runs left, and what to do."""
     what = f"{cause.strerror or type(cause).__name__}: {SYSTEM_ERRORS.get(cause.errno or 0, 'the system refused it')}"
     earlier = sum(1 for _ in Manifest(layout.manifest_path, read_only=True)) if layout.manifest_path.is_file() else 0
-    return (f"The batch stopped before defacing any scan: '{text_name(str(writing))}' could not be written ({what}). "
+    return (f"The batch stopped before defacing any scan: {writing} could not be written ({what}). "
             f"None of the {scans} scans found was started by this run and nothing was half-written; "
             f"{earlier} recorded by earlier runs are kept. Free some space (or choose another output disk) and run the "
             "same command again: the recorded scans are kept, the others are done.")
@@ -738,15 +751,11 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
         if not config.quiet:
             print(notice(layout.qc_dir, config.qc_after_only), file=stream or sys.stderr)
     with batch_lock(layout.state_dir):
-        writing = layout.manifest_path
-        try:
+        scans = len(discovery.scans)
+        with _stops_before_any_scan(layout, f"'{text_name(str(layout.manifest_path))}'", scans):
             manifest = Manifest(layout.manifest_path)
-            writing = owned.path
+        with _stops_before_any_scan(layout, f"'{text_name(str(owned.path))}'", scans):
             owned.add(targets)  # before writing: a run killed after a write still owns the file
-        except OSError as err:  # a full disk before any scan: say so, and what the rerun does
-            if err.errno not in SYSTEM_ERRORS:
-                raise
-            raise OutputError(_not_started_message(err, layout, writing, len(discovery.scans))) from err
         if discovery.others and _others_mode(config, discovery) == "skip" and holds_dicom_series(discovery):
             log.warning("%d other file(s) of this DICOM export (reports, pictures, notes: they often name the patient, "
                         "and only the series' headers are de-identified) are not carried to the output; pass --others "
@@ -754,7 +763,9 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
         with collected_warnings("defacer.batch.layout") as carried:
             carry_over(layout, discovery.others, _others_mode(config, discovery),
                        clean_tables=config.deidentify is not None, profile=_profile(config), scans=discovery.scans)
-            write_dataset_files(layout)
+            with _stops_before_any_scan(layout, f"the dataset files of '{text_name(str(layout.out_root))}' "
+                                        "(dataset_description.json, .bidsignore)", scans):
+                write_dataset_files(layout)
         notices = [*notices, *carried]
         tasks, skipped = plan(config, discovery, layout, manifest, deface)
         if resuming:
