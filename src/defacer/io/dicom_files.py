@@ -301,9 +301,12 @@ def collect_identifying(files: Iterable[Path], deid: Scrubber) -> None:
     """Let ``deid`` see the identifying values of every file first (free text is cleaned of a study's values)."""
     from pydicom.errors import InvalidDicomError
 
+    from defacer.io.dicom_vr_notice import vr_notices
+
     for file in files:
         try:
-            deid.collect_identifying(dcmread_any(file, stop_before_pixels=True))
+            with vr_notices(file):  # pydicom's "VR lookup failed" once per element and series, not per file
+                deid.collect_identifying(dcmread_any(file, stop_before_pixels=True))
         except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError):
             continue  # unreadable: it is skipped (or refused) when it is written
 

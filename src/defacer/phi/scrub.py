@@ -380,16 +380,16 @@ class Scrubber:
         source : str
             Where it came from, for messages.
         """
-        self.check_burned_in(ds, source)
-        context = self._context(ds)
-        transfer_syntax = None
-        if hasattr(ds, "file_meta") and "TransferSyntaxUID" in ds.file_meta:
-            transfer_syntax = ds.file_meta.TransferSyntaxUID
         with vr_notices(source):  # pydicom's "VR lookup failed" once per element and series, not per file
+            self.check_burned_in(ds, source)
+            context = self._context(ds)
+            transfer_syntax = None
+            if hasattr(ds, "file_meta") and "TransferSyntaxUID" in ds.file_meta:
+                transfer_syntax = ds.file_meta.TransferSyntaxUID
             self._clean(ds, context, top=True)
-        blank_encapsulated_text(ds)  # comments, EXIF and thumbnails inside kept compressed frames
-        self._mark(ds)
-        self._rebuild_meta(ds, transfer_syntax)
+            blank_encapsulated_text(ds)  # comments, EXIF and thumbnails inside kept compressed frames
+            self._mark(ds)
+            self._rebuild_meta(ds, transfer_syntax)
         return ds
 
     # ----------------------------------------------------------------- helpers
