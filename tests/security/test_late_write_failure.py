@@ -278,3 +278,36 @@ def test_a_system_refusing_renameat2_itself_falls_back_to_the_earlier_step(tmp_p
                 atomic.atomic_outputs([final], replace=False) as (temp,):
             temp.write_text("newer")
         assert final.read_text() == "new"
+
+
+def test_rename_no_replace_through_the_raw_syscall_where_the_c_library_lacks_it(tmp_path: Path, monkeypatch) -> None:
+    """glibc before 2.28 (and some musl builds) have no renameat2(): the call goes through syscall() with the
+    architecture's number; the same refusal of a taken name, the same rename onto a free one."""
+    import ctypes
+    import platform
+
+    from defacer.io import no_replace
+
+    if not sys.platform.startswith("linux") or platform.machine() not in no_replace._SYSCALL_NUMBERS:
+        pytest.skip("the raw syscall is used on Linux of a known architecture only")
+    real = ctypes.CDLL
+
+    class WithoutRenameat2:
+        def __init__(self, library: ctypes.CDLL) -> None:
+            self._library = library
+
+        def __getattr__(self, name: str) -> object:
+            if name == "renameat2":
+                raise AttributeError(name)
+            return getattr(self._library, name)
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda *args, **kwargs: WithoutRenameat2(real(*args, **kwargs)))
+    call = no_replace._load()
+    monkeypatch.setattr(ctypes, "CDLL", real)
+    monkeypatch.setattr(no_replace, "_cached", [call])
+    (tmp_path / "a").write_text("a")
+    (tmp_path / "b").write_text("theirs")
+    with pytest.raises(FileExistsError):
+        no_replace.rename_no_replace(tmp_path / "a", tmp_path / "b")
+    assert no_replace.rename_no_replace(tmp_path / "a", tmp_path / "c") is True
+    assert (tmp_path / "b").read_text() == "theirs" and (tmp_path / "c").read_text() == "a"
