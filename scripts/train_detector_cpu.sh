@@ -16,7 +16,12 @@
 # with the paper's loss, augmentation, per-epoch validation and 5-epoch early stopping; both
 # folds run at once with one thread each.  RESUME_FROM=DIR continues each fold from DIR/<fold>/best.pt
 # (LR, FOREGROUND, SAMPLES and PATIENCE set the learning rate, --foreground-probability, draws per
-# epoch and the early-stopping patience in epochs, default 5).
+# epoch and the early-stopping patience in epochs, default 5).  RESUME_MEMBERS=DIR starts each fold
+# from its own member of the shipped graph, DIR/<fold>.onnx as cut by
+# `python scripts/split_detector_members.py --out DIR` (a fine-tune that keeps each fold's heads unseen:
+# the shipped graph as a whole has seen every person).  CLASS_WEIGHTS=B,E,N,A is written into the
+# fold exports' and the ensemble's cards (default: defacer train's).  SEED_BASE sets the folds'
+# seeds (SEED_BASE+1, SEED_BASE+2; default 50).
 set -euo pipefail
 OUT=${1:?usage: scripts/train_detector_cpu.sh OUT_DIR [SECONDS] [PYTHON]}
 SECONDS_LIMIT=${2:-3600}
@@ -38,15 +43,19 @@ declare -A FOLDS=(
   [foldA]="ixi012_T1w_2mm ixi014_T1w_2mm ixi033_T1w_2mm ixi039_T1w_2mm mricrogl_CT contecore2_mean_head_2mm"
   [foldB]="ixi013_T1w_2mm ixi015_T1w_2mm ixi034_T1w_2mm invesalius-ct0051_CT uih_T1w_dicom"
 )
-seed=50
+seed=${SEED_BASE:-50}
+weights=()
+[ -z "${CLASS_WEIGHTS:-}" ] || weights=(--class-weights "$CLASS_WEIGHTS")
 pids=()
 for name in foldA foldB; do
   seed=$((seed + 1))
-  if [ -n "${RESUME_FROM:-}" ]; then resume="$RESUME_FROM/$name/best.pt"; else resume="$OUT/start.onnx"; fi
+  if [ -n "${RESUME_FROM:-}" ]; then resume="$RESUME_FROM/$name/best.pt"
+  elif [ -n "${RESUME_MEMBERS:-}" ]; then resume="$RESUME_MEMBERS/$name.onnx"
+  else resume="$OUT/start.onnx"; fi
   # shellcheck disable=SC2086
   OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1 timeout $((SECONDS_LIMIT + 900)) "$PY" -m defacer train "${COMMON[@]}" \
       --seed $seed --out "$OUT/$name" --exclude ${FOLDS[$name]} \
-      --resume "$resume" \
+      --resume "$resume" "${weights[@]}" \
       --export "$OUT/$name/detector.onnx" >"$OUT/$name.log" 2>&1 &
   pids+=($!)
 done
@@ -57,5 +66,5 @@ for name in foldA foldB; do
 done
 [ $status -eq 0 ] || exit $status
 "$PY" -m defacer train --ensemble "$OUT/foldA/best.pt" "$OUT/foldB/best.pt" --export "$OUT/ensemble/detector.onnx" \
-    --out "$OUT/ensemble"
+    --out "$OUT/ensemble" "${weights[@]}"
 echo "shipped candidate: $OUT/ensemble/detector.onnx (copy it and its .json to src/defacer/models/)"
