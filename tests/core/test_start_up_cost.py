@@ -29,9 +29,10 @@ from defacer.pipeline import deface
 #: Libraries a NIfTI deface must not import: DICOM (pydicom, about 0.1 s with its pixel plugins, via
 #: nibabel or defacer.phi), training, batch scheduling, verification; defacer's own verification and batch
 #: modules (~15 ms: the QC folder's module, asked only whether a verification lies beside the output), and
-#: ctypes' library search (``ldconfig -p`` in a child process, ~10 ms, to find the C library already loaded).
+#: ctypes' library search (``ldconfig -p`` in a child process, ~10 ms, to find the C library already loaded);
+#: numpy's f2py and testing (~0.05 s, which SciPy's array-API layer imports only to copy numpy's namespace).
 NOT_FOR_A_NIFTI_DEFACE = ("pydicom", "torch", "monai", "onnx", "dask", "distributed", "mediapipe", "cv2", "dlib",
-                          "defacer.verify", "defacer.batch", "ctypes.util")
+                          "defacer.verify", "defacer.batch", "ctypes.util", "numpy.f2py", "numpy.testing")
 
 #: Runs the command as the console script does (``defacer.cli.main.run``); an exit handler lists what it imported.
 CHILD = f"""
@@ -257,6 +258,21 @@ def test_the_command_line_imports_scipy_ndimage_without_parsing_its_docstrings(p
     imported, parsed = json.loads(result.stdout.strip().splitlines()[-1])
     assert imported
     assert [m for m in parsed if m.startswith(("scipy.ndimage", "scipy.special"))] == [], parsed
+
+
+def test_numpy_tools_left_out_of_scipys_import_come_back_when_used():
+    """The command line imports SciPy's array-API layer without numpy.f2py and numpy.testing; numpy's own
+    namespace is as before afterwards, and the layer still answers for both names (importing them then)."""
+    code = ("import sys, numpy; names, listed, lister = list(numpy.__all__), dir(numpy), numpy.__dir__; "
+            "from defacer.cli.main import _import_libraries; _import_libraries(); "
+            "import scipy._lib.array_api_compat.numpy as layer; "
+            "before = sorted(m for m in ('numpy.f2py', 'numpy.testing') if m in sys.modules); "
+            "print(before, numpy.__all__ == names, dir(numpy) == listed, numpy.__dir__ is lister, "
+            "{'f2py', 'testing'} <= set(layer.__all__), layer.testing is numpy.testing, layer.f2py is numpy.f2py, "
+            "hasattr(layer, 'no_such_name'))")
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["[]", "True", "True", "True", "True", "True", "True", "False"]
 
 
 def test_scipy_keeps_its_docstring_tables_outside_the_command_line():

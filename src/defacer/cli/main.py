@@ -14,7 +14,7 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import ModuleType
 
 from defacer._version import __version__
@@ -285,10 +285,72 @@ def import_scipy_ndimage_without_docstring_tables() -> bool:
     return True
 
 
+#: numpy's submodules that SciPy's array-API layer (``scipy._lib.array_api_compat.numpy``, imported with
+#: ``scipy.ndimage``) imports only to copy numpy's whole namespace (``from numpy import *`` and every name in
+#: ``dir(numpy)``): f2py (the Fortran wrapper generator) and testing (with unittest), ~0.05 s of every start of
+#: the command on the project's 2-core VM.  Nothing the command runs uses them.
+DEFERRED_NUMPY_MODULES = ("f2py", "testing")
+
+
+@contextlib.contextmanager
+def numpy_tools_deferred() -> Iterator[None]:
+    """While SciPy's array-API layer is imported, leave :data:`DEFERRED_NUMPY_MODULES` out of numpy's
+    ``__all__`` and ``dir()``; afterwards give the layer's module those names back, imported from numpy when
+    first used (a module ``__getattr__``, and in its ``__all__``).
+
+    numpy's ``__all__`` and ``__dir__`` are put back as they were on leaving.  Nothing is done where the
+    layer is imported already, where numpy has imported these modules already, or where numpy's namespace
+    is not as expected (numpy 1.x imports its submodules eagerly).  Used only by the command line, never on
+    ``import defacer``.
+    """
+    layer = "scipy._lib.array_api_compat.numpy"
+    import numpy
+
+    names = vars(numpy)
+    deferred = tuple(n for n in DEFERRED_NUMPY_MODULES if f"numpy.{n}" not in sys.modules)
+    public, real_dir = names.get("__all__"), names.get("__dir__")
+    if (layer in sys.modules or not deferred or not isinstance(public, list) or not callable(real_dir)
+            or not all(n in public for n in deferred)):
+        yield
+        return
+    names["__all__"] = [n for n in public if n not in deferred]
+    names["__dir__"] = lambda: [n for n in real_dir() if n not in deferred]
+    try:
+        yield
+    finally:
+        names["__all__"], names["__dir__"] = public, real_dir
+    _give_back_deferred(sys.modules.get(layer), numpy, deferred)
+
+
+def _give_back_deferred(module: ModuleType | None, numpy: ModuleType, deferred: tuple[str, ...]) -> None:
+    """Make ``deferred`` (names of numpy's submodules) attributes of ``module`` again, imported when first
+    used, and add them back to its ``__all__``: the module then answers as if it had copied them."""
+    if module is None:
+        return
+    missing = tuple(n for n in deferred if n not in vars(module))
+    if not missing:
+        return
+    earlier = vars(module).get("__getattr__")
+
+    def __getattr__(name: str) -> object:
+        if name in missing:
+            return getattr(numpy, name)
+        if earlier is not None:
+            return earlier(name)
+        raise AttributeError(f"module {module.__name__!r} has no attribute {name!r}")
+
+    names = vars(module)
+    names["__getattr__"] = __getattr__
+    public = names.get("__all__")
+    if isinstance(public, list):
+        names["__all__"] = sorted({*public, *missing})
+
+
 def _import_libraries() -> None:
-    """The command line's imports of nibabel and SciPy (see the two functions called)."""
+    """The command line's imports of nibabel and SciPy (see the functions called)."""
     import_nibabel_without_pydicom()
-    import_scipy_ndimage_without_docstring_tables()
+    with numpy_tools_deferred():
+        import_scipy_ndimage_without_docstring_tables()
 
 
 def run(argv: Sequence[str] | None = None) -> None:
