@@ -387,6 +387,57 @@ def test_a_slice_moved_within_its_plane_is_refused_and_a_gantry_tilt_is_not(tmp_
     assert volume.raw.shape == (12, 10, 6) and volume.extra["gantry_tilt_deg"] > 20
 
 
+@pytest.mark.parametrize(("keyword", "value"), [("FrameOfReferenceUID", "1.2.826.0.1.3680043.99.1"),
+                                               ("Modality", "CT"), ("PhotometricInterpretation", "MONOCHROME1")])
+def test_a_slice_of_another_frame_of_reference_modality_or_photometric_is_refused(tmp_path, capsys, keyword, value):
+    """HOSTILE15/16: slices were grouped by SeriesInstanceUID, geometry, patient and study only, so one slice of
+    another FrameOfReferenceUID (positions in another coordinate system), Modality (CT numbers among MR intensities)
+    or PhotometricInterpretation (MONOCHROME1 among MONOCHROME2: grey values the other way) was stacked with the
+    others and `deface` wrote the series, exit 0.  Refused now, naming the file, the attribute and both values;
+    nothing written.  The file named is the odd one even when it is the first of the stack."""
+    from dicom_factory import write_phantom_series
+
+    from defacer.cli.main import main
+
+    series, labels = tmp_path / "series", tmp_path / "labels.nii.gz"
+    write_phantom_series(series, labels, voxel_mm=4.0)
+    by_height = sorted(series.iterdir(), key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))
+    for odd in (by_height[len(by_height) // 2], by_height[0]):
+        shutil.rmtree(series)
+        write_phantom_series(series, labels, voxel_mm=4.0)  # the same file names (seeded)
+        ds = pydicom.dcmread(odd)
+        common = str(ds.get(keyword))
+        setattr(ds, keyword, value)
+        ds.save_as(odd)
+        with pytest.raises(DicomSeriesError) as refused:
+            read_dicom_volume(series)
+        message = str(refused.value)
+        assert odd.name in message and f"has {keyword} '{value}' but {len(by_height) - 1} other file(s)" in message
+        assert f"'{common}'" in message and "nothing was written" in message, message
+        out = tmp_path / "out"
+        code = main(["deface", str(series), str(out), "--labels", str(labels), "--key", "meaning-test-key-0123456789"])
+        err = capsys.readouterr().err
+        assert code == 1 and odd.name in err and keyword in err and "Traceback" not in err, err
+        assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["labels.nii.gz", "series"]
+
+
+def test_a_slice_of_other_pixel_bits_or_signedness_is_refused(tmp_path):
+    """Held (HOSTILE16 probe): BitsAllocated or PixelRepresentation changed on one slice makes its stored values
+    mean something else; its pixels decode to another type and the series is refused, naming the file."""
+    for keyword, value in (("PixelRepresentation", 0), ("BitsAllocated", 8)):
+        folder = tmp_path / keyword
+        files = write_series(folder, ramp((12, 10, 6)).astype(np.int16))
+        ds = pydicom.dcmread(files[3])
+        setattr(ds, keyword, value)
+        if keyword == "BitsAllocated":
+            ds.BitsStored, ds.HighBit = 8, 7
+            ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+        ds.save_as(files[3])
+        with pytest.raises(DicomSeriesError, match="mixes pixel formats") as refused:
+            read_dicom_volume(folder)
+        assert "re-export" in str(refused.value).lower(), refused.value
+
+
 def test_a_frame_of_another_pixel_spacing_in_an_enhanced_instance_is_refused(tmp_path):
     """HOSTILE15: an enhanced multi-frame instance's per-frame PixelMeasuresSequence was read for the first frame only
     (or the shared one); a frame declaring 0.5 mm pixels among 1 mm ones was stacked on the first frame's grid."""

@@ -355,6 +355,30 @@ def test_a_readers_warning_shows_the_users_file_name_not_the_work_area(client: T
             assert str(work_root(client)) not in text and session not in text.replace(f"/api/sessions/{session}/", "")
 
 
+def test_a_series_mixing_modalities_is_refused_in_words_with_422(client: TestClient, tmp_path: Path) -> None:
+    """HOSTILE16: one slice of another Modality (CT among MR) was stacked with the others and the page loaded the
+    series.  The load is refused now with 422, naming the uploaded file (not the server's work area) and what
+    differs."""
+    import pydicom
+    from web_helpers import write_dicom_phantom
+
+    from defacer.phantom import make_phantom
+
+    files = write_dicom_phantom(tmp_path / "dicom", make_phantom(4.0).volume)
+    odd = files[len(files) // 2]
+    ds = pydicom.dcmread(odd)
+    ds.Modality = "CT"
+    ds.save_as(odd)
+    session = open_session(client)
+    for path in files:
+        assert put(client, session, path).status_code == 201
+    loaded = client.post(f"/api/sessions/{session}/load")
+    assert loaded.status_code == 422, loaded.text
+    message = loaded.json()["error"]
+    assert f"'{odd.name}' has Modality 'CT' but" in message and "'MR'" in message, message
+    assert str(work_root(client)) not in message and "Traceback" not in message
+
+
 # ----------------------------------------------------------------------------- bad uploads
 def test_upload_announcing_more_than_the_limit_is_refused_before_reading(tmp_path: Path) -> None:
     with make_client(tmp_path, max_upload_bytes=1000) as client:

@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from defacer._typing import PathLike
 from defacer.checks import DEFAULT_MAX_VOXELS, check_voxel_count
-from defacer.errors import DicomSeriesError
+from defacer.errors import DicomSeriesError, shown
 from defacer.io.dicom_files import dcmread_any, encapsulated_frames_problem
 from defacer.io.dicom_grouping import FrameRef, floats, scan, select_series
 from defacer.volume import Volume
@@ -126,7 +126,8 @@ def read_dicom_volume(path: PathLike | Sequence[PathLike], series: str | None = 
     ------
     DicomSeriesError
         No image series, several without ``series``, inconsistent geometry, duplicate
-        positions, undecodable or truncated pixel data.
+        positions, undecodable or truncated pixel data, slices that differ in pixel format,
+        FrameOfReferenceUID, Modality or PhotometricInterpretation.
     InputImageError
         The stack declares more than ``max_voxels`` voxels.
     """
@@ -162,8 +163,10 @@ def read_dicom_volume(path: PathLike | Sequence[PathLike], series: str | None = 
     raw: npt.NDArray[Any] | None = None
     header = None
     spacing_yx = None
+    meanings: dict[Path, tuple[str, ...]] = {}
     for file, members in by_file.items():
         ds, pixels = _decode(file)
+        meanings[file] = _meaning(ds)
         if header is None:
             header = ds
             spacing_yx = floats(_pixel_spacing(ds), 2, "PixelSpacing", file)
@@ -171,7 +174,9 @@ def read_dicom_volume(path: PathLike | Sequence[PathLike], series: str | None = 
         elif pixels.dtype != raw.dtype:  # type: ignore[union-attr]
             raise DicomSeriesError(
                 f"'{file}' stores {pixels.dtype} pixels but other slices store {raw.dtype}; "  # type: ignore[union-attr]
-                "the series mixes pixel formats."
+                "the series mixes pixel formats (BitsAllocated or PixelRepresentation differ: its stored values would "
+                "be read as the others'). Re-export the series, or move the files of the other format to a folder of "
+                "their own (nothing was written)."
             )
         if ds is not header:
             _check_same_spacing(ds, file, spacing_yx)  # type: ignore[arg-type]
@@ -180,6 +185,7 @@ def read_dicom_volume(path: PathLike | Sequence[PathLike], series: str | None = 
         for k, ref in members:
             raw[:, :, k] = pixels[ref.frame or 0].T  # type: ignore[index]
     assert raw is not None and header is not None and spacing_yx is not None
+    _check_same_meaning(meanings)
 
     _check_on_one_line(positions, normal, frames, spacing_yx)
     scalings = [(f.slope, f.inter) for f in frames]
@@ -259,6 +265,70 @@ def _check_on_one_line(positions: npt.NDArray[np.float64], normal: npt.NDArray[n
         "stacked with them, its pixels would lie on the wrong grid (its part of the face elsewhere than the others', "
         "where defacing would miss it). Re-export the series, or move that slice out (nothing was written)."
     )
+
+
+#: Attributes every slice of one volume must share, with what a slice differing in it would do once stacked.
+MEANING_ATTRIBUTES: tuple[tuple[str, str], ...] = (
+    ("FrameOfReferenceUID", ("its ImagePositionPatient is measured in another patient coordinate system, so where it "
+     "lies among the others is unknown (its part of the face where defacing may miss it)")),
+    ("Modality", ("its values are another kind of measurement (CT numbers among MR intensities), read as the others' "
+     "(the head and the air told apart on the wrong scale)")),
+    ("PhotometricInterpretation", ("its grey values may run the other way (MONOCHROME1: a high value is dark), read as "
+     "the others' (its air taken for tissue, its face for air)")),
+)
+
+
+def _meaning(ds: Dataset) -> tuple[str, ...]:
+    """The values of :data:`MEANING_ATTRIBUTES` in one instance (empty where absent; codes compared in capitals)."""
+    values = []
+    for keyword, _ in MEANING_ATTRIBUTES:
+        value = str(ds.get(keyword, "") or "").strip()
+        values.append(value if keyword.endswith("UID") else value.upper())
+    return tuple(values)
+
+
+def _check_same_meaning(meanings: dict[Path, tuple[str, ...]]) -> None:
+    """Refuse a stack whose files disagree in FrameOfReferenceUID, Modality or PhotometricInterpretation.
+
+    Scanning groups instances by SeriesInstanceUID, geometry, patient and study only: a slice of another frame of
+    reference (its positions in another coordinate system), another modality or another photometric
+    interpretation (a mis-merged or hostile series) was stacked with the others, its values or its place read as
+    theirs.  The file named is one of the fewest that differ from the most (the first file of the stack on a tie).
+
+    Parameters
+    ----------
+    meanings : dict of Path to tuple of str
+        :func:`_meaning` of each file of the stack, in stack order.
+
+    Raises
+    ------
+    DicomSeriesError
+        Naming the file, the attribute, both values and what to do.
+    """
+    from collections import Counter
+
+    for index, (keyword, why) in enumerate(MEANING_ATTRIBUTES):
+        counts = Counter(values[index] for values in meanings.values())
+        if len(counts) < 2:
+            continue
+        common, _ = counts.most_common(1)[0]
+        odd = next(file for file, values in meanings.items() if values[index] != common)
+        value = meanings[odd][index]
+        others = sum(n for v, n in counts.items() if v != common) - 1
+
+        raise DicomSeriesError(
+            f"'{odd}' has {keyword} {_shown_value(value)} but {counts[common]} other file(s) of its series "
+            f"{_shown_value(common)}{f' ({others} more file(s) differ too)' if others else ''}: stacked with them, {why}. "
+            f"One volume needs one {keyword}: re-export the series, or move the files of the other {keyword} to a "
+            "folder of their own (nothing was written)."
+        )
+
+
+def _shown_value(text: str) -> str:
+    """A header value for a message: quoted, control characters escaped, cut at 64 characters; ``none`` if empty."""
+    if not text:
+        return "none"
+    return f"'{shown(text[:64])}{'...' if len(text) > 64 else ''}'"
 
 
 #: Relative difference of two slices' PixelSpacing above which they are not on one grid.
