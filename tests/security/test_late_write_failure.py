@@ -238,6 +238,59 @@ def test_a_name_taken_at_the_instant_of_the_final_rename_is_never_replaced(
     assert not record.exists()
 
 
+def test_a_series_losing_its_name_to_another_run_never_touches_that_runs_ownership_record(
+        tmp_path: Path, phantom: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """HOSTILE16: a DICOM series folder's ownership record (``.<name>.defacer-output.json`` beside it) was written over
+    whatever was there, then the folder renamed: a second run writing the same series whose folder lands at the
+    rename's instant (its record just before it) had its record replaced by this run's, which this run then
+    removed on its refusal: the other run's folder was left without a record (a later ``--force`` refused it as a
+    user's folder).  The folder now goes first and its record after it: the losing run never touches the record."""
+    from defacer.io import atomic
+    from defacer.io.output_guard import owner_record
+
+    scan, labels, out, _ = _scan_output_and_record("dicom", tmp_path, phantom)
+    theirs = '{"written_by": "defacer", "files": {"IM00001.dcm": 3}}\n'
+
+    def other_run_lands(rename):  # the other run writes its record, then its folder, at this run's rename
+        def call(source, destination, *args, **kwargs):
+            if Path(os.fsdecode(destination)) == out and not os.path.lexists(out):
+                owner_record(out).write_text(theirs)
+                out.mkdir()
+                (out / "IM00001.dcm").write_bytes(b"dcm")
+            return rename(source, destination, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(atomic, "rename_no_replace", other_run_lands(atomic.rename_no_replace))
+    code = main(["deface", str(scan), str(out), "--labels", str(labels)])
+    err = capsys.readouterr().err
+    assert code == 1 and "appeared while defacer was writing" in err, err
+    assert owner_record(out).read_text() == theirs, "the other run's record is kept as it wrote it"
+    assert sorted(p.name for p in out.iterdir()) == ["IM00001.dcm"]
+
+
+def test_a_users_file_under_a_series_ownership_record_name_is_never_replaced(
+        tmp_path: Path, phantom: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """HOSTILE16: the ownership record of a DICOM series folder was written over whatever had its name, without
+    --force: a user's file (or a link) named ``.defaced.defacer-output.json`` was replaced, exit 0.  Refused now,
+    --force or not, before anything is read; the file kept.  A record of defacer's left there by an earlier output
+    (its folder deleted since) is defacer's own and is still replaced."""
+    from defacer.io.output_guard import owned_files, owner_record
+
+    scan, labels, out, _ = _scan_output_and_record("dicom", tmp_path, phantom)
+    users = owner_record(out)
+    users.write_text("the user's notes")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for force in ([], ["--force"]):
+        code = main(["deface", str(scan), str(out), "--labels", str(labels), *force])
+        err = capsys.readouterr().err
+        assert code == 1 and "is not an ownership record of defacer's" in err and "Traceback" not in err, err
+        assert users.read_text() == "the user's notes" and sorted(p.name for p in tmp_path.iterdir()) == before
+    users.write_text('{"written_by": "defacer", "files": {"IM00001.dcm": 1}}\n')  # an earlier output's, deleted
+    assert main(["deface", str(scan), str(out), "--labels", str(labels)]) == 0, capsys.readouterr().err
+    assert owned_files(out) == {p.name: p.stat().st_size for p in out.iterdir()}
+
+
 def test_rename_no_replace_refuses_any_taken_name_and_moves_onto_a_free_one(tmp_path: Path) -> None:
     """The call itself: a file, an empty folder or a dangling link under the name is never replaced (os.rename
     replaces the first two, and a link); a free name is taken whole."""

@@ -26,6 +26,7 @@ from defacer.io.output_guard import (
     check_folder_usable,
     check_not_input,
     check_replaceable,
+    foreign_owner_record,
     owner_record,
     remove_owned_folder,
     write_owner_record,
@@ -179,6 +180,32 @@ def _rename_no_replace(temp: Path, final: Path) -> None:
     temp.unlink()
 
 
+def _place_record(record: Path, final: Path, temp: Path) -> None:
+    """Put a folder's ownership record beside ``final`` (just renamed from ``temp``), over a record of defacer's only.
+
+    A record already there is one left by an earlier output under that name, moved or deleted since (the folder's
+    name was free): it is replaced.  Anything else that took the name since the run checked it (a user's file, a
+    link) is kept: the folder goes back into the temporary folder and the run is refused.
+
+    Raises
+    ------
+    OutputError
+        When the record's name holds something defacer did not write.
+    """
+    target = owner_record(final)
+    try:
+        if rename_no_replace(record, target):
+            return
+    except FileExistsError:
+        pass
+    foreign = foreign_owner_record(final)
+    if foreign is None:
+        os.replace(record, target)
+        return
+    os.rename(final, temp)  # this run's own folder, put in place an instant ago: back where the finally removes it
+    raise OutputError(foreign)
+
+
 @contextlib.contextmanager
 def atomic_outputs(targets: Sequence[PathLike], *, replace: bool = True) -> Iterator[list[Path]]:
     """Yield temporary paths for ``targets``; rename them onto the targets when the block succeeds.
@@ -210,6 +237,10 @@ def atomic_outputs(targets: Sequence[PathLike], *, replace: bool = True) -> Iter
     temps = [tmpdir / f.name for f in finals]
     try:
         yield temps
+        for temp, final in zip(temps, finals, strict=True):  # before any rename: a folder's record name is free
+            foreign = foreign_owner_record(final) if temp.is_dir() and not temp.is_symlink() else None
+            if foreign:
+                raise OutputError(foreign)
         if not replace:
             for temp, final in zip(temps, finals, strict=True):
                 if temp.exists() and os.path.lexists(final):
@@ -222,14 +253,11 @@ def atomic_outputs(targets: Sequence[PathLike], *, replace: bool = True) -> Iter
                 if temp.is_dir() and not temp.is_symlink():
                     record = tmpdir / f".owner-{number}"
                     write_owner_record(temp, record)
-                    if os.path.lexists(final):  # (the record is defacer's own name: an earlier one is replaced)
-                        raise _appeared(final)
-                    os.replace(record, owner_record(final))
-                    try:
-                        _rename_no_replace(temp, final)
-                    except OutputError:  # a folder took the name at the rename: this run's record goes too
-                        owner_record(final).unlink(missing_ok=True)
-                        raise
+                    # The folder first, then its record: a run that loses the name to another (a second run writing
+                    # the same series) never touches the record, which is the winner's (HOSTILE16: the loser wrote
+                    # its record over the winner's, then removed it).
+                    _rename_no_replace(temp, final)
+                    _place_record(record, final, temp)
                     continue
                 _rename_no_replace(temp, final)
                 continue

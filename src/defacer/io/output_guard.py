@@ -270,6 +270,38 @@ def owned_files(folder: Path) -> dict[str, int] | None:
     return {str(name): size for name, size in files.items() if isinstance(size, int) and _plain_relative(str(name))}
 
 
+#: Largest file read as an ownership record (a 16,384-file series' record is about 1 MB).
+_MAX_RECORD_BYTES = 64 * 1024 * 1024
+
+
+def is_owner_record(path: Path) -> bool:
+    """Whether ``path`` is an ownership record defacer wrote (a regular file, not a link, holding a JSON object
+    ``{"written_by": "defacer", "files": {...}}``), read bounded."""
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_RECORD_BYTES:
+            return False
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError):  # ValueError: not UTF-8, not JSON
+        return False
+    return isinstance(data, dict) and data.get("written_by") == "defacer" and isinstance(data.get("files"), dict)
+
+
+def foreign_owner_record(folder: PathLike) -> str | None:
+    """Refusal text when the ownership record's name beside ``folder`` holds something defacer did not write.
+
+    A folder's record (:func:`owner_record`) is defacer's own name and is written over when it is defacer's (a
+    record left by an earlier output that was moved or deleted since); a user's file, a link or a folder under that
+    name is not: ``None`` when the name is free or holds a record of defacer's, else the reason, in words.
+    """
+    record = owner_record(folder)
+    if not os.path.lexists(record) or is_owner_record(record):
+        return None
+    return (f"'{record}' beside the output folder '{Path(folder).name}' is not an ownership record of defacer's (defacer "
+            "writes its record of the folder under that name, and would replace it, --force or not). Move or rename "
+            "it, or choose another output name (nothing was written).")
+
+
 def _plain_relative(name: str) -> bool:
     """Whether a name in an ownership record stays inside its folder: relative, POSIX, no ``..`` or ``.`` part
     (a forged record listing ``../home/thesis.tex`` must not make ``--force`` delete that file)."""
@@ -487,7 +519,9 @@ def remove_owned_folder(folder: Path) -> None:
 def check_dicom_output_name(target: PathLike) -> None:
     """Refuse a DICOM series' output named as a file of another format (``out.nii.gz``, ``out.nrrd``...): defacer
     writes the input's format, so it became a folder of DICOM files under that name, which every tool that opens
-    it as a NIfTI file refuses (``deface series/ out.nii.gz`` wrote one, exit 0).
+    it as a NIfTI file refuses (``deface series/ out.nii.gz`` wrote one, exit 0).  Also refuse one whose ownership
+    record's name (``.<name>.defacer-output.json`` beside it) holds a file defacer did not write
+    (:func:`foreign_owner_record`): it would be replaced.
 
     Raises
     ------
@@ -497,6 +531,9 @@ def check_dicom_output_name(target: PathLike) -> None:
 
     name = Path(target).name
     ending = image_suffix(name)
+    foreign = None if ending else foreign_owner_record(target)
+    if foreign:
+        raise OutputError(foreign)
     if ending:
         raise OutputError(f"The output '{name}' is named as a {ending} file, but a DICOM series is written as a new "
                           f"DICOM series folder (defacer writes the input's format). Give a folder name, e.g. "
