@@ -57,3 +57,24 @@ def test_an_unknown_element_of_an_implicit_series_is_said_once_per_series(tmp_pa
     assert not [w for w in caught if "VR lookup failed" in str(w.message)], "Python's copy is not shown too"
     other = [m for m in messages if "Invalid value for VR CS" in m]
     assert len(other) >= 8 * series, "pydicom's other warnings are not hidden"
+
+
+def test_anonymize_with_several_workers_says_an_unknown_element_once(tmp_path: Path) -> None:
+    """HOSTILE15's leftover: `anonymize --jobs N` said the folded line once per worker process (each kept its own
+    record of what it had said).  The workers now hand their notices back and the main process says each once.
+    Run as the console does, in a process of its own (the workers' log lines go to its stderr)."""
+    import os
+    import subprocess
+    import sys
+
+    series = _implicit_series(tmp_path / "a", files=40)  # 40 files: three chunks of 16 for two workers
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(Path(__file__).parents[2] / "src"),
+                                                                     os.environ.get("PYTHONPATH", "")) if p)}
+    result = subprocess.run([sys.executable, "-m", "defacer", "anonymize", str(series), str(tmp_path / "out"),
+                             "--key", KEY, "--jobs", "2"], capture_output=True, text=True, env=env, timeout=300,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "out").rglob("*.dcm"))) == 40
+    for tag in ("(0018,ABCD)", "(0018,1234)"):
+        said = [line for line in result.stderr.splitlines() if tag in line]
+        assert len(said) == 1 and "read as unknown bytes (VR UN)" in said[0], result.stderr

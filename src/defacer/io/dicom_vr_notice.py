@@ -27,6 +27,9 @@ _series: contextvars.ContextVar[str | None] = contextvars.ContextVar("defacer_di
 #: ``(series folder, tag)`` pairs already said; bounded (a server running for weeks).
 _said: set[tuple[str | None, str]] = set()
 _MAX_SAID = 10_000
+#: In a worker process of ``anonymize --jobs N`` (:func:`collected_vr_notices`): the notices kept here, not said; the
+#: main process says each once (:func:`say_vr_notices`).  Said by each worker, it was printed once per worker.
+_collected: list[list[tuple[str | None, str]]] = []
 
 
 class _OncePerSeries(logging.Filter):
@@ -41,6 +44,9 @@ class _OncePerSeries(logging.Filter):
             return False
         if len(_said) < _MAX_SAID:
             _said.add((series, tag))
+        if _collected:
+            _collected[-1].append((series, tag))
+            return False
         record.msg = ("%s: DICOM element %s is in no DICOM dictionary and this implicit-VR series does not say its "
                       "type, so it is read as unknown bytes (VR UN); said once per series, other files may hold it too")
         record.args = (f"'{series}'" if series is not None else "a DICOM file", tag)
@@ -70,3 +76,30 @@ def vr_notices(source: str | Path | None) -> Iterator[None]:
         yield
     finally:
         _series.reset(token)
+
+
+@contextlib.contextmanager
+def collected_vr_notices() -> Iterator[list[tuple[str | None, str]]]:
+    """Inside the block, the notices of :func:`vr_notices` are kept in the yielded list of ``(series folder, tag)``
+    instead of said: a worker process hands them to the main process, which says each once (:func:`say_vr_notices`)."""
+    _install()
+    kept: list[tuple[str | None, str]] = []
+    _collected.append(kept)
+    try:
+        yield kept
+    finally:
+        _collected.remove(kept)
+
+
+def say_vr_notices(notices: list[tuple[str | None, str]]) -> None:
+    """Say notices kept by :func:`collected_vr_notices` (in a worker) here, each once per series folder and element."""
+    logger = logging.getLogger("pydicom")
+    _install()
+    for series, tag in notices:
+        token = _series.set(series)
+        try:
+            # pydicom's own words, the tag in the text (the filter matches the message, not its arguments)
+            logger.warning("VR lookup failed for the raw element with tag " + tag.replace("%", "") + " - setting VR "
+                           "to 'UN'")
+        finally:
+            _series.reset(token)

@@ -27,6 +27,7 @@ from defacer.io.dicom_files import (
     unreadable_reason,
     write_instance,
 )
+from defacer.io.dicom_vr_notice import collected_vr_notices, say_vr_notices
 
 if TYPE_CHECKING:
     from defacer.phi.scrub import Scrubber
@@ -67,6 +68,15 @@ def _anonymize_chunk(
         write_instance(ds, folder / f"{index:07d}.dcm", source=file)
         results.append((index, uid, ""))
     return results, (deid.mapping.as_dict() if deid.record_mapping else None)
+
+
+def _anonymize_chunk_in_worker(
+    files: Sequence[Path], first: int, folder: Path, deid: Scrubber
+) -> tuple[list[tuple[int, str | None, str]], dict[str, Any] | None, list[tuple[str | None, str]]]:
+    """:func:`_anonymize_chunk` in a worker process, its "VR lookup failed" notices handed back instead of said."""
+    with collected_vr_notices() as notices:
+        results, mapping = _anonymize_chunk(files, first, folder, deid)
+    return results, mapping, notices
 
 
 def anonymize_files(
@@ -156,9 +166,11 @@ def _anonymize_parallel(files: list[Path], work: Path, deid: Scrubber, jobs: int
     size = max(16, -(-len(files) // (jobs * 4)))
     outcomes: list[tuple[int, str | None, str]] = []
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(_anonymize_chunk, files[i:i + size], i, work, deid) for i in range(0, len(files), size)]
+        futures = [pool.submit(_anonymize_chunk_in_worker, files[i:i + size], i, work, deid)
+                   for i in range(0, len(files), size)]
         for future in futures:
-            results, mapping = future.result()
+            results, mapping, notices = future.result()
+            say_vr_notices(notices)  # once in all, not once per worker
             outcomes.extend(results)
             if mapping is not None:
                 deid.mapping.uids.update(mapping["uids"])
