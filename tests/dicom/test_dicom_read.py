@@ -421,6 +421,28 @@ def test_a_slice_of_another_frame_of_reference_modality_or_photometric_is_refuse
         assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["labels.nii.gz", "series"]
 
 
+def test_a_palette_colour_series_is_refused_not_read_as_intensities(tmp_path, capsys):
+    """HOSTILE16: a series whose every file is PALETTE COLOR with one sample per pixel (values are indices into a
+    colour table) was read as intensities and defaced, exit 0.  Refused now in words; nothing written."""
+    from dicom_factory import write_phantom_series
+
+    from defacer.cli.main import main
+
+    series, labels = tmp_path / "series", tmp_path / "labels.nii.gz"
+    write_phantom_series(series, labels, voxel_mm=4.0)
+    for path in series.iterdir():
+        ds = pydicom.dcmread(path)
+        ds.PhotometricInterpretation = "PALETTE COLOR"
+        ds.save_as(path)
+    with pytest.raises(DicomSeriesError, match="'PALETTE COLOR': its pixel values are indices into a colour table"):
+        read_dicom_volume(series)
+    out = tmp_path / "out"
+    code = main(["deface", str(series), str(out), "--labels", str(labels), "--key", "palette-test-key-0123456789"])
+    err = capsys.readouterr().err
+    assert code == 1 and "MONOCHROME2" in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
 def test_a_slice_of_other_pixel_bits_or_signedness_is_refused(tmp_path):
     """Held (HOSTILE16 probe): BitsAllocated or PixelRepresentation changed on one slice makes its stored values
     mean something else; its pixels decode to another type and the series is refused, naming the file."""

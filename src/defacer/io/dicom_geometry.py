@@ -35,6 +35,8 @@ UNEVEN_TOLERANCE = 0.01
 TILT_TOLERANCE_DEG = 0.5
 #: A gap this many times the median gap suggests missing slices.
 MISSING_SLICE_FACTOR = 1.5
+#: PhotometricInterpretation values whose single sample per pixel is a grey intensity.
+GREY_PHOTOMETRIC = frozenset({"MONOCHROME1", "MONOCHROME2"})
 
 
 def _decode(path: Path) -> tuple[Dataset, npt.NDArray[Any]]:
@@ -60,6 +62,16 @@ def _decode(path: Path) -> tuple[Dataset, npt.NDArray[Any]]:
         raise DicomSeriesError(f"'{path}' cannot be decoded: {problem}. Re-export the series; nothing was written.")
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         raise DicomSeriesError(f"'{path}' is a colour image (SamplesPerPixel {ds.SamplesPerPixel}); defacer needs grey MR/CT.")
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+    if photometric and photometric not in GREY_PHOTOMETRIC:
+        # PALETTE COLOR: one sample per pixel, but an index into a colour table, not an intensity (HOSTILE16: such a
+        # series was read as intensities, its head and air told apart on indices).
+        raise DicomSeriesError(
+            f"'{path}' has PhotometricInterpretation {_shown_value(photometric)}: its pixel values are "
+            f"{'indices into a colour table' if photometric == 'PALETTE COLOR' else 'no grey intensities'}, not "
+            "intensities, and defacer needs grey MR/CT (MONOCHROME1 or MONOCHROME2). Export the series as greyscale "
+            "(nothing was written)."
+        )
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     if n_frames == 1 and pixels.ndim == 2:
         pixels = pixels[None]
