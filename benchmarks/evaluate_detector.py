@@ -62,37 +62,63 @@ def _fmt(v: float | None) -> str:
 
 def held_out(weights: list[Path], data: Path, labels_dir: Path, in_sample: bool = False) -> list[dict]:
     """Score every labelled scan with a model that did not train on it (``in_sample``: with the first model)."""
-    models = []
-    for w in weights:
-        card = json.loads(w.with_suffix(".json").read_text()) if w.with_suffix(".json").is_file() else {}
-        models.append((OnnxDetector(w), set() if in_sample else set(card.get("trained_on", []))))
+    models = load_models(weights, in_sample)
     records = json.loads((labels_dir / "provenance.json").read_text())
     rows = []
     for name, rec in records.items():
-        choice = next(((d, t) for d, t in models if name not in t), None)
-        if choice is None:
+        detector = choose_model(models, name)
+        if detector is None:
             rows.append({"scan": name, "scored": False})
             continue
-        detector, _ = choice
         volume = load_volume(data / rec["source"])
-        reference = np.asarray(nib.load(str(labels_dir / f"{name}.labels.nii.gz")).dataobj, np.uint8)
         start = time.perf_counter()
         predicted = _predict(detector, volume.values(), volume.affine)
         seconds = time.perf_counter() - start
         mirrored = dict(getattr(detector, "last_sources", {})).get("mirrored_pass")  # the conditional mirrored pass
-        dice = dice_per_feature(predicted, reference)
-        centroid = centroid_errors_mm(predicted, reference, volume.affine)
-        found = {f: (None if not (reference == v).any() else bool((predicted == v).any()))
-                 for f, v in zip(FEATURES, (1, 2, 3))}
-        matches = feature_matches(predicted, reference, volume.affine)
-        rows.append({"scan": name, "scored": True, "modality": modality(name), "model": _model_name(detector),
-                     "dice": dice, "centroid_mm": centroid, "found": found, "matches": matches,
-                     "seconds": round(seconds, 2), **({"mirrored_pass": mirrored} if mirrored else {})})
+        rows.append(score_scan(name, predicted, reference_map(labels_dir, name), volume.affine, _model_name(detector),
+                               seconds, mirrored))
+    return rows
+
+
+def load_models(weights: list[Path], in_sample: bool = False) -> list[tuple[OnnxDetector, set[str]]]:
+    """Each fold model with the heads it trained on (its card's ``trained_on``; none with ``in_sample``)."""
+    models = []
+    for w in weights:
+        card = json.loads(w.with_suffix(".json").read_text()) if w.with_suffix(".json").is_file() else {}
+        models.append((OnnxDetector(w), set() if in_sample else set(card.get("trained_on", []))))
+    return models
+
+
+def choose_model(models: list[tuple[OnnxDetector, set[str]]], name: str) -> OnnxDetector | None:
+    """The first model that did not train on scan ``name`` (``None``: no model left it out)."""
+    return next((d for d, trained in models if name not in trained), None)
+
+
+def reference_map(labels_dir: Path, name: str) -> np.ndarray:
+    """The reference label map of scan ``name`` (uint8, the scan's file grid)."""
+    return np.asarray(nib.load(str(labels_dir / f"{name}.labels.nii.gz")).dataobj, np.uint8)
+
+
+def score_scan(name: str, predicted: np.ndarray, reference: np.ndarray, affine: np.ndarray, model: str,
+               seconds: float, mirrored: dict | None = None, quiet: bool = False) -> dict:
+    """One held-out row: Dice, centroid errors, found / in view / extra per feature (printed unless ``quiet``).
+
+    ``predicted`` and ``reference`` are label maps on the scan's file grid (uint8), ``affine`` its voxel -> mm.
+    """
+    dice = dice_per_feature(predicted, reference)
+    centroid = centroid_errors_mm(predicted, reference, affine)
+    found = {f: (None if not (reference == v).any() else bool((predicted == v).any()))
+             for f, v in zip(FEATURES, (1, 2, 3))}
+    matches = feature_matches(predicted, reference, affine)
+    row = {"scan": name, "scored": True, "modality": modality(name), "model": model,
+           "dice": dice, "centroid_mm": centroid, "found": found, "matches": matches,
+           "seconds": round(seconds, 2), **({"mirrored_pass": mirrored} if mirrored else {})}
+    if not quiet:
         ran = f" mirrored pass ({mirrored['why']}; {mirrored['found']}; kept {mirrored['kept']})" if mirrored else ""
         print(f"{name:28s} " + " ".join(
             f"{f}: dice {_fmt(dice[f])} {matches[f]['found']}/{matches[f]['in_view']}+{matches[f]['extra']}"
             for f in FEATURES) + ran, flush=True)
-    return rows
+    return row
 
 
 def modality(name: str) -> str:

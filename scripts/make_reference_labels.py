@@ -53,6 +53,8 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.morphology import convex_hull_image
 
+from defacer.detect.vitreous import vitreous_centre
+
 REPO = Path(__file__).resolve().parents[1]
 OUT_DIR = REPO / "reference_labels"
 MONTAGE_DIR = REPO / "build" / "montages"
@@ -430,68 +432,24 @@ def homogeneous_centre(img: np.ndarray, mask: np.ndarray, valid: np.ndarray, waf
     return np.asarray(_sub_affine(waff, sl)[:3, :3] @ np.asarray(best, float) + _sub_affine(waff, sl)[:3, 3], float)
 
 
-def _ball(radius_mm: float) -> np.ndarray:
-    r = int(np.ceil(radius_mm))
-    g = np.mgrid[-r:r + 1, -r:r + 1, -r:r + 1]
-    return ((g**2).sum(0) <= radius_mm**2).astype(np.float32)
-
-
-def _shell(inner_mm: float, outer_mm: float) -> np.ndarray:
-    r = int(np.ceil(outer_mm))
-    d2 = (np.mgrid[-r:r + 1, -r:r + 1, -r:r + 1] ** 2).sum(0)
-    return ((d2 <= outer_mm**2) & (d2 > inner_mm**2)).astype(np.float32)
-
-
 def globe_in_image(img: np.ndarray, mask: np.ndarray, valid: np.ndarray, waff: np.ndarray,
                    seed: np.ndarray, search_mm: float = GLOBE_SEARCH_MM,
                    ball_mm: float = GLOBE_BALL_MM) -> tuple[np.ndarray, float] | None:
     """The eyeball seen in the image near ``seed``: (centre in RAS mm, score) or ``None``.
 
-    The vitreous body is a homogeneous ball about 20 mm across (a globe of 11-12 mm radius less the
-    lens), set off from what surrounds it (sclera, fat, muscle, bone, lens).  Its centre is taken as
-    the centre of the ball of radius ``ball_mm`` that is most homogeneous for its contrast: the
-    lowest ratio of the intensity's standard deviation inside the ball to the rms difference between
-    the ball's mean and the head voxels of a shell ``GLOBE_SHELL_MM`` outside it; the centre lies
-    within ``search_mm`` of the seed and the ball wholly inside the head and the field.  A ball that
-    big fits inside the vitreous only round its centre (any shift takes in the wall or the lens),
-    which lies 2-4 mm behind the globe's middle (the lens fills the front).  The voxels within 3 mm
-    of the best whose score lies within 5 % of it are averaged (work-grid ties).  Returns the centre
+    :func:`defacer.detect.vitreous.vitreous_centre` on the 1 mm work grid (the one rule that the
+    detector's eye refinement, :mod:`defacer.detect.refine_face`, applies too): the centre of the
+    ball of radius ``ball_mm`` most homogeneous for its contrast with a shell ``GLOBE_SHELL_MM``
+    outside it, within ``search_mm`` of the seed, the ball wholly inside the head ``mask`` and the
+    field ``valid``; the intensities divided by the head's 99th percentile first.  Returns the centre
     and the best score.
     """
-    from scipy.signal import fftconvolve
-
     idx = _to_index(seed, waff)
     if not _inside(idx, img.shape) or not valid[tuple(idx)]:
         return None
-    h = int(np.ceil(search_mm + ball_mm + GLOBE_SHELL_MM[1])) + 2
-    sl = tuple(slice(max(i - h, 0), i + h + 1) for i in idx)
-    saff = _sub_affine(waff, sl)
-    inside = (mask[sl] & valid[sl]).astype(np.float32)
     scale = float(np.percentile(img[mask], 99)) if mask.any() else 1.0
-    sub = img[sl].astype(np.float32) / scale
-    k = _ball(ball_mm)
-    n = float(k.sum())
-    mean = fftconvolve(sub, k, mode="same") / n
-    sq = fftconvolve(sub**2, k, mode="same") / n
-    full = fftconvolve(inside, k, mode="same") / n
-    std = np.sqrt(np.maximum(sq - mean**2, 0.0))
-    # how far the surroundings (a shell 3-6 mm outside the ball: sclera, fat, muscle, bone, lens)
-    # differ from the ball's mean: rms of (intensity - ball mean) over the shell's head voxels (the
-    # air in front of the face is no contrast: a fat pad under the skin is no globe)
-    shell = _shell(ball_mm + GLOBE_SHELL_MM[0], ball_mm + GLOBE_SHELL_MM[1])
-    m = np.maximum(fftconvolve(inside, shell, mode="same"), 1.0)  # the shell's voxels in the head only
-    shell_mean = fftconvolve(sub * inside, shell, mode="same") / m
-    shell_sq = fftconvolve(sub**2 * inside, shell, mode="same") / m
-    contrast = np.sqrt(np.maximum(shell_sq - 2.0 * mean * shell_mean + mean**2, 1e-12))
-    near = (_dist2(world_coords(sub.shape, saff), seed) <= search_mm**2) & (full >= 0.995) & (inside > 0)
-    if not near.any():
-        return None
-    cost = np.where(near, std / contrast, np.inf)
-    best = float(cost.min())
-    first = np.asarray(np.unravel_index(int(np.argmin(cost)), cost.shape), float)
-    ties = np.argwhere(cost <= best * 1.05 + 1e-9)
-    tie = ties[((ties - first) ** 2).sum(1) <= 9.0].mean(0)  # within 3 mm of the best
-    return np.asarray(saff[:3, :3] @ tie + saff[:3, 3], float), best
+    return vitreous_centre(img, mask, waff, seed, search_mm=search_mm, ball_mm=ball_mm, shell_mm=GLOBE_SHELL_MM,
+                           scale=scale, field=valid)
 
 
 def eye_centre(img: np.ndarray, mask: np.ndarray, valid: np.ndarray, waff: np.ndarray,

@@ -77,7 +77,12 @@ def test_loose_network_eyes_become_the_reference_capsules_inside_the_head(phanto
     tissue = ndi.binary_dilation(ndi.gaussian_filter(image, 1.0) > air_threshold(image))
     expected = _capsules(image.shape, affine) & tissue
     assert ndi.label(eyes)[1] == 2
-    assert (eyes & expected).sum() >= 0.8 * expected.sum()  # the network's balls held 15 % of it
+    # the network's balls held 15 % of it; the MR phantom's eyeball is a uniform ball without a lens, so an
+    # 8 mm ball fits it alike anywhere within 4 mm of its middle and the vitreous rule's centre (MR since
+    # issue 15, session 22) is fixed there only to within a few mm (measured 2.9 mm off: 74 %; a real globe's
+    # lens and wall fix it); the CT keeps the deepest point (measured 0.9x)
+    ct = rf.ct_like(image, float(rf.tissue_threshold(image)))
+    assert (eyes & expected).sum() >= (0.8 if ct else 0.7) * expected.sum()
     assert (eyes & ~_capsules(image.shape, affine)).sum() <= 0.05 * eyes.sum()  # nothing outside the capsules
     assert not (eyes & ~tissue).any()  # no air in front of the face
 
@@ -184,10 +189,10 @@ def _eye_heights(labels: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return np.array([c[2] for c in sorted(centres, key=lambda c: c[0])])
 
 
-def _network_eyes_moved(medial_mm: float, up_mm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _network_eyes_moved(medial_mm: float, up_mm: float, contrast: str = "T1") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A 2 mm phantom (image, affine) and network eyes: 8 mm balls at each eye's seed point moved
     ``medial_mm`` towards the midline and ``up_mm`` up (label map, RAS grid)."""
-    made = make_phantom(2.0)
+    made = make_phantom(2.0, contrast=contrast)
     affine = np.asarray(made.volume.affine, float)
     image = made.volume.values(np.float32)
     x, y, z = _world(image.shape, affine)
@@ -198,19 +203,54 @@ def _network_eyes_moved(medial_mm: float, up_mm: float) -> tuple[np.ndarray, np.
     return image, affine, labels
 
 
-def test_a_network_eye_drawn_too_high_is_moved_half_way_to_the_globe() -> None:
-    # the pitched CT (mricrogl_CT): both network eyes ~7 mm above the reference's; the image's globe,
-    # whose deepest point is its centre, pulls each eye half of the way back down
-    image, affine, labels = _network_eyes_moved(0.0, 4.0)
+def _too_high(contrast: str) -> np.ndarray:
+    """How far above the reference capsules' each refined eye lies (mm, left eye first) when both
+    network eyes are drawn 4 mm too high on a 2 mm phantom of ``contrast``."""
+    image, affine, labels = _network_eyes_moved(0.0, 4.0, contrast)
     assert rf.refine_face(image, affine, labels, _extent(labels), features=("eyes",)) == {"eyes": ["image", "image"]}
     tissue = ndi.binary_dilation(ndi.gaussian_filter(image, 1.0) > air_threshold(image))
     expected = np.zeros(image.shape, np.uint8)
     expected[_capsules(image.shape, affine) & tissue] = Label.EYES
-    too_high = _eye_heights(labels, affine) - _eye_heights(expected, affine)
-    # measured 2.4 mm (both eyes); 3.4 mm with the globe's centroid at a quarter's weight (before),
-    # 2.9 mm with the centroid at half
+    return _eye_heights(labels, affine) - _eye_heights(expected, affine)
+
+
+def test_an_mr_network_eye_drawn_too_high_is_moved_onto_the_vitreous_centre() -> None:
+    # MR: the eye's centre is the vitreous centre found by the reference labels' own rule
+    # (defacer.detect.vitreous), not half-way from the network's seed: measured 0.2 / -0.7 mm;
+    # 2.3 / 2.4 mm with the deepest point at half weight (the rule before, issue 15 session 22)
+    too_high = _too_high("T1")
+    assert np.all(np.abs(too_high) <= 1.2)
+
+
+def test_a_ct_network_eye_drawn_too_high_is_moved_half_way_to_the_globe() -> None:
+    # CT (the pitched mricrogl_CT: both network eyes ~7 mm above the reference's) keeps the rule
+    # before, as its reference labels do: the image's globe, whose deepest point is its centre, pulls
+    # each eye half of the way back down
+    too_high = _too_high("CT")
     assert np.all(too_high <= 2.7)
     assert np.all(too_high >= 1.0)  # the network's seed still counts half
+
+
+@pytest.mark.parametrize("contrast", ["T1", "T2", "PD", "FLAIR", "CT"])
+def test_ct_like_tells_a_ct_from_an_mr_by_its_narrow_soft_tissue_peak(contrast: str) -> None:
+    image = make_phantom(2.0, contrast=contrast).volume.values(np.float32)
+    unit = (image - image.min()) / (image.max() - image.min())  # a CT rescaled out of HU (mricrogl_CT: 0-1)
+    for values in (image, unit):
+        assert rf.ct_like(values, rf.tissue_threshold(values)) == (contrast == "CT")
+
+
+def test_an_eye_written_over_a_kept_network_nose_leaves_one_nose() -> None:
+    # a network nose the image does not re-shape (here: eyes only) and that the eyes' capsules cut:
+    # its largest piece stays (the rule before cleaned a re-shaped nose only: 1-3-voxel crumbs of seg3d's
+    # nose under the eyes of the reference's rule; here 3 pieces of 34, 138 and 33 voxels)
+    image, affine, labels = _network_eyes_moved(0.0, 0.0)
+    x, y, z = _world(image.shape, affine)
+    bar = np.broadcast_to((np.abs(x) <= 50) & (y >= 66) & (y <= 72) & (np.abs(z + 18) <= 1.5), labels.shape)
+    labels[bar & (labels == 0)] = Label.NOSE
+    assert ndi.label(labels == Label.NOSE)[1] == 1
+    assert rf.refine_face(image, affine, labels, _extent(labels), features=("eyes",)) == {"eyes": ["image", "image"]}
+    assert ndi.label(labels == Label.NOSE)[1] == 1
+    assert (labels == Label.NOSE).sum() >= 100  # the nose itself stays (measured 147 voxels)
 
 
 def test_the_globe_centre_does_not_depend_on_the_array_order(phantom) -> None:
