@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -45,27 +44,20 @@ def test_a_full_disk_is_recorded_in_words_not_as_a_bug(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("mount") is None, reason="needs mount")
-def test_a_real_full_disk_fails_the_scans_that_do_not_fit_in_words(tmp_path: Path) -> None:
+def test_a_real_full_disk_fails_the_scans_that_do_not_fit_in_words(tmp_path: Path, small_disk) -> None:
     from defacer.phantom import make_phantom, save_phantom
 
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(disk)], capture_output=True,
-                      check=False).returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
-    try:
-        src, labels = tmp_path / "in", tmp_path / "labels"
-        src.mkdir()
-        labels.mkdir()
-        for name in ("a", "b"):  # ~190 kB each: the second does not fit
-            save_phantom(make_phantom(4.0), src / f"{name}.nii.gz", labels / f"{name}.labels.nii.gz")
-        summary = run_batch(BatchConfig(in_root=src, out_root=disk / "out", labels_dir=labels, quiet=True))
-        failed = [r for r in summary.records if r.status == FAILED]
-        assert failed and all("the disk is full" in (r.error or "") and "(at " not in (r.error or "")
-                              for r in failed), [r.error for r in failed]
-        assert not [p for p in (disk / "out").rglob("*") if ".defacer-tmp" in p.name], "no temporary left"
-    finally:
-        subprocess.run(["umount", str(disk)], check=False)
+    disk = small_disk("300k")
+    src, labels = tmp_path / "in", tmp_path / "labels"
+    src.mkdir()
+    labels.mkdir()
+    for name in ("a", "b"):  # ~190 kB each: the second does not fit
+        save_phantom(make_phantom(4.0), src / f"{name}.nii.gz", labels / f"{name}.labels.nii.gz")
+    summary = run_batch(BatchConfig(in_root=src, out_root=disk / "out", labels_dir=labels, quiet=True))
+    failed = [r for r in summary.records if r.status == FAILED]
+    assert failed and all("the disk is full" in (r.error or "") and "(at " not in (r.error or "")
+                          for r in failed), [r.error for r in failed]
+    assert not [p for p in (disk / "out").rglob("*") if ".defacer-tmp" in p.name], "no temporary left"
 
 
 def test_an_error_about_an_output_never_reads_as_one_about_the_input(tmp_path: Path) -> None:
@@ -143,7 +135,7 @@ def _copy(input_path: Path, output_path: Path, **_: object) -> dict[str, object]
 
 
 @pytest.mark.skipif(shutil.which("mount") is None, reason="needs mount")
-def test_a_full_disk_at_the_ownership_record_stops_the_batch_saying_what_was_done(tmp_path: Path) -> None:
+def test_a_full_disk_at_the_ownership_record_stops_the_batch_saying_what_was_done(tmp_path: Path, small_disk) -> None:
     """HOSTILE15 (HOSTILE14's leftover), on a real tmpfs: a rerun with new scans met a full disk where it appends their
     names to OUT/.defacer/owned.jsonl, before any scan: the bare disk-full message ("no half-written output was
     left under its name"), nothing on what earlier runs left or that the same command resumes, and the record's
@@ -151,36 +143,29 @@ def test_a_full_disk_at_the_ownership_record_stops_the_batch_saying_what_was_don
     many are recorded, run the same command again; the record as it was, byte for byte."""
     from defacer.errors import OutputError
 
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True,
-                      check=False).returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
-    try:
-        src = _files(tmp_path / "in")
-        config = BatchConfig(in_root=src, out_root=disk / "out", quiet=True)
+    disk = small_disk("1m")
+    src = _files(tmp_path / "in")
+    config = BatchConfig(in_root=src, out_root=disk / "out", quiet=True)
+    run_batch(config, deface=_copy)
+    record = disk / "out" / ".defacer" / "owned.jsonl"
+    before = record.read_bytes()
+    for number in range(4, 64):  # their names fill more than what is left of the record's last page
+        (src / f"sub-{number:02d}_{'x' * 150}.nii.gz").write_bytes(b"new")
+    with pytest.raises(OSError), (disk / "filler").open("wb", buffering=0) as filler:
+        while True:  # the rest of the disk, to the last page
+            filler.write(b"\0" * 4096)
+    with pytest.raises(OutputError) as refused:
         run_batch(config, deface=_copy)
-        record = disk / "out" / ".defacer" / "owned.jsonl"
-        before = record.read_bytes()
-        for number in range(4, 64):  # their names fill more than what is left of the record's last page
-            (src / f"sub-{number:02d}_{'x' * 150}.nii.gz").write_bytes(b"new")
-        with pytest.raises(OSError), (disk / "filler").open("wb", buffering=0) as filler:
-            while True:  # the rest of the disk, to the last page
-                filler.write(b"\0" * 4096)
-        with pytest.raises(OutputError) as refused:
-            run_batch(config, deface=_copy)
-        message = str(refused.value)
-        assert message.startswith("The batch stopped before defacing any scan") and "owned.jsonl" in message
-        assert "the disk is full" in message and "None of the 63 scans found was started" in message, message
-        assert "3 recorded by earlier runs are kept" in message and "run the same command again" in message
-        assert record.read_bytes() == before, "no line of the record is left cut short"
-        (disk / "filler").unlink()
-        summary = run_batch(config, deface=_copy)  # the same command resumes
-        status = {r.key: r.status for r in summary.records}
-        assert len(status) == 63 and sum(s == SKIPPED for s in status.values()) == 3
-        assert all(s in (SKIPPED, DONE) for s in status.values())
-    finally:
-        subprocess.run(["umount", str(disk)], check=False)
+    message = str(refused.value)
+    assert message.startswith("The batch stopped before defacing any scan") and "owned.jsonl" in message
+    assert "the disk is full" in message and "None of the 63 scans found was started" in message, message
+    assert "3 recorded by earlier runs are kept" in message and "run the same command again" in message
+    assert record.read_bytes() == before, "no line of the record is left cut short"
+    (disk / "filler").unlink()
+    summary = run_batch(config, deface=_copy)  # the same command resumes
+    status = {r.key: r.status for r in summary.records}
+    assert len(status) == 63 and sum(s == SKIPPED for s in status.values()) == 3
+    assert all(s in (SKIPPED, DONE) for s in status.values())
 
 
 def test_a_full_disk_at_the_dataset_files_stops_the_batch_saying_so(tmp_path: Path, monkeypatch) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -80,19 +79,11 @@ def test_a_dicom_series_folder_and_its_record_are_removed(tmp_path: Path, monkey
 
 
 @pytest.mark.skipif(shutil.which("mount") is None or sys.platform != "linux", reason="needs mount")
-def test_a_real_full_disk_at_the_sidecar(tmp_path: Path, phantom: tuple[Path, Path]) -> None:
+def test_a_real_full_disk_at_the_sidecar(phantom: tuple[Path, Path], small_disk) -> None:
     scan, labels = phantom
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    size = scan.stat().st_size + 3000  # the defaced image fits, its sidecar (~5 kB) does not
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], capture_output=True,
-                      check=False).returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
-    try:
-        assert main(["deface", str(scan), str(disk / "d.nii.gz"), "--labels", str(labels)]) == 1
-        assert os.listdir(disk) == []
-    finally:
-        subprocess.run(["umount", str(disk)], check=False)
+    disk = small_disk(str(scan.stat().st_size + 3000))  # the defaced image fits, its sidecar (~5 kB) does not
+    assert main(["deface", str(scan), str(disk / "d.nii.gz"), "--labels", str(labels)]) == 1
+    assert os.listdir(disk) == []
 
 def _scan_output_and_record(kind: str, tmp_path: Path, phantom: tuple[Path, Path]) -> tuple[Path, Path, Path, Path]:
     """A phantom scan of ``kind`` (``"nifti"`` or a ``"dicom"`` series), its labels, an output and that output's

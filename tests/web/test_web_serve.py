@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import signal
 import socket
-import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -189,26 +188,6 @@ def test_a_work_dir_that_cannot_be_made_is_refused_in_words(where: str, tmp_path
     err = capsys.readouterr().err
     assert "Cannot make the private work folder" in err and "--work-dir" in err and "bug" not in err
     assert (tmp_path / "a-file").read_text() == "notes\n"
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
-    """Mount small tmpfs file systems (a full disk, for real); needs root, skipped otherwise."""
-    mounted: list[Path] = []
-
-    def mount(size: str) -> Path:
-        folder = tmp_path / f"disk{len(mounted)}"
-        folder.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(folder)],
-                              capture_output=True, check=False)
-        if done.returncode:
-            pytest.skip(f"cannot mount a small file system here (needs root): {done.stderr.decode().strip()}")
-        mounted.append(folder)
-        return folder
-
-    yield mount
-    for folder in mounted:
-        subprocess.run(["umount", str(folder)], check=False)
 
 
 def test_a_full_work_disk_is_reported_in_words_not_as_a_bug(small_disk: Callable[[str], Path],
