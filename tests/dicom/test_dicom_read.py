@@ -477,3 +477,75 @@ def test_a_frame_of_another_pixel_spacing_in_an_enhanced_instance_is_refused(tmp
     measures.PixelSpacing = [1.0, 1.0]  # the shared spacing, said again per frame: the same grid
     ds.save_as(path)
     assert read_dicom_volume(path.parent).raw.shape == (16, 16, 8)
+
+
+def _to_monochrome1(folder, flip) -> None:
+    """Make every file of ``folder`` MONOCHROME1, its stored values ``flip(v)`` so that it displays the same head."""
+    for path in folder.iterdir():
+        ds = pydicom.dcmread(path)
+        pixels = ds.pixel_array
+        ds.PhotometricInterpretation = "MONOCHROME1"
+        ds.PixelData = flip(pixels.astype(np.int64)).astype(pixels.dtype).tobytes()
+        ds.save_as(path)
+
+
+def _stored_by_height(folder) -> dict[float, np.ndarray]:
+    return {float(ds.ImagePositionPatient[2]): ds.pixel_array
+            for ds in (pydicom.dcmread(p) for p in sorted(folder.rglob("*.dcm")))}
+
+
+def test_a_monochrome1_series_is_defaced_as_displayed_and_written_back_as_monochrome1(tmp_path, capsys):
+    """HOSTILE17: a series whose every file is MONOCHROME1 (the lowest value shown white) was read as stored values:
+    its air was the bright end, and ``deface --labels`` (and the detector path) found every feature "not changed" and
+    stopped with exit 4 (main 56078dc; with --allow-missing an undefaced copy).  It is read as displayed now
+    (low + high - v against its stored bits' range), defaced exactly as the same head stored MONOCHROME2, and
+    written back MONOCHROME1: every untouched voxel bit-identical to the input."""
+    from dicom_factory import write_phantom_series
+
+    from defacer.cli.main import main
+
+    plain, inverted, labels = tmp_path / "m2", tmp_path / "m1", tmp_path / "labels.nii.gz"
+    write_phantom_series(plain, labels, voxel_mm=4.0)
+    shutil.copytree(plain, inverted)
+    _to_monochrome1(inverted, lambda v: -1 - v)  # int16: -32768 + 32767 - v
+    before = {p.name: p.read_bytes() for p in inverted.iterdir()}
+    assert np.array_equal(read_dicom_volume(inverted).raw, read_dicom_volume(plain).raw)
+    for name in ("m2", "m1"):
+        code = main(["deface", str(tmp_path / name), str(tmp_path / f"out_{name}"), "--labels", str(labels),
+                     "--key", "monochrome1-test-key-0123456789"])
+        err = capsys.readouterr().err
+        assert code == 0 and "Traceback" not in err, err
+    assert {p.name: p.read_bytes() for p in inverted.iterdir()} == before  # the input untouched
+    out_plain, out_inverted = _stored_by_height(tmp_path / "out_m2"), _stored_by_height(tmp_path / "out_m1")
+    source = _stored_by_height(inverted)
+    assert all(pydicom.dcmread(p).PhotometricInterpretation == "MONOCHROME1" for p in (tmp_path / "out_m1").rglob("*.dcm"))
+    changed = 0
+    for z, pixels in out_inverted.items():
+        assert np.array_equal(pixels.astype(np.int64), -1 - out_plain[z].astype(np.int64)), z
+        untouched = pixels == source[z]
+        changed += int((~untouched).sum())
+    assert changed > 500  # eyes, nose and ears distorted; every other voxel bit-identical (checked above per slice)
+
+
+def test_a_monochrome1_series_with_its_own_bits_and_per_slice_rescale_comes_back_bit_identical(tmp_path):
+    """HOSTILE17: turned against BitsStored's range (12-bit unsigned: 4095 - v), through per-slice RescaleSlope/
+    Intercept (float physical values), and written back: the stored values are the input's, bit for bit."""
+    from defacer.io.dicom_write import write_dicom_volume
+
+    stored = (ramp((12, 10, 6)) * 37 % 4096).astype(np.uint16)
+    folder = tmp_path / "series"
+    write_series(folder, stored, scaling=[(1.0 + k / 4, -1024.0 + k) for k in range(6)])
+    for path in folder.iterdir():
+        ds = pydicom.dcmread(path)
+        ds.BitsStored, ds.HighBit = 12, 11
+        ds.save_as(path)
+    plain = read_dicom_volume(folder).raw
+    _to_monochrome1(folder, lambda v: 4095 - v)
+    volume = read_dicom_volume(folder)
+    assert np.allclose(volume.raw, plain)  # the same greys as the MONOCHROME2 series, rescaled per slice
+    assert volume.extra["per_slice_scaling"] is not None and volume.extra["monochrome1_range"] == (0, 4095)
+    out = tmp_path / "out"
+    write_dicom_volume(volume, out)
+    source, written = _stored_by_height(folder), _stored_by_height(out)
+    assert source.keys() == written.keys()
+    assert all(np.array_equal(source[z], written[z]) and written[z].dtype == source[z].dtype for z in source)

@@ -801,3 +801,38 @@ def test_a_zip_named_after_its_patient_gives_downloads_that_are_not(client: Test
     assert run_job(client, other)["state"] == "done"
     kept = client.get(f"/api/sessions/{other}/download/scan").headers["content-disposition"]
     assert kept.endswith('phantom_dicom_defaced_dicom.zip"'), kept
+
+
+def test_a_monochrome1_series_is_defaced_on_the_page_and_comes_back_monochrome1(client: TestClient,
+                                                                               phantom_files: PhantomFiles,
+                                                                               tmp_path: Path) -> None:
+    """HOSTILE17: a MONOCHROME1 series (lowest value shown white) was read as stored values, its air the bright end;
+    the page's job found every feature "not changed" and failed.  It is read as displayed now, defaced, and the
+    download is MONOCHROME1 again, every voxel the distortions did not touch bit-identical to the upload."""
+    import numpy as np
+    import pydicom
+
+    files = []
+    for path in phantom_files.dicom_files:
+        ds = pydicom.dcmread(path)
+        pixels = ds.pixel_array
+        low = -(1 << (int(ds.BitsStored) - 1)) if int(ds.PixelRepresentation) else 0
+        high = (1 << (int(ds.BitsStored) - int(ds.PixelRepresentation))) - 1
+        ds.PhotometricInterpretation = "MONOCHROME1"
+        ds.PixelData = (low + high - pixels.astype(np.int64)).astype(pixels.dtype).tobytes()
+        files.append(tmp_path / path.name)
+        ds.save_as(files[-1])
+    uploaded = {float(pydicom.dcmread(p).ImagePositionPatient[2]): pydicom.dcmread(p).pixel_array for p in files}
+    session = upload_and_detect(client, phantom_files, scan=files[0], extra=files[1:])
+    job = run_job(client, session)
+    assert job["state"] == "done", job
+    download = client.get(f"/api/sessions/{session}/download/scan")
+    changed = 0
+    with zipfile.ZipFile(io.BytesIO(download.content)) as archive:
+        names = [n for n in archive.namelist() if not n.endswith("/")]
+        assert len(names) == len(files)
+        for name in names:
+            ds = pydicom.dcmread(io.BytesIO(archive.read(name)))
+            assert ds.PhotometricInterpretation == "MONOCHROME1"
+            changed += int((ds.pixel_array != uploaded[float(ds.ImagePositionPatient[2])]).sum())
+    assert 0 < changed < 0.1 * sum(a.size for a in uploaded.values())

@@ -198,6 +198,9 @@ def read_dicom_volume(path: PathLike | Sequence[PathLike], series: str | None = 
             raw[:, :, k] = pixels[ref.frame or 0].T  # type: ignore[index]
     assert raw is not None and header is not None and spacing_yx is not None
     _check_same_meaning(meanings)
+    inverted = None
+    if str(header.get("PhotometricInterpretation", "") or "").strip().upper() == "MONOCHROME1":
+        raw, inverted = as_displayed(raw, header, source)
 
     _check_on_one_line(positions, normal, frames, spacing_yx)
     scalings = [(f.slope, f.inter) for f in frames]
@@ -235,6 +238,7 @@ def read_dicom_volume(path: PathLike | Sequence[PathLike], series: str | None = 
         "warnings": tuple(warnings),
         "gantry_tilt_deg": tilt,
         "skipped": found.skipped,
+        "monochrome1_range": inverted,
     }
     return Volume(raw, affine, float(slope), float(inter), "dicom", header, extra)
 
@@ -277,6 +281,63 @@ def _check_on_one_line(positions: npt.NDArray[np.float64], normal: npt.NDArray[n
         "stacked with them, its pixels would lie on the wrong grid (its part of the face elsewhere than the others', "
         "where defacing would miss it). Re-export the series, or move that slice out (nothing was written)."
     )
+
+
+def stored_range(ds: Dataset) -> tuple[int, int]:
+    """The lowest and highest stored value the instance's BitsStored and PixelRepresentation allow."""
+    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
+    if int(ds.get("PixelRepresentation", 0)) == 1:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
+def as_displayed(raw: npt.NDArray[Any], header: Dataset, source: str) -> tuple[npt.NDArray[Any], tuple[int, int]]:
+    """Stored values of a MONOCHROME1 stack (the lowest value shown white) turned into grey values that run the way
+    defacer reads them (MONOCHROME2: air dark): ``low + high - v`` against the range BitsStored and
+    PixelRepresentation allow.
+
+    The map is its own inverse within that range, so :func:`defacer.io.dicom_write.write_dicom_volume` applies it
+    again and an untouched voxel comes back bit-identical (the written file stays MONOCHROME1).  RescaleSlope and
+    RescaleIntercept then apply to the turned values (the grey scale shown, not the stored one).
+
+    Parameters
+    ----------
+    raw : ndarray, shape (Columns, Rows, Slices)
+        Stored values, integer.
+    header : Dataset
+        The first instance (BitsStored, PixelRepresentation).
+    source : str
+        The series, for messages.
+
+    Returns
+    -------
+    ndarray, tuple of int
+        The turned values (same shape and dtype) and the ``(low, high)`` range used.
+
+    Raises
+    ------
+    DicomSeriesError
+        Float pixels, or a stored value outside the range its bits allow (turning it could not be undone exactly).
+    """
+    if not np.issubdtype(raw.dtype, np.integer):
+        raise DicomSeriesError(
+            f"'{source}' is MONOCHROME1 (the lowest value shown white) with {raw.dtype} pixel data: defacer turns "
+            "MONOCHROME1 greys around the range of their stored bits, which float data has not. Convert the series to "
+            "MONOCHROME2 (e.g. with pydicom or dcmtk) and run again (nothing was written)."
+        )
+    low, high = stored_range(header)
+    found_low, found_high = int(raw.min()), int(raw.max())
+    if found_low < low or found_high > high:
+        raise DicomSeriesError(
+            f"'{source}' is MONOCHROME1 (the lowest value shown white) but holds stored values from {found_low} to "
+            f"{found_high}, outside the {low}..{high} its BitsStored ({header.get('BitsStored', '?')}) allows: its "
+            "greys cannot be turned the way defacer reads them and back exactly. Convert the series to MONOCHROME2 "
+            "(e.g. with pydicom or dcmtk) and run again (nothing was written)."
+        )
+    turned = (np.int64(low + high) - raw.astype(np.int64)).astype(raw.dtype)
+    logger.info("'%s' is MONOCHROME1: its greys are read turned (%d + %d - stored value) so that air is dark; a DICOM "
+                "output is written back as MONOCHROME1", source, low, high)
+    return turned, (low, high)
 
 
 #: Attributes every slice of one volume must share, with what a slice differing in it would do once stacked.

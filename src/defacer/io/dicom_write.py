@@ -19,6 +19,7 @@ from defacer._typing import PathLike
 from defacer.errors import DicomSeriesError
 from defacer.io.atomic import atomic_outputs
 from defacer.io.dicom_files import check_output_folder, collect_identifying, dcmread_any, write_instance
+from defacer.io.dicom_geometry import stored_range
 from defacer.io.dicom_grouping import FrameRef
 from defacer.volume import Volume
 
@@ -32,13 +33,6 @@ NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 
 
-def _stored_range(ds: Dataset) -> tuple[int, int]:
-    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
-    if int(ds.get("PixelRepresentation", 0)) == 1:
-        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    return 0, (1 << bits) - 1
-
-
 def _stored_slice(volume: Volume, k: int, ref: FrameRef, dtype: np.dtype[Any], ds: Dataset) -> npt.NDArray[Any]:
     """Stored values of slice ``k`` as (Rows, Columns), clipped to the instance's bit range."""
     values = volume.raw[:, :, k].T
@@ -48,7 +42,10 @@ def _stored_slice(volume: Volume, k: int, ref: FrameRef, dtype: np.dtype[Any], d
     elif not np.issubdtype(values.dtype, np.integer) and np.issubdtype(dtype, np.integer):
         values = np.rint(values)
     if np.issubdtype(dtype, np.integer):
-        low, high = _stored_range(ds)
+        turned = volume.extra.get("monochrome1_range")
+        if turned is not None:  # read as displayed (defacer.io.dicom_geometry.as_displayed): back to MONOCHROME1
+            values = np.int64(turned[0] + turned[1]) - values.astype(np.int64)
+        low, high = stored_range(ds)
         values = np.clip(values, low, high)
     return np.ascontiguousarray(values.astype(dtype))
 
