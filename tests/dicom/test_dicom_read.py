@@ -549,3 +549,21 @@ def test_a_monochrome1_series_with_its_own_bits_and_per_slice_rescale_comes_back
     source, written = _stored_by_height(folder), _stored_by_height(out)
     assert source.keys() == written.keys()
     assert all(np.array_equal(source[z], written[z]) and written[z].dtype == source[z].dtype for z in source)
+
+
+def test_a_monochrome1_ct_keeps_its_hounsfield_units(tmp_path):
+    """HOSTILE17: Hounsfield units mean the same however they are shown, so a MONOCHROME1 CT (air stored 24, rescaled
+    to -1000 HU) is read as stored and rescaled, exactly as the same CT stored MONOCHROME2; turned like an MR it read
+    its air as +3000 HU and `deface --labels` found nothing to change (exit 4)."""
+    stored = (ramp((12, 10, 6)) * 37 % 4096).astype(np.uint16)
+    volumes = []
+    for photometric in ("MONOCHROME2", "MONOCHROME1"):
+        folder = tmp_path / photometric
+        write_series(folder, stored, scaling=[(1.0, -1024.0)] * 6)
+        for path in folder.iterdir():
+            ds = pydicom.dcmread(path)
+            ds.Modality, ds.PhotometricInterpretation, ds.BitsStored, ds.HighBit = "CT", photometric, 12, 11
+            ds.save_as(path)
+        volumes.append(read_dicom_volume(folder))
+    assert np.array_equal(volumes[1].raw, volumes[0].raw) and volumes[1].extra["monochrome1_range"] is None
+    assert (volumes[1].slope, volumes[1].inter) == (1.0, -1024.0)

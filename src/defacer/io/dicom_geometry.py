@@ -200,7 +200,13 @@ def read_dicom_volume(path: PathLike | Sequence[PathLike], series: str | None = 
     _check_same_meaning(meanings)
     inverted = None
     if str(header.get("PhotometricInterpretation", "") or "").strip().upper() == "MONOCHROME1":
-        raw, inverted = as_displayed(raw, header, source)
+        if str(header.get("Modality", "") or "").strip().upper() == "CT":
+            # Hounsfield units mean the same whichever way they are shown: a CT's rescaled values are its physics
+            # (air about -1000), read as stored (a CT turned instead read its air as +3000, found nothing to change).
+            logger.info("'%s' is a MONOCHROME1 CT: its values are Hounsfield units whatever the display, read as "
+                        "stored", source)
+        else:
+            raw, inverted = as_displayed(raw, header, source)
 
     _check_on_one_line(positions, normal, frames, spacing_yx)
     scalings = [(f.slope, f.inter) for f in frames]
@@ -294,7 +300,7 @@ def stored_range(ds: Dataset) -> tuple[int, int]:
 def as_displayed(raw: npt.NDArray[Any], header: Dataset, source: str) -> tuple[npt.NDArray[Any], tuple[int, int]]:
     """Stored values of a MONOCHROME1 stack (the lowest value shown white) turned into grey values that run the way
     defacer reads them (MONOCHROME2: air dark): ``low + high - v`` against the range BitsStored and
-    PixelRepresentation allow.
+    PixelRepresentation allow.  Not used for CT, whose Hounsfield units mean the same however shown.
 
     The map is its own inverse within that range, so :func:`defacer.io.dicom_write.write_dicom_volume` applies it
     again and an untouched voxel comes back bit-identical (the written file stays MONOCHROME1).  RescaleSlope and
