@@ -116,6 +116,30 @@ def values_pattern(identifying: tuple[str, ...]) -> re.Pattern[str] | None:
     tokens = sorted({t for t in identifying if len(t) >= 2}, key=lambda t: (-len(t), t))
     if not tokens:
         return None
-    # A short name part ("Li") only as a word of its own, not inside other words.
-    parts = [re.escape(t) if len(t) >= 4 else rf"(?<![^\W_]){re.escape(t)}(?![^\W_])" for t in tokens]
+    # A short name part ("Li") only as a word of its own, not inside other words; but not in a script written
+    # without spaces between words (Chinese, Japanese, Korean names take particles and honorifics: "山田太郎様"),
+    # where a name is no word of its own and the rule let every 2- and 3-character name through.
+    parts = [re.escape(t) if len(t) >= 4 or UNSPACED_SCRIPT.search(t)
+             else rf"(?<![^\W_]){re.escape(t)}(?![^\W_])" for t in tokens]
     return re.compile("|".join(parts), flags=re.IGNORECASE)
+
+
+#: Characters of scripts written without spaces between words (or with names run into the next word): CJK
+#: ideographs (and their extensions and compatibility forms), hiragana, katakana (full and half width), hangul, Thai,
+#: Lao, Khmer, Myanmar.  A name part in them is masked wherever it occurs, however short.
+UNSPACED_SCRIPT = re.compile(
+    "[\u1000-\u109f\u0e00-\u0eff\u1100-\u11ff\u1780-\u17ff\u2e80-\u2fdf\u3005-\u3007\u3040-\u31ff"
+    "\u3400-\u4dbf\u4e00-\u9fff\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff\uff66-\uffdc\U00020000-\U0003134f]"
+)
+
+
+def joined_name_groups(name: str) -> list[str]:
+    """The components of each group of a person name (PN) run together, for the groups written in a script without
+    spaces between words, and with one space between them: ``"Wang^Wei=王^伟"`` gives ``["王伟", "王 伟"]``, the
+    forms in which the name is written in text (each of its one-character components alone is too short to mask)."""
+    joined = []
+    for group in name.split("="):
+        if UNSPACED_SCRIPT.search(group):
+            parts = [part.strip() for part in group.split("^") if part.strip()]
+            joined += [run for run in dict.fromkeys(("".join(parts), " ".join(parts))) if len(run) >= 2]
+    return joined

@@ -16,10 +16,12 @@ import logging
 import math
 import re
 import struct
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydicom.charset import decode_bytes
 from pydicom.datadict import DicomDictionary
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -187,6 +189,7 @@ def identifying_values(ds: Dataset) -> set[str]:
         if vr == "PN":
             for item in items:
                 add(str(item), split=True, shortest=2)
+                values.update(actions.joined_name_groups(str(item)))  # "王^伟" is written "王伟"
         elif keyword in listed:
             for item in items:
                 add(str(item), split=True, shortest=3)
@@ -237,7 +240,8 @@ def patient_values(ds: Dataset | dict[str, Any]) -> tuple[str, ...]:
         for item in items[:8]:
             text = str(item).strip().strip("\x00").strip()
             if keyword in _PATIENT_NAME_KEYWORDS:
-                found.update(dict.fromkeys([text, *(p for p in _NAME_SPLIT.split(text)[:16] if len(p) >= 2)]))
+                found.update(dict.fromkeys([text, *(p for p in _NAME_SPLIT.split(text)[:16] if len(p) >= 2),
+                                            *actions.joined_name_groups(text)[:4]]))
             elif len(text) >= 3:
                 found[text] = None
     return tuple(sorted(v for v in list(found)[:MAX_PATIENT_VALUES] if len(v) >= 2))
@@ -265,8 +269,26 @@ def _holds_patient(value: object, context: _Context) -> bool:
     pattern = actions.values_pattern(context.patient)
     if pattern is None or value is None:
         return False
-    text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
-    return pattern.search(text) is not None
+    if not isinstance(value, bytes):
+        return pattern.search(str(value)) is not None
+    return any(pattern.search(text) is not None for text in _bytes_as_text(value, context.encodings))
+
+
+def _bytes_as_text(value: bytes, encodings: tuple[str, ...]) -> Iterator[str]:
+    """Raw bytes (an element no dictionary knows, a private slot) read as text every way a name may be stored in
+    them: byte by byte (Latin-1, ASCII), UTF-8, the instance's own Specific Character Set (ISO 2022 Japanese or
+    Korean, GB18030...) and UTF-16 (little endian).  Read as Latin-1 alone, a name in any multi-byte encoding
+    ("山田太郎" in UTF-8) was never found in them."""
+    yield value.decode("latin-1")
+    yield value.decode("utf-8", errors="replace")
+    if encodings:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # pydicom warns about bytes its encodings cannot decode
+                yield decode_bytes(value, list(encodings), set())
+        except (LookupError, UnicodeError, ValueError):
+            pass
+    yield value[: len(value) // 2 * 2].decode("utf-16-le", errors="replace")
 
 
 def _safe_private_value(element: DataElement, vr: str, most: int) -> bool:
@@ -306,6 +328,8 @@ class _Context:
     identifying: list[str]
     pseudo_id: str
     patient: tuple[str, ...] = ()
+    #: Python codecs of the instance's Specific Character Set, for values pydicom left as bytes.
+    encodings: tuple[str, ...] = ()
 
 
 @dataclass
@@ -404,7 +428,11 @@ class Scrubber:
             entry = self.mapping.patients.setdefault(patient, {})
             entry.update({"PatientID": pseudo_id, "PatientName_original": str(ds.get("PatientName", "")),
                           "date_offset_days": -offset if self.options.retain_long_modified_dates else None})
-        return _Context(offset, identifying, pseudo_id, patient_values(ds))
+        try:
+            encodings = tuple(ds._character_set)
+        except (LookupError, ValueError, TypeError, AttributeError):  # an unknown or damaged character set
+            encodings = ()
+        return _Context(offset, identifying, pseudo_id, patient_values(ds), encodings)
 
     def collect_identifying(self, ds: Dataset) -> set[str]:
         """Remember the identifying values of ``ds`` under its study and return all of that study's.

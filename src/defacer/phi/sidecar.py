@@ -297,4 +297,5 @@ def _identifying_values(fields: list[tuple[str, Any]]) -> list[str]:
                 if len(text) >= 2:
                     values[text] = None
                 values.update(dict.fromkeys(part for part in _PARTS.split(text) if len(part) >= 2))
+                values.update(dict.fromkeys(actions.joined_name_groups(text)))
     return sorted(list(values)[:MAX_IDENTIFYING_VALUES])
