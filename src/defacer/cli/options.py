@@ -210,7 +210,8 @@ def add_deid_arguments(parser: ArgumentTarget, *, mapping: bool = True, what_if:
                                  "it")
     parser.add_argument("--allow-burned-in", action="store_true",
                         help="process instances that may show text in their pixels (BurnedInAnnotation not NO, "
-                             "secondary captures, screenshots) instead of refusing them; their pixels are NOT cleaned")
+                             "secondary captures, screenshots) or identify by their content (photographs, voice "
+                             "recordings, surface scans) instead of refusing them; their pixels are NOT cleaned")
     if what_if:
         parser.add_argument("--what-if", "--describe", dest="what_if", action="store_true",
                             help="print what will be done to each header attribute, and stop without writing anything")

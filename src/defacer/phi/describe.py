@@ -54,7 +54,8 @@ def describe_actions(options: DeidOptions) -> list[str]:
         + f"), LongitudinalTemporalInformationModified={options.dates_modified}"
         + (", RecognizableVisualFeatures=NO" if options.clean_recognizable_visual_features else "") + ".",
         "Burned-in text: instances whose BurnedInAnnotation is not NO, secondary captures, encapsulated PDFs and screen "
-        + ("captures are processed (pixels NOT cleaned)." if options.allow_burned_in else "captures are refused."),
+        + "captures, and content that identifies by itself (photographs, voice recordings, surface scans) "
+        + ("are processed (pixels NOT cleaned)." if options.allow_burned_in else "are refused."),
         "Attributes not listed below and not covered above are kept.",
     ]
     lines += [describe_rule(rule, options) for rule in load_rules()]

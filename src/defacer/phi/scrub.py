@@ -51,6 +51,19 @@ BURNED_IN_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.104.1": "Encapsulated PDF",
     "1.2.840.10008.5.1.4.1.1.77.1.1.1": "Video Endoscopic Image",
 }
+#: SOP classes whose content itself identifies the patient, whatever the header says: a photograph (most often of
+#: the face or the body; a full-face photograph is one of HIPAA Safe Harbor's identifiers), a recording of a voice
+#: (a voice print is one, and a dictation says names) and a scan of the body's surface (the shape of the face).
+#: Header de-identification keeps their pixels, waveform samples and points as they are.
+IDENTIFYING_CONTENT_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.77.1.4": ("VL Photographic Image", "a photograph, often of the patient's face"),
+    "1.2.840.10008.5.1.4.1.1.77.1.4.1": ("Video Photographic Image", "a video, often of the patient's face"),
+    "1.2.840.10008.5.1.4.1.1.9.4.1": ("Basic Voice Audio Waveform", "a recording of a voice, which may say names"),
+    "1.2.840.10008.5.1.4.1.1.9.4.2": ("General Audio Waveform", "a sound recording, which may hold a voice"),
+    "1.2.840.10008.5.1.4.1.1.68.1": ("Surface Scan Mesh", "a 3D scan of the body's surface, which may be the face"),
+    "1.2.840.10008.5.1.4.1.1.68.2": ("Surface Scan Point Cloud",
+                                      "a 3D scan of the body's surface, which may be the face"),
+}
 #: Private attributes kept by the Retain Safe Private option: (private creator, group, element byte) -> (VR, most
 #: values), as the vendors' dictionaries (pydicom's) give them.  A subset of PS3.15 Table E.3.10-1 (diffusion and
 #: scaling parameters without identity).  A slot is safe for what it holds there: numbers of that VR, never a
@@ -385,10 +398,13 @@ class Scrubber:
         reason = burned_in_reason(ds)
         if reason:
             where = f"'{source}' " if source else ""
+            sop_class = str(ds.get("SOPClassUID", "")).strip().rstrip("\x00")
+            shows = "what it shows or says" if sop_class in IDENTIFYING_CONTENT_SOP_CLASSES else \
+                "names or dates in its pixels"
             message = (
-                f"The instance {where}{reason}, so its pixels may show names or dates that header "
+                f"The instance {where}{reason}, so it may identify the patient by {shows}, which header "
                 "de-identification cannot remove. defacer refuses it. Remove it from the input, or pass "
-                "--allow-burned-in to process it anyway (its pixels are NOT cleaned)."
+                "--allow-burned-in to process it anyway (its pixels and content are NOT cleaned)."
             )
             raise BurnedInAnnotationError(message)
 
@@ -662,6 +678,9 @@ def burned_in_reason(ds: Dataset) -> str:
     sop_class = str(ds.get("SOPClassUID", "")).strip().rstrip("\x00")
     if sop_class in BURNED_IN_SOP_CLASSES:
         return f"is a {BURNED_IN_SOP_CLASSES[sop_class]} (SOP class {sop_class}), a kind that usually has text in its pixels"
+    if sop_class in IDENTIFYING_CONTENT_SOP_CLASSES:
+        name, what = IDENTIFYING_CONTENT_SOP_CLASSES[sop_class]
+        return f"is a {name} (SOP class {sop_class}), {what}"
     if _coded_values(ds.get("ImageType")) & {"SCREEN SAVE", "SCREENSHOT", "SCREEN_SHOT"}:
         return "is a screen capture (ImageType contains SCREEN SAVE)"
     return ""
