@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -100,6 +101,48 @@ def image_stem(name: str, *, dicom: bool = False) -> str:
 def is_image_name(name: str) -> bool:
     """Whether a file name ends in an image ending defacer reads (any case)."""
     return bool(image_suffix(name))
+
+
+def walk(top: PathLike) -> Iterator[tuple[str, list[str], list[str]]]:
+    """:func:`os.walk` of ``top`` (top-down, links to folders not entered, unreadable folders passed over), without
+    recursion.
+
+    Python 3.11's :func:`os.walk` and :meth:`pathlib.Path.rglob` call themselves once per folder level: a folder
+    tree 1,000 deep (a hostile or broken copy makes one in a second) raised ``RecursionError``, and ``deface``,
+    ``anonymize`` and ``batch`` stopped with "a bug in defacer".  This walk keeps its pending folders in a list, so
+    any depth the file system allows is walked like a shallow tree.
+
+    Yields
+    ------
+    tuple of (str, list of str, list of str)
+        As :func:`os.walk`: a folder, its sub-folders' names (the caller may prune this list in place) and its
+        other entries' names (files, links to files, pipes...).
+    """
+    pending = [os.fspath(top)]
+    while pending:
+        here = pending.pop()
+        dirnames: list[str] = []
+        names: list[str] = []
+        try:
+            with os.scandir(here) as entries:
+                for entry in entries:
+                    try:
+                        is_dir = entry.is_dir()
+                    except OSError:
+                        is_dir = False
+                    (dirnames if is_dir else names).append(entry.name)
+        except OSError:
+            continue
+        yield here, dirnames, names
+        pending += [path for path in (os.path.join(here, name) for name in reversed(dirnames))
+                    if not os.path.islink(path)]
+
+
+def files_under(folder: PathLike) -> list[Path]:
+    """Every regular file under ``folder`` (or link to one), at any depth, in :func:`walk`'s order; links to folders
+    are not entered.  What ``[p for p in folder.rglob("*") if p.is_file()]`` gave, without its recursion."""
+    return [path for here, _, names in walk(folder) for path in (Path(here, name) for name in names)
+            if path.is_file()]
 
 
 def file_sha256(path: PathLike) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from defacer._typing import PathLike
-from defacer.files import file_sha256, image_stem
+from defacer.files import file_sha256, files_under, image_stem
 from defacer.io.atomic import atomic_outputs
 
 #: Ending of the sidecar file name: ``scan.nii.gz`` -> ``scan.defacer.json``.
@@ -47,7 +47,7 @@ def sha256_of(path: PathLike) -> str:
     p = Path(path)
     digest = hashlib.sha256()
     if p.is_dir():
-        for child in sorted(q for q in p.rglob("*") if q.is_file()):
+        for child in sorted(files_under(p)):
             digest.update(str(child.relative_to(p)).encode())
             digest.update(bytes.fromhex(file_sha256(child)))
         return digest.hexdigest()

@@ -234,14 +234,14 @@ def detect_layout(root: Path) -> str:
 
 def _holds_image_file(folder: Path) -> bool:
     """Whether an image file (NIfTI, NRRD, MGH/MGZ, by name) lies anywhere under ``folder`` (links not followed)."""
-    for _, _, filenames in os.walk(folder, followlinks=False):
+    for _, _, filenames in files.walk(folder):
         if any(files.is_image_name(name) for name in filenames):
             return True
     return False
 
 
 def _walk(root: Path, skip_top: frozenset[str]) -> Iterable[tuple[Path, list[str], list[str]]]:
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+    for dirpath, dirnames, filenames in files.walk(root):
         here = Path(dirpath)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and _text_name(here / d, root)
                              and not _linked_folder(here / d, root))

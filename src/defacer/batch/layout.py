@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from defacer._version import __version__
 from defacer.batch.discover import Scan
 from defacer.errors import DefacerError, OutputError
-from defacer.files import json_object_of, read_json_object, read_small_text, stays_inside
+from defacer.files import json_object_of, read_json_object, read_small_text, stays_inside, walk
 from defacer.io.atomic import copy_atomic, is_temporary, write_text_atomic
 from defacer.io.output_guard import folded_name, inode_of, true_path
 from defacer.phi.tables import MAX_AGE, clean_table, describe_changes, is_bids_table
@@ -315,7 +315,7 @@ def remove_stale_temporaries(out_root: Path) -> list[Path]:
     hold a user's files beside the batch's (``--force``), and a user's ``.defacer-tmp-notes/`` is not one.
     """
     removed = []
-    for dirpath, dirnames, _ in os.walk(out_root):
+    for dirpath, dirnames, _ in walk(out_root):
         with os.scandir(dirpath) as found:
             entries = [entry for entry in found if is_temporary(entry)]
         for entry in entries:

@@ -40,6 +40,7 @@ from defacer.errors import (
     system_error_message,
     thread_refused_message,
 )
+from defacer.files import files_under
 from defacer.io.output_guard import nrrd_data_files
 from defacer.options import DEFAULT_OPTIONS, DefaceOptions, Deidentification
 
@@ -154,7 +155,7 @@ def output_files(task: ScanTask) -> list[Path]:
     """Every file the scan wrote: image (and detached data), sidecars, provenance."""
     out = task.output
     if task.scan.kind == "dicom":
-        files = sorted(p for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")) if out.is_dir() else []
+        files = sorted(p for p in files_under(out) if not p.name.startswith(".")) if out.is_dir() else []
         provenance = out.parent / f"{out.name}.defacer.json"
         return files + ([provenance] if provenance.is_file() else [])
     files = [out]

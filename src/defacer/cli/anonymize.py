@@ -70,10 +70,10 @@ def _warn_identifying_name(source: Path, output: Path, *, retain_uids: bool) -> 
     instance's): the headers written no longer hold them ('anonymize Smith_John/ Smith_John_anon/')."""
     import pydicom
 
-    from defacer.files import named_path
+    from defacer.files import files_under, named_path
     from defacer.phi.paths import warn_identifying_name
 
-    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+    files = [source] if source.is_file() else sorted(files_under(source))
     for path in files[:50]:  # the first instance that reads; documents and DICOMDIRs are passed over
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)

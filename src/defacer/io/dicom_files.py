@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from defacer._typing import PathLike
 from defacer.errors import DicomSeriesError, OutputError
-from defacer.files import link_outside
+from defacer.files import files_under, link_outside, walk
 from defacer.io.atomic import check_output_path
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def input_files(path: PathLike | Sequence[PathLike], *, warn_linked_folders: boo
         if not p.exists():
             raise DicomSeriesError(f"No such file or folder: '{p}'. Check the path.")
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".defacer-tmp"))
+            files = sorted(f for f in files_under(p) if not f.name.startswith(".defacer-tmp"))
             linked = _linked_folders(p)
             if linked and warn_linked_folders and p.resolve() not in _WARNED_LINKS:
                 _WARNED_LINKS.add(p.resolve())  # a run lists the series, then reads one: said once
@@ -76,7 +76,7 @@ _WARNED_LINKS: set[Path] = set()
 def _linked_folders(folder: Path) -> list[Path]:
     """Symbolic links to folders below ``folder`` (the search for files does not enter them)."""
     found: list[Path] = []
-    for here, dirnames, _ in os.walk(folder):
+    for here, dirnames, _ in walk(folder):
         found += [Path(here) / name for name in dirnames if (Path(here) / name).is_symlink()]
     return sorted(found)
 

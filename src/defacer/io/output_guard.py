@@ -28,6 +28,7 @@ from pathlib import Path, PurePath
 
 from defacer._typing import PathLike
 from defacer.errors import OutputError
+from defacer.files import files_under, walk
 from defacer.io.nrrd import MAX_HEADER_BYTES
 
 #: Ending of the ownership record written beside every folder defacer writes (see :func:`owner_record`).
@@ -98,7 +99,7 @@ def input_files(path: PathLike) -> list[Path]:
     ``.nrrd``), or every file under a folder (a DICOM series), recursively."""
     p = Path(path)
     if p.is_dir():
-        return [q.resolve() for q in p.rglob("*") if q.is_file()]
+        return [q.resolve() for q in files_under(p)]
     files = [p.resolve()]
     if p.name.lower().endswith(NRRD_SUFFIXES):
         files += [q.resolve() for q in nrrd_data_files(p)]
@@ -320,7 +321,7 @@ def foreign_entries(folder: Path) -> list[str]:
     owned = owned_files(folder) or {}
     owned_dirs = {p.as_posix() for name in owned for p in Path(name).parents}
     foreign = []
-    for root, dirs, names in os.walk(folder):
+    for root, dirs, names in walk(folder):
         base = Path(root).relative_to(folder)
         for name in names:
             rel = (base / name).as_posix()
@@ -479,7 +480,7 @@ def check_apart(path: PathLike | None, folder: PathLike, what: str) -> None:
 def write_owner_record(folder: Path, record: Path) -> None:
     """Write to ``record`` the ownership record of ``folder``: every file under it and its size."""
     files = {}
-    for root, _, names in os.walk(folder):
+    for root, _, names in walk(folder):
         for name in names:
             full = Path(root) / name
             files[full.relative_to(folder).as_posix()] = full.stat().st_size
@@ -507,7 +508,7 @@ def remove_owned_folder(folder: Path) -> None:
         path = folder / name
         if path.is_file() and not path.is_symlink():  # only what is there, inside the folder (names checked)
             path.unlink()
-    for root, _, _ in sorted(os.walk(folder), key=lambda entry: -len(Path(entry[0]).parts)):
+    for root, _, _ in sorted(walk(folder), key=lambda entry: -len(Path(entry[0]).parts)):
         try:
             os.rmdir(root)
         except OSError as err:

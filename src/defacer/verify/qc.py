@@ -35,7 +35,7 @@ import numpy.typing as npt
 
 from defacer.batch.ownership import OwnershipRecord, quoted_names
 from defacer.errors import OutputError
-from defacer.files import text_name
+from defacer.files import text_name, walk
 from defacer.io.atomic import atomic_outputs
 from defacer.verify import verdict as verdicts
 
@@ -208,7 +208,8 @@ def notice(qc_dir: Path, after_only: bool) -> str:
 
 def holds_original_pictures(qc_dir: Path) -> bool:
     """Whether ``qc_dir`` holds pictures of an original face (``*_before.png``, ``before_after.png``)."""
-    return qc_dir.is_dir() and (any(qc_dir.rglob("*_before.png")) or any(qc_dir.rglob("before_after.png")))
+    return qc_dir.is_dir() and any(name.endswith("_before.png") or name == "before_after.png"
+                                    for _, _, names in walk(qc_dir) for name in names)
 
 
 def write_readme(qc_dir: Path, after_only: bool) -> Path:

@@ -29,6 +29,7 @@ from defacer.errors import (
     SeveralSeriesError,
     TooManyVoxelsError,
 )
+from defacer.files import files_under
 from defacer.io.atomic import atomic_file, write_text_atomic
 from defacer.labels import FEATURE_LABELS, FEATURES
 from defacer.volume import Volume, canonical_reorientation
@@ -483,14 +484,14 @@ def _names_the_patient(source: Path, stem: str) -> bool:
     :data:`NAME_CHECK_FILES` of its files."""
     from defacer.phi.paths import header_identifiers
 
-    files = sorted(p for p in Path(source).rglob("*") if p.is_file() and not p.is_symlink())[:NAME_CHECK_FILES]
+    files = sorted(p for p in files_under(source) if not p.is_symlink())[:NAME_CHECK_FILES]
     return bool(header_identifiers(files).found_in(stem))
 
 
 def _zip_folder(folder: Path, archive: Path) -> None:
     with atomic_file(archive) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED,
                                                       compresslevel=1) as handle:
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        for path in sorted(files_under(folder)):
             handle.write(path, arcname=str(path.relative_to(folder)))
 
 
