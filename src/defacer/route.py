@@ -15,6 +15,7 @@ Layers: this module sits above :mod:`defacer.pipeline` (in-memory defacing), :mo
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -35,6 +36,9 @@ from defacer.provenance import sha256_of, sidecar_path, write_provenance
 if TYPE_CHECKING:
     from defacer.io.dicom_grouping import SeriesInfo
     from defacer.phi.scrub import Scrubber
+
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class Defaced:
@@ -132,7 +136,8 @@ def deface_path(
                              max_voxels=max_voxels)
     return _deface_file(source_path, target_path, options=options, detector=detector, labels_path=labels_path,
                         weights_path=weights_path, force=force, mask_path=mask_path, sidecar=sidecar,
-                        allow_missing=allow_missing, max_voxels=max_voxels, data_files=data_files)
+                        allow_missing=allow_missing, max_voxels=max_voxels, data_files=data_files,
+                        deidentify=deidentify)
 
 
 def image_series(source: PathLike) -> list[SeriesInfo]:
@@ -216,8 +221,9 @@ class _DetectorLoading(DetectorLoading):
 def _deface_file(source: Path, target: Path, *, options: DefaceOptions, detector: Detector | None,
                  labels_path: PathLike | None, weights_path: PathLike | None, force: bool,
                  mask_path: PathLike | None, sidecar: bool, allow_missing: bool, max_voxels: int | None,
-                 data_files: str) -> Defaced:
-    """:func:`deface_path` for a NIfTI, NRRD or MGH/MGZ file: written back with its header unchanged."""
+                 data_files: str, deidentify: Deidentification | None = None) -> Defaced:
+    """:func:`deface_path` for a NIfTI, NRRD or MGH/MGZ file: written back with its header unchanged, but, with
+    ``deidentify``, the identifying text of its free-text fields (:func:`_deidentified_header`)."""
     from defacer.io import format_of, load_volume, save_label_map, save_volume
     from defacer.io.output_guard import (
         check_not_input,
@@ -259,6 +265,8 @@ def _deface_file(source: Path, target: Path, *, options: DefaceOptions, detector
     result = deface(volume, loading.result() if loading is not None else _detector(detector, labels_path, weights_path),
                     options)
     check_features_found(result.provenance, source.name, allow_missing=allow_missing)
+    if deidentify is not None:
+        result = _deidentified_header(result, source.name, deidentify)
     t = time.perf_counter()
     new_files = _not_there([target, *detached_data_candidates(target), *_mask_files(mask_path)])
     stale = _stale_record(target, sidecar)
@@ -279,6 +287,36 @@ def _deface_file(source: Path, target: Path, *, options: DefaceOptions, detector
             write_provenance(provenance, sidecar_path(target), force=force)
         _drop_stale_record(stale, sidecar)
     return Defaced(provenance, written, result)
+
+
+def _deidentified_header(result: DefaceResult, name: str, deidentify: Deidentification) -> DefaceResult:
+    """``result`` with the identifying text of its header's free-text fields removed (NIfTI ``descrip``,
+    ``aux_file``, ``intent_name``, ``db_name``; NRRD key/value pairs and ``content``:
+    :mod:`defacer.phi.image_headers`), said on the console and in the provenance's warnings by field name only."""
+    import dataclasses
+
+    from defacer.phi.image_headers import deidentify_nifti_header, deidentify_nrrd_header
+
+    volume = result.volume
+    if volume.header is None or volume.format not in ("nifti", "nrrd"):
+        return result
+    if volume.format == "nifti":
+        header = volume.header.copy()
+        changed = deidentify_nifti_header(header)
+        what = "NIfTI header field(s)"
+    else:
+        header, changed = deidentify_nrrd_header(volume.header, deidentify.profile)
+        what = "NRRD header field(s) and key/value pair(s)"
+    if not changed:
+        return result
+    shown_names = ", ".join(repr(key[:40]) for key in changed[:12]) + (f" and {len(changed) - 12} more"
+                                                                          if len(changed) > 12 else "")
+    warning = (f"{len(changed)} {what} held identifying text (DICOM attributes such as the patient's name or "
+               f"birth date, dates, names, e-mail addresses), removed or masked in the output: {shown_names}; "
+               "the rest of the header is kept byte for byte (--no-deidentify keeps it all)")
+    log.warning("'%s': %s", name, warning)
+    result.provenance["warnings"] = [*result.provenance.get("warnings", []), warning]
+    return dataclasses.replace(result, volume=dataclasses.replace(volume, header=header))
 
 
 def _not_there(paths: Sequence[Path]) -> list[Path]:

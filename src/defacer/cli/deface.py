@@ -191,11 +191,15 @@ def _run(args: argparse.Namespace, new_qc_dir: list[Path]) -> int:
     options = deface_options_from_args(args)
     is_dicom = args.input.exists() and format_of(args.input) == "dicom"
     args.output = checked_output_name(args.input, args.output, is_dicom)
-    deidentify = deidentification_from_args(args, warn_random=not args.what_if) if is_dicom else None
+    # a NIfTI or NRRD header's free text (a converter's patient name, an acquisition date) is de-identified too; its
+    # key is unused (no pseudonyms there), so no word about a random one
+    deidentify = deidentification_from_args(args, warn_random=is_dicom and not args.what_if)
     if args.what_if:
         if not is_dicom:
             print("--what-if describes what is done to DICOM headers; this input is not DICOM (its header is kept "
-                  "as it is, only the pixels of the face features change).")
+                  "as it is, but for dates, DICOM-form names, e-mail addresses and DICOM attributes in its free-text "
+                  "fields, which are masked or removed unless --no-deidentify; only the pixels of the face features "
+                  "change).")
         elif deidentify is None:
             print("--no-deidentify: every header attribute is kept; only the pixels of the face features change.")
         else:

@@ -262,7 +262,7 @@ def tag_of_key(key: object) -> int | None:
     ``patient_name``, ``Patient Name``; a byte order mark or other non-alphanumerics ignored), its
     attribute name (``Patient's Name``, ``Patient's Birth Date``) or a
     tag written as 8 hexadecimal digits (``"00100010"``, ``"(0010,0010)"``, as the DICOM JSON model
-    does).  Only the exact keyword was looked up: ``"PatientName "`` or ``"patientName"`` kept the
+    does; ``"0010|0010"`` as ITK writes it into a NRRD header, ``"DICOM.0010.0010"`` as MITK does).  Only the exact keyword was looked up: ``"PatientName "`` or ``"patientName"`` kept the
     patient's name in the defaced dataset's sidecar.
     """
     if not isinstance(key, str):
@@ -270,6 +270,8 @@ def tag_of_key(key: object) -> int | None:
     name = _PARTS.sub("", key).lower()
     if _TAG_DIGITS.fullmatch(name):
         return int(name, 16)
+    if name.startswith("dicom") and _TAG_DIGITS.fullmatch(name[5:]):
+        return int(name[5:], 16)  # MITK's "DICOM.0010.0010"
     return _keywords().get(name)
 
 
