@@ -145,6 +145,33 @@ def files_under(folder: PathLike) -> list[Path]:
             if path.is_file()]
 
 
+def make_folders(folder: PathLike) -> None:
+    """``Path(folder).mkdir(parents=True, exist_ok=True)`` without recursion.
+
+    :meth:`pathlib.Path.mkdir` calls itself once per missing folder level: a ``batch`` mirroring a scan that lies
+    1,100 folders deep in IN failed that scan with "RecursionError".  This makes the missing folders from the
+    top down, in a loop.
+
+    Raises
+    ------
+    OSError
+        As :meth:`pathlib.Path.mkdir` (``FileExistsError`` where ``folder`` or a part of it is a file...).
+    """
+    missing: list[Path] = []
+    here = Path(folder)
+    while not here.is_dir():
+        missing.append(here)
+        if here.parent == here:
+            break
+        here = here.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir()
+        except FileExistsError:
+            if not path.is_dir():
+                raise
+
+
 def file_sha256(path: PathLike) -> str:
     """Hex sha256 of a file's bytes (:func:`hashlib.file_digest`: read in blocks, never whole)."""
     with Path(path).open("rb") as handle:

@@ -149,3 +149,26 @@ def test_force_over_a_users_folder_holding_a_deep_tree_refuses_in_words(
     assert "did not write" in err and "RecursionError" not in err and "bug" not in err, err
     assert (bottom / "notes.txt").read_text() == "years of work\n"
     assert sorted(p.name for p in user.iterdir()) == ["a"]
+
+
+def test_a_batch_scan_lying_deeper_than_the_recursion_limit_is_defaced(scratch: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """The walk reached it, but mirroring it into OUT made its folders with ``Path.mkdir(parents=True)``, which calls
+    itself once per missing level: the scan failed with "RecursionError: maximum recursion depth exceeded while
+    calling a Python object (at pathlib.py:526)" (HOSTILE18, main 0deda10).  Now made in a loop
+    (:func:`defacer.files.make_folders`): defaced like any other."""
+    ds, labels = scratch / "ds", scratch / "labels"
+    write_bids_phantoms(ds, labels, [("01", None, "T1w", "T1")], 4.0)
+    bottom = deep_chain(ds / "sub-01" / "anat")
+    label_bottom = deep_chain(labels / "sub-01" / "anat")
+    shutil.copy(ds / "sub-01" / "anat" / "sub-01_T1w.nii.gz", bottom / "sub-01_T1w.nii.gz")
+    shutil.copy(labels / "sub-01" / "anat" / "sub-01_T1w.labels.nii.gz", label_bottom / "sub-01_T1w.labels.nii.gz")
+    out = scratch / "out"
+    code = main(["batch", str(ds), str(out), "--labels-dir", str(labels), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    deep_out = out / bottom.relative_to(ds) / "sub-01_T1w.nii.gz"
+    assert deep_out.is_file(), "the deep scan is defaced into the same place in OUT"
+    assert nib.load(deep_out).shape == nib.load(bottom / "sub-01_T1w.nii.gz").shape
+    manifest = (out / ".defacer" / "manifest.jsonl").read_text()
+    assert "RecursionError" not in manifest and '"failed"' not in manifest, manifest[-400:]

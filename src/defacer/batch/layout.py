@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from defacer._version import __version__
 from defacer.batch.discover import Scan
 from defacer.errors import DefacerError, OutputError
-from defacer.files import json_object_of, read_json_object, read_small_text, stays_inside, walk
+from defacer.files import json_object_of, make_folders, read_json_object, read_small_text, stays_inside, walk
 from defacer.io.atomic import copy_atomic, is_temporary, write_text_atomic
 from defacer.io.output_guard import folded_name, inode_of, true_path
 from defacer.phi.tables import MAX_AGE, clean_table, describe_changes, is_bids_table
@@ -301,7 +301,7 @@ def prepare_output(layout: OutputLayout, *, force: bool, owned: OwnershipRecord 
     if owned is not None:
         owned.check(targets)
     try:
-        layout.state_dir.mkdir(parents=True, exist_ok=True)
+        make_folders(layout.state_dir)
     except OSError as err:
         raise OutputError(f"Cannot create the output folder '{out}': {err.strerror}. Choose a writable place.") from err
     remove_stale_temporaries(out)
@@ -594,7 +594,7 @@ def carry_over(layout: OutputLayout, relpaths: Iterable[PurePosixPath], mode: st
 
 
 def _carry_one(source: Path, target: Path, mode: str) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_folders(target.parent)
     if target.is_symlink() or target.exists():
         target.unlink()
     if mode == "symlink":
@@ -683,7 +683,7 @@ def _carry_deidentified(source: Path, target: Path, profile: DeidOptions | None)
     if _copy_text(source, target) == cleaned:
         return False
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        make_folders(target.parent)
         if target.is_symlink():  # a link left by an earlier --others symlink run: replaced, never written through
             target.unlink()
         write_text_atomic(target, cleaned)

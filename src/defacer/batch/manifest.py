@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from defacer.errors import OutputError
-from defacer.files import file_sha256
+from defacer.files import file_sha256, make_folders
 
 #: Format version of the manifest file.
 MANIFEST_VERSION = 1
@@ -186,7 +186,7 @@ def batch_lock(state_dir: Path) -> Iterator[None]:
     OutputError
         If another batch holds the lock.
     """
-    state_dir.mkdir(parents=True, exist_ok=True)
+    make_folders(state_dir)
     try:
         import fcntl
     except ImportError:  # not POSIX (Windows): run without the lock
@@ -302,7 +302,7 @@ class Manifest:
         elif read_only:
             return
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_folders(path.parent)
             self._write_all([])
 
     def _read(self) -> None:

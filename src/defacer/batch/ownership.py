@@ -28,6 +28,7 @@ from pathlib import Path
 from defacer.batch.layout import OutputLayout
 from defacer.batch.manifest import Manifest, ends_with_newline
 from defacer.errors import OutputError
+from defacer.files import make_folders
 from defacer.io.output_guard import foreign_entries, listed_name, true_path
 
 #: Name of the record in the batch's state folder (``OUT/.defacer``).
@@ -150,7 +151,7 @@ class OwnershipRecord:
         # ASCII escapes: a name that is not UTF-8 (kept by Python as lone surrogates) is written as '\\udce9' and read
         # back as the same name; written as it is, it could not be encoded and the run stopped.
         lines = "".join(json.dumps({"path": name}) + "\n" for name in sorted(self._unsaved))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_folders(self.path.parent)
         if self.path.is_file() and self.path.stat().st_size and not ends_with_newline(self.path):
             lines = "\n" + lines  # after a line cut short by a killed run
         _append_whole(self.path, lines.encode("ascii"))

@@ -40,7 +40,7 @@ from defacer.errors import (
     system_error_message,
     thread_refused_message,
 )
-from defacer.files import files_under
+from defacer.files import files_under, make_folders
 from defacer.io.output_guard import nrrd_data_files
 from defacer.options import DEFAULT_OPTIONS, DefaceOptions, Deidentification
 
@@ -212,7 +212,7 @@ def _deface(task: ScanTask) -> dict[str, Any]:
     """Deface the scan through :func:`defacer.route.deface_path` (or the task's stand-in); its provenance."""
     mask_path = _mask_path(task)
     if mask_path is not None:
-        mask_path.parent.mkdir(parents=True, exist_ok=True)
+        make_folders(mask_path.parent)
     if task.deface is not None:
         return task.deface(task.scan.path, task.output, options=task.options, labels_path=task.labels_path,
                            force=True, mask_path=mask_path)

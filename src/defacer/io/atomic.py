@@ -21,6 +21,7 @@ from pathlib import Path
 
 from defacer._typing import PathLike
 from defacer.errors import OutputError
+from defacer.files import make_folders
 from defacer.io.no_replace import rename_no_replace
 from defacer.io.output_guard import (
     check_folder_usable,
@@ -52,7 +53,7 @@ def check_output_path(path: PathLike, *, force: bool, inputs: Sequence[PathLike]
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.exists():
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            make_folders(folder)
         except OSError as err:
             raise OutputError(f"Cannot create the output folder '{folder}': {err.strerror}. Choose a writable place.") from err
     if not os.access(folder, os.W_OK | os.X_OK):
@@ -228,7 +229,7 @@ def atomic_outputs(targets: Sequence[PathLike], *, replace: bool = True) -> Iter
     """
     finals = [Path(t) for t in targets]
     folder = finals[0].parent
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folders(folder)
     sweep_stale_temporaries(folder)
     try:
         tmpdir = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{_HOST}-{os.getpid()}-", dir=folder))
@@ -249,7 +250,7 @@ def atomic_outputs(targets: Sequence[PathLike], *, replace: bool = True) -> Iter
             if not temp.exists():
                 continue
             if not replace:
-                final.parent.mkdir(parents=True, exist_ok=True)
+                make_folders(final.parent)
                 if temp.is_dir() and not temp.is_symlink():
                     record = tmpdir / f".owner-{number}"
                     write_owner_record(temp, record)
@@ -265,7 +266,7 @@ def atomic_outputs(targets: Sequence[PathLike], *, replace: bool = True) -> Iter
                 remove_owned_folder(final)
             elif temp.is_dir() and (final.is_file() or final.is_symlink()):
                 final.unlink()
-            final.parent.mkdir(parents=True, exist_ok=True)
+            make_folders(final.parent)
             if temp.is_dir() and not temp.is_symlink():
                 record = tmpdir / f".owner-{number}"
                 write_owner_record(temp, record)
@@ -294,7 +295,7 @@ def atomic_file(path: PathLike, *, durable: bool = False) -> Iterator[Path]:
     import secrets
 
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    make_folders(final.parent)
     temp = final.with_name(f"{TEMP_PREFIX}{secrets.token_hex(4)}-{final.name}")
     try:
         yield temp

@@ -35,7 +35,7 @@ import numpy.typing as npt
 
 from defacer.batch.ownership import OwnershipRecord, quoted_names
 from defacer.errors import OutputError
-from defacer.files import text_name, walk
+from defacer.files import make_folders, text_name, walk
 from defacer.io.atomic import atomic_outputs
 from defacer.verify import verdict as verdicts
 
@@ -129,7 +129,7 @@ def claim(qc_root: Path, targets: Iterable[Path]) -> None:
     paths = list(targets)
     check_owned(qc_root, paths)
     if not os.path.lexists(qc_root):
-        qc_root.parent.mkdir(parents=True, exist_ok=True)
+        make_folders(qc_root.parent)
         try:
             qc_root.mkdir(mode=QC_FOLDER_MODE)
         except FileExistsError:  # made by another process meanwhile: its permissions stay
@@ -218,7 +218,7 @@ def write_readme(qc_dir: Path, after_only: bool) -> Path:
     An after-only run into a folder that still holds an earlier run's pictures of the original
     keeps the warning.
     """
-    qc_dir.mkdir(parents=True, exist_ok=True)
+    make_folders(qc_dir)
     if after_only and not holds_original_pictures(qc_dir):
         text = ("defacer quality-control folder.\n\nIt holds verification reports and pictures of the scans AFTER "
                 "defacing only (--qc-after-only): no picture of an original face.\n")
@@ -266,7 +266,7 @@ def write_pictures(renders: dict[str, dict[str, Any]], qc_dir: Path, after_only:
     dict
         ``{"front_after": name, "left45_after": name, ..., "overview": name}``: file names in ``qc_dir``.
     """
-    qc_dir.mkdir(parents=True, exist_ok=True)
+    make_folders(qc_dir)
     written: dict[str, str] = {}
     whens = ("defaced",) if after_only else ("original", "defaced")
     rows = []
@@ -395,7 +395,7 @@ def gallery_html(rows: Sequence[GalleryRow], title: str, after_only: bool) -> st
 def write_gallery(qc_root: Path, rows: Sequence[GalleryRow], *, title: str = "defacer QC gallery",
                   after_only: bool = False) -> Path:
     """Write ``index.html`` into the batch QC folder (atomically); pictures are files beside it."""
-    qc_root.mkdir(parents=True, exist_ok=True)
+    make_folders(qc_root)
     path = qc_root / GALLERY_NAME
     with atomic_outputs([path]) as (tmp,):
         tmp.write_text(gallery_html(rows, title, after_only), encoding="utf-8")

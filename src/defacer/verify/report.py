@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from defacer.files import text_name
+from defacer.files import make_folders, text_name
 from defacer.io.atomic import atomic_outputs, check_output_path
 from defacer.provenance import to_jsonable
 from defacer.verify import verdict as verdicts
@@ -210,7 +210,7 @@ def write_report(out_dir: Path, summary: dict[str, Any], before: dict[str, Rende
     report_path, summary_path : Path
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folders(out_dir)
     report_path = check_output_path(out_dir / REPORT_NAME, force=force)
     summary_path = check_output_path(out_dir / SUMMARY_NAME, force=force)
     summary = dict(summary)
