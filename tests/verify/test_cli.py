@@ -174,6 +174,28 @@ def test_evaluate_scores_every_scan_and_reports_reidentification(tmp_path, capsy
     assert (tmp_path / "eval" / "evaluation.html").read_text().count("data:image/png;base64,") == 4
 
 
+def test_evaluate_never_lists_a_scan_linked_out_of_its_folder(tmp_path, caplog) -> None:
+    """A folder from elsewhere holding ``patient.nii.gz -> ~/study/patient.nii.gz`` (or a link to a DICOM folder):
+    ``evaluate`` rendered that face into its report and the re-identification gallery (HOSTILE18, main 0deda10); a
+    ``batch`` leaves such a scan out. Left out now with a warning naming it; a link inside the folder still counts."""
+    import logging
+
+    private, scans = tmp_path / "private", tmp_path / "scans"
+    for folder in (private, scans, private / "series"):
+        folder.mkdir()
+    save_phantom(make_phantom(4.0), scans / "own.nii.gz")
+    save_phantom(make_phantom(4.0, seed=1), private / "patient.nii.gz")
+    (private / "series" / "0001.dcm").write_bytes(b"not read")
+    (scans / "patient.nii.gz").symlink_to(private / "patient.nii.gz")
+    (scans / "series").symlink_to(private / "series")
+    (scans / "again.nii.gz").symlink_to("own.nii.gz")  # inside the folder: a scan of its own
+    with caplog.at_level(logging.WARNING):
+        assert [s.name for s in find_scans(scans)] == ["again", "own"]
+    said = caplog.text
+    assert "'patient.nii.gz' is a symbolic link to a file outside" in said and "not evaluated" in said
+    assert "'series' is a symbolic link to a folder outside" in said
+
+
 def test_evaluate_records_a_missing_label_map_as_that_scans_error(tmp_path) -> None:
     scans = tmp_path / "scans"
     scans.mkdir()

@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from defacer.errors import DefacerError, shown
-from defacer.files import image_stem, is_image_name, label_ending
+from defacer.files import image_stem, is_image_name, label_ending, link_outside
 from defacer.labels import FEATURE_LABELS
 from defacer.verify import faces, identity
 from defacer.verify.check import face_box
@@ -53,13 +53,24 @@ def scan_name(path: Path) -> str:
 
 
 def find_scans(folder: Path) -> list[Scan]:
-    """Scans directly inside ``folder``: image files and folders holding DICOM files, sorted by name."""
+    """Scans directly inside ``folder``: image files and folders holding DICOM files, sorted by name.
+
+    A symbolic link out of ``folder`` (other than into a git-annex store holding it,
+    :func:`defacer.files.link_outside`) is left out with a warning, as ``batch`` leaves out a scan linked out of IN:
+    a folder from elsewhere linking to ``~/study/patient.nii.gz`` had that face rendered into the evaluation.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise DefacerError(f"'{folder}' is not a folder. Pass a folder holding head scans (files or DICOM folders).")
     scans = []
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith("."):
+            continue
+        if (entry.is_file() or entry.is_dir()) and link_outside(entry, folder) is not None:
+            logger.warning("'%s' is a symbolic link to %s outside '%s': not evaluated (defacer reads only the scans "
+                           "of the folder it is given; a link could pull any scan of this machine into the report's "
+                           "pictures). Copy it into the folder (cp -L) to evaluate it.", shown(entry.name),
+                           "a folder" if entry.is_dir() else "a file", shown(folder))
             continue
         if entry.is_file() and is_image_name(entry.name):
             if label_ending(entry.name) is not None:  # a label map (as batch reads them), never a scan
