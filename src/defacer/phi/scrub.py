@@ -33,6 +33,7 @@ from defacer.io.dicom_vr_notice import vr_notices
 from defacer.phi import actions
 from defacer.phi.codestream import blank_encapsulated_text
 from defacer.phi.options import DeidOptions
+from defacer.phi.pixel_bits import clear_unused_bits
 from defacer.phi.pseudonym import Pseudonymizer
 from defacer.phi.rules import Rule, find_rule, rule_index
 
@@ -428,6 +429,7 @@ class Scrubber:
                 transfer_syntax = ds.file_meta.TransferSyntaxUID
             self._clean(ds, context, top=True)
             blank_encapsulated_text(ds)  # comments, EXIF and thumbnails inside kept compressed frames
+            clear_unused_bits(ds)  # embedded overlays (names drawn in the bits above the values) and hidden bits
             self._mark(ds)
             self._rebuild_meta(ds, transfer_syntax)
         return ds
