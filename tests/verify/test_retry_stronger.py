@@ -143,6 +143,38 @@ def test_a_face_found_after_every_step_fails_with_the_do_not_share_advice(phanto
     assert [a["verdict"] for a in attempts] == ["FAIL", "FAIL", "FAIL"]
 
 
+def test_an_interrupt_during_the_stronger_attempt_says_the_output_failed_verification(
+        phantom_pair, faces_after, tmp_path, monkeypatch, capsys) -> None:
+    """Ctrl-C (or SIGTERM) while the stronger attempt was defaced, after the first attempt FAILED verification (a face
+    found): the output in place is that first attempt, yet the last line said "'r1.nii.gz' was written whole with
+    its provenance record, but not verified: verify it ..." (HOSTILE18: ixi013 with --features eyes,ears, a real
+    SIGINT 1.5 s after "a face was still found", main 2a83d38, exit 130). It says now that it FAILED and is not
+    safe to share."""
+    import defacer.route
+
+    scan, labels = phantom_pair
+    faces_after.plan += [True, False]
+    real = defacer.route.deface_path
+    calls = []
+
+    def interrupted_on_the_retry(*args, **kwargs):
+        calls.append(kwargs.get("options"))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # what a SIGINT (or SIGTERM, through the entry point) raises here
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(defacer.route, "deface_path", interrupted_on_the_retry)
+    out = tmp_path / "head_defaced.nii.gz"
+    code = main(["deface", str(scan), str(out), "--labels", str(labels), "--retry-stronger"])
+    err = capsys.readouterr().err
+    assert code == 130 and len(calls) == 2, err
+    last = err.strip().splitlines()[-1]
+    assert "not verified" not in last.split("(")[0] and "was written whole" not in last, last
+    assert "not safe to share" in last and "attempt 1 FAILED verification" in last, last
+    assert "--force --retry-stronger" in last
+    assert _sidecar(out)["verification"]["verdict"] == "FAIL"  # the file in place is the failed first attempt
+
+
 def test_no_retry_without_the_option_or_when_the_sizes_are_already_large(phantom_pair, faces_after, tmp_path,
                                                                           capsys) -> None:
     scan, labels = phantom_pair

@@ -318,7 +318,17 @@ def _verify_until_done(args: argparse.Namespace, options: DefaceOptions, deident
               f"defacing {args.input} again with {describe_step(stronger)} and verifying again.")
         attempts.append(attempt_record(provenance["options"], summary))
         options = stronger
-        provenance = _deface_and_report(args, options, deidentify, is_dicom, mask_path, max_voxels, force=True)
+        try:
+            provenance = _deface_and_report(args, options, deidentify, is_dicom, mask_path, max_voxels, force=True)
+        except KeyboardInterrupt as err:
+            # The output in place FAILED its verification: "written whole ..., but not verified" read as if it
+            # only lacked a check, and an earlier 'Do not share this scan' had scrolled away.
+            if not getattr(err, "__notes__", None):
+                err.add_note(f"'{args.output}' is not safe to share: attempt {len(attempts)} FAILED verification (a "
+                             f"face was still found) and the stronger attempt {len(attempts) + 1} was interrupted, "
+                             f"so it holds attempt {len(attempts)} (or at most attempt {len(attempts) + 1}, not "
+                             "verified). Deface again with --force --retry-stronger.")
+            raise
 
 
 def _deface_and_report(args: argparse.Namespace, options: DefaceOptions, deidentify: Deidentification | None,
