@@ -550,9 +550,25 @@ def _not_started_message(cause: OSError, layout: OutputLayout, writing: str, sca
             "same command again: the recorded scans are kept, the others are done.")
 
 
+def _written_since(output: Path, since: float) -> bool:
+    """Whether ``output`` (a scan's image, or its DICOM series folder) was put in place at or after ``since``
+    (seconds since the epoch; a second's slack for coarse file times): written by this run."""
+    try:
+        return os.lstat(output).st_mtime >= since - 1.0
+    except OSError:
+        return False
+
+
+def _listed(keys: Sequence[str], most: int = 5) -> str:
+    """Scan keys for a console line: the first ``most`` quoted, then how many more."""
+    shown_keys = ", ".join(f"'{text_name(key)}'" for key in keys[:most])
+    return shown_keys + (f" and {len(keys) - most} more" if len(keys) > most else "")
+
+
 def _close_run(config: BatchConfig, discovery: Discovery, layout: OutputLayout, manifest: Manifest,
                tasks: Sequence[ScanTask], records: Sequence[ScanRecord], *, notices: Sequence[str],
-               not_done: Sequence[str], start: float, unrecorded: Sequence[str]) -> tuple[float, Path, bool]:
+               not_done: Sequence[str], start: float, unrecorded: Sequence[str], written: Sequence[str] = ()
+               ) -> tuple[float, Path, bool]:
     """What every batch run ends with, finished, interrupted or stopped: temporaries of stopped workers removed,
     stale verifications dropped, the manifest compacted, ``summary.html`` and the QC gallery written.
 
@@ -579,7 +595,8 @@ def _close_run(config: BatchConfig, discovery: Discovery, layout: OutputLayout, 
         unchanged = not tasks and html_path.is_file()
         if not unchanged:
             html_path = write_html(records, html_path, out_root=layout.out_root, title=f"defacer batch: {title}",
-                                   wall_s=wall_s, qc_root=layout.qc_dir, notices=notices, not_done=not_done)
+                                   wall_s=wall_s, qc_root=layout.qc_dir, notices=notices, not_done=not_done,
+                                   written=written)
         if config.verify and not (unchanged and (layout.qc_dir / "index.html").is_file()):
             write_qc_gallery(records, layout.qc_dir, title=f"defacer QC: {title}", after_only=config.qc_after_only)
     except OSError as err:
@@ -790,6 +807,8 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
 
         engine = engine_name(config)
         not_done: list[str] = []  # the scans an interruption (Ctrl-C, SIGTERM) left undone, for the summary
+        written: list[str] = []  # those of them whose output this run had written (stopped while verifying...)
+        run_started = time.time()
         try:
             with progress:
                 if engine == "dask":
@@ -803,8 +822,16 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
         except KeyboardInterrupt as err:
             finished = {record.key for record in records}
             not_done = [task.scan.key for task in tasks if task.scan.key not in finished]
+            # The workers are stopped by now; a scan stopped while it was verified (or before its record) has its
+            # output in OUT: "nothing written for them" was said beside it.
+            written = [task.scan.key for task in tasks if task.scan.key in not_done
+                       and _written_since(task.output, run_started)]
             err.add_note(f"{len(tasks) - len(not_done)} of the {len(tasks)} scans to do finished; "
-                         f"{len(not_done)} not defaced (nothing written for them)")
+                         + (f"{len(not_done)} not defaced (nothing written for them)" if not written else
+                            f"{len(not_done)} not finished: {len(written)} of them stopped after their output was "
+                            f"written, before it was verified and recorded ({_listed(written)}): those files are "
+                            "not checked, do not share them (the same command does them again); nothing was "
+                            f"written for the other {len(not_done) - len(written)}"))
             raise
         except _RecordNotWritten as err:
             finished = {record.key for record in records}
@@ -813,7 +840,7 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
         finally:
             wall_s, html_path, unchanged = _close_run(config, discovery, layout, manifest, tasks, records,
                                                       notices=notices, not_done=not_done, start=start,
-                                                      unrecorded=unrecorded)
+                                                      unrecorded=unrecorded, written=written)
     summary = BatchSummary(records=sorted(records, key=lambda r: r.key), counts=count(records), wall_s=wall_s,
                            manifest_path=layout.manifest_path, html_path=html_path, engine=engine,
                            notices=list(notices))

@@ -354,23 +354,36 @@ def _notices_html(notices: Sequence[str]) -> str:
             f'<ul class="notices">{items}</ul>\n')
 
 
-def _not_done_html(not_done: Sequence[str]) -> str:
-    """The paragraph that says a run was interrupted, or nothing."""
+def _not_done_html(not_done: Sequence[str], written: Sequence[str] = ()) -> str:
+    """The paragraph that says a run was interrupted, or nothing (``written``: see :func:`write_html`)."""
     if not not_done:
         return ""
+    stopped = (f"; {len(written)} of them were stopped after their output was written in this output folder, before "
+               "it was verified and recorded: those files are not checked, do not share them" if written else "")
     return (f"<p><strong>Interrupted: {len(not_done)} scan(s) not done</strong> (Ctrl-C or a termination signal "
-            "stopped the run before them; nothing written for them, listed last). Run the same command again to "
-            "resume: the finished scans are skipped.</p>\n")
+            f"stopped the run before they finished{stopped}; nothing was written for the others; listed last). Run the "
+            "same command again to resume: the finished scans are skipped, these are done again.</p>\n")
+
+
+#: The row of a scan an interruption stopped before its output was written.
+NOT_STARTED = "the run was interrupted before this scan was defaced: nothing written for it"
+#: The row of a scan an interruption stopped after its output was written (:func:`write_html`'s ``written``).
+STOPPED_AFTER_WRITING = ("the run was interrupted after this scan's output was written, before it was verified and "
+                         "recorded: that file is not checked, do not share it; run the same command again (it is "
+                         "done again)")
 
 
 def write_html(records: Sequence[ScanRecord], path: Path, *, out_root: Path, title: str, wall_s: float,
-               qc_root: Path | None = None, notices: Sequence[str] = (), not_done: Sequence[str] = ()) -> Path:
+               qc_root: Path | None = None, notices: Sequence[str] = (), not_done: Sequence[str] = (),
+               written: Sequence[str] = ()) -> Path:
     """Write an HTML page listing every scan: status, time, error, output and verify report links.
 
     Verification reports live in ``qc_root`` (``OUT-qc``, outside OUT); the page only links to them.
     ``notices`` (the warnings of listing IN and carrying its other files, :func:`collected_warnings`)
     are listed above the scans.  ``not_done``: the scans a run stopped by Ctrl-C or SIGTERM left undone, said
     first and listed (the page once counted only the finished ones, as if they were the whole batch).
+    ``written``: those of ``not_done`` whose output this run had already written (stopped while verifying, or
+    before their record): the page said "nothing written for it" beside an unverified output in OUT.
     """
     qc_root = qc_root if qc_root is not None else out_root.with_name(out_root.name + "-qc")
     counts = count(records)
@@ -394,7 +407,7 @@ def write_html(records: Sequence[ScanRecord], path: Path, *, out_root: Path, tit
             f"<td>{html.escape('; '.join(m for m in (_features_line(record) if record.status in NOT_DEFACED else None, record.error, *record.warnings) if m))}</td></tr>"
         )
     rows += [f'<tr class="not-done"><td>{html.escape(key)}</td><td>not done</td><td></td><td></td><td></td>'
-             "<td>the run was interrupted before this scan was defaced: nothing written for it</td></tr>"
+             f"<td>{STOPPED_AFTER_WRITING if key in written else NOT_STARTED}</td></tr>"
              for key in sorted(not_done)]
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -412,7 +425,7 @@ nothing written for them), {counts.total} scans,
 {wall_s:.1f} s.</p>
 <p>Verification reports and pictures, when made, are in the QC folder beside this output
 ({html.escape(qc_root.name)}/), never in it: they show the original faces, so keep that folder private.</p>
-{_notices_html(notices)}{_not_done_html(not_done)}<table><tr><th>scan</th><th>status</th><th>seconds</th><th>output</th><th>verify</th><th>error or warnings</th></tr>
+{_notices_html(notices)}{_not_done_html(not_done, written)}<table><tr><th>scan</th><th>status</th><th>seconds</th><th>output</th><th>verify</th><th>error or warnings</th></tr>
 {chr(10).join(rows)}
 </table></body></html>
 """
