@@ -243,9 +243,7 @@ def patient_values(ds: Dataset | dict[str, Any]) -> tuple[str, ...]:
     found: dict[str, None] = {}  # ordered, unique
     birth = re.sub(r"\D", "", str(ds.get("PatientBirthDate", "") or ""))
     if len(birth) == 8:
-        year, month, day = birth[:4], birth[4:6], birth[6:]
-        found.update(dict.fromkeys((birth, f"{year}-{month}-{day}", f"{day}.{month}.{year}", f"{day}/{month}/{year}",
-                                    f"{month}/{day}/{year}")))
+        found.update(dict.fromkeys(date_forms(birth)))
     for keyword in ("PatientName", "PatientID", *_PATIENT_NAME_KEYWORDS[1:], *_PATIENT_ID_KEYWORDS[1:]):
         value = ds.get(keyword)
         if value is None or value == "":
@@ -259,6 +257,40 @@ def patient_values(ds: Dataset | dict[str, Any]) -> tuple[str, ...]:
             elif len(text) >= 3:
                 found[text] = None
     return tuple(sorted(v for v in list(found)[:MAX_PATIENT_VALUES] if len(v) >= 2))
+
+
+def date_forms(date: str) -> tuple[str, ...]:
+    """A date ``YYYYMMDD`` as people and software write it: as is, ``YYYY-MM-DD``, ``YYYY/MM/DD``, ``YYYY.MM.DD``,
+    ``DD.MM.YYYY``, ``DD/MM/YYYY``, ``MM/DD/YYYY`` and ``DD-MM-YYYY``."""
+    year, month, day = date[:4], date[4:6], date[6:8]
+    return (date, f"{year}-{month}-{day}", f"{year}/{month}/{day}", f"{year}.{month}.{day}", f"{day}.{month}.{year}",
+            f"{day}/{month}/{year}", f"{month}/{day}/{year}", f"{day}-{month}-{year}")
+
+
+#: Most distinct dates of one instance masked in its kept text (:func:`instance_dates`).
+MAX_INSTANCE_DATES = 8
+
+
+def instance_dates(ds: Dataset) -> tuple[str, ...]:
+    """The calendar dates of ``ds``'s own top-level date and date-time attributes (StudyDate, SeriesDate,
+    AcquisitionDate, ContentDate, AcquisitionDateTime...) in the forms of :func:`date_forms`, at most
+    :data:`MAX_INSTANCE_DATES` distinct dates.
+
+    The profile removes or shifts these attributes; the same date typed into a text it keeps (SequenceName
+    ``fl3d 2007-03-02``) stayed, and beside shifted dates it gives the patient's offset away, which unshifts them all.
+    """
+    dates: dict[str, None] = {}
+    for element in ds:
+        if element.VR not in ("DA", "DT") or element.value in (None, "", b""):
+            continue
+        values = element.value if isinstance(element.value, MultiValue | list) else [element.value]
+        for value in values:
+            digits = str(value).strip()[:8]
+            if len(digits) == 8 and digits.isdigit() and 1 <= int(digits[4:6]) <= 12 and 1 <= int(digits[6:]) <= 31:
+                dates[digits] = None
+        if len(dates) >= MAX_INSTANCE_DATES:
+            break
+    return tuple(form for date in list(dates)[:MAX_INSTANCE_DATES] for form in date_forms(date))
 
 
 def _bounded_identifying(values: set[str], ds: Dataset) -> set[str]:
@@ -450,7 +482,10 @@ class Scrubber:
             encodings = tuple(ds._character_set)
         except (LookupError, ValueError, TypeError, AttributeError):  # an unknown or damaged character set
             encodings = ()
-        return _Context(offset, identifying, pseudo_id, patient_values(ds), encodings)
+        own = patient_values(ds)
+        if not self.options.retain_long_full_dates:  # the study's own dates, wherever kept text repeats them
+            own = tuple(sorted({*own, *instance_dates(ds)}))
+        return _Context(offset, identifying, pseudo_id, own, encodings)
 
     def collect_identifying(self, ds: Dataset) -> set[str]:
         """Remember the identifying values of ``ds`` under its study and return all of that study's.
