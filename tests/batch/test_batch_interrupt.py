@@ -235,3 +235,33 @@ def test_a_scan_stopped_while_it_was_verified_is_not_said_to_have_nothing_writte
         elif key not in done:
             assert re.search(re.escape(key) + r"\s+not done\s.*?nothing written for it", page), key
 
+
+def test_a_scan_stopped_while_verified_leaves_no_label_map_in_an_after_only_qc_folder(
+        tmp_path: Path, bids_template: tuple[Path, Path, list[str]]) -> None:
+    """``batch --verify --qc-after-only`` keeps nothing of the original in ``OUT-qc``: each scan's label map (the
+    original's nose and ear shapes) is removed once its report is written, in the worker. A SIGTERM stops the workers
+    without that step: the label map of the scan being verified stayed beside a README saying "no picture of an
+    original face" (HOSTILE18, main 2a83d38, ``OUT-qc/sub-01__anat__sub-01_T1w/labels.nii.gz``). The run's end now
+    removes every such label map and the stopped workers' temporaries in OUT-qc."""
+    ds, labels, _ = bids_template
+    for attempt in range(4):
+        out = tmp_path / f"out{attempt}"
+        proc = _start(ds, out, labels, "--verify", "--qc-after-only", cli=ENTRY_POINT)
+        qc = out.with_name(out.name + "-qc")
+        _wait_for(lambda qc=qc: any(p.name.startswith("labels.") for p in qc.glob("*/*")), proc)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        done = {r.key for r in Manifest(out / ".defacer" / "manifest.jsonl") if r.status == DONE}
+        if proc.returncode == 130 and len(done) < 6:
+            break
+    else:
+        pytest.skip("the batch finished before SIGTERM arrived, four times")
+    left = sorted(p.relative_to(qc).as_posix() for p in qc.rglob("*") if p.is_file())
+    assert not [name for name in left if name.split("/")[-1].startswith(("labels.", ".defacer-tmp"))], left
+    assert not [name for name in left if "before" in name], left
+    assert "no picture of an original face" in (qc / "README.txt").read_text()

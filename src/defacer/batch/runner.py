@@ -59,7 +59,14 @@ from defacer.batch.summary import (
     verdict_of,
     write_html,
 )
-from defacer.batch.task import DefaceFile, ScanTask, check_output_names, input_files, scan_seed
+from defacer.batch.task import (
+    DefaceFile,
+    ScanTask,
+    check_output_names,
+    drop_labels_if_after_only,
+    input_files,
+    scan_seed,
+)
 from defacer.batch.workers import cap_jobs
 from defacer.checks import DEFAULT_MAX_VOXELS
 from defacer.errors import SYSTEM_ERRORS, DefacerError, InputImageError, OutputError
@@ -585,6 +592,12 @@ def _close_run(config: BatchConfig, discovery: Discovery, layout: OutputLayout, 
     wall_s, unchanged = time.perf_counter() - start, False
     try:
         remove_stale_temporaries(layout.out_root)  # from workers stopped mid-scan
+        if config.verify and layout.qc_dir.is_dir():
+            # The QC folder too (a half-written picture or label map); with --qc-after-only the label map of a scan
+            # whose worker was stopped before its report (Ctrl-C, SIGTERM, a dead worker) stayed there.
+            remove_stale_temporaries(layout.qc_dir)
+            for task in tasks:
+                drop_labels_if_after_only(task)
         if not config.verify:
             _drop_stale_verifications(layout, tasks, records, manifest, title=f"defacer QC: {title}")
         if unrecorded:

@@ -200,9 +200,11 @@ def _mask_path(task: ScanTask) -> Path | None:
     return task.verify_dir / f"labels{task.scan.extension}"
 
 
-def _drop_labels_if_after_only(task: ScanTask) -> None:
+def drop_labels_if_after_only(task: ScanTask) -> None:
     """With ``qc_after_only``, remove the label map kept for the report: it holds the original's nose and ear
-    shapes (an ear can identify a person), and the QC folder is to hold nothing of the original then."""
+    shapes (an ear can identify a person), and the QC folder is to hold nothing of the original then.  The worker
+    does it once the report is written; the runner again at the run's end for every task (a worker stopped by
+    Ctrl-C or SIGTERM, or one that died, never got there)."""
     mask_path = _mask_path(task)
     if task.qc_after_only and mask_path is not None:
         mask_path.unlink(missing_ok=True)
@@ -385,7 +387,7 @@ def _run(task: ScanTask, record: ScanRecord) -> None:
             try:
                 _verify_with_retry(task, record)
             finally:
-                _drop_labels_if_after_only(task)
+                drop_labels_if_after_only(task)
             record.timings["verify"] = time.perf_counter() - t0
         record.outputs = [stamp(p, task.out_root) for p in output_files(task)]
         record.status = DONE
