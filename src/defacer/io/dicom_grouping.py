@@ -9,6 +9,7 @@ frame of a multi-frame file) with its position and scaling.
 from __future__ import annotations
 
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -283,8 +284,7 @@ def scan(path: PathLike | Sequence[PathLike]) -> Scan:
     image_series = {key[0] for key in groups if key[1]}
     for key in [k for k in groups if not k[1] and k[0] in image_series]:
         for member in groups.pop(key):
-            why = "damaged or truncated DICOM file (an instance of an image series without pixel data)"
-            skipped.append((member[0], why))
+            skipped.append((member[0], _no_pixels_reason(member[1])))
     if not groups:
         reasons = "; ".join(f"{p.name}: {why}" for p, why in skipped[:5])
         from defacer.files import IMAGE_SUFFIXES
@@ -384,3 +384,24 @@ def select_series(found: Sequence[SeriesInfo], series: str | None, source: str) 
         raise DicomSeriesError(f"--series {series!r} matches {found_text} image stack(s) in '{source}'. Stacks:\n  {listing}")
     return matches[0]
 
+
+def _no_pixels_reason(ds: Any) -> str:
+    """Why an instance of an image series without pixel data is left out: an instance of a SOP class that holds no
+    image (a structured report, a presentation state, a key object selection, a waveform) is named for what it is;
+    it was called a "damaged or truncated DICOM file", sending the user after a file that was whole."""
+    from pydicom.uid import UID
+
+    sop_class = str(ds.get("SOPClassUID", "") or "").strip().rstrip("\x00")
+    name = UID(sop_class).name if sop_class else ""
+    if name and name != sop_class and "Image" not in name and _NON_IMAGE_CLASS.search(name):
+        return (f"not an image: a {name.removesuffix(' Storage')} instance (SOP class {sop_class}) filed in the "
+                "image series; it is left out of the defaced series (not copied, not de-identified)")
+    return "damaged or truncated DICOM file (an instance of an image series without pixel data)"
+
+
+#: Names of SOP classes that hold no image (pydicom's UID names): reports, presentation states, selections,
+#: waveforms, RT objects without pixels, documents, spectra, raw data, registrations, fiducials, mappings.
+_NON_IMAGE_CLASS = re.compile(
+    r"\bSR\b|Presentation State|Key Object Selection|Waveform|Structure Set|RT .*Plan|Treatment Record"
+    r"|Encapsulated|Spectroscopy|Raw Data|Registration|Fiducials|Real World Value Mapping|Measurement Report"
+)
