@@ -416,6 +416,7 @@ class Scrubber:
         self._code_cache: dict[tuple[int, str], str] = {}
         self._uid_cache: dict[str, str] = {}
         self._study_values: dict[str, set[str]] = {}
+        self._told_uid_dates = False
 
     # ------------------------------------------------------------------ public
     def check_burned_in(self, ds: Dataset, source: str = "") -> None:
@@ -455,6 +456,7 @@ class Scrubber:
         """
         with vr_notices(source):  # pydicom's "VR lookup failed" once per element and series, not per file
             self.check_burned_in(ds, source)
+            self._tell_kept_uid_dates(ds)
             context = self._context(ds)
             transfer_syntax = None
             if hasattr(ds, "file_meta") and "TransferSyntaxUID" in ds.file_meta:
@@ -486,6 +488,25 @@ class Scrubber:
         if not self.options.retain_long_full_dates:  # the study's own dates, wherever kept text repeats them
             own = tuple(sorted({*own, *instance_dates(ds)}))
         return _Context(offset, identifying, pseudo_id, own, encodings)
+
+    def _tell_kept_uid_dates(self, ds: Dataset) -> None:
+        """Warn once per run when ``--retain-uids`` keeps UIDs that hold one of the instance's own dates (Siemens,
+        UIH and others write the acquisition date and time into them: 3 of the 4 real DICOM heads in the shared
+        data do), while the dates themselves are removed or shifted: the UIDs give them back.  Names the attribute,
+        never the UID."""
+        if self._told_uid_dates or not self.options.retain_uids or self.options.retain_long_full_dates:
+            return
+        dates = {form for form in instance_dates(ds) if form.isdigit()}
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID"):
+            value = str(ds.get(keyword, "") or "")
+            if any(date in value for date in dates):
+                self._told_uid_dates = True
+                logger.warning(
+                    "--retain-uids keeps UIDs that hold the study's own dates (%s holds the 8 digits of one of its "
+                    "dates, as many scanners write them), so the dates this de-identification removes or shifts can be "
+                    "read back from the UIDs; HIPAA Safe Harbor removes every date but the year. Leave out "
+                    "--retain-uids for such sharing (said once per run)", keyword)
+                return
 
     def collect_identifying(self, ds: Dataset) -> set[str]:
         """Remember the identifying values of ``ds`` under its study and return all of that study's.
