@@ -625,8 +625,8 @@ def _deidentified_text(source: Path, profile: DeidOptions | None) -> tuple[str, 
     if profile is None or not source.name.lower().endswith(".json"):
         text = read_small_text(source, what="BIDS table", redo="Not carried to the output: a table of acquisition "
                                "times or participants that cannot be read cannot be de-identified; fix the file in IN.")
-        cleaned, changed = clean_table(text, keep_dates=profile is not None and profile.retain_long_full_dates,
-                                       keep_ages=profile is not None and profile.retain_patient_characteristics)
+        # ages over 89 are pooled whatever the options (--retain-patient-characteristics pools them in a header too)
+        cleaned, changed = clean_table(text, keep_dates=profile is not None and profile.retain_long_full_dates)
         return cleaned, (f"{describe_changes(changed)} de-identified in the output's copy (dates and times, operators: "
                          f"n/a; ages over {MAX_AGE}: {MAX_AGE}+)" if changed else "")
     from defacer.phi.sidecar import scrub_sidecar

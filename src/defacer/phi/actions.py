@@ -30,6 +30,40 @@ _GENERIC_PHI = re.compile(
 )
 
 
+#: Ages above this many years are one category under HIPAA Safe Harbor (45 CFR 164.514(b)(2)(i)(C): "all ages over
+#: 89 ... aggregated into a single category of age 90 or older"); a kept age (AS) above it is written :data:`POOLED_AGE`.
+MAX_AGE_YEARS = 89
+#: The one value every age over :data:`MAX_AGE_YEARS` years becomes (the AS form of "90 or older").
+POOLED_AGE = "090Y"
+#: An age as DICOM writes it (``095Y``, ``1070M``) and as people and careless writers do (``95``, ``95 years``).
+_AGE = re.compile(r"\s*(\d+(?:[.,]\d+)?)\s*(y|years?|m|months?|w|weeks?|d|days?)?\s*", re.IGNORECASE)
+#: How many of an age unit (its first letter) make a year.
+_AGE_PER_YEAR: dict[str, float] = {"y": 1.0, "m": 12.0, "w": 52.1775, "d": 365.25}
+
+
+def pooled_age(value: str) -> str:
+    """:data:`POOLED_AGE` for an age over :data:`MAX_AGE_YEARS` years, ``value`` itself otherwise.
+
+    Parameters
+    ----------
+    value : str
+        An age string (VR AS: three digits and D, W, M or Y, e.g. ``095Y``; also ``95``, ``95 years``, a unit of
+        months, weeks or days compared as that many years: ``1070M`` is over 89 years, ``1068M`` is not).
+
+    Returns
+    -------
+    str
+        ``090Y`` for an age over 89 years; the value unchanged when it is 89 years or less, empty, or not an age
+        (text kept as the caller would keep it).
+    """
+    match = _AGE.fullmatch(value.rstrip("\x00"))
+    if match is None:
+        return value
+    unit = (match.group(2) or "y")[0].lower()
+    years = float(match.group(1).replace(",", ".")) / _AGE_PER_YEAR[unit]
+    return POOLED_AGE if years > MAX_AGE_YEARS else value
+
+
 def resolve_compound(code: str, vr: str, keyword: str) -> str:
     """Reduce a compound action code to one of ``D, Z, X, K, C, U`` (or ``R`` for "recurse").
 

@@ -417,6 +417,7 @@ class Scrubber:
         self._uid_cache: dict[str, str] = {}
         self._study_values: dict[str, set[str]] = {}
         self._told_uid_dates = False
+        self._told_pooled_age = False
 
     # ------------------------------------------------------------------ public
     def check_burned_in(self, ds: Dataset, source: str = "") -> None:
@@ -608,6 +609,8 @@ class Scrubber:
             # a date the table does not list (StudyUpdateDateTime, SecondaryReviewDate...) is one of the study's
             # dates for HIPAA Safe Harbor: treated as Study Date (emptied; kept or shifted by the date options)
             self._apply(ds, tag_int, study_date_rule(), vr, context)
+        elif net == "keep" and vr == "AS":
+            self._pool_age(ds[tag_int])  # an age attribute the table does not list: over 89 pooled too
         elif net == "bytes" and _holds_patient(ds[tag_int].value, context):
             del ds[tag_int]  # an attribute no dictionary knows, holding the patient's name or ID as bytes
 
@@ -664,6 +667,25 @@ class Scrubber:
             self._clean_value(ds[tag_int], vr, context)
         elif vr in _FREE_TEXT_VRS:  # "K": kept, less the patient's own identifiers
             self._mask_patient(ds[tag_int], context)
+        elif vr == "AS":  # "K": an age (PatientAge under --retain-patient-characteristics), over 89 pooled
+            self._pool_age(ds[tag_int])
+
+    def _pool_age(self, element: Any) -> None:
+        """Write a kept age (VR AS) over 89 years as ``090Y`` (:func:`defacer.phi.actions.pooled_age`: HIPAA Safe
+        Harbor aggregates every age over 89 into one category of 90 or older); said once per run, by attribute."""
+        if element.value in (None, "", b""):
+            return
+        values = element.value if isinstance(element.value, MultiValue | list) else [element.value]
+        pooled = [actions.pooled_age(str(v)) for v in values]
+        if pooled == [str(v) for v in values]:
+            return
+        element.value = pooled if len(pooled) > 1 else pooled[0]
+        if not self._told_pooled_age:
+            self._told_pooled_age = True
+            logger.warning(
+                "%s over 89 years is written as %s: HIPAA Safe Harbor puts every age over 89 into one category of "
+                "90 or older, so the kept patient characteristics hold no older age (said once per run)",
+                element.keyword or "an age", actions.POOLED_AGE)
 
     def _clean_value(self, element: Any, vr: str, context: _Context) -> None:
         if element.value in (None, "", b""):

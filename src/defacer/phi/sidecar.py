@@ -117,7 +117,26 @@ def _scrub_value(value: Any, options: DeidOptions, identifying: list[str], patie
         items = (_scrub_value(item, options, identifying, patient, tag, f"{path}[{index}]", depth + 1, removed)
                  for index, item in enumerate(value))
         return [item for item in items if item is not _REMOVED]
-    return _masked(value, patient, tag)
+    return _masked(_pooled(value, tag), patient, tag)
+
+
+def _pooled(value: Any, tag: int | None) -> Any:
+    """A kept age (a key naming an AS attribute: ``PatientAge`` under --retain-patient-characteristics) over 89 years
+    as ``090Y`` (:func:`defacer.phi.actions.pooled_age`, HIPAA Safe Harbor; a number over 89 as 90), else ``value``."""
+    from pydicom.datadict import dictionary_VR
+
+    try:
+        if tag is None or dictionary_VR(tag) != "AS":
+            return value
+    except KeyError:
+        return value
+    if isinstance(value, str):
+        return actions.pooled_age(value)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return [actions.pooled_age(v) for v in value]
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > actions.MAX_AGE_YEARS:
+        return actions.MAX_AGE_YEARS + 1
+    return value
 
 
 def _fields(data: dict[str, Any]) -> list[tuple[str, Any]]:

@@ -21,8 +21,9 @@ Column names are compared in one spelling (:func:`column_key`): ``AcquisitionDat
 
 Every other column, the header row, the row order and the line endings stay as they are.  The
 profile's options reach the tables as they reach a header: ``--retain-long-full-dates`` keeps the
-date and time columns, ``--retain-patient-characteristics`` the ages as they are; ``defacer batch
---no-deidentify`` keeps every table (and the DICOM headers and sidecars) as it is.
+date and time columns; ``--retain-patient-characteristics`` keeps a header's ages but none over 89 (``090Y``),
+so ``defacer batch`` pools the tables' ages over 89 under it too (``keep_ages`` is never passed: it would keep
+them); ``defacer batch --no-deidentify`` keeps every table (and the DICOM headers and sidecars) as it is.
 """
 
 from __future__ import annotations
