@@ -257,14 +257,34 @@ def owner_record(folder: PathLike) -> Path:
 
 
 def owned_files(folder: Path) -> dict[str, int] | None:
-    """Relative names (POSIX) and sizes listed in ``folder``'s ownership record, or ``None``."""
+    """Relative names (POSIX) and sizes listed in ``folder``'s ownership record, or ``None``.
+
+    The record is read bounded (:data:`_MAX_RECORD_BYTES`, not following a link): one larger than any defacer
+    writes is refused in words, unread (it was read whole: a multi-gigabyte file under that name filled memory).
+
+    Raises
+    ------
+    OutputError
+        When the record is larger than :data:`_MAX_RECORD_BYTES`.
+    """
     record = owner_record(folder)
     if not record.is_file() or record.is_symlink():
         return None
     try:
-        data = json.loads(record.read_text(encoding="utf-8"))
+        with open(record, "rb", opener=lambda path, flags: os.open(path, flags | getattr(os, "O_NOFOLLOW", 0))) as f:
+            raw = f.read(_MAX_RECORD_BYTES + 1)
+    except OSError:
+        return None
+    if len(raw) > _MAX_RECORD_BYTES:
+        raise OutputError(
+            f"The ownership record '{record}' of the output folder '{folder}' is larger than any defacer writes "
+            f"(expected at most {_MAX_RECORD_BYTES // (1024 * 1024)} MiB, found more; not read), so nothing in the "
+            "folder counts as defacer's and nothing was replaced. Move that file away, or choose another output "
+            "folder.")
+    try:
+        data = json.loads(raw.decode("utf-8"))
         files = data["files"]
-    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # RecursionError: JSON nested thousands deep
+    except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: JSON nested thousands deep
         return None
     if data.get("written_by") != "defacer" or not isinstance(files, dict):
         return None

@@ -1,0 +1,52 @@
+"""An output folder's ownership record is read bounded.
+
+On main 6b6c6a3 (HOSTILE20, 2026-12-06 01:17 UTC; HOSTILE18's note) ``output_guard.owned_files`` read the record
+beside an output folder (``.<name>.defacer-output.json``) whole, with no size bound (``is_owner_record`` had 64 MiB):
+a record padded past any size defacer writes was read into memory and, still valid JSON, made ``--force``
+(``check_replaceable``) and a batch's ownership check count the folder as defacer's.  Now one over 64 MiB is refused
+in words, unread, and nothing is replaced.  (``anonymize``/``deface`` of a series already refused such a record
+through ``is_owner_record`` before reaching it.)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from defacer.batch.ownership import OwnershipRecord
+from defacer.cli.main import main
+from defacer.errors import OutputError
+from defacer.io.output_guard import _MAX_RECORD_BYTES, check_replaceable, owner_record
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dicom"))
+from dicom_factory import write_series
+
+
+@pytest.fixture
+def padded_output(tmp_path):
+    """A series folder ``out`` written by ``defacer anonymize``, its (valid) record padded past 64 MiB."""
+    write_series(tmp_path / "in", np.arange(4 * 4 * 3, dtype=np.uint16).reshape(4, 4, 3))
+    (tmp_path / "key.txt").write_text("k" * 32, encoding="utf-8")
+    (tmp_path / "key.txt").chmod(0o600)
+    out = tmp_path / "out"
+    assert main(["anonymize", str(tmp_path / "in"), str(out), "--key-file", str(tmp_path / "key.txt")]) == 0
+    record = owner_record(out)
+    with open(record, "ab") as f:  # still valid JSON: whitespace after the object
+        f.write(b" " * (_MAX_RECORD_BYTES + 16 - record.stat().st_size))
+    yield out
+    record.unlink()
+
+
+def test_force_refuses_a_folder_whose_record_is_larger_than_any_defacer_writes(padded_output):
+    before = {p.name: p.stat().st_mtime_ns for p in padded_output.iterdir()}
+    with pytest.raises(OutputError, match="is larger than any defacer writes .*nothing was replaced"):
+        check_replaceable(padded_output, force=True)
+    assert {p.name: p.stat().st_mtime_ns for p in padded_output.iterdir()} == before
+
+
+def test_a_batch_counts_a_folder_with_such_a_record_as_not_its_own(padded_output, tmp_path):
+    ownership = OwnershipRecord(tmp_path / ".defacer" / "owned.jsonl", tmp_path)
+    assert ownership.foreign([padded_output]) == [padded_output]
