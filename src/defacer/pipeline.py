@@ -126,8 +126,8 @@ class DefaceResult:
 def load_detector(labels_path: PathLike | None = None, weights_path: PathLike | None = None, threads: int = 0) -> Detector:
     """The detector to use: a label file when given, else the shipped (or given) ONNX weights.
 
-    ``threads`` caps onnxruntime's threads for the network (0: onnxruntime's default, all cores);
-    batch workers pass their share of the machine.
+    ``threads`` caps the cores the network uses (0: every core the process may run on; an ensemble's members
+    then run side by side, :class:`defacer.detect.model.OnnxDetector`); batch workers pass their share of the machine.
 
     Raises
     ------
