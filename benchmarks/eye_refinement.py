@@ -251,7 +251,7 @@ def main() -> None:
         summary = ev.summarise(rows)
         print(json.dumps({k: summary[k] for k in ("eyes", "nose", "ears")}, indent=1))
         print("eyes: " + " ".join(f"{k} {v['eyes']['mean_dice']:.3f}" for k, v in summary.items()
-                                  if isinstance(v, dict) and "eyes" in v))
+                                  if isinstance(v, dict) and "eyes" in v and v["eyes"]["mean_dice"] is not None))
         return
     heads = [Head(f, args.labels_dir) for f in sorted(args.cache.iterdir()) if (f / "before.npy").is_file()]
     heads = [h for h in heads if (args.heads == "all" or h.model == args.heads) and (not args.only or h.name in args.only)]

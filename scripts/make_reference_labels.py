@@ -14,8 +14,11 @@ Procedure (documented in ``reference_labels/README.md``):
 
    * eyes: on MR the centre is the centre of the vitreous body found in the image within 14 mm of
      the registered landmark (the ball of 8 mm radius most homogeneous for its contrast with a shell
-     round it: ``globe_in_image``); on CT, and where no globe is found, the most homogeneous point
-     within 6 mm of the landmark (the rule before); the label is a capsule of radius 13 mm from the
+     round it: ``globe_in_image``); on CT the centre of the globe found in the image within 14 mm of
+     the landmark (the sphere that best separates water density inside a 9 mm ball from anything
+     else in a shell 13-16 mm round it, the band placed by the image's own air and soft-tissue
+     levels: ``ct_globe_in_image``, since issue 15, session 23); where no globe is found, the most
+     homogeneous point within 6 mm of the landmark (the rule before); the label is a capsule of radius 13 mm from the
      centre to 30 mm in front of it, kept inside the head (so the whole eyeball, the eyelid and the
      skin in front of it are covered, the air is not).  Until issue 15 (session 21) the centre was
      that most homogeneous point on MR too, which stopped on the edge of its 6 mm ball, a median
@@ -53,6 +56,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.morphology import convex_hull_image
 
+from defacer.detect import ct_globe
 from defacer.detect.vitreous import vitreous_centre
 
 REPO = Path(__file__).resolve().parents[1]
@@ -452,25 +456,57 @@ def globe_in_image(img: np.ndarray, mask: np.ndarray, valid: np.ndarray, waff: n
                            scale=scale, field=valid)
 
 
+#: Air/tissue level of the CT work image (HU; a CT rescaled to 0-1 is mapped to HU first), as in :func:`head_mask`.
+CT_TISSUE_HU = -400.0
+
+
+def ct_globe_in_image(img: np.ndarray, valid: np.ndarray, waff: np.ndarray, seed: np.ndarray,
+                      search_mm: float = GLOBE_SEARCH_MM) -> tuple[np.ndarray, float] | None:
+    """The globe seen in a CT near ``seed``: (centre in RAS mm, score) or ``None``.
+
+    :func:`defacer.detect.ct_globe.ct_globe_centre` on the 1 mm work grid (the one rule that the
+    detector's eye refinement applies to CT eyes too): the centre of the sphere that best separates
+    water density (a band round the soft tissue's mode near the seed, placed by the image's own air
+    and soft-tissue levels, :func:`defacer.detect.ct_globe.scan_levels` of every third voxel in the field) inside a 9 mm ball from anything else in a shell 13-16 mm round it, within
+    ``search_mm`` of the seed, the ball inside the field ``valid``.
+    """
+    idx = _to_index(seed, waff)
+    if not _inside(idx, img.shape) or not valid[tuple(idx)]:
+        return None
+    levels = ct_globe.scan_levels(img[::3, ::3, ::3][valid[::3, ::3, ::3]], CT_TISSUE_HU)
+    if levels is None:
+        return None
+    found = ct_globe.ct_globe_centre(img, waff, seed, *levels, search_mm=search_mm, field=valid)
+    return None if found is None else (found[0], found[1])
+
+
 def eye_centre(img: np.ndarray, mask: np.ndarray, valid: np.ndarray, waff: np.ndarray,
                landmark: np.ndarray, scale: float, is_ct: bool = False) -> tuple[np.ndarray, str] | None:
     """The eye capsule's centre for a registered eye ``landmark``: (RAS mm, which rule gave it).
 
     MR (since issue 15, session 21): the centre of the vitreous body found in the image
-    (:func:`globe_in_image`, seeded by the landmark); where none is found, and on CT, the most
-    homogeneous point within 6 mm of the landmark (:func:`homogeneous_centre`, the rule before).
+    (:func:`globe_in_image`, seeded by the landmark).  CT (since issue 15, session 23): the centre
+    of the globe found in the image (:func:`ct_globe_in_image`, seeded by the landmark).  Where
+    none is found, the most homogeneous point within 6 mm of the landmark
+    (:func:`homogeneous_centre`, the rule before).
     The rule before left the centre a median 4.7 mm from the globe's on the MR heads (2.7 mm too
     high and 1.9 mm too far forward on average, up to 8 mm), so that up to a third of the globe lay
     outside the label: it stops on the edge of its 6 mm ball round a landmark that the whole-head
     registration puts 2-12 mm from the globe.  On CT the vitreous body (~10 HU) differs little from
     the orbit's muscle and fat at their scale against bone: two reasonable scores (plain homogeneity;
     homogeneity for the contrast, with or without HU clipped to -200..200) put the CTs' globe centres
-    up to 8-15 mm apart and none could be confirmed by eye on soft-tissue slices, so CT keeps the
-    rule before.
+    up to 8-15 mm apart and none could be confirmed by eye on soft-tissue slices, so CT kept the
+    rule before until session 23, when a CT globe finder (a water-density sphere in a shell that is
+    not water) was checked by eye on soft-tissue slices of the three CTs.
     """
-    globe = None if is_ct else globe_in_image(img, mask, valid, waff, landmark)
-    if globe is not None:
-        return globe[0], "globe"
+    if is_ct:
+        found = ct_globe_in_image(img, valid, waff, landmark)
+        if found is not None:
+            return found[0], "ct_globe"
+    else:
+        globe = globe_in_image(img, mask, valid, waff, landmark)
+        if globe is not None:
+            return globe[0], "globe"
     c = homogeneous_centre(img, mask, valid, waff, landmark, scale)
     return None if c is None else (c, "homogeneous")
 
@@ -855,9 +891,14 @@ def relabel_eyes(name: str, path: Path, tmpl: tuple, register: bool, record: dic
     rec["eye_centres_mm"] = centres
     rec["voxels"] = dict(record["voxels"], eyes=int((new == 1).sum()))
     rec["volume_cm3"] = dict(record["volume_cm3"], eyes=round(float((new == 1).sum()) * vox_cm3, 2))
-    rec["eye_rule"] = ("vitreous centre found in the image (globe_in_image), seeded by the stored landmarks; "
-                       "only the eye label redrawn, nose and ears voxel-identical (issue 15, session 21): "
-                       + "; ".join(rules))
+    if scan["is_ct"]:
+        rec["eye_rule"] = ("CT: globe centre found in the image (ct_globe_in_image: a water-density sphere in a shell "
+                           "that is not water), seeded by the stored landmarks; only the eye label redrawn, nose and "
+                           "ears voxel-identical (issue 15, session 23): " + "; ".join(rules))
+    else:
+        rec["eye_rule"] = ("vitreous centre found in the image (globe_in_image), seeded by the stored landmarks; "
+                           "only the eye label redrawn, nose and ears voxel-identical (issue 15, session 21): "
+                           + "; ".join(rules))
     print(json.dumps({"name": name, "eye_centres_mm": centres, "old_eye_voxels": int((old == 1).sum()),
                       "new_eye_voxels": int((new == 1).sum()),
                       "capsule_voxels_left_to_nose_or_ear": int((native_eye & (old >= 2)).sum()),
@@ -1069,8 +1110,11 @@ themselves are never copied here; only these label maps (which hold no image int
    mapped landmarks are cached in `build/label_cache/` (`--register` recomputes them).
 3. Refine every feature from the scan's own image: on MR each eye centre is the centre of the
    vitreous body found in the image within 14 mm of the mapped landmark (the centre of the ball of
-   8 mm radius that is most homogeneous for its contrast with a shell 3-6 mm outside it; on CT the
-   most homogeneous point within 6 mm of the landmark, see below) and the eye
+   8 mm radius that is most homogeneous for its contrast with a shell 3-6 mm outside it); on CT the
+   centre of the globe found in the image within 14 mm of the landmark (the sphere that best
+   separates water density inside a 9 mm ball from anything else in a shell 13-16 mm round it; the
+   water band is placed by the image's own air and soft-tissue levels, so a CT rescaled out of HU
+   gives the same centre: `defacer.detect.ct_globe`); and the eye
    label is a capsule of radius 13 mm from that centre to 30 mm in front of it, inside the head
    (the whole eyeball plus the lids and skin in front);
    the nose tip moves to the most anterior head voxel near it, and the nose label is the head
@@ -1113,12 +1157,23 @@ themselves are never copied here; only these label maps (which hold no image int
    part of the globe lay outside the label (the lower and back wall on the slices).  Only the MR
    eye labels were redrawn with the rule above (`--eyes-only`: the stored landmarks as seeds, the
    registration's axis; the rule before with that axis redraws the old eye labels with Dice
-   0.9992-1.0); the three CT maps are unchanged (on CT the globe could not be confirmed by eye:
-   `eye_centre`); every nose and ear
+   0.9992-1.0); the three CT maps were left then (on CT the globe could not be confirmed by eye
+   with the scores tried); every nose and ear
    voxel kept its value (a test checks their hashes), so where a new capsule meets the nose the
    nose keeps those voxels, and old eye voxels outside the new capsules became background.  The
    centre of each eye label is recorded in `provenance.json` (`eye_centres_mm`).  The shipped
-   network was trained on the eye labels before this change.
+   network was trained on the eye labels before this change.  In issue 15 (session 23) the three CT
+   eye labels were redrawn the same way (`--eyes-only`) with the CT globe rule above, after the
+   globe it finds was checked by eye on soft-tissue slices (window -160..120 HU; axial, sagittal
+   and coronal through each centre, a 12 mm circle drawn round it, in the ignored `build/`): on all
+   six CT eyes the circle lies on the sclera's ring in the axial slices; the height is confirmed on
+   InVesalius and MRIcroGL, and on the GE CT (4-7 mm tilted slices) only to about a slice.  The centre
+   moved 2.0-8.1 mm (left / right: InVesalius 8.1 / 6.4 mm, MRIcroGL 2.0 / 5.2, GE 5.9 / 7.6; the
+   centre of the rule before lay higher on 5 of the 6 eyes, by 1.2-7.2 mm, and further forward on 4); eye voxels InVesalius 18,745 ->
+   20,106, MRIcroGL 27,489 -> 26,302, GE 20,874 -> 23,268; the rule before with the cached axis redraws
+   the old CT eye labels with Dice 0.9967-1.0; every nose and ear voxel is unchanged.  The reference
+   and the detector's CT eye refinement share this rule (one function), so their agreement is
+   partly by construction.
 
 ## Provenance per scan
 

