@@ -13,7 +13,8 @@ registered template's landmarks:
   (:func:`defacer.detect.ct_globe.ct_globe_centre`: a water-density sphere in a shell that is not
   water, the band placed by the scan's own air and soft-tissue levels; within
   :data:`CT_GLOBE_SEARCH_MM`, on blocks of about :data:`CT_GLOBE_GRID_MM`), at
-  :data:`CT_GLOBE_WEIGHT` (since issue 15, session 23); where it finds no globe, the seed moves
+  :data:`CT_GLOBE_WEIGHT` (since issue 15, session 23); where it finds no globe, or on slices thicker
+  than :data:`CT_GLOBE_MAX_VOXEL_MM`, the seed moves
   :data:`GLOBE_WEIGHT` of the way to the deepest point of the homogeneous body around it
   (:func:`_globe_centre`, the CT rule before).  The eye is
   the capsule of radius :data:`EYE_RADIUS_MM` from that centre to :data:`EYE_FRONT_MM` in front of
@@ -94,6 +95,10 @@ CT_GLOBE_WEIGHT = 1.0
 CT_GLOBE_SEARCH_MM = 14.0
 #: The CT rule runs on blocks of voxels no finer than this, in mm (the reference's work grid: 1 mm).
 CT_GLOBE_GRID_MM = 1.0
+#: A CT with a voxel side above this (thick slices) keeps the rule before: the CT rule's band needs voxels of about
+#: 1 mm (2 mm blocks put mricrogl_CT's right eye 10 mm off; on the 2x2x4 mm CT phantom its centre depended on the
+#: array order), in mm.
+CT_GLOBE_MAX_VOXEL_MM = 3.0
 #: A scan whose tissue holds at least this share of its voxels in one narrow peak is taken as a CT (:func:`ct_like`).
 CT_PEAK_SHARE = 0.4
 #: The reference's rule looks this far from the seed, in mm.
@@ -192,7 +197,8 @@ def refine_face(image: npt.NDArray[np.floating], affine: Affine, labels: LabelMa
     axes = _frame(centres, pitch_deg)
     ct = "eyes" in features and bool(eyes) and ct_like(image, float(threshold))
     reference_rule = bool(VITREOUS_RULE) and "eyes" in features and bool(eyes) and not ct
-    levels = _ct_levels(image, float(threshold)) if ct and CT_GLOBE_RULE and CT_GLOBE_WEIGHT > 0 else None
+    fine = max(voxel_sizes(affine)) <= CT_GLOBE_MAX_VOXEL_MM
+    levels = _ct_levels(image, float(threshold)) if ct and CT_GLOBE_RULE and CT_GLOBE_WEIGHT > 0 and fine else None
     new: list[tuple[int, Box, Mask, Box, Mask]] = []
     if "eyes" in features:
         sources["eyes"] = []
