@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from defacer.detect import Detector
-from defacer.errors import DefacerError, LabelMapError, VerificationError
-from defacer.files import LABEL_ENDINGS, label_map_in, text_name
+from defacer.errors import DefacerError, LabelMapError, VerificationError, shown
+from defacer.files import LABEL_ENDINGS, label_map_in, link_outside, text_name
 from defacer.labels import FEATURE_LABELS
 from defacer.options import DEFAULT_OPTIONS, DefaceOptions
 from defacer.pipeline import deface, load_detector
@@ -35,9 +35,42 @@ from defacer.verify.evaluate import (
     peak_rss_mb,
 )
 
-__all__ = ["evaluate_folder", "evaluate_scan"]
+__all__ = ["evaluate_folder", "evaluate_scan", "own_label_map"]
 
 logger = logging.getLogger(__name__)
+
+
+def own_label_map(folder: Path, name: str, option: str) -> Path | None:
+    """The label map of scan ``name`` in ``folder`` (:func:`defacer.files.label_map_in`), never one linked out of it.
+
+    Parameters
+    ----------
+    folder : Path
+        ``--labels-dir`` or ``--reference-dir``, as the user gave it.
+    name : str
+        The scan's name (its file name without the image ending, or its DICOM folder's name).
+    option : str
+        The option that named ``folder`` (``"--labels-dir"``), for the message.
+
+    Returns
+    -------
+    Path or None
+        The label map, or ``None`` when ``folder`` has none for the scan.
+
+    Raises
+    ------
+    DefacerError
+        The map is a symbolic link leading out of ``folder`` (other than into a git-annex store holding it,
+        :func:`defacer.files.link_outside`): it is not read, as :func:`defacer.verify.evaluate.find_scans` leaves
+        out a scan linked out of FOLDER.
+    """
+    path = label_map_in(folder, name)
+    if path is not None and link_outside(path, folder) is not None:
+        raise DefacerError(f"The label map '{shown(path.name)}' in {option} '{shown(folder)}' is a symbolic link to "
+                           f"a file outside that folder: not read (expected the label maps inside {option}; defacer "
+                           "reads only the files of the folders it is given). Copy it into the folder (cp -L) to "
+                           "use it.")
+    return path
 
 
 def evaluate_scan(scan: Scan, out_dir: Path, detector_for: Callable[[Scan], Detector], options: DefaceOptions,
@@ -61,7 +94,11 @@ def evaluate_scan(scan: Scan, out_dir: Path, detector_for: Callable[[Scan], Dete
     t_deface = time.perf_counter() - start - t_load
     found = [name for name, value in FEATURE_LABELS.items() if np.any(result.labels == int(value))]
     dice = None
-    reference = label_map_in(reference_dir, scan.name) if reference_dir else None
+    try:
+        reference = own_label_map(reference_dir, scan.name, "--reference-dir") if reference_dir else None
+    except DefacerError as err:
+        logger.warning("no Dice for '%s': %s", shown(scan.name), err)
+        reference = None
     if reference is not None:
         # Checked as a label map (integers 0-3, on the scan's grid: shape, affine and voxel order), not cast: a 7 or
         # a map shifted or stored in the other voxel order gave a Dice of the wrong voxels without a word.
@@ -165,7 +202,7 @@ def evaluate_folder(
 
     def detector_for(scan: Scan) -> Detector:
         if labels_dir is not None:
-            path = label_map_in(labels_dir, scan.name)
+            path = own_label_map(labels_dir, scan.name, "--labels-dir")
             if path is None:
                 raise DefacerError(f"No label map for '{scan.name}' in '{labels_dir}' (expected {scan.name}.labels.nii.gz, "
                                    f"or {', '.join(LABEL_ENDINGS[1:])}).")

@@ -196,6 +196,32 @@ def test_evaluate_never_lists_a_scan_linked_out_of_its_folder(tmp_path, caplog) 
     assert "'series' is a symbolic link to a folder outside" in said
 
 
+def test_evaluate_never_reads_a_label_map_linked_out_of_its_folder(tmp_path, caplog) -> None:
+    """``--labels-dir``/``--reference-dir`` holding ``a.labels.nii.gz -> ~/private/...``: evaluate read the map from
+    elsewhere as that scan's detector or reference (HOSTILE18's leftover; main de9c2db). Now a linked-out detector
+    map is that scan's error in words, a linked-out reference gives no Dice with a warning; maps inside count."""
+    import logging
+
+    scans, labels, reference, private = (tmp_path / n for n in ("scans", "labels", "reference", "private"))
+    for folder in (scans, labels, reference, private):
+        folder.mkdir()
+    save_phantom(make_phantom(3.0), scans / "a.nii.gz", private / "a.labels.nii.gz")
+    save_phantom(make_phantom(3.0, seed=1), scans / "b.nii.gz", labels / "b.labels.nii.gz")
+    (labels / "a.labels.nii.gz").symlink_to(private / "a.labels.nii.gz")
+    (reference / "b.labels.nii.gz").symlink_to(labels / "b.labels.nii.gz")
+    with caplog.at_level(logging.WARNING):
+        result = evaluate_folder(scans, tmp_path / "eval", labels_dir=labels, reference_dir=reference)
+    a, b = result["scans"]
+    assert "'a.labels.nii.gz' in --labels-dir" in a["error"] and "symbolic link to a file outside" in a["error"]
+    assert "not read" in a["error"] and "cp -L" in a["error"]
+    assert "error" not in b and b["dice"] is None and b["reference"] is None
+    assert "no Dice for 'b'" in caplog.text and "--reference-dir" in caplog.text
+    (reference / "b.labels.nii.gz").unlink()
+    (reference / "b.labels.nii.gz").symlink_to("../reference/own.nii.gz")
+    (reference / "own.nii.gz").write_bytes((labels / "b.labels.nii.gz").read_bytes())
+    assert evaluate_folder(scans, tmp_path / "eval2", labels_dir=labels, reference_dir=reference)["scans"][1]["dice"]
+
+
 def test_evaluate_records_a_missing_label_map_as_that_scans_error(tmp_path) -> None:
     scans = tmp_path / "scans"
     scans.mkdir()
