@@ -180,18 +180,10 @@ def ct_globe_centre(image: npt.NDArray[np.floating], affine: Affine, seed: npt.A
     affine = np.asarray(affine, float)
     seed = np.asarray(seed, float)
     linear = affine[:3, :3]
-    spacing = np.sqrt((linear**2).sum(axis=0))
-    idx = np.round(np.linalg.solve(linear, seed - affine[:3, 3])).astype(int)
-    if not (np.all(idx >= 0) and np.all(idx < np.asarray(image.shape))):
+    window = vitreous.seed_window(image.shape, affine, seed, max(search_mm + SHELL_MM[1], LEVEL_REACH_MM), field)
+    if window is None:
         return None
-    if field is not None and not field[tuple(idx)]:
-        return None
-    h = np.ceil((max(search_mm + SHELL_MM[1], LEVEL_REACH_MM)) / spacing).astype(int) + 2
-    lo, hi = idx - h, idx + h + 1
-    sl = tuple(slice(max(int(a), 0), min(int(b), n)) for a, b, n in zip(lo, hi, image.shape, strict=True))
-    pad = [(int(s.start - a), int(b - s.stop)) for s, a, b in zip(sl, lo, hi, strict=True)]
-    sub_affine = affine.copy()
-    sub_affine[:3, 3] = affine[:3, 3] + linear @ lo.astype(float)
+    sl, pad, sub_affine = window
     values = np.asarray(image[sl], np.float32)
     in_field = np.ones(values.shape, bool) if field is None else np.asarray(field[sl], bool)
     crop_affine = affine.copy()

@@ -401,13 +401,29 @@ def _refine_eye(image: npt.NDArray[np.floating], affine: Affine, axes: npt.NDArr
     return _checked(capsule, crop.box, affine, centre)
 
 
-def _vitreous_globe(image: npt.NDArray[np.floating], affine: Affine, axes: npt.NDArray[np.float64],
-                    seed: npt.NDArray[np.float64], threshold: float) -> npt.NDArray[np.float64] | None:
-    """World position of the vitreous centre by the reference labels' rule near ``seed``, or ``None``."""
-    # the box along the grid's own axes that vitreous_centre reads (its search, ball and shell, and a block)
-    reach = VITREOUS_SEARCH_MM + vitreous.BALL_MM + vitreous.SHELL_MM[1] + 2.0 * VITREOUS_GRID_MM
+def _crop_near(image: npt.NDArray[np.floating], affine: Affine, seed: npt.NDArray[np.float64],
+               reach_mm: float) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]] | None:
+    """The voxels within ``reach_mm`` of ``seed`` along each of the grid's own axes, and their affine.
+
+    Parameters
+    ----------
+    image : ndarray, shape (X, Y, Z)
+        The scan on its own grid.
+    affine : ndarray, shape (4, 4)
+        Voxel to world (mm).
+    seed : ndarray, shape (3,)
+        World position (mm) the crop is centred on.
+    reach_mm : float
+        Half the crop's side, in mm, along each grid axis.
+
+    Returns
+    -------
+    (ndarray of float32, shape (x, y, z), ndarray, shape (4, 4)) or None
+        The crop (cut at the grid's ends) and its voxel-to-world affine; ``None`` when the crop lies
+        wholly outside the grid.
+    """
     centre = np.linalg.solve(affine[:3, :3], seed - affine[:3, 3])
-    half = reach / np.asarray(voxel_sizes(affine))
+    half = reach_mm / np.asarray(voxel_sizes(affine))
     start = np.maximum(np.floor(centre - half).astype(int), 0)
     stop = np.minimum(np.ceil(centre + half).astype(int) + 1, np.asarray(image.shape))
     if np.any(stop <= start):
@@ -415,7 +431,18 @@ def _vitreous_globe(image: npt.NDArray[np.floating], affine: Affine, axes: npt.N
     values = np.asarray(image[tuple(slice(int(a), int(b)) for a, b in zip(start, stop, strict=True))], np.float32)
     local = np.asarray(affine, float).copy()
     local[:3, 3] = affine[:3, :3] @ start + affine[:3, 3]
-    values, local = _blocks(values, local, VITREOUS_GRID_MM)
+    return values, local
+
+
+def _vitreous_globe(image: npt.NDArray[np.floating], affine: Affine, axes: npt.NDArray[np.float64],
+                    seed: npt.NDArray[np.float64], threshold: float) -> npt.NDArray[np.float64] | None:
+    """World position of the vitreous centre by the reference labels' rule near ``seed``, or ``None``."""
+    # the box along the grid's own axes that vitreous_centre reads (its search, ball and shell, and a block)
+    reach = VITREOUS_SEARCH_MM + vitreous.BALL_MM + vitreous.SHELL_MM[1] + 2.0 * VITREOUS_GRID_MM
+    crop = _crop_near(image, affine, seed, reach)
+    if crop is None:
+        return None
+    values, local = _blocks(*crop, VITREOUS_GRID_MM)
     inside = _inside_head(values, local, axes[1], threshold)
     found = vitreous.vitreous_centre(values, inside, local, seed, search_mm=VITREOUS_SEARCH_MM,
                                      scale=max(abs(threshold), 1e-6))
@@ -445,15 +472,10 @@ def _ct_globe(image: npt.NDArray[np.floating], affine: Affine, seed: npt.NDArray
     circular field), and any block that holds one, lie outside the field.
     """
     reach = max(CT_GLOBE_SEARCH_MM + ct_globe.SHELL_MM[1], ct_globe.LEVEL_REACH_MM) + 2.0 * CT_GLOBE_GRID_MM + 2.0
-    centre = np.linalg.solve(affine[:3, :3], seed - affine[:3, 3])
-    half = reach / np.asarray(voxel_sizes(affine))
-    start = np.maximum(np.floor(centre - half).astype(int), 0)
-    stop = np.minimum(np.ceil(centre + half).astype(int) + 1, np.asarray(image.shape))
-    if np.any(stop <= start):
+    crop = _crop_near(image, affine, seed, reach)
+    if crop is None:
         return None
-    values = np.asarray(image[tuple(slice(int(a), int(b)) for a, b in zip(start, stop, strict=True))], np.float32)
-    local = np.asarray(affine, float).copy()
-    local[:3, 3] = affine[:3, :3] @ start + affine[:3, 3]
+    values, local = crop
     field = None if padding is None else (values != padding).astype(np.float32)
     values, blocked = _blocks(values, local, CT_GLOBE_GRID_MM)
     if field is not None:

@@ -69,19 +69,11 @@ def vitreous_centre(image: npt.NDArray[np.floating], inside: Mask, affine: Affin
     affine = np.asarray(affine, float)
     seed = np.asarray(seed, float)
     linear = affine[:3, :3]
-    spacing = np.sqrt((linear**2).sum(axis=0))
-    idx = np.round(np.linalg.solve(linear, seed - affine[:3, 3])).astype(int)
-    if not (np.all(idx >= 0) and np.all(idx < np.asarray(image.shape))):
-        return None
-    if field is not None and not field[tuple(idx)]:
-        return None
     # the crop every candidate's ball and shell lie in (zeros beyond the grid: outside the head and the field)
-    h = np.ceil((search_mm + ball_mm + shell_mm[1]) / spacing).astype(int) + 2
-    lo, hi = idx - h, idx + h + 1
-    sl = tuple(slice(max(int(a), 0), min(int(b), n)) for a, b, n in zip(lo, hi, image.shape, strict=True))
-    pad = [(int(s.start - a), int(b - s.stop)) for s, a, b in zip(sl, lo, hi, strict=True)]
-    sub_affine = affine.copy()
-    sub_affine[:3, 3] = affine[:3, 3] + linear @ lo.astype(float)
+    window = seed_window(image.shape, affine, seed, search_mm + ball_mm + shell_mm[1], field)
+    if window is None:
+        return None
+    sl, pad, sub_affine = window
     keep = inside[sl] if field is None else inside[sl] & field[sl]
     inner = np.pad(keep.astype(np.float32), pad)
     sub = np.pad(np.asarray(image[sl], np.float32) / scale, pad)
@@ -108,6 +100,47 @@ def vitreous_centre(image: npt.NDArray[np.floating], inside: Mask, affine: Affin
     offsets = (ties - first) @ linear.T
     tie = ties[(offsets**2).sum(1) <= TIE_MM**2].mean(0)
     return np.asarray(sub_affine[:3, :3] @ tie + sub_affine[:3, 3], float), best
+
+
+def seed_window(shape: tuple[int, ...], affine: npt.NDArray[np.float64], seed: npt.NDArray[np.float64],
+                reach_mm: float, field: Mask | None = None
+                ) -> tuple[tuple[slice, ...], list[tuple[int, int]], npt.NDArray[np.float64]] | None:
+    """The part of the grid within ``reach_mm`` (and two voxels) of ``seed``'s voxel along each axis.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        The grid's shape (X, Y, Z).
+    affine : ndarray, shape (4, 4)
+        Voxel -> world mm of the grid.
+    seed : ndarray, shape (3,)
+        World mm.
+    reach_mm : float
+        How far the window reaches from the seed's voxel, in mm, along each axis.
+    field : ndarray of bool, shape (X, Y, Z), optional
+        Voxels inside the scanned field.
+
+    Returns
+    -------
+    (tuple of slice, list of (int, int), ndarray, shape (4, 4)) or None
+        The window's slices (cut at the grid's ends), the padding per axis (before, after) that makes it
+        whole again, and the voxel -> world affine of the padded window; ``None`` when the seed lies
+        outside the grid or the field.
+    """
+    linear = affine[:3, :3]
+    spacing = np.sqrt((linear**2).sum(axis=0))
+    idx = np.round(np.linalg.solve(linear, seed - affine[:3, 3])).astype(int)
+    if not (np.all(idx >= 0) and np.all(idx < np.asarray(shape))):
+        return None
+    if field is not None and not field[tuple(idx)]:
+        return None
+    h = np.ceil(reach_mm / spacing).astype(int) + 2
+    lo, hi = idx - h, idx + h + 1
+    sl = tuple(slice(max(int(a), 0), min(int(b), n)) for a, b, n in zip(lo, hi, shape, strict=True))
+    pad = [(int(s.start - a), int(b - s.stop)) for s, a, b in zip(sl, lo, hi, strict=True)]
+    padded_affine = affine.copy()
+    padded_affine[:3, 3] = affine[:3, 3] + linear @ lo.astype(float)
+    return sl, pad, padded_affine
 
 
 def _convolved(arrays: list[npt.NDArray[np.float32]], kernel: tuple[bytes, float, float]
