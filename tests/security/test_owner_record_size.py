@@ -10,6 +10,7 @@ through ``is_owner_record`` before reaching it.)
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -50,3 +51,31 @@ def test_force_refuses_a_folder_whose_record_is_larger_than_any_defacer_writes(p
 def test_a_batch_counts_a_folder_with_such_a_record_as_not_its_own(padded_output, tmp_path):
     ownership = OwnershipRecord(tmp_path / ".defacer" / "owned.jsonl", tmp_path)
     assert ownership.foreign([padded_output]) == [padded_output]
+
+
+def test_a_batch_ownership_record_line_longer_than_defacer_writes_is_skipped_unread(tmp_path, caplog) -> None:
+    """``OUT/.defacer/owned.jsonl`` was read line by line with no bound on a line (HOSTILE20's note; main de9c2db): a
+    line padded past any defacer writes (still valid JSON) was read whole and its name counted as defacer's, so a
+    batch would replace that user's file.  Now such a line is skipped unread, with a warning; the others count."""
+    import logging
+
+    import nibabel as nib
+
+    from defacer.batch.ownership import RECORD_NAME
+
+    out = tmp_path / "out"
+    (out / ".defacer").mkdir(parents=True)
+    for name in ("a.nii.gz", "users.nii.gz", "c.nii.gz"):
+        nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), dtype=np.int16), np.eye(4)), out / name)
+    padded = b'{"path": "users.nii.gz", "pad": "' + b"x" * (1024 * 1024) + b'"}\n'
+    (out / ".defacer" / RECORD_NAME).write_bytes(b'{"path": "a.nii.gz"}\n' + padded + b'{"path": "c.nii.gz"}\n')
+    with caplog.at_level(logging.WARNING):
+        record = OwnershipRecord(out / ".defacer" / RECORD_NAME, out)
+    assert record.names == {"a.nii.gz", "c.nii.gz"}
+    assert record.foreign([out / n for n in ("a.nii.gz", "users.nii.gz", "c.nii.gz")]) == [out / "users.nii.gz"]
+    with pytest.raises(OutputError, match="users.nii.gz"):
+        record.check([out / "users.nii.gz"])
+    assert "1 line(s) longer than any defacer writes" in caplog.text and "not read" in caplog.text
+    # a line of defacer's own, however long its name, is read: a path of 4,096 non-UTF-8 bytes, escaped
+    (out / ".defacer" / RECORD_NAME).write_text(json.dumps({"path": "d/" + "\udce9" * 4094}) + "\n")
+    assert OwnershipRecord(out / ".defacer" / RECORD_NAME, out).names == {"d/" + "\udce9" * 4094}

@@ -12,8 +12,9 @@ owns it on the next run.  Ownership is by name: a file the batch owns is replace
 damaged since (the next run redoes it).
 
 The record is JSON Lines, one ``{"path": name relative to OUT, POSIX}`` per line; a line cut
-short by a killed run is ignored.  A batch output written before the record existed (a manifest
-but no record) is credited with the outputs its manifest lists and, for BIDS, its
+short by a killed run is ignored, and so is a line longer than any defacer writes
+(:data:`MAX_LINE_BYTES`; skipped unread, with a warning: its name is not counted as defacer's).
+A batch output written before the record existed (a manifest but no record) is credited with the outputs its manifest lists and, for BIDS, its
 ``dataset_description.json``.
 """
 
@@ -21,18 +22,28 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from defacer.batch.layout import OutputLayout
 from defacer.batch.manifest import Manifest, ends_with_newline
-from defacer.errors import OutputError
+from defacer.errors import OutputError, shown
 from defacer.files import make_folders
 from defacer.io.output_guard import foreign_entries, listed_name, true_path
 
+logger = logging.getLogger(__name__)
+
 #: Name of the record in the batch's state folder (``OUT/.defacer``).
 RECORD_NAME = "owned.jsonl"
+#: Longest line of the record read (bytes, its line feed included).  defacer writes ``{"path": name}`` with the name
+#: ASCII-escaped (at most 6 bytes per byte of a name; a path of a few kilobytes); a longer line is no line of
+#: defacer's and is skipped unread (it was read whole: a multi-gigabyte line filled memory).
+MAX_LINE_BYTES = 1024 * 1024
+#: Bytes read at a time while skipping a line longer than :data:`MAX_LINE_BYTES`.
+_SKIP_CHUNK = 64 * 1024
 #: Most offending names quoted in a refusal.
 _NAMES_SHOWN = 5
 
@@ -63,12 +74,23 @@ class OwnershipRecord:
             self._read()
 
     def _read(self) -> None:
+        long_lines = 0
         with self.path.open("rb") as handle:  # lines decoded one by one: a damaged byte loses its line only
-            for line in handle:
+            for line in _bounded_lines(handle):
+                if line is None:
+                    long_lines += 1
+                    continue
                 try:
                     self.names.add(str(json.loads(line)["path"]))
                 except (ValueError, KeyError, TypeError, RecursionError):  # UnicodeDecodeError is a ValueError
                     continue  # a line cut short by a killed run, or damaged: its name is not counted as defacer's
+        if long_lines:
+            logger.warning(
+                "The batch's ownership record '%s' has %d line(s) longer than any defacer writes (expected at most "
+                "%d MiB a line, found more): not read, so no file named there counts as defacer's and this batch "
+                "will refuse, not replace, such a file in the output folder. If that record was damaged, move the "
+                "output folder's files away or choose another output folder.", shown(self.path), long_lines,
+                MAX_LINE_BYTES // (1024 * 1024))
 
     def credit(self, names: Iterable[str]) -> None:
         """Count ``names`` (relative to OUT) as defacer's; saved by the next :meth:`add`.
@@ -160,6 +182,23 @@ class OwnershipRecord:
         _append_whole(self.path, lines.encode("ascii"))
         self.names |= self._unsaved
         self._unsaved = set()
+
+
+def _bounded_lines(handle: BinaryIO) -> Iterator[bytes | None]:
+    """The lines of a binary file open for reading, each at most :data:`MAX_LINE_BYTES` long; ``None`` for a longer
+    line, which is skipped in chunks of :data:`_SKIP_CHUNK` bytes without being held in memory."""
+    while True:
+        line = handle.readline(MAX_LINE_BYTES + 1)
+        if not line:
+            return
+        if len(line) <= MAX_LINE_BYTES:
+            yield line
+            continue
+        while not line.endswith(b"\n"):
+            line = handle.readline(_SKIP_CHUNK)
+            if not line:
+                break
+        yield None
 
 
 def _append_whole(path: Path, data: bytes) -> None:
