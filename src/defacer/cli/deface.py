@@ -165,22 +165,25 @@ def run(args: argparse.Namespace) -> int:
     """
     new_qc_dir: list[Path] = []
     try:
-        return _run(args, new_qc_dir)
-    except BaseException:
-        if new_qc_dir:
-            from defacer.verify.qc import remove_unused
+        with contextlib.ExitStack() as held:  # the QC folder's lock, released after the clean-up below
+            try:
+                return _run(args, new_qc_dir, held)
+            except BaseException:
+                if new_qc_dir:
+                    from defacer.verify.qc import remove_unused
 
-            remove_unused(new_qc_dir[0], *([DETECTED_LABELS_NAME] if args.save_mask is None else []),
-                          made_above=new_qc_dir[1:])
-        raise
+                    remove_unused(new_qc_dir[0], *([DETECTED_LABELS_NAME] if args.save_mask is None else []),
+                                  made_above=new_qc_dir[1:])
+                raise
     finally:
         from defacer.ahead import forget
 
         forget()  # a scan read ahead, a detector made, never taken (refused before): no thread outlives the run
 
 
-def _run(args: argparse.Namespace, new_qc_dir: list[Path]) -> int:
-    """:func:`run`; the QC folder ``--verify`` creates is appended to ``new_qc_dir`` (none that existed)."""
+def _run(args: argparse.Namespace, new_qc_dir: list[Path], held: contextlib.ExitStack) -> int:
+    """:func:`run`; the QC folder ``--verify`` creates is appended to ``new_qc_dir`` (none that existed), and its
+    lock (:func:`defacer.verify.qc.held`) entered on ``held``."""
     start_detector_ahead(args)
     from defacer.io import format_of
     from defacer.route import image_series
@@ -211,15 +214,19 @@ def _run(args: argparse.Namespace, new_qc_dir: list[Path]) -> int:
             return run_study(args, options, deidentify, stacks)
     check_planned_outputs(args)
     if args.verify:
-        from defacer.verify.qc import claim, missing_folders_above
+        from defacer.verify.qc import check_owned, claim, missing_folders_above
+        from defacer.verify.qc import held as held_qc
 
-        # Named in the QC folder's ownership record before the label map or any report is written there.
+        # Named in the QC folder's ownership record before the label map or any report is written there, and locked
+        # for the whole run: a second run verifying the same output meanwhile is refused before it writes anything.
         qc_dir = qc_dir_for(args.output)
-        if not os.path.lexists(qc_dir):
-            new_qc_dir.append(qc_dir)
-            # and the folders above it that do not exist yet (an output in a new folder): made by the claim below
-            new_qc_dir.extend(missing_folders_above(qc_dir))
-        claim(qc_dir, qc_targets(qc_dir, labels=args.save_mask is None))
+        targets = qc_targets(qc_dir, labels=args.save_mask is None)
+        check_owned(qc_dir, targets)  # a link or a user's file: refused before any folder is made
+        # the folders above it that do not exist yet (an output in a new folder): made with it
+        above = missing_folders_above(qc_dir)
+        if held.enter_context(held_qc(qc_dir, what="deface into another output")):
+            new_qc_dir.extend([qc_dir, *above])
+        claim(qc_dir, targets)
     mask_path = args.save_mask
     if args.verify and mask_path is None and not is_dicom:
         # The report needs the detected labels (per-feature counts, outlines); keep them with the report.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from defacer.cli.paths import path_argument
 from defacer.files import named_path, read_json_object
@@ -66,18 +65,19 @@ def run(args: argparse.Namespace) -> int:
     from defacer.verify.verdict import EXIT_STATUS, MEANING, remedy
 
     after_only = bool(getattr(args, "qc_after_only", False))
-    new_folder = not os.path.lexists(out)
     made_above = qc.missing_folders_above(out)
-    qc.claim(out, targets)
-    qc.write_readme(out, after_only)
-    try:
-        result = verify_pair(original, defaced, out, labels=labels, provenance=provenance,
-                             title=f"defacer verify: {args.defaced.name}", after_only=after_only)
-    except BaseException:
-        if new_folder:
-            qc.remove_unused(out, made_above=made_above)
-        raise
-    pictures = qc.write_pictures(result.renders, out, after_only)
+    # locked while it is written: a 'deface --verify' or 'verify' of the same output meanwhile is refused
+    with qc.held(out, what="choose another --out") as new_folder:
+        qc.claim(out, targets)
+        qc.write_readme(out, after_only)
+        try:
+            result = verify_pair(original, defaced, out, labels=labels, provenance=provenance,
+                                 title=f"defacer verify: {args.defaced.name}", after_only=after_only)
+        except BaseException:
+            if new_folder:
+                qc.remove_unused(out, made_above=made_above)
+            raise
+        pictures = qc.write_pictures(result.renders, out, after_only)
     s = result.summary
     print(f"{s['verdict']}: face before: {', '.join(s['face_found_before']) or 'none'}; "
           f"face after: {', '.join(s['face_found_after']) or 'none'}; identity distance {s['identity']['distance']:.3f} (0: same picture; two different people: 0.3-0.6); "

@@ -25,7 +25,7 @@ import html
 import logging
 import os
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,6 +139,75 @@ def claim(qc_root: Path, targets: Iterable[Path]) -> None:
     else:
         warn_if_shared(qc_root)
     _record(qc_root).add(paths)
+
+
+@contextlib.contextmanager
+def held(qc_root: Path, *, what: str) -> Iterator[bool]:
+    """Hold an exclusive lock on the QC folder ``qc_root`` (created, 0700, when absent) while a run writes into it.
+
+    Two ``deface --verify`` runs into one output (a script started twice, a rerun while the first still verifies)
+    both passed the output check and wrote into one QC folder: the run that then lost the output's name removed
+    the folder it had created with the other run's README, record and label map while that run verified, whose
+    renders of the original face then landed in a folder made again with the usual permissions, without README or
+    record.  The lock is an ``flock`` on the folder itself (no file is added to it; the system releases it when the
+    process ends, so a killed run never leaves it held); the second run is refused before it writes anything.
+
+    Parameters
+    ----------
+    qc_root : Path
+        The QC folder; its parents are made when missing (:func:`missing_folders_above` says which).
+    what : str
+        What to do instead, ending the refusal (``"choose another output"``).
+
+    Yields
+    ------
+    bool
+        Whether this run created the folder (only then may it remove it again, :func:`remove_unused`).
+
+    Raises
+    ------
+    OutputError
+        If another process holds the lock (expected / found / what to do).
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: run without the lock
+        yield not os.path.lexists(qc_root)
+        return
+    for _ in range(3):
+        created = False
+        if not os.path.lexists(qc_root):
+            make_folders(qc_root.parent)
+            try:
+                qc_root.mkdir(mode=QC_FOLDER_MODE)
+            except FileExistsError:  # made by another run meanwhile: its lock decides
+                pass
+            else:
+                created = True
+                os.chmod(qc_root, QC_FOLDER_MODE)  # exactly, whatever the umask removed from mkdir's mode
+        handle = os.open(qc_root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(handle)
+            raise OutputError(
+                f"Another defacer run is writing into the QC folder '{text_name(str(qc_root))}' right now (expected: "
+                "no other run verifying this output; found: the folder is locked by another process). Nothing was "
+                f"written by this run. Wait for that run to finish, or {what}.") from err
+        try:
+            same = os.path.samestat(os.fstat(handle), os.stat(qc_root, follow_symlinks=False))
+        except OSError:
+            same = False
+        if same:
+            break
+        os.close(handle)  # the folder locked was removed (its run failed) and maybe made again: lock that one
+    else:
+        raise OutputError(f"The QC folder '{text_name(str(qc_root))}' was removed and made again three times while "
+                          f"defacer locked it: another program is working there. Nothing was written; {what}.")
+    try:
+        yield created
+    finally:
+        os.close(handle)
 
 
 def warn_if_shared(qc_root: Path) -> bool:
