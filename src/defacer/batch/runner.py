@@ -70,7 +70,7 @@ from defacer.batch.task import (
 from defacer.batch.workers import cap_jobs
 from defacer.checks import DEFAULT_MAX_VOXELS
 from defacer.errors import SYSTEM_ERRORS, DefacerError, InputImageError, OutputError
-from defacer.files import label_map_in, text_name
+from defacer.files import label_map_in, link_outside, text_name
 from defacer.labels import FEATURES
 from defacer.options import DEFAULT_DEIDENTIFICATION, DEFAULT_OPTIONS, DefaceOptions, Deidentification
 from defacer.phi.options import DeidOptions
@@ -261,6 +261,20 @@ def labels_for(scan: Scan, labels_dir: Path | None) -> Path | None:
     return label_map_in(folder, stem)
 
 
+def linked_out_labels(labels: Path, labels_dir: Path) -> str:
+    """Why a scan whose label map in ``--labels-dir`` is a symbolic link out of it is not defaced (it is not read).
+
+    ``labels`` is :func:`labels_for`'s path (not resolved), ``labels_dir`` the resolved folder; the message names the
+    map by its place in the folder, never where it leads (a private file's name).
+    """
+    where = labels.relative_to(labels_dir).as_posix() if labels.is_relative_to(labels_dir) else labels.name
+    return (f"The label map '{text_name(where)}' in --labels-dir is a symbolic link to a file outside that folder "
+            "(or lies in a folder linked from outside it): not read (expected the label maps inside --labels-dir; "
+            "defacer reads only the files of the folders it is given). This scan was not defaced, nothing written "
+            "for it; the other scans are defaced as usual. Copy the map into the folder (cp -L) to use it, or "
+            "remove the link to deface the scan with the detector.")
+
+
 #: Revision of the rules that de-identify a scan's JSON sidecar (:func:`defacer.phi.sidecar.scrub_sidecar`), part of
 #: the fingerprint of every scan with a sidecar: raised whenever they learn to remove or mask more, so that the
 #: rerun of a batch does again the outputs written by the earlier rules, whose sidecars may hold what the new ones
@@ -359,6 +373,9 @@ def plan(
     refused = _folded_refusals(layout, discovery)
     for scan in discovery.scans:
         labels = labels_for(scan, labels_dir)
+        if labels is not None and labels_dir is not None and link_outside(labels, labels_dir) is not None:
+            refused.setdefault(scan.key, linked_out_labels(labels, labels_dir))
+            labels = None  # never read, not even hashed for the fingerprint
         fingerprint = _fingerprint(config, scan, labels, detector_id, deidentify)
         previous = manifest.get(scan.key)
         verified = not verify or (previous is not None and _qc_intact(previous.verify, layout.qc_dir)
