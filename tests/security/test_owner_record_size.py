@@ -79,3 +79,51 @@ def test_a_batch_ownership_record_line_longer_than_defacer_writes_is_skipped_unr
     # a line of defacer's own, however long its name, is read: a path of 4,096 non-UTF-8 bytes, escaped
     (out / ".defacer" / RECORD_NAME).write_text(json.dumps({"path": "d/" + "\udce9" * 4094}) + "\n")
     assert OwnershipRecord(out / ".defacer" / RECORD_NAME, out).names == {"d/" + "\udce9" * 4094}
+
+
+def test_a_batch_ownership_record_of_more_lines_than_defacer_writes_is_read_up_to_a_bound(tmp_path, caplog) -> None:
+    """The line bound above left the number of lines free (HOSTILE21's note): a record of millions of short names
+    (or one name repeated) was read whole at every run and every name held (main 3c01852, 03:28 UTC, load 6: 5 million
+    names, a 260 MB record, grew the reader by 588 MB in 13 s of CPU; now 124 MB, 3.1 s).  Now at most MAX_RECORD_LINES lines and MAX_RECORD_BYTES bytes are read, with a warning; a name past
+    the bound does not count as defacer's, so the file it names is refused, not replaced."""
+    import logging
+
+    import nibabel as nib
+
+    from defacer.batch import ownership
+
+    out = tmp_path / "out"
+    (out / ".defacer").mkdir(parents=True)
+    for name in ("a.nii.gz", "users.nii.gz"):
+        nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), dtype=np.int16), np.eye(4)), out / name)
+    path = out / ".defacer" / ownership.RECORD_NAME
+    with path.open("wb") as handle:
+        handle.write(b'{"path": "a.nii.gz"}\n')
+        handle.writelines(b'{"path": "x/%07d"}\n' % n for n in range(1_000_000))
+        handle.write(b'{"path": "users.nii.gz"}\n')
+    with caplog.at_level(logging.WARNING):
+        record = OwnershipRecord(path, out)
+    assert "a.nii.gz" in record.names and "users.nii.gz" not in record.names
+    assert len(record.names) == 1_000_000
+    assert "longer than any defacer writes (expected at most 1000000 lines and 256 MiB" in caplog.text
+    with pytest.raises(OutputError, match="users.nii.gz"):
+        record.check([out / "a.nii.gz", out / "users.nii.gz"])
+    # the byte bound, made small here: a record of few but long lines stops there too
+    caplog.clear()
+    path.write_bytes(b'{"path": "a.nii.gz"}\n' + b'{"path": "%s"}\n' % (b"y" * 900_000) * 4
+                     + b'{"path": "users.nii.gz"}\n')
+    ownership_bytes = ownership.MAX_RECORD_BYTES
+    try:
+        ownership.MAX_RECORD_BYTES = 2 * 1024 * 1024
+        with caplog.at_level(logging.WARNING):
+            record = OwnershipRecord(path, out)
+    finally:
+        ownership.MAX_RECORD_BYTES = ownership_bytes
+    assert "a.nii.gz" in record.names and "users.nii.gz" not in record.names and len(record.names) <= 3
+    assert "longer than any defacer writes" in caplog.text
+    # a record within the bounds is read whole, without a word
+    caplog.clear()
+    path.write_bytes(b'{"path": "a.nii.gz"}\n{"path": "users.nii.gz"}\n')
+    with caplog.at_level(logging.WARNING):
+        assert OwnershipRecord(path, out).names == {"a.nii.gz", "users.nii.gz"}
+    assert not caplog.text

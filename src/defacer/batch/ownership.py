@@ -13,7 +13,8 @@ damaged since (the next run redoes it).
 
 The record is JSON Lines, one ``{"path": name relative to OUT, POSIX}`` per line; a line cut
 short by a killed run is ignored, and so is a line longer than any defacer writes
-(:data:`MAX_LINE_BYTES`; skipped unread, with a warning: its name is not counted as defacer's).
+(:data:`MAX_LINE_BYTES`; skipped unread, with a warning: its name is not counted as defacer's), and every line past
+:data:`MAX_RECORD_LINES` lines or :data:`MAX_RECORD_BYTES` bytes (not read, with a warning).
 A batch output written before the record existed (a manifest but no record) is credited with the outputs its manifest lists and, for BIDS, its
 ``dataset_description.json``.
 """
@@ -42,6 +43,14 @@ RECORD_NAME = "owned.jsonl"
 #: ASCII-escaped (at most 6 bytes per byte of a name; a path of a few kilobytes); a longer line is no line of
 #: defacer's and is skipped unread (it was read whole: a multi-gigabyte line filled memory).
 MAX_LINE_BYTES = 1024 * 1024
+#: Most lines of the record read, and most bytes (HOSTILE22).  A batch records a few names a scan (output, sidecar,
+#: provenance, carried files): a million lines is a dataset of some 250,000 scans.  A record beyond either bound
+#: (a damaged or hostile one: millions of names, or duplicates) is read up to it and no further, with a warning:
+#: the names past the bound do not count as defacer's, so the files they name are refused, never replaced; without
+#: the bound every name was held in memory and read each run (5 million names: +588 MB and 13 s of CPU; now +124 MB,
+#: 3.1 s; docs/security.md).
+MAX_RECORD_LINES = 1_000_000
+MAX_RECORD_BYTES = 256 * 1024 * 1024
 #: Bytes read at a time while skipping a line longer than :data:`MAX_LINE_BYTES`.
 _SKIP_CHUNK = 64 * 1024
 #: Most offending names quoted in a refusal.
@@ -74,9 +83,13 @@ class OwnershipRecord:
             self._read()
 
     def _read(self) -> None:
-        long_lines = 0
+        long_lines = lines = 0
         with self.path.open("rb") as handle:  # lines decoded one by one: a damaged byte loses its line only
             for line in _bounded_lines(handle):
+                lines += 1
+                if lines > MAX_RECORD_LINES or handle.tell() > MAX_RECORD_BYTES:
+                    self._warn_too_long()
+                    break
                 if line is None:
                     long_lines += 1
                     continue
@@ -91,6 +104,14 @@ class OwnershipRecord:
                 "will refuse, not replace, such a file in the output folder. If that record was damaged, move the "
                 "output folder's files away or choose another output folder.", shown(self.path), long_lines,
                 MAX_LINE_BYTES // (1024 * 1024))
+
+    def _warn_too_long(self) -> None:
+        logger.warning(
+            "The batch's ownership record '%s' is longer than any defacer writes (expected at most %d lines and %d MiB, "
+            "found more): read up to there only, so no file named further on counts as defacer's and this batch will "
+            "refuse, not replace, such a file in the output folder. If the record was damaged, move the output "
+            "folder's files away or choose another output folder; a dataset this large is best split into several "
+            "batches (--include).", shown(self.path), MAX_RECORD_LINES, MAX_RECORD_BYTES // (1024 * 1024))
 
     def credit(self, names: Iterable[str]) -> None:
         """Count ``names`` (relative to OUT) as defacer's; saved by the next :meth:`add`.
