@@ -82,3 +82,63 @@ def test_a_batch_table_keeps_no_age_over_89_under_the_option(tmp_path):
     assert cleaned == "participant_id\tage\tsex\nsub-01\t89+\tF\nsub-02\t61\tM\n"
     assert "89+" in said
     assert table.read_text(encoding="utf-8").splitlines()[1] == "sub-01\t93\tF"
+
+
+_UNREADABLE = "is not a DICOM age"
+
+
+@pytest.mark.parametrize(("age", "written", "unreadable"), [
+    ("abc", "", True),
+    ("12", "", True),
+    ("45 years", "", True),
+    ("Doe^John 61", "", True),
+    (" 045Y", "045Y", False),
+    (" 090Y", "090Y", False),
+    ("95", "090Y", False),
+    ("061Y", "061Y", False),
+], ids=["letters", "bare-number", "words", "a-name", "padded-45y", "padded-90y", "bare-95", "61y"])
+def test_a_kept_age_that_is_no_dicom_age_is_emptied_and_said_once(tmp_path, caplog, age, written, unreadable):
+    """HOSTILE20's leftover: under the option a PatientAge that pooled_age could not read ('abc', '12', a name) was
+    written as it was, unexamined (main 3c01852, HOSTILE22): it cannot be checked against 89 years and may hold any
+    text. Now it is emptied, said once per run without the value; DICOM ages keep their value, padding dropped."""
+    _series(tmp_path / "in", age)
+    with caplog.at_level(logging.WARNING):
+        assert main(["anonymize", str(tmp_path / "in"), str(tmp_path / "out"), "--key", "k" * 24,
+                     "--retain-patient-characteristics"]) == 0
+    assert _ages(tmp_path / "out") == {written}
+    told = [r for r in caplog.records if _UNREADABLE in r.getMessage()]
+    assert len(told) == (1 if unreadable else 0)
+    assert all(age.strip() not in r.getMessage() for r in told)
+    assert {str(pydicom.dcmread(p).PatientAge) for p in (tmp_path / "in").rglob("*") if p.is_file()} == {age}
+
+
+def test_a_json_sidecars_kept_age_that_is_no_age_is_emptied():
+    from defacer.phi.options import DeidOptions
+    from defacer.phi.sidecar import scrub_sidecar
+
+    kept, _ = scrub_sidecar({"PatientAge": "Doe^John", "Other": {"PatientAge": ["045Y", "abc", "95"]}},
+                            DeidOptions(retain_patient_characteristics=True))
+    assert kept == {"PatientAge": "", "Other": {"PatientAge": ["045Y", "090Y"]}}
+
+
+def test_anonymize_with_several_workers_says_each_age_notice_once(tmp_path):
+    """HOSTILE20's leftover: with ``--jobs 2`` each chunk of files had its own copy of the scrubber, whose notices
+    said "once per run" were said once per chunk (main 3c01852, HOSTILE22: 40 files, two workers, 3 times each).
+    Run as the console does, in a process of its own (the workers' log lines go to its stderr)."""
+    import os
+    import subprocess
+
+    folder = tmp_path / "in"
+    for index, path in enumerate(write_series(folder, np.arange(4 * 4 * 40, dtype=np.uint16).reshape(4, 4, 40))):
+        ds = pydicom.dcmread(path)
+        ds.PatientAge = "095Y" if index % 2 else "abc"
+        ds.save_as(path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run([sys.executable, "-m", "defacer", "anonymize", str(folder), str(tmp_path / "out"),
+                             "--key", "k" * 24, "--jobs", "2", "--retain-patient-characteristics"],
+                            capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    assert _ages(tmp_path / "out") == {"090Y", ""}
+    for notice in (_NOTICE, _UNREADABLE):
+        said = [line for line in result.stderr.splitlines() if notice in line]
+        assert len(said) == 1, result.stderr

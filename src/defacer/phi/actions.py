@@ -41,6 +41,35 @@ _AGE = re.compile(r"\s*(\d+(?:[.,]\d+)?)\s*(y|years?|m|months?|w|weeks?|d|days?)
 _AGE_PER_YEAR: dict[str, float] = {"y": 1.0, "m": 12.0, "w": 52.1775, "d": 365.25}
 
 
+#: An age as DICOM AS writes it: three digits and its unit (``045Y``, ``006M``, ``010W``, ``003D``).
+_AS_AGE = re.compile(r"\d{3}[DWMY]")
+
+
+def kept_age(value: str) -> str:
+    """What a kept age (VR AS) becomes: a DICOM age of 89 years or less as it is, any age over 89 years as
+    :data:`POOLED_AGE`, and anything else emptied (``""``).
+
+    An age that cannot be read as a DICOM age string (``abc``, ``12``, ``45 years`` under 90, ``age 95``) cannot be
+    checked against HIPAA's 89 years and may hold other text: it is not kept (HOSTILE22; it was written as it was).
+    Padding (spaces, NULs) around an AS value is dropped (``" 045Y "`` -> ``045Y``).
+
+    Parameters
+    ----------
+    value : str
+        The kept value.
+
+    Returns
+    -------
+    str
+        ``090Y``, the AS value, or ``""``.
+    """
+    pooled = pooled_age(value)
+    if pooled == POOLED_AGE:
+        return pooled
+    text = value.strip(" \x00")
+    return text if _AS_AGE.fullmatch(text) else ""
+
+
 def pooled_age(value: str) -> str:
     """:data:`POOLED_AGE` for an age over :data:`MAX_AGE_YEARS` years, ``value`` itself otherwise.
 

@@ -70,13 +70,48 @@ def _anonymize_chunk(
     return results, (deid.mapping.as_dict() if deid.record_mapping else None)
 
 
+#: A log record of defacer's handed back by a worker: ``(logger name, level, message)``.
+WorkerLog = tuple[str, int, str]
+
+
+class _Keep(logging.Handler):
+    """Keeps the records it is given as :data:`WorkerLog` (a worker's, for the main process to say)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.kept: list[WorkerLog] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.kept.append((record.name, record.levelno, record.getMessage()))
+
+
 def _anonymize_chunk_in_worker(
     files: Sequence[Path], first: int, folder: Path, deid: Scrubber
-) -> tuple[list[tuple[int, str | None, str]], dict[str, Any] | None, list[tuple[str | None, str]]]:
-    """:func:`_anonymize_chunk` in a worker process, its "VR lookup failed" notices handed back instead of said."""
-    with collected_vr_notices() as notices:
-        results, mapping = _anonymize_chunk(files, first, folder, deid)
-    return results, mapping, notices
+) -> tuple[list[tuple[int, str | None, str]], dict[str, Any] | None, list[tuple[str | None, str]], list[WorkerLog]]:
+    """:func:`_anonymize_chunk` in a worker process, its "VR lookup failed" notices and defacer's own warnings handed
+    back instead of said: each chunk has its own copy of the scrubber, whose "said once per run" notices (an age over
+    89, an age that is no age, UIDs holding dates) were said once per chunk (HOSTILE22: three times with two workers,
+    40 files); the main process says each once (:func:`_say_worker_logs`)."""
+    package = logging.getLogger("defacer")
+    keep, propagate = _Keep(), package.propagate
+    package.addHandler(keep)
+    package.propagate = False
+    try:
+        with collected_vr_notices() as notices:
+            results, mapping = _anonymize_chunk(files, first, folder, deid)
+    finally:
+        package.removeHandler(keep)
+        package.propagate = propagate
+    return results, mapping, notices, keep.kept
+
+
+def _say_worker_logs(records: Sequence[WorkerLog], said: set[WorkerLog]) -> None:
+    """Say the workers' records here, each distinct one once in the run (``said`` holds those already said)."""
+    for record in records:
+        if record not in said:
+            said.add(record)
+            name, level, message = record
+            logging.getLogger(name).log(level, "%s", message)
 
 
 def anonymize_files(
@@ -165,12 +200,14 @@ def _anonymize_parallel(files: list[Path], work: Path, deid: Scrubber, jobs: int
 
     size = max(16, -(-len(files) // (jobs * 4)))
     outcomes: list[tuple[int, str | None, str]] = []
+    said: set[WorkerLog] = set()
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         futures = [pool.submit(_anonymize_chunk_in_worker, files[i:i + size], i, work, deid)
                    for i in range(0, len(files), size)]
         for future in futures:
-            results, mapping, notices = future.result()
+            results, mapping, notices, records = future.result()
             say_vr_notices(notices)  # once in all, not once per worker
+            _say_worker_logs(records, said)
             outcomes.extend(results)
             if mapping is not None:
                 deid.mapping.uids.update(mapping["uids"])

@@ -418,6 +418,7 @@ class Scrubber:
         self._study_values: dict[str, set[str]] = {}
         self._told_uid_dates = False
         self._told_pooled_age = False
+        self._told_unreadable_age = False
 
     # ------------------------------------------------------------------ public
     def check_burned_in(self, ds: Dataset, source: str = "") -> None:
@@ -671,16 +672,27 @@ class Scrubber:
             self._pool_age(ds[tag_int])
 
     def _pool_age(self, element: Any) -> None:
-        """Write a kept age (VR AS) over 89 years as ``090Y`` (:func:`defacer.phi.actions.pooled_age`: HIPAA Safe
-        Harbor aggregates every age over 89 into one category of 90 or older); said once per run, by attribute."""
+        """Write a kept age (VR AS) over 89 years as ``090Y`` (:func:`defacer.phi.actions.kept_age`: HIPAA Safe
+        Harbor aggregates every age over 89 into one category of 90 or older), and empty one that is no DICOM age
+        (it cannot be checked); each said once per run, by attribute, never the value."""
         if element.value in (None, "", b""):
             return
         values = element.value if isinstance(element.value, MultiValue | list) else [element.value]
-        pooled = [actions.pooled_age(str(v)) for v in values]
-        if pooled == [str(v) for v in values]:
+        texts = [v.decode("latin-1") if isinstance(v, bytes) else str(v) for v in values]
+        kept = [actions.kept_age(v) for v in texts]
+        if kept == texts:
             return
-        element.value = pooled if len(pooled) > 1 else pooled[0]
-        if not self._told_pooled_age:
+        unreadable = "" in kept
+        pooled = any(new == actions.POOLED_AGE and old.strip(" \x00") != new for old, new in zip(texts, kept))
+        kept = [v for v in kept if v]
+        element.value = kept if len(kept) > 1 else (kept[0] if kept else "")
+        if unreadable and not self._told_unreadable_age:
+            self._told_unreadable_age = True
+            logger.warning(
+                "%s holds a value that is not a DICOM age (expected three digits and D, W, M or Y, such as 045Y): "
+                "it is emptied, since an age that cannot be read cannot be checked against HIPAA's 89 years (said "
+                "once per run; the value is not shown)", element.keyword or "an age")
+        if pooled and not self._told_pooled_age:
             self._told_pooled_age = True
             logger.warning(
                 "%s over 89 years is written as %s: HIPAA Safe Harbor puts every age over 89 into one category of "

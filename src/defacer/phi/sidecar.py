@@ -122,7 +122,8 @@ def _scrub_value(value: Any, options: DeidOptions, identifying: list[str], patie
 
 def _pooled(value: Any, tag: int | None) -> Any:
     """A kept age (a key naming an AS attribute: ``PatientAge`` under --retain-patient-characteristics) over 89 years
-    as ``090Y`` (:func:`defacer.phi.actions.pooled_age`, HIPAA Safe Harbor; a number over 89 as 90), else ``value``."""
+    as ``090Y`` (:func:`defacer.phi.actions.kept_age`, HIPAA Safe Harbor; a number over 89 as 90), text that is no DICOM
+    age emptied (it cannot be checked), else ``value``."""
     from pydicom.datadict import dictionary_VR
 
     try:
@@ -131,9 +132,9 @@ def _pooled(value: Any, tag: int | None) -> Any:
     except KeyError:
         return value
     if isinstance(value, str):
-        return actions.pooled_age(value)
+        return actions.kept_age(value)
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return [actions.pooled_age(v) for v in value]
+        return [age for age in map(actions.kept_age, value) if age]
     if isinstance(value, int | float) and not isinstance(value, bool) and value > actions.MAX_AGE_YEARS:
         return actions.MAX_AGE_YEARS + 1
     return value
