@@ -127,3 +127,33 @@ def test_verify_into_a_qc_folder_another_run_holds_is_refused_and_writes_nothing
         err = capsys.readouterr().err
         assert code == 1 and "Another defacer run is writing into the QC folder" in err and "Traceback" not in err
         assert list((tmp_path / "o-qc").iterdir()) == []
+
+
+def test_force_without_verify_is_refused_while_another_run_verifies_that_output(tmp_path: Path, capsys) -> None:
+    """``deface --force`` (no --verify) over an output another run is verifying replaced that output under it and
+    removed the QC folder's files that run had written (README, record), main 3c01852: its renders then went into
+    a folder made again.  The other run is stood for by a lock on the QC folder, as it holds it."""
+    import fcntl
+
+    from defacer.cli.main import main
+
+    save_phantom(make_phantom(4.0), tmp_path / "h.nii.gz", tmp_path / "l.nii.gz")
+    out = tmp_path / "o.nii.gz"
+    assert main(["deface", str(tmp_path / "h.nii.gz"), str(out), "--labels", str(tmp_path / "l.nii.gz")]) == 0
+    qc = tmp_path / "o-qc"
+    qc.mkdir(mode=0o700)
+    (qc / "README.txt").write_text("the verifying run's")
+    (qc / ".defacer-owned.jsonl").write_text('{"path": "README.txt"}\n')
+    before = out.read_bytes()
+    capsys.readouterr()
+    handle = os.open(qc, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        code = main(["deface", str(tmp_path / "h.nii.gz"), str(out), "--labels", str(tmp_path / "l.nii.gz"),
+                     "--features", "eyes", "--force"])
+    finally:
+        os.close(handle)
+    err = capsys.readouterr().err
+    assert code == 1 and "Another defacer run is writing into the QC folder" in err and "Traceback" not in err
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in qc.iterdir()) == [".defacer-owned.jsonl", "README.txt"]

@@ -227,6 +227,12 @@ def _run(args: argparse.Namespace, new_qc_dir: list[Path], held: contextlib.Exit
         if held.enter_context(held_qc(qc_dir, what="deface into another output")):
             new_qc_dir.extend([qc_dir, *above])
         claim(qc_dir, targets)
+    elif args.force and qc_dir_for(args.output).is_dir() and not qc_dir_for(args.output).is_symlink():
+        from defacer.verify.qc import held as held_qc
+
+        # its verification is dropped below: never while a run verifying this output holds it (that run would write
+        # its renders of the original face into a folder removed under it, and its report describe this output)
+        held.enter_context(held_qc(qc_dir_for(args.output), what="deface into another output"))
     mask_path = args.save_mask
     if args.verify and mask_path is None and not is_dicom:
         # The report needs the detected labels (per-feature counts, outlines); keep them with the report.
