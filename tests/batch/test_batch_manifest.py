@@ -153,3 +153,31 @@ def test_a_manifest_line_that_is_not_utf8_is_a_damaged_line(tmp_path: Path) -> N
     path.write_bytes(b'{"defacer_manifest": 1}\n{"key": "\xff", "status": "done"}\n{"key": "b", "status": "done"}\n')
     manifest = Manifest(path)
     assert manifest.damaged_lines == 1 and [r.key for r in manifest] == ["b"]
+
+
+def test_a_manifest_line_longer_than_defacer_writes_is_skipped_unread(tmp_path: Path, caplog) -> None:
+    """``OUT/.defacer/manifest.jsonl`` was read a line at a time with no bound on a line (main 3c01852, HOSTILE22): a
+    300 MB line appended to a one-scan batch's manifest took its rerun to 1.29 GB resident (62 MB without it).  A line
+    longer than MAX_MANIFEST_LINE_BYTES (16 MiB) is now a damaged line, skipped without being held, with a warning;
+    the records around it are read."""
+    import logging
+    import tracemalloc
+
+    path = tmp_path / "m.jsonl"
+    manifest = Manifest(path)
+    manifest.append(ScanRecord(key="a", status=DONE))
+    with path.open("ab") as handle:
+        handle.write(b'{"key": "b", "status": "done", "error": "' + b"x" * (17 * 1024 * 1024) + b'"}\n')
+    manifest.append(ScanRecord(key="c", status=DONE))
+    tracemalloc.start()
+    try:
+        with caplog.at_level(logging.WARNING):
+            reopened = Manifest(path, read_only=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert sorted(r.key for r in reopened) == ["a", "c"] and reopened.damaged_lines == 1
+    assert peak < 40 * 1024 * 1024, peak  # at most the bound is held (twice: a read and its copy)
+    assert "1 line(s) longer than any defacer writes" in caplog.text
+    Manifest(path)  # a writable open compacts it: the long line is gone, the records stay
+    assert path.stat().st_size < 10_000 and sorted(r.key for r in Manifest(path)) == ["a", "c"]

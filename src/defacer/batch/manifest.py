@@ -30,6 +30,30 @@ from defacer.files import file_sha256, make_folders
 
 #: Format version of the manifest file.
 MANIFEST_VERSION = 1
+#: Longest manifest line read (bytes, its line feed included).  A scan's record holds its options, provenance,
+#: warnings and one stamp (~250 bytes) per input and output file: a DICOM series of 10,000 files is about 5 MB.  A
+#: longer line is no record of defacer's and is skipped unread, a damaged line (the scan is done again): it was read
+#: whole (HOSTILE22: a 300 MB line took a rerun of a one-scan batch to 1.29 GB resident; 62 MB without it).
+MAX_MANIFEST_LINE_BYTES = 16 * 1024 * 1024
+#: Bytes read at a time while skipping a line longer than the bound.
+_SKIP_CHUNK = 64 * 1024
+
+
+def bounded_lines(handle: Any, limit: int) -> Iterator[bytes | None]:
+    """The lines of a binary file open for reading, each at most ``limit`` bytes long (its line feed included);
+    ``None`` for a longer line, which is skipped in chunks of 64 KiB without being held in memory."""
+    while True:
+        line = handle.readline(limit + 1)
+        if not line:
+            return
+        if len(line) <= limit:
+            yield line
+            continue
+        while not line.endswith(b"\n"):
+            line = handle.readline(_SKIP_CHUNK)
+            if not line:
+                break
+        yield None
 #: Record statuses.
 DONE, FAILED, SKIPPED = "done", "failed", "skipped"
 #: No requested feature / not every requested feature was found or distorted: nothing was
@@ -306,8 +330,13 @@ class Manifest:
             self._write_all([])
 
     def _read(self) -> None:
+        long_lines = 0
         with self.path.open("rb") as handle:
-            for number, line in enumerate(handle):
+            for number, line in enumerate(bounded_lines(handle, MAX_MANIFEST_LINE_BYTES)):
+                if line is None:
+                    long_lines += 1
+                    self.damaged_lines += 1
+                    continue
                 text = line.strip()
                 if not text:
                     continue
@@ -333,6 +362,11 @@ class Manifest:
                     self.damaged_lines += 1
                     continue
                 self.records[record.key] = record
+        if long_lines:
+            logging.getLogger(__name__).warning(
+                "The batch manifest '%s' has %d line(s) longer than any defacer writes (expected at most %d MiB a "
+                "line, found more): not read, as damaged lines are; a scan recorded there only is defaced again.",
+                self.path, long_lines, MAX_MANIFEST_LINE_BYTES // (1024 * 1024))
 
     def get(self, key: str) -> ScanRecord | None:
         """The last record of a scan, or ``None``."""

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from defacer.batch.layout import OutputLayout
-from defacer.batch.manifest import Manifest, ends_with_newline
+from defacer.batch.manifest import Manifest, bounded_lines, ends_with_newline
 from defacer.errors import OutputError, shown
 from defacer.files import make_folders
 from defacer.io.output_guard import foreign_entries, listed_name, true_path
@@ -51,8 +51,6 @@ MAX_LINE_BYTES = 1024 * 1024
 #: 3.1 s; docs/security.md).
 MAX_RECORD_LINES = 1_000_000
 MAX_RECORD_BYTES = 256 * 1024 * 1024
-#: Bytes read at a time while skipping a line longer than :data:`MAX_LINE_BYTES`.
-_SKIP_CHUNK = 64 * 1024
 #: Most offending names quoted in a refusal.
 _NAMES_SHOWN = 5
 
@@ -207,19 +205,8 @@ class OwnershipRecord:
 
 def _bounded_lines(handle: BinaryIO) -> Iterator[bytes | None]:
     """The lines of a binary file open for reading, each at most :data:`MAX_LINE_BYTES` long; ``None`` for a longer
-    line, which is skipped in chunks of :data:`_SKIP_CHUNK` bytes without being held in memory."""
-    while True:
-        line = handle.readline(MAX_LINE_BYTES + 1)
-        if not line:
-            return
-        if len(line) <= MAX_LINE_BYTES:
-            yield line
-            continue
-        while not line.endswith(b"\n"):
-            line = handle.readline(_SKIP_CHUNK)
-            if not line:
-                break
-        yield None
+    line, which is skipped in chunks without being held in memory (:func:`~defacer.batch.manifest.bounded_lines`)."""
+    return bounded_lines(handle, MAX_LINE_BYTES)
 
 
 def _append_whole(path: Path, data: bytes) -> None:
