@@ -142,3 +142,25 @@ def test_a_multi_line_error_is_printed_on_one_line_without_literal_escapes(rich:
         progress.advance(records[0])
     assert len(log.getvalue().splitlines()) == 1 and "\\n" not in log.getvalue(), log.getvalue()
     assert "1.2.3 (axial, 20 slices) 1.2.4 (coronal" in log.getvalue()
+
+
+def test_deface_and_verify_print_the_qc_folder_of_a_hostile_name_escaped(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """``deface --verify`` printed the report, picture and QC folder lines, and its final verdict line, with the
+    name as it was (main 3c01852, HOSTILE22): a scan named with ``ESC[2J`` or ``ESC]0;...BEL`` (a dataset from
+    elsewhere, deface run in a loop over it) cleared or retitled the terminal there; ``verify`` likewise."""
+    from defacer.phantom import make_phantom, save_phantom
+
+    scan = tmp_path / f"{ESCAPES}.nii.gz"
+    save_phantom(make_phantom(4.0), scan, tmp_path / "l.nii.gz")
+    code = main(["deface", str(scan), "--labels", str(tmp_path / "l.nii.gz"), "--verify"])
+    out, err = capsys.readouterr()
+    assert code in (0, 3, 5) and "report: " in out and "QC pictures" in out
+    defaced = tmp_path / f"{ESCAPES}_defaced.nii.gz"
+    assert defaced.is_file()
+    code = main(["verify", str(scan), str(defaced), "--out", str(tmp_path / f"{ESCAPES}-qc2")])
+    out2, err2 = capsys.readouterr()
+    assert code in (0, 3, 5) and "report: " in out2
+    for text in (out, err, out2, err2):
+        assert "\x1b" not in text and "\x07" not in text and "\r" not in text
+    assert "z\\x1b[2J" in out and "z\\x1b[2J" in out2

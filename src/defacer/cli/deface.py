@@ -328,7 +328,7 @@ def _verify_until_done(args: argparse.Namespace, options: DefaceOptions, deident
         # face), into the same output (this run's own, so it is replaced), and verify that.  Every attempt goes
         # into the sidecar.
         print(f"  --retry-stronger: a face was still found ({', '.join(map(str, summary['face_found_after']))}); "
-              f"defacing {args.input} again with {describe_step(stronger)} and verifying again.")
+              f"defacing {shown(args.input)} again with {describe_step(stronger)} and verifying again.")
         attempts.append(attempt_record(provenance["options"], summary))
         options = stronger
         try:
@@ -674,9 +674,9 @@ def verify_outputs(original_path: Path, defaced_path: Path, provenance: dict[str
     step = None if retried else remedy(result.summary)
     if step:
         print(f"  {step}")
-    print(f"  report: {result.report_path}")
+    print(f"  report: {shown(result.report_path)}")
     if "overview" in pictures:
-        print(f"  picture: {qc_dir / pictures['overview']}")
+        print(f"  picture: {shown(qc_dir / pictures['overview'])}")
     print("  " + qc.notice(qc_dir, after_only))
     status = EXIT_STATUS[verdict]
     # An output the sidecar records as '<output>' (its name holds the patient's identifiers) is not named here either.
@@ -687,6 +687,6 @@ def verify_outputs(original_path: Path, defaced_path: Path, provenance: dict[str
         record["attempts"] = [*attempts, attempt_record(provenance.get("options") or {}, result.summary)]
     _record_verdict(defaced_path, record)
     if verdict in (FAIL, INCONCLUSIVE) and not retried:
-        print(f"defacer deface: verification {verdict} for {defaced_path} (exit status {status}); "
-              f"see {result.report_path}", file=sys.stderr)
+        print(f"defacer deface: verification {verdict} for {shown(defaced_path)} (exit status {status}); "
+              f"see {shown(result.report_path)}", file=sys.stderr)
     return status, result.summary

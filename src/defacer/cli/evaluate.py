@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from defacer.cli.paths import path_argument
+from defacer.errors import shown
 
 if TYPE_CHECKING:
     from defacer.verify.evaluate import Scan
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_folder(args.folder, args.out, scans=scans, labels_dir=args.labels_dir, reference_dir=reference,
                              options=options, echo=lambda line: print(line, flush=True))
     print(format_overall(result["overall"]))
-    print(f"written: {args.out / 'evaluation.json'}, {args.out / 'evaluation.html'}")
+    print(f"written: {shown(args.out / 'evaluation.json')}, {shown(args.out / 'evaluation.html')}")
     status = exit_status(result["overall"])
     if status != 0:
         names = {verdict: [s["name"] for s in result["scans"] if s.get("verdict") == verdict]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from defacer.cli.paths import path_argument
+from defacer.errors import shown
 from defacer.files import named_path, read_json_object
 
 
@@ -86,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
     step = remedy(s)
     if step:
         print(step)
-    print(f"report: {result.report_path}\nsummary: {result.summary_path}")
+    print(f"report: {shown(result.report_path)}\nsummary: {shown(result.summary_path)}")
     if "overview" in pictures:
-        print(f"picture: {out / pictures['overview']}")
+        print(f"picture: {shown(out / pictures['overview'])}")
     print(qc.notice(out, after_only))
     return EXIT_STATUS[result.verdict]

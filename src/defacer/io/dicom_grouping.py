@@ -65,7 +65,7 @@ class SeriesInfo:
 
     def label(self, index: int) -> str:
         """One line for listings: ``[index] number description (modality, n files, rows x cols) key``."""
-        what = f"{self.modality or '?'}, {len(self.files)} file(s), {len(self.frames)} slice(s)"
+        what = f"{shown(self.modality or '?')}, {len(self.files)} file(s), {len(self.frames)} slice(s)"
         if self.has_pixels:
             what += f", {self.columns}x{self.rows}"
         else:

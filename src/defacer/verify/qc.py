@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from defacer.batch.ownership import OwnershipRecord, quoted_names
-from defacer.errors import OutputError
+from defacer.errors import OutputError, shown
 from defacer.files import make_folders, text_name, walk
 from defacer.io.atomic import atomic_outputs
 from defacer.verify import verdict as verdicts
@@ -264,14 +264,16 @@ def remove_unused(qc_root: Path, *written: str, made_above: Sequence[Path] = ())
 
 
 def notice(qc_dir: Path, after_only: bool) -> str:
-    """The console line saying where the QC pictures are and whether they show faces."""
+    """The console line saying where the QC pictures are and whether they show faces (the folder's name escaped:
+    :func:`defacer.errors.shown`)."""
+    shown_dir = shown(qc_dir)
     if after_only and holds_original_pictures(qc_dir):
-        return (f"QC pictures: {qc_dir}\n  This folder still holds pictures of the ORIGINAL faces from an earlier "
+        return (f"QC pictures: {shown_dir}\n  This folder still holds pictures of the ORIGINAL faces from an earlier "
                 "run: --qc-after-only writes none but deletes none. Delete the folder (a batch --verify remakes it) "
                 "before sharing it.")
     if after_only:
-        return f"QC pictures (after defacing only, no original face): {qc_dir}"
-    return (f"QC pictures and reports: {qc_dir}\n  This folder holds pictures of the ORIGINAL faces: keep it out "
+        return f"QC pictures (after defacing only, no original face): {shown_dir}"
+    return (f"QC pictures and reports: {shown_dir}\n  This folder holds pictures of the ORIGINAL faces: keep it out "
             "of any data you share (--qc-after-only writes after-defacing pictures only).")
 
 
