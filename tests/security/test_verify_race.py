@@ -157,3 +157,23 @@ def test_force_without_verify_is_refused_while_another_run_verifies_that_output(
     assert code == 1 and "Another defacer run is writing into the QC folder" in err and "Traceback" not in err
     assert out.read_bytes() == before
     assert sorted(p.name for p in qc.iterdir()) == [".defacer-owned.jsonl", "README.txt"]
+
+
+def test_a_disk_that_takes_no_locks_still_verifies(tmp_path: Path, capsys, monkeypatch) -> None:
+    """Some network shares answer flock with ENOLCK or EOPNOTSUPP: that is no other run holding the QC folder, and
+    the run goes on without the lock (the first version of the lock refused every run there)."""
+    import errno
+    import fcntl
+
+    from defacer.cli.main import main
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    save_phantom(make_phantom(4.0), tmp_path / "h.nii.gz", tmp_path / "l.nii.gz")
+    code = main(["deface", str(tmp_path / "h.nii.gz"), str(tmp_path / "o.nii.gz"), "--labels",
+                 str(tmp_path / "l.nii.gz"), "--verify"])
+    err = capsys.readouterr().err
+    assert code in (0, 3, 5), err
+    assert "Another defacer run" not in err and (tmp_path / "o-qc" / "verify_report.html").is_file()

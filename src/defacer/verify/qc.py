@@ -188,12 +188,15 @@ def held(qc_root: Path, *, what: str) -> Iterator[bool]:
         handle = os.open(qc_root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0))
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
+        except BlockingIOError as err:  # held by another process (EWOULDBLOCK)
             os.close(handle)
             raise OutputError(
                 f"Another defacer run is writing into the QC folder '{text_name(str(qc_root))}' right now (expected: "
                 "no other run verifying this output; found: the folder is locked by another process). Nothing was "
                 f"written by this run. Wait for that run to finish, or {what}.") from err
+        except OSError:  # a disk that takes no locks (ENOLCK, EOPNOTSUPP on some network shares): run without it
+            log.debug("the QC folder '%s' cannot be locked on this disk", text_name(str(qc_root)))
+            break
         try:
             same = os.path.samestat(os.fstat(handle), os.stat(qc_root, follow_symlinks=False))
         except OSError:
