@@ -9,6 +9,7 @@ under a second.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -29,6 +30,10 @@ COARSE_STEP_MM = 4.0
 SEAL_RADIUS_MM = 6.0
 #: Largest air sample kept for noise drawing.
 MAX_AIR_SAMPLE = 200_000
+
+#: :meth:`HeadModel.derived` values being computed now, by (id of the head, key): set when done.
+_COMPUTING: dict[tuple[int, Any], threading.Event] = {}
+_COMPUTING_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -96,11 +101,32 @@ class HeadModel:
         return 0.5 * float(np.linalg.norm(self.coarse_spacing(spacing)))
 
     def derived(self, key: Any, compute: Callable[[], npt.NDArray[Any]]) -> npt.NDArray[Any]:
-        """``compute()`` once per head and ``key`` (kept in :attr:`cache`, read-only: it is shared)."""
-        if key not in self.cache:
-            value = compute()
-            value.flags.writeable = False
-            self.cache[key] = value
+        """``compute()`` once per head and ``key`` (kept in :attr:`cache`, read-only: it is shared).
+
+        Safe from several threads at once (the pipeline computes what depends on the head alone in a thread
+        of its own while the detector runs, :mod:`defacer.side_work`): a thread asking for a value another
+        thread is computing waits for it instead of computing it again; where that computation failed, the
+        waiting thread computes it itself (and meets the same error, in its own thread).
+        """
+        while key not in self.cache:
+            token = (id(self), key)
+            with _COMPUTING_LOCK:
+                if key in self.cache:
+                    break
+                running = _COMPUTING.get(token)
+                if running is None:
+                    mine = _COMPUTING[token] = threading.Event()
+            if running is not None:
+                running.wait()
+                continue  # computed (or failed: then this thread tries)
+            try:
+                value = compute()
+                value.flags.writeable = False
+                self.cache[key] = value
+            finally:
+                with _COMPUTING_LOCK:
+                    del _COMPUTING[token]
+                mine.set()
         return self.cache[key]  # type: ignore[no-any-return]
 
     def upsample(self, coarse: npt.NDArray, box: tuple[slice, slice, slice]) -> npt.NDArray:

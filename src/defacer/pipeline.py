@@ -35,8 +35,11 @@ proxy on 4 of 21 heads each, 10 and 8 before).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +75,7 @@ from defacer.protection_check import (
     within_depth,
 )
 from defacer.provenance import environment
+from defacer.side_work import Beside, side_by_side
 from defacer.volume import Volume, canonical_reorientation
 
 if TYPE_CHECKING:
@@ -244,6 +248,61 @@ def _voxels_per_feature(label_map: LabelMap) -> dict[str, int]:
     return counts
 
 
+@contextlib.contextmanager
+def _waited_for(work: Beside[Any]) -> Iterator[None]:
+    """Where the block raises, wait for ``work`` (its own error dropped) before the error goes on: no thread of a
+    run outlives it."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(BaseException):
+            work.result()
+        raise
+
+
+def _ear_inputs(image: npt.NDArray[np.float32], head: HeadModel, spacing: tuple[float, float, float],
+                same_image: bool) -> npt.NDArray[np.float32]:
+    """The head's depth below its rolled-off surface (the distortions' and the ear refinement's), and what the
+    ear rule derives from the head alone (:func:`defacer.auricle.close_to_head`; :func:`defacer.auricle.head_level`
+    where the detector sees ``image`` itself, ``same_image``), each kept in ``head``'s cache as when computed
+    where first needed.  Run beside the detector (:func:`deface`).
+
+    Returns
+    -------
+    ndarray, float32, the head's coarse grid
+        :func:`defacer.head.depth_below_surface`.
+    """
+    from defacer.auricle import close_to_head, head_level
+
+    depth = depth_below_surface(head, spacing)
+    close_to_head(head, depth, spacing)
+    if same_image:
+        head_level(image, head)
+    return depth
+
+
+def _cap_depths(image: npt.NDArray[np.float32], spacing: tuple[float, float, float], head: HeadModel,
+                guard: HeadModel, depth: npt.NDArray[np.float32], no_halo: bool
+                ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], HeadModel, npt.NDArray[np.float32]]:
+    """The protection's depth map and the deep cap's two (see the module docstring): ``guard_depth``,
+    ``deep_depth``, the ``envelope`` head and its ``envelope_depth``, from the image and the heads alone.
+
+    ``depth`` is ``head``'s (:func:`defacer.head.depth_below_surface`); ``no_halo``: no bright halo was found
+    (the envelope is measured; else the protection's head stands for it).
+    """
+    guard_depth = depth if guard is head else depth_below_surface(guard, spacing)  # the protection's
+    # the deep cap: never deeper than DEEP_CAP_MM below the protection's head closed across 30 mm gaps, so
+    # a head read too small, whose surface dives through a dark scalp into the head, cannot lead an edit in
+    deep_depth = depth_below_surface(deep_sealed_head(guard, spacing), spacing)
+    # and never deeper than that below the envelope, all that stands out of the far air: a head read smaller all
+    # round (a darker scalp, a noise floor) leaves no tunnel for the closing to bridge, but cannot shrink it.  Not
+    # where a bright halo was found: the far air is the halo there, the envelope would take it in, and the
+    # protection's head is already one built to hold the real head (head.protection_head)
+    envelope = envelope_head(image, spacing, guard) if no_halo else guard
+    envelope_depth = depth_below_surface(envelope, spacing) if envelope is not guard else guard_depth
+    return guard_depth, deep_depth, envelope, envelope_depth
+
+
 def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_OPTIONS) -> DefaceResult:
     """Distort the eyes, nose and ears of ``volume`` and nothing else.
 
@@ -284,17 +343,24 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
     timings["head_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    if isinstance(detector, HeadModelDetector):
-        # the detector sees the air raised to that level (its own rule finds the head given here clear)
-        seen = image if bright_air is None else np.maximum(image, np.float32(bright_air[0]))
-        labels_ras = detector.predict_with_head(seen, reorientation.ras_affine, head)
-        del seen
-    else:
-        labels_ras = detector.predict(image, reorientation.ras_affine)
+    # what depends on the head alone is computed in a thread beside the detector's stages on one core (the box,
+    # the refinements): the same values, only sooner (defacer.side_work; the ear refinement takes them)
+    run_beside = side_by_side() and int(getattr(detector, "cores", 2)) >= 2
+    head_ahead = Beside(functools.partial(_ear_inputs, image, head, spacing, bright_air is None), run_beside,
+                        name="defacer-head-depth")
+    with _waited_for(head_ahead):
+        if isinstance(detector, HeadModelDetector):
+            # the detector sees the air raised to that level (its own rule finds the head given here clear)
+            seen = image if bright_air is None else np.maximum(image, np.float32(bright_air[0]))
+            labels_ras = detector.predict_with_head(seen, reorientation.ras_affine, head)
+            del seen
+        else:
+            labels_ras = detector.predict(image, reorientation.ras_affine)
     labels_ras = np.asarray(labels_ras, dtype=np.uint8)
     if labels_ras.shape != image.shape:
         raise DetectorError(f"The detector returned labels of shape {labels_ras.shape} for an image of shape {image.shape}.")
     timings["detect_s"] = time.perf_counter() - t
+    depth = head_ahead.result()  # done long since (the ear refinement waited for it, if it ran)
     # which ears the network found and which the image-based fallback added (the ONNX detector's)
     detected_by = dict(getattr(detector, "last_sources", None) or {})
     detect_stages = dict(getattr(detector, "last_timings", None) or {})  # the ONNX detector's seconds per stage
@@ -302,66 +368,60 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
     noise = getattr(detector, "last_noise", None)  # the ONNX detector's: the scan read as noise, nothing looked for
 
     t = time.perf_counter()
-    found = _voxels_per_feature(labels_ras)
-    nose = None
-    if "nose" in options.features:
-        head_centre_a = int(np.argwhere(head.sealed_coarse.any(axis=(0, 2))).mean() * head.strides[1])
-        nose = nose_region(labels_ras == Label.NOSE, image.shape, spacing, options.nose_scale,
-                           posterior_limit=head_centre_a)
-    depth = depth_below_surface(head, spacing)  # the distortions' (the ear rule keeps near this surface)
-    guard_depth = depth if guard is head else depth_below_surface(guard, spacing)  # the protection's
-    # the deep cap: never deeper than DEEP_CAP_MM below the protection's head closed across 30 mm gaps, so
-    # a head read too small, whose surface dives through a dark scalp into the head, cannot lead an edit in
-    deep_depth = depth_below_surface(deep_sealed_head(guard, spacing), spacing)
-    # and never deeper than that below the envelope, all that stands out of the far air: a head read smaller all
-    # round (a darker scalp, a noise floor) leaves no tunnel for the closing to bridge, but cannot shrink it.  Not
-    # where a bright halo was found: the far air is the halo there, the envelope would take it in, and the
-    # protection's head is already one built to hold the real head (head.protection_head)
-    envelope = envelope_head(image, spacing, guard) if bright_air is None else guard
-    envelope_depth = depth_below_surface(envelope, spacing) if envelope is not guard else guard_depth
-    deep_limit = options.protect_depth_mm + DEEP_CAP_MARGIN_MM
-    slack = head.coarse_slack(spacing)
-    rng = np.random.default_rng(options.seed)
-    edits: list[Edit] = []
-    # a head turned in the scanner (or an oblique grid): the eye cover and the nose removal are built along the
-    # head's own axes (defacer.distort_frame); a head whose axes are the array's takes the path below unchanged
-    turn = None
-    if {"eyes", "nose"} & set(options.features):
-        # the detector's pose where it measured one (the ONNX detector's), else measured here, as it does: once
-        pose = head_pose if hasattr(detector, "last_pose") else _pose_record(measured_pose(image, reorientation.ras_affine))
-        turn = head_rotation(pose, reorientation.ras_affine)
-        if turn is not None and pose and not head_pose:
-            head_pose = dict(pose)  # recorded in the sidecar where it turned the distortions
-    if turn is not None:
-        centre = np.argwhere(head.sealed_coarse).mean(axis=0) * np.asarray(head.strides)
-        edits += distort_face_in_head_frame(image, labels_ras, head, spacing, turn, centre,
-                                            eyes="eyes" in options.features, nose="nose" in options.features,
-                                            band_mm=options.eye_band_mm, box_scale=options.eye_box_scale,
-                                            nose_scale=options.nose_scale)
-    elif "eyes" in options.features:
-        edits += distort_eyes(image, labels_ras == Label.EYES, head, spacing,
-                              band_mm=options.eye_band_mm, box_scale=options.eye_box_scale)
-    if nose is not None and turn is None:
-        edits.append(distort_nose(image, nose, head, keep=edits))  # never under the eye cover
-    if "ears" in options.features:
-        edits += distort_ears(image, labels_ras == Label.EARS, head, spacing, rng, depth=depth)
-    whole_face: dict[str, Any] | None = None
-    if options.whole_face:  # last, over the eye cover and the nose removal
-        from defacer.distort_face import SKIN_MM, face_removal
+    # the deep cap's two depth maps (the image and the protection's head alone) beside the distortions
+    caps = Beside(functools.partial(_cap_depths, image, spacing, head, guard, depth, bright_air is None), run_beside,
+                  name="defacer-cap-depth")
+    with _waited_for(caps):  # the distortions, the cap depths beside them
+        found = _voxels_per_feature(labels_ras)
+        nose = None
+        if "nose" in options.features:
+            head_centre_a = int(np.argwhere(head.sealed_coarse.any(axis=(0, 2))).mean() * head.strides[1])
+            nose = nose_region(labels_ras == Label.NOSE, image.shape, spacing, options.nose_scale,
+                               posterior_limit=head_centre_a)
+        deep_limit = options.protect_depth_mm + DEEP_CAP_MARGIN_MM
+        slack = head.coarse_slack(spacing)
+        rng = np.random.default_rng(options.seed)
+        edits: list[Edit] = []
+        # a head turned in the scanner (or an oblique grid): the eye cover and the nose removal are built along the
+        # head's own axes (defacer.distort_frame); a head whose axes are the array's takes the path below unchanged
+        turn = None
+        if {"eyes", "nose"} & set(options.features):
+            # the detector's pose where it measured one (the ONNX detector's), else measured here, as it does: once
+            pose = head_pose if hasattr(detector, "last_pose") else _pose_record(measured_pose(image, reorientation.ras_affine))
+            turn = head_rotation(pose, reorientation.ras_affine)
+            if turn is not None and pose and not head_pose:
+                head_pose = dict(pose)  # recorded in the sidecar where it turned the distortions
+        if turn is not None:
+            centre = np.argwhere(head.sealed_coarse).mean(axis=0) * np.asarray(head.strides)
+            edits += distort_face_in_head_frame(image, labels_ras, head, spacing, turn, centre,
+                                                eyes="eyes" in options.features, nose="nose" in options.features,
+                                                band_mm=options.eye_band_mm, box_scale=options.eye_box_scale,
+                                                nose_scale=options.nose_scale)
+        elif "eyes" in options.features:
+            edits += distort_eyes(image, labels_ras == Label.EYES, head, spacing,
+                                  band_mm=options.eye_band_mm, box_scale=options.eye_box_scale)
+        if nose is not None and turn is None:
+            edits.append(distort_nose(image, nose, head, keep=edits))  # never under the eye cover
+        if "ears" in options.features:
+            edits += distort_ears(image, labels_ras == Label.EARS, head, spacing, rng, depth=depth)
+        whole_face: dict[str, Any] | None = None
+        if options.whole_face:  # last, over the eye cover and the nose removal
+            from defacer.distort_face import SKIN_MM, face_removal
 
-        # the new surface and its skin stay shallower than what the write gate may protect (depth - slack)
-        cut_mm = max(0.0, options.protect_depth_mm - slack - SKIN_MM)
-        face_edit, whole_face = face_removal(image, labels_ras == Label.EYES, head, reorientation.ras_affine, depth,
-                                             cut_mm=cut_mm, over=edits)
-        if face_edit is not None:
-            edits.append(face_edit)
+            # the new surface and its skin stay shallower than what the write gate may protect (depth - slack)
+            cut_mm = max(0.0, options.protect_depth_mm - slack - SKIN_MM)
+            face_edit, whole_face = face_removal(image, labels_ras == Label.EYES, head, reorientation.ras_affine, depth,
+                                                 cut_mm=cut_mm, over=edits)
+            if face_edit is not None:
+                edits.append(face_edit)
 
-    # Each edit goes straight onto a copy of the stored values, box by box on the file's grid (no
-    # full-size RAS copy of the image); a later edit overwrites an earlier one where they overlap.
-    # The copy keeps the file's memory layout (Fortran order for NIfTI): comparing it with the input and
-    # writing it then run through memory in order (a C-order copy made both about 0.1 s slower each).
-    raw = volume.raw.copy(order="K")
-    edit_mask = np.zeros(volume.shape, dtype=np.uint8)  # feature label of the last edit writing each voxel
+        # Each edit goes straight onto a copy of the stored values, box by box on the file's grid (no
+        # full-size RAS copy of the image); a later edit overwrites an earlier one where they overlap.
+        # The copy keeps the file's memory layout (Fortran order for NIfTI): comparing it with the input and
+        # writing it then run through memory in order (a C-order copy made both about 0.1 s slower each).
+        raw = volume.raw.copy(order="K")
+        edit_mask = np.zeros(volume.shape, dtype=np.uint8)  # feature label of the last edit writing each voxel
+    guard_depth, deep_depth, envelope, envelope_depth = caps.result()
     outside = OutsideSamples.of(guard_depth, guard, spacing)  # searched near each ear edit's band only
     native_boxes = []
     for edit in edits:

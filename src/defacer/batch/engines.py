@@ -43,7 +43,10 @@ WORKER_DIED = (
 #: engine runs scans with one BLAS/OpenMP thread per worker (as Dask's nannies do by
 #: default): multi-threaded BLAS may sum in another order and change a few voxels, and
 #: outputs must not depend on the engine.
-SINGLE_THREADED_ENV: dict[str, str] = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+#: ``DEFACER_SIDE_WORK=0``: no stage runs in a thread beside the worker's own (:mod:`defacer.side_work`; the
+#: workers share the cores already, and the outputs are the same either way).
+SINGLE_THREADED_ENV: dict[str, str] = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+                                       "DEFACER_SIDE_WORK": "0"}
 
 
 @contextlib.contextmanager

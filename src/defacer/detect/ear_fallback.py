@@ -51,6 +51,7 @@ from defacer.detect.postprocess import EAR_PLAUSIBLE_SD, MIN_VOLUME_MM3, largest
 from defacer.detect.preprocess import mask_box
 from defacer.head import HeadModel, analyse_head, depth_below_surface
 from defacer.labels import Label
+from defacer.side_work import each
 from defacer.volume import voxel_sizes
 
 Box = tuple[slice, slice, slice]
@@ -426,7 +427,8 @@ def add_missing_ears(image: npt.NDArray[np.floating], affine: Affine, labels: La
                      eye_centres: list[npt.NDArray[np.float64]], head: HeadModel | None = None,
                      offset_mm: tuple[float, float] = EAR_OFFSET_MM, *,
                      refine: bool = True, in_place: bool = False,
-                     ears_within: Box | None = None, record_on: HeadModel | None = None) -> tuple[LabelMap, dict[str, str]]:
+                     ears_within: Box | None = None, record_on: HeadModel | None = None,
+                     beside: bool = False) -> tuple[LabelMap, dict[str, str]]:
     """Label from the image the auricle of each side where ``labels`` has no ear, and the whole
     auricle of each ear the network found.
 
@@ -462,6 +464,9 @@ def add_missing_ears(image: npt.NDArray[np.floating], affine: Affine, labels: La
         The head the refined auricles are recorded on for the ear distortion
         (:func:`defacer.auricle.remember_auricle`); default ``head``.  The detector passes the caller's
         head when it searched on its own view of the head (a bright halo lowered).
+    beside : bool
+        Delimit the two sides' auricles side by side, one in a thread of its own (:func:`defacer.side_work.each`;
+        the same auricles, each ear then labelled in turn as in one thread).  Default off.
 
     Returns
     -------
@@ -505,16 +510,21 @@ def add_missing_ears(image: npt.NDArray[np.floating], affine: Affine, labels: La
         _label_image_ear(out, found_here)
         sources[names[side]] = "image"
         missing.remove(side)
-    for side, (crop, component, centre) in present.items() if refine else ():
-        found = auricle_at(image, affine, centre, side * axes[0], head, depth)
+    # each side's auricle delimited from the image alone (the two sides side by side where there are cores for
+    # them: defacer.side_work), then each ear replaced in turn, as before
+    refining = list(present.items()) if refine else []
+    delimited = each(lambda item: auricle_at(image, affine, item[1][2], item[0] * axes[0], head, depth), refining,
+                     beside)
+    for (side, (crop, component, centre)), found in zip(refining, delimited, strict=True):
         replaced = None if found is None else _replace_ear(out, crop, component, found, np.asarray(spacing))
         _, index, direction = _array_frame(affine, centre, side * axes[0])
         if replaced is None or found is None:
             refined.append((crop, None, (index, direction)))
         else:
             refined.append((replaced, _for_distortion(crop, component, found), (index, direction)))
-    for side in missing:
-        near = _search_side(image, affine, origin, axes, side, head, depth, offset_mm)
+    searched = each(lambda side: _search_side(image, affine, origin, axes, side, head, depth, offset_mm), missing,
+                    beside)
+    for side, near in zip(missing, searched, strict=True):
         if near is None:
             continue
         _label_image_ear(out, near)

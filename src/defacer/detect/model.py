@@ -42,6 +42,7 @@ from defacer.errors import DefacerError, InputImageError, WeightsError
 from defacer.files import file_sha256, read_small_text
 from defacer.head import HeadModel, air_ceiling, analyse_head, sharpest_outline_level
 from defacer.labels import FEATURE_LABELS, NUM_CLASSES, Label
+from defacer.side_work import side_by_side
 from defacer.volume import voxel_sizes
 
 WEIGHTS_NAME = "detector.onnx"
@@ -151,6 +152,10 @@ class OnnxDetector:
         ``"attention-unet-onnx:<file name>"``.
     weights_sha256 : str
         sha256 of the weights file.
+    cores : int
+        Cores the detector may use (``threads``, or every core this process may run on); with 2 or more, the
+        stages after the network find the regions' voxels and the two sides' auricles in two threads
+        (:mod:`defacer.side_work`: the same label map).
     class_weights : ndarray, shape (4,)
         Factors on the class probabilities (background, eyes, nose, ears) before every decision,
         from the card's ``class_weights`` (default all 1).
@@ -220,7 +225,7 @@ class OnnxDetector:
 
             # an ensemble's members run side by side, a thread each, where there are cores for them
             # (defacer.detect.ensemble: the same probabilities); else the graph runs as it is
-            cores = _cores(threads)
+            cores = self.cores = _cores(threads)
             members = split_members(path.read_bytes()) if cores >= 2 else None
             self._session: Any = (SideBySide([session(m, max(1, cores // len(members))) for m in members])
                                   if members is not None else session(str(path), max(0, int(threads))))
@@ -374,6 +379,8 @@ class OnnxDetector:
             message = f"The detector needs a 3D image with at least 2 voxels per axis, found shape {image.shape}."
             raise InputImageError(message)
         clock = _StageClock()
+        # independent pieces of the later stages in two threads where there are cores for them (defacer.side_work)
+        beside = self.cores >= 2 and side_by_side()
         # noise holds no face, whatever the network would mark in it: nothing is looked for
         self._last.noise = no_structure(image)
         if self._last.noise is not None:
@@ -405,7 +412,7 @@ class OnnxDetector:
             probs, components, mirrored = self._mirrored_pass(box_image, probs, components, box.affine, doubt)
             clock.stamp("mirrored_pass")
         regions = [(int(FEATURE_LABELS[c.feature]), c.mask) for c in components]
-        labels = box_to_grid(probs, box, image.shape, np.asarray(ras_affine, float), regions)
+        labels = box_to_grid(probs, box, image.shape, np.asarray(ras_affine, float), regions, beside=beside)
         clock.stamp("to_grid")
         # every label lies in the regions' extent: clean that crop only (the whole scan's air level,
         # lifted above the air's own noise on a low-SNR scan)
@@ -432,7 +439,8 @@ class OnnxDetector:
             # them there only, the face refinement never writes one)
             labels, sides = add_missing_ears(image, np.asarray(ras_affine, float), labels, eyes, head=head,
                                              in_place=True, ears_within=extent,
-                                             record_on=shared if lifted and shared is not None else None)
+                                             record_on=shared if lifted and shared is not None else None,
+                                             beside=beside)
             self._last.sources["ears"] = sides
         clock.stamp("ear_fallback")
         self._last.timings = clock.seconds

@@ -23,6 +23,7 @@ from scipy import ndimage as ndi
 
 from defacer._typing import Affine
 from defacer.morphology import dilate, open_cross
+from defacer.side_work import each
 
 #: Network input grid size (voxels along R, A, S).
 BOX_SHAPE: tuple[int, int, int] = (96, 96, 96)
@@ -265,7 +266,7 @@ def labels_to_box(labels: npt.NDArray[np.integer], affine: Affine, box: Box) -> 
 
 
 def box_to_grid(probabilities: npt.NDArray[np.floating], box: Box, shape: tuple[int, int, int], affine: Affine,
-                regions: list[tuple[int, npt.NDArray[np.bool_]]]) -> npt.NDArray[np.uint8]:
+                regions: list[tuple[int, npt.NDArray[np.bool_]]], beside: bool = False) -> npt.NDArray[np.uint8]:
     """Map class probabilities from the box onto an image grid as a label map.
 
     Parameters
@@ -282,6 +283,9 @@ def box_to_grid(probabilities: npt.NDArray[np.floating], box: Box, shape: tuple[
         ``(label, component)`` pairs on the box: each is interpolated only inside its bounding box
         (grown by two box voxels; :func:`grid_window`), and only voxels where ``label`` is more
         probable than every other class (the margin is interpolated trilinearly) get it.
+    beside : bool
+        Find every other region's voxels in a thread of its own (:func:`defacer.side_work.each`; the same voxels,
+        written in the regions' order as in one thread).  Default off.
 
     Returns
     -------
@@ -290,41 +294,57 @@ def box_to_grid(probabilities: npt.NDArray[np.floating], box: Box, shape: tuple[
     """
     out = np.zeros(shape, np.uint8)
     to_box_index = np.linalg.inv(box.affine) @ affine
-    for label, component in regions:
-        window = grid_window(component, box, shape, affine)
-        if window is None:
-            continue
-        g_lo = np.array([w.start for w in window])
-        g_hi = np.array([w.stop for w in window]) - 1
-        # the box voxels the window's voxels fall between (plus one), so interpolating on this crop
-        # of the box gives what interpolating on the whole box gives
-        corners = np.array([[a, b, c, 1.0] for a in (g_lo[0], g_hi[0]) for b in (g_lo[1], g_hi[1])
-                            for c in (g_lo[2], g_hi[2])])
-        reach = (to_box_index @ corners.T).T[:, :3]
-        c_lo = np.maximum(np.floor(reach.min(axis=0)).astype(int) - 1, 0)
-        c_hi = np.minimum(np.ceil(reach.max(axis=0)).astype(int) + 2, np.asarray(box.shape))
-        crop = tuple(slice(int(a), int(b)) for a, b in zip(c_lo, c_hi, strict=True))
-        matrix = to_box_index[:3, :3]
-        offset = matrix @ g_lo + to_box_index[:3, 3] - c_lo
-        sub_shape = tuple(int(w.stop - w.start) for w in window)
-        probs = np.asarray(probabilities[(slice(None), *crop)], np.float32)
-        # margin of this label over the best other class: one interpolation instead of C
-        margin = probs[label] - np.delete(probs, label, axis=0).max(axis=0)
-        allowed = dilate(component[crop]).astype(np.float32)
-        allowed_at = ndi.affine_transform(allowed, matrix, offset=offset, output_shape=sub_shape, order=1,
-                                          mode="constant") > 0.25
-        sub = out[window]
-        if _offset_first() is None:  # a scipy whose coordinates are not known: the margin on the whole window
-            winner = ndi.affine_transform(margin, matrix, offset=offset, output_shape=sub_shape, order=1,
-                                          mode="nearest") > 0
-            sub[winner & allowed_at] = label
-            continue
-        # the margin only where the component allows the label (a third of the window or less): the
-        # values affine_transform gives there, at the coordinates it computes
-        near = np.nonzero(allowed_at)
-        winner = ndi.map_coordinates(margin, sampled_points(matrix, offset, near), order=1, mode="nearest") > 0
-        sub[tuple(index[winner] for index in near)] = label
+
+    # every region's voxels found from the probabilities alone (every other region in a thread of its own where
+    # asked: defacer.side_work), then written in the regions' order, a later one over an earlier one, as before
+    halves = [list(range(0, len(regions), 2)), list(range(1, len(regions), 2))]
+    done = each(lambda part: [_region_winners(probabilities, box, shape, affine, to_box_index, *regions[i]) for i in part],
+                halves, beside and len(regions) > 1)
+    found = {i: result for part, results in zip(halves, done, strict=True) for i, result in zip(part, results, strict=True)}
+    for index, (label, _) in enumerate(regions):
+        result = found[index]
+        if result is not None:
+            window, where = result
+            out[window][where] = label
     return out
+
+
+def _region_winners(probabilities: npt.NDArray[np.floating], box: Box, shape: tuple[int, int, int], affine: Affine,
+                    to_box_index: npt.NDArray[np.float64], label: int, component: npt.NDArray[np.bool_]
+                    ) -> tuple[tuple[slice, ...], Any] | None:
+    """One region of :func:`box_to_grid`: its window on the grid and the window's voxels given ``label`` (a boolean
+    mask of the window, or index arrays), ``None`` where the window lies outside the grid."""
+    window = grid_window(component, box, shape, affine)
+    if window is None:
+        return None
+    g_lo = np.array([w.start for w in window])
+    g_hi = np.array([w.stop for w in window]) - 1
+    # the box voxels the window's voxels fall between (plus one), so interpolating on this crop
+    # of the box gives what interpolating on the whole box gives
+    corners = np.array([[a, b, c, 1.0] for a in (g_lo[0], g_hi[0]) for b in (g_lo[1], g_hi[1])
+                        for c in (g_lo[2], g_hi[2])])
+    reach = (to_box_index @ corners.T).T[:, :3]
+    c_lo = np.maximum(np.floor(reach.min(axis=0)).astype(int) - 1, 0)
+    c_hi = np.minimum(np.ceil(reach.max(axis=0)).astype(int) + 2, np.asarray(box.shape))
+    crop = tuple(slice(int(a), int(b)) for a, b in zip(c_lo, c_hi, strict=True))
+    matrix = to_box_index[:3, :3]
+    offset = matrix @ g_lo + to_box_index[:3, 3] - c_lo
+    sub_shape = tuple(int(w.stop - w.start) for w in window)
+    probs = np.asarray(probabilities[(slice(None), *crop)], np.float32)
+    # margin of this label over the best other class: one interpolation instead of C
+    margin = probs[label] - np.delete(probs, label, axis=0).max(axis=0)
+    allowed = dilate(component[crop]).astype(np.float32)
+    allowed_at = ndi.affine_transform(allowed, matrix, offset=offset, output_shape=sub_shape, order=1,
+                                      mode="constant") > 0.25
+    if _offset_first() is None:  # a scipy whose coordinates are not known: the margin on the whole window
+        winner = ndi.affine_transform(margin, matrix, offset=offset, output_shape=sub_shape, order=1,
+                                      mode="nearest") > 0
+        return window, winner & allowed_at
+    # the margin only where the component allows the label (a third of the window or less): the
+    # values affine_transform gives there, at the coordinates it computes
+    near = np.nonzero(allowed_at)
+    winner = ndi.map_coordinates(margin, sampled_points(matrix, offset, near), order=1, mode="nearest") > 0
+    return window, tuple(index[winner] for index in near)
 
 
 def sampled_points(matrix: npt.NDArray[np.float64], offset: npt.NDArray[np.float64],
