@@ -181,3 +181,21 @@ def test_a_manifest_line_longer_than_defacer_writes_is_skipped_unread(tmp_path: 
     assert "1 line(s) longer than any defacer writes" in caplog.text
     Manifest(path)  # a writable open compacts it: the long line is gone, the records stay
     assert path.stat().st_size < 10_000 and sorted(r.key for r in Manifest(path)) == ["a", "c"]
+
+
+def test_a_manifest_of_more_lines_than_defacer_writes_is_read_up_to_a_bound(tmp_path: Path, caplog) -> None:
+    """Nor was the number of lines bounded (main 3c01852, HOSTILE22: 2 million minimal records took 1.46 GB and 24 s
+    of CPU to read). At most MAX_MANIFEST_LINES lines are read now, with a warning; a scan recorded further on is
+    defaced again (its record is not read)."""
+    import logging
+
+    lines = 1_000_000  # MAX_MANIFEST_LINES
+    path = tmp_path / "m.jsonl"
+    Manifest(path).append(ScanRecord(key="first", status=DONE))
+    with path.open("a", encoding="utf-8") as handle:
+        handle.writelines(f'{{"key": "k{n:07d}", "status": "done"}}\n' for n in range(lines))
+    with caplog.at_level(logging.WARNING):
+        reopened = Manifest(path, read_only=True)
+    assert reopened.get("first") is not None and reopened.get(f"k{lines - 1:07d}") is None
+    assert len(reopened) == lines - 1  # the header line counts
+    assert "longer than any defacer writes (expected at most 1000000 lines" in caplog.text
