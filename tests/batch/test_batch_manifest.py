@@ -199,3 +199,24 @@ def test_a_manifest_of_more_lines_than_defacer_writes_is_read_up_to_a_bound(tmp_
     assert reopened.get("first") is not None and reopened.get(f"k{lines - 1:07d}") is None
     assert len(reopened) == lines - 1  # the header line counts
     assert "longer than any defacer writes (expected at most 1000000 lines" in caplog.text
+
+
+def test_a_disk_that_takes_no_locks_is_no_other_batch_nor_training_run(tmp_path: Path, monkeypatch, caplog) -> None:
+    """flock answering ENOLCK or EOPNOTSUPP (some network shares) was read as "Another defacer batch is writing to
+    ... right now" (and "Another defacer training run"), so every run there was refused (main fe65594, HOSTILE22).
+    Only a lock another process holds refuses now; the batch warns that it runs unlocked."""
+    import errno
+    import fcntl
+    import logging
+
+    from defacer.cli.train import only_run_in
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with caplog.at_level(logging.WARNING), batch_lock(tmp_path / "out" / ".defacer"):
+        pass
+    assert "no file locking on the disk" in caplog.text
+    with only_run_in(tmp_path / "checkpoints"):
+        pass

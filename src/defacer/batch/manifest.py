@@ -226,11 +226,16 @@ def batch_lock(state_dir: Path) -> Iterator[None]:
     with (state_dir / "lock").open("a+") as handle:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
+        except BlockingIOError as err:  # held by another process
             raise OutputError(
                 f"Another defacer batch is writing to '{state_dir.parent}' right now. Wait for it to finish, "
                 "or choose another output folder."
             ) from err
+        except OSError:  # a disk that takes no locks (ENOLCK, EOPNOTSUPP on some network shares): no other batch
+            logging.getLogger(__name__).warning("no file locking on the disk of '%s': do not run two batches on "
+                                                "one OUT", state_dir.parent)
+            yield
+            return
         try:
             yield
         finally:

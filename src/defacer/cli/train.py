@@ -61,9 +61,11 @@ def only_run_in(out: Path) -> Iterator[None]:
         if fcntl is not None and handle is not None:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as err:
+            except BlockingIOError as err:  # held by another process; a disk that takes no locks runs without it
                 raise OutputError(f"Another defacer training run is writing its checkpoints to '{out}' right now "
                                   "(nothing was written). Wait for it to finish, or choose another --out.") from err
+            except OSError:  # ENOLCK, EOPNOTSUPP (some network shares): no other run, train without the lock
+                pass
         yield
     finally:
         if handle is not None:
