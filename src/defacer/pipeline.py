@@ -209,6 +209,19 @@ DEEP_CAP_MARGIN_MM = 10.0
 #: (6 mm changed two labelled heads' ear edits by 304-1,313 voxels; 10 mm takes 132 of the GE CT's 103,851
 #: ear-edit voxels and changes no other head's output).
 DEEP_CAP_EAR_EXTRA_MM = 10.0
+#: Where the envelope (:func:`defacer.head.envelope_head`) holds more than this many times the protection's head
+#: (coarse samples: a head read clearly small), the ear edits are also kept out of the voxels deeper than
+#: ``protect_depth_mm`` below the envelope, decided as below the protection's head (the exact depth in the slack
+#: band, :func:`protected_in_box`).  A contrast that darkens the scalp can make the protection's head the brain itself
+#: (the phantom through gamma 2 and 3: the envelope 2.4-2.6x it); the 10 mm measured from there lie inside the
+#: brain, and the deep caps (20 mm below the envelope) lie deeper than the phantom's 13 mm of scalp and skull at the
+#: side.  The ear rules delimit from that head too (:mod:`defacer.distort_ears`): FACES23's flat-ear rule (de9c2db)
+#: took the phantom's scalp and skull at the side for an auricle of 55 cm^3 there and 67 of its voxels per side were
+#: brain.  Not on every head: the envelope is 1.00-1.10x the head on the unperturbed real heads, and 10 mm below it
+#: cut the roots of real auricles (decubitus-HFS_T1w_dicom's 0.97 / 0.99 -> 0.88 / 0.98 changed with the shipped
+#: detector, fernando_T2w_thick's 0.94 / 0.97 -> 0.92 / 0.96; EARS24, 2026-12-06): the envelope's closing fills
+#: the air behind an auricle and its surface lies out on it there.
+ENVELOPE_PROTECTS_EARS_ABOVE = 1.25
 
 #: Voxels of a label map compared at a time by :func:`_voxels_per_feature` (512 kB of bool, reused).
 COUNT_SLAB_VOXELS = 512 * 1024
@@ -423,6 +436,11 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
         edit_mask = np.zeros(volume.shape, dtype=np.uint8)  # feature label of the last edit writing each voxel
     guard_depth, deep_depth, envelope, envelope_depth = caps.result()
     outside = OutsideSamples.of(guard_depth, guard, spacing)  # searched near each ear edit's band only
+    # the ears' protection below the envelope too where the protection's head was read clearly smaller than it
+    # (ENVELOPE_PROTECTS_EARS_ABOVE): no ear rule can then reach the brain under the real head's surface
+    read_small = float(envelope.sealed_coarse.sum()) / max(1.0, float(guard.sealed_coarse.sum()))
+    envelope_outside = (OutsideSamples.of(envelope_depth, envelope, spacing)
+                        if envelope is not guard and read_small > ENVELOPE_PROTECTS_EARS_ABOVE else None)
     native_boxes = []
     for edit in edits:
         protected_local = protected_in_box(edit, guard, guard_depth, outside, spacing, options.protect_depth_mm)
@@ -432,6 +450,9 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
         # kept 0-6 brain-proxy voxels fewer through gamma 2 / the noise floor on 17 heads but 2-1,458 more on 4,
         # slicer's and uih's ears 26 mm deep; reference auricles unchanged but seg3d's, 0.975 -> 0.969 of voxels)
         protected_local |= guard.upsample(envelope_depth, edit.box) > deep_limit - slack
+        if envelope_outside is not None and edit.feature in EXACT_GATE_FEATURES:
+            protected_local |= protected_in_box(edit, envelope, envelope_depth, envelope_outside, spacing,
+                                                options.protect_depth_mm)
         write = edit.mask & ~protected_local
         native_box = reorientation.box_from_ras(edit.box)
         write_native = reorientation.local_from_ras(write)
@@ -498,7 +519,10 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
                                        "envelope": {"all": deep_limit, "threshold": envelope.threshold,
                                                     "vs_protection_head": round(
                                                         float(envelope.sealed_coarse.sum())
-                                                        / float(guard.sealed_coarse.sum()), 3)}},
+                                                        / float(guard.sealed_coarse.sum()), 3),
+                                                    "ears_protected_below_it_mm": (options.protect_depth_mm
+                                                                                   if envelope_outside is not None
+                                                                                   else None)}},
                        "changed_inside_protected": check.changed_inside_protected,
                        "changed_outside_edits": check.changed_voxels - int(np.count_nonzero(edit_mask))},
         "timings": {k: round(v, 4) for k, v in timings.items()},

@@ -168,3 +168,77 @@ def test_the_skin_written_under_a_removed_auricle_is_the_body_of_the_scans_skin(
     low = np.percentile(before[near], 25)
     assert filled.size > 500
     assert np.mean(filled < low) < 0.02, np.mean(filled < low)  # 0.0; 0.108 when drawn from the 5th percentile up
+
+
+@pytest.mark.realdata
+def test_a_flat_auricle_whose_first_protrusion_is_under_the_volume_rule_is_changed_whole(shared_data) -> None:
+    """otsu_T1w's auricle at the array's low R end (pressed flat; the one a fine-tuned network's ear left at 0.34,
+    docs/model-card.md) detected as a small blob low on it (an ellipsoid of 5 x 10 x 14 mm semi-axes about RAS voxel
+    (12, 90, 20), the tissue in it; that network put its ear about there): what the first delimitation finds
+    standing out from there is under `defacer.auricle.MIN_AURICLE_MM3`, so
+    the ear rule found no auricle and left all but the detection and its layer (0.23 of the auricle changed).  The
+    wider delimitations now run there too and are kept where they hold most of the detected ear
+    (`distort_ears.DETECTED_SHARE`): 0.89 changed.  The head's smooth side with no detection gives nothing."""
+    from defacer.distort_ears import distort_ears, own_auricles
+    from defacer.head import analyse_head, depth_below_surface
+
+    volume = load_volume(shared_data / "heads" / "otsu_T1w.nii.gz")
+    turn = canonical_reorientation(volume.affine, volume.shape)
+    reference = turn.to_ras(np.asarray(load_volume(REFERENCE_LABELS / "otsu_T1w.labels.nii.gz", strict=False).raw, np.uint8))
+    image = turn.values_to_ras(volume, np.float32)
+    assert image.shape == (176, 238, 169) and np.allclose(turn.ras_spacing, 1.0)  # the voxels the points below are in
+    spacing = (1.0, 1.0, 1.0)
+    head = analyse_head(image, spacing)
+    depth = depth_below_surface(head, spacing)
+    regions, _ = ndi.label(reference == Label.EARS)
+    auricle = regions == regions[10:14, 80:110, 30:50].max()  # the reference auricle at low R
+    assert 8000 < auricle.sum() < 12000
+    x, y, z = np.ogrid[: image.shape[0], : image.shape[1], : image.shape[2]]
+    blob = ((x - 12) / 5.0) ** 2 + ((y - 90) / 10.0) ** 2 + ((z - 20) / 14.0) ** 2 <= 1
+    ear = blob & (image > head.threshold)
+    edits = distort_ears(image, ear, head, spacing, np.random.default_rng(0), depth=depth)
+    changed = np.zeros(image.shape, dtype=bool)
+    for edit in edits:
+        changed[edit.box] |= edit.mask
+    assert [(edit.params["auricle_found"], edit.params["auricle_widened"]) for edit in edits] == [(True, True)]  # False before
+    assert changed[auricle].mean() >= 0.85, changed[auricle].mean()  # 0.89; 0.23 before
+    # the wider search is confirmed by the detection: from the same point with no detection given, nothing
+    start = np.argwhere(ear).mean(axis=0)
+    assert own_auricles(image, head, depth, spacing, start, (-1.0, 0.0, 0.0)) == ([], False)
+    # nor where the detection reaches the image's end along the side view (an ear the field of view cuts off)
+    cut = (slice(0, 19), slice(78, 102), slice(4, 38))
+    assert own_auricles(image, head, depth, spacing, start, (-1.0, 0.0, 0.0), detected=(cut, ear[cut])) == ([], False)
+    kept, widened = own_auricles(image, head, depth, spacing, start, (-1.0, 0.0, 0.0),
+                                 detected=((slice(1, 19), *cut[1:]), ear[1:19, 78:102, 4:38]))
+    assert kept and widened  # the same detection one voxel off the end
+
+
+def test_the_side_of_a_head_read_as_its_brain_is_no_flat_auricle(monkeypatch) -> None:
+    """Through gamma 3 the phantom's head is read as its brain (the dark skull parts it from the scalp), and nothing
+    stands out near its ears by the first delimitation; the wider ones, run for a flat ear, take the scalp and skull
+    at the side of the head for an auricle of about 55 cm^3, which holds all of the detected ear.  No auricle is that
+    large (the reference auricles hold 4-16 cm^3): it is refused (`distort_ears.LARGEST_WIDER_AURICLE_MM3`), and
+    the ear edit stays the detected ear with its rim, as before the wider delimitations ran there."""
+    from defacer import distort_ears
+    from defacer.detect.preprocess import normalise
+    from defacer.head import analyse_head, depth_below_surface
+    from defacer.phantom import make_phantom
+
+    phantom = make_phantom(2.0, seed=3)
+    image = np.clip(normalise(phantom.volume.values(np.float32)), 0, None) ** 3.0  # the phantom is made in RAS
+    spacing = (2.0, 2.0, 2.0)
+    head = analyse_head(image, spacing)
+    depth = depth_below_surface(head, spacing)
+    ears = phantom.labels == Label.EARS
+
+    def ear_edits() -> list[dict]:
+        edits = distort_ears.distort_ears(image, ears, head, spacing, np.random.default_rng(0), depth=depth)
+        return [edit.params for edit in edits]
+
+    refused = ear_edits()
+    assert [p["auricle_found"] for p in refused] == [False, False]
+    assert all(p["voxels"] < 4000 for p in refused), [p["voxels"] for p in refused]  # 3,093 each
+    monkeypatch.setattr(distort_ears, "LARGEST_WIDER_AURICLE_MM3", np.inf)
+    taken = ear_edits()
+    assert [p["auricle_found"] for p in taken] == [True, True]
+    assert all(p["auricle_voxels_from_image"] * 8.0 > 40000 for p in taken), taken  # 6,835 voxels of 8 mm^3

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from deep_changes import deface_through
+from truth_detector import TruthDetector
 
 from defacer.detect.preprocess import normalise
 from defacer.head import analyse_head, block_means, envelope_head
@@ -65,3 +66,49 @@ def test_block_means_are_centred_on_the_coarse_samples():
     assert means[0, 0, 0] == pytest.approx(float(image[0:2, 0:2, 0:1].mean()), rel=1e-5)
     # ... and the last one runs to the edge
     assert means[-1, -1, -1] == pytest.approx(float(image[6:, 5:, 5:].mean()), rel=1e-5)
+
+
+def _slab_ear_edits(phantom, into_brain_mm: float):
+    """A stand-in ear rule that grew as far as any rule might: per side, every voxel from the image's side face to
+    ``into_brain_mm`` inside the phantom's brain (under 5 mm of scalp and 6 of skull, 13 mm in at the side), over
+    the ears' extent along A and S, set to 0."""
+    from defacer.distort import Edit
+    from defacer.labels import Label
+
+    ears = phantom.labels == Label.EARS
+    brain_x = np.nonzero(phantom.brain.any(axis=(1, 2)))[0]
+    steps = round(into_brain_mm / 2.0)  # the phantom's 2 mm voxels
+    edits = []
+    for x, side in ((slice(0, int(brain_x.min()) + steps), slice(0, ears.shape[0] // 2)),
+                    (slice(int(brain_x.max()) + 1 - steps, ears.shape[0]), slice(ears.shape[0] // 2, None))):
+        y, z = np.nonzero(ears[side].any(axis=0))
+        box = (x, slice(int(y.min()), int(y.max()) + 1), slice(int(z.min()), int(z.max()) + 1))
+        shape = tuple(s.stop - s.start for s in box)
+        edits.append(Edit("ears", box, np.ones(shape, dtype=bool), np.zeros(shape, dtype=np.float32)))
+    assert all(phantom.brain[e.box].sum() > 100 for e in edits), "the stand-in reaches into the brain"
+    return edits
+
+
+def test_an_ear_edit_never_reaches_the_brain_whatever_rule_grew_it(phantom, monkeypatch):
+    """Through gamma 3 the protection's head is the phantom's brain (0.39x the envelope), so the 10 mm protected
+    below it lie inside the brain, and the deep caps (20 mm below the envelope, 30 below the head closed across
+    30 mm gaps) lie deeper than its 13 mm of scalp and skull at the side: an ear edit reaching 6 mm into the brain
+    changed 168 of its voxels before the ears were also protected 10 mm below the envelope where it holds a head read
+    clearly small (pipeline.ENVELOPE_PROTECTS_EARS_ABOVE; FACES23's flat-ear delimitation, de9c2db, grew an edit
+    from the head read as the brain there)."""
+    from defacer import pipeline
+
+    monkeypatch.setattr(pipeline, "distort_ears", lambda *a, **k: _slab_ear_edits(phantom, 6.0))
+    through = deface_through(phantom, _gamma(phantom, 3.0))
+    ears = [e for e in through.result.provenance["edits"] if e["feature"] == "ears"]
+    assert through.result.provenance["protection"]["deep_cap_mm"]["envelope"]["vs_protection_head"] > 2.0
+    assert not (through.changed & phantom.brain).any(), int((through.changed & phantom.brain).sum())
+    assert all(e["voxels_written"] > 2000 for e in ears), "the scalp over the brain still changes"
+    assert through.result.provenance["protection"]["deep_cap_mm"]["envelope"]["ears_protected_below_it_mm"] == 10.0
+    # on the clean phantom (the envelope 1.0x the protection's head) the ears are protected below that head only:
+    # the same voxels are written as without the envelope's protection of the ears
+    assert through.clean.provenance["protection"]["deep_cap_mm"]["envelope"]["ears_protected_below_it_mm"] is None
+    clean = [e["voxels_written"] for e in through.clean.provenance["edits"] if e["feature"] == "ears"]
+    monkeypatch.setattr(pipeline, "ENVELOPE_PROTECTS_EARS_ABOVE", np.inf)
+    unguarded = pipeline.deface(phantom.volume, TruthDetector(phantom.labels))
+    assert clean == [e["voxels_written"] for e in unguarded.provenance["edits"] if e["feature"] == "ears"]
