@@ -540,3 +540,49 @@ def test_the_network_pieces_beside_a_misplaced_ear_go_with_it(phantom) -> None:
     assert ears[truth & (x > 0)].mean() >= 0.5  # the auricle is labelled
     assert ndi.label(ears & (x > 0))[1] == 1  # one ear on the side
     assert ears[truth & (x < 0)].mean() >= 0.9  # the other side's ear is left alone
+
+
+def _jaw_ear(keep_left: bool, cut: bool) -> tuple[np.ndarray, dict[str, str], tuple[slice, slice, slice], np.ndarray]:
+    """The phantom 2 mm with, in the network's map, a piece of the right jaw as the right ear (512 mm^3, 78 mm below
+    and 48 mm behind the eyes' midpoint in their frame: 7.1 SD from where ears lie, 86 mm from the left ear's mirror)
+    and the left ear kept or not; with ``cut`` the head moved 25 mm right in the field, which then ends 1 mm beyond the
+    head's right side (the right auricle out of view, as beyond a field narrowed to 160 mm left-right), else the right
+    auricle removed from the image (an ear pressed flat: the field holds where it would be)."""
+    made = make_phantom(2.0, shift_mm=(25.0, 0.0, 0.0) if cut else (0.0, 0.0, 0.0))
+    eyes = [e + [25.0 if cut else 0.0, 0.0, 0.0] for e in EYES]
+    x = (np.arange(made.labels.shape[0]) * made.volume.affine[0, 0] + made.volume.affine[0, 3])[:, None, None]
+    x = x - (25.0 if cut else 0.0)  # from the head's midline
+    truth = made.labels == Label.EARS
+    image = made.volume.values(np.float32).copy()
+    if not cut:
+        image[truth & (x > 0)] = 0.0
+    affine = made.volume.affine
+    network = made.labels.copy()
+    network[truth & ((x > 0) | (not keep_left))] = 0
+    jaw = _skin_piece(image, affine, 20.0, -85.0, (-3, 1), (-2, 2))
+    network[jaw] = Label.EARS
+    out, sources = add_missing_ears(image, affine, network, eyes)
+    return out, sources, jaw, truth & (x < 0)
+
+
+def test_a_network_ear_on_the_jaw_where_the_field_ends_at_the_ear_is_dropped() -> None:
+    """Issue 15: held out with the field narrowed to 160 mm left-right, ixi013_T1w_2mm's right auricle lay mostly
+    outside the field and the network's only right "ear" was a 453 mm^3 piece of the jaw 6.8 SD from where ears lie
+    and 89 mm from the left ear's mirror: the image search found no auricle there and the piece stayed, an extra ear.
+    A side's network ear beyond EAR_FAR_SD that does not mirror the other side's plausibly placed ear now goes where
+    the image shows no auricle and the field ends at the predicted ear (before: it stayed, ``"network"``)."""
+    out, sources, jaw, left = _jaw_ear(keep_left=True, cut=True)
+    assert sources == {"right": "none", "left": "network"}
+    assert not (out[jaw] == Label.EARS).any()
+    assert (out[left] == Label.EARS).mean() >= 0.9  # the left ear stays
+    assert ndi.label(out == Label.EARS)[1] == 1
+
+
+def test_a_network_ear_on_the_jaw_stays_where_the_field_holds_the_ear_or_no_ear_mirrors_it() -> None:
+    """No ear is dropped where the field holds the predicted ear's place (mricrogl_CT, a CT nodded 17 degrees, turned
+    20 degrees more: its real left ear lies 6.6 SD from where ears lie, 30+ mm from the right one's mirror), nor
+    where the other side has no ear to mirror: the jaw piece stays the side's ear."""
+    for keep_left, cut in ((True, False), (False, True)):
+        out, sources, jaw, _ = _jaw_ear(keep_left=keep_left, cut=cut)
+        assert sources["right"] == "network"
+        assert (out[jaw] == Label.EARS).all()

@@ -14,7 +14,10 @@ no ear lies in the eyes' frame (and only when both eyes were found) this module:
    holds at least :data:`MIN_EAR_MM3`; otherwise the ear stays not found.  A head whose field of
    view cuts the ears, or an ear pressed flat against the head, gives no ear.  A network crumb or
    misplaced ear gives way only to an auricle found this way that shares no voxel with it;
-   otherwise it stays (and is refined as below).
+   otherwise it stays (and is refined as below), unless it lies where no ear lies (beyond :data:`EAR_FAR_SD`), does
+   not mirror the other side's plausibly placed ear, and the field of view ends at the predicted ear
+   (:func:`_field_ends_at_ear`): then the side keeps no ear (the auricle is out of view; what the network marks in
+   view there is the jaw or neck).
 
 Each ear the network found is replaced by the auricle the reference labels' rule delimits near its
 centroid (``refine``; :func:`defacer.auricle.delimit_auricle` with ``reference_mask``: the network
@@ -47,7 +50,7 @@ from defacer.auricle import (
     remember_auricle,
 )
 from defacer.detect.frame import EAR_OFFSET_MM, ear_offset_score, eye_frame
-from defacer.detect.postprocess import EAR_PLAUSIBLE_SD, MIN_VOLUME_MM3, largest_part
+from defacer.detect.postprocess import EAR_ASYMMETRY_MM, EAR_PLAUSIBLE_SD, MIN_VOLUME_MM3, largest_part
 from defacer.detect.preprocess import mask_box
 from defacer.head import HeadModel, analyse_head, depth_below_surface
 from defacer.labels import Label
@@ -375,6 +378,13 @@ def _for_distortion(crop: Box, component: Mask, found: Auricle) -> Auricle:
 #: component the network's map may keep, :data:`defacer.detect.postprocess.MIN_VOLUME_MM3`; the network's
 #: ears on the 11 held-out heads hold 1,137-12,000 mm^3, 440-683 mm^3 on heads turned 30 or pitched 20 degrees).
 CRUMB_MM3 = MIN_VOLUME_MM3["ears"]
+#: A network ear this many standard deviations or more from where ears lie in the eyes' frame, on a side where the
+#: image shows no auricle and the field of view ends at the predicted ear (:func:`_field_ends_at_ear`), is dropped
+#: when it does not mirror the other side's plausibly placed ear (:func:`_out_of_place`).
+EAR_FAR_SD = 6.0
+#: How far outward of the head's lateral surface, at the predicted ear, the field of view must reach for the ear to be
+#: in view, in mm (the reference auricles stand up to about 20 mm off the head).
+FIELD_EAR_MM = 20.0
 
 
 def _touches(a: tuple[Box, Mask], b: tuple[Box, Mask]) -> bool:
@@ -414,6 +424,68 @@ def _clear_side(out: LabelMap, affine: Affine, origin: npt.NDArray[np.float64], 
     if gone.size:
         region = out[extent]
         region[np.isin(parts, gone)] = 0
+
+
+def _up_front(centre: npt.NDArray[np.float64], origin: npt.NDArray[np.float64],
+              axes: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """A centre's (anterior, up) offset from the eyes' midpoint in their frame, in mm."""
+    return np.asarray(axes[1:] @ (np.asarray(centre, float) - origin), np.float64)
+
+
+def _unmirrored(present: dict[int, tuple[Box, Mask, npt.NDArray[np.float64]]], origin: npt.NDArray[np.float64],
+                axes: npt.NDArray[np.float64]) -> set[int]:
+    """The side (a set of at most one) whose network ear does not mirror the other side's.
+
+    With an ear on both sides, the one further from where ears lie in the eyes' frame (:func:`defacer.detect.frame.
+    ear_offset_score`) is doubtful where the other lies within :data:`defacer.detect.postprocess.EAR_PLAUSIBLE_SD`
+    and the two (anterior, up) offsets differ by more than :data:`defacer.detect.postprocess.EAR_ASYMMETRY_MM` (a
+    pitched head turns both ears alike: they stay a pair).
+
+    Returns
+    -------
+    set of int
+        ``{side}`` (+1 along the eye axis, -1 against it) or empty.
+    """
+    if len(present) != 2:
+        return set()
+    score = {side: ear_offset_score(centre, origin, axes) for side, (_, _, centre) in present.items()}
+    anchor = min(score, key=lambda side: score[side])
+    other = -anchor
+    if score[anchor] > EAR_PLAUSIBLE_SD or score[other] <= score[anchor]:
+        return set()
+    apart = np.linalg.norm(_up_front(present[other][2], origin, axes) - _up_front(present[anchor][2], origin, axes))
+    return {other} if apart > EAR_ASYMMETRY_MM else set()
+
+
+def _field_ends_at_ear(origin: npt.NDArray[np.float64], axes: npt.NDArray[np.float64], side: int, head: HeadModel,
+                       depth: npt.NDArray[np.float32], affine: Affine, shape: tuple[int, ...],
+                       offset_mm: tuple[float, float]) -> bool:
+    """Whether the field of view ends within :data:`FIELD_EAR_MM` outward of the head's lateral surface where the eyes
+    say ``side``'s ear lies (:func:`lateral_surface`), or the line there never meets the head: the auricle, which
+    stands up to about 20 mm off the head, is then mostly out of view."""
+    surface = lateral_surface(origin, axes, side, head, depth, affine, shape, offset_mm)
+    if surface is None:
+        return True
+    inv = np.linalg.inv(np.asarray(affine, float))
+    points = surface[None, :] + side * np.arange(0.0, FIELD_EAR_MM + 1.0, 1.0)[:, None] * axes[0][None, :]
+    ijk = np.rint(points @ inv[:3, :3].T + inv[:3, 3]).astype(int)
+    return not bool(np.all((ijk >= 0) & (ijk < np.asarray(shape[:3]))))
+
+
+def _out_of_place(present: dict[int, tuple[Box, Mask, npt.NDArray[np.float64]]], side: int,
+                  origin: npt.NDArray[np.float64], axes: npt.NDArray[np.float64]) -> bool:
+    """Whether ``side``'s network ear lies where no ear lies (beyond :data:`EAR_FAR_SD`) and does not mirror the other
+    side's, which lies where ears lie (:func:`_unmirrored`): the jaw or neck, not an ear (the caller also asks that
+    the field end at that side's ear, :func:`_field_ends_at_ear`).
+
+    Held out with the field narrowed to 160 mm left-right, ixi013_T1w_2mm's right auricle lay mostly outside the field
+    and the network's only right "ear" was a 453 mm^3 piece of the jaw, 6.8 SD from where ears lie and 89 mm from the
+    left ear's mirror (the left at 0.9 SD); the image search found no auricle on that side.  On no unperturbed held-out
+    head does a network ear lie beyond 3.0 SD.  Without the field's end as a condition, mricrogl_CT (a CT nodded 17
+    degrees) turned 20 degrees more lost its left ear, found, at 6.6 SD and 30+ mm from the right one's mirror.
+    """
+    return (side in _unmirrored(present, origin, axes)
+            and ear_offset_score(present[side][2], origin, axes) > EAR_FAR_SD)
 
 
 def _label_image_ear(out: LabelMap, found: tuple[Box, Mask]) -> None:
@@ -501,6 +573,13 @@ def add_missing_ears(image: npt.NDArray[np.floating], affine: Affine, labels: La
     refined: list[tuple[Box, Auricle | None, Seed]] = []
     for side in sorted(crumbs & set(missing)):
         found_here = _search_side(image, affine, origin, axes, side, head, depth, offset_mm)
+        if (found_here is None and _out_of_place(present, side, origin, axes)
+                and _field_ends_at_ear(origin, axes, side, head, depth, affine, image.shape, offset_mm)):
+            _clear_side(out, affine, origin, axes, side, ears_within)  # no ear in view there: none is kept
+            present.pop(side)
+            sources[names[side]] = "none"
+            missing.remove(side)
+            continue
         if found_here is None or _touches(found_here, present[side][:2]):
             missing.remove(side)  # the network's ear stays
             continue
