@@ -114,6 +114,19 @@ def check_owned(qc_root: Path, targets: Iterable[Path]) -> None:
 QC_FOLDER_MODE = 0o700
 
 
+def _make_qc_folder(qc_root: Path) -> bool:
+    """Create the QC folder ``qc_root`` with exactly :data:`QC_FOLDER_MODE` (whatever the umask), and the folders
+    above it with the usual permissions; whether this call created it (``False``: another process made it
+    meanwhile, and its permissions stay)."""
+    make_folders(qc_root.parent)
+    try:
+        qc_root.mkdir(mode=QC_FOLDER_MODE)
+    except FileExistsError:
+        return False
+    os.chmod(qc_root, QC_FOLDER_MODE)  # exactly, whatever the umask removed from mkdir's mode
+    return True
+
+
 def claim(qc_root: Path, targets: Iterable[Path]) -> None:
     """Check ``targets`` (:func:`check_owned`), then list them in the QC folder's record, before any is written.
 
@@ -129,13 +142,7 @@ def claim(qc_root: Path, targets: Iterable[Path]) -> None:
     paths = list(targets)
     check_owned(qc_root, paths)
     if not os.path.lexists(qc_root):
-        make_folders(qc_root.parent)
-        try:
-            qc_root.mkdir(mode=QC_FOLDER_MODE)
-        except FileExistsError:  # made by another process meanwhile: its permissions stay
-            pass
-        else:
-            os.chmod(qc_root, QC_FOLDER_MODE)  # exactly, whatever the umask removed from mkdir's mode
+        _make_qc_folder(qc_root)
     else:
         warn_if_shared(qc_root)
     _record(qc_root).add(paths)
@@ -175,16 +182,8 @@ def held(qc_root: Path, *, what: str) -> Iterator[bool]:
         yield not os.path.lexists(qc_root)
         return
     for _ in range(3):
-        created = False
-        if not os.path.lexists(qc_root):
-            make_folders(qc_root.parent)
-            try:
-                qc_root.mkdir(mode=QC_FOLDER_MODE)
-            except FileExistsError:  # made by another run meanwhile: its lock decides
-                pass
-            else:
-                created = True
-                os.chmod(qc_root, QC_FOLDER_MODE)  # exactly, whatever the umask removed from mkdir's mode
+        # made by another run meanwhile (created False): its lock decides
+        created = _make_qc_folder(qc_root) if not os.path.lexists(qc_root) else False
         handle = os.open(qc_root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0))
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
