@@ -438,9 +438,10 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
     outside = OutsideSamples.of(guard_depth, guard, spacing)  # searched near each ear edit's band only
     # the ears' protection below the envelope too where the protection's head was read clearly smaller than it
     # (ENVELOPE_PROTECTS_EARS_ABOVE): no ear rule can then reach the brain under the real head's surface
-    read_small = float(envelope.sealed_coarse.sum()) / max(1.0, float(guard.sealed_coarse.sum()))
+    # (one ratio serves that decision and the sidecar's "vs_protection_head")
+    envelope_vs_guard = float(envelope.sealed_coarse.sum()) / max(1.0, float(guard.sealed_coarse.sum()))
     envelope_outside = (OutsideSamples.of(envelope_depth, envelope, spacing)
-                        if envelope is not guard and read_small > ENVELOPE_PROTECTS_EARS_ABOVE else None)
+                        if envelope is not guard and envelope_vs_guard > ENVELOPE_PROTECTS_EARS_ABOVE else None)
     native_boxes = []
     for edit in edits:
         protected_local = protected_in_box(edit, guard, guard_depth, outside, spacing, options.protect_depth_mm)
@@ -517,9 +518,7 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
                        "deep_cap_mm": {"eyes_nose": deep_limit, "ears": deep_limit + DEEP_CAP_EAR_EXTRA_MM,
                                        "closing_radius_mm": DEEP_SEAL_RADIUS_MM,
                                        "envelope": {"all": deep_limit, "threshold": envelope.threshold,
-                                                    "vs_protection_head": round(
-                                                        float(envelope.sealed_coarse.sum())
-                                                        / float(guard.sealed_coarse.sum()), 3),
+                                                    "vs_protection_head": round(envelope_vs_guard, 3),
                                                     "ears_protected_below_it_mm": (options.protect_depth_mm
                                                                                    if envelope_outside is not None
                                                                                    else None)}},
