@@ -64,7 +64,7 @@ def own_label_map(folder: Path, name: str, option: str) -> Path | None:
         :func:`defacer.files.link_outside`): it is not read, as :func:`defacer.verify.evaluate.find_scans` leaves
         out a scan linked out of FOLDER.
     """
-    path = label_map_in(folder, name)
+    path = label_map_in(folder, name, within=folder)
     if path is not None and link_outside(path, folder) is not None:
         raise DefacerError(f"The label map '{shown(path.name)}' in {option} '{shown(folder)}' is a symbolic link to "
                            f"a file outside that folder: not read (expected the label maps inside {option}; defacer "

@@ -66,13 +66,27 @@ def label_ending(name: str) -> str | None:
     return next((ending for ending in LABEL_ENDINGS if lower.endswith(ending)), None)
 
 
-def label_map_in(folder: PathLike, stem: str) -> Path | None:
-    """The label map ``<folder>/<stem><ending>`` for the first of :data:`LABEL_ENDINGS` that is a file, or ``None``."""
-    for ending in LABEL_ENDINGS:
-        candidate = Path(folder) / f"{stem}{ending}"
-        if candidate.is_file():
-            return candidate
-    return None
+def label_map_in(folder: PathLike, stem: str, *, within: PathLike | None = None) -> Path | None:
+    """The label map ``<folder>/<stem><ending>`` for the first of :data:`LABEL_ENDINGS` that is a file, or ``None``.
+
+    Parameters
+    ----------
+    folder : path-like
+        The folder holding the maps.
+    stem : str
+        The scan's name without its image ending.
+    within : path-like, optional
+        The folder the user gave (``--labels-dir``): the first map that is no symbolic link out of it
+        (:func:`link_outside`) is taken, so a map with a later ending that the folder holds itself wins over a
+        linked-out one with an earlier ending (which used to be taken, then refused).  When every map there leads
+        out, the first is returned all the same, for the caller to refuse in words.
+    """
+    found = [Path(folder) / f"{stem}{ending}" for ending in LABEL_ENDINGS]
+    found = [candidate for candidate in found if candidate.is_file()]
+    if within is not None:
+        inside = [candidate for candidate in found if link_outside(candidate, within) is None]
+        found = inside or found
+    return found[0] if found else None
 
 
 def image_suffix(name: str, *, dicom: bool = False) -> str:

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from defacer.batch.manifest import DONE, FAILED, Manifest
 from defacer.cli.main import main
+from defacer.errors import DefacerError
 from defacer.phantom import make_phantom, save_phantom
 
 
@@ -60,3 +62,40 @@ def test_a_label_map_linked_out_of_the_labels_folder_is_not_read_and_fails_only_
     assert "secret" not in (out / ".defacer" / "summary.html").read_text(encoding="utf-8")
     assert not any("secret" in p.name for p in out.rglob("*"))
     assert os.path.islink(labels / "sub-01/anat/sub-01_T1w.labels.nii.gz")  # the user's link stays
+
+
+def test_a_linked_out_map_does_not_hide_the_folders_own_map_of_another_ending(tmp_path: Path, capsys) -> None:
+    """``sub-01_T1w.labels.nii.gz`` links out of DIR, ``sub-01_T1w.labels.nii`` is DIR's own (HOSTILE25).
+
+    Before: the first ending was taken, found to lead out, and the scan failed ("not read ... cp -L") although the
+    folder held the scan's own map; now the in-folder map is used (and the linked one still never read)."""
+    import hashlib
+
+    from defacer.evaluate import own_label_map
+
+    ds, labels, private = tmp_path / "ds", tmp_path / "labels", tmp_path / "private"
+    (ds / "sub-01" / "anat").mkdir(parents=True)
+    private.mkdir()
+    save_phantom(make_phantom(4.0), ds / "sub-01/anat/sub-01_T1w.nii.gz", tmp_path / "l01.nii.gz")
+    (ds / "dataset_description.json").write_text(json.dumps({"Name": "p", "BIDSVersion": "1.8.0"}))
+    (labels / "sub-01" / "anat").mkdir(parents=True)
+    own = labels / "sub-01/anat/sub-01_T1w.labels.nii"
+    nib.save(nib.load(tmp_path / "l01.nii.gz"), own)  # the real map, uncompressed, in DIR
+    empty = nib.load(tmp_path / "l01.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros(empty.shape, np.uint8), empty.affine), private / "other.labels.nii.gz")
+    (labels / "sub-01/anat/sub-01_T1w.labels.nii.gz").symlink_to(private / "other.labels.nii.gz")
+    assert own_label_map(labels / "sub-01" / "anat", "sub-01_T1w", "--labels-dir") == own
+    out = tmp_path / "out"
+    code = main(["batch", str(ds), str(out), "--labels-dir", str(labels), "-q"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    records = {r.key: r for r in Manifest(out / ".defacer" / "manifest.jsonl", read_only=True)}
+    record = records["sub-01/anat/sub-01_T1w.nii.gz"]
+    assert record.status == DONE, record.error
+    assert hashlib.sha256(own.read_bytes()).hexdigest() in json.dumps(record.provenance)
+    done = nib.load(out / "sub-01/anat/sub-01_T1w.nii.gz")
+    assert not np.array_equal(np.asarray(done.dataobj), np.asarray(nib.load(ds / "sub-01/anat/sub-01_T1w.nii.gz").dataobj))
+    # with only the linked-out map left, it is refused in words, as before
+    own.unlink()
+    with pytest.raises(DefacerError, match="symbolic link to a file outside that folder"):
+        own_label_map(labels / "sub-01" / "anat", "sub-01_T1w", "--labels-dir")

@@ -258,7 +258,7 @@ def labels_for(scan: Scan, labels_dir: Path | None) -> Path | None:
         return None
     folder = labels_dir / scan.relpath.parent
     stem = image_stem(scan.relpath.name) if scan.kind == "file" else scan.path.name
-    return label_map_in(folder, stem)
+    return label_map_in(folder, stem, within=labels_dir)
 
 
 def linked_out_labels(labels: Path, labels_dir: Path) -> str:
