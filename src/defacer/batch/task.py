@@ -361,6 +361,26 @@ def check_output_names(task: ScanTask) -> None:
                       retain_uids=task.deidentify.profile.retain_uids)
 
 
+@contextlib.contextmanager
+def _scan_qc_held(task: ScanTask) -> Iterator[None]:
+    """With ``--verify``, hold the scan's QC folder (``OUT-qc/<scan>/``) locked while the scan is defaced and
+    verified (:func:`defacer.verify.qc.held`, the lock ``deface --verify`` and ``defacer verify`` take).
+
+    The batch's own lock covers OUT only: a ``defacer verify ... --out OUT-qc/<scan>`` run by hand meanwhile wrote
+    into the same folder as the batch's worker, one's report and pictures over the other's (HOSTILE25).  Now
+    whichever comes second is refused before it writes anything there; for the batch, that scan fails in words
+    (nothing written for it) and is done again by the next run.
+    """
+    if task.verify_dir is None:
+        yield
+        return
+    from defacer.verify.qc import held
+
+    with held(task.verify_dir, what="run the batch again then (this scan is done again)",
+              nothing="Nothing was written for this scan; the other scans are defaced as usual."):
+        yield
+
+
 def _run(task: ScanTask, record: ScanRecord) -> None:
     """Fill ``record`` with the outcome of defacing the scan (status, files, provenance or error)."""
     start = time.perf_counter()
@@ -376,19 +396,20 @@ def _run(task: ScanTask, record: ScanRecord) -> None:
         if task.refusal is not None:
             raise OutputError(task.refusal)
         check_output_names(task)
-        t0 = time.perf_counter()
-        provenance = _deface(task)
-        record.provenance = dict(provenance or {})
-        record.timings["deface"] = time.perf_counter() - t0
-        if task.sidecar is not None and task.sidecar_data is not None:
-            write_json_atomic(task.sidecar, task.sidecar_data)
-        if task.verify_dir is not None:
+        with _scan_qc_held(task):
             t0 = time.perf_counter()
-            try:
-                _verify_with_retry(task, record)
-            finally:
-                drop_labels_if_after_only(task)
-            record.timings["verify"] = time.perf_counter() - t0
+            provenance = _deface(task)
+            record.provenance = dict(provenance or {})
+            record.timings["deface"] = time.perf_counter() - t0
+            if task.sidecar is not None and task.sidecar_data is not None:
+                write_json_atomic(task.sidecar, task.sidecar_data)
+            if task.verify_dir is not None:
+                t0 = time.perf_counter()
+                try:
+                    _verify_with_retry(task, record)
+                finally:
+                    drop_labels_if_after_only(task)
+                record.timings["verify"] = time.perf_counter() - t0
         record.outputs = [stamp(p, task.out_root) for p in output_files(task)]
         record.status = DONE
     except FeaturesNotFoundError as err:

@@ -149,7 +149,7 @@ def claim(qc_root: Path, targets: Iterable[Path]) -> None:
 
 
 @contextlib.contextmanager
-def held(qc_root: Path, *, what: str) -> Iterator[bool]:
+def held(qc_root: Path, *, what: str, nothing: str = "Nothing was written by this run.") -> Iterator[bool]:
     """Hold an exclusive lock on the QC folder ``qc_root`` (created, 0700, when absent) while a run writes into it.
 
     Two ``deface --verify`` runs into one output (a script started twice, a rerun while the first still verifies)
@@ -165,6 +165,8 @@ def held(qc_root: Path, *, what: str) -> Iterator[bool]:
         The QC folder; its parents are made when missing (:func:`missing_folders_above` says which).
     what : str
         What to do instead, ending the refusal (``"choose another output"``).
+    nothing : str
+        What the refused run wrote (a batch: nothing for that scan, the others as usual).
 
     Yields
     ------
@@ -191,8 +193,8 @@ def held(qc_root: Path, *, what: str) -> Iterator[bool]:
             os.close(handle)
             raise OutputError(
                 f"Another defacer run is writing into the QC folder '{text_name(str(qc_root))}' right now (expected: "
-                "no other run verifying this output; found: the folder is locked by another process). Nothing was "
-                f"written by this run. Wait for that run to finish, or {what}.") from err
+                "no other run verifying this output; found: the folder is locked by another process). "
+                f"{nothing} Wait for that run to finish, or {what}.") from err
         except OSError:  # a disk that takes no locks (ENOLCK, EOPNOTSUPP on some network shares): run without it
             log.debug("the QC folder '%s' cannot be locked on this disk", text_name(str(qc_root)))
             break
