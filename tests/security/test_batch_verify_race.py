@@ -114,11 +114,12 @@ def test_a_batch_scan_whose_qc_folder_another_run_holds_fails_in_words_and_the_o
     (ds / "dataset_description.json").write_text(json.dumps({"Name": "p", "BIDSVersion": "1.8.0"}))
     out = tmp_path / "out"
     held_qc = tmp_path / "out-qc" / "sub-01__anat__sub-01_T1w"
+    held_qc.parent.mkdir(mode=0o700)  # as a batch makes it (no warning about its permissions)
     with qc.held(held_qc, what="choose another --out"):
         code = main(["batch", str(ds), str(out), "--labels-dir", str(labels), "--verify", "-q"])
         left = sorted(p.name for p in held_qc.iterdir())
     err = capsys.readouterr().err
-    assert code == 1 and "Traceback" not in err
+    assert code == 1 and "Traceback" not in err, err
     records = {r.key: r for r in Manifest(out / ".defacer" / "manifest.jsonl", read_only=True)}
     failed = records["sub-01/anat/sub-01_T1w.nii.gz"]
     assert failed.status == FAILED and "Another defacer run is writing into the QC folder" in failed.error

@@ -17,13 +17,15 @@ import logging
 import multiprocessing
 import os
 import signal
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from typing import Any
 
 from defacer.batch.manifest import ScanRecord
-from defacer.batch.task import ScanTask, failed_record, init_worker, process_scan
+from defacer.batch.task import ScanStopped, ScanTask, failed_record, init_worker, process_scan
 from defacer.errors import DefacerError, MissingExtraError
 
 log = logging.getLogger(__name__)
@@ -204,14 +206,25 @@ def run_dask(
             "and that 'dask scheduler' is running, or use --scheduler local."
         ) from err
     try:
-        _submit_all(client, distributed, tasks, on_result)
+        if scheduler == "local":  # its own workers: closing the cluster stops them
+            _submit_all(client, distributed, tasks, on_result)
+        else:  # a cluster it does not own: its running scans are asked to stop, and waited for
+            stop_event = f"defacer-batch-stop-{uuid.uuid4().hex}"
+            _submit_all(client, distributed, [dataclasses.replace(task, stop_event=stop_event) for task in tasks],
+                        on_result, stop_event=stop_event)
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
 
 
-def _submit_all(client: object, distributed: object, tasks: Sequence[ScanTask], on_result: OnResult) -> None:
+#: How long an interrupted batch waits for the scans a cluster it does not own is running to stop at their next
+#: step (a step of a large head: a minute or two), holding its lock on OUT; Ctrl-C again stops waiting.
+STOP_WAIT_S = 300.0
+
+
+def _submit_all(client: object, distributed: object, tasks: Sequence[ScanTask], on_result: OnResult, *,
+                stop_event: str | None = None) -> None:
     futures = {}
     for task in tasks:
         future = client.submit(process_scan, task, pure=False, retries=MAX_ATTEMPTS - 1)  # type: ignore[attr-defined]
@@ -228,5 +241,47 @@ def _submit_all(client: object, distributed: object, tasks: Sequence[ScanTask], 
                                        "WorkerDied")
             on_result(record)
     except BaseException:
+        if stop_event is not None:
+            _stop_running(client, distributed, futures, on_result, stop_event)
         client.cancel(list(futures))  # type: ignore[attr-defined]
         raise
+
+
+def _stop_running(client: Any, distributed: Any, futures: dict[Any, ScanTask], on_result: OnResult,
+                  stop_event: str) -> None:
+    """After an interruption, stop the batch's scans on a cluster it does not own before the batch ends.
+
+    Dask cannot stop a task a worker runs (``cancel`` only forgets it): a scan went on and wrote its output, report
+    and pictures into OUT and OUT-qc after the batch had ended and released its lock.  The Event ``stop_event`` is
+    set (each scan looks at it between its steps, :func:`defacer.batch.task._stop_if_asked`), the scans not yet
+    on a worker are cancelled, and those on one are waited for, up to :data:`STOP_WAIT_S` (Ctrl-C again: not
+    longer).  A scan that finished meanwhile is recorded (``on_result``); one that stopped is not (done again by
+    the next run).
+    """
+    try:
+        distributed.Event(stop_event, client=client).set()
+        on_workers = {key for keys in client.processing().values() for key in keys}
+    except Exception as err:  # noqa: BLE001 - the scheduler gone: nothing runs for this batch any more
+        log.debug("could not ask the cluster's scans to stop: %s", err)
+        return
+    client.cancel([future for future in futures if future.key not in on_workers and not future.done()])
+    running = [future for future in futures if future.key in on_workers and not future.done()]
+    if running:
+        log.warning("Stopping: waiting up to %d s for the %d scan(s) sent to the cluster's workers to stop at "
+                    "their next step, so that nothing is written into OUT after this batch has ended (Ctrl-C again: "
+                    "stop waiting; they may then still write there).", STOP_WAIT_S, len(running))
+        try:
+            distributed.wait(running, timeout=STOP_WAIT_S)
+        except KeyboardInterrupt:
+            log.warning("Not waiting: %d scan(s) may still be running on the cluster and write into OUT and its QC "
+                        "folder; wait until its workers are idle (its dashboard) before using OUT or running the "
+                        "batch again.", sum(not future.done() for future in running))
+        except Exception:  # noqa: BLE001 - a timeout, a lost connection
+            log.warning("%d scan(s) still run on the cluster after %d s and may write into OUT and its QC folder; "
+                        "wait until its workers are idle (its dashboard) before using OUT or running the batch "
+                        "again.", sum(not future.done() for future in running), STOP_WAIT_S)
+    for future in running:
+        if future.done() and future.status == "finished":
+            record = future.result()
+            if record.error_type != ScanStopped.__name__:
+                on_result(record)

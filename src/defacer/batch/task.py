@@ -110,6 +110,9 @@ class ScanTask:
         Why the scan is not to be defaced at all (its output would land on another scan's on a case-insensitive
         disk: :func:`defacer.batch.layout.folded_clashes`): recorded as its error, nothing read beyond its
         stamps, nothing written.
+    stop_event : str or None
+        Name of a Dask ``Event`` the batch sets when it is interrupted (a cluster it does not own: Dask cannot
+        stop a running task); the scan looks at it between its steps and stops (:class:`ScanStopped`).
     """
 
     scan: Scan
@@ -136,6 +139,7 @@ class ScanTask:
     max_voxels: int | None = 512**3  # defacer.checks.DEFAULT_MAX_VOXELS
     allow_identifying_paths: bool = False
     refusal: str | None = None
+    stop_event: str | None = None
 
 
 def scan_seed(batch_seed: int, key: str) -> int:
@@ -228,6 +232,31 @@ def _deface(task: ScanTask) -> dict[str, Any]:
     ).provenance
 
 
+class ScanStopped(DefacerError):
+    """The batch that sent this scan was interrupted (it set the task's :attr:`ScanTask.stop_event`)."""
+
+
+def _stop_if_asked(task: ScanTask, before: str) -> None:
+    """Raise :class:`ScanStopped` when the batch that sent ``task`` to a Dask cluster has been interrupted.
+
+    Dask cannot stop a task a worker runs: a scan of a batch stopped by Ctrl-C or SIGTERM went on and wrote its
+    output, report and pictures into OUT and OUT-qc after the batch had ended and released its lock (HOSTILE18,
+    HOSTILE25).  The batch now sets the Event named :attr:`ScanTask.stop_event` and waits; each scan looks at it
+    between its steps (``before``: the step it would start).  An Event that cannot be read (the scheduler gone)
+    counts as set: nobody waits for the scan any more.
+    """
+    if task.stop_event is None:
+        return
+    try:
+        from distributed import Event
+
+        stop = bool(Event(task.stop_event).is_set())
+    except Exception:  # noqa: BLE001 - no scheduler, no client: the batch is gone
+        stop = True
+    if stop:
+        raise ScanStopped(f"The batch was interrupted (Ctrl-C or SIGTERM): this scan stopped before {before}.")
+
+
 def _verify(task: ScanTask, provenance: dict[str, Any]) -> dict[str, Any]:
     """Run :func:`defacer.verify.verify_pair` on the scan and its output; a short outcome for the manifest."""
     from defacer.io import load_volume
@@ -240,6 +269,7 @@ def _verify(task: ScanTask, provenance: dict[str, Any]) -> dict[str, Any]:
                          load_volume(task.output, max_voxels=task.max_voxels), verify_dir, labels=labels,
                          provenance=provenance, title=f"defacer verify: {task.scan.key}",
                          after_only=task.qc_after_only)
+    _stop_if_asked(task, "writing its verification pictures")
     from defacer.verify.qc import write_pictures
 
     pictures = write_pictures(result.renders, verify_dir, task.qc_after_only)
@@ -264,13 +294,16 @@ def _verify_with_retry(task: ScanTask, record: ScanRecord) -> None:
     from defacer.options import stronger_options
     from defacer.verify.verdict import attempt_record, face_still_found
 
+    _stop_if_asked(task, "its verification")
     verify = _verify(task, record.provenance)
     attempts: list[dict[str, Any]] = []
     stronger = stronger_options(task.options) if task.retry_stronger else None
     while stronger is not None and face_still_found(verify):
         attempts.append(attempt_record(record.provenance.get("options") or asdict(task.options), verify))
         task = replace(task, options=stronger)
+        _stop_if_asked(task, "defacing it again more strongly")
         record.provenance = dict(_deface(task) or {})
+        _stop_if_asked(task, "verifying it again")
         verify = _verify(task, record.provenance)
         stronger = stronger_options(task.options)
     if attempts:
@@ -396,11 +429,13 @@ def _run(task: ScanTask, record: ScanRecord) -> None:
         if task.refusal is not None:
             raise OutputError(task.refusal)
         check_output_names(task)
+        _stop_if_asked(task, "it was defaced (nothing written for it)")
         with _scan_qc_held(task):
             t0 = time.perf_counter()
             provenance = _deface(task)
             record.provenance = dict(provenance or {})
             record.timings["deface"] = time.perf_counter() - t0
+            _stop_if_asked(task, "its sidecar and verification, its output written")
             if task.sidecar is not None and task.sidecar_data is not None:
                 write_json_atomic(task.sidecar, task.sidecar_data)
             if task.verify_dir is not None:
