@@ -21,10 +21,13 @@ from __future__ import annotations
 import struct
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from defacer.detect.prefault import Prefault
 
 # Field numbers of onnx.proto (ModelProto, GraphProto, NodeProto, ValueInfoProto, AttributeProto, TensorProto).
 _MODEL_GRAPH = 7
@@ -259,10 +262,20 @@ class SideBySide:
     sessions : list of onnxruntime.InferenceSession
         One per member (:func:`split_members`), in the sum's order; each takes the graph's input and gives one
         output shaped as the graph's.
+    prefault : Prefault, optional
+        Where the sessions take their memory from onnxruntime's shared arena: its touching ahead, whose memory
+        the first pass uses (the mean written to its touched array) and which hands the arena's memory back
+        after every pass, in a thread beside what follows (the mean then written to an array of its own, the
+        members' outputs let go first).
     """
 
-    def __init__(self, sessions: list[Any]) -> None:
+    def __init__(self, sessions: list[Any], prefault: Prefault | None = None) -> None:
         self.sessions = list(sessions)
+        #: the shared arena's touching (:mod:`defacer.detect.prefault`), for the first pass; kept to hand the
+        #: arena's memory back after every pass
+        self._prefault = self._arena = prefault
+        self._releasing: threading.Thread | None = None
+        self._lock = threading.Lock()
 
     def get_inputs(self) -> list[Any]:
         """The first member's inputs (every member takes the graph's input)."""
@@ -291,15 +304,31 @@ class SideBySide:
 
         others = [threading.Thread(target=member, args=(i,), name=f"defacer-member-{i}", daemon=True)
                   for i in range(1, len(self.sessions))]
+        with self._lock:
+            first, self._prefault = self._prefault, None
+            releasing, self._releasing = self._releasing, None
+        if releasing is not None:  # the last pass's memory handed back first
+            releasing.join()
+        touched = first.take() if first is not None else None  # waits for the touching, if not done yet
         for thread in others:
             thread.start()
         member(0)
         for thread in others:
             thread.join()
-        if errors:
-            raise errors[0]
-        total = np.asarray(outs[0], np.float32)  # this call's own array: summed in place
-        for out in outs[1:]:
-            total += out  # the graph's Add, in its order
-        total /= np.float32(len(outs))  # its Div by the member count
+        try:
+            if errors:
+                raise errors[0]
+            if self._arena is None:
+                total, added = np.asarray(outs[0], np.float32), 1  # this call's own array: summed in place
+            else:  # the members' outputs lie in the arena, handed back below: the sum goes to an array of its own
+                fits = touched is not None and touched.shape == np.shape(outs[0])
+                total, added = np.add(outs[0], outs[1], out=touched if fits else None, dtype=np.float32), 2
+            for out in outs[added:]:
+                total += out  # the graph's Add, in its order
+            total /= np.float32(len(outs))  # its Div by the member count
+        finally:
+            if self._arena is not None:  # its memory handed back beside the stages that follow
+                outs.clear()
+                self._releasing = threading.Thread(target=self._arena.release, name="defacer-arena-release")
+                self._releasing.start()  # not a daemon: an interpreter that exits waits for it
         return [total]

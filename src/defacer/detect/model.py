@@ -35,6 +35,7 @@ from defacer.detect.postprocess import (
     restrict_to_tissue,
     threshold_sample,
 )
+from defacer.detect.prefault import Prefault, arena_bytes, shared_arena
 from defacer.detect.preprocess import box_to_grid, grid_extent, to_box
 from defacer.detect.refine_face import refine_face, tissue_threshold
 from defacer.detect.structure import no_structure
@@ -213,22 +214,33 @@ class OnnxDetector:
         try:
             import onnxruntime as ort
 
-            def session(graph: str | bytes, intra_threads: int) -> Any:
+            def session(graph: str | bytes, intra_threads: int, shared: bool = False) -> Any:
                 options = ort.SessionOptions()
                 options.intra_op_num_threads = intra_threads
                 options.log_severity_level = 3
-                # No memory arena: the network's activations (about 200 MB) go back to the process when a run
-                # ends, so the later stages reuse those pages instead of touching new ones (first touch of
-                # memory is what costs on small VMs); measured no slower (benchmarks/detector_speed.py).
+                # No memory arena of the session's own: the network's activations (about 200 MB) go back to the
+                # process when a run ends, so the later stages reuse those pages instead of touching new ones
+                # (first touch of memory is what costs on small VMs); measured no slower
+                # (benchmarks/detector_speed.py).  ``shared``: onnxruntime's shared arena instead, touched ahead
+                # and handed back after every pass (defacer.detect.prefault).
                 options.enable_cpu_mem_arena = False
+                if shared:
+                    options.add_session_config_entry("session.use_env_allocators", "1")
                 return ort.InferenceSession(graph, sess_options=options, providers=["CPUExecutionProvider"])
 
             # an ensemble's members run side by side, a thread each, where there are cores for them
             # (defacer.detect.ensemble: the same probabilities); else the graph runs as it is
             cores = self.cores = _cores(threads)
             members = split_members(path.read_bytes()) if cores >= 2 else None
-            self._session: Any = (SideBySide([session(m, max(1, cores // len(members))) for m in members])
-                                  if members is not None else session(str(path), max(0, int(threads))))
+            if members is not None:
+                # their working memory touched ahead in a thread, where a second thread may run
+                # (defacer.detect.prefault: the first pass takes no page faults)
+                ahead = (_prefault(ort, lambda graph: session(graph, 1, True), len(members), self.box_shape)
+                         if side_by_side() else None)
+                sessions = [session(m, max(1, cores // len(members)), ahead is not None) for m in members]
+                self._session: Any = SideBySide(sessions, ahead)
+            else:
+                self._session = session(str(path), max(0, int(threads)))
         except Exception as err:  # onnxruntime raises its own exception types for bad graphs
             message = f"Model weights {path} could not be loaded by onnxruntime ({err}). Reinstall defacer or pass --weights FILE."
             raise WeightsError(message) from err
@@ -445,6 +457,17 @@ class OnnxDetector:
         clock.stamp("ear_fallback")
         self._last.timings = clock.seconds
         return labels
+
+
+def _prefault(ort: Any, make_session: Any, members: int, box_shape: tuple[int, int, int]) -> Prefault | None:
+    """The members' memory touched ahead in onnxruntime's shared arena (:mod:`defacer.detect.prefault`), or
+    ``None`` where no arena could be registered or the touch graph not made (the members then keep no arena)."""
+    if not shared_arena(ort):
+        return None
+    try:
+        return Prefault(ort, make_session, arena_bytes(members, box_shape), (1, NUM_CLASSES, *box_shape))
+    except Exception:  # noqa: BLE001 - only speed is at stake
+        return None
 
 
 def _cores(threads: int) -> int:

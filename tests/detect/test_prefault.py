@@ -1,0 +1,98 @@
+"""The members' working memory touched ahead (defacer.detect.prefault): a first pass without page faults, the same
+floats, and the memory handed back after the pass."""
+
+from __future__ import annotations
+
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from defacer.detect.model import OnnxDetector, default_weights_path
+from defacer.side_work import available_cores
+
+SHIPPED = default_weights_path()
+needs_weights = pytest.mark.skipif(not SHIPPED.is_file(), reason="shipped weights not built yet")
+needs_two_cores = pytest.mark.skipif(available_cores() < 2, reason="the members run side by side on 2 cores or more")
+
+
+def _faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _rss_mb() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2**20
+
+
+def _wait_for_touching(detector: OnnxDetector) -> None:
+    """Wait for the touching where there is one (the checks after it fail where there is none)."""
+    ahead = getattr(detector._session, "_prefault", None)
+    if ahead is not None:
+        ahead._thread.join()
+        assert ahead.touched
+
+
+def _box() -> np.ndarray:
+    return np.random.default_rng(7).random((96, 96, 96), dtype=np.float32)
+
+
+def test_the_touch_graph_is_a_valid_onnx_model_that_fills_and_reads_its_tensor() -> None:
+    from defacer.detect.prefault import touch_model
+
+    onnx = pytest.importorskip("onnx")
+    model = onnx.load_from_string(touch_model())
+    onnx.checker.check_model(model, full_check=True)
+    assert [n.op_type for n in model.graph.node] == ["ConstantOfShape", "ReduceMax"]
+    session = ort.InferenceSession(touch_model(), providers=["CPUExecutionProvider"])
+    before = _faults()
+    (top,) = session.run(None, {"shape": np.array([16 << 20], np.int64)})  # 64 MB of zeros, written
+    assert top.shape == () and float(top) == 0.0
+    assert _faults() - before > 0.8 * (64 << 20) / 4096  # its pages were touched
+
+
+@needs_weights
+@needs_two_cores
+def test_the_first_pass_takes_its_memory_touched_ahead_and_gives_the_graphs_floats(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEFACER_SIDE_WORK", "1")
+    whole = OnnxDetector(threads=1)
+    box = _box()
+    expected = whole.probabilities(box)
+    detector = OnnxDetector(threads=2)
+    _wait_for_touching(detector)  # as in the command, where the imports and the scan's reading give it time
+    before = _faults()
+    first = detector.probabilities(box)
+    first_faults = _faults() - before
+    before = _faults()
+    second = detector.probabilities(box)
+    second_faults = _faults() - before
+    assert np.array_equal(first, expected) and np.array_equal(second, expected)
+    # without the touching a pass maps ~280 MB of activations afresh (70,000-90,000 pages), the second one too
+    assert second_faults > 20_000
+    assert first_faults < second_faults / 10
+
+
+@needs_weights
+@needs_two_cores
+def test_the_arena_is_handed_back_after_the_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEFACER_SIDE_WORK", "1")
+    detector = OnnxDetector(threads=2)
+    _wait_for_touching(detector)
+    held = _rss_mb()
+    detector.probabilities(_box())
+    deadline = time.monotonic() + 10  # handed back in a thread beside what follows the pass
+    while _rss_mb() >= held - 150 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _rss_mb() < held - 150  # the ~300 MB touched (less the 14 MB mean it now holds) went back
+
+
+@needs_weights
+def test_without_a_second_thread_nothing_is_touched_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEFACER_SIDE_WORK", "0")
+    detector = OnnxDetector(threads=2)
+    assert getattr(detector._session, "_prefault", None) is None
+    whole = OnnxDetector(threads=1)
+    box = _box()
+    assert np.array_equal(detector.probabilities(box), whole.probabilities(box))
