@@ -78,3 +78,40 @@ def test_anonymize_with_several_workers_says_an_unknown_element_once(tmp_path: P
     for tag in ("(0018,ABCD)", "(0018,1234)"):
         said = [line for line in result.stderr.splitlines() if tag in line]
         assert len(said) == 1 and "read as unknown bytes (VR UN)" in said[0], result.stderr
+
+
+def test_an_implicit_series_without_a_character_set_says_no_unknown_encoding_per_file(tmp_path: Path,
+                                                                                     caplog) -> None:
+    """HOSTILE25: looking for the patient's values in the raw bytes of an unknown element, the scrubber passed the
+    instance's character set to pydicom as ``tuple(ds._character_set)``; without a Specific Character Set that is
+    the string ``'iso8859'``, so pydicom was asked for the encodings 'i', 's', 'o', ... and logged "Unknown encoding
+    'i' - using default encoding instead" twice per file: 80 console lines for this 40-file series, with or
+    without --jobs (main d5a6fe9).  Now the default set is one encoding, and nothing of that probe is logged."""
+    series = _implicit_series(tmp_path / "a", files=40)
+    caplog.set_level(logging.WARNING)
+    assert main(["anonymize", str(series), str(tmp_path / "out"), "--key", KEY]) == 0
+    assert len(list((tmp_path / "out").rglob("*.dcm"))) == 40
+    said = [record.getMessage() for record in caplog.records]
+    assert not [m for m in said if "Unknown encoding" in m or "Failed to decode" in m], said[:5]
+    assert sum("read as unknown bytes (VR UN)" in m for m in said) == 2  # the notices that must stay, once each
+
+
+def test_a_name_in_the_instances_own_character_set_is_still_found_in_an_unknown_element(tmp_path: Path) -> None:
+    """The probe still reads raw bytes in the instance's own character set (ISO 2022 Japanese): the patient's name
+    planted there is removed, and undecodable bytes in another such element are said nowhere."""
+    import pydicom.charset
+
+    series = _implicit_series(tmp_path / "a", files=2)
+    name = "山田^太郎"
+    for path in sorted(series.iterdir()):
+        ds = pydicom.dcmread(path)
+        ds.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
+        ds.PatientName = name
+        raw = pydicom.charset.encode_string(name, ["iso8859", "iso2022_jp"])
+        ds.add_new(0x0018ABCD, "LO", "x")
+        ds[0x0018ABCD].value = raw
+        ds.save_as(path, implicit_vr=True, little_endian=True)
+    assert main(["anonymize", str(series), str(tmp_path / "out"), "--key", KEY]) == 0
+    for path in (tmp_path / "out").rglob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        assert 0x0018ABCD not in ds or raw not in bytes(ds[0x0018ABCD].value or b"")

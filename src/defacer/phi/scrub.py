@@ -12,6 +12,8 @@ is emptied, and an instance-UID attribute it does not list is replaced like ``U`
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import math
 import re
@@ -320,6 +322,35 @@ def _holds_patient(value: object, context: _Context) -> bool:
     return any(pattern.search(text) is not None for text in _bytes_as_text(value, context.encodings))
 
 
+#: Set while defacer itself decodes raw bytes only to look for the patient's values in them
+#: (:func:`_bytes_as_text`): what pydicom logs then ("Failed to decode byte string with encodings ...") is about
+#: defacer's probe, not the file, and was logged once per file.
+_PROBING: contextvars.ContextVar[bool] = contextvars.ContextVar("defacer_probing_bytes", default=False)
+
+
+class _NotWhileProbing(logging.Filter):
+    """Drops pydicom's log records emitted, in this thread, while :data:`_PROBING` is set."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _PROBING.get()
+
+
+_PROBE_FILTER = _NotWhileProbing()
+
+
+@contextlib.contextmanager
+def _quiet_pydicom() -> Iterator[None]:
+    """Inside the block (this thread only), pydicom's log records are dropped (:class:`_NotWhileProbing`)."""
+    logger = logging.getLogger("pydicom")
+    if _PROBE_FILTER not in logger.filters:
+        logger.addFilter(_PROBE_FILTER)
+    token = _PROBING.set(True)
+    try:
+        yield
+    finally:
+        _PROBING.reset(token)
+
+
 def _bytes_as_text(value: bytes, encodings: tuple[str, ...]) -> Iterator[str]:
     """Raw bytes (an element no dictionary knows, a private slot) read as text every way a name may be stored in
     them: byte by byte (Latin-1, ASCII), UTF-8, the instance's own Specific Character Set (ISO 2022 Japanese or
@@ -329,11 +360,13 @@ def _bytes_as_text(value: bytes, encodings: tuple[str, ...]) -> Iterator[str]:
     yield value.decode("utf-8", errors="replace")
     if encodings:
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _quiet_pydicom():
                 warnings.simplefilter("ignore")  # pydicom warns about bytes its encodings cannot decode
-                yield decode_bytes(value, list(encodings), set())
+                text = decode_bytes(value, list(encodings), set())
         except (LookupError, UnicodeError, ValueError):
             pass
+        else:
+            yield text
     yield value[: len(value) // 2 * 2].decode("utf-16-le", errors="replace")
 
 
@@ -483,7 +516,10 @@ class Scrubber:
             entry.update({"PatientID": pseudo_id, "PatientName_original": str(ds.get("PatientName", "")),
                           "date_offset_days": -offset if self.options.retain_long_modified_dates else None})
         try:
-            encodings = tuple(ds._character_set)
+            charset = ds._character_set
+            # the default set is one Python encoding name ('iso8859'), not a list: tuple() of it gave 'i', 's', ...,
+            # and pydicom logged "Unknown encoding 'i'" twice per file (HOSTILE25)
+            encodings = (charset,) if isinstance(charset, str) else tuple(charset)
         except (LookupError, ValueError, TypeError, AttributeError):  # an unknown or damaged character set
             encodings = ()
         own = patient_values(ds)
