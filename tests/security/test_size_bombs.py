@@ -287,3 +287,49 @@ def test_a_huge_nrrd_line_skip_ends_at_the_end_of_the_file(tmp_path):
                      b"endian: little\nline skip: 100000000000000\n\n" + bytes(1024))
     message, _ = _load_in_a_child(path, timeout=60)
     assert message.startswith("InputImageError") and "holds 0 bytes of voxel data" in message, message
+
+
+def _compressed_nrrd(path: Path, *, byte_skip: int, before: int, kind: str = "gzip") -> np.ndarray:
+    """An attached NRRD of 16^3 uint8 voxels whose compressed data holds ``before`` zero bytes, then the voxels."""
+    import bz2
+
+    voxels = (np.arange(16 ** 3) % 251).astype(np.uint8)
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31) if kind == "gzip" else bz2.BZ2Compressor(9)
+    zeros = bytes(1 << 20)
+    parts = [packer.compress(zeros) for _ in range(before >> 20)]
+    parts += [packer.compress(voxels.tobytes()), packer.flush()]
+    header = (f"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 16 16 16\nspace: left-posterior-superior\n"
+              f"space directions: (2,0,0) (0,2,0) (0,0,2)\nencoding: {kind}\nbyte skip: {byte_skip}\n\n")
+    path.write_bytes(header.encode() + b"".join(parts))
+    return voxels
+
+
+@pytest.mark.parametrize("kind", ["gzip", "bzip2"])
+def test_compressed_nrrd_data_is_not_decompressed_far_beyond_its_voxels_to_skip_bytes(tmp_path: Path,
+                                                                                     kind: str) -> None:
+    """HOSTILE25: every byte a compressed NRRD skips before its voxels is decompressed first, and was not bounded:
+    ``byte skip: -1`` (the voxels are the last bytes) decompressed the whole stream (753 bytes of bzip2 are a
+    gigabyte of zeros, 6 s; 7.5 MB, ten terabytes, hours), a positive skip as many bytes as it said.  At most
+    :data:`defacer.io.nrrd.MAX_SKIPPED_BYTES` are skipped now; a header inside the stream still is."""
+    import time
+
+    import defacer.io.nrrd
+    from defacer.errors import InputImageError
+    from defacer.io import load_volume
+
+    max_skipped = getattr(defacer.io.nrrd, "MAX_SKIPPED_BYTES", 64 * 1024 * 1024)  # (absent before the fix)
+    small = tmp_path / "small.nrrd"
+    voxels = _compressed_nrrd(small, byte_skip=-1, before=1 << 20, kind=kind)  # a 1 MB prefix: read
+    assert np.array_equal(np.asarray(load_volume(small).raw).ravel(order="F"), voxels)
+    big = tmp_path / "big.nrrd"
+    _compressed_nrrd(big, byte_skip=-1, before=max_skipped + (4 << 20), kind=kind)
+    assert big.stat().st_size < 1 << 20
+    start = time.perf_counter()
+    with pytest.raises(InputImageError, match="byte skip -1") as refused:
+        load_volume(big)
+    assert "damaged" not in str(refused.value)  # said as what it is, not as a broken stream
+    assert time.perf_counter() - start < 30
+    far = tmp_path / "far.nrrd"
+    _compressed_nrrd(far, byte_skip=max_skipped + 1, before=0, kind=kind)
+    with pytest.raises(InputImageError, match="byte skip 67,108,865"):
+        load_volume(far)

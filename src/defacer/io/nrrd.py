@@ -84,6 +84,11 @@ _TEXT = {"ascii", "text", "txt"}
 
 #: Bytes read or decompressed at a time.
 _CHUNK = 1 << 20
+#: Most decompressed bytes skipped before the voxels of gzip or bzip2 data (a positive ``byte skip``, or what lies
+#: before the last voxels with ``byte skip: -1``): a header kept inside the stream is a few kilobytes.  Every skipped
+#: byte must be decompressed, and a 753-byte bzip2 stream is a gigabyte of zeros (6 s): without a bound a small
+#: file kept a reader busy for hours (HOSTILE25).
+MAX_SKIPPED_BYTES = 64 * 1024 * 1024
 
 
 def read_header_lines(handle: BinaryIO, path: Path) -> tuple[list[bytes], int]:
@@ -310,6 +315,12 @@ def _read_data(header: dict[str, Any], data_path: Path, offset: int, dtype: np.d
         raise InputImageError(
             f"'{data_path}' has line skip {line_skip} / byte skip {byte_skip}; expected >= 0 (byte skip may be -1)."
         )
+    if encoding in _COMPRESSED and byte_skip > MAX_SKIPPED_BYTES:
+        raise InputImageError(
+            f"'{data_path}' has byte skip {byte_skip:,} for {encoding} voxel data: that many bytes would be "
+            f"decompressed and thrown away before the voxels; defacer skips at most {MAX_SKIPPED_BYTES:,} (a header "
+            "inside compressed data is a few kilobytes). The header does not match the data: re-export the scan."
+        )
     with data_path.open("rb") as handle:
         handle.seek(offset)
         for _ in range(line_skip):
@@ -373,16 +384,27 @@ def _decompress(handle: BinaryIO, kind: str, byte_skip: int, nbytes: int, path: 
     decoder: Any = zlib.decompressobj(zlib.MAX_WBITS | 16) if kind == "gzip" else bz2.BZ2Decompressor()
     kept = bytearray()
     skip = max(byte_skip, 0)
+    seen = 0  # decompressed bytes after the skip (byte skip -1: all of them)
     try:
         for out in _decoded_chunks(handle, decoder, kind):
             if skip:
                 dropped = min(skip, len(out))
                 out, skip = out[dropped:], skip - dropped
             kept += out
+            seen += len(out)
             if byte_skip == -1:
+                if seen - nbytes > MAX_SKIPPED_BYTES:
+                    raise InputImageError(
+                        f"'{path}' holds more than {MAX_SKIPPED_BYTES:,} bytes of {kind} data before its last "
+                        f"{nbytes:,} (byte skip -1: the voxels are the last bytes): defacer decompresses no more than "
+                        "that before the voxels (a header inside compressed data is a few kilobytes). The header "
+                        "does not match the data: re-export the scan."
+                    )
                 del kept[: max(0, len(kept) - nbytes)]
             elif len(kept) > nbytes:
                 break
+    except InputImageError:  # the bound above (a ValueError too): said as it is
+        raise
     except (zlib.error, OSError, EOFError, ValueError) as err:
         raise InputImageError(
             f"'{path}' has damaged {kind} voxel data ({err}). It is probably truncated: re-export or re-download it."
