@@ -251,8 +251,9 @@ def _stop_if_asked(task: ScanTask, before: str) -> None:
         from distributed import Event
 
         stop = bool(Event(task.stop_event).is_set())
-    except Exception:  # noqa: BLE001 - no scheduler, no client: the batch is gone
-        stop = True
+    except Exception as err:  # no scheduler, no client: nobody waits for this scan any more
+        raise ScanStopped(f"The batch's Dask scheduler could not be asked whether the batch goes on "
+                          f"({type(err).__name__}): this scan stopped before {before}. Run the batch again.") from err
     if stop:
         raise ScanStopped(f"The batch was interrupted (Ctrl-C or SIGTERM): this scan stopped before {before}.")
 
