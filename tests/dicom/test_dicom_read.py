@@ -567,3 +567,30 @@ def test_a_monochrome1_ct_keeps_its_hounsfield_units(tmp_path):
         volumes.append(read_dicom_volume(folder))
     assert np.array_equal(volumes[1].raw, volumes[0].raw) and volumes[1].extra["monochrome1_range"] is None
     assert (volumes[1].slope, volumes[1].inter) == (1.0, -1024.0)
+
+
+@pytest.mark.parametrize("how", ["copy", "hard-link", "symbolic-link"])
+def test_one_file_twice_in_a_series_is_named_as_such_not_as_several_volumes(tmp_path, how) -> None:
+    """HOSTILE25: a slice copied beside itself (``IM0003 (1).dcm``) or linked within the folder was refused as "two
+    slices at the same position ... the series holds several volumes (echoes, time points, repeats). Split it into
+    one folder per volume": wrong advice.  It is named now, and what to do (still nothing read)."""
+    import os
+
+    folder = tmp_path / "series"
+    paths = write_series(folder, np.arange(8 * 8 * 5, dtype=np.int16).reshape(8, 8, 5))
+    twin = folder / "zz twin.dcm"
+    {"copy": shutil.copyfile, "hard-link": os.link, "symbolic-link": lambda a, b: os.symlink(a.name, b)}[how](
+        paths[2], twin)
+    with pytest.raises(DicomSeriesError, match="holds one DICOM file twice") as refused:
+        read_dicom_volume(folder)
+    assert str(twin) in str(refused.value) and str(paths[2]) in str(refused.value)
+    assert "several volumes" not in str(refused.value)
+    # two different slices at one position are still told as several volumes
+    twin.unlink()
+    other = pydicom.dcmread(paths[3])
+    other.SOPInstanceUID = pydicom.uid.generate_uid()
+    other.PixelData = bytes(len(other.PixelData))
+    other.ImagePositionPatient = pydicom.dcmread(paths[2]).ImagePositionPatient
+    other.save_as(folder / "zz other.dcm")
+    with pytest.raises(DicomSeriesError, match="several volumes"):
+        read_dicom_volume(folder)

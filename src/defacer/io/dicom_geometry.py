@@ -84,13 +84,32 @@ def _mm(value: float) -> str:
     return f"{value:.3f}" if abs(value) < 1e6 else f"{value:.6g}"
 
 
-def _check_spacing(projections: npt.NDArray[np.float64], source: str) -> list[str]:
+def _same_file(first: Path, second: Path) -> bool:
+    """Whether two files of a series are one file twice: a link to the other, a hard link, or a byte-identical copy."""
+    import filecmp
+
+    try:
+        return first != second and (os.path.samefile(first, second) or filecmp.cmp(first, second, shallow=False))
+    except OSError:
+        return False
+
+
+def _check_spacing(projections: npt.NDArray[np.float64], source: str,
+                   paths: Sequence[Path] | None = None) -> list[str]:
+    """Refuse slices at one position; warn about uneven spacing.  ``paths``: each slice's file, in the same order
+    (two at one position that are one file twice are named as such)."""
     warnings: list[str] = []
     gaps = np.diff(projections)
     if gaps.size == 0:
         return warnings
     if np.any(gaps < 1e-3):
         dup = int(np.argmin(gaps))
+        if paths is not None and _same_file(paths[dup], paths[dup + 1]):
+            # a copy or a link of one file beside it (IM0001.dcm and 'IM0001 (1).dcm'): the advice to split the
+            # series into volumes was wrong (HOSTILE25)
+            raise DicomSeriesError(
+                f"'{source}' holds one DICOM file twice: '{paths[dup]}' and '{paths[dup + 1]}' are the same file (a "
+                "copy, or a link to it). Remove one of them (nothing was written).")
         raise DicomSeriesError(
             f"'{source}' has two slices at the same position ({_mm(projections[dup])} mm along the slice normal): "
             "the series holds several volumes (echoes, time points, repeats). Split it into one folder per volume."
@@ -167,7 +186,7 @@ def read_dicom_volume(path: PathLike | Sequence[PathLike], series: str | None = 
     order = np.argsort(positions @ normal, kind="stable")
     frames = [frames[i] for i in order]
     positions = positions[order]
-    warnings = _check_spacing(positions @ normal, source)
+    warnings = _check_spacing(positions @ normal, source, [f.path for f in frames])
 
     by_file: dict[Path, list[tuple[int, FrameRef]]] = defaultdict(list)
     for k, ref in enumerate(frames):
