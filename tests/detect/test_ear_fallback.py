@@ -586,3 +586,20 @@ def test_a_network_ear_on_the_jaw_stays_where_the_field_holds_the_ear_or_no_ear_
         out, sources, jaw, _ = _jaw_ear(keep_left=keep_left, cut=cut)
         assert sources["right"] == "network"
         assert (out[jaw] == Label.EARS).all()
+
+
+def test_the_fallback_doubts_no_ear_at_an_exact_tie_and_the_further_one_otherwise() -> None:
+    """``_unmirrored`` is :func:`defacer.detect.postprocess.unmirrored_ear` without the tie: two ears 40 mm apart
+    in (anterior, up), each 20 mm from where ears lie, doubt neither; moved 1 mm nearer, the other is doubted."""
+    origin, axes, _ = eye_frame([-30.0, 0.0, 0.0], [30.0, 0.0, 0.0])
+    mean = ear_fallback.EAR_OFFSET_MM
+    box = (slice(0, 1),) * 3
+    mask = np.ones((1, 1, 1), bool)
+    left = np.array([-70.0, mean[0], mean[1] + 20.0])
+    right = np.array([70.0, mean[0], mean[1] - 20.0])
+    assert ear_fallback._unmirrored({1: (box, mask, right), -1: (box, mask, left)}, origin, axes) == set()
+    assert ear_fallback._unmirrored({-1: (box, mask, left), 1: (box, mask, right)}, origin, axes) == set()
+    nearer = right + [0.0, 0.0, 1.0]
+    assert ear_fallback._unmirrored({1: (box, mask, nearer), -1: (box, mask, left)}, origin, axes) == {-1}
+    assert ear_fallback._unmirrored({1: (box, mask, right), -1: (box, mask, left - [0.0, 0.0, 1.0])},
+                                    origin, axes) == {1}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from defacer.detect.postprocess import find_components
+from defacer.detect.frame import EAR_OFFSET_MM, eye_frame
+from defacer.detect.postprocess import Component, _mirrored_pair, find_components, unmirrored_ear
 
 AFFINE = np.diag([4.0, 4.0, 4.0, 1.0])
 
@@ -297,3 +298,39 @@ def test_the_ears_of_a_pitched_head_stay_a_pair() -> None:
     _ball(labels, (12, 26, 24), 1.5, 3)
     left = _left_ears(find_components(labels, AFFINE))
     np.testing.assert_allclose(left[0].centre_mm, [48.0, 124.0, 56.0], atol=1.0)
+
+
+def _tied_ears() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Eyes' frame (origin, axes) of eyes at x = -30 / +30 mm, and a left and a right ear 20 mm above and below where
+    ears lie (1.57 SD each, an exact tie) and 40 mm apart in (anterior, up): neither mirrors the other."""
+    origin, axes, _ = eye_frame([-30.0, 0.0, 0.0], [30.0, 0.0, 0.0])
+    left = np.array([-70.0, EAR_OFFSET_MM[0], EAR_OFFSET_MM[1] + 20.0])
+    right = np.array([70.0, EAR_OFFSET_MM[0], EAR_OFFSET_MM[1] - 20.0])
+    return origin, axes, left, right
+
+
+def test_one_rule_says_which_ear_does_not_mirror_the_other_and_a_tie_doubts_only_when_asked() -> None:
+    """The shared test of :func:`_mirrored_pair` and the fallback's drop (``ear_fallback._unmirrored``): the less
+    plausibly placed ear of an unmirrored pair is doubted; at an exact tie of scores the second one only when
+    ``doubt_at_tie`` (the swap may still happen, the drop does not)."""
+    origin, axes, left, right = _tied_ears()
+    assert unmirrored_ear(left, right, origin, axes, doubt_at_tie=True) == 1
+    assert unmirrored_ear(right, left, origin, axes, doubt_at_tie=True) == 1
+    assert unmirrored_ear(left, right, origin, axes, doubt_at_tie=False) is None
+    closer = right + [0.0, 0.0, 1.0]  # 1 mm nearer where ears lie: no tie
+    assert unmirrored_ear(left, closer, origin, axes, doubt_at_tie=False) == 0
+    assert unmirrored_ear(closer, left, origin, axes, doubt_at_tie=False) == 1
+    assert unmirrored_ear(left, left * [-1, 1, 1], origin, axes, doubt_at_tie=True) is None  # a mirrored pair
+    far = np.array([70.0, EAR_OFFSET_MM[0], EAR_OFFSET_MM[1] - 60.0])  # both 4.7 SD, 120 mm apart: no anchor
+    assert unmirrored_ear(far, far * [-1, 1, 1] + [0.0, 0.0, 120.0], origin, axes, doubt_at_tie=True) is None
+
+
+def test_at_a_tie_the_right_ear_still_yields_to_one_that_mirrors_the_left() -> None:
+    """:func:`_mirrored_pair` at an exact tie of the two ears' scores keeps its old order: the left ear is the anchor,
+    and a right candidate placed more plausibly that mirrors it replaces the right ear."""
+    origin, axes, left, right = _tied_ears()
+    empty = np.zeros((2, 2, 2), bool)
+    comps = [Component("ears", empty, c, 1000.0)
+             for c in (left, right, np.array([70.0, EAR_OFFSET_MM[0], EAR_OFFSET_MM[1] + 15.0]))]
+    kept_left, kept_right = _mirrored_pair(comps, comps[0], comps[1], origin, axes)
+    assert kept_left[0] is comps[0] and kept_right[0] is comps[2]

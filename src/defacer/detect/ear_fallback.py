@@ -50,7 +50,7 @@ from defacer.auricle import (
     remember_auricle,
 )
 from defacer.detect.frame import EAR_OFFSET_MM, ear_offset_score, eye_frame
-from defacer.detect.postprocess import EAR_ASYMMETRY_MM, EAR_PLAUSIBLE_SD, MIN_VOLUME_MM3, largest_part
+from defacer.detect.postprocess import EAR_PLAUSIBLE_SD, MIN_VOLUME_MM3, largest_part, unmirrored_ear
 from defacer.detect.preprocess import mask_box
 from defacer.head import HeadModel, analyse_head, depth_below_surface
 from defacer.labels import Label
@@ -426,20 +426,12 @@ def _clear_side(out: LabelMap, affine: Affine, origin: npt.NDArray[np.float64], 
         region[np.isin(parts, gone)] = 0
 
 
-def _up_front(centre: npt.NDArray[np.float64], origin: npt.NDArray[np.float64],
-              axes: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """A centre's (anterior, up) offset from the eyes' midpoint in their frame, in mm."""
-    return np.asarray(axes[1:] @ (np.asarray(centre, float) - origin), np.float64)
-
-
 def _unmirrored(present: dict[int, tuple[Box, Mask, npt.NDArray[np.float64]]], origin: npt.NDArray[np.float64],
                 axes: npt.NDArray[np.float64]) -> set[int]:
     """The side (a set of at most one) whose network ear does not mirror the other side's.
 
-    With an ear on both sides, the one further from where ears lie in the eyes' frame (:func:`defacer.detect.frame.
-    ear_offset_score`) is doubtful where the other lies within :data:`defacer.detect.postprocess.EAR_PLAUSIBLE_SD`
-    and the two (anterior, up) offsets differ by more than :data:`defacer.detect.postprocess.EAR_ASYMMETRY_MM` (a
-    pitched head turns both ears alike: they stay a pair).
+    :func:`defacer.detect.postprocess.unmirrored_ear` of the two sides' ears, an exact tie of their scores
+    doubting neither (an ear doubted here may be dropped outright).
 
     Returns
     -------
@@ -448,13 +440,9 @@ def _unmirrored(present: dict[int, tuple[Box, Mask, npt.NDArray[np.float64]]], o
     """
     if len(present) != 2:
         return set()
-    score = {side: ear_offset_score(centre, origin, axes) for side, (_, _, centre) in present.items()}
-    anchor = min(score, key=lambda side: score[side])
-    other = -anchor
-    if score[anchor] > EAR_PLAUSIBLE_SD or score[other] <= score[anchor]:
-        return set()
-    apart = np.linalg.norm(_up_front(present[other][2], origin, axes) - _up_front(present[anchor][2], origin, axes))
-    return {other} if apart > EAR_ASYMMETRY_MM else set()
+    sides = (1, -1)
+    doubtful = unmirrored_ear(present[1][2], present[-1][2], origin, axes, doubt_at_tie=False)
+    return set() if doubtful is None else {sides[doubtful]}
 
 
 def _field_ends_at_ear(origin: npt.NDArray[np.float64], axes: npt.NDArray[np.float64], side: int, head: HeadModel,

@@ -142,30 +142,84 @@ def find_components(labels: npt.NDArray[np.integer], affine: Affine) -> list[Com
     return eyes + nose + left + right
 
 
+def ear_up_front(centre_mm: npt.ArrayLike, origin: npt.NDArray[np.float64],
+                 axes: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """An ear centre's (anterior, up) offset from the eyes' midpoint in their frame.
+
+    Parameters
+    ----------
+    centre_mm : array-like, shape (3,)
+        RAS+ mm.
+    origin, axes
+        :func:`defacer.detect.frame.eye_frame` of the two eyes.
+
+    Returns
+    -------
+    ndarray, float64, shape (2,)
+        mm along the frame's y (anterior) and z (up); the left-right offset is left out (it mirrors).
+    """
+    return np.asarray(axes[1:] @ (np.asarray(centre_mm, float) - origin), np.float64)
+
+
+def unmirrored_ear(first_mm: npt.ArrayLike, second_mm: npt.ArrayLike, origin: npt.NDArray[np.float64],
+                   axes: npt.NDArray[np.float64], *, doubt_at_tie: bool) -> int | None:
+    """Which of two ears, one on each side, does not mirror the other: 0 (``first_mm``), 1 or ``None``.
+
+    The ear further from where ears lie in the eyes' frame (:func:`defacer.detect.frame.ear_offset_score`) is
+    doubtful where the other lies within ``EAR_PLAUSIBLE_SD`` and the two (anterior, up) offsets
+    (:func:`ear_up_front`) differ by more than ``EAR_ASYMMETRY_MM``: the head's pitch turns both ears alike
+    about the eyes' axis, so a real pair stays a pair in any pose.  Shared by :func:`find_components` (on the
+    box grid) and :mod:`defacer.detect.ear_fallback` (at the scan's resolution).
+
+    Parameters
+    ----------
+    first_mm, second_mm : array-like, shape (3,)
+        The two ears' centres, RAS+ mm.
+    origin, axes
+        :func:`defacer.detect.frame.eye_frame` of the two eyes.
+    doubt_at_tie : bool
+        At an exact tie of the two scores, whether the second ear (``1``) may still be doubtful, the first taken
+        as the anchor: :func:`find_components` replaces a doubtful ear only by a candidate placed more plausibly
+        than it, so a tie there may still swap; the fallback drops an ear outright, so a tie there drops nothing.
+
+    Returns
+    -------
+    int or None
+        The index of the doubtful ear, or ``None`` where the two mirror each other (or neither is plausibly
+        placed, or at a tie when not ``doubt_at_tie``).
+    """
+    first, second = ear_offset_score(first_mm, origin, axes), ear_offset_score(second_mm, origin, axes)
+    anchor, other = (0, 1) if first <= second else (1, 0)
+    centres, scores = (first_mm, second_mm), (first, second)
+    if scores[anchor] > EAR_PLAUSIBLE_SD or (scores[other] == scores[anchor] and not doubt_at_tie):
+        return None
+    apart = np.linalg.norm(ear_up_front(centres[other], origin, axes) - ear_up_front(centres[anchor], origin, axes))
+    return other if apart > EAR_ASYMMETRY_MM else None
+
+
 def _mirrored_pair(candidates: list[Component], left: Component, right: Component, origin: npt.NDArray[np.float64],
                    axes: npt.NDArray[np.float64]) -> tuple[list[Component], list[Component]]:
     """The two ears chosen, the less plausibly placed one replaced where it does not mirror the other.
 
     The side whose ear lies further from where ears lie in the eyes' frame (:func:`defacer.detect.frame.
     ear_offset_score`) gives way, if the other side's ear is plausibly placed (``EAR_PLAUSIBLE_SD``) and the two
-    ears' (anterior, up) offsets differ by more than ``EAR_ASYMMETRY_MM``, to the first of its side's
+    ears' (anterior, up) offsets differ by more than ``EAR_ASYMMETRY_MM`` (:func:`unmirrored_ear`; at an exact tie
+    the right ear is the one that may give way), to the first of its side's
     ``candidates`` (in their order: plausibly placed first, largest first) that lies within ``EAR_ASYMMETRY_MM``
     of the other ear and more plausibly placed than it.  On a T2-like contrast the network may call the jaw "ear"
     and make it larger than the ear it also found on that side (ixi014_T1w_2mm, held out: the jaw 45 mm from the
     mirrored right ear, 4.3 SD; the ear 2 mm, 1.0 SD).  A pitched head's ears turn together and stay a pair.
     """
-    score = {id(c): ear_offset_score(c.centre_mm, origin, axes) for c in candidates}
-
-    def up_front(c: Component) -> npt.NDArray[np.float64]:
-        return np.asarray(axes[1:] @ (c.centre_mm - origin), np.float64)
-
-    anchor, other = (left, right) if score[id(left)] <= score[id(right)] else (right, left)
-    if score[id(anchor)] > EAR_PLAUSIBLE_SD or np.linalg.norm(up_front(other) - up_front(anchor)) <= EAR_ASYMMETRY_MM:
+    doubtful = unmirrored_ear(left.centre_mm, right.centre_mm, origin, axes, doubt_at_tie=True)
+    if doubtful is None:
         return [left], [right]
+    anchor, other = (left, right) if doubtful == 1 else (right, left)
+    score = {id(c): ear_offset_score(c.centre_mm, origin, axes) for c in candidates}
     side = bool((other.centre_mm - origin) @ axes[0] >= 0)
     for c in candidates:
         if (((c.centre_mm - origin) @ axes[0] >= 0) == side and score[id(c)] < score[id(other)]
-                and np.linalg.norm(up_front(c) - up_front(anchor)) <= EAR_ASYMMETRY_MM):
+                and np.linalg.norm(ear_up_front(c.centre_mm, origin, axes)
+                                   - ear_up_front(anchor.centre_mm, origin, axes)) <= EAR_ASYMMETRY_MM):
             return ([left], [c]) if other is right else ([c], [right])
     return [left], [right]
 
