@@ -11,7 +11,8 @@ What runs beside what (:mod:`defacer.pipeline`, :mod:`defacer.detect.model`): th
 rolled-off surface and what the ear rule derives from the head alone, beside the detector's box (the ear refinement
 takes them); each side's auricle delimited by the ear refinement, one side in a thread of its own; every other
 region of the network's map brought onto the scan's grid in a thread of its own; the deep cap's two depth maps
-beside the distortions.
+beside the distortions; the network's working memory touched while the detector is made
+(:mod:`defacer.detect.prefault`).
 
 :func:`side_by_side` says whether there is a second core to use (the process's CPU affinity; ``DEFACER_SIDE_WORK=0``
 keeps everything in the calling thread: the batch workers, which share the machine with each other, run one thread
