@@ -96,3 +96,17 @@ def test_without_a_second_thread_nothing_is_touched_ahead(monkeypatch: pytest.Mo
     whole = OnnxDetector(threads=1)
     box = _box()
     assert np.array_equal(detector.probabilities(box), whole.probabilities(box))
+
+
+@needs_weights
+@needs_two_cores
+def test_a_box_too_large_to_touch_ahead_runs_as_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    from defacer.detect import prefault
+
+    monkeypatch.setenv("DEFACER_SIDE_WORK", "1")
+    monkeypatch.setattr(prefault, "MAX_TOUCH_BYTES", 200 << 20)  # below the shipped box's ~297 MiB
+    detector = OnnxDetector(threads=2)
+    assert detector.member_sessions == 2 and getattr(detector._session, "_prefault", None) is None
+    whole = OnnxDetector(threads=1)
+    box = _box()
+    assert np.array_equal(detector.probabilities(box), whole.probabilities(box))

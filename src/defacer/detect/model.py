@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from defacer._typing import Affine, LabelMap, PathLike
+from defacer.detect import prefault
 from defacer.detect.ear_fallback import add_missing_ears
 from defacer.detect.ensemble import SideBySide, split_members
 from defacer.detect.frame import PITCH_AGREE_DEG, PITCH_MIN_DEG, grid_pitch, head_pitch
@@ -461,11 +462,13 @@ class OnnxDetector:
 
 def _prefault(ort: Any, make_session: Any, members: int, box_shape: tuple[int, int, int]) -> Prefault | None:
     """The members' memory touched ahead in onnxruntime's shared arena (:mod:`defacer.detect.prefault`), or
-    ``None`` where no arena could be registered or the touch graph not made (the members then keep no arena)."""
-    if not shared_arena(ort):
+    ``None`` where it would exceed :data:`defacer.detect.prefault.MAX_TOUCH_BYTES`, no arena could be registered or
+    the touch graph not made (the members then keep no arena)."""
+    need = arena_bytes(members, box_shape)
+    if need > prefault.MAX_TOUCH_BYTES or not shared_arena(ort):  # a box too large to touch ahead: as before
         return None
     try:
-        return Prefault(ort, make_session, arena_bytes(members, box_shape), (1, NUM_CLASSES, *box_shape))
+        return Prefault(ort, make_session, need, (1, NUM_CLASSES, *box_shape))
     except Exception:  # noqa: BLE001 - only speed is at stake
         return None
 

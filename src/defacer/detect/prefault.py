@@ -36,6 +36,11 @@ from defacer.detect.ensemble import _encode, _Field
 #: 297 MiB, a few per cent to spare.  Less than needed only costs the faults of what does not fit.
 ARENA_BYTES_PER_VOXEL = 176
 
+#: Most bytes touched ahead (the 1 GB peak-memory target): a user's card may declare a box up to 256^3 and an
+#: ensemble up to 16 members, whose need (tens of GB) is not touched before the pass asks for it; such a
+#: detector's members keep no shared arena and fault their memory as they go.
+MAX_TOUCH_BYTES = 1 << 30
+
 #: onnxruntime's run option that hands an arena's free memory back at the end of a run.
 SHRINK = "memory.enable_memory_arena_shrinkage"
 
