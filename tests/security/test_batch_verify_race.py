@@ -127,3 +127,30 @@ def test_a_batch_scan_whose_qc_folder_another_run_holds_fails_in_words_and_the_o
     assert left == [] and not (out / "sub-01/anat/sub-01_T1w.nii.gz").exists()
     assert records["sub-02/anat/sub-02_T1w.nii.gz"].status == DONE
     assert (tmp_path / "out-qc" / "sub-02__anat__sub-02_T1w" / "verify_report.html").is_file()
+
+
+def test_a_batch_without_verify_leaves_the_qc_folder_another_run_holds(tmp_path: Path, caplog) -> None:
+    """A batch rerun without ``--verify`` removes the earlier verification of each scan it writes again; it did so
+    in a folder a ``defacer verify --out OUT-qc/<scan>`` run was writing (files of the same names, lost under it).
+    Now a held folder is left, with a warning; the other scan's earlier verification is removed as before."""
+    import logging
+
+    from defacer.cli.main import main
+    from defacer.verify import qc
+
+    ds, labels = tmp_path / "ds", tmp_path / "labels"
+    for sub in ("01", "02"):
+        (ds / f"sub-{sub}" / "anat").mkdir(parents=True)
+        (labels / f"sub-{sub}" / "anat").mkdir(parents=True)
+        save_phantom(make_phantom(4.0), ds / f"sub-{sub}/anat/sub-{sub}_T1w.nii.gz",
+                     labels / f"sub-{sub}/anat/sub-{sub}_T1w.labels.nii.gz")
+    out = tmp_path / "out"
+    assert main(["batch", str(ds), str(out), "--labels-dir", str(labels), "--verify", "-q"]) in (0, 3, 5)
+    one, two = (tmp_path / "out-qc" / f"sub-{sub}__anat__sub-{sub}_T1w" for sub in ("01", "02"))
+    assert (one / "verify_report.html").is_file() and (two / "verify_report.html").is_file()
+    caplog.set_level(logging.WARNING)
+    with qc.held(one, what="choose another --out"):  # as a 'defacer verify --out' writing there holds it
+        assert main(["batch", str(ds), str(out), "--labels-dir", str(labels), "--redo", "-q"]) == 0
+        assert (one / "verify_report.html").is_file()
+    assert not (two / "verify_report.html").exists()
+    assert any("another defacer run is writing into that folder" in r.getMessage() for r in caplog.records)

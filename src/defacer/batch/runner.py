@@ -501,7 +501,7 @@ def _drop_stale_verifications(layout: OutputLayout, tasks: Sequence[ScanTask], r
     this run wrote again (another ``--features``, label map, code): its report said PASS and showed the replaced
     output.  Only the files the QC folder's ownership record lists go; the gallery is written again from the
     manifest, so it no longer shows their verdicts."""
-    from defacer.verify.qc import GALLERY_NAME, holds_original_pictures, owned_files, report_targets
+    from defacer.verify.qc import GALLERY_NAME, held, holds_original_pictures, owned_files, report_targets
 
     qc_root = layout.qc_dir
     if qc_root.is_symlink() or not qc_root.is_dir():
@@ -514,11 +514,19 @@ def _drop_stale_verifications(layout: OutputLayout, tasks: Sequence[ScanTask], r
                 continue
             folder = layout.verify_dir(task.scan)
             labels = [f"labels{task.scan.extension}"] if task.scan.kind == "file" else []
-            for path in owned_files(qc_root, report_targets(folder, *labels)):
-                path.unlink(missing_ok=True)
-                dropped += 1
-            if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
-                folder.rmdir()
+            if not folder.is_dir() or folder.is_symlink():
+                continue
+            try:  # never under a 'defacer verify --out' writing there now (HOSTILE25): it holds the folder's lock
+                with held(folder, what="rerun the batch"):
+                    for path in owned_files(qc_root, report_targets(folder, *labels)):
+                        path.unlink(missing_ok=True)
+                        dropped += 1
+                    if not any(folder.iterdir()):
+                        folder.rmdir()
+            except OutputError:
+                log.warning("the earlier verification of '%s' in '%s' was not removed: another defacer run is "
+                            "writing into that folder right now; it describes the replaced output until that run "
+                            "ends (rerun with --verify)", text_name(task.scan.key), text_name(str(folder)))
         if dropped and owned_files(qc_root, [qc_root / GALLERY_NAME]):
             write_qc_gallery(sorted(manifest.records.values(), key=lambda r: r.key), qc_root, title=title,
                              after_only=not holds_original_pictures(qc_root))
