@@ -39,18 +39,18 @@ def _box() -> np.ndarray:
     return np.random.default_rng(7).random((96, 96, 96), dtype=np.float32)
 
 
-def test_the_touch_graph_is_a_valid_onnx_model_that_fills_and_reads_its_tensor() -> None:
+def test_the_touch_graph_is_a_valid_onnx_model_that_writes_its_tensor() -> None:
     from defacer.detect.prefault import touch_model
 
     onnx = pytest.importorskip("onnx")
     model = onnx.load_from_string(touch_model())
     onnx.checker.check_model(model, full_check=True)
-    assert [n.op_type for n in model.graph.node] == ["ConstantOfShape", "ReduceMax"]
+    assert [n.op_type for n in model.graph.node] == ["ConstantOfShape", "Shape"]
     session = ort.InferenceSession(touch_model(), providers=["CPUExecutionProvider"])
     before = _faults()
-    (top,) = session.run(None, {"shape": np.array([16 << 20], np.int64)})  # 64 MB of zeros, written
-    assert top.shape == () and float(top) == 0.0
-    assert _faults() - before > 0.8 * (64 << 20) / 4096  # its pages were touched
+    (size,) = session.run(None, {"shape": np.array([16 << 20], np.int64)})  # 64 MB of zeros, written
+    assert size.tolist() == [16 << 20]
+    assert _faults() - before > 0.8 * (64 << 20) / 4096  # its pages were touched, though nothing reads them
 
 
 @needs_weights
