@@ -274,8 +274,12 @@ def coarse_blocks(coarse: Mask, head: HeadModel, box: Box, step: tuple[int, ...]
     return out
 
 
-def open_ball(solid: Mask, radius_mm: float, spacing: npt.ArrayLike) -> Mask:
+def open_ball(solid: Mask, radius_mm: float, spacing: npt.ArrayLike,
+              air_ends: tuple[tuple[int, bool], ...] = ()) -> Mask:
     """Morphological opening with a ball, the mask continued past its edges (a cut face stays).
+
+    ``air_ends``: (axis, high end) pairs of edges past which air lies instead (a field of view that cuts an auricle
+    standing off the head: its stump in view is then thin there and opened away like the rest of the auricle).
 
     Parameters
     ----------
@@ -300,6 +304,10 @@ def open_ball(solid: Mask, radius_mm: float, spacing: npt.ArrayLike) -> Mask:
     sp = np.asarray(spacing, float)
     pad = int(np.ceil(radius_mm / sp.min())) + 1
     padded = np.pad(solid, pad, mode="edge")
+    for axis, high in air_ends:
+        end = [slice(None)] * padded.ndim
+        end[axis] = slice(padded.shape[axis] - pad, None) if high else slice(0, pad)
+        padded[tuple(end)] = False
     eroded = ~within_distance(~padded, radius_mm, sp)
     opened = within_distance(eroded, radius_mm + 0.5 * sp.max(), sp)
     return np.asarray(opened[pad:-pad, pad:-pad, pad:-pad] & solid)
@@ -741,7 +749,7 @@ def delimit_auricle(image: npt.NDArray[np.floating], head: HeadModel, depth: npt
                     spacing: tuple[float, float, float], centre: npt.ArrayLike, outward: npt.ArrayLike,
                     *, search_mm: float = SEARCH_MM, follow_mm: float = FOLLOW_MM,
                     medial_mm: float = MEDIAL_MM, opening_mm: float = OPENING_MM, shell_mm: float = SHELL_MM,
-                    root_mm: float = ROOT_MM, reference_mask: bool = False) -> Auricle | None:
+                    root_mm: float = ROOT_MM, reference_mask: bool = False, cut_open: bool = False) -> Auricle | None:
     """The whole auricle near ``centre``, by the module's rule, or ``None`` when nothing stands out there.
 
     Parameters
@@ -768,6 +776,11 @@ def delimit_auricle(image: npt.NDArray[np.floating], head: HeadModel, depth: npt
         auricle the reference labels' rule gives (the detector's ear refinement; held out, ears Dice
         0.59 -> 0.75 on fold A's heads).  Off for the ear distortion, whose larger auricle (lower
         level, no smoothing) covers more of the reference auricles.
+    cut_open : bool
+        Where the crop reaches the field of view's end on the outward side, take air past it instead of the
+        tissue continued (:func:`open_ball`'s ``air_ends``): the stump of an auricle the field cuts then stands out
+        (the detector's :func:`defacer.detect.ear_fallback._cut_auricle`, which also bounds its size: a field
+        ending inside the head has the rim of its cut face stand out too).  Default off.
 
     Returns
     -------
@@ -799,7 +812,9 @@ def delimit_auricle(image: npt.NDArray[np.floating], head: HeadModel, depth: npt
     tissue_c = block_any(tissue, step)
     interior_c, close_c = _crop_blocks(head, depth, spacing, box, step)
     solid_c = tissue_c | interior_c  # the head's inside counts as solid
-    opened = open_ball(solid_c, opening_mm, cell)
+    outward_high = bool(out_dir[axis] > 0)
+    at_field_end = box[axis].stop == image.shape[axis] if outward_high else box[axis].start == 0
+    opened = open_ball(solid_c, opening_mm, cell, ((axis, outward_high),) if cut_open and at_field_end else ())
     removed = solid_c & ~opened & tissue_c
     # an auricle stands at most OUTSIDE_MM out of the head with its protrusions rolled off (a head holder farther)
     removed &= close_c

@@ -603,3 +603,66 @@ def test_the_fallback_doubts_no_ear_at_an_exact_tie_and_the_further_one_otherwis
     assert ear_fallback._unmirrored({1: (box, mask, nearer), -1: (box, mask, left)}, origin, axes) == {-1}
     assert ear_fallback._unmirrored({1: (box, mask, right), -1: (box, mask, left - [0.0, 0.0, 1.0])},
                                     origin, axes) == {1}
+
+
+def _cut_right_auricle(shift_mm: float, piece_z_mm: float | None = None
+                       ) -> tuple[np.ndarray, dict[str, str], np.ndarray, np.ndarray, tuple[slice, slice, slice] | None]:
+    """The phantom 2 mm moved ``shift_mm`` right in its field (which ends 99 mm right of the grid's centre; its right
+    auricle stands 75-85 mm right of the head's midline), the network's right ear removed, or replaced by a piece of
+    skin (512 mm^3) ``piece_z_mm`` high behind the eyes (below the auricle: what a fold model marked on
+    mricrogl_CT with the field narrowed to 160 mm).  Returns the fallback's map and sources, the right auricle's
+    reference voxels in view, the right half of the grid (from the head's midline) and the piece."""
+    made = make_phantom(2.0, shift_mm=(shift_mm, 0.0, 0.0))
+    eyes = [e + [shift_mm, 0.0, 0.0] for e in EYES]
+    x = (np.arange(made.labels.shape[0]) * made.volume.affine[0, 0] + made.volume.affine[0, 3])[:, None, None]
+    x = x - shift_mm  # from the head's midline
+    truth = made.labels == Label.EARS
+    image = made.volume.values(np.float32)
+    network = made.labels.copy()
+    network[truth & (x > 0)] = 0
+    piece = None
+    if piece_z_mm is not None:
+        piece = _skin_piece(image, made.volume.affine, -5.0, piece_z_mm, (-3, 1), (-2, 2))
+        network[piece] = Label.EARS
+    out, sources = add_missing_ears(image, made.volume.affine, network, eyes)
+    return out, sources, truth & (x > 0), np.broadcast_to(x > 0, truth.shape), piece
+
+
+def test_the_stump_of_an_auricle_the_field_cuts_is_found() -> None:
+    """Issue 15: held out with the field narrowed to 160 mm left-right, ixi013_T1w_2mm's right auricle stood mostly
+    outside the field; the image search continued the head past the field's end, so the stump in view (1.2-2.3 cm^3
+    of reference auricle) stood out nowhere and the side kept no ear.  Where the field ends within 20 mm of the head
+    at the predicted ear, the search is repeated with the field's end taken as air: the phantom's right auricle cut
+    to its inner 4 mm (150 voxels, 1.2 cm^3 in view) is labelled (before: ``"none"``, nothing labelled)."""
+    out, sources, right, half, _ = _cut_right_auricle(20.0)
+    ears = out == Label.EARS
+    assert 100 <= right.sum() <= 200
+    assert sources == {"right": "image", "left": "network"}
+    assert ears[right].mean() >= 0.9
+    beyond_mm = 2.0 * ndi.distance_transform_edt(~right)  # 2 mm voxels
+    assert beyond_mm[ears & half].max() <= 10.0  # the stump with its 6 mm shell and root: nothing far from it
+    assert ndi.label(ears & half)[1] == 1
+
+
+def test_no_stump_is_invented_where_the_field_cuts_the_head_or_no_auricle() -> None:
+    """The field ending 1-25 mm inside the head's right side (the auricle wholly out of view: the cut face of the
+    scalp and skull stands there, no auricle), the side keeps no ear."""
+    for shift in (26.0, 30.0, 40.0, 50.0):
+        out, sources, right, half, _ = _cut_right_auricle(shift)
+        assert not right.any()
+        assert sources["right"] == "none"
+        assert not ((out == Label.EARS) & half).any()
+
+
+def test_a_network_ear_below_the_stump_of_an_auricle_the_field_cuts_gives_way_to_it() -> None:
+    """Issue 15: held out with the field narrowed to 160 mm, mricrogl_CT's right "ear" was a 433 mm^3 piece 16 mm
+    below the stump of its auricle (4.3 SD from where ears lie, mirroring the left ear within 30 mm): the image showed
+    no auricle at the piece, which stayed, an extra ear beside a missed one.  A network ear the refinement finds no
+    auricle at, on a side whose field cuts the auricle, gives way to the stump when the two share no voxel (before:
+    ``"network"``, the piece kept, the stump unlabelled)."""
+    out, sources, right, _, piece = _cut_right_auricle(20.0, piece_z_mm=-34.0)
+    assert piece is not None
+    ears = out == Label.EARS
+    assert sources["right"] == "image"
+    assert not ears[piece].any()
+    assert ears[right].mean() >= 0.9

@@ -11,13 +11,18 @@ no ear lies in the eyes' frame (and only when both eyes were found) this module:
 2. labels as ear the whole auricle near that point, delimited from the image by the rule of
    :mod:`defacer.auricle` (the protrusion a morphological opening of the head separates from it,
    recentred, with its side footprint's outer shell and its root), and only when the protrusion
-   holds at least :data:`MIN_EAR_MM3`; otherwise the ear stays not found.  A head whose field of
-   view cuts the ears, or an ear pressed flat against the head, gives no ear.  A network crumb or
+   holds at least :data:`MIN_EAR_MM3`; otherwise the ear stays not found.  An ear pressed flat
+   against the head gives no ear (an ear the field of view cuts: 3.).  A network crumb or
    misplaced ear gives way only to an auricle found this way that shares no voxel with it;
    otherwise it stays (and is refined as below), unless it lies where no ear lies (beyond :data:`EAR_FAR_SD`), does
    not mirror the other side's plausibly placed ear, and the field of view ends at the predicted ear
    (:func:`_field_ends_at_ear`): then the side keeps no ear (the auricle is out of view; what the network marks in
    view there is the jaw or neck).
+3. where the field of view ends within :data:`FIELD_EAR_MM` outward of the head at the predicted ear and the
+   search finds nothing, searches again with the field's end taken as air (:func:`_cut_auricle`): the stump of
+   the auricle the field cuts then stands out; one of :data:`MIN_CUT_EAR_MM3` to :data:`MAX_CUT_EAR_MM3` is the
+   side's ear.  A network ear the refinement finds no auricle at, on such a side, gives way to the stump where the
+   two share no voxel, and is joined with it where they do.
 
 Each ear the network found is replaced by the auricle the reference labels' rule delimits near its
 centroid (``refine``; :func:`defacer.auricle.delimit_auricle` with ``reference_mask``: the network
@@ -48,6 +53,7 @@ from defacer.auricle import (
     delimit_auricle,
     in_one_box,
     remember_auricle,
+    union_box,
 )
 from defacer.detect.frame import EAR_OFFSET_MM, ear_offset_score, eye_frame
 from defacer.detect.postprocess import EAR_PLAUSIBLE_SD, MIN_VOLUME_MM3, largest_part, unmirrored_ear
@@ -161,7 +167,8 @@ def lateral_surface(origin: npt.NDArray[np.float64], axes: npt.NDArray[np.float6
 
 def auricle_near(image: npt.NDArray[np.floating], affine: Affine, point: npt.NDArray[np.float64],
                  outward: npt.NDArray[np.float64], head: HeadModel, depth: npt.NDArray[np.float32],
-                 *, radius_mm: float = SEARCH_RADIUS_MM, min_mm3: float = MIN_EAR_MM3) -> tuple[Box, Mask] | None:
+                 *, radius_mm: float = SEARCH_RADIUS_MM, min_mm3: float = MIN_EAR_MM3,
+                 cut_open: bool = False) -> tuple[Box, Mask] | None:
     """The auricle standing out from the head near ``point``, delimited from the image, or ``None``.
 
     The auricle is :func:`defacer.auricle.delimit_auricle` searched within ``radius_mm`` of
@@ -184,6 +191,10 @@ def auricle_near(image: npt.NDArray[np.floating], affine: Affine, point: npt.NDA
         World (RAS+ mm) point and unit direction.
     head, depth
         :func:`defacer.head.analyse_head` of the image and its :func:`defacer.head.depth_below_surface`.
+    cut_open : bool
+        Take the field of view's end outward of ``point``, where the search's crop reaches it, as air
+        (:func:`defacer.auricle.delimit_auricle`'s ``cut_open``): the stump of an auricle the field cuts then
+        stands out (:func:`_cut_auricle`).  Default off: the head is continued past the field's edges.
 
     Returns
     -------
@@ -193,7 +204,8 @@ def auricle_near(image: npt.NDArray[np.floating], affine: Affine, point: npt.NDA
     spacing, centre, direction = _array_frame(affine, point, outward)
     for opening_mm in SEARCH_OPENINGS_MM:
         found = delimit_auricle(image, head, depth, spacing, centre, direction, search_mm=radius_mm,
-                                follow_mm=EXTENT_MM, medial_mm=MEDIAL_MM, opening_mm=opening_mm, reference_mask=True)
+                                follow_mm=EXTENT_MM, medial_mm=MEDIAL_MM, opening_mm=opening_mm, reference_mask=True,
+                                cut_open=cut_open)
         if found is not None and float(found.protrusion.sum()) * float(np.prod(spacing)) >= min_mm3:
             return found.box, largest_part(found.mask)
     return None
@@ -385,6 +397,16 @@ EAR_FAR_SD = 6.0
 #: How far outward of the head's lateral surface, at the predicted ear, the field of view must reach for the ear to be
 #: in view, in mm (the reference auricles stand up to about 20 mm off the head).
 FIELD_EAR_MM = 20.0
+#: Smallest protrusion of an auricle stump the field of view cuts (:func:`_cut_auricle`), in mm^3: the in-view part of
+#: an auricle cut 160 mm wide across the eyes holds 0.5-1.1 cm^3 of protrusion (ixi013_T1w_2mm's right, mricrogl_CT's
+#: right), below :data:`MIN_EAR_MM3`; the reference rule's own least auricle is
+#: :data:`defacer.auricle.MIN_AURICLE_MM3` (400).
+MIN_CUT_EAR_MM3 = 500.0
+#: Largest auricle stump (:func:`_cut_auricle`, the whole labelled piece), in mm^3: where the field ends inside the head
+#: beside the ear, the rim of its cut face stands out as well once the field's end is taken as air (the 2 mm phantom
+#: cut 1-28 mm into its side: 8.2-15.5 cm^3 along 50-90 mm of the rim); the stumps of real auricles the field cuts
+#: hold 1.2-2.4 cm^3 (ixi013_T1w_2mm, mricrogl_CT narrowed to 160 mm; the phantom's cut to its inner 4 mm).
+MAX_CUT_EAR_MM3 = 5000.0
 
 
 def _touches(a: tuple[Box, Mask], b: tuple[Box, Mask]) -> bool:
@@ -401,7 +423,38 @@ def _search_side(image: npt.NDArray[np.floating], affine: Affine, origin: npt.ND
     surface = lateral_surface(origin, axes, side, head, depth, affine, image.shape, offset_mm)
     if surface is None:
         return None
-    return auricle_near(image, affine, surface, side * axes[0], head, depth)
+    found = auricle_near(image, affine, surface, side * axes[0], head, depth)
+    if found is None and _field_ends_at_ear(origin, axes, side, head, depth, affine, image.shape, offset_mm):
+        return _cut_auricle(image, affine, surface, side * axes[0], head, depth)
+    return found
+
+
+def _cut_stump(image: npt.NDArray[np.floating], affine: Affine, origin: npt.NDArray[np.float64],
+               axes: npt.NDArray[np.float64], side: int, head: HeadModel, depth: npt.NDArray[np.float32],
+               offset_mm: tuple[float, float]) -> tuple[Box, Mask] | None:
+    """The stump of the auricle the field of view cuts on ``side`` (:func:`_cut_auricle` where the eyes say the ear
+    lies), or ``None`` where the field reaches past the ear (:func:`_field_ends_at_ear`) or no stump stands out."""
+    if not _field_ends_at_ear(origin, axes, side, head, depth, affine, image.shape, offset_mm):
+        return None
+    surface = lateral_surface(origin, axes, side, head, depth, affine, image.shape, offset_mm)
+    if surface is None:
+        return None
+    return _cut_auricle(image, affine, surface, side * axes[0], head, depth)
+
+
+def _cut_auricle(image: npt.NDArray[np.floating], affine: Affine, surface: npt.NDArray[np.float64],
+                 outward: npt.NDArray[np.float64], head: HeadModel, depth: npt.NDArray[np.float32]
+                 ) -> tuple[Box, Mask] | None:
+    """The stump of an auricle the field of view cuts, near ``surface``, or ``None``.
+
+    :func:`auricle_near` with the field's end outward taken as air (``cut_open``) and a smaller least protrusion,
+    :data:`MIN_CUT_EAR_MM3`: what stays in view of an auricle is its root and the part next to the head.
+    """
+    found = auricle_near(image, affine, surface, outward, head, depth, min_mm3=MIN_CUT_EAR_MM3, cut_open=True)
+    if found is None or float(found[1].sum()) * float(abs(np.linalg.det(np.asarray(affine, float)[:3, :3]))) \
+            > MAX_CUT_EAR_MM3:
+        return None
+    return found
 
 
 def _clear_side(out: LabelMap, affine: Affine, origin: npt.NDArray[np.float64], axes: npt.NDArray[np.float64],
@@ -586,6 +639,17 @@ def add_missing_ears(image: npt.NDArray[np.floating], affine: Affine, labels: La
         replaced = None if found is None else _replace_ear(out, crop, component, found, np.asarray(spacing))
         _, index, direction = _array_frame(affine, centre, side * axes[0])
         if replaced is None or found is None:
+            stump = _cut_stump(image, affine, origin, axes, side, head, depth, offset_mm)
+            if stump is not None and not _touches(stump, (crop, component)):
+                # the network's ear lies apart from the stump of the auricle the field cuts: the stump replaces it
+                out[crop][component] = 0
+                _clear_side(out, affine, origin, axes, side, ears_within)
+                _label_image_ear(out, stump)
+                sources[names[side]] = "image"
+                continue
+            if stump is not None:  # the stump holds the network's ear: the two together
+                _label_image_ear(out, stump)
+                crop = union_box([crop, stump[0]])
             refined.append((crop, None, (index, direction)))
         else:
             refined.append((replaced, _for_distortion(crop, component, found), (index, direction)))
