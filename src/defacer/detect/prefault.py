@@ -111,7 +111,10 @@ class Prefault:
         self._shape = tuple(int(n) for n in result_shape)
         self._result: npt.NDArray[np.float32] | None = None
         self.touched = False
-        self._thread = threading.Thread(target=self._touch, name="defacer-prefault", daemon=True)
+        # Not a daemon: a process that ends while the touching runs inside onnxruntime (a run refused before its
+        # detector was used) aborted with "terminate called without an active exception" (SIGABRT, exit 134)
+        # when the thread was a daemon; the interpreter now waits for it (a fraction of a second) before it ends.
+        self._thread = threading.Thread(target=self._touch, name="defacer-prefault", daemon=False)
         self._thread.start()
 
     def _touch(self) -> None:
