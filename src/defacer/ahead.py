@@ -123,6 +123,15 @@ class DetectorLoading:
         """Wait for the thread."""
         self._thread.join()
 
+    def settle(self) -> None:
+        """Wait for the thread, and for the threads the detector made began (``settle()``, where it has one:
+        :meth:`defacer.detect.model.OnnxDetector.settle`); a detector that failed to be made has none."""
+        self.wait()
+        made = self._outcome[0] if self._outcome else None
+        settle = getattr(made, "settle", None) if not isinstance(made, BaseException) else None
+        if settle is not None:
+            settle()
+
     def result(self) -> Any:
         """The detector, once made; its error, raised here."""
         self.wait()
@@ -234,7 +243,7 @@ def forget() -> None:
     while _readings:
         _readings.pop().thread.join()
     while _detectors:
-        _detectors.pop()[1].wait()
+        _detectors.pop()[1].settle()  # the detector made, and what it began (its memory touched ahead)
 
 
 def _declared_size(header: bytes, max_voxels: int | None) -> int | None:

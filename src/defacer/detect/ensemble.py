@@ -277,6 +277,16 @@ class SideBySide:
         self._releasing: threading.Thread | None = None
         self._lock = threading.Lock()
 
+    def settle(self) -> None:
+        """Wait for the threads begun beside the passes: the memory's touching ahead (where no pass took it) and
+        the last pass's hand-back, so that none outlives a run (:func:`defacer.ahead.forget`)."""
+        with self._lock:
+            ahead, releasing = self._prefault, self._releasing
+        if ahead is not None:
+            ahead.wait()
+        if releasing is not None:
+            releasing.join()
+
     def get_inputs(self) -> list[Any]:
         """The first member's inputs (every member takes the graph's input)."""
         return list(self.sessions[0].get_inputs())

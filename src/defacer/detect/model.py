@@ -272,6 +272,13 @@ class OnnxDetector:
                            "the shipped model.")
                 raise WeightsError(message)
 
+    def settle(self) -> None:
+        """Wait for the threads the detector began beside its passes (:meth:`SideBySide.settle`: the memory
+        touched ahead, the last pass's hand-back), so that none outlives a run that ends here."""
+        settle = getattr(self._session, "settle", None)
+        if settle is not None:
+            settle()
+
     @property
     def member_sessions(self) -> int:
         """onnxruntime sessions one network pass runs: 1 (the graph as it is), or the ensemble's member count,

@@ -127,6 +127,10 @@ class Prefault:
         except Exception:  # noqa: BLE001 - only speed is at stake: the pass runs as without it
             self._result = None
 
+    def wait(self) -> None:
+        """Wait for the touching to end (a run that ends without a pass: no thread outlives it)."""
+        self._thread.join()
+
     def take(self) -> npt.NDArray[np.float32] | None:
         """Wait for the touching; the touched array for the members' mean (once), or ``None`` where it failed."""
         self._thread.join()
