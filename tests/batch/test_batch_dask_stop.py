@@ -9,39 +9,20 @@ measurement), where a rerun or the user was already at work.  Now the batch asks
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-
-from defacer.phantom import make_phantom, save_phantom
+from paused import SYNC_ENV, Pause, pause_at, phantom_dataset, wait_for
 
 distributed = pytest.importorskip("distributed")
-
-#: Loaded by the cluster's worker processes (spawned, through PYTHONPATH): ``deface_path`` waits for ``go-deface``
-#: in ``$H25_SYNC`` after touching ``at-deface`` (a long scan, stood for).
-SITECUSTOMIZE = """
-import os
-if os.environ.get("H25_SYNC"):
-    import time
-    from pathlib import Path
-    import defacer.route as route
-    real = route.deface_path
-
-    def waiting(*args, **kwargs):
-        sync = Path(os.environ["H25_SYNC"])
-        (sync / "at-deface").touch()
-        deadline = time.monotonic() + 60
-        while not (sync / "go-deface").exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return real(*args, **kwargs)
-
-    route.deface_path = waiting
-"""
 
 
 def _running(client: object) -> int:
@@ -54,52 +35,58 @@ def _tree(*roots: Path) -> dict[str, int]:
     return {str(p): p.stat().st_mtime_ns for root in roots if root.exists() for p in root.rglob("*") if p.is_file()}
 
 
-def test_ctrl_c_of_a_batch_on_a_running_cluster_leaves_no_scan_writing_after_it_ends(tmp_path: Path,
-                                                                                     monkeypatch) -> None:
-    ds, labels = tmp_path / "ds", tmp_path / "labels"
-    for sub in ("01", "02"):
-        (ds / f"sub-{sub}" / "anat").mkdir(parents=True)
-        (labels / f"sub-{sub}" / "anat").mkdir(parents=True)
-        save_phantom(make_phantom(4.0), ds / f"sub-{sub}/anat/sub-{sub}_T1w.nii.gz",
-                     labels / f"sub-{sub}/anat/sub-{sub}_T1w.labels.nii.gz")
-    site, sync = tmp_path / "site", tmp_path / "sync"
-    site.mkdir()
-    sync.mkdir()
-    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    monkeypatch.setenv("H25_SYNC", str(sync))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), *sys.path]))
-    out, qc = tmp_path / "out", tmp_path / "out-qc"
+@contextlib.contextmanager
+def _batch_on_cluster(tmp_path: Path, monkeypatch, stderr: Any = subprocess.PIPE
+                      ) -> Iterator[tuple[subprocess.Popen[str], Pause, Any]]:
+    """A real ``defacer batch --verify`` of two phantoms (``tmp_path/out``) on a real LocalCluster started apart from it,
+    whose worker process waits in ``deface_path`` (a long scan, stood for) until the test touches ``pause.go``:
+    the batch process, the pause and the test's Dask client; the batch is killed on the way out if still running."""
+    ds, labels = phantom_dataset(tmp_path)
+    # the cluster's worker processes (spawned, reading PYTHONPATH) wait in deface_path
+    pause = pause_at(tmp_path, "defacer.route", "deface_path", "deface", limit_s=60.0)
+    monkeypatch.setenv(SYNC_ENV, str(pause.sync))
+    monkeypatch.setenv("PYTHONPATH", pause.pythonpath)
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
         env = {**os.environ}
-        env.pop("H25_SYNC")  # the batch itself is not paused, only the cluster's worker
+        env.pop(SYNC_ENV)  # the batch itself is not paused, only the cluster's worker
         previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # not ignored in the child
         try:
-            batch = subprocess.Popen([sys.executable, "-m", "defacer", "batch", str(ds), str(out), "--labels-dir",
-                                      str(labels), "--verify", "--scheduler", cluster.scheduler_address],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            batch = subprocess.Popen([sys.executable, "-m", "defacer", "batch", str(ds),
+                                      str(tmp_path / "out"), "--labels-dir", str(labels), "--verify", "--scheduler",
+                                      cluster.scheduler_address],
+                                     stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
         finally:
             signal.signal(signal.SIGINT, previous)
         try:
-            deadline = time.monotonic() + 120
-            while not (sync / "at-deface").exists() and batch.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert (sync / "at-deface").exists(), batch.communicate()
-            batch.send_signal(signal.SIGINT)  # Ctrl-C while the worker defaces sub-01
-            time.sleep(1.5)
-            (sync / "go-deface").touch()  # the scan's long step ends
-            _, err = batch.communicate(timeout=120)
-            at_exit = _tree(out, qc)
-            busy_at_exit = _running(client)
-            deadline = time.monotonic() + 90  # until the cluster's worker is idle
-            while _running(client) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            time.sleep(1.0)
-            later = _tree(out, qc)
+            yield batch, pause, client
         finally:
             if batch.poll() is None:
                 batch.kill()
                 batch.communicate()
+
+
+def _idle(client: object, timeout: float = 90.0) -> None:
+    """Wait until the cluster's worker runs nothing (or ``timeout`` seconds), and a second more."""
+    deadline = time.monotonic() + timeout
+    while _running(client) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+
+
+def test_ctrl_c_of_a_batch_on_a_running_cluster_leaves_no_scan_writing_after_it_ends(tmp_path: Path,
+                                                                                     monkeypatch) -> None:
+    out, qc = tmp_path / "out", tmp_path / "out-qc"
+    with _batch_on_cluster(tmp_path, monkeypatch) as (batch, pause, client):
+        assert wait_for(pause.at, batch), batch.communicate()
+        batch.send_signal(signal.SIGINT)  # Ctrl-C while the worker defaces sub-01
+        time.sleep(1.5)
+        pause.go.touch()  # the scan's long step ends
+        _, err = batch.communicate(timeout=120)
+        at_exit = _tree(out, qc)
+        busy_at_exit = _running(client)
+        _idle(client)
+        later = _tree(out, qc)
     assert batch.returncode == 130, (batch.returncode, err)
     assert "Traceback" not in err, err
     written_after = sorted(set(later) - set(at_exit)) + sorted(k for k in at_exit if later.get(k) != at_exit[k])

@@ -13,65 +13,26 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from defacer.phantom import make_phantom, save_phantom
-
-#: Loaded by every process of the batch (the spawned worker too, through PYTHONPATH): ``verify_pair`` waits for
-#: ``go-verify`` in the folder ``$H25_SYNC`` after touching ``at-verify``.
-SITECUSTOMIZE = """
-import os
-if os.environ.get("H25_SYNC"):
-    import time
-    from pathlib import Path
-    import defacer.verify as verify
-    real = verify.verify_pair
-
-    def waiting(*args, **kwargs):
-        sync = Path(os.environ["H25_SYNC"])
-        (sync / "at-verify").touch()
-        deadline = time.monotonic() + 90
-        while not (sync / "go-verify").exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return real(*args, **kwargs)
-
-    verify.verify_pair = waiting
-"""
-
-
-def _wait_for(path: Path, process: subprocess.Popen[str], timeout: float = 180.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists():
-            return True
-        if process.poll() is not None:
-            return path.exists()
-        time.sleep(0.05)
-    return False
+from paused import SYNC_ENV, pause_at, phantom_dataset, wait_for
 
 
 def test_a_hand_run_verify_into_the_qc_folder_of_a_scan_the_batch_verifies_is_refused(tmp_path: Path,
                                                                                       capsys) -> None:
     from defacer.cli.main import main
 
-    ds, labels = tmp_path / "ds", tmp_path / "labels"
-    (ds / "sub-01" / "anat").mkdir(parents=True)
-    (labels / "sub-01" / "anat").mkdir(parents=True)
-    save_phantom(make_phantom(4.0), ds / "sub-01/anat/sub-01_T1w.nii.gz",
-                 labels / "sub-01/anat/sub-01_T1w.labels.nii.gz")
-    site, sync = tmp_path / "site", tmp_path / "sync"
-    site.mkdir()
-    sync.mkdir()
-    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    ds, labels = phantom_dataset(tmp_path, ("01",))
+    # the batch's spawned worker waits in verify_pair (after defacing the scan) until the test lets it go
+    pause = pause_at(tmp_path, "defacer.verify", "verify_pair", "verify", limit_s=90.0)
     out = tmp_path / "out"
     scan_qc = tmp_path / "out-qc" / "sub-01__anat__sub-01_T1w"
-    env = {**os.environ, "H25_SYNC": str(sync), "PYTHONPATH": os.pathsep.join([str(site), *sys.path])}
+    env = {**os.environ, SYNC_ENV: str(pause.sync), "PYTHONPATH": pause.pythonpath}
     batch = subprocess.Popen([sys.executable, "-m", "defacer", "batch", str(ds), str(out), "--labels-dir",
                               str(labels), "--verify", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, env=env)
     try:
-        assert _wait_for(sync / "at-verify", batch), batch.communicate()
+        assert wait_for(pause.at, batch, timeout=180.0), batch.communicate()
         # the worker has defaced the scan and is verifying it, its label map in the scan's QC folder
         assert (out / "sub-01/anat/sub-01_T1w.nii.gz").is_file() and (scan_qc / "labels.nii.gz").is_file()
         before = sorted(p.name for p in scan_qc.iterdir())
@@ -79,7 +40,7 @@ def test_a_hand_run_verify_into_the_qc_folder_of_a_scan_the_batch_verifies_is_re
                      "--out", str(scan_qc)])
         err = capsys.readouterr().err
         after = sorted(p.name for p in scan_qc.iterdir())
-        (sync / "go-verify").touch()
+        pause.go.touch()
         _, batch_err = batch.communicate(timeout=240)
     finally:
         if batch.poll() is None:
@@ -105,12 +66,7 @@ def test_a_batch_scan_whose_qc_folder_another_run_holds_fails_in_words_and_the_o
     from defacer.cli.main import main
     from defacer.verify import qc
 
-    ds, labels = tmp_path / "ds", tmp_path / "labels"
-    for sub in ("01", "02"):
-        (ds / f"sub-{sub}" / "anat").mkdir(parents=True)
-        (labels / f"sub-{sub}" / "anat").mkdir(parents=True)
-        save_phantom(make_phantom(4.0), ds / f"sub-{sub}/anat/sub-{sub}_T1w.nii.gz",
-                     labels / f"sub-{sub}/anat/sub-{sub}_T1w.labels.nii.gz")
+    ds, labels = phantom_dataset(tmp_path)
     (ds / "dataset_description.json").write_text(json.dumps({"Name": "p", "BIDSVersion": "1.8.0"}))
     out = tmp_path / "out"
     held_qc = tmp_path / "out-qc" / "sub-01__anat__sub-01_T1w"
@@ -138,12 +94,7 @@ def test_a_batch_without_verify_leaves_the_qc_folder_another_run_holds(tmp_path:
     from defacer.cli.main import main
     from defacer.verify import qc
 
-    ds, labels = tmp_path / "ds", tmp_path / "labels"
-    for sub in ("01", "02"):
-        (ds / f"sub-{sub}" / "anat").mkdir(parents=True)
-        (labels / f"sub-{sub}" / "anat").mkdir(parents=True)
-        save_phantom(make_phantom(4.0), ds / f"sub-{sub}/anat/sub-{sub}_T1w.nii.gz",
-                     labels / f"sub-{sub}/anat/sub-{sub}_T1w.labels.nii.gz")
+    ds, labels = phantom_dataset(tmp_path)
     out = tmp_path / "out"
     assert main(["batch", str(ds), str(out), "--labels-dir", str(labels), "--verify", "-q"]) in (0, 3, 5)
     one, two = (tmp_path / "out-qc" / f"sub-{sub}__anat__sub-{sub}_T1w" for sub in ("01", "02"))

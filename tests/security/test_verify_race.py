@@ -15,10 +15,10 @@ import os
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from paused import wait_for
 
 from defacer.phantom import make_phantom, save_phantom
 
@@ -55,18 +55,6 @@ def _start(sync: Path, step: str, *argv: str) -> subprocess.Popen[str]:
                             stderr=subprocess.PIPE, text=True, env=env)
 
 
-def _wait_for(path: Path, process: subprocess.Popen[str], timeout: float = 120.0) -> bool:
-    """Whether ``path`` appeared before ``process`` ended (or the timeout)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists():
-            return True
-        if process.poll() is not None:
-            return path.exists()
-        time.sleep(0.02)
-    return False
-
-
 @pytest.mark.parametrize("after_only", [False, True], ids=["with-original", "after-only"])
 def test_two_verifying_runs_into_one_output_never_leave_renders_of_the_face_outside_a_locked_owned_folder(
         tmp_path: Path, after_only: bool) -> None:
@@ -79,10 +67,10 @@ def test_two_verifying_runs_into_one_output_never_leave_renders_of_the_face_outs
     first = _start(sync, "deface", *argv)
     second = None
     try:
-        assert _wait_for(sync / "at-deface", first), first.communicate()
+        assert wait_for(sync / "at-deface", first), first.communicate()
         assert qc.is_dir()  # the first run claimed the QC folder and waits before defacing
         second = _start(sync, "verify", *argv)
-        reached = _wait_for(sync / "at-verify", second)  # the old code: the second run is verifying
+        reached = wait_for(sync / "at-verify", second)  # the old code: the second run is verifying
         (sync / "go-deface").touch()
         _, first_err = first.communicate(timeout=180)
         (sync / "go-verify").touch()
