@@ -362,3 +362,32 @@ def test_a_defaced_series_keeps_no_icon_of_the_original_face(tmp_path):
             assert "IconImageSequence" not in ds, (extra, written.name)  # main: kept with --no-deidentify
             assert all("IconImageSequence" not in item for item in ds.get("ReferencedImageSequence", []))
     assert all("IconImageSequence" in pydicom.dcmread(f) for f in files), "the input is untouched"
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+@pytest.mark.parametrize("how", ["copy", "hard-link", "symbolic-link"])
+def test_anonymize_refuses_an_input_holding_one_file_twice(tmp_path, capsys, how, jobs):
+    """HOSTILE25's leftover: a slice copied beside itself (``IM0003 (1).dcm``), or a hard or symbolic link to it in the
+    folder, was written twice by ``anonymize`` (two output files of one SOP Instance UID: an archive keeps one or
+    refuses the series), where ``deface`` refuses it (019933f).  Now anonymize refuses it too, naming the two files
+    and what to do; nothing is written and the input is untouched.  Two different slices are written as before."""
+    import os
+
+    folder = tmp_path / "in"
+    paths = write_series(folder, np.arange(8 * 8 * 5, dtype=np.int16).reshape(8, 8, 5),
+                         extra={"PatientName": "Quexworth^Ambrose"})
+    twin = folder / "IM0003 (1).dcm"
+    {"copy": shutil.copyfile, "hard-link": os.link, "symbolic-link": lambda a, b: os.symlink(a.name, b)}[how](
+        paths[2], twin)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    out = tmp_path / "anon"
+    code = main(["anonymize", str(folder), str(out), "--key", KEY, "--jobs", jobs])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "holds one DICOM file twice" in err and str(twin) in err and str(paths[2]) in err
+    assert "Remove one of them (nothing was written)" in err and "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.glob(".defacer-tmp*"))
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    twin.unlink()
+    assert main(["anonymize", str(folder), str(out), "--key", KEY, "--jobs", jobs]) == 0
+    assert len(list(out.rglob("*.dcm"))) == len(paths)

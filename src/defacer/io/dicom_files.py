@@ -69,6 +69,16 @@ def input_files(path: PathLike | Sequence[PathLike], *, warn_linked_folders: boo
     return sorted(files)
 
 
+def same_file(first: Path, second: Path) -> bool:
+    """Whether two files of an input are one file twice: a link to the other, a hard link, or a byte-identical copy."""
+    import filecmp
+
+    try:
+        return first != second and (os.path.samefile(first, second) or filecmp.cmp(first, second, shallow=False))
+    except OSError:
+        return False
+
+
 #: DICOM folders whose links to folders were warned about in this process.
 _WARNED_LINKS: set[Path] = set()
 

@@ -18,7 +18,7 @@ import numpy.typing as npt
 from defacer._typing import PathLike
 from defacer.checks import DEFAULT_MAX_VOXELS, check_voxel_count
 from defacer.errors import DicomSeriesError, shown
-from defacer.io.dicom_files import dcmread_any, encapsulated_frames_problem
+from defacer.io.dicom_files import dcmread_any, encapsulated_frames_problem, same_file
 from defacer.io.dicom_grouping import FrameRef, floats, scan, select_series
 from defacer.volume import Volume
 
@@ -84,16 +84,6 @@ def _mm(value: float) -> str:
     return f"{value:.3f}" if abs(value) < 1e6 else f"{value:.6g}"
 
 
-def _same_file(first: Path, second: Path) -> bool:
-    """Whether two files of a series are one file twice: a link to the other, a hard link, or a byte-identical copy."""
-    import filecmp
-
-    try:
-        return first != second and (os.path.samefile(first, second) or filecmp.cmp(first, second, shallow=False))
-    except OSError:
-        return False
-
-
 def _check_spacing(projections: npt.NDArray[np.float64], source: str,
                    paths: Sequence[Path] | None = None) -> list[str]:
     """Refuse slices at one position; warn about uneven spacing.  ``paths``: each slice's file, in the same order
@@ -104,7 +94,7 @@ def _check_spacing(projections: npt.NDArray[np.float64], source: str,
         return warnings
     if np.any(gaps < 1e-3):
         dup = int(np.argmin(gaps))
-        if paths is not None and _same_file(paths[dup], paths[dup + 1]):
+        if paths is not None and same_file(paths[dup], paths[dup + 1]):
             # a copy or a link of one file beside it (IM0001.dcm and 'IM0001 (1).dcm'): the advice to split the
             # series into volumes was wrong (HOSTILE25)
             raise DicomSeriesError(

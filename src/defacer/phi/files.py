@@ -24,6 +24,7 @@ from defacer.io.dicom_files import (
     dcmread_any,
     input_files,
     pixel_data_problem,
+    same_file,
     unreadable_reason,
     write_instance,
 )
@@ -35,38 +36,43 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+#: What :func:`_anonymize_chunk` says of one file: ``(index, SeriesInstanceUID or None, why skipped, SOPInstanceUID)``
+#: (the two UIDs the input's own, ``None`` and a reason where the file was skipped, ``""`` where it holds no UID).
+Outcome = tuple[int, str | None, str, str]
+
+
 def _anonymize_chunk(
     files: Sequence[Path], first: int, folder: Path, deid: Scrubber
-) -> tuple[list[tuple[int, str | None, str]], dict[str, Any] | None]:
-    """De-identify ``files`` into ``folder/<index>.dcm``; per file ``(index, SeriesInstanceUID or None, why skipped)``."""
+) -> tuple[list[Outcome], dict[str, Any] | None]:
+    """De-identify ``files`` into ``folder/<index>.dcm``; per file an :data:`Outcome`."""
     from pydicom.errors import InvalidDicomError
 
-    results: list[tuple[int, str | None, str]] = []
+    results: list[Outcome] = []
     for index, file in enumerate(files, start=first):
         try:
             ds = dcmread_any(file)
         except InvalidDicomError as err:
             text = str(err)
-            results.append((index, None, text if text.startswith("damaged") else unreadable_reason(file)))
+            results.append((index, None, text if text.startswith("damaged") else unreadable_reason(file), ""))
             continue
         except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-            results.append((index, None, f"damaged or truncated DICOM file ({type(err).__name__})"))
+            results.append((index, None, f"damaged or truncated DICOM file ({type(err).__name__})", ""))
             continue
         if "SOPClassUID" not in ds and "SeriesInstanceUID" not in ds:
             meta = getattr(ds, "file_meta", None)
             if meta is not None and "MediaStorageSOPClassUID" in meta and "DirectoryRecordSequence" not in ds:
-                results.append((index, None, INCOMPLETE_INSTANCE))
+                results.append((index, None, INCOMPLETE_INSTANCE, ""))
             else:
-                results.append((index, None, "not a DICOM instance (e.g. DICOMDIR)"))
+                results.append((index, None, "not a DICOM instance (e.g. DICOMDIR)", ""))
             continue
         problem = pixel_data_problem(ds)
         if problem:
-            results.append((index, None, f"damaged or truncated DICOM file ({problem})"))
+            results.append((index, None, f"damaged or truncated DICOM file ({problem})", ""))
             continue
-        uid = str(ds.get("SeriesInstanceUID", ""))
+        uid, instance = str(ds.get("SeriesInstanceUID", "")), str(ds.get("SOPInstanceUID", ""))
         deid.scrub(ds, source=str(file))
         write_instance(ds, folder / f"{index:07d}.dcm", source=file)
-        results.append((index, uid, ""))
+        results.append((index, uid, "", instance))
     return results, (deid.mapping.as_dict() if deid.record_mapping else None)
 
 
@@ -87,7 +93,7 @@ class _Keep(logging.Handler):
 
 def _anonymize_chunk_in_worker(
     files: Sequence[Path], first: int, folder: Path, deid: Scrubber
-) -> tuple[list[tuple[int, str | None, str]], dict[str, Any] | None, list[tuple[str | None, str]], list[WorkerLog]]:
+) -> tuple[list[Outcome], dict[str, Any] | None, list[tuple[str | None, str]], list[WorkerLog]]:
     """:func:`_anonymize_chunk` in a worker process, its "VR lookup failed" notices and defacer's own warnings handed
     back instead of said: each chunk has its own copy of the scrubber, whose "said once per run" notices (an age over
     89, an age that is no age, UIDs holding dates) were said once per chunk (HOSTILE22: three times with two workers,
@@ -168,16 +174,18 @@ def anonymize_files(
             outcomes, _ = _anonymize_chunk(files, 0, work, deid)
         else:
             outcomes = _anonymize_parallel(files, work, deid, jobs)
-        damaged = [(files[index], why) for index, uid, why in sorted(outcomes) if uid is None and why.startswith("damaged")]
+        damaged = [(files[index], why) for index, uid, why, _ in sorted(outcomes)
+                   if uid is None and why.startswith("damaged")]
         if damaged:
             listing = "\n  ".join(f"{shown(p)}: {shown(why)}" for p, why in damaged[:10])
             raise DicomSeriesError(
                 f"{len(damaged)} file(s) in '{in_path}' cannot be read as DICOM, so a series would be written with "
                 f"missing instances:\n  {listing}\nRe-export them, or move them out of the input (nothing was written)."
             )
+        _refuse_one_file_twice(files, outcomes, in_path)
         series_index: dict[str, int] = {}
         counts: dict[int, int] = defaultdict(int)
-        for index, uid, why in sorted(outcomes):
+        for index, uid, why, _ in sorted(outcomes):
             if uid is None:
                 skipped.append((files[index], why))
                 continue
@@ -195,11 +203,37 @@ def anonymize_files(
     return written, skipped
 
 
-def _anonymize_parallel(files: list[Path], work: Path, deid: Scrubber, jobs: int) -> list[tuple[int, str | None, str]]:
+def _refuse_one_file_twice(files: Sequence[Path], outcomes: Sequence[Outcome],
+                           in_path: PathLike | Sequence[PathLike]) -> None:
+    """Refuse an input that holds one DICOM file twice (a copy beside it, a hard or symbolic link to it): each would be
+    written, two instances of one SOP Instance UID in the output (a PACS keeps one, or refuses the series).
+
+    Only files of one SOP Instance UID are compared (:func:`defacer.io.dicom_files.same_file`): no file is read again
+    unless it repeats an instance.  Two different files of one instance (a re-export) are written as before.
+
+    Raises
+    ------
+    DicomSeriesError
+        Naming the two files, as ``deface`` does (:func:`defacer.io.dicom_geometry.read_dicom_volume`).
+    """
+    first: dict[str, int] = {}
+    for index, uid, _, instance in sorted(outcomes):
+        if uid is None or not instance:
+            continue
+        seen = first.setdefault(instance, index)
+        if seen != index and same_file(files[seen], files[index]):
+            source = shown(in_path) if isinstance(in_path, str | os.PathLike) else f"the {len(files)} files given"
+            raise DicomSeriesError(
+                f"'{source}' holds one DICOM file twice: '{shown(files[seen])}' and '{shown(files[index])}' are the same "
+                "file (a copy, or a link to it), and the output would hold its instance twice. Remove one of them "
+                "(nothing was written).")
+
+
+def _anonymize_parallel(files: list[Path], work: Path, deid: Scrubber, jobs: int) -> list[Outcome]:
     from concurrent.futures import ProcessPoolExecutor
 
     size = max(16, -(-len(files) // (jobs * 4)))
-    outcomes: list[tuple[int, str | None, str]] = []
+    outcomes: list[Outcome] = []
     said: set[WorkerLog] = set()
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         futures = [pool.submit(_anonymize_chunk_in_worker, files[i:i + size], i, work, deid)
