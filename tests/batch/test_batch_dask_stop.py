@@ -95,3 +95,34 @@ def test_ctrl_c_of_a_batch_on_a_running_cluster_leaves_no_scan_writing_after_it_
     # nothing verified: sub-01 was stopped before its verification; sub-02 never started
     assert not list(qc.rglob("verify_report.html")) if qc.exists() else True
     assert not (out / "sub-02/anat/sub-02_T1w.nii.gz").exists()
+
+
+def test_a_second_ctrl_c_names_the_scan_left_running_on_the_cluster(tmp_path: Path, monkeypatch) -> None:
+    """HOSTILE25's leftover: Ctrl-C again while the batch waited for its scan on the cluster ended the batch (130) with
+    a warning that scans may still run, but its closing line said "1 not defaced (nothing written for them)" and
+    ``summary.html`` "nothing written for it", of a scan whose deface step went on and wrote its output into OUT after
+    the batch had ended.  Now the line and the page name that scan as still running on the cluster, which may yet
+    write its output, not verified and not recorded; the other scan keeps "nothing was written"."""
+    out = tmp_path / "out"
+    log = tmp_path / "batch.err"
+    with log.open("w") as stderr, _batch_on_cluster(tmp_path, monkeypatch, stderr) as (batch, pause, client):
+        assert wait_for(pause.at, batch), (batch.communicate(), log.read_text())
+        batch.send_signal(signal.SIGINT)  # Ctrl-C while the worker defaces sub-01
+        deadline = time.monotonic() + 60
+        while "Stopping: waiting" not in log.read_text() and batch.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "Stopping: waiting" in log.read_text(), log.read_text()
+        batch.send_signal(signal.SIGINT)  # Ctrl-C again: stop waiting
+        batch.communicate(timeout=120)
+        pause.go.touch()  # the scan's long step ends, after the batch has
+        _idle(client)
+    err = log.read_text()
+    assert batch.returncode == 130 and "Traceback" not in err, (batch.returncode, err)
+    closing = err[err.index("defacer batch: interrupted"):]
+    assert "not defaced (nothing written for them)" not in closing, closing
+    assert "1 of them still running on the Dask cluster" in closing and "sub-01/anat/sub-01_T1w.nii.gz" in closing
+    assert "nothing was written for the other 1" in closing and "except those still running" in closing
+    page = (out / ".defacer" / "summary.html").read_text()
+    assert "still running on the Dask cluster" in page and "nothing written for it" in page  # sub-02's row
+    # what the line now says may happen did: the scan wrote its output after the batch had ended
+    assert (out / "sub-01/anat/sub-01_T1w.nii.gz").is_file()

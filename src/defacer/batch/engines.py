@@ -218,6 +218,24 @@ def run_dask(
             cluster.close()
 
 
+class LeftRunning(KeyboardInterrupt):
+    """An interrupt of a batch on a Dask cluster it does not own that stopped waiting for its running scans to stop
+    (Ctrl-C again, :data:`STOP_WAIT_S` passed, the scheduler lost): those scans may still write into OUT and its QC
+    folder after the batch has ended.
+
+    Attributes
+    ----------
+    keys : list of str
+        The scans (their keys) still running on the cluster when the batch stopped waiting.
+    """
+
+    def __init__(self, interrupt: KeyboardInterrupt, keys: Sequence[str]) -> None:
+        super().__init__(*interrupt.args)  # the same words ("stopped by signal SIGTERM"), the same notes
+        for note in getattr(interrupt, "__notes__", ()):
+            self.add_note(note)
+        self.keys = list(keys)
+
+
 #: How long an interrupted batch waits for the scans a cluster it does not own is running to stop at their next
 #: step (a step of a large head: a minute or two), holding its lock on OUT; Ctrl-C again stops waiting.
 STOP_WAIT_S = 300.0
@@ -240,15 +258,16 @@ def _submit_all(client: object, distributed: object, tasks: Sequence[ScanTask], 
                 record = failed_record(task, f"{WORKER_DIED.format(n=MAX_ATTEMPTS)} ({type(err).__name__}: {err})",
                                        "WorkerDied")
             on_result(record)
-    except BaseException:
-        if stop_event is not None:
-            _stop_running(client, distributed, futures, on_result, stop_event)
+    except BaseException as err:
+        left = [] if stop_event is None else _stop_running(client, distributed, futures, on_result, stop_event)
         client.cancel(list(futures))  # type: ignore[attr-defined]
+        if left and isinstance(err, KeyboardInterrupt):
+            raise LeftRunning(err, [futures[future].scan.key for future in left]) from err
         raise
 
 
 def _stop_running(client: Any, distributed: Any, futures: dict[Any, ScanTask], on_result: OnResult,
-                  stop_event: str) -> None:
+                  stop_event: str) -> list[Any]:
     """After an interruption, stop the batch's scans on a cluster it does not own before the batch ends.
 
     Dask cannot stop a task a worker runs (``cancel`` only forgets it): a scan went on and wrote its output, report
@@ -257,13 +276,20 @@ def _stop_running(client: Any, distributed: Any, futures: dict[Any, ScanTask], o
     on a worker are cancelled, and those on one are waited for, up to :data:`STOP_WAIT_S` (Ctrl-C again: not
     longer).  A scan that finished meanwhile is recorded (``on_result``); one that stopped is not (done again by
     the next run).
+
+    Returns
+    -------
+    list
+        The futures of the scans a worker's thread still ran when the wait ended (Ctrl-C again, the limit;
+        :func:`_executing`): they may yet write into OUT and its QC folder.  Empty where the cluster could not be
+        asked to stop them (nothing is known to run).
     """
     try:
         distributed.Event(stop_event, client=client).set()
         on_workers = {key for keys in client.processing().values() for key in keys}
     except Exception as err:  # noqa: BLE001 - the scheduler gone: nothing runs for this batch any more
         log.debug("could not ask the cluster's scans to stop: %s", err)
-        return
+        return []
     client.cancel([future for future in futures if future.key not in on_workers and not future.done()])
     running = [future for future in futures if future.key in on_workers and not future.done()]
     if running:
@@ -285,3 +311,21 @@ def _stop_running(client: Any, distributed: Any, futures: dict[Any, ScanTask], o
             record = future.result()
             if record.error_type != ScanStopped.__name__:
                 on_result(record)
+    return _executing(client, [future for future in running if not future.done()])
+
+
+def _executing(client: Any, futures: list[Any]) -> list[Any]:
+    """Those of ``futures`` a cluster's worker thread runs now; all of them where the workers cannot be asked.
+
+    A scan the scheduler sent to a worker may wait there behind another (with one thread per worker the batch's
+    second scan did): it looks at the stop Event before its first step and writes nothing.
+    """
+    if not futures:
+        return futures
+    try:
+        keys = {key for keys in client.run(lambda dask_worker: list(dask_worker.active_threads.values())).values()
+                for key in keys}
+    except Exception as err:  # noqa: BLE001 - a worker or the scheduler lost: say all of them may still run
+        log.debug("could not ask the cluster's workers what they run: %s", err)
+        return futures
+    return [future for future in futures if future.key in keys]

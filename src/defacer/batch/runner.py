@@ -591,6 +591,27 @@ def _written_since(output: Path, since: float) -> bool:
         return False
 
 
+def _not_done_note(total: int, not_done: Sequence[str], written: Sequence[str], running: Sequence[str]) -> str:
+    """What an interrupted batch says of its scans: how many finished, and of those not done, which were stopped after
+    their output was written (``written``), which may still be running on a Dask cluster (``running``), and that
+    nothing was written for the others."""
+    head = f"{total - len(not_done)} of the {total} scans to do finished; "
+    if not written and not running:
+        return head + f"{len(not_done)} not defaced (nothing written for them)"
+    said = []
+    if written:
+        said.append(f"{len(written)} of them stopped after their output was written, before it was verified and "
+                    f"recorded ({_listed(written)}): those files are not checked, do not share them (the same command "
+                    "does them again)")
+    if running:
+        said.append(f"{len(running)} of them still running on the Dask cluster when the batch stopped waiting for "
+                    f"them ({_listed(running)}): they may yet write their output into OUT and pictures into its QC "
+                    "folder, not verified and not recorded; wait until the cluster's workers are idle, do not share "
+                    "those files, and run the same command again (it does them again)")
+    return (head + f"{len(not_done)} not finished: " + "; ".join(said)
+            + f"; nothing was written for the other {len(not_done) - len(written) - len(running)}")
+
+
 def _listed(keys: Sequence[str], most: int = 5) -> str:
     """Scan keys for a console line: the first ``most`` quoted, then how many more."""
     shown_keys = ", ".join(f"'{text_name(key)}'" for key in keys[:most])
@@ -599,8 +620,8 @@ def _listed(keys: Sequence[str], most: int = 5) -> str:
 
 def _close_run(config: BatchConfig, discovery: Discovery, layout: OutputLayout, manifest: Manifest,
                tasks: Sequence[ScanTask], records: Sequence[ScanRecord], *, notices: Sequence[str],
-               not_done: Sequence[str], start: float, unrecorded: Sequence[str], written: Sequence[str] = ()
-               ) -> tuple[float, Path, bool]:
+               not_done: Sequence[str], start: float, unrecorded: Sequence[str], written: Sequence[str] = (),
+               running: Sequence[str] = ()) -> tuple[float, Path, bool]:
     """What every batch run ends with, finished, interrupted or stopped: temporaries of stopped workers removed,
     stale verifications dropped, the manifest compacted, ``summary.html`` and the QC gallery written.
 
@@ -634,7 +655,7 @@ def _close_run(config: BatchConfig, discovery: Discovery, layout: OutputLayout, 
         if not unchanged:
             html_path = write_html(records, html_path, out_root=layout.out_root, title=f"defacer batch: {title}",
                                    wall_s=wall_s, qc_root=layout.qc_dir, notices=notices, not_done=not_done,
-                                   written=written)
+                                   written=written, running=running)
         if config.verify and not (unchanged and (layout.qc_dir / "index.html").is_file()):
             write_qc_gallery(records, layout.qc_dir, title=f"defacer QC: {title}", after_only=config.qc_after_only)
     except OSError as err:
@@ -846,6 +867,7 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
         engine = engine_name(config)
         not_done: list[str] = []  # the scans an interruption (Ctrl-C, SIGTERM) left undone, for the summary
         written: list[str] = []  # those of them whose output this run had written (stopped while verifying...)
+        running: list[str] = []  # those still running on a Dask cluster the batch stopped waiting for (Ctrl-C again)
         run_started = time.time()
         try:
             with progress:
@@ -860,16 +882,14 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
         except KeyboardInterrupt as err:
             finished = {record.key for record in records}
             not_done = [task.scan.key for task in tasks if task.scan.key not in finished]
-            # The workers are stopped by now; a scan stopped while it was verified (or before its record) has its
-            # output in OUT: "nothing written for them" was said beside it.
-            written = [task.scan.key for task in tasks if task.scan.key in not_done
+            # The scans a Dask cluster the batch does not own still ran when it stopped waiting for them (Ctrl-C
+            # again): they may yet write; "nothing written for them" was said of them.
+            running = [key for key in err.keys if key in not_done] if isinstance(err, engines.LeftRunning) else []
+            # The other workers are stopped by now; a scan stopped while it was verified (or before its record) has
+            # its output in OUT: "nothing written for them" was said beside it.
+            written = [task.scan.key for task in tasks if task.scan.key in not_done and task.scan.key not in running
                        and _written_since(task.output, run_started)]
-            err.add_note(f"{len(tasks) - len(not_done)} of the {len(tasks)} scans to do finished; "
-                         + (f"{len(not_done)} not defaced (nothing written for them)" if not written else
-                            f"{len(not_done)} not finished: {len(written)} of them stopped after their output was "
-                            f"written, before it was verified and recorded ({_listed(written)}): those files are "
-                            "not checked, do not share them (the same command does them again); nothing was "
-                            f"written for the other {len(not_done) - len(written)}"))
+            err.add_note(_not_done_note(len(tasks), not_done, written, running))
             raise
         except _RecordNotWritten as err:
             finished = {record.key for record in records}
@@ -878,7 +898,7 @@ def run_batch(config: BatchConfig, *, deface: DefaceFile | None = None, stream: 
         finally:
             wall_s, html_path, unchanged = _close_run(config, discovery, layout, manifest, tasks, records,
                                                       notices=notices, not_done=not_done, start=start,
-                                                      unrecorded=unrecorded, written=written)
+                                                      unrecorded=unrecorded, written=written, running=running)
     summary = BatchSummary(records=sorted(records, key=lambda r: r.key), counts=count(records), wall_s=wall_s,
                            manifest_path=layout.manifest_path, html_path=html_path, engine=engine,
                            notices=list(notices))

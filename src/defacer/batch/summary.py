@@ -354,12 +354,15 @@ def _notices_html(notices: Sequence[str]) -> str:
             f'<ul class="notices">{items}</ul>\n')
 
 
-def _not_done_html(not_done: Sequence[str], written: Sequence[str] = ()) -> str:
-    """The paragraph that says a run was interrupted, or nothing (``written``: see :func:`write_html`)."""
+def _not_done_html(not_done: Sequence[str], written: Sequence[str] = (), running: Sequence[str] = ()) -> str:
+    """The paragraph that says a run was interrupted, or nothing (``written``, ``running``: see :func:`write_html`)."""
     if not not_done:
         return ""
     stopped = (f"; {len(written)} of them were stopped after their output was written in this output folder, before "
                "it was verified and recorded: those files are not checked, do not share them" if written else "")
+    stopped += (f"; {len(running)} of them were still running on the Dask cluster when the run stopped waiting for "
+                "them: they may yet write their output into this folder, not verified and not recorded; wait until the "
+                "cluster's workers are idle, and do not share those files" if running else "")
     return (f"<p><strong>Interrupted: {len(not_done)} scan(s) not done</strong> (Ctrl-C or a termination signal "
             f"stopped the run before they finished{stopped}; nothing was written for the others; listed last). Run the "
             "same command again to resume: the finished scans are skipped, these are done again.</p>\n")
@@ -371,11 +374,16 @@ NOT_STARTED = "the run was interrupted before this scan was defaced: nothing wri
 STOPPED_AFTER_WRITING = ("the run was interrupted after this scan's output was written, before it was verified and "
                          "recorded: that file is not checked, do not share it; run the same command again (it is "
                          "done again)")
+#: The row of a scan still running on a Dask cluster when an interrupted run stopped waiting for it
+#: (:func:`write_html`'s ``running``).
+LEFT_RUNNING = ("the run was interrupted while this scan ran on the Dask cluster, and stopped waiting for it: it may "
+                "yet write its output here, not verified and not recorded; wait until the cluster's workers are idle, "
+                "do not share that file, and run the same command again (it is done again)")
 
 
 def write_html(records: Sequence[ScanRecord], path: Path, *, out_root: Path, title: str, wall_s: float,
                qc_root: Path | None = None, notices: Sequence[str] = (), not_done: Sequence[str] = (),
-               written: Sequence[str] = ()) -> Path:
+               written: Sequence[str] = (), running: Sequence[str] = ()) -> Path:
     """Write an HTML page listing every scan: status, time, error, output and verify report links.
 
     Verification reports live in ``qc_root`` (``OUT-qc``, outside OUT); the page only links to them.
@@ -383,7 +391,9 @@ def write_html(records: Sequence[ScanRecord], path: Path, *, out_root: Path, tit
     are listed above the scans.  ``not_done``: the scans a run stopped by Ctrl-C or SIGTERM left undone, said
     first and listed (the page once counted only the finished ones, as if they were the whole batch).
     ``written``: those of ``not_done`` whose output this run had already written (stopped while verifying, or
-    before their record): the page said "nothing written for it" beside an unverified output in OUT.
+    before their record): the page said "nothing written for it" beside an unverified output in OUT.  ``running``:
+    those of ``not_done`` still running on a Dask cluster when the run stopped waiting for them (Ctrl-C again): they
+    may yet write there.
     """
     qc_root = qc_root if qc_root is not None else out_root.with_name(out_root.name + "-qc")
     counts = count(records)
@@ -407,7 +417,8 @@ def write_html(records: Sequence[ScanRecord], path: Path, *, out_root: Path, tit
             f"<td>{html.escape('; '.join(m for m in (_features_line(record) if record.status in NOT_DEFACED else None, record.error, *record.warnings) if m))}</td></tr>"
         )
     rows += [f'<tr class="not-done"><td>{html.escape(key)}</td><td>not done</td><td></td><td></td><td></td>'
-             f"<td>{STOPPED_AFTER_WRITING if key in written else NOT_STARTED}</td></tr>"
+             f"<td>{LEFT_RUNNING if key in running else STOPPED_AFTER_WRITING if key in written else NOT_STARTED}"
+             "</td></tr>"
              for key in sorted(not_done)]
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -425,7 +436,7 @@ nothing written for them), {counts.total} scans,
 {wall_s:.1f} s.</p>
 <p>Verification reports and pictures, when made, are in the QC folder beside this output
 ({html.escape(qc_root.name)}/), never in it: they show the original faces, so keep that folder private.</p>
-{_notices_html(notices)}{_not_done_html(not_done, written)}<table><tr><th>scan</th><th>status</th><th>seconds</th><th>output</th><th>verify</th><th>error or warnings</th></tr>
+{_notices_html(notices)}{_not_done_html(not_done, written, running)}<table><tr><th>scan</th><th>status</th><th>seconds</th><th>output</th><th>verify</th><th>error or warnings</th></tr>
 {chr(10).join(rows)}
 </table></body></html>
 """

@@ -116,7 +116,9 @@ def run(args: argparse.Namespace) -> int:
             return _print_plan(config)
         summary = run_batch(config)
     except KeyboardInterrupt as err:
-        return _interrupted(args.output, getattr(err, "__notes__", ()))
+        from defacer.batch.engines import LeftRunning
+
+        return _interrupted(args.output, getattr(err, "__notes__", ()), left_running=isinstance(err, LeftRunning))
     except ValueError as err:
         if isinstance(err, DefacerError):
             raise
@@ -124,9 +126,10 @@ def run(args: argparse.Namespace) -> int:
     return summary.exit_code
 
 
-def _interrupted(output: str, notes: Sequence[str] = ()) -> int:
+def _interrupted(output: str, notes: Sequence[str] = (), *, left_running: bool = False) -> int:
     """Say how to go on after Ctrl-C (or SIGTERM) stopped a batch; the exit code 130.  ``notes``: the runner's count
-    of the scans finished and not done, when it got that far."""
+    of the scans finished and not done, when it got that far.  ``left_running``: scans still ran on a Dask cluster
+    when the batch stopped waiting for them (:class:`defacer.batch.engines.LeftRunning`; the notes name them)."""
     import sys
     from pathlib import Path
 
@@ -136,7 +139,9 @@ def _interrupted(output: str, notes: Sequence[str] = ()) -> int:
     state = Path(output) / ".defacer"
     counted = "".join(f" {note}." for note in notes)
     listed = f" (listed in '{shown(state / 'summary.html')}')" if notes else ""
-    print(f"defacer batch: interrupted; the scans in flight were stopped and their temporary files removed.{counted} "
+    stopped = ("the scans in flight were stopped and their temporary files removed, except those still running on the "
+               "Dask cluster" if left_running else "the scans in flight were stopped and their temporary files removed")
+    print(f"defacer batch: interrupted; {stopped}.{counted} "
           f"The scans that finished are recorded in '{shown(state / 'manifest.jsonl')}'{listed}: run the same command "
           "again to resume (they are skipped, the rest are defaced).", file=sys.stderr)
     return EXIT_INTERRUPTED
