@@ -666,3 +666,32 @@ def test_a_network_ear_below_the_stump_of_an_auricle_the_field_cuts_gives_way_to
     assert sources["right"] == "image"
     assert not ears[piece].any()
     assert ears[right].mean() >= 0.9
+
+
+@pytest.mark.parametrize("keep_left", [True, False], ids=["jaw-dropped", "jaw-kept"])
+def test_each_side_is_searched_once(monkeypatch, keep_left: bool) -> None:
+    """On a side whose network ear is out of place and whose field ends at the ear, the head's lateral surface was
+    found three or four times (the side's search, its field-end test, the test again before the ear was dropped, and,
+    where the ear stayed and its refinement found nothing, the stump search again with its own field-end test), and
+    that stump search repeated the side's own (the same ``delimit_auricle`` calls twice).  The side's search is kept
+    and reused: one lateral surface per side, no search twice, the same labels."""
+    surfaces: dict[int, int] = {}
+    searches: dict[tuple[object, ...], int] = {}
+    surface_at, delimit = ear_fallback.lateral_surface, ear_fallback.delimit_auricle
+
+    def counted_surface(origin, axes, side, *args, **kwargs):
+        surfaces[side] = surfaces.get(side, 0) + 1
+        return surface_at(origin, axes, side, *args, **kwargs)
+
+    def counted_delimit(image, head, depth, spacing, centre, direction, **kwargs):
+        key = (tuple(np.round(centre, 6)), tuple(np.round(direction, 6)), tuple(sorted(kwargs.items())))
+        searches[key] = searches.get(key, 0) + 1
+        return delimit(image, head, depth, spacing, centre, direction, **kwargs)
+
+    monkeypatch.setattr(ear_fallback, "lateral_surface", counted_surface)
+    monkeypatch.setattr(ear_fallback, "delimit_auricle", counted_delimit)
+    out, sources, jaw, left = _jaw_ear(keep_left=keep_left, cut=True)
+    assert sources["right"] == ("none" if keep_left else "network")  # as in the two tests above
+    assert surfaces[1] == 1
+    assert any(dict(key[2]).get("cut_open") for key in searches)  # the stump was searched for
+    assert max(searches.values()) == 1

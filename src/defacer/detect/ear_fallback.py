@@ -40,6 +40,8 @@ with the head handed over, its rolled-off depth included: 98-132 ms, medians of 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage as ndi
@@ -415,31 +417,62 @@ def _touches(a: tuple[Box, Mask], b: tuple[Box, Mask]) -> bool:
     return bool((first & second).any())
 
 
+@dataclass(frozen=True)
+class _Stump:
+    """What :func:`_cut_stump` found on one side.
+
+    Attributes
+    ----------
+    field_ends : bool
+        Whether the field of view ends at the side's predicted ear (:func:`_field_ends_at_ear`).
+    found : (box, mask) or None
+        The stump of the auricle the field cuts (:func:`_cut_auricle`); ``None`` where the field reaches past the ear
+        or no stump stands out.
+    """
+
+    field_ends: bool
+    found: tuple[Box, Mask] | None
+
+
+@dataclass(frozen=True)
+class _Searched:
+    """What :func:`_search_side` found on one side.
+
+    Attributes
+    ----------
+    found : (box, mask) or None
+        The auricle the image shows where the eyes say the ear lies, else the stump of the auricle the field cuts.
+    stump : _Stump or None
+        The stump search (:func:`_cut_stump`), where it ran (the usual search found nothing); ``None`` where it did not.
+    """
+
+    found: tuple[Box, Mask] | None
+    stump: _Stump | None
+
+
 def _search_side(image: npt.NDArray[np.floating], affine: Affine, origin: npt.NDArray[np.float64],
                  axes: npt.NDArray[np.float64], side: int, head: HeadModel, depth: npt.NDArray[np.float32],
-                 offset_mm: tuple[float, float]) -> tuple[Box, Mask] | None:
+                 offset_mm: tuple[float, float]) -> _Searched:
     """The auricle the image shows on ``side`` where the eyes say the ear lies (:func:`lateral_surface`,
-    :func:`auricle_near`), or ``None``."""
+    :func:`auricle_near`), else the stump of the auricle the field cuts there (:func:`_cut_stump`)."""
     surface = lateral_surface(origin, axes, side, head, depth, affine, image.shape, offset_mm)
-    if surface is None:
-        return None
-    found = auricle_near(image, affine, surface, side * axes[0], head, depth)
-    if found is None and _field_ends_at_ear(origin, axes, side, head, depth, affine, image.shape, offset_mm):
-        return _cut_auricle(image, affine, surface, side * axes[0], head, depth)
-    return found
+    found = None if surface is None else auricle_near(image, affine, surface, side * axes[0], head, depth)
+    if found is not None:
+        return _Searched(found, None)
+    stump = _cut_stump(image, affine, axes, side, head, depth, surface)
+    return _Searched(stump.found, stump)
 
 
-def _cut_stump(image: npt.NDArray[np.floating], affine: Affine, origin: npt.NDArray[np.float64],
-               axes: npt.NDArray[np.float64], side: int, head: HeadModel, depth: npt.NDArray[np.float32],
-               offset_mm: tuple[float, float]) -> tuple[Box, Mask] | None:
-    """The stump of the auricle the field of view cuts on ``side`` (:func:`_cut_auricle` where the eyes say the ear
-    lies), or ``None`` where the field reaches past the ear (:func:`_field_ends_at_ear`) or no stump stands out."""
-    if not _field_ends_at_ear(origin, axes, side, head, depth, affine, image.shape, offset_mm):
-        return None
-    surface = lateral_surface(origin, axes, side, head, depth, affine, image.shape, offset_mm)
+def _cut_stump(image: npt.NDArray[np.floating], affine: Affine, axes: npt.NDArray[np.float64], side: int,
+               head: HeadModel, depth: npt.NDArray[np.float32], surface: npt.NDArray[np.float64] | None) -> _Stump:
+    """The stump of the auricle the field of view cuts on ``side`` (:func:`_cut_auricle` at ``surface``, the head's
+    lateral surface where the eyes say the ear lies: :func:`lateral_surface`, ``None`` where the line there never
+    meets the head); none where the field reaches past the ear (:func:`_field_ends_at_ear`) or no stump stands out."""
+    if not _field_ends_at_ear(surface, axes, side, affine, image.shape):
+        return _Stump(False, None)
     if surface is None:
-        return None
-    return _cut_auricle(image, affine, surface, side * axes[0], head, depth)
+        return _Stump(True, None)
+    return _Stump(True, _cut_auricle(image, affine, surface, side * axes[0], head, depth))
 
 
 def _cut_auricle(image: npt.NDArray[np.floating], affine: Affine, surface: npt.NDArray[np.float64],
@@ -498,13 +531,11 @@ def _unmirrored(present: dict[int, tuple[Box, Mask, npt.NDArray[np.float64]]], o
     return set() if doubtful is None else {sides[doubtful]}
 
 
-def _field_ends_at_ear(origin: npt.NDArray[np.float64], axes: npt.NDArray[np.float64], side: int, head: HeadModel,
-                       depth: npt.NDArray[np.float32], affine: Affine, shape: tuple[int, ...],
-                       offset_mm: tuple[float, float]) -> bool:
+def _field_ends_at_ear(surface: npt.NDArray[np.float64] | None, axes: npt.NDArray[np.float64], side: int,
+                       affine: Affine, shape: tuple[int, ...]) -> bool:
     """Whether the field of view ends within :data:`FIELD_EAR_MM` outward of the head's lateral surface where the eyes
-    say ``side``'s ear lies (:func:`lateral_surface`), or the line there never meets the head: the auricle, which
-    stands up to about 20 mm off the head, is then mostly out of view."""
-    surface = lateral_surface(origin, axes, side, head, depth, affine, shape, offset_mm)
+    say ``side``'s ear lies (``surface``: :func:`lateral_surface`), or the line there never meets the head
+    (``surface`` ``None``): the auricle, which stands up to about 20 mm off the head, is then mostly out of view."""
     if surface is None:
         return True
     inv = np.linalg.inv(np.asarray(affine, float))
@@ -612,10 +643,14 @@ def add_missing_ears(image: npt.NDArray[np.floating], affine: Affine, labels: La
     depth = depth_below_surface(head, spacing)  # type: ignore[arg-type]
     out = labels if in_place else labels.copy()
     refined: list[tuple[Box, Auricle | None, Seed]] = []
+    stumps: dict[int, _Stump] = {}  # each side's stump search, where it ran (reused where the network's ear stays)
     for side in sorted(crumbs & set(missing)):
-        found_here = _search_side(image, affine, origin, axes, side, head, depth, offset_mm)
+        searched = _search_side(image, affine, origin, axes, side, head, depth, offset_mm)
+        found_here = searched.found
+        if searched.stump is not None:
+            stumps[side] = searched.stump
         if (found_here is None and _out_of_place(present, side, origin, axes)
-                and _field_ends_at_ear(origin, axes, side, head, depth, affine, image.shape, offset_mm)):
+                and searched.stump is not None and searched.stump.field_ends):
             _clear_side(out, affine, origin, axes, side, ears_within)  # no ear in view there: none is kept
             present.pop(side)
             sources[names[side]] = "none"
@@ -639,7 +674,10 @@ def add_missing_ears(image: npt.NDArray[np.floating], affine: Affine, labels: La
         replaced = None if found is None else _replace_ear(out, crop, component, found, np.asarray(spacing))
         _, index, direction = _array_frame(affine, centre, side * axes[0])
         if replaced is None or found is None:
-            stump = _cut_stump(image, affine, origin, axes, side, head, depth, offset_mm)
+            stump = (stumps[side] if side in stumps
+                     else _cut_stump(image, affine, axes, side, head, depth,
+                                     lateral_surface(origin, axes, side, head, depth, affine, image.shape,
+                                                     offset_mm))).found
             if stump is not None and not _touches(stump, (crop, component)):
                 # the network's ear lies apart from the stump of the auricle the field cuts: the stump replaces it
                 out[crop][component] = 0
@@ -653,12 +691,12 @@ def add_missing_ears(image: npt.NDArray[np.floating], affine: Affine, labels: La
             refined.append((crop, None, (index, direction)))
         else:
             refined.append((replaced, _for_distortion(crop, component, found), (index, direction)))
-    searched = each(lambda side: _search_side(image, affine, origin, axes, side, head, depth, offset_mm), missing,
+    searches = each(lambda side: _search_side(image, affine, origin, axes, side, head, depth, offset_mm), missing,
                     beside)
-    for side, near in zip(missing, searched, strict=True):
-        if near is None:
+    for side, near in zip(missing, searches, strict=True):
+        if near.found is None:
             continue
-        _label_image_ear(out, near)
+        _label_image_ear(out, near.found)
         sources[names[side]] = "image"
     for grown, auricle, seed in refined:  # the ear distortion adds these auricles and looks where the refinement did
         remember_auricle(head if record_on is None else record_on, grown, out[grown] == Label.EARS, auricle, seed)
