@@ -249,6 +249,28 @@ def _split(model: bytes) -> list[bytes] | None:
     return members
 
 
+def _wait_out(members: list[tuple[threading.Thread, threading.Event]]) -> None:
+    """Wait until every member thread has left onnxruntime (its Event set, then the thread joined); an interrupt raised
+    in the calling thread meanwhile (Ctrl-C, or a SIGTERM the command turned into one) is raised again after that.
+
+    ``Thread.join`` itself could not be waited with: one that an interrupt stops marks its thread as ended though it
+    still runs (Python 3.11's ``Thread._wait_for_tstate_lock``, after bpo-45274), and the interpreter's exit then did
+    not wait for it but ended while it ran inside onnxruntime: SIGABRT, "terminate called without an active
+    exception" (3 of 4 such exits with the thread no daemon).
+    """
+    interrupt: BaseException | None = None
+    for thread, finished in members:
+        while True:
+            try:
+                finished.wait()
+                break
+            except BaseException as err:  # noqa: BLE001 - raised below, once the members are out of onnxruntime
+                interrupt = interrupt if interrupt is not None else err
+        thread.join()
+    if interrupt is not None:
+        raise interrupt
+
+
 class SideBySide:
     """The members of an ensemble graph, each an onnxruntime session, run at once in threads of their own.
 
@@ -305,14 +327,21 @@ class SideBySide:
         """
         outs: list[Any] = [None] * len(self.sessions)
         errors: list[BaseException] = []
+        finished = [threading.Event() for _ in self.sessions]
 
         def member(index: int) -> None:
             try:
                 (outs[index],) = self.sessions[index].run(None, feed)
             except BaseException as err:  # noqa: BLE001 - raised again in the calling thread
                 errors.append(err)
+            finally:
+                finished[index].set()
 
-        others = [threading.Thread(target=member, args=(i,), name=f"defacer-member-{i}", daemon=True)
+        # Not daemons, and waited for even when the calling thread is interrupted (_wait_out): a process that ended
+        # while a member ran inside onnxruntime (Ctrl-C while the calling thread waited for it, then the command's
+        # exit) aborted ("terminate called without an active exception", SIGABRT), as the memory's touching did
+        # (defacer.detect.prefault).
+        others = [threading.Thread(target=member, args=(i,), name=f"defacer-member-{i}", daemon=False)
                   for i in range(1, len(self.sessions))]
         with self._lock:
             first, self._prefault = self._prefault, None
@@ -320,11 +349,14 @@ class SideBySide:
         if releasing is not None:  # the last pass's memory handed back first
             releasing.join()
         touched = first.take() if first is not None else None  # waits for the touching, if not done yet
-        for thread in others:
-            thread.start()
-        member(0)
-        for thread in others:
-            thread.join()
+        started: list[tuple[threading.Thread, threading.Event]] = []
+        try:
+            for index, thread in enumerate(others, start=1):
+                thread.start()
+                started.append((thread, finished[index]))
+            member(0)
+        finally:
+            _wait_out(started)
         try:
             if errors:
                 raise errors[0]
