@@ -333,3 +333,49 @@ def test_compressed_nrrd_data_is_not_decompressed_far_beyond_its_voxels_to_skip_
     _compressed_nrrd(far, byte_skip=max_skipped + 1, before=0, kind=kind)
     with pytest.raises(InputImageError, match="byte skip 67,108,865"):
         load_volume(far)
+
+
+@pytest.mark.parametrize("bloated", ["private-ob", "private-sequence"])
+def test_a_series_whose_headers_carry_bloat_is_read_holding_one_file_at_a_time(tmp_path, bloated):
+    """A series whose files each carry a large private OB element (a vendor's raw data, or a bloated header built to
+    exhaust memory): the reading of its headers (``defer_size``) still read each such value whole, to learn its VR
+    when checking how deep sequences nest, and kept every file's header: the whole series' bloat was held at once
+    (80 files with 20 MB each: 1.65 GB to list them, 1.78 GB for the whole ``deface``, against 0.19 GB now); a
+    private sequence (read whole whatever ``defer_size``: 20 items of 1 MB in each of 80 files, 1.78 GB) was kept
+    whole too.  The headers are listed holding only what names a series, and the volume is read one file at a
+    time."""
+    from dicom_factory import write_series
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from defacer.io.dicom_grouping import scan
+    from defacer.io.dicom_series import read_dicom_volume
+
+    bloat = 8 << 20
+    paths = write_series(tmp_path / "in", np.arange(16 * 16 * 12, dtype=np.int16).reshape(16, 16, 12))
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        block = ds.private_block(0x0011, "BLOAT", create=True)
+        if bloated == "private-ob":
+            block.add_new(0x01, "OB", bytes(bloat))
+        else:
+            items = [Dataset() for _ in range(8)]
+            for item in items:
+                item.add_new(0x00091010, "LO", "BLOAT")
+                item.add_new(0x00091011, "OB", bytes(bloat // 8))
+            block.add_new(0x02, "SQ", Sequence(items))
+        ds.save_as(path)
+    tracemalloc.start()
+    try:
+        listed = scan(tmp_path / "in")
+        _, listing_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        volume = read_dicom_volume(tmp_path / "in")
+        _, reading_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [len(series.frames) for series in listed.series] == [12]
+    assert volume.raw.shape == (16, 16, 12)
+    # a few files' worth at once (the file read, the one before it, pydicom's copies), not the twelve files' 96 MB
+    assert listing_peak < 5 * bloat, listing_peak
+    assert reading_peak < 5 * bloat, reading_peak  # 24-33 MB whether 6, 12 or 24 files

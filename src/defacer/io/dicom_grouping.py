@@ -278,7 +278,7 @@ def scan(path: PathLike | Sequence[PathLike]) -> Scan:
             str(ds.get("PatientID", "")),
             str(ds.get("StudyInstanceUID", "")),
         )
-        groups[key].append((file, ds, refs))
+        groups[key].append((file, _kept(ds), refs))
         if orientation:
             orientations.setdefault(key, orientation)
     image_series = {key[0] for key in groups if key[1]}
@@ -330,6 +330,29 @@ def scan(path: PathLike | Sequence[PathLike]) -> Scan:
                            "stacked into one volume, each is a stack of its own (%s, %s#2...)", shown(uid), len(held),
                            what, shown(uid), shown(uid))
     return Scan(tuple(series), tuple(skipped))
+
+
+#: The elements :func:`scan` keeps of each file's header once it has grouped the file: what it names a series by
+#: (:class:`SeriesInfo`) and tells a non-image instance by (:func:`_no_pixels_reason`).
+_KEPT = ("SeriesNumber", "Modality", "SeriesDescription", "SOPClassUID")
+
+
+#: Longest value of :data:`_KEPT` kept, in characters (each is at most 64 by the standard; a longer one, bloat in
+#: the element itself, is left out, as if absent).
+_KEPT_CHARS = 1024
+
+
+def _kept(ds: Dataset) -> Dataset:
+    """A header holding only :data:`_KEPT` of ``ds``, each no longer than :data:`_KEPT_CHARS`: the whole header of
+    every file was kept until the series were listed, bloat and all (a private sequence of 20 items of 1 MB in each
+    of 80 files: 1.6 GB held at once)."""
+    from pydicom.dataset import Dataset
+
+    kept = Dataset()
+    for keyword in _KEPT:
+        if keyword in ds and len(str(ds[keyword].value)) <= _KEPT_CHARS:
+            kept[keyword] = ds[keyword]
+    return kept
 
 
 #: Series UIDs already warned about as shared by several patients or studies (:func:`scan`).
