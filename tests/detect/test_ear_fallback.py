@@ -690,7 +690,7 @@ def test_each_side_is_searched_once(monkeypatch, keep_left: bool) -> None:
 
     monkeypatch.setattr(ear_fallback, "lateral_surface", counted_surface)
     monkeypatch.setattr(ear_fallback, "delimit_auricle", counted_delimit)
-    out, sources, jaw, left = _jaw_ear(keep_left=keep_left, cut=True)
+    _, sources, _, _ = _jaw_ear(keep_left=keep_left, cut=True)
     assert sources["right"] == ("none" if keep_left else "network")  # as in the two tests above
     assert surfaces[1] == 1
     assert any(dict(key[2]).get("cut_open") for key in searches)  # the stump was searched for
