@@ -10,8 +10,7 @@ A wrapper around ``defacer.detect.model.add_missing_ears`` (main 94e6b44's ``ear
 
 It prints a RULE line where it fires.  Measured (fold members, 10:03-10:19 UTC, load 7-9): fired on 1 of 88 rows
 (ixi034 on "inverted, no bright rim": 1/2+1, 0.56 -> 2/2+0, 0.82; that variant 21/22+1, 0.611 -> 22/22+0, 0.635);
-not on "inverted inside the head", original, yaw 30, pitch -25, gamma 0.5, thick slices, field 160 mm (the other
-9 variants not run).  Before shipping it in ``ear_fallback``: a phantom test, the other variants, evaluate_detector,
+on none of the other 175 rows of the 16 variants x 11 heads (10:03-10:33 UTC).  Before shipping it in ``ear_fallback``: a phantom test, the other variants, evaluate_detector,
 compare_deface_outputs with the shipped model, tests/core and tests/detect.
 """
 import sys
