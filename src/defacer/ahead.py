@@ -30,6 +30,8 @@ import stat
 import struct
 import threading
 
+from defacer.threads import WaitedThread
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -110,7 +112,7 @@ class DetectorLoading:
 
     def __init__(self, make: Callable[[], Any]) -> None:
         self._outcome: list[Any] = []
-        self._thread = threading.Thread(target=self._make, args=(make,), name="defacer-detector", daemon=True)
+        self._thread = WaitedThread(target=self._make, args=(make,), name="defacer-detector", daemon=True)
         self._thread.start()
 
     def _make(self, make: Callable[[], Any]) -> None:
@@ -120,8 +122,8 @@ class DetectorLoading:
             self._outcome.append(err)
 
     def wait(self) -> None:
-        """Wait for the thread."""
-        self._thread.join()
+        """Wait for the thread, through an interrupt too (:mod:`defacer.threads`: it may be inside onnxruntime)."""
+        self._thread.wait_out()
 
     def settle(self) -> None:
         """Wait for the thread, and for the threads the detector made began (``settle()``, where it has one:

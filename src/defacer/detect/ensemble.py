@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from defacer.threads import WaitedThread, wait_out
+
 if TYPE_CHECKING:
     from defacer.detect.prefault import Prefault
 
@@ -249,28 +251,6 @@ def _split(model: bytes) -> list[bytes] | None:
     return members
 
 
-def _wait_out(members: list[tuple[threading.Thread, threading.Event]]) -> None:
-    """Wait until every member thread has left onnxruntime (its Event set, then the thread joined); an interrupt raised
-    in the calling thread meanwhile (Ctrl-C, or a SIGTERM the command turned into one) is raised again after that.
-
-    ``Thread.join`` itself could not be waited with: one that an interrupt stops marks its thread as ended though it
-    still runs (Python 3.11's ``Thread._wait_for_tstate_lock``, after bpo-45274), and the interpreter's exit then did
-    not wait for it but ended while it ran inside onnxruntime: SIGABRT, "terminate called without an active
-    exception" (3 of 4 such exits with the thread no daemon).
-    """
-    interrupt: BaseException | None = None
-    for thread, finished in members:
-        while True:
-            try:
-                finished.wait()
-                break
-            except BaseException as err:  # noqa: BLE001 - raised below, once the members are out of onnxruntime
-                interrupt = interrupt if interrupt is not None else err
-        thread.join()
-    if interrupt is not None:
-        raise interrupt
-
-
 class SideBySide:
     """The members of an ensemble graph, each an onnxruntime session, run at once in threads of their own.
 
@@ -296,7 +276,7 @@ class SideBySide:
         #: the shared arena's touching (:mod:`defacer.detect.prefault`), for the first pass; kept to hand the
         #: arena's memory back after every pass
         self._prefault = self._arena = prefault
-        self._releasing: threading.Thread | None = None
+        self._releasing: WaitedThread | None = None
         self._lock = threading.Lock()
 
     def settle(self) -> None:
@@ -307,7 +287,7 @@ class SideBySide:
         if ahead is not None:
             ahead.wait()
         if releasing is not None:
-            releasing.join()
+            releasing.wait_out()
 
     def get_inputs(self) -> list[Any]:
         """The first member's inputs (every member takes the graph's input)."""
@@ -327,36 +307,31 @@ class SideBySide:
         """
         outs: list[Any] = [None] * len(self.sessions)
         errors: list[BaseException] = []
-        finished = [threading.Event() for _ in self.sessions]
 
         def member(index: int) -> None:
             try:
                 (outs[index],) = self.sessions[index].run(None, feed)
             except BaseException as err:  # noqa: BLE001 - raised again in the calling thread
                 errors.append(err)
-            finally:
-                finished[index].set()
 
-        # Not daemons, and waited for even when the calling thread is interrupted (_wait_out): a process that ended
+        # Not daemons, and waited for even when the calling thread is interrupted (defacer.threads.wait_out): a process that ended
         # while a member ran inside onnxruntime (Ctrl-C while the calling thread waited for it, then the command's
         # exit) aborted ("terminate called without an active exception", SIGABRT), as the memory's touching did
         # (defacer.detect.prefault).
-        others = [threading.Thread(target=member, args=(i,), name=f"defacer-member-{i}", daemon=False)
+        others = [WaitedThread(target=member, args=(i,), name=f"defacer-member-{i}", daemon=False)
                   for i in range(1, len(self.sessions))]
         with self._lock:
             first, self._prefault = self._prefault, None
             releasing, self._releasing = self._releasing, None
         if releasing is not None:  # the last pass's memory handed back first
-            releasing.join()
+            releasing.wait_out()
         touched = first.take() if first is not None else None  # waits for the touching, if not done yet
-        started: list[tuple[threading.Thread, threading.Event]] = []
         try:
-            for index, thread in enumerate(others, start=1):
+            for thread in others:
                 thread.start()
-                started.append((thread, finished[index]))
             member(0)
         finally:
-            _wait_out(started)
+            wait_out(others)  # those started
         try:
             if errors:
                 raise errors[0]
@@ -371,6 +346,6 @@ class SideBySide:
         finally:
             if self._arena is not None:  # its memory handed back beside the stages that follow
                 outs.clear()
-                self._releasing = threading.Thread(target=self._arena.release, name="defacer-arena-release")
+                self._releasing = WaitedThread(target=self._arena.release, name="defacer-arena-release")
                 self._releasing.start()  # not a daemon: an interpreter that exits waits for it
         return [total]

@@ -30,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from defacer.detect.ensemble import _encode, _Field
+from defacer.threads import WaitedThread
 
 #: Bytes of arena touched per member and per box voxel: the shipped members (96^3 box) need 287-288 MiB for both
 #: (measured 2026-12-06: 272 MiB left one member's activations to fresh memory, 288 MiB none); 176 bytes gives
@@ -113,8 +114,10 @@ class Prefault:
         self.touched = False
         # Not a daemon: a process that ends while the touching runs inside onnxruntime (a run refused before its
         # detector was used) aborted with "terminate called without an active exception" (SIGABRT, exit 134)
-        # when the thread was a daemon; the interpreter now waits for it (a fraction of a second) before it ends.
-        self._thread = threading.Thread(target=self._touch, name="defacer-prefault", daemon=False)
+        # when the thread was a daemon; the interpreter now waits for it (a fraction of a second) before it ends,
+        # and a wait for it that Ctrl-C interrupts still waits it out (defacer.threads: an interrupted join let the
+        # exit pass it by, SIGABRT again).
+        self._thread = WaitedThread(target=self._touch, name="defacer-prefault", daemon=False)
         self._thread.start()
 
     def _touch(self) -> None:
@@ -129,17 +132,17 @@ class Prefault:
 
     def wait(self) -> None:
         """Wait for the touching to end (a run that ends without a pass: no thread outlives it)."""
-        self._thread.join()
+        self._thread.wait_out()  # through an interrupt too (defacer.threads)
 
     def take(self) -> npt.NDArray[np.float32] | None:
         """Wait for the touching; the touched array for the members' mean (once), or ``None`` where it failed."""
-        self._thread.join()
+        self._thread.wait_out()  # through an interrupt too (defacer.threads)
         result, self._result = self._result, None
         return result
 
     def release(self) -> None:
         """Hand the arena's free memory back to the system (one tiny run of the touch graph, with shrinkage)."""
-        self._thread.join()
+        self._thread.wait_out()  # through an interrupt too (defacer.threads)
         options = self._ort.RunOptions()
         options.add_run_config_entry(SHRINK, "cpu:0")
         with contextlib.suppress(Exception):  # else the memory stays with the arena: a cost in memory only
