@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Recreate the fold models of the shipped detector from its one (float) ensemble graph.
+"""Recreate the fold models of the shipped detector from its one ensemble graph.
 
-The trained float ensemble ``src/defacer/models/float/detector.onnx`` is the mean of two networks (initializers
+The shipped ``src/defacer/models/detector.onnx`` is the mean of two networks (initializers
 ``members.0.*`` = foldA, ``members.1.*`` = foldB; the card's ``members``).  Each member's weights
 are loaded into the project's own :class:`defacer.train.unet.AttentionUNet3D` and exported by the
 project's own exporter, with a card that keeps the shipped box, class weights and mirror setting
@@ -12,10 +12,7 @@ head with the member that never saw it.
 Checks, before anything is written for good: every member weight is used, and the mean of the two
 exported members' probabilities equals the shipped graph's on a real-sized random box.
 
-The shipped ``src/defacer/models/detector.onnx`` is made from these folds by ``scripts/quantise_detector.py``
-(since 2026-12-06: six low-resolution convolutions of each member in int8).
-
-Usage: ``python scripts/split_detector_members.py [--model src/defacer/models/float/detector.onnx] [--out build/folds]
+Usage: ``python scripts/split_detector_members.py [--model src/defacer/models/detector.onnx] [--out build/folds]
 [--force]`` (existing fold files are only replaced with ``--force``).  Written 2026-12-05: the fold files behind the
 model card's held-out table were lost with the old machine; these reproduce its figures (docs/model-card.md).
 """
@@ -119,7 +116,7 @@ def _check(model_path: Path, members: list[Path], shape: list[int]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=REPO / "src" / "defacer" / "models" / "float" / "detector.onnx")
+    parser.add_argument("--model", type=Path, default=REPO / "src" / "defacer" / "models" / "detector.onnx")
     parser.add_argument("--out", type=Path, default=REPO / "build" / "folds")
     parser.add_argument("--force", action="store_true", help="replace fold files already in --out")
     args = parser.parse_args()

@@ -1,8 +1,8 @@
-"""scripts/quantise_detector.py: the shipped detector, the float ensemble with six convolutions per member in int8.
+"""scripts/quantise_detector.py: an int8 variant of the shipped detector (measured in session 26, not shipped).
 
-The members are the float ensemble's fold members (scripts/split_detector_members.py); the checks run the real
+The members are the shipped ensemble's fold members (scripts/split_detector_members.py); the checks run the real
 graphs with onnxruntime: the assembled ensemble is the members' mean and is cut again by the detector's own
-``split_members``; a quantised member runs exactly the six named convolutions in int8 and classes a box as the
+``split_members``; a quantised member runs exactly the seven named convolutions in int8 and classes a box as the
 float member does.
 """
 
@@ -24,8 +24,8 @@ from defacer.detect.ensemble import split_members
 from defacer.detect.model import default_weights_path
 
 REPO = Path(__file__).resolve().parents[2]
-FLOAT = default_weights_path().parent / "float" / "detector.onnx"  # the trained float ensemble
-pytestmark = pytest.mark.skipif(not FLOAT.is_file(), reason="the float ensemble (models/float) is not present")
+SHIPPED = default_weights_path()
+pytestmark = pytest.mark.skipif(not SHIPPED.is_file(), reason="shipped weights not built yet")
 
 
 def _load(name: str) -> ModuleType:
@@ -38,7 +38,7 @@ def _load(name: str) -> ModuleType:
 
 @pytest.fixture(scope="module")
 def folds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return _load("split_detector_members").split(FLOAT, tmp_path_factory.mktemp("folds"))
+    return _load("split_detector_members").split(SHIPPED, tmp_path_factory.mktemp("folds"))
 
 
 def _run(model: Path | bytes, box: np.ndarray) -> np.ndarray:
@@ -56,17 +56,17 @@ def _box(seed: int) -> np.ndarray:
 def test_the_assembled_ensemble_is_the_mean_of_its_members_and_splits_like_the_exported_one(folds, tmp_path) -> None:
     script = _load("quantise_detector")
     out = tmp_path / "ensemble.onnx"
-    script.assemble([folds["foldA"], folds["foldB"]], FLOAT, out)  # the float members: the float graph's function
+    script.assemble([folds["foldA"], folds["foldB"]], SHIPPED, out)  # the float members: the shipped graph's function
     box = _box(5)
-    assert np.array_equal(_run(out, box), _run(FLOAT, box))
+    assert np.array_equal(_run(out, box), _run(SHIPPED, box))
     members = split_members(out.read_bytes())
     assert members is not None and len(members) == 2
     assert [ort.InferenceSession(m, providers=["CPUExecutionProvider"]).get_outputs()[0].name for m in members] == [
         "/members.0/Div_output_0", "/members.1/Div_output_0"]
-    script.check(out, [folds["foldA"], folds["foldB"]], FLOAT, box)  # stops (SystemExit) on a mismatch
+    script.check(out, [folds["foldA"], folds["foldB"]], SHIPPED, box)  # stops (SystemExit) on a mismatch
 
 
-def test_a_quantised_member_runs_the_six_named_convolutions_in_int8_and_classes_a_box_as_the_float_one(
+def test_a_quantised_member_runs_the_seven_named_convolutions_in_int8_and_classes_a_box_as_the_float_one(
         folds, tmp_path) -> None:
     script = _load("quantise_detector")
     out = tmp_path / "foldA-int8.onnx"

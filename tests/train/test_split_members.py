@@ -15,7 +15,7 @@ pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = REPO / "src" / "defacer" / "models" / "float" / "detector.onnx"  # the trained (float) ensemble
+SHIPPED = REPO / "src" / "defacer" / "models" / "detector.onnx"
 
 
 def _script():  # type: ignore[no-untyped-def]
