@@ -10,7 +10,6 @@ Printed raw, a file named ``x<LF>De-identified 99 DICOM file(s) ...`` faked a li
 from __future__ import annotations
 
 import io
-import shutil
 import sys
 from pathlib import Path
 
@@ -46,7 +45,13 @@ def test_anonymize_prints_a_hostile_name_on_one_line_escaped(tmp_path: Path, cap
                                                               caplog: pytest.LogCaptureFixture) -> None:
     src = tmp_path / "in"
     files = write_series(src, (np.arange(8 * 8 * 2).reshape(8, 8, 2) % 50).astype(np.uint16))
-    shutil.copyfile(files[0], src / FAKE)
+    # another instance under the hostile name (a byte-identical copy is refused as one file twice since 1b3894e)
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    other = pydicom.dcmread(files[0])
+    other.SOPInstanceUID = other.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    other.save_as(src / FAKE)
     (src / f"{ESCAPES}.txt").write_text("not DICOM")
     assert main(["anonymize", str(src), str(tmp_path / "out"), "--key", "k" * 32]) == 0
     out = capsys.readouterr()
