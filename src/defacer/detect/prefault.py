@@ -69,9 +69,13 @@ def shared_arena(ort: Any) -> bool:
         return _registered
 
 
+TOUCH_FILL = np.array(1.0, "<f4").tobytes()
+"""The value the touching writes (float32 1.0, little-endian): any value but zero (:func:`touch_model`)."""
+
+
 def touch_model() -> bytes:
-    """A serialized ONNX model: input ``shape`` (int64, [1]) -> ``ConstantOfShape`` zeros (float32, written) ->
-    ``Shape`` -> output ``size`` (int64, [1]: the input again; the zeros are never read, so the touching costs one
+    """A serialized ONNX model: input ``shape`` (int64, [1]) -> ``ConstantOfShape`` ones (float32, written) ->
+    ``Shape`` -> output ``size`` (int64, [1]: the input again; the ones are never read, so the touching costs one
     write pass).  Written with the protobuf helpers of :mod:`defacer.detect.ensemble` (``onnx`` is no run-time
     dependency); opset 13, IR version 7."""
     def value_info(name: str, elem_type: int, dims: list[int]) -> bytes:
@@ -79,10 +83,12 @@ def touch_model() -> bytes:
         tensor_type = _encode([(1, 0, elem_type), (2, 2, shape)])
         return _encode([(1, 2, name.encode()), (2, 2, _encode([(1, 2, tensor_type)]))])
 
-    zero = _encode([(1, 0, 1), (2, 0, 1), (9, 2, b"\x00\x00\x00\x00")])  # dims [1], FLOAT, raw 0.0
-    fill = _encode([(1, 2, b"shape"), (2, 2, b"zeros"), (4, 2, b"ConstantOfShape"),
-                    (5, 2, _encode([(1, 2, b"value"), (20, 0, 4), (5, 2, zero)]))])  # attribute type TENSOR
-    read = _encode([(1, 2, b"zeros"), (2, 2, b"size"), (4, 2, b"Shape")])  # reads no value: no pass over them
+    # Ones, not zeros: a page of zeros may be taken back by the kernel and mapped to its shared zero page (the
+    # shrinker of under-used transparent huge pages, KSM), and the pass's first write to it faults again.
+    one = _encode([(1, 0, 1), (2, 0, 1), (9, 2, TOUCH_FILL)])  # dims [1], FLOAT, raw 1.0
+    fill = _encode([(1, 2, b"shape"), (2, 2, b"ones"), (4, 2, b"ConstantOfShape"),
+                    (5, 2, _encode([(1, 2, b"value"), (20, 0, 4), (5, 2, one)]))])  # attribute type TENSOR
+    read = _encode([(1, 2, b"ones"), (2, 2, b"size"), (4, 2, b"Shape")])  # reads no value: no pass over them
     graph: list[_Field] = [(1, 2, fill), (1, 2, read), (2, 2, b"defacer-touch"),
                            (11, 2, value_info("shape", 7, [1])), (12, 2, value_info("size", 7, [1]))]
     opset = _encode([(1, 2, b""), (2, 0, 13)])
@@ -124,7 +130,7 @@ class Prefault:
         try:
             self._session.run(None, {"shape": np.array([self._count], np.int64)})
             result = np.empty(self._shape, np.float32)
-            result.fill(0.0)  # np.zeros would map its pages lazily
+            result.fill(1.0)  # np.zeros would map its pages lazily; not zeros (touch_model: the kernel's zero page)
             self._result = result
             self.touched = True
         except Exception:  # noqa: BLE001 - only speed is at stake: the pass runs as without it
