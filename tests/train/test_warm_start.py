@@ -48,11 +48,23 @@ def test_a_network_loaded_from_an_exported_onnx_computes_what_the_onnx_computes(
     assert np.allclose(ours, detector.probabilities(box), atol=1e-4)
 
 
-def test_warm_start_refuses_a_network_of_another_shape() -> None:
-    # the shipped model is an ensemble of two networks (initializers named members.N.net.*): refused too
+def test_warm_start_refuses_a_network_of_another_shape(tmp_path) -> None:
+    from defacer.train.export import export_onnx
+
+    config = UNetConfig(channels=(4, 8, 16))
+    checkpoint = tmp_path / "best.pt"
+    torch.save({"model": AttentionUNet3D(config).state_dict(), "unet": config.to_dict(), "train": {}, "history": [],
+                "box": {"shape": [32, 32, 32], "spacing_mm": 8.0}, "epoch": 0, "val_dice": 0.0}, checkpoint)
+    export_onnx(checkpoint, tmp_path / "small.onnx", {})
+    with pytest.raises(WeightsError, match="--channels"):
+        load_onnx_weights(AttentionUNet3D(UNetConfig(channels=(8, 16, 32))), tmp_path / "small.onnx")
+
+
+def test_warm_start_from_the_shipped_ensemble_is_refused_with_the_command_that_splits_it() -> None:
+    # the shipped model is an ensemble of two networks (initializers named members.N.net.*)
     path, _ = _shipped()
     net = AttentionUNet3D(UNetConfig(channels=(4, 8, 16)))
-    with pytest.raises(WeightsError, match="--channels"):
+    with pytest.raises(WeightsError, match=r"ensemble of 2 networks.*scripts/split_detector_members\.py --out build/folds"):
         load_onnx_weights(net, path)
 
 

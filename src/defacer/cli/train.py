@@ -110,8 +110,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--time-limit", type=float, default=0.0, help="stop after this many seconds (0: none)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", type=path_argument, default=None,
-                        help="start from the weights of this checkpoint (.pt) or exported detector (.onnx, e.g. the "
-                             "shipped src/defacer/models/detector.onnx; --channels must match)")
+                        help="start from the weights of this checkpoint (.pt) or exported single detector (.onnx; "
+                             "--channels must match). The shipped detector is an ensemble of two: write its "
+                             "members with 'python scripts/split_detector_members.py --out build/folds' and "
+                             "resume from one, e.g. build/folds/foldA.onnx with --channels 8,16,32,64")
     parser.add_argument("--foreground-probability", type=float, default=0.7, metavar="P",
                         help="with --patch: chance that a patch is centred on a feature (default 0.7); high values "
                              "teach a larger foreground prior (over-segmentation on whole boxes), so finish with ~0.33")

@@ -1,10 +1,13 @@
 """Warm start: load the weights of an exported ONNX detector back into the PyTorch network.
 
-The shipped model is ONNX only (no checkpoint travels with the package), so ``defacer train
---resume src/defacer/models/detector.onnx`` continues from it.  :func:`defacer.train.export`
-writes the network as the ``net`` member of a softmax wrapper, so every ONNX initializer is
-named ``net.<state_dict key>``; a file whose initializers do not cover the architecture exactly
-(other channels, an ensemble, a graph whose weights were folded) is refused.
+The shipped model is ONNX only (no checkpoint travels with the package) and is an ensemble of two
+networks (the mean of foldA and foldB), which one network cannot take whole:
+``python scripts/split_detector_members.py --out build/folds`` writes each member as a model of its
+own, and ``defacer train --resume build/folds/foldA.onnx`` continues from one.
+:func:`defacer.train.export` writes the network as the ``net`` member of a softmax wrapper, so every
+ONNX initializer is named ``net.<state_dict key>``; a file whose initializers do not cover the
+architecture exactly (other channels, a graph whose weights were folded) is refused, and an ensemble
+(initializers ``members.<i>.net.*``) is refused with the command that splits it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ import torch
 
 from defacer.errors import WeightsError
 from defacer.train.unet import AttentionUNet3D, UNetConfig
+
+#: The command that writes each member of the shipped ensemble as a single model (repository root).
+SPLIT_COMMAND = "python scripts/split_detector_members.py --out build/folds"
 
 
 def unet_config_from_card(card: dict[str, Any]) -> UNetConfig:
@@ -42,9 +48,15 @@ def load_onnx_weights(net: AttentionUNet3D, onnx_path: Path) -> None:
         model = onnx.load(str(onnx_path))
     except Exception as err:  # onnx raises protobuf decode errors and OSError for files it cannot read
         raise WeightsError(f"'{onnx_path}' could not be read as an ONNX model ({type(err).__name__}: {str(err)[:200]}). "
-                           "Warm-start from a model exported by 'defacer train' (e.g. the shipped "
-                           "src/defacer/models/detector.onnx) or a .pt checkpoint.") from err
+                           "Warm-start from a single model exported by 'defacer train' (e.g. a member of the shipped "
+                           f"ensemble: {SPLIT_COMMAND}) or a .pt checkpoint.") from err
     found = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    members = sorted({name.split(".")[1] for name in found if name.startswith("members.")})
+    if members and not any(name.startswith("net.") for name in found):
+        raise WeightsError(f"{onnx_path} is an ensemble of {len(members)} networks (initializers 'members.<i>.*', "
+                           "as the shipped detector); one network cannot start from all of them. Write each member "
+                           f"as a model of its own and resume from one: {SPLIT_COMMAND}, then --resume "
+                           "build/folds/foldA.onnx --channels 8,16,32,64.")
     state = net.state_dict()
     missing = []
     new_state = {}
