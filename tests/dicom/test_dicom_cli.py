@@ -391,3 +391,60 @@ def test_anonymize_refuses_an_input_holding_one_file_twice(tmp_path, capsys, how
     twin.unlink()
     assert main(["anonymize", str(folder), str(out), "--key", KEY, "--jobs", jobs]) == 0
     assert len(list(out.rglob("*.dcm"))) == len(paths)
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+@pytest.mark.parametrize("change", ["re-exported", "another-slice"])
+def test_anonymize_refuses_two_different_files_of_one_instance(tmp_path, capsys, change, jobs):
+    """SAFE27 (REVIEW26's leftover): two *different* files carrying one SOP Instance UID (a slice re-exported with an
+    edited header beside the first export, or another slice given that slice's UID) were both written: two output
+    files of one SOP Instance UID, of which an archive keeps one (losing the other silently) or refuses the series.
+    Now the input is refused, naming both files and what to do; nothing is written and the input is untouched."""
+    folder = tmp_path / "in"
+    paths = write_series(folder, np.arange(8 * 8 * 5, dtype=np.int16).reshape(8, 8, 5),
+                         extra={"PatientName": "Quexworth^Ambrose"})
+    twin = folder / "zz twin.dcm"
+    ds = pydicom.dcmread(paths[2 if change == "re-exported" else 3])
+    if change == "re-exported":
+        ds.SeriesDescription = "re-exported"
+    else:
+        ds.SOPInstanceUID = pydicom.dcmread(paths[2]).SOPInstanceUID
+    ds.save_as(twin)
+    assert twin.read_bytes() != paths[2].read_bytes()
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    out = tmp_path / "anon"
+    code = main(["anonymize", str(folder), str(out), "--key", KEY, "--jobs", jobs])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "two different files of one instance" in err and str(twin) in err and str(paths[2]) in err, err
+    assert "same SOP Instance UID" in err and "(nothing was written)" in err and "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.glob(".defacer-tmp*"))
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    twin.unlink()
+    assert main(["anonymize", str(folder), str(out), "--key", KEY, "--jobs", jobs]) == 0
+    instances = [pydicom.dcmread(p).SOPInstanceUID for p in out.rglob("*.dcm")]
+    assert len(instances) == len(set(instances)) == len(paths)
+
+
+@pytest.mark.parametrize("where", ["another-position", "same-position"])
+def test_deface_refuses_a_series_with_two_different_files_of_one_instance(phantom_series, tmp_path, capsys, where):
+    """SAFE27: ``deface`` given a series in which two different files carry one SOP Instance UID wrote both (another
+    position: a series of two instances of one UID, which an archive keeps one of; the same position: refused as
+    "several volumes", the wrong advice).  Now refused before a pixel is read, naming both files; nothing written."""
+    folder = tmp_path / "in"
+    shutil.copytree(phantom_series / "in", folder)
+    files = sorted(folder.iterdir())
+    first, second = pydicom.dcmread(files[0]), pydicom.dcmread(files[1])
+    second.SOPInstanceUID = first.SOPInstanceUID
+    if where == "same-position":
+        second.ImagePositionPatient = first.ImagePositionPatient
+    second.save_as(files[1])
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    out = tmp_path / "defaced"
+    code = main(["deface", str(folder), str(out), "--labels", str(phantom_series / "labels.nii.gz"), "--key", KEY])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "two different files of one instance" in err and str(files[0]) in err and str(files[1]) in err, err
+    assert "several volumes" not in err and "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.glob(".defacer-tmp*"))
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before

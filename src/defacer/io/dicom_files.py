@@ -79,6 +79,28 @@ def same_file(first: Path, second: Path) -> bool:
         return False
 
 
+def one_instance_twice(source: str, first: str, second: str, same: bool) -> str:
+    """The refusal of an input holding one DICOM instance (SOP Instance UID) in two files, for ``anonymize`` and
+    ``deface`` alike.
+
+    Parameters
+    ----------
+    source : str
+        The input as shown to the user.
+    first, second : str
+        The two files, as shown (escaped where hostile).
+    same : bool
+        Whether they are one file twice (:func:`same_file`) rather than two different files.
+    """
+    if same:
+        return (f"'{source}' holds one DICOM file twice: '{first}' and '{second}' are the same file (a copy, or a link "
+                "to it), and the output would hold its instance twice. Remove one of them (nothing was written).")
+    return (f"'{source}' holds two different files of one instance: '{first}' and '{second}' carry the same SOP "
+            "Instance UID but differ (a re-export beside the first export, a header edited by hand), and the output "
+            "would hold two instances of one UID, of which an archive keeps one or refuses the series. Keep the file "
+            "you mean and move the other out of the input (nothing was written).")
+
+
 #: DICOM folders whose links to folders were warned about in this process.
 _WARNED_LINKS: set[Path] = set()
 

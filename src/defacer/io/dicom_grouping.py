@@ -49,6 +49,8 @@ class SeriesInfo:
         SeriesInstanceUID, with ``#2``, ``#3``... appended for further stacks of one series.
         Pass it (or ``series_number``, or the 1-based position in :func:`find_series`'s list)
         as ``series=`` / ``--series``.
+    instances : tuple of str
+        Each file's SOPInstanceUID, in the order of ``files`` (``""`` where it has none).
     """
 
     key: str
@@ -62,6 +64,7 @@ class SeriesInfo:
     files: tuple[Path, ...]
     frames: tuple[FrameRef, ...]
     has_pixels: bool
+    instances: tuple[str, ...] = ()
 
     def label(self, index: int) -> str:
         """One line for listings: ``[index] number description (modality, n files, rows x cols) key``."""
@@ -316,6 +319,7 @@ def scan(path: PathLike | Sequence[PathLike]) -> Scan:
             files=tuple(m[0] for m in members),
             frames=tuple(r for m in members for r in m[2]),
             has_pixels=has_pixels,
+            instances=tuple(str(m[1].get("SOPInstanceUID", "") or "") for m in members),
         ))
     for file, why in skipped:
         logger.warning("skipped '%s': %s", file, why)
@@ -333,8 +337,9 @@ def scan(path: PathLike | Sequence[PathLike]) -> Scan:
 
 
 #: The elements :func:`scan` keeps of each file's header once it has grouped the file: what it names a series by
-#: (:class:`SeriesInfo`) and tells a non-image instance by (:func:`_no_pixels_reason`).
-_KEPT = ("SeriesNumber", "Modality", "SeriesDescription", "SOPClassUID")
+#: (:class:`SeriesInfo`), tells a non-image instance by (:func:`_no_pixels_reason`) and finds one instance in two
+#: files by (:func:`defacer.io.dicom_geometry.read_dicom_volume`).
+_KEPT = ("SeriesNumber", "Modality", "SeriesDescription", "SOPClassUID", "SOPInstanceUID")
 
 
 #: Longest value of :data:`_KEPT` kept, in characters (each is at most 64 by the standard; a longer one, bloat in

@@ -23,6 +23,7 @@ from defacer.io.dicom_files import (
     collect_identifying,
     dcmread_any,
     input_files,
+    one_instance_twice,
     pixel_data_problem,
     same_file,
     unreadable_reason,
@@ -182,7 +183,7 @@ def anonymize_files(
                 f"{len(damaged)} file(s) in '{in_path}' cannot be read as DICOM, so a series would be written with "
                 f"missing instances:\n  {listing}\nRe-export them, or move them out of the input (nothing was written)."
             )
-        _refuse_one_file_twice(files, outcomes, in_path)
+        _refuse_one_instance_twice(files, outcomes, in_path)
         series_index: dict[str, int] = {}
         counts: dict[int, int] = defaultdict(int)
         for index, uid, why, _ in sorted(outcomes):
@@ -203,30 +204,30 @@ def anonymize_files(
     return written, skipped
 
 
-def _refuse_one_file_twice(files: Sequence[Path], outcomes: Sequence[Outcome],
-                           in_path: PathLike | Sequence[PathLike]) -> None:
-    """Refuse an input that holds one DICOM file twice (a copy beside it, a hard or symbolic link to it): each would be
-    written, two instances of one SOP Instance UID in the output (a PACS keeps one, or refuses the series).
+def _refuse_one_instance_twice(files: Sequence[Path], outcomes: Sequence[Outcome],
+                               in_path: PathLike | Sequence[PathLike]) -> None:
+    """Refuse an input that holds one DICOM instance (SOP Instance UID) in two files: one file twice (a copy beside
+    it, a hard or symbolic link to it), or two different files (a re-export with an edited header beside the first
+    export, another file given the instance's UID).  Each would be written: two output files of one SOP Instance UID,
+    of which an archive keeps one (losing the other without a word) or refuses the series.
 
     Only files of one SOP Instance UID are compared (:func:`defacer.io.dicom_files.same_file`): no file is read again
-    unless it repeats an instance.  Two different files of one instance (a re-export) are written as before.
+    unless it repeats an instance.
 
     Raises
     ------
     DicomSeriesError
-        Naming the two files, as ``deface`` does (:func:`defacer.io.dicom_geometry.read_dicom_volume`).
+        Naming the two files, in ``deface``'s words (:func:`defacer.io.dicom_geometry.read_dicom_volume`).
     """
     first: dict[str, int] = {}
     for index, uid, _, instance in sorted(outcomes):
         if uid is None or not instance:
             continue
         seen = first.setdefault(instance, index)
-        if seen != index and same_file(files[seen], files[index]):
+        if seen != index:
             source = shown(in_path) if isinstance(in_path, str | os.PathLike) else f"the {len(files)} files given"
-            raise DicomSeriesError(
-                f"'{source}' holds one DICOM file twice: '{shown(files[seen])}' and '{shown(files[index])}' are the same "
-                "file (a copy, or a link to it), and the output would hold its instance twice. Remove one of them "
-                "(nothing was written).")
+            raise DicomSeriesError(one_instance_twice(source, shown(files[seen]), shown(files[index]),
+                                                      same_file(files[seen], files[index])))
 
 
 def _anonymize_parallel(files: list[Path], work: Path, deid: Scrubber, jobs: int) -> list[Outcome]:
