@@ -28,7 +28,6 @@ import hashlib
 import os
 import stat
 import struct
-import threading
 
 from defacer.threads import WaitedThread
 
@@ -57,8 +56,8 @@ class _Reading:
         self.identity = _identity(status)
         self.data: bytearray | None = None
         self.sha256: str | None = None
-        self.thread = threading.Thread(target=self._read, args=(status, max_voxels, isal_zlib, trim),
-                                       name="defacer-read-ahead", daemon=True)
+        self.thread = WaitedThread(target=self._read, args=(status, max_voxels, isal_zlib, trim),
+                                   name="defacer-read-ahead", daemon=True)
         self.thread.start()
 
     def _read(self, status: os.stat_result, max_voxels: int | None, isal_zlib: Any,
@@ -198,7 +197,9 @@ def _reading(path: Path) -> _Reading | None:
     if not _readings or _readings[0].path != str(path):
         return None
     reading = _readings[0]
-    reading.thread.join()
+    # waited out through Ctrl-C (defacer.threads): an interrupted join returned at once, the thread still running
+    # and, on Python 3.11, marked ended, so that the exit no longer waited for it
+    reading.thread.wait_out()
     return reading if reading.unchanged() else None
 
 
@@ -241,11 +242,26 @@ def take_detector(weights_path: object) -> DetectorLoading | None:
 
 
 def forget() -> None:
-    """Drop what was begun ahead and not taken, waiting for its threads, so that none outlives the run."""
+    """Drop what was begun ahead and not taken, waiting for its threads, so that none outlives the run.
+
+    Every thread is waited out, through Ctrl-C too (:mod:`defacer.threads`); an interrupt meanwhile is raised once
+    all are out (the detector's threads are waited for even when the reading's wait was interrupted).
+    """
+    interrupt: BaseException | None = None
     while _readings:
-        _readings.pop().thread.join()
+        reading = _readings.pop()
+        try:
+            reading.thread.wait_out()
+        except BaseException as err:  # noqa: BLE001 - raised below, once every thread is out
+            interrupt = interrupt if interrupt is not None else err
     while _detectors:
-        _detectors.pop()[1].settle()  # the detector made, and what it began (its memory touched ahead)
+        loading = _detectors.pop()[1]
+        try:
+            loading.settle()  # the detector made, and what it began (its memory touched ahead)
+        except BaseException as err:  # noqa: BLE001 - raised below, once every thread is out
+            interrupt = interrupt if interrupt is not None else err
+    if interrupt is not None:
+        raise interrupt
 
 
 def _declared_size(header: bytes, max_voxels: int | None) -> int | None:

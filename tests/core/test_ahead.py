@@ -262,3 +262,37 @@ def test_a_scan_over_the_read_ahead_limit_is_read_as_before(tmp_path, monkeypatc
     assert ahead.start_reading(path, None)
     assert ahead.take_bytes(path) is None
     assert np.array_equal(read_nifti_like(path, "nifti").raw, values)
+
+
+@pytest.mark.parametrize("waiting", ["take_bytes", "forget"])
+def test_an_interrupted_wait_for_the_reading_is_raised_once_its_thread_is_out(tmp_path, monkeypatch, waiting):
+    """SAFE27: Ctrl-C while the run waited for the scan's reading (``Thread.join`` in :func:`ahead.take_bytes` and
+    :func:`ahead.forget`) returned at once with the thread still running, and on Python 3.11 marked it ended, so
+    the exit no longer waited for it; now the wait is waited out (:mod:`defacer.threads`) and the interrupt raised
+    after.  The thread's last step (glibc's ``malloc_trim``, called in the thread once the file is decompressed) is
+    made to last 0.6 s, so that the interrupt at 0.15 s comes while the thread still runs: the file, its reading and
+    ISA-L's decompression are real."""
+    import signal
+    import time
+
+    path = tmp_path / "a.nii.gz"
+    _nifti(path, shape=(40, 40, 40))
+    out_of_target: list[float] = []
+
+    def slow_trim(pad: int) -> None:
+        time.sleep(0.6)
+        out_of_target.append(time.monotonic())
+
+    monkeypatch.setattr(ahead, "_malloc_trim", lambda: slow_trim)
+    assert ahead.start_reading(path, None)
+    reading = ahead._readings[0]
+    # a real SIGINT, as Ctrl-C gives (_thread.interrupt_main sends no signal: it does not wake a blocked join)
+    timer = threading.Timer(0.15, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        ahead.take_bytes(path) if waiting == "take_bytes" else ahead.forget()
+        time.sleep(5)  # main: not reached, the join raised at once; kept so that a wait never interrupted fails too
+    raised = time.monotonic()
+    timer.join()
+    assert out_of_target and out_of_target[0] <= raised, "the interrupt was raised while the reading still ran"
+    assert not reading.thread.is_alive()
