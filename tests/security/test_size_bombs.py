@@ -379,3 +379,84 @@ def test_a_series_whose_headers_carry_bloat_is_read_holding_one_file_at_a_time(t
     # a few files' worth at once (the file read, the one before it, pydicom's copies), not the twelve files' 96 MB
     assert listing_peak < 5 * bloat, listing_peak
     assert reading_peak < 5 * bloat, reading_peak  # 24-33 MB whether 6, 12 or 24 files
+
+
+def _declaring(folder: Path, declared: int) -> tuple[list[Path], Path]:
+    """A real 4-slice series whose second file's PixelData element declares ``declared`` bytes (it holds 512, the
+    file ends there): a damaged or hostile length, which pydicom allocated whole before reading what was left."""
+    import struct
+
+    from dicom_factory import write_series
+
+    paths = sorted(write_series(folder, np.arange(16 * 16 * 4, dtype=np.int16).reshape(16, 16, 4)))
+    data = bytearray(paths[1].read_bytes())
+    at = data.rfind(b"\xe0\x7f\x10\x00OW\x00\x00")
+    assert at > 0 and struct.unpack_from("<I", data, at + 8)[0] == 512
+    struct.pack_into("<I", data, at + 8, declared)
+    paths[1].write_bytes(bytes(data))
+    return paths, paths[1]
+
+
+@pytest.mark.parametrize("command", ["anonymize", "deface"])
+def test_an_element_declaring_more_bytes_than_the_file_holds_is_refused_before_they_are_allocated(
+        tmp_path, capsys, command):
+    """SAFE27: a 1 KB slice whose PixelData declares 2 GiB was read by allocating the 2 GiB first (a Python read of
+    the declared length): under a memory limit the run said "out of memory. Close other programs", the wrong advice
+    for a damaged file; without one ``anonymize`` wrote the damaged slice as if whole.  Each read now asks for no
+    more than the file holds, and such a file is refused as damaged, named, nothing written."""
+    from defacer.errors import DicomSeriesError
+    from defacer.io.dicom_series import read_dicom_volume
+
+    folder = tmp_path / "in"
+    _, bad = _declaring(folder, 0x7FFFFFF0)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    tracemalloc.start()
+    try:
+        if command == "anonymize":
+            out = tmp_path / "out"
+            code, text = run_on_input(["anonymize", str(folder), str(out), "--key", KEY], capsys, source=folder,
+                                      out=out, allowed={"in", "out"})
+            assert code == 1, text
+        else:
+            with pytest.raises(DicomSeriesError) as refused:
+                read_dicom_volume(folder)
+            text = str(refused.value)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert bad.name in text and "declares 2,147,483,632 bytes" in text, text
+    assert "nothing was written" in text and "Traceback" not in text, text
+    assert peak < PEAK, f"{peak >> 20} MiB"
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+@pytest.mark.parametrize("command", ["anonymize", "deface"])
+def test_a_dicom_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path, capsys, monkeypatch, command):
+    """SAFE27: a DICOM file is read whole (pixels, every element), whatever its size: one multi-GB file took that
+    much memory, and more.  A file over :data:`defacer.io.dicom_files.MAX_FILE_BYTES` (1 GiB; twice a 512^3 volume
+    of 32-bit voxels, the most the default voxel limit lets through) is refused from its size, before a byte of it is
+    read, named, with what to do; here the limit is lowered to 4 MiB and the file holds a private element of 6 MiB."""
+    from dicom_factory import write_series
+
+    from defacer.errors import DicomSeriesError
+    from defacer.io.dicom_series import read_dicom_volume
+
+    monkeypatch.setattr(dicom_files, "MAX_FILE_BYTES", 4 << 20, raising=False)
+    folder = tmp_path / "in"
+    paths = sorted(write_series(folder, np.arange(16 * 16 * 4, dtype=np.int16).reshape(16, 16, 4)))
+    ds = pydicom.dcmread(paths[2])
+    ds.private_block(0x0011, "HUGE", create=True).add_new(0x01, "OB", bytes(6 << 20))
+    ds.save_as(paths[2])
+    if command == "anonymize":
+        out = tmp_path / "out"
+        code, text = run_on_input(["anonymize", str(folder), str(out), "--key", KEY], capsys, source=folder,
+                                  out=out, allowed={"in", "out"})
+        assert code == 1, text
+    else:
+        with pytest.raises(DicomSeriesError) as refused:
+            read_dicom_volume(folder)
+        text = str(refused.value)
+    assert paths[2].name in text and "larger than the 4 MiB defacer reads from one DICOM file" in text, text
+    assert "nothing was written" in text and "Traceback" not in text, text
+    monkeypatch.setattr(dicom_files, "MAX_FILE_BYTES", 8 << 20, raising=False)
+    assert read_dicom_volume(folder).raw.shape == (16, 16, 4)  # under the limit: read as before

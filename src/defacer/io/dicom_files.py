@@ -8,6 +8,7 @@ preamble, clean file meta); :func:`check_output_folder` keeps outputs out of the
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -285,18 +286,84 @@ def _check_inflated_size(path: Path) -> None:
             return
 
 
-def _dcmread(path: Path, **kwargs: Any) -> Dataset:
+#: Most bytes of one DICOM file defacer reads: 1 GiB, twice a 512^3 volume of 32-bit voxels (the most the default
+#: voxel limit lets through) in one multi-frame file.  pydicom reads a file whole, every element and the pixels, and
+#: the reading holds copies of them: a file of several GB took that much memory and more.  A head series stored as one
+#: file per slice is a few hundred KB a file.
+MAX_FILE_BYTES = 1 << 30
+
+
+class _BoundedReader(io.BufferedReader):
+    """A file whose reads never ask for more bytes than are left in it.
+
+    pydicom reads an element's value with ``read(length)`` of the length the element declares, and Python allocates
+    that length before reading: a 1 KB file whose PixelData declared 2 GiB took 2 GiB (under a memory limit: "out of
+    memory"), then gave the 512 bytes left as if they were the value.  :attr:`overrun` keeps the first read that asked
+    for more than was left (``(asked, left)``), which :func:`dcmread_any` refuses.
+    """
+
+    #: Reads of up to this many bytes are left alone: the preamble (128), a tag, a length (pydicom reads them at the
+    #: end of a file to find that it ends).
+    SMALL = 128
+
+    def __init__(self, raw: io.FileIO, size: int) -> None:
+        super().__init__(raw)
+        self.size = size
+        self.overrun: tuple[int, int] | None = None
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        if size is not None and size > self.SMALL:
+            left = max(self.size - self.tell(), 0)
+            if size > left:
+                self.overrun = self.overrun or (size, left)
+                size = left
+        return super().read(size)
+
+
+def _read_bounded(path: Path, **kwargs: Any) -> Dataset:
+    """``pydicom.dcmread`` of ``path`` through a :class:`_BoundedReader`, refusing a file over :data:`MAX_FILE_BYTES`
+    before a byte of it is read, and one with an element declaring more bytes than the file holds."""
     import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    with io.FileIO(os.fspath(path), "r") as raw:  # a str name: pydicom re-opens it by name for a deferred value
+        size = os.fstat(raw.fileno()).st_size
+        if size > MAX_FILE_BYTES:
+            raise InvalidDicomError(
+                f"damaged or too large DICOM file ({size:,} bytes, larger than the {MAX_FILE_BYTES >> 20} MiB defacer "
+                "reads from one DICOM file: a head scan needs far less; re-export the series as one file per slice, "
+                "or move this file out of the input)")
+        handle = _BoundedReader(raw, size)
+        try:
+            ds = pydicom.dcmread(handle, **kwargs)
+        finally:
+            handle.detach()  # the FileIO is closed by its own with-statement
+    if handle.overrun is not None:
+        asked, left = handle.overrun
+        raise InvalidDicomError(
+            f"damaged or truncated DICOM file (an element declares {asked:,} bytes but only {left:,} are left in the "
+            "file; re-export it)")
+    ds.fileobj_type = _open_bounded  # a deferred value is read bounded too
+    return ds
+
+
+def _open_bounded(name: str, mode: str = "rb") -> _BoundedReader:
+    """``open(name, "rb")`` for pydicom's deferred reads, as a :class:`_BoundedReader`."""
+    raw = io.FileIO(name, "r")
+    return _BoundedReader(raw, os.fstat(raw.fileno()).st_size)
+
+
+def _dcmread(path: Path, **kwargs: Any) -> Dataset:
     from pydicom.errors import InvalidDicomError
     from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
     _check_inflated_size(path)
     try:
-        return pydicom.dcmread(path, **kwargs)
-    except InvalidDicomError:
-        if not _looks_like_raw_dicom(path):
+        return _read_bounded(path, **kwargs)
+    except InvalidDicomError as err:
+        if str(err).startswith("damaged") or not _looks_like_raw_dicom(path):
             raise
-    ds = pydicom.dcmread(path, force=True, **kwargs)
+    ds = _read_bounded(path, force=True, **kwargs)
     if "TransferSyntaxUID" not in ds.file_meta:
         implicit, little = ds.original_encoding
         if little is False:

@@ -41,10 +41,14 @@ GREY_PHOTOMETRIC = frozenset({"MONOCHROME1", "MONOCHROME2"})
 
 def _decode(path: Path) -> tuple[Dataset, npt.NDArray[Any]]:
     """Read one instance with pixels; frames first: shape (F, Rows, Columns)."""
+    from pydicom.errors import InvalidDicomError
+
     try:
         ds = dcmread_any(path)
         problem = encapsulated_frames_problem(ds)
         pixels = None if problem else ds.pixel_array
+    except InvalidDicomError as err:  # damaged beyond its header (an element longer than the file), or too large
+        raise DicomSeriesError(f"'{path}' cannot be read: {err} (nothing was written).") from err
     except (EOFError, OSError) as err:
         raise DicomSeriesError(f"'{path}' is truncated or unreadable ({err}). Re-export the series.") from err
     except (ValueError, AttributeError, KeyError) as err:

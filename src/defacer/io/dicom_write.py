@@ -144,6 +144,8 @@ def write_dicom_volume(volume: Volume, out_dir: PathLike, *, force: bool = False
     DicomSeriesError
         The volume is not a DICOM volume read by defacer, or an input file changed.
     """
+    from pydicom.errors import InvalidDicomError
+
     frames: tuple[FrameRef, ...] | None = volume.extra.get("frames")
     if volume.format != "dicom" or not frames:
         raise DicomSeriesError(
@@ -170,7 +172,7 @@ def write_dicom_volume(volume: Volume, out_dir: PathLike, *, force: bool = False
             try:
                 ds = dcmread_any(file)
                 original = ds.pixel_array
-            except (OSError, EOFError, ValueError) as err:
+            except (OSError, EOFError, ValueError, InvalidDicomError) as err:
                 raise DicomSeriesError(f"Cannot read '{file}' again to write its defaced copy ({err}).") from err
             n_frames = int(ds.get("NumberOfFrames", 1) or 1)
             stack = original[None] if n_frames == 1 and original.ndim == 2 else original.copy()
