@@ -126,3 +126,71 @@ def test_a_second_ctrl_c_names_the_scan_left_running_on_the_cluster(tmp_path: Pa
     assert "still running on the Dask cluster" in page and "nothing written for it" in page  # sub-02's row
     # what the line now says may happen did: the scan wrote its output after the batch had ended
     assert (out / "sub-01/anat/sub-01_T1w.nii.gz").is_file()
+
+
+def test_a_scheduler_lost_while_the_batch_waits_leaves_no_nothing_written_said_of_a_running_scan(tmp_path: Path,
+                                                                                                  monkeypatch) -> None:
+    """SAFE27 (REVIEW26's leftover): the Dask scheduler lost (killed) while an interrupted batch waited for its scan on
+    the cluster: the batch then knew nothing of the scan, took it as "nothing running", and its closing line said
+    "2 not defaced (nothing written for them)", though the worker went on with its step and wrote sub-01's output
+    into OUT after the batch had ended.  Now a scan the cluster could no longer be asked about is named as possibly
+    still running on it (it may yet write, not verified, not recorded), as after a second Ctrl-C; the warning said
+    "0 scan(s) still run on the cluster after 300 s" at once, and closing the client printed distributed's
+    traceback of its cancelled reconnection.  A real scheduler and a real worker, each a process of its own; the
+    scheduler is killed with SIGKILL."""
+    out = tmp_path / "out"
+    log = tmp_path / "batch.err"
+    ds, labels = phantom_dataset(tmp_path)
+    pause = pause_at(tmp_path, "defacer.route", "deface_path", "deface", limit_s=60.0)
+    address = tmp_path / "scheduler.json"
+    env = {**os.environ, "PYTHONPATH": pause.pythonpath}
+    env.pop(SYNC_ENV, None)
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    scheduler = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--scheduler-file",
+                                  str(address), "--port", "0", "--no-dashboard"], env=env, **quiet)
+    worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file", str(address),
+                               "--nthreads", "1", "--nworkers", "1", "--no-dashboard", "--death-timeout", "120"],
+                              env={**env, SYNC_ENV: str(pause.sync)}, **quiet)
+    batch = None
+    try:
+        deadline = time.monotonic() + 60
+        while not address.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with distributed.Client(scheduler_file=str(address), timeout="60s") as client:
+            client.wait_for_workers(1, timeout=60)
+            scheduler_address = client.scheduler.address
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # not ignored in the child
+        try:
+            with log.open("w") as stderr:
+                batch = subprocess.Popen([sys.executable, "-m", "defacer", "batch", str(ds), str(out), "--labels-dir",
+                                          str(labels), "--verify", "--scheduler", scheduler_address],
+                                         stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        assert wait_for(pause.at, batch), (batch.communicate(), log.read_text())
+        batch.send_signal(signal.SIGINT)  # Ctrl-C while the worker defaces sub-01
+        deadline = time.monotonic() + 60
+        while "Stopping: waiting" not in log.read_text() and batch.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "Stopping: waiting" in log.read_text(), log.read_text()
+        scheduler.kill()  # the scheduler lost while the batch waits for its scan
+        scheduler.wait(timeout=30)
+        batch.communicate(timeout=120)
+        pause.go.touch()  # the scan's long step ends, after the batch has
+        written = out / "sub-01/anat/sub-01_T1w.nii.gz"
+        deadline = time.monotonic() + 90
+        while not written.is_file() and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        for process in (batch, worker, scheduler):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(timeout=30)
+    err = log.read_text()
+    assert batch.returncode == 130 and "Traceback" not in err, (batch.returncode, err)
+    closing = err[err.index("defacer batch: interrupted"):]
+    assert "not defaced (nothing written for them)" not in closing, closing
+    assert "still running on the Dask cluster" in closing and "sub-01/anat/sub-01_T1w.nii.gz" in closing, closing
+    assert "for the other 0" not in closing, closing  # both scans were on the worker
+    # what the line now says may happen did: the worker went on and wrote the scan's output after the batch had ended
+    assert written.is_file()

@@ -213,9 +213,23 @@ def run_dask(
             _submit_all(client, distributed, [dataclasses.replace(task, stop_event=stop_event) for task in tasks],
                         on_result, stop_event=stop_event)
     finally:
-        client.close()
+        with _quiet_client():
+            client.close()
         if cluster is not None:
             cluster.close()
+
+
+@contextlib.contextmanager
+def _quiet_client() -> Iterator[None]:
+    """``distributed.client``'s own errors left unsaid: closing a client whose scheduler was lost logs its cancelled
+    reconnection at ERROR with a traceback (after the batch had said in words what the lost scheduler means)."""
+    logger = logging.getLogger("distributed.client")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class LeftRunning(KeyboardInterrupt):
@@ -260,7 +274,8 @@ def _submit_all(client: object, distributed: object, tasks: Sequence[ScanTask], 
             on_result(record)
     except BaseException as err:
         left = [] if stop_event is None else _stop_running(client, distributed, futures, on_result, stop_event)
-        client.cancel(list(futures))  # type: ignore[attr-defined]
+        with contextlib.suppress(Exception):  # the scheduler lost: nothing to cancel there any more
+            client.cancel(list(futures))  # type: ignore[attr-defined]
         if left and isinstance(err, KeyboardInterrupt):
             raise LeftRunning(err, [futures[future].scan.key for future in left]) from err
         raise
@@ -281,15 +296,19 @@ def _stop_running(client: Any, distributed: Any, futures: dict[Any, ScanTask], o
     -------
     list
         The futures of the scans a worker's thread still ran when the wait ended (Ctrl-C again, the limit;
-        :func:`_executing`): they may yet write into OUT and its QC folder.  Empty where the cluster could not be
-        asked to stop them (nothing is known to run).
+        :func:`_executing`): they may yet write into OUT and its QC folder.  Where the scheduler was lost (before the
+        wait or during it), every scan that had not finished: nothing more can be known of them, and a worker goes
+        on with the step it runs (it wrote a scan's output after the batch had ended, which said "nothing written").
     """
     try:
         distributed.Event(stop_event, client=client).set()
         on_workers = {key for keys in client.processing().values() for key in keys}
-    except Exception as err:  # noqa: BLE001 - the scheduler gone: nothing runs for this batch any more
-        log.debug("could not ask the cluster's scans to stop: %s", err)
-        return []
+    except Exception as err:  # noqa: BLE001 - the scheduler lost: what its workers run can no longer be known
+        unknown = [future for future in futures if future.status not in _ENDED]
+        log.warning("The Dask scheduler could not be asked to stop the batch's scans (%s): %d scan(s) sent to its "
+                    "workers may still run there and write into OUT and its QC folder; wait until its workers are idle "
+                    "before using OUT or running the batch again.", type(err).__name__, len(unknown))
+        return unknown
     client.cancel([future for future in futures if future.key not in on_workers and not future.done()])
     running = [future for future in futures if future.key in on_workers and not future.done()]
     if running:
@@ -302,16 +321,30 @@ def _stop_running(client: Any, distributed: Any, futures: dict[Any, ScanTask], o
             log.warning("Not waiting: %d scan(s) may still be running on the cluster and write into OUT and its QC "
                         "folder; wait until its workers are idle (its dashboard) before using OUT or running the "
                         "batch again.", sum(not future.done() for future in running))
-        except Exception:  # noqa: BLE001 - a timeout, a lost connection
+        except TimeoutError:
             log.warning("%d scan(s) still run on the cluster after %d s and may write into OUT and its QC folder; "
                         "wait until its workers are idle (its dashboard) before using OUT or running the batch "
                         "again.", sum(not future.done() for future in running), STOP_WAIT_S)
+        except Exception as err:  # noqa: BLE001 - the scheduler lost: its futures end "cancelled", the scans go on
+            log.warning("The Dask scheduler was lost while the batch waited for its scans (%s): %d scan(s) sent to "
+                        "its workers may still run there and write into OUT and its QC folder; wait until its workers "
+                        "are idle before using OUT or running the batch again.", type(err).__name__,
+                        sum(future.status not in _ENDED for future in running))
     for future in running:
-        if future.done() and future.status == "finished":
-            record = future.result()
+        if future.status == "finished":
+            try:
+                record = future.result(timeout=30)
+            except Exception as err:  # noqa: BLE001 - the result lies on a worker the lost scheduler cannot reach
+                log.debug("could not fetch the record of a finished scan: %s", err)
+                continue  # not recorded: its output, already written, is said so from the disk (runner)
             if record.error_type != ScanStopped.__name__:
                 on_result(record)
-    return _executing(client, [future for future in running if not future.done()])
+    # a future "cancelled" by a lost scheduler is done, but nothing stopped its scan: it counts as unknown
+    return _executing(client, [future for future in running if future.status not in _ENDED])
+
+
+#: Statuses of a Dask future whose task has ended on its worker (its result or its error came back).
+_ENDED = frozenset({"finished", "error"})
 
 
 def _executing(client: Any, futures: list[Any]) -> list[Any]:

@@ -608,8 +608,10 @@ def _not_done_note(total: int, not_done: Sequence[str], written: Sequence[str], 
                     f"them ({_listed(running)}): they may yet write their output into OUT and pictures into its QC "
                     "folder, not verified and not recorded; wait until the cluster's workers are idle, do not share "
                     "those files, and run the same command again (it does them again)")
-    return (head + f"{len(not_done)} not finished: " + "; ".join(said)
-            + f"; nothing was written for the other {len(not_done) - len(written) - len(running)}")
+    others = len(not_done) - len(written) - len(running)
+    if others:  # "nothing was written for the other 0" was said where the cluster held every scan
+        said.append(f"nothing was written for the other {others}")
+    return head + f"{len(not_done)} not finished: " + "; ".join(said)
 
 
 def _listed(keys: Sequence[str], most: int = 5) -> str:
