@@ -286,3 +286,24 @@ def test_mask_box_equals_the_projections_along_every_axis() -> None:
         mask = rng.random(shape) < rng.choice([0.0, 0.01, 0.1, 0.5])
         for view in (mask, np.asfortranarray(mask), mask[::-1], mask[..., ::2], np.moveaxis(mask, 0, -1)):
             assert mask_box(view) == projections(view), shape
+
+
+def test_the_box_resampled_in_two_halves_beside_is_the_one_resampled_whole() -> None:
+    """SPEED27: with ``beside``, half of the box is interpolated in a thread of its own by map_coordinates at the
+    coordinates affine_transform computes: the same float32 values bit for bit, on an oblique grid, a box reaching
+    past the image (its constant 0 there) and an odd number of rows."""
+    from defacer.detect.pose import turned_affine
+    from defacer.detect.preprocess import resample_to
+
+    rng = np.random.default_rng(11)
+    image = rng.normal(0.5, 0.3, (41, 47, 38)).astype(np.float32)
+    affine = turned_affine(np.diag([2.0, 2.0, 2.0, 1.0]), image.shape, "z", 13.0) @ turned_affine(
+        np.eye(4), image.shape, "x", -7.0)
+    target = np.diag([2.5, 2.5, 2.5, 1.0])
+    target[:3, 3] = [-10.0, 5.0, -3.0]
+    for shape in ((33, 36, 40), (34, 20, 17)):
+        whole = resample_to(image, affine, shape, target)
+        halves = resample_to(image, affine, shape, target, beside=True)
+        assert halves.dtype == whole.dtype == np.float32 and halves.shape == whole.shape == shape
+        assert halves.tobytes() == whole.tobytes()
+        assert np.count_nonzero(whole == 0) > 0 and np.count_nonzero(whole) > whole.size // 4  # past the image, and in it

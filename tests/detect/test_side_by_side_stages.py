@@ -26,8 +26,10 @@ def _without_timings(provenance: dict[str, Any]) -> dict[str, Any]:
 
 
 def _threads_of(monkeypatch: pytest.MonkeyPatch, module: Any, name: str, seen: list[str]) -> None:
-    """Record the thread every call of ``module.name`` runs in."""
-    original = getattr(module, name)
+    """Record the thread every call of ``module.name`` runs in (none where the module has no such function)."""
+    original = getattr(module, name, None)
+    if original is None:
+        return
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         seen.append(threading.current_thread().name)
@@ -38,10 +40,13 @@ def _threads_of(monkeypatch: pytest.MonkeyPatch, module: Any, name: str, seen: l
 
 def _both_ways(volume, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any, dict[str, list[str]]]:
     from defacer import pipeline
-    from defacer.detect import ear_fallback, preprocess
+    from defacer.detect import ear_fallback, model, preprocess
 
     detector = load_detector()
-    seen: dict[str, list[str]] = {"depth": [], "auricle_at": [], "caps": [], "to_grid": []}
+    seen: dict[str, list[str]] = {"depth": [], "auricle_at": [], "caps": [], "to_grid": [], "structure": [],
+                                  "levels": []}
+    _threads_of(monkeypatch, model, "no_structure", seen["structure"])
+    _threads_of(monkeypatch, model, "_levels", seen["levels"])
     _threads_of(monkeypatch, pipeline, "depth_below_surface", seen["depth"])
     _threads_of(monkeypatch, pipeline, "deep_sealed_head", seen["caps"])
     _threads_of(monkeypatch, preprocess, "_region_winners", seen["to_grid"])
@@ -75,6 +80,9 @@ def test_a_phantom_defaced_with_side_work_is_the_one_defaced_in_one_thread(monke
     assert seen["depth"][:1] == ["defacer-head-depth"]
     assert seen["caps"] == ["defacer-cap-depth"]
     assert len(seen["to_grid"]) >= 2 and me in seen["to_grid"] and len(set(seen["to_grid"])) == 2
+    # the noise check and the clean-up's and face refinement's levels beside the box (SPEED27)
+    assert seen["structure"] == ["defacer-structure"]
+    assert seen["levels"] == ["defacer-levels"]
 
 
 @pytest.mark.realdata
@@ -116,3 +124,60 @@ def test_box_to_grid_finds_the_regions_voxels_beside_as_in_one_thread() -> None:
         alone = box_to_grid(probs, box, (60, 60, 60), grid_affine, [(label, component)], beside=True)
         one_by_one[alone > 0] = label
     assert np.array_equal(one_by_one, beside)
+
+
+@needs_weights
+@needs_two_cores
+def test_a_scan_read_as_noise_is_answered_beside_as_in_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The noise check runs beside the box (SPEED27): a scan it reads as noise still gets no label, no pose and no
+    source, and its reason, whatever the box made of it meanwhile (here: an error, dropped)."""
+    from defacer.detect import model
+
+    detector = load_detector()
+    noise = np.random.default_rng(0).integers(0, 1000, (48, 48, 32)).astype(np.float32)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    answers = []
+    for side_work in ("0", "1"):
+        monkeypatch.setenv("DEFACER_SIDE_WORK", side_work)
+        labels = detector.predict(noise, affine)
+        answers.append((int(np.count_nonzero(labels)), labels.shape, detector.last_noise, detector.last_pose,
+                        detector.last_sources, list(detector.last_timings)[:1]))
+    assert answers[0] == answers[1]
+    assert answers[0][0] == 0 and answers[0][1] == noise.shape and "noise" in str(answers[0][2])
+
+    def no_box(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("no box in noise")
+
+    monkeypatch.setattr(model, "to_box", no_box)
+    labels = detector.predict(noise, affine)
+    assert int(np.count_nonzero(labels)) == 0 and detector.last_noise == answers[0][2]
+    with pytest.raises(ValueError, match="no box"):  # a head's scan: the box's error is the caller's
+        detector.predict(make_phantom(3.0).volume.values(np.float32), np.diag([3.0, 3.0, 3.0, 1.0]))
+
+
+def test_box_to_grid_shares_the_regions_between_its_threads_by_their_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SPEED27: every other region in the second thread left a 1 mm head's nose, an eye and an ear on one thread, an
+    eye and an ear on the other; the regions are now shared by the size of their windows: here the one large
+    region alone on one thread, the four small ones on the other, and the same map as in one thread."""
+    from defacer.detect import preprocess
+    from defacer.detect.preprocess import Box, box_to_grid
+
+    probs = np.random.default_rng(3).random((4, 32, 32, 32), dtype=np.float32)
+    box = Box(shape=(32, 32, 32), affine=np.diag([2.5, 2.5, 2.5, 1.0]))
+    regions = []
+    for label, lo, size in ((1, 2, 4), (1, 8, 4), (2, 10, 16), (3, 24, 4), (3, 26, 4)):
+        component = np.zeros(box.shape, bool)
+        component[lo:lo + size, lo:lo + size, lo:lo + size] = True
+        regions.append((label, component))
+    ran: dict[str, list[int]] = {}
+    original = preprocess._region_winners
+
+    def spy(*args: Any) -> Any:
+        ran.setdefault(threading.current_thread().name, []).append(int(args[-2]) * 100 + int(args[-1].sum()))
+        return original(*args)
+
+    serial = box_to_grid(probs, box, (80, 80, 80), np.eye(4), regions)
+    monkeypatch.setattr(preprocess, "_region_winners", spy)
+    beside = box_to_grid(probs, box, (80, 80, 80), np.eye(4), regions, beside=True)
+    assert np.array_equal(serial, beside)
+    assert sorted(ran.values(), key=len) == [[2 * 100 + 16**3], [100 + 64, 100 + 64, 300 + 64, 300 + 64]]

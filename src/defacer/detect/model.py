@@ -12,6 +12,8 @@ grid inside each kept component's region).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import math
 import os
@@ -44,7 +46,7 @@ from defacer.errors import DefacerError, InputImageError, WeightsError
 from defacer.files import file_sha256, read_small_text
 from defacer.head import HeadModel, air_ceiling, analyse_head, sharpest_outline_level
 from defacer.labels import FEATURE_LABELS, NUM_CLASSES, Label
-from defacer.side_work import side_by_side
+from defacer.side_work import Beside, side_by_side
 from defacer.volume import voxel_sizes
 
 WEIGHTS_NAME = "detector.onnx"
@@ -320,6 +322,18 @@ class OnnxDetector:
             out = 0.5 * (out + np.asarray(flipped[0, :, ::-1], np.float32))
         return out
 
+    def _nothing_found(self, clock: _StageClock, shape: tuple[int, ...], *waited: Beside[Any]) -> LabelMap:
+        """The answer to a scan read as noise (:func:`defacer.detect.structure.no_structure`): no label, no pose, no
+        source; the stage seconds so far recorded (the rest after ``"structure"`` as ``"box"``), and the work begun
+        beside the box (``waited``) waited for, its errors dropped (nothing of it is used)."""
+        for work in waited:
+            with contextlib.suppress(Exception):
+                work.result()
+        self._last.pose, self._last.sources = {}, {}
+        clock.stamp("box" if "structure" in clock.seconds else "structure")
+        self._last.timings = clock.seconds
+        return np.zeros(shape, dtype=np.uint8)
+
     def _mirrored_pass(self, box_image: npt.NDArray[np.float32], probs: npt.NDArray[np.float32],
                        components: list[Component], box_affine: Affine, doubt: str
                        ) -> tuple[npt.NDArray[np.float32], list[Component], dict[str, str]]:
@@ -401,19 +415,36 @@ class OnnxDetector:
         clock = _StageClock()
         # independent pieces of the later stages in two threads where there are cores for them (defacer.side_work)
         beside = self.cores >= 2 and side_by_side()
-        # noise holds no face, whatever the network would mark in it: nothing is looked for
-        self._last.noise = no_structure(image)
-        if self._last.noise is not None:
-            self._last.pose, self._last.sources = {}, {}
-            clock.stamp("structure")
-            self._last.timings = clock.seconds
-            return np.zeros(image.shape, dtype=np.uint8)
+        # noise holds no face, whatever the network would mark in it: nothing is looked for.  Where there is a
+        # second core the check runs beside the box (which it may make unneeded; the core waits there otherwise)
+        # and is waited for before the network; its "structure" seconds are then those of starting it
+        self._last.noise = None
+        structure = Beside(functools.partial(no_structure, image), beside, name="defacer-structure")
+        if not beside:
+            self._last.noise = structure.result()
+            if self._last.noise is not None:
+                return self._nothing_found(clock, image.shape)
         clock.stamp("structure")
-        # a bright halo or noise floor round the head (the outline doubtful): the network and the image rules see
-        # the air lowered to the level at which the outline is sharpest (nothing changes on a clear outline)
-        shared = head  # the caller's head (the pipeline's): the ear refinement records its auricles on it
-        image, head, lifted = _lower_bright_air(image, np.asarray(ras_affine, float), head)
-        box_image, box = to_box(image, np.asarray(ras_affine, float), self.box_shape, self.box_spacing)
+        levels: Beside[tuple[float | None, float | None]] | None = None
+        try:
+            # a bright halo or noise floor round the head (the outline doubtful): the network and the image rules
+            # see the air lowered to the level at which the outline is sharpest (nothing changes on a clear outline)
+            shared = head  # the caller's head (the pipeline's): the ear refinement records its auricles on it
+            image, head, lifted = _lower_bright_air(image, np.asarray(ras_affine, float), head)
+            # the air and tissue levels of the clean-up and the face refinement, from the image alone: beside the box
+            # (in one thread: where they are needed, as before)
+            levels = Beside(functools.partial(_levels, image), True, name="defacer-levels") if beside else None
+            box_image, box = to_box(image, np.asarray(ras_affine, float), self.box_shape, self.box_spacing,
+                                    beside=beside)
+        except Exception:  # a scan read as noise is answered as before, whatever the box made of it
+            if beside and structure.result() is not None:
+                self._last.noise = structure.result()
+                return self._nothing_found(clock, image.shape, *([levels] if levels is not None else []))
+            raise
+        if beside:
+            self._last.noise = structure.result()
+            if self._last.noise is not None:
+                return self._nothing_found(clock, image.shape, *([levels] if levels is not None else []))
         self._last.pose = box.pose.as_dict() if box.pose is not None else {}
         clock.stamp("box")
         # class weights (from the card) rescale the probabilities before every decision: a weight
@@ -438,8 +469,10 @@ class OnnxDetector:
         # lifted above the air's own noise on a low-SNR scan)
         extent = grid_extent(regions, box, image.shape, np.asarray(ras_affine, float))
         noise = air_ceiling(head) if head is not None else None
-        sample = threshold_sample(image) if extent is not None else None  # both levels read it
-        air = air_threshold(image, sample=sample) if extent is not None else None
+        if extent is None and levels is not None:  # not needed: only waited for (no thread outlives the call)
+            with contextlib.suppress(Exception):
+                levels.result()
+        air, tissue = (None, None) if extent is None else levels.result() if levels is not None else _levels(image)
         if extent is not None:
             labels[extent] = keep_largest_pieces(restrict_to_tissue(labels[extent], image[extent],
                                                                     threshold=_above(air, noise)))
@@ -449,8 +482,7 @@ class OnnxDetector:
         self._last.pose = {**self._last.pose, **pitch}
         if extent is not None:  # eyes and nose re-shaped by the image, looked for in their own regions' extent
             face = grid_extent([r for r in regions if r[0] != Label.EARS], box, image.shape, np.asarray(ras_affine, float))
-            refine_face(image, np.asarray(ras_affine, float), labels, face,
-                        threshold=_above(tissue_threshold(image, sample=sample, air=air), noise),
+            refine_face(image, np.asarray(ras_affine, float), labels, face, threshold=_above(tissue, noise),
                         pitch_deg=float(pitch["grid_pitch_deg"]) if pitch.get("pitch_applied") else 0.0)
         clock.stamp("face_refinement")
         self._last.sources = {"mirrored_pass": mirrored} if mirrored else {}
@@ -465,6 +497,15 @@ class OnnxDetector:
         clock.stamp("ear_fallback")
         self._last.timings = clock.seconds
         return labels
+
+
+def _levels(image: npt.NDArray[np.float32]) -> tuple[float | None, float | None]:
+    """The air level of the clean-up (:func:`defacer.detect.postprocess.air_threshold`) and the tissue level of the
+    face refinement (:func:`defacer.detect.refine_face.tissue_threshold`) of ``image``, both from one
+    :func:`defacer.detect.postprocess.threshold_sample` (the image alone: computed beside the box)."""
+    sample = threshold_sample(image)
+    air = air_threshold(image, sample=sample)
+    return air, tissue_threshold(image, sample=sample, air=air)
 
 
 def _prefault(ort: Any, make_session: Any, members: int, box_shape: tuple[int, int, int]) -> Prefault | None:
