@@ -1,4 +1,5 @@
-"""ROBUST26's prototype, NOT SHIPPED (issue 15, 2026-12-06): a network ear whose own auricle lies apart from it gives
+"""ROBUST26's prototype (issue 15, 2026-12-06), shipped since by ROBUST27 as
+``defacer.detect.ear_fallback._more_plausible_auricle`` (kept as the record of what was measured): a network ear whose own auricle lies apart from it gives
 way to the auricle the image shows at the predicted ear, where that one is more plausibly placed (a lower
 ``ear_offset_score``) and shares no voxel with the network's ear either.
 

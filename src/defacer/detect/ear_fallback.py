@@ -27,7 +27,9 @@ no ear lies in the eyes' frame (and only when both eyes were found) this module:
 Each ear the network found is replaced by the auricle the reference labels' rule delimits near its
 centroid (``refine``; :func:`defacer.auricle.delimit_auricle` with ``reference_mask``: the network
 often marks only the concha, or the scalp behind the ear with it); where nothing stands out there,
-or the auricle found does not touch the network's ear, the network's ear stays as it is.  Each
+or the auricle found does not touch the network's ear, the network's ear stays as it is, unless the auricle
+the image shows at the predicted ear lies apart from it too and nearer where ears lie in the eyes' frame
+(:func:`_more_plausible_auricle`): then that auricle replaces it (a blob on the cheek, held out).  Each
 auricle so delimited, with the network's own ear, is recorded on the head
 (:func:`defacer.auricle.remember_auricle`), and the ear distortion changes it together with the
 wider auricle of its own rule.
@@ -560,6 +562,35 @@ def _out_of_place(present: dict[int, tuple[Box, Mask, npt.NDArray[np.float64]]],
             and ear_offset_score(present[side][2], origin, axes) > EAR_FAR_SD)
 
 
+def _more_plausible_auricle(image: npt.NDArray[np.floating], affine: Affine, origin: npt.NDArray[np.float64],
+                            axes: npt.NDArray[np.float64], side: int, head: HeadModel,
+                            depth: npt.NDArray[np.float32], offset_mm: tuple[float, float], crop: Box,
+                            component: Mask, centre: npt.NDArray[np.float64]) -> tuple[Box, Mask] | None:
+    """The auricle the image shows at ``side``'s predicted ear (:func:`_search_side`), where the network's ear there
+    (``component`` in ``crop``, centroid ``centre`` in RAS+ mm) lies apart from it and from its own auricle (the
+    caller checks the latter: :func:`auricle_at` from ``centre`` found one sharing no voxel with the network's ear),
+    and where it lies nearer where ears lie in the eyes' frame (a lower :func:`ear_offset_score`) than the network's
+    ear; else ``None``.
+
+    Issue 15: on the held-out ixi034_T1w_2mm with its contrast inverted (the "inverted, no bright rim" variant of
+    ``benchmarks/detector_robustness.py``), the network's left ear was a 1.5 cm^3 blob on the cheek (3.0 SD, under
+    :data:`defacer.detect.postprocess.EAR_PLAUSIBLE_SD`, so not searched as a missing ear) 28 mm in front of the
+    auricle; the refinement from the blob and the search at the predicted ear both found the auricle (845 of its 1,028
+    reference voxels, 0.4 SD), which shares no voxel with the blob, so the blob stayed the ear and the auricle went
+    unlabelled.  Prototyped by ROBUST26 (``docs/experiments/robust26_ear_apart_rule.py``): it changed that one side
+    of 176 held-out rows (16 variants x 11 heads, fold members).
+    """
+    near = _search_side(image, affine, origin, axes, side, head, depth, offset_mm).found
+    if near is None or _touches(near, (crop, component)):
+        return None
+    box, mask = near
+    index = np.argwhere(mask).mean(axis=0) + [b.start for b in box]
+    where = np.asarray(affine, float)[:3, :3] @ index + np.asarray(affine, float)[:3, 3]
+    if ear_offset_score(where, origin, axes) >= ear_offset_score(centre, origin, axes):
+        return None
+    return near
+
+
 def _label_image_ear(out: LabelMap, found: tuple[Box, Mask]) -> None:
     """Label an auricle found in the image as ear in ``out``, where nothing else is labelled."""
     box, mask = found
@@ -683,6 +714,17 @@ def add_missing_ears(image: npt.NDArray[np.floating], affine: Affine, labels: La
                 out[crop][component] = 0
                 _clear_side(out, affine, origin, axes, side, ears_within)
                 _label_image_ear(out, stump)
+                sources[names[side]] = "image"
+                continue
+            apart = None if found is None or _touches((found.box, found.mask), (crop, component)) else \
+                _more_plausible_auricle(image, affine, origin, axes, side, head, depth, offset_mm, crop, component,
+                                        centre)
+            if apart is not None:
+                # the network's ear lies apart from its own auricle, and the auricle at the predicted ear is more
+                # plausibly placed: the network's ear (the cheek, the jaw) gives way to it
+                out[crop][component] = 0
+                _clear_side(out, affine, origin, axes, side, ears_within)
+                _label_image_ear(out, apart)
                 sources[names[side]] = "image"
                 continue
             if stump is not None:  # the stump holds the network's ear: the two together
