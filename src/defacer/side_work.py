@@ -25,9 +25,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import threading
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
+
+from defacer.threads import WaitedThread
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -67,9 +68,9 @@ class Beside(Generic[T]):
         self._work = work
         self._value: T | None = None
         self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
+        self._thread: WaitedThread | None = None
         if side_by_side() if run_beside is None else run_beside:
-            self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+            self._thread = WaitedThread(target=self._run, name=name, daemon=True)
             self._thread.start()
         else:
             self._run()
@@ -86,10 +87,13 @@ class Beside(Generic[T]):
         Raises
         ------
         BaseException
-            Whatever the work raised, in the calling thread.
+            Whatever the work raised, in the calling thread; an interrupt of the wait (Ctrl-C) once the work has
+        returned.
         """
         if self._thread is not None:
-            self._thread.join()
+            # waited out through Ctrl-C (defacer.threads): an interrupted join returned at once, the work still
+            # running in numpy or SciPy and, on Python 3.11, its thread marked ended, so the exit no longer waited
+            self._thread.wait_out()
         if self._error is not None:
             raise self._error
         return self._value  # type: ignore[return-value]

@@ -143,3 +143,32 @@ def test_a_thread_waiting_on_a_failed_computation_computes_it_itself() -> None:
     assert len(errors) == 1
     assert np.array_equal(waiting.result(), np.ones(3, np.float32))
     assert np.array_equal(head.cache["key"], np.ones(3, np.float32))
+
+
+def test_an_interrupted_wait_for_the_side_work_is_raised_once_its_thread_is_out() -> None:
+    """SAFE27: Ctrl-C while the calling thread waited for the work beside it (``Thread.join`` in
+    :meth:`Beside.result`) returned at once with the work still running in numpy or SciPy (and, on Python 3.11,
+    marked its thread ended, so the exit no longer waited for it).  Now the wait is waited out
+    (:mod:`defacer.threads`) and the interrupt raised after the work has returned.  A real SIGINT at 0.15 s into a
+    0.6 s piece of work (a real array computed, then a sleep standing for a long SciPy step)."""
+    import os
+    import signal
+
+    out_of_work: list[float] = []
+
+    def work() -> int:
+        total = int(np.arange(1000).sum())
+        time.sleep(0.6)
+        out_of_work.append(time.monotonic())
+        return total
+
+    side = Beside(work, run_beside=True, name="defacer-test-side")
+    timer = threading.Timer(0.15, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        side.result()
+        time.sleep(5)  # main: not reached, the join raised at once; kept so that a wait never interrupted fails too
+    raised = time.monotonic()
+    timer.join()
+    assert out_of_work and out_of_work[0] <= raised, "the interrupt was raised while the side work still ran"
+    assert side._thread is not None and not side._thread.is_alive()
