@@ -258,3 +258,31 @@ def test_series_written_by_earlier_header_rules_are_done_again(tmp_path: Path, d
     runner._fingerprint(config, series, None, "d", None)
     assert seen[0]["dicom_rules"] == runner.DICOM_RULES_REVISION >= 1
     assert "dicom_rules" not in seen[1], "--no-deidentify: headers kept, nothing to redo"
+
+
+def test_a_series_holding_one_instance_in_two_different_files_fails_alone(tmp_path: Path,
+                                                                         dicom_export: tuple[Path, Path]) -> None:
+    """SAFE27 (6af328a) refuses a DICOM input where two different files carry one SOP Instance UID; in a batch that
+    scan fails with the refusal's words, nothing written for it, and the other series are defaced (one bad scan never
+    stops a batch)."""
+    import shutil
+
+    source, labels = dicom_export
+    copy = tmp_path / "in"
+    shutil.copytree(source, copy)
+    slices = sorted((copy / "pat1" / "t1").glob("*.dcm"))
+    twin = pydicom.dcmread(slices[3])
+    twin.SeriesDescription = "edited by hand"  # the same instance, another header
+    twin.save_as(copy / "pat1" / "t1" / "zz_reexported.dcm")
+    before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    out = tmp_path / "out"
+    summary = run_batch(BatchConfig(in_root=copy, out_root=out, labels_dir=labels, deidentify=DEID, quiet=True))
+    status = {r.key: r for r in summary.records}
+    assert (summary.counts.done, summary.counts.failed) == (2, 1), {k: r.status for k, r in status.items()}
+    failed = next(r for r in summary.records if r.status == "failed")
+    assert failed.key.startswith("pat1/t1") and not failed.key.startswith("pat1/t1_repeat"), failed.key
+    assert "two different files of one instance" in (failed.error or ""), failed.error
+    assert "zz_reexported.dcm" in (failed.error or ""), failed.error
+    assert not list((out / "pat1" / "t1").glob("*.dcm")), "nothing written for the refused series"
+    assert list((out / "pat1" / "t1_repeat").glob("*.dcm")) and list((out / "pat2" / "t1").glob("*.dcm"))
+    assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before, "the input is never modified"
