@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from defacer._typing import PathLike
-from defacer.errors import DicomSeriesError, OutputError
+from defacer.errors import DicomSeriesError, OutputError, shown
 from defacer.files import files_under, link_outside, walk
 from defacer.io.atomic import check_output_path
 
@@ -100,6 +100,34 @@ def one_instance_twice(source: str, first: str, second: str, same: bool) -> str:
             "Instance UID but differ (a re-export beside the first export, a header edited by hand), and the output "
             "would hold two instances of one UID, of which an archive keeps one or refuses the series. Keep the file "
             "you mean and move the other out of the input (nothing was written).")
+
+
+def refuse_one_instance_twice(source: str, files: Sequence[Path], instances: Iterable[tuple[int, str]]) -> None:
+    """Refuse an input holding one SOP Instance UID in two of ``files`` (:func:`one_instance_twice`'s words).
+
+    Parameters
+    ----------
+    source : str
+        The input as shown to the user.
+    files : sequence of Path
+        The input's files.
+    instances : iterable of (int, str)
+        ``(index into files, SOP Instance UID)`` in the order to look (``""``: none, skipped).  Only two files of
+        one instance are compared (:func:`same_file`): no file is read again unless it repeats an instance.
+
+    Raises
+    ------
+    DicomSeriesError
+        Naming the first two files of one instance.
+    """
+    first: dict[str, int] = {}
+    for index, instance in instances:
+        if not instance:
+            continue
+        seen = first.setdefault(instance, index)
+        if seen != index:
+            a, b = files[seen], files[index]
+            raise DicomSeriesError(one_instance_twice(source, shown(a), shown(b), same_file(a, b)))
 
 
 #: DICOM folders whose links to folders were warned about in this process.

@@ -18,8 +18,14 @@ import numpy.typing as npt
 from defacer._typing import PathLike
 from defacer.checks import DEFAULT_MAX_VOXELS, check_voxel_count
 from defacer.errors import DicomSeriesError, shown
-from defacer.io.dicom_files import dcmread_any, encapsulated_frames_problem, one_instance_twice, same_file
-from defacer.io.dicom_grouping import FrameRef, SeriesInfo, floats, scan, select_series
+from defacer.io.dicom_files import (
+    dcmread_any,
+    encapsulated_frames_problem,
+    one_instance_twice,
+    refuse_one_instance_twice,
+    same_file,
+)
+from defacer.io.dicom_grouping import FrameRef, floats, scan, select_series
 from defacer.volume import Volume
 
 if TYPE_CHECKING:
@@ -119,21 +125,6 @@ def _check_spacing(projections: npt.NDArray[np.float64], source: str,
     return warnings
 
 
-def _refuse_one_instance_twice(info: SeriesInfo, source: str) -> None:
-    """Refuse a stack holding one SOP Instance UID in two files: one file twice (a copy, a link), or two different
-    files (a re-export beside the first export, a header edited by hand).  Both were written into the defaced series,
-    two instances of one UID of which an archive keeps one or refuses the series; at one position the refusal spoke of
-    several volumes.  From the headers already read: no file is read again unless it repeats an instance."""
-    first: dict[str, int] = {}
-    for index, instance in enumerate(info.instances):
-        if not instance:
-            continue
-        seen = first.setdefault(instance, index)
-        if seen != index:
-            a, b = info.files[seen], info.files[index]
-            raise DicomSeriesError(one_instance_twice(source, shown(a), shown(b), same_file(a, b)))
-
-
 def read_dicom_volume(path: PathLike | Sequence[PathLike], series: str | None = None, *,
                       max_voxels: int | None = DEFAULT_MAX_VOXELS) -> Volume:
     """Read one DICOM image series as a :class:`Volume` (format ``"dicom"``).
@@ -180,7 +171,9 @@ def read_dicom_volume(path: PathLike | Sequence[PathLike], series: str | None = 
     info = select_series(found.series, series, source)
     # From the headers alone, before a pixel is decoded: the memory the stack would take.
     check_voxel_count((info.columns, info.rows, len(info.frames)), source, max_voxels)
-    _refuse_one_instance_twice(info, source)
+    # one SOP Instance UID in two files (a copy, a link, a re-export beside the first): both were written into the
+    # defaced series, of which an archive keeps one or refuses the series; from the headers already read
+    refuse_one_instance_twice(source, info.files, enumerate(info.instances))
     frames = list(info.frames)
     if not info.orientation:
         raise DicomSeriesError(

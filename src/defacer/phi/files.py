@@ -23,9 +23,8 @@ from defacer.io.dicom_files import (
     collect_identifying,
     dcmread_any,
     input_files,
-    one_instance_twice,
     pixel_data_problem,
-    same_file,
+    refuse_one_instance_twice,
     unreadable_reason,
     write_instance,
 )
@@ -219,15 +218,9 @@ def _refuse_one_instance_twice(files: Sequence[Path], outcomes: Sequence[Outcome
     DicomSeriesError
         Naming the two files, in ``deface``'s words (:func:`defacer.io.dicom_geometry.read_dicom_volume`).
     """
-    first: dict[str, int] = {}
-    for index, uid, _, instance in sorted(outcomes):
-        if uid is None or not instance:
-            continue
-        seen = first.setdefault(instance, index)
-        if seen != index:
-            source = shown(in_path) if isinstance(in_path, str | os.PathLike) else f"the {len(files)} files given"
-            raise DicomSeriesError(one_instance_twice(source, shown(files[seen]), shown(files[index]),
-                                                      same_file(files[seen], files[index])))
+    source = shown(in_path) if isinstance(in_path, str | os.PathLike) else f"the {len(files)} files given"
+    refuse_one_instance_twice(source, files, ((index, instance if uid is not None else "")
+                                              for index, uid, _, instance in sorted(outcomes)))
 
 
 def _anonymize_parallel(files: list[Path], work: Path, deid: Scrubber, jobs: int) -> list[Outcome]:
