@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -448,3 +449,89 @@ def test_deface_refuses_a_series_with_two_different_files_of_one_instance(phanto
     assert "several volumes" not in err and "Traceback" not in err
     assert not out.exists() and not list(tmp_path.glob(".defacer-tmp*"))
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def _sparse_large_slice(path: Path, beside: Path, series_number: int) -> Path:
+    """A file over :data:`defacer.io.dicom_files.MAX_FILE_BYTES` (1 GiB) of another series of ``beside``'s patient
+    and study: a real header written by pydicom (a classic multi-frame MR of 2,100 frames of 512 x 512 16-bit
+    pixels), then its PixelData element declaring the 1,101,004,800 bytes it holds, left a hole (``truncate``: no
+    disk is taken)."""
+    import struct
+
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+
+    from defacer.io.dicom_files import MAX_FILE_BYTES
+
+    ds = pydicom.dcmread(beside)
+    del ds.PixelData
+    ds.SeriesInstanceUID = f"1.2.826.0.1.3680043.8.498.{series_number}"
+    ds.SeriesNumber, ds.SeriesDescription = series_number, "too large to read"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.8.498.{series_number}.1"
+    ds.Rows = ds.Columns = 512
+    ds.NumberOfFrames = 2100
+    pixels = 512 * 512 * 2 * 2100
+    buffer = DicomBytesIO()
+    buffer.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buffer, ds.file_meta, enforce_standard=True)
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_dataset(buffer, ds)
+    header = buffer.getvalue() + b"\xe0\x7f\x10\x00OW\x00\x00" + struct.pack("<I", pixels)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(header)
+    os.truncate(path, len(header) + pixels)
+    assert path.stat().st_size > MAX_FILE_BYTES
+    return path
+
+
+def test_a_file_too_large_to_read_in_another_series_is_left_out_unread(phantom_series, tmp_path, capsys):
+    """SAFE28: a study folder holding one DICOM file over the 1 GiB limit (SAFE27's 017115f) was refused whole, even
+    to ``--series`` of another series, whose files alone are read ("1 DICOM file(s) ... cannot be read, so the
+    series would be incomplete"); defacing the study defaced none of it.  The large file's header alone (at most
+    4 MiB, up to its pixel data) now tells its series: another series is read without it, as without that series'
+    other files; its own series is still refused in the same words, nothing written for it."""
+    import tracemalloc
+
+    from defacer.io.dicom_series import scan
+
+    study = tmp_path / "study"
+    shutil.copytree(phantom_series / "in", study / "a")
+    big = _sparse_large_slice(study / "b" / "IM0001.dcm", min((study / "a").iterdir()), 9)
+    stat = big.stat()
+    slices = len(list((study / "a").iterdir()))
+    labels = str(phantom_series / "labels.nii.gz")
+
+    one = tmp_path / "one"
+    code = main(["deface", str(study), str(one), "--series", "1", "--labels", labels, "--key", KEY])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert len(list(one.iterdir())) == slices and "cannot be read" not in captured.err + captured.out
+
+    tracemalloc.start()
+    try:
+        found = scan(study)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, f"{peak >> 20} MiB"  # the header alone was read, not the gigabyte after it
+    assert not found.damaged and [p for p, _ in found.oversize] == [big], found
+    assert [(s.series_number, len(s.files)) for s in found.series] == [("1", slices), ("9", 1)], found.series
+
+    whole = tmp_path / "whole"
+    code = main(["deface", str(study), str(whole), "--labels", labels, "--key", KEY])
+    captured = capsys.readouterr()
+    assert code == 1, captured.out + captured.err
+    assert "larger than the 1024 MiB defacer reads from one DICOM file" in captured.out, captured.out
+    assert "Traceback" not in captured.out + captured.err
+    assert sorted(p.name for p in whole.iterdir() if p.is_dir()) == ["01_series-1"], list(whole.iterdir())
+    assert len(list((whole / "01_series-1").iterdir())) == slices
+
+    refused = tmp_path / "refused"
+    code = main(["deface", str(study), str(refused), "--series", "9", "--labels", labels, "--key", KEY])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert str(big) in err and "larger than the 1024 MiB defacer reads from one DICOM file" in err, err
+    assert "nothing was written" in err and "Traceback" not in err, err
+    assert not refused.exists() and not list(tmp_path.glob(".defacer-tmp*"))
+    after = big.stat()
+    assert (after.st_size, after.st_mtime_ns, after.st_blocks) == (stat.st_size, stat.st_mtime_ns, stat.st_blocks)

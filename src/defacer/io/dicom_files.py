@@ -357,10 +357,12 @@ def _read_bounded(path: Path, **kwargs: Any) -> Dataset:
     with io.FileIO(os.fspath(path), "r") as raw:  # a str name: pydicom re-opens it by name for a deferred value
         size = os.fstat(raw.fileno()).st_size
         if size > MAX_FILE_BYTES:
-            raise InvalidDicomError(
+            refusal = InvalidDicomError(
                 f"damaged or too large DICOM file ({size:,} bytes, larger than the {MAX_FILE_BYTES >> 20} MiB defacer "
                 "reads from one DICOM file: a head scan needs far less; re-export the series as one file per slice, "
                 "or move this file out of the input)")
+            refusal.too_large = size  # type: ignore[attr-defined]  # scan reads its header alone: see too_large()
+            raise refusal
         handle = _BoundedReader(raw, size)
         try:
             ds = pydicom.dcmread(handle, **kwargs)
@@ -372,6 +374,90 @@ def _read_bounded(path: Path, **kwargs: Any) -> Dataset:
             f"damaged or truncated DICOM file (an element declares {asked:,} bytes but only {left:,} are left in the "
             "file; re-export it)")
     ds.fileobj_type = _open_bounded  # a deferred value is read bounded too
+    return ds
+
+
+def too_large(err: BaseException) -> bool:
+    """Whether ``err`` refused a file for its size alone (over :data:`MAX_FILE_BYTES`), before a byte was read."""
+    return getattr(err, "too_large", None) is not None
+
+
+#: Most bytes read of a file over :data:`MAX_FILE_BYTES` to learn, from its header alone, which series it belongs to
+#: (:func:`header_of_a_large_file`): 4 MiB, the NRRD header's bound; a head series' header is a few KB, an enhanced
+#: multi-frame one of hundreds of frames well under a MB.
+MAX_LARGE_HEADER_BYTES = 4 << 20
+
+
+class _HeaderTooLong(Exception):
+    """A header read by :class:`_CappedReader` went on past its cap."""
+
+
+class _CappedReader(io.BufferedReader):
+    """A file of which at most ``cap`` bytes are read in all (seeks are free); a read beyond raises
+    :class:`_HeaderTooLong` before it is made, whatever length it asks for."""
+
+    def __init__(self, raw: io.FileIO, cap: int) -> None:
+        super().__init__(raw)
+        self.cap = cap
+        self.taken = 0
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        if size is None or size < 0 or self.taken + size > self.cap:
+            raise _HeaderTooLong
+        data = super().read(size)
+        self.taken += len(data)
+        return data
+
+
+#: The tags of top-level pixel data (PixelData, FloatPixelData, DoubleFloatPixelData): a header ends there.
+_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+
+
+def header_of_a_large_file(path: Path) -> Dataset | None:
+    """The header of a DICOM file too large to be read whole, read up to its pixel data, or ``None``.
+
+    A file over :data:`MAX_FILE_BYTES` is refused when it is read; but in a folder of several series it may belong
+    to a series the user did not ask for, and another series' files are left out unread.  Its header alone tells
+    its series: at most :data:`MAX_LARGE_HEADER_BYTES` are read (no value is deferred, so nothing is read later),
+    and the reading stops before the pixel data.
+
+    Returns
+    -------
+    pydicom.dataset.Dataset or None
+        The header, without pixel data, when it ended at top-level pixel data within the cap and names a
+        SeriesInstanceUID; ``None`` otherwise (a header longer than the cap, bloat before the pixels, no pixels,
+        no series, or not readable as DICOM): the file is then refused as it was.
+    """
+    from pydicom.errors import InvalidDicomError
+    from pydicom.filereader import read_partial
+
+    at_pixels = False
+
+    def stop(tag: int, vr: str | None, length: int) -> bool:
+        nonlocal at_pixels
+        at_pixels = at_pixels or tag in _PIXEL_TAGS
+        return at_pixels
+
+    for force in (False, True):
+        at_pixels = False
+        try:
+            with io.FileIO(os.fspath(path), "r") as raw:
+                handle = _CappedReader(raw, MAX_LARGE_HEADER_BYTES)
+                try:
+                    ds = read_partial(handle, stop_when=stop, force=force)  # type: ignore[arg-type]
+                finally:
+                    handle.detach()
+            _check_depth(ds)
+        except InvalidDicomError:
+            if force or not _looks_like_raw_dicom(path):
+                return None
+            continue  # no preamble: read it as dcmread_any would
+        except (_HeaderTooLong, RecursionError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError,
+                NotImplementedError):
+            return None
+        break
+    if not at_pixels or not str(ds.get("SeriesInstanceUID", "") or "").strip():
+        return None
     return ds
 
 

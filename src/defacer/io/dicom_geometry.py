@@ -169,6 +169,14 @@ def read_dicom_volume(path: PathLike | Sequence[PathLike], series: str | None = 
             f"  {listing}\nRe-export or remove them (nothing was written)."
         )
     info = select_series(found.series, series, source)
+    # a file too large to read is refused with its stack; another stack's is left out unread, as its other files
+    oversize = [(p, why) for p, why in found.oversize if p in set(info.files)]
+    if oversize:
+        listing = "\n  ".join(f"{p}: {why}" for p, why in oversize[:10])
+        raise DicomSeriesError(
+            f"{len(oversize)} DICOM file(s) in '{source}' cannot be read, so the series would be incomplete:\n"
+            f"  {listing}\nRe-export or remove them (nothing was written)."
+        )
     # From the headers alone, before a pixel is decoded: the memory the stack would take.
     check_voxel_count((info.columns, info.rows, len(info.frames)), source, max_voxels)
     # one SOP Instance UID in two files (a copy, a link, a re-export beside the first): both were written into the

@@ -20,7 +20,14 @@ import numpy as np
 
 from defacer._typing import PathLike
 from defacer.errors import DicomSeriesError, SeveralSeriesError, shown
-from defacer.io.dicom_files import INCOMPLETE_INSTANCE, input_files, read_header, unreadable_reason
+from defacer.io.dicom_files import (
+    INCOMPLETE_INSTANCE,
+    header_of_a_large_file,
+    input_files,
+    read_header,
+    too_large,
+    unreadable_reason,
+)
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -78,10 +85,19 @@ class SeriesInfo:
 
 @dataclass(frozen=True)
 class Scan:
-    """Result of scanning a folder: the stacks found and the files that were skipped."""
+    """Result of scanning a folder: the stacks found and the files that were skipped.
+
+    Attributes
+    ----------
+    oversize : tuple of (Path, str)
+        Files over :data:`defacer.io.dicom_files.MAX_FILE_BYTES` whose series their header alone told: each is in
+        its stack (:attr:`series`), with the refusal :func:`defacer.io.dicom_geometry.read_dicom_volume` gives when
+        that stack is the one read; the other stacks are read without them.
+    """
 
     series: tuple[SeriesInfo, ...]
     skipped: tuple[tuple[Path, str], ...]
+    oversize: tuple[tuple[Path, str], ...] = ()
 
     @property
     def damaged(self) -> tuple[tuple[Path, str], ...]:
@@ -245,13 +261,21 @@ def scan(path: PathLike | Sequence[PathLike]) -> Scan:
     skipped: list[tuple[Path, str]] = []
     groups: dict[tuple[Any, ...], list[tuple[Path, Dataset, list[FrameRef]]]] = defaultdict(list)
     orientations: dict[tuple[Any, ...], tuple[float, ...]] = {}
+    oversize: list[tuple[Path, str]] = []
     for file in files:
+        large = None
         try:
             ds = read_header(file)
         except InvalidDicomError as err:
             text = str(err)
-            skipped.append((file, text if text.startswith("damaged") else unreadable_reason(file)))
-            continue
+            # A file too large to read may be another series' (left out unread, as its other files): its header
+            # alone, bounded, tells which; it is refused only when its own stack is read.
+            large = header_of_a_large_file(file) if too_large(err) else None
+            if large is None:
+                skipped.append((file, text if text.startswith("damaged") else unreadable_reason(file)))
+                continue
+            ds = large
+            refusal = text
         if "SOPClassUID" not in ds and "SeriesInstanceUID" not in ds:
             meta = getattr(ds, "file_meta", None)
             if meta is not None and "MediaStorageSOPClassUID" in meta and "DirectoryRecordSequence" not in ds:
@@ -259,7 +283,7 @@ def scan(path: PathLike | Sequence[PathLike]) -> Scan:
             else:
                 skipped.append((file, "no SOP Class or Series Instance UID (a DICOMDIR or not an instance)"))
             continue
-        has_pixels = "PixelData" in ds or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
+        has_pixels = large is not None or "PixelData" in ds or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
         try:
             refs, orientation = _frame_refs(ds, file) if has_pixels else ([], None)
             rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
@@ -282,6 +306,8 @@ def scan(path: PathLike | Sequence[PathLike]) -> Scan:
             str(ds.get("StudyInstanceUID", "")),
         )
         groups[key].append((file, _kept(ds), refs))
+        if large is not None:
+            oversize.append((file, refusal))
         if orientation:
             orientations.setdefault(key, orientation)
     image_series = {key[0] for key in groups if key[1]}
@@ -333,7 +359,7 @@ def scan(path: PathLike | Sequence[PathLike]) -> Scan:
             logger.warning("the series %s holds the slices of %d %s (PatientID, StudyInstanceUID): they are never "
                            "stacked into one volume, each is a stack of its own (%s, %s#2...)", shown(uid), len(held),
                            what, shown(uid), shown(uid))
-    return Scan(tuple(series), tuple(skipped))
+    return Scan(tuple(series), tuple(skipped), tuple(oversize))
 
 
 #: The elements :func:`scan` keeps of each file's header once it has grouped the file: what it names a series by
