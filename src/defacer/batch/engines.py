@@ -17,6 +17,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -119,19 +120,50 @@ def _run_pools(queue: deque[ScanTask], on_result: OnResult, *, jobs: int, thread
             # half-written temporaries are removed by the runner; final names are untouched.
             for future in in_flight:
                 future.cancel()
-            _terminate_workers(pool)
-            pool.shutdown(wait=False, cancel_futures=True)
+            try:
+                _terminate_workers(pool)
+            except KeyboardInterrupt:
+                pass  # a further Ctrl-C or SIGTERM while the workers were stopped: the first one is raised
+            finally:
+                pool.shutdown(wait=False, cancel_futures=True)
             raise
         pool.shutdown(wait=not broken, cancel_futures=True)
 
 
+#: Seconds a stopped worker process is given to end after SIGTERM, then again after SIGKILL.
+TERMINATE_WAIT_S = 10.0
+
+
 def _terminate_workers(pool: ProcessPoolExecutor) -> None:
-    processes = getattr(pool, "_processes", None) or {}
-    for process in list(processes.values()):
+    """Stop the pool's worker processes (SIGTERM, then SIGKILL after :data:`TERMINATE_WAIT_S`) and wait until each
+    has ended, through further interrupts; the first interrupt that came meanwhile is raised once they have.
+
+    The waits were plain ``join(timeout=10)``: a second Ctrl-C (or a SIGTERM the command turned into one) raised out
+    of the first wait, so the other workers were not waited for and the batch went on to remove the temporaries
+    and exit while a worker slow to die still ran; and a worker still alive after the 10 s was left running.
+    """
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
         if process.is_alive():
             process.terminate()
-    for process in list(processes.values()):
-        process.join(timeout=10)
+    interrupt: BaseException | None = None
+    for process in processes:
+        for stop in (None, process.kill):
+            if stop is not None and process.is_alive():
+                log.warning("worker process %s did not end %.0f s after SIGTERM; killing it", process.pid,
+                            TERMINATE_WAIT_S)
+                stop()
+            deadline = time.monotonic() + TERMINATE_WAIT_S
+            while True:
+                try:
+                    process.join(timeout=max(0.0, deadline - time.monotonic()))
+                    break
+                except BaseException as err:  # noqa: BLE001 - raised below, once the workers have ended
+                    interrupt = interrupt if interrupt is not None else err
+            if not process.is_alive():
+                break
+    if interrupt is not None:
+        raise interrupt
 
 
 def _retry_or_fail(task: ScanTask, queue: deque[ScanTask], on_result: OnResult) -> None:
