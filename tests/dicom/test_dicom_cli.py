@@ -451,11 +451,12 @@ def test_deface_refuses_a_series_with_two_different_files_of_one_instance(phanto
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
-def _sparse_large_slice(path: Path, beside: Path, series_number: int) -> Path:
+def _sparse_large_slice(path: Path, beside: Path, series_number: int, *, bloat: int = 0, preamble: bool = True) -> Path:
     """A file over :data:`defacer.io.dicom_files.MAX_FILE_BYTES` (1 GiB) of another series of ``beside``'s patient
     and study: a real header written by pydicom (a classic multi-frame MR of 2,100 frames of 512 x 512 16-bit
     pixels), then its PixelData element declaring the 1,101,004,800 bytes it holds, left a hole (``truncate``: no
-    disk is taken)."""
+    disk is taken).  ``bloat``: bytes of a private OB element before the pixels; ``preamble=False``: no
+    preamble, no file meta (an old export)."""
     import struct
 
     from pydicom.filebase import DicomBytesIO
@@ -470,10 +471,13 @@ def _sparse_large_slice(path: Path, beside: Path, series_number: int) -> Path:
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.8.498.{series_number}.1"
     ds.Rows = ds.Columns = 512
     ds.NumberOfFrames = 2100
+    if bloat:
+        ds.private_block(0x0011, "BLOAT", create=True).add_new(0x01, "OB", bytes(bloat))
     pixels = 512 * 512 * 2 * 2100
     buffer = DicomBytesIO()
-    buffer.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(buffer, ds.file_meta, enforce_standard=True)
+    if preamble:
+        buffer.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(buffer, ds.file_meta, enforce_standard=True)
     buffer.is_little_endian, buffer.is_implicit_VR = True, False
     write_dataset(buffer, ds)
     header = buffer.getvalue() + b"\xe0\x7f\x10\x00OW\x00\x00" + struct.pack("<I", pixels)
@@ -535,3 +539,24 @@ def test_a_file_too_large_to_read_in_another_series_is_left_out_unread(phantom_s
     assert not refused.exists() and not list(tmp_path.glob(".defacer-tmp*"))
     after = big.stat()
     assert (after.st_size, after.st_mtime_ns, after.st_blocks) == (stat.st_size, stat.st_mtime_ns, stat.st_blocks)
+
+
+@pytest.mark.parametrize("case", ["bloated-header", "no-preamble"])
+def test_a_large_file_is_judged_by_its_header_alone_only_when_that_header_is_small(phantom_series, tmp_path, case):
+    """SAFE28: the header of a file over the 1 GiB limit is read up to 4 MiB (``MAX_LARGE_HEADER_BYTES``): one that
+    holds 5 MiB of private bloat before its pixels is not judged, and still refuses the folder as before; a file
+    without preamble (an old export) is read as :func:`defacer.io.dicom_files.dcmread_any` reads one."""
+    from defacer.errors import DicomSeriesError
+
+    study = tmp_path / "study"
+    shutil.copytree(phantom_series / "in", study / "a")
+    big = _sparse_large_slice(study / "b" / "IM0001.dcm", min((study / "a").iterdir()), 9,
+                              bloat=(5 << 20) if case == "bloated-header" else 0, preamble=case != "no-preamble")
+    if case == "bloated-header":
+        with pytest.raises(DicomSeriesError) as refused:
+            read_dicom_volume(study, series="1")
+        assert str(big) in str(refused.value) and "larger than the 1024 MiB" in str(refused.value)
+    else:
+        assert read_dicom_volume(study, series="1").raw.shape[2] == len(list((study / "a").iterdir()))
+        with pytest.raises(DicomSeriesError, match="larger than the 1024 MiB"):
+            read_dicom_volume(study, series="9")
