@@ -457,16 +457,21 @@ def _skin_piece(image: np.ndarray, affine: np.ndarray, forward_mm: float, z_mm: 
     return (slice(skin + outward[0], skin + outward[1]), slice(j + half[0], j + half[1]), slice(k + half[0], k + half[1]))
 
 
+def _right_ear_missed(phantom) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The phantom's image, affine, reference ear voxels, x (world mm from the midline) and a copy of its reference
+    labels with the right ear (+x) removed: the network "missed" it (the caller puts something in its place)."""
+    made, x = phantom
+    truth = made.labels == Label.EARS
+    network = made.labels.copy()
+    network[truth & (x > 0)] = 0
+    return made.volume.values(np.float32), made.volume.affine, truth, x, network
+
+
 def _right_ear_misplaced_gives_way(phantom, forward_mm: float, outward: tuple[int, int], half: tuple[int, int]) -> None:
     """The phantom's right ear replaced, in the network's map, by a piece of skin ``forward_mm`` in front of the
     auricle (voxels ``outward`` about the outermost tissue voxel along +x, ``half`` about the row and column there):
     the side is searched from the image, the auricle found replaces the piece, and the auricle is labelled whole."""
-    made, x = phantom
-    image = made.volume.values(np.float32)
-    affine = made.volume.affine
-    truth = made.labels == Label.EARS
-    network = made.labels.copy()
-    network[truth & (x > 0)] = 0
+    image, affine, truth, x, network = _right_ear_missed(phantom)
     piece = _skin_piece(image, affine, forward_mm, -6.0, outward, half)
     network[piece] = Label.EARS
     out, sources = add_missing_ears(image, affine, network, EYES)
@@ -523,12 +528,7 @@ def test_the_network_pieces_beside_a_misplaced_ear_go_with_it(phantom) -> None:
     of skin 16 mm below it (what ixi014_T1w_2mm turned 30 degrees, held out, had on its left: the jaw and an 88 mm^3
     piece); where the auricle the image shows replaces the cheek, the smaller piece goes too, and the side holds one
     ear (before: the smaller piece stayed, an ear of its own far from the auricle)."""
-    made, x = phantom
-    image = made.volume.values(np.float32)
-    affine = made.volume.affine
-    truth = made.labels == Label.EARS
-    network = made.labels.copy()
-    network[truth & (x > 0)] = 0
+    image, affine, truth, x, network = _right_ear_missed(phantom)
     pieces = [_skin_piece(image, affine, 38.0, z_mm, (-1, 1), half) for z_mm, half in ((-6.0, (-2, 2)), (-22.0, (0, 2)))]
     for piece in pieces:
         network[piece] = Label.EARS
@@ -703,12 +703,7 @@ def _cheek_ear(phantom, eyes: list[np.ndarray], forward_mm: float, z_mm: float
     (y, z) = (``forward_mm``, ``z_mm``) beside the head instead of the auricle, the image unchanged, seen in the eyes'
     frame of ``eyes``.  Returns the fallback's map and sources, the piece, the right auricle's reference voxels and
     the left's."""
-    made, x = phantom
-    image = made.volume.values(np.float32)
-    affine = made.volume.affine
-    truth = made.labels == Label.EARS
-    network = made.labels.copy()
-    network[truth & (x > 0)] = 0
+    image, affine, truth, x, network = _right_ear_missed(phantom)
     piece = _skin_piece(image, affine, forward_mm, z_mm, (-3, 1), (-2, 2))
     network[piece] = Label.EARS
     out, sources = add_missing_ears(image, affine, network, eyes)

@@ -98,15 +98,20 @@ MAX_HALF_WIDTH_MM = 150.0
 SEARCH_OPENINGS_MM: tuple[float, ...] = (OPENING_MM, WIDE_OPENING_MM)
 
 
-def _centroids(mask: npt.NDArray[np.bool_], affine: Affine) -> list[tuple[npt.NDArray[np.float64], int]]:
-    """World centroid and voxel count of each connected component, largest first."""
+def _centroids(mask: npt.NDArray[np.bool_], affine: Affine, box: Box | None = None
+               ) -> list[tuple[npt.NDArray[np.float64], int]]:
+    """World centroid (RAS+ mm) and voxel count of each face-connected component of ``mask``, largest first.
+
+    ``mask`` covers ``box`` of the grid ``affine`` maps (voxel -> RAS+ mm); default the whole grid.
+    """
     lab, n = ndi.label(mask)
     if n == 0:
         return []
     sizes = np.bincount(lab.ravel())[1:]
     order = np.argsort(sizes)[::-1]
     centres = ndi.center_of_mass(mask, lab, [int(i) + 1 for i in order])
-    return [(np.asarray(affine)[:3, :3] @ np.asarray(c) + np.asarray(affine)[:3, 3], int(sizes[i]))
+    lo = np.zeros(3) if box is None else np.array([b.start for b in box], float)
+    return [(np.asarray(affine)[:3, :3] @ (np.asarray(c) + lo) + np.asarray(affine)[:3, 3], int(sizes[i]))
             for c, i in zip(centres, order, strict=True)]
 
 
@@ -562,15 +567,14 @@ def _out_of_place(present: dict[int, tuple[Box, Mask, npt.NDArray[np.float64]]],
             and ear_offset_score(present[side][2], origin, axes) > EAR_FAR_SD)
 
 
-def _more_plausible_auricle(image: npt.NDArray[np.floating], affine: Affine, origin: npt.NDArray[np.float64],
-                            axes: npt.NDArray[np.float64], side: int, head: HeadModel,
-                            depth: npt.NDArray[np.float32], offset_mm: tuple[float, float], crop: Box,
-                            component: Mask, centre: npt.NDArray[np.float64]) -> tuple[Box, Mask] | None:
-    """The auricle the image shows at ``side``'s predicted ear (:func:`_search_side`), where the network's ear there
-    (``component`` in ``crop``, centroid ``centre`` in RAS+ mm) lies apart from it and from its own auricle (the
-    caller checks the latter: :func:`auricle_at` from ``centre`` found one sharing no voxel with the network's ear),
-    and where it lies nearer where ears lie in the eyes' frame (a lower :func:`ear_offset_score`) than the network's
-    ear; else ``None``.
+def _more_plausible_auricle(near: tuple[Box, Mask] | None, affine: Affine, origin: npt.NDArray[np.float64],
+                            axes: npt.NDArray[np.float64], crop: Box, component: Mask,
+                            centre: npt.NDArray[np.float64]) -> tuple[Box, Mask] | None:
+    """``near``, the auricle the image shows at a side's predicted ear (the side's :func:`_search_side`), where the
+    network's ear there (``component`` in ``crop``, centroid ``centre`` in RAS+ mm) lies apart from it and from its own
+    auricle (the caller checks the latter: :func:`auricle_at` from ``centre`` found one sharing no voxel with the
+    network's ear), and where it lies nearer where ears lie in the eyes' frame (a lower :func:`ear_offset_score`) than
+    the network's ear; else ``None``.
 
     Issue 15: on the held-out ixi034_T1w_2mm with its contrast inverted (the "inverted, no bright rim" variant of
     ``benchmarks/detector_robustness.py``), the network's left ear was a 1.5 cm^3 blob on the cheek (3.0 SD, under
@@ -580,13 +584,11 @@ def _more_plausible_auricle(image: npt.NDArray[np.floating], affine: Affine, ori
     unlabelled.  Prototyped by ROBUST26 (``docs/experiments/robust26_ear_apart_rule.py``): it changed that one side
     of 176 held-out rows (16 variants x 11 heads, fold members).
     """
-    near = _search_side(image, affine, origin, axes, side, head, depth, offset_mm).found
     if near is None or _touches(near, (crop, component)):
         return None
     box, mask = near
-    index = np.argwhere(mask).mean(axis=0) + [b.start for b in box]
-    where = np.asarray(affine, float)[:3, :3] @ index + np.asarray(affine, float)[:3, 3]
-    if ear_offset_score(where, origin, axes) >= ear_offset_score(centre, origin, axes):
+    centres = _centroids(mask, affine, box)  # one piece (auricle_near keeps the largest)
+    if not centres or ear_offset_score(centres[0][0], origin, axes) >= ear_offset_score(centre, origin, axes):
         return None
     return near
 
@@ -674,14 +676,13 @@ def add_missing_ears(image: npt.NDArray[np.floating], affine: Affine, labels: La
     depth = depth_below_surface(head, spacing)  # type: ignore[arg-type]
     out = labels if in_place else labels.copy()
     refined: list[tuple[Box, Auricle | None, Seed]] = []
-    stumps: dict[int, _Stump] = {}  # each side's stump search, where it ran (reused where the network's ear stays)
+    # each side's search at its predicted ear, where it ran (reused where the network's ear stays)
+    searched: dict[int, _Searched] = {}
     for side in sorted(crumbs & set(missing)):
-        searched = _search_side(image, affine, origin, axes, side, head, depth, offset_mm)
-        found_here = searched.found
-        if searched.stump is not None:
-            stumps[side] = searched.stump
+        search = searched[side] = _search_side(image, affine, origin, axes, side, head, depth, offset_mm)
+        found_here = search.found
         if (found_here is None and _out_of_place(present, side, origin, axes)
-                and searched.stump is not None and searched.stump.field_ends):
+                and search.stump is not None and search.stump.field_ends):
             _clear_side(out, affine, origin, axes, side, ears_within)  # no ear in view there: none is kept
             present.pop(side)
             sources[names[side]] = "none"
@@ -705,7 +706,8 @@ def add_missing_ears(image: npt.NDArray[np.floating], affine: Affine, labels: La
         replaced = None if found is None else _replace_ear(out, crop, component, found, np.asarray(spacing))
         _, index, direction = _array_frame(affine, centre, side * axes[0])
         if replaced is None or found is None:
-            stump = (stumps[side] if side in stumps
+            earlier = searched.get(side)
+            stump = (earlier.stump if earlier is not None and earlier.stump is not None
                      else _cut_stump(image, affine, axes, side, head, depth,
                                      lateral_surface(origin, axes, side, head, depth, affine, image.shape,
                                                      offset_mm))).found
@@ -716,9 +718,11 @@ def add_missing_ears(image: npt.NDArray[np.floating], affine: Affine, labels: La
                 _label_image_ear(out, stump)
                 sources[names[side]] = "image"
                 continue
-            apart = None if found is None or _touches((found.box, found.mask), (crop, component)) else \
-                _more_plausible_auricle(image, affine, origin, axes, side, head, depth, offset_mm, crop, component,
-                                        centre)
+            apart = None
+            if found is not None and not _touches((found.box, found.mask), (crop, component)):
+                at_ear = (earlier if earlier is not None
+                          else _search_side(image, affine, origin, axes, side, head, depth, offset_mm)).found
+                apart = _more_plausible_auricle(at_ear, affine, origin, axes, crop, component, centre)
             if apart is not None:
                 # the network's ear lies apart from its own auricle, and the auricle at the predicted ear is more
                 # plausibly placed: the network's ear (the cheek, the jaw) gives way to it
