@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+# The suite's detector runs its network with onnxruntime unless the caller says otherwise: its figures, stored
+# hashes and thread rules were written for it, and an install with the openvino extra (CI's ".[all,test]") would
+# otherwise run everything on OpenVINO (defacer.detect.backend).  Set here, in the environment, so that the commands
+# the tests start inherit it; the backend's own tests (tests/detect/test_backend.py) set it themselves.  Run the suite
+# on OpenVINO with DEFACER_DETECTOR_BACKEND=openvino.
+os.environ.setdefault("DEFACER_DETECTOR_BACKEND", "onnxruntime")
 
 #: ``../shared/data`` beside the repository: real head scans, never copied into the repo.
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -484,10 +484,13 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
     timings["total_s"] = time.perf_counter() - start
 
     class_weights = getattr(detector, "class_weights", None)  # the ONNX detector's, from its card
+    network = getattr(detector, "backend", None)  # the library that ran the ONNX detector's network, and its version
     provenance: dict[str, Any] = {
         "defacer": environment(),
         "detector": {"name": detector.name, "weights_sha256": detector.weights_sha256,
                      **({"class_weights": [float(w) for w in class_weights]} if class_weights is not None else {}),
+                     **({"backend": {"name": network, "version": getattr(detector, "backend_version", "")}}
+                        if isinstance(network, str) else {}),
                      **({"sources": detected_by} if detected_by else {}),
                      **({"stage_timings": detect_stages} if detect_stages else {}),
                      **({"head_pose": head_pose} if head_pose else {})},

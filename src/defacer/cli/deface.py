@@ -23,7 +23,7 @@ from defacer.cli.options import (
     print_what_if,
 )
 from defacer.cli.paths import path_argument
-from defacer.errors import InputImageError, shown
+from defacer.errors import DefacerError, InputImageError, shown
 from defacer.files import image_suffix, named_path, text_name
 from defacer.options import describe_step, stronger_options
 
@@ -117,15 +117,15 @@ def start_reading_ahead(args: argparse.Namespace) -> None:
 def start_detector_ahead(args: argparse.Namespace) -> None:
     """Begin making the ONNX detector in a thread while the pipeline's modules are imported
     (:func:`defacer.ahead.start_detector`; :func:`defacer.route.deface_path` takes it where it would begin it), for
-    a NIfTI, NRRD or MGH/MGZ file defaced without ``--labels``.  Its modules and onnxruntime are imported here
-    first, so the thread imports nothing."""
+    a NIfTI, NRRD or MGH/MGZ file defaced without ``--labels``.  Its modules and its network's library (onnxruntime,
+    or OpenVINO: :mod:`defacer.detect.backend`) are imported here first, so the thread imports nothing."""
     if args.what_if or args.labels is not None or image_suffix(args.input.name) == "" or not args.input.is_file():
         return
     try:
-        import onnxruntime  # noqa: F401
+        from defacer.detect import backend, model
 
-        from defacer.detect import model
-    except ImportError:  # said where the route makes the detector
+        backend.import_runtime(backend.chosen())  # onnxruntime, or OpenVINO where installed (defacer.detect.backend)
+    except (ImportError, DefacerError):  # said where the route makes the detector
         return
     from defacer.ahead import start_detector
 

@@ -1,4 +1,4 @@
-"""The trained attention U-Net, run by onnxruntime (no PyTorch needed to deface).
+"""The trained attention U-Net, run by onnxruntime or OpenVINO (no PyTorch needed to deface).
 
 Weights ship inside the package (``defacer/models/detector.onnx``) with a JSON card
 (``detector.json``: box geometry, training config, sha256).  :class:`OnnxDetector` checks the
@@ -20,16 +20,18 @@ import os
 import threading
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from defacer._typing import Affine, LabelMap, PathLike
-from defacer.detect import prefault
+from defacer.detect import backend, prefault
 from defacer.detect.ear_fallback import add_missing_ears
 from defacer.detect.ensemble import SideBySide, split_members
 from defacer.detect.frame import PITCH_AGREE_DEG, PITCH_MIN_DEG, grid_pitch, head_pitch
+from defacer.detect.openvino_run import OpenVinoSession
 from defacer.detect.postprocess import (
     Component,
     air_threshold,
@@ -42,7 +44,7 @@ from defacer.detect.prefault import Prefault, arena_bytes, shared_arena
 from defacer.detect.preprocess import box_to_grid, grid_extent, to_box
 from defacer.detect.refine_face import refine_face, tissue_threshold
 from defacer.detect.structure import no_structure
-from defacer.errors import DefacerError, InputImageError, WeightsError
+from defacer.errors import DefacerError, DetectorError, InputImageError, WeightsError
 from defacer.files import file_sha256, read_small_text
 from defacer.head import HeadModel, air_ceiling, analyse_head, sharpest_outline_level
 from defacer.labels import FEATURE_LABELS, NUM_CLASSES, Label
@@ -141,7 +143,10 @@ class OnnxDetector:
         An ``.onnx`` file exported by ``defacer train``; default: the shipped weights.  When a
         ``.json`` card with the same stem sits beside it and records a ``sha256``, the file must match.
     threads : int, optional
-        Cores the network may use (0, the default: every core this process may run on).  With 2 or more and
+        Cores the network may use (0, the default: every core this process may run on).  The network runs in
+        OpenVINO where it is installed (the ``openvino`` extra) unless ``DEFACER_DETECTOR_BACKEND=onnxruntime``
+        (:mod:`defacer.detect.backend`): the whole graph on ``threads`` threads (0: every core this process may run
+        on; :mod:`defacer.detect.openvino_run`).  In onnxruntime, with 2 or more and
         an ensemble graph (the shipped one: two members), the members run side by side, each in a thread of its
         own with ``threads // members`` onnxruntime threads (:mod:`defacer.detect.ensemble`: the same
         probabilities, 6-9 % less CPU time on 2 cores); with 1, or a single network, the graph runs as it is,
@@ -156,6 +161,8 @@ class OnnxDetector:
         ``"attention-unet-onnx:<file name>"``.
     weights_sha256 : str
         sha256 of the weights file.
+    backend, backend_version : str
+        The library that runs the network (``"openvino"`` or ``"onnxruntime"``) and its version, for the sidecar.
     cores : int
         Cores the detector may use (``threads``, or every core this process may run on); with 2 or more, the
         stages after the network find the regions' voxels and the two sides' auricles in two threads
@@ -214,8 +221,26 @@ class OnnxDetector:
         self.name = f"attention-unet-onnx:{path.name}"
         self.ear_fallback = bool(ear_fallback)
         self._last = threading.local()  # one detector may serve several threads (the web page's jobs)
+        # the network's library (defacer.detect.backend): OpenVINO where installed (or forced), else onnxruntime
+        self.backend, self.backend_version = backend.ONNXRUNTIME, ""
+        runtime = _openvino_or_none()
+        if runtime is not None:
+            self.cores = _cores(threads)
+            try:
+                self._session: Any = OpenVinoSession(runtime, path.read_bytes(), self.cores)
+            except Exception as err:  # OpenVINO raises its own exception types for bad graphs
+                message = (f"Model weights {path} could not be loaded by OpenVINO ({err}). Reinstall defacer, pass "
+                           f"--weights FILE, or set {backend.ENV}=onnxruntime.")
+                raise WeightsError(message) from err
+            self.backend, self.backend_version = backend.OPENVINO, backend.version(runtime)
+            self._input = self._session.get_inputs()[0].name if self._session.get_inputs() else ""
+            self._check_graph(path)
+            return
         try:
+            backend.quiet_onnxruntime()  # its telemetry off, where this is its first import (defacer.detect.backend)
             import onnxruntime as ort
+
+            self.backend_version = backend.version(ort)
 
             def session(graph: str | bytes, intra_threads: int, shared: bool = False) -> Any:
                 options = ort.SessionOptions()
@@ -241,7 +266,7 @@ class OnnxDetector:
                 ahead = (_prefault(ort, lambda graph: session(graph, 1, True), len(members), self.box_shape)
                          if side_by_side() else None)
                 sessions = [session(m, max(1, cores // len(members)), ahead is not None) for m in members]
-                self._session: Any = SideBySide(sessions, ahead)
+                self._session = SideBySide(sessions, ahead)
             else:
                 self._session = session(str(path), max(0, int(threads)))
         except Exception as err:  # onnxruntime raises its own exception types for bad graphs
@@ -518,6 +543,26 @@ def _prefault(ort: Any, make_session: Any, members: int, box_shape: tuple[int, i
     try:
         return Prefault(ort, make_session, need, (1, NUM_CLASSES, *box_shape))
     except Exception:  # noqa: BLE001 - only speed is at stake
+        return None
+
+
+def _openvino_or_none() -> ModuleType | None:
+    """``openvino``, imported, where it is the network's backend (:func:`defacer.detect.backend.chosen`); ``None``
+    for onnxruntime.  Where OpenVINO is installed but fails to import, an automatic choice falls back to onnxruntime
+    and a forced one (``DEFACER_DETECTOR_BACKEND=openvino``) is an error.
+
+    Raises
+    ------
+    DetectorError
+        The forced backend is not installed or does not import, or the variable names no backend.
+    """
+    if backend.chosen() != backend.OPENVINO:
+        return None
+    try:
+        return backend.import_runtime(backend.OPENVINO)
+    except DetectorError:
+        if backend.forced():
+            raise
         return None
 
 
