@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import platform
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -45,13 +46,28 @@ def batch_qc_dir(out_root: PathLike) -> Path:
 def sha256_of(path: PathLike) -> str:
     """sha256 of a file, or of the sorted (relative name, file sha256) list of a folder."""
     p = Path(path)
-    digest = hashlib.sha256()
     if p.is_dir():
-        for child in sorted(files_under(p)):
-            digest.update(str(child.relative_to(p)).encode())
-            digest.update(bytes.fromhex(file_sha256(child)))
-        return digest.hexdigest()
+        return sha256_of_files(p, files_under(p))
     return file_sha256(p)
+
+
+def sha256_of_files(root: PathLike, files: Iterable[PathLike]) -> str:
+    """sha256 of some files of a folder: over their sorted (name relative to ``root``, file sha256) list.
+
+    The folder's own digest (:func:`sha256_of`) when ``files`` are all its files; a DICOM series of a study folder
+    is digested over its own files alone, so that no other series' file is read for it.  A file outside ``root``
+    is named by its absolute path.
+    """
+    base = Path(os.path.abspath(root))
+    named = []
+    for file in files:
+        absolute = Path(os.path.abspath(file))
+        named.append((str(absolute.relative_to(base)) if absolute.is_relative_to(base) else str(absolute), absolute))
+    digest = hashlib.sha256()
+    for name, file in sorted(set(named), key=lambda item: Path(item[0])):  # Path order, as the folder's digest was
+        digest.update(name.encode())
+        digest.update(bytes.fromhex(file_sha256(file)))
+    return digest.hexdigest()
 
 
 @lru_cache(maxsize=1)

@@ -31,7 +31,7 @@ from defacer.errors import DefacerError, InputImageError, OutputError
 from defacer.files import IMAGE_SUFFIXES, image_suffix
 from defacer.options import DEFAULT_DEIDENTIFICATION, DEFAULT_OPTIONS, DefaceOptions, Deidentification
 from defacer.pipeline import DefaceResult, check_features_found, deface, load_detector
-from defacer.provenance import sha256_of, sidecar_path, write_provenance
+from defacer.provenance import sha256_of, sha256_of_files, sidecar_path, write_provenance
 
 if TYPE_CHECKING:
     from defacer.io.dicom_grouping import SeriesInfo
@@ -433,10 +433,13 @@ def _finish_dicom(source: Path, target: Path, result: Any, volume: Any, written:
     provenance = result.provenance
     # With de-identification the sidecar must not name the input: folder names often hold patient names.
     shown = "<input>" if scrubber is not None else source.name
-    digest = sha256_of(source)  # de-identified: keyed, so that holding the identified original links nothing
+    # Over the series' own files: another series of the folder is not read for it (a study's other files can be
+    # large or someone else's).  De-identified: keyed, so that holding the identified original links nothing.
+    own = {ref.path for ref in volume.extra["frames"]}
+    digest = sha256_of_files(source, own) if source.is_dir() else sha256_of(source)
     hashed = {"sha256": digest} if scrubber is None else {"sha256_keyed": scrubber.pseudonymizer.keyed_digest(digest)}
     provenance["input"] = {"path": shown, **hashed, "format": "dicom",
-                           "files": len({ref.path for ref in volume.extra["frames"]}),
+                           "files": len(own),
                            "skipped_files": len(volume.extra.get("skipped", ()))}
     # An output name holding the patient's identifiers (warned above) is no more recorded than the input's.
     shown_out = "<output>" if named else target.name

@@ -560,3 +560,48 @@ def test_a_large_file_is_judged_by_its_header_alone_only_when_that_header_is_sma
         assert read_dicom_volume(study, series="1").raw.shape[2] == len(list((study / "a").iterdir()))
         with pytest.raises(DicomSeriesError, match="larger than the 1024 MiB"):
             read_dicom_volume(study, series="9")
+
+
+def test_a_series_of_a_study_is_digested_over_its_own_files_alone(phantom_series, tmp_path, monkeypatch):
+    """Before: ``deface STUDY --series 1`` recorded in its sidecar the sha256 of the whole study folder, so every
+    file of every other series was read in full for it (SAFE28: about 5 s for a 1.1 GB file of another series),
+    against "no read goes outside the scan's own files".  Now the digest is over the series' own files (their
+    names relative to the folder given and their sha256, in the folder digest's order), and no other file is read
+    for it; a folder of one series keeps the digest it had."""
+    import hashlib
+
+    from defacer import provenance
+    from defacer.phi.pseudonym import Pseudonymizer
+
+    study = tmp_path / "study"
+    shutil.copytree(phantom_series / "in", study / "a")
+    other = pydicom.dcmread(min((study / "a").iterdir()))
+    other.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.99"
+    other.SeriesNumber = 9
+    other.SOPInstanceUID = other.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.99.1"
+    (study / "b").mkdir()
+    other.save_as(study / "b" / "IM0001.dcm")
+    hashed: list[Path] = []
+    original = provenance.file_sha256
+
+    def recording(path):
+        hashed.append(Path(path))
+        return original(path)
+
+    monkeypatch.setattr(provenance, "file_sha256", recording)
+    labels = str(phantom_series / "labels.nii.gz")
+    assert main(["deface", str(study), str(tmp_path / "one"), "--series", "1", "--labels", labels,
+                 "--key", KEY]) == 0
+    recorded = json.loads((tmp_path / "one.defacer.json").read_text())["input"]
+    expected = hashlib.sha256()
+    for file in sorted((study / "a").iterdir(), key=lambda p: p.relative_to(study)):
+        expected.update(str(file.relative_to(study)).encode())
+        expected.update(hashlib.sha256(file.read_bytes()).digest())
+    keyed = Pseudonymizer(KEY.encode()).keyed_digest
+    assert recorded["sha256_keyed"] == keyed(expected.hexdigest())
+    assert recorded["files"] == len(list((study / "a").iterdir()))
+    assert (study / "b" / "IM0001.dcm") not in [p.resolve() for p in hashed], "another series' file was read"
+
+    assert main(["deface", str(study / "a"), str(tmp_path / "alone"), "--labels", labels, "--key", KEY]) == 0
+    alone = json.loads((tmp_path / "alone.defacer.json").read_text())["input"]
+    assert alone["sha256_keyed"] == keyed(provenance.sha256_of(study / "a")), "one series' folder: its folder digest"
