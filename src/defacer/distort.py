@@ -482,33 +482,74 @@ def _span_socket(surface: npt.NDArray[np.float32], present: Mask, inside: Mask,
 
 
 
+#: The nose removal's lower end: it reaches this far (mm) below the bottom of the box x2 under the nose, across
+#: :data:`NOSE_DROP_FLAT_MM` either side of the detected nose's centroid along R, rising 1 mm per mm beyond that (a
+#: trapezoid; the box's lower corners beyond twice that width are trimmed by the same slope).  The box's flat bottom
+#: left the upper lip's ledge and the nostrils' shadow under the opening, where face detectors on the 18-view grid
+#: found a face (docs/distortion.md, Nose, FACES27 and FACES28).
+NOSE_DROP_MM = 15.0
+#: Half-width (mm, along R from the detected nose's centroid) of the lower end's flat part (:data:`NOSE_DROP_MM`).  At
+#: 15 mm BlazeFace short-range reached its verify threshold on two oblique views of real heads; at 12 mm none did.
+NOSE_DROP_FLAT_MM = 12.0
+#: Below the box x2's bottom the removal stays within this distance (mm) of the detected nose's centroid: the lower lip
+#: and the chin are not the nose (a lower end of the full width took 2,300 to 3,000 mm^3 of them per head).
+NOSE_DROP_REACH_MM = 48.0
+
+
 @dataclass(frozen=True)
 class NoseRegion:
-    """What the nose removal may set to air: the box x2, within a ball about the detected nose.
+    """What the nose removal may set to air: the box x2, within a ball about the detected nose, and its lower end.
 
     Attributes
     ----------
     box : tuple of 3 slice
-        The nose's bounding box enlarged (:func:`nose_box`), clipped to the ball's bounding box.
+        The nose's bounding box enlarged (:func:`nose_box`), clipped to the ball's bounding box, then extended
+        ``drop_mm`` down along S (the lower end; clipped to the image and to the ball of ``drop_reach_mm``).
     centre : tuple of 3 float
         The detected nose's centroid, RAS voxel index.
     reach_mm : float
         Radius of the ball about ``centre``, in mm.
     spacing : tuple of 3 float
         Voxel size along R, A, S in mm.
+    bottom : int or None
+        S index of the bottom of the box x2 before the lower end was added; None: no lower end (``box`` is the box
+        x2 and the removal is the box within its ball).
+    drop_mm, flat_mm, drop_reach_mm : float
+        The lower end (:data:`NOSE_DROP_MM`, :data:`NOSE_DROP_FLAT_MM`, :data:`NOSE_DROP_REACH_MM`): read only
+        when ``bottom`` is set.
     """
 
     box: Box
     centre: tuple[float, float, float]
     reach_mm: float
     spacing: tuple[float, float, float]
+    bottom: int | None = None
+    drop_mm: float = NOSE_DROP_MM
+    flat_mm: float = NOSE_DROP_FLAT_MM
+    drop_reach_mm: float = NOSE_DROP_REACH_MM
 
     def within(self) -> Mask:
-        """The voxels of ``box`` within ``reach_mm`` of ``centre`` (bool, box shape)."""
+        """The voxels of ``box`` the removal may take (bool, box shape).
+
+        Those within ``reach_mm`` of ``centre``; with a lower end (``bottom``), only those at or above it: at
+        S >= bottom - ``drop_mm`` + max(0, |dR| - ``flat_mm``) (mm, dR the R offset from ``centre``, 1 mm per mm
+        beyond the flat part, so the box's lower corners are trimmed by the same slope), and below ``bottom``
+        only within ``drop_reach_mm`` of ``centre``.
+        """
         axes = [((np.arange(s.start, s.stop) - c) * sp) ** 2
                 for s, c, sp in zip(self.box, self.centre, self.spacing, strict=True)]
-        return np.asarray(axes[0][:, None, None] + axes[1][None, :, None] + axes[2][None, None, :]
-                          <= self.reach_mm**2)
+        distance2 = axes[0][:, None, None] + axes[1][None, :, None] + axes[2][None, None, :]
+        inside = distance2 <= self.reach_mm**2
+        if self.bottom is None:
+            return np.asarray(inside)
+        r_mm = np.abs(np.arange(self.box[0].start, self.box[0].stop) - self.centre[0]) * self.spacing[0]
+        s_index = np.arange(self.box[2].start, self.box[2].stop)
+        s_mm = (s_index - self.bottom) * self.spacing[2]  # above the box x2's bottom (mm)
+        low = -self.drop_mm + np.maximum(0.0, r_mm - self.flat_mm)  # the lower end per R column (mm)
+        inside &= (s_mm[None, :] >= low[:, None])[:, None, :]
+        below = (s_index < self.bottom)[None, None, :]
+        inside &= ~below | (distance2 <= self.drop_reach_mm**2)
+        return np.asarray(inside)
 
 
 def nose_box(nose: Mask, shape: tuple[int, int, int], scale: float = 2.0, posterior_limit: int = 0) -> Box | None:
@@ -526,8 +567,10 @@ def nose_box(nose: Mask, shape: tuple[int, int, int], scale: float = 2.0, poster
 
 
 def nose_region(nose: Mask, shape: tuple[int, int, int], spacing: tuple[float, float, float], scale: float = 2.0,
-                posterior_limit: int = 0, reach_mm: float = NOSE_REACH_MM) -> NoseRegion | None:
-    """The nose box x ``scale`` (:func:`nose_box`) within ``reach_mm`` of the detected nose's centroid.
+                posterior_limit: int = 0, reach_mm: float = NOSE_REACH_MM, *, drop_mm: float = NOSE_DROP_MM,
+                flat_mm: float = NOSE_DROP_FLAT_MM, drop_reach_mm: float = NOSE_DROP_REACH_MM) -> NoseRegion | None:
+    """The nose box x ``scale`` (:func:`nose_box`) within ``reach_mm`` of the detected nose's centroid, with its
+    lower end (:class:`NoseRegion`).
 
     Parameters
     ----------
@@ -545,6 +588,9 @@ def nose_region(nose: Mask, shape: tuple[int, int, int], spacing: tuple[float, f
         Nothing further than this from the centroid of the largest nose component is removed, in
         mm: however long the detection (a nose run into the lip, a spurious blob), the removal
         stays on the nose.
+    drop_mm, flat_mm, drop_reach_mm : float
+        The lower end under the box x ``scale`` (:data:`NOSE_DROP_MM`, :data:`NOSE_DROP_FLAT_MM`,
+        :data:`NOSE_DROP_REACH_MM`); ``drop_mm`` 0: none, the box's flat bottom.
 
     Returns
     -------
@@ -561,7 +607,13 @@ def nose_region(nose: Mask, shape: tuple[int, int, int], spacing: tuple[float, f
                  for c, sp in zip(centre, spacing, strict=True))
     clipped = tuple(slice(max(b.start, r.start), max(max(b.start, r.start), min(b.stop, r.stop)))
                     for b, r in zip(box, ball, strict=True))
-    return NoseRegion(clipped, centre, reach_mm, spacing)  # type: ignore[arg-type]
+    if drop_mm <= 0:
+        return NoseRegion(clipped, centre, reach_mm, spacing)  # type: ignore[arg-type]
+    # the lower end: drop_mm further down, never beyond the ball of drop_reach_mm (which alone may reach there)
+    bottom = clipped[2].start
+    low = max(0, bottom - int(np.ceil(drop_mm / spacing[2])), int(np.floor(centre[2] - drop_reach_mm / spacing[2])))
+    extended = (clipped[0], clipped[1], slice(min(low, bottom), clipped[2].stop))
+    return NoseRegion(extended, centre, reach_mm, spacing, bottom, drop_mm, flat_mm, drop_reach_mm)  # type: ignore[arg-type]
 
 
 def distort_nose(image: npt.NDArray[np.floating], region: NoseRegion, head: HeadModel, *,
@@ -603,6 +655,9 @@ def distort_nose(image: npt.NDArray[np.floating], region: NoseRegion, head: Head
     return Edit("nose", box, mask, values, {"background_value": head.background, "box": _box_list(box),
                                             "centre_voxel": [round(c, 2) for c in region.centre],
                                             "reach_mm": region.reach_mm,
+                                            "lower_end": None if region.bottom is None else
+                                            {"bottom_voxel": int(region.bottom), "drop_mm": region.drop_mm,
+                                             "flat_mm": region.flat_mm, "reach_mm": region.drop_reach_mm},
                                             "voxels_left_to_eye_cover": int(within.sum() - mask.sum())})
 
 

@@ -25,7 +25,7 @@ are not re-framed.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -38,7 +38,6 @@ from defacer.detect.preprocess import mask_box
 from defacer.distort import (
     Box,
     Edit,
-    NoseRegion,
     _box_list,
     components,
     distort_eyes,
@@ -366,9 +365,10 @@ def distort_face_in_head_frame(
         built += distort_eyes(upright, labels == Label.EYES, head, step, band_mm=band_mm, box_scale=box_scale)
     if region is not None:
         start = np.array([s.start for s in kept], float)
-        region = NoseRegion(_shifted(region.box, kept),
-                            tuple(float(c - o) for c, o in zip(region.centre, start, strict=True)),  # type: ignore[arg-type]
-                            region.reach_mm, region.spacing)
+        centre = tuple(float(c - o) for c, o in zip(region.centre, start, strict=True))
+        region = replace(
+            region, box=_shifted(region.box, kept), centre=centre,  # type: ignore[arg-type]
+            bottom=None if region.bottom is None else region.bottom - kept[2].start)
         built.append(distort_nose(upright, region, head, keep=built))
     mapped = [grid.edit_to_array(edit, image.shape) for edit in built]
     return [edit for edit in mapped if edit is not None]
