@@ -562,6 +562,67 @@ def test_a_large_file_is_judged_by_its_header_alone_only_when_that_header_is_sma
             read_dicom_volume(study, series="9")
 
 
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_anonymize_holds_out_only_the_series_of_a_file_too_large_to_read(phantom_series, tmp_path, capsys, jobs):
+    """SAFE29: ``anonymize`` of a folder holding one DICOM file over the 1 GiB limit refused the whole folder ("cannot
+    be read as DICOM, so a series would be written with missing instances"), every other series with it, although
+    ``deface`` (SAFE28) reads that file's header alone and defaces the other series.  Now the large file's header
+    (bounded, up to its pixel data) names its series, and that series alone is held out: none of its files is
+    written, scrubbed or put in the mapping, each is listed as not written, the other series are de-identified, exit
+    1 (as a study whose series failed); nothing of the large file is read past its header.  A folder with nothing
+    else to write is refused, nothing written."""
+    import hashlib
+    import tracemalloc
+
+    study = tmp_path / "study"
+    shutil.copytree(phantom_series / "in", study / "a")
+    first = min((study / "a").iterdir())
+    big = _sparse_large_slice(study / "b" / "IM0001.dcm", first, 9)
+    sibling = pydicom.dcmread(first)
+    sibling.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.9"
+    sibling.SOPInstanceUID = sibling.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.9.2"
+    sibling.save_as(study / "b" / "IM0002.dcm")
+    (study / "notes.txt").write_text("a note\n")
+    slices = len(list((study / "a").iterdir()))
+    series_a = str(pydicom.dcmread(first, stop_before_pixels=True).SeriesInstanceUID)
+    stat = big.stat()
+    digests = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in study.rglob("*") if p.is_file() and p != big}
+
+    out, mapping = tmp_path / "anon", tmp_path / "map.json"
+    tracemalloc.start()
+    try:
+        code = main(["anonymize", str(study), str(out), "--key", KEY, "--mapping-file", str(mapping), "--jobs", jobs])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    captured = capsys.readouterr()
+    assert code == 1, captured.out + captured.err
+    assert "Traceback" not in captured.out + captured.err
+    assert peak < 64 << 20, f"{peak >> 20} MiB"  # the large file's header alone was read
+    lines = captured.out.splitlines()
+    assert f"  not written: {big}: too large DICOM file (1,101,0" in "\n".join(lines), captured.out
+    assert any(line.startswith(f"  not written: {study / 'b' / 'IM0002.dcm'}: its series holds '{big}', a file too "
+                               "large to read") for line in lines), captured.out
+    assert f"  skipped (not copied): {study / 'notes.txt'}: not a DICOM file" in lines, captured.out
+    assert "2 DICOM file(s)" in captured.err and "were not written" in captured.err, captured.err
+    assert sorted(p.relative_to(out).parts[0] for p in out.rglob("*.dcm")) == ["S001"] * slices
+    recorded = json.loads(mapping.read_text())["uids"]
+    held = {"1.2.826.0.1.3680043.8.498.9", "1.2.826.0.1.3680043.8.498.9.1", "1.2.826.0.1.3680043.8.498.9.2"}
+    assert series_a in recorded and not held & set(recorded), sorted(held & set(recorded))
+    assert {str(pydicom.dcmread(p, stop_before_pixels=True).SeriesInstanceUID) for p in out.rglob("*.dcm")} == {
+        recorded[series_a]}
+    after = big.stat()
+    assert (after.st_size, after.st_mtime_ns, after.st_blocks) == (stat.st_size, stat.st_mtime_ns, stat.st_blocks)
+    assert digests == {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in digests}
+
+    alone = tmp_path / "alone"
+    code = main(["anonymize", str(study / "b"), str(alone), "--key", KEY, "--jobs", jobs])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err, err
+    assert f"{big}: too large DICOM file" in err and "nothing was written" in err, err
+    assert not alone.exists() and not list(tmp_path.glob(".defacer-tmp*"))
+
+
 def test_a_series_of_a_study_is_digested_over_its_own_files_alone(phantom_series, tmp_path, monkeypatch):
     """Before: ``deface STUDY --series 1`` recorded in its sidecar the sha256 of the whole study folder, so every
     file of every other series was read in full for it (SAFE28: about 5 s for a 1.1 GB file of another series),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from defacer.cli.paths import path_argument
@@ -41,6 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def run(args: argparse.Namespace) -> int:
     from defacer.cli.options import deidentification_from_args, print_what_if
     from defacer.io.dicom_series import anonymize_files, write_deid_mapping
+    from defacer.phi.files import NOT_WRITTEN, held_out
 
     deidentify = deidentification_from_args(args, warn_random=not args.what_if)
     assert deidentify is not None  # anonymize has no --no-deidentify
@@ -60,8 +62,17 @@ def run(args: argparse.Namespace) -> int:
         write_deid_mapping(scrubber.mapping.as_dict(), args.mapping_file, out_dir=args.output, force=args.force)
     _warn_identifying_name(args.input, args.output, retain_uids=scrubber.options.retain_uids)
     print(f"De-identified {len(written)} DICOM file(s) from {shown(args.input)} into {shown(args.output)}.")
+    left_out = [(path, why) for path, why in skipped if held_out(why)]
     for path, why in skipped:
-        print(f"  skipped (not copied): {shown(path)}: {shown(why)}")
+        if not held_out(why):
+            print(f"  skipped (not copied): {shown(path)}: {shown(why)}")
+    for path, why in left_out:
+        print(f"  not written: {shown(path)}: {shown(why.removeprefix(NOT_WRITTEN))}")
+    if left_out:
+        print(f"defacer anonymize: {len(left_out)} DICOM file(s) of {shown(args.input)} were not written, their "
+              "series held out because it holds a file too large to read (see above); every other series was "
+              "de-identified", file=sys.stderr)
+        return 1
     return 0
 
 

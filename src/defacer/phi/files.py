@@ -10,18 +10,20 @@ from __future__ import annotations
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from defacer._typing import PathLike
 from defacer.errors import DicomSeriesError, OutputError, shown
+from defacer.io import dicom_files
 from defacer.io.atomic import atomic_outputs, check_output_path
 from defacer.io.dicom_files import (
     INCOMPLETE_INSTANCE,
     check_output_folder,
     collect_identifying,
     dcmread_any,
+    header_of_a_large_file,
     input_files,
     pixel_data_problem,
     refuse_one_instance_twice,
@@ -40,15 +42,55 @@ logger = logging.getLogger(__name__)
 #: (the two UIDs the input's own, ``None`` and a reason where the file was skipped, ``""`` where it holds no UID).
 Outcome = tuple[int, str | None, str, str]
 
+#: How the reason given to a file that is not written because its series is held out starts (:func:`held_out`).
+NOT_WRITTEN = "not written: "
+
+
+def held_out(why: str) -> bool:
+    """Whether a skipped file's reason (``anonymize_files``' second list) says it was left out with its series,
+    which holds a file too large to read: the input was not de-identified whole (``anonymize`` exits 1)."""
+    return why.startswith(NOT_WRITTEN)
+
+
+def _series_of_large_files(files: Sequence[Path]) -> dict[Path, str]:
+    """The files over :data:`~defacer.io.dicom_files.MAX_FILE_BYTES` whose header alone (read bounded, up to the
+    pixel data: :func:`~defacer.io.dicom_files.header_of_a_large_file`) names their series, and that series'
+    SeriesInstanceUID.  Such a file cannot be read to be written; its series is held out whole (an instance
+    would be missing from it) and the input's other series are written.  A large file whose header does not tell
+    its series is not listed: it refuses the whole input as a damaged one does."""
+    found: dict[Path, str] = {}
+    for file in files:
+        try:
+            if os.stat(file).st_size <= dicom_files.MAX_FILE_BYTES:
+                continue
+        except OSError:
+            continue  # judged when it is read
+        header = header_of_a_large_file(file)
+        if header is not None:
+            found[file] = str(header.SeriesInstanceUID)
+    return found
+
 
 def _anonymize_chunk(
-    files: Sequence[Path], first: int, folder: Path, deid: Scrubber
+    files: Sequence[Path], first: int, folder: Path, deid: Scrubber, large: Mapping[Path, str] | None = None
 ) -> tuple[list[Outcome], dict[str, Any] | None]:
-    """De-identify ``files`` into ``folder/<index>.dcm``; per file an :data:`Outcome`."""
+    """De-identify ``files`` into ``folder/<index>.dcm``; per file an :data:`Outcome`.  ``large``: the files too
+    large to read whose series is known (:func:`_series_of_large_files`): they and every other file of their
+    series are neither scrubbed nor written (given a reason that :func:`held_out` knows)."""
     from pydicom.errors import InvalidDicomError
 
+    large = large or {}
+    held = {uid: file for file, uid in large.items()}
     results: list[Outcome] = []
     for index, file in enumerate(files, start=first):
+        if file in large:
+            try:
+                dcmread_any(file)  # refused from its size, before a byte is read: its reason in the reader's words
+                why = "too large DICOM file"
+            except InvalidDicomError as err:
+                why = str(err).removeprefix("damaged or ")
+            results.append((index, None, f"{NOT_WRITTEN}{why}", ""))
+            continue
         try:
             ds = dcmread_any(file)
         except InvalidDicomError as err:
@@ -70,6 +112,11 @@ def _anonymize_chunk(
             results.append((index, None, f"damaged or truncated DICOM file ({problem})", ""))
             continue
         uid, instance = str(ds.get("SeriesInstanceUID", "")), str(ds.get("SOPInstanceUID", ""))
+        if uid in held:
+            why = (f"{NOT_WRITTEN}its series holds '{shown(held[uid])}', a file too large to read, and would be "
+                   "written with that instance missing")
+            results.append((index, None, why, ""))
+            continue
         deid.scrub(ds, source=str(file))
         write_instance(ds, folder / f"{index:07d}.dcm", source=file)
         results.append((index, uid, "", instance))
@@ -92,7 +139,7 @@ class _Keep(logging.Handler):
 
 
 def _anonymize_chunk_in_worker(
-    files: Sequence[Path], first: int, folder: Path, deid: Scrubber
+    files: Sequence[Path], first: int, folder: Path, deid: Scrubber, large: Mapping[Path, str]
 ) -> tuple[list[Outcome], dict[str, Any] | None, list[tuple[str | None, str]], list[WorkerLog]]:
     """:func:`_anonymize_chunk` in a worker process, its "VR lookup failed" notices and defacer's own warnings handed
     back instead of said: each chunk has its own copy of the scrubber, whose "said once per run" notices (an age over
@@ -104,7 +151,7 @@ def _anonymize_chunk_in_worker(
     package.propagate = False
     try:
         with collected_vr_notices() as notices:
-            results, mapping = _anonymize_chunk(files, first, folder, deid)
+            results, mapping = _anonymize_chunk(files, first, folder, deid, large)
     finally:
         package.removeHandler(keep)
         package.propagate = propagate
@@ -129,7 +176,12 @@ def anonymize_files(
     of first appearance (sorted input paths), files in input order: names carry no PHI and
     are the same on every run, whatever ``jobs``.  Documents, pictures and DICOMDIRs are not
     copied and are returned as skipped; a file that may be a damaged instance refuses the
-    whole input (nothing is written).
+    whole input (nothing is written).  A file too large to read (over
+    :data:`~defacer.io.dicom_files.MAX_FILE_BYTES`) whose header alone names its series holds
+    that series out: none of its files is written (nor scrubbed, nor in the mapping), each is
+    returned as skipped with a reason :func:`held_out` knows, and the other series are written
+    (one such file used to refuse the whole input); when nothing else is left, the input is
+    refused.
 
     Parameters
     ----------
@@ -154,7 +206,8 @@ def anonymize_files(
         Output exists without ``force`` or overlaps the input.
     DicomSeriesError
         No DICOM file found; a file that may be a damaged instance (random bytes, truncated);
-        an instance with burned-in text without opt-in (nothing is written).
+        an instance with burned-in text without opt-in; no series left to write beside those
+        held out (nothing is written).
     """
     files = input_files(in_path, warn_linked_folders=True)
     out = Path(out_dir)
@@ -162,6 +215,7 @@ def anonymize_files(
     check_output_folder(out, root, files, force)
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, not {jobs}.")
+    large = _series_of_large_files(files)
     skipped: list[tuple[Path, str]] = []
     written: list[Path] = []
     with atomic_outputs([out], replace=force) as temps:
@@ -171,9 +225,9 @@ def anonymize_files(
         if deid.cleans_text:
             collect_identifying(files, deid)
         if jobs == 1 or len(files) < 2 * jobs:
-            outcomes, _ = _anonymize_chunk(files, 0, work, deid)
+            outcomes, _ = _anonymize_chunk(files, 0, work, deid, large)
         else:
-            outcomes = _anonymize_parallel(files, work, deid, jobs)
+            outcomes = _anonymize_parallel(files, work, deid, jobs, large)
         damaged = [(files[index], why) for index, uid, why, _ in sorted(outcomes)
                    if uid is None and why.startswith("damaged")]
         if damaged:
@@ -196,6 +250,12 @@ def anonymize_files(
             os.replace(work / f"{index:07d}.dcm", folder / name)
             written.append(out / name)
         work.rmdir()
+        if not written and large:
+            listing = "\n  ".join(f"{shown(p)}: {shown(why.removeprefix(NOT_WRITTEN))}"
+                                  for p, why in skipped if p in large)
+            raise DicomSeriesError(
+                f"{len(large)} DICOM file(s) in '{in_path}' cannot be read, and no series without them is left to "
+                f"write:\n  {listing}\nRe-export them, or move them out of the input (nothing was written).")
         if not written:
             raise DicomSeriesError(f"No DICOM instance found in '{in_path}'; {len(skipped)} file(s) skipped.")
     for file, why in skipped:
@@ -223,14 +283,15 @@ def _refuse_one_instance_twice(files: Sequence[Path], outcomes: Sequence[Outcome
                                               for index, uid, _, instance in sorted(outcomes)))
 
 
-def _anonymize_parallel(files: list[Path], work: Path, deid: Scrubber, jobs: int) -> list[Outcome]:
+def _anonymize_parallel(files: list[Path], work: Path, deid: Scrubber, jobs: int,
+                        large: Mapping[Path, str]) -> list[Outcome]:
     from concurrent.futures import ProcessPoolExecutor
 
     size = max(16, -(-len(files) // (jobs * 4)))
     outcomes: list[Outcome] = []
     said: set[WorkerLog] = set()
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(_anonymize_chunk_in_worker, files[i:i + size], i, work, deid)
+        futures = [pool.submit(_anonymize_chunk_in_worker, files[i:i + size], i, work, deid, large)
                    for i in range(0, len(files), size)]
         for future in futures:
             results, mapping, notices, records = future.result()
