@@ -97,6 +97,15 @@ def test_ctrl_c_of_a_batch_on_a_running_cluster_leaves_no_scan_writing_after_it_
     assert not (out / "sub-02/anat/sub-02_T1w.nii.gz").exists()
 
 
+def _wait_until_stopping(batch: subprocess.Popen[str], log: Path) -> None:
+    """Wait (up to 60 s) until the interrupted ``batch`` says in ``log`` (its stderr) that it waits for its scans on
+    the cluster; fail when it ended or never said so."""
+    deadline = time.monotonic() + 60
+    while "Stopping: waiting" not in log.read_text() and batch.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "Stopping: waiting" in log.read_text(), log.read_text()
+
+
 def test_a_second_ctrl_c_names_the_scan_left_running_on_the_cluster(tmp_path: Path, monkeypatch) -> None:
     """HOSTILE25's leftover: Ctrl-C again while the batch waited for its scan on the cluster ended the batch (130) with
     a warning that scans may still run, but its closing line said "1 not defaced (nothing written for them)" and
@@ -108,10 +117,7 @@ def test_a_second_ctrl_c_names_the_scan_left_running_on_the_cluster(tmp_path: Pa
     with log.open("w") as stderr, _batch_on_cluster(tmp_path, monkeypatch, stderr) as (batch, pause, client):
         assert wait_for(pause.at, batch), (batch.communicate(), log.read_text())
         batch.send_signal(signal.SIGINT)  # Ctrl-C while the worker defaces sub-01
-        deadline = time.monotonic() + 60
-        while "Stopping: waiting" not in log.read_text() and batch.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert "Stopping: waiting" in log.read_text(), log.read_text()
+        _wait_until_stopping(batch, log)
         batch.send_signal(signal.SIGINT)  # Ctrl-C again: stop waiting
         batch.communicate(timeout=120)
         pause.go.touch()  # the scan's long step ends, after the batch has
@@ -169,10 +175,7 @@ def test_a_scheduler_lost_while_the_batch_waits_leaves_no_nothing_written_said_o
             signal.signal(signal.SIGINT, previous)
         assert wait_for(pause.at, batch), (batch.communicate(), log.read_text())
         batch.send_signal(signal.SIGINT)  # Ctrl-C while the worker defaces sub-01
-        deadline = time.monotonic() + 60
-        while "Stopping: waiting" not in log.read_text() and batch.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert "Stopping: waiting" in log.read_text(), log.read_text()
+        _wait_until_stopping(batch, log)
         scheduler.kill()  # the scheduler lost while the batch waits for its scan
         scheduler.wait(timeout=30)
         batch.communicate(timeout=120)

@@ -97,22 +97,26 @@ def test_a_deflated_dicom_bomb_is_refused_before_it_is_inflated(tmp_path):
     assert peak < PEAK, f"reading a {bomb.stat().st_size} byte file took {peak >> 20} MiB"
 
 
-def test_anonymize_refuses_a_series_holding_a_deflated_bomb_in_words(tmp_path, capsys, monkeypatch):
+def _anonymize_deflated(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                        bomb_bytes: int) -> tuple[int, str, Path]:
+    """``anonymize`` of a deflated series whose IM0001.dcm inflates to ``bomb_bytes`` more, the limit lowered to
+    1 MiB: the exit status, the words said and the output folder (nothing written outside it: :func:`run_on_input`)."""
     monkeypatch.setattr(dicom_files, "MAX_INFLATED_BYTES", 1 << 20, raising=False)
-    folder = _series(tmp_path / "in", bomb_bytes=2 << 20)
+    folder = _series(tmp_path / "in", bomb_bytes=bomb_bytes)
     out = tmp_path / "out"
     code, text = run_on_input(["anonymize", str(folder), str(out), "--key", KEY], capsys, source=folder, out=out,
                               allowed={"in", "out"})
+    return code, text, out
+
+
+def test_anonymize_refuses_a_series_holding_a_deflated_bomb_in_words(tmp_path, capsys, monkeypatch):
+    code, text, _ = _anonymize_deflated(tmp_path, capsys, monkeypatch, 2 << 20)
     assert code == 1
     assert "IM0001.dcm" in text and "inflates to more than 1 MiB" in text
 
 
 def test_a_deflated_series_within_the_limit_is_still_anonymized(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(dicom_files, "MAX_INFLATED_BYTES", 1 << 20, raising=False)
-    folder = _series(tmp_path / "in", bomb_bytes=1 << 19)
-    out = tmp_path / "out"
-    code, _ = run_on_input(["anonymize", str(folder), str(out), "--key", KEY], capsys, source=folder, out=out,
-                           allowed={"in", "out"})
+    code, _, out = _anonymize_deflated(tmp_path, capsys, monkeypatch, 1 << 19)
     assert code == 0
     written = sorted(out.rglob("*.dcm"))
     assert len(written) == 4
@@ -397,6 +401,23 @@ def _declaring(folder: Path, declared: int) -> tuple[list[Path], Path]:
     return paths, paths[1]
 
 
+def _refusal(command: str, folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """The words refusing the DICOM folder ``folder``: of ``anonymize`` (run on it, exit 1 checked, nothing written
+    outside its output, the input unchanged: :func:`run_on_input`), or of reading it as ``deface`` does."""
+    from defacer.errors import DicomSeriesError
+    from defacer.io.dicom_series import read_dicom_volume
+
+    if command == "anonymize":
+        out = tmp_path / "out"
+        code, text = run_on_input(["anonymize", str(folder), str(out), "--key", KEY], capsys, source=folder, out=out,
+                                  allowed={"in", "out"})
+        assert code == 1, text
+        return text
+    with pytest.raises(DicomSeriesError) as refused:
+        read_dicom_volume(folder)
+    return str(refused.value)
+
+
 @pytest.mark.parametrize("command", ["anonymize", "deface"])
 def test_an_element_declaring_more_bytes_than_the_file_holds_is_refused_before_they_are_allocated(
         tmp_path, capsys, command):
@@ -404,23 +425,12 @@ def test_an_element_declaring_more_bytes_than_the_file_holds_is_refused_before_t
     the declared length): under a memory limit the run said "out of memory. Close other programs", the wrong advice
     for a damaged file; without one ``anonymize`` wrote the damaged slice as if whole.  Each read now asks for no
     more than the file holds, and such a file is refused as damaged, named, nothing written."""
-    from defacer.errors import DicomSeriesError
-    from defacer.io.dicom_series import read_dicom_volume
-
     folder = tmp_path / "in"
     _, bad = _declaring(folder, 0x7FFFFFF0)
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     tracemalloc.start()
     try:
-        if command == "anonymize":
-            out = tmp_path / "out"
-            code, text = run_on_input(["anonymize", str(folder), str(out), "--key", KEY], capsys, source=folder,
-                                      out=out, allowed={"in", "out"})
-            assert code == 1, text
-        else:
-            with pytest.raises(DicomSeriesError) as refused:
-                read_dicom_volume(folder)
-            text = str(refused.value)
+        text = _refusal(command, folder, tmp_path, capsys)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -438,7 +448,6 @@ def test_a_dicom_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path,
     read, named, with what to do; here the limit is lowered to 4 MiB and the file holds a private element of 6 MiB."""
     from dicom_factory import write_series
 
-    from defacer.errors import DicomSeriesError
     from defacer.io.dicom_series import read_dicom_volume
 
     monkeypatch.setattr(dicom_files, "MAX_FILE_BYTES", 4 << 20, raising=False)
@@ -447,15 +456,7 @@ def test_a_dicom_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path,
     ds = pydicom.dcmread(paths[2])
     ds.private_block(0x0011, "HUGE", create=True).add_new(0x01, "OB", bytes(6 << 20))
     ds.save_as(paths[2])
-    if command == "anonymize":
-        out = tmp_path / "out"
-        code, text = run_on_input(["anonymize", str(folder), str(out), "--key", KEY], capsys, source=folder,
-                                  out=out, allowed={"in", "out"})
-        assert code == 1, text
-    else:
-        with pytest.raises(DicomSeriesError) as refused:
-            read_dicom_volume(folder)
-        text = str(refused.value)
+    text = _refusal(command, folder, tmp_path, capsys)
     assert paths[2].name in text and "larger than the 4 MiB defacer reads from one DICOM file" in text, text
     assert "nothing was written" in text and "Traceback" not in text, text
     monkeypatch.setattr(dicom_files, "MAX_FILE_BYTES", 8 << 20, raising=False)
