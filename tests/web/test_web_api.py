@@ -278,6 +278,34 @@ def test_a_noise_volume_is_no_face_and_gives_no_defaced_download(client: TestCli
     assert client.get(f"/api/sessions/{session}/download/scan").status_code != 200
 
 
+def test_the_provenance_names_the_library_that_ran_the_detectors_network(client: TestClient,
+                                                                        phantom_files: PhantomFiles) -> None:
+    """SAFE29: the command line's sidecar records ``detector.backend`` (OpenVINO or onnxruntime, and its version:
+    their label borders differ by a few voxels), but the page's provenance did not: the page defaces with the labels
+    it showed (``FixedLabels``), which carried the detector's name and weights only.  Now it records the backend of
+    the detector that found them, as the command line does; an uploaded label map records none."""
+    import importlib
+
+    from defacer.detect import backend
+
+    session = open_session(client)
+    assert put(client, session, phantom_files.scan).status_code == 201
+    assert client.post(f"/api/sessions/{session}/load").status_code == 200
+    detected = client.post(f"/api/sessions/{session}/detect")  # the shipped detector, the suite's backend
+    assert detected.status_code == 200, detected.text
+    job = run_job(client, session)
+    assert job["state"] == "done", job
+    provenance = client.get(f"/api/sessions/{session}/download/provenance").json()
+    name = backend.chosen()
+    version = backend.version(importlib.import_module(name))
+    assert provenance["detector"]["backend"] == {"name": name, "version": version}, provenance["detector"]
+
+    uploaded = upload_and_detect(client, phantom_files)  # with a label map: no network ran
+    assert run_job(client, uploaded)["state"] == "done"
+    provenance = client.get(f"/api/sessions/{uploaded}/download/provenance").json()
+    assert "backend" not in provenance["detector"], provenance["detector"]
+
+
 def test_zipped_dicom_series_is_defaced_and_its_headers_deidentified(client: TestClient, phantom_files: PhantomFiles,
                                                                       tmp_path: Path) -> None:
     import pydicom

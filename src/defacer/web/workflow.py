@@ -381,12 +381,20 @@ def input_warnings(volume: Volume, session: Session, source: Path, name: str) ->
 
 
 class FixedLabels:
-    """A detector that returns labels found earlier, so defacing reuses the shown overlay exactly."""
+    """A detector that returns labels found earlier, so defacing reuses the shown overlay exactly.
 
-    def __init__(self, labels_ras: np.ndarray, name: str, weights_sha256: str | None) -> None:
+    ``backend``, ``backend_version``: the library that ran the network that found them and its version (the ONNX
+    detector's :attr:`~defacer.detect.model.OnnxDetector.backend`), recorded in the provenance as the command line
+    records it; ``None`` for an uploaded label map.
+    """
+
+    def __init__(self, labels_ras: np.ndarray, name: str, weights_sha256: str | None, backend: str | None = None,
+                 backend_version: str = "") -> None:
         self.labels_ras = labels_ras
         self.name = name
         self.weights_sha256 = weights_sha256
+        self.backend = backend
+        self.backend_version = backend_version
 
     def predict(self, image_ras: np.ndarray, ras_affine: np.ndarray) -> np.ndarray:
         if image_ras.shape != self.labels_ras.shape:
@@ -446,8 +454,16 @@ def detect(session: Session, default_detector: Callable[[], Detector]) -> dict[s
                  else detector.name)
         detection = {"detector": shown, "features": features, "warnings": warnings}
         session.state.update(labels_ras=labels_ras, labels=labels, detection=detection,
-                             detector_id=(detector.name, detector.weights_sha256))
+                             detector_id=(detector.name, detector.weights_sha256),
+                             detector_backend=_backend_of(detector))
         return detection
+
+
+def _backend_of(detector: Detector) -> tuple[str, str] | None:
+    """The library that ran ``detector``'s network and its version (OpenVINO or onnxruntime:
+    :mod:`defacer.detect.backend`), or ``None`` for a detector without a network (an uploaded label map)."""
+    network = getattr(detector, "backend", None)
+    return (network, str(getattr(detector, "backend_version", "") or "")) if isinstance(network, str) else None
 
 
 def _inputs_sha256(session: Session, sha256_of: Callable[[Path], str]) -> str:
@@ -617,7 +633,9 @@ def _deface_and_write(session: Session, options: DefaceOptions, progress: Progre
     # linkable across uploads). A feature not found is no reason to refuse here: the page says so.
     defaced = deface_path(session.state["source"], target, options=options,
                           deidentify=DEFAULT_DEIDENTIFICATION,
-                          detector=FixedLabels(session.state["labels_ras"], name, sha), sidecar=False,
+                          detector=FixedLabels(session.state["labels_ras"], name, sha,
+                                               *(session.state.get("detector_backend") or (None,))),
+                          sidecar=False,
                           allow_missing=True, data_files=_data_files(kind))
     result = defaced.result
     if not np.any(result.edit_mask):
