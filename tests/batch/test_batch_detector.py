@@ -54,3 +54,33 @@ def test_serial_processes_and_dask_agree_with_an_onnx_detector(
         assert summary.records[0].provenance["detector"]["weights_sha256"]
         outputs[name] = _images(tmp_path / name)
     assert outputs["serial"] == outputs["processes"] == outputs["dask"]
+
+
+@pytest.mark.parametrize("case", ["no-backend", "not-installed"])
+def test_a_detector_backend_that_cannot_be_used_stops_the_batch_once_before_anything_is_written(
+        tmp_path: Path, bids_template: tuple[Path, Path, list[str]], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], case: str) -> None:
+    """SAFE29: ``DEFACER_DETECTOR_BACKEND`` naming no backend (a typo), or forcing one not installed, failed every
+    scan of a batch one by one, each "FAILED" with the same words, after OUT had been set up (its dataset
+    description, ``.bidsignore`` and ``.defacer/``), exit 1.  ``deface`` says it once, before anything is written;
+    so does ``batch`` now, with its input untouched and no OUT."""
+    from defacer.cli.main import main
+    from defacer.detect import backend
+
+    ds, _, _ = bids_template
+    before = {p: p.read_bytes() for p in ds.rglob("*") if p.is_file()}
+    if case == "no-backend":
+        monkeypatch.setenv(backend.ENV, "openvino\u200b")  # a zero-width space pasted with the name
+    else:
+        monkeypatch.setenv(backend.ENV, backend.OPENVINO)
+        monkeypatch.setattr(backend, "installed", lambda name: False)
+    out = tmp_path / "out"
+    code = main(["batch", str(ds), str(out), "--include", "sub=01"])
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert code == 1, text
+    words = "names no backend" if case == "no-backend" else "package is not installed"
+    assert text.count(words) == 1 and backend.ENV in text, text
+    assert "Traceback" not in text and "FAILED" not in text, text
+    assert not out.exists(), sorted(p.name for p in out.rglob("*"))
+    assert {p: p.read_bytes() for p in ds.rglob("*") if p.is_file()} == before

@@ -233,6 +233,9 @@ def check_config(config: BatchConfig) -> None:
     Raises
     ------
     ValueError
+    DetectorError
+        Scans are to be found by the detector on this machine and ``DEFACER_DETECTOR_BACKEND`` names no backend,
+        or one that is not installed (:func:`defacer.detect.backend.chosen`).
     """
     if config.jobs < 1:
         raise ValueError(f"--jobs must be 1 or more, not {config.jobs}.")
@@ -245,6 +248,13 @@ def check_config(config: BatchConfig) -> None:
         raise ValueError(f"Unknown features {unknown}: expected some of {', '.join(FEATURES)}.")
     if config.labels_dir is not None and not Path(config.labels_dir).is_dir():
         raise InputImageError(f"--labels-dir '{config.labels_dir}' is not a folder. Give the folder of label maps.")
+    if config.labels_dir is None and config.scheduler in (None, "local"):
+        from defacer.detect import backend
+
+        # DEFACER_DETECTOR_BACKEND naming no backend, or one not installed here: said once, before OUT is touched
+        # (it failed every scan, one by one, after the output folder had been set up). A cluster's workers have
+        # their own environment and say it per scan.
+        backend.chosen()
 
 
 def labels_for(scan: Scan, labels_dir: Path | None) -> Path | None:
