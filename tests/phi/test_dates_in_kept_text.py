@@ -35,13 +35,25 @@ def _series(folder: Path) -> None:
         ds.save_as(path)
 
 
+def _bytes_but_uids(path: Path) -> bytes:
+    """The bytes of the file ``path`` with every UID value taken out.  The series' UIDs are random (``write_series``),
+    so their keyed pseudonyms ('2.25.' and 38 or 39 random digits) held '2007' by chance (0.39 % of 20,000 pseudonyms;
+    five distinct UIDs a case): the check of the whole bytes failed about one run of the two cases in 25 (SAFE29 saw
+    it on an unchanged tree), though no date was left."""
+    data = path.read_bytes()
+    ds = pydicom.dcmread(path)
+    uids = {str(e.value) for e in [*ds.file_meta.iterall(), *ds.iterall()] if e.VR == "UI" and e.value}
+    for uid in sorted(uids, key=len, reverse=True):
+        data = data.replace(uid.encode(), b"")
+    return data
+
+
 @pytest.mark.parametrize("flags", [[], ["--retain-shifted-dates"]], ids=["basic", "shifted-dates"])
 def test_the_studys_own_dates_leave_no_kept_text(tmp_path, flags):
     _series(tmp_path / "in")
     assert main(["anonymize", str(tmp_path / "in"), str(tmp_path / "out"), "--key", "k" * 24, *flags]) == 0
     for path in (tmp_path / "out").rglob("*.dcm"):
-        data = path.read_bytes()
-        assert b"2007" not in data, path
+        assert b"2007" not in _bytes_but_uids(path), path
         ds = pydicom.dcmread(path)
         assert ds.SequenceName == "fl3d *" and ds.Manufacturer == "scan *" and 0x0018ABCD not in ds
         assert ds.ManufacturerModelName == "Avanto build 2016/01/20"
