@@ -11,7 +11,11 @@ so they run on the other core meanwhile:
   (:func:`input_sha256`);
 * the shipped detector's making (the weights' sha256, onnxruntime's session built from the graph), begun by
   :func:`start_detector` once onnxruntime is imported, while the pipeline's own modules are imported, and
-  taken by :func:`defacer.route.deface_path` (:func:`take_detector`) where it would have begun making it.
+  taken by :func:`defacer.route.deface_path` (:func:`take_detector`) where it would have begun making it;
+* with OpenVINO, the network's compilation (0.2-0.3 s, outside the GIL), begun by :func:`start_network` as soon
+  as numpy and OpenVINO are imported, before nibabel and SciPy (:func:`defacer.detect.openvino_run.start_compiling`),
+  and taken by the detector when it is made (:func:`take_network`).  Begun with the detector, the compilation
+  started only once the pipeline's modules were imported, and the run waited for it.
 
 Nothing here decides anything.  A file that is not a regular ``.nii.gz`` file, a header that is not a plain
 NIfTI-1 header or declares more voxels than the limit, a gzip stream that ends early or fails, a file changed
@@ -107,11 +111,13 @@ class DetectorLoading:
     make : callable
         Makes the detector; it must import nothing its caller has not imported (the other thread may be
         importing meanwhile).
+    name : str, optional
+        The thread's name (``defacer-network`` for the network compiled ahead, :func:`start_network`).
     """
 
-    def __init__(self, make: Callable[[], Any]) -> None:
+    def __init__(self, make: Callable[[], Any], name: str = "defacer-detector") -> None:
         self._outcome: list[Any] = []
-        self._thread = WaitedThread(target=self._make, args=(make,), name="defacer-detector", daemon=True)
+        self._thread = WaitedThread(target=self._make, args=(make,), name=name, daemon=True)
         self._thread.start()
 
     def _make(self, make: Callable[[], Any]) -> None:
@@ -142,9 +148,11 @@ class DetectorLoading:
         return outcome
 
 
-#: What was begun ahead and not taken yet: the scan's reading, and (weights path, loading) of the detector.
+#: What was begun ahead and not taken yet: the scan's reading, (weights path, loading) of the detector, and
+#: (key, loading) of the detector's network compiled ahead (:func:`start_network`).
 _readings: list[_Reading] = []
 _detectors: list[tuple[object, DetectorLoading]] = []
+_networks: list[tuple[object, DetectorLoading]] = []
 
 
 def _identity(status: os.stat_result) -> tuple[int, ...]:
@@ -241,6 +249,28 @@ def take_detector(weights_path: object) -> DetectorLoading | None:
     return None
 
 
+def start_network(key: object, make: Callable[[], Any]) -> bool:
+    """Begin compiling the detector's network with ``make`` in a thread (:class:`DetectorLoading`, thread
+    ``defacer-network``), to be taken by the detector whose graph and settings ``key`` names
+    (:func:`defacer.detect.openvino_run.start_compiling`); ``False`` where one was begun already or the system
+    refuses a thread (the detector then compiles its network itself, as before)."""
+    if _networks:
+        return False
+    try:
+        loading = DetectorLoading(make, name="defacer-network")
+    except RuntimeError:  # the system refuses a thread: compiled where the detector is made
+        return False
+    _networks.append((key, loading))
+    return True
+
+
+def take_network(key: object) -> DetectorLoading | None:
+    """The network begun ahead (:func:`start_network`) under this ``key``, or ``None``; given once."""
+    if _networks and _networks[0][0] == key:
+        return _networks.pop()[1]
+    return None
+
+
 def forget() -> None:
     """Drop what was begun ahead and not taken, waiting for its threads, so that none outlives the run.
 
@@ -258,6 +288,12 @@ def forget() -> None:
         loading = _detectors.pop()[1]
         try:
             loading.settle()  # the detector made, and what it began (its memory touched ahead)
+        except BaseException as err:  # noqa: BLE001 - raised below, once every thread is out
+            interrupt = interrupt if interrupt is not None else err
+    while _networks:  # a network compiled ahead that no detector took (a run refused before, another backend)
+        loading = _networks.pop()[1]
+        try:
+            loading.wait()
         except BaseException as err:  # noqa: BLE001 - raised below, once every thread is out
             interrupt = interrupt if interrupt is not None else err
     if interrupt is not None:

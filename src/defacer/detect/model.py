@@ -16,7 +16,6 @@ import contextlib
 import functools
 import json
 import math
-import os
 import threading
 import time
 from pathlib import Path
@@ -31,7 +30,8 @@ from defacer.detect import backend, prefault
 from defacer.detect.ear_fallback import add_missing_ears
 from defacer.detect.ensemble import SideBySide, split_members
 from defacer.detect.frame import PITCH_AGREE_DEG, PITCH_MIN_DEG, grid_pitch, head_pitch
-from defacer.detect.openvino_run import OpenVinoSession
+from defacer.detect.openvino_run import OpenVinoSession, take_compiled
+from defacer.detect.openvino_run import cores as _cores
 from defacer.detect.postprocess import (
     Component,
     air_threshold,
@@ -44,20 +44,13 @@ from defacer.detect.prefault import Prefault, arena_bytes, shared_arena
 from defacer.detect.preprocess import box_to_grid, grid_extent, to_box
 from defacer.detect.refine_face import refine_face, tissue_threshold
 from defacer.detect.structure import no_structure
+from defacer.detect.weights import CARD_NAME, WEIGHTS_NAME, default_weights_path  # noqa: F401 - named here too
 from defacer.errors import DefacerError, DetectorError, InputImageError, WeightsError
 from defacer.files import file_sha256, read_small_text
 from defacer.head import HeadModel, air_ceiling, analyse_head, sharpest_outline_level
 from defacer.labels import FEATURE_LABELS, NUM_CLASSES, Label
 from defacer.side_work import Beside, side_by_side
 from defacer.volume import voxel_sizes
-
-WEIGHTS_NAME = "detector.onnx"
-CARD_NAME = "detector.json"
-
-
-def default_weights_path() -> Path:
-    """Path of the shipped ONNX weights inside the installed package."""
-    return Path(__file__).resolve().parents[1] / "models" / WEIGHTS_NAME
 
 
 def sha256_of(path: PathLike) -> str:
@@ -227,7 +220,10 @@ class OnnxDetector:
         if runtime is not None:
             self.cores = _cores(threads)
             try:
-                self._session: Any = OpenVinoSession(runtime, path.read_bytes(), self.cores)
+                # compiled ahead by the command line (openvino_run.start_compiling) from the bytes of this digest
+                compiled = take_compiled(self.weights_sha256, self.cores)
+                self._session: Any = (compiled if compiled is not None
+                                      else OpenVinoSession(runtime, path.read_bytes(), self.cores))
             except Exception as err:  # OpenVINO raises its own exception types for bad graphs
                 message = (f"Model weights {path} could not be loaded by OpenVINO ({err}). Reinstall defacer, pass "
                            f"--weights FILE, or set {backend.ENV}=onnxruntime.")
@@ -564,16 +560,6 @@ def _openvino_or_none() -> ModuleType | None:
         if backend.forced():
             raise
         return None
-
-
-def _cores(threads: int) -> int:
-    """Cores the network may use: ``threads`` where given (above 0), else the cores this process may run on."""
-    if threads > 0:
-        return int(threads)
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # no affinity call on this system (macOS, Windows)
-        return os.cpu_count() or 1
 
 
 def _pitch(eyes: list[npt.NDArray[np.float64]], ears: list[npt.NDArray[np.float64]], ras_affine: Affine

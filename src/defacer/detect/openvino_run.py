@@ -15,9 +15,14 @@ would otherwise each be pinned from the first core on, all to the same one).
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import os
+import stat
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -96,3 +101,76 @@ class OpenVinoSession:
             with self._lock:
                 self._requests.append(request)
         return [out]
+
+
+#: Largest weights file compiled ahead (:func:`start_compiling`), bytes: the shipped graph is 2.8 MB; a larger
+#: file is read and compiled where the detector is made, as before.
+MAX_AHEAD_BYTES = 64 << 20
+
+
+def cores(threads: int) -> int:
+    """Cores the network may use: ``threads`` where given (above 0), else the cores this process may run on."""
+    if threads > 0:
+        return int(threads)
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity call on this system (macOS, Windows)
+        return os.cpu_count() or 1
+
+
+def start_compiling(ov: ModuleType, weights: Path, threads: int = 0) -> bool:
+    """Begin compiling the graph of ``weights`` in a thread (:func:`defacer.ahead.start_network`), for the
+    :class:`~defacer.detect.model.OnnxDetector` made later with these weights and ``threads`` to take
+    (:func:`take_compiled`); return whether it was begun.
+
+    ``defacer deface`` calls it once numpy and OpenVINO are imported, before nibabel, SciPy and the pipeline's
+    modules: OpenVINO compiles outside Python's global lock, so on two cores the compilation (0.2-0.3 s on the
+    project's VM) runs beside those imports instead of after them.  Only bytes the weights' card vouches for are
+    compiled: the card beside the weights (``<stem>.json``) must record their sha256.  Anything else (no card, no
+    digest, another digest, a file that is not regular or over :data:`MAX_AHEAD_BYTES`, an unreadable one) begins
+    nothing, and the detector reads, checks and compiles the file as before, its errors included.  The
+    compilation's own error (a graph OpenVINO refuses) is raised where the detector takes it, as where it compiled.
+
+    Parameters
+    ----------
+    ov : module
+        ``openvino``, imported (:func:`defacer.detect.backend.import_runtime`).
+    weights : Path
+        The ``.onnx`` file.
+    threads : int, optional
+        As :class:`~defacer.detect.model.OnnxDetector`'s ``threads`` (0: every core this process may run on).
+    """
+    from defacer import ahead
+
+    try:
+        with open(os.open(weights, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:  # a pipe never blocks the open
+            status = os.fstat(handle.fileno())
+            if not stat.S_ISREG(status.st_mode) or status.st_size > MAX_AHEAD_BYTES:
+                return False
+            graph = handle.read(MAX_AHEAD_BYTES + 1)
+        card_path = weights.with_suffix(".json")
+        if not card_path.is_file() or card_path.stat().st_size > MAX_AHEAD_BYTES:
+            return False
+        card = json.loads(card_path.read_bytes())
+    except (OSError, ValueError, RecursionError):  # the detector's own reading says what is wrong
+        return False
+    digest = hashlib.sha256(graph).hexdigest()
+    if not isinstance(card, dict) or card.get("sha256") != digest:
+        return False
+    count = cores(threads)
+    return ahead.start_network((digest, count), lambda: OpenVinoSession(ov, graph, count))
+
+
+def take_compiled(weights_sha256: str, threads: int) -> OpenVinoSession | None:
+    """The session compiled ahead (:func:`start_compiling`) from the bytes whose sha256 is ``weights_sha256``, for
+    ``threads`` inference threads (waited for), or ``None`` where none was begun for them.
+
+    Raises
+    ------
+    Exception
+        The compilation's own error.
+    """
+    from defacer import ahead
+
+    loading = ahead.take_network((weights_sha256, threads))
+    return loading.result() if loading is not None else None
