@@ -227,10 +227,11 @@ def distort_eyes(
     found = components(eyes, 2)  # once: the covers' regions and the opening between the eyes read the same two
     groups = _cover_groups(eyes, found, spacing, box_scale, join)
     between = _between_the_eyes(eyes, found) if open_between and len(groups) == 1 and len(groups[0]) == 2 else None
+    level = (min(c[2].start for c in found), max(c[2].stop for c in found)) if found else None
     edits = []
     for index, group in enumerate(groups):
         edit = _eye_cover(image, head, spacing, group, index, band_mm=band_mm, feather_mm=feather_mm,
-                          open_between=between)
+                          open_between=between, eye_level=level)
         if edit is not None:
             edits.append(edit)
     return edits
@@ -308,7 +309,8 @@ def _between_the_eyes(eyes: Mask, found: list[Box]) -> tuple[float, float] | Non
 
 def _eye_cover(image: npt.NDArray[np.floating], head: HeadModel, spacing: tuple[float, float, float],
                regions: list[EyeRegion], index: int, *, band_mm: float, feather_mm: float,
-               open_between: tuple[float, float] | None = None) -> Edit | None:
+               open_between: tuple[float, float] | None = None,
+               eye_level: tuple[int, int] | None = None) -> Edit | None:
     """One skin cover over the eye regions given (centre, semi-axes, anterior start of the eye label).
 
     With two eyes the region is the stadium swept by the (mean) ellipse from one eye's centre to
@@ -323,12 +325,19 @@ def _eye_cover(image: npt.NDArray[np.floating], head: HeadModel, spacing: tuple[
     box = _cover_box(image.shape, spacing, regions, band_mm=band_mm, feather_mm=feather_mm)
     local = np.asarray(image[box], dtype=np.float32)
     tissue = open_cross(local > head.threshold)  # drop isolated noise voxels in the air (ndimage.binary_opening)
+    rho = _stadium_distance(local.shape[0], local.shape[2], box, centres, (a_r, a_s), spacing)
+    soft = min(0.9, feather_mm / min(a_r, a_s))
+    if eye_level is not None:
+        # lateral of the eyes' centres, in the soft edge, at the eyes' own level (S)
+        r_index = np.arange(box[0].start, box[0].stop, dtype=np.float64)
+        s_index = np.arange(box[2].start, box[2].stop)
+        beside = ((r_index < centres[:, 0].min()) | (r_index > centres[:, 0].max()))[:, None] & (
+            (s_index >= eye_level[0]) & (s_index < eye_level[1]))[None, :]
+        tissue = _drop_floating(tissue, (rho >= 1.0 - soft) & beside, spacing)
     height, present = _surface_height(tissue)
     if not present.any():
         return None
     surface = height + 0.5  # the front face of the most anterior tissue voxel, in A voxel units
-    rho = _stadium_distance(local.shape[0], local.shape[2], box, centres, (a_r, a_s), spacing)
-    soft = min(0.9, feather_mm / min(a_r, a_s))
     weight = np.where(present, _smoothstep((1.0 - rho) / soft), 0.0).astype(np.float32)
     cover = _span_socket(surface, present, rho < 1.0, spacing)
     # Where the face stands far in front of the cover (the side of the nose), the cover fades out:
@@ -370,6 +379,69 @@ def _eye_cover(image: npt.NDArray[np.floating], head: HeadModel, spacing: tuple[
                  "open_to_nose_r_voxel": None if open_between is None else
                  [round(float(v), 2) for v in open_between]},
                 shield=shield)
+
+
+#: A piece of tissue at most this thick along A (mm), standing in the air outside the head in front of the face, is
+#: not the face where the eye cover's soft edge lies lateral of the eyes (:func:`_drop_floating`): the cover cuts up to
+#: :data:`CUT_MM` of the face in front of it, and nothing thicker stands free there.
+FLOATING_MM = CUT_MM
+
+
+def _drop_floating(tissue: Mask, columns: Mask, spacing: tuple[float, float, float]) -> Mask:
+    """``tissue`` without the thin pieces that stand in the outside air in front of the face in ``columns``.
+
+    Lateral of the eyes, in the eye cover's soft edge, nothing of the face stands free in front of it; what does is
+    an image of the moving eye repeated along the phase-encoding direction (a motion ghost: a faint bar at the eyes'
+    level, in the air beside the face) or noise.  Read as the face, the soft edge blended the cover into it and cut it
+    half-way, leaving a notch in a bar beside the eye that face detectors took for an eye in oblique renders
+    (docs/distortion.md, Eyes).  In every column of ``columns`` (R, S) whose most anterior run of tissue along A is at
+    most :data:`FLOATING_MM` thick and has air behind it that reaches the box's anterior end around it (the outside
+    air, not a dark part of the head such as bone or a globe) and tissue again further back, that run is dropped;
+    repeated while such runs remain (at most three times).
+
+    Parameters
+    ----------
+    tissue : ndarray, bool, shape (R, A, S)
+        Tissue of the eye cover's box, A increasing anteriorly.
+    columns : ndarray, bool, shape (R, S)
+        Columns where pieces may be dropped.
+    spacing : tuple of 3 float
+        Voxel size along R, A, S in mm.
+
+    Returns
+    -------
+    ndarray, bool, shape (R, A, S)
+        A copy with the floating runs removed (``tissue`` itself where none is found).
+    """
+    levels = np.flatnonzero(columns.any(axis=0))
+    if not levels.size:
+        return tissue
+    # only the axial planes (S) holding such columns: the rule reads nothing across planes
+    planes = slice(int(levels[0]), int(levels[-1]) + 1)
+    columns = columns[:, planes]
+    plane = np.zeros((3, 3, 3), dtype=bool)
+    plane[:, :, 1] = ndimage.generate_binary_structure(2, 1)  # connected within each axial (R, A) plane only
+    air, _ = ndimage.label(~tissue[:, :, planes], structure=plane)
+    outside = np.unique(air[:, -1, :])
+    outside_air = np.isin(air, outside[outside > 0])
+    n_a = tissue.shape[1]
+    a = np.arange(n_a)[None, :, None]
+    thick = max(1, int(np.floor(FLOATING_MM / spacing[1])))
+    out = tissue[:, :, planes]
+    for _ in range(3):
+        present = out.any(axis=1)
+        front = np.where(present, n_a - 1 - np.argmax(out[:, ::-1, :], axis=1), -1)  # most anterior tissue voxel
+        gap = ~out & (a < front[:, None, :])
+        gap_top = np.where(gap.any(axis=1), n_a - 1 - np.argmax(gap[:, ::-1, :], axis=1), -1)  # air right behind the run
+        behind = (out & (a < gap_top[:, None, :])).any(axis=1)
+        gap_outside = np.take_along_axis(outside_air, np.maximum(gap_top, 0)[:, None, :], axis=1)[:, 0, :]
+        drop = columns & present & (gap_top >= 0) & behind & gap_outside & (front - gap_top <= thick)
+        if not drop.any():
+            break
+        out = out & ~(drop[:, None, :] & (a > gap_top[:, None, :]))
+    whole = tissue.copy()
+    whole[:, :, planes] = out
+    return whole
 
 
 def _stadium_distance(n_r: int, n_s: int, box: Box, centres: npt.NDArray[np.float64], semi: tuple[float, float],
