@@ -15,7 +15,8 @@ import numpy as np
 import onnxruntime
 import pytest
 
-from defacer.detect import backend
+from defacer.detect import backend, model
+from defacer.detect.ensemble import split_members
 from defacer.detect.model import OnnxDetector, default_weights_path
 from defacer.errors import DetectorError
 from defacer.phantom import make_phantom, save_phantom
@@ -176,3 +177,36 @@ def test_the_command_makes_no_network_call(tmp_path, choice) -> None:
     """onnxruntime 1.32 looked up mobile.events.data.microsoft.com (its telemetry upload) a few seconds into every
     command; OpenVINO's converter sends its own events at import.  Neither may leave the machine."""
     assert _connects(tmp_path, choice) == []
+
+
+@needs_weights
+@pytest.mark.parametrize(("choice", "threads"), [("onnxruntime", 1), ("onnxruntime", 2),
+                                                 pytest.param("openvino", 2, marks=needs_openvino)])
+def test_weights_replaced_after_their_check_are_not_the_ones_run(tmp_path, monkeypatch, choice, threads) -> None:
+    """The weights' bytes are read once: the sha256 checked against the card is that of the bytes the library
+    runs.  Before, the file was hashed, then read again (OpenVINO, onnxruntime's members) or loaded by its path
+    (onnxruntime on one thread): a file replaced in between ran unchecked.  Here it is replaced, right after the
+    check, by another graph of the same shapes (the shipped ensemble's first member) that would pass every other
+    check."""
+    weights = tmp_path / "detector.onnx"
+    shutil.copyfile(SHIPPED, weights)
+    shutil.copyfile(SHIPPED.with_suffix(".json"), weights.with_suffix(".json"))
+    members = split_members(SHIPPED.read_bytes())
+    assert members is not None  # the shipped graph is an ensemble: its member gives other probabilities
+    monkeypatch.setenv(backend.ENV, choice)
+    checked = OnnxDetector(weights, threads=threads)
+    read_card = model._read_card
+
+    def replace_then_read_card(path):  # the card is read once the weights are hashed (on main as now)
+        swap = tmp_path / "swap.onnx"
+        swap.write_bytes(members[0])
+        os.replace(swap, weights)
+        return read_card(path)
+
+    monkeypatch.setattr(model, "_read_card", replace_then_read_card)
+    detector = OnnxDetector(weights, threads=threads)
+    assert weights.read_bytes() == members[0]  # the file was replaced after the check
+    assert detector.weights_sha256 == json.loads(weights.with_suffix(".json").read_text())["sha256"]
+    box = np.random.default_rng(1).random(detector.box_shape, dtype=np.float32)
+    expected = checked.probabilities(box)
+    assert np.abs(detector.probabilities(box) - expected).max() < 1e-6, "the replaced file's graph was run"

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import math
+import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -197,7 +200,10 @@ class OnnxDetector:
             )
             raise WeightsError(message)
         self.weights_path = path
-        self.weights_sha256 = sha256_of(path)
+        # read once: the bytes whose sha256 is checked are the bytes the network's library is given (a file
+        # replaced between a check by path and a load by path would run unchecked weights)
+        graph = _read_weights(path)
+        self.weights_sha256 = hashlib.sha256(graph).hexdigest()
         self.card = _read_card(path)
         expected = self.card.get("sha256")
         if expected and expected != self.weights_sha256:
@@ -220,10 +226,10 @@ class OnnxDetector:
         if runtime is not None:
             self.cores = _cores(threads)
             try:
-                # compiled ahead by the command line (openvino_run.start_compiling) from the bytes of this digest
+                # compiled ahead by the command line (openvino_run.start_compiling) from bytes of this digest
                 compiled = take_compiled(self.weights_sha256, self.cores)
                 self._session: Any = (compiled if compiled is not None
-                                      else OpenVinoSession(runtime, path.read_bytes(), self.cores))
+                                      else OpenVinoSession(runtime, graph, self.cores))
             except Exception as err:  # OpenVINO raises its own exception types for bad graphs
                 message = (f"Model weights {path} could not be loaded by OpenVINO ({err}). Reinstall defacer, pass "
                            f"--weights FILE, or set {backend.ENV}=onnxruntime.")
@@ -255,7 +261,7 @@ class OnnxDetector:
             # an ensemble's members run side by side, a thread each, where there are cores for them
             # (defacer.detect.ensemble: the same probabilities); else the graph runs as it is
             cores = self.cores = _cores(threads)
-            members = split_members(path.read_bytes()) if cores >= 2 else None
+            members = split_members(graph) if cores >= 2 else None
             if members is not None:
                 # their working memory touched ahead in a thread, where a second thread may run
                 # (defacer.detect.prefault: the first pass takes no page faults)
@@ -264,7 +270,7 @@ class OnnxDetector:
                 sessions = [session(m, max(1, cores // len(members)), ahead is not None) for m in members]
                 self._session = SideBySide(sessions, ahead)
             else:
-                self._session = session(str(path), max(0, int(threads)))
+                self._session = session(graph, max(0, int(threads)))
         except Exception as err:  # onnxruntime raises its own exception types for bad graphs
             message = f"Model weights {path} could not be loaded by onnxruntime ({err}). Reinstall defacer or pass --weights FILE."
             raise WeightsError(message) from err
@@ -560,6 +566,28 @@ def _openvino_or_none() -> ModuleType | None:
         if backend.forced():
             raise
         return None
+
+
+def _read_weights(path: Path) -> bytes:
+    """The bytes of the weights file ``path``, read once, whole (the serialized ONNX model; the shipped one is
+    about 2.8 MB).  Opened without blocking and checked to be a regular file once open (a named pipe put in its
+    place since it was looked at is never waited on).
+
+    Raises
+    ------
+    WeightsError
+        The file cannot be opened or read, or is no longer a regular file.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+        with open(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise WeightsError(f"Model weights {path} are no longer a regular file (replaced while defacer "
+                                   "was starting). Pass --weights FILE, or none for the shipped model.")
+            return handle.read()
+    except OSError as err:
+        raise WeightsError(f"Model weights {path} could not be read ({err.strerror or err}). Reinstall defacer, "
+                           "or pass --weights FILE.") from err
 
 
 def _pitch(eyes: list[npt.NDArray[np.float64]], ears: list[npt.NDArray[np.float64]], ras_affine: Affine
