@@ -210,3 +210,62 @@ def test_weights_replaced_after_their_check_are_not_the_ones_run(tmp_path, monke
     box = np.random.default_rng(1).random(detector.box_shape, dtype=np.float32)
     expected = checked.probabilities(box)
     assert np.abs(detector.probabilities(box) - expected).max() < 1e-6, "the replaced file's graph was run"
+
+
+def _sigint_at(module: str) -> str:
+    """Child-process code: a finder placed first on ``sys.meta_path`` sends this process a real SIGINT (``os.kill``)
+    when ``module`` is looked for inside ``import openvino`` while defacer's guard (the converter's name marked
+    missing) is in place: a Ctrl-C inside the guarded import, at a known moment."""
+    return f"""
+import os, signal, sys
+fired = []
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if not fired and name == {module!r} and sys.modules.get('openvino.tools.ovc', 0) is None:
+            fired.append(name)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+sys.meta_path.insert(0, CtrlC())
+"""
+
+
+#: Moments of ``import openvino`` (2026.4.1): its first submodule, a module its compiled extension imports, its
+#: Python API (imported after the compiled extension), its last submodule.
+INSIDE_THE_IMPORT = ["openvino.package_utils", "traceback", "openvino._ov_api", "openvino.opset17.ops"]
+
+
+@needs_openvino
+@pytest.mark.parametrize("module", INSIDE_THE_IMPORT)
+def test_ctrl_c_inside_the_guarded_openvino_import_leaves_the_import_system_sane(module) -> None:
+    code = _sigint_at(module) + """
+from defacer.detect import backend
+try:
+    backend.import_runtime('openvino')
+except KeyboardInterrupt:
+    print('interrupted')
+print(fired, 'openvino.tools.ovc' in sys.modules, 'openvino' in sys.modules)
+ov = backend.import_runtime('openvino')  # the next try imports it whole
+print(callable(ov.Core), 'openvino.tools.ovc' in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    # a KeyboardInterrupt (not an error blaming the install), the guard gone, no half-imported openvino left
+    assert done.stdout.splitlines() == ["interrupted", f"[{module!r}] False False", "True False"], done.stdout
+
+
+@needs_weights
+@needs_openvino
+@pytest.mark.parametrize("module", ["openvino._ov_api"])  # the command imported 'traceback' before
+def test_ctrl_c_inside_the_guarded_openvino_import_stops_the_command_cleanly(tmp_path, module) -> None:
+    scan = tmp_path / "head.nii.gz"
+    save_phantom(make_phantom(2.0, axcodes="RAS", seed=5), scan)
+    argv = ["deface", str(scan), str(tmp_path / "out.nii.gz")]
+    code = _sigint_at(module) + ("import atexit\natexit.register(lambda: print(fired))\n"
+                                 f"from defacer.cli.entry import run\nrun({argv!r})\n")
+    env = {**os.environ, backend.ENV: "openvino"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 130, done.stderr
+    assert done.stdout.strip() == f"[{module!r}]"  # the Ctrl-C came inside the guarded import
+    assert done.stderr == "defacer deface: interrupted; no partial output was left behind.\n"  # the usual line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["head.nii.gz"]  # nothing written
