@@ -142,7 +142,7 @@ class OnnxDetector:
         Cores the network may use (0, the default: every core this process may run on).  The network runs in
         OpenVINO where it is installed (the ``openvino`` extra) unless ``DEFACER_DETECTOR_BACKEND=onnxruntime``
         (:mod:`defacer.detect.backend`): the whole graph on ``threads`` threads (0: every core this process may run
-        on; :mod:`defacer.detect.openvino_run`).  In onnxruntime, with 2 or more and
+        on), never fewer than 2 (:mod:`defacer.detect.openvino_run`: one thread gives other floats).  In onnxruntime, with 2 or more and
         an ensemble graph (the shipped one: two members), the members run side by side, each in a thread of its
         own with ``threads // members`` onnxruntime threads (:mod:`defacer.detect.ensemble`: the same
         probabilities, 6-9 % less CPU time on 2 cores); with 1, or a single network, the graph runs as it is,

@@ -8,9 +8,18 @@ onnxruntime, whose threads meet at every operator's end, but made OpenVINO slowe
 0.40-0.65 s for the whole graph on two threads, measured 2026-12-06).
 
 Settings: float32 throughout (``INFERENCE_PRECISION_HINT``: on CPUs with bfloat16 or AMX units OpenVINO would
-otherwise run in bfloat16 and the probabilities would move), ``threads`` inference threads, the latency hint (one
-stream), and no pinning of threads to cores (``ENABLE_CPU_PINNING`` off: the batch's workers, one thread each,
-would otherwise each be pinned from the first core on, all to the same one).
+otherwise run in bfloat16 and the probabilities would move), ``threads`` inference threads but never fewer than
+:data:`MIN_THREADS`, the latency hint (one stream), and no pinning of threads to cores (``ENABLE_CPU_PINNING`` off:
+the batch's workers would otherwise each be pinned from the first core on, all to the same one).
+
+Why never one thread: OpenVINO 2026.4.1's CPU plugin sums an instance normalisation's mean and variance (its MVN
+kernel) in another order on one thread than on several, so a graph compiled for one thread gives other
+probabilities (up to 5.7e-4 on a random box; the first MVN of the shipped graph already differs by 7e-4) and label
+maps a few voxels apart (1-12 voxels on 6 of 7 real heads; OV29, 2026-12-06, on the project's 2-core VM, where
+OpenVINO caps the count at the 2 cores it sees, so more threads were not tried).  A batch's workers get one thread
+each there (``--jobs 2``): their outputs differed from a serial batch's and from ``defacer deface``'s, against the
+batch's promise of the same bytes whatever the engine.  A worker given one core now runs two inference threads on
+it (its CPU per pass about the same: 0.81-0.95 s against 0.86-0.91 s, two workers at once, load 12-15).
 """
 
 from __future__ import annotations
@@ -45,9 +54,15 @@ def _port(output: Any) -> Port:
     return Port(str(output.get_any_name()), dims)
 
 
+#: The fewest inference threads a graph is compiled for: one thread gives other floats than two or more (see the
+#: module's docstring).
+MIN_THREADS = 2
+
+
 def settings(threads: int) -> dict[str, Any]:
-    """The CPU plugin's settings for ``threads`` inference threads (at least 1); see the module's docstring."""
-    return {"INFERENCE_NUM_THREADS": max(1, int(threads)), "INFERENCE_PRECISION_HINT": "f32",
+    """The CPU plugin's settings for ``threads`` inference threads (at least :data:`MIN_THREADS`); see the module's
+    docstring."""
+    return {"INFERENCE_NUM_THREADS": max(MIN_THREADS, int(threads)), "INFERENCE_PRECISION_HINT": "f32",
             "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
 
 
@@ -61,7 +76,7 @@ class OpenVinoSession:
     graph : bytes
         The serialized ONNX model (the bytes whose sha256 the detector checked).
     threads : int
-        Inference threads (at least 1).
+        Inference threads the caller may use (compiled for at least :data:`MIN_THREADS`: :func:`settings`).
 
     Notes
     -----
