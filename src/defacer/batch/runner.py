@@ -304,10 +304,12 @@ DICOM_RULES_REVISION = 1
 
 
 def _fingerprint(config: BatchConfig, scan: Scan, labels: Path | None, detector_id: str,
-                 deidentify: Deidentification | None) -> str:
+                 deidentify: Deidentification | None, network: dict[str, str] | None = None) -> str:
     """Digest of everything that shapes a scan's output, defacer's own code included
     (:func:`defacer.provenance.code_digest`), so a rerun by another code redoes the scan.  Options left at
-    their defaults are not listed: an option added later does not change the fingerprint by existing."""
+    their defaults are not listed: an option added later does not change the fingerprint by existing.
+    ``network``: the library that runs the detector's network and its version (:func:`_network`; its labels
+    differ by a few voxels from the other's), for a scan the detector defaces."""
     from defacer.batch.manifest import sha256_file
 
     defaults = asdict(DEFAULT_OPTIONS)
@@ -324,6 +326,9 @@ def _fingerprint(config: BatchConfig, scan: Scan, labels: Path | None, detector_
         "layout": config.layout,
         "labels_sha256": sha256_file(labels) if labels is not None else None,
         "detector": None if labels is not None else detector_id,
+        # the sidecar's detector.backend: a batch resumed under the other library (or another version) redoes
+        # the scans the detector defaced, rather than mixing its outputs with the earlier library's
+        "detector_backend": None if labels is not None else network,
         "options": changed,
         "deid_key_sha256": hashlib.sha256(deid_key).hexdigest() if scan.kind == "dicom" and deid_key else None,
     }
@@ -354,6 +359,19 @@ def _detector_id(config: BatchConfig) -> str:
     return sha256_file(path) if path.is_file() else f"missing:{path.name}"
 
 
+def _network() -> dict[str, str]:
+    """The library that the workers' detector will run its network with, and its version
+    (:func:`defacer.detect.backend.planned`: nothing imported), for the fingerprint; where
+    ``DEFACER_DETECTOR_BACKEND`` names none or a forced one is missing, its words (each scan the detector would
+    deface then fails with them, in its worker)."""
+    from defacer.detect import backend
+
+    try:
+        return backend.planned()
+    except DefacerError as err:
+        return {"error": str(err)}
+
+
 def _threads_per_worker(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // jobs)
 
@@ -370,6 +388,7 @@ def plan(
     """
     labels_dir = Path(config.labels_dir).resolve() if config.labels_dir is not None else None
     detector_id = _detector_id(config)
+    network = _network()
     jobs = config.jobs
     threads = _threads_per_worker(jobs)
     deidentify = config.deidentify
@@ -386,7 +405,7 @@ def plan(
         if labels is not None and labels_dir is not None and link_outside(labels, labels_dir) is not None:
             refused.setdefault(scan.key, linked_out_labels(labels, labels_dir))
             labels = None  # never read, not even hashed for the fingerprint
-        fingerprint = _fingerprint(config, scan, labels, detector_id, deidentify)
+        fingerprint = _fingerprint(config, scan, labels, detector_id, deidentify, network)
         previous = manifest.get(scan.key)
         verified = not verify or (previous is not None and _qc_intact(previous.verify, layout.qc_dir)
                                   and not _retry_due(config, previous.verify))
@@ -400,7 +419,7 @@ def plan(
         sidecar = layout.sidecar_path(scan)
         tasks.append(ScanTask(
             scan=scan, output=layout.output_path(scan), in_root=layout.in_root, out_root=layout.out_root,
-            seed=seed, fingerprint=fingerprint,
+            seed=seed, fingerprint=fingerprint, network=network if labels is None else None,
             options=replace(config.options, seed=seed),
             sidecar=sidecar,
             sidecar_data=defaced_sidecar(scan, layout, config.features, seed,

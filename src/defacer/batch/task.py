@@ -67,6 +67,11 @@ class ScanTask:
         The scan's own seed (see :func:`scan_seed`).
     fingerprint : str
         Digest of the output-shaping options, stored in the record.
+    network : dict or None
+        The library the batch planned the detector's network to run with, and its version
+        (:func:`defacer.detect.backend.planned`, part of ``fingerprint``); where the worker's detector runs another
+        (a worker with another install, an OpenVINO that failed to import), the record's fingerprint is left
+        empty so that the next run does the scan again.  ``None``: not checked (labels given).
     options : DefaceOptions
         What to distort, with this scan's own ``seed`` (see :func:`scan_seed`).
     sidecar : Path or None
@@ -121,6 +126,7 @@ class ScanTask:
     out_root: Path
     seed: int
     fingerprint: str = ""
+    network: dict[str, str] | None = None
     options: DefaceOptions = DEFAULT_OPTIONS
     sidecar: Path | None = None
     sidecar_data: dict[str, Any] | None = None
@@ -191,6 +197,24 @@ def worker_detector(weights_path: Path | None, threads: int) -> Detector:
 
         _DETECTORS[cache_key] = load_detector(weights_path=weights_path, threads=threads)
     return _DETECTORS[cache_key]
+
+
+def _check_network(task: ScanTask, record: ScanRecord) -> None:
+    """Where this worker's detector ran its network with another library or version than the batch planned
+    (``task.network``), say so (a warning in the record) and leave the record's fingerprint empty: the scan is done
+    again on the next run rather than counted as done with the planned library."""
+    if task.network is None or task.labels_path is not None or task.deface is not None:
+        return
+    from defacer.detect import backend
+
+    detector = _DETECTORS.get((str(task.weights_path or ""), task.threads))
+    ran = backend.ran(detector) if detector is not None else None
+    if ran is not None and ran != task.network:
+        record.fingerprint = ""
+        logging.getLogger("defacer.batch").warning(
+            "The detector's network ran with %s %s in this worker, not %s %s as the batch planned (another install "
+            "here, or OpenVINO failed to import): the scan is done again on the next run.",
+            ran["name"], ran["version"], task.network.get("name", "?"), task.network.get("version", "?"))
 
 
 def _now() -> str:
@@ -448,6 +472,7 @@ def _run(task: ScanTask, record: ScanRecord) -> None:
                 record.timings["verify"] = time.perf_counter() - t0
         record.outputs = [stamp(p, task.out_root) for p in output_files(task)]
         record.status = DONE
+        _check_network(task, record)
     except FeaturesNotFoundError as err:
         record.status = NOTHING_FOUND if err.nothing_found else INCOMPLETE
         record.error, record.error_type = str(err), type(err).__name__

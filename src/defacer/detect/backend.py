@@ -18,6 +18,7 @@ imports it in its main thread before the detector is made in another, :func:`def
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
 import os
 import sys
@@ -155,6 +156,38 @@ def _interrupted(err: BaseException) -> bool:
         seen.add(id(found))
         found = found.__cause__ or found.__context__
     return False
+
+
+def identity(name: str) -> dict[str, str]:
+    """``{"name": name, "version": ...}``: a backend and the version of its package installed in this Python (its
+    distribution's version, read without importing it: ``"2026.4.1"`` for OpenVINO, whose sidecar record,
+    :func:`version`, adds the build, ``"2026.4.1-22982-..."``; ``"?"`` where the package is not installed)."""
+    try:
+        found = importlib.metadata.version(name)
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        found = "?"
+    return {"name": name, "version": found}
+
+
+def planned() -> dict[str, str]:
+    """The backend a detector made now in this process would run, as :func:`identity` (nothing imported): part
+    of a batch's fingerprint (:func:`defacer.batch.runner._fingerprint`), so that a batch resumed under another
+    backend or another version of it does its scans again.  An automatic choice of an OpenVINO that then fails
+    to import falls back to onnxruntime: the batch's worker compares what ran (:func:`ran`).
+
+    Raises
+    ------
+    DetectorError
+        As :func:`chosen`.
+    """
+    return identity(chosen())
+
+
+def ran(detector: object) -> dict[str, str] | None:
+    """The backend that ``detector`` runs its network with, as :func:`identity` (``None`` for a detector without
+    a network library: a stand-in, or labels given)."""
+    name = getattr(detector, "backend", None)
+    return identity(name) if name in LABELS else None
 
 
 def version(module: ModuleType) -> str:
