@@ -284,5 +284,7 @@ def test_ctrl_c_inside_the_guarded_openvino_import_stops_the_command_cleanly(tmp
                           check=False)
     assert done.returncode == 130, done.stderr
     assert done.stdout.strip() == f"[{module!r}]"  # the Ctrl-C came inside the guarded import
-    assert done.stderr == "defacer deface: interrupted; no partial output was left behind.\n"  # the usual line
+    # one of the usual lines: where the command imports OpenVINO early (while it starts) or in deface's own handling
+    assert done.stderr in ("defacer: interrupted while starting; nothing was written.\n",
+                           "defacer deface: interrupted; no partial output was left behind.\n"), done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["head.nii.gz"]  # nothing written
