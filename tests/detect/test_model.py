@@ -85,6 +85,45 @@ def test_an_onnx_graph_that_is_no_detector_is_refused_in_words(tmp_path, capsys,
     assert not (tmp_path / "out.nii.gz").exists()
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_weights_far_larger_than_a_detector_are_refused_before_they_are_read(tmp_path, capsys, monkeypatch,
+                                                                               backend) -> None:
+    """A --weights file of 300 MiB (sparse: a hostile or mistaken file) was read whole into memory since the
+    weights are read once (their digest checked on the bytes run): refused by its size, in words, before any read;
+    the command writes nothing and the file is left as it was."""
+    import os
+    import tracemalloc
+
+    from defacer.cli.main import main
+    from defacer.phantom import save_phantom
+
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    monkeypatch.setenv("DEFACER_DETECTOR_BACKEND", backend)
+    weights = tmp_path / "huge.onnx"
+    with open(weights, "wb") as handle:
+        handle.truncate(300 << 20)
+    before = os.stat(weights)
+    assert before.st_size > 256 << 20  # the limit
+    tracemalloc.start()
+    try:
+        with pytest.raises(WeightsError, match=r"too large: expected an ONNX file of at most 256 MiB.*"
+                                               r"found 314,572,800 bytes"):
+            OnnxDetector(weights)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20  # nothing of the file read
+    scan = tmp_path / "head.nii.gz"
+    save_phantom(make_phantom(4.0), scan)
+    assert main(["deface", str(scan), str(tmp_path / "out.nii.gz"), "--weights", str(weights)]) == 1
+    err = capsys.readouterr().err
+    assert "too large" in err and "Traceback" not in err and "bug" not in err
+    assert not (tmp_path / "out.nii.gz").exists()
+    after = os.stat(weights)
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+
 def test_default_weights_live_inside_the_package() -> None:
     assert SHIPPED.parent.name == "models"
     assert SHIPPED.parent.parent.name == "defacer"

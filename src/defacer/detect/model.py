@@ -568,23 +568,44 @@ def _openvino_or_none() -> ModuleType | None:
         return None
 
 
+#: The largest weights file read (bytes).  The shipped detector is about 2.8 MB; the weights are read whole into
+#: memory (their digest is checked on the bytes the network's library is given), so a file far larger than any
+#: detector of this kind (a sparse or hostile ``--weights``) is refused before it is read, not read until memory
+#: runs out.
+MAX_WEIGHTS_BYTES = 256 << 20
+
+
+def _too_large(path: Path, size: int) -> WeightsError:
+    """The error for a weights file of ``size`` bytes, over :data:`MAX_WEIGHTS_BYTES`."""
+    return WeightsError(f"Model weights {path} are too large: expected an ONNX file of at most "
+                        f"{MAX_WEIGHTS_BYTES >> 20} MiB (the shipped detector is about 3 MB), found {size:,} bytes. "
+                        "Pass --weights with a detector's .onnx file, or none for the shipped model.")
+
+
 def _read_weights(path: Path) -> bytes:
     """The bytes of the weights file ``path``, read once, whole (the serialized ONNX model; the shipped one is
-    about 2.8 MB).  Opened without blocking and checked to be a regular file once open (a named pipe put in its
-    place since it was looked at is never waited on).
+    about 2.8 MB; at most :data:`MAX_WEIGHTS_BYTES`).  Opened without blocking and checked to be a regular file
+    once open (a named pipe put in its place since it was looked at is never waited on).
 
     Raises
     ------
     WeightsError
-        The file cannot be opened or read, or is no longer a regular file.
+        The file cannot be opened or read, is no longer a regular file, or is larger than
+        :data:`MAX_WEIGHTS_BYTES`.
     """
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
         with open(fd, "rb") as handle:
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            status = os.fstat(handle.fileno())
+            if not stat.S_ISREG(status.st_mode):
                 raise WeightsError(f"Model weights {path} are no longer a regular file (replaced while defacer "
                                    "was starting). Pass --weights FILE, or none for the shipped model.")
-            return handle.read()
+            if status.st_size > MAX_WEIGHTS_BYTES:
+                raise _too_large(path, status.st_size)
+            graph = handle.read(MAX_WEIGHTS_BYTES + 1)
+            if len(graph) > MAX_WEIGHTS_BYTES:  # grown since it was looked at
+                raise _too_large(path, len(graph))
+            return graph
     except OSError as err:
         raise WeightsError(f"Model weights {path} could not be read ({err.strerror or err}). Reinstall defacer, "
                            "or pass --weights FILE.") from err
