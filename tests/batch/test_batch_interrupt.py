@@ -187,8 +187,16 @@ def test_sigterm_mid_batch_the_summary_says_which_scans_finished(tmp_path: Path,
 
 
 def _images(out: Path) -> list[str]:
-    """The defaced images in place in OUT (a temporary, ``.defacer-tmp-...``, is not one yet)."""
-    return [p.relative_to(out).as_posix() for p in out.glob("sub-*/**/*_T1w.nii.gz") if not p.name.startswith(".")]
+    """The defaced images in place in OUT (a temporary, ``.defacer-tmp-...``, is not one yet).  Looked at while the
+    batch runs: a temporary folder the glob is inside may be removed under it (the clean-clone CI saw
+    FileNotFoundError from the glob's scandir), and the look is then made again."""
+    for _ in range(100):
+        try:
+            return [p.relative_to(out).as_posix() for p in out.glob("sub-*/**/*_T1w.nii.gz")
+                    if not p.name.startswith(".")]
+        except FileNotFoundError:
+            time.sleep(0.01)
+    raise AssertionError(f"{out} kept changing under 100 looks")
 
 
 def test_a_scan_stopped_while_it_was_verified_is_not_said_to_have_nothing_written(

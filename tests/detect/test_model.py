@@ -124,6 +124,27 @@ def test_weights_far_larger_than_a_detector_are_refused_before_they_are_read(tmp
     assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
 
 
+def test_weights_that_grow_while_they_are_read_are_refused(tmp_path, monkeypatch) -> None:
+    """The weights are read up to the size fstat gave when they were opened (a read of the 256 MiB limit set aside
+    the limit's bytes at once, even for a 4-byte file); a file holding more by then (written meanwhile) is refused,
+    not run part-read."""
+    import os
+
+    weights = tmp_path / "m.onnx"
+    weights.write_bytes(b"x" * 1000)
+    real_fstat = os.fstat
+
+    def fstat_of_an_earlier_moment(fd: int) -> os.stat_result:
+        status = real_fstat(fd)
+        fields = list(status)
+        fields[6] = status.st_size - 10  # st_size as it was before the last 10 bytes were written
+        return os.stat_result(fields)
+
+    monkeypatch.setattr(os, "fstat", fstat_of_an_earlier_moment)
+    with pytest.raises(WeightsError, match="grew while they were read.*990 bytes"):
+        OnnxDetector(weights)
+
+
 def test_default_weights_live_inside_the_package() -> None:
     assert SHIPPED.parent.name == "models"
     assert SHIPPED.parent.parent.name == "defacer"

@@ -585,13 +585,14 @@ def _too_large(path: Path, size: int) -> WeightsError:
 def _read_weights(path: Path) -> bytes:
     """The bytes of the weights file ``path``, read once, whole (the serialized ONNX model; the shipped one is
     about 2.8 MB; at most :data:`MAX_WEIGHTS_BYTES`).  Opened without blocking and checked to be a regular file
-    once open (a named pipe put in its place since it was looked at is never waited on).
+    once open (a named pipe put in its place since it was looked at is never waited on); read up to the size it had
+    when opened, and refused if it holds more (written meanwhile).
 
     Raises
     ------
     WeightsError
-        The file cannot be opened or read, is no longer a regular file, or is larger than
-        :data:`MAX_WEIGHTS_BYTES`.
+        The file cannot be opened or read, is no longer a regular file, is larger than
+        :data:`MAX_WEIGHTS_BYTES`, or grew while it was read.
     """
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
@@ -602,9 +603,13 @@ def _read_weights(path: Path) -> bytes:
                                    "was starting). Pass --weights FILE, or none for the shipped model.")
             if status.st_size > MAX_WEIGHTS_BYTES:
                 raise _too_large(path, status.st_size)
-            graph = handle.read(MAX_WEIGHTS_BYTES + 1)
-            if len(graph) > MAX_WEIGHTS_BYTES:  # grown since it was looked at
-                raise _too_large(path, len(graph))
+            # the size fstat gave, no more (a read of the limit would set aside the limit's bytes at once);
+            # a file that grew meanwhile is refused rather than read on
+            graph = handle.read(status.st_size)
+            if handle.read(1):
+                raise WeightsError(f"Model weights {path} grew while they were read (more than the "
+                                   f"{status.st_size:,} bytes they held when opened). Pass --weights with a file "
+                                   "that is not being written, or none for the shipped model.")
             return graph
     except OSError as err:
         raise WeightsError(f"Model weights {path} could not be read ({err.strerror or err}). Reinstall defacer, "
