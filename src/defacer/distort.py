@@ -411,7 +411,8 @@ def _drop_floating(tissue: Mask, columns: Mask, spacing: tuple[float, float, flo
     Returns
     -------
     ndarray, bool, shape (R, A, S)
-        A copy with the floating runs removed (``tissue`` itself where none is found).
+        A copy with the floating runs removed, even where none is found (``tissue`` itself only where ``columns``
+        holds no column).
     """
     levels = np.flatnonzero(columns.any(axis=0))
     if not levels.size:
