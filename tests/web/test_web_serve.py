@@ -274,3 +274,48 @@ def test_a_work_dir_that_is_a_file_is_named_as_such(tmp_path: Path, capsys: pyte
     assert main(["serve", "--work-dir", str(tmp_path / "notes.txt")]) == 1
     assert "is a file, not a folder" in capsys.readouterr().err
     assert (tmp_path / "notes.txt").read_text() == "the user's"
+
+
+@pytest.mark.parametrize("case", ["no-backend", "not-installed"])
+def test_a_detector_backend_that_cannot_be_used_stops_serve_before_it_starts(
+        case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """SAFE30: ``DEFACER_DETECTOR_BACKEND`` naming no backend (a typo), or forcing one not installed, let the server
+    start and print its address; every scan uploaded without a label map then failed at "Find features" with the
+    words ``deface`` says at once.  Now said once, before the work folder is made or a port bound: exit 1, as
+    ``batch`` (SAFE29, a99ade6).  The server's run is replaced by a recorder, so that the code before this change
+    returns instead of serving for ever; here it is never reached."""
+    import uvicorn
+
+    from defacer.detect import backend
+
+    served: list[bool] = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: served.append(True))
+    if case == "no-backend":
+        monkeypatch.setenv(backend.ENV, "onnxruntime\u200b")  # a zero-width space pasted with the name
+    else:
+        monkeypatch.setenv(backend.ENV, backend.OPENVINO)
+        monkeypatch.setattr(backend, "installed", lambda name: False)
+    work = tmp_path / "work"
+    assert main(["serve", "--work-dir", str(work)]) == 1
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    words = "names no backend" if case == "no-backend" else "package is not installed"
+    assert text.count(words) == 1 and backend.ENV in text and "unset" in text, text
+    assert "serving on" not in text and "Traceback" not in text and "bug" not in text, text
+    assert not served and not work.exists()
+
+
+def test_serve_starts_with_each_usable_detector_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The start-up check refuses only what cannot be used: ``auto`` and a forced, installed backend (in any case,
+    with spaces) start the server as before."""
+    import uvicorn
+
+    from defacer.detect import backend
+
+    served: list[bool] = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: served.append(True))
+    values = [" Auto ", "ONNXRUNTIME"] + (["openvino"] if backend.installed(backend.OPENVINO) else [])
+    for value in values:
+        monkeypatch.setenv(backend.ENV, value)
+        assert main(["serve", "--work-dir", str(tmp_path / "work")]) == 0, value
+    assert len(served) == len(values)

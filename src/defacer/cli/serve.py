@@ -262,15 +262,28 @@ def hang_up_stops_like_ctrl_c(server: Any) -> Iterator[None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Start the server and block until Ctrl+C; returns 0 after a clean shutdown."""
+    """Start the server and block until Ctrl+C; returns 0 after a clean shutdown.
+
+    Raises
+    ------
+    DefacerError
+        For options that cannot be used (a token, a limit, the work folder, the address), before the server starts.
+    DetectorError
+        ``DEFACER_DETECTOR_BACKEND`` names no backend or one not installed (:func:`defacer.detect.backend.chosen`):
+        the detector finds the features of every scan uploaded without a label map, so the server does not start.
+    """
     try:
         import uvicorn
 
         from defacer.web.app import create_app
     except ModuleNotFoundError as err:
         raise MissingExtraError("web", err.name or "fastapi") from err
+    from defacer.detect import backend
     from defacer.web.settings import LOOPBACK_HOSTS, WebSettings
 
+    # DEFACER_DETECTOR_BACKEND naming no backend, or one not installed here: said once, before anything is made or
+    # bound (the server started and each scan's "Find features" failed with these words), as batch and deface say it
+    backend.chosen()
     loopback = is_loopback(args.host)
     token = chosen_token(args.token, args.token_file, os.environ)
     if not loopback:
