@@ -623,6 +623,83 @@ def test_anonymize_holds_out_only_the_series_of_a_file_too_large_to_read(phantom
     assert not alone.exists() and not list(tmp_path.glob(".defacer-tmp*"))
 
 
+@pytest.mark.parametrize("jobs", ["1", "2"])
+@pytest.mark.parametrize("twice", ["hard-link", "symbolic-link", "large-file-linked", "re-exported"])
+def test_anonymize_names_one_file_twice_in_a_series_held_out_for_a_file_too_large_to_read(
+        phantom_series, tmp_path, capsys, monkeypatch, twice, jobs):
+    """SAFE30 (the last stop's leftover): a series held out because it holds a file over the 1 GiB limit (SAFE29)
+    was held out whole with a file linked twice in it (two hard links, a symbolic link from another folder of the
+    input, the large file itself linked twice) or two different files of one instance: each path listed as "not
+    written" with its series, the other series written, and the twin named only once the large file was dealt with.
+    The same input without the large file is refused, naming the two files (REVIEW26, SAFE27).  Now it is refused
+    so, whatever series the twin lies in: the two paths named, nothing written, the input untouched; two large
+    files that are one file are found from their inodes, neither read past its header."""
+    import filecmp
+    import hashlib
+
+    study = tmp_path / "study"
+    shutil.copytree(phantom_series / "in", study / "a")
+    first = min((study / "a").iterdir())
+    big = _sparse_large_slice(study / "b" / "IM0001.dcm", first, 9)
+    sibling = pydicom.dcmread(first)
+    sibling.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.9"
+    sibling.SOPInstanceUID = sibling.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.9.2"
+    sibling.save_as(study / "b" / "IM0002.dcm")
+    if twice == "hard-link":
+        pair = (study / "b" / "IM0002.dcm", study / "b" / "IM0003.dcm")
+        os.link(*pair)
+    elif twice == "symbolic-link":
+        pair = (study / "a" / "zz-link.dcm", study / "b" / "IM0002.dcm")
+        os.symlink("../b/IM0002.dcm", pair[0])
+    elif twice == "large-file-linked":
+        pair = (big, study / "b" / "IM0004.dcm")
+        os.link(*pair)
+    else:
+        sibling.SeriesDescription = "re-exported"
+        pair = (study / "b" / "IM0002.dcm", study / "b" / "IM0003.dcm")
+        sibling.save_as(pair[1])
+    real_cmp = filecmp.cmp
+
+    def compared(a, b, shallow=True):
+        assert big not in (Path(a), Path(b)), "the large file was read to be compared"
+        return real_cmp(a, b, shallow=shallow)
+
+    monkeypatch.setattr(filecmp, "cmp", compared)
+    digests = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in study.rglob("*")
+               if p.is_file() and not os.path.samefile(p, big)}
+    out, mapping = tmp_path / "anon", tmp_path / "map.json"
+    code = main(["anonymize", str(study), str(out), "--key", KEY, "--mapping-file", str(mapping), "--jobs", jobs])
+    captured = capsys.readouterr()
+    assert code == 1, captured.out + captured.err
+    words = "two different files of one instance" if twice == "re-exported" else "holds one DICOM file twice"
+    assert words in captured.err and all(f"'{path}'" in captured.err for path in pair), captured.err
+    assert "nothing was written" in captured.err and "Traceback" not in captured.err + captured.out
+    assert "not written:" not in captured.out, captured.out
+    assert not out.exists() and not mapping.exists() and not list(tmp_path.glob(".defacer-tmp*"))
+    assert digests == {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in digests}
+
+
+def test_anonymize_holds_out_two_large_files_of_one_instance_without_reading_them(phantom_series, tmp_path, capsys,
+                                                                                 monkeypatch):
+    """Two files over the 1 GiB limit whose headers carry one SOP Instance UID but that are not one file (no link):
+    telling a copy from two different files would read both whole, so neither is compared; both are held out with
+    their series (never written), the other series de-identified, exit 1, as one such file."""
+    import filecmp
+
+    study = tmp_path / "study"
+    shutil.copytree(phantom_series / "in", study / "a")
+    first = min((study / "a").iterdir())
+    big = _sparse_large_slice(study / "b" / "IM0001.dcm", first, 9)
+    copy = _sparse_large_slice(study / "b" / "IM0002.dcm", first, 9)
+    monkeypatch.setattr(filecmp, "cmp", lambda *args, **kwargs: pytest.fail(f"read to be compared: {args}"))
+    out = tmp_path / "anon"
+    assert main(["anonymize", str(study), str(out), "--key", KEY, "--jobs", "1"]) == 1
+    captured = capsys.readouterr()
+    assert f"  not written: {big}: too large DICOM file" in captured.out, captured.out
+    assert f"  not written: {copy}: too large DICOM file" in captured.out, captured.out
+    assert sorted(p.relative_to(out).parts[0] for p in out.rglob("*.dcm")) == ["S001"] * len(list(first.parent.iterdir()))
+
+
 def test_a_series_of_a_study_is_digested_over_its_own_files_alone(phantom_series, tmp_path, monkeypatch):
     """Before: ``deface STUDY --series 1`` recorded in its sidecar the sha256 of the whole study folder, so every
     file of every other series was read in full for it (SAFE28: about 5 s for a 1.1 GB file of another series),

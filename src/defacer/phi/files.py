@@ -39,7 +39,8 @@ logger = logging.getLogger(__name__)
 
 
 #: What :func:`_anonymize_chunk` says of one file: ``(index, SeriesInstanceUID or None, why skipped, SOPInstanceUID)``
-#: (the two UIDs the input's own, ``None`` and a reason where the file was skipped, ``""`` where it holds no UID).
+#: (the two UIDs the input's own, ``None`` and a reason where the file was skipped, ``""`` where it holds no UID; a
+#: file held out with its series (:func:`held_out`) keeps its SOPInstanceUID, so that one file twice is named there too).
 Outcome = tuple[int, str | None, str, str]
 
 #: How the reason given to a file that is not written because its series is held out starts (:func:`held_out`).
@@ -52,13 +53,14 @@ def held_out(why: str) -> bool:
     return why.startswith(NOT_WRITTEN)
 
 
-def _series_of_large_files(files: Sequence[Path]) -> dict[Path, str]:
+def _series_of_large_files(files: Sequence[Path]) -> dict[Path, tuple[str, str]]:
     """The files over :data:`~defacer.io.dicom_files.MAX_FILE_BYTES` whose header alone (read bounded, up to the
     pixel data: :func:`~defacer.io.dicom_files.header_of_a_large_file`) names their series, and that series'
-    SeriesInstanceUID.  Such a file cannot be read to be written; its series is held out whole (an instance
-    would be missing from it) and the input's other series are written.  A large file whose header does not tell
-    its series is not listed: it refuses the whole input as a damaged one does."""
-    found: dict[Path, str] = {}
+    SeriesInstanceUID with the file's SOPInstanceUID (``""`` where it has none).  Such a file cannot be read to be
+    written; its series is held out whole (an instance would be missing from it) and the input's other series are
+    written.  A large file whose header does not tell its series is not listed: it refuses the whole input as a
+    damaged one does."""
+    found: dict[Path, tuple[str, str]] = {}
     for file in files:
         try:
             if os.stat(file).st_size <= dicom_files.MAX_FILE_BYTES:
@@ -67,12 +69,12 @@ def _series_of_large_files(files: Sequence[Path]) -> dict[Path, str]:
             continue  # judged when it is read
         header = header_of_a_large_file(file)
         if header is not None:
-            found[file] = str(header.SeriesInstanceUID)
+            found[file] = (str(header.SeriesInstanceUID), str(header.get("SOPInstanceUID", "")))
     return found
 
 
 def _anonymize_chunk(
-    files: Sequence[Path], first: int, folder: Path, deid: Scrubber, large: Mapping[Path, str] | None = None
+    files: Sequence[Path], first: int, folder: Path, deid: Scrubber, large: Mapping[Path, tuple[str, str]] | None = None
 ) -> tuple[list[Outcome], dict[str, Any] | None]:
     """De-identify ``files`` into ``folder/<index>.dcm``; per file an :data:`Outcome`.  ``large``: the files too
     large to read whose series is known (:func:`_series_of_large_files`): they and every other file of their
@@ -80,7 +82,7 @@ def _anonymize_chunk(
     from pydicom.errors import InvalidDicomError
 
     large = large or {}
-    held = {uid: file for file, uid in large.items()}
+    held = {uid: file for file, (uid, _) in large.items()}
     results: list[Outcome] = []
     for index, file in enumerate(files, start=first):
         if file in large:
@@ -89,7 +91,7 @@ def _anonymize_chunk(
                 why = "too large DICOM file"
             except InvalidDicomError as err:
                 why = str(err).removeprefix("damaged or ")
-            results.append((index, None, f"{NOT_WRITTEN}{why}", ""))
+            results.append((index, None, f"{NOT_WRITTEN}{why}", large[file][1]))
             continue
         try:
             ds = dcmread_any(file)
@@ -115,7 +117,7 @@ def _anonymize_chunk(
         if uid in held:
             why = (f"{NOT_WRITTEN}its series holds '{shown(held[uid])}', a file too large to read, and would be "
                    "written with that instance missing")
-            results.append((index, None, why, ""))
+            results.append((index, None, why, instance))
             continue
         deid.scrub(ds, source=str(file))
         write_instance(ds, folder / f"{index:07d}.dcm", source=file)
@@ -139,7 +141,7 @@ class _Keep(logging.Handler):
 
 
 def _anonymize_chunk_in_worker(
-    files: Sequence[Path], first: int, folder: Path, deid: Scrubber, large: Mapping[Path, str]
+    files: Sequence[Path], first: int, folder: Path, deid: Scrubber, large: Mapping[Path, tuple[str, str]]
 ) -> tuple[list[Outcome], dict[str, Any] | None, list[tuple[str | None, str]], list[WorkerLog]]:
     """:func:`_anonymize_chunk` in a worker process, its "VR lookup failed" notices and defacer's own warnings handed
     back instead of said: each chunk has its own copy of the scrubber, whose "said once per run" notices (an age over
@@ -236,7 +238,7 @@ def anonymize_files(
                 f"{len(damaged)} file(s) in '{in_path}' cannot be read as DICOM, so a series would be written with "
                 f"missing instances:\n  {listing}\nRe-export them, or move them out of the input (nothing was written)."
             )
-        _refuse_one_instance_twice(files, outcomes, in_path)
+        _refuse_one_instance_twice(files, outcomes, in_path, large)
         series_index: dict[str, int] = {}
         counts: dict[int, int] = defaultdict(int)
         for index, uid, why, _ in sorted(outcomes):
@@ -264,11 +266,16 @@ def anonymize_files(
 
 
 def _refuse_one_instance_twice(files: Sequence[Path], outcomes: Sequence[Outcome],
-                               in_path: PathLike | Sequence[PathLike]) -> None:
+                               in_path: PathLike | Sequence[PathLike], large: Mapping[Path, tuple[str, str]]) -> None:
     """Refuse an input that holds one DICOM instance (SOP Instance UID) in two files: one file twice (a copy beside
     it, a hard or symbolic link to it), or two different files (a re-export with an edited header beside the first
     export, another file given the instance's UID).  Each would be written: two output files of one SOP Instance UID,
     of which an archive keeps one (losing the other without a word) or refuses the series.
+
+    The files of a series held out (it holds a file too large to read, ``large``) are compared too, the large file by
+    the SOPInstanceUID of its header: one file linked twice there was listed as two files held out with their series,
+    and named "one file twice" only once the large file was dealt with.  Two large files of one instance are one file
+    twice where they are one file (a link); otherwise neither is read to compare them (both are held out, unread).
 
     Only files of one SOP Instance UID are compared (:func:`defacer.io.dicom_files.same_file`): no file is read again
     unless it repeats an instance.
@@ -279,12 +286,30 @@ def _refuse_one_instance_twice(files: Sequence[Path], outcomes: Sequence[Outcome
         Naming the two files, in ``deface``'s words (:func:`defacer.io.dicom_geometry.read_dicom_volume`).
     """
     source = shown(in_path) if isinstance(in_path, str | os.PathLike) else f"the {len(files)} files given"
-    refuse_one_instance_twice(source, files, ((index, instance if uid is not None else "")
-                                              for index, uid, _, instance in sorted(outcomes)))
+    instances: list[tuple[int, str]] = []
+    first_large: dict[str, Path] = {}
+    for index, uid, why, instance in sorted(outcomes):
+        if uid is None and not held_out(why):
+            continue  # skipped (no instance, not DICOM): never written
+        file = files[index]
+        if file in large and instance:
+            other = first_large.setdefault(instance, file)
+            if other != file and not _one_file(other, file):
+                continue  # two large files, not one: not read to be compared
+        instances.append((index, instance))
+    refuse_one_instance_twice(source, files, instances)
+
+
+def _one_file(first: Path, second: Path) -> bool:
+    """Whether two paths name one file (a hard or symbolic link), from their inodes alone (nothing read)."""
+    try:
+        return os.path.samefile(first, second)
+    except OSError:
+        return False
 
 
 def _anonymize_parallel(files: list[Path], work: Path, deid: Scrubber, jobs: int,
-                        large: Mapping[Path, str]) -> list[Outcome]:
+                        large: Mapping[Path, tuple[str, str]]) -> list[Outcome]:
     from concurrent.futures import ProcessPoolExecutor
 
     size = max(16, -(-len(files) // (jobs * 4)))
