@@ -562,6 +562,22 @@ def test_a_large_file_is_judged_by_its_header_alone_only_when_that_header_is_sma
             read_dicom_volume(study, series="9")
 
 
+def _study_with_a_series_too_large_to_read(phantom_series: Path, tmp_path: Path
+                                           ) -> tuple[Path, Path, Path, pydicom.Dataset]:
+    """``tmp_path/study``: the phantom series in ``a/``, and in ``b/`` a series holding a file over the 1 GiB limit
+    (``IM0001.dcm``, :func:`_sparse_large_slice`) and a small slice (``IM0002.dcm``).  Returns the study folder, the
+    phantom's first file, the large file and the small slice's dataset as written."""
+    study = tmp_path / "study"
+    shutil.copytree(phantom_series / "in", study / "a")
+    first = min((study / "a").iterdir())
+    big = _sparse_large_slice(study / "b" / "IM0001.dcm", first, 9)
+    sibling = pydicom.dcmread(first)
+    sibling.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.9"
+    sibling.SOPInstanceUID = sibling.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.9.2"
+    sibling.save_as(study / "b" / "IM0002.dcm")
+    return study, first, big, sibling
+
+
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_anonymize_holds_out_only_the_series_of_a_file_too_large_to_read(phantom_series, tmp_path, capsys, jobs):
     """SAFE29: ``anonymize`` of a folder holding one DICOM file over the 1 GiB limit refused the whole folder ("cannot
@@ -574,14 +590,7 @@ def test_anonymize_holds_out_only_the_series_of_a_file_too_large_to_read(phantom
     import hashlib
     import tracemalloc
 
-    study = tmp_path / "study"
-    shutil.copytree(phantom_series / "in", study / "a")
-    first = min((study / "a").iterdir())
-    big = _sparse_large_slice(study / "b" / "IM0001.dcm", first, 9)
-    sibling = pydicom.dcmread(first)
-    sibling.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.9"
-    sibling.SOPInstanceUID = sibling.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.9.2"
-    sibling.save_as(study / "b" / "IM0002.dcm")
+    study, first, big, _ = _study_with_a_series_too_large_to_read(phantom_series, tmp_path)
     (study / "notes.txt").write_text("a note\n")
     slices = len(list((study / "a").iterdir()))
     series_a = str(pydicom.dcmread(first, stop_before_pixels=True).SeriesInstanceUID)
@@ -637,14 +646,7 @@ def test_anonymize_names_one_file_twice_in_a_series_held_out_for_a_file_too_larg
     import filecmp
     import hashlib
 
-    study = tmp_path / "study"
-    shutil.copytree(phantom_series / "in", study / "a")
-    first = min((study / "a").iterdir())
-    big = _sparse_large_slice(study / "b" / "IM0001.dcm", first, 9)
-    sibling = pydicom.dcmread(first)
-    sibling.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.9"
-    sibling.SOPInstanceUID = sibling.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.9.2"
-    sibling.save_as(study / "b" / "IM0002.dcm")
+    study, _, big, sibling = _study_with_a_series_too_large_to_read(phantom_series, tmp_path)
     if twice == "hard-link":
         pair = (study / "b" / "IM0002.dcm", study / "b" / "IM0003.dcm")
         os.link(*pair)
