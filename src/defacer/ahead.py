@@ -230,23 +230,37 @@ def input_sha256(path: Path) -> str | None:
     return reading.sha256 if reading is not None else None
 
 
-def start_detector(weights_path: object, make: Callable[[], Any]) -> bool:
-    """Begin making the detector of ``weights_path`` with ``make`` in a thread (:class:`DetectorLoading`)."""
-    if _detectors:
+def _start(begun: list[tuple[object, DetectorLoading]], key: object, make: Callable[[], Any], name: str) -> bool:
+    """Begin ``make`` in a thread named ``name`` (:class:`DetectorLoading`), kept in ``begun`` under ``key``;
+    ``False`` where one was begun there already or the system refuses a thread (a memory limit: the caller's later
+    step then makes it itself, as before, and says so in words if it must)."""
+    if begun:
         return False
     try:
-        loading = DetectorLoading(make)
-    except RuntimeError:  # the system refuses a thread: made where the route makes it, which says so in words
+        loading = DetectorLoading(make, name=name)
+    except RuntimeError:
         return False
-    _detectors.append((weights_path, loading))
+    begun.append((key, loading))
     return True
+
+
+def _take(begun: list[tuple[object, DetectorLoading]], key: object) -> DetectorLoading | None:
+    """What was begun in ``begun`` under ``key`` (:func:`_start`), or ``None``; given once."""
+    if begun and begun[0][0] == key:
+        return begun.pop()[1]
+    return None
+
+
+def start_detector(weights_path: object, make: Callable[[], Any]) -> bool:
+    """Begin making the detector of ``weights_path`` with ``make`` in a thread (:class:`DetectorLoading`, thread
+    ``defacer-detector``), to be taken by :func:`take_detector`; ``False`` where one was begun already or the
+    system refuses a thread (made where the route makes it)."""
+    return _start(_detectors, weights_path, make, "defacer-detector")
 
 
 def take_detector(weights_path: object) -> DetectorLoading | None:
     """The detector begun ahead for these weights (``None``: the shipped ones), or ``None``; given once."""
-    if _detectors and _detectors[0][0] == weights_path:
-        return _detectors.pop()[1]
-    return None
+    return _take(_detectors, weights_path)
 
 
 def start_network(key: object, make: Callable[[], Any]) -> bool:
@@ -254,21 +268,12 @@ def start_network(key: object, make: Callable[[], Any]) -> bool:
     ``defacer-network``), to be taken by the detector whose graph and settings ``key`` names
     (:func:`defacer.detect.openvino_run.start_compiling`); ``False`` where one was begun already or the system
     refuses a thread (the detector then compiles its network itself, as before)."""
-    if _networks:
-        return False
-    try:
-        loading = DetectorLoading(make, name="defacer-network")
-    except RuntimeError:  # the system refuses a thread: compiled where the detector is made
-        return False
-    _networks.append((key, loading))
-    return True
+    return _start(_networks, key, make, "defacer-network")
 
 
 def take_network(key: object) -> DetectorLoading | None:
     """The network begun ahead (:func:`start_network`) under this ``key``, or ``None``; given once."""
-    if _networks and _networks[0][0] == key:
-        return _networks.pop()[1]
-    return None
+    return _take(_networks, key)
 
 
 def forget() -> None:
