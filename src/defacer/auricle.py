@@ -40,6 +40,7 @@ from scipy import ndimage as ndi
 
 from defacer._typing import Mask
 from defacer.ball import within_distance
+from defacer.convex_hull import convex_hull_image
 from defacer.detect.preprocess import mask_box
 from defacer.head import HeadModel, border_padding_value, field_padding_value, outside_field_value
 
@@ -729,10 +730,7 @@ def filled_hull(outline: Mask) -> Mask:
     """The filled convex hull of a 2D mask (with the mask itself; the mask alone when under 3 pixels)."""
     if outline.sum() < 3:
         return outline
-    # imported here: skimage.morphology costs ~0.1 s at every start of the command line
-    from skimage.morphology import convex_hull_image
-
-    return np.asarray(convex_hull_image(outline)) | outline
+    return convex_hull_image(outline) | outline
 
 
 def _largest_parts(mask: Mask, spacing: npt.NDArray[np.float64]) -> Mask:

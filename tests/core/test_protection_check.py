@@ -183,9 +183,9 @@ def test_changed_indices_lists_what_argwhere_lists_in_its_order(order: str, dtyp
 
 
 def test_the_samples_near_the_voxels_answer_as_the_tree_of_every_outside_sample() -> None:
-    """OutsideSamples.within (a tree of the samples near the voxels asked about) gives within_depth's answer
-    with the tree of every outside sample: on anisotropic grids, strides, depths, and voxels past the last
-    coarse sample."""
+    """OutsideSamples.within (the samples within reach of the voxels asked about, searched without a k-d tree)
+    gives within_depth's answer with the tree of every outside sample: on anisotropic grids, strides, depths,
+    and voxels past the last coarse sample."""
     from scipy import ndimage as ndi
 
     from defacer.protection_check import OutsideSamples
@@ -207,3 +207,63 @@ def test_the_samples_near_the_voxels_answer_as_the_tree_of_every_outside_sample(
             assert np.array_equal(near, every)
             answers += int(every.sum())
     assert answers > 1000  # both answers occur
+
+
+def _tree_and_search(indices, depth, spacing, strides, depth_mm):
+    """within_depth's answers from the k-d tree of every outside sample and from OutsideSamples.within."""
+    from defacer.protection_check import OutsideSamples
+
+    step = tuple(float(s) * st for s, st in zip(spacing, strides, strict=True))
+    tree = within_depth(indices, outside_tree(depth, step), spacing, depth_mm)
+    search = within_depth(indices, OutsideSamples(np.asarray(depth <= 0), step, strides), spacing, depth_mm)
+    return tree, search
+
+
+def test_the_search_decides_distances_at_the_reach_itself_as_the_tree_does() -> None:
+    """Depths set so that the reach (depth + 1e-6) falls on, or within a rounding of, distances the voxels have
+    (the tree keeps a sample strictly closer than the reach, its distances squared in its own order): the search
+    without a tree agrees voxel for voxel, on grids of 1 mm, 0.9375 mm, odd header sizes and thick slices."""
+    rng = np.random.default_rng(7)
+    checked = 0
+    for spacing, strides in (((1.0, 1.0, 1.0), (4, 4, 4)), ((0.9375, 0.9375, 1.2), (4, 4, 3)),
+                             ((0.8984375, 1.0000001, 3.3), (4, 4, 1)), ((2.0, 2.0, 2.0), (2, 2, 2))):
+        coarse_shape = (9, 10, 8)
+        depth = np.full(coarse_shape, 5.0, dtype=np.float32)
+        depth[0], depth[:, -1], depth[3:5, 4:6, 0] = 0.0, 0.0, 0.0  # outside: two faces of the grid and a notch
+        full = np.asarray(coarse_shape) * np.asarray(strides)
+        indices = np.stack([rng.integers(0, n, 400) for n in full], axis=1)
+        step = np.asarray(spacing) * np.asarray(strides)
+        samples = np.argwhere(depth <= 0).astype(np.float64) * step
+        points = indices.astype(np.float64) * np.asarray(spacing)
+        nearest = np.sqrt(((points[:, None, :] - samples[None]) ** 2).sum(-1)).min(axis=1)
+        for distance in rng.choice(nearest[nearest > 1.0], 12, replace=False):
+            for depth_mm in (float(distance) - 1e-6, float(np.nextafter(distance - 1e-6, 0)),
+                             float(np.nextafter(distance - 1e-6, 100))):
+                tree, search = _tree_and_search(indices, depth, spacing, strides, depth_mm)
+                assert np.array_equal(search, tree), (spacing, depth_mm)
+                checked += int(tree.sum())
+    assert checked > 10_000
+
+
+def test_the_search_answers_as_the_tree_on_the_phantoms_head_and_at_the_edges(phantom) -> None:
+    """On the phantom's own depth map (every voxel of the grid, three depths), and where the tree has nothing
+    to answer from: no voxel asked about, no sample outside, every sample outside."""
+    from defacer.protection_check import OutsideSamples
+
+    spacing = (2.0, 2.0, 2.0)
+    head = analyse_head(phantom.volume.values(np.float32), spacing)
+    depth = depth_below_surface(head, spacing)
+    indices = np.argwhere(np.ones(phantom.volume.shape, dtype=bool))
+    for depth_mm in (4.0, 10.0, 17.5):
+        tree, search = _tree_and_search(indices, depth, spacing, head.strides, depth_mm)
+        assert np.array_equal(search, tree)
+        assert 0 < tree.sum() < len(tree)
+    inside = np.full((5, 6, 7), 3.0, dtype=np.float32)
+    for depth_map, expected in ((inside, False), (np.zeros_like(inside), True)):
+        tree, search = _tree_and_search(np.argwhere(np.ones((10, 12, 14), dtype=bool)), depth_map, (1.0, 1.0, 1.0),
+                                        (2, 2, 2), 10.0)
+        assert np.array_equal(search, tree) and bool(search.all()) is expected and bool(search.any()) is expected
+    samples = OutsideSamples(np.zeros((4, 4, 4), dtype=bool), (2.0, 2.0, 2.0), (2, 2, 2))
+    assert samples.within(np.zeros((0, 3), dtype=np.intp), (1.0, 1.0, 1.0), 10.0).shape == (0,)
+    with pytest.raises(ValueError, match="not the voxel size"):
+        samples.within(np.zeros((1, 3), dtype=np.intp), (1.5, 1.0, 1.0), 10.0)

@@ -30,9 +30,12 @@ from defacer.pipeline import deface
 #: nibabel or defacer.phi), training, batch scheduling, verification; defacer's own verification and batch
 #: modules (~15 ms: the QC folder's module, asked only whether a verification lies beside the output), and
 #: ctypes' library search (``ldconfig -p`` in a child process, ~10 ms, to find the C library already loaded);
-#: numpy's f2py and testing (~0.05 s, which SciPy's array-API layer imports only to copy numpy's namespace).
+#: numpy's f2py and testing (~0.05 s, which SciPy's array-API layer imports only to copy numpy's namespace);
+#: scipy.spatial (with SciPy's linalg and sparse) and skimage.morphology (0.05-0.15 s: the protection check searches
+#: without a k-d tree, the auricle's side view is filled by defacer.convex_hull).
 NOT_FOR_A_NIFTI_DEFACE = ("pydicom", "torch", "monai", "onnx", "dask", "distributed", "mediapipe", "cv2", "dlib",
-                          "defacer.verify", "defacer.batch", "ctypes.util", "numpy.f2py", "numpy.testing")
+                          "defacer.verify", "defacer.batch", "ctypes.util", "numpy.f2py", "numpy.testing",
+                          "scipy.spatial", "scipy.linalg", "scipy.sparse", "skimage.morphology", "skimage.measure")
 
 #: Runs the command as the console script does (``defacer.cli.main.run``); an exit handler lists what it imported.
 CHILD = f"""
