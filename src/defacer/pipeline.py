@@ -177,7 +177,7 @@ def protected_in_box(edit: Edit, head: HeadModel, depth: npt.NDArray[np.float32]
         :func:`defacer.head.depth_below_surface`.
     outside : cKDTree, OutsideSamples or None
         :func:`defacer.protection_check.outside_tree` of ``depth``, or its samples
-        (:class:`defacer.protection_check.OutsideSamples`, a tree of those near the band built per edit).
+        (:class:`defacer.protection_check.OutsideSamples`, searched near the band; the same answers).
     spacing : tuple of 3 float
         Full-grid voxel size along R, A, S in mm.
     protect_depth_mm : float
