@@ -32,10 +32,12 @@ from defacer.pipeline import deface
 #: ctypes' library search (``ldconfig -p`` in a child process, ~10 ms, to find the C library already loaded);
 #: numpy's f2py and testing (~0.05 s, which SciPy's array-API layer imports only to copy numpy's namespace);
 #: scipy.spatial (with SciPy's linalg and sparse) and skimage.morphology (0.05-0.15 s: the protection check searches
-#: without a k-d tree, the auricle's side view is filled by defacer.convex_hull).
+#: without a k-d tree, the auricle's side view is filled by defacer.convex_hull); urllib.request with http.client and
+#: ssl (0.01-0.03 s, for nibabel's from_url alone).
 NOT_FOR_A_NIFTI_DEFACE = ("pydicom", "torch", "monai", "onnx", "dask", "distributed", "mediapipe", "cv2", "dlib",
                           "defacer.verify", "defacer.batch", "ctypes.util", "numpy.f2py", "numpy.testing",
-                          "scipy.spatial", "scipy.linalg", "scipy.sparse", "skimage.morphology", "skimage.measure")
+                          "scipy.spatial", "scipy.linalg", "scipy.sparse", "skimage.morphology", "skimage.measure",
+                          "urllib.request", "http.client", "ssl")
 
 #: Runs the command as the console script does (``defacer.cli.main.run``); an exit handler lists what it imported.
 CHILD = f"""
@@ -75,6 +77,42 @@ def test_hiding_pydicom_from_nibabel_leaves_pydicom_importable_later():
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "Dataset"
+
+
+def test_nibabels_url_reader_works_with_urllib_request_imported_on_first_use(phantom_files, tmp_path):
+    """The command line imports nibabel with urllib.request deferred: nibabel's from_url still reads an image
+    (a file:// URL to an uncompressed NIfTI, no network), through the real urllib.request imported then, the
+    one everybody gets."""
+    scan = tmp_path / "head.nii"
+    nib.save(nib.load(phantom_files[0]), scan)
+    code = ("import sys; from defacer.cli.main import modules_deferred, import_nibabel_without_pydicom as f\n"
+            "with modules_deferred():\n    assert f()\n"
+            "assert 'urllib.request' not in sys.modules and 'http.client' not in sys.modules\n"
+            "import urllib, nibabel as nib, numpy as np, pathlib\n"
+            "assert not hasattr(urllib, 'request')\n"
+            f"url = pathlib.Path({str(scan)!r}).as_uri(); image = nib.Nifti1Image.from_url(url)\n"
+            f"assert np.array_equal(np.asanyarray(image.dataobj), np.asanyarray(nib.load({str(scan)!r}).dataobj))\n"
+            "import urllib.request, nibabel.filebasedimages as fbi\n"
+            "assert type(sys.modules['urllib.request']) is type(sys) and fbi.request.urlopen is urllib.request.urlopen\n"
+            "print('read', image.shape)")
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("read (")
+
+
+def test_a_module_imported_inside_the_deferral_is_the_real_one_on_every_path():
+    """Imported while the stand-in is placed (another thread, nibabel itself): ``import urllib.request``,
+    ``from urllib.request import ...`` and the package's attribute all work, and the real module is left."""
+    code = ("import sys\nfrom defacer.cli.main import modules_deferred\n"
+            "with modules_deferred():\n"
+            "    import urllib.request\n    from urllib.request import Request\n"
+            "    assert urllib.request.urlopen.__name__ == 'urlopen' and Request.__name__ == 'Request'\n"
+            "import urllib.request as real\n"
+            "assert type(sys.modules['urllib.request']) is type(sys) and real.Request is Request\n"
+            "import urllib; assert urllib.request is real\nprint('ok')")
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
 
 
 def test_import_defacer_imports_no_numerical_library_until_a_name_is_used():

@@ -231,6 +231,48 @@ def import_nibabel_without_pydicom() -> bool:
     return True
 
 
+class _OnFirstUse(ModuleType):
+    """Stands for a module not imported yet: the first attribute read from it imports the module (the usual
+    import, with its lock) and is read from there, as is every later one."""
+
+    def __getattr__(self, attribute: str) -> object:
+        if sys.modules.get(self.__name__) is self:  # still standing in: the real module takes its place
+            del sys.modules[self.__name__]
+        return getattr(importlib.import_module(self.__name__), attribute)
+
+
+#: Modules nibabel imports only for what defacer never calls: ``urllib.request`` (``FileBasedImage.from_url``),
+#: with ``http.client``, ``ssl`` (and the OpenSSL libraries) and the email parser, 0.01-0.03 s of every start.
+DEFERRED_FOR_NIBABEL = ("urllib.request",)
+
+
+@contextlib.contextmanager
+def modules_deferred(names: Sequence[str] = DEFERRED_FOR_NIBABEL) -> Iterator[None]:
+    """While the block runs (nibabel's import), importing one of ``names`` gives a stand-in that imports the
+    module when an attribute is first read from it (:class:`_OnFirstUse`).
+
+    Only the importers inside the block hold stand-ins (nibabel's ``request``; every use of it works, one
+    import later); afterwards the names are imported as usual.  Nothing is done for a module imported already.
+    Used only by the command line, never on ``import defacer``.
+    """
+    placed = {name: _OnFirstUse(name) for name in names if name not in sys.modules}
+    for name, stand_in in placed.items():  # in the package too, as an import would (``import urllib.request``)
+        parent, _, child = name.rpartition(".")
+        sys.modules[name] = stand_in
+        if parent:
+            setattr(importlib.import_module(parent), child, stand_in)
+    try:
+        yield
+    finally:
+        for name, stand_in in placed.items():
+            if sys.modules.get(name) is stand_in:
+                del sys.modules[name]
+            parent, _, child = name.rpartition(".")
+            package = sys.modules.get(parent) if parent else None
+            if package is not None and getattr(package, child, None) is stand_in:
+                delattr(package, child)
+
+
 class _PlainDoc:
     """Stands for SciPy's ``FunctionDoc`` in its ``xp_capabilities`` decorator: the docstring as it is, no table.
 
@@ -347,8 +389,9 @@ def _give_back_deferred(module: ModuleType | None, numpy: ModuleType, deferred: 
 
 
 def _import_libraries() -> None:
-    """The command line's imports of nibabel and SciPy (see the functions called)."""
-    import_nibabel_without_pydicom()
+    """The command line's imports of nibabel and SciPy (see the functions and context managers used)."""
+    with modules_deferred():
+        import_nibabel_without_pydicom()
     with numpy_tools_deferred():
         import_scipy_ndimage_without_docstring_tables()
 
