@@ -270,7 +270,9 @@ def _deface_file(source: Path, target: Path, *, options: DefaceOptions, detector
     t = time.perf_counter()
     new_files = _not_there([target, *detached_data_candidates(target), *_mask_files(mask_path)])
     stale = _stale_record(target, sidecar)
-    written = save_volume(result.volume, target, force=force, inputs=tuple(p for p in inputs if p is not None))
+    digests: dict[Path, str] = {}  # the output's sha256, taken from its bytes as they were written (a .nii.gz)
+    written = save_volume(result.volume, target, force=force, inputs=tuple(p for p in inputs if p is not None),
+                          digests=digests)
     with _removed_on_failure(new_files, target=target, stale_record=stale):  # a full disk at the mask or the sidecar: no output without its record
         if mask_path is not None:
             save_label_map(result.labels, volume, mask_path, force=force)
@@ -279,7 +281,8 @@ def _deface_file(source: Path, target: Path, *, options: DefaceOptions, detector
         # Base names only: the folders of a user's files can name the patient or the study.
         # the digest of the bytes read ahead by the command line (defacer.ahead), if so read and unchanged since
         provenance["input"] = {"path": source.name, "sha256": input_sha256(source) or sha256_of(source)}
-        provenance["output"] = {"path": target.name, "sha256": sha256_of(target), "files": [p.name for p in written]}
+        provenance["output"] = {"path": target.name, "sha256": digests.get(target) or sha256_of(target),
+                                "files": [p.name for p in written]}
         _record_common(provenance, mask_path, labels_path)
         provenance["timings"].update({"load_s": round(load_s, 4), "save_s": round(save_s, 4),
                                       "wall_s": round(time.perf_counter() - start, 4)})

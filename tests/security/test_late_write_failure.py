@@ -162,9 +162,10 @@ def test_a_file_that_appears_under_an_output_name_while_defacing_is_never_replac
     if where == "image":
         original = nifti.write_nifti
 
-        def write_then_someone_else(volume, path):  # another run's output lands while this one writes its own
-            original(volume, path)
+        def write_then_someone_else(volume, path, *digest):  # another run's output lands while this one writes its own
+            digested = original(volume, path, *digest)
             taken.write_text("another run's output")
+            return digested
 
         monkeypatch.setattr(nifti, "write_nifti", write_then_someone_else)
     else:

@@ -8,6 +8,7 @@ DICOM series live in :mod:`defacer.io.dicom_series`.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import zlib
 from pathlib import Path
 
@@ -160,7 +161,8 @@ def output_files(volume: Volume, path: PathLike) -> list[Path]:
     return [p]
 
 
-def save_volume(volume: Volume, path: PathLike, *, force: bool = False, inputs: tuple[PathLike, ...] = ()) -> list[Path]:
+def save_volume(volume: Volume, path: PathLike, *, force: bool = False, inputs: tuple[PathLike, ...] = (),
+                digests: dict[Path, str] | None = None) -> list[Path]:
     """Write ``volume`` in the format of its source, atomically, and return the files written.
 
     Parameters
@@ -174,6 +176,9 @@ def save_volume(volume: Volume, path: PathLike, *, force: bool = False, inputs: 
         Overwrite an existing output.
     inputs : tuple of path-like
         Input files; writing onto one of them is refused.
+    digests : dict, optional
+        Given, it receives ``{file written: hex sha256}`` for the files whose bytes were digested as they were
+        written (a ``.nii.gz``), so that they need not be read back for it; other files are not listed.
 
     Raises
     ------
@@ -203,11 +208,13 @@ def save_volume(volume: Volume, path: PathLike, *, force: bool = False, inputs: 
         from defacer.io.dicom_series import write_dicom_volume
 
         return write_dicom_volume(volume, p, force=force)
+    sha256 = hashlib.sha256() if digests is not None else None
+    digested = False
     with atomic_outputs(targets, replace=force) as temps:  # a name taken since the check above: never replaced
         if volume.format == "nifti":
             from defacer.io.nifti import write_nifti
 
-            write_nifti(volume, temps[0])
+            digested = write_nifti(volume, temps[0], sha256)
         elif volume.format == "mgh":
             from defacer.io.nifti import write_mgh
 
@@ -216,6 +223,8 @@ def save_volume(volume: Volume, path: PathLike, *, force: bool = False, inputs: 
             from defacer.io.nrrd import write_nrrd
 
             write_nrrd(volume, temps[0])
+    if digested and digests is not None and sha256 is not None:  # one file (a .nii.gz), now in its place
+        digests[targets[0]] = sha256.hexdigest()
     return targets
 
 

@@ -351,13 +351,17 @@ def header_warnings(header: Any, path: Path) -> list[str]:
     return warnings
 
 
-def write_nifti(volume: Volume, path: Path) -> None:
+def write_nifti(volume: Volume, path: Path, sha256: Any = None) -> bool:
     """Write ``volume`` as NIfTI with the input's header bytes and stored dtype unchanged.
 
     The header (including extensions, qform/sform, scl_slope/scl_inter, descriptions) is
     written exactly as read and the stored values follow at ``vox_offset``, so every voxel
     not deliberately changed is bit-identical to the input.  A volume without a header
     (``Volume(raw, affine)``) gets a fresh one (:func:`defacer.io.in_memory.fresh_nifti_header`).
+
+    ``sha256`` (a :func:`hashlib.sha256` object), when given, is updated with the file's bytes as they are
+    written where every byte passes through defacer's own writer (``.nii.gz`` by ISA-L's threaded writer);
+    returns whether it was, so that the file need not be read back for its digest.
     """
     if volume.header is None:  # a Volume made in memory: a fresh header from its affine and dtype
         from defacer.io.in_memory import fresh_nifti_header
@@ -370,10 +374,11 @@ def write_nifti(volume: Volume, path: Path) -> None:
         header.set_data_shape(raw.shape)
     if str(path).endswith((".hdr", ".img")):
         raise InputImageError("NIfTI pairs (.hdr/.img) are not supported for output; use .nii or .nii.gz.")
-    with _open_for_writing(path) as fileobj:
+    with _open_for_writing(path, sha256) as (fileobj, digested):
         header.write_to(fileobj)
         offset = int(header.get_data_offset())
         array_to_file(raw, fileobj, header.get_data_dtype(), offset=offset, intercept=0.0, divslope=1.0, order="F")
+    return digested
 
 
 #: Threads compressing a ``.nii.gz`` (ISA-L's threaded writer; the bytes written do not depend on it).
@@ -411,10 +416,28 @@ class _ForwardWriter:
         return self._position
 
 
+class _Digested:
+    """Passes bytes on to a binary file, adding them to a sha256 on the way (in the writing thread's order)."""
+
+    def __init__(self, file: Any, sha256: Any) -> None:
+        self._file = file
+        self._sha256 = sha256
+
+    def write(self, data: Any) -> int:
+        """Digest ``data`` (bytes or a buffer) and write it; returns what the file's write returns."""
+        self._sha256.update(data)
+        return int(self._file.write(data))
+
+    def flush(self) -> None:
+        """Flush the file."""
+        self._file.flush()
+
+
 @contextlib.contextmanager
-def _open_for_writing(path: Path) -> Iterator[Any]:
-    """A binary writer for ``path``: gzip via ISA-L's threaded writer (about 5x faster than zlib, and
-    its compression runs on :data:`GZIP_THREADS` threads) when installed.
+def _open_for_writing(path: Path, sha256: Any = None) -> Iterator[tuple[Any, bool]]:
+    """A binary writer for ``path`` and whether ``sha256`` gets every byte of the file: gzip via ISA-L's
+    threaded writer (about 5x faster than zlib, and its compression runs on :data:`GZIP_THREADS` threads)
+    when installed, its compressed bytes digested as they go to the file (when ``sha256`` is given).
 
     The gzip header carries no modification time and no file name, and the compressed bytes do
     not depend on the number of threads, so the same volume always gives the same bytes, whatever
@@ -427,14 +450,15 @@ def _open_for_writing(path: Path) -> Iterator[Any]:
             threaded_gzip = None  # type: ignore[assignment]  # zlib below
         if threaded_gzip is not None:
             with open(path, "wb") as raw:
-                stream = threaded_gzip.open(raw, "wb", compresslevel=1, threads=GZIP_THREADS)
+                target = raw if sha256 is None else _Digested(raw, sha256)
+                stream = threaded_gzip.open(target, "wb", compresslevel=1, threads=GZIP_THREADS)
                 try:
-                    yield _ForwardWriter(stream)
+                    yield _ForwardWriter(stream), sha256 is not None
                 finally:
                     stream.close()
             return
     with Opener(str(path), "wb") as fileobj:
-        yield fileobj
+        yield fileobj, False
 
 
 def write_mgh(volume: Volume, path: Path) -> None:
