@@ -33,11 +33,11 @@ from defacer.pipeline import deface
 #: numpy's f2py and testing (~0.05 s, which SciPy's array-API layer imports only to copy numpy's namespace);
 #: scipy.spatial (with SciPy's linalg and sparse) and skimage.morphology (0.05-0.15 s: the protection check searches
 #: without a k-d tree, the auricle's side view is filled by defacer.convex_hull); urllib.request with http.client and
-#: ssl (0.01-0.03 s, for nibabel's from_url alone).
+#: ssl (0.01-0.03 s, for nibabel's from_url alone); numpy.polynomial (~3 ms, copied by SciPy's layer).
 NOT_FOR_A_NIFTI_DEFACE = ("pydicom", "torch", "monai", "onnx", "dask", "distributed", "mediapipe", "cv2", "dlib",
                           "defacer.verify", "defacer.batch", "ctypes.util", "numpy.f2py", "numpy.testing",
                           "scipy.spatial", "scipy.linalg", "scipy.sparse", "skimage.morphology", "skimage.measure",
-                          "urllib.request", "http.client", "ssl")
+                          "urllib.request", "http.client", "ssl", "numpy.polynomial")
 
 #: Runs the command as the console script does (``defacer.cli.main.run``); an exit handler lists what it imported.
 CHILD = f"""
@@ -302,18 +302,19 @@ def test_the_command_line_imports_scipy_ndimage_without_parsing_its_docstrings(p
 
 
 def test_numpy_tools_left_out_of_scipys_import_come_back_when_used():
-    """The command line imports SciPy's array-API layer without numpy.f2py and numpy.testing; numpy's own
-    namespace is as before afterwards, and the layer still answers for both names (importing them then)."""
+    """The command line imports SciPy's array-API layer without numpy.f2py, numpy.testing and numpy.polynomial;
+    numpy's own namespace is as before afterwards, and the layer still answers for those names (importing them
+    then)."""
     code = ("import sys, numpy; names, listed, lister = list(numpy.__all__), dir(numpy), numpy.__dir__; "
             "from defacer.cli.main import _import_libraries; _import_libraries(); "
             "import scipy._lib.array_api_compat.numpy as layer; "
-            "before = sorted(m for m in ('numpy.f2py', 'numpy.testing') if m in sys.modules); "
+            "before = sorted(m for m in ('numpy.f2py', 'numpy.testing', 'numpy.polynomial') if m in sys.modules); "
             "print(before, numpy.__all__ == names, dir(numpy) == listed, numpy.__dir__ is lister, "
-            "{'f2py', 'testing'} <= set(layer.__all__), layer.testing is numpy.testing, layer.f2py is numpy.f2py, "
-            "hasattr(layer, 'no_such_name'))")
+            "{'f2py', 'testing', 'polynomial'} <= set(layer.__all__), layer.testing is numpy.testing, "
+            "layer.f2py is numpy.f2py, layer.polynomial is numpy.polynomial, hasattr(layer, 'no_such_name'))")
     result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["[]", "True", "True", "True", "True", "True", "True", "False"]
+    assert result.stdout.split() == ["[]", "True", "True", "True", "True", "True", "True", "True", "False"]
 
 
 def test_scipy_keeps_its_docstring_tables_outside_the_command_line():

@@ -330,8 +330,9 @@ def import_scipy_ndimage_without_docstring_tables() -> bool:
 #: numpy's submodules that SciPy's array-API layer (``scipy._lib.array_api_compat.numpy``, imported with
 #: ``scipy.ndimage``) imports only to copy numpy's whole namespace (``from numpy import *`` and every name in
 #: ``dir(numpy)``): f2py (the Fortran wrapper generator) and testing (with unittest), ~0.05 s of every start of
-#: the command on the project's 2-core VM.  Nothing the command runs uses them.
-DEFERRED_NUMPY_MODULES = ("f2py", "testing")
+#: the command on the project's 2-core VM, and polynomial (~3 ms).  Nothing the command runs uses them (numpy.random
+#: and numpy.ma, also copied, are used: by SciPy's own modules and np.percentile).
+DEFERRED_NUMPY_MODULES = ("f2py", "testing", "polynomial")
 
 
 @contextlib.contextmanager
