@@ -338,7 +338,7 @@ def head_level(image: npt.NDArray[np.floating], head: HeadModel) -> float:
     """
 
     def compute() -> npt.NDArray[np.float64]:
-        from defacer.thresholds import threshold_otsu  # scikit-image's (defacer.head's), without its import
+        from skimage.filters import threshold_otsu  # already imported by defacer.head
 
         st = head.strides
         # float64: Otsu's class means and variances of a float32 sample overflow (RuntimeWarnings, a wrong

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
+from skimage.filters import threshold_otsu, threshold_triangle
 
 from defacer._typing import Mask
 from defacer.ball import within_distance
 from defacer.errors import InputImageError
 from defacer.morphology import dilate_box, erode, fill_holes
-from defacer.thresholds import threshold_otsu, threshold_triangle  # scikit-image's, without its import
 
 #: Target grid step of the coarse analysis grid, in mm.
 COARSE_STEP_MM = 4.0

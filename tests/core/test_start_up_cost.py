@@ -31,13 +31,12 @@ from defacer.pipeline import deface
 #: modules (~15 ms: the QC folder's module, asked only whether a verification lies beside the output), and
 #: ctypes' library search (``ldconfig -p`` in a child process, ~10 ms, to find the C library already loaded);
 #: numpy's f2py and testing (~0.05 s, which SciPy's array-API layer imports only to copy numpy's namespace);
-#: scipy.spatial (with SciPy's linalg and sparse) and scikit-image (0.05-0.15 s: the protection check searches without a
-#: k-d tree, the auricle's side view is filled by defacer.convex_hull, the thresholds are defacer.thresholds);
-#: urllib.request with http.client and ssl (0.01-0.03 s, for nibabel's from_url alone); numpy.polynomial (~3 ms,
-#: copied by SciPy's layer).
+#: scipy.spatial (with SciPy's linalg and sparse) and skimage.morphology (0.05-0.15 s: the protection check searches
+#: without a k-d tree, the auricle's side view is filled by defacer.convex_hull); urllib.request with http.client and
+#: ssl (0.01-0.03 s, for nibabel's from_url alone); numpy.polynomial (~3 ms, copied by SciPy's layer).
 NOT_FOR_A_NIFTI_DEFACE = ("pydicom", "torch", "monai", "onnx", "dask", "distributed", "mediapipe", "cv2", "dlib",
                           "defacer.verify", "defacer.batch", "ctypes.util", "numpy.f2py", "numpy.testing",
-                          "scipy.spatial", "scipy.linalg", "scipy.sparse", "skimage", "lazy_loader",
+                          "scipy.spatial", "scipy.linalg", "scipy.sparse", "skimage.morphology", "skimage.measure",
                           "urllib.request", "http.client", "ssl", "numpy.polynomial")
 
 #: Runs the command as the console script does (``defacer.cli.main.run``); an exit handler lists what it imported.
