@@ -115,6 +115,61 @@ def test_a_module_imported_inside_the_deferral_is_the_real_one_on_every_path():
     assert result.stdout.strip() == "ok"
 
 
+#: Two threads read the stand-in at once, each held (by a line tracer) where it removes the stand-in from
+#: sys.modules until the other has arrived there too, or for a second where the other cannot arrive.
+TWO_READERS = '''
+import sys, threading
+import defacer.cli.main as cli
+source = cli.__file__
+with open(source, encoding="utf-8") as file:  # the lines that take a stand-in out of sys.modules
+    removals = {n for n, line in enumerate(file, start=1) if "del sys.modules[" in line and "pydicom" not in line}
+assert removals and "urllib.request" not in sys.modules
+stand_in = cli._OnFirstUse("urllib.request")
+sys.modules["urllib.request"] = stand_in
+both_there = threading.Barrier(2, timeout=1.0)
+
+def held_at_the_removal(frame, event, arg):
+    if frame.f_code.co_filename != source:
+        return None
+    def line(frame, event, arg):
+        if event == "line" and frame.f_lineno in removals:
+            try:
+                both_there.wait()
+            except threading.BrokenBarrierError:
+                pass
+        return line
+    return line
+
+errors, found = [], []
+def read():
+    sys.settrace(held_at_the_removal)
+    try:
+        found.append(stand_in.urlopen)
+    except BaseException as err:
+        errors.append(repr(err))
+    finally:
+        sys.settrace(None)
+
+readers = [threading.Thread(target=read) for _ in range(2)]
+for reader in readers:
+    reader.start()
+for reader in readers:
+    reader.join()
+import urllib.request as real
+print(errors, len(found) == 2 and all(f is real.urlopen for f in found), sys.modules["urllib.request"] is real)
+'''
+
+
+def test_two_threads_reading_the_stand_in_at_once_both_get_the_one_real_module():
+    """The stand-in is taken out of sys.modules once, whichever threads read it at once: two readers that both found
+    it there each deleted it (the second a KeyError from an attribute read, "unexpected error" for the command, or it
+    deleted the real module the first had imported meanwhile, and a second copy of urllib.request was imported)."""
+    result = subprocess.run([sys.executable, "-c", TWO_READERS], check=False, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[] True True"
+
+
 def test_import_defacer_imports_no_numerical_library_until_a_name_is_used():
     code = ("import sys, defacer; assert 'numpy' not in sys.modules and 'nibabel' not in sys.modules; "
             "assert set(defacer.__all__) <= set(dir(defacer)); print(defacer.deface.__module__, "

@@ -8,6 +8,7 @@ into a message on stderr and an exit code.
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import contextlib
 import importlib
@@ -231,13 +232,25 @@ def import_nibabel_without_pydicom() -> bool:
     return True
 
 
+#: Held while a stand-in is looked for in ``sys.modules`` and taken out of it (nothing is imported under it):
+#: two threads reading one stand-in at once both found it there, and the second's removal raised KeyError (or
+#: removed the real module the first had imported meanwhile).  Reentrant: a finalizer run by a removal may read one.
+_STAND_IN_LOCK = _thread.RLock()
+
+
+def _take_out(name: str, stand_in: ModuleType) -> None:
+    """Remove ``stand_in`` from ``sys.modules`` where it still stands there for ``name`` (once, whatever the threads)."""
+    with _STAND_IN_LOCK:
+        if sys.modules.get(name) is stand_in:
+            del sys.modules[name]
+
+
 class _OnFirstUse(ModuleType):
     """Stands for a module not imported yet: the first attribute read from it imports the module (the usual
     import, with its lock) and is read from there, as is every later one."""
 
     def __getattr__(self, attribute: str) -> object:
-        if sys.modules.get(self.__name__) is self:  # still standing in: the real module takes its place
-            del sys.modules[self.__name__]
+        _take_out(self.__name__, self)  # still standing in: the real module takes its place
         return getattr(importlib.import_module(self.__name__), attribute)
 
 
@@ -265,8 +278,7 @@ def modules_deferred(names: Sequence[str] = DEFERRED_FOR_NIBABEL) -> Iterator[No
         yield
     finally:
         for name, stand_in in placed.items():
-            if sys.modules.get(name) is stand_in:
-                del sys.modules[name]
+            _take_out(name, stand_in)
             parent, _, child = name.rpartition(".")
             package = sys.modules.get(parent) if parent else None
             if package is not None and getattr(package, child, None) is stand_in:
