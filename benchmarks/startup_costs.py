@@ -19,8 +19,8 @@ line per run and the medians per tree, in seconds from the process's spawn:
 * ``save``: the output, its digest and the sidecar written, up to ``_deface_file``'s return (its frame's memory freed);
 * ``exit``: from there to the process reaped (the report printed, exit handlers, the system freeing the process).
 
-``--network``: also the network's compilation begun ahead (:func:`defacer.ahead.start_network`: begun / ended), where
-the tree has it.  The machine's load average is printed with each run: compare trees only in the same minutes.
+Where the tree compiles the network ahead (:func:`defacer.ahead.start_network`), when that began and ended is printed
+too (``network``).  The machine's load average is printed with each run: compare trees only in the same minutes.
 
 Example::
 
