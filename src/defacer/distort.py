@@ -171,6 +171,7 @@ def distort_eyes(
     feather_mm: float = EYE_FEATHER_MM,
     join: bool = True,
     open_between: bool = True,
+    beside_nose_removal: bool = True,
 ) -> list[Edit]:
     """Cover each eye with skin, confined to the periorbital region and blended into the face.
 
@@ -222,6 +223,12 @@ def distort_eyes(
         With ``join`` and two eyes: the columns between the two eye labels along R (no globe behind them) are
         left out of the cover's ``shield``, so a nose removal (:func:`distort_nose` with this edit in ``keep``)
         takes the cover there, up to the eyes' centre line.  Without a nose removal it changes nothing.
+    beside_nose_removal : bool
+        The nose is removed in the same run: beside the globes the cover stands at most :data:`CUT_MM` in front of
+        the face (see above).  Without a nose removal the cover is built out there as over the globes: the domes
+        BlazeFace read flanked the removal's opening, and with the nose in place a lowered cover lets the face's
+        relief through (ixi013 with eyes and ears only, the stronger eye cover of ``--retry-stronger``: Face Mesh
+        found its face with the lowered cover, none without).
 
     Returns
     -------
@@ -236,7 +243,8 @@ def distort_eyes(
     edits = []
     for index, group in enumerate(groups):
         edit = _eye_cover(image, head, spacing, group, index, band_mm=band_mm, feather_mm=feather_mm,
-                          open_between=between, eye_level=level, eye_columns=globes)
+                          open_between=between, eye_level=level,
+                          eye_columns=globes if beside_nose_removal else None)
         if edit is not None:
             edits.append(edit)
     return edits

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from truth_detector import TruthDetector
 
+from defacer import distort, pipeline
 from defacer.distort import CUT_MM
 from defacer.labels import Label
 from defacer.phantom import make_phantom
@@ -72,8 +73,18 @@ def pitted():
     over[centre_r - 2:centre_r + 2, level] = True  # in front of the left globe's centre
     assert not ((beside | deep) & eye_columns).any() and (over <= eye_columns).all()
     volume = _pit(_pit(phantom.volume, beside, PIT_MM, threshold), deep | over, DEEP_PIT_MM, threshold)
-    result = deface(volume, TruthDetector(phantom.labels), DefaceOptions(features=("eyes",)))
-    return volume, result, threshold, beside, deep, over
+    # the cap holds where the nose is removed in the same run; the phantom's nose removal would take these pits, so
+    # the eye cover is laid as beside a nose removal with the eyes alone (the rule's geometry, nothing else)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pipeline, "distort_eyes", _beside_a_nose_removal)
+        result = deface(volume, TruthDetector(phantom.labels), DefaceOptions(features=("eyes",)))
+    uncapped = deface(volume, TruthDetector(phantom.labels), DefaceOptions(features=("eyes",)))
+    return volume, result, threshold, beside, deep, over, uncapped
+
+
+def _beside_a_nose_removal(*args, **kwargs):
+    """:func:`defacer.distort.distort_eyes` laid as beside a nose removal whatever the pipeline says."""
+    return distort.distort_eyes(*args, **{**kwargs, "beside_nose_removal": True})
 
 
 def _stand_mm(volume: Volume, result, threshold: float, columns: np.ndarray) -> np.ndarray:
@@ -84,7 +95,7 @@ def _stand_mm(volume: Volume, result, threshold: float, columns: np.ndarray) -> 
 
 
 def test_beside_the_globe_the_cover_stands_at_most_its_cut_depth_in_front_of_the_face(pitted):
-    volume, result, threshold, beside, _deep, _over = pitted
+    volume, result, threshold, beside, _deep, _over, _uncapped = pitted
     stand = _stand_mm(volume, result, threshold, beside)
     assert stand.min() > 0, "the pit beside the eye is not covered"
     # one voxel of slack: the surface crosses a voxel with its filled share
@@ -94,7 +105,7 @@ def test_beside_the_globe_the_cover_stands_at_most_its_cut_depth_in_front_of_the
 
 
 def test_a_hollow_beside_the_globe_deeper_than_the_cover_may_be_lowered_stays_covered(pitted):
-    volume, result, threshold, _beside, deep, _over = pitted
+    volume, result, threshold, _beside, deep, _over, _uncapped = pitted
     stand = _stand_mm(volume, result, threshold, deep)
     # lowered by at most the skin band from where it stood (24 mm): its floor lies where no edit writes, and a cover
     # lowered to 12 mm in front of it would leave the hollow open
@@ -103,9 +114,19 @@ def test_a_hollow_beside_the_globe_deeper_than_the_cover_may_be_lowered_stays_co
 
 
 def test_over_the_globe_the_cover_still_fills_a_deep_socket(pitted):
-    volume, result, threshold, _beside, _deep, over = pitted
+    volume, result, threshold, _beside, _deep, over, _uncapped = pitted
     stand = _stand_mm(volume, result, threshold, over)
     # the pit over the globe is filled up to the cover (about the face's level), beyond CUT_MM: the socket's depth
     # does not show
     assert stand.min() > CUT_MM + SPACING, (
         f"over the globe the cover stands only {stand.min():.0f} mm in front of a {DEEP_PIT_MM:.0f} mm deep socket")
+
+
+def test_without_a_nose_removal_the_cover_beside_the_globe_is_built_out_as_before(pitted):
+    """With the nose left in place (``--features eyes``, or no nose found) the cover is not lowered beside the globes:
+    lowered, it let the face's relief through on ixi013 with eyes and ears only (the stronger cover of
+    ``--retry-stronger``: Face Mesh found the face, tests/batch/test_batch_retry_stronger.py)."""
+    volume, _result, threshold, beside, _deep, _over, uncapped = pitted
+    stand = _stand_mm(volume, uncapped, threshold, beside)
+    assert stand.max() > CUT_MM + SPACING, (
+        f"with no nose removal the cover beside the globe was lowered to {stand.max():.0f} mm in front of the face")
