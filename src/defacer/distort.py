@@ -143,8 +143,6 @@ def eye_region(eyes: Mask, component: Box, spacing: tuple[float, float, float], 
 
 
 #: Tissue standing up to this far in front of the eye cover is cut to it; beyond twice this the cover fades out (mm).
-#: Beside the globes (no eye label behind a column) the cover stands at most this far in front of the face (lowered by
-#: at most its skin band).
 CUT_MM = 12.0
 #: An edge of the eye cover this far in front of the opposite edge, and of its own broad level, is on the nose (mm).
 EDGE_STEP_MM = 10.0
@@ -171,7 +169,6 @@ def distort_eyes(
     feather_mm: float = EYE_FEATHER_MM,
     join: bool = True,
     open_between: bool = True,
-    beside_nose_removal: bool = True,
 ) -> list[Edit]:
     """Cover each eye with skin, confined to the periorbital region and blended into the face.
 
@@ -191,9 +188,7 @@ def distort_eyes(
     Where the face stands more than :data:`CUT_MM` in front of the cover (the side of the
     nose), the weight fades out too, reaching 0 at twice that.  (The cover may stand far in
     front of the face: on T1 the thin lids over the dark globe often fall below the threshold,
-    so the socket reads deep, and it must be filled.  Beside the globes, in the columns with no eye label behind
-    them, the face read is tissue, and the cover stands at most :data:`CUT_MM` in front of it, lowered by at most
-    ``band_mm`` from the curve, so that it stays where it wrote before, outside the protected region.)
+    so the socket reads deep, and it must be filled.)
 
     Voxels between the new surface and ``band_mm`` x weight behind it become skin (the median of
     this scan's superficial tissue in the region), tissue in front of it becomes air
@@ -223,12 +218,6 @@ def distort_eyes(
         With ``join`` and two eyes: the columns between the two eye labels along R (no globe behind them) are
         left out of the cover's ``shield``, so a nose removal (:func:`distort_nose` with this edit in ``keep``)
         takes the cover there, up to the eyes' centre line.  Without a nose removal it changes nothing.
-    beside_nose_removal : bool
-        The nose is removed in the same run: beside the globes the cover stands at most :data:`CUT_MM` in front of
-        the face (see above).  Without a nose removal the cover is built out there as over the globes: the domes
-        BlazeFace read flanked the removal's opening, and with the nose in place a lowered cover lets the face's
-        relief through (ixi013 with eyes and ears only, the stronger eye cover of ``--retry-stronger``: Face Mesh
-        found its face with the lowered cover, none without).
 
     Returns
     -------
@@ -239,12 +228,10 @@ def distort_eyes(
     groups = _cover_groups(eyes, found, spacing, box_scale, join)
     between = _between_the_eyes(eyes, found) if open_between and len(groups) == 1 and len(groups[0]) == 2 else None
     level = (min(c[2].start for c in found), max(c[2].stop for c in found)) if found else None
-    globes = np.asarray(eyes.any(axis=1))  # (R, S): the columns with an eye label (the globe and lids) behind them
     edits = []
     for index, group in enumerate(groups):
         edit = _eye_cover(image, head, spacing, group, index, band_mm=band_mm, feather_mm=feather_mm,
-                          open_between=between, eye_level=level,
-                          eye_columns=globes if beside_nose_removal else None)
+                          open_between=between, eye_level=level)
         if edit is not None:
             edits.append(edit)
     return edits
@@ -323,17 +310,13 @@ def _between_the_eyes(eyes: Mask, found: list[Box]) -> tuple[float, float] | Non
 def _eye_cover(image: npt.NDArray[np.floating], head: HeadModel, spacing: tuple[float, float, float],
                regions: list[EyeRegion], index: int, *, band_mm: float, feather_mm: float,
                open_between: tuple[float, float] | None = None,
-               eye_level: tuple[int, int] | None = None,
-               eye_columns: Mask | None = None) -> Edit | None:
+               eye_level: tuple[int, int] | None = None) -> Edit | None:
     """One skin cover over the eye regions given (centre, semi-axes, anterior start of the eye label).
 
     With two eyes the region is the stadium swept by the (mean) ellipse from one eye's centre to
     the other's, so the cover runs across the nasal bridge in one piece.  The columns strictly inside
     ``open_between`` (an R range of voxel indices, between the two eyes: no globe lies behind them) are left
     out of the edit's shield, so the nose removal takes the cover there too, up to the eyes' centre line.
-    In the columns of ``eye_columns`` (R, S over the whole image: those with an eye label behind them) the cover
-    fills the socket whatever its depth; beside them it stands at most :data:`CUT_MM` in front of the face, lowered
-    by at most ``band_mm``.
     """
     centres = np.array([c for c, _, _ in regions], dtype=np.float64)  # (n, 2) voxel R, S
     # Full weight inside the nominal ellipse, the soft edge outside it.
@@ -357,16 +340,6 @@ def _eye_cover(image: npt.NDArray[np.floating], head: HeadModel, spacing: tuple[
     surface = height + 0.5  # the front face of the most anterior tissue voxel, in A voxel units
     weight = np.where(present, _smoothstep((1.0 - rho) / soft), 0.0).astype(np.float32)
     cover = _span_socket(surface, present, rho < 1.0, spacing)
-    if eye_columns is not None:
-        # Beside the globes the face read is tissue (the inner corner of the eye, the side of the nose, the cheek), not
-        # a dark globe under lids too thin to show: there the cover stands no further in front of it than it cuts into
-        # it.  Built out 13-19 mm over ixi013's inner corners, it stood as two bright domes flanking the nose removal,
-        # which BlazeFace short-range read as a face from 45 degrees (docs/distortion.md, Eyes, FACES30).  It is lowered
-        # by at most its skin band (voxels it wrote before): deeper, it could fall behind the protected region's edge,
-        # which no edit writes, and leave the hollow open.
-        beside = present & ~eye_columns[box[0], box[2]]
-        lowered = np.maximum(np.minimum(cover, surface + CUT_MM / spacing[1]), cover - band_mm / spacing[1])
-        cover = np.where(beside, lowered, cover).astype(np.float32)
     # Where the face stands far in front of the cover (the side of the nose), the cover fades out:
     # lids and brow up to CUT_MM in front of it go, a nose never.
     cut_mm = (surface - cover) * spacing[1]

@@ -362,8 +362,7 @@ def distort_face_in_head_frame(
             np.asarray(image, np.float32), 1, float(head.background))
     built: list[Edit] = []
     if eyes:
-        built += distort_eyes(upright, labels == Label.EYES, head, step, band_mm=band_mm, box_scale=box_scale,
-                              beside_nose_removal=region is not None)
+        built += distort_eyes(upright, labels == Label.EYES, head, step, band_mm=band_mm, box_scale=box_scale)
     if region is not None:
         start = np.array([s.start for s in kept], float)
         centre = tuple(float(c - o) for c, o in zip(region.centre, start, strict=True))

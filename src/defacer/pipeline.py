@@ -412,8 +412,7 @@ def deface(volume: Volume, detector: Detector, options: DefaceOptions = DEFAULT_
                                                 nose_scale=options.nose_scale)
         elif "eyes" in options.features:
             edits += distort_eyes(image, labels_ras == Label.EYES, head, spacing,
-                                  band_mm=options.eye_band_mm, box_scale=options.eye_box_scale,
-                                  beside_nose_removal=nose is not None)
+                                  band_mm=options.eye_band_mm, box_scale=options.eye_box_scale)
         if nose is not None and turn is None:
             edits.append(distort_nose(image, nose, head, keep=edits))  # never under the eye cover
         if "ears" in options.features:
