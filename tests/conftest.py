@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import real_data
 
 # The suite's detector runs its network with onnxruntime unless the caller says otherwise: its figures, stored
 # hashes and thread rules were written for it, and an install with the openvino extra (CI's ".[all,test]") would
@@ -16,8 +17,9 @@ import pytest
 # on OpenVINO with DEFACER_DETECTOR_BACKEND=openvino.
 os.environ.setdefault("DEFACER_DETECTOR_BACKEND", "onnxruntime")
 
-#: ``../shared/data`` beside the repository: real head scans, never copied into the repo.
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+#: ``../shared/data`` beside the repository (or a worktree's main checkout): real head scans, never copied into the
+#: repo (:mod:`real_data`).
+SHARED_DATA = real_data.SHARED_DATA
 
 
 @pytest.fixture(scope="session")

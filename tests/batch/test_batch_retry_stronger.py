@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from real_data import SHARED_DATA
 
 from defacer.batch import engines
 from defacer.batch.runner import BatchConfig, run_batch
@@ -25,7 +26,7 @@ from defacer.cli.main import main
 from defacer.io import load_volume
 from defacer.options import STRONGER_EYE_BOX_SCALE, STRONGER_NOSE_SCALE
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "heads"
+SHARED = SHARED_DATA / "heads"
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from real_data import SHARED_DATA
 
 from defacer.detect.frame import EAR_DISTANCE_MM, PITCH_AGREE_DEG, head_pitch
 from defacer.detect.metrics import dice_per_feature
@@ -16,7 +17,7 @@ from defacer.io import load_volume
 from defacer.phantom import make_phantom
 from defacer.volume import canonical_reorientation
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "heads"
+DATA = SHARED_DATA / "heads"
 REFERENCE = Path(__file__).resolve().parents[2] / "reference_labels"
 
 #: A head as the reference labels place its features on average (RAS mm): the eyes' centroids and the ears' 91 mm

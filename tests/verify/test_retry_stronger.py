@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from real_data import SHARED_DATA
 
 from defacer.cli.main import main
 from defacer.io import load_volume
@@ -27,7 +28,7 @@ from defacer.options import (
 from defacer.phantom import make_phantom, save_phantom
 from defacer.verify.verdict import REMEDY_FACE, REMEDY_NOT_SHAREABLE, REMEDY_WHOLE_FACE, remedy
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "heads"
+SHARED = SHARED_DATA / "heads"
 
 
 @pytest.fixture
